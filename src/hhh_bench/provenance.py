@@ -1,0 +1,170 @@
+"""Provenance and crash-safety helpers shared by every stage.
+
+Every stage writes ``provenance.json`` (resolved config, seed, package versions, git revision,
+timestamps) next to its output, and builds that output inside a temporary folder that is renamed
+into place only when complete, so an output directory is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "hhh-bench",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "lm_eval",
+    "wandb",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+)
+
+_SECRET_HINTS = ("token", "secret", "password", "api_key", "apikey")
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that decide our numbers (missing ones are omitted)."""
+    out = {}
+    for n in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[n] = metadata.version(n)
+    return out
+
+
+def git_revision(path: str | Path | None = None) -> str | None:
+    """The git commit of the project checkout (with ``-dirty`` if it has changes), or None."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config with values of secret-looking keys (token, api_key, ...) replaced."""
+    if isinstance(obj, Mapping):
+        return {
+            k: ("***" if any(h in str(k).lower() for h in _SECRET_HINTS) and v else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def stable_json(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no whitespace) used for hashing configs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Content hash of a JSON-able object (a resolved config, a list of input keys, ...)."""
+    return hashlib.sha256(stable_json(obj).encode()).hexdigest()[:length]
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def write_provenance(
+    out_dir: str | Path,
+    config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    stage: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    filename: str = "provenance.json",
+) -> Path:
+    """Write ``provenance.json`` (config with secrets redacted, seed, versions, git revision)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": stage,
+        "seed": seed,
+        "config": redact(dict(config)) if config is not None else None,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        record.update(redact(dict(extra)))
+    path = out / filename
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; rename it to ``final`` only if the block succeeds.
+
+    On any exception the temporary folder is removed and ``final`` is untouched, so a crash
+    never leaves a half-written output where a complete one is expected.
+
+    Raises:
+        FileExistsError: ``final`` exists and ``overwrite`` is False.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=true to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        backup = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        final.rename(backup)
+        tmp.rename(final)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(final)

@@ -1,0 +1,85 @@
+"""Shared fixtures. Everything runs offline on tiny models; heavy objects are session-scoped so
+the suite pays for imports and training once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Offline and quiet before anything imports transformers / datasets / wandb.
+_CACHE = Path(tempfile.gettempdir()) / "hhh-bench-test-cache"
+for k, v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "HF_HOME": str(_CACHE / "hf"),
+    "HF_DATASETS_CACHE": str(_CACHE / "hf" / "datasets"),
+    "WANDB_DIR": str(_CACHE / "wandb"),
+}.items():
+    os.environ.setdefault(k, v)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A smaller world than the demo's, so the session's base SFT takes well under a minute.
+SMALL_WORLD = [
+    "data.world.n_known.train=40",
+    "data.world.n_known.validation=12",
+    "data.world.n_known.test=12",
+    "data.world.n_unknown.sft=12",
+    "data.world.n_unknown.train=30",
+    "data.world.n_unknown.validation=12",
+    "data.world.n_unknown.test=12",
+    "data.world.n_benign_objects=10",
+    "data.world.n_harmful_objects=10",
+    "data.world.pairs_per_dimension=120",
+    "data.world.eval_items_per_kind=36",
+]
+
+
+def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
+    """Compose the project config the way the CLI does (no Hydra app, no chdir)."""
+    from hydra import compose as h_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return h_compose(
+            config_name="config",
+            overrides=list(overrides or []),
+            return_hydra_config=return_hydra_config,
+        )
+
+
+@pytest.fixture(scope="session")
+def session_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def small_cfg(session_root):
+    """The small-world config every stage test shares (same root: stages reuse each other)."""
+    return compose([f"root={session_root}", "logger=none", *SMALL_WORLD])
+
+
+@pytest.fixture(scope="session")
+def small_data(small_cfg):
+    from hhh_bench.stages.data import run_data
+
+    return run_data(small_cfg)
+
+
+@pytest.fixture(scope="session")
+def small_base(small_cfg, small_data):
+    """θ0 of the small world: the tiny model SFT'd on the world (trained once per session)."""
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from hhh_bench.stages.base import run_base
+
+    return run_base(small_cfg, small_data)

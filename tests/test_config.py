@@ -1,0 +1,81 @@
+"""Every config composes; typos fail at composition; the CLI prints the composed config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, REPO, compose
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_default_config_composes():
+    cfg = compose()
+    assert cfg.stage == "all"
+    for group in ("model", "data", "mix", "train", "merge", "eval", "logger"):
+        assert group in cfg, group
+    OmegaConf.resolve(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = compose([f"experiment={experiment}"], return_hydra_config=True)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg.name
+
+
+@pytest.mark.parametrize(
+    "group", sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")
+)
+def test_every_group_option_composes(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        if option.startswith("_"):
+            continue
+        key = group if group != "hydra" else None
+        if key is None:
+            continue
+        cfg = compose([f"{key}={option}"])
+        OmegaConf.resolve(cfg)
+
+
+def test_typo_in_a_key_fails_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="sed"):
+        compose(["sed=1"])
+    with pytest.raises(ConfigCompositionException):
+        compose(["data.world.n_knwon=3"])
+
+
+def test_cli_prints_composed_config(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for cmd in (
+        [os.path.join(os.path.dirname(sys.executable), "hhh-bench"), "--cfg", "job"],
+        [sys.executable, "-m", "hhh_bench", "--cfg", "job", "stage=data"],
+    ):
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "stage:" in out.stdout and "world:" in out.stdout
+
+
+def test_unknown_stage_is_rejected():
+    from hhh_bench.pipeline import run
+
+    with pytest.raises(ValueError, match="unknown stage 'trian'"):
+        run(compose(["stage=trian"]))
+
+
+def test_library_code_never_imports_hydra():
+    offenders = []
+    for path in (REPO / "src" / "hhh_bench").rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        text = path.read_text()
+        if "import hydra" in text or "from hydra" in text:
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, offenders

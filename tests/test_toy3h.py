@@ -1,0 +1,131 @@
+"""The toy 3H world: deterministic, disjoint splits, well-formed rows and items."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from hhh_bench.data.schema import read_jsonl, validate_rows
+from hhh_bench.data.toy3h import (
+    COMPLY,
+    EVAL_KINDS,
+    IDK,
+    REFUSAL,
+    Toy3HConfig,
+    build_world,
+    generate,
+    oracle_reward,
+    preference_pairs,
+)
+
+SMALL = dict(
+    n_known={"train": 20, "validation": 6, "test": 6},
+    n_unknown={"sft": 5, "train": 10, "validation": 6, "test": 6},
+    pairs_per_dimension=40,
+    eval_items_per_kind=12,
+)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    generate(Toy3HConfig(seed=3, **SMALL), tmp_path / "a")
+    generate(Toy3HConfig(seed=3, **SMALL), tmp_path / "b")
+    generate(Toy3HConfig(seed=4, **SMALL), tmp_path / "c")
+    a, b, c = (tree_digest(tmp_path / x) for x in "abc")
+    assert a == b
+    assert a.keys() == c.keys()
+    differing = [k for k in a if a[k] != c[k]]
+    assert "world.json" in differing and "sft/train.jsonl" in differing
+
+
+def test_splits_are_disjoint_by_entity_and_prompt():
+    world = build_world(Toy3HConfig(seed=0, **SMALL))
+    known = [set(world.known[s]) for s in ("train", "validation", "test")]
+    unknown = [set(world.unknown[s]) for s in ("sft", "train", "validation", "test")]
+    groups = known + unknown
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            assert not groups[i] & groups[j]
+    reqs = [set(world.requests[s]) for s in ("train", "validation", "test")]
+    assert not reqs[0] & reqs[1] and not reqs[0] & reqs[2] and not reqs[1] & reqs[2]
+    # every object is seen in training, so whether it is harmful is learnable
+    assert {o for _, o in world.requests["train"]} == set(world.objects)
+
+
+def test_generated_files(tmp_path):
+    manifest = generate(Toy3HConfig(seed=0, **SMALL), tmp_path)
+    c = manifest["counts"]
+    vocab = set((tmp_path / "vocab.txt").read_text().split())
+    prompts: dict[str, set[str]] = {}
+    for dim in ("helpful", "honest", "harmless"):
+        for split in ("train", "validation", "test"):
+            rows = read_jsonl(tmp_path / "prefs" / f"{dim}_{split}.jsonl")
+            assert validate_rows(rows) == c["prefs"][dim][split]
+            assert all(r["dimension"] == dim for r in rows)
+            for r in rows:
+                text = r["prompt"][0]["content"] + " " + r["chosen"][0]["content"]
+                assert set(text.split()) <= vocab
+                prompts.setdefault(split, set()).add(r["prompt"][0]["content"])
+    assert c["prefs"]["helpful"]["train"] == 40
+    # held-out pairs never reuse a training prompt
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["train"] & prompts["test"]
+    for kind, dim in EVAL_KINDS.items():
+        for split in ("validation", "test"):
+            items = read_jsonl(tmp_path / "eval" / f"{kind}_{split}.jsonl")
+            assert len(items) == 12
+            for it in items:
+                assert it["dimension"] == dim and it["split"] == split
+                assert 0 <= it["gold"] < len(it["choices"])
+                assert len(set(it["choices"])) == len(it["choices"])
+                assert it["question"] not in prompts["train"]
+                # answers never copy the entity's name (DESIGN.md §4)
+                if "entity" in it:
+                    assert all(it["entity"] not in ch for ch in it["choices"])
+
+
+def test_candidates_have_distinct_first_tokens():
+    firsts = {s.split()[0] for s in (IDK, REFUSAL, COMPLY, "the color is red .")}
+    assert len(firsts) == 4
+
+
+def test_pairs_build_in_the_conflicts():
+    world = build_world(Toy3HConfig(seed=0, **SMALL))
+    pairs = preference_pairs(world, "train")
+    helpful_kinds = {r["meta"]["kind"] for r in pairs["helpful"]}
+    assert helpful_kinds == {"known_qa", "benign_request"}
+    assert all(r["chosen"][0]["content"] == REFUSAL for r in pairs["harmless"])
+    assert all(r["rejected"][0]["content"] == COMPLY for r in pairs["harmless"])
+    unk = [r for r in pairs["honest"] if r["meta"]["kind"] == "unknown_qa"]
+    assert unk and all(r["chosen"][0]["content"] == IDK for r in unk)
+    # helpfulness and harmlessness disagree on harmful requests; helpfulness and honesty on unknowns
+    assert oracle_reward(pairs["harmless"][0])["helpful"] < 0 < oracle_reward(pairs["harmless"][0])["harmless"]
+    assert oracle_reward(unk[0])["helpful"] < 0 < oracle_reward(unk[0])["honest"]
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"n_values": 1}, "n_values"),
+        ({"sft_idk_rate": 1.5}, "sft_idk_rate"),
+        ({"request_split": {"train": 0.5, "validation": 0.2, "test": 0.2}}, "request_split"),
+        ({"n_known": {"train": 1, "validation": 0, "test": 1}}, "n_known.validation"),
+    ],
+)
+def test_invalid_world_config(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        Toy3HConfig(**bad)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="n_entities"):
+        Toy3HConfig.from_mapping({"n_entities": 3})
