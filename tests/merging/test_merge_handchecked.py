@@ -1,0 +1,278 @@
+"""Every method on tensors small enough to check on paper; the arithmetic is in each docstring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hhh_bench.merging import merge_state_dicts, merge_tensors
+from hhh_bench.merging.methods.dare import dare_keep_mask, dare_merge
+from hhh_bench.merging.methods.resm import (
+    ResmParams,
+    allocate_by_outlier_density,
+    outlier_density,
+    reweight_huber_mad,
+)
+from hhh_bench.merging.methods.tsv import is_embedding, tsv_factors, tsv_rank
+
+T = torch.tensor
+
+
+def test_task_arithmetic_by_hand():
+    """θ0 = [[1, 2], [3, 4]], τ1 = [[1, 0], [0, -1]], τ2 = [[.5, .5], [-1, 2]], w = (2, 1), λ = .5:
+    Σ w τ = [[2.5, .5], [-1, 0]];  λ·Σ = [[1.25, .25], [-.5, 0]];  θ = [[2.25, 2.25], [2.5, 4]]."""
+    base = T([[1.0, 2.0], [3.0, 4.0]])
+    fts = [base + T([[1.0, 0.0], [0.0, -1.0]]), base + T([[0.5, 0.5], [-1.0, 2.0]])]
+    out = merge_tensors("task_arithmetic", base, fts, weights=[2, 1], scaling=0.5)
+    assert torch.equal(out, T([[2.25, 2.25], [2.5, 4.0]]))
+
+
+def test_weight_average_by_hand():
+    """θ0 = [1, 1, 1], θ1 = [1, 2, 3], θ2 = [3, 2, 1], w = (1, 3):
+    (1·[1, 2, 3] + 3·[3, 2, 1]) / 4 = [10, 8, 6] / 4 = [2.5, 2, 1.5] (the base drops out)."""
+    base = T([1.0, 1.0, 1.0])
+    out = merge_tensors(
+        "weight_average", base, [T([1.0, 2.0, 3.0]), T([3.0, 2.0, 1.0])], weights=[1, 3]
+    )
+    assert torch.equal(out, T([2.5, 2.0, 1.5]))
+
+
+def test_ties_by_hand():
+    """θ0 = 0, density .5 on 6 entries: k = int(.5·6) = 3 per model.
+
+    τ1 = [[ 4, -1,  2], [.5, -3,  1]]  top-3 |.| = 4, 3, 2  -> [[ 4,  0, 0], [0, -3, 0]] (+2 at (0,2))
+    τ2 = [[-2,  5, -1], [ 3,  1, -.5]] top-3 |.| = 5, 3, 2  -> [[-2,  5, 0], [3,  0, 0]]
+    τ3 = [[-3, -4,  1], [-1,  2,  6]]  top-3 |.| = 6, 4, 3  -> [[-3, -4, 0], [0,  0, 6]]
+    trimmed sum = [[-1, 1, 2], [3, -3, 6]] -> elected signs [[-, +, +], [+, -, +]]
+    disjoint mean: (0,0) (-2 - 3)/2 = -2.5; (0,1) 5 (τ3's -4 disagrees); (0,2) 2; (1,0) 3;
+    (1,1) -3; (1,2) 6.  θ = [[-2.5, 5, 2], [3, -3, 6]].
+    """
+    taus = [
+        T([[4.0, -1.0, 2.0], [0.5, -3.0, 1.0]]),
+        T([[-2.0, 5.0, -1.0], [3.0, 1.0, -0.5]]),
+        T([[-3.0, -4.0, 1.0], [-1.0, 2.0, 6.0]]),
+    ]
+    out = merge_tensors("ties", torch.zeros(2, 3), taus, density=0.5)
+    assert torch.equal(out, T([[-2.5, 5.0, 2.0], [3.0, -3.0, 6.0]]))
+
+
+def test_ties_zero_sum_elects_plus():
+    """τ1 = [2, -1], τ2 = [-2, 1], density 1 (nothing trimmed): sums [0, 0] -> elected + (a tie
+    goes to +); entry 0 keeps τ1's 2, entry 1 keeps τ2's 1: θ = [2, 1]."""
+    out = merge_tensors("ties", torch.zeros(2), [T([2.0, -1.0]), T([-2.0, 1.0])], density=1.0)
+    assert torch.equal(out, T([2.0, 1.0]))
+
+
+def test_ties_weights_vote_in_the_election():
+    """τ1 = [1], τ2 = [-3], w = (4, 1), density 1: weighted τ = [4], [-3]; sum 1 -> +;
+    mean over agreeing weighted entries = 4.  (peft elects from the unweighted sum -2 -> -, and
+    would give w2·τ2 = -3.)"""
+    out = merge_tensors("ties", torch.zeros(1), [T([1.0]), T([-3.0])], density=1.0, weights=[4, 1])
+    assert torch.equal(out, T([4.0]))
+
+
+def test_ties_global_scope_by_hand():
+    """One model, θ0 = 0, density .5 over a 'model' of 3 + 4 = 7 entries: k = int(3.5) = 3.
+    a = [5, 4.5, .5], b = [[2, -1], [.25, 3]]: global top-3 |.| = 5, 4.5, 3 ->
+    a = [5, 4.5, 0], b = [[0, 0], [0, 3]].  Per tensor instead: a keeps int(1.5) = 1 -> [5, 0, 0],
+    b keeps int(2) = 2 -> [[2, 0], [0, 3]].  (FusionBench would keep k + 1 = 4: also b's 2.)"""
+    a, b = T([5.0, 4.5, 0.5]), T([[2.0, -1.0], [0.25, 3.0]])
+    base = {"a": torch.zeros(3), "b": torch.zeros(2, 2)}
+    out = merge_state_dicts("ties", base, [{"a": a, "b": b}], density=0.5, scope="global")
+    assert torch.equal(out["a"], T([5.0, 4.5, 0.0]))
+    assert torch.equal(out["b"], T([[0.0, 0.0], [0.0, 3.0]]))
+    per_tensor = merge_state_dicts("ties", base, [{"a": a, "b": b}], density=0.5)
+    assert torch.equal(per_tensor["a"], T([5.0, 0.0, 0.0]))
+    assert torch.equal(per_tensor["b"], T([[2.0, 0.0], [0.0, 3.0]]))
+
+
+def test_dare_by_hand_given_masks():
+    """p = .5, τ1 = [1, 2, 3, 4] with mask [1, 0, 1, 0] -> τ̂1 = [2, 0, 6, 0];
+    τ2 = [-1, 1, -2, 2] with mask [1, 1, 0, 0] -> τ̂2 = [-2, 2, 0, 0].
+    dare_ta: Σ = [0, 2, 6, 0].  dare_ties: sum [0, 2, 6, 0] elects + everywhere; agreeing means:
+    [2 (τ̂2's -2 disagrees), 2, 6, 0 (no non-zero entry)] = [2, 2, 6, 0]."""
+    taus = torch.stack([T([1.0, 2.0, 3.0, 4.0]), T([-1.0, 1.0, -2.0, 2.0])])
+    masks = torch.stack([T([1.0, 0.0, 1.0, 0.0]), T([1.0, 1.0, 0.0, 0.0])])
+    w = torch.ones(2, 1)
+    assert torch.equal(dare_merge(taus, masks, w, 0.5, consensus=False), T([0.0, 2.0, 6.0, 0.0]))
+    assert torch.equal(dare_merge(taus, masks, w, 0.5, consensus=True), T([2.0, 2.0, 6.0, 0.0]))
+
+
+def test_dare_merge_tensors_uses_the_seeded_masks():
+    """merge_tensors('dare_ta') = θ0 + λ·Σ_t m_t ⊙ τ_t / (1 - p) with m_t = dare_keep_mask(.., t)."""
+    base = torch.zeros(4, 5)
+    taus = [torch.arange(20.0).view(4, 5), -torch.ones(4, 5)]
+    out = merge_tensors("dare_ta", base, taus, name="w", drop_rate=0.25, seed=3, scaling=2.0)
+    masks = [dare_keep_mask((4, 5), 0.25, 3, "w", t) for t in range(2)]
+    expected = 2.0 * sum(m * tau / 0.75 for m, tau in zip(masks, taus, strict=True))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_dare_masks_are_seeded_per_seed_name_and_model():
+    """Same (seed, name, model) -> same mask; changing any of them -> another mask; the keep
+    rate is 1 - p (10k draws at p = .3: 0.7 ± 0.014 at 3σ)."""
+    m = dare_keep_mask((100, 100), 0.3, 0, "w", 0)
+    assert torch.equal(m, dare_keep_mask((100, 100), 0.3, 0, "w", 0))
+    for other in [(1, "w", 0), (0, "v", 0), (0, "w", 1)]:
+        assert not torch.equal(m, dare_keep_mask((100, 100), 0.3, *other))
+    assert abs(float(m.mean()) - 0.7) < 0.014
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+
+
+def test_tsv_orthogonal_tasks_by_hand():
+    """τ1 = diag(3, 1), τ2 = [[0, 0], [0, 2]]; T = 2, r = 2, k = r // T = 1.
+    Top triplets: (3, e1, e1) and (2, e2, e2); the stacks [e1 e2] are already orthonormal, so
+    U⊥ = V⊥ = I and τ_m = diag(3, 2) (task arithmetic would give diag(3, 3))."""
+    out = merge_tensors(
+        "tsv", torch.zeros(2, 2), [T([[3.0, 0.0], [0.0, 1.0]]), T([[0.0, 0.0], [0.0, 2.0]])]
+    )
+    torch.testing.assert_close(out, T([[3.0, 0.0], [0.0, 2.0]]), rtol=0, atol=1e-6)
+
+
+def test_tsv_polar_step_by_hand():
+    """τ1 = 3·e1 e1ᵀ, τ2 = 2·u uᵀ with u = (e1 + e2)/√2 at 45° to e1; k = 1.
+    The stack [e1 u] is not orthonormal; its polar factor is Löwdin's symmetric orthogonalisation,
+    which turns the two directions apart by (90° − 45°)/2 = 22.5° each: a at −22.5°, b at 67.5°.
+    Same for V (τ_t symmetric), so τ_m = 3·a aᵀ + 2·b bᵀ."""
+    u = T([1.0, 1.0], dtype=torch.float64) / math.sqrt(2)
+    e1 = T([1.0, 0.0], dtype=torch.float64)
+    taus = [3 * torch.outer(e1, e1), 2 * torch.outer(u, u)]
+    out = merge_tensors(
+        "tsv", torch.zeros(2, 2, dtype=torch.float64), taus, compute_dtype="float64"
+    )
+    ang_a, ang_b = math.radians(-22.5), math.radians(67.5)
+    a = T([math.cos(ang_a), math.sin(ang_a)], dtype=torch.float64)
+    b = T([math.cos(ang_b), math.sin(ang_b)], dtype=torch.float64)
+    torch.testing.assert_close(
+        out, 3 * torch.outer(a, a) + 2 * torch.outer(b, b), rtol=0, atol=1e-12
+    )
+
+
+def test_tsv_non_matrix_and_embedding_rules():
+    """A bias gets the mean: τ1 = [1, 2], τ2 = [3, -2] -> [2, 0]. An embedding gets the mean by
+    default, θ0 with embeddings='base', and the matrix rule with 'tsv' (as for another name)."""
+    assert torch.equal(
+        merge_tensors("tsv", torch.zeros(2), [T([1.0, 2.0]), T([3.0, -2.0])], name="x.bias"),
+        T([2.0, 0.0]),
+    )
+    base = torch.ones(2, 2)
+    fts = [base + T([[3.0, 0.0], [0.0, 1.0]]), base + T([[0.0, 0.0], [0.0, 2.0]])]
+    name = "model.embed_tokens.weight"
+    assert torch.equal(
+        merge_tensors("tsv", base, fts, name=name), base + T([[1.5, 0.0], [0.0, 1.5]])
+    )
+    assert torch.equal(merge_tensors("tsv", base, fts, name=name, embeddings="base"), base)
+    torch.testing.assert_close(
+        merge_tensors("tsv", base, fts, name=name, embeddings="tsv"),
+        merge_tensors("tsv", base, fts, name="model.layers.0.q_proj.weight"),
+    )
+
+
+def test_embedding_names():
+    for name in [
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "transformer.wte.weight",
+        "output.weight",
+        "gpt_neox.embed_in.weight",
+    ]:
+        assert is_embedding(name), name
+    for name in [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.output.dense.weight",
+        "embed_tokens_norm.weight",
+    ]:
+        assert not is_embedding(name), name
+
+
+def test_tsv_rank_rule():
+    """k = r // T by default (exact: int(49·(1/49)) would be 0); int(r·f) otherwise, clipped to
+    [1, r // T]; 0 (fall back to the mean) when r < T."""
+    assert tsv_rank(49, 49, None) == 1
+    assert tsv_rank(7, 3, None) == 2
+    assert tsv_rank(10, 2, 0.3) == 3
+    assert tsv_rank(10, 2, 0.9) == 5  # clipped to r // T
+    assert tsv_rank(10, 2, 0.01) == 1  # raised to 1
+    assert tsv_rank(2, 3, None) == 0
+
+
+def test_huber_mad_by_hand():
+    """x = [-2, -1, 0, 1, 2, 3, 40]: median 1; |x - 1| = [3, 2, 1, 0, 1, 2, 39], MAD = 2,
+    scale = 1.4826·2 = 2.9652; only 40 has z = 39/2.9652 = 13.15 > κ = 3, and becomes
+    40·3/z = 40·3·2.9652/39 = 9.1237; the rest is unchanged."""
+    x = T([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 40.0], dtype=torch.float64)
+    out = reweight_huber_mad(x, ResmParams(kappa=3.0))
+    expected = x.clone()
+    expected[-1] = 40 * 3 * 1.4826 * 2 / 39
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_huber_mad_falls_back_to_mean_deviation_when_mad_is_zero():
+    """x = [0, 0, 0, 0, 10]: median 0, MAD 0 -> scale = 1.2533·mean|x| = 1.2533·2 = 2.5066;
+    z(10) = 3.99 > 3 -> 10·3/z = 3·2.5066 = 7.5198. An all-zero x is returned as it is."""
+    x = T([0.0, 0.0, 0.0, 0.0, 10.0], dtype=torch.float64)
+    out = reweight_huber_mad(x, ResmParams())
+    torch.testing.assert_close(out, T([0.0, 0.0, 0.0, 0.0, 3 * 1.2533 * 2], dtype=torch.float64))
+    assert torch.equal(reweight_huber_mad(torch.zeros(4), ResmParams()), torch.zeros(4))
+
+
+def test_outlier_density_by_hand():
+    """One task, nine entries of 1 and one of 100: mean |τ| = 109/10 = 10.9, M = 5 -> threshold
+    54.5, one entry of ten above it: D = 0.1. Two tasks average their shares: (0.1 + 0)/2."""
+    tau = torch.ones(10)
+    tau[3] = 100.0
+    assert outlier_density(tau[None], ResmParams())["density"] == pytest.approx(0.1)
+    assert outlier_density(torch.stack([tau, torch.ones(10)]), ResmParams())[
+        "density"
+    ] == pytest.approx(0.05)
+
+
+def test_outlier_density_allocation_by_hand():
+    """Three layers with r = 16, T = 2, D = (0, .1, .3), spread .5: mean D = .1333, max − min = .3,
+    (D − mean)/(max − min) = (−.444, −.111, .556), multipliers (.778, .944, 1.278).
+    f = .25: k = int(16·.25·mult) = int(4·mult) = (3, 3, 5).
+    f = 1/T: k = int(8·mult) = (6, 7, 10), the last clipped to r // T = 8: (6, 7, 8)."""
+    stats = {
+        n: {"density": d, "r": 16, "num_models": 2}
+        for n, d in zip("abc", (0.0, 0.1, 0.3), strict=True)
+    }
+    ks = allocate_by_outlier_density(stats, ResmParams(rank_spread=0.5, rank_fraction=0.25))
+    assert ks == {"a": 3, "b": 3, "c": 5}
+    assert allocate_by_outlier_density(stats, ResmParams(rank_spread=0.5)) == {
+        "a": 6,
+        "b": 7,
+        "c": 8,
+    }
+    same = {n: {**s, "density": 0.2} for n, s in stats.items()}
+    assert allocate_by_outlier_density(same, ResmParams(rank_spread=0.5)) == {
+        "a": 8,
+        "b": 8,
+        "c": 8,
+    }
+
+
+def test_resm_plan_sets_the_rank_of_each_layer():
+    """Two 8×8 layers, T = 2, f = .25 (k = 2 uniform), spread 1: the layer with outliers gets
+    int(8·.25·1.5) = 3 triplets per task, the other int(8·.25·.5) = 1, so the merged task vectors
+    have rank 2·3 = 6 and 2·1 = 2."""
+    g = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+    base = {"spiky": torch.zeros(8, 8, dtype=f64), "flat": torch.zeros(8, 8, dtype=f64)}
+    fts = []
+    for _ in range(2):
+        spiky = torch.randn(8, 8, generator=g, dtype=f64)
+        spiky[0, :4] = 100.0  # 4 of 64 entries far above 5 × the mean magnitude
+        fts.append({"spiky": spiky, "flat": torch.randn(8, 8, generator=g, dtype=f64).sign()})
+    out = merge_state_dicts(
+        "resm", base, fts, rank_fraction=0.25, rank_spread=1.0, compute_dtype="float64"
+    )
+    assert torch.linalg.matrix_rank(out["spiky"]) == 6
+    assert torch.linalg.matrix_rank(out["flat"]) == 2
+
+
+def test_tsv_factors_shapes():
+    """(T, m, n) = (3, 5, 4), k = 1: U⊥ is 5 × 3, σ is 3 × 1, V⊥ is 4 × 3."""
+    u, s, v = tsv_factors(torch.randn(3, 5, 4), 1)
+    assert (u.shape, s.shape, v.shape) == ((5, 3), (3, 1), (4, 3))

@@ -1,0 +1,107 @@
+"""Reference tests against independent implementations: peft's merge_utils for TA, TIES and
+DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from merging_helpers import load_peft_merge_utils, models, state_dicts
+
+from hhh_bench.merging import merge_state_dicts, merge_tensors
+from hhh_bench.merging.methods.dare import dare_keep_mask
+
+PEFT = load_peft_merge_utils()
+pytestmark = pytest.mark.filterwarnings("ignore:The density .* no pruning:UserWarning")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_task_arithmetic_matches_peft(seed):
+    base, fts = models((7, 5), 3, seed)
+    weights = [0.3, 1.2, -0.5]
+    expected = base + PEFT.task_arithmetic([f - base for f in fts], torch.tensor(weights))
+    out = merge_tensors("task_arithmetic", base, fts, weights=weights)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("density", "weight"), [(0.2, 1.0), (0.5, 0.7), (0.9, 1.3), (1.0, 1.0)])
+def test_ties_matches_peft_with_equal_weights(density, weight):
+    base, fts = models((6, 9), 3, seed=int(density * 10))
+    expected = base + PEFT.ties([f - base for f in fts], torch.full((3,), weight), density)
+    out = merge_tensors("ties", base, fts, density=density, weights=[weight] * 3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("method", "peft_fn"), [("dare_ta", "dare_linear"), ("dare_ties", "dare_ties")]
+)
+@pytest.mark.parametrize("drop_rate", [0.0, 0.3, 0.8])
+def test_dare_matches_peft_given_the_same_masks(monkeypatch, method, peft_fn, drop_rate):
+    """peft draws its masks from the global RNG with ``torch.bernoulli``: hand it ours, in order."""
+    base, fts = models((5, 8), 3, seed=7)
+    weights = [0.6] * 3
+    masks = [dare_keep_mask(base.shape, drop_rate, 11, "w", t) for t in range(3)]
+    queue = list(masks)
+    real = torch.bernoulli
+    monkeypatch.setattr(torch, "bernoulli", lambda probs, *a, **k: queue.pop(0))
+    args = ([f - base for f in fts], torch.tensor(weights), 1.0 - drop_rate)
+    expected = base + getattr(PEFT, peft_fn)(*args)
+    monkeypatch.setattr(torch, "bernoulli", real)
+    assert queue == [] or drop_rate == 0.0  # peft skips pruning at density 1
+    out = merge_tensors(method, base, fts, name="w", seed=11, drop_rate=drop_rate, weights=weights)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def _polar_by_eigh(a: torch.Tensor) -> torch.Tensor:
+    """A (AᵀA)^(-1/2): the orthonormal polar factor of a full-column-rank A."""
+    evals, evecs = torch.linalg.eigh(a.T @ a)
+    return a @ evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+
+
+def _tsv_from_equations(taus: list[torch.Tensor], k: int, weights: list[float]) -> torch.Tensor:
+    """Gargiulo et al. 2025, Alg. 1: per task top-k SVD triplets, concatenated, U and V replaced by
+    their polar factors, τ_m = U⊥ diag(σ) V⊥ᵀ (σ_t scaled by w_t)."""
+    us, ss, vs = [], [], []
+    for tau, w in zip(taus, weights, strict=True):
+        u, s, vh = torch.linalg.svd(tau, full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(w * s[:k])
+        vs.append(vh[:k].T)
+    u_p, v_p = _polar_by_eigh(torch.cat(us, 1)), _polar_by_eigh(torch.cat(vs, 1))
+    return u_p @ torch.diag(torch.cat(ss)) @ v_p.T
+
+
+@pytest.mark.parametrize(
+    ("shape", "num", "rank_fraction"), [((12, 9), 3, None), ((8, 10), 2, 0.25), ((9, 9), 4, None)]
+)
+def test_tsv_matches_the_equations_in_float64(shape, num, rank_fraction):
+    base, fts = models(shape, num, seed=sum(shape), dtype=torch.float64)
+    r = min(shape)
+    k = r // num if rank_fraction is None else int(r * rank_fraction)
+    weights = [1.0, 0.5, 2.0, 1.5][:num]
+    expected = base + 0.9 * _tsv_from_equations([f - base for f in fts], k, weights)
+    out = merge_tensors(
+        "tsv",
+        base,
+        fts,
+        name="mlp.weight",
+        rank_fraction=rank_fraction,
+        weights=weights,
+        scaling=0.9,
+        compute_dtype="float64",
+    )
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-8)
+
+
+def test_tsv_state_dict_matches_the_equations_in_float64():
+    """Whole model: matrices by the equations, biases/norms/embeddings by the mean."""
+    base, fts = state_dicts(3, seed=9, dtype=torch.float64)
+    out = merge_state_dicts("tsv", base, fts, compute_dtype="float64")
+    for key, b in base.items():
+        taus = [sd[key] - b for sd in fts]
+        if not b.is_floating_point():
+            expected = b
+        elif b.dim() == 2 and "embed" not in key and "lm_head" not in key:
+            expected = b + _tsv_from_equations(taus, min(b.shape) // 3, [1.0] * 3)
+        else:
+            expected = b + sum(taus) / 3
+        torch.testing.assert_close(out[key], expected, rtol=0, atol=1e-8, msg=key)

@@ -1,0 +1,237 @@
+"""The registry, its configs and the protocol the streaming engine relies on."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from merging_helpers import models, state_dicts
+
+from hhh_bench.merging import (
+    describe_method,
+    get_method,
+    list_methods,
+    merge_state_dicts,
+    merge_tensors,
+    method_defaults,
+)
+from hhh_bench.merging.methods.ties import magnitude_key
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
+EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
+
+
+def test_registry_and_configs_match_one_to_one():
+    assert set(list_methods()) == EXPECTED
+    assert sorted(p.stem for p in CONF.glob("*.yaml")) == list_methods()
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_config_lists_every_param_with_its_default(method):
+    path = CONF / f"{method}.yaml"
+    text = path.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith(f"# hhh-bench stage=merge merge={method}"), first
+    cfg = yaml.safe_load(text)
+    assert cfg["method"] == method
+    assert cfg["params"] == method_defaults(method)
+    assert cfg["base"] is None and cfg["models"] is None
+    for line in text.split("params:")[1].split("\nbase:")[0].strip().splitlines():
+        assert "# " in line, f"{path.name}: param line without a comment: {line!r}"
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_config_params_merge(method):
+    """The yaml's params, passed as they are, merge a tiny model."""
+    params = yaml.safe_load((CONF / f"{method}.yaml").read_text())["params"]
+    base, fts = state_dicts(3, seed=0)
+    out = merge_state_dicts(method, base, fts, **params)
+    assert set(out) == set(base)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_describe_method(method):
+    rows = describe_method(method)
+    names = [r["name"] for r in rows]
+    assert names[:5] == ["scaling", "weights", "seed", "compute_dtype", "device"]
+    assert {r["name"]: r["default"] for r in rows} == {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in method_defaults(method).items()
+    }
+    for r in rows:
+        assert set(r) == {"name", "type", "default", "description"}
+        assert r["type"] and len(r["description"]) > 20, r
+    cls = type(get_method(method))
+    doc = (cls.__doc__ or "") + (sys.modules[cls.__module__].__doc__ or "")
+    assert "arXiv:" in doc
+
+
+def test_describe_shows_choices():
+    rows = {r["name"]: r for r in describe_method("resm")}
+    assert rows["reweight"]["type"] == "str (huber_mad | none)"
+    assert rows["rank_fraction"]["type"] == "float | None"
+    assert rows["weights"]["type"] == "tuple[float, ...] | None"
+
+
+def test_params_coerce_yaml_like_values():
+    p = get_method("ties").make_params(density=1, weights=[1, 2], scaling=2)
+    assert p.density == 1.0 and isinstance(p.density, float)
+    assert p.weights == (1.0, 2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.density = 0.5  # type: ignore[misc]
+
+
+ALTERNATIVES = {
+    "scaling": 0.5,
+    "weights": (2.0, -1.0, 0.5),
+    "seed": 7,
+    "density": 0.6,
+    "scope": "global",
+    "drop_rate": 0.3,
+    "rank_fraction": 0.5,
+    "embeddings": "tsv",
+    "reweight": "none",
+    "kappa": 2.0,
+    "rank": "uniform",
+    "outlier_ratio_M": 3.0,
+    "rank_spread": 0.5,
+    "compute_dtype": "float64",
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+@pytest.mark.parametrize(
+    "name", ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight", "model.norm.weight"]
+)
+def test_precompute_depends_only_on_its_keys(method, name):
+    """The engine's cache contract: changing a param outside ``precompute_keys`` leaves
+    ``precompute`` unchanged, and ``compose`` on the cached result equals a fresh merge."""
+    m = get_method(method)
+    shape = (4,) if name.endswith("norm.weight") else (6, 4)
+    base, fts = models(shape, 3, seed=3)
+    default = m.make_params()
+    entry = {"thresholds": [int(magnitude_key(torch.tensor(0.05)))] * 3}  # for scope=global
+    pre = m.precompute(name, base, fts, default, entry)
+    fields = [f.name for f in dataclasses.fields(m.params_cls)]
+    for key in fields:
+        if key in m.precompute_keys or key == "device":
+            continue
+        params = m.make_params(**{key: ALTERNATIVES[key]})
+        again = m.precompute(name, base, fts, params, entry)
+        assert again.keys() == pre.keys(), key
+        for k in pre:
+            assert torch.equal(again[k], pre[k]), (key, k)
+        fresh = m.compose(name, base, again, params, entry)
+        torch.testing.assert_close(m.compose(name, base, pre, params, entry), fresh, rtol=0, atol=0)
+
+
+def test_needs_global_pass_per_params():
+    assert get_method("ties").needs_global_pass(get_method("ties").make_params(scope="global"))
+    assert not get_method("ties").needs_global_pass(get_method("ties").make_params())
+    resm = get_method("resm")
+    assert resm.needs_global_pass(resm.make_params())
+    assert not resm.needs_global_pass(resm.make_params(rank="uniform"))
+    for name in ("task_arithmetic", "weight_average", "dare_ta", "dare_ties", "tsv"):
+        m = get_method(name)
+        assert not m.needs_global_pass(m.make_params())
+
+
+def test_plan_entries_are_plain_values():
+    """The engine keys its cache on plan entries: ints/floats/lists only."""
+    base, fts = state_dicts(3, seed=2)
+    for method, params in [("ties", {"scope": "global"}), ("resm", {})]:
+        m = get_method(method)
+        p = m.make_params(**params)
+        stats = {}
+        for k, b in base.items():
+            if b.is_floating_point():
+                s = m.tensor_stats(k, b, [sd[k] for sd in fts], p)
+                if s is not None:
+                    stats[k] = s
+        plan = m.plan(stats, p)
+        assert plan, method
+        for entry in plan.values():
+            for v in entry.values():
+                assert isinstance(v, (int, float)) or all(isinstance(x, int) for x in v), (
+                    method,
+                    v,
+                )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_global_ties_keeps_the_global_top_k(seed):
+    """Over the whole model, each task vector keeps its exact top k = int(density·N) entries plus,
+    at most, entries tied with the k-th one at bfloat16 resolution."""
+    base, fts = state_dicts(2, seed)
+    density = 0.3
+    out = merge_state_dicts("ties", base, fts[:1], density=density, scope="global")
+    keys = [k for k in base if base[k].is_floating_point()]
+    tau = torch.cat([(fts[0][k] - base[k]).flatten() for k in keys])
+    kept = torch.cat([(out[k] != base[k]).flatten() for k in keys])
+    k = int(density * tau.numel())
+    kth = tau.abs().sort(descending=True).values[k - 1]
+    assert kept[tau.abs() >= kth].all()  # the exact top k
+    extra = kept & (tau.abs() < kth)
+    assert (magnitude_key(tau[extra]) == magnitude_key(kth)).all()  # only ties at bf16 resolution
+
+
+def test_merge_tensors_plans_over_one_tensor():
+    """On one tensor, RESM's outlier_density equals uniform, and global TIES keeps its top k."""
+    base, fts = models((8, 6), 2, seed=1)
+    torch.testing.assert_close(
+        merge_tensors("resm", base, fts),
+        merge_tensors("resm", base, fts, rank="uniform"),
+        rtol=0,
+        atol=0,
+    )
+    one = merge_tensors("ties", base, fts[:1], density=0.25, scope="global") - base
+    assert int((one != 0).sum()) >= int(0.25 * base.numel())
+
+
+def test_float64_compute_and_device_roundtrip():
+    base, fts = models((5, 4), 2, seed=4)
+    out = merge_tensors("tsv", base, fts, compute_dtype="float64")
+    assert out.dtype == torch.float32 and out.device == base.device
+    torch.testing.assert_close(out, merge_tensors("tsv", base, fts), rtol=0, atol=1e-5)
+
+
+def test_custom_resm_strategies_plug_in():
+    """A user-registered reweighting and rank rule are accepted by name and used."""
+    from hhh_bench.merging import RankStrategy, register_rank, register_reweight
+    from hhh_bench.merging.methods import resm
+
+    @register_reweight("zero_test")
+    def zero(tau, params):
+        return torch.zeros_like(tau)
+
+    register_rank(
+        "one_test",
+        RankStrategy(
+            needs_stats=True,
+            layer_stats=lambda taus, params: {"norm": float(taus.norm())},
+            allocate=lambda stats, params: {n: 1 for n in stats},
+        ),
+    )
+    try:
+        base, fts = state_dicts(2, seed=3, dtype=torch.float64)
+        out = merge_state_dicts("resm", base, fts, reweight="zero_test", compute_dtype="float64")
+        assert torch.equal(
+            out["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"]
+        )
+        out = merge_state_dicts(
+            "resm", base, fts, rank="one_test", reweight="none", compute_dtype="float64"
+        )
+        assert (
+            torch.linalg.matrix_rank(
+                out["model.layers.0.mlp.up_proj.weight"] - base["model.layers.0.mlp.up_proj.weight"]
+            )
+            == 2
+        )
+        with pytest.raises(ValueError, match="already registered"):
+            register_reweight("zero_test")(zero)
+    finally:
+        resm.REWEIGHT_STRATEGIES.pop("zero_test")
+        resm.RANK_STRATEGIES.pop("one_test")

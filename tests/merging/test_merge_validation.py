@@ -1,0 +1,128 @@
+"""Bad input gets a ValueError that names the parameter (and the model index)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hhh_bench.merging import get_method, merge_state_dicts, merge_tensors
+
+B = torch.zeros(2, 3)
+FT = [torch.ones(2, 3), torch.full((2, 3), 2.0)]
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown merge method 'tie'.*'ties'.*'tsv'"):
+        merge_tensors("tie", B, FT)
+
+
+def test_unknown_parameter_lists_the_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown parameter\(s\) \['densty'\]; valid: .*'density'"
+    ):
+        merge_tensors("ties", B, FT, densty=0.3)
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.01, float("nan")])
+def test_density_outside_0_1(density):
+    with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
+        merge_tensors("ties", B, FT, density=density)
+
+
+@pytest.mark.parametrize("drop_rate", [1.0, -0.01, 1.5])
+def test_drop_rate_outside_0_1(drop_rate):
+    for method in ("dare_ta", "dare_ties"):
+        with pytest.raises(ValueError, match="'drop_rate' must be in \\[0, 1\\)"):
+            merge_tensors(method, B, FT, drop_rate=drop_rate)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "match"),
+    [
+        ("tsv", {"rank_fraction": 0.0}, "'rank_fraction'"),
+        ("tsv", {"rank_fraction": 1.5}, "'rank_fraction'"),
+        ("tsv", {"embeddings": "keep"}, "'embeddings' must be one of"),
+        ("resm", {"kappa": 0.0}, "'kappa'"),
+        ("resm", {"outlier_ratio_M": -1.0}, "'outlier_ratio_M'"),
+        ("resm", {"rank_spread": 2.0}, "'rank_spread'"),
+        ("resm", {"reweight": "huber"}, r"'reweight' must be one of \['huber_mad', 'none'\]"),
+        ("resm", {"rank": "owl"}, "'rank' must be one of"),
+        ("ties", {"scope": "layer"}, "'scope' must be one of"),
+        ("ties", {"density": "0.2"}, "'density' must be float"),
+        ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
+        ("task_arithmetic", {"seed": 1.5}, "'seed' must be int"),
+        ("task_arithmetic", {"weights": "1,2"}, "'weights' must be"),
+        ("task_arithmetic", {"weights": [1.0, float("nan")]}, "'weights' entry 1"),
+        ("task_arithmetic", {"compute_dtype": "float16"}, "'compute_dtype' must be one of"),
+        ("task_arithmetic", {"device": "gpu0"}, "'device'"),
+    ],
+)
+def test_bad_hyperparameters_are_named(method, params, match):
+    with pytest.raises(ValueError, match=match):
+        get_method(method).make_params(**params)
+
+
+def test_weights_length_must_match_the_models():
+    with pytest.raises(ValueError, match="'weights' has 3 entries but 2 finetuned models"):
+        merge_tensors("task_arithmetic", B, FT, weights=[1, 1, 1])
+
+
+def test_weight_average_refuses_weights_summing_to_zero():
+    with pytest.raises(ValueError, match="'weights' sums to 0"):
+        merge_tensors("weight_average", B, FT, weights=[1, -1])
+
+
+def test_no_finetuned_models():
+    with pytest.raises(ValueError, match="no finetuned models"):
+        merge_tensors("ties", B, [])
+    with pytest.raises(ValueError, match="no finetuned models"):
+        merge_state_dicts("ties", {"w": B}, [])
+
+
+def test_shape_mismatch_names_parameter_and_model():
+    with pytest.raises(ValueError, match=r"'lm_head.weight': finetuned model 1 has shape \(3, 3\)"):
+        merge_tensors("task_arithmetic", B, [FT[0], torch.zeros(3, 3)], name="lm_head.weight")
+
+
+def test_dtype_mismatch_names_parameter_and_model():
+    with pytest.raises(ValueError, match="'w': finetuned model 0 has dtype torch.bfloat16"):
+        merge_tensors("ties", B, [FT[0].bfloat16(), FT[1]], name="w")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_names_parameter_and_model(bad):
+    broken = FT[1].clone()
+    broken[0, 1] = bad
+    with pytest.raises(ValueError, match="'w': finetuned model 1 holds 1 NaN/Inf"):
+        merge_tensors("tsv", B, [FT[0], broken], name="w")
+    base = B.clone()
+    base[1, 2] = bad
+    with pytest.raises(ValueError, match="'w': the base model holds 1 NaN/Inf"):
+        merge_tensors("tsv", base, FT, name="w")
+
+
+def test_integer_tensors_must_be_equal():
+    ids = torch.arange(4)
+    assert torch.equal(merge_tensors("ties", ids, [ids.clone(), ids.clone()], name="pos"), ids)
+    with pytest.raises(
+        ValueError, match="'pos': finetuned model 1 is a torch.int64 tensor that differs"
+    ):
+        merge_tensors("ties", ids, [ids.clone(), ids + 1], name="pos")
+
+
+def test_key_mismatch_names_the_model():
+    base = {"a": B, "b": B}
+    with pytest.raises(
+        ValueError, match=r"finetuned model 1 lacks 1 of the base's keys, e.g. \['b'\]"
+    ):
+        merge_state_dicts("task_arithmetic", base, [base, {"a": B}])
+    with pytest.raises(
+        ValueError, match=r"finetuned model 0 has 1 keys the base lacks, e.g. \['c'\]"
+    ):
+        merge_state_dicts("task_arithmetic", base, [{**base, "c": B}])
+
+
+def test_state_dict_shape_mismatch_names_the_key():
+    base = {"a": B, "b": B}
+    with pytest.raises(ValueError, match=r"'b': finetuned model 0 has shape \(3,\)"):
+        merge_state_dicts("ties", base, [{"a": B, "b": torch.zeros(3)}])
