@@ -1,0 +1,548 @@
+"""The experiment report: a paper-style Markdown table and three figures from the results store.
+
+``report.md``
+    The main table, rows grouped Base / Oracle / Specialists / Data mixture / Model merging,
+    columns Helpful, Honest, Harmless, Avg, Min. One row per *family* (a merge method, a mixing
+    strategy, a specialist's dimension; a row's ``family`` field overrides the default): when a
+    family holds several configurations (a hyperparameter sweep), the one with the best
+    ``select_by`` score on the selection split (validation) is shown with its report-split (test)
+    numbers. Cells are means over seeds, ``mean ± std`` when there are several, with the change
+    from the base in parentheses; the best value per column among all rows but the oracle is
+    bold. Then every evaluated configuration, and per-task metrics of the main-table rows.
+``radar.png``
+    One polygon per family (the main table's rows) on the three dimensions.
+``pareto.png``
+    Helpful against harmless for every evaluated model (every row, every seed), the
+    non-dominated front of the compared models drawn as a line.
+``conflict.png``
+    A 3x3 heatmap: row i, column j is how training on dimension i alone (the specialists) moved
+    dimension j relative to the base (mean over seeds): the collaboration / conflict matrix.
+
+Plots use Matplotlib's object-oriented API on the Agg canvas, so no display or global backend
+state is involved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.evaluation.scoring import DIMENSIONS
+
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("base", "Base"),
+    ("oracle", "Oracle"),
+    ("specialist", "Specialists"),
+    ("mixture", "Data mixture"),
+    ("merge", "Model merging"),
+)
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("helpful", "Helpful"),
+    ("honest", "Honest"),
+    ("harmless", "Harmless"),
+    ("average", "Avg"),
+    ("min", "Min"),
+)
+DIGITS = 3
+
+
+def family_of(row: Mapping[str, Any]) -> str:
+    """The family a row belongs to: its ``family`` field, else one derived from its kind."""
+    if row.get("family"):
+        return str(row["family"])
+    kind = row.get("kind")
+    if kind == "base":
+        return "Base"
+    if kind == "oracle":
+        return "Oracle"
+    if kind == "specialist":
+        dims = trained_dimensions(row)
+        return f"Specialist: {'+'.join(dims)}" if dims else str(row["name"])
+    if kind == "mixture":
+        return f"Mixture: {row.get('mix_strategy') or row.get('method') or row['name']}"
+    if kind == "merge":
+        return f"Merge: {row.get('method') or row['name']}"
+    return str(row.get("name"))
+
+
+def trained_dimensions(row: Mapping[str, Any]) -> list[str]:
+    """The dimensions a model was trained on: ``train_dimensions``, else the one dimension word
+    its name contains (``dpo_helpful``), else none."""
+    dims = row.get("train_dimensions")
+    if dims:
+        return [d for d in DIMENSIONS if d in dims]
+    found = [d for d in DIMENSIONS if d in str(row.get("name", "")).lower()]
+    return found if len(found) == 1 else []
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mu = sum(values) / len(values)
+    if len(values) < 2:
+        return mu, None
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class Entry:
+    """One configuration (rows sharing ``kind`` and ``name``) aggregated over its seeds."""
+
+    kind: str
+    family: str
+    name: str
+    rows: list[dict[str, Any]]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+    delta: dict[str, float | None] = field(default_factory=dict)
+    n_configs: int = 1
+    selected_on: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def label(self) -> str:
+        if self.n_configs > 1:
+            return f"{self.name} (best of {self.n_configs} on {self.selected_on})"
+        return self.name
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """Group rows into configurations (same kind and name) with mean and std per score."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["name"]), []).append(dict(r))
+    entries = []
+    for (kind, name), rs in groups.items():
+        e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
+        for col, _ in COLUMNS:
+            e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        entries.append(e)
+    return entries
+
+
+def base_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Mean scores of the base rows (over seeds), or None when the store has no base row."""
+    base = [r for r in rows if r["kind"] == "base"]
+    if not base:
+        return None
+    return {col: _mean_std([float(r[col]) for r in base])[0] for col, _ in COLUMNS}
+
+
+def _with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None:
+    """Deltas of the means from the base's means, and the largest drop of a dimension's mean
+    below the base's (None without a base)."""
+    for e in entries:
+        for col, _ in COLUMNS:
+            e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
+        e.delta["max_drop"] = (
+            None if base is None else max(0.0, *(base[d] - e.mean[d] for d in DIMENSIONS))
+        )
+
+
+def select_entries(
+    report_rows: Sequence[Mapping[str, Any]],
+    select_rows: Sequence[Mapping[str, Any]] = (),
+    *,
+    select_by: str = "average",
+    select_split: str = "validation",
+    report_split: str = "test",
+) -> list[Entry]:
+    """One entry per family, in table order: the configuration with the best ``select_by`` mean
+    on ``select_rows`` (the selection split), falling back to the report split for families
+    that were not evaluated there. Deltas are filled against the base of ``report_rows``."""
+    if select_by not in dict(COLUMNS):
+        raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
+    entries = aggregate(report_rows)
+    on_select = {(e.kind, e.name): e.mean[select_by] for e in aggregate(select_rows)}
+    by_family: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        by_family.setdefault((e.kind, e.family), []).append(e)
+    chosen: list[Entry] = []
+    for kind, _ in GROUPS:
+        for (k, _fam), members in by_family.items():
+            if k != kind:
+                continue
+            scored = [m for m in members if (m.kind, m.name) in on_select]
+            if scored:
+                best = max(scored, key=lambda m: on_select[(m.kind, m.name)])
+                best.selected_on = select_split
+            else:
+                best = max(members, key=lambda m: m.mean[select_by])
+                best.selected_on = report_split
+            best.n_configs = len(members)
+            chosen.append(best)
+    _with_deltas(chosen, base_means(report_rows))
+    return chosen
+
+
+def _fmt(value: float, std: float | None) -> str:
+    return f"{value:.{DIGITS}f}" + (f" ± {std:.{DIGITS}f}" if std is not None else "")
+
+
+def _fmt_opt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.{DIGITS}f}"
+
+
+def _fmt_delta(delta: float | None) -> str:
+    return "" if delta is None else f" ({delta:+.{DIGITS}f})"
+
+
+def best_per_column(entries: Sequence[Entry]) -> dict[str, float]:
+    """Best (highest) displayed mean per column among the compared rows (every kind but oracle)."""
+    compared = [e for e in entries if e.kind != "oracle"]
+    return {
+        col: max(round(e.mean[col], DIGITS) for e in compared) for col, _ in COLUMNS if compared
+    }
+
+
+def main_table(entries: Sequence[Entry]) -> str:
+    """The paper-style Markdown table of :func:`select_entries`' rows."""
+    best = best_per_column(entries)
+    head = "| Method | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [head, "|" + "---|" + "---:|" * len(COLUMNS)]
+    for kind, title in GROUPS:
+        members = [e for e in entries if e.kind == kind]
+        if not members:
+            continue
+        lines.append(f"| *{title}* |" + " |" * len(COLUMNS))
+        for e in members:
+            cells = []
+            for col, _ in COLUMNS:
+                text = _fmt(e.mean[col], e.std[col])
+                if e.kind != "oracle" and round(e.mean[col], DIGITS) == best.get(col):
+                    text = f"**{text}**"
+                cells.append(text + _fmt_delta(e.delta[col]))
+            lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _params(row: Mapping[str, Any]) -> str:
+    p = row.get("params") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
+
+
+def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every evaluated configuration (means over seeds), in group order."""
+    entries = aggregate(rows)
+    _with_deltas(entries, base_means(rows))
+    lines = [
+        "| Group | Model | Params | Seeds | Helpful | Honest | Harmless | Avg | Min | Max drop |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, title in GROUPS:
+        for e in sorted((e for e in entries if e.kind == kind), key=lambda e: e.name):
+            cells = [_fmt(e.mean[c], e.std[c]) + _fmt_delta(e.delta[c]) for c, _ in COLUMNS]
+            params = {_params(r) for r in e.rows}
+            shown = params.pop() if len(params) == 1 else "varies by seed"
+            lines.append(
+                f"| {title} | {e.name} | {shown} | {e.n} | "
+                + " | ".join(cells)
+                + f" | {_fmt_opt(e.delta['max_drop'])} |"
+            )
+    return "\n".join(lines)
+
+
+def per_task_table(entries: Sequence[Entry]) -> str:
+    """Per-task primary metrics (means over seeds) of the main-table rows."""
+    specs: dict[str, str] = {}
+    for e in entries:
+        for r in e.rows:
+            for s in r.get("task_specs") or []:
+                specs.setdefault(s["name"], s["metric"])
+            for t in r.get("tasks") or {}:
+                specs.setdefault(t, r.get("metric", "acc"))
+    if not specs:
+        return ""
+    names = sorted(specs)
+    lines = [
+        "| Method | " + " | ".join(f"{t} ({specs[t]})" for t in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for e in entries:
+        cells = []
+        for t in names:
+            vals = [
+                float(r["tasks"][t][specs[t]])
+                for r in e.rows
+                if t in (r.get("tasks") or {}) and r["tasks"][t].get(specs[t]) is not None
+            ]
+            cells.append(f"{sum(vals) / len(vals):.{DIGITS}f}" if vals else "-")
+        lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def conflict_matrix(rows: Sequence[Mapping[str, Any]]) -> list[list[float | None]]:
+    """``M[i][j]`` = mean over specialists trained on dimension i alone of (their score on
+    dimension j − the base's mean score on j); None where there is no such specialist or no base."""
+    base = base_means(rows)
+    out: list[list[float | None]] = []
+    for di in DIMENSIONS:
+        spec = [r for r in rows if r["kind"] == "specialist" and trained_dimensions(r) == [di]]
+        row: list[float | None] = []
+        for dj in DIMENSIONS:
+            if base is None or not spec:
+                row.append(None)
+            else:
+                row.append(sum(float(r[dj]) - base[dj] for r in spec) / len(spec))
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+_MARKERS = {"base": "s", "oracle": "*", "specialist": "^", "mixture": "D", "merge": "o"}
+_COLORS = {
+    "base": "#444444",
+    "oracle": "#b8860b",
+    "specialist": "#2ca02c",
+    "mixture": "#1f77b4",
+    "merge": "#d62728",
+}
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def radar_plot(entries: Sequence[Entry], path: str | Path, title: str = "") -> Path:
+    """One polygon per family (the main table's rows) over helpful, honest, harmless."""
+    fig = _figure((6.2, 5.4))
+    ax = fig.add_subplot(projection="polar")
+    angles = [2 * math.pi * i / len(DIMENSIONS) for i in range(len(DIMENSIONS))]
+    n_colors = 10 if len(entries) <= 10 else 20
+    cmap = _cmap("tab10" if n_colors == 10 else "tab20")
+    for i, e in enumerate(entries):
+        vals = [e.mean[d] for d in DIMENSIONS]
+        style = {"linestyle": "--"} if e.kind == "oracle" else {}
+        color = _COLORS["base"] if e.kind == "base" else cmap(i % n_colors)
+        ax.plot([*angles, angles[0]], [*vals, vals[0]], label=e.name, color=color, **style)
+        ax.fill([*angles, angles[0]], [*vals, vals[0]], color=color, alpha=0.06)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([d.capitalize() for d in DIMENSIONS])
+    ax.set_ylim(0, 1)
+    ax.set_rlabel_position(60)  # radial ticks between the Helpful and Honest axes
+    ax.set_title(title or "3H profile per method family", pad=18)
+    if entries:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=7, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (maximize both coordinates), sorted by the first."""
+    front = [
+        p
+        for p in points
+        if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points)
+    ]
+    return sorted(set(front))
+
+
+def pareto_plot(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, highlight: Sequence[Entry] = ()
+) -> Path:
+    """Helpful (x) against harmless (y) for every row, by kind; the compared models' front."""
+    fig = _figure((6.2, 5.0))
+    ax = fig.add_subplot()
+    for kind, title in GROUPS:
+        pts = [(float(r["helpful"]), float(r["harmless"])) for r in rows if r["kind"] == kind]
+        if pts:
+            ax.scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker=_MARKERS[kind],
+                color=_COLORS[kind],
+                s=90 if kind == "oracle" else 36,
+                alpha=0.8,
+                label=title,
+            )
+    front = pareto_front(
+        [(float(r["helpful"]), float(r["harmless"])) for r in rows if r["kind"] != "oracle"]
+    )
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="#888888", lw=1, ls=":")
+    for e in highlight:
+        ax.annotate(
+            e.name,
+            (e.mean["helpful"], e.mean["harmless"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("Helpful")
+    ax.set_ylabel("Harmless")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("Helpful vs harmless (every evaluated model)")
+    if rows:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+def _cmap(name: str) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps[name]
+
+
+def conflict_plot(matrix: Sequence[Sequence[float | None]], path: str | Path) -> Path:
+    """The 3x3 collaboration / conflict heatmap of :func:`conflict_matrix` (blue: helped,
+    red: hurt; grey: no specialist or no base)."""
+    fig = _figure((5.2, 4.4))
+    ax = fig.add_subplot()
+    vals = [[float("nan") if v is None else float(v) for v in row] for row in matrix]
+    finite = [abs(v) for row in vals for v in row if v == v]
+    vmax = max(finite) if finite and max(finite) > 0 else 1.0
+    cmap = _cmap("RdBu").with_extremes(bad="#dddddd")
+    im = ax.imshow(vals, cmap=cmap, vmin=-vmax, vmax=vmax)
+    labels = [d.capitalize() for d in DIMENSIONS]
+    ax.set_xticks(range(3), labels)
+    ax.set_yticks(range(3), labels)
+    ax.set_xlabel("Score on dimension (change from base)")
+    ax.set_ylabel("Specialist trained on")
+    for i, row in enumerate(vals):
+        for j, v in enumerate(row):
+            dark = v == v and abs(v) > 0.6 * vmax
+            text = "n/a" if v != v else f"{v:+.3f}"
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black"
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("Training on i moves j (specialists vs base)")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole report
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    experiment: str = "",
+    report_split: str = "test",
+    select_split: str | None = "validation",
+    select_by: str = "average",
+) -> dict[str, Any]:
+    """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``.
+
+    Args:
+        rows: result rows (:func:`hhh_bench.tracking.store.read_results`); rows of other splits
+            than ``report_split`` / ``select_split`` are ignored.
+        out_dir: the folder to write (created).
+        experiment: the experiment's name, for the title.
+        report_split: the split whose numbers are shown.
+        select_split: the split on which a family's configuration is chosen (None: the report
+            split itself, which the report then says).
+        select_by: the score a configuration is chosen by (``average``, ``min``, a dimension).
+
+    Returns:
+        ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict"}``.
+
+    Raises:
+        ValueError: no row of ``report_split``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_rows = [dict(r) for r in rows if r.get("split", report_split) == report_split]
+    if not report_rows:
+        have = sorted({str(r.get("split")) for r in rows})
+        raise ValueError(
+            f"no results for split {report_split!r} (have {have or 'none'}); run the eval stage "
+            f"on that split first"
+        )
+    select_rows = [r for r in rows if select_split and r.get("split") == select_split]
+    entries = select_entries(
+        report_rows,
+        select_rows,
+        select_by=select_by,
+        select_split=select_split or report_split,
+        report_split=report_split,
+    )
+    metric = sorted({str(r.get("metric", "?")) for r in report_rows})
+    base = base_means(report_rows)
+    n_seeds = max(e.n for e in entries)
+    md = [
+        f"# hhh-bench report{': ' + experiment if experiment else ''}",
+        "",
+        f"Split **{report_split}**, primary metric {', '.join(metric)}, "
+        f"{len(report_rows)} evaluated model(s); generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "## Main table",
+        "",
+        "One row per method family; where a family holds several configurations, the one with "
+        f"the best {select_by} on {select_split or report_split} is shown"
+        + (
+            " (no selection split given: chosen on the reported numbers)"
+            if not select_split
+            else ""
+        )
+        + ". "
+        + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
+        + ("In parentheses: change from the base. " if base else "No base row: no deltas. ")
+        + "Bold: best per column among all rows but the oracle.",
+        "",
+        main_table(entries),
+        "",
+        "## All evaluated models",
+        "",
+        all_models_table(report_rows),
+        "",
+    ]
+    tasks = per_task_table(entries)
+    if tasks:
+        md += ["## Per-task metrics (main-table rows)", "", tasks, ""]
+    matrix = conflict_matrix(report_rows)
+    md += [
+        "## Figures",
+        "",
+        "![3H radar](radar.png)",
+        "",
+        "![Helpful vs harmless](pareto.png)",
+        "",
+        "![Conflict matrix](conflict.png)",
+        "",
+    ]
+    paths = {
+        "radar": radar_plot(entries, out / "radar.png", title=f"3H profile ({report_split})"),
+        "pareto": pareto_plot(report_rows, out / "pareto.png", highlight=entries),
+        "conflict": conflict_plot(matrix, out / "conflict.png"),
+    }
+    markdown = "\n".join(md)
+    (out / "report.md").write_text(markdown)
+    summary: dict[str, Any] = {}
+    for e in entries:
+        for col, _ in COLUMNS:
+            summary[f"{e.family}/{col}"] = e.mean[col]
+    compared = [e for e in entries if e.kind not in ("oracle", "base")]
+    if compared:
+        best = max(compared, key=lambda e: e.mean[select_by])
+        summary["best/family"] = best.family
+        summary["best/name"] = best.name
+        summary[f"best/{select_by}"] = best.mean[select_by]
+    return {
+        "markdown": markdown,
+        "main_table": main_table(entries),
+        "entries": entries,
+        "summary": summary,
+        "conflict_matrix": matrix,
+        "report_md": out / "report.md",
+        **paths,
+    }

@@ -1,0 +1,200 @@
+"""Our lm-eval tasks load and run offline: the toy world's (on an untrained tiny model, which
+must score near chance) and the real-suite YAMLs (on tiny files in the real datasets' schema)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hhh_bench.data.toy3h import EVAL_KINDS
+from hhh_bench.evaluation.harness import (
+    TASKS_DIR,
+    evaluate_model,
+    materialize_tasks,
+    shipped_tasks,
+)
+from hhh_bench.evaluation.tasks import utils as task_utils
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SPLITS = {"val": "validation", "test": "test"}
+
+
+def test_one_shipped_task_per_toy_kind_and_split_and_a_group_per_dimension():
+    shipped = shipped_tasks()
+    for kind in EVAL_KINDS:
+        for short in SPLITS:
+            assert shipped[f"toy3h_{kind}_{short}"]["placeholders"] == ["toy3h_eval"]
+    for dim in ("helpful", "honest", "harmless"):
+        for short in SPLITS:
+            text = shipped[f"toy3h_{dim}_{short}"]["path"].read_text()
+            members = re.findall(r"^  - (toy3h_\w+)$", text, re.M)
+            assert sorted(members) == sorted(
+                f"toy3h_{k}_{short}" for k, d in EVAL_KINDS.items() if d == dim
+            )
+    for name, ph in [
+        ("halueval_qa_mc", "halueval_qa"),
+        ("xstest_mc", "xstest"),
+        ("pku_saferlhf_mc", "pku_saferlhf"),
+        ("pku_saferlhf_refusal", "pku_saferlhf"),
+    ]:
+        assert shipped[name]["placeholders"] == [ph]
+
+
+def test_materialize_fills_absolute_paths_and_leaves_out_tasks_without_data(tmp_path):
+    out = materialize_tasks(tmp_path / "tasks", {"xstest": ASSETS / "xstest.jsonl"})
+    text = (out / "real" / "xstest_mc.yaml").read_text()
+    assert f'test: "{(ASSETS / "xstest.jsonl").resolve()}"' in text
+    assert (out / "real" / "_real_mc_template.yaml").is_file()
+    assert not (out / "real" / "halueval_qa_mc.yaml").exists()
+    assert not list(out.rglob("toy3h_known_qa_test.yaml"))
+    assert "${hhh:" not in "".join(p.read_text() for p in out.rglob("*.yaml"))
+
+
+def test_every_task_of_the_real_suite_config_exists():
+    """harness_3h names our shipped tasks or lm-eval built-ins (found without indexing all)."""
+    import lm_eval
+    import yaml
+
+    cfg = yaml.safe_load((CONF / "eval" / "harness_3h.yaml").read_text())
+    shipped = shipped_tasks()
+    builtin_dir = Path(lm_eval.__file__).parent / "tasks"
+    for tasks in cfg["dimensions"].values():
+        for name in tasks:
+            if name in shipped:
+                assert shipped[name]["placeholders"][0] in cfg["data_files"], name
+                continue
+            candidates = list(builtin_dir.rglob(f"{name}.yaml")) + list(
+                builtin_dir.rglob(f"_{name}.yaml")
+            )
+            assert any(
+                re.search(rf"^(task|group): {name}\s*$", p.read_text(), re.M) for p in candidates
+            ), f"{name} is neither shipped nor an lm-eval built-in"
+
+
+def _tiny(words, seed=0):
+    from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
+
+    tok = build_word_tokenizer(words, model_max_length=128)
+    spec = TinyModelSpec(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return build_tiny_model(spec, tok, seed=seed).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def untrained_run(small_data, tmp_path_factory):
+    """An untrained tiny model on the small world's tasks: the three validation groups and the
+    five test tasks (so every toy task and group runs once)."""
+    data = Path(small_data["dir"])
+    model, tok = _tiny((data / "vocab.txt").read_text().split())
+    include = materialize_tasks(tmp_path_factory.mktemp("tasks"), {"toy3h_eval": data / "eval"})
+    tasks = [f"toy3h_{d}_val" for d in ("helpful", "honest", "harmless")]
+    tasks += [f"toy3h_{k}_test" for k in EVAL_KINDS]
+    out = evaluate_model(
+        model, tok, tasks, include_path=include, apply_chat_template=True, batch_size=64
+    )
+    return {"out": out, "model": model, "tok": tok, "data": data}
+
+
+def test_untrained_model_scores_near_chance_and_every_metric_is_in_0_1(untrained_run):
+    m = untrained_run["out"]["metrics"]
+    expected = [f"toy3h_{k}_{s}" for k in EVAL_KINDS for s in SPLITS]
+    expected += [f"toy3h_{d}_val" for d in ("helpful", "honest", "harmless")]
+    assert sorted(m) == sorted(expected)
+    for task, row in m.items():
+        for k, v in row.items():
+            if k != "n" and v is not None:
+                assert 0.0 <= v <= 1.0, (task, k, v)
+        assert row["n"] > 0, task
+        if not task.endswith(("helpful_val", "honest_val", "harmless_val")):  # groups: no stderr
+            assert row["acc_stderr"] is not None, task
+    assert m["toy3h_helpful_val"]["n"] == 2 * m["toy3h_known_qa_val"]["n"]
+    # equal-length candidates: the soft score sits at 1 / number of choices
+    assert m["toy3h_known_qa_test"]["soft"] == pytest.approx(1 / 10, abs=0.05)
+    assert m["toy3h_unknown_qa_test"]["soft"] == pytest.approx(1 / 9, abs=0.05)
+    assert m["toy3h_known_qa_test"]["acc"] <= 0.35
+    # yes/no golds alternate: a model that always prefers one answer gets half
+    assert m["toy3h_truthfulness_test"]["acc"] == pytest.approx(0.5, abs=0.15)
+    # a harm-blind model complies (or refuses) everywhere: right on one request kind only
+    pair = m["toy3h_benign_request_test"]["acc"] + m["toy3h_harmful_request_test"]["acc"]
+    assert pair / 2 == pytest.approx(0.5, abs=0.15)
+
+
+def test_lm_eval_loglikelihoods_equal_the_direct_scorer(untrained_run):
+    """lm-eval's chat-templated per-choice log-likelihoods equal choice.py's (same context)."""
+    from hhh_bench.data.schema import read_jsonl
+    from hhh_bench.evaluation.choice import choice_logprobs
+
+    samples = untrained_run["out"]["samples"]
+    for kind in ("known_qa", "truthfulness", "harmful_request"):
+        items = {
+            it["id"]: it for it in read_jsonl(untrained_run["data"] / "eval" / f"{kind}_test.jsonl")
+        }
+        for s in samples[f"toy3h_{kind}_test"][:4]:
+            it = items[s["id"]]
+            ref = choice_logprobs(
+                untrained_run["model"], untrained_run["tok"], it["question"], it["choices"]
+            )
+            assert s["lls"] == pytest.approx(ref, abs=1e-4)
+            assert s["gold"] == it["gold"]
+
+
+def test_real_suite_yamls_run_on_tiny_schema_files(tmp_path):
+    words = set(" ".join([task_utils.COMPLY, task_utils.REFUSE, "Knowledge: Question:"]).split())
+    for f in ("halueval_qa", "xstest", "pku_saferlhf"):
+        for line in (ASSETS / f"{f}.jsonl").read_text().splitlines():
+            for v in json.loads(line).values():
+                if isinstance(v, str):
+                    words.update(v.split())
+    model, tok = _tiny(sorted(words))
+    include = materialize_tasks(
+        tmp_path / "tasks",
+        {f: ASSETS / f"{f}.jsonl" for f in ("halueval_qa", "xstest", "pku_saferlhf")},
+    )
+    tasks = ["halueval_qa_mc", "xstest_mc", "pku_saferlhf_mc", "pku_saferlhf_refusal"]
+    out = evaluate_model(
+        model, tok, tasks, include_path=include, apply_chat_template=True, batch_size=8
+    )
+    m, s = out["metrics"], out["samples"]
+    # rows kept: all 4 HaluEval, all 5 XSTest, the 2 PKU rows with exactly one safe response,
+    # the 3 PKU rows with an unsafe response
+    assert {t: m[t]["n"] for t in tasks} == {
+        "halueval_qa_mc": 4,
+        "xstest_mc": 5,
+        "pku_saferlhf_mc": 2,
+        "pku_saferlhf_refusal": 3,
+    }
+    assert [x["gold"] for x in s["xstest_mc"]] == [
+        0,
+        0,
+        1,
+        1,
+        0,
+    ]  # comply on safe, refuse on unsafe
+    assert [x["gold"] for x in s["pku_saferlhf_mc"]] == [1, 0]  # the safe response
+    assert all(len(x["lls"]) == 2 for t in tasks for x in s[t])
+    for t in tasks:
+        for k in ("acc", "acc_norm", "soft"):
+            assert 0.0 <= m[t][k] <= 1.0
+
+
+def test_missing_data_and_unknown_tasks_fail_clearly(tmp_path, untrained_run):
+    include = materialize_tasks(tmp_path / "tasks", {})
+    with pytest.raises(ValueError, match=r"task 'xstest_mc' needs data path\(s\) xstest"):
+        evaluate_model(
+            untrained_run["model"], untrained_run["tok"], ["xstest_mc"], include_path=include
+        )
+    with pytest.raises(ValueError, match=r"unknown lm-eval task\(s\) \['toy3h_nope'\]"):
+        evaluate_model(
+            untrained_run["model"], untrained_run["tok"], ["toy3h_nope"], include_path=include
+        )
+    assert TASKS_DIR.is_dir()

@@ -1,0 +1,132 @@
+"""The report renders from a fixture results file; the W&B offline run holds the table.
+
+Fixture (tests/assets/eval/results_fixture.jsonl, test split; helpful / honest / harmless):
+base (.60 .50 .40); oracle (.95 .95 .95); specialists helpful (.90 .40 .20), honest
+(.50 .80 .45), harmless (.45 .55 .90); mixture "mix uniform" seeds 0/1 (.70 .70 .70) and
+(.72 .68 .74); merges "ties d=0.2" (.75 .60 .60) x2 seeds with validation average .80,
+"ties d=0.5" (.80 .70 .65) with validation average .60, "tsv" (.68 .75 .78).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hhh_bench.tracking.report import build_report, conflict_matrix, pareto_front
+from hhh_bench.tracking.store import read_results
+
+FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fixture.jsonl"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return build_report(read_results(FIXTURE), out, experiment="fixture")
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """Main-table rows by label -> cells (Helpful, Honest, Harmless, Avg, Min)."""
+    main = markdown.split("## Main table")[1].split("## All evaluated models")[0]
+    rows = {}
+    for line in main.splitlines():
+        if line.startswith("| ") and not line.startswith("| Method") and not line.startswith("| *"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_main_table_groups_selection_seeds_deltas_and_bold(report):
+    md = report["report_md"].read_text()
+    rows = table_rows(md)
+    # grouped in paper order, one row per family
+    groups = re.findall(r"^\| \*(.+?)\* \|", md.split("## All evaluated models")[0], re.M)
+    assert groups == ["Base", "Oracle", "Specialists", "Data mixture", "Model merging"]
+    assert list(rows) == [
+        "base",
+        "oracle (dpo on all)",
+        "dpo_helpful",
+        "dpo_honest",
+        "dpo_harmless",
+        "mix uniform",
+        "ties d=0.2 (best of 2 on validation)",  # chosen on validation (.80 > .60), not on test
+        "tsv",
+    ]
+    assert rows["ties d=0.2 (best of 2 on validation)"][0] == "0.750 ± 0.000 (+0.150)"
+    # mean ± std over seeds, delta vs base: helpful mean .71 (std .0141), delta +.11
+    assert rows["mix uniform"][0] == "0.710 ± 0.014 (+0.110)"
+    # bold: best per column among everything but the oracle (.95 everywhere, never bold)
+    assert rows["dpo_helpful"][0] == "**0.900** (+0.300)"
+    assert rows["dpo_honest"][1] == "**0.800** (+0.300)"
+    assert rows["dpo_harmless"][2] == "**0.900** (+0.500)"
+    assert rows["tsv"][3] == "**0.737** (+0.237)"  # avg (.68+.75+.78)/3 vs base .5
+    assert rows["mix uniform"][4] == "**0.690 ± 0.014** (+0.290)"  # min per seed .70, .68
+    assert not any("**" in c for c in rows["oracle (dpo on all)"])
+    assert rows["base"] == ["0.600", "0.500", "0.400", "0.500", "0.400"]
+    bold = sum(c.count("**") // 2 for cells in rows.values() for c in cells)
+    assert bold == 5
+    # every configuration, the unselected one included, in the full table
+    assert "| Model merging | ties d=0.5 | density=0.5 | 1 |" in md
+
+
+def test_conflict_matrix_is_specialists_minus_base():
+    m = conflict_matrix(read_results(FIXTURE))
+    expected = [[0.30, -0.10, -0.20], [-0.10, 0.30, 0.05], [-0.15, 0.05, 0.50]]
+    for row, exp in zip(m, expected, strict=True):
+        assert row == pytest.approx(exp)
+
+
+def test_pareto_front():
+    assert pareto_front([(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1)]) == [
+        (0.1, 0.9),
+        (0.5, 0.5),
+        (0.9, 0.1),
+    ]
+
+
+def test_pngs_exist_and_are_images(report):
+    for key in ("radar", "pareto", "conflict"):
+        data = Path(report[key]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, key
+
+
+def test_report_stage_and_offline_wandb_table(tmp_path):
+    """run_report reads <root>/results.jsonl, writes <root>/report/ and an offline W&B run whose
+    files hold the results table."""
+    from omegaconf import OmegaConf
+
+    from hhh_bench.stages.report import run_report
+
+    shutil.copy(FIXTURE, tmp_path / "results.jsonl")
+    cfg = OmegaConf.create(
+        {
+            "name": "fixture",
+            "root": str(tmp_path),
+            "eval": {"report_split": "test", "select_split": "validation", "select_by": "average"},
+            "logger": {
+                "name": "wandb",
+                "project": "hhh-bench-test",
+                "entity": None,
+                "mode": "offline",
+            },
+        }
+    )
+    out = run_report(cfg)
+    for key in ("report_md", "radar", "pareto", "conflict"):
+        assert Path(out[key]).is_file() and Path(out[key]).parent == tmp_path / "report"
+    run_dir = Path(out["wandb_dir"])
+    assert run_dir.parent == tmp_path / "wandb" and run_dir.name.startswith("offline-run-")
+    tables = list(run_dir.glob("files/media/table/results_*.table.json"))
+    assert len(tables) == 1
+    import json
+
+    table = json.loads(tables[0].read_text())
+    assert len(table["data"]) == 14 and "average" in table["columns"]
+    assert "params.density" in table["columns"]
+    # logger=none: nothing is logged
+    cfg.logger = {"name": "none"}
+    shutil.rmtree(tmp_path / "wandb")
+    assert run_report(cfg)["wandb_dir"] is None
+    assert not (tmp_path / "wandb").exists()

@@ -1,0 +1,85 @@
+"""The results store: append, load as a DataFrame, dedupe by row_key, survive a torn line."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from hhh_bench.tracking.store import append_result, load_results, read_results
+
+
+def row(key: str, avg: float = 0.5, **kw):
+    return {
+        "row_key": key,
+        "name": key,
+        "kind": "merge",
+        "method": "ties",
+        "params": {"density": 0.2},
+        "seed": 0,
+        "split": "test",
+        "tasks": {"t": {"acc": avg, "acc_stderr": 0.01, "n": 10}},
+        "helpful": avg,
+        "honest": avg,
+        "harmless": avg,
+        "average": avg,
+        "min": avg,
+        **kw,
+    }
+
+
+def test_append_load_dedupe_and_skip_unchanged(tmp_path):
+    path = tmp_path / "sub" / "results.jsonl"
+    assert load_results(path).empty
+    assert append_result(path, row("a", 0.5))
+    assert append_result(path, row("b", 0.6))
+    assert not append_result(path, row("b", 0.6, timings={"eval_s": 9.0}))  # same content
+    assert append_result(path, row("a", 0.7))  # a re-scored model supersedes its row
+    assert len(path.read_text().splitlines()) == 3
+    df = load_results(path)
+    assert list(df["row_key"]) == ["a", "b"]
+    assert df.set_index("row_key").loc["a", "average"] == 0.7
+    assert df.loc[0, "params"] == {"density": 0.2}
+    flat = load_results(path, flatten=True)
+    assert flat.loc[0, "tasks.t.acc"] == 0.7 and flat.loc[0, "params.density"] == 0.2
+    assert len(load_results(path, dedupe=False)) == 3
+
+
+def test_torn_last_line_is_ignored_with_a_warning_and_the_next_append_is_clean(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_result(path, row("a"))
+    with open(path, "a") as f:  # a crash in the middle of a write
+        f.write(json.dumps(row("b"))[:40])
+    with pytest.warns(RuntimeWarning, match="torn or invalid last line"):
+        assert [r["row_key"] for r in read_results(path)] == ["a"]
+    append_result(path, row("c"))
+    with pytest.warns(RuntimeWarning, match="line 2"):
+        assert [r["row_key"] for r in read_results(path)] == ["a", "c"]
+
+
+def test_rows_are_validated_and_made_json_safe(tmp_path):
+    path = tmp_path / "results.jsonl"
+    with pytest.raises(ValueError, match="kind 'merged'"):
+        append_result(path, row("a", kind="merged"))
+    with pytest.raises(ValueError, match=r"lacks field\(s\) \['helpful'\]"):
+        append_result(path, {k: v for k, v in row("a").items() if k != "helpful"})
+    append_result(path, row("a", delta_min=float("nan"), artifacts={"model": tmp_path}))
+    r = read_results(path)[0]
+    assert r["delta_min"] is None and r["artifacts"]["model"] == str(tmp_path)
+    assert "created_at" in r
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "results.jsonl"
+    threads = [
+        threading.Thread(
+            target=lambda i=i: [append_result(path, row(f"{i}-{j}")) for j in range(20)]
+        )
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(read_results(path)) == 80
