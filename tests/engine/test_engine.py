@@ -1,0 +1,185 @@
+"""The streaming engine equals the in-memory merge, reads LoRA adapters exactly, fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hhh_bench.merging import list_methods, merge_state_dicts
+from hhh_bench.merging.engine import merge_models
+from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
+
+WORDS = "a b c d e f g h i j k l m n o p".split()
+SPEC = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+PARAMS = {"ties": {"density": 0.5}, "dare_ta": {"drop_rate": 0.3}, "dare_ties": {"drop_rate": 0.3}}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A base and three perturbed copies saved as HF folders (safetensors)."""
+    root = tmp_path_factory.mktemp("engine")
+    tok = build_word_tokenizer(WORDS)
+    base = build_tiny_model(SPEC, tok, seed=0)
+    base.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    paths = []
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        m = build_tiny_model(SPEC, tok, seed=0)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        m.save_pretrained(root / f"ft{i}")
+        paths.append(root / f"ft{i}")
+    return root, root / "base", paths
+
+
+def _sd(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", sorted(list_methods()))
+def test_streaming_equals_in_memory(models, method, tmp_path):
+    _, base, fts = models
+    params = PARAMS.get(method, {})
+    res = merge_models(method, base, fts, tmp_path / "out", progress=False, **params)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    want = merge_state_dicts(method, _sd(base), [_sd(f) for f in fts], **params)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert res.n_tensors == len(want)
+    for f in ("config.json", "tokenizer.json", "README.md", "merge_info.json"):
+        assert (tmp_path / "out" / f).is_file(), f
+    assert method in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_sharding_writes_an_index(models, tmp_path):
+    _, base, fts = models
+    merge_models("task_arithmetic", base, fts, tmp_path / "o", max_shard_size="20KB", progress=False)
+    index = json.loads((tmp_path / "o" / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and all((tmp_path / "o" / s).is_file() for s in shards)
+
+
+def test_lora_adapter_equals_merged_full_model(models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _, base, _ = models
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+    )
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged_full = peft_model.merge_and_unload()
+    merged_full.save_pretrained(tmp_path / "full")
+    a = merge_models("task_arithmetic", base, [tmp_path / "adapter"], tmp_path / "a", progress=False)
+    b = merge_models("task_arithmetic", base, [tmp_path / "full"], tmp_path / "b", progress=False)
+    sa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    sb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.n_tensors == b.n_tensors
+    for k in sb:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_exception_mid_merge_leaves_no_output(models, tmp_path, monkeypatch):
+    _, base, fts = models
+    from hhh_bench.merging import get_method
+
+    method = get_method("task_arithmetic")
+    calls = {"n": 0}
+    original = type(method).compose
+
+    def boom(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("injected failure")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(type(method), "compose", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        merge_models("task_arithmetic", base, fts, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_sweep_cache_hits_on_new_scaling_and_misses_on_changed_input(models, tmp_path):
+    root, base, fts = models
+    cache = tmp_path / "cache"
+    first = merge_models("tsv", base, fts, tmp_path / "o1", cache_dir=cache, progress=False)
+    assert first.cache_hits == 0 and first.cache_misses > 0
+    second = merge_models("tsv", base, fts, tmp_path / "o2", cache_dir=cache, scaling=0.5, progress=False)
+    assert second.cache_misses == 0 and second.cache_hits == first.cache_misses
+    # the cached SVD gives the same result as a fresh merge at that scaling
+    fresh = merge_models("tsv", base, fts, tmp_path / "o3", scaling=0.5, progress=False)
+    s2, s3 = _sd(tmp_path / "o2"), _sd(tmp_path / "o3")
+    assert all(torch.equal(s2[k], s3[k]) for k in s3)
+    # a changed input file is never served from the cache
+    changed = tmp_path / "ft0b"
+    changed.mkdir()
+    sd = _sd(fts[0])
+    k0 = next(k for k in sd if k.endswith("q_proj.weight"))
+    sd[k0] = sd[k0] + 0.1
+    save_file(sd, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    (changed / "config.json").write_text((fts[0] / "config.json").read_text())
+    third = merge_models("tsv", base, [changed, *fts[1:]], tmp_path / "o4", cache_dir=cache, progress=False)
+    assert third.cache_hits == 0
+
+
+def test_bad_inputs_are_named(models, tmp_path):
+    root, base, fts = models
+    with pytest.raises(FileExistsError):
+        merge_models("task_arithmetic", base, fts, base, progress=False)
+    with pytest.raises(ValueError, match="unknown merge method"):
+        merge_models("tie", base, fts, tmp_path / "x", progress=False)
+    # a missing tensor
+    sd = _sd(fts[0])
+    sd.pop(next(iter(sd)))
+    (tmp_path / "miss").mkdir()
+    save_file(sd, str(tmp_path / "miss" / "model.safetensors"))
+    with pytest.raises(ValueError, match="lacks tensor"):
+        merge_models("task_arithmetic", base, [tmp_path / "miss"], tmp_path / "x", progress=False)
+    # a different architecture
+    (tmp_path / "arch").mkdir()
+    save_file(_sd(fts[0]), str(tmp_path / "arch" / "model.safetensors"))
+    cfg = json.loads((fts[0] / "config.json").read_text())
+    cfg["architectures"] = ["MistralForCausalLM"]
+    (tmp_path / "arch" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="same architecture"):
+        merge_models("task_arithmetic", base, [tmp_path / "arch"], tmp_path / "x", progress=False)
+    # a vocabulary-size mismatch, then resolved by the policy
+    sd = _sd(fts[0])
+    emb = next(k for k in sd if "embed_tokens" in k)
+    sd[emb] = torch.cat([sd[emb], torch.zeros(2, sd[emb].shape[1])])
+    (tmp_path / "vocab").mkdir()
+    save_file(sd, str(tmp_path / "vocab" / "model.safetensors"))
+    with pytest.raises(ValueError, match="vocabulary sizes differ"):
+        merge_models("task_arithmetic", base, [tmp_path / "vocab"], tmp_path / "x", progress=False)
+    merge_models("task_arithmetic", base, [tmp_path / "vocab"], tmp_path / "v", vocab_policy="truncate_to_base", progress=False)
+    # NaN weights
+    sd = _sd(fts[0])
+    sd[emb][0, 0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    save_file(sd, str(tmp_path / "nan" / "model.safetensors"))
+    with pytest.raises(ValueError, match="NaN"):
+        merge_models("task_arithmetic", base, [tmp_path / "nan"], tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_pickle_checkpoints_are_refused(models, tmp_path):
+    _, base, fts = models
+    (tmp_path / "pkl").mkdir()
+    torch.save(_sd(fts[0]), tmp_path / "pkl" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickle"):
+        merge_models("task_arithmetic", base, [tmp_path / "pkl"], tmp_path / "x", progress=False)
+    merge_models("task_arithmetic", base, [tmp_path / "pkl"], tmp_path / "ok", allow_pickle=True, progress=False)
