@@ -46,7 +46,7 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
         load_causal_lm,
         load_tokenizer,
     )
-    from hhh_bench.train.sft import train_sft
+    from hhh_bench.train.sft import train_sft, train_sft_plain
 
     data_dir = Path(data["dir"])
     set_seed(seed)
@@ -74,23 +74,25 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
         if sft.get("enabled", False):
             rows = read_jsonl(data_dir / "sft" / "train.jsonl")
             log.info("base: SFT of %d parameters on %d conversations", info["n_parameters"], len(rows))
-            model, curve = train_sft(
-                model,
-                tokenizer,
-                rows,
-                tmp / "trainer",
-                epochs=sft["epochs"],
-                learning_rate=sft["learning_rate"],
-                batch_size=sft["batch_size"],
-                weight_decay=sft["weight_decay"],
-                warmup_ratio=sft["warmup_ratio"],
-                lr_scheduler_type=sft["lr_scheduler_type"],
-                max_length=sft["max_length"],
-                seed=seed,
-                device=mcfg.get("device", "cpu"),
-                logger=None,
-                logging_steps=50,
-            )
+            common = {
+                "epochs": sft["epochs"],
+                "learning_rate": sft["learning_rate"],
+                "batch_size": sft["batch_size"],
+                "weight_decay": sft["weight_decay"],
+                "warmup_ratio": sft["warmup_ratio"],
+                "lr_scheduler_type": sft["lr_scheduler_type"],
+                "max_length": sft["max_length"],
+                "seed": seed,
+                "device": mcfg.get("device", "cpu"),
+                "logging_steps": 50,
+            }
+            trainer = sft.get("trainer", "plain")
+            if trainer == "plain":
+                model, curve = train_sft_plain(model, tokenizer, rows, **common)
+            elif trainer == "trl":
+                model, curve = train_sft(model, tokenizer, rows, tmp / "trainer", logger=None, **common)
+            else:
+                raise ValueError(f"model.base_sft.trainer must be 'plain' or 'trl', got {trainer!r}")
             curve.write(tmp / "loss_curve.jsonl")
             info["sft_final_loss"] = curve.losses()[-1] if curve.losses() else None
             import shutil

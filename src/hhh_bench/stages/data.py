@@ -37,7 +37,7 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
         elif kind == "sources":
             from hhh_bench.data.real import write_source_sets
 
-            manifest = write_source_sets(to_dict(cfg.data), tmp, cfg)
+            manifest = write_source_sets(to_dict(cfg.data), tmp)
             summary = manifest.get("summary", "")
         else:
             raise ValueError(f"data.kind must be 'toy3h' or 'sources', got {kind!r}")
