@@ -43,7 +43,7 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"data.kind must be 'toy3h' or 'sources', got {kind!r}")
         write_provenance(tmp, to_dict(cfg.data), seed=int(cfg.seed), stage="data")
     CACHE.miss("data")
-    log.info("data: wrote %s\n%s", out, summary)
+    log.info("data: wrote %s", out)
     print(summary)
     return {"dir": str(out), "key": key, "manifest": manifest, "cached": False}
 

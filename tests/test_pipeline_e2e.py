@@ -1,0 +1,108 @@
+"""The whole pipeline on the small toy world: every stage, the report, caching, and resuming
+after a SIGKILL with the same numbers as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_WORLD, compose
+
+# A reduced grid so the end-to-end run stays within a couple of minutes on 2 cores.
+SMALL_PIPELINE = [
+    "experiment=toy3h",
+    "logger=none",
+    *SMALL_WORLD,
+    "pipeline.mixtures=[uniform,sequential]",
+    "pipeline.oracle.train.epochs=3",
+    "pipeline.merge_grid={}",
+    "+pipeline.merge_grid.task_arithmetic.scaling=[0.5,1.0]",
+    "+pipeline.merge_grid.ties.density=[0.5]",
+    "+pipeline.merge_grid.dare_ties.drop_rate=[0.3]",
+    "+pipeline.merge_grid.tsv.scaling=[1.0]",
+    "+pipeline.merge_grid.resm.scaling=[1.0]",
+]
+
+
+def _rows(root: Path) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for line in (root / "results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        rows[(r["name"], r["split"])] = r
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(session_root, small_base):
+    """Shares θ0 with the session (same root and config), then trains, merges, evaluates, reports."""
+    from hhh_bench.pipeline import run
+
+    cfg = compose([f"root={session_root}", *SMALL_PIPELINE])
+    return cfg, run(cfg)
+
+
+@pytest.mark.e2e
+def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
+    from hhh_bench.pipeline import run
+    from hhh_bench.stages.common import CACHE
+
+    cfg, out = pipeline_run
+    rows = _rows(session_root)
+    names = {name for name, split in rows if split == "test"}
+    for expected in ("base", "oracle", "helpful specialist", "honest specialist",
+                     "harmless specialist", "mix: uniform", "mix: sequential",
+                     "task_arithmetic", "ties", "dare_ties", "tsv", "resm"):  # fmt: skip
+        assert expected in names, (expected, names)
+    for (name, split), r in rows.items():
+        for dim in ("helpful", "honest", "harmless", "average"):
+            assert 0.0 <= r[dim] <= 1.0, (name, split, dim)
+    # merges were chosen on validation, reported on test
+    assert ("task_arithmetic", "validation") in rows
+    report = Path(out["report"]["report_md"])
+    assert report.is_file() and "| Method |" in report.read_text()
+    for png in ("radar", "pareto", "conflict"):
+        assert Path(out["report"][png]).stat().st_size > 0
+    # a second run computes nothing
+    before = dict(CACHE.misses)
+    run(cfg)
+    assert CACHE.misses == before
+
+
+@pytest.mark.e2e
+def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline_run):
+    """SIGKILL a pipeline run mid-way, run it again, compare with the uninterrupted run above
+    (same config, other root; θ0 is copied so the test does not retrain it)."""
+    import shutil
+
+    root = tmp_path / "resumed"
+    shutil.copytree(session_root / "data", root / "data")
+    shutil.copytree(session_root / "base", root / "base")
+    args = [sys.executable, "-m", "hhh_bench", f"root={root}", *SMALL_PIPELINE]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    # wait until some (not all) training is done, then kill without warning
+    while time.time() < deadline and len(list((root / "train").glob("[!.]*"))) < 2:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not list(root.glob("*/.*tmp*")), "a temporary folder survived"
+    resumed = _rows(root)
+    reference = _rows(session_root)
+    test_rows = [k for k in reference if k[1] == "test"]
+    assert test_rows
+    for k in test_rows:
+        for dim in ("helpful", "honest", "harmless", "average"):
+            assert resumed[k][dim] == pytest.approx(reference[k][dim], abs=1e-9), (k, dim)

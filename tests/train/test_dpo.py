@@ -1,0 +1,186 @@
+"""DPO wrapper on the tiny model: loss logged, every trainable tensor changed (full) or only the
+LoRA tensors (LoRA); the adapter saves, loads and merges; a curriculum trains in its order.
+
+"Every trainable parameter changed" is checked per *tensor*: with a word-level vocabulary, the
+embedding rows of tokens absent from the pairs get no gradient, so element-wise it cannot hold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from train_fixtures import *  # noqa: F403
+
+from hhh_bench.data.mixing import mix
+from hhh_bench.train.dpo import curriculum_order, logprob_margins, to_dpo_rows, train_dpo
+from hhh_bench.train.lora import is_lora_parameter, lora_config, merge_adapter_into, save_adapter
+
+FAST = {"learning_rate": 1e-3, "batch_size": 8, "logging_steps": 1, "warmup_ratio": 0.0}
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_to_dpo_rows_keeps_only_the_trl_columns(prefs):
+    rows = to_dpo_rows(prefs["helpful"][:3])
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+    assert rows[0]["prompt"] == prefs["helpful"][0]["prompt"]
+
+
+def test_full_dpo_logs_a_loss_and_changes_every_trainable_tensor(
+    tiny_model, tiny_tok, prefs, tmp_path
+):
+    rows = prefs["harmless"][:16] + prefs["helpful"][:16]
+    before = snapshot(tiny_model)
+    trainable = [n for n, p in tiny_model.named_parameters() if p.requires_grad]
+    model, curve = train_dpo(tiny_model, tiny_tok, rows, tmp_path, max_steps=4, **FAST)
+    losses = curve.losses()
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    # the reference is the model as it was at the start (not reloaded from disk): no reward at step 1
+    first = curve.records[0]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    unchanged = [n for n in trainable if torch.equal(model.get_parameter(n), before[n])]
+    assert trainable and not unchanged, unchanged
+
+
+def test_explicit_reference_is_left_untouched(tiny_model, tiny_tok, prefs, tmp_path):
+    from hhh_bench.train.dpo import frozen_copy
+
+    ref = frozen_copy(tiny_model)
+    ref_before = snapshot(ref)
+    train_dpo(
+        tiny_model, tiny_tok, prefs["harmless"][:8], tmp_path, ref_model=ref, max_steps=2, **FAST
+    )
+    assert all(torch.equal(p, ref_before[n]) for n, p in ref.named_parameters())
+    assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_dpo_raises_the_margin_on_its_training_pairs(tiny_model, tiny_tok, prefs, tmp_path):
+    rows = prefs["harmless"][:32]
+    base = sum(logprob_margins(tiny_model, tiny_tok, rows)) / len(rows)
+    model, curve = train_dpo(tiny_model, tiny_tok, rows, tmp_path, max_steps=8, **FAST)
+    after = sum(logprob_margins(model, tiny_tok, rows)) / len(rows)
+    assert after > base + 1.0
+    assert curve.losses()[-1] < curve.losses()[0]
+
+
+def test_lora_changes_only_lora_tensors_and_the_adapter_merges(
+    tiny_base_dir, tiny_tok, prefs, tmp_path
+):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hhh_bench.models import load_causal_lm
+
+    model = load_causal_lm(tiny_base_dir, dtype="float32")
+    before = snapshot(model)
+    cfg = lora_config(r=4, alpha=8, dropout=0.0)
+    trained, curve = train_dpo(
+        model, tiny_tok, prefs["harmless"][:16], tmp_path / "t", lora=cfg, max_steps=4, **FAST
+    )
+    assert isinstance(trained, PeftModel) and len(curve.losses()) == 4
+    names = dict(trained.named_parameters())
+    lora_names = [n for n in names if is_lora_parameter(n)]
+    assert lora_names and all(names[n].requires_grad for n in lora_names)
+    changed_lora = [
+        n for n in lora_names if not torch.allclose(names[n], torch.zeros_like(names[n]))
+    ]
+    assert len(changed_lora) == len(lora_names)  # B starts at 0, A random: both moved
+    # every base tensor is exactly as before (peft prefixes base_model.model. and .base_layer)
+    for n, p in names.items():
+        if is_lora_parameter(n):
+            continue
+        plain = n.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(p, before[plain]), n
+        assert not p.requires_grad, n
+
+    adapter = save_adapter(trained, tmp_path / "adapter")
+    assert (adapter / "adapter_model.safetensors").is_file()
+    merged_dir = merge_adapter_into(tiny_base_dir, adapter, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    loaded = PeftModel.from_pretrained(
+        load_causal_lm(tiny_base_dir, dtype="float32"), str(adapter)
+    ).eval()
+    ids = tiny_tok(
+        "<bos> <user> how do i kill a neighbor ? <assistant>",
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
+    with torch.no_grad():
+        a, b, c = merged(**ids).logits, loaded(**ids).logits, trained.eval()(**ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, c, atol=1e-5, rtol=1e-5)
+    assert not any(k.startswith("base_model") or "lora" in k for k in merged.state_dict())
+    assert (merged_dir / "tokenizer.json").is_file()
+    assert not torch.equal(
+        merged.get_parameter("model.layers.0.self_attn.q_proj.weight"),
+        before["model.layers.0.self_attn.q_proj.weight"],
+    )
+
+
+def test_lora_refuses_lm_head_and_an_explicit_reference(tiny_model, tiny_tok, prefs, tmp_path):
+    with pytest.raises(ValueError, match="lm_head"):
+        lora_config(target_modules=["q_proj", "lm_head"])
+    with pytest.raises(ValueError, match="ref_model=None"):
+        train_dpo(
+            tiny_model,
+            tiny_tok,
+            prefs["harmless"][:4],
+            tmp_path,
+            lora=lora_config(r=2),
+            ref_model=tiny_model,
+            max_steps=1,
+        )
+
+
+def test_curriculum_order_layout(prefs):
+    rows = prefs["helpful"][:4] + prefs["harmless"][:6]
+    out, phases = curriculum_order(rows, ["harmless", "helpful"], epochs=1.5, seed=0)
+    # harmless: 6 + round(0.5 * 6) = 9 rows, then helpful: 4 + 2 = 6
+    assert [r["dimension"] for r in out] == ["harmless"] * 9 + ["helpful"] * 6
+    assert phases == [
+        {"dimension": "harmless", "pairs": 6, "rows": 9},
+        {"dimension": "helpful", "pairs": 4, "rows": 6},
+    ]
+
+
+def test_sequential_trains_in_the_configured_order(
+    tiny_model, tiny_tok, prefs, tmp_path, monkeypatch
+):
+    """Record every batch the trainer steps on and map its prompts back to their dimension."""
+    from trl import DPOTrainer
+
+    sets = {d: prefs[d][:8] for d in ("helpful", "honest", "harmless")}
+    res = mix(
+        "sequential", sets, budget="per_specialist", seed=0, order=["harmless", "helpful", "honest"]
+    )
+    assert res.counts == {"helpful": 3, "honest": 3, "harmless": 2}  # 8 pairs: 2.67 each -> 3, 3, 2
+    prompt_dim = {r["prompt"][0]["content"]: r["dimension"] for rows in sets.values() for r in rows}
+    seen: list[set[str]] = []
+    original = DPOTrainer.training_step
+
+    def recording_step(self, *args, **kwargs):
+        inputs = args[1]
+        dims = set()
+        for seq in inputs["input_ids"]:
+            text = tiny_tok.decode(seq, skip_special_tokens=True)
+            dims |= {d for p, d in prompt_dim.items() if p in text}
+        seen.append(dims)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "training_step", recording_step)
+    train_dpo(
+        tiny_model,
+        tiny_tok,
+        res.rows,
+        tmp_path,
+        curriculum=res.phases,
+        epochs=2,
+        **{**FAST, "batch_size": 2},
+    )
+    # 2 epochs of 2 harmless pairs = 2 batches, then 2 x 3 helpful = 3 batches, then 3 honest
+    assert seen == [{"harmless"}] * 2 + [{"helpful"}] * 3 + [{"honest"}] * 3
