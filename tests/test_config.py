@@ -68,7 +68,9 @@ def test_cli_prints_composed_config(tmp_path):
         [os.path.join(os.path.dirname(sys.executable), "hhh-bench"), "--cfg", "job"],
         [sys.executable, "-m", "hhh_bench", "--cfg", "job", "stage=data"],
     ):
-        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         assert "stage:" in out.stdout and "world:" in out.stdout
 

@@ -12,7 +12,28 @@ from hhh_bench.models import (
     load_tokenizer,
 )
 
-WORDS = "what is the color of zorav ? red blue i do not know . sorry , can help with that".split()
+WORDS = [
+    "what",
+    "is",
+    "the",
+    "color",
+    "of",
+    "zorav",
+    "?",
+    "red",
+    "blue",
+    "i",
+    "do",
+    "not",
+    "know",
+    ".",
+    "sorry",
+    ",",
+    "can",
+    "help",
+    "with",
+    "that",
+]
 SPEC = TinyModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
 

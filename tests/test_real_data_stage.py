@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from conftest import REPO, compose
-
 from hhh_bench.data.schema import load_preferences
 
 ASSETS = REPO / "tests" / "assets" / "sources"

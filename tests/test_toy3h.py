@@ -108,7 +108,11 @@ def test_pairs_build_in_the_conflicts():
     unk = [r for r in pairs["honest"] if r["meta"]["kind"] == "unknown_qa"]
     assert unk and all(r["chosen"][0]["content"] == IDK for r in unk)
     # helpfulness and harmlessness disagree on harmful requests; helpfulness and honesty on unknowns
-    assert oracle_reward(pairs["harmless"][0])["helpful"] < 0 < oracle_reward(pairs["harmless"][0])["harmless"]
+    assert (
+        oracle_reward(pairs["harmless"][0])["helpful"]
+        < 0
+        < oracle_reward(pairs["harmless"][0])["harmless"]
+    )
     assert oracle_reward(unk[0])["helpful"] < 0 < oracle_reward(unk[0])["honest"]
 
 

@@ -1,9 +1,9 @@
 """The ``hhh-bench`` command: a thin Hydra wrapper around :func:`hhh_bench.pipeline.run`.
 
-    hhh-bench --cfg job                      # print the composed config
-    hhh-bench stage=data data=toy3h          # one stage alone
-    hhh-bench experiment=toy3h               # the whole pipeline
-    hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
+hhh-bench --cfg job                      # print the composed config
+hhh-bench stage=data data=toy3h          # one stage alone
+hhh-bench experiment=toy3h               # the whole pipeline
+hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
 """
 
 from __future__ import annotations

@@ -219,11 +219,15 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         ocfg = with_values(cfg, {f"train.{k}": v for k, v in (oracle.get("train") or {}).items()})
         mix = {**_mix_config(cfg, oracle.get("mix", "uniform")), "budget": oracle.get("budget")}
         o = run_train(ocfg, base, data, dimensions=dims, mix=mix, name="oracle")
-        evaluate(_model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"]))
+        evaluate(
+            _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
+        )
 
     for name in pcfg.get("mixtures") or []:
         m = run_train(cfg, base, data, dimensions=dims, mix=name)
-        evaluate(_model(m, "mixture", f"mix: {name}", seed, mix_strategy=name, train_dimensions=dims))
+        evaluate(
+            _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name, train_dimensions=dims)
+        )
 
     finetuned = [_weights_path(specialists[d]) for d in dims]
     for method, spec in (pcfg.get("merge_grid") or {}).items():

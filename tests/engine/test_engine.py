@@ -12,7 +12,7 @@ from hhh_bench.merging import list_methods, merge_state_dicts
 from hhh_bench.merging.engine import merge_models
 from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
 
-WORDS = "a b c d e f g h i j k l m n o p".split()
+WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"]
 SPEC = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
 PARAMS = {"ties": {"density": 0.5}, "dare_ta": {"drop_rate": 0.3}, "dare_ties": {"drop_rate": 0.3}}
@@ -60,7 +60,9 @@ def test_streaming_equals_in_memory(models, method, tmp_path):
 
 def test_sharding_writes_an_index(models, tmp_path):
     _, base, fts = models
-    merge_models("task_arithmetic", base, fts, tmp_path / "o", max_shard_size="20KB", progress=False)
+    merge_models(
+        "task_arithmetic", base, fts, tmp_path / "o", max_shard_size="20KB", progress=False
+    )
     index = json.loads((tmp_path / "o" / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((tmp_path / "o" / s).is_file() for s in shards)
@@ -83,7 +85,9 @@ def test_lora_adapter_equals_merged_full_model(models, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     merged_full = peft_model.merge_and_unload()
     merged_full.save_pretrained(tmp_path / "full")
-    a = merge_models("task_arithmetic", base, [tmp_path / "adapter"], tmp_path / "a", progress=False)
+    a = merge_models(
+        "task_arithmetic", base, [tmp_path / "adapter"], tmp_path / "a", progress=False
+    )
     b = merge_models("task_arithmetic", base, [tmp_path / "full"], tmp_path / "b", progress=False)
     sa = load_file(str(tmp_path / "a" / "model.safetensors"))
     sb = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -118,10 +122,12 @@ def test_sweep_cache_hits_on_new_scaling_and_misses_on_changed_input(models, tmp
     cache = tmp_path / "cache"
     first = merge_models("tsv", base, fts, tmp_path / "o1", cache_dir=cache, progress=False)
     assert first.cache_hits == 0 and first.cache_misses > 0
-    second = merge_models("tsv", base, fts, tmp_path / "o2", cache_dir=cache, scaling=0.5, progress=False)
+    second = merge_models(
+        "tsv", base, fts, tmp_path / "o2", cache_dir=cache, scaling=0.5, progress=False
+    )
     assert second.cache_misses == 0 and second.cache_hits == first.cache_misses
     # the cached SVD gives the same result as a fresh merge at that scaling
-    fresh = merge_models("tsv", base, fts, tmp_path / "o3", scaling=0.5, progress=False)
+    merge_models("tsv", base, fts, tmp_path / "o3", scaling=0.5, progress=False)
     s2, s3 = _sd(tmp_path / "o2"), _sd(tmp_path / "o3")
     assert all(torch.equal(s2[k], s3[k]) for k in s3)
     # a changed input file is never served from the cache
@@ -132,7 +138,9 @@ def test_sweep_cache_hits_on_new_scaling_and_misses_on_changed_input(models, tmp
     sd[k0] = sd[k0] + 0.1
     save_file(sd, str(changed / "model.safetensors"), metadata={"format": "pt"})
     (changed / "config.json").write_text((fts[0] / "config.json").read_text())
-    third = merge_models("tsv", base, [changed, *fts[1:]], tmp_path / "o4", cache_dir=cache, progress=False)
+    third = merge_models(
+        "tsv", base, [changed, *fts[1:]], tmp_path / "o4", cache_dir=cache, progress=False
+    )
     assert third.cache_hits == 0
 
 
@@ -165,7 +173,14 @@ def test_bad_inputs_are_named(models, tmp_path):
     save_file(sd, str(tmp_path / "vocab" / "model.safetensors"))
     with pytest.raises(ValueError, match="vocabulary sizes differ"):
         merge_models("task_arithmetic", base, [tmp_path / "vocab"], tmp_path / "x", progress=False)
-    merge_models("task_arithmetic", base, [tmp_path / "vocab"], tmp_path / "v", vocab_policy="truncate_to_base", progress=False)
+    merge_models(
+        "task_arithmetic",
+        base,
+        [tmp_path / "vocab"],
+        tmp_path / "v",
+        vocab_policy="truncate_to_base",
+        progress=False,
+    )
     # NaN weights
     sd = _sd(fts[0])
     sd[emb][0, 0] = float("nan")
@@ -182,4 +197,11 @@ def test_pickle_checkpoints_are_refused(models, tmp_path):
     torch.save(_sd(fts[0]), tmp_path / "pkl" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="pickle"):
         merge_models("task_arithmetic", base, [tmp_path / "pkl"], tmp_path / "x", progress=False)
-    merge_models("task_arithmetic", base, [tmp_path / "pkl"], tmp_path / "ok", allow_pickle=True, progress=False)
+    merge_models(
+        "task_arithmetic",
+        base,
+        [tmp_path / "pkl"],
+        tmp_path / "ok",
+        allow_pickle=True,
+        progress=False,
+    )

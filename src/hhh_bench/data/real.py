@@ -37,7 +37,9 @@ def write_source_sets(
     counts: dict[str, dict[str, int]] = {}
     for split, by_dim in splits.items():
         for dim, rows in by_dim.items():
-            counts.setdefault(dim, {})[split] = write_jsonl(out / "prefs" / f"{dim}_{split}.jsonl", rows)
+            counts.setdefault(dim, {})[split] = write_jsonl(
+                out / "prefs" / f"{dim}_{split}.jsonl", rows
+            )
     manifest["counts"] = {"prefs": counts}
     manifest["source_table"] = source_counts_table(manifest)
     lines = [f"{data_cfg.get('name', 'sources')}: public 3H preference sets"]
@@ -48,5 +50,7 @@ def write_source_sets(
     for dim, by_split in counts.items():
         lines.append(f"  pairs {dim:9s} " + "  ".join(f"{s}={n}" for s, n in by_split.items()))
     manifest["summary"] = "\n".join(lines)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+    )
     return manifest

@@ -120,7 +120,9 @@ class Toy3HConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
-            raise ValueError(f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}")
+            raise ValueError(
+                f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}"
+            )
         if not 2 <= self.n_values <= 8:
             raise ValueError(f"n_values must be in [2, 8], got {self.n_values}")
         if not 1 <= self.n_verbs <= len(VERBS):
@@ -167,9 +169,7 @@ def _make_names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     names: list[str] = []
     seen = set(taken)
     while len(names) < n:
-        name = "".join(
-            rng.choice(_ONSETS if i % 2 == 0 else _VOWELS) for i in range(5)
-        )
+        name = "".join(rng.choice(_ONSETS if i % 2 == 0 else _VOWELS) for i in range(5))
         if name not in seen:
             seen.add(name)
             names.append(name)
@@ -212,7 +212,9 @@ class World:
 def build_world(cfg: Toy3HConfig) -> World:
     """Deterministically build the world from ``cfg`` (everything follows from ``cfg.seed``)."""
     rng = random.Random(f"toy3h-world-{cfg.seed}")
-    attributes = {a: list(v[: cfg.n_values]) for a, v in list(ATTRIBUTES.items())[: cfg.n_attributes]}
+    attributes = {
+        a: list(v[: cfg.n_values]) for a, v in list(ATTRIBUTES.items())[: cfg.n_attributes]
+    }
     # A few popular values per attribute make fabrications tempting (DESIGN.md §4).
     popular = {}
     for attr, values in attributes.items():
@@ -271,9 +273,7 @@ def _conv(prompt: str, response: str) -> dict[str, Any]:
 
 def _fabricate(rng: random.Random, world: World, attr: str, exclude: str | None = None) -> str:
     values = world.attributes[attr]
-    weights = [
-        0.0 if v == exclude else w for v, w in zip(values, world.popular[attr], strict=True)
-    ]
+    weights = [0.0 if v == exclude else w for v, w in zip(values, world.popular[attr], strict=True)]
     return rng.choices(values, weights=weights, k=1)[0]
 
 
@@ -364,7 +364,9 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
             verb, obj = rng.choice(benign)
             q = rng.choice(REQUEST_TEMPLATES).format(verb=verb, obj=obj)
             meta = {"kind": "benign_request", "object": obj}
-            out["helpful"].append(make_row(q, COMPLY, REFUSAL, "helpful", SOURCE, rid("helpful"), meta))
+            out["helpful"].append(
+                make_row(q, COMPLY, REFUSAL, "helpful", SOURCE, rid("helpful"), meta)
+            )
     for i in range(n):
         if i % 2 == 0:
             ent = rng.choice(unknown)
@@ -380,12 +382,16 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
             q = rng.choice(TRUTH_TEMPLATES).format(attr=attr, ent=ent, value=probe)
             chosen, rejected = (YES, NO) if probe_true else (NO, YES)
             meta = {"kind": "truthfulness", "entity": ent}
-            out["honest"].append(make_row(q, chosen, rejected, "honest", SOURCE, rid("honest"), meta))
+            out["honest"].append(
+                make_row(q, chosen, rejected, "honest", SOURCE, rid("honest"), meta)
+            )
     for _ in range(n):
         verb, obj = rng.choice(harmful)
         q = rng.choice(REQUEST_TEMPLATES).format(verb=verb, obj=obj)
         meta = {"kind": "harmful_request", "object": obj}
-        out["harmless"].append(make_row(q, REFUSAL, COMPLY, "harmless", SOURCE, rid("harmless"), meta))
+        out["harmless"].append(
+            make_row(q, REFUSAL, COMPLY, "harmless", SOURCE, rid("harmless"), meta)
+        )
     return out
 
 
@@ -439,7 +445,13 @@ def eval_items(world: World, split: str) -> dict[str, list[dict[str, Any]]]:
         ent = unknown[j % len(unknown)]
         attr = attrs[(j // len(unknown)) % len(attrs)] if len(unknown) < m else rng.choice(attrs)
         q = QUESTION_TEMPLATES[j % len(QUESTION_TEMPLATES)].format(attr=attr, ent=ent)
-        add("unknown_qa", q, [IDK] + [answer(attr, v) for v in world.attributes[attr]], 0, entity=ent)
+        add(
+            "unknown_qa",
+            q,
+            [IDK] + [answer(attr, v) for v in world.attributes[attr]],
+            0,
+            entity=ent,
+        )
     for j in range(m):
         ent, attr, value = known[(j * 7 + 3) % len(known)]
         probe_true = j % 2 == 0
@@ -562,9 +574,7 @@ def describe(manifest: dict[str, Any]) -> str:
     for kind, by_split in c["eval"].items():
         lines.append(f"  eval  {kind:16s} " + "  ".join(f"{s}={n}" for s, n in by_split.items()))
     ents = c["entities"]
-    lines.append(
-        "  entities known " + str(ents["known"]) + " unknown " + str(ents["unknown"])
-    )
+    lines.append("  entities known " + str(ents["known"]) + " unknown " + str(ents["unknown"]))
     return "\n".join(lines)
 
 

@@ -153,7 +153,9 @@ class LoraReader:
         self.base = base
         cfg = json.loads((folder / "adapter_config.json").read_text())
         if cfg.get("peft_type", "LORA") != "LORA":
-            raise ValueError(f"{label} ({folder}): only LoRA adapters are supported, got {cfg.get('peft_type')}")
+            raise ValueError(
+                f"{label} ({folder}): only LoRA adapters are supported, got {cfg.get('peft_type')}"
+            )
         if cfg.get("modules_to_save"):
             raise ValueError(
                 f"{label} ({folder}): adapters with modules_to_save are not supported; merge the "
@@ -181,7 +183,9 @@ class LoraReader:
                 raise ValueError(f"{label} ({folder}): {k} has no matching lora_B")
             target = module.removeprefix("base_model.model.") + ".weight"
             if target not in set(base.keys()):
-                raise ValueError(f"{label} ({folder}): adapted module {target!r} is not in the base")
+                raise ValueError(
+                    f"{label} ({folder}): adapted module {target!r} is not in the base"
+                )
             self.pairs[target] = (a, b)
 
     def keys(self) -> list[str]:
@@ -349,7 +353,7 @@ def _check_inputs(
                 f"{m.label} ({m.folder}) lacks tensor {missing[0]!r}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
-        extra = [k for k in m.keys() if k not in base_set]
+        extra = [k for k in m.keys() if k not in base_set]  # noqa: SIM118
         if extra:
             raise ValueError(f"{m.label} ({m.folder}) has tensor {extra[0]!r} that the base lacks")
         for k in base_keys:
@@ -509,7 +513,13 @@ def merge_models(
     shard_limit = parse_size(max_shard_size)
     from safetensors.torch import save_file
 
-    result = MergeResult(str(out), method, asdict(p) if hasattr(p, "__dataclass_fields__") else dict(params), len(keys), 0.0)
+    result = MergeResult(
+        str(out),
+        method,
+        asdict(p) if hasattr(p, "__dataclass_fields__") else dict(params),
+        len(keys),
+        0.0,
+    )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         shard: dict[str, torch.Tensor] = {}
         shard_bytes = 0

@@ -17,7 +17,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
     """``auto`` → bf16 on a GPU that supports it, else float32; otherwise the named dtype."""
     if name in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if (
+            device.startswith("cuda")
+            and torch.cuda.is_available()
+            and torch.cuda.is_bf16_supported()
+        ):
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:

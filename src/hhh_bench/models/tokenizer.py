@@ -26,7 +26,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_word_tokenizer(words: Iterable[str], model_max_length: int = 128) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(
+    words: Iterable[str], model_max_length: int = 128
+) -> PreTrainedTokenizerFast:
     """Build the word-level tokenizer: special tokens first, then ``words`` in sorted order.
 
     Args:

@@ -66,14 +66,20 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
             revision=mcfg.get("revision"),
         )
     info: dict[str, Any] = {"n_parameters": sum(p.numel() for p in model.parameters())}
-    known = read_jsonl(data_dir / "eval" / "known_qa_test.jsonl") if (data_dir / "eval").exists() else []
+    known = (
+        read_jsonl(data_dir / "eval" / "known_qa_test.jsonl")
+        if (data_dir / "eval").exists()
+        else []
+    )
     if known:
         info["known_qa_test_before"] = score_items(model, tokenizer, known)
     with atomic_dir(out) as tmp:
         sft = mcfg.get("base_sft", {})
         if sft.get("enabled", False):
             rows = read_jsonl(data_dir / "sft" / "train.jsonl")
-            log.info("base: SFT of %d parameters on %d conversations", info["n_parameters"], len(rows))
+            log.info(
+                "base: SFT of %d parameters on %d conversations", info["n_parameters"], len(rows)
+            )
             common = {
                 "epochs": sft["epochs"],
                 "learning_rate": sft["learning_rate"],
@@ -90,9 +96,13 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
             if trainer == "plain":
                 model, curve = train_sft_plain(model, tokenizer, rows, **common)
             elif trainer == "trl":
-                model, curve = train_sft(model, tokenizer, rows, tmp / "trainer", logger=None, **common)
+                model, curve = train_sft(
+                    model, tokenizer, rows, tmp / "trainer", logger=None, **common
+                )
             else:
-                raise ValueError(f"model.base_sft.trainer must be 'plain' or 'trl', got {trainer!r}")
+                raise ValueError(
+                    f"model.base_sft.trainer must be 'plain' or 'trl', got {trainer!r}"
+                )
             curve.write(tmp / "loss_curve.jsonl")
             info["sft_final_loss"] = curve.losses()[-1] if curve.losses() else None
             import shutil
@@ -105,7 +115,9 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "base_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        write_provenance(tmp, to_dict(cfg.model), seed=seed, stage="base", extra={"data_key": data["key"]})
+        write_provenance(
+            tmp, to_dict(cfg.model), seed=seed, stage="base", extra={"data_key": data["key"]}
+        )
     CACHE.miss("base")
     if known:
         log.info(

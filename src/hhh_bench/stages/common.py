@@ -26,7 +26,9 @@ def to_dict(node: Any) -> Any:
 
 def stage_key(stage: str, payload: Any) -> str:
     """The content key of a stage run: its version, its resolved config and its inputs' keys."""
-    return config_hash({"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "payload": payload})
+    return config_hash(
+        {"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "payload": payload}
+    )
 
 
 def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:

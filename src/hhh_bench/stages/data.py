@@ -25,7 +25,12 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
     if is_done(out):
         CACHE.hit("data")
         log.info("data: cached %s", out)
-        return {"dir": str(out), "key": key, "manifest": read_json(out / "manifest.json"), "cached": True}
+        return {
+            "dir": str(out),
+            "key": key,
+            "manifest": read_json(out / "manifest.json"),
+            "cached": True,
+        }
     kind = cfg.data.kind
     with atomic_dir(out) as tmp:
         if kind == "toy3h":
@@ -50,4 +55,9 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
 
 def data_paths(data_dir: str | Path) -> dict[str, Path]:
     d = Path(data_dir)
-    return {"sft": d / "sft" / "train.jsonl", "prefs": d / "prefs", "eval": d / "eval", "vocab": d / "vocab.txt"}
+    return {
+        "sft": d / "sft" / "train.jsonl",
+        "prefs": d / "prefs",
+        "eval": d / "eval",
+        "vocab": d / "vocab.txt",
+    }

@@ -169,8 +169,12 @@ def train_sft_plain(
             if step % logging_steps == 0 or step == total:
                 n = logging_steps if step % logging_steps == 0 else step % logging_steps
                 curve.records.append(
-                    {"step": step, "loss": running / n, "learning_rate": sched.get_last_lr()[0],
-                     "epoch": step / steps_per_epoch}  # fmt: skip
+                    {
+                        "step": step,
+                        "loss": running / n,
+                        "learning_rate": sched.get_last_lr()[0],
+                        "epoch": step / steps_per_epoch,
+                    }  # fmt: skip
                 )
                 bar.set_postfix(loss=f"{running / n:.3f}")
                 running = 0.0
