@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     t0 = time.time()
+    load_plugins(cfg.get("plugins") or [])
     from hhh_bench.stages.data import run_data
 
     out: dict[str, Any] = {"data": run_data(cfg)}
@@ -58,6 +59,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info(msg)
     print(msg)
     return out
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Import user modules (``plugins=[my_pkg.my_methods]``) so their registrations run."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as e:
+            raise ValueError(
+                f"plugins: cannot import {name!r} ({e}); is it on PYTHONPATH?"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,14 +162,22 @@ def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
 
 def merge_config(cfg: DictConfig, method: str, params: Mapping[str, Any]) -> DictConfig:
     """``cfg`` with ``merge`` replaced by ``conf/merge/<method>.yaml`` and ``params`` applied."""
+    from hhh_bench.merging import method_defaults
     from hhh_bench.paths import conf_dir
 
     path = conf_dir() / "merge" / f"{method}.yaml"
-    if not path.is_file():
-        raise ValueError(f"pipeline.merge_grid names unknown merge method {method!r} (no {path})")
+    if path.is_file():
+        merge_node = OmegaConf.load(path)
+    else:  # a method registered by a plugin: its registered defaults
+        defaults = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in method_defaults(method).items()
+        }
+        merge_node = OmegaConf.create(
+            {"method": method, "params": defaults, "base": None, "models": None}
+        )
     new = copy.deepcopy(cfg)
     with open_dict(new):
-        new.merge = OmegaConf.load(path)
+        new.merge = merge_node
         for k, v in params.items():
             if k not in new.merge.params:
                 raise ValueError(
