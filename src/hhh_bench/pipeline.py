@@ -245,8 +245,10 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
         )
 
-    for name in pcfg.get("mixtures") or []:
-        m = run_train(cfg, base, data, dimensions=dims, mix=name)
+    for entry in pcfg.get("mixtures") or []:
+        # a name (conf/mix/<name>.yaml) or a mapping {name: <strategy>, budget: ..., <params>}
+        name = entry["name"] if isinstance(entry, Mapping) else entry
+        m = run_train(cfg, base, data, dimensions=dims, mix=entry)
         evaluate(
             _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name, train_dimensions=dims)
         )
