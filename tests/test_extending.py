@@ -12,6 +12,22 @@ from conftest import REPO, SMALL_WORLD, compose
 PLUGIN_DIR = REPO / "tests" / "assets" / "plugins"
 
 
+@pytest.fixture(autouse=True)
+def _restore_registries():
+    """A plugin registers into process-wide registries; undo that so later tests see only the
+    built-in methods and strategies."""
+    from hhh_bench.data.mixing import registry as mixing_registry
+    from hhh_bench.merging import base as merging_base
+
+    saved = dict(mixing_registry._REGISTRY), dict(merging_base._REGISTRY)
+    yield
+    mixing_registry._REGISTRY.clear()
+    mixing_registry._REGISTRY.update(saved[0])
+    merging_base._REGISTRY.clear()
+    merging_base._REGISTRY.update(saved[1])
+    sys.modules.pop("my_hhh_ext", None)
+
+
 @pytest.mark.e2e
 def test_user_merge_method_and_mixing_strategy_run_in_the_pipeline(session_root, small_base):
     sys.path.insert(0, str(PLUGIN_DIR))

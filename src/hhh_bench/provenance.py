@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -140,6 +141,43 @@ def write_provenance(
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+_STALE = re.compile(r"^\..+\.(?:tmp-(\d+)-\d+|old-\d+)$")
+
+
+def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
+    """Remove the temporary folders a killed process left in ``parent`` (``.<name>.tmp-<pid>-*``
+    whose process is gone, and ``.<name>.old-*`` backups); returns what was removed.
+
+    A SIGKILL cannot run ``atomic_dir``'s clean-up, so the next run does it. Folders of live
+    processes (a concurrent run writing beside us) are left alone.
+    """
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        m = _STALE.match(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        if m.group(1) is not None and _pid_alive(int(m.group(1))):
+            continue
+        if m.group(1) is None and entry.stat().st_mtime > time.time() - 60:
+            continue  # a backup a live rename may still be using
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to ``final`` only if the block succeeds.
@@ -154,6 +192,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (pass overwrite=true to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(final.parent)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir()
     try:
