@@ -151,18 +151,27 @@ def reweight_none(tau: Tensor, params: ResmParams) -> Tensor:
     return tau
 
 
-@register_reweight("huber_mad")
-def reweight_huber_mad(tau: Tensor, params: ResmParams) -> Tensor:
-    """x_i·min(1, κ/z_i) with z_i = |x_i − med| / (1.4826·MAD) (see the module docstring)."""
+def robust_deviation(tau: Tensor) -> tuple[Tensor, float]:
+    """(|x − med(x)|, robust σ) of the flattened ``tau``: σ = 1.4826·MAD with
+    MAD = med|x − med(x)| (``torch.median``: the lower median), falling back to
+    1.2533·mean|x − med(x)| when MAD = 0; 0.0 when that is 0 too. The robust z-score of an
+    entry is its deviation / σ (used by ``huber_mad`` and by the task-vector diagnostics)."""
     x = tau.reshape(-1)
     dev = (x - x.median()).abs()
     scale = 1.4826 * float(dev.median())
     if scale == 0.0:
         scale = 1.2533 * float(dev.mean())
+    return dev, scale
+
+
+@register_reweight("huber_mad")
+def reweight_huber_mad(tau: Tensor, params: ResmParams) -> Tensor:
+    """x_i·min(1, κ/z_i) with z_i = |x_i − med| / (1.4826·MAD) (see the module docstring)."""
+    dev, scale = robust_deviation(tau)
     if scale == 0.0:
         return tau
     z = dev / scale
-    return (x * (params.kappa / z.clamp(min=params.kappa))).view_as(tau)
+    return (tau.reshape(-1) * (params.kappa / z.clamp(min=params.kappa))).view_as(tau)
 
 
 # -- rank strategies --------------------------------------------------------------------------
