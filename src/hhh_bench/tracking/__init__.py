@@ -4,10 +4,21 @@
 from hhh_bench.tracking.store import (
     KINDS,
     ResultRow,
+    append_diagnostics,
     append_result,
     load_results,
+    read_diagnostics,
     read_results,
     validate_row,
 )
 
-__all__ = ["KINDS", "ResultRow", "append_result", "load_results", "read_results", "validate_row"]
+__all__ = [
+    "KINDS",
+    "ResultRow",
+    "append_diagnostics",
+    "append_result",
+    "load_results",
+    "read_diagnostics",
+    "read_results",
+    "validate_row",
+]

@@ -18,6 +18,11 @@
     A 3x3 heatmap: row i, column j is how training on dimension i alone (the specialists) moved
     dimension j relative to the base (mean over seeds): the collaboration / conflict matrix.
 
+``diag_<statistic>.png`` (when ``<root>/diagnostics.jsonl`` has rows)
+    Task-vector diagnostics (:mod:`hhh_bench.merging.diagnostics`): per statistic, one heatmap
+    per diagnosed set of specialists side by side (rows: layer index, columns: layer type), and
+    in ``report.md`` a model-wide table with one row per set and a per-layer-type table per set.
+
 Plots use Matplotlib's object-oriented API on the Agg canvas, so no display or global backend
 state is involved.
 """
@@ -428,6 +433,185 @@ def conflict_plot(matrix: Sequence[Sequence[float | None]], path: str | Path) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Task-vector diagnostics
+# ---------------------------------------------------------------------------------------------
+
+DIAG_HEATMAP_STATS = (
+    "norm",
+    "kurtosis",
+    "tail_share_3",
+    "tail_share_5",
+    "reweight_change",
+    "sign_conflict",
+    "subspace_overlap",
+    "sti_normalized",
+    "resm_density",
+    "resm_rank_ratio",
+)
+"""Statistics drawn as per-layer heatmaps (other ``tail_share_<c>`` columns are added when the
+rows have them); the full set is in each row's tables and ``diagnostics.json``."""
+
+
+def _diag_stats(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = {
+        k for r in rows for p in r.get("params") or [] for k, v in p.items() if v is not None
+    }
+    extra = sorted(
+        (k for k in present if k.startswith("tail_share_") and k not in DIAG_HEATMAP_STATS),
+        key=lambda k: float(k.removeprefix("tail_share_")),
+    )
+    return [s for s in (*DIAG_HEATMAP_STATS, *extra) if s in present]
+
+
+def diagnostics_grid(
+    row: Mapping[str, Any], stat: str, layers: Sequence[int], types: Sequence[str]
+) -> list[list[float]]:
+    """The (layer x type) grid of one diagnostics row's per-parameter values of ``stat``; NaN
+    where a layer has no such parameter or the statistic is undefined there."""
+    grid = [[float("nan")] * len(types) for _ in layers]
+    li = {layer: i for i, layer in enumerate(layers)}
+    ti = {t: j for j, t in enumerate(types)}
+    for p in row.get("params") or []:
+        v = p.get(stat)
+        if p.get("layer") is None or v is None or p["type"] not in ti:
+            continue
+        grid[li[int(p["layer"])]][ti[p["type"]]] = float(v)
+    return grid
+
+
+def _axes_of(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+    layers = sorted(
+        {int(p["layer"]) for r in rows for p in r["params"] if p.get("layer") is not None}
+    )
+    types: dict[str, None] = {}
+    for r in rows:
+        for p in r["params"]:
+            if p.get("layer") is not None:
+                types.setdefault(p["type"], None)
+    return layers, list(types)
+
+
+def diagnostics_heatmap(rows: Sequence[Mapping[str, Any]], stat: str, path: str | Path) -> Path:
+    """One heatmap per diagnostics row, side by side, on one color scale: rows = layer index,
+    columns = layer type, color = the statistic (per-task statistics averaged over tasks); grey:
+    undefined (e.g. no SVD statistic on a norm vector). Parameters outside the layers
+    (embeddings, final norm, LM head) are in the tables, not here."""
+    from hhh_bench.merging.diagnostics import stat_help
+
+    layers, types = _axes_of(rows)
+    grids = [diagnostics_grid(r, stat, layers, types) for r in rows]
+    finite = [v for g in grids for line in g for v in line if v == v]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    # Fixed margins in inches (no tight bounding box: one draw per figure): room for the
+    # rotated type names below, the titles above, the colorbar on the right.
+    label_in = 0.055 * max((len(t) for t in types), default=4) + 0.35
+    panel_w, panel_h = max(2.4, 0.42 * len(types)), max(1.2, 0.32 * len(layers))
+    width, height = panel_w * len(rows) + 0.55 * len(rows) + 1.0, panel_h + label_in + 0.75
+    fig = _figure((width, height))
+    fig.subplots_adjust(
+        left=0.5 / width,
+        right=1 - 0.9 / width,
+        bottom=label_in / height,
+        top=1 - 0.6 / height,
+        wspace=0.55 / panel_w,
+    )
+    cmap = _cmap("viridis").with_extremes(bad="#dddddd")
+    axes = []
+    im = None
+    for i, (row, grid) in enumerate(zip(rows, grids, strict=True)):
+        ax = fig.add_subplot(1, len(rows), i + 1)
+        axes.append(ax)
+        im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(types)), types, rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=6)
+        ax.set_ylabel("layer" if i == 0 else "", fontsize=7)
+        ax.set_title(str(row.get("label", row.get("row_key"))), fontsize=7)
+        if len(layers) * len(types) <= 120:
+            for a, line in enumerate(grid):
+                for b, v in enumerate(line):
+                    if v == v:
+                        dark = (v - vmin) / (vmax - vmin) < 0.5
+                        ax.text(b, a, f"{v:.2g}", ha="center", va="center", fontsize=5,
+                                color="white" if dark else "black")  # fmt: skip
+    if im is not None:
+        cax = fig.add_axes((1 - 0.75 / width, label_in / height, 0.12 / width, panel_h / height))
+        fig.colorbar(im, cax=cax)
+        cax.tick_params(labelsize=6)
+    fig.suptitle(f"{stat}: {stat_help(stat)}", fontsize=8)
+    fig.savefig(path)
+    return Path(path)
+
+
+def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Model-wide figures, one row per diagnostics set: mean ‖τ_t‖ over tasks, median
+    kurtosis, pooled tail shares and sign conflicts, mean overlap and normalized STI, RESM's
+    density range, reweighting change and changed ranks."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.3f}"
+
+    def mean(vals: Sequence[Any] | None) -> float | None:
+        v = [x for x in (vals or []) if x is not None]
+        return sum(v) / len(v) if v else None
+
+    head = (
+        "| set | T | ‖τ_t‖ (mean) | kurtosis (median) | > 3σ | > 5σ | sign conflict | overlap "
+        "| STI (norm.) | reweight Δ | RESM D (min–max) | k ≠ uniform |"
+    )
+    lines = [head, "|---|---:|" + "---:|" * 10]
+    for r in rows:
+        m, pooled, resm = r["model"], r["model"].get("pooled", {}), r.get("resm") or {}
+        dens = resm.get("density") or {}
+        cells = [
+            str(r["num_models"]),
+            f(mean(pooled.get("norm"))),
+            f(m.get("kurtosis", {}).get("median")),
+            f(mean(pooled.get("tail_share_3"))),
+            f(mean(pooled.get("tail_share_5"))),
+            f(pooled.get("sign_conflict")),
+            f(m.get("subspace_overlap", {}).get("mean")),
+            f(m.get("sti_normalized", {}).get("mean")),
+            f(m.get("reweight_change", {}).get("mean")),
+            f"{f(dens.get('min'))}–{f(dens.get('max'))}",
+            f"{resm.get('layers_with_changed_rank', '-')} / {resm.get('decomposed_layers', '-')}",
+        ]
+        lines.append(f"| {r.get('label', r['row_key'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnostics_section(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path
+) -> tuple[list[str], dict[str, Path]]:
+    """The report's diagnostics Markdown lines and its heatmaps (``diag_<stat>.png``)."""
+    from hhh_bench.merging.diagnostics import layer_type_table
+
+    out = Path(out_dir)
+    md = [
+        "## Task-vector diagnostics",
+        "",
+        "What the merge methods bet on, measured on each diagnosed set of task vectors "
+        "τ_t = θ_t − θ0 (the specialists the merges read; formulas in docs/merging.md, "
+        "Diagnostics). Tail shares and sign conflicts are pooled over the model (tail shares "
+        "averaged over tasks); overlap, STI and reweighting change are means over matrices.",
+        "",
+        diagnostics_table(rows),
+        "",
+    ]
+    for r in rows:
+        md += [f"### {r.get('label', r['row_key'])}", "", layer_type_table(r["layer_types"]), ""]
+    figures: dict[str, Path] = {}
+    layers, _ = _axes_of(rows)
+    if layers:
+        md += ["### Per-layer heatmaps", ""]
+        for stat in _diag_stats(rows):
+            figures[stat] = diagnostics_heatmap(rows, stat, out / f"diag_{stat}.png")
+            md += [f"![{stat} per layer](diag_{stat}.png)", ""]
+    return md, figures
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole report
 # ---------------------------------------------------------------------------------------------
 
@@ -440,8 +624,10 @@ def build_report(
     report_split: str = "test",
     select_split: str | None = "validation",
     select_by: str = "average",
+    diagnostics: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``.
+    """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
+    (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
 
     Args:
         rows: result rows (:func:`hhh_bench.tracking.store.read_results`); rows of other splits
@@ -452,9 +638,12 @@ def build_report(
         select_split: the split on which a family's configuration is chosen (None: the report
             split itself, which the report then says).
         select_by: the score a configuration is chosen by (``average``, ``min``, a dimension).
+        diagnostics: rows of ``<root>/diagnostics.jsonl``
+            (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
 
     Returns:
-        ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict"}``.
+        ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict",
+        "diagnostics_figures"}`` (the last: ``{statistic: heatmap path}``).
 
     Raises:
         ValueError: no row of ``report_split``.
@@ -525,6 +714,10 @@ def build_report(
         "pareto": pareto_plot(report_rows, out / "pareto.png", highlight=entries),
         "conflict": conflict_plot(matrix, out / "conflict.png"),
     }
+    diag_figures: dict[str, Path] = {}
+    if diagnostics:
+        diag_md, diag_figures = diagnostics_section(list(diagnostics), out)
+        md += diag_md
     markdown = "\n".join(md)
     (out / "report.md").write_text(markdown)
     summary: dict[str, Any] = {}
@@ -545,4 +738,5 @@ def build_report(
         "conflict_matrix": matrix,
         "report_md": out / "report.md",
         **paths,
+        "diagnostics_figures": diag_figures,
     }

@@ -5,6 +5,10 @@ flushes and fsyncs under an exclusive lock, so concurrent writers (a Hydra multi
 interleave and a crash loses at most the line being written. :func:`read_results` skips a torn
 line with a warning. The same model evaluated again (same ``row_key``) supersedes its earlier
 row: the last one wins on load, and the file itself is never rewritten.
+
+Beside it, ``diagnostics.jsonl`` holds one row per diagnosed set of task vectors (the base and
+specialists a merge read, see :mod:`hhh_bench.merging.diagnostics`): :func:`append_diagnostics`
+and :func:`read_diagnostics`, with the same locking, torn-line and superseding rules.
 """
 
 from __future__ import annotations
@@ -161,6 +165,11 @@ def append_result(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: b
         True if a line was written.
     """
     validate_row(row)
+    return _append_row(path, row, skip_unchanged=skip_unchanged)
+
+
+def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: bool) -> bool:
+    """Append one JSON line under an exclusive lock, flushed and fsynced (see append_result)."""
     row = _clean(dict(row))
     row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     line = json.dumps(row, sort_keys=True, allow_nan=False) + "\n"
@@ -226,6 +235,35 @@ def read_results(path: str | Path, *, dedupe: bool = True) -> list[dict[str, Any
         return []
     rows = _parse(path.read_text(encoding="utf-8", errors="replace"), path)
     return list(_dedupe(rows).values()) if dedupe else rows
+
+
+DIAGNOSTICS_REQUIRED = ("row_key", "label", "num_models", "model", "layer_types", "params")
+
+
+def append_diagnostics(
+    path: str | Path, row: Mapping[str, Any], *, skip_unchanged: bool = True
+) -> bool:
+    """Append one diagnostics row (``<root>/diagnostics.jsonl``) crash-safely, as
+    :func:`append_result` does; the latest row per ``row_key`` wins on load.
+
+    A row holds ``row_key`` (the diagnose stage's key), ``label`` (how the report names the set),
+    ``experiment``, ``seed``, ``num_models``, ``inputs``, ``options``, ``resm``, the summaries
+    ``model`` and ``layer_types`` and ``params`` (one value per statistic and parameter, see
+    :func:`hhh_bench.merging.diagnostics.parameter_table`), ``artifacts``.
+
+    Raises:
+        ValueError: a required field is missing.
+    """
+    missing = [k for k in DIAGNOSTICS_REQUIRED if row.get(k) is None]
+    if missing:
+        raise ValueError(f"diagnostics row {row.get('row_key', '?')!r} lacks field(s) {missing}")
+    return _append_row(path, row, skip_unchanged=skip_unchanged)
+
+
+def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
+    """The diagnostics rows of a store (the last per ``row_key``, in first-seen order); a missing
+    file reads as no rows, a torn line is skipped with a :class:`RuntimeWarning`."""
+    return read_results(path)
 
 
 def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True) -> Any:
