@@ -122,15 +122,21 @@ def _run_merge_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_diagnose_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
-    try:
-        from hhh_bench.merging import diagnose
-    except (ImportError, AttributeError):
-        raise NotImplementedError(
-            "stage=diagnose: task-vector diagnostics are not implemented yet (see docs/STATUS.md)"
-        ) from None
+    """Task-vector diagnostics of the merge stage's inputs (``merge.base``/``merge.models`` or
+    the pipeline's base and specialists), with ``merge``'s RESM/TSV-M knobs; cached under
+    ``<root>/diagnose/<key>/`` and summarised in ``<root>/diagnostics.jsonl``."""
+    from hhh_bench.stages.diagnose import resm_params_for, run_diagnose
 
     base, models, _ = _merge_inputs(cfg, data)
-    return diagnose(base["path"], models)
+    res = run_diagnose(
+        cfg,
+        base["path"],
+        models,
+        resm_params=resm_params_for(cfg.merge.method, to_dict(cfg.merge.params)),
+    )
+    print(res["markdown"])
+    print(f"diagnostics: {res['path']}")
+    return res
 
 
 def _run_eval_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from hhh_bench.provenance import config_hash
 log = logging.getLogger("hhh_bench")
 
 # Bump when a stage's output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"data": 1, "base": 1, "train": 1, "merge": 1, "eval": 1}
+STAGE_VERSIONS = {"data": 1, "base": 1, "train": 1, "merge": 1, "eval": 1, "diagnose": 1}
 
 
 def to_dict(node: Any) -> Any:
@@ -29,6 +29,15 @@ def stage_key(stage: str, payload: Any) -> str:
     return config_hash(
         {"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "payload": payload}
     )
+
+
+def model_identity(path: str) -> str:
+    """Content identity of a model input for stage keys: the hash of a local folder's weight and
+    JSON files (:func:`hhh_bench.merging.engine.input_identity`), or ``hub:<id>``."""
+    from hhh_bench.merging.engine import input_identity
+
+    p = Path(path)
+    return input_identity(p) if p.is_dir() else f"hub:{path}"
 
 
 def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:

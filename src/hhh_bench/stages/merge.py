@@ -8,14 +8,18 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.provenance import write_provenance
-from hhh_bench.stages.common import CACHE, is_done, log, read_json, stage_dir, stage_key, to_dict
+from hhh_bench.stages.common import (
+    CACHE,
+    is_done,
+    log,
+    model_identity,
+    read_json,
+    stage_dir,
+    stage_key,
+    to_dict,
+)
 
-
-def _identity(path: str) -> str:
-    from hhh_bench.merging.engine import input_identity
-
-    p = Path(path)
-    return input_identity(p) if p.is_dir() else f"hub:{path}"
+_identity = model_identity
 
 
 def run_merge(
@@ -25,6 +29,12 @@ def run_merge(
     out_dir: str | None = None,
 ) -> dict[str, Any]:
     """Merge (or reuse) one model; return ``{"out_dir", "key", "cached", "method", "params", ...}``.
+
+    With ``merge_engine.diagnostics`` (default true) the task vectors are diagnosed first
+    (:func:`hhh_bench.stages.diagnose.run_diagnose`, cached by the inputs, so a sweep over
+    ``scaling`` computes them once; bad inputs fail there with the engine's errors), and the
+    merged folder gets ``diagnostics.json`` and a summary section in its ``README.md``; the
+    result then carries ``diagnostics`` (that file) and ``diagnostics_key``.
 
     Args:
         cfg: the composed config (``merge.method``, ``merge.params``, ``merge_engine``, ``root``).
@@ -57,11 +67,18 @@ def run_merge(
         },
     )
     out = Path(out_dir) if out_dir else stage_dir(cfg, "merge", key)
+    diag = None
+    if engine.get("diagnostics", True):
+        from hhh_bench.stages.diagnose import resm_params_for, run_diagnose
+
+        diag = run_diagnose(
+            cfg, str(base), [str(m) for m in models], resm_params=resm_params_for(method, params)
+        )
     if is_done(out) and not (out_dir and engine.get("overwrite")):
         CACHE.hit("merge")
         log.info("merge: cached %s (%s)", out, method)
         info = read_json(out / "merge_result.json")
-        return {**info, "out_dir": str(out), "key": key, "cached": True}
+        return {**info, **_attach(out, diag), "out_dir": str(out), "key": key, "cached": True}
     res = merge_models(
         method,
         base,
@@ -77,7 +94,7 @@ def run_merge(
         progress=bool(engine.get("progress", True)),
         **params,
     )
-    info = {**res.as_dict(), "method": method}
+    info = {**res.as_dict(), "method": method, **_attach(out, diag)}
     (out / "merge_result.json").write_text(__import__("json").dumps(info, indent=2, default=str))
     write_provenance(
         out, {"merge": to_dict(cfg.merge), "merge_engine": engine}, seed=int(cfg.seed), stage="merge",
@@ -89,3 +106,13 @@ def run_merge(
         method, out, res.seconds, res.cache_hits, res.cache_misses,
     )  # fmt: skip
     return {**info, "out_dir": str(out), "key": key, "cached": False}
+
+
+def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:
+    """Diagnostics next to the merged model and in its card (see ``run_merge``)."""
+    if diag is None:
+        return {}
+    from hhh_bench.stages.diagnose import attach_to_model
+
+    path = attach_to_model(out, diag)
+    return {"diagnostics": str(path), "diagnostics_key": diag["key"]}

@@ -20,20 +20,25 @@ from hhh_bench.stages.eval import results_path
 def run_report(cfg: DictConfig) -> dict[str, Any]:
     """Render the report of ``<root>/results.jsonl`` and log it to W&B (unless ``logger=none``).
 
+    Also draws the task-vector diagnostics of ``<root>/diagnostics.jsonl`` (heatmaps per
+    statistic, tables per layer type) when the merges wrote any.
+
     Uses ``cfg.eval.report_split`` (the numbers shown), ``cfg.eval.select_split`` and
     ``cfg.eval.select_by`` (how a family's configuration is chosen), ``cfg.logger``,
     ``cfg.name`` and ``cfg.root``.
 
     Returns:
-        ``{"dir", "report_md", "radar", "pareto", "conflict", "main_table", "summary",
-        "n_rows", "wandb_dir"}`` (paths as strings; ``wandb_dir`` None when logging is off).
+        ``{"dir", "report_md", "radar", "pareto", "conflict", "diagnostics_figures",
+        "main_table", "summary", "n_rows", "wandb_dir"}`` (paths as strings; ``wandb_dir``
+        None when logging is off).
 
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
     from hhh_bench.provenance import atomic_dir
+    from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report
-    from hhh_bench.tracking.store import read_results
+    from hhh_bench.tracking.store import read_diagnostics, read_results
     from hhh_bench.tracking.wandb_log import log_experiment
 
     store = results_path(cfg)
@@ -52,8 +57,10 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
             report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"),
             select_by=ecfg.get("select_by", "average"),
+            diagnostics=read_diagnostics(diagnostics_path(cfg)),
         )
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
+    diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
     wandb_dir = log_experiment(
         rows,
         logger_cfg=to_dict(cfg.logger),
@@ -61,7 +68,7 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         name=str(cfg.name),
         summary=rep["summary"],
         config={"eval": ecfg, "n_rows": len(rows)},
-        files=[paths["radar"], paths["pareto"], paths["conflict"]],
+        files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
     )
     lines = [
         "",
@@ -77,6 +84,7 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
     return {
         "dir": str(out),
         **paths,
+        "diagnostics_figures": diag_figures,
         "main_table": rep["main_table"],
         "summary": rep["summary"],
         "n_rows": len(rows),
