@@ -463,9 +463,10 @@ def diagnose(
 ) -> dict[str, Any]:
     """Diagnose the task vectors τ_t = θ_t − θ0 of ``finetuned`` against ``base``, streaming.
 
-    Reads one tensor of each model at a time through the merge engine's readers, so peak
-    memory stays near (T + 2) × the largest tensor whatever the number of layers; RESM's rank
-    plan needs the densities of all layers, which are small numbers kept along the way.
+    Reads one tensor of each model at a time through the merge engine's readers and keeps only
+    small numbers per parameter, so peak memory is a small multiple of (T + 1) × the largest
+    tensor (one parameter's inputs, their task vectors and temporaries), whatever the number of
+    layers; RESM's rank plan needs the densities of all layers, kept along the way.
 
     Args:
         base: θ0: a model folder or hub id (safetensors), or a state dict.
