@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -151,7 +152,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_STALE = re.compile(r"^\..+\.(?:tmp-(\d+)-\d+|old-\d+)$")
+_STALE = re.compile(r"^\..+\.(?:tmp-(\d+)-\d+(?:@([A-Za-z0-9_.-]+))?|old-\d+)$")
+# A temporary folder of another machine (a cluster job on a shared filesystem) cannot be checked
+# for a live process; it is removed only once it is older than any job's time limit.
+FOREIGN_STALE_S = 7 * 24 * 3600
+
+
+def _host() -> str:
+    """This machine's name, as it goes into temporary folder names."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "localhost"
 
 
 def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
@@ -159,7 +168,9 @@ def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
     whose process is gone, and ``.<name>.old-*`` backups); returns what was removed.
 
     A SIGKILL cannot run ``atomic_dir``'s clean-up, so the next run does it. Folders of live
-    processes (a concurrent run writing beside us) are left alone.
+    processes (a concurrent run writing beside us) are left alone, and so are those another
+    machine is writing (``...@<host>``, e.g. a SLURM job on another node of a shared filesystem,
+    whose process cannot be checked from here) until they are :data:`FOREIGN_STALE_S` old.
     """
     removed = []
     parent = Path(parent)
@@ -169,7 +180,10 @@ def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
         m = _STALE.match(entry.name)
         if not m or not entry.is_dir():
             continue
-        if m.group(1) is not None and _pid_alive(int(m.group(1))):
+        if m.group(2) is not None and m.group(2) != _host():
+            if entry.stat().st_mtime > time.time() - FOREIGN_STALE_S:
+                continue
+        elif m.group(1) is not None and _pid_alive(int(m.group(1))):
             continue
         if m.group(1) is None and entry.stat().st_mtime > time.time() - 60:
             continue  # a backup a live rename may still be using
@@ -193,7 +207,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists (pass overwrite=true to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(final.parent)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}@{_host()}")
     tmp.mkdir()
     try:
         yield tmp

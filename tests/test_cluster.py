@@ -1,0 +1,77 @@
+"""Cluster sweeps: our Hydra launcher configs (conf/hydra/launcher/) compose on top of the plugins'
+own, and concurrent jobs on other machines never sweep each other's temporary stage folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import pytest
+
+from conftest import compose
+
+SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+RAY = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None
+
+
+@pytest.mark.skipif(
+    not SUBMITIT, reason="hydra-submitit-launcher not installed: pip install -e '.[cluster]'"
+)
+def test_slurm_launcher_composes_with_our_defaults():
+    cfg = compose(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "experiment=toy3h"],
+        return_hydra_config=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert cfg.hydra.runtime.choices["hydra/launcher"] == "slurm"
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")  # the plugin's own
+    assert launcher.partition == "gpu"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+    assert launcher.timeout_min == 720 and launcher.max_num_timeout == 3
+    # inherited from the plugin: sbatch logs under the experiment's sweep folder
+    assert launcher.submitit_folder.startswith(f"{cfg.root}/multirun/")
+    assert launcher.submitit_folder.endswith("/.submitit/%j")
+    default = compose(["hydra/launcher=slurm"], return_hydra_config=True)
+    assert default.hydra.launcher.partition is None  # the cluster's default partition
+
+
+@pytest.mark.skipif(
+    not RAY,
+    reason="hydra-ray-launcher not installed (deliberately not in the `cluster` extra: it "
+    "requires cloudpickle<3; see docs/training.md)",
+)
+def test_ray_launcher_composes_with_our_defaults():
+    cfg = compose(["hydra/launcher=ray_cluster"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("ray_launcher.RayLauncher")
+    assert cfg.hydra.launcher.ray.init.address == "auto"
+    assert cfg.hydra.launcher.ray.remote.num_gpus == 1
+
+
+def test_another_machines_temporary_folder_is_not_swept(tmp_path):
+    """A SLURM job on another node writes <root>/<stage>/.<key>.tmp-<pid>-<ns>@<host> on the
+    shared filesystem: its pid means nothing here, so the folder stays until it is a week old."""
+    from hhh_bench.provenance import (
+        FOREIGN_STALE_S,
+        _host,
+        atomic_dir,
+        sweep_stale_temporaries,
+    )
+
+    dead_pid = 2**22 + 12345  # above Linux's default pid_max: no such process here
+    theirs = tmp_path / f".k1.tmp-{dead_pid}-1@other-node-07"
+    theirs.mkdir()
+    ours_dead = tmp_path / f".k2.tmp-{dead_pid}-2@{_host()}"
+    ours_dead.mkdir()
+    old_style = tmp_path / f".k3.tmp-{dead_pid}-3"  # written before host names: ours
+    old_style.mkdir()
+    assert sorted(p.name for p in sweep_stale_temporaries(tmp_path)) == sorted(
+        [ours_dead.name, old_style.name]
+    )
+    assert theirs.is_dir()
+    with atomic_dir(tmp_path / "k4") as tmp:  # our own temporaries carry our host name
+        assert tmp.name.endswith(f"@{_host()}") and f"tmp-{os.getpid()}-" in tmp.name
+    assert theirs.is_dir()
+    week_ago = time.time() - FOREIGN_STALE_S - 60
+    os.utime(theirs, (week_ago, week_ago))
+    assert sweep_stale_temporaries(tmp_path) == [theirs]
