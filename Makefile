@@ -20,7 +20,7 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast lint format bench clean .venv
+.PHONY: help demo test test-fast lint format bench bench-peers clean .venv
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,8 +52,17 @@ format: .venv ## ruff format + autofix
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-bench: .venv ## Speed and memory benchmarks (prints tables)
+bench: .venv ## Speed and memory benchmarks (prints tables; peers from `make bench-peers` if present)
 	$(BIN)/python benchmarks/run_all.py
+
+BENCH_VENV ?= .venv-bench
+bench-peers: ## Create .venv-bench with mergekit and fusion-bench (the `bench` extra) for bench_merge.py
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(BENCH_VENV)/bin/python -m pip install --quiet $$($(BENCH_VENV)/bin/python -c \
+	  "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
 
 clean: ## Remove run outputs and caches (keeps the virtualenv)
 	rm -rf runs outputs multirun .cache .pytest_cache .ruff_cache .hypothesis
