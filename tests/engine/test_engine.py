@@ -66,6 +66,50 @@ def test_sharding_writes_an_index(models, tmp_path):
     index = json.loads((tmp_path / "o" / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((tmp_path / "o" / s).is_file() for s in shards)
+    # the shards hold exactly the one-file merge
+    merge_models("task_arithmetic", base, fts, tmp_path / "one", progress=False)
+    one = _sd(tmp_path / "one")
+    sharded = {k: v for s in shards for k, v in load_file(str(tmp_path / "o" / s)).items()}
+    assert sharded.keys() == one.keys() and all(torch.equal(sharded[k], one[k]) for k in one)
+
+
+def test_shard_writer_writes_tensors_in_any_order(tmp_path):
+    """Mixed dtypes, a 0-d and an empty tensor, written in reverse order, across shards of at
+    most 64 bytes: every shard is valid safetensors and holds exactly what was written."""
+    from hhh_bench.merging.engine import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "a.bf16": torch.randn(3, 5, generator=g).bfloat16(),
+        "b.f32": torch.randn(7, generator=g),
+        "c.i64": torch.arange(4).reshape(2, 2),
+        "d.bool": torch.tensor([True, False, True, True]),
+        "e.f16": torch.tensor(1.5, dtype=torch.float16),
+        "f.empty": torch.zeros(0, 3),
+    }
+    layout = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    writer = ShardWriter(tmp_path, layout, max_bytes=64)
+    for k in reversed(list(tensors)):
+        writer.write(k, tensors[k])
+    writer.close()
+    assert len(writer.shards) > 1
+    back = {k: v for name, _ in writer.shards for k, v in load_file(str(tmp_path / name)).items()}
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+
+
+def test_shard_writer_refuses_a_missing_tensor(tmp_path):
+    from hhh_bench.merging.engine import ShardWriter
+
+    writer = ShardWriter(
+        tmp_path, [("x", torch.float32, (2,)), ("y", torch.float32, (2,))], 1 << 20
+    )
+    writer.write("x", torch.ones(2))
+    with pytest.raises(RuntimeError, match="never written"):
+        writer.close()
+    with pytest.raises(ValueError, match="shape"):
+        ShardWriter(tmp_path, [("x", torch.float32, (2,))], 1 << 20).write("x", torch.ones(3))
 
 
 def test_lora_adapter_equals_merged_full_model(models, tmp_path):

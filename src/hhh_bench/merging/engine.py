@@ -40,6 +40,24 @@ COPY_FILES = (
     "merges.txt",
 )
 VOCAB_POLICIES = ("error", "base", "truncate_to_base")
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    **{
+        name: getattr(torch, attr)
+        for name, attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
+        if hasattr(torch, attr)
+    },
+}
+"""safetensors dtype names → torch dtypes (the ones a merge reads or writes)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,24 +134,36 @@ class ModelReader:
         return list(self._files)
 
     def get(self, key: str) -> torch.Tensor:
+        """One tensor. The file is opened for this read only: a ``safe_open`` handle kept open
+        keeps every page read through it resident (and counted in RSS) until it is closed, which
+        over a whole merge is the size of every input model."""
         if self._pickle_sd is not None:
             return self._pickle_sd[key]
         from safetensors import safe_open
 
+        with safe_open(str(self._files[key]), framework="pt") as h:
+            return h.get_tensor(key)
+
+    def _header(self, key: str) -> Any:
+        from safetensors import safe_open
+
         f = self._files[key]
-        if f not in self._handles:
+        if f not in self._handles:  # header reads only: no data page is touched
             self._handles[f] = safe_open(str(f), framework="pt")
-        return self._handles[f].get_tensor(key)
+        return self._handles[f].get_slice(key)
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._pickle_sd is not None:
             return tuple(self._pickle_sd[key].shape)
-        from safetensors import safe_open
+        return tuple(self._header(key).get_shape())
 
-        f = self._files[key]
-        if f not in self._handles:
-            self._handles[f] = safe_open(str(f), framework="pt")
-        return tuple(self._handles[f].get_slice(key).get_shape())
+    def dtype(self, key: str) -> torch.dtype:
+        if self._pickle_sd is not None:
+            return self._pickle_sd[key].dtype
+        name = self._header(key).get_dtype()
+        if name not in ST_DTYPES:
+            raise ValueError(f"{self.label} ({self.folder}): tensor {key!r} has dtype {name}")
+        return ST_DTYPES[name]
 
     def config(self) -> dict[str, Any]:
         c = self.folder / "config.json"
@@ -193,6 +223,9 @@ class LoraReader:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.base.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.base.dtype(key)
 
     def get(self, key: str) -> torch.Tensor:
         w = self.base.get(key)
@@ -328,6 +361,105 @@ def parse_size(size: str | int) -> int:
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * mult)
     return int(s)
+
+
+class ShardWriter:
+    """Writes safetensors shards tensor by tensor, in any order of arrival, without holding them.
+
+    The layout (name, dtype, shape of every tensor, in merge order) is known before the merge, so
+    each shard's header is written first and every tensor is written at its offset as soon as it
+    is made. Shards are cut in merge order when the next tensor would pass ``max_bytes``; inside
+    a shard the data is ordered by item size, then name, as ``safetensors`` does, so every tensor
+    starts at an offset aligned to its item size.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        layout: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_bytes: int,
+    ) -> None:
+        groups: list[list[tuple[str, torch.dtype, tuple[int, ...], int]]] = [[]]
+        size = 0
+        for name, dtype, shape in layout:
+            nbytes = _numel(shape) * _itemsize(dtype)
+            if groups[-1] and size + nbytes > max_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append((name, dtype, tuple(shape), nbytes))
+            size += nbytes
+        groups = [g for g in groups if g]
+        n = len(groups)
+        self.folder = folder
+        self.total_bytes = sum(e[3] for g in groups for e in g)
+        self.shards: list[tuple[str, list[str]]] = []
+        # name -> (file, absolute data offset, dtype, shape, nbytes)
+        self._where: dict[str, tuple[str, int, torch.dtype, tuple[int, ...], int]] = {}
+        self._pending: set[str] = set()
+        self._handles: dict[str, Any] = {}
+        for i, group in enumerate(groups):
+            fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            offset = 0
+            for name, dtype, shape, nbytes in sorted(group, key=lambda e: (-_itemsize(e[1]), e[0])):
+                header[name] = {
+                    "dtype": _ST_NAMES[dtype],
+                    "shape": list(shape),
+                    "data_offsets": [offset, offset + nbytes],
+                }
+                offset += nbytes
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+            start = 8 + len(raw)
+            for name, dtype, shape, nbytes in group:
+                begin = header[name]["data_offsets"][0]
+                self._where[name] = (fname, start + begin, dtype, shape, nbytes)
+            with (folder / fname).open("wb") as fh:
+                fh.write(len(raw).to_bytes(8, "little"))
+                fh.write(raw)
+                fh.truncate(start + offset)
+            self.shards.append((fname, [e[0] for e in group]))
+            self._pending.update(e[0] for e in group)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write ``name`` (cast to its planned dtype; its shape must be the planned one)."""
+        fname, pos, dtype, shape, nbytes = self._where[name]
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"parameter {name!r}: the merge produced shape {tuple(tensor.shape)}, "
+                f"expected the base's {shape}"
+            )
+        t = tensor.detach().to(device="cpu", dtype=dtype).contiguous().reshape(-1)
+        if fname not in self._handles:
+            self._handles[fname] = (self.folder / fname).open("r+b")
+        fh = self._handles[fname]
+        if nbytes:
+            fh.seek(pos)
+            fh.write(memoryview(t.view(torch.uint8).numpy()))
+        self._pending.discard(name)
+
+    def close(self) -> None:
+        """Close the files; raise if a tensor of the layout was never written."""
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
+        if self._pending:
+            missing = sorted(self._pending)
+            raise RuntimeError(f"{len(missing)} tensor(s) never written, e.g. {missing[0]!r}")
+
+
+_ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _check_inputs(
@@ -511,8 +643,6 @@ def merge_models(
         plan = m.plan(stats, p)
 
     shard_limit = parse_size(max_shard_size)
-    from safetensors.torch import save_file
-
     result = MergeResult(
         str(out),
         method,
@@ -520,59 +650,68 @@ def merge_models(
         len(keys),
         0.0,
     )
+
+    def finetuned_tensors(k: str, b: torch.Tensor) -> list[torch.Tensor]:
+        fts = [mm.get(k) for mm in models]
+        if decisions.get(k) == "truncate":
+            fts = [t[: b.shape[0]] for t in fts]
+        return fts
+
+    def out_dtype_of(k: str) -> torch.dtype:
+        d = base_r.dtype(k)
+        return dtypes[out_dtype] if out_dtype is not None and d.is_floating_point else d
+
+    layout = [(k, out_dtype_of(k), base_r.shape(k)) for k in keys]
+    from hhh_bench.merging.base import validate_tensors
+
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        shard: dict[str, torch.Tensor] = {}
-        shard_bytes = 0
-        shard_files: list[tuple[str, list[str]]] = []
-
-        def flush() -> None:
-            nonlocal shard, shard_bytes
-            if not shard:
-                return
-            name = f"model-{len(shard_files) + 1:05d}.safetensors"
-            save_file(shard, str(tmp / name), metadata={"format": "pt"})
-            shard_files.append((name, list(shard)))
-            shard, shard_bytes = {}, 0
-
-        for k in _progress(keys, f"merging ({method})", progress):
-            b, fts = tensors(k)
-            if decisions.get(k) == "base" or not b.is_floating_point():
-                from hhh_bench.merging.base import validate_tensors
-
-                if decisions.get(k) != "base":
-                    validate_tensors(k, b, fts)
-                merged = b
-            else:
-                from hhh_bench.merging.base import validate_tensors
-
-                validate_tensors(k, b, fts)
-                entry = plan.get(k, {})
-                pre = None
-                ckey = None
-                if cache is not None:
-                    ckey = config_hash({"prefix": id_prefix, "tensor": k, "plan": entry}, length=40)
-                    pre = cache.get(ckey)
-                if pre is None:
-                    pre = m.precompute(k, b, fts, p, entry)
-                    if cache is not None and ckey is not None:
-                        cache.put(ckey, pre)
-                merged = m.compose(k, b, pre, p, entry)
-            if out_dtype is not None and merged.is_floating_point():
-                merged = merged.to(dtypes[out_dtype])
-            merged = merged.contiguous().cpu()
-            nbytes = merged.numel() * merged.element_size()
-            if shard and shard_bytes + nbytes > shard_limit:
-                flush()
-            shard[k] = merged
-            shard_bytes += nbytes
-        flush()
-        if len(shard_files) == 1:
-            (tmp / shard_files[0][0]).rename(tmp / "model.safetensors")
-            shard_files = [("model.safetensors", shard_files[0][1])]
-        else:
+        # Each merged tensor goes to disk as soon as it is made (the shards' headers are known
+        # in advance from the base's shapes), so no shard is ever held in memory.
+        writer = ShardWriter(tmp, layout, shard_limit)
+        try:
+            for k in _progress(keys, f"merging ({method})", progress):
+                b = base_r.get(k)
+                if decisions.get(k) == "base":
+                    merged = b
+                elif not b.is_floating_point():
+                    validate_tensors(k, b, finetuned_tensors(k, b))
+                    merged = b
+                else:
+                    entry = plan.get(k, {})
+                    pre = None
+                    ckey = None
+                    if cache is not None:
+                        ckey = config_hash(
+                            {"prefix": id_prefix, "tensor": k, "plan": entry}, length=40
+                        )
+                        pre = cache.get(ckey)
+                    if pre is None:
+                        fts = finetuned_tensors(k, b)
+                        validate_tensors(k, b, fts)
+                        pre = m.precompute(k, b, fts, p, entry)
+                        del fts  # compose needs only θ0 and pre
+                        if cache is not None and ckey is not None:
+                            cache.put(ckey, pre)
+                    # A cache hit reads no finetuned tensor: the key holds the inputs' content
+                    # hashes, and they were validated when the entry was made.
+                    merged = m.compose(k, b, pre, p, entry)
+                    del pre
+                writer.write(k, merged)
+                del merged, b
+        except BaseException:
+            writer._pending.clear()  # the folder is discarded; report the original error
+            writer.close()
+            raise
+        writer.close()
+        shard_files = writer.shards
+        if len(shard_files) > 1:
             weight_map = {k: name for name, ks in shard_files for k in ks}
             (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n"
+                json.dumps(
+                    {"metadata": {"total_size": writer.total_bytes}, "weight_map": weight_map},
+                    indent=2,
+                )
+                + "\n"
             )
         for fname in COPY_FILES:
             src = base_r.folder / fname
