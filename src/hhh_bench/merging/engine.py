@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hhh_bench.merging.base import get_method
+from hhh_bench.merging.base import get_method, validate_tensors
 from hhh_bench.provenance import atomic_dir, config_hash, package_versions
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -363,6 +363,26 @@ def parse_size(size: str | int) -> int:
     return int(s)
 
 
+def _validate(name: str, base: torch.Tensor, fts: Sequence[torch.Tensor]) -> None:
+    """``validate_tensors`` with a fast path: when every tensor is floating with the base's dtype
+    and shape and its sum is finite (a NaN or Inf anywhere makes the sum NaN or Inf), nothing can
+    fail. A non-finite sum (a bad value, or a float16 sum that overflowed) runs the full check,
+    which names the model and counts the bad values. The full check's ``isfinite(t).sum()`` costs
+    ~35x a sum on bf16 weights: half of a task-arithmetic merge."""
+    if (
+        fts
+        and base.is_floating_point()
+        and all(
+            isinstance(t, torch.Tensor) and t.dtype == base.dtype and t.shape == base.shape
+            for t in fts
+        )
+    ):
+        acc = torch.float32 if base.dtype == torch.float16 else None
+        if all(bool(torch.isfinite(t.sum(dtype=acc))) for t in (base, *fts)):
+            return
+    validate_tensors(name, base, fts)
+
+
 class ShardWriter:
     """Writes safetensors shards tensor by tensor, in any order of arrival, without holding them.
 
@@ -662,7 +682,6 @@ def merge_models(
         return dtypes[out_dtype] if out_dtype is not None and d.is_floating_point else d
 
     layout = [(k, out_dtype_of(k), base_r.shape(k)) for k in keys]
-    from hhh_bench.merging.base import validate_tensors
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         # Each merged tensor goes to disk as soon as it is made (the shards' headers are known
@@ -687,7 +706,7 @@ def merge_models(
                         pre = cache.get(ckey)
                     if pre is None:
                         fts = finetuned_tensors(k, b)
-                        validate_tensors(k, b, fts)
+                        _validate(k, b, fts)
                         pre = m.precompute(k, b, fts, p, entry)
                         del fts  # compose needs only θ0 and pre
                         if cache is not None and ckey is not None:
