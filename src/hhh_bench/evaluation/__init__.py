@@ -9,8 +9,11 @@ from hhh_bench.evaluation.harness import (
     TASKS_DIR,
     HarnessResult,
     evaluate_model,
+    find_tasks,
     materialize_tasks,
     shipped_tasks,
+    tasks_fingerprint,
+    user_tasks,
 )
 from hhh_bench.evaluation.scoring import (
     DIMENSIONS,
@@ -28,9 +31,12 @@ __all__ = [
     "TaskSpec",
     "dimension_scores",
     "evaluate_model",
+    "find_tasks",
     "materialize_tasks",
     "score",
     "shipped_tasks",
     "suite_tasks",
     "summarize",
+    "tasks_fingerprint",
+    "user_tasks",
 ]

@@ -7,6 +7,14 @@ files are only known at run time, so the shipped YAMLs name them by placeholders
 per-run include folder with absolute paths filled in. :func:`evaluate_model` then runs
 ``lm_eval.simple_evaluate`` on an ``HFLM`` built around a model object, fully offline.
 
+A user's own task folders (``include_paths``, the eval config's ``eval.include_paths``) are
+templated into the same include folder under ``user/<i>_<folder name>/``: their YAMLs get the same
+placeholders plus ``${hhh:source_dir}`` (the user folder itself, for data kept next to the YAMLs)
+and ``${hhh:shipped_tasks}`` (this package's ``tasks/``, to ``include:`` a shipped template), and
+their ``*.py`` files are copied beside them so ``!function my_utils.fn`` hooks resolve.
+:func:`user_tasks` indexes them (a name clash with a shipped task or another folder is an error)
+and :func:`tasks_fingerprint` hashes their content for a cache key.
+
 Example::
 
     include = materialize_tasks("runs/x/tasks", {"toy3h_eval": "runs/x/data/abc/eval"})
@@ -18,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -30,6 +39,11 @@ from typing import Any, TypedDict
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
 _NAME = re.compile(r"^(task|group):\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
+# Where user task folders land inside a materialized include folder.
+USER_SUBDIR = "user"
+# Placeholders every user YAML may use, filled in by materialize_tasks itself.
+USER_PLACEHOLDERS = ("source_dir", "shipped_tasks")
+_SKIP_PARTS = ("__pycache__", ".ipynb_checkpoints")
 
 log = logging.getLogger("hhh_bench")
 
@@ -53,15 +67,43 @@ class HarnessResult(TypedDict):
     config: dict[str, Any]
 
 
-def shipped_tasks() -> dict[str, dict[str, Any]]:
-    """Every task and group YAML we ship: ``{name: {"path", "kind", "placeholders"}}``."""
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """Files under ``folder`` matching ``pattern``, sorted, skipping caches and hidden folders."""
+    return [
+        p
+        for p in sorted(folder.rglob(pattern))
+        if p.is_file()
+        and not any(
+            part in _SKIP_PARTS or part.startswith(".") for part in p.relative_to(folder).parts
+        )
+    ]
+
+
+def find_tasks(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """The task and group YAMLs under a folder: ``{name: {"path", "kind", "placeholders"}}``.
+
+    A YAML is a task (group) if it has a top-level ``task: NAME`` (``group: NAME``) line;
+    include-only templates are skipped. ``placeholders`` lists its ``${hhh:NAME}`` data
+    placeholders.
+
+    Raises:
+        ValueError: two YAMLs of the folder define the same name (lm-eval would silently keep
+            one of them).
+    """
+    root = Path(folder)
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(TASKS_DIR.rglob("*.yaml")):
+    for path in _files(root, "*.yaml"):
         text = path.read_text()
         m = _NAME.search(text)
         if not m:  # an include-only template
             continue
-        out[m.group(2)] = {
+        name = m.group(2)
+        if name in out:
+            raise ValueError(
+                f"lm-eval task {name!r} is defined twice under {root}: {out[name]['path']} and "
+                f"{path}; rename one of them"
+            )
+        out[name] = {
             "path": path,
             "kind": m.group(1),
             "placeholders": sorted(set(PLACEHOLDER.findall(text))),
@@ -69,20 +111,115 @@ def shipped_tasks() -> dict[str, dict[str, Any]]:
     return out
 
 
+def shipped_tasks() -> dict[str, dict[str, Any]]:
+    """Every task and group YAML we ship: ``{name: {"path", "kind", "placeholders"}}``."""
+    return find_tasks(TASKS_DIR)
+
+
+def _user_folders(include_paths: Sequence[str | Path]) -> list[Path]:
+    """The user task folders as resolved paths; a missing one is an error that names it."""
+    if isinstance(include_paths, (str, Path)):
+        raise TypeError(
+            f"include_paths must be a list of folders, got the single {include_paths!r}"
+        )
+    folders = []
+    for entry in include_paths:
+        path = Path(entry).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"eval.include_paths: {entry!r} is not a folder (resolved to {path}; a relative "
+                "path is taken from the directory hhh-bench was started in)"
+            )
+        folders.append(path)
+    return folders
+
+
+def user_tasks(include_paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """The tasks of the user's task folders, as :func:`find_tasks` plus ``"folder"``.
+
+    ``placeholders`` lists only the data placeholders the caller must supply (not
+    ``source_dir`` / ``shipped_tasks``, which :func:`materialize_tasks` fills in itself).
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: a folder holds no task YAML, or a name is defined twice (in one folder, in
+            two folders, or by a user folder and a shipped task).
+    """
+    shipped = shipped_tasks()
+    out: dict[str, dict[str, Any]] = {}
+    for folder in _user_folders(include_paths):
+        found = find_tasks(folder)
+        if not found:
+            raise ValueError(
+                f"eval.include_paths: no lm-eval task YAML under {folder} (a task YAML has a "
+                "top-level `task: <name>` line)"
+            )
+        for name, info in found.items():
+            clash = shipped.get(name) or out.get(name)
+            if clash:
+                raise ValueError(
+                    f"lm-eval task {name!r} of {info['path']} is already defined by "
+                    f"{clash['path']}; give your task another name"
+                )
+            placeholders = [p for p in info["placeholders"] if p not in USER_PLACEHOLDERS]
+            out[name] = {**info, "placeholders": placeholders, "folder": folder}
+    return out
+
+
+def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
+    """A content hash of the user task folders (every file but caches and hidden ones, by
+    relative path and folder order), for the eval stage's cache key.
+
+    Where a folder lives does not enter the hash; what its files say does, so an edited YAML or
+    hook gives a new key. Data read from elsewhere by absolute path is not covered: name it by a
+    placeholder (``eval.data_files``) to have it hashed.
+    """
+    h = hashlib.sha256()
+    for i, folder in enumerate(_user_folders(include_paths)):
+        for path in _files(folder, "*"):
+            h.update(f"{i}/{path.relative_to(folder).as_posix()}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:12]
+
+
+def _template(text: str, values: Mapping[str, str]) -> str | None:
+    """``text`` with its placeholders filled in, or None if one of them has no value."""
+    if set(PLACEHOLDER.findall(text)) - set(values):
+        return None
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def _escaped(path: str | Path) -> str:
+    """An absolute path JSON-escaped, safe inside the YAMLs' double-quoted strings."""
+    return json.dumps(str(Path(path).resolve()))[1:-1]
+
+
 def materialize_tasks(
-    out_dir: str | Path, data_paths: Mapping[str, str | Path], *, source: str | Path | None = None
+    out_dir: str | Path,
+    data_paths: Mapping[str, str | Path],
+    *,
+    source: str | Path | None = None,
+    include_paths: Sequence[str | Path] = (),
 ) -> Path:
-    """Write a per-run lm-eval include folder from the shipped task YAMLs.
+    """Write a per-run lm-eval include folder from the shipped task YAMLs and the user's.
 
     Each ``${hhh:NAME}`` placeholder is replaced by the absolute path ``data_paths[NAME]``. A YAML
     whose placeholders are not all given is left out (its data is not part of this run); include-
     only templates are always copied. Folder structure is kept, so ``include:`` still resolves.
+
+    Each user folder ``include_paths[i]`` is written to ``user/<i>_<folder name>/`` the same way,
+    with two more placeholders: ``${hhh:source_dir}`` (that user folder) and
+    ``${hhh:shipped_tasks}`` (the shipped ``tasks/`` folder, e.g. ``include:
+    "${hhh:shipped_tasks}/toy3h/_toy3h_template.yaml"``); its ``*.py`` files are copied as they
+    are, so relative ``!function`` hooks resolve. Other files are not copied (reach them through
+    ``${hhh:source_dir}``).
 
     Args:
         out_dir: the folder to write (created; existing files are overwritten).
         data_paths: placeholder name -> file or folder, e.g. ``{"toy3h_eval": <data>/eval,
             "halueval_qa": "halueval_qa.jsonl"}``.
         source: the folder of YAMLs to template (default: the shipped ``tasks/``).
+        include_paths: folders of the user's own task YAMLs (checked by :func:`user_tasks`).
 
     Returns:
         ``out_dir`` as a resolved path, to pass as ``include_path``.
@@ -90,17 +227,31 @@ def materialize_tasks(
     src = Path(source) if source else TASKS_DIR
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # JSON-escape the path so it is safe inside the YAMLs' double-quoted strings.
-    values = {k: json.dumps(str(Path(v).resolve()))[1:-1] for k, v in data_paths.items()}
+    values = {k: _escaped(v) for k, v in data_paths.items()}
     for path in sorted(src.rglob("*.yaml")):
-        text = path.read_text()
-        needed = set(PLACEHOLDER.findall(text))
-        if needed - set(values):
+        text = _template(path.read_text(), values)
+        if text is None:
             continue
-        text = PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
         dest = out / path.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text)
+    if include_paths:
+        user_tasks(include_paths)  # missing folders and name clashes fail before any copy
+    for i, folder in enumerate(_user_folders(include_paths)):
+        dest_root = out / USER_SUBDIR / f"{i}_{folder.name}"
+        mine = {**values, "source_dir": _escaped(folder), "shipped_tasks": _escaped(TASKS_DIR)}
+        for path in _files(folder, "*"):
+            if path.suffix == ".yaml":
+                text = _template(path.read_text(), mine)
+            elif path.suffix == ".py":
+                text = path.read_text()
+            else:
+                continue
+            if text is None:
+                continue
+            dest = dest_root / path.relative_to(folder)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
     return out
 
 
@@ -123,6 +274,29 @@ def check_tasks_available(tasks: Sequence[str], include_path: str | Path) -> Non
                 f"task {name!r} needs data path(s) {need} (set eval.data_files.<name> to the JSONL "
                 f"file; see {shipped[name]['path'].name}), but none was given for this run"
             )
+
+
+def _unloadable(names: Sequence[str], include_path: str | Path) -> str:
+    """Why lm-eval skipped the YAMLs that define ``names`` (it drops a YAML it cannot load
+    without a word), as text to append to an error; empty if no such YAML is found."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's own loader, as its index uses
+
+    try:
+        found = find_tasks(include_path)
+    except ValueError as e:  # a name defined twice
+        return f"; {e}"
+    notes = []
+    for name in names:
+        if name not in found:
+            continue
+        path = found[name]["path"]
+        try:
+            load_yaml(path, resolve_func=True, recursive=True)
+        except Exception as e:  # what lm-eval swallowed
+            notes.append(f"{path} defines {name!r} but lm-eval cannot load it: {e}")
+        else:
+            notes.append(f"{path} defines {name!r} and loads; check its fields")
+    return ("; " + "; ".join(notes)) if notes else ""
 
 
 @contextlib.contextmanager
@@ -301,7 +475,8 @@ def evaluate_model(
         unknown = [t for t in tasks if t not in set(tm.all_tasks)]
         if unknown:
             where = f"{include_path}" + (" and lm-eval's built-ins" if include_defaults else "")
-            raise ValueError(f"unknown lm-eval task(s) {unknown} (looked in {where})")
+            broken = _unloadable(unknown, include_path) if include_path else ""
+            raise ValueError(f"unknown lm-eval task(s) {unknown} (looked in {where}){broken}")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
         raw = simple_evaluate(
             model=lm,

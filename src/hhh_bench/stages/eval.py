@@ -5,7 +5,9 @@ metrics with the eval config's weights and primary metric, and **appends the mod
 results store** ``<root>/results.jsonl`` itself (callers do not; pass ``append=False`` to skip).
 
 The cache key covers what decides the metrics: the model's key, the data's key, the split, the
-task list, the chat-template switch, ``limit``, the dtype and the custom data files' hashes. The
+task list, the chat-template switch, ``limit``, the dtype, the custom data files' hashes and,
+when ``eval.include_paths`` names folders of the user's own task YAMLs, a hash of those folders'
+content (an edited YAML or hook is evaluated again; where the folders live does not matter). The
 scoring (weights, primary metric) is not part of it: it is recomputed from the cached metrics on
 every call, so re-scoring with ``eval.metric=soft`` evaluates nothing again and the store's row
 for that model is superseded by one with the new scores (same ``row_key``).
@@ -15,7 +17,7 @@ Layout of ``<root>/eval/<key>/`` (written atomically)::
     results.json     per-task metrics with stderrs and n, lm-eval seconds, harness settings,
                      the model dict, the scores at write time
     samples.jsonl    per item: task, doc_id, id, gold, lls (the choices' log-likelihoods)
-    tasks/           the lm-eval YAMLs this run used, data paths filled in
+    tasks/           the lm-eval YAMLs this run used, data paths filled in (user/: the user's)
     provenance.json  eval config, versions, git revision, model and data keys
 """
 
@@ -60,14 +62,50 @@ def _data_paths(eval_cfg: Mapping[str, Any], data: Mapping[str, Any] | None) -> 
     return paths
 
 
-def _needed_files(specs: list[TaskSpec], paths: Mapping[str, Path]) -> dict[str, Path]:
-    """The data files of the requested shipped tasks; raises if one is missing on disk."""
+def _include_paths(eval_cfg: Mapping[str, Any]) -> list[str]:
+    """``eval.include_paths`` as a list (None or absent: none)."""
+    paths = eval_cfg.get("include_paths") or []
+    if isinstance(paths, (str, Path)):
+        raise ValueError(
+            f"eval.include_paths must be a list of folders, got {paths!r}; write "
+            f"eval.include_paths=[{paths}]"
+        )
+    return [str(p) for p in paths]
+
+
+def _known_tasks(eval_cfg: Mapping[str, Any], specs: list[TaskSpec]) -> dict[str, dict]:
+    """Shipped and user tasks by name; a requested task found in neither is an error naming it
+    (unless lm-eval's built-ins are indexed too: ``include_defaults``, checked by lm-eval)."""
+    from hhh_bench.evaluation.harness import shipped_tasks, user_tasks
+
+    include = _include_paths(eval_cfg)
+    known = {**shipped_tasks(), **user_tasks(include)}
+    if eval_cfg.get("include_defaults"):
+        return known
+    template = eval_cfg.get("task_template") or "{task}"
+    for s in specs:
+        if s.name not in known:
+            where = f"eval.include_paths {include}" if include else "no eval.include_paths set"
+            raise ValueError(
+                f"eval.dimensions.{s.dimension} asks for lm-eval task {s.name!r} (task_template "
+                f"{template!r}), which is neither a shipped task nor defined in a user task "
+                f"folder ({where}); add the folder of its YAML to eval.include_paths, fix the "
+                "name, or set eval.include_defaults=true for an lm-eval built-in"
+            )
+    return known
+
+
+def _needed_files(
+    specs: list[TaskSpec], paths: Mapping[str, Path], known: Mapping[str, dict] | None = None
+) -> dict[str, Path]:
+    """The data files of the requested tasks (shipped, or the user's in ``known``); raises if
+    one is missing on disk."""
     from hhh_bench.evaluation.harness import shipped_tasks
 
-    shipped = shipped_tasks()
+    known = shipped_tasks() if known is None else known
     needed: dict[str, Path] = {}
     for s in specs:
-        for ph in shipped.get(s.name, {}).get("placeholders", []):
+        for ph in known.get(s.name, {}).get("placeholders", []):
             if ph not in paths and ph == "toy3h_eval":
                 raise ValueError(
                     f"eval task {s.name!r} reads the toy world's <data dir>/eval/ items, which "
@@ -98,13 +136,16 @@ def eval_payload(
     cfg: DictConfig, model: Mapping[str, Any], data: Mapping[str, Any] | None, split: str
 ) -> dict[str, Any]:
     """What the eval stage's cache key is made of (see the module docstring)."""
+    from hhh_bench.evaluation.harness import tasks_fingerprint
+
     ecfg = to_dict(cfg.eval)
     specs = suite_tasks(ecfg, split)
-    files = _needed_files(specs, _data_paths(ecfg, data))
+    files = _needed_files(specs, _data_paths(ecfg, data), _known_tasks(ecfg, specs))
     harness = {k: v for k, v in ecfg.items() if k not in (*_REPORT_ONLY, *_SCORING_ONLY)}
     harness.pop("data_files", None)
     harness.pop("batch_size", None)  # padding only: does not change the numbers
-    return {
+    harness.pop("include_paths", None)  # by content below, not by where the folders are
+    payload = {
         "model": model["key"],
         "data": (data or {}).get("key"),
         "split": split,
@@ -113,6 +154,10 @@ def eval_payload(
         "dtype": to_dict(cfg.model).get("dtype"),
         "files": {k: _fingerprint(v) for k, v in sorted(files.items())},
     }
+    include = _include_paths(ecfg)
+    if include:  # absent when unused, so the keys of runs without user tasks do not change
+        payload["user_tasks"] = tasks_fingerprint(include)
+    return payload
 
 
 def _base_dims(base: Mapping[str, Any] | None) -> dict[str, float] | None:
@@ -334,7 +379,9 @@ def _evaluate(
     load_s = time.perf_counter() - t0
     tasks = list(dict.fromkeys(s.name for s in specs))
     with atomic_dir(out) as tmp:
-        include = materialize_tasks(tmp / "tasks", _data_paths(ecfg, data))
+        include = materialize_tasks(
+            tmp / "tasks", _data_paths(ecfg, data), include_paths=_include_paths(ecfg)
+        )
         res = evaluate_model(
             lm,
             tok,
