@@ -1,0 +1,164 @@
+"""One merge in its own process, for ``bench_merge.py`` (which measures its wall time and peak RSS).
+
+    python benchmarks/_merge_worker.py SPEC.json
+
+SPEC holds ``tool`` (``ours``, ``ours_sweep``, ``mergekit``, ``fusionbench``, ``probe``),
+``method``, ``base``, ``models``, ``out``, ``params``, ``threads`` and ``result`` (a JSON path
+written at the end with the in-process merge seconds). Only the standard library and torch are
+imported at the top: the peers run under a python that has mergekit / fusion-bench but not
+hhh-bench, and each tool imports only its own code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Names of the embedding table and LM head in the synthetic Llama checkpoints: TSV-M merges them by
+# the mean in hhh-bench (embeddings: mean, the default), so FusionBench gets them as exclude_keys.
+EMBEDDING_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
+    from hhh_bench.merging import merge_models
+
+    res = merge_models(
+        spec["method"], spec["base"], spec["models"], spec["out"], progress=False, **spec["params"]
+    )
+    return {"cache_hits": res.cache_hits, "cache_misses": res.cache_misses}
+
+
+def run_ours_sweep(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same merge at each ``scaling`` in spec["scalings"], with the sweep cache; each output
+    is removed once written (only the last is kept, for inspection)."""
+    from hhh_bench.merging import merge_models
+
+    hits = misses = 0
+    per_merge = []
+    out = Path(spec["out"])
+    for i, s in enumerate(spec["scalings"]):
+        t = time.perf_counter()
+        target = out.with_name(f"{out.name}-{i}")
+        res = merge_models(
+            spec["method"],
+            spec["base"],
+            spec["models"],
+            target,
+            progress=False,
+            cache_dir=spec["cache_dir"],
+            scaling=s,
+            **spec["params"],
+        )
+        per_merge.append(round(time.perf_counter() - t, 2))
+        hits, misses = hits + res.cache_hits, misses + res.cache_misses
+        if i + 1 < len(spec["scalings"]):
+            shutil.rmtree(target)
+        else:
+            target.rename(out)
+    return {"cache_hits": hits, "cache_misses": misses, "per_merge_s": per_merge}
+
+
+def run_mergekit(spec: dict[str, Any]) -> dict[str, Any]:
+    """mergekit's python API (what ``mergekit-yaml`` calls): MergeConfiguration + run_merge."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = {
+        "merge_method": spec["method"],
+        "base_model": spec["base"],
+        "models": [{"model": m, "parameters": spec["model_params"]} for m in spec["models"]],
+        "parameters": spec["params"],
+        "dtype": "float32",  # compute dtype, as ours (bf16 inputs upcast, rounded once at the end)
+        "out_dtype": "bfloat16",
+    }
+    Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(spec["out"] + ".yml").write_text(json.dumps(config, indent=2))  # JSON is YAML
+    options = MergeOptions(
+        copy_tokenizer=False,  # the synthetic checkpoints have no tokenizer
+        random_seed=0,
+        quiet=True,
+        num_threads=spec.get("threads"),
+        out_shard_size=spec["shard_params"],
+    )
+    options.apply_global_options()
+    run_merge(MergeConfiguration.model_validate(config), spec["out"], options=options)
+    return {}
+
+
+def run_fusionbench(spec: dict[str, Any]) -> dict[str, Any]:
+    """FusionBench's TSV-M function on in-memory state dicts, as its ``TaskSingularVectorMerging``
+    runs it: task vectors θ_t − θ0 in the models' dtype (one finetuned model loaded at a time),
+    ``compute_and_sum_svd_mem_reduction``, then θ0 + τ_m (alpha unset, i.e. λ = 1)."""
+    import torch
+    from fusion_bench.method.task_singular_vector.utils.TSVM_utils import (
+        compute_and_sum_svd_mem_reduction,
+    )
+    from fusion_bench.utils.state_dict_arithmetic import state_dict_add, state_dict_sub
+    from safetensors.torch import load_file, save_file
+
+    base = load_file(str(Path(spec["base"]) / "model.safetensors"))
+    task_vectors = []
+    for m in spec["models"]:
+        ft = load_file(str(Path(m) / "model.safetensors"))
+        task_vectors.append(state_dict_sub(ft, base))
+        del ft
+    with torch.no_grad():
+        merged_tv = compute_and_sum_svd_mem_reduction(
+            task_vectors, exclude_keys=list(EMBEDDING_KEYS), accelerator="cpu"
+        )
+        merged = state_dict_add(merged_tv, base)
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in merged.items()}, str(out / "model.safetensors"))
+    shutil.copy2(Path(spec["base"]) / "config.json", out / "config.json")
+    return {}
+
+
+def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Which peers this python can import, with their versions."""
+    from importlib import import_module
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist, mod in (("mergekit", "mergekit.merge"), ("fusion-bench", "fusion_bench")):
+        try:
+            if dist == "fusion-bench":
+                import_module("fusion_bench.method.task_singular_vector.utils.TSVM_utils")
+            else:
+                import_module(mod)
+            found[dist] = version(dist)
+        except (ImportError, PackageNotFoundError) as e:
+            found[dist] = None
+            print(f"{dist}: not importable ({type(e).__name__}: {e})", file=sys.stderr)
+    return {"peers": found}
+
+
+TOOLS = {
+    "ours": run_ours,
+    "ours_sweep": run_ours_sweep,
+    "mergekit": run_mergekit,
+    "fusionbench": run_fusionbench,
+    "probe": run_probe,
+}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
+    t = time.perf_counter()
+    info = TOOLS[spec["tool"]](spec)
+    info["merge_s"] = round(time.perf_counter() - t, 3)
+    if spec.get("result"):
+        Path(spec["result"]).write_text(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
