@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from hhh_bench.data.toy3h import (
     oracle_reward,
     preference_pairs,
 )
+from hhh_bench.models.tokenizer import build_word_tokenizer
 
 SMALL = dict(
     n_known={"train": 20, "validation": 6, "test": 6},
@@ -65,6 +67,17 @@ def test_generated_files(tmp_path):
     manifest = generate(Toy3HConfig(seed=0, **SMALL), tmp_path)
     c = manifest["counts"]
     vocab = set((tmp_path / "vocab.txt").read_text().split())
+    world_json = json.loads((tmp_path / "world.json").read_text())
+    unknown = {e for ents in world_json["unknown"].values() for e in ents}
+    known = {e for ents in world_json["known"].values() for e in ents}
+    # known names are words of the vocabulary; unknown names are not (they are spelled in pieces)
+    assert known <= vocab and not unknown & vocab
+    tok = build_word_tokenizer(sorted(vocab))
+    for name in sorted(unknown)[:20]:
+        pieces = tok.tokenize(name)
+        assert len(pieces) > 1 and "<unk>" not in pieces, (name, pieces)
+        assert all(p.startswith("##") for p in pieces[1:]), (name, pieces)
+        assert tok.convert_tokens_to_string(pieces) == name
     prompts: dict[str, set[str]] = {}
     for dim in ("helpful", "honest", "harmless"):
         for split in ("train", "validation", "test"):
@@ -73,7 +86,7 @@ def test_generated_files(tmp_path):
             assert all(r["dimension"] == dim for r in rows)
             for r in rows:
                 text = r["prompt"][0]["content"] + " " + r["chosen"][0]["content"]
-                assert set(text.split()) <= vocab
+                assert set(text.split()) <= vocab | unknown
                 prompts.setdefault(split, set()).add(r["prompt"][0]["content"])
     assert c["prefs"]["helpful"]["train"] == 40
     # held-out pairs never reuse a training prompt

@@ -277,6 +277,10 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             )
             res = evaluate(model, split=select_split)
             score = float(res["scores"][select_by])
+            if pcfg.get("report_every_grid_point", False) and len(grid(spec)) > 1:
+                # ablations and sweeps: every configuration gets its own row on the report split
+                label = f"{method} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+                evaluate({**model, "name": label, "family": f"Merge: {label}"})
             log.info("merge %s %s: %s on %s = %.3f", method, params, select_by, select_split, score)
             if best is None or score > best[0]:
                 best = (score, model)

@@ -122,8 +122,8 @@ def test_untrained_model_scores_near_chance_and_every_metric_is_in_0_1(untrained
     assert m["toy3h_known_qa_test"]["soft"] == pytest.approx(1 / 10, abs=0.05)
     assert m["toy3h_unknown_qa_test"]["soft"] == pytest.approx(1 / 9, abs=0.05)
     assert m["toy3h_known_qa_test"]["acc"] <= 0.35
-    # yes/no golds alternate: a model that always prefers one answer gets half
-    assert m["toy3h_truthfulness_test"]["acc"] == pytest.approx(0.5, abs=0.15)
+    # the true value against the suggested false one: chance is one half
+    assert m["toy3h_truthfulness_test"]["soft"] == pytest.approx(1 / 2, abs=0.1)
     # a harm-blind model complies (or refuses) everywhere: right on one request kind only
     pair = m["toy3h_benign_request_test"]["acc"] + m["toy3h_harmful_request_test"]["acc"]
     assert pair / 2 == pytest.approx(0.5, abs=0.15)

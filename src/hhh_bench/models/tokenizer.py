@@ -1,7 +1,11 @@
 """A word-level tokenizer over a closed vocabulary, built offline with ``tokenizers``.
 
-The toy world's text is lower-case words and punctuation separated by spaces, so a
-``WordLevel`` model with a whitespace pre-tokenizer tokenizes it exactly. The tokenizer is
+The toy world's text is lower-case words and punctuation separated by spaces. Every vocabulary
+word is one token (a ``WordPiece`` model with a whitespace pre-tokenizer matches whole words
+first). A word outside the vocabulary falls back to word pieces when the vocabulary has them
+(``b ##a ##r``): this is how a name the base model never learned reaches it, as a rare name
+reaches a real model in sub-word pieces (DESIGN.md §4); without matching pieces it becomes
+``<unk>``. The tokenizer is
 wrapped as a :class:`transformers.PreTrainedTokenizerFast` with ``<pad>``, ``<unk>``, ``<bos>``,
 ``<eos>`` and a chat template, so TRL, peft and lm-eval take it as they take a real one.
 """
@@ -32,7 +36,8 @@ def build_word_tokenizer(
     """Build the word-level tokenizer: special tokens first, then ``words`` in sorted order.
 
     Args:
-        words: the closed vocabulary (duplicates and special tokens are ignored).
+        words: the closed vocabulary (duplicates and special tokens are ignored); entries
+            starting with ``##`` are word-continuation pieces for out-of-vocabulary words.
         model_max_length: the longest sequence the model is built for.
 
     Returns:
@@ -45,7 +50,14 @@ def build_word_tokenizer(
         if not w or any(c.isspace() for c in w):
             raise ValueError(f"vocabulary word {w!r} is empty or contains whitespace")
         vocab[w] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab=vocab,
+            unk_token="<unk>",
+            continuing_subword_prefix="##",
+            max_input_chars_per_word=100,
+        )
+    )
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(

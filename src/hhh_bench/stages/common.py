@@ -14,7 +14,7 @@ from hhh_bench.provenance import config_hash
 log = logging.getLogger("hhh_bench")
 
 # Bump when a stage's output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"data": 1, "base": 1, "train": 1, "merge": 1, "eval": 1, "diagnose": 1}
+STAGE_VERSIONS = {"data": 2, "base": 1, "train": 1, "merge": 1, "eval": 1, "diagnose": 1}
 
 
 def to_dict(node: Any) -> Any:

@@ -482,6 +482,7 @@ def _fit(
         lora=lora,
         beta=float(t["beta"]),
         loss_type=t.get("loss_type", "sigmoid"),
+        loss_weights=t.get("loss_weights"),
         epochs=float(t["epochs"]),
         max_steps=int(t.get("max_steps", -1)),
         batch_size=int(t["batch_size"]),

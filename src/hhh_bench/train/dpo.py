@@ -109,6 +109,7 @@ def train_dpo(
     lora: Any | None = None,
     beta: float = 0.1,
     loss_type: str | Sequence[str] = "sigmoid",
+    loss_weights: Sequence[float] | None = None,
     learning_rate: float = 2e-4,
     epochs: float = 3.0,
     max_steps: int = -1,
@@ -141,7 +142,10 @@ def train_dpo(
             ``model`` as it is now. Must stay None with LoRA (the adapter is switched off instead).
         lora: a peft ``LoraConfig`` (or a ``train.lora`` mapping) for LoRA; None: full fine-tuning.
         beta: DPO's β (deviation from the reference; higher = closer).
-        loss_type: TRL loss type(s): ``sigmoid`` (DPO), ``ipo``, ``hinge``, ``robust``, ...
+        loss_type: TRL loss type(s): ``sigmoid`` (DPO), ``ipo``, ``hinge``, ``robust``, ...; a
+            list combines them, e.g. ``["sigmoid", "sft"]`` adds the NLL of the chosen answer
+            (RPO-style), weighted by ``loss_weights``.
+        loss_weights: one weight per entry of ``loss_type`` (None: all 1).
         learning_rate: peak learning rate.
         epochs: passes over ``rows`` (ignored when ``max_steps > 0``).
         max_steps: optimizer steps; -1: use ``epochs``.
@@ -195,6 +199,7 @@ def train_dpo(
         output_dir=str(out_dir),
         beta=beta,
         loss_type=[loss_type] if isinstance(loss_type, str) else list(loss_type),
+        loss_weights=list(loss_weights) if loss_weights is not None else None,
         learning_rate=learning_rate,
         num_train_epochs=n_epochs,
         max_steps=max_steps,
