@@ -156,6 +156,11 @@ def main() -> None:
     t = time.perf_counter()
     info = TOOLS[spec["tool"]](spec)
     info["merge_s"] = round(time.perf_counter() - t, 3)
+    # This process's peak RSS since its exec (the kernel's high-water mark of its own memory
+    # map). wait4's ru_maxrss would also count the parent's RSS at the fork.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            info["vmhwm_bytes"] = int(line.split()[1]) * 1024
     if spec.get("result"):
         Path(spec["result"]).write_text(json.dumps(info))
 

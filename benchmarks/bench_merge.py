@@ -3,11 +3,11 @@
 Builds synthetic Llama-shaped checkpoints (a base and three specialists whose deltas are low-rank
 plus small dense noise plus heavy-tailed outliers, as DPO deltas are), saved as HF folders
 (config.json + model.safetensors, bf16), then merges the *same* files with each tool, each merge
-in its own process, and prints one table: wall seconds and peak RSS of each process, the ratios
-ours/peer, and how far our output is from the peer's where the semantics match.
+in its own process, and prints one table: wall seconds and peak RSS (VmHWM) of each process, the
+ratios ours/peer, and how far our output is from the peer's where the semantics match.
 
     python benchmarks/bench_merge.py            # 270M Llama shape cut to 2 layers (92M parameters)
-    python benchmarks/bench_merge.py --full     # all 16 layers: 271M parameters (TSV: ~1 h on 2 cores)
+    python benchmarks/bench_merge.py --full     # all 16 layers: 271M parameters (hours on 2 cores)
     python benchmarks/bench_merge.py --quick    # 1 layer, no sweeps: a smoke run
     python benchmarks/bench_merge.py --shape 7b --layers 1
     python benchmarks/bench_merge.py --methods ties,tsv --no-sweep
@@ -232,9 +232,11 @@ def warm_page_cache(folders: list[Path]) -> None:
 def run_child(
     python: str, spec: dict[str, Any], workdir: Path, inputs: list[Path], timeout: float
 ) -> tuple[float, int, int, Path]:
-    """Run the worker on ``spec``; return (wall s, peak RSS bytes, exit code, log path).
+    """Run the worker on ``spec``; return (wall s, ``ru_maxrss`` bytes, exit code, log path).
 
-    Peak RSS is the child's own ``ru_maxrss`` from ``wait4`` (Linux reports KiB).
+    ``ru_maxrss`` from ``wait4`` is an upper bound only: Linux folds the parent's high-water
+    RSS at the fork into the child's at its exec. The worker reports its own peak (VmHWM),
+    which the table uses.
     """
     tag = f"{spec['tool']}-{spec['method']}"
     spec_path = workdir / f"{tag}.json"
@@ -558,11 +560,13 @@ def main() -> int:
             tail = log.read_text().strip().splitlines()[-12:]
             print(run.status + "\n    " + "\n    ".join(tail), flush=True)
             return run
+        res = Path(s["result"])
+        run.info = json.loads(res.read_text()) if res.is_file() else {}
+        run.info["ru_maxrss_bytes"] = rss
+        rss = run.info.get("vmhwm_bytes", rss)
         run.wall_s = wall if run.wall_s is None else min(run.wall_s, wall)
         run.rss_bytes = rss if run.rss_bytes is None else min(run.rss_bytes, rss)
         run.out = Path(s["out"])
-        res = Path(s["result"])
-        run.info = json.loads(res.read_text()) if res.is_file() else {}
         print(f"{wall:.1f} s, {rss / GiB:.2f} GiB", flush=True)
         return run
 
