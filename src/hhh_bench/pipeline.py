@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     t0 = time.time()
+    set_threads(cfg.get("threads"))
     load_plugins(cfg.get("plugins") or [])
     from hhh_bench.stages.data import run_data
 
@@ -59,6 +60,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info(msg)
     print(msg)
     return out
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op CPU threads (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    import torch
+
+    torch.set_num_threads(int(threads))
 
 
 def load_plugins(modules: list[str]) -> None:
@@ -235,7 +247,8 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             out["models"].append({"name": model["name"], "kind": model["kind"], **res["scores"]})
         return res
 
-    base = _base(cfg, data)
+    base_seed = pcfg.get("base_seed")
+    base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
     evaluate(_model(base, "base", "base", seed))
     specialists = _specialists(cfg, base, data)
     for dim, sp in specialists.items():

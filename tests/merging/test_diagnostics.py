@@ -27,8 +27,6 @@ from hhh_bench.merging.diagnostics import (
 from hhh_bench.merging.engine import ModelReader, merge_models
 from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
 
-torch.set_num_threads(1)
-
 Q = "model.layers.0.self_attn.q_proj.weight"
 
 

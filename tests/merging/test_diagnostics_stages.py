@@ -15,8 +15,6 @@ from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokeniz
 from hhh_bench.paths import conf_dir
 from hhh_bench.tracking.store import read_diagnostics
 
-torch.set_num_threads(1)
-
 FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fixture.jsonl"
 SPEC = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip

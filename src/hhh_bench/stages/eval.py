@@ -222,7 +222,9 @@ def build_row(
     timings = {"eval_s": round(float(eval_seconds), 3)}
     timings.update({k: float(v) for k, v in (model.get("timings") or {}).items()})
     row: dict[str, Any] = {
-        "row_key": key,
+        # one model reported in an explicit family of its own (a grid point of an ablation) is a
+        # row apart from the same model reported as its method's selected configuration
+        "row_key": f"{key}:{model['family']}" if model.get("family") else key,
         "experiment": str(cfg.name),
         "split": split,
         "suite": str(cfg.eval.name),
