@@ -22,9 +22,10 @@ SMALL_PIPELINE = [
     *SMALL_WORLD,
     "pipeline.mixtures=[uniform,sequential]",
     "pipeline.oracle.train.epochs=3",
-    "pipeline.merge_grid={}",
+    "~pipeline.merge_grid",  # `merge_grid={}` would merge into the default grid, not clear it
     "+pipeline.merge_grid.task_arithmetic.scaling=[0.5,1.0]",
     "+pipeline.merge_grid.ties.density=[0.5]",
+    "+pipeline.merge_grid.dare_ta.drop_rate=[0.3]",
     "+pipeline.merge_grid.dare_ties.drop_rate=[0.3]",
     "+pipeline.merge_grid.tsv.scaling=[1.0]",
     "+pipeline.merge_grid.resm.scaling=[1.0]",

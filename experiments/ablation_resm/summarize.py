@@ -69,6 +69,9 @@ def main() -> None:
     df = load_results(args.results)
     df = df[df["split"] == args.split]
     base_of = {int(r["seed"]): r["artifacts"]["model"] for _, r in df[df["kind"] == "base"].iterrows()}
+    if len(set(base_of.values())) == 1:  # one θ0 for every seed (pipeline.base_seed)
+        only = next(iter(base_of.values()))
+        base_of = {int(s): only for s in df["seed"].dropna().unique()}
     merges = df[(df["kind"] == "merge") & (df["method"].isin(["tsv", "resm"]))]
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     paths: dict[str, dict[int, str]] = defaultdict(dict)

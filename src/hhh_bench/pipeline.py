@@ -274,6 +274,8 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     finetuned = [_weights_path(specialists[d]) for d in dims]
     for method, spec in (pcfg.get("merge_grid") or {}).items():
+        if spec is None:  # `pipeline.merge_grid.<method>=null` drops a method of the default grid
+            continue
         best: tuple[float, dict[str, Any]] | None = None
         for params in grid(spec):
             mcfg = merge_config(cfg, method, params)
