@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,8 +23,16 @@ def test_default_config_composes():
     OmegaConf.resolve(cfg)
 
 
+# Experiments on Hydra sweeper plugins that are optional extras, with the extra that installs each.
+OPTIONAL_SWEEPERS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    for sweeper, (module, extra) in OPTIONAL_SWEEPERS.items():
+        if f"/hydra/sweeper: {sweeper}" in text and importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed: pip install -e '.[{extra}]'")
     cfg = compose([f"experiment={experiment}"], return_hydra_config=True)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.name
@@ -91,3 +100,20 @@ def test_library_code_never_imports_hydra():
         if "import hydra" in text or "from hydra" in text:
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, offenders
+
+
+def test_merge_optuna_searches_resm_on_validation():
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper",
+        reason="hydra-optuna-sweeper not installed: pip install -e '.[optuna]'",
+    )
+    cfg = compose(["experiment=merge_optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize"
+    assert cfg.stage == "merge_eval" and cfg.merge.method == "resm"
+    assert cfg.eval.select_split == "validation" != cfg.eval.report_split
+    OmegaConf.resolve(cfg)
+    assert sweeper.sampler.seed == cfg.seed
+    for key in sweeper.params:  # every searched knob is one of conf/merge/resm.yaml's
+        assert key.startswith("merge.params.") and key.split(".")[-1] in cfg.merge.params, key

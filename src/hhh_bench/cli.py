@@ -4,6 +4,7 @@ hhh-bench --cfg job                      # print the composed config
 hhh-bench stage=data data=toy3h          # one stage alone
 hhh-bench experiment=toy3h               # the whole pipeline
 hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
+hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[optuna]')
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ def _offline_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def task(cfg) -> float | None:
+    """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
+    selection score) so a sweeper such as Optuna can optimize it; None for other stages."""
+    from hhh_bench.pipeline import run
+
+    objective = run(cfg).get("objective")
+    return None if objective is None else float(objective)
+
+
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
     import hydra
@@ -28,10 +38,8 @@ def main() -> None:
     _offline_defaults()
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-    def _app(cfg: DictConfig) -> None:
-        from hhh_bench.pipeline import run
-
-        run(cfg)
+    def _app(cfg: DictConfig) -> float | None:
+        return task(cfg)
 
     _app()
 

@@ -24,11 +24,15 @@ from hhh_bench.stages.common import CACHE, to_dict
 
 log = logging.getLogger("hhh_bench")
 
-STAGES = ("data", "base", "train", "merge", "eval", "report", "diagnose", "all")
+STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done)."""
+    """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done).
+
+    ``stage=merge_eval`` also puts its selection score under ``"objective"`` (a float), the value
+    the ``hhh-bench`` task function returns to a Hydra sweeper (Optuna: experiment=merge_optuna).
+    """
     stage = cfg.stage
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
@@ -46,6 +50,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         out["train"] = _run_train_stage(cfg, out["data"])
     elif stage == "merge":
         out["merge"] = _run_merge_stage(cfg, out["data"])
+    elif stage == "merge_eval":
+        out["merge_eval"] = _run_merge_eval_stage(cfg, out["data"])
+        out["objective"] = out["merge_eval"]["objective"]
     elif stage == "eval":
         out["eval"] = _run_eval_stage(cfg, out["data"])
     elif stage == "report":
@@ -131,6 +138,52 @@ def _run_merge_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     base, models, _ = _merge_inputs(cfg, data)
     return run_merge(cfg, base=base["path"], models=models)
+
+
+def _run_merge_eval_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Merge with ``cfg.merge`` (inputs as ``stage=merge``) and evaluate the merged model on
+    ``eval.select_split``; its ``eval.select_by`` score is the objective of a sweep. Never the
+    report split: a search that reads the test split would leak it into the choice."""
+    from hhh_bench.stages.eval import run_eval
+    from hhh_bench.stages.merge import run_merge
+
+    split = cfg.eval.select_split
+    if not split or split == cfg.eval.report_split:
+        raise ValueError(
+            f"stage=merge_eval scores on eval.select_split, which is {split!r} (report split: "
+            f"{cfg.eval.report_split!r}): a search must not read the split it reports on; use "
+            "an eval suite with a separate selection split (eval=toy3h: validation)"
+        )
+    select_by = cfg.eval.get("select_by", "average")
+    base, models, _ = _merge_inputs(cfg, data)
+    merged = run_merge(cfg, base=base["path"], models=models)
+    method = cfg.merge.method
+    model = _model(
+        {"path": merged["out_dir"], "key": merged["key"]},
+        "merge",
+        method,
+        int(cfg.seed),
+        method=method,
+        params=to_dict(cfg.merge.params),
+    )
+    noise = float(cfg.data.noise.flip_rate) if "noise" in cfg.data else 0.0
+    res = run_eval(cfg, {"noise_rate": noise, **model}, data, split=split)
+    if select_by not in res["scores"]:
+        raise ValueError(
+            f"eval.select_by={select_by!r} is not a score of the {split} evaluation; "
+            f"valid: {sorted(res['scores'])}"
+        )
+    score = float(res["scores"][select_by])
+    msg = f"merge_eval {method} {to_dict(cfg.merge.params)}: {select_by} on {split} = {score:.4f}"
+    log.info(msg)
+    print(msg)
+    return {
+        "merge": merged,
+        "eval": res,
+        "split": split,
+        "select_by": select_by,
+        "objective": score,
+    }
 
 
 def _run_diagnose_stage(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
