@@ -12,7 +12,6 @@ import pytest
 from conftest import compose
 
 SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
-RAY = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None
 
 
 @pytest.mark.skipif(
@@ -34,18 +33,6 @@ def test_slurm_launcher_composes_with_our_defaults():
     assert launcher.submitit_folder.endswith("/.submitit/%j")
     default = compose(["hydra/launcher=slurm"], return_hydra_config=True)
     assert default.hydra.launcher.partition is None  # the cluster's default partition
-
-
-@pytest.mark.skipif(
-    not RAY,
-    reason="hydra-ray-launcher not installed (deliberately not in the `cluster` extra: it "
-    "requires cloudpickle<3; see docs/training.md)",
-)
-def test_ray_launcher_composes_with_our_defaults():
-    cfg = compose(["hydra/launcher=ray_cluster"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("ray_launcher.RayLauncher")
-    assert cfg.hydra.launcher.ray.init.address == "auto"
-    assert cfg.hydra.launcher.ray.remote.num_gpus == 1
 
 
 def test_another_machines_temporary_folder_is_not_swept(tmp_path):

@@ -16,6 +16,7 @@ TRAIN_KEYS = {
     "method",
     "beta",
     "loss_type",
+    "loss_weights",
     "learning_rate",
     "epochs",
     "max_steps",
