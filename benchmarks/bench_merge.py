@@ -475,8 +475,8 @@ def main() -> int:
         "--repeats",
         type=int,
         default=1,
-        help="runs of each tool, interleaved, for the methods other than tsv/resm; the table "
-        "keeps the fastest wall time and the smallest peak RSS (the machine may be shared)",
+        help="runs of each tool per method, interleaved (the sweeps run once); the table keeps "
+        "the fastest wall time and the smallest peak RSS (the machine may be shared)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -597,7 +597,7 @@ def main() -> int:
             else:
                 fb_run = Run(method, f"fusionbench {fb}")
                 jobs.append((fb_run, args.peer_python, spec("fusionbench", method)))
-        repeats = 1 if method in ("tsv", "resm") else max(1, args.repeats)
+        repeats = max(1, args.repeats)
         for _ in range(repeats):
             for run, python, s in jobs:
                 if run.status == "ok":
