@@ -79,9 +79,9 @@ def small_base(small_cfg, small_data):
     """θ0 of the small world: the tiny model SFT'd on the world (trained once per session)."""
     import torch
 
-    # 2 threads on an idle 2-core machine (CI); HHH_TEST_THREADS=1 where the CPU is shared, since
-    # oversubscribed torch threads run several times slower (benchmarks/README.md)
-    torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", min(2, os.cpu_count() or 1))))
+    # One thread by default: on a 2-core machine shared with anything else, oversubscribed torch
+    # threads run 10-20x slower (benchmarks/README.md); HHH_TEST_THREADS=2 on an idle machine.
+    torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
     from hhh_bench.stages.base import run_base
 
     return run_base(small_cfg, small_data)

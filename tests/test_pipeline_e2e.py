@@ -19,6 +19,7 @@ from conftest import SMALL_WORLD, compose
 SMALL_PIPELINE = [
     "experiment=toy3h",
     "logger=none",
+    "threads=1",  # see conftest: robust on a shared 2-core CPU
     *SMALL_WORLD,
     "pipeline.mixtures=[uniform,sequential]",
     "pipeline.oracle.train.epochs=3",
