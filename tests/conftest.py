@@ -85,3 +85,23 @@ def small_base(small_cfg, small_data):
     from hhh_bench.stages.base import run_base
 
     return run_base(small_cfg, small_data)
+
+
+def save_random_lora(base, out, *, r: int, alpha: int, targets: list[str], seed: int = 3):
+    """Save a LoRA adapter on ``base`` with random B (so τ = s·B·A ≠ 0) to ``out/adapter`` and
+    the same adapter merged into full weights to ``out/full``; returns the two folders."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    out = Path(out)
+    peft_model.save_pretrained(out / "adapter")
+    peft_model.merge_and_unload().save_pretrained(out / "full")
+    return out / "adapter", out / "full"

@@ -330,7 +330,8 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         if spec is None:  # `pipeline.merge_grid.<method>=null` drops a method of the default grid
             continue
         best: tuple[float, dict[str, Any]] | None = None
-        for params in grid(spec):
+        points = grid(spec)
+        for params in points:
             mcfg = merge_config(cfg, method, params)
             merged = run_merge(mcfg, base=_weights_path(base), models=finetuned)
             full_params = to_dict(mcfg.merge.params)
@@ -345,7 +346,7 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             )
             res = evaluate(model, split=select_split)
             score = float(res["scores"][select_by])
-            if pcfg.get("report_every_grid_point", False) and len(grid(spec)) > 1:
+            if pcfg.get("report_every_grid_point", False) and len(points) > 1:
                 # ablations and sweeps: every configuration gets its own row on the report split
                 label = f"{method} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
                 evaluate({**model, "name": label, "family": f"Merge: {label}"})

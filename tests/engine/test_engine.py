@@ -113,22 +113,10 @@ def test_shard_writer_refuses_a_missing_tensor(tmp_path):
 
 
 def test_lora_adapter_equals_merged_full_model(models, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from conftest import save_random_lora
 
     _, base, _ = models
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
-    )
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    merged_full = peft_model.merge_and_unload()
-    merged_full.save_pretrained(tmp_path / "full")
+    save_random_lora(base, tmp_path, r=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"])
     a = merge_models(
         "task_arithmetic", base, [tmp_path / "adapter"], tmp_path / "a", progress=False
     )

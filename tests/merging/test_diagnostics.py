@@ -370,21 +370,12 @@ def test_diagnose_streams_one_tensor_per_model(tmp_path, monkeypatch):
 def test_lora_adapter_reads_as_its_merged_weights(folders, tmp_path):
     """A peft LoRA adapter is diagnosed as θ0 + s·B·A, exactly like its merged full model; the
     modules it did not adapt have τ = 0 (no kurtosis, no subspace)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from conftest import save_random_lora
 
     base, fts = folders
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    peft_model.merge_and_unload().save_pretrained(tmp_path / "full")
-    a = diagnose(base, [tmp_path / "adapter", fts[0]], progress=False)
-    b = diagnose(base, [tmp_path / "full", fts[0]], progress=False)
+    adapter, full = save_random_lora(base, tmp_path, r=2, alpha=4, targets=["q_proj"])
+    a = diagnose(base, [adapter, fts[0]], progress=False)
+    b = diagnose(base, [full, fts[0]], progress=False)
     for ra, rb in zip(a["params"], b["params"], strict=True):
         assert ra["norm"] == pytest.approx(rb["norm"], rel=1e-4, abs=1e-7)
     q = _rec(a, "model.layers.0.self_attn.q_proj.weight")

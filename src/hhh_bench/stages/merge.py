@@ -19,8 +19,6 @@ from hhh_bench.stages.common import (
     to_dict,
 )
 
-_identity = model_identity
-
 
 def run_merge(
     cfg: DictConfig,
@@ -60,8 +58,8 @@ def run_merge(
         {
             "method": method,
             "params": params,
-            "base": _identity(str(base)),
-            "models": [_identity(str(m)) for m in models],
+            "base": model_identity(str(base)),
+            "models": [model_identity(str(m)) for m in models],
             "out_dtype": engine.get("out_dtype"),
             "vocab_policy": engine.get("vocab_policy"),
         },
