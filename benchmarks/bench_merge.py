@@ -289,9 +289,9 @@ def probe_peers(python: str | None, workdir: Path) -> dict[str, str | None]:
 def compare(ours: Path, peer: Path) -> dict[str, Any]:
     """max |θ_ours − θ_peer|, ‖Δ‖_F / ‖θ_peer‖_F and the share of differing entries over all
     tensors, one tensor at a time, in float32."""
-    from hhh_bench.merging.engine import ModelReader
+    from hhh_bench.merging.sources import SafetensorsModel
 
-    a, b = ModelReader(ours, "ours"), ModelReader(peer, "peer")
+    a, b = SafetensorsModel(ours, "ours"), SafetensorsModel(peer, "peer")
     keys = a.keys()
     missing = sorted(set(keys) ^ set(b.keys()))
     if missing:

@@ -25,12 +25,11 @@ def _restore_registries():
     from hhh_bench.data.mixing import registry as mixing_registry
     from hhh_bench.merging import base as merging_base
 
-    saved = dict(mixing_registry._REGISTRY), dict(merging_base._REGISTRY)
+    saved = dict(mixing_registry._REGISTRY), merging_base.METHODS.snapshot()
     yield
     mixing_registry._REGISTRY.clear()
     mixing_registry._REGISTRY.update(saved[0])
-    merging_base._REGISTRY.clear()
-    merging_base._REGISTRY.update(saved[1])
+    merging_base.METHODS.restore(saved[1])
     sys.modules.pop("my_hhh_ext", None)
 
 

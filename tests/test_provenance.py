@@ -28,8 +28,12 @@ def test_success_renames_and_refuses_existing(tmp_path):
 
 def test_a_killed_writers_folder_is_swept_by_the_next_run(tmp_path):
     # a process that exits without cleaning up stands in for a SIGKILLed one
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".abc.tmp-{dead_pid}-123"
     stale.mkdir()

@@ -144,7 +144,7 @@ def test_diagnose_stage_is_cached_and_fails_like_the_engine(models, tmp_path):
     assert CACHE.hits["diagnose"] == hits + 1
     assert read_diagnostics(tmp_path / "diagnostics.jsonl")[0]["label"] == "explicit models, seed 0"
     cfg.merge.models = [sets["heavy"][0], base + "-missing"]
-    with pytest.raises(ValueError, match="neither a local folder nor reachable"):
+    with pytest.raises(ValueError, match="base-missing' does not exist"):
         _run_diagnose_stage(cfg, {})
 
 

@@ -273,6 +273,8 @@ def test_resm_plan_sets_the_rank_of_each_layer():
 
 
 def test_tsv_factors_shapes():
-    """(T, m, n) = (3, 5, 4), k = 1: U⊥ is 5 × 3, σ is 3 × 1, V⊥ is 4 × 3."""
-    u, s, v = tsv_factors(torch.randn(3, 5, 4), 1)
-    assert (u.shape, s.shape, v.shape) == ((5, 3), (3, 1), (4, 3))
+    """(T, m, n) = (3, 5, 4) full-rank, k = 1: U⊥ is 5 × 3, σ has 3 entries (one per task, task
+    ids 0, 1, 2), V⊥ is 4 × 3."""
+    u, s, v, task = tsv_factors(list(torch.randn(3, 5, 4)), 1)
+    assert (u.shape, s.shape, v.shape) == ((5, 3), (3,), (4, 3))
+    assert task.tolist() == [0, 1, 2]

@@ -19,6 +19,7 @@ from hhh_bench.merging import (
     merge_tensors,
     method_defaults,
 )
+from hhh_bench.merging.base import task_vectors_of
 from hhh_bench.merging.methods.ties import magnitude_key
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
@@ -114,13 +115,13 @@ def test_precompute_depends_only_on_its_keys(method, name):
     base, fts = models(shape, 3, seed=3)
     default = m.make_params()
     entry = {"thresholds": [int(magnitude_key(torch.tensor(0.05)))] * 3}  # for scope=global
-    pre = m.precompute(name, base, fts, default, entry)
+    pre = m.precompute(name, base, task_vectors_of(base, fts, default), default, entry)
     fields = [f.name for f in dataclasses.fields(m.params_cls)]
     for key in fields:
         if key in m.precompute_keys or key == "device":
             continue
         params = m.make_params(**{key: ALTERNATIVES[key]})
-        again = m.precompute(name, base, fts, params, entry)
+        again = m.precompute(name, base, task_vectors_of(base, fts, params), params, entry)
         assert again.keys() == pre.keys(), key
         for k in pre:
             assert torch.equal(again[k], pre[k]), (key, k)
@@ -148,7 +149,7 @@ def test_plan_entries_are_plain_values():
         stats = {}
         for k, b in base.items():
             if b.is_floating_point():
-                s = m.tensor_stats(k, b, [sd[k] for sd in fts], p)
+                s = m.tensor_stats(k, b, task_vectors_of(b, [sd[k] for sd in fts], p), p)
                 if s is not None:
                     stats[k] = s
         plan = m.plan(stats, p)
@@ -233,5 +234,5 @@ def test_custom_resm_strategies_plug_in():
         with pytest.raises(ValueError, match="already registered"):
             register_reweight("zero_test")(zero)
     finally:
-        resm.REWEIGHT_STRATEGIES.pop("zero_test")
-        resm.RANK_STRATEGIES.pop("one_test")
+        resm.REWEIGHTS.remove("zero_test")
+        resm.RANKS.remove("one_test")

@@ -24,22 +24,29 @@ from hhh_bench.merging.base import (
     CommonParams,
     MergeMethod,
     get_method,
+    merge_function,
+    param,
     register_method,
     validate_state_dicts,
     validate_tensors,
 )
 from hhh_bench.merging.methods.resm import RankStrategy, register_rank, register_reweight
+from hhh_bench.merging.taskvec import LowRank, TaskVectors
 
 __all__ = [
     "CommonParams",
+    "LowRank",
     "MergeMethod",
     "RankStrategy",
+    "TaskVectors",
     "describe_method",
     "get_method",
     "list_methods",
+    "merge_function",
     "merge_state_dicts",
     "merge_tensors",
     "method_defaults",
+    "param",
     "register_method",
     "register_rank",
     "register_reweight",

@@ -14,6 +14,9 @@ from hhh_bench.merging.base import (
     validate_state_dicts,
     validate_tensors,
 )
+from hhh_bench.merging.driver import Inputs, run_merge
+from hhh_bench.merging.sources import StateDictSource
+from hhh_bench.merging.taskvec import LowRank
 
 
 def list_methods() -> list[str]:
@@ -34,7 +37,7 @@ def method_defaults(method: str) -> dict[str, Any]:
 def merge_tensors(
     method: str,
     base: Tensor,
-    finetuned: Sequence[Tensor],
+    finetuned: Sequence[Tensor | LowRank],
     *,
     name: str = "",
     **params: Any,
@@ -44,7 +47,9 @@ def merge_tensors(
     Args:
         method: a registered method name (see :func:`list_methods`).
         base: θ0 for this parameter.
-        finetuned: θ_1..θ_T, same shape and dtype as ``base``.
+        finetuned: θ_1..θ_T, same shape and dtype as ``base``; or, for a LoRA specialist, its
+            update τ_t = s·B·A as :class:`~hhh_bench.merging.taskvec.LowRank` (used exactly:
+            SVD methods decompose it from its factors).
         name: the parameter's name (e.g. ``model.embed_tokens.weight``): TSV/RESM route embeddings
             and non-2-D parameters by it, DARE seeds its masks with it.
         **params: the method's hyperparameters (see :func:`describe_method`).
@@ -60,18 +65,27 @@ def merge_tensors(
             dtype, NaN/Inf, differing integer buffers, no finetuned models), naming the
             parameter and the model index.
     """
+    if isinstance(finetuned, (Tensor, LowRank)):
+        raise ValueError("finetuned must be a list of tensors; wrap a single one in a list")
+    if len(finetuned) == 0:
+        raise ValueError(
+            f"parameter {name or '(unnamed)'!r}: no finetuned models given; pass at least one"
+        )
     m = get_method(method)
     p = m.make_params(**params)
-    validate_tensors(name, base, finetuned)
+    weights = [f for f in finetuned if not isinstance(f, LowRank)]
+    for i, f in enumerate(finetuned):
+        if isinstance(f, LowRank) and (tuple(f.shape) != tuple(base.shape) or not f.is_finite()):
+            raise ValueError(
+                f"parameter {name or '(unnamed)'!r}: finetuned model {i} is a low-rank update of "
+                f"shape {f.shape} (base {tuple(base.shape)}) or holds NaN/Inf"
+            )
+    validate_tensors(name, base, weights or [base])
     p.resolve_weights(len(finetuned))
     if not base.is_floating_point():
         return base.clone()
-    entry: dict[str, Any] = {}
-    if m.needs_global_pass(p):
-        stats = m.tensor_stats(name, base, finetuned, p)
-        if stats is not None:
-            entry = m.plan({name: stats}, p).get(name, {})
-    return m.merge_tensor(name, base, finetuned, p, entry)
+    key = name or "tensor"
+    return _merge_dicts(m, p, {key: base}, [{key: f} for f in finetuned])[key]
 
 
 def merge_state_dicts(
@@ -80,7 +94,8 @@ def merge_state_dicts(
     finetuned: Sequence[Mapping[str, Tensor]],
     **params: Any,
 ) -> dict[str, Tensor]:
-    """Merge whole state dicts (in memory; the streaming engine does the same tensor by tensor).
+    """Merge whole state dicts (in memory; the streaming engine does the same tensor by tensor,
+    through the same driver).
 
     Keys, shapes, dtypes and values are validated first. Methods that need statistics over all
     layers (RESM's rank budget, TIES with ``scope="global"``) get a first pass over every floating
@@ -98,23 +113,33 @@ def merge_state_dicts(
     Raises:
         ValueError: as :func:`merge_tensors`, plus key mismatches (naming the model index).
     """
+    if isinstance(finetuned, Mapping):
+        raise ValueError("finetuned must be a list of state dicts; wrap a single one in a list")
     m = get_method(method)
     p = m.make_params(**params)
     validate_state_dicts(base, finetuned)
     p.resolve_weights(len(finetuned))
-    floating = [k for k, v in base.items() if v.is_floating_point()]
-    plan: dict[str, dict[str, Any]] = {}
-    if m.needs_global_pass(p):
-        stats = {}
-        for k in floating:
-            s = m.tensor_stats(k, base[k], [sd[k] for sd in finetuned], p)
-            if s is not None:
-                stats[k] = s
-        plan = m.plan(stats, p)
+    return _merge_dicts(m, p, base, finetuned)
+
+
+def _merge_dicts(
+    m: Any, p: Any, base: Mapping[str, Tensor], finetuned: Sequence[Mapping[str, Any]]
+) -> dict[str, Tensor]:
+    """The driver over in-memory sources (LoRA updates given as :class:`LowRank` values)."""
+    base_src = StateDictSource(base, "the base")
+    models = [_DictWithUpdates(sd, f"finetuned model {i}") for i, sd in enumerate(finetuned)]
     out: dict[str, Tensor] = {}
-    for k, b in base.items():
-        if not b.is_floating_point():
-            out[k] = b.clone()
-        else:
-            out[k] = m.merge_tensor(k, b, [sd[k] for sd in finetuned], p, plan.get(k, {}))
+
+    def sink(k: str, merged: Tensor) -> None:
+        b = base[k]
+        out[k] = merged.clone() if merged is b else merged.to(device=b.device, dtype=b.dtype)
+
+    run_merge(m, p, Inputs(base_src, models, list(base)), sink)  # type: ignore[arg-type]
     return out
+
+
+class _DictWithUpdates(StateDictSource):
+    """A state dict whose values may be :class:`LowRank` updates (then read as τ, not θ)."""
+
+    def get(self, key: str) -> Tensor:
+        return self.sd[key]  # type: ignore[return-value]

@@ -1,189 +1,71 @@
-"""The merge-method protocol, its registry, the shared hyperparameters and input validation.
+"""The merge-method protocol, its registry, input validation and the arithmetic helpers.
 
 Notation (DESIGN.md §3): base θ0, finetuned models θ_t (t = 1..T), task vectors τ_t = θ_t − θ0,
 merged weight θ = θ0 + λ·merge(w_1·τ_1, .., w_T·τ_T).
 
-Every method is one :class:`MergeMethod` instance registered under a stable name. The streaming
-engine and :mod:`hhh_bench.merging.api` drive it in the same steps::
+A method receives the task vectors of one parameter as :class:`~hhh_bench.merging.taskvec.TaskVectors`
+(dense, or LoRA factors kept as such) and is driven in these steps by the one merge driver
+(:mod:`hhh_bench.merging.driver`), for in-memory state dicts and streamed model folders alike::
 
     params = method.make_params(**kw)                                # typed, validated
-    stats  = {name: method.tensor_stats(name, base, fts, params)}    # only if needs_global_pass
+    stats  = {name: method.tensor_stats(name, base, taus, params)}   # only if needs_global_pass
     plan   = method.plan(stats, params)                              # per-tensor extra arguments
-    pre    = method.precompute(name, base, fts, params, plan.get(name, {}))  # expensive, cacheable
-    out    = method.compose(name, base, pre, params, plan.get(name, {}))     # cheap: weights, λ
+    pre    = method.precompute(name, base, taus, params, plan.get(name, {}))  # expensive, cached
+    out    = method.compose(name, base, pre, params, plan.get(name, {}))      # cheap: weights, λ
 
 ``precompute`` depends only on the inputs, on the params named in ``precompute_keys`` and on the
 plan entry, so a sweep over the other knobs (λ, weights, ...) reuses it from a cache.
+
+Two ways to write a method:
+
+- :func:`merge_function`: a decorated function ``(stack, weights, params) -> merged τ`` for
+  methods that map the (T, *shape) stack of task vectors to one (task arithmetic, weight
+  averaging, TIES, DARE), with an optional cached ``prepare`` step (a trim, a random drop);
+- a :class:`MergeMethod` subclass decorated with :func:`register_method`, for methods that plan
+  over all tensors or decompose the task vectors themselves (TSV-M, RESM).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import numbers
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
-COMPUTE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+from hhh_bench.merging.params import (
+    COMPUTE_DTYPES,
+    CommonParams,
+    describe_params,
+    param,
+)
+from hhh_bench.merging.taskvec import LowRank, TaskVectors
+from hhh_bench.registry import Registry
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "CommonParams",
+    "FunctionMethod",
+    "LowRank",
+    "MergeMethod",
+    "PlanEntry",
+    "TaskVectors",
+    "finish",
+    "get_method",
+    "merge_function",
+    "on_device",
+    "param",
+    "register_method",
+    "registered_methods",
+    "validate_state_dicts",
+    "validate_tensors",
+]
 
 PlanEntry = dict[str, Any]
 """Per-tensor output of :meth:`MergeMethod.plan`: plain Python scalars and lists only (JSON-able),
 so the engine can put it in a cache key."""
 
-
-def param(
-    default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
-) -> Any:
-    """A dataclass field with its description (and allowed values) kept as field metadata."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
-    c = f.metadata.get("choices")
-    if c is None:
-        return None
-    return tuple(c() if callable(c) else c)
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _type_name(tp: Any) -> str:
-    if _is_union(tp):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "None"
-    if typing.get_origin(tp) is tuple:
-        return f"tuple[{_type_name(typing.get_args(tp)[0])}, ...]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """``value`` converted to the field type ``tp``, or a ValueError naming the parameter."""
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = (a for a in args if a is not type(None))
-        return _coerce(name, inner, value)
-    bad = ValueError(f"merge parameter {name!r} must be {_type_name(tp)}, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise bad
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise bad
-        return int(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if typing.get_origin(tp) is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-            raise bad
-        inner = typing.get_args(tp)[0]
-        return tuple(_coerce(name, inner, v) for v in value)
-    raise TypeError(f"unsupported parameter type {tp!r} for {name!r}")  # a bug in a params class
-
-
-@dataclass(frozen=True)
-class CommonParams:
-    """Hyperparameters every method takes. Subclass it (frozen dataclass, every field with a
-    default made by :func:`param`) and extend :meth:`validate` for a method's own knobs.
-
-    Values are type-checked and converted on construction (an int for a float field becomes a
-    float, a list for ``weights`` a tuple), then :meth:`validate` runs; both raise ``ValueError``
-    naming the parameter.
-    """
-
-    scaling: float = param(
-        1.0,
-        "λ, multiplies the merged task vector (not each τ_t): θ = θ0 + λ·merge(w_1·τ_1, .., w_T·τ_T).",
-    )
-    weights: tuple[float, ...] | None = param(
-        None,
-        "One weight per finetuned model, in their order; w_t multiplies τ_t before the method "
-        "(null = all 1).",
-    )
-    seed: int = param(0, "Seed of the random steps (DARE masks); other methods are deterministic.")
-    compute_dtype: str = param(
-        "float32",
-        "Dtype of the arithmetic (SVDs included); the result is cast back to the base's dtype.",
-        choices=tuple(COMPUTE_DTYPES),
-    )
-    device: str = param("cpu", "Torch device of the arithmetic (cpu, cuda, cuda:1, mps, ...).")
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = _coerce(f.name, hints[f.name], getattr(self, f.name))
-            choices = _choices(f)
-            if choices is not None and value not in choices:
-                raise ValueError(
-                    f"merge parameter {f.name!r} must be one of {list(choices)}, got {value!r}"
-                )
-            object.__setattr__(self, f.name, value)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the parameter whose value is out of range."""
-        if not math.isfinite(self.scaling):
-            raise ValueError(f"merge parameter 'scaling' must be finite, got {self.scaling}")
-        if self.weights is not None:
-            if len(self.weights) == 0:
-                raise ValueError("merge parameter 'weights' is empty; use null for all 1")
-            for i, w in enumerate(self.weights):
-                if not math.isfinite(w):
-                    raise ValueError(f"merge parameter 'weights' entry {i} is not finite: {w}")
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(
-                f"merge parameter 'device' is not a torch device: {self.device!r}"
-            ) from e
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"merge parameter 'device' is {self.device!r} but CUDA is not available"
-            )
-
-    # -- helpers used by the methods -----------------------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        """The torch dtype of ``compute_dtype``."""
-        return COMPUTE_DTYPES[self.compute_dtype]
-
-    def resolve_weights(self, num_models: int) -> tuple[float, ...]:
-        """The weights for ``num_models`` finetuned models (all 1 when unset)."""
-        if self.weights is None:
-            return (1.0,) * num_models
-        if len(self.weights) != num_models:
-            raise ValueError(
-                f"merge parameter 'weights' has {len(self.weights)} entries but {num_models} "
-                "finetuned models were given; give one weight per finetuned model, in their order"
-            )
-        return self.weights
-
-    def weight_tensor(self, num_models: int, like: Tensor) -> Tensor:
-        """Weights as a (T, 1, .., 1) tensor that broadcasts against a (T, *shape) stack ``like``."""
-        w = torch.tensor(self.resolve_weights(num_models), dtype=like.dtype, device=like.device)
-        return w.view(num_models, *([1] * (like.dim() - 1)))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (tuples as lists), as they would appear in ``conf/merge/<name>.yaml``."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+P = TypeVar("P", bound=CommonParams)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,17 +148,11 @@ def validate_state_dicts(
 # Arithmetic helpers shared by the methods
 
 
-def task_vectors(base: Tensor, finetuned: Sequence[Tensor], params: CommonParams) -> Tensor:
-    """The (T, *shape) stack of τ_t = θ_t − θ0 in ``params.compute_dtype`` on ``params.device``."""
-    dev, dt = torch.device(params.device), params.dtype
-    b = base.to(device=dev, dtype=dt)
-    return torch.stack([t.to(device=dev, dtype=dt) - b for t in finetuned])
-
-
 def finish(base: Tensor, merged_tau: Tensor, params: CommonParams) -> Tensor:
-    """θ0 + λ·merged τ, computed in the compute dtype, returned in the base's dtype and device."""
+    """θ0 + λ·merged τ in the compute dtype (the caller casts once, to the output dtype: rounding
+    θ0 + λτ through a bf16 base would lose a small LoRA update)."""
     b = base.to(device=merged_tau.device, dtype=merged_tau.dtype)
-    return (b + params.scaling * merged_tau).to(device=base.device, dtype=base.dtype)
+    return torch.add(b, merged_tau, alpha=params.scaling)
 
 
 def on_device(pre: Mapping[str, Tensor], params: CommonParams) -> dict[str, Tensor]:
@@ -287,21 +163,38 @@ def on_device(pre: Mapping[str, Tensor], params: CommonParams) -> dict[str, Tens
     }
 
 
+def task_vectors_of(
+    base: Tensor, finetuned: Sequence[Tensor | LowRank], params: CommonParams
+) -> TaskVectors:
+    """The :class:`TaskVectors` of full weights θ_t (τ_t = θ_t − θ0) or of LoRA updates given as
+    :class:`LowRank` (already τ), in the compute dtype on the compute device."""
+    dev, dt = torch.device(params.device), params.dtype
+    if not any(isinstance(f, LowRank) for f in finetuned):
+        return TaskVectors.from_weights(base, finetuned, dt, dev)  # type: ignore[arg-type]
+    b = base.to(device=dev, dtype=dt)
+    items = [
+        f.to(dt, dev) if isinstance(f, LowRank) else f.to(device=dev, dtype=dt) - b
+        for f in finetuned
+    ]
+    return TaskVectors(items, base.shape, dt, dev)
+
+
 # ---------------------------------------------------------------------------------------------
 # The protocol
 
 
-class MergeMethod:
+class MergeMethod(Generic[P]):
     """One merge method. Subclass, set the class attributes, implement :meth:`precompute` and
-    :meth:`compose`, and decorate with :func:`register_method`.
+    :meth:`compose`, and decorate with :func:`register_method` (or write a function and use
+    :func:`merge_function`).
 
     Attributes:
         name: the registry name (stable: it appears in W&B tables, sweeps and
             ``conf/merge/<name>.yaml``).
         params_cls: the method's :class:`CommonParams` subclass.
         precompute_keys: names of the params :meth:`precompute` depends on. Its output is a
-            function of (name, base, finetuned, those params, plan entry) only, so a cache keyed on
-            them is correct.
+            function of (name, base, task vectors, those params, plan entry) only, so a cache
+            keyed on them is correct.
         summary: one line for listings.
     """
 
@@ -310,30 +203,28 @@ class MergeMethod:
     precompute_keys: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
 
-    def make_params(self, **kw: Any) -> CommonParams:
+    def make_params(self, **kw: Any) -> P:
         """Validated params; an unknown name raises ``ValueError`` listing the valid ones."""
-        valid = [f.name for f in dataclasses.fields(self.params_cls)]
+        valid = [f["name"] for f in describe_params(self.params_cls)]
         unknown = sorted(set(kw) - set(valid))
         if unknown:
             raise ValueError(
                 f"merge method {self.name!r}: unknown parameter(s) {unknown}; valid: {valid}"
             )
-        return self.params_cls(**kw)
+        return self.params_cls(**kw)  # type: ignore[return-value]
 
-    def needs_global_pass(self, params: CommonParams) -> bool:
+    def needs_global_pass(self, params: P) -> bool:
         """Whether :meth:`tensor_stats` and :meth:`plan` must run over all tensors first."""
         return False
 
     def tensor_stats(
-        self, name: str, base: Tensor, finetuned: Sequence[Tensor], params: CommonParams
+        self, name: str, base: Tensor, taus: TaskVectors, params: P
     ) -> dict[str, Any] | None:
         """First-pass statistics of one floating tensor (small: scalars or tiny tensors), or
         None when this tensor needs no plan entry. Called only if :meth:`needs_global_pass`."""
         return None
 
-    def plan(
-        self, stats: Mapping[str, Mapping[str, Any]], params: CommonParams
-    ) -> dict[str, PlanEntry]:
+    def plan(self, stats: Mapping[str, Mapping[str, Any]], params: P) -> dict[str, PlanEntry]:
         """Per-tensor extra arguments from all tensors' stats. A tensor absent from the result
         gets the empty entry ``{}``. Entries hold plain (JSON-able) values only."""
         return {}
@@ -342,12 +233,12 @@ class MergeMethod:
         self,
         name: str,
         base: Tensor,
-        finetuned: Sequence[Tensor],
-        params: CommonParams,
+        taus: TaskVectors,
+        params: P,
         plan_entry: Mapping[str, Any],
     ) -> dict[str, Tensor]:
         """The expensive, knob-independent part for one floating tensor (see ``precompute_keys``).
-        Tensors are returned on ``params.device`` in ``params.compute_dtype``."""
+        Tensors are returned on ``params.device``."""
         raise NotImplementedError
 
     def compose(
@@ -355,64 +246,139 @@ class MergeMethod:
         name: str,
         base: Tensor,
         pre: Mapping[str, Tensor],
-        params: CommonParams,
+        params: P,
         plan_entry: Mapping[str, Any],
     ) -> Tensor:
-        """The merged weight θ0 + λ·merged τ from ``pre``, in the base's dtype and device."""
+        """The merged weight θ0 + λ·merged τ from ``pre``, in the compute dtype on the compute
+        device (the driver casts it once to the output dtype)."""
         raise NotImplementedError
 
     def merge_tensor(
         self,
         name: str,
         base: Tensor,
-        finetuned: Sequence[Tensor],
-        params: CommonParams,
+        taus: TaskVectors,
+        params: P,
         plan_entry: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """``precompute`` then ``compose`` for one (already validated) floating tensor."""
         entry = dict(plan_entry or {})
-        pre = self.precompute(name, base, finetuned, params, entry)
+        pre = self.precompute(name, base, taus, params, entry)
         return self.compose(name, base, pre, params, entry)
+
+    def diagnostics(self, name: str, base: Tensor, taus: TaskVectors, params: P) -> dict[str, Any]:
+        """Method-specific statistics of one floating tensor for the task-vector diagnostics
+        (plain values; ``{}`` by default). RESM reports what its reweighting changes here."""
+        return {}
 
     def describe(self) -> list[dict[str, Any]]:
         """Each parameter as ``{"name", "type", "default", "description"}``."""
-        hints = typing.get_type_hints(self.params_cls)
-        out = []
-        for f in dataclasses.fields(self.params_cls):
-            tp = _type_name(hints[f.name])
-            choices = _choices(f)
-            if choices is not None:
-                tp = f"{tp} ({' | '.join(choices)})"
-            out.append(
-                {
-                    "name": f.name,
-                    "type": tp,
-                    "default": f.default,
-                    "description": f.metadata["help"],
-                }
-            )
-        return out
+        return describe_params(self.params_cls)
 
 
-_REGISTRY: dict[str, MergeMethod] = {}
+StackFn = Callable[[Tensor, Tensor, Any], Tensor]
+"""(the (T, *shape) stack, the (T, 1, .., 1) weights, the params) -> the merged τ."""
+PrepareFn = Callable[[str, Tensor, Any], Tensor]
+"""(parameter name, the (T, *shape) stack, the params) -> the prepared stack (cached)."""
 
 
-def register_method(cls: type[MergeMethod]) -> type[MergeMethod]:
+class FunctionMethod(MergeMethod[P]):
+    """A method made of two functions on the dense stack of task vectors: ``prepare``
+    (expensive, cached: trim, random drop; default none) and ``merge`` (cheap, run at every
+    compose with the current weights). Built by :func:`merge_function`."""
+
+    merge_fn: ClassVar[StackFn]
+    prepare_fn: ClassVar[PrepareFn | None] = None
+
+    def prepared(
+        self, name: str, taus: TaskVectors, params: P, plan_entry: Mapping[str, Any]
+    ) -> Tensor:
+        """The stack after ``prepare`` (override to use the plan entry)."""
+        stack = taus.stack()
+        prepare = type(self).prepare_fn
+        return stack if prepare is None else prepare(name, stack, params)
+
+    def precompute(
+        self,
+        name: str,
+        base: Tensor,
+        taus: TaskVectors,
+        params: P,
+        plan_entry: Mapping[str, Any],
+    ) -> dict[str, Tensor]:
+        return {"tau": self.prepared(name, taus, params, plan_entry)}
+
+    def compose(
+        self,
+        name: str,
+        base: Tensor,
+        pre: Mapping[str, Tensor],
+        params: P,
+        plan_entry: Mapping[str, Any],
+    ) -> Tensor:
+        stack = on_device(pre, params)["tau"]
+        merged = type(self).merge_fn(stack, params.weight_tensor(len(stack), stack), params)
+        return finish(base, merged, params)
+
+
+def merge_function(
+    name: str,
+    params_cls: type[CommonParams] = CommonParams,
+    *,
+    summary: str = "",
+    prepare: PrepareFn | None = None,
+    prepare_keys: Sequence[str] = (),
+    base: type[FunctionMethod] = FunctionMethod,
+) -> Callable[[StackFn], StackFn]:
+    """Register ``fn(stack, weights, params) -> merged τ`` as the merge method ``name``.
+
+    Args:
+        name: the registry name.
+        params_cls: the method's params (default: the common ones only).
+        summary: one line for listings (default: the function's first docstring line).
+        prepare: optional ``(name, stack, params) -> stack``, the expensive step cached across
+            sweeps of the other knobs (its output is what ``fn`` receives).
+        prepare_keys: the params ``prepare`` depends on (with ``compute_dtype``, the cache key).
+        base: the :class:`FunctionMethod` subclass to build on (one that plans, e.g. TIES).
+
+    Returns the function unchanged (it stays usable on its own).
+    """
+
+    def deco(fn: StackFn) -> StackFn:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        attrs = {
+            "name": name,
+            "params_cls": params_cls,
+            "precompute_keys": tuple(dict.fromkeys((*prepare_keys, "compute_dtype"))),
+            "summary": summary or (doc[0] if doc else ""),
+            "merge_fn": staticmethod(fn),
+            "prepare_fn": staticmethod(prepare) if prepare is not None else None,
+            "__doc__": fn.__doc__,
+            "__module__": fn.__module__,
+        }
+        cls = type(f"{fn.__name__}_method", (base,), attrs)
+        register_method(cls)
+        return fn
+
+    return deco
+
+
+METHODS: Registry[MergeMethod[Any]] = Registry("merge method", "hhh_bench.merge_methods")
+"""Every registered merge method, by name (plugins: the ``hhh_bench.merge_methods`` entry-point
+group)."""
+
+
+def register_method(cls: type[MergeMethod[Any]]) -> type[MergeMethod[Any]]:
     """Class decorator: instantiate ``cls`` and register it under ``cls.name``."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"merge method {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls()
+    METHODS.add(cls.name, cls())
     return cls
 
 
 def registered_methods() -> list[str]:
     """Sorted names of the registered methods."""
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
-def get_method(name: str) -> MergeMethod:
+def get_method(name: str) -> MergeMethod[Any]:
     """The registered method ``name``; an unknown name raises ``ValueError`` listing the known."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown merge method {name!r}; known: {registered_methods()}") from None
+    return METHODS.get(name)

@@ -74,28 +74,15 @@ import torch
 from torch import Tensor
 
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
-from hhh_bench.merging.base import get_method, task_vectors, validate_tensors
-from hhh_bench.merging.engine import (
-    VOCAB_POLICIES,
-    ModelReader,
-    _check_inputs,
-    _progress,
-    open_model,
-    resolve_path,
-)
-from hhh_bench.merging.methods.resm import (
-    REWEIGHT_STRATEGIES,
-    ResmParams,
-    outlier_density,
-    robust_deviation,
-)
+from hhh_bench.merging.base import TaskVectors, get_method, validate_tensors
+from hhh_bench.merging.driver import Inputs, iter_raw, task_vectors_from_raw
+from hhh_bench.merging.linalg import top_svd
+from hhh_bench.merging.methods.resm import ResmParams, robust_deviation
 from hhh_bench.merging.methods.tsv import is_embedding, tsv_rank
+from hhh_bench.merging.sources import VOCAB_POLICIES, ModelInput, check_inputs, open_inputs
 
 FORMAT = "hhh-bench/diagnostics"
 VERSION = 1
-
-ModelInput = str | Path | Mapping[str, Tensor]
-"""A model folder, a hub id, a LoRA adapter folder (finetuned only) or an in-memory state dict."""
 
 PER_TASK_STATS = ("norm", "kurtosis", "reweight_change")
 """Statistics with one value per task (plus ``tail_share_<c>``, one per threshold)."""
@@ -143,55 +130,8 @@ _LAYER = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 # ---------------------------------------------------------------------------------------------
 
 
-class StateDictReader:
-    """An in-memory state dict behind the engine's reader interface (``keys``/``get``/``shape``/
-    ``config``), so :func:`diagnose` validates and streams it exactly like a model folder."""
-
-    def __init__(self, state_dict: Mapping[str, Tensor], label: str) -> None:
-        self.sd = state_dict
-        self.label = label
-        self.folder = "in-memory state dict"
-
-    def keys(self) -> list[str]:
-        return list(self.sd)
-
-    def get(self, key: str) -> Tensor:
-        t = self.sd[key]
-        if not isinstance(t, Tensor):
-            raise ValueError(
-                f"{self.label} ({self.folder}): {key!r} is a {type(t).__name__}, not a Tensor"
-            )
-        return t
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.get(key).shape)
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
 def _label_of(x: ModelInput) -> str:
     return "<state dict>" if isinstance(x, Mapping) else str(x)
-
-
-def _open(
-    base: ModelInput, finetuned: Sequence[ModelInput], allow_pickle: bool
-) -> tuple[Any, list]:
-    if isinstance(base, Mapping):
-        base_r: Any = StateDictReader(base, "the base")
-    else:
-        base_r = ModelReader(resolve_path(base), "the base", allow_pickle=allow_pickle)
-    models: list[Any] = []
-    for i, f in enumerate(finetuned):
-        label = f"finetuned model {i}"
-        if isinstance(f, Mapping):
-            models.append(StateDictReader(f, label))
-        else:
-            models.append(open_model(f, label, base_r, allow_pickle))
-    return base_r, models
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,18 +203,14 @@ def sign_conflict(taus: Tensor) -> tuple[int, int]:
     return conflicting, eligible
 
 
-def _numerical_rank(s: Tensor, shape: Sequence[int]) -> int:
-    """Singular values above σ_max·max(m, n)·eps (``torch.linalg.matrix_rank``'s default)."""
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return 0
-    tol = float(s[0]) * max(shape) * torch.finfo(s.dtype).eps
-    return int((s > tol).sum())
-
-
-def subspace_stats(taus: Tensor, k: int) -> dict[str, Any]:
-    """Top-k subspace overlap (left and right) and singular task interference of a (T, m, n)
-    stack (see the module docstring). Values are None when T < 2 or a task vector is 0."""
-    num = taus.shape[0]
+def subspace_stats(taus: TaskVectors | Tensor, k: int) -> dict[str, Any]:
+    """Top-k subspace overlap (left and right) and singular task interference of T task vectors
+    of one matrix (see the module docstring; k_t = min(k, numerical rank), from
+    :func:`~hhh_bench.merging.linalg.top_svd`, exact for LoRA factors). Values are None when
+    T < 2 or a task vector is 0."""
+    if isinstance(taus, Tensor):
+        taus = TaskVectors.from_stack(taus)
+    num = len(taus)
     out: dict[str, Any] = {
         "svd_k": k,
         "svd_rank": None,
@@ -283,23 +219,22 @@ def subspace_stats(taus: Tensor, k: int) -> dict[str, Any]:
         "sti": None,
         "sti_normalized": None,
     }
-    u, s, vh = torch.linalg.svd(taus, full_matrices=False)
-    ranks = [_numerical_rank(s[t], taus.shape[1:]) for t in range(num)]
+    triplets = [top_svd(t, k) for t in taus.items]
+    ranks = [int(s.numel()) for _, s, _ in triplets]
     out["svd_rank"] = ranks
     if num < 2 or min(ranks) == 0:
         return out
-    ks = [min(k, r) for r in ranks]
-    us = [u[t, :, : ks[t]] for t in range(num)]
-    vs = [vh[t, : ks[t], :].T for t in range(num)]
+    us = [u for u, _, _ in triplets]
+    vs = [v for _, _, v in triplets]
     pairs = [(i, j) for i in range(num) for j in range(i + 1, num)]
     out["subspace_overlap"] = sum(
-        float((us[i].T @ us[j]).square().sum()) / min(ks[i], ks[j]) for i, j in pairs
+        float((us[i].T @ us[j]).square().sum()) / min(ranks[i], ranks[j]) for i, j in pairs
     ) / len(pairs)
     out["subspace_overlap_right"] = sum(
-        float((vs[i].T @ vs[j]).square().sum()) / min(ks[i], ks[j]) for i, j in pairs
+        float((vs[i].T @ vs[j]).square().sum()) / min(ranks[i], ranks[j]) for i, j in pairs
     ) / len(pairs)
     big_u, big_v = torch.cat(us, dim=1), torch.cat(vs, dim=1)
-    sig = torch.cat([s[t, : ks[t]] for t in range(num)])
+    sig = torch.cat([s for _, s, _ in triplets])
     eye = torch.eye(big_u.shape[1], dtype=big_u.dtype, device=big_u.device)
     inter = ((big_u.T @ big_u - eye) * sig) @ (big_v.T @ big_v - eye)  # (UᵀU − I)·Σ·(VᵀV − I)
     sti = float(inter.abs().sum(dtype=torch.float64))
@@ -316,7 +251,7 @@ def _tail_key(c: float) -> str:
 def _param_record(
     name: str,
     base: Tensor,
-    finetuned: Sequence[Tensor],
+    taus: TaskVectors,
     rp: ResmParams,
     *,
     top_k: int | None,
@@ -326,35 +261,25 @@ def _param_record(
 ) -> dict[str, Any]:
     """Every per-parameter statistic of one floating parameter (plain Python values)."""
     resm = get_method("resm")
-    num = len(finetuned)
-    taus = task_vectors(base, finetuned, rp)  # (T, *shape) in the compute dtype, on the device
+    num = len(taus)
+    stack = taus.stack()  # (T, *shape) in the compute dtype, on the device
     layer, kind = layer_of(name)
-    route = resm.route(name, tuple(base.shape), num, rp)  # type: ignore[attr-defined]
     rec: dict[str, Any] = {
         "name": name,
         "layer": layer,
         "type": kind,
         "shape": list(base.shape),
         "numel": base.numel(),
-        "norm": [float(t.norm(dtype=torch.float64)) for t in taus],
-        "kurtosis": [kurtosis(t) for t in taus],
+        "norm": [float(t.norm(dtype=torch.float64)) for t in stack],
+        "kurtosis": [kurtosis(t) for t in stack],
     }
-    shares = [tail_shares(t, tail_sigmas) for t in taus]
+    shares = [tail_shares(t, tail_sigmas) for t in stack]
     for i, c in enumerate(tail_sigmas):
         rec[_tail_key(c)] = [s[i] for s in shares]
-    conflicting, eligible = sign_conflict(taus)
+    conflicting, eligible = sign_conflict(stack)
     rec["sign_conflict"] = conflicting / eligible if eligible else None
     rec["sign_conflict_counts"] = [conflicting, eligible]
-    rec["resm_route"] = route
-    rec["reweight_change"] = [None] * num
-    rec["resm_density"] = None
-    if route == "tsv":
-        reweight = REWEIGHT_STRATEGIES[rp.reweight]
-        rec["reweight_change"] = [
-            (float((t - reweight(t, rp)).norm(dtype=torch.float64)) / n) if n > 0 else None
-            for t, n in zip(taus, rec["norm"], strict=True)
-        ]
-        rec["resm_density"] = float(outlier_density(taus, rp)["density"])
+    rec.update(resm.diagnostics(name, base, taus, rp))
     if svd and base.dim() == 2 and (svd_embeddings or not is_embedding(name)):
         r = min(base.shape)
         k = min(int(top_k), r) if top_k is not None else max(1, tsv_rank(r, num, None))
@@ -514,32 +439,43 @@ def diagnose(
     rp = resm.make_params(**knobs, device=device, compute_dtype=compute_dtype)
     assert isinstance(rp, ResmParams)
 
-    base_r, models = _open(base, finetuned, allow_pickle)
-    decisions = _check_inputs(base_r, models, vocab_policy)
+    base_r, models = open_inputs(base, finetuned, allow_pickle)
+    decisions = check_inputs(base_r, models, vocab_policy)
+    inputs = Inputs(base_r, models, base_r.keys(), decisions)
     num = len(models)
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     resm_stats: dict[str, Any] = {}
     needs_plan = resm.needs_global_pass(rp)
 
-    def one(k: str) -> None:
-        # One tensor of each model, released when this returns (the streaming guarantee).
+    keys = []
+    for k in inputs.keys:
         if decisions.get(k) == "base":
             skipped.append({"name": k, "reason": "vocabulary size differs (vocab_policy=base)"})
-            return
-        b = base_r.get(k)
-        fts = [m.get(k) for m in models]
-        if decisions.get(k) == "truncate":
-            fts = [t[: b.shape[0]] for t in fts]
-        validate_tensors(k, b, fts)
+        else:
+            keys.append(k)
+    from tqdm.auto import tqdm
+
+    # One tensor of each model at a time (the next one read ahead), released after use.
+    for k, raw in tqdm(
+        iter_raw(inputs, keys),
+        desc="diagnosing task vectors",
+        total=len(keys),
+        disable=not progress,
+        unit="tensor",
+        mininterval=1.0,
+    ):
+        b = raw.base
         if not b.is_floating_point():
+            validate_tensors(k, b, [t if isinstance(t, Tensor) else b for t in raw.fts or []])
             skipped.append({"name": k, "reason": f"non-floating buffer ({b.dtype})"})
-            return
+            continue
+        taus = task_vectors_from_raw(k, raw, rp.dtype, rp.device)
         records.append(
             _param_record(
                 k,
                 b,
-                fts,
+                taus,
                 rp,
                 top_k=top_k,
                 tail_sigmas=sigmas,
@@ -548,14 +484,11 @@ def diagnose(
             )
         )
         if needs_plan:
-            s = resm.tensor_stats(k, b, fts, rp)
+            s = resm.tensor_stats(k, b, taus, rp)
             if s is not None:
                 resm_stats[k] = s
-
-    for k in _progress(base_r.keys(), "diagnosing task vectors", progress):
-        one(k)
-    for m in (base_r, *models):
-        m.close()
+        del taus, raw
+    inputs.close()
 
     plan = resm.plan(resm_stats, rp) if needs_plan else {}
     ranks: dict[str, int] = {}
@@ -584,7 +517,7 @@ def diagnose(
             "compute_dtype": compute_dtype,
             "vocab_policy": vocab_policy,
         },
-        "statistics": dict(STAT_HELP),
+        "statistics": {s: stat_help(s) for s in stat_names(records)},
         "params": records,
         "layer_types": _layer_types(records, num),
         "model": summarize(records, num),
@@ -620,11 +553,6 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# Compact views: per-parameter values, Markdown
-# ---------------------------------------------------------------------------------------------
-
-
 def parameter_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One small dict per parameter: name, layer, type and each statistic's single value
     (per-task statistics averaged over tasks): what the report's heatmaps draw."""
@@ -639,90 +567,3 @@ def parameter_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         for r in records
     ]
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return (
-            f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
-        )
-    return str(v)
-
-
-TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("norm", "mean", "‖τ‖"),
-    ("kurtosis", "median", "kurtosis (med.)"),
-    ("tail_share_3", "mean", "> 3σ"),
-    ("tail_share_5", "mean", "> 5σ"),
-    ("reweight_change", "mean", "reweight Δ"),
-    ("sign_conflict", "mean", "sign conflict"),
-    ("subspace_overlap", "mean", "overlap"),
-    ("sti_normalized", "mean", "STI (norm.)"),
-    ("resm_density", "mean", "RESM D"),
-    ("resm_rank_ratio", "mean", "k / k_uniform"),
-)
-"""(statistic, summary field, header) of :func:`layer_type_table`."""
-
-
-def layer_type_table(layer_types: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table, one row per layer type: the mean of each statistic over the type's
-    parameters (the median for kurtosis), per-task statistics averaged over tasks."""
-    head = "| layer type | params | " + " | ".join(h for _, _, h in TABLE_COLUMNS) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(TABLE_COLUMNS)]
-    for kind, summ in layer_types.items():
-        cells = [_f((summ.get(stat) or {}).get(field)) for stat, field, _ in TABLE_COLUMNS]
-        lines.append(f"| {kind} | {summ['n_params']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def model_line_items(report: Mapping[str, Any]) -> list[str]:
-    """The model-wide figures as Markdown bullet lines."""
-    model = report["model"]
-    pooled = model["pooled"]
-    resm = report["resm"]
-    tails = [k for k in stat_names(report["params"]) if k.startswith("tail_share_")]
-    tail_txt = " / ".join(
-        f"{_f(_mean(pooled[k]))} beyond {k.removeprefix('tail_share_')}σ" for k in tails
-    )
-    knobs = resm["params"]
-    dens = resm.get("density") or {}
-    return [
-        "- ‖τ_t‖ over the whole model: " + ", ".join(_f(n) for n in pooled["norm"]),
-        f"- kurtosis (Pearson, normal = 3): median over parameters "
-        f"{_f(model['kurtosis']['median'])} (range {_f(model['kurtosis']['min'])}–"
-        f"{_f(model['kurtosis']['max'])})",
-        f"- share of ‖τ_t‖² (pooled over the model, mean over tasks): {tail_txt}",
-        f"- sign conflicts among entries non-zero in ≥ 2 tasks: {_f(pooled['sign_conflict'])}",
-        f"- top-k singular subspaces (mean over matrices and task pairs): overlap "
-        f"{_f(model['subspace_overlap']['mean'])}, STI normalized "
-        f"{_f(model['sti_normalized']['mean'])}",
-        f"- RESM (reweight={knobs['reweight']}, κ={knobs['kappa']:g}, rank={knobs['rank']}, "
-        f"M={knobs['outlier_ratio_M']:g}, spread={knobs['rank_spread']:g}): reweighting changes "
-        f"τ_t by {_f(model['reweight_change']['mean'])} (mean ‖τ − ρ(τ)‖/‖τ‖); outlier density "
-        f"D {_f(dens.get('min'))}–{_f(dens.get('max'))}; k differs from TSV-M's uniform k in "
-        f"{resm['layers_with_changed_rank']} of {resm['decomposed_layers']} decomposed layers",
-    ]
-
-
-def summary_markdown(
-    report: Mapping[str, Any], *, heading: str = "## Task-vector diagnostics"
-) -> str:
-    """A short Markdown section (model card, report): model-wide figures and the layer-type
-    table. Formulas: ``docs/merging.md#diagnostics``."""
-    lines = [
-        heading,
-        "",
-        f"T = {report['num_models']} task vectors τ_t = θ_t − θ0 over "
-        f"{report['model']['n_params']} floating parameters ({report['model']['numel']} entries); "
-        "every number per parameter is in `diagnostics.json`, the formulas in hhh-bench's "
-        "docs/merging.md (Diagnostics).",
-        "",
-        *model_line_items(report),
-        "",
-        "Per layer type (means over parameters and tasks; kurtosis: median):",
-        "",
-        layer_type_table(report["layer_types"]),
-    ]
-    return "\n".join(lines) + "\n"

@@ -1,20 +1,35 @@
 """The streaming merge engine: merge whole models tensor by tensor from safetensors.
 
 ``merge_models(method, base, finetuned, out_dir, **params)`` reads one tensor of each model at a
-time (``safe_open``), so peak memory stays near (T + 2) × the largest tensor, not T × the model.
-Methods that need statistics over all layers (RESM's rank budget, TIES ``scope=global``) get a
-first streaming pass. The expensive, knob-independent part of each tensor's merge (``precompute``:
-SVD factors, trim masks) is cached on disk keyed by the inputs' content and the knobs it depends
-on, so a sweep over ``scaling`` recomposes from the cache. Output: sharded safetensors, the base's
-config / tokenizer / generation config, and a model card, written into a temporary folder that is
-renamed into place only when complete.
+time (the next one read ahead by a reader thread), so peak memory stays near (T + 1) × the
+largest tensor plus the method's working set, not T × the model. LoRA adapters are read as their
+exact factors (:class:`~hhh_bench.merging.sources.LoraAdapter`). Methods that need statistics
+over all layers (RESM's rank budget, TIES ``scope=global``) get a first streaming pass. The
+expensive, knob-independent part of each tensor's merge (``precompute``: SVD factors, trim
+masks) is cached on disk (:class:`~hhh_bench.merging.cache.SweepCache`), so a sweep over
+``scaling`` recomposes from the cache.
+
+What it guarantees:
+
+- **validation before work**: arguments (types, method and knobs, shard size, dtypes, paths)
+  are checked before any input is read; inputs (architecture and ``model_type``, tensor sets,
+  shapes, every shard's header) before any tensor is merged; every error names the model, its
+  folder and the tensor;
+- **nothing lost**: ``out_dir`` may never be, contain or lie inside an input or the cache; it is
+  claimed with an exclusive lock file (a second merge into it fails at once; a lock left by a
+  killed merge is detected and cleaned); ``overwrite=True`` replaces only the output of an earlier
+  merge (a folder with ``merge_info.json``), never another folder;
+- **nothing wrong**: the files read are those ``transformers`` would load; a merged tensor with
+  NaN/Inf (e.g. float16 overflow) is an error naming it, and the output folder is renamed into
+  place only when complete.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,10 +39,20 @@ from typing import Any
 
 import torch
 
-from hhh_bench.merging.base import get_method, validate_tensors
-from hhh_bench.provenance import atomic_dir, config_hash, package_versions
+import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
+from hhh_bench.merging.base import get_method
+from hhh_bench.merging.cache import SweepCache
+from hhh_bench.merging.driver import Inputs, check_finite, run_merge
+from hhh_bench.merging.sources import (
+    ST_DTYPES,
+    VOCAB_POLICIES,
+    ModelInput,
+    check_inputs,
+    open_inputs,
+    resolve_path,
+)
+from hhh_bench.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 COPY_FILES = (
     "config.json",
     "generation_config.json",
@@ -39,348 +64,43 @@ COPY_FILES = (
     "vocab.json",
     "merges.txt",
 )
-VOCAB_POLICIES = ("error", "base", "truncate_to_base")
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    **{
-        name: getattr(torch, attr)
-        for name, attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
-        if hasattr(torch, attr)
-    },
+OUT_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
 }
-"""safetensors dtype names → torch dtypes (the ones a merge reads or writes)."""
+MERGE_MARKER = "merge_info.json"
+"""Written last into every merged folder: what ``overwrite=True`` is allowed to replace."""
 
-
-# ---------------------------------------------------------------------------------------------
-# Readers
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path:
-    """A local folder, or a hub id resolved through the HF cache (``HF_HUB_OFFLINE`` respected).
-
-    Only safetensors, JSON and tokenizer files are fetched; pickles never are.
-    """
-    p = Path(path_or_id).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"{p}: expected a model folder, got a file")
-        return p
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(
-                str(path_or_id),
-                revision=revision,
-                allow_patterns=["*.safetensors", "*.json", "tokenizer*", "*.jinja", "*.model"],
-            )
-        )
-    except Exception as e:  # noqa: BLE001 - turned into an actionable message
-        raise ValueError(
-            f"model {str(path_or_id)!r} is neither a local folder nor reachable on the hub "
-            f"({type(e).__name__}: {e}). On a machine with access run "
-            f"`huggingface-cli download {path_or_id}` and point HF_HOME at that cache."
-        ) from None
-
-
-class ModelReader:
-    """Lazy, read-only access to one model's tensors (single or sharded safetensors)."""
-
-    def __init__(self, folder: Path, label: str, allow_pickle: bool = False) -> None:
-        self.folder = folder
-        self.label = label
-        self._files: dict[str, Path] = {}
-        self._handles: dict[Path, Any] = {}
-        self._pickle_sd: dict[str, torch.Tensor] | None = None
-        st = sorted(folder.glob("*.safetensors"))
-        index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self._files = {k: folder / v for k, v in weight_map.items()}
-        elif st:
-            from safetensors import safe_open
-
-            for f in st:
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
-                        self._files[k] = f
-        else:
-            pickles = [f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES]
-            if pickles and not allow_pickle:
-                raise ValueError(
-                    f"{label} ({folder}) holds only pickle checkpoints ({pickles[0].name}); "
-                    "they can run arbitrary code when loaded. Convert them to safetensors, or "
-                    "pass allow_pickle=true if you trust the source."
-                )
-            if not pickles:
-                raise ValueError(f"{label} ({folder}) has no *.safetensors weights")
-            sd: dict[str, torch.Tensor] = {}
-            for f in pickles:
-                sd.update(torch.load(f, map_location="cpu", weights_only=True))
-            self._pickle_sd = sd
-            self._files = {k: f for k in sd for f in pickles[:1]}
-
-    def keys(self) -> list[str]:
-        return list(self._files)
-
-    def get(self, key: str) -> torch.Tensor:
-        """One tensor. The file is opened for this read only: a ``safe_open`` handle kept open
-        keeps every page read through it resident (and counted in RSS) until it is closed, which
-        over a whole merge is the size of every input model."""
-        if self._pickle_sd is not None:
-            return self._pickle_sd[key]
-        from safetensors import safe_open
-
-        with safe_open(str(self._files[key]), framework="pt") as h:
-            return h.get_tensor(key)
-
-    def _header(self, key: str) -> Any:
-        from safetensors import safe_open
-
-        f = self._files[key]
-        if f not in self._handles:  # header reads only: no data page is touched
-            self._handles[f] = safe_open(str(f), framework="pt")
-        return self._handles[f].get_slice(key)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if self._pickle_sd is not None:
-            return tuple(self._pickle_sd[key].shape)
-        return tuple(self._header(key).get_shape())
-
-    def dtype(self, key: str) -> torch.dtype:
-        if self._pickle_sd is not None:
-            return self._pickle_sd[key].dtype
-        name = self._header(key).get_dtype()
-        if name not in ST_DTYPES:
-            raise ValueError(f"{self.label} ({self.folder}): tensor {key!r} has dtype {name}")
-        return ST_DTYPES[name]
-
-    def config(self) -> dict[str, Any]:
-        c = self.folder / "config.json"
-        return json.loads(c.read_text()) if c.is_file() else {}
-
-    def close(self) -> None:
-        self._handles.clear()
-
-
-class LoraReader:
-    """A peft LoRA adapter seen as full weights: θ = θ0 + s·B·A on every adapted module
-    (exact; s = lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA)."""
-
-    def __init__(self, folder: Path, base: ModelReader, label: str) -> None:
-        self.folder = folder
-        self.label = label
-        self.base = base
-        cfg = json.loads((folder / "adapter_config.json").read_text())
-        if cfg.get("peft_type", "LORA") != "LORA":
-            raise ValueError(
-                f"{label} ({folder}): only LoRA adapters are supported, got {cfg.get('peft_type')}"
-            )
-        if cfg.get("modules_to_save"):
-            raise ValueError(
-                f"{label} ({folder}): adapters with modules_to_save are not supported; merge the "
-                "adapter into full weights first (train.merge_adapter=true)"
-            )
-        r = int(cfg["r"])
-        alpha = float(cfg.get("lora_alpha", r))
-        self.scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
-        self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
-        files = sorted(folder.glob("adapter_model*.safetensors"))
-        if not files:
-            raise ValueError(f"{label} ({folder}) has no adapter_model.safetensors")
-        from safetensors.torch import load_file
-
-        raw: dict[str, torch.Tensor] = {}
-        for f in files:
-            raw.update(load_file(str(f)))
-        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for k, a in raw.items():
-            if ".lora_A." not in k:
-                continue
-            module = k.split(".lora_A.")[0]
-            b = raw.get(k.replace(".lora_A.", ".lora_B."))
-            if b is None:
-                raise ValueError(f"{label} ({folder}): {k} has no matching lora_B")
-            target = module.removeprefix("base_model.model.") + ".weight"
-            if target not in set(base.keys()):
-                raise ValueError(
-                    f"{label} ({folder}): adapted module {target!r} is not in the base"
-                )
-            self.pairs[target] = (a, b)
-
-    def keys(self) -> list[str]:
-        return self.base.keys()
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.base.shape(key)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.base.dtype(key)
-
-    def get(self, key: str) -> torch.Tensor:
-        w = self.base.get(key)
-        if key not in self.pairs:
-            return w
-        a, b = self.pairs[key]
-        delta = self.scale * (b.float() @ a.float())
-        if self.fan_in_fan_out:
-            delta = delta.T
-        return (w.float() + delta).to(w.dtype)
-
-    def config(self) -> dict[str, Any]:
-        return self.base.config()
-
-    def close(self) -> None:
-        pass
-
-
-def open_model(
-    path_or_id: str | Path, label: str, base: ModelReader | None, allow_pickle: bool
-) -> ModelReader | LoraReader:
-    folder = resolve_path(path_or_id)
-    if (folder / "adapter_config.json").is_file():
-        if base is None:
-            raise ValueError(f"{label} ({folder}) is a LoRA adapter; the base cannot be one")
-        return LoraReader(folder, base, label)
-    return ModelReader(folder, label, allow_pickle=allow_pickle)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sweep cache
-# ---------------------------------------------------------------------------------------------
-
-
-def input_identity(folder: Path) -> str:
-    """Content identity of a model folder: sha256 of its weight files, memoised by
-    (path, size, mtime_ns) in ``<folder>/.hhh_bench_hash.json``-free in-process memo plus the
-    cache index, so a 7B model is hashed once per file change."""
-    parts = []
-    for f in sorted(list(folder.glob("*.safetensors")) + list(folder.glob("*.json"))):
-        st = f.stat()
-        memo_key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-        h = _HASH_MEMO.get(memo_key)
-        if h is None:
-            d = hashlib.sha256()
-            with f.open("rb") as fh:
-                while block := fh.read(1 << 22):
-                    d.update(block)
-            h = d.hexdigest()
-            _HASH_MEMO[memo_key] = h
-        parts.append(f"{f.name}:{h}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-class SweepCache:
-    """precompute() results on disk, one safetensors file per (inputs, method, knobs, tensor).
-
-    Keys hash the inputs' content identities, the method name, the params named in the method's
-    ``precompute_keys`` and the tensor's plan entry, so a changed input file or knob can never
-    return a stale entry. Least-recently-used entries are evicted beyond ``max_bytes``.
-    """
-
-    def __init__(self, folder: str | Path, max_bytes: int) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-
-    def path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.safetensors"
-
-    def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        p = self.path(key)
-        if not p.is_file():
-            self.misses += 1
-            return None
-        from safetensors.torch import load_file
-
-        os.utime(p)  # LRU: touch on use
-        self.hits += 1
-        return load_file(str(p))
-
-    def put(self, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(p)
-
-    def evict(self) -> None:
-        files = sorted(self.folder.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime)
-        total = sum(f.stat().st_size for f in files)
-        while files and total > self.max_bytes:
-            f = files.pop(0)
-            total -= f.stat().st_size
-            f.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# merge_models
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MergeResult:
-    """What :func:`merge_models` did."""
-
-    out_dir: str
-    method: str
-    params: dict[str, Any]
-    n_tensors: int
-    seconds: float
-    cache_hits: int = 0
-    cache_misses: int = 0
-    shards: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def parse_size(size: str | int) -> int:
-    """``"2GB"`` / ``"500MB"`` / an int of bytes → bytes."""
-    if isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    for unit, mult in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
-
-
-def _validate(name: str, base: torch.Tensor, fts: Sequence[torch.Tensor]) -> None:
-    """``validate_tensors`` with a fast path: when every tensor is floating with the base's dtype
-    and shape and its sum is finite (a NaN or Inf anywhere makes the sum NaN or Inf), nothing can
-    fail. A non-finite sum (a bad value, or a float16 sum that overflowed) runs the full check,
-    which names the model and counts the bad values. The full check's ``isfinite(t).sum()`` costs
-    ~35x a sum on bf16 weights: half of a task-arithmetic merge."""
-    if (
-        fts
-        and base.is_floating_point()
-        and all(
-            isinstance(t, torch.Tensor) and t.dtype == base.dtype and t.shape == base.shape
-            for t in fts
+    """Bytes of a shard-size: an int, or a string like ``"2GB"``, ``"2 GiB"``, ``"500MB"``,
+    ``"1.5G"`` (KB/MB/GB/TB decimal as in ``transformers``; KiB/MiB/GiB/TiB binary)."""
+    if isinstance(size, bool):
+        raise ValueError(
+            f"max_shard_size must be a size like '2GB' or a number of bytes, got {size!r}"
         )
-    ):
-        acc = torch.float32 if base.dtype == torch.float16 else None
-        if all(bool(torch.isfinite(t.sum(dtype=acc))) for t in (base, *fts)):
-            return
-    validate_tensors(name, base, fts)
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"max_shard_size must be positive, got {size}")
+        return size
+    m = _SIZE.match(str(size))
+    if not m:
+        raise ValueError(
+            f"max_shard_size {size!r} is not a size: use a number of bytes or a string such as "
+            "'2GB', '2 GiB', '500MB'"
+        )
+    unit = m.group(2).upper()
+    binary = "I" in unit
+    letter = unit.replace("I", "").replace("B", "")
+    mult = (1 << (10 * "KMGT".index(letter) + 10)) if binary and letter else _UNITS[letter]
+    value = int(float(m.group(1)) * mult)
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
 
 
 class ShardWriter:
@@ -441,6 +161,10 @@ class ShardWriter:
             self.shards.append((fname, [e[0] for e in group]))
             self._pending.update(e[0] for e in group)
 
+    def dtype_of(self, name: str) -> torch.dtype:
+        """The planned dtype of ``name``."""
+        return self._where[name][2]
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write ``name`` (cast to its planned dtype; its shape must be the planned one)."""
         fname, pos, dtype, shape, nbytes = self._where[name]
@@ -457,6 +181,11 @@ class ShardWriter:
             fh.seek(pos)
             fh.write(memoryview(t.view(torch.uint8).numpy()))
         self._pending.discard(name)
+
+    def abort(self) -> None:
+        """Close the files without the completeness check (the folder is being discarded)."""
+        self._pending.clear()
+        self.close()
 
     def close(self) -> None:
         """Close the files; raise if a tensor of the layout was never written."""
@@ -482,58 +211,33 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _check_inputs(
-    base: ModelReader, models: Sequence[ModelReader | LoraReader], vocab_policy: str
-) -> dict[str, str]:
-    """Validate architectures, tensor sets and shapes before any work. Returns per-key policy
-    decisions for vocabulary-size mismatches (``{key: "base" | "truncate"}``)."""
-    arch = base.config().get("architectures")
-    for m in models:
-        other = m.config().get("architectures")
-        if arch and other and other != arch:
-            raise ValueError(
-                f"{m.label} ({m.folder}) is a {other} but the base is a {arch}: "
-                "only models of the same architecture can be merged"
-            )
-    decisions: dict[str, str] = {}
-    base_keys = base.keys()
-    base_set = set(base_keys)
-    for m in models:
-        missing = [k for k in base_keys if k not in set(m.keys())]
-        if missing:
-            raise ValueError(
-                f"{m.label} ({m.folder}) lacks tensor {missing[0]!r}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            )
-        extra = [k for k in m.keys() if k not in base_set]  # noqa: SIM118
-        if extra:
-            raise ValueError(f"{m.label} ({m.folder}) has tensor {extra[0]!r} that the base lacks")
-        for k in base_keys:
-            bs, ms = base.shape(k), m.shape(k)
-            if bs == ms:
-                continue
-            vocab_like = len(bs) == 2 and bs[1:] == ms[1:] and bs[0] != ms[0]
-            if vocab_like and vocab_policy != "error":
-                if vocab_policy == "truncate_to_base" and ms[0] < bs[0]:
-                    raise ValueError(
-                        f"{m.label}: {k!r} has {ms[0]} rows, fewer than the base's {bs[0]}; "
-                        "truncate_to_base cannot pad. Use vocab_policy=base."
-                    )
-                decisions[k] = "base" if vocab_policy == "base" else "truncate"
-                continue
-            hint = (
-                " (vocabulary sizes differ: align the tokenizers, or set vocab_policy=base to "
-                "keep the base's embeddings or truncate_to_base to merge the shared rows)"
-                if vocab_like
-                else ""
-            )
-            raise ValueError(
-                f"{m.label} ({m.folder}): tensor {k!r} has shape {ms} but the base has {bs}{hint}"
-            )
-    return decisions
+@dataclass
+class MergeResult:
+    """What :func:`merge_models` did."""
+
+    out_dir: str
+    method: str
+    params: dict[str, Any]
+    n_tensors: int
+    seconds: float
+    cache_hits: int = 0
+    cache_misses: int = 0
+    shards: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _model_card(method: str, params: Mapping[str, Any], base: str, models: Sequence[str]) -> str:
+def _model_card(
+    method: str,
+    params: Mapping[str, Any],
+    base: str,
+    models: Sequence[str],
+    names: Sequence[str] | None,
+) -> str:
+    def who(i: int, m: str) -> str:
+        return f"- finetuned {i}" + (f" ({names[i]})" if names else "") + f": `{m}`"
+
     lines = [
         "---",
         "tags: [hhh-bench, merge]",
@@ -543,7 +247,7 @@ def _model_card(method: str, params: Mapping[str, Any], base: str, models: Seque
         "θ = θ0 + λ·merge(τ_1..τ_T), τ_t = θ_t − θ0 (see docs/merging.md).",
         "",
         f"- base (θ0): `{base}`",
-        *[f"- finetuned {i}: `{m}`" for i, m in enumerate(models)],
+        *[who(i, m) for i, m in enumerate(models)],
         "",
         "## Parameters",
         "",
@@ -560,19 +264,125 @@ def _model_card(method: str, params: Mapping[str, Any], base: str, models: Seque
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# The output folder: never an input, claimed exclusively
+
+
+def _real(p: str | Path) -> Path:
+    return Path(os.path.realpath(Path(p).expanduser()))
+
+
+def check_out_dir(
+    out: Path, input_folders: Sequence[Path], cache_dir: Path | None, overwrite: bool
+) -> None:
+    """Refuse an ``out_dir`` that is, contains or lies inside an input or the cache, a symlink,
+    or an existing folder that ``overwrite`` may not replace."""
+    if out.is_symlink():
+        raise ValueError(
+            f"out_dir {out} is a symlink (to {os.readlink(out)}); give the real folder"
+        )
+    real_out = _real(out)
+    guarded = [(p, "an input model") for p in input_folders]
+    if cache_dir is not None:
+        guarded.append((Path(cache_dir), "the sweep cache"))
+    for p, what in guarded:
+        rp = _real(p)
+        if real_out == rp or rp in real_out.parents or real_out in rp.parents:
+            raise ValueError(
+                f"out_dir {out} would overwrite {what} ({p}): write the merge to a folder "
+                "outside every input"
+            )
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists (pass overwrite=true to replace it)")
+        if not out.is_dir() or not (out / MERGE_MARKER).is_file():
+            raise FileExistsError(
+                f"{out} exists and is not the output of an hhh-bench merge (no {MERGE_MARKER}); "
+                "overwrite=true replaces only earlier merges: choose another out_dir"
+            )
+
+
+@contextlib.contextmanager
+def claim(out: Path) -> Iterator[Path]:
+    """Hold ``.<name>.lock`` beside ``out`` (exclusive create) for the duration of a merge.
+
+    A second merge into the same folder fails at once; a lock whose process is gone (a killed
+    merge, same host) is removed and taken over.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    me = f"{os.getpid()}@{_host()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.is_file() else ""
+            pid, _, host = owner.partition("@")
+            if host == _host() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # left by a killed merge
+                continue
+            raise FileExistsError(
+                f"another merge ({owner or 'unknown process'}) is writing {out}; wait for it or "
+                f"choose another out_dir (remove {lock} only if no merge is running)"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _progress(it: Iterator[Any], desc: str, total: int, enabled: bool = True) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    yield from tqdm(it, desc=desc, total=total, disable=not enabled, unit="tensor", mininterval=1.0)
+
+
+def _check_args(
+    finetuned: Any,
+    out_dir: Any,
+    max_shard_size: Any,
+    out_dtype: Any,
+    vocab_policy: Any,
+    finetuned_names: Any,
+) -> int:
+    if isinstance(finetuned, (str, Path, Mapping)) or not isinstance(finetuned, Sequence):
+        raise ValueError(
+            "finetuned must be a list of models (folders, hub ids or LoRA adapters), got "
+            f"{type(finetuned).__name__} {finetuned!r}: wrap a single model in a list"
+        )
+    if not finetuned:
+        raise ValueError("no finetuned models: pass at least one")
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir):
+        raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
+    if vocab_policy not in VOCAB_POLICIES:
+        raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {vocab_policy!r}")
+    if out_dtype is not None and out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {list(OUT_DTYPES)} or null, got {out_dtype!r}")
+    if finetuned_names is not None and len(finetuned_names) != len(finetuned):
+        raise ValueError(
+            f"finetuned_names has {len(finetuned_names)} entries for {len(finetuned)} models"
+        )
+    return parse_size(max_shard_size)
+
+
 def merge_models(
     method: str,
     base: str | Path,
-    finetuned: Sequence[str | Path],
+    finetuned: Sequence[ModelInput],
     out_dir: str | Path,
     *,
     max_shard_size: str | int = "2GB",
     out_dtype: str | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    allow_architecture_mismatch: bool = False,
     vocab_policy: str = "error",
     cache_dir: str | Path | None = None,
     cache_max_gb: float = 20.0,
+    finetuned_names: Sequence[str] | None = None,
     progress: bool = True,
     **params: Any,
 ) -> MergeResult:
@@ -582,185 +392,110 @@ def merge_models(
     Args:
         method: a registered merge method (``hhh_bench.merging.list_methods()``).
         base: θ0, a folder or hub id (safetensors).
-        finetuned: the T specialists; LoRA adapters are read as θ0 + s·B·A exactly.
-        out_dir: the output folder (must not exist unless ``overwrite``).
-        max_shard_size: largest output shard (``"2GB"``, ``"500MB"`` or bytes).
+        finetuned: the T specialists; LoRA adapters are read as their exact factors s·B·A.
+        out_dir: the output folder (must not exist unless ``overwrite``; never an input).
+        max_shard_size: largest output shard (``"2GB"``, ``"2 GiB"``, ``"500MB"`` or bytes).
         out_dtype: dtype of the written weights (``float32``/``bfloat16``/``float16``); default
             the base's.
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace an earlier merge's output at ``out_dir`` (never another folder).
         allow_pickle: accept ``.bin``/``.pt`` checkpoints (they can run code when loaded).
+        allow_architecture_mismatch: merge models whose ``architectures``/``model_type`` differ.
         vocab_policy: ``error`` | ``base`` (keep the base's rows of vocabulary-sized tensors
             whose row count differs) | ``truncate_to_base`` (merge the first rows).
         cache_dir: folder of the sweep cache (None: no cache).
         cache_max_gb: size cap of the sweep cache.
-        progress: show a progress bar (tensors done / total, bytes).
+        finetuned_names: what each finetuned model is (e.g. its 3H dimension), for the model card.
+        progress: show progress bars (tensors done / total).
         **params: the method's hyperparameters (``describe_method(method)``).
 
     Returns:
         A :class:`MergeResult` (out_dir, cache hits and misses, seconds, shards).
 
     Raises:
-        ValueError: bad inputs, named before any work (architecture, missing tensor, shape,
-            vocabulary size, NaN/Inf, pickle files, unknown method or parameter).
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
+        ValueError: bad arguments or inputs, named before any work (architecture, missing
+            tensor, shape, vocabulary size, NaN/Inf, unreadable shard, pickle files, unknown
+            method or parameter, an out_dir inside an input), or a non-finite merged tensor.
+        FileExistsError: ``out_dir`` exists (and ``overwrite`` is false or it is not a merge
+            output), or another merge holds it.
     """
     t0 = time.time()
-    if vocab_policy not in VOCAB_POLICIES:
-        raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {vocab_policy!r}")
+    shard_limit = _check_args(
+        finetuned, out_dir, max_shard_size, out_dtype, vocab_policy, finetuned_names
+    )
     m = get_method(method)
     p = m.make_params(**params)
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=true to replace it)")
-    if not finetuned:
-        raise ValueError("no finetuned models: pass at least one")
     p.resolve_weights(len(finetuned))
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if out_dtype is not None and out_dtype not in dtypes:
-        raise ValueError(f"out_dtype must be one of {list(dtypes)} or null, got {out_dtype!r}")
+    out = Path(out_dir).expanduser()
+    base_folder = resolve_path(base)
+    folders = [base_folder] + [resolve_path(f) for f in finetuned if not isinstance(f, Mapping)]
+    check_out_dir(out, folders, Path(cache_dir) if cache_dir is not None else None, overwrite)
 
-    base_r = ModelReader(resolve_path(base), "the base", allow_pickle=allow_pickle)
-    models = [
-        open_model(f, f"finetuned model {i}", base_r, allow_pickle) for i, f in enumerate(finetuned)
-    ]
-    decisions = _check_inputs(base_r, models, vocab_policy)
-    keys = base_r.keys()
+    base_src, models = open_inputs(base_folder, finetuned, allow_pickle)
+    decisions = check_inputs(base_src, models, vocab_policy, allow_architecture_mismatch)
+    keys = base_src.keys()
+    inputs = Inputs(base_src, models, keys, decisions)
 
-    def tensors(k: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        b = base_r.get(k)
-        fts = [mm.get(k) for mm in models]
-        if decisions.get(k) == "truncate":
-            fts = [t[: b.shape[0]] for t in fts]
-        return b, fts
-
-    cache = None
-    id_prefix = ""
+    cache, prefix = None, ""
     if cache_dir is not None:
         cache = SweepCache(cache_dir, int(cache_max_gb * (1 << 30)))
-        ids = [input_identity(base_r.folder)] + [input_identity(mm.folder) for mm in models]
-        id_prefix = config_hash(
-            {
-                "inputs": ids,
-                "method": method,
-                "knobs": {k: getattr(p, k) for k in m.precompute_keys},
-                "vocab": vocab_policy,
-            },
-            length=32,
+        ids = [base_src.identity()] + [mm.identity() for mm in models]
+        knobs = {k: getattr(p, k) for k in m.precompute_keys}
+        prefix = config_hash(
+            {"inputs": ids, "method": method, "knobs": knobs, "vocab": vocab_policy}, length=32
         )
-
-    plan: dict[str, dict[str, Any]] = {}
-    if m.needs_global_pass(p):
-        stats = {}
-        for k in _progress(keys, "statistics pass", progress):
-            if decisions.get(k) == "base":
-                continue
-            b, fts = tensors(k)
-            if not b.is_floating_point():
-                continue
-            s = m.tensor_stats(k, b, fts, p)
-            if s is not None:
-                stats[k] = s
-        plan = m.plan(stats, p)
-
-    shard_limit = parse_size(max_shard_size)
-    result = MergeResult(
-        str(out),
-        method,
-        asdict(p) if hasattr(p, "__dataclass_fields__") else dict(params),
-        len(keys),
-        0.0,
-    )
-
-    def finetuned_tensors(k: str, b: torch.Tensor) -> list[torch.Tensor]:
-        fts = [mm.get(k) for mm in models]
-        if decisions.get(k) == "truncate":
-            fts = [t[: b.shape[0]] for t in fts]
-        return fts
 
     def out_dtype_of(k: str) -> torch.dtype:
-        d = base_r.dtype(k)
-        return dtypes[out_dtype] if out_dtype is not None and d.is_floating_point else d
+        d = base_src.dtype(k)
+        return OUT_DTYPES[out_dtype] if out_dtype is not None and d.is_floating_point else d
 
-    layout = [(k, out_dtype_of(k), base_r.shape(k)) for k in keys]
+    layout = [(k, out_dtype_of(k), base_src.shape(k)) for k in keys]
+    params_record = {**p.to_dict(), "vocab_policy": vocab_policy}
+    result = MergeResult(str(out), method, params_record, len(keys), 0.0)
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        # Each merged tensor goes to disk as soon as it is made (the shards' headers are known
-        # in advance from the base's shapes), so no shard is ever held in memory.
+    def bar(it: Iterator[Any], desc: str, total: int) -> Iterator[Any]:
+        return _progress(it, desc, total, progress)
+
+    with claim(out), atomic_dir(out, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, layout, shard_limit)
+
+        def sink(k: str, merged: torch.Tensor) -> None:
+            t = merged.to(dtype=writer.dtype_of(k))
+            check_finite(k, t, f"the merged tensor in {t.dtype}")
+            writer.write(k, t)
+
         try:
-            for k in _progress(keys, f"merging ({method})", progress):
-                b = base_r.get(k)
-                if decisions.get(k) == "base":
-                    merged = b
-                elif not b.is_floating_point():
-                    validate_tensors(k, b, finetuned_tensors(k, b))
-                    merged = b
-                else:
-                    entry = plan.get(k, {})
-                    pre = None
-                    ckey = None
-                    if cache is not None:
-                        ckey = config_hash(
-                            {"prefix": id_prefix, "tensor": k, "plan": entry}, length=40
-                        )
-                        pre = cache.get(ckey)
-                    if pre is None:
-                        fts = finetuned_tensors(k, b)
-                        _validate(k, b, fts)
-                        pre = m.precompute(k, b, fts, p, entry)
-                        del fts  # compose needs only θ0 and pre
-                        if cache is not None and ckey is not None:
-                            cache.put(ckey, pre)
-                    # A cache hit reads no finetuned tensor: the key holds the inputs' content
-                    # hashes, and they were validated when the entry was made.
-                    merged = m.compose(k, b, pre, p, entry)
-                    del pre
-                writer.write(k, merged)
-                del merged, b
+            stats = run_merge(
+                m,
+                p,
+                inputs,
+                sink,
+                cache=cache,
+                cache_prefix=prefix,
+                progress=bar,
+                desc=f"merging ({method})",
+            )
         except BaseException:
-            writer._pending.clear()  # the folder is discarded; report the original error
-            writer.close()
+            writer.abort()  # the folder is discarded; report the original error
             raise
         writer.close()
-        shard_files = writer.shards
-        if len(shard_files) > 1:
-            weight_map = {k: name for name, ks in shard_files for k in ks}
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps(
-                    {"metadata": {"total_size": writer.total_bytes}, "weight_map": weight_map},
-                    indent=2,
-                )
-                + "\n"
-            )
-        for fname in COPY_FILES:
-            src = base_r.folder / fname
-            if src.is_file():
-                shutil.copy2(src, tmp / fname)
-        if out_dtype is not None and (tmp / "config.json").is_file():
-            c = json.loads((tmp / "config.json").read_text())
-            c["torch_dtype"] = c["dtype"] = out_dtype
-            (tmp / "config.json").write_text(json.dumps(c, indent=2) + "\n")
-        card_params = {**result.params, "vocab_policy": vocab_policy}
-        (tmp / "README.md").write_text(
-            _model_card(method, card_params, str(base), [str(f) for f in finetuned])
+        _finish_folder(tmp, writer, base_src_folder=base_folder, out_dtype=out_dtype)
+        names = list(finetuned_names) if finetuned_names is not None else None
+        labels = [str(f) if not isinstance(f, Mapping) else "<state dict>" for f in finetuned]
+        (tmp / "README.md").write_text(_model_card(method, params_record, str(base), labels, names))
+        info = {
+            "method": method,
+            "params": params_record,
+            "base": str(base),
+            "finetuned": labels,
+            "finetuned_names": names,
+            "plan": stats.plan,
+            "versions": package_versions(),
+        }
+        (tmp / MERGE_MARKER).write_text(
+            json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         )
-        (tmp / "merge_info.json").write_text(
-            json.dumps(
-                {
-                    "method": method,
-                    "params": card_params,
-                    "base": str(base),
-                    "finetuned": [str(f) for f in finetuned],
-                    "plan": plan,
-                    "versions": package_versions(),
-                },
-                indent=2,
-                sort_keys=True,
-                default=str,
-            )
-            + "\n"
-        )
-        result.shards = [name for name, _ in shard_files]
+        result.shards = [name for name, _ in writer.shards]
+    inputs.close()
     if cache is not None:
         cache.evict()
         result.cache_hits, result.cache_misses = cache.hits, cache.misses
@@ -768,7 +503,24 @@ def merge_models(
     return result
 
 
-def _progress(keys: Sequence[str], desc: str, enabled: bool) -> Iterator[str]:
-    from tqdm.auto import tqdm
-
-    yield from tqdm(keys, desc=desc, disable=not enabled, unit="tensor", mininterval=1.0)
+def _finish_folder(
+    tmp: Path, writer: ShardWriter, *, base_src_folder: Path, out_dtype: str | None
+) -> None:
+    """The index (sharded output), the base's config / tokenizer files, the dtype in config."""
+    if len(writer.shards) > 1:
+        weight_map = {k: name for name, ks in writer.shards for k in ks}
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps(
+                {"metadata": {"total_size": writer.total_bytes}, "weight_map": weight_map},
+                indent=2,
+            )
+            + "\n"
+        )
+    for fname in COPY_FILES:
+        src = base_src_folder / fname
+        if src.is_file():
+            shutil.copy2(src, tmp / fname)
+    if out_dtype is not None and (tmp / "config.json").is_file():
+        c = json.loads((tmp / "config.json").read_text())
+        c["torch_dtype"] = c["dtype"] = out_dtype
+        (tmp / "config.json").write_text(json.dumps(c, indent=2) + "\n")

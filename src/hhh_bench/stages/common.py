@@ -33,8 +33,8 @@ def stage_key(stage: str, payload: Any) -> str:
 
 def model_identity(path: str) -> str:
     """Content identity of a model input for stage keys: the hash of a local folder's weight and
-    JSON files (:func:`hhh_bench.merging.engine.input_identity`), or ``hub:<id>``."""
-    from hhh_bench.merging.engine import input_identity
+    JSON files (:func:`hhh_bench.merging.sources.input_identity`), or ``hub:<id>``."""
+    from hhh_bench.merging.sources import input_identity
 
     p = Path(path)
     return input_identity(p) if p.is_dir() else f"hub:{path}"

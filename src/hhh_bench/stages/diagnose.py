@@ -120,13 +120,8 @@ def run_diagnose(
     Returns:
         ``{"dir", "key", "cached", "path", "report", "markdown", "row_appended"}``.
     """
-    from hhh_bench.merging.diagnostics import (
-        diagnose,
-        parameter_table,
-        resm_knobs,
-        summary_markdown,
-        write_report,
-    )
+    from hhh_bench.merging.diagnostics import diagnose, parameter_table, resm_knobs, write_report
+    from hhh_bench.tracking.diagnostics_view import summary_markdown
     from hhh_bench.tracking.store import append_diagnostics
 
     engine = dict(to_dict(cfg.merge_engine) or {})
@@ -187,6 +182,7 @@ def run_diagnose(
         "model": report["model"],
         "layer_types": report["layer_types"],
         "params": parameter_table(report),
+        "statistics": report["statistics"],
         "artifacts": {"diagnostics": str(out / "diagnostics.json")},
     }
     appended = append_diagnostics(diagnostics_path(cfg), row)

@@ -496,8 +496,6 @@ def diagnostics_heatmap(rows: Sequence[Mapping[str, Any]], stat: str, path: str 
     columns = layer type, color = the statistic (per-task statistics averaged over tasks); grey:
     undefined (e.g. no SVD statistic on a norm vector). Parameters outside the layers
     (embeddings, final norm, LM head) are in the tables, not here."""
-    from hhh_bench.merging.diagnostics import stat_help
-
     layers, types = _axes_of(rows)
     grids = [diagnostics_grid(r, stat, layers, types) for r in rows]
     finite = [v for g in grids for line in g for v in line if v == v]
@@ -539,7 +537,8 @@ def diagnostics_heatmap(rows: Sequence[Mapping[str, Any]], stat: str, path: str 
         cax = fig.add_axes((1 - 0.75 / width, label_in / height, 0.12 / width, panel_h / height))
         fig.colorbar(im, cax=cax)
         cax.tick_params(labelsize=6)
-    fig.suptitle(f"{stat}: {stat_help(stat)}", fontsize=8)
+    helps = [r.get("statistics", {}).get(stat) for r in rows]
+    fig.suptitle(f"{stat}: {next((h for h in helps if h), stat)}", fontsize=8)
     fig.savefig(path)
     return Path(path)
 
@@ -585,7 +584,7 @@ def diagnostics_section(
     rows: Sequence[Mapping[str, Any]], out_dir: str | Path
 ) -> tuple[list[str], dict[str, Path]]:
     """The report's diagnostics Markdown lines and its heatmaps (``diag_<stat>.png``)."""
-    from hhh_bench.merging.diagnostics import layer_type_table
+    from hhh_bench.tracking.diagnostics_view import layer_type_table
 
     out = Path(out_dir)
     md = [

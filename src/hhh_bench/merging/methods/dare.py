@@ -21,24 +21,15 @@ masks are they comparable) and as mergekit's ``dare_linear`` / ``dare_ties``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from hhh_bench.merging.base import (
-    CommonParams,
-    MergeMethod,
-    finish,
-    on_device,
-    param,
-    register_method,
-    task_vectors,
-)
+from hhh_bench.merging.base import CommonParams, merge_function, param
 from hhh_bench.merging.methods.task_arithmetic import task_arithmetic
-from hhh_bench.merging.methods.ties import _TrimThenElect, ties_merge
+from hhh_bench.merging.methods.ties import ties_merge
 
 
 def mask_seed(seed: int, name: str, index: int) -> int:
@@ -88,55 +79,37 @@ class DareParams(CommonParams):
             raise ValueError(f"merge parameter 'drop_rate' must be in [0, 1), got {self.drop_rate}")
 
 
-class _DareMixin(MergeMethod):
-    params_cls = DareParams
-    precompute_keys = ("drop_rate", "seed", "compute_dtype")
-
-    def precompute(
-        self,
-        name: str,
-        base: Tensor,
-        finetuned: Sequence[Tensor],
-        params: CommonParams,
-        plan_entry: Mapping[str, Any],
-    ) -> dict[str, Tensor]:
-        assert isinstance(params, DareParams)
-        taus = task_vectors(base, finetuned, params)
-        p = params.drop_rate
-        dropped = torch.stack(
-            [
-                dare_drop(tau, dare_keep_mask(tau.shape, p, params.seed, name, t), p)
-                for t, tau in enumerate(taus)
-            ]
-        )
-        return {"trimmed": dropped}
+def dare_prepare(name: str, taus: Tensor, params: DareParams) -> Tensor:
+    """The dropped and rescaled stack m_t ⊙ τ_t / (1 − p), masks seeded by (seed, name, t)."""
+    p = params.drop_rate
+    out = torch.empty_like(taus)
+    for t, tau in enumerate(taus):
+        out[t] = dare_drop(tau, dare_keep_mask(tau.shape, p, params.seed, name, t), p)
+    return out
 
 
-@register_method
-class DareTA(_DareMixin):
-    """DARE then task arithmetic: θ0 + λ·Σ_t w_t m_t⊙τ_t/(1−p) (arXiv:2311.03099)."""
-
-    name = "dare_ta"
-    summary = (
-        "random drop p + rescale 1/(1−p), then task arithmetic (Yu et al. 2024, arXiv:2311.03099)"
-    )
-
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: CommonParams,
-        plan_entry: Mapping[str, Any],
-    ) -> Tensor:
-        dropped = on_device(pre, params)["trimmed"]
-        merged = task_arithmetic(dropped, params.weight_tensor(len(dropped), dropped))
-        return finish(base, merged, params)
+_DARE_KEYS = ("drop_rate", "seed")
 
 
-@register_method
-class DareTies(_DareMixin, _TrimThenElect):
+@merge_function(
+    "dare_ta",
+    DareParams,
+    summary="random drop p + rescale 1/(1−p), then task arithmetic (Yu et al. 2024, arXiv:2311.03099)",
+    prepare=dare_prepare,
+    prepare_keys=_DARE_KEYS,
+)
+def dare_ta(dropped: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
+    """DARE then task arithmetic: Σ_t w_t m_t⊙τ_t/(1−p) (arXiv:2311.03099)."""
+    return task_arithmetic(dropped, weights)
+
+
+@merge_function(
+    "dare_ties",
+    DareParams,
+    summary="random drop p + rescale 1/(1−p), then TIES elect + disjoint mean (arXiv:2311.03099)",
+    prepare=dare_prepare,
+    prepare_keys=_DARE_KEYS,
+)
+def dare_ties(dropped: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """DARE then TIES's sign election and disjoint mean (arXiv:2311.03099, 2306.01708)."""
-
-    name = "dare_ties"
-    summary = "random drop p + rescale 1/(1−p), then TIES elect + disjoint mean (arXiv:2311.03099)"
+    return ties_merge(dropped, weights)

@@ -19,7 +19,13 @@ Pipeline per 2-D parameter (routing, weights, λ and the polar step as in
      κ/z_i (the Huber weight), x'_i = x_i·min(1, κ/z_i). If MAD = 0 (over half the entries equal,
      e.g. a sparse τ) the scale falls back to 1.2533·mean|x − med(x)|; if that is 0 too, x is left
      as it is.
-   - ``none``: x' = x.
+   - ``none``: x' = x (a LoRA task vector then stays in its factors).
+
+   Reweighting acts entrywise, so a LoRA task vector is formed densely first, and the
+   reweighted τ'_t is in general of full rank: its small singular directions are real (the
+   clipped residue), not rounding, and enter the SVD like any other. With ``restore_norm``,
+   τ'_t is rescaled to ‖τ_t‖_F after clipping (the clipped mass is redistributed over the
+   entries instead of being lost; off by default).
 
 2. **Rank** (``rank``; k per task and layer, then T blocks of k triplets):
 
@@ -32,25 +38,31 @@ Pipeline per 2-D parameter (routing, weights, λ and the polar step as in
      takes rank from outlier-poor layers; set ``rank_fraction`` below 1/T to let outlier-rich
      layers gain. Needs a first pass over all layers (``merge_state_dicts`` or the engine); on a
      single tensor it reduces to ``uniform``.
+
+   Whatever the rule, a task keeps k_t = min(k_l, numerical rank of its τ_t) directions of τ'_t:
+   the rank of the task vector before reweighting (:func:`~hhh_bench.merging.linalg.capped_rank`),
+   so that the clipping residue cannot add directions τ_t never had.
+
+What of the paper is not built here (its full text was not available): the exact outlier
+score and weight function (we use robust z-scores and Huber weights), any rule that couples the
+weights across tasks, and the exact form of the rank allocation (we use OWL's linear rule
+around TSV-M's k). Each is a strategy slot (:func:`register_reweight`, :func:`register_rank`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hhh_bench.merging.base import (
-    CommonParams,
-    PlanEntry,
-    param,
-    register_method,
-    task_vectors,
-)
+from hhh_bench.merging.base import PlanEntry, TaskVectors, param, register_method
+from hhh_bench.merging.linalg import capped_rank
 from hhh_bench.merging.methods.tsv import TsvBase, TsvParams, tsv_rank
+from hhh_bench.merging.taskvec import LowRank, TaskVector
+from hhh_bench.registry import Registry
 
 ReweightFn = Callable[[Tensor, "ResmParams"], Tensor]
 """One task vector τ_t (any shape) and the params -> the reweighted τ_t (same shape)."""
@@ -71,28 +83,18 @@ class RankStrategy:
     allocate: Callable[[Mapping[str, Mapping[str, Any]], ResmParams], dict[str, int]] | None = None
 
 
-REWEIGHT_STRATEGIES: dict[str, ReweightFn] = {}
-RANK_STRATEGIES: dict[str, RankStrategy] = {}
+REWEIGHTS: Registry[ReweightFn] = Registry("RESM reweight strategy")
+RANKS: Registry[RankStrategy] = Registry("RESM rank strategy")
 
 
 def register_reweight(name: str) -> Callable[[ReweightFn], ReweightFn]:
     """Decorator registering a reweighting strategy under ``name`` (``reweight=<name>``)."""
-
-    def deco(fn: ReweightFn) -> ReweightFn:
-        if name in REWEIGHT_STRATEGIES:
-            raise ValueError(f"RESM reweight strategy {name!r} is already registered")
-        REWEIGHT_STRATEGIES[name] = fn
-        return fn
-
-    return deco
+    return REWEIGHTS.register(name)
 
 
 def register_rank(name: str, strategy: RankStrategy) -> RankStrategy:
     """Register a rank strategy under ``name`` (``rank=<name>``)."""
-    if name in RANK_STRATEGIES:
-        raise ValueError(f"RESM rank strategy {name!r} is already registered")
-    RANK_STRATEGIES[name] = strategy
-    return strategy
+    return RANKS.add(name, strategy)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class ResmParams(TsvParams):
     reweight: str = param(
         "huber_mad",
         "Outlier weighting of each τ_t before its SVD: Huber weights on robust z-scores, or none.",
-        choices=lambda: sorted(REWEIGHT_STRATEGIES),
+        choices=lambda: REWEIGHTS.names(),
     )
     kappa: float = param(
         3.0,
@@ -117,11 +119,15 @@ class ResmParams(TsvParams):
         "outlier_density",
         "Per-layer rank rule: outlier_density (more rank to layers with more large entries) or "
         "uniform (TSV-M's k).",
-        choices=lambda: sorted(RANK_STRATEGIES),
+        choices=lambda: RANKS.names(),
     )
     outlier_ratio_M: float = param(
         5.0,
         "M of outlier_density: an entry is large if |τ| > M × the layer's mean |τ| (OWL's M = 5).",
+    )
+    restore_norm: bool = param(
+        False,
+        "Rescale each reweighted τ_t to its original Frobenius norm (clipped mass redistributed).",
     )
     rank_spread: float = param(
         0.1,
@@ -178,7 +184,8 @@ def reweight_huber_mad(tau: Tensor, params: ResmParams) -> Tensor:
 
 
 def outlier_density(taus: Tensor, params: ResmParams) -> dict[str, float]:
-    """D = mean over tasks of the share of entries with |τ_t| > M·mean|τ_t| (this layer)."""
+    """D = mean over tasks of the share of entries with |τ_t| > M·mean|τ_t| (this layer; a zero
+    task vector counts as 0)."""
     fracs = []
     for tau in taus:
         a = tau.abs()
@@ -212,8 +219,18 @@ register_rank(
 )
 
 
+def reweighted(tau: Tensor, params: ResmParams) -> Tensor:
+    """The configured reweighting of one dense τ_t, with ``restore_norm`` applied."""
+    out = REWEIGHTS.get(params.reweight)(tau, params)
+    if params.restore_norm and out is not tau:
+        before, after = tau.norm(), out.norm()
+        if float(after) > 0.0:
+            out = out * (before / after)
+    return out
+
+
 @register_method
-class Resm(TsvBase):
+class Resm(TsvBase[ResmParams]):
     """RESM (arXiv:2502.06876, our reading): TSV-M on outlier-reweighted task vectors with a
     per-layer rank budget. The plan carries k per decomposed layer (``{"k": int}``)."""
 
@@ -221,48 +238,84 @@ class Resm(TsvBase):
     params_cls = ResmParams
     # The rank strategy acts through the plan entry's k; without one (rank=uniform) k comes
     # from rank_fraction, hence its place here.
-    precompute_keys = ("reweight", "kappa", "rank_fraction", "embeddings", "compute_dtype")
+    precompute_keys = (
+        "reweight",
+        "kappa",
+        "restore_norm",
+        "rank_fraction",
+        "rank_rtol",
+        "embeddings",
+        "compute_dtype",
+    )
     summary = (
         "TSV-M + outlier reweighting + sparsity-aware rank (Yang et al. 2025, arXiv:2502.06876)"
     )
 
-    def needs_global_pass(self, params: CommonParams) -> bool:
-        assert isinstance(params, ResmParams)
-        return RANK_STRATEGIES[params.rank].needs_stats
+    def needs_global_pass(self, params: ResmParams) -> bool:
+        return RANKS.get(params.rank).needs_stats
 
     def tensor_stats(
-        self, name: str, base: Tensor, finetuned: Sequence[Tensor], params: CommonParams
+        self, name: str, base: Tensor, taus: TaskVectors, params: ResmParams
     ) -> dict[str, Any] | None:
-        assert isinstance(params, ResmParams)
-        strategy = RANK_STRATEGIES[params.rank]
-        if (
-            strategy.layer_stats is None
-            or self.route(name, base.shape, len(finetuned), params) != "tsv"
-        ):
+        strategy = RANKS.get(params.rank)
+        if strategy.layer_stats is None or self.route(name, base.shape, len(taus), params) != "tsv":
             return None
-        stats: dict[str, Any] = dict(
-            strategy.layer_stats(task_vectors(base, finetuned, params), params)
-        )
-        stats.update(r=min(base.shape), num_models=len(finetuned))
+        stats: dict[str, Any] = dict(strategy.layer_stats(taus.stack(), params))
+        stats.update(r=min(base.shape), num_models=len(taus))
         return stats
 
     def plan(
-        self, stats: Mapping[str, Mapping[str, Any]], params: CommonParams
+        self, stats: Mapping[str, Mapping[str, Any]], params: ResmParams
     ) -> dict[str, PlanEntry]:
-        assert isinstance(params, ResmParams)
-        strategy = RANK_STRATEGIES[params.rank]
+        strategy = RANKS.get(params.rank)
         if strategy.allocate is None:
             return {}
         return {n: {"k": int(k)} for n, k in strategy.allocate(stats, params).items()}
 
-    def svd_input(self, name: str, taus: Tensor, params: TsvParams) -> Tensor:
-        assert isinstance(params, ResmParams)
-        fn = REWEIGHT_STRATEGIES[params.reweight]
-        return torch.stack([fn(tau, params) for tau in taus])
+    def svd_inputs(
+        self, name: str, taus: TaskVectors, params: ResmParams, k: int
+    ) -> tuple[list[TaskVector], list[int]]:
+        """The reweighted task vectors, each keeping at most min(k, numerical rank of the
+        *original* τ_t) directions: reweighting makes a low-rank τ_t full-rank with a tail of
+        clipping residue whose directions are not τ_t's (and whose near-equal σ make the cut
+        ill-conditioned)."""
+        if params.reweight == "none" and not params.restore_norm:
+            return list(taus.items), [k] * len(taus)
+        out: list[TaskVector] = []
+        ks: list[int] = []
+        for tau in taus.items:
+            ks.append(capped_rank(tau, k, params.rank_rtol))
+            dense = tau.dense(taus.dtype, taus.device) if isinstance(tau, LowRank) else tau
+            out.append(reweighted(dense, params))
+        return out, ks
 
     def rank_for(
-        self, r: int, num_models: int, params: TsvParams, plan_entry: Mapping[str, Any]
+        self, r: int, num_models: int, params: ResmParams, plan_entry: Mapping[str, Any]
     ) -> int:
         if "k" in plan_entry:
             return max(1, min(int(plan_entry["k"]), r // num_models))
         return tsv_rank(r, num_models, params.rank_fraction)
+
+    def diagnostics(
+        self, name: str, base: Tensor, taus: TaskVectors, params: ResmParams
+    ) -> dict[str, Any]:
+        """How RESM treats this parameter (``resm_route``), how much its reweighting changes
+        each τ_t (``reweight_change`` = ‖τ_t − ρ(τ_t)‖/‖τ_t‖) and the layer's outlier density
+        (``resm_density``, decomposed layers only)."""
+        route = self.route(name, tuple(base.shape), len(taus), params)
+        out: dict[str, Any] = {
+            "resm_route": route,
+            "reweight_change": [None] * len(taus),
+            "resm_density": None,
+        }
+        if route != "tsv":
+            return out
+        stack = taus.stack()
+        changes: list[float | None] = []
+        for tau in stack:
+            n = float(tau.norm(dtype=torch.float64))
+            diff = float((tau - reweighted(tau, params)).norm(dtype=torch.float64))
+            changes.append(diff / n if n > 0 else None)
+        out["reweight_change"] = changes
+        out["resm_density"] = float(outlier_density(stack, params)["density"])
+        return out

@@ -32,7 +32,7 @@ width 2⁻⁷) are kept beyond k.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +41,11 @@ from torch import Tensor
 
 from hhh_bench.merging.base import (
     CommonParams,
-    MergeMethod,
+    FunctionMethod,
     PlanEntry,
-    finish,
-    on_device,
+    TaskVectors,
+    merge_function,
     param,
-    register_method,
-    task_vectors,
 )
 
 KEEP_NONE = 1 << 16
@@ -62,20 +60,23 @@ def magnitude_key(x: Tensor) -> Tensor:
 
 def trim_topk(tau: Tensor, density: float) -> Tensor:
     """``tau`` with all but its k = int(density·numel) largest-magnitude entries set to 0 (the
-    rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``)."""
+    rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``). ``torch.topk``
+    with ``sorted=False`` selects the k entries without sorting the tensor."""
     n = tau.numel()
     k = int(density * n)
     if k >= n:
         return tau.clone()
-    mask = torch.zeros(n, dtype=torch.bool, device=tau.device)
+    flat = tau.reshape(-1)
+    out = torch.zeros_like(flat)
     if k > 0:
-        mask[torch.topk(tau.abs().reshape(-1), k, largest=True, sorted=False).indices] = True
-    return torch.where(mask.view(tau.shape), tau, torch.zeros_like(tau))
+        idx = torch.topk(flat.abs(), k, largest=True, sorted=False).indices
+        out[idx] = flat[idx]
+    return out.view_as(tau)
 
 
 def trim_threshold(tau: Tensor, key_threshold: int) -> Tensor:
     """``tau`` with the entries whose :func:`magnitude_key` is below ``key_threshold`` set to 0."""
-    return torch.where(magnitude_key(tau) >= key_threshold, tau, torch.zeros_like(tau))
+    return tau * (magnitude_key(tau) >= key_threshold)
 
 
 def elect_sign(weighted: Tensor) -> Tensor:
@@ -86,14 +87,8 @@ def elect_sign(weighted: Tensor) -> Tensor:
 def disjoint_mean(weighted: Tensor, elected: Tensor) -> Tensor:
     """Mean over dim 0 of the entries whose sign equals ``elected`` (0 where none does)."""
     agree = torch.sign(weighted) == elected
-    num = torch.where(agree, weighted, torch.zeros_like(weighted)).sum(dim=0)
-    return num / agree.sum(dim=0).clamp(min=1).to(weighted.dtype)
-
-
-def ties_merge(trimmed: Tensor, weights: Tensor) -> Tensor:
-    """Elect + disjoint mean of a (T, *shape) stack of trimmed τ, weighted by (T, 1, .., 1)."""
-    weighted = weights * trimmed
-    return disjoint_mean(weighted, elect_sign(weighted))
+    num = (weighted * agree).sum(dim=0)
+    return num / agree.sum(dim=0, dtype=weighted.dtype).clamp(min=1)
 
 
 @dataclass(frozen=True)
@@ -145,78 +140,61 @@ def global_thresholds(
     return {name: dict(entry) for name in stats}
 
 
-class _TrimThenElect(MergeMethod):
-    """Shared compose of TIES and DARE-TIES: elect a sign, disjoint mean, θ0 + λ·τ_m."""
+class TiesMethod(FunctionMethod[TiesParams]):
+    """TIES's trim step (the cached ``prepare``): per tensor, or with ``scope: global`` from
+    the thresholds planned over every tensor in a first pass."""
 
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: CommonParams,
-        plan_entry: Mapping[str, Any],
-    ) -> Tensor:
-        trimmed = on_device(pre, params)["trimmed"]
-        merged = ties_merge(trimmed, params.weight_tensor(len(trimmed), trimmed))
-        return finish(base, merged, params)
-
-
-@register_method
-class Ties(_TrimThenElect):
-    """TIES-merging: trim, elect sign, disjoint mean (arXiv:2306.01708).
-
-    Precompute holds the trimmed task vectors (the top-k is the expensive step); compose applies
-    the weights, elects and averages.
-    """
-
-    name = "ties"
-    params_cls = TiesParams
-    precompute_keys = ("density", "scope", "compute_dtype")
-    summary = "trim to top density, elect sign, disjoint mean (Yadav et al. 2023, arXiv:2306.01708)"
-
-    def needs_global_pass(self, params: CommonParams) -> bool:
-        assert isinstance(params, TiesParams)
+    def needs_global_pass(self, params: TiesParams) -> bool:
         return params.scope == "global"
 
     def tensor_stats(
-        self, name: str, base: Tensor, finetuned: Sequence[Tensor], params: CommonParams
+        self, name: str, base: Tensor, taus: TaskVectors, params: TiesParams
     ) -> dict[str, Any] | None:
-        taus = task_vectors(base, finetuned, params)
         keys, counts = [], []
-        for tau in taus:
+        for tau in taus.stack():
             k, c = torch.unique(magnitude_key(tau).reshape(-1), return_counts=True)
             keys.append(k.cpu())
             counts.append(c.cpu())
         return {"numel": base.numel(), "keys": keys, "counts": counts}
 
     def plan(
-        self, stats: Mapping[str, Mapping[str, Any]], params: CommonParams
+        self, stats: Mapping[str, Mapping[str, Any]], params: TiesParams
     ) -> dict[str, PlanEntry]:
-        assert isinstance(params, TiesParams)
-        if params.scope != "global":
-            return {}
-        return global_thresholds(stats, params.density)
+        return global_thresholds(stats, params.density) if params.scope == "global" else {}
 
-    def precompute(
-        self,
-        name: str,
-        base: Tensor,
-        finetuned: Sequence[Tensor],
-        params: CommonParams,
-        plan_entry: Mapping[str, Any],
-    ) -> dict[str, Tensor]:
-        assert isinstance(params, TiesParams)
-        taus = task_vectors(base, finetuned, params)
+    def prepared(
+        self, name: str, taus: TaskVectors, params: TiesParams, plan_entry: Mapping[str, Any]
+    ) -> Tensor:
+        stack = taus.stack()
         if params.scope == "tensor":
-            return {"trimmed": torch.stack([trim_topk(tau, params.density) for tau in taus])}
+            return torch.stack([trim_topk(tau, params.density) for tau in stack])
         thresholds = plan_entry.get("thresholds")
-        if thresholds is None or len(thresholds) != len(taus):
+        if thresholds is None or len(thresholds) != len(stack):
             raise ValueError(
                 f"parameter {name!r}: ties with scope='global' needs the plan's per-model "
                 "thresholds; run tensor_stats over every tensor and plan() first"
             )
-        return {
-            "trimmed": torch.stack(
-                [trim_threshold(tau, thr) for tau, thr in zip(taus, thresholds, strict=True)]
-            )
-        }
+        return torch.stack(
+            [trim_threshold(tau, thr) for tau, thr in zip(stack, thresholds, strict=True)]
+        )
+
+
+@merge_function(
+    "ties",
+    TiesParams,
+    summary="trim to top density, elect sign, disjoint mean (Yadav et al. 2023, arXiv:2306.01708)",
+    prepare_keys=("density", "scope"),
+    base=TiesMethod,
+)
+def ties_merge(trimmed: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
+    """Elect + disjoint mean of a (T, *shape) stack of trimmed τ, weighted by (T, 1, .., 1).
+
+    One pass of temporaries: the weighted stack (zeroed in place where it disagrees with the
+    elected sign), one boolean agreement mask and the per-entry count."""
+    weighted = weights * trimmed
+    positive = weighted.sum(dim=0) >= 0  # γ = +1 where the sum is 0
+    agree = torch.where(positive, weighted > 0, weighted < 0)  # zeros never agree
+    weighted.mul_(agree)
+    count = agree.sum(dim=0, dtype=weighted.dtype).clamp_(min=1)
+    del agree
+    return weighted.sum(dim=0).div_(count)

@@ -3,11 +3,17 @@ Interference in Model Merging", CVPR 2025, arXiv:2412.00081, Sec. 4 and Algorith
 
 Per 2-D parameter (m × n, r = min(m, n)) of weighted task vectors w_t·τ_t:
 
-1. SVD τ_t = U_t Σ_t V_tᵀ; keep the top k triplets (U_t,k, σ_t,k, V_t,k).
-2. Stack them: U = [U_1,k .. U_T,k] (m × Tk), σ = [σ_1,k .. σ_T,k], V = [V_1,k .. V_T,k] (n × Tk).
+1. SVD τ_t = U_t Σ_t V_tᵀ; keep the top k_t = min(k, numerical rank of τ_t) triplets
+   (U_t, σ_t, V_t). Directions whose σ is zero up to rounding are arbitrary and would rotate
+   the real ones in step 3; the cutoff (``rank_rtol``, default max(m, n)·ε_float32 relative to
+   σ_1) and how the triplets are computed (a float64 Gram eigendecomposition for dense τ, the
+   exact thin SVD from the factors for a LoRA τ = s·B·A) are in :mod:`hhh_bench.merging.linalg`.
+2. Stack them: U = [U_1 .. U_T] (m × K), σ = [σ_1 .. σ_T], V = [V_1 .. V_T] (n × K),
+   K = Σ_t k_t ≤ T·k.
 3. Replace each stack by its polar factor, the nearest matrix with orthonormal columns
-   (Procrustes): U⊥ = P Qᵀ where U = P S Qᵀ is a thin SVD; V⊥ likewise.
-4. τ_m = U⊥ diag(w ⊙ σ) V⊥ᵀ (w_t repeated over its k triplets), θ = θ0 + λ·τ_m.
+   (Procrustes): U⊥ = U (UᵀU)^(-1/2), from the K × K Gram (:func:`~hhh_bench.merging.linalg.polar`);
+   V⊥ likewise.
+4. τ_m = U⊥ diag(w ⊙ σ) V⊥ᵀ (w_t repeated over its k_t triplets), θ = θ0 + λ·τ_m.
 
 The polar factors do not depend on the weights: scaling τ_t by w_t scales σ_t (a negative w_t
 flips the signs of U_t,k, and polar(A·D) = polar(A)·D for a diagonal D of ±1), so weights and λ
@@ -29,15 +35,19 @@ directions and falls back to the mean.
 
 Deviations from the authors' released code (``compute_and_sum_svd_mem_reduction``): it stacks
 into an m × r zero-padded matrix (the polar factor of the non-zero block is the same); it rounds
-k as int(r·sv_reduction) with sv_reduction = 1/T; it excludes CLIP's ``text_projection`` (we
-have the ``embeddings`` rule instead); it has no per-model weights.
+k as int(r·sv_reduction) with sv_reduction = 1/T; it keeps k directions whatever τ_t's rank (on
+a rank-deficient τ_t, e.g. a LoRA update, its result depends on rounding: we keep
+min(k, numerical rank)); it computes full SVDs of τ_t and of the stacks (we compute only what
+is used, in float64; on full-rank inputs the results agree to float32 rounding); it excludes
+CLIP's ``text_projection`` (we have the ``embeddings`` rule instead); it has no per-model
+weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -45,12 +55,14 @@ from torch import Tensor
 from hhh_bench.merging.base import (
     CommonParams,
     MergeMethod,
+    TaskVectors,
     finish,
     on_device,
     param,
     register_method,
-    task_vectors,
 )
+from hhh_bench.merging.linalg import polar, top_svd
+from hhh_bench.merging.taskvec import TaskVector
 
 EMBEDDING_MODULES = frozenset(
     {
@@ -88,29 +100,37 @@ def tsv_rank(r: int, num_models: int, rank_fraction: float | None, multiplier: f
     return max(1, min(k, cap))
 
 
-def polar_factor(a: Tensor) -> Tensor:
-    """The orthonormal polar factor P Qᵀ of ``a`` = P S Qᵀ (thin SVD)."""
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
-    return p @ qh
+def tsv_factors(
+    taus: Sequence[TaskVector],
+    k: int | Sequence[int],
+    rtol: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(U⊥ (m × K), σ (K,), V⊥ (n × K), task (K,)) of T dense or low-rank task vectors: each
+    task's top k_t = min(k, numerical rank) triplets (``k`` one int, or one per task), stacked,
+    U and V orthogonalised; ``task`` holds the task index of each column (so weights can be
+    applied per task in compose). Float64 (the caller casts)."""
+    ks = [int(k)] * len(taus) if isinstance(k, int) else [int(x) for x in k]
+    us, ss, vs, ids = [], [], [], []
+    for t, tau in enumerate(taus):
+        u, s, v = top_svd(tau, ks[t], rtol)
+        us.append(u)
+        ss.append(s)
+        vs.append(v)
+        ids.append(torch.full((s.numel(),), t, dtype=torch.int64, device=s.device))
+    u_stack, v_stack = torch.cat(us, dim=1), torch.cat(vs, dim=1)
+    return polar(u_stack), torch.cat(ss), polar(v_stack), torch.cat(ids)
 
 
-def tsv_factors(taus: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(U⊥ (m × Tk), σ (T × k), V⊥ (n × Tk)) of a (T, m, n) stack of task vectors."""
-    num_models, m, n = taus.shape
-    u, s, vh = torch.linalg.svd(taus, full_matrices=False)  # batched over T
-    u_stack = u[:, :, :k].permute(1, 0, 2).reshape(m, num_models * k)
-    v_stack = vh[:, :k, :].reshape(num_models * k, n).T
-    return polar_factor(u_stack), s[:, :k].contiguous(), polar_factor(v_stack)
+def tsv_compose(u: Tensor, s: Tensor, v: Tensor, task: Tensor, weights: Tensor) -> Tensor:
+    """U⊥ diag(w_task ⊙ σ) V⊥ᵀ for the (T,) weights."""
+    return (u * (weights[task] * s)) @ v.T
 
 
-def tsv_compose(u: Tensor, s: Tensor, v: Tensor, weights: Tensor) -> Tensor:
-    """U⊥ diag(w ⊙ σ) V⊥ᵀ for σ of shape (T, k) and weights of shape (T, 1)."""
-    return (u * (weights * s).reshape(-1)) @ v.T
-
-
-def tsv_merge(taus: Tensor, weights: Tensor, k: int) -> Tensor:
-    """TSV-M of a (T, m, n) stack with (T, 1) weights: U⊥ diag(w ⊙ σ) V⊥ᵀ, k triplets per task."""
-    return tsv_compose(*tsv_factors(taus, k), weights)
+def tsv_merge(taus: Sequence[TaskVector], weights: Tensor, k: int) -> Tensor:
+    """TSV-M of T task vectors with (T,) weights, k triplets per task at most."""
+    u, s, v, task = tsv_factors(taus, k)
+    dt = weights.dtype
+    return tsv_compose(u.to(dt), s.to(dt), v.to(dt), task, weights)
 
 
 def mean_merge(taus: Tensor, weights: Tensor) -> Tensor:
@@ -125,7 +145,13 @@ class TsvParams(CommonParams):
     rank_fraction: float | None = param(
         None,
         "Share of each matrix's rank r kept per task, k = int(r·rank_fraction) clipped to "
-        "[1, r // T] (null = 1/T, the paper's choice).",
+        "[1, r // T] (null = 1/T, the paper's choice); a task keeps min(k, its numerical rank).",
+    )
+    rank_rtol: float | None = param(
+        None,
+        "Relative singular-value cutoff of the numerical rank: directions with σ ≤ rank_rtol·σ_1 "
+        "are zero up to rounding and never enter the orthogonalisation (null = max(m, n)·ε of "
+        "float32, the rounding floor of a float32 task vector).",
     )
     embeddings: str = param(
         "mean",
@@ -140,13 +166,20 @@ class TsvParams(CommonParams):
             raise ValueError(
                 f"merge parameter 'rank_fraction' must be in (0, 1] or null, got {self.rank_fraction}"
             )
+        if self.rank_rtol is not None and not 0.0 < self.rank_rtol < 1.0:
+            raise ValueError(
+                f"merge parameter 'rank_rtol' must be in (0, 1) or null, got {self.rank_rtol}"
+            )
 
 
-class TsvBase(MergeMethod):
+TP = TypeVar("TP", bound=TsvParams)
+
+
+class TsvBase(MergeMethod[TP], Generic[TP]):
     """Routing and compose shared by TSV-M and RESM; subclasses decide how τ enters the SVD and
-    how k is chosen (:meth:`svd_input`, :meth:`rank_for`)."""
+    how k is chosen (:meth:`svd_inputs`, :meth:`rank_for`)."""
 
-    def route(self, name: str, shape: Sequence[int], num_models: int, params: TsvParams) -> str:
+    def route(self, name: str, shape: Sequence[int], num_models: int, params: TP) -> str:
         """``"tsv"``, ``"mean"`` or ``"base"`` for a parameter."""
         if is_embedding(name) and params.embeddings != "tsv":
             return params.embeddings
@@ -154,13 +187,14 @@ class TsvBase(MergeMethod):
             return "mean"
         return "tsv"
 
-    def svd_input(self, name: str, taus: Tensor, params: TsvParams) -> Tensor:
-        """The (T, m, n) stack that is decomposed (TSV-M: the task vectors themselves)."""
-        return taus
+    def svd_inputs(
+        self, name: str, taus: TaskVectors, params: TP, k: int
+    ) -> tuple[list[TaskVector], list[int]]:
+        """The task vectors that are decomposed and how many directions each may keep (TSV-M:
+        the task vectors themselves, LoRA factors kept, k each; their numerical rank caps it)."""
+        return list(taus.items), [k] * len(taus)
 
-    def rank_for(
-        self, r: int, num_models: int, params: TsvParams, plan_entry: Mapping[str, Any]
-    ) -> int:
+    def rank_for(self, r: int, num_models: int, params: TP, plan_entry: Mapping[str, Any]) -> int:
         """k for a matrix of rank bound r (TSV-M: :func:`tsv_rank` of ``rank_fraction``)."""
         return tsv_rank(r, num_models, params.rank_fraction)
 
@@ -168,27 +202,28 @@ class TsvBase(MergeMethod):
         self,
         name: str,
         base: Tensor,
-        finetuned: Sequence[Tensor],
-        params: CommonParams,
+        taus: TaskVectors,
+        params: TP,
         plan_entry: Mapping[str, Any],
     ) -> dict[str, Tensor]:
-        assert isinstance(params, TsvParams)
-        mode = self.route(name, base.shape, len(finetuned), params)
+        mode = self.route(name, base.shape, len(taus), params)
         if mode == "base":
             return {}
-        taus = task_vectors(base, finetuned, params)
         if mode == "mean":
-            return {"tau": taus}
-        k = self.rank_for(min(base.shape), len(finetuned), params, plan_entry)
-        u, s, v = tsv_factors(self.svd_input(name, taus, params), k)
-        return {"U": u, "S": s, "V": v}
+            return {"tau": taus.stack()}
+        k = self.rank_for(min(base.shape), len(taus), params, plan_entry)
+        inputs, ks = self.svd_inputs(name, taus, params, k)
+        u, s, v, task = tsv_factors(inputs, ks, params.rank_rtol)
+        dt = params.dtype
+        num = torch.tensor(len(taus), dtype=torch.int64)
+        return {"U": u.to(dt), "S": s.to(dt), "V": v.to(dt), "task": task, "num_models": num}
 
     def compose(
         self,
         name: str,
         base: Tensor,
         pre: Mapping[str, Tensor],
-        params: CommonParams,
+        params: TP,
         plan_entry: Mapping[str, Any],
     ) -> Tensor:
         pre = on_device(pre, params)
@@ -197,19 +232,21 @@ class TsvBase(MergeMethod):
             return finish(base, mean_merge(taus, params.weight_tensor(len(taus), taus)), params)
         if "S" in pre:
             s = pre["S"]
-            merged = tsv_compose(pre["U"], s, pre["V"], params.weight_tensor(len(s), s))
+            num = int(pre["num_models"])
+            w = torch.tensor(params.resolve_weights(num), dtype=s.dtype, device=s.device)
+            merged = tsv_compose(pre["U"], s, pre["V"], pre["task"], w)
             return finish(base, merged, params)
         return base.clone()  # mode "base": θ0 whatever λ
 
 
 @register_method
-class Tsv(TsvBase):
+class Tsv(TsvBase[TsvParams]):
     """TSV-M (arXiv:2412.00081): per-matrix low-rank task subspaces, decorrelated by
     orthogonalising the stacked singular vectors."""
 
     name = "tsv"
     params_cls = TsvParams
-    precompute_keys = ("rank_fraction", "embeddings", "compute_dtype")
+    precompute_keys = ("rank_fraction", "rank_rtol", "embeddings", "compute_dtype")
     summary = (
         "task singular vectors, stacked and orthogonalised (Gargiulo et al. 2025, arXiv:2412.00081)"
     )

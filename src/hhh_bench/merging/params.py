@@ -1,0 +1,187 @@
+"""The hyperparameters every merge method takes, and the typed-field machinery of all of them.
+
+A method's parameters are a frozen dataclass subclassing :class:`CommonParams`, every field made
+by :func:`param` (a default and a one-line description, optionally the allowed values). Values
+are type-checked and converted on construction, then :meth:`CommonParams.validate` checks
+ranges; both raise ``ValueError`` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def param(
+    default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+) -> Any:
+    """A dataclass field with its description (and allowed values) kept as field metadata."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    c = f.metadata.get("choices")
+    if c is None:
+        return None
+    return tuple(c() if callable(c) else c)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if _is_union(tp):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) is tuple:
+        return f"tuple[{_type_name(typing.get_args(tp)[0])}, ...]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """``value`` converted to the field type ``tp``, or a ValueError naming the parameter."""
+    if _is_union(tp):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _coerce(name, inner, value)
+    bad = ValueError(f"merge parameter {name!r} must be {_type_name(tp)}, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise bad
+        return int(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise bad
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(name, inner, v) for v in value)
+    raise TypeError(f"unsupported parameter type {tp!r} for {name!r}")  # a bug in a params class
+
+
+@dataclass(frozen=True)
+class CommonParams:
+    """Hyperparameters every method takes. Subclass it (frozen dataclass, every field with a
+    default made by :func:`param`) and extend :meth:`validate` for a method's own knobs.
+
+    Values are type-checked and converted on construction (an int for a float field becomes a
+    float, a list for ``weights`` a tuple), then :meth:`validate` runs; both raise ``ValueError``
+    naming the parameter.
+    """
+
+    scaling: float = param(
+        1.0,
+        "λ, multiplies the merged task vector (not each τ_t): θ = θ0 + λ·merge(w_1·τ_1, .., w_T·τ_T).",
+    )
+    weights: tuple[float, ...] | None = param(
+        None,
+        "One weight per finetuned model, in their order; w_t multiplies τ_t before the method "
+        "(null = all 1).",
+    )
+    seed: int = param(0, "Seed of the random steps (DARE masks); other methods are deterministic.")
+    compute_dtype: str = param(
+        "float32",
+        "Dtype of the arithmetic (SVDs included); the result is cast back to the base's dtype.",
+        choices=tuple(COMPUTE_DTYPES),
+    )
+    device: str = param("cpu", "Torch device of the arithmetic (cpu, cuda, cuda:1, mps, ...).")
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, hints[f.name], getattr(self, f.name))
+            choices = _choices(f)
+            if choices is not None and value not in choices:
+                raise ValueError(
+                    f"merge parameter {f.name!r} must be one of {list(choices)}, got {value!r}"
+                )
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the parameter whose value is out of range."""
+        if not math.isfinite(self.scaling):
+            raise ValueError(f"merge parameter 'scaling' must be finite, got {self.scaling}")
+        if self.weights is not None:
+            if len(self.weights) == 0:
+                raise ValueError("merge parameter 'weights' is empty; use null for all 1")
+            for i, w in enumerate(self.weights):
+                if not math.isfinite(w):
+                    raise ValueError(f"merge parameter 'weights' entry {i} is not finite: {w}")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"merge parameter 'device' is not a torch device: {self.device!r}"
+            ) from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"merge parameter 'device' is {self.device!r} but CUDA is not available"
+            )
+
+    # -- helpers used by the methods -----------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of ``compute_dtype``."""
+        return COMPUTE_DTYPES[self.compute_dtype]
+
+    def resolve_weights(self, num_models: int) -> tuple[float, ...]:
+        """The weights for ``num_models`` finetuned models (all 1 when unset)."""
+        if self.weights is None:
+            return (1.0,) * num_models
+        if len(self.weights) != num_models:
+            raise ValueError(
+                f"merge parameter 'weights' has {len(self.weights)} entries but {num_models} "
+                "finetuned models were given; give one weight per finetuned model, in their order"
+            )
+        return self.weights
+
+    def weight_tensor(self, num_models: int, like: Tensor) -> Tensor:
+        """Weights as a (T, 1, .., 1) tensor that broadcasts against a (T, *shape) stack ``like``."""
+        w = torch.tensor(self.resolve_weights(num_models), dtype=like.dtype, device=like.device)
+        return w.view(num_models, *([1] * (like.dim() - 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists), as they would appear in ``conf/merge/<name>.yaml``."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def describe_params(params_cls: type[CommonParams]) -> list[dict[str, Any]]:
+    """Each field of ``params_cls`` as ``{"name", "type", "default", "description"}``."""
+    hints = typing.get_type_hints(params_cls)
+    out = []
+    for f in dataclasses.fields(params_cls):
+        tp = _type_name(hints[f.name])
+        choices = _choices(f)
+        if choices is not None:
+            tp = f"{tp} ({' | '.join(choices)})"
+        out.append(
+            {"name": f.name, "type": tp, "default": f.default, "description": f.metadata["help"]}
+        )
+    return out

@@ -1,0 +1,186 @@
+"""LoRA adapters are read exactly (peft's merge_and_unload within 1e-6) or refused with a message
+naming the adapter and the feature; the engine decomposes them from their factors; a small LoRA
+update survives a bf16 base (issues 12 and 13)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hhh_bench.merging.engine import merge_models
+from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
+
+WORDS = [chr(c) for c in range(ord("a"), ord("q"))]
+SPEC = TinyModelSpec(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    tok = build_word_tokenizer(WORDS)
+    model = build_tiny_model(SPEC, tok, seed=0)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return root / "base"
+
+
+def _adapter(base_dir, out, seed=3, **lora_kw):
+    """A peft adapter with random non-zero B (and bias, with lora_bias) saved to ``out/adapter``,
+    and peft's own ``merge_and_unload`` of it in float32 to ``out/full``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    kw = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"], **lora_kw}
+    pm = get_peft_model(model, LoraConfig(**kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n or "lora_magnitude" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(out / "adapter")
+    pm.merge_and_unload().save_pretrained(out / "full")
+    return out / "adapter", out / "full"
+
+
+def _sd(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _merged_as_one(base_dir, adapter, out):
+    """task arithmetic of the adapter alone, λ = 1, float32 out: θ0 + τ as the engine reads τ."""
+    merge_models("task_arithmetic", base_dir, [adapter], out, out_dtype="float32", progress=False)
+    return _sd(out)
+
+
+@pytest.mark.parametrize(
+    "lora_kw",
+    [
+        {},
+        {"rank_pattern": {"v_proj": 2, "layers.1.mlp.up_proj": 6}},
+        {"alpha_pattern": {"q_proj": 3, "up_proj": 32}},
+        {"rank_pattern": {"q_proj": 2}, "alpha_pattern": {"q_proj": 5}},
+        {"use_rslora": True},
+    ],
+    ids=["plain", "rank_pattern", "alpha_pattern", "both_patterns", "rslora"],
+)
+def test_adapter_reads_like_peft_merge_and_unload(base_dir, tmp_path, lora_kw):
+    adapter, full = _adapter(base_dir, tmp_path, **lora_kw)
+    got = _merged_as_one(base_dir, adapter, tmp_path / "m")
+    want = _sd(full)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k].float(), rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.fixture(scope="module")
+def biased_base_dir(tmp_path_factory):
+    """A tiny Llama with attention biases (for lora_bias)."""
+    root = tmp_path_factory.mktemp("lora_bias")
+    tok = build_word_tokenizer(WORDS)
+    model = build_tiny_model(SPEC, tok, seed=0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**{**model.config.to_dict(), "attention_bias": True})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.02)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return root / "base"
+
+
+def test_lora_bias_is_added_like_peft(biased_base_dir, tmp_path):
+    adapter, full = _adapter(
+        biased_base_dir, tmp_path, lora_bias=True, target_modules=["q_proj", "v_proj"]
+    )
+    raw = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.bias") for k in raw)
+    got = _merged_as_one(biased_base_dir, adapter, tmp_path / "m")
+    want = _sd(full)
+    moved = [k for k in want if k.endswith("q_proj.bias")]
+    assert moved and any(not torch.equal(want[k], _sd(biased_base_dir)[k]) for k in moved)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k].float(), rtol=0, atol=1e-6, msg=k)
+
+
+def test_dora_is_refused_naming_the_adapter(base_dir, tmp_path):
+    adapter, _ = _adapter(base_dir, tmp_path, use_dora=True)
+    with pytest.raises(ValueError, match=r"finetuned model 0 \(.*adapter\): DoRA"):
+        merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_adapter_without_lora_tensors_is_refused(base_dir, tmp_path):
+    adapter, _ = _adapter(base_dir, tmp_path)
+    raw = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file(
+        {k: v for k, v in raw.items() if ".lora_A." not in k},
+        str(adapter / "adapter_model.safetensors"),
+    )
+    with pytest.raises(ValueError, match="no lora_A/lora_B tensors|has no matching"):
+        merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
+    save_file({}, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="no lora_A/lora_B tensors"):
+        merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
+
+
+@pytest.mark.parametrize("method", ["tsv", "resm"])
+def test_engine_merges_adapters_from_their_factors_like_dense_weights(base_dir, tmp_path, method):
+    """Three adapters (factor path) and their float32 merged full weights (dense path) give the
+    same TSV-M / RESM merge within 1e-5 relative."""
+    adapters, fulls = [], []
+    for i in range(3):
+        a, f = _adapter(base_dir, tmp_path / f"s{i}", seed=10 + i)
+        adapters.append(a)
+        fulls.append(f)
+    kw = {"compute_dtype": "float64", "out_dtype": "float32", "progress": False}
+    if method == "resm":
+        kw["reweight"] = "none"
+    merge_models(method, base_dir, adapters, tmp_path / "a", **kw)
+    merge_models(method, base_dir, fulls, tmp_path / "d", **kw)
+    base, a, d = _sd(base_dir), _sd(tmp_path / "a"), _sd(tmp_path / "d")
+    num = sum(float((a[k].double() - d[k].double()).norm() ** 2) for k in a) ** 0.5
+    den = sum(float((d[k].double() - base[k].double()).norm() ** 2) for k in d) ** 0.5
+    assert den > 0 and num / den < 1e-5
+
+
+def test_small_lora_update_survives_a_bf16_base(base_dir, tmp_path):
+    """A LoRA update of entry size ~3e-5 on a bf16 base: read from the adapter, its task vector
+    has relative error < 1e-3; read through bf16 merged weights (θ0 + s·B·A rounded to bf16,
+    what a merged-adapter specialist saved in bf16 holds), most of it is lost to rounding."""
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "base_bf16"
+    AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16).save_pretrained(bf16)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (base_dir / f).is_file():
+            (bf16 / f).write_text((base_dir / f).read_text())
+    adapter, _ = _adapter(bf16, tmp_path / "s", seed=5)
+    raw = load_file(str(adapter / "adapter_model.safetensors"))
+    scale = 8 / 4
+    for k in list(raw):
+        if "lora_B" in k:
+            raw[k] = raw[k] * 1e-3  # entries of s·B·A ~ 3e-5
+    save_file(raw, str(adapter / "adapter_model.safetensors"))
+    base = _sd(bf16)
+    got = _merged_as_one(bf16, adapter, tmp_path / "m")
+    exact_err, rounded_err = [], []
+    for k in raw:
+        if ".lora_A." not in k:
+            continue
+        mod = k.split(".lora_A.")[0].removeprefix("base_model.model.")
+        a, b = raw[k].double(), raw[k.replace("lora_A", "lora_B")].double()
+        tau = scale * b @ a
+        w = mod + ".weight"
+        read = got[w].double() - base[w].double()
+        exact_err.append(float((read - tau).norm() / tau.norm()))
+        rounded = (base[w].double() + tau).to(torch.bfloat16).double() - base[w].double()
+        rounded_err.append(float((rounded - tau).norm() / tau.norm()))
+    assert max(exact_err) < 1e-3
+    assert min(rounded_err) > 0.3  # what reading bf16 merged weights would have given
