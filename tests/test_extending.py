@@ -163,7 +163,11 @@ def _user_cfg(root: Path, include: Path, *extra: str):
 
 def test_eval_cache_key_follows_the_user_tasks_content_not_their_place(tmp_path):
     from hhh_bench.stages.common import stage_key
-    from hhh_bench.stages.eval import eval_payload
+    from hhh_bench.evaluation.suite import eval_payload
+    from hhh_bench.stages.common import to_dict
+
+    def payload(cfg, model, data, split):
+        return eval_payload(to_dict(cfg.eval), model, data, split, to_dict(cfg.model).get("dtype"))
 
     data = {"dir": str(_toy_eval_dir(tmp_path)), "key": "d0"}
     model = {"path": "unused", "key": "m0"}
@@ -172,7 +176,7 @@ def test_eval_cache_key_follows_the_user_tasks_content_not_their_place(tmp_path)
 
     def key(include: Path, *extra: str) -> str:
         return stage_key(
-            "eval", eval_payload(_user_cfg(tmp_path, include, *extra), model, data, "test")
+            "eval", payload(_user_cfg(tmp_path, include, *extra), model, data, "test")
         )
 
     first = key(folder, USER_TASK)
@@ -188,7 +192,7 @@ def test_eval_cache_key_follows_the_user_tasks_content_not_their_place(tmp_path)
     assert key(moved, USER_TASK) != first  # nor an edited hook
     # without user folders the payload has no user_tasks entry: earlier runs' keys stand
     plain = compose([f"root={tmp_path}", "logger=none"])
-    assert "user_tasks" not in eval_payload(plain, model, data, "test")
+    assert "user_tasks" not in payload(plain, model, data, "test")
 
 
 def test_listed_user_task_that_is_not_found_is_named(tmp_path):

@@ -21,10 +21,10 @@ def fake_stages(monkeypatch, tmp_path):
     monkeypatch.setattr(
         pipeline,
         "_merge_inputs",
-        lambda cfg, data: ({"path": "base", "key": "b"}, ["help", "honest", "harmless"], {}),
+        lambda cfg, data: ("base", ["help", "honest", "harmless"], None),
     )
 
-    def run_merge(cfg, *, base, models):
+    def run_merge(cfg, *, base, models, names=None):
         calls["merge"] = {"base": base, "models": models, "params": dict(cfg.merge.params)}
         return {"out_dir": str(tmp_path / "merged"), "key": "m"}
 

@@ -1,6 +1,7 @@
 """notebooks/analysis.ipynb runs top to bottom (every code cell, in order, in one namespace) on a
 small results store written with the package's own store functions: two seeds, both splits, every
-kind of row, a merge family with two configurations."""
+kind of row, a merge family with two configurations of which the pipeline chose one (on
+validation: d=0.2's average 0.6733 > d=0.5's 0.6533), as the pipeline records it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def _write_store(path):
             shift = 0.02 * seed - (0.01 if split == "validation" else 0.0)
             for kind, name, extra, dims in models:
                 h, o, a = (round(v + shift, 4) for v in dims)
+                if name == "ties d=0.2" and split == "test":  # the pipeline's recorded choice
+                    extra = {**extra, "extra": {"selected_on": "validation", "n_configs": 2}}
                 append_result(
                     path,
                     {

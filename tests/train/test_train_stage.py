@@ -89,10 +89,10 @@ def test_specialist_loss_falls_and_its_heldout_margin_rises(small_cfg, small_dat
 
 def test_specialist_is_cached(small_cfg, small_data, small_base):
     first = run_train(small_cfg, small_base, small_data, dimensions=["harmless"])
-    hits = CACHE.hits.get("train", 0)
+    CACHE.reset()  # as a new run would: the first run's folder is reused
     again = run_train(small_cfg, small_base, small_data, dimensions=["harmless"], name="again")
     assert again["cached"] and again["key"] == first["key"] and again["name"] == "again"
-    assert CACHE.hits["train"] == hits + 1
+    assert CACHE.hits == {"train": 1} and CACHE.misses == {}
     assert again["margins"] == first["margins"]
     # noise on another dimension does not touch this run's data: the clean specialist is reused
     noisy = cfg_with(small_cfg, "data.noise.flip_rate=0.2", "data.noise.dimension=honest")
@@ -170,12 +170,14 @@ def test_lora_run_saves_the_adapter_and_merges_on_request(small_cfg, small_data,
 
 
 def test_wandb_files_go_under_the_root(small_cfg, monkeypatch):
-    from hhh_bench.stages.train import _setup_wandb
+    import os
+
+    from hhh_bench.tracking.wandb_log import setup_trainer_env
 
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    _setup_wandb(cfg_with(small_cfg, "logger=wandb"))
-    import os
+    cfg = cfg_with(small_cfg, "logger=wandb")
+    setup_trainer_env(cfg.root, {"name": "wandb", "project": "hhh-bench"})
 
     assert os.environ["WANDB_DIR"] == str(Path(str(small_cfg.root)).resolve() / "wandb")
     assert os.environ["WANDB_PROJECT"] == "hhh-bench"

@@ -10,78 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from hhh_bench.typed import check_fields, param
+from hhh_bench.typed import describe as describe_fields
+
+__all__ = ["COMPUTE_DTYPES", "CommonParams", "describe_params", "param"]
+
 COMPUTE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-
-
-def param(
-    default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
-) -> Any:
-    """A dataclass field with its description (and allowed values) kept as field metadata."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
-    c = f.metadata.get("choices")
-    if c is None:
-        return None
-    return tuple(c() if callable(c) else c)
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _type_name(tp: Any) -> str:
-    if _is_union(tp):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "None"
-    if typing.get_origin(tp) is tuple:
-        return f"tuple[{_type_name(typing.get_args(tp)[0])}, ...]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """``value`` converted to the field type ``tp``, or a ValueError naming the parameter."""
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = (a for a in args if a is not type(None))
-        return _coerce(name, inner, value)
-    bad = ValueError(f"merge parameter {name!r} must be {_type_name(tp)}, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise bad
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise bad
-        return int(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if typing.get_origin(tp) is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-            raise bad
-        inner = typing.get_args(tp)[0]
-        return tuple(_coerce(name, inner, v) for v in value)
-    raise TypeError(f"unsupported parameter type {tp!r} for {name!r}")  # a bug in a params class
 
 
 @dataclass(frozen=True)
@@ -112,15 +52,7 @@ class CommonParams:
     device: str = param("cpu", "Torch device of the arithmetic (cpu, cuda, cuda:1, mps, ...).")
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = _coerce(f.name, hints[f.name], getattr(self, f.name))
-            choices = _choices(f)
-            if choices is not None and value not in choices:
-                raise ValueError(
-                    f"merge parameter {f.name!r} must be one of {list(choices)}, got {value!r}"
-                )
-            object.__setattr__(self, f.name, value)
+        check_fields(self, lambda name: f"merge parameter {name!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -174,14 +106,4 @@ class CommonParams:
 
 def describe_params(params_cls: type[CommonParams]) -> list[dict[str, Any]]:
     """Each field of ``params_cls`` as ``{"name", "type", "default", "description"}``."""
-    hints = typing.get_type_hints(params_cls)
-    out = []
-    for f in dataclasses.fields(params_cls):
-        tp = _type_name(hints[f.name])
-        choices = _choices(f)
-        if choices is not None:
-            tp = f"{tp} ({' | '.join(choices)})"
-        out.append(
-            {"name": f.name, "type": tp, "default": f.default, "description": f.metadata["help"]}
-        )
-    return out
+    return describe_fields(params_cls)

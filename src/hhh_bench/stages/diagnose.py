@@ -28,17 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.provenance import atomic_dir, write_provenance
-from hhh_bench.stages.common import (
-    CACHE,
-    is_done,
-    log,
-    model_identity,
-    read_json,
-    stage_dir,
-    stage_key,
-    to_dict,
-)
+from hhh_bench.config import MergeEngineConfig
+from hhh_bench.stages.common import cached_stage, group, model_identity, to_dict
 
 CARD_HEADING = "## Task-vector diagnostics"
 
@@ -48,20 +39,20 @@ def diagnostics_path(cfg: DictConfig) -> Path:
     return Path(cfg.root) / "diagnostics.jsonl"
 
 
-def diagnose_options(engine: Mapping[str, Any]) -> dict[str, Any]:
+def diagnose_options(engine: MergeEngineConfig) -> dict[str, Any]:
     """:func:`~hhh_bench.merging.diagnose` options from ``merge_engine`` (``diagnostics_top_k``,
     ``diagnostics_tail_sigmas``, ``diagnostics_svd_embeddings``)."""
     return {
-        "top_k": engine.get("diagnostics_top_k"),
-        "tail_sigmas": [float(c) for c in (engine.get("diagnostics_tail_sigmas") or [3.0, 5.0])],
-        "svd_embeddings": bool(engine.get("diagnostics_svd_embeddings", False)),
+        "top_k": engine.diagnostics_top_k,
+        "tail_sigmas": [float(c) for c in engine.diagnostics_tail_sigmas],
+        "svd_embeddings": engine.diagnostics_svd_embeddings,
     }
 
 
 def resm_params_for(method: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The knobs of a merge that RESM's diagnostics (reweighting change, density, ranks) take:
-    all of RESM's for ``resm`` (or a subclass of its params), ``rank_fraction`` and
-    ``embeddings`` for TSV-M-like methods, none otherwise (RESM's defaults are diagnosed)."""
+    all of RESM's for ``resm`` (or a subclass of its params), ``rank_fraction``, ``rank_rtol``
+    and ``embeddings`` for TSV-M-like methods, none otherwise (RESM's defaults)."""
     if not method or not params:
         return {}
     from hhh_bench.merging import get_method
@@ -72,7 +63,7 @@ def resm_params_for(method: str | None, params: Mapping[str, Any] | None) -> dic
     if issubclass(cls, ResmParams):
         names = {f.name for f in dataclasses.fields(ResmParams)}
     elif issubclass(cls, TsvParams):
-        names = {"rank_fraction", "embeddings"}
+        names = {"rank_fraction", "rank_rtol", "embeddings"}
     else:
         return {}
     return {k: v for k, v in params.items() if k in names}
@@ -107,93 +98,65 @@ def run_diagnose(
     resm_params: Mapping[str, Any] | None = None,
     label: str | None = None,
 ) -> dict[str, Any]:
-    """Diagnose (or reuse) the task vectors of ``models`` against ``base``.
+    """Diagnose (or reuse) the task vectors of ``models`` against ``base``; append the summary
+    row to ``<root>/diagnostics.jsonl``.
 
     Args:
         cfg: the composed config (``merge_engine``, ``root``, ``seed``, ``name``).
         base: θ0's folder or hub id.
         models: the finetuned folders, hub ids or LoRA adapter folders.
-        resm_params: RESM's knobs to diagnose with (:func:`resm_params_for` of a merge); None:
-            RESM's defaults.
+        resm_params: RESM's knobs (:func:`resm_params_for` of a merge); None: its defaults.
         label: the set's name in the report (default :func:`diagnostics_label`).
 
     Returns:
         ``{"dir", "key", "cached", "path", "report", "markdown", "row_appended"}``.
     """
-    from hhh_bench.merging.diagnostics import diagnose, parameter_table, resm_knobs, write_report
+    from hhh_bench.merging.diagnostics import diagnose, resm_knobs
     from hhh_bench.tracking.diagnostics_view import summary_markdown
-    from hhh_bench.tracking.store import append_diagnostics
+    from hhh_bench.tracking.store import append_diagnostics, diagnostics_row
 
-    engine = dict(to_dict(cfg.merge_engine) or {})
+    engine = group(cfg, "merge_engine", MergeEngineConfig)
     opts = diagnose_options(engine)
     knobs = resm_knobs(resm_params)
-    vocab_policy = engine.get("vocab_policy", "error")
     models = [str(m) for m in models]
-    key = stage_key(
-        "diagnose",
-        {
-            "base": model_identity(str(base)),
-            "models": [model_identity(m) for m in models],
-            "options": opts,
-            "resm": knobs,
-            "vocab_policy": vocab_policy,
-        },
-    )
-    out = stage_dir(cfg, "diagnose", key)
-    cached = is_done(out)
-    if cached:
-        CACHE.hit("diagnose")
-        report = read_json(out / "diagnostics.json")
-        log.info("diagnose: cached %s", out)
-    else:
-        with atomic_dir(out, overwrite=out.exists()) as tmp:
-            report = diagnose(
-                str(base),
-                models,
-                **opts,
-                resm_params=knobs,
-                device=str(engine.get("device", "cpu")),
-                vocab_policy=vocab_policy,
-                allow_pickle=bool(engine.get("allow_pickle", False)),
-                progress=bool(engine.get("progress", True)),
-            )
-            write_report(report, tmp / "diagnostics.json")
-            (tmp / "diagnostics.md").write_text(
-                summary_markdown(report, heading="# Task-vector diagnostics")
-            )
-            write_provenance(
-                tmp,
-                {"diagnose": {**opts, "resm": knobs, "vocab_policy": vocab_policy}},
-                seed=int(cfg.get("seed", 0)),
-                stage="diagnose",
-                extra={"base": str(base), "models": models},
-            )
-        CACHE.miss("diagnose")
-        log.info("diagnose: wrote %s in %.1f s", out, report["seconds"])
-    row = {
-        "row_key": key,
-        "experiment": str(cfg.get("name", "")),
-        "label": label or diagnostics_label(cfg, explicit=_explicit(cfg)),
-        "seed": cfg.get("seed"),
-        "num_models": report["num_models"],
-        "inputs": {"base": str(base), "models": models},
-        "options": report["options"],
-        "resm": {k: v for k, v in report["resm"].items() if k not in ("ranks", "uniform_ranks")},
-        "model": report["model"],
-        "layer_types": report["layer_types"],
-        "params": parameter_table(report),
-        "statistics": report["statistics"],
-        "artifacts": {"diagnostics": str(out / "diagnostics.json")},
+    payload = {
+        "base": model_identity(str(base)),
+        "models": [model_identity(m) for m in models],
+        "options": opts,
+        "resm": knobs,
+        "vocab_policy": engine.vocab_policy,
     }
-    appended = append_diagnostics(diagnostics_path(cfg), row)
+
+    def compute(tmp: Path) -> dict[str, Any]:
+        report = diagnose(
+            str(base), models, **opts, resm_params=knobs, device=engine.device,
+            vocab_policy=engine.vocab_policy, allow_pickle=engine.allow_pickle,
+            progress=engine.progress,
+        )  # fmt: skip
+        (tmp / "diagnostics.md").write_text(
+            summary_markdown(report, heading="# Task-vector diagnostics")
+        )
+        return report
+
+    run = cached_stage(
+        cfg, "diagnose", payload, compute, result_file="diagnostics.json", seed=int(cfg.get("seed", 0)),
+        provenance={"diagnose": {**opts, "resm": knobs, "vocab_policy": engine.vocab_policy}},
+        extra={"base": str(base), "models": models},
+    )  # fmt: skip
+    path = run.dir / "diagnostics.json"
+    row = diagnostics_row(
+        run.info, key=run.key, experiment=str(cfg.get("name", "")), seed=cfg.get("seed"),
+        label=label or diagnostics_label(cfg, explicit=_explicit(cfg)), base=str(base),
+        models=models, path=path,
+    )  # fmt: skip
     return {
-        "dir": str(out),
-        "key": key,
-        "cached": cached,
-        "path": str(out / "diagnostics.json"),
-        "report": report,
-        "markdown": summary_markdown(report, heading=CARD_HEADING),
-        "row_appended": appended,
+        "dir": str(run.dir),
+        "key": run.key,
+        "cached": run.cached,
+        "path": str(path),
+        "report": run.info,
+        "markdown": summary_markdown(run.info, heading=CARD_HEADING),
+        "row_appended": append_diagnostics(diagnostics_path(cfg), row),
     }
 
 

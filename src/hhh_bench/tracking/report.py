@@ -149,40 +149,38 @@ def _with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None
         )
 
 
-def select_entries(
-    report_rows: Sequence[Mapping[str, Any]],
-    select_rows: Sequence[Mapping[str, Any]] = (),
-    *,
-    select_by: str = "average",
-    select_split: str = "validation",
-    report_split: str = "test",
-) -> list[Entry]:
-    """One entry per family, in table order: the configuration with the best ``select_by`` mean
-    on ``select_rows`` (the selection split), falling back to the report split for families
-    that were not evaluated there. Deltas are filled against the base of ``report_rows``."""
-    if select_by not in dict(COLUMNS):
-        raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
+def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """The main table's entries, in table order. The report chooses nothing: a family shows the
+    configuration the pipeline chose on the selection split (rows whose ``extra.selected_on``
+    is set, with ``n_configs`` and the split), or, when no row of it carries a choice, every
+    configuration it holds, each as its own row. Deltas against the base of ``report_rows``."""
     entries = aggregate(report_rows)
-    on_select = {(e.kind, e.name): e.mean[select_by] for e in aggregate(select_rows)}
     by_family: dict[tuple[str, str], list[Entry]] = {}
     for e in entries:
         by_family.setdefault((e.kind, e.family), []).append(e)
-    chosen: list[Entry] = []
+    shown: list[Entry] = []
     for kind, _ in GROUPS:
         for (k, _fam), members in by_family.items():
             if k != kind:
                 continue
-            scored = [m for m in members if (m.kind, m.name) in on_select]
-            if scored:
-                best = max(scored, key=lambda m: on_select[(m.kind, m.name)])
-                best.selected_on = select_split
-            else:
-                best = max(members, key=lambda m: m.mean[select_by])
-                best.selected_on = report_split
-            best.n_configs = len(members)
-            chosen.append(best)
-    _with_deltas(chosen, base_means(report_rows))
-    return chosen
+            chosen = [m for m in members if _choice(m)]
+            for e in chosen or members:
+                choice = _choice(e)
+                if choice:
+                    e.selected_on = str(choice["selected_on"])
+                    e.n_configs = int(choice.get("n_configs") or 1)
+                shown.append(e)
+    _with_deltas(shown, base_means(report_rows))
+    return shown
+
+
+def _choice(e: Entry) -> dict[str, Any] | None:
+    """The pipeline's selection record of an entry's rows (``extra.selected_on``...), if any."""
+    for r in e.rows:
+        extra = r.get("extra") or {}
+        if extra.get("selected_on"):
+            return extra
+    return None
 
 
 def _fmt(value: float, std: float | None) -> str:
@@ -656,14 +654,9 @@ def build_report(
             f"no results for split {report_split!r} (have {have or 'none'}); run the eval stage "
             f"on that split first"
         )
-    select_rows = [r for r in rows if select_split and r.get("split") == select_split]
-    entries = select_entries(
-        report_rows,
-        select_rows,
-        select_by=select_by,
-        select_split=select_split or report_split,
-        report_split=report_split,
-    )
+    if select_by not in dict(COLUMNS):
+        raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
+    entries = table_entries(report_rows)
     metric = sorted({str(r.get("metric", "?")) for r in report_rows})
     base = base_means(report_rows)
     n_seeds = max(e.n for e in entries)
@@ -675,14 +668,10 @@ def build_report(
         "",
         "## Main table",
         "",
-        "One row per method family; where a family holds several configurations, the one with "
-        f"the best {select_by} on {select_split or report_split} is shown"
-        + (
-            " (no selection split given: chosen on the reported numbers)"
-            if not select_split
-            else ""
-        )
-        + ". "
+        "One row per method family; where the pipeline compared several configurations of a "
+        f"family, the one it chose by {select_by} on the selection split "
+        f"({select_split or 'none'}) is shown, with how many it compared; a family without a "
+        "recorded choice shows each of its configurations. "
         + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
         + ("In parentheses: change from the base. " if base else "No base row: no deltas. ")
         + "Bold: best per column among all rows but the oracle.",

@@ -286,3 +286,139 @@ def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True
     if flatten:
         return pd.json_normalize(rows, sep=".")
     return pd.DataFrame(rows)
+
+
+def diagnostics_row(
+    report: Mapping[str, Any],
+    *,
+    key: str,
+    experiment: str,
+    seed: Any,
+    label: str,
+    base: str,
+    models: list[str],
+    path: str | Path,
+) -> dict[str, Any]:
+    """The diagnostics store's row of one report: what the report stage draws (model-wide and
+    per-layer-type summaries, one value per parameter and statistic, the statistics' help)."""
+    resm = report.get("resm") or {}
+    return {
+        "row_key": key,
+        "experiment": experiment,
+        "label": label,
+        "seed": seed,
+        "num_models": report["num_models"],
+        "inputs": {"base": base, "models": models},
+        "options": report["options"],
+        "resm": {k: v for k, v in resm.items() if k not in ("ranks", "uniform_ranks")},
+        "model": report["model"],
+        "layer_types": report["layer_types"],
+        "params": _parameter_table(report),
+        "statistics": report["statistics"],
+        "artifacts": {"diagnostics": str(path)},
+    }
+
+
+def _parameter_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One small dict per parameter: name, layer, type and each statistic's single value
+    (per-task statistics averaged over tasks)."""
+    stats = list(report.get("statistics") or {})
+    out = []
+    for r in report["params"]:
+        row: dict[str, Any] = {"name": r["name"], "layer": r["layer"], "type": r["type"]}
+        for s in stats:
+            v = r.get(s)
+            if isinstance(v, list):
+                vals = [x for x in v if x is not None]
+                v = sum(vals) / len(vals) if vals else None
+            row[s] = None if v is None else float(v)
+        out.append(row)
+    return out
+
+
+# Model-dict fields that have a column of their own in the row; the rest go to ``extra``.
+_MODEL_FIELDS = (
+    "path", "key", "kind", "name", "family", "method", "params", "mix_strategy", "noise_rate",
+    "train_dimensions", "seed", "config_hash", "timings",
+)  # fmt: skip
+
+
+def build_row(
+    run: Mapping[str, Any],
+    model: Mapping[str, Any],
+    data: Mapping[str, Any] | None,
+    *,
+    split: str,
+    key: str,
+    out_dir: Path,
+    metrics: Mapping[str, Any],
+    scores: Mapping[str, Any],
+    specs: list[Any],
+    eval_seconds: float,
+) -> dict[str, Any]:
+    """The results-store row of one evaluated model (fields: :class:`ResultRow`).
+
+    ``run`` holds what the run says about itself: ``experiment``, ``suite``, ``metric``,
+    ``seed`` (default of the model's) and ``config_hash``."""
+    params = dict(model.get("params") or {})
+    timings = {"eval_s": round(float(eval_seconds), 3)}
+    timings.update({k: float(v) for k, v in (model.get("timings") or {}).items()})
+    row: dict[str, Any] = {
+        # one model reported in an explicit family of its own (a grid point of an ablation) is a
+        # row apart from the same model reported as its method's selected configuration
+        "row_key": f"{key}:{model['family']}" if model.get("family") else key,
+        "experiment": str(run["experiment"]),
+        "split": split,
+        "suite": str(run["suite"]),
+        "metric": str(run["metric"]),
+        "name": str(model.get("name") or model["key"]),
+        "family": model.get("family"),
+        "kind": str(model.get("kind", "base")),
+        "method": model.get("method"),
+        "params": params,
+        "mix_strategy": model.get("mix_strategy"),
+        "noise_rate": model.get("noise_rate"),
+        "train_dimensions": list(model.get("train_dimensions") or []),
+        "seed": model.get("seed", run.get("seed")),
+        "config_hash": model.get("config_hash") or run.get("config_hash"),
+        "model_key": model["key"],
+        "data_key": (data or {}).get("key"),
+        "eval_key": key,
+        "tasks": {k: dict(v) for k, v in metrics.items()},
+        "task_specs": [
+            {"name": s.name, "dimension": s.dimension, "weight": s.weight, "metric": s.metric}
+            for s in specs
+        ],
+        "timings": timings,
+        "extra": {k: v for k, v in model.items() if k not in _MODEL_FIELDS},
+        "artifacts": {
+            "model": str(model.get("path")),
+            "eval_dir": str(out_dir),
+            "results": str(out_dir / "results.json"),
+        },
+    }
+    for k in ("delta_helpful", "delta_honest", "delta_harmless", "delta_average", "delta_min"):
+        row[k] = None
+    row["max_drop"] = None
+    row.update(scores)
+    return row
+
+
+def base_scores(
+    store: str | Path, *, split: str, suite: str, data_key: str | None, seed: Any
+) -> dict[str, float] | None:
+    """The base model's scores of this split, suite and data from the store (latest row; same
+    seed preferred), or None."""
+    rows = [
+        r
+        for r in read_results(store)
+        if r["kind"] == "base"
+        and r.get("split") == split
+        and r.get("suite") == suite
+        and r.get("data_key") == data_key
+    ]
+    if not rows:
+        return None
+    same = [r for r in rows if r.get("seed") == seed]
+    row = (same or rows)[-1]
+    return {d: float(row[d]) for d in ("helpful", "honest", "harmless")}

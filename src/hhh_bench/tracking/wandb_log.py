@@ -25,6 +25,39 @@ def wandb_mode(logger_cfg: Mapping[str, Any] | None) -> str | None:
     return mode
 
 
+def wandb_dir(root: str | Path) -> Path:
+    """Where W&B files go: ``$WANDB_DIR`` when set (the user's choice), else ``<root>/wandb``;
+    never the current folder."""
+    env = os.environ.get("WANDB_DIR")
+    path = Path(env) if env else Path(root).resolve() / "wandb"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def setup_trainer_env(root: str | Path, logger_cfg: Mapping[str, Any] | None) -> None:
+    """Environment for a trainer's W&B logging: files under :func:`wandb_dir`, project, entity
+    and mode from the logger config (the user's own ``WANDB_*`` settings win for project/entity)."""
+    os.environ["WANDB_DIR"] = str(wandb_dir(root))
+    lg = dict(logger_cfg or {})
+    if lg.get("project"):
+        os.environ.setdefault("WANDB_PROJECT", str(lg["project"]))
+    if lg.get("entity"):
+        os.environ.setdefault("WANDB_ENTITY", str(lg["entity"]))
+    mode = wandb_mode(lg)
+    if mode:
+        os.environ["WANDB_MODE"] = mode
+
+
+def finish_run() -> None:
+    """Close the trainer's W&B run, if one is open."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
 def _cell(value: Any) -> Any:
     """A table cell: scalars as they are, lists and dicts as JSON text, NaN as None."""
     if isinstance(value, float) and value != value:

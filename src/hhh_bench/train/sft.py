@@ -182,3 +182,32 @@ def train_sft_plain(
     bar.close()
     model.eval()
     return model, curve
+
+
+def sft_base(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    cfg: Any,
+    *,
+    seed: int,
+    device: str,
+    scratch: str | Path,
+) -> tuple[Any, LossCurve]:
+    """The base stage's SFT of θ0 with a :class:`~hhh_bench.config.BaseSftConfig`: the plain loop
+    (default) or TRL's ``SFTTrainer`` (``trainer: trl``, its files in ``scratch``)."""
+    common = {
+        "epochs": cfg.epochs,
+        "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size,
+        "weight_decay": cfg.weight_decay,
+        "warmup_ratio": cfg.warmup_ratio,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "max_length": cfg.max_length,
+        "seed": seed,
+        "device": device,
+        "logging_steps": 50,
+    }
+    if cfg.trainer == "plain":
+        return train_sft_plain(model, tokenizer, rows, **common)
+    return train_sft(model, tokenizer, rows, scratch, logger=None, **common)
