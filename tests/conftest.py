@@ -25,7 +25,7 @@ for k, v in {
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "hhh_bench" / "conf"
 
 # A smaller world than the demo's, so the session's base SFT takes well under a minute.
 SMALL_WORLD = [

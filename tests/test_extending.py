@@ -25,10 +25,9 @@ def _restore_registries():
     from hhh_bench.data.mixing import registry as mixing_registry
     from hhh_bench.merging import base as merging_base
 
-    saved = dict(mixing_registry._REGISTRY), merging_base.METHODS.snapshot()
+    saved = mixing_registry.STRATEGIES.snapshot(), merging_base.METHODS.snapshot()
     yield
-    mixing_registry._REGISTRY.clear()
-    mixing_registry._REGISTRY.update(saved[0])
+    mixing_registry.STRATEGIES.restore(saved[0])
     merging_base.METHODS.restore(saved[1])
     sys.modules.pop("my_hhh_ext", None)
 
@@ -162,9 +161,8 @@ def _user_cfg(root: Path, include: Path, *extra: str):
 
 
 def test_eval_cache_key_follows_the_user_tasks_content_not_their_place(tmp_path):
-    from hhh_bench.stages.common import stage_key
     from hhh_bench.evaluation.suite import eval_payload
-    from hhh_bench.stages.common import to_dict
+    from hhh_bench.stages.common import stage_key, to_dict
 
     def payload(cfg, model, data, split):
         return eval_payload(to_dict(cfg.eval), model, data, split, to_dict(cfg.model).get("dtype"))

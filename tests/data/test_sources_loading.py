@@ -34,7 +34,7 @@ from hhh_bench.data.sources.__main__ import main as sources_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tests" / "assets" / "sources"
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "hhh_bench" / "conf"
 
 # which fixture holds the raw schema of each source config
 FIXTURES = {
@@ -218,7 +218,10 @@ def test_missing_local_path(tmp_path):
 
 
 def paper_cfg() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "data" / "paper_3h.yaml"), resolve=True)
+    """data=paper_3h as the run composes it (its cache_dir interpolates the run's root)."""
+    from conftest import compose
+
+    return OmegaConf.to_container(compose(["data=paper_3h"]).data, resolve=True)
 
 
 def with_fixtures(cfg: dict) -> dict:

@@ -137,7 +137,7 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
 
     from hhh_bench.stages.eval import run_eval
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
     overrides = [
         f"root={tmp_path}",
         "logger=none",

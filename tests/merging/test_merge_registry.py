@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from merging_helpers import models, state_dicts
 
 from hhh_bench.merging import (
@@ -21,14 +20,16 @@ from hhh_bench.merging import (
 )
 from hhh_bench.merging.base import task_vectors_of
 from hhh_bench.merging.methods.ties import magnitude_key
+from hhh_bench.stages.common import load_option
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
+CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 
 
 def test_registry_and_configs_match_one_to_one():
     assert set(list_methods()) == EXPECTED
-    assert sorted(p.stem for p in CONF.glob("*.yaml")) == list_methods()
+    options = sorted(p.stem for p in CONF.glob("*.yaml") if not p.stem.startswith("_"))
+    assert options == list_methods()
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
@@ -37,18 +38,20 @@ def test_config_lists_every_param_with_its_default(method):
     text = path.read_text()
     first = text.splitlines()[0]
     assert first.startswith(f"# hhh-bench stage=merge merge={method}"), first
-    cfg = yaml.safe_load(text)
+    cfg = load_option("merge", method)  # with what it extends (_common.yaml)
     assert cfg["method"] == method
     assert cfg["params"] == method_defaults(method)
     assert cfg["base"] is None and cfg["models"] is None
-    for line in text.split("params:")[1].split("\nbase:")[0].strip().splitlines():
-        assert "# " in line, f"{path.name}: param line without a comment: {line!r}"
+    for f in (path, CONF / "_common.yaml"):  # every param documented where it is set
+        own = f.read_text().split("params:")[1].split("\nbase:")[0].strip().splitlines()
+        for line in own:
+            assert "# " in line, f"{f.name}: param line without a comment: {line!r}"
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
 def test_config_params_merge(method):
     """The yaml's params, passed as they are, merge a tiny model."""
-    params = yaml.safe_load((CONF / f"{method}.yaml").read_text())["params"]
+    params = load_option("merge", method)["params"]
     base, fts = state_dicts(3, seed=0)
     out = merge_state_dicts(method, base, fts, **params)
     assert set(out) == set(base)

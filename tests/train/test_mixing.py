@@ -17,7 +17,7 @@ from hhh_bench.data.mixing.registry import build_params
 from hhh_bench.data.mixing.scorers import RewardModelScorer, Toy3HScorer
 from hhh_bench.data.schema import make_row
 
-CONF_MIX = Path(__file__).resolve().parents[2] / "conf" / "mix"
+CONF_MIX = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "mix"
 
 
 def synthetic(sizes: dict[str, int]) -> dict[str, list[dict]]:
@@ -219,7 +219,7 @@ def test_invalid_params_are_named():
         mix("uniform", SETS, budget=10, seed=0, shares={"helpful": 1.0})
     with pytest.raises(ValueError, match="order"):
         mix("sequential", SETS, budget=10, seed=0, order=["helpful", "honest"])
-    with pytest.raises(KeyError, match="unknown mixing strategy"):
+    with pytest.raises(ValueError, match="unknown mixing strategy"):
         mix("random", SETS, budget=10, seed=0)
     with pytest.raises(ValueError, match="empty"):
         mix("uniform", {"helpful": [], "honest": SETS["honest"]}, budget=10, seed=0)

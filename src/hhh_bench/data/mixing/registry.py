@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.registry import Registry
 
 BUDGETS: tuple[str, ...] = ("per_specialist", "all_specialists")
 
@@ -59,7 +60,8 @@ class Strategy:
     doc: str
 
 
-_REGISTRY: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("mixing strategy", "hhh_bench.mixing_strategies")
+"""Every registered strategy by name (plugins: the ``hhh_bench.mixing_strategies`` entry points)."""
 
 
 @dataclass
@@ -73,26 +75,22 @@ def register_strategy(
     """Register a strategy function under ``name`` with a dataclass of its parameters."""
 
     def deco(fn: Callable[..., MixResult]) -> Callable[..., MixResult]:
-        if name in _REGISTRY:
-            raise ValueError(f"mixing strategy {name!r} is registered twice")
         if not dataclasses.is_dataclass(params):
             raise TypeError(f"params of strategy {name!r} must be a dataclass")
-        _REGISTRY[name] = Strategy(name, fn, params, (fn.__doc__ or "").strip().split("\n")[0])
+        STRATEGIES.add(name, Strategy(name, fn, params, (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return deco
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy registered under ``name``."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown mixing strategy {name!r}; registered: {list_strategies()}")
-    return _REGISTRY[name]
+    """The strategy registered under ``name`` (``ValueError`` listing the known ones)."""
+    return STRATEGIES.get(name)
 
 
 def list_strategies() -> list[str]:
     """Names of the registered strategies, sorted."""
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hhh_bench.data.schema import Message, PreferenceRow
+from hhh_bench.registry import Registry
 
 TIE = "tie"
 MISSING_RATING = "missing_rating"
@@ -84,7 +85,7 @@ class Adapter(Protocol):
     ) -> Iterator[PreferenceRow]: ...
 
 
-_ADAPTERS: dict[str, Callable[..., Iterator[PreferenceRow]]] = {}
+ADAPTERS: Registry[Callable[..., Iterator[PreferenceRow]]] = Registry("source adapter")
 
 
 def register_source(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -94,27 +95,21 @@ def register_source(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _ADAPTERS and _ADAPTERS[name] is not fn:
-            raise ValueError(f"adapter {name!r} is already registered ({_ADAPTERS[name]!r})")
-        _ADAPTERS[name] = fn
-        return fn
+        if name in ADAPTERS and ADAPTERS.get(name) is fn:
+            return fn  # the same module imported twice
+        return ADAPTERS.add(name, fn)
 
     return deco
 
 
 def get_adapter(name: str) -> Callable[..., Iterator[PreferenceRow]]:
     """The adapter registered under ``name``; the error lists the known names."""
-    try:
-        return _ADAPTERS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown source adapter {name!r}; registered adapters: {sorted(_ADAPTERS)}"
-        ) from None
+    return ADAPTERS.get(name)
 
 
 def list_adapters() -> list[str]:
     """Names of all registered adapters, sorted."""
-    return sorted(_ADAPTERS)
+    return ADAPTERS.names()
 
 
 def adapter_options(name: str) -> dict[str, Any]:

@@ -44,13 +44,11 @@ LEAKAGE_DEFAULTS: dict[str, Any] = {
 
 
 def _plain(cfg: Any) -> Any:
-    """A plain dict/list from an OmegaConf container (left as is otherwise)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return cfg
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
+    """A plain copy of a mapping (callers pass plain dicts: the stages convert their configs)."""
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
     return cfg
 
 

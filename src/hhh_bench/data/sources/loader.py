@@ -58,17 +58,10 @@ class SourceConfigError(ValueError):
 
 
 def default_conf_dir() -> Path:
-    """The ``conf/`` folder: the repository's (source checkout) or the installed package's."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[4] / "conf", here.parents[2] / "conf"]
-    for c in candidates:
-        if (c / "source").is_dir():
-            return c
-    raise FileNotFoundError(
-        "no conf/source folder found (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + "); pass conf_dir= explicitly"
-    )
+    """The config folder holding ``source/``: the package's (or ``$HHH_BENCH_CONF``)."""
+    from hhh_bench.paths import conf_dir
+
+    return conf_dir()
 
 
 def list_sources(conf_dir: str | Path | None = None) -> list[str]:
@@ -87,14 +80,17 @@ def load_source_config(name: str, conf_dir: str | Path | None = None) -> dict[st
     Returns:
         The validated config as a plain dict (see :func:`validate_source_config`).
     """
-    from omegaconf import OmegaConf
+    import yaml
 
     folder = Path(conf_dir) if conf_dir else default_conf_dir()
     path = folder / "source" / f"{name}.yaml"
     if not path.is_file():
         known = list_sources(folder) if (folder / "source").is_dir() else []
         raise SourceConfigError(f"no source config {path}; known sources: {known}")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SourceConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(cfg, dict):
         raise SourceConfigError(f"{path}: expected a mapping at the top level")
     if cfg.get("name") != name:
@@ -133,7 +129,7 @@ def validate_source_config(cfg: Mapping[str, Any], origin: str | None = None) ->
         )
     try:
         get_adapter(out["adapter"])
-    except KeyError as e:
+    except (KeyError, ValueError) as e:
         raise SourceConfigError(f"{where}: {e.args[0]}") from None
     opts = dict(out["adapter_opts"] or {})
     bad = sorted(set(opts) - set(adapter_options(out["adapter"])))

@@ -1,0 +1,471 @@
+"""One frozen dataclass per config group: the single place where defaults live.
+
+The YAML files under ``conf/`` document each option and hold what differs from these defaults;
+the stages read a group through :func:`load` (``TrainConfig``, ``EvalConfig``, ...), never with
+``.get(key, default)``. Unknown keys are refused with the valid ones listed (so
+``+train.learnin_rate=0.1`` fails instead of training with the default), types are checked, and
+ranges are validated in ``__post_init__``. :func:`validate_run` checks every group of a composed
+run, and the knobs of its merge method, before any stage runs.
+
+Library code (``merging``, ``data``, ``evaluation``) does not import this module's callers'
+Hydra: everything here takes plain mappings (``OmegaConf.to_container`` of a group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hhh_bench.typed import check_fields, from_mapping, param
+
+T = TypeVar("T")
+
+DIMENSIONS: tuple[str, ...] = ("helpful", "honest", "harmless")
+"""The three dimensions, in report order (the single definition; others import it)."""
+
+
+def _post(obj: Any, group: str) -> None:
+    check_fields(obj, lambda name: f"{group}.{name}")
+
+
+def _positive(group: str, name: str, value: float | int, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{group}.{name} must be {bound}, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The LoRA adapter of ``train=dpo_lora`` (peft ``LoraConfig``)."""
+
+    r: int = param(16, "rank of the update B·A")
+    alpha: float = param(32, "lora_alpha: the update is scaled by alpha / r")
+    dropout: float = param(0.05, "dropout on the adapter's input")
+    target_modules: list[str] = param(
+        None,
+        "module names to adapt (every linear of a Llama/Mistral block; never lm_head)",
+        factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    )
+    bias: str = param("none", "which biases train", choices=("none", "all", "lora_only"))
+
+    def __post_init__(self) -> None:
+        _post(self, "train.lora")
+        _positive("train.lora", "r", self.r)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"train.lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("train.lora.target_modules is empty: name the modules to adapt")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe (``conf/train/<name>.yaml``): DPO or SFT, full or LoRA."""
+
+    name: str = param("dpo", "this option's name (logs, W&B)")
+    kind: str = param(
+        "dpo", "dpo (preference pairs) | sft (on the chosen responses)", choices=("dpo", "sft")
+    )
+    method: str = param("full", "full fine-tuning or a LoRA adapter", choices=("full", "lora"))
+    beta: float | None = param(0.1, "DPO β: weight of the KL to the reference (dpo only)")
+    loss_type: str | list[str] | None = param("sigmoid", "TRL loss type(s) (dpo only)")
+    loss_weights: list[float] | None = param(None, "one weight per loss_type entry (null: all 1)")
+    learning_rate: float = param(2.0e-4, "peak learning rate")
+    epochs: float = param(2.0, "passes over the training pairs (ignored when max_steps > 0)")
+    max_steps: int = param(-1, "optimizer steps; -1 = use epochs")
+    batch_size: int = param(16, "pairs per device per forward pass")
+    grad_accum: int = param(1, "forward passes per optimizer step")
+    max_length: int = param(64, "prompt + response tokens")
+    lr_scheduler_type: str = param(
+        "cosine",
+        "learning-rate schedule",
+        choices=("cosine", "linear", "constant", "constant_with_warmup"),
+    )
+    warmup_ratio: float = param(0.1, "share of the steps spent warming up linearly from 0")
+    weight_decay: float = param(0.0, "AdamW weight decay")
+    seed: int = param(0, "training seed (data order, adapter init)")
+    device: str = param("cpu", "cpu | cuda")
+    bf16: bool = param(False, "bf16 mixed precision")
+    gradient_checkpointing: bool = param(False, "recompute activations (must be false on CPU)")
+    precompute_ref_log_probs: bool = param(False, "compute the reference's log-probs once up front")
+    report_to: str = param("none", "wandb | none")
+    logging_steps: int = param(5, "log every this many steps")
+    margin_batch_size: int = param(64, "held-out margin evaluation batch")
+    margin_max_pairs: int | None = param(
+        200, "held-out margins on at most this many pairs per dimension"
+    )
+    lora: LoraConfig | None = param(None, "the adapter (method=lora)")
+    merge_adapter: bool = param(False, "(LoRA) also write merged full weights")
+
+    def __post_init__(self) -> None:
+        _post(self, "train")
+        for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps"):
+            _positive("train", name, getattr(self, name))
+        _positive("train", "warmup_ratio", self.warmup_ratio, allow_zero=True)
+        _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ValueError(f"train.epochs must be > 0 when max_steps <= 0, got {self.epochs}")
+        if self.kind == "dpo" and (self.beta is None or not self.beta > 0):
+            raise ValueError(f"train.beta must be > 0 for kind=dpo, got {self.beta}")
+        if self.method == "lora" and self.lora is None:
+            raise ValueError(
+                "train.method=lora needs a train.lora block (r, alpha, dropout, target_modules)"
+            )
+        if self.kind == "sft" and self.method == "lora":
+            raise ValueError("train.kind=sft supports full fine-tuning only (train.method=full)")
+        if self.loss_weights is not None:
+            types_ = (
+                [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
+            )
+            if len(self.loss_weights) != len(types_):
+                raise ValueError(
+                    f"train.loss_weights has {len(self.loss_weights)} entries for loss_type {self.loss_type!r}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass(frozen=True)
+class BaseSftConfig:
+    """The base stage's SFT of a freshly built (tiny) model on the toy world."""
+
+    enabled: bool = param(True, "run the SFT (false: θ0 is the model as built or loaded)")
+    trainer: str = param(
+        "plain", "plain (a minimal PyTorch loop) | trl (TRL SFTTrainer)", choices=("plain", "trl")
+    )
+    epochs: float = param(20.0, "passes over the SFT corpus")
+    learning_rate: float = param(5.0e-3, "peak learning rate")
+    batch_size: int = param(64, "conversations per step")
+    weight_decay: float = param(0.0, "AdamW weight decay")
+    warmup_ratio: float = param(0.05, "share of steps of linear warmup")
+    lr_scheduler_type: str = param(
+        "cosine", "cosine | constant (after the warmup)", choices=("cosine", "constant")
+    )
+    max_length: int = param(64, "tokens per conversation")
+
+    def __post_init__(self) -> None:
+        _post(self, "model.base_sft")
+        for name in ("epochs", "learning_rate", "batch_size", "max_length"):
+            _positive("model.base_sft", name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base model θ0 (``conf/model/<name>.yaml``)."""
+
+    name: str = param("tiny", "this option's name")
+    kind: str = param(
+        "tiny",
+        "tiny: built here, offline | hub: loaded by id or local folder",
+        choices=("tiny", "hub"),
+    )
+    path: str | None = param(None, "(hub) hub id or folder")
+    revision: str | None = param(None, "(hub) pinned revision")
+    dtype: str | None = param("float32", "float32 | bfloat16 | float16 | auto")
+    device: str = param("cpu", "cpu | cuda")
+    chat_template: bool = param(True, "render prompts with the tokenizer's chat template")
+    spec: dict[str, Any] | None = param(None, "(tiny) the model's shape (models.TinyModelSpec)")
+    base_sft: BaseSftConfig = param(
+        None, "SFT of θ0 on the toy world", factory=lambda: BaseSftConfig(enabled=False)
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "model")
+        if self.kind == "hub" and not self.path:
+            raise ValueError("model.path must be a hub id or a folder when model.kind=hub")
+        if self.kind == "tiny" and self.spec is None:
+            raise ValueError("model.kind=tiny needs model.spec (the tiny model's shape)")
+        if self.dtype not in (None, "float32", "bfloat16", "float16", "auto"):
+            raise ValueError(
+                f"model.dtype must be float32, bfloat16, float16, auto or null, got {self.dtype!r}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """An evaluation suite (``conf/eval/<name>.yaml``): lm-eval tasks scored per dimension."""
+
+    name: str = param("toy3h", "the suite's name (in every result row)")
+    task_template: str = param("{task}", "lm-eval task name of a dimension entry ({task}, {split})")
+    dimensions: dict[str, dict[str, float]] = param(
+        None, "per dimension {task: weight}", factory=dict
+    )
+    metric: str = param("acc", "primary metric of every task")
+    metrics: dict[str, str | None] = param(None, "per-task override of metric", factory=dict)
+    select_split: str | None = param("validation", "split on which configurations are chosen")
+    report_split: str = param("test", "split reported in the main table")
+    select_by: str = param("average", "score a family's best configuration is chosen by")
+    apply_chat_template: bool = param(True, "render prompts with the chat template")
+    batch_size: int | str = param(64, "lm-eval batch size (int or auto)")
+    limit: int | float | None = param(None, "items per task (int) or share (float < 1)")
+    include_defaults: bool = param(False, "index lm-eval's built-in tasks too")
+    bootstrap_iters: int = param(0, "lm-eval bootstrap iterations for stderrs")
+    log_samples: bool = param(True, "write per-item samples")
+    data_files: dict[str, str | None] = param(None, "data files of the custom tasks", factory=dict)
+    include_paths: list[str] = param(None, "folders of the user's own task YAMLs", factory=list)
+    model: str | None = param(None, "(stage=eval) a model folder to evaluate instead of θ0")
+
+    def __post_init__(self) -> None:
+        _post(self, "eval")
+        unknown = sorted(set(self.dimensions) - set(DIMENSIONS))
+        if unknown:
+            raise ValueError(
+                f"eval.dimensions has unknown dimension(s) {unknown}; use {list(DIMENSIONS)}"
+            )
+        if (
+            isinstance(self.batch_size, str)
+            and self.batch_size != "auto"
+            and not self.batch_size.startswith("auto:")
+        ):
+            raise ValueError(f"eval.batch_size must be an int or 'auto', got {self.batch_size!r}")
+        _positive("eval", "bootstrap_iters", self.bootstrap_iters, allow_zero=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge, merge_engine
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """One merge (``conf/merge/<method>.yaml``): the method's knobs are checked by the method."""
+
+    method: str = param("resm", "a registered merge method")
+    params: dict[str, Any] = param(None, "the method's hyperparameters", factory=dict)
+    base: str | None = param(None, "explicit θ0 (folder or hub id); null = the pipeline's")
+    models: list[str] | None = param(
+        None, "explicit finetuned models; null = the pipeline's specialists"
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "merge")
+        if self.models is not None and len(self.models) == 0:
+            raise ValueError(
+                "merge.models is an empty list: give the models to merge, or null for the "
+                "pipeline's specialists"
+            )
+
+
+@dataclass(frozen=True)
+class MergeEngineConfig:
+    """Settings of the streaming merge engine (``conf/merge_engine/default.yaml``)."""
+
+    device: str = param("cpu", "where the per-tensor arithmetic runs")
+    out_dtype: str | None = param(
+        None,
+        "dtype of the written weights (null: the base's)",
+        choices=(None, "float32", "bfloat16", "float16"),
+    )  # type: ignore[arg-type]
+    max_shard_size: str | int = param("2GB", "largest output shard")
+    allow_pickle: bool = param(False, "accept .bin/.pt checkpoints")
+    overwrite: bool = param(False, "replace an earlier merge at an explicit out_dir")
+    allow_architecture_mismatch: bool = param(False, "merge models whose architectures differ")
+    vocab_policy: str = param(
+        "error", "vocabulary-size mismatch policy", choices=("error", "base", "truncate_to_base")
+    )
+    cache_dir: str | None = param(None, "sweep cache folder (null: none)")
+    cache_max_gb: float = param(20.0, "size cap of the sweep cache")
+    progress: bool = param(True, "progress bars")
+    diagnostics: bool = param(True, "diagnose the task vectors of every merge")
+    diagnostics_top_k: int | None = param(None, "k of the subspace statistics (null: TSV-M's)")
+    diagnostics_tail_sigmas: list[float] = param(
+        None, "tail thresholds c", factory=lambda: [3.0, 5.0]
+    )
+    diagnostics_svd_embeddings: bool = param(False, "also SVD embeddings and lm_head")
+    diagnostics_label: str | None = param(None, "name of the set in the report")
+
+    def __post_init__(self) -> None:
+        _post(self, "merge_engine")
+        _positive("merge_engine", "cache_max_gb", self.cache_max_gb)
+        from hhh_bench.merging.engine import parse_size  # light: no torch work
+
+        try:
+            parse_size(self.max_shard_size)
+        except ValueError as e:
+            raise ValueError(f"merge_engine.{e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# logger, pipeline
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    name: str = param("none", "wandb | none", choices=("wandb", "none"))
+    project: str | None = param(None, "W&B project")
+    entity: str | None = param(None, "W&B entity")
+    mode: str | None = param(
+        None,
+        "W&B mode (null: $WANDB_MODE, else offline)",
+        choices=(None, "online", "offline", "disabled"),
+    )  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        _post(self, "logger")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    enabled: bool = param(True, "train the oracle (all dimensions, upper reference)")
+    mix: str = param("uniform", "its mixing strategy")
+    budget: str | int = param("all_specialists", "its budget")
+    train: dict[str, Any] = param(None, "overrides of `train` for the oracle", factory=dict)
+
+    def __post_init__(self) -> None:
+        _post(self, "pipeline.oracle")
+        from_mapping(TrainConfig, self.train, "pipeline.oracle.train")  # keys and values checked
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``stage=all`` runs after data and base (``conf/pipeline/<name>.yaml``)."""
+
+    oracle: OracleConfig = param(None, "the oracle run", factory=OracleConfig)
+    mixtures: list[Any] = param(
+        None, "data-mixture baselines (names or {name, budget, ...})", factory=list
+    )
+    base_seed: int | None = param(None, "one θ0 for every seed (null: each seed its own)")
+    report_every_grid_point: bool = param(False, "report every grid configuration as its own row")
+    merge_grid: dict[str, dict[str, Any] | None] = param(
+        None, "method -> {knob: [values]} (null drops a method)", factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "pipeline")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Preference noise: swap chosen/rejected of a seeded share of the training pairs."""
+
+    flip_rate: float = param(0.0, "share of training pairs swapped, in [0, 1]")
+    dimension: str | None = param(None, "only this dimension's pairs (null: all)")
+    seed: int = param(0, "seed of the draw")
+
+    def __post_init__(self) -> None:
+        _post(self, "data.noise")
+        if not 0.0 <= self.flip_rate <= 1.0:
+            raise ValueError(f"data.noise.flip_rate must be in [0, 1], got {self.flip_rate}")
+        if self.dimension is not None and self.dimension not in DIMENSIONS:
+            raise ValueError(
+                f"data.noise.dimension must be one of {list(DIMENSIONS)} or null, got {self.dimension!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The preference data (``conf/data/<name>.yaml``): the toy world or public sources."""
+
+    kind: str = param(
+        "toy3h",
+        "toy3h (bundled synthetic world) | sources (public sets)",
+        choices=("toy3h", "sources"),
+    )
+    name: str | None = param(None, "name of this data setup")
+    dimensions: list[str] = param(
+        None, "dimensions, in report order", factory=lambda: list(DIMENSIONS)
+    )
+    world: dict[str, Any] | None = param(None, "(toy3h) the world's knobs (data.toy3h.Toy3HConfig)")
+    sources: dict[str, list[Any]] | None = param(None, "(sources) source configs per dimension")
+    max_rows_per_source: int | None = param(None, "(sources) cap per source")
+    eval_fraction: float = param(0.05, "(sources) share of pairs held out as validation")
+    seed: int = param(0, "(sources) seed of the caps and the validation draw")
+    noise: NoiseConfig = param(None, "preference noise", factory=NoiseConfig)
+    leakage: dict[str, Any] = param(None, "(sources) leakage guards", factory=dict)
+    cache_dir: str | None = param(None, "(sources) the datasets cache")
+
+    def __post_init__(self) -> None:
+        _post(self, "data")
+        bad = [d for d in self.dimensions if d not in DIMENSIONS]
+        if bad or not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(
+                f"data.dimensions must be distinct names from {list(DIMENSIONS)}, got {self.dimensions}"
+            )
+        if self.kind == "toy3h":
+            from hhh_bench.data.toy3h import Toy3HConfig
+
+            Toy3HConfig.from_mapping(dict(self.world or {}))
+        elif not self.sources:
+            raise ValueError("data.kind=sources needs data.sources (source names per dimension)")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "model": ModelConfig,
+    "eval": EvalConfig,
+    "merge": MergeConfig,
+    "merge_engine": MergeEngineConfig,
+    "logger": LoggerConfig,
+    "pipeline": PipelineConfig,
+}
+
+
+def load(cls: type[T], mapping: Mapping[str, Any] | None, where: str | None = None) -> T:
+    """The typed config of one group from its plain mapping (unknown keys refused)."""
+    name = where or next((g for g, c in GROUPS.items() if c is cls), cls.__name__)
+    return from_mapping(cls, mapping, name)
+
+
+def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every group of a composed run (a plain mapping) before any stage runs: unknown
+    keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
+    merge grid and the mixing strategies. Returns the typed groups by name."""
+    out: dict[str, Any] = {}
+    for group, cls in GROUPS.items():
+        if group in cfg and cfg[group] is not None:
+            out[group] = load(cls, cfg[group], group)
+    from hhh_bench.merging import get_method, method_defaults
+
+    if "merge" in out:
+        m = out["merge"]
+        engine = out.get("merge_engine")
+        params = dict(m.params)
+        if engine is not None:
+            params.setdefault("device", engine.device)
+        try:
+            get_method(m.method).make_params(**params)
+        except ValueError as e:
+            raise ValueError(f"merge (method {m.method!r}): {e}") from None
+    if "pipeline" in out:
+        import itertools
+
+        for method, spec in out["pipeline"].merge_grid.items():
+            if spec is None:
+                continue
+            keys = sorted(spec)
+            values = [v if isinstance(v, (list, tuple)) else [v] for v in (spec[k] for k in keys)]
+            defaults = method_defaults(method)
+            for combo in itertools.product(*values):
+                point = dict(zip(keys, combo, strict=True))
+                try:
+                    get_method(method).make_params(**{**defaults, **point})
+                except ValueError as e:
+                    raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
+    return out

@@ -1,0 +1,278 @@
+"""The mixing-strategy registry and the arithmetic every strategy shares.
+
+Conventions (the same for every strategy, stated once here and in ``docs/training.md``):
+
+* **Budget** — the number of pairs in the final mixture. ``per_specialist``: as many pairs as one
+  specialist sees, i.e. the mean of the source sizes rounded half up (with equal-size sources,
+  exactly one source's size); ``all_specialists``: the sum of the source sizes (as many as the
+  specialists together); an ``int``: that many pairs. Trained with the same epochs and batch size,
+  pairs are proportional to optimizer steps, so the budget also equalises steps.
+* **Shares** are fractions of the *final mixture* (not a fraction of each source kept, and not a
+  TRL-style sampling ratio): ``counts[d] ≈ share[d] * budget``.
+* **Rounding** — largest remainder (Hamilton): every dimension gets ``floor(share * budget)``,
+  the pairs still missing go one each to the largest fractional parts (ties: the dimension listed
+  first), so the counts sum exactly to the budget.
+* **Sampling** — a dimension whose source holds at least its count is sampled without replacement;
+  otherwise every row is taken once and the rest is drawn with replacement (``info["resampled"]``
+  logs how many pairs were drawn twice or more).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.registry import Registry
+
+BUDGETS: tuple[str, ...] = ("per_specialist", "all_specialists")
+
+
+@dataclass
+class MixResult:
+    """The output of a mixing strategy.
+
+    Attributes:
+        rows: the mixture (shuffled, or in training order for ``sequential``).
+        counts: realized pairs per dimension (sums to the budget).
+        info: what the run should log: budget, shares, resampling, strategy-specific details.
+        phases: ``sequential`` only: the dimensions in training order (rows follow it).
+    """
+
+    rows: list[PreferenceRow]
+    counts: dict[str, int]
+    info: dict[str, Any] = field(default_factory=dict)
+    phases: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: ``fn(sets, *, budget, rng, params) -> MixResult``."""
+
+    name: str
+    fn: Callable[..., MixResult]
+    params: type
+    doc: str
+
+
+STRATEGIES: Registry[Strategy] = Registry("mixing strategy", "hhh_bench.mixing_strategies")
+"""Every registered strategy by name (plugins: the ``hhh_bench.mixing_strategies`` entry points)."""
+
+
+@dataclass
+class NoParams:
+    """Strategies without parameters."""
+
+
+def register_strategy(
+    name: str, params: type = NoParams
+) -> Callable[[Callable[..., MixResult]], Callable[..., MixResult]]:
+    """Register a strategy function under ``name`` with a dataclass of its parameters."""
+
+    def deco(fn: Callable[..., MixResult]) -> Callable[..., MixResult]:
+        if not dataclasses.is_dataclass(params):
+            raise TypeError(f"params of strategy {name!r} must be a dataclass")
+        STRATEGIES.add(name, Strategy(name, fn, params, (fn.__doc__ or "").strip().split("\n")[0]))
+        return fn
+
+    return deco
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered under ``name`` (``ValueError`` listing the known ones)."""
+    return STRATEGIES.get(name)
+
+
+def list_strategies() -> list[str]:
+    """Names of the registered strategies, sorted."""
+    return STRATEGIES.names()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_budget(budget: str | int, sizes: Mapping[str, int]) -> int:
+    """Turn ``per_specialist`` / ``all_specialists`` / an int into a number of pairs."""
+    if not sizes:
+        raise ValueError("no preference sets to mix")
+    if isinstance(budget, bool):
+        raise ValueError(
+            f"mix.budget must be one of {list(BUDGETS)} or a positive int, got {budget!r}"
+        )
+    if isinstance(budget, int):
+        if budget < 1:
+            raise ValueError(f"mix.budget must be a positive number of pairs, got {budget}")
+        return budget
+    if budget == "per_specialist":
+        return int(math.floor(sum(sizes.values()) / len(sizes) + 0.5))
+    if budget == "all_specialists":
+        return int(sum(sizes.values()))
+    raise ValueError(f"mix.budget must be one of {list(BUDGETS)} or a positive int, got {budget!r}")
+
+
+def check_shares(
+    shares: Mapping[str, float], dims: Sequence[str], what: str = "shares"
+) -> dict[str, float]:
+    """Validate user shares: exactly the mixed dimensions, each >= 0, summing to 1 (±1e-6)."""
+    extra = sorted(set(shares) - set(dims))
+    missing = [d for d in dims if d not in shares]
+    if extra or missing:
+        raise ValueError(
+            f"mix.{what} must give a share for exactly the mixed dimensions {list(dims)}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    out = {d: float(shares[d]) for d in dims}
+    bad = {d: v for d, v in out.items() if not v >= 0.0 or math.isinf(v)}
+    if bad:
+        raise ValueError(f"mix.{what} must be finite and >= 0, got {bad}")
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(
+            f"mix.{what} are fractions of the final mixture and must sum to 1, got {total:g} ({out})"
+        )
+    return out
+
+
+def allocate(shares: Mapping[str, float], total: int) -> dict[str, int]:
+    """Largest-remainder rounding of ``share * total``; the counts sum exactly to ``total``.
+
+    Example: shares (0.5, 0.25, 0.25) of 10 → quotas (5, 2.5, 2.5) → floors (5, 2, 2) and the one
+    missing pair goes to the first of the tied remainders: (5, 3, 2).
+    """
+    dims = list(shares)
+    s = sum(shares.values())
+    if s <= 0:
+        raise ValueError("at least one share must be positive")
+    quotas = [shares[d] / s * total for d in dims]
+    counts = [int(math.floor(q + 1e-9)) for q in quotas]
+    left = total - sum(counts)
+    order = sorted(range(len(dims)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[:left]:
+        counts[i] += 1
+    return dict(zip(dims, counts, strict=True))
+
+
+def take(
+    pool: Sequence[PreferenceRow], k: int, rng: random.Random
+) -> tuple[list[PreferenceRow], int]:
+    """``k`` rows of ``pool``: without replacement if it has enough, else all once + the rest drawn
+    with replacement. Returns the rows (shuffled) and how many were drawn with replacement."""
+    if k <= len(pool):
+        return rng.sample(list(pool), k), 0
+    if not pool:
+        raise ValueError(f"cannot draw {k} pairs from an empty set")
+    rows = list(pool) + rng.choices(list(pool), k=k - len(pool))
+    rng.shuffle(rows)
+    return rows, k - len(pool)
+
+
+def weighted_take(
+    pool: Sequence[PreferenceRow], weights: Sequence[float], k: int, rng: random.Random
+) -> tuple[list[PreferenceRow], int]:
+    """``k`` rows drawn with probability proportional to ``weights``: without replacement
+    (Efraimidis–Spirakis keys ``u ** (1 / w)``) if the pool has enough rows, else all once and the
+    rest drawn with replacement by weight. Zero-weight rows are never drawn."""
+    live = [(r, w) for r, w in zip(pool, weights, strict=True) if w > 0]
+    if k <= len(live):
+        keyed = sorted(live, key=lambda rw: -(rng.random() ** (1.0 / rw[1])))
+        picked = [r for r, _ in keyed[:k]]
+        rng.shuffle(picked)
+        return picked, 0
+    if not live:
+        raise ValueError(f"cannot draw {k} pairs from a set whose weights are all zero")
+    extra = rng.choices([r for r, _ in live], weights=[w for _, w in live], k=k - len(live))
+    rows = [r for r, _ in live] + extra
+    rng.shuffle(rows)
+    return rows, k - len(live)
+
+
+def draw_by_shares(
+    sets: Mapping[str, Sequence[PreferenceRow]],
+    shares: Mapping[str, float],
+    budget: int,
+    rng: random.Random,
+) -> tuple[dict[str, list[PreferenceRow]], dict[str, Any]]:
+    """Allocate ``budget`` by ``shares`` and draw each dimension's count from its set."""
+    counts = allocate(shares, budget)
+    drawn: dict[str, list[PreferenceRow]] = {}
+    resampled: dict[str, int] = {}
+    for d, k in counts.items():
+        drawn[d], resampled[d] = take(sets[d], k, rng)
+    return drawn, {"shares": dict(shares), "resampled": resampled}
+
+
+def build_params(strategy: Strategy, params: Mapping[str, Any]) -> Any:
+    """Instantiate the strategy's params dataclass; unknown names raise a clear error."""
+    names = {f.name for f in dataclasses.fields(strategy.params)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for mixing strategy {strategy.name!r}; "
+            f"valid: {sorted(names) or 'none'}"
+        )
+    return strategy.params(**dict(params))
+
+
+def mix(
+    strategy: str,
+    sets: Mapping[str, Sequence[PreferenceRow]],
+    *,
+    budget: str | int,
+    seed: int,
+    **params: Any,
+) -> MixResult:
+    """Mix the preference ``sets`` (one list of rows per dimension) with a registered strategy.
+
+    Args:
+        strategy: a name from :func:`list_strategies`.
+        sets: ``{dimension: rows}``; the order of the keys is the order of the dimensions
+            (it decides rounding ties and is the default ``sequential`` order).
+        budget: ``per_specialist`` | ``all_specialists`` | a number of pairs (module docstring).
+        seed: seed of every random choice (same inputs + seed → same mixture).
+        **params: the strategy's parameters (see its ``conf/mix/<name>.yaml``).
+
+    Returns:
+        A :class:`MixResult` whose ``info`` also records the strategy, budget and source sizes.
+    """
+    strat = get_strategy(strategy)
+    p = build_params(strat, params)
+    sizes = {d: len(rows) for d, rows in sets.items()}
+    empty = [d for d, n in sizes.items() if n == 0]
+    if empty:
+        raise ValueError(f"preference set(s) {empty} are empty; nothing to mix")
+    n = resolve_budget(budget, sizes)
+    rng = random.Random(f"hhh-bench-mix-{strategy}-{seed}")
+    result = strat.fn({d: list(r) for d, r in sets.items()}, budget=n, rng=rng, params=p)
+    if sum(result.counts.values()) != len(result.rows):  # pragma: no cover - a strategy bug
+        raise AssertionError(f"strategy {strategy!r} returned counts that do not match its rows")
+    result.info = {
+        "strategy": strategy,
+        "budget_mode": budget if isinstance(budget, str) else "explicit",
+        "budget": n,
+        "source_sizes": sizes,
+        "params": {f.name: _jsonable(getattr(p, f.name)) for f in dataclasses.fields(p)},
+        **result.info,
+    }
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def shuffled(drawn: Mapping[str, list[PreferenceRow]], rng: random.Random) -> list[PreferenceRow]:
+    """All drawn rows in one shuffled list."""
+    rows = [r for d in drawn for r in drawn[d]]
+    rng.shuffle(rows)
+    return rows

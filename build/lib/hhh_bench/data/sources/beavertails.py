@@ -1,0 +1,109 @@
+"""PKU-Alignment/BeaverTails: safe vs unsafe answers to the same prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.sources.base import (
+    IDENTICAL,
+    MALFORMED,
+    MISSING_RATING,
+    AdapterStats,
+    clean_text,
+    pair_row,
+    register_source,
+    row_id,
+    same_text,
+)
+
+
+@register_source("beavertails")
+def adapt_beavertails(
+    raw_rows: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    dimension: str,
+    split: str = "30k_train",
+    stats: AdapterStats | None = None,
+    max_pairs_per_prompt: int | None = None,
+) -> Iterator[PreferenceRow]:
+    """Pair BeaverTails answers judged safe against answers judged unsafe, per prompt (harmless).
+
+    Dataset card: https://huggingface.co/datasets/PKU-Alignment/BeaverTails. Raw columns:
+    ``prompt``, ``response``, ``category`` (14 harm-category booleans) and ``is_safe`` (the
+    QA pair's safety label); splits ``330k_train``, ``330k_test``, ``30k_train``, ``30k_test``.
+    The set is a classification set, so it has no pairs of its own: they are made here.
+
+    Judgment calls: rows are grouped by exact prompt text over the whole split; each safe answer
+    is paired with each unsafe answer of the same prompt (chosen = safe), in row order (safe
+    rows outer, unsafe rows inner); ``max_pairs_per_prompt`` caps that (``None``: no cap). The
+    group's first row index is the ``<row index>`` of the id.
+
+    Drop reasons (raw rows): ``missing_rating`` (no boolean ``is_safe``), ``no_contrast`` (the
+    prompt has only safe or only unsafe answers), ``identical`` (the row's every partner has the
+    same text), ``capped`` (left out by ``max_pairs_per_prompt``), ``malformed`` (empty prompt or
+    response).
+
+    ``meta``: ``chosen_row``, ``rejected_row``, ``rejected_harm_categories``.
+    """
+    if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
+        raise ValueError(
+            f"beavertails: max_pairs_per_prompt must be >= 1 or None, got {max_pairs_per_prompt}"
+        )
+    stats = stats if stats is not None else AdapterStats()
+    groups: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
+    for i, raw in enumerate(raw_rows):
+        stats.rows_in += 1
+        prompt, response = clean_text(raw.get("prompt")), clean_text(raw.get("response"))
+        if prompt is None or response is None:
+            stats.drop(MALFORMED)
+            continue
+        groups.setdefault(prompt, []).append((i, raw))
+
+    for prompt, members in groups.items():
+        safe = [(i, r) for i, r in members if r.get("is_safe") is True]
+        unsafe = [(i, r) for i, r in members if r.get("is_safe") is False]
+        stats.drop(MISSING_RATING, len(members) - len(safe) - len(unsafe))
+        if not safe or not unsafe:
+            stats.drop("no_contrast", len(safe) + len(unsafe))
+            continue
+        used: set[int] = set()
+        cut: set[int] = set()  # rows with a valid partner that the cap left out
+        k = 0
+        for s_i, s in safe:
+            for u_i, u in unsafe:
+                chosen, rejected = s["response"].strip(), u["response"].strip()
+                if same_text(chosen, rejected):
+                    stats.skipped[IDENTICAL] += 1
+                    continue
+                if max_pairs_per_prompt is not None and k >= max_pairs_per_prompt:
+                    stats.skipped["capped"] += 1
+                    cut.update((s_i, u_i))
+                    continue
+                used.update((s_i, u_i))
+                stats.rows_out += 1
+                category = u.get("category")
+                yield pair_row(
+                    [{"role": "user", "content": prompt}],
+                    chosen,
+                    rejected,
+                    dimension=dimension,
+                    source=source,
+                    id=row_id(source, split, members[0][0], k),
+                    meta={
+                        "chosen_row": s_i,
+                        "rejected_row": u_i,
+                        "rejected_harm_categories": sorted(
+                            str(c) for c, v in category.items() if v is True
+                        )
+                        if isinstance(category, Mapping)
+                        else [],
+                    },
+                )
+                k += 1
+        stats.rows_used += len(used)
+        for i, _ in safe + unsafe:
+            if i not in used:
+                stats.drop("capped" if i in cut else IDENTICAL)

@@ -1,0 +1,289 @@
+"""Build the per-dimension preference sets of a ``kind: sources`` data config.
+
+Order of operations for each source (the manifest records the count after each step):
+
+1. load and adapt the whole split (:func:`~.loader.load_source`) -> ``rows_out``;
+2. the TruthfulQA guard, when on (:func:`hhh_bench.data.leakage.drop_truthfulqa_prompts`)
+   -> ``dropped_truthfulqa``, ``rows_after_leakage``;
+3. the cap: ``max_rows`` of the entry, else of the source config, else the data config's
+   ``max_rows_per_source`` -- a cap on *pairs kept per source after filtering*, taken as a seeded
+   uniform sample in dataset order -> ``rows_kept``;
+
+then, over all sources, the prompt-overlap check against the evaluation prompts
+(:func:`hhh_bench.data.leakage.check_overlap`), which fails the run above ``max_overlap``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.data.leakage import (
+    check_overlap,
+    drop_truthfulqa_prompts,
+    normalize_prompt,
+    wants_truthfulqa_guard,
+)
+from hhh_bench.data.schema import DIMENSIONS, PreferenceRow, validate_rows
+from hhh_bench.data.sources.loader import (
+    SOURCE_KEYS,
+    SourceConfigError,
+    cap_rows,
+    load_source,
+    load_source_config,
+    validate_source_config,
+)
+
+LEAKAGE_DEFAULTS: dict[str, Any] = {
+    "drop_truthfulqa_prompts": "auto",
+    "check_overlap": True,
+    "max_overlap": 0,
+}
+
+
+def _plain(cfg: Any) -> Any:
+    """A plain copy of a mapping (callers pass plain dicts: the stages convert their configs)."""
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def resolve_source_entries(
+    data_cfg: Mapping[str, Any], conf_dir: str | Path | None = None
+) -> list[tuple[str, dict[str, Any], int | None]]:
+    """``(dimension, source config, entry max_rows)`` for every entry of ``data_cfg["sources"]``.
+
+    An entry is a source name (``conf/source/<name>.yaml``), a mapping ``{name: ..., <key>:
+    <override>...}`` (the named config with some keys replaced, e.g. ``path`` or ``max_rows``), or
+    a whole inline source config (a mapping with an ``adapter`` key).
+    """
+    cfg = _plain(data_cfg)
+    if cfg.get("kind") != "sources":
+        raise SourceConfigError(
+            f"data config: `kind` must be 'sources' here, got {cfg.get('kind')!r}"
+        )
+    dims = list(cfg.get("dimensions") or [])
+    bad = [d for d in dims if d not in DIMENSIONS]
+    if not dims or bad:
+        raise SourceConfigError(
+            f"data config: `dimensions` must be a non-empty subset of {list(DIMENSIONS)}, "
+            f"got {dims}"
+        )
+    sources = cfg.get("sources")
+    if not isinstance(sources, Mapping):
+        raise SourceConfigError(
+            "data config: `sources` must map each dimension to a list of sources"
+        )
+    extra = sorted(set(sources) - set(dims))
+    if extra:
+        raise SourceConfigError(
+            f"data config: sources given for {extra}, not in `dimensions` {dims}"
+        )
+    out: list[tuple[str, dict[str, Any], int | None]] = []
+    seen: dict[str, str] = {}
+    for dim in dims:
+        entries = sources.get(dim)
+        if not entries:
+            raise SourceConfigError(f"data config: no source listed for dimension {dim!r}")
+        for entry in entries:
+            if isinstance(entry, str):
+                src, entry_cap = load_source_config(entry, conf_dir), None
+            elif isinstance(entry, Mapping) and "adapter" in entry:
+                src = validate_source_config(
+                    {k: entry.get(k) for k in SOURCE_KEYS}, origin=f"inline source under {dim!r}"
+                )
+                entry_cap = None
+            elif isinstance(entry, Mapping) and "name" in entry:
+                src = load_source_config(entry["name"], conf_dir)
+                unknown = sorted(set(entry) - set(SOURCE_KEYS))
+                if unknown:
+                    raise SourceConfigError(
+                        f"data config: entry {entry['name']!r} overrides unknown key(s) {unknown}"
+                    )
+                entry_cap = entry.get("max_rows")
+                src = validate_source_config(
+                    {**src, **dict(entry)}, origin=f"source {entry['name']!r}"
+                )
+            else:
+                raise SourceConfigError(
+                    f"data config: entry {entry!r} under {dim!r} is neither a source name nor a "
+                    "mapping with `name` (or a whole source config with `adapter`)"
+                )
+            if src["dimension"] != dim:
+                raise SourceConfigError(
+                    f"data config: source {src['name']!r} is declared for dimension "
+                    f"{src['dimension']!r} but listed under {dim!r}; list it under "
+                    f"{src['dimension']!r}, or override its `dimension` in the entry "
+                    f"({{name: {src['name']}, dimension: {dim}}})"
+                )
+            if src["name"] in seen:
+                raise SourceConfigError(
+                    f"data config: source {src['name']!r} is listed twice "
+                    f"({seen[src['name']]} and {dim})"
+                )
+            seen[src["name"]] = dim
+            out.append((dim, src, entry_cap))
+    return out
+
+
+def build_preference_sets(
+    data_cfg: Mapping[str, Any],
+    cache_dir: str | Path | None = None,
+    eval_sets: Mapping[str, Sequence[str]] | None = None,
+    *,
+    conf_dir: str | Path | None = None,
+) -> tuple[dict[str, list[PreferenceRow]], dict[str, Any]]:
+    """Load every source of a ``kind: sources`` data config into per-dimension preference sets.
+
+    Args:
+        data_cfg: the data config (``conf/data/paper_3h.yaml``; a dict or an OmegaConf node).
+        cache_dir: the ``datasets`` cache folder; default ``data_cfg["cache_dir"]``.
+        eval_sets: evaluation set name -> its prompts, for the leakage guards; ``None``: the
+            overlap check is skipped and ``drop_truthfulqa_prompts: auto`` resolves to false
+            (both recorded in the manifest).
+        conf_dir: the ``conf/`` folder holding ``source/``; default: the repository's.
+
+    Returns:
+        ``(sets, manifest)``: ``sets[dimension]`` = the rows of its sources, in config order;
+        ``manifest["sources"][name]`` = the source's identity and counts (see the module
+        docstring), ``manifest["dimensions"][dimension]`` = rows per dimension,
+        ``manifest["leakage"]`` = what the guards did (overlap report included).
+
+    Raises:
+        SourceConfigError: an invalid data or source config.
+        SourceUnavailableError: a source is neither reachable nor cached.
+        hhh_bench.data.leakage.LeakageError: prompt overlap above ``leakage.max_overlap``.
+    """
+    cfg = _plain(data_cfg)
+    entries = resolve_source_entries(cfg, conf_dir)
+    cache_dir = cache_dir if cache_dir is not None else cfg.get("cache_dir")
+    if not cache_dir:
+        raise SourceConfigError("no cache_dir: pass one or set `cache_dir` in the data config")
+    seed = cfg.get("seed", 0)
+    default_cap = cfg.get("max_rows_per_source")
+    leakage = {**LEAKAGE_DEFAULTS, **(cfg.get("leakage") or {})}
+    drop_tqa = wants_truthfulqa_guard(leakage["drop_truthfulqa_prompts"], eval_sets)
+
+    sets: dict[str, list[PreferenceRow]] = {dim: [] for dim in cfg["dimensions"]}
+    per_source: dict[str, list[PreferenceRow]] = {}
+    manifest_sources: dict[str, dict[str, Any]] = {}
+    for dim, src, entry_cap in entries:
+        cap = entry_cap if entry_cap is not None else src["max_rows"]
+        cap = cap if cap is not None else default_cap
+        rows, stats = load_source({**src, "max_rows": None}, cache_dir, seed=seed)
+        n_tqa = 0
+        if drop_tqa:
+            rows, n_tqa = drop_truthfulqa_prompts(rows)
+        stats["dropped_truthfulqa"] = n_tqa
+        stats["rows_after_leakage"] = len(rows)
+        rows = cap_rows(rows, cap, f"{seed}/{src['name']}")
+        stats.update({"dimension": dim, "max_rows": cap, "rows_kept": len(rows)})
+        per_source[src["name"]] = rows
+        manifest_sources[src["name"]] = stats
+        sets[dim].extend(rows)
+
+    overlap = None
+    if eval_sets is not None and leakage["check_overlap"]:
+        overlap = check_overlap(per_source, eval_sets, int(leakage["max_overlap"])).as_dict()
+    for dim, rows in sets.items():
+        validate_rows(rows, origin=f"preference set {dim!r}")
+    manifest = {
+        "kind": "sources",
+        "seed": seed,
+        "cache_dir": str(cache_dir),
+        "sources": manifest_sources,
+        "dimensions": {dim: len(rows) for dim, rows in sets.items()},
+        "leakage": {
+            "drop_truthfulqa_prompts": leakage["drop_truthfulqa_prompts"],
+            "truthfulqa_guard_applied": drop_tqa,
+            "dropped_truthfulqa": sum(s["dropped_truthfulqa"] for s in manifest_sources.values()),
+            "eval_sets": sorted(eval_sets) if eval_sets is not None else None,
+            "overlap": overlap,
+            "overlap_checked": overlap is not None,
+        },
+    }
+    return sets, manifest
+
+
+def _prompt_group(row: Mapping[str, Any]) -> str:
+    return "\x1f".join(normalize_prompt(m["content"]) for m in row["prompt"])
+
+
+def split_holdout(
+    rows: Sequence[PreferenceRow], eval_fraction: float, seed: int | str
+) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """Split rows into train and validation, keeping rows that share a prompt together.
+
+    ``eval_fraction`` is the share of *rows* (pairs) held out, reached by whole prompt groups
+    drawn in a seeded order (so it can overshoot by one group). Both parts keep the input order.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    target = round(eval_fraction * len(rows))
+    groups: dict[str, list[int]] = {}
+    for k, row in enumerate(rows):
+        groups.setdefault(_prompt_group(row), []).append(k)
+    order = list(groups)
+    random.Random(f"holdout/{seed}").shuffle(order)
+    held: set[int] = set()
+    for key in order:
+        if len(held) >= target:
+            break
+        held.update(groups[key])
+    train = [r for k, r in enumerate(rows) if k not in held]
+    val = [r for k, r in enumerate(rows) if k in held]
+    return train, val
+
+
+def build_preference_splits(
+    data_cfg: Mapping[str, Any],
+    cache_dir: str | Path | None = None,
+    eval_sets: Mapping[str, Sequence[str]] | None = None,
+    *,
+    conf_dir: str | Path | None = None,
+) -> tuple[dict[str, dict[str, list[PreferenceRow]]], dict[str, Any]]:
+    """:func:`build_preference_sets`, then a ``train``/``validation`` split of each dimension
+    (:func:`split_holdout` with the data config's ``eval_fraction`` and ``seed``).
+
+    Returns:
+        ``({"train": {dim: rows}, "validation": {dim: rows}}, manifest)``; the manifest gains
+        ``splits[dim] = {"train": n, "validation": m}``.
+    """
+    cfg = _plain(data_cfg)
+    sets, manifest = build_preference_sets(cfg, cache_dir, eval_sets, conf_dir=conf_dir)
+    frac = float(cfg.get("eval_fraction", 0.0) or 0.0)
+    out: dict[str, dict[str, list[PreferenceRow]]] = {"train": {}, "validation": {}}
+    for dim, rows in sets.items():
+        out["train"][dim], out["validation"][dim] = split_holdout(
+            rows, frac, f"{cfg.get('seed', 0)}/{dim}"
+        )
+    manifest["eval_fraction"] = frac
+    manifest["splits"] = {
+        dim: {"train": len(out["train"][dim]), "validation": len(out["validation"][dim])}
+        for dim in sets
+    }
+    return out, manifest
+
+
+def source_counts_table(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per source (for the results store / a W&B table): identity, counts in,
+    out, dropped per reason (``dropped_<reason>``), after leakage, kept."""
+    table = []
+    for name, s in manifest.get("sources", {}).items():
+        rec = {
+            "source": name,
+            "dimension": s.get("dimension"),
+            "hub_id": s.get("hub_id"),
+            "revision": s.get("revision"),
+            "rows_in": s.get("rows_in"),
+            "rows_out": s.get("rows_out"),
+            "dropped_truthfulqa": s.get("dropped_truthfulqa", 0),
+            "rows_kept": s.get("rows_kept"),
+        }
+        rec.update({f"dropped_{k}": v for k, v in (s.get("dropped") or {}).items()})
+        table.append(rec)
+    return table

@@ -1,0 +1,509 @@
+"""A thin wrapper around lm-evaluation-harness: our task YAMLs, one model, metrics with stderr.
+
+Our tasks ship as lm-eval YAMLs under ``hhh_bench/evaluation/tasks/`` (``toy3h/``: the toy
+world; ``real/``: HaluEval-QA, XSTest-style and PKU-SafeRLHF-style multiple choice). Their data
+files are only known at run time, so the shipped YAMLs name them by placeholders
+(``${hhh:toy3h_eval}``, ``${hhh:halueval_qa}``, ...) and :func:`materialize_tasks` writes a
+per-run include folder with absolute paths filled in. :func:`evaluate_model` then runs
+``lm_eval.simple_evaluate`` on an ``HFLM`` built around a model object, fully offline.
+
+A user's own task folders (``include_paths``, the eval config's ``eval.include_paths``) are
+templated into the same include folder under ``user/<i>_<folder name>/``: their YAMLs get the same
+placeholders plus ``${hhh:source_dir}`` (the user folder itself, for data kept next to the YAMLs)
+and ``${hhh:shipped_tasks}`` (this package's ``tasks/``, to ``include:`` a shipped template), and
+their ``*.py`` files are copied beside them so ``!function my_utils.fn`` hooks resolve.
+:func:`user_tasks` indexes them (a name clash with a shipped task or another folder is an error)
+and :func:`tasks_fingerprint` hashes their content for a cache key.
+
+Example::
+
+    include = materialize_tasks("runs/x/tasks", {"toy3h_eval": "runs/x/data/abc/eval"})
+    out = evaluate_model(model, tokenizer, ["toy3h_known_qa_test"], include_path=include,
+                         apply_chat_template=True)
+    out["metrics"]["toy3h_known_qa_test"]  # {"acc": .., "acc_stderr": .., "soft": .., "n": 60}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
+_NAME = re.compile(r"^(task|group):\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
+# Where user task folders land inside a materialized include folder.
+USER_SUBDIR = "user"
+# Placeholders every user YAML may use, filled in by materialize_tasks itself.
+USER_PLACEHOLDERS = ("source_dir", "shipped_tasks")
+_SKIP_PARTS = ("__pycache__", ".ipynb_checkpoints")
+
+log = logging.getLogger("hhh_bench")
+
+
+class HarnessResult(TypedDict):
+    """What :func:`evaluate_model` returns.
+
+    Attributes:
+        metrics: per task (or group): ``{metric: value, "<metric>_stderr": value or None,
+            "n": number of documents}``; the filter name is dropped when it is ``none`` and kept as
+            ``metric,filter`` otherwise.
+        samples: per multiple-choice task, one ``{"doc_id", "id", "gold", "lls"}`` per document
+            (the choices' summed log-likelihoods, in choice order); empty if not logged.
+        seconds: wall time of ``simple_evaluate``.
+        config: what was run (tasks, chat template, batch size, limit, lm-eval version).
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    samples: dict[str, list[dict[str, Any]]]
+    seconds: float
+    config: dict[str, Any]
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """Files under ``folder`` matching ``pattern``, sorted, skipping caches and hidden folders."""
+    return [
+        p
+        for p in sorted(folder.rglob(pattern))
+        if p.is_file()
+        and not any(
+            part in _SKIP_PARTS or part.startswith(".") for part in p.relative_to(folder).parts
+        )
+    ]
+
+
+def find_tasks(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """The task and group YAMLs under a folder: ``{name: {"path", "kind", "placeholders"}}``.
+
+    A YAML is a task (group) if it has a top-level ``task: NAME`` (``group: NAME``) line;
+    include-only templates are skipped. ``placeholders`` lists its ``${hhh:NAME}`` data
+    placeholders.
+
+    Raises:
+        ValueError: two YAMLs of the folder define the same name (lm-eval would silently keep
+            one of them).
+    """
+    root = Path(folder)
+    out: dict[str, dict[str, Any]] = {}
+    for path in _files(root, "*.yaml"):
+        text = path.read_text()
+        m = _NAME.search(text)
+        if not m:  # an include-only template
+            continue
+        name = m.group(2)
+        if name in out:
+            raise ValueError(
+                f"lm-eval task {name!r} is defined twice under {root}: {out[name]['path']} and "
+                f"{path}; rename one of them"
+            )
+        out[name] = {
+            "path": path,
+            "kind": m.group(1),
+            "placeholders": sorted(set(PLACEHOLDER.findall(text))),
+        }
+    return out
+
+
+def shipped_tasks() -> dict[str, dict[str, Any]]:
+    """Every task and group YAML we ship: ``{name: {"path", "kind", "placeholders"}}``."""
+    return find_tasks(TASKS_DIR)
+
+
+def _user_folders(include_paths: Sequence[str | Path]) -> list[Path]:
+    """The user task folders as resolved paths; a missing one is an error that names it."""
+    if isinstance(include_paths, (str, Path)):
+        raise TypeError(
+            f"include_paths must be a list of folders, got the single {include_paths!r}"
+        )
+    folders = []
+    for entry in include_paths:
+        path = Path(entry).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"eval.include_paths: {entry!r} is not a folder (resolved to {path}; a relative "
+                "path is taken from the directory hhh-bench was started in)"
+            )
+        folders.append(path)
+    return folders
+
+
+def user_tasks(include_paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """The tasks of the user's task folders, as :func:`find_tasks` plus ``"folder"``.
+
+    ``placeholders`` lists only the data placeholders the caller must supply (not
+    ``source_dir`` / ``shipped_tasks``, which :func:`materialize_tasks` fills in itself).
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: a folder holds no task YAML, or a name is defined twice (in one folder, in
+            two folders, or by a user folder and a shipped task).
+    """
+    shipped = shipped_tasks()
+    out: dict[str, dict[str, Any]] = {}
+    for folder in _user_folders(include_paths):
+        found = find_tasks(folder)
+        if not found:
+            raise ValueError(
+                f"eval.include_paths: no lm-eval task YAML under {folder} (a task YAML has a "
+                "top-level `task: <name>` line)"
+            )
+        for name, info in found.items():
+            clash = shipped.get(name) or out.get(name)
+            if clash:
+                raise ValueError(
+                    f"lm-eval task {name!r} of {info['path']} is already defined by "
+                    f"{clash['path']}; give your task another name"
+                )
+            placeholders = [p for p in info["placeholders"] if p not in USER_PLACEHOLDERS]
+            out[name] = {**info, "placeholders": placeholders, "folder": folder}
+    return out
+
+
+def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
+    """A content hash of the user task folders (every file but caches and hidden ones, by
+    relative path and folder order), for the eval stage's cache key.
+
+    Where a folder lives does not enter the hash; what its files say does, so an edited YAML or
+    hook gives a new key. Data read from elsewhere by absolute path is not covered: name it by a
+    placeholder (``eval.data_files``) to have it hashed.
+    """
+    h = hashlib.sha256()
+    for i, folder in enumerate(_user_folders(include_paths)):
+        for path in _files(folder, "*"):
+            h.update(f"{i}/{path.relative_to(folder).as_posix()}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:12]
+
+
+def _template(text: str, values: Mapping[str, str]) -> str | None:
+    """``text`` with its placeholders filled in, or None if one of them has no value."""
+    if set(PLACEHOLDER.findall(text)) - set(values):
+        return None
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def _escaped(path: str | Path) -> str:
+    """An absolute path JSON-escaped, safe inside the YAMLs' double-quoted strings."""
+    return json.dumps(str(Path(path).resolve()))[1:-1]
+
+
+def materialize_tasks(
+    out_dir: str | Path,
+    data_paths: Mapping[str, str | Path],
+    *,
+    source: str | Path | None = None,
+    include_paths: Sequence[str | Path] = (),
+) -> Path:
+    """Write a per-run lm-eval include folder from the shipped task YAMLs and the user's.
+
+    Each ``${hhh:NAME}`` placeholder is replaced by the absolute path ``data_paths[NAME]``. A YAML
+    whose placeholders are not all given is left out (its data is not part of this run); include-
+    only templates are always copied. Folder structure is kept, so ``include:`` still resolves.
+
+    Each user folder ``include_paths[i]`` is written to ``user/<i>_<folder name>/`` the same way,
+    with two more placeholders: ``${hhh:source_dir}`` (that user folder) and
+    ``${hhh:shipped_tasks}`` (the shipped ``tasks/`` folder, e.g. ``include:
+    "${hhh:shipped_tasks}/toy3h/_toy3h_template.yaml"``); its ``*.py`` files are copied as they
+    are, so relative ``!function`` hooks resolve. Other files are not copied (reach them through
+    ``${hhh:source_dir}``).
+
+    Args:
+        out_dir: the folder to write (created; existing files are overwritten).
+        data_paths: placeholder name -> file or folder, e.g. ``{"toy3h_eval": <data>/eval,
+            "halueval_qa": "halueval_qa.jsonl"}``.
+        source: the folder of YAMLs to template (default: the shipped ``tasks/``).
+        include_paths: folders of the user's own task YAMLs (checked by :func:`user_tasks`).
+
+    Returns:
+        ``out_dir`` as a resolved path, to pass as ``include_path``.
+    """
+    src = Path(source) if source else TASKS_DIR
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    values = {k: _escaped(v) for k, v in data_paths.items()}
+    for path in sorted(src.rglob("*.yaml")):
+        text = _template(path.read_text(), values)
+        if text is None:
+            continue
+        dest = out / path.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+    if include_paths:
+        user_tasks(include_paths)  # missing folders and name clashes fail before any copy
+    for i, folder in enumerate(_user_folders(include_paths)):
+        dest_root = out / USER_SUBDIR / f"{i}_{folder.name}"
+        mine = {**values, "source_dir": _escaped(folder), "shipped_tasks": _escaped(TASKS_DIR)}
+        for path in _files(folder, "*"):
+            if path.suffix == ".yaml":
+                text = _template(path.read_text(), mine)
+            elif path.suffix == ".py":
+                text = path.read_text()
+            else:
+                continue
+            if text is None:
+                continue
+            dest = dest_root / path.relative_to(folder)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+    return out
+
+
+def check_tasks_available(tasks: Sequence[str], include_path: str | Path) -> None:
+    """Raise a clear error for a requested shipped task whose data was not materialized.
+
+    Tasks that are not ours (lm-eval built-ins such as ``truthfulqa_mc2``) are not checked here.
+
+    Raises:
+        ValueError: a shipped task is missing from ``include_path``, naming its data placeholder.
+    """
+    shipped = shipped_tasks()
+    present = {
+        m.group(2) for p in Path(include_path).rglob("*.yaml") if (m := _NAME.search(p.read_text()))
+    }
+    for name in tasks:
+        if name in shipped and name not in present:
+            need = ", ".join(shipped[name]["placeholders"]) or "?"
+            raise ValueError(
+                f"task {name!r} needs data path(s) {need} (set eval.data_files.<name> to the JSONL "
+                f"file; see {shipped[name]['path'].name}), but none was given for this run"
+            )
+
+
+def _unloadable(names: Sequence[str], include_path: str | Path) -> str:
+    """Why lm-eval skipped the YAMLs that define ``names`` (it drops a YAML it cannot load
+    without a word), as text to append to an error; empty if no such YAML is found."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's own loader, as its index uses
+
+    try:
+        found = find_tasks(include_path)
+    except ValueError as e:  # a name defined twice
+        return f"; {e}"
+    notes = []
+    for name in names:
+        if name not in found:
+            continue
+        path = found[name]["path"]
+        try:
+            load_yaml(path, resolve_func=True, recursive=True)
+        except Exception as e:  # what lm-eval swallowed
+            notes.append(f"{path} defines {name!r} but lm-eval cannot load it: {e}")
+        else:
+            notes.append(f"{path} defines {name!r} and loads; check its fields")
+    return ("; " + "; ".join(notes)) if notes else ""
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """lm-eval's INFO logs off for one call (its warnings still show)."""
+    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
+    levels = [lg.level for lg in loggers]
+    if enabled:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for lm-eval's ``"N/A"`` and other non-numbers."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _sample_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of a mean (sample std with ddof=1 over sqrt(n)), as lm-eval's ``mean``."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
+
+
+def parse_results(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, list]]:
+    """Turn ``simple_evaluate``'s output into ``(metrics, samples)`` (see :class:`HarnessResult`).
+
+    A stderr lm-eval did not compute (``bootstrap_iters=0`` gives ``"N/A"``) is filled from the
+    logged per-document values when the metric is a mean of them, which is every metric of our
+    tasks; otherwise it stays None.
+    """
+    n_samples = raw.get("n-samples", {})
+    logged = raw.get("samples") or {}
+    metrics: dict[str, dict[str, Any]] = {}
+    for task, res in raw["results"].items():
+        row: dict[str, Any] = {}
+        for key, value in res.items():
+            if key == "alias" or "," not in key:
+                continue
+            name, filt = key.split(",", 1)
+            is_stderr = name.endswith("_stderr")
+            base = name[: -len("_stderr")] if is_stderr else name
+            label = base if filt == "none" else f"{base},{filt}"
+            row[f"{label}_stderr" if is_stderr else label] = _num(value)
+        for label in [k for k in row if not k.endswith("_stderr")]:
+            if row.get(f"{label}_stderr") is None and task in logged:
+                vals = [_num(s.get(label)) for s in logged[task]]
+                row[f"{label}_stderr"] = (
+                    _sample_stderr([v for v in vals if v is not None])
+                    if vals and all(v is not None for v in vals)
+                    else None
+                )
+        n = n_samples.get(task, {})
+        if n:
+            row["n"] = int(n.get("effective", n.get("original", 0)))
+        elif task in logged:
+            row["n"] = len(logged[task])
+        metrics[task] = row
+    for group, members in (raw.get("group_subtasks") or {}).items():
+        if group in metrics and "n" not in metrics[group]:
+            metrics[group]["n"] = sum(int(metrics.get(t, {}).get("n", 0)) for t in members)
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for task, docs in logged.items():
+        rows = []
+        for s in docs:
+            resps = s.get("filtered_resps") or s.get("resps") or []
+            try:
+                lls = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in resps]
+            except (TypeError, ValueError, IndexError):
+                break  # not a log-likelihood task (e.g. generate_until): keep no compact log
+            doc = s.get("doc") or {}
+            rows.append(
+                {
+                    "doc_id": s.get("doc_id"),
+                    "id": doc.get("id"),
+                    "gold": s.get("target"),
+                    "lls": lls,
+                }
+            )
+        else:
+            samples[task] = rows
+    return metrics, samples
+
+
+def evaluate_model(
+    model_or_path: Any,
+    tokenizer: Any = None,
+    tasks: Sequence[str] = (),
+    *,
+    include_path: str | Path | None = None,
+    apply_chat_template: bool = False,
+    batch_size: int | str = 32,
+    limit: int | float | None = None,
+    device: str = "cpu",
+    include_defaults: bool = False,
+    bootstrap_iters: int = 0,
+    log_samples: bool = True,
+    dtype: str | None = "auto",
+    trust_remote_code: bool = False,
+    quiet: bool = True,
+) -> HarnessResult:
+    """Evaluate one model on lm-eval tasks, offline; per-task metrics with stderr.
+
+    Args:
+        model_or_path: a loaded ``transformers`` causal LM, or a local folder / hub id (loaded
+            with :func:`hhh_bench.models.load_causal_lm`, safetensors only).
+        tokenizer: the model's tokenizer (loaded from ``model_or_path`` when None and it is a
+            path).
+        tasks: lm-eval task or group names (ours from ``include_path``, built-ins when
+            ``include_defaults``).
+        include_path: a folder of task YAMLs, usually from :func:`materialize_tasks`.
+        apply_chat_template: render each prompt with the tokenizer's chat template (chat models;
+            the toy tokenizer has one). lm-eval then drops the space between prompt and answer,
+            which the template's trailing space supplies.
+        batch_size: lm-eval batch size (an int, or ``"auto"``).
+        limit: documents per task (int) or share of them (float < 1); None for all.
+        device: torch device of the model.
+        include_defaults: also index lm-eval's ~15k built-in YAMLs (needed for ``truthfulqa_mc2``,
+            ``mmlu`` ...; costs seconds).
+        bootstrap_iters: lm-eval's bootstrap draws for stderrs; 0 skips them (stderrs of mean
+            metrics are then computed from the per-document values, exactly as lm-eval would).
+        log_samples: keep per-document results (needed for the stderr fill and ``samples``).
+        dtype: dtype policy when loading from a path.
+        trust_remote_code: when loading from a path.
+        quiet: lower lm-eval's log level to WARNING during the run.
+
+    Returns:
+        A :class:`HarnessResult`.
+
+    Raises:
+        ValueError: no tasks, a missing chat template, or an unknown task name.
+    """
+    if not tasks:
+        raise ValueError("evaluate_model: no tasks given")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model = model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        from hhh_bench.models import load_causal_lm, load_tokenizer
+
+        model = load_causal_lm(
+            model_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        raise ValueError("evaluate_model: pass the tokenizer of an in-memory model")
+    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "apply_chat_template=True but the tokenizer has no chat template; set "
+            "eval.apply_chat_template=false for a base (non-chat) model"
+        )
+    if include_path is not None:
+        check_tasks_available(tasks, include_path)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    with _quiet(quiet):
+        tm = TaskManager(
+            include_path=str(include_path) if include_path else None,
+            include_defaults=include_defaults,
+        )
+        unknown = [t for t in tasks if t not in set(tm.all_tasks)]
+        if unknown:
+            where = f"{include_path}" + (" and lm-eval's built-ins" if include_defaults else "")
+            broken = _unloadable(unknown, include_path) if include_path else ""
+            raise ValueError(f"unknown lm-eval task(s) {unknown} (looked in {where}){broken}")
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        raw = simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=tm,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=log_samples,
+            apply_chat_template=apply_chat_template,
+            batch_size=batch_size,
+            device=device,
+        )
+    seconds = time.perf_counter() - t0
+    if was_training:
+        model.train()
+    if raw is None:  # only on non-zero ranks of a distributed run
+        raise RuntimeError("lm-eval returned no results (non-primary rank?)")
+    metrics, samples = parse_results(raw)
+    import lm_eval
+
+    config = {
+        "tasks": list(tasks),
+        "apply_chat_template": apply_chat_template,
+        "batch_size": batch_size,
+        "limit": limit,
+        "bootstrap_iters": bootstrap_iters,
+        "include_defaults": include_defaults,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+    }
+    return {"metrics": metrics, "samples": samples, "seconds": round(seconds, 3), "config": config}

@@ -1,0 +1,95 @@
+"""The sweep cache: a method's ``precompute`` results on disk, reused across sweeps of λ, weights
+and the other knobs that ``compose`` alone depends on.
+
+One safetensors file per (inputs, method, knobs, tensor, plan entry). Each file carries, in its
+metadata, its own key and a SHA-256 over (key, tensor names, dtypes, shapes, bytes): an entry
+that is truncated, corrupted, or another entry's file copied into its place is detected on
+read, deleted with a warning and recomputed, never used. Least-recently-used entries are evicted
+beyond ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def content_digest(key: str, tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the key and every tensor's name, dtype, shape and bytes (sorted by name)."""
+    h = hashlib.sha256(key.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"\x00{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+class SweepCache:
+    """``precompute`` results on disk (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, max_bytes: int) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self.rejected = 0
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        """The entry of ``key``, or None (absent, or failed its checksum: then deleted)."""
+        p = self.path(key)
+        if not p.is_file():
+            self.misses += 1
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt") as h:
+                meta = h.metadata() or {}
+                tensors = {k: h.get_tensor(k) for k in h.keys()}  # noqa: SIM118
+            ok = meta.get("key") == key and meta.get("sha256") == content_digest(key, tensors)
+        except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
+            ok, tensors = False, {}
+            log.debug("sweep cache entry %s unreadable: %s", p, e)
+        if not ok:
+            log.warning(
+                "sweep cache entry %s failed its checksum (corrupted or replaced); recomputing it",
+                p,
+            )
+            p.unlink(missing_ok=True)
+            self.rejected += 1
+            self.misses += 1
+            return None
+        os.utime(p)  # LRU: touch on use
+        self.hits += 1
+        return tensors
+
+    def put(self, key: str, tensors: Mapping[str, Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        save_file(cpu, str(tmp), metadata={"key": key, "sha256": content_digest(key, cpu)})
+        tmp.replace(p)
+
+    def evict(self) -> None:
+        files = sorted(self.folder.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime)
+        total = sum(f.stat().st_size for f in files)
+        while files and total > self.max_bytes:
+            f = files.pop(0)
+            total -= f.stat().st_size
+            f.unlink(missing_ok=True)

@@ -1,0 +1,303 @@
+"""The one merge driver: statistics pass → plan → precompute (cached) → compose → sink.
+
+The in-memory API (:mod:`hhh_bench.merging.api`), the streaming engine
+(:mod:`hhh_bench.merging.engine`) and the diagnostics all run through :func:`iter_task_vectors`
+and :func:`run_merge` over the same :class:`~hhh_bench.merging.sources.TensorSource` inputs;
+what differs is the sink (a dict, or safetensors shards written as tensors arrive).
+
+Reading overlaps compute: while one tensor is merged, a reader thread loads the next one's
+inputs (within a byte budget, so the largest tensors are never held twice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hhh_bench.merging.base import (
+    CommonParams,
+    MergeMethod,
+    validate_tensors,
+)
+from hhh_bench.merging.cache import SweepCache
+from hhh_bench.merging.sources import LoraAdapter, TensorSource
+from hhh_bench.merging.taskvec import LowRank, TaskVectors
+from hhh_bench.provenance import config_hash
+
+Sink = Callable[[str, Tensor], None]
+"""Receives each merged tensor (name, θ) as soon as it is made."""
+
+PREFETCH_BYTES = 512 << 20
+"""Inputs of the next tensor are read ahead only when they fit in this many bytes."""
+
+
+@dataclass
+class Inputs:
+    """Opened and checked inputs of a merge: the base, the T finetuned sources, the keys in
+    merge order and the vocabulary-policy decisions (``{key: "base" | "truncate"}``)."""
+
+    base: TensorSource
+    models: list[TensorSource]
+    keys: list[str]
+    decisions: dict[str, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for m in (self.base, *self.models):
+            m.close()
+
+
+def fast_validate(name: str, base: Tensor, fts: Sequence[Tensor]) -> None:
+    """``validate_tensors`` with a fast path: when every tensor is floating with the base's dtype
+    and shape and its sum is finite (a NaN or Inf anywhere makes the sum NaN or Inf), nothing can
+    fail. A non-finite sum (a bad value, or a float16 sum that overflowed) runs the full check,
+    which names the model and counts the bad values."""
+    if (
+        fts
+        and base.is_floating_point()
+        and all(
+            isinstance(t, Tensor) and t.dtype == base.dtype and t.shape == base.shape for t in fts
+        )
+    ):
+        acc = torch.float32 if base.dtype in (torch.float16, torch.bfloat16) else None
+        if all(bool(torch.isfinite(t.sum(dtype=acc))) for t in (base, *fts)):
+            return
+    validate_tensors(name, base, fts)
+
+
+def check_finite(name: str, t: Tensor, what: str = "the merged tensor") -> None:
+    """Raise ``ValueError`` naming ``name`` when ``t`` holds NaN or Inf (fast path: the sum)."""
+    if not t.is_floating_point():
+        return
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return
+    bad = t.numel() - int(torch.isfinite(t).sum())
+    if bad:
+        raise ValueError(
+            f"parameter {name!r}: {what} holds {bad} NaN/Inf value(s) (overflow: lower the "
+            "scaling or the weights, or write float32 / bfloat16 instead of float16)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one parameter
+
+
+@dataclass(frozen=True)
+class Update:
+    """A task vector as an adapter gives it (already τ, not a weight): LoRA factors, a dense
+    update (a LoRA bias), or None for τ = 0 (a parameter the adapter leaves untouched)."""
+
+    tau: LowRank | Tensor | None
+
+
+@dataclass
+class Raw:
+    """One parameter's inputs as read: the base tensor and, per model, its full weight or an
+    :class:`Update`; ``fts`` is None when the finetuned models were not read (a cache hit needs
+    only θ0)."""
+
+    base: Tensor
+    fts: list[Tensor | Update] | None
+
+
+def read_raw(inputs: Inputs, key: str, need_finetuned: bool = True) -> Raw:
+    b = inputs.base.get(key)
+    if not need_finetuned:
+        return Raw(b, None)
+    fts: list[Tensor | Update] = []
+    for m in inputs.models:
+        if isinstance(m, LoraAdapter):
+            fts.append(Update(m.task_vector(key)))
+        else:
+            t = m.get(key)
+            if isinstance(t, LowRank):  # an in-memory LoRA update (merge_tensors)
+                fts.append(Update(t))
+                continue
+            if inputs.decisions.get(key) == "truncate":
+                t = t[: b.shape[0]]
+            fts.append(t)
+    return Raw(b, fts)
+
+
+def task_vectors_from_raw(
+    key: str, raw: Raw, dtype: torch.dtype, device: torch.device | str
+) -> TaskVectors:
+    """Validate the full weights of ``raw`` and build the parameter's :class:`TaskVectors`: a
+    preallocated stack for full weights; LoRA factors kept as they are; τ = 0 where an adapter
+    leaves the parameter untouched. ``raw.fts`` is released (the task vectors hold what is
+    needed)."""
+    assert raw.fts is not None
+    base = raw.base
+    full = [t for t in raw.fts if isinstance(t, Tensor)]
+    if full:
+        fast_validate(key, base, full)
+    if len(full) == len(raw.fts):
+        raw.fts = None
+        return TaskVectors.from_weights(base, full, dtype, device)
+    dev = torch.device(device)
+    b = base.to(device=dev, dtype=dtype)
+    items: list[Tensor | LowRank] = []
+    for t in raw.fts:
+        if isinstance(t, Tensor):
+            items.append(t.to(device=dev, dtype=dtype) - b)
+        elif t.tau is None:
+            zero = LowRank.zero(base.shape, dtype) if base.dim() == 2 else torch.zeros_like(b)
+            items.append(zero.to(dtype, dev) if isinstance(zero, LowRank) else zero)
+        elif isinstance(t.tau, LowRank):
+            items.append(t.tau.to(dtype, dev))
+        else:
+            items.append(t.tau.to(device=dev, dtype=dtype))
+    raw.fts = None
+    return TaskVectors(items, base.shape, dtype, dev)
+
+
+def iter_raw(
+    inputs: Inputs,
+    keys: Sequence[str],
+    need_finetuned: Callable[[str], bool] | None = None,
+    prefetch: bool = True,
+) -> Iterator[tuple[str, Raw]]:
+    """(key, :class:`Raw`) for each key; the next key's inputs are read by a background thread
+    while the caller works on the current one, when both fit :data:`PREFETCH_BYTES`."""
+    need = need_finetuned or (lambda k: True)
+
+    def load(k: str) -> Raw:
+        return read_raw(inputs, k, need(k))
+
+    if not prefetch or len(keys) < 2:
+        for k in keys:
+            yield k, load(k)
+        return
+    sizes = [_input_bytes(inputs, k) for k in keys]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hhh-read") as pool:
+        pending: Future[Raw] | None = pool.submit(load, keys[0])
+        for i, k in enumerate(keys):
+            raw = pending.result() if pending is not None else load(k)
+            nxt = i + 1
+            fits = nxt < len(keys) and sizes[i] + sizes[nxt] <= PREFETCH_BYTES
+            pending = pool.submit(load, keys[nxt]) if fits else None
+            yield k, raw
+            del raw
+
+
+def _input_bytes(inputs: Inputs, key: str) -> int:
+    n = math.prod(inputs.base.shape(key)) * inputs.base.dtype(key).itemsize
+    return n * (1 + len(inputs.models))
+
+
+# ---------------------------------------------------------------------------------------------
+# The merge
+
+
+@dataclass
+class MergeStats:
+    tensors: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def plan_merge(
+    method: MergeMethod[Any],
+    params: CommonParams,
+    inputs: Inputs,
+    *,
+    progress: Callable[[Iterator[Any], str, int], Iterator[Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The method's plan: a first pass of :meth:`~MergeMethod.tensor_stats` over every floating
+    tensor when the method needs one, else ``{}``."""
+    if not method.needs_global_pass(params):
+        return {}
+    keys = [k for k in inputs.keys if inputs.decisions.get(k) != "base"]
+    stats: dict[str, Any] = {}
+    it: Iterator[tuple[str, Raw]] = iter_raw(inputs, keys)
+    if progress is not None:
+        it = progress(it, "statistics pass", len(keys))
+    for k, raw in it:
+        if not raw.base.is_floating_point():
+            continue
+        taus = task_vectors_from_raw(k, raw, params.dtype, params.device)
+        s = method.tensor_stats(k, raw.base, taus, params)
+        if s is not None:
+            stats[k] = s
+    return method.plan(stats, params)
+
+
+def run_merge(
+    method: MergeMethod[Any],
+    params: CommonParams,
+    inputs: Inputs,
+    sink: Sink,
+    *,
+    plan: Mapping[str, Mapping[str, Any]] | None = None,
+    cache: SweepCache | None = None,
+    cache_prefix: str = "",
+    progress: Callable[[Iterator[Any], str, int], Iterator[Any]] | None = None,
+    desc: str = "merging",
+) -> MergeStats:
+    """Merge every key of ``inputs`` and hand each result to ``sink``.
+
+    Floating tensors: precompute (from the cache when ``cache`` holds an entry for this key,
+    reading no finetuned tensor) then compose; non-floating buffers must be equal across models
+    and are taken from the base; vocabulary-policy ``base`` keys keep θ0. Every merged floating
+    tensor is checked for NaN/Inf before it reaches the sink.
+    """
+    stats = MergeStats(plan=dict(plan) if plan is not None else {})
+    if plan is None:
+        stats.plan = plan_merge(method, params, inputs, progress=progress)
+
+    def ckey(k: str) -> str:
+        return config_hash(
+            {"prefix": cache_prefix, "tensor": k, "plan": stats.plan.get(k, {})}, length=40
+        )
+
+    def need_finetuned(k: str) -> bool:
+        if inputs.decisions.get(k) == "base":
+            return False
+        return cache is None or not cache.path(ckey(k)).is_file()
+
+    it: Iterator[tuple[str, Raw]] = iter_raw(inputs, inputs.keys, need_finetuned)
+    if progress is not None:
+        it = progress(it, desc, len(inputs.keys))
+    for k, raw in it:
+        b = raw.base
+        if inputs.decisions.get(k) == "base":
+            merged = b
+        elif not b.is_floating_point():
+            if raw.fts is None:
+                raw = read_raw(inputs, k)
+            validate_tensors(k, b, [_as_weight(t, b) for t in raw.fts or []])
+            merged = b
+        else:
+            entry = stats.plan.get(k, {})
+            key = ckey(k) if cache is not None else ""
+            pre = cache.get(key) if cache is not None else None
+            if pre is None:
+                if raw.fts is None:
+                    raw = read_raw(inputs, k)
+                taus = task_vectors_from_raw(k, raw, params.dtype, params.device)
+                pre = method.precompute(k, b, taus, params, entry)
+                del taus
+                if cache is not None:
+                    cache.put(key, pre)
+            merged = method.compose(k, b, pre, params, entry)
+            del pre
+            check_finite(k, merged)
+        sink(k, merged)
+        stats.tensors += 1
+        del merged, raw
+    if cache is not None:
+        stats.cache_hits, stats.cache_misses = cache.hits, cache.misses
+    return stats
+
+
+def _as_weight(t: Tensor | Update, base: Tensor) -> Tensor:
+    """A finetuned model's tensor for the validation of a non-floating buffer (an adapter never
+    changes one)."""
+    return t if isinstance(t, Tensor) else base

@@ -1,0 +1,149 @@
+"""The linear algebra of the SVD merges (TSV-M, RESM, the diagnostics): well-posed and fast.
+
+**Numerical rank.** A task vector of rank ρ in an m × n matrix has min(m, n) − ρ singular values
+that are zero up to rounding; their singular vectors are arbitrary (any orthonormal basis of the
+null space) and change completely under a 1e-9 perturbation of the input. TSV-M's polar step
+orthogonalises the stacked singular vectors of all tasks, so one arbitrary vector rotates all
+the real ones. Hence every top-k decomposition here keeps only the directions with
+
+    σ_i > cutoff · σ_1,   cutoff = ``rtol``, or max(m, n) · ε_float32 when ``rtol`` is None
+
+(ε_float32 ≈ 1.19e-7: the rounding floor of a float32 task vector, whatever the compute dtype,
+so float32 and float64 runs keep the same directions; ``torch.linalg.matrix_rank``'s rule with
+float32's ε). k_t = min(k, numerical rank of τ_t).
+
+**Dense task vectors** (:func:`top_svd` on a tensor): the top-k triplets from an
+eigendecomposition of the Gram matrix of the smaller side in float64 (τᵀτ = V Σ² Vᵀ, U = τVΣ⁻¹),
+not a full SVD of τ: the Gram is one matrix product, its ``eigh`` costs less than an SVD of τ, and
+float64 keeps every singular value above the cutoff accurate (the Gram's rounding floor is
+√(ε_float64·r)·σ_1 ≈ 1e-6·σ_1 at r = 4096, far below the cutoff of 4.9e-4·σ_1 there).
+
+**LoRA task vectors** (:class:`~hhh_bench.merging.taskvec.LowRank`, τ = s·B·A): the exact thin
+SVD from the factors, B = Q_B R_B and Aᵀ = Q_A R_A (QR), C = s·R_B R_Aᵀ = U_c Σ V_cᵀ (an r × r
+SVD), U = Q_B U_c, V = Q_A V_c: O((m + n)·r²), the m × n matrix is never formed.
+
+**Polar factor** (:func:`polar`): X (XᵀX)^(-1/2) from the eigendecomposition of the small K × K
+Gram XᵀX (float64), not an SVD of the m × K stack. Where the stack is rank-deficient (two tasks
+sharing a direction exactly), eigenvalues λ = σ²(X) below cutoff²·λ_max are left out (pseudo-inverse
+square root): the result is then the polar factor on the stack's column space, a well-defined
+answer where the exact polar factor is not unique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from hhh_bench.merging.taskvec import LowRank, TaskVector
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+GRAM_DTYPE = torch.float64
+
+
+def rank_cutoff(shape: Sequence[int], rtol: float | None = None) -> float:
+    """The relative singular-value cutoff of a matrix of ``shape``: ``rtol``, or
+    max(m, n)·ε_float32 when None."""
+    if rtol is not None:
+        return float(rtol)
+    return max(int(d) for d in shape) * EPS32
+
+
+def numerical_rank(s: Tensor, shape: Sequence[int], rtol: float | None = None) -> int:
+    """How many singular values ``s`` (descending) exceed :func:`rank_cutoff`·σ_1."""
+    if s.numel() == 0:
+        return 0
+    top = float(s[0])
+    if not top > 0.0:
+        return 0
+    return int((s > rank_cutoff(shape, rtol) * top).sum())
+
+
+def _empty(m: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    return (
+        torch.zeros(m, 0, dtype=dtype, device=device),
+        torch.zeros(0, dtype=dtype, device=device),
+        torch.zeros(n, 0, dtype=dtype, device=device),
+    )
+
+
+def _dense_top_svd(tau: Tensor, k: int, rtol: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    m, n = tau.shape
+    x = tau.to(GRAM_DTYPE)
+    left = m <= n  # Gram of the smaller side: x xᵀ (m × m) gives U, else xᵀ x (n × n) gives V
+    gram = x @ x.T if left else x.T @ x
+    evals, evecs = torch.linalg.eigh(gram)  # ascending
+    lam = evals.flip(0).clamp(min=0.0)
+    vecs = evecs.flip(1)
+    s_all = lam.sqrt()
+    keep = min(k, numerical_rank(s_all, tau.shape, rtol))
+    if keep == 0:
+        return _empty(m, n, GRAM_DTYPE, tau.device)
+    s = s_all[:keep]
+    w = vecs[:, :keep]
+    if left:
+        u, v = w, (x.T @ w) / s
+    else:
+        u, v = (x @ w) / s, w
+    return u, s, v
+
+
+def _lowrank_top_svd(tau: LowRank, k: int, rtol: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    m, n = tau.shape
+    device = tau.b.device
+    if tau.rank == 0 or tau.scale == 0.0:
+        return _empty(m, n, GRAM_DTYPE, device)
+    qb, rb = torch.linalg.qr(tau.b.to(GRAM_DTYPE))
+    qa, ra = torch.linalg.qr(tau.a.to(GRAM_DTYPE).T)
+    uc, s_all, vch = torch.linalg.svd(tau.scale * (rb @ ra.T))
+    keep = min(k, numerical_rank(s_all, (m, n), rtol))
+    if keep == 0:
+        return _empty(m, n, GRAM_DTYPE, device)
+    return qb @ uc[:, :keep], s_all[:keep], qa @ vch[:keep].T
+
+
+def top_svd(tau: TaskVector, k: int, rtol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The top min(k, numerical rank) singular triplets (U (m × k_t), σ (k_t,), V (n × k_t)) of a
+    dense or low-rank task vector, σ descending, in float64 (see the module docstring)."""
+    if k < 0:
+        raise ValueError(f"top_svd: k must be >= 0, got {k}")
+    if isinstance(tau, LowRank):
+        return _lowrank_top_svd(tau, k, rtol)
+    if tau.dim() != 2:
+        raise ValueError(f"top_svd: expected a matrix, got shape {tuple(tau.shape)}")
+    if k == 0:
+        return _empty(tau.shape[0], tau.shape[1], GRAM_DTYPE, tau.device)
+    return _dense_top_svd(tau, k, rtol)
+
+
+def capped_rank(tau: TaskVector, k: int, rtol: float | None = None) -> int:
+    """min(k, numerical rank of τ), cheaply: from the r × r core for LoRA factors; for a dense τ
+    from a seeded Gaussian sketch Y = τΩ with k + 8 columns (float64), whose numerical rank is
+    min(k + 8, rank τ) with probability 1. RESM caps the directions it keeps from a reweighted τ'
+    by this, so that clipping cannot add directions τ never had."""
+    m, n = tau.shape
+    if isinstance(tau, LowRank):
+        return top_svd(tau, k, rtol)[1].numel()
+    cols = min(k + 8, m, n)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    omega = torch.randn(n, cols, generator=g, dtype=GRAM_DTYPE).to(tau.device)
+    s = torch.linalg.svdvals(tau.to(GRAM_DTYPE) @ omega)
+    return min(k, numerical_rank(s, (m, n), rtol))
+
+
+def polar(x: Tensor, rtol: float | None = None) -> Tensor:
+    """The orthonormal polar factor X (XᵀX)^(-1/2) of an m × K matrix, through the K × K Gram in
+    float64; eigenvalues below cutoff²·λ_max are left out (see the module docstring). Returned in
+    ``x``'s dtype."""
+    if x.shape[1] == 0:
+        return x.clone()
+    x64 = x.to(GRAM_DTYPE)
+    evals, evecs = torch.linalg.eigh(x64.T @ x64)
+    top = float(evals[-1])
+    if not top > 0.0:
+        return torch.zeros_like(x)
+    keep = evals > rank_cutoff(x.shape, rtol) ** 2 * top  # λ = σ² of X: the cutoff on σ, squared
+    w = evecs[:, keep]
+    inv_sqrt = (w * evals[keep].rsqrt()) @ w.T
+    return (x64 @ inv_sqrt).to(x.dtype)

@@ -1,0 +1,10 @@
+"""One module per merge method; importing this package registers them all."""
+
+from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
+    dare,
+    resm,
+    task_arithmetic,
+    ties,
+    tsv,
+    weight_average,
+)

@@ -1,0 +1,200 @@
+"""TIES-merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
+arXiv:2306.01708, Algorithm 1).
+
+For each task vector (scaled by its weight, see below):
+
+1. **Trim**: keep the k = int(density·n) entries of largest |τ_t|, zero the rest. With
+   ``scope: tensor`` (default) n is the tensor's size and the top k is exact (``torch.topk``;
+   ties between equal magnitudes are broken by ``topk``); with ``scope: global`` the threshold is
+   chosen over the whole model (n = all floating entries), as the paper and FusionBench do.
+2. **Elect**: γ = sign(Σ_t τ̂_t) per entry, a zero sum counting as + (peft's and mergekit's
+   ``>= 0``).
+3. **Disjoint mean**: τ_m = Σ_t τ̂_t·[sign τ̂_t = γ] / max(1, #{t: sign τ̂_t = γ}); zeros never
+   count as agreeing.
+
+Then θ = θ0 + λ·τ_m.
+
+Weights: ``weights`` w_t make this TIES applied to w_t·τ_t. Trimming is unchanged by the scale of
+one model, so w_t acts on the election and the mean: γ = sign(Σ_t w_t τ̂_t) and
+τ_m = Σ_t w_t τ̂_t·[agree] / #agree. With equal weights this is exactly
+``peft.utils.merge_utils.ties`` (peft elects the sign from the unweighted τ̂ and multiplies the
+weights in after; mergekit elects from the weighted τ̂ like us but divides by Σ w_t over agreeing
+models when ``normalize`` is set). A zero weight removes a model entirely.
+
+``scope: global`` deviations from FusionBench's ``ties_merging``: FusionBench keeps the entries
+with |τ| >= the (n−k)-th smallest magnitude, i.e. k + 1 entries (one extra; more with ties), and
+breaks a zero sign sum by the majority sign; we keep k and break ties to +. To be computable in
+a streaming pass, magnitudes are ranked at bfloat16 resolution (the top 16 bits of the float32
+bit pattern of |τ|, 8 significant bits): the threshold is the k-th largest such key, and every
+entry whose key reaches it is kept, so at most the entries sharing the threshold's bin (relative
+width 2⁻⁷) are kept beyond k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hhh_bench.merging.base import (
+    CommonParams,
+    FunctionMethod,
+    PlanEntry,
+    TaskVectors,
+    merge_function,
+    param,
+)
+
+KEEP_NONE = 1 << 16
+"""A magnitude-key threshold above every key: nothing is kept (k = 0)."""
+
+
+def magnitude_key(x: Tensor) -> Tensor:
+    """|x| at bfloat16 resolution as an int32 key (monotone in |x|): the float32 bit pattern of
+    |x| shifted right by 16 bits."""
+    return x.abs().to(torch.float32).view(torch.int32) >> 16
+
+
+def trim_topk(tau: Tensor, density: float) -> Tensor:
+    """``tau`` with all but its k = int(density·numel) largest-magnitude entries set to 0 (the
+    rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``). ``torch.topk``
+    with ``sorted=False`` selects the k entries without sorting the tensor."""
+    n = tau.numel()
+    k = int(density * n)
+    if k >= n:
+        return tau.clone()
+    flat = tau.reshape(-1)
+    out = torch.zeros_like(flat)
+    if k > 0:
+        idx = torch.topk(flat.abs(), k, largest=True, sorted=False).indices
+        out[idx] = flat[idx]
+    return out.view_as(tau)
+
+
+def trim_threshold(tau: Tensor, key_threshold: int) -> Tensor:
+    """``tau`` with the entries whose :func:`magnitude_key` is below ``key_threshold`` set to 0."""
+    return tau * (magnitude_key(tau) >= key_threshold)
+
+
+def elect_sign(weighted: Tensor) -> Tensor:
+    """γ = sign(Σ_t x_t) over dim 0 of a (T, *shape) stack, +1 where the sum is 0."""
+    return torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
+
+
+def disjoint_mean(weighted: Tensor, elected: Tensor) -> Tensor:
+    """Mean over dim 0 of the entries whose sign equals ``elected`` (0 where none does)."""
+    agree = torch.sign(weighted) == elected
+    num = (weighted * agree).sum(dim=0)
+    return num / agree.sum(dim=0, dtype=weighted.dtype).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class TiesParams(CommonParams):
+    """TIES hyperparameters."""
+
+    density: float = param(
+        0.2,
+        "Fraction of each task vector's entries kept (largest |τ|), k = int(density·n); the "
+        "paper's default top-20%.",
+    )
+    scope: str = param(
+        "tensor",
+        "Where the top-k is taken: per tensor (peft, mergekit) or over the whole model (TIES "
+        "paper, FusionBench; needs a first pass).",
+        choices=("tensor", "global"),
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"merge parameter 'density' must be in (0, 1], got {self.density}")
+
+
+def global_thresholds(
+    stats: Mapping[str, Mapping[str, Any]], density: float
+) -> dict[str, PlanEntry]:
+    """The per-task key thresholds that keep k = int(density·N) entries of each task vector over
+    all tensors of ``stats`` (N = their total size); every tensor gets the same entry."""
+    if not stats:
+        return {}
+    first = next(iter(stats.values()))
+    num_models = len(first["keys"])
+    total = sum(int(s["numel"]) for s in stats.values())
+    k = int(density * total)
+    thresholds = []
+    for t in range(num_models):
+        keys = torch.cat([s["keys"][t].to(torch.int64) for s in stats.values()])
+        counts = torch.cat([s["counts"][t].to(torch.int64) for s in stats.values()])
+        uniq, inverse = torch.unique(keys, return_inverse=True)  # ascending
+        tot = torch.zeros(len(uniq), dtype=torch.int64).index_add_(0, inverse, counts)
+        kept_from_top = tot.flip(0).cumsum(0)  # entries with key >= uniq.flip(0)[i]
+        if k == 0:
+            thresholds.append(KEEP_NONE)
+        else:
+            i = int(torch.searchsorted(kept_from_top, torch.tensor(k)))
+            thresholds.append(int(uniq.flip(0)[i]))
+    entry = {"thresholds": thresholds, "k": k, "total": total}
+    return {name: dict(entry) for name in stats}
+
+
+class TiesMethod(FunctionMethod[TiesParams]):
+    """TIES's trim step (the cached ``prepare``): per tensor, or with ``scope: global`` from
+    the thresholds planned over every tensor in a first pass."""
+
+    def needs_global_pass(self, params: TiesParams) -> bool:
+        return params.scope == "global"
+
+    def tensor_stats(
+        self, name: str, base: Tensor, taus: TaskVectors, params: TiesParams
+    ) -> dict[str, Any] | None:
+        keys, counts = [], []
+        for tau in taus.stack():
+            k, c = torch.unique(magnitude_key(tau).reshape(-1), return_counts=True)
+            keys.append(k.cpu())
+            counts.append(c.cpu())
+        return {"numel": base.numel(), "keys": keys, "counts": counts}
+
+    def plan(
+        self, stats: Mapping[str, Mapping[str, Any]], params: TiesParams
+    ) -> dict[str, PlanEntry]:
+        return global_thresholds(stats, params.density) if params.scope == "global" else {}
+
+    def prepared(
+        self, name: str, taus: TaskVectors, params: TiesParams, plan_entry: Mapping[str, Any]
+    ) -> Tensor:
+        stack = taus.stack()
+        if params.scope == "tensor":
+            return torch.stack([trim_topk(tau, params.density) for tau in stack])
+        thresholds = plan_entry.get("thresholds")
+        if thresholds is None or len(thresholds) != len(stack):
+            raise ValueError(
+                f"parameter {name!r}: ties with scope='global' needs the plan's per-model "
+                "thresholds; run tensor_stats over every tensor and plan() first"
+            )
+        return torch.stack(
+            [trim_threshold(tau, thr) for tau, thr in zip(stack, thresholds, strict=True)]
+        )
+
+
+@merge_function(
+    "ties",
+    TiesParams,
+    summary="trim to top density, elect sign, disjoint mean (Yadav et al. 2023, arXiv:2306.01708)",
+    prepare_keys=("density", "scope"),
+    base=TiesMethod,
+)
+def ties_merge(trimmed: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
+    """Elect + disjoint mean of a (T, *shape) stack of trimmed τ, weighted by (T, 1, .., 1).
+
+    One pass of temporaries: the weighted stack (zeroed in place where it disagrees with the
+    elected sign), one boolean agreement mask and the per-entry count."""
+    weighted = weights * trimmed
+    positive = weighted.sum(dim=0) >= 0  # γ = +1 where the sum is 0
+    agree = torch.where(positive, weighted > 0, weighted < 0)  # zeros never agree
+    weighted.mul_(agree)
+    count = agree.sum(dim=0, dtype=weighted.dtype).clamp_(min=1)
+    del agree
+    return weighted.sum(dim=0).div_(count)

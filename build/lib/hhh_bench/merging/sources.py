@@ -1,0 +1,586 @@
+"""Where a merge's tensors come from: one :class:`TensorSource` protocol, three kinds of source.
+
+- :class:`SafetensorsModel`: a local HF folder or a hub id, read lazily tensor by tensor. The
+  files read are exactly those a ``transformers`` load reads: the ``model.safetensors.index.json``
+  and the shards it names when there is one, else ``model.safetensors``; anything else is an
+  error that lists what the folder holds (a stray ``*.safetensors`` beside the model is never
+  merged in).
+- :class:`LoraAdapter`: a peft LoRA adapter folder, on top of the base. Its task vector is
+  τ = s·B·A, returned as :class:`~hhh_bench.merging.taskvec.LowRank` (exact; never rounded
+  through the model's dtype), with peft's per-module ``rank_pattern`` / ``alpha_pattern`` and
+  rsLoRA scaling and ``lora_bias``; what cannot be read exactly (DoRA, embedding or conv LoRA,
+  ``modules_to_save``, adapters on parameters) is refused, naming the adapter and the feature.
+- :class:`StateDictSource`: an in-memory state dict (the in-memory API, tests, notebooks).
+
+Every error names the model (``the base``, ``finetuned model 2``), its folder and the tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from hhh_bench.merging.taskvec import LowRank
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    **{
+        name: getattr(torch, attr)
+        for name, attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
+        if hasattr(torch, attr)
+    },
+}
+"""safetensors dtype names → torch dtypes (the ones a merge reads or writes)."""
+VOCAB_POLICIES = ("error", "base", "truncate_to_base")
+
+
+@runtime_checkable
+class TensorSource(Protocol):
+    """Read-only, lazy access to one model's tensors."""
+
+    label: str
+    where: str
+
+    def keys(self) -> list[str]: ...
+
+    def shape(self, key: str) -> tuple[int, ...]: ...
+
+    def dtype(self, key: str) -> torch.dtype: ...
+
+    def get(self, key: str) -> Tensor: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+    def identity(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub ids and folders
+
+
+def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path:
+    """A local folder, or a hub id resolved through the HF cache (``HF_HUB_OFFLINE`` respected).
+
+    Only safetensors, JSON and tokenizer files are fetched; pickles never are.
+    """
+    if not isinstance(path_or_id, (str, Path)):
+        raise ValueError(
+            f"a model must be a folder path or a hub id (str), got {type(path_or_id).__name__}: "
+            f"{path_or_id!r}"
+        )
+    p = Path(path_or_id).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{p}: expected a model folder, got a file")
+        return p
+    if str(path_or_id).startswith((".", "/", "~")) or p.is_symlink():
+        raise ValueError(f"model folder {str(path_or_id)!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                str(path_or_id),
+                revision=revision,
+                allow_patterns=["*.safetensors", "*.json", "tokenizer*", "*.jinja", "*.model"],
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - turned into an actionable message
+        raise ValueError(
+            f"model {str(path_or_id)!r} is neither a local folder nor reachable on the hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine "
+            f"with access run `huggingface-cli download {path_or_id}` and point HF_HOME at "
+            "that cache, or pass the local folder."
+        ) from None
+
+
+def weight_files(folder: Path, label: str) -> tuple[dict[str, Path] | None, list[Path]]:
+    """The weight files transformers would load from ``folder``: (weight map from the index or
+    None, the files). Raises ``ValueError`` listing the folder's candidates otherwise."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{label} ({folder}): {INDEX_FILE} is not a valid index ({e})") from e
+        files = {k: folder / v for k, v in weight_map.items()}
+        missing = sorted({str(f.name) for f in files.values() if not f.is_file()})
+        if missing:
+            raise ValueError(
+                f"{label} ({folder}): {INDEX_FILE} names shard(s) that are not there: {missing}"
+            )
+        return files, sorted(set(files.values()))
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        return None, [single]
+    candidates = sorted(p.name for p in folder.glob("*.safetensors"))
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    raise ValueError(
+        f"{label} ({folder}) has neither {INDEX_FILE} nor {SINGLE_FILE}"
+        + (
+            f"; it holds {candidates}: rename the model's file to {SINGLE_FILE}"
+            if candidates
+            else ""
+        )
+        + (f"; pickle checkpoints {pickles} (see allow_pickle)" if pickles else "")
+    )
+
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def folder_identity(folder: Path, files: Sequence[Path]) -> str:
+    """Content identity of a model: sha256 over its weight files and JSON files, memoised in
+    process by (path, size, mtime_ns) so a 7B model is hashed once per file change."""
+    parts = []
+    for f in sorted({*files, *folder.glob("*.json")}):
+        st = f.stat()
+        memo_key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        h = _HASH_MEMO.get(memo_key)
+        if h is None:
+            d = hashlib.sha256()
+            with f.open("rb") as fh:
+                while block := fh.read(1 << 22):
+                    d.update(block)
+            h = d.hexdigest()
+            _HASH_MEMO[memo_key] = h
+        parts.append(f"{f.name}:{h}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def input_identity(folder: str | Path) -> str:
+    """Content identity of a model or adapter folder: its safetensors and JSON files."""
+    folder = Path(folder)
+    return folder_identity(folder, sorted(folder.glob("*.safetensors")))
+
+
+def _read_config(folder: Path, label: str) -> dict[str, Any]:
+    c = folder / "config.json"
+    if not c.is_file():
+        return {}
+    try:
+        return json.loads(c.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{label} ({folder}): config.json is not valid JSON ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+class SafetensorsModel:
+    """A model folder (single or sharded safetensors), read one tensor at a time.
+
+    Every shard's header is read and checked when the model is opened (a truncated or corrupted
+    file is an error naming it before any merge work); each tensor is then read with a
+    short-lived ``safe_open``: a handle kept open keeps every page read through it resident
+    (and counted in RSS) until closed, which over a whole merge is the size of every input.
+    """
+
+    def __init__(self, folder: Path, label: str, allow_pickle: bool = False) -> None:
+        from safetensors import safe_open
+
+        self.folder = folder
+        self.label = label
+        self.where = str(folder)
+        self._pickle_sd: dict[str, Tensor] | None = None
+        self._files: dict[str, Path] = {}
+        self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+        if not any(
+            (folder / n).is_file() for n in (INDEX_FILE, SINGLE_FILE)
+        ) and self._only_pickles(folder):
+            self._load_pickles(folder, allow_pickle)
+            return
+        weight_map, files = weight_files(folder, label)
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    for k in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
+                        if weight_map is not None and weight_map.get(k) != f:
+                            continue  # the index decides which shard holds a tensor
+                        sl = h.get_slice(k)
+                        self._meta[k] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
+                        self._files[k] = f
+            except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
+                raise ValueError(
+                    f"{label} ({folder}): {f.name} is not a readable safetensors file "
+                    f"({type(e).__name__}: {e}); it may be truncated or corrupted"
+                ) from None
+        if weight_map is not None:
+            absent = sorted(set(weight_map) - set(self._files))
+            if absent:
+                raise ValueError(
+                    f"{label} ({folder}): {INDEX_FILE} maps {absent[0]!r} to "
+                    f"{weight_map[absent[0]].name}, which does not hold it"
+                )
+        self._files = {k: self._files[k] for k in (weight_map or self._files)}
+
+    @staticmethod
+    def _only_pickles(folder: Path) -> bool:
+        return not list(folder.glob("*.safetensors")) and any(
+            f.suffix in PICKLE_SUFFIXES for f in folder.iterdir()
+        )
+
+    def _load_pickles(self, folder: Path, allow_pickle: bool) -> None:
+        pickles = sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if not allow_pickle:
+            raise ValueError(
+                f"{self.label} ({folder}) holds only pickle checkpoints ({pickles[0].name}); "
+                "they can run arbitrary code when loaded. Convert them to safetensors, or "
+                "pass allow_pickle=true if you trust the source."
+            )
+        sd: dict[str, Tensor] = {}
+        for f in pickles:
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        self._pickle_sd = sd
+        self._files = {k: pickles[0] for k in sd}
+
+    def keys(self) -> list[str]:
+        return list(self._files)
+
+    def get(self, key: str) -> Tensor:
+        if self._pickle_sd is not None:
+            return self._pickle_sd[key]
+        from safetensors import safe_open
+
+        f = self._files[key]
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                return h.get_tensor(key)
+        except Exception as e:  # noqa: BLE001 - name the file and tensor
+            raise ValueError(
+                f"{self.label} ({self.folder}): reading tensor {key!r} from {f.name} failed "
+                f"({type(e).__name__}: {e}); the file may be truncated or corrupted"
+            ) from None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._pickle_sd is not None:
+            return tuple(self._pickle_sd[key].shape)
+        return self._meta[key][1]
+
+    def dtype(self, key: str) -> torch.dtype:
+        if self._pickle_sd is not None:
+            return self._pickle_sd[key].dtype
+        name = self._meta[key][0]
+        if name not in ST_DTYPES:
+            raise ValueError(f"{self.label} ({self.folder}): tensor {key!r} has dtype {name}")
+        return ST_DTYPES[name]
+
+    def nbytes(self, key: str) -> int:
+        n = self.dtype(key).itemsize
+        for d in self.shape(key):
+            n *= d
+        return n
+
+    def config(self) -> dict[str, Any]:
+        return _read_config(self.folder, self.label)
+
+    def identity(self) -> str:
+        return folder_identity(self.folder, sorted(set(self._files.values())))
+
+    def close(self) -> None:
+        pass
+
+
+class StateDictSource:
+    """An in-memory state dict behind the source protocol."""
+
+    def __init__(self, state_dict: Mapping[str, Tensor], label: str) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{label}: expected a state dict, got {type(state_dict).__name__}")
+        self.sd = state_dict
+        self.label = label
+        self.where = "in-memory state dict"
+
+    def keys(self) -> list[str]:
+        return list(self.sd)
+
+    def get(self, key: str) -> Tensor:
+        t = self.sd[key]
+        if not isinstance(t, Tensor):
+            raise ValueError(
+                f"{self.label} ({self.where}): {key!r} is a {type(t).__name__}, not a Tensor"
+            )
+        return t
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.get(key).shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.get(key).dtype
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def identity(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """peft's ``get_pattern_key``: the first pattern p with ``(.*\\.)?(p)$`` matching the module
+    name gives its value, else ``default``."""
+    for pat, value in patterns.items():
+        if re.match(rf"(.*\.)?({pat})$", module):
+            return value
+    return default
+
+
+class LoraAdapter:
+    """A peft LoRA adapter read as task vectors on top of ``base`` (see the module docstring).
+
+    Per adapted module m (weight W of shape out × in): τ_W = s_m·B_m·A_m with
+    s_m = α_m / r_m (rsLoRA: α_m / √r_m), r_m = the rank of its ``lora_A`` (peft's
+    ``rank_pattern``), α_m from ``alpha_pattern`` else ``lora_alpha``; transposed when
+    ``fan_in_fan_out``; with ``lora_bias``, τ of the module's bias = s_m·b_B. Exactly what
+    peft's ``merge_and_unload`` adds (up to float rounding).
+    """
+
+    UNSUPPORTED_FLAGS = {
+        "use_dora": "DoRA (weight-decomposed LoRA: its update is not s·B·A)",
+        "target_parameters": "LoRA on parameters (target_parameters)",
+        "use_qalora": "QALoRA",
+    }
+
+    def __init__(self, folder: Path, base: TensorSource, label: str) -> None:
+        from safetensors.torch import load_file
+
+        self.folder = folder
+        self.label = label
+        self.where = str(folder)
+        self.base = base
+        who = f"{label} ({folder})"
+        try:
+            cfg = json.loads((folder / "adapter_config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{who}: adapter_config.json is not valid JSON ({e})") from e
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{who}: only LoRA adapters are supported, got {cfg.get('peft_type')}")
+        for flag, what in self.UNSUPPORTED_FLAGS.items():
+            if cfg.get(flag):
+                raise ValueError(
+                    f"{who}: {what} cannot be read as an exact task vector; merge the adapter "
+                    "into full weights first (train.merge_adapter=true, saved in float32)"
+                )
+        if cfg.get("modules_to_save"):
+            raise ValueError(
+                f"{who}: adapters with modules_to_save are not supported; merge the adapter "
+                "into full weights first (train.merge_adapter=true, saved in float32)"
+            )
+        self.use_rslora = bool(cfg.get("use_rslora"))
+        self.alpha = float(cfg.get("lora_alpha", cfg.get("r", 8)))
+        self.alpha_pattern: dict[str, float] = dict(cfg.get("alpha_pattern") or {})
+        self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
+        self.lora_bias = bool(cfg.get("lora_bias", False))
+        files = sorted(folder.glob("adapter_model*.safetensors"))
+        if not files:
+            raise ValueError(f"{who} has no adapter_model.safetensors")
+        raw: dict[str, Tensor] = {}
+        for f in files:
+            try:
+                raw.update(load_file(str(f)))
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"{who}: {f.name} is not a readable safetensors file ({e})"
+                ) from None
+        embedding = [k for k in raw if ".lora_embedding_" in k]
+        if embedding:
+            raise ValueError(f"{who}: embedding LoRA ({embedding[0]}) is not supported")
+        base_keys = set(base.keys())
+        self.factors: dict[str, LowRank] = {}
+        self.bias: dict[str, Tensor] = {}
+        for k, a in raw.items():
+            if ".lora_A." not in k:
+                continue
+            module = k.split(".lora_A.")[0].removeprefix("base_model.model.")
+            b_key = k.replace(".lora_A.", ".lora_B.")
+            b = raw.get(b_key)
+            if b is None:
+                raise ValueError(f"{who}: {k} has no matching lora_B")
+            if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+                raise ValueError(
+                    f"{who}: {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not "
+                    "the factors of a linear layer's update (conv LoRA is not supported)"
+                )
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise ValueError(f"{who}: {module}: the LoRA factors hold NaN or Inf values")
+            target = module + ".weight"
+            if target not in base_keys:
+                raise ValueError(f"{who}: adapted module {target!r} is not in the base")
+            r = int(a.shape[0])
+            alpha = float(_pattern_value(self.alpha_pattern, module, self.alpha))
+            scale = alpha / (r**0.5) if self.use_rslora else alpha / r
+            lr = LowRank(b, a, scale)
+            if self.fan_in_fan_out:
+                lr = lr.transposed()
+            if lr.shape != tuple(base.shape(target)):
+                raise ValueError(
+                    f"{who}: {module}: the LoRA update has shape {lr.shape} but the base's "
+                    f"{target!r} has {tuple(base.shape(target))}"
+                )
+            self.factors[target] = lr
+            bias_b = raw.get(b_key.removesuffix(".weight") + ".bias")
+            if bias_b is not None:
+                bias_key = module + ".bias"
+                if bias_key not in base_keys:
+                    raise ValueError(
+                        f"{who}: {module} has a LoRA bias (lora_bias) but the base has no "
+                        f"{bias_key!r} to add it to"
+                    )
+                self.bias[bias_key] = scale * bias_b.float()
+        if not self.factors:
+            raise ValueError(
+                f"{who}: no lora_A/lora_B tensors found: this adapter holds no LoRA update "
+                f"(tensors: {sorted(raw)[:3]}...)"
+            )
+        self._identity = folder_identity(folder, files)
+
+    def keys(self) -> list[str]:
+        return self.base.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.base.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.base.dtype(key)
+
+    def task_vector(self, key: str) -> LowRank | Tensor | None:
+        """τ of ``key``: its LoRA factors, a dense bias update, or None (τ = 0)."""
+        if key in self.factors:
+            return self.factors[key]
+        return self.bias.get(key)
+
+    def get(self, key: str) -> Tensor:
+        """The full weight θ0 + τ (float32 arithmetic, in the base's dtype)."""
+        w = self.base.get(key)
+        tau = self.task_vector(key)
+        if tau is None:
+            return w
+        delta = tau.dense(torch.float32) if isinstance(tau, LowRank) else tau
+        return (w.float() + delta).to(w.dtype)
+
+    def config(self) -> dict[str, Any]:
+        return self.base.config()
+
+    def identity(self) -> str:
+        return self._identity
+
+    def close(self) -> None:
+        pass
+
+
+ModelInput = str | Path | Mapping[str, Tensor]
+"""A model folder, a hub id, a LoRA adapter folder (finetuned only) or an in-memory state dict."""
+
+
+def open_source(
+    x: ModelInput, label: str, base: TensorSource | None, allow_pickle: bool = False
+) -> TensorSource:
+    """The source of one input (``base`` is the opened base, None when opening the base)."""
+    if isinstance(x, Mapping):
+        return StateDictSource(x, label)
+    folder = resolve_path(x)
+    if (folder / "adapter_config.json").is_file():
+        if base is None:
+            raise ValueError(f"{label} ({folder}) is a LoRA adapter; the base cannot be one")
+        return LoraAdapter(folder, base, label)
+    return SafetensorsModel(folder, label, allow_pickle=allow_pickle)
+
+
+def open_inputs(
+    base: ModelInput, finetuned: Sequence[ModelInput], allow_pickle: bool = False
+) -> tuple[TensorSource, list[TensorSource]]:
+    """The sources of a merge's base and finetuned models."""
+    if isinstance(finetuned, (str, Path, Mapping)):
+        raise ValueError(
+            "finetuned must be a list of models (folders, hub ids, adapters or state dicts), got "
+            f"a single {type(finetuned).__name__}: wrap it in a list"
+        )
+    base_src = open_source(base, "the base", None, allow_pickle)
+    models = [
+        open_source(f, f"finetuned model {i}", base_src, allow_pickle)
+        for i, f in enumerate(finetuned)
+    ]
+    return base_src, models
+
+
+def check_inputs(
+    base: TensorSource,
+    models: Sequence[TensorSource],
+    vocab_policy: str = "error",
+    allow_architecture_mismatch: bool = False,
+) -> dict[str, str]:
+    """Validate architectures, tensor sets and shapes before any work. Returns per-key policy
+    decisions for vocabulary-size mismatches (``{key: "base" | "truncate"}``)."""
+    bcfg = base.config()
+    for m in models:
+        mcfg = m.config()
+        for field in ("architectures", "model_type"):
+            ours, theirs = bcfg.get(field), mcfg.get(field)
+            if ours and theirs and ours != theirs and not allow_architecture_mismatch:
+                raise ValueError(
+                    f"{m.label} ({m.where}) has {field} {theirs!r} but the base has {ours!r}: "
+                    "only models of the same architecture can be merged (pass "
+                    "allow_architecture_mismatch=true if you know their weights correspond)"
+                )
+    decisions: dict[str, str] = {}
+    base_keys = base.keys()
+    base_set = set(base_keys)
+    for m in models:
+        m_keys = m.keys()
+        m_set = set(m_keys)
+        missing = [k for k in base_keys if k not in m_set]
+        if missing:
+            raise ValueError(
+                f"{m.label} ({m.where}) lacks tensor {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
+        extra = [k for k in m_keys if k not in base_set]
+        if extra:
+            raise ValueError(f"{m.label} ({m.where}) has tensor {extra[0]!r} that the base lacks")
+        for k in base_keys:
+            bs, ms = base.shape(k), m.shape(k)
+            if bs == ms:
+                continue
+            vocab_like = len(bs) == 2 and bs[1:] == ms[1:] and bs[0] != ms[0]
+            if vocab_like and vocab_policy != "error":
+                if vocab_policy == "truncate_to_base" and ms[0] < bs[0]:
+                    raise ValueError(
+                        f"{m.label}: {k!r} has {ms[0]} rows, fewer than the base's {bs[0]}; "
+                        "truncate_to_base cannot pad. Use vocab_policy=base."
+                    )
+                decisions[k] = "base" if vocab_policy == "base" else "truncate"
+                continue
+            hint = (
+                " (vocabulary sizes differ: align the tokenizers, or set vocab_policy=base to "
+                "keep the base's embeddings or truncate_to_base to merge the shared rows)"
+                if vocab_like
+                else ""
+            )
+            raise ValueError(
+                f"{m.label} ({m.where}): tensor {k!r} has shape {ms} but the base has {bs}{hint}"
+            )
+    return decisions

@@ -1,0 +1,138 @@
+"""Task vectors of one parameter, dense or low-rank, as the merge methods receive them.
+
+τ_t = θ_t − θ0 for a full-weight specialist; τ_t = s·B·A for a LoRA adapter (B: m × r,
+A: r × n, s = lora_alpha / r or lora_alpha / √r with rsLoRA), kept as its factors so that SVD
+methods decompose it exactly in O((m + n)·r²) (:func:`hhh_bench.merging.linalg.top_svd`) and no
+method ever sees a task vector rounded through the model's dtype (a bf16 θ0 + s·B·A loses most
+of a small LoRA update to rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """τ = scale · b @ a, with b: (m, r) and a: (r, n); r = 0 is the zero task vector."""
+
+    b: Tensor
+    a: Tensor
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.b.dim() != 2 or self.a.dim() != 2 or self.b.shape[1] != self.a.shape[0]:
+            raise ValueError(
+                f"low-rank task vector: B {tuple(self.b.shape)} and A {tuple(self.a.shape)} "
+                "do not multiply (expected B: m × r, A: r × n)"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.b.shape[0]), int(self.a.shape[1]))
+
+    @property
+    def rank(self) -> int:
+        return int(self.b.shape[1])
+
+    @staticmethod
+    def zero(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> LowRank:
+        """The zero task vector of a 2-D parameter (an adapter that leaves it untouched)."""
+        m, n = (int(d) for d in shape)
+        return LowRank(torch.zeros(m, 0, dtype=dtype), torch.zeros(0, n, dtype=dtype), 0.0)
+
+    def to(self, dtype: torch.dtype, device: torch.device | str) -> LowRank:
+        return LowRank(
+            self.b.to(device=device, dtype=dtype), self.a.to(device=device, dtype=dtype), self.scale
+        )
+
+    def dense(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+        """s·B·A as an (m, n) tensor, computed in ``dtype``."""
+        b, a = self.b.to(device=device, dtype=dtype), self.a.to(device=device, dtype=dtype)
+        if self.rank == 0:
+            return torch.zeros(self.shape, dtype=dtype, device=device)
+        return (b * self.scale) @ a
+
+    def transposed(self) -> LowRank:
+        """τᵀ = s·Aᵀ·Bᵀ (peft's ``fan_in_fan_out`` layers store the weight transposed)."""
+        return LowRank(self.a.T, self.b.T, self.scale)
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.b).all()) and bool(torch.isfinite(self.a).all())
+
+
+TaskVector = Tensor | LowRank
+"""One task's τ for one parameter: a dense tensor in the compute dtype, or its LoRA factors."""
+
+
+class TaskVectors:
+    """The T task vectors of one parameter, in the compute dtype and on the compute device.
+
+    ``items`` keeps each τ_t as it came (dense or :class:`LowRank`); :meth:`stack` is the dense
+    (T, *shape) stack, built once (methods that work entrywise use it; SVD methods use the items,
+    so a LoRA task vector is never formed as an m × n matrix for them).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[TaskVector],
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device | str,
+        *,
+        stack: Tensor | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._stack = stack
+
+    @classmethod
+    def from_weights(
+        cls,
+        base: Tensor,
+        finetuned: Sequence[Tensor],
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> TaskVectors:
+        """τ_t = θ_t − θ0 of full weights, filled into one preallocated (T, *shape) stack."""
+        dev = torch.device(device)
+        out = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=dev)
+        b = base.to(device=dev, dtype=dtype)
+        for t, ft in enumerate(finetuned):
+            out[t].copy_(ft)
+            out[t].sub_(b)
+        return cls(list(out), base.shape, dtype, dev, stack=out)
+
+    @classmethod
+    def from_stack(cls, stack: Tensor) -> TaskVectors:
+        """Task vectors already stacked as (T, *shape)."""
+        return cls(list(stack), stack.shape[1:], stack.dtype, stack.device, stack=stack)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def any_lowrank(self) -> bool:
+        return any(isinstance(t, LowRank) for t in self.items)
+
+    def stack(self) -> Tensor:
+        """The dense (T, *shape) stack (LoRA factors multiplied out in the compute dtype)."""
+        if self._stack is None:
+            out = torch.empty((len(self.items), *self.shape), dtype=self.dtype, device=self.device)
+            for t, tau in enumerate(self.items):
+                if isinstance(tau, LowRank):
+                    out[t].copy_(tau.dense(self.dtype, self.device))
+                else:
+                    out[t].copy_(tau)
+            self._stack = out
+            # dense items become views of the stack (no second copy); LoRA factors stay
+            self.items = [
+                tau if isinstance(tau, LowRank) else out[t] for t, tau in enumerate(self.items)
+            ]
+        return self._stack

@@ -1,0 +1,76 @@
+"""Loading base models and tokenizers by hub id or path, with a dtype policy and safe defaults.
+
+Weights are loaded from safetensors only (``use_safetensors=True``) and ``trust_remote_code`` is
+off unless a config says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
+    """``auto`` → bf16 on a GPU that supports it, else float32; otherwise the named dtype."""
+    if name in (None, "auto"):
+        if (
+            device.startswith("cuda")
+            and torch.cuda.is_available()
+            and torch.cuda.is_bf16_supported()
+        ):
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {['auto', *DTYPES]}")
+    return DTYPES[name]
+
+
+def load_causal_lm(
+    path_or_id: str | Path,
+    *,
+    dtype: str | None = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+) -> Any:
+    """Load a causal LM from a local folder or a hub id (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": resolve_dtype(dtype, device),
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path_or_id), **kwargs)
+    except OSError as e:
+        raise OSError(
+            f"could not load model {str(path_or_id)!r}: {e}\n"
+            "If this is a hub id and this machine is offline, download it first on a machine with "
+            f"access (`huggingface-cli download {path_or_id}`) and point HF_HOME at that cache."
+        ) from None
+    return model.to(device)
+
+
+def load_tokenizer(
+    path_or_id: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
+) -> Any:
+    """Load a tokenizer; left padding, a pad token (eos if missing)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        str(path_or_id), trust_remote_code=trust_remote_code, revision=revision
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok

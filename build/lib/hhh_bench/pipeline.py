@@ -1,0 +1,369 @@
+"""The pipeline: stage selection and the order of the stages.
+
+``run(cfg)`` is what ``hhh-bench`` calls after Hydra composed ``cfg``; it is importable and
+testable without Hydra. It first checks the whole config (:func:`hhh_bench.config.validate_run`:
+unknown keys, ranges, the merge method's knobs, every grid point), then runs the stage.
+
+``stage=all`` runs, for every seed in ``seeds``: data → base → one specialist per dimension →
+the oracle → every data-mixture baseline → every merge method over its grid (chosen on the
+selection split by :func:`choose`) → evaluation of every model on the report split → the
+report. Every stage is cached by content, so a re-run or a sweep only computes what is new, and
+a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hhh_bench.stages.common import CACHE, load_option, log, to_dict
+
+STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
+T = TypeVar("T")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done).
+
+    ``stage=merge_eval`` also puts its selection score under ``"objective"`` (a float), the value
+    the ``hhh-bench`` task function returns to a Hydra sweeper (Optuna: experiment=merge_optuna).
+    """
+    from hhh_bench.config import validate_run
+
+    stage = cfg.stage
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    t0 = time.time()
+    CACHE.reset()
+    set_threads(cfg.get("threads"))
+    load_plugins(cfg.get("plugins") or [])
+    validate_run(to_dict(cfg))
+    from hhh_bench.stages.data import run_data
+
+    out: dict[str, Any] = {"data": run_data(cfg)}
+    data = out["data"]
+    if stage == "base":
+        out["base"] = _base(cfg, data)
+    elif stage == "train":
+        from hhh_bench.stages.train import run_train
+
+        out["train"] = run_train(cfg, _base(cfg, data), data)
+    elif stage == "merge":
+        from hhh_bench.stages.merge import run_merge
+
+        base, models, names = _merge_inputs(cfg, data)
+        out["merge"] = run_merge(cfg, base=base, models=models, names=names)
+    elif stage == "merge_eval":
+        out["merge_eval"] = _merge_eval(cfg, data)
+        out["objective"] = out["merge_eval"]["objective"]
+    elif stage == "eval":
+        out["eval"] = _eval_one(cfg, data)
+    elif stage == "report":
+        from hhh_bench.stages.report import run_report
+
+        out["report"] = run_report(cfg)
+    elif stage == "diagnose":
+        out["diagnose"] = _diagnose(cfg, data)
+    elif stage == "all":
+        out.update(run_all(cfg, data))
+    msg = f"hhh-bench: {CACHE.summary()} in {time.time() - t0:.0f} s"
+    log.info(msg)
+    print(msg)
+    return out
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op CPU threads (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Import user modules (``plugins=[my_pkg.my_methods]``) so their registrations run."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as e:
+            raise ValueError(
+                f"plugins: cannot import {name!r} ({e}); is it on PYTHONPATH?"
+            ) from None
+
+
+def choose(candidates: Sequence[tuple[float, T]]) -> tuple[float, T]:
+    """The selection rule, in one place: the candidate with the highest score on the selection
+    split (the first one on ties). Never called with report-split scores."""
+    if not candidates:
+        raise ValueError("nothing to choose from")
+    best = candidates[0]
+    for c in candidates[1:]:
+        if c[0] > best[0]:
+            best = c
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs shared by the single stages
+
+
+def _base(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    from hhh_bench.stages.base import run_base
+
+    return run_base(cfg, data)
+
+
+def _specialists(cfg: DictConfig, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    from hhh_bench.stages.train import run_train
+
+    return {d: run_train(cfg, base, data, dimensions=[d]) for d in to_dict(cfg.data.dimensions)}
+
+
+def merge_input(trained: Mapping[str, Any]) -> str:
+    """The folder a merge reads for a trained model: the LoRA adapter when there is one (its
+    exact factors; never weights rounded to the model's dtype), else the full weights."""
+    return trained.get("adapter_path") or trained.get("model_path") or trained["path"]
+
+
+def eval_input(trained: Mapping[str, Any]) -> str:
+    """The folder the eval stage loads for a trained model: full weights when written, else
+    the adapter (loaded on top of its base)."""
+    return trained.get("model_path") or trained.get("adapter_path") or trained["path"]
+
+
+def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str], list[str] | None]:
+    """Base and finetuned inputs of a merge: explicit (``merge.base``/``merge.models``) or the
+    pipeline's base and specialists (trained first when missing, said on the console)."""
+    if cfg.merge.get("models"):
+        base = cfg.merge.get("base") or _base(cfg, data)["path"]
+        return str(base), [str(m) for m in cfg.merge.models], None
+    base = _base(cfg, data)
+    dims = list(to_dict(cfg.data.dimensions))
+    print(f"{cfg.stage}: merging the pipeline's specialists ({', '.join(dims)}); any not yet "
+          "trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
+    specs = _specialists(cfg, base, data)
+    return merge_input(base), [merge_input(specs[d]) for d in dims], dims
+
+
+def _merged_model(merged: Mapping[str, Any], method: str, seed: int, params: Any) -> dict:
+    return {"path": merged["out_dir"], "key": merged["key"], "kind": "merge", "name": method,
+            "method": method, "params": params, "seed": seed}  # fmt: skip
+
+
+def _merge_eval(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Merge with ``cfg.merge`` and score the merged model on ``eval.select_split``: the
+    objective of a sweep. Never the report split (a search that reads it leaks it)."""
+    from hhh_bench.stages.eval import run_eval
+    from hhh_bench.stages.merge import run_merge
+
+    split, select_by = cfg.eval.select_split, cfg.eval.select_by
+    if not split or split == cfg.eval.report_split:
+        raise ValueError(
+            f"stage=merge_eval scores on eval.select_split, which is {split!r} (report split: "
+            f"{cfg.eval.report_split!r}): a search must not read the split it reports on; use "
+            "an eval suite with a separate selection split (eval=toy3h: validation)"
+        )
+    base, models, names = _merge_inputs(cfg, data)
+    merged = run_merge(cfg, base=base, models=models, names=names)
+    model = _merged_model(merged, cfg.merge.method, int(cfg.seed), to_dict(cfg.merge.params))
+    res = run_eval(cfg, {"noise_rate": float(cfg.data.noise.flip_rate), **model}, data, split=split)
+    if select_by not in res["scores"]:
+        raise ValueError(
+            f"eval.select_by={select_by!r} is not a score; valid: {sorted(res['scores'])}"
+        )
+    score = float(res["scores"][select_by])
+    print(
+        f"merge_eval {cfg.merge.method} {to_dict(cfg.merge.params)}: {select_by} on {split} = {score:.4f}"
+    )
+    return {
+        "merge": merged,
+        "eval": res,
+        "split": split,
+        "select_by": select_by,
+        "objective": score,
+    }
+
+
+def _diagnose(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Task-vector diagnostics of the merge stage's inputs with ``merge``'s RESM/TSV-M knobs."""
+    from hhh_bench.stages.diagnose import resm_params_for, run_diagnose
+
+    base, models, _ = _merge_inputs(cfg, data)
+    res = run_diagnose(
+        cfg, base, models, resm_params=resm_params_for(cfg.merge.method, to_dict(cfg.merge.params))
+    )
+    print(res["markdown"])
+    print(f"diagnostics: {res['path']}")
+    return res
+
+
+def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the base, or the model given as ``+eval.model=<folder>``, on the report split."""
+    from hhh_bench.stages.eval import run_eval
+
+    path = cfg.eval.get("model")
+    if path:
+        model = {"path": str(path), "key": f"path:{path}", "kind": "merge", "name": str(path)}
+    else:
+        b = _base(cfg, data)
+        model = {"path": b["path"], "key": b["key"], "kind": "base", "name": "base"}
+    return run_eval(cfg, {"method": None, "params": {}, **model}, data, split=cfg.eval.report_split)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pipeline
+
+
+def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with dotted keys set (``{"seed": 1, "train.epochs": 6}``)."""
+    new = copy.deepcopy(cfg)
+    with open_dict(new):
+        for k, v in values.items():
+            OmegaConf.update(new, k, v, merge=True, force_add=True)
+    return new
+
+
+def merge_config(cfg: DictConfig, method: str, params: Mapping[str, Any]) -> DictConfig:
+    """``cfg`` with ``merge`` replaced by ``conf/merge/<method>.yaml`` and ``params`` applied (a
+    plugin's method without a YAML: its registered defaults)."""
+    from hhh_bench.merging import method_defaults
+
+    try:
+        node = load_option("merge", method)
+    except ValueError:
+        node = {"method": method, "params": method_defaults(method), "base": None, "models": None}
+    unknown = sorted(set(params) - set(node["params"]))
+    if unknown:
+        raise ValueError(
+            f"pipeline.merge_grid.{method}: unknown parameter(s) {unknown}; valid: {sorted(node['params'])}"
+        )
+    node["params"] = {**node["params"], **params}
+    new = copy.deepcopy(cfg)
+    with open_dict(new):
+        new.merge = OmegaConf.create(node)
+    return new
+
+
+def grid(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """All combinations of a ``{knob: [values]}`` grid, in a stable order."""
+    keys = sorted(spec)
+    values = [v if isinstance(v, list | tuple) else [v] for v in (spec[k] for k in keys)]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _model(trained: Mapping[str, Any], kind: str, name: str, seed: int, **extra: Any) -> dict:
+    return {"path": eval_input(trained), "key": trained["key"], "kind": kind, "name": name,
+            "method": extra.pop("method", None), "params": extra.pop("params", {}), "seed": seed,
+            **extra}  # fmt: skip
+
+
+def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Everything of one seed: base, specialists, oracle, mixtures, merges; every model evaluated
+    on the report split (merges first chosen on the selection split)."""
+    from hhh_bench.stages.eval import run_eval
+    from hhh_bench.stages.train import run_train
+
+    seed = int(cfg.seed)
+    pcfg = to_dict(cfg.pipeline)
+    noise = float(cfg.data.noise.flip_rate)
+    out: dict[str, Any] = {"seed": seed, "models": []}
+
+    def evaluate(model: dict[str, Any], split: str = cfg.eval.report_split) -> dict[str, Any]:
+        res = run_eval(cfg, {"noise_rate": noise, **model}, data, split=split)
+        if split == cfg.eval.report_split:
+            out["models"].append({"name": model["name"], "kind": model["kind"], **res["scores"]})
+        return res
+
+    base_seed = pcfg.get("base_seed")
+    base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
+    evaluate(_model(base, "base", "base", seed))
+    specialists = _specialists(cfg, base, data)
+    for dim, sp in specialists.items():
+        evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
+    dims = to_dict(cfg.data.dimensions)
+    oracle = pcfg.get("oracle") or {}
+    if oracle.get("enabled", False):
+        ocfg = with_values(cfg, {f"train.{k}": v for k, v in (oracle.get("train") or {}).items()})
+        mix = {**load_mix(cfg, oracle.get("mix", "uniform")), "budget": oracle.get("budget")}
+        o = run_train(ocfg, base, data, dimensions=dims, mix=mix, name="oracle")
+        evaluate(
+            _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
+        )
+    for entry in pcfg.get("mixtures") or []:
+        name = entry["name"] if isinstance(entry, Mapping) else entry
+        m = run_train(cfg, base, data, dimensions=dims, mix=entry)
+        evaluate(
+            _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name, train_dimensions=dims)
+        )
+    _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
+    return out
+
+
+def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa: ANN001
+    """Every method of ``pipeline.merge_grid`` over its grid, chosen on the selection split by
+    :func:`choose`; the choice (configuration, split, score) is written into its report row."""
+    from hhh_bench.stages.merge import run_merge
+
+    select_split, select_by = cfg.eval.select_split, cfg.eval.select_by
+    finetuned = [merge_input(specialists[d]) for d in dims]
+    for method, spec in (pcfg.get("merge_grid") or {}).items():
+        if spec is None:  # `pipeline.merge_grid.<method>=null` drops a method
+            continue
+        points = grid(spec)
+        scored: list[tuple[float, dict[str, Any]]] = []
+        for params in points:
+            mcfg = merge_config(cfg, method, params)
+            merged = run_merge(mcfg, base=merge_input(base), models=finetuned, names=list(dims))
+            model = {
+                **_merged_model(merged, method, seed, to_dict(mcfg.merge.params)),
+                "grid_params": params,
+            }
+            if pcfg.get("report_every_grid_point", False) and len(points) > 1:
+                label = f"{method} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+                evaluate({**model, "name": label, "family": f"Merge: {label}"})
+            if not select_split:  # a suite without a selection split: every point reported
+                evaluate({**model, "name": f"{method} {params}"})
+                continue
+            res = evaluate(model, split=select_split)
+            scored.append((float(res["scores"][select_by]), model))
+            log.info(
+                "merge %s %s: %s on %s = %.3f",
+                method,
+                params,
+                select_by,
+                select_split,
+                scored[-1][0],
+            )
+        if scored:
+            score, chosen = choose(scored)
+            evaluate({**chosen, "selected_on": select_split, "selection_score": score,
+                      "selected_by": select_by, "n_configs": len(points)})  # fmt: skip
+
+
+def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """The mix config ``name``: ``cfg.mix`` when it has that name, else its option file."""
+    if cfg.mix.get("name") == name:
+        return to_dict(cfg.mix)
+    try:
+        return load_option("mix", name)
+    except ValueError as e:
+        raise ValueError(f"unknown mixing strategy {name!r}: {e}") from None
+
+
+def run_all(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report."""
+    from hhh_bench.stages.report import run_report
+
+    seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
+    per_seed = [run_seed(with_values(cfg, {"seed": s}), data) for s in seeds]
+    return {"seeds": per_seed, "report": run_report(cfg)}

@@ -1,0 +1,196 @@
+"""What every stage shares: content keys, one cached-stage helper, the run's cache accounting.
+
+Every stage is a function of its resolved config and its inputs' keys. :func:`cached_stage` owns
+the whole life of a stage's output folder ``<root>/<stage>/<key>/``: reuse it when complete,
+else compute into a temporary sibling, write the result file and ``provenance.json`` (resolved
+config, seed, versions, git revision) and rename it into place, so a folder is either complete or
+absent and a killed run resumes where it stopped. Stages keep only their own work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from hhh_bench.provenance import atomic_dir, config_hash, write_provenance
+
+log = logging.getLogger("hhh_bench")
+T = TypeVar("T")
+
+# Bump when a stage's output format or semantics change, so old cache entries are not reused.
+STAGE_VERSIONS = {"data": 2, "base": 1, "train": 1, "merge": 2, "eval": 1, "diagnose": 1}
+
+
+def to_dict(node: Any) -> Any:
+    """Resolved plain-Python copy of a config node (or the value itself)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def group(cfg: DictConfig, name: str, cls: type[T]) -> T:
+    """The typed config of group ``name`` (:mod:`hhh_bench.config`): unknown keys refused."""
+    from hhh_bench.config import load
+
+    return load(cls, to_dict(cfg.get(name)), name)
+
+
+def load_option(group_name: str, option: str) -> dict[str, Any]:
+    """The plain content of ``conf/<group>/<option>.yaml`` (the one place option files are read
+    by hand, for the pipeline's grids and mixture lists)."""
+    from hhh_bench.paths import conf_dir
+
+    path = conf_dir() / group_name / f"{option}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml") if not p.stem.startswith("_"))
+        raise ValueError(f"unknown {group_name} option {option!r}: no {path}; available: {known}")
+    node = OmegaConf.load(path)
+    merged = OmegaConf.create({})
+    for parent in node.pop("defaults", None) or []:  # same-group inheritance, _self_ last
+        if parent != "_self_":
+            merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
+    return to_dict(OmegaConf.merge(merged, node))
+
+
+def stage_key(stage: str, payload: Any) -> str:
+    """The content key of a stage run: its version, its resolved config and its inputs' keys."""
+    return config_hash(
+        {"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "payload": payload}
+    )
+
+
+def model_identity(path: str) -> str:
+    """Content identity of a model input for stage keys: the hash of a local folder's weight and
+    JSON files (:func:`hhh_bench.merging.sources.input_identity`), or ``hub:<id>``."""
+    from hhh_bench.merging.sources import input_identity
+
+    p = Path(path)
+    return input_identity(p) if p.is_dir() else f"hub:{path}"
+
+
+def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:
+    return Path(cfg.root) / stage / key
+
+
+def is_done(path: Path) -> bool:
+    """A stage folder is complete iff it holds its provenance (renamed into place when done)."""
+    return (path / "provenance.json").is_file()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@dataclass
+class CacheCounter:
+    """Stages of one run: computed, or reused from an earlier run (each key counted once)."""
+
+    computed: dict[str, set[str]] = field(default_factory=dict)
+    reused: dict[str, set[str]] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.computed.clear()
+        self.reused.clear()
+
+    def hit(self, stage: str, key: str = "") -> None:
+        if key not in self.computed.get(stage, set()):
+            self.reused.setdefault(stage, set()).add(key)
+
+    def miss(self, stage: str, key: str = "") -> None:
+        self.computed.setdefault(stage, set()).add(key)
+
+    @property
+    def hits(self) -> dict[str, int]:
+        return {s: len(k) for s, k in self.reused.items()}
+
+    @property
+    def misses(self) -> dict[str, int]:
+        return {s: len(k) for s, k in self.computed.items()}
+
+    def summary(self) -> str:
+        h, m = sum(self.hits.values()), sum(self.misses.values())
+        return f"{m} stage run(s) computed, {h} reused from earlier runs"
+
+
+CACHE = CacheCounter()
+
+
+@dataclass
+class StageRun:
+    """A stage's outcome: its key and folder, whether it came from the cache, and its result."""
+
+    stage: str
+    key: str
+    dir: Path
+    cached: bool
+    info: dict[str, Any]
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="hhh-scratch-") as d:
+        yield Path(d)
+
+
+def cached_stage(
+    cfg: DictConfig,
+    stage: str,
+    payload: Any,
+    compute: Callable[[Path], Mapping[str, Any]],
+    *,
+    result_file: str,
+    provenance: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    write: bool = True,
+    label: str = "",
+) -> StageRun:
+    """Reuse ``<root>/<stage>/<key>/`` when complete; else run ``compute(tmp)`` (it writes its
+    artifacts into ``tmp`` and returns the result dict), write ``result_file`` and
+    ``provenance.json`` and rename the folder into place.
+
+    Args:
+        cfg: the run's config (``root``).
+        stage: the stage's name (also the folder under ``root``).
+        payload: everything the output depends on (resolved config, inputs' keys, seed).
+        compute: the stage's own work.
+        result_file: the JSON file holding the result dict (read back on a cache hit).
+        provenance: the config recorded in ``provenance.json`` (default: the payload).
+        seed: the seed recorded in ``provenance.json``.
+        extra: more provenance fields (input keys, paths).
+        write: False on non-main ranks of a distributed run: compute in a throwaway folder and
+            write nothing.
+        label: what the log lines call this run.
+    """
+    key = stage_key(stage, payload)
+    out = stage_dir(cfg, stage, key)
+    what = f"{stage} {label}".strip()
+    if is_done(out):
+        CACHE.hit(stage, key)
+        log.info("%s: cached %s", what, out)
+        return StageRun(stage, key, out, True, read_json(out / result_file))
+    ctx = atomic_dir(out) if write else _scratch()
+    with ctx as tmp:
+        info = dict(compute(tmp))
+        if write:
+            (tmp / result_file).write_text(
+                json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+            )
+            write_provenance(
+                tmp,
+                provenance if provenance is not None else payload,
+                seed=seed,
+                stage=stage,
+                extra=extra,
+            )
+    CACHE.miss(stage, key)
+    log.info("%s: wrote %s", what, out)
+    return StageRun(stage, key, out, False, info)

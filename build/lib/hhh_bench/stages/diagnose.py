@@ -1,0 +1,189 @@
+"""The diagnose stage: task-vector diagnostics of a base and its specialists, cached by content.
+
+    hhh-bench stage=diagnose                                         # the pipeline's specialists
+    hhh-bench stage=diagnose merge.base=<dir> merge.models=[<dir>,<dir>,<dir>]
+
+``run_diagnose`` calls :func:`hhh_bench.merging.diagnose` and writes ``<root>/diagnose/<key>/``
+atomically::
+
+    diagnostics.json   the full report (per parameter, per layer type, model-wide, RESM's ranks)
+    diagnostics.md     its Markdown summary
+    provenance.json    options, versions, git revision, inputs
+
+and appends its summary to ``<root>/diagnostics.jsonl`` (the report stage draws it). The key
+covers the inputs' content, the options (``merge_engine.diagnostics_*``), ``vocab_policy`` and
+RESM's knobs without the compose-only ones (scaling, weights, seed): every merge of a sweep over
+``scaling``, and every method that is not RESM or TSV-M, reuses one computation. The merge stage
+runs it for every merge (``merge_engine.diagnostics: true``) and copies the report next to the
+merged model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hhh_bench.config import MergeEngineConfig
+from hhh_bench.stages.common import cached_stage, group, model_identity, to_dict
+
+CARD_HEADING = "## Task-vector diagnostics"
+
+
+def diagnostics_path(cfg: DictConfig) -> Path:
+    """The experiment's diagnostics store, ``<root>/diagnostics.jsonl``."""
+    return Path(cfg.root) / "diagnostics.jsonl"
+
+
+def diagnose_options(engine: MergeEngineConfig) -> dict[str, Any]:
+    """:func:`~hhh_bench.merging.diagnose` options from ``merge_engine`` (``diagnostics_top_k``,
+    ``diagnostics_tail_sigmas``, ``diagnostics_svd_embeddings``)."""
+    return {
+        "top_k": engine.diagnostics_top_k,
+        "tail_sigmas": [float(c) for c in engine.diagnostics_tail_sigmas],
+        "svd_embeddings": engine.diagnostics_svd_embeddings,
+    }
+
+
+def resm_params_for(method: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The knobs of a merge that RESM's diagnostics (reweighting change, density, ranks) take:
+    all of RESM's for ``resm`` (or a subclass of its params), ``rank_fraction``, ``rank_rtol``
+    and ``embeddings`` for TSV-M-like methods, none otherwise (RESM's defaults)."""
+    if not method or not params:
+        return {}
+    from hhh_bench.merging import get_method
+    from hhh_bench.merging.methods.resm import ResmParams
+    from hhh_bench.merging.methods.tsv import TsvParams
+
+    cls = get_method(str(method)).params_cls
+    if issubclass(cls, ResmParams):
+        names = {f.name for f in dataclasses.fields(ResmParams)}
+    elif issubclass(cls, TsvParams):
+        names = {"rank_fraction", "rank_rtol", "embeddings"}
+    else:
+        return {}
+    return {k: v for k, v in params.items() if k in names}
+
+
+def diagnostics_label(cfg: DictConfig, *, explicit: bool = False) -> str:
+    """How the report names a set of task vectors: ``merge_engine.diagnostics_label`` if set,
+    else the training option, the preference-noise rate when > 0 and the seed."""
+    engine = to_dict(cfg.get("merge_engine")) or {}
+    if engine.get("diagnostics_label"):
+        return str(engine["diagnostics_label"])
+    parts = []
+    if explicit:
+        parts.append("explicit models")
+    else:
+        train = cfg.get("train")
+        parts.append(str(train.get("name", "train")) if train is not None else "train")
+        data = cfg.get("data")
+        noise = data.get("noise") if data is not None else None
+        flip = float(noise.get("flip_rate", 0.0) or 0.0) if noise is not None else 0.0
+        if flip > 0:
+            parts.append(f"noise {flip:g}")
+    parts.append(f"seed {cfg.get('seed', 0)}")
+    return ", ".join(parts)
+
+
+def run_diagnose(
+    cfg: DictConfig,
+    base: str,
+    models: Sequence[str],
+    *,
+    resm_params: Mapping[str, Any] | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Diagnose (or reuse) the task vectors of ``models`` against ``base``; append the summary
+    row to ``<root>/diagnostics.jsonl``.
+
+    Args:
+        cfg: the composed config (``merge_engine``, ``root``, ``seed``, ``name``).
+        base: θ0's folder or hub id.
+        models: the finetuned folders, hub ids or LoRA adapter folders.
+        resm_params: RESM's knobs (:func:`resm_params_for` of a merge); None: its defaults.
+        label: the set's name in the report (default :func:`diagnostics_label`).
+
+    Returns:
+        ``{"dir", "key", "cached", "path", "report", "markdown", "row_appended"}``.
+    """
+    from hhh_bench.merging.diagnostics import diagnose, resm_knobs
+    from hhh_bench.tracking.diagnostics_view import summary_markdown
+    from hhh_bench.tracking.store import append_diagnostics, diagnostics_row
+
+    engine = group(cfg, "merge_engine", MergeEngineConfig)
+    opts = diagnose_options(engine)
+    knobs = resm_knobs(resm_params)
+    models = [str(m) for m in models]
+    payload = {
+        "base": model_identity(str(base)),
+        "models": [model_identity(m) for m in models],
+        "options": opts,
+        "resm": knobs,
+        "vocab_policy": engine.vocab_policy,
+    }
+
+    def compute(tmp: Path) -> dict[str, Any]:
+        report = diagnose(
+            str(base), models, **opts, resm_params=knobs, device=engine.device,
+            vocab_policy=engine.vocab_policy, allow_pickle=engine.allow_pickle,
+            progress=engine.progress,
+        )  # fmt: skip
+        (tmp / "diagnostics.md").write_text(
+            summary_markdown(report, heading="# Task-vector diagnostics")
+        )
+        return report
+
+    run = cached_stage(
+        cfg, "diagnose", payload, compute, result_file="diagnostics.json", seed=int(cfg.get("seed", 0)),
+        provenance={"diagnose": {**opts, "resm": knobs, "vocab_policy": engine.vocab_policy}},
+        extra={"base": str(base), "models": models},
+    )  # fmt: skip
+    path = run.dir / "diagnostics.json"
+    row = diagnostics_row(
+        run.info, key=run.key, experiment=str(cfg.get("name", "")), seed=cfg.get("seed"),
+        label=label or diagnostics_label(cfg, explicit=_explicit(cfg)), base=str(base),
+        models=models, path=path,
+    )  # fmt: skip
+    return {
+        "dir": str(run.dir),
+        "key": run.key,
+        "cached": run.cached,
+        "path": str(path),
+        "report": run.info,
+        "markdown": summary_markdown(run.info, heading=CARD_HEADING),
+        "row_appended": append_diagnostics(diagnostics_path(cfg), row),
+    }
+
+
+def _explicit(cfg: DictConfig) -> bool:
+    merge = cfg.get("merge")
+    return bool(merge is not None and merge.get("models"))
+
+
+def _replace_file(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def attach_to_model(out_dir: str | Path, diag: Mapping[str, Any]) -> Path:
+    """Copy a :func:`run_diagnose` result's ``diagnostics.json`` into a merged model's folder and
+    put its summary as the last section of the model card (``README.md``), replacing an earlier
+    one; idempotent. Returns the copied file's path."""
+    out = Path(out_dir)
+    dst = out / "diagnostics.json"
+    text = Path(diag["path"]).read_text()
+    if not dst.is_file() or dst.read_text() != text:
+        _replace_file(dst, text)
+    card = out / "README.md"
+    old = card.read_text() if card.is_file() else ""
+    kept = old.split(CARD_HEADING)[0].rstrip("\n")
+    new = (kept + "\n\n" if kept else "") + diag["markdown"]
+    if new != old:
+        _replace_file(card, new)
+    return dst

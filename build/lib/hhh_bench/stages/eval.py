@@ -1,0 +1,177 @@
+"""The eval stage: one model on one split of the eval suite -> metrics, 3H scores, a store row.
+
+``run_eval`` evaluates with lm-eval (cached under ``<root>/eval/<key>/``; the key is
+:func:`hhh_bench.evaluation.suite.eval_payload`: model, data, split, tasks, harness settings,
+dtype, data files' and user tasks' content), scores the per-task metrics with the suite's
+weights and primary metric, and appends the model's row to ``<root>/results.jsonl``. Scoring is
+not in the key: re-scoring with ``eval.metric=soft`` evaluates nothing again and supersedes the
+row (same ``row_key``).
+
+``<root>/eval/<key>/``: ``results.json`` (per-task metrics with stderrs and n, seconds, harness
+settings, the model dict, the scores at write time), ``samples.jsonl`` (per item: task, doc_id,
+id, gold, the choices' log-likelihoods), ``tasks/`` (the YAMLs used, paths filled in),
+``provenance.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, score, suite_tasks
+from hhh_bench.evaluation.suite import data_paths, eval_payload, include_paths
+from hhh_bench.provenance import config_hash
+from hhh_bench.stages.common import cached_stage, group, log, to_dict
+
+
+def results_path(cfg: DictConfig) -> Path:
+    """The experiment's results store, ``<root>/results.jsonl``."""
+    return Path(cfg.root) / "results.jsonl"
+
+
+def run_eval(
+    cfg: DictConfig,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    *,
+    split: str = "test",
+    base_scores: Mapping[str, Any] | None = None,
+    append: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one model on one split of ``cfg.eval`` (cached), score it, store its row.
+
+    Args:
+        cfg: the composed config (``eval``, ``model.dtype``/``device``, ``root``, ``name``).
+        model: ``{"path", "key", "kind", "name", "method", "params"}`` and optionally
+            ``family``, ``mix_strategy``, ``noise_rate``, ``train_dimensions``, ``seed``,
+            ``config_hash``, ``timings``; ``kind``: base | oracle | specialist | mixture | merge.
+        data: the data stage's result (``{"dir", "key"}``; its ``eval/`` feeds the toy tasks).
+        split: ``validation`` (choose hyperparameters) or ``test`` (report).
+        base_scores: the base's scores for the deltas (a result, its ``scores`` or a row); None:
+            the model's own if it is the base, else the store's base row of the same split,
+            suite and data (same seed preferred), else no deltas.
+        append: append the row to ``<root>/results.jsonl``.
+
+    Returns:
+        ``{"dir", "key", "metrics", "scores", "row", "cached", "appended", "store"}``.
+    """
+    from hhh_bench.tracking.store import append_result, build_row
+    from hhh_bench.tracking.store import base_scores as stored_base
+
+    if split not in SPLIT_SUFFIX:
+        raise ValueError(f"split must be one of {list(SPLIT_SUFFIX)}, got {split!r}")
+    for field_ in ("path", "key"):
+        if not model.get(field_):
+            raise ValueError(f"run_eval: model dict lacks {field_!r} (got keys {sorted(model)})")
+    ecfg = to_dict(cfg.eval)
+    specs = suite_tasks(ecfg, split)
+    payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"))
+    run = cached_stage(
+        cfg, "eval", payload, lambda tmp: _evaluate(cfg, model, data, ecfg, specs, payload, tmp),
+        result_file="results.json", provenance=ecfg, seed=int(cfg.seed),
+        extra={"model_key": model["key"], "data_key": (data or {}).get("key"), "payload": payload},
+        label=str(model.get("name", "")),
+    )  # fmt: skip
+    metrics = run.info["metrics"]
+    seed = model.get("seed", int(cfg.seed))
+    if model.get("kind", "base") == "base" and base_scores is None:
+        base = _dims(score(metrics, specs))  # the base against itself: zero deltas
+    else:
+        base = _dims(base_scores) or stored_base(
+            results_path(cfg), split=split, suite=str(cfg.eval.name),
+            data_key=(data or {}).get("key"), seed=seed,
+        )  # fmt: skip
+    scores = score(metrics, specs, base)
+    about = {"experiment": cfg.name, "suite": cfg.eval.name, "metric": cfg.eval.metric,
+             "seed": int(cfg.seed), "config_hash": _config_hash(cfg)}  # fmt: skip
+    row = build_row(
+        about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
+        scores=scores, specs=specs, eval_seconds=run.info["seconds"],
+    )  # fmt: skip
+    appended = append_result(results_path(cfg), row) if append else False
+    log.info(
+        "eval: %s (%s) helpful %.3f honest %.3f harmless %.3f avg %.3f min %.3f", row["name"],
+        split, scores["helpful"], scores["honest"], scores["harmless"], scores["average"],
+        scores["min"],
+    )  # fmt: skip
+    return {
+        "dir": str(run.dir), "key": run.key, "metrics": metrics, "scores": scores, "row": row,
+        "cached": run.cached, "appended": appended, "store": str(results_path(cfg)),
+    }  # fmt: skip
+
+
+def _dims(base: Mapping[str, Any] | None) -> dict[str, float] | None:
+    from hhh_bench.config import DIMENSIONS
+
+    if base is None:
+        return None
+    if "scores" in base and isinstance(base["scores"], Mapping):
+        base = base["scores"]
+    if any(base.get(d) is None for d in DIMENSIONS):
+        raise ValueError(
+            f"base_scores must hold {list(DIMENSIONS)} (a run_eval result, its 'scores' or a "
+            f"result row); got keys {sorted(base)}"
+        )
+    return {d: float(base[d]) for d in DIMENSIONS}
+
+
+def _config_hash(cfg: DictConfig) -> str | None:
+    try:
+        full = to_dict(cfg)
+    except Exception:  # an interpolation that only resolves inside a Hydra app
+        return None
+    full.pop("stage", None)
+    return config_hash(full)
+
+
+def _evaluate(
+    cfg: DictConfig,
+    model: Mapping[str, Any],
+    data: Mapping[str, Any] | None,
+    ecfg: Mapping[str, Any],
+    specs: list[Any],
+    payload: Mapping[str, Any],
+    tmp: Path,
+) -> dict[str, Any]:
+    """Run lm-eval for one model into ``tmp``: the content of ``results.json``."""
+    from hhh_bench.config import EvalConfig, ModelConfig
+    from hhh_bench.evaluation.harness import evaluate_model, materialize_tasks
+    from hhh_bench.models import load_causal_lm, load_tokenizer
+
+    mcfg = group(cfg, "model", ModelConfig)
+    e = group(cfg, "eval", EvalConfig)
+    device = mcfg.device
+    trust = bool(cfg.trust_remote_code)
+    t0 = time.perf_counter()
+    lm = load_causal_lm(model["path"], dtype=mcfg.dtype, device=device, trust_remote_code=trust)
+    tok = load_tokenizer(model["path"], trust_remote_code=trust)
+    load_s = time.perf_counter() - t0
+    include = materialize_tasks(
+        tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
+    )
+    res = evaluate_model(
+        lm, tok, list(dict.fromkeys(s.name for s in specs)), include_path=include,
+        apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
+        device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
+        log_samples=e.log_samples,
+    )  # fmt: skip
+    if res["samples"]:
+        with open(tmp / "samples.jsonl", "w") as f:
+            for task, rows in res["samples"].items():
+                for r in rows:
+                    f.write(json.dumps({"task": task, **r}) + "\n")
+    log.info("eval: %s in %.1f s", model.get("name", model["key"]), res["seconds"])
+    return {
+        "metrics": res["metrics"],
+        "seconds": res["seconds"],
+        "load_seconds": round(load_s, 3),
+        "harness": res["config"],
+        "model": {k: v for k, v in model.items() if k != "timings"},
+        "payload": dict(payload),
+        "scores_at_write": score(res["metrics"], specs),
+    }

@@ -1,0 +1,92 @@
+"""The report stage: the results store -> ``<root>/report/`` (Markdown table, figures) + W&B.
+
+    hhh-bench stage=report name=toy3h          # after the eval stage filled runs/toy3h/results.jsonl
+
+The report folder is rewritten as a whole on every run (built in a temporary folder, then
+swapped in), so it always matches the store it was made from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hhh_bench.stages.common import log, to_dict
+from hhh_bench.stages.eval import results_path
+
+
+def run_report(cfg: DictConfig) -> dict[str, Any]:
+    """Render the report of ``<root>/results.jsonl`` and log it to W&B (unless ``logger=none``).
+
+    Also draws the task-vector diagnostics of ``<root>/diagnostics.jsonl`` (heatmaps per
+    statistic, tables per layer type) when the merges wrote any.
+
+    Uses ``cfg.eval.report_split`` (the numbers shown), ``cfg.eval.select_split`` and
+    ``cfg.eval.select_by`` (how a family's configuration is chosen), ``cfg.logger``,
+    ``cfg.name`` and ``cfg.root``.
+
+    Returns:
+        ``{"dir", "report_md", "radar", "pareto", "conflict", "diagnostics_figures",
+        "main_table", "summary", "n_rows", "wandb_dir"}`` (paths as strings; ``wandb_dir``
+        None when logging is off).
+
+    Raises:
+        FileNotFoundError: the store does not exist or holds no rows.
+    """
+    from hhh_bench.provenance import atomic_dir
+    from hhh_bench.stages.diagnose import diagnostics_path
+    from hhh_bench.tracking.report import build_report
+    from hhh_bench.tracking.store import read_diagnostics, read_results
+    from hhh_bench.tracking.wandb_log import log_experiment
+
+    store = results_path(cfg)
+    rows = read_results(store)
+    if not rows:
+        raise FileNotFoundError(
+            f"no results in {store}; run the eval stage first (hhh-bench stage=eval ...)"
+        )
+    ecfg = to_dict(cfg.eval)
+    out = Path(cfg.root) / "report"
+    with atomic_dir(out, overwrite=True) as tmp:
+        rep = build_report(
+            rows,
+            tmp,
+            experiment=str(cfg.name),
+            report_split=ecfg.get("report_split", "test"),
+            select_split=ecfg.get("select_split"),
+            select_by=ecfg.get("select_by", "average"),
+            diagnostics=read_diagnostics(diagnostics_path(cfg)),
+        )
+    paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
+    diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
+    wandb_dir = log_experiment(
+        rows,
+        logger_cfg=to_dict(cfg.logger),
+        root=cfg.root,
+        name=str(cfg.name),
+        summary=rep["summary"],
+        config={"eval": ecfg, "n_rows": len(rows)},
+        files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
+    )
+    lines = [
+        "",
+        f"== hhh-bench report: {cfg.name} ({len(rows)} rows from {store}) ==",
+        rep["main_table"],
+        "",
+        *(f"{k}: {v}" for k, v in paths.items()),
+    ]
+    if wandb_dir:
+        lines.append(f"wandb run: {wandb_dir}")
+    print("\n".join(lines))
+    log.info("report: wrote %s", out)
+    return {
+        "dir": str(out),
+        **paths,
+        "diagnostics_figures": diag_figures,
+        "main_table": rep["main_table"],
+        "summary": rep["summary"],
+        "n_rows": len(rows),
+        "wandb_dir": str(wandb_dir) if wandb_dir else None,
+    }

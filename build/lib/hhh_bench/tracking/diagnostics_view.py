@@ -1,0 +1,107 @@
+"""Markdown views of a task-vector diagnostics report (:func:`hhh_bench.merging.diagnostics.diagnose`):
+the model card's section and the report's layer-type tables. Reads report dicts only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _mean(vals: Any) -> float | None:
+    v = [x for x in (vals or []) if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _tails(report: Mapping[str, Any]) -> list[str]:
+    pooled = report["model"]["pooled"]
+    return sorted(
+        (k for k in pooled if k.startswith("tail_share_")),
+        key=lambda k: float(k.removeprefix("tail_share_")),
+    )
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return (
+            f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
+        )
+    return str(v)
+
+
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("norm", "mean", "‖τ‖"),
+    ("kurtosis", "median", "kurtosis (med.)"),
+    ("tail_share_3", "mean", "> 3σ"),
+    ("tail_share_5", "mean", "> 5σ"),
+    ("reweight_change", "mean", "reweight Δ"),
+    ("sign_conflict", "mean", "sign conflict"),
+    ("subspace_overlap", "mean", "overlap"),
+    ("sti_normalized", "mean", "STI (norm.)"),
+    ("resm_density", "mean", "RESM D"),
+    ("resm_rank_ratio", "mean", "k / k_uniform"),
+)
+"""(statistic, summary field, header) of :func:`layer_type_table`."""
+
+
+def layer_type_table(layer_types: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table, one row per layer type: the mean of each statistic over the type's
+    parameters (the median for kurtosis), per-task statistics averaged over tasks."""
+    head = "| layer type | params | " + " | ".join(h for _, _, h in TABLE_COLUMNS) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(TABLE_COLUMNS)]
+    for kind, summ in layer_types.items():
+        cells = [_f((summ.get(stat) or {}).get(field)) for stat, field, _ in TABLE_COLUMNS]
+        lines.append(f"| {kind} | {summ['n_params']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_line_items(report: Mapping[str, Any]) -> list[str]:
+    """The model-wide figures as Markdown bullet lines."""
+    model = report["model"]
+    pooled = model["pooled"]
+    resm = report["resm"]
+    tails = _tails(report)
+    tail_txt = " / ".join(
+        f"{_f(_mean(pooled[k]))} beyond {k.removeprefix('tail_share_')}σ" for k in tails
+    )
+    knobs = resm["params"]
+    dens = resm.get("density") or {}
+    return [
+        "- ‖τ_t‖ over the whole model: " + ", ".join(_f(n) for n in pooled["norm"]),
+        f"- kurtosis (Pearson, normal = 3): median over parameters "
+        f"{_f(model['kurtosis']['median'])} (range {_f(model['kurtosis']['min'])}–"
+        f"{_f(model['kurtosis']['max'])})",
+        f"- share of ‖τ_t‖² (pooled over the model, mean over tasks): {tail_txt}",
+        f"- sign conflicts among entries non-zero in ≥ 2 tasks: {_f(pooled['sign_conflict'])}",
+        f"- top-k singular subspaces (mean over matrices and task pairs): overlap "
+        f"{_f(model['subspace_overlap']['mean'])}, STI normalized "
+        f"{_f(model['sti_normalized']['mean'])}",
+        f"- RESM (reweight={knobs['reweight']}, κ={knobs['kappa']:g}, rank={knobs['rank']}, "
+        f"M={knobs['outlier_ratio_M']:g}, spread={knobs['rank_spread']:g}): reweighting changes "
+        f"τ_t by {_f(model['reweight_change']['mean'])} (mean ‖τ − ρ(τ)‖/‖τ‖); outlier density "
+        f"D {_f(dens.get('min'))}–{_f(dens.get('max'))}; k differs from TSV-M's uniform k in "
+        f"{resm['layers_with_changed_rank']} of {resm['decomposed_layers']} decomposed layers",
+    ]
+
+
+def summary_markdown(
+    report: Mapping[str, Any], *, heading: str = "## Task-vector diagnostics"
+) -> str:
+    """A short Markdown section (model card, report): model-wide figures and the layer-type
+    table. Formulas: ``docs/merging.md#diagnostics``."""
+    lines = [
+        heading,
+        "",
+        f"T = {report['num_models']} task vectors τ_t = θ_t − θ0 over "
+        f"{report['model']['n_params']} floating parameters ({report['model']['numel']} entries); "
+        "every number per parameter is in `diagnostics.json`, the formulas in hhh-bench's "
+        "docs/merging.md (Diagnostics).",
+        "",
+        *model_line_items(report),
+        "",
+        "Per layer type (means over parameters and tasks; kurtosis: median):",
+        "",
+        layer_type_table(report["layer_types"]),
+    ]
+    return "\n".join(lines) + "\n"

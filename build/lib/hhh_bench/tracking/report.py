@@ -1,0 +1,730 @@
+"""The experiment report: a paper-style Markdown table and three figures from the results store.
+
+``report.md``
+    The main table, rows grouped Base / Oracle / Specialists / Data mixture / Model merging,
+    columns Helpful, Honest, Harmless, Avg, Min. One row per *family* (a merge method, a mixing
+    strategy, a specialist's dimension; a row's ``family`` field overrides the default): when a
+    family holds several configurations (a hyperparameter sweep), the one with the best
+    ``select_by`` score on the selection split (validation) is shown with its report-split (test)
+    numbers. Cells are means over seeds, ``mean ± std`` when there are several, with the change
+    from the base in parentheses; the best value per column among all rows but the oracle is
+    bold. Then every evaluated configuration, and per-task metrics of the main-table rows.
+``radar.png``
+    One polygon per family (the main table's rows) on the three dimensions.
+``pareto.png``
+    Helpful against harmless for every evaluated model (every row, every seed), the
+    non-dominated front of the compared models drawn as a line.
+``conflict.png``
+    A 3x3 heatmap: row i, column j is how training on dimension i alone (the specialists) moved
+    dimension j relative to the base (mean over seeds): the collaboration / conflict matrix.
+
+``diag_<statistic>.png`` (when ``<root>/diagnostics.jsonl`` has rows)
+    Task-vector diagnostics (:mod:`hhh_bench.merging.diagnostics`): per statistic, one heatmap
+    per diagnosed set of specialists side by side (rows: layer index, columns: layer type), and
+    in ``report.md`` a model-wide table with one row per set and a per-layer-type table per set.
+
+Plots use Matplotlib's object-oriented API on the Agg canvas, so no display or global backend
+state is involved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.evaluation.scoring import DIMENSIONS
+
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("base", "Base"),
+    ("oracle", "Oracle"),
+    ("specialist", "Specialists"),
+    ("mixture", "Data mixture"),
+    ("merge", "Model merging"),
+)
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("helpful", "Helpful"),
+    ("honest", "Honest"),
+    ("harmless", "Harmless"),
+    ("average", "Avg"),
+    ("min", "Min"),
+)
+DIGITS = 3
+
+
+def family_of(row: Mapping[str, Any]) -> str:
+    """The family a row belongs to: its ``family`` field, else one derived from its kind."""
+    if row.get("family"):
+        return str(row["family"])
+    kind = row.get("kind")
+    if kind == "base":
+        return "Base"
+    if kind == "oracle":
+        return "Oracle"
+    if kind == "specialist":
+        dims = trained_dimensions(row)
+        return f"Specialist: {'+'.join(dims)}" if dims else str(row["name"])
+    if kind == "mixture":
+        return f"Mixture: {row.get('mix_strategy') or row.get('method') or row['name']}"
+    if kind == "merge":
+        return f"Merge: {row.get('method') or row['name']}"
+    return str(row.get("name"))
+
+
+def trained_dimensions(row: Mapping[str, Any]) -> list[str]:
+    """The dimensions a model was trained on: ``train_dimensions``, else the one dimension word
+    its name contains (``dpo_helpful``), else none."""
+    dims = row.get("train_dimensions")
+    if dims:
+        return [d for d in DIMENSIONS if d in dims]
+    found = [d for d in DIMENSIONS if d in str(row.get("name", "")).lower()]
+    return found if len(found) == 1 else []
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mu = sum(values) / len(values)
+    if len(values) < 2:
+        return mu, None
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class Entry:
+    """One configuration (rows sharing ``kind`` and ``name``) aggregated over its seeds."""
+
+    kind: str
+    family: str
+    name: str
+    rows: list[dict[str, Any]]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+    delta: dict[str, float | None] = field(default_factory=dict)
+    n_configs: int = 1
+    selected_on: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def label(self) -> str:
+        if self.n_configs > 1:
+            return f"{self.name} (best of {self.n_configs} on {self.selected_on})"
+        return self.name
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """Group rows into configurations (same kind and name) with mean and std per score."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["name"]), []).append(dict(r))
+    entries = []
+    for (kind, name), rs in groups.items():
+        e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
+        for col, _ in COLUMNS:
+            e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        entries.append(e)
+    return entries
+
+
+def base_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Mean scores of the base rows (over seeds), or None when the store has no base row."""
+    base = [r for r in rows if r["kind"] == "base"]
+    if not base:
+        return None
+    return {col: _mean_std([float(r[col]) for r in base])[0] for col, _ in COLUMNS}
+
+
+def _with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None:
+    """Deltas of the means from the base's means, and the largest drop of a dimension's mean
+    below the base's (None without a base)."""
+    for e in entries:
+        for col, _ in COLUMNS:
+            e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
+        e.delta["max_drop"] = (
+            None if base is None else max(0.0, *(base[d] - e.mean[d] for d in DIMENSIONS))
+        )
+
+
+def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """The main table's entries, in table order. The report chooses nothing: a family shows the
+    configuration the pipeline chose on the selection split (rows whose ``extra.selected_on``
+    is set, with ``n_configs`` and the split), or, when no row of it carries a choice, every
+    configuration it holds, each as its own row. Deltas against the base of ``report_rows``."""
+    entries = aggregate(report_rows)
+    by_family: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        by_family.setdefault((e.kind, e.family), []).append(e)
+    shown: list[Entry] = []
+    for kind, _ in GROUPS:
+        for (k, _fam), members in by_family.items():
+            if k != kind:
+                continue
+            chosen = [m for m in members if _choice(m)]
+            for e in chosen or members:
+                choice = _choice(e)
+                if choice:
+                    e.selected_on = str(choice["selected_on"])
+                    e.n_configs = int(choice.get("n_configs") or 1)
+                shown.append(e)
+    _with_deltas(shown, base_means(report_rows))
+    return shown
+
+
+def _choice(e: Entry) -> dict[str, Any] | None:
+    """The pipeline's selection record of an entry's rows (``extra.selected_on``...), if any."""
+    for r in e.rows:
+        extra = r.get("extra") or {}
+        if extra.get("selected_on"):
+            return extra
+    return None
+
+
+def _fmt(value: float, std: float | None) -> str:
+    return f"{value:.{DIGITS}f}" + (f" ± {std:.{DIGITS}f}" if std is not None else "")
+
+
+def _fmt_opt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.{DIGITS}f}"
+
+
+def _fmt_delta(delta: float | None) -> str:
+    return "" if delta is None else f" ({delta:+.{DIGITS}f})"
+
+
+def best_per_column(entries: Sequence[Entry]) -> dict[str, float]:
+    """Best (highest) displayed mean per column among the compared rows (every kind but oracle)."""
+    compared = [e for e in entries if e.kind != "oracle"]
+    return {
+        col: max(round(e.mean[col], DIGITS) for e in compared) for col, _ in COLUMNS if compared
+    }
+
+
+def main_table(entries: Sequence[Entry]) -> str:
+    """The paper-style Markdown table of :func:`select_entries`' rows."""
+    best = best_per_column(entries)
+    head = "| Method | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [head, "|" + "---|" + "---:|" * len(COLUMNS)]
+    for kind, title in GROUPS:
+        members = [e for e in entries if e.kind == kind]
+        if not members:
+            continue
+        lines.append(f"| *{title}* |" + " |" * len(COLUMNS))
+        for e in members:
+            cells = []
+            for col, _ in COLUMNS:
+                text = _fmt(e.mean[col], e.std[col])
+                if e.kind != "oracle" and round(e.mean[col], DIGITS) == best.get(col):
+                    text = f"**{text}**"
+                cells.append(text + _fmt_delta(e.delta[col]))
+            lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _params(row: Mapping[str, Any]) -> str:
+    p = row.get("params") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
+
+
+def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every evaluated configuration (means over seeds), in group order."""
+    entries = aggregate(rows)
+    _with_deltas(entries, base_means(rows))
+    lines = [
+        "| Group | Model | Params | Seeds | Helpful | Honest | Harmless | Avg | Min | Max drop |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, title in GROUPS:
+        for e in sorted((e for e in entries if e.kind == kind), key=lambda e: e.name):
+            cells = [_fmt(e.mean[c], e.std[c]) + _fmt_delta(e.delta[c]) for c, _ in COLUMNS]
+            params = {_params(r) for r in e.rows}
+            shown = params.pop() if len(params) == 1 else "varies by seed"
+            lines.append(
+                f"| {title} | {e.name} | {shown} | {e.n} | "
+                + " | ".join(cells)
+                + f" | {_fmt_opt(e.delta['max_drop'])} |"
+            )
+    return "\n".join(lines)
+
+
+def per_task_table(entries: Sequence[Entry]) -> str:
+    """Per-task primary metrics (means over seeds) of the main-table rows."""
+    specs: dict[str, str] = {}
+    for e in entries:
+        for r in e.rows:
+            for s in r.get("task_specs") or []:
+                specs.setdefault(s["name"], s["metric"])
+            for t in r.get("tasks") or {}:
+                specs.setdefault(t, r.get("metric", "acc"))
+    if not specs:
+        return ""
+    names = sorted(specs)
+    lines = [
+        "| Method | " + " | ".join(f"{t} ({specs[t]})" for t in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for e in entries:
+        cells = []
+        for t in names:
+            vals = [
+                float(r["tasks"][t][specs[t]])
+                for r in e.rows
+                if t in (r.get("tasks") or {}) and r["tasks"][t].get(specs[t]) is not None
+            ]
+            cells.append(f"{sum(vals) / len(vals):.{DIGITS}f}" if vals else "-")
+        lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def conflict_matrix(rows: Sequence[Mapping[str, Any]]) -> list[list[float | None]]:
+    """``M[i][j]`` = mean over specialists trained on dimension i alone of (their score on
+    dimension j − the base's mean score on j); None where there is no such specialist or no base."""
+    base = base_means(rows)
+    out: list[list[float | None]] = []
+    for di in DIMENSIONS:
+        spec = [r for r in rows if r["kind"] == "specialist" and trained_dimensions(r) == [di]]
+        row: list[float | None] = []
+        for dj in DIMENSIONS:
+            if base is None or not spec:
+                row.append(None)
+            else:
+                row.append(sum(float(r[dj]) - base[dj] for r in spec) / len(spec))
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+_MARKERS = {"base": "s", "oracle": "*", "specialist": "^", "mixture": "D", "merge": "o"}
+_COLORS = {
+    "base": "#444444",
+    "oracle": "#b8860b",
+    "specialist": "#2ca02c",
+    "mixture": "#1f77b4",
+    "merge": "#d62728",
+}
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def radar_plot(entries: Sequence[Entry], path: str | Path, title: str = "") -> Path:
+    """One polygon per family (the main table's rows) over helpful, honest, harmless."""
+    fig = _figure((6.2, 5.4))
+    ax = fig.add_subplot(projection="polar")
+    angles = [2 * math.pi * i / len(DIMENSIONS) for i in range(len(DIMENSIONS))]
+    n_colors = 10 if len(entries) <= 10 else 20
+    cmap = _cmap("tab10" if n_colors == 10 else "tab20")
+    for i, e in enumerate(entries):
+        vals = [e.mean[d] for d in DIMENSIONS]
+        style = {"linestyle": "--"} if e.kind == "oracle" else {}
+        color = _COLORS["base"] if e.kind == "base" else cmap(i % n_colors)
+        ax.plot([*angles, angles[0]], [*vals, vals[0]], label=e.name, color=color, **style)
+        ax.fill([*angles, angles[0]], [*vals, vals[0]], color=color, alpha=0.06)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([d.capitalize() for d in DIMENSIONS])
+    ax.set_ylim(0, 1)
+    ax.set_rlabel_position(60)  # radial ticks between the Helpful and Honest axes
+    ax.set_title(title or "3H profile per method family", pad=18)
+    if entries:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=7, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (maximize both coordinates), sorted by the first."""
+    front = [
+        p
+        for p in points
+        if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points)
+    ]
+    return sorted(set(front))
+
+
+def pareto_plot(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, highlight: Sequence[Entry] = ()
+) -> Path:
+    """Helpful (x) against harmless (y) for every row, by kind; the compared models' front."""
+    fig = _figure((6.2, 5.0))
+    ax = fig.add_subplot()
+    for kind, title in GROUPS:
+        pts = [(float(r["helpful"]), float(r["harmless"])) for r in rows if r["kind"] == kind]
+        if pts:
+            ax.scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker=_MARKERS[kind],
+                color=_COLORS[kind],
+                s=90 if kind == "oracle" else 36,
+                alpha=0.8,
+                label=title,
+            )
+    front = pareto_front(
+        [(float(r["helpful"]), float(r["harmless"])) for r in rows if r["kind"] != "oracle"]
+    )
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="#888888", lw=1, ls=":")
+    for e in highlight:
+        ax.annotate(
+            e.name,
+            (e.mean["helpful"], e.mean["harmless"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("Helpful")
+    ax.set_ylabel("Harmless")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("Helpful vs harmless (every evaluated model)")
+    if rows:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+def _cmap(name: str) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps[name]
+
+
+def conflict_plot(matrix: Sequence[Sequence[float | None]], path: str | Path) -> Path:
+    """The 3x3 collaboration / conflict heatmap of :func:`conflict_matrix` (blue: helped,
+    red: hurt; grey: no specialist or no base)."""
+    fig = _figure((5.2, 4.4))
+    ax = fig.add_subplot()
+    vals = [[float("nan") if v is None else float(v) for v in row] for row in matrix]
+    finite = [abs(v) for row in vals for v in row if v == v]
+    vmax = max(finite) if finite and max(finite) > 0 else 1.0
+    cmap = _cmap("RdBu").with_extremes(bad="#dddddd")
+    im = ax.imshow(vals, cmap=cmap, vmin=-vmax, vmax=vmax)
+    labels = [d.capitalize() for d in DIMENSIONS]
+    ax.set_xticks(range(3), labels)
+    ax.set_yticks(range(3), labels)
+    ax.set_xlabel("Score on dimension (change from base)")
+    ax.set_ylabel("Specialist trained on")
+    for i, row in enumerate(vals):
+        for j, v in enumerate(row):
+            dark = v == v and abs(v) > 0.6 * vmax
+            text = "n/a" if v != v else f"{v:+.3f}"
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black"
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("Training on i moves j (specialists vs base)")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Task-vector diagnostics
+# ---------------------------------------------------------------------------------------------
+
+DIAG_HEATMAP_STATS = (
+    "norm",
+    "kurtosis",
+    "tail_share_3",
+    "tail_share_5",
+    "reweight_change",
+    "sign_conflict",
+    "subspace_overlap",
+    "sti_normalized",
+    "resm_density",
+    "resm_rank_ratio",
+)
+"""Statistics drawn as per-layer heatmaps (other ``tail_share_<c>`` columns are added when the
+rows have them); the full set is in each row's tables and ``diagnostics.json``."""
+
+
+def _diag_stats(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = {
+        k for r in rows for p in r.get("params") or [] for k, v in p.items() if v is not None
+    }
+    extra = sorted(
+        (k for k in present if k.startswith("tail_share_") and k not in DIAG_HEATMAP_STATS),
+        key=lambda k: float(k.removeprefix("tail_share_")),
+    )
+    return [s for s in (*DIAG_HEATMAP_STATS, *extra) if s in present]
+
+
+def diagnostics_grid(
+    row: Mapping[str, Any], stat: str, layers: Sequence[int], types: Sequence[str]
+) -> list[list[float]]:
+    """The (layer x type) grid of one diagnostics row's per-parameter values of ``stat``; NaN
+    where a layer has no such parameter or the statistic is undefined there."""
+    grid = [[float("nan")] * len(types) for _ in layers]
+    li = {layer: i for i, layer in enumerate(layers)}
+    ti = {t: j for j, t in enumerate(types)}
+    for p in row.get("params") or []:
+        v = p.get(stat)
+        if p.get("layer") is None or v is None or p["type"] not in ti:
+            continue
+        grid[li[int(p["layer"])]][ti[p["type"]]] = float(v)
+    return grid
+
+
+def _axes_of(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+    layers = sorted(
+        {int(p["layer"]) for r in rows for p in r["params"] if p.get("layer") is not None}
+    )
+    types: dict[str, None] = {}
+    for r in rows:
+        for p in r["params"]:
+            if p.get("layer") is not None:
+                types.setdefault(p["type"], None)
+    return layers, list(types)
+
+
+def diagnostics_heatmap(rows: Sequence[Mapping[str, Any]], stat: str, path: str | Path) -> Path:
+    """One heatmap per diagnostics row, side by side, on one color scale: rows = layer index,
+    columns = layer type, color = the statistic (per-task statistics averaged over tasks); grey:
+    undefined (e.g. no SVD statistic on a norm vector). Parameters outside the layers
+    (embeddings, final norm, LM head) are in the tables, not here."""
+    layers, types = _axes_of(rows)
+    grids = [diagnostics_grid(r, stat, layers, types) for r in rows]
+    finite = [v for g in grids for line in g for v in line if v == v]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    # Fixed margins in inches (no tight bounding box: one draw per figure): room for the
+    # rotated type names below, the titles above, the colorbar on the right.
+    label_in = 0.055 * max((len(t) for t in types), default=4) + 0.35
+    panel_w, panel_h = max(2.4, 0.42 * len(types)), max(1.2, 0.32 * len(layers))
+    width, height = panel_w * len(rows) + 0.55 * len(rows) + 1.0, panel_h + label_in + 0.75
+    fig = _figure((width, height))
+    fig.subplots_adjust(
+        left=0.5 / width,
+        right=1 - 0.9 / width,
+        bottom=label_in / height,
+        top=1 - 0.6 / height,
+        wspace=0.55 / panel_w,
+    )
+    cmap = _cmap("viridis").with_extremes(bad="#dddddd")
+    axes = []
+    im = None
+    for i, (row, grid) in enumerate(zip(rows, grids, strict=True)):
+        ax = fig.add_subplot(1, len(rows), i + 1)
+        axes.append(ax)
+        im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(types)), types, rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=6)
+        ax.set_ylabel("layer" if i == 0 else "", fontsize=7)
+        ax.set_title(str(row.get("label", row.get("row_key"))), fontsize=7)
+        if len(layers) * len(types) <= 120:
+            for a, line in enumerate(grid):
+                for b, v in enumerate(line):
+                    if v == v:
+                        dark = (v - vmin) / (vmax - vmin) < 0.5
+                        ax.text(b, a, f"{v:.2g}", ha="center", va="center", fontsize=5,
+                                color="white" if dark else "black")  # fmt: skip
+    if im is not None:
+        cax = fig.add_axes((1 - 0.75 / width, label_in / height, 0.12 / width, panel_h / height))
+        fig.colorbar(im, cax=cax)
+        cax.tick_params(labelsize=6)
+    helps = [r.get("statistics", {}).get(stat) for r in rows]
+    fig.suptitle(f"{stat}: {next((h for h in helps if h), stat)}", fontsize=8)
+    fig.savefig(path)
+    return Path(path)
+
+
+def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Model-wide figures, one row per diagnostics set: mean ‖τ_t‖ over tasks, median
+    kurtosis, pooled tail shares and sign conflicts, mean overlap and normalized STI, RESM's
+    density range, reweighting change and changed ranks."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.3f}"
+
+    def mean(vals: Sequence[Any] | None) -> float | None:
+        v = [x for x in (vals or []) if x is not None]
+        return sum(v) / len(v) if v else None
+
+    head = (
+        "| set | T | ‖τ_t‖ (mean) | kurtosis (median) | > 3σ | > 5σ | sign conflict | overlap "
+        "| STI (norm.) | reweight Δ | RESM D (min–max) | k ≠ uniform |"
+    )
+    lines = [head, "|---|---:|" + "---:|" * 10]
+    for r in rows:
+        m, pooled, resm = r["model"], r["model"].get("pooled", {}), r.get("resm") or {}
+        dens = resm.get("density") or {}
+        cells = [
+            str(r["num_models"]),
+            f(mean(pooled.get("norm"))),
+            f(m.get("kurtosis", {}).get("median")),
+            f(mean(pooled.get("tail_share_3"))),
+            f(mean(pooled.get("tail_share_5"))),
+            f(pooled.get("sign_conflict")),
+            f(m.get("subspace_overlap", {}).get("mean")),
+            f(m.get("sti_normalized", {}).get("mean")),
+            f(m.get("reweight_change", {}).get("mean")),
+            f"{f(dens.get('min'))}–{f(dens.get('max'))}",
+            f"{resm.get('layers_with_changed_rank', '-')} / {resm.get('decomposed_layers', '-')}",
+        ]
+        lines.append(f"| {r.get('label', r['row_key'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnostics_section(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path
+) -> tuple[list[str], dict[str, Path]]:
+    """The report's diagnostics Markdown lines and its heatmaps (``diag_<stat>.png``)."""
+    from hhh_bench.tracking.diagnostics_view import layer_type_table
+
+    out = Path(out_dir)
+    md = [
+        "## Task-vector diagnostics",
+        "",
+        "What the merge methods bet on, measured on each diagnosed set of task vectors "
+        "τ_t = θ_t − θ0 (the specialists the merges read; formulas in docs/merging.md, "
+        "Diagnostics). Tail shares and sign conflicts are pooled over the model (tail shares "
+        "averaged over tasks); overlap, STI and reweighting change are means over matrices.",
+        "",
+        diagnostics_table(rows),
+        "",
+    ]
+    for r in rows:
+        md += [f"### {r.get('label', r['row_key'])}", "", layer_type_table(r["layer_types"]), ""]
+    figures: dict[str, Path] = {}
+    layers, _ = _axes_of(rows)
+    if layers:
+        md += ["### Per-layer heatmaps", ""]
+        for stat in _diag_stats(rows):
+            figures[stat] = diagnostics_heatmap(rows, stat, out / f"diag_{stat}.png")
+            md += [f"![{stat} per layer](diag_{stat}.png)", ""]
+    return md, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole report
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    experiment: str = "",
+    report_split: str = "test",
+    select_split: str | None = "validation",
+    select_by: str = "average",
+    diagnostics: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
+    (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
+
+    Args:
+        rows: result rows (:func:`hhh_bench.tracking.store.read_results`); rows of other splits
+            than ``report_split`` / ``select_split`` are ignored.
+        out_dir: the folder to write (created).
+        experiment: the experiment's name, for the title.
+        report_split: the split whose numbers are shown.
+        select_split: the split on which a family's configuration is chosen (None: the report
+            split itself, which the report then says).
+        select_by: the score a configuration is chosen by (``average``, ``min``, a dimension).
+        diagnostics: rows of ``<root>/diagnostics.jsonl``
+            (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
+
+    Returns:
+        ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict",
+        "diagnostics_figures"}`` (the last: ``{statistic: heatmap path}``).
+
+    Raises:
+        ValueError: no row of ``report_split``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_rows = [dict(r) for r in rows if r.get("split", report_split) == report_split]
+    if not report_rows:
+        have = sorted({str(r.get("split")) for r in rows})
+        raise ValueError(
+            f"no results for split {report_split!r} (have {have or 'none'}); run the eval stage "
+            f"on that split first"
+        )
+    if select_by not in dict(COLUMNS):
+        raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
+    entries = table_entries(report_rows)
+    metric = sorted({str(r.get("metric", "?")) for r in report_rows})
+    base = base_means(report_rows)
+    n_seeds = max(e.n for e in entries)
+    md = [
+        f"# hhh-bench report{': ' + experiment if experiment else ''}",
+        "",
+        f"Split **{report_split}**, primary metric {', '.join(metric)}, "
+        f"{len(report_rows)} evaluated model(s); generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "## Main table",
+        "",
+        "One row per method family; where the pipeline compared several configurations of a "
+        f"family, the one it chose by {select_by} on the selection split "
+        f"({select_split or 'none'}) is shown, with how many it compared; a family without a "
+        "recorded choice shows each of its configurations. "
+        + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
+        + ("In parentheses: change from the base. " if base else "No base row: no deltas. ")
+        + "Bold: best per column among all rows but the oracle.",
+        "",
+        main_table(entries),
+        "",
+        "## All evaluated models",
+        "",
+        all_models_table(report_rows),
+        "",
+    ]
+    tasks = per_task_table(entries)
+    if tasks:
+        md += ["## Per-task metrics (main-table rows)", "", tasks, ""]
+    matrix = conflict_matrix(report_rows)
+    md += [
+        "## Figures",
+        "",
+        "![3H radar](radar.png)",
+        "",
+        "![Helpful vs harmless](pareto.png)",
+        "",
+        "![Conflict matrix](conflict.png)",
+        "",
+    ]
+    paths = {
+        "radar": radar_plot(entries, out / "radar.png", title=f"3H profile ({report_split})"),
+        "pareto": pareto_plot(report_rows, out / "pareto.png", highlight=entries),
+        "conflict": conflict_plot(matrix, out / "conflict.png"),
+    }
+    diag_figures: dict[str, Path] = {}
+    if diagnostics:
+        diag_md, diag_figures = diagnostics_section(list(diagnostics), out)
+        md += diag_md
+    markdown = "\n".join(md)
+    (out / "report.md").write_text(markdown)
+    summary: dict[str, Any] = {}
+    for e in entries:
+        for col, _ in COLUMNS:
+            summary[f"{e.family}/{col}"] = e.mean[col]
+    compared = [e for e in entries if e.kind not in ("oracle", "base")]
+    if compared:
+        best = max(compared, key=lambda e: e.mean[select_by])
+        summary["best/family"] = best.family
+        summary["best/name"] = best.name
+        summary[f"best/{select_by}"] = best.mean[select_by]
+    return {
+        "markdown": markdown,
+        "main_table": main_table(entries),
+        "entries": entries,
+        "summary": summary,
+        "conflict_matrix": matrix,
+        "report_md": out / "report.md",
+        **paths,
+        "diagnostics_figures": diag_figures,
+    }

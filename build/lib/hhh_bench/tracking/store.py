@@ -1,0 +1,424 @@
+"""The results store: one append-only JSONL file per experiment, one row per evaluated model.
+
+Rows are :class:`ResultRow` dicts (see its fields). :func:`append_result` writes a whole line,
+flushes and fsyncs under an exclusive lock, so concurrent writers (a Hydra multirun) never
+interleave and a crash loses at most the line being written. :func:`read_results` skips a torn
+line with a warning. The same model evaluated again (same ``row_key``) supersedes its earlier
+row: the last one wins on load, and the file itself is never rewritten.
+
+Beside it, ``diagnostics.jsonl`` holds one row per diagnosed set of task vectors (the base and
+specialists a merge read, see :mod:`hhh_bench.merging.diagnostics`): :func:`append_diagnostics`
+and :func:`read_diagnostics`, with the same locking, torn-line and superseding rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypedDict
+
+KINDS = ("base", "oracle", "specialist", "mixture", "merge")
+
+
+class ResultRow(TypedDict, total=False):
+    """One evaluated model (one split of one model) in the results store.
+
+    Identity: ``row_key`` (unique per model x data x eval config x split), ``experiment``,
+    ``split`` (``validation`` | ``test``), ``suite`` (``toy3h`` | ``harness_3h``), ``metric``
+    (the primary metric behind the scores), ``created_at``.
+
+    What it is: ``name`` (display name; rows of the same configuration over seeds share it),
+    ``family`` (the report groups configurations into families), ``kind`` (one of
+    :data:`KINDS`), ``method`` (``dpo``, ``ties``, ...), ``params`` (hyperparameters),
+    ``mix_strategy``, ``noise_rate``, ``train_dimensions`` (what a specialist was trained on),
+    ``seed``, ``config_hash``, ``model_key``, ``data_key``, ``eval_key``.
+
+    Numbers: ``tasks`` (per task ``{metric: value, "<metric>_stderr": value, "n": int}``), the
+    scores ``helpful``, ``honest``, ``harmless`` (+ ``_stderr``), ``average``, ``min``, and vs
+    the base ``delta_helpful``, ``delta_honest``, ``delta_harmless``, ``delta_average``,
+    ``delta_min``, ``max_drop`` (None without a base).
+
+    Where and how long: ``timings`` (seconds per phase, e.g. ``eval_s``, ``train_s``),
+    ``artifacts`` (paths: ``model``, ``eval_dir``, ``results``).
+
+    Also: ``task_specs`` (each task's dimension, weight and primary metric behind the scores) and
+    ``extra`` (any other field the caller's model dict carried, e.g. ``selection_score``).
+    """
+
+    row_key: str
+    experiment: str
+    split: str
+    suite: str
+    metric: str
+    created_at: str
+    name: str
+    family: str | None
+    kind: str
+    method: str | None
+    params: dict[str, Any]
+    mix_strategy: str | None
+    noise_rate: float | None
+    train_dimensions: list[str]
+    seed: int | None
+    config_hash: str | None
+    model_key: str
+    data_key: str | None
+    eval_key: str
+    tasks: dict[str, dict[str, Any]]
+    helpful: float
+    honest: float
+    harmless: float
+    helpful_stderr: float | None
+    honest_stderr: float | None
+    harmless_stderr: float | None
+    average: float
+    min: float
+    delta_helpful: float | None
+    delta_honest: float | None
+    delta_harmless: float | None
+    delta_average: float | None
+    delta_min: float | None
+    max_drop: float | None
+    timings: dict[str, float]
+    artifacts: dict[str, str]
+    task_specs: list[dict[str, Any]]
+    extra: dict[str, Any]
+
+
+REQUIRED = ("row_key", "name", "kind", "helpful", "honest", "harmless", "average", "min")
+SCORE_COLUMNS = ("helpful", "honest", "harmless", "average", "min")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, paths -> str, tuples -> lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
+        with contextlib.suppress(Exception):
+            obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def validate_row(row: Mapping[str, Any]) -> None:
+    """Check the fields every consumer relies on.
+
+    Raises:
+        ValueError: a required field is missing, ``kind`` is unknown, or a score is not a number.
+    """
+    missing = [k for k in REQUIRED if k not in row or row[k] is None]
+    if missing:
+        raise ValueError(f"result row {row.get('row_key', '?')!r} lacks field(s) {missing}")
+    if row["kind"] not in KINDS:
+        raise ValueError(f"result row {row['row_key']!r}: kind {row['kind']!r} not in {KINDS}")
+    for k in SCORE_COLUMNS:
+        if not isinstance(row[k], (int, float)):
+            raise ValueError(f"result row {row['row_key']!r}: {k} = {row[k]!r} is not a number")
+
+
+@contextlib.contextmanager
+def _locked(f: Any) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: rely on O_APPEND alone
+        yield
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    skip = {"created_at", "timings"}
+    return {k: v for k, v in a.items() if k not in skip} == {
+        k: v for k, v in b.items() if k not in skip
+    }
+
+
+def append_result(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: bool = True) -> bool:
+    """Append one row to the store (created with its folder if missing), crash-safely.
+
+    The line is written with a single ``write`` on a file opened for appending, under an
+    exclusive ``flock``, then flushed and fsynced. If the file ends in a torn line (a crash
+    mid-write), a newline is written first so the new row starts on a line of its own.
+
+    Args:
+        path: the store file (``<root>/results.jsonl``).
+        row: a :class:`ResultRow`; ``created_at`` is filled in if absent.
+        skip_unchanged: do not append when the latest row with the same ``row_key`` has the same
+            content (ignoring ``created_at`` and ``timings``): a cached stage re-run adds nothing.
+
+    Returns:
+        True if a line was written.
+    """
+    validate_row(row)
+    return _append_row(path, row, skip_unchanged=skip_unchanged)
+
+
+def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: bool) -> bool:
+    """Append one JSON line under an exclusive lock, flushed and fsynced (see append_result)."""
+    row = _clean(dict(row))
+    row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    line = json.dumps(row, sort_keys=True, allow_nan=False) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f, _locked(f):
+        if skip_unchanged:
+            f.seek(0)
+            latest = _dedupe(_parse(f.read().decode("utf-8", "replace"), path, warn=False))
+            prev = latest.get(row["row_key"])
+            if prev is not None and _same(prev, row):
+                return False
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _parse(text: str, path: Path, warn: bool = True) -> list[dict[str, Any]]:
+    rows = []
+    lines = text.split("\n")
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "row_key" not in row:
+                raise ValueError("not a result row")
+        except ValueError:
+            if warn:
+                where = "last line" if i >= len(lines) - 1 else f"line {i}"
+                warnings.warn(
+                    f"{path}: ignoring a torn or invalid {where} ({line[:60]!r}...): "
+                    "probably a write interrupted by a crash",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            continue
+        rows.append(row)
+    return rows
+
+
+def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:  # insertion order is the first occurrence; the value is the last one
+        latest[r["row_key"]] = r
+    return latest
+
+
+def read_results(path: str | Path, *, dedupe: bool = True) -> list[dict[str, Any]]:
+    """All rows of a store, in file order; with ``dedupe`` the last row per ``row_key``.
+
+    A torn or invalid line is skipped with a :class:`RuntimeWarning`. A missing file reads as
+    no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = _parse(path.read_text(encoding="utf-8", errors="replace"), path)
+    return list(_dedupe(rows).values()) if dedupe else rows
+
+
+DIAGNOSTICS_REQUIRED = ("row_key", "label", "num_models", "model", "layer_types", "params")
+
+
+def append_diagnostics(
+    path: str | Path, row: Mapping[str, Any], *, skip_unchanged: bool = True
+) -> bool:
+    """Append one diagnostics row (``<root>/diagnostics.jsonl``) crash-safely, as
+    :func:`append_result` does; the latest row per ``row_key`` wins on load.
+
+    A row holds ``row_key`` (the diagnose stage's key), ``label`` (how the report names the set),
+    ``experiment``, ``seed``, ``num_models``, ``inputs``, ``options``, ``resm``, the summaries
+    ``model`` and ``layer_types`` and ``params`` (one value per statistic and parameter, see
+    :func:`hhh_bench.merging.diagnostics.parameter_table`), ``artifacts``.
+
+    Raises:
+        ValueError: a required field is missing.
+    """
+    missing = [k for k in DIAGNOSTICS_REQUIRED if row.get(k) is None]
+    if missing:
+        raise ValueError(f"diagnostics row {row.get('row_key', '?')!r} lacks field(s) {missing}")
+    return _append_row(path, row, skip_unchanged=skip_unchanged)
+
+
+def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
+    """The diagnostics rows of a store (the last per ``row_key``, in first-seen order); a missing
+    file reads as no rows, a torn line is skipped with a :class:`RuntimeWarning`."""
+    return read_results(path)
+
+
+def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True) -> Any:
+    """The store as a :class:`pandas.DataFrame`, one row per evaluated model.
+
+    Args:
+        path: the store file.
+        flatten: expand nested fields into dotted columns (``tasks.toy3h_known_qa_test.acc``,
+            ``params.density``); otherwise they stay dicts in object columns.
+        dedupe: keep only the last row per ``row_key``.
+
+    Returns:
+        The DataFrame (empty, with the core columns, when the store has no rows).
+    """
+    import pandas as pd
+
+    rows = read_results(path, dedupe=dedupe)
+    if not rows:
+        return pd.DataFrame(columns=list(ResultRow.__annotations__))
+    if flatten:
+        return pd.json_normalize(rows, sep=".")
+    return pd.DataFrame(rows)
+
+
+def diagnostics_row(
+    report: Mapping[str, Any],
+    *,
+    key: str,
+    experiment: str,
+    seed: Any,
+    label: str,
+    base: str,
+    models: list[str],
+    path: str | Path,
+) -> dict[str, Any]:
+    """The diagnostics store's row of one report: what the report stage draws (model-wide and
+    per-layer-type summaries, one value per parameter and statistic, the statistics' help)."""
+    resm = report.get("resm") or {}
+    return {
+        "row_key": key,
+        "experiment": experiment,
+        "label": label,
+        "seed": seed,
+        "num_models": report["num_models"],
+        "inputs": {"base": base, "models": models},
+        "options": report["options"],
+        "resm": {k: v for k, v in resm.items() if k not in ("ranks", "uniform_ranks")},
+        "model": report["model"],
+        "layer_types": report["layer_types"],
+        "params": _parameter_table(report),
+        "statistics": report["statistics"],
+        "artifacts": {"diagnostics": str(path)},
+    }
+
+
+def _parameter_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One small dict per parameter: name, layer, type and each statistic's single value
+    (per-task statistics averaged over tasks)."""
+    stats = list(report.get("statistics") or {})
+    out = []
+    for r in report["params"]:
+        row: dict[str, Any] = {"name": r["name"], "layer": r["layer"], "type": r["type"]}
+        for s in stats:
+            v = r.get(s)
+            if isinstance(v, list):
+                vals = [x for x in v if x is not None]
+                v = sum(vals) / len(vals) if vals else None
+            row[s] = None if v is None else float(v)
+        out.append(row)
+    return out
+
+
+# Model-dict fields that have a column of their own in the row; the rest go to ``extra``.
+_MODEL_FIELDS = (
+    "path", "key", "kind", "name", "family", "method", "params", "mix_strategy", "noise_rate",
+    "train_dimensions", "seed", "config_hash", "timings",
+)  # fmt: skip
+
+
+def build_row(
+    run: Mapping[str, Any],
+    model: Mapping[str, Any],
+    data: Mapping[str, Any] | None,
+    *,
+    split: str,
+    key: str,
+    out_dir: Path,
+    metrics: Mapping[str, Any],
+    scores: Mapping[str, Any],
+    specs: list[Any],
+    eval_seconds: float,
+) -> dict[str, Any]:
+    """The results-store row of one evaluated model (fields: :class:`ResultRow`).
+
+    ``run`` holds what the run says about itself: ``experiment``, ``suite``, ``metric``,
+    ``seed`` (default of the model's) and ``config_hash``."""
+    params = dict(model.get("params") or {})
+    timings = {"eval_s": round(float(eval_seconds), 3)}
+    timings.update({k: float(v) for k, v in (model.get("timings") or {}).items()})
+    row: dict[str, Any] = {
+        # one model reported in an explicit family of its own (a grid point of an ablation) is a
+        # row apart from the same model reported as its method's selected configuration
+        "row_key": f"{key}:{model['family']}" if model.get("family") else key,
+        "experiment": str(run["experiment"]),
+        "split": split,
+        "suite": str(run["suite"]),
+        "metric": str(run["metric"]),
+        "name": str(model.get("name") or model["key"]),
+        "family": model.get("family"),
+        "kind": str(model.get("kind", "base")),
+        "method": model.get("method"),
+        "params": params,
+        "mix_strategy": model.get("mix_strategy"),
+        "noise_rate": model.get("noise_rate"),
+        "train_dimensions": list(model.get("train_dimensions") or []),
+        "seed": model.get("seed", run.get("seed")),
+        "config_hash": model.get("config_hash") or run.get("config_hash"),
+        "model_key": model["key"],
+        "data_key": (data or {}).get("key"),
+        "eval_key": key,
+        "tasks": {k: dict(v) for k, v in metrics.items()},
+        "task_specs": [
+            {"name": s.name, "dimension": s.dimension, "weight": s.weight, "metric": s.metric}
+            for s in specs
+        ],
+        "timings": timings,
+        "extra": {k: v for k, v in model.items() if k not in _MODEL_FIELDS},
+        "artifacts": {
+            "model": str(model.get("path")),
+            "eval_dir": str(out_dir),
+            "results": str(out_dir / "results.json"),
+        },
+    }
+    for k in ("delta_helpful", "delta_honest", "delta_harmless", "delta_average", "delta_min"):
+        row[k] = None
+    row["max_drop"] = None
+    row.update(scores)
+    return row
+
+
+def base_scores(
+    store: str | Path, *, split: str, suite: str, data_key: str | None, seed: Any
+) -> dict[str, float] | None:
+    """The base model's scores of this split, suite and data from the store (latest row; same
+    seed preferred), or None."""
+    rows = [
+        r
+        for r in read_results(store)
+        if r["kind"] == "base"
+        and r.get("split") == split
+        and r.get("suite") == suite
+        and r.get("data_key") == data_key
+    ]
+    if not rows:
+        return None
+    same = [r for r in rows if r.get("seed") == seed]
+    row = (same or rows)[-1]
+    return {d: float(row[d]) for d in ("helpful", "honest", "harmless")}

@@ -1,0 +1,149 @@
+"""Weights & Biases logging: one run per experiment with a ``wandb.Table`` of every result row.
+
+The results store stays the source of truth (offline W&B writes no summary file); W&B is a view.
+The mode is the logger config's ``mode`` if set, else ``$WANDB_MODE`` if the user set it, else
+``offline`` (files under ``<root>/wandb/offline-run-*``; ``wandb sync`` uploads them later).
+``logger.name: none`` (or no logger config) logs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def wandb_mode(logger_cfg: Mapping[str, Any] | None) -> str | None:
+    """The W&B mode to use, or None when logging is off (``logger=none``)."""
+    if not logger_cfg or logger_cfg.get("name", "none") in ("none", None):
+        return None
+    mode = logger_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be online | offline | disabled, got {mode!r}")
+    return mode
+
+
+def wandb_dir(root: str | Path) -> Path:
+    """Where W&B files go: ``$WANDB_DIR`` when set (the user's choice), else ``<root>/wandb``;
+    never the current folder."""
+    env = os.environ.get("WANDB_DIR")
+    path = Path(env) if env else Path(root).resolve() / "wandb"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def setup_trainer_env(root: str | Path, logger_cfg: Mapping[str, Any] | None) -> None:
+    """Environment for a trainer's W&B logging: files under :func:`wandb_dir`, project, entity
+    and mode from the logger config (the user's own ``WANDB_*`` settings win for project/entity)."""
+    os.environ["WANDB_DIR"] = str(wandb_dir(root))
+    lg = dict(logger_cfg or {})
+    if lg.get("project"):
+        os.environ.setdefault("WANDB_PROJECT", str(lg["project"]))
+    if lg.get("entity"):
+        os.environ.setdefault("WANDB_ENTITY", str(lg["entity"]))
+    mode = wandb_mode(lg)
+    if mode:
+        os.environ["WANDB_MODE"] = mode
+
+
+def finish_run() -> None:
+    """Close the trainer's W&B run, if one is open."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: scalars as they are, lists and dicts as JSON text, NaN as None."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def rows_to_table_data(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and data of the results table: nested dicts flattened to dotted columns
+    (``tasks.toy3h_known_qa_test.acc``, ``params.density``), lists as JSON text."""
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping) and v:
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    flats = [flat(r) for r in rows]
+    columns: list[str] = []
+    for f in flats:
+        columns += [c for c in f if c not in columns]
+    return columns, [[_cell(f.get(c)) for c in columns] for f in flats]
+
+
+def log_experiment(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    logger_cfg: Mapping[str, Any] | None,
+    root: str | Path,
+    name: str,
+    summary: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    files: Sequence[str | Path] = (),
+) -> Path | None:
+    """Log an experiment's results table (and summary metrics, report files) as one W&B run.
+
+    Args:
+        rows: the result rows (:func:`hhh_bench.tracking.store.read_results`).
+        logger_cfg: the ``logger`` config (``name``, ``project``, ``entity``, ``mode``).
+        root: the experiment root; the run is written under ``<root>/wandb/``.
+        name: the experiment name (the run's name and group).
+        summary: scalar summary metrics (e.g. ``"TIES/average": 0.71``).
+        config: the run config to record.
+        files: report files to attach (images are logged as ``wandb.Image``).
+
+    Returns:
+        The run's local folder (``<root>/wandb/<offline-run-...>``), or None when logging is off.
+    """
+    mode = wandb_mode(logger_cfg)
+    if mode is None:
+        return None
+    import wandb
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=logger_cfg.get("project") or "hhh-bench",  # type: ignore[union-attr]
+        entity=logger_cfg.get("entity"),  # type: ignore[union-attr]
+        name=name,
+        group=name,
+        job_type="report",
+        dir=str(root),
+        mode=mode,
+        config=dict(config or {}),
+        reinit="create_new",
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+    )
+    try:
+        columns, data = rows_to_table_data(rows)
+        payload: dict[str, Any] = {"results": wandb.Table(columns=columns, data=data)}
+        for f in files:
+            p = Path(f)
+            if p.suffix.lower() == ".png" and p.is_file():
+                payload[f"report/{p.stem}"] = wandb.Image(str(p))
+        run.log(payload)
+        if summary:
+            run.summary.update({k: v for k, v in summary.items() if _cell(v) is not None})
+        run_dir = Path(run.dir).parent if run.dir else None
+    finally:
+        run.finish()
+    return run_dir

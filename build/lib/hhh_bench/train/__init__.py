@@ -1,0 +1,1 @@
+"""Training: TRL SFT / DPO wrappers, LoRA via peft."""

@@ -1,0 +1,330 @@
+"""DPO with TRL's ``DPOTrainer`` (full fine-tuning or LoRA), and held-out log-prob margins.
+
+The reference model (DPO's π_ref) is always the model as it is when training starts:
+
+* full fine-tuning: an explicit frozen deep copy is passed as ``ref_model``. With
+  ``ref_model=None`` TRL would reload the reference from ``model.config._name_or_path``, which fails
+  for an unsaved model and silently gives the *on-disk* weights for a model changed in memory
+  (``shared/STACK.md``, "the reference-model trap"). :func:`train_dpo` makes the copy itself when
+  the caller passes none.
+* LoRA: ``ref_model=None``; TRL computes the reference with the adapter switched off.
+
+Rows are reduced to ``prompt`` / ``chosen`` / ``rejected`` before ``Dataset.from_list`` (the
+``meta`` dicts of different sources have different keys, which Arrow cannot put in one column),
+and stay in TRL's conversational format, so TRL renders them with the tokenizer's chat template
+(which ends assistant turns with EOS).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.train.common import LossCurve, cpu_defaults, report_to
+
+DPO_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
+
+
+def to_dpo_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Keep only the columns TRL needs, as plain lists of ``{"role", "content"}`` messages."""
+    out = []
+    for i, r in enumerate(rows):
+        missing = [c for c in DPO_COLUMNS if c not in r]
+        if missing:
+            raise ValueError(f"DPO row {i} (id={r.get('id')!r}) lacks {missing}")
+        out.append(
+            {c: [{"role": m["role"], "content": m["content"]} for m in r[c]] for c in DPO_COLUMNS}
+        )
+    return out
+
+
+def curriculum_order(
+    rows: Sequence[PreferenceRow], order: Sequence[str], epochs: float, seed: int
+) -> tuple[list[PreferenceRow], list[dict[str, Any]]]:
+    """Lay out a curriculum as one fixed sequence: all passes over the first dimension's rows,
+    then all passes over the second's, and so on (each pass freshly shuffled with ``seed``).
+
+    ``epochs`` may be fractional: ``int(epochs)`` full passes, then the first
+    ``round(frac * n)`` rows of one more shuffled pass. Trained with a sequential sampler and one
+    epoch, this trains the dimensions one after another against one reference model, with one
+    learning-rate schedule over the whole curriculum; at most one batch per phase boundary holds
+    pairs of two phases.
+
+    Returns:
+        The ordered rows and one record per phase: ``{"dimension", "pairs", "rows"}`` where
+        ``pairs`` counts distinct pairs of that dimension and ``rows`` the pairs after repetition.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs}")
+    rng = random.Random(f"hhh-bench-curriculum-{seed}")
+    by_dim: dict[str, list[PreferenceRow]] = {d: [] for d in order}
+    for r in rows:
+        if r["dimension"] not in by_dim:
+            raise ValueError(
+                f"row {r.get('id')!r} has dimension {r['dimension']!r}, not in order {list(order)}"
+            )
+        by_dim[r["dimension"]].append(r)
+    full, frac = int(epochs), epochs - int(epochs)
+    out: list[PreferenceRow] = []
+    phases = []
+    for d in order:
+        pool = by_dim[d]
+        seq: list[PreferenceRow] = []
+        for _ in range(full):
+            p = list(pool)
+            rng.shuffle(p)
+            seq += p
+        if frac > 0:
+            p = list(pool)
+            rng.shuffle(p)
+            seq += p[: int(math.floor(frac * len(p) + 0.5))]
+        out += seq
+        phases.append({"dimension": d, "pairs": len(pool), "rows": len(seq)})
+    return out, phases
+
+
+def frozen_copy(model: Any) -> Any:
+    """A deep copy of ``model`` in eval mode with gradients off: the DPO reference."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[PreferenceRow],
+    out_dir: str | Path,
+    *,
+    ref_model: Any | None = None,
+    lora: Any | None = None,
+    beta: float = 0.1,
+    loss_type: str | Sequence[str] = "sigmoid",
+    loss_weights: Sequence[float] | None = None,
+    learning_rate: float = 2e-4,
+    epochs: float = 3.0,
+    max_steps: int = -1,
+    batch_size: int = 16,
+    grad_accum: int = 1,
+    max_length: int | None = 64,
+    lr_scheduler_type: str = "cosine",
+    warmup_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+    logger: str | None = None,
+    logging_steps: int = 5,
+    run_name: str | None = None,
+    curriculum: Sequence[str] | None = None,
+    precompute_ref_log_probs: bool = False,
+    save_to: str | Path | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+) -> tuple[Any, LossCurve]:
+    """DPO-train ``model`` on preference ``rows``; return the trained model and its loss curve.
+
+    Args:
+        model: the policy (a ``PreTrainedModel``; wrapped by peft here when ``lora`` is given).
+        tokenizer: its tokenizer, with a chat template.
+        rows: schema rows (:mod:`hhh_bench.data.schema`); only prompt/chosen/rejected are used.
+        out_dir: the trainer's scratch folder (nothing is checkpointed there).
+        ref_model: the frozen reference for full fine-tuning; None → a frozen deep copy of
+            ``model`` as it is now. Must stay None with LoRA (the adapter is switched off instead).
+        lora: a peft ``LoraConfig`` (or a ``train.lora`` mapping) for LoRA; None: full fine-tuning.
+        beta: DPO's β (deviation from the reference; higher = closer).
+        loss_type: TRL loss type(s): ``sigmoid`` (DPO), ``ipo``, ``hinge``, ``robust``, ...; a
+            list combines them, e.g. ``["sigmoid", "sft"]`` adds the NLL of the chosen answer
+            (RPO-style), weighted by ``loss_weights``.
+        loss_weights: one weight per entry of ``loss_type`` (None: all 1).
+        learning_rate: peak learning rate.
+        epochs: passes over ``rows`` (ignored when ``max_steps > 0``).
+        max_steps: optimizer steps; -1: use ``epochs``.
+        batch_size: pairs per device per forward pass.
+        grad_accum: forward passes per optimizer step.
+        max_length: truncation of prompt + response, in tokens.
+        lr_scheduler_type: ``cosine`` | ``linear`` | ``constant`` | ...
+        warmup_ratio: share of the steps spent warming up.
+        weight_decay: AdamW weight decay.
+        seed: seed of the trainer (data order, dropout, adapter init).
+        device: ``cpu`` or ``cuda``.
+        bf16: bf16 mixed precision (GPU).
+        gradient_checkpointing: trade compute for memory (GPU, large models).
+        logger: ``wandb`` (offline unless logged in / WANDB_MODE set) or None / ``none``.
+        logging_steps: log loss and rewards every this many steps.
+        run_name: the run's name in W&B.
+        curriculum: train dimensions in this order, one after another (``sequential`` mixing;
+            see :func:`curriculum_order`); None: shuffled.
+        precompute_ref_log_probs: compute the reference log-probs once up front (saves memory).
+        save_to: save the trained weights and tokenizer there (:func:`save_trained`; the adapter
+            only, for LoRA).
+        extra_args: any further ``DPOConfig`` fields (they win over the ones set here).
+
+    Returns:
+        ``(model, curve)``: the trained model (a ``PeftModel`` with LoRA) and its log records.
+    """
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from hhh_bench.train.lora import lora_config_from
+
+    if not rows:
+        raise ValueError("no preference pairs to train on")
+    peft_config = lora
+    if isinstance(lora, Mapping):
+        peft_config = lora_config_from(lora)
+    if peft_config is None and ref_model is None:
+        ref_model = frozen_copy(model)
+    if peft_config is not None and ref_model is not None:
+        raise ValueError(
+            "with LoRA pass ref_model=None: the reference is the model with the adapter off"
+        )
+    ordered: Sequence[PreferenceRow] = rows
+    sampling = "random"
+    n_epochs = epochs
+    if curriculum is not None:
+        ordered, _ = curriculum_order(rows, curriculum, epochs, seed)
+        sampling, n_epochs = "sequential", 1.0
+    ds = Dataset.from_list(to_dpo_rows(ordered))
+    args = DPOConfig(
+        output_dir=str(out_dir),
+        beta=beta,
+        loss_type=[loss_type] if isinstance(loss_type, str) else list(loss_type),
+        loss_weights=list(loss_weights) if loss_weights is not None else None,
+        learning_rate=learning_rate,
+        num_train_epochs=n_epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        max_length=max_length,
+        lr_scheduler_type=lr_scheduler_type,
+        warmup_steps=warmup_ratio,
+        weight_decay=weight_decay,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=logging_steps,
+        report_to=report_to(logger),
+        run_name=run_name,
+        bf16=bf16,
+        fp16=False,
+        precompute_ref_log_probs=precompute_ref_log_probs,
+        train_sampling_strategy=sampling,
+        **{
+            **cpu_defaults(device),
+            "gradient_checkpointing": gradient_checkpointing,
+            **dict(extra_args or {}),
+        },
+    )
+    curve = LossCurve()
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[curve],
+    )
+    trainer.train()
+    if save_to is not None:
+        save_trained(trainer, tokenizer, save_to)
+    return trainer.model, curve
+
+
+def save_trained(trainer: Any, tokenizer: Any, out_dir: str | Path) -> None:
+    """Save the trained weights (the adapter only, for a peft model) and the tokenizer.
+
+    In one process: ``save_pretrained`` (safetensors). Under ``accelerate launch`` (FSDP, ZeRO-3,
+    DDP): ``trainer.save_model``, which gathers sharded weights and writes on the main process.
+    """
+    out = Path(out_dir)
+    if trainer.accelerator.num_processes > 1:
+        trainer.save_model(str(out))
+        if trainer.accelerator.is_main_process:
+            # a pickle; provenance.json holds the config
+            (out / "training_args.bin").unlink(missing_ok=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out log-prob margins
+# ---------------------------------------------------------------------------------------------
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _sequences(tokenizer: Any, row: Mapping[str, Any]) -> list[tuple[list[int], int]]:
+    """(token ids of prompt+response, index where the response starts) for chosen and rejected,
+    rendered with the chat template exactly as TRL renders them for training."""
+
+    def ids(msgs: list[Mapping[str, str]], gen: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=gen)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompt = ids(row["prompt"], True)
+    out = []
+    for side in ("chosen", "rejected"):
+        full = ids(list(row["prompt"]) + list(row[side]), False)
+        out.append((full, max(1, min(_common_prefix(prompt, full), len(full) - 1))))
+    return out
+
+
+@torch.no_grad()
+def logprob_margins(
+    model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], batch_size: int = 64
+) -> list[float]:
+    """``log π(chosen | prompt) − log π(rejected | prompt)`` per pair (summed token log-probs,
+    EOS included), for a model in memory. Positive: the model prefers the chosen response."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seqs = [s for r in rows for s in _sequences(tokenizer, r)]
+    logps: list[float] = []
+    step = max(2, 2 * (batch_size // 2))
+    for start in range(0, len(seqs), step):
+        batch = seqs[start : start + step]
+        width = max(len(s) for s, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (s, _) in enumerate(batch):  # right padding keeps positions aligned
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        for i, (s, start_at) in enumerate(batch):
+            lp = torch.log_softmax(logits[i, start_at - 1 : len(s) - 1].float(), dim=-1)
+            tgt = torch.tensor(s[start_at:], device=lp.device)
+            logps.append(float(lp.gather(-1, tgt[:, None]).sum()))
+    if was_training:
+        model.train()
+    return [logps[2 * i] - logps[2 * i + 1] for i in range(len(rows))]
+
+
+def margin_summary(margins: Sequence[float]) -> dict[str, float]:
+    """Mean margin, share of pairs with a positive margin (accuracy) and count."""
+    if not margins:
+        return {"mean": float("nan"), "acc": float("nan"), "n": 0.0}
+    return {
+        "mean": float(sum(margins) / len(margins)),
+        "acc": float(sum(m > 0 for m in margins) / len(margins)),
+        "n": float(len(margins)),
+    }
