@@ -173,9 +173,7 @@ def test_eval_cache_key_follows_the_user_tasks_content_not_their_place(tmp_path)
     shutil.copytree(TASKS_DIR, folder)
 
     def key(include: Path, *extra: str) -> str:
-        return stage_key(
-            "eval", payload(_user_cfg(tmp_path, include, *extra), model, data, "test")
-        )
+        return stage_key("eval", payload(_user_cfg(tmp_path, include, *extra), model, data, "test"))
 
     first = key(folder, USER_TASK)
     assert key(folder, USER_TASK) == first  # deterministic
