@@ -72,9 +72,12 @@ def test_rope_scaling_and_sliding_window_of_a_real_config_are_kept_or_capped():
     out = scaled_config(llama31, StandinSpec(), vocab_size=500, bos_id=1, eos_id=2)
     assert out["rope_scaling"] == llama31["rope_scaling"]
     mistral01 = {**real_config("mistral_7b_instruct"), "sliding_window": 4096}
-    assert scaled_config(mistral01, StandinSpec(), vocab_size=500, bos_id=1, eos_id=2)[
-        "sliding_window"
-    ] == 32
+    assert (
+        scaled_config(mistral01, StandinSpec(), vocab_size=500, bos_id=1, eos_id=2)[
+            "sliding_window"
+        ]
+        == 32
+    )
     assert real_config("mistral_7b_instruct")["sliding_window"] is None  # v0.2: no window
 
 
