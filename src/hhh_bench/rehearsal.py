@@ -1,0 +1,168 @@
+"""The rehearsal of a real-path experiment on offline stand-ins (``+rehearsal=small``, issue 12).
+
+``conf/rehearsal/small.yaml`` adds a ``rehearsal`` block to an experiment's config and switches
+what plain config values can switch (CPU, fp32, a few training steps, local custom eval data,
+``eval.include_defaults=false``). What needs building or rewriting happens here, from plain
+dicts (no Hydra), in two calls a pipeline makes:
+
+1. :func:`prepare_rehearsal` once, before the data stage: it builds the stand-in model folders
+   and returns dotted config overrides to apply (``{"data.sources": [...], "merge.base": ...}``);
+2. :func:`standin_eval_tasks` in the eval stage, for each evaluation's include folder: it
+   writes the stand-ins of the suite's lm-eval built-in tasks.
+
+Everything swapped is what cannot be had offline: the hub model (a stand-in of the same
+architecture class), hub datasets (raw-schema fixtures read through each source's ``path``),
+released specialists (folders derived from the stand-in base), the mixing strategies' reward
+model (a stand-in with ArmoRM's number of outputs), lm-eval's hub-backed built-in tasks (their
+own definitions on local files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.data.sources.local_paths import with_source_paths
+from hhh_bench.evaluation.standin_tasks import (
+    StandinTasks,
+    materialize_standin_tasks,
+    standin_builtins,
+)
+from hhh_bench.models.standin import (
+    ensure_released_specialists,
+    ensure_standin,
+    ensure_standin_reward_model,
+    get_family,
+)
+
+
+def _need(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ValueError(
+                f"rehearsal: the config has no `{dotted}` (conf/rehearsal/small.yaml sets it; "
+                "compose with +rehearsal=small)"
+            )
+        node = node[part]
+    return node
+
+
+def released_specialist_names(models: Sequence[str]) -> list[str]:
+    """Folder names for released specialists given as hub ids (their last path part), made
+    unique by their position."""
+    names = []
+    for i, model in enumerate(models):
+        base = str(model).rstrip("/").rsplit("/", 1)[-1] or f"specialist_{i}"
+        names.append(base if base not in names else f"{base}_{i}")
+    return names
+
+
+def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Build the stand-ins a rehearsal needs and return the config overrides that use them.
+
+    Args:
+        cfg: the resolved config as a plain dict, with the ``rehearsal`` block of
+            ``conf/rehearsal/small.yaml``.
+
+    Returns:
+        Dotted key -> value to set on the config before any stage runs:
+
+        * ``data.sources`` (data configs of kind ``sources``): every entry reads its fixture
+          from ``rehearsal.source_paths`` (:func:`with_source_paths`);
+        * ``merge.base`` and ``merge.models`` (when ``merge.models`` names released
+          specialists): the stand-in base and specialist folders built from it
+          (:func:`~hhh_bench.models.standin.ensure_released_specialists`, kinds from
+          ``rehearsal.specialists.kinds`` in order: full weights and LoRA adapters);
+        * ``pipeline.mixtures`` and ``mix`` (when an entry scores pairs with
+          ``scorer: reward_model``): its ``scorer_args.model`` is the stand-in reward model,
+          on the CPU in float32, without remote code.
+
+        The stand-in model itself is built at ``model.path`` (``model.standin`` names the real
+        model it stands in for), so ``model`` needs no override.
+    """
+    rh = _need(cfg, "rehearsal")
+    family = get_family(str(_need(cfg, "model.standin")))
+    spec = dict(rh.get("standin") or {})
+    base = ensure_standin(family.name, _need(cfg, "model.path"), spec)
+    out: dict[str, Any] = {}
+
+    data = cfg.get("data") or {}
+    if data.get("kind") == "sources":
+        out["data.sources"] = with_source_paths(data, _need(cfg, "rehearsal.source_paths"))[
+            "sources"
+        ]
+
+    merge = cfg.get("merge") or {}
+    if merge.get("models"):
+        sp = _need(cfg, "rehearsal.specialists")
+        models = [str(m) for m in merge["models"]]
+        kinds = list(sp.get("kinds") or [])
+        if len(kinds) < len(models):
+            raise ValueError(
+                f"rehearsal.specialists.kinds lists {len(kinds)} kinds for {len(models)} "
+                f"merge.models {models}; give one (full | lora) per model"
+            )
+        names = released_specialist_names(models)
+        folders = ensure_released_specialists(
+            base,
+            sp["dir"],
+            kinds=dict(zip(names, kinds, strict=False)),
+            seed=int(sp.get("seed", 0)),
+        )
+        out["merge.base"] = str(base)
+        out["merge.models"] = [str(folders[n]) for n in names]
+
+    rm_args = {"device": "cpu", "dtype": "float32", "trust_remote_code": False}
+    reward_model: Path | None = None
+
+    def swap_scorer(entry: Any) -> Any:
+        nonlocal reward_model
+        if not isinstance(entry, Mapping) or entry.get("scorer") != "reward_model":
+            return entry
+        if reward_model is None:
+            reward_model = ensure_standin_reward_model(
+                _need(cfg, "rehearsal.reward_model"), family="llama3_8b_instruct", spec=spec
+            )
+        args = {**dict(entry.get("scorer_args") or {}), **rm_args, "model": str(reward_model)}
+        args.pop("revision", None)
+        return {**dict(entry), "scorer_args": args}
+
+    mixtures = (cfg.get("pipeline") or {}).get("mixtures") or []
+    swapped = [swap_scorer(e) for e in mixtures]
+    if swapped != list(mixtures):
+        out["pipeline.mixtures"] = swapped
+    mix = cfg.get("mix")
+    if isinstance(mix, Mapping) and swap_scorer(mix) != dict(mix):
+        out["mix"] = swap_scorer(mix)
+    return out
+
+
+def standin_eval_tasks(
+    rehearsal: Mapping[str, Any] | None, task_names: Sequence[str], include_dir: str | Path
+) -> StandinTasks | None:
+    """Write the stand-ins of the lm-eval built-ins among ``task_names`` into ``include_dir``.
+
+    Args:
+        rehearsal: the config's ``rehearsal`` block (None or ``eval_standins: false``: nothing
+            is written and None is returned).
+        task_names: the suite's lm-eval task names (custom tasks among them are skipped).
+        include_dir: where to write, e.g. ``<per-run include folder>/standins`` (lm-eval
+            indexes the include folder recursively).
+
+    Returns:
+        The :class:`~hhh_bench.evaluation.standin_tasks.StandinTasks` (its ``fingerprint``
+        belongs in the eval cache key), or None.
+    """
+    if not rehearsal or not rehearsal.get("eval_standins", False):
+        return None
+    builtins = standin_builtins(task_names)
+    if not builtins:
+        return None
+    if not rehearsal.get("eval_data"):
+        raise ValueError(
+            "rehearsal.eval_data is not set: it names the folder of the stand-in tasks' data "
+            "(conf/rehearsal/small.yaml: ${rehearsal.fixtures}/rehearsal/eval)"
+        )
+    return materialize_standin_tasks(include_dir, rehearsal["eval_data"], builtins)
