@@ -20,7 +20,7 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast lint format bench bench-peers clean .venv
+.PHONY: help demo test test-fast rehearse lint format bench bench-peers clean .venv
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,15 @@ demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the re
 
 test: .venv ## Run the test suite (the end-to-end tests included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+REHEARSAL_ROOT ?= runs/rehearsal
+rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (CPU), each to a report
+	@for exp in paper_llama3 paper_mistral released_specialists; do \
+	  echo "== rehearsal: $$exp"; \
+	  $(BIN)/hhh-bench experiment=$$exp +rehearsal=small root=$(REHEARSAL_ROOT)/$$exp logger=none threads=1 \
+	    || exit 1; \
+	  echo "report: $(REHEARSAL_ROOT)/$$exp/report/report.md"; \
+	done
 
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)

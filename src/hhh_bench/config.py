@@ -181,6 +181,9 @@ class ModelConfig:
     device: str = param("cpu", "cpu | cuda")
     chat_template: bool = param(True, "render prompts with the tokenizer's chat template")
     spec: dict[str, Any] | None = param(None, "(tiny) the model's shape (models.TinyModelSpec)")
+    standin: str | None = param(
+        None, "(rehearsal) the real model this local stand-in replaces (conf/rehearsal/small.yaml)"
+    )
     base_sft: BaseSftConfig = param(
         None, "SFT of θ0 on the toy world", factory=lambda: BaseSftConfig(enabled=False)
     )
@@ -224,9 +227,21 @@ class EvalConfig:
     data_files: dict[str, str | None] = param(None, "data files of the custom tasks", factory=dict)
     include_paths: list[str] = param(None, "folders of the user's own task YAMLs", factory=list)
     model: str | None = param(None, "(stage=eval) a model folder to evaluate instead of θ0")
+    holdout: dict[str, float | int] | None = param(
+        None,
+        "suites with one split: {fraction, seed}: select_split evaluates a seeded share of each "
+        "task's items, report_split the disjoint rest",
+    )
 
     def __post_init__(self) -> None:
         _post(self, "eval")
+        if self.holdout is not None:
+            if set(self.holdout) != {"fraction", "seed"} or not 0 < self.holdout["fraction"] < 1:
+                raise ValueError(
+                    f"eval.holdout must be {{fraction in (0, 1), seed}}, got {self.holdout}"
+                )
+            if self.select_split is None or self.select_split == self.report_split:
+                raise ValueError("eval.holdout needs a select_split different from report_split")
         unknown = sorted(set(self.dimensions) - set(DIMENSIONS))
         if unknown:
             raise ValueError(

@@ -17,6 +17,7 @@ import copy
 import itertools
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -42,6 +43,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     CACHE.reset()
     set_threads(cfg.get("threads"))
     load_plugins(cfg.get("plugins") or [])
+    if (
+        "rehearsal" in cfg
+    ):  # +rehearsal=small: build the offline stand-ins, point the config at them
+        from hhh_bench.rehearsal import prepare_rehearsal
+
+        cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     validate_run(to_dict(cfg))
     from hhh_bench.stages.data import run_data
 
@@ -284,6 +291,13 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             out["models"].append({"name": model["name"], "kind": model["kind"], **res["scores"]})
         return res
 
+    if cfg.merge.get("models"):  # given specialists (experiment=released_specialists): no training
+        base, specialists, dims = _given(cfg)
+        evaluate(_model(base, "base", "base", seed))
+        for dim, sp in specialists.items():
+            evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
+        _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
+        return out
     base_seed = pcfg.get("base_seed")
     base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
     evaluate(_model(base, "base", "base", seed))
@@ -307,6 +321,25 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         )
     _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
     return out
+
+
+def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """``merge.base`` and ``merge.models`` as the run's base and specialists, the models named
+    after ``data.dimensions`` in order (a model of another count: by position)."""
+    from hhh_bench.stages.common import model_identity
+
+    models = [str(m) for m in cfg.merge.models]
+    dims = list(to_dict(cfg.data.dimensions))
+    names = dims if len(dims) == len(models) else [f"model {i}" for i in range(len(models))]
+    base_path = str(cfg.merge.base) if cfg.merge.get("base") else str(cfg.model.path)
+    print(f"stage=all on the given specialists {models} (merge.models): nothing is trained")
+
+    def entry(path: str) -> dict[str, Any]:
+        adapter = (Path(path) / "adapter_config.json").is_file()
+        return {"path": path, "key": model_identity(path), "model_path": None if adapter else path,
+                "adapter_path": path if adapter else None}  # fmt: skip
+
+    return entry(base_path), {n: entry(m) for n, m in zip(names, models, strict=True)}, names
 
 
 def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa: ANN001

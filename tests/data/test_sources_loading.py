@@ -295,7 +295,7 @@ def test_build_paper_3h_on_fixtures_with_truthfulqa_in_the_eval_suite(tmp_path):
 
 def test_build_fails_on_overlap_when_the_guard_is_off(tmp_path):
     cfg = with_fixtures(paper_cfg())
-    cfg["leakage"] = {**cfg["leakage"], "drop_truthfulqa_prompts": False}
+    cfg["leakage"] = {**cfg["leakage"], "drop_truthfulqa_prompts": False, "on_overlap": "fail"}
     evals = {
         "truthfulqa_mc2": [r["question"] for r in read_jsonl(ASSETS / "eval_truthfulqa.jsonl")]
     }
@@ -307,6 +307,22 @@ def test_build_fails_on_overlap_when_the_guard_is_off(tmp_path):
         ("ultrafeedback_honesty", "truthfulqa_mc2"): 1,
     }
     assert "ultrafeedback_helpfulness x truthfulqa_mc2: 2 shared" in str(err.value)
+
+
+def test_on_overlap_drop_removes_the_shared_prompts_and_proves_it(tmp_path):
+    """paper_3h's setting: the 3 training pairs whose prompt is a TruthfulQA item (2 in
+    ultrafeedback_helpfulness, 1 in ultrafeedback_honesty) are dropped, counted per source, and
+    the overlap check that follows finds 0."""
+    cfg = with_fixtures(paper_cfg())
+    cfg["leakage"] = {**cfg["leakage"], "drop_truthfulqa_prompts": False, "on_overlap": "drop"}
+    evals = {
+        "truthfulqa_mc2": [r["question"] for r in read_jsonl(ASSETS / "eval_truthfulqa.jsonl")]
+    }
+    sets, manifest = build_preference_sets(cfg, tmp_path, evals)
+    drops = {n: s.get("dropped_eval_overlap") for n, s in manifest["sources"].items()}
+    assert drops["ultrafeedback_helpfulness"] == 2 and drops["ultrafeedback_honesty"] == 1
+    assert sum(drops.values()) == manifest["leakage"]["dropped_eval_overlap"] == 3
+    assert manifest["leakage"]["overlap"]["passed"] and manifest["leakage"]["overlap"]["total"] == 0
 
 
 def test_build_without_eval_sets_and_with_caps(tmp_path):

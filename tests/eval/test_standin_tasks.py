@@ -27,7 +27,9 @@ SUITE = ["truthfulqa_mc2", "mmlu", "arc_challenge", "ifeval", "toxigen"]
 def test_every_builtin_of_the_real_suite_has_a_standin():
     import yaml
 
-    harness = yaml.safe_load((REPO / "conf" / "eval" / "harness_3h.yaml").read_text())
+    harness = yaml.safe_load(
+        (REPO / "src" / "hhh_bench" / "conf" / "eval" / "harness_3h.yaml").read_text()
+    )
     names = [t for dim in harness["dimensions"].values() for t in dim]
     builtins = [t for t in names if not t.endswith(("_mc", "_refusal"))]  # ours: *_mc, *_refusal
     assert sorted(builtins) == sorted(SUITE)

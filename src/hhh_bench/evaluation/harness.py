@@ -408,6 +408,7 @@ def evaluate_model(
     dtype: str | None = "auto",
     trust_remote_code: bool = False,
     quiet: bool = True,
+    holdout: Mapping[str, Any] | None = None,
 ) -> HarnessResult:
     """Evaluate one model on lm-eval tasks, offline; per-task metrics with stderr.
 
@@ -433,6 +434,10 @@ def evaluate_model(
         dtype: dtype policy when loading from a path.
         trust_remote_code: when loading from a path.
         quiet: lower lm-eval's log level to WARNING during the run.
+        holdout: for suites with one split: ``{"fraction", "seed", "part"}`` evaluates only one
+            of two disjoint parts of every task's items (:func:`holdout_indices`): ``select``
+            (a seeded share ``fraction``, where configurations are chosen) or ``report`` (the
+            rest). ``limit`` then caps the part.
 
     Returns:
         A :class:`HarnessResult`.
@@ -478,10 +483,15 @@ def evaluate_model(
             broken = _unloadable(unknown, include_path) if include_path else ""
             raise ValueError(f"unknown lm-eval task(s) {unknown} (looked in {where}){broken}")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        samples_arg, parts = None, None
+        if holdout is not None:
+            parts = holdout_indices(tasks, tm, holdout, limit)
+            samples_arg, limit = {t: p["indices"] for t, p in parts.items()}, None
         raw = simple_evaluate(
             model=lm,
             tasks=list(tasks),
             task_manager=tm,
+            samples=samples_arg,
             limit=limit,
             bootstrap_iters=bootstrap_iters,
             log_samples=log_samples,
@@ -506,4 +516,50 @@ def evaluate_model(
         "include_defaults": include_defaults,
         "lm_eval_version": getattr(lm_eval, "__version__", None),
     }
+    if parts is not None:  # which items were used for what (no index list: a hash of it)
+        config["holdout"] = {
+            **{k: holdout[k] for k in ("fraction", "seed", "part")},  # type: ignore[index]
+            "tasks": {t: {k: v for k, v in p.items() if k != "indices"} for t, p in parts.items()},
+        }
     return {"metrics": metrics, "samples": samples, "seconds": round(seconds, 3), "config": config}
+
+
+def holdout_indices(
+    tasks: Sequence[str], task_manager: Any, holdout: Mapping[str, Any], limit: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Per leaf task of ``tasks``: the item indices of one part of a seeded two-way split.
+
+    For a task with N items, a permutation drawn by ``random.Random(f"{seed}:{task}")`` puts
+    n = round(fraction·N) items (at least 1, at most N − 1) in ``select`` and the rest in
+    ``report``: disjoint, the same in every run and process, and independent across tasks. An
+    int ``limit`` keeps the first ``limit`` indices of the part (in increasing order).
+
+    Returns ``{task: {"indices", "n_items", "n_part", "sha256"}}`` (``sha256`` of the indices:
+    what a report records). Raises ``ValueError`` for a task with fewer than two items.
+    """
+    import hashlib
+    import random
+
+    fraction, seed, part = float(holdout["fraction"]), int(holdout["seed"]), holdout["part"]
+    if part not in ("select", "report") or not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"holdout needs part select|report and fraction in (0, 1), got {dict(holdout)}"
+        )
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, task in task_manager.load(list(tasks))["tasks"].items():  # leaf tasks, flat
+        n = len(task.eval_docs)
+        if n < 2:
+            raise ValueError(
+                f"eval task {name!r} has {n} item(s): a selection holdout needs at least two "
+                "(one to choose on, one to report)"
+            )
+        order = list(range(n))
+        random.Random(f"{seed}:{name}").shuffle(order)
+        n_sel = min(n - 1, max(1, int(fraction * n + 0.5)))
+        idx = sorted(order[:n_sel] if part == "select" else order[n_sel:])
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            idx = idx[:limit]
+        digest = hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()[:16]
+        out[name] = {"indices": idx, "n_items": n, "n_part": len(idx), "sha256": digest}
+    return out

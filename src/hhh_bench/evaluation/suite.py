@@ -3,7 +3,7 @@ and the content key of an evaluation (what decides the metrics, nothing that onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,16 @@ def include_paths(eval_cfg: Mapping[str, Any]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def known_tasks(eval_cfg: Mapping[str, Any], specs: list[TaskSpec]) -> dict[str, dict]:
-    """Shipped and user tasks by name; a requested task found in neither is an error naming it
-    (unless lm-eval's built-ins are indexed too: ``include_defaults``, checked by lm-eval)."""
+def known_tasks(
+    eval_cfg: Mapping[str, Any], specs: list[TaskSpec], standins: Sequence[str] = ()
+) -> dict[str, dict]:
+    """Shipped and user tasks by name (and the built-ins a rehearsal replaces by ``standins``); a
+    requested task found in none is an error naming it (unless lm-eval's built-ins are indexed
+    too: ``include_defaults``, checked by lm-eval)."""
     from hhh_bench.evaluation.harness import shipped_tasks, user_tasks
 
     include = include_paths(eval_cfg)
-    known = {**shipped_tasks(), **user_tasks(include)}
+    known = {**shipped_tasks(), **user_tasks(include), **{t: {} for t in standins}}
     if eval_cfg.get("include_defaults"):
         return known
     template = eval_cfg.get("task_template") or "{task}"
@@ -103,6 +106,7 @@ def eval_payload(
     data: Mapping[str, Any] | None,
     split: str,
     dtype: str | None,
+    standins: tuple[Sequence[str], str] | None = None,
 ) -> dict[str, Any]:
     """What the eval stage's cache key is made of: the model's key, the data's key, the split,
     the task list, the harness settings that change the numbers, the dtype, the custom data
@@ -110,7 +114,8 @@ def eval_payload(
     from hhh_bench.evaluation.harness import tasks_fingerprint
 
     specs = suite_tasks(ecfg, split)
-    files = needed_files(specs, data_paths(ecfg, data), known_tasks(ecfg, specs))
+    names = list(standins[0]) if standins else []
+    files = needed_files(specs, data_paths(ecfg, data), known_tasks(ecfg, specs, names))
     harness = {k: v for k, v in ecfg.items() if k not in (*REPORT_ONLY, *SCORING_ONLY)}
     harness.pop("data_files", None)
     harness.pop("batch_size", None)  # padding only: does not change the numbers
@@ -127,4 +132,63 @@ def eval_payload(
     include = include_paths(ecfg)
     if include:  # absent when unused, so the keys of runs without user tasks do not change
         payload["user_tasks"] = tasks_fingerprint(include)
+    if standins:  # a rehearsal's stand-ins of lm-eval built-ins: their definitions and data
+        payload["standins"] = {"tasks": names, "fingerprint": standins[1]}
     return payload
+
+
+PROMPT_FIELDS = ("question", "prompt", "query", "instruction", "text", "input", "goal")
+"""Where a task's item keeps the text a model is asked (the first present field), for the leakage
+guard: TruthfulQA, MMLU, ARC and HaluEval ``question``; IFEval, XSTest, PKU ``prompt``; ToxiGen
+``text``."""
+
+
+def eval_prompts(
+    ecfg: Mapping[str, Any],
+    data: Mapping[str, Any] | None,
+    rehearsal: Mapping[str, Any] | None = None,
+) -> dict[str, list[str]]:
+    """Every item text of every task the suite evaluates (both splits), by lm-eval task name:
+    what the data stage's leakage guard compares the training prompts with.
+
+    The tasks are built by lm-eval itself (our YAMLs, a rehearsal's stand-ins, or lm-eval's
+    built-ins when ``include_defaults``), so the items are exactly those evaluated; the text is
+    the first of :data:`PROMPT_FIELDS` an item has (else lm-eval's ``doc_to_text``).
+    """
+    import tempfile
+
+    from lm_eval.tasks import TaskManager
+
+    from hhh_bench.evaluation.harness import materialize_tasks, shipped_tasks
+    from hhh_bench.evaluation.scoring import SPLIT_SUFFIX
+
+    paths = data_paths(ecfg, data)
+    shipped = shipped_tasks()
+    names = [
+        n
+        for n in dict.fromkeys(s.name for split in SPLIT_SUFFIX for s in suite_tasks(ecfg, split))
+        # the toy world's synthetic items need its data folder and cannot leak into public sets
+        if "toy3h_eval" not in shipped.get(n, {}).get("placeholders", []) or "toy3h_eval" in paths
+    ]
+    if not names:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="hhh-eval-prompts-") as d:
+        include = materialize_tasks(
+            Path(d) / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
+        )
+        if rehearsal is not None:
+            from hhh_bench.rehearsal import standin_eval_tasks
+
+            standin_eval_tasks(rehearsal, names, Path(include) / "standins")
+        tm = TaskManager(
+            include_path=str(include), include_defaults=bool(ecfg.get("include_defaults"))
+        )
+
+        prompts: dict[str, list[str]] = {}
+        for name, task in tm.load(names)["tasks"].items():  # leaf tasks, flat
+            texts = []
+            for doc in task.eval_docs:
+                field = next((f for f in PROMPT_FIELDS if isinstance(doc.get(f), str)), None)
+                texts.append(doc[field] if field else str(task.doc_to_text(doc)))
+            prompts[name] = texts
+    return prompts

@@ -192,5 +192,7 @@ def cached_stage(
                 extra=extra,
             )
     CACHE.miss(stage, key)
-    log.info("%s: wrote %s", what, out)
+    log.info("%s: wrote %s", what, out) if write else log.info(
+        "%s: done (this rank writes nothing)", what
+    )
     return StageRun(stage, key, out, False, info)

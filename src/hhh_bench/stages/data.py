@@ -2,7 +2,10 @@
 
 ``<root>/data/<key>/`` holds ``prefs/<dimension>_<split>.jsonl``, the toy world's ``sft/`` corpus,
 ``eval/`` items and ``vocab.txt``, and ``manifest.json`` (counts, sources, leakage checks). The
-key covers the data config without the noise and the dimension list (applied at training time).
+key covers the data config without the noise and the dimension list (applied at training time)
+and, for public sources, the evaluation items of the run's suite: the leakage guard checks every
+training pair against every item the run will evaluate (``data.leakage``) and fails naming the
+source, the evaluation set and the shared prompts (or drops TruthfulQA-derived prompts).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.config import DataConfig
+from hhh_bench.provenance import config_hash
 from hhh_bench.stages.common import cached_stage, group, to_dict
 
 
@@ -25,6 +29,14 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
     """Generate (or reuse) the data folder; return ``{"dir", "key", "manifest", "cached"}``."""
     data = group(cfg, "data", DataConfig)
     payload = data_payload(cfg)
+    eval_sets = None
+    if data.kind == "sources" and data.leakage.get("check_overlap", True):
+        # the leakage guard compares every training pair with every item the run evaluates
+        from hhh_bench.evaluation.suite import eval_prompts
+
+        rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
+        eval_sets = eval_prompts(to_dict(cfg.eval), None, rehearsal)
+        payload["eval_sets"] = config_hash(eval_sets)
 
     def compute(tmp: Path) -> dict[str, Any]:
         if data.kind == "toy3h":
@@ -35,7 +47,7 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
             return manifest
         from hhh_bench.data.real import write_source_sets
 
-        manifest = write_source_sets(to_dict(cfg.data), tmp)
+        manifest = write_source_sets(to_dict(cfg.data), tmp, eval_sets=eval_sets)
         print(manifest.get("summary", ""))
         return manifest
 

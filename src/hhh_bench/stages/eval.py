@@ -70,9 +70,12 @@ def run_eval(
             raise ValueError(f"run_eval: model dict lacks {field_!r} (got keys {sorted(model)})")
     ecfg = to_dict(cfg.eval)
     specs = suite_tasks(ecfg, split)
-    payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"))
+    rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
+    standins = _standins(rehearsal, specs)
+    payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"), standins)
     run = cached_stage(
-        cfg, "eval", payload, lambda tmp: _evaluate(cfg, model, data, ecfg, specs, payload, tmp),
+        cfg, "eval", payload,
+        lambda tmp: _evaluate(cfg, model, data, ecfg, specs, payload, tmp, rehearsal, split),
         result_file="results.json", provenance=ecfg, seed=int(cfg.seed),
         extra={"model_key": model["key"], "data_key": (data or {}).get("key"), "payload": payload},
         label=str(model.get("name", "")),
@@ -103,6 +106,20 @@ def run_eval(
         "dir": str(run.dir), "key": run.key, "metrics": metrics, "scores": scores, "row": row,
         "cached": run.cached, "appended": appended, "store": str(results_path(cfg)),
     }  # fmt: skip
+
+
+def _standins(
+    rehearsal: Mapping[str, Any] | None, specs: list[Any]
+) -> tuple[list[str], str] | None:
+    """A rehearsal's stand-ins of the suite's lm-eval built-ins: (names, content fingerprint)."""
+    import tempfile
+
+    from hhh_bench.rehearsal import standin_eval_tasks
+
+    names = [s.name for s in specs]
+    with tempfile.TemporaryDirectory(prefix="hhh-standins-") as d:
+        st = standin_eval_tasks(rehearsal, names, d)
+    return None if st is None else (sorted(st.names), st.fingerprint)
 
 
 def _dims(base: Mapping[str, Any] | None) -> dict[str, float] | None:
@@ -137,6 +154,8 @@ def _evaluate(
     specs: list[Any],
     payload: Mapping[str, Any],
     tmp: Path,
+    rehearsal: Mapping[str, Any] | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Run lm-eval for one model into ``tmp``: the content of ``results.json``."""
     from hhh_bench.config import EvalConfig, ModelConfig
@@ -154,11 +173,17 @@ def _evaluate(
     include = materialize_tasks(
         tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
     )
+    if rehearsal is not None:  # lm-eval's built-ins on local files, under their own names
+        from hhh_bench.rehearsal import standin_eval_tasks
+
+        standin_eval_tasks(rehearsal, [s.name for s in specs], Path(include) / "standins")
     res = evaluate_model(
         lm, tok, list(dict.fromkeys(s.name for s in specs)), include_path=include,
         apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
         device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
         log_samples=e.log_samples,
+        holdout=None if e.holdout is None
+        else {**e.holdout, "part": "select" if split == e.select_split else "report"},
     )  # fmt: skip
     if res["samples"]:
         with open(tmp / "samples.jsonl", "w") as f:

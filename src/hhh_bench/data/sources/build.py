@@ -24,6 +24,8 @@ from hhh_bench.data.leakage import (
     check_overlap,
     drop_truthfulqa_prompts,
     normalize_prompt,
+    prompt_hash,
+    prompt_keys,
     wants_truthfulqa_guard,
 )
 from hhh_bench.data.schema import DIMENSIONS, PreferenceRow, validate_rows
@@ -40,6 +42,7 @@ LEAKAGE_DEFAULTS: dict[str, Any] = {
     "drop_truthfulqa_prompts": "auto",
     "check_overlap": True,
     "max_overlap": 0,
+    "on_overlap": "fail",
 }
 
 
@@ -166,7 +169,18 @@ def build_preference_sets(
     seed = cfg.get("seed", 0)
     default_cap = cfg.get("max_rows_per_source")
     leakage = {**LEAKAGE_DEFAULTS, **(cfg.get("leakage") or {})}
+    unknown = sorted(set(leakage) - set(LEAKAGE_DEFAULTS))
+    if unknown or leakage["on_overlap"] not in ("fail", "drop"):
+        raise SourceConfigError(
+            f"data.leakage: unknown key(s) {unknown} or on_overlap {leakage['on_overlap']!r} "
+            f"(valid keys {sorted(LEAKAGE_DEFAULTS)}; on_overlap: fail | drop)"
+        )
     drop_tqa = wants_truthfulqa_guard(leakage["drop_truthfulqa_prompts"], eval_sets)
+    eval_index = (
+        {prompt_hash(p) for prompts in eval_sets.values() for p in prompts if normalize_prompt(p)}
+        if eval_sets is not None and leakage["check_overlap"]
+        else None
+    )
 
     sets: dict[str, list[PreferenceRow]] = {dim: [] for dim in cfg["dimensions"]}
     per_source: dict[str, list[PreferenceRow]] = {}
@@ -179,6 +193,10 @@ def build_preference_sets(
         if drop_tqa:
             rows, n_tqa = drop_truthfulqa_prompts(rows)
         stats["dropped_truthfulqa"] = n_tqa
+        if eval_index is not None and leakage["on_overlap"] == "drop":
+            kept = [r for r in rows if not (prompt_keys(r) & eval_index)]
+            stats["dropped_eval_overlap"] = len(rows) - len(kept)
+            rows = kept
         stats["rows_after_leakage"] = len(rows)
         rows = cap_rows(rows, cap, f"{seed}/{src['name']}")
         stats.update({"dimension": dim, "max_rows": cap, "rows_kept": len(rows)})
@@ -201,6 +219,10 @@ def build_preference_sets(
             "drop_truthfulqa_prompts": leakage["drop_truthfulqa_prompts"],
             "truthfulqa_guard_applied": drop_tqa,
             "dropped_truthfulqa": sum(s["dropped_truthfulqa"] for s in manifest_sources.values()),
+            "on_overlap": leakage["on_overlap"],
+            "dropped_eval_overlap": sum(
+                s.get("dropped_eval_overlap", 0) for s in manifest_sources.values()
+            ),
             "eval_sets": sorted(eval_sets) if eval_sets is not None else None,
             "overlap": overlap,
             "overlap_checked": overlap is not None,
