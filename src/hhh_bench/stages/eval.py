@@ -38,7 +38,7 @@ from hhh_bench.stages.common import CACHE, is_done, log, read_json, stage_dir, s
 # Eval-config fields that only steer selection and reporting, never the numbers of one model.
 _REPORT_ONLY = ("name", "select_split", "report_split", "select_by")
 # Fields that decide the scores but not the lm-eval metrics (recomputed on every call).
-_SCORING_ONLY = ("dimensions", "metric", "metrics")
+_SCORING_ONLY = ("dimensions", "metric", "metrics", "columns", "summary_bootstrap_iters")
 # Model-dict fields that have a column of their own in the row; the rest go to ``extra``.
 _MODEL_FIELDS = (
     "path", "key", "kind", "name", "family", "method", "params", "mix_strategy", "noise_rate",
@@ -137,14 +137,20 @@ def eval_payload(
 ) -> dict[str, Any]:
     """What the eval stage's cache key is made of (see the module docstring)."""
     from hhh_bench.evaluation.harness import tasks_fingerprint
+    from hhh_bench.stages.judged import column_specs, validate_judged
 
     ecfg = to_dict(cfg.eval)
-    specs = suite_tasks(ecfg, split)
+    specs = suite_tasks(ecfg, split) + column_specs(ecfg, split)  # + extra columns (issue 17)
+    validate_judged(ecfg, specs)
     files = _needed_files(specs, _data_paths(ecfg, data), _known_tasks(ecfg, specs))
     harness = {k: v for k, v in ecfg.items() if k not in (*_REPORT_ONLY, *_SCORING_ONLY)}
     harness.pop("data_files", None)
     harness.pop("batch_size", None)  # padding only: does not change the numbers
     harness.pop("include_paths", None)  # by content below, not by where the folders are
+    if harness.get("judges"):  # issue 17: judges by identity (a local folder by content)
+        from hhh_bench.stages.judged import judges_key
+
+        harness["judges"] = judges_key(ecfg)
     payload = {
         "model": model["key"],
         "data": (data or {}).get("key"),
@@ -310,7 +316,20 @@ def run_eval(
     else:
         saved = _evaluate(cfg, model, data, ecfg, specs, payload, out)
         CACHE.miss("eval")
-    metrics = saved["metrics"]
+    # issue 17: win rates against the base's answers, summary stderrs, extra columns, judges
+    from hhh_bench.stages.judged import extra_scores, reference_items, summary_fields
+
+    ref = reference_items(
+        results_path(cfg),
+        model,
+        own_dir=out,
+        split=split,
+        suite=str(cfg.eval.name),
+        data_key=(data or {}).get("key"),
+        seed=model.get("seed", int(cfg.seed)),
+        base_scores=base_scores,
+    )
+    metrics, judged_ctx, judged_fields = extra_scores(saved, specs, out, ref)
     if model.get("kind", "base") == "base" and base_scores is None:
         base = _base_dims(score(metrics, specs))  # the base against itself: zero deltas
     else:
@@ -318,6 +337,12 @@ def run_eval(
             cfg, split, model.get("seed", int(cfg.seed)), (data or {}).get("key")
         )
     scores = score(metrics, specs, base)
+    base_items = None if (ref[1] or {}).get("kind") == "self" else ref[0]
+    more, row_fields = summary_fields(
+        ecfg, saved, metrics, scores, specs, split, judged_ctx, base_items
+    )
+    scores.update(more)
+    judged_fields.update(row_fields)
     row = build_row(
         cfg,
         model,
@@ -330,6 +355,7 @@ def run_eval(
         specs=specs,
         eval_seconds=saved["seconds"],
     )
+    row.update(judged_fields)
     appended = False
     if append:
         from hhh_bench.tracking.store import append_result
@@ -357,6 +383,14 @@ def run_eval(
     }
 
 
+def _scores_or_none(metrics: Mapping[str, Any], specs: list[TaskSpec]) -> dict[str, Any] | None:
+    """The scores at write time, or None when they need what only scoring knows (win_rate)."""
+    try:
+        return score(metrics, specs)
+    except KeyError:
+        return None
+
+
 def _evaluate(
     cfg: DictConfig,
     model: Mapping[str, Any],
@@ -373,13 +407,17 @@ def _evaluate(
     mcfg = to_dict(cfg.model)
     device = mcfg.get("device", "cpu")
     trust = bool(cfg.trust_remote_code)
+    backend = str(ecfg.get("backend") or "hf")
     t0 = time.perf_counter()
-    lm = load_causal_lm(
-        model["path"], dtype=mcfg.get("dtype"), device=device, trust_remote_code=trust
-    )
-    tok = load_tokenizer(model["path"], trust_remote_code=trust)
+    if backend == "vllm":  # vLLM loads the weights itself (issue 17)
+        lm, tok = model["path"], None
+    else:
+        lm = load_causal_lm(
+            model["path"], dtype=mcfg.get("dtype"), device=device, trust_remote_code=trust
+        )
+        tok = load_tokenizer(model["path"], trust_remote_code=trust)
     load_s = time.perf_counter() - t0
-    tasks = list(dict.fromkeys(s.name for s in specs))
+    tasks = list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]]))
     with atomic_dir(out) as tmp:
         include = materialize_tasks(
             tmp / "tasks", _data_paths(ecfg, data), include_paths=_include_paths(ecfg)
@@ -396,7 +434,16 @@ def _evaluate(
             include_defaults=bool(ecfg.get("include_defaults", False)),
             bootstrap_iters=int(ecfg.get("bootstrap_iters", 0)),
             log_samples=bool(ecfg.get("log_samples", True)),
+            dtype=mcfg.get("dtype"),
+            trust_remote_code=trust,
+            backend=backend,
+            backend_args=ecfg.get("backend_args"),
+            gen_kwargs=ecfg.get("gen_kwargs"),
         )
+        lm = None  # the policy's memory goes before a judge loads
+        from hhh_bench.stages.judged import run_judges
+
+        judged = run_judges(ecfg, res, include, tmp, cfg.root)
         saved = {
             "metrics": res["metrics"],
             "seconds": res["seconds"],
@@ -404,7 +451,10 @@ def _evaluate(
             "harness": res["config"],
             "model": {k: v for k, v in model.items() if k != "timings"},
             "payload": dict(payload),
-            "scores_at_write": score(res["metrics"], specs),
+            "scores_at_write": _scores_or_none(res["metrics"], specs),
+            "judges": judged["judges"],
+            "judge_counts": judged["counts"],
+            "groups": res["groups"],
         }
         (tmp / "results.json").write_text(
             json.dumps(saved, indent=2, sort_keys=True, default=str) + "\n"
