@@ -17,6 +17,9 @@ Layout of ``<root>/eval/<key>/`` (written atomically)::
     results.json     per-task metrics with stderrs and n, lm-eval seconds, harness settings,
                      the model dict, the scores at write time
     samples.jsonl    per item: task, doc_id, id, gold, lls (the choices' log-likelihoods)
+    items.jsonl      per item: task, doc_id and its metric values, judged ones included
+                     (standard errors, bootstraps, paired tests: stages/judged.py)
+    generations.jsonl  per generated answer: task, doc_id, prompt, response (judged tasks)
     tasks/           the lm-eval YAMLs this run used, data paths filled in (user/: the user's)
     provenance.json  eval config, versions, git revision, model and data keys
 """

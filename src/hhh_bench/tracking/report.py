@@ -9,6 +9,12 @@
     numbers. Cells are means over seeds, ``mean ± std`` when there are several, with the change
     from the base in parentheses; the best value per column among all rows but the oracle is
     bold. Then every evaluated configuration, and per-task metrics of the main-table rows.
+    Issue 17: a one-seed cell shows ``value ± standard error`` over items; extra columns the rows
+    carry (over-refusal, capability; ↓ where lower is better) follow Min; paired tests over items
+    (:mod:`hhh_bench.tracking.paired`) mark a value the data cannot tell from its column's best
+    (≈) and a change from the base they cannot resolve (†), and get a section of their own; an
+    *Evaluation setup* table names each task's metric (saying which are length-normalised) and
+    judge.
 ``radar.png``
     One polygon per family (the main table's rows) on the three dimensions.
 ``pareto.png``
