@@ -227,6 +227,25 @@ class EvalConfig:
     data_files: dict[str, str | None] = param(None, "data files of the custom tasks", factory=dict)
     include_paths: list[str] = param(None, "folders of the user's own task YAMLs", factory=list)
     model: str | None = param(None, "(stage=eval) a model folder to evaluate instead of θ0")
+    columns: dict[str, dict[str, Any]] = param(
+        None,
+        "extra report columns beside the 3H ones: {name: {task, metric, higher_is_better}}",
+        factory=dict,
+    )
+    judges: dict[str, dict[str, Any] | None] = param(
+        None, "judges of the generation tasks (evaluation/judges.py)", factory=dict
+    )
+    refusal_rule: str = param(
+        "any",
+        "over_refusal: any (string match or classifier) | strmatch | classifier",
+        choices=("any", "strmatch", "classifier"),
+    )
+    summary_bootstrap_iters: int = param(1000, "bootstrap draws of the stderr of `min`")
+    backend: str = param(
+        "hf", "hf (lm-eval's HFLM) | vllm (lm-eval's VLLM)", choices=("hf", "vllm")
+    )
+    backend_args: dict[str, Any] = param(None, "vllm only: options of lm-eval's VLLM", factory=dict)
+    gen_kwargs: dict[str, Any] | None = param(None, "override every generation task's settings")
     holdout: dict[str, float | int] | None = param(
         None,
         "suites with one split: {fraction, seed}: select_split evaluates a seeded share of each "
@@ -235,6 +254,18 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _post(self, "eval")
+        one_split = "{split}" not in self.task_template
+        if (
+            one_split
+            and self.select_split
+            and self.select_split != self.report_split
+            and self.holdout is None
+        ):
+            raise ValueError(
+                f"eval: task_template {self.task_template!r} has one split, so select_split "
+                f"{self.select_split!r} would choose on the very items report_split reports: set "
+                "eval.holdout={fraction, seed} (a held-out share for selection) or select_split=null"
+            )
         if self.holdout is not None:
             if set(self.holdout) != {"fraction", "seed"} or not 0 < self.holdout["fraction"] < 1:
                 raise ValueError(

@@ -293,14 +293,14 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     if cfg.merge.get("models"):  # given specialists (experiment=released_specialists): no training
         base, specialists, dims = _given(cfg)
-        evaluate(_model(base, "base", "base", seed))
+        _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
         for dim, sp in specialists.items():
             evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
         _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
         return out
     base_seed = pcfg.get("base_seed")
     base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
-    evaluate(_model(base, "base", "base", seed))
+    _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
     specialists = _specialists(cfg, base, data)
     for dim, sp in specialists.items():
         evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
@@ -321,6 +321,14 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         )
     _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
     return out
+
+
+def _evaluate_base(cfg: DictConfig, evaluate: Any, model: dict[str, Any]) -> None:
+    """The base on the report split, and on the selection split too: what deltas and win rates
+    of the configurations compared there are measured against."""
+    evaluate(model)
+    if cfg.eval.select_split and cfg.eval.select_split != cfg.eval.report_split:
+        evaluate(model, split=cfg.eval.select_split)
 
 
 def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:

@@ -129,6 +129,10 @@ def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
         args.pop("revision", None)
         return {**dict(entry), "scorer_args": args}
 
+    judges = (cfg.get("eval") or {}).get("judges") or {}
+    if judges and rh.get("judges"):
+        out.update(_standin_judges(cfg, judges))
+
     mixtures = (cfg.get("pipeline") or {}).get("mixtures") or []
     swapped = [swap_scorer(e) for e in mixtures]
     if swapped != list(mixtures):
@@ -166,3 +170,32 @@ def standin_eval_tasks(
             "(conf/rehearsal/small.yaml: ${rehearsal.fixtures}/rehearsal/eval)"
         )
     return materialize_standin_tasks(include_dir, rehearsal["eval_data"], builtins)
+
+
+def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[str, Any]:
+    """Stand-ins of the suite's judges (:func:`hhh_bench.evaluation.standins.build_standin_judges`,
+    the real judges' kinds, templates and labels), built once under ``rehearsal.judges`` with a
+    vocabulary of the judged tasks' prompt files; ``eval.judges.<role>`` overrides."""
+    import json
+
+    from hhh_bench.evaluation.standins import build_standin_judges, standin_judges_config
+
+    folder = Path(_need(cfg, "rehearsal.judges"))
+    files = (cfg.get("eval") or {}).get("data_files") or {}
+    words: set[str] = {"safe", "unsafe", "yes", "no"}
+    for path in files.values():
+        if path and Path(path).is_file():
+            for line in Path(path).read_text().splitlines():
+                words.update(
+                    w for v in json.loads(line).values() if isinstance(v, str) for w in v.split()
+                )
+    marker = folder / "standin_judges.json"
+    vocab = sorted(words)
+    if not marker.is_file() or json.loads(marker.read_text()) != vocab:
+        paths = build_standin_judges(folder, vocab)
+        marker.write_text(json.dumps(vocab))
+    else:
+        paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth")}
+    standin = standin_judges_config(paths)
+    return {f"eval.judges.{role}": {**dict(judges[role] or {}), **standin[role]}
+            for role in judges if role in standin and judges[role] is not None}  # fmt: skip

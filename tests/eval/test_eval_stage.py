@@ -143,6 +143,16 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
         "logger=none",
         "eval=harness_3h",
         "eval.data_files.halueval_qa=/nonexistent/halueval_qa.jsonl",
+        # the other files exist (the judged tasks' prompt files are checked first otherwise)
+        *(
+            f"eval.data_files.{k}={conf.parents[2] / 'tests' / 'assets' / 'eval' / v}.jsonl"
+            for k, v in [
+                ("helpful_prompts", "alpaca_eval"),
+                ("harmful_prompts", "advbench"),
+                ("xstest", "xstest"),
+                ("pku_saferlhf", "pku_saferlhf"),
+            ]
+        ),  # fmt: skip
     ]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -58,13 +58,22 @@ class HarnessResult(TypedDict):
         samples: per multiple-choice task, one ``{"doc_id", "id", "gold", "lls"}`` per document
             (the choices' summed log-likelihoods, in choice order); empty if not logged.
         seconds: wall time of ``simple_evaluate``.
-        config: what was run (tasks, chat template, batch size, limit, lm-eval version).
+        config: what was run (tasks, chat template, batch size, limit, backend, lm-eval
+            version).
+        items: per task, the per-document metric values (:func:`hhh_bench.evaluation.items.
+            parse_items`); empty if not logged.
+        generations: per ``generate_until`` task, the prompts and responses; empty if not
+            logged.
+        groups: lm-eval's ``group_subtasks`` (group -> member tasks).
     """
 
     metrics: dict[str, dict[str, Any]]
     samples: dict[str, list[dict[str, Any]]]
     seconds: float
     config: dict[str, Any]
+    items: dict[str, list[dict[str, Any]]]
+    generations: dict[str, list[dict[str, Any]]]
+    groups: dict[str, list[str]]
 
 
 def _files(folder: Path, pattern: str) -> list[Path]:
@@ -409,6 +418,9 @@ def evaluate_model(
     trust_remote_code: bool = False,
     quiet: bool = True,
     holdout: Mapping[str, Any] | None = None,
+    backend: str = "hf",
+    backend_args: Mapping[str, Any] | None = None,
+    gen_kwargs: Mapping[str, Any] | None = None,
 ) -> HarnessResult:
     """Evaluate one model on lm-eval tasks, offline; per-task metrics with stderr.
 
@@ -438,6 +450,12 @@ def evaluate_model(
             of two disjoint parts of every task's items (:func:`holdout_indices`): ``select``
             (a seeded share ``fraction``, where configurations are chosen) or ``report`` (the
             rest). ``limit`` then caps the part.
+        backend: ``hf`` (lm-eval's HFLM, default) or ``vllm`` (lm-eval's VLLM; ``model_or_path``
+            must then be a folder or hub id), see :mod:`hhh_bench.evaluation.backends`.
+        backend_args: options of the ``vllm`` backend (``tensor_parallel_size``,
+            ``data_parallel_size``, ``gpu_memory_utilization``, ...).
+        gen_kwargs: generation settings that override every ``generate_until`` task's own
+            (lm-eval's ``gen_kwargs``), e.g. ``{"max_gen_toks": 64}``; None keeps the tasks'.
 
     Returns:
         A :class:`HarnessResult`.
@@ -448,11 +466,20 @@ def evaluate_model(
     if not tasks:
         raise ValueError("evaluate_model: no tasks given")
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from hhh_bench.evaluation.backends import check_backend, make_lm
+
+    check_backend(backend, backend_args)
     model = model_or_path
-    if isinstance(model_or_path, (str, Path)):
+    if backend == "vllm":  # vLLM loads the weights itself; only the tokenizer is read here
+        if not isinstance(model_or_path, (str, Path)):
+            raise TypeError("evaluate_model: backend=vllm needs the model's folder or hub id")
+        if tokenizer is None:
+            from hhh_bench.models import load_tokenizer
+
+            tokenizer = load_tokenizer(model_or_path, trust_remote_code=trust_remote_code)
+    elif isinstance(model_or_path, (str, Path)):
         from hhh_bench.models import load_causal_lm, load_tokenizer
 
         model = load_causal_lm(
@@ -469,8 +496,9 @@ def evaluate_model(
         )
     if include_path is not None:
         check_tasks_available(tasks, include_path)
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)
+    if backend == "hf":
+        model.eval()
     t0 = time.perf_counter()
     with _quiet(quiet):
         tm = TaskManager(
@@ -482,11 +510,20 @@ def evaluate_model(
             where = f"{include_path}" + (" and lm-eval's built-ins" if include_defaults else "")
             broken = _unloadable(unknown, include_path) if include_path else ""
             raise ValueError(f"unknown lm-eval task(s) {unknown} (looked in {where}){broken}")
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
         samples_arg, parts = None, None
         if holdout is not None:
             parts = holdout_indices(tasks, tm, holdout, limit)
             samples_arg, limit = {t: p["indices"] for t, p in parts.items()}, None
+        lm = make_lm(
+            backend,
+            model,
+            tokenizer,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            backend_args=backend_args,
+            trust_remote_code=trust_remote_code,
+        )
         raw = simple_evaluate(
             model=lm,
             tasks=list(tasks),
@@ -498,6 +535,7 @@ def evaluate_model(
             apply_chat_template=apply_chat_template,
             batch_size=batch_size,
             device=device,
+            gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
         )
     seconds = time.perf_counter() - t0
     if was_training:
@@ -505,6 +543,9 @@ def evaluate_model(
     if raw is None:  # only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results (non-primary rank?)")
     metrics, samples = parse_results(raw)
+    from hhh_bench.evaluation.items import parse_items
+
+    items, generations = parse_items(raw)
     import lm_eval
 
     config = {
@@ -514,6 +555,9 @@ def evaluate_model(
         "limit": limit,
         "bootstrap_iters": bootstrap_iters,
         "include_defaults": include_defaults,
+        "backend": backend,
+        "backend_args": dict(backend_args or {}),
+        "gen_kwargs": dict(gen_kwargs or {}),
         "lm_eval_version": getattr(lm_eval, "__version__", None),
     }
     if parts is not None:  # which items were used for what (no index list: a hash of it)
@@ -521,7 +565,16 @@ def evaluate_model(
             **{k: holdout[k] for k in ("fraction", "seed", "part")},  # type: ignore[index]
             "tasks": {t: {k: v for k, v in p.items() if k != "indices"} for t, p in parts.items()},
         }
-    return {"metrics": metrics, "samples": samples, "seconds": round(seconds, 3), "config": config}
+    groups = {g: list(m) for g, m in (raw.get("group_subtasks") or {}).items()}
+    return {
+        "metrics": metrics,
+        "samples": samples,
+        "seconds": round(seconds, 3),
+        "config": config,
+        "items": items,
+        "generations": generations,
+        "groups": groups,
+    }
 
 
 def holdout_indices(

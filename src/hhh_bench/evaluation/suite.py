@@ -13,7 +13,7 @@ from hhh_bench.provenance import config_hash, file_hash
 # Eval-config fields that only steer selection and reporting, never the numbers of one model.
 REPORT_ONLY = ("name", "select_split", "report_split", "select_by", "model")
 # Fields that decide the scores but not the lm-eval metrics (recomputed on every call).
-SCORING_ONLY = ("dimensions", "metric", "metrics")
+SCORING_ONLY = ("dimensions", "metric", "metrics", "columns", "summary_bootstrap_iters")
 
 
 def data_paths(eval_cfg: Mapping[str, Any], data: Mapping[str, Any] | None) -> dict[str, Path]:
@@ -112,14 +112,18 @@ def eval_payload(
     the task list, the harness settings that change the numbers, the dtype, the custom data
     files' content and the user task folders' content (not where they are)."""
     from hhh_bench.evaluation.harness import tasks_fingerprint
+    from hhh_bench.evaluation.judged_eval import column_specs, judges_key, validate_judged
 
-    specs = suite_tasks(ecfg, split)
+    specs = suite_tasks(ecfg, split) + column_specs(ecfg, split)  # + extra report columns
+    validate_judged(ecfg, specs)
     names = list(standins[0]) if standins else []
     files = needed_files(specs, data_paths(ecfg, data), known_tasks(ecfg, specs, names))
     harness = {k: v for k, v in ecfg.items() if k not in (*REPORT_ONLY, *SCORING_ONLY)}
     harness.pop("data_files", None)
     harness.pop("batch_size", None)  # padding only: does not change the numbers
     harness.pop("include_paths", None)  # by content below, not by where the folders are
+    if harness.get("judges"):  # judges by identity (a local judge folder by content)
+        harness["judges"] = judges_key(ecfg)
     payload = {
         "model": model["key"],
         "data": (data or {}).get("key"),

@@ -8,9 +8,12 @@ not in the key: re-scoring with ``eval.metric=soft`` evaluates nothing again and
 row (same ``row_key``).
 
 ``<root>/eval/<key>/``: ``results.json`` (per-task metrics with stderrs and n, seconds, harness
-settings, the model dict, the scores at write time), ``samples.jsonl`` (per item: task, doc_id,
-id, gold, the choices' log-likelihoods), ``tasks/`` (the YAMLs used, paths filled in),
-``provenance.json``.
+settings, the model dict, the scores at write time, the judges), ``samples.jsonl`` (per item:
+task, doc_id, id, gold, the choices' log-likelihoods), ``items.jsonl`` (per item: its metric
+values, judged ones included: standard errors, bootstraps, paired tests),
+``generations.jsonl`` (judged tasks' answers), ``tasks/`` (the YAMLs used, paths filled in),
+``provenance.json``. Judged tasks, win rates against the base and summary standard errors:
+:mod:`hhh_bench.evaluation.judged_eval`.
 """
 
 from __future__ import annotations
@@ -68,10 +71,12 @@ def run_eval(
     for field_ in ("path", "key"):
         if not model.get(field_):
             raise ValueError(f"run_eval: model dict lacks {field_!r} (got keys {sorted(model)})")
+    from hhh_bench.evaluation.judged_eval import column_specs
+
     ecfg = to_dict(cfg.eval)
-    specs = suite_tasks(ecfg, split)
+    specs = suite_tasks(ecfg, split)  # scored; eval_payload adds the extra columns' tasks to run
     rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
-    standins = _standins(rehearsal, specs)
+    standins = _standins(rehearsal, specs + column_specs(ecfg, split))
     payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"), standins)
     run = cached_stage(
         cfg, "eval", payload,
@@ -80,22 +85,37 @@ def run_eval(
         extra={"model_key": model["key"], "data_key": (data or {}).get("key"), "payload": payload},
         label=str(model.get("name", "")),
     )  # fmt: skip
-    metrics = run.info["metrics"]
+    from hhh_bench.evaluation.judged_eval import extra_scores, reference_items, summary_fields
+
     seed = model.get("seed", int(cfg.seed))
+    where = {
+        "split": split,
+        "suite": str(cfg.eval.name),
+        "data_key": (data or {}).get("key"),
+        "seed": seed,
+    }
+    ref = reference_items(
+        results_path(cfg), model, own_dir=run.dir, base_scores=base_scores, **where
+    )
+    metrics, judged_ctx, judged_fields = extra_scores(run.info, specs, run.dir, ref)
     if model.get("kind", "base") == "base" and base_scores is None:
         base = _dims(score(metrics, specs))  # the base against itself: zero deltas
     else:
-        base = _dims(base_scores) or stored_base(
-            results_path(cfg), split=split, suite=str(cfg.eval.name),
-            data_key=(data or {}).get("key"), seed=seed,
-        )  # fmt: skip
+        base = _dims(base_scores) or stored_base(results_path(cfg), **where)
     scores = score(metrics, specs, base)
+    base_items = None if (ref[1] or {}).get("kind") == "self" else ref[0]
+    more, row_fields = summary_fields(
+        ecfg, run.info, metrics, scores, specs, split, judged_ctx, base_items
+    )
+    scores.update(more)
+    judged_fields.update(row_fields)
     about = {"experiment": cfg.name, "suite": cfg.eval.name, "metric": cfg.eval.metric,
              "seed": int(cfg.seed), "config_hash": _config_hash(cfg)}  # fmt: skip
     row = build_row(
         about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
         scores=scores, specs=specs, eval_seconds=run.info["seconds"],
     )  # fmt: skip
+    row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False
     log.info(
         "eval: %s (%s) helpful %.3f honest %.3f harmless %.3f avg %.3f min %.3f", row["name"],
@@ -166,9 +186,13 @@ def _evaluate(
     e = group(cfg, "eval", EvalConfig)
     device = mcfg.device
     trust = bool(cfg.trust_remote_code)
+    backend = str(ecfg.get("backend") or "hf")
     t0 = time.perf_counter()
-    lm = load_causal_lm(model["path"], dtype=mcfg.dtype, device=device, trust_remote_code=trust)
-    tok = load_tokenizer(model["path"], trust_remote_code=trust)
+    if backend == "vllm":  # vLLM loads the weights itself
+        lm, tok = model["path"], None
+    else:
+        lm = load_causal_lm(model["path"], dtype=mcfg.dtype, device=device, trust_remote_code=trust)
+        tok = load_tokenizer(model["path"], trust_remote_code=trust)
     load_s = time.perf_counter() - t0
     include = materialize_tasks(
         tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
@@ -176,15 +200,21 @@ def _evaluate(
     if rehearsal is not None:  # lm-eval's built-ins on local files, under their own names
         from hhh_bench.rehearsal import standin_eval_tasks
 
-        standin_eval_tasks(rehearsal, [s.name for s in specs], Path(include) / "standins")
+        standin_eval_tasks(rehearsal, list(payload["tasks"]), Path(include) / "standins")
     res = evaluate_model(
-        lm, tok, list(dict.fromkeys(s.name for s in specs)), include_path=include,
+        lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),
+        include_path=include, dtype=mcfg.dtype, trust_remote_code=trust, backend=backend,
+        backend_args=ecfg.get("backend_args"), gen_kwargs=ecfg.get("gen_kwargs"),
         apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
         device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
         log_samples=e.log_samples,
         holdout=None if e.holdout is None
         else {**e.holdout, "part": "select" if split == e.select_split else "report"},
     )  # fmt: skip
+    lm = None  # the policy's memory goes before a judge loads
+    from hhh_bench.evaluation.judged_eval import run_judges
+
+    judged = run_judges(ecfg, res, include, tmp, cfg.root)
     if res["samples"]:
         with open(tmp / "samples.jsonl", "w") as f:
             for task, rows in res["samples"].items():
@@ -198,5 +228,16 @@ def _evaluate(
         "harness": res["config"],
         "model": {k: v for k, v in model.items() if k != "timings"},
         "payload": dict(payload),
-        "scores_at_write": score(res["metrics"], specs),
+        "scores_at_write": _scores_or_none(res["metrics"], specs),
+        "judges": judged["judges"],
+        "judge_counts": judged["counts"],
+        "groups": res["groups"],
     }
+
+
+def _scores_or_none(metrics: Mapping[str, Any], specs: list[Any]) -> dict[str, Any] | None:
+    """The scores at write time, or None when they need what only scoring knows (win_rate)."""
+    try:
+        return score(metrics, specs)
+    except KeyError:
+        return None

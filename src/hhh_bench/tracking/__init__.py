@@ -1,6 +1,7 @@
 """Tracking: the results store (``store``), W&B logging (``wandb_log``) and the report
-(``report``: Markdown table and figures)."""
+(``report``: Markdown table and figures), and paired tests between rows (``paired``)."""
 
+from hhh_bench.tracking.paired import paired_test_groups, paired_test_rows
 from hhh_bench.tracking.store import (
     KINDS,
     ResultRow,
@@ -18,6 +19,8 @@ __all__ = [
     "append_diagnostics",
     "append_result",
     "load_results",
+    "paired_test_groups",
+    "paired_test_rows",
     "read_diagnostics",
     "read_results",
     "validate_row",

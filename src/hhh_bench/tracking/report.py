@@ -9,6 +9,12 @@
     numbers. Cells are means over seeds, ``mean ± std`` when there are several, with the change
     from the base in parentheses; the best value per column among all rows but the oracle is
     bold. Then every evaluated configuration, and per-task metrics of the main-table rows.
+    Issue 17: a one-seed cell shows ``value ± standard error`` over items; extra columns the rows
+    carry (over-refusal, capability; ↓ where lower is better) follow Min; paired tests over items
+    (:mod:`hhh_bench.tracking.paired`) mark a value the data cannot tell from its column's best
+    (≈) and a change from the base they cannot resolve (†), and get a section of their own; an
+    *Evaluation setup* table names each task's metric (saying which are length-normalised) and
+    judge.
 ``radar.png``
     One polygon per family (the main table's rows) on the three dimensions.
 ``pareto.png``
@@ -104,6 +110,7 @@ class Entry:
     delta: dict[str, float | None] = field(default_factory=dict)
     n_configs: int = 1
     selected_on: str | None = None
+    se: dict[str, float | None] = field(default_factory=dict)  # one seed: the row's item stderr
 
     @property
     def n(self) -> int:
@@ -121,11 +128,17 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["kind"], r["name"]), []).append(dict(r))
+    extra = list(extra_columns(rows))
     entries = []
     for (kind, name), rs in groups.items():
         e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
         for col, _ in COLUMNS:
             e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        for col in extra:  # extra columns (over-refusal, capability) where every seed has one
+            if all(r.get(col) is not None for r in rs):
+                e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        if len(rs) == 1:
+            e.se = {c: rs[0].get(f"{c}_stderr") for c in e.mean}
         entries.append(e)
     return entries
 
@@ -187,6 +200,12 @@ def _fmt(value: float, std: float | None) -> str:
     return f"{value:.{DIGITS}f}" + (f" ± {std:.{DIGITS}f}" if std is not None else "")
 
 
+def _spread(e: Entry, col: str) -> float | None:
+    """What follows ± in a cell: the std over seeds (several seeds), else the row's standard
+    error over items (one seed), else nothing."""
+    return e.std.get(col) if e.std.get(col) is not None else e.se.get(col)
+
+
 def _fmt_opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.{DIGITS}f}"
 
@@ -203,23 +222,47 @@ def best_per_column(entries: Sequence[Entry]) -> dict[str, float]:
     }
 
 
-def main_table(entries: Sequence[Entry]) -> str:
-    """The paper-style Markdown table of :func:`select_entries`' rows."""
+def main_table(
+    entries: Sequence[Entry],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    marks: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+) -> str:
+    """The paper-style Markdown table of :func:`select_entries`' rows.
+
+    Args:
+        entries: the rows, in table order.
+        extra: extra columns after Min (:func:`extra_columns`); bold marks their best value by
+            direction.
+        marks: per entry ``(kind, name)`` and column, a mark after the value (``≈``: not
+            resolvably different from the column's best) or after the delta (``†``: change from
+            the base not resolved), from :func:`paired_marks`.
+    """
+    extra = dict(extra or {})
     best = best_per_column(entries)
-    head = "| Method | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [head, "|" + "---|" + "---:|" * len(COLUMNS)]
+    best.update(_best_extra(entries, extra))
+    cols = [*COLUMNS, *((c, _extra_head(c, v)) for c, v in extra.items())]
+    head = "| Method | " + " | ".join(h for _, h in cols) + " |"
+    lines = [head, "|" + "---|" + "---:|" * len(cols)]
     for kind, title in GROUPS:
         members = [e for e in entries if e.kind == kind]
         if not members:
             continue
-        lines.append(f"| *{title}* |" + " |" * len(COLUMNS))
+        lines.append(f"| *{title}* |" + " |" * len(cols))
         for e in members:
+            mk = (marks or {}).get((e.kind, e.name), {})
             cells = []
-            for col, _ in COLUMNS:
-                text = _fmt(e.mean[col], e.std[col])
+            for col, _ in cols:
+                if col not in e.mean:
+                    cells.append("-")
+                    continue
+                text = _fmt(e.mean[col], _spread(e, col))
                 if e.kind != "oracle" and round(e.mean[col], DIGITS) == best.get(col):
                     text = f"**{text}**"
-                cells.append(text + _fmt_delta(e.delta[col]))
+                text += mk.get(col, "")
+                delta = _fmt_delta(e.delta.get(col))
+                if delta and mk.get(f"delta_{col}"):
+                    delta = delta[:-1] + mk[f"delta_{col}"] + ")"
+                cells.append(text + delta)
             lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -239,7 +282,7 @@ def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for kind, title in GROUPS:
         for e in sorted((e for e in entries if e.kind == kind), key=lambda e: e.name):
-            cells = [_fmt(e.mean[c], e.std[c]) + _fmt_delta(e.delta[c]) for c, _ in COLUMNS]
+            cells = [_fmt(e.mean[c], _spread(e, c)) + _fmt_delta(e.delta[c]) for c, _ in COLUMNS]
             params = {_params(r) for r in e.rows}
             shown = params.pop() if len(params) == 1 else "varies by seed"
             lines.append(
@@ -257,6 +300,8 @@ def per_task_table(entries: Sequence[Entry]) -> str:
         for r in e.rows:
             for s in r.get("task_specs") or []:
                 specs.setdefault(s["name"], s["metric"])
+            for c in (r.get("extra_columns") or {}).values():  # extra columns' tasks
+                specs.setdefault(c["task"], c["metric"])
             for t in r.get("tasks") or {}:
                 specs.setdefault(t, r.get("metric", "acc"))
     if not specs:
@@ -294,6 +339,177 @@ def conflict_matrix(rows: Sequence[Mapping[str, Any]]) -> list[list[float | None
                 row.append(sum(float(r[dj]) - base[dj] for r in spec) / len(spec))
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty, extra columns, judges and metrics (issue 17)
+# ---------------------------------------------------------------------------------------------
+
+METRIC_NOTES = {
+    "acc": "argmax of the candidates' summed log-likelihoods",
+    "acc_norm": "argmax of log-likelihood per byte of the candidate (length-normalised: the "
+    "candidates differ in length)",
+    "soft": "softmax probability mass on the gold candidate",
+    "win_rate": "share of prompts whose answer the reward judge scores above the base model's "
+    "(ties half)",
+    "safe": "1 - attack success rate: share of answers to harmful prompts the safety judge "
+    "labels safe",
+    "over_refusal": "share of safe prompts refused (lower is better)",
+    "truthful": "share of free answers the truth judge labels true",
+}
+
+
+def extra_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The extra report columns the rows carry (``extra_columns``: over-refusal, capability),
+    in first-seen order: ``{name: {"task", "metric", "higher_is_better"}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for name, spec in (r.get("extra_columns") or {}).items():
+            out.setdefault(name, dict(spec))
+    return out
+
+
+def _extra_head(name: str, spec: Mapping[str, Any]) -> str:
+    arrow = "" if spec.get("higher_is_better", True) else " ↓"
+    return name.replace("_", "-").capitalize() + arrow
+
+
+def _best_extra(
+    entries: Sequence[Entry], extra: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    compared = [e for e in entries if e.kind != "oracle"]
+    out = {}
+    for col, spec in extra.items():
+        vals = [round(e.mean[col], DIGITS) for e in compared if col in e.mean]
+        if vals:
+            out[col] = max(vals) if spec.get("higher_is_better", True) else min(vals)
+    return out
+
+
+def paired_marks(
+    entries: Sequence[Entry],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    alpha: float = 0.05,
+) -> tuple[dict[tuple[str, str], dict[str, str]], dict[str, dict[tuple[str, str], Any]]]:
+    """Paired tests over items behind the main table's marks.
+
+    For every column (the dimensions, the average and the extra columns) and every compared
+    entry (all but the oracle): the test against the base (``†`` on the delta when p ≥ alpha)
+    and against the column's best entry (``≈`` when p ≥ alpha: the data cannot tell it from the
+    best). Entries over several seeds are paired by seed
+    (:func:`hhh_bench.tracking.paired.paired_test_groups`). Entries without per-item values get
+    no test and no mark.
+
+    Returns:
+        ``(marks, tests)``: marks per ``(kind, name)`` and column (``delta_<col>`` for the
+        delta), and ``{"base": {(name, col): PairedTest}, "best": {...}}``.
+    """
+    from hhh_bench.tracking.paired import paired_test_groups
+
+    extra = dict(extra or {})
+    cols = [*(c for c, _ in COLUMNS if c != "min"), *extra]
+    base = next((e for e in entries if e.kind == "base"), None)
+    compared = [e for e in entries if e.kind != "oracle"]
+    marks: dict[tuple[str, str], dict[str, str]] = {}
+    tests: dict[str, dict[tuple[str, str], Any]] = {"base": {}, "best": {}}
+    for col in cols:
+        have = [e for e in compared if col in e.mean]
+        if not have:
+            continue
+        higher = extra.get(col, {}).get("higher_is_better", True)
+        best = (max if higher else min)(have, key=lambda e: e.mean[col])
+        for e in have:
+            mk = marks.setdefault((e.kind, e.name), {})
+            if base is not None and e is not base and col in base.mean:
+                t = paired_test_groups(e.rows, base.rows, col, alpha=alpha)
+                if t is not None:
+                    tests["base"][(e.name, col)] = t
+                    if not t.resolved:
+                        mk[f"delta_{col}"] = "†"
+            if e is not best:
+                t = paired_test_groups(e.rows, best.rows, col, alpha=alpha)
+                if t is not None:
+                    tests["best"][(e.name, col)] = t
+                    if not t.resolved:
+                        mk[col] = " ≈"
+    return marks, tests
+
+
+def _fmt_test(t: Any) -> str:
+    mark = "" if t.resolved else " ≈"
+    return f"{t.diff:+.{DIGITS}f} ± {t.stderr:.{DIGITS}f} (p={t.p_value:.2g}){mark}"
+
+
+def paired_section(
+    entries: Sequence[Entry],
+    tests: Mapping[str, Mapping[tuple[str, str], Any]],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    alpha: float = 0.05,
+) -> list[str]:
+    """Markdown of the paired tests: each main-table row against the base and against each
+    column's best row (difference ± standard error, p; ``≈``: not resolved at ``alpha``)."""
+    cols = [*(c for c, _ in COLUMNS if c != "min"), *(extra or {})]
+    heads = [dict(COLUMNS).get(c) or _extra_head(c, (extra or {})[c]) for c in cols]
+    md = [
+        "## Paired tests over items",
+        "",
+        "Two models scored on the same items are compared by their per-item differences "
+        "(paired z-test; Miller, arXiv:2411.00640): difference ± standard error, two-sided p. "
+        f"Marked ≈ (and † on a change from the base in the main table) when p ≥ {alpha}: the "
+        "data cannot resolve the difference. Rows over several seeds are paired by seed "
+        "(item-level uncertainty only).",
+        "",
+    ]
+    if not any(tests.values()):
+        return [*md, "No row has per-item values (items.jsonl): no paired test.", ""]
+    for which, title in (("base", "Against the base"), ("best", "Against each column's best row")):
+        if not tests.get(which):
+            continue
+        md += [f"### {title}", "", "| Method | " + " | ".join(heads) + " |",
+               "|---|" + "---:|" * len(cols)]  # fmt: skip
+        for e in entries:
+            cells = [
+                _fmt_test(tests[which][(e.name, c)]) if (e.name, c) in tests[which] else "-"
+                for c in cols
+            ]
+            if any(c != "-" for c in cells):
+                md.append(f"| {e.label} | " + " | ".join(cells) + " |")
+        md.append("")
+    return md
+
+
+def setup_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown naming each task's primary metric (saying which are length-normalised) and the
+    judges of the judged tasks, from the rows' ``task_specs``, ``extra_columns`` and ``judges``."""
+    specs: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        for s in r.get("task_specs") or []:
+            specs.setdefault(s["name"], (s["dimension"], s["metric"]))
+        for name, c in (r.get("extra_columns") or {}).items():
+            specs.setdefault(c["task"], (f"column {name}", c["metric"]))
+    judges: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        for task, j in (r.get("judges") or {}).items():
+            judges.setdefault(task, j)
+    if not specs:
+        return []
+    md = [
+        "## Evaluation setup",
+        "",
+        "| Task | Scores | Metric | Meaning | Judge |",
+        "|---|---|---|---|---|",
+    ]
+    for task, (dim, metric) in specs.items():
+        j = judges.get(task)
+        judge = "-"
+        if j:
+            rev = f"@{j['revision']}" if j.get("revision") else ""
+            judge = f"{j.get('model')}{rev} (kind {j.get('kind', '-')}, role {j['role']})"
+        note = METRIC_NOTES.get(metric, "")
+        md.append(f"| {task} | {dim} | {metric} | {note} | {judge} |")
+    return [*md, ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,6 +838,7 @@ def build_report(
     select_split: str | None = "validation",
     select_by: str = "average",
     diagnostics: Sequence[Mapping[str, Any]] = (),
+    alpha: float = 0.05,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
     (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
@@ -637,6 +854,7 @@ def build_report(
         select_by: the score a configuration is chosen by (``average``, ``min``, a dimension).
         diagnostics: rows of ``<root>/diagnostics.jsonl``
             (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
+        alpha: significance level of the paired tests behind the ≈ / † marks.
 
     Returns:
         ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict",
@@ -660,11 +878,18 @@ def build_report(
     metric = sorted({str(r.get("metric", "?")) for r in report_rows})
     base = base_means(report_rows)
     n_seeds = max(e.n for e in entries)
+    extra = extra_columns(report_rows)
+    marks, tests = paired_marks(entries, extra, alpha=alpha)
     md = [
         f"# hhh-bench report{': ' + experiment if experiment else ''}",
         "",
-        f"Split **{report_split}**, primary metric {', '.join(metric)}, "
-        f"{len(report_rows)} evaluated model(s); generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Split **{report_split}**, primary metric {', '.join(metric)}"
+        + (
+            " (tasks naming their own: see *Evaluation setup*), "
+            if any(r.get("task_specs") for r in report_rows)
+            else ", "
+        )
+        + f"{len(report_rows)} evaluated model(s); generated {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "## Main table",
         "",
@@ -673,10 +898,26 @@ def build_report(
         f"({select_split or 'none'}) is shown, with how many it compared; a family without a "
         "recorded choice shows each of its configurations. "
         + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
+        + (
+            "One seed: value ± standard error over items. "
+            if any(v is not None for e in entries for v in e.se.values())
+            else ""
+        )
         + ("In parentheses: change from the base. " if base else "No base row: no deltas. ")
-        + "Bold: best per column among all rows but the oracle.",
+        + "Bold: best per column among all rows but the oracle"
+        + (
+            f"; ≈: not resolvably different from the best, †: change from the base not "
+            f"resolved (paired tests over items, p ≥ {alpha}; see below). "
+            if any(tests.values())
+            else ". "
+        )
+        + (
+            "↓: lower is better."
+            if any(not v.get("higher_is_better", True) for v in extra.values())
+            else ""
+        ),
         "",
-        main_table(entries),
+        main_table(entries, extra, marks),
         "",
         "## All evaluated models",
         "",
@@ -686,6 +927,8 @@ def build_report(
     tasks = per_task_table(entries)
     if tasks:
         md += ["## Per-task metrics (main-table rows)", "", tasks, ""]
+    md += setup_section(report_rows)
+    md += paired_section(entries, tests, extra, alpha=alpha)
     matrix = conflict_matrix(report_rows)
     md += [
         "## Figures",
@@ -720,7 +963,8 @@ def build_report(
         summary[f"best/{select_by}"] = best.mean[select_by]
     return {
         "markdown": markdown,
-        "main_table": main_table(entries),
+        "main_table": main_table(entries, extra, marks),
+        "paired_tests": tests,
         "entries": entries,
         "summary": summary,
         "conflict_matrix": matrix,

@@ -49,6 +49,13 @@ class ResultRow(TypedDict, total=False):
 
     Also: ``task_specs`` (each task's dimension, weight and primary metric behind the scores) and
     ``extra`` (any other field the caller's model dict carried, e.g. ``selection_score``).
+
+    Uncertainty and judges (issue 17): ``average_stderr``, ``min_stderr``; the extra columns
+    (``over_refusal``, capability tasks, each with ``<name>_stderr``) and ``extra_columns``
+    (each one's task, metric and direction); ``paired_vs_base`` (per dimension and the average:
+    the paired test over items against the base, :class:`hhh_bench.evaluation.stats.PairedTest`
+    as a dict); ``judges`` (per judged task: role, judge model, revision, protocol,
+    fingerprint); ``reference`` (whose answers a win rate is against: its eval folder).
     """
 
     row_key: str
@@ -89,6 +96,12 @@ class ResultRow(TypedDict, total=False):
     artifacts: dict[str, str]
     task_specs: list[dict[str, Any]]
     extra: dict[str, Any]
+    average_stderr: float | None
+    min_stderr: float | None
+    extra_columns: dict[str, dict[str, Any]]
+    paired_vs_base: dict[str, dict[str, Any]] | None
+    judges: dict[str, dict[str, Any]]
+    reference: dict[str, Any] | None
 
 
 REQUIRED = ("row_key", "name", "kind", "helpful", "honest", "harmless", "average", "min")

@@ -1,0 +1,114 @@
+"""The lm-eval model backend of an evaluation: Hugging Face (default) or vLLM.
+
+``hf``
+    ``lm_eval.models.huggingface.HFLM`` around a model object (or a folder loaded with
+    :func:`hhh_bench.models.load_causal_lm`): exact, works on CPU, the reference implementation
+    lm-eval compares other backends against.
+``vllm``
+    ``lm_eval.models.vllm_causallms.VLLM`` (``lm_eval.api.registry.get_model("vllm")``), built
+    from the model's folder or hub id: paged attention and continuous batching make the judged
+    tasks' generations many times faster on GPUs. Its options (``eval.backend_args``) go to
+    lm-eval's constructor as they are, e.g. ``tensor_parallel_size`` (shard one model over GPUs),
+    ``data_parallel_size`` (replicas over GPUs, lm-eval splits the requests among them),
+    ``gpu_memory_utilization``, ``max_model_len``. Install with the ``vllm`` extra
+    (``pip install 'hhh-bench[vllm]'``, a CUDA machine); lm-eval's README notes that vLLM's
+    numbers can differ slightly from HF's, so compare rows of one backend.
+
+:func:`make_lm` is the one place a backend is chosen; :func:`check_backend` validates the choice
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("hf", "vllm")
+# Options of our own that must not be given through backend_args (they have their own knobs).
+_RESERVED = ("pretrained", "tokenizer", "batch_size", "dtype", "device")
+
+
+def vllm_installed() -> bool:
+    """Whether the ``vllm`` package can be imported here."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_backend(backend: str, backend_args: Mapping[str, Any] | None = None) -> None:
+    """Validate ``eval.backend`` / ``eval.backend_args``.
+
+    Raises:
+        ValueError: an unknown backend, backend_args given to ``hf``, or an option that has its
+            own knob.
+        ImportError: ``vllm`` chosen but the ``vllm`` package is not installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"eval.backend must be one of {BACKENDS}, got {backend!r}")
+    args = dict(backend_args or {})
+    if backend == "hf" and args:
+        raise ValueError(
+            f"eval.backend_args {sorted(args)} apply to eval.backend=vllm only; the hf backend "
+            "takes batch_size and the model's dtype/device from their own settings"
+        )
+    reserved = sorted(set(args) & set(_RESERVED))
+    if reserved:
+        raise ValueError(
+            f"eval.backend_args must not set {reserved}: use eval.batch_size, model.dtype and "
+            "the model path instead"
+        )
+    if backend == "vllm" and not vllm_installed():
+        raise ImportError(
+            "eval.backend=vllm needs the vllm package, which is not installed in this "
+            "environment: on a CUDA machine run `pip install 'hhh-bench[vllm]'` (lm-eval's vllm "
+            "extra), or use eval.backend=hf"
+        )
+
+
+def make_lm(
+    backend: str,
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    batch_size: int | str = 32,
+    device: str = "cpu",
+    dtype: str | None = "auto",
+    backend_args: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Construct lm-eval's model wrapper for one evaluated model.
+
+    Args:
+        backend: ``hf`` or ``vllm``.
+        model: ``hf``: a loaded causal LM; ``vllm``: its folder or hub id.
+        tokenizer: ``hf``: the model's tokenizer object; ``vllm``: ignored (read from the
+            folder).
+        batch_size: lm-eval batch size (``auto`` lets either backend choose).
+        device: ``hf`` only: the model's torch device.
+        dtype: ``vllm`` only: ``auto`` | ``bfloat16`` | ``float16`` | ``float32``.
+        backend_args: ``vllm`` only: passed to lm-eval's ``VLLM`` as they are.
+        trust_remote_code: ``vllm`` only.
+
+    Returns:
+        An ``lm_eval.api.model.LM``.
+    """
+    check_backend(backend, backend_args)
+    if backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    if not isinstance(model, (str, Path)):
+        raise TypeError(
+            "eval.backend=vllm loads the model itself: pass its folder or hub id, not a loaded "
+            f"{type(model).__name__}"
+        )
+    from lm_eval.api.registry import get_model
+
+    cls = get_model("vllm")
+    return cls(
+        pretrained=str(model),
+        dtype=dtype or "auto",
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+        **dict(backend_args or {}),
+    )

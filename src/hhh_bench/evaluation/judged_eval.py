@@ -1,0 +1,292 @@
+"""The eval stage's judged and uncertainty parts (kept apart from ``stages/eval.py``, which calls
+them at four points):
+
+* :func:`judges_key` — the judges' identities for the eval cache key (a local judge folder by
+  content, a hub judge by id and revision);
+* :func:`run_judges` — after lm-eval, inside the cached folder: judge the generations of every
+  judged task (:mod:`hhh_bench.evaluation.judged`; verdicts cached in
+  ``<root>/cache/judges.sqlite``), merge the judged metrics and per-item values in, write
+  ``items.jsonl`` and ``generations.jsonl``;
+* :func:`reference_items` — the base model's items, against which ``win_rate`` is scored (the
+  model's own when it is the base; else the base of ``base_scores``; else the store's base row
+  of the same split, suite and data, same seed preferred);
+* :func:`extra_scores` — on every call: ``win_rate`` of the reward tasks, ``average_stderr`` and
+  ``min_stderr``, the extra columns (``eval.columns``, e.g. over-refusal), the paired tests of
+  each dimension against the base, and what the row records about its judges and reference.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.evaluation.items import GENERATIONS_FILE, ITEMS_FILE, read_jsonl, write_jsonl
+from hhh_bench.evaluation.scoring import DIMENSIONS, SPLIT_SUFFIX, TaskSpec
+
+log = logging.getLogger("hhh_bench")
+
+
+def column_specs(ecfg: Mapping[str, Any], split: str) -> list[TaskSpec]:
+    """The tasks of ``eval.columns`` (extra report columns), as specs of weight 0 outside the
+    three dimensions, so they are run, cache-keyed and checked like the suite's tasks."""
+    template = str(ecfg.get("task_template") or "{task}")
+    out = []
+    for name, col in (ecfg.get("columns") or {}).items():
+        if not col or not col.get("task") or not col.get("metric"):
+            raise ValueError(f"eval.columns.{name} needs `task` and `metric`, got {col!r}")
+        task = template.format(task=col["task"], split=SPLIT_SUFFIX[split])
+        out.append(TaskSpec(task, f"columns.{name}", 0.0, str(col["metric"])))
+    return out
+
+
+def validate_judged(ecfg: Mapping[str, Any], specs: Sequence[TaskSpec]) -> None:
+    """Before any model loads: every judged task of the run has its judge configured and
+    lm-eval will log the generations the judges read.
+
+    Raises:
+        ValueError: naming the task and the setting to fix.
+    """
+    from hhh_bench.evaluation.harness import TASKS_DIR
+    from hhh_bench.evaluation.judged import check_judges
+    from hhh_bench.evaluation.judged import judge_roles as roles_under
+    from hhh_bench.evaluation.judges import specs_from_config
+
+    roles = roles_under(TASKS_DIR)
+    for folder in ecfg.get("include_paths") or []:
+        if Path(folder).is_dir():
+            roles.update(roles_under(folder))
+    mine = {s.name: roles[s.name] for s in specs if s.name in roles}
+    if not mine:
+        return
+    if not ecfg.get("log_samples", True):
+        raise ValueError(
+            f"judged task(s) {sorted(mine)} need eval.log_samples=true (the judges read the "
+            "answers lm-eval logs)"
+        )
+    check_judges(mine, specs_from_config(ecfg.get("judges")))
+
+
+def judges_key(ecfg: Mapping[str, Any]) -> dict[str, str]:
+    """``{judge name: fingerprint}`` of ``eval.judges`` (validated), for the cache key."""
+    from hhh_bench.evaluation.judges import judge_fingerprint, specs_from_config
+
+    return {n: judge_fingerprint(s) for n, s in specs_from_config(ecfg.get("judges")).items()}
+
+
+def judge_cache_path(root: str | Path) -> Path:
+    """Where judge verdicts are kept for every model of an experiment."""
+    return Path(root) / "cache" / "judges.sqlite"
+
+
+def run_judges(
+    ecfg: Mapping[str, Any], res: dict[str, Any], include: Path, out: Path, root: str | Path
+) -> dict[str, Any]:
+    """Judge the run's generations and merge the judged metrics and items into ``res``.
+
+    Writes ``items.jsonl`` and ``generations.jsonl`` into ``out`` (the cached folder being
+    written). Returns ``{"judges": {task: record}, "counts": {task: {cached, judged}}}``.
+    """
+    from hhh_bench.evaluation.items import merge_item_fields
+    from hhh_bench.evaluation.judged import judge_generations, judge_roles
+    from hhh_bench.evaluation.judges import JudgeCache, specs_from_config
+
+    ran = set(res["metrics"])
+    roles = {t: r for t, r in judge_roles(include).items() if t in ran}
+    silent = sorted(t for t in roles if t not in (res.get("generations") or {}))
+    if silent:
+        raise ValueError(
+            f"judged task(s) {silent} ran but lm-eval logged no generations for them: set "
+            "eval.log_samples=true (the judges read the logged answers)"
+        )
+    info: dict[str, Any] = {"judges": {}, "counts": {}}
+    if roles:
+        gc.collect()  # the policy model is gone: free its memory before a judge loads
+        _empty_cuda_cache()
+        judged = judge_generations(
+            res["generations"],
+            roles,
+            specs_from_config(ecfg.get("judges")),
+            cache=JudgeCache(judge_cache_path(root)),
+            refusal_rule=str(ecfg.get("refusal_rule") or "any"),
+        )
+        for task, row in judged["metrics"].items():
+            res["metrics"].setdefault(task, {}).update(row)
+            merge_item_fields(res["items"], task, judged["items"][task])
+        info = {"judges": judged["judges"], "counts": judged["counts"]}
+        for task, c in judged["counts"].items():
+            log.info("eval: judged %s (%d from cache, %d new)", task, c["cached"], c["judged"])
+    if res.get("items"):
+        write_jsonl(out / ITEMS_FILE, res["items"])
+    if res.get("generations"):
+        write_jsonl(out / GENERATIONS_FILE, res["generations"])
+    return info
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_items(eval_dir: str | Path | None) -> dict[str, list[dict[str, Any]]] | None:
+    """The ``items.jsonl`` of an eval folder, or None when it has none."""
+    if not eval_dir:
+        return None
+    path = Path(eval_dir) / ITEMS_FILE
+    return read_jsonl(path) if path.is_file() else None
+
+
+def _base_row(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    split: str,
+    suite: str,
+    data_key: str | None,
+    seed: Any,
+) -> Mapping[str, Any] | None:
+    cands = [
+        r
+        for r in rows
+        if r.get("kind") == "base"
+        and r.get("split") == split
+        and r.get("suite") == suite
+        and r.get("data_key") == data_key
+    ]
+    same = [r for r in cands if r.get("seed") == seed]
+    return (same or cands)[-1] if cands else None
+
+
+def reference_items(
+    store: Path,
+    model: Mapping[str, Any],
+    *,
+    own_dir: Path,
+    split: str,
+    suite: str,
+    data_key: str | None,
+    seed: Any,
+    base_scores: Mapping[str, Any] | None,
+) -> tuple[dict[str, list[dict[str, Any]]] | None, dict[str, Any] | None]:
+    """``(items, record)`` of the reference (base) model for ``win_rate``; ``(None, None)``
+    when no base is known (see the module docstring for the order of the look-up)."""
+    if model.get("kind", "base") == "base" and base_scores is None:
+        return load_items(own_dir), {"kind": "self", "eval_dir": str(own_dir)}
+    if base_scores is not None:
+        where = base_scores.get("dir") or (base_scores.get("artifacts") or {}).get("eval_dir")
+        if where:
+            return load_items(where), {"kind": "given", "eval_dir": str(where)}
+        return None, None
+    from hhh_bench.tracking.store import read_results
+
+    row = _base_row(read_results(store), split=split, suite=suite, data_key=data_key, seed=seed)
+    if row is None:
+        return None, None
+    where = (row.get("artifacts") or {}).get("eval_dir")
+    return load_items(where), {"kind": "store", "row_key": row["row_key"], "eval_dir": where}
+
+
+def extra_scores(
+    saved: Mapping[str, Any],
+    specs: Sequence[TaskSpec],
+    out: Path,
+    ref: tuple[dict[str, list[dict[str, Any]]] | None, dict[str, Any] | None],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """What the judged tasks and the per-item values add to a model's scoring.
+
+    Returns:
+        ``(metrics, context, row fields)``: the metrics with ``win_rate`` added to the reward
+        tasks (a copy); ``{"items", "ref_items"}`` for :func:`summary_fields`; the fields to add
+        to the row: ``judges`` (per judged task: role, judge, model, revision, protocol,
+        fingerprint) and ``reference`` (whose answers the win rate is against).
+
+    Raises:
+        ValueError: a task's primary metric is ``win_rate`` but no base model's items are known.
+    """
+    from hhh_bench.evaluation.judged import reference_metrics
+
+    ref_items, ref_info = ref
+    metrics = {t: dict(v) for t, v in saved["metrics"].items()}
+    roles = {t: j["role"] for t, j in (saved.get("judges") or {}).items()}
+    items = load_items(out)
+    needs_ref = [s.name for s in specs if s.metric == "win_rate"]
+    if needs_ref and (items is None or ref_items is None):
+        raise ValueError(
+            f"task(s) {needs_ref} are scored by win_rate against the base model's answers, but "
+            + (
+                "this run logged no per-item values (set eval.log_samples=true)"
+                if items is None
+                else "no evaluated base model of this split, suite and data was found: evaluate "
+                "the base first (kind=base), or pass base_scores"
+            )
+        )
+    if items is not None and ref_items is not None:
+        for task, row in reference_metrics(items, roles, ref_items).items():
+            metrics.setdefault(task, {}).update(row)
+    fields = {"judges": saved.get("judges") or {}, "reference": ref_info}
+    return metrics, {"items": items, "ref_items": ref_items}, fields
+
+
+def summary_fields(
+    ecfg: Mapping[str, Any],
+    saved: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, Any]],
+    scores: Mapping[str, Any],
+    specs: Sequence[TaskSpec],
+    split: str,
+    ctx: Mapping[str, Any],
+    base_items: Mapping[str, Any] | None,
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Score fields and row fields from the per-item values.
+
+    Returns:
+        ``(scores, row fields)``: ``average_stderr``, ``min_stderr`` and the extra columns
+        (``eval.columns``) with their stderrs; and for the row ``extra_columns`` (each column's
+        task, metric and direction) and ``paired_vs_base`` (per dimension and the average: this
+        model against the base, :func:`hhh_bench.evaluation.uncertainty.paired_column_test`;
+        None without the base's items or for the base itself).
+    """
+    from hhh_bench.evaluation.uncertainty import column_scores, paired_column_test, summary_stderr
+
+    groups = saved.get("groups") or {}
+    out: dict[str, float | None] = dict(
+        summary_stderr(
+            scores,
+            metrics,
+            specs,
+            ctx.get("items"),
+            groups=groups,
+            reference_items=ctx.get("ref_items"),
+            iters=int(ecfg.get("summary_bootstrap_iters") or 1000),
+        )
+    )
+    template = str(ecfg.get("task_template") or "{task}")
+    out.update(
+        column_scores(
+            metrics, ecfg.get("columns"), task_template=template, split_suffix=SPLIT_SUFFIX[split]
+        )
+    )
+    extra = {
+        name: {
+            "task": template.format(task=c["task"], split=SPLIT_SUFFIX[split]),
+            "metric": str(c["metric"]),
+            "higher_is_better": bool(c.get("higher_is_better", True)),
+        }
+        for name, c in (ecfg.get("columns") or {}).items()
+    }
+    paired: dict[str, Any] = {}
+    if base_items and ctx.get("items"):
+        a = {"items": ctx["items"], "groups": groups, "metrics": metrics,
+             "reference_items": ctx.get("ref_items")}  # fmt: skip
+        b = {"items": base_items, "groups": groups, "reference_items": ctx.get("ref_items")}
+        for col in (*DIMENSIONS, "average"):
+            try:
+                paired[col] = paired_column_test(col, specs, a, b).as_dict()
+            except ValueError as e:  # e.g. a built-in metric that is not a mean of items
+                log.debug("eval: no paired test of %s against the base: %s", col, e)
+    return out, {"extra_columns": extra, "paired_vs_base": paired or None}

@@ -1,0 +1,173 @@
+"""Tiny local stand-ins for the judges of the judged tasks, built from a config in milliseconds,
+saved as Hugging Face folders and loaded through the same ``from_pretrained`` path as the real
+hub models (DESIGN.md §5: the real path is rehearsed on small stand-ins of the same architecture
+classes).
+
+=========  ===============================  ===========================  ===========================
+role       real judge (hub id)              stand-in                     protocol kept
+=========  ===============================  ===========================  ===========================
+safety     meta-llama/Llama-Guard-3-8B      tiny ``LlamaForCausalLM``    chat template over [user,
+                                                                         assistant] -> ``safe`` /
+                                                                         ``unsafe`` first word
+refusal    a refusal classifier             tiny ``LlamaForSequence-     softmax over named classes
+           (``id2label`` NORMAL/REJECTION)  Classification``, 2 classes  (``REJECTION`` positive)
+reward     Skywork/Skywork-Reward-Llama-    tiny ``LlamaForSequence-     one logit for the chat-
+           3.1-8B-v0.2                      Classification``, 1 output   templated conversation
+truth      allenai/truthfulqa-truth-judge-  tiny ``LlamaForCausalLM``    ``Q: ..\\nA: ..\\nTrue:`` ->
+           llama2-7B                                                     ``yes`` / ``no``
+=========  ===============================  ===========================  ===========================
+
+The causal stand-ins can only answer with one of their two label words: every other row of the
+output layer is zero and the two label rows are ``+v`` and ``−v`` for a random ``v``, so the
+label logits are ``±v·h`` and the larger of them is never below the others' 0. Their verdicts
+are therefore always parseable, depend on the input, and agree between ``generate`` and
+``logprob`` mode (greedy picks the label whose logit is positive; P(positive) > 0.5 iff the
+same). The classifiers are randomly initialised: they are deterministic functions of their
+input, which is all an end-to-end test of the judging path needs; what a real judge says is the
+real judge's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+LABEL_WORDS = ("safe", "unsafe", "yes", "no", "Q:", "A:", "True:")
+# The prompt format of the TruthfulQA truth judge (allenai/truthfulqa-truth-judge-llama2-7B).
+TRUTH_TEMPLATE = "Q: {prompt}\nA: {response}\nTrue:"
+
+
+def _tokenizer(words: Iterable[str]) -> Any:
+    from hhh_bench.models import build_word_tokenizer
+
+    return build_word_tokenizer([*words, *LABEL_WORDS], model_max_length=512)
+
+
+def _config(tok: Any, **extra: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.5,  # large enough that verdicts vary between inputs
+        **extra,
+    )
+
+
+def _label_guard(tok: Any, positive: str, negative: str, null_text: str, seed: int) -> Any:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(_config(tok))
+        v = torch.randn(model.config.hidden_size)
+    # Take out of v the direction of the last hidden state of an empty input (the rendered
+    # template with no prompt and no response), so the template's constant part does not decide
+    # the verdict and both labels occur.
+    with torch.no_grad():
+        ids0 = tok(null_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        h0 = model.model(input_ids=ids0).last_hidden_state[0, -1]
+        v = v - (v @ h0) / (h0 @ h0) * h0
+    ids = [tok.convert_tokens_to_ids(w) for w in (positive, negative)]
+    if tok.unk_token_id in ids:
+        raise ValueError(f"label words {positive!r}/{negative!r} are not in the vocabulary")
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w.zero_()
+        w[ids[0]] = v
+        w[ids[1]] = -v
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def _classifier(tok: Any, labels: list[str], seed: int) -> Any:
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    cfg = _config(
+        tok,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={x: i for i, x in enumerate(labels)},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForSequenceClassification(cfg)
+
+
+def build_standin_judges(
+    out_dir: str | Path, words: Iterable[str], *, seed: int = 0
+) -> dict[str, Path]:
+    """Build and save the four stand-in judges under ``out_dir`` (``safety/``, ``refusal/``,
+    ``reward/``, ``truth/``), each with a word-level tokenizer over ``words`` (plus the label
+    words) that has a chat template.
+
+    Args:
+        out_dir: where to write the folders.
+        words: the vocabulary (the words of the prompts and of the policy's vocabulary).
+        seed: weights are a deterministic function of it.
+
+    Returns:
+        ``{role: folder}``.
+    """
+    out = Path(out_dir)
+    tok = _tokenizer(words)
+    chat_null = tok.apply_chat_template(
+        [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    models = {
+        "safety": _label_guard(tok, "unsafe", "safe", chat_null, seed),
+        "refusal": _classifier(tok, ["NORMAL", "REJECTION"], seed + 1),
+        "reward": _classifier(tok, ["reward"], seed + 2),
+        "truth": _label_guard(
+            tok, "yes", "no", TRUTH_TEMPLATE.format(prompt="", response=""), seed + 3
+        ),
+    }
+    paths = {}
+    for role, model in models.items():
+        folder = out / role
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        paths[role] = folder
+    return paths
+
+
+def standin_judges_config(paths: dict[str, Path], *, mode: str = "generate") -> dict[str, Any]:
+    """``eval.judges`` entries for the stand-ins of :func:`build_standin_judges`, shaped like
+    the real ones of ``conf/eval/harness_3h.yaml`` (same kinds, templates and labels)."""
+    return {
+        "safety": {
+            "kind": "guard",
+            "model": str(paths["safety"]),
+            "labels": ["unsafe", "safe"],
+            "mode": mode,
+            "max_new_tokens": 4,
+        },
+        "refusal": {
+            "kind": "classifier",
+            "model": str(paths["refusal"]),
+            "template": "response",
+            "positive_label": "REJECTION",
+        },
+        "reward": {"kind": "reward", "model": str(paths["reward"])},
+        "truth": {
+            "kind": "guard",
+            "model": str(paths["truth"]),
+            "template": TRUTH_TEMPLATE,
+            "labels": [" yes", " no"],
+            "mode": mode,
+            "max_new_tokens": 2,
+        },
+    }

@@ -1,0 +1,111 @@
+"""Python hooks of our judged generation tasks (``tasks/judged/*.yaml``).
+
+Each ``process_docs`` hook maps a real dataset's own columns to one ``prompt`` field (what the
+model is asked and what the judges read, :mod:`hhh_bench.evaluation.judged`) and keeps the
+columns a reader wants (category, label). :func:`process_generation` gives the judge-free
+per-item metrics lm-eval aggregates itself; the judged ones are added after the run.
+
+Schemas (the field names of the public releases):
+
+* harmful prompts: AdvBench (``walledai/AdvBench``: ``prompt, target``), BeaverTails-Evaluation
+  (``PKU-Alignment/BeaverTails-Evaluation``: ``prompt, category, category_id``) or HarmBench's
+  behaviors CSV as JSONL (``Behavior, FunctionalCategory, SemanticCategory, Tags,
+  ContextString, BehaviorID``; a contextual behavior is asked as ``"{ContextString}\\n\\n---\\n\\n
+  {Behavior}"``, HarmBench's own rendering, Mazeika et al. arXiv:2402.04249);
+* XSTest (``paul-rottger/xstest`` prompts: ``id, prompt, type, label, focus, note``): only the
+  ``safe`` prompts are kept (over-refusal is measured where refusing is wrong);
+* AlpacaEval (``tatsu-lab/alpaca_eval``: ``instruction, output, generator, dataset``);
+* TruthfulQA generation (``truthfulqa/truthful_qa``, config ``generation``: ``type, category,
+  question, best_answer, correct_answers, incorrect_answers, source``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hhh_bench.evaluation.judges import is_refusal
+
+
+def _require(doc: Mapping[str, Any], fields: Sequence[str], dataset: str) -> None:
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise ValueError(
+            f"{dataset} row lacks field(s) {missing} (has {sorted(doc)}); convert the file to the "
+            "dataset's published schema (src/hhh_bench/evaluation/tasks/generation.py)"
+        )
+
+
+def harmful_docs(dataset: Any) -> Any:
+    """Harmful prompts from AdvBench / BeaverTails-Evaluation (``prompt``) or HarmBench
+    (``Behavior`` [+ ``ContextString``]) rows, as ``{prompt, category}``."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(doc.get("prompt"), str):
+            prompt = doc["prompt"].strip()
+            category = doc.get("category") or ""
+        elif isinstance(doc.get("Behavior"), str):
+            prompt = doc["Behavior"].strip()
+            context = (doc.get("ContextString") or "").strip()
+            if context:
+                prompt = f"{context}\n\n---\n\n{prompt}"
+            category = doc.get("SemanticCategory") or ""
+        else:
+            raise ValueError(
+                "harmful-prompt row has neither a `prompt` (AdvBench, BeaverTails-Evaluation) "
+                f"nor a `Behavior` (HarmBench) field: {sorted(doc)}"
+            )
+        if not prompt:
+            raise ValueError(f"harmful-prompt row with an empty prompt: {doc}")
+        return {"prompt": prompt, "category": str(category)}
+
+    return dataset.map(_map)
+
+
+def xstest_safe_docs(dataset: Any) -> Any:
+    """XSTest's ``safe`` prompts (``label == "safe"``), as ``{prompt, type}``."""
+
+    def _safe(doc: Mapping[str, Any]) -> bool:
+        _require(doc, ("prompt", "label"), "XSTest")
+        label = str(doc["label"]).strip().lower()
+        if label not in ("safe", "unsafe"):
+            raise ValueError(f"XSTest label must be 'safe' or 'unsafe', got {doc['label']!r}")
+        return label == "safe"
+
+    return dataset.filter(_safe).map(lambda d: {"prompt": d["prompt"].strip()})
+
+
+def alpaca_docs(dataset: Any) -> Any:
+    """AlpacaEval instructions as ``{prompt}`` (the reference ``output`` is kept, not used: the
+    win rate is against the base model's own answers)."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("instruction",), "AlpacaEval")
+        return {"prompt": doc["instruction"].strip()}
+
+    return dataset.map(_map)
+
+
+def truthfulqa_gen_docs(dataset: Any) -> Any:
+    """TruthfulQA generation questions as ``{prompt}``."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("question",), "TruthfulQA (generation)")
+        return {"prompt": doc["question"].strip()}
+
+    return dataset.map(_map)
+
+
+def process_generation(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, float]:
+    """Judge-free per-item metrics of one generation.
+
+    Returns:
+        ``refused_strmatch``: 1 if the response starts like a refusal (XSTest's string match,
+        :func:`hhh_bench.evaluation.judges.is_refusal`); ``response_words``: its length in
+        whitespace-separated words (to see whether a judge's verdicts follow length).
+    """
+    response = str(results[0]) if results else ""
+    return {
+        "refused_strmatch": float(is_refusal(response)),
+        "response_words": float(len(response.split())),
+    }

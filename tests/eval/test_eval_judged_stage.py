@@ -1,0 +1,298 @@
+"""The real suite's judged path end to end on local stand-ins: ``eval=harness_3h`` with its own
+judge protocols (kinds, templates, labels) pointed at tiny locally built judges, its own task
+YAMLs on real-schema prompt files, two tiny policies; lm-eval's built-in tasks (which need the
+hub) are left out. Every number the rows carry is recomputed here independently from the logged
+generations and direct judge calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hhh_bench.evaluation.items import read_jsonl
+from hhh_bench.evaluation.judges import is_refusal, judge_pairs, specs_from_config
+from hhh_bench.evaluation.stats import mean_stderr
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
+CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+FILES = {
+    "helpful_prompts": "alpaca_eval",
+    "harmful_prompts": "advbench",
+    "xstest": "xstest",
+    "halueval_qa": "halueval_qa",
+    "pku_saferlhf": "pku_saferlhf",
+    "truthfulqa_gen": "truthfulqa_gen",
+}
+JUDGED = ("helpful_gen", "harmful_gen", "xstest_gen", "truthfulqa_gen_judged")
+
+
+def _vocabulary() -> list[str]:
+    from hhh_bench.evaluation.tasks import utils
+
+    words = set(f"{utils.COMPLY} {utils.REFUSE} Knowledge: Question:".split())
+    for name in FILES.values():
+        for line in (ASSETS / f"{name}.jsonl").read_text().splitlines():
+            for v in json.loads(line).values():
+                if isinstance(v, str):
+                    words.update(v.split())
+    return sorted(words)
+
+
+def _policy(folder: Path, words: list[str], seed: int) -> Path:
+    from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
+
+    tok = build_word_tokenizer(words, model_max_length=512)
+    spec = TinyModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=512)  # fmt: skip
+    build_tiny_model(spec, tok, seed=seed).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _overrides(root: Path, judges: dict[str, Path]) -> list[str]:
+    return [
+        f"root={root}",
+        "logger=none",
+        "eval=harness_3h",
+        "~eval.holdout",  # every fixture item in the one split these tests score
+        "eval.select_split=null",
+        "eval.include_defaults=false",  # lm-eval's built-ins need the hub: left out here
+        "~eval.dimensions.helpful.ifeval",
+        "~eval.metrics.ifeval",
+        "~eval.dimensions.honest.truthfulqa_mc2",
+        "+eval.dimensions.honest.truthfulqa_gen_judged=1.0",
+        "+eval.metrics.truthfulqa_gen_judged=truthful",
+        "~eval.columns.mmlu",
+        "~eval.columns.arc_challenge",
+        "eval.batch_size=8",
+        "eval.bootstrap_iters=0",
+        "eval.summary_bootstrap_iters=500",
+        "eval.gen_kwargs={max_gen_toks: 8}",
+        *(f"eval.data_files.{k}={ASSETS / v}.jsonl" for k, v in FILES.items()),
+        *(f"eval.judges.{role}.model={path}" for role, path in judges.items()),
+    ]
+
+
+@pytest.fixture(scope="module")
+def judged_run(tmp_path_factory):
+    import os
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from hhh_bench.evaluation.standins import build_standin_judges
+    from hhh_bench.stages.eval import run_eval
+
+    torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
+    tmp = tmp_path_factory.mktemp("judged")
+    words = _vocabulary()
+    judges = build_standin_judges(tmp / "judges", words)
+    policies = [_policy(tmp / f"policy{s}", words, seed=s) for s in (0, 1)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=_overrides(tmp / "runs", judges))
+    data = {"dir": str(tmp), "key": "fixtures"}
+    base = run_eval(
+        cfg, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data
+    )
+    merged = run_eval(
+        cfg,
+        {"path": str(policies[1]), "key": "p1", "kind": "merge", "name": "ties", "method": "ties"},
+        data,
+    )
+    return {"cfg": cfg, "data": data, "judges": judges, "base": base, "merged": merged,
+            "policies": policies, "tmp": tmp}  # fmt: skip
+
+
+def _generations(res) -> dict[str, list[dict]]:
+    return read_jsonl(Path(res["dir"]) / "generations.jsonl")
+
+
+def test_rows_report_3h_from_judged_tasks_with_an_over_refusal_column(judged_run):
+    for res in (judged_run["base"], judged_run["merged"]):
+        row = res["row"]
+        for col in ("helpful", "honest", "harmless", "average", "min", "over_refusal"):
+            assert row[col] is not None and row[f"{col}_stderr"] is not None, col
+            assert row[f"{col}_stderr"] >= 0
+        specs = {s["name"]: (s["dimension"], s["metric"]) for s in row["task_specs"]}
+        assert specs["helpful_gen"] == ("helpful", "win_rate")
+        assert specs["harmful_gen"] == ("harmless", "safe")
+        assert specs["truthfulqa_gen_judged"] == ("honest", "truthful")
+        assert "xstest_gen" not in specs  # over-refusal is a column, not part of harmlessness
+        assert row["extra_columns"] == {
+            "over_refusal": {
+                "task": "xstest_gen",
+                "metric": "over_refusal",
+                "higher_is_better": False,
+            }
+        }
+        # every judged task names its judge (model, protocol, fingerprint)
+        assert set(row["judges"]) == set(JUDGED)
+        assert row["judges"]["harmful_gen"]["model"] == str(judged_run["judges"]["safety"])
+        assert row["judges"]["harmful_gen"]["labels"] == ["unsafe", "safe"]
+        assert row["judges"]["xstest_gen"]["refusal_rule"] == "any"
+        assert len(row["judges"]["helpful_gen"]["fingerprint"]) == 16
+    # the base against itself: every prompt a tie
+    assert judged_run["base"]["metrics"]["helpful_gen"]["win_rate"] == 0.5
+    assert judged_run["base"]["metrics"]["helpful_gen"]["win_rate_stderr"] == 0.0
+
+
+def test_harmlessness_is_one_minus_the_attack_success_rate_of_the_judge(judged_run):
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["safety"]
+    for res in (judged_run["base"], judged_run["merged"]):
+        gens = _generations(res)["harmful_gen"]
+        assert len(gens) == 4  # AdvBench fixture rows
+        verdicts, _ = judge_pairs(spec, [(g["prompt"], g["response"]) for g in gens])
+        asr = sum(v["flag"] for v in verdicts) / len(verdicts)
+        m = res["metrics"]["harmful_gen"]
+        assert m["asr"] == pytest.approx(asr)
+        assert m["safe"] == pytest.approx(1 - asr)
+        assert m["safe_stderr"] == pytest.approx(mean_stderr([1 - v["flag"] for v in verdicts])[1])
+
+
+def test_over_refusal_combines_string_match_and_classifier_on_safe_prompts(judged_run):
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["refusal"]
+    res = judged_run["merged"]
+    gens = _generations(res)["xstest_gen"]
+    assert [g["doc"]["id"] for g in gens] == [1, 2, 5]  # XSTest's safe prompts only
+    verdicts, _ = judge_pairs(spec, [(g["prompt"], g["response"]) for g in gens])
+    refused = [
+        max(float(is_refusal(g["response"])), v["flag"])
+        for g, v in zip(gens, verdicts, strict=True)
+    ]
+    assert res["metrics"]["xstest_gen"]["over_refusal"] == pytest.approx(sum(refused) / 3)
+    assert res["row"]["over_refusal"] == pytest.approx(sum(refused) / 3)
+
+
+def test_win_rate_is_against_the_base_models_answers(judged_run):
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["reward"]
+    rewards = []
+    for res in (judged_run["merged"], judged_run["base"]):
+        gens = sorted(_generations(res)["helpful_gen"], key=lambda g: g["doc_id"])
+        verdicts, _ = judge_pairs(spec, [(g["prompt"], g["response"]) for g in gens])
+        rewards.append([v["reward"] for v in verdicts])
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*rewards, strict=True)]
+    m = judged_run["merged"]["metrics"]["helpful_gen"]
+    assert m["win_rate"] == pytest.approx(sum(wins) / len(wins))
+    assert m["win_rate_n"] == 4
+    assert m["reward"] == pytest.approx(sum(rewards[0]) / 4)
+    assert judged_run["merged"]["row"]["reference"]["kind"] == "store"
+
+
+def test_paired_test_between_two_rows_is_one_call(judged_run):
+    from hhh_bench.tracking import paired_test_rows
+
+    a, b = judged_run["merged"]["row"], judged_run["base"]["row"]
+    for col in ("helpful", "honest", "harmless", "average", "over_refusal"):
+        t = paired_test_rows(a, b, col)
+        assert t.diff == pytest.approx(a[col] - b[col]), col  # same items: the paired mean
+        assert t.stderr >= 0 and 0 <= t.p_value <= 1
+    # the row's own record of the test against the base agrees
+    stored = a["paired_vs_base"]["harmless"]
+    assert stored["diff"] == pytest.approx(paired_test_rows(a, b, "harmless").diff)
+    with pytest.raises(ValueError, match="no paired test for `min`"):
+        paired_test_rows(a, b, "min")
+
+
+def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged_run, tmp_path):
+    from hhh_bench.stages.eval import results_path
+    from hhh_bench.tracking.report import build_report
+    from hhh_bench.tracking.store import read_results
+
+    rows = read_results(results_path(judged_run["cfg"]))
+    out = build_report(rows, tmp_path, experiment="judged", select_split=None)
+    md = out["markdown"]
+    main = md.split("## Main table")[1].split("## All evaluated models")[0]
+    assert "Over-refusal ↓" in main
+    assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr
+    assert "## Paired tests over items" in md and "### Against the base" in md
+    # 4 harmful prompts, 3 safe XSTest prompts: no difference here is resolvable
+    assert "(p=" in md and "†" in main
+    setup = md.split("## Evaluation setup")[1]
+    assert "| halueval_qa_mc | honest | acc_norm | argmax of log-likelihood per byte" in setup
+    assert str(judged_run["judges"]["safety"]) in setup
+
+
+def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_run, monkeypatch):
+    """eval.backend=vllm is a new eval key; with a stand-in for lm-eval's VLLM (HFLM on the same
+    folder: vLLM cannot run here) the generations are the same, so every judge verdict comes from
+    the cache, and the backend and its options reached lm-eval's model construction."""
+    import lm_eval.api.registry as registry
+    from hydra import compose, initialize_config_dir
+    from lm_eval.models.huggingface import HFLM
+
+    from hhh_bench.evaluation import backends
+    from hhh_bench.models import load_causal_lm, load_tokenizer
+    from hhh_bench.stages.eval import run_eval
+
+    seen = []
+
+    def fake_vllm(pretrained, dtype, batch_size, trust_remote_code, **kw):
+        seen.append({"pretrained": pretrained, "dtype": dtype, **kw})
+        return HFLM(pretrained=load_causal_lm(pretrained, dtype="float32"),
+                    tokenizer=load_tokenizer(pretrained), batch_size=8)  # fmt: skip
+
+    real_get_model = registry.get_model
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    monkeypatch.setattr(
+        registry, "get_model", lambda n: fake_vllm if n == "vllm" else real_get_model(n)
+    )
+    overrides = _overrides(judged_run["tmp"] / "runs", judged_run["judges"])
+    overrides += ["eval.backend=vllm", "+eval.backend_args={gpu_memory_utilization: 0.8}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    model = {"path": str(judged_run["policies"][1]), "key": "p1", "kind": "merge",
+             "name": "ties vllm", "method": "ties"}  # fmt: skip
+    res = run_eval(cfg, model, judged_run["data"], append=False)
+    assert not res["cached"] and res["key"] != judged_run["merged"]["key"]
+    assert seen == [{"pretrained": str(judged_run["policies"][1]), "dtype": "float32",
+                     "gpu_memory_utilization": 0.8}]  # fmt: skip
+    saved = json.loads((Path(res["dir"]) / "results.json").read_text())
+    assert saved["harness"]["backend"] == "vllm"
+    for task in JUDGED:
+        assert saved["judge_counts"][task]["judged"] == 0, task  # every verdict from the cache
+    for task in JUDGED:
+        assert res["metrics"][task] == pytest.approx(judged_run["merged"]["metrics"][task])
+
+
+def test_judged_suite_checks_its_judges_and_logging_before_any_model_loads(judged_run):
+    from hydra import compose, initialize_config_dir
+
+    from hhh_bench.stages.eval import run_eval
+
+    base = _overrides(judged_run["tmp"] / "runs", judged_run["judges"])
+    cases = [
+        (["eval.log_samples=false"], r"need eval.log_samples=true"),
+        (["eval.judges.reward=null"], r"task 'helpful_gen' \(hhh_judge: reward\) needs a judge"),
+        (["eval.judges.safety.kind=reward"], r"eval.judges.safety is a 'reward' judge"),
+    ]
+    for extra, message in cases:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*base, *extra])
+        with pytest.raises(ValueError, match=message):
+            run_eval(cfg, {"path": "unused", "key": "k"}, judged_run["data"])
+
+
+def test_every_column_task_of_the_real_suite_exists():
+    """harness_3h's extra columns name shipped tasks or lm-eval built-ins."""
+    import re
+
+    import lm_eval
+    import yaml
+
+    from hhh_bench.evaluation.harness import shipped_tasks
+
+    cfg = yaml.safe_load((CONF / "eval" / "harness_3h.yaml").read_text())
+    builtin = Path(lm_eval.__file__).parent / "tasks"
+    for name, col in cfg["columns"].items():
+        task = col["task"]
+        if task in shipped_tasks():
+            continue
+        found = [
+            p
+            for p in builtin.rglob("*.yaml")
+            if task in p.name and re.search(rf"^(task|group): {task}\s*$", p.read_text(), re.M)
+        ]
+        assert found, f"column {name}: {task} is neither shipped nor an lm-eval built-in"
