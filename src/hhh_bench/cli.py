@@ -19,12 +19,62 @@ def _offline_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+VERBOSE_FLAG = "--verbose"
+
+
+def _verbose() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("HHH_VERBOSE") == "1"
+
+
+LIBRARY_LOGGERS = (
+    "py.warnings", "transformers", "datasets", "lm_eval", "lm-eval", "accelerate", "trl", "peft",
+    "torch", "huggingface_hub", "urllib3", "filelock", "wandb", "absl", "nltk", "sqlitedict",
+)  # fmt: skip
+
+
+def quiet_libraries() -> None:
+    """The console carries our stage lines and progress bars; library logs and Python warnings
+    go to the job's log file (``<root>/hydra/<time>/<job>.log``) only."""
+    import logging
+    import warnings
+
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.handlers = list(files)
+        lg.propagate = False
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_default_handler()
+        transformers.utils.logging.disable_progress_bar()  # weight-loading bars of tiny models
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
-    selection score) so a sweeper such as Optuna can optimize it; None for other stages."""
+    selection score) so a sweeper such as Optuna can optimize it; None for other stages.
+
+    A bad input (a wrong path, value, file or model) ends the run with its message on stderr and
+    exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
+    ``HYDRA_FULL_ERROR=1`` shows it)."""
+    import logging
+
     from hhh_bench.pipeline import run
 
-    objective = run(cfg).get("objective")
+    quiet_libraries()
+    try:
+        objective = run(cfg).get("objective")
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
+        if _verbose():
+            raise
+        logging.getLogger("hhh_bench").debug("error", exc_info=True)  # to the log file
+        print(f"hhh-bench: error: {e}", file=sys.stderr)
+        print("(full traceback: rerun with --verbose)", file=sys.stderr)
+        raise SystemExit(2) from None
     return None if objective is None else float(objective)
 
 
@@ -36,6 +86,9 @@ def main() -> None:
     from hhh_bench.paths import conf_dir
 
     _offline_defaults()
+    if VERBOSE_FLAG in sys.argv:  # ours, not Hydra's: tracebacks on errors
+        sys.argv.remove(VERBOSE_FLAG)
+        os.environ["HHH_VERBOSE"] = "1"
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def _app(cfg: DictConfig) -> float | None:

@@ -487,6 +487,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for group, cls in GROUPS.items():
         if group in cfg and cfg[group] is not None:
             out[group] = load(cls, cfg[group], group)
+    preflight(out)
     from hhh_bench.merging import get_method, method_defaults
 
     if "merge" in out:
@@ -515,3 +516,36 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 except ValueError as e:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
     return out
+
+
+def preflight(groups: Mapping[str, Any]) -> None:
+    """What can be checked before any work: every device the run will use exists, and a hub
+    model is reachable (offline: in the local cache)."""
+    import os
+
+    import torch
+
+    for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
+        g = groups.get(name)
+        dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
+                f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
+            )
+    model = groups.get("model")
+    if model is not None and model.kind == "hub" and model.path:
+        from pathlib import Path
+
+        if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model.path, "config.json", revision=model.revision or None)
+        if not isinstance(hit, str):
+            raise ValueError(
+                f"model.path={model.path!r} is not a local folder and is not in the HF cache, and "
+                f"this machine is offline (HF_HUB_OFFLINE=1): on a machine with access run "
+                f"`huggingface-cli download {model.path}` and copy the cache (HF_HOME), or pass a "
+                "local folder"
+            )

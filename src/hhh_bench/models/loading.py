@@ -61,12 +61,34 @@ def load_causal_lm(
     return model.to(device)
 
 
+def tokenizer_source(path_or_id: str | Path) -> str:
+    """Where a model's tokenizer is: the folder itself, or, for a LoRA adapter folder without
+    tokenizer files, the base model its ``adapter_config.json`` names."""
+    import json
+
+    p = Path(path_or_id)
+    cfg = p / "adapter_config.json"
+    if cfg.is_file() and not any(
+        (p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(
+                f"{p} is a LoRA adapter without tokenizer files and its adapter_config.json names "
+                "no base_model_name_or_path: save the tokenizer next to the adapter"
+            )
+        return str(base)
+    return str(path_or_id)
+
+
 def load_tokenizer(
     path_or_id: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> Any:
-    """Load a tokenizer; left padding, a pad token (eos if missing)."""
+    """Load a tokenizer (a LoRA adapter's: its base model's when it ships none); left padding,
+    a pad token (eos if missing)."""
     from transformers import AutoTokenizer
 
+    path_or_id = tokenizer_source(path_or_id)
     tok = AutoTokenizer.from_pretrained(
         str(path_or_id), trust_remote_code=trust_remote_code, revision=revision
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,10 +96,12 @@ class CacheCounter:
 
     computed: dict[str, set[str]] = field(default_factory=dict)
     reused: dict[str, set[str]] = field(default_factory=dict)
+    lines: int = 0
 
     def reset(self) -> None:
         self.computed.clear()
         self.reused.clear()
+        self.lines = 0
 
     def hit(self, stage: str, key: str = "") -> None:
         if key not in self.computed.get(stage, set()):
@@ -176,7 +179,10 @@ def cached_stage(
     if is_done(out):
         CACHE.hit(stage, key)
         log.info("%s: cached %s", what, out)
+        _console(f"{what}: reused {out}")
         return StageRun(stage, key, out, True, read_json(out / result_file))
+    t0 = time.time()
+    _console(f"{what}: running ...")
     ctx = atomic_dir(out) if write else _scratch()
     with ctx as tmp:
         info = dict(compute(tmp))
@@ -192,7 +198,15 @@ def cached_stage(
                 extra=extra,
             )
     CACHE.miss(stage, key)
-    log.info("%s: wrote %s", what, out) if write else log.info(
-        "%s: done (this rank writes nothing)", what
-    )
+    if write:
+        log.info("%s: wrote %s", what, out)
+    else:
+        log.info("%s: done (this rank writes nothing)", what)
+    _console(f"{what}: done in {time.time() - t0:.1f} s")
     return StageRun(stage, key, out, False, info)
+
+
+def _console(line: str) -> None:
+    """One line per stage run on the console, numbered within the run ("[7] eval base: ...")."""
+    CACHE.lines += 1
+    print(f"[{CACHE.lines}] {line}", flush=True)

@@ -45,3 +45,19 @@ def cpu_defaults(device: str) -> dict[str, Any]:
         "save_strategy": "no",
         "disable_tqdm": False,
     }
+
+
+def quiet_console(trainer: Any) -> None:
+    """A progress bar on the console and the logged records in files (``loss_curve.jsonl``) and
+    W&B only: transformers' progress callback prints every log dict to the console; this one
+    does not."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class _Bar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - HF callback API
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    if any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_Bar(max_str_len=100))

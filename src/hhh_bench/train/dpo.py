@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from hhh_bench.data.schema import PreferenceRow
-from hhh_bench.train.common import LossCurve, cpu_defaults, report_to
+from hhh_bench.train.common import LossCurve, cpu_defaults, quiet_console, report_to
 
 DPO_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 
@@ -234,6 +234,7 @@ def train_dpo(
         peft_config=peft_config,
         callbacks=[curve],
     )
+    quiet_console(trainer)
     trainer.train()
     if save_to is not None:
         save_trained(trainer, tokenizer, save_to)

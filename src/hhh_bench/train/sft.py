@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.train.common import LossCurve, cpu_defaults, report_to
+from hhh_bench.train.common import LossCurve, cpu_defaults, quiet_console, report_to
 
 
 def to_prompt_completion(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -69,6 +69,7 @@ def train_sft(
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[curve]
     )
+    quiet_console(trainer)
     trainer.train()
     return trainer.model, curve
 
