@@ -40,15 +40,20 @@ SMALL_WORLD = [
     "data.world.n_harmful_objects=10",
     "data.world.pairs_per_dimension=120",
     "data.world.eval_items_per_kind=36",
+    # a smaller model than the demo's: it learns this world's facts faster and more reliably
+    # (measured: 36/36 known facts after the SFT for seeds 0 and 1, in ~47 s on one core, against
+    # 32/36 and 21/36 in ~150 s for the demo's hidden 128 x 4 layers)
+    "model.spec.hidden_size=64",
+    "model.spec.intermediate_size=192",
+    "model.spec.num_hidden_layers=2",
 ]
 
-KNOWN_FACTS_BAR = 0.75
-"""The small test world's SFT base (seed 0) answers 32-36 of its 36 known-fact test questions:
-0.889 measured on 2026-11-30 on a fresh clone here, >= 0.9 on the machine that wrote the test
-(float differences between CPUs move a few items). The bar leaves that spread 5 items of
-margin and still fails an SFT that did not learn (untrained: ~0.1). Other training seeds of the
-same world converge more slowly (seeds 1 and 3: 0.583 after the same 560 steps, final loss 0.16
-against 0.07), which is why the test pins seed 0; docs/toy_world.md has the seed study."""
+KNOWN_FACTS_BAR = 0.9
+"""The small test world's SFT base answers all 36 of its known-fact test questions (measured
+2026-11-30: 1.000 for seeds 0 and 1, final loss 0.04). The bar leaves 3 items of margin for float
+differences between CPUs and fails an SFT that did not learn (untrained: ~0.1). (With the demo's
+larger model the same SFT reached only 0.889 on this machine against >= 0.9 elsewhere, and 0.583
+for seeds 1 and 3: the reason the tests use the smaller model of SMALL_WORLD.)"""
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):

@@ -5,6 +5,7 @@ the overrides that use them."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -87,7 +88,12 @@ def test_prepare_builds_the_standin_and_points_sources_at_fixtures(experiment, r
 
     cfg = _cfg(experiment, rehearsal_root)
     overrides = prepare_rehearsal(to_dict(cfg))
-    assert set(overrides) == {"data.sources"}  # model.path is the stand-in itself
+    # model.path is the stand-in itself; the judged suite's judges are stand-ins too
+    roles = set(cfg.eval.judges)
+    assert set(overrides) == {"data.sources", *(f"eval.judges.{r}" for r in roles)}
+    for r in roles:
+        judge = overrides[f"eval.judges.{r}"]
+        assert Path(judge["model"]).is_dir() and judge["kind"] == cfg.eval.judges[r].kind
     standin, arch = REAL[experiment]
     model = load_causal_lm(cfg.model.path, dtype=cfg.model.dtype)
     assert type(model).__name__ == arch
@@ -153,13 +159,15 @@ def test_prepare_swaps_the_reward_model_of_scored_mixtures(rehearsal_root):
 
 
 def test_standin_eval_tasks_writes_the_suites_builtins(tmp_path):
+    from hhh_bench.evaluation.judged_eval import column_specs
     from hhh_bench.evaluation.scoring import suite_tasks
     from hhh_bench.rehearsal import standin_eval_tasks
 
     cfg = _cfg("paper_llama3", tmp_path)
-    names = [s.name for s in suite_tasks(to_dict(cfg.eval), "test")]
+    ecfg = to_dict(cfg.eval)
+    names = [s.name for s in suite_tasks(ecfg, "test") + column_specs(ecfg, "test")]
     written = standin_eval_tasks(to_dict(cfg.rehearsal), names, tmp_path / "tasks" / "standins")
-    assert sorted(written.names) == ["arc_challenge", "ifeval", "mmlu", "toxigen", "truthfulqa_mc2"]
+    assert sorted(written.names) == ["arc_challenge", "ifeval", "mmlu", "truthfulqa_mc2"]
     assert not (tmp_path / "tasks" / "standins" / "halueval_qa_mc.yaml").exists()
     off = {**to_dict(cfg.rehearsal), "eval_standins": False}
     assert standin_eval_tasks(off, names, tmp_path / "off") is None

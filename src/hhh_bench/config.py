@@ -487,7 +487,6 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for group, cls in GROUPS.items():
         if group in cfg and cfg[group] is not None:
             out[group] = load(cls, cfg[group], group)
-    preflight(out)
     from hhh_bench.merging import get_method, method_defaults
 
     if "merge" in out:

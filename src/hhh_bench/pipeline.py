@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``stage=merge_eval`` also puts its selection score under ``"objective"`` (a float), the value
     the ``hhh-bench`` task function returns to a Hydra sweeper (Optuna: experiment=merge_optuna).
     """
-    from hhh_bench.config import validate_run
+    from hhh_bench.config import preflight, validate_run
 
     stage = cfg.stage
     if stage not in STAGES:
@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from hhh_bench.rehearsal import prepare_rehearsal
 
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
-    validate_run(to_dict(cfg))
+    preflight(validate_run(to_dict(cfg)))  # config, then this machine (devices, hub reachability)
     from hhh_bench.stages.data import run_data
 
     out: dict[str, Any] = {"data": run_data(cfg)}

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
 from hhh_bench.paths import conf_dir
+from hhh_bench.stages.common import load_option
 from hhh_bench.tracking.store import read_diagnostics
 
 FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fixture.jsonl"
@@ -56,8 +57,8 @@ def make_cfg(root: Path, method: str = "tsv", **engine):
             "seed": 0,
             "train": {"name": "dpo"},
             "data": {"noise": {"flip_rate": 0.0}},
-            "merge": OmegaConf.load(conf_dir() / "merge" / f"{method}.yaml"),
-            "merge_engine": OmegaConf.load(conf_dir() / "merge_engine" / "default.yaml"),
+            "merge": load_option("merge", method),  # with what it extends (_common.yaml)
+            "merge_engine": load_option("merge_engine", "default"),
         }
     )
     cfg.merge_engine.progress = False

@@ -58,7 +58,8 @@ def load_option(group_name: str, option: str) -> dict[str, Any]:
     for parent in node.pop("defaults", None) or []:  # same-group inheritance, _self_ last
         if parent != "_self_":
             merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
-    return to_dict(OmegaConf.merge(merged, node))
+    # interpolations (${root}, ${seed}) stay as they are: they resolve in the run's config
+    return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
 
 
 def stage_key(stage: str, payload: Any) -> str:
