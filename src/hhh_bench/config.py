@@ -22,8 +22,7 @@ from hhh_bench.typed import check_fields, from_mapping, param
 
 T = TypeVar("T")
 
-DIMENSIONS: tuple[str, ...] = ("helpful", "honest", "harmless")
-"""The three dimensions, in report order (the single definition; others import it)."""
+from hhh_bench.data.schema import DIMENSIONS  # noqa: E402  (the one definition, report order)
 
 
 def _post(obj: Any, group: str) -> None:

@@ -15,11 +15,23 @@ Rows follow TRL's *explicit-prompt conversational* format, so ``DPOTrainer`` tak
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
 DIMENSIONS: tuple[str, ...] = ("helpful", "honest", "harmless")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
+
+
+def visible_text(text: str) -> str:
+    """What a reader sees of ``text``: NFKC-normalised, zero-width and soft-hyphen characters
+    removed, every run of Unicode white space one space, trimmed."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_INVISIBLE).split())
+
+
 REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "chosen", "rejected", "dimension", "source", "id")
 
 
@@ -94,8 +106,11 @@ def validate_row(row: Mapping[str, Any], index: int = 0, origin: str | None = No
                 f"{where}: wrong role sequence in {field} {[m['role'] for m in msgs]}; "
                 "expected exactly one assistant turn"
             )
-    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
-        raise SchemaError(f"{where}: chosen is identical to rejected")
+    if visible_text(chosen[0]["content"]) == visible_text(rejected[0]["content"]):
+        raise SchemaError(
+            f"{where}: chosen is identical to rejected (up to Unicode normalisation, white space "
+            "and invisible characters)"
+        )
     if row["dimension"] not in DIMENSIONS:
         raise SchemaError(
             f"{where}: unknown dimension {row['dimension']!r}; expected one of {list(DIMENSIONS)}"
@@ -172,11 +187,14 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     """Write rows as JSONL (sorted keys, UTF-8) atomically; return the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
     return n

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-DIMENSIONS: tuple[str, ...] = ("helpful", "honest", "harmless")
+from hhh_bench.data.schema import DIMENSIONS  # noqa: E402  (the one definition)
+
 # The suffix that task-name templates get for each evaluation split: toy3h_known_qa_{split}.
 SPLIT_SUFFIX = {"validation": "val", "test": "test"}
 
@@ -155,3 +156,24 @@ def score(
 ) -> dict[str, float | None]:
     """:func:`dimension_scores` then :func:`summarize` in one call."""
     return summarize(dimension_scores(metrics, specs), base)
+
+
+def base_dims(base: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if base is None:
+        return None
+    if "scores" in base and isinstance(base["scores"], Mapping):
+        base = base["scores"]
+    if any(base.get(d) is None for d in DIMENSIONS):
+        raise ValueError(
+            f"base_scores must hold {list(DIMENSIONS)} (a run_eval result, its 'scores' or a "
+            f"result row); got keys {sorted(base)}"
+        )
+    return {d: float(base[d]) for d in DIMENSIONS}
+
+
+def score_or_none(metrics: Mapping[str, Any], specs: list[Any]) -> dict[str, Any] | None:
+    """The scores at write time, or None when they need what only scoring knows (win_rate)."""
+    try:
+        return score(metrics, specs)
+    except KeyError:
+        return None

@@ -196,3 +196,17 @@ def eval_prompts(
                 texts.append(doc[field] if field else str(task.doc_to_text(doc)))
             prompts[name] = texts
     return prompts
+
+
+def standin_names(
+    rehearsal: Mapping[str, Any] | None, specs: list[Any]
+) -> tuple[list[str], str] | None:
+    """A rehearsal's stand-ins of the suite's lm-eval built-ins: (names, content fingerprint)."""
+    import tempfile
+
+    from hhh_bench.rehearsal import standin_eval_tasks
+
+    names = [s.name for s in specs]
+    with tempfile.TemporaryDirectory(prefix="hhh-standins-") as d:
+        st = standin_eval_tasks(rehearsal, names, d)
+    return None if st is None else (sorted(st.names), st.fingerprint)

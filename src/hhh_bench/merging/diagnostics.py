@@ -61,6 +61,7 @@ fraction as Σ conflicting / Σ eligible.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -567,3 +568,23 @@ def parameter_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+
+
+def resm_params_for(method: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The knobs of a merge that RESM's diagnostics (reweighting change, density, ranks) take:
+    all of RESM's for ``resm`` (or a subclass of its params), ``rank_fraction``, ``rank_rtol``
+    and ``embeddings`` for TSV-M-like methods, none otherwise (RESM's defaults)."""
+    if not method or not params:
+        return {}
+    from hhh_bench.merging import get_method
+    from hhh_bench.merging.methods.resm import ResmParams
+    from hhh_bench.merging.methods.tsv import TsvParams
+
+    cls = get_method(str(method)).params_cls
+    if issubclass(cls, ResmParams):
+        names = {f.name for f in dataclasses.fields(ResmParams)}
+    elif issubclass(cls, TsvParams):
+        names = {"rank_fraction", "rank_rtol", "embeddings"}
+    else:
+        return {}
+    return {k: v for k, v in params.items() if k in names}

@@ -75,7 +75,7 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
         return info
 
     run = cached_stage(
-        cfg, "base", payload, compute, result_file="base_info.json", seed=seed,
+        cfg.root, "base", payload, compute, result_file="base_info.json", seed=seed,
         provenance=to_dict(cfg.model), extra={"data_key": data["key"]},
     )  # fmt: skip
     return {"path": str(run.dir), "key": run.key, "cached": run.cached, **run.info}

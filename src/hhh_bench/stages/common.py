@@ -1,33 +1,22 @@
-"""What every stage shares: content keys, one cached-stage helper, the run's cache accounting.
-
-Every stage is a function of its resolved config and its inputs' keys. :func:`cached_stage` owns
-the whole life of a stage's output folder ``<root>/<stage>/<key>/``: reuse it when complete,
-else compute into a temporary sibling, write the result file and ``provenance.json`` (resolved
-config, seed, versions, git revision) and rename it into place, so a folder is either complete or
-absent and a killed run resumes where it stopped. Stages keep only their own work.
-"""
+"""What the stages share: typed config groups, option files, model identities; the cached-stage
+helper itself is :mod:`hhh_bench.stagecache`."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from hhh_bench.provenance import atomic_dir, config_hash, write_provenance
+from hhh_bench.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
+
+__all__ = ["CACHE", "StageRun", "cached_stage", "group", "is_done", "load_option", "log",
+           "model_identity", "read_json", "stage_dir", "stage_key", "to_dict"]  # fmt: skip
 
 log = logging.getLogger("hhh_bench")
 T = TypeVar("T")
-
-# Bump when a stage's output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"data": 2, "base": 1, "train": 1, "merge": 2, "eval": 1, "diagnose": 1}
 
 
 def to_dict(node: Any) -> Any:
@@ -62,13 +51,6 @@ def load_option(group_name: str, option: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
 
 
-def stage_key(stage: str, payload: Any) -> str:
-    """The content key of a stage run: its version, its resolved config and its inputs' keys."""
-    return config_hash(
-        {"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "payload": payload}
-    )
-
-
 def model_identity(path: str) -> str:
     """Content identity of a model input for stage keys: the hash of a local folder's weight and
     JSON files (:func:`hhh_bench.merging.sources.input_identity`), or ``hub:<id>``."""
@@ -82,132 +64,5 @@ def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:
     return Path(cfg.root) / stage / key
 
 
-def is_done(path: Path) -> bool:
-    """A stage folder is complete iff it holds its provenance (renamed into place when done)."""
-    return (path / "provenance.json").is_file()
-
-
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-@dataclass
-class CacheCounter:
-    """Stages of one run: computed, or reused from an earlier run (each key counted once)."""
-
-    computed: dict[str, set[str]] = field(default_factory=dict)
-    reused: dict[str, set[str]] = field(default_factory=dict)
-    lines: int = 0
-
-    def reset(self) -> None:
-        self.computed.clear()
-        self.reused.clear()
-        self.lines = 0
-
-    def hit(self, stage: str, key: str = "") -> None:
-        if key not in self.computed.get(stage, set()):
-            self.reused.setdefault(stage, set()).add(key)
-
-    def miss(self, stage: str, key: str = "") -> None:
-        self.computed.setdefault(stage, set()).add(key)
-
-    @property
-    def hits(self) -> dict[str, int]:
-        return {s: len(k) for s, k in self.reused.items()}
-
-    @property
-    def misses(self) -> dict[str, int]:
-        return {s: len(k) for s, k in self.computed.items()}
-
-    def summary(self) -> str:
-        h, m = sum(self.hits.values()), sum(self.misses.values())
-        return f"{m} stage run(s) computed, {h} reused from earlier runs"
-
-
-CACHE = CacheCounter()
-
-
-@dataclass
-class StageRun:
-    """A stage's outcome: its key and folder, whether it came from the cache, and its result."""
-
-    stage: str
-    key: str
-    dir: Path
-    cached: bool
-    info: dict[str, Any]
-
-
-@contextmanager
-def _scratch() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="hhh-scratch-") as d:
-        yield Path(d)
-
-
-def cached_stage(
-    cfg: DictConfig,
-    stage: str,
-    payload: Any,
-    compute: Callable[[Path], Mapping[str, Any]],
-    *,
-    result_file: str,
-    provenance: Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-    write: bool = True,
-    label: str = "",
-) -> StageRun:
-    """Reuse ``<root>/<stage>/<key>/`` when complete; else run ``compute(tmp)`` (it writes its
-    artifacts into ``tmp`` and returns the result dict), write ``result_file`` and
-    ``provenance.json`` and rename the folder into place.
-
-    Args:
-        cfg: the run's config (``root``).
-        stage: the stage's name (also the folder under ``root``).
-        payload: everything the output depends on (resolved config, inputs' keys, seed).
-        compute: the stage's own work.
-        result_file: the JSON file holding the result dict (read back on a cache hit).
-        provenance: the config recorded in ``provenance.json`` (default: the payload).
-        seed: the seed recorded in ``provenance.json``.
-        extra: more provenance fields (input keys, paths).
-        write: False on non-main ranks of a distributed run: compute in a throwaway folder and
-            write nothing.
-        label: what the log lines call this run.
-    """
-    key = stage_key(stage, payload)
-    out = stage_dir(cfg, stage, key)
-    what = f"{stage} {label}".strip()
-    if is_done(out):
-        CACHE.hit(stage, key)
-        log.info("%s: cached %s", what, out)
-        _console(f"{what}: reused {out}")
-        return StageRun(stage, key, out, True, read_json(out / result_file))
-    t0 = time.time()
-    _console(f"{what}: running ...")
-    ctx = atomic_dir(out) if write else _scratch()
-    with ctx as tmp:
-        info = dict(compute(tmp))
-        if write:
-            (tmp / result_file).write_text(
-                json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
-            )
-            write_provenance(
-                tmp,
-                provenance if provenance is not None else payload,
-                seed=seed,
-                stage=stage,
-                extra=extra,
-            )
-    CACHE.miss(stage, key)
-    if write:
-        log.info("%s: wrote %s", what, out)
-    else:
-        log.info("%s: done (this rank writes nothing)", what)
-    _console(f"{what}: done in {time.time() - t0:.1f} s")
-    return StageRun(stage, key, out, False, info)
-
-
-def _console(line: str) -> None:
-    """One line per stage run on the console, numbered within the run ("[7] eval base: ...")."""
-    CACHE.lines += 1
-    print(f"[{CACHE.lines}] {line}", flush=True)

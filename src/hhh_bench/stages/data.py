@@ -52,7 +52,7 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
         return manifest
 
     run = cached_stage(
-        cfg, "data", payload, compute, result_file="manifest.json", seed=int(cfg.seed),
+        cfg.root, "data", payload, compute, result_file="manifest.json", seed=int(cfg.seed),
         provenance=to_dict(cfg.data),
     )  # fmt: skip
     return {"dir": str(run.dir), "key": run.key, "manifest": run.info, "cached": run.cached}

@@ -20,8 +20,6 @@ merged model.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.config import MergeEngineConfig
+from hhh_bench.merging.diagnostics import resm_params_for  # noqa: F401  (re-exported)
 from hhh_bench.stages.common import cached_stage, group, model_identity, to_dict
-
-CARD_HEADING = "## Task-vector diagnostics"
+from hhh_bench.tracking.diagnostics_view import CARD_HEADING, attach_to_model  # noqa: F401
 
 
 def diagnostics_path(cfg: DictConfig) -> Path:
@@ -47,26 +45,6 @@ def diagnose_options(engine: MergeEngineConfig) -> dict[str, Any]:
         "tail_sigmas": [float(c) for c in engine.diagnostics_tail_sigmas],
         "svd_embeddings": engine.diagnostics_svd_embeddings,
     }
-
-
-def resm_params_for(method: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The knobs of a merge that RESM's diagnostics (reweighting change, density, ranks) take:
-    all of RESM's for ``resm`` (or a subclass of its params), ``rank_fraction``, ``rank_rtol``
-    and ``embeddings`` for TSV-M-like methods, none otherwise (RESM's defaults)."""
-    if not method or not params:
-        return {}
-    from hhh_bench.merging import get_method
-    from hhh_bench.merging.methods.resm import ResmParams
-    from hhh_bench.merging.methods.tsv import TsvParams
-
-    cls = get_method(str(method)).params_cls
-    if issubclass(cls, ResmParams):
-        names = {f.name for f in dataclasses.fields(ResmParams)}
-    elif issubclass(cls, TsvParams):
-        names = {"rank_fraction", "rank_rtol", "embeddings"}
-    else:
-        return {}
-    return {k: v for k, v in params.items() if k in names}
 
 
 def diagnostics_label(cfg: DictConfig, *, explicit: bool = False) -> str:
@@ -139,7 +117,7 @@ def run_diagnose(
         return report
 
     run = cached_stage(
-        cfg, "diagnose", payload, compute, result_file="diagnostics.json", seed=int(cfg.get("seed", 0)),
+        cfg.root, "diagnose", payload, compute, result_file="diagnostics.json", seed=int(cfg.get("seed", 0)),
         provenance={"diagnose": {**opts, "resm": knobs, "vocab_policy": engine.vocab_policy}},
         extra={"base": str(base), "models": models},
     )  # fmt: skip
@@ -163,27 +141,3 @@ def run_diagnose(
 def _explicit(cfg: DictConfig) -> bool:
     merge = cfg.get("merge")
     return bool(merge is not None and merge.get("models"))
-
-
-def _replace_file(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def attach_to_model(out_dir: str | Path, diag: Mapping[str, Any]) -> Path:
-    """Copy a :func:`run_diagnose` result's ``diagnostics.json`` into a merged model's folder and
-    put its summary as the last section of the model card (``README.md``), replacing an earlier
-    one; idempotent. Returns the copied file's path."""
-    out = Path(out_dir)
-    dst = out / "diagnostics.json"
-    text = Path(diag["path"]).read_text()
-    if not dst.is_file() or dst.read_text() != text:
-        _replace_file(dst, text)
-    card = out / "README.md"
-    old = card.read_text() if card.is_file() else ""
-    kept = old.split(CARD_HEADING)[0].rstrip("\n")
-    new = (kept + "\n\n" if kept else "") + diag["markdown"]
-    if new != old:
-        _replace_file(card, new)
-    return dst

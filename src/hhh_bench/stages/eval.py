@@ -18,16 +18,14 @@ values, judged ones included: standard errors, bootstraps, paired tests),
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, score, suite_tasks
-from hhh_bench.evaluation.suite import data_paths, eval_payload, include_paths
+from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
+from hhh_bench.evaluation.suite import eval_payload, standin_names
 from hhh_bench.provenance import config_hash
 from hhh_bench.stages.common import cached_stage, group, log, to_dict
 
@@ -76,10 +74,10 @@ def run_eval(
     ecfg = to_dict(cfg.eval)
     specs = suite_tasks(ecfg, split)  # scored; eval_payload adds the extra columns' tasks to run
     rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
-    standins = _standins(rehearsal, specs + column_specs(ecfg, split))
+    standins = standin_names(rehearsal, specs + column_specs(ecfg, split))
     payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"), standins)
     run = cached_stage(
-        cfg, "eval", payload,
+        cfg.root, "eval", payload,
         lambda tmp: _evaluate(cfg, model, data, ecfg, specs, payload, tmp, rehearsal, split),
         result_file="results.json", provenance=ecfg, seed=int(cfg.seed),
         extra={"model_key": model["key"], "data_key": (data or {}).get("key"), "payload": payload},
@@ -99,9 +97,9 @@ def run_eval(
     )
     metrics, judged_ctx, judged_fields = extra_scores(run.info, specs, run.dir, ref)
     if model.get("kind", "base") == "base" and base_scores is None:
-        base = _dims(score(metrics, specs))  # the base against itself: zero deltas
+        base = base_dims(score(metrics, specs))  # the base against itself: zero deltas
     else:
-        base = _dims(base_scores) or stored_base(results_path(cfg), **where)
+        base = base_dims(base_scores) or stored_base(results_path(cfg), **where)
     scores = score(metrics, specs, base)
     base_items = None if (ref[1] or {}).get("kind") == "self" else ref[0]
     more, row_fields = summary_fields(
@@ -128,35 +126,6 @@ def run_eval(
     }  # fmt: skip
 
 
-def _standins(
-    rehearsal: Mapping[str, Any] | None, specs: list[Any]
-) -> tuple[list[str], str] | None:
-    """A rehearsal's stand-ins of the suite's lm-eval built-ins: (names, content fingerprint)."""
-    import tempfile
-
-    from hhh_bench.rehearsal import standin_eval_tasks
-
-    names = [s.name for s in specs]
-    with tempfile.TemporaryDirectory(prefix="hhh-standins-") as d:
-        st = standin_eval_tasks(rehearsal, names, d)
-    return None if st is None else (sorted(st.names), st.fingerprint)
-
-
-def _dims(base: Mapping[str, Any] | None) -> dict[str, float] | None:
-    from hhh_bench.config import DIMENSIONS
-
-    if base is None:
-        return None
-    if "scores" in base and isinstance(base["scores"], Mapping):
-        base = base["scores"]
-    if any(base.get(d) is None for d in DIMENSIONS):
-        raise ValueError(
-            f"base_scores must hold {list(DIMENSIONS)} (a run_eval result, its 'scores' or a "
-            f"result row); got keys {sorted(base)}"
-        )
-    return {d: float(base[d]) for d in DIMENSIONS}
-
-
 def _config_hash(cfg: DictConfig) -> str | None:
     try:
         full = to_dict(cfg)
@@ -177,67 +146,12 @@ def _evaluate(
     rehearsal: Mapping[str, Any] | None = None,
     split: str = "test",
 ) -> dict[str, Any]:
-    """Run lm-eval for one model into ``tmp``: the content of ``results.json``."""
+    """Run lm-eval (and the judges) for one model into ``tmp``: the content of ``results.json``."""
     from hhh_bench.config import EvalConfig, ModelConfig
-    from hhh_bench.evaluation.harness import evaluate_model, materialize_tasks
-    from hhh_bench.models import load_causal_lm, load_tokenizer
+    from hhh_bench.evaluation.run import evaluate_into
 
-    mcfg = group(cfg, "model", ModelConfig)
-    e = group(cfg, "eval", EvalConfig)
-    device = mcfg.device
-    trust = bool(cfg.trust_remote_code)
-    backend = str(ecfg.get("backend") or "hf")
-    t0 = time.perf_counter()
-    if backend == "vllm":  # vLLM loads the weights itself
-        lm, tok = model["path"], None
-    else:
-        lm = load_causal_lm(model["path"], dtype=mcfg.dtype, device=device, trust_remote_code=trust)
-        tok = load_tokenizer(model["path"], trust_remote_code=trust)
-    load_s = time.perf_counter() - t0
-    include = materialize_tasks(
-        tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
-    )
-    if rehearsal is not None:  # lm-eval's built-ins on local files, under their own names
-        from hhh_bench.rehearsal import standin_eval_tasks
-
-        standin_eval_tasks(rehearsal, list(payload["tasks"]), Path(include) / "standins")
-    res = evaluate_model(
-        lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),
-        include_path=include, dtype=mcfg.dtype, trust_remote_code=trust, backend=backend,
-        backend_args=ecfg.get("backend_args"), gen_kwargs=ecfg.get("gen_kwargs"),
-        apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
-        device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
-        log_samples=e.log_samples,
-        holdout=None if e.holdout is None
-        else {**e.holdout, "part": "select" if split == e.select_split else "report"},
+    return evaluate_into(
+        tmp, model, data, ecfg, group(cfg, "eval", EvalConfig), group(cfg, "model", ModelConfig),
+        specs, payload, split=split, rehearsal=rehearsal, root=cfg.root,
+        trust_remote_code=bool(cfg.trust_remote_code),
     )  # fmt: skip
-    lm = None  # the policy's memory goes before a judge loads
-    from hhh_bench.evaluation.judged_eval import run_judges
-
-    judged = run_judges(ecfg, res, include, tmp, cfg.root)
-    if res["samples"]:
-        with open(tmp / "samples.jsonl", "w") as f:
-            for task, rows in res["samples"].items():
-                for r in rows:
-                    f.write(json.dumps({"task": task, **r}) + "\n")
-    log.info("eval: %s in %.1f s", model.get("name", model["key"]), res["seconds"])
-    return {
-        "metrics": res["metrics"],
-        "seconds": res["seconds"],
-        "load_seconds": round(load_s, 3),
-        "harness": res["config"],
-        "model": {k: v for k, v in model.items() if k != "timings"},
-        "payload": dict(payload),
-        "scores_at_write": _scores_or_none(res["metrics"], specs),
-        "judges": judged["judges"],
-        "judge_counts": judged["counts"],
-        "groups": res["groups"],
-    }
-
-
-def _scores_or_none(metrics: Mapping[str, Any], specs: list[Any]) -> dict[str, Any] | None:
-    """The scores at write time, or None when they need what only scoring knows (win_rate)."""
-    try:
-        return score(metrics, specs)
-    except KeyError:
-        return None

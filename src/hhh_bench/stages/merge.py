@@ -73,7 +73,7 @@ def run_merge(
         return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diag)}
 
     run = cached_stage(
-        cfg, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),
+        cfg.root, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),
         provenance={"merge": to_dict(cfg.merge), "merge_engine": to_dict(cfg.merge_engine)},
         extra={"base": str(base), "models": models}, label=m.method,
     )  # fmt: skip

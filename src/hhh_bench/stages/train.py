@@ -14,10 +14,7 @@ validation pairs before and after); ``loss_curve.jsonl``; ``noise_flipped_ids.js
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,10 +86,17 @@ def run_train(
             held = {d: rows[: t.margin_max_pairs] for d, rows in held.items()}
         ts = training_set(sets, noise, mix_cfg, seed)
         log.info("train: %s on %s", label, ts.counts)
-        return _train(cfg, t, base, ts, held, tmp, label) | summary
+        from hhh_bench.train.run import train_model
+
+        mcfg = group(cfg, "model", ModelConfig)
+        info = train_model(
+            t, base, ts, held, tmp, label, dtype=mcfg.dtype, root=cfg.root,
+            logger_cfg=to_dict(cfg.get("logger")), trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        )  # fmt: skip
+        return info | summary
 
     run = cached_stage(
-        cfg, "train", payload, compute, result_file="train_info.json", seed=seed,
+        cfg.root, "train", payload, compute, result_file="train_info.json", seed=seed,
         write=int(os.environ.get("RANK", "0")) == 0, label=label,
         provenance={"train": to_dict(cfg.train), "mix": mix_cfg, "noise": noise,
                     "data": to_dict(cfg.data), "model": to_dict(cfg.model)},
@@ -108,81 +112,6 @@ def run_train(
         "path": str(run.dir),
         "cached": run.cached,
         **_paths(run.dir, info),
-    }
-
-
-def _train(
-    cfg: DictConfig,
-    t: TrainConfig,
-    base: dict[str, Any],
-    ts: Any,
-    held: dict,
-    tmp: Path,
-    label: str,
-) -> dict[str, Any]:
-    """Load θ0, train, save into ``tmp``; the content of ``train_info.json``."""
-    from hhh_bench.models import load_causal_lm, load_tokenizer
-    from hhh_bench.provenance import set_seed
-    from hhh_bench.train.run import fit, margins
-
-    mcfg = group(cfg, "model", ModelConfig)
-    t0 = time.time()
-    set_seed(t.seed)
-    trust = bool(cfg.get("trust_remote_code", False))
-    base_path = base["path"] if base.get("hub") else str(Path(base["path"]).resolve())
-    device = t.device
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
-    tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
-    model = load_causal_lm(base_path, dtype=mcfg.dtype, device=device, trust_remote_code=trust)
-    before = margins(model, tokenizer, held, t.margin_batch_size)
-    if t.report_to == "wandb":
-        from hhh_bench.tracking.wandb_log import setup_trainer_env
-
-        setup_trainer_env(cfg.root, to_dict(cfg.get("logger")))
-    model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
-                                run_name=label, phases=ts.phases)  # fmt: skip
-    if t.report_to == "wandb":
-        from hhh_bench.tracking.wandb_log import finish_run
-
-        finish_run()
-    after = margins(model, tokenizer, held, t.margin_batch_size)
-    if t.method == "lora" and t.merge_adapter:
-        from hhh_bench.train.lora import merge_adapter_into
-
-        merge_adapter_into(base_path, tmp / "adapter", tmp, dtype=mcfg.dtype, device=device,
-                           trust_remote_code=trust)  # fmt: skip
-        weights = "adapter+merged"
-    noise = ts.noise
-    if noise and noise["flipped_ids"]:
-        (tmp / "noise_flipped_ids.json").write_text(json.dumps(noise["flipped_ids"]) + "\n")
-    curve.write(tmp / "loss_curve.jsonl")
-    shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    losses = curve.losses()
-    return {
-        "train_kind": t.kind,
-        "method": t.method,
-        "weights": weights,
-        "counts": ts.counts,
-        "n_pairs": len(ts.rows),
-        "budget": ts.mix_info.get("budget", len(ts.rows)) if ts.mix_info else len(ts.rows),
-        "budget_mode": ts.mix_info.get("budget_mode") if ts.mix_info else "specialist",
-        "mix_info": ts.mix_info,
-        "phases": ts.phases,
-        "noise": {k: v for k, v in noise.items() if k != "flipped_ids"} if noise else None,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "steps": max((r["step"] for r in curve.records), default=0),
-        "margins": {
-            d: {
-                "base": before[d],
-                "trained": after[d],
-                "delta": after[d]["mean"] - before[d]["mean"],
-            }
-            for d in held
-        },
-        "base_path": base_path,
-        "seconds": round(time.time() - t0, 1),
     }
 
 

@@ -3,8 +3,12 @@ the model card's section and the report's layer-type tables. Reads report dicts 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+CARD_HEADING = "## Task-vector diagnostics"
 
 
 def _mean(vals: Any) -> float | None:
@@ -105,3 +109,27 @@ def summary_markdown(
         layer_type_table(report["layer_types"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _replace_file(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def attach_to_model(out_dir: str | Path, diag: Mapping[str, Any]) -> Path:
+    """Copy a :func:`run_diagnose` result's ``diagnostics.json`` into a merged model's folder and
+    put its summary as the last section of the model card (``README.md``), replacing an earlier
+    one; idempotent. Returns the copied file's path."""
+    out = Path(out_dir)
+    dst = out / "diagnostics.json"
+    text = Path(diag["path"]).read_text()
+    if not dst.is_file() or dst.read_text() != text:
+        _replace_file(dst, text)
+    card = out / "README.md"
+    old = card.read_text() if card.is_file() else ""
+    kept = old.split(CARD_HEADING)[0].rstrip("\n")
+    new = (kept + "\n\n" if kept else "") + diag["markdown"]
+    if new != old:
+        _replace_file(card, new)
+    return dst

@@ -136,8 +136,12 @@ def validate_row(row: Mapping[str, Any]) -> None:
     if row["kind"] not in KINDS:
         raise ValueError(f"result row {row['row_key']!r}: kind {row['kind']!r} not in {KINDS}")
     for k in SCORE_COLUMNS:
-        if not isinstance(row[k], (int, float)):
-            raise ValueError(f"result row {row['row_key']!r}: {k} = {row[k]!r} is not a number")
+        v = row[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(
+                f"result row {row['row_key']!r}: {k} = {v!r} is not a finite number (a NaN, "
+                "Inf or boolean score would break every report built from the store)"
+            )
 
 
 @contextlib.contextmanager

@@ -109,3 +109,87 @@ def margins(
         d: margin_summary(logprob_margins(model, tokenizer, rows, batch_size))
         for d, rows in sets.items()
     }
+
+
+def train_model(
+    t: Any,
+    base: Mapping[str, Any],
+    ts: Any,
+    held: Mapping[str, Sequence[Any]],
+    tmp: Path,
+    label: str,
+    *,
+    dtype: str | None,
+    root: str | Path,
+    logger_cfg: Mapping[str, Any] | None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Load θ0, train with ``t`` (a ``TrainConfig``) on the training set ``ts``, save into
+    ``tmp`` (merged adapter weights too when asked), with the held-out log-prob margins on
+    ``held`` before and after; returns the content of ``train_info.json``."""
+    import json
+    import os
+    import shutil
+    import time
+
+    from hhh_bench.models import load_causal_lm, load_tokenizer
+    from hhh_bench.provenance import set_seed
+
+    t0 = time.time()
+    set_seed(t.seed)
+    trust = trust_remote_code
+    base_path = base["path"] if base.get("hub") else str(Path(base["path"]).resolve())
+    device = t.device
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
+    tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
+    model = load_causal_lm(base_path, dtype=dtype, device=device, trust_remote_code=trust)
+    before = margins(model, tokenizer, held, t.margin_batch_size)
+    if t.report_to == "wandb":
+        from hhh_bench.tracking.wandb_log import setup_trainer_env
+
+        setup_trainer_env(root, logger_cfg)
+    model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
+                                run_name=label, phases=ts.phases)  # fmt: skip
+    if t.report_to == "wandb":
+        from hhh_bench.tracking.wandb_log import finish_run
+
+        finish_run()
+    after = margins(model, tokenizer, held, t.margin_batch_size)
+    if t.method == "lora" and t.merge_adapter:
+        from hhh_bench.train.lora import merge_adapter_into
+
+        merge_adapter_into(base_path, tmp / "adapter", tmp, dtype=dtype, device=device,
+                           trust_remote_code=trust)  # fmt: skip
+        weights = "adapter+merged"
+    noise = ts.noise
+    if noise and noise["flipped_ids"]:
+        (tmp / "noise_flipped_ids.json").write_text(json.dumps(noise["flipped_ids"]) + "\n")
+    curve.write(tmp / "loss_curve.jsonl")
+    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    losses = curve.losses()
+    return {
+        "train_kind": t.kind,
+        "method": t.method,
+        "weights": weights,
+        "counts": ts.counts,
+        "n_pairs": len(ts.rows),
+        "budget": ts.mix_info.get("budget", len(ts.rows)) if ts.mix_info else len(ts.rows),
+        "budget_mode": ts.mix_info.get("budget_mode") if ts.mix_info else "specialist",
+        "mix_info": ts.mix_info,
+        "phases": ts.phases,
+        "noise": {k: v for k, v in noise.items() if k != "flipped_ids"} if noise else None,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": max((r["step"] for r in curve.records), default=0),
+        "margins": {
+            d: {
+                "base": before[d],
+                "trained": after[d],
+                "delta": after[d]["mean"] - before[d]["mean"],
+            }
+            for d in held
+        },
+        "base_path": base_path,
+        "seconds": round(time.time() - t0, 1),
+    }
