@@ -10,6 +10,7 @@ is the case w_t = 1.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from hhh_bench.merging.base import CommonParams, merge_function
@@ -19,5 +20,6 @@ from hhh_bench.merging.base import CommonParams, merge_function
     "task_arithmetic", summary="θ0 + λ·Σ w_t τ_t (Ilharco et al. 2023, arXiv:2212.04089)"
 )
 def task_arithmetic(taus: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
-    """Σ_t w_t τ_t of a (T, *shape) stack with (T, 1, .., 1) weights."""
-    return (weights * taus).sum(dim=0)
+    """Σ_t w_t τ_t of a (T, *shape) stack with (T, 1, .., 1) weights (one pass: a (1 × T)·(T × n)
+    product, no T-sized temporary)."""
+    return torch.tensordot(weights.reshape(-1), taus, dims=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from hhh_bench.merging.base import CommonParams, merge_function
@@ -37,4 +38,4 @@ def weighted_mean(taus: Tensor, weights: Tensor, params: CommonParams | None = N
     total = float(weights.sum())
     if abs(total) < 1e-12:
         raise ValueError("merge parameter 'weights' sums to 0; weight_average divides by the sum")
-    return (weights * taus).sum(dim=0) / total
+    return torch.tensordot(weights.reshape(-1), taus, dims=1).div_(total)
