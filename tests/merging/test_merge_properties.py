@@ -10,6 +10,7 @@ from merging_helpers import models, state_dicts
 
 from hhh_bench.merging import list_methods, merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_merge
+from hhh_bench.merging.methods.ties import topk_mask
 from hhh_bench.merging.methods.tsv import tsv_factors, tsv_rank
 
 FAST = settings(max_examples=15, deadline=None)
@@ -146,3 +147,29 @@ def test_bf16_inputs_are_computed_in_float32(method, seed):
     ref = merge_tensors(method, base.float(), [f.float() for f in fts], name="w")
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ref.bfloat16())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    seed=seeds,
+    density=st.floats(0.0, 1.0),
+    levels=st.sampled_from([None, 1, 3, 50]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_topk_mask_matches_a_stable_sort(n, seed, density, levels, dtype):
+    """The histogram selection keeps exactly k entries: every entry above the cut and, among
+    equal magnitudes at the cut, the lowest indices, as a stable descending sort does.
+    ``levels`` draws magnitudes from a few values (many ties, zeros included)."""
+    g = torch.Generator().manual_seed(seed)
+    if levels is None:
+        x = torch.randn(n, generator=g, dtype=torch.float64) * 10 ** torch.randint(
+            -6, 6, (n,), generator=g
+        )
+    else:
+        x = torch.randint(-levels, levels + 1, (n,), generator=g).double() / 7
+    mag = x.to(dtype).abs()
+    k = int(density * n)
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[mag.double().argsort(descending=True, stable=True)[:k]] = True
+    assert torch.equal(topk_mask(mag, k), expected)

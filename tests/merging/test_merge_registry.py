@@ -20,6 +20,7 @@ from hhh_bench.merging import (
 )
 from hhh_bench.merging.base import task_vectors_of
 from hhh_bench.merging.methods.ties import magnitude_key
+from hhh_bench.merging.taskvec import TaskVectors
 from hhh_bench.stages.common import load_option
 
 CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "merge"
@@ -239,3 +240,21 @@ def test_custom_resm_strategies_plug_in():
     finally:
         resm.REWEIGHTS.remove("zero_test")
         resm.RANKS.remove("one_test")
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ta", "dare_ties"])
+def test_prepare_overwrites_only_task_vectors_built_for_one_use(method):
+    """A method's prepare trims or drops in place only when the task vectors were handed over
+    (the driver's single-use ones); a caller's task vectors are left as they were."""
+    base, fts = models((6, 5), 3, 0, torch.float32)
+    m = get_method(method)
+    params = m.params_cls(density=0.3) if method == "ties" else m.params_cls(drop_rate=0.5)
+    kept = task_vectors_of(base, fts, params)
+    before = kept.stack().clone()
+    out_kept = m.merge_tensor("w", base, kept, params)
+    assert torch.equal(kept.stack(), before)
+    once = TaskVectors.from_weights(base, fts, torch.float32, single_use=True)
+    out_once = m.merge_tensor("w", base, once, params)
+    torch.testing.assert_close(out_once, out_kept, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="consumed"):
+        once.stack()

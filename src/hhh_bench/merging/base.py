@@ -294,9 +294,8 @@ class FunctionMethod(MergeMethod[P]):
         self, name: str, taus: TaskVectors, params: P, plan_entry: Mapping[str, Any]
     ) -> Tensor:
         """The stack after ``prepare`` (override to use the plan entry)."""
-        stack = taus.stack()
         prepare = type(self).prepare_fn
-        return stack if prepare is None else prepare(name, stack, params)
+        return taus.stack() if prepare is None else prepare(name, taus.consume(), params)
 
     def precompute(
         self,
@@ -337,7 +336,8 @@ def merge_function(
         params_cls: the method's params (default: the common ones only).
         summary: one line for listings (default: the function's first docstring line).
         prepare: optional ``(name, stack, params) -> stack``, the expensive step cached across
-            sweeps of the other knobs (its output is what ``fn`` receives).
+            sweeps of the other knobs (its output is what ``fn`` receives); it may overwrite
+            the stack it is given (:meth:`TaskVectors.consume`) and return it.
         prepare_keys: the params ``prepare`` depends on (with ``compute_dtype``, the cache key).
         base: the :class:`FunctionMethod` subclass to build on (one that plans, e.g. TIES).
 

@@ -146,7 +146,7 @@ def task_vectors_from_raw(
         # One finiteness check on the float32 stack instead of one per input: a NaN or Inf in
         # θ0 or any θ_t makes its τ non-finite (Inf - Inf = NaN); only then the full check runs,
         # which names the model and counts the bad values.
-        tv = TaskVectors.from_weights(base, full, dtype, device)
+        tv = TaskVectors.from_weights(base, full, dtype, device, single_use=True)
         if not bool(torch.isfinite(tv.stack().sum())):
             validate_tensors(key, base, full)
         raw.fts = None
@@ -167,7 +167,7 @@ def task_vectors_from_raw(
         else:
             items.append(t.tau.to(device=dev, dtype=dtype))
     raw.fts = None
-    return TaskVectors(items, base.shape, dtype, dev)
+    return TaskVectors(items, base.shape, dtype, dev, single_use=True)
 
 
 def iter_raw(

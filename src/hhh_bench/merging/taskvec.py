@@ -85,8 +85,11 @@ class TaskVectors:
         device: torch.device | str,
         *,
         stack: Tensor | None = None,
+        single_use: bool = False,
     ) -> None:
         self.items = list(items)
+        self.single_use = single_use
+        self._consumed = False
         self.shape = tuple(int(d) for d in shape)
         self.dtype = dtype
         self.device = torch.device(device)
@@ -99,15 +102,18 @@ class TaskVectors:
         finetuned: Sequence[Tensor],
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        *,
+        single_use: bool = False,
     ) -> TaskVectors:
-        """τ_t = θ_t − θ0 of full weights, filled into one preallocated (T, *shape) stack."""
+        """τ_t = θ_t − θ0 of full weights, filled into one preallocated (T, *shape) stack
+        (``single_use``: see :meth:`consume`)."""
         dev = torch.device(device)
         out = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=dev)
         b = base.to(device=dev, dtype=dtype)
         for t, ft in enumerate(finetuned):
             out[t].copy_(ft)
             out[t].sub_(b)
-        return cls(list(out), base.shape, dtype, dev, stack=out)
+        return cls(list(out), base.shape, dtype, dev, stack=out, single_use=single_use)
 
     @classmethod
     def from_stack(cls, stack: Tensor) -> TaskVectors:
@@ -123,6 +129,8 @@ class TaskVectors:
 
     def stack(self) -> Tensor:
         """The dense (T, *shape) stack (LoRA factors multiplied out in the compute dtype)."""
+        if self._consumed:
+            raise RuntimeError("these task vectors were consumed (TaskVectors.consume)")
         if self._stack is None:
             out = torch.empty((len(self.items), *self.shape), dtype=self.dtype, device=self.device)
             for t, tau in enumerate(self.items):
@@ -136,3 +144,15 @@ class TaskVectors:
                 tau if isinstance(tau, LowRank) else out[t] for t, tau in enumerate(self.items)
             ]
         return self._stack
+
+    def consume(self) -> Tensor:
+        """The dense stack for a caller that overwrites it in place (a method's ``prepare``).
+
+        Task vectors built for one use (``single_use=True``: the merge driver's, one parameter,
+        deleted after its merge) hand over their own stack, so trimming or dropping needs no
+        second T-sized buffer, and cannot be used after; any others return a copy."""
+        stack = self.stack()
+        if not self.single_use:
+            return stack.clone()
+        self._stack, self.items, self._consumed = None, [], True
+        return stack

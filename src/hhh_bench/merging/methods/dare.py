@@ -80,12 +80,13 @@ class DareParams(CommonParams):
 
 
 def dare_prepare(name: str, taus: Tensor, params: DareParams) -> Tensor:
-    """The dropped and rescaled stack m_t ⊙ τ_t / (1 − p), masks seeded by (seed, name, t)."""
+    """The dropped and rescaled stack m_t ⊙ τ_t / (1 − p), masks seeded by (seed, name, t);
+    ``taus`` is overwritten (it comes from :meth:`TaskVectors.consume`) and returned."""
     p = params.drop_rate
-    out = torch.empty_like(taus)
     for t, tau in enumerate(taus):
-        out[t] = dare_drop(tau, dare_keep_mask(tau.shape, p, params.seed, name, t), p)
-    return out
+        tau.mul_(dare_keep_mask(tau.shape, p, params.seed, name, t).to(tau.device, tau.dtype))
+        tau.div_(1.0 - p)
+    return taus
 
 
 _DARE_KEYS = ("drop_rate", "seed")

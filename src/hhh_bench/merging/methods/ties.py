@@ -4,8 +4,8 @@ arXiv:2306.01708, Algorithm 1).
 For each task vector (scaled by its weight, see below):
 
 1. **Trim**: keep the k = int(density·n) entries of largest |τ_t|, zero the rest. With
-   ``scope: tensor`` (default) n is the tensor's size and the top k is exact (``torch.topk``;
-   ties between equal magnitudes are broken by ``topk``); with ``scope: global`` the threshold is
+   ``scope: tensor`` (default) n is the tensor's size and the top k is exact (equal
+   magnitudes at the cut kept lowest index first); with ``scope: global`` the threshold is
    chosen over the whole model (n = all floating entries), as the paper and FusionBench do.
 2. **Elect**: γ = sign(Σ_t τ̂_t) per entry, a zero sum counting as + (peft's and mergekit's
    ``>= 0``).
@@ -58,20 +58,46 @@ def magnitude_key(x: Tensor) -> Tensor:
     return x.abs().to(torch.float32).view(torch.int32) >> 16
 
 
+def topk_mask(magnitude: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` largest entries of a flat non-negative ``magnitude``; among
+    entries equal to the k-th largest value the lowest indices are kept, so exactly k are.
+
+    Selection without sorting: a histogram of the bfloat16-resolution keys (:func:`magnitude_key`)
+    finds the bin holding the k-th largest value, and an exact ``kthvalue`` runs on that bin
+    only (about 2⁻⁷ of the entries for smooth data). Five times faster than ``torch.topk`` on
+    a 45M-entry tensor on 2 CPU threads."""
+    n = magnitude.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=magnitude.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=magnitude.device)
+    keys = magnitude.to(torch.float32).view(torch.int32) >> 16  # magnitude_key of |x| = x
+    counts = torch.bincount(keys, minlength=KEEP_NONE)
+    from_top = counts.flip(0).cumsum(0)  # from_top[i]: entries with key >= KEEP_NONE - 1 - i
+    i = int(torch.searchsorted(from_top, torch.tensor(k, device=from_top.device)))
+    bin_key = KEEP_NONE - 1 - i
+    above = int(from_top[i - 1]) if i > 0 else 0
+    in_bin = magnitude[keys == bin_key]
+    del keys
+    threshold = torch.kthvalue(in_bin, in_bin.numel() - (k - above) + 1).values
+    mask = magnitude > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:  # entries equal to the threshold, lowest indices first
+        ties = torch.nonzero(magnitude == threshold).reshape(-1)[:missing]
+        mask[ties] = True
+    return mask
+
+
 def trim_topk(tau: Tensor, density: float) -> Tensor:
     """``tau`` with all but its k = int(density·numel) largest-magnitude entries set to 0 (the
-    rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``). ``torch.topk``
-    with ``sorted=False`` selects the k entries without sorting the tensor."""
+    rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``; equal magnitudes
+    at the cut are kept lowest index first, see :func:`topk_mask`)."""
     n = tau.numel()
     k = int(density * n)
     if k >= n:
         return tau.clone()
     flat = tau.reshape(-1)
-    out = torch.zeros_like(flat)
-    if k > 0:
-        idx = torch.topk(flat.abs(), k, largest=True, sorted=False).indices
-        out[idx] = flat[idx]
-    return out.view_as(tau)
+    return torch.where(topk_mask(flat.abs(), k), flat, 0.0).view_as(tau)
 
 
 def trim_threshold(tau: Tensor, key_threshold: int) -> Tensor:
@@ -165,18 +191,24 @@ class TiesMethod(FunctionMethod[TiesParams]):
     def prepared(
         self, name: str, taus: TaskVectors, params: TiesParams, plan_entry: Mapping[str, Any]
     ) -> Tensor:
-        stack = taus.stack()
-        if params.scope == "tensor":
-            return torch.stack([trim_topk(tau, params.density) for tau in stack])
-        thresholds = plan_entry.get("thresholds")
-        if thresholds is None or len(thresholds) != len(stack):
-            raise ValueError(
-                f"parameter {name!r}: ties with scope='global' needs the plan's per-model "
-                "thresholds; run tensor_stats over every tensor and plan() first"
-            )
-        return torch.stack(
-            [trim_threshold(tau, thr) for tau, thr in zip(stack, thresholds, strict=True)]
-        )
+        """The stack trimmed in place (:meth:`TaskVectors.consume`)."""
+        thresholds = None
+        if params.scope == "global":
+            thresholds = plan_entry.get("thresholds")
+            if thresholds is None or len(thresholds) != len(taus):
+                raise ValueError(
+                    f"parameter {name!r}: ties with scope='global' needs the plan's per-model "
+                    "thresholds; run tensor_stats over every tensor and plan() first"
+                )
+        stack = taus.consume()
+        for t, row in enumerate(stack.view(len(stack), -1)):
+            if thresholds is None:
+                k = int(params.density * row.numel())
+                if k < row.numel():
+                    row.masked_fill_(topk_mask(row.abs(), k).logical_not_(), 0.0)
+            else:
+                row.masked_fill_(magnitude_key(row) < thresholds[t], 0.0)
+        return stack
 
 
 @merge_function(
@@ -189,12 +221,16 @@ class TiesMethod(FunctionMethod[TiesParams]):
 def ties_merge(trimmed: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """Elect + disjoint mean of a (T, *shape) stack of trimmed τ, weighted by (T, 1, .., 1).
 
-    One pass of temporaries: the weighted stack (zeroed in place where it disagrees with the
-    elected sign), one boolean agreement mask and the per-entry count."""
-    weighted = weights * trimmed
-    positive = weighted.sum(dim=0) >= 0  # γ = +1 where the sum is 0
-    agree = torch.where(positive, weighted > 0, weighted < 0)  # zeros never agree
-    weighted.mul_(agree)
-    count = agree.sum(dim=0, dtype=weighted.dtype).clamp_(min=1)
-    del agree
-    return weighted.sum(dim=0).div_(count)
+    Model by model, so the temporaries are a few tensors of one model's size whatever T is
+    (``trimmed`` is not modified)."""
+    w = weights.reshape(-1)
+    positive = torch.tensordot(w, trimmed, dims=1) >= 0  # γ = +1 where the sum is 0
+    num = torch.zeros_like(trimmed[0])
+    count = torch.zeros_like(trimmed[0])
+    for t in range(len(trimmed)):
+        x = trimmed[t] * w[t]
+        agree = torch.where(positive, x > 0, x < 0)  # zeros never agree
+        num.add_(x.mul_(agree))
+        count.add_(agree)
+        del x, agree
+    return num.div_(count.clamp_(min=1))
