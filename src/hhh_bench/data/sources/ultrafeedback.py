@@ -162,6 +162,7 @@ def adapt_ultrafeedback(
             if same_text(chosen.text, rejected.text):
                 stats.skipped[IDENTICAL] += 1
                 continue
+            stats.rows_out += 1
             yield pair_row(
                 prompt,
                 chosen.text,
@@ -181,7 +182,6 @@ def adapt_ultrafeedback(
                 },
             )
             emitted += 1
-            stats.rows_out += 1
         if emitted:
             stats.rows_used += 1
         else:
