@@ -486,6 +486,23 @@ def test_limit_stops_early():
     assert len(rows) == 1 and stats.rows_in == 1
 
 
+@pytest.mark.parametrize("limit", [1, 2])
+@pytest.mark.parametrize(
+    ("name", "fixture"),
+    [
+        ("ultrafeedback", "ultrafeedback.jsonl"),
+        ("helpsteer2", "helpsteer2.jsonl"),
+        ("beavertails", "beavertails.jsonl"),
+        ("hh_rlhf", "hh_rlhf_helpful_base.jsonl"),
+    ],
+)
+def test_limit_counts_every_pair_it_returns(name, fixture, limit):
+    """``rows_out`` counts a pair as the adapter yields it, so it equals the rows returned even
+    when ``limit`` stops the adapter right after a pair (ultrafeedback once counted it after)."""
+    rows, stats = run_adapter(name, raw(fixture), source="s", dimension="helpful", limit=limit)
+    assert len(rows) == limit and stats.rows_out == limit
+
+
 # ----------------------------------------------------------------------------- properties
 
 _texts = st.sampled_from(["alpha", "beta", "gamma", "delta", " alpha ", ""])

@@ -50,6 +50,10 @@ class PreferenceRow(TypedDict, total=False):
     meta: dict[str, Any]
 
 
+PreferenceSets = dict[str, list[PreferenceRow]]
+"""Preference rows by dimension, ``{dimension: rows}`` (what mixing strategies take)."""
+
+
 class SchemaError(ValueError):
     """A preference row (or file) does not follow the schema; the message names the row."""
 

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
+from hhh_bench.evaluation.items import metric_number
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
 _NAME = re.compile(r"^(task|group):\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
@@ -323,15 +325,6 @@ def _quiet(enabled: bool) -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for lm-eval's ``"N/A"`` and other non-numbers."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
 def _sample_stderr(values: Sequence[float]) -> float | None:
     """Standard error of a mean (sample std with ddof=1 over sqrt(n)), as lm-eval's ``mean``."""
     n = len(values)
@@ -360,10 +353,10 @@ def parse_results(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], di
             is_stderr = name.endswith("_stderr")
             base = name[: -len("_stderr")] if is_stderr else name
             label = base if filt == "none" else f"{base},{filt}"
-            row[f"{label}_stderr" if is_stderr else label] = _num(value)
+            row[f"{label}_stderr" if is_stderr else label] = metric_number(value)
         for label in [k for k in row if not k.endswith("_stderr")]:
             if row.get(f"{label}_stderr") is None and task in logged:
-                vals = [_num(s.get(label)) for s in logged[task]]
+                vals = [metric_number(s.get(label)) for s in logged[task]]
                 row[f"{label}_stderr"] = (
                     _sample_stderr([v for v in vals if v is not None])
                     if vals and all(v is not None for v in vals)

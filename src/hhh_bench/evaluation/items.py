@@ -32,7 +32,9 @@ ITEMS_FILE = "items.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 
 
-def _number(value: Any) -> float | None:
+def metric_number(value: Any) -> float | None:
+    """A metric value as a finite float (a boolean as 0/1), or None for lm-eval's ``"N/A"`` and
+    other non-numbers."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and math.isfinite(float(value)):
@@ -62,7 +64,7 @@ def parse_items(
             filt = s.get("filter", "none")
             row = by_doc.setdefault(doc_id, {"doc_id": doc_id})
             for metric in s.get("metrics") or []:
-                value = _number(s.get(metric))
+                value = metric_number(s.get(metric))
                 if value is not None:
                     row[metric if filt == "none" else f"{metric},{filt}"] = value
             resps = s.get("filtered_resps") or []

@@ -106,7 +106,6 @@ class Family:
     Attributes:
         name: the stand-in's name, the ``conf/model/<name>.yaml`` of the model it stands in for.
         hub_id: the real model.
-        config_asset: file of ``standin_assets/`` holding the real ``config.json`` values.
         tokenizer_kind: ``byte_level`` (Llama-3) or ``sentencepiece_bpe`` (Mistral).
         bos, eos, unk: the special tokens' strings (``eos`` as in the real ``config.json``).
         special_tokens: every special token, in the real relative id order.
@@ -116,7 +115,6 @@ class Family:
 
     name: str
     hub_id: str
-    config_asset: str
     tokenizer_kind: str
     bos: str
     eos: str
@@ -125,12 +123,16 @@ class Family:
     generation_eos: tuple[str, ...]
     chat_template: str
 
+    @property
+    def config_asset(self) -> str:
+        """The file of ``standin_assets/`` holding the real ``config.json`` values."""
+        return f"{self.name}.json"
+
 
 FAMILIES: dict[str, Family] = {
     "llama3_8b_instruct": Family(
         name="llama3_8b_instruct",
         hub_id="meta-llama/Meta-Llama-3-8B-Instruct",
-        config_asset="llama3_8b_instruct.json",
         tokenizer_kind="byte_level",
         bos="<|begin_of_text|>",
         eos="<|eot_id|>",  # config.json's eos_token_id 128009
@@ -155,7 +157,6 @@ FAMILIES: dict[str, Family] = {
     "mistral_7b_instruct": Family(
         name="mistral_7b_instruct",
         hub_id="mistralai/Mistral-7B-Instruct-v0.2",
-        config_asset="mistral_7b_instruct.json",
         tokenizer_kind="sentencepiece_bpe",
         bos="<s>",
         eos="</s>",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Shape of the tiny model (``conf/model/tiny.yaml`` documents every field)."""
+    """Shape of the tiny model (``conf/model/tiny.yaml`` documents every field); each field is
+    the ``LlamaConfig`` argument of the same name."""
 
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -45,14 +46,7 @@ def build_tiny_model(
     """A randomly initialised Llama model sized for ``tokenizer``, deterministic in ``seed``."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=spec.tie_word_embeddings,
-        initializer_range=spec.initializer_range,
+        **asdict(spec),  # every field of the spec is a LlamaConfig argument of the same name
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -23,33 +23,40 @@ come from the per-pair margins of whichever scorer is configured.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hhh_bench.data.mixing.registry import (
     MixResult,
     allocate,
-    check_shares,
     register_strategy,
+    shares_or_equal,
     take,
     weighted_take,
 )
-from hhh_bench.data.mixing.scorers import get_scorer, score_sets
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.mixing.scorers import ScoredParams
+from hhh_bench.data.schema import PreferenceSets
 
 MODES = ("drop", "downweight")
 
 
 @dataclass
-class ConflictAwareParams:
-    """See the module docstring; ``scorer`` is ``toy3h`` | ``reward_model`` (or a callable)."""
+class ConflictAwareParams(ScoredParams):
+    """The scorer (:class:`~.scorers.ScoredParams`), then ``mode``, ``weight``, ``threshold`` and
+    ``shares`` as the module docstring says."""
 
-    scorer: Any = "toy3h"
-    scorer_args: dict[str, Any] = field(default_factory=dict)
     mode: str = "downweight"
     weight: float = 0.25
     threshold: float = 0.0
     shares: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mix.mode must be one of {list(MODES)}, got {self.mode!r}")
+        if not 0.0 < self.weight <= 1.0:
+            raise ValueError(f"mix.weight must be in (0, 1], got {self.weight}")
+        if self.threshold < 0:
+            raise ValueError(f"mix.threshold must be >= 0, got {self.threshold}")
 
 
 def conflicts(
@@ -61,33 +68,20 @@ def conflicts(
 
 @register_strategy("conflict_aware", ConflictAwareParams)
 def conflict_aware(
-    sets: dict[str, list[PreferenceRow]],
-    *,
-    budget: int,
-    rng: random.Random,
-    params: ConflictAwareParams,
+    sets: PreferenceSets, *, budget: int, rng: random.Random, params: ConflictAwareParams
 ) -> MixResult:
     """Drop (``mode: drop``) or sample less often (``downweight``) the conflicting pairs."""
     dims = list(sets)
-    if params.mode not in MODES:
-        raise ValueError(f"mix.mode must be one of {list(MODES)}, got {params.mode!r}")
-    if not 0.0 < params.weight <= 1.0:
-        raise ValueError(f"mix.weight must be in (0, 1], got {params.weight}")
-    if params.threshold < 0:
-        raise ValueError(f"mix.threshold must be >= 0, got {params.threshold}")
-    shares = (
-        check_shares(params.shares, dims) if params.shares else {d: 1.0 / len(dims) for d in dims}
-    )
-    scorer = get_scorer(params.scorer, params.scorer_args)
+    shares = shares_or_equal(params.shares, dims)
     flags = {
         t: [bool(conflicts(t, m, dims, params.threshold)) for m in margins]
-        for t, margins in score_sets(scorer, sets).items()
+        for t, margins in params.margins(sets).items()
     }
     info: dict[str, Any] = {
         "conflicting": {d: sum(f) for d, f in flags.items()},
         "resampled": {},
     }
-    drawn: dict[str, list[PreferenceRow]] = {}
+    drawn: PreferenceSets = {}
     if params.mode == "drop":
         kept = {d: [r for r, f in zip(sets[d], flags[d], strict=True) if not f] for d in dims}
         emptied = [d for d in dims if not kept[d]]
@@ -109,6 +103,4 @@ def conflict_aware(
         flagged = {id(r) for d in dims for r, f in zip(sets[d], flags[d], strict=True) if f}
         info["conflicting_kept"] = {d: sum(id(r) in flagged for r in drawn[d]) for d in dims}
     info["shares"] = shares
-    rows = [r for d in dims for r in drawn[d]]
-    rng.shuffle(rows)
-    return MixResult(rows, {d: len(drawn[d]) for d in dims}, info)
+    return MixResult.shuffled(drawn, info, rng)

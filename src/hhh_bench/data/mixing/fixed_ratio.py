@@ -17,9 +17,8 @@ from hhh_bench.data.mixing.registry import (
     check_shares,
     draw_by_shares,
     register_strategy,
-    shuffled,
 )
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.schema import PreferenceSets
 
 
 @dataclass
@@ -31,13 +30,9 @@ class FixedRatioParams:
 
 @register_strategy("fixed_ratio", FixedRatioParams)
 def fixed_ratio(
-    sets: dict[str, list[PreferenceRow]],
-    *,
-    budget: int,
-    rng: random.Random,
-    params: FixedRatioParams,
+    sets: PreferenceSets, *, budget: int, rng: random.Random, params: FixedRatioParams
 ) -> MixResult:
     """Dimension d gets ``shares[d]`` of the final mixture (largest-remainder counts)."""
     shares = check_shares(params.shares, list(sets))
     drawn, info = draw_by_shares(sets, shares, budget, rng)
-    return MixResult(shuffled(drawn, rng), {d: len(r) for d, r in drawn.items()}, info)
+    return MixResult.shuffled(drawn, info, rng)

@@ -10,14 +10,13 @@ from hhh_bench.data.mixing.registry import (
     NoParams,
     draw_by_shares,
     register_strategy,
-    shuffled,
 )
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.schema import PreferenceSets
 
 
 @register_strategy("proportional", NoParams)
 def proportional(
-    sets: dict[str, list[PreferenceRow]], *, budget: int, rng: random.Random, params: Any
+    sets: PreferenceSets, *, budget: int, rng: random.Random, params: Any
 ) -> MixResult:
     """Dimension d gets the share ``n_d / sum(n)`` of the final mixture.
 
@@ -27,4 +26,4 @@ def proportional(
     total = sum(len(r) for r in sets.values())
     shares = {d: len(r) / total for d, r in sets.items()}
     drawn, info = draw_by_shares(sets, shares, budget, rng)
-    return MixResult(shuffled(drawn, rng), {d: len(r) for d, r in drawn.items()}, info)
+    return MixResult.shuffled(drawn, info, rng)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.schema import PreferenceRow, PreferenceSets
 from hhh_bench.registry import Registry
 
 BUDGETS: tuple[str, ...] = ("per_specialist", "all_specialists")
@@ -48,6 +48,13 @@ class MixResult:
     counts: dict[str, int]
     info: dict[str, Any] = field(default_factory=dict)
     phases: list[str] | None = None
+
+    @classmethod
+    def shuffled(cls, drawn: PreferenceSets, info: dict[str, Any], rng: random.Random) -> MixResult:
+        """The rows drawn for every dimension in one shuffled list, with their counts."""
+        rows = [r for d in drawn for r in drawn[d]]
+        rng.shuffle(rows)
+        return cls(rows, {d: len(r) for d, r in drawn.items()}, info)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,11 @@ def check_shares(
             f"mix.{what} are fractions of the final mixture and must sum to 1, got {total:g} ({out})"
         )
     return out
+
+
+def shares_or_equal(shares: Mapping[str, float] | None, dims: Sequence[str]) -> dict[str, float]:
+    """``shares`` validated by :func:`check_shares`, or equal shares when none are given."""
+    return check_shares(shares, dims) if shares else {d: 1.0 / len(dims) for d in dims}
 
 
 def allocate(shares: Mapping[str, float], total: int) -> dict[str, int]:
@@ -269,10 +281,3 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
-
-
-def shuffled(drawn: Mapping[str, list[PreferenceRow]], rng: random.Random) -> list[PreferenceRow]:
-    """All drawn rows in one shuffled list."""
-    rows = [r for d in drawn for r in drawn[d]]
-    rng.shuffle(rows)
-    return rows

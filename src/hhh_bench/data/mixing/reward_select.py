@@ -18,31 +18,34 @@ all objectives and the weighted sum are ours.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hhh_bench.data.mixing.registry import (
     MixResult,
     allocate,
-    check_shares,
     register_strategy,
+    shares_or_equal,
     take,
 )
-from hhh_bench.data.mixing.scorers import get_scorer, score_sets
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.mixing.scorers import ScoredParams
+from hhh_bench.data.schema import PreferenceRow, PreferenceSets
 
 SCOPES = ("per_dimension", "global")
 
 
 @dataclass
-class RewardSelectParams:
-    """See the module docstring; ``scorer`` is ``toy3h`` | ``reward_model`` (or a callable)."""
+class RewardSelectParams(ScoredParams):
+    """The scorer (:class:`~.scorers.ScoredParams`), then ``weights``, ``shares`` and ``scope`` as
+    the module docstring says."""
 
-    scorer: Any = "toy3h"
-    scorer_args: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, float] | None = None
     shares: dict[str, float] | None = None
     scope: str = "per_dimension"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"mix.scope must be one of {list(SCOPES)}, got {self.scope!r}")
 
 
 def combined_margins(margins: list[dict[str, float]], weights: dict[str, float]) -> list[float]:
@@ -64,27 +67,16 @@ def _ranked(rows: list[PreferenceRow], scores: list[float], rng: random.Random) 
 
 @register_strategy("reward_select", RewardSelectParams)
 def reward_select(
-    sets: dict[str, list[PreferenceRow]],
-    *,
-    budget: int,
-    rng: random.Random,
-    params: RewardSelectParams,
+    sets: PreferenceSets, *, budget: int, rng: random.Random, params: RewardSelectParams
 ) -> MixResult:
     """Keep the pairs with the best combined reward margin (per dimension or globally)."""
     dims = list(sets)
-    if params.scope not in SCOPES:
-        raise ValueError(f"mix.scope must be one of {list(SCOPES)}, got {params.scope!r}")
     weights = {d: 1.0 for d in dims} if params.weights is None else dict(params.weights)
-    scorer = get_scorer(params.scorer, params.scorer_args)
-    scores = {d: combined_margins(m, weights) for d, m in score_sets(scorer, sets).items()}
+    scores = {d: combined_margins(m, weights) for d, m in params.margins(sets).items()}
     info: dict[str, Any] = {"weights": weights, "resampled": {}}
-    drawn: dict[str, list[PreferenceRow]] = {}
+    drawn: PreferenceSets = {}
     if params.scope == "per_dimension":
-        shares = (
-            check_shares(params.shares, dims)
-            if params.shares
-            else {d: 1.0 / len(dims) for d in dims}
-        )
+        shares = shares_or_equal(params.shares, dims)
         info["shares"] = shares
         kept_scores: dict[str, list[float]] = {}
         for d, k in allocate(shares, budget).items():
@@ -121,6 +113,4 @@ def reward_select(
         for d in dims
     }
     info["min_kept_margin"] = {d: min(v) if v else None for d, v in kept_scores.items()}
-    rows = [r for d in dims for r in drawn[d]]
-    rng.shuffle(rows)
-    return MixResult(rows, {d: len(drawn[d]) for d in dims}, info)
+    return MixResult.shuffled(drawn, info, rng)

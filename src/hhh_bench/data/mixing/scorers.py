@@ -14,6 +14,7 @@ positive where dimension d agrees with the pair's preference, negative where d w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hhh_bench.data.schema import DIMENSIONS, PreferenceRow
@@ -180,3 +181,18 @@ def score_sets(
 ) -> dict[str, list[dict[str, float]]]:
     """Score every pair of every set (one scorer call per set)."""
     return {d: scorer(rows) for d, rows in sets.items()}
+
+
+@dataclass
+class ScoredParams:
+    """The parameters of a strategy that scores pairs: ``scorer`` is ``toy3h`` |
+    ``reward_model`` (or a callable), ``scorer_args`` its arguments (:func:`get_scorer`)."""
+
+    scorer: Any = "toy3h"
+    scorer_args: dict[str, Any] = field(default_factory=dict)
+
+    def margins(
+        self, sets: Mapping[str, Sequence[PreferenceRow]]
+    ) -> dict[str, list[dict[str, float]]]:
+        """Every pair of every set scored by the configured scorer (:func:`score_sets`)."""
+        return score_sets(get_scorer(self.scorer, self.scorer_args), sets)

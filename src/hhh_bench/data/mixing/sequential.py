@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from hhh_bench.data.mixing.registry import (
     MixResult,
-    check_shares,
     draw_by_shares,
     register_strategy,
+    shares_or_equal,
 )
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.schema import PreferenceSets
 
 
 @dataclass
@@ -32,11 +32,7 @@ class SequentialParams:
 
 @register_strategy("sequential", SequentialParams)
 def sequential(
-    sets: dict[str, list[PreferenceRow]],
-    *,
-    budget: int,
-    rng: random.Random,
-    params: SequentialParams,
+    sets: PreferenceSets, *, budget: int, rng: random.Random, params: SequentialParams
 ) -> MixResult:
     """Counts by ``shares``; rows grouped by dimension in ``order`` (curriculum)."""
     dims = list(sets)
@@ -45,9 +41,7 @@ def sequential(
         raise ValueError(
             f"mix.order must list each mixed dimension {dims} exactly once, got {order}"
         )
-    shares = (
-        check_shares(params.shares, dims) if params.shares else {d: 1.0 / len(dims) for d in dims}
-    )
+    shares = shares_or_equal(params.shares, dims)
     drawn, info = draw_by_shares(sets, shares, budget, rng)
     rows = [r for d in order for r in drawn[d]]
     info["order"] = order

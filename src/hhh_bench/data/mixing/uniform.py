@@ -10,19 +10,16 @@ from hhh_bench.data.mixing.registry import (
     NoParams,
     draw_by_shares,
     register_strategy,
-    shuffled,
 )
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.data.schema import PreferenceSets
 
 
 @register_strategy("uniform", NoParams)
-def uniform(
-    sets: dict[str, list[PreferenceRow]], *, budget: int, rng: random.Random, params: Any
-) -> MixResult:
+def uniform(sets: PreferenceSets, *, budget: int, rng: random.Random, params: Any) -> MixResult:
     """Each of the k dimensions gets a share 1/k of the final mixture (largest-remainder counts).
 
     Example: budget 400 over three dimensions → (134, 133, 133).
     """
     shares = {d: 1.0 / len(sets) for d in sets}
     drawn, info = draw_by_shares(sets, shares, budget, rng)
-    return MixResult(shuffled(drawn, rng), {d: len(r) for d, r in drawn.items()}, info)
+    return MixResult.shuffled(drawn, info, rng)

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from hhh_bench.data.schema import PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
-    MALFORMED,
     MISSING_RATING,
-    AdapterStats,
-    clean_text,
-    pair_row,
+    RawRows,
+    SourceRun,
     register_source,
-    row_id,
     same_text,
 )
 
 
 @register_source("beavertails")
 def adapt_beavertails(
-    raw_rows: Iterable[Mapping[str, Any]],
-    *,
-    source: str,
-    dimension: str,
-    split: str = "30k_train",
-    stats: AdapterStats | None = None,
-    max_pairs_per_prompt: int | None = None,
+    raw_rows: RawRows, run: SourceRun, *, max_pairs_per_prompt: int | None = None
 ) -> Iterator[PreferenceRow]:
     """Pair BeaverTails answers judged safe against answers judged unsafe, per prompt (harmless).
 
@@ -52,22 +42,12 @@ def adapt_beavertails(
         raise ValueError(
             f"beavertails: max_pairs_per_prompt must be >= 1 or None, got {max_pairs_per_prompt}"
         )
-    stats = stats if stats is not None else AdapterStats()
-    groups: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
-        prompt, response = clean_text(raw.get("prompt")), clean_text(raw.get("response"))
-        if prompt is None or response is None:
-            stats.drop(MALFORMED)
-            continue
-        groups.setdefault(prompt, []).append((i, raw))
-
-    for prompt, members in groups.items():
+    for prompt, members in run.group_by_prompt(raw_rows).items():
         safe = [(i, r) for i, r in members if r.get("is_safe") is True]
         unsafe = [(i, r) for i, r in members if r.get("is_safe") is False]
-        stats.drop(MISSING_RATING, len(members) - len(safe) - len(unsafe))
+        run.drop(MISSING_RATING, len(members) - len(safe) - len(unsafe))
         if not safe or not unsafe:
-            stats.drop("no_contrast", len(safe) + len(unsafe))
+            run.drop("no_contrast", len(safe) + len(unsafe))
             continue
         used: set[int] = set()
         cut: set[int] = set()  # rows with a valid partner that the cap left out
@@ -76,34 +56,23 @@ def adapt_beavertails(
             for u_i, u in unsafe:
                 chosen, rejected = s["response"].strip(), u["response"].strip()
                 if same_text(chosen, rejected):
-                    stats.skipped[IDENTICAL] += 1
+                    run.skip(IDENTICAL)
                     continue
                 if max_pairs_per_prompt is not None and k >= max_pairs_per_prompt:
-                    stats.skipped["capped"] += 1
+                    run.skip("capped")
                     cut.update((s_i, u_i))
                     continue
                 used.update((s_i, u_i))
-                stats.rows_out += 1
                 category = u.get("category")
-                yield pair_row(
-                    [{"role": "user", "content": prompt}],
-                    chosen,
-                    rejected,
-                    dimension=dimension,
-                    source=source,
-                    id=row_id(source, split, members[0][0], k),
-                    meta={
-                        "chosen_row": s_i,
-                        "rejected_row": u_i,
-                        "rejected_harm_categories": sorted(
-                            str(c) for c, v in category.items() if v is True
-                        )
-                        if isinstance(category, Mapping)
-                        else [],
-                    },
-                )
+                meta = {
+                    "chosen_row": s_i,
+                    "rejected_row": u_i,
+                    "rejected_harm_categories": sorted(
+                        str(c) for c, v in category.items() if v is True
+                    )
+                    if isinstance(category, Mapping)
+                    else [],
+                }
+                yield run.emit(prompt, chosen, rejected, members[0][0], meta, pair=k)
                 k += 1
-        stats.rows_used += len(used)
-        for i, _ in safe + unsafe:
-            if i not in used:
-                stats.drop("capped" if i in cut else IDENTICAL)
+        run.settle((i for i, _ in safe + unsafe), used, IDENTICAL, got_past=cut, then="capped")

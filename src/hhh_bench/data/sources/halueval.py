@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from hhh_bench.data.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,
-    AdapterStats,
+    RawRows,
+    SourceRun,
     clean_text,
     merge_turns,
-    pair_row,
     register_source,
-    row_id,
     same_text,
+    speaker_turns,
 )
 
 _SPEAKER = re.compile(r"\[(Human|Assistant)\]:\s*")
@@ -28,17 +28,10 @@ def parse_dialogue_history(text: str) -> list[Message] | None:
     Text without any speaker tag is one user turn. ``None`` when there is text before the first
     tag, an empty turn, or the history does not end with the human.
     """
-    parts = _SPEAKER.split(text)
-    if len(parts) == 1:
+    turns = speaker_turns(_SPEAKER, text)
+    if turns == []:
         turns = [("user", text.strip())]
-    else:
-        if parts[0].strip():
-            return None
-        turns = [
-            ("user" if parts[k] == "Human" else "assistant", parts[k + 1].strip())
-            for k in range(1, len(parts) - 1, 2)
-        ]
-    if any(not t for _, t in turns):
+    if turns is None or any(not t for _, t in turns):
         return None
     msgs = merge_turns(turns)
     if msgs[0]["role"] != "user" or msgs[-1]["role"] != "user":
@@ -46,19 +39,51 @@ def parse_dialogue_history(text: str) -> list[Message] | None:
     return msgs
 
 
-def _with_knowledge(knowledge: str | None, text: str, include: bool) -> str:
-    return f"Knowledge: {knowledge}\n\n{text}" if include and knowledge else text
+def _adapt_halueval(
+    raw_rows: RawRows,
+    run: SourceRun,
+    turns_of: Callable[[Mapping[str, Any]], list[Message] | None],
+    right_key: str,
+    wrong_key: str,
+    *,
+    include_knowledge: bool,
+    lead: str = "",
+) -> Iterator[PreferenceRow]:
+    """What both HaluEval tasks share: the prompt is ``turns_of(raw)`` (``None``: malformed),
+    chosen ``raw[right_key]``, rejected ``raw[wrong_key]``; with ``include_knowledge`` the first
+    user turn becomes ``"Knowledge: <knowledge>\\n\\n<lead><turn>"``; ``meta.question`` is the
+    last (user) turn as it was."""
+    for i, raw in run.rows(raw_rows):
+        turns = turns_of(raw)
+        right, wrong = clean_text(raw.get(right_key)), clean_text(raw.get(wrong_key))
+        if turns is None or right is None or wrong is None:
+            run.drop(MALFORMED)
+            continue
+        if same_text(right, wrong):
+            run.drop(IDENTICAL)
+            continue
+        question = turns[-1]["content"]
+        knowledge = clean_text(raw.get("knowledge")) if include_knowledge else None
+        if knowledge:
+            first = f"Knowledge: {knowledge}\n\n{lead}{turns[0]['content']}"
+            turns[0] = {"role": "user", "content": first}
+        meta = {"question": question, "knowledge_in_prompt": bool(knowledge)}
+        yield run.emit(turns, right, wrong, i, meta)
+
+
+def _question(raw: Mapping[str, Any]) -> list[Message] | None:
+    question = clean_text(raw.get("question"))
+    return None if question is None else [{"role": "user", "content": question}]
+
+
+def _dialogue(raw: Mapping[str, Any]) -> list[Message] | None:
+    history = clean_text(raw.get("dialogue_history"))
+    return parse_dialogue_history(history) if history else None
 
 
 @register_source("halueval_qa")
 def adapt_halueval_qa(
-    raw_rows: Iterable[Mapping[str, Any]],
-    *,
-    source: str,
-    dimension: str,
-    split: str = "data",
-    stats: AdapterStats | None = None,
-    include_knowledge: bool = True,
+    raw_rows: RawRows, run: SourceRun, *, include_knowledge: bool = True
 ) -> Iterator[PreferenceRow]:
     """Map HaluEval ``qa`` rows: chosen = ``right_answer``, rejected = ``hallucinated_answer``.
 
@@ -75,49 +100,21 @@ def adapt_halueval_qa(
 
     Drop reasons: ``identical``, ``malformed`` (empty question or answer).
     """
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
-        question = clean_text(raw.get("question"))
-        right, wrong = (
-            clean_text(raw.get("right_answer")),
-            clean_text(raw.get("hallucinated_answer")),
-        )
-        if question is None or right is None or wrong is None:
-            stats.drop(MALFORMED)
-            continue
-        if same_text(right, wrong):
-            stats.drop(IDENTICAL)
-            continue
-        knowledge = clean_text(raw.get("knowledge"))
-        with_knowledge = bool(include_knowledge and knowledge)
-        text = (
-            _with_knowledge(knowledge, f"Question: {question}", True)
-            if with_knowledge
-            else question
-        )
-        stats.rows_used += 1
-        stats.rows_out += 1
-        yield pair_row(
-            [{"role": "user", "content": text}],
-            right,
-            wrong,
-            dimension=dimension,
-            source=source,
-            id=row_id(source, split, i),
-            meta={"question": question, "knowledge_in_prompt": with_knowledge},
-        )
+
+    return _adapt_halueval(
+        raw_rows,
+        run,
+        _question,
+        "right_answer",
+        "hallucinated_answer",
+        include_knowledge=include_knowledge,
+        lead="Question: ",
+    )
 
 
 @register_source("halueval_dialogue")
 def adapt_halueval_dialogue(
-    raw_rows: Iterable[Mapping[str, Any]],
-    *,
-    source: str,
-    dimension: str,
-    split: str = "data",
-    stats: AdapterStats | None = None,
-    include_knowledge: bool = True,
+    raw_rows: RawRows, run: SourceRun, *, include_knowledge: bool = True
 ) -> Iterator[PreferenceRow]:
     """Map HaluEval ``dialogue`` rows: chosen = ``right_response``, rejected =
     ``hallucinated_response``; the ``dialogue_history`` becomes a multi-turn prompt.
@@ -133,36 +130,12 @@ def adapt_halueval_dialogue(
     Drop reasons: ``identical``, ``malformed`` (empty fields; a history not parsed by
     :func:`parse_dialogue_history`).
     """
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
-        history = clean_text(raw.get("dialogue_history"))
-        right = clean_text(raw.get("right_response"))
-        wrong = clean_text(raw.get("hallucinated_response"))
-        turns = parse_dialogue_history(history) if history else None
-        if turns is None or right is None or wrong is None:
-            stats.drop(MALFORMED)
-            continue
-        if same_text(right, wrong):
-            stats.drop(IDENTICAL)
-            continue
-        knowledge = clean_text(raw.get("knowledge"))
-        question = turns[-1]["content"]
-        turns[0] = {
-            "role": "user",
-            "content": _with_knowledge(knowledge, turns[0]["content"], include_knowledge),
-        }
-        stats.rows_used += 1
-        stats.rows_out += 1
-        yield pair_row(
-            turns,
-            right,
-            wrong,
-            dimension=dimension,
-            source=source,
-            id=row_id(source, split, i),
-            meta={
-                "question": question,
-                "knowledge_in_prompt": bool(include_knowledge and knowledge),
-            },
-        )
+
+    return _adapt_halueval(
+        raw_rows,
+        run,
+        _dialogue,
+        "right_response",
+        "hallucinated_response",
+        include_knowledge=include_knowledge,
+    )

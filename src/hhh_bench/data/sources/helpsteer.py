@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from hhh_bench.data.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
@@ -12,13 +11,12 @@ from hhh_bench.data.sources.base import (
     MALFORMED,
     MISSING_RATING,
     TIE,
-    AdapterStats,
+    RawRows,
+    SourceRun,
     as_rating,
     clean_text,
     merge_turns,
-    pair_row,
     register_source,
-    row_id,
     same_text,
 )
 
@@ -49,12 +47,9 @@ def parse_helpsteer_prompt(text: str) -> list[Message] | None:
 
 @register_source("helpsteer2")
 def adapt_helpsteer2(
-    raw_rows: Iterable[Mapping[str, Any]],
+    raw_rows: RawRows,
+    run: SourceRun,
     *,
-    source: str,
-    dimension: str,
-    split: str = "train",
-    stats: AdapterStats | None = None,
     attribute: str = "helpfulness",
     min_margin: float = 1.0,
 ) -> Iterator[PreferenceRow]:
@@ -85,27 +80,17 @@ def adapt_helpsteer2(
         )
     if min_margin <= 0:
         raise ValueError(f"helpsteer2: min_margin must be > 0, got {min_margin}")
-    stats = stats if stats is not None else AdapterStats()
-    groups: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
-        text, response = clean_text(raw.get("prompt")), clean_text(raw.get("response"))
-        if text is None or response is None:
-            stats.drop(MALFORMED)
-            continue
-        groups.setdefault(text, []).append((i, raw))
-
-    for text, members in groups.items():
+    for text, members in run.group_by_prompt(raw_rows).items():
         prompt = parse_helpsteer_prompt(text)
         if prompt is None:
-            stats.drop(MALFORMED, len(members))
+            run.drop(MALFORMED, len(members))
             continue
         rated = [(i, r, as_rating(r.get(attribute))) for i, r in members]
         unrated = [m for m in rated if m[2] is None]
         rated = [m for m in rated if m[2] is not None]
-        stats.drop(MISSING_RATING, len(unrated))
+        run.drop(MISSING_RATING, len(unrated))
         if len(rated) < 2:
-            stats.drop(MISSING_RATING if unrated else "unpaired", len(rated))
+            run.drop(MISSING_RATING if unrated else "unpaired", len(rated))
             continue
         used: set[int] = set()
         had_margin: set[int] = set()  # rows with a partner at least min_margin away
@@ -114,34 +99,23 @@ def adapt_helpsteer2(
             for b in rated[a_pos + 1 :]:
                 hi, lo = (a, b) if a[2] >= b[2] else (b, a)  # type: ignore[operator]
                 if hi[2] - lo[2] < min_margin:  # type: ignore[operator]
-                    stats.skipped[TIE] += 1
+                    run.skip(TIE)
                     continue
                 had_margin.update((hi[0], lo[0]))
                 chosen, rejected = hi[1]["response"].strip(), lo[1]["response"].strip()
                 if same_text(chosen, rejected):
-                    stats.skipped[IDENTICAL] += 1
+                    run.skip(IDENTICAL)
                     continue
                 used.update((hi[0], lo[0]))
-                stats.rows_out += 1
-                yield pair_row(
-                    prompt,
-                    chosen,
-                    rejected,
-                    dimension=dimension,
-                    source=source,
-                    id=row_id(source, split, members[0][0], k),
-                    meta={
-                        "attribute": attribute,
-                        "chosen_rating": hi[2],
-                        "rejected_rating": lo[2],
-                        "chosen_row": hi[0],
-                        "rejected_row": lo[0],
-                        "chosen_scores": {a_: as_rating(hi[1].get(a_)) for a_ in ATTRIBUTES},
-                        "rejected_scores": {a_: as_rating(lo[1].get(a_)) for a_ in ATTRIBUTES},
-                    },
-                )
+                meta = {
+                    "attribute": attribute,
+                    "chosen_rating": hi[2],
+                    "rejected_rating": lo[2],
+                    "chosen_row": hi[0],
+                    "rejected_row": lo[0],
+                    "chosen_scores": {a_: as_rating(hi[1].get(a_)) for a_ in ATTRIBUTES},
+                    "rejected_scores": {a_: as_rating(lo[1].get(a_)) for a_ in ATTRIBUTES},
+                }
+                yield run.emit(prompt, chosen, rejected, members[0][0], meta, pair=k)
                 k += 1
-        stats.rows_used += len(used)
-        for i, _, _ in rated:
-            if i not in used:
-                stats.drop(IDENTICAL if i in had_margin else TIE)
+        run.settle((i for i, _, _ in rated), used, TIE, got_past=had_margin, then=IDENTICAL)

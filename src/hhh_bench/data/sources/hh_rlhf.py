@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from hhh_bench.data.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,
-    AdapterStats,
+    RawRows,
+    SourceRun,
     merge_turns,
-    pair_row,
     register_source,
-    row_id,
     same_text,
+    speaker_turns,
 )
 
 _MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
@@ -30,25 +29,14 @@ def parse_transcript(text: str) -> list[Message] | None:
     """
     if not isinstance(text, str):
         return None
-    parts = _MARKER.split(text)
-    if len(parts) < 3 or parts[0].strip():
+    turns = speaker_turns(_MARKER, text)
+    if not turns:
         return None
-    turns = [
-        ("user" if parts[k] == "Human" else "assistant", parts[k + 1].strip())
-        for k in range(1, len(parts) - 1, 2)
-    ]
     return merge_turns(turns)
 
 
 @register_source("hh_rlhf")
-def adapt_hh_rlhf(
-    raw_rows: Iterable[Mapping[str, Any]],
-    *,
-    source: str,
-    dimension: str,
-    split: str = "train",
-    stats: AdapterStats | None = None,
-) -> Iterator[PreferenceRow]:
+def adapt_hh_rlhf(raw_rows: RawRows, run: SourceRun) -> Iterator[PreferenceRow]:
     """Map ``Anthropic/hh-rlhf`` rows (``helpful-base``, ``harmless-base``, ...) to canonical rows.
 
     Dataset card: https://huggingface.co/datasets/Anthropic/hh-rlhf. Each raw row has ``chosen``
@@ -63,9 +51,7 @@ def adapt_hh_rlhf(
 
     ``meta``: ``n_prompt_turns``.
     """
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
+    for i, raw in run.rows(raw_rows):
         chosen_t, rejected_t = (
             parse_transcript(raw.get("chosen")),
             parse_transcript(raw.get("rejected")),
@@ -81,21 +67,11 @@ def adapt_hh_rlhf(
             or chosen_t[-2]["role"] != "user"
             or any(not m["content"] for m in chosen_t + rejected_t[-1:])
         ):
-            stats.drop(MALFORMED)
+            run.drop(MALFORMED)
             continue
         chosen, rejected = chosen_t[-1]["content"], rejected_t[-1]["content"]
         if same_text(chosen, rejected):
-            stats.drop(IDENTICAL)
+            run.drop(IDENTICAL)
             continue
-        stats.rows_used += 1
-        stats.rows_out += 1
         prompt = chosen_t[:-1]
-        yield pair_row(
-            prompt,
-            chosen,
-            rejected,
-            dimension=dimension,
-            source=source,
-            id=row_id(source, split, i),
-            meta={"n_prompt_turns": len(prompt)},
-        )
+        yield run.emit(prompt, chosen, rejected, i, {"n_prompt_turns": len(prompt)})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hhh_bench.data.schema import PreferenceRow
@@ -10,11 +10,10 @@ from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,
     MISSING_RATING,
-    AdapterStats,
+    RawRows,
+    SourceRun,
     clean_text,
-    pair_row,
     register_source,
-    row_id,
     same_text,
 )
 
@@ -48,12 +47,9 @@ def _safe(value: Any) -> bool | None:
 
 @register_source("pku_saferlhf")
 def adapt_pku_saferlhf(
-    raw_rows: Iterable[Mapping[str, Any]],
+    raw_rows: RawRows,
+    run: SourceRun,
     *,
-    source: str,
-    dimension: str,
-    split: str = "train",
-    stats: AdapterStats | None = None,
     preference: str = "safer",
     drop_conflicts: bool = False,
     require_safe_chosen: bool = False,
@@ -89,43 +85,37 @@ def adapt_pku_saferlhf(
             f"pku_saferlhf: unknown preference {preference!r}; "
             f"expected one of {sorted(PREFERENCES)}"
         )
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
+    for i, raw in run.rows(raw_rows):
         prompt = clean_text(raw.get("prompt"))
         responses = (clean_text(raw.get("response_0")), clean_text(raw.get("response_1")))
         if prompt is None or responses[0] is None or responses[1] is None:
-            stats.drop(MALFORMED)
+            run.drop(MALFORMED)
             continue
         better = _response_id(raw.get("better_response_id"))
         safer = _response_id(raw.get("safer_response_id"))
         key = better if preference == "better" else safer
         if key is None:
-            stats.drop(MISSING_RATING)
+            run.drop(MISSING_RATING)
             continue
         other = 1 - key
         chosen, rejected = responses[key], responses[other]
         if same_text(chosen, rejected):
-            stats.drop(IDENTICAL)
+            run.drop(IDENTICAL)
             continue
         conflict = None if better is None or safer is None else better != safer
         if drop_conflicts and conflict:
-            stats.drop("conflict")
+            run.drop("conflict")
             continue
         chosen_safe = _safe(raw.get(f"is_response_{key}_safe"))
         if require_safe_chosen and chosen_safe is not True:
-            stats.drop("unsafe_chosen")
+            run.drop("unsafe_chosen")
             continue
-        stats.rows_used += 1
-        stats.rows_out += 1
-        yield pair_row(
-            [{"role": "user", "content": prompt}],
+        yield run.emit(
+            prompt,
             chosen,
             rejected,
-            dimension=dimension,
-            source=source,
-            id=row_id(source, split, i),
-            meta={
+            i,
+            {
                 "preference": preference,
                 "help_harm_conflict": conflict,
                 "better_response_id": better,

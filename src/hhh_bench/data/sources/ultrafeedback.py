@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from hhh_bench.data.schema import Message, PreferenceRow
@@ -12,12 +12,11 @@ from hhh_bench.data.sources.base import (
     MALFORMED,
     MISSING_RATING,
     TIE,
-    AdapterStats,
+    RawRows,
+    SourceRun,
     as_rating,
     clean_text,
-    pair_row,
     register_source,
-    row_id,
     same_text,
 )
 
@@ -75,12 +74,9 @@ def _candidates(
 
 @register_source("ultrafeedback")
 def adapt_ultrafeedback(
-    raw_rows: Iterable[Mapping[str, Any]],
+    raw_rows: RawRows,
+    run: SourceRun,
     *,
-    source: str,
-    dimension: str,
-    split: str = "train",
-    stats: AdapterStats | None = None,
     aspect: str = "helpfulness",
     pairing: str = "best_vs_worst",
     min_margin: float = 1.0,
@@ -127,65 +123,54 @@ def adapt_ultrafeedback(
         raise ValueError(
             f"ultrafeedback: min_margin must be > 0 (ties never make a pair), got {min_margin}"
         )
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
+    for i, raw in run.rows(raw_rows):
         instruction = clean_text(raw.get("instruction"))
         completions = raw.get("completions")
         if instruction is None or not isinstance(completions, list):
-            stats.drop(MALFORMED)
+            run.drop(MALFORMED)
             continue
         usable: list[_Completion] = []
         n_missing = 0
         for j, comp in enumerate(completions):
             if not isinstance(comp, Mapping) or clean_text(comp.get("response")) is None:
-                stats.skipped["empty_response"] += 1
+                run.skip("empty_response")
                 continue
             rating = _aspect_rating(comp, aspect)
             if rating is None:
-                stats.skipped[MISSING_RATING] += 1
+                run.skip(MISSING_RATING)
                 n_missing += 1
                 continue
             usable.append(_Completion(j, rating, comp["response"].strip(), comp.get("model")))
         if len(usable) < 2:
-            stats.drop(MISSING_RATING if n_missing else MALFORMED)
+            run.drop(MISSING_RATING if n_missing else MALFORMED)
             continue
-        prompt: list[Message] = [{"role": "user", "content": instruction}]
         rng = random.Random(f"{seed}/{i}")
         emitted = 0
         any_margin = False
         for chosen, rejected in _candidates(usable, pairing, min_margin, rng):
             if chosen.rating - rejected.rating < min_margin:
-                stats.skipped[TIE] += 1
+                run.skip(TIE)
                 continue
             any_margin = True
             if same_text(chosen.text, rejected.text):
-                stats.skipped[IDENTICAL] += 1
+                run.skip(IDENTICAL)
                 continue
-            yield pair_row(
-                prompt,
-                chosen.text,
-                rejected.text,
-                dimension=dimension,
-                source=source,
-                id=row_id(source, split, i, emitted),
-                meta={
-                    "aspect": aspect,
-                    "prompt_source": raw.get("source"),
-                    "chosen_rating": chosen.rating,
-                    "rejected_rating": rejected.rating,
-                    "chosen_model": chosen.model,
-                    "rejected_model": rejected.model,
-                    "chosen_completion": chosen.index,
-                    "rejected_completion": rejected.index,
-                },
-            )
+            meta = {
+                "aspect": aspect,
+                "prompt_source": raw.get("source"),
+                "chosen_rating": chosen.rating,
+                "rejected_rating": rejected.rating,
+                "chosen_model": chosen.model,
+                "rejected_model": rejected.model,
+                "chosen_completion": chosen.index,
+                "rejected_completion": rejected.index,
+            }
+            yield run.emit(instruction, chosen.text, rejected.text, i, meta, pair=emitted)
             emitted += 1
-            stats.rows_out += 1
         if emitted:
-            stats.rows_used += 1
+            run.stats.rows_used += 1
         else:
-            stats.drop(IDENTICAL if any_margin else TIE)
+            run.drop(IDENTICAL if any_margin else TIE)
 
 
 def _messages(value: Any) -> list[Message] | None:
@@ -201,13 +186,7 @@ def _messages(value: Any) -> list[Message] | None:
 
 @register_source("ultrafeedback_binarized")
 def adapt_ultrafeedback_binarized(
-    raw_rows: Iterable[Mapping[str, Any]],
-    *,
-    source: str,
-    dimension: str,
-    split: str = "train_prefs",
-    stats: AdapterStats | None = None,
-    drop_ties: bool = True,
+    raw_rows: RawRows, run: SourceRun, *, drop_ties: bool = True
 ) -> Iterator[PreferenceRow]:
     """Map ``HuggingFaceH4/ultrafeedback_binarized`` (``*_prefs`` splits) to canonical rows.
 
@@ -227,9 +206,7 @@ def adapt_ultrafeedback_binarized(
 
     ``meta``: ``prompt_id``, ``score_chosen``, ``score_rejected``.
     """
-    stats = stats if stats is not None else AdapterStats()
-    for i, raw in enumerate(raw_rows):
-        stats.rows_in += 1
+    for i, raw in run.rows(raw_rows):
         chosen_conv, rejected_conv = _messages(raw.get("chosen")), _messages(raw.get("rejected"))
         if (
             chosen_conv is None
@@ -238,44 +215,35 @@ def adapt_ultrafeedback_binarized(
             or rejected_conv[-1]["role"] != "assistant"
             or chosen_conv[:-1] != rejected_conv[:-1]
         ):
-            stats.drop(MALFORMED)
+            run.drop(MALFORMED)
             continue
         prompt = chosen_conv[:-1]
         if not prompt:
             text = clean_text(raw.get("prompt"))
             if text is None:
-                stats.drop(MALFORMED)
+                run.drop(MALFORMED)
                 continue
             prompt = [{"role": "user", "content": text}]
         if prompt[-1]["role"] != "user":
-            stats.drop(MALFORMED)
+            run.drop(MALFORMED)
             continue
         score_c, score_r = as_rating(raw.get("score_chosen")), as_rating(raw.get("score_rejected"))
         if score_c is None or score_r is None:
-            stats.drop(MISSING_RATING)
+            run.drop(MISSING_RATING)
             continue
         if score_c == score_r and drop_ties:
-            stats.drop(TIE)
+            run.drop(TIE)
             continue
         if score_c < score_r:
-            stats.drop("inconsistent")
+            run.drop("inconsistent")
             continue
         chosen, rejected = chosen_conv[-1]["content"], rejected_conv[-1]["content"]
         if same_text(chosen, rejected):
-            stats.drop(IDENTICAL)
+            run.drop(IDENTICAL)
             continue
-        stats.rows_used += 1
-        stats.rows_out += 1
-        yield pair_row(
-            prompt,
-            chosen,
-            rejected,
-            dimension=dimension,
-            source=source,
-            id=row_id(source, split, i),
-            meta={
-                "prompt_id": raw.get("prompt_id"),
-                "score_chosen": score_c,
-                "score_rejected": score_r,
-            },
-        )
+        meta = {
+            "prompt_id": raw.get("prompt_id"),
+            "score_chosen": score_c,
+            "score_rejected": score_r,
+        }
+        yield run.emit(prompt, chosen, rejected, i, meta)
