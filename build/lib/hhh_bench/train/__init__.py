@@ -1,1 +1,0 @@
-"""Training: TRL SFT / DPO wrappers, LoRA via peft."""
