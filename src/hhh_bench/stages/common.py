@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from hhh_bench.provenance import config_hash
 from hhh_bench.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
 
 __all__ = ["CACHE", "StageRun", "cached_stage", "group", "is_done", "load_option", "log",
@@ -49,6 +50,17 @@ def load_option(group_name: str, option: str) -> dict[str, Any]:
             merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
     # interpolations (${root}, ${seed}) stay as they are: they resolve in the run's config
     return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
+
+
+def run_config_hash(cfg: DictConfig) -> str | None:
+    """The hash of the whole resolved config less ``stage`` (None where an interpolation only
+    resolves inside a Hydra app)."""
+    try:
+        full = to_dict(cfg)
+    except Exception:
+        return None
+    full.pop("stage", None)
+    return config_hash(full)
 
 
 def model_identity(path: str) -> str:

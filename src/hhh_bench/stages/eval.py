@@ -26,8 +26,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
 from hhh_bench.evaluation.suite import eval_payload, standin_names
-from hhh_bench.provenance import config_hash
-from hhh_bench.stages.common import cached_stage, group, log, to_dict
+from hhh_bench.stages.common import cached_stage, group, log, run_config_hash, to_dict
 
 
 def results_path(cfg: DictConfig) -> Path:
@@ -108,7 +107,7 @@ def run_eval(
     scores.update(more)
     judged_fields.update(row_fields)
     about = {"experiment": cfg.name, "suite": cfg.eval.name, "metric": cfg.eval.metric,
-             "seed": int(cfg.seed), "config_hash": _config_hash(cfg)}  # fmt: skip
+             "seed": int(cfg.seed), "config_hash": run_config_hash(cfg)}  # fmt: skip
     row = build_row(
         about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
         scores=scores, specs=specs, eval_seconds=run.info["seconds"],
@@ -124,15 +123,6 @@ def run_eval(
         "dir": str(run.dir), "key": run.key, "metrics": metrics, "scores": scores, "row": row,
         "cached": run.cached, "appended": appended, "store": str(results_path(cfg)),
     }  # fmt: skip
-
-
-def _config_hash(cfg: DictConfig) -> str | None:
-    try:
-        full = to_dict(cfg)
-    except Exception:  # an interpolation that only resolves inside a Hydra app
-        return None
-    full.pop("stage", None)
-    return config_hash(full)
 
 
 def _evaluate(
