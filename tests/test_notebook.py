@@ -57,10 +57,28 @@ def _write_store(path):
                 )
 
 
+def _write_old_setup(path):
+    """Base rows of another setup (metric acc_norm) at both seeds, far from the others' scores:
+    averaged in with them they would move every base mean and std."""
+    from hhh_bench.tracking.store import append_result
+
+    for seed in (0, 1):
+        append_result(
+            path,
+            {
+                "row_key": f"old-base-{seed}", "experiment": "nb", "split": "test",
+                "suite": "toy3h", "metric": "acc_norm", "name": "base", "kind": "base",
+                "seed": seed, "helpful": 0.1, "honest": 0.1, "harmless": 0.1, "average": 0.1,
+                "min": 0.1, "tasks": {"toy3h_known_qa_test": {"acc_norm": 0.1, "n": 12}},
+            },
+        )  # fmt: skip
+
+
 def test_analysis_notebook_runs_top_to_bottom_on_a_store(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     store = tmp_path / "runs" / "nb" / "results.jsonl"
+    _write_old_setup(store)  # an earlier evaluation setup of the same base, written first
     _write_store(store)
     monkeypatch.setenv("HHH_RESULTS", str(store))
     monkeypatch.chdir(tmp_path)
@@ -91,9 +109,13 @@ def test_analysis_notebook_runs_top_to_bottom_on_a_store(tmp_path, monkeypatch):
     assert ties["helpful"] == pytest.approx(0.73)
     assert ties["delta_helpful"] == pytest.approx(0.73 - 0.61)
     # seeds table: std of (x, x + 0.02) is 0.02 / sqrt(2)
-    seeds = ns["seeds"]
+    seeds = ns["seeds"].droplevel("setup_key")
     assert seeds is not None and seeds.loc[("merge", "ties d=0.5"), ("helpful", "count")] == 2
-    assert seeds.loc[("base", "base"), ("honest", "std")] == pytest.approx(0.014, abs=1e-3)
+    # the base of each setup apart: two rows, each over its own 2 seeds
+    base = seeds.loc[("base", "base")]
+    assert list(base[("honest", "count")]) == [2, 2]
+    assert sorted(base[("honest", "std")]) == pytest.approx([0.0, 0.014], abs=1e-3)
+    assert table[table["group"] == "base"].iloc[0]["helpful"] == pytest.approx(0.61)
     for name in ("radar", "pareto", "conflict"):
         png = ns["rep"][name]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

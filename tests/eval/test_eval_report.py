@@ -29,7 +29,7 @@ def report(tmp_path_factory):
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
     """Main-table rows by label -> cells (Helpful, Honest, Harmless, Avg, Min)."""
-    main = markdown.split("## Main table")[1].split("## All evaluated models")[0]
+    main = markdown.split("## Main table")[1].split("\n## ")[0]
     rows = {}
     for line in main.splitlines():
         if line.startswith("| ") and not line.startswith("| Method") and not line.startswith("| *"):
@@ -130,3 +130,27 @@ def test_report_stage_and_offline_wandb_table(tmp_path):
     shutil.rmtree(tmp_path / "wandb")
     assert run_report(cfg)["wandb_dir"] is None
     assert not (tmp_path / "wandb").exists()
+
+
+def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
+    """Adding a task to an existing root gives the same models rows of a second setup: the
+    report shows the latest setup's table and the older one apart, never a ± across them."""
+    old = read_results(FIXTURE)
+    new = []
+    for r in old:
+        if r["split"] != "test" or r["seed"] != 0:
+            continue
+        r2 = {**r, "row_key": r["row_key"] + "-new", "helpful": round(r["helpful"] + 0.1, 4)}
+        r2["task_specs"] = [*r["task_specs"], {**r["task_specs"][0], "name": "extra_task"}]
+        new.append(r2)
+    out = build_report([*old, *new], tmp_path, experiment="two setups")
+    md = out["report_md"].read_text()
+    rows = table_rows(md)
+    assert rows["base"][0] == "0.700"  # the new setup's base alone: no "± " over setups
+    assert "## Other evaluation setups in this store" in md
+    other = md.split("## Other evaluation setups in this store")[1].split("## All evaluated")[0]
+    assert re.search(r"^\| base \| 0\.600 \|", other, re.M)  # the old setup's own table
+    assert "extra_task" in md.split("## Other evaluation setups")[1].split("###")[0]
+    assert all(e.n == 1 for e in out["entries"])  # no entry mixes rows of two setups
+    # one setup: no such section
+    assert "Other evaluation setups" not in build_report(old, tmp_path / "one")["markdown"]

@@ -552,6 +552,7 @@ def evaluate_model(
         "backend_args": dict(backend_args or {}),
         "gen_kwargs": dict(gen_kwargs or {}),
         "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "task_versions": {t: v for t, v in (raw.get("versions") or {}).items() if v is not None},
     }
     if parts is not None:  # which items were used for what (no index list: a hash of it)
         config["holdout"] = {

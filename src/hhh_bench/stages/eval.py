@@ -111,6 +111,7 @@ def run_eval(
     row = build_row(
         about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
         scores=scores, specs=specs, eval_seconds=run.info["seconds"],
+        harness=run.info.get("harness"),
     )  # fmt: skip
     row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False

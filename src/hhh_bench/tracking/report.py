@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.evaluation.scoring import DIMENSIONS
+from hhh_bench.tracking.store import setup_key
 
 GROUPS: tuple[tuple[str, str], ...] = (
     ("base", "Base"),
@@ -480,6 +481,49 @@ def paired_section(
     return md
 
 
+def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows partitioned by evaluation setup (:func:`hhh_bench.tracking.store.setup_key`), the
+    setup of the most recently written row first, then the others from newest to oldest."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    last: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        k = setup_key(r)
+        groups.setdefault(k, []).append(dict(r))
+        last[k] = i
+    return [groups[k] for k in sorted(groups, key=lambda k: -last[k])]
+
+
+def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming a setup: suite, metric, its scored tasks, its key."""
+    r = rows[0]
+    tasks = [s["name"] for s in r.get("task_specs") or []]
+    return (
+        f"suite {r.get('suite')}, metric {r.get('metric')}, {len(tasks)} task(s) "
+        f"({', '.join(tasks) or '-'}); setup {setup_key(r)}"
+    )
+
+
+def other_setups_section(
+    others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """One main table per older evaluation setup of the store, each on its own (its deltas
+    against its own base): rows of different setups are never averaged together."""
+    if not others:
+        return []
+    md = [
+        "## Other evaluation setups in this store",
+        "",
+        f"The tables above are the latest setup ({describe_setup(current)}). This store also "
+        f"holds rows of {len(others)} other setup(s) (another task list, task version, metric "
+        "or harness setting); each is shown apart below and never averaged with another.",
+        "",
+    ]
+    for i, rows in enumerate(others, 1):
+        md += [f"### Setup {i + 1}: {describe_setup(rows)}", ""]
+        md += [main_table(table_entries(rows), extra_columns(rows), {}), ""]
+    return md
+
+
 def setup_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown naming each task's primary metric (saying which are length-normalised) and the
     judges of the judged tasks, from the rows' ``task_specs``, ``extra_columns`` and ``judges``."""
@@ -874,6 +918,8 @@ def build_report(
         )
     if select_by not in dict(COLUMNS):
         raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
+    setups = by_setup(report_rows)
+    report_rows, others = setups[0], setups[1:]
     entries = table_entries(report_rows)
     metric = sorted({str(r.get("metric", "?")) for r in report_rows})
     base = base_means(report_rows)
@@ -919,6 +965,7 @@ def build_report(
         "",
         main_table(entries, extra, marks),
         "",
+        *other_setups_section(others, report_rows),
         "## All evaluated models",
         "",
         all_models_table(report_rows),

@@ -19,9 +19,11 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
+
+from hhh_bench.provenance import config_hash
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge")
 
@@ -46,6 +48,11 @@ class ResultRow(TypedDict, total=False):
 
     Where and how long: ``timings`` (seconds per phase, e.g. ``eval_s``, ``train_s``),
     ``artifacts`` (paths: ``model``, ``eval_dir``, ``results``).
+
+    Setup: ``setup`` (what makes two rows comparable: suite, split, metric, each scored task's
+    dimension, weight, metric and version, the harness's ``limit``, chat template and few-shot
+    settings; :func:`eval_setup`) and ``setup_key`` (its hash). The report never aggregates
+    rows of different setups.
 
     Also: ``task_specs`` (each task's dimension, weight and primary metric behind the scores) and
     ``extra`` (any other field the caller's model dict carried, e.g. ``selection_score``).
@@ -77,6 +84,8 @@ class ResultRow(TypedDict, total=False):
     model_key: str
     data_key: str | None
     eval_key: str
+    setup: dict[str, Any]
+    setup_key: str
     tasks: dict[str, dict[str, Any]]
     helpful: float
     honest: float
@@ -293,11 +302,12 @@ def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True
         dedupe: keep only the last row per ``row_key``.
 
     Returns:
-        The DataFrame (empty, with the core columns, when the store has no rows).
+        The DataFrame (empty, with the core columns, when the store has no rows); every row
+        has its ``setup_key`` (older rows: computed), to group by before averaging seeds.
     """
     import pandas as pd
 
-    rows = read_results(path, dedupe=dedupe)
+    rows = [{**r, "setup_key": setup_key(r)} for r in read_results(path, dedupe=dedupe)]
     if not rows:
         return pd.DataFrame(columns=list(ResultRow.__annotations__))
     if flatten:
@@ -360,6 +370,46 @@ _MODEL_FIELDS = (
 )  # fmt: skip
 
 
+def eval_setup(
+    suite: str,
+    split: str,
+    metric: str,
+    specs: Sequence[Any],
+    harness: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The evaluation setup of a row: what must be equal for two rows' scores to be averaged
+    (over seeds) or compared. ``specs``: the scored tasks (:class:`TaskSpec` or their dicts);
+    ``harness``: the harness settings recorded with the eval (``results.json``'s ``harness``)."""
+    h = dict(harness or {})
+    versions = dict(h.get("task_versions") or {})
+    tasks = []
+    for s in specs:
+        d = s if isinstance(s, Mapping) else vars(s)
+        name = str(d["name"])
+        tasks.append([name, d["dimension"], float(d["weight"]), d["metric"], versions.get(name)])
+    return {
+        "suite": str(suite),
+        "split": str(split),
+        "metric": str(metric),
+        "tasks": sorted(tasks, key=lambda t: (str(t[1]), t[0])),
+        "limit": h.get("limit"),
+        "apply_chat_template": h.get("apply_chat_template"),
+        "num_fewshot": h.get("num_fewshot"),
+    }
+
+
+def setup_key(row: Mapping[str, Any]) -> str:
+    """The hash of a row's evaluation setup (rows written before setups were recorded: from
+    their suite, split, metric and task specs)."""
+    if row.get("setup_key"):
+        return str(row["setup_key"])
+    setup = row.get("setup") or eval_setup(
+        str(row.get("suite")), str(row.get("split")), str(row.get("metric")),
+        row.get("task_specs") or [],
+    )  # fmt: skip
+    return config_hash(setup, length=10)
+
+
 def build_row(
     run: Mapping[str, Any],
     model: Mapping[str, Any],
@@ -372,8 +422,10 @@ def build_row(
     scores: Mapping[str, Any],
     specs: list[Any],
     eval_seconds: float,
+    harness: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results-store row of one evaluated model (fields: :class:`ResultRow`).
+    """The results-store row of one evaluated model (fields: :class:`ResultRow`); ``harness``:
+    the harness settings of the eval (for the row's ``setup``).
 
     ``run`` holds what the run says about itself: ``experiment``, ``suite``, ``metric``,
     ``seed`` (default of the model's) and ``config_hash``."""
@@ -414,6 +466,8 @@ def build_row(
             "results": str(out_dir / "results.json"),
         },
     }
+    row["setup"] = eval_setup(row["suite"], split, row["metric"], row["task_specs"], harness)
+    row["setup_key"] = config_hash(row["setup"], length=10)
     for k in ("delta_helpful", "delta_honest", "delta_harmless", "delta_average", "delta_min"):
         row[k] = None
     row["max_drop"] = None
