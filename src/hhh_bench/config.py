@@ -441,6 +441,12 @@ class DataConfig:
     noise: NoiseConfig = param(None, "preference noise", factory=NoiseConfig)
     leakage: dict[str, Any] = param(None, "(sources) leakage guards", factory=dict)
     cache_dir: str | None = param(None, "(sources) the datasets cache")
+    max_malformed_fraction: float = param(
+        0.5,
+        "(sources) most share of a source's raw rows its adapter may drop as malformed (missing "
+        "or mistyped fields) before the data stage fails naming the source; a source that "
+        "yields no pair at all always fails",
+    )
 
     def __post_init__(self) -> None:
         _post(self, "data")
@@ -448,6 +454,10 @@ class DataConfig:
         if bad or not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError(
                 f"data.dimensions must be distinct names from {list(DIMENSIONS)}, got {self.dimensions}"
+            )
+        if not 0.0 <= self.max_malformed_fraction <= 1.0:
+            raise ValueError(
+                f"data.max_malformed_fraction must be in [0, 1], got {self.max_malformed_fraction}"
             )
         if self.kind == "toy3h":
             from hhh_bench.data.toy3h import Toy3HConfig

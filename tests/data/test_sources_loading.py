@@ -395,3 +395,29 @@ def test_cli_list(capsys):
         "ultrafeedback_honesty" in out
         and "openbmb/UltraFeedback@40b436560ca83a8dba36114c22ab3c66e43f6d5e" in out
     )
+
+
+def test_a_file_with_wrong_field_names_fails_naming_the_source(tmp_path):
+    """Renamed fields make every row malformed: the build fails naming the source, the file
+    and the drop reasons instead of writing an empty set (issue 18)."""
+    import json
+
+    rows = [json.loads(line) for line in (ASSETS / "pku_saferlhf.jsonl").read_text().splitlines()]
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"question": r["prompt"]}) + "\n" for r in rows))
+    cfg = with_fixtures(paper_cfg())
+    cfg["sources"]["harmless"][0] = {"name": "pku_saferlhf_harmless", "path": str(renamed)}
+    with pytest.raises(SourceConfigError) as err:
+        build_preference_splits(cfg, tmp_path, None)
+    msg = str(err.value)
+    assert "'pku_saferlhf_harmless'" in msg and str(renamed) in msg
+    assert f"malformed={len(rows)}" in msg and "kept no pair" in msg
+
+    # one malformed row among many is within data.max_malformed_fraction; 0 tolerates none
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text((ASSETS / "pku_saferlhf.jsonl").read_text() + json.dumps({"x": 1}) + "\n")
+    cfg["sources"]["harmless"][0]["path"] = str(mixed)
+    build_preference_splits(cfg, tmp_path, None)
+    cfg["max_malformed_fraction"] = 0.0
+    with pytest.raises(SourceConfigError, match=r"dropped 1 of \d+ raw rows as malformed"):
+        build_preference_splits(cfg, tmp_path, None)

@@ -79,3 +79,15 @@ def test_scaling_zero_returns_the_base():
         out = merge_state_dicts(method, base, fts, scaling=0.0)
         for k in base:
             assert torch.equal(out[k], base[k]), (method, k)
+
+
+@pytest.mark.parametrize("scaling, says", [(0.0, "unchanged"), (-1.0, "task negation")])
+def test_non_positive_scaling_is_allowed_but_never_silent(scaling, says, caplog):
+    base, fts = state_dicts(2, seed=1)
+    with caplog.at_level("WARNING", logger="hhh_bench.merging"):
+        merge_state_dicts("task_arithmetic", base, fts, scaling=scaling)
+    assert any(says in r.getMessage() and "'scaling'" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hhh_bench.merging"):
+        merge_state_dicts("task_arithmetic", base, fts, scaling=0.5)
+    assert not caplog.records

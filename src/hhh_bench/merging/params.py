@@ -9,6 +9,7 @@ ranges; both raise ``ValueError`` naming the parameter.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from torch import Tensor
 
 from hhh_bench.typed import check_fields, param
 from hhh_bench.typed import describe as describe_fields
+
+log = logging.getLogger(__name__)
 
 __all__ = ["COMPUTE_DTYPES", "CommonParams", "describe_params", "param"]
 
@@ -59,6 +62,13 @@ class CommonParams:
         """Raise ``ValueError`` naming the parameter whose value is out of range."""
         if not math.isfinite(self.scaling):
             raise ValueError(f"merge parameter 'scaling' must be finite, got {self.scaling}")
+        if self.scaling <= 0:  # allowed (task negation), never silent
+            log.warning(
+                "merge parameter 'scaling' is %s: %s", self.scaling,
+                "the merge returns the base unchanged" if self.scaling == 0 else
+                "the merged task vector is subtracted from the base (task negation, Ilharco et "
+                "al. 2023), which removes the specialists' behaviour instead of adding it",
+            )  # fmt: skip
         if self.weights is not None:
             if len(self.weights) == 0:
                 raise ValueError("merge parameter 'weights' is empty; use null for all 1")

@@ -29,6 +29,7 @@ from hhh_bench.data.leakage import (
     wants_truthfulqa_guard,
 )
 from hhh_bench.data.schema import DIMENSIONS, PreferenceRow, validate_rows
+from hhh_bench.data.sources.base import MALFORMED
 from hhh_bench.data.sources.loader import (
     SOURCE_KEYS,
     SourceConfigError,
@@ -189,6 +190,7 @@ def build_preference_sets(
         cap = entry_cap if entry_cap is not None else src["max_rows"]
         cap = cap if cap is not None else default_cap
         rows, stats = load_source({**src, "max_rows": None}, cache_dir, seed=seed)
+        check_dropped(src, stats, float(cfg.get("max_malformed_fraction", 0.5)))
         n_tqa = 0
         if drop_tqa:
             rows, n_tqa = drop_truthfulqa_prompts(rows)
@@ -259,6 +261,30 @@ def split_holdout(
     train = [r for k, r in enumerate(rows) if k not in held]
     val = [r for k, r in enumerate(rows) if k in held]
     return train, val
+
+
+def check_dropped(src: Mapping[str, Any], stats: Mapping[str, Any], max_malformed: float) -> None:
+    """Fail, naming the source and the reasons, when its adapter kept no pair from a non-empty
+    split or dropped more than ``max_malformed`` of its raw rows as malformed (the sign of
+    wrong field names or another format)."""
+    n_in = int(stats.get("rows_in") or 0)
+    dropped = {k: int(v) for k, v in (stats.get("dropped") or {}).items() if v}
+    malformed = dropped.get(MALFORMED, 0)
+    if not n_in or (stats.get("rows_out") and malformed <= max_malformed * n_in):
+        return
+    where = src.get("path") or src.get("hub_id") or src.get("name")
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
+    what = "kept no pair" if not stats.get("rows_out") else (
+        f"dropped {malformed} of {n_in} raw rows as malformed (more than "
+        f"data.max_malformed_fraction={max_malformed})"
+    )  # fmt: skip
+    raise SourceConfigError(
+        f"source {src.get('name')!r} ({where}, adapter {src.get('adapter')!r}): the adapter "
+        f"{what}; dropped rows by reason: {reasons or 'none'} of {n_in} read. Check that the "
+        "file has the fields the adapter reads (its module docstring in "
+        "hhh_bench/data/sources/), or raise "
+        "data.max_malformed_fraction"
+    )
 
 
 def build_preference_splits(
