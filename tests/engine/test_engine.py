@@ -237,3 +237,40 @@ def test_pickle_checkpoints_are_refused(models, tmp_path):
         allow_pickle=True,
         progress=False,
     )
+
+
+def test_model_card_names_each_specialist_and_carries_its_scores(models, tmp_path):
+    from hhh_bench.tracking.diagnostics_view import CARD_HEADING, attach_scores, attach_to_model
+
+    _, base, fts = models
+    out = tmp_path / "out"
+    names = ["helpful", "honest", "harmless"]
+    merge_models("task_arithmetic", base, fts, out, progress=False, finetuned_names=names)
+    card = out / "README.md"
+    for i, n in enumerate(names):
+        assert f"- finetuned {i} ({n} specialist): `{fts[i]}`" in card.read_text()
+
+    def row(split, helpful):
+        return {"row_key": f"k-{split}", "split": split, "suite": "toy3h", "metric": "acc",
+                "seed": 0, "setup_key": "s", "helpful": helpful, "honest": 0.5,
+                "harmless": 0.25, "average": 0.4, "min": 0.25}  # fmt: skip
+
+    assert attach_scores(out, row("validation", 0.7))
+    assert attach_scores(out, row("test", 0.625))
+    assert attach_scores(out, row("test", 0.625))  # the same row again: nothing added
+    text = card.read_text()
+    assert text.count("## Scores (hhh-bench)") == 1
+    assert "| test | toy3h | acc | 0 | 0.625 | 0.500 | 0.250 | 0.400 | 0.250 |" in text
+    assert "| validation | toy3h | acc | 0 | 0.700 |" in text
+    # a re-diagnosed model keeps its scores (they sit before the diagnostics section)
+    diag = tmp_path / "diagnostics.json"
+    diag.write_text("{}")
+    attach_to_model(out, {"path": diag, "markdown": f"{CARD_HEADING}\n\nfirst\n"})
+    attach_to_model(out, {"path": diag, "markdown": f"{CARD_HEADING}\n\nsecond\n"})
+    assert attach_scores(out, row("test", 0.5))  # a changed row replaces its entry
+    text = card.read_text()
+    assert "second" in text and "first" not in text and text.count("## Scores") == 1
+    assert "| test | toy3h | acc | 0 | 0.500 |" in text and "0.625" not in text
+    assert text.index("## Scores") < text.index(CARD_HEADING)
+    # not a merge output: untouched
+    assert not attach_scores(fts[0], row("test", 0.5))

@@ -236,7 +236,8 @@ def _model_card(
     names: Sequence[str] | None,
 ) -> str:
     def who(i: int, m: str) -> str:
-        return f"- finetuned {i}" + (f" ({names[i]})" if names else "") + f": `{m}`"
+        what = f" ({names[i]} specialist)" if names else ""
+        return f"- finetuned {i}{what}: `{m}`"
 
     lines = [
         "---",

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
 from hhh_bench.evaluation.suite import eval_payload, standin_names
 from hhh_bench.stages.common import cached_stage, group, log, run_config_hash, to_dict
+from hhh_bench.tracking.diagnostics_view import attach_scores
 
 
 def results_path(cfg: DictConfig) -> Path:
@@ -115,11 +116,10 @@ def run_eval(
     )  # fmt: skip
     row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False
-    log.info(
-        "eval: %s (%s) helpful %.3f honest %.3f harmless %.3f avg %.3f min %.3f", row["name"],
-        split, scores["helpful"], scores["honest"], scores["harmless"], scores["average"],
-        scores["min"],
-    )  # fmt: skip
+    if model.get("kind") == "merge":  # the merged model's card carries its scores
+        attach_scores(model["path"], row)
+    log.info("eval: %s (%s) %s", row["name"], split,
+             " ".join(f"{k} {scores[k]:.3f}" for k in ("helpful", "honest", "harmless", "average", "min")))  # fmt: skip
     return {
         "dir": str(run.dir), "key": run.key, "metrics": metrics, "scores": scores, "row": row,
         "cached": run.cached, "appended": appended, "store": str(results_path(cfg)),

@@ -133,3 +133,53 @@ def attach_to_model(out_dir: str | Path, diag: Mapping[str, Any]) -> Path:
     if new != old:
         _replace_file(card, new)
     return dst
+
+
+SCORES_BEGIN = "<!-- hhh-bench:scores -->"
+SCORES_END = "<!-- /hhh-bench:scores -->"
+SCORE_FIELDS = ("helpful", "honest", "harmless", "average", "min")
+
+
+def attach_scores(model_dir: str | Path, row: Mapping[str, Any]) -> bool:
+    """Record a results-store row's scores in a merged model's folder (``scores.json``, one
+    entry per row key) and show them all as the card's *Scores* section, placed before the
+    diagnostics section (which :func:`attach_to_model` rewrites). Returns False, touching
+    nothing, when ``model_dir`` is not a merge output (no hhh-bench model card)."""
+    import json
+
+    out = Path(model_dir)
+    card = out / "README.md"
+    if not card.is_file() or "Merged with hhh-bench" not in card.read_text():
+        return False
+    store = out / "scores.json"
+    scores = json.loads(store.read_text()) if store.is_file() else {}
+    entry = {k: row.get(k) for k in ("split", "suite", "metric", "seed", "setup_key")}
+    entry.update({k: row.get(k) for k in SCORE_FIELDS})
+    if scores.get(str(row["row_key"])) == entry:
+        return True
+    scores[str(row["row_key"])] = entry
+    _replace_file(store, json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    lines = [
+        SCORES_BEGIN,
+        "## Scores (hhh-bench)",
+        "",
+        "| Split | Suite | Metric | Seed | Helpful | Honest | Harmless | Avg | Min |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in sorted(
+        scores.values(), key=lambda e: (str(e["suite"]), str(e["split"]), str(e["seed"]))
+    ):
+        nums = " | ".join(_f(e.get(k)) for k in SCORE_FIELDS)
+        lines.append(f"| {e['split']} | {e['suite']} | {e['metric']} | {e['seed']} | {nums} |")
+    section = "\n".join([*lines, "", SCORES_END])
+    old = card.read_text()
+    if SCORES_BEGIN in old and SCORES_END in old:
+        head, rest = old.split(SCORES_BEGIN, 1)
+        new = head + section + rest.split(SCORES_END, 1)[1]
+    elif CARD_HEADING in old:
+        head, tail = old.split(CARD_HEADING, 1)
+        new = head.rstrip("\n") + "\n\n" + section + "\n\n" + CARD_HEADING + tail
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    _replace_file(card, new)
+    return True
