@@ -92,13 +92,14 @@ def test_pngs_exist_and_are_images(report):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, key
 
 
-def test_report_stage_and_offline_wandb_table(tmp_path):
+def test_report_stage_and_offline_wandb_table(tmp_path, monkeypatch):
     """run_report reads <root>/results.jsonl, writes <root>/report/ and an offline W&B run whose
     files hold the results table."""
     from omegaconf import OmegaConf
 
     from hhh_bench.stages.report import run_report
 
+    monkeypatch.delenv("WANDB_DIR", raising=False)
     shutil.copy(FIXTURE, tmp_path / "results.jsonl")
     cfg = OmegaConf.create(
         {
@@ -117,7 +118,15 @@ def test_report_stage_and_offline_wandb_table(tmp_path):
     for key in ("report_md", "radar", "pareto", "conflict"):
         assert Path(out[key]).is_file() and Path(out[key]).parent == tmp_path / "report"
     run_dir = Path(out["wandb_dir"])
-    assert run_dir.parent == tmp_path / "wandb" and run_dir.name.startswith("offline-run-")
+    assert run_dir.parent == tmp_path / "wandb" / "wandb" and run_dir.name.startswith(
+        "offline-run-"
+    )
+    # a rerun resumes the same report run (same id), under $WANDB_DIR when the user set one
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    again = Path(run_report(cfg)["wandb_dir"])
+    assert again.parent == tmp_path / "elsewhere" / "wandb"
+    assert again.name.split("-")[-1] == run_dir.name.split("-")[-1]  # offline-run-<time>-<id>
+    monkeypatch.delenv("WANDB_DIR")
     tables = list(run_dir.glob("files/media/table/results_*.table.json"))
     assert len(tables) == 1
     import json

@@ -91,7 +91,8 @@ def run_train(
         mcfg = group(cfg, "model", ModelConfig)
         info = train_model(
             t, base, ts, held, tmp, label, dtype=mcfg.dtype, root=cfg.root,
-            logger_cfg=to_dict(cfg.get("logger")), trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+            logger_cfg={**(to_dict(cfg.get("logger")) or {}), "group": str(cfg.name)},
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)),
         )  # fmt: skip
         return info | summary
 

@@ -2,7 +2,9 @@
 
 The results store stays the source of truth (offline W&B writes no summary file); W&B is a view.
 The mode is the logger config's ``mode`` if set, else ``$WANDB_MODE`` if the user set it, else
-``offline`` (files under ``<root>/wandb/offline-run-*``; ``wandb sync`` uploads them later).
+``offline`` (files under ``$WANDB_DIR`` or ``<root>/wandb``, in ``wandb/offline-run-*``;
+``wandb sync`` uploads them later). Every run of a job shares that folder and the experiment's
+group; the report run has a fixed id per experiment root, so a rerun resumes it.
 ``logger.name: none`` (or no logger config) logs nothing.
 """
 
@@ -26,23 +28,37 @@ def wandb_mode(logger_cfg: Mapping[str, Any] | None) -> str | None:
 
 
 def wandb_dir(root: str | Path) -> Path:
-    """Where W&B files go: ``$WANDB_DIR`` when set (the user's choice), else ``<root>/wandb``;
-    never the current folder."""
+    """The W&B directory of every run of a job (trainers' and the report's; W&B writes its
+    ``wandb/`` folder inside it): ``$WANDB_DIR`` when set (the user's choice), else
+    ``<root>/wandb``; never the current folder."""
     env = os.environ.get("WANDB_DIR")
     path = Path(env) if env else Path(root).resolve() / "wandb"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def setup_trainer_env(root: str | Path, logger_cfg: Mapping[str, Any] | None) -> None:
+def report_run_id(root: str | Path, name: str) -> str:
+    """The report run's W&B id: one per (experiment root, experiment name), so that a rerun
+    resumes and updates its report run instead of adding one."""
+    from hhh_bench.provenance import config_hash
+
+    return "report-" + config_hash({"root": str(Path(root).resolve()), "name": name}, length=16)
+
+
+def setup_trainer_env(
+    root: str | Path, logger_cfg: Mapping[str, Any] | None, group: str | None = None
+) -> None:
     """Environment for a trainer's W&B logging: files under :func:`wandb_dir`, project, entity
-    and mode from the logger config (the user's own ``WANDB_*`` settings win for project/entity)."""
+    and mode from the logger config (the user's own ``WANDB_*`` settings win for project/entity),
+    the run in ``group`` (the experiment's name: one group per pipeline run, the report's too)."""
     os.environ["WANDB_DIR"] = str(wandb_dir(root))
     lg = dict(logger_cfg or {})
     if lg.get("project"):
         os.environ.setdefault("WANDB_PROJECT", str(lg["project"]))
     if lg.get("entity"):
         os.environ.setdefault("WANDB_ENTITY", str(lg["entity"]))
+    if group:
+        os.environ["WANDB_RUN_GROUP"] = str(group)
     mode = wandb_mode(lg)
     if mode:
         os.environ["WANDB_MODE"] = mode
@@ -105,14 +121,16 @@ def log_experiment(
     Args:
         rows: the result rows (:func:`hhh_bench.tracking.store.read_results`).
         logger_cfg: the ``logger`` config (``name``, ``project``, ``entity``, ``mode``).
-        root: the experiment root; the run is written under ``<root>/wandb/``.
+        root: the experiment root; the run is written under :func:`wandb_dir` (``$WANDB_DIR``
+            or ``<root>/wandb``) with the id :func:`report_run_id` (a rerun resumes it).
         name: the experiment name (the run's name and group).
         summary: scalar summary metrics (e.g. ``"TIES/average": 0.71``).
         config: the run config to record.
         files: report files to attach (images are logged as ``wandb.Image``).
 
     Returns:
-        The run's local folder (``<root>/wandb/<offline-run-...>``), or None when logging is off.
+        The run's local folder (``<wandb_dir>/wandb/<offline-run-...>``), or None when logging
+        is off.
     """
     mode = wandb_mode(logger_cfg)
     if mode is None:
@@ -127,7 +145,9 @@ def log_experiment(
         name=name,
         group=name,
         job_type="report",
-        dir=str(root),
+        dir=str(wandb_dir(root)),
+        id=report_run_id(root, name),
+        resume="allow",
         mode=mode,
         config=dict(config or {}),
         reinit="create_new",

@@ -148,7 +148,7 @@ def train_model(
     if t.report_to == "wandb":
         from hhh_bench.tracking.wandb_log import setup_trainer_env
 
-        setup_trainer_env(root, logger_cfg)
+        setup_trainer_env(root, logger_cfg, group=(logger_cfg or {}).get("group"))
     model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
                                 run_name=label, phases=ts.phases)  # fmt: skip
     if t.report_to == "wandb":
