@@ -155,3 +155,29 @@ def test_merge_optuna_searches_resm_on_validation():
     assert sweeper.sampler.seed == cfg.seed
     for key in sweeper.params:  # every searched knob is one of conf/merge/resm.yaml's
         assert key.startswith("merge.params.") and key.split(".")[-1] in cfg.merge.params, key
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["+train.learnin_rate=0.1", "stage=train"], "learnin_rate"),
+        (["stage=merge", "merge.models=[]"], "merge.models is an empty list"),
+        (["model.device=cuda", "stage=base"], "cuda"),
+        (["stage=merge", "merge.params.density=7", "merge=ties"], "density"),
+    ],
+)
+def test_bad_input_gives_a_short_error_without_traceback(tmp_path, args, says):
+    """The console of a run on a bad input: exit status 2, a line or two naming the input and
+    what to do, no traceback (it goes to the job's log file), and no stage run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "HHH_VERBOSE")}
+    root = tmp_path / "root"
+    out = subprocess.run(
+        [sys.executable, "-m", "hhh_bench", f"root={root}", "logger=none", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    console = out.stdout + out.stderr
+    assert out.returncode == 2, console[-2000:]
+    assert "Traceback" not in console and says in console, console[-2000:]
+    assert len(out.stderr.strip().splitlines()) <= 4, out.stderr
+    # only Hydra's job folder (config and the log holding the traceback): no stage ran
+    assert {p.name for p in root.iterdir()} <= {"hydra"} if root.exists() else True

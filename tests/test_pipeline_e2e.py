@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,13 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     proc.wait()
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # the console a person reads: one numbered line per stage run, in order, no trainer dicts
+    # (they go to the log files), no traceback, no warnings from the libraries
+    console = done.stdout + done.stderr
+    assert "Traceback" not in console and "{'loss'" not in console and "Warning:" not in console
+    lines = re.findall(r"^\[(\d+)\] (\w+)", done.stdout, re.M)
+    assert [int(k) for k, _ in lines] == list(range(1, len(lines) + 1))
+    assert {stage for _, stage in lines} >= {"data", "base", "train", "merge", "eval", "report"}
     assert not list(root.glob("*/.*tmp*")), "a temporary folder survived"
     resumed = _rows(root)
     reference = _rows(session_root)

@@ -13,6 +13,7 @@ Hydra: everything here takes plain mappings (``OmegaConf.to_container`` of a gro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -488,6 +489,29 @@ def load(cls: type[T], mapping: Mapping[str, Any] | None, where: str | None = No
     return from_mapping(cls, mapping, name)
 
 
+def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``params`` for ``method``, less the knobs the composed merge option left behind: a key
+    ``method`` does not declare whose value is another registered method's default for it
+    (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs). Any
+    other unknown key is kept, so that the method refuses it by name. Returns ``(kept,
+    dropped keys)``; an unknown method: ``params`` unchanged (its lookup fails later, named)."""
+    from hhh_bench.merging import get_method, list_methods, method_defaults
+
+    try:
+        own = {f.name for f in dataclasses.fields(get_method(method).params_cls)}
+    except ValueError:
+        return dict(params), []
+    others = [method_defaults(o) for o in list_methods() if o != method]
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for k, v in params.items():
+        if k not in own and any(k in d and d[k] == v for d in others):
+            dropped.append(k)
+        else:
+            kept[k] = v
+    return kept, dropped
+
+
 def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check every group of a composed run (a plain mapping) before any stage runs: unknown
     keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
@@ -500,6 +524,15 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     if "merge" in out:
         m = out["merge"]
+        kept, dropped = method_knobs(m.method, m.params)
+        if dropped:
+            import logging
+
+            logging.getLogger("hhh_bench").info(
+                "merge.method=%s: left out the composed merge option's knobs %s (defaults of "
+                "another method, not parameters of %s)", m.method, dropped, m.method,
+            )  # fmt: skip
+            m = out["merge"] = dataclasses.replace(m, params=kept)
         engine = out.get("merge_engine")
         params = dict(m.params)
         if engine is not None:

@@ -49,7 +49,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from hhh_bench.rehearsal import prepare_rehearsal
 
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
-    preflight(validate_run(to_dict(cfg)))  # config, then this machine (devices, hub reachability)
+    groups = validate_run(to_dict(cfg))
+    preflight(groups)  # config, then this machine (devices, hub reachability)
+    if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
+        cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
+        with open_dict(cfg):
+            cfg.merge.params = dict(groups["merge"].params)
     from hhh_bench.stages.data import run_data
 
     out: dict[str, Any] = {"data": run_data(cfg)}
