@@ -68,7 +68,9 @@ def main() -> None:
     args = ap.parse_args()
     df = load_results(args.results)
     df = df[df["split"] == args.split]
-    base_of = {int(r["seed"]): r["artifacts"]["model"] for _, r in df[df["kind"] == "base"].iterrows()}
+    base_of = {
+        int(r["seed"]): r["artifacts"]["model"] for _, r in df[df["kind"] == "base"].iterrows()
+    }
     if len(set(base_of.values())) == 1:  # one θ0 for every seed (pipeline.base_seed)
         only = next(iter(base_of.values()))
         base_of = {int(s): only for s in df["seed"].dropna().unique()}

@@ -129,10 +129,10 @@ def cached_stage(
     if is_done(out):
         CACHE.hit(stage, key)
         log.info("%s: cached %s", what, out)
-        _console(f"{what}: reused {out}")
+        console_line(f"{what}: reused {out}")
         return StageRun(stage, key, out, True, json.loads((out / result_file).read_text()))
     t0 = time.time()
-    _console(f"{what}: running ...")
+    console_line(f"{what}: running ...")
     ctx = atomic_dir(out) if write else _scratch()
     with ctx as tmp:
         info = dict(compute(tmp))
@@ -152,11 +152,11 @@ def cached_stage(
         log.info("%s: wrote %s", what, out)
     else:
         log.info("%s: done (this rank writes nothing)", what)
-    _console(f"{what}: done in {time.time() - t0:.1f} s")
+    console_line(f"{what}: done in {time.time() - t0:.1f} s")
     return StageRun(stage, key, out, False, info)
 
 
-def _console(line: str) -> None:
+def console_line(line: str) -> None:
     """One line per stage run on the console, numbered within the run ("[7] eval base: ...")."""
     CACHE.lines += 1
     print(f"[{CACHE.lines}] {line}", flush=True)

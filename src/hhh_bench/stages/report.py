@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.stagecache import console_line
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
 
@@ -81,6 +82,7 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         lines.append(f"wandb run: {wandb_dir}")
     print("\n".join(lines))
     log.info("report: wrote %s", out)
+    console_line(f"report: wrote {paths['report_md']} ({len(rows)} rows)")
     return {
         "dir": str(out),
         **paths,
