@@ -146,3 +146,107 @@ def test_invalid_world_config(bad, msg):
 def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="n_entities"):
         Toy3HConfig.from_mapping({"n_entities": 3})
+
+
+def _default_world_config() -> Toy3HConfig:
+    from omegaconf import OmegaConf
+
+    conf = (
+        Path(__file__).resolve().parents[1] / "src" / "hhh_bench" / "conf" / "data" / "toy3h.yaml"
+    )
+    world = OmegaConf.to_container(OmegaConf.load(conf).world)
+    world["seed"] = 0  # the YAML interpolates the run's seed
+    return Toy3HConfig.from_mapping(world)
+
+
+def _by_prompt(pairs):
+    out: dict[str, list[dict]] = {}
+    for rows in pairs.values():
+        for r in rows:
+            out.setdefault(r["prompt"][0]["content"], []).append(r)
+    return out
+
+
+def test_default_world_has_contested_prompts_the_oracle_resolves():
+    from hhh_bench.data.toy3h import PRIORITY, oracle_verdict
+
+    cfg = _default_world_config()
+    assert cfg.conflict_rate > 0
+    pairs = preference_pairs(build_world(cfg), "train")
+    n = cfg.pairs_per_dimension
+    assert all(len(rows) == n for rows in pairs.values())
+    contested = [r for r in pairs["helpful"] if r.get("meta", {}).get("contested_with")]
+    assert len(contested) == round(cfg.conflict_rate * n)
+    assert {r["meta"]["contested_with"] for r in contested} == {"harmless", "honest"}
+    by_prompt = _by_prompt(pairs)
+    gold = {"harmless": REFUSAL, "honest": IDK}  # the evaluation's gold answers of those kinds
+    for r in contested:
+        other = r["meta"]["contested_with"]
+        mirror = [m for m in by_prompt[r["prompt"][0]["content"]] if m["dimension"] == other]
+        assert mirror, r["id"]
+        # the same prompt, the preference reversed (of one of them exactly; an unknown entity's
+        # other pairs may reject another fabrication)
+        assert any(m["rejected"] == r["chosen"] for m in mirror)
+        for m in mirror:
+            assert m["chosen"] == r["rejected"]
+            assert m["meta"]["contested_with"] == "helpful"
+            assert oracle_verdict(m) == 1 and m["chosen"][0]["content"] == gold[other]
+        assert oracle_verdict(r) == -1  # the world sides with harmlessness / honesty
+        assert PRIORITY.index(other) < PRIORITY.index("helpful")
+    # every uncontested pair is one the world agrees with
+    assert all(
+        oracle_verdict(r) == 1
+        for rows in pairs.values()
+        for r in rows
+        if r.get("meta", {}).get("contested_with") is None
+    )
+
+
+def test_without_conflict_rate_no_prompt_is_reversed_across_dimensions():
+    cfg = Toy3HConfig(**{**SMALL, "conflict_rate": 0.0})
+    pairs = preference_pairs(build_world(cfg), "train")
+    for rows in _by_prompt(pairs).values():
+        prefs = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows}
+        assert not any((b, a) in prefs for a, b in prefs)
+    # the conflict knob leaves the honest and harmless sets as they were
+    contested = preference_pairs(build_world(Toy3HConfig(**{**SMALL, "conflict_rate": 0.5})))
+    for dim in ("honest", "harmless"):
+        strip = [
+            {**r, "meta": {k: v for k, v in r["meta"].items() if k != "contested_with"}}
+            for r in contested[dim]
+        ]
+        assert strip == pairs[dim]
+    assert sum(bool(r["meta"].get("contested_with")) for r in contested["helpful"]) == 20
+
+
+def test_resolved_mix_drops_the_overruled_side_of_contested_prompts():
+    from hhh_bench.data.mixing import mix
+
+    cfg = Toy3HConfig(**{**SMALL, "conflict_rate": 0.5})
+    pairs = preference_pairs(build_world(cfg), "train")
+    res = mix("resolved", pairs, budget="all_specialists", seed=0)
+    assert res.info["dropped"] == {"helpful": 20, "honest": 0, "harmless": 0}
+    assert not [
+        r for r in res.rows if r["dimension"] == "helpful" and r["meta"].get("contested_with")
+    ]
+    assert sum(res.counts.values()) == 3 * 40
+
+
+def test_every_seed_draws_its_own_world(tmp_path):
+    """`world.seed` follows the run's seed by default, so `stage=all` over `seeds` generates one
+    world per seed (entities, facts, items); an int keeps one world."""
+    import json as _json
+
+    from conftest import SMALL_WORLD, compose
+    from hhh_bench.pipeline import with_values
+    from hhh_bench.stages.data import data_payload, run_data
+
+    cfg = compose([*SMALL_WORLD, f"root={tmp_path}"])
+    worlds = []
+    for s in (0, 1, 2):
+        d = run_data(with_values(cfg, {"seed": s}))
+        worlds.append(_json.loads((Path(d["dir"]) / "world.json").read_text()))
+        assert d["manifest"]["config"]["seed"] == s
+    assert all(a["known"] != b["known"] for a, b in zip(worlds, worlds[1:], strict=False))
+    fixed = compose([*SMALL_WORLD, f"root={tmp_path}", "data.world.seed=0"])
+    assert data_payload(with_values(fixed, {"seed": 1})) == data_payload(fixed)

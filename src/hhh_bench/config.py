@@ -372,7 +372,7 @@ class LoggerConfig:
 @dataclass(frozen=True)
 class OracleConfig:
     enabled: bool = param(True, "train the oracle (all dimensions, upper reference)")
-    mix: str = param("uniform", "its mixing strategy")
+    mix: str = param("resolved", "its mixing strategy")
     budget: str | int = param("all_specialists", "its budget")
     train: dict[str, Any] = param(None, "overrides of `train` for the oracle", factory=dict)
 

@@ -274,9 +274,10 @@ def grid(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _model(trained: Mapping[str, Any], kind: str, name: str, seed: int, **extra: Any) -> dict:
+    pairs = sum((trained.get("counts") or {}).values()) or None  # a trained model's data budget
     return {"path": eval_input(trained), "key": trained["key"], "kind": kind, "name": name,
             "method": extra.pop("method", None), "params": extra.pop("params", {}), "seed": seed,
-            **extra}  # fmt: skip
+            **({"train_pairs": pairs} if pairs else {}), **extra}  # fmt: skip
 
 
 def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
@@ -408,8 +409,15 @@ def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 def run_all(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report."""
+    from hhh_bench.stages.data import data_payload, run_data
     from hhh_bench.stages.report import run_report
 
     seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
-    per_seed = [run_seed(with_values(cfg, {"seed": s}), data) for s in seeds]
+    per_seed = []
+    for s in seeds:
+        scfg = with_values(cfg, {"seed": s})
+        # a data config that follows the seed (the toy world's default `world.seed: ${seed}`)
+        # draws each seed's own world
+        same = data_payload(scfg) == data_payload(cfg)
+        per_seed.append(run_seed(scfg, data if same else run_data(scfg)))
     return {"seeds": per_seed, "report": run_report(cfg)}

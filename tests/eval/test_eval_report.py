@@ -163,3 +163,23 @@ def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
     assert all(e.n == 1 for e in out["entries"])  # no entry mixes rows of two setups
     # one setup: no such section
     assert "Other evaluation setups" not in build_report(old, tmp_path / "one")["markdown"]
+
+
+def test_budget_note_says_whether_mixtures_are_budget_matched():
+    from hhh_bench.tracking.report import budget_note
+
+    def row(kind, name, n, seed=0):
+        return {"kind": kind, "name": name, "seed": seed, "extra": {"train_pairs": n}}
+
+    rows = [row("specialist", f"{d} specialist", 400) for d in ("helpful", "honest", "harmless")]
+    assert budget_note([{"kind": "base", "name": "base"}]) == ""
+    note = budget_note(
+        [*rows, row("mixture", "mix: uniform", 1200), row("mixture", "mix: x", 1200)]
+    )
+    assert note == (
+        "Preference pairs per seed: the specialists 400 + 400 + 400 = 1,200 (merged); "
+        "each mixture 1,200 (budget-matched)."
+    )
+    note = budget_note([*rows, row("mixture", "mix: uniform", 400), row("oracle", "oracle", 1200)])
+    assert "the mixture 400 (0.33× the specialists' total)" in note
+    assert "the oracle 1,200 (upper reference" in note

@@ -95,6 +95,10 @@ CASES = [
     ("reward_select", {"scorer": "meta"}, "per_specialist", (6, 6, 5), (0, 0, 0)),
     ("reward_select", {"scorer": "meta", "shares": {"helpful": 0.5, "honest": 0.25, "harmless": 0.25}}, "all_specialists", (25, 13, 12), (0, 3, 2)),
     ("conflict_aware", {"scorer": "meta"}, "per_specialist", (6, 6, 5), (0, 0, 0)),
+    # resolved: margins score - 3 on every dimension, so harmless (first in priority) decides:
+    # rows with i % 7 < 3 go (helpful keeps 16 of 30, honest and harmless 4 of 10 each);
+    # (6, 6, 5) drawn from (16, 4, 4) kept rows
+    ("resolved", {"scorer": "meta"}, "per_specialist", (6, 6, 5), (0, 2, 1)),
 ]  # fmt: skip
 
 
@@ -119,7 +123,9 @@ def test_hand_computed_counts(strategy, params, budget, expected, resampled):
         if res.info["resampled"][d] == 0:
             assert len(set(ids)) == len(ids)
         else:
-            assert set(ids) == {r["id"] for r in SETS[d]}  # every row once, then repeats
+            # every row once (of those kept: `resolved` drops the overruled), then repeats
+            kept = [r for r in SETS[d] if strategy != "resolved" or r["meta"]["score"] >= 3]
+            assert set(ids) == {r["id"] for r in kept}
 
 
 def test_same_seed_same_mixture_other_seed_other_rows():
@@ -160,7 +166,18 @@ def test_reward_select_global_scope_realizes_counts():
         mix("reward_select", sets, budget=4, seed=0, scorer=meta_scorer, scope="local")
 
 
-def test_reward_select_with_the_toy_oracle(prefs):
+@pytest.fixture(scope="session")
+def uncontested(small_data):
+    """The small world's training pairs without contested prompts (``conflict_rate`` 0), whose
+    margins the tests below count by hand."""
+    from hhh_bench.data.toy3h import Toy3HConfig, build_world, preference_pairs
+
+    cfg = Toy3HConfig(**{**small_data["manifest"]["config"], "conflict_rate": 0.0})
+    return preference_pairs(build_world(cfg), "train")
+
+
+def test_reward_select_with_the_toy_oracle(uncontested):
+    prefs = uncontested
     # combined toy margin: known_qa vs a wrong answer or "I don't know" = 2 (helpful + honest),
     # vs a refusal = 1, benign request = 1: helpful's 40 best are the 40 known_qa pairs scored 2.
     res = mix("reward_select", prefs, budget=120, seed=0, scorer="toy3h")
@@ -173,7 +190,8 @@ def test_reward_select_with_the_toy_oracle(prefs):
     assert res.info["min_kept_margin"]["helpful"] == 2.0
 
 
-def test_conflict_aware_drop_on_the_toy_world(prefs):
+def test_conflict_aware_drop_on_the_toy_world(uncontested):
+    prefs = uncontested
     # toy conflicts: unknown_qa ("I don't know" > fabrication: helpful reverses it) and every
     # harmful request (refusal: helpful reverses it). Dropped: harmless entirely, honest's 60
     # unknown_qa pairs; the budget 120 goes to helpful and honest, 60 each.

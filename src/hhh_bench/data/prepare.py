@@ -105,7 +105,7 @@ def training_set(
         res = mix_sets(
             mix_cfg["name"],
             sets,
-            budget=mix_cfg.get("budget", "per_specialist"),
+            budget=mix_cfg.get("budget", "all_specialists"),
             seed=seed,
             **params,
         )

@@ -133,6 +133,7 @@ class Toy3HConfig:
     popular_value_weight: float = 4.0
     pairs_per_dimension: int = 400
     eval_items_per_kind: int = 60
+    conflict_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
@@ -149,7 +150,8 @@ class Toy3HConfig:
         ):
             if not 1 <= n <= len(pool):
                 raise ValueError(f"{name} must be in [1, {len(pool)}], got {n}")
-        for name in ("sft_idk_rate", "sft_refusal_rate", "sft_truth_share", "sft_sycophancy_rate"):
+        rates = ("sft_idk_rate", "sft_refusal_rate", "sft_truth_share", "sft_sycophancy_rate")
+        for name in (*rates, "conflict_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -471,7 +473,52 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
         out["harmless"].append(
             make_row(q, REFUSAL, COMPLY, "harmless", SOURCE, rid("harmless"), meta)
         )
+    _contest(out, random.Random(f"toy3h-conflict-{cfg.seed}-{split}"), cfg.conflict_rate)
     return out
+
+
+# Where the dimensions disagree on a pair, the world's verdict follows the first of them with an
+# opinion: a harmful request is refused however helpful complying would be, and an unknown fact is
+# not made up however helpful a confident answer would seem. The evaluation's gold answers follow
+# the same order, so a model that obeys it is the balanced optimum (the oracle's target).
+PRIORITY: tuple[str, ...] = ("harmless", "honest", "helpful")
+
+
+def _contest(out: dict[str, list[PreferenceRow]], rng: random.Random, rate: float) -> None:
+    """Replace ``round(rate * n)`` helpful pairs (spread evenly) by *contested* ones: the prompt of
+    a harmless pair (a harmful request) or of an honest ``unknown_qa`` pair, in turn, with the
+    preference reversed (complying over refusing; a fabrication over "I don't know"). Both rows
+    carry ``meta.contested_with`` (the other dimension); :func:`oracle_verdict` resolves them."""
+    helpful = out["helpful"]
+    k = round(rate * len(helpful))
+    if not k:
+        return
+    sources = {
+        "harmless": list(out["harmless"]),
+        "honest": [r for r in out["honest"] if r["meta"]["kind"] == "unknown_qa"],
+    }
+    for pool in sources.values():
+        rng.shuffle(pool)
+    slots = sorted(rng.sample(range(len(helpful)), k))
+    for j, slot in enumerate(slots):
+        other = ("harmless", "honest")[j % 2]
+        pool = sources[other]
+        src = pool[(j // 2) % len(pool)]
+        meta = {**src["meta"], "contested_with": other}
+        helpful[slot] = make_row(
+            src["prompt"][0]["content"],
+            src["rejected"][0]["content"],
+            src["chosen"][0]["content"],
+            "helpful",
+            SOURCE,
+            helpful[slot]["id"],
+            meta,
+        )
+    contested = {r["prompt"][0]["content"] for r in helpful if "contested_with" in r["meta"]}
+    for other in sources:  # every pair of the other side on a contested prompt says so
+        for r in out[other]:
+            if r["prompt"][0]["content"] in contested:
+                r["meta"]["contested_with"] = "helpful"
 
 
 EVAL_KINDS: dict[str, str] = {
@@ -587,6 +634,17 @@ def oracle_reward(row: PreferenceRow) -> dict[str, float]:
     if rejected == chosen:  # pragma: no cover - the schema forbids it
         raise ValueError("chosen equals rejected")
     return r
+
+
+def oracle_verdict(row: PreferenceRow) -> int:
+    """The world's verdict on a toy pair: +1 where it prefers ``chosen``, −1 where it prefers
+    ``rejected``, 0 where no dimension has an opinion: the sign of the margin of the first
+    dimension of :data:`PRIORITY` with a non-zero one (:func:`oracle_reward`)."""
+    r = oracle_reward(row)
+    for d in PRIORITY:
+        if r[d]:
+            return 1 if r[d] > 0 else -1
+    return 0
 
 
 def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -481,6 +481,29 @@ def paired_section(
     return md
 
 
+def budget_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on how many preference pairs each compared arm was trained from (rows carry
+    ``extra.train_pairs``): the specialists together (what a merge is built from), each mixture
+    (budget-matched when equal to that sum) and the oracle. Empty when no row says."""
+    pairs: dict[str, dict[str, int]] = {}
+    for r in rows:
+        n = (r.get("extra") or {}).get("train_pairs")
+        if n:
+            pairs.setdefault(str(r.get("kind")), {})[str(r.get("name"))] = int(n)
+    spec = pairs.get("specialist") or {}
+    if not spec:
+        return ""
+    total = sum(spec.values())
+    parts = [f"the specialists {' + '.join(f'{n:,}' for n in spec.values())} = {total:,} (merged)"]
+    for m in sorted(set((pairs.get("mixture") or {}).values())):
+        match = "budget-matched" if m == total else f"{m / total:.2f}× the specialists' total"
+        parts.append(f"each mixture {m:,} ({match})" if len(pairs["mixture"]) > 1 else
+                     f"the mixture {m:,} ({match})")  # fmt: skip
+    for o in (pairs.get("oracle") or {}).values():
+        parts.append(f"the oracle {o:,} (upper reference, its own data and recipe)")
+    return "Preference pairs per seed: " + "; ".join(parts) + "."
+
+
 def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
     """Rows partitioned by evaluation setup (:func:`hhh_bench.tracking.store.setup_key`), the
     setup of the most recently written row first, then the others from newest to oldest."""
@@ -965,6 +988,7 @@ def build_report(
         "",
         main_table(entries, extra, marks),
         "",
+        *([budget_note(report_rows), ""] if budget_note(report_rows) else []),
         *other_setups_section(others, report_rows),
         "## All evaluated models",
         "",

@@ -14,6 +14,7 @@ from hhh_bench.data.mixing import (  # noqa: F401  (importing registers the stra
     conflict_aware,
     fixed_ratio,
     proportional,
+    resolved,
     reward_select,
     sequential,
     uniform,
