@@ -213,6 +213,17 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     setup = md.split("## Evaluation setup")[1]
     assert "| halueval_qa_mc | honest | acc_norm | argmax of log-likelihood per byte" in setup
     assert str(judged_run["judges"]["safety"]) in setup
+    assert md.rstrip().endswith("Mix or merge? No answer: the main table has no data-mixture row.")
+    # the base standing in for a mixture: the answer's difference is that of the rows' averages,
+    # read back from every task's items (a win rate from both models' and the base's rewards)
+    from hhh_bench.tracking.answer import mix_vs_merge
+    from hhh_bench.tracking.report import table_entries
+
+    as_mix = [{**r, "kind": "mixture"} if r["kind"] == "base" else r for r in rows]
+    res = mix_vs_merge(table_entries([r for r in as_mix if r["split"] == "test"]))
+    merged, base = judged_run["merged"]["row"], judged_run["base"]["row"]
+    assert res["diff"] == pytest.approx(merged["average"] - base["average"])
+    assert res["ci_low"] <= res["diff"] <= res["ci_high"]
 
 
 def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_run, monkeypatch):

@@ -4,6 +4,7 @@ against lm-eval's own ``mean_stderr``; and length-fair multiple choice on a leng
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hhh_bench.evaluation.scoring import TaskSpec
 from hhh_bench.evaluation.stats import (
     bootstrap_stderr,
     combine_stderr,
+    hierarchical_bootstrap_ci,
     mean_stderr,
     paired_combination,
     paired_test,
@@ -119,6 +121,86 @@ def test_bootstraps_recover_the_standard_error_of_a_mean():
     )
     assert se_min == pytest.approx(0.21651, abs=0.005)
     assert stratified_bootstrap_stderr({"a": [1.0]}, lambda m: m["a"]) is None
+
+
+def test_hierarchical_bootstrap_on_hand_made_examples():
+    """One seed, one task, differences 0 and 1: a resample of two items has mean 0 (both 0),
+    1/2 (one of each, two orders) or 1, with probabilities 1/4, 1/2, 1/4. Its 2.5% and 97.5%
+    quantiles are 0 and 1, its 30% and 70% quantiles both 1/2 (P(0) = .25 < .3, P(≤ 1/2) =
+    .75 > .7; Monte Carlo error of those shares at 4000 draws: ~.007). Two seeds of constant
+    differences 0 and 1 give the same law (two seed draws, each 0 or 1)."""
+    assert hierarchical_bootstrap_ci([[(1.0, [0.0, 1.0])]], iters=4000) == (0.5, 0.0, 1.0)
+    mid = hierarchical_bootstrap_ci([[(1.0, [0.0, 1.0])]], level=0.4, iters=4000)
+    assert mid == (0.5, 0.5, 0.5)
+    two = [[(1.0, [0.0, 0.0, 0.0])], [(1.0, [1.0, 1.0])]]
+    assert hierarchical_bootstrap_ci(two, iters=4000) == (0.5, 0.0, 1.0)
+    assert hierarchical_bootstrap_ci(two, level=0.4, iters=4000) == (0.5, 0.5, 0.5)
+    # constant differences: nothing to resample, a degenerate interval at the constant
+    assert hierarchical_bootstrap_ci([[(2.0, [0.25] * 5)]]) == pytest.approx((0.5, 0.5, 0.5))
+    # coefficients weight the tasks: .5 · 1 + .25 · (−2) = 0 in every resample
+    parts = [[(0.5, [1.0, 1.0]), (0.25, [-2.0, -2.0, -2.0])]]
+    assert hierarchical_bootstrap_ci(parts) == pytest.approx((0.0, 0.0, 0.0))
+    # seeded: the same seed, the same interval; the statistic is the data's, not the draws'
+    x = [[(1.0, [0.3, -0.2, 0.9, 0.1])], [(1.0, [0.0, 0.4, -0.1])]]
+    assert hierarchical_bootstrap_ci(x, seed=3) == hierarchical_bootstrap_ci(x, seed=3)
+    assert hierarchical_bootstrap_ci(x)[0] == pytest.approx((0.275 + 0.1) / 2)
+
+
+def test_hierarchical_bootstrap_refuses_bad_input():
+    with pytest.raises(ValueError, match="no seeds"):
+        hierarchical_bootstrap_ci([])
+    with pytest.raises(ValueError, match="seed 1 has no tasks"):
+        hierarchical_bootstrap_ci([[(1.0, [0.0])], []])
+    with pytest.raises(ValueError, match=r"seed 0, task 1\]: no values"):
+        hierarchical_bootstrap_ci([[(1.0, [0.0]), (1.0, [])]])
+    with pytest.raises(ValueError, match="not finite"):
+        hierarchical_bootstrap_ci([[(1.0, [0.0, float("nan")])]])
+    with pytest.raises(ValueError, match="coefficient"):
+        hierarchical_bootstrap_ci([[(float("inf"), [0.0])]])
+    with pytest.raises(ValueError, match="level"):
+        hierarchical_bootstrap_ci([[(1.0, [0.0])]], level=95)
+    with pytest.raises(ValueError, match="iters"):
+        hierarchical_bootstrap_ci([[(1.0, [0.0])]], iters=1)
+
+
+def _plain_nested_bootstrap(seeds, iters, seed, level=0.95):
+    """The same two-stage bootstrap in plain Python, one draw at a time: pick a seed, redraw its
+    tasks' items, average; then numpy's linear-interpolation quantiles by hand."""
+    rng = random.Random(seed)
+    k = len(seeds)
+    draws = []
+    for _ in range(iters):
+        total = 0.0
+        for _ in range(k):
+            for c, d in seeds[rng.randrange(k)]:
+                total += c * sum(d[rng.randrange(len(d))] for _ in d) / len(d)
+        draws.append(total / k)
+    draws.sort()
+
+    def quantile(p):
+        x = p * (iters - 1)
+        i = int(x)
+        return draws[i] + (x - i) * (draws[min(i + 1, iters - 1)] - draws[i])
+
+    return quantile((1 - level) / 2), quantile((1 + level) / 2)
+
+
+def test_hierarchical_bootstrap_matches_a_plain_python_bootstrap():
+    """Against an independent plain-Python formulation at 20000 draws each. Measured Monte Carlo
+    error of an end (numpy seeds 0-9 against plain seed 1; plain seeds 2-5 among themselves):
+    one seed of 60 items, interval ~.13 wide: at most .0012; two seeds of two tasks, ~.24 wide:
+    at most .004. The bars leave 4x and 3x that."""
+    g = random.Random(7)
+    one = [[(1.0, [g.gauss(0.05, 0.3) for _ in range(60)])]]
+    two = [
+        [(0.5, [g.gauss(0.1, 0.3) for _ in range(30)]), (0.5, [g.gauss(-0.1, 0.5) for _ in range(20)])],
+        [(0.5, [g.gauss(0.0, 0.3) for _ in range(30)]), (0.5, [g.gauss(0.2, 0.5) for _ in range(20)])],
+    ]  # fmt: skip
+    for data, tol in ((one, 0.005), (two, 0.012)):
+        low, high = _plain_nested_bootstrap(data, 20000, seed=1)
+        _, lo, hi = hierarchical_bootstrap_ci(data, iters=20000, seed=0)
+        assert lo == pytest.approx(low, abs=tol) and hi == pytest.approx(high, abs=tol)
+        assert hi - lo > 10 * tol  # a real interval, not a degenerate one
 
 
 def test_length_biased_choice_is_scored_right_by_acc_norm():

@@ -12,6 +12,9 @@ Evaluations" (arXiv:2411.00640):
 * a statistic that is not linear in the task means (the smallest of three dimension scores) gets
   a *stratified* bootstrap: items are redrawn with replacement within each task and the
   statistic recomputed (:func:`stratified_bootstrap_stderr`);
+* a difference of two configurations over several seeds (each seed a paired difference over
+  items) gets a percentile interval from a two-level bootstrap, seeds then items within each
+  task (:func:`hierarchical_bootstrap_ci`);
 * two models evaluated on the *same* items are compared by the **paired** difference
   ``d_i = a_i − b_i``: ``mean(d) ± s_d / sqrt(n)``, which removes the item-difficulty variance
   both share (Miller §4; the paired z-test). :func:`paired_test` does it for one task,
@@ -124,6 +127,98 @@ def stratified_bootstrap_stderr(
         means[g] = arr[rng.integers(0, len(arr), size=(iters, len(arr)))].mean(axis=1)
     draws = [float(statistic({g: float(m[i]) for g, m in means.items()})) for i in range(iters)]
     return _sd(draws)
+
+
+SeedParts = Sequence[tuple[float, Sequence[float]]]
+"""One seed's paired differences: ``[(c_t, [a_i − b_i for the items of task t])]``."""
+
+
+def hierarchical_bootstrap_ci(
+    seeds: Sequence[SeedParts],
+    *,
+    level: float = 0.95,
+    iters: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile interval of a mean over seeds of a weighted sum of task means of paired
+    differences, by a bootstrap over seeds and, within each seed, over each task's items.
+
+    ``seeds[k]`` is seed k's ``[(c_t, d_kt)]``: a coefficient and the per-item paired differences
+    ``a_i − b_i`` of task ``t`` (for the ``average`` column, the parts of
+    :func:`hhh_bench.evaluation.uncertainty.column_parts`). The statistic is
+
+        D = (1/K) Σ_k Σ_t c_t · mean_i(d_kti)
+
+    Each of ``iters`` resamples draws K seeds with replacement, then redraws every drawn seed's
+    items with replacement within each task (stratified by task; a seed drawn twice gets two
+    independent redraws), and recomputes D: the two-stage resampling of nested data (Davison &
+    Hinkley, *Bootstrap Methods and their Application*, 1997, §3.8). The interval is the
+    ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the ``iters`` values (the percentile
+    interval, Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13; numpy's
+    default linear interpolation between order statistics). With one seed it is the stratified
+    bootstrap over items alone; with K seeds the seed level has only K^K orderings, so a
+    handful of seeds gives a coarse, and between very different seeds a wide, interval.
+
+    Args:
+        seeds: per seed, per task ``(coefficient, paired differences)``.
+        level: the interval's coverage (0.95: a 95% interval).
+        iters: number of resamples.
+        seed: seed of numpy's PCG64 generator: same inputs and seed, same interval.
+
+    Returns:
+        ``(D, low, high)``: the statistic on the data and the interval's ends.
+
+    Raises:
+        ValueError: no seed, a seed without tasks, a task without items, a coefficient or
+            difference that is not a finite number, ``level`` outside (0, 1) or ``iters < 2``.
+    """
+    import numpy as np
+
+    if not 0 < level < 1:
+        raise ValueError(f"hierarchical_bootstrap_ci: level must be in (0, 1), got {level}")
+    if iters < 2:
+        raise ValueError(f"hierarchical_bootstrap_ci: iters must be >= 2, got {iters}")
+    if not seeds:
+        raise ValueError("hierarchical_bootstrap_ci: no seeds (nothing was paired)")
+    data: list[list[tuple[float, Any]]] = []
+    for k, parts in enumerate(seeds):
+        if not parts:
+            raise ValueError(f"hierarchical_bootstrap_ci: seed {k} has no tasks")
+        tasks = []
+        for t, (c, d) in enumerate(parts):
+            where = f"hierarchical_bootstrap_ci[seed {k}, task {t}]"
+            coef = _finite([c], f"{where} coefficient")[0]
+            tasks.append((coef, np.asarray(_finite(d, where), dtype=np.float64)))
+        data.append(tasks)
+    point = math.fsum(
+        math.fsum(c * math.fsum(d.tolist()) / len(d) for c, d in tasks) for tasks in data
+    ) / len(data)
+    rng = np.random.default_rng(seed)
+    k_seeds = len(data)
+    picks = rng.integers(0, k_seeds, size=(iters, k_seeds))  # the seed in slot j of resample b
+    slots = np.empty((iters, k_seeds))  # slot value: Σ_t c_t · mean of its redrawn items
+    for k, tasks in enumerate(data):
+        mask = picks == k
+        m = int(mask.sum())
+        if m:
+            slots[mask] = sum(c * _resampled_means(rng, d, m) for c, d in tasks)
+    draws = slots.mean(axis=1)
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(low), float(high)
+
+
+def _resampled_means(rng: Any, values: Any, m: int, cells: int = 1 << 22) -> Any:
+    """Means of ``m`` redraws with replacement of ``values`` (numpy), drawn in blocks of at
+    most ``cells`` indices (32 MiB) so that thousands of redraws of thousands of items fit."""
+    import numpy as np
+
+    n = len(values)
+    out = np.empty(m)
+    step = max(1, cells // n)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        out[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ per-item values of their tasks (:mod:`hhh_bench.evaluation.items`).
 * :func:`paired_column_test` compares two models on one column (a dimension, ``average``, an
   extra column or a task) by the paired differences of their item values
   (:func:`hhh_bench.evaluation.stats.paired_combination`): a dimension is
-  ``Σ_t (w_t / Σw) mean_t``, the average the same with every coefficient divided by 3.
+  ``Σ_t (w_t / Σw) mean_t``, the average the same with every coefficient divided by 3;
+  :func:`column_item_values` gives the two models' per-item values behind it.
 """
 
 from __future__ import annotations
@@ -170,23 +171,22 @@ def column_parts(
     )
 
 
-def paired_column_test(
+def column_item_values(
     column: str,
     specs: Sequence[TaskSpec],
     a: Mapping[str, Any],
     b: Mapping[str, Any],
     *,
     columns: Mapping[str, Mapping[str, Any]] | None = None,
-    alpha: float = 0.05,
-) -> PairedTest:
-    """Paired test of two models (``a − b``) on one column.
+) -> list[tuple[float, str, dict[str, float], dict[str, float]]]:
+    """The per-item values of two models behind one column: ``[(c_t, task, a_items, b_items)]``
+    over the column's parts (:func:`column_parts`).
 
     ``a`` and ``b`` each hold ``"items"`` (per task), and optionally ``"groups"``, ``"metrics"``
     (reported values, checked against the items) and ``"reference_items"`` (for ``win_rate``).
 
     Raises:
-        ValueError: per-item values are missing for a task of the column, or the two models
-            were scored on different items.
+        ValueError: per-item values are missing for a task of the column.
     """
     parts = []
     for coef, task, metric in column_parts(column, specs, columns):
@@ -213,5 +213,25 @@ def paired_column_test(
                     f"values for task {task!r} ({why})"
                 )
             vals.append(v)
-        parts.append((coef, vals[0], vals[1]))
-    return paired_combination(parts, alpha=alpha, label=column)
+        parts.append((coef, task, vals[0], vals[1]))
+    return parts
+
+
+def paired_column_test(
+    column: str,
+    specs: Sequence[TaskSpec],
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    *,
+    columns: Mapping[str, Mapping[str, Any]] | None = None,
+    alpha: float = 0.05,
+) -> PairedTest:
+    """Paired test of two models (``a − b``) on one column (``a`` and ``b`` as in
+    :func:`column_item_values`).
+
+    Raises:
+        ValueError: per-item values are missing for a task of the column, or the two models
+            were scored on different items.
+    """
+    parts = column_item_values(column, specs, a, b, columns=columns)
+    return paired_combination([(c, va, vb) for c, _, va, vb in parts], alpha=alpha, label=column)

@@ -28,10 +28,13 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
     ``cfg.eval.select_by`` (how a family's configuration is chosen), ``cfg.logger``,
     ``cfg.name`` and ``cfg.root``.
 
+    The console shows the main table, the report's paths and, as its last line, the answer to
+    "mix or merge?" (:mod:`hhh_bench.tracking.answer`).
+
     Returns:
         ``{"dir", "report_md", "radar", "pareto", "conflict", "diagnostics_figures",
-        "main_table", "summary", "n_rows", "wandb_dir"}`` (paths as strings; ``wandb_dir``
-        None when logging is off).
+        "main_table", "summary", "answer", "answer_line", "n_rows", "wandb_dir"}`` (paths as
+        strings; ``wandb_dir`` None when logging is off; ``answer`` None without an answer).
 
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
@@ -83,12 +86,15 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
     print("\n".join(lines))
     log.info("report: wrote %s", out)
     console_line(f"report: wrote {paths['report_md']} ({len(rows)} rows)")
+    print(rep["answer_line"], flush=True)  # last: mix or merge, and how sure
     return {
         "dir": str(out),
         **paths,
         "diagnostics_figures": diag_figures,
         "main_table": rep["main_table"],
         "summary": rep["summary"],
+        "answer": rep["answer"],
+        "answer_line": rep["answer_line"],
         "n_rows": len(rows),
         "wandb_dir": str(wandb_dir) if wandb_dir else None,
     }

@@ -1,5 +1,6 @@
 """Tracking: the results store (``store``), W&B logging (``wandb_log``) and the report
-(``report``: Markdown table and figures), and paired tests between rows (``paired``)."""
+(``report``: Markdown table and figures, ending with ``answer``'s mix-or-merge line), and paired
+tests between rows (``paired``)."""
 
 from hhh_bench.tracking.paired import paired_test_groups, paired_test_rows
 from hhh_bench.tracking.store import (

@@ -15,6 +15,12 @@
     (≈) and a change from the base they cannot resolve (†), and get a section of their own; an
     *Evaluation setup* table names each task's metric (saying which are length-normalised) and
     judge.
+    The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): the best
+    data-mixture row against the best model-merging row, the difference of their average
+    (merge − mix) with a 95% interval from a paired bootstrap over seeds and items, the items
+    behind it per task, and as its last line the answer: merging wins, mixing wins, or no
+    difference we can resolve (the interval covers 0); or why there is no answer (no mixture
+    or merge row, no shared seed, no per-item values).
 ``radar.png``
     One polygon per family (the main table's rows) on the three dimensions.
 ``pareto.png``
@@ -921,15 +927,22 @@ def build_report(
         select_by: the score a configuration is chosen by (``average``, ``min``, a dimension).
         diagnostics: rows of ``<root>/diagnostics.jsonl``
             (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
-        alpha: significance level of the paired tests behind the ≈ / † marks.
+        alpha: significance level of the paired tests behind the ≈ / † marks; 1 − the
+            coverage of the mix-or-merge interval.
 
     Returns:
-        ``{"markdown", "entries", "summary", "report_md", "radar", "pareto", "conflict",
-        "diagnostics_figures"}`` (the last: ``{statistic: heatmap path}``).
+        ``{"markdown", "main_table", "paired_tests", "entries", "summary", "conflict_matrix",
+        "report_md", "radar", "pareto", "conflict", "diagnostics_figures", "answer",
+        "answer_line"}``: ``diagnostics_figures`` is ``{statistic: heatmap path}``, ``answer``
+        the mix-or-merge comparison (:func:`hhh_bench.tracking.answer.compare`; None without
+        an answer) and ``answer_line`` its one line (or the reason there is none), the last
+        line of ``report.md``.
 
     Raises:
         ValueError: no row of ``report_split``.
     """
+    from hhh_bench.tracking.answer import answer_section
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report_rows = [dict(r) for r in rows if r.get("split", report_split) == report_split]
@@ -1020,7 +1033,9 @@ def build_report(
     if diagnostics:
         diag_md, diag_figures = diagnostics_section(list(diagnostics), out)
         md += diag_md
-    markdown = "\n".join(md)
+    answer_md, answer, answer_text = answer_section(entries, alpha=alpha)
+    md += answer_md  # last: the report ends with its answer line
+    markdown = "\n".join(md) + "\n"
     (out / "report.md").write_text(markdown)
     summary: dict[str, Any] = {}
     for e in entries:
@@ -1032,6 +1047,9 @@ def build_report(
         summary["best/family"] = best.family
         summary["best/name"] = best.name
         summary[f"best/{select_by}"] = best.mean[select_by]
+    if answer:
+        for k in ("diff", "ci_low", "ci_high", "verdict"):
+            summary[f"mix_or_merge/{k}"] = answer[k]
     return {
         "markdown": markdown,
         "main_table": main_table(entries, extra, marks),
@@ -1042,4 +1060,6 @@ def build_report(
         "report_md": out / "report.md",
         **paths,
         "diagnostics_figures": diag_figures,
+        "answer": answer,
+        "answer_line": answer_text,
     }
