@@ -40,12 +40,9 @@ SMALL_WORLD = [
     "data.world.n_harmful_objects=10",
     "data.world.pairs_per_dimension=120",
     "data.world.eval_items_per_kind=36",
-    # a smaller model than the demo's: it learns this world's facts faster and more reliably
-    # (measured: 36/36 known facts after the SFT for seeds 0 and 1, in ~47 s on one core, against
-    # 32/36 and 21/36 in ~150 s for the demo's hidden 128 x 4 layers)
-    "model.spec.hidden_size=64",
-    "model.spec.intermediate_size=192",
-    "model.spec.num_hidden_layers=2",
+    # the model is conf/model/tiny.yaml's 64 x 2 layers (measured: 36/36 known facts after the
+    # SFT for seeds 0 and 1, in ~47 s on one core, against 32/36 and 21/36 in ~150 s for the
+    # 128 x 4 layers the demo used before)
 ]
 
 KNOWN_FACTS_BAR = 0.9

@@ -47,6 +47,7 @@ def test_user_method_strategy_and_eval_task_run_in_the_pipeline(tmp_path, sessio
             [
                 f"root={root}",
                 "experiment=toy3h",
+                "seeds=[0]",
                 "logger=none",
                 *SMALL_WORLD,
                 "plugins=[my_hhh_ext]",

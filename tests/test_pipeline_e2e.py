@@ -19,11 +19,11 @@ from conftest import SMALL_WORLD, compose
 # A reduced grid so the end-to-end run stays within a couple of minutes on 2 cores.
 SMALL_PIPELINE = [
     "experiment=toy3h",
+    "seeds=[0]",  # the demo's three seeds: `make demo`
     "logger=none",
     "threads=1",  # see conftest: robust on a shared 2-core CPU
     *SMALL_WORLD,
     "pipeline.mixtures=[uniform,sequential]",
-    "pipeline.oracle.train.epochs=3",
     "~pipeline.merge_grid",  # `merge_grid={}` would merge into the default grid, not clear it
     "+pipeline.merge_grid.task_arithmetic.scaling=[0.5,1.0]",
     "+pipeline.merge_grid.ties.density=[0.5]",
@@ -108,6 +108,8 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     assert [int(k) for k, _ in lines] == list(range(1, len(lines) + 1))
     assert {stage for _, stage in lines} >= {"data", "base", "train", "merge", "eval", "report"}
     assert not list(root.glob("*/.*tmp*")), "a temporary folder survived"
+    # the console ends with the answer (issue 14): mix or merge, with its interval or why not
+    assert done.stdout.strip().splitlines()[-1].startswith("Mix or merge? ")
     resumed = _rows(root)
     reference = _rows(session_root)
     test_rows = [k for k in reference if k[1] == "test"]

@@ -78,15 +78,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     elif stage == "report":
         from hhh_bench.stages.report import run_report
 
+        _summary(t0)
         out["report"] = run_report(cfg)
     elif stage == "diagnose":
         out["diagnose"] = _diagnose(cfg, data)
     elif stage == "all":
-        out.update(run_all(cfg, data))
+        out.update(run_all(cfg, data, t0))
+    if stage not in ("report", "all"):  # those print it before the report, which ends with
+        _summary(t0)  # the answer line
+    return out
+
+
+def _summary(t0: float) -> None:
     msg = f"hhh-bench: {CACHE.summary()} in {time.time() - t0:.0f} s"
     log.info(msg)
-    print(msg)
-    return out
+    print(msg, flush=True)
 
 
 def set_threads(threads: int | None) -> None:
@@ -407,7 +413,7 @@ def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
         raise ValueError(f"unknown mixing strategy {name!r}: {e}") from None
 
 
-def run_all(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+def run_all(cfg: DictConfig, data: dict[str, Any], t0: float | None = None) -> dict[str, Any]:
     """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report."""
     from hhh_bench.stages.data import data_payload, run_data
     from hhh_bench.stages.report import run_report
@@ -420,4 +426,6 @@ def run_all(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         # draws each seed's own world
         same = data_payload(scfg) == data_payload(cfg)
         per_seed.append(run_seed(scfg, data if same else run_data(scfg)))
+    if t0 is not None:
+        _summary(t0)
     return {"seeds": per_seed, "report": run_report(cfg)}

@@ -198,3 +198,38 @@ def test_missing_data_and_unknown_tasks_fail_clearly(tmp_path, untrained_run):
             untrained_run["model"], untrained_run["tok"], ["toy3h_nope"], include_path=include
         )
     assert TASKS_DIR.is_dir()
+
+
+def test_environment_info_is_collected_once_per_process(monkeypatch):
+    """lm-eval adds torch's collect_env report to every result (subprocesses, ~0.5 s): inside
+    evaluate_model it is collected on the first call and copied into the later ones."""
+    import lm_eval.evaluator as ev
+    import torch.utils.collect_env as ce
+
+    from hhh_bench.evaluation import harness
+
+    calls = []
+    monkeypatch.setattr(ce, "get_pretty_env_info", lambda: calls.append(1) or "env report")
+    monkeypatch.setattr(harness, "_ENV_INFO", {})
+    original = ev.add_env_info
+    first, second = {}, {}
+    with harness._env_info_once():
+        ev.add_env_info(first)
+        ev.add_env_info(second)
+        first["pretty_env_info"] = "changed"  # a copy each time: results do not share it
+    assert ev.add_env_info is original  # restored
+    assert calls == [1]
+    assert second["pretty_env_info"] == "env report" and "transformers_version" in second
+    other = {}
+    original(other)  # outside: lm-eval's own again
+    assert calls == [1, 1]
+
+
+def test_task_templates_read_fields_without_jinja():
+    """The shipped templates name fields (lm-eval reads them as they are) instead of "{{field}}"
+    Jinja, which lm-eval compiles anew for every document."""
+    from hhh_bench.evaluation.harness import TASKS_DIR
+
+    for path in Path(TASKS_DIR).rglob("_*template.yaml"):
+        text = path.read_text()
+        assert not re.search(r"^doc_to_(text|choice): \"\{\{\w+\}\}\"", text, re.M), path

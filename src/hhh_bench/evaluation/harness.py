@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -325,6 +326,35 @@ def _quiet(enabled: bool) -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+_ENV_INFO: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _env_info_once() -> Iterator[None]:
+    """``simple_evaluate`` adds the machine's environment to every result through
+    ``lm_eval.evaluator.add_env_info`` (torch's ``collect_env``: a dozen subprocesses, ~0.5 s
+    per call, a sixth of a toy evaluation). It does not change within a process, so it is
+    collected on the first call and copied into the later ones. Without that hook (another
+    lm-eval version), nothing is patched."""
+    import lm_eval.evaluator as ev
+
+    original = getattr(ev, "add_env_info", None)
+    if original is None:
+        yield
+        return
+
+    def cached(storage: dict[str, Any]) -> None:
+        if not _ENV_INFO:
+            original(_ENV_INFO)
+        storage.update(copy.deepcopy(_ENV_INFO))
+
+    ev.add_env_info = cached
+    try:
+        yield
+    finally:
+        ev.add_env_info = original
+
+
 def _sample_stderr(values: Sequence[float]) -> float | None:
     """Standard error of a mean (sample std with ddof=1 over sqrt(n)), as lm-eval's ``mean``."""
     n = len(values)
@@ -493,7 +523,7 @@ def evaluate_model(
     if backend == "hf":
         model.eval()
     t0 = time.perf_counter()
-    with _quiet(quiet):
+    with _quiet(quiet), _env_info_once():
         tm = TaskManager(
             include_path=str(include_path) if include_path else None,
             include_defaults=include_defaults,

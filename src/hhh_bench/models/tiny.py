@@ -13,9 +13,9 @@ class TinyModelSpec:
     """Shape of the tiny model (``conf/model/tiny.yaml`` documents every field); each field is
     the ``LlamaConfig`` argument of the same name."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 4
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 64
