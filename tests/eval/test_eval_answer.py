@@ -10,6 +10,7 @@ in every task and in the average: 0.30 over the seeds. A weaker family of each g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -133,23 +134,53 @@ def test_no_answer_is_said_not_raised(tmp_path):
     assert isinstance(reason, str) and "row 'ties-0-test'" in reason
 
 
-def test_report_stage_prints_the_answer_last(tmp_path, capsys):
+def report_cfg(root: Path):
+    """The config the report stage reads, for a store under ``root``."""
     from omegaconf import OmegaConf
 
-    from hhh_bench.stages.report import run_report
-
-    for r in store(tmp_path / "evals"):
-        append_result(tmp_path / "results.jsonl", r)
-    cfg = OmegaConf.create(
+    return OmegaConf.create(
         {
             "name": "hand",
-            "root": str(tmp_path),
+            "root": str(root),
             "eval": {"report_split": "test", "select_split": "validation", "select_by": "average"},
             "logger": {"name": "none"},
         }
     )
+
+
+def test_report_stage_prints_the_answer_last(tmp_path, capsys):
+    from hhh_bench.stages.report import run_report
+
+    for r in store(tmp_path / "evals"):
+        append_result(tmp_path / "results.jsonl", r)
+    cfg = report_cfg(tmp_path)
     out = run_report(cfg)
     printed = capsys.readouterr().out.rstrip("\n").splitlines()
     assert printed[-1] == out["answer_line"] and printed[-1].endswith("merging wins")
     assert any(line.startswith("| Method |") for line in printed[:-1])  # the table before it
     assert out["answer"]["verdict"] == "merging wins"
+
+
+def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys):
+    """A rerun on an unchanged store prints the same table and answer without rebuilding the
+    report (its files untouched); a new row rebuilds it."""
+    from hhh_bench.stages.report import run_report
+
+    rows = store(tmp_path / "evals")
+    for r in rows[:-1]:
+        append_result(tmp_path / "results.jsonl", r)
+    cfg = report_cfg(tmp_path)
+    first = run_report(cfg)
+    md = tmp_path / "report" / "report.md"
+    stamp = md.stat().st_mtime_ns
+    capsys.readouterr()
+    again = run_report(cfg)
+    printed = capsys.readouterr().out
+    assert again == json.loads(json.dumps(first, default=str))
+    assert "unchanged since the store was last reported" in printed
+    assert printed.rstrip("\n").splitlines()[-1] == first["answer_line"]
+    assert md.stat().st_mtime_ns == stamp
+    append_result(tmp_path / "results.jsonl", rows[-1])  # the store changed: built anew
+    third = run_report(cfg)
+    assert "unchanged" not in capsys.readouterr().out
+    assert third["n_rows"] == first["n_rows"] + 1

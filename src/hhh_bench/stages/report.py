@@ -8,6 +8,7 @@ swapped in), so it always matches the store it was made from.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         )
     ecfg = to_dict(cfg.eval)
     out = Path(cfg.root) / "report"
+    key = _report_key(cfg, store, diagnostics_path(cfg))
+    done = _cached(out, key)
+    if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
+        _show(cfg, store, done, cached=True)
+        return done
     with atomic_dir(out, overwrite=True) as tmp:
         rep = build_report(
             rows,
@@ -74,20 +80,7 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         config={"eval": ecfg, "n_rows": len(rows)},
         files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
     )
-    lines = [
-        "",
-        f"== hhh-bench report: {cfg.name} ({len(rows)} rows from {store}) ==",
-        rep["main_table"],
-        "",
-        *(f"{k}: {v}" for k, v in paths.items()),
-    ]
-    if wandb_dir:
-        lines.append(f"wandb run: {wandb_dir}")
-    print("\n".join(lines))
-    log.info("report: wrote %s", out)
-    console_line(f"report: wrote {paths['report_md']} ({len(rows)} rows)")
-    print(rep["answer_line"], flush=True)  # last: mix or merge, and how sure
-    return {
+    result = {
         "dir": str(out),
         **paths,
         "diagnostics_figures": diag_figures,
@@ -98,3 +91,57 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         "n_rows": len(rows),
         "wandb_dir": str(wandb_dir) if wandb_dir else None,
     }
+    (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
+    log.info("report: wrote %s", out)
+    _show(cfg, store, result, cached=False)
+    return result
+
+
+_KEY_FILE = "report_key.json"
+"""What the report in ``<root>/report/`` was built from, and what the stage returned."""
+
+
+def _report_key(cfg: DictConfig, store: Path, diagnostics: Path) -> str:
+    import hashlib
+
+    from hhh_bench import __version__
+    from hhh_bench.provenance import config_hash
+
+    def digest(p: Path) -> str | None:
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+    ecfg = to_dict(cfg.eval)
+    return config_hash({
+        "store": digest(store), "diagnostics": digest(diagnostics), "name": str(cfg.name),
+        "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
+        "logger": to_dict(cfg.logger), "version": __version__,
+    })  # fmt: skip
+
+
+def _cached(out: Path, key: str) -> dict[str, Any] | None:
+    try:
+        saved = json.loads((out / _KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    result = saved.get("result") or {}
+    if saved.get("key") != key or not Path(str(result.get("report_md"))).is_file():
+        return None
+    return result
+
+
+def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) -> None:
+    """The console: the main table, the files, one numbered line, and the answer last."""
+    paths = {k: rep[k] for k in ("report_md", "radar", "pareto", "conflict")}
+    lines = [
+        "",
+        f"== hhh-bench report: {cfg.name} ({rep['n_rows']} rows from {store}) ==",
+        rep["main_table"],
+        "",
+        *(f"{k}: {v}" for k, v in paths.items()),
+    ]
+    if rep.get("wandb_dir"):
+        lines.append(f"wandb run: {rep['wandb_dir']}")
+    print("\n".join(lines))
+    what = "unchanged since the store was last reported" if cached else "wrote"
+    console_line(f"report: {what} {paths['report_md']} ({rep['n_rows']} rows)")
+    print(rep["answer_line"], flush=True)  # last: mix or merge, and how sure

@@ -203,8 +203,7 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f, _locked(f):
         if skip_unchanged:
-            f.seek(0)
-            latest = _dedupe(_parse(f.read().decode("utf-8", "replace"), path, warn=False))
+            latest = _dedupe(_rows_of(f, path, warn=False))
             prev = latest.get(row["row_key"])
             if prev is not None and _same(prev, row):
                 return False
@@ -217,6 +216,26 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+_PARSED: dict[str, tuple[tuple[int, int, int], list[dict[str, Any]]]] = {}
+"""The rows of each store read in this process, by path, with the file's (inode, size, mtime)
+when read: a pipeline checks the store once per evaluated model, so an unchanged file is parsed
+once (a changed one again, whole)."""
+
+
+def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
+    """The rows of the open store ``f`` (parsed, or the memo when the file is unchanged); a
+    copy of the list, whose rows the caller must not modify."""
+    st = os.fstat(f.fileno())
+    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+    memo = _PARSED.get(str(path))
+    if memo is not None and memo[0] == ident:
+        return list(memo[1])
+    f.seek(0)
+    rows = _parse(f.read().decode("utf-8", "replace"), path, warn=warn)
+    _PARSED[str(path)] = (ident, rows)
+    return list(rows)
 
 
 def _parse(text: str, path: Path, warn: bool = True) -> list[dict[str, Any]]:
@@ -259,7 +278,8 @@ def read_results(path: str | Path, *, dedupe: bool = True) -> list[dict[str, Any
     path = Path(path)
     if not path.is_file():
         return []
-    rows = _parse(path.read_text(encoding="utf-8", errors="replace"), path)
+    with open(path, "rb") as f:
+        rows = [dict(r) for r in _rows_of(f, path)]  # a caller may set fields of its rows
     return list(_dedupe(rows).values()) if dedupe else rows
 
 
