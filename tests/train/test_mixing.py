@@ -304,3 +304,18 @@ def test_reward_select_through_a_reward_model_by_path(tiny_reward_model, prefs):
         RewardModelScorer(str(path), ["helpful", "honest"])(prefs["helpful"][:1])
     with pytest.raises(ValueError, match="unknown dimension"):
         RewardModelScorer(str(path), ["helpful", "kind", None])
+
+
+def test_mixtures_are_budget_matched_with_the_specialists_by_default():
+    """Every shipped mixing strategy trains on as many pairs as the specialists together (the
+    data a merge is built from), unless a config says otherwise."""
+    from hhh_bench.data.prepare import training_set
+
+    for path in sorted(CONF_MIX.glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        assert cfg["budget"] == "all_specialists", path
+        params = {k: v for k, v in cfg.items() if k != "budget"}
+        if params.get("scorer") == "toy3h":  # the synthetic rows carry no toy kinds
+            params["scorer"] = meta_scorer
+        ts = training_set(SETS, None, params, seed=0)
+        assert len(ts.rows) == sum(len(v) for v in SETS.values()), path
