@@ -78,7 +78,9 @@ def test_paper_3h_dimensions_have_pairs_for_training_and_mixing(tmp_path):
             params["scorer"] = lambda rows: [{"helpful": 1.0, "honest": -1.0, "harmless": 0.5}
                                              for _ in rows]  # fmt: skip
         result = mix(name, sets, budget=mcfg["budget"], seed=0, **params)
-        assert sum(result.counts.values()) == round(sum(sizes.values()) / len(sizes)), name
+        # budget-matched by default: as many pairs as the specialists together
+        assert mcfg["budget"] == "all_specialists", name
+        assert sum(result.counts.values()) == sum(sizes.values()), name
         assert len(result.rows) == sum(result.counts.values()), name
 
 

@@ -9,6 +9,7 @@ swapped in), so it always matches the store it was made from.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,8 @@ def _report_key(cfg: DictConfig, store: Path, diagnostics: Path) -> str:
     return config_hash({
         "store": digest(store), "diagnostics": digest(diagnostics), "name": str(cfg.name),
         "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
-        "logger": to_dict(cfg.logger), "version": __version__,
+        "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
+        "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
     })  # fmt: skip
 
 
