@@ -117,3 +117,33 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     for k in test_rows:
         for dim in ("helpful", "honest", "harmless", "average"):
             assert resumed[k][dim] == pytest.approx(reference[k][dim], abs=1e-9), (k, dim)
+
+
+@pytest.mark.e2e
+def test_readme_sweep_adds_one_row_per_configuration(tmp_path, session_root, pipeline_run):
+    """The README's sweep, verbatim but for the small world: a Hydra multirun of
+    `stage=merge_eval` over 3 methods x 2 scalings merges each configuration from the trained
+    specialists (nothing retrained) and adds exactly one validation row per configuration; a
+    second run adds none."""
+    import shutil
+
+    root = tmp_path / "sweep"
+    for stage in ("data", "base", "train"):  # the specialists of the pipeline run, reused
+        shutil.copytree(session_root / stage, root / stage)
+    args = [str(Path(sys.executable).parent / "hhh-bench"), "-m", "stage=merge_eval",
+            "merge=ties,tsv,resm", "merge.params.scaling=0.5,1.0", f"root={root}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}", "logger=none", "threads=1",
+            *SMALL_WORLD]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    trained = sorted(p.name for p in (root / "train").iterdir())
+    for attempt in range(2):
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        rows = [json.loads(x) for x in (root / "results.jsonl").read_text().splitlines()]
+        configs = [(r["method"], r["params"]["scaling"]) for r in rows]
+        assert sorted(configs) == sorted(
+            (m, s) for m in ("ties", "tsv", "resm") for s in (0.5, 1.0)
+        ), (attempt, configs)
+        assert {r["split"] for r in rows} == {"validation"}
+    assert sorted(p.name for p in (root / "train").iterdir()) == trained  # nothing trained
