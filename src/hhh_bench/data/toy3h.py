@@ -640,11 +640,9 @@ def oracle_verdict(row: PreferenceRow) -> int:
     """The world's verdict on a toy pair: +1 where it prefers ``chosen``, −1 where it prefers
     ``rejected``, 0 where no dimension has an opinion: the sign of the margin of the first
     dimension of :data:`PRIORITY` with a non-zero one (:func:`oracle_reward`)."""
-    r = oracle_reward(row)
-    for d in PRIORITY:
-        if r[d]:
-            return 1 if r[d] > 0 else -1
-    return 0
+    from hhh_bench.data.mixing.resolved import verdict
+
+    return verdict(oracle_reward(row), list(PRIORITY))
 
 
 def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:

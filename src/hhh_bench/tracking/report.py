@@ -962,6 +962,7 @@ def build_report(
     n_seeds = max(e.n for e in entries)
     extra = extra_columns(report_rows)
     marks, tests = paired_marks(entries, extra, alpha=alpha)
+    budgets = budget_note(report_rows)
     md = [
         f"# hhh-bench report{': ' + experiment if experiment else ''}",
         "",
@@ -1001,7 +1002,7 @@ def build_report(
         "",
         main_table(entries, extra, marks),
         "",
-        *([budget_note(report_rows), ""] if budget_note(report_rows) else []),
+        *([budgets, ""] if budgets else []),
         *other_setups_section(others, report_rows),
         "## All evaluated models",
         "",

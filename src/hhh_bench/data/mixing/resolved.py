@@ -34,7 +34,7 @@ class ResolvedParams(ScoredParams):
     shares: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if sorted(self.priority) != sorted(set(self.priority)) or not set(self.priority) <= set(
+        if len(set(self.priority)) != len(self.priority) or not set(self.priority) <= set(
             DIMENSIONS
         ):
             raise ValueError(
