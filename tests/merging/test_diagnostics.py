@@ -175,6 +175,21 @@ def test_half_shared_subspace():
     assert got["sti_normalized"] == pytest.approx(0.6, rel=1e-6)
 
 
+def test_shared_subspace_in_a_rotated_basis_gives_normalized_sti_above_one():
+    """τ_1 = 2·e0f0ᵀ + e1f1ᵀ, τ_2 = 2·u_a f0ᵀ + u_b f1ᵀ with u_a = (e0 + e1)/√2,
+    u_b = (e1 − e0)/√2: the same left subspace in a basis turned by 45°. A = U_1ᵀU_2 has four
+    entries ±1/√2 and V_1ᵀV_2 = I (up to signs), so (UᵀU − I)Σ(VᵀV − I) = blockdiag(AΣ_2, AᵀΣ_1):
+    STI = (2 + 1 + 2 + 1)/√2 · 2 = 12/√2, normalized 12/√2 / 6 = √2 > 1 (the same tasks in one
+    basis: 1). docs/merging.md: sti_normalized is not bounded by 1."""
+    r = 1 / math.sqrt(2)
+    t1 = 2 * _outer(0, 0) + _outer(1, 1)
+    t2 = 2 * r * (_outer(0, 0) + _outer(1, 0)) + r * (_outer(1, 1) - _outer(0, 1))
+    got = subspace_stats(torch.stack([t1, t2]), 2)
+    assert got["subspace_overlap"] == pytest.approx(1.0, rel=1e-6)
+    assert got["sti"] == pytest.approx(12 * r, rel=1e-6)
+    assert got["sti_normalized"] == pytest.approx(math.sqrt(2), rel=1e-6)
+
+
 def test_sti_equals_the_papers_block_formula_on_random_matrices():
     """Reference: STI = Σ_ab |Σ_l (UᵀU − I)_al σ_l (VᵀV − I)_lb| written as explicit sums over
     the T·k singular triplets (float64), against ours (float64)."""

@@ -41,7 +41,9 @@ Per floating parameter, with x = τ_t flattened (n entries) and T tasks (formula
     ``ord="1"`` to ``torch.linalg.norm``; as stored it raises for T ≥ 2 (shape mismatch, and
     torch has no matrix norm ``"1"``), so we follow the paper's definition.
   - ``sti_normalized``: STI / ((T − 1)²·Σ kept σ): 1 for T identical task vectors, 0 for
-    mutually orthogonal subspaces (scale-free, comparable across layers).
+    mutually orthogonal subspaces (scale-free, comparable across layers). Not bounded by 1:
+    tasks sharing a subspace through rotated singular vectors (dense U_iᵀU_j) score above it
+    (random subspaces: about 1).
 
 - RESM's rank rule (``resm_*``), from the functions RESM merges with
   (:mod:`hhh_bench.merging.methods.resm`, with ``resm_params``, default RESM's defaults):
@@ -107,7 +109,8 @@ STAT_HELP = {
     "subspace_overlap": "mean over task pairs of ‖U_iᵀU_j‖_F²/k (top-k left singular vectors)",
     "subspace_overlap_right": "as subspace_overlap, right singular vectors",
     "sti": "‖(UᵀU − I) Σ (VᵀV − I)‖₁ (entrywise), TSV's singular task interference",
-    "sti_normalized": "STI / ((T − 1)²·Σσ): 1 = identical tasks, 0 = orthogonal subspaces",
+    "sti_normalized": "STI / ((T − 1)²·Σσ): 1 = identical tasks, 0 = orthogonal subspaces, "
+    "above 1 for shared subspaces in rotated bases",
     "resm_density": "RESM's D_l: share of entries with |τ_t| > M·mean|τ_t|, mean over tasks",
     "resm_rank_ratio": "k RESM keeps / TSV-M's uniform k (1 = the rank rule changed nothing)",
 }
