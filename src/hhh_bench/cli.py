@@ -54,6 +54,22 @@ def quiet_libraries() -> None:
         pass
 
 
+def multirun_job() -> str | None:
+    """This Hydra job's name when it is a job of a multirun (``-m``), else None: its overrides
+    (:func:`hhh_bench.stages.report.job_name`), the folder of its report."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    from hhh_bench.stages.report import job_name
+
+    return job_name(str(hc.job.override_dirname), int(hc.job.num))
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
     selection score) so a sweeper such as Optuna can optimize it; None for other stages.
@@ -67,7 +83,7 @@ def task(cfg) -> float | None:
 
     quiet_libraries()
     try:
-        objective = run(cfg).get("objective")
+        objective = run(cfg, job=multirun_job()).get("objective")
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
         if _verbose():
             raise

@@ -28,11 +28,14 @@ STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "dia
 T = TypeVar("T")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done).
 
     ``stage=merge_eval`` also puts its selection score under ``"objective"`` (a float), the value
     the ``hhh-bench`` task function returns to a Hydra sweeper (Optuna: experiment=merge_optuna).
+    ``job``: the name of this job of a multirun (``hhh-bench`` passes it), so that its report
+    goes to a folder of its own (:func:`hhh_bench.stages.report.report_dir`); None otherwise.
+    The console's cache summary counts this run (this job) only.
     """
     from hhh_bench.config import preflight, validate_run
 
@@ -79,11 +82,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from hhh_bench.stages.report import run_report
 
         _summary(t0)
-        out["report"] = run_report(cfg)
+        out["report"] = run_report(cfg, job=job)
     elif stage == "diagnose":
         out["diagnose"] = _diagnose(cfg, data)
     elif stage == "all":
-        out.update(run_all(cfg, data, t0))
+        out.update(run_all(cfg, data, t0, job=job))
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
@@ -413,8 +416,11 @@ def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
         raise ValueError(f"unknown mixing strategy {name!r}: {e}") from None
 
 
-def run_all(cfg: DictConfig, data: dict[str, Any], t0: float | None = None) -> dict[str, Any]:
-    """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report."""
+def run_all(
+    cfg: DictConfig, data: dict[str, Any], t0: float | None = None, *, job: str | None = None
+) -> dict[str, Any]:
+    """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report (of
+    multirun job ``job``, if one: :func:`run`)."""
     from hhh_bench.stages.data import data_payload, run_data
     from hhh_bench.stages.report import run_report
 
@@ -428,4 +434,4 @@ def run_all(cfg: DictConfig, data: dict[str, Any], t0: float | None = None) -> d
         per_seed.append(run_seed(scfg, data if same else run_data(scfg)))
     if t0 is not None:
         _summary(t0)
-    return {"seeds": per_seed, "report": run_report(cfg)}
+    return {"seeds": per_seed, "report": run_report(cfg, job=job)}

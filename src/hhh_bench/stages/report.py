@@ -4,12 +4,18 @@
 
 The report folder is rewritten as a whole on every run (built in a temporary folder, then
 swapped in), so it always matches the store it was made from.
+
+In a Hydra multirun (``hhh-bench -m ...``) every job writes its own report,
+``<root>/reports/<job>/``, ``<job>`` named after the job's overrides (:func:`job_name`), so no
+job overwrites another's; its title, console header and W&B run carry the job's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,29 @@ from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
 
 
-def run_report(cfg: DictConfig) -> dict[str, Any]:
-    """Render the report of ``<root>/results.jsonl`` and log it to W&B (unless ``logger=none``).
+def report_dir(cfg: DictConfig, job: str | None = None) -> Path:
+    """Where the report goes: ``<root>/report/``, or ``<root>/reports/<job>/`` for a job of a
+    multirun (beside, not inside, the single run's folder, which is swapped as a whole)."""
+    return Path(cfg.root) / "report" if job is None else Path(cfg.root) / "reports" / job
+
+
+def job_name(override_dirname: str, num: int) -> str:
+    """A multirun job's folder name: Hydra's ``override_dirname`` of the job (its overrides,
+    ``merge=ties,merge.params.scaling=0.5``; ``root`` left out, conf/config.yaml), characters
+    other than letters, digits and ``._,=+~@-`` as ``_``; a name over 96 characters is cut to 80
+    and the full name's hash appended; ``job<num>`` when the job has no overrides."""
+    name = re.sub(r"[^A-Za-z0-9._,=+~@-]", "_", override_dirname)
+    if not name:
+        return f"job{num}"
+    if len(name) > 96:
+        return f"{name[:80]}-{hashlib.sha256(override_dirname.encode()).hexdigest()[:12]}"
+    return name
+
+
+def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
+    """Render the report of ``<root>/results.jsonl`` into :func:`report_dir` and log it to W&B
+    (unless ``logger=none``). ``job``: the name of a multirun job (:func:`job_name`), None
+    outside a multirun.
 
     Also draws the task-vector diagnostics of ``<root>/diagnostics.jsonl`` (heatmaps per
     statistic, tables per layer type) when the merges wrote any.
@@ -34,7 +61,7 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
     "mix or merge?" (:mod:`hhh_bench.tracking.answer`).
 
     Returns:
-        ``{"dir", "report_md", "radar", "pareto", "conflict", "diagnostics_figures",
+        ``{"title", "dir", "report_md", "radar", "pareto", "conflict", "diagnostics_figures",
         "main_table", "summary", "answer", "answer_line", "n_rows", "wandb_dir"}`` (paths as
         strings; ``wandb_dir`` None when logging is off; ``answer`` None without an answer).
 
@@ -54,17 +81,18 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
             f"no results in {store}; run the eval stage first (hhh-bench stage=eval ...)"
         )
     ecfg = to_dict(cfg.eval)
-    out = Path(cfg.root) / "report"
-    key = _report_key(cfg, store, diagnostics_path(cfg))
+    out = report_dir(cfg, job)
+    key = _report_key(cfg, store, diagnostics_path(cfg), job)
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
         return done
+    title = str(cfg.name) + (f" [{job}]" if job else "")
     with atomic_dir(out, overwrite=True) as tmp:
         rep = build_report(
             rows,
             tmp,
-            experiment=str(cfg.name),
+            experiment=title,
             report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"),
             select_by=ecfg.get("select_by", "average"),
@@ -80,8 +108,10 @@ def run_report(cfg: DictConfig) -> dict[str, Any]:
         summary=rep["summary"],
         config={"eval": ecfg, "n_rows": len(rows)},
         files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
+        job=job,
     )
     result = {
+        "title": title,
         "dir": str(out),
         **paths,
         "diagnostics_figures": diag_figures,
@@ -102,9 +132,7 @@ _KEY_FILE = "report_key.json"
 """What the report in ``<root>/report/`` was built from, and what the stage returned."""
 
 
-def _report_key(cfg: DictConfig, store: Path, diagnostics: Path) -> str:
-    import hashlib
-
+def _report_key(cfg: DictConfig, store: Path, diagnostics: Path, job: str | None) -> str:
     from hhh_bench import __version__
     from hhh_bench.provenance import config_hash
 
@@ -117,6 +145,7 @@ def _report_key(cfg: DictConfig, store: Path, diagnostics: Path) -> str:
         "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
         "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
+        **({"job": job} if job else {}),
     })  # fmt: skip
 
 
@@ -136,7 +165,7 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
     paths = {k: rep[k] for k in ("report_md", "radar", "pareto", "conflict")}
     lines = [
         "",
-        f"== hhh-bench report: {cfg.name} ({rep['n_rows']} rows from {store}) ==",
+        f"== hhh-bench report: {rep.get('title', cfg.name)} ({rep['n_rows']} rows from {store}) ==",
         rep["main_table"],
         "",
         *(f"{k}: {v}" for k, v in paths.items()),

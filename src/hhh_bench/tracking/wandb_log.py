@@ -37,12 +37,14 @@ def wandb_dir(root: str | Path) -> Path:
     return path
 
 
-def report_run_id(root: str | Path, name: str) -> str:
-    """The report run's W&B id: one per (experiment root, experiment name), so that a rerun
-    resumes and updates its report run instead of adding one."""
+def report_run_id(root: str | Path, name: str, job: str | None = None) -> str:
+    """The report run's W&B id: one per (experiment root, experiment name, multirun job), so
+    that a rerun resumes and updates its report run instead of adding one, and the jobs of a
+    multirun each keep their own."""
     from hhh_bench.provenance import config_hash
 
-    return "report-" + config_hash({"root": str(Path(root).resolve()), "name": name}, length=16)
+    key = {"root": str(Path(root).resolve()), "name": name, **({"job": job} if job else {})}
+    return "report-" + config_hash(key, length=16)
 
 
 def setup_trainer_env(
@@ -115,6 +117,7 @@ def log_experiment(
     summary: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     files: Sequence[str | Path] = (),
+    job: str | None = None,
 ) -> Path | None:
     """Log an experiment's results table (and summary metrics, report files) as one W&B run.
 
@@ -127,6 +130,8 @@ def log_experiment(
         summary: scalar summary metrics (e.g. ``"TIES/average": 0.71``).
         config: the run config to record.
         files: report files to attach (images are logged as ``wandb.Image``).
+        job: a multirun job's name: the run is ``<name>/<job>`` in the group ``name``, with an
+            id of its own.
 
     Returns:
         The run's local folder (``<wandb_dir>/wandb/<offline-run-...>``), or None when logging
@@ -142,11 +147,11 @@ def log_experiment(
     run = wandb.init(
         project=logger_cfg.get("project") or "hhh-bench",  # type: ignore[union-attr]
         entity=logger_cfg.get("entity"),  # type: ignore[union-attr]
-        name=name,
+        name=f"{name}/{job}" if job else name,
         group=name,
         job_type="report",
         dir=str(wandb_dir(root)),
-        id=report_run_id(root, name),
+        id=report_run_id(root, name, job),
         resume="allow",
         mode=mode,
         config=dict(config or {}),

@@ -1,0 +1,82 @@
+"""Multirun jobs never overwrite one another's report (issue 18): in `hhh-bench -m ...` every job
+writes `<root>/reports/<job>/`, `<job>` named after its overrides, and its console summary counts
+its own stage runs. On the report fixture store (tests/assets/eval/results_fixture.jsonl): no
+training, the data stage is the toy world's (about a second)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fixture.jsonl"
+
+
+def test_multirun_jobs_write_their_own_reports(tmp_path):
+    """A two-job sweep of the report stage over eval.select_by: two folders under
+    <root>/reports/, each report titled with its job and choosing by its own select_by, nothing
+    in <root>/report/; the first job computes the data stage and says so, the second reuses it
+    and says so (the summary is per job, not summed over the jobs)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(FIXTURE, root / "results.jsonl")
+    args = [sys.executable, "-m", "hhh_bench", "-m", "stage=report", "eval.select_by=average,min",
+            f"root={root}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "logger=none",
+            "threads=1"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = {
+        by: f"eval.select_by={by},logger=none,stage=report,threads=1" for by in ("average", "min")
+    }
+    assert sorted(p.name for p in (root / "reports").iterdir()) == sorted(jobs.values())
+    for by, job in jobs.items():
+        md = (root / "reports" / job / "report.md").read_text()
+        assert md.startswith(f"# hhh-bench report: default [{job}]\n"), md[:200]
+        assert f"the one it chose by {by} on the selection split" in md
+        assert (root / "reports" / job / "pareto.png").is_file()
+    assert not (root / "report").exists()
+    summaries = re.findall(r"^hhh-bench: (\d+) stage run\(s\) computed, (\d+) reused", done.stdout,
+                           re.M)  # fmt: skip
+    assert summaries == [("1", "0"), ("0", "1")], done.stdout[-3000:]
+
+
+def test_report_stage_keys_its_folder_and_wandb_run_by_job(tmp_path):
+    """Called with two job names (what `hhh-bench` passes in a multirun) the stage writes two
+    folders, caches each on its own, and W&B ids differ per job; without a job: <root>/report/
+    and the id it always had."""
+    from hhh_bench.cli import multirun_job
+    from hhh_bench.stages.report import job_name, run_report
+    from hhh_bench.tracking.wandb_log import report_run_id
+
+    shutil.copy(FIXTURE, tmp_path / "results.jsonl")
+    cfg = OmegaConf.create({
+        "name": "fixture", "root": str(tmp_path), "logger": {"name": "none"},
+        "eval": {"report_split": "test", "select_split": "validation", "select_by": "average"},
+    })  # fmt: skip
+    a, b = run_report(cfg, job="merge=ties"), run_report(cfg, job="merge=tsv")
+    assert Path(a["report_md"]).parent == tmp_path / "reports" / "merge=ties"
+    assert Path(b["report_md"]).parent == tmp_path / "reports" / "merge=tsv"
+    assert a["title"] == "fixture [merge=ties]"
+    assert run_report(cfg, job="merge=ties") == a  # its own cache (report_key.json)
+    single = run_report(cfg)
+    assert Path(single["report_md"]).parent == tmp_path / "report"
+    assert Path(a["report_md"]).is_file()  # the single run's folder swap left the jobs' alone
+    ids = {report_run_id(tmp_path, "fixture", j) for j in (None, "merge=ties", "merge=tsv")}
+    assert len(ids) == 3
+    assert report_run_id(tmp_path, "fixture") == report_run_id(tmp_path, "fixture", None)
+    # folder names: Hydra's override_dirname, made safe; long ones cut and hashed
+    assert (
+        job_name("merge=ties,merge.params.scaling=0.5", 3) == "merge=ties,merge.params.scaling=0.5"
+    )
+    assert job_name("plugins=[my.mod],x='a b'", 0) == "plugins=_my.mod_,x=_a_b_"
+    assert job_name("", 4) == "job4"
+    long = ",".join(f"data.world.n_known.k{i}=40" for i in range(10))
+    assert len(job_name(long, 0)) == 93 and job_name(long, 0) != job_name(long + "1", 0)
+    assert multirun_job() is None  # outside a Hydra multirun
