@@ -25,11 +25,22 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hhh_bench.stages.common import CACHE, load_option, log, to_dict
 
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
+UPSTREAM = {
+    "train": ("base",),
+    "merge": ("base", "train"),
+    "merge_eval": ("base", "train"),
+    "diagnose": ("base", "train"),
+    "eval": ("base",),
+}
+"""Earlier stages a stage computes first when their outputs are missing (the data stage, which
+every stage runs, aside): each such run says so on the console before it starts
+(:func:`hhh_bench.stagecache.cached_stage`)."""
 T = TypeVar("T")
 
 
 def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
-    """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done).
+    """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done; one
+    that is missing is computed first, after a console line saying so and why: :data:`UPSTREAM`).
 
     ``stage=merge_eval`` also puts its selection score under ``"objective"`` (a float), the value
     the ``hhh-bench`` task function returns to a Hydra sweeper (Optuna: experiment=merge_optuna).
@@ -44,6 +55,7 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     t0 = time.time()
     CACHE.reset()
+    CACHE.asked, CACHE.upstream = stage, frozenset(UPSTREAM.get(stage, ()))
     set_threads(cfg.get("threads"))
     load_plugins(cfg.get("plugins") or [])
     if (

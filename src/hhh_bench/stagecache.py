@@ -47,11 +47,16 @@ class CacheCounter:
     computed: dict[str, set[str]] = field(default_factory=dict)
     reused: dict[str, set[str]] = field(default_factory=dict)
     lines: int = 0
+    asked: str = ""
+    """The stage the user asked for (``stage=merge``), set by the pipeline."""
+    upstream: frozenset[str] = frozenset()
+    """Earlier stages whose missing outputs the asked stage computes first: each says so."""
 
     def reset(self) -> None:
         self.computed.clear()
         self.reused.clear()
         self.lines = 0
+        self.asked, self.upstream = "", frozenset()
 
     def hit(self, stage: str, key: str = "") -> None:
         if key not in self.computed.get(stage, set()):
@@ -132,6 +137,11 @@ def cached_stage(
         console_line(f"{what}: reused {out}")
         return StageRun(stage, key, out, True, json.loads((out / result_file).read_text()))
     t0 = time.time()
+    if stage in CACHE.upstream:  # not asked for: say why it runs, before it starts
+        console_line(
+            f"{what}: missing (stage={CACHE.asked} needs it; {Path(root) / stage} has none for "
+            f"this config): running stage={stage} first, unasked"
+        )
     console_line(f"{what}: running ...")
     ctx = atomic_dir(out) if write else _scratch()
     with ctx as tmp:

@@ -1,0 +1,81 @@
+"""A stage whose inputs do not exist says so before it computes them (issue 18): `stage=eval` in
+a fresh root trains θ0 first, `stage=merge` trains the specialists first, each after a console
+line naming what is missing, which stage needs it and which stage runs unasked. The training
+itself is replaced by a stub that stops the run, so the test trains nothing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import SMALL_WORLD, compose
+
+
+class Stop(Exception):
+    """Raised where the training would start."""
+
+
+def _stop(*args, **kwargs):
+    raise Stop
+
+
+def _lines(out: str) -> list[str]:
+    return re.findall(r"^\[\d+\] (.*)$", out, re.M)
+
+
+def test_eval_in_a_fresh_root_says_it_trains_the_base_first(tmp_path, monkeypatch, capsys):
+    import hhh_bench.stages.base as base_stage
+    from hhh_bench.pipeline import run
+
+    monkeypatch.setattr(base_stage, "_build_or_load", _stop)
+    cfg = compose([f"root={tmp_path}", "logger=none", "threads=1", "stage=eval", *SMALL_WORLD])
+    with pytest.raises(Stop):
+        run(cfg)
+    lines = _lines(capsys.readouterr().out)
+    assert lines[-2:] == [
+        f"base: missing (stage=eval needs it; {tmp_path / 'base'} has none for this config): "
+        "running stage=base first, unasked",
+        "base: running ...",
+    ], lines
+    assert not list((tmp_path / "base").glob("[!.]*"))  # stopped before anything was written
+
+
+def test_merge_without_specialists_says_it_trains_them_first(tmp_path, monkeypatch, capsys):
+    import hhh_bench.pipeline as pipeline
+    import hhh_bench.train.run as train_run
+
+    monkeypatch.setattr(pipeline, "_base", lambda cfg, data: {"path": str(tmp_path), "key": "b"})
+    monkeypatch.setattr(train_run, "train_model", _stop)
+    cfg = compose([f"root={tmp_path}", "logger=none", "threads=1", "stage=merge", *SMALL_WORLD])
+    with pytest.raises(Stop):
+        pipeline.run(cfg)
+    lines = _lines(capsys.readouterr().out)
+    assert lines[-2:] == [
+        f"train helpful-specialist: missing (stage=merge needs it; {tmp_path / 'train'} has "
+        "none for this config): running stage=train first, unasked",
+        "train helpful-specialist: running ...",
+    ], lines
+
+
+def test_only_missing_upstream_outputs_are_announced(tmp_path, capsys):
+    """The line comes with a computed upstream stage, not with a reused one, not with the stage
+    asked for, and not in stage=all (which asks for everything)."""
+    from hhh_bench.stagecache import CACHE, cached_stage
+
+    def once(stage: str) -> list[str]:
+        cached_stage(tmp_path, stage, {"x": 1}, lambda tmp: {}, result_file="r.json")
+        return _lines(capsys.readouterr().out)
+
+    CACHE.reset()
+    CACHE.asked, CACHE.upstream = "merge", frozenset({"base", "train"})
+    assert once("base")[0].startswith("base: missing (stage=merge needs it;")
+    assert once("base") == [f"base: reused {tmp_path / 'base' / cached_key(tmp_path, 'base')}"]
+    assert once("merge") == ["merge: running ...", "merge: done in 0.0 s"]
+    CACHE.reset()  # stage=all: nothing upstream
+    assert once("train") == ["train: running ...", "train: done in 0.0 s"]
+
+
+def cached_key(root, stage: str) -> str:
+    (folder,) = [p.name for p in (root / stage).iterdir() if not p.name.startswith(".")]
+    return folder
