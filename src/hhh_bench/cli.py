@@ -9,7 +9,9 @@ hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[o
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 
 
@@ -54,9 +56,22 @@ def quiet_libraries() -> None:
         pass
 
 
+def job_name(override_dirname: str, num: int) -> str:
+    """A multirun job's folder name: Hydra's ``override_dirname`` of the job (its overrides,
+    ``merge=ties,merge.params.scaling=0.5``; ``root`` left out, conf/config.yaml), characters
+    other than letters, digits and ``._,=+~@-`` as ``_``; a name over 96 characters is cut to 80
+    and the full name's hash appended; ``job<num>`` when the job has no overrides."""
+    name = re.sub(r"[^A-Za-z0-9._,=+~@-]", "_", override_dirname)
+    if not name:
+        return f"job{num}"
+    if len(name) > 96:
+        return f"{name[:80]}-{hashlib.sha256(override_dirname.encode()).hexdigest()[:12]}"
+    return name
+
+
 def multirun_job() -> str | None:
     """This Hydra job's name when it is a job of a multirun (``-m``), else None: its overrides
-    (:func:`hhh_bench.stages.report.job_name`), the folder of its report."""
+    (:func:`job_name`), the folder of its report."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -65,8 +80,6 @@ def multirun_job() -> str | None:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return None
-    from hhh_bench.stages.report import job_name
-
     return job_name(str(hc.job.override_dirname), int(hc.job.num))
 
 

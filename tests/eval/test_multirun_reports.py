@@ -51,8 +51,8 @@ def test_report_stage_keys_its_folder_and_wandb_run_by_job(tmp_path):
     """Called with two job names (what `hhh-bench` passes in a multirun) the stage writes two
     folders, caches each on its own, and W&B ids differ per job; without a job: <root>/report/
     and the id it always had."""
-    from hhh_bench.cli import multirun_job
-    from hhh_bench.stages.report import job_name, run_report
+    from hhh_bench.cli import job_name, multirun_job
+    from hhh_bench.stages.report import run_report
     from hhh_bench.tracking.wandb_log import report_run_id
 
     shutil.copy(FIXTURE, tmp_path / "results.jsonl")

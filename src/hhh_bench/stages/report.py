@@ -5,9 +5,8 @@
 The report folder is rewritten as a whole on every run (built in a temporary folder, then
 swapped in), so it always matches the store it was made from.
 
-In a Hydra multirun (``hhh-bench -m ...``) every job writes its own report,
-``<root>/reports/<job>/``, ``<job>`` named after the job's overrides (:func:`job_name`), so no
-job overwrites another's; its title, console header and W&B run carry the job's name.
+In a multirun (``hhh-bench -m ...``) each job writes ``<root>/reports/<job>/``
+(:func:`hhh_bench.cli.job_name`), its name in the report's title and W&B run.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +30,10 @@ def report_dir(cfg: DictConfig, job: str | None = None) -> Path:
     return Path(cfg.root) / "report" if job is None else Path(cfg.root) / "reports" / job
 
 
-def job_name(override_dirname: str, num: int) -> str:
-    """A multirun job's folder name: Hydra's ``override_dirname`` of the job (its overrides,
-    ``merge=ties,merge.params.scaling=0.5``; ``root`` left out, conf/config.yaml), characters
-    other than letters, digits and ``._,=+~@-`` as ``_``; a name over 96 characters is cut to 80
-    and the full name's hash appended; ``job<num>`` when the job has no overrides."""
-    name = re.sub(r"[^A-Za-z0-9._,=+~@-]", "_", override_dirname)
-    if not name:
-        return f"job{num}"
-    if len(name) > 96:
-        return f"{name[:80]}-{hashlib.sha256(override_dirname.encode()).hexdigest()[:12]}"
-    return name
-
-
 def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     """Render the report of ``<root>/results.jsonl`` into :func:`report_dir` and log it to W&B
-    (unless ``logger=none``). ``job``: the name of a multirun job (:func:`job_name`), None
-    outside a multirun.
+    (unless ``logger=none``). ``job``: the name of a multirun job
+    (:func:`hhh_bench.cli.job_name`), None outside a multirun.
 
     Also draws the task-vector diagnostics of ``<root>/diagnostics.jsonl`` (heatmaps per
     statistic, tables per layer type) when the merges wrote any.
@@ -90,38 +75,22 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     title = str(cfg.name) + (f" [{job}]" if job else "")
     with atomic_dir(out, overwrite=True) as tmp:
         rep = build_report(
-            rows,
-            tmp,
-            experiment=title,
-            report_split=ecfg.get("report_split", "test"),
-            select_split=ecfg.get("select_split"),
-            select_by=ecfg.get("select_by", "average"),
+            rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
+            select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
             diagnostics=read_diagnostics(diagnostics_path(cfg)),
-        )
+        )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
     wandb_dir = log_experiment(
-        rows,
-        logger_cfg=to_dict(cfg.logger),
-        root=cfg.root,
-        name=str(cfg.name),
-        summary=rep["summary"],
-        config={"eval": ecfg, "n_rows": len(rows)},
+        rows, logger_cfg=to_dict(cfg.logger), root=cfg.root, name=str(cfg.name), job=job,
+        summary=rep["summary"], config={"eval": ecfg, "n_rows": len(rows)},
         files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
-        job=job,
-    )
+    )  # fmt: skip
     result = {
-        "title": title,
-        "dir": str(out),
-        **paths,
-        "diagnostics_figures": diag_figures,
-        "main_table": rep["main_table"],
-        "summary": rep["summary"],
-        "answer": rep["answer"],
-        "answer_line": rep["answer_line"],
-        "n_rows": len(rows),
-        "wandb_dir": str(wandb_dir) if wandb_dir else None,
-    }
+        "title": title, "dir": str(out), **paths, "diagnostics_figures": diag_figures,
+        **{k: rep[k] for k in ("main_table", "summary", "answer", "answer_line")},
+        "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
+    }  # fmt: skip
     (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
     log.info("report: wrote %s", out)
     _show(cfg, store, result, cached=False)
