@@ -180,6 +180,29 @@ def test_a_folder_without_model_safetensors_lists_its_candidates(models, tmp_pat
         merge_models("task_arithmetic", base, [odd], tmp_path / "o", progress=False)
 
 
+def test_a_failed_background_write_fails_the_merge_and_leaves_nothing(
+    models, tmp_path, monkeypatch
+):
+    """Tensors are written by a background thread: its error (a full disk) reaches the caller
+    and the folder is discarded."""
+    from hhh_bench.merging import engine
+
+    base, fts = models
+    calls = {"n": 0}
+    real = os.pwrite
+
+    def pwrite(fd, data, pos):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, pos)
+
+    monkeypatch.setattr(engine.os, "pwrite", pwrite)
+    with pytest.raises(OSError, match="No space left"):
+        merge_models("ties", base, fts, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+
+
 def test_overflow_to_inf_is_an_error_naming_the_tensor(models, tmp_path):
     base, fts = models
     with pytest.raises(

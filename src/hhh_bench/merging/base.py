@@ -266,6 +266,15 @@ class MergeMethod(Generic[P]):
         pre = self.precompute(name, base, taus, params, entry)
         return self.compose(name, base, pre, params, entry)
 
+    def linear_coefficients(self, params: P, num_models: int) -> tuple[float, ...] | None:
+        """(c_1..c_T) when the merged τ is Σ_t c_t τ_t with coefficients that depend on the
+        params only (task arithmetic, weight average), else None.
+
+        The driver then merges each tensor as θ0 + λ·Σ_t c_t (θ_t − θ0) in one fused pass over
+        cache-sized pieces (:func:`hhh_bench.merging.driver.merge_linear`), without
+        :meth:`precompute`, :meth:`compose` or a sweep cache (there is nothing to reuse)."""
+        return None
+
     def diagnostics(self, name: str, base: Tensor, taus: TaskVectors, params: P) -> dict[str, Any]:
         """Method-specific statistics of one floating tensor for the task-vector diagnostics
         (plain values; ``{}`` by default). RESM reports what its reweighting changes here."""
@@ -280,6 +289,8 @@ StackFn = Callable[[Tensor, Tensor, Any], Tensor]
 """(the (T, *shape) stack, the (T, 1, .., 1) weights, the params) -> the merged τ."""
 PrepareFn = Callable[[str, Tensor, Any], Tensor]
 """(parameter name, the (T, *shape) stack, the params) -> the prepared stack (cached)."""
+CoefficientsFn = Callable[[Sequence[float], Any], Sequence[float]]
+"""(the resolved weights, the params) -> c_t of a linear method's Σ_t c_t τ_t."""
 
 
 class FunctionMethod(MergeMethod[P]):
@@ -289,6 +300,11 @@ class FunctionMethod(MergeMethod[P]):
 
     merge_fn: ClassVar[StackFn]
     prepare_fn: ClassVar[PrepareFn | None] = None
+    coefficients_fn: ClassVar[CoefficientsFn | None] = None
+
+    def linear_coefficients(self, params: P, num_models: int) -> tuple[float, ...] | None:
+        fn = type(self).coefficients_fn
+        return None if fn is None else tuple(fn(params.resolve_weights(num_models), params))
 
     def prepared(
         self, name: str, taus: TaskVectors, params: P, plan_entry: Mapping[str, Any]
@@ -328,6 +344,7 @@ def merge_function(
     prepare: PrepareFn | None = None,
     prepare_keys: Sequence[str] = (),
     base: type[FunctionMethod] = FunctionMethod,
+    coefficients: CoefficientsFn | None = None,
 ) -> Callable[[StackFn], StackFn]:
     """Register ``fn(stack, weights, params) -> merged τ`` as the merge method ``name``.
 
@@ -340,6 +357,10 @@ def merge_function(
             the stack it is given (:meth:`TaskVectors.consume`) and return it.
         prepare_keys: the params ``prepare`` depends on (with ``compute_dtype``, the cache key).
         base: the :class:`FunctionMethod` subclass to build on (one that plans, e.g. TIES).
+        coefficients: for a linear method (``fn`` is Σ_t c_t τ_t and there is no ``prepare``),
+            ``(weights, params) -> c``; the driver then merges in one fused pass
+            (:meth:`MergeMethod.linear_coefficients`). A test should check that ``fn`` and the
+            coefficients agree.
 
     Returns the function unchanged (it stays usable on its own).
     """
@@ -353,6 +374,9 @@ def merge_function(
             "summary": summary or (doc[0] if doc else ""),
             "merge_fn": staticmethod(fn),
             "prepare_fn": staticmethod(prepare) if prepare is not None else None,
+            "coefficients_fn": staticmethod(coefficients)
+            if coefficients is not None and prepare is None
+            else None,
             "__doc__": fn.__doc__,
             "__module__": fn.__module__,
         }

@@ -33,6 +33,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,11 @@ class ShardWriter:
     is made. Shards are cut in merge order when the next tensor would pass ``max_bytes``; inside
     a shard the data is ordered by item size, then name, as ``safetensors`` does, so every tensor
     starts at an offset aligned to its item size.
+
+    Writing is off the merge's critical path: :meth:`write` checks and casts the tensor, then
+    hands it to one background thread, with at most one tensor in flight (so at most one extra
+    output tensor is held); an error of that write surfaces at the next :meth:`write` or at
+    :meth:`close`.
     """
 
     def __init__(
@@ -137,6 +143,8 @@ class ShardWriter:
         self._where: dict[str, tuple[str, int, torch.dtype, tuple[int, ...], int]] = {}
         self._pending: set[str] = set()
         self._handles: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: Future[None] | None = None
         for i, group in enumerate(groups):
             fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -174,24 +182,46 @@ class ShardWriter:
                 f"expected the base's {shape}"
             )
         t = tensor.detach().to(device="cpu", dtype=dtype).contiguous().reshape(-1)
+        self.flush()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hhh-write")
+        self._inflight = self._pool.submit(self._put, name, fname, pos, t, nbytes)
+
+    def _put(self, name: str, fname: str, pos: int, t: torch.Tensor, nbytes: int) -> None:
         if fname not in self._handles:
-            self._handles[fname] = (self.folder / fname).open("r+b")
-        fh = self._handles[fname]
-        if nbytes:
-            fh.seek(pos)
-            fh.write(memoryview(t.view(torch.uint8).numpy()))
+            self._handles[fname] = (self.folder / fname).open("r+b", buffering=0)
+        fd = self._handles[fname].fileno()
+        data = memoryview(t.view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        done = 0
+        while done < nbytes:
+            done += os.pwrite(fd, data[done:], pos + done)
         self._pending.discard(name)
+
+    def flush(self) -> None:
+        """Wait for the write in flight (raising its error, if any)."""
+        fut, self._inflight = self._inflight, None
+        if fut is not None:
+            fut.result()
 
     def abort(self) -> None:
         """Close the files without the completeness check (the folder is being discarded)."""
+        with contextlib.suppress(Exception):
+            self.flush()
         self._pending.clear()
         self.close()
 
     def close(self) -> None:
-        """Close the files; raise if a tensor of the layout was never written."""
-        for fh in self._handles.values():
-            fh.close()
-        self._handles.clear()
+        """Finish the write in flight, close the files; raise if a tensor of the layout was
+        never written."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            for fh in self._handles.values():
+                fh.close()
+            self._handles.clear()
         if self._pending:
             missing = sorted(self._pending)
             raise RuntimeError(f"{len(missing)} tensor(s) never written, e.g. {missing[0]!r}")
@@ -460,9 +490,11 @@ def merge_models(
         writer = ShardWriter(tmp, layout, shard_limit)
 
         def sink(k: str, merged: torch.Tensor) -> None:
-            t = merged.to(dtype=writer.dtype_of(k))
-            check_finite(k, t, f"the merged tensor in {t.dtype}")
-            writer.write(k, t)
+            dt = writer.dtype_of(k)
+            if merged.dtype != dt:  # merged tensors arrive cast and checked; θ0's kept ones not
+                merged = merged.to(dtype=dt)
+                check_finite(k, merged, f"the merged tensor in {dt}")
+            writer.write(k, merged)
 
         try:
             stats = run_merge(
@@ -474,6 +506,7 @@ def merge_models(
                 cache_prefix=prefix,
                 progress=bar,
                 desc=f"merging ({method})",
+                out_dtype=writer.dtype_of,
             )
         except BaseException:
             writer.abort()  # the folder is discarded; report the original error

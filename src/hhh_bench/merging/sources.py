@@ -189,13 +189,47 @@ def _read_config(folder: Path, label: str) -> dict[str, Any]:
 # Sources
 
 
+def data_spans(path: Path) -> dict[str, tuple[int, int]]:
+    """``{tensor: (file offset, bytes)}`` from a safetensors file's header (an 8-byte
+    little-endian length, then that many bytes of JSON; offsets count from the header's end)."""
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return {k: (8 + n + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+            for k, v in header.items()}  # fmt: skip
+
+
+def read_bytes(path: Path, offset: int, nbytes: int) -> Tensor:
+    """``nbytes`` bytes of ``path`` from ``offset`` into a new uint8 tensor (positioned reads
+    until done; a short file raises ``OSError``)."""
+    import os
+
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    view = memoryview(buf.numpy()) if nbytes else memoryview(bytearray())
+    with path.open("rb", buffering=0) as fh:
+        done = 0
+        while done < nbytes:
+            if hasattr(os, "preadv"):
+                got = os.preadv(fh.fileno(), [view[done:]], offset + done)
+            else:  # no positioned reads (Windows)
+                fh.seek(offset + done)
+                got = fh.readinto(view[done:]) or 0
+            if got <= 0:
+                raise OSError(f"{path.name} ends {nbytes - done} bytes early")
+            done += got
+    return buf
+
+
 class SafetensorsModel:
     """A model folder (single or sharded safetensors), read one tensor at a time.
 
     Every shard's header is read and checked when the model is opened (a truncated or corrupted
-    file is an error naming it before any merge work); each tensor is then read with a
-    short-lived ``safe_open``: a handle kept open keeps every page read through it resident
-    (and counted in RSS) until closed, which over a whole merge is the size of every input.
+    file is an error naming it before any merge work); each tensor is then read with one
+    positioned read of its bytes into a fresh buffer (:func:`read_bytes`). Not through a memory
+    map: ``safe_open``'s tensors are lazily mapped pages, so the merge's first pass over them
+    would take the page faults on the compute path and the engine's read-ahead thread would
+    have nothing to do; a mapping kept open would also keep every page read resident.
     """
 
     def __init__(self, folder: Path, label: str, allow_pickle: bool = False) -> None:
@@ -207,6 +241,7 @@ class SafetensorsModel:
         self._pickle_sd: dict[str, Tensor] | None = None
         self._files: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # key -> (file offset, bytes)
         if not any(
             (folder / n).is_file() for n in (INDEX_FILE, SINGLE_FILE)
         ) and self._only_pickles(folder):
@@ -215,6 +250,7 @@ class SafetensorsModel:
         weight_map, files = weight_files(folder, label)
         for f in files:
             try:
+                spans = data_spans(f)
                 with safe_open(str(f), framework="pt") as h:
                     for k in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
                         if weight_map is not None and weight_map.get(k) != f:
@@ -222,6 +258,7 @@ class SafetensorsModel:
                         sl = h.get_slice(k)
                         self._meta[k] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
                         self._files[k] = f
+                        self._spans[k] = spans[k]
             except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
                 raise ValueError(
                     f"{label} ({folder}): {f.name} is not a readable safetensors file "
@@ -262,17 +299,16 @@ class SafetensorsModel:
     def get(self, key: str) -> Tensor:
         if self._pickle_sd is not None:
             return self._pickle_sd[key]
-        from safetensors import safe_open
-
         f = self._files[key]
+        offset, nbytes = self._spans[key]
         try:
-            with safe_open(str(f), framework="pt") as h:
-                return h.get_tensor(key)
-        except Exception as e:  # noqa: BLE001 - name the file and tensor
+            buf = read_bytes(f, offset, nbytes)
+        except OSError as e:
             raise ValueError(
                 f"{self.label} ({self.folder}): reading tensor {key!r} from {f.name} failed "
-                f"({type(e).__name__}: {e}); the file may be truncated or corrupted"
+                f"({e}); the file may be truncated or corrupted"
             ) from None
+        return buf.view(self.dtype(key)).reshape(self.shape(key))
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._pickle_sd is not None:

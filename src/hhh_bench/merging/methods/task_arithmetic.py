@@ -17,7 +17,9 @@ from hhh_bench.merging.base import CommonParams, merge_function
 
 
 @merge_function(
-    "task_arithmetic", summary="θ0 + λ·Σ w_t τ_t (Ilharco et al. 2023, arXiv:2212.04089)"
+    "task_arithmetic",
+    summary="θ0 + λ·Σ w_t τ_t (Ilharco et al. 2023, arXiv:2212.04089)",
+    coefficients=lambda weights, params: weights,
 )
 def task_arithmetic(taus: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """Σ_t w_t τ_t of a (T, *shape) stack with (T, 1, .., 1) weights (one pass: a (1 × T)·(T × n)

@@ -211,6 +211,10 @@ class TiesMethod(FunctionMethod[TiesParams]):
         return stack
 
 
+MERGE_PIECE = 1 << 18
+"""Entries per piece of :func:`ties_merge` (its temporaries stay in the CPU's cache)."""
+
+
 @merge_function(
     "ties",
     TiesParams,
@@ -221,16 +225,25 @@ class TiesMethod(FunctionMethod[TiesParams]):
 def ties_merge(trimmed: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """Elect + disjoint mean of a (T, *shape) stack of trimmed τ, weighted by (T, 1, .., 1).
 
-    Model by model, so the temporaries are a few tensors of one model's size whatever T is
+    Entry by entry, so it runs over :data:`MERGE_PIECE` flattened entries at a time: the
+    temporaries are a few pieces (in the CPU's cache) whatever the tensor's size and T
     (``trimmed`` is not modified)."""
     w = weights.reshape(-1)
-    positive = torch.tensordot(w, trimmed, dims=1) >= 0  # γ = +1 where the sum is 0
-    num = torch.zeros_like(trimmed[0])
-    count = torch.zeros_like(trimmed[0])
-    for t in range(len(trimmed)):
-        x = trimmed[t] * w[t]
-        agree = torch.where(positive, x > 0, x < 0)  # zeros never agree
-        num.add_(x.mul_(agree))
-        count.add_(agree)
-        del x, agree
-    return num.div_(count.clamp_(min=1))
+    num_models = len(trimmed)
+    flat = trimmed.reshape(num_models, -1)
+    n = flat.shape[1]
+    out = torch.empty(n, dtype=trimmed.dtype, device=trimmed.device)
+    step = max(1, min(MERGE_PIECE, n))
+    count_buf = torch.empty(step, dtype=trimmed.dtype, device=trimmed.device)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        piece = flat[:, s:e]
+        positive = torch.tensordot(w, piece, dims=1) >= 0  # γ = +1 where the sum is 0
+        num, count = out[s:e].zero_(), count_buf[: e - s].zero_()
+        for t in range(num_models):
+            x = piece[t] * w[t]
+            agree = torch.where(positive, x > 0, x < 0)  # zeros never agree
+            num.add_(x.mul_(agree))
+            count.add_(agree)
+        num.div_(count.clamp_(min=1))
+    return out.view(trimmed.shape[1:])

@@ -32,6 +32,7 @@ class WeightAverageParams(CommonParams):
     "weight_average",
     WeightAverageParams,
     summary="Σ w_t θ_t / Σ w_t, the model soup baseline (arXiv:2203.05482)",
+    coefficients=lambda weights, params: [w / sum(weights) for w in weights],
 )
 def weighted_mean(taus: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """Σ_t w_t τ_t / Σ_t w_t of a (T, *shape) stack with (T, 1, .., 1) weights."""
