@@ -322,7 +322,7 @@ def run_merge(
     return stats
 
 
-CHUNK_ENTRIES = 1 << 20
+CHUNK_ENTRIES = 1 << 18
 """Entries per piece of a linear merge (:func:`merge_linear`): its float32 buffers stay in the
 CPU's cache between the steps."""
 
