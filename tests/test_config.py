@@ -164,6 +164,9 @@ def test_merge_optuna_searches_resm_on_validation():
         (["stage=merge", "merge.models=[]"], "merge.models is an empty list"),
         (["model.device=cuda", "stage=base"], "cuda"),
         (["stage=merge", "merge.params.density=7", "merge=ties"], "density"),
+        # a hub model on an offline machine without it in the cache: named before any work
+        # (before this check the base stage exited 0 having written only the toy data)
+        (["model=llama3_8b_instruct", "model.device=cpu", "stage=base"], "not in the HF cache"),
     ],
 )
 def test_bad_input_gives_a_short_error_without_traceback(tmp_path, args, says):
