@@ -211,3 +211,116 @@ def test_listed_user_task_that_is_not_found_is_named(tmp_path):
     (clash / "mine.yaml").write_text("task: toy3h_known_qa_test\n")
     with pytest.raises(ValueError, match=r"'toy3h_known_qa_test' of .*mine.yaml is already"):
         run_eval(_user_cfg(tmp_path, clash), model, data, split="test")
+
+
+# -- docs/extending.md's commands, run as written ---------------------------------------------
+
+
+def _extending_commands() -> list[tuple[dict[str, str], list[str]]]:
+    """(environment, overrides) of every hhh-bench command in docs/extending.md's bash blocks,
+    read the way tests/test_docs_commands.py reads them."""
+    from test_docs_commands import doc_commands, jobs
+
+    out = []
+    for doc, cmd in doc_commands():
+        if doc == "extending.md":
+            env, job_list = jobs(cmd)
+            out += [(env, overrides) for overrides in job_list]
+    return out
+
+
+@pytest.mark.e2e
+def test_extending_md_commands_run_as_written_and_do_what_they_say(
+    tmp_path, session_root, small_base, monkeypatch
+):
+    """Each command of docs/extending.md run through the pipeline with its own overrides as
+    written, on the small world (the size overrides and one seed put before them, the oracle
+    and the shipped mixtures off where the command does not set them), in one root so that
+    later commands reuse the specialists; then each command's stated effect is checked."""
+    from hhh_bench.pipeline import run
+    from hhh_bench.tracking.store import read_results
+
+    commands = _extending_commands()
+    assert len(commands) == 5, commands
+    root = tmp_path / "doc"
+    shutil.copytree(session_root / "data", root / "data")
+    shutil.copytree(session_root / "base", root / "base")
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))  # PYTHONPATH=my_ext
+    monkeypatch.chdir(PLUGIN_DIR)  # eval.include_paths=[my_hhh_tasks] is relative
+    store = root / "results.jsonl"
+
+    for env, overrides in commands:
+        assert set(env) <= {"PYTHONPATH"}, env
+        size = [f"root={root}", "logger=none", "threads=1", "seeds=[0]", *SMALL_WORLD,
+                "pipeline.oracle.enabled=false"]  # fmt: skip
+        if not any(o.startswith("pipeline.mixtures") for o in overrides):
+            size.append("pipeline.mixtures=[]")
+        out = run(compose([*size, *overrides]))
+        joined = " ".join(overrides)
+        if "stage=merge" in overrides:  # a merged model of the plugin's method
+            assert out["merge"]["method"] == "median_tv"
+            assert (Path(out["merge"]["out_dir"]) / "model.safetensors").is_file()
+            continue
+        # the models the pipeline evaluated on the report split (their rows are in the store;
+        # a row identical to one already there is not added twice)
+        models = [m for s in out["seeds"] for m in s["models"]]
+        merges = {m["name"] for m in models if m["kind"] == "merge"}
+        if "~pipeline.merge_grid" in overrides:  # median_tv alone
+            assert merges == {"median_tv"}, merges
+        elif "+pipeline.merge_grid.median_tv" in joined:  # the shipped grid plus median_tv
+            assert {"median_tv", "ties", "tsv", "resm", "task_arithmetic"} <= merges, merges
+        elif "first_half_each" in joined:
+            mixes = {m["name"] for m in models if m["kind"] == "mixture"}
+            assert mixes == {"mix: uniform", "mix: first_half_each"}, mixes
+        elif "eval.include_paths" in joined:  # every model scored on the user's task too
+            scored = {r["name"] for r in read_results(store) if r["split"] == "test"
+                      and "toy3h_known_qa_direct_test" in r["tasks"]}  # fmt: skip
+            assert models and {m["name"] for m in models} <= scored, scored
+        else:
+            raise AssertionError(f"a command of extending.md this test does not know: {joined}")
+
+
+@pytest.mark.e2e
+def test_readme_stage_commands_run_as_written_and_do_what_they_say(
+    tmp_path, session_root, small_base
+):
+    """The README's one-stage commands, in order, on the small world (size overrides put
+    before them; θ0 and the data copied from the session): each writes what its comment says.
+    The README's sweep is tests/test_pipeline_e2e.py::test_readme_sweep_adds_one_row_per_configuration."""
+    from hhh_bench.pipeline import run
+    from hhh_bench.tracking.store import read_results
+    from test_docs_commands import doc_commands, jobs
+
+    root = tmp_path / "readme"
+    shutil.copytree(session_root / "data", root / "data")
+    shutil.copytree(session_root / "base", root / "base")
+    size = [f"root={root}", "logger=none", "threads=1", *SMALL_WORLD]
+    stages = []
+    for doc, cmd in doc_commands():
+        _, job_list = jobs(cmd)
+        if (
+            doc != "README.md"
+            or "-m" in cmd.split()
+            or not any(o.startswith("stage=") for o in job_list[0])
+        ):
+            continue
+        overrides = job_list[0]
+        out = run(compose([*size, *overrides]))
+        stage = next(o for o in overrides if o.startswith("stage=")).split("=", 1)[1]
+        stages.append(stage)
+        if stage == "data":  # the toy world: JSONL + manifest
+            assert list(Path(out["data"]["dir"]).glob("**/*.jsonl"))
+            assert list(Path(out["data"]["dir"]).glob("**/manifest.json"))
+        elif stage == "base":  # θ0
+            assert (Path(out["base"]["path"]) / "model.safetensors").is_file()
+        elif stage == "train":  # one specialist, of the helpful dimension
+            assert out["train"]["dimensions"] == ["helpful"]
+        elif stage == "merge":  # TIES at density 0.2 of the three specialists
+            m = out["merge"]
+            assert m["method"] == "ties" and m["params"]["density"] == 0.2
+            assert (Path(m["out_dir"]) / "model.safetensors").is_file()
+        elif stage == "eval":  # scores in the results store
+            assert read_results(root / "results.jsonl")
+        elif stage == "report":  # the Markdown table
+            assert "| Method |" in Path(out["report"]["report_md"]).read_text()
+    assert stages == ["data", "base", "train", "merge", "eval", "report"], stages

@@ -384,9 +384,11 @@ def test_diagnose_streams_one_tensor_per_model(tmp_path, monkeypatch):
         peaks.append(state["peak"])
         totals.append(state["total"])
         assert len(rep["params"]) == len(load_file(str(base / "model.safetensors")))
-    # the current tensor of each model and the next one, read ahead while it is merged
-    assert peaks[0] == peaks[1] <= 2 * (len(fts) + 1)
-    assert totals[1] > totals[0]
+    # at most the current tensor of each model and the next one, read ahead while it is merged
+    # (how many of the next are already read when the current ones are freed depends on the
+    # threads' timing: 7 or 8 here), while the tensors read number far more and grow
+    bound = 2 * (len(fts) + 1)
+    assert max(peaks) <= bound < totals[0] < totals[1]
 
 
 def test_lora_adapter_reads_as_its_merged_weights(folders, tmp_path):
