@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ def _base_row(
 
 
 def reference_items(
-    store: Path,
+    store_rows: Callable[[], Sequence[Mapping[str, Any]]],
     model: Mapping[str, Any],
     *,
     own_dir: Path,
@@ -182,9 +182,7 @@ def reference_items(
         if where:
             return load_items(where), {"kind": "given", "eval_dir": str(where)}
         return None, None
-    from hhh_bench.tracking.store import read_results
-
-    row = _base_row(read_results(store), split=split, suite=suite, data_key=data_key, seed=seed)
+    row = _base_row(store_rows(), split=split, suite=suite, data_key=data_key, seed=seed)
     if row is None:
         return None, None
     where = (row.get("artifacts") or {}).get("eval_dir")

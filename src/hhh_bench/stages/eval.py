@@ -61,7 +61,7 @@ def run_eval(
     Returns:
         ``{"dir", "key", "metrics", "scores", "row", "cached", "appended", "store"}``.
     """
-    from hhh_bench.tracking.store import append_result, build_row
+    from hhh_bench.tracking.store import append_result, build_row, read_results
     from hhh_bench.tracking.store import base_scores as stored_base
 
     if split not in SPLIT_SUFFIX:
@@ -92,9 +92,10 @@ def run_eval(
         "data_key": (data or {}).get("key"),
         "seed": seed,
     }
-    ref = reference_items(
-        results_path(cfg), model, own_dir=run.dir, base_scores=base_scores, **where
-    )
+    ref = reference_items(  # the results store is read only when no base is given
+        lambda: read_results(results_path(cfg)), model, own_dir=run.dir, base_scores=base_scores,
+        **where,
+    )  # fmt: skip
     metrics, judged_ctx, judged_fields = extra_scores(run.info, specs, run.dir, ref)
     if model.get("kind", "base") == "base" and base_scores is None:
         base = base_dims(score(metrics, specs))  # the base against itself: zero deltas

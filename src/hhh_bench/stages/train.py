@@ -86,12 +86,14 @@ def run_train(
             held = {d: rows[: t.margin_max_pairs] for d, rows in held.items()}
         ts = training_set(sets, noise, mix_cfg, seed)
         log.info("train: %s on %s", label, ts.counts)
+        from hhh_bench.tracking.wandb_log import TrainerRun
         from hhh_bench.train.run import train_model
 
         mcfg = group(cfg, "model", ModelConfig)
+        tracker = TrainerRun(cfg.root, to_dict(cfg.get("logger")), str(cfg.name))
         info = train_model(
-            t, base, ts, held, tmp, label, dtype=mcfg.dtype, root=cfg.root,
-            logger_cfg={**(to_dict(cfg.get("logger")) or {}), "group": str(cfg.name)},
+            t, base, ts, held, tmp, label, dtype=mcfg.dtype,
+            tracker=tracker if t.report_to == "wandb" else None,
             trust_remote_code=bool(cfg.get("trust_remote_code", False)),
         )  # fmt: skip
         return info | summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,22 @@ def setup_trainer_env(
     mode = wandb_mode(lg)
     if mode:
         os.environ["WANDB_MODE"] = mode
+
+
+@dataclass(frozen=True)
+class TrainerRun:
+    """A trainer's W&B run around its fit (:func:`hhh_bench.train.run.train_model`'s
+    ``tracker``): :func:`setup_trainer_env` before, :func:`finish_run` after."""
+
+    root: str | Path
+    logger_cfg: Mapping[str, Any] | None
+    group: str | None = None
+
+    def start(self) -> None:
+        setup_trainer_env(self.root, self.logger_cfg, group=self.group)
+
+    def finish(self) -> None:
+        finish_run()
 
 
 def finish_run() -> None:

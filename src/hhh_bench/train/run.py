@@ -120,13 +120,16 @@ def train_model(
     label: str,
     *,
     dtype: str | None,
-    root: str | Path,
-    logger_cfg: Mapping[str, Any] | None,
+    tracker: Any = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Load θ0, train with ``t`` (a ``TrainConfig``) on the training set ``ts``, save into
     ``tmp`` (merged adapter weights too when asked), with the held-out log-prob margins on
-    ``held`` before and after; returns the content of ``train_info.json``."""
+    ``held`` before and after; returns the content of ``train_info.json``.
+
+    ``tracker``: what the trainer's logging needs around the fit (``start()`` before it,
+    ``finish()`` after: :class:`hhh_bench.tracking.wandb_log.TrainerRun` for W&B), given by
+    the caller so that training imports nothing from the reporting layer; None: nothing."""
     import json
     import os
     import shutil
@@ -145,16 +148,12 @@ def train_model(
     tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
     model = load_causal_lm(base_path, dtype=dtype, device=device, trust_remote_code=trust)
     before = margins(model, tokenizer, held, t.margin_batch_size)
-    if t.report_to == "wandb":
-        from hhh_bench.tracking.wandb_log import setup_trainer_env
-
-        setup_trainer_env(root, logger_cfg, group=(logger_cfg or {}).get("group"))
+    if tracker is not None:
+        tracker.start()
     model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
                                 run_name=label, phases=ts.phases)  # fmt: skip
-    if t.report_to == "wandb":
-        from hhh_bench.tracking.wandb_log import finish_run
-
-        finish_run()
+    if tracker is not None:
+        tracker.finish()
     after = margins(model, tokenizer, held, t.margin_batch_size)
     if t.method == "lora" and t.merge_adapter:
         from hhh_bench.train.lora import merge_adapter_into
