@@ -120,7 +120,14 @@ def test_overflow_in_the_output_dtype_names_the_tensor(monkeypatch):
     m = get_method("task_arithmetic")
     p = m.make_params(scaling=1e8)
     with pytest.raises(ValueError, match=r"'w': the merged tensor in torch.float16 holds \d+"):
-        merge_linear("w", Raw(base, list(fts)), m.linear_coefficients(p, 3), p, torch.float16)
+        merge_linear(
+            "w",
+            Raw(base, list(fts)),
+            m.linear_coefficients(p, 3),
+            p,
+            torch.float16,
+            "the merged tensor in torch.float16",  # what the driver names a cast output
+        )
 
 
 def _ties_whole(trimmed, w):

@@ -280,8 +280,8 @@ def run_merge(
             return False
         return cache is None or not cache.path(ckey(k)).is_file()
 
-    linear = method.linear_coefficients(params, len(inputs.models)) is not None
-    budget = 2 * PREFETCH_BYTES if linear else PREFETCH_BYTES
+    coefficients = method.linear_coefficients(params, len(inputs.models))
+    budget = 2 * PREFETCH_BYTES if coefficients is not None else PREFETCH_BYTES
     it: Iterator[tuple[str, Raw]] = iter_raw(inputs, inputs.keys, need_finetuned, budget=budget)
     if progress is not None:
         it = progress(it, desc, len(inputs.keys))
@@ -297,9 +297,9 @@ def run_merge(
         else:
             entry = stats.plan.get(k, {})
             dt = out_dtype(k) if out_dtype is not None else params.dtype
-            coefficients = linear_path(method, params, raw)
-            if coefficients is not None:
-                merged = merge_linear(k, raw, coefficients, params, dt)
+            what = _what(dt, out_dtype is not None)
+            if coefficients is not None and fusable(raw):
+                merged = merge_linear(k, raw, coefficients, params, dt, what)
             else:
                 key = ckey(k) if cache is not None else ""
                 pre = cache.get(key) if cache is not None else None
@@ -313,7 +313,7 @@ def run_merge(
                         cache.put(key, pre)
                 merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
                 del pre
-                check_finite(k, merged, _what(dt, out_dtype is not None))
+                check_finite(k, merged, what)
         sink(k, merged)
         stats.tensors += 1
         del merged, raw
@@ -331,17 +331,10 @@ def _what(dtype: torch.dtype, cast: bool) -> str:
     return f"the merged tensor in {dtype}" if cast else "the merged tensor"
 
 
-def linear_path(
-    method: MergeMethod[Any], params: CommonParams, raw: Raw
-) -> tuple[float, ...] | None:
-    """The coefficients of a linear method (:meth:`~MergeMethod.linear_coefficients`) when
-    :func:`merge_linear` applies to ``raw``: every input a full weight of the base's dtype and
-    shape. None otherwise (LoRA inputs, a method that is not linear)."""
-    if raw.fts is None or not all(isinstance(t, Tensor) for t in raw.fts):
-        return None
-    if not _plain_floats(raw.base, raw.fts):  # type: ignore[arg-type]
-        return None
-    return method.linear_coefficients(params, len(raw.fts))
+def fusable(raw: Raw) -> bool:
+    """Whether a linear method's tensor can go through :func:`merge_linear`: every input read,
+    a full weight of the base's dtype and shape (not a LoRA update)."""
+    return raw.fts is not None and _plain_floats(raw.base, raw.fts)  # type: ignore[arg-type]
 
 
 def merge_linear(
@@ -350,8 +343,10 @@ def merge_linear(
     coefficients: Sequence[float],
     params: CommonParams,
     dtype: torch.dtype,
+    what: str = "the merged tensor",
 ) -> Tensor:
-    """θ0 + λ·Σ_t c_t (θ_t − θ0) of one tensor, in the compute dtype, cast into ``dtype``.
+    """θ0 + λ·Σ_t c_t (θ_t − θ0) of one tensor, in the compute dtype, cast into ``dtype``
+    (``what``: how a non-finite result is named, as :func:`check_finite`).
 
     The same arithmetic as stacking the task vectors and contracting them with the
     coefficients (τ_t = θ_t − θ0, accumulated t = 1..T), done :data:`CHUNK_ENTRIES` flattened
@@ -395,7 +390,7 @@ def merge_linear(
         validate_tensors(key, raw.base, fts)
     raw.fts = None
     if not out_ok:
-        check_finite(key, out, _what(dtype, dtype != cdt))
+        check_finite(key, out, what)
     return out
 
 
