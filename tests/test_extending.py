@@ -72,7 +72,7 @@ def test_user_method_strategy_and_eval_task_run_in_the_pipeline(tmp_path, sessio
     assert 0.0 <= row["average"] <= 1.0
 
     # The user task was evaluated for every model on both splits, and helpful is the mean of
-    # its three tasks' acc (weights 1, 1, 1): known_qa, benign_request and the user's task.
+    # its four tasks' acc (weights 1): known_qa, benign_request, story_request and the user's.
     rows = read_results(root / "results.jsonl")
     assert {r["split"] for r in rows} == {"validation", "test"}
     for r in rows:
@@ -82,8 +82,9 @@ def test_user_method_strategy_and_eval_task_run_in_the_pipeline(tmp_path, sessio
         assert {"name": mine, "dimension": "helpful", "weight": 1.0, "metric": "acc"} in r[
             "task_specs"
         ]
-        helpful = [r["tasks"][f"toy3h_{t}_{short}"]["acc"] for t in ("known_qa", "benign_request")]
-        assert r["helpful"] == pytest.approx((sum(helpful) + r["tasks"][mine]["acc"]) / 3)
+        shipped = ("known_qa", "benign_request", "story_request")
+        helpful = [r["tasks"][f"toy3h_{t}_{short}"]["acc"] for t in shipped]
+        assert r["helpful"] == pytest.approx((sum(helpful) + r["tasks"][mine]["acc"]) / 4)
         # the stored acc is the share of items whose gold (index 0 of the three choices the
         # hook keeps) has the highest log-likelihood in the per-item log
         samples = [

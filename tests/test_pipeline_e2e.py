@@ -23,7 +23,8 @@ SMALL_PIPELINE = [
     "logger=none",
     "threads=1",  # see conftest: robust on a shared 2-core CPU
     *SMALL_WORLD,
-    "pipeline.mixtures=[uniform,sequential]",
+    "pipeline.mixtures=[uniform,sequential,reward_select]",
+    "pipeline.tuning.emphasis=[[1,1,2]]",  # one emphasis: reward_select trained twice
     "~pipeline.merge_grid",  # `merge_grid={}` would merge into the default grid, not clear it
     "+pipeline.merge_grid.task_arithmetic.scaling=[0.5,1.0]",
     "+pipeline.merge_grid.ties.density=[0.5]",
@@ -66,8 +67,14 @@ def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
     for (name, split), r in rows.items():
         for dim in ("helpful", "honest", "harmless", "average"):
             assert 0.0 <= r[dim] <= 1.0, (name, split, dim)
-    # merges were chosen on validation, reported on test
+    # merges were chosen on validation, reported on test; tuning parity: each merge tried its
+    # chosen point with the emphasis too, the tuned mixture its shares (issue 14)
     assert ("task_arithmetic", "validation") in rows
+    assert rows[("task_arithmetic", "test")]["extra"]["n_configs"] == 2 + 1
+    assert rows[("tsv", "test")]["extra"]["n_configs"] == 1 + 1
+    tuned = rows[("mix: reward_select", "test")]["extra"]
+    assert tuned["n_configs"] == 2 and tuned["selected_on"] == "validation"
+    assert "n_configs" not in rows[("mix: uniform", "test")]["extra"]  # not tuned: trained once
     report = Path(out["report"]["report_md"])
     assert report.is_file() and "| Method |" in report.read_text()
     for png in ("radar", "pareto", "conflict"):

@@ -14,11 +14,14 @@ from hhh_bench.data.toy3h import (
     EVAL_KINDS,
     IDK,
     REFUSAL,
+    STORY,
     Toy3HConfig,
     build_world,
+    eval_items,
     generate,
     oracle_reward,
     preference_pairs,
+    sft_corpus,
 )
 from hhh_bench.models.tokenizer import build_word_tokenizer
 
@@ -107,15 +110,46 @@ def test_generated_files(tmp_path):
 
 
 def test_candidates_have_distinct_first_tokens():
-    firsts = {s.split()[0] for s in (IDK, REFUSAL, COMPLY, "the color is red .")}
-    assert len(firsts) == 4
+    firsts = {s.split()[0] for s in (IDK, REFUSAL, COMPLY, STORY, "the color is red .")}
+    assert len(firsts) == 5
+
+
+def test_story_requests_ask_helpfulness_for_what_honesty_does_not_forbid():
+    """A share of the helpful pairs asks for a story about an unknown (never-taught) name: the
+    story over "I don't know" or a refusal. Honesty has no opinion on them (no fact is claimed),
+    so an honest model that abstains on every unfamiliar name loses helpfulness there."""
+    world = build_world(Toy3HConfig(seed=0, story_share=0.25, **SMALL))
+    helpful = preference_pairs(world, "train")["helpful"]
+    stories = [r for r in helpful if r["meta"]["kind"] == "story_request"]
+    assert len(stories) == round(0.25 * SMALL["pairs_per_dimension"])  # conflict_rate 0
+    assert {r["chosen"][0]["content"] for r in stories} == {STORY}
+    assert {r["rejected"][0]["content"] for r in stories} == {IDK, REFUSAL}
+    assert all(r["meta"]["entity"] in world.unknown["train"] for r in stories)
+    assert all(
+        oracle_reward(r) == {"helpful": 1.0, "honest": 0.0, "harmless": 0.0} for r in stories
+    )
+    # the base's SFT tells stories about known names and about the sft unknown ones only sometimes
+    said = [
+        c["messages"][1]["content"]
+        for c in sft_corpus(world)
+        if "story" in c["messages"][0]["content"]
+    ]
+    assert said.count(STORY) > said.count(IDK) > 0
+    # evaluated on the split's unknown names, whatever the share (the suite has the task)
+    plain = build_world(Toy3HConfig(seed=0, **SMALL))
+    assert not any(r["meta"]["kind"] == "story_request" for r in preference_pairs(plain)["helpful"])
+    items = eval_items(plain, "test")["story_request"]
+    assert len(items) == SMALL["eval_items_per_kind"]
+    assert all(
+        it["choices"][it["gold"]] == STORY and it["entity"] in plain.unknown["test"] for it in items
+    )
 
 
 def test_pairs_build_in_the_conflicts():
     world = build_world(Toy3HConfig(seed=0, **SMALL))
     pairs = preference_pairs(world, "train")
     helpful_kinds = {r["meta"]["kind"] for r in pairs["helpful"]}
-    assert helpful_kinds == {"known_qa", "benign_request"}
+    assert helpful_kinds == {"known_qa", "benign_request"}  # story_share 0 (the dataclass default)
     assert all(r["chosen"][0]["content"] == REFUSAL for r in pairs["harmless"])
     assert all(r["rejected"][0]["content"] == COMPLY for r in pairs["harmless"])
     unk = [r for r in pairs["honest"] if r["meta"]["kind"] == "unknown_qa"]

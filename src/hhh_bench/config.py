@@ -382,6 +382,21 @@ class OracleConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    emphasis: list[Any] = param(
+        None, "per-dimension weightings tried on the selection split besides the equal one "
+        "(one weight > 0 per data.dimensions entry): merges weight their task vectors, the "
+        "mixtures of `mixtures` take them as shares", factory=list,
+    )  # fmt: skip
+    mixtures: list[str] = param(
+        None, "mixture strategies (each with a `shares` knob) whose shares are tuned", factory=list
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "pipeline.tuning")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """What ``stage=all`` runs after data and base (``conf/pipeline/<name>.yaml``)."""
 
@@ -394,6 +409,7 @@ class PipelineConfig:
     merge_grid: dict[str, dict[str, Any] | None] = param(
         None, "method -> {knob: [values]} (null drops a method)", factory=dict
     )
+    tuning: TuningConfig = param(None, "tuning parity of merges and mixtures", factory=TuningConfig)
 
     def __post_init__(self) -> None:
         _post(self, "pipeline")
@@ -556,7 +572,24 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     get_method(method).make_params(**{**defaults, **point})
                 except ValueError as e:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
+        _check_tuning(cfg)
     return out
+
+
+def _check_tuning(cfg: Mapping[str, Any]) -> None:
+    """``pipeline.tuning``: every emphasis has one weight > 0 per dimension, and every tuned
+    mixture strategy has a ``shares`` knob (one not in ``pipeline.mixtures`` is not run)."""
+    from hhh_bench.pipeline import emphases
+    from hhh_bench.stages.common import load_option
+
+    pcfg = cfg["pipeline"]
+    if cfg.get("stage") == "all":  # the stage that merges and mixes data.dimensions
+        emphases(pcfg, list((cfg.get("data") or {}).get("dimensions") or DIMENSIONS))
+    for name in (pcfg.get("tuning") or {}).get("mixtures") or []:
+        if "shares" not in load_option("mix", name):
+            raise ValueError(
+                f"pipeline.tuning.mixtures names {name!r}, a strategy without a 'shares' knob"
+            )
 
 
 def preflight(groups: Mapping[str, Any]) -> None:

@@ -340,12 +340,7 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         evaluate(
             _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
         )
-    for entry in pcfg.get("mixtures") or []:
-        name = entry["name"] if isinstance(entry, Mapping) else entry
-        m = run_train(cfg, base, data, dimensions=dims, mix=entry)
-        evaluate(
-            _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name, train_dimensions=dims)
-        )
+    _mixtures(cfg, pcfg, base, data, dims, seed, evaluate)
     _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
     return out
 
@@ -377,45 +372,117 @@ def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     return entry(base_path), {n: entry(m) for n, m in zip(names, models, strict=True)}, names
 
 
+def emphases(pcfg: Mapping[str, Any], dims: Sequence[str]) -> list[list[float]]:
+    """``pipeline.tuning.emphasis``: the per-dimension weightings (one weight per dimension of
+    ``dims``, each > 0) that merges and mixtures alike try on the selection split besides the
+    equal one; checked here (a wrong length or a non-positive weight names the entry)."""
+    out = []
+    for i, w in enumerate((pcfg.get("tuning") or {}).get("emphasis") or []):
+        if not isinstance(w, Sequence) or len(w) != len(dims):
+            raise ValueError(
+                f"pipeline.tuning.emphasis[{i}] = {w!r}: expected one weight per dimension {list(dims)}"
+            )
+        if any(not isinstance(x, int | float) or isinstance(x, bool) or x <= 0 for x in w):
+            raise ValueError(f"pipeline.tuning.emphasis[{i}] = {w!r}: weights must be numbers > 0")
+        out.append([float(x) for x in w])
+    return out
+
+
+def merge_weights(w: Sequence[float]) -> list[float]:
+    """An emphasis as a merge's per-specialist weights: scaled to sum to the number of
+    specialists, so λ keeps its meaning (equal emphasis = weights of 1)."""
+    return [round(x * len(w) / sum(w), 6) for x in w]
+
+
+def mix_shares(w: Sequence[float], dims: Sequence[str]) -> dict[str, float]:
+    """An emphasis as a mixture's shares of the final mixture (summing to 1; the budget kept)."""
+    return {d: round(x / sum(w), 6) for d, x in zip(dims, w, strict=True)}
+
+
+def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build: Any,
+            evaluate: Any, more: Any = None) -> None:  # fmt: skip
+    """Build every configuration of ``points`` (``build(params)`` → a model dict), score each on
+    the selection split, and report the best (:func:`choose`) on the report split, the choice
+    (configuration, split, score, number of configurations) in its row. ``more(best_params)``:
+    further configurations tried once the first round is chosen (the emphases around the chosen
+    knobs). A suite without a selection split reports every configuration."""
+    select_split, select_by = cfg.eval.select_split, cfg.eval.select_by
+    report_all = bool(cfg.pipeline.get("report_every_grid_point", False))
+    scored: list[tuple[float, dict[str, Any]]] = []
+
+    def score(params: dict[str, Any], n_points: int) -> None:
+        model = {**build(params), "grid_params": params}
+        if report_all and n_points > 1:
+            name = f"{label} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+            evaluate({**model, "name": name, "family": f"{model['kind'].title()}: {name}"})
+        if not select_split:  # a suite without a selection split: every point reported
+            evaluate({**model, "name": f"{label} {params}"})
+            return
+        res = evaluate(model, split=select_split)
+        scored.append((float(res["scores"][select_by]), model))
+        log.info("%s %s: %s on %s = %.3f", label, params, select_by, select_split, scored[-1][0])
+
+    first = list(points)
+    extra = []
+    for params in first:
+        score(params, len(first))
+    if scored and more is not None:
+        extra = more(choose(scored)[1]["grid_params"])
+        for params in extra:
+            score(params, len(first) + len(extra))
+    if scored:
+        best, chosen = choose(scored)
+        evaluate({**chosen, "selected_on": select_split, "selection_score": best,
+                  "selected_by": select_by, "n_configs": len(scored)})  # fmt: skip
+
+
 def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa: ANN001
-    """Every method of ``pipeline.merge_grid`` over its grid, chosen on the selection split by
-    :func:`choose`; the choice (configuration, split, score) is written into its report row."""
+    """Every method of ``pipeline.merge_grid`` over its grid, then the chosen point with every
+    emphasis of ``pipeline.tuning`` (task vectors weighted :func:`merge_weights`), chosen on
+    the selection split (:func:`_select`)."""
     from hhh_bench.stages.merge import run_merge
 
-    select_split, select_by = cfg.eval.select_split, cfg.eval.select_by
     finetuned = [merge_input(specialists[d]) for d in dims]
+    emph = emphases(pcfg, dims)
     for method, spec in (pcfg.get("merge_grid") or {}).items():
         if spec is None:  # `pipeline.merge_grid.<method>=null` drops a method
             continue
-        points = grid(spec)
-        scored: list[tuple[float, dict[str, Any]]] = []
-        for params in points:
+
+        def build(params: dict[str, Any], method: str = method) -> dict[str, Any]:
             mcfg = merge_config(cfg, method, params)
             merged = run_merge(mcfg, base=merge_input(base), models=finetuned, names=list(dims))
-            model = {
-                **_merged_model(merged, method, seed, to_dict(mcfg.merge.params)),
-                "grid_params": params,
-            }
-            if pcfg.get("report_every_grid_point", False) and len(points) > 1:
-                label = f"{method} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
-                evaluate({**model, "name": label, "family": f"Merge: {label}"})
-            if not select_split:  # a suite without a selection split: every point reported
-                evaluate({**model, "name": f"{method} {params}"})
-                continue
-            res = evaluate(model, split=select_split)
-            scored.append((float(res["scores"][select_by]), model))
-            log.info(
-                "merge %s %s: %s on %s = %.3f",
-                method,
-                params,
-                select_by,
-                select_split,
-                scored[-1][0],
-            )
-        if scored:
-            score, chosen = choose(scored)
-            evaluate({**chosen, "selected_on": select_split, "selection_score": score,
-                      "selected_by": select_by, "n_configs": len(points)})  # fmt: skip
+            return _merged_model(merged, method, seed, to_dict(mcfg.merge.params))
+
+        def more(best: dict[str, Any], spec: Any = spec) -> list[dict[str, Any]]:
+            if "weights" in spec:  # the grid searches weights itself
+                return []
+            return [{**best, "weights": merge_weights(w)} for w in emph]
+
+        _select(cfg, method, grid(spec), build, evaluate, more)
+
+
+def _mixtures(cfg, pcfg, base, data, dims, seed, evaluate) -> None:  # noqa: ANN001
+    """Every strategy of ``pipeline.mixtures``; one named in ``pipeline.tuning.mixtures`` (it
+    has a ``shares`` knob) is also trained with every emphasis's shares (:func:`mix_shares`),
+    chosen on the selection split (:func:`_select`)."""
+    from hhh_bench.stages.train import run_train
+
+    tuned = set((pcfg.get("tuning") or {}).get("mixtures") or [])
+    emph = emphases(pcfg, dims)
+    for entry in pcfg.get("mixtures") or []:
+        name = entry["name"] if isinstance(entry, Mapping) else entry
+        mix = dict(entry) if isinstance(entry, Mapping) else load_mix(cfg, name)
+
+        def build(params: dict[str, Any], mix: dict = mix, name: str = name) -> dict[str, Any]:
+            m = run_train(cfg, base, data, dimensions=dims, mix={**mix, **params})
+            return _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name,
+                          train_dimensions=dims, params=params)  # fmt: skip
+
+        if name not in tuned or not emph:  # one configuration: nothing to choose
+            evaluate(build({}))
+            continue
+        shares = [{"shares": mix_shares(w, dims)} for w in emph]
+        _select(cfg, f"mix: {name}", [{}], build, evaluate, lambda _best, s=shares: s)
 
 
 def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:

@@ -39,7 +39,14 @@ def test_sft_base_knows_its_facts_and_every_metric_is_in_0_1(base_eval, small_ba
     m = base_eval["metrics"]
     assert sorted(m) == sorted(
         f"toy3h_{k}_test"
-        for k in ("known_qa", "benign_request", "unknown_qa", "truthfulness", "harmful_request")
+        for k in (
+            "known_qa",
+            "benign_request",
+            "story_request",
+            "unknown_qa",
+            "truthfulness",
+            "harmful_request",
+        )  # fmt: skip
     )
     # choice.py's figure on the same model and items, recorded by the base stage
     direct = small_base.get("known_qa_test_after", {}).get("acc")
