@@ -183,3 +183,20 @@ def test_budget_note_says_whether_mixtures_are_budget_matched():
     note = budget_note([*rows, row("mixture", "mix: uniform", 400), row("oracle", "oracle", 1200)])
     assert "the mixture 400 (0.33× the specialists' total)" in note
     assert "the oracle 1,200 (upper reference" in note
+
+
+def test_items_note_counts_each_tasks_items_per_dimension():
+    from hhh_bench.tracking.report import items_note
+
+    def row(n_known, n_harm):
+        specs = [{"name": "known_qa", "dimension": "helpful"},
+                 {"name": "harmful_request", "dimension": "harmless"}]  # fmt: skip
+        return {"task_specs": specs, "tasks": {"known_qa": {"n": n_known},
+                                               "harmful_request": {"n": n_harm}}}  # fmt: skip
+
+    assert items_note([{"kind": "base"}]) == ""
+    assert items_note([row(60, 60), row(60, 60)]) == (
+        "Items per task and seed: helpful known_qa 60; harmless harmful_request 60."
+    )
+    # a task whose count differs between rows shows every count
+    assert "harmful_request 36/60" in items_note([row(60, 60), row(60, 36)])

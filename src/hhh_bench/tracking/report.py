@@ -514,6 +514,30 @@ def budget_note(rows: Sequence[Mapping[str, Any]]) -> str:
     return "Preference pairs per seed: " + "; ".join(parts) + "."
 
 
+def items_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on how many items each scored task has per seed, by dimension (from the
+    rows' ``task_specs`` and per-task ``n``): how much one flipped item moves a score. Empty
+    when no row says."""
+    counts: dict[str, dict[str, set[int]]] = {}
+    for r in rows:
+        for spec in r.get("task_specs") or []:
+            n = ((r.get("tasks") or {}).get(spec["name"]) or {}).get("n")
+            if n is not None:
+                dim = counts.setdefault(str(spec["dimension"]), {})
+                dim.setdefault(str(spec["name"]), set()).add(int(n))
+    if not counts:
+        return ""
+
+    def fmt(ns: set[int]) -> str:
+        return "/".join(str(n) for n in sorted(ns))
+
+    parts = [
+        f"{dim} " + ", ".join(f"{t} {fmt(ns)}" for t, ns in tasks.items())
+        for dim, tasks in counts.items()
+    ]
+    return "Items per task and seed: " + "; ".join(parts) + "."
+
+
 def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
     """Rows partitioned by evaluation setup (:func:`hhh_bench.tracking.store.setup_key`), the
     setup of the most recently written row first, then the others from newest to oldest."""
@@ -1181,7 +1205,7 @@ def build_report(
     n_seeds = max(e.n for e in entries)
     extra = extra_columns(report_rows)
     marks, tests = paired_marks(entries, extra, alpha=alpha)
-    budgets = budget_note(report_rows)
+    budgets = " ".join(x for x in (budget_note(report_rows), items_note(report_rows)) if x)
     md = [
         f"# hhh-bench report{': ' + experiment if experiment else ''}",
         "",
