@@ -180,6 +180,10 @@ def test_training_under_accelerate_launch_with_two_processes(tmp_path):
     (trained,) = [p for p in (tmp_path / "train").iterdir() if not p.name.startswith(".")]
     info = json.loads((trained / "train_info.json").read_text())
     assert info["steps"] == 2 and info["counts"] == {"helpful": 32}
+    # the reference log-probs were precomputed (the default) through rank 0's on-disk dataset,
+    # which is gone once training ends
+    assert "Computing reference log probs" in run.stderr + run.stdout
+    assert not list(trained.rglob("dpo_dataset"))
     assert "this rank writes nothing" in run.stderr + run.stdout  # rank 1
     ev = subprocess.run(
         [exe / "hhh-bench", "stage=eval", *common, f"+eval.model={trained}"], env=env, timeout=600,

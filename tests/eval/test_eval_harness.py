@@ -117,7 +117,9 @@ def test_untrained_model_scores_near_chance_and_every_metric_is_in_0_1(untrained
         assert row["n"] > 0, task
         if not task.endswith(("helpful_val", "honest_val", "harmless_val")):  # groups: no stderr
             assert row["acc_stderr"] is not None, task
-    assert m["toy3h_helpful_val"]["n"] == 2 * m["toy3h_known_qa_val"]["n"]
+    n_helpful_kinds = sum(d == "helpful" for d in EVAL_KINDS.values())
+    assert n_helpful_kinds == 3  # known_qa, benign_request, story_request
+    assert m["toy3h_helpful_val"]["n"] == n_helpful_kinds * m["toy3h_known_qa_val"]["n"]
     # equal-length candidates: the soft score sits at 1 / number of choices
     assert m["toy3h_known_qa_test"]["soft"] == pytest.approx(1 / 10, abs=0.05)
     assert m["toy3h_unknown_qa_test"]["soft"] == pytest.approx(1 / 9, abs=0.05)

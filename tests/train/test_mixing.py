@@ -168,11 +168,15 @@ def test_reward_select_global_scope_realizes_counts():
 
 @pytest.fixture(scope="session")
 def uncontested(small_data):
-    """The small world's training pairs without contested prompts (``conflict_rate`` 0), whose
-    margins the tests below count by hand."""
+    """The small world's training pairs without contested prompts (``conflict_rate`` 0) and
+    without story requests (``story_share`` 0), whose margins the tests below count by hand."""
+    return _toy_pairs(small_data, conflict_rate=0.0, story_share=0.0)
+
+
+def _toy_pairs(small_data, **overrides):
     from hhh_bench.data.toy3h import Toy3HConfig, build_world, preference_pairs
 
-    cfg = Toy3HConfig(**{**small_data["manifest"]["config"], "conflict_rate": 0.0})
+    cfg = Toy3HConfig(**{**small_data["manifest"]["config"], **overrides})
     return preference_pairs(build_world(cfg), "train")
 
 
@@ -188,6 +192,26 @@ def test_reward_select_with_the_toy_oracle(uncontested):
         for r in kept
     )
     assert res.info["min_kept_margin"]["helpful"] == 2.0
+
+
+def test_reward_select_ranks_story_requests_with_the_single_margin_pairs(small_data):
+    # story_share 0.25 of 120 helpful pairs: 30 story requests (the story over "I don't know" or a
+    # refusal: helpful +1, honesty has no objection), 45 benign requests (1) and 45 known_qa, a
+    # third each against "I don't know" (2), a wrong value (2) and a refusal (1): the 30 pairs
+    # scored 2 are kept first, the other 10 of helpful's 40 come from the pairs scored 1.
+    prefs = _toy_pairs(small_data, conflict_rate=0.0, story_share=0.25)
+    kinds = Counter((r["meta"]["kind"], r["meta"].get("rejected_kind")) for r in prefs["helpful"])
+    assert kinds[("story_request", None)] == 30
+    assert kinds[("known_qa", "idk")] + kinds[("known_qa", "wrong")] == 30
+    res = mix("reward_select", prefs, budget=120, seed=0, scorer="toy3h")
+    kept = Counter(
+        (r["meta"]["kind"], r["meta"].get("rejected_kind"))
+        for r in res.rows
+        if r["dimension"] == "helpful"
+    )
+    assert kept[("known_qa", "idk")] + kept[("known_qa", "wrong")] == 30
+    assert sum(kept.values()) == 40
+    assert res.info["min_kept_margin"]["helpful"] == 1.0
 
 
 def test_conflict_aware_drop_on_the_toy_world(uncontested):

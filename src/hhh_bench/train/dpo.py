@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,9 @@ def train_dpo(
             **dict(extra_args or {}),
         },
     )
+    shared = None
+    if precompute_ref_log_probs and args.world_size > 1:
+        ds, shared = _on_disk_for_every_rank(ds, Path(out_dir) / "dpo_dataset")
     curve = LossCurve()
     trainer = DPOTrainer(
         model=model,
@@ -236,9 +240,34 @@ def train_dpo(
     )
     quiet_console(trainer)
     trainer.train()
+    if shared is not None:
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            shutil.rmtree(shared, ignore_errors=True)
     if save_to is not None:
         save_trained(trainer, tokenizer, save_to)
     return trainer.model, curve
+
+
+def _on_disk_for_every_rank(ds: Any, path: Path) -> tuple[Any, str]:
+    """The dataset saved by rank 0 (in its output folder) and loaded on every rank.
+
+    With ``precompute_ref_log_probs`` TRL caches the reference log-probs in a file beside the
+    dataset's own cache files, written by rank 0 and read by every rank; an in-memory dataset's
+    cache folder is a temporary folder of each process, which the other ranks cannot open
+    (``Failed to open local file '/tmp/hf_datasets-...'`` under ``accelerate launch``).
+    """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    from datasets import load_from_disk
+
+    state = PartialState()
+    where = [str(path)]
+    broadcast_object_list(where, from_process=0)
+    if state.is_main_process:
+        ds.save_to_disk(where[0])
+    state.wait_for_everyone()
+    return load_from_disk(where[0]), where[0]
 
 
 def save_trained(trainer: Any, tokenizer: Any, out_dir: str | Path) -> None:
