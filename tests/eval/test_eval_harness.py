@@ -235,3 +235,49 @@ def test_task_templates_read_fields_without_jinja():
     for path in Path(TASKS_DIR).rglob("_*template.yaml"):
         text = path.read_text()
         assert not re.search(r"^doc_to_(text|choice): \"\{\{\w+\}\}\"", text, re.M), path
+
+
+def test_remembered_encodings_are_lm_evals_own_and_are_shared_only_by_equal_tokenizers(
+    untrained_run,
+):
+    """make_lm's HFLM remembers each (context, continuation) encoding across instances; the ids
+    are exactly lm-eval's HFLM's, a second load of the same tokenizer reuses them, and a
+    tokenizer that encodes differently does not."""
+    import copy
+
+    from lm_eval.models.huggingface import HFLM
+
+    from hhh_bench.evaluation import backends
+    from hhh_bench.evaluation.backends import make_lm, tokenizer_fingerprint
+
+    model, tok = untrained_run["model"], untrained_run["tok"]
+    words = (untrained_run["data"] / "vocab.txt").read_text().split()
+    pairs = [
+        p
+        for a, b, c in zip(words[5:40:3], words[6:40:3], words[7:40:3], strict=False)
+        for p in [(f"{a} {b} ", f"{c} ."), (f"{b} {a}", f" {c}"), (a, f" {b} {c} {a}")]
+    ]
+    plain = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
+    backends._ENCODED.clear()
+    first = make_lm("hf", model, tok, batch_size=4)
+    assert [first._encode_pair(c, x) for c, x in pairs] == [
+        plain._encode_pair(c, x) for c, x in pairs
+    ]
+    n = len(backends._ENCODED)
+    assert n == len(set(pairs))
+    again = copy.deepcopy(tok)  # another object, same encoding: the same entries are reused
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
+    second = make_lm("hf", model, again, batch_size=4)
+    assert [second._encode_pair(c, x) for c, x in pairs] == [
+        plain._encode_pair(c, x) for c, x in pairs
+    ]
+    assert len(backends._ENCODED) == n
+    other = copy.deepcopy(tok)
+    other.add_tokens([f"{words[5]} {words[6]}"])  # encodes the first context differently
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
+    third = make_lm("hf", model, other, batch_size=4)
+    assert third._encode_pair(*pairs[0]) == HFLM(
+        pretrained=model, tokenizer=other, batch_size=4, device="cpu"
+    )._encode_pair(*pairs[0])
+    assert third._encode_pair(*pairs[0]) != first._encode_pair(*pairs[0])
+    assert len(backends._ENCODED) == n + 1

@@ -123,6 +123,25 @@ def test_bootstraps_recover_the_standard_error_of_a_mean():
     assert stratified_bootstrap_stderr({"a": [1.0]}, lambda m: m["a"]) is None
 
 
+def test_a_vectorized_statistic_gives_the_same_standard_error_bit_for_bit():
+    import numpy as np
+
+    groups = {"a": [1.0, 0.0, 1.0, 1.0, 0.0], "b": [0.2, 0.9, 0.4], "c": [0.0, 1.0]}
+
+    def scalar(m):
+        return min((2 * m["a"] + m["b"]) / 3, m["c"])
+
+    def vector(m):
+        return np.minimum.reduce([(2 * m["a"] + m["b"]) / 3, m["c"]])
+
+    se = stratified_bootstrap_stderr(groups, scalar, iters=500, seed=3)
+    assert se == stratified_bootstrap_stderr(groups, vector, iters=500, seed=3, vectorized=True)
+    with pytest.raises(ValueError, match="returned 1 values for 500"):
+        stratified_bootstrap_stderr(
+            groups, lambda m: np.array([0.0]), iters=500, seed=3, vectorized=True
+        )
+
+
 def test_hierarchical_bootstrap_on_hand_made_examples():
     """One seed, one task, differences 0 and 1: a resample of two items has mean 0 (both 0),
     1/2 (one of each, two orders) or 1, with probabilities 1/4, 1/2, 1/4. Its 2.5% and 97.5%

@@ -184,3 +184,26 @@ def test_sequential_trains_in_the_configured_order(
     )
     # 2 epochs of 2 harmless pairs = 2 batches, then 2 x 3 helpful = 3 batches, then 3 honest
     assert seen == [{"harmless"}] * 2 + [{"helpful"}] * 3 + [{"honest"}] * 3
+
+
+def test_the_bases_margins_are_measured_once_per_base_and_pairs(monkeypatch):
+    from hhh_bench.train import run as train_run
+
+    calls = []
+
+    def fake(model, tokenizer, sets, batch_size):
+        calls.append(sorted(sets))
+        return {d: {"mean": float(len(rows))} for d, rows in sets.items()}
+
+    monkeypatch.setattr(train_run, "margins", fake)
+    monkeypatch.setattr(train_run, "_BASE_MARGINS", {})
+    held = {"helpful": [{"id": 1}, {"id": 2}], "honest": [{"id": 3}]}
+    kw = {"dtype": "float32", "device": "cpu"}
+    first = train_run.base_margins(None, None, held, 8, "base-a", **kw)
+    assert first == {"helpful": {"mean": 2.0}, "honest": {"mean": 1.0}}
+    assert train_run.base_margins(None, None, held, 8, "base-a", **kw) == first
+    assert calls == [["helpful"], ["honest"]]  # the second call measured nothing
+    train_run.base_margins(None, None, {"helpful": [{"id": 9}]}, 8, "base-a", **kw)
+    train_run.base_margins(None, None, held, 8, "base-b", **kw)
+    train_run.base_margins(None, None, held, 8, None, **kw)  # no key: always measured
+    assert calls[2:] == [["helpful"], ["helpful"], ["honest"], ["helpful", "honest"]]

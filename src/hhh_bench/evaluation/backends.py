@@ -20,7 +20,10 @@ before any model is loaded.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,9 +97,18 @@ def make_lm(
     """
     check_backend(backend, backend_args)
     if backend == "hf":
-        from lm_eval.models.huggingface import HFLM
+        from lm_eval.models.utils import resolve_max_length
 
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        cls = _hf_lm_class()
+        # lm-eval's HFLM.max_length resolves this from the config on every request: once here
+        max_length = resolve_max_length(model.config, tokenizer, default=cls._DEFAULT_MAX_LENGTH)
+        return cls(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            device=device,
+            max_length=max_length,
+        )
     if not isinstance(model, (str, Path)):
         raise TypeError(
             "eval.backend=vllm loads the model itself: pass its folder or hub id, not a loaded "
@@ -112,3 +124,58 @@ def make_lm(
         trust_remote_code=trust_remote_code,
         **dict(backend_args or {}),
     )
+
+
+# (tokenizer fingerprint, tokenizer settings, context, continuation) -> (context ids, continuation
+# ids): the toy world evaluates ~60 models per seed on the same requests, and tokenizing them was a
+# third of each evaluation's time.
+_ENCODED: OrderedDict[tuple[Any, ...], tuple[tuple[int, ...], tuple[int, ...]]] = OrderedDict()
+_ENCODED_MAX = 500_000
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides how ``tokenizer`` encodes: its fast tokenizer's full
+    serialisation (vocabulary, merges, normaliser, pre-tokeniser, post-processor) and its
+    special tokens. Two loads of the same tokenizer folder share it; computed once per object."""
+    held = _FINGERPRINTS.get(id(tokenizer))
+    if held is not None and held[0] is tokenizer:
+        return held[1]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256(type(tokenizer).__qualname__.encode())
+    h.update(backend.to_str().encode() if backend is not None else repr(id(tokenizer)).encode())
+    h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
+    if len(_FINGERPRINTS) >= 8:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[id(tokenizer)] = (tokenizer, h.hexdigest())
+    return _FINGERPRINTS[id(tokenizer)][1]
+
+
+@functools.lru_cache(maxsize=1)
+def _hf_lm_class() -> type:
+    """lm-eval's ``HFLM`` whose context/continuation encodings are remembered across instances
+    (within the process) for tokenizers with the same :func:`tokenizer_fingerprint`: the token ids
+    are those ``HFLM._encode_pair`` computes, computed once per distinct request."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CachedEncodingHFLM(HFLM):
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            key = (
+                tokenizer_fingerprint(self.tokenizer),
+                self.backend,
+                self.add_bos_token,
+                self.custom_prefix_token_id,
+                context,
+                continuation,
+            )
+            hit = _ENCODED.get(key)
+            if hit is None:
+                ctx, cont = super()._encode_pair(context, continuation)
+                hit = (tuple(ctx), tuple(cont))
+                _ENCODED[key] = hit
+                if len(_ENCODED) > _ENCODED_MAX:
+                    _ENCODED.popitem(last=False)
+            return list(hit[0]), list(hit[1])
+
+    return CachedEncodingHFLM

@@ -90,15 +90,19 @@ def summary_stderr(
             return out
         per_spec[str(i)] = list(vals.values())
 
-    def smallest(means: Mapping[str, float]) -> float:
+    def smallest(means: Mapping[str, Any]) -> Any:  # per resample: the lowest dimension
+        import numpy as np
+
         dims = []
         for d in DIMENSIONS:
             parts = [(s.weight, means[str(i)]) for i, s in enumerate(specs) if s.dimension == d]
             total = sum(w for w, _ in parts)
             dims.append(sum(w * m for w, m in parts) / total)
-        return min(dims)
+        return np.minimum.reduce(dims)
 
-    out["min_stderr"] = stratified_bootstrap_stderr(per_spec, smallest, iters=iters, seed=seed)
+    out["min_stderr"] = stratified_bootstrap_stderr(
+        per_spec, smallest, iters=iters, seed=seed, vectorized=True
+    )
     return out
 
 

@@ -3,6 +3,7 @@ helper itself is :mod:`hhh_bench.stagecache`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -36,20 +37,32 @@ def group(cfg: DictConfig, name: str, cls: type[T]) -> T:
 
 def load_option(group_name: str, option: str) -> dict[str, Any]:
     """The plain content of ``conf/<group>/<option>.yaml`` (the one place option files are read
-    by hand, for the pipeline's grids and mixture lists)."""
+    by hand, for the pipeline's grids and mixture lists): a fresh copy of the parse, which is
+    remembered per file version (path, modification time, size)."""
+    import copy
+
     from hhh_bench.paths import conf_dir
 
     path = conf_dir() / group_name / f"{option}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml") if not p.stem.startswith("_"))
         raise ValueError(f"unknown {group_name} option {option!r}: no {path}; available: {known}")
-    node = OmegaConf.load(path)
+    st = path.stat()
+    raw = copy.deepcopy(_read_option(str(path), st.st_mtime_ns, st.st_size))
+    parents = [p for p in raw.pop("defaults", None) or [] if p != "_self_"]
+    if not parents:
+        return raw
     merged = OmegaConf.create({})
-    for parent in node.pop("defaults", None) or []:  # same-group inheritance, _self_ last
-        if parent != "_self_":
-            merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
+    for parent in parents:  # same-group inheritance, _self_ last
+        merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
     # interpolations (${root}, ${seed}) stay as they are: they resolve in the run's config
-    return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
+    return OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_option(path: str, mtime_ns: int, size: int) -> Any:
+    """One version of an option file, parsed (the arguments are the cache key)."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def run_config_hash(cfg: DictConfig) -> str | None:

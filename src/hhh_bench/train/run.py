@@ -111,6 +111,38 @@ def margins(
     }
 
 
+# (base key, dtype, device, batch size, dimension, held-out rows' hash) -> the base's margin
+# summary: every training of a seed starts from the same θ0 and measures it on the same pairs.
+_BASE_MARGINS: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def base_margins(
+    model: Any,
+    tokenizer: Any,
+    sets: Mapping[str, Sequence[Any]],
+    batch_size: int,
+    base_key: str | None,
+    *,
+    dtype: str | None,
+    device: str,
+) -> dict[str, Any]:
+    """:func:`margins` of the base θ0 before training, remembered within the process for a base
+    with a stage key (its content): the same summaries, measured once per seed."""
+    import hashlib
+    import json
+
+    if not base_key:
+        return margins(model, tokenizer, sets, batch_size)
+    out = {}
+    for d, rows in sets.items():
+        digest = hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode())
+        key = (base_key, dtype, device, batch_size, d, digest.hexdigest())
+        if key not in _BASE_MARGINS:
+            _BASE_MARGINS[key] = margins(model, tokenizer, {d: rows}, batch_size)[d]
+        out[d] = dict(_BASE_MARGINS[key])
+    return out
+
+
 def train_model(
     t: Any,
     base: Mapping[str, Any],
@@ -147,7 +179,8 @@ def train_model(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
     tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
     model = load_causal_lm(base_path, dtype=dtype, device=device, trust_remote_code=trust)
-    before = margins(model, tokenizer, held, t.margin_batch_size)
+    before = base_margins(model, tokenizer, held, t.margin_batch_size, base.get("key"),
+                          dtype=dtype, device=device)  # fmt: skip
     if tracker is not None:
         tracker.start()
     model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
