@@ -351,9 +351,9 @@ def merge_linear(
     The same arithmetic as stacking the task vectors and contracting them with the
     coefficients (τ_t = θ_t − θ0, accumulated t = 1..T), done :data:`CHUNK_ENTRIES` flattened
     entries at a time in three reused buffers, so that the steps read and write the CPU's cache
-    instead of memory and no temporary is allocated per step. The inputs are checked through
-    the accumulated sum (a NaN or Inf in any input makes it non-finite; only then the full
-    check runs, naming the model), the output after the cast."""
+    instead of memory and no temporary is allocated per step. One check of the output after
+    the cast covers the inputs too (a NaN or Inf in any input makes it non-finite): only when
+    it fails do the full checks run, naming the input's model, else the merged tensor."""
     assert raw.fts is not None
     fts = [t for t in raw.fts if isinstance(t, Tensor)]
     dev, cdt = torch.device(params.device), params.dtype
@@ -364,33 +364,31 @@ def merge_linear(
     out = torch.empty(raw.base.shape, dtype=dtype, device=dev)
     flat_o = out.view(-1)
     acc_buf, base_buf, tau_buf = (torch.empty(step, dtype=cdt, device=dev) for _ in range(3))
-    inputs_ok = out_ok = True
+    out_ok = True
     for s in range(0, n, step):
         e = min(s + step, n)
         acc, b, tau = acc_buf[: e - s], base_buf[: e - s], tau_buf[: e - s]
         b.copy_(flat_b[s:e])
         for t, (f, c) in enumerate(zip(flat_f, coefficients, strict=True)):
+            # θ_t − θ0 read from the input's dtype and computed in the compute dtype in one pass
+            # (type promotion: the same numbers as a copy into the compute dtype, then sub_)
             dst = acc if t == 0 else tau
-            dst.copy_(f[s:e])
-            dst.sub_(b)
+            torch.sub(f[s:e], b, out=dst)
             if t == 0:
                 if c != 1.0:
                     acc.mul_(c)
             else:
                 acc.add_(tau, alpha=c)
-        inputs_ok = inputs_ok and bool(torch.isfinite(acc.sum()))
         piece = flat_o[s:e]
-        if dtype == cdt:
-            torch.add(b, acc, alpha=params.scaling, out=piece)
-        else:  # computed in the compute dtype, rounded once into the output's
-            torch.add(b, acc, alpha=params.scaling, out=tau)
-            piece.copy_(tau)
+        # computed in the compute dtype, rounded once into the output's on the store
+        torch.add(b, acc, alpha=params.scaling, out=piece)
+        # a NaN or Inf in an input reaches the output (θ0 + λ·(… NaN or ±Inf …)); so does an
+        # overflow of the cast: one check of the output covers both
         out_ok = out_ok and bool(torch.isfinite(piece.sum()))
-    if not inputs_ok:
-        validate_tensors(key, raw.base, fts)
-    raw.fts = None
     if not out_ok:
-        check_finite(key, out, what)
+        validate_tensors(key, raw.base, fts)  # an input's fault, named with its model
+        check_finite(key, out, what)  # else the merge's (e.g. an overflow of the cast)
+    raw.fts = None
     return out
 
 
