@@ -160,3 +160,25 @@ def test_dare_masks_equal_bernoulli_draws(shape, drop_rate):
         assert m.dtype == torch.bool and tuple(m.shape) == shape
         assert torch.equal(m, dare_keep_mask(shape, drop_rate, 7, "layer.w", t).bool())
     assert not torch.equal(masks[0], masks[1]) or masks[0].numel() < 10
+
+
+def test_a_linear_merge_leaves_the_read_ahead_a_core_and_restores_the_thread_count(monkeypatch):
+    from hhh_bench.merging.base import CommonParams
+
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(driver.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        real(4)
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+        with driver._reader_core(CommonParams()):
+            assert torch.get_num_threads() == 2  # 3 cores: 2 compute, 1 for the reader
+        assert torch.get_num_threads() == 4 and seen == [2, 4]
+        real(1)
+        seen.clear()
+        with driver._reader_core(CommonParams()):  # never more threads than asked for
+            assert torch.get_num_threads() == 1
+        assert seen == []
+    finally:
+        real(before)
