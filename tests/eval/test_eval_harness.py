@@ -281,3 +281,4 @@ def test_remembered_encodings_are_lm_evals_own_and_are_shared_only_by_equal_toke
     )._encode_pair(*pairs[0])
     assert third._encode_pair(*pairs[0]) != first._encode_pair(*pairs[0])
     assert len(backends._ENCODED) == n + 1
+    assert tokenizer_fingerprint(object()) is None  # no fast backend: nothing remembered

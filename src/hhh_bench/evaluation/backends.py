@@ -134,16 +134,19 @@ _ENCODED_MAX = 500_000
 _FINGERPRINTS: dict[int, tuple[Any, str]] = {}
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     """A hash of everything that decides how ``tokenizer`` encodes: its fast tokenizer's full
     serialisation (vocabulary, merges, normaliser, pre-tokeniser, post-processor) and its
-    special tokens. Two loads of the same tokenizer folder share it; computed once per object."""
+    special tokens. Two loads of the same tokenizer folder share it; computed once per object.
+    None for a tokenizer without a fast backend (its encodings are not remembered)."""
     held = _FINGERPRINTS.get(id(tokenizer))
     if held is not None and held[0] is tokenizer:
         return held[1]
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
     h = hashlib.sha256(type(tokenizer).__qualname__.encode())
-    h.update(backend.to_str().encode() if backend is not None else repr(id(tokenizer)).encode())
+    h.update(backend.to_str().encode())
     h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
     h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
     if len(_FINGERPRINTS) >= 8:
@@ -161,8 +164,11 @@ def _hf_lm_class() -> type:
 
     class CachedEncodingHFLM(HFLM):
         def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            fingerprint = tokenizer_fingerprint(self.tokenizer)
+            if fingerprint is None:
+                return super()._encode_pair(context, continuation)
             key = (
-                tokenizer_fingerprint(self.tokenizer),
+                fingerprint,
                 self.backend,
                 self.add_bos_token,
                 self.custom_prefix_token_id,
