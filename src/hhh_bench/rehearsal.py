@@ -26,6 +26,7 @@ from typing import Any
 from hhh_bench.data.sources.local_paths import with_source_paths
 from hhh_bench.evaluation.standin_tasks import (
     StandinTasks,
+    eval_standins_on,
     materialize_standin_tasks,
     standin_builtins,
 )
@@ -159,7 +160,7 @@ def standin_eval_tasks(
         The :class:`~hhh_bench.evaluation.standin_tasks.StandinTasks` (its ``fingerprint``
         belongs in the eval cache key), or None.
     """
-    if not rehearsal or not rehearsal.get("eval_standins", False):
+    if not eval_standins_on(rehearsal):
         return None
     builtins = standin_builtins(task_names)
     if not builtins:

@@ -151,8 +151,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
     if len(_FINGERPRINTS) >= 8:
         _FINGERPRINTS.clear()
-    _FINGERPRINTS[id(tokenizer)] = (tokenizer, h.hexdigest())
-    return _FINGERPRINTS[id(tokenizer)][1]
+    _FINGERPRINTS[id(tokenizer)] = (tokenizer, h.hexdigest())  # held: its id stays its own
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

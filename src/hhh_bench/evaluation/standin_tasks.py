@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,11 @@ def materialize_standin_tasks(
         names={b: STANDIN_NAMES[b] for b in wanted},
         fingerprint=h.hexdigest()[:12],
     )
+
+
+def eval_standins_on(rehearsal: Mapping[str, Any] | None) -> bool:
+    """Whether a config's ``rehearsal`` block asks for stand-ins of lm-eval's built-ins."""
+    return bool(rehearsal) and bool(rehearsal.get("eval_standins", False))  # type: ignore[union-attr]
 
 
 def standin_builtins(task_names: Sequence[str]) -> list[str]:

@@ -202,8 +202,10 @@ def standin_names(
     rehearsal: Mapping[str, Any] | None, specs: list[Any]
 ) -> tuple[list[str], str] | None:
     """A rehearsal's stand-ins of the suite's lm-eval built-ins: (names, content fingerprint)."""
-    if not rehearsal or not rehearsal.get("eval_standins", False):
-        return None  # no rehearsal: nothing to build (and no model code to import)
+    from hhh_bench.evaluation.standin_tasks import eval_standins_on
+
+    if not eval_standins_on(rehearsal):
+        return None  # asked before importing hhh_bench.rehearsal, which loads the model code
     import tempfile
 
     from hhh_bench.rehearsal import standin_eval_tasks

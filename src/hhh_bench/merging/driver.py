@@ -289,7 +289,38 @@ def run_merge(
         it = progress(it, desc, len(inputs.keys))
     threads = _reader_core(params) if coefficients is not None else contextlib.nullcontext()
     with threads:
-        _merge_all(method, params, inputs, sink, it, stats, coefficients, ckey, cache, out_dtype)
+        for k, raw in it:
+            b = raw.base
+            if inputs.decisions.get(k) == "base":
+                merged = b
+            elif not b.is_floating_point():
+                if raw.fts is None:
+                    raw = read_raw(inputs, k)
+                validate_tensors(k, b, [_as_weight(t, b) for t in raw.fts or []])
+                merged = b
+            else:
+                entry = stats.plan.get(k, {})
+                dt = out_dtype(k) if out_dtype is not None else params.dtype
+                what = _what(dt, out_dtype is not None)
+                if coefficients is not None and fusable(raw):
+                    merged = merge_linear(k, raw, coefficients, params, dt, what)
+                else:
+                    key = ckey(k) if cache is not None else ""
+                    pre = cache.get(key) if cache is not None else None
+                    if pre is None:
+                        if raw.fts is None:
+                            raw = read_raw(inputs, k)
+                        taus = task_vectors_from_raw(k, raw, params.dtype, params.device)
+                        pre = method.precompute(k, b, taus, params, entry)
+                        del taus
+                        if cache is not None:
+                            cache.put(key, pre)
+                    merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
+                    del pre
+                    check_finite(k, merged, what)
+            sink(k, merged)
+            stats.tensors += 1
+            del merged, raw
     if cache is not None:
         stats.cache_hits, stats.cache_misses = cache.hits, cache.misses
     return stats
@@ -312,53 +343,6 @@ def _reader_core(params: CommonParams) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _merge_all(
-    method: MergeMethod[Any],
-    params: CommonParams,
-    inputs: Inputs,
-    sink: Sink,
-    it: Iterator[tuple[str, Raw]],
-    stats: MergeStats,
-    coefficients: Sequence[float] | None,
-    ckey: Callable[[str], str],
-    cache: SweepCache | None,
-    out_dtype: Callable[[str], torch.dtype] | None,
-) -> None:
-    """:func:`run_merge`'s loop over the keys (the tensors handed to ``sink`` one by one)."""
-    for k, raw in it:
-        b = raw.base
-        if inputs.decisions.get(k) == "base":
-            merged = b
-        elif not b.is_floating_point():
-            if raw.fts is None:
-                raw = read_raw(inputs, k)
-            validate_tensors(k, b, [_as_weight(t, b) for t in raw.fts or []])
-            merged = b
-        else:
-            entry = stats.plan.get(k, {})
-            dt = out_dtype(k) if out_dtype is not None else params.dtype
-            what = _what(dt, out_dtype is not None)
-            if coefficients is not None and fusable(raw):
-                merged = merge_linear(k, raw, coefficients, params, dt, what)
-            else:
-                key = ckey(k) if cache is not None else ""
-                pre = cache.get(key) if cache is not None else None
-                if pre is None:
-                    if raw.fts is None:
-                        raw = read_raw(inputs, k)
-                    taus = task_vectors_from_raw(k, raw, params.dtype, params.device)
-                    pre = method.precompute(k, b, taus, params, entry)
-                    del taus
-                    if cache is not None:
-                        cache.put(key, pre)
-                merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
-                del pre
-                check_finite(k, merged, what)
-        sink(k, merged)
-        stats.tensors += 1
-        del merged, raw
 
 
 CHUNK_ENTRIES = 1 << 18
