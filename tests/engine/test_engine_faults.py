@@ -271,6 +271,40 @@ def test_truncated_shard_is_named_before_any_work(models, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_file_truncated_after_it_was_opened_is_named_when_read(models, tmp_path):
+    from hhh_bench.merging.sources import SafetensorsModel
+
+    folder = tmp_path / "shrinks"
+    shutil.copytree(models[1][0], folder)
+    src = SafetensorsModel(folder, "finetuned model 0")  # the header is read and checked here
+    last = max(src.keys(), key=lambda k: src._spans[k][0])
+    f = folder / "model.safetensors"
+    os.truncate(f, f.stat().st_size - 4)
+    with pytest.raises(ValueError, match=rf"finetuned model 0 .*{last!r}.*ends 4 bytes early"):
+        src.get(last)  # an error, never a SIGBUS from a map past the file's end
+
+
+def test_a_tensor_read_from_a_model_never_writes_through_to_its_file(models, tmp_path):
+    from hhh_bench.merging.sources import SafetensorsModel, read_bytes
+
+    folder = tmp_path / "kept"
+    shutil.copytree(models[0], folder)
+    before = digest(folder)
+    src = SafetensorsModel(folder, "base")
+    key = src.keys()[0]
+    t = src.get(key)
+    expected = load_file(str(folder / "model.safetensors"))[key]
+    assert torch.equal(t, expected)
+    t.add_(1.0)  # copy-on-write: the process's own page changes, the file does not
+    assert torch.equal(src.get(key), expected)
+    assert digest(folder) == before
+    # bytes that do not start 8-aligned are read, not mapped, and are the same bytes
+    f = folder / "model.safetensors"
+    raw = f.read_bytes()
+    for off in (8, 9, 4099):
+        assert bytes(read_bytes(f, off, 100).numpy()) == raw[off : off + 100]
+
+
 # -- clear and early -----------------------------------------------------------------------------
 
 
