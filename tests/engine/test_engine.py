@@ -273,3 +273,26 @@ def test_model_card_names_each_specialist_and_carries_its_scores(models, tmp_pat
     assert text.index("## Scores") < text.index(CARD_HEADING)
     # not a merge output: untouched
     assert not attach_scores(fts[0], row("test", 0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "tsv", "resm"])
+def test_device_cuda_computes_on_the_gpu_with_the_cpus_result(models, method, tmp_path):
+    """``device: cuda`` (``merge_engine.device`` in the pipeline): the same merge as on the CPU,
+    to float32 rounding (GPU kernels sum in another order)."""
+    _, base, fts = models
+    params = PARAMS.get(method, {})
+    merge_models(method, base, fts, tmp_path / "cpu", progress=False, **params)
+    merge_models(method, base, fts, tmp_path / "gpu", progress=False, device="cuda", **params)
+    got, want = _sd(tmp_path / "gpu"), _sd(tmp_path / "cpu")
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(models, tmp_path, monkeypatch):
+    _, base, fts = models
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'device' is 'cuda' but CUDA is not available"):
+        merge_models("tsv", base, fts, tmp_path / "o", progress=False, device="cuda")
+    assert not (tmp_path / "o").exists()

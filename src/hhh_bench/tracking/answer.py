@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from hhh_bench.evaluation.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.evaluation.uncertainty import column_item_values
-from hhh_bench.tracking.paired import _check_comparable, _specs, row_context
+from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
 
 if TYPE_CHECKING:
     from hhh_bench.tracking.report import Entry
@@ -99,8 +99,8 @@ def compare(
             ctx.append(c)
         columns = {**(b.get("extra_columns") or {}), **(a.get("extra_columns") or {})}
         try:
-            _check_comparable(a, b)
-            parts = column_item_values("average", _specs(a), ctx[0], ctx[1], columns=columns)
+            check_comparable(a, b)
+            parts = column_item_values("average", row_specs(a), ctx[0], ctx[1], columns=columns)
             diffs = [(c, t, paired_differences(va, vb, label=t)) for c, t, va, vb in parts]
         except ValueError as e:
             return str(e)

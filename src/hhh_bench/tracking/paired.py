@@ -33,7 +33,8 @@ from hhh_bench.evaluation.stats import ALPHA, PairedTest, z_test
 _CONTEXT_MEMO: dict[tuple[str, str | None], dict[str, Any] | None] = {}
 
 
-def _specs(row: Mapping[str, Any]) -> list[TaskSpec]:
+def row_specs(row: Mapping[str, Any]) -> list[TaskSpec]:
+    """The task specs (name, dimension, weight, metric) a store row was scored with."""
     return [
         TaskSpec(s["name"], s["dimension"], float(s["weight"]), s["metric"])
         for s in row.get("task_specs") or []
@@ -74,14 +75,16 @@ def row_context(row: Mapping[str, Any], *, memo: bool = True) -> dict[str, Any] 
     return ctx
 
 
-def _check_comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless two store rows were scored on the same items (suite, split,
+    data) with the same task specs: what any paired comparison of them needs."""
     for field in ("suite", "split", "data_key"):
         if a.get(field) != b.get(field):
             raise ValueError(
                 f"rows {a.get('row_key')!r} and {b.get('row_key')!r} differ in {field} "
                 f"({a.get(field)!r} vs {b.get(field)!r}): a paired test needs the same items"
             )
-    if _specs(a) != _specs(b):
+    if row_specs(a) != row_specs(b):
         raise ValueError(
             f"rows {a.get('row_key')!r} and {b.get('row_key')!r} were scored with different "
             "task specs (tasks, weights or metrics): compare rows of one evaluation setup"
@@ -109,7 +112,7 @@ def paired_test_rows(
     """
     from hhh_bench.evaluation.uncertainty import paired_column_test
 
-    _check_comparable(row_a, row_b)
+    check_comparable(row_a, row_b)
     ctx = []
     for r in (row_a, row_b):
         c = row_context(r)
@@ -121,7 +124,9 @@ def paired_test_rows(
             )
         ctx.append(c)
     columns = {**(row_b.get("extra_columns") or {}), **(row_a.get("extra_columns") or {})}
-    return paired_column_test(column, _specs(row_a), ctx[0], ctx[1], columns=columns, alpha=alpha)
+    return paired_column_test(
+        column, row_specs(row_a), ctx[0], ctx[1], columns=columns, alpha=alpha
+    )
 
 
 def paired_test_groups(
