@@ -328,10 +328,12 @@ def run_merge(
 
 @contextlib.contextmanager
 def _reader_core(params: CommonParams) -> Iterator[None]:
-    """A linear merge on the CPU is bound by reading its inputs: torch computes on all but one
-    of the process's cores, and the read-ahead thread has that one (on 2 cores the fused pass
-    took 1.6-2.0 s with one compute thread, 1.9-2.5 s with two, which took the reader's core).
-    Element-wise arithmetic: the same numbers with any thread count."""
+    """During a linear merge on the CPU torch computes on all but one of the process's cores,
+    and the read-ahead and write threads have that one. Chosen when reads were copies (on 2
+    cores the fused pass took 1.6-2.0 s with one compute thread, 1.9-2.5 s with two); since
+    tensors are mapped (:func:`~hhh_bench.merging.sources.map_bytes`) the two measured the same
+    (whole process, median 1.92 s vs 1.91 s over 8 runs each). Element-wise arithmetic: the
+    same numbers with any thread count."""
     before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     want = min(before, max(1, (cores or 1) - 1))

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -205,12 +207,8 @@ def read_bytes(path: Path, offset: int, nbytes: int) -> Tensor:
     ``OSError``. Where the platform has private memory maps and the bytes start 8-aligned (as
     safetensors writes them), they are a copy-on-write map of the file (:func:`map_bytes`), else
     positioned reads into a new buffer."""
-    import mmap
-
     if nbytes > 0 and offset % 8 == 0 and hasattr(mmap, "MAP_PRIVATE"):
         return map_bytes(path, offset, nbytes)  # 8-aligned: a view of any dtype is valid
-    import os
-
     buf = torch.empty(nbytes, dtype=torch.uint8)
     view = memoryview(buf.numpy()) if nbytes else memoryview(bytearray())
     with path.open("rb", buffering=0) as fh:
@@ -239,9 +237,6 @@ def map_bytes(path: Path, offset: int, nbytes: int) -> Tensor:
     pages are the page cache's, 5x faster than reading them into a buffer. The map lives as
     long as the tensor (its storage holds it), so a merged tensor's inputs leave memory with it.
     A file shorter than ``offset + nbytes`` raises ``OSError`` before anything is mapped."""
-    import mmap
-    import os
-
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
