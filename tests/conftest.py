@@ -17,6 +17,7 @@ for k, v in {
     "WANDB_MODE": "offline",
     "WANDB_SILENT": "true",
     "HF_HOME": str(_CACHE / "hf"),
+    "HHH_BENCH_HASH_CACHE": str(_CACHE / "hashes"),  # content hashes of files outside any root
     "HF_DATASETS_CACHE": str(_CACHE / "hf" / "datasets"),
     "WANDB_DIR": str(_CACHE / "wandb"),
 }.items():

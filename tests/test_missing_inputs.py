@@ -45,7 +45,9 @@ def test_merge_without_specialists_says_it_trains_them_first(tmp_path, monkeypat
     import hhh_bench.pipeline as pipeline
     import hhh_bench.train.run as train_run
 
-    monkeypatch.setattr(pipeline, "_base", lambda cfg, data: {"path": str(tmp_path), "key": "b"})
+    monkeypatch.setattr(
+        pipeline, "_base", lambda cfg, data: {"path": str(tmp_path), "key": "b", "content": "b"}
+    )
     monkeypatch.setattr(train_run, "train_model", _stop)
     cfg = compose([f"root={tmp_path}", "logger=none", "threads=1", "stage=merge", *SMALL_WORLD])
     with pytest.raises(Stop):

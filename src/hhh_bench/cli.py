@@ -5,6 +5,7 @@ hhh-bench stage=data data=toy3h          # one stage alone
 hhh-bench experiment=toy3h               # the whole pipeline
 hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
 hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[optuna]')
+hhh-bench cache verify runs/default      # a subcommand by name (SUBCOMMANDS); Hydra otherwise
 """
 
 from __future__ import annotations
@@ -107,8 +108,21 @@ def task(cfg) -> float | None:
     return None if objective is None else float(objective)
 
 
+def _cache(argv: list[str]) -> int:
+    from hhh_bench.cachetool import main as cache_main
+
+    return cache_main(argv)
+
+
+SUBCOMMANDS = {"cache": _cache}
+"""Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other
+first argument is the Hydra form (``hhh-bench experiment=toy3h stage=...``), the default."""
+
+
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
     import hydra
     from omegaconf import DictConfig
 

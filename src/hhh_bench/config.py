@@ -484,10 +484,27 @@ class DataConfig:
             raise ValueError("data.kind=sources needs data.sources (source names per dimension)")
 
 
+@dataclass(frozen=True)
+class CacheConfig:
+    """The stage cache (docs/caching.md): every reuse of a finished stage output is checked
+    against its ``checksums.json``."""
+
+    on_mismatch: str = param(
+        "error",
+        "what a reuse does when a cached output's files differ from its checksums.json: error "
+        "(stop before any work, naming the folder and the file) | recompute (replace the output)",
+        choices=("error", "recompute"),
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "cache")
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
 GROUPS: dict[str, type] = {
+    "cache": CacheConfig,
     "data": DataConfig,
     "train": TrainConfig,
     "model": ModelConfig,

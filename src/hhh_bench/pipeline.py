@@ -66,6 +66,8 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
     preflight(groups)  # config, then this machine (devices, hub reachability)
+    if "cache" in groups:
+        CACHE.on_mismatch = groups["cache"].on_mismatch
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):
@@ -366,7 +368,9 @@ def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
 
     def entry(path: str) -> dict[str, Any]:
         adapter = (Path(path) / "adapter_config.json").is_file()
-        return {"path": path, "key": model_identity(path), "model_path": None if adapter else path,
+        ident = model_identity(path)
+        return {"path": path, "key": ident, "content": ident,
+                "model_path": None if adapter else path,
                 "adapter_path": path if adapter else None}  # fmt: skip
 
     return entry(base_path), {n: entry(m) for n, m in zip(names, models, strict=True)}, names

@@ -1,11 +1,15 @@
 """One cached-stage helper for every stage: content key, output folder, atomic rename, result
-file, provenance and the run's cache accounting.
+file, provenance, the verified manifest and the run's cache accounting.
 
-Every stage is a function of its resolved config and its inputs' keys. :func:`cached_stage` owns
-the whole life of a stage's output folder ``<root>/<stage>/<key>/``: reuse it when complete, else
-compute into a temporary sibling, write the result file and ``provenance.json`` (resolved config,
-seed, versions, git revision) and rename it into place, so a folder is either complete or absent
-and a killed run resumes where it stopped. Stages keep only their own work.
+Every stage is a function of its inputs' content, its resolved config and its code.
+:func:`cached_stage` owns the whole life of a stage's output folder ``<root>/<stage>/<key>/``:
+reuse it when complete *and* its files match its ``checksums.json``
+(:func:`hhh_bench.content.verify`; a mismatch is an error naming the folder and the file, or a
+recompute under ``cache.on_mismatch=recompute``), else compute into a temporary sibling, write
+the result file, ``key.json`` (what the key was computed from), ``provenance.json`` (resolved
+config, seed, versions, git revision) and, last, ``checksums.json``, and rename it into place, so
+a folder is either complete or absent and a killed run resumes where it stopped. Stages keep only
+their own work. What each stage's key holds: docs/caching.md.
 """
 
 from __future__ import annotations
@@ -14,18 +18,22 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.content import KEY_FILE, mismatch_error, register_root, verify, write_manifest
 from hhh_bench.provenance import atomic_dir, config_hash, write_provenance
 
 log = logging.getLogger("hhh_bench")
 
 # Bump when a stage's output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"data": 2, "base": 1, "train": 1, "merge": 2, "eval": 1, "diagnose": 1}
+# Version 3/2 (issue 26): keys hold their inputs' content identities and code; every output a
+# verified manifest.
+STAGE_VERSIONS = {"data": 3, "base": 2, "train": 2, "merge": 3, "eval": 2, "diagnose": 2}
+ON_MISMATCH = ("error", "recompute")
 
 
 def stage_key(stage: str, payload: Any) -> str:
@@ -36,8 +44,9 @@ def stage_key(stage: str, payload: Any) -> str:
 
 
 def is_done(path: Path) -> bool:
-    """A stage folder is complete iff it holds its provenance (renamed into place when done)."""
-    return (path / "provenance.json").is_file()
+    """A stage folder is complete iff it exists: it is renamed into place only when complete
+    (whether its files are still those written is :func:`hhh_bench.content.verify`'s job)."""
+    return path.is_dir()
 
 
 @dataclass
@@ -51,12 +60,18 @@ class CacheCounter:
     """The stage the user asked for (``stage=merge``), set by the pipeline."""
     upstream: frozenset[str] = frozenset()
     """Earlier stages whose missing outputs the asked stage computes first: each says so."""
+    on_mismatch: str = "error"
+    """``cache.on_mismatch``: a cached output whose files differ from its manifest is an error
+    (``error``) or is computed again (``recompute``); set by the pipeline."""
+    recomputed: dict[str, set[str]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.computed.clear()
         self.reused.clear()
+        self.recomputed.clear()
         self.lines = 0
         self.asked, self.upstream = "", frozenset()
+        self.on_mismatch = "error"
 
     def hit(self, stage: str, key: str = "") -> None:
         if key not in self.computed.get(stage, set()):
@@ -90,6 +105,9 @@ class StageRun:
     dir: Path
     cached: bool
     info: dict[str, Any]
+    identity: str = ""
+    """The content identity of the output's artifacts (:meth:`hhh_bench.content.Manifest.identity`):
+    what later stages' keys hold (empty for a rank that writes nothing)."""
 
 
 @contextmanager
@@ -110,6 +128,7 @@ def cached_stage(
     extra: Mapping[str, Any] | None = None,
     write: bool = True,
     label: str = "",
+    inputs: Sequence[str | Path] = (),
 ) -> StageRun:
     """Reuse ``<root>/<stage>/<key>/`` when complete; else run ``compute(tmp)`` (it writes its
     artifacts into ``tmp`` and returns the result dict), write ``result_file`` and
@@ -127,15 +146,27 @@ def cached_stage(
         write: False on non-main ranks of a distributed run: compute in a throwaway folder and
             write nothing.
         label: what the log lines call this run.
+        inputs: the folders (stage outputs or others) the stage reads, recorded in ``key.json``
+            (relative to ``root`` where inside it): what ``hhh-bench cache gc`` follows.
     """
     key = stage_key(stage, payload)
     out = Path(root) / stage / key
     what = f"{stage} {label}".strip()
+    register_root(root)
+    replace = False
     if is_done(out):
-        CACHE.hit(stage, key)
-        log.info("%s: cached %s", what, out)
-        console_line(f"{what}: reused {out}")
-        return StageRun(stage, key, out, True, json.loads((out / result_file).read_text()))
+        checked = verify(out)
+        if not checked.problems:
+            CACHE.hit(stage, key)
+            log.info("%s: cached %s (%d file(s) re-hashed)", what, out, checked.rehashed)
+            console_line(f"{what}: reused {out}")
+            info = json.loads((out / result_file).read_text())
+            return StageRun(stage, key, out, True, info, checked.manifest.identity())
+        if CACHE.on_mismatch != "recompute":
+            raise mismatch_error(out, checked.problems)
+        console_line(f"{what}: {checked.problems[0]}: recomputing (cache.on_mismatch=recompute)")
+        CACHE.recomputed.setdefault(stage, set()).add(key)
+        replace = True
     t0 = time.time()
     if stage in CACHE.upstream:  # not asked for: say why it runs, before it starts
         console_line(
@@ -143,12 +174,18 @@ def cached_stage(
             f"this config): running stage={stage} first, unasked"
         )
     console_line(f"{what}: running ...")
-    ctx = atomic_dir(out) if write else _scratch()
+    ctx = atomic_dir(out, overwrite=replace) if write else _scratch()
+    identity = ""
     with ctx as tmp:
         info = dict(compute(tmp))
         if write:
             (tmp / result_file).write_text(
                 json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+            )
+            record = {"stage": stage, "version": STAGE_VERSIONS.get(stage, 1), "key": key,
+                      "payload": payload, "inputs": [_rel(root, p) for p in inputs]}  # fmt: skip
+            (tmp / KEY_FILE).write_text(
+                json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
             )
             write_provenance(
                 tmp,
@@ -157,13 +194,20 @@ def cached_stage(
                 stage=stage,
                 extra=extra,
             )
+            identity = write_manifest(tmp, result_file).identity()  # last: lists every file
     CACHE.miss(stage, key)
     if write:
         log.info("%s: wrote %s", what, out)
     else:
         log.info("%s: done (this rank writes nothing)", what)
     console_line(f"{what}: done in {time.time() - t0:.1f} s")
-    return StageRun(stage, key, out, False, info)
+    return StageRun(stage, key, out, False, info, identity)
+
+
+def _rel(root: str | Path, path: str | Path) -> str:
+    """``path`` relative to ``root`` when inside it (a moved root keeps its references)."""
+    p, r = Path(path).resolve(), Path(root).resolve()
+    return p.relative_to(r).as_posix() if r in p.parents else str(path)
 
 
 def console_line(line: str) -> None:

@@ -49,6 +49,7 @@ from hhh_bench.merging.sources import (
     VOCAB_POLICIES,
     ModelInput,
     check_inputs,
+    check_reads,
     open_inputs,
     resolve_path,
 )
@@ -415,6 +416,7 @@ def merge_models(
     cache_max_gb: float = 20.0,
     finetuned_names: Sequence[str] | None = None,
     progress: bool = True,
+    verify_reads: bool = True,
     **params: Any,
 ) -> MergeResult:
     """Merge ``finetuned`` models (folders, hub ids or LoRA adapter folders) into ``base`` with a
@@ -437,6 +439,10 @@ def merge_models(
         cache_max_gb: size cap of the sweep cache.
         finetuned_names: what each finetuned model is (e.g. its 3H dimension), for the model card.
         progress: show progress bars (tensors done / total).
+        verify_reads: check every tensor read against the digests recorded for its file before
+            the merge (a stage output's manifest, else the hash cache): an input changed or
+            replaced while the merge reads it fails the merge and leaves no output.
+            ``merge_info.json``'s ``inputs_read`` records the inputs' content identities.
         **params: the method's hyperparameters (``describe_method(method)``).
 
     Returns:
@@ -463,6 +469,9 @@ def merge_models(
 
     base_src, models = open_inputs(base_folder, finetuned, allow_pickle)
     decisions = check_inputs(base_src, models, vocab_policy, allow_architecture_mismatch)
+    if verify_reads:  # what each tensor read must be: the digests recorded before any read
+        for src in (base_src, *models):
+            getattr(src, "record_reads", lambda: None)()
     keys = base_src.keys()
     inputs = Inputs(base_src, models, keys, decisions)
 
@@ -508,6 +517,7 @@ def merge_models(
                 desc=f"merging ({method})",
                 out_dtype=writer.dtype_of,
             )
+            read_from = check_reads([base_src, *models]) if verify_reads else {}
         except BaseException:
             writer.abort()  # the folder is discarded; report the original error
             raise
@@ -524,6 +534,7 @@ def merge_models(
             "finetuned_names": names,
             "plan": stats.plan,
             "versions": package_versions(),
+            "inputs_read": read_from,
         }
         (tmp / MERGE_MARKER).write_text(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"

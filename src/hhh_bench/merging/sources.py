@@ -17,7 +17,6 @@ Every error names the model (``the base``, ``finetuned model 2``), its folder an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from hhh_bench.content import file_tensor_digests, folder_identity, tensor_digest
 from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -149,32 +149,10 @@ def weight_files(folder: Path, label: str) -> tuple[dict[str, Path] | None, list
     )
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def folder_identity(folder: Path, files: Sequence[Path]) -> str:
-    """Content identity of a model: sha256 over its weight files and JSON files, memoised in
-    process by (path, size, mtime_ns) so a 7B model is hashed once per file change."""
-    parts = []
-    for f in sorted({*files, *folder.glob("*.json")}):
-        st = f.stat()
-        memo_key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-        h = _HASH_MEMO.get(memo_key)
-        if h is None:
-            d = hashlib.sha256()
-            with f.open("rb") as fh:
-                while block := fh.read(1 << 22):
-                    d.update(block)
-            h = d.hexdigest()
-            _HASH_MEMO[memo_key] = h
-        parts.append(f"{f.name}:{h}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
 def input_identity(folder: str | Path) -> str:
-    """Content identity of a model or adapter folder: its safetensors and JSON files."""
-    folder = Path(folder)
-    return folder_identity(folder, sorted(folder.glob("*.safetensors")))
+    """Content identity of a model or adapter folder: every file it holds
+    (:func:`hhh_bench.content.folder_identity`; a stage output's from its verified manifest)."""
+    return folder_identity(Path(folder))
 
 
 def _read_config(folder: Path, label: str) -> dict[str, Any]:
@@ -278,6 +256,8 @@ class SafetensorsModel:
         self._files: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._spans: dict[str, tuple[int, int]] = {}  # key -> (file offset, bytes)
+        self.read_digests: dict[str, str] | None = None
+        """``{tensor: XXH3 of the bytes read}`` once :meth:`record_reads` was called."""
         if not any(
             (folder / n).is_file() for n in (INDEX_FILE, SINGLE_FILE)
         ) and self._only_pickles(folder):
@@ -344,7 +324,23 @@ class SafetensorsModel:
                 f"{self.label} ({self.folder}): reading tensor {key!r} from {f.name} failed "
                 f"({e}); the file may be truncated or corrupted"
             ) from None
+        if self.read_digests is not None:
+            self.read_digests[key] = tensor_digest(buf.numpy()) if nbytes else tensor_digest(b"")
         return buf.view(self.dtype(key)).reshape(self.shape(key))
+
+    def record_reads(self) -> None:
+        """From now on, remember a digest of the bytes of every tensor read, to be checked by
+        :func:`check_reads` against the digests recorded for the files now (before any read)."""
+        if self._pickle_sd is None:
+            self.expected = self.recorded()
+            self.start_identity = self.identity()
+            self.read_digests = {}
+
+    def recorded(self) -> dict[str, tuple[str, str]]:
+        """``{tensor: (file name, XXH3)}`` of this model's files as recorded before the merge read
+        them: the manifest of the stage output holding them, or the hash cache."""
+        per_file = file_tensor_digests(self.folder, sorted(set(self._files.values())))
+        return {k: (f.name, per_file.get(f.name, {}).get(k, "")) for k, f in self._files.items()}
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._pickle_sd is not None:
@@ -369,7 +365,7 @@ class SafetensorsModel:
         return _read_config(self.folder, self.label)
 
     def identity(self) -> str:
-        return folder_identity(self.folder, sorted(set(self._files.values())))
+        return folder_identity(self.folder)
 
     def close(self) -> None:
         pass
@@ -528,7 +524,25 @@ class LoraAdapter:
                 f"{who}: no lora_A/lora_B tensors found: this adapter holds no LoRA update "
                 f"(tensors: {sorted(raw)[:3]}...)"
             )
-        self._identity = folder_identity(folder, files)
+        self._identity = folder_identity(folder)
+        self._files = files
+        self.read_digests: dict[str, str] | None = {
+            k: tensor_digest(v.contiguous().view(torch.uint8).numpy()) if v.numel() else
+            tensor_digest(b"") for k, v in raw.items()
+        }  # fmt: skip
+        self._raw_file = {k: f for f in files for k in _st_keys(f)}
+
+    def record_reads(self) -> None:
+        """The adapter's tensors were all read when it was opened (their digests kept then);
+        what they are checked against is recorded now."""
+        self.expected = self.recorded()
+        self.start_identity = self.identity()
+
+    def recorded(self) -> dict[str, tuple[str, str]]:
+        """``{tensor: (file name, XXH3)}`` of the adapter's files as recorded (see
+        :meth:`SafetensorsModel.recorded`)."""
+        per_file = file_tensor_digests(self.folder, self._files)
+        return {k: (f.name, per_file.get(f.name, {}).get(k, "")) for k, f in self._raw_file.items()}
 
     def keys(self) -> list[str]:
         return self.base.keys()
@@ -562,6 +576,33 @@ class LoraAdapter:
 
     def close(self) -> None:
         pass
+
+
+def _st_keys(path: Path) -> list[str]:
+    """The tensor names of a safetensors file's header."""
+    return list(data_spans(path))
+
+
+def check_reads(sources: Sequence[Any]) -> dict[str, str]:
+    """After a merge: every tensor a source read had the bytes recorded for it before the merge
+    (a file rewritten or replaced while the merge read it fails here, naming the model, the file
+    and the tensor). Returns each file-backed source's identity by label (for the provenance)."""
+    identities = {}
+    for src in sources:
+        got = getattr(src, "read_digests", None)
+        want = getattr(src, "expected", None)
+        if got is None or want is None:
+            continue
+        for k, digest in got.items():
+            fname, expected = want.get(k, ("?", ""))
+            if expected != digest:
+                raise ValueError(
+                    f"{src.label} ({src.where}): tensor {k!r} of {fname} is not the one recorded "
+                    "before the merge read it: the file was changed or replaced during the merge "
+                    "(no output written). Rerun once the inputs stay still."
+                )
+        identities[src.label] = src.start_identity
+    return identities
 
 
 ModelInput = str | Path | Mapping[str, Tensor]

@@ -18,8 +18,22 @@ from omegaconf import DictConfig
 
 from hhh_bench.config import ModelConfig
 from hhh_bench.provenance import set_seed
-from hhh_bench.stages.common import cached_stage, group, log, stage_key, to_dict
+from hhh_bench.stages.common import (
+    cached_stage,
+    code_identity,
+    content_of,
+    group,
+    keyed,
+    log,
+    model_identity,
+    stage_key,
+    to_dict,
+)
 from hhh_bench.stages.data import run_data
+
+BASE_CODE = ("hhh_bench.models", "hhh_bench.train.sft", "hhh_bench.train.common",
+             "hhh_bench.evaluation.choice")  # fmt: skip
+"""The code the base stage runs (its key holds these files' content)."""
 
 
 def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -27,14 +41,17 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
     data = data or run_data(cfg)
     mcfg = group(cfg, "model", ModelConfig)
     if mcfg.kind == "hub" and not mcfg.base_sft.enabled:
+        content = model_identity(str(mcfg.path), mcfg.revision)
         return {
             "path": mcfg.path,
-            "key": stage_key("base", to_dict(cfg.model)),
+            "key": stage_key("base", {"model": keyed(cfg.model), "content": content}),
+            "content": content,
             "cached": True,
             "hub": True,
         }
     seed = int(cfg.seed)
-    payload = {"data": data["key"], "model": to_dict(cfg.model), "seed": seed}
+    payload = {"data": content_of(data), "model": keyed(cfg.model), "seed": seed,
+               "code": code_identity(*BASE_CODE)}  # fmt: skip
 
     def compute(tmp: Path) -> dict[str, Any]:
         from hhh_bench.data.schema import read_jsonl
@@ -76,9 +93,10 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
 
     run = cached_stage(
         cfg.root, "base", payload, compute, result_file="base_info.json", seed=seed,
-        provenance=to_dict(cfg.model), extra={"data_key": data["key"]},
+        provenance=to_dict(cfg.model), extra={"data_key": data["key"]}, inputs=[data["dir"]],
     )  # fmt: skip
-    return {"path": str(run.dir), "key": run.key, "cached": run.cached, **run.info}
+    return {"path": str(run.dir), "key": run.key, "content": run.identity, "cached": run.cached,
+            **run.info}  # fmt: skip
 
 
 def _build_or_load(

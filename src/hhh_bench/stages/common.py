@@ -6,16 +6,19 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from hhh_bench.content import code_identity, folder_identity, keyable
 from hhh_bench.provenance import config_hash
 from hhh_bench.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
 
-__all__ = ["CACHE", "StageRun", "cached_stage", "group", "is_done", "load_option", "log",
-           "model_identity", "read_json", "stage_dir", "stage_key", "to_dict"]  # fmt: skip
+__all__ = ["CACHE", "StageRun", "cached_stage", "code_identity", "content_of", "group", "is_done", "keyed",
+           "load_option", "log", "model_identity", "read_json", "stage_dir", "stage_key",
+           "to_dict"]  # fmt: skip
 
 log = logging.getLogger("hhh_bench")
 T = TypeVar("T")
@@ -76,13 +79,41 @@ def run_config_hash(cfg: DictConfig) -> str | None:
     return config_hash(full)
 
 
-def model_identity(path: str) -> str:
-    """Content identity of a model input for stage keys: the hash of a local folder's weight and
-    JSON files (:func:`hhh_bench.merging.sources.input_identity`), or ``hub:<id>``."""
-    from hhh_bench.merging.sources import input_identity
+def model_identity(path: str, revision: str | None = None) -> str:
+    """Content identity of a model input for stage keys: a local folder's (or file's) content
+    (:func:`hhh_bench.content.folder_identity`: every file it holds, verified against its
+    manifest when it is a stage output), or ``hub:<id>@<revision>`` for a hub id."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return folder_identity(p)
+    return f"hub:{path}@{revision or 'main'}"
 
-    p = Path(path)
-    return input_identity(p) if p.is_dir() else f"hub:{path}"
+
+def content_of(result: Mapping[str, Any]) -> str:
+    """The content identity of an upstream stage's result: its ``content`` (what
+    :func:`cached_stage` read from the output's manifest), else computed from the folder it names
+    (``path`` or ``dir``: a result built by hand, in a notebook or a test)."""
+    if result.get("content"):
+        return str(result["content"])
+    where = result.get("path") or result.get("dir")
+    if not where:
+        raise ValueError(f"an upstream result names no folder (keys: {sorted(result)})")
+    return model_identity(str(where))
+
+
+ENGINE_CODE = tuple(f"hhh_bench.merging.{m}" for m in (
+    "engine", "driver", "sources", "base", "taskvec", "linalg", "params", "cache", "api"))  # fmt: skip
+"""The streaming engine every merge and diagnosis runs (a merge adds its method's modules)."""
+
+PATH_SETTINGS = frozenset({"cache_dir", "root", "scratch_dir", "output_dir"})
+"""Config keys that say where a cache or scratch folder is, never what a stage computes: left out
+of every key (:func:`keyed`)."""
+
+
+def keyed(node: Any) -> Any:
+    """A resolved config node as a key holds it: :data:`PATH_SETTINGS` left out, every path to an
+    existing file or folder replaced by its content (:func:`hhh_bench.content.keyable`)."""
+    return keyable(to_dict(node), PATH_SETTINGS)
 
 
 def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:

@@ -17,12 +17,18 @@ from omegaconf import DictConfig
 
 from hhh_bench.config import DataConfig
 from hhh_bench.provenance import config_hash
-from hhh_bench.stages.common import cached_stage, group, to_dict
+from hhh_bench.stages.common import cached_stage, code_identity, group, keyed, to_dict
+
+DATA_CODE = ("hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.data.schema",
+             "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
+"""The code the data stage runs (its key holds these files' content)."""
 
 
 def data_payload(cfg: DictConfig) -> dict[str, Any]:
-    """What the data stage's key is made of: the world / sources config."""
-    return {k: v for k, v in to_dict(cfg.data).items() if k not in ("noise", "dimensions")}
+    """What the data stage's key is made of: the world / sources config (local source files by
+    their content, the datasets cache folder left out) and the code that writes the data."""
+    world = {k: v for k, v in keyed(cfg.data).items() if k not in ("noise", "dimensions")}
+    return {**world, "code": code_identity(*DATA_CODE)}
 
 
 def run_data(cfg: DictConfig) -> dict[str, Any]:
@@ -55,4 +61,5 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
         cfg.root, "data", payload, compute, result_file="manifest.json", seed=int(cfg.seed),
         provenance=to_dict(cfg.data),
     )  # fmt: skip
-    return {"dir": str(run.dir), "key": run.key, "manifest": run.info, "cached": run.cached}
+    return {"dir": str(run.dir), "key": run.key, "content": run.identity, "manifest": run.info,
+            "cached": run.cached}  # fmt: skip

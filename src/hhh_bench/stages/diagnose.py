@@ -28,7 +28,14 @@ from omegaconf import DictConfig
 
 from hhh_bench.config import MergeEngineConfig
 from hhh_bench.merging.diagnostics import resm_params_for  # noqa: F401  (re-exported)
-from hhh_bench.stages.common import cached_stage, group, model_identity, to_dict
+from hhh_bench.stages.common import (
+    ENGINE_CODE,
+    cached_stage,
+    code_identity,
+    group,
+    model_identity,
+    to_dict,
+)
 from hhh_bench.tracking.diagnostics_view import CARD_HEADING, attach_to_model  # noqa: F401
 
 
@@ -103,6 +110,12 @@ def run_diagnose(
         "options": opts,
         "resm": knobs,
         "vocab_policy": engine.vocab_policy,
+        "code": code_identity(
+            *ENGINE_CODE,
+            "hhh_bench.merging.diagnostics",
+            "hhh_bench.merging.methods.tsv",
+            "hhh_bench.merging.methods.resm",
+        ),
     }
 
     def compute(tmp: Path) -> dict[str, Any]:
@@ -119,7 +132,7 @@ def run_diagnose(
     run = cached_stage(
         cfg.root, "diagnose", payload, compute, result_file="diagnostics.json", seed=int(cfg.get("seed", 0)),
         provenance={"diagnose": {**opts, "resm": knobs, "vocab_policy": engine.vocab_policy}},
-        extra={"base": str(base), "models": models},
+        extra={"base": str(base), "models": models}, inputs=[str(base), *models],
     )  # fmt: skip
     path = run.dir / "diagnostics.json"
     row = diagnostics_row(

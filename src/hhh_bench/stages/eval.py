@@ -24,10 +24,24 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.content import enclosing_output
 from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
 from hhh_bench.evaluation.suite import eval_payload, standin_names
-from hhh_bench.stages.common import cached_stage, group, log, run_config_hash, to_dict
+from hhh_bench.stages.common import (
+    cached_stage,
+    code_identity,
+    content_of,
+    group,
+    log,
+    model_identity,
+    run_config_hash,
+    to_dict,
+)
 from hhh_bench.tracking.diagnostics_view import attach_scores
+
+EVAL_CODE = ("hhh_bench.evaluation",)
+"""The code an evaluation runs (the harness wrapper, our tasks' Python, judges, scoring); the
+task YAMLs and data files are in the key by content already (:func:`eval_payload`)."""
 
 
 def results_path(cfg: DictConfig) -> Path:
@@ -76,12 +90,18 @@ def run_eval(
     rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
     standins = standin_names(rehearsal, specs + column_specs(ecfg, split))
     payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"), standins)
+    # by content, never by key or path: the weights evaluated, the data's artifacts, the code
+    revision = to_dict(cfg.model).get("revision") if model.get("kind") == "base" else None
+    payload["model"] = model_identity(str(model["path"]), revision)
+    payload["data"] = content_of(data) if data else None
+    payload["code"] = code_identity(*EVAL_CODE)
     run = cached_stage(
         cfg.root, "eval", payload,
         lambda tmp: _evaluate(cfg, model, data, ecfg, specs, payload, tmp, rehearsal, split),
         result_file="results.json", provenance=ecfg, seed=int(cfg.seed),
         extra={"model_key": model["key"], "data_key": (data or {}).get("key"), "payload": payload},
         label=str(model.get("name", "")),
+        inputs=[p for p in (model.get("path"), (data or {}).get("dir")) if p and Path(str(p)).exists()],
     )  # fmt: skip
     from hhh_bench.evaluation.judged_eval import extra_scores, reference_items, summary_fields
 
@@ -117,8 +137,8 @@ def run_eval(
     )  # fmt: skip
     row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False
-    if model.get("kind") == "merge":  # the merged model's card carries its scores
-        attach_scores(model["path"], row)
+    if model.get("kind") == "merge" and enclosing_output(str(model["path"])):
+        attach_scores(model["path"], row)  # our merge's card carries its scores (never a user's)
     log.info("eval: %s (%s) %s", row["name"], split,
              " ".join(f"{k} {scores[k]:.3f}" for k in ("helpful", "honest", "harmless", "average", "min")))  # fmt: skip
     return {

@@ -16,7 +16,47 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.config import MergeConfig, MergeEngineConfig
-from hhh_bench.stages.common import cached_stage, group, log, model_identity, to_dict
+from hhh_bench.stages.common import (
+    ENGINE_CODE,
+    cached_stage,
+    code_identity,
+    group,
+    log,
+    model_identity,
+    to_dict,
+)
+
+
+def method_modules(method: str) -> list[Any]:
+    """The modules of a merge method: its class's (a plugin's included) and its bases', and the
+    hhh-bench merge modules whose functions or classes they use (DARE-TIES: TIES's)."""
+    import inspect
+    import sys
+
+    from hhh_bench.merging import get_method
+
+    mods = []
+    for cls in inspect.getmro(type(get_method(method))):
+        mod = sys.modules.get(cls.__module__)
+        if mod is None or mod.__name__ == "builtins" or mod in mods:
+            continue
+        if not mod.__name__.startswith("hhh_bench") and "site-packages" in str(mod.__file__):
+            continue  # a library base class (typing.Generic)
+        mods.append(mod)
+        for v in list(vars(mod).values()):
+            used = sys.modules.get(getattr(v, "__module__", "") or "")
+            if (
+                used is not None
+                and used not in mods
+                and used.__name__.startswith("hhh_bench.merging.methods")
+            ):
+                mods.append(used)
+    return mods
+
+
+def merge_code(method: str) -> dict[str, Any]:
+    """The code identity of a merge with ``method`` (:data:`ENGINE_CODE` + its modules)."""
+    return code_identity(*ENGINE_CODE, *method_modules(method))
 
 
 def run_merge(
@@ -52,6 +92,7 @@ def run_merge(
         "models": [model_identity(x) for x in models],
         "out_dtype": engine.out_dtype,
         "vocab_policy": engine.vocab_policy,
+        "code": merge_code(m.method),
     }
     diag = None
     if engine.diagnostics:
@@ -70,12 +111,14 @@ def run_merge(
         )  # fmt: skip
         log.info("merge: %s in %.1f s (sweep cache: %d hits, %d misses)", m.method, res.seconds,
                  res.cache_hits, res.cache_misses)  # fmt: skip
+        _check_read_inputs(tmp / "model", payload)
         return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diag)}
 
     run = cached_stage(
         cfg.root, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),
         provenance={"merge": to_dict(cfg.merge), "merge_engine": to_dict(cfg.merge_engine)},
         extra={"base": str(base), "models": models}, label=m.method,
+        inputs=[str(base), *models],
     )  # fmt: skip
     out = run.dir / "model"
     info = dict(run.info)
@@ -83,7 +126,24 @@ def run_merge(
         info.update(_attach(out, diag))
     if "diagnostics" in info:
         info["diagnostics"] = str(out / "diagnostics.json")
-    return {**info, "out_dir": str(out), "key": run.key, "cached": run.cached}
+    return {**info, "out_dir": str(out), "key": run.key, "content": run.identity,
+            "cached": run.cached}  # fmt: skip
+
+
+def _check_read_inputs(model_dir: Path, payload: dict[str, Any]) -> None:
+    """The inputs the engine read are those the key was computed from: an input replaced between
+    the key and the merge fails (the output, in the temporary folder, is discarded)."""
+    import json
+
+    read = json.loads((model_dir / "merge_info.json").read_text()).get("inputs_read") or {}
+    want = {"the base": payload["base"]}
+    want.update({f"finetuned model {i}": x for i, x in enumerate(payload["models"])})
+    for label, identity in read.items():
+        if label in want and want[label] != identity:
+            raise ValueError(
+                f"merge: {label} changed after the merge's key was computed (its content is not "
+                "the one the key holds); no output written. Rerun once the inputs stay still."
+            )
 
 
 def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:

@@ -22,10 +22,37 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
-from hhh_bench.stages.common import cached_stage, group, load_option, log, to_dict
+from hhh_bench.stages.common import (
+    cached_stage,
+    code_identity,
+    content_of,
+    group,
+    keyed,
+    load_option,
+    log,
+    to_dict,
+)
 
 _NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
 """Train-config keys that change how a run is logged, not what it learns."""
+TRAIN_CODE = ("hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
+              "hhh_bench.data.schema")  # fmt: skip
+"""The code every training run runs; a mixture adds its strategy's and scorers' modules."""
+
+
+def train_code(mix_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The code identity of a training run: :data:`TRAIN_CODE`, and for a mixture the mixing
+    package's registry and scorers and the module of its strategy (a plugin's included)."""
+    items: list[Any] = list(TRAIN_CODE)
+    if mix_cfg is not None:
+        from hhh_bench.data.mixing.registry import get_strategy
+
+        strategy = get_strategy(str(mix_cfg["name"]))
+        items += ["hhh_bench.data.mixing.registry", "hhh_bench.data.mixing.scorers",
+                  getattr(strategy, "fn", strategy)]  # fmt: skip
+        if mix_cfg.get("scorer") == "toy3h":  # the oracle reward of the toy world
+            items.append("hhh_bench.data.toy3h")
+    return code_identity(*items)
 
 
 def resolve_mix(cfg: DictConfig, mix: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -72,9 +99,10 @@ def run_train(
     mix_cfg = resolve_mix(cfg, mix) if kind == "mixture" else None
     noise = noise_for(to_dict(cfg.data.get("noise")), dims)
     seed = int(cfg.seed)
-    tdict = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_IN_KEY}
-    payload = {"base": base["key"], "data": data["key"], "dimensions": dims, "mix": mix_cfg,
-               "noise": noise, "train": tdict, "seed": seed}  # fmt: skip
+    tdict = {k: v for k, v in keyed(cfg.train).items() if k not in _NOT_IN_KEY}
+    payload = {"base": content_of(base), "data": content_of(data), "dimensions": dims,
+               "mix": keyed(mix_cfg), "noise": noise, "train": tdict, "seed": seed,
+               "code": train_code(mix_cfg)}  # fmt: skip
     label = name or (f"{dims[0]}-specialist" if kind == "specialist" else f"mix-{mix_cfg['name']}")
     summary = {"kind": kind, "dimensions": dims, "name": label, "mix": mix_cfg and mix_cfg["name"]}
 
@@ -104,6 +132,7 @@ def run_train(
         provenance={"train": to_dict(cfg.train), "mix": mix_cfg, "noise": noise,
                     "data": to_dict(cfg.data), "model": to_dict(cfg.model)},
         extra={"base_key": base["key"], "data_key": data["key"], "dimensions": dims},
+        inputs=[p for p in (base.get("path"), data["dir"]) if p and Path(str(p)).exists()],
     )  # fmt: skip
     info = {**run.info, **summary}
     for d, m in (info.get("margins") or {}).items() if not run.cached else ():
@@ -112,6 +141,7 @@ def run_train(
     return {
         **info,
         "key": run.key,
+        "content": run.identity,
         "path": str(run.dir),
         "cached": run.cached,
         **_paths(run.dir, info),

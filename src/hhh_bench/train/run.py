@@ -179,7 +179,7 @@ def train_model(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
     tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
     model = load_causal_lm(base_path, dtype=dtype, device=device, trust_remote_code=trust)
-    before = base_margins(model, tokenizer, held, t.margin_batch_size, base.get("key"),
+    before = base_margins(model, tokenizer, held, t.margin_batch_size, base.get("content"),
                           dtype=dtype, device=device)  # fmt: skip
     if tracker is not None:
         tracker.start()

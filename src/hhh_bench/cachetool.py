@@ -1,0 +1,125 @@
+"""``hhh-bench cache verify|gc [ROOT]``: check every cached stage output of a run's root against
+its manifest, and list (``--yes``: remove) the outputs nothing refers to.
+
+- ``verify`` re-hashes every file of every stage output (``--quick``: only the files whose size,
+  mtime or inode differ from their record, what a reuse checks) and lists each difference; exit
+  status 1 when one is found.
+- ``gc`` lists the stage outputs that no results-store row (``results.jsonl``,
+  ``diagnostics.jsonl``) and no other stage output refers to (a later stage records the folders
+  it read in its ``key.json``); ``--yes`` removes them. An output written before manifests
+  existed (no ``key.json``) is kept and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from hhh_bench.content import KEY_FILE, root_hash_cache, verify
+from hhh_bench.stagecache import STAGE_VERSIONS
+
+STORES = ("results.jsonl", "diagnostics.jsonl")
+
+
+def stage_outputs(root: Path) -> Iterator[Path]:
+    """Every finished stage output ``<root>/<stage>/<key>/`` (temporary folders left out)."""
+    for stage in STAGE_VERSIONS:
+        d = root / stage
+        if d.is_dir():
+            yield from sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _store_refs(root: Path) -> set[str]:
+    """Stage keys the stores' rows name (eval, model, data, diagnostics keys)."""
+    keys: set[str] = set()
+    for name in STORES:
+        path = root / name
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                keys.update(str(row[k]) for k in ("eval_key", "model_key", "data_key", "key")
+                            if row.get(k))  # fmt: skip
+    return keys
+
+
+def unreferenced(root: Path) -> tuple[list[Path], int]:
+    """The stage outputs nothing refers to, and the number of old outputs kept unknown."""
+    outputs = list(stage_outputs(root))
+    refs = _store_refs(root)
+    referenced: set[str] = set()
+    unknown = 0
+    for out in outputs:
+        try:
+            record = json.loads((out / KEY_FILE).read_text())
+        except (OSError, ValueError):
+            unknown += 1
+            referenced.add(out.relative_to(root).as_posix())
+            continue
+        for p in record.get("inputs") or []:
+            parts = Path(p).parts
+            if len(parts) >= 2 and not Path(p).is_absolute():
+                referenced.add("/".join(parts[:2]))
+            else:
+                referenced.add(str(p))
+    out_list = [
+        o for o in outputs
+        if o.name not in refs and o.relative_to(root).as_posix() not in referenced
+        and str(o) not in referenced
+    ]  # fmt: skip
+    return out_list, unknown
+
+
+def cmd_verify(root: Path, quick: bool) -> int:
+    outputs = list(stage_outputs(root))
+    cache = root_hash_cache(root)
+    bad = files = 0
+    for out in outputs:
+        v = verify(out, full=not quick, cache=cache)
+        files += len(v.manifest.files)
+        for problem in v.problems:
+            print(f"MISMATCH {out}: {problem}")
+        bad += bool(v.problems)
+    how = "stat records checked, changed files re-hashed" if quick else "every file re-hashed"
+    print(f"cache verify {root}: {len(outputs)} stage output(s), {files} file(s) ({how}): "
+          f"{bad} differ")  # fmt: skip
+    return 1 if bad else 0
+
+
+def cmd_gc(root: Path, yes: bool) -> int:
+    loose, unknown = unreferenced(root)
+    for o in loose:
+        print(("removed " if yes else "unreferenced ") + str(o))
+        if yes:
+            shutil.rmtree(o)
+    note = f"; {unknown} output(s) without {KEY_FILE} (older hhh-bench) kept" if unknown else ""
+    verb = "removed" if yes else "nothing refers to (remove with --yes)"
+    print(f"cache gc {root}: {len(loose)} stage output(s) {verb}{note}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="hhh-bench cache",
+        description="Check or clean a run root's stage cache (docs/caching.md).",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verify", help="re-hash every cached output and list what differs")
+    v.add_argument("root", nargs="?", default="runs/default", help="the run's root")
+    v.add_argument("--quick", action="store_true", help="re-hash only files whose stat changed")
+    g = sub.add_parser("gc", help="list (--yes: remove) outputs nothing refers to")
+    g.add_argument("root", nargs="?", default="runs/default", help="the run's root")
+    g.add_argument("--yes", action="store_true", help="remove them")
+    args = ap.parse_args(list(argv))
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"hhh-bench cache: error: {root} is not a folder (give a run's root)")
+        return 2
+    return cmd_verify(root, args.quick) if args.cmd == "verify" else cmd_gc(root, args.yes)

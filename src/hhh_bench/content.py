@@ -1,0 +1,535 @@
+"""Content identity: what a file, a folder or a stage's output *is*, by its bytes, never its path.
+
+One hash system for the whole project (core floor; imports nothing else of hhh_bench):
+
+- **Files** are hashed with BLAKE3 (``blake3`` package, pinned in pyproject), streamed through a
+  read-only memory map. A ``.safetensors`` file also gets one XXH3-128 digest per tensor over
+  the tensor's byte span (its header's offsets), in the same pass: what the merge engine checks
+  the bytes it read against (:class:`ReadCheck`).
+- **A hash cache** remembers a file's digests by ``(real path, size, mtime_ns, ctime_ns, inode)``, one small
+  file per entry (safe for concurrent writers, also on a shared filesystem), so an unchanged file
+  is never re-read. It lives in ``<root>/.cache/hashes`` for the files of a run's root and in
+  ``$HHH_BENCH_HASH_CACHE`` (default ``$XDG_CACHE_HOME/hhh-bench/hashes``) for files outside it.
+- **A folder's identity** is the BLAKE3 of its files' relative paths and digests (every regular
+  file: weights, config, tokenizer files of every kind; dot-files and the annotations of
+  :data:`ANNOTATIONS` left out).
+- **A stage output's manifest** (:data:`MANIFEST`, ``checksums.json``) lists every file of the
+  output with its size, mtime_ns, ctime_ns, inode and digests; it is written last, inside the temporary
+  folder that is renamed into place. :func:`verify` checks it on every reuse: cheaply when each
+  file's (size, mtime_ns, ctime_ns, inode) matches the record, by re-hashing the file otherwise; a file
+  that is missing, changed or added is a :class:`ContentMismatch` naming the folder and the file.
+  The output's identity is the digest over its *artifacts* (the files a later stage reads), read
+  from the manifest: the stage's own metadata (``provenance.json``, the key, the result file with
+  its timings) is verified but not part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import xxhash
+
+MANIFEST = "checksums.json"
+"""A stage output's manifest: its files, their stat records and digests (written last)."""
+KEY_FILE = "key.json"
+"""What a stage output's key was computed from (the payload; docs/caching.md)."""
+METADATA = frozenset({MANIFEST, KEY_FILE, "provenance.json"})
+"""A stage output's own records: verified (but the manifest itself), never part of its identity."""
+ANNOTATIONS = frozenset({"model/README.md", "model/scores.json", "model/diagnostics.json"})
+"""Files of a stage output that hhh-bench itself rewrites after the fact (a merge output's model
+card, its scores and diagnostics, by path inside the output): neither verified nor part of an
+identity. They never change what a later stage computes (no loader reads them)."""
+FORMAT = 1
+"""Version of the manifest's format and of the identity's definition."""
+_BLOCK = 1 << 20  # a piece hashed by BLAKE3 then XXH3 while in the CPU's cache
+
+
+class ContentMismatch(ValueError):
+    """A stage output (or an input) whose bytes are not those recorded for it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _safetensors_spans(mm: Any, size: int) -> dict[str, tuple[int, int]] | None:
+    """``{tensor: (start, end)}`` file offsets from a safetensors header, None if unreadable."""
+    if size < 8:
+        return None
+    n = int.from_bytes(mm[:8], "little")
+    if n <= 0 or 8 + n > size:
+        return None
+    try:
+        header = json.loads(bytes(mm[8 : 8 + n]))
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    out = {}
+    for k, v in header.items():
+        try:
+            a, b = (int(x) for x in v["data_offsets"])
+        except (TypeError, KeyError, ValueError):
+            return None
+        out[k] = (8 + n + a, 8 + n + b)
+    return out
+
+
+def tensor_digest(data: Any) -> str:
+    """XXH3-128 of a tensor's bytes (a buffer): the per-tensor read check's digest."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_file(path: str | Path, tensors: bool = True) -> dict[str, Any]:
+    """``{"blake3": hex, "tensors": {name: xxh3} | None}`` of one file, in one pass over a
+    read-only map, piece by piece (each piece hashed by both while it is in the CPU's cache);
+    per-tensor digests for ``.safetensors`` files only, and only with ``tensors``."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return {"blake3": blake3.blake3(b"").hexdigest(), "tensors": None}
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                spans = None
+                if tensors and path.suffix == ".safetensors":
+                    spans = _safetensors_spans(view, size)
+                todo = sorted(((a, b, k) for k, (a, b) in (spans or {}).items()), reverse=True)
+                digests: dict[str, str] = {}
+                open_: list[tuple[int, int, str, Any]] = []
+                h = blake3.blake3()
+                for i in range(0, size, _BLOCK):
+                    j = min(i + _BLOCK, size)
+                    h.update(view[i:j])
+                    while todo and todo[-1][0] < j:  # tensors starting in this piece
+                        a, b, k = todo.pop()
+                        open_.append((a, b, k, xxhash.xxh3_128()))
+                    still = []
+                    for a, b, k, x in open_:
+                        x.update(view[max(a, i) : min(b, j)])
+                        if b <= j:
+                            digests[k] = x.hexdigest()
+                        else:
+                            still.append((a, b, k, x))
+                    open_ = still
+                for a, b, k in todo:  # empty tensors at the end, or spans beyond the file
+                    digests[k] = tensor_digest(b"") if a == b == size else "<beyond the file>"
+                for _, _, k, _ in open_:
+                    digests[k] = "<beyond the file>"
+                return {"blake3": h.hexdigest(), "tensors": digests if spans is not None else None}
+            finally:
+                view.release()
+
+
+STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
+"""What a cheap check compares: a file rewritten in place changes its ctime even when its mtime
+is set back (``touch -r``), and a file put in its place has another inode."""
+
+
+def stat_record(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino}  # fmt: skip
+
+
+def _stat_matches(st: os.stat_result, rec: Mapping[str, Any]) -> bool:
+    return stat_record(st) == {k: rec.get(k) for k in STAT_FIELDS}
+
+
+class HashCache:
+    """Digests of files by ``(real path, size, mtime_ns, ctime_ns, inode)``: one small JSON file per entry
+    under ``folder`` (written atomically; concurrent runs may share it)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, path: Path, st: os.stat_result) -> Path:
+        ident = "\0".join(map(str, (os.path.realpath(path), *stat_record(st).values())))
+        k = blake3.blake3(ident.encode()).hexdigest()[:40]
+        return self.folder / k[:2] / k
+
+    def get(self, path: Path, st: os.stat_result) -> dict[str, Any] | None:
+        try:
+            got = json.loads(self._entry(path, st).read_text())
+        except (OSError, ValueError):
+            return None
+        return got if isinstance(got, dict) and "blake3" in got else None
+
+    def put(self, path: Path, st: os.stat_result, digests: Mapping[str, Any]) -> None:
+        entry = self._entry(path, st)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(dict(digests), sort_keys=True))
+            os.replace(tmp, entry)
+        except OSError:  # a read-only cache only costs a re-hash next time
+            pass
+
+    def digests(self, path: str | Path) -> dict[str, Any]:
+        """The file's digests, from the cache when its stat record is unchanged."""
+        path = Path(path)
+        st = path.stat()
+        got = self.get(path, st)
+        if got is not None:
+            self.hits += 1
+            return got
+        self.misses += 1
+        got = hash_file(path)
+        if path.stat().st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
+            self.put(path, st, got)
+        return got
+
+
+def user_hash_cache() -> HashCache:
+    """The hash cache for files outside any run's root (``$HHH_BENCH_HASH_CACHE``, else
+    ``$XDG_CACHE_HOME/hhh-bench/hashes``, else ``~/.cache/hhh-bench/hashes``)."""
+    env = os.environ.get("HHH_BENCH_HASH_CACHE")
+    if env:
+        return HashCache(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return HashCache(Path(base) / "hhh-bench" / "hashes")
+
+
+def root_hash_cache(root: str | Path) -> HashCache:
+    """The hash cache of a run's root (``<root>/.cache/hashes``)."""
+    return HashCache(Path(root) / ".cache" / "hashes")
+
+
+_ROOTS: list[Path] = []
+
+
+def register_root(root: str | Path) -> None:
+    """Files under ``root`` are cached in its own hash cache (the pipeline registers its root)."""
+    r = Path(root).resolve()
+    if r not in _ROOTS:
+        _ROOTS.append(r)
+
+
+def cache_for(path: str | Path) -> HashCache:
+    """The hash cache that holds ``path``: its run root's, else the user's."""
+    p = Path(path).resolve()
+    for r in _ROOTS:
+        if p == r or r in p.parents:
+            return root_hash_cache(r)
+    return user_hash_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders and manifests
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    """Regular files under ``folder``, recursively, dot-files and dot-folders left out."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _digest_lines(entries: Mapping[str, str]) -> str:
+    h = blake3.blake3(f"hhh-bench-content-{FORMAT}\n".encode())
+    for rel in sorted(entries):
+        h.update(f"{rel}\0{entries[rel]}\n".encode())
+    return h.hexdigest()
+
+
+def _counted(rel: str) -> bool:
+    return rel not in ANNOTATIONS
+
+
+@dataclass
+class Manifest:
+    """A folder's files: ``{relative path: {size, mtime_ns, ctime_ns, ino, blake3, tensors}}``."""
+
+    files: dict[str, dict[str, Any]]
+    result_file: str | None = None
+
+    def identity(self, under: str = "") -> str:
+        """The digest over the artifacts (metadata, the result file and annotations left out);
+        ``under``: only the files below that sub-folder (``model``), paths relative to it."""
+        skip = METADATA | ({self.result_file} if self.result_file else set())
+        prefix = f"{under.strip('/')}/" if under else ""
+        entries = {
+            rel[len(prefix) :]: rec["blake3"]
+            for rel, rec in self.files.items()
+            if rel.startswith(prefix) and rel not in skip and _counted(rel)
+        }
+        return _digest_lines(entries)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"format": FORMAT, "hash": "blake3", "tensor_hash": "xxh3_128",
+             "result_file": self.result_file, "files": self.files},
+            indent=1, sort_keys=True,
+        ) + "\n"  # fmt: skip
+
+
+def build_manifest(folder: str | Path, result_file: str | None = None) -> Manifest:
+    """Hash every file of a finished output folder (before it is renamed into place: a rename
+    keeps inodes and mtimes)."""
+    folder = Path(folder)
+    files = {}
+    for f in _walk(folder):
+        rel = f.relative_to(folder).as_posix()
+        if rel == MANIFEST:
+            continue
+        st = f.stat()
+        files[rel] = {**stat_record(st), **hash_file(f)}
+    return Manifest(files, result_file)
+
+
+def write_manifest(folder: str | Path, result_file: str | None = None) -> Manifest:
+    """Build and write ``checksums.json`` into ``folder`` (the last file written)."""
+    m = build_manifest(folder, result_file)
+    tmp = Path(folder) / f".{MANIFEST}.tmp"
+    tmp.write_text(m.to_json())
+    os.replace(tmp, Path(folder) / MANIFEST)
+    return m
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """The manifest of a stage output; a missing or unreadable one is a :class:`ContentMismatch`."""
+    path = Path(folder) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+        files = raw["files"]
+        if not isinstance(files, dict) or raw.get("format") != FORMAT:
+            raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT}")
+    except FileNotFoundError:
+        raise ContentMismatch(
+            f"{folder}: has no {MANIFEST} (written by an older hhh-bench, or not a finished "
+            "stage output): its files cannot be verified"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ContentMismatch(f"{path}: unreadable or truncated manifest ({e})") from None
+    return Manifest(files, raw.get("result_file"))
+
+
+@dataclass
+class Verified:
+    """The outcome of :func:`verify`: the manifest and how many files needed re-hashing."""
+
+    manifest: Manifest
+    rehashed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(folder: str | Path, *, full: bool = False, cache: HashCache | None = None) -> Verified:
+    """Check a stage output against its manifest: every recorded file present with the same
+    bytes, no file added. A file whose (size, mtime_ns, ctime_ns, inode) matches its record is taken as
+    unchanged unless ``full``; any other is re-hashed (through ``cache``, so a copied root is
+    re-hashed once). Problems are collected in ``Verified.problems`` (empty: verified)."""
+    folder = Path(folder)
+    try:
+        m = read_manifest(folder)
+    except ContentMismatch as e:
+        return Verified(Manifest({}), 0, [str(e)])
+    cache = cache or cache_for(folder)
+    out = Verified(m)
+    seen = set()
+    for f in _walk(folder):
+        rel = f.relative_to(folder).as_posix()
+        seen.add(rel)
+        if rel == MANIFEST or not _counted(rel):
+            continue
+        rec = m.files.get(rel)
+        if rec is None:
+            out.problems.append(f"file {rel} is not in its {MANIFEST} (added later)")
+            continue
+        try:
+            st = f.stat()
+        except OSError as e:
+            out.problems.append(f"{rel} cannot be read ({e})")
+            continue
+        if st.st_size != rec["size"]:
+            out.problems.append(
+                f"{rel} has {st.st_size} bytes, {rec['size']} recorded (truncated or rewritten)"
+            )
+            continue
+        if not full and _stat_matches(st, rec):
+            continue
+        out.rehashed += 1
+        got = hash_file(f, tensors=False) if full else cache.digests(f)
+        if got["blake3"] != rec["blake3"]:
+            out.problems.append(f"{rel} differs from the bytes recorded when it was written")
+    for rel in sorted(set(m.files) - seen):
+        if _counted(rel):
+            out.problems.append(f"{rel} is missing")
+    return out
+
+
+def mismatch_error(folder: str | Path, problems: list[str], hint: str = "") -> ContentMismatch:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ContentMismatch(
+        f"cached output {folder} does not match its {MANIFEST}: {problems[0]}{more}. "
+        + (hint or "Delete the folder to recompute it, or set cache.on_mismatch=recompute.")
+    )
+
+
+def enclosing_output(path: str | Path, depth: int = 3) -> tuple[Path, str] | None:
+    """The finished stage output holding ``path`` (``path`` itself or one of its ``depth``
+    parents has a manifest) and ``path``'s place inside it, else None."""
+    p = Path(path).resolve()
+    for i, cand in enumerate([p, *list(p.parents)[:depth]]):
+        if (cand / MANIFEST).is_file():
+            return cand, p.relative_to(cand).as_posix() if i else ""
+    return None
+
+
+def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
+    """Content identity of a model, adapter or data folder (or a single file): from the manifest
+    of the stage output that holds it (verified; a mismatch raises), else by hashing every file
+    through the hash cache."""
+    folder = Path(folder)
+    held = enclosing_output(folder) if folder.is_dir() else None
+    if held is not None:
+        out, under = held
+        v = verify(out)
+        if v.problems:
+            raise mismatch_error(out, v.problems)
+        return v.manifest.identity(under)
+    cache = cache or cache_for(folder)
+    if folder.is_file():
+        return _digest_lines({folder.name: cache.digests(folder)["blake3"]})
+    entries = {f.relative_to(folder).as_posix(): cache.digests(f)["blake3"] for f in _walk(folder)}
+    return _digest_lines(entries)
+
+
+def file_tensor_digests(folder: str | Path, files: Iterable[Path]) -> dict[str, dict[str, str]]:
+    """``{file name: {tensor: xxh3}}`` of a model's safetensors files, as recorded (the manifest
+    of the stage output holding them, or the hash cache): what a merge's reads are checked
+    against."""
+    folder = Path(folder)
+    held = enclosing_output(folder)
+    recorded: dict[str, Any] = {}
+    if held is not None:
+        out, under = held
+        m = read_manifest(out)
+        prefix = f"{under}/" if under else ""
+        recorded = {
+            rel[len(prefix) :]: rec for rel, rec in m.files.items() if rel.startswith(prefix)
+        }
+    out_map = {}
+    for f in files:
+        rel = Path(f).relative_to(folder).as_posix()
+        rec = recorded.get(rel)
+        if rec is None or not _stat_matches(Path(f).stat(), rec):
+            rec = cache_for(f).digests(f)
+        out_map[Path(f).name] = dict(rec.get("tensors") or {})
+    return out_map
+
+
+def is_path_like(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def keyable(obj: Any, drop: frozenset[str] = frozenset()) -> Any:
+    """A stage payload made location-free: keys named in ``drop`` (cache folders, the root)
+    removed at any depth, and every string that names an existing file or folder by an absolute
+    or explicitly relative path (``/…``, ``./…``, ``~/…``) replaced by ``{"content": identity}``."""
+    if isinstance(obj, Mapping):
+        return {k: keyable(v, drop) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, (list, tuple)):
+        return [keyable(v, drop) for v in obj]
+    if isinstance(obj, str) and is_path_like(obj):
+        p = Path(obj).expanduser()
+        if p.exists():
+            return {"content": folder_identity(p)}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Code
+
+
+CODE_VERSIONS = ("torch", "transformers", "trl", "peft", "lm_eval")
+"""The libraries whose versions every stage key holds (with hhh-bench's own version)."""
+
+
+def _source_files(item: Any) -> list[Path]:
+    """The source files of a module name (a package: every ``.py`` below it), a module, a class
+    or a function (its module's file and, for a class, those of its bases), or a path."""
+    import importlib.util
+    import inspect
+    import types
+
+    if isinstance(item, Path):
+        return sorted(item.rglob("*.py")) if item.is_dir() else [item]
+    if isinstance(item, str):
+        spec = importlib.util.find_spec(item)
+        if spec is None:
+            raise ValueError(f"code identity: no module {item!r}")
+        if spec.submodule_search_locations:
+            return sorted(
+                f for loc in spec.submodule_search_locations for f in Path(loc).rglob("*.py")
+            )
+        return [Path(spec.origin)] if spec.origin else []
+    if isinstance(item, types.ModuleType):
+        f = getattr(item, "__file__", None)
+        return [Path(f)] if f else []
+    objs = (
+        [c for c in inspect.getmro(item) if c.__module__ != "builtins"]
+        if isinstance(item, type)
+        else [item]
+    )
+    out = []
+    for o in objs:
+        try:
+            f = inspect.getsourcefile(o)
+        except TypeError:
+            f = None
+        library = any(part in (f or "") for part in ("site-packages", "/lib/python"))
+        if f and (not library or "hhh_bench" in f):  # ours (installed or not) or a plugin's
+            out.append(Path(f))
+    return out
+
+
+def _code_name(path: Path) -> str:
+    parts = path.resolve().parts
+    if "hhh_bench" in parts:
+        i = len(parts) - 1 - parts[::-1].index("hhh_bench")
+        return "/".join(parts[i:])
+    return path.name
+
+
+_CODE_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _file_blake3(path: Path) -> str:
+    st = path.stat()
+    k = (str(path), st.st_size, st.st_mtime_ns)
+    if k not in _CODE_MEMO:
+        _CODE_MEMO[k] = blake3.blake3(path.read_bytes()).hexdigest()
+    return _CODE_MEMO[k]
+
+
+def code_identity(*items: Any) -> dict[str, Any]:
+    """What a stage's key holds of the code that computes it: the BLAKE3 of each source file of
+    ``items`` (module names, packages, modules, classes, functions; a plugin's module included),
+    hhh-bench's version and the versions of :data:`CODE_VERSIONS`."""
+    from importlib import metadata
+
+    from hhh_bench import __version__
+
+    files: dict[str, str] = {}
+    for item in items:
+        for f in _source_files(item):
+            files[_code_name(f)] = _file_blake3(f)
+    versions = {}
+    for name in CODE_VERSIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"hhh_bench": __version__, "versions": versions, "files": dict(sorted(files.items()))}

@@ -1,0 +1,398 @@
+"""The verified stage cache (issue 26): every reuse is checked against the output's manifest,
+keys hold content and code (never a location), and a merge checks what it read.
+
+One row per case of the issue's table, each on its own copy of one small pipeline root (θ0 with
+a short SFT, three specialists, a task-arithmetic merge, θ0's evaluation), so that a test's
+tampering never reaches another test. Each of these failed on edaba64 (a reuse, or no error).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_WORLD, compose
+
+pytestmark = pytest.mark.e2e
+
+QUICK = [w for w in SMALL_WORLD if not w.startswith("model.base_sft.epochs")] + [
+    "model.base_sft.epochs=2",  # θ0 need not know its facts here: 2 epochs, ~2 s
+    "logger=none",
+    "threads=1",
+    # a path setting inside the root, as conf/data/paper_3h.yaml has (edaba64 keyed data by it)
+    "data.cache_dir=${root}/.cache/hf_datasets",
+]
+
+
+def _cfg(root: Path, *more: str):
+    return compose([f"root={root}", *QUICK, *more])
+
+
+def _run(root: Path, *more: str) -> dict:
+    from hhh_bench.pipeline import run
+
+    return run(_cfg(root, *more))
+
+
+def _counts() -> tuple[dict, dict]:
+    from hhh_bench.stagecache import CACHE
+
+    return dict(CACHE.misses), dict(CACHE.hits)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """A finished small root: data, θ0, three specialists, a TA merge, θ0 evaluated."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pristine") / "root"
+    _run(root, "stage=merge", "merge=task_arithmetic")
+    _run(root, "stage=eval")
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path) -> Path:
+    """A private copy of the pristine root (copied files: new inodes and mtimes, so the first
+    reuse re-hashes them, as after copying a root to another machine)."""
+    dst = tmp_path / "copy"
+    shutil.copytree(pristine, dst, symlinks=True)
+    return dst
+
+
+def _one(root: Path, stage: str) -> Path:
+    (out,) = [p for p in (root / stage).iterdir() if not p.name.startswith(".")]
+    return out
+
+
+def _scale_first_tensor(path: Path, factor: float = 2.0, every: bool = False) -> None:
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    for k in sorted(sd) if every else sorted(sd)[:1]:
+        sd[k] = sd[k] * factor
+    save_file(sd, str(path), metadata={"format": "pt"})
+
+
+def _specialists(root: Path) -> dict[str, Path]:
+    out = {}
+    for d in (root / "train").iterdir():
+        if not d.name.startswith("."):
+            info = json.loads((d / "train_info.json").read_text())
+            out[info["dimensions"][0]] = d
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 1: a tampered θ0 is never reused (train on it, or its eval row)
+
+
+def test_row1_a_scaled_tensor_of_theta0_is_named_before_training(root):
+    base = _one(root, "base")
+    _scale_first_tensor(base / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(base))}.*model\.safetensors"):
+        _run(root, "stage=train", "data.dimensions=[honest]")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        _run(root, "stage=eval")  # θ0's cached evaluation is not served either
+
+
+def test_row1_recompute_replaces_the_tampered_output_and_what_depends_on_its_content(
+    root, pristine, capsys
+):
+    from hhh_bench.content import verify
+
+    base = _one(root, "base")
+    _scale_first_tensor(base / "model.safetensors")
+    _run(root, "stage=train", "data.dimensions=[honest]", "cache.on_mismatch=recompute")
+    assert "recomputing (cache.on_mismatch=recompute)" in capsys.readouterr().out
+    assert not verify(base).problems  # replaced by a fresh θ0 under the same key
+    misses, _ = _counts()
+    assert misses.get("base") == 1
+    # the specialist is reused only if the recomputed θ0 has the pristine θ0's bytes
+    same = (base / "model.safetensors").read_bytes() == (
+        _one(pristine, "base") / "model.safetensors"
+    ).read_bytes()
+    assert (misses.get("train", 0) == 0) == same
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 2: swapped specialists
+
+
+def test_row2_swapped_specialist_weights_are_refused(root):
+    sp = _specialists(root)
+    a, b = sp["helpful"] / "model.safetensors", sp["honest"] / "model.safetensors"
+    tmp = a.with_name("swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    with pytest.raises(ValueError, match="model.safetensors differs"):
+        _run(root, "stage=train", "data.dimensions=[honest]")
+    with pytest.raises(ValueError):
+        _run(root, "stage=merge", "merge=task_arithmetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 3: a merge corrupted in place
+
+
+def test_row3_a_corrupted_merge_and_its_evaluation_are_not_reused(root):
+    merged = _one(root, "merge")
+    f = merged / "model" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, size unchanged
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model/model\.safetensors differs"):
+        _run(root, "stage=merge", "merge=task_arithmetic")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        _run(root, "stage=eval", f"+eval.model={merged / 'model'}")
+
+
+def test_truncated_or_missing_files_and_added_files_are_named(root):
+    from hhh_bench.content import MANIFEST, verify
+
+    data = _one(root, "data")
+    first = sorted((data / "prefs").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:-10])
+    (data / "vocab.txt").unlink()
+    (data / "extra.jsonl").write_text("{}\n")
+    problems = verify(data).problems
+    assert any(f"prefs/{first.name} has" in p and "truncated" in p for p in problems), problems
+    assert any("vocab.txt is missing" in p for p in problems), problems
+    assert any("extra.jsonl is not in its" in p for p in problems), problems
+    base = _one(root, "base")
+    (base / MANIFEST).write_text((base / MANIFEST).read_text()[:100])
+    assert "unreadable or truncated manifest" in verify(base).problems[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 4: code in the key (plugins included); the report and the CLI are not
+
+
+PLUGIN = """
+from hhh_bench.merging import merge_function
+
+
+@merge_function("scaled_tv_{tag}", summary="a plugin method")
+def scaled_tv(taus, weights, params):
+    return {factor} * (weights * taus).sum(dim=0)
+"""
+
+
+def test_row4_editing_a_plugin_method_recomputes_the_merge(root, tmp_path, monkeypatch):
+    from hhh_bench.merging.base import METHODS
+
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    mod = plug / "hhh_plug_row4.py"
+    mod.write_text(PLUGIN.format(tag="row4", factor="1.0"))
+    monkeypatch.syspath_prepend(str(plug))
+    args = ["stage=merge", "merge=task_arithmetic", "merge.method=scaled_tv_row4",
+            "plugins=[hhh_plug_row4]"]  # fmt: skip
+    try:
+        first = _run(root, *args)["merge"]
+        assert _run(root, *args)["merge"]["cached"]  # unchanged code: reused
+        mod.write_text(PLUGIN.format(tag="row4", factor="0.5"))  # the user edits the method
+        again = _run(root, *args)["merge"]
+        assert not again["cached"] and again["key"] != first["key"]
+        files = json.loads((Path(again["out_dir"]).parent / "key.json").read_text())
+        assert "hhh_plug_row4.py" in files["payload"]["code"]["files"]
+    finally:
+        METHODS.remove("scaled_tv_row4")
+        sys.modules.pop("hhh_plug_row4", None)
+
+
+def test_row4_every_key_holds_its_code_and_never_the_report_or_cli(pristine):
+    from hhh_bench.content import KEY_FILE
+
+    seen = set()
+    for key_file in pristine.glob(f"*/*/{KEY_FILE}"):
+        record = json.loads(key_file.read_text())
+        code = record["payload"]["code"]
+        assert set(code["versions"]) == {"torch", "transformers", "trl", "peft", "lm_eval"}
+        assert code["hhh_bench"]
+        assert code["files"], key_file
+        assert not any(
+            f.startswith(("hhh_bench/tracking/", "hhh_bench/cli")) for f in code["files"]
+        )
+        seen.add(record["stage"])
+    assert seen == {"data", "base", "train", "merge", "eval", "diagnose"}
+    merge = json.loads((_one(pristine, "merge") / KEY_FILE).read_text())
+    assert "hhh_bench/merging/methods/task_arithmetic.py" in merge["payload"]["code"]["files"]
+    assert "hhh_bench/merging/engine.py" in merge["payload"]["code"]["files"]
+
+
+def test_row4_a_mixing_strategy_is_in_the_training_key():
+    from hhh_bench.stages.train import train_code
+
+    code = train_code({"name": "uniform"})["files"]
+    assert "hhh_bench/data/mixing/uniform.py" in code
+    assert "hhh_bench/data/mixing/sequential.py" not in code
+    assert not any("mixing" in f for f in train_code(None)["files"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 5: a model given by path is keyed by its content
+
+
+def test_row5_new_weights_at_the_same_path_are_evaluated_again(root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(_one(root, "merge") / "model", out)
+    first = _run(root, "stage=eval", f"+eval.model={out}")["eval"]
+    assert _run(root, "stage=eval", f"+eval.model={out}")["eval"]["cached"]
+    shutil.copy(_one(root, "base") / "model.safetensors", out / "model.safetensors")
+    second = _run(root, "stage=eval", f"+eval.model={out}")["eval"]
+    assert not second["cached"] and second["key"] != first["key"]
+    # and the same weights at another path are the same evaluation
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(out, elsewhere)
+    third = _run(root, "stage=eval", f"+eval.model={elsewhere}")["eval"]
+    assert third["cached"] and third["key"] == second["key"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 6: a moved root reuses everything
+
+
+def test_row6_a_moved_root_reruns_with_every_stage_reused(root, tmp_path):
+    moved = tmp_path / "somewhere" / "else"
+    moved.parent.mkdir()
+    root.rename(moved)
+    _run(moved, "stage=merge", "merge=task_arithmetic")
+    misses, hits = _counts()
+    assert misses == {} and hits == {"data": 1, "base": 1, "train": 3, "merge": 1, "diagnose": 1}
+    _run(moved, "stage=eval")
+    misses, hits = _counts()
+    assert misses == {} and hits.get("eval") == 1
+
+
+def test_row6_path_settings_and_paths_in_configs_are_keyed_by_content(tmp_path):
+    from hhh_bench.stages.common import keyed
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "rows.jsonl").write_text('{"x": 1}\n')
+    one = keyed({"cache_dir": str(a), "sources": [{"path": str(a / "rows.jsonl")}], "n": 3})
+    two = keyed({"cache_dir": str(b), "sources": [{"path": str(b / "rows.jsonl")}], "n": 3})
+    assert one == two and "cache_dir" not in one
+    (b / "rows.jsonl").write_text('{"x": 2}\n')
+    assert keyed({"sources": [{"path": str(b / "rows.jsonl")}]}) != keyed(
+        {"sources": [{"path": str(a / "rows.jsonl")}]}
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Row 7: an input changed while a merge reads it
+
+
+def test_row7_a_specialist_replaced_during_the_merge_fails_it_and_leaves_nothing(
+    root, tmp_path, monkeypatch
+):
+    import hhh_bench.merging.sources as sources
+    from hhh_bench.merging.engine import merge_models
+
+    sp = _specialists(root)
+    victim = sp["honest"] / "model.safetensors"
+    replacement = tmp_path / "replacement.safetensors"
+    shutil.copy(victim, replacement)
+    _scale_first_tensor(replacement, 3.0, every=True)  # other bytes for every tensor
+    real = sources.read_bytes
+    calls = {"n": 0}
+
+    def read_then_replace(path, offset, nbytes):
+        calls["n"] += 1
+        if calls["n"] == 8:  # mid-merge: the file is replaced under the reader
+            shutil.copy(replacement, victim)
+        return real(path, offset, nbytes)
+
+    monkeypatch.setattr(sources, "read_bytes", read_then_replace)
+    out = tmp_path / "merged"
+    with pytest.raises(ValueError, match=r"changed or replaced during the merge"):
+        merge_models("task_arithmetic", _one(root, "base"), [sp[d] for d in sorted(sp)], out,
+                     progress=False)  # fmt: skip
+    assert not out.exists() and not list(tmp_path.glob(".merged*"))
+
+
+def test_row7_the_merge_records_the_identities_it_read(pristine):
+    from hhh_bench.content import folder_identity
+
+    info = json.loads((_one(pristine, "merge") / "model" / "merge_info.json").read_text())
+    read = info["inputs_read"]
+    assert read["the base"] == folder_identity(_one(pristine, "base"))
+    assert len(read) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# hhh-bench cache verify | gc
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hhh_bench", *args], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_cache_verify_and_gc_from_the_command_line(root):
+    ok = _cli("cache", "verify", str(root))
+    assert ok.returncode == 0 and " 0 differ" in ok.stdout, ok.stdout + ok.stderr
+    merged = _one(root, "merge")
+    # the merge is referenced by no store row and no later stage: gc lists it, --yes removes it
+    listed = _cli("cache", "gc", str(root))
+    assert listed.returncode == 0 and f"unreferenced {merged}" in listed.stdout, listed.stdout
+    assert f"unreferenced {_one(root, 'base')}" not in listed.stdout  # the trainings read it
+    _scale_first_tensor(_one(root, "base") / "model.safetensors")
+    bad = _cli("cache", "verify", str(root))
+    assert bad.returncode == 1 and "model.safetensors differs" in bad.stdout, bad.stdout
+    gone = _cli("cache", "gc", str(root), "--yes")
+    assert gone.returncode == 0 and not merged.exists()
+    assert "Traceback" not in bad.stderr + gone.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/caching.md states exactly what each key holds
+
+
+def _documented_fields() -> dict[str, tuple[set[str], set[str]]]:
+    """``{stage: (required fields, optional fields)}`` from docs/caching.md's key table."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "caching.md").read_text()
+    section = text.split("## What each stage's key holds", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("stage", "---"):
+            continue
+        stage, fields, _, when = cells
+        req, opt = out.setdefault(stage, (set(), set()))
+        (opt if when else req).update(re.findall(r"`([^`]+)`", fields))
+    return out
+
+
+def test_documented_key_fields_are_the_real_ones(pristine):
+    import dataclasses
+
+    from hhh_bench.config import DataConfig
+    from hhh_bench.content import KEY_FILE
+
+    docs = _documented_fields()
+    assert set(docs) == {"data", "base", "train", "merge", "diagnose", "eval"}
+    data_group = {f.name for f in dataclasses.fields(DataConfig)} - {"noise", "dimensions",
+                                                                     "cache_dir"}  # fmt: skip
+    checked = set()
+    for key_file in pristine.glob(f"*/*/{KEY_FILE}"):
+        record = json.loads(key_file.read_text())
+        req, opt = docs[record["stage"]]
+        fields = set(record["payload"])
+        if "<data group>" in req:
+            assert fields - req - opt <= data_group, fields
+            fields &= req | opt
+            req = req - {"<data group>"}
+        assert req <= fields <= req | opt, (record["stage"], sorted(fields), sorted(req | opt))
+        checked.add(record["stage"])
+    assert checked == set(docs)
