@@ -3,9 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# A CPU build of torch lies on disk on the project machines; GPU users override, e.g.
+# Everything but torch installs from the lock file, with hashes (pip-tools; `make lock` rewrites
+# it from pyproject.toml). torch's version is pinned there too, on its one line without hashes:
+# its build is TORCH_SPEC's, installed first. A CPU build lies on disk on the project machines;
+# GPU users override, e.g.
 #   make demo TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
-TORCH_SPEC ?= torch==2.13.0
+# tests/test_lock.py checks that TORCH_VERSION, the lock and pyproject.toml agree.
+LOCK := requirements.lock
+TORCH_VERSION ?= 2.13.0
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+PIP_SPEC ?= pip==26.3
 STAMP := $(VENV)/.hhh-bench-installed
 PYTEST_ARGS ?=
 
@@ -20,20 +27,25 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast rehearse lint format bench bench-peers clean .venv
+.PHONY: help demo test test-fast rehearse lint format bench bench-peers lock clean .venv
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+# torch (TORCH_SPEC) first; then every locked package, hash-checked: pip resolves the lock as a
+# whole, so a dependency missing from it, or an installed torch of another version than its pin,
+# stops the install; then the project itself, editable, with no dependencies of its own.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_SPEC)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	@mkdir -p $(HF_HOME) $(WANDB_DIR)
 	@touch $(STAMP)
 
-.venv: $(STAMP) ## Create the virtualenv (torch first, then the project with its dev extras)
+.venv: $(STAMP) ## Create the virtualenv (torch first, then the lock, then the project, editable)
 
 demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the results
 	$(BIN)/hhh-bench experiment=toy3h
@@ -72,6 +84,35 @@ bench-peers: ## Create .venv-bench with mergekit and fusion-bench (the `bench` e
 	$(BENCH_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
 	$(BENCH_VENV)/bin/python -m pip install --quiet $$($(BENCH_VENV)/bin/python -c \
 	  "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+
+# The lock: pyproject.toml's runtime dependencies and the dev extra, resolved for Python 3.11 on
+# Linux x86_64 against torch==$(TORCH_VERSION) (its CPU build from /opt/wheels on the project
+# machines), every package with the sha256 of each of its release files on PyPI. Existing pins are
+# kept unless pyproject.toml rules them out; `make lock LOCK_ARGS=--upgrade` re-resolves all of
+# them, LOCK_ARGS='--upgrade-package transformers' one. The tools live in their own venv.
+LOCK_VENV ?= .venv-lock
+LOCK_TOOLS ?= pip==26.3 pip-tools==7.6.2
+LOCK_ARGS ?=
+lock: ## Rewrite requirements.lock from pyproject.toml (pip-compile --generate-hashes)
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && \
+	  echo '*' > $(LOCK_VENV)/.gitignore && \
+	  $(LOCK_VENV)/bin/python -m pip install --quiet $(LOCK_TOOLS); }
+	@echo 'torch==$(TORCH_VERSION)' > $(LOCK_VENV)/torch.txt
+	CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	  --allow-unsafe --strip-extras --extra dev --constraint $(LOCK_VENV)/torch.txt \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS) \
+	  --output-file $(LOCK) pyproject.toml
+	@# torch keeps its version and loses its hashes (and a local label such as +cpu): its build
+	@# is TORCH_SPEC's; the header says how the lock is used
+	@awk '/^#    make lock$$/ { print; print "#"; \
+	  print "# make demo / make test (the .venv target) install torch first (TORCH_SPEC, the Makefile),"; \
+	  print "# then this file with pip install --require-hashes -r requirements.lock, then the project"; \
+	  print "# with pip install --no-deps -e . torch is the one line without hashes: its version is pinned"; \
+	  print "# here, its build (CPU, CUDA) is chosen by TORCH_SPEC. Resolved for Python 3.11 on Linux x86_64;"; \
+	  print "# tests/test_lock.py checks it against pyproject.toml. docs/reproduce.md says more."; next } \
+	  /^torch==/ { sub(/\+[^ ]*/, ""); sub(/ *\\$$/, ""); \
+	  print $$0 "  # no hashes: installed first by TORCH_SPEC (Makefile)"; drop = 1; next } \
+	  drop && /^ +--hash=/ { next } { drop = 0; print }' $(LOCK) > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 clean: ## Remove run outputs and caches (keeps the virtualenv)
 	rm -rf runs outputs multirun .cache .pytest_cache .ruff_cache .hypothesis

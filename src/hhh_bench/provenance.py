@@ -1,8 +1,9 @@
 """Provenance and crash-safety helpers shared by every stage.
 
 Every stage writes ``provenance.json`` (resolved config, seed, package versions, git revision,
-timestamps) next to its output, and builds that output inside a temporary folder that is renamed
-into place only when complete, so an output directory is either complete or absent.
+timestamps, the machine and torch's build: ``hhh_bench.environment``) next to its output, and
+builds that output inside a temporary folder that is renamed into place only when complete, so an
+output directory is either complete or absent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from hhh_bench.environment import describe_environment
 
 TRACKED_PACKAGES = (
     "hhh-bench",
@@ -124,14 +127,18 @@ def write_provenance(
     extra: Mapping[str, Any] | None = None,
     filename: str = "provenance.json",
 ) -> Path:
-    """Write ``provenance.json`` (config with secrets redacted, seed, versions, git revision)."""
+    """Write ``provenance.json`` (config with secrets redacted, seed, versions, git revision, and
+    ``environment``: CPU model, torch's build and thread count, Python, the lock file's sha256 and
+    a 12-hex fingerprint over them and the versions; ``environment.describe_environment``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    versions = package_versions()
     record = {
         "stage": stage,
         "seed": seed,
         "config": redact(dict(config)) if config is not None else None,
-        "versions": package_versions(),
+        "versions": versions,
+        "environment": describe_environment(versions),
         "git_revision": git_revision(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
