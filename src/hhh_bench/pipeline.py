@@ -66,6 +66,12 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
     preflight(groups)  # config, then this machine (devices, hub reachability)
+    if stage == "report":  # the store, before any stage work: an invalid line named up front
+        from hhh_bench.stages.eval import results_path
+        from hhh_bench.tracking.store import scan_results
+
+        skip = bool(getattr(groups.get("report"), "skip_invalid", False))
+        scan_results(results_path(cfg), skip_invalid=skip)
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):
