@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,16 @@ from hhh_bench.data.schema import DIMENSIONS  # noqa: E402  (the one definition,
 
 def _post(obj: Any, group: str) -> None:
     check_fields(obj, lambda name: f"{group}.{name}")
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index) or mps"
+
+
+def check_device(where: str, value: Any) -> None:
+    """A torch device the stages accept (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or raise
+    naming ``where`` (``model.device``)."""
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"{where}={value!r} is not a device: use {DEVICE_FORMS}")
 
 
 def _positive(group: str, name: str, value: float | int, allow_zero: bool = False) -> None:
@@ -113,6 +124,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _post(self, "train")
+        check_device("train.device", self.device)
         for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps"):
             _positive("train", name, getattr(self, name))
         _positive("train", "warmup_ratio", self.warmup_ratio, allow_zero=True)
@@ -178,7 +190,7 @@ class ModelConfig:
     path: str | None = param(None, "(hub) hub id or folder")
     revision: str | None = param(None, "(hub) pinned revision")
     dtype: str | None = param("float32", "float32 | bfloat16 | float16 | auto")
-    device: str = param("cpu", "cpu | cuda")
+    device: str = param("cpu", "cpu | cuda | cuda:N | mps")
     chat_template: bool = param(True, "render prompts with the tokenizer's chat template")
     spec: dict[str, Any] | None = param(None, "(tiny) the model's shape (models.TinyModelSpec)")
     standin: str | None = param(
@@ -190,6 +202,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _post(self, "model")
+        check_device("model.device", self.device)
         if self.kind == "hub" and not self.path:
             raise ValueError("model.path must be a hub id or a folder when model.kind=hub")
         if self.kind == "tiny" and self.spec is None:
@@ -285,6 +298,17 @@ class EvalConfig:
         ):
             raise ValueError(f"eval.batch_size must be an int or 'auto', got {self.batch_size!r}")
         _positive("eval", "bootstrap_iters", self.bootstrap_iters, allow_zero=True)
+        lim = self.limit
+        if lim is not None and (
+            isinstance(lim, bool)
+            or not isinstance(lim, (int, float))
+            or (isinstance(lim, int) and lim < 1)
+            or (isinstance(lim, float) and not 0 < lim < 1)
+        ):
+            raise ValueError(
+                f"eval.limit={lim!r}: give a positive integer (items per task), a fraction in "
+                "(0, 1) (that share of each task's items), or null (every item)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +365,7 @@ class MergeEngineConfig:
 
     def __post_init__(self) -> None:
         _post(self, "merge_engine")
+        check_device("merge_engine.device", self.device)
         _positive("merge_engine", "cache_max_gb", self.cache_max_gb)
         from hhh_bench.merging.engine import parse_size  # light: no torch work
 
@@ -413,6 +438,21 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _post(self, "pipeline")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The report stage (``conf/report/default.yaml``)."""
+
+    skip_invalid: bool = param(
+        False,
+        "skip invalid lines of the results store (NaN, boolean, null or string scores, no "
+        "kind, not a JSON object, a newer schema) and say under the main table how many and "
+        "why; false: such a line stops the report, naming the file and line",
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "report")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,13 +546,14 @@ class CacheConfig:
 GROUPS: dict[str, type] = {
     "cache": CacheConfig,
     "data": DataConfig,
+    "model": ModelConfig,  # before train, whose device follows model.device: named as set
     "train": TrainConfig,
-    "model": ModelConfig,
     "eval": EvalConfig,
     "merge": MergeConfig,
     "merge_engine": MergeEngineConfig,
     "logger": LoggerConfig,
     "pipeline": PipelineConfig,
+    "report": ReportConfig,
 }
 
 
@@ -553,6 +594,9 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for group, cls in GROUPS.items():
         if group in cfg and cfg[group] is not None:
             out[group] = load(cls, cfg[group], group)
+    check_seeds(cfg)
+    if "eval" in out:
+        check_metrics(cfg["eval"])
     from hhh_bench.merging import get_method, method_defaults
 
     if "merge" in out:
@@ -593,6 +637,101 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_seeds(cfg: Mapping[str, Any]) -> None:
+    """``seed`` is an integer; ``seeds`` is null, or a list of distinct integers (``[]`` or
+    null: the one seed ``seed``). A scalar is refused: ``seeds=2`` could mean seed 2 or two
+    seeds, so the message asks for ``seeds=[2]`` or ``seeds=[0,1]``."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if "seed" in cfg and not is_int(cfg["seed"]):
+        raise ValueError(f"seed={cfg['seed']!r} must be an integer")
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return
+    if not isinstance(seeds, (list, tuple)):
+        hint = (
+            f"seeds=[{seeds}] for the one seed {seeds}, or seeds=[{', '.join(map(str, range(seeds)))}] "
+            f"for {seeds} seeds"
+            if is_int(seeds) and 0 < seeds <= 10
+            else "seeds=[0,1,2]"
+        )
+        raise ValueError(f"seeds={seeds!r} must be a list of integers: write {hint}")
+    bad = [s for s in seeds if not is_int(s)]
+    if bad:
+        raise ValueError(f"seeds={list(seeds)!r}: {bad} not integer(s); e.g. seeds=[0,1,2]")
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if dup:
+        raise ValueError(
+            f"seeds={list(seeds)!r} repeats {dup}: a seed run twice is not a second replicate"
+        )
+
+
+def task_metrics() -> dict[str, tuple[str, ...]]:
+    """The metrics of each task YAML shipped with hhh-bench whose metrics are all in its
+    ``metric_list`` (the judged generation tasks, which add their judges' metrics, left out):
+    ``{lm-eval task name: metrics}``. Read once."""
+    if _TASK_METRICS:
+        return _TASK_METRICS
+    from pathlib import Path
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, tag, node: None)
+    folder = Path(__file__).parent / "evaluation" / "tasks"
+    docs = {}
+    for path in sorted(folder.rglob("*.yaml")):
+        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+        if isinstance(doc, dict):
+            docs[path.name] = (path, doc)
+    for path, doc in docs.values():
+        if "task" not in doc or "hhh_judge" in path.read_text():
+            continue
+        full = dict(doc)
+        inc = doc.get("include")
+        while inc and inc in docs:
+            parent = docs[inc][1]
+            if "hhh_judge" in docs[inc][0].read_text():
+                full = {}
+                break
+            full = {**parent, **full}
+            inc = parent.get("include") if parent.get("include") != inc else None
+        metrics = [m.get("metric") for m in full.get("metric_list") or [] if isinstance(m, dict)]
+        if metrics:
+            _TASK_METRICS[str(doc["task"])] = tuple(str(m) for m in metrics)
+    return _TASK_METRICS
+
+
+_TASK_METRICS: dict[str, tuple[str, ...]] = {}
+
+
+def check_metrics(ecfg: Mapping[str, Any]) -> None:
+    """Each scored task's primary metric (``eval.metric``, or ``eval.metrics.<task>``) is one
+    its task computes, for the tasks shipped with hhh-bench (:func:`task_metrics`); a task of
+    the harness or of the user's ``include_paths`` is checked when it is scored."""
+    known = task_metrics()
+    template = str(ecfg.get("task_template") or "{task}")
+    default = ecfg.get("metric") or "acc"
+    overrides = {k: v for k, v in (ecfg.get("metrics") or {}).items() if v}
+    suffixes = ("val", "test") if "{split}" in template else ("",)
+    for dim, tasks in (ecfg.get("dimensions") or {}).items():
+        for task in tasks or {}:
+            metric = overrides.get(task, default)
+            where = f"eval.metrics.{task}" if task in overrides else "eval.metric"
+            for suffix in suffixes:
+                name = template.format(task=task, split=suffix)
+                have = known.get(name)
+                if have is not None and metric not in have:
+                    raise ValueError(
+                        f"{where}={metric!r} is not a metric of task {name!r} ({dim}); its "
+                        f"metrics: {', '.join(have)}"
+                    )
+
+
 def _check_tuning(cfg: Mapping[str, Any]) -> None:
     """``pipeline.tuning``: every emphasis has one weight > 0 per dimension, and every tuned
     mixture strategy has a ``shares`` knob (one not in ``pipeline.mixtures`` is not run)."""
@@ -619,6 +758,11 @@ def preflight(groups: Mapping[str, Any]) -> None:
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
         g = groups.get(name)
         dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
+        if dev == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(
+                f"{name}.{attr}=mps but this machine has no usable MPS device (Apple GPU); use "
+                f"{name}.{attr}=cpu"
+            )
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
                 f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "

@@ -68,6 +68,12 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     preflight(groups)  # config, then this machine (devices, hub reachability)
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
+    if stage == "report":  # the store, before any stage work: an invalid line named up front
+        from hhh_bench.stages.eval import results_path
+        from hhh_bench.tracking.store import scan_results
+
+        skip = bool(getattr(groups.get("report"), "skip_invalid", False))
+        scan_results(results_path(cfg), skip_invalid=skip)
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):

@@ -53,21 +53,24 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
+    from hhh_bench.config import ReportConfig, load
     from hhh_bench.provenance import atomic_dir
     from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report
-    from hhh_bench.tracking.store import read_diagnostics, read_results
+    from hhh_bench.tracking.store import read_diagnostics, scan_results
     from hhh_bench.tracking.wandb_log import log_experiment
 
     store = results_path(cfg)
-    rows = read_results(store)
+    rcfg = load(ReportConfig, to_dict(cfg.get("report") or {}))
+    scan = scan_results(store, skip_invalid=rcfg.skip_invalid)  # an invalid line: named, or skipped
+    rows = scan.latest()
     if not rows:
         raise FileNotFoundError(
             f"no results in {store}; run the eval stage first (hhh-bench stage=eval ...)"
         )
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
-    key = _report_key(cfg, store, diagnostics_path(cfg), job)
+    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid)
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
@@ -77,7 +80,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         rep = build_report(
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
-            diagnostics=read_diagnostics(diagnostics_path(cfg)),
+            diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
@@ -90,6 +93,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         "title": title, "dir": str(out), **paths, "diagnostics_figures": diag_figures,
         **{k: rep[k] for k in ("main_table", "summary", "answer", "answer_line")},
         "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
+        **({"skipped": len(scan.skipped)} if scan.skipped else {}),
     }  # fmt: skip
     (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
     log.info("report: wrote %s", out)
@@ -101,7 +105,9 @@ _KEY_FILE = "report_key.json"
 """What the report in ``<root>/report/`` was built from, and what the stage returned."""
 
 
-def _report_key(cfg: DictConfig, store: Path, diagnostics: Path, job: str | None) -> str:
+def _report_key(
+    cfg: DictConfig, store: Path, diagnostics: Path, job: str | None, skip_invalid: bool = False
+) -> str:
     from hhh_bench import __version__
     from hhh_bench.provenance import config_hash
 
@@ -114,7 +120,7 @@ def _report_key(cfg: DictConfig, store: Path, diagnostics: Path, job: str | None
         "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
         "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
-        **({"job": job} if job else {}),
+        **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
     })  # fmt: skip
 
 
@@ -141,6 +147,8 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
     ]
     if rep.get("wandb_dir"):
         lines.append(f"wandb run: {rep['wandb_dir']}")
+    if rep.get("skipped"):
+        lines.append(f"skipped {rep['skipped']} invalid line(s) of the store (report.skip_invalid)")
     print("\n".join(lines))
     what = "unchanged since the store was last reported" if cached else "wrote"
     console_line(f"report: {what} {paths['report_md']} ({rep['n_rows']} rows)")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from hhh_bench.evaluation.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.evaluation.uncertainty import column_item_values
+from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
 
 if TYPE_CHECKING:
@@ -178,9 +179,15 @@ def answer_section(
     if isinstance(result, dict):
         md += ["| Task | Weight in the average | Paired items per seed |", "|---|---:|---:|"]
         md += [
-            f"| {t} | {result['weights'][t]:.3f} | {n} |"
+            f"| {md_text(t)} | {result['weights'][t]:.3f} | {n} |"
             for t, n in result["items_per_task"].items()
         ]
         md.append("")
-    md.append(line)
+    # the user's names in the report as literal text (issue 27): no heading, HTML or link
+    shown = (
+        {**result, "merge": md_text(result["merge"]), "mixture": md_text(result["mixture"])}
+        if isinstance(result, dict)
+        else md_text(result)
+    )
+    md.append(answer_line(shown))
     return md, result if isinstance(result, dict) else None, line

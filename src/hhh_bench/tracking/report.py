@@ -45,6 +45,7 @@ state is involved.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.evaluation.scoring import DIMENSIONS
+from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.store import setup_key
 
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -110,7 +112,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 @dataclass
 class Entry:
-    """One configuration (rows sharing ``kind`` and ``name``) aggregated over its seeds."""
+    """One configuration (rows of one :func:`configuration` key) aggregated over its seeds."""
 
     kind: str
     family: str
@@ -134,14 +136,83 @@ class Entry:
         return self.name
 
 
+CONFIG_FIELDS = ("kind", "name", "family", "method", "mix_strategy", "noise_rate")
+"""Fields two rows must share to be seeds of one configuration (with ``train_dimensions`` and,
+unless the rows carry the pipeline's choice, ``params``: :func:`configuration`)."""
+
+
+def configuration(row: Mapping[str, Any]) -> str:
+    """The key of a row's configuration: everything that says what the model is, except the
+    seed. Rows that differ in it are never pooled as seeds (a sweep's ``scaling=0.5`` and
+    ``scaling=1.0`` are two rows of the table, not one with a ± between them). A row that
+    carries the pipeline's choice on the selection split (``extra.selected_on``) is its family's
+    chosen configuration of that seed: such rows pool over seeds whatever knobs each seed chose
+    (the all-models table says "varies by seed")."""
+    key: dict[str, Any] = {k: row.get(k) for k in CONFIG_FIELDS}
+    key["train_dimensions"] = sorted(str(d) for d in row.get("train_dimensions") or [])
+    if (row.get("extra") or {}).get("selected_on"):
+        key["selected"] = True
+    else:
+        key["params"] = row.get("params") or {}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _split_repeated_seeds(rs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows of one configuration, split where a seed repeats (rows of the same seed that differ
+    in something else, say the data): each row joins the first part without its seed, in file
+    order, so that each part holds a seed once."""
+    parts: list[list[dict[str, Any]]] = []
+    for r in rs:
+        part = next((p for p in parts if all(x.get("seed") != r.get("seed") for x in p)), None)
+        if part is None:
+            parts.append([r])
+        else:
+            part.append(r)
+    return parts
+
+
+def _distinct_names(groups: list[tuple[str, str, list[dict[str, Any]]]]) -> list[str]:
+    """Each group's name, made distinct where one kind and name holds several configurations:
+    the name plus the knobs that tell them apart (``ties [scaling=0.5]``), else the first one
+    plain and the others numbered (``ties [2]``: the same knobs, another data or model)."""
+    labels: dict[tuple[str, str], list[str]] = {}
+    for kind, name, rs in groups:
+        params = {_params(r) for r in rs}
+        chosen = bool((rs[0].get("extra") or {}).get("selected_on"))
+        labels.setdefault((kind, name), []).append(
+            params.pop() if len(params) == 1 and not chosen else ""
+        )
+    names, seen, used = [], set(), dict.fromkeys(labels, 0)
+    for kind, name, _ in groups:
+        mine = labels[(kind, name)]
+        i = used[(kind, name)]
+        used[(kind, name)] += 1
+        label = name
+        if len(mine) > 1 and mine[i] and mine.count(mine[i]) == 1:
+            label = f"{name} [{mine[i]}]"
+        n = 2
+        while (kind, label) in seen:
+            label, n = f"{name} [{n}]", n + 1
+        seen.add((kind, label))
+        names.append(label)
+    return names
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
-    """Group rows into configurations (same kind and name) with mean and std per score."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Group rows into configurations (:func:`configuration`; a seed never twice in one) with
+    mean and std per score. An entry's name is the rows' name, with the knobs that tell it
+    apart when one name holds several configurations (``ties [scaling=0.5]``)."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["kind"], r["name"]), []).append(dict(r))
+        by_config.setdefault(configuration(r), []).append(dict(r))
+    groups = [
+        (part[0]["kind"], str(part[0]["name"]), part)
+        for rs in by_config.values()
+        for part in _split_repeated_seeds(rs)
+    ]
     extra = list(extra_columns(rows))
     entries = []
-    for (kind, name), rs in groups.items():
+    for (kind, _, rs), name in zip(groups, _distinct_names(groups), strict=True):
         e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
         for col, _ in COLUMNS:
             e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
@@ -274,7 +345,7 @@ def main_table(
                 if delta and mk.get(f"delta_{col}"):
                     delta = delta[:-1] + mk[f"delta_{col}"] + ")"
                 cells.append(text + delta)
-            lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_text(e.label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -297,7 +368,7 @@ def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
             params = {_params(r) for r in e.rows}
             shown = params.pop() if len(params) == 1 else "varies by seed"
             lines.append(
-                f"| {title} | {e.name} | {shown} | {e.n} | "
+                f"| {title} | {md_text(e.name)} | {md_text(shown)} | {e.n} | "
                 + " | ".join(cells)
                 + f" | {_fmt_opt(e.delta['max_drop'])} |"
             )
@@ -319,7 +390,7 @@ def per_task_table(entries: Sequence[Entry]) -> str:
         return ""
     names = sorted(specs)
     lines = [
-        "| Method | " + " | ".join(f"{t} ({specs[t]})" for t in names) + " |",
+        "| Method | " + " | ".join(md_text(f"{t} ({specs[t]})") for t in names) + " |",
         "|---|" + "---:|" * len(names),
     ]
     for e in entries:
@@ -331,7 +402,7 @@ def per_task_table(entries: Sequence[Entry]) -> str:
                 if t in (r.get("tasks") or {}) and r["tasks"][t].get(specs[t]) is not None
             ]
             cells.append(f"{sum(vals) / len(vals):.{DIGITS}f}" if vals else "-")
-        lines.append(f"| {e.label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_text(e.label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -486,7 +557,7 @@ def paired_section(
                 for c in cols
             ]
             if any(c != "-" for c in cells):
-                md.append(f"| {e.label} | " + " | ".join(cells) + " |")
+                md.append(f"| {md_text(e.label)} | " + " | ".join(cells) + " |")
         md.append("")
     return md
 
@@ -554,7 +625,7 @@ def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line naming a setup: suite, metric, its scored tasks, its key."""
     r = rows[0]
     tasks = [s["name"] for s in r.get("task_specs") or []]
-    return (
+    return md_text(
         f"suite {r.get('suite')}, metric {r.get('metric')}, {len(tasks)} task(s) "
         f"({', '.join(tasks) or '-'}); setup {setup_key(r)}"
     )
@@ -609,7 +680,8 @@ def setup_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             rev = f"@{j['revision']}" if j.get("revision") else ""
             judge = f"{j.get('model')}{rev} (kind {j.get('kind', '-')}, role {j['role']})"
         note = METRIC_NOTES.get(metric, "")
-        md.append(f"| {task} | {dim} | {metric} | {note} | {judge} |")
+        cells = (md_text(x) for x in (task, dim, metric, note, judge))
+        md.append("| " + " | ".join(cells) + " |")
     return [*md, ""]
 
 
@@ -1106,7 +1178,7 @@ def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{f(dens.get('min'))}–{f(dens.get('max'))}",
             f"{resm.get('layers_with_changed_rank', '-')} / {resm.get('decomposed_layers', '-')}",
         ]
-        lines.append(f"| {r.get('label', r['row_key'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_text(r.get('label', r['row_key']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1129,7 +1201,8 @@ def diagnostics_section(
         "",
     ]
     for r in rows:
-        md += [f"### {r.get('label', r['row_key'])}", "", layer_type_table(r["layer_types"]), ""]
+        label = md_text(r.get("label", r["row_key"]))
+        md += [f"### {label}", "", layer_type_table(r["layer_types"]), ""]
     figures: dict[str, Path] = {}
     layers, _ = _axes_of(rows)
     if layers:
@@ -1145,6 +1218,29 @@ def diagnostics_section(
 # ---------------------------------------------------------------------------------------------
 
 
+def skipped_note(skipped: Sequence[Any]) -> list[str]:
+    """The Markdown lines under the main table saying how many lines of the store were skipped
+    as invalid (``report.skip_invalid=true``) and why, by reason; none when none was."""
+    if not skipped:
+        return []
+    by_reason: dict[str, list[int]] = {}
+    for s in skipped:
+        reason = str(s.reason)
+        reason = reason.split(": ", 1)[1] if reason.startswith("result row ") else reason
+        by_reason.setdefault(reason, []).append(int(s.line))
+    n = len(skipped)
+    parts = [
+        f"line{'s' if len(v) > 1 else ''} {_number_ranges(v)}: {r}" for r, v in by_reason.items()
+    ]
+    return [
+        f"**Skipped {n} invalid row{'s' if n != 1 else ''} of the results store** "
+        "(report.skip_invalid=true; not in any table or figure): "
+        + md_text("; ".join(parts))
+        + ".",
+        "",
+    ]
+
+
 def build_report(
     rows: Sequence[Mapping[str, Any]],
     out_dir: str | Path,
@@ -1155,6 +1251,7 @@ def build_report(
     select_by: str = "average",
     diagnostics: Sequence[Mapping[str, Any]] = (),
     alpha: float = 0.05,
+    skipped: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
     (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
@@ -1172,6 +1269,9 @@ def build_report(
             (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
         alpha: significance level of the paired tests behind the ≈ / † marks; 1 − the
             coverage of the mix-or-merge interval.
+        skipped: the store's lines left out as invalid (``report.skip_invalid=true``:
+            :class:`hhh_bench.tracking.store.SkippedLine`); the report says under the main table
+            how many and why.
 
     Returns:
         ``{"markdown", "main_table", "paired_tests", "entries", "summary", "conflict_matrix",
@@ -1207,9 +1307,9 @@ def build_report(
     marks, tests = paired_marks(entries, extra, alpha=alpha)
     budgets = " ".join(x for x in (budget_note(report_rows), items_note(report_rows)) if x)
     md = [
-        f"# hhh-bench report{': ' + experiment if experiment else ''}",
+        f"# hhh-bench report{': ' + md_text(experiment) if experiment else ''}",
         "",
-        f"Split **{report_split}**, primary metric {', '.join(metric)}"
+        f"Split **{md_text(report_split)}**, primary metric {md_text(', '.join(metric))}"
         + (
             " (tasks naming their own: see *Evaluation setup*), "
             if any(r.get("task_specs") for r in report_rows)
@@ -1245,6 +1345,7 @@ def build_report(
         "",
         main_table(entries, extra, marks),
         "",
+        *skipped_note(skipped),
         *([budgets, ""] if budgets else []),
         *other_setups_section(others, report_rows),
         "## All evaluated models",

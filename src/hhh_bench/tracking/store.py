@@ -3,8 +3,16 @@
 Rows are :class:`ResultRow` dicts (see its fields). :func:`append_result` writes a whole line,
 flushes and fsyncs under an exclusive lock, so concurrent writers (a Hydra multirun) never
 interleave and a crash loses at most the line being written. :func:`read_results` skips a torn
-line with a warning. The same model evaluated again (same ``row_key``) supersedes its earlier
-row: the last one wins on load, and the file itself is never rewritten.
+line (an unfinished last write: no closing brace) with a warning. The same model evaluated again
+(same ``row_key``) supersedes its earlier row: the last one wins on load, and the file itself is
+never rewritten.
+
+Rows are validated on read as on write (:func:`check_row`): a line that is not a JSON object, a
+missing or unknown ``kind``, a score (``helpful``, ``honest``, ``harmless``, ``average``,
+``min``, a per-task metric, a stderr or delta) that is NaN, infinite, a boolean, a string or (a
+required score) null, or a ``schema_version`` newer than :data:`SCHEMA_VERSION` is a
+:class:`StoreError` naming the file and the line; :func:`scan_results` with ``skip_invalid``
+skips such lines instead and says which and why (``report.skip_invalid=true``).
 
 Beside it, ``diagnostics.jsonl`` holds one row per diagnosed set of task vectors (the base and
 specialists a merge read, see :mod:`hhh_bench.merging.diagnostics`): :func:`append_diagnostics`
@@ -17,15 +25,24 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
 from hhh_bench.provenance import config_hash
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge")
+SCHEMA_VERSION = 1
+"""The version of the row format this code writes (``schema_version``) and reads; rows written
+before versions were recorded read as version 1."""
+
+
+class StoreError(ValueError):
+    """A line of a results store that is not a valid row: the message names the file and line."""
 
 
 class ResultRow(TypedDict, total=False):
@@ -66,6 +83,7 @@ class ResultRow(TypedDict, total=False):
     """
 
     row_key: str
+    schema_version: int
     experiment: str
     split: str
     suite: str
@@ -153,6 +171,72 @@ def validate_row(row: Mapping[str, Any]) -> None:
             )
 
 
+_OPTIONAL_NUMBERS = re.compile(r"^(delta_\w+|max_drop|\w+_stderr)$")
+
+
+def _number_problem(value: Any, *, allow_none: bool) -> str | None:
+    """Why ``value`` is not a finite number (None when it is, or when it is None and allowed)."""
+    if value is None:
+        return None if allow_none else "null"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if not isinstance(value, (int, float)):
+        return f"a {type(value).__name__}"
+    if not math.isfinite(value):
+        return f"{value!r}"
+    return None
+
+
+def check_row(row: Any) -> None:
+    """Check a row as read back from the store: what :func:`validate_row` checks on write, plus
+    the schema version, the optional numbers (stderrs, deltas, extra columns: a finite number
+    or null) and every per-task metric (a finite number or null; a scored task's primary
+    metric a finite number).
+
+    Raises:
+        ValueError: the first problem found, in words (without the file and line, which the
+            reader adds).
+    """
+    if not isinstance(row, Mapping):
+        what = {list: "a JSON array", str: "a JSON string"}.get(type(row), f"JSON {row!r:.40}")
+        raise ValueError(f"not a JSON object but {what}")
+    version = row.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"schema_version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version} is newer than this hhh-bench reads ({SCHEMA_VERSION}): "
+            "written by a newer version; upgrade hhh-bench to report this store"
+        )
+    if "kind" not in row or row["kind"] is None:
+        raise ValueError(f"the row lacks `kind` (one of {KINDS})")
+    validate_row(row)
+    key = row["row_key"]
+    columns = set(row.get("extra_columns") or {})
+    for k, v in row.items():
+        if k in SCORE_COLUMNS or not (_OPTIONAL_NUMBERS.match(k) or k in columns):
+            continue
+        why = _number_problem(v, allow_none=True)
+        if why:
+            raise ValueError(f"result row {key!r}: {k} = {why} is not a finite number or null")
+    primary = {s.get("name"): s.get("metric") for s in row.get("task_specs") or []
+               if isinstance(s, Mapping)}  # fmt: skip
+    tasks = row.get("tasks") or {}
+    if not isinstance(tasks, Mapping):
+        raise ValueError(f"result row {key!r}: tasks is not a mapping of task -> metrics")
+    for task, metrics in tasks.items():
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"result row {key!r}: tasks.{task} is not a mapping of metrics")
+        for m, v in metrics.items():
+            why = _number_problem(v, allow_none=m != primary.get(task))
+            if why:
+                raise ValueError(
+                    f"result row {key!r}: tasks.{task}.{m} = {why} is not a finite number"
+                )
+
+
 @contextlib.contextmanager
 def _locked(f: Any) -> Iterator[None]:
     try:
@@ -191,6 +275,8 @@ def append_result(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: b
         True if a line was written.
     """
     validate_row(row)
+    row = _clean({**row, "schema_version": SCHEMA_VERSION})
+    check_row(row)  # what a reader checks (NaN/Inf were made null by _clean)
     return _append_row(path, row, skip_unchanged=skip_unchanged)
 
 
@@ -218,48 +304,143 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     return True
 
 
-_PARSED: dict[str, tuple[tuple[int, int, int], list[dict[str, Any]]]] = {}
-"""The rows of each store read in this process, by path, with the file's (inode, size, mtime)
+_PARSED: dict[str, tuple[tuple[int, int, int], list[_Line]]] = {}
+"""The lines of each store read in this process, by path, with the file's (inode, size, mtime)
 when read: a pipeline checks the store once per evaluated model, so an unchanged file is parsed
 once (a changed one again, whole)."""
 
 
-def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
-    """The rows of the open store ``f`` (parsed, or the memo when the file is unchanged); a
-    copy of the list, whose rows the caller must not modify."""
+@dataclass(frozen=True)
+class _Line:
+    """One non-blank line of a store: its number, the parsed value (when it parsed), whether it
+    is torn (an unfinished write: no closing brace) and why it did not parse."""
+
+    number: int
+    value: Any = None
+    torn: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line of the store :func:`scan_results` skipped (``skip_invalid``): number and reason."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class StoreScan:
+    """What :func:`scan_results` read: the valid rows in file order, their line numbers, and the
+    lines skipped as invalid (torn last writes are not counted here: they warn)."""
+
+    path: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    skipped: list[SkippedLine] = field(default_factory=list)
+
+    def latest(self) -> list[dict[str, Any]]:
+        """The last row per ``row_key``, in first-seen order."""
+        return list(_dedupe(self.rows).values())
+
+
+def _lines_of(f: Any, path: Path) -> list[_Line]:
+    """The parsed lines of the open store ``f`` (the memo when the file is unchanged)."""
     st = os.fstat(f.fileno())
     ident = (st.st_ino, st.st_size, st.st_mtime_ns)
     memo = _PARSED.get(str(path))
     if memo is not None and memo[0] == ident:
-        return list(memo[1])
+        return memo[1]
     f.seek(0)
-    rows = _parse(f.read().decode("utf-8", "replace"), path, warn=warn)
-    _PARSED[str(path)] = (ident, rows)
-    return list(rows)
+    lines = _parse(f.read())
+    _PARSED[str(path)] = (ident, lines)
+    return lines
 
 
-def _parse(text: str, path: Path, warn: bool = True) -> list[dict[str, Any]]:
-    rows = []
-    lines = text.split("\n")
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
+def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
+    """The rows of the open store ``f`` that have a ``row_key`` (unvalidated, torn and invalid
+    lines left out): what an append compares a new row with. A copy of the list, whose rows
+    the caller must not modify."""
+    lines = _lines_of(f, path)
+    if warn:
+        _warn_torn(lines, path)
+    return [ln.value for ln in lines if isinstance(ln.value, dict) and "row_key" in ln.value]
+
+
+def _parse(data: bytes) -> list[_Line]:
+    out = []
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "row_key" not in row:
-                raise ValueError("not a result row")
-        except ValueError:
-            if warn:
-                where = "last line" if i >= len(lines) - 1 else f"line {i}"
-                warnings.warn(
-                    f"{path}: ignoring a torn or invalid {where} ({line[:60]!r}...): "
-                    "probably a write interrupted by a crash",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            out.append(
+                _Line(i, error=f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
+            )
             continue
-        rows.append(row)
-    return rows
+        try:
+            out.append(_Line(i, json.loads(text)))
+        except ValueError as e:
+            torn = not text.rstrip().endswith("}")
+            out.append(_Line(i, torn=torn, error=f"not valid JSON ({e})"))
+    return out
+
+
+def _warn_torn(lines: list[_Line], path: Path) -> None:
+    last = lines[-1].number if lines else 0
+    for ln in lines:
+        if ln.torn:
+            where = "last line" if ln.number == last else f"line {ln.number}"
+            warnings.warn(
+                f"{path}: ignoring a torn or invalid {where} (no closing brace): probably a "
+                "write interrupted by a crash",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
+    """Read and check every line of a store (:func:`check_row`), in file order.
+
+    A torn line (an unfinished write, see the module docstring) is skipped with a
+    :class:`RuntimeWarning`. A missing file reads as no rows.
+
+    Args:
+        path: the store file.
+        skip_invalid: skip an invalid line, recording its number and reason in
+            ``StoreScan.skipped``, instead of raising.
+
+    Raises:
+        StoreError: an invalid line (``skip_invalid`` false), naming the file and line.
+    """
+    path = Path(path)
+    scan = StoreScan(path)
+    if not path.is_file():
+        return scan
+    with open(path, "rb") as f:
+        lines = _lines_of(f, path)
+    _warn_torn(lines, path)
+    for ln in lines:
+        if ln.torn:
+            continue
+        reason = ln.error
+        if reason is None:
+            try:
+                check_row(ln.value)
+            except ValueError as e:
+                reason = str(e)
+        if reason is None:
+            scan.rows.append(dict(ln.value))  # a caller may set fields of its rows
+            scan.lines.append(ln.number)
+        elif skip_invalid:
+            scan.skipped.append(SkippedLine(ln.number, reason))
+        else:
+            raise StoreError(
+                f"{path}, line {ln.number}: {reason}. Fix or delete that line, or skip invalid "
+                "rows with report.skip_invalid=true (the report then says how many it skipped)"
+            )
+    return scan
 
 
 def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -269,18 +450,17 @@ def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def read_results(path: str | Path, *, dedupe: bool = True) -> list[dict[str, Any]]:
+def read_results(
+    path: str | Path, *, dedupe: bool = True, skip_invalid: bool = False
+) -> list[dict[str, Any]]:
     """All rows of a store, in file order; with ``dedupe`` the last row per ``row_key``.
 
-    A torn or invalid line is skipped with a :class:`RuntimeWarning`. A missing file reads as
-    no rows.
+    Every line is checked (:func:`scan_results`): an invalid one raises :class:`StoreError`
+    naming the file and line, or with ``skip_invalid`` is left out. A torn line is skipped with
+    a :class:`RuntimeWarning`. A missing file reads as no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, "rb") as f:
-        rows = [dict(r) for r in _rows_of(f, path)]  # a caller may set fields of its rows
-    return list(_dedupe(rows).values()) if dedupe else rows
+    scan = scan_results(path, skip_invalid=skip_invalid)
+    return scan.latest() if dedupe else scan.rows
 
 
 DIAGNOSTICS_REQUIRED = ("row_key", "label", "num_models", "model", "layer_types", "params")
@@ -309,7 +489,12 @@ def append_diagnostics(
 def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
     """The diagnostics rows of a store (the last per ``row_key``, in first-seen order); a missing
     file reads as no rows, a torn line is skipped with a :class:`RuntimeWarning`."""
-    return read_results(path)
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, "rb") as f:
+        rows = [dict(r) for r in _rows_of(f, path)]
+    return list(_dedupe(rows).values())
 
 
 def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True) -> Any:

@@ -2,7 +2,8 @@
 
 Order of operations for each source (the manifest records the count after each step):
 
-1. load and adapt the whole split (:func:`~.loader.load_source`) -> ``rows_out``;
+1. load and adapt the whole split (:func:`~.loader.load_source`) -> ``rows_out``; a pair that
+   repeats an earlier one of the source is dropped -> ``dropped_duplicates``;
 2. the TruthfulQA guard, when on (:func:`hhh_bench.data.leakage.drop_truthfulqa_prompts`)
    -> ``dropped_truthfulqa``, ``rows_after_leakage``;
 3. the cap: ``max_rows`` of the entry, else of the source config, else the data config's
@@ -216,6 +217,9 @@ def build_preference_sets(
         "seed": seed,
         "cache_dir": str(cache_dir),
         "sources": manifest_sources,
+        "dropped_duplicates": sum(
+            s.get("dropped_duplicates", 0) for s in manifest_sources.values()
+        ),
         "dimensions": {dim: len(rows) for dim, rows in sets.items()},
         "leakage": {
             "drop_truthfulqa_prompts": leakage["drop_truthfulqa_prompts"],

@@ -20,6 +20,11 @@ A source config (``conf/source/<name>.yaml``) names one public dataset split and
 from __future__ import annotations
 
 import contextlib
+import glob
+import gzip
+import json
+import logging
+import lzma
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -258,6 +263,90 @@ def _builder_for(paths: Sequence[str]) -> str:
     )
 
 
+def _open_text(path: Path) -> Any:
+    """A local JSON file opened for reading bytes, decompressed (``.gz``, ``.xz``)."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def check_local_file(path: str | Path, source: str) -> None:
+    """Check one local raw file of a source before ``datasets`` reads it, so that a bad file
+    fails naming the file (and the line) instead of deep inside ``datasets``.
+
+    Every format: the file is not empty. JSON lines (``.jsonl``, ``.json`` not holding one JSON
+    document; also compressed): each non-blank line is UTF-8 and one JSON object; a compressed
+    file is read to its end (a truncated ``.gz`` or ``.xz`` is named).
+
+    Raises:
+        SourceConfigError: the problem, naming the source, the file and the line.
+    """
+    path = Path(path)
+    where = f"source {source!r}: {path}"
+    if path.stat().st_size == 0:
+        raise SourceConfigError(f"{where} is empty (0 bytes): point `path` at the raw data file")
+    name = path.name.lower()
+    if not any(name.endswith(s) for s in (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.xz")):
+        return
+    try:
+        with _open_text(path) as f:
+            data = f.read()
+    except (EOFError, OSError, lzma.LZMAError) as e:
+        raise SourceConfigError(
+            f"{where} cannot be decompressed ({type(e).__name__}: {e}): the file is truncated "
+            "or not in the format its name says; download it again"
+        ) from None
+    if not data.strip():
+        raise SourceConfigError(f"{where} holds no data (only white space after decompression)")
+    if name.endswith((".json", ".json.gz")):  # one JSON document (a list of records) is fine
+        try:
+            json.loads(data)
+            return
+        except ValueError:
+            pass  # JSON lines, checked below
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceConfigError(
+                f"{where}, line {i}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                f"{e.start + 1}); re-encode the file as UTF-8"
+            ) from None
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise SourceConfigError(f"{where}, line {i}: not valid JSON ({e})") from None
+        if not isinstance(value, dict):
+            what = {list: "a JSON array", str: "a JSON string"}.get(type(value), "not an object")
+            raise SourceConfigError(
+                f"{where}, line {i}: {what}, where each line must be one JSON object (a record)"
+            )
+
+
+def drop_duplicate_rows(rows: list[PreferenceRow]) -> tuple[list[PreferenceRow], int]:
+    """``rows`` without the repeats of an earlier row (same prompt, chosen and rejected: the same
+    pair in the raw file more than once), in order, and how many were dropped. A repeated pair
+    would weigh that pair more in training and, as one prompt group, could fill the held-out
+    validation part alone."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out, len(rows) - len(out)
+
+
+def _local_paths(raw: Any) -> list[str]:
+    return [str(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
+
+
 def load_raw(cfg: Mapping[str, Any], cache_dir: str | Path) -> Any:
     """The raw rows of a source as a ``datasets.Dataset`` (iterates as dicts).
 
@@ -269,22 +358,34 @@ def load_raw(cfg: Mapping[str, Any], cache_dir: str | Path) -> Any:
         SourceUnavailableError: offline (or the Hub unreachable) and nothing cached, or the
             repository/revision not found; the message gives the commands that fetch it.
         FileNotFoundError: a local ``path`` that matches no file.
+        SourceConfigError: a local file that is empty, not UTF-8, not JSON lines of objects, or
+            truncated (:func:`check_local_file`), or that ``datasets`` cannot read (the files
+            named).
     """
     import datasets
 
     cache_dir = str(cache_dir)
     if cfg.get("path"):
-        raw = cfg["path"]
-        paths = [str(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
+        paths = _local_paths(cfg["path"])
         for p in paths:
             if not any(ch in p for ch in "*?[") and not Path(p).exists():
                 raise FileNotFoundError(
                     f"source {cfg['name']!r}: local path {p!r} does not exist (set `path: null` to "
                     "load from the Hub, or point it at the raw JSONL/parquet file)"
                 )
-        return datasets.load_dataset(
-            _builder_for(paths), data_files=paths, split="train", cache_dir=cache_dir
-        )
+            for f in sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]:
+                if Path(f).is_file():
+                    check_local_file(f, cfg["name"])
+        try:
+            return datasets.load_dataset(
+                _builder_for(paths), data_files=paths, split="train", cache_dir=cache_dir
+            )
+        except (SourceConfigError, FileNotFoundError):
+            raise
+        except Exception as e:  # datasets' own errors name neither the file nor the line
+            raise SourceConfigError(
+                f"source {cfg['name']!r}: `datasets` cannot read {paths} ({type(e).__name__}: {e})"
+            ) from e
     try:
         with respect_offline_env():
             return datasets.load_dataset(
@@ -331,7 +432,8 @@ def load_source(
     Returns:
         ``(rows, stats)``; ``stats`` holds the source's identity (hub id, revision, split,
         adapter and options) and the adapter's counts (:class:`~.base.AdapterStats`) plus
-        ``rows_kept`` (after the cap).
+        ``dropped_duplicates`` (pairs repeating an earlier one, dropped with a warning in the
+        log: :func:`drop_duplicate_rows`; before the cap) and ``rows_kept`` (after the cap).
     """
     cfg = validate_source_config(cfg)
     cap = max_rows if max_rows is not None else cfg["max_rows"]
@@ -345,9 +447,15 @@ def load_source(
         limit=cap if seed is None else None,
         **cfg["adapter_opts"],
     )
+    rows, n_dup = drop_duplicate_rows(rows)
+    if n_dup:
+        logging.getLogger("hhh_bench").warning(
+            "source %r: dropped %d repeated pair(s) (same prompt, chosen and rejected as an "
+            "earlier row)", cfg["name"], n_dup,
+        )  # fmt: skip
     rows = cap_rows(rows, cap, seed)
     validate_rows(rows, origin=f"source {cfg['name']!r}")
     stats = {k: cfg[k] for k in SOURCE_KEYS if k != "max_rows"}
     stats.update(adapter_stats.as_dict())
-    stats.update({"max_rows": cap, "rows_kept": len(rows)})
+    stats.update({"max_rows": cap, "dropped_duplicates": n_dup, "rows_kept": len(rows)})
     return rows, stats

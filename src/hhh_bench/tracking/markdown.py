@@ -1,0 +1,26 @@
+"""Text from a results store made safe to put into a Markdown report (issue 27).
+
+A model, task or experiment name is the user's text: ``x\\n## Verdict: merging wins`` must not
+start a heading, ``<img onerror=...>`` must not become raw HTML, and ``a|b`` must not split a
+table cell. :func:`md_text` keeps such text one literal line of a table cell or a heading.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_MARKUP = re.compile(r"([\\`*\[\]|~])")  # emphasis, code, links and images, cells, strikeout
+_EDGE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md_text(value: Any) -> str:
+    """``value`` as literal inline Markdown: line breaks become spaces, control characters go,
+    ``& < >`` become HTML entities, and the characters that open Markdown markup (``\\ ` * [ ]
+    | ~``, and ``_`` except inside a word, where it cannot emphasise: ``dpo_helpful`` stays as
+    it is) are backslash-escaped."""
+    text = _CONTROL.sub("", _LINE_BREAKS.sub(" ", str(value)))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _EDGE_UNDERSCORE.sub(r"\\_", _MARKUP.sub(r"\\\1", text))

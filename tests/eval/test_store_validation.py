@@ -1,0 +1,235 @@
+"""Issue 27, the results store and the report: a store is validated on read as on write, invalid
+lines name the file and line (or, with ``report.skip_invalid=true``, are skipped and counted
+under the main table), rows that differ in anything but the seed are never pooled as seeds, and
+the user's names are literal text in report.md (no heading, no raw HTML)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hhh_bench.tracking import store as store_mod
+from hhh_bench.tracking.report import build_report
+from hhh_bench.tracking.store import append_result, read_results
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def row(key: str, avg: float = 0.5, **kw):
+    """A valid row: scores ``avg`` everywhere, one task scored by acc."""
+    return {
+        "row_key": key, "name": key, "kind": "merge", "method": "ties", "params": {}, "seed": 0,
+        "split": "test", "suite": "toy3h", "metric": "acc",
+        "task_specs": [{"name": "t", "dimension": "helpful", "weight": 1.0, "metric": "acc"}],
+        "tasks": {"t": {"acc": avg, "acc_stderr": 0.01, "n": 10}},
+        "helpful": avg, "honest": avg, "harmless": avg, "average": avg, "min": avg, **kw,
+    }  # fmt: skip
+
+
+def store_with(tmp_path: Path, bad_line: str) -> Path:
+    """A store whose line 2 is ``bad_line`` between two valid rows (lines 1 and 3)."""
+    path = tmp_path / "results.jsonl"
+    lines = [json.dumps(row("a")), bad_line, json.dumps(row("c"))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def bad_task(value):
+    return {**row("b"), "tasks": {"t": {"acc": value, "n": 10}}}
+
+
+# One case per way a line can be wrong; each must name the file and line 2 and say what is wrong.
+BAD_LINES = {
+    "helpful NaN": (json.dumps(row("b", helpful=float("nan"))), r"helpful = nan"),
+    "average Infinity": (json.dumps(row("b", average=float("inf"))), r"average = inf"),
+    "helpful true": (json.dumps(row("b", helpful=True)), r"helpful = True"),
+    "honest null": (json.dumps(row("b", honest=None)), r"lacks field\(s\) \['honest'\]"),
+    "harmless string": (json.dumps(row("b", harmless="0.5")), r"harmless = '0.5'"),
+    "min string": (json.dumps(row("b", min="high")), r"min = 'high'"),
+    "no kind": (json.dumps(without(row("b"), "kind")), r"lacks `kind`"),
+    "unknown kind": (json.dumps(row("b", kind="merged")), r"kind 'merged' not in"),
+    "JSON array": ("[1, 2, 3]", r"not a JSON object but a JSON array"),
+    "JSON string": ('"a row"', r"not a JSON object but a JSON string"),
+    "broken JSON": ('{"row_key": "b", "helpful": 0.5,, }', r"not valid JSON"),
+    "newer schema": (json.dumps(row("b", schema_version=99)), r"schema_version 99 is newer"),
+    "schema not int": (json.dumps(row("b", schema_version="2")), r"schema_version '2'"),
+    "no row_key": (json.dumps(without(row("b"), "row_key")), r"lacks field\(s\) \['row_key'\]"),
+    "task metric NaN": (json.dumps(bad_task(float("nan"))), r"tasks\.t\.acc = nan"),
+    "task metric bool": (json.dumps(bad_task(False)), r"tasks\.t\.acc = a boolean"),
+    "task metric null": (json.dumps(bad_task(None)), r"tasks\.t\.acc = null"),
+    "task metric string": (json.dumps(bad_task("0.9")), r"tasks\.t\.acc = a string"),
+    "stderr NaN": (json.dumps(row("b", helpful_stderr=float("nan"))), r"helpful_stderr = nan"),
+    "delta string": (json.dumps(row("b", delta_average="+0.1")), r"delta_average = a string"),
+    "not UTF-8": ('{"row_key": "b\xff"}', r"not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_an_invalid_line_is_an_error_naming_the_file_and_line(tmp_path, case):
+    line, what = BAD_LINES[case]
+    path = store_with(tmp_path, line)
+    if case == "not UTF-8":
+        path.write_bytes(path.read_bytes().replace("\xff".encode(), b"\xff"))
+    with pytest.raises(ValueError, match=what) as err:
+        read_results(path)
+    assert type(err.value).__name__ == "StoreError"
+    assert f"{path}, line 2:" in str(err.value)
+    assert "report.skip_invalid=true" in str(err.value)  # and what to do about it
+
+
+def test_the_writer_refuses_what_the_reader_refuses(tmp_path):
+    """Validated on write as on read: a boolean or a string score, or a string task metric."""
+    path = tmp_path / "results.jsonl"
+    for bad in (row("b", helpful=True), row("b", min="0.5"), bad_task("0.9")):
+        with pytest.raises(ValueError):
+            append_result(path, bad)
+    assert not path.exists()
+    append_result(path, row("a"))
+    assert read_results(path)[0]["schema_version"] == 1  # rows say which format they are in
+
+
+def test_a_torn_last_write_still_only_warns(tmp_path):
+    """A crash mid-write leaves an unfinished line (no closing brace): skipped with a warning,
+    never an error, as before."""
+    path = tmp_path / "results.jsonl"
+    append_result(path, row("a"))
+    with open(path, "a") as f:
+        f.write(json.dumps(row("b"))[:40])
+    with pytest.warns(RuntimeWarning, match="last line"):
+        assert [r["row_key"] for r in read_results(path)] == ["a"]
+
+
+def test_skip_invalid_skips_and_the_report_says_how_many_and_why(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rows = [row("base", 0.5, kind="base", name="base"), row("nan", 0.6), row("ok", 0.7),
+            row("bool", 0.6, helpful=True), without(row("nokind", 0.6), "kind")]  # fmt: skip
+    text = [json.dumps(r) for r in rows]
+    path.write_text("\n".join(text) + "\n")
+    path.write_text(
+        path.read_text().replace(
+            '"helpful": 0.6, "honest": 0.6', '"helpful": NaN, "honest": 0.6', 1
+        )
+    )
+    scan = store_mod.scan_results(path, skip_invalid=True)
+    assert [r["row_key"] for r in scan.rows] == ["base", "ok"]
+    assert [s.line for s in scan.skipped] == [2, 4, 5]
+    md = build_report(scan.rows, tmp_path / "out", skipped=scan.skipped)["markdown"]
+    note = md.split("## Main table")[1].split("\n## ")[0]
+    assert "Skipped 3 invalid rows of the results store" in note
+    assert "line 2: helpful = nan" in note and "line 4: helpful = True" in note
+    assert "line 5: the row lacks \\`kind\\`" in note  # as literal text
+    assert "| nan |" not in md and "| bool |" not in md  # in no table
+
+
+def test_report_stage_skip_invalid_option(tmp_path, monkeypatch):
+    """``report.skip_invalid`` through the stage: false stops the report naming the line and
+    writes no report folder; true writes it with the note, and the console says so."""
+    from omegaconf import OmegaConf
+
+    from hhh_bench.stages.report import run_report
+
+    store_with(tmp_path, json.dumps(row("b", helpful=float("nan"))))
+    cfg = OmegaConf.create({
+        "name": "x", "root": str(tmp_path), "logger": {"name": "none"},
+        "eval": {"report_split": "test", "select_split": None, "select_by": "average"},
+        "report": {"skip_invalid": False},
+    })  # fmt: skip
+    with pytest.raises(ValueError, match=r"results.jsonl, line 2: result row 'b': helpful = nan"):
+        run_report(cfg)
+    assert not (tmp_path / "report").exists()
+    cfg.report.skip_invalid = True
+    out = run_report(cfg)
+    assert out["skipped"] == 1 and out["n_rows"] == 2
+    assert "Skipped 1 invalid row of the results store" in Path(out["report_md"]).read_text()
+
+
+def validation_sweep_rows() -> list[dict]:
+    """What the README's sweep writes (`-m stage=merge_eval merge=ties
+    merge.params.scaling=0.5,1.0`): one seed, one validation row per configuration, all named
+    after the method."""
+    out = [row("base", 0.5, kind="base", name="base", split="validation")]
+    for scaling, avg in ((0.5, 0.6), (1.0, 0.8)):
+        out.append(row(f"ties-{scaling}", avg, name="ties", params={"scaling": scaling},
+                       split="validation"))  # fmt: skip
+    return out
+
+
+def test_configurations_of_one_name_are_not_pooled_as_seeds(tmp_path):
+    rep = build_report(validation_sweep_rows(), tmp_path, report_split="validation")
+    merges = {e.name: e for e in rep["entries"] if e.kind == "merge"}
+    assert set(merges) == {"ties [scaling=0.5]", "ties [scaling=1.0]"}
+    assert all(e.n == 1 for e in merges.values())  # one seed each, not "2 seeds"
+    assert merges["ties [scaling=1.0]"].mean["average"] == pytest.approx(0.8)
+    assert "0.700" not in rep["main_table"]  # no mean of the two, no ± between them
+    assert "Cells: mean ± std over seeds" not in rep["markdown"]
+
+
+def test_seeds_of_one_configuration_still_pool_and_a_repeated_seed_does_not(tmp_path):
+    rows = [row("base", 0.5, kind="base", name="base")]
+    rows += [row(f"ties-s{s}", 0.6 + s / 10, name="ties", seed=s, params={"scaling": 1.0})
+             for s in (0, 1)]  # fmt: skip
+    # the pipeline's chosen configuration per seed pools whatever knobs each seed chose
+    rows += [row(f"tsv-s{s}", 0.7, name="tsv", method="tsv", seed=s, params={"scaling": 0.5 + s},
+                 extra={"selected_on": "validation", "n_configs": 2}) for s in (0, 1)]  # fmt: skip
+    # the same configuration and seed again, on other data: a row apart, not a third seed
+    rows.append(row("ties-s0-other", 0.9, name="ties", seed=0, params={"scaling": 1.0},
+                    data_key="other"))  # fmt: skip
+    entries = {e.name: e for e in build_report(rows, tmp_path)["entries"]}
+    assert entries["ties"].n == 2 and entries["ties"].mean["average"] == pytest.approx(0.65)
+    assert entries["tsv"].n == 2 and entries["tsv"].label == "tsv (best of 2 on validation)"
+    assert entries["ties [2]"].n == 1 and entries["ties [2]"].mean["average"] == 0.9
+
+
+HOSTILE = [
+    "x\n## Verdict: merging wins",
+    "<img src=x onerror=alert(1)>",
+    "a | b",
+    "[c](javascript:1)",
+]
+
+
+def test_names_are_escaped_in_report_md(tmp_path):
+    """A model, task or experiment name never becomes a heading, raw HTML, a link or a cell."""
+    rows = [row("base", 0.5, kind="base", name="base")]
+    rows += [row(f"m{i}", 0.6, name=n) for i, n in enumerate(HOSTILE)]
+    rows.append(row("mix", 0.55, kind="mixture", name="mix\r\n# merging wins <script>"))
+    rep = build_report(rows, tmp_path, experiment="exp\n## Verdict: mixing wins")
+    md = rep["markdown"]
+    assert not re.search(r"^#+ Verdict", md, re.M)
+    assert not re.search(r"^# merging wins", md, re.M)
+    assert "<img" not in md and "<script" not in md
+    assert not re.search(r"(?<!\\)\]\(javascript", md)  # \[c\](...) is literal text, no link
+    assert "&lt;img src=x onerror=alert(1)&gt;" in md  # shown, as text
+    # every main-table row still has its six cells (no '|' from a name splits one)
+    main = md.split("## Main table")[1].split("\n## ")[0]
+    for line in main.splitlines():
+        if line.startswith("| ") and not line.startswith("| *"):
+            assert len(re.split(r"(?<!\\)\|", line.strip())) - 2 == 6, line
+
+
+def test_cli_report_on_an_invalid_store_exits_2_naming_the_line(tmp_path):
+    """One line on stderr, exit status 2, no traceback, no report written: before the data
+    stage (nothing else under the root)."""
+    store = store_with(tmp_path, json.dumps(row("b", helpful=True)))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HHH_VERBOSE": "0"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "hhh_bench", "stage=report", f"root={tmp_path}", "logger=none"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("hhh-bench: error: ") and f"{store}, line 2:" in first
+    assert "helpful = True" in first
+    assert {p.name for p in tmp_path.iterdir()} <= {"results.jsonl", "hydra"}  # hydra: its log
