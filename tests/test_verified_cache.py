@@ -26,7 +26,7 @@ QUICK = [w for w in SMALL_WORLD if not w.startswith("model.base_sft.epochs")] + 
     "logger=none",
     "threads=1",
     # a path setting inside the root, as conf/data/paper_3h.yaml has (edaba64 keyed data by it)
-    "data.cache_dir=${root}/.cache/hf_datasets",
+    "++data.cache_dir=${root}/.cache/hf_datasets",
 ]
 
 
