@@ -43,9 +43,9 @@ GROUPS = ("model", "data", "mix", "train", "merge", "merge_engine", "eval", "log
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_group_option_composes_and_every_key_has_a_typed_field(group):
-    """Each option of each group composes, and :func:`hhh_bench.config.validate_run` accepts it:
+    """Each option of each group composes, and :func:`hhh_bench.validation.validate_run` accepts it:
     a YAML key without a field in its group's dataclass (hhh_bench/config.py) fails here."""
-    from hhh_bench.config import validate_run
+    from hhh_bench.validation import validate_run
 
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
     assert options, group
@@ -56,7 +56,7 @@ def test_every_group_option_composes_and_every_key_has_a_typed_field(group):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_validates(experiment):
-    from hhh_bench.config import validate_run
+    from hhh_bench.validation import validate_run
 
     cfg = compose([f"experiment={experiment}"])
     typed = validate_run(OmegaConf.to_container(cfg, resolve=True))

@@ -76,11 +76,11 @@ def test_the_docs_have_commands():
 
 @pytest.mark.parametrize("doc, cmd", COMMANDS, ids=[f"{f}:{c[:60]}" for f, c in COMMANDS])
 def test_doc_command_composes_and_validates(doc, cmd, monkeypatch, tmp_path):
-    from hhh_bench.config import validate_run
     from hhh_bench.data.mixing import registry as mixing_registry
     from hhh_bench.merging import base as merging_base
     from hhh_bench.pipeline import load_plugins
     from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
 
     env, job_list = jobs(cmd)
     if "PYTHONPATH" in env:
@@ -103,8 +103,8 @@ def test_doc_command_composes_and_validates(doc, cmd, monkeypatch, tmp_path):
 
 
 def test_a_knob_the_method_does_not_know_is_still_an_error():
-    from hhh_bench.config import validate_run
     from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
 
     with pytest.raises(ValueError, match="density"):
         validate_run(

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
-from hhh_bench.config import validate_run
+from hhh_bench.validation import validate_run
 
 
 def check(overrides: list[str]) -> dict:
@@ -48,6 +48,10 @@ def check(overrides: list[str]) -> dict:
         ("seeds=[1,1]", r"seeds=\[1, 1\] repeats \[1\]"),
         ("seeds=[0,1.5]", r"not integer"),
         ("+report.skip_invalids=true", r"report.skip_invalids"),
+        # checked by the toy world's and the merge engine's own rules (hhh_bench.validation,
+        # hhh_bench.core.sizes), not by the schema's
+        ("data.world.n_values=99", r"n_values must be in \[2, 8\], got 99"),
+        ("merge_engine.max_shard_size=lots", r"merge_engine.max_shard_size 'lots' is not a size"),
     ],
 )
 def test_a_bad_value_is_refused_naming_it(override, message):

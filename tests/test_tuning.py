@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from hhh_bench.config import validate_run
-from hhh_bench.pipeline import _select, emphases, merge_weights, mix_shares
+from hhh_bench.pipeline import _select, merge_weights, mix_shares
+from hhh_bench.validation import emphases, validate_run
 
 DIMS = ["helpful", "honest", "harmless"]
 

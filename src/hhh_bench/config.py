@@ -4,8 +4,11 @@ The YAML files under ``conf/`` document each option and hold what differs from t
 the stages read a group through :func:`load` (``TrainConfig``, ``EvalConfig``, ...), never with
 ``.get(key, default)``. Unknown keys are refused with the valid ones listed (so
 ``+train.learnin_rate=0.1`` fails instead of training with the default), types are checked, and
-ranges are validated in ``__post_init__``. :func:`validate_run` checks every group of a composed
-run, and the knobs of its merge method, before any stage runs.
+ranges are validated in ``__post_init__``.
+
+This is the schema only: it imports no library and no registry. What needs one (the merge
+method's knobs, every grid point, the mixing strategies, the toy world's knobs) is checked one
+floor up, by :func:`hhh_bench.validation.validate_run`, before any stage runs.
 
 Library code (``merging``, ``data``, ``evaluation``) does not import this module's callers'
 Hydra: everything here takes plain mappings (``OmegaConf.to_container`` of a group).
@@ -13,7 +16,6 @@ Hydra: everything here takes plain mappings (``OmegaConf.to_container`` of a gro
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -516,11 +518,9 @@ class DataConfig:
             raise ValueError(
                 f"data.max_malformed_fraction must be in [0, 1], got {self.max_malformed_fraction}"
             )
-        if self.kind == "toy3h":
-            from hhh_bench.data.toy3h import Toy3HConfig
-
-            Toy3HConfig.from_mapping(dict(self.world or {}))
-        elif not self.sources:
+        # data.world is checked by the toy world's own config, one floor up
+        # (hhh_bench.validation.check_world: the schema knows no library)
+        if self.kind == "sources" and not self.sources:
             raise ValueError("data.kind=sources needs data.sources (source names per dimension)")
 
 
@@ -561,226 +561,3 @@ def load(cls: type[T], mapping: Mapping[str, Any] | None, where: str | None = No
     """The typed config of one group from its plain mapping (unknown keys refused)."""
     name = where or next((g for g, c in GROUPS.items() if c is cls), cls.__name__)
     return from_mapping(cls, mapping, name)
-
-
-def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``params`` for ``method``, less the knobs the composed merge option left behind: a key
-    ``method`` does not declare whose value is another registered method's default for it
-    (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs). Any
-    other unknown key is kept, so that the method refuses it by name. Returns ``(kept,
-    dropped keys)``; an unknown method: ``params`` unchanged (its lookup fails later, named)."""
-    from hhh_bench.merging import get_method, list_methods, method_defaults
-
-    try:
-        own = {f.name for f in dataclasses.fields(get_method(method).params_cls)}
-    except ValueError:
-        return dict(params), []
-    others = [method_defaults(o) for o in list_methods() if o != method]
-    kept: dict[str, Any] = {}
-    dropped: list[str] = []
-    for k, v in params.items():
-        if k not in own and any(k in d and d[k] == v for d in others):
-            dropped.append(k)
-        else:
-            kept[k] = v
-    return kept, dropped
-
-
-def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Check every group of a composed run (a plain mapping) before any stage runs: unknown
-    keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
-    merge grid and the mixing strategies. Returns the typed groups by name."""
-    out: dict[str, Any] = {}
-    for group, cls in GROUPS.items():
-        if group in cfg and cfg[group] is not None:
-            out[group] = load(cls, cfg[group], group)
-    check_seeds(cfg)
-    if "eval" in out:
-        check_metrics(cfg["eval"])
-    from hhh_bench.merging import get_method, method_defaults
-
-    if "merge" in out:
-        m = out["merge"]
-        kept, dropped = method_knobs(m.method, m.params)
-        if dropped:
-            import logging
-
-            logging.getLogger("hhh_bench").info(
-                "merge.method=%s: left out the composed merge option's knobs %s (defaults of "
-                "another method, not parameters of %s)", m.method, dropped, m.method,
-            )  # fmt: skip
-            m = out["merge"] = dataclasses.replace(m, params=kept)
-        engine = out.get("merge_engine")
-        params = dict(m.params)
-        if engine is not None:
-            params.setdefault("device", engine.device)
-        try:
-            get_method(m.method).make_params(**params)
-        except ValueError as e:
-            raise ValueError(f"merge (method {m.method!r}): {e}") from None
-    if "pipeline" in out:
-        import itertools
-
-        for method, spec in out["pipeline"].merge_grid.items():
-            if spec is None:
-                continue
-            keys = sorted(spec)
-            values = [v if isinstance(v, (list, tuple)) else [v] for v in (spec[k] for k in keys)]
-            defaults = method_defaults(method)
-            for combo in itertools.product(*values):
-                point = dict(zip(keys, combo, strict=True))
-                try:
-                    get_method(method).make_params(**{**defaults, **point})
-                except ValueError as e:
-                    raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
-        _check_tuning(cfg)
-    return out
-
-
-def check_seeds(cfg: Mapping[str, Any]) -> None:
-    """``seed`` is an integer; ``seeds`` is null, or a list of distinct integers (``[]`` or
-    null: the one seed ``seed``). A scalar is refused: ``seeds=2`` could mean seed 2 or two
-    seeds, so the message asks for ``seeds=[2]`` or ``seeds=[0,1]``."""
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if "seed" in cfg and not is_int(cfg["seed"]):
-        raise ValueError(f"seed={cfg['seed']!r} must be an integer")
-    seeds = cfg.get("seeds")
-    if seeds is None:
-        return
-    if not isinstance(seeds, (list, tuple)):
-        hint = (
-            f"seeds=[{seeds}] for the one seed {seeds}, or seeds=[{', '.join(map(str, range(seeds)))}] "
-            f"for {seeds} seeds"
-            if is_int(seeds) and 0 < seeds <= 10
-            else "seeds=[0,1,2]"
-        )
-        raise ValueError(f"seeds={seeds!r} must be a list of integers: write {hint}")
-    bad = [s for s in seeds if not is_int(s)]
-    if bad:
-        raise ValueError(f"seeds={list(seeds)!r}: {bad} not integer(s); e.g. seeds=[0,1,2]")
-    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if dup:
-        raise ValueError(
-            f"seeds={list(seeds)!r} repeats {dup}: a seed run twice is not a second replicate"
-        )
-
-
-def task_metrics() -> dict[str, tuple[str, ...]]:
-    """The metrics of each task YAML shipped with hhh-bench whose metrics are all in its
-    ``metric_list`` (the judged generation tasks, which add their judges' metrics, left out):
-    ``{lm-eval task name: metrics}``. Read once."""
-    if _TASK_METRICS:
-        return _TASK_METRICS
-    from pathlib import Path
-
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_multi_constructor("!", lambda loader, tag, node: None)
-    folder = Path(__file__).parent / "evaluation" / "tasks"
-    docs = {}
-    for path in sorted(folder.rglob("*.yaml")):
-        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
-        if isinstance(doc, dict):
-            docs[path.name] = (path, doc)
-    for path, doc in docs.values():
-        if "task" not in doc or "hhh_judge" in path.read_text():
-            continue
-        full = dict(doc)
-        inc = doc.get("include")
-        while inc and inc in docs:
-            parent = docs[inc][1]
-            if "hhh_judge" in docs[inc][0].read_text():
-                full = {}
-                break
-            full = {**parent, **full}
-            inc = parent.get("include") if parent.get("include") != inc else None
-        metrics = [m.get("metric") for m in full.get("metric_list") or [] if isinstance(m, dict)]
-        if metrics:
-            _TASK_METRICS[str(doc["task"])] = tuple(str(m) for m in metrics)
-    return _TASK_METRICS
-
-
-_TASK_METRICS: dict[str, tuple[str, ...]] = {}
-
-
-def check_metrics(ecfg: Mapping[str, Any]) -> None:
-    """Each scored task's primary metric (``eval.metric``, or ``eval.metrics.<task>``) is one
-    its task computes, for the tasks shipped with hhh-bench (:func:`task_metrics`); a task of
-    the harness or of the user's ``include_paths`` is checked when it is scored."""
-    known = task_metrics()
-    template = str(ecfg.get("task_template") or "{task}")
-    default = ecfg.get("metric") or "acc"
-    overrides = {k: v for k, v in (ecfg.get("metrics") or {}).items() if v}
-    suffixes = ("val", "test") if "{split}" in template else ("",)
-    for dim, tasks in (ecfg.get("dimensions") or {}).items():
-        for task in tasks or {}:
-            metric = overrides.get(task, default)
-            where = f"eval.metrics.{task}" if task in overrides else "eval.metric"
-            for suffix in suffixes:
-                name = template.format(task=task, split=suffix)
-                have = known.get(name)
-                if have is not None and metric not in have:
-                    raise ValueError(
-                        f"{where}={metric!r} is not a metric of task {name!r} ({dim}); its "
-                        f"metrics: {', '.join(have)}"
-                    )
-
-
-def _check_tuning(cfg: Mapping[str, Any]) -> None:
-    """``pipeline.tuning``: every emphasis has one weight > 0 per dimension, and every tuned
-    mixture strategy has a ``shares`` knob (one not in ``pipeline.mixtures`` is not run)."""
-    from hhh_bench.pipeline import emphases
-    from hhh_bench.stages.common import load_option
-
-    pcfg = cfg["pipeline"]
-    if cfg.get("stage") == "all":  # the stage that merges and mixes data.dimensions
-        emphases(pcfg, list((cfg.get("data") or {}).get("dimensions") or DIMENSIONS))
-    for name in (pcfg.get("tuning") or {}).get("mixtures") or []:
-        if "shares" not in load_option("mix", name):
-            raise ValueError(
-                f"pipeline.tuning.mixtures names {name!r}, a strategy without a 'shares' knob"
-            )
-
-
-def preflight(groups: Mapping[str, Any]) -> None:
-    """What can be checked before any work: every device the run will use exists, and a hub
-    model is reachable (offline: in the local cache)."""
-    import os
-
-    import torch
-
-    for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
-        g = groups.get(name)
-        dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
-        if dev == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(
-                f"{name}.{attr}=mps but this machine has no usable MPS device (Apple GPU); use "
-                f"{name}.{attr}=cpu"
-            )
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(
-                f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
-                f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
-            )
-    model = groups.get("model")
-    if model is not None and model.kind == "hub" and model.path:
-        from pathlib import Path
-
-        if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
-            return
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(model.path, "config.json", revision=model.revision or None)
-        if not isinstance(hit, str):
-            raise ValueError(
-                f"model.path={model.path!r} is not a local folder and is not in the HF cache, and "
-                f"this machine is offline (HF_HUB_OFFLINE=1): on a machine with access run "
-                f"`huggingface-cli download {model.path}` and copy the cache (HF_HOME), or pass a "
-                "local folder"
-            )

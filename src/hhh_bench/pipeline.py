@@ -1,7 +1,7 @@
 """The pipeline: stage selection and the order of the stages.
 
 ``run(cfg)`` is what ``hhh-bench`` calls after Hydra composed ``cfg``; it is importable and
-testable without Hydra. It first checks the whole config (:func:`hhh_bench.config.validate_run`:
+testable without Hydra. It first checks the whole config (:func:`hhh_bench.validation.validate_run`:
 unknown keys, ranges, the merge method's knobs, every grid point), then runs the stage.
 
 ``stage=all`` runs, for every seed in ``seeds``: data → base → one specialist per dimension →
@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.stages.common import CACHE, load_option, log, to_dict
+from hhh_bench.validation import emphases, preflight, validate_run
 
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 UPSTREAM = {
@@ -48,8 +49,6 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     goes to a folder of its own (:func:`hhh_bench.stages.report.report_dir`); None otherwise.
     The console's cache summary counts this run (this job) only.
     """
-    from hhh_bench.config import preflight, validate_run
-
     stage = cfg.stage
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
@@ -380,22 +379,6 @@ def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
                 "adapter_path": path if adapter else None}  # fmt: skip
 
     return entry(base_path), {n: entry(m) for n, m in zip(names, models, strict=True)}, names
-
-
-def emphases(pcfg: Mapping[str, Any], dims: Sequence[str]) -> list[list[float]]:
-    """``pipeline.tuning.emphasis``: the per-dimension weightings (one weight per dimension of
-    ``dims``, each > 0) that merges and mixtures alike try on the selection split besides the
-    equal one; checked here (a wrong length or a non-positive weight names the entry)."""
-    out = []
-    for i, w in enumerate((pcfg.get("tuning") or {}).get("emphasis") or []):
-        if not isinstance(w, Sequence) or len(w) != len(dims):
-            raise ValueError(
-                f"pipeline.tuning.emphasis[{i}] = {w!r}: expected one weight per dimension {list(dims)}"
-            )
-        if any(not isinstance(x, int | float) or isinstance(x, bool) or x <= 0 for x in w):
-            raise ValueError(f"pipeline.tuning.emphasis[{i}] = {w!r}: weights must be numbers > 0")
-        out.append([float(x) for x in w])
-    return out
 
 
 def merge_weights(w: Sequence[float]) -> list[float]:

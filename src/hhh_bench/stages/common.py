@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from hhh_bench.config import load
 from hhh_bench.content import code_identity, folder_identity, keyable
 from hhh_bench.provenance import config_hash
 from hhh_bench.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
@@ -33,8 +34,6 @@ def to_dict(node: Any) -> Any:
 
 def group(cfg: DictConfig, name: str, cls: type[T]) -> T:
     """The typed config of group ``name`` (:mod:`hhh_bench.config`): unknown keys refused."""
-    from hhh_bench.config import load
-
     return load(cls, to_dict(cfg.get(name)), name)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.config import EvalConfig, ModelConfig
 from hhh_bench.content import enclosing_output
 from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
 from hhh_bench.evaluation.suite import eval_payload, standin_names
@@ -159,7 +160,6 @@ def _evaluate(
     split: str = "test",
 ) -> dict[str, Any]:
     """Run lm-eval (and the judges) for one model into ``tmp``: the content of ``results.json``."""
-    from hhh_bench.config import EvalConfig, ModelConfig
     from hhh_bench.evaluation.run import evaluate_into
 
     return evaluate_into(

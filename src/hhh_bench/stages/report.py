@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.config import ReportConfig, load
 from hhh_bench.stagecache import console_line
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
@@ -53,7 +54,6 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
-    from hhh_bench.config import ReportConfig, load
     from hhh_bench.provenance import atomic_dir
     from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report

@@ -1,0 +1,272 @@
+"""A composed run checked before any stage runs: every group against its typed schema
+(:mod:`hhh_bench.core.config`), then what needs the registries and the libraries: the merge
+method and its knobs (the merge registry), every grid point of the pipeline's merge grid, the
+mixing strategies the tuning names (``conf/mix``), the toy world's knobs (:mod:`hhh_bench.data.toy3h`),
+the metrics of the shipped evaluation tasks, and this machine (:func:`preflight`: devices, hub
+reachability).
+
+This module sits on the pipeline floor (docs/architecture.md): the typed schema below it knows
+no registry, so a check that needs one lives here, and :func:`hhh_bench.pipeline.run` calls
+:func:`validate_run` and :func:`preflight` first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hhh_bench.config import GROUPS, DataConfig, load
+from hhh_bench.data.schema import DIMENSIONS
+from hhh_bench.data.toy3h import Toy3HConfig
+from hhh_bench.stages.common import load_option
+
+
+def check_world(data: DataConfig) -> None:
+    """``data.world`` (``data.kind=toy3h``): the toy world's knobs, checked by the world's own
+    config (:class:`~hhh_bench.data.toy3h.Toy3HConfig`: unknown keys and ranges)."""
+    if data.kind == "toy3h":
+        Toy3HConfig.from_mapping(dict(data.world or {}))
+
+
+GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world}
+"""Checks of a typed group that need a library (run by :func:`validate_run` right after the
+group's schema, so a run's first error is the same as when the schema held them)."""
+
+
+def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``params`` for ``method``, less the knobs the composed merge option left behind: a key
+    ``method`` does not declare whose value is another registered method's default for it
+    (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs). Any
+    other unknown key is kept, so that the method refuses it by name. Returns ``(kept,
+    dropped keys)``; an unknown method: ``params`` unchanged (its lookup fails later, named)."""
+    from hhh_bench.merging import get_method, list_methods, method_defaults
+
+    try:
+        own = {f.name for f in dataclasses.fields(get_method(method).params_cls)}
+    except ValueError:
+        return dict(params), []
+    others = [method_defaults(o) for o in list_methods() if o != method]
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for k, v in params.items():
+        if k not in own and any(k in d and d[k] == v for d in others):
+            dropped.append(k)
+        else:
+            kept[k] = v
+    return kept, dropped
+
+
+def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every group of a composed run (a plain mapping) before any stage runs: unknown
+    keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
+    merge grid and the mixing strategies. Returns the typed groups by name."""
+    out: dict[str, Any] = {}
+    for group, cls in GROUPS.items():
+        if group in cfg and cfg[group] is not None:
+            out[group] = load(cls, cfg[group], group)
+            if group in GROUP_CHECKS:
+                GROUP_CHECKS[group](out[group])
+    check_seeds(cfg)
+    if "eval" in out:
+        check_metrics(cfg["eval"])
+    from hhh_bench.merging import get_method, method_defaults
+
+    if "merge" in out:
+        m = out["merge"]
+        kept, dropped = method_knobs(m.method, m.params)
+        if dropped:
+            import logging
+
+            logging.getLogger("hhh_bench").info(
+                "merge.method=%s: left out the composed merge option's knobs %s (defaults of "
+                "another method, not parameters of %s)", m.method, dropped, m.method,
+            )  # fmt: skip
+            m = out["merge"] = dataclasses.replace(m, params=kept)
+        engine = out.get("merge_engine")
+        params = dict(m.params)
+        if engine is not None:
+            params.setdefault("device", engine.device)
+        try:
+            get_method(m.method).make_params(**params)
+        except ValueError as e:
+            raise ValueError(f"merge (method {m.method!r}): {e}") from None
+    if "pipeline" in out:
+        import itertools
+
+        for method, spec in out["pipeline"].merge_grid.items():
+            if spec is None:
+                continue
+            keys = sorted(spec)
+            values = [v if isinstance(v, (list, tuple)) else [v] for v in (spec[k] for k in keys)]
+            defaults = method_defaults(method)
+            for combo in itertools.product(*values):
+                point = dict(zip(keys, combo, strict=True))
+                try:
+                    get_method(method).make_params(**{**defaults, **point})
+                except ValueError as e:
+                    raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
+        _check_tuning(cfg)
+    return out
+
+
+def check_seeds(cfg: Mapping[str, Any]) -> None:
+    """``seed`` is an integer; ``seeds`` is null, or a list of distinct integers (``[]`` or
+    null: the one seed ``seed``). A scalar is refused: ``seeds=2`` could mean seed 2 or two
+    seeds, so the message asks for ``seeds=[2]`` or ``seeds=[0,1]``."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if "seed" in cfg and not is_int(cfg["seed"]):
+        raise ValueError(f"seed={cfg['seed']!r} must be an integer")
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return
+    if not isinstance(seeds, (list, tuple)):
+        hint = (
+            f"seeds=[{seeds}] for the one seed {seeds}, or seeds=[{', '.join(map(str, range(seeds)))}] "
+            f"for {seeds} seeds"
+            if is_int(seeds) and 0 < seeds <= 10
+            else "seeds=[0,1,2]"
+        )
+        raise ValueError(f"seeds={seeds!r} must be a list of integers: write {hint}")
+    bad = [s for s in seeds if not is_int(s)]
+    if bad:
+        raise ValueError(f"seeds={list(seeds)!r}: {bad} not integer(s); e.g. seeds=[0,1,2]")
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if dup:
+        raise ValueError(
+            f"seeds={list(seeds)!r} repeats {dup}: a seed run twice is not a second replicate"
+        )
+
+
+def task_metrics() -> dict[str, tuple[str, ...]]:
+    """The metrics of each task YAML shipped with hhh-bench whose metrics are all in its
+    ``metric_list`` (the judged generation tasks, which add their judges' metrics, left out):
+    ``{lm-eval task name: metrics}``. Read once."""
+    if _TASK_METRICS:
+        return _TASK_METRICS
+    from pathlib import Path
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, tag, node: None)
+    folder = Path(__file__).parent / "evaluation" / "tasks"
+    docs = {}
+    for path in sorted(folder.rglob("*.yaml")):
+        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+        if isinstance(doc, dict):
+            docs[path.name] = (path, doc)
+    for path, doc in docs.values():
+        if "task" not in doc or "hhh_judge" in path.read_text():
+            continue
+        full = dict(doc)
+        inc = doc.get("include")
+        while inc and inc in docs:
+            parent = docs[inc][1]
+            if "hhh_judge" in docs[inc][0].read_text():
+                full = {}
+                break
+            full = {**parent, **full}
+            inc = parent.get("include") if parent.get("include") != inc else None
+        metrics = [m.get("metric") for m in full.get("metric_list") or [] if isinstance(m, dict)]
+        if metrics:
+            _TASK_METRICS[str(doc["task"])] = tuple(str(m) for m in metrics)
+    return _TASK_METRICS
+
+
+_TASK_METRICS: dict[str, tuple[str, ...]] = {}
+
+
+def check_metrics(ecfg: Mapping[str, Any]) -> None:
+    """Each scored task's primary metric (``eval.metric``, or ``eval.metrics.<task>``) is one
+    its task computes, for the tasks shipped with hhh-bench (:func:`task_metrics`); a task of
+    the harness or of the user's ``include_paths`` is checked when it is scored."""
+    known = task_metrics()
+    template = str(ecfg.get("task_template") or "{task}")
+    default = ecfg.get("metric") or "acc"
+    overrides = {k: v for k, v in (ecfg.get("metrics") or {}).items() if v}
+    suffixes = ("val", "test") if "{split}" in template else ("",)
+    for dim, tasks in (ecfg.get("dimensions") or {}).items():
+        for task in tasks or {}:
+            metric = overrides.get(task, default)
+            where = f"eval.metrics.{task}" if task in overrides else "eval.metric"
+            for suffix in suffixes:
+                name = template.format(task=task, split=suffix)
+                have = known.get(name)
+                if have is not None and metric not in have:
+                    raise ValueError(
+                        f"{where}={metric!r} is not a metric of task {name!r} ({dim}); its "
+                        f"metrics: {', '.join(have)}"
+                    )
+
+
+def _check_tuning(cfg: Mapping[str, Any]) -> None:
+    """``pipeline.tuning``: every emphasis has one weight > 0 per dimension, and every tuned
+    mixture strategy has a ``shares`` knob (one not in ``pipeline.mixtures`` is not run)."""
+    pcfg = cfg["pipeline"]
+    if cfg.get("stage") == "all":  # the stage that merges and mixes data.dimensions
+        emphases(pcfg, list((cfg.get("data") or {}).get("dimensions") or DIMENSIONS))
+    for name in (pcfg.get("tuning") or {}).get("mixtures") or []:
+        if "shares" not in load_option("mix", name):
+            raise ValueError(
+                f"pipeline.tuning.mixtures names {name!r}, a strategy without a 'shares' knob"
+            )
+
+
+def preflight(groups: Mapping[str, Any]) -> None:
+    """What can be checked before any work: every device the run will use exists, and a hub
+    model is reachable (offline: in the local cache)."""
+    import os
+
+    import torch
+
+    for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
+        g = groups.get(name)
+        dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
+        if dev == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(
+                f"{name}.{attr}=mps but this machine has no usable MPS device (Apple GPU); use "
+                f"{name}.{attr}=cpu"
+            )
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
+                f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
+            )
+    model = groups.get("model")
+    if model is not None and model.kind == "hub" and model.path:
+        from pathlib import Path
+
+        if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model.path, "config.json", revision=model.revision or None)
+        if not isinstance(hit, str):
+            raise ValueError(
+                f"model.path={model.path!r} is not a local folder and is not in the HF cache, and "
+                f"this machine is offline (HF_HUB_OFFLINE=1): on a machine with access run "
+                f"`huggingface-cli download {model.path}` and copy the cache (HF_HOME), or pass a "
+                "local folder"
+            )
+
+
+def emphases(pcfg: Mapping[str, Any], dims: Sequence[str]) -> list[list[float]]:
+    """``pipeline.tuning.emphasis``: the per-dimension weightings (one weight per dimension of
+    ``dims``, each > 0) that merges and mixtures alike try on the selection split besides the
+    equal one; checked here (a wrong length or a non-positive weight names the entry)."""
+    out = []
+    for i, w in enumerate((pcfg.get("tuning") or {}).get("emphasis") or []):
+        if not isinstance(w, Sequence) or len(w) != len(dims):
+            raise ValueError(
+                f"pipeline.tuning.emphasis[{i}] = {w!r}: expected one weight per dimension {list(dims)}"
+            )
+        if any(not isinstance(x, int | float) or isinstance(x, bool) or x <= 0 for x in w):
+            raise ValueError(f"pipeline.tuning.emphasis[{i}] = {w!r}: weights must be numbers > 0")
+        out.append([float(x) for x in w])
+    return out
