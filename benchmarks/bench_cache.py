@@ -29,7 +29,7 @@ import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hhh_bench.content import HashCache, verify, write_manifest  # noqa: E402
+from hhh_bench.core.content import HashCache, verify, write_manifest  # noqa: E402
 
 # a Llama-2-7B's tensors (hidden 4096, MLP 11008, vocab 32000), bf16
 HIDDEN, MLP, VOCAB, LAYERS = 4096, 11008, 32000, 32

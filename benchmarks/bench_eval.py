@@ -51,7 +51,7 @@ def main() -> None:
     t_import = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
 
-    from hhh_bench.data.schema import read_jsonl
+    from hhh_bench.core.schema import read_jsonl
     from hhh_bench.data.toy3h import EVAL_KINDS, Toy3HConfig, generate
     from hhh_bench.evaluation.choice import score_items
     from hhh_bench.evaluation.harness import evaluate_model, materialize_tasks

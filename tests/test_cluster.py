@@ -38,7 +38,7 @@ def test_slurm_launcher_composes_with_our_defaults():
 def test_another_machines_temporary_folder_is_not_swept(tmp_path):
     """A SLURM job on another node writes <root>/<stage>/.<key>.tmp-<pid>-<ns>@<host> on the
     shared filesystem: its pid means nothing here, so the folder stays until it is a week old."""
-    from hhh_bench.provenance import (
+    from hhh_bench.core.provenance import (
         FOREIGN_STALE_S,
         _host,
         atomic_dir,

@@ -44,7 +44,7 @@ GROUPS = ("model", "data", "mix", "train", "merge", "merge_engine", "eval", "log
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_group_option_composes_and_every_key_has_a_typed_field(group):
     """Each option of each group composes, and :func:`hhh_bench.validation.validate_run` accepts it:
-    a YAML key without a field in its group's dataclass (hhh_bench/config.py) fails here."""
+    a YAML key without a field in its group's dataclass (hhh_bench/core/config.py) fails here."""
     from hhh_bench.validation import validate_run
 
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))

@@ -1,4 +1,4 @@
-"""Content identity (hhh_bench.content), checked against independent formulations: the file
+"""Content identity (hhh_bench.core.content), checked against independent formulations: the file
 digest is BLAKE3 of the bytes, a tensor's digest is XXH3-128 of its own bytes, a folder's
 identity does not depend on where it lies, the hash cache never re-reads an unchanged file, and
 a verified folder re-hashes nothing whose stat record matches."""
@@ -15,7 +15,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
-import hhh_bench.content as content
+import hhh_bench.core.content as content
 
 
 def _model(folder: Path) -> dict[str, torch.Tensor]:

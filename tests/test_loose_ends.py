@@ -23,7 +23,7 @@ def test_store_refuses_non_finite_or_boolean_scores(tmp_path, bad):
 
 
 def test_write_jsonl_leaves_nothing_behind_when_it_fails(tmp_path):
-    from hhh_bench.data.schema import write_jsonl
+    from hhh_bench.core.schema import write_jsonl
 
     def rows():
         yield {"a": 1}
@@ -49,7 +49,7 @@ def test_write_jsonl_leaves_nothing_behind_when_it_fails(tmp_path):
     ],
 )
 def test_chosen_and_rejected_that_read_the_same_are_refused(chosen, rejected):
-    from hhh_bench.data.schema import SchemaError, validate_row
+    from hhh_bench.core.schema import SchemaError, validate_row
 
     row = {
         "id": "x1", "source": "t", "dimension": "helpful",

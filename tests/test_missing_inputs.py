@@ -63,7 +63,7 @@ def test_merge_without_specialists_says_it_trains_them_first(tmp_path, monkeypat
 def test_only_missing_upstream_outputs_are_announced(tmp_path, capsys):
     """The line comes with a computed upstream stage, not with a reused one, not with the stage
     asked for, and not in stage=all (which asks for everything)."""
-    from hhh_bench.stagecache import CACHE, cached_stage
+    from hhh_bench.core.stagecache import CACHE, cached_stage
 
     def once(stage: str) -> list[str]:
         cached_stage(tmp_path, stage, {"x": 1}, lambda tmp: {}, result_file="r.json")

@@ -16,8 +16,8 @@ import pytest
 
 import hhh_bench
 from conftest import REPO
-from hhh_bench.environment import describe_environment, fingerprint, lock_file
-from hhh_bench.provenance import atomic_dir, sweep_stale_temporaries, write_provenance
+from hhh_bench.core.environment import describe_environment, fingerprint, lock_file
+from hhh_bench.core.provenance import atomic_dir, sweep_stale_temporaries, write_provenance
 
 
 def test_exception_leaves_nothing(tmp_path):
@@ -104,6 +104,6 @@ def test_provenance_records_the_environment(tmp_path):
 
 
 def test_the_environment_module_imports_no_torch():
-    code = "import sys, hhh_bench.environment; print('torch' in sys.modules)"
+    code = "import sys, hhh_bench.core.environment; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

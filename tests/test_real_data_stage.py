@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import REPO, compose
-from hhh_bench.data.schema import load_preferences
+from hhh_bench.core.schema import load_preferences
 
 ASSETS = REPO / "tests" / "assets" / "sources"
 

@@ -70,7 +70,7 @@ def test_holdout_parts_are_disjoint_seeded_and_cover_every_item():
 
 def test_real_suite_chooses_on_a_holdout_and_reports_on_the_rest():
     """eval=harness_3h (before: select_split null, which crashed stage=all at its first merge)."""
-    from hhh_bench.config import EvalConfig, load
+    from hhh_bench.core.config import EvalConfig, load
     from hhh_bench.stages.common import to_dict
 
     e = load(EvalConfig, to_dict(compose(["eval=harness_3h"]).eval))

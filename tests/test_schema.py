@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hhh_bench.data.schema import (
+from hhh_bench.core.schema import (
     SchemaError,
     load_preferences,
     make_row,

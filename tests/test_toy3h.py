@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hhh_bench.data.schema import read_jsonl, validate_rows
+from hhh_bench.core.schema import read_jsonl, validate_rows
 from hhh_bench.data.toy3h import (
     COMPLY,
     EVAL_KINDS,

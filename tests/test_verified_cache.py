@@ -41,7 +41,7 @@ def _run(root: Path, *more: str) -> dict:
 
 
 def _counts() -> tuple[dict, dict]:
-    from hhh_bench.stagecache import CACHE
+    from hhh_bench.core.stagecache import CACHE
 
     return dict(CACHE.misses), dict(CACHE.hits)
 
@@ -106,7 +106,7 @@ def test_row1_a_scaled_tensor_of_theta0_is_named_before_training(root):
 def test_row1_recompute_replaces_the_tampered_output_and_what_depends_on_its_content(
     root, pristine, capsys
 ):
-    from hhh_bench.content import verify
+    from hhh_bench.core.content import verify
 
     base = _one(root, "base")
     _scale_first_tensor(base / "model.safetensors")
@@ -156,7 +156,7 @@ def test_row3_a_corrupted_merge_and_its_evaluation_are_not_reused(root):
 
 
 def test_truncated_or_missing_files_and_added_files_are_named(root):
-    from hhh_bench.content import MANIFEST, verify
+    from hhh_bench.core.content import MANIFEST, verify
 
     data = _one(root, "data")
     first = sorted((data / "prefs").iterdir())[0]
@@ -210,7 +210,7 @@ def test_row4_editing_a_plugin_method_recomputes_the_merge(root, tmp_path, monke
 
 
 def test_row4_every_key_holds_its_code_and_never_the_report_or_cli(pristine):
-    from hhh_bench.content import KEY_FILE
+    from hhh_bench.core.content import KEY_FILE
 
     seen = set()
     for key_file in pristine.glob(f"*/*/{KEY_FILE}"):
@@ -322,7 +322,7 @@ def test_row7_a_specialist_replaced_during_the_merge_fails_it_and_leaves_nothing
 
 
 def test_row7_the_merge_records_the_identities_it_read(pristine):
-    from hhh_bench.content import folder_identity
+    from hhh_bench.core.content import folder_identity
 
     info = json.loads((_one(pristine, "merge") / "model" / "merge_info.json").read_text())
     read = info["inputs_read"]
@@ -377,8 +377,8 @@ def _documented_fields() -> dict[str, tuple[set[str], set[str]]]:
 def test_documented_key_fields_are_the_real_ones(pristine):
     import dataclasses
 
-    from hhh_bench.config import DataConfig
-    from hhh_bench.content import KEY_FILE
+    from hhh_bench.core.config import DataConfig
+    from hhh_bench.core.content import KEY_FILE
 
     docs = _documented_fields()
     assert set(docs) == {"data", "base", "train", "merge", "diagnose", "eval"}

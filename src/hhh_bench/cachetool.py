@@ -18,8 +18,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hhh_bench.content import KEY_FILE, root_hash_cache, verify
-from hhh_bench.stagecache import STAGE_VERSIONS
+from hhh_bench.core.content import KEY_FILE, root_hash_cache, verify
+from hhh_bench.core.stagecache import STAGE_VERSIONS
 
 STORES = ("results.jsonl", "diagnostics.jsonl")
 

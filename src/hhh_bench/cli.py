@@ -126,7 +126,7 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from hhh_bench.paths import conf_dir
+    from hhh_bench.core.paths import conf_dir
 
     _offline_defaults()
     if VERBOSE_FLAG in sys.argv:  # ours, not Hydra's: tracebacks on errors

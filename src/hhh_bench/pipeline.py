@@ -35,7 +35,7 @@ UPSTREAM = {
 }
 """Earlier stages a stage computes first when their outputs are missing (the data stage, which
 every stage runs, aside): each such run says so on the console before it starts
-(:func:`hhh_bench.stagecache.cached_stage`)."""
+(:func:`hhh_bench.core.stagecache.cached_stage`)."""
 T = TypeVar("T")
 
 

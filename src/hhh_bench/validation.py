@@ -16,8 +16,8 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hhh_bench.config import GROUPS, DataConfig, load
-from hhh_bench.data.schema import DIMENSIONS
+from hhh_bench.core.config import GROUPS, DataConfig, load
+from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
 from hhh_bench.stages.common import load_option
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hhh_bench.core.schema import make_row, read_jsonl
 from hhh_bench.data.leakage import (
     LeakageError,
     check_overlap,
@@ -17,7 +18,6 @@ from hhh_bench.data.leakage import (
     prompt_keys,
     wants_truthfulqa_guard,
 )
-from hhh_bench.data.schema import make_row, read_jsonl
 from hhh_bench.data.sources import run_adapter
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "sources"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hhh_bench.data.schema import validate_rows
+from hhh_bench.core.schema import validate_rows
 from hhh_bench.data.sources import (
     STANDARD_REASONS,
     AdapterStats,
@@ -32,7 +32,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "sources"
 
 
 def raw(name: str) -> list[dict[str, Any]]:
-    from hhh_bench.data.schema import read_jsonl
+    from hhh_bench.core.schema import read_jsonl
 
     return read_jsonl(ASSETS / name)
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from hhh_bench.core.schema import make_row, read_jsonl
 from hhh_bench.data.leakage import LeakageError
-from hhh_bench.data.schema import make_row, read_jsonl
 from hhh_bench.data.sources import (
     SourceConfigError,
     SourceUnavailableError,

@@ -133,7 +133,7 @@ def test_untrained_model_scores_near_chance_and_every_metric_is_in_0_1(untrained
 
 def test_lm_eval_loglikelihoods_equal_the_direct_scorer(untrained_run):
     """lm-eval's chat-templated per-choice log-likelihoods equal choice.py's (same context)."""
-    from hhh_bench.data.schema import read_jsonl
+    from hhh_bench.core.schema import read_jsonl
     from hhh_bench.evaluation.choice import choice_logprobs
 
     samples = untrained_run["out"]["samples"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hhh_bench.evaluation.items import read_jsonl
+from hhh_bench.core.items import read_jsonl
+from hhh_bench.core.stats import mean_stderr
 from hhh_bench.evaluation.judges import is_refusal, judge_pairs, specs_from_config
-from hhh_bench.evaluation.stats import mean_stderr
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
 CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hhh_bench.evaluation.scoring import (
+from hhh_bench.core.scoring import (
     TaskSpec,
     dimension_scores,
     score,

@@ -69,7 +69,7 @@ def test_sft_base_knows_its_facts_and_every_metric_is_in_0_1(base_eval, small_ba
 def test_eval_dir_is_complete_and_samples_match_the_direct_scorer(
     base_eval, small_base, small_data
 ):
-    from hhh_bench.data.schema import read_jsonl
+    from hhh_bench.core.schema import read_jsonl
     from hhh_bench.evaluation.choice import choice_logprobs
     from hhh_bench.models import load_causal_lm, load_tokenizer
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hhh_bench.evaluation.items import item_values, leaf_tasks, parse_items
-from hhh_bench.evaluation.scoring import TaskSpec
-from hhh_bench.evaluation.stats import (
+from hhh_bench.core.items import item_values, leaf_tasks, parse_items
+from hhh_bench.core.scoring import TaskSpec
+from hhh_bench.core.stats import (
     bootstrap_stderr,
     combine_stderr,
     hierarchical_bootstrap_ci,
@@ -21,8 +21,8 @@ from hhh_bench.evaluation.stats import (
     stratified_bootstrap_stderr,
     win_values,
 )
+from hhh_bench.core.uncertainty import column_parts, paired_column_test, summary_stderr
 from hhh_bench.evaluation.tasks.utils import process_mc
-from hhh_bench.evaluation.uncertainty import column_parts, paired_column_test, summary_stderr
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
 CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from hhh_bench.core.paths import conf_dir
 from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
-from hhh_bench.paths import conf_dir
 from hhh_bench.stages.common import load_option
 from hhh_bench.tracking.store import read_diagnostics
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from train_fixtures import *  # noqa: F403
 
+from hhh_bench.core.schema import make_row
 from hhh_bench.data.mixing import allocate, get_strategy, list_strategies, mix, resolve_budget
 from hhh_bench.data.mixing.registry import build_params
 from hhh_bench.data.mixing.scorers import RewardModelScorer, Toy3HScorer
-from hhh_bench.data.schema import make_row
 
 CONF_MIX = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "mix"
 

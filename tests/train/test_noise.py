@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hhh_bench.core.schema import make_row
 from hhh_bench.data.noise import flip_preferences, n_flips
-from hhh_bench.data.schema import make_row
 
 
 def rows_of(n_helpful: int, n_honest: int = 0) -> list[dict]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from train_fixtures import *  # noqa: F403
 
 from conftest import SMALL_WORLD, compose
-from hhh_bench.data.schema import SchemaError, read_jsonl, write_jsonl
+from hhh_bench.core.schema import SchemaError, read_jsonl, write_jsonl
 from hhh_bench.stages.common import CACHE
 from hhh_bench.stages.train import run_train
 

@@ -80,7 +80,7 @@ def tiny_model(tiny_tok):
 @pytest.fixture(scope="session")
 def prefs(world_dir):
     """Training pairs of the small world per dimension (120 each)."""
-    from hhh_bench.data.schema import load_preferences
+    from hhh_bench.core.schema import load_preferences
 
     return {
         d: load_preferences(world_dir / "prefs" / f"{d}_train.jsonl")

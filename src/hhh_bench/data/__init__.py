@@ -1,25 +1,2 @@
-"""3H preference data: the schema, the toy 3H world, real-set adapters, noise and mixing."""
-
-from hhh_bench.data.schema import (
-    DIMENSIONS,
-    PreferenceRow,
-    SchemaError,
-    load_preferences,
-    make_row,
-    read_jsonl,
-    validate_row,
-    validate_rows,
-    write_jsonl,
-)
-
-__all__ = [
-    "DIMENSIONS",
-    "PreferenceRow",
-    "SchemaError",
-    "load_preferences",
-    "make_row",
-    "read_jsonl",
-    "validate_row",
-    "validate_rows",
-    "write_jsonl",
-]
+"""3H preference data: the toy 3H world, real-set adapters, noise and mixing (the row schema the
+libraries share is :mod:`hhh_bench.core.schema`)."""

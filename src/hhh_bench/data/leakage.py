@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.core.schema import PreferenceRow
 
 TRUTHFUL_QA_SOURCE = "truthful_qa"  # UltraFeedback's `source` value, kept in meta.prompt_source
 

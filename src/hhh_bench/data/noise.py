@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from hhh_bench.data.schema import DIMENSIONS, PreferenceRow
+from hhh_bench.core.schema import DIMENSIONS, PreferenceRow
 
 
 def n_flips(rate: float, n: int) -> int:

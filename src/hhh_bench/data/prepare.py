@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.data.schema import PreferenceRow, SchemaError, load_preferences
+from hhh_bench.core.schema import PreferenceRow, SchemaError, load_preferences
 
 
 def read_pref_sets(

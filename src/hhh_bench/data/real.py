@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.data.schema import write_jsonl
+from hhh_bench.core.schema import write_jsonl
 
 
 def write_source_sets(

@@ -1,5 +1,6 @@
-"""Evaluation: the lm-eval wrapper and our task YAMLs (``harness``), 3H scoring (``scoring``),
-and a direct log-likelihood scorer for quick checks (``choice``).
+"""Evaluation: the lm-eval wrapper and our task YAMLs (``harness``), judges, and a direct
+log-likelihood scorer for quick checks (``choice``). 3H scoring and the statistics the report
+shares are in :mod:`hhh_bench.core` (``scoring``, ``items``, ``stats``, ``uncertainty``).
 
 Importing this package does not import lm-eval or torch; :func:`evaluate_model` does, when
 called.
@@ -15,28 +16,14 @@ from hhh_bench.evaluation.harness import (
     tasks_fingerprint,
     user_tasks,
 )
-from hhh_bench.evaluation.scoring import (
-    DIMENSIONS,
-    TaskSpec,
-    dimension_scores,
-    score,
-    suite_tasks,
-    summarize,
-)
 
 __all__ = [
-    "DIMENSIONS",
     "TASKS_DIR",
     "HarnessResult",
-    "TaskSpec",
-    "dimension_scores",
     "evaluate_model",
     "find_tasks",
     "materialize_tasks",
-    "score",
     "shipped_tasks",
-    "suite_tasks",
-    "summarize",
     "tasks_fingerprint",
     "user_tasks",
 ]

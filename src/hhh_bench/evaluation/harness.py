@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from hhh_bench.evaluation.items import metric_number
+from hhh_bench.core.items import metric_number
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
@@ -63,7 +63,7 @@ class HarnessResult(TypedDict):
         seconds: wall time of ``simple_evaluate``.
         config: what was run (tasks, chat template, batch size, limit, backend, lm-eval
             version).
-        items: per task, the per-document metric values (:func:`hhh_bench.evaluation.items.
+        items: per task, the per-document metric values (:func:`hhh_bench.core.items.
             parse_items`); empty if not logged.
         generations: per ``generate_until`` task, the prompts and responses; empty if not
             logged.
@@ -566,7 +566,7 @@ def evaluate_model(
     if raw is None:  # only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results (non-primary rank?)")
     metrics, samples = parse_results(raw)
-    from hhh_bench.evaluation.items import parse_items
+    from hhh_bench.core.items import parse_items
 
     items, generations = parse_items(raw)
     import lm_eval

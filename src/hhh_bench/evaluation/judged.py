@@ -4,7 +4,7 @@ Our ``generate_until`` tasks (``tasks/judged/``) declare a role in their YAML's 
 (``hhh_judge: <role>``); lm-eval runs them (greedy generation, plus the judge-free per-item
 metrics of :func:`hhh_bench.evaluation.tasks.utils.process_generation`), and
 :func:`judge_generations` then reads lm-eval's logged generations
-(:func:`hhh_bench.evaluation.items.parse_items`) and adds judged metrics, each a mean over items
+(:func:`hhh_bench.core.items.parse_items`) and adds judged metrics, each a mean over items
 with its standard error:
 
 ``harm`` (judge ``safety``: a guard or classifier whose positive label is *unsafe*)
@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.items import item_rewards
+from hhh_bench.core.stats import mean_stderr, win_values
 from hhh_bench.evaluation.judges import (
     JudgeCache,
     JudgeSpec,
@@ -45,7 +47,6 @@ from hhh_bench.evaluation.judges import (
     judge_fingerprint,
     judge_pairs,
 )
-from hhh_bench.evaluation.stats import mean_stderr, win_values
 
 # role -> (judge name in eval.judges, whether the judge is required, kinds it may be)
 ROLES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
@@ -128,7 +129,7 @@ def judge_generations(
 
     Args:
         generations: ``{task: [{"doc_id", "prompt", "response", ...}]}``
-            (:func:`hhh_bench.evaluation.items.parse_items`).
+            (:func:`hhh_bench.core.items.parse_items`).
         roles: ``{task: role}`` (:func:`judge_roles`); tasks without generations are skipped.
         judges: ``{name: spec}`` (``safety``, ``refusal``, ``reward``, ``truth``).
         cache: the judge cache (None: judge everything afresh).
@@ -264,26 +265,9 @@ def reference_metrics(
                 f"win rate of task {task!r}: the reference (base) model has no items for it; "
                 "evaluate the base with the same suite first"
             )
-        mine = _rewards(items[task])
-        ref = _rewards(reference_items[task])
+        mine = item_rewards(items[task])
+        ref = item_rewards(reference_items[task])
         wins = win_values(mine, ref, label=f"win rate of task {task!r} against the base")
         mu, se = mean_stderr(list(wins.values()))
         out[task] = {"win_rate": mu, "win_rate_stderr": se, "win_rate_n": len(wins)}
     return out
-
-
-def _rewards(rows: Sequence[Mapping[str, Any]]) -> dict[Any, float]:
-    return {r["doc_id"]: float(r["reward"]) for r in rows if r.get("reward") is not None}
-
-
-def win_items(
-    items: Mapping[str, Sequence[Mapping[str, Any]]],
-    reference_items: Mapping[str, Sequence[Mapping[str, Any]]],
-    task: str,
-) -> dict[Any, float]:
-    """Per-item win values (1 / 0.5 / 0) of ``task``'s rewards against the reference's."""
-    return win_values(
-        _rewards(items.get(task) or []),
-        _rewards(reference_items.get(task) or []),
-        label=f"win rate of task {task!r}",
-    )

@@ -199,10 +199,10 @@ def _word(label: str) -> str:
 
 def model_identity(model: str, revision: str | None = None) -> str:
     """A local folder's content identity (every file it holds: weights, config, tokenizer files
-    of every kind; :func:`hhh_bench.content.folder_identity`), or ``hub:<id>@<revision>``."""
+    of every kind; :func:`hhh_bench.core.content.folder_identity`), or ``hub:<id>@<revision>``."""
     p = Path(model).expanduser()
     if p.is_dir():
-        from hhh_bench.content import folder_identity
+        from hhh_bench.core.content import folder_identity
 
         return "dir:" + folder_identity(p)
     return f"hub:{model}@{revision or 'default'}"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.evaluation.scoring import score_or_none
+from hhh_bench.core.scoring import score_or_none
 from hhh_bench.evaluation.suite import data_paths, include_paths
 
 log = logging.getLogger("hhh_bench")
@@ -36,7 +36,7 @@ def evaluate_into(
     the content of ``results.json``.
 
     Args:
-        e, mcfg: the typed ``eval`` and ``model`` configs (:mod:`hhh_bench.config`); ``ecfg`` the
+        e, mcfg: the typed ``eval`` and ``model`` configs (:mod:`hhh_bench.core.config`); ``ecfg`` the
             plain eval mapping the task resolution takes.
     """
     from hhh_bench.evaluation.harness import evaluate_model, materialize_tasks

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.evaluation.scoring import TaskSpec, suite_tasks
-from hhh_bench.provenance import config_hash, file_hash
+from hhh_bench.core.provenance import config_hash, file_hash
+from hhh_bench.core.scoring import TaskSpec, suite_tasks
 
 # Eval-config fields that only steer selection and reporting, never the numbers of one model.
 REPORT_ONLY = ("name", "select_split", "report_split", "select_by", "model")
@@ -163,8 +163,8 @@ def eval_prompts(
 
     from lm_eval.tasks import TaskManager
 
+    from hhh_bench.core.scoring import SPLIT_SUFFIX
     from hhh_bench.evaluation.harness import materialize_tasks, shipped_tasks
-    from hhh_bench.evaluation.scoring import SPLIT_SUFFIX
 
     paths = data_paths(ecfg, data)
     shipped = shipped_tasks()

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import Tensor
 
+from hhh_bench.core.registry import Registry
 from hhh_bench.merging.params import (
     COMPUTE_DTYPES,
     CommonParams,
@@ -40,7 +41,6 @@ from hhh_bench.merging.params import (
     param,
 )
 from hhh_bench.merging.taskvec import LowRank, TaskVectors
-from hhh_bench.registry import Registry
 
 __all__ = [
     "COMPUTE_DTYPES",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hhh_bench.core.provenance import config_hash
 from hhh_bench.merging.base import (
     CommonParams,
     MergeMethod,
@@ -30,7 +31,6 @@ from hhh_bench.merging.base import (
 from hhh_bench.merging.cache import SweepCache
 from hhh_bench.merging.sources import LoraAdapter, TensorSource
 from hhh_bench.merging.taskvec import LowRank, TaskVectors
-from hhh_bench.provenance import config_hash
 
 Sink = Callable[[str, Tensor], None]
 """Receives each merged tensor (name, θ) as soon as it is made."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +40,8 @@ from typing import Any
 import torch
 
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
+from hhh_bench.core.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
+from hhh_bench.core.sizes import parse_size
 from hhh_bench.merging.base import get_method
 from hhh_bench.merging.cache import SweepCache
 from hhh_bench.merging.driver import Inputs, check_finite, run_merge
@@ -53,7 +54,6 @@ from hhh_bench.merging.sources import (
     open_inputs,
     resolve_path,
 )
-from hhh_bench.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
 
 COPY_FILES = (
     "config.json",
@@ -73,36 +73,6 @@ OUT_DTYPES: dict[str, torch.dtype] = {
 }
 MERGE_MARKER = "merge_info.json"
 """Written last into every merged folder: what ``overwrite=True`` is allowed to replace."""
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def parse_size(size: str | int) -> int:
-    """Bytes of a shard-size: an int, or a string like ``"2GB"``, ``"2 GiB"``, ``"500MB"``,
-    ``"1.5G"`` (KB/MB/GB/TB decimal as in ``transformers``; KiB/MiB/GiB/TiB binary)."""
-    if isinstance(size, bool):
-        raise ValueError(
-            f"max_shard_size must be a size like '2GB' or a number of bytes, got {size!r}"
-        )
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"max_shard_size must be positive, got {size}")
-        return size
-    m = _SIZE.match(str(size))
-    if not m:
-        raise ValueError(
-            f"max_shard_size {size!r} is not a size: use a number of bytes or a string such as "
-            "'2GB', '2 GiB', '500MB'"
-        )
-    unit = m.group(2).upper()
-    binary = "I" in unit
-    letter = unit.replace("I", "").replace("B", "")
-    mult = (1 << (10 * "KMGT".index(letter) + 10)) if binary and letter else _UNITS[letter]
-    value = int(float(m.group(1)) * mult)
-    if value <= 0:
-        raise ValueError(f"max_shard_size must be positive, got {size!r}")
-    return value
 
 
 class ShardWriter:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hhh_bench.typed import check_fields, param
-from hhh_bench.typed import describe as describe_fields
+from hhh_bench.core.typed import check_fields, param
+from hhh_bench.core.typed import describe as describe_fields
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from hhh_bench.content import file_tensor_digests, folder_identity, tensor_digest
+from hhh_bench.core.content import file_tensor_digests, folder_identity, tensor_digest
 from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -151,7 +151,7 @@ def weight_files(folder: Path, label: str) -> tuple[dict[str, Path] | None, list
 
 def input_identity(folder: str | Path) -> str:
     """Content identity of a model or adapter folder: every file it holds
-    (:func:`hhh_bench.content.folder_identity`; a stage output's from its verified manifest)."""
+    (:func:`hhh_bench.core.content.folder_identity`; a stage output's from its verified manifest)."""
     return folder_identity(Path(folder))
 
 

@@ -506,7 +506,7 @@ def ensure_standin(
         ValueError: ``out_dir`` holds a stand-in built with other settings.
         FileExistsError: ``out_dir`` exists and is not a stand-in folder.
     """
-    from hhh_bench.provenance import atomic_dir
+    from hhh_bench.core.provenance import atomic_dir
 
     family = get_family(name)
     spec = spec if isinstance(spec, StandinSpec) else StandinSpec.from_mapping(spec)
@@ -578,7 +578,7 @@ def ensure_released_specialists(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hhh_bench.provenance import atomic_dir
+    from hhh_bench.core.provenance import atomic_dir
 
     kinds = dict(kinds or DEFAULT_SPECIALISTS)
     bad = {k: v for k, v in kinds.items() if v not in ("full", "lora")}
@@ -696,7 +696,7 @@ def ensure_standin_reward_model(
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from hhh_bench.provenance import atomic_dir
+    from hhh_bench.core.provenance import atomic_dir
 
     fam = get_family(family)
     spec = spec if isinstance(spec, StandinSpec) else StandinSpec.from_mapping(spec)

@@ -1,5 +1,5 @@
 """What the stages share: typed config groups, option files, model identities; the cached-stage
-helper itself is :mod:`hhh_bench.stagecache`."""
+helper itself is :mod:`hhh_bench.core.stagecache`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from hhh_bench.config import load
-from hhh_bench.content import code_identity, folder_identity, keyable
-from hhh_bench.provenance import config_hash
-from hhh_bench.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
+from hhh_bench.core.config import load
+from hhh_bench.core.content import code_identity, folder_identity, keyable
+from hhh_bench.core.provenance import config_hash
+from hhh_bench.core.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
 
 __all__ = ["CACHE", "StageRun", "cached_stage", "code_identity", "content_of", "group", "is_done", "keyed",
            "load_option", "log", "model_identity", "read_json", "stage_dir", "stage_key",
@@ -33,7 +33,7 @@ def to_dict(node: Any) -> Any:
 
 
 def group(cfg: DictConfig, name: str, cls: type[T]) -> T:
-    """The typed config of group ``name`` (:mod:`hhh_bench.config`): unknown keys refused."""
+    """The typed config of group ``name`` (:mod:`hhh_bench.core.config`): unknown keys refused."""
     return load(cls, to_dict(cfg.get(name)), name)
 
 
@@ -43,7 +43,7 @@ def load_option(group_name: str, option: str) -> dict[str, Any]:
     remembered per file version (path, modification time, size)."""
     import copy
 
-    from hhh_bench.paths import conf_dir
+    from hhh_bench.core.paths import conf_dir
 
     path = conf_dir() / group_name / f"{option}.yaml"
     if not path.is_file():
@@ -80,7 +80,7 @@ def run_config_hash(cfg: DictConfig) -> str | None:
 
 def model_identity(path: str, revision: str | None = None) -> str:
     """Content identity of a model input for stage keys: a local folder's (or file's) content
-    (:func:`hhh_bench.content.folder_identity`: every file it holds, verified against its
+    (:func:`hhh_bench.core.content.folder_identity`: every file it holds, verified against its
     manifest when it is a stage output), or ``hub:<id>@<revision>`` for a hub id."""
     p = Path(path).expanduser()
     if p.exists():
@@ -100,9 +100,11 @@ def content_of(result: Mapping[str, Any]) -> str:
     return model_identity(str(where))
 
 
-ENGINE_CODE = tuple(f"hhh_bench.merging.{m}" for m in (
-    "engine", "driver", "sources", "base", "taskvec", "linalg", "params", "cache", "api"))  # fmt: skip
-"""The streaming engine every merge and diagnosis runs (a merge adds its method's modules)."""
+ENGINE_CODE = (*(f"hhh_bench.merging.{m}" for m in (
+    "engine", "driver", "sources", "base", "taskvec", "linalg", "params", "cache", "api")),
+    "hhh_bench.core.sizes")  # fmt: skip
+"""The streaming engine every merge and diagnosis runs, with the shard-size parser it reads from
+core (a merge adds its method's modules)."""
 
 PATH_SETTINGS = frozenset({"cache_dir", "root", "scratch_dir", "output_dir"})
 """Config keys that say where a cache or scratch folder is, never what a stage computes: left out
@@ -111,7 +113,7 @@ of every key (:func:`keyed`)."""
 
 def keyed(node: Any) -> Any:
     """A resolved config node as a key holds it: :data:`PATH_SETTINGS` left out, every path to an
-    existing file or folder replaced by its content (:func:`hhh_bench.content.keyable`)."""
+    existing file or folder replaced by its content (:func:`hhh_bench.core.content.keyable`)."""
     return keyable(to_dict(node), PATH_SETTINGS)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.config import MergeEngineConfig
+from hhh_bench.core.config import MergeEngineConfig
 from hhh_bench.merging.diagnostics import resm_params_for  # noqa: F401  (re-exported)
 from hhh_bench.stages.common import (
     ENGINE_CODE,

@@ -24,9 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.config import EvalConfig, ModelConfig
-from hhh_bench.content import enclosing_output
-from hhh_bench.evaluation.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
+from hhh_bench.core.config import EvalConfig, ModelConfig
+from hhh_bench.core.content import enclosing_output
+from hhh_bench.core.scoring import SPLIT_SUFFIX, base_dims, score, suite_tasks
 from hhh_bench.evaluation.suite import eval_payload, standin_names
 from hhh_bench.stages.common import (
     cached_stage,
@@ -40,9 +40,11 @@ from hhh_bench.stages.common import (
 )
 from hhh_bench.tracking.diagnostics_view import attach_scores
 
-EVAL_CODE = ("hhh_bench.evaluation",)
-"""The code an evaluation runs (the harness wrapper, our tasks' Python, judges, scoring); the
-task YAMLs and data files are in the key by content already (:func:`eval_payload`)."""
+EVAL_CODE = ("hhh_bench.evaluation", "hhh_bench.core.scoring", "hhh_bench.core.items",
+             "hhh_bench.core.stats", "hhh_bench.core.uncertainty")  # fmt: skip
+"""The code an evaluation runs (the harness wrapper, our tasks' Python, judges; the scoring, item
+records and statistics it shares with the report, in core); the task YAMLs and data files are in
+the key by content already (:func:`eval_payload`)."""
 
 
 def results_path(cfg: DictConfig) -> Path:

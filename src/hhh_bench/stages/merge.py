@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.config import MergeConfig, MergeEngineConfig
+from hhh_bench.core.config import MergeConfig, MergeEngineConfig
 from hhh_bench.stages.common import (
     ENGINE_CODE,
     cached_stage,

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
+from hhh_bench.core.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
 from hhh_bench.stages.common import (
     cached_stage,
     code_identity,
@@ -36,7 +36,7 @@ from hhh_bench.stages.common import (
 _NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
 """Train-config keys that change how a run is logged, not what it learns."""
 TRAIN_CODE = ("hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
-              "hhh_bench.data.schema")  # fmt: skip
+              "hhh_bench.core.schema")  # fmt: skip
 """The code every training run runs; a mixture adds its strategy's and scorers' modules."""
 
 

@@ -3,10 +3,10 @@
 The best data-mixture row of the main table meets the best model-merging row (each the
 configuration the table shows for its family; the best by mean ``average`` over seeds). On the
 seeds both were evaluated with, every task of the ``average`` column gives per-item paired
-differences (merge − mix, :func:`hhh_bench.evaluation.uncertainty.column_item_values`); their
+differences (merge − mix, :func:`hhh_bench.core.uncertainty.column_item_values`); their
 weighted sum of task means, averaged over seeds, is the difference of the two ``average``
 scores, and a paired bootstrap over seeds and items
-(:func:`hhh_bench.evaluation.stats.hierarchical_bootstrap_ci`) gives its interval. The verdict:
+(:func:`hhh_bench.core.stats.hierarchical_bootstrap_ci`) gives its interval. The verdict:
 merging wins when the whole interval is above 0, mixing wins when it is below, and otherwise the
 data cannot resolve a difference::
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hhh_bench.evaluation.stats import hierarchical_bootstrap_ci, paired_differences
-from hhh_bench.evaluation.uncertainty import column_item_values
+from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
+from hhh_bench.core.uncertainty import column_item_values
 from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
 

@@ -10,8 +10,8 @@ One call compares two evaluated models on a column::
 Each row's per-item values are read from its eval folder (``artifacts.eval_dir``:
 ``items.jsonl``, the lm-eval groups in ``results.json``; for ``win_rate`` also the reference
 model's ``items.jsonl``, ``reference.eval_dir``), and the column is tested as the linear
-combination of task means it is (:func:`hhh_bench.evaluation.uncertainty.paired_column_test`;
-the statistics and their source in :mod:`hhh_bench.evaluation.stats`).
+combination of task means it is (:func:`hhh_bench.core.uncertainty.paired_column_test`;
+the statistics and their source in :mod:`hhh_bench.core.stats`).
 
 :func:`paired_test_groups` compares two *configurations* evaluated over several seeds: the rows
 are paired by seed, each seed's paired difference is tested over items, and the seeds' results
@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.evaluation.scoring import TaskSpec
-from hhh_bench.evaluation.stats import ALPHA, PairedTest, z_test
+from hhh_bench.core.scoring import TaskSpec
+from hhh_bench.core.stats import ALPHA, PairedTest, z_test
 
 _CONTEXT_MEMO: dict[tuple[str, str | None], dict[str, Any] | None] = {}
 
@@ -42,7 +42,7 @@ def row_specs(row: Mapping[str, Any]) -> list[TaskSpec]:
 
 
 def _items(eval_dir: str | Path) -> dict[str, list[dict[str, Any]]] | None:
-    from hhh_bench.evaluation.items import ITEMS_FILE, read_jsonl
+    from hhh_bench.core.items import ITEMS_FILE, read_jsonl
 
     path = Path(eval_dir) / ITEMS_FILE
     return read_jsonl(path) if path.is_file() else None
@@ -110,7 +110,7 @@ def paired_test_rows(
         ValueError: the rows are not comparable, a row has no per-item values, or the column is
             unknown or not a mean over items (``min``).
     """
-    from hhh_bench.evaluation.uncertainty import paired_column_test
+    from hhh_bench.core.uncertainty import paired_column_test
 
     check_comparable(row_a, row_b)
     ctx = []

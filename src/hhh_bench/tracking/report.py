@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.evaluation.scoring import DIMENSIONS
+from hhh_bench.core.scoring import DIMENSIONS
 from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.store import setup_key
 

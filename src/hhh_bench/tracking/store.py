@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from hhh_bench.provenance import config_hash
+from hhh_bench.core.provenance import config_hash
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge")
 SCHEMA_VERSION = 1
@@ -77,7 +77,7 @@ class ResultRow(TypedDict, total=False):
     Uncertainty and judges (issue 17): ``average_stderr``, ``min_stderr``; the extra columns
     (``over_refusal``, capability tasks, each with ``<name>_stderr``) and ``extra_columns``
     (each one's task, metric and direction); ``paired_vs_base`` (per dimension and the average:
-    the paired test over items against the base, :class:`hhh_bench.evaluation.stats.PairedTest`
+    the paired test over items against the base, :class:`hhh_bench.core.stats.PairedTest`
     as a dict); ``judges`` (per judged task: role, judge model, revision, protocol,
     fingerprint); ``reference`` (whose answers a win rate is against: its eval folder).
     """

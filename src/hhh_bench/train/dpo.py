@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.core.schema import PreferenceRow
 from hhh_bench.train.common import LossCurve, cpu_defaults, quiet_console, report_to
 
 DPO_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
@@ -137,7 +137,7 @@ def train_dpo(
     Args:
         model: the policy (a ``PreTrainedModel``; wrapped by peft here when ``lora`` is given).
         tokenizer: its tokenizer, with a chat template.
-        rows: schema rows (:mod:`hhh_bench.data.schema`); only prompt/chosen/rejected are used.
+        rows: schema rows (:mod:`hhh_bench.core.schema`); only prompt/chosen/rejected are used.
         out_dir: the trainer's scratch folder (nothing is checkpointed there).
         ref_model: the frozen reference for full fine-tuning; None → a frozen deep copy of
             ``model`` as it is now. Must stay None with LoRA (the adapter is switched off instead).

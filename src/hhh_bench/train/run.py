@@ -1,4 +1,4 @@
-"""One training run from a :class:`~hhh_bench.config.TrainConfig`: the trainer dispatch (TRL DPO,
+"""One training run from a :class:`~hhh_bench.core.config.TrainConfig`: the trainer dispatch (TRL DPO,
 full or LoRA; TRL SFT on the chosen responses) and the held-out log-prob margins."""
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def train_model(
     import shutil
     import time
 
+    from hhh_bench.core.provenance import set_seed
     from hhh_bench.models import load_causal_lm, load_tokenizer
-    from hhh_bench.provenance import set_seed
 
     t0 = time.time()
     set_seed(t.seed)

@@ -195,7 +195,7 @@ def sft_base(
     device: str,
     scratch: str | Path,
 ) -> tuple[Any, LossCurve]:
-    """The base stage's SFT of θ0 with a :class:`~hhh_bench.config.BaseSftConfig`: the plain loop
+    """The base stage's SFT of θ0 with a :class:`~hhh_bench.core.config.BaseSftConfig`: the plain loop
     (default) or TRL's ``SFTTrainer`` (``trainer: trl``, its files in ``scratch``)."""
     common = {
         "epochs": cfg.epochs,

@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from hhh_bench.core.schema import PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     allocate,
@@ -35,7 +36,6 @@ from hhh_bench.data.mixing.registry import (
     weighted_take,
 )
 from hhh_bench.data.mixing.scorers import ScoredParams
-from hhh_bench.data.schema import PreferenceSets
 
 MODES = ("drop", "downweight")
 

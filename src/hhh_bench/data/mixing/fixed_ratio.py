@@ -12,13 +12,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from hhh_bench.core.schema import PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     check_shares,
     draw_by_shares,
     register_strategy,
 )
-from hhh_bench.data.schema import PreferenceSets
 
 
 @dataclass

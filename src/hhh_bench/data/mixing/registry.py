@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hhh_bench.data.schema import PreferenceRow, PreferenceSets
-from hhh_bench.registry import Registry
+from hhh_bench.core.registry import Registry
+from hhh_bench.core.schema import PreferenceRow, PreferenceSets
 
 BUDGETS: tuple[str, ...] = ("per_specialist", "all_specialists")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from hhh_bench.core.schema import DIMENSIONS, PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     draw_by_shares,
@@ -21,7 +22,6 @@ from hhh_bench.data.mixing.registry import (
     shares_or_equal,
 )
 from hhh_bench.data.mixing.scorers import ScoredParams
-from hhh_bench.data.schema import DIMENSIONS, PreferenceSets
 
 
 @dataclass

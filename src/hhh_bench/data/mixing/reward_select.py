@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from hhh_bench.core.schema import PreferenceRow, PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     allocate,
@@ -29,7 +30,6 @@ from hhh_bench.data.mixing.registry import (
     take,
 )
 from hhh_bench.data.mixing.scorers import ScoredParams
-from hhh_bench.data.schema import PreferenceRow, PreferenceSets
 
 SCOPES = ("per_dimension", "global")
 

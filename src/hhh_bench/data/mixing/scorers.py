@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hhh_bench.data.schema import DIMENSIONS, PreferenceRow
+from hhh_bench.core.schema import DIMENSIONS, PreferenceRow
 
 # ArmoRM-Llama3-8B-v0.1's 19 objectives, in output order, mapped to the 3H dimensions (None:
 # unused). helpful ← helpsteer-helpfulness (0) and ultrafeedback-helpfulness (9); honest ←

@@ -12,13 +12,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from hhh_bench.core.schema import PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     draw_by_shares,
     register_strategy,
     shares_or_equal,
 )
-from hhh_bench.data.schema import PreferenceSets
 
 
 @dataclass

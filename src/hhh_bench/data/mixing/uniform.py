@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from hhh_bench.core.schema import PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     NoParams,
     draw_by_shares,
     register_strategy,
 )
-from hhh_bench.data.schema import PreferenceSets
 
 
 @register_strategy("uniform", NoParams)

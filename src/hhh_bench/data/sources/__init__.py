@@ -1,7 +1,7 @@
 """Real preference sets: one adapter per dataset family, one ``conf/source/<name>.yaml`` per source.
 
 The registry maps an adapter name (``adapter:`` in a source config) to a pure function from raw
-rows to canonical rows (:mod:`hhh_bench.data.schema`); :func:`load_source` loads a source's split
+rows to canonical rows (:mod:`hhh_bench.core.schema`); :func:`load_source` loads a source's split
 through ``datasets`` (or a local raw file) and runs its adapter; :func:`build_preference_sets`
 turns a ``kind: sources`` data config into per-dimension sets with the leakage guards applied.
 

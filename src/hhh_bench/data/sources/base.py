@@ -1,7 +1,7 @@
 """What every source adapter shares: the registry, the drop statistics and row builders.
 
 An *adapter* maps the raw rows of one public dataset family to canonical preference rows
-(:mod:`hhh_bench.data.schema`). It is a pure generator function::
+(:mod:`hhh_bench.core.schema`). It is a pure generator function::
 
     adapt(raw_rows, run, **opts) -> Iterator[row]
 
@@ -35,8 +35,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hhh_bench.data.schema import Message, PreferenceRow, make_row
-from hhh_bench.registry import Registry
+from hhh_bench.core.registry import Registry
+from hhh_bench.core.schema import Message, PreferenceRow, make_row
 
 TIE = "tie"
 MISSING_RATING = "missing_rating"
@@ -304,5 +304,5 @@ def merge_turns(turns: Sequence[tuple[str, str]]) -> list[Message]:
 
 def same_text(a: str, b: str) -> bool:
     """Whether two responses are the same text once surrounding whitespace is ignored (what
-    :func:`hhh_bench.data.schema.validate_row` rejects)."""
+    :func:`hhh_bench.core.schema.validate_row` rejects)."""
     return a.strip() == b.strip()

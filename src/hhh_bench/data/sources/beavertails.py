@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.core.schema import PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MISSING_RATING,

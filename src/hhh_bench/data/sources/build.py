@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.leakage import (
     check_overlap,
     drop_truthfulqa_prompts,
@@ -29,7 +30,6 @@ from hhh_bench.data.leakage import (
     prompt_keys,
     wants_truthfulqa_guard,
 )
-from hhh_bench.data.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.sources.base import MALFORMED
 from hhh_bench.data.sources.loader import (
     SOURCE_KEYS,

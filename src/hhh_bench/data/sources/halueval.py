@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from hhh_bench.data.schema import Message, PreferenceRow
+from hhh_bench.core.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,

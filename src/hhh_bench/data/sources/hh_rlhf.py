@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from hhh_bench.data.schema import Message, PreferenceRow
+from hhh_bench.core.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hhh_bench.data.schema import PreferenceRow
+from hhh_bench.core.schema import PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,

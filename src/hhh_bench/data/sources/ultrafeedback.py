@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from hhh_bench.data.schema import Message, PreferenceRow
+from hhh_bench.core.schema import Message, PreferenceRow
 from hhh_bench.data.sources.base import (
     IDENTICAL,
     MALFORMED,

@@ -58,11 +58,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hhh_bench.core.registry import Registry
 from hhh_bench.merging.base import PlanEntry, TaskVectors, param, register_method
 from hhh_bench.merging.linalg import capped_rank
 from hhh_bench.merging.methods.tsv import TsvBase, TsvParams, tsv_rank
 from hhh_bench.merging.taskvec import LowRank, TaskVector
-from hhh_bench.registry import Registry
 
 ReweightFn = Callable[[Tensor, "ResmParams"], Tensor]
 """One task vector τ_t (any shape) and the params -> the reweighted τ_t (same shape)."""

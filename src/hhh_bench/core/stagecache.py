@@ -4,7 +4,7 @@ file, provenance, the verified manifest and the run's cache accounting.
 Every stage is a function of its inputs' content, its resolved config and its code.
 :func:`cached_stage` owns the whole life of a stage's output folder ``<root>/<stage>/<key>/``:
 reuse it when complete *and* its files match its ``checksums.json``
-(:func:`hhh_bench.content.verify`; a mismatch is an error naming the folder and the file, or a
+(:func:`hhh_bench.core.content.verify`; a mismatch is an error naming the folder and the file, or a
 recompute under ``cache.on_mismatch=recompute``), else compute into a temporary sibling, write
 the result file, ``key.json`` (what the key was computed from), ``provenance.json`` (resolved
 config, seed, versions, git revision) and, last, ``checksums.json``, and rename it into place, so
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.content import KEY_FILE, mismatch_error, register_root, verify, write_manifest
-from hhh_bench.provenance import atomic_dir, config_hash, write_provenance
+from hhh_bench.core.content import KEY_FILE, mismatch_error, register_root, verify, write_manifest
+from hhh_bench.core.provenance import atomic_dir, config_hash, write_provenance
 
 log = logging.getLogger("hhh_bench")
 
@@ -45,7 +45,7 @@ def stage_key(stage: str, payload: Any) -> str:
 
 def is_done(path: Path) -> bool:
     """A stage folder is complete iff it exists: it is renamed into place only when complete
-    (whether its files are still those written is :func:`hhh_bench.content.verify`'s job)."""
+    (whether its files are still those written is :func:`hhh_bench.core.content.verify`'s job)."""
     return path.is_dir()
 
 
@@ -106,7 +106,7 @@ class StageRun:
     cached: bool
     info: dict[str, Any]
     identity: str = ""
-    """The content identity of the output's artifacts (:meth:`hhh_bench.content.Manifest.identity`):
+    """The content identity of the output's artifacts (:meth:`hhh_bench.core.content.Manifest.identity`):
     what later stages' keys hold (empty for a rank that writes nothing)."""
 
 

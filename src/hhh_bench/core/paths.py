@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/hhh_bench (this file is in core/)
 CONF_DIR = PACKAGE_DIR / "conf"
 
 

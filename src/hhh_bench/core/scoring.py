@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hhh_bench.data.schema import DIMENSIONS  # noqa: E402  (the one definition)
+from hhh_bench.core.schema import DIMENSIONS  # noqa: E402  (the one definition)
 
 # The suffix that task-name templates get for each evaluation split: toy3h_known_qa_{split}.
 SPLIT_SUFFIX = {"validation": "val", "test": "test"}

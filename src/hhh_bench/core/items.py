@@ -6,7 +6,7 @@ values that the task's aggregation averages. :func:`parse_items` keeps two compa
 
 * **items**: ``{task: [{"doc_id", <metric>: value, ...}]}``, the per-item values behind every
   mean metric, for standard errors, bootstraps and paired tests
-  (:mod:`hhh_bench.evaluation.stats`). A metric of filter ``f`` other than ``none`` is named
+  (:mod:`hhh_bench.core.stats`). A metric of filter ``f`` other than ``none`` is named
   ``<metric>,<f>``, as in :func:`hhh_bench.evaluation.harness.parse_results`.
 * **generations**: ``{task: [{"doc_id", "prompt", "response", "context", "doc"}]}`` for
   ``generate_until`` tasks: the user prompt (the document's ``prompt`` field, which our judged
@@ -27,6 +27,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hhh_bench.core.stats import win_values
 
 ITEMS_FILE = "items.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
@@ -183,3 +185,21 @@ def merge_item_fields(
             rows.append(row)
             by_id[f["doc_id"]] = row
         row.update(f)
+
+
+def item_rewards(rows: Sequence[Mapping[str, Any]]) -> dict[Any, float]:
+    """``{doc_id: reward}`` of a judged task's items (those without a reward left out)."""
+    return {r["doc_id"]: float(r["reward"]) for r in rows if r.get("reward") is not None}
+
+
+def win_items(
+    items: Mapping[str, Sequence[Mapping[str, Any]]],
+    reference_items: Mapping[str, Sequence[Mapping[str, Any]]],
+    task: str,
+) -> dict[Any, float]:
+    """Per-item win values (1 / 0.5 / 0) of ``task``'s rewards against the reference's."""
+    return win_values(
+        item_rewards(items.get(task) or []),
+        item_rewards(reference_items.get(task) or []),
+        label=f"win rate of task {task!r}",
+    )

@@ -51,7 +51,7 @@ def cpu_model() -> str:
 def lock_file(start: str | Path | None = None) -> Path | None:
     """The lock file of the checkout this package runs from (``requirements.lock`` beside
     ``pyproject.toml`` two levels above ``src/hhh_bench``), or None (an installed wheel)."""
-    root = Path(start) if start is not None else Path(__file__).resolve().parents[2]
+    root = Path(start) if start is not None else Path(__file__).resolve().parents[3]
     lock = root / LOCK_NAME
     if lock.is_file() and (root / "pyproject.toml").is_file():
         return lock

@@ -1,7 +1,7 @@
 """Provenance and crash-safety helpers shared by every stage.
 
 Every stage writes ``provenance.json`` (resolved config, seed, package versions, git revision,
-timestamps, the machine and torch's build: ``hhh_bench.environment``) next to its output, and
+timestamps, the machine and torch's build: ``hhh_bench.core.environment``) next to its output, and
 builds that output inside a temporary folder that is renamed into place only when complete, so an
 output directory is either complete or absent.
 """
@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.environment import describe_environment
+from hhh_bench.core.environment import describe_environment
 
 TRACKED_PACKAGES = (
     "hhh-bench",

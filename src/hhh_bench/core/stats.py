@@ -156,7 +156,7 @@ def hierarchical_bootstrap_ci(
 
     ``seeds[k]`` is seed k's ``[(c_t, d_kt)]``: a coefficient and the per-item paired differences
     ``a_i − b_i`` of task ``t`` (for the ``average`` column, the parts of
-    :func:`hhh_bench.evaluation.uncertainty.column_parts`). The statistic is
+    :func:`hhh_bench.core.uncertainty.column_parts`). The statistic is
 
         D = (1/K) Σ_k Σ_t c_t · mean_i(d_kti)
 

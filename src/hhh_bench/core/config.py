@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hhh_bench.typed import check_fields, from_mapping, param
+from hhh_bench.core.schema import DIMENSIONS  # the one definition, report order
+from hhh_bench.core.sizes import parse_size
+from hhh_bench.core.typed import check_fields, from_mapping, param
 
 T = TypeVar("T")
-
-from hhh_bench.data.schema import DIMENSIONS  # noqa: E402  (the one definition, report order)
 
 
 def _post(obj: Any, group: str) -> None:
@@ -369,8 +369,6 @@ class MergeEngineConfig:
         _post(self, "merge_engine")
         check_device("merge_engine.device", self.device)
         _positive("merge_engine", "cache_max_gb", self.cache_max_gb)
-        from hhh_bench.merging.engine import parse_size  # light: no torch work
-
         try:
             parse_size(self.max_shard_size)
         except ValueError as e:

@@ -1,16 +1,16 @@
 """Standard errors of the 3H summary scores and paired tests of two models' scores, from the
-per-item values of their tasks (:mod:`hhh_bench.evaluation.items`).
+per-item values of their tasks (:mod:`hhh_bench.core.items`).
 
 * :func:`spec_values` gives the per-item values behind one task's primary metric (pooled over a
   group's leaves; ``win_rate`` from the rewards of the model and of the reference model).
 * :func:`summary_stderr` adds ``average_stderr`` (the three dimensions are disjoint item sets:
   ``sqrt(Σ_d SE_d²) / 3``) and ``min_stderr`` (the minimum is not linear: a stratified
-  bootstrap over each task's items, :func:`hhh_bench.evaluation.stats.stratified_bootstrap_stderr`).
+  bootstrap over each task's items, :func:`hhh_bench.core.stats.stratified_bootstrap_stderr`).
 * :func:`column_scores` reads the extra report columns (``eval.columns``, e.g. over-refusal),
   each one task's metric with its stderr.
 * :func:`paired_column_test` compares two models on one column (a dimension, ``average``, an
   extra column or a task) by the paired differences of their item values
-  (:func:`hhh_bench.evaluation.stats.paired_combination`): a dimension is
+  (:func:`hhh_bench.core.stats.paired_combination`): a dimension is
   ``Σ_t (w_t / Σw) mean_t``, the average the same with every coefficient divided by 3;
   :func:`column_item_values` gives the two models' per-item values behind it.
 """
@@ -21,10 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hhh_bench.evaluation.items import item_values
-from hhh_bench.evaluation.judged import win_items
-from hhh_bench.evaluation.scoring import DIMENSIONS, TaskSpec
-from hhh_bench.evaluation.stats import PairedTest, paired_combination, stratified_bootstrap_stderr
+from hhh_bench.core.items import item_values, win_items
+from hhh_bench.core.scoring import DIMENSIONS, TaskSpec
+from hhh_bench.core.stats import PairedTest, paired_combination, stratified_bootstrap_stderr
 
 Items = Mapping[str, Sequence[Mapping[str, Any]]]
 
