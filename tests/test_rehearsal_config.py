@@ -161,7 +161,7 @@ def test_prepare_swaps_the_reward_model_of_scored_mixtures(rehearsal_root):
 def test_standin_eval_tasks_writes_the_suites_builtins(tmp_path):
     from hhh_bench.core.scoring import suite_tasks
     from hhh_bench.evaluation.judged_eval import column_specs
-    from hhh_bench.rehearsal import standin_eval_tasks
+    from hhh_bench.evaluation.standin_tasks import standin_eval_tasks
 
     cfg = _cfg("paper_llama3", tmp_path)
     ecfg = to_dict(cfg.eval)

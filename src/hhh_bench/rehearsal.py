@@ -3,11 +3,13 @@
 ``conf/rehearsal/small.yaml`` adds a ``rehearsal`` block to an experiment's config and switches
 what plain config values can switch (CPU, fp32, a few training steps, local custom eval data,
 ``eval.include_defaults=false``). What needs building or rewriting happens here, from plain
-dicts (no Hydra), in two calls a pipeline makes:
+dicts (no Hydra), in two calls:
 
-1. :func:`prepare_rehearsal` once, before the data stage: it builds the stand-in model folders
-   and returns dotted config overrides to apply (``{"data.sources": [...], "merge.base": ...}``);
-2. :func:`standin_eval_tasks` in the eval stage, for each evaluation's include folder: it
+1. :func:`prepare_rehearsal`, made by the pipeline once, before the data stage: it builds the
+   stand-in model folders and returns dotted config overrides to apply (``{"data.sources":
+   [...], "merge.base": ...}``);
+2. :func:`hhh_bench.evaluation.standin_tasks.standin_eval_tasks`, made by the evaluation for
+   each include folder (it lives in the evaluation library, which imports nothing above it): it
    writes the stand-ins of the suite's lm-eval built-in tasks.
 
 Everything swapped is what cannot be had offline: the hub model (a stand-in of the same
@@ -24,12 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.data.sources.local_paths import with_source_paths
-from hhh_bench.evaluation.standin_tasks import (
-    StandinTasks,
-    eval_standins_on,
-    materialize_standin_tasks,
-    standin_builtins,
-)
 from hhh_bench.models.standin import (
     ensure_released_specialists,
     ensure_standin,
@@ -142,35 +138,6 @@ def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(mix, Mapping) and swap_scorer(mix) != dict(mix):
         out["mix"] = swap_scorer(mix)
     return out
-
-
-def standin_eval_tasks(
-    rehearsal: Mapping[str, Any] | None, task_names: Sequence[str], include_dir: str | Path
-) -> StandinTasks | None:
-    """Write the stand-ins of the lm-eval built-ins among ``task_names`` into ``include_dir``.
-
-    Args:
-        rehearsal: the config's ``rehearsal`` block (None or ``eval_standins: false``: nothing
-            is written and None is returned).
-        task_names: the suite's lm-eval task names (custom tasks among them are skipped).
-        include_dir: where to write, e.g. ``<per-run include folder>/standins`` (lm-eval
-            indexes the include folder recursively).
-
-    Returns:
-        The :class:`~hhh_bench.evaluation.standin_tasks.StandinTasks` (its ``fingerprint``
-        belongs in the eval cache key), or None.
-    """
-    if not eval_standins_on(rehearsal):
-        return None
-    builtins = standin_builtins(task_names)
-    if not builtins:
-        return None
-    if not rehearsal.get("eval_data"):
-        raise ValueError(
-            "rehearsal.eval_data is not set: it names the folder of the stand-in tasks' data "
-            "(conf/rehearsal/small.yaml: ${rehearsal.fixtures}/rehearsal/eval)"
-        )
-    return materialize_standin_tasks(include_dir, rehearsal["eval_data"], builtins)
 
 
 def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[str, Any]:

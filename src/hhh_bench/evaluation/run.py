@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.scoring import score_or_none
+from hhh_bench.evaluation.standin_tasks import standin_eval_tasks
 from hhh_bench.evaluation.suite import data_paths, include_paths
 
 log = logging.getLogger("hhh_bench")
@@ -57,8 +58,6 @@ def evaluate_into(
         tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
     )
     if rehearsal is not None:  # lm-eval's built-ins on local files, under their own names
-        from hhh_bench.rehearsal import standin_eval_tasks
-
         standin_eval_tasks(rehearsal, list(payload["tasks"]), Path(include) / "standins")
     res = evaluate_model(
         lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),

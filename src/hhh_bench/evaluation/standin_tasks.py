@@ -277,3 +277,31 @@ def standin_builtins(task_names: Sequence[str]) -> list[str]:
     """The names of ``task_names`` that are built-ins with a stand-in (in order, no duplicates);
     what an eval stage passes as ``tasks`` to :func:`materialize_standin_tasks`."""
     return [t for t in dict.fromkeys(task_names) if t in STANDINS]
+
+
+def standin_eval_tasks(
+    rehearsal: Mapping[str, Any] | None, task_names: Sequence[str], include_dir: str | Path
+) -> StandinTasks | None:
+    """Write the stand-ins of the lm-eval built-ins among ``task_names`` into ``include_dir``.
+
+    Args:
+        rehearsal: the config's ``rehearsal`` block (None or ``eval_standins: false``: nothing
+            is written and None is returned).
+        task_names: the suite's lm-eval task names (custom tasks among them are skipped).
+        include_dir: where to write, e.g. ``<per-run include folder>/standins`` (lm-eval
+            indexes the include folder recursively).
+
+    Returns:
+        The :class:`StandinTasks` (its ``fingerprint`` belongs in the eval cache key), or None.
+    """
+    if not eval_standins_on(rehearsal):
+        return None
+    builtins = standin_builtins(task_names)
+    if not builtins:
+        return None
+    if not rehearsal.get("eval_data"):
+        raise ValueError(
+            "rehearsal.eval_data is not set: it names the folder of the stand-in tasks' data "
+            "(conf/rehearsal/small.yaml: ${rehearsal.fixtures}/rehearsal/eval)"
+        )
+    return materialize_standin_tasks(include_dir, rehearsal["eval_data"], builtins)

@@ -9,6 +9,7 @@ from typing import Any
 
 from hhh_bench.core.provenance import config_hash, file_hash
 from hhh_bench.core.scoring import TaskSpec, suite_tasks
+from hhh_bench.evaluation.standin_tasks import eval_standins_on, standin_eval_tasks
 
 # Eval-config fields that only steer selection and reporting, never the numbers of one model.
 REPORT_ONLY = ("name", "select_split", "report_split", "select_by", "model")
@@ -181,8 +182,6 @@ def eval_prompts(
             Path(d) / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
         )
         if rehearsal is not None:
-            from hhh_bench.rehearsal import standin_eval_tasks
-
             standin_eval_tasks(rehearsal, names, Path(include) / "standins")
         tm = TaskManager(
             include_path=str(include), include_defaults=bool(ecfg.get("include_defaults"))
@@ -202,13 +201,9 @@ def standin_names(
     rehearsal: Mapping[str, Any] | None, specs: list[Any]
 ) -> tuple[list[str], str] | None:
     """A rehearsal's stand-ins of the suite's lm-eval built-ins: (names, content fingerprint)."""
-    from hhh_bench.evaluation.standin_tasks import eval_standins_on
-
     if not eval_standins_on(rehearsal):
-        return None  # asked before importing hhh_bench.rehearsal, which loads the model code
+        return None
     import tempfile
-
-    from hhh_bench.rehearsal import standin_eval_tasks
 
     names = [s.name for s in specs]
     with tempfile.TemporaryDirectory(prefix="hhh-standins-") as d:
