@@ -254,8 +254,10 @@ def test_without_conflict_rate_no_prompt_is_reversed_across_dimensions():
 
 
 def test_resolved_mix_drops_the_overruled_side_of_contested_prompts():
-    from hhh_bench.data.mixing import mix
+    from hhh_bench.data.mixing import mix, register_scorer
+    from hhh_bench.data.toy3h import Toy3HScorer
 
+    register_scorer("toy3h", Toy3HScorer)  # the world's scorer, injected as the train stage does
     cfg = Toy3HConfig(**{**SMALL, "conflict_rate": 0.5})
     pairs = preference_pairs(build_world(cfg), "train")
     res = mix("resolved", pairs, budget="all_specialists", seed=0)

@@ -15,7 +15,10 @@ from train_fixtures import *  # noqa: F403
 from hhh_bench.core.schema import make_row
 from hhh_bench.data.mixing import allocate, get_strategy, list_strategies, mix, resolve_budget
 from hhh_bench.data.mixing.registry import build_params
-from hhh_bench.data.mixing.scorers import RewardModelScorer, Toy3HScorer
+from hhh_bench.data.mixing.scorers import RewardModelScorer, register_scorer
+from hhh_bench.data.toy3h import Toy3HScorer
+
+register_scorer("toy3h", Toy3HScorer)  # the world's scorer, injected as the train stage does
 
 CONF_MIX = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "mix"
 
@@ -233,6 +236,22 @@ def test_conflict_aware_downweight_keeps_counts_and_prefers_agreeing_pairs(prefs
     assert res.info["conflicting"]["honest"] == 60
     assert res.info["conflicting_kept"]["honest"] <= 5
     assert res.info["conflicting_kept"]["harmless"] == 40  # all harmless pairs conflict
+
+
+def test_the_toy_scorer_is_injected_by_the_train_stage(monkeypatch):
+    """The strategies know no world: ``toy3h`` is a name the train stage registers; without it
+    the error says how to inject it. A second factory under a taken name is refused."""
+    import hhh_bench.stages.train  # noqa: F401  (registers the toy world's scorer)
+    from hhh_bench.data.mixing import scorers
+
+    assert scorers.SCORERS["toy3h"] is Toy3HScorer
+    with pytest.raises(ValueError, match="takes no scorer_args, got \\['x'\\]"):
+        scorers.get_scorer("toy3h", {"x": 1})
+    with pytest.raises(ValueError, match="'toy3h' is already registered"):
+        scorers.register_scorer("toy3h", RewardModelScorer)
+    monkeypatch.delitem(scorers.SCORERS, "toy3h")
+    with pytest.raises(ValueError, match="unknown scorer 'toy3h'.*injected by the train stage"):
+        scorers.get_scorer("toy3h")
 
 
 def test_toy_scorer_sees_through_noise(prefs):

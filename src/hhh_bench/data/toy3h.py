@@ -674,10 +674,36 @@ def oracle_reward(row: PreferenceRow) -> dict[str, float]:
 def oracle_verdict(row: PreferenceRow) -> int:
     """The world's verdict on a toy pair: +1 where it prefers ``chosen``, −1 where it prefers
     ``rejected``, 0 where no dimension has an opinion: the sign of the margin of the first
-    dimension of :data:`PRIORITY` with a non-zero one (:func:`oracle_reward`)."""
-    from hhh_bench.data.mixing.resolved import verdict
+    dimension of :data:`PRIORITY` with a non-zero one (:func:`oracle_reward`); the ``resolved``
+    mixing strategy's verdict with this priority and threshold 0."""
+    margins = oracle_reward(row)
+    for d in PRIORITY:
+        if margins[d] != 0:
+            return 1 if margins[d] > 0 else -1
+    return 0
 
-    return verdict(oracle_reward(row), list(PRIORITY))
+
+class Toy3HScorer:
+    """The toy world's exact per-dimension margins (+1 / 0 / −1) of a list of pairs: a scorer
+    of the mixing strategies (:class:`hhh_bench.data.mixing.scorers.Scorer`), which the train
+    stage registers as ``toy3h`` (the world does not import the strategies, nor they it)."""
+
+    def __init__(self, **scorer_args: Any) -> None:
+        if scorer_args:
+            raise ValueError(f"the toy3h scorer takes no scorer_args, got {sorted(scorer_args)}")
+
+    def __call__(self, rows: Sequence[PreferenceRow]) -> list[dict[str, float]]:
+        out = []
+        for row in rows:
+            meta = row.get("meta", {})
+            if meta.get("noise_flipped"):
+                # oracle_reward reads the pair's kind from meta, not only its text: score the
+                # original pair and negate, so a flipped pair is seen as the noise it is.
+                orig = {**row, "chosen": row["rejected"], "rejected": row["chosen"]}
+                out.append({d: -v for d, v in oracle_reward(orig).items()})  # type: ignore[arg-type]
+            else:
+                out.append(oracle_reward(row))
+        return out
 
 
 def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
+from hhh_bench.data.mixing.scorers import register_scorer
+from hhh_bench.data.toy3h import Toy3HScorer
 from hhh_bench.stages.common import (
     cached_stage,
     code_identity,
@@ -32,6 +34,10 @@ from hhh_bench.stages.common import (
     log,
     to_dict,
 )
+
+# The toy world's exact reward as the mixing strategies' ``toy3h`` scorer: the world and the
+# strategies do not import each other; they meet here (docs/architecture.md).
+register_scorer("toy3h", Toy3HScorer)
 
 _NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
 """Train-config keys that change how a run is logged, not what it learns."""

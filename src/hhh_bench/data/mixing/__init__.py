@@ -29,18 +29,18 @@ from hhh_bench.data.mixing.registry import (
     register_strategy,
     resolve_budget,
 )
-from hhh_bench.data.mixing.scorers import RewardModelScorer, Toy3HScorer, get_scorer
+from hhh_bench.data.mixing.scorers import RewardModelScorer, get_scorer, register_scorer
 
 __all__ = [
     "BUDGETS",
     "MixResult",
     "RewardModelScorer",
-    "Toy3HScorer",
     "allocate",
     "get_scorer",
     "get_strategy",
     "list_strategies",
     "mix",
+    "register_scorer",
     "register_strategy",
     "resolve_budget",
 ]

@@ -3,8 +3,11 @@
 A scorer maps each pair to its per-dimension reward *margin*, ``r_d(chosen) - r_d(rejected)``:
 positive where dimension d agrees with the pair's preference, negative where d would reverse it.
 
-* ``toy3h``: the toy world's exact reward (:func:`hhh_bench.data.toy3h.oracle_reward`), which also
-  sees through injected noise (a flipped pair gets the negated margins of the original).
+* ``toy3h``: the toy world's exact reward (:class:`hhh_bench.data.toy3h.Toy3HScorer`), which also
+  sees through injected noise (a flipped pair gets the negated margins of the original). The
+  world and the strategies do not import each other: the train stage injects it
+  (:func:`register_scorer`, ``hhh_bench.stages.train``); a library user does the same, or passes
+  the scorer itself (``scorer=Toy3HScorer()``).
 * ``reward_model``: a multi-objective sequence-classification reward model by hub id or path,
   ArmoRM-style (``RLHFlow/ArmoRM-Llama3-8B-v0.1`` returns 19 objective rewards in
   ``output.rewards``); its outputs are mapped to dimensions by a configured list. Loaded lazily,
@@ -32,25 +35,6 @@ class Scorer(Protocol):
     """``scorer(rows) -> [{dimension: margin}, ...]``, one dict per row."""
 
     def __call__(self, rows: Sequence[PreferenceRow]) -> list[dict[str, float]]: ...
-
-
-class Toy3HScorer:
-    """The toy world's exact per-dimension margins (+1 / 0 / −1)."""
-
-    def __call__(self, rows: Sequence[PreferenceRow]) -> list[dict[str, float]]:
-        from hhh_bench.data.toy3h import oracle_reward
-
-        out = []
-        for row in rows:
-            meta = row.get("meta", {})
-            if meta.get("noise_flipped"):
-                # oracle_reward reads the pair's kind from meta, not only its text: score the
-                # original pair and negate, so a flipped pair is seen as the noise it is.
-                orig = {**row, "chosen": row["rejected"], "rejected": row["chosen"]}
-                out.append({d: -v for d, v in oracle_reward(orig).items()})  # type: ignore[arg-type]
-            else:
-                out.append(oracle_reward(row))
-        return out
 
 
 class RewardModelScorer:
@@ -159,9 +143,19 @@ class RewardModelScorer:
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {
-    "toy3h": Toy3HScorer,
     "reward_model": RewardModelScorer,
 }
+"""Scorer factories by name: ``factory(**scorer_args)`` is the scorer. ``toy3h`` is added by
+whoever brings the toy world (:func:`register_scorer`): the train stage does."""
+
+
+def register_scorer(name: str, factory: Callable[..., Scorer]) -> None:
+    """Make ``factory(**scorer_args)`` the scorer named ``name`` (a strategy's ``scorer``
+    knob). Registering the same factory again is a no-op; another one under a taken name
+    raises ``ValueError``."""
+    if SCORERS.get(name, factory) is not factory:
+        raise ValueError(f"scorer {name!r} is already registered ({SCORERS[name]!r})")
+    SCORERS[name] = factory
 
 
 def get_scorer(scorer: str | Scorer, args: Mapping[str, Any] | None = None) -> Scorer:
@@ -169,11 +163,14 @@ def get_scorer(scorer: str | Scorer, args: Mapping[str, Any] | None = None) -> S
     if callable(scorer) and not isinstance(scorer, str):
         return scorer
     if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer {scorer!r}; expected one of {sorted(SCORERS)}")
-    args = dict(args or {})
-    if scorer == "toy3h" and args:
-        raise ValueError(f"the toy3h scorer takes no scorer_args, got {sorted(args)}")
-    return SCORERS[scorer](**args)
+        hint = (
+            " (the toy world's scorer is injected by the train stage; outside it, call "
+            "register_scorer('toy3h', hhh_bench.data.toy3h.Toy3HScorer) or pass the scorer)"
+            if scorer == "toy3h"
+            else ""
+        )
+        raise ValueError(f"unknown scorer {scorer!r}; expected one of {sorted(SCORERS)}{hint}")
+    return SCORERS[scorer](**dict(args or {}))
 
 
 def score_sets(
