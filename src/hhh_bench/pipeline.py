@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hhh_bench.stages.common import CACHE, load_option, log, to_dict
+from hhh_bench.stages.common import CACHE, load_option, log, model_identity, to_dict
 from hhh_bench.validation import emphases, preflight, validate_run
 
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
@@ -363,8 +363,6 @@ def _evaluate_base(cfg: DictConfig, evaluate: Any, model: dict[str, Any]) -> Non
 def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """``merge.base`` and ``merge.models`` as the run's base and specialists, the models named
     after ``data.dimensions`` in order (a model of another count: by position)."""
-    from hhh_bench.stages.common import model_identity
-
     models = [str(m) for m in cfg.merge.models]
     dims = list(to_dict(cfg.data.dimensions))
     names = dims if len(dims) == len(models) else [f"model {i}" for i in range(len(models))]

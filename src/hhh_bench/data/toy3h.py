@@ -47,7 +47,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.core.schema import PreferenceRow, make_row, validate_rows, write_jsonl
+from hhh_bench.core.schema import (
+    PreferenceRow,
+    load_preferences,
+    make_row,
+    validate_rows,
+    write_jsonl,
+)
 
 SOURCE = "toy3h"
 SPLITS = ("train", "validation", "test")
@@ -761,8 +767,6 @@ def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:
 
 def load_prefs(data_dir: str | Path, dimensions: Sequence[str], split: str) -> list[PreferenceRow]:
     """Read the toy world's preference pairs of ``dimensions`` for one split."""
-    from hhh_bench.core.schema import load_preferences
-
     rows: list[PreferenceRow] = []
     for dim in dimensions:
         rows += load_preferences(Path(data_dir) / "prefs" / f"{dim}_{split}.jsonl")

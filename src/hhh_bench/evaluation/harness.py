@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from hhh_bench.core.items import metric_number
+from hhh_bench.core.items import metric_number, parse_items
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
@@ -566,8 +566,6 @@ def evaluate_model(
     if raw is None:  # only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results (non-primary rank?)")
     metrics, samples = parse_results(raw)
-    from hhh_bench.core.items import parse_items
-
     items, generations = parse_items(raw)
     import lm_eval
 

@@ -23,8 +23,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.core.items import GENERATIONS_FILE, ITEMS_FILE, read_jsonl, write_jsonl
+from hhh_bench.core.items import (
+    GENERATIONS_FILE,
+    ITEMS_FILE,
+    merge_item_fields,
+    read_jsonl,
+    write_jsonl,
+)
 from hhh_bench.core.scoring import DIMENSIONS, SPLIT_SUFFIX, TaskSpec
+from hhh_bench.core.uncertainty import column_scores, paired_column_test, summary_stderr
 
 log = logging.getLogger("hhh_bench")
 
@@ -89,7 +96,6 @@ def run_judges(
     Writes ``items.jsonl`` and ``generations.jsonl`` into ``out`` (the cached folder being
     written). Returns ``{"judges": {task: record}, "counts": {task: {cached, judged}}}``.
     """
-    from hhh_bench.core.items import merge_item_fields
     from hhh_bench.evaluation.judged import judge_generations, judge_roles
     from hhh_bench.evaluation.judges import JudgeCache, specs_from_config
 
@@ -249,8 +255,6 @@ def summary_fields(
         model against the base, :func:`hhh_bench.core.uncertainty.paired_column_test`;
         None without the base's items or for the base itself).
     """
-    from hhh_bench.core.uncertainty import column_scores, paired_column_test, summary_stderr
-
     groups = saved.get("groups") or {}
     out: dict[str, float | None] = dict(
         summary_stderr(

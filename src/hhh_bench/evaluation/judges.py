@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.content import folder_identity
+
 JUDGE_KINDS = ("guard", "classifier", "reward")
 GUARD_MODES = ("generate", "logprob")
 ON_UNPARSED = ("positive", "negative", "error")
@@ -202,8 +204,6 @@ def model_identity(model: str, revision: str | None = None) -> str:
     of every kind; :func:`hhh_bench.core.content.folder_identity`), or ``hub:<id>@<revision>``."""
     p = Path(model).expanduser()
     if p.is_dir():
-        from hhh_bench.core.content import folder_identity
-
         return "dir:" + folder_identity(p)
     return f"hub:{model}@{revision or 'default'}"
 

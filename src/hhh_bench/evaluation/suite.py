@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.provenance import config_hash, file_hash
-from hhh_bench.core.scoring import TaskSpec, suite_tasks
+from hhh_bench.core.scoring import SPLIT_SUFFIX, TaskSpec, suite_tasks
 from hhh_bench.evaluation.standin_tasks import eval_standins_on, standin_eval_tasks
 
 # Eval-config fields that only steer selection and reporting, never the numbers of one model.
@@ -164,7 +164,6 @@ def eval_prompts(
 
     from lm_eval.tasks import TaskManager
 
-    from hhh_bench.core.scoring import SPLIT_SUFFIX
     from hhh_bench.evaluation.harness import materialize_tasks, shipped_tasks
 
     paths = data_paths(ecfg, data)

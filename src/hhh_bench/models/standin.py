@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.provenance import atomic_dir
+
 ASSETS = Path(__file__).resolve().parent / "standin_assets"
 CORPUS = ASSETS / "corpus.txt"
 MANIFEST = "standin.json"
@@ -506,8 +508,6 @@ def ensure_standin(
         ValueError: ``out_dir`` holds a stand-in built with other settings.
         FileExistsError: ``out_dir`` exists and is not a stand-in folder.
     """
-    from hhh_bench.core.provenance import atomic_dir
-
     family = get_family(name)
     spec = spec if isinstance(spec, StandinSpec) else StandinSpec.from_mapping(spec)
     lines = corpus_lines(corpus)
@@ -577,8 +577,6 @@ def ensure_released_specialists(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hhh_bench.core.provenance import atomic_dir
 
     kinds = dict(kinds or DEFAULT_SPECIALISTS)
     bad = {k: v for k, v in kinds.items() if v not in ("full", "lora")}
@@ -695,8 +693,6 @@ def ensure_standin_reward_model(
     """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from hhh_bench.core.provenance import atomic_dir
 
     fam = get_family(family)
     spec = spec if isinstance(spec, StandinSpec) else StandinSpec.from_mapping(spec)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.core.config import ModelConfig
 from hhh_bench.core.provenance import set_seed
+from hhh_bench.core.schema import read_jsonl
 from hhh_bench.stages.common import (
     cached_stage,
     code_identity,
@@ -54,7 +55,6 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
                "code": code_identity(*BASE_CODE)}  # fmt: skip
 
     def compute(tmp: Path) -> dict[str, Any]:
-        from hhh_bench.core.schema import read_jsonl
         from hhh_bench.evaluation.choice import score_items
         from hhh_bench.train.sft import sft_base
 

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core.config import ReportConfig, load
+from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.core.stagecache import console_line
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
@@ -54,7 +55,6 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
-    from hhh_bench.core.provenance import atomic_dir
     from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report
     from hhh_bench.tracking.store import read_diagnostics, scan_results
@@ -109,7 +109,6 @@ def _report_key(
     cfg: DictConfig, store: Path, diagnostics: Path, job: str | None, skip_invalid: bool = False
 ) -> str:
     from hhh_bench import __version__
-    from hhh_bench.core.provenance import config_hash
 
     def digest(p: Path) -> str | None:
         return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None

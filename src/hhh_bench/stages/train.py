@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
+from hhh_bench.data.mixing.registry import get_strategy
 from hhh_bench.data.mixing.scorers import register_scorer
 from hhh_bench.data.toy3h import Toy3HScorer
 from hhh_bench.stages.common import (
@@ -51,8 +52,6 @@ def train_code(mix_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     package's registry and scorers and the module of its strategy (a plugin's included)."""
     items: list[Any] = list(TRAIN_CODE)
     if mix_cfg is not None:
-        from hhh_bench.data.mixing.registry import get_strategy
-
         strategy = get_strategy(str(mix_cfg["name"]))
         items += ["hhh_bench.data.mixing.registry", "hhh_bench.data.mixing.scorers",
                   getattr(strategy, "fn", strategy)]  # fmt: skip

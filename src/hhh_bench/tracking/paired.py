@@ -27,8 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.items import ITEMS_FILE, read_jsonl
 from hhh_bench.core.scoring import TaskSpec
 from hhh_bench.core.stats import ALPHA, PairedTest, z_test
+from hhh_bench.core.uncertainty import paired_column_test
 
 _CONTEXT_MEMO: dict[tuple[str, str | None], dict[str, Any] | None] = {}
 
@@ -42,8 +44,6 @@ def row_specs(row: Mapping[str, Any]) -> list[TaskSpec]:
 
 
 def _items(eval_dir: str | Path) -> dict[str, list[dict[str, Any]]] | None:
-    from hhh_bench.core.items import ITEMS_FILE, read_jsonl
-
     path = Path(eval_dir) / ITEMS_FILE
     return read_jsonl(path) if path.is_file() else None
 
@@ -110,8 +110,6 @@ def paired_test_rows(
         ValueError: the rows are not comparable, a row has no per-item values, or the column is
             unknown or not a mean over items (``min``).
     """
-    from hhh_bench.core.uncertainty import paired_column_test
-
     check_comparable(row_a, row_b)
     ctx = []
     for r in (row_a, row_b):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.provenance import config_hash
+
 
 def wandb_mode(logger_cfg: Mapping[str, Any] | None) -> str | None:
     """The W&B mode to use, or None when logging is off (``logger=none``)."""
@@ -42,8 +44,6 @@ def report_run_id(root: str | Path, name: str, job: str | None = None) -> str:
     """The report run's W&B id: one per (experiment root, experiment name, multirun job), so
     that a rerun resumes and updates its report run instead of adding one, and the jobs of a
     multirun each keep their own."""
-    from hhh_bench.core.provenance import config_hash
-
     key = {"root": str(Path(root).resolve()), "name": name, **({"job": job} if job else {})}
     return "report-" + config_hash(key, length=16)
 

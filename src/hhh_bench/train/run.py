@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.provenance import set_seed
 from hhh_bench.train.common import LossCurve
 
 
@@ -167,7 +168,6 @@ def train_model(
     import shutil
     import time
 
-    from hhh_bench.core.provenance import set_seed
     from hhh_bench.models import load_causal_lm, load_tokenizer
 
     t0 = time.time()

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hhh_bench.core.paths import conf_dir
 from hhh_bench.core.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.sources.base import adapter_options, get_adapter, run_adapter
 
@@ -64,8 +65,6 @@ class SourceConfigError(ValueError):
 
 def default_conf_dir() -> Path:
     """The config folder holding ``source/``: the package's (or ``$HHH_BENCH_CONF``)."""
-    from hhh_bench.core.paths import conf_dir
-
     return conf_dir()
 
 
