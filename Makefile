@@ -65,9 +65,10 @@ rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (C
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-lint: .venv ## ruff lint + format check
+lint: .venv ## ruff lint + format check + the import contracts (the floors: docs/architecture.md)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-logo
 
 format: .venv ## ruff format + autofix
 	$(BIN)/ruff format src tests benchmarks
@@ -115,4 +116,4 @@ lock: ## Rewrite requirements.lock from pyproject.toml (pip-compile --generate-h
 	  drop && /^ +--hash=/ { next } { drop = 0; print }' $(LOCK) > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 clean: ## Remove run outputs and caches (keeps the virtualenv)
-	rm -rf runs outputs multirun .cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf runs outputs multirun .cache .pytest_cache .ruff_cache .hypothesis .import_linter_cache

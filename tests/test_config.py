@@ -125,40 +125,6 @@ def test_unknown_stage_is_rejected():
         run(compose(["stage=trian"]))
 
 
-# The stages' libraries in pipeline order; a package may import from its own layer and from
-# earlier ones only (stages/, pipeline.py and cli.py orchestrate and may import any of them).
-LAYERS = {"data": 0, "models": 0, "train": 1, "merging": 2, "evaluation": 3, "tracking": 4}
-
-
-def test_no_library_imports_from_a_later_stage_and_tracking_never_from_merging():
-    """data → train → merge → eval → report: training never imports the evaluation or the
-    reporting code, the evaluation never the reporting, and tracking/ nothing from merging/
-    (reporting reads results only)."""
-    import ast
-
-    pkg = REPO / "src" / "hhh_bench"
-    bad = []
-    for f in sorted(pkg.rglob("*.py")):
-        src = f.relative_to(pkg).parts[0]
-        if src not in LAYERS:
-            continue
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                parts = name.split(".")
-                if parts[0] != "hhh_bench" or len(parts) < 2 or parts[1] not in LAYERS:
-                    continue
-                tgt = parts[1]
-                if LAYERS[tgt] > LAYERS[src] or (src == "tracking" and tgt == "merging"):
-                    bad.append(f"{f.relative_to(pkg)} imports {name}")
-    assert not bad, bad
-
-
 def test_library_code_never_imports_hydra_or_omegaconf():
     """Only the entry points (cli.py, pipeline.py, stages/) touch Hydra's config objects."""
     pkg = REPO / "src" / "hhh_bench"
