@@ -13,6 +13,8 @@ no registry, so a check that needs one lives here, and :func:`hhh_bench.pipeline
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -76,8 +78,6 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         m = out["merge"]
         kept, dropped = method_knobs(m.method, m.params)
         if dropped:
-            import logging
-
             logging.getLogger("hhh_bench").info(
                 "merge.method=%s: left out the composed merge option's knobs %s (defaults of "
                 "another method, not parameters of %s)", m.method, dropped, m.method,
@@ -92,8 +92,6 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError as e:
             raise ValueError(f"merge (method {m.method!r}): {e}") from None
     if "pipeline" in out:
-        import itertools
-
         for method, spec in out["pipeline"].merge_grid.items():
             if spec is None:
                 continue
