@@ -16,7 +16,7 @@ from hhh_bench.evaluation.judges import is_refusal, judge_pairs, specs_from_conf
 from hhh_bench.evaluation.stats import mean_stderr
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
-CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 FILES = {
     "helpful_prompts": "alpaca_eval",
     "harmful_prompts": "advbench",

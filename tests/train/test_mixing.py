@@ -17,7 +17,7 @@ from hhh_bench.data.mixing.registry import build_params
 from hhh_bench.data.mixing.scorers import RewardModelScorer, Toy3HScorer
 from hhh_bench.data.schema import make_row
 
-CONF_MIX = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "mix"
+CONF_MIX = Path(__file__).resolve().parents[2] / "conf" / "mix"
 
 
 def synthetic(sizes: dict[str, int]) -> dict[str, list[dict]]:
