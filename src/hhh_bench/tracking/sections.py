@@ -8,8 +8,8 @@ table, then the table), :func:`skipped_note` (store lines skipped as invalid),
 :func:`paired_section` (the paired tests behind the table's marks), :func:`figures_section`
 and :func:`diagnostics_section`. The report ends with the answer's section
 (:func:`hhh_bench.tracking.answer.answer_section`); :func:`hhh_bench.tracking.report.build_report`
-puts them together. The tables themselves are :mod:`hhh_bench.tracking.tables`'; every name
-from the store is escaped (:func:`hhh_bench.tracking.markdown.md_text`).
+puts them together. The tables come from :mod:`hhh_bench.tracking.tables`; every name from the
+store is escaped (:func:`hhh_bench.tracking.markdown.md_text`). Sections write no files.
 """
 
 from __future__ import annotations
