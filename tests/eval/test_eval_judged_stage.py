@@ -217,7 +217,7 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     # the base standing in for a mixture: the answer's difference is that of the rows' averages,
     # read back from every task's items (a win rate from both models' and the base's rewards)
     from hhh_bench.tracking.answer import mix_vs_merge
-    from hhh_bench.tracking.report import table_entries
+    from hhh_bench.tracking.entries import table_entries
 
     as_mix = [{**r, "kind": "mixture"} if r["kind"] == "base" else r for r in rows]
     res = mix_vs_merge(table_entries([r for r in as_mix if r["split"] == "test"]))
