@@ -35,7 +35,7 @@ help: ## Show this help
 # torch (TORCH_SPEC) first; then every locked package, hash-checked: pip resolves the lock as a
 # whole, so a dependency missing from it, or an installed torch of another version than its pin,
 # stops the install; then the project itself, editable, with no dependencies of its own.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml setup.py $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_SPEC)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)

@@ -26,7 +26,7 @@ for k, v in {
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "src" / "hhh_bench" / "conf"
+CONF = REPO / "conf"
 
 # A smaller world than the demo's, so the session's base SFT takes well under a minute.
 SMALL_WORLD = [

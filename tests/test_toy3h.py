@@ -185,9 +185,7 @@ def test_unknown_option_is_named():
 def _default_world_config() -> Toy3HConfig:
     from omegaconf import OmegaConf
 
-    conf = (
-        Path(__file__).resolve().parents[1] / "src" / "hhh_bench" / "conf" / "data" / "toy3h.yaml"
-    )
+    conf = Path(__file__).resolve().parents[1] / "conf" / "data" / "toy3h.yaml"
     world = OmegaConf.to_container(OmegaConf.load(conf).world)
     world["seed"] = 0  # the YAML interpolates the run's seed
     return Toy3HConfig.from_mapping(world)

@@ -24,10 +24,11 @@ from conftest import REPO
 @pytest.mark.e2e
 def test_installed_wheel_runs_outside_the_repository(tmp_path):
     src = tmp_path / "src_copy"  # build from a copy: the build writes build/ and egg-info
-    shutil.copytree(
-        REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-    )
-    for f in ("pyproject.toml", "README.md"):
+    for d in ("src", "conf"):  # conf/ is top level; setup.py's hook puts it into the wheel
+        shutil.copytree(
+            REPO / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    for f in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(REPO / f, src / f)
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -81,6 +82,25 @@ def test_installed_wheel_runs_outside_the_repository(tmp_path):
     )
     assert cfg.returncode == 0, cfg.stderr
     assert "merge_grid:" in cfg.stdout and "world:" in cfg.stdout
+    # every shipped experiment composes from the installed wheel's conf/, in one process
+    experiments = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    compose_all = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from hhh_bench.core.paths import conf_dir\n"
+        "d = conf_dir()\n"
+        "assert str(d).startswith(sys.prefix), d\n"
+        "for e in sys.argv[1:]:\n"
+        "    with initialize_config_dir(config_dir=str(d), version_base='1.3'):\n"
+        "        c = compose(config_name='config', overrides=[f'experiment={e}'])\n"
+        "    print(e, c.model.name, flush=True)\n"
+    )
+    composed = subprocess.run(
+        [py, "-c", compose_all, *experiments], cwd=work, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert composed.returncode == 0, composed.stderr[-3000:]
+    assert [line.split()[0] for line in composed.stdout.splitlines()] == experiments
     small = ["data.world.n_known.train=10", "data.world.n_known.validation=4", "data.world.n_known.test=4",
              "data.world.pairs_per_dimension=20", "data.world.eval_items_per_kind=6"]  # fmt: skip
     data = subprocess.run(

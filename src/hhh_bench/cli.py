@@ -6,14 +6,18 @@ hhh-bench experiment=toy3h               # the whole pipeline
 hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
 hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[optuna]')
 hhh-bench cache verify runs/default      # a subcommand by name (SUBCOMMANDS); Hydra otherwise
+hhh-bench list methods                   # what a run can name
+hhh-bench --help                         # the subcommands, then Hydra's groups and config
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import sys
+from dataclasses import dataclass
 
 
 def _offline_defaults() -> None:
@@ -108,21 +112,59 @@ def task(cfg) -> float | None:
     return None if objective is None else float(objective)
 
 
-def _cache(argv: list[str]) -> int:
-    from hhh_bench.cachetool import main as cache_main
+@dataclass(frozen=True)
+class Subcommand:
+    """A subcommand of ``hhh-bench`` by name: ``module:function`` takes the arguments after the
+    name and returns an exit status; it parses them itself (argparse), ``--help`` included."""
 
-    return cache_main(argv)
+    name: str
+    summary: str
+    target: str  # "package.module:function", imported only when the subcommand runs
+
+    def __call__(self, argv: list[str]) -> int:
+        module, _, function = self.target.partition(":")
+        return int(getattr(importlib.import_module(module), function)(argv) or 0)
 
 
-SUBCOMMANDS = {"cache": _cache}
+SUBCOMMANDS: dict[str, Subcommand] = {
+    s.name: s
+    for s in (
+        Subcommand("cache", "verify or clean a run root's stage cache", "hhh_bench.cachetool:main"),
+        Subcommand(
+            "list",
+            "list experiments, config groups, merge methods, strategies, sources",
+            "hhh_bench.listing:main",
+        ),  # fmt: skip
+    )
+}
 """Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other
-first argument is the Hydra form (``hhh-bench experiment=toy3h stage=...``), the default."""
+first argument is the Hydra form (``hhh-bench experiment=toy3h stage=...``), the default. Add one
+with its ``Subcommand`` here (docs/architecture.md: the cli floor)."""
+
+
+def usage() -> str:
+    """The overview ``hhh-bench --help`` prints above Hydra's own help."""
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = [
+        "usage: hhh-bench [--verbose] [GROUP=OPTION ...] [KEY=VALUE ...]   (the Hydra form)",
+        "       hhh-bench -m KEY=V1,V2 ...                                 (a sweep)",
+        "       hhh-bench SUBCOMMAND [--help] ...",
+        "",
+        "subcommands:",
+        *(f"  {n:<{width}}  {s.summary}" for n, s in SUBCOMMANDS.items()),
+        "",
+        "--verbose: full tracebacks on errors and more on the console. The Hydra form's own help:",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(usage())
     import hydra
     from omegaconf import DictConfig
 

@@ -34,7 +34,7 @@ from hhh_bench.data.sources.__main__ import main as sources_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tests" / "assets" / "sources"
-CONF = ROOT / "src" / "hhh_bench" / "conf"
+CONF = ROOT / "conf"
 
 # which fixture holds the raw schema of each source config
 FIXTURES = {

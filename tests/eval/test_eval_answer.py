@@ -18,7 +18,8 @@ import pytest
 
 from hhh_bench.core.items import ITEMS_FILE, write_jsonl
 from hhh_bench.tracking.answer import VERDICTS, compare, mix_vs_merge, verdict
-from hhh_bench.tracking.report import build_report, table_entries
+from hhh_bench.tracking.entries import table_entries
+from hhh_bench.tracking.report import build_report
 from hhh_bench.tracking.store import append_result
 
 N = 20

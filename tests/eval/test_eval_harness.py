@@ -19,7 +19,7 @@ from hhh_bench.evaluation.harness import (
 from hhh_bench.evaluation.tasks import utils as task_utils
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
-CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 SPLITS = {"val": "validation", "test": "test"}
 
 

@@ -16,7 +16,7 @@ from hhh_bench.core.stats import mean_stderr
 from hhh_bench.evaluation.judges import is_refusal, judge_pairs, specs_from_config
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
-CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 FILES = {
     "helpful_prompts": "alpaca_eval",
     "harmful_prompts": "advbench",
@@ -217,7 +217,7 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     # the base standing in for a mixture: the answer's difference is that of the rows' averages,
     # read back from every task's items (a win rate from both models' and the base's rewards)
     from hhh_bench.tracking.answer import mix_vs_merge
-    from hhh_bench.tracking.report import table_entries
+    from hhh_bench.tracking.entries import table_entries
 
     as_mix = [{**r, "kind": "mixture"} if r["kind"] == "base" else r for r in rows]
     res = mix_vs_merge(table_entries([r for r in as_mix if r["split"] == "test"]))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hhh_bench.tracking.report import build_report, conflict_matrix, pareto_front
+from hhh_bench.tracking.entries import conflict_matrix, pareto_front
+from hhh_bench.tracking.report import build_report
 from hhh_bench.tracking.store import read_results
 
 FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fixture.jsonl"
@@ -166,7 +167,7 @@ def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
 
 
 def test_budget_note_says_whether_mixtures_are_budget_matched():
-    from hhh_bench.tracking.report import budget_note
+    from hhh_bench.tracking.sections import budget_note
 
     def row(kind, name, n, seed=0):
         return {"kind": kind, "name": name, "seed": seed, "extra": {"train_pairs": n}}
@@ -186,7 +187,7 @@ def test_budget_note_says_whether_mixtures_are_budget_matched():
 
 
 def test_items_note_counts_each_tasks_items_per_dimension():
-    from hhh_bench.tracking.report import items_note
+    from hhh_bench.tracking.sections import items_note
 
     def row(n_known, n_harm):
         specs = [{"name": "known_qa", "dimension": "helpful"},

@@ -144,7 +144,7 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
 
     from hhh_bench.stages.eval import run_eval
 
-    conf = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     overrides = [
         f"root={tmp_path}",
         "logger=none",
@@ -152,7 +152,7 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
         "eval.data_files.halueval_qa=/nonexistent/halueval_qa.jsonl",
         # the other files exist (the judged tasks' prompt files are checked first otherwise)
         *(
-            f"eval.data_files.{k}={conf.parents[2] / 'tests' / 'assets' / 'eval' / v}.jsonl"
+            f"eval.data_files.{k}={conf.parent / 'tests' / 'assets' / 'eval' / v}.jsonl"
             for k, v in [
                 ("helpful_prompts", "alpaca_eval"),
                 ("harmful_prompts", "advbench"),

@@ -25,7 +25,7 @@ from hhh_bench.core.uncertainty import column_parts, paired_column_test, summary
 from hhh_bench.evaluation.tasks.utils import process_mc
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
-CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_stderr_of_a_hand_made_example():

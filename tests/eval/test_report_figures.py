@@ -16,14 +16,9 @@ import re
 
 import pytest
 
-from hhh_bench.tracking.report import (
-    PARETO_PAIRS,
-    build_report,
-    diag_color_range,
-    pareto_figure,
-    radar_figure,
-    table_entries,
-)
+from hhh_bench.tracking.entries import table_entries
+from hhh_bench.tracking.plots import PARETO_PAIRS, diag_color_range, pareto_figure, radar_figure
+from hhh_bench.tracking.report import build_report
 
 GROUP_SIZES = {"base": 1, "oracle": 1, "specialist": 3, "mixture": 5, "merge": 10}
 

@@ -27,9 +27,7 @@ SUITE = ["truthfulqa_mc2", "mmlu", "arc_challenge", "ifeval", "toxigen"]
 def test_every_builtin_of_the_real_suite_has_a_standin():
     import yaml
 
-    harness = yaml.safe_load(
-        (REPO / "src" / "hhh_bench" / "conf" / "eval" / "harness_3h.yaml").read_text()
-    )
+    harness = yaml.safe_load((REPO / "conf" / "eval" / "harness_3h.yaml").read_text())
     names = [t for dim in harness["dimensions"].values() for t in dim]
     names += [c["task"] for c in (harness.get("columns") or {}).values()]  # extra report columns
     ours = ("_mc", "_refusal", "_gen", "_judged")  # our own tasks (tasks/real, tasks/judged)

@@ -155,7 +155,8 @@ def test_report_draws_heatmaps_and_tables_side_by_side(models, tmp_path):
     the heavy set's layer 1 shows the larger tail share."""
     from hhh_bench.stages.diagnose import run_diagnose
     from hhh_bench.stages.report import run_report
-    from hhh_bench.tracking.report import _axes_of, diagnostics_grid
+    from hhh_bench.tracking.diagnostics_view import layer_axes
+    from hhh_bench.tracking.plots import diagnostics_grid
 
     base, sets = models
     for kind in ("dense", "heavy"):
@@ -175,7 +176,7 @@ def test_report_draws_heatmaps_and_tables_side_by_side(models, tmp_path):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stat
         assert f"(diag_{stat}.png)" in md
     rows = read_diagnostics(tmp_path / "diagnostics.jsonl")
-    layers, types = _axes_of(rows)
+    layers, types = layer_axes(rows)
     assert layers == [0, 1] and "self_attn.q_proj" in types and "embed_tokens" not in types
     grids = {r["label"]: diagnostics_grid(r, "tail_share_3", layers, types) for r in rows}
     j = types.index("mlp.up_proj")

@@ -23,7 +23,7 @@ from hhh_bench.merging.methods.ties import magnitude_key
 from hhh_bench.merging.taskvec import TaskVectors
 from hhh_bench.stages.common import load_option
 
-CONF = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "merge"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 
 

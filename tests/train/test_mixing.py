@@ -20,7 +20,7 @@ from hhh_bench.data.toy3h import Toy3HScorer
 
 register_scorer("toy3h", Toy3HScorer)  # the world's scorer, injected as the train stage does
 
-CONF_MIX = Path(__file__).resolve().parents[2] / "src" / "hhh_bench" / "conf" / "mix"
+CONF_MIX = Path(__file__).resolve().parents[2] / "conf" / "mix"
 
 
 def synthetic(sizes: dict[str, int]) -> dict[str, list[dict]]:

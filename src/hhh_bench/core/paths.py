@@ -1,5 +1,6 @@
-"""Where the project's configuration lives: inside the package (shipped in the wheel), so an
-installed hhh-bench has its configs wherever it runs."""
+"""Where the project's configuration lives: the top-level ``conf/`` of a checkout (an editable
+install reads it there), shipped inside the wheel as ``hhh_bench/conf/`` (setup.py's build hook),
+so an installed hhh-bench has its configs wherever it runs."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/hhh_bench (this file is in core/)
-CONF_DIR = PACKAGE_DIR / "conf"
+WHEEL_CONF_DIR = PACKAGE_DIR / "conf"  # an installed wheel
+CHECKOUT_CONF_DIR = PACKAGE_DIR.parents[1] / "conf"  # a checkout: <repo>/conf
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder: ``$HHH_BENCH_CONF`` if set, else the package's ``conf/``."""
+    """The Hydra config folder: ``$HHH_BENCH_CONF`` if set, else the installed package's
+    ``conf/``, else the checkout's top-level ``conf/``."""
     env = os.environ.get("HHH_BENCH_CONF")
-    path = Path(env) if env else CONF_DIR
+    installed = WHEEL_CONF_DIR if WHEEL_CONF_DIR.is_dir() else CHECKOUT_CONF_DIR
+    path = Path(env) if env else installed
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(
-            f"no config.yaml in {path}; the package ships its configs in {CONF_DIR} "
+            f"no config.yaml in {path}; an installed hhh-bench ships its configs in "
+            f"{WHEEL_CONF_DIR}, a checkout keeps them in {CHECKOUT_CONF_DIR} "
             "(reinstall hhh-bench, or point HHH_BENCH_CONF at a conf/ folder)"
         )
     return path

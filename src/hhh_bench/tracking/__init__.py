@@ -1,6 +1,8 @@
-"""Tracking: the results store (``store``), W&B logging (``wandb_log``) and the report
-(``report``: Markdown table and figures, ending with ``answer``'s mix-or-merge line), and paired
-tests between rows (``paired``)."""
+"""Tracking: the results store (``store``), W&B logging (``wandb_log``), paired tests between
+rows (``paired``) and the report (``report``: ``report.md`` and figures), built from parts with
+one job each: the statistics (``entries``), the Markdown tables (``tables``), the figures
+(``plots``), the Markdown sections (``sections``, with ``markdown``'s escaping and
+``diagnostics_view``'s diagnostics tables) and the answer to "mix or merge?" (``answer``)."""
 
 from hhh_bench.tracking.paired import paired_test_groups, paired_test_rows
 from hhh_bench.tracking.store import (

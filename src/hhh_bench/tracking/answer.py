@@ -22,15 +22,13 @@ between several families of one group deserves a look at the selection split too
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.core.uncertainty import column_item_values
+from hhh_bench.tracking.entries import Entry
 from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
-
-if TYPE_CHECKING:
-    from hhh_bench.tracking.report import Entry
 
 ITERS = 2000
 """Bootstrap resamples behind the interval (Monte Carlo error of a 95% end: ~1% of its width)."""
@@ -54,7 +52,7 @@ def compare(
     """The best mixture entry against the best merge entry (see the module docstring).
 
     Args:
-        entries: the main table's entries (:func:`hhh_bench.tracking.report.table_entries`).
+        entries: the main table's entries (:func:`hhh_bench.tracking.entries.table_entries`).
         alpha: 1 − the interval's coverage (0.05: a 95% interval).
         iters, seed: the bootstrap's resamples and seed.
 

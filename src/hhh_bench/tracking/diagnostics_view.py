@@ -1,12 +1,16 @@
 """Markdown views of a task-vector diagnostics report (:func:`hhh_bench.merging.diagnostics.diagnose`):
-the model card's section and the report's layer-type tables. Reads report dicts only."""
+the model card's section, and the experiment report's tables of diagnostics rows (the
+model-wide table, one table per layer type) and their heatmaps' axes. Reads report dicts and
+diagnostics rows (:func:`hhh_bench.tracking.store.read_diagnostics`) only."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hhh_bench.tracking.markdown import md_text
 
 CARD_HEADING = "## Task-vector diagnostics"
 
@@ -57,6 +61,58 @@ def layer_type_table(layer_types: Mapping[str, Mapping[str, Any]]) -> str:
     for kind, summ in layer_types.items():
         cells = [_f((summ.get(stat) or {}).get(field)) for stat, field, _ in TABLE_COLUMNS]
         lines.append(f"| {kind} | {summ['n_params']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def layer_axes(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+    """The layer indices (sorted) and layer types (first-seen order) of the diagnostics rows'
+    per-parameter tables: the axes of the report's heatmaps. Parameters outside the layers
+    (embeddings, final norm, LM head) have no layer and are left out."""
+    layers = sorted(
+        {int(p["layer"]) for r in rows for p in r["params"] if p.get("layer") is not None}
+    )
+    types: dict[str, None] = {}
+    for r in rows:
+        for p in r["params"]:
+            if p.get("layer") is not None:
+                types.setdefault(p["type"], None)
+    return layers, list(types)
+
+
+def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Model-wide figures, one row per diagnostics set: mean ‖τ_t‖ over tasks, median
+    kurtosis, pooled tail shares and sign conflicts, mean overlap and normalized STI, RESM's
+    density range, reweighting change and changed ranks."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.3f}"
+
+    def mean(vals: Sequence[Any] | None) -> float | None:
+        v = [x for x in (vals or []) if x is not None]
+        return sum(v) / len(v) if v else None
+
+    head = (
+        "| set | T | ‖τ_t‖ (mean) | kurtosis (median) | > 3σ | > 5σ | sign conflict | overlap "
+        "| STI (norm.) | reweight Δ | RESM D (min–max) | k ≠ uniform |"
+    )
+    lines = [head, "|---|---:|" + "---:|" * 10]
+    for r in rows:
+        m, pooled, resm = r["model"], r["model"].get("pooled", {}), r.get("resm") or {}
+        dens = resm.get("density") or {}
+        cells = [
+            str(r["num_models"]),
+            f(mean(pooled.get("norm"))),
+            f(m.get("kurtosis", {}).get("median")),
+            f(mean(pooled.get("tail_share_3"))),
+            f(mean(pooled.get("tail_share_5"))),
+            f(pooled.get("sign_conflict")),
+            f(m.get("subspace_overlap", {}).get("mean")),
+            f(m.get("sti_normalized", {}).get("mean")),
+            f(m.get("reweight_change", {}).get("mean")),
+            f"{f(dens.get('min'))}–{f(dens.get('max'))}",
+            f"{resm.get('layers_with_changed_rank', '-')} / {resm.get('decomposed_layers', '-')}",
+        ]
+        lines.append(f"| {md_text(r.get('label', r['row_key']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -3,11 +3,15 @@
 A model, task or experiment name is the user's text: ``x\\n## Verdict: merging wins`` must not
 start a heading, ``<img onerror=...>`` must not become raw HTML, and ``a|b`` must not split a
 table cell. :func:`md_text` keeps such text one literal line of a table cell or a heading.
+
+:func:`number_ranges` writes a list of numbers short (``1–3,5``): the store's skipped lines, the
+Pareto figure's shared labels.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
@@ -24,3 +28,14 @@ def md_text(value: Any) -> str:
     text = _CONTROL.sub("", _LINE_BREAKS.sub(" ", str(value)))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _EDGE_UNDERSCORE.sub(r"\\_", _MARKUP.sub(r"\\\1", text))
+
+
+def number_ranges(nums: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1–3,5"``."""
+    out: list[str] = []
+    for n in nums:
+        if out and out[-1].split("–")[-1] == str(n - 1):
+            out[-1] = out[-1].split("–")[0] + f"–{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out)

@@ -1,0 +1,374 @@
+"""The report's statistics: result rows -> entries, the numbers every other part of the report
+draws from.
+
+An :class:`Entry` is one configuration (:func:`configuration`: everything that says what the
+model is, except the seed) aggregated over its seeds: mean and std per score, the standard error
+over items when there is one seed, the change from the base. :func:`table_entries` picks the
+main table's entries (the configuration the pipeline chose on the selection split, per family),
+:func:`paired_marks` runs the paired tests over items behind the table's marks
+(:mod:`hhh_bench.tracking.paired`), :func:`conflict_matrix` and :func:`pareto_front` give the
+figures' numbers, :func:`by_setup` keeps rows of different evaluation setups apart, and
+:func:`summary_metrics` the scalars the W&B run's summary holds.
+
+Nothing here renders or writes: the tables (:mod:`hhh_bench.tracking.tables`), the figures
+(:mod:`hhh_bench.tracking.plots`) and the Markdown sections (:mod:`hhh_bench.tracking.sections`)
+read these entries; :mod:`hhh_bench.tracking.answer` compares two of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hhh_bench.core.scoring import DIMENSIONS
+from hhh_bench.tracking.paired import paired_test_groups
+from hhh_bench.tracking.store import setup_key
+
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("base", "Base"),
+    ("oracle", "Oracle"),
+    ("specialist", "Specialists"),
+    ("mixture", "Data mixture"),
+    ("merge", "Model merging"),
+)
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("helpful", "Helpful"),
+    ("honest", "Honest"),
+    ("harmless", "Harmless"),
+    ("average", "Avg"),
+    ("min", "Min"),
+)
+
+
+def family_of(row: Mapping[str, Any]) -> str:
+    """The family a row belongs to: its ``family`` field, else one derived from its kind."""
+    if row.get("family"):
+        return str(row["family"])
+    kind = row.get("kind")
+    if kind == "base":
+        return "Base"
+    if kind == "oracle":
+        return "Oracle"
+    if kind == "specialist":
+        dims = trained_dimensions(row)
+        return f"Specialist: {'+'.join(dims)}" if dims else str(row["name"])
+    if kind == "mixture":
+        return f"Mixture: {row.get('mix_strategy') or row.get('method') or row['name']}"
+    if kind == "merge":
+        return f"Merge: {row.get('method') or row['name']}"
+    return str(row.get("name"))
+
+
+def trained_dimensions(row: Mapping[str, Any]) -> list[str]:
+    """The dimensions a model was trained on: ``train_dimensions``, else the one dimension word
+    its name contains (``dpo_helpful``), else none."""
+    dims = row.get("train_dimensions")
+    if dims:
+        return [d for d in DIMENSIONS if d in dims]
+    found = [d for d in DIMENSIONS if d in str(row.get("name", "")).lower()]
+    return found if len(found) == 1 else []
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mu = sum(values) / len(values)
+    if len(values) < 2:
+        return mu, None
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class Entry:
+    """One configuration (rows of one :func:`configuration` key) aggregated over its seeds."""
+
+    kind: str
+    family: str
+    name: str
+    rows: list[dict[str, Any]]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+    delta: dict[str, float | None] = field(default_factory=dict)
+    n_configs: int = 1
+    selected_on: str | None = None
+    se: dict[str, float | None] = field(default_factory=dict)  # one seed: the row's item stderr
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def label(self) -> str:
+        if self.n_configs > 1:
+            return f"{self.name} (best of {self.n_configs} on {self.selected_on})"
+        return self.name
+
+
+CONFIG_FIELDS = ("kind", "name", "family", "method", "mix_strategy", "noise_rate")
+"""Fields two rows must share to be seeds of one configuration (with ``train_dimensions`` and,
+unless the rows carry the pipeline's choice, ``params``: :func:`configuration`)."""
+
+
+def configuration(row: Mapping[str, Any]) -> str:
+    """The key of a row's configuration: everything that says what the model is, except the
+    seed. Rows that differ in it are never pooled as seeds (a sweep's ``scaling=0.5`` and
+    ``scaling=1.0`` are two rows of the table, not one with a ± between them). A row that
+    carries the pipeline's choice on the selection split (``extra.selected_on``) is its family's
+    chosen configuration of that seed: such rows pool over seeds whatever knobs each seed chose
+    (the all-models table says "varies by seed")."""
+    key: dict[str, Any] = {k: row.get(k) for k in CONFIG_FIELDS}
+    key["train_dimensions"] = sorted(str(d) for d in row.get("train_dimensions") or [])
+    if (row.get("extra") or {}).get("selected_on"):
+        key["selected"] = True
+    else:
+        key["params"] = row.get("params") or {}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _split_repeated_seeds(rs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows of one configuration, split where a seed repeats (rows of the same seed that differ
+    in something else, say the data): each row joins the first part without its seed, in file
+    order, so that each part holds a seed once."""
+    parts: list[list[dict[str, Any]]] = []
+    for r in rs:
+        part = next((p for p in parts if all(x.get("seed") != r.get("seed") for x in p)), None)
+        if part is None:
+            parts.append([r])
+        else:
+            part.append(r)
+    return parts
+
+
+def _distinct_names(groups: list[tuple[str, str, list[dict[str, Any]]]]) -> list[str]:
+    """Each group's name, made distinct where one kind and name holds several configurations:
+    the name plus the knobs that tell them apart (``ties [scaling=0.5]``), else the first one
+    plain and the others numbered (``ties [2]``: the same knobs, another data or model)."""
+    labels: dict[tuple[str, str], list[str]] = {}
+    for kind, name, rs in groups:
+        params = {params_text(r) for r in rs}
+        chosen = bool((rs[0].get("extra") or {}).get("selected_on"))
+        labels.setdefault((kind, name), []).append(
+            params.pop() if len(params) == 1 and not chosen else ""
+        )
+    names, seen, used = [], set(), dict.fromkeys(labels, 0)
+    for kind, name, _ in groups:
+        mine = labels[(kind, name)]
+        i = used[(kind, name)]
+        used[(kind, name)] += 1
+        label = name
+        if len(mine) > 1 and mine[i] and mine.count(mine[i]) == 1:
+            label = f"{name} [{mine[i]}]"
+        n = 2
+        while (kind, label) in seen:
+            label, n = f"{name} [{n}]", n + 1
+        seen.add((kind, label))
+        names.append(label)
+    return names
+
+
+def params_text(row: Mapping[str, Any]) -> str:
+    p = row.get("params") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """Group rows into configurations (:func:`configuration`; a seed never twice in one) with
+    mean and std per score. An entry's name is the rows' name, with the knobs that tell it
+    apart when one name holds several configurations (``ties [scaling=0.5]``)."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_config.setdefault(configuration(r), []).append(dict(r))
+    groups = [
+        (part[0]["kind"], str(part[0]["name"]), part)
+        for rs in by_config.values()
+        for part in _split_repeated_seeds(rs)
+    ]
+    extra = list(extra_columns(rows))
+    entries = []
+    for (kind, _, rs), name in zip(groups, _distinct_names(groups), strict=True):
+        e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
+        for col, _ in COLUMNS:
+            e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        for col in extra:  # extra columns (over-refusal, capability) where every seed has one
+            if all(r.get(col) is not None for r in rs):
+                e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
+        if len(rs) == 1:
+            e.se = {c: rs[0].get(f"{c}_stderr") for c in e.mean}
+        entries.append(e)
+    return entries
+
+
+def base_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Mean scores of the base rows (over seeds), or None when the store has no base row."""
+    base = [r for r in rows if r["kind"] == "base"]
+    if not base:
+        return None
+    return {col: _mean_std([float(r[col]) for r in base])[0] for col, _ in COLUMNS}
+
+
+def with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None:
+    """Deltas of the means from the base's means, and the largest drop of a dimension's mean
+    below the base's (None without a base)."""
+    for e in entries:
+        for col, _ in COLUMNS:
+            e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
+        e.delta["max_drop"] = (
+            None if base is None else max(0.0, *(base[d] - e.mean[d] for d in DIMENSIONS))
+        )
+
+
+def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """The main table's entries, in table order. The report chooses nothing: a family shows the
+    configuration the pipeline chose on the selection split (rows whose ``extra.selected_on``
+    is set, with ``n_configs`` and the split), or, when no row of it carries a choice, every
+    configuration it holds, each as its own row. Deltas against the base of ``report_rows``."""
+    entries = aggregate(report_rows)
+    by_family: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        by_family.setdefault((e.kind, e.family), []).append(e)
+    shown: list[Entry] = []
+    for kind, _ in GROUPS:
+        for (k, _fam), members in by_family.items():
+            if k != kind:
+                continue
+            chosen = [m for m in members if _choice(m)]
+            for e in chosen or members:
+                choice = _choice(e)
+                if choice:
+                    e.selected_on = str(choice["selected_on"])
+                    e.n_configs = int(choice.get("n_configs") or 1)
+                shown.append(e)
+    with_deltas(shown, base_means(report_rows))
+    return shown
+
+
+def _choice(e: Entry) -> dict[str, Any] | None:
+    """The pipeline's selection record of an entry's rows (``extra.selected_on``...), if any."""
+    for r in e.rows:
+        extra = r.get("extra") or {}
+        if extra.get("selected_on"):
+            return extra
+    return None
+
+
+def extra_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The extra report columns the rows carry (``extra_columns``: over-refusal, capability),
+    in first-seen order: ``{name: {"task", "metric", "higher_is_better"}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for name, spec in (r.get("extra_columns") or {}).items():
+            out.setdefault(name, dict(spec))
+    return out
+
+
+def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows partitioned by evaluation setup (:func:`hhh_bench.tracking.store.setup_key`), the
+    setup of the most recently written row first, then the others from newest to oldest."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    last: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        k = setup_key(r)
+        groups.setdefault(k, []).append(dict(r))
+        last[k] = i
+    return [groups[k] for k in sorted(groups, key=lambda k: -last[k])]
+
+
+def conflict_matrix(rows: Sequence[Mapping[str, Any]]) -> list[list[float | None]]:
+    """``M[i][j]`` = mean over specialists trained on dimension i alone of (their score on
+    dimension j − the base's mean score on j); None where there is no such specialist or no base."""
+    base = base_means(rows)
+    out: list[list[float | None]] = []
+    for di in DIMENSIONS:
+        spec = [r for r in rows if r["kind"] == "specialist" and trained_dimensions(r) == [di]]
+        row: list[float | None] = []
+        for dj in DIMENSIONS:
+            if base is None or not spec:
+                row.append(None)
+            else:
+                row.append(sum(float(r[dj]) - base[dj] for r in spec) / len(spec))
+        out.append(row)
+    return out
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (maximize both coordinates), sorted by the first."""
+    front = [
+        p
+        for p in points
+        if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in points)
+    ]
+    return sorted(set(front))
+
+
+def paired_marks(
+    entries: Sequence[Entry],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    alpha: float = 0.05,
+) -> tuple[dict[tuple[str, str], dict[str, str]], dict[str, dict[tuple[str, str], Any]]]:
+    """Paired tests over items behind the main table's marks.
+
+    For every column (the dimensions, the average and the extra columns) and every compared
+    entry (all but the oracle): the test against the base (``†`` on the delta when p ≥ alpha)
+    and against the column's best entry (``≈`` when p ≥ alpha: the data cannot tell it from the
+    best). Entries over several seeds are paired by seed
+    (:func:`hhh_bench.tracking.paired.paired_test_groups`). Entries without per-item values get
+    no test and no mark.
+
+    Returns:
+        ``(marks, tests)``: marks per ``(kind, name)`` and column (``delta_<col>`` for the
+        delta), and ``{"base": {(name, col): PairedTest}, "best": {...}}``.
+    """
+    extra = dict(extra or {})
+    cols = [*(c for c, _ in COLUMNS if c != "min"), *extra]
+    base = next((e for e in entries if e.kind == "base"), None)
+    compared = [e for e in entries if e.kind != "oracle"]
+    marks: dict[tuple[str, str], dict[str, str]] = {}
+    tests: dict[str, dict[tuple[str, str], Any]] = {"base": {}, "best": {}}
+    for col in cols:
+        have = [e for e in compared if col in e.mean]
+        if not have:
+            continue
+        higher = extra.get(col, {}).get("higher_is_better", True)
+        best = (max if higher else min)(have, key=lambda e: e.mean[col])
+        for e in have:
+            mk = marks.setdefault((e.kind, e.name), {})
+            if base is not None and e is not base and col in base.mean:
+                t = paired_test_groups(e.rows, base.rows, col, alpha=alpha)
+                if t is not None:
+                    tests["base"][(e.name, col)] = t
+                    if not t.resolved:
+                        mk[f"delta_{col}"] = "†"
+            if e is not best:
+                t = paired_test_groups(e.rows, best.rows, col, alpha=alpha)
+                if t is not None:
+                    tests["best"][(e.name, col)] = t
+                    if not t.resolved:
+                        mk[col] = " ≈"
+    return marks, tests
+
+
+def summary_metrics(
+    entries: Sequence[Entry], select_by: str, answer: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The scalars of a report's W&B summary: every main-table family's scores
+    (``"<family>/<column>"``), the best compared family by ``select_by`` (``best/family``,
+    ``best/name``, ``best/<select_by>``; the base and the oracle are not compared), and the
+    mix-or-merge answer's difference, interval and verdict (``mix_or_merge/...``) when there is
+    one (:func:`hhh_bench.tracking.answer.compare`)."""
+    summary: dict[str, Any] = {}
+    for e in entries:
+        for col, _ in COLUMNS:
+            summary[f"{e.family}/{col}"] = e.mean[col]
+    compared = [e for e in entries if e.kind not in ("oracle", "base")]
+    if compared:
+        best = max(compared, key=lambda e: e.mean[select_by])
+        summary["best/family"] = best.family
+        summary["best/name"] = best.name
+        summary[f"best/{select_by}"] = best.mean[select_by]
+    if answer:
+        for k in ("diff", "ci_low", "ci_high", "verdict"):
+            summary[f"mix_or_merge/{k}"] = answer[k]
+    return summary

@@ -1,0 +1,339 @@
+"""The report's Markdown: each section of ``report.md`` as a list of lines, in report order.
+
+:func:`title_section` (title, split, metric, date), :func:`main_section` (how to read the main
+table, then the table), :func:`skipped_note` (store lines skipped as invalid),
+:func:`counts_note` (preference pairs per arm, items per task), :func:`other_setups_section`
+(older evaluation setups of the store, each apart), :func:`all_models_section`,
+:func:`per_task_section`, :func:`setup_section` (each task's metric and judge),
+:func:`paired_section` (the paired tests behind the table's marks), :func:`figures_section`
+and :func:`diagnostics_section`. The report ends with the answer's section
+(:func:`hhh_bench.tracking.answer.answer_section`); :func:`hhh_bench.tracking.report.build_report`
+puts them together. The tables come from :mod:`hhh_bench.tracking.tables`; every name from the
+store is escaped (:func:`hhh_bench.tracking.markdown.md_text`). Sections write no files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes, layer_type_table
+from hhh_bench.tracking.entries import COLUMNS, Entry, base_means, extra_columns, table_entries
+from hhh_bench.tracking.markdown import md_text, number_ranges
+from hhh_bench.tracking.store import setup_key
+from hhh_bench.tracking.tables import (
+    all_models_table,
+    extra_head,
+    main_table,
+    paired_table,
+    per_task_table,
+)
+
+METRIC_NOTES = {
+    "acc": "argmax of the candidates' summed log-likelihoods",
+    "acc_norm": "argmax of log-likelihood per byte of the candidate (length-normalised: the "
+    "candidates differ in length)",
+    "soft": "softmax probability mass on the gold candidate",
+    "win_rate": "share of prompts whose answer the reward judge scores above the base model's "
+    "(ties half)",
+    "safe": "1 - attack success rate: share of answers to harmful prompts the safety judge "
+    "labels safe",
+    "over_refusal": "share of safe prompts refused (lower is better)",
+    "truthful": "share of free answers the truth judge labels true",
+}
+"""What each primary metric means, for the *Evaluation setup* table."""
+
+
+def title_section(rows: Sequence[Mapping[str, Any]], *, experiment: str, split: str) -> list[str]:
+    """The title (with the experiment's name) and one line: the split, the primary metric(s),
+    how many rows, when the report was generated."""
+    metric = sorted({str(r.get("metric", "?")) for r in rows})
+    return [
+        f"# hhh-bench report{': ' + md_text(experiment) if experiment else ''}",
+        "",
+        f"Split **{md_text(split)}**, primary metric {md_text(', '.join(metric))}"
+        + (
+            " (tasks naming their own: see *Evaluation setup*), "
+            if any(r.get("task_specs") for r in rows)
+            else ", "
+        )
+        + f"{len(rows)} evaluated model(s); generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+    ]
+
+
+def main_section(
+    entries: Sequence[Entry],
+    rows: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Mapping[str, Any]],
+    marks: Mapping[tuple[str, str], Mapping[str, str]],
+    tests: Mapping[str, Mapping[tuple[str, str], Any]],
+    *,
+    select_by: str,
+    select_split: str | None,
+    alpha: float,
+) -> list[str]:
+    """The main table (:func:`hhh_bench.tracking.tables.main_table` of ``entries``) under a
+    paragraph saying how to read it: which configuration a family shows, what ± means, the
+    deltas (against the base of ``rows``), bold, the paired tests' marks (``tests``), ↓."""
+    n_seeds = max(e.n for e in entries)
+    return [
+        "## Main table",
+        "",
+        "One row per method family; where the pipeline compared several configurations of a "
+        f"family, the one it chose by {select_by} on the selection split "
+        f"({select_split or 'none'}) is shown, with how many it compared; a family without a "
+        "recorded choice shows each of its configurations. "
+        + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
+        + (
+            "One seed: value ± standard error over items. "
+            if any(v is not None for e in entries for v in e.se.values())
+            else ""
+        )
+        + (
+            "In parentheses: change from the base. "
+            if base_means(rows)
+            else "No base row: no deltas. "
+        )
+        + "Bold: best per column among all rows but the oracle"
+        + (
+            f"; ≈: not resolvably different from the best, †: change from the base not "
+            f"resolved (paired tests over items, p ≥ {alpha}; see below). "
+            if any(tests.values())
+            else ". "
+        )
+        + (
+            "↓: lower is better."
+            if any(not v.get("higher_is_better", True) for v in extra.values())
+            else ""
+        ),
+        "",
+        main_table(entries, extra, marks),
+        "",
+    ]
+
+
+def skipped_note(skipped: Sequence[Any]) -> list[str]:
+    """The Markdown lines under the main table saying how many lines of the store were skipped
+    as invalid (``report.skip_invalid=true``) and why, by reason; none when none was."""
+    if not skipped:
+        return []
+    by_reason: dict[str, list[int]] = {}
+    for s in skipped:
+        reason = str(s.reason)
+        reason = reason.split(": ", 1)[1] if reason.startswith("result row ") else reason
+        by_reason.setdefault(reason, []).append(int(s.line))
+    n = len(skipped)
+    parts = [
+        f"line{'s' if len(v) > 1 else ''} {number_ranges(v)}: {r}" for r, v in by_reason.items()
+    ]
+    return [
+        f"**Skipped {n} invalid row{'s' if n != 1 else ''} of the results store** "
+        "(report.skip_invalid=true; not in any table or figure): "
+        + md_text("; ".join(parts))
+        + ".",
+        "",
+    ]
+
+
+def budget_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on how many preference pairs each compared arm was trained from (rows carry
+    ``extra.train_pairs``): the specialists together (what a merge is built from), each mixture
+    (budget-matched when equal to that sum) and the oracle. Empty when no row says."""
+    pairs: dict[str, dict[str, int]] = {}
+    for r in rows:
+        n = (r.get("extra") or {}).get("train_pairs")
+        if n:
+            pairs.setdefault(str(r.get("kind")), {})[str(r.get("name"))] = int(n)
+    spec = pairs.get("specialist") or {}
+    if not spec:
+        return ""
+    total = sum(spec.values())
+    parts = [f"the specialists {' + '.join(f'{n:,}' for n in spec.values())} = {total:,} (merged)"]
+    for m in sorted(set((pairs.get("mixture") or {}).values())):
+        match = "budget-matched" if m == total else f"{m / total:.2f}× the specialists' total"
+        parts.append(f"each mixture {m:,} ({match})" if len(pairs["mixture"]) > 1 else
+                     f"the mixture {m:,} ({match})")  # fmt: skip
+    for o in (pairs.get("oracle") or {}).values():
+        parts.append(f"the oracle {o:,} (upper reference, its own data and recipe)")
+    return "Preference pairs per seed: " + "; ".join(parts) + "."
+
+
+def items_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on how many items each scored task has per seed, by dimension (from the
+    rows' ``task_specs`` and per-task ``n``): how much one flipped item moves a score. Empty
+    when no row says."""
+    counts: dict[str, dict[str, set[int]]] = {}
+    for r in rows:
+        for spec in r.get("task_specs") or []:
+            n = ((r.get("tasks") or {}).get(spec["name"]) or {}).get("n")
+            if n is not None:
+                dim = counts.setdefault(str(spec["dimension"]), {})
+                dim.setdefault(str(spec["name"]), set()).add(int(n))
+    if not counts:
+        return ""
+
+    def fmt(ns: set[int]) -> str:
+        return "/".join(str(n) for n in sorted(ns))
+
+    parts = [
+        f"{dim} " + ", ".join(f"{t} {fmt(ns)}" for t, ns in tasks.items())
+        for dim, tasks in counts.items()
+    ]
+    return "Items per task and seed: " + "; ".join(parts) + "."
+
+
+def counts_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """:func:`budget_note` and :func:`items_note` as one paragraph; none when neither says."""
+    text = " ".join(x for x in (budget_note(rows), items_note(rows)) if x)
+    return [text, ""] if text else []
+
+
+def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming a setup: suite, metric, its scored tasks, its key."""
+    r = rows[0]
+    tasks = [s["name"] for s in r.get("task_specs") or []]
+    return md_text(
+        f"suite {r.get('suite')}, metric {r.get('metric')}, {len(tasks)} task(s) "
+        f"({', '.join(tasks) or '-'}); setup {setup_key(r)}"
+    )
+
+
+def other_setups_section(
+    others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """One main table per older evaluation setup of the store, each on its own (its deltas
+    against its own base): rows of different setups are never averaged together."""
+    if not others:
+        return []
+    md = [
+        "## Other evaluation setups in this store",
+        "",
+        f"The tables above are the latest setup ({describe_setup(current)}). This store also "
+        f"holds rows of {len(others)} other setup(s) (another task list, task version, metric "
+        "or harness setting); each is shown apart below and never averaged with another.",
+        "",
+    ]
+    for i, rows in enumerate(others, 1):
+        md += [f"### Setup {i + 1}: {describe_setup(rows)}", ""]
+        md += [main_table(table_entries(rows), extra_columns(rows), {}), ""]
+    return md
+
+
+def all_models_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every evaluated configuration of ``rows`` (:func:`~hhh_bench.tracking.tables.all_models_table`)."""
+    return ["## All evaluated models", "", all_models_table(rows), ""]
+
+
+def per_task_section(entries: Sequence[Entry]) -> list[str]:
+    """Per-task metrics of the main table's rows; none when no row names its tasks."""
+    tasks = per_task_table(entries)
+    return ["## Per-task metrics (main-table rows)", "", tasks, ""] if tasks else []
+
+
+def setup_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown naming each task's primary metric (saying which are length-normalised) and the
+    judges of the judged tasks, from the rows' ``task_specs``, ``extra_columns`` and ``judges``."""
+    specs: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        for s in r.get("task_specs") or []:
+            specs.setdefault(s["name"], (s["dimension"], s["metric"]))
+        for name, c in (r.get("extra_columns") or {}).items():
+            specs.setdefault(c["task"], (f"column {name}", c["metric"]))
+    judges: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        for task, j in (r.get("judges") or {}).items():
+            judges.setdefault(task, j)
+    if not specs:
+        return []
+    md = [
+        "## Evaluation setup",
+        "",
+        "| Task | Scores | Metric | Meaning | Judge |",
+        "|---|---|---|---|---|",
+    ]
+    for task, (dim, metric) in specs.items():
+        j = judges.get(task)
+        judge = "-"
+        if j:
+            rev = f"@{j['revision']}" if j.get("revision") else ""
+            judge = f"{j.get('model')}{rev} (kind {j.get('kind', '-')}, role {j['role']})"
+        note = METRIC_NOTES.get(metric, "")
+        cells = (md_text(x) for x in (task, dim, metric, note, judge))
+        md.append("| " + " | ".join(cells) + " |")
+    return [*md, ""]
+
+
+def paired_section(
+    entries: Sequence[Entry],
+    tests: Mapping[str, Mapping[tuple[str, str], Any]],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    alpha: float = 0.05,
+) -> list[str]:
+    """Markdown of the paired tests: each main-table row against the base and against each
+    column's best row (difference ± standard error, p; ``≈``: not resolved at ``alpha``)."""
+    cols = [*(c for c, _ in COLUMNS if c != "min"), *(extra or {})]
+    heads = [dict(COLUMNS).get(c) or extra_head(c, (extra or {})[c]) for c in cols]
+    md = [
+        "## Paired tests over items",
+        "",
+        "Two models scored on the same items are compared by their per-item differences "
+        "(paired z-test; Miller, arXiv:2411.00640): difference ± standard error, two-sided p. "
+        f"Marked ≈ (and † on a change from the base in the main table) when p ≥ {alpha}: the "
+        "data cannot resolve the difference. Rows over several seeds are paired by seed "
+        "(item-level uncertainty only).",
+        "",
+    ]
+    if not any(tests.values()):
+        return [*md, "No row has per-item values (items.jsonl): no paired test.", ""]
+    for which, title in (("base", "Against the base"), ("best", "Against each column's best row")):
+        if tests.get(which):
+            md += [f"### {title}", "", paired_table(entries, tests[which], cols, heads), ""]
+    return md
+
+
+def figures_section() -> list[str]:
+    """The three figures of every report, drawn by :mod:`hhh_bench.tracking.plots` beside
+    ``report.md``."""
+    return [
+        "## Figures",
+        "",
+        "![3H radar](radar.png)",
+        "",
+        "![Pareto: each pair of dimensions](pareto.png)",
+        "",
+        "![Conflict matrix](conflict.png)",
+        "",
+    ]
+
+
+def diagnostics_section(
+    rows: Sequence[Mapping[str, Any]], figures: Mapping[str, Path | str]
+) -> list[str]:
+    """The task-vector diagnostics section: the model-wide table, a layer-type table per
+    diagnosed set and, when the rows have per-layer parameters, the heatmaps ``figures``
+    (``{statistic: path}``, :func:`hhh_bench.tracking.plots.diagnostics_heatmaps`), shown as
+    ``diag_<statistic>.png`` beside ``report.md``."""
+    md = [
+        "## Task-vector diagnostics",
+        "",
+        "What the merge methods bet on, measured on each diagnosed set of task vectors "
+        "τ_t = θ_t − θ0 (the specialists the merges read; formulas in docs/merging.md, "
+        "Diagnostics). Tail shares and sign conflicts are pooled over the model (tail shares "
+        "averaged over tasks); overlap, STI and reweighting change are means over matrices.",
+        "",
+        diagnostics_table(rows),
+        "",
+    ]
+    for r in rows:
+        label = md_text(r.get("label", r["row_key"]))
+        md += [f"### {label}", "", layer_type_table(r["layer_types"]), ""]
+    layers, _ = layer_axes(rows)
+    if layers:
+        md += ["### Per-layer heatmaps", ""]
+        for stat in figures:
+            md += [f"![{stat} per layer](diag_{stat}.png)", ""]
+    return md

@@ -1,0 +1,399 @@
+"""Each part of the report, alone, on one small store (issue 35): the statistics
+(``tracking.entries``), the tables (``tracking.tables``), the Markdown sections
+(``tracking.sections``), the answer (``tracking.answer``), the figures (``tracking.plots``) and
+the W&B logging (``tracking.wandb_log``, with a stand-in for ``wandb``); then ``build_report``
+as the sum of its parts.
+
+The store, written with the store's own writers (``append_result``, ``append_diagnostics``):
+three tasks h, o, s of N = 10 items (one per dimension; acc, weight 1, so the average is
+(h + o + s) / 3), two seeds, every task's first ``right`` items right:
+
+    base             4 4 4 in both seeds            -> 0.4 everywhere
+    dpo_helpful      h 8, o 4, s 3 in both seeds    -> helpful .8, honest .4, harmless .3
+    mix uniform      5 5 5 in both seeds            -> 0.5
+    ties             9 9 9 (seed 0), 10 10 10 (1)   -> 0.95 ± 0.0707 (sqrt(2 * 0.05²))
+    task_arithmetic  6 6 6 in both seeds            -> 0.6
+
+and one diagnostics row: one parameter in each of layers 0 and 1 (type mlp.up_proj, norm 1
+and 3, sign conflict 0.2 and 0.4) and the embeddings (no layer).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hhh_bench.core.items import ITEMS_FILE, write_jsonl
+from hhh_bench.tracking import answer, entries, plots, sections, tables
+from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes
+from hhh_bench.tracking.report import build_report
+from hhh_bench.tracking.store import (
+    SkippedLine,
+    append_diagnostics,
+    append_result,
+    read_diagnostics,
+    read_results,
+)
+from hhh_bench.tracking.wandb_log import log_experiment, rows_to_table_data
+
+N = 10
+SPECS = [
+    {"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
+    for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))
+]
+MODELS: list[tuple[str, str, dict[str, Any], tuple[tuple[int, int, int], ...]]] = [
+    # kind, name, fields, right answers (h, o, s) per seed
+    ("base", "base", {}, ((4, 4, 4), (4, 4, 4))),
+    ("specialist", "dpo_helpful", {"train_dimensions": ["helpful"]}, ((8, 4, 3), (8, 4, 3))),
+    ("mixture", "mix uniform", {"mix_strategy": "uniform"}, ((5, 5, 5), (5, 5, 5))),
+    ("merge", "ties", {"method": "ties", "params": {"density": 0.2}}, ((9, 9, 9), (10, 10, 10))),
+    ("merge", "task_arithmetic", {"method": "task_arithmetic"}, ((6, 6, 6), (6, 6, 6))),
+]
+DIAGNOSTICS = {
+    "row_key": "diag-0",
+    "label": "3 specialists",
+    "num_models": 3,
+    "model": {
+        "pooled": {"norm": [1.0, 3.0], "tail_share_3": [0.01, 0.03], "sign_conflict": 0.25},
+        "kurtosis": {"median": 3.5},
+    },
+    "layer_types": {"mlp.up_proj": {"n_params": 2, "norm": {"mean": 2.0}}},
+    "params": [
+        {"name": "layers.0.mlp.up_proj", "layer": 0, "type": "mlp.up_proj", "norm": 1.0,
+         "sign_conflict": 0.2},
+        {"name": "layers.1.mlp.up_proj", "layer": 1, "type": "mlp.up_proj", "norm": 3.0,
+         "sign_conflict": 0.4},
+        {"name": "embed_tokens", "layer": None, "type": "embed_tokens", "norm": 5.0},
+    ],
+    "statistics": {"norm": "Frobenius norm of the task vector", "sign_conflict": "sign share"},
+}  # fmt: skip
+
+
+def write_store(root: Path) -> Path:
+    """The module docstring's store under ``root`` (``results.jsonl``, ``diagnostics.jsonl``,
+    each row's ``items.jsonl``)."""
+    for kind, name, fields, per_seed in MODELS:
+        for seed, right in enumerate(per_seed):
+            eval_dir = root / "evals" / f"{name}-{seed}"
+            eval_dir.mkdir(parents=True)
+            values = {s["name"]: [1.0] * r + [0.0] * (N - r) for s, r in zip(SPECS, right, strict=True)}  # fmt: skip
+            items = {t: [{"doc_id": i, "acc": v} for i, v in enumerate(xs)] for t, xs in values.items()}  # fmt: skip
+            write_jsonl(eval_dir / ITEMS_FILE, items)
+            dims = dict(zip(("helpful", "honest", "harmless"), (r / N for r in right), strict=True))
+            append_result(root / "results.jsonl", {
+                "row_key": f"{name}-{seed}-test", "name": name, "kind": kind, "seed": seed,
+                "split": "test", "suite": "hand", "metric": "acc", "task_specs": SPECS,
+                "tasks": {s["name"]: {"acc": r / N, "n": N} for s, r in zip(SPECS, right, strict=True)},
+                **dims, "average": sum(dims.values()) / 3, "min": min(dims.values()),
+                "artifacts": {"eval_dir": str(eval_dir)}, **fields,
+            })  # fmt: skip
+    append_diagnostics(root / "diagnostics.jsonl", DIAGNOSTICS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, Any]:
+    root = write_store(tmp_path_factory.mktemp("store"))
+    rows = read_results(root / "results.jsonl")
+    return {
+        "root": root,
+        "rows": rows,
+        "entries": entries.table_entries(rows),
+        "diagnostics": read_diagnostics(root / "diagnostics.jsonl"),
+    }
+
+
+def by_name(es: list[entries.Entry]) -> dict[str, entries.Entry]:
+    return {e.name: e for e in es}
+
+
+# ----------------------------------------------------------------------------------- entries
+
+
+def test_entries_pool_seeds_per_configuration_with_means_stds_and_deltas(store):
+    es = store["entries"]
+    # table order: the groups' order, then first seen
+    assert [(e.kind, e.name) for e in es] == [(k, n) for k, n, _, _ in MODELS]
+    assert all(e.n == 2 for e in es)  # two seeds each, never a seed twice
+    ties = by_name(es)["ties"]
+    assert ties.family == "Merge: ties" and ties.label == "ties"
+    assert ties.mean["average"] == pytest.approx(0.95)
+    assert ties.std["average"] == pytest.approx(math.sqrt(2 * 0.05**2))  # (.9, 1.0): n − 1 = 1
+    assert ties.delta["average"] == pytest.approx(0.95 - 0.4)
+    assert ties.se == {}  # several seeds: the spread is the std, not an item stderr
+    spec = by_name(es)["dpo_helpful"]
+    assert spec.family == "Specialist: helpful"
+    assert spec.delta["max_drop"] == pytest.approx(0.1)  # harmless .3 below the base's .4
+    assert by_name(es)["base"].delta["average"] is None
+    assert entries.base_means(store["rows"]) == pytest.approx(dict.fromkeys(
+        ("helpful", "honest", "harmless", "average", "min"), 0.4))  # fmt: skip
+    assert entries.extra_columns(store["rows"]) == {}
+    assert [len(s) for s in entries.by_setup(store["rows"])] == [len(store["rows"])]
+
+
+def test_conflict_matrix_and_pareto_front(store):
+    m = entries.conflict_matrix(store["rows"])
+    assert m[0] == pytest.approx([0.8 - 0.4, 0.4 - 0.4, 0.3 - 0.4])  # trained on helpful
+    assert m[1] == [None, None, None] and m[2] == [None, None, None]  # no such specialist
+    points = [(r["helpful"], r["harmless"]) for r in store["rows"]]
+    assert entries.pareto_front(points) == [(1.0, 1.0)]  # ties seed 1 dominates every row
+
+
+def test_paired_marks_test_each_row_against_the_base_and_the_best(store):
+    marks, tests = entries.paired_marks(store["entries"])
+    # ties is the best of every column: tested against the base, never against itself
+    assert ("ties", "average") in tests["base"] and ("ties", "average") not in tests["best"]
+    t = tests["best"][("mix uniform", "average")]
+    assert t.diff == pytest.approx(0.5 - 0.95) and t.resolved  # 4–5 of 10 items per task
+    assert "average" not in marks[("mixture", "mix uniform")]  # resolved: no ≈
+    # the specialist's honest items are the base's very items: its change (0) is not resolved
+    spec = marks[("specialist", "dpo_helpful")]
+    assert spec["delta_honest"] == "†" and "delta_helpful" not in spec  # 4 of 10 items apart
+
+
+def test_summary_metrics(store):
+    res = {"diff": 0.45, "ci_low": 0.3, "ci_high": 0.6, "verdict": "merging wins"}
+    s = entries.summary_metrics(store["entries"], "average", res)
+    assert s["Merge: ties/average"] == pytest.approx(0.95)
+    assert (s["best/family"], s["best/name"]) == ("Merge: ties", "ties")
+    assert s["mix_or_merge/verdict"] == "merging wins"
+    assert "mix_or_merge/diff" not in entries.summary_metrics(store["entries"], "average", None)
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def test_main_table_cells_bold_and_groups(store):
+    table = tables.main_table(store["entries"])
+    lines = table.splitlines()
+    assert lines[0] == "| Method | Helpful | Honest | Harmless | Avg | Min |"
+    assert [ln for ln in lines if ln.startswith("| *")] == [
+        f"| *{g}* | | | | | |" for g in ("Base", "Specialists", "Data mixture", "Model merging")
+    ]
+    assert "| base | 0.400 ± 0.000 | 0.400 ± 0.000 | 0.400 ± 0.000 |" in table
+    assert "| ties | **0.950 ± 0.071** (+0.550) | " in table
+    assert "| dpo_helpful | 0.800 ± 0.000 (+0.400) | 0.400 ± 0.000 (+0.000) | 0.300 ± 0.000 (-0.100) |" in table  # fmt: skip
+
+
+def test_all_models_per_task_and_paired_tables(store):
+    everything = tables.all_models_table(store["rows"])
+    assert "| Model merging | ties | density=0.2 | 2 | **" not in everything  # no bold here
+    assert "| Model merging | ties | density=0.2 | 2 | 0.950 ± 0.071 (+0.550) |" in everything
+    assert everything.rstrip().endswith("| 0.000 |")  # ties (sorted last): no drop below the base
+    per_task = tables.per_task_table(store["entries"])
+    assert per_task.splitlines()[0] == "| Method | h (acc) | o (acc) | s (acc) |"
+    assert "| ties | 0.950 | 0.950 | 0.950 |" in per_task
+    _, tests = entries.paired_marks(store["entries"])
+    paired = tables.paired_table(store["entries"], tests["best"], ["average"], ["Avg"])
+    assert paired.splitlines()[:2] == ["| Method | Avg |", "|---|---:|"]
+    assert "| mix uniform | -0.450 ± " in paired and "| ties |" not in paired
+
+
+# ---------------------------------------------------------------------------------- sections
+
+
+def test_title_and_main_section(store, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt: "2026-01-02 03:04")
+    assert sections.title_section(store["rows"], experiment="hand <b>", split="test") == [
+        "# hhh-bench report: hand &lt;b&gt;",
+        "",
+        "Split **test**, primary metric acc (tasks naming their own: see *Evaluation setup*), "
+        "10 evaluated model(s); generated 2026-01-02 03:04.",
+        "",
+    ]
+    marks, tests = entries.paired_marks(store["entries"])
+    md = sections.main_section(store["entries"], store["rows"], {}, marks, tests,
+                               select_by="average", select_split="validation", alpha=0.05)  # fmt: skip
+    assert md[:2] == ["## Main table", ""] and md[-1] == ""
+    assert md[-2] == tables.main_table(store["entries"], {}, marks)
+    assert "Cells: mean ± std over seeds. " in md[2]
+    assert "In parentheses: change from the base. " in md[2]
+
+
+def test_notes_setup_paired_figures_and_diagnostics_sections(store):
+    skipped = [SkippedLine(line=3, reason="result row 'x': kind 'robot' is not one of ..."),
+               SkippedLine(line=4, reason="result row 'y': kind 'robot' is not one of ...")]  # fmt: skip
+    note = sections.skipped_note(skipped)
+    assert note[0].startswith("**Skipped 2 invalid rows of the results store**")
+    assert "lines 3–4: kind 'robot'" in note[0]
+    assert sections.counts_note(store["rows"]) == [
+        "Items per task and seed: helpful h 10; honest o 10; harmless s 10.",
+        "",
+    ]
+    assert sections.other_setups_section([], store["rows"]) == []
+    assert sections.setup_section(store["rows"])[4].startswith("| h | helpful | acc | argmax")
+    _, tests = entries.paired_marks(store["entries"])
+    paired = sections.paired_section(store["entries"], tests)
+    assert [ln for ln in paired if ln.startswith("#")] == [
+        "## Paired tests over items", "### Against the base", "### Against each column's best row"
+    ]  # fmt: skip
+    assert "![3H radar](radar.png)" in sections.figures_section()
+    diag = sections.diagnostics_section(store["diagnostics"], {"norm": Path("diag_norm.png")})
+    assert diag[0] == "## Task-vector diagnostics"
+    assert "### 3 specialists" in diag and "### Per-layer heatmaps" in diag
+    assert diag[-2:] == ["![norm per layer](diag_norm.png)", ""]
+
+
+def test_diagnostics_table_and_axes(store):
+    rows = store["diagnostics"]
+    assert layer_axes(rows) == ([0, 1], ["mlp.up_proj"])  # the embeddings have no layer
+    line = diagnostics_table(rows).splitlines()[2]
+    # mean norm (1 + 3) / 2, median kurtosis, pooled tail share (.01 + .03) / 2, sign conflict
+    assert line.startswith("| 3 specialists | 3 | 2.000 | 3.500 | 0.020 | - | 0.250 |")
+    assert plots.diagnostics_grid(rows[0], "norm", [0, 1], ["mlp.up_proj"]) == [[1.0], [3.0]]
+
+
+# ------------------------------------------------------------------------------------ answer
+
+
+def test_answer_compares_the_best_mixture_and_merge_per_item(store):
+    """merge − mix: seed 0 (9 − 5) / 10 = 0.4 in every task, seed 1 0.5: 0.45 on average."""
+    md, res, line = answer.answer_section(store["entries"])
+    assert (res["merge"], res["mixture"]) == ("ties", "mix uniform")
+    assert res["diff"] == pytest.approx(0.45) and res["n_seeds"] == 2
+    assert res["items_per_task"] == {"h": N, "o": N, "s": N}
+    assert 0 < res["ci_low"] <= 0.45 <= res["ci_high"] and res["verdict"] == "merging wins"
+    assert md[0] == "## Mix or merge?" and md[-1] == line == answer.answer_line(res)
+    assert "| h | 0.333 | 10 |" in md
+
+
+# ------------------------------------------------------------------------------------- plots
+
+
+def test_plots_are_written_as_png_files(store, tmp_path):
+    png = b"\x89PNG\r\n\x1a\n"
+    es = store["entries"]
+    written = [
+        plots.radar_plot(es, tmp_path / "radar.png"),
+        plots.pareto_plot(store["rows"], tmp_path / "pareto.png", highlight=es),
+        plots.conflict_plot(entries.conflict_matrix(store["rows"]), tmp_path / "conflict.png"),
+    ]
+    heatmaps = plots.diagnostics_heatmaps(store["diagnostics"], tmp_path)
+    assert list(heatmaps) == ["norm", "sign_conflict"]  # those the rows have, in table order
+    for p in [*written, *heatmaps.values()]:
+        assert p.parent == tmp_path and p.read_bytes()[:8] == png, p
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(
+        ["radar.png", "pareto.png", "conflict.png", "diag_norm.png", "diag_sign_conflict.png"]
+    )
+    no_layers = [{**store["diagnostics"][0], "params": [DIAGNOSTICS["params"][2]]}]
+    assert plots.diagnostics_heatmaps(no_layers, tmp_path / "none") == {}
+
+
+# ------------------------------------------------------------------------------------- W&B
+
+
+class FakeRun:
+    def __init__(self, **kw: Any) -> None:
+        self.init = kw
+        self.logged: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        self.dir = str(Path(kw["dir"]) / "wandb" / "offline-run-x" / "files")
+        self.finished = False
+
+    def log(self, payload: dict[str, Any]) -> None:
+        self.logged.append(payload)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def fake_wandb(runs: list[FakeRun]) -> types.ModuleType:
+    """A stand-in for ``wandb``: ``init`` returns a :class:`FakeRun`; tables and images are
+    kept as what they were made from."""
+    mod = types.ModuleType("wandb")
+
+    def init(**kw: Any) -> FakeRun:
+        runs.append(FakeRun(**kw))
+        return runs[-1]
+
+    mod.init = init  # type: ignore[attr-defined]
+    mod.Table = lambda columns, data: ("table", columns, data)  # type: ignore[attr-defined]
+    mod.Image = lambda path: ("image", path)  # type: ignore[attr-defined]
+    mod.Settings = dict  # type: ignore[attr-defined]
+    return mod
+
+
+def test_wandb_logging_is_off_with_logger_none(store, tmp_path):
+    assert (
+        log_experiment(store["rows"], logger_cfg={"name": "none"}, root=tmp_path, name="x") is None
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_wandb_logs_the_results_table_figures_and_summary(store, tmp_path, monkeypatch):
+    runs: list[FakeRun] = []
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(runs))
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    radar = plots.radar_plot(store["entries"], tmp_path / "radar.png")
+    summary = entries.summary_metrics(store["entries"], "average", None)
+    run_dir = log_experiment(
+        store["rows"], logger_cfg={"name": "wandb", "mode": "offline"}, root=tmp_path,
+        name="hand", summary=summary, files=[radar, tmp_path / "missing.png"],
+    )  # fmt: skip
+    (run,) = runs
+    assert run.init["mode"] == "offline" and run.init["job_type"] == "report"
+    assert run_dir == tmp_path / "wandb" / "wandb" / "offline-run-x"
+    (payload,) = run.logged
+    assert payload["results"] == ("table", *rows_to_table_data(store["rows"]))
+    assert payload["report/radar"] == ("image", str(radar))
+    assert "report/missing" not in payload  # only files that exist
+    assert run.summary == summary and run.finished
+
+
+# ------------------------------------------------------------------------- the whole report
+
+
+def test_build_report_is_its_parts_in_order(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt: "2026-01-02 03:04")
+    rows, es = store["rows"], store["entries"]
+    rep = build_report(rows, tmp_path, experiment="hand", diagnostics=store["diagnostics"])
+    marks, tests = entries.paired_marks(es)
+    parts = [
+        sections.title_section(rows, experiment="hand", split="test"),
+        sections.main_section(es, rows, {}, marks, tests, select_by="average",
+                              select_split="validation", alpha=0.05),
+        sections.counts_note(rows),
+        sections.all_models_section(rows),
+        sections.per_task_section(es),
+        sections.setup_section(rows),
+        sections.paired_section(es, tests),
+        sections.figures_section(),
+        sections.diagnostics_section(store["diagnostics"], rep["diagnostics_figures"]),
+        answer.answer_section(es)[0],
+    ]  # fmt: skip
+    assert rep["markdown"] == "\n".join(line for part in parts for line in part) + "\n"
+    assert rep["report_md"].read_text() == rep["markdown"]
+    assert rep["summary"] == entries.summary_metrics(es, "average", rep["answer"])
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(
+        ["report.md", "radar.png", "pareto.png", "conflict.png", "diag_norm.png",
+         "diag_sign_conflict.png"]
+    )  # fmt: skip
+
+
+def test_the_parts_import_downward_only():
+    """Within tracking/, the report imports its parts and no part imports the report; the
+    import graph of the parts has no circle (answer.py once imported report.py's Entry)."""
+    pkg = Path(entries.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "hhh_bench.tracking."
+            ):
+                deps.add(node.module.split(".")[2])
+        graph[f.stem] = deps
+    assert not any("report" in deps for deps in graph.values())
+    assert {"answer", "entries", "plots", "sections", "tables"} <= graph["report"]
+
+    def reaches(a: str, b: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(d == b or (d not in seen and reaches(d, b, seen | {d})) for d in graph[a])
+
+    assert not [m for m in graph if reaches(m, m)]
