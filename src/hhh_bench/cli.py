@@ -13,10 +13,10 @@ hhh-bench --help                         # the subcommands, then Hydra's groups 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -114,27 +114,38 @@ def task(cfg) -> float | None:
 
 @dataclass(frozen=True)
 class Subcommand:
-    """A subcommand of ``hhh-bench`` by name: ``module:function`` takes the arguments after the
-    name and returns an exit status; it parses them itself (argparse), ``--help`` included."""
+    """A subcommand of ``hhh-bench`` by name: ``run`` takes the arguments after the name and
+    returns an exit status; it parses them itself (argparse), ``--help`` included."""
 
     name: str
     summary: str
-    target: str  # "package.module:function", imported only when the subcommand runs
+    run: Callable[[list[str]], int]
 
     def __call__(self, argv: list[str]) -> int:
-        module, _, function = self.target.partition(":")
-        return int(getattr(importlib.import_module(module), function)(argv) or 0)
+        return int(self.run(argv) or 0)
+
+
+# Each subcommand's module is imported only when it runs (a plain import, so that the layer
+# contract, pyproject.toml [tool.importlinter], sees the arrow).
+def _cache(argv: list[str]) -> int:
+    from hhh_bench.cachetool import main as cache_main
+
+    return cache_main(argv)
+
+
+def _list(argv: list[str]) -> int:
+    from hhh_bench.listing import main as list_main
+
+    return list_main(argv)
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     s.name: s
     for s in (
-        Subcommand("cache", "verify or clean a run root's stage cache", "hhh_bench.cachetool:main"),
+        Subcommand("cache", "verify or clean a run root's stage cache", _cache),
         Subcommand(
-            "list",
-            "list experiments, config groups, merge methods, strategies, sources",
-            "hhh_bench.listing:main",
-        ),  # fmt: skip
+            "list", "list experiments, config groups, merge methods, strategies, sources", _list
+        ),
     )
 }
 """Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other
