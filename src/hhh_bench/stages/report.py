@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hhh_bench.stagecache import console_line
+from hhh_bench import console
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
 
@@ -136,8 +136,11 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
 
 
 def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) -> None:
-    """The console: the main table, the files, one numbered line, and the answer last."""
+    """The console: the report's job line, the main table, the files, and the answer last."""
     paths = {k: rep[k] for k in ("report_md", "radar", "pareto", "conflict")}
+    console.step_done("report", cached=cached, where=paths["report_md"],
+                      note=f"{rep['n_rows']} rows"
+                      + (" (unchanged since the store was last reported)" if cached else ""))  # fmt: skip
     lines = [
         "",
         f"== hhh-bench report: {rep.get('title', cfg.name)} ({rep['n_rows']} rows from {store}) ==",
@@ -149,7 +152,5 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
         lines.append(f"wandb run: {rep['wandb_dir']}")
     if rep.get("skipped"):
         lines.append(f"skipped {rep['skipped']} invalid line(s) of the store (report.skip_invalid)")
-    print("\n".join(lines))
-    what = "unchanged since the store was last reported" if cached else "wrote"
-    console_line(f"report: {what} {paths['report_md']} ({rep['n_rows']} rows)")
-    print(rep["answer_line"], flush=True)  # last: mix or merge, and how sure
+    console.say("\n".join(lines), level=console.QUIET)
+    console.say(rep["answer_line"], level=console.QUIET)  # last: mix or merge, and how sure
