@@ -158,3 +158,21 @@ def test_a_bad_console_setting_is_named():
         ConsoleConfig(verbosity=5)
     with pytest.raises(ValueError, match="progress"):
         ConsoleConfig(progress="sometimes")
+
+
+def test_a_search_s_configurations_read_apart():
+    """What tells jobs and their runs apart on the console: a configuration's settings, and for
+    a mixture what differs from its strategy's option file (the four `train mix-reward_select`
+    runs of a search were indistinguishable)."""
+    from hhh_bench.stages.common import load_option
+    from hhh_bench.stages.train import _shown
+
+    text = console.params_text({"density": 0.5, "weights": [0.75, 1.5], "shares": {"a": 0.25}})
+    assert text == "density=0.5 weights=[0.75,1.5] shares=a 0.25"
+    own = load_option("mix", "reward_select")
+    shares = {"helpful": 0.5, "honest": 0.25, "harmless": 0.25}
+    assert _shown("mix-reward_select", {**own, "shares": shares}, None) == (
+        "mix-reward_select shares=helpful 0.5/honest 0.25/harmless 0.25"
+    )
+    assert _shown("mix-reward_select", own, None) == "mix-reward_select"
+    assert _shown("oracle", {**own, "budget": "per_specialist"}, "oracle") == "oracle"

@@ -33,10 +33,10 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 QUIET, NORMAL, VERBOSE, EVERYTHING = 0, 1, 2, 3
 PROGRESS = ("auto", "always", "never")
@@ -281,6 +281,23 @@ def step_done(
     extra = ", ".join(str(x) for x in (note, where) if x)
     stage, _, name = what.partition(" ")
     _finish(stage, name, what, outcome + (f", {extra}" if extra else ""), seconds, not cached)
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """Settings in a line: ``density=0.5 scaling=1``; a mapping value (shares) as ``helpful
+    0.5/honest 0.25/harmless 0.25``, a list as ``[0.75,1.5,0.75]``."""
+
+    def one(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    def value(v: Any) -> str:
+        if isinstance(v, Mapping):
+            return "/".join(f"{k} {one(x)}" for k, x in v.items())
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(one(x) for x in v) + "]"
+        return one(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in params.items())
 
 
 # ---------------------------------------------------------------------------------------------

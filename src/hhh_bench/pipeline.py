@@ -444,7 +444,7 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
     scored: list[tuple[float, dict[str, Any]]] = []
 
     def score(params: dict[str, Any], n_points: int) -> None:
-        console.detail(_params_text(params))
+        console.detail(console.params_text(params))
         model = {**build(params), "grid_params": params}
         if report_all and n_points > 1:
             name = f"{label} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
@@ -467,26 +467,11 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
     if scored:
         best, chosen = choose(scored)
         if len(scored) > 1:
-            console.note(f"{len(scored)} configurations, chosen "
-                         f"{_params_text(chosen['grid_params']) or 'the configured settings'} ({select_by} "
-                         f"{best:.3f} on {select_split})")  # fmt: skip
+            what = console.params_text(chosen["grid_params"]) or "the configured settings"
+            console.note(f"{len(scored)} configurations, chosen {what} ({select_by} {best:.3f} "
+                         f"on {select_split})")  # fmt: skip
         evaluate({**chosen, "selected_on": select_split, "selection_score": best,
                   "selected_by": select_by, "n_configs": len(scored)})  # fmt: skip
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    """``density=0.5 scaling=1.0``; a mapping value (shares) as ``helpful 0.5/honest 0.25/...``."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, Mapping):
-            return "/".join(
-                f"{k} {x:g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items()
-            )
-        if isinstance(v, list | tuple):
-            return "[" + ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) + "]"
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    return " ".join(f"{k}={value(v)}" for k, v in params.items())
 
 
 def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa: ANN001
