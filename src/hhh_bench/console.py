@@ -262,12 +262,15 @@ def step_started(what: str) -> None:
 
 
 def step_done(
-    what: str, *, cached: bool, seconds: float = 0.0, where: str | Path | None = None,
+    what: str, *, cached: bool, seconds: float | None = None, where: str | Path | None = None,
     note: str = "",
 ) -> None:  # fmt: skip
     """A cached stage run finished (``cached``: reused). Inside a job it counts towards the job;
-    alone (a single stage asked for) it is a job of its own and prints its line."""
+    alone (a single stage asked for) it is a job of its own and prints its line. ``seconds``:
+    None, the time since :func:`step_started` of ``what`` (else 0)."""
     with _S.lock:
+        if seconds is None:
+            seconds = time.time() - _S.step_started if _S.step == what else 0.0
         _S.step = ""
         j = _S.job
         if j is not None:

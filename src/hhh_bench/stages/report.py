@@ -53,6 +53,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
+    console.step_started("report")
     from hhh_bench.config import ReportConfig, load
     from hhh_bench.provenance import atomic_dir
     from hhh_bench.stages.diagnose import diagnostics_path
