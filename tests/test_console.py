@@ -127,7 +127,8 @@ def test_library_output_reaches_the_log_as_final_lines(tmp_path, caplog):
     stream = console.LogStream("stderr", io.StringIO())
     with caplog.at_level(logging.INFO, logger="stderr"):
         stream.write("Tokenizing:   0%|   | 0/9\rTokenizing:  50%|#  | 4/9\r")
-        stream.write("Tokenizing: 100%|##| 9/9\n\x1b[Aplain line\n\n")
+        stream.write("Tokenizing: 100%|##| 9/9\r")
+        stream.write("\n\x1b[Aplain line\n\n")
         stream.write("unfinished")
         stream.close_line()
     assert [r.getMessage() for r in caplog.records] == [

@@ -119,8 +119,7 @@ def reset() -> None:
 
 def plan(jobs: Sequence[tuple[str, str]]) -> None:
     """The jobs (``(stage, name)``) this run will print, in any order: ``N`` of ``[k/N]`` and
-    what the ETA adds up (a job's estimate: the mean time of the finished jobs of its name, else
-    of its stage, else of all)."""
+    what the ETA adds up (:func:`_eta`)."""
     with _S.lock:
         _S.planned, _S.total, _S.t0 = list(jobs), len(jobs), time.time()
 
@@ -169,7 +168,7 @@ def _kind(job: tuple[str, str]) -> tuple[str, str]:
 def _eta() -> float | None:
     """Seconds left: each planned job not yet finished at the mean time of the jobs of its kind
     (:func:`_kind`) run so far, else of its stage, else of every job but data and report runs
-    (None: none of those ran yet)."""
+    (None: none of those ran yet); the running job less its time so far."""
     if _S.total is None:
         return None
     left = list(_S.planned)
@@ -185,10 +184,14 @@ def _eta() -> float | None:
     if not work:
         return None
     mean = sum(work) / len(work)
+    running = (_S.job.stage, _S.job.name) if _S.job is not None else None
     total = 0.0
     for job in left:
         same = by_kind.get(_kind(job)) or by_stage.get(job[0])
-        total += sum(same) / len(same) if same else mean
+        guess = sum(same) / len(same) if same else mean
+        if job == running:
+            guess, running = max(guess - (time.time() - _S.job.started), 0.0), None
+        total += guess
     return total
 
 
@@ -369,7 +372,9 @@ class LogStream(io.TextIOBase):
             self._buf += s
             *lines, self._buf = self._buf.split("\n")
             if "\r" in self._buf:  # keep the last redraw only
-                self._buf = self._buf[self._buf.rindex("\r") :]
+                *done, last = self._buf.split("\r")
+                drawn = [p for p in done if p.strip()][-1:]
+                self._buf = "\r".join(["", *drawn, last])
         for line in lines:
             self._emit(line)
         return len(s)
