@@ -15,6 +15,10 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 PIP_SPEC ?= pip==26.3
 STAMP := $(VENV)/.hhh-bench-installed
 PYTEST_ARGS ?=
+# make test runs the suite on TEST_WORKERS processes (pytest-xdist; 0: one process, no workers)
+# with coverage (pytest-cov; fails under [tool.coverage.report] fail_under). docs/testing.md
+TEST_WORKERS ?= 2
+COV_ARGS ?= --cov --cov-report=term
 
 # Offline everywhere: nothing in the demo or the tests may reach a hub.
 export HF_HUB_OFFLINE := 1
@@ -50,8 +54,8 @@ $(STAMP): pyproject.toml setup.py $(LOCK)
 demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the results
 	$(BIN)/hhh-bench experiment=toy3h
 
-test: .venv ## Run the test suite (the end-to-end tests included)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: .venv ## Run the test suite (the end-to-end tests included), with coverage
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(COV_ARGS) $(PYTEST_ARGS)
 
 REHEARSAL_ROOT ?= runs/rehearsal
 rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (CPU), each to a report
@@ -63,7 +67,7 @@ rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (C
 	done
 
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e" $(PYTEST_ARGS)
 
 lint: .venv ## ruff lint + format check + the import contracts (the floors: docs/architecture.md)
 	$(BIN)/ruff check src tests benchmarks

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import REPO, compose
-from hhh_bench.cli import SUBCOMMANDS
+from hhh_bench.cli import SUBCOMMANDS, VERBOSE_FLAGS
 
 PLUGIN_DIR = REPO / "tests" / "assets" / "plugins"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -48,7 +48,7 @@ def jobs(cmd: str) -> tuple[dict[str, str], list[list[str]]]:
         k, v = words.pop(0).split("=", 1)
         env[k] = v
     start = next(i for i, w in enumerate(words) if w.endswith("hhh-bench") or w == "hhh_bench")
-    args = [w for w in words[start + 1 :] if w not in ("-m", "--multirun")]
+    args = [w for w in words[start + 1 :] if w not in ("-m", "--multirun", *VERBOSE_FLAGS)]
     multirun = "-m" in words[start + 1 :] or "--multirun" in words[start + 1 :]
     if "--cfg" in args:
         args = [a for a in args if a not in ("--cfg", "job")]

@@ -107,13 +107,14 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     proc.wait()
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # the console a person reads: one numbered line per stage run, in order, no trainer dicts
-    # (they go to the log files), no traceback, no warnings from the libraries
+    # the console a person reads: one numbered line per job, in order, the last one k = N, no
+    # trainer dicts (they go to the log files), no traceback, no warnings from the libraries
     console = done.stdout + done.stderr
     assert "Traceback" not in console and "{'loss'" not in console and "Warning:" not in console
-    lines = re.findall(r"^\[(\d+)\] (\w+)", done.stdout, re.M)
-    assert [int(k) for k, _ in lines] == list(range(1, len(lines) + 1))
-    assert {stage for _, stage in lines} >= {"data", "base", "train", "merge", "eval", "report"}
+    lines = re.findall(r"^\[\s*(\d+)/(\d+)\] (\w+)", done.stdout, re.M)
+    assert [int(k) for k, _, _ in lines] == list(range(1, len(lines) + 1))
+    assert {int(n) for _, n, _ in lines} == {len(lines)}
+    assert {stage for _, _, stage in lines} >= {"data", "base", "train", "merge", "report"}
     assert not list(root.glob("*/.*tmp*")), "a temporary folder survived"
     # the console ends with the answer (issue 14): mix or merge, with its interval or why not
     assert done.stdout.strip().splitlines()[-1].startswith("Mix or merge? ")

@@ -26,39 +26,21 @@ def _offline_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-VERBOSE_FLAG = "--verbose"
+VERBOSE_FLAGS = ("--verbose", "-v")
 
 
 def _verbose() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("HHH_VERBOSE") == "1"
 
 
-LIBRARY_LOGGERS = (
-    "py.warnings", "transformers", "datasets", "lm_eval", "lm-eval", "accelerate", "trl", "peft",
-    "torch", "huggingface_hub", "urllib3", "filelock", "wandb", "absl", "nltk", "sqlitedict",
-)  # fmt: skip
+def console_settings(cfg) -> dict:
+    """``console.verbosity`` (at least 2 under ``--verbose``) and ``console.progress`` of the
+    run (docs/console.md), checked, and its root (where a log file goes if Hydra writes none)."""
+    from hhh_bench.core.config import ConsoleConfig, load
 
-
-def quiet_libraries() -> None:
-    """The console carries our stage lines and progress bars; library logs and Python warnings
-    go to the job's log file (``<root>/hydra/<time>/<job>.log``) only."""
-    import logging
-    import warnings
-
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    logging.captureWarnings(True)
-    warnings.simplefilter("default")
-    for name in LIBRARY_LOGGERS:
-        lg = logging.getLogger(name)
-        lg.handlers = list(files)
-        lg.propagate = False
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_default_handler()
-        transformers.utils.logging.disable_progress_bar()  # weight-loading bars of tiny models
-    except ImportError:  # pragma: no cover
-        pass
+    c = load(ConsoleConfig, dict(cfg.get("console") or {}), "console")
+    verbosity = max(c.verbosity, 2) if _verbose() else c.verbosity
+    return {"verbosity": verbosity, "progress": c.progress, "root": cfg.get("root")}
 
 
 def job_name(override_dirname: str, num: int) -> str:
@@ -94,21 +76,28 @@ def task(cfg) -> float | None:
 
     A bad input (a wrong path, value, file or model) ends the run with its message on stderr and
     exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
-    ``HYDRA_FULL_ERROR=1`` shows it)."""
-    import logging
-
+    ``HYDRA_FULL_ERROR=1`` shows it). The console: :func:`hhh_bench.core.console.session`."""
+    from hhh_bench.core import console
     from hhh_bench.pipeline import run
 
-    quiet_libraries()
+    bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError)
     try:
-        objective = run(cfg, job=multirun_job()).get("objective")
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
+        settings = console_settings(cfg)
+    except ValueError as e:
         if _verbose():
             raise
-        logging.getLogger("hhh_bench").debug("error", exc_info=True)  # to the log file
         print(f"hhh-bench: error: {e}", file=sys.stderr)
-        print("(full traceback: rerun with --verbose)", file=sys.stderr)
         raise SystemExit(2) from None
+    with console.session(**settings):
+        try:
+            objective = run(cfg, job=multirun_job()).get("objective")
+        except bad_input as e:
+            if _verbose():
+                raise
+            console.log.error("the run stopped", exc_info=True)  # the log file only
+            console.error(f"hhh-bench: error: {e}")
+            console.error("(full traceback: rerun with --verbose)")
+            raise SystemExit(2) from None
     return None if objective is None else float(objective)
 
 
@@ -182,9 +171,10 @@ def main() -> None:
     from hhh_bench.core.paths import conf_dir
 
     _offline_defaults()
-    if VERBOSE_FLAG in sys.argv:  # ours, not Hydra's: tracebacks on errors
-        sys.argv.remove(VERBOSE_FLAG)
-        os.environ["HHH_VERBOSE"] = "1"
+    for flag in VERBOSE_FLAGS:  # ours, not Hydra's: tracebacks on errors, console.verbosity 2
+        while flag in sys.argv:
+            sys.argv.remove(flag)
+            os.environ["HHH_VERBOSE"] = "1"
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def _app(cfg: DictConfig) -> float | None:

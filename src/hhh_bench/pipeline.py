@@ -13,15 +13,17 @@ a killed run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hhh_bench.core import console
 from hhh_bench.stages.common import CACHE, load_option, log, model_identity, to_dict
 from hhh_bench.validation import emphases, preflight, validate_run
 
@@ -54,6 +56,7 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     t0 = time.time()
     CACHE.reset()
+    console.reset()
     CACHE.asked, CACHE.upstream = stage, frozenset(UPSTREAM.get(stage, ()))
     set_threads(cfg.get("threads"))
     load_plugins(cfg.get("plugins") or [])
@@ -79,7 +82,11 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
             cfg.merge.params = dict(groups["merge"].params)
     from hhh_bench.stages.data import run_data
 
-    out: dict[str, Any] = {"data": run_data(cfg)}
+    seeds = _seed_cfgs(cfg) if stage == "all" else []
+    if stage == "all":
+        console.plan(plan_all(cfg, seeds))
+    with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
+        out: dict[str, Any] = {"data": run_data(cfg)}
     data = out["data"]
     if stage == "base":
         out["base"] = _base(cfg, data)
@@ -105,16 +112,19 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     elif stage == "diagnose":
         out["diagnose"] = _diagnose(cfg, data)
     elif stage == "all":
-        out.update(run_all(cfg, data, t0, job=job))
+        out.update(run_all(cfg, data, t0, job=job, seeds=seeds))
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
 
 
 def _summary(t0: float) -> None:
-    msg = f"hhh-bench: {CACHE.summary()} in {time.time() - t0:.0f} s"
-    log.info(msg)
-    print(msg, flush=True)
+    console.say(f"hhh-bench: {CACHE.summary()} in {time.time() - t0:.0f} s")
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def set_threads(threads: int | None) -> None:
@@ -189,8 +199,8 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
         return str(base), [str(m) for m in cfg.merge.models], None
     base = _base(cfg, data)
     dims = list(to_dict(cfg.data.dimensions))
-    print(f"{cfg.stage}: merging the pipeline's specialists ({', '.join(dims)}); any not yet "
-          "trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
+    console.say(f"{cfg.stage}: merging the pipeline's specialists ({', '.join(dims)}); any not "
+                "yet trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
     specs = _specialists(cfg, base, data)
     return merge_input(base), [merge_input(specs[d]) for d in dims], dims
 
@@ -222,7 +232,7 @@ def _merge_eval(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             f"eval.select_by={select_by!r} is not a score; valid: {sorted(res['scores'])}"
         )
     score = float(res["scores"][select_by])
-    print(
+    console.say(
         f"merge_eval {cfg.merge.method} {to_dict(cfg.merge.params)}: {select_by} on {split} = {score:.4f}"
     )
     return {
@@ -242,8 +252,8 @@ def _diagnose(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     res = run_diagnose(
         cfg, base, models, resm_params=resm_params_for(cfg.merge.method, to_dict(cfg.merge.params))
     )
-    print(res["markdown"])
-    print(f"diagnostics: {res['path']}")
+    console.say(res["markdown"], level=console.QUIET)
+    console.say(f"diagnostics: {res['path']}", level=console.QUIET)
     return res
 
 
@@ -327,26 +337,33 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     if cfg.merge.get("models"):  # given specialists (experiment=released_specialists): no training
         base, specialists, dims = _given(cfg)
-        _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
-        for dim, sp in specialists.items():
-            evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
+        with console.job("eval", _seeded(cfg, "base")):
+            _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
+        with console.job("eval", _seeded(cfg, "specialists")):
+            for dim, sp in specialists.items():
+                evaluate(
+                    _model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim])
+                )
         _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
         return out
     base_seed = pcfg.get("base_seed")
-    base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
-    _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
-    specialists = _specialists(cfg, base, data)
-    for dim, sp in specialists.items():
-        evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
+    with console.job("base", _seeded(cfg, "")):
+        base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
+        _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
+    with console.job("train", _seeded(cfg, "specialists")):
+        specialists = _specialists(cfg, base, data)
+        for dim, sp in specialists.items():
+            evaluate(_model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim]))
     dims = to_dict(cfg.data.dimensions)
     oracle = pcfg.get("oracle") or {}
     if oracle.get("enabled", False):
         ocfg = with_values(cfg, {f"train.{k}": v for k, v in (oracle.get("train") or {}).items()})
         mix = {**load_mix(cfg, oracle.get("mix", "uniform")), "budget": oracle.get("budget")}
-        o = run_train(ocfg, base, data, dimensions=dims, mix=mix, name="oracle")
-        evaluate(
-            _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
-        )
+        with console.job("train", _seeded(cfg, "oracle")):
+            o = run_train(ocfg, base, data, dimensions=dims, mix=mix, name="oracle")
+            evaluate(
+                _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
+            )
     _mixtures(cfg, pcfg, base, data, dims, seed, evaluate)
     _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
     return out
@@ -364,10 +381,9 @@ def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """``merge.base`` and ``merge.models`` as the run's base and specialists, the models named
     after ``data.dimensions`` in order (a model of another count: by position)."""
     models = [str(m) for m in cfg.merge.models]
-    dims = list(to_dict(cfg.data.dimensions))
-    names = dims if len(dims) == len(models) else [f"model {i}" for i in range(len(models))]
+    names = _given_names(cfg)
     base_path = str(cfg.merge.base) if cfg.merge.get("base") else str(cfg.model.path)
-    print(f"stage=all on the given specialists {models} (merge.models): nothing is trained")
+    console.say(f"stage=all on the given specialists {models} (merge.models): nothing is trained")
 
     def entry(path: str) -> dict[str, Any]:
         adapter = (Path(path) / "adapter_config.json").is_file()
@@ -377,6 +393,13 @@ def _given(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
                 "adapter_path": path if adapter else None}  # fmt: skip
 
     return entry(base_path), {n: entry(m) for n, m in zip(names, models, strict=True)}, names
+
+
+def _given_names(cfg: DictConfig) -> list[str]:
+    """The given specialists' names: ``data.dimensions`` in order (a model of another count: by
+    position)."""
+    n, dims = len(cfg.merge.models), list(to_dict(cfg.data.dimensions))
+    return dims if len(dims) == n else [f"model {i}" for i in range(n)]
 
 
 def merge_weights(w: Sequence[float]) -> list[float]:
@@ -402,6 +425,7 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
     scored: list[tuple[float, dict[str, Any]]] = []
 
     def score(params: dict[str, Any], n_points: int) -> None:
+        console.detail(console.params_text(params))
         model = {**build(params), "grid_params": params}
         if report_all and n_points > 1:
             name = f"{label} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
@@ -423,6 +447,10 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
             score(params, len(first) + len(extra))
     if scored:
         best, chosen = choose(scored)
+        if len(scored) > 1:
+            what = console.params_text(chosen["grid_params"]) or "the configured settings"
+            console.note(f"{len(scored)} configurations, chosen {what} ({select_by} {best:.3f} "
+                         f"on {select_split})")  # fmt: skip
         evaluate({**chosen, "selected_on": select_split, "selection_score": best,
                   "selected_by": select_by, "n_configs": len(scored)})  # fmt: skip
 
@@ -449,7 +477,8 @@ def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa
                 return []
             return [{**best, "weights": merge_weights(w)} for w in emph]
 
-        _select(cfg, method, grid(spec), build, evaluate, more)
+        with console.job("merge", _seeded(cfg, method)):
+            _select(cfg, method, grid(spec), build, evaluate, more)
 
 
 def _mixtures(cfg, pcfg, base, data, dims, seed, evaluate) -> None:  # noqa: ANN001
@@ -469,11 +498,12 @@ def _mixtures(cfg, pcfg, base, data, dims, seed, evaluate) -> None:  # noqa: ANN
             return _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name,
                           train_dimensions=dims, params=params)  # fmt: skip
 
-        if name not in tuned or not emph:  # one configuration: nothing to choose
-            evaluate(build({}))
-            continue
-        shares = [{"shares": mix_shares(w, dims)} for w in emph]
-        _select(cfg, f"mix: {name}", [{}], build, evaluate, lambda _best, s=shares: s)
+        with console.job("train", _seeded(cfg, f"mix {name}")):
+            if name not in tuned or not emph:  # one configuration: nothing to choose
+                evaluate(build({}))
+                continue
+            shares = [{"shares": mix_shares(w, dims)} for w in emph]
+            _select(cfg, f"mix: {name}", [{}], build, evaluate, lambda _best, s=shares: s)
 
 
 def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -487,21 +517,68 @@ def load_mix(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 
 def run_all(
-    cfg: DictConfig, data: dict[str, Any], t0: float | None = None, *, job: str | None = None
+    cfg: DictConfig,
+    data: dict[str, Any],
+    t0: float | None = None,
+    *,
+    job: str | None = None,
+    seeds: Sequence[tuple[DictConfig, bool]] | None = None,
 ) -> dict[str, Any]:
     """``stage=all``: every seed of ``seeds`` through :func:`run_seed`, then the report (of
-    multirun job ``job``, if one: :func:`run`)."""
-    from hhh_bench.stages.data import data_payload, run_data
+    multirun job ``job``, if one: :func:`run`). ``seeds``: :func:`_seed_cfgs` (computed here
+    when not given)."""
+    from hhh_bench.stages.data import run_data
     from hhh_bench.stages.report import run_report
 
-    seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
     per_seed = []
-    for s in seeds:
-        scfg = with_values(cfg, {"seed": s})
-        # a data config that follows the seed (the toy world's default `world.seed: ${seed}`)
-        # draws each seed's own world
-        same = data_payload(scfg) == data_payload(cfg)
-        per_seed.append(run_seed(scfg, data if same else run_data(scfg)))
+    for scfg, same in seeds if seeds is not None else _seed_cfgs(cfg):
+        if not same:
+            with console.job("data", _seeded(scfg, "")):
+                data_s = run_data(scfg)
+        per_seed.append(run_seed(scfg, data if same else data_s))
     if t0 is not None:
         _summary(t0)
     return {"seeds": per_seed, "report": run_report(cfg, job=job)}
+
+
+def _seed_cfgs(cfg: DictConfig) -> list[tuple[DictConfig, bool]]:
+    """Each seed of ``seeds``: its config, and whether its data is ``cfg``'s (a data config that
+    follows the seed, the toy world's default ``world.seed: ${seed}``, draws each seed's own
+    world)."""
+    from hhh_bench.stages.data import data_payload
+
+    out = []
+    for s in [int(s) for s in (cfg.get("seeds") or [cfg.seed])]:
+        scfg = with_values(cfg, {"seed": s})
+        out.append((scfg, data_payload(scfg) == data_payload(cfg)))
+    return out
+
+
+def _seeded(cfg: DictConfig, name: str) -> str:
+    """A job's name with its seed when the run has several (``helpful specialist, seed 1``)."""
+    if len(cfg.get("seeds") or []) < 2:
+        return name
+    return ", ".join(x for x in (name, f"seed {cfg.seed}") if x)
+
+
+def plan_all(cfg: DictConfig, seeds: Sequence[tuple[DictConfig, bool]]) -> list[tuple[str, str]]:
+    """The console's jobs of ``stage=all`` (``(stage, name)``), the ``N`` of its ``[k/N]`` lines:
+    the data, then for every seed its data (when its own), base, specialists, oracle, mixtures
+    and merge methods (:func:`run_seed`, one job each), then the report."""
+    pcfg = to_dict(cfg.pipeline)
+    methods = [m for m, spec in (pcfg.get("merge_grid") or {}).items() if spec is not None]
+    jobs = [("data", _seeded(cfg, ""))]
+    for scfg, same in seeds:
+        if not same:
+            jobs.append(("data", _seeded(scfg, "")))
+        if cfg.merge.get("models"):
+            jobs += [("eval", _seeded(scfg, "base")), ("eval", _seeded(scfg, "specialists"))]
+        else:
+            jobs += [("base", _seeded(scfg, "")), ("train", _seeded(scfg, "specialists"))]
+            if (pcfg.get("oracle") or {}).get("enabled", False):
+                jobs.append(("train", _seeded(scfg, "oracle")))
+            for entry in pcfg.get("mixtures") or []:
+                name = entry["name"] if isinstance(entry, Mapping) else entry
+                jobs.append(("train", _seeded(scfg, f"mix {name}")))
+        jobs += [("merge", _seeded(scfg, m)) for m in methods]
+    return [*jobs, ("report", "")]

@@ -538,11 +538,36 @@ class CacheConfig:
         _post(self, "cache")
 
 
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """What the console shows (docs/console.md): one line per job; details in the run's log
+    file. Only what is printed: no stage key and no results row depends on it."""
+
+    verbosity: int = param(
+        1,
+        "0: the results table and the answer only; 1: also the log file's path, one line per "
+        "job, the cache summary; 2 (what -v/--verbose gives, with tracebacks): also hhh-bench's "
+        "INFO lines; 3: also the libraries' logs, warnings and progress bars as they write them",
+    )
+    progress: str = param(
+        "auto",
+        "the live progress line: auto (only when stdout is a terminal and CI is not set) | "
+        "always | never",
+        choices=("auto", "always", "never"),
+    )
+
+    def __post_init__(self) -> None:
+        _post(self, "console")
+        if self.verbosity not in (0, 1, 2, 3):
+            raise ValueError(f"console.verbosity must be 0, 1, 2 or 3, got {self.verbosity}")
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
 GROUPS: dict[str, type] = {
     "cache": CacheConfig,
+    "console": ConsoleConfig,
     "data": DataConfig,
     "model": ModelConfig,  # before train, whose device follows model.device: named as set
     "train": TrainConfig,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core import console
 from hhh_bench.core.content import KEY_FILE, mismatch_error, register_root, verify, write_manifest
 from hhh_bench.core.provenance import atomic_dir, config_hash, write_provenance
 
@@ -55,7 +56,6 @@ class CacheCounter:
 
     computed: dict[str, set[str]] = field(default_factory=dict)
     reused: dict[str, set[str]] = field(default_factory=dict)
-    lines: int = 0
     asked: str = ""
     """The stage the user asked for (``stage=merge``), set by the pipeline."""
     upstream: frozenset[str] = frozenset()
@@ -69,7 +69,6 @@ class CacheCounter:
         self.computed.clear()
         self.reused.clear()
         self.recomputed.clear()
-        self.lines = 0
         self.asked, self.upstream = "", frozenset()
         self.on_mismatch = "error"
 
@@ -159,21 +158,21 @@ def cached_stage(
         if not checked.problems:
             CACHE.hit(stage, key)
             log.info("%s: cached %s (%d file(s) re-hashed)", what, out, checked.rehashed)
-            console_line(f"{what}: reused {out}")
+            console.step_done(what, cached=True, where=out)
             info = json.loads((out / result_file).read_text())
             return StageRun(stage, key, out, True, info, checked.manifest.identity())
         if CACHE.on_mismatch != "recompute":
             raise mismatch_error(out, checked.problems)
-        console_line(f"{what}: {checked.problems[0]}: recomputing (cache.on_mismatch=recompute)")
+        console.say(f"{what}: {checked.problems[0]}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)
         replace = True
     t0 = time.time()
     if stage in CACHE.upstream:  # not asked for: say why it runs, before it starts
-        console_line(
+        console.say(
             f"{what}: missing (stage={CACHE.asked} needs it; {Path(root) / stage} has none for "
             f"this config): running stage={stage} first, unasked"
         )
-    console_line(f"{what}: running ...")
+    console.step_started(what)
     ctx = atomic_dir(out, overwrite=replace) if write else _scratch()
     identity = ""
     with ctx as tmp:
@@ -200,7 +199,7 @@ def cached_stage(
         log.info("%s: wrote %s", what, out)
     else:
         log.info("%s: done (this rank writes nothing)", what)
-    console_line(f"{what}: done in {time.time() - t0:.1f} s")
+    console.step_done(what, cached=False, seconds=time.time() - t0, where=out if write else None)
     return StageRun(stage, key, out, False, info, identity)
 
 
@@ -208,9 +207,3 @@ def _rel(root: str | Path, path: str | Path) -> str:
     """``path`` relative to ``root`` when inside it (a moved root keeps its references)."""
     p, r = Path(path).resolve(), Path(root).resolve()
     return p.relative_to(r).as_posix() if r in p.parents else str(path)
-
-
-def console_line(line: str) -> None:
-    """One line per stage run on the console, numbered within the run ("[7] eval base: ...")."""
-    CACHE.lines += 1
-    print(f"[{CACHE.lines}] {line}", flush=True)

@@ -68,13 +68,14 @@ def _read_option(path: str, mtime_ns: int, size: int) -> Any:
 
 
 def run_config_hash(cfg: DictConfig) -> str | None:
-    """The hash of the whole resolved config less ``stage`` (None where an interpolation only
-    resolves inside a Hydra app)."""
+    """The hash of the whole resolved config less ``stage`` and ``console`` (what is printed)
+    (None where an interpolation only resolves inside a Hydra app)."""
     try:
         full = to_dict(cfg)
     except Exception:
         return None
     full.pop("stage", None)
+    full.pop("console", None)
     return config_hash(full)
 
 

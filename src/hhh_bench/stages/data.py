@@ -15,9 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.core import console
 from hhh_bench.core.config import DataConfig
 from hhh_bench.core.provenance import config_hash
-from hhh_bench.stages.common import cached_stage, code_identity, group, keyed, to_dict
+from hhh_bench.stages.common import CACHE, cached_stage, code_identity, group, keyed, to_dict
 
 DATA_CODE = ("hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.core.schema",
              "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
@@ -49,12 +50,12 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
             from hhh_bench.data.toy3h import Toy3HConfig, describe, generate
 
             manifest = generate(Toy3HConfig.from_mapping(dict(data.world or {})), tmp)
-            print(describe(manifest))
+            _describe(describe(manifest))
             return manifest
         from hhh_bench.data.real import write_source_sets
 
         manifest = write_source_sets(to_dict(cfg.data), tmp, eval_sets=eval_sets)
-        print(manifest.get("summary", ""))
+        _describe(manifest.get("summary", ""))
         return manifest
 
     run = cached_stage(
@@ -63,3 +64,9 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     return {"dir": str(run.dir), "key": run.key, "content": run.identity, "manifest": run.info,
             "cached": run.cached}  # fmt: skip
+
+
+def _describe(text: str) -> None:
+    """What was written (sets, splits, counts): on the console when the data stage was asked
+    for (``stage=data``), else in the log file (``-v``: on the console too)."""
+    console.say(text, level=console.NORMAL if CACHE.asked == "data" else console.VERBOSE)

@@ -19,9 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.core import console
 from hhh_bench.core.config import ReportConfig, load
 from hhh_bench.core.provenance import atomic_dir, config_hash
-from hhh_bench.core.stagecache import console_line
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
 
@@ -55,6 +55,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the store does not exist or holds no rows.
     """
+    console.step_started("report")
     from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report
     from hhh_bench.tracking.store import read_diagnostics, scan_results
@@ -135,8 +136,11 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
 
 
 def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) -> None:
-    """The console: the main table, the files, one numbered line, and the answer last."""
+    """The console: the report's job line, the main table, the files, and the answer last."""
     paths = {k: rep[k] for k in ("report_md", "radar", "pareto", "conflict")}
+    console.step_done("report", cached=cached, where=paths["report_md"],
+                      note=f"{rep['n_rows']} rows"
+                      + (" (unchanged since the store was last reported)" if cached else ""))  # fmt: skip
     lines = [
         "",
         f"== hhh-bench report: {rep.get('title', cfg.name)} ({rep['n_rows']} rows from {store}) ==",
@@ -148,7 +152,5 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
         lines.append(f"wandb run: {rep['wandb_dir']}")
     if rep.get("skipped"):
         lines.append(f"skipped {rep['skipped']} invalid line(s) of the store (report.skip_invalid)")
-    print("\n".join(lines))
-    what = "unchanged since the store was last reported" if cached else "wrote"
-    console_line(f"report: {what} {paths['report_md']} ({rep['n_rows']} rows)")
-    print(rep["answer_line"], flush=True)  # last: mix or merge, and how sure
+    console.say("\n".join(lines), level=console.QUIET)
+    console.say(rep["answer_line"], level=console.QUIET)  # last: mix or merge, and how sure

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.core import console
 from hhh_bench.core.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
 from hhh_bench.data.mixing.registry import get_strategy
 from hhh_bench.data.mixing.scorers import register_scorer
@@ -133,7 +134,7 @@ def run_train(
 
     run = cached_stage(
         cfg.root, "train", payload, compute, result_file="train_info.json", seed=seed,
-        write=int(os.environ.get("RANK", "0")) == 0, label=label,
+        write=int(os.environ.get("RANK", "0")) == 0, label=_shown(label, mix_cfg, name),
         provenance={"train": to_dict(cfg.train), "mix": mix_cfg, "noise": noise,
                     "data": to_dict(cfg.data), "model": to_dict(cfg.model)},
         extra={"base_key": base["key"], "data_key": data["key"], "dimensions": dims},
@@ -151,6 +152,21 @@ def run_train(
         "cached": run.cached,
         **_paths(run.dir, info),
     }
+
+
+def _shown(label: str, mix_cfg: Mapping[str, Any] | None, name: str | None) -> str:
+    """What the console and the log call a run: its label, and for a mixture the settings
+    that differ from its strategy's option file (``mix-reward_select shares=helpful
+    0.5/honest 0.25/harmless 0.25``), so that a search's runs read apart."""
+    if mix_cfg is None or name:
+        return label
+    try:
+        own = load_option("mix", str(mix_cfg["name"]))
+    except ValueError:  # a plugin's strategy without an option file
+        own = {}
+    changed = {k: v for k, v in mix_cfg.items() if k != "name" and own.get(k) != v}
+
+    return " ".join(x for x in (label, console.params_text(changed)) if x)
 
 
 def _paths(out: Path, info: Mapping[str, Any]) -> dict[str, Any]:
