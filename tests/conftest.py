@@ -79,24 +79,69 @@ def small_cfg(session_root):
     return compose([f"root={session_root}", "logger=none", *SMALL_WORLD])
 
 
-@pytest.fixture(scope="session")
-def small_data(small_cfg):
-    from hhh_bench.stages.data import run_data
-
-    return run_data(small_cfg)
-
-
-@pytest.fixture(scope="session")
-def small_base(small_cfg, small_data):
-    """θ0 of the small world: the tiny model SFT'd on the world (trained once per session)."""
+def _one_thread() -> None:
     import torch
 
     # One thread by default: on a 2-core machine shared with anything else, oversubscribed torch
     # threads run 10-20x slower (benchmarks/README.md); HHH_TEST_THREADS=2 on an idle machine.
     torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_world(tmp_path_factory) -> Path:
+    """A root holding the small world's data and θ0, built once per test run: under pytest-xdist
+    (`make test` runs two workers) the first worker to need it builds it, under a file lock, in
+    the folder the workers share; the others wait for it. Each worker's session root gets a copy
+    (:func:`small_data`, :func:`small_base`), which its stages then reuse: stage keys hold
+    content, not location (docs/caching.md)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-world"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / ".built").is_file():
+            from hhh_bench.stages.base import run_base
+            from hhh_bench.stages.data import run_data
+
+            _one_thread()
+            cfg = compose([f"root={shared}", "logger=none", *SMALL_WORLD])
+            run_base(cfg, run_data(cfg))
+            (shared / ".built").touch()
+    return shared
+
+
+def _copy_stage(shared: Path, root: Path, stage: str) -> set[Path]:
+    """Copy ``shared/<stage>`` into ``root`` (once); the stage outputs it holds."""
+    import shutil
+
+    if not (root / stage).exists():
+        shutil.copytree(shared / stage, root / stage)
+    return set((root / stage).iterdir())
+
+
+def _reused(out: dict, copied: set[Path], what: str) -> dict:
+    """``out`` came from a copied output (its key matched), not from a new computation."""
+    folder = Path(out.get("dir") or out["path"])
+    assert out["cached"] and folder in copied, f"the shared world's {what} was not reused: {folder}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_data(small_cfg, shared_world, session_root):
+    from hhh_bench.stages.data import run_data
+
+    copied = _copy_stage(shared_world, session_root, "data")
+    return _reused(run_data(small_cfg), copied, "data")
+
+
+@pytest.fixture(scope="session")
+def small_base(small_cfg, small_data, shared_world, session_root):
+    """θ0 of the small world: the tiny model SFT'd on the world (trained once per test run)."""
     from hhh_bench.stages.base import run_base
 
-    return run_base(small_cfg, small_data)
+    _one_thread()
+    copied = _copy_stage(shared_world, session_root, "base")
+    return _reused(run_base(small_cfg, small_data), copied, "θ0")
 
 
 def save_random_lora(base, out, *, r: int, alpha: int, targets: list[str], seed: int = 3):

@@ -217,6 +217,22 @@ def test_listed_user_task_that_is_not_found_is_named(tmp_path):
 # -- docs/extending.md's commands, run as written ---------------------------------------------
 
 
+# The shipped grid (conf/pipeline/default.yaml) at one point per method, without the emphasis
+# tries: the commands' own overrides come after these and change what they say they change.
+ONE_POINT_GRID = [
+    "pipeline.tuning.emphasis=[]",
+    "pipeline.merge_grid.task_arithmetic.scaling=[1.0]",
+    "pipeline.merge_grid.ties.density=[0.5]",
+    "pipeline.merge_grid.ties.scaling=[1.0]",
+    "pipeline.merge_grid.dare_ta.drop_rate=[0.3]",
+    "pipeline.merge_grid.dare_ta.scaling=[1.0]",
+    "pipeline.merge_grid.dare_ties.drop_rate=[0.3]",
+    "pipeline.merge_grid.dare_ties.scaling=[1.0]",
+    "pipeline.merge_grid.tsv.scaling=[1.0]",
+    "pipeline.merge_grid.resm.scaling=[1.0]",
+]
+
+
 def _extending_commands() -> list[tuple[dict[str, str], list[str]]]:
     """(environment, overrides) of every hhh-bench command in docs/extending.md's bash blocks,
     read the way tests/test_docs_commands.py reads them."""
@@ -236,8 +252,9 @@ def test_extending_md_commands_run_as_written_and_do_what_they_say(
 ):
     """Each command of docs/extending.md run through the pipeline with its own overrides as
     written, on the small world (the size overrides and one seed put before them, the oracle
-    and the shipped mixtures off where the command does not set them), in one root so that
-    later commands reuse the specialists; then each command's stated effect is checked."""
+    and the shipped mixtures off where the command does not set them, the shipped merge grid cut
+    to one point per method and no tuning), in one root so that later commands reuse the
+    specialists; then each command's stated effect is checked."""
     from hhh_bench.pipeline import run
     from hhh_bench.tracking.store import read_results
 
@@ -253,7 +270,7 @@ def test_extending_md_commands_run_as_written_and_do_what_they_say(
     for env, overrides in commands:
         assert set(env) <= {"PYTHONPATH"}, env
         size = [f"root={root}", "logger=none", "threads=1", "seeds=[0]", *SMALL_WORLD,
-                "pipeline.oracle.enabled=false"]  # fmt: skip
+                "pipeline.oracle.enabled=false", *ONE_POINT_GRID]  # fmt: skip
         if not any(o.startswith("pipeline.mixtures") for o in overrides):
             size.append("pipeline.mixtures=[]")
         out = run(compose([*size, *overrides]))
