@@ -55,11 +55,14 @@ demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the re
 	$(BIN)/hhh-bench experiment=toy3h
 
 test: .venv ## Run the test suite (the end-to-end tests included), with coverage
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(COV_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not rehearse" $(COV_ARGS) $(PYTEST_ARGS)
 
 REHEARSAL_ROOT ?= runs/rehearsal
 rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (CPU), each to a report
-	@for exp in paper_llama3 paper_mistral released_specialists; do \
+	@# paper_llama3 (and its root moved: every stage reused) and `accelerate launch` with two
+	@# processes, as tests (-m rehearse: docs/testing.md); then the other two experiments
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m rehearse -p no:cacheprovider $(PYTEST_ARGS)
+	@for exp in paper_mistral released_specialists; do \
 	  echo "== rehearsal: $$exp"; \
 	  $(BIN)/hhh-bench experiment=$$exp +rehearsal=small root=$(REHEARSAL_ROOT)/$$exp logger=none threads=1 \
 	    || exit 1; \
@@ -67,7 +70,7 @@ rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (C
 	done
 
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not rehearse" $(PYTEST_ARGS)
 
 lint: .venv ## ruff lint + format check + the import contracts (the floors: docs/architecture.md)
 	$(BIN)/ruff check src tests benchmarks

@@ -70,3 +70,22 @@ def test_the_contract_refuses_an_upward_or_sideways_import(tmp_path, module, lin
     out = lint_imports(src, tmp_path)
     assert out.returncode != 0, out.stdout[-4000:]
     assert "BROKEN" in out.stdout and says in out.stdout, out.stdout[-4000:]
+
+
+MAX_LINES = 600
+"""The house rule (docs/architecture.md): a module over 600 lines holds one concept and names it
+in its docstring (``One concept: ...``); anything else is split."""
+
+
+def test_no_long_module_without_its_one_concept_note():
+    import ast
+
+    long = []
+    for path in sorted((REPO / "src" / "hhh_bench").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") <= MAX_LINES:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "One concept: " not in doc:
+            long.append(f"{path.relative_to(REPO)} ({text.count(chr(10))} lines)")
+    assert not long, "over 600 lines without a 'One concept:' note: " + ", ".join(long)

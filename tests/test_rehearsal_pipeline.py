@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,7 @@ def test_accelerate_configs_load(name):
 
 
 @pytest.mark.e2e
+@pytest.mark.rehearse
 def test_training_under_accelerate_launch_with_two_processes(tmp_path):
     """`accelerate launch --num_processes 2` with conf/accelerate/ddp.yaml trains on the CPU
     (gloo): one trained folder written by rank 0, then evaluated into a results row."""
@@ -201,6 +203,7 @@ def test_training_under_accelerate_launch_with_two_processes(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.rehearse
 def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     """experiment=paper_llama3 +rehearsal=small stage=all: stand-in Llama-3, the public sets'
     fixtures through their adapters, the experiment's LoRA DPO, every mixture and merge method,
@@ -235,3 +238,16 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     assert holdouts == {'"select"', '"report"'}
     for family in ("Merge: ties", "Merge: resm", "Mixture: "):
         assert family.split(": ")[1] in report or family in report
+    # the root moved to another folder reruns with every stage reused (issue 26: keys hold
+    # content and code, never a location)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    again = subprocess.run(
+        [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
+         f"root={moved}", "logger=none", "threads=1"],
+        cwd=REPO, env=env, timeout=1500, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-4000:]
+    summary = re.search(r"(\d+) stage run\(s\) computed, (\d+) reused", again.stdout)
+    assert summary, again.stdout[-3000:]
+    assert int(summary[1]) == 0 and int(summary[2]) > 50, summary[0]

@@ -1,6 +1,8 @@
 """The console of a run: one line per job, one live progress line on a terminal, everything else
 in the run's log file (docs/console.md).
 
+One concept: the console of a run (job lines, the live line, the log file).
+
 What goes where, by ``console.verbosity`` (``hhh-bench -v`` raises it to 2):
 
 - stdout: the log file's path (first line); one line per job, ``[k/N] stage name: ran 12.3 s |

@@ -1,6 +1,9 @@
 """The toy 3H world: a synthetic, fully offline world in which helpfulness, honesty and
 harmlessness are measurable exactly and really conflict (see ``shared/DESIGN.md`` §4).
 
+One concept: the toy world (its knowledge base, prompts, preference pairs, eval items and the
+oracle reward that defines them), kept in one module so that its rules are read in one place.
+
 What the world holds
 --------------------
 * A knowledge base of invented entities (one word each, e.g. ``zorav``) with ``n_attributes``

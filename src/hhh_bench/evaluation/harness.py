@@ -1,5 +1,7 @@
 """A thin wrapper around lm-evaluation-harness: our task YAMLs, one model, metrics with stderr.
 
+One concept: running lm-evaluation-harness on one model (tasks materialized, metrics read).
+
 Our tasks ship as lm-eval YAMLs under ``hhh_bench/evaluation/tasks/`` (``toy3h/``: the toy
 world; ``real/``: HaluEval-QA, XSTest-style and PKU-SafeRLHF-style multiple choice). Their data
 files are only known at run time, so the shipped YAMLs name them by placeholders

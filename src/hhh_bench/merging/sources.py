@@ -1,5 +1,7 @@
 """Where a merge's tensors come from: one :class:`TensorSource` protocol, three kinds of source.
 
+One concept: the tensor sources of a merge (the protocol and its three kinds).
+
 - :class:`SafetensorsModel`: a local HF folder or a hub id, read lazily tensor by tensor. The
   files read are exactly those a ``transformers`` load reads: the ``model.safetensors.index.json``
   and the shards it names when there is one, else ``model.safetensors``; anything else is an

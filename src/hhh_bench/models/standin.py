@@ -1,5 +1,8 @@
 """Small offline stand-ins of the paper's hub models, for rehearsing the real path (issue 12).
 
+One concept: a stand-in of a hub model (config, tokenizer kind, chat template, weights, saved
+as the hub model's folder would be).
+
 A stand-in keeps what makes the real model's code path what it is and shrinks only the sizes:
 
 * **the architecture class and its config values**: built from a copy of the real model's public

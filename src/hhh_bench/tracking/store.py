@@ -1,5 +1,7 @@
 """The results store: one append-only JSONL file per experiment, one row per evaluated model.
 
+One concept: the results store (its row schema, writing, reading and validating rows).
+
 Rows are :class:`ResultRow` dicts (see its fields). :func:`append_result` writes a whole line,
 flushes and fsyncs under an exclusive lock, so concurrent writers (a Hydra multirun) never
 interleave and a crash loses at most the line being written. :func:`read_results` skips a torn
