@@ -4,6 +4,7 @@ subcommands above Hydra's groups. ``hhh-bench list`` shows what a run can name."
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -79,3 +80,71 @@ def test_a_plugin_that_cannot_be_imported_is_named(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     assert exit_.value.code == 2 and "--plugin 'no_such_module_x'" in capsys.readouterr().err
+
+
+def test_job_names_are_the_overrides_made_safe_and_short():
+    assert (
+        cli.job_name("merge=ties,merge.params.scaling=0.5", 0)
+        == "merge=ties,merge.params.scaling=0.5"
+    )
+    assert cli.job_name("", 3) == "job3"
+    assert (
+        cli.job_name("data.dimensions=[helpful, honest]", 1) == "data.dimensions=_helpful,_honest_"
+    )
+    long = "merge.params.scaling=" + ",".join(["0.5"] * 40)
+    name = cli.job_name(long, 0)
+    digest = hashlib.sha256(long.encode()).hexdigest()[:12]
+    assert name == f"{long[:80]}-{digest}" and len(name) == 93
+    assert cli.job_name(long + "x", 0) != name  # another long name keeps its own folder
+
+
+def _task(cfg, monkeypatch, capsys, verbose: bool = False):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HHH_VERBOSE", "1" if verbose else "0")
+    return cli.task(cfg)
+
+
+def test_a_bad_input_ends_the_task_with_status_2_and_no_traceback(tmp_path, monkeypatch, capsys):
+    from conftest import compose
+
+    cfg = compose([f"root={tmp_path}", "logger=none", "stage=merge", "merge.models=[]"])
+    with pytest.raises(SystemExit) as exit_:
+        _task(cfg, monkeypatch, capsys)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "hhh-bench: error:" in err and "merge.models" in err
+    assert "Traceback" not in err and "rerun with --verbose" in err
+    with pytest.raises(ValueError, match="merge.models"):  # --verbose: the exception itself
+        _task(cfg, monkeypatch, capsys, verbose=True)
+
+
+def test_a_bad_console_setting_stops_the_task_before_any_stage(tmp_path, monkeypatch, capsys):
+    from conftest import compose
+
+    cfg = compose([f"root={tmp_path}", "logger=none", "stage=data", "console.verbosity=9"])
+    with pytest.raises(SystemExit) as exit_:
+        _task(cfg, monkeypatch, capsys)
+    assert exit_.value.code == 2 and "console" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+    monkeypatch.setenv("HHH_VERBOSE", "1")
+    assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 2
+    monkeypatch.setenv("HHH_VERBOSE", "0")
+    assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 0
+
+
+def test_the_hydra_form_runs_in_process_and_takes_the_verbose_flag(tmp_path, monkeypatch, capsys):
+    """``hhh-bench -v stage=data ...`` through :func:`cli.main`: the flag is ours (removed
+    before Hydra parses the arguments), the data stage writes its output under the root."""
+    monkeypatch.delenv("HHH_VERBOSE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    small = ["data.world.n_known.train=10", "data.world.n_known.validation=4",
+             "data.world.n_known.test=4", "data.world.pairs_per_dimension=20",
+             "data.world.eval_items_per_kind=6"]  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["hhh-bench", "-v", "stage=data", f"root={tmp_path / 'r'}", "logger=none", *small],
+    )
+    cli.main()
+    assert os.environ["HHH_VERBOSE"] == "1" and "-v" not in sys.argv
+    assert len(list((tmp_path / "r" / "data").glob("*/manifest.json"))) == 1
+    assert "data" in capsys.readouterr().out

@@ -339,20 +339,41 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)  # fmt: skip
 
 
-def test_cache_verify_and_gc_from_the_command_line(root):
-    ok = _cli("cache", "verify", str(root))
+def _cache(capsys, *args: str) -> tuple[int, str]:
+    """``hhh-bench cache ARGS`` in this process (the one dispatcher's entry point)."""
+    from hhh_bench import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["hhh-bench", "cache", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    out = capsys.readouterr()
+    return int(exit_.value.code or 0), out.out + out.err
+
+
+def test_cache_verify_and_gc_from_the_command_line(root, capsys):
+    ok = _cli("cache", "verify", str(root))  # the console script, once
     assert ok.returncode == 0 and " 0 differ" in ok.stdout, ok.stdout + ok.stderr
     merged = _one(root, "merge")
     # the merge is referenced by no store row and no later stage: gc lists it, --yes removes it
-    listed = _cli("cache", "gc", str(root))
-    assert listed.returncode == 0 and f"unreferenced {merged}" in listed.stdout, listed.stdout
-    assert f"unreferenced {_one(root, 'base')}" not in listed.stdout  # the trainings read it
-    _scale_first_tensor(_one(root, "base") / "model.safetensors")
-    bad = _cli("cache", "verify", str(root))
-    assert bad.returncode == 1 and "model.safetensors differs" in bad.stdout, bad.stdout
-    gone = _cli("cache", "gc", str(root), "--yes")
-    assert gone.returncode == 0 and not merged.exists()
-    assert "Traceback" not in bad.stderr + gone.stderr
+    code, listed = _cache(capsys, "gc", str(root))
+    assert code == 0 and f"unreferenced {merged}" in listed, listed
+    assert f"unreferenced {_one(root, 'base')}" not in listed  # the trainings read it
+    base_weights = _one(root, "base") / "model.safetensors"
+    _scale_first_tensor(base_weights)
+    code, bad = _cache(capsys, "verify", str(root))
+    assert (
+        code == 1 and f"MISMATCH {_one(root, 'base')}" in bad and "model.safetensors differs" in bad
+    ), bad
+    assert bad.rstrip().endswith("1 differ"), bad
+    # --quick re-hashes only what changed on disk since its record: the rewrite is found too
+    code, quick = _cache(capsys, "verify", "--quick", str(root))
+    assert code == 1 and "model.safetensors differs" in quick and "stat records checked" in quick
+    code, gone = _cache(capsys, "gc", str(root), "--yes")
+    assert code == 0 and f"removed {merged}" in gone and not merged.exists()
+    assert _one(root, "base").exists()  # referenced: kept
+    code, missing = _cache(capsys, "verify", str(root / "no-such-root"))
+    assert code == 2 and "is not a folder" in missing
 
 
 # ---------------------------------------------------------------------------------------------

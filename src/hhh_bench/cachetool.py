@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def main(argv: Sequence[str]) -> int:
     args = ap.parse_args(list(argv))
     root = Path(args.root)
     if not root.is_dir():
-        print(f"hhh-bench cache: error: {root} is not a folder (give a run's root)")
+        print(
+            f"hhh-bench cache: error: {root} is not a folder (give a run's root)", file=sys.stderr
+        )
         return 2
     return cmd_verify(root, args.quick) if args.cmd == "verify" else cmd_gc(root, args.yes)
