@@ -68,6 +68,21 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
         )
 
 
+def run_cli(*args: str, cwd: Path, timeout: int = 120):
+    """``python -m hhh_bench ARGS`` in a subprocess, as a user types it: this checkout's source,
+    no ``--verbose`` (``HHH_VERBOSE``, ``HYDRA_FULL_ERROR`` unset), output captured."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for name in ("HYDRA_FULL_ERROR", "HHH_VERBOSE"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "hhh_bench", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def session_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")

@@ -3,14 +3,10 @@ stage runs, with a message naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import compose, run_cli
 from hhh_bench.validation import validate_run
 
 
@@ -79,13 +75,7 @@ def test_the_harness_suite_keeps_its_own_metrics():
 def test_cli_seeds_scalar_exits_2_before_any_stage(tmp_path):
     """``seeds=2`` used to give a TypeError after the data stage: now one line, exit 2, no
     traceback, and no stage output under the root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.pop("HHH_VERBOSE", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "hhh_bench", "seeds=2", f"root={tmp_path}", "logger=none"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = run_cli("seeds=2", f"root={tmp_path}", "logger=none", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert out.stderr.splitlines()[0].startswith("hhh-bench: error: seeds=2 must be a list")

@@ -202,18 +202,23 @@ def test_training_under_accelerate_launch_with_two_processes(tmp_path):
 # -- the rehearsal, end to end -------------------------------------------------------------------
 
 
+def _rehearse_paper_llama3(root: Path) -> subprocess.CompletedProcess:
+    """``hhh-bench experiment=paper_llama3 +rehearsal=small`` into ``root``, one thread."""
+    return subprocess.run(
+        [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
+         f"root={root}", "logger=none", "threads=1"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1500, capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+
 @pytest.mark.e2e
 @pytest.mark.rehearse
 def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     """experiment=paper_llama3 +rehearsal=small stage=all: stand-in Llama-3, the public sets'
     fixtures through their adapters, the experiment's LoRA DPO, every mixture and merge method,
     harness_3h with lm-eval's built-ins on local files; a report with every family."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
-         f"root={tmp_path}", "logger=none", "threads=1"],
-        cwd=REPO, env=env, timeout=1500, capture_output=True, text=True,
-    )  # fmt: skip
+    out = _rehearse_paper_llama3(tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
     report = (tmp_path / "report" / "report.md").read_text()
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -242,11 +247,7 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     # content and code, never a location)
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     tmp_path.rename(moved)
-    again = subprocess.run(
-        [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
-         f"root={moved}", "logger=none", "threads=1"],
-        cwd=REPO, env=env, timeout=1500, capture_output=True, text=True,
-    )  # fmt: skip
+    again = _rehearse_paper_llama3(moved)
     assert again.returncode == 0, again.stderr[-4000:]
     summary = re.search(r"(\d+) stage run\(s\) computed, (\d+) reused", again.stdout)
     assert summary, again.stdout[-3000:]

@@ -6,14 +6,12 @@ the user's names are literal text in report.md (no heading, no raw HTML)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from hhh_bench.tracking import store as store_mod
 from hhh_bench.tracking.report import build_report
 from hhh_bench.tracking.store import append_result, read_results
@@ -221,12 +219,7 @@ def test_cli_report_on_an_invalid_store_exits_2_naming_the_line(tmp_path):
     """One line on stderr, exit status 2, no traceback, no report written: before the data
     stage (nothing else under the root)."""
     store = store_with(tmp_path, json.dumps(row("b", helpful=True)))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HHH_VERBOSE": "0"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "hhh_bench", "stage=report", f"root={tmp_path}", "logger=none"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = run_cli("stage=report", f"root={tmp_path}", "logger=none", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     first = out.stderr.splitlines()[0]
