@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge")
@@ -370,23 +371,13 @@ def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
 
 
 def _parse(data: bytes) -> list[_Line]:
-    out = []
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            out.append(
-                _Line(i, error=f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
-            )
-            continue
-        try:
-            out.append(_Line(i, json.loads(text)))
-        except ValueError as e:
-            torn = not text.rstrip().endswith("}")
-            out.append(_Line(i, torn=torn, error=f"not valid JSON ({e})"))
-    return out
+    """The store's lines; a line that is valid UTF-8 but not valid JSON and lacks its closing
+    brace is torn (an unfinished write)."""
+    return [
+        _Line(ln.number, ln.value, error=ln.error,
+              torn=bool(ln.error) and ln.utf8 and not ln.text.rstrip().endswith("}"))
+        for ln in json_lines(data)
+    ]  # fmt: skip
 
 
 def _warn_torn(lines: list[_Line], path: Path) -> None:

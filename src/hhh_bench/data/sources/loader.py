@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.paths import conf_dir
 from hhh_bench.core.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.sources.base import adapter_options, get_adapter, run_adapter
@@ -306,20 +307,11 @@ def check_local_file(path: str | Path, source: str) -> None:
             return
         except ValueError:
             pass  # JSON lines, checked below
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SourceConfigError(
-                f"{where}, line {i}: not UTF-8 (byte {raw[e.start]:#04x} at column "
-                f"{e.start + 1}); re-encode the file as UTF-8"
-            ) from None
-        try:
-            value = json.loads(text)
-        except ValueError as e:
-            raise SourceConfigError(f"{where}, line {i}: not valid JSON ({e})") from None
+    for line in json_lines(data):
+        i, value = line.number, line.value
+        if line.error:
+            hint = "; re-encode the file as UTF-8" if not line.utf8 else ""
+            raise SourceConfigError(f"{where}, line {i}: {line.error}{hint}")
         if not isinstance(value, dict):
             what = {list: "a JSON array", str: "a JSON string"}.get(type(value), "not an object")
             raise SourceConfigError(
