@@ -152,6 +152,37 @@ def test_harmlessness_is_one_minus_the_attack_success_rate_of_the_judge(judged_r
         assert m["safe_stderr"] == pytest.approx(mean_stderr([1 - v["flag"] for v in verdicts])[1])
 
 
+def test_rows_count_items_empty_and_unparsed_answers_and_items_keep_the_judges_answer(
+    judged_run,
+):
+    """Issue 27: every judged task of a stored row says how many items, empty answers and
+    unparsed judge answers it had (recounted here from the logged generations and a direct
+    judge call), and items.jsonl keeps what the judge said."""
+    from hhh_bench.stages.eval import results_path
+    from hhh_bench.tracking.store import read_results
+
+    judges = specs_from_config(judged_run["cfg"].eval.judges)
+    stored = {r["row_key"]: r for r in read_results(results_path(judged_run["cfg"]))}
+    res = judged_run["merged"]
+    gens = _generations(res)
+    items = read_jsonl(Path(res["dir"]) / "items.jsonl")
+    for task, role in (("harmful_gen", "safety"), ("truthfulqa_gen_judged", "truth")):
+        verdicts, _ = judge_pairs(judges[role], [(g["prompt"], g["response"]) for g in gens[task]])
+        labels = {w.strip() for w in judges[role].labels}
+        counts = stored[res["row"]["row_key"]]["tasks"][task]
+        assert counts["n"] == len(gens[task])
+        assert counts["n_empty"] == sum(not g["response"].strip() for g in gens[task])
+        assert counts["n_unparsed"] == sum(
+            v["text"] is not None and v["text"].split()[0] not in labels for v in verdicts
+        )
+        by_doc = {it["doc_id"]: it for it in items[task]}
+        for g, v in zip(gens[task], verdicts, strict=True):
+            assert by_doc[g["doc_id"]]["judge_answer"] == v["text"], task
+    for task in JUDGED:  # the reward and refusal judges never parse an answer
+        assert res["row"]["tasks"][task]["n_unparsed"] >= 0
+        assert {"n", "n_empty", "n_unparsed"} <= set(res["row"]["tasks"][task])
+
+
 def test_over_refusal_combines_string_match_and_classifier_on_safe_prompts(judged_run):
     spec = specs_from_config(judged_run["cfg"].eval.judges)["refusal"]
     res = judged_run["merged"]
