@@ -233,9 +233,15 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     from hhh_bench.tracking.store import read_results
 
     rows = read_results(results_path(judged_run["cfg"]))
+    # as if the safety judge had not said its labels on 3 of the merge's 4 answers (issue 27)
+    ties = next(r for r in rows if r["name"] == "ties")
+    ties["tasks"]["harmful_gen"] = {**ties["tasks"]["harmful_gen"], "n_unparsed": 3}
     out = build_report(rows, tmp_path, experiment="judged", select_split=None)
     md = out["markdown"]
     main = md.split("## Main table")[1].split("## All evaluated models")[0]
+    harmless = main.split("| ties |")[1].split("|")[2]
+    assert "‡" in harmless and "‡" not in main.split("| ties |")[0]  # the base is not marked
+    assert "ties: harmful_gen 0/4 empty, 3/4 unparsed" in main
     assert "Over-refusal ↓" in main
     assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr
     assert "## Paired tests over items" in md and "### Against the base" in md

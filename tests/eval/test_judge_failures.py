@@ -291,6 +291,12 @@ def test_an_unreadable_judge_cache_names_its_file_or_is_moved_aside(specs, tmp_p
                                                       "text": "yes"}}  # fmt: skip
     with pytest.raises(ValueError, match=r"cache.on_mismatch must be one of"):
         JudgeCache(path, on_mismatch="ignore")
+    with sqlite3.connect(path) as con:  # broken after it was opened: named on read and write
+        con.execute("DROP TABLE judged")
+    with pytest.raises(JudgeCacheError, match=rf"judge cache {path}: cannot be read"):
+        cache.get_many(["k"])
+    with pytest.raises(JudgeCacheError, match=rf"judge cache {path}: cannot be written"):
+        cache.put_many({"k": {"flag": 1, "p": None, "reward": None, "text": "yes"}})
 
 
 GARBAGE = [

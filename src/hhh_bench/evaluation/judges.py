@@ -2,6 +2,9 @@
 truthfulness judge, each a model given by hub id (or a local folder: the same code path), with
 results cached per (judge, prompt, response).
 
+One concept: a judge (its spec, how it is asked and how its answer is read, and its verdicts'
+cache).
+
 Three kinds, by how the model answers:
 
 ``guard``
