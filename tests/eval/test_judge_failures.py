@@ -291,6 +291,10 @@ def test_an_unreadable_judge_cache_names_its_file_or_is_moved_aside(specs, tmp_p
                                                       "text": "yes"}}  # fmt: skip
     with pytest.raises(ValueError, match=r"cache.on_mismatch must be one of"):
         JudgeCache(path, on_mismatch="ignore")
+    folder = tmp_path / "is_a_folder.sqlite"
+    folder.mkdir()
+    with pytest.raises(JudgeCacheError, match=rf"judge cache {folder} cannot be created"):
+        JudgeCache(folder, on_mismatch="recompute")
     with sqlite3.connect(path) as con:  # broken after it was opened: named on read and write
         con.execute("DROP TABLE judged")
     with pytest.raises(JudgeCacheError, match=rf"judge cache {path}: cannot be read"):

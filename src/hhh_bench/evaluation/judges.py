@@ -281,6 +281,11 @@ class JudgeCache:
         try:
             self._open()
         except sqlite3.DatabaseError as e:
+            if not self.path.is_file():  # e.g. a folder that cannot be written: nothing to move
+                raise JudgeCacheError(
+                    f"judge cache {self.path} cannot be created ({e}): check that "
+                    f"{self.path.parent} is a writable folder"
+                ) from None
             if on_mismatch != "recompute":
                 raise JudgeCacheError(
                     f"judge cache {self.path} is not a readable SQLite database ({e}); "
