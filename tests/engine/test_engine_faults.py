@@ -203,6 +203,15 @@ def test_a_failed_background_write_fails_the_merge_and_leaves_nothing(
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
 
 
+def test_a_density_that_keeps_nothing_fails_before_any_tensor_is_merged(models, tmp_path):
+    """TIES at density 1e-9 keeps no entry of any tensor: an output equal to θ0 (issue 27).
+    The engine refuses it from the shapes alone, naming the knob and the tensor; no output."""
+    base, fts = models
+    with pytest.raises(ValueError, match=r"'density' = 1e-09 keeps k = .* of tensor '.*norm"):
+        merge_models("ties", base, fts, tmp_path / "o", density=1e-9, progress=False)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+
+
 def test_overflow_to_inf_is_an_error_naming_the_tensor(models, tmp_path):
     base, fts = models
     with pytest.raises(

@@ -115,7 +115,7 @@ def test_precompute_depends_only_on_its_keys(method, name):
     """The engine's cache contract: changing a param outside ``precompute_keys`` leaves
     ``precompute`` unchanged, and ``compose`` on the cached result equals a fresh merge."""
     m = get_method(method)
-    shape = (4,) if name.endswith("norm.weight") else (6, 4)
+    shape = (5,) if name.endswith("norm.weight") else (6, 4)
     base, fts = models(shape, 3, seed=3)
     default = m.make_params()
     entry = {"thresholds": [int(magnitude_key(torch.tensor(0.05)))] * 3}  # for scope=global

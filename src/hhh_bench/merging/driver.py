@@ -220,6 +220,16 @@ class MergeStats:
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def merged_shapes(inputs: Inputs) -> dict[str, tuple[int, ...]]:
+    """The shape of every floating tensor the merge computes (vocabulary-policy ``base`` keys,
+    which keep θ0, left out), for :meth:`MergeMethod.check_shapes`."""
+    return {
+        k: tuple(inputs.base.shape(k))
+        for k in inputs.keys
+        if inputs.decisions.get(k) != "base" and inputs.base.dtype(k).is_floating_point
+    }
+
+
 def plan_merge(
     method: MergeMethod[Any],
     params: CommonParams,
@@ -268,6 +278,7 @@ def run_merge(
     checked for NaN/Inf before it reaches the sink. A linear method's tensors are merged in one
     fused pass (:func:`merge_linear`; no cache entry: there is nothing expensive to reuse).
     """
+    method.check_shapes(merged_shapes(inputs), params)
     stats = MergeStats(plan=dict(plan) if plan is not None else {})
     if plan is None:
         stats.plan = plan_merge(method, params, inputs, progress=progress)
