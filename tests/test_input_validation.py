@@ -48,6 +48,12 @@ def check(overrides: list[str]) -> dict:
         # hhh_bench.core.sizes), not by the schema's
         ("data.world.n_values=99", r"n_values must be in \[2, 8\], got 99"),
         ("merge_engine.max_shard_size=lots", r"merge_engine.max_shard_size 'lots' is not a size"),
+        # λ beyond the compute dtype's range: refused up front (was: a float overflow traceback)
+        (
+            "merge.params.scaling=1e40",
+            r"merge \(method 'resm'\): merge parameter 'scaling' = "
+            r"1e\+40 is beyond the range of the compute dtype float32",
+        ),
     ],
 )
 def test_a_bad_value_is_refused_naming_it(override, message):

@@ -215,7 +215,9 @@ def test_a_density_that_keeps_nothing_fails_before_any_tensor_is_merged(models, 
 def test_overflow_to_inf_is_an_error_naming_the_tensor(models, tmp_path):
     base, fts = models
     with pytest.raises(
-        ValueError, match=r"parameter '.*': the merged tensor in torch.float16 holds \d+ NaN/Inf"
+        ValueError,
+        match=r"parameter '.*': the merged tensor in torch.float16 holds \d+ NaN/Inf value\(s\) "
+        r"with merge parameter 'scaling' = 1e\+08",
     ):
         merge_models(
             "task_arithmetic",

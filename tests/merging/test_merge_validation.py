@@ -82,6 +82,8 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("ties", {"scope": "layer"}, "'scope' must be one of"),
         ("ties", {"density": "0.2"}, "'density' must be float"),
         ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
+        ("ties", {"scaling": 1e40}, r"'scaling' = 1e\+40 is beyond .* float32 \(\|λ\| ≤ 3\.4e\+38"),
+        ("task_arithmetic", {"weights": [1, -1e39]}, r"'weights' entry 1 = -1e\+39 is beyond"),
         ("task_arithmetic", {"seed": 1.5}, "'seed' must be int"),
         ("task_arithmetic", {"weights": "1,2"}, "'weights' must be"),
         ("task_arithmetic", {"weights": [1.0, float("nan")]}, "'weights' entry 1"),
@@ -92,6 +94,19 @@ def test_drop_rate_outside_0_1(drop_rate):
 def test_bad_hyperparameters_are_named(method, params, match):
     with pytest.raises(ValueError, match=match):
         get_method(method).make_params(**params)
+
+
+def test_a_non_finite_merged_value_names_the_tensor_and_the_scaling():
+    """λ = 1e40 is a float64 number, so float64 arithmetic takes it, but the float32 result
+    overflows: the error names the tensor and the knobs that scaled it (issue 27), for the
+    fused linear path and the stack path alike."""
+    for method in ("task_arithmetic", "ties"):
+        with pytest.raises(
+            ValueError,
+            match=r"parameter 'w': the merged tensor .*holds \d NaN/Inf value\(s\) with merge "
+            r"parameter 'scaling' = 1e\+40, 'weights' = null \(overflow: lower the scaling",
+        ):
+            merge_tensors(method, B, FT, name="w", scaling=1e40, compute_dtype="float64")
 
 
 def test_weights_length_must_match_the_models():

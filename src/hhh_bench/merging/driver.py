@@ -79,18 +79,22 @@ def _plain_floats(base: Tensor, fts: Sequence[Tensor]) -> bool:
     )
 
 
-def check_finite(name: str, t: Tensor, what: str = "the merged tensor") -> None:
+def check_finite(
+    name: str, t: Tensor, what: str = "the merged tensor", params: CommonParams | None = None
+) -> None:
     """Raise ``ValueError`` naming ``name`` when ``t`` holds NaN or Inf (fast path: the sum in
-    ``t``'s dtype, see :func:`fast_validate`; only a non-finite sum counts the values)."""
+    ``t``'s dtype, see :func:`fast_validate`; only a non-finite sum counts the values), and the
+    merge's ``scaling`` and ``weights`` when ``params`` is given."""
     if not t.is_floating_point():
         return
     if bool(torch.isfinite(t.sum())):
         return
     bad = t.numel() - int(torch.isfinite(t).sum())
     if bad:
+        knobs = f" with {params.knobs()}" if params is not None else ""
         raise ValueError(
-            f"parameter {name!r}: {what} holds {bad} NaN/Inf value(s) (overflow: lower the "
-            "scaling or the weights, or write float32 / bfloat16 instead of float16)"
+            f"parameter {name!r}: {what} holds {bad} NaN/Inf value(s){knobs} (overflow: lower "
+            "the scaling or the weights, or write float32 / bfloat16 instead of float16)"
         )
 
 
@@ -328,7 +332,7 @@ def run_merge(
                             cache.put(key, pre)
                     merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
                     del pre
-                    check_finite(k, merged, what)
+                    check_finite(k, merged, what, params)
             sink(k, merged)
             stats.tensors += 1
             del merged, raw
@@ -423,7 +427,7 @@ def merge_linear(
         out_ok = out_ok and bool(torch.isfinite(piece.sum()))
     if not out_ok:
         validate_tensors(key, raw.base, fts)  # an input's fault, named with its model
-        check_finite(key, out, what)  # else the merge's (e.g. an overflow of the cast)
+        check_finite(key, out, what, params)  # else the merge's (e.g. an overflow of the cast)
     raw.fts = None
     return out
 
