@@ -61,6 +61,18 @@ def test_a_bad_value_is_refused_naming_it(override, message):
         check([override])
 
 
+def test_a_model_given_as_base_and_specialist_is_refused(tmp_path):
+    """merge.base among merge.models (as written, or the same folder through a link and a
+    trailing slash): its τ = 0 would merge as nothing (issue 27)."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"merge.models\[1\]='.*link/' is merge.base='.*base'"):
+        check([f"merge.base={tmp_path}/base", f"merge.models=[{tmp_path}/a,{tmp_path}/link/]"])
+    with pytest.raises(ValueError, match=r"merge.models\[0\]='org/m' is merge.base='org/m'"):
+        check(["merge.base=org/m", "merge.models=[org/m]"])
+    assert check(["merge.base=org/m", "merge.models=[org/a,org/b]"])["merge"].base == "org/m"
+
+
 @pytest.mark.parametrize(
     "override",
     ["eval.limit=10", "eval.limit=0.25", "eval.limit=null", "eval.metric=soft",

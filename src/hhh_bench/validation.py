@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hhh_bench.core.config import GROUPS, DataConfig, load
+from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, load
 from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
 from hhh_bench.stages.common import load_option
@@ -31,7 +31,30 @@ def check_world(data: DataConfig) -> None:
         Toy3HConfig.from_mapping(dict(data.world or {}))
 
 
-GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world}
+def check_merge_inputs(merge: MergeConfig) -> None:
+    """``merge.base`` is none of ``merge.models``: a specialist equal to θ0 has τ = 0, so the
+    merge would silently drop it (or dilute the others). The same local folder is found through
+    symbolic links and trailing slashes; hub ids are compared as written."""
+    if not merge.base or not merge.models:
+        return
+    from pathlib import Path
+
+    def same(a: str, b: str) -> bool:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        if pa.exists() and pb.exists():
+            return pa.resolve() == pb.resolve()
+        return str(a).rstrip("/") == str(b).rstrip("/")
+
+    for i, model in enumerate(merge.models):
+        if same(merge.base, model):
+            raise ValueError(
+                f"merge.models[{i}]={model!r} is merge.base={merge.base!r}: a specialist equal "
+                "to the base has task vector τ = 0 and would merge as nothing; give θ0 as "
+                "merge.base and only the finetuned models in merge.models"
+            )
+
+
+GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world, "merge": check_merge_inputs}
 """Checks of a typed group that need a library (run by :func:`validate_run` right after the
 group's schema, so a run's first error is the same as when the schema held them)."""
 
