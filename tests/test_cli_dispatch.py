@@ -4,6 +4,7 @@ subcommands above Hydra's groups. ``hhh-bench list`` shows what a run can name."
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -129,6 +130,42 @@ def test_a_bad_console_setting_stops_the_task_before_any_stage(tmp_path, monkeyp
     assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 2
     monkeypatch.setenv("HHH_VERBOSE", "0")
     assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 0
+
+
+def test_a_sweep_run_without_m_says_to_add_m_before_any_stage(tmp_path, monkeypatch, capsys):
+    """``hhh-bench experiment=merge_optuna`` without ``-m`` used to run one merge with the
+    default knobs and search nothing (issue 27): exit 2, a line saying to add -m, nothing
+    written. The Hydra config is set as the app sets it."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import compose
+
+    over = ["experiment=merge_optuna", f"root={tmp_path}", "logger=none"]
+    cfg = compose(over, return_hydra_config=True)
+
+    def as_hydra_sets(mode: str) -> None:
+        job = copy.deepcopy(cfg)
+        with open_dict(job):
+            job.hydra.overrides.task = over[:1]
+            job.hydra.mode = mode
+        HydraConfig.instance().set_config(job)
+
+    try:
+        as_hydra_sets("RUN")
+        with pytest.raises(SystemExit) as exit_:
+            _task(cfg, monkeypatch, capsys)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and not any(tmp_path.iterdir())
+        assert (
+            "this config is a sweep (OptunaSweeper over merge.params.scaling, merge.params.kappa"
+            in err
+            and "add -m: hhh-bench -m experiment=merge_optuna\n" in err
+        )
+        as_hydra_sets("MULTIRUN")
+        cli.check_sweep_mode()  # a job of the sweep: fine
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
 
 
 def test_the_hydra_form_runs_in_process_and_takes_the_verbose_flag(tmp_path, monkeypatch, capsys):

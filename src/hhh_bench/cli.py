@@ -70,18 +70,46 @@ def multirun_job() -> str | None:
     return job_name(str(hc.job.override_dirname), int(hc.job.num))
 
 
+def check_sweep_mode() -> None:
+    """A config whose Hydra sweeper searches something (``experiment=merge_optuna``: the Optuna
+    sweeper and its search space; or any ``hydra.sweeper.params``), run without ``-m``: Hydra
+    would run one job with the default knobs and search nothing. Raise ``ValueError`` saying to
+    add ``-m`` (with the command to type); nothing outside a Hydra app (tests, scripts)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return
+    sweeper = hc.get("sweeper") or {}
+    target = str(sweeper.get("_target_") or "")
+    space = [str(k) for k in sweeper.get("params") or {}]
+    if target.endswith(".BasicSweeper") and not space:
+        return
+    what = target.rsplit(".", 1)[-1] + (f" over {', '.join(space)}" if space else "")
+    typed = " ".join(str(o) for o in hc.overrides.task)
+    raise ValueError(
+        f"this config is a sweep ({what}): without -m Hydra runs one job with the default knobs "
+        f"and searches nothing; add -m: hhh-bench -m {typed}"
+    )
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
     selection score) so a sweeper such as Optuna can optimize it; None for other stages.
 
     A bad input (a wrong path, value, file or model) ends the run with its message on stderr and
     exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
-    ``HYDRA_FULL_ERROR=1`` shows it). The console: :func:`hhh_bench.core.console.session`."""
+    ``HYDRA_FULL_ERROR=1`` shows it); so does a sweep's config run without ``-m``
+    (:func:`check_sweep_mode`), before any stage. The console: :func:`hhh_bench.core.console.session`."""
     from hhh_bench.core import console
     from hhh_bench.pipeline import run
 
     bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError)
     try:
+        check_sweep_mode()
         settings = console_settings(cfg)
     except ValueError as e:
         if _verbose():
