@@ -3,6 +3,8 @@ stage runs, with a message naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -98,3 +100,55 @@ def test_cli_seeds_scalar_exits_2_before_any_stage(tmp_path):
     assert "Traceback" not in out.stderr + out.stdout
     assert out.stderr.splitlines()[0].startswith("hhh-bench: error: seeds=2 must be a list")
     assert {p.name for p in tmp_path.iterdir()} <= {"hydra"}  # Hydra's log folder only
+
+
+@pytest.fixture(scope="module")
+def wandb_run() -> dict:
+    """A composed run that logs to W&B (its mode from $WANDB_MODE), no sweep cache."""
+    return OmegaConf.to_container(
+        compose(["logger=wandb", "merge_engine.cache_dir=null"]), resolve=True
+    )
+
+
+def groups_of(cfg: dict, **changes: dict) -> dict:
+    """The typed groups of ``cfg`` with ``changes`` ({group: {key: value}}) applied."""
+    cfg = copy.deepcopy(cfg)
+    for group, values in changes.items():
+        cfg[group].update(values)
+    return validate_run(cfg)
+
+
+def test_a_cache_or_wandb_folder_that_is_not_a_writable_folder_is_refused(
+    tmp_path, monkeypatch, wandb_run
+):
+    """A cache_dir or $WANDB_DIR that is a regular file, lies under one, or cannot be written
+    (W&B then wrote to a temporary folder, silently): refused naming it before any stage runs,
+    nothing created."""
+    import tempfile
+
+    from hhh_bench.pipeline import run
+    from hhh_bench.validation import preflight
+
+    file = tmp_path / "file"
+    file.write_text("x")
+    for group, folder, message in [
+        ("merge_engine", file, r"merge_engine.cache_dir='.*file' is a regular file"),
+        ("data", file / "hf", r"data.cache_dir='.*file/hf' cannot be created: '.*file' is"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            preflight(groups_of(wandb_run, **{group: {"cache_dir": str(folder)}}))
+    monkeypatch.setenv("WANDB_DIR", str(file))
+    preflight(groups_of(wandb_run, logger={"name": "none"}))  # no W&B: its folder is not used
+    with pytest.raises(ValueError, match=r"WANDB_DIR='.*file' is a regular file"):
+        run(compose([f"root={tmp_path / 'r'}", "logger=wandb", "stage=data"]))
+    assert not (tmp_path / "r").exists()  # before any stage
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w" / "new"))
+    preflight(groups_of(wandb_run))  # a folder to create is fine, and is not created yet
+    assert not (tmp_path / "w").exists()
+
+    def read_only(**kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # a read-only folder (root ignores modes)
+    with pytest.raises(ValueError, match=r"WANDB_DIR='.*new' is not writable \(Permission denied"):
+        preflight(groups_of(wandb_run))

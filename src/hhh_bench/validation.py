@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, load
 from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
 from hhh_bench.stages.common import load_option
+from hhh_bench.tracking.wandb_log import wandb_mode
 
 
 def check_world(data: DataConfig) -> None:
@@ -239,11 +241,39 @@ def _check_tuning(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def preflight(groups: Mapping[str, Any]) -> None:
-    """What can be checked before any work: every device the run will use exists, and a hub
-    model is reachable (offline: in the local cache)."""
-    import os
+def writable_folder(path: str | os.PathLike[str], what: str) -> None:
+    """``path`` (named ``what`` in the message) is a folder this process can write to, or can
+    be created as one: refused when it, or the nearest part of it that exists, is a regular
+    file, or when a file cannot be made there. Nothing is left behind (the probe file is
+    removed; a missing folder is not created)."""
+    import tempfile
+    from pathlib import Path
 
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what}={str(path)!r} is a regular file, not a folder: give a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(
+            f"{what}={str(path)!r} cannot be created: {str(probe)!r} is a regular file"
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=".hhh-bench-write-check-", dir=probe)
+    except OSError as e:
+        raise ValueError(
+            f"{what}={str(path)!r} is not writable ({e.strerror} in {str(probe)!r}): give a "
+            "folder this user can write to"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def preflight(groups: Mapping[str, Any]) -> None:
+    """What can be checked before any work: every device the run will use exists, every
+    folder the run writes to that the user named (``merge_engine.cache_dir``,
+    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, and a hub model is reachable (offline: in the local cache)."""
     import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
@@ -259,6 +289,14 @@ def preflight(groups: Mapping[str, Any]) -> None:
                 f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
                 f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
             )
+    for name in ("merge_engine", "data"):
+        folder = getattr(groups.get(name), "cache_dir", None)
+        if folder:
+            writable_folder(folder, f"{name}.cache_dir")
+    logger = groups.get("logger")
+    mode = wandb_mode(dataclasses.asdict(logger)) if logger is not None else None
+    if mode in ("online", "offline") and os.environ.get("WANDB_DIR"):
+        writable_folder(os.environ["WANDB_DIR"], "WANDB_DIR")
     model = groups.get("model")
     if model is not None and model.kind == "hub" and model.path:
         from pathlib import Path
