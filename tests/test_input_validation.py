@@ -152,3 +152,26 @@ def test_a_cache_or_wandb_folder_that_is_not_a_writable_folder_is_refused(
     monkeypatch.setattr(tempfile, "mkstemp", read_only)  # a read-only folder (root ignores modes)
     with pytest.raises(ValueError, match=r"WANDB_DIR='.*new' is not writable \(Permission denied"):
         preflight(groups_of(wandb_run))
+
+
+def test_wandb_online_without_an_api_key_is_refused_and_the_key_never_shown(
+    tmp_path, monkeypatch, wandb_run
+):
+    from hhh_bench.validation import preflight
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # absent: no `wandb login`
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(
+        ValueError, match=r"^WANDB_MODE=online but W&B has no API key .*wandb login"
+    ):
+        preflight(groups_of(wandb_run))
+    with pytest.raises(ValueError, match=r"^logger.mode=online but W&B has no API key"):
+        preflight(groups_of(wandb_run, logger={"mode": "online"}))
+    preflight(groups_of(wandb_run, logger={"mode": "offline"}))  # the config's mode wins
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password s3cr3t-key\n")
+    preflight(groups_of(wandb_run))  # `wandb login` wrote a key: fine
+    (tmp_path / "netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("WANDB_API_KEY", "s3cr3t-key")
+    preflight(groups_of(wandb_run))

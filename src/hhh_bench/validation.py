@@ -270,10 +270,30 @@ def writable_folder(path: str | os.PathLike[str], what: str) -> None:
     os.unlink(name)
 
 
+def wandb_key_set() -> bool:
+    """Whether W&B finds an API key without asking: ``$WANDB_API_KEY``, or an entry for its
+    host (``$WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``$NETRC``, else
+    ``~/.netrc``) that ``wandb login`` writes. The key itself is never read out."""
+    import netrc
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host or "api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
 def preflight(groups: Mapping[str, Any]) -> None:
     """What can be checked before any work: every device the run will use exists, every
     folder the run writes to that the user named (``merge_engine.cache_dir``,
-    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, and a hub model is reachable (offline: in the local cache)."""
+    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, W&B in online mode
+    has an API key, and a hub model is reachable (offline: in the local cache)."""
     import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
@@ -297,6 +317,13 @@ def preflight(groups: Mapping[str, Any]) -> None:
     mode = wandb_mode(dataclasses.asdict(logger)) if logger is not None else None
     if mode in ("online", "offline") and os.environ.get("WANDB_DIR"):
         writable_folder(os.environ["WANDB_DIR"], "WANDB_DIR")
+    if mode == "online" and not wandb_key_set():
+        where = "logger.mode=online" if logger.mode == "online" else "WANDB_MODE=online"
+        raise ValueError(
+            f"{where} but W&B has no API key here (no WANDB_API_KEY, no api.wandb.ai entry in "
+            "~/.netrc): run `wandb login` first, or log offline (WANDB_MODE=offline, then "
+            "`wandb sync`)"
+        )
     model = groups.get("model")
     if model is not None and model.kind == "hub" and model.path:
         from pathlib import Path
