@@ -119,3 +119,20 @@ def test_a_truncated_result_file_is_named_or_recomputed(tmp_path, capsys):
     finally:
         CACHE.reset()
     assert "its manifest.json is not a JSON object: recomputing" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_a_stage_writes_names_its_output_and_keeps_nothing(tmp_path):
+    """``write`` names no file when the disk is full: the error names the stage output."""
+    import errno
+
+    from hhh_bench.core.stagecache import CACHE, cached_stage
+
+    def compute(tmp):
+        (tmp / "part.jsonl").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    CACHE.reset()
+    with pytest.raises(OSError, match=rf"\(writing a stage output\): '{tmp_path}/data/\w+'") as e:
+        cached_stage(tmp_path, "data", {"x": 2}, compute, result_file="manifest.json")
+    assert e.value.errno == errno.ENOSPC
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]

@@ -122,6 +122,19 @@ def _scratch() -> Iterator[Path]:
         yield Path(d)
 
 
+@contextmanager
+def _named_write_errors(out: Path) -> Iterator[None]:
+    """An ``OSError`` that names no file (a full disk: ``write`` and ``os.pwrite`` name none)
+    raised while a stage output is written names the output folder (``out``; nothing of it is
+    kept)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, f"{e.strerror} (writing a stage output)", str(out)) from e
+
+
 def _read_result(path: Path) -> tuple[dict[str, Any], str]:
     """A stage output's result file (``manifest.json``, ``train_info.json``, ...) as a dict,
     and "" ; or ``{}`` and why it cannot be read back as a JSON object."""
@@ -198,7 +211,7 @@ def cached_stage(
     console.step_started(what)
     ctx = atomic_dir(out, overwrite=replace) if write else _scratch()
     identity = ""
-    with ctx as tmp:
+    with _named_write_errors(out), ctx as tmp:
         info = dict(compute(tmp))
         if write:
             (tmp / result_file).write_text(
