@@ -53,6 +53,31 @@ def test_list_shows_the_registries_and_the_config_tree(monkeypatch, capsys):
     assert "_common" not in groups["merge"] and "tsv" in groups["merge"]  # shared parts hidden
 
 
+@pytest.mark.parametrize("override", ["+accelerate=fsdp", "accelerate=ddp", "++accelerate.x=1"])
+def test_an_accelerate_override_says_how_accelerate_is_used(override, monkeypatch, capsys):
+    """``+accelerate=fsdp`` was silently ignored (issue 27): exit 2 before Hydra runs, with the
+    launch command; the files are no Hydra group (they lie in accelerate/, beside conf/)."""
+    monkeypatch.setattr(sys, "argv", ["hhh-bench", "stage=train", override])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"hhh-bench: error: {override}: accelerate is")
+    assert "accelerate launch --config_file accelerate/fsdp.yaml -m hhh_bench" in err
+
+
+def test_shared_defaults_and_launcher_files_are_no_choice():
+    """``merge=_common`` ran a RESM merge: the merge options' shared part is conf/merge_common.yaml
+    now, outside the group, so it is neither listed nor selectable (Hydra names the options)."""
+    from hydra.errors import MissingConfigException
+
+    from conftest import CONF, compose
+
+    assert not (CONF / "accelerate").exists() and not list(CONF.glob("*/_*.yaml"))
+    with pytest.raises(MissingConfigException, match=r"Could not find 'merge/_common'"):
+        compose(["merge=_common"])
+    assert compose(["merge=ties"]).merge.params.scaling == 1.0  # the shared part still applies
+
+
 def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run(
@@ -64,6 +89,9 @@ def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     for name, sub in cli.SUBCOMMANDS.items():
         assert f"  {name}" in head and sub.summary in head
     assert "== Configuration groups ==" in hydra and "experiment:" in hydra
+    groups = hydra.split("== Configuration groups ==")[1].split("==")[0]
+    assert "merge: dare_ta, dare_ties, resm," in groups and "_common" not in groups
+    assert "accelerate" not in groups
 
 
 def test_list_imports_plugins_first():

@@ -187,10 +187,32 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+NOT_GROUPS = {
+    "accelerate": (
+        "accelerate is no config group of hhh-bench: multi-GPU training runs under accelerate's "
+        "own launcher with one of the files in accelerate/, e.g. `accelerate launch "
+        "--config_file accelerate/fsdp.yaml -m hhh_bench stage=train ...` (docs/training.md)"
+    ),
+}
+"""Names a user may take for config groups, and what they are instead: an override naming one
+(``+accelerate=fsdp``, ``accelerate.x=1``) stops with this line, exit status 2, before Hydra
+runs (Hydra would only say it cannot find the config)."""
+
+
+def check_not_groups(argv: list[str]) -> None:
+    """Exit 2 with :data:`NOT_GROUPS`' line when an override of ``argv`` names one."""
+    for arg in argv:
+        name = re.split(r"[=.@]", arg.lstrip("+~"), maxsplit=1)[0]
+        if name in NOT_GROUPS:
+            print(f"hhh-bench: error: {arg}: {NOT_GROUPS[name]}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    check_not_groups(sys.argv[1:])
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(usage())
     import hydra

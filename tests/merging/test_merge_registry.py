@@ -39,11 +39,11 @@ def test_config_lists_every_param_with_its_default(method):
     text = path.read_text()
     first = text.splitlines()[0]
     assert first.startswith(f"# hhh-bench stage=merge merge={method}"), first
-    cfg = load_option("merge", method)  # with what it extends (_common.yaml)
+    cfg = load_option("merge", method)  # with what it extends (merge_common.yaml)
     assert cfg["method"] == method
     assert cfg["params"] == method_defaults(method)
     assert cfg["base"] is None and cfg["models"] is None
-    for f in (path, CONF / "_common.yaml"):  # every param documented where it is set
+    for f in (path, CONF.parent / "merge_common.yaml"):  # every param documented where it is set
         own = f.read_text().split("params:")[1].split("\nbase:")[0].strip().splitlines()
         for line in own:
             assert "# " in line, f"{f.name}: param line without a comment: {line!r}"
