@@ -50,6 +50,19 @@ def load_causal_lm(
         kwargs["revision"] = revision
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    folder = Path(path_or_id).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        files = sorted(p.name for p in folder.iterdir())[:6]
+        what = (
+            "a LoRA adapter (adapter_config.json): merge it into full weights first "
+            "(train.merge_adapter=true) or give its base model"
+            if (folder / "adapter_config.json").is_file()
+            else "give the folder a model's save_pretrained wrote"
+        )
+        raise OSError(
+            f"could not load model {str(path_or_id)!r}: the folder has no config.json (it holds "
+            f"{files or 'nothing'}); {what}"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), **kwargs)
     except OSError as e:
