@@ -131,7 +131,7 @@ def test_polar_factors_have_orthonormal_columns(shape, num, seed, dtype):
     if k == 0:
         return
     u, s, v, _ = tsv_factors(list(taus), k)
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    tol = 1e-5 if dtype == torch.float32 else 1e-10  # the Gram route: ~1e6·ε64 (measured 2.7e-12)
     eye = torch.eye(num * k, dtype=u.dtype)
     torch.testing.assert_close(u.T @ u, eye, rtol=0, atol=tol)
     torch.testing.assert_close(v.T @ v, eye, rtol=0, atol=tol)
