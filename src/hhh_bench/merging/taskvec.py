@@ -88,9 +88,9 @@ def rounding_rms(values: Tensor, storage: torch.dtype) -> float:
         return 0.0
     x = values.detach().to(torch.float32)
     _, exponent = torch.frexp(x)
-    spacing_sq = torch.pow(4.0, (exponent - bits).to(torch.float64))
+    spacing_sq = torch.pow(4.0, (exponent - bits).to(torch.float32))  # no float64 copy
     spacing_sq = torch.where(x == 0, 0.0, spacing_sq)
-    return float((spacing_sq.mean() / 12.0).sqrt())
+    return float((spacing_sq.mean(dtype=torch.float64) / 12.0).sqrt())
 
 
 class TaskVectors:
@@ -112,10 +112,9 @@ class TaskVectors:
         single_use: bool = False,
     ) -> None:
         self.items = list(items)
-        self.noise: list[float] = [0.0] * len(self.items)
-        """Per task, the RMS rounding error of its θ_t's storage (:func:`rounding_rms`; 0 for
-        float32 storage and for LoRA factors): the floor below which the SVD methods count no
-        direction of τ_t (:func:`hhh_bench.merging.linalg.noise_floor`)."""
+        self._noise: list[float] | None = None
+        self._storage: list[torch.dtype | None] = [None] * len(self.items)
+        self._base: Tensor | None = None
         self.single_use = single_use
         self._consumed = False
         self.shape = tuple(int(d) for d in shape)
@@ -139,15 +138,29 @@ class TaskVectors:
         dev = torch.device(device)
         out = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=dev)
         b = base.to(device=dev, dtype=dtype)
-        noise = []
         for t, ft in enumerate(finetuned):
-            coarse = base.dim() == 2 and ft.dtype in SIGNIFICAND_BITS
-            noise.append(rounding_rms(ft, ft.dtype) if coarse else 0.0)
             out[t].copy_(ft)
             out[t].sub_(b)
         tv = cls(list(out), base.shape, dtype, dev, stack=out, single_use=single_use)
-        tv.noise = noise
+        tv._storage, tv._base = [ft.dtype for ft in finetuned], b
         return tv
+
+    @property
+    def noise(self) -> list[float]:
+        """Per task, the RMS rounding error of its θ_t's storage (:func:`rounding_rms` of
+        θ_t = τ_t + θ0; 0 for float32 storage, LoRA factors and non-matrices): the floor below
+        which the SVD methods count no direction of τ_t
+        (:func:`hhh_bench.merging.linalg.noise_floor`). Computed on first use, so that only the
+        SVD methods pay its pass over the weights."""
+        if self._noise is None:
+            coarse = self._base is not None and len(self.shape) == 2
+            self._noise = [
+                rounding_rms(self.stack()[t] + self._base, st)
+                if coarse and st in SIGNIFICAND_BITS
+                else 0.0
+                for t, st in enumerate(self._storage)
+            ]
+        return self._noise
 
     @classmethod
     def from_stack(cls, stack: Tensor) -> TaskVectors:
