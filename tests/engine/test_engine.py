@@ -175,6 +175,23 @@ def test_sweep_cache_hits_on_new_scaling_and_misses_on_changed_input(models, tmp
     assert third.cache_hits == 0
 
 
+def test_sweep_cache_entries_from_before_a_code_edit_are_not_served(models, tmp_path, monkeypatch):
+    """The precomputes' key holds the code computing them (the review found a stale SVD served
+    after an edit of linalg.py): a stand-in source file edited between two merges."""
+    from hhh_bench.merging import engine
+
+    root, base, fts = models
+    cache, src = tmp_path / "cache", tmp_path / "linalg_standin.py"
+    src.write_text("X = 1\n")
+    monkeypatch.setattr(engine, "PRECOMPUTE_CODE", (*engine.PRECOMPUTE_CODE, src))
+    first = merge_models("tsv", base, fts, tmp_path / "o1", cache_dir=cache, progress=False)
+    again = merge_models("tsv", base, fts, tmp_path / "o2", cache_dir=cache, progress=False)
+    assert first.cache_misses > 0 and again.cache_hits == first.cache_misses
+    src.write_text("X = 2\n")
+    edited = merge_models("tsv", base, fts, tmp_path / "o3", cache_dir=cache, progress=False)
+    assert edited.cache_hits == 0 and edited.cache_misses == first.cache_misses
+
+
 def test_bad_inputs_are_named(models, tmp_path):
     root, base, fts = models
     with pytest.raises(ValueError, match="would overwrite an input model"):
