@@ -107,7 +107,10 @@ def task(cfg) -> float | None:
     from hhh_bench.core import console
     from hhh_bench.pipeline import run
 
-    bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError)
+    import sqlite3
+
+    bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError,
+                 sqlite3.Error)  # fmt: skip
     try:
         check_sweep_mode()
         settings = console_settings(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -194,6 +195,16 @@ def test_sweep_cache_entries_from_before_a_code_edit_are_not_served(models, tmp_
 
 def test_bad_inputs_are_named(models, tmp_path):
     root, base, fts = models
+    # θ0's weights at another path as a specialist, and one specialist listed twice (copied)
+    shutil.copytree(base, tmp_path / "base_copy")
+    with pytest.raises(ValueError, match=r"holds the same weights as the base .*task vector is 0"):
+        merge_models("task_arithmetic", base, [fts[0], tmp_path / "base_copy"], tmp_path / "x",
+                     progress=False)  # fmt: skip
+    shutil.copytree(fts[0], tmp_path / "ft0_copy")
+    with pytest.raises(ValueError, match=r"one model listed twice; to weigh a model more"):
+        merge_models("task_arithmetic", base, [fts[0], fts[1], tmp_path / "ft0_copy"],
+                     tmp_path / "x", progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="would overwrite an input model"):
         merge_models("task_arithmetic", base, fts, base, progress=False)
     with pytest.raises(ValueError, match="unknown merge method"):
