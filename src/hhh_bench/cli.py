@@ -104,10 +104,10 @@ def task(cfg) -> float | None:
     exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
     ``HYDRA_FULL_ERROR=1`` shows it); so does a sweep's config run without ``-m``
     (:func:`check_sweep_mode`), before any stage. The console: :func:`hhh_bench.core.console.session`."""
+    import sqlite3
+
     from hhh_bench.core import console
     from hhh_bench.pipeline import run
-
-    import sqlite3
 
     bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError,
                  sqlite3.Error)  # fmt: skip
