@@ -51,6 +51,7 @@ def test_list_shows_the_registries_and_the_config_tree(monkeypatch, capsys):
     code, out = _main(monkeypatch, capsys, "list", "groups")
     groups = dict(line.split(None, 1) for line in out.splitlines() if line.startswith("  "))
     assert "_common" not in groups["merge"] and "tsv" in groups["merge"]  # shared parts hidden
+    assert "source" not in groups  # the datasets data options list: `list sources`
 
 
 @pytest.mark.parametrize("override", ["+accelerate=fsdp", "accelerate=ddp", "++accelerate.x=1"])
@@ -91,7 +92,20 @@ def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     assert "== Configuration groups ==" in hydra and "experiment:" in hydra
     groups = hydra.split("== Configuration groups ==")[1].split("==")[0]
     assert "merge: dare_ta, dare_ties, resm," in groups and "_common" not in groups
-    assert "accelerate" not in groups
+    assert "accelerate" not in groups and "\nsource:" not in groups
+    assert "\ntrain: dpo" in groups  # the lines after it are kept
+
+
+def test_source_is_no_group_a_run_chooses(monkeypatch, capsys):
+    """``source=beavertails`` ended in Hydra's "Could not override 'source'" (issue 27: --help
+    listed conf/source/ as a group): exit 2 before Hydra, naming where sources are chosen."""
+    monkeypatch.setattr(sys, "argv", ["hhh-bench", "source=beavertails", "stage=data"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("hhh-bench: error: source=beavertails: source is no config group")
+    assert "data.sources" in err and "hhh-bench list sources" in err
 
 
 def test_list_imports_plugins_first():
