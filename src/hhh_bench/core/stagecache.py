@@ -191,7 +191,7 @@ def cached_stage(
                     f"cached output {out}: {misplaced}. Delete the folder to recompute it, or "
                     "set cache.on_mismatch=recompute."
                 )
-            console.say(f"{what}: {misplaced}: recomputing (cache.on_mismatch=recompute)")
+            console.say(f"{what} ({out}): {misplaced}: recomputing (cache.on_mismatch=recompute)")
             CACHE.recomputed.setdefault(stage, set()).add(key)
             if out.is_symlink():
                 out.unlink()  # the link only: what it points to is not this stage's to delete
@@ -213,7 +213,7 @@ def cached_stage(
                 )
             raise mismatch_error(out, checked.problems)
         problem = unreadable or checked.problems[0]
-        console.say(f"{what}: {problem}: recomputing (cache.on_mismatch=recompute)")
+        console.say(f"{what} ({out}): {problem}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)
         replace = True
     t0 = time.time()
