@@ -450,9 +450,16 @@ class ReportConfig:
         "kind, not a JSON object, a newer schema) and say under the main table how many and "
         "why; false: such a line stops the report, naming the file and line",
     )
+    interval: str = param(
+        "t",
+        "the mix-or-merge answer's interval over paired seeds: t (Student t over the per-seed "
+        "differences, n - 1 degrees of freedom) or bca (BCa bootstrap over the seeds)",
+    )
 
     def __post_init__(self) -> None:
         _post(self, "report")
+        if self.interval not in ("t", "bca"):
+            raise ValueError(f"report.interval must be 't' or 'bca', got {self.interval!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         )
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
-    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid)
+    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid, rcfg.interval)
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
@@ -82,6 +82,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
             diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
+            interval=rcfg.interval,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
@@ -107,7 +108,12 @@ _KEY_FILE = "report_key.json"
 
 
 def _report_key(
-    cfg: DictConfig, store: Path, diagnostics: Path, job: str | None, skip_invalid: bool = False
+    cfg: DictConfig,
+    store: Path,
+    diagnostics: Path,
+    job: str | None,
+    skip_invalid: bool = False,
+    interval: str = "t",
 ) -> str:
     from hhh_bench import __version__
 
@@ -121,6 +127,7 @@ def _report_key(
         "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
         **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
+        **({"interval": interval} if interval != "t" else {}),
     })  # fmt: skip
 
 
