@@ -272,9 +272,9 @@ def mix_vs_merge(entries: Sequence[Entry], **kwargs: Any) -> dict[str, Any] | No
 
 
 def _how(choice: Mapping[str, Any], plural: str) -> str:
-    if choice["fallback"]:
-        return f"best of {choice['candidates']} {plural} on {choice['on']}, the reported split"
-    return f"best of {choice['candidates']} {plural} on {choice['on']}"
+    n = choice["candidates"]
+    of = f"best of {n} {plural if n != 1 else plural.removesuffix('s')} on {choice['on']}"
+    return f"{of}, the reported split" if choice["fallback"] else of
 
 
 def _p(p: float) -> str:
