@@ -280,7 +280,7 @@ def test_report_stage_prints_the_answer_last(tmp_path, capsys):
     assert out["answer"]["verdict"] == "merging wins"
 
 
-def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys):
+def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys, monkeypatch):
     """A rerun on an unchanged store prints the same table and answer without rebuilding the
     report (its files untouched); a new row rebuilds it."""
     from hhh_bench.stages.report import run_report
@@ -299,6 +299,13 @@ def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys):
     assert "unchanged since the store was last reported" in printed
     assert printed.rstrip("\n").splitlines()[-1] == first["answer_line"]
     assert md.stat().st_mtime_ns == stamp
+    import hhh_bench.stages.report as stage
+
+    real = stage.code_identity
+    monkeypatch.setattr(stage, "code_identity", lambda *m: {**real(*m), "changed": True})
+    run_report(cfg)  # the report's code changed: built anew, never the old answer reused
+    assert "unchanged" not in capsys.readouterr().out
+    monkeypatch.undo()
     append_result(tmp_path / "results.jsonl", rows[-1])  # the store changed: built anew
     third = run_report(cfg)
     assert "unchanged" not in capsys.readouterr().out

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.core import console
 from hhh_bench.core.config import ReportConfig, load
+from hhh_bench.core.content import code_identity
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
@@ -103,6 +104,16 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     return result
 
 
+REPORT_CODE = (
+    "hhh_bench.tracking",
+    "hhh_bench.core.seedstats",
+    "hhh_bench.core.stats",
+    "hhh_bench.core.uncertainty",
+    "hhh_bench.core.items",
+    "hhh_bench.core.environment",
+)
+"""The code a report is computed by (in its key: a rerun after a change of it rebuilds)."""
+
 _KEY_FILE = "report_key.json"
 """What the report in ``<root>/report/`` was built from, and what the stage returned."""
 
@@ -124,7 +135,9 @@ def _report_key(
     return config_hash({
         "store": digest(store), "diagnostics": digest(diagnostics), "name": str(cfg.name),
         "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
-        "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
+        "logger": to_dict(cfg.logger), "version": __version__,
+        "code": code_identity(*REPORT_CODE),  # a changed report or answer: built anew
+        # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
         **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
         **({"interval": interval} if interval != "t" else {}),
