@@ -115,11 +115,14 @@ def test_row1_recompute_replaces_the_tampered_output_and_what_depends_on_its_con
     assert not verify(base).problems  # replaced by a fresh θ0 under the same key
     misses, _ = _counts()
     assert misses.get("base") == 1
-    # the specialist is reused only if the recomputed θ0 has the pristine θ0's bytes
-    same = (base / "model.safetensors").read_bytes() == (
+    # same config and seed: the recomputed θ0 has the pristine θ0's bytes and identity (no
+    # wall-clock value among its artifacts), so the specialist trained on it is reused
+    fresh, pristine_base = verify(base).manifest, verify(_one(pristine, "base")).manifest
+    assert (base / "model.safetensors").read_bytes() == (
         _one(pristine, "base") / "model.safetensors"
     ).read_bytes()
-    assert (misses.get("train", 0) == 0) == same
+    assert fresh.identity() == pristine_base.identity()
+    assert misses.get("train", 0) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +140,20 @@ def test_row2_swapped_specialist_weights_are_refused(root):
         _run(root, "stage=train", "data.dimensions=[honest]")
     with pytest.raises(ValueError):
         _run(root, "stage=merge", "merge=task_arithmetic")
+
+
+def test_row2_recompute_retrains_a_tampered_specialist_and_the_merge_is_reused(root, capsys):
+    # same config and seed: the retrained specialist has the first one's bytes and identity
+    # (its loss_curve.jsonl holds no wall-clock value), so the merge keyed by it is reused
+    honest = _specialists(root)["honest"]
+    before = (honest / "model.safetensors").read_bytes()
+    _scale_first_tensor(honest / "model.safetensors")
+    _run(root, "stage=merge", "merge=task_arithmetic", "cache.on_mismatch=recompute")
+    assert "recomputing (cache.on_mismatch=recompute)" in capsys.readouterr().out
+    misses, hits = _counts()
+    assert misses.get("train") == 1 and (honest / "model.safetensors").read_bytes() == before
+    assert misses.get("merge", 0) == 0 and hits.get("merge") == 1
+    assert "_runtime" not in (honest / "loss_curve.jsonl").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +233,13 @@ def test_row4_every_key_holds_its_code_and_never_the_report_or_cli(pristine):
     for key_file in pristine.glob(f"*/*/{KEY_FILE}"):
         record = json.loads(key_file.read_text())
         code = record["payload"]["code"]
-        assert set(code["versions"]) == {"torch", "transformers", "trl", "peft", "lm_eval"}
+        core = {"torch", "transformers", "trl", "peft", "lm_eval"}
+        # the data stage's text normalisation also depends on the data these two ship
+        extra = (
+            {"confusable-homoglyphs", "pyahocorasick"} if record.get("stage") == "data" else set()
+        )
+        assert set(code["versions"]) - extra == core, key_file
+        assert set(code["versions"]) >= core
         assert code["hhh_bench"]
         assert code["files"], key_file
         assert not any(

@@ -43,6 +43,11 @@ def test_full_dpo_logs_a_loss_and_changes_every_trainable_tensor(
     first = curve.records[0]
     assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    # wall-clock values stay out of loss_curve.jsonl (an artifact: part of the output's identity)
+    assert "train_runtime" in curve.timings and "train_samples_per_second" in curve.timings
+    curve.write(tmp_path / "loss_curve.jsonl")
+    written = (tmp_path / "loss_curve.jsonl").read_text()
+    assert "train_loss" in written and "_runtime" not in written and "_per_second" not in written
     unchanged = [n for n in trainable if torch.equal(model.get_parameter(n), before[n])]
     assert trainable and not unchanged, unchanged
 

@@ -455,11 +455,19 @@ class ReportConfig:
         "the mix-or-merge answer's interval over paired seeds: t (Student t over the per-seed "
         "differences, n - 1 degrees of freedom) or bca (BCa bootstrap over the seeds)",
     )
+    judge_failure_threshold: float = param(
+        0.05,
+        "mark (‡) a main-table cell whose judged task had more than this share of empty answers "
+        "or unparsed judge answers, (n_empty + n_unparsed) / n, with the counts under the table",
+    )
 
     def __post_init__(self) -> None:
         _post(self, "report")
         if self.interval not in ("t", "bca"):
             raise ValueError(f"report.interval must be 't' or 'bca', got {self.interval!r}")
+        t = self.judge_failure_threshold
+        if isinstance(t, bool) or not 0.0 <= t < 1.0:
+            raise ValueError(f"report.judge_failure_threshold must be a share in [0, 1), got {t!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
             )  # fmt: skip
             curve.write(tmp / "loss_curve.jsonl")
             info["sft_final_loss"] = curve.losses()[-1] if curve.losses() else None
+            info["sft_timings"] = curve.timings
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
         model.eval()
         if known:

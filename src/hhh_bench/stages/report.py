@@ -72,7 +72,8 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         )
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
-    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid, rcfg.interval)
+    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid,
+                      rcfg.judge_failure_threshold, rcfg.interval)  # fmt: skip
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
@@ -83,7 +84,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
             diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
-            interval=rcfg.interval,
+            judge_failure_threshold=rcfg.judge_failure_threshold, interval=rcfg.interval,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
@@ -124,6 +125,7 @@ def _report_key(
     diagnostics: Path,
     job: str | None,
     skip_invalid: bool = False,
+    judge_failure_threshold: float = 0.05,
     interval: str = "t",
 ) -> str:
     from hhh_bench import __version__
@@ -140,6 +142,8 @@ def _report_key(
         # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
         **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
+        **({"judge_failure_threshold": judge_failure_threshold}
+           if judge_failure_threshold != 0.05 else {}),  # the default: keys as before
         **({"interval": interval} if interval != "t" else {}),
     })  # fmt: skip
 

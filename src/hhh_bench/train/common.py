@@ -18,15 +18,33 @@ def report_to(logger: str | None) -> list[str] | str:
     return "none"
 
 
+def _wall_clock(key: str) -> bool:
+    """A logged value that measures the machine, not the training (``train_runtime``,
+    ``train_samples_per_second``, ...)."""
+    return key.endswith("_runtime") or key.endswith("_per_second")
+
+
 class LossCurve(TrainerCallback):
-    """Keeps every logged record (loss, rewards, lr) so it can be written next to the model."""
+    """Keeps every logged record (loss, rewards, lr) so it can be written next to the model.
+
+    Wall-clock values (:func:`_wall_clock`) go to :attr:`timings` instead of the records:
+    ``loss_curve.jsonl`` is one of the output's artifacts, so it is part of the output's content
+    identity and of every later stage's key (docs/caching.md). A timing in it would make two runs
+    of the same training, with bit-identical weights, two different identities, and the stages
+    after a recompute would run again for nothing. The stages keep the timings in their result
+    file, which is outside the identity.
+    """
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.timings: dict[str, Any] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - HF callback API
         if logs:
-            self.records.append({"step": state.global_step, **logs})
+            self.timings.update({k: v for k, v in logs.items() if _wall_clock(k)})
+            kept = {k: v for k, v in logs.items() if not _wall_clock(k)}
+            if kept:
+                self.records.append({"step": state.global_step, **kept})
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))

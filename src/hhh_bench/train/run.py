@@ -224,4 +224,5 @@ def train_model(
         },
         "base_path": base_path,
         "seconds": round(time.time() - t0, 1),
+        "trainer_timings": curve.timings,
     }
