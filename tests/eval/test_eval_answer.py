@@ -28,6 +28,7 @@ from hhh_bench.tracking.answer import (
     compare,
     environment_fingerprint,
     mix_vs_merge,
+    mixed_line,
     verdict,
 )
 from hhh_bench.tracking.entries import table_entries
@@ -310,3 +311,20 @@ def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys, monkey
     third = run_report(cfg)
     assert "unchanged" not in capsys.readouterr().out
     assert third["n_rows"] == first["n_rows"] + 1
+
+
+def test_mixed_line_quotes_statsmodels_warnings_with_one_full_stop():
+    """statsmodels' warnings end with a full stop of their own (the demo's boundary warning):
+    the sentence ends with one, never '..'."""
+    from hhh_bench.core.seedstats import MixedView
+
+    view = MixedView(estimate=-0.075, se=0.025, low=-0.123, high=-0.026, p_value=0.0026,
+                     seed_var=0.0014, cluster_var=0.032, n_seeds=3, n_clusters=240,
+                     clusters="entity", level=0.95,
+                     warnings=("The MLE may be on the boundary of the parameter space.",
+                               "a second one"))  # fmt: skip
+    line = mixed_line(view.as_dict())
+    assert line.endswith(
+        "statsmodels warned: The MLE may be on the boundary of the parameter space; a second one."
+    ), line
+    assert ".." not in line

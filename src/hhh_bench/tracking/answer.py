@@ -328,7 +328,8 @@ def mixed_line(m: Mapping[str, Any] | None) -> str:
         "item": "no item has an entity id, so each item is its own cluster",
         "mixed": "items clustered by entity where they name one, else each its own cluster",
     }[m["clusters"]]
-    warned = f" statsmodels warned: {'; '.join(m['warnings'])}." if m["warnings"] else ""
+    said = "; ".join(w.rstrip(". ") for w in m["warnings"])  # statsmodels ends them with "."
+    warned = f" statsmodels warned: {said}." if m["warnings"] else ""
     if m["error"]:
         return f"Mixed-effects view: no estimate: {m['error']} ({clusters}).{warned}"
     return (
