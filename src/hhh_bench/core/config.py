@@ -451,9 +451,7 @@ class ReportConfig:
         "why; false: such a line stops the report, naming the file and line",
     )
     interval: str = param(
-        "t",
-        "the mix-or-merge answer's interval over paired seeds: t (Student t over the per-seed "
-        "differences, n - 1 degrees of freedom) or bca (BCa bootstrap over the seeds)",
+        "t", "the mix-or-merge answer's interval over paired seeds: t (Student t) or bca (BCa)"
     )
     judge_failure_threshold: float = param(
         0.05,
