@@ -76,6 +76,31 @@ def test_a_model_given_as_base_and_specialist_is_refused(tmp_path):
     assert check(["merge.base=org/m", "merge.models=[org/a,org/b]"])["merge"].base == "org/m"
 
 
+def test_the_toy_scorer_on_real_data_is_refused_before_training():
+    """On real data the toy world's scorer gave every pair margin 0 (issue 29): a random
+    selection with no error. Refused when the config is checked, for the pipeline's mixtures
+    and for `mix`, and by the scorer itself on rows from elsewhere; the paper experiments
+    score with a reward model (their rehearsal swaps in its stand-in)."""
+    from hhh_bench.data.toy3h import Toy3HScorer
+
+    with pytest.raises(ValueError, match=r"pipeline.mixtures\[0\] \(reward_select\) scores pairs "
+                       r"with the toy world's reward \(scorer: toy3h\), but data='paper_3h'"):  # fmt: skip
+        check(["data=paper_3h", "pipeline.mixtures=[reward_select]"])
+    with pytest.raises(ValueError, match=r"^mix \(conflict_aware\) scores pairs with the toy"):
+        check(["data=paper_3h", "mix=conflict_aware", "pipeline.mixtures=[]"])
+    check(["data=paper_3h", "pipeline.mixtures=[uniform]"])  # no scorer: fine
+    cfg = check(["experiment=paper_llama3", "model.device=cpu", "train.device=cpu",
+                 "merge_engine.device=cpu"])  # fmt: skip
+    scored = [e for e in cfg["pipeline"].mixtures if isinstance(e, dict)]
+    assert {e["name"] for e in scored} == {"reward_select", "conflict_aware"}
+    assert {e["scorer"] for e in scored} == {"reward_model"}
+    real = {"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "helpful",
+            "source": "hh_rlhf_helpful", "id": "hh/1"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"toy3h scorer scores only the toy world's pairs, but "
+                       r"1 of 1 rows come from elsewhere \(source 'hh_rlhf_helpful'"):  # fmt: skip
+        Toy3HScorer()([real])
+
+
 @pytest.mark.parametrize(
     "override",
     ["eval.limit=10", "eval.limit=0.25", "eval.limit=null", "eval.metric=soft",

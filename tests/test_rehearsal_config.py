@@ -91,7 +91,15 @@ def test_prepare_builds_the_standin_and_points_sources_at_fixtures(experiment, r
     overrides = prepare_rehearsal(to_dict(cfg))
     # model.path is the stand-in itself; the judged suite's judges are stand-ins too
     roles = set(cfg.eval.judges)
-    assert set(overrides) == {"data.sources", *(f"eval.judges.{r}" for r in roles)}
+    assert set(overrides) == {"data.sources", "pipeline.mixtures",
+                              *(f"eval.judges.{r}" for r in roles)}  # fmt: skip
+    # the reward-scored mixtures (ArmoRM in the experiment, issue 29) score with the stand-in
+    scored = [e for e in overrides["pipeline.mixtures"] if isinstance(e, dict)]
+    assert [e["name"] for e in scored] == ["reward_select", "conflict_aware"]
+    for e in scored:
+        args = e["scorer_args"]
+        assert Path(args["model"]).is_dir() and not args["trust_remote_code"]
+        assert len(args["output_dimensions"]) == 19 and "revision" not in args
     for r in roles:
         judge = overrides[f"eval.judges.{r}"]
         assert Path(judge["model"]).is_dir() and judge["kind"] == cfg.eval.judges[r].kind

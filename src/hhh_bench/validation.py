@@ -95,6 +95,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if group in GROUP_CHECKS:
                 GROUP_CHECKS[group](out[group])
     check_seeds(cfg)
+    check_mix_scorers(cfg)
     if "eval" in out:
         check_metrics(cfg["eval"])
     from hhh_bench.merging import get_method, method_defaults
@@ -131,6 +132,48 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
         _check_tuning(cfg)
     return out
+
+
+def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
+    """A mixture scored by the toy world's exact reward (``scorer: toy3h``) on data that is not
+    the toy world is refused: every real pair would get margin 0 (a random selection, no
+    conflicts, and no error). Checked for ``mix`` and every entry of ``pipeline.mixtures``."""
+    data = cfg.get("data") or {}
+    if not isinstance(data, Mapping) or data.get("kind", "toy3h") == "toy3h":
+        return
+    from hhh_bench.stages.common import load_option
+
+    entries: list[tuple[str, Any]] = []
+    if isinstance(cfg.get("mix"), Mapping):
+        entries.append(("mix", cfg["mix"]))
+    pipeline = cfg.get("pipeline") or {}
+    for i, entry in enumerate(
+        pipeline.get("mixtures") or [] if isinstance(pipeline, Mapping) else []
+    ):
+        entries.append((f"pipeline.mixtures[{i}]", entry))
+    for where, entry in entries:
+        if isinstance(entry, str):
+            try:
+                mix = load_option("mix", entry)
+            except ValueError:
+                continue  # an unknown option is named by the pipeline's own check
+        elif isinstance(entry, Mapping):
+            name = entry.get("name")
+            try:
+                mix = {**(load_option("mix", str(name)) if name else {}), **dict(entry)}
+            except ValueError:
+                mix = dict(entry)
+        else:
+            continue
+        if mix.get("scorer") == "toy3h":
+            raise ValueError(
+                f"{where} ({mix.get('name')}) scores pairs with the toy world's reward "
+                f"(scorer: toy3h), but data={data.get('name')!r} is not the toy world "
+                f"(data.kind={data.get('kind')!r}): every pair would score 0 and the selection "
+                "would be random. Give a reward model: {name: "
+                f"{mix.get('name')}, scorer: reward_model, scorer_args: {{model: ..., "
+                "output_dimensions: [...]}} (conf/mix/reward_select.yaml shows ArmoRM's)"
+            )
 
 
 def check_seeds(cfg: Mapping[str, Any]) -> None:

@@ -702,6 +702,14 @@ class Toy3HScorer:
             raise ValueError(f"the toy3h scorer takes no scorer_args, got {sorted(scorer_args)}")
 
     def __call__(self, rows: Sequence[PreferenceRow]) -> list[dict[str, float]]:
+        foreign = [r for r in rows if r.get("source") != SOURCE]
+        if foreign:
+            raise ValueError(
+                f"the toy3h scorer scores only the toy world's pairs, but {len(foreign)} of "
+                f"{len(rows)} rows come from elsewhere (source {foreign[0].get('source')!r}, "
+                f"id {foreign[0].get('id')!r}): it would give them margin 0; score real pairs "
+                "with scorer: reward_model"
+            )
         out = []
         for row in rows:
             meta = row.get("meta", {})
