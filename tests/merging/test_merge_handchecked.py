@@ -278,3 +278,48 @@ def test_tsv_factors_shapes():
     u, s, v, task = tsv_factors(list(torch.randn(3, 5, 4)), 1)
     assert (u.shape, s.shape, v.shape) == ((5, 3), (3,), (4, 3))
     assert task.tolist() == [0, 1, 2]
+
+
+BC_T1 = [1.0, -8.0, 3.0, 0.5, -5.0, 2.0, 7.0, -4.0, 6.0, 0.25]
+BC_T2 = [2.0, 1.0, -3.0, 4.0, 0.5, -6.0, 1.5, 10.0, -2.5, 0.75]
+
+
+def test_breadcrumbs_by_hand():
+    """n = 10, density .5, gamma .1: k = 5 kept after removing top = 1 largest.
+    τ1 by |.|: -8, 7, 6, -5, -4, 3, 2, 1, .5, .25 -> drop -8, keep 7, 6, -5, -4, 3:
+        τ̂1 = [0, 0, 3, 0, -5, 0, 7, -4, 6, 0]
+    τ2 by |.|: 10, -6, 4, -3, -2.5, 2, 1.5, 1, .75, .5 -> drop 10, keep -6, 4, -3, -2.5, 2:
+        τ̂2 = [2, 0, -3, 4, 0, -6, 0, 0, -2.5, 0]
+    breadcrumbs: τ̂1 + τ̂2 = [2, 0, 0, 4, -5, -6, 7, -4, 3.5, 0].
+    breadcrumbs_ties: sums elect + at 2 (3 - 3 = 0) and 8 (6 - 2.5), where τ̂2 disagrees:
+        agreeing sums [2, 0, 3, 4, -5, -6, 7, -4, 6, 0].
+    With weights (2, 1) and normalize, ties divides by the agreeing weights (one model each):
+        the same [2, 0, 3, 4, -5, -6, 7, -4, 6, 0]; breadcrumbs divides 2τ̂1 + τ̂2 by 3."""
+    base, fts = torch.zeros(10), [T(BC_T1), T(BC_T2)]
+    kw = {"density": 0.5, "gamma": 0.1}
+    assert torch.equal(
+        merge_tensors("breadcrumbs", base, fts, **kw), T([2, 0, 0, 4, -5, -6, 7, -4, 3.5, 0.0])
+    )
+    ties = T([2, 0, 3, 4, -5, -6, 7, -4, 6, 0.0])
+    assert torch.equal(merge_tensors("breadcrumbs_ties", base, fts, **kw), ties)
+    weighted = {**kw, "weights": [2, 1], "normalize": True}
+    assert torch.equal(merge_tensors("breadcrumbs_ties", base, fts, **weighted), ties)
+    torch.testing.assert_close(
+        merge_tensors("breadcrumbs", base, fts, **weighted),
+        T([2, 0, 3, 4, -10, -6, 14, -8, 9.5, 0.0]) / 3,
+    )
+
+
+def test_breadcrumbs_gamma_cap_gamma_zero_and_l1_rescale_by_hand():
+    """τ1 above, n = 10.  density .95, gamma .2: k = 9, top = min(2, 10 - 9) = 1: only -8 goes.
+    gamma 0, density .3: top = 0, the top 3 (-8, 7, 6) stay (mergekit would keep nothing here).
+    τ = [4, -3, 2, 1], density .5, gamma .25, rescale l1: keep -3, 2 (L1 5 of 10) -> ×2."""
+    base, fts = torch.zeros(10), [T(BC_T1)]
+    capped = merge_tensors("breadcrumbs", base, fts, density=0.95, gamma=0.2)
+    assert torch.equal(capped, T([1.0, 0, 3, 0.5, -5, 2, 7, -4, 6, 0.25]))
+    top = merge_tensors("breadcrumbs", base, fts, density=0.3, gamma=0.0)
+    assert torch.equal(top, T([0.0, -8, 0, 0, 0, 0, 7, 0, 6, 0]))
+    l1 = merge_tensors(
+        "breadcrumbs", torch.zeros(4), [T([4.0, -3, 2, 1])], density=0.5, gamma=0.25, rescale="l1"
+    )
+    assert torch.equal(l1, T([0.0, -6, 4, 0]))

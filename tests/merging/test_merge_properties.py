@@ -33,7 +33,17 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
 
 @FAST
 @given(
-    method=st.sampled_from(["task_arithmetic", "weight_average", "ties", "tsv", "resm"]),
+    method=st.sampled_from(
+        [
+            "task_arithmetic",
+            "weight_average",
+            "ties",
+            "tsv",
+            "resm",
+            "breadcrumbs",
+            "breadcrumbs_ties",
+        ]
+    ),
     num=st.integers(2, 4),
     seed=seeds,
     perm_seed=seeds,

@@ -105,3 +105,71 @@ def test_tsv_state_dict_matches_the_equations_in_float64():
         else:
             expected = b + sum(taus) / 3
         torch.testing.assert_close(out[key], expected, rtol=0, atol=1e-8, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# mergekit's formulations, written here from a reading of mergekit's merge_methods/ and
+# sparsify.py (github.com/arcee-ai/mergekit, v0.1.4): independent code, the same rules.
+
+
+def _mk_outliers(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """mergekit's magnitude_outliers: sort |δ| ascending, drop the n_bot smallest and the n_top
+    largest, n_top = int(γ·n) lowered when n_bot = n − int(d·n) − n_top would be negative."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    n_top = int(gamma * n)
+    n_bot = n - int(density * n) - n_top
+    if n_bot < 0:
+        n_top, n_bot = n_top + n_bot, 0
+    ascending = delta.abs().flatten().argsort()
+    keep = torch.zeros(n, dtype=delta.dtype)
+    keep[ascending[n_bot : n - n_top]] = 1
+    return delta * keep.view_as(delta)
+
+
+def _mk_l1(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    before, after = delta.abs().sum(), masked.abs().sum()
+    return masked if before < 1e-7 or after < 1e-7 else masked * (before / after)
+
+
+def _mk_gta(deltas, weights, *, consensus: bool, normalize: bool) -> torch.Tensor:
+    """mergekit's GTATask mixing of sparsified deltas (its get_mask with method 'sum')."""
+    d = torch.stack(deltas)
+    w = torch.tensor(weights, dtype=d.dtype).view(-1, *[1] * (d.dim() - 1))
+    x = d * w
+    if consensus:
+        majority = (x.sum(0) >= 0).to(d.dtype) * 2 - 1
+        mask = (x.sign() == majority).to(d.dtype)
+        mixed, divisor = (x * mask).sum(0), (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = x.sum(0), w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if normalize else mixed
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize(
+    ("density", "gamma", "normalize", "rescale"),
+    [
+        (0.9, 0.05, False, "none"),
+        (0.5, 0.1, True, "l1"),
+        (0.7, 0.4, False, "l1"),
+        (1.0, 0.1, True, "none"),
+    ],
+)
+def test_breadcrumbs_matches_mergekit(method, density, gamma, normalize, rescale):
+    base, fts = models((6, 7), 3, seed=int(density * 100), dtype=torch.float64)
+    weights = [0.7, 1.3, -0.4]
+    deltas = []
+    for f in fts:
+        masked = _mk_outliers(f - base, density, gamma)
+        deltas.append(_mk_l1(f - base, masked) if rescale == "l1" and density < 1 else masked)
+    consensus = method == "breadcrumbs_ties"
+    expected = base + 0.8 * _mk_gta(deltas, weights, consensus=consensus, normalize=normalize)
+    out = merge_tensors(
+        method, base, fts, density=density, gamma=gamma, normalize=normalize, rescale=rescale,
+        weights=weights, scaling=0.8, compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)

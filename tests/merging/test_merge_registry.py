@@ -25,6 +25,7 @@ from hhh_bench.stages.common import load_option
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
+EXPECTED |= {"breadcrumbs", "breadcrumbs_ties"}
 
 
 def test_registry_and_configs_match_one_to_one():
@@ -104,6 +105,9 @@ ALTERNATIVES = {
     "outlier_ratio_M": 3.0,
     "rank_spread": 0.5,
     "compute_dtype": "float64",
+    "gamma": 0.05,
+    "normalize": True,
+    "rescale": "l1",
 }
 
 

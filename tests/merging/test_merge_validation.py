@@ -25,8 +25,9 @@ def test_unknown_parameter_lists_the_valid_ones():
 
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.01, float("nan")])
 def test_density_outside_0_1(density):
-    with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
-        merge_tensors("ties", B, FT, density=density)
+    for method in ("ties", "breadcrumbs", "breadcrumbs_ties"):
+        with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
+            merge_tensors(method, B, FT, density=density)
 
 
 @pytest.mark.parametrize("drop_rate", [1.0, -0.01, 1.5])
@@ -48,6 +49,10 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("resm", {"reweight": "huber"}, r"'reweight' must be one of \['huber_mad', 'none'\]"),
         ("resm", {"rank": "owl"}, "'rank' must be one of"),
         ("ties", {"scope": "layer"}, "'scope' must be one of"),
+        ("breadcrumbs", {"gamma": 1.0}, r"'gamma' must be in \[0, 1\)"),
+        ("breadcrumbs_ties", {"gamma": -0.01}, r"'gamma' must be in \[0, 1\)"),
+        ("breadcrumbs", {"rescale": "l2"}, r"'rescale' must be one of \['none', 'l1'\]"),
+        ("breadcrumbs", {"normalize": "yes"}, "'normalize' must be bool"),
         ("ties", {"density": "0.2"}, "'density' must be float"),
         ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
         ("task_arithmetic", {"seed": 1.5}, "'seed' must be int"),
@@ -126,3 +131,9 @@ def test_state_dict_shape_mismatch_names_the_key():
     base = {"a": B, "b": B}
     with pytest.raises(ValueError, match=r"'b': finetuned model 0 has shape \(3,\)"):
         merge_state_dicts("ties", base, [{"a": B, "b": torch.zeros(3)}])
+
+
+def test_breadcrumbs_density_that_keeps_nothing_names_the_tensor():
+    """int(0.1 × 6) = 0 entries of a 6-entry tensor: refused, not zeroed silently."""
+    with pytest.raises(ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 .*'w'"):
+        merge_tensors("breadcrumbs", B, FT, name="w", density=0.1)

@@ -1,6 +1,7 @@
 """One module per merge method; importing this package registers them all."""
 
 from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
+    breadcrumbs,
     dare,
     resm,
     task_arithmetic,
