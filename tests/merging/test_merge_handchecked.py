@@ -9,6 +9,7 @@ import torch
 
 from hhh_bench.merging import merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_keep_mask, dare_merge
+from hhh_bench.merging.methods.della import della_keep_mask, keep_probabilities
 from hhh_bench.merging.methods.resm import (
     ResmParams,
     allocate_by_outlier_density,
@@ -323,3 +324,39 @@ def test_breadcrumbs_gamma_cap_gamma_zero_and_l1_rescale_by_hand():
         "breadcrumbs", torch.zeros(4), [T([4.0, -3, 2, 1])], density=0.5, gamma=0.25, rescale="l1"
     )
     assert torch.equal(l1, T([0.0, -6, 4, 0]))
+
+
+def test_della_keep_probabilities_by_hand():
+    """density .5, ε .2, a row of n = 5: ascending |τ| ranks r = 0..4 get p = .3 + .4·r/4.
+    Row [3, -1, 2, -4, .5]: ranks [3, 1, 2, 4, 0] -> p = [.6, .4, .5, .7, .3] (mean .5).
+    Row [-.1, .2, -.3, .4, -.5]: ranks [0, 1, 2, 3, 4] -> p = [.3, .4, .5, .6, .7].
+    A 1-D tensor is one row; a row of one entry gets the density."""
+    tau = T([[3.0, -1.0, 2.0, -4.0, 0.5], [-0.1, 0.2, -0.3, 0.4, -0.5]])
+    p = keep_probabilities(tau, 0.5, 0.2)
+    expected = T([[0.6, 0.4, 0.5, 0.7, 0.3], [0.3, 0.4, 0.5, 0.6, 0.7]], dtype=torch.float64)
+    torch.testing.assert_close(p, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(keep_probabilities(tau[0], 0.5, 0.2), p[0])
+    one = keep_probabilities(T([[2.0], [-1.0]]), 0.5, 0.2)
+    assert torch.equal(one, T([[0.5], [0.5]], dtype=torch.float64))
+
+
+def test_della_merge_tensors_uses_the_seeded_masks():
+    """della_linear = θ0 + λ·Σ_t w_t m_t ⊙ τ_t / p_t, della = the elected-sign sum of the same
+    τ̂_t divided by the agreeing weights, with (m_t, p_t) = della_keep_mask(τ_t, .., t)."""
+    base = torch.zeros(3, 6)
+    taus = [torch.arange(18.0).view(3, 6) - 8, torch.linspace(-2, 3, 18).view(3, 6)]
+    kw = {"name": "w", "density": 0.4, "epsilon": 0.3, "seed": 5, "weights": [1, 2]}
+    hat = []
+    for t, tau in enumerate(taus):
+        keep, p = della_keep_mask(tau, 0.4, 0.3, 5, "w", t)
+        hat.append(tau * keep / p.float())
+    linear = merge_tensors("della_linear", base, taus, scaling=0.5, **kw)
+    torch.testing.assert_close(linear, 0.5 * (hat[0] + 2 * hat[1]), rtol=0, atol=1e-6)
+    x = [hat[0], 2 * hat[1]]
+    positive = (x[0] + x[1]) >= 0
+    agree = [torch.where(positive, xi > 0, xi < 0) for xi in x]
+    divisor = (agree[0] * 1.0 + agree[1] * 2.0).clamp(min=1)  # no agreeing model: 0 / 1
+    expected = (x[0] * agree[0] + x[1] * agree[1]) / divisor
+    torch.testing.assert_close(
+        merge_tensors("della", base, taus, **kw), expected, atol=1e-6, rtol=0
+    )

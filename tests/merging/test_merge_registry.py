@@ -25,7 +25,7 @@ from hhh_bench.stages.common import load_option
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
-EXPECTED |= {"breadcrumbs", "breadcrumbs_ties"}
+EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
 
 
 def test_registry_and_configs_match_one_to_one():
@@ -108,6 +108,7 @@ ALTERNATIVES = {
     "gamma": 0.05,
     "normalize": True,
     "rescale": "l1",
+    "epsilon": 0.1,
 }
 
 

@@ -25,7 +25,7 @@ def test_unknown_parameter_lists_the_valid_ones():
 
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.01, float("nan")])
 def test_density_outside_0_1(density):
-    for method in ("ties", "breadcrumbs", "breadcrumbs_ties"):
+    for method in ("ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"):
         with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
             merge_tensors(method, B, FT, density=density)
 
@@ -53,6 +53,14 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("breadcrumbs_ties", {"gamma": -0.01}, r"'gamma' must be in \[0, 1\)"),
         ("breadcrumbs", {"rescale": "l2"}, r"'rescale' must be one of \['none', 'l1'\]"),
         ("breadcrumbs", {"normalize": "yes"}, "'normalize' must be bool"),
+        ("della", {"epsilon": -0.1}, "'epsilon' must be >= 0"),
+        ("della", {"density": 0.3, "epsilon": 0.3}, r"'epsilon' = 0.3 .* \[0, 0.6\] outside"),
+        (
+            "della_linear",
+            {"density": 0.8, "epsilon": 0.2},
+            r"epsilon < min\(density, 1 − density\)",
+        ),
+        ("della", {"rescale": "l2"}, r"'rescale' must be one of \['inverse_p', 'l1', 'none'\]"),
         ("ties", {"density": "0.2"}, "'density' must be float"),
         ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
         ("task_arithmetic", {"seed": 1.5}, "'seed' must be int"),

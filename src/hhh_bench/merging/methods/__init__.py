@@ -3,6 +3,7 @@
 from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
     breadcrumbs,
     dare,
+    della,
     resm,
     task_arithmetic,
     ties,
