@@ -45,6 +45,7 @@ def _sd(folder):
 @pytest.mark.parametrize("method", sorted(list_methods()))
 def test_streaming_equals_in_memory(models, method, tmp_path):
     _, base, fts = models
+    fts = fts[:2] if method == "slerp" else fts  # two models at most
     params = PARAMS.get(method, {})
     res = merge_models(method, base, fts, tmp_path / "out", progress=False, **params)
     got = load_file(str(tmp_path / "out" / "model.safetensors"))

@@ -360,3 +360,64 @@ def test_della_merge_tensors_uses_the_seeded_masks():
     torch.testing.assert_close(
         merge_tensors("della", base, taus, **kw), expected, atol=1e-6, rtol=0
     )
+
+
+def test_model_stock_by_hand():
+    """θ0 = [[1, 2], [3, 4]], τ1 = [[1, 1], [0, 0]], τ2 = [[1, 0], [1, 0]]:
+    cos = 1/(√2·√2) = .5, N = 2: t = 2·.5/(1 + .5) = 2/3; mean τ = [[1, .5], [.5, 0]];
+    θ = θ0 + (2/3)·mean = [[5/3, 7/3], [10/3, 4]].
+    Add τ3 = [[0, 1], [1, 0]]: every pair has cos .5; N = 3: t = 1.5/2 = .75;
+    mean τ = [[2, 2], [2, 0]]/3 -> θ = θ0 + [[.5, .5], [.5, 0]]."""
+    base = T([[1.0, 2.0], [3.0, 4.0]])
+    taus = [T([[1.0, 1.0], [0.0, 0.0]]), T([[1.0, 0.0], [1.0, 0.0]]), T([[0.0, 1.0], [1.0, 0.0]])]
+    fts = [base + tau for tau in taus]
+    two = merge_tensors("model_stock", base, fts[:2])
+    torch.testing.assert_close(two, base + T([[2.0, 1.0], [1.0, 0.0]]) / 3)
+    torch.testing.assert_close(
+        merge_tensors("model_stock", base, fts), base + T([[0.5, 0.5], [0.5, 0]])
+    )
+
+
+def test_model_stock_filter_wise_by_hand():
+    """τ1 = [[1, 0], [1, 1]], τ2 = [[0, 1], [1, 1]], θ0 = 0.
+    Per row: row 0 cos 0 -> t = 0 (stays at θ0); row 1 cos 1 -> t = 2/(1 + 1) = 1 -> [1, 1].
+    Per tensor: cos = 2/(√3·√3) = 2/3, t = (4/3)/(5/3) = .8, mean [[.5, .5], [1, 1]] ->
+    [[.4, .4], [.8, .8]]."""
+    fts = [T([[1.0, 0.0], [1.0, 1.0]]), T([[0.0, 1.0], [1.0, 1.0]])]
+    rows = merge_tensors("model_stock", torch.zeros(2, 2), fts, filter_wise=True)
+    torch.testing.assert_close(rows, T([[0.0, 0.0], [1.0, 1.0]]))
+    whole = merge_tensors("model_stock", torch.zeros(2, 2), fts)
+    torch.testing.assert_close(whole, T([[0.4, 0.4], [0.8, 0.8]]))
+
+
+def test_slerp_by_hand():
+    """One model: θ0 = [1, 0], θ1 = [0, 1] (90° apart), t = .5: sin(45°)/sin(90°) each ->
+    [√2/2, √2/2] (lerp would give [.5, .5]).  Two models: θ1 = [2, 0], θ2 = [0, 2] about θ0 = 0,
+    t = 1/3: Ω = 90°, weights sin(60°) = √3/2 and sin(30°) = 1/2 -> [√3, 1].  Near-colinear
+    θ1 = [1, 1], θ2 = [2, 2.001] (cos > .9995): lerp at t = .5 -> [1.5, 1.5005]."""
+    r = math.sqrt(0.5)
+    one = merge_tensors("slerp", T([1.0, 0.0]), [T([0.0, 1.0])], t=0.5)
+    torch.testing.assert_close(one, T([r, r]))
+    two = merge_tensors("slerp", torch.zeros(2), [T([2.0, 0.0]), T([0.0, 2.0])], t=1 / 3)
+    torch.testing.assert_close(two, T([math.sqrt(3), 1.0]))
+    near = merge_tensors("slerp", torch.zeros(2), [T([1.0, 1.0]), T([2.0, 2.001])], t=0.5)
+    torch.testing.assert_close(near, T([1.5, 1.5005]))
+
+
+def test_slerp_falls_back_to_lerp_when_near_colinear():
+    """Unit endpoints [1, 0] and [c, √(1 − c²)], t = .5: SLERP keeps the norm 1, lerp gives
+    √((1 + c)/2).  c = .9994 (below mergekit's .9995): norm 1; c = .9996: √(.9998).
+    Antipodal θ1 = [1, 2], θ2 = [-1, -2] (cos −1, where SLERP divides by sin π = 0): lerp,
+    [0, 0] at t = .5 and [.5, 1] at t = .25."""
+    for c, norm in [(0.9994, 1.0), (0.9996, math.sqrt(0.9998))]:
+        ends = [
+            T([1.0, 0.0], dtype=torch.float64),
+            T([c, math.sqrt(1 - c * c)], dtype=torch.float64),
+        ]
+        out = merge_tensors(
+            "slerp", torch.zeros(2, dtype=torch.float64), ends, compute_dtype="float64"
+        )
+        assert abs(float(out.norm()) - norm) < 1e-9, c
+    anti = [T([1.0, 2.0]), T([-1.0, -2.0])]
+    assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.5), T([0.0, 0.0]))
+    assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.25), T([0.5, 1.0]))

@@ -272,3 +272,68 @@ def test_della_masks_are_reproducible_from_the_seed():
     for other in ({"seed": 10}, {"name": "v"}):
         assert not torch.equal(a, merge_tensors("della", base, fts, **{**kw, **other}))
     assert not torch.equal(a, merge_tensors("della", base, fts[::-1], **kw))
+
+
+def _mk_model_stock(w0: torch.Tensor, ws: list[torch.Tensor], filter_wise: bool) -> torch.Tensor:
+    """mergekit's ModelStockMergeTask on raw weights: pairwise cosines of w_i − w_0 (norm product
+    clamped at 1e-6), averaged; t = N·cos/(1 + (N−1)·cos); t·mean(ws) + (1 − t)·w_0."""
+    shape = w0.shape
+    if filter_wise:
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.view(-1), [w.view(-1) for w in ws]
+    offsets = [w - w0 for w in ws]
+    cos = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1 :]:
+            norm = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cos.append(((a * b).sum(dim=-1) / norm.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    t = n * c / (1 + (n - 1) * c)
+    return (t * (sum(ws) / n) + (1 - t) * w0).reshape(shape)
+
+
+@pytest.mark.parametrize("filter_wise", [False, True])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_model_stock_matches_mergekit(shape, num, filter_wise):
+    base, fts = models(shape, num, seed=num, dtype=torch.float64)
+    fts = [f + 0.05 for f in fts]  # a shared direction: cosines > 0, t in (0, 1]
+    expected = _mk_model_stock(base, fts, filter_wise)
+    out = merge_tensors("model_stock", base, fts, filter_wise=filter_wise, compute_dtype="float64")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def _mk_slerp(t: float, v0, v1, dot_threshold=0.9995, eps=1e-8):
+    """mergekit's slerp on NumPy arrays (it casts torch inputs to float32 first)."""
+    import numpy as np
+
+    c0, c1 = np.copy(v0), np.copy(v1)
+    n0, n1 = np.linalg.norm(v0), np.linalg.norm(v1)
+    v0 = v0 / n0 if n0 > eps else v0
+    v1 = v1 / n1 if n1 > eps else v1
+    dot = np.sum(v0 * v1)
+    if np.abs(dot) > dot_threshold:
+        return (1 - t) * c0 + t * c1
+    theta = np.arccos(dot)
+    return np.sin(theta - theta * t) / np.sin(theta) * c0 + np.sin(theta * t) / np.sin(theta) * c1
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.75, 1.0])
+@pytest.mark.parametrize("layout", ["base_and_one", "two_models", "colinear"])
+def test_slerp_matches_mergekit(t, layout):
+    """mergekit's layout (its base_model is the t = 0 end) is one finetuned model; two models
+    interpolate θ1 -> θ2. float64 to 1e-12; the float32 default against mergekit's float32
+    NumPy to 2e-6 (entries of size ~1)."""
+    base, fts = models((5, 6), 2, seed=11, dtype=torch.float64)
+    if layout == "colinear":
+        fts = [base * 1.5, base * 1.5 + 1e-4 * fts[0]]
+    ends = (base, fts[0]) if layout == "base_and_one" else (fts[0], fts[1])
+    given = fts[:1] if layout == "base_and_one" else fts
+    expected = torch.from_numpy(_mk_slerp(t, ends[0].numpy(), ends[1].numpy()))
+    out = merge_tensors("slerp", base, given, t=t, compute_dtype="float64")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    mk32 = _mk_slerp(t, ends[0].float().numpy(), ends[1].float().numpy())
+    out32 = merge_tensors("slerp", base.float(), [f.float() for f in given], t=t)
+    torch.testing.assert_close(out32, torch.from_numpy(mk32), rtol=0, atol=2e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from merging_helpers import models, state_dicts
+from merging_helpers import fit_count, models, state_dicts
 
 from hhh_bench.merging import (
     describe_method,
@@ -25,7 +25,7 @@ from hhh_bench.stages.common import load_option
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
-EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
+EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
 
 
 def test_registry_and_configs_match_one_to_one():
@@ -54,7 +54,7 @@ def test_config_lists_every_param_with_its_default(method):
 def test_config_params_merge(method):
     """The yaml's params, passed as they are, merge a tiny model."""
     params = load_option("merge", method)["params"]
-    base, fts = state_dicts(3, seed=0)
+    base, fts = state_dicts(fit_count(method, 3), seed=0)
     out = merge_state_dicts(method, base, fts, **params)
     assert set(out) == set(base)
 
@@ -72,7 +72,7 @@ def test_describe_method(method):
         assert r["type"] and len(r["description"]) > 20, r
     cls = type(get_method(method))
     doc = (cls.__doc__ or "") + (sys.modules[cls.__module__].__doc__ or "")
-    assert "arXiv:" in doc
+    assert "arXiv:" in doc or (method == "slerp" and "Shoemake 1985" in doc)  # no paper
 
 
 def test_describe_shows_choices():
@@ -92,7 +92,7 @@ def test_params_coerce_yaml_like_values():
 
 ALTERNATIVES = {
     "scaling": 0.5,
-    "weights": (2.0, -1.0, 0.5),
+    "weights": (2.0, -1.0, 0.5),  # cut to the method's model count
     "seed": 7,
     "density": 0.6,
     "scope": "global",
@@ -109,6 +109,8 @@ ALTERNATIVES = {
     "normalize": True,
     "rescale": "l1",
     "epsilon": 0.1,
+    "filter_wise": True,
+    "t": 0.3,
 }
 
 
@@ -121,7 +123,7 @@ def test_precompute_depends_only_on_its_keys(method, name):
     ``precompute`` unchanged, and ``compose`` on the cached result equals a fresh merge."""
     m = get_method(method)
     shape = (4,) if name.endswith("norm.weight") else (6, 4)
-    base, fts = models(shape, 3, seed=3)
+    base, fts = models(shape, fit_count(method, 3), seed=3)
     default = m.make_params()
     entry = {"thresholds": [int(magnitude_key(torch.tensor(0.05)))] * 3}  # for scope=global
     pre = m.precompute(name, base, task_vectors_of(base, fts, default), default, entry)
@@ -129,7 +131,8 @@ def test_precompute_depends_only_on_its_keys(method, name):
     for key in fields:
         if key in m.precompute_keys or key == "device":
             continue
-        params = m.make_params(**{key: ALTERNATIVES[key]})
+        value = ALTERNATIVES[key]
+        params = m.make_params(**{key: value[: len(fts)] if key == "weights" else value})
         again = m.precompute(name, base, task_vectors_of(base, fts, params), params, entry)
         assert again.keys() == pre.keys(), key
         for k in pre:

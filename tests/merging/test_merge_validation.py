@@ -54,6 +54,9 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("breadcrumbs", {"rescale": "l2"}, r"'rescale' must be one of \['none', 'l1'\]"),
         ("breadcrumbs", {"normalize": "yes"}, "'normalize' must be bool"),
         ("della", {"epsilon": -0.1}, "'epsilon' must be >= 0"),
+        ("slerp", {"t": 1.5}, r"'t' must be in \[0, 1\], got 1.5"),
+        ("slerp", {"t": -0.1}, r"'t' must be in \[0, 1\]"),
+        ("model_stock", {"filter_wise": 1}, "'filter_wise' must be bool"),
         ("della", {"density": 0.3, "epsilon": 0.3}, r"'epsilon' = 0.3 .* \[0, 0.6\] outside"),
         (
             "della_linear",
@@ -145,3 +148,17 @@ def test_breadcrumbs_density_that_keeps_nothing_names_the_tensor():
     """int(0.1 × 6) = 0 entries of a 6-entry tensor: refused, not zeroed silently."""
     with pytest.raises(ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 .*'w'"):
         merge_tensors("breadcrumbs", B, FT, name="w", density=0.1)
+
+
+def test_slerp_takes_one_or_two_models_and_model_stock_two_or_more():
+    three = [*FT, torch.full((2, 3), 3.0)]
+    with pytest.raises(ValueError, match="'slerp' interpolates two models: .* got 3"):
+        merge_tensors("slerp", B, three)
+    with pytest.raises(ValueError, match="'model_stock' needs at least 2 finetuned models.* got 1"):
+        merge_tensors("model_stock", B, FT[:1])
+
+
+def test_model_stock_with_antipodal_task_vectors_names_the_tensor():
+    """N = 2, τ2 = −τ1: cos = −1 = −1/(N − 1), t = 2·(−1)/0."""
+    with pytest.raises(ValueError, match=r"parameter 'w': model_stock's mean cosine .* infinite"):
+        merge_tensors("model_stock", B, [FT[0], -FT[0]], name="w")
