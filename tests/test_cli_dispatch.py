@@ -47,6 +47,10 @@ def test_list_shows_the_registries_and_the_config_tree(monkeypatch, capsys):
     names = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
     experiments = {p.stem for p in (conf_dir() / "experiment").glob("*.yaml")}
     assert names == set(list_methods()) | set(list_strategies()) | experiments
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "arXiv:2312.06795" in rows["breadcrumbs"]  # one line: summary, then own parameters
+    assert rows["breadcrumbs"].endswith("[density=0.9, gamma=0.01, normalize=False, rescale=none]")
+    assert rows["task_arithmetic"].endswith("[common parameters only]")
     code, out = _main(monkeypatch, capsys, "list", "groups")
     groups = dict(line.split(None, 1) for line in out.splitlines() if line.startswith("  "))
     assert "_common" not in groups["merge"] and "tsv" in groups["merge"]  # shared parts hidden
