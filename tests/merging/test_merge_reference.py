@@ -337,3 +337,14 @@ def test_slerp_matches_mergekit(t, layout):
     mk32 = _mk_slerp(t, ends[0].float().numpy(), ends[1].float().numpy())
     out32 = merge_tensors("slerp", base.float(), [f.float() for f in given], t=t)
     torch.testing.assert_close(out32, torch.from_numpy(mk32), rtol=0, atol=2e-6)
+
+
+def test_breadcrumbs_mask_of_a_large_tensor_matches_mergekit():
+    """Above SORT_MAX entries the mask comes from topk_mask's histogram selection: the same
+    entries as mergekit's sort (70 000 distinct magnitudes)."""
+    from hhh_bench.merging.methods.breadcrumbs import SORT_MAX, breadcrumbs_mask
+
+    x = torch.randn(70_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert x.numel() > SORT_MAX
+    expected = _mk_outliers(x, 0.6, 0.05) != 0
+    assert torch.equal(breadcrumbs_mask(x.abs(), 0.6, 0.05), expected)

@@ -25,11 +25,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from hhh_bench.merging.base import CommonParams, merge_function, param
 from hhh_bench.merging.methods.gta import combine, keep_count, rescale_l1_
 from hhh_bench.merging.methods.ties import topk_mask
+
+SORT_MAX = 1 << 16
+"""Tensors of at most this many entries are ranked by a stable sort, larger ones by
+:func:`~hhh_bench.merging.methods.ties.topk_mask`'s histogram selection (same entries)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,10 @@ def breadcrumbs_mask(magnitude: Tensor, density: float, gamma: float, name: str 
     n = magnitude.numel()
     k = keep_count(density, n, name)
     top = min(int(gamma * n), n - k)
+    if n <= SORT_MAX:  # a stable sort: the same entries as topk_mask's, faster when small
+        mask = torch.zeros(n, dtype=torch.bool, device=magnitude.device)
+        mask[magnitude.argsort(descending=True, stable=True)[top : top + k]] = True
+        return mask
     mask = topk_mask(magnitude, top + k)
     if top > 0:
         mask &= topk_mask(magnitude, top).logical_not_()
