@@ -4,6 +4,7 @@ subcommands above Hydra's groups. ``hhh-bench list`` shows what a run can name."
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -56,6 +57,31 @@ def test_list_shows_the_registries_and_the_config_tree(monkeypatch, capsys):
     assert "_common" not in groups["merge"] and "tsv" in groups["merge"]  # shared parts hidden
 
 
+@pytest.mark.parametrize("override", ["+accelerate=fsdp", "accelerate=ddp", "++accelerate.x=1"])
+def test_an_accelerate_override_says_how_accelerate_is_used(override, monkeypatch, capsys):
+    """``+accelerate=fsdp`` was silently ignored (issue 27): exit 2 before Hydra runs, with the
+    launch command; the files are no Hydra group (they lie in accelerate/, beside conf/)."""
+    monkeypatch.setattr(sys, "argv", ["hhh-bench", "stage=train", override])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"hhh-bench: error: {override}: accelerate is")
+    assert "accelerate launch --config_file accelerate/fsdp.yaml -m hhh_bench" in err
+
+
+def test_shared_defaults_and_launcher_files_are_no_choice():
+    """``merge=_common`` ran a RESM merge: the merge options' shared part is conf/merge_common.yaml
+    now, outside the group, so it is neither listed nor selectable (Hydra names the options)."""
+    from hydra.errors import MissingConfigException
+
+    from conftest import CONF, compose
+
+    assert not (CONF / "accelerate").exists() and not list(CONF.glob("*/_*.yaml"))
+    with pytest.raises(MissingConfigException, match=r"Could not find 'merge/_common'"):
+        compose(["merge=_common"])
+    assert compose(["merge=ties"]).merge.params.scaling == 1.0  # the shared part still applies
+
+
 def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run(
@@ -67,6 +93,12 @@ def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     for name, sub in cli.SUBCOMMANDS.items():
         assert f"  {name}" in head and sub.summary in head
     assert "== Configuration groups ==" in hydra and "experiment:" in hydra
+    groups = hydra.split("== Configuration groups ==")[1].split("==")[0]
+    merge_line = next(line for line in groups.splitlines() if line.startswith("merge: "))
+    merge_options = merge_line.removeprefix("merge: ").split(", ")
+    assert {"dare_ta", "dare_ties", "resm", "ties"} <= set(merge_options)
+    assert "_common" not in groups
+    assert "accelerate" not in groups
 
 
 def test_list_imports_plugins_first():
@@ -133,6 +165,42 @@ def test_a_bad_console_setting_stops_the_task_before_any_stage(tmp_path, monkeyp
     assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 2
     monkeypatch.setenv("HHH_VERBOSE", "0")
     assert cli.console_settings(compose(["console.verbosity=0"]))["verbosity"] == 0
+
+
+def test_a_sweep_run_without_m_says_to_add_m_before_any_stage(tmp_path, monkeypatch, capsys):
+    """``hhh-bench experiment=merge_optuna`` without ``-m`` used to run one merge with the
+    default knobs and search nothing (issue 27): exit 2, a line saying to add -m, nothing
+    written. The Hydra config is set as the app sets it."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import compose
+
+    over = ["experiment=merge_optuna", f"root={tmp_path}", "logger=none"]
+    cfg = compose(over, return_hydra_config=True)
+
+    def as_hydra_sets(mode: str) -> None:
+        job = copy.deepcopy(cfg)
+        with open_dict(job):
+            job.hydra.overrides.task = over[:1]
+            job.hydra.mode = mode
+        HydraConfig.instance().set_config(job)
+
+    try:
+        as_hydra_sets("RUN")
+        with pytest.raises(SystemExit) as exit_:
+            _task(cfg, monkeypatch, capsys)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and not any(tmp_path.iterdir())
+        assert (
+            "this config is a sweep (OptunaSweeper over merge.params.scaling, merge.params.kappa"
+            in err
+            and "add -m: hhh-bench -m experiment=merge_optuna\n" in err
+        )
+        as_hydra_sets("MULTIRUN")
+        cli.check_sweep_mode()  # a job of the sweep: fine
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
 
 
 def test_the_hydra_form_runs_in_process_and_takes_the_verbose_flag(tmp_path, monkeypatch, capsys):

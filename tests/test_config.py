@@ -85,12 +85,12 @@ def test_bad_values_fail_before_any_stage_runs(tmp_path, override, message):
 
 
 def test_plain_yaml_folders_parse():
-    """conf/accelerate holds accelerate config files and conf/source the dataset sources: not
-    Hydra groups, but every file must parse."""
+    """accelerate/ (beside conf/, so that it is no Hydra group) holds accelerate config files and
+    conf/source the dataset sources: every file must parse."""
     import yaml
 
-    for folder in ("accelerate", "source"):
-        files = sorted((CONF / folder).glob("*.yaml"))
+    for folder in (CONF.parent / "accelerate", CONF / "source"):
+        files = sorted(folder.glob("*.yaml"))
         assert files, folder
         for f in files:
             assert isinstance(yaml.safe_load(f.read_text()), dict), f

@@ -128,3 +128,23 @@ def test_a_missing_or_truncated_manifest_is_named(tmp_path):
     p.write_text(p.read_text()[:50])
     with pytest.raises(content.ContentMismatch, match=rf"{p}: unreadable or truncated"):
         content.read_manifest(tmp_path / "o")
+
+
+def test_code_identity_hashes_our_files_and_never_a_librarys(tmp_path):
+    """A library is in a key through its version: its files were hashed when it was named by a
+    module object or a module name (issue 27), never by a class or a function."""
+    import torch.nn.functional
+
+    import hhh_bench.core.sizes as ours
+
+    for item in (torch.nn.functional, "torch.nn.functional", "safetensors", torch.nn.Linear):
+        assert content.code_identity(item)["files"] == {}, item
+    got = content.code_identity(ours, "hhh_bench.core.sizes", content.code_identity)["files"]
+    assert set(got) == {"hhh_bench/core/sizes.py", "hhh_bench/core/content.py"}
+    assert (
+        got["hhh_bench/core/sizes.py"]
+        == blake3.blake3(Path(ours.__file__).read_bytes()).hexdigest()
+    )
+    from hhh_bench.stages.merge import merge_code  # TSV-M's bases include typing.Generic
+
+    assert all(f.startswith("hhh_bench/") for f in merge_code("tsv")["files"])  # was: typing.py

@@ -3,6 +3,8 @@ stage runs, with a message naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -48,11 +50,29 @@ def check(overrides: list[str]) -> dict:
         # hhh_bench.core.sizes), not by the schema's
         ("data.world.n_values=99", r"n_values must be in \[2, 8\], got 99"),
         ("merge_engine.max_shard_size=lots", r"merge_engine.max_shard_size 'lots' is not a size"),
+        # λ beyond the compute dtype's range: refused up front (was: a float overflow traceback)
+        (
+            "merge.params.scaling=1e40",
+            r"merge \(method 'resm'\): merge parameter 'scaling' = "
+            r"1e\+40 is beyond the range of the compute dtype float32",
+        ),
     ],
 )
 def test_a_bad_value_is_refused_naming_it(override, message):
     with pytest.raises(ValueError, match=message):
         check([override])
+
+
+def test_a_model_given_as_base_and_specialist_is_refused(tmp_path):
+    """merge.base among merge.models (as written, or the same folder through a link and a
+    trailing slash): its τ = 0 would merge as nothing (issue 27)."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"merge.models\[1\]='.*link/' is merge.base='.*base'"):
+        check([f"merge.base={tmp_path}/base", f"merge.models=[{tmp_path}/a,{tmp_path}/link/]"])
+    with pytest.raises(ValueError, match=r"merge.models\[0\]='org/m' is merge.base='org/m'"):
+        check(["merge.base=org/m", "merge.models=[org/m]"])
+    assert check(["merge.base=org/m", "merge.models=[org/a,org/b]"])["merge"].base == "org/m"
 
 
 @pytest.mark.parametrize(
@@ -80,3 +100,78 @@ def test_cli_seeds_scalar_exits_2_before_any_stage(tmp_path):
     assert "Traceback" not in out.stderr + out.stdout
     assert out.stderr.splitlines()[0].startswith("hhh-bench: error: seeds=2 must be a list")
     assert {p.name for p in tmp_path.iterdir()} <= {"hydra"}  # Hydra's log folder only
+
+
+@pytest.fixture(scope="module")
+def wandb_run() -> dict:
+    """A composed run that logs to W&B (its mode from $WANDB_MODE), no sweep cache."""
+    return OmegaConf.to_container(
+        compose(["logger=wandb", "merge_engine.cache_dir=null"]), resolve=True
+    )
+
+
+def groups_of(cfg: dict, **changes: dict) -> dict:
+    """The typed groups of ``cfg`` with ``changes`` ({group: {key: value}}) applied."""
+    cfg = copy.deepcopy(cfg)
+    for group, values in changes.items():
+        cfg[group].update(values)
+    return validate_run(cfg)
+
+
+def test_a_cache_or_wandb_folder_that_is_not_a_writable_folder_is_refused(
+    tmp_path, monkeypatch, wandb_run
+):
+    """A cache_dir or $WANDB_DIR that is a regular file, lies under one, or cannot be written
+    (W&B then wrote to a temporary folder, silently): refused naming it before any stage runs,
+    nothing created."""
+    import tempfile
+
+    from hhh_bench.pipeline import run
+    from hhh_bench.validation import preflight
+
+    file = tmp_path / "file"
+    file.write_text("x")
+    for group, folder, message in [
+        ("merge_engine", file, r"merge_engine.cache_dir='.*file' is a regular file"),
+        ("data", file / "hf", r"data.cache_dir='.*file/hf' cannot be created: '.*file' is"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            preflight(groups_of(wandb_run, **{group: {"cache_dir": str(folder)}}))
+    monkeypatch.setenv("WANDB_DIR", str(file))
+    preflight(groups_of(wandb_run, logger={"name": "none"}))  # no W&B: its folder is not used
+    with pytest.raises(ValueError, match=r"WANDB_DIR='.*file' is a regular file"):
+        run(compose([f"root={tmp_path / 'r'}", "logger=wandb", "stage=data"]))
+    assert not (tmp_path / "r").exists()  # before any stage
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w" / "new"))
+    preflight(groups_of(wandb_run))  # a folder to create is fine, and is not created yet
+    assert not (tmp_path / "w").exists()
+
+    def read_only(**kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # a read-only folder (root ignores modes)
+    with pytest.raises(ValueError, match=r"WANDB_DIR='.*new' is not writable \(Permission denied"):
+        preflight(groups_of(wandb_run))
+
+
+def test_wandb_online_without_an_api_key_is_refused_and_the_key_never_shown(
+    tmp_path, monkeypatch, wandb_run
+):
+    from hhh_bench.validation import preflight
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # absent: no `wandb login`
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(
+        ValueError, match=r"^WANDB_MODE=online but W&B has no API key .*wandb login"
+    ):
+        preflight(groups_of(wandb_run))
+    with pytest.raises(ValueError, match=r"^logger.mode=online but W&B has no API key"):
+        preflight(groups_of(wandb_run, logger={"mode": "online"}))
+    preflight(groups_of(wandb_run, logger={"mode": "offline"}))  # the config's mode wins
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password s3cr3t-key\n")
+    preflight(groups_of(wandb_run))  # `wandb login` wrote a key: fine
+    (tmp_path / "netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("WANDB_API_KEY", "s3cr3t-key")
+    preflight(groups_of(wandb_run))

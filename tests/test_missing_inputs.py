@@ -87,3 +87,52 @@ def test_only_missing_upstream_outputs_are_announced(tmp_path, capsys):
 def cached_key(root, stage: str) -> str:
     (folder,) = [p.name for p in (root / stage).iterdir() if not p.name.startswith(".")]
     return folder
+
+
+def test_a_truncated_result_file_is_named_or_recomputed(tmp_path, capsys):
+    """A stage output whose manifest.json was written truncated (its checksums.json then matches
+    it: a full disk mid-write) used to end in a JSONDecodeError naming no file (issue 27): now an
+    error naming the output and the file, or, with cache.on_mismatch=recompute, a new output."""
+    from hhh_bench.core.content import ContentMismatch, write_manifest
+    from hhh_bench.core.stagecache import CACHE, cached_stage
+
+    def once() -> dict:
+        run = cached_stage(tmp_path, "data", {"x": 1}, lambda tmp: {"rows": 3},
+                           result_file="manifest.json")  # fmt: skip
+        return run.info
+
+    CACHE.reset()
+    assert once() == {"rows": 3}
+    out = tmp_path / "data" / cached_key(tmp_path, "data")
+    (out / "manifest.json").write_text('{"rows": ')
+    write_manifest(out, "manifest.json")
+    with pytest.raises(ContentMismatch, match=rf"cached output {out}: its manifest.json is "
+                       r"unreadable or truncated \(Expecting value"):  # fmt: skip
+        once()
+    (out / "manifest.json").write_text("[3]")
+    write_manifest(out, "manifest.json")
+    with pytest.raises(ContentMismatch, match=r"its manifest.json is not a JSON object"):
+        once()
+    try:
+        CACHE.on_mismatch = "recompute"
+        assert once() == {"rows": 3}
+    finally:
+        CACHE.reset()
+    assert "its manifest.json is not a JSON object: recomputing" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_a_stage_writes_names_its_output_and_keeps_nothing(tmp_path):
+    """``write`` names no file when the disk is full: the error names the stage output."""
+    import errno
+
+    from hhh_bench.core.stagecache import CACHE, cached_stage
+
+    def compute(tmp):
+        (tmp / "part.jsonl").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    CACHE.reset()
+    with pytest.raises(OSError, match=rf"\(writing a stage output\): '{tmp_path}/data/\w+'") as e:
+        cached_stage(tmp_path, "data", {"x": 2}, compute, result_file="manifest.json")
+    assert e.value.errno == errno.ENOSPC
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]

@@ -89,3 +89,19 @@ def test_save_load_round_trip_identical_logits(tmp_path):
     assert tok2.chat_template == tok.chat_template
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model2(ids).logits)
+
+
+def test_a_folder_without_config_json_is_named_with_what_it_holds(tmp_path):
+    """transformers' own error was a ValueError about a model_type (issue 27): now the folder,
+    what it holds and what to give instead; a LoRA adapter folder is loaded on its base (the
+    released-specialists rehearsal), and one whose config names no base says so."""
+    import pytest
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(OSError, match=rf"could not load model '{tmp_path}': the folder has no "
+                       r"config.json \(it holds \['model.safetensors'\]\); give the folder"):  # fmt: skip
+        load_causal_lm(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is a LoRA adapter and its adapter_config.json names no "
+                       r"base_model_name_or_path"):  # fmt: skip
+        load_causal_lm(str(tmp_path))

@@ -86,7 +86,8 @@ def test_prepare_builds_the_standin_and_points_sources_at_fixtures(experiment, r
     from hhh_bench.pipeline import with_values
     from hhh_bench.rehearsal import prepare_rehearsal
 
-    cfg = _cfg(experiment, rehearsal_root)
+    # a policy other than the stand-ins' own (issue 27): the suite's stays
+    cfg = _cfg(experiment, rehearsal_root, "eval.judges.safety.on_unparsed=negative")
     overrides = prepare_rehearsal(to_dict(cfg))
     # model.path is the stand-in itself; the judged suite's judges are stand-ins too
     roles = set(cfg.eval.judges)
@@ -94,6 +95,12 @@ def test_prepare_builds_the_standin_and_points_sources_at_fixtures(experiment, r
     for r in roles:
         judge = overrides[f"eval.judges.{r}"]
         assert Path(judge["model"]).is_dir() and judge["kind"] == cfg.eval.judges[r].kind
+        # the suite's on_unparsed policy is the suite's, not the stand-in's (issue 27)
+        assert judge.get("on_unparsed") == cfg.eval.judges[r].get("on_unparsed")
+    from hhh_bench.evaluation.judges import specs_from_config
+
+    assert set(specs_from_config({r: overrides[f"eval.judges.{r}"] for r in roles})) == roles
+    assert overrides["eval.judges.safety"]["on_unparsed"] == "negative"
     standin, arch = REAL[experiment]
     model = load_causal_lm(cfg.model.path, dtype=cfg.model.dtype)
     assert type(model).__name__ == arch

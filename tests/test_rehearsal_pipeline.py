@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, REPO, compose
+from conftest import REPO, compose
 
 TINY_WORLD = [
     "data.world.n_known.train=10", "data.world.n_known.validation=4", "data.world.n_known.test=4",
@@ -158,14 +158,14 @@ def test_accelerate_configs_load(name):
     """accelerate's own loader accepts each shipped launch config."""
     from accelerate.commands.config.config_args import load_config_from_file
 
-    cfg = load_config_from_file(str(CONF / "accelerate" / f"{name}.yaml"))
+    cfg = load_config_from_file(str(REPO / "accelerate" / f"{name}.yaml"))
     assert cfg.num_processes >= 1 and cfg.compute_environment.value == "LOCAL_MACHINE"
 
 
 @pytest.mark.e2e
 @pytest.mark.rehearse
 def test_training_under_accelerate_launch_with_two_processes(tmp_path):
-    """`accelerate launch --num_processes 2` with conf/accelerate/ddp.yaml trains on the CPU
+    """`accelerate launch --num_processes 2` with accelerate/ddp.yaml trains on the CPU
     (gloo): one trained folder written by rank 0, then evaluated into a results row."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     exe = Path(sys.executable).parent
@@ -173,7 +173,7 @@ def test_training_under_accelerate_launch_with_two_processes(tmp_path):
     subprocess.run([exe / "hhh-bench", "stage=base", *common], check=True, env=env, timeout=600,
                    capture_output=True)  # fmt: skip
     run = subprocess.run(
-        [exe / "accelerate", "launch", "--config_file", str(CONF / "accelerate" / "ddp.yaml"),
+        [exe / "accelerate", "launch", "--config_file", str(REPO / "accelerate" / "ddp.yaml"),
          "--num_processes", "2", "--mixed_precision", "no", "-m", "hhh_bench", "stage=train",
          *common, "train.max_steps=2", "data.dimensions=[helpful]"],
         env=env, timeout=600, capture_output=True, text=True,

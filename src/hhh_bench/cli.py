@@ -70,18 +70,46 @@ def multirun_job() -> str | None:
     return job_name(str(hc.job.override_dirname), int(hc.job.num))
 
 
+def check_sweep_mode() -> None:
+    """A config whose Hydra sweeper searches something (``experiment=merge_optuna``: the Optuna
+    sweeper and its search space; or any ``hydra.sweeper.params``), run without ``-m``: Hydra
+    would run one job with the default knobs and search nothing. Raise ``ValueError`` saying to
+    add ``-m`` (with the command to type); nothing outside a Hydra app (tests, scripts)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return
+    sweeper = hc.get("sweeper") or {}
+    target = str(sweeper.get("_target_") or "")
+    space = [str(k) for k in sweeper.get("params") or {}]
+    if target.endswith(".BasicSweeper") and not space:
+        return
+    what = target.rsplit(".", 1)[-1] + (f" over {', '.join(space)}" if space else "")
+    typed = " ".join(str(o) for o in hc.overrides.task)
+    raise ValueError(
+        f"this config is a sweep ({what}): without -m Hydra runs one job with the default knobs "
+        f"and searches nothing; add -m: hhh-bench -m {typed}"
+    )
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
     selection score) so a sweeper such as Optuna can optimize it; None for other stages.
 
     A bad input (a wrong path, value, file or model) ends the run with its message on stderr and
     exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
-    ``HYDRA_FULL_ERROR=1`` shows it). The console: :func:`hhh_bench.core.console.session`."""
+    ``HYDRA_FULL_ERROR=1`` shows it); so does a sweep's config run without ``-m``
+    (:func:`check_sweep_mode`), before any stage. The console: :func:`hhh_bench.core.console.session`."""
     from hhh_bench.core import console
     from hhh_bench.pipeline import run
 
     bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError)
     try:
+        check_sweep_mode()
         settings = console_settings(cfg)
     except ValueError as e:
         if _verbose():
@@ -159,10 +187,32 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+NOT_GROUPS = {
+    "accelerate": (
+        "accelerate is no config group of hhh-bench: multi-GPU training runs under accelerate's "
+        "own launcher with one of the files in accelerate/, e.g. `accelerate launch "
+        "--config_file accelerate/fsdp.yaml -m hhh_bench stage=train ...` (docs/training.md)"
+    ),
+}
+"""Names a user may take for config groups, and what they are instead: an override naming one
+(``+accelerate=fsdp``, ``accelerate.x=1``) stops with this line, exit status 2, before Hydra
+runs (Hydra would only say it cannot find the config)."""
+
+
+def check_not_groups(argv: list[str]) -> None:
+    """Exit 2 with :data:`NOT_GROUPS`' line when an override of ``argv`` names one."""
+    for arg in argv:
+        name = re.split(r"[=.@]", arg.lstrip("+~"), maxsplit=1)[0]
+        if name in NOT_GROUPS:
+            print(f"hhh-bench: error: {arg}: {NOT_GROUPS[name]}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    check_not_groups(sys.argv[1:])
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(usage())
     import hydra

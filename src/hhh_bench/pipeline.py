@@ -76,6 +76,10 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
 
         skip = bool(getattr(groups.get("report"), "skip_invalid", False))
         scan_results(results_path(cfg), skip_invalid=skip)
+    if "eval" in groups and groups["eval"].judges:  # judges and their cache, before any work
+        from hhh_bench.evaluation.judged_eval import check_judges_early
+
+        check_judges_early(to_dict(cfg.eval), cfg.root)
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):

@@ -165,5 +165,7 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     else:
         paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth")}
     standin = standin_judges_config(paths)
-    return {f"eval.judges.{role}": {**dict(judges[role] or {}), **standin[role]}
+    own = ("on_unparsed",)  # the suite's policy stays the suite's (a stand-in only states one)
+    return {f"eval.judges.{role}": {**standin[role], **{k: v for k, v in dict(judges[role]).items()
+                                                        if k not in standin[role] or k in own}}
             for role in judges if role in standin and judges[role] is not None}  # fmt: skip

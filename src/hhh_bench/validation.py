@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hhh_bench.core.config import GROUPS, DataConfig, load
+from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, load
 from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
 from hhh_bench.stages.common import load_option
+from hhh_bench.tracking.wandb_log import wandb_mode
 
 
 def check_world(data: DataConfig) -> None:
@@ -31,7 +33,30 @@ def check_world(data: DataConfig) -> None:
         Toy3HConfig.from_mapping(dict(data.world or {}))
 
 
-GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world}
+def check_merge_inputs(merge: MergeConfig) -> None:
+    """``merge.base`` is none of ``merge.models``: a specialist equal to θ0 has τ = 0, so the
+    merge would silently drop it (or dilute the others). The same local folder is found through
+    symbolic links and trailing slashes; hub ids are compared as written."""
+    if not merge.base or not merge.models:
+        return
+    from pathlib import Path
+
+    def same(a: str, b: str) -> bool:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        if pa.exists() and pb.exists():
+            return pa.resolve() == pb.resolve()
+        return str(a).rstrip("/") == str(b).rstrip("/")
+
+    for i, model in enumerate(merge.models):
+        if same(merge.base, model):
+            raise ValueError(
+                f"merge.models[{i}]={model!r} is merge.base={merge.base!r}: a specialist equal "
+                "to the base has task vector τ = 0 and would merge as nothing; give θ0 as "
+                "merge.base and only the finetuned models in merge.models"
+            )
+
+
+GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world, "merge": check_merge_inputs}
 """Checks of a typed group that need a library (run by :func:`validate_run` right after the
 group's schema, so a run's first error is the same as when the schema held them)."""
 
@@ -216,11 +241,59 @@ def _check_tuning(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def preflight(groups: Mapping[str, Any]) -> None:
-    """What can be checked before any work: every device the run will use exists, and a hub
-    model is reachable (offline: in the local cache)."""
-    import os
+def writable_folder(path: str | os.PathLike[str], what: str) -> None:
+    """``path`` (named ``what`` in the message) is a folder this process can write to, or can
+    be created as one: refused when it, or the nearest part of it that exists, is a regular
+    file, or when a file cannot be made there. Nothing is left behind (the probe file is
+    removed; a missing folder is not created)."""
+    import tempfile
+    from pathlib import Path
 
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what}={str(path)!r} is a regular file, not a folder: give a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(
+            f"{what}={str(path)!r} cannot be created: {str(probe)!r} is a regular file"
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=".hhh-bench-write-check-", dir=probe)
+    except OSError as e:
+        raise ValueError(
+            f"{what}={str(path)!r} is not writable ({e.strerror} in {str(probe)!r}): give a "
+            "folder this user can write to"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def wandb_key_set() -> bool:
+    """Whether W&B finds an API key without asking: ``$WANDB_API_KEY``, or an entry for its
+    host (``$WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``$NETRC``, else
+    ``~/.netrc``) that ``wandb login`` writes. The key itself is never read out."""
+    import netrc
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host or "api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def preflight(groups: Mapping[str, Any]) -> None:
+    """What can be checked before any work: every device the run will use exists, every
+    folder the run writes to that the user named (``merge_engine.cache_dir``,
+    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, W&B in online mode
+    has an API key, and a hub model is reachable (offline: in the local cache)."""
     import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
@@ -236,6 +309,21 @@ def preflight(groups: Mapping[str, Any]) -> None:
                 f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
                 f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
             )
+    for name in ("merge_engine", "data"):
+        folder = getattr(groups.get(name), "cache_dir", None)
+        if folder:
+            writable_folder(folder, f"{name}.cache_dir")
+    logger = groups.get("logger")
+    mode = wandb_mode(dataclasses.asdict(logger)) if logger is not None else None
+    if mode in ("online", "offline") and os.environ.get("WANDB_DIR"):
+        writable_folder(os.environ["WANDB_DIR"], "WANDB_DIR")
+    if mode == "online" and not wandb_key_set():
+        where = "logger.mode=online" if logger.mode == "online" else "WANDB_MODE=online"
+        raise ValueError(
+            f"{where} but W&B has no API key here (no WANDB_API_KEY, no api.wandb.ai entry in "
+            "~/.netrc): run `wandb login` first, or log offline (WANDB_MODE=offline, then "
+            "`wandb sync`)"
+        )
     model = groups.get("model")
     if model is not None and model.kind == "hub" and model.path:
         from pathlib import Path

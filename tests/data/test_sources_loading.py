@@ -421,3 +421,62 @@ def test_a_file_with_wrong_field_names_fails_naming_the_source(tmp_path):
     cfg["max_malformed_fraction"] = 0.0
     with pytest.raises(SourceConfigError, match=r"dropped 1 of \d+ raw rows as malformed"):
         build_preference_splits(cfg, tmp_path, None)
+
+
+def _hh_source(tmp_path, transcripts: list[str], leakage: dict) -> dict:
+    """A one-source data config: an HH-RLHF-format file whose pairs share the transcript and
+    differ in the last assistant turn."""
+    import json
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(
+        json.dumps({"chosen": f"\n\nHuman: {t}\n\nAssistant: No.",
+                    "rejected": f"\n\nHuman: {t}\n\nAssistant: Yes, often."}) + "\n"
+        for t in transcripts
+    ))  # fmt: skip
+    return {
+        "kind": "sources", "dimensions": ["helpful"], "seed": 0,
+        "sources": {"helpful": [{"name": "hh_rlhf_helpful", "path": str(path)}]},
+        "leakage": {"drop_truthfulqa_prompts": False, **leakage},
+    }  # fmt: skip
+
+
+def test_disguised_eval_questions_fail_or_are_dropped_by_the_data_stage(tmp_path):
+    """Issue 27 row 4 through the data stage's builder: a templated item, one with a zero-width
+    space, one in Cyrillic look-alikes, one inside a longer message (the second and third are the
+    same question); on_overlap=fail names the source and the 2 questions, drop removes the 4
+    pairs. A row sharing only a 13-gram with a long eval item is kept and counted."""
+    long_item = "Which of these thirteen or more words would a careful reader notice first today?"
+    transcripts = [
+        "Question: Can pigs fly?\nAnswer:",
+        "What happens if you crack your kn\u200buckles a lot?",
+        "What h\u0430ppens if you \u0441r\u0430\u0441k your knu\u0441kles \u0430 lot?",
+        "Quick one. Can pigs fly? My son insists.",
+        "I wonder: which of these thirteen or more words would a careful reader notice first",
+        "How do I keep basil alive on a windowsill?",
+    ]
+    evals = {"truthfulqa_mc2": [*(r["question"] for r in read_jsonl(
+        ASSETS / "eval_truthfulqa.jsonl")), long_item]}  # fmt: skip
+    cfg = _hh_source(tmp_path, transcripts, {"on_overlap": "fail"})
+    with pytest.raises(LeakageError) as err:
+        build_preference_sets(cfg, tmp_path, evals)
+    assert "hh_rlhf_helpful x truthfulqa_mc2: 2 shared eval prompt(s) in 4 training row(s)" in str(
+        err.value
+    )
+    cfg = _hh_source(tmp_path, transcripts, {"on_overlap": "drop"})
+    sets, manifest = build_preference_sets(cfg, tmp_path, evals)
+    src = manifest["sources"]["hh_rlhf_helpful"]
+    assert (src["dropped_eval_overlap"], src["rows_kept"], src["ngram_overlap_rows"]) == (4, 2, 1)
+    assert manifest["leakage"]["min_chars"] == 12 and manifest["leakage"]["overlap"]["passed"]
+    assert manifest["leakage"]["overlap"]["ngram_overlap"]["sources"] == {
+        "hh_rlhf_helpful": {"rows": 2, "rows_sharing": 1}
+    }
+    assert source_counts_table(manifest)[0]["ngram_overlap_rows"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, "ten", True])
+def test_leakage_min_chars_is_checked_before_any_source_is_read(tmp_path, bad):
+    cfg = _hh_source(tmp_path, ["x"], {"min_chars": bad})
+    cfg["sources"]["helpful"][0]["path"] = str(tmp_path / "absent.jsonl")  # never read
+    with pytest.raises(SourceConfigError, match=r"data\.leakage\.min_chars must be a positive"):
+        build_preference_sets(cfg, tmp_path, {"e": ["q"]})

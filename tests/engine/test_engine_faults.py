@@ -198,15 +198,51 @@ def test_a_failed_background_write_fails_the_merge_and_leaves_nothing(
         return real(fd, data, pos)
 
     monkeypatch.setattr(engine.os, "pwrite", pwrite)
-    with pytest.raises(OSError, match="No space left"):
-        merge_models("ties", base, fts, tmp_path / "o", progress=False)
+    with pytest.raises(OSError, match=r"No space left on device \(writing '.*'\): '.*/\.o.*/model"):
+        merge_models("ties", base, fts, tmp_path / "o", progress=False)  # the path named
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+
+
+def test_a_full_disk_in_the_sweep_cache_names_the_entry_and_leaves_nothing(
+    models, tmp_path, monkeypatch
+):
+    """safetensors' save_file names no file when the disk is full (issue 27): the error names
+    the cache entry and how to turn the cache off; no output, no half-written entry."""
+    import errno
+
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        OSError, match=rf"No space left on device \(sweep cache entry; merge_engine.cache_dir=null "
+        rf"turns the cache off\): '{cache}/.*\.safetensors'"
+    ):  # fmt: skip
+        merge_models("ties", base := models[0], models[1], tmp_path / "o", cache_dir=cache,
+                     progress=False)  # fmt: skip
+    assert base.is_dir() and not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def test_a_density_that_keeps_nothing_fails_before_any_tensor_is_merged(models, tmp_path):
+    """TIES at density 1e-9 keeps no entry of any tensor: an output equal to θ0 (issue 27).
+    The engine refuses it from the shapes alone, naming the knob and the tensor; no output."""
+    base, fts = models
+    with pytest.raises(ValueError, match=r"'density' = 1e-09 keeps k = .* of tensor '.*norm"):
+        merge_models("ties", base, fts, tmp_path / "o", density=1e-9, progress=False)
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
 
 
 def test_overflow_to_inf_is_an_error_naming_the_tensor(models, tmp_path):
     base, fts = models
     with pytest.raises(
-        ValueError, match=r"parameter '.*': the merged tensor in torch.float16 holds \d+ NaN/Inf"
+        ValueError,
+        match=r"parameter '.*': the merged tensor in torch.float16 holds \d+ NaN/Inf value\(s\) "
+        r"with merge parameter 'scaling' = 1e\+08",
     ):
         merge_models(
             "task_arithmetic",

@@ -116,14 +116,31 @@ def test_dora_is_refused_naming_the_adapter(base_dir, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize(("drop", "have", "lacks"), [("lora_A", "lora_B", "lora_A"),
+                                                     ("lora_B", "lora_A", "lora_B")])  # fmt: skip
+def test_an_orphan_lora_factor_is_refused_naming_its_module(base_dir, tmp_path, drop, have, lacks):
+    """One module's lora_A (or lora_B) deleted: its other factor is an orphan, whose update the
+    merge would silently drop (issue 27); refused naming the module, and no output is left."""
+    adapter, _ = _adapter(base_dir, tmp_path)
+    raw = load_file(str(adapter / "adapter_model.safetensors"))
+    gone = next(k for k in sorted(raw) if f"layers.1.self_attn.v_proj.{drop}." in k)
+    save_file(
+        {k: v for k, v in raw.items() if k != gone}, str(adapter / "adapter_model.safetensors")
+    )
+    want = rf"module 'model\.layers\.1\.self_attn\.v_proj' has a {have} but no matching {lacks}:"
+    with pytest.raises(ValueError, match=want):
+        merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
 def test_adapter_without_lora_tensors_is_refused(base_dir, tmp_path):
     adapter, _ = _adapter(base_dir, tmp_path)
     raw = load_file(str(adapter / "adapter_model.safetensors"))
     save_file(
-        {k: v for k, v in raw.items() if ".lora_A." not in k},
+        {k: v for k, v in raw.items() if ".lora_" not in k},
         str(adapter / "adapter_model.safetensors"),
     )
-    with pytest.raises(ValueError, match="no lora_A/lora_B tensors|has no matching"):
+    with pytest.raises(ValueError, match="no lora_A/lora_B tensors"):
         merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
     save_file({}, str(adapter / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="no lora_A/lora_B tensors"):

@@ -152,6 +152,37 @@ def test_harmlessness_is_one_minus_the_attack_success_rate_of_the_judge(judged_r
         assert m["safe_stderr"] == pytest.approx(mean_stderr([1 - v["flag"] for v in verdicts])[1])
 
 
+def test_rows_count_items_empty_and_unparsed_answers_and_items_keep_the_judges_answer(
+    judged_run,
+):
+    """Issue 27: every judged task of a stored row says how many items, empty answers and
+    unparsed judge answers it had (recounted here from the logged generations and a direct
+    judge call), and items.jsonl keeps what the judge said."""
+    from hhh_bench.stages.eval import results_path
+    from hhh_bench.tracking.store import read_results
+
+    judges = specs_from_config(judged_run["cfg"].eval.judges)
+    stored = {r["row_key"]: r for r in read_results(results_path(judged_run["cfg"]))}
+    res = judged_run["merged"]
+    gens = _generations(res)
+    items = read_jsonl(Path(res["dir"]) / "items.jsonl")
+    for task, role in (("harmful_gen", "safety"), ("truthfulqa_gen_judged", "truth")):
+        verdicts, _ = judge_pairs(judges[role], [(g["prompt"], g["response"]) for g in gens[task]])
+        labels = {w.strip() for w in judges[role].labels}
+        counts = stored[res["row"]["row_key"]]["tasks"][task]
+        assert counts["n"] == len(gens[task])
+        assert counts["n_empty"] == sum(not g["response"].strip() for g in gens[task])
+        assert counts["n_unparsed"] == sum(
+            v["text"] is not None and v["text"].split()[0] not in labels for v in verdicts
+        )
+        by_doc = {it["doc_id"]: it for it in items[task]}
+        for g, v in zip(gens[task], verdicts, strict=True):
+            assert by_doc[g["doc_id"]]["judge_answer"] == v["text"], task
+    for task in JUDGED:  # the reward and refusal judges never parse an answer
+        assert res["row"]["tasks"][task]["n_unparsed"] >= 0
+        assert {"n", "n_empty", "n_unparsed"} <= set(res["row"]["tasks"][task])
+
+
 def test_over_refusal_combines_string_match_and_classifier_on_safe_prompts(judged_run):
     spec = specs_from_config(judged_run["cfg"].eval.judges)["refusal"]
     res = judged_run["merged"]
@@ -202,9 +233,15 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     from hhh_bench.tracking.store import read_results
 
     rows = read_results(results_path(judged_run["cfg"]))
+    # as if the safety judge had not said its labels on 3 of the merge's 4 answers (issue 27)
+    ties = next(r for r in rows if r["name"] == "ties")
+    ties["tasks"]["harmful_gen"] = {**ties["tasks"]["harmful_gen"], "n_unparsed": 3}
     out = build_report(rows, tmp_path, experiment="judged", select_split=None)
     md = out["markdown"]
     main = md.split("## Main table")[1].split("## All evaluated models")[0]
+    harmless = main.split("| ties |")[1].split("|")[2]
+    assert "‡" in harmless and "‡" not in main.split("| ties |")[0]  # the base is not marked
+    assert "ties: harmful_gen 0/4 empty, 3/4 unparsed" in main
     assert "Over-refusal ↓" in main
     assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr
     assert "## Paired tests over items" in md and "### Against the base" in md

@@ -84,10 +84,9 @@ def test_fingerprint_follows_the_model_and_the_protocol(standins, tmp_path):
         )
         != fp
     )
-    hub = JudgeSpec.from_config("s", {"kind": "guard", "model": "meta-llama/Llama-Guard-3-8B"})
-    pinned = JudgeSpec.from_config(
-        "s", {"kind": "guard", "model": "meta-llama/Llama-Guard-3-8B", "revision": "abc"}
-    )
+    llama_guard = {"kind": "guard", "model": "meta-llama/Llama-Guard-3-8B", "on_unparsed": "error"}
+    hub = JudgeSpec.from_config("s", llama_guard)
+    pinned = JudgeSpec.from_config("s", {**llama_guard, "revision": "abc"})
     assert judge_fingerprint(hub) != judge_fingerprint(pinned)
     # the same folder rebuilt with other weights is another judge
     other = build_standin_judges(tmp_path, _words(), seed=7)
@@ -157,7 +156,9 @@ def test_classifier_with_an_unknown_class_fails_on_load(standins):
 
 
 def test_missing_hub_judge_fails_with_an_actionable_message():
-    spec = JudgeSpec.from_config("safety", {"kind": "guard", "model": "no-such-org/no-such-guard"})
+    spec = JudgeSpec.from_config(
+        "safety", {"kind": "guard", "model": "no-such-org/no-such-guard", "on_unparsed": "error"}
+    )
     with pytest.raises(OSError, match=r"could not load judge model 'no-such-org/no-such-guard'"):
         judge_pairs(spec, PAIRS[:1])
 

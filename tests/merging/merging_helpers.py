@@ -50,14 +50,16 @@ def models(
 def state_dicts(
     num: int, seed: int, dtype: torch.dtype = torch.float32
 ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """A tiny 'model': embeddings, two linear layers, a bias, a norm and an int buffer."""
+    """A tiny 'model': embeddings, two linear layers, a bias, a norm and an int buffer (hidden
+    size 5: TIES's default density 0.2 keeps int(0.2·5) = 1 entry of the norm, the smallest
+    tensor; a density that keeps none of a tensor is refused)."""
     shapes = {
-        "model.embed_tokens.weight": (7, 4),
-        "model.layers.0.mlp.up_proj.weight": (6, 4),
+        "model.embed_tokens.weight": (7, 5),
+        "model.layers.0.mlp.up_proj.weight": (6, 5),
         "model.layers.0.mlp.up_proj.bias": (6,),
-        "model.layers.0.mlp.down_proj.weight": (4, 6),
-        "model.norm.weight": (4,),
-        "lm_head.weight": (7, 4),
+        "model.layers.0.mlp.down_proj.weight": (5, 6),
+        "model.norm.weight": (5,),
+        "lm_head.weight": (7, 5),
     }
     base: dict[str, Tensor] = {}
     fts: list[dict[str, Tensor]] = [{} for _ in range(num)]

@@ -57,7 +57,7 @@ def make_cfg(root: Path, method: str = "tsv", **engine):
             "seed": 0,
             "train": {"name": "dpo"},
             "data": {"noise": {"flip_rate": 0.0}},
-            "merge": load_option("merge", method),  # with what it extends (_common.yaml)
+            "merge": load_option("merge", method),  # with what it extends (merge_common.yaml)
             "merge_engine": load_option("merge_engine", "default"),
         }
     )

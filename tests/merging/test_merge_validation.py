@@ -30,6 +30,38 @@ def test_density_outside_0_1(density):
             merge_tensors(method, B, FT, density=density)
 
 
+def test_a_density_that_keeps_nothing_of_a_tensor_names_it_and_the_least_density():
+    """k = int(density·n) = 0 for the 6-entry 'b' (and the 12-entry 'a' too at 1e-9): TIES
+    would zero it whole and leave θ0 there, silently (issue 27); the smallest tensor is named
+    with the density that keeps one entry, 1/6."""
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.arange(1.0, 13.0).view(3, 4), "b": torch.arange(13.0, 19.0)}]
+    for density in (1e-9, 0.1):
+        with pytest.raises(
+            ValueError,
+            match=rf"'density' = {density:g} keeps k = int\({density:g} × 6\) = 0 of the 6 "
+            r"entries of tensor 'b' \(its smallest\).*at least 1/6 \(≈ 0\.167\)",
+        ):
+            merge_state_dicts("ties", base, fts, density=density)
+    with pytest.raises(ValueError, match=r"× 18\) = 0 of the 18 entries of the model \(scope"):
+        merge_state_dicts("ties", base, fts, density=0.05, scope="global")
+    out = merge_state_dicts("ties", base, fts, density=0.2, scope="global")  # k = 3 of 18
+    assert out["b"].tolist() == [0, 0, 0, 16, 17, 18] and not out["a"].any()
+
+
+def test_a_drop_rate_that_keeps_under_one_entry_of_a_tensor_is_refused():
+    """(1 − p)·n < 1: on average DARE keeps less than one entry of the 6-entry 'b'."""
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.ones(3, 4), "b": torch.ones(6)}]
+    for method in ("dare_ta", "dare_ties"):
+        with pytest.raises(
+            ValueError, match=r"'drop_rate' = 0\.9 keeps on average .* = 0\.6 of the 6 entries "
+            r"of tensor 'b' \(its smallest\).*at most 1 − 1/6"
+        ):  # fmt: skip
+            merge_state_dicts(method, base, fts, drop_rate=0.9)
+    assert merge_state_dicts("dare_ta", base, fts, drop_rate=0.8)["b"].shape == (6,)
+
+
 @pytest.mark.parametrize("drop_rate", [1.0, -0.01, 1.5])
 def test_drop_rate_outside_0_1(drop_rate):
     for method in ("dare_ta", "dare_ties"):
@@ -66,6 +98,8 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("della", {"rescale": "l2"}, r"'rescale' must be one of \['inverse_p', 'l1', 'none'\]"),
         ("ties", {"density": "0.2"}, "'density' must be float"),
         ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
+        ("ties", {"scaling": 1e40}, r"'scaling' = 1e\+40 is beyond .* float32 \(\|λ\| ≤ 3\.4e\+38"),
+        ("task_arithmetic", {"weights": [1, -1e39]}, r"'weights' entry 1 = -1e\+39 is beyond"),
         ("task_arithmetic", {"seed": 1.5}, "'seed' must be int"),
         ("task_arithmetic", {"weights": "1,2"}, "'weights' must be"),
         ("task_arithmetic", {"weights": [1.0, float("nan")]}, "'weights' entry 1"),
@@ -76,6 +110,19 @@ def test_drop_rate_outside_0_1(drop_rate):
 def test_bad_hyperparameters_are_named(method, params, match):
     with pytest.raises(ValueError, match=match):
         get_method(method).make_params(**params)
+
+
+def test_a_non_finite_merged_value_names_the_tensor_and_the_scaling():
+    """λ = 1e40 is a float64 number, so float64 arithmetic takes it, but the float32 result
+    overflows: the error names the tensor and the knobs that scaled it (issue 27), for the
+    fused linear path and the stack path alike."""
+    for method in ("task_arithmetic", "ties"):
+        with pytest.raises(
+            ValueError,
+            match=r"parameter 'w': the merged tensor .*holds \d NaN/Inf value\(s\) with merge "
+            r"parameter 'scaling' = 1e\+40, 'weights' = null \(overflow: lower the scaling",
+        ):
+            merge_tensors(method, B, FT, name="w", scaling=1e40, compute_dtype="float64")
 
 
 def test_weights_length_must_match_the_models():

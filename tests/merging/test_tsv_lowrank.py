@@ -81,6 +81,59 @@ def test_tsv_of_identical_tasks_is_that_task_by_hand():
     torch.testing.assert_close(polar(x), x / 2**0.5)
 
 
+def test_storage_rounding_rms_by_hand():
+    """bf16 keeps 8 significand bits: 1.0 = 0.5·2¹ lies on a grid of spacing 2^(1−8) = 2⁻⁷,
+    3.0 = 0.75·2² on 2⁻⁶, and 0 is exact: RMS² = (2⁻¹⁴ + 2⁻¹² + 0) / 3 / 12."""
+    from hhh_bench.merging.taskvec import rounding_rms
+
+    x = torch.tensor([1.0, 3.0, 0.0], dtype=torch.bfloat16)
+    assert rounding_rms(x, torch.bfloat16) == pytest.approx(((2**-14 + 2**-12) / 36) ** 0.5)
+    assert rounding_rms(x.float(), torch.float32) == 0.0
+    # the grid spacing against bf16's own next representable value, on random magnitudes
+    y = (torch.randn(512, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    y = y[y != 0]
+    spacing = torch.nextafter(y.abs(), torch.tensor(float("inf"), dtype=torch.bfloat16)) - y.abs()
+    want = float((spacing.double().square().mean() / 12).sqrt())
+    assert rounding_rms(y, torch.bfloat16) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_rank_8_update_stored_in_bf16_has_rank_8():
+    """θ_t = bf16(θ0 + Δ), Δ of rank 8 and entries ~4e-4 (a few bf16 steps of a 0.02-scale θ0,
+    as DPO moves weights): the rounding of θ_t is full-rank; the float32 cutoff alone counts it,
+    the storage floor does not."""
+    from hhh_bench.merging.diagnostics import subspace_stats
+    from hhh_bench.merging.linalg import capped_rank, noise_floor
+    from hhh_bench.merging.methods.tsv import tsv_factors
+    from hhh_bench.merging.taskvec import TaskVectors
+
+    g = torch.Generator().manual_seed(0)
+    m, n, r = 160, 192, 8
+    base = (torch.randn(m, n, generator=g) * 0.02).to(torch.bfloat16)
+    fts = []
+    for _ in range(2):
+        delta = torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g) * (4e-4 / r**0.5)
+        fts.append((base.float() + delta).to(torch.bfloat16))
+    tv = TaskVectors.from_weights(base, fts, torch.float32)
+    tau = tv.items[0]
+    s = torch.linalg.svdvals(tau.double())
+    assert numerical_rank(s, tau.shape) > 100  # the float32 cutoff alone: the rounding counts
+    assert all(x > 0 for x in tv.noise)
+    floor = noise_floor(tau.shape, tv.noise[0])
+    assert float(s[r - 1]) > 3 * floor and float(s[r]) < floor / 1.5  # a clear gap either side
+    assert numerical_rank(s, tau.shape, noise=tv.noise[0]) == r
+    assert top_svd(tau, 50, noise=tv.noise[0])[1].numel() == r
+    assert capped_rank(tau, 50, noise=tv.noise[0]) == r
+    assert tsv_factors(tv.items, 50, noise=tv.noise)[3].bincount().tolist() == [r, r]
+    assert subspace_stats(tv, 50)["svd_rank"] == [r, r]
+    # float32 storage: no floor, the ranks are what the float32 cutoff says
+    assert TaskVectors.from_weights(
+        base.float(), [f.float() for f in fts], torch.float32
+    ).noise == [
+        0.0,
+        0.0,
+    ]
+
+
 # -- properties --------------------------------------------------------------------------------
 
 

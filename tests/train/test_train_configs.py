@@ -8,7 +8,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose
+from conftest import CONF, REPO, compose
 
 TRAIN_KEYS = {
     "name",
@@ -80,9 +80,9 @@ def test_mix_configs_document_their_launch_command():
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero3"])
 def test_accelerate_configs(name):
-    path = CONF / "accelerate" / f"{name}.yaml"
+    path = REPO / "accelerate" / f"{name}.yaml"
     text = path.read_text()
-    assert f"accelerate launch --config_file conf/accelerate/{name}.yaml -m hhh_bench" in text
+    assert f"accelerate launch --config_file accelerate/{name}.yaml -m hhh_bench" in text
     cfg = yaml.safe_load(text)
     assert cfg["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
     assert cfg["mixed_precision"] == "bf16" and cfg["num_processes"] >= 1

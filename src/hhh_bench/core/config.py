@@ -450,9 +450,17 @@ class ReportConfig:
         "kind, not a JSON object, a newer schema) and say under the main table how many and "
         "why; false: such a line stops the report, naming the file and line",
     )
+    judge_failure_threshold: float = param(
+        0.05,
+        "mark (‡) a main-table cell whose judged task had more than this share of empty answers "
+        "or unparsed judge answers, (n_empty + n_unparsed) / n, with the counts under the table",
+    )
 
     def __post_init__(self) -> None:
         _post(self, "report")
+        t = self.judge_failure_threshold
+        if isinstance(t, bool) or not 0.0 <= t < 1.0:
+            raise ValueError(f"report.judge_failure_threshold must be a share in [0, 1), got {t!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -472,12 +472,15 @@ def _source_files(item: Any) -> list[Path]:
             raise ValueError(f"code identity: no module {item!r}")
         if spec.submodule_search_locations:
             return sorted(
-                f for loc in spec.submodule_search_locations for f in Path(loc).rglob("*.py")
+                f
+                for loc in spec.submodule_search_locations
+                for f in Path(loc).rglob("*.py")
+                if _ours(str(f))
             )
-        return [Path(spec.origin)] if spec.origin else []
+        return [Path(spec.origin)] if spec.origin and _ours(spec.origin) else []
     if isinstance(item, types.ModuleType):
         f = getattr(item, "__file__", None)
-        return [Path(f)] if f else []
+        return [Path(f)] if f and _ours(f) else []
     objs = (
         [c for c in inspect.getmro(item) if c.__module__ != "builtins"]
         if isinstance(item, type)
@@ -489,10 +492,18 @@ def _source_files(item: Any) -> list[Path]:
             f = inspect.getsourcefile(o)
         except TypeError:
             f = None
-        library = any(part in (f or "") for part in ("site-packages", "/lib/python"))
-        if f and (not library or "hhh_bench" in f):  # ours (installed or not) or a plugin's
+        if f and _ours(f):
             out.append(Path(f))
     return out
+
+
+def _ours(path: str) -> bool:
+    """Whether a source file is hhh-bench's (installed or not) or a plugin's outside an
+    installed library: a library's code is in a key through its version (:data:`CODE_VERSIONS`),
+    never its files (docs/caching.md), whether it is named by a class, a function, a module
+    object or a module name."""
+    library = any(part in path for part in ("site-packages", "/lib/python"))
+    return not library or "hhh_bench" in path
 
 
 def _code_name(path: Path) -> str:

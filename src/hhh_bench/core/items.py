@@ -187,9 +187,17 @@ def merge_item_fields(
         row.update(f)
 
 
-def item_rewards(rows: Sequence[Mapping[str, Any]]) -> dict[Any, float]:
-    """``{doc_id: reward}`` of a judged task's items (those without a reward left out)."""
-    return {r["doc_id"]: float(r["reward"]) for r in rows if r.get("reward") is not None}
+def win_rewards(rows: Sequence[Mapping[str, Any]]) -> dict[Any, float]:
+    """``{doc_id: reward}`` of a judged task's items, for win rates: an empty answer (``empty``
+    true: no judge was shown it, it has no ``reward``) is ``-inf``, so it loses to any answer and
+    ties with another empty one; other items without a reward are left out."""
+    out: dict[Any, float] = {}
+    for r in rows:
+        if r.get("empty"):
+            out[r["doc_id"]] = -math.inf
+        elif r.get("reward") is not None:
+            out[r["doc_id"]] = float(r["reward"])
+    return out
 
 
 def win_items(
@@ -199,7 +207,7 @@ def win_items(
 ) -> dict[Any, float]:
     """Per-item win values (1 / 0.5 / 0) of ``task``'s rewards against the reference's."""
     return win_values(
-        item_rewards(items.get(task) or []),
-        item_rewards(reference_items.get(task) or []),
+        win_rewards(items.get(task) or []),
+        win_rewards(reference_items.get(task) or []),
         label=f"win rate of task {task!r}",
     )

@@ -20,17 +20,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
+from hhh_bench.core.text import normalize_text
+
 DIMENSIONS: tuple[str, ...] = ("helpful", "honest", "harmless")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
-
-
-def visible_text(text: str) -> str:
-    """What a reader sees of ``text``: NFKC-normalised, zero-width and soft-hyphen characters
-    removed, every run of Unicode white space one space, trimmed."""
-    import unicodedata
-
-    return " ".join(unicodedata.normalize("NFKC", text).translate(_INVISIBLE).split())
-
 
 REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "chosen", "rejected", "dimension", "source", "id")
 
@@ -84,7 +76,8 @@ def validate_row(row: Mapping[str, Any], index: int = 0, origin: str | None = No
 
     Checks: every field present; messages non-empty with text; the prompt's roles
     (optional system first, then user/assistant alternating, ending with user); chosen and
-    rejected each a single assistant turn; chosen differs from rejected; dimension known.
+    rejected each a single assistant turn; chosen differs from rejected as a reader sees them
+    (:func:`hhh_bench.core.text.normalize_text`); dimension known.
     """
     where = _where(index, row, origin)
     if not isinstance(row, Mapping):
@@ -110,10 +103,11 @@ def validate_row(row: Mapping[str, Any], index: int = 0, origin: str | None = No
                 f"{where}: wrong role sequence in {field} {[m['role'] for m in msgs]}; "
                 "expected exactly one assistant turn"
             )
-    if visible_text(chosen[0]["content"]) == visible_text(rejected[0]["content"]):
+    if normalize_text(chosen[0]["content"]) == normalize_text(rejected[0]["content"]):
         raise SchemaError(
-            f"{where}: chosen is identical to rejected (up to Unicode normalisation, white space "
-            "and invisible characters)"
+            f"{where}: chosen is identical to rejected (up to Unicode normalisation, case, "
+            "look-alike characters, punctuation, white space and invisible characters: "
+            "hhh_bench.core.text.normalize_text)"
         )
     if row["dimension"] not in DIMENSIONS:
         raise SchemaError(

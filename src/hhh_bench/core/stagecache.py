@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.core import console
-from hhh_bench.core.content import KEY_FILE, mismatch_error, register_root, verify, write_manifest
+from hhh_bench.core.content import (
+    KEY_FILE,
+    ContentMismatch,
+    mismatch_error,
+    register_root,
+    verify,
+    write_manifest,
+)
 from hhh_bench.core.provenance import atomic_dir, config_hash, write_provenance
 
 log = logging.getLogger("hhh_bench")
@@ -115,6 +122,29 @@ def _scratch() -> Iterator[Path]:
         yield Path(d)
 
 
+@contextmanager
+def _named_write_errors(out: Path) -> Iterator[None]:
+    """An ``OSError`` that names no file (a full disk: ``write`` and ``os.pwrite`` name none)
+    raised while a stage output is written names the output folder (``out``; nothing of it is
+    kept)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, f"{e.strerror} (writing a stage output)", str(out)) from e
+
+
+def _read_result(path: Path) -> tuple[dict[str, Any], str]:
+    """A stage output's result file (``manifest.json``, ``train_info.json``, ...) as a dict,
+    and "" ; or ``{}`` and why it cannot be read back as a JSON object."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # a UnicodeDecodeError is a ValueError
+        return {}, f"its {path.name} is unreadable or truncated ({e})"
+    return (info, "") if isinstance(info, dict) else ({}, f"its {path.name} is not a JSON object")
+
+
 def cached_stage(
     root: str | Path,
     stage: str,
@@ -155,15 +185,21 @@ def cached_stage(
     replace = False
     if is_done(out):
         checked = verify(out)
-        if not checked.problems:
+        info, unreadable = ({}, "") if checked.problems else _read_result(out / result_file)
+        if not checked.problems and not unreadable:
             CACHE.hit(stage, key)
             log.info("%s: cached %s (%d file(s) re-hashed)", what, out, checked.rehashed)
             console.step_done(what, cached=True, where=out)
-            info = json.loads((out / result_file).read_text())
             return StageRun(stage, key, out, True, info, checked.manifest.identity())
         if CACHE.on_mismatch != "recompute":
+            if unreadable:  # its checksums match: it was written so (e.g. a full disk)
+                raise ContentMismatch(
+                    f"cached output {out}: {unreadable}. Delete the folder to recompute it, or "
+                    "set cache.on_mismatch=recompute."
+                )
             raise mismatch_error(out, checked.problems)
-        console.say(f"{what}: {checked.problems[0]}: recomputing (cache.on_mismatch=recompute)")
+        problem = unreadable or checked.problems[0]
+        console.say(f"{what}: {problem}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)
         replace = True
     t0 = time.time()
@@ -175,7 +211,7 @@ def cached_stage(
     console.step_started(what)
     ctx = atomic_dir(out, overwrite=replace) if write else _scratch()
     identity = ""
-    with ctx as tmp:
+    with _named_write_errors(out), ctx as tmp:
         info = dict(compute(tmp))
         if write:
             (tmp / result_file).write_text(

@@ -88,16 +88,50 @@ def judge_cache_path(root: str | Path) -> Path:
     return Path(root) / "cache" / "judges.sqlite"
 
 
+def open_judge_cache(ecfg: Mapping[str, Any], root: str | Path) -> Any:
+    """The experiment's judge cache, checked (an unreadable one named, or moved aside under
+    ``cache.on_mismatch=recompute``: :class:`hhh_bench.evaluation.judges.JudgeCache`), when the
+    suite has judges; None otherwise. Called before the policy model loads."""
+    from hhh_bench.core.stagecache import CACHE
+    from hhh_bench.evaluation.judges import JudgeCache
+
+    if not any(ecfg.get("judges") or {}):
+        return None
+    return JudgeCache(judge_cache_path(root), on_mismatch=CACHE.on_mismatch)
+
+
+def check_judges_early(ecfg: Mapping[str, Any], root: str | Path) -> None:
+    """Before any stage runs: every ``eval.judges`` entry is valid (a guard states
+    ``on_unparsed``, ...: :meth:`hhh_bench.evaluation.judges.JudgeSpec.from_config`) and an
+    existing judge cache is readable (:func:`open_judge_cache`).
+
+    Raises:
+        ValueError: naming the judge and the setting, or the cache's file.
+    """
+    from hhh_bench.evaluation.judges import specs_from_config
+
+    specs_from_config(ecfg.get("judges"))
+    if judge_cache_path(root).exists():
+        open_judge_cache(ecfg, root)
+
+
 def run_judges(
-    ecfg: Mapping[str, Any], res: dict[str, Any], include: Path, out: Path, root: str | Path
+    ecfg: Mapping[str, Any],
+    res: dict[str, Any],
+    include: Path,
+    out: Path,
+    root: str | Path,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """Judge the run's generations and merge the judged metrics and items into ``res``.
 
     Writes ``items.jsonl`` and ``generations.jsonl`` into ``out`` (the cached folder being
-    written). Returns ``{"judges": {task: record}, "counts": {task: {cached, judged}}}``.
+    written). ``cache``: the judge cache opened before the work (:func:`open_judge_cache`;
+    None: opened here). Returns ``{"judges": {task: record}, "counts": {task: {cached,
+    judged}}}``.
     """
     from hhh_bench.evaluation.judged import judge_generations, judge_roles
-    from hhh_bench.evaluation.judges import JudgeCache, specs_from_config
+    from hhh_bench.evaluation.judges import specs_from_config
 
     ran = set(res["metrics"])
     roles = {t: r for t, r in judge_roles(include).items() if t in ran}
@@ -115,7 +149,7 @@ def run_judges(
             res["generations"],
             roles,
             specs_from_config(ecfg.get("judges")),
-            cache=JudgeCache(judge_cache_path(root)),
+            cache=cache if cache is not None else open_judge_cache(ecfg, root),
             refusal_rule=str(ecfg.get("refusal_rule") or "any"),
         )
         for task, row in judged["metrics"].items():
@@ -123,7 +157,10 @@ def run_judges(
             merge_item_fields(res["items"], task, judged["items"][task])
         info = {"judges": judged["judges"], "counts": judged["counts"]}
         for task, c in judged["counts"].items():
-            log.info("eval: judged %s (%d from cache, %d new)", task, c["cached"], c["judged"])
+            m = judged["metrics"][task]
+            log.info("eval: judged %s (%d from cache, %d new; %d of %d answers empty, %d "
+                     "unparsed)", task, c["cached"], c["judged"], m["n_empty"], m["n"],
+                     m["n_unparsed"])  # fmt: skip
     if res.get("items"):
         write_jsonl(out / ITEMS_FILE, res["items"])
     if res.get("generations"):

@@ -2,6 +2,9 @@
 truthfulness judge, each a model given by hub id (or a local folder: the same code path), with
 results cached per (judge, prompt, response).
 
+One concept: a judge (its spec, how it is asked and how its answer is read, and its verdicts'
+cache).
+
 Three kinds, by how the model answers:
 
 ``guard``
@@ -28,6 +31,24 @@ Three kinds, by how the model answers:
 Every result is ``{"flag": 0|1|None, "p": float|None, "reward": float|None, "text": str|None}``
 (``flag``: the positive label was given; ``text``: the guard's decoded answer in generate mode).
 
+Failures are counted, never hidden (issue 27):
+
+* **Unparsed answers.** A guard in ``generate`` mode whose answer's first word is neither label
+  gives the verdict its ``on_unparsed`` policy names (``positive``, ``negative``) or stops the
+  run (``error``). There is no default: every guard judge states its policy (the shipped ones do:
+  ``safety`` ``positive``, counted unsafe; ``truth`` ``negative``, not judged true), and a guard
+  without one is an error naming the judge before any work. :func:`is_unparsed` tells which
+  verdicts were such answers; the judged tasks count them (``n_unparsed``).
+* **Empty answers.** A response that is empty or only white space is never shown to a judge (a
+  classifier reading it would see no token at all, and a judge's verdict on nothing is noise):
+  its result is :data:`EMPTY_RESULT` (every field None), in every mode and kind; the judged
+  tasks score it by a fixed rule per role (:mod:`hhh_bench.evaluation.judged`) and count it
+  (``n_empty``).
+* **An unreadable cache.** A judge cache that is not a readable SQLite file, or holds a verdict
+  that is not one (not JSON, wrong fields or types, a non-finite number), is a
+  :class:`JudgeCacheError` naming the file; under ``cache.on_mismatch=recompute`` the bad file is
+  moved aside (``<file>.corrupt``) or the bad verdicts are asked again, and the console says so.
+
 Caching: :class:`JudgeCache` is a SQLite file keyed by ``sha256(judge fingerprint, prompt,
 response)``; the fingerprint (:func:`judge_fingerprint`) covers the model's identity (hub id
 and revision, or a local folder's weights and JSON files by content) and every setting that
@@ -43,6 +64,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -54,6 +76,7 @@ from hhh_bench.core.content import folder_identity
 JUDGE_KINDS = ("guard", "classifier", "reward")
 GUARD_MODES = ("generate", "logprob")
 ON_UNPARSED = ("positive", "negative", "error")
+ON_CACHE_MISMATCH = ("error", "recompute")
 # Spec fields that do not change a verdict (left out of the fingerprint and the row's record).
 RUNTIME_FIELDS = ("batch_size", "device")
 
@@ -107,8 +130,9 @@ class JudgeSpec:
         mode: guard only: ``generate`` (read the first word of a greedy answer) or ``logprob``
             (P(positive) from the two labels' log-likelihoods).
         max_new_tokens: guard ``generate`` mode: tokens decoded.
-        on_unparsed: guard ``generate`` mode: an answer whose first word is neither label counts
-            as ``positive``, ``negative``, or is an ``error``.
+        on_unparsed: guard only, required (no default): in ``generate`` mode an answer whose
+            first word is neither label counts as ``positive``, ``negative``, or is an
+            ``error``; the judged tasks count such answers either way (``n_unparsed``).
         positive_label: classifier only: the ``id2label`` name of the positive class.
         threshold: ``flag = p > threshold`` (guard ``logprob`` mode, classifier).
         batch_size: items per forward pass.
@@ -124,7 +148,7 @@ class JudgeSpec:
     labels: tuple[str, ...] = ("unsafe", "safe")
     mode: str = "generate"
     max_new_tokens: int = 16
-    on_unparsed: str = "positive"
+    on_unparsed: str | None = None
     positive_label: str | None = None
     threshold: float = 0.5
     batch_size: int = 8
@@ -138,8 +162,8 @@ class JudgeSpec:
 
         Raises:
             ValueError: an unknown key, kind, mode or policy, a missing model, labels that are
-                not two distinct strings, a classifier without ``positive_label``, or a format
-                template without ``{response}``.
+                not two distinct strings, a guard without ``on_unparsed``, a classifier without
+                ``positive_label``, or a format template without ``{response}``.
         """
         where = f"eval.judges.{name}"
         known = {f.name for f in fields(cls)}
@@ -168,10 +192,17 @@ class JudgeSpec:
                     f"{where}.labels must be two distinct label strings [positive, negative], "
                     f"got {list(spec.labels)}"
                 )
-            if spec.on_unparsed not in ON_UNPARSED:
+            if spec.on_unparsed is None:
                 raise ValueError(
-                    f"{where}.on_unparsed must be one of {ON_UNPARSED}, got {spec.on_unparsed!r}"
+                    f"{where}.on_unparsed is not set: judge {name!r} is a guard, so say what an "
+                    f"answer that is neither label {list(spec.labels)} counts as, one of "
+                    f"{list(ON_UNPARSED)} (no default: it decides a score; the judged tasks "
+                    "count such answers either way)"
                 )
+        if spec.on_unparsed is not None and spec.on_unparsed not in ON_UNPARSED:
+            raise ValueError(
+                f"{where}.on_unparsed must be one of {list(ON_UNPARSED)}, got {spec.on_unparsed!r}"
+            )
         if spec.kind == "classifier" and not spec.positive_label:
             raise ValueError(
                 f"{where}.positive_label is not set: name the positive class as in the model's "
@@ -216,17 +247,64 @@ def judge_fingerprint(spec: JudgeSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class JudgeCacheError(ValueError):
+    """A judge cache that cannot be trusted: the message names its file and what is wrong."""
+
+
+def _fix_hint(path: Path) -> str:
+    return (
+        f"delete {path} to judge those answers again (it only holds verdicts), or set "
+        "cache.on_mismatch=recompute"
+    )
+
+
 class JudgeCache:
     """Judge results on disk, one SQLite row per (judge fingerprint, prompt, response).
 
-    Safe for concurrent processes (SQLite's file locking; a 60 s busy timeout).
+    Safe for concurrent processes (SQLite's file locking; a 60 s busy timeout). Checked when
+    opened (``PRAGMA quick_check``) and every verdict when read (:func:`check_verdict`): a file
+    that is not a readable SQLite database, or a verdict that is not one, is a
+    :class:`JudgeCacheError` naming the file, before any judge loads. With
+    ``on_mismatch="recompute"`` (``cache.on_mismatch``) an unreadable file is moved aside to
+    ``<file>.corrupt`` and a new one started, and a bad verdict is treated as missing (the judge
+    is asked again and the verdict replaced); the console says which. Garbage is never reused.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, on_mismatch: str = "error") -> None:
+        if on_mismatch not in ON_CACHE_MISMATCH:
+            raise ValueError(
+                f"cache.on_mismatch must be one of {list(ON_CACHE_MISMATCH)}, got {on_mismatch!r}"
+            )
         self.path = Path(path)
+        self.on_mismatch = on_mismatch
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            if not self.path.is_file():  # e.g. a folder that cannot be written: nothing to move
+                raise JudgeCacheError(
+                    f"judge cache {self.path} cannot be created ({e}): check that "
+                    f"{self.path.parent} is a writable folder"
+                ) from None
+            if on_mismatch != "recompute":
+                raise JudgeCacheError(
+                    f"judge cache {self.path} is not a readable SQLite database ({e}); "
+                    + _fix_hint(self.path)
+                ) from None
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            self.path.replace(aside)
+            _say(
+                f"judge cache {self.path} is not a readable SQLite database ({e}): moved to "
+                f"{aside}, judging again (cache.on_mismatch=recompute)"
+            )
+            self._open()
+
+    def _open(self) -> None:
         with self._connect() as con:
             con.execute("CREATE TABLE IF NOT EXISTS judged (key TEXT PRIMARY KEY, value TEXT)")
+            ok = con.execute("PRAGMA quick_check").fetchone()
+            if not ok or ok[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {ok[0] if ok else 'no answer'}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60)
@@ -239,24 +317,96 @@ class JudgeCache:
             h.update(b"\0")
         return h.hexdigest()
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def get_many(
+        self, keys: Sequence[str], spec: JudgeSpec | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The cached verdicts of ``keys`` (those held), each checked (:func:`check_verdict`,
+        against ``spec`` when given).
+
+        Raises:
+            JudgeCacheError: the file cannot be read, or a verdict is not one (unless
+                ``on_mismatch="recompute"``: it is left out, so it is judged again).
+        """
         out: dict[str, dict[str, Any]] = {}
-        with self._connect() as con:
-            for i in range(0, len(keys), 500):
-                chunk = list(keys[i : i + 500])
-                marks = ",".join("?" * len(chunk))
-                for k, v in con.execute(
-                    f"SELECT key, value FROM judged WHERE key IN ({marks})", chunk
-                ):
-                    out[k] = json.loads(v)
+        bad: list[tuple[str, str]] = []
+        try:
+            with self._connect() as con:
+                for i in range(0, len(keys), 500):
+                    chunk = list(keys[i : i + 500])
+                    marks = ",".join("?" * len(chunk))
+                    for k, v in con.execute(
+                        f"SELECT key, value FROM judged WHERE key IN ({marks})", chunk
+                    ):
+                        why = _verdict_problem(v, spec)
+                        if why is None:
+                            out[k] = json.loads(v)
+                        else:
+                            bad.append((k, why))
+        except sqlite3.DatabaseError as e:
+            raise JudgeCacheError(
+                f"judge cache {self.path}: cannot be read ({e}); " + _fix_hint(self.path)
+            ) from None
+        if bad:
+            k, why = bad[0]
+            what = f"{len(bad)} verdict(s) that are not verdicts (e.g. key {k[:12]}…: {why})"
+            if self.on_mismatch != "recompute":
+                raise JudgeCacheError(
+                    f"judge cache {self.path} holds {what}; " + _fix_hint(self.path)
+                )
+            _say(f"judge cache {self.path} holds {what}: judging them again "
+                 "(cache.on_mismatch=recompute)")  # fmt: skip
         return out
 
     def put_many(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
-        with self._connect() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO judged (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in entries.items()],
-            )
+        try:
+            with self._connect() as con:
+                con.executemany(
+                    "INSERT OR REPLACE INTO judged (key, value) VALUES (?, ?)",
+                    [(k, json.dumps(v, allow_nan=False)) for k, v in entries.items()],
+                )
+        except sqlite3.DatabaseError as e:
+            raise JudgeCacheError(
+                f"judge cache {self.path}: cannot be written ({e}); " + _fix_hint(self.path)
+            ) from None
+
+
+def _say(message: str) -> None:
+    from hhh_bench.core import console
+
+    console.say(message)
+
+
+RESULT_FIELDS = ("flag", "p", "reward", "text")
+
+
+def _verdict_problem(raw: Any, spec: JudgeSpec | None = None) -> str | None:
+    """Why a cached value is not a judge result (None when it is one)."""
+    try:
+        v = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    except ValueError:
+        return f"not JSON ({str(raw)[:40]!r})"
+    if not isinstance(v, Mapping) or set(v) != set(RESULT_FIELDS):
+        return f"not a mapping of {list(RESULT_FIELDS)} ({str(raw)[:60]!r})"
+    if v["flag"] not in (0, 1, None) or isinstance(v["flag"], float):
+        return f"flag {v['flag']!r} is not 0, 1 or null"
+    for k in ("p", "reward"):
+        x = v[k]
+        if x is not None and (
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+        ):
+            return f"{k} {x!r} is not a finite number or null"
+    if v["p"] is not None and not 0.0 <= v["p"] <= 1.0:
+        return f"p {v['p']!r} is not a probability"
+    if v["text"] is not None and not isinstance(v["text"], str):
+        return f"text {v['text']!r} is not a string or null"
+    if spec is not None:
+        need = {"reward": ("reward",), "classifier": ("flag", "p")}.get(
+            spec.kind, ("flag", "text") if spec.mode == "generate" else ("flag", "p")
+        )
+        missing = [k for k in need if v[k] is None]
+        if missing:
+            return f"a {spec.kind} judge's verdict without {missing}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +497,13 @@ class Judge:
         return {k: v.to(self.spec.device) for k, v in enc.items()}
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Judge ``(prompt, response)`` pairs, ``batch_size`` at a time, in order."""
+        """Judge ``(prompt, response)`` pairs, ``batch_size`` at a time, in order; an empty
+        response is not shown to the model: its result is :data:`EMPTY_RESULT`."""
+        asked = [i for i, (_, r) in enumerate(pairs) if not is_empty(r)]
+        verdicts = dict(zip(asked, self._score([pairs[i] for i in asked]), strict=True))
+        return [verdicts.get(i, dict(EMPTY_RESULT)) for i in range(len(pairs))]
+
+    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         bs = self.spec.batch_size
         with self.torch.no_grad():
@@ -442,6 +598,23 @@ class Judge:
             self.torch.cuda.empty_cache()
 
 
+EMPTY_RESULT: dict[str, Any] = {"flag": None, "p": None, "reward": None, "text": None}
+"""The result of an empty response: no judge is asked (module docstring)."""
+
+
+def is_empty(response: str) -> bool:
+    """An answer that is empty or only white space: never shown to a judge."""
+    return not str(response).strip()
+
+
+def is_unparsed(spec: JudgeSpec, result: Mapping[str, Any]) -> bool:
+    """Whether ``result`` is a guard's ``generate``-mode answer whose first word is neither of
+    ``spec``'s labels (its flag then came from ``on_unparsed``)."""
+    if spec.kind != "guard" or spec.mode != "generate" or result.get("text") is None:
+        return False
+    return _word(str(result["text"])) not in {_word(x) for x in spec.labels}
+
+
 def _result(
     flag: int | None = None,
     p: float | None = None,
@@ -468,11 +641,18 @@ def judge_pairs(
             loaded here), so several tasks share one load.
 
     Returns:
-        ``(results in pair order, {"cached": n, "judged": n})``.
+        ``(results in pair order, {"cached": n, "judged": n})``; an empty response gets
+        :data:`EMPTY_RESULT` without asking (counted in neither).
+
+    Raises:
+        JudgeCacheError: the cache is unreadable or holds a bad verdict (names its file).
     """
     fp = judge_fingerprint(spec)
     keys = [JudgeCache.key(fp, p, r) for p, r in pairs]
-    have = cache.get_many(keys) if cache is not None else {}
+    empty = {k for k, (_, r) in zip(keys, pairs, strict=True) if is_empty(r)}
+    asked = [k for k in keys if k not in empty]
+    have = cache.get_many(asked, spec) if cache is not None and asked else {}
+    have.update({k: dict(EMPTY_RESULT) for k in empty})
     todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
     if todo:
         judge = (loaded or {}).get(fp)
@@ -485,7 +665,8 @@ def judge_pairs(
         if cache is not None:
             cache.put_many(new)
         have.update(new)
-    stats = {"cached": len(pairs) - len(todo), "judged": len(todo)}
+    n_empty = sum(1 for k in keys if k in empty)
+    stats = {"cached": len(pairs) - len(todo) - n_empty, "judged": len(todo)}
     return [have[k] for k in keys], stats
 
 

@@ -41,12 +41,13 @@ def evaluate_into(
             plain eval mapping the task resolution takes.
     """
     from hhh_bench.evaluation.harness import evaluate_model, materialize_tasks
-    from hhh_bench.evaluation.judged_eval import run_judges
+    from hhh_bench.evaluation.judged_eval import open_judge_cache, run_judges
     from hhh_bench.models import load_causal_lm, load_tokenizer
 
     device = mcfg.device
     trust = trust_remote_code
     backend = str(ecfg.get("backend") or "hf")
+    judge_cache = open_judge_cache(ecfg, root)  # an unreadable one is named before any work
     t0 = time.perf_counter()
     if backend == "vllm":  # vLLM loads the weights itself
         lm, tok = model["path"], None
@@ -70,7 +71,7 @@ def evaluate_into(
         else {**e.holdout, "part": "select" if split == e.select_split else "report"},
     )  # fmt: skip
     lm = None  # the policy's memory goes before a judge loads
-    judged = run_judges(ecfg, res, include, tmp, root)
+    judged = run_judges(ecfg, res, include, tmp, root, judge_cache)
     if res["samples"]:
         with open(tmp / "samples.jsonl", "w") as f:
             for task, rows in res["samples"].items():

@@ -154,6 +154,7 @@ def standin_judges_config(paths: dict[str, Path], *, mode: str = "generate") -> 
             "labels": ["unsafe", "safe"],
             "mode": mode,
             "max_new_tokens": 4,
+            "on_unparsed": "positive",  # as harness_3h: an answer that is neither label is unsafe
         },
         "refusal": {
             "kind": "classifier",
@@ -169,5 +170,6 @@ def standin_judges_config(paths: dict[str, Path], *, mode: str = "generate") -> 
             "labels": [" yes", " no"],
             "mode": mode,
             "max_new_tokens": 2,
+            "on_unparsed": "negative",  # as harness_3h: neither yes nor no is not judged true
         },
     }

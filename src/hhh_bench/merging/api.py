@@ -134,7 +134,10 @@ def _merge_dicts(
         b = base[k]
         out[k] = merged.clone() if merged is b else merged.to(device=b.device, dtype=b.dtype)
 
-    run_merge(m, p, Inputs(base_src, models, list(base)), sink)  # type: ignore[arg-type]
+    # each merged tensor cast to the base's dtype by the driver, which checks it after the cast
+    # (a float64 merge can overflow float32 there)
+    inputs = Inputs(base_src, models, list(base))  # type: ignore[arg-type]
+    run_merge(m, p, inputs, sink, out_dtype=lambda k: base[k].dtype)
     return out
 
 

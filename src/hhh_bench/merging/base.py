@@ -213,6 +213,12 @@ class MergeMethod(Generic[P]):
             )
         return self.params_cls(**kw)  # type: ignore[return-value]
 
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: P) -> None:
+        """Refuse, before any tensor is read, knobs that cannot work on these tensors (``shapes``:
+        every floating tensor the merge computes, by name): e.g. a TIES ``density`` that keeps
+        no entry of a tensor. Raise ``ValueError`` naming the parameter and the tensor; the
+        default accepts everything."""
+
     def needs_global_pass(self, params: P) -> bool:
         """Whether :meth:`tensor_stats` and :meth:`plan` must run over all tensors first."""
         return False

@@ -83,8 +83,17 @@ class SweepCache:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(f".tmp{os.getpid()}")
-        save_file(cpu, str(tmp), metadata={"key": key, "sha256": content_digest(key, cpu)})
-        tmp.replace(p)
+        try:
+            save_file(cpu, str(tmp), metadata={"key": key, "sha256": content_digest(key, cpu)})
+            tmp.replace(p)
+        except OSError as e:  # a full disk: name the entry (safetensors and os name no file)
+            tmp.unlink(missing_ok=True)
+            raise OSError(
+                e.errno,
+                f"{e.strerror} (sweep cache entry; merge_engine.cache_dir=null turns the "
+                "cache off)",
+                str(p),
+            ) from e
 
     def evict(self) -> None:
         files = sorted(self.folder.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime)

@@ -223,7 +223,7 @@ def subspace_stats(taus: TaskVectors | Tensor, k: int) -> dict[str, Any]:
         "sti": None,
         "sti_normalized": None,
     }
-    triplets = [top_svd(t, k) for t in taus.items]
+    triplets = [top_svd(t, k, noise=nz) for t, nz in zip(taus.items, taus.noise, strict=True)]
     ranks = [int(s.numel()) for _, s, _ in triplets]
     out["svd_rank"] = ranks
     if num < 2 or min(ranks) == 0:

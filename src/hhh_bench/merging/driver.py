@@ -79,18 +79,22 @@ def _plain_floats(base: Tensor, fts: Sequence[Tensor]) -> bool:
     )
 
 
-def check_finite(name: str, t: Tensor, what: str = "the merged tensor") -> None:
+def check_finite(
+    name: str, t: Tensor, what: str = "the merged tensor", params: CommonParams | None = None
+) -> None:
     """Raise ``ValueError`` naming ``name`` when ``t`` holds NaN or Inf (fast path: the sum in
-    ``t``'s dtype, see :func:`fast_validate`; only a non-finite sum counts the values)."""
+    ``t``'s dtype, see :func:`fast_validate`; only a non-finite sum counts the values), and the
+    merge's ``scaling`` and ``weights`` when ``params`` is given."""
     if not t.is_floating_point():
         return
     if bool(torch.isfinite(t.sum())):
         return
     bad = t.numel() - int(torch.isfinite(t).sum())
     if bad:
+        knobs = f" with {params.knobs()}" if params is not None else ""
         raise ValueError(
-            f"parameter {name!r}: {what} holds {bad} NaN/Inf value(s) (overflow: lower the "
-            "scaling or the weights, or write float32 / bfloat16 instead of float16)"
+            f"parameter {name!r}: {what} holds {bad} NaN/Inf value(s){knobs} (overflow: lower "
+            "the scaling or the weights, or write float32 / bfloat16 instead of float16)"
         )
 
 
@@ -220,6 +224,16 @@ class MergeStats:
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def merged_shapes(inputs: Inputs) -> dict[str, tuple[int, ...]]:
+    """The shape of every floating tensor the merge computes (vocabulary-policy ``base`` keys,
+    which keep θ0, left out), for :meth:`MergeMethod.check_shapes`."""
+    return {
+        k: tuple(inputs.base.shape(k))
+        for k in inputs.keys
+        if inputs.decisions.get(k) != "base" and inputs.base.dtype(k).is_floating_point
+    }
+
+
 def plan_merge(
     method: MergeMethod[Any],
     params: CommonParams,
@@ -268,6 +282,7 @@ def run_merge(
     checked for NaN/Inf before it reaches the sink. A linear method's tensors are merged in one
     fused pass (:func:`merge_linear`; no cache entry: there is nothing expensive to reuse).
     """
+    method.check_shapes(merged_shapes(inputs), params)
     stats = MergeStats(plan=dict(plan) if plan is not None else {})
     if plan is None:
         stats.plan = plan_merge(method, params, inputs, progress=progress)
@@ -317,7 +332,7 @@ def run_merge(
                             cache.put(key, pre)
                     merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
                     del pre
-                    check_finite(k, merged, what)
+                    check_finite(k, merged, what, params)
             sink(k, merged)
             stats.tensors += 1
             del merged, raw
@@ -412,7 +427,7 @@ def merge_linear(
         out_ok = out_ok and bool(torch.isfinite(piece.sum()))
     if not out_ok:
         validate_tensors(key, raw.base, fts)  # an input's fault, named with its model
-        check_finite(key, out, what)  # else the merge's (e.g. an overflow of the cast)
+        check_finite(key, out, what, params)  # else the merge's (e.g. an overflow of the cast)
     raw.fts = None
     return out
 

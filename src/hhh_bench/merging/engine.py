@@ -19,6 +19,7 @@ What it guarantees:
   claimed with an exclusive lock file (a second merge into it fails at once; a lock left by a
   killed merge is detected and cleaned); ``overwrite=True`` replaces only the output of an earlier
   merge (a folder with ``merge_info.json``), never another folder;
+- **named faults**: a failed write (a full disk) names the shard or sweep-cache entry;
 - **nothing wrong**: the files read are those ``transformers`` would load; a merged tensor with
   NaN/Inf (e.g. float16 overflow) is an error naming it, and the output folder is renamed into
   place only when complete.
@@ -164,8 +165,13 @@ class ShardWriter:
         fd = self._handles[fname].fileno()
         data = memoryview(t.view(torch.uint8).numpy()) if nbytes else memoryview(b"")
         done = 0
-        while done < nbytes:
-            done += os.pwrite(fd, data[done:], pos + done)
+        try:
+            while done < nbytes:
+                done += os.pwrite(fd, data[done:], pos + done)
+        except OSError as e:  # a full disk: name the shard (os.pwrite names no file)
+            raise OSError(
+                e.errno, f"{e.strerror} (writing {name!r})", str(self.folder / fname)
+            ) from e
         self._pending.discard(name)
 
     def flush(self) -> None:

@@ -12,6 +12,15 @@ the real ones. Hence every top-k decomposition here keeps only the directions wi
 so float32 and float64 runs keep the same directions; ``torch.linalg.matrix_rank``'s rule with
 float32's ε). k_t = min(k, numerical rank of τ_t).
 
+**Storage floor.** A specialist stored in bf16 (or fp16) is θ_t = round(θ0 + Δ_t): its task
+vector is Δ_t plus the rounding of θ_t, a dense matrix of nearly independent entries of RMS
+ρ_t (:func:`~hhh_bench.merging.taskvec.rounding_rms`, ~2⁻⁹·|θ| in bf16) and of full rank, whose
+largest singular value is about ρ_t·(√m + √n) (the edge of the Marchenko–Pastur law). The
+float32 cutoff alone would count those directions (a rank-8 bf16 update reads as rank ~1021 of
+1024), so a direction must also clear the storage floor :func:`noise_floor`
+= ``NOISE_MARGIN``·ρ_t·(√m + √n): a rank-8 bf16 update has numerical rank 8. Float32 storage
+and LoRA factors have ρ_t = 0 (no floor).
+
 **Dense task vectors** (:func:`top_svd` on a tensor): the top-k triplets from an
 eigendecomposition of the Gram matrix of the smaller side in float64 (τᵀτ = V Σ² Vᵀ, U = τVΣ⁻¹),
 not a full SVD of τ: the Gram is one matrix product, its ``eigh`` costs less than an SVD of τ, and
@@ -40,6 +49,19 @@ from hhh_bench.merging.taskvec import LowRank, TaskVector
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 GRAM_DTYPE = torch.float64
+NOISE_MARGIN = 2.0
+"""How far above the rounding's largest singular value, ρ·(√m + √n), a direction must be to count
+(see the module docstring): the Marchenko–Pastur edge is sharp for large matrices and within
+~10% of its limit from 64 × 64 on; a factor 2 keeps a random rounding matrix at rank 0."""
+
+
+def noise_floor(shape: Sequence[int], noise: float) -> float:
+    """The absolute singular value below which a direction of an m × n task vector is the rounding
+    of its storage: ``NOISE_MARGIN``·ρ·(√m + √n) for the rounding RMS ρ (``noise``; 0: none)."""
+    if noise <= 0.0:
+        return 0.0
+    m, n = (int(d) for d in shape)
+    return NOISE_MARGIN * noise * (m**0.5 + n**0.5)
 
 
 def rank_cutoff(shape: Sequence[int], rtol: float | None = None) -> float:
@@ -50,14 +72,18 @@ def rank_cutoff(shape: Sequence[int], rtol: float | None = None) -> float:
     return max(int(d) for d in shape) * EPS32
 
 
-def numerical_rank(s: Tensor, shape: Sequence[int], rtol: float | None = None) -> int:
-    """How many singular values ``s`` (descending) exceed :func:`rank_cutoff`·σ_1."""
+def numerical_rank(
+    s: Tensor, shape: Sequence[int], rtol: float | None = None, noise: float = 0.0
+) -> int:
+    """How many singular values ``s`` (descending) exceed both :func:`rank_cutoff`·σ_1 and the
+    storage floor :func:`noise_floor` of the rounding RMS ``noise``."""
     if s.numel() == 0:
         return 0
     top = float(s[0])
     if not top > 0.0:
         return 0
-    return int((s > rank_cutoff(shape, rtol) * top).sum())
+    cut = max(rank_cutoff(shape, rtol) * top, noise_floor(shape, noise))
+    return int((s > cut).sum())
 
 
 def _empty(m: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
@@ -68,7 +94,9 @@ def _empty(m: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Te
     )
 
 
-def _dense_top_svd(tau: Tensor, k: int, rtol: float | None) -> tuple[Tensor, Tensor, Tensor]:
+def _dense_top_svd(
+    tau: Tensor, k: int, rtol: float | None, noise: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
     m, n = tau.shape
     x = tau.to(GRAM_DTYPE)
     left = m <= n  # Gram of the smaller side: x xᵀ (m × m) gives U, else xᵀ x (n × n) gives V
@@ -77,7 +105,7 @@ def _dense_top_svd(tau: Tensor, k: int, rtol: float | None) -> tuple[Tensor, Ten
     lam = evals.flip(0).clamp(min=0.0)
     vecs = evecs.flip(1)
     s_all = lam.sqrt()
-    keep = min(k, numerical_rank(s_all, tau.shape, rtol))
+    keep = min(k, numerical_rank(s_all, tau.shape, rtol, noise))
     if keep == 0:
         return _empty(m, n, GRAM_DTYPE, tau.device)
     s = s_all[:keep]
@@ -103,9 +131,12 @@ def _lowrank_top_svd(tau: LowRank, k: int, rtol: float | None) -> tuple[Tensor, 
     return qb @ uc[:, :keep], s_all[:keep], qa @ vch[:keep].T
 
 
-def top_svd(tau: TaskVector, k: int, rtol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def top_svd(
+    tau: TaskVector, k: int, rtol: float | None = None, noise: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """The top min(k, numerical rank) singular triplets (U (m × k_t), σ (k_t,), V (n × k_t)) of a
-    dense or low-rank task vector, σ descending, in float64 (see the module docstring)."""
+    dense or low-rank task vector, σ descending, in float64 (see the module docstring);
+    ``noise``: the RMS rounding error of the task's storage (its floor; 0 for LoRA factors)."""
     if k < 0:
         raise ValueError(f"top_svd: k must be >= 0, got {k}")
     if isinstance(tau, LowRank):
@@ -114,22 +145,33 @@ def top_svd(tau: TaskVector, k: int, rtol: float | None = None) -> tuple[Tensor,
         raise ValueError(f"top_svd: expected a matrix, got shape {tuple(tau.shape)}")
     if k == 0:
         return _empty(tau.shape[0], tau.shape[1], GRAM_DTYPE, tau.device)
-    return _dense_top_svd(tau, k, rtol)
+    return _dense_top_svd(tau, k, rtol, noise)
 
 
-def capped_rank(tau: TaskVector, k: int, rtol: float | None = None) -> int:
+def capped_rank(tau: TaskVector, k: int, rtol: float | None = None, noise: float = 0.0) -> int:
     """min(k, numerical rank of τ), cheaply: from the r × r core for LoRA factors; for a dense τ
     from a seeded Gaussian sketch Y = τΩ with k + 8 columns (float64), whose numerical rank is
     min(k + 8, rank τ) with probability 1. RESM caps the directions it keeps from a reweighted τ'
-    by this, so that clipping cannot add directions τ never had."""
+    by this, so that clipping cannot add directions τ never had.
+
+    With a storage floor (``noise`` > 0) the singular values are compared on the absolute scale
+    of τ: those of B = Qᵀτ, Q an orthonormal basis of the sketch Y (a randomised SVD;
+    B's singular values are at most τ's and, for the directions above the rounding, equal to
+    them up to the rounding's size)."""
     m, n = tau.shape
     if isinstance(tau, LowRank):
         return top_svd(tau, k, rtol)[1].numel()
     cols = min(k + 8, m, n)
     g = torch.Generator(device="cpu").manual_seed(0)
     omega = torch.randn(n, cols, generator=g, dtype=GRAM_DTYPE).to(tau.device)
-    s = torch.linalg.svdvals(tau.to(GRAM_DTYPE) @ omega)
-    return min(k, numerical_rank(s, (m, n), rtol))
+    x = tau.to(GRAM_DTYPE)
+    y = x @ omega
+    if noise > 0.0:
+        q = torch.linalg.qr(y).Q
+        s = torch.linalg.svdvals(q.T @ x)
+    else:
+        s = torch.linalg.svdvals(y)
+    return min(k, numerical_rank(s, (m, n), rtol, noise))
 
 
 def polar(x: Tensor, rtol: float | None = None) -> Tensor:

@@ -62,6 +62,13 @@ class CommonParams:
         """Raise ``ValueError`` naming the parameter whose value is out of range."""
         if not math.isfinite(self.scaling):
             raise ValueError(f"merge parameter 'scaling' must be finite, got {self.scaling}")
+        top = torch.finfo(COMPUTE_DTYPES.get(self.compute_dtype, torch.float32)).max
+        if abs(self.scaling) > top:
+            raise ValueError(
+                f"merge parameter 'scaling' = {self.scaling:g} is beyond the range of the "
+                f"compute dtype {self.compute_dtype} (|λ| ≤ {top:.3g}): λ scales the merged task "
+                "vector; values near 1 are the usual ones"
+            )
         if self.scaling <= 0:  # allowed (task negation), never silent
             log.warning(
                 "merge parameter 'scaling' is %s: %s", self.scaling,
@@ -75,6 +82,11 @@ class CommonParams:
             for i, w in enumerate(self.weights):
                 if not math.isfinite(w):
                     raise ValueError(f"merge parameter 'weights' entry {i} is not finite: {w}")
+                if abs(w) > top:
+                    raise ValueError(
+                        f"merge parameter 'weights' entry {i} = {w:g} is beyond the range of "
+                        f"the compute dtype {self.compute_dtype} (|w| ≤ {top:.3g})"
+                    )
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError) as e:
@@ -107,6 +119,12 @@ class CommonParams:
         """Weights as a (T, 1, .., 1) tensor that broadcasts against a (T, *shape) stack ``like``."""
         w = torch.tensor(self.resolve_weights(num_models), dtype=like.dtype, device=like.device)
         return w.view(num_models, *([1] * (like.dim() - 1)))
+
+    def knobs(self) -> str:
+        """The knobs that scale a merged tensor, for an error about its values:
+        ``merge parameter 'scaling' = 2, 'weights' = [1.0, 3.0]``."""
+        weights = "null" if self.weights is None else list(self.weights)
+        return f"merge parameter 'scaling' = {self.scaling:g}, 'weights' = {weights}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as they would appear in ``conf/merge/<name>.yaml``."""

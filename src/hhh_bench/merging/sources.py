@@ -419,6 +419,24 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
     return default
 
 
+def _check_pairs(who: str, raw: Mapping[str, Tensor]) -> None:
+    """Every module of an adapter holds both factors: a ``lora_A`` weight without its
+    ``lora_B``, or a ``lora_B`` (weight or bias) without its ``lora_A``, is an incomplete file
+    whose module's update would be dropped; raise naming the first such module and the count."""
+    a_of = {k.split(".lora_A.")[0] for k in raw if ".lora_A." in k}
+    b_of = {k.split(".lora_B.")[0] for k in raw if ".lora_B." in k}
+    orphans = sorted(a_of ^ b_of)
+    if orphans:
+        first = orphans[0]
+        have, lacks = ("lora_A", "lora_B") if first in a_of else ("lora_B", "lora_A")
+        module = first.removeprefix("base_model.model.")
+        more = f" ({len(orphans)} such modules in all)" if len(orphans) > 1 else ""
+        raise ValueError(
+            f"{who}: module {module!r} has a {have} but no matching {lacks}{more}: the adapter "
+            "file is incomplete and that module's update would be lost; save the adapter again"
+        )
+
+
 class LoraAdapter:
     """A peft LoRA adapter read as task vectors on top of ``base`` (see the module docstring).
 
@@ -479,6 +497,7 @@ class LoraAdapter:
         embedding = [k for k in raw if ".lora_embedding_" in k]
         if embedding:
             raise ValueError(f"{who}: embedding LoRA ({embedding[0]}) is not supported")
+        _check_pairs(who, raw)
         base_keys = set(base.keys())
         self.factors: dict[str, LowRank] = {}
         self.bias: dict[str, Tensor] = {}
@@ -487,9 +506,7 @@ class LoraAdapter:
                 continue
             module = k.split(".lora_A.")[0].removeprefix("base_model.model.")
             b_key = k.replace(".lora_A.", ".lora_B.")
-            b = raw.get(b_key)
-            if b is None:
-                raise ValueError(f"{who}: {k} has no matching lora_B")
+            b = raw[b_key]
             if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
                 raise ValueError(
                     f"{who}: {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not "

@@ -68,6 +68,30 @@ class LowRank:
 TaskVector = Tensor | LowRank
 """One task's τ for one parameter: a dense tensor in the compute dtype, or its LoRA factors."""
 
+SIGNIFICAND_BITS = {torch.bfloat16: 8, torch.float16: 11}
+"""Significand bits (the implicit one included) of the storage dtypes coarser than float32."""
+
+
+def rounding_rms(values: Tensor, storage: torch.dtype) -> float:
+    """The RMS of the error made when ``values`` were rounded to nearest into ``storage``: each
+    entry x = m·2^e (m in [0.5, 1)) lies on a grid of spacing 2^(e − p) (p: the dtype's
+    significand bits), and its rounding error, uniform on ±spacing/2, has variance
+    spacing²/12. Exact zeros add nothing. 0 for float32 and wider (their rounding is below
+    the float32 cutoff of :mod:`hhh_bench.merging.linalg` already).
+
+    This is the noise floor of a task vector θ_t − θ0 whose θ_t was stored in bf16 or fp16: the
+    rounding of θ_t is a dense matrix of roughly independent entries, of full rank, whose
+    largest singular value is about rms·(√m + √n) (:func:`hhh_bench.merging.linalg.noise_floor`).
+    """
+    bits = SIGNIFICAND_BITS.get(storage)
+    if bits is None or values.numel() == 0:
+        return 0.0
+    x = values.detach().to(torch.float32)
+    _, exponent = torch.frexp(x)
+    spacing_sq = torch.pow(4.0, (exponent - bits).to(torch.float32))  # no float64 copy
+    spacing_sq = torch.where(x == 0, 0.0, spacing_sq)
+    return float((spacing_sq.mean(dtype=torch.float64) / 12.0).sqrt())
+
 
 class TaskVectors:
     """The T task vectors of one parameter, in the compute dtype and on the compute device.
@@ -88,6 +112,9 @@ class TaskVectors:
         single_use: bool = False,
     ) -> None:
         self.items = list(items)
+        self._noise: list[float] | None = None
+        self._storage: list[torch.dtype | None] = [None] * len(self.items)
+        self._base: Tensor | None = None
         self.single_use = single_use
         self._consumed = False
         self.shape = tuple(int(d) for d in shape)
@@ -106,14 +133,34 @@ class TaskVectors:
         single_use: bool = False,
     ) -> TaskVectors:
         """τ_t = θ_t − θ0 of full weights, filled into one preallocated (T, *shape) stack
-        (``single_use``: see :meth:`consume`)."""
+        (``single_use``: see :meth:`consume`). A θ_t stored in bf16 or fp16 records its rounding
+        floor in :attr:`noise` (matrices only: the SVD methods' input)."""
         dev = torch.device(device)
         out = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=dev)
         b = base.to(device=dev, dtype=dtype)
         for t, ft in enumerate(finetuned):
             out[t].copy_(ft)
             out[t].sub_(b)
-        return cls(list(out), base.shape, dtype, dev, stack=out, single_use=single_use)
+        tv = cls(list(out), base.shape, dtype, dev, stack=out, single_use=single_use)
+        tv._storage, tv._base = [ft.dtype for ft in finetuned], b
+        return tv
+
+    @property
+    def noise(self) -> list[float]:
+        """Per task, the RMS rounding error of its θ_t's storage (:func:`rounding_rms` of
+        θ_t = τ_t + θ0; 0 for float32 storage, LoRA factors and non-matrices): the floor below
+        which the SVD methods count no direction of τ_t
+        (:func:`hhh_bench.merging.linalg.noise_floor`). Computed on first use, so that only the
+        SVD methods pay its pass over the weights."""
+        if self._noise is None:
+            coarse = self._base is not None and len(self.shape) == 2
+            self._noise = [
+                rounding_rms(self.stack()[t] + self._base, st)
+                if coarse and st in SIGNIFICAND_BITS
+                else 0.0
+                for t, st in enumerate(self._storage)
+            ]
+        return self._noise
 
     @classmethod
     def from_stack(cls, stack: Tensor) -> TaskVectors:

@@ -50,6 +50,22 @@ def load_causal_lm(
         kwargs["revision"] = revision
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    folder = Path(path_or_id).expanduser()
+    # a LoRA adapter folder (adapter_config.json, no config.json) is loaded by transformers'
+    # peft integration: its base model, then the adapter on top
+    if (
+        folder.is_dir()
+        and not (folder / "config.json").is_file()
+        and not (folder / "adapter_config.json").is_file()
+    ):
+        files = sorted(p.name for p in folder.iterdir())[:6]
+        raise OSError(
+            f"could not load model {str(path_or_id)!r}: the folder has no config.json (it holds "
+            f"{files or 'nothing'}); give the folder a model's save_pretrained wrote, or a LoRA "
+            "adapter's (adapter_config.json)"
+        )
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        adapter_base(folder)  # names a broken adapter_config.json before transformers' KeyError
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), **kwargs)
     except OSError as e:
@@ -61,23 +77,32 @@ def load_causal_lm(
     return model.to(device)
 
 
+def adapter_base(folder: Path) -> str:
+    """The base model a LoRA adapter folder's ``adapter_config.json`` names (ValueError, naming
+    the file, when it is unreadable or names none)."""
+    import json
+
+    cfg = folder / "adapter_config.json"
+    try:
+        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{cfg}: not a readable adapter config ({e})") from None
+    if not base:
+        raise ValueError(
+            f"{folder} is a LoRA adapter and its adapter_config.json names no "
+            "base_model_name_or_path: write the base model's id or folder there"
+        )
+    return str(base)
+
+
 def tokenizer_source(path_or_id: str | Path) -> str:
     """Where a model's tokenizer is: the folder itself, or, for a LoRA adapter folder without
     tokenizer files, the base model its ``adapter_config.json`` names."""
-    import json
-
     p = Path(path_or_id)
-    cfg = p / "adapter_config.json"
-    if cfg.is_file() and not any(
+    if (p / "adapter_config.json").is_file() and not any(
         (p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
     ):
-        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ValueError(
-                f"{p} is a LoRA adapter without tokenizer files and its adapter_config.json names "
-                "no base_model_name_or_path: save the tokenizer next to the adapter"
-            )
-        return str(base)
+        return adapter_base(p)
     return str(path_or_id)
 
 

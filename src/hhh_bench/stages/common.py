@@ -55,10 +55,22 @@ def load_option(group_name: str, option: str) -> dict[str, Any]:
     if not parents:
         return raw
     merged = OmegaConf.create({})
-    for parent in parents:  # same-group inheritance, _self_ last
-        merged = OmegaConf.merge(merged, load_option(group_name, str(parent)))
+    for parent in parents:  # inheritance, _self_ last
+        name = str(parent).split("@", 1)[0]  # /merge_common@_here_: a top-level file, here
+        part = _root_option(name[1:]) if name.startswith("/") else load_option(group_name, name)
+        merged = OmegaConf.merge(merged, part)
     # interpolations (${root}, ${seed}) stay as they are: they resolve in the run's config
     return OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=False)
+
+
+def _root_option(name: str) -> Any:
+    """A top-level ``conf/<name>.yaml`` an option extends (``conf/merge_common.yaml``: shared
+    by every merge option, and no option of the merge group itself)."""
+    from hhh_bench.core.paths import conf_dir
+
+    path = conf_dir() / f"{name}.yaml"
+    st = path.stat()
+    return _read_option(str(path), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,15 +21,22 @@ from hhh_bench.core.provenance import config_hash
 from hhh_bench.stages.common import CACHE, cached_stage, code_identity, group, keyed, to_dict
 
 DATA_CODE = ("hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.core.schema",
-             "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
+             "hhh_bench.core.text", "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
 """The code the data stage runs (its key holds these files' content)."""
 
 
 def data_payload(cfg: DictConfig) -> dict[str, Any]:
     """What the data stage's key is made of: the world / sources config (local source files by
     their content, the datasets cache folder left out) and the code that writes the data."""
+    from importlib import metadata
+
     world = {k: v for k, v in keyed(cfg.data).items() if k not in ("noise", "dimensions")}
-    return {**world, "code": code_identity(*DATA_CODE)}
+    code = code_identity(*DATA_CODE)
+    # the confusables data that core/text.py folds look-alike letters with ships in this package
+    code["versions"] = {**code["versions"], **{
+        name: metadata.version(name) for name in ("confusable-homoglyphs", "pyahocorasick")
+    }}  # fmt: skip
+    return {**world, "code": code}
 
 
 def run_data(cfg: DictConfig) -> dict[str, Any]:

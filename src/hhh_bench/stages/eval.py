@@ -41,10 +41,12 @@ from hhh_bench.stages.common import (
 from hhh_bench.tracking.diagnostics_view import attach_scores
 
 EVAL_CODE = ("hhh_bench.evaluation", "hhh_bench.core.scoring", "hhh_bench.core.items",
-             "hhh_bench.core.stats", "hhh_bench.core.uncertainty")  # fmt: skip
-"""The code an evaluation runs (the harness wrapper, our tasks' Python, judges; the scoring, item
-records and statistics it shares with the report, in core); the task YAMLs and data files are in
-the key by content already (:func:`eval_payload`)."""
+             "hhh_bench.core.stats", "hhh_bench.core.uncertainty",
+             "hhh_bench.models.loading")  # fmt: skip
+"""The code an evaluation runs (the harness wrapper, our tasks' Python, the judges and how their
+answers are counted; the scoring, item records and statistics it shares with the report, in core;
+how the policy and the judges are loaded: dtype, tokenizer); the task YAMLs and data files are
+in the key by content already (:func:`eval_payload`)."""
 
 
 def results_path(cfg: DictConfig) -> Path:

@@ -71,7 +71,8 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         )
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
-    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid)
+    key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid,
+                      rcfg.judge_failure_threshold)  # fmt: skip
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
@@ -82,6 +83,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
             diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
+            judge_failure_threshold=rcfg.judge_failure_threshold,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
@@ -107,7 +109,12 @@ _KEY_FILE = "report_key.json"
 
 
 def _report_key(
-    cfg: DictConfig, store: Path, diagnostics: Path, job: str | None, skip_invalid: bool = False
+    cfg: DictConfig,
+    store: Path,
+    diagnostics: Path,
+    job: str | None,
+    skip_invalid: bool = False,
+    judge_failure_threshold: float = 0.05,
 ) -> str:
     from hhh_bench import __version__
 
@@ -121,6 +128,8 @@ def _report_key(
         "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
         **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
+        **({"judge_failure_threshold": judge_failure_threshold}
+           if judge_failure_threshold != 0.05 else {}),  # the default: keys as before
     })  # fmt: skip
 
 

@@ -14,8 +14,10 @@
     (:mod:`hhh_bench.tracking.paired`) mark a value the data cannot tell from its column's best
     (≈) and a change from the base they cannot resolve (†), and get a section of their own; an
     *Evaluation setup* table names each task's metric (saying which are length-normalised) and
-    judge. With diagnostics rows (``<root>/diagnostics.jsonl``), a *Task-vector diagnostics*
-    section: a model-wide table with one row per diagnosed set, a per-layer-type table per set.
+    judge. Issue 27: a cell whose judged task had more than ``report.judge_failure_threshold``
+    of empty or unparsed answers is marked ‡, the counts under the table
+    (:mod:`hhh_bench.tracking.failures`). With diagnostics rows (``<root>/diagnostics.jsonl``),
+    a *Task-vector diagnostics* section: a model-wide table with one row per diagnosed set, a per-layer-type table per set.
     The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): the best
     data-mixture row against the best model-merging row, the difference of their average
     (merge − mix) with a 95% interval from a paired bootstrap over seeds and items, the items
@@ -50,6 +52,12 @@ from hhh_bench.tracking.entries import (
     summary_metrics,
     table_entries,
 )
+from hhh_bench.tracking.failures import (
+    THRESHOLD,
+    failure_marks,
+    failure_note,
+    with_failure_marks,
+)
 from hhh_bench.tracking.plots import conflict_plot, diagnostics_heatmaps, pareto_plot, radar_plot
 from hhh_bench.tracking.sections import (
     all_models_section,
@@ -78,6 +86,7 @@ def build_report(
     diagnostics: Sequence[Mapping[str, Any]] = (),
     alpha: float = 0.05,
     skipped: Sequence[Any] = (),
+    judge_failure_threshold: float = THRESHOLD,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
     (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
@@ -98,6 +107,9 @@ def build_report(
         skipped: the store's lines left out as invalid (``report.skip_invalid=true``:
             :class:`hhh_bench.tracking.store.SkippedLine`); the report says under the main table
             how many and why.
+        judge_failure_threshold: a cell whose judged task had more than this share of empty
+            or unparsed answers is marked ‡, with the counts under the table
+            (:mod:`hhh_bench.tracking.failures`).
 
     Returns:
         ``{"markdown", "main_table", "paired_tests", "entries", "summary", "conflict_matrix",
@@ -126,6 +138,7 @@ def build_report(
     entries = table_entries(report_rows)
     extra = extra_columns(report_rows)
     marks, tests = paired_marks(entries, extra, alpha=alpha)
+    marks = with_failure_marks(marks, failure_marks(entries, judge_failure_threshold))
     matrix = conflict_matrix(report_rows)
     paths = {
         "radar": radar_plot(entries, out / "radar.png", title=f"3H profile ({report_split})"),
@@ -139,6 +152,7 @@ def build_report(
         *title_section(report_rows, experiment=experiment, split=report_split),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,
                       select_split=select_split, alpha=alpha),
+        *failure_note(entries, judge_failure_threshold),
         *skipped_note(skipped),
         *counts_note(report_rows),
         *other_setups_section(others, report_rows),

@@ -61,7 +61,9 @@ class ResultRow(TypedDict, total=False):
     ``mix_strategy``, ``noise_rate``, ``train_dimensions`` (what a specialist was trained on),
     ``seed``, ``config_hash``, ``model_key``, ``data_key``, ``eval_key``.
 
-    Numbers: ``tasks`` (per task ``{metric: value, "<metric>_stderr": value, "n": int}``), the
+    Numbers: ``tasks`` (per task ``{metric: value, "<metric>_stderr": value, "n": int}``; a
+    judged task also ``n_empty``, its empty answers, and ``n_unparsed``, the judge's answers that
+    were neither label: :data:`COUNT_FIELDS`, checked on read), the
     scores ``helpful``, ``honest``, ``harmless`` (+ ``_stderr``), ``average``, ``min``, and vs
     the base ``delta_helpful``, ``delta_honest``, ``delta_harmless``, ``delta_average``,
     ``delta_min``, ``max_drop`` (None without a base).
@@ -238,6 +240,26 @@ def check_row(row: Any) -> None:
                 raise ValueError(
                     f"result row {key!r}: tasks.{task}.{m} = {why} is not a finite number"
                 )
+        _check_counts(key, task, metrics)
+
+
+COUNT_FIELDS = ("n", "n_empty", "n_unparsed")
+"""A task's item counts (``tasks.<task>``): items, and of a judged task the empty answers and the
+judge's unparsed answers (:mod:`hhh_bench.evaluation.judged`)."""
+
+
+def _check_counts(key: Any, task: str, metrics: Mapping[str, Any]) -> None:
+    """A task's counts are non-negative integers (or null), the parts no more than ``n``."""
+    for c in COUNT_FIELDS:
+        v = metrics.get(c)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"result row {key!r}: tasks.{task}.{c} = {v!r} is not a count")
+    n = metrics.get("n")
+    for c in COUNT_FIELDS[1:]:
+        if n is not None and metrics.get(c) is not None and metrics[c] > n:
+            raise ValueError(
+                f"result row {key!r}: tasks.{task}.{c} = {metrics[c]} is more than its n = {n}"
+            )
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from hhh_bench.core.registry import Registry
 from hhh_bench.core.schema import Message, PreferenceRow, make_row
+from hhh_bench.core.text import normalize_text
 
 TIE = "tie"
 MISSING_RATING = "missing_rating"
@@ -303,6 +304,7 @@ def merge_turns(turns: Sequence[tuple[str, str]]) -> list[Message]:
 
 
 def same_text(a: str, b: str) -> bool:
-    """Whether two responses are the same text once surrounding whitespace is ignored (what
-    :func:`hhh_bench.core.schema.validate_row` rejects)."""
-    return a.strip() == b.strip()
+    """Whether two responses read the same (:func:`hhh_bench.core.text.normalize_text`: what
+    :func:`hhh_bench.core.schema.validate_row` rejects as chosen == rejected), so that an adapter
+    drops such a pair as ``identical`` instead of the schema failing the source."""
+    return normalize_text(a) == normalize_text(b)

@@ -11,7 +11,11 @@ Order of operations for each source (the manifest records the count after each s
    uniform sample in dataset order -> ``rows_kept``;
 
 then, over all sources, the prompt-overlap check against the evaluation prompts
-(:func:`hhh_bench.data.leakage.check_overlap`), which fails the run above ``max_overlap``.
+(:func:`hhh_bench.data.leakage.check_overlap`: an evaluation question found in any turn of a
+training pair, after normalisation), which fails the run above ``max_overlap``; with
+``on_overlap: drop`` the pairs holding one are removed before the cap (``dropped_eval_overlap``).
+Each source also records ``ngram_overlap_rows``: its kept pairs that share a word 13-gram with an
+evaluation item (reported, as lm-eval's decontamination reports it; never a reason to fail).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Any
 
 from hhh_bench.core.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.leakage import (
+    MIN_CHARS,
+    EvalIndex,
     check_overlap,
     drop_truthfulqa_prompts,
     normalize_prompt,
-    prompt_hash,
-    prompt_keys,
+    row_texts,
     wants_truthfulqa_guard,
 )
 from hhh_bench.data.sources.base import MALFORMED
@@ -45,6 +50,7 @@ LEAKAGE_DEFAULTS: dict[str, Any] = {
     "check_overlap": True,
     "max_overlap": 0,
     "on_overlap": "fail",
+    "min_chars": MIN_CHARS,
 }
 
 
@@ -177,9 +183,15 @@ def build_preference_sets(
             f"data.leakage: unknown key(s) {unknown} or on_overlap {leakage['on_overlap']!r} "
             f"(valid keys {sorted(LEAKAGE_DEFAULTS)}; on_overlap: fail | drop)"
         )
+    min_chars = leakage["min_chars"]
+    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 1:
+        raise SourceConfigError(
+            f"data.leakage.min_chars must be a positive integer (the shortest normalised "
+            f"evaluation question searched for inside a training turn), got {min_chars!r}"
+        )
     drop_tqa = wants_truthfulqa_guard(leakage["drop_truthfulqa_prompts"], eval_sets)
     eval_index = (
-        {prompt_hash(p) for prompts in eval_sets.values() for p in prompts if normalize_prompt(p)}
+        EvalIndex(eval_sets, min_chars)
         if eval_sets is not None and leakage["check_overlap"]
         else None
     )
@@ -197,7 +209,7 @@ def build_preference_sets(
             rows, n_tqa = drop_truthfulqa_prompts(rows)
         stats["dropped_truthfulqa"] = n_tqa
         if eval_index is not None and leakage["on_overlap"] == "drop":
-            kept = [r for r in rows if not (prompt_keys(r) & eval_index)]
+            kept = [r for r in rows if not eval_index.matches(row_texts(r))]
             stats["dropped_eval_overlap"] = len(rows) - len(kept)
             rows = kept
         stats["rows_after_leakage"] = len(rows)
@@ -208,8 +220,12 @@ def build_preference_sets(
         sets[dim].extend(rows)
 
     overlap = None
-    if eval_sets is not None and leakage["check_overlap"]:
-        overlap = check_overlap(per_source, eval_sets, int(leakage["max_overlap"])).as_dict()
+    if eval_sets is not None and eval_index is not None:
+        overlap = check_overlap(
+            per_source, eval_sets, int(leakage["max_overlap"]), index=eval_index
+        ).as_dict()
+        for name, counts in overlap["ngram_overlap"]["sources"].items():
+            manifest_sources[name]["ngram_overlap_rows"] = counts["rows_sharing"]
     for dim, rows in sets.items():
         validate_rows(rows, origin=f"preference set {dim!r}")
     manifest = {
@@ -226,6 +242,7 @@ def build_preference_sets(
             "truthfulqa_guard_applied": drop_tqa,
             "dropped_truthfulqa": sum(s["dropped_truthfulqa"] for s in manifest_sources.values()),
             "on_overlap": leakage["on_overlap"],
+            "min_chars": min_chars,
             "dropped_eval_overlap": sum(
                 s.get("dropped_eval_overlap", 0) for s in manifest_sources.values()
             ),
@@ -335,6 +352,7 @@ def source_counts_table(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
             "rows_out": s.get("rows_out"),
             "dropped_truthfulqa": s.get("dropped_truthfulqa", 0),
             "rows_kept": s.get("rows_kept"),
+            "ngram_overlap_rows": s.get("ngram_overlap_rows"),
         }
         rec.update({f"dropped_{k}": v for k, v in (s.get("dropped") or {}).items()})
         table.append(rec)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from hhh_bench.merging.base import CommonParams, merge_function, param
+from hhh_bench.merging.base import CommonParams, FunctionMethod, merge_function, param
 from hhh_bench.merging.methods.task_arithmetic import task_arithmetic
 from hhh_bench.merging.methods.ties import ties_merge
 
@@ -125,12 +125,34 @@ def dare_prepare(name: str, taus: Tensor, params: DareParams) -> Tensor:
 _DARE_KEYS = ("drop_rate", "seed")
 
 
+class DareMethod(FunctionMethod[DareParams]):
+    """DARE's shape check: every tensor keeps on average (1 − p)·n ≥ 1 of its n entries."""
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: DareParams) -> None:
+        """A drop rate that keeps on average less than one entry of a tensor (its smallest is
+        named) is refused: the draw would zero it whole, or keep one entry scaled by 1/(1 − p)."""
+        p = params.drop_rate
+        sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
+        if p == 0.0 or not sizes:
+            return
+        smallest = min(sizes, key=lambda name: sizes[name])
+        n = sizes[smallest]
+        if (1.0 - p) * n < 1.0:
+            raise ValueError(
+                f"merge parameter 'drop_rate' = {p:g} keeps on average (1 − p)·n = "
+                f"{(1.0 - p) * n:.3g} of the {n} entries of tensor {smallest!r} (its smallest): "
+                f"the draw would zero it or keep one entry scaled by {1 / (1 - p):.3g}; use a "
+                f"drop_rate of at most 1 − 1/{n} (≈ {1 - 1 / n:.3g})"
+            )
+
+
 @merge_function(
     "dare_ta",
     DareParams,
     summary="random drop p + rescale 1/(1−p), then task arithmetic (Yu et al. 2024, arXiv:2311.03099)",
     prepare=dare_prepare,
     prepare_keys=_DARE_KEYS,
+    base=DareMethod,
 )
 def dare_ta(dropped: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """DARE then task arithmetic: Σ_t w_t m_t⊙τ_t/(1−p) (arXiv:2311.03099)."""
@@ -143,6 +165,7 @@ def dare_ta(dropped: Tensor, weights: Tensor, params: CommonParams | None = None
     summary="random drop p + rescale 1/(1−p), then TIES elect + disjoint mean (arXiv:2311.03099)",
     prepare=dare_prepare,
     prepare_keys=_DARE_KEYS,
+    base=DareMethod,
 )
 def dare_ties(dropped: Tensor, weights: Tensor, params: CommonParams | None = None) -> Tensor:
     """DARE then TIES's sign election and disjoint mean (arXiv:2311.03099, 2306.01708)."""

@@ -283,8 +283,8 @@ class Resm(TsvBase[ResmParams]):
             return list(taus.items), [k] * len(taus)
         out: list[TaskVector] = []
         ks: list[int] = []
-        for tau in taus.items:
-            ks.append(capped_rank(tau, k, params.rank_rtol))
+        for tau, noise in zip(taus.items, taus.noise, strict=True):
+            ks.append(capped_rank(tau, k, params.rank_rtol, noise))
             dense = tau.dense(taus.dtype, taus.device) if isinstance(tau, LowRank) else tau
             out.append(reweighted(dense, params))
         return out, ks

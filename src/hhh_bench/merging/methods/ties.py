@@ -7,6 +7,8 @@ For each task vector (scaled by its weight, see below):
    ``scope: tensor`` (default) n is the tensor's size and the top k is exact (equal
    magnitudes at the cut kept lowest index first); with ``scope: global`` the threshold is
    chosen over the whole model (n = all floating entries), as the paper and FusionBench do.
+   A density with k = 0 for some tensor (or, global, for the model) is refused before any
+   tensor is read (:meth:`TiesMethod.check_shapes`): the trim would leave it at θ0 silently.
 2. **Elect**: γ = sign(Σ_t τ̂_t) per entry, a zero sum counting as + (peft's and mergekit's
    ``>= 0``).
 3. **Disjoint mean**: τ_m = Σ_t τ̂_t·[sign τ̂_t = γ] / max(1, #{t: sign τ̂_t = γ}); zeros never
@@ -32,6 +34,7 @@ width 2⁻⁷) are kept beyond k.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +89,20 @@ def topk_mask(magnitude: Tensor, k: int) -> Tensor:
         ties = torch.nonzero(magnitude == threshold).reshape(-1)[:missing]
         mask[ties] = True
     return mask
+
+
+def keep_count(density: float, n: int, what: str) -> int:
+    """k = int(density·n), the entries TIES keeps of ``n``; a k of 0 for n > 0 (the trim would
+    zero ``what`` whole and leave it at θ0, silently) raises ``ValueError`` naming
+    ``density``, ``what`` and the smallest density that keeps one entry."""
+    k = int(density * n)
+    if k == 0 and n > 0:
+        raise ValueError(
+            f"merge parameter 'density' = {density:g} keeps k = int({density:g} × {n}) = 0 of "
+            f"the {n} entries of {what}, which the merge would leave at θ0; use a density of at "
+            f"least 1/{n} (≈ {1 / n:.3g})"
+        )
+    return k
 
 
 def trim_topk(tau: Tensor, density: float) -> Tensor:
@@ -173,6 +190,18 @@ class TiesMethod(FunctionMethod[TiesParams]):
     def needs_global_pass(self, params: TiesParams) -> bool:
         return params.scope == "global"
 
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: TiesParams) -> None:
+        """k = int(density·n) ≥ 1 for every tensor (``scope: tensor``; its smallest tensor is
+        the one named) or for the model's n entries in all (``scope: global``)."""
+        sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
+        if not sizes:
+            return
+        if params.scope == "global":
+            keep_count(params.density, sum(sizes.values()), "the model (scope: global)")
+            return
+        smallest = min(sizes, key=lambda name: sizes[name])
+        keep_count(params.density, sizes[smallest], f"tensor {smallest!r} (its smallest)")
+
     def tensor_stats(
         self, name: str, base: Tensor, taus: TaskVectors, params: TiesParams
     ) -> dict[str, Any] | None:
@@ -203,7 +232,7 @@ class TiesMethod(FunctionMethod[TiesParams]):
         stack = taus.consume()
         for t, row in enumerate(stack.view(len(stack), -1)):
             if thresholds is None:
-                k = int(params.density * row.numel())
+                k = keep_count(params.density, row.numel(), f"tensor {name!r}")
                 if k < row.numel():
                     row.masked_fill_(topk_mask(row.abs(), k).logical_not_(), 0.0)
             else:

@@ -104,15 +104,18 @@ def tsv_factors(
     taus: Sequence[TaskVector],
     k: int | Sequence[int],
     rtol: float | None = None,
+    noise: Sequence[float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(U⊥ (m × K), σ (K,), V⊥ (n × K), task (K,)) of T dense or low-rank task vectors: each
     task's top k_t = min(k, numerical rank) triplets (``k`` one int, or one per task), stacked,
     U and V orthogonalised; ``task`` holds the task index of each column (so weights can be
-    applied per task in compose). Float64 (the caller casts)."""
+    applied per task in compose). ``noise``: each task's storage rounding RMS
+    (:attr:`TaskVectors.noise`; the numerical rank's floor). Float64 (the caller casts)."""
     ks = [int(k)] * len(taus) if isinstance(k, int) else [int(x) for x in k]
+    floors = [0.0] * len(taus) if noise is None else [float(x) for x in noise]
     us, ss, vs, ids = [], [], [], []
     for t, tau in enumerate(taus):
-        u, s, v = top_svd(tau, ks[t], rtol)
+        u, s, v = top_svd(tau, ks[t], rtol, floors[t])
         us.append(u)
         ss.append(s)
         vs.append(v)
@@ -213,7 +216,7 @@ class TsvBase(MergeMethod[TP], Generic[TP]):
             return {"tau": taus.stack()}
         k = self.rank_for(min(base.shape), len(taus), params, plan_entry)
         inputs, ks = self.svd_inputs(name, taus, params, k)
-        u, s, v, task = tsv_factors(inputs, ks, params.rank_rtol)
+        u, s, v, task = tsv_factors(inputs, ks, params.rank_rtol, taus.noise)
         dt = params.dtype
         num = torch.tensor(len(taus), dtype=torch.int64)
         return {"U": u.to(dt), "S": s.to(dt), "V": v.to(dt), "task": task, "num_models": num}
