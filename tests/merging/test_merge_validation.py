@@ -191,10 +191,20 @@ def test_state_dict_shape_mismatch_names_the_key():
         merge_state_dicts("ties", base, [{"a": B, "b": torch.zeros(3)}])
 
 
-def test_breadcrumbs_density_that_keeps_nothing_names_the_tensor():
-    """int(0.1 × 6) = 0 entries of a 6-entry tensor: refused, not zeroed silently."""
-    with pytest.raises(ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 .*'w'"):
-        merge_tensors("breadcrumbs", B, FT, name="w", density=0.1)
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+def test_breadcrumbs_and_della_density_that_keeps_nothing_names_the_smallest_tensor(method):
+    """int(0.1 × 6) = 0 entries of the 6-entry 'b' (the 12-entry 'a' keeps 1): refused from the
+    shapes with TIES's check and message (DELLA: under one entry kept in expectation), not
+    zeroed silently; 0.2 keeps one entry of 'b' and passes."""
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.ones(3, 4), "b": torch.ones(6)}]
+    eps = {"epsilon": 0.05} if method.startswith("della") else {}
+    with pytest.raises(
+        ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 of the 6 entries of "
+        r"tensor 'b' \(its smallest\).*at least 1/6"
+    ):  # fmt: skip
+        merge_state_dicts(method, base, fts, density=0.1, **eps)
+    assert merge_state_dicts(method, base, fts, density=0.2, **eps)["b"].shape == (6,)
 
 
 def test_slerp_takes_one_or_two_models_and_model_stock_two_or_more():

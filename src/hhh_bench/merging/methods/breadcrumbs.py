@@ -17,7 +17,8 @@ with ``normalize`` (mergekit's default for both: off). θ = θ0 + λ·τ_m (λ: 
 
 Deviations from mergekit: where int(gamma·n) = 0 (gamma = 0, or a tensor of fewer than 1/gamma
 entries) mergekit's slice ``sorted[n_bot:-0]`` is empty and keeps *nothing*; we keep the top k.
-A density that keeps 0 entries of a tensor is an error here (mergekit zeroes it). Equal
+A density that keeps 0 entries of a tensor is an error here, raised from the shapes before any
+tensor is read (:class:`~hhh_bench.merging.methods.ties.DensityMethod`; mergekit zeroes it). Equal
 magnitudes at a cut are kept lowest index first (mergekit: the order of ``torch.sort``).
 """
 
@@ -29,8 +30,8 @@ import torch
 from torch import Tensor
 
 from hhh_bench.merging.base import CommonParams, merge_function, param
-from hhh_bench.merging.methods.gta import combine, keep_count, rescale_l1_
-from hhh_bench.merging.methods.ties import topk_mask
+from hhh_bench.merging.methods.gta import combine, rescale_l1_
+from hhh_bench.merging.methods.ties import DensityMethod, keep_count, topk_mask
 
 SORT_MAX = 1 << 16
 """Tensors of at most this many entries are ranked by a stable sort, larger ones by
@@ -74,7 +75,7 @@ class BreadcrumbsParams(CommonParams):
 def breadcrumbs_mask(magnitude: Tensor, density: float, gamma: float, name: str = "") -> Tensor:
     """Boolean keep mask of a flat ``magnitude``: ranks top+1 .. top+k (module doc)."""
     n = magnitude.numel()
-    k = keep_count(density, n, name)
+    k = keep_count(density, n, f"tensor {name!r}")
     top = min(int(gamma * n), n - k)
     if n <= SORT_MAX:  # a stable sort: the same entries as topk_mask's, faster when small
         mask = torch.zeros(n, dtype=torch.bool, device=magnitude.device)
@@ -106,6 +107,7 @@ _KEYS = ("density", "gamma", "rescale")
     "(Davari & Belilovsky 2023, arXiv:2312.06795)",
     prepare=breadcrumbs_prepare,
     prepare_keys=_KEYS,
+    base=DensityMethod,
 )
 def breadcrumbs(masked: Tensor, weights: Tensor, params: BreadcrumbsParams) -> Tensor:
     """Model Breadcrumbs then Σ_t w_t τ̂_t (arXiv:2312.06795; mergekit's breadcrumbs)."""
@@ -119,6 +121,7 @@ def breadcrumbs(masked: Tensor, weights: Tensor, params: BreadcrumbsParams) -> T
     "(arXiv:2312.06795, 2306.01708)",
     prepare=breadcrumbs_prepare,
     prepare_keys=_KEYS,
+    base=DensityMethod,
 )
 def breadcrumbs_ties(masked: Tensor, weights: Tensor, params: BreadcrumbsParams) -> Tensor:
     """Model Breadcrumbs then TIES's sign election (arXiv:2312.06795; mergekit's breadcrumbs_ties)."""

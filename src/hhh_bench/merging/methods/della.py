@@ -27,7 +27,10 @@ dtype, so only exact magnitude ties could rank differently).
 Deviations from mergekit: mergekit draws from the global torch RNG (not reproducible per
 tensor); a row of one entry gets density (mergekit divides 0 by 0); a tensor of 3+ dimensions is
 ranked over (shape[0], rest) rows (mergekit ranks along dim 1); equal magnitudes rank by index
-(mergekit: ``argsort``'s order); the default rescale is the paper's 1/p (mergekit: L1 norm).
+(mergekit: ``argsort``'s order); the default rescale is the paper's 1/p (mergekit: L1 norm); a
+density with int(density·n) = 0 for some tensor (under one entry kept in expectation) is refused
+from the shapes before any tensor is read, as TIES's
+(:class:`~hhh_bench.merging.methods.ties.DensityMethod`; mergekit draws).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch import Tensor
 from hhh_bench.merging.base import CommonParams, merge_function, param
 from hhh_bench.merging.methods.dare import mask_seed
 from hhh_bench.merging.methods.gta import combine, rescale_l1_
+from hhh_bench.merging.methods.ties import DensityMethod
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ _KEYS = ("density", "epsilon", "rescale", "seed")
     "(Deep et al. 2024, arXiv:2406.11617)",
     prepare=della_prepare,
     prepare_keys=_KEYS,
+    base=DensityMethod,
 )
 def della(dropped: Tensor, weights: Tensor, params: DellaParams) -> Tensor:
     """DELLA: MagPrune then TIES's sign election and agreeing mean (arXiv:2406.11617)."""
@@ -159,6 +164,7 @@ class DellaLinearParams(DellaParams):
     "(arXiv:2406.11617)",
     prepare=della_prepare,
     prepare_keys=_KEYS,
+    base=DensityMethod,
 )
 def della_linear(dropped: Tensor, weights: Tensor, params: DellaParams) -> Tensor:
     """DELLA's MagPrune then Σ_t w_t τ̂_t (arXiv:2406.11617; mergekit's della_linear)."""

@@ -23,19 +23,6 @@ L1_EPS = 1e-7
 """Below this L1 norm (before or after masking) a task vector is not rescaled (mergekit's eps)."""
 
 
-def keep_count(density: float, n: int, name: str) -> int:
-    """k = int(density·n); a k of 0 for n > 0 (the tensor's task vectors would be zeroed whole,
-    leaving it at θ0 silently) raises ``ValueError`` naming ``density`` and the tensor."""
-    k = int(density * n)
-    if k == 0 and n > 0:
-        raise ValueError(
-            f"merge parameter 'density' = {density:g} keeps k = int({density:g} × {n}) = 0 of "
-            f"the {n} entries of tensor {name!r}, which the merge would leave at θ0; use a "
-            f"density of at least 1/{n} (≈ {1 / n:.3g})"
-        )
-    return k
-
-
 def rescale_l1_(masked: Tensor, l1_before: Tensor) -> Tensor:
     """Scale ``masked`` in place so its L1 norm is ``l1_before`` (the unmasked τ's); left as it is
     when either norm is below :data:`L1_EPS`."""

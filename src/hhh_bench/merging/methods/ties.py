@@ -105,6 +105,25 @@ def keep_count(density: float, n: int, what: str) -> int:
     return k
 
 
+def check_density_keeps(shapes: Mapping[str, tuple[int, ...]], density: float) -> None:
+    """:func:`keep_count` ≥ 1 for every tensor of ``shapes`` (the smallest is the one named): the
+    shape check of every method whose ``density`` is the fraction of each tensor kept (TIES per
+    tensor, Breadcrumbs, DELLA)."""
+    sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
+    if sizes:
+        smallest = min(sizes, key=lambda name: sizes[name])
+        keep_count(density, sizes[smallest], f"tensor {smallest!r} (its smallest)")
+
+
+class DensityMethod(FunctionMethod[Any]):
+    """A method whose ``density`` keeps int(density·n) entries of each tensor (or that many in
+    expectation): a density that keeps none of some tensor is refused before any tensor is read
+    (:func:`check_density_keeps`)."""
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: Any) -> None:
+        check_density_keeps(shapes, params.density)
+
+
 def trim_topk(tau: Tensor, density: float) -> Tensor:
     """``tau`` with all but its k = int(density·numel) largest-magnitude entries set to 0 (the
     rule of peft's ``magnitude_based_pruning`` and mergekit's ``magnitude``; equal magnitudes
@@ -193,14 +212,12 @@ class TiesMethod(FunctionMethod[TiesParams]):
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: TiesParams) -> None:
         """k = int(density·n) ≥ 1 for every tensor (``scope: tensor``; its smallest tensor is
         the one named) or for the model's n entries in all (``scope: global``)."""
-        sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
-        if not sizes:
+        if params.scope == "tensor":
+            check_density_keeps(shapes, params.density)
             return
-        if params.scope == "global":
-            keep_count(params.density, sum(sizes.values()), "the model (scope: global)")
-            return
-        smallest = min(sizes, key=lambda name: sizes[name])
-        keep_count(params.density, sizes[smallest], f"tensor {smallest!r} (its smallest)")
+        total = sum(math.prod(shape) for shape in shapes.values())
+        if total:
+            keep_count(params.density, total, "the model (scope: global)")
 
     def tensor_stats(
         self, name: str, base: Tensor, taus: TaskVectors, params: TiesParams
