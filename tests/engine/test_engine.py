@@ -15,7 +15,8 @@ from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokeniz
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"]
 SPEC = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
-PARAMS = {"ties": {"density": 0.5}, "dare_ta": {"drop_rate": 0.3}, "dare_ties": {"drop_rate": 0.3}}
+PARAMS = {"ties": {"density": 0.5}, "dare_ta": {"drop_rate": 0.3}, "dare_ties": {"drop_rate": 0.3},
+          "sce": {"select_topk": 0.5}, "multislerp": {"origin": "zero"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

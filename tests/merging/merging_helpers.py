@@ -23,7 +23,7 @@ def load_peft_merge_utils() -> ModuleType:
     return module
 
 
-MODEL_COUNTS = {"slerp": (1, 2), "model_stock": (2, None)}
+MODEL_COUNTS = {"slerp": (1, 2), "model_stock": (2, None), "sce": (2, None)}
 """(fewest, most) finetuned models of the methods that do not take any number (else (1, None))."""
 
 

@@ -421,3 +421,123 @@ def test_slerp_falls_back_to_lerp_when_near_colinear():
     anti = [T([1.0, 2.0]), T([-1.0, -2.0])]
     assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.5), T([0.0, 0.0]))
     assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.25), T([0.5, 1.0]))
+
+
+def test_sce_by_hand():
+    """θ0 = 0, τ1 = [2, −1, 0, 3], τ2 = [4, 1, −2, −1], no selection (select_topk = 1).
+    Calculate: mean τ1² = (4 + 1 + 0 + 9)/4 = 3.5, mean τ2² = (16 + 1 + 4 + 1)/4 = 5.5, sum 9:
+    c = [7/18, 11/18].  Erase: Σ τ = [6, 0, −2, 2] -> γ = [+, + (zero sum), −, +].
+    Entry 0: both agree, (7/18·2 + 11/18·4)/(7/18 + 11/18) = 58/18 = 29/9; entry 1: only τ2 (+1)
+    agrees -> 1; entry 2: τ1 = 0 never agrees, τ2 = −2 -> −2; entry 3: only τ1 -> 3.
+    With θ0 = 1 everywhere the same τ_m is added to it."""
+    fts = [T([2.0, -1.0, 0.0, 3.0]), T([4.0, 1.0, -2.0, -1.0])]
+    torch.testing.assert_close(merge_tensors("sce", torch.zeros(4), fts), T([29 / 9, 1, -2, 3]))
+    ones = torch.ones(4)
+    moved = merge_tensors("sce", ones, [f + 1 for f in fts])
+    torch.testing.assert_close(moved, ones + T([29 / 9, 1, -2, 3]))
+
+
+def test_sce_select_by_hand():
+    """τ1 = [1, −1, 0, 3], τ2 = [4, 1, −1, −1], select_topk = .5.  Population variances:
+    [2.25, 1, .25, 4], all 4 non-zero: k = int(.5·4) = 2 keeps entries 3 and 0:
+    τ̂1 = [1, 0, 0, 3], τ̂2 = [4, 0, 0, −1].  Calculate on τ̂: mean squares 10/4 and 17/4 ->
+    c = [10/27, 17/27].  Erase: Σ τ̂ = [5, 0, 0, 2]: entry 0 both agree, (10 + 68)/27 = 26/9;
+    entry 3 only τ1, 3; entries 1, 2 hold zeros only (no model agrees) -> 0.
+    Only positions whose values differ count: τ1 = [5, 1], τ2 = [5, 3] have variances [0, 1],
+    one position varies, k = int(.5·1) = 0 and the tensor stays at θ0 (mergekit's rule)."""
+    fts = [T([1.0, -1.0, 0.0, 3.0]), T([4.0, 1.0, -1.0, -1.0])]
+    out = merge_tensors("sce", torch.zeros(4), fts, select_topk=0.5)
+    torch.testing.assert_close(out, T([26 / 9, 0, 0, 3]))
+    same = merge_tensors("sce", torch.zeros(2), [T([5.0, 1.0]), T([5.0, 3.0])], select_topk=0.5)
+    assert torch.equal(same, torch.zeros(2))
+
+
+def test_sce_uniform_coefficients_below_the_threshold_by_hand():
+    """τ1 = [1e-4, 0], τ2 = [3e-4, 0]: Σ mean τ² = (1e-8 + 9e-8)/2 = 5e-8 < 1e-6 -> c = [.5, .5]
+    and entry 0 = (.5e-4 + 1.5e-4)/1 = 2e-4; with uniform_below = 0: c = [.1, .9] ->
+    .1e-4 + 2.7e-4 = 2.8e-4."""
+    z = torch.zeros(2, dtype=torch.float64)
+    fts = [T([1e-4, 0.0], dtype=torch.float64), T([3e-4, 0.0], dtype=torch.float64)]
+    kw = {"compute_dtype": "float64"}
+    torch.testing.assert_close(merge_tensors("sce", z, fts, **kw), T([2e-4, 0.0]).double())
+    exact = merge_tensors("sce", z, fts, uniform_below=0.0, **kw)
+    torch.testing.assert_close(exact, T([2.8e-4, 0.0]).double())
+
+
+def test_karcher_by_hand():
+    """θ1 = [2, 0], θ2 = [0, 4]: unit vectors 90° apart, equal weights: the spherical mean is at
+    45°, [r, r] with r = √½, times the mean norm (2 + 4)/2 = 3 -> [3r, 3r] (the linear mean
+    would be [1, 2]).  The points are the weights, not the task vectors: the same with
+    θ0 = [1, 1]; λ = .5 gives θ0 + .5·(K − θ0).  Weights [2, 1] on [1, 0], [0, 1]: the
+    weighted Karcher mean of two points lies 1/3 of the way along the arc, at 30°:
+    [√3/2, 1/2] (the first step moves the initial guess, at atan(1/2), onto it exactly).
+    A zero model counts in the norm, not the direction: θ1 = 0, θ2 = [0, 4] -> [0, 2].
+    One model comes back as it is."""
+    r = math.sqrt(0.5)
+    fts = [T([2.0, 0.0]), T([0.0, 4.0])]
+    torch.testing.assert_close(merge_tensors("karcher", torch.zeros(2), fts), T([3 * r, 3 * r]))
+    base = T([1.0, 1.0])
+    torch.testing.assert_close(merge_tensors("karcher", base, fts), T([3 * r, 3 * r]))
+    half = merge_tensors("karcher", base, fts, scaling=0.5)
+    torch.testing.assert_close(half, base + 0.5 * (T([3 * r, 3 * r]) - base))
+    axes = [T([1.0, 0.0]), T([0.0, 1.0])]
+    weighted = merge_tensors("karcher", torch.zeros(2), axes, weights=[2.0, 1.0])
+    torch.testing.assert_close(weighted, T([math.sqrt(3) / 2, 0.5]))
+    zero = merge_tensors("karcher", torch.zeros(2), [torch.zeros(2), T([0.0, 4.0])])
+    torch.testing.assert_close(zero, T([0.0, 2.0]))
+    assert torch.equal(merge_tensors("karcher", base, fts[:1]), fts[0])
+
+
+def _mean_log(u: torch.Tensor, points: list[torch.Tensor], a: list[float]) -> torch.Tensor:
+    """Σ_t a_t·log_u(p_t) on the unit sphere, log_u(p) = φ/sin φ·(p − cos φ·u), φ = ∠(u, p):
+    zero exactly at the Karcher mean (its first-order condition)."""
+    out = torch.zeros_like(u)
+    for p, w in zip(points, a, strict=True):
+        c = float(u @ p)
+        phi = math.acos(max(-1.0, min(1.0, c)))
+        out += w * phi / math.sin(phi) * (p - c * u)
+    return out
+
+
+def test_karcher_max_iter_stops_the_iteration_by_hand():
+    """Unit points e1, e2, e3 weighted [4, 1, 1] (α = [2/3, 1/6, 1/6]): the initial guess is the
+    normalised weighted mean [4, 1, 1]/√18.  The Karcher mean is the unit u where the weighted
+    mean of the log maps is 0; it lies on the symmetry plane y = z, and farther from e1 than the
+    guess (the squared arc length grows faster than the chord the Euclidean mean minimises, so
+    the far points pull harder).  max_iter = 1 stops after one step: not yet there."""
+    pts = [T([1.0, 0, 0]).double(), T([0, 1.0, 0]).double(), T([0, 0, 1.0]).double()]
+    alpha = [2 / 3, 1 / 6, 1 / 6]
+    kw = {"weights": [4.0, 1.0, 1.0], "compute_dtype": "float64", "tol": 1e-12}
+    z = torch.zeros(3, dtype=torch.float64)
+    guess = T([4.0, 1.0, 1.0]).double() / math.sqrt(18)
+    one = merge_tensors("karcher", z, pts, max_iter=1, **kw)
+    many = merge_tensors("karcher", z, pts, max_iter=100, **kw)
+    assert float(_mean_log(many, pts, alpha).norm()) < 1e-10
+    assert float(_mean_log(one, pts, alpha).norm()) > 1e-4
+    assert float(_mean_log(guess, pts, alpha).norm()) > 1e-2
+    assert abs(float(many.norm()) - 1.0) < 1e-12 and abs(float(many[1] - many[2])) < 1e-12
+    assert float(many[0]) < float(guess[0])
+
+
+def test_multislerp_by_hand():
+    """origin base: the task vectors τ1 = [2, 0], τ2 = [0, 4] about θ0 = [1, 1], equal weights:
+    units [1, 0], [0, 1], mean direction [r, r]; the tangent sum Σ w_t (u_t − ⟨u_t, μ⟩μ) is 0;
+    times Σ w_t n_t = 3 -> θ0 + [3r, 3r].  Weights [2, 1] (normalised 2/3, 1/3): μ = [2, 1]/√5,
+    scale 2/3·2 + 1/3·4 = 8/3; normalize_weights = false: the same μ, scale 2·2 + 4 = 8.
+    origin zero: θ0 = [1, 0], θ1 = [0, 1], θ2 = [2, 0]: units [0, 1], [1, 0], μ = [r, r], scale
+    (1 + 2)/2 -> [1.5r, 1.5r].  Two antipodal models (τ1 = [1, 0], τ2 = [−3, 0]): the mean
+    direction is 0, mergekit lerps: .5·1 + .5·(−3) = −1."""
+    r = math.sqrt(0.5)
+    base = T([1.0, 1.0])
+    taus = [T([2.0, 0.0]), T([0.0, 4.0])]
+    fts = [base + t for t in taus]
+    torch.testing.assert_close(merge_tensors("multislerp", base, fts), base + 3 * r)
+    mu = T([2.0, 1.0]) / math.sqrt(5)
+    w = merge_tensors("multislerp", base, fts, weights=[2.0, 1.0])
+    torch.testing.assert_close(w, base + 8 / 3 * mu)
+    raw = merge_tensors("multislerp", base, fts, weights=[2.0, 1.0], normalize_weights=False)
+    torch.testing.assert_close(raw, base + 8 * mu)
+    zero = merge_tensors("multislerp", T([1.0, 0.0]), [T([0.0, 1.0]), T([2.0, 0.0])], origin="zero")
+    torch.testing.assert_close(zero, T([1.5 * r, 1.5 * r]))
+    lerp = merge_tensors("multislerp", torch.zeros(2), [T([1.0, 0.0]), T([-3.0, 0.0])])
+    torch.testing.assert_close(lerp, T([-1.0, 0.0]))

@@ -43,6 +43,9 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
             "breadcrumbs",
             "breadcrumbs_ties",
             "model_stock",
+            "sce",
+            "karcher",
+            "multislerp",
         ]
     ),
     num=st.integers(2, 4),

@@ -26,6 +26,9 @@ from hhh_bench.stages.common import load_option
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
+EXPECTED |= {"sce", "karcher", "multislerp"}
+NO_PAPER = {"slerp": "Shoemake 1985", "karcher": "Karcher 1977", "multislerp": "goddard.blog"}
+"""Methods without an arXiv paper, and the reference their docstring names instead."""
 
 
 def test_registry_and_configs_match_one_to_one():
@@ -72,7 +75,7 @@ def test_describe_method(method):
         assert r["type"] and len(r["description"]) > 20, r
     cls = type(get_method(method))
     doc = (cls.__doc__ or "") + (sys.modules[cls.__module__].__doc__ or "")
-    assert "arXiv:" in doc or (method == "slerp" and "Shoemake 1985" in doc)  # no paper
+    assert (NO_PAPER[method] in doc) if method in NO_PAPER else ("arXiv:" in doc)
 
 
 def test_describe_shows_choices():
@@ -111,7 +114,19 @@ ALTERNATIVES = {
     "epsilon": 0.1,
     "filter_wise": True,
     "t": 0.3,
+    "select_topk": 0.5,
+    "uniform_below": 0.0,
+    "max_iter": 3,
+    "tol": 1e-3,
+    "normalize_weights": False,
+    "eps": 1e-6,
+    "origin": "zero",
 }
+ALTERNATIVE_FOR = {
+    "karcher": {"weights": (2.0, 1.0, 0.5)},
+    "multislerp": {"weights": (2.0, 1.0, 0.5)},
+}
+"""Per-method alternatives where the shared one is invalid (interpolation weights are >= 0)."""
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
@@ -131,7 +146,7 @@ def test_precompute_depends_only_on_its_keys(method, name):
     for key in fields:
         if key in m.precompute_keys or key == "device":
             continue
-        value = ALTERNATIVES[key]
+        value = ALTERNATIVE_FOR.get(method, {}).get(key, ALTERNATIVES[key])
         params = m.make_params(**{key: value[: len(fts)] if key == "weights" else value})
         again = m.precompute(name, base, task_vectors_of(base, fts, params), params, entry)
         assert again.keys() == pre.keys(), key

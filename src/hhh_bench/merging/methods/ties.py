@@ -91,28 +91,31 @@ def topk_mask(magnitude: Tensor, k: int) -> Tensor:
     return mask
 
 
-def keep_count(density: float, n: int, what: str) -> int:
+def keep_count(density: float, n: int, what: str, knob: str = "density") -> int:
     """k = int(density·n), the entries TIES keeps of ``n``; a k of 0 for n > 0 (the trim would
-    zero ``what`` whole and leave it at θ0, silently) raises ``ValueError`` naming
-    ``density``, ``what`` and the smallest density that keeps one entry."""
+    zero ``what`` whole and leave it at θ0, silently) raises ``ValueError`` naming the parameter
+    ``knob`` (``density``, or e.g. SCE's ``select_topk``), ``what`` and the smallest value that
+    keeps one entry."""
     k = int(density * n)
     if k == 0 and n > 0:
         raise ValueError(
-            f"merge parameter 'density' = {density:g} keeps k = int({density:g} × {n}) = 0 of "
-            f"the {n} entries of {what}, which the merge would leave at θ0; use a density of at "
+            f"merge parameter {knob!r} = {density:g} keeps k = int({density:g} × {n}) = 0 of "
+            f"the {n} entries of {what}, which the merge would leave at θ0; use a {knob} of at "
             f"least 1/{n} (≈ {1 / n:.3g})"
         )
     return k
 
 
-def check_density_keeps(shapes: Mapping[str, tuple[int, ...]], density: float) -> None:
+def check_density_keeps(
+    shapes: Mapping[str, tuple[int, ...]], density: float, knob: str = "density"
+) -> None:
     """:func:`keep_count` ≥ 1 for every tensor of ``shapes`` (the smallest is the one named): the
-    shape check of every method whose ``density`` is the fraction of each tensor kept (TIES per
-    tensor, Breadcrumbs, DELLA)."""
+    shape check of every method whose ``density`` (or ``knob``) is the fraction of each tensor
+    kept (TIES per tensor, Breadcrumbs, DELLA, SCE's ``select_topk``)."""
     sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
     if sizes:
         smallest = min(sizes, key=lambda name: sizes[name])
-        keep_count(density, sizes[smallest], f"tensor {smallest!r} (its smallest)")
+        keep_count(density, sizes[smallest], f"tensor {smallest!r} (its smallest)", knob)
 
 
 class DensityMethod(FunctionMethod[Any]):
