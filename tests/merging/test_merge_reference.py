@@ -1,5 +1,7 @@
 """Reference tests against independent implementations: peft's merge_utils for TA, TIES and
-DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition)."""
+DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition);
+Breadcrumbs, DELLA, Model Stock, SLERP, SCE, Karcher mean and Multi-SLERP against formulations
+written here from mergekit's code (``_mk_*``: loops over models, its order of operations)."""
 
 from __future__ import annotations
 
@@ -348,3 +350,151 @@ def test_breadcrumbs_mask_of_a_large_tensor_matches_mergekit():
     assert x.numel() > SORT_MAX
     expected = _mk_outliers(x, 0.6, 0.05) != 0
     assert torch.equal(breadcrumbs_mask(x.abs(), 0.6, 0.05), expected)
+
+
+def _mk_sce(base: torch.Tensor, fts: list[torch.Tensor], select_topk: float) -> torch.Tensor:
+    """mergekit's sce_merge: task vectors; if select_topk < 1 the top int(nonzero·p) positions
+    by population variance (torch.topk); sign-consensus mask (get_mask 'sum'); weights
+    mean(τ²)/Σ (uniform below 1e-6); Σ τ·w·mask / clamp(Σ w·mask, 1e-6)."""
+    tvs = torch.stack([f - base for f in fts])
+    if select_topk < 1:
+        var = torch.var(tvs, dim=0, unbiased=False)
+        k = int(torch.count_nonzero(var) * select_topk)
+        keep = torch.zeros_like(var)
+        if k > 0:
+            keep.view(-1)[torch.topk(var.abs().view(-1), k=k).indices] = 1
+        tvs = tvs * keep.unsqueeze(0)
+    majority = (tvs.sum(dim=0) >= 0).to(tvs.dtype) * 2 - 1
+    erase = tvs.sign() == majority
+    energies = [float((tv**2).mean()) for tv in tvs]
+    total = sum(energies)
+    coeffs = [1 / len(tvs)] * len(tvs) if abs(total) < 1e-6 else [e / total for e in energies]
+    num = sum(c * tv * m for c, tv, m in zip(coeffs, tvs, erase, strict=True))
+    den = sum(c * m.to(tvs.dtype) for c, m in zip(coeffs, erase, strict=True))
+    return base + num / den.clamp(min=1e-6)
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.7, 0.3])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_sce_matches_mergekit(shape, num, select_topk):
+    """Continuous random task vectors (no equal variances at the cut): to 1e-12 in float64.
+    Weights w_t are ours (mergekit has none): SCE of the models θ0 + w_t·τ_t."""
+    base, fts = models(shape, num, seed=num + 7, dtype=torch.float64)
+    kw = {"select_topk": select_topk, "compute_dtype": "float64"}
+    out = merge_tensors("sce", base, fts, **kw)
+    torch.testing.assert_close(out, _mk_sce(base, fts, select_topk), rtol=0, atol=1e-12)
+    weights = [0.5 + 0.5 * t for t in range(num)]
+    scaled = [base + w * (f - base) for w, f in zip(weights, fts, strict=True)]
+    out_w = merge_tensors("sce", base, fts, weights=weights, **kw)
+    torch.testing.assert_close(out_w, _mk_sce(base, scaled, select_topk), rtol=0, atol=1e-12)
+
+
+def _mk_karcher(tensors, alphas, max_iter=10, tol=1e-5):
+    """mergekit's karcher_merge_tensors, one model at a time (norms, unit vectors, valid models
+    above tol, the normalised weighted mean as the first guess, the log/exp-map iteration, the
+    scale Σ α_t‖θ_t‖ over all models)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    norms = [float(torch.linalg.norm(t)) for t in tensors]
+    units = [
+        t / n if n != 0.0 else torch.zeros_like(t) for t, n in zip(tensors, norms, strict=True)
+    ]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    a = [alphas[i] / sum(alphas[j] for j in valid) for i in valid]
+    pts = [units[i] for i in valid]
+    u = sum(ai * p for ai, p in zip(a, pts, strict=True))
+    nu = float(torch.linalg.norm(u))
+    u = pts[0].clone() if nu < tol else u / nu
+    for _ in range(max_iter):
+        step = torch.zeros_like(u)
+        for ai, p in zip(a, pts, strict=True):
+            dot = torch.clamp(torch.dot(u.flatten(), p.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if float(theta) < tol:
+                continue
+            step += ai * (theta / torch.sin(theta)) * (p - dot * u)
+        ns = torch.linalg.norm(step)
+        if float(ns) < tol:
+            break
+        u = torch.cos(ns) * u + torch.sin(ns) * (step / ns)
+        un = torch.linalg.norm(u)
+        if float(un) > tol:
+            u = u / un
+    return sum(al * n for al, n in zip(alphas, norms, strict=True)) * u
+
+
+@pytest.mark.parametrize(("max_iter", "tol"), [(10, 1e-5), (1, 1e-5), (50, 1e-12)])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_karcher_matches_mergekit(shape, num, max_iter, tol):
+    """The finetuned weights spread far apart (so the iteration matters): to 1e-12 in float64,
+    equal weights (mergekit's alphas 1/N) and ours [1, 2, ..] as alphas w/Σw."""
+    base, fts = models(shape, num, seed=num + 3, dtype=torch.float64)
+    fts = [f + 2.0 * (f - base) + 0.3 * t for t, f in enumerate(fts)]  # far apart
+    kw = {"max_iter": max_iter, "tol": tol, "compute_dtype": "float64"}
+    out = merge_tensors("karcher", base, fts, **kw)
+    flat = [f.flatten() for f in fts]
+    expected = _mk_karcher(flat, [1 / num] * num, max_iter, tol).view(shape)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    weights = [1.0 + t for t in range(num)]
+    alphas = [w / sum(weights) for w in weights]
+    out_w = merge_tensors("karcher", base, fts, weights=weights, **kw)
+    expected_w = _mk_karcher(flat, alphas, max_iter, tol).view(shape)
+    torch.testing.assert_close(out_w, expected_w, rtol=0, atol=1e-12)
+    if max_iter == 1 and num > 2:  # the iteration matters (two equal-weight points: the
+        # normalised Euclidean mean is already their Karcher mean, the arc's midpoint)
+        assert not torch.allclose(out, merge_tensors("karcher", base, fts, compute_dtype="float64"))
+
+
+def _mk_multislerp(tensors, weight, base=None, normalize_weights=True, eps=1e-8):
+    """mergekit's multislerp: subtract the optional base, unit vectors x/(‖x‖ + eps), weighted
+    mean direction (zero: lerp for two models), tangent projection, weighted tangent sum, exp map
+    with ν = ‖v‖ + eps, times Σ w‖x‖, plus the base."""
+    if len(tensors) == 1:
+        return tensors[0]
+    xs = [t - base if base is not None else t for t in tensors]
+    w = [wi / sum(weight) for wi in weight] if normalize_weights else list(weight)
+    norms = [torch.norm(x.flatten()) for x in xs]
+    units = [x.flatten() / (n + eps) for x, n in zip(xs, norms, strict=True)]
+    mean = sum(wi * u for wi, u in zip(w, units, strict=True))
+    if torch.norm(mean) < eps:
+        assert len(xs) == 2
+        res = xs[0] * w[0] + xs[1] * w[1]
+        return res + base if base is not None else res
+    mean = mean / torch.norm(mean)
+    tangent = sum(wi * (u - (u * mean).sum() * mean) for wi, u in zip(w, units, strict=True))
+    nt = torch.norm(tangent) + eps
+    res = mean * torch.cos(nt) + tangent * (torch.sin(nt) / nt)
+    res = (res * sum(n * wi for n, wi in zip(norms, w, strict=True))).view(tensors[0].shape)
+    return res + base if base is not None else res
+
+
+@pytest.mark.parametrize("origin", ["base", "zero"])
+@pytest.mark.parametrize("normalize_weights", [True, False])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_multislerp_matches_mergekit(shape, num, normalize_weights, origin):
+    """origin base = mergekit with base_model (the base subtracted and added back), zero =
+    without; weights = mergekit's per-model weight; to 1e-12 in float64."""
+    base, fts = models(shape, num, seed=num + 5, dtype=torch.float64)
+    weights = [0.5 + 0.75 * t for t in range(num)]
+    out = merge_tensors(
+        "multislerp", base, fts, weights=weights, normalize_weights=normalize_weights,
+        origin=origin, compute_dtype="float64",
+    )  # fmt: skip
+    mk_base = base if origin == "base" else None
+    expected = _mk_multislerp(fts, weights, mk_base, normalize_weights)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_new_methods_float32_against_mergekit_formulation():
+    """The float32 default against the float64 formulations: within float32 rounding."""
+    base, fts = models((8, 6), 3, seed=21, dtype=torch.float64)
+    cases = [
+        ("sce", {"select_topk": 0.5}, _mk_sce(base, fts, 0.5)),
+        ("karcher", {}, _mk_karcher([f.flatten() for f in fts], [1 / 3] * 3).view(8, 6)),
+        ("multislerp", {}, _mk_multislerp(fts, [1.0] * 3, base)),
+    ]
+    for method, kw, expected in cases:
+        out = merge_tensors(method, base.float(), [f.float() for f in fts], **kw)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-6, msg=method)
