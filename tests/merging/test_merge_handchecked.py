@@ -541,3 +541,22 @@ def test_multislerp_by_hand():
     torch.testing.assert_close(zero, T([1.5 * r, 1.5 * r]))
     lerp = merge_tensors("multislerp", torch.zeros(2), [T([1.0, 0.0]), T([-3.0, 0.0])])
     torch.testing.assert_close(lerp, T([-1.0, 0.0]))
+
+
+def test_multislerp_is_the_mean_direction_times_the_mean_norm():
+    """Σ_t w_t (u_t − ⟨u_t, μ⟩μ) = m − ‖m‖μ = 0 (docs/merging.md): Multi-SLERP equals
+    normalise(Σ_t w_t x_t/‖x_t‖)·Σ_t w_t ‖x_t‖ on random task vectors, weights normalised; to
+    rounding with eps = 1e-15, within the eps-sized shift of u_t = x_t/(‖x_t‖ + eps) by default."""
+    g = torch.Generator().manual_seed(4)
+    taus = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    base = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.5, 1.0, 2.5], dtype=torch.float64) / 4.0
+    norms = taus.flatten(1).norm(dim=1)
+    direction = (w.view(3, 1, 1) * taus / norms.view(3, 1, 1)).sum(dim=0)
+    expected = base + direction / direction.norm() * float(w @ norms)
+    fts = list(base + taus)
+    kw = {"weights": [0.5, 1.0, 2.5], "compute_dtype": "float64"}
+    out = merge_tensors("multislerp", base, fts, eps=1e-15, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    default = merge_tensors("multislerp", base, fts, **kw)
+    torch.testing.assert_close(default, expected, rtol=0, atol=1e-8)

@@ -16,6 +16,11 @@ default), divided by Σ_s w_s when ``normalize_weights``:
 then τ_m = r (origin ``base``) or r − θ0 (origin ``zero``), and θ = θ0 + λ·τ_m. One finetuned model
 gives θ_1 (mergekit returns it, weights ignored).
 
+In exact arithmetic the tangent sum vanishes, v = m − ⟨m, μ⟩μ = m − ‖m‖μ = 0, so the result is
+μ·Σ_t w_t n_t: the normalised weighted mean of the unit vectors times the weighted mean norm (not
+an iterated spherical barycentre; that is :mod:`~hhh_bench.merging.methods.karcher`). The steps
+are computed as mergekit writes them, so the two agree to rounding.
+
 Deviations from mergekit: it computes in the models' dtype, we in ``compute_dtype``; weights must
 be ≥ 0 here (mergekit accepts any; a negative weight is not a point on the sphere's barycentre);
 the zero-mean error names the tensor. mergekit's optional ``base_model`` is our ``origin``, since
