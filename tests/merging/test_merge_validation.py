@@ -264,3 +264,5 @@ def test_karcher_and_multislerp_with_antipodal_models_name_the_tensor():
     with pytest.raises(ValueError, match=r"parameter 'w': multislerp's weighted mean .* is zero"):
         merge_tensors("multislerp", torch.zeros(3), [one, -one, torch.zeros(3)], name="w")
     assert torch.equal(merge_tensors("multislerp", torch.zeros(3), [one, -one]), torch.zeros(3))
+    base = torch.tensor([1.0, -2.0, 3.0])  # no model changed it: θ0, not the zero-mean error
+    assert torch.equal(merge_tensors("multislerp", base, [base] * 3), base)

@@ -23,7 +23,9 @@ are computed as mergekit writes them, so the two agree to rounding.
 
 Deviations from mergekit: it computes in the models' dtype, we in ``compute_dtype``; weights must
 be ≥ 0 here (mergekit accepts any; a negative weight is not a point on the sphere's barycentre);
-the zero-mean error names the tensor. mergekit's optional ``base_model`` is our ``origin``, since
+the zero-mean error names the tensor; where every point is 0 (with ``origin: base``, a tensor no
+model changed, e.g. outside LoRA adapters' targets) the result is 0, i.e. θ0, where mergekit
+raises its zero-mean error for three or more models. mergekit's optional ``base_model`` is our ``origin``, since
 a base is always given here.
 """
 
@@ -82,6 +84,8 @@ def multislerp_points(x: Tensor, w: Tensor, eps: float, name: str = "") -> Tenso
     if mean_norm < eps:
         if len(x) == 2:
             return w @ x
+        if not bool((norms > 0).any()):  # every point 0 (a tensor no model changed): 0
+            return torch.zeros_like(x[0])
         label = repr(name) if name else "(unnamed)"
         raise ValueError(
             f"parameter {label}: multislerp's weighted mean of the unit vectors is zero (below "
