@@ -55,6 +55,7 @@ def test_list_shows_the_registries_and_the_config_tree(monkeypatch, capsys):
     code, out = _main(monkeypatch, capsys, "list", "groups")
     groups = dict(line.split(None, 1) for line in out.splitlines() if line.startswith("  "))
     assert "_common" not in groups["merge"] and "tsv" in groups["merge"]  # shared parts hidden
+    assert "source" not in groups  # the datasets data options list: `list sources`
 
 
 @pytest.mark.parametrize("override", ["+accelerate=fsdp", "accelerate=ddp", "++accelerate.x=1"])
@@ -98,7 +99,20 @@ def test_the_hydra_form_help_lists_the_subcommands_then_hydras_groups():
     merge_options = merge_line.removeprefix("merge: ").split(", ")
     assert {"dare_ta", "dare_ties", "resm", "ties"} <= set(merge_options)
     assert "_common" not in groups
-    assert "accelerate" not in groups
+    assert "accelerate" not in groups and "\nsource:" not in groups
+    assert "\ntrain: dpo" in groups  # the lines after it are kept
+
+
+def test_source_is_no_group_a_run_chooses(monkeypatch, capsys):
+    """``source=beavertails`` ended in Hydra's "Could not override 'source'" (issue 27: --help
+    listed conf/source/ as a group): exit 2 before Hydra, naming where sources are chosen."""
+    monkeypatch.setattr(sys, "argv", ["hhh-bench", "source=beavertails", "stage=data"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("hhh-bench: error: source=beavertails: source is no config group")
+    assert "data.sources" in err and "hhh-bench list sources" in err
 
 
 def test_list_imports_plugins_first():

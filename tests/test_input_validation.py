@@ -46,6 +46,7 @@ def check(overrides: list[str]) -> dict:
         ("seeds=[1,1]", r"seeds=\[1, 1\] repeats \[1\]"),
         ("seeds=[0,1.5]", r"not integer"),
         ("+report.skip_invalids=true", r"report.skip_invalids"),
+        ("report.interval=normal", r"report.interval must be 't' or 'bca', got 'normal'"),
         # checked by the toy world's and the merge engine's own rules (hhh_bench.validation,
         # hhh_bench.core.sizes), not by the schema's
         ("data.world.n_values=99", r"n_values must be in \[2, 8\], got 99"),
@@ -79,7 +80,7 @@ def test_a_model_given_as_base_and_specialist_is_refused(tmp_path):
     "override",
     ["eval.limit=10", "eval.limit=0.25", "eval.limit=null", "eval.metric=soft",
      "model.device=cuda:1", "model.device=mps", "seeds=[3]", "seeds=[0,1,2]", "seeds=null",
-     "report.skip_invalid=true"],
+     "report.skip_invalid=true", "report.interval=bca"],
 )  # fmt: skip
 def test_the_documented_values_pass(override):
     check([override])

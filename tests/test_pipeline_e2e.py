@@ -74,7 +74,16 @@ def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
     assert rows[("tsv", "test")]["extra"]["n_configs"] == 1 + 1
     tuned = rows[("mix: reward_select", "test")]["extra"]
     assert tuned["n_configs"] == 2 and tuned["selected_on"] == "validation"
-    assert "n_configs" not in rows[("mix: uniform", "test")]["extra"]  # not tuned: trained once
+    for mix in ("mix: uniform", "mix: sequential"):  # not tuned: trained once, and (issue 28)
+        assert (mix, "validation") in rows  # scored on validation like every other candidate
+        assert rows[(mix, "test")]["extra"]["n_configs"] == 1
+        assert rows[(mix, "test")]["extra"]["selected_on"] == "validation"
+    # so the answer chooses both representatives on validation, neither on the reported split
+    answer = out["report"]["answer"]
+    for group in ("mixture_choice", "merge_choice"):
+        assert answer[group]["on"] == "validation" and not answer[group]["fallback"], answer
+    assert answer["mixture_choice"]["candidates"] == 3 and not answer["mixture_choice"]["missing"]
+    assert "reported split" not in out["report"]["answer_line"]
     report = Path(out["report"]["report_md"])
     assert report.is_file() and "| Method |" in report.read_text()
     for png in ("radar", "pareto", "conflict"):

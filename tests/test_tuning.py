@@ -85,3 +85,56 @@ def test_select_chooses_on_validation_then_tries_the_emphases_around_the_choice(
     ]  # fmt: skip
     assert calls[-1] == ("test", (0.6, "h"))  # the best of 4 on validation, reported once
     assert sum(1 for c in calls if c[0] == "test") == 1
+
+
+def _run_mixtures(monkeypatch, select_split):
+    """``_mixtures`` on hand-made inputs (training stubbed): the (split, name, grid point) of
+    every evaluation and the report split's model dicts."""
+    import hhh_bench.stages.train as train_stage
+    from hhh_bench.pipeline import _mixtures
+
+    cfg = OmegaConf.create(
+        {"eval": {"select_split": select_split, "report_split": "test", "select_by": "average"},
+         "pipeline": {"report_every_grid_point": False}, "seeds": [0]}
+    )  # fmt: skip
+    pcfg = {
+        "mixtures": [{"name": "uniform"}, {"name": "sequential"}, {"name": "reward_select"}],
+        "tuning": {"mixtures": ["reward_select"], "emphasis": [[2, 1, 1]]},
+    }
+
+    def run_train(cfg, base, data, *, dimensions, mix):
+        return {"key": f"{mix['name']}-{mix.get('shares')}", "path": "/nowhere"}
+
+    monkeypatch.setattr(train_stage, "run_train", run_train)
+    calls, reported = [], []
+
+    def evaluate(model, split="test"):
+        calls.append((split, model["name"], str(model.get("grid_params"))))
+        if split == "test":
+            reported.append(model)
+        return {"scores": {"average": 0.5 if model.get("grid_params") else 0.4}}
+
+    _mixtures(cfg, pcfg, {"key": "base"}, {}, DIMS, 0, evaluate)
+    return calls, reported
+
+
+def test_every_mixture_is_chosen_on_validation_one_configuration_or_several(monkeypatch):
+    """Issue 28: a mixture of one configuration (uniform, sequential: nothing tuned) is scored on
+    the selection split too, so the answer picks the mixture representative on validation like
+    the merge one, never falling back to the reported split."""
+    calls, reported = _run_mixtures(monkeypatch, "validation")
+    val = [name for split, name, _ in calls if split == "validation"]
+    assert val == ["mix: uniform", "mix: sequential", "mix: reward_select", "mix: reward_select"]
+    assert [m["name"] for m in reported] == ["mix: uniform", "mix: sequential",
+                                             "mix: reward_select"]  # fmt: skip
+    for m in reported:  # each reported once, with its choice on validation in its row
+        assert m["selected_on"] == "validation" and m["selected_by"] == "average", m
+    assert [m["n_configs"] for m in reported] == [1, 1, 2]
+    assert reported[2]["grid_params"] == {"shares": mix_shares([2, 1, 1], DIMS)}
+
+
+def test_without_a_selection_split_each_mixture_is_reported_under_its_own_name(monkeypatch):
+    calls, reported = _run_mixtures(monkeypatch, None)
+    assert {split for split, _, _ in calls} == {"test"}
+    assert [m["name"] for m in reported][:2] == ["mix: uniform", "mix: sequential"]
+    assert all("selected_on" not in m for m in reported)

@@ -111,7 +111,9 @@ def test_row1_recompute_replaces_the_tampered_output_and_what_depends_on_its_con
     base = _one(root, "base")
     _scale_first_tensor(base / "model.safetensors")
     _run(root, "stage=train", "data.dimensions=[honest]", "cache.on_mismatch=recompute")
-    assert "recomputing (cache.on_mismatch=recompute)" in capsys.readouterr().out
+    # one line naming the stage, the folder (which seed's, among several) and the file
+    assert re.search(rf"base.* \({re.escape(str(base))}\): model\.safetensors differs.*"
+                     r"recomputing \(cache.on_mismatch=recompute\)", capsys.readouterr().out)  # fmt: skip
     assert not verify(base).problems  # replaced by a fresh θ0 under the same key
     misses, _ = _counts()
     assert misses.get("base") == 1
@@ -172,6 +174,25 @@ def test_row3_a_corrupted_merge_and_its_evaluation_are_not_reused(root):
         _run(root, "stage=eval", f"+eval.model={merged / 'model'}")
 
 
+def test_whole_folders_moved_or_linked_under_another_key_are_refused(root):
+    """A whole specialist folder moved over another's (its own checksums match) or a symbolic
+    link in place of an output: key.json names another key, or no cache wrote it."""
+    sp = _specialists(root)
+    helpful, honest = sp["helpful"], sp["honest"]
+    shutil.rmtree(honest)
+    shutil.copytree(helpful, honest)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(honest))}: its key.json is that of "
+                       r"another output .*a folder moved or copied here"):  # fmt: skip
+        _run(root, "stage=train", "data.dimensions=[honest]")
+    shutil.rmtree(honest)
+    honest.symlink_to(helpful, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"it is a symbolic link"):
+        _run(root, "stage=merge", "merge=task_arithmetic")
+    _run(root, "stage=train", "data.dimensions=[honest]", "cache.on_mismatch=recompute")
+    assert not honest.is_symlink() and helpful.is_dir()  # the link replaced, its target kept
+    assert json.loads((honest / "train_info.json").read_text())["dimensions"] == ["honest"]
+
+
 def test_truncated_or_missing_files_and_added_files_are_named(root):
     from hhh_bench.core.content import MANIFEST, verify
 
@@ -224,6 +245,51 @@ def test_row4_editing_a_plugin_method_recomputes_the_merge(root, tmp_path, monke
     finally:
         METHODS.remove("scaled_tv_row4")
         sys.modules.pop("hhh_plug_row4", None)
+
+
+def test_row4_a_plugins_helper_modules_installed_plugins_and_task_yamls_are_in_the_key(
+    tmp_path, monkeypatch
+):
+    """What the independent review found outside the keys: a helper module a plugin imports,
+    a plugin installed in site-packages, the built-in eval tasks' YAMLs, and models/loading.py
+    (how training loads θ0)."""
+    import importlib
+
+    from hhh_bench.core.content import code_identity
+    from hhh_bench.stages.eval import EVAL_CODE
+    from hhh_bench.stages.train import train_code
+
+    local = tmp_path / "plug"
+    local.mkdir()
+    (local / "hhh_helper_k.py").write_text("FACTOR = 1.0\n")
+    (local / "hhh_plug_k.py").write_text(
+        "import json\nfrom hhh_helper_k import FACTOR\n\ndef fn(x):\n    return FACTOR * x\n"
+    )
+    site = tmp_path / "lib" / "site-packages"
+    (site / "hhh_installed_k" / "ops").mkdir(parents=True)
+    (site / "hhh_installed_k" / "__init__.py").write_text("from .ops.scale import scale\n")
+    (site / "hhh_installed_k" / "ops" / "__init__.py").write_text("")
+    (site / "hhh_installed_k" / "ops" / "scale.py").write_text("def scale(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(local))
+    monkeypatch.syspath_prepend(str(site))
+    names = ("hhh_plug_k", "hhh_helper_k", "hhh_installed_k", "hhh_installed_k.ops",
+             "hhh_installed_k.ops.scale")  # fmt: skip
+    try:
+        plug = importlib.import_module("hhh_plug_k")
+        files = code_identity(plug.fn)["files"]
+        assert set(files) == {"hhh_plug_k.py", "hhh_helper_k.py"}, files
+        installed = importlib.import_module("hhh_installed_k")
+        files = code_identity(installed.scale)["files"]
+        assert "hhh_installed_k/ops/scale.py" in files
+        assert "hhh_installed_k/__init__.py" in files
+        assert not any("json" in f for f in files)  # the standard library: never hashed
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+    eval_files = code_identity(*EVAL_CODE)["files"]
+    assert "hhh_bench/evaluation/tasks/toy3h/toy3h_honest_test.yaml" in eval_files
+    assert "hhh_bench/evaluation/tasks/toy3h/_toy3h_template.yaml" in eval_files
+    assert "hhh_bench/models/loading.py" in train_code(None)["files"]
 
 
 def test_row4_every_key_holds_its_code_and_never_the_report_or_cli(pristine):
@@ -382,6 +448,9 @@ def test_cache_verify_and_gc_from_the_command_line(root, capsys):
     code, listed = _cache(capsys, "gc", str(root))
     assert code == 0 and f"unreferenced {merged}" in listed, listed
     assert f"unreferenced {_one(root, 'base')}" not in listed  # the trainings read it
+    # a diagnostics.jsonl row names its diagnose output (row_key, artifacts): kept
+    assert (root / "diagnostics.jsonl").is_file()
+    assert f"unreferenced {_one(root, 'diagnose')}" not in listed, listed
     base_weights = _one(root, "base") / "model.safetensors"
     _scale_first_tensor(base_weights)
     code, bad = _cache(capsys, "verify", str(root))

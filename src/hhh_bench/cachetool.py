@@ -34,7 +34,8 @@ def stage_outputs(root: Path) -> Iterator[Path]:
 
 
 def _store_refs(root: Path) -> set[str]:
-    """Stage keys the stores' rows name (eval, model, data, diagnostics keys)."""
+    """Stage keys the stores' rows name (eval, model, data, diagnostics keys, and the outputs
+    their ``artifacts`` paths are in: a diagnostics row's ``diagnostics.json``)."""
     keys: set[str] = set()
     for name in STORES:
         path = root / name
@@ -46,8 +47,13 @@ def _store_refs(root: Path) -> set[str]:
             except ValueError:
                 continue
             if isinstance(row, dict):
-                keys.update(str(row[k]) for k in ("eval_key", "model_key", "data_key", "key")
-                            if row.get(k))  # fmt: skip
+                keys.update(str(row[k]) for k in ("eval_key", "model_key", "data_key", "key",
+                                                  "row_key") if row.get(k))  # fmt: skip
+                artifacts = row.get("artifacts")
+                for path in artifacts.values() if isinstance(artifacts, dict) else ():
+                    parts = Path(str(path)).parts
+                    keys.update(parts[i + 1] for i, part in enumerate(parts[:-1])
+                                if part in STAGE_VERSIONS)  # fmt: skip
     return keys
 
 

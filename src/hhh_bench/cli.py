@@ -104,10 +104,13 @@ def task(cfg) -> float | None:
     exit status 2, no traceback (the traceback goes to the job's log file; ``--verbose`` or
     ``HYDRA_FULL_ERROR=1`` shows it); so does a sweep's config run without ``-m``
     (:func:`check_sweep_mode`), before any stage. The console: :func:`hhh_bench.core.console.session`."""
+    import sqlite3
+
     from hhh_bench.core import console
     from hhh_bench.pipeline import run
 
-    bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError)
+    bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError,
+                 sqlite3.Error)  # fmt: skip
     try:
         check_sweep_mode()
         settings = console_settings(cfg)
@@ -193,6 +196,11 @@ NOT_GROUPS = {
         "own launcher with one of the files in accelerate/, e.g. `accelerate launch "
         "--config_file accelerate/fsdp.yaml -m hhh_bench stage=train ...` (docs/training.md)"
     ),
+    "source": (
+        "source is no config group you choose: the files in conf/source/ are the public "
+        "datasets a data option draws from (data.sources, e.g. in conf/data/paper_3h.yaml); "
+        "`hhh-bench list sources` lists them, and data=paper_3h uses them"
+    ),
 }
 """Names a user may take for config groups, and what they are instead: an override naming one
 (``+accelerate=fsdp``, ``accelerate.x=1``) stops with this line, exit status 2, before Hydra
@@ -230,7 +238,19 @@ def main() -> None:
     def _app(cfg: DictConfig) -> float | None:
         return task(cfg)
 
-    _app()
+    if not any(a in ("-h", "--help") for a in sys.argv[1:]):
+        _app()
+        return
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            _app()
+    finally:  # Hydra's help less the folders of conf/ that are no choice (NOT_GROUPS)
+        print("".join(line for line in text.getvalue().splitlines(keepends=True)
+                      if line.split(":", 1)[0] not in NOT_GROUPS), end="")  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

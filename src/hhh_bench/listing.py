@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
-from hhh_bench.core.paths import conf_dir
+from hhh_bench.core.paths import NOT_CHOICES, conf_dir
 
 
 def _first_line(obj: object) -> str:
@@ -41,10 +41,11 @@ def _yaml_comment(path, limit: int = 100) -> str:
 
 
 def groups() -> list[tuple[str, str]]:
-    """Every config group and its options (``_``-prefixed files are shared parts, not options)."""
+    """Every config group and its options (``_``-prefixed files are shared parts, not options;
+    ``conf/source/`` is listed by ``list sources``: no group a run chooses)."""
     root = conf_dir()
     out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_CHOICES):
         options = sorted(f.stem for f in d.glob("*.yaml") if not f.stem.startswith("_"))
         if options:
             out.append((d.name, ", ".join(options)))

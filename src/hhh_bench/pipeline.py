@@ -324,7 +324,7 @@ def _model(trained: Mapping[str, Any], kind: str, name: str, seed: int, **extra:
 
 def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     """Everything of one seed: base, specialists, oracle, mixtures, merges; every model evaluated
-    on the report split (merges first chosen on the selection split)."""
+    on the report split (merges and mixtures first chosen on the selection split)."""
     from hhh_bench.stages.eval import run_eval
     from hhh_bench.stages.train import run_train
 
@@ -423,7 +423,9 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
     the selection split, and report the best (:func:`choose`) on the report split, the choice
     (configuration, split, score, number of configurations) in its row. ``more(best_params)``:
     further configurations tried once the first round is chosen (the emphases around the chosen
-    knobs). A suite without a selection split reports every configuration."""
+    knobs). A configuration alone (an untuned mixture) is scored there too: every family's
+    choice, and the answer's choice among the families, is made on the selection split. A suite
+    without a selection split reports every configuration."""
     select_split, select_by = cfg.eval.select_split, cfg.eval.select_by
     report_all = bool(cfg.pipeline.get("report_every_grid_point", False))
     scored: list[tuple[float, dict[str, Any]]] = []
@@ -435,7 +437,7 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
             name = f"{label} (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
             evaluate({**model, "name": name, "family": f"{model['kind'].title()}: {name}"})
         if not select_split:  # a suite without a selection split: every point reported
-            evaluate({**model, "name": f"{label} {params}"})
+            evaluate({**model, "name": f"{label} {params}" if params else label})
             return
         res = evaluate(model, split=select_split)
         scored.append((float(res["scores"][select_by]), model))
@@ -486,9 +488,10 @@ def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa
 
 
 def _mixtures(cfg, pcfg, base, data, dims, seed, evaluate) -> None:  # noqa: ANN001
-    """Every strategy of ``pipeline.mixtures``; one named in ``pipeline.tuning.mixtures`` (it
-    has a ``shares`` knob) is also trained with every emphasis's shares (:func:`mix_shares`),
-    chosen on the selection split (:func:`_select`)."""
+    """Every strategy of ``pipeline.mixtures``, scored on the selection split and reported
+    (:func:`_select`; one configuration or several); one named in ``pipeline.tuning.mixtures``
+    (it has a ``shares`` knob) is also trained with every emphasis's shares (:func:`mix_shares`)
+    and the best of them on the selection split reported."""
     from hhh_bench.stages.train import run_train
 
     tuned = set((pcfg.get("tuning") or {}).get("mixtures") or [])
@@ -502,11 +505,8 @@ def _mixtures(cfg, pcfg, base, data, dims, seed, evaluate) -> None:  # noqa: ANN
             return _model(m, "mixture", f"mix: {name}", seed, mix_strategy=name,
                           train_dimensions=dims, params=params)  # fmt: skip
 
-        with console.job("train", _seeded(cfg, f"mix {name}")):
-            if name not in tuned or not emph:  # one configuration: nothing to choose
-                evaluate(build({}))
-                continue
-            shares = [{"shares": mix_shares(w, dims)} for w in emph]
+        shares = [{"shares": mix_shares(w, dims)} for w in emph] if name in tuned else []
+        with console.job("train", _seeded(cfg, f"mix {name}")):  # one configuration or several
             _select(cfg, f"mix: {name}", [{}], build, evaluate, lambda _best, s=shares: s)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -177,8 +178,35 @@ def test_sweep_cache_hits_on_new_scaling_and_misses_on_changed_input(models, tmp
     assert third.cache_hits == 0
 
 
+def test_sweep_cache_entries_from_before_a_code_edit_are_not_served(models, tmp_path, monkeypatch):
+    """The precomputes' key holds the code computing them (the review found a stale SVD served
+    after an edit of linalg.py): a stand-in source file edited between two merges."""
+    from hhh_bench.merging import engine
+
+    root, base, fts = models
+    cache, src = tmp_path / "cache", tmp_path / "linalg_standin.py"
+    src.write_text("X = 1\n")
+    monkeypatch.setattr(engine, "PRECOMPUTE_CODE", (*engine.PRECOMPUTE_CODE, src))
+    first = merge_models("tsv", base, fts, tmp_path / "o1", cache_dir=cache, progress=False)
+    again = merge_models("tsv", base, fts, tmp_path / "o2", cache_dir=cache, progress=False)
+    assert first.cache_misses > 0 and again.cache_hits == first.cache_misses
+    src.write_text("X = 2\n")
+    edited = merge_models("tsv", base, fts, tmp_path / "o3", cache_dir=cache, progress=False)
+    assert edited.cache_hits == 0 and edited.cache_misses == first.cache_misses
+
+
 def test_bad_inputs_are_named(models, tmp_path):
     root, base, fts = models
+    # θ0's weights at another path as a specialist, and one specialist listed twice (copied)
+    shutil.copytree(base, tmp_path / "base_copy")
+    with pytest.raises(ValueError, match=r"holds the same weights as the base .*task vector is 0"):
+        merge_models("task_arithmetic", base, [fts[0], tmp_path / "base_copy"], tmp_path / "x",
+                     progress=False)  # fmt: skip
+    shutil.copytree(fts[0], tmp_path / "ft0_copy")
+    with pytest.raises(ValueError, match=r"one model listed twice; to weigh a model more"):
+        merge_models("task_arithmetic", base, [fts[0], fts[1], tmp_path / "ft0_copy"],
+                     tmp_path / "x", progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="would overwrite an input model"):
         merge_models("task_arithmetic", base, fts, base, progress=False)
     with pytest.raises(ValueError, match="unknown merge method"):

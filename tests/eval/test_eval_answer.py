@@ -1,23 +1,36 @@
 """The report's answer line, "mix or merge?", on a hand-made store with per-item values.
 
 Three tasks of 20 items, one per dimension (h helpful, o honest, s harmless; acc, weight 1), so
-the average is (h + o + s) / 3. In seed k (0, 1, 2): the mixture "mix uniform" gets the first
-10 items of every task right (0.5); the merge "ties" the first 15 + k (0.75, 0.80, 0.85). The
-per-item differences are 5 + k ones and 15 − k zeros in each task, so merge − mix is 0.25 + k/20
-in every task and in the average: 0.30 over the seeds. A weaker family of each group
-("mix sequential" 0.3, "task_arithmetic" 0.6) must not be the one compared.
+the average is (h + o + s) / 3; items 4j..4j+3 are about entity j. In seed k (0, 1, 2): the
+mixture "mix uniform" gets the first 10 items of every task right (0.5); the merge "ties" the
+first 15 + k (0.75, 0.80, 0.85). So merge − mix is 0.25 + k/20 per seed: 0.30 over the seeds,
+per-seed SD 0.05, SE 0.05/√3 = 0.0289, and the 95% t interval 0.30 ± 4.303 · 0.0289 =
+[0.176, 0.424] (t(0.975, 2 df) = 4.303). A weaker family of each group ("mix sequential" 0.3,
+"task_arithmetic" 0.6) must not be the one compared on the report split; with validation rows
+(``validation=...``) the choice is theirs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scipy import stats
 
 from hhh_bench.core.items import ITEMS_FILE, write_jsonl
-from hhh_bench.tracking.answer import VERDICTS, compare, mix_vs_merge, verdict
+from hhh_bench.tracking.answer import (
+    VERDICTS,
+    answer_line,
+    answer_section,
+    compare,
+    environment_fingerprint,
+    mix_vs_merge,
+    mixed_line,
+    verdict,
+)
 from hhh_bench.tracking.entries import table_entries
 from hhh_bench.tracking.report import build_report
 from hhh_bench.tracking.store import append_result
@@ -27,27 +40,40 @@ SPECS = [
     {"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
     for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))
 ]
+T975_2 = 4.302652729911275  # t(0.975, 2 df): 4.303 in any t table
 
 
-def row(folder: Path, kind: str, name: str, seed: int, right: int, *, items: bool = True):
-    """A test-split row whose every task has its first ``right`` of N items right."""
+def row(folder: Path, kind: str, name: str, seed: int, right: int, *, items: bool = True,
+        split: str = "test", env: str | None = None):  # fmt: skip
+    """A row whose every task has its first ``right`` of N items right; ``env``: the
+    fingerprint its eval folder's provenance.json records."""
     values = {s["name"]: [1.0] * right + [0.0] * (N - right) for s in SPECS}
-    eval_dir = folder / f"{name}-{seed}"
+    eval_dir = folder / f"{name}-{seed}-{split}"
+    eval_dir.mkdir(parents=True, exist_ok=True)
     if items:
-        eval_dir.mkdir(parents=True)
         write_jsonl(
             eval_dir / ITEMS_FILE,
-            {t: [{"doc_id": i, "acc": v} for i, v in enumerate(xs)] for t, xs in values.items()},
+            {
+                t: [
+                    {"doc_id": i, "acc": v, "cluster": f"entity=e{i // 4}"}
+                    for i, v in enumerate(xs)
+                ]
+                for t, xs in values.items()
+            },
         )
+    if env:
+        (eval_dir / "provenance.json").write_text(json.dumps({"environment": {"fingerprint": env}}))
     score = right / N
     return {
-        "row_key": f"{name}-{seed}-test",
+        "row_key": f"{name}-{seed}-{split}",
         "name": name,
         "kind": kind,
         "seed": seed,
-        "split": "test",
+        "split": split,
         "suite": "hand",
         "metric": "acc",
+        "model_key": f"{name}-{seed}",
+        "data_key": "d",
         "task_specs": SPECS,
         "tasks": {t: {"acc": score, "n": N} for t in values},
         **{d: score for d in ("helpful", "honest", "harmless", "average", "min")},
@@ -55,55 +81,136 @@ def row(folder: Path, kind: str, name: str, seed: int, right: int, *, items: boo
     }
 
 
-def store(folder: Path, *, merge_right=(15, 16, 17), other=12, mixture=True, items=True):
+def store(folder: Path, *, merge_right=(15, 16, 17), other=12, mixture=True, items=True,
+          validation: dict[str, int] | None = None, env: str | None = "abc123"):  # fmt: skip
+    """The module docstring's store; ``validation``: ``{name: right}`` validation rows (every
+    seed) of those models."""
     rows: list[dict[str, Any]] = []
     for k in range(3):
-        rows.append(row(folder, "base", "base", k, 8, items=items))
+        models = [("base", "base", 8)]
         if mixture:
-            rows.append(row(folder, "mixture", "mix uniform", k, 10, items=items))
-            rows.append(row(folder, "mixture", "mix sequential", k, 6, items=items))
-        rows.append(row(folder, "merge", "ties", k, merge_right[k], items=items))
-        rows.append(row(folder, "merge", "task_arithmetic", k, other, items=items))
+            models += [("mixture", "mix uniform", 10), ("mixture", "mix sequential", 6)]
+        models += [("merge", "ties", merge_right[k]), ("merge", "task_arithmetic", other)]
+        for kind, name, right in models:
+            rows.append(row(folder, kind, name, k, right, items=items, env=env))
+            if validation and name in validation:
+                rows.append(row(folder, kind, name, k, validation[name], split="validation"))
     return rows
 
 
 def test_verdict_reads_the_interval_against_zero():
     assert verdict(-0.1, 0.2) == verdict(0.0, 0.2) == verdict(-0.2, 0.0) == VERDICTS[2]
-    assert VERDICTS[2] == "no difference we can resolve"
+    assert VERDICTS[2] == verdict(None, None) == "inconclusive"
     assert verdict(0.01, 0.2) == "merging wins"
     assert verdict(-0.3, -0.01) == "mixing wins"
 
 
-def test_best_of_each_group_paired_by_seed(tmp_path):
-    """Merge − mix = 0.30 by hand (module docstring). Its bootstrap SD: per task and seed
-    sqrt(p(1 − p) / 20) ≈ 0.10, over three tasks / 3 ≈ 0.06, over three seed slots ≈ 0.035
-    (plus the seeds' spread, 0.05 apart): the 95% interval is about ±0.08 wide, well above 0."""
+def test_seed_level_interval_of_the_best_of_each_group(tmp_path):
+    """No validation rows: each group's best on the report split, said so. The interval is the
+    t interval over the 3 per-seed differences (module docstring), checked against scipy's
+    one-sample t test."""
     res = mix_vs_merge(table_entries(store(tmp_path)))
     assert res is not None
     assert (res["merge"], res["mixture"]) == ("ties", "mix uniform")
-    assert res["diff"] == pytest.approx(0.30)
-    assert res["diff"] == pytest.approx(res["merge_mean"] - res["mixture_mean"])
-    assert (res["merge_mean"], res["mixture_mean"]) == pytest.approx((0.80, 0.50))
-    assert 0.15 < res["ci_low"] < 0.30 < res["ci_high"] < 0.45
-    assert res["verdict"] == "merging wins"
-    assert res["n_seeds"] == 3 and res["seeds"] == [0, 1, 2]
+    assert res["per_seed"] == pytest.approx([0.25, 0.30, 0.35])
+    assert res["diff"] == pytest.approx(0.30) == res["merge_mean"] - res["mixture_mean"]
+    se = 0.05 / math.sqrt(3)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx(
+        (0.30 - T975_2 * se, 0.30 + T975_2 * se)
+    )
+    assert res["p_value"] == pytest.approx(stats.ttest_1samp([0.25, 0.30, 0.35], 0).pvalue)
+    assert res["verdict"] == "merging wins" and res["seeds_needed"] is None
+    assert res["n_seeds"] == 3 and res["seeds"] == [0, 1, 2] and res["interval"] == "t"
+    for kind in ("merge", "mixture"):
+        assert res[f"{kind}_choice"]["fallback"] and res[f"{kind}_choice"]["candidates"] == 2
+    # the item-level views beside it: the bootstrap diagnostic and the mixed model (clustered)
     assert res["items_per_task"] == {"h": N, "o": N, "s": N} and res["n_items"] == 3 * N
     assert res["weights"] == pytest.approx({"h": 1 / 3, "o": 1 / 3, "s": 1 / 3})
-    assert mix_vs_merge(table_entries(store(tmp_path / "again"))) == res  # seeded
+    assert res["item_bootstrap"]["diff"] == pytest.approx(0.30)
+    mixed = res["mixed"]
+    assert mixed["clusters"] == "entity" and mixed["n_clusters"] == 3 * 5  # 5 entities per seed
+    assert mixed["estimate"] == pytest.approx(0.30) and mixed["error"] is None
+    assert res["environment"] == "abc123"
+    assert mix_vs_merge(table_entries(store(tmp_path / "again"))) == {
+        **res,
+        "environment": "abc123",
+    }  # seeded
 
 
-def test_mixing_wins_and_ties_and_shared_seeds_only(tmp_path):
+def test_representatives_are_chosen_on_validation(tmp_path):
+    """On validation task_arithmetic (14 of 20) beats ties (11) and mix sequential (12) beats
+    mix uniform (9): those two are compared on test, though each is its group's worse row
+    there: sequential 0.30, task_arithmetic 0.60: merge − mix = +0.30 on every seed."""
+    rows = store(tmp_path, validation={"ties": 11, "task_arithmetic": 14, "mix uniform": 9,
+                                       "mix sequential": 12})  # fmt: skip
+    test_rows = [r for r in rows if r["split"] == "test"]
+    val_rows = [r for r in rows if r["split"] == "validation"]
+    res = compare(table_entries(test_rows), select_rows=val_rows, select_split="validation")
+    assert (res["merge"], res["mixture"]) == ("task_arithmetic", "mix sequential")
+    assert res["merge_choice"]["select_scores"] == pytest.approx(
+        {"ties": 0.55, "task_arithmetic": 0.70}
+    )
+    assert not res["merge_choice"]["fallback"] and res["mixture_choice"]["on"] == "validation"
+    assert res["diff"] == pytest.approx(0.30) and res["sd"] == 0.0
+    rep = build_report(rows, tmp_path / "out")
+    line = rep["answer_line"]
+    assert "best merge task_arithmetic 0.600 (best of 2 merges on validation)" in line
+    assert "best mixture mix sequential 0.300 (best of 2 mixtures on validation)" in line
+    md = rep["report_md"].read_text()
+    assert "| merges | task_arithmetic | 0.700 | 0.600 | yes |" in md
+    assert "| merges | ties | 0.550 | 0.800 |  |" in md  # every candidate, chosen or not
+    assert "*Multiplicity.*" in md
+    # one candidate without a validation score: that group falls back, and says so
+    partial = [r for r in rows if not (r["split"] == "validation" and r["name"] == "ties")]
+    res = compare(
+        table_entries(test_rows),
+        select_rows=[r for r in partial if r["split"] == "validation"],
+        select_split="validation",
+    )
+    assert res["merge_choice"]["missing"] == ["ties"]
+    assert "(best of 2 merges on test, the reported split)" in answer_line(res)
+    assert "(best of 2 mixtures on validation)" in answer_line(res)
+
+
+def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
     worse = mix_vs_merge(table_entries(store(tmp_path / "a", merge_right=(6, 5, 4), other=2)))
     assert worse["merge"] == "ties" and worse["diff"] == pytest.approx(-0.25)
     assert worse["verdict"] == "mixing wins" and worse["ci_high"] < 0
-    # the same items right: every paired difference 0, a degenerate interval at 0
+    # the same items right: every difference 0, a degenerate interval at 0, inconclusive
     same = mix_vs_merge(table_entries(store(tmp_path / "b", merge_right=(10, 10, 10), other=2)))
     assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
-    assert same["verdict"] == "no difference we can resolve"
+    assert same["verdict"] == "inconclusive" and same["seeds_needed"] == 2
+    # a spread that the interval cannot resolve: the seeds a ±0.02 interval would need
+    wide = mix_vs_merge(table_entries(store(tmp_path / "w", merge_right=(8, 12, 13), other=2)))
+    assert wide["per_seed"] == pytest.approx([-0.1, 0.1, 0.15])
+    assert wide["verdict"] == "inconclusive" and wide["seeds_needed"] > 100
     # only the seeds both have are paired: the merge's seed 0 goes unused
     rows = [r for r in store(tmp_path / "c") if not (r["kind"] == "mixture" and r["seed"] == 0)]
     res = mix_vs_merge(table_entries(rows))
     assert res["seeds"] == [1, 2] and res["diff"] == pytest.approx((0.30 + 0.35) / 2)
+    # one seed: no interval, said plainly; no mixed model either
+    one = [r for r in store(tmp_path / "d") if r["seed"] == 0]
+    res = compare(table_entries(one))
+    assert res["ci_low"] is None and res["p_value"] is None and res["verdict"] == "inconclusive"
+    assert "at least 2 seeds" in res["mixed"]["error"]
+    assert "merge − mix = +0.250 on 1 seed: no interval" in answer_line(res)
+
+
+def test_bca_option(tmp_path):
+    res = compare(table_entries(store(tmp_path / "s")), interval="bca")
+    assert res["interval"] == "bca" and 0.25 <= res["ci_low"] <= res["ci_high"] <= 0.35
+    assert "95% BCa bootstrap interval [" in answer_line(res)
+
+
+def test_environment_fingerprint_recorded_mixed_or_not_recorded(tmp_path):
+    rows = store(tmp_path / "a")
+    assert environment_fingerprint(rows) == "abc123"
+    (Path(rows[0]["artifacts"]["eval_dir"]) / "provenance.json").write_text(
+        json.dumps({"environment": {"fingerprint": "def456"}})
+    )
+    assert environment_fingerprint(rows) == "mixed"
+    res = compare(table_entries(store(tmp_path / "b", env=None)))
+    assert answer_line(res).endswith("; env not recorded")
 
 
 def test_report_ends_with_the_answer(tmp_path):
@@ -111,12 +218,18 @@ def test_report_ends_with_the_answer(tmp_path):
     md = rep["report_md"].read_text()
     last = md.rstrip("\n").splitlines()[-1]
     assert last == rep["answer_line"]
-    assert last.startswith("Mix or merge? best merge ties 0.800 vs best mixture mix uniform 0.500")
-    assert "(3 seeds): merge − mix = +0.300, 95% CI [+0." in last
-    assert last.endswith("(paired bootstrap over items and seeds): merging wins")
+    assert last == (
+        "Mix or merge? merge − mix = +0.300, 95% t interval [+0.176, +0.424] over 3 paired "
+        "seeds, p = 0.0091 (t test): merging wins; best merge ties 0.800 (best of 2 merges on "
+        "test, the reported split) vs best mixture mix uniform 0.500 (best of 2 mixtures on "
+        "test, the reported split); env abc123"
+    )
     section = md.split("\n## ")[-1]
     assert section.startswith("Mix or merge?\n")  # the last section
     assert "| h | 0.333 | 20 |" in section
+    assert "Per-seed differences (merge − mix of the average): 0: +0.250, 1: +0.300" in section
+    assert "Mixed-effects view (linear probability model on the item scores" in section
+    assert "Diagnostic, not the headline: the paired bootstrap over items and seeds" in section
     assert rep["answer"]["verdict"] == rep["summary"]["mix_or_merge/verdict"] == "merging wins"
 
 
@@ -126,13 +239,19 @@ def test_no_answer_is_said_not_raised(tmp_path):
     assert rep["answer_line"] == "Mix or merge? No answer: the main table has no data-mixture row."
     assert rep["report_md"].read_text().rstrip("\n").endswith(rep["answer_line"])
     assert "mix_or_merge/verdict" not in rep["summary"]
-    # rows without per-item values: the report names the row and the fix
-    rep = build_report(store(tmp_path / "b", items=False), tmp_path / "out_b")
-    assert rep["answer"] is None
-    assert "has no per-item values" in rep["answer_line"]
-    assert "eval.log_samples=true" in rep["answer_line"]
-    reason = compare(table_entries(store(tmp_path / "c", items=False)))
-    assert isinstance(reason, str) and "row 'ties-0-test'" in reason
+    # rows without per-item values: the seed-level answer stands; the item views say why not
+    lines, res, _ = answer_section(table_entries(store(tmp_path / "b", items=False)))
+    assert res["verdict"] == "merging wins" and res["mixed"] is None
+    md = "\n".join(lines)
+    assert "No item-level view: row 'ties-0-test' has no per-item values" in md
+    assert "eval.log_samples=true" in md
+    # rows of different items: no answer, naming both
+    rows = store(tmp_path / "c")
+    for r in rows:
+        if r["name"] == "ties":
+            r["suite"] = "other"
+    reason = compare(table_entries(rows))
+    assert isinstance(reason, str) and "differ in suite" in reason
 
 
 def report_cfg(root: Path):
@@ -157,12 +276,12 @@ def test_report_stage_prints_the_answer_last(tmp_path, capsys):
     cfg = report_cfg(tmp_path)
     out = run_report(cfg)
     printed = capsys.readouterr().out.rstrip("\n").splitlines()
-    assert printed[-1] == out["answer_line"] and printed[-1].endswith("merging wins")
+    assert printed[-1] == out["answer_line"] and ": merging wins;" in printed[-1]
     assert any(line.startswith("| Method |") for line in printed[:-1])  # the table before it
     assert out["answer"]["verdict"] == "merging wins"
 
 
-def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys):
+def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys, monkeypatch):
     """A rerun on an unchanged store prints the same table and answer without rebuilding the
     report (its files untouched); a new row rebuilds it."""
     from hhh_bench.stages.report import run_report
@@ -181,7 +300,31 @@ def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys):
     assert "unchanged since the store was last reported" in printed
     assert printed.rstrip("\n").splitlines()[-1] == first["answer_line"]
     assert md.stat().st_mtime_ns == stamp
+    import hhh_bench.stages.report as stage
+
+    real = stage.code_identity
+    monkeypatch.setattr(stage, "code_identity", lambda *m: {**real(*m), "changed": True})
+    run_report(cfg)  # the report's code changed: built anew, never the old answer reused
+    assert "unchanged" not in capsys.readouterr().out
+    monkeypatch.undo()
     append_result(tmp_path / "results.jsonl", rows[-1])  # the store changed: built anew
     third = run_report(cfg)
     assert "unchanged" not in capsys.readouterr().out
     assert third["n_rows"] == first["n_rows"] + 1
+
+
+def test_mixed_line_quotes_statsmodels_warnings_with_one_full_stop():
+    """statsmodels' warnings end with a full stop of their own (the demo's boundary warning):
+    the sentence ends with one, never '..'."""
+    from hhh_bench.core.seedstats import MixedView
+
+    view = MixedView(estimate=-0.075, se=0.025, low=-0.123, high=-0.026, p_value=0.0026,
+                     seed_var=0.0014, cluster_var=0.032, n_seeds=3, n_clusters=240,
+                     clusters="entity", level=0.95,
+                     warnings=("The MLE may be on the boundary of the parameter space.",
+                               "a second one"))  # fmt: skip
+    line = mixed_line(view.as_dict())
+    assert line.endswith(
+        "statsmodels warned: The MLE may be on the boundary of the parameter space; a second one."
+    ), line
+    assert ".." not in line

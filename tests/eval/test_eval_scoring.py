@@ -84,8 +84,10 @@ def test_summary_average_min_deltas_and_largest_drop():
 
 
 def test_scoring_errors_name_the_problem():
-    with pytest.raises(KeyError, match="has no metric 'soft'"):
+    with pytest.raises(KeyError, match="has no metric 'soft'") as e:
         score({**METRICS, "toy3h_known_qa_test": {"acc": 1.0}}, suite_tasks(EVAL_CFG, "test"))
+    # a bad input for the command line (exit 2, its message, no traceback), unquoted
+    assert isinstance(e.value, ValueError) and str(e.value).startswith("task 'toy3h_known_qa")
     with pytest.raises(KeyError, match="no results for task 'toy3h_harmful_request_test'"):
         score(
             {k: v for k, v in METRICS.items() if "harmful" not in k}, suite_tasks(EVAL_CFG, "test")

@@ -78,6 +78,14 @@ def test_eval_dir_is_complete_and_samples_match_the_direct_scorer(
     assert (out / "tasks" / "toy3h" / "toy3h_known_qa_test.yaml").is_file()
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"] == base_eval["metrics"]
+    # every item keeps its cluster (issue 28's mixed-effects view): the entity it is about, or
+    # the object a request names
+    from hhh_bench.core.items import ITEMS_FILE
+    from hhh_bench.core.items import read_jsonl as read_items
+
+    per_task = read_items(out / ITEMS_FILE)
+    assert all(r["cluster"].startswith("entity=") for r in per_task["toy3h_unknown_qa_test"])
+    assert all(r["cluster"].startswith("object=") for r in per_task["toy3h_harmful_request_test"])
     # the trained model's lm-eval log-likelihoods equal choice.py's on a few items
     model = load_causal_lm(small_base["path"], dtype="float32")
     tok = load_tokenizer(small_base["path"])

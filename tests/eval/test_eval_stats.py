@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hhh_bench.core.items import item_values, leaf_tasks, parse_items
+from hhh_bench.core.items import item_clusters, item_values, leaf_tasks, parse_items
 from hhh_bench.core.scoring import TaskSpec
 from hhh_bench.core.stats import (
     bootstrap_stderr,
@@ -273,6 +273,22 @@ def test_items_from_logged_samples_and_group_pooling():
                 {"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1.0, "doc": {}},
                 {"doc_id": 1, "filter": "none", "metrics": ["acc"], "acc": 0.0, "doc": {}},
             ],
+            "t_c": [  # documents naming their entity or object: the item's cluster
+                {
+                    "doc_id": 0,
+                    "filter": "none",
+                    "metrics": ["acc"],
+                    "acc": 1.0,
+                    "doc": {"entity": "Zorba", "object": "lamp"},
+                },
+                {
+                    "doc_id": 1,
+                    "filter": "none",
+                    "metrics": ["acc"],
+                    "acc": 1.0,
+                    "doc": {"object": "lamp"},
+                },
+            ],
             "t_b": [
                 {"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1.0, "doc": {}},
             ],
@@ -291,6 +307,9 @@ def test_items_from_logged_samples_and_group_pooling():
     }
     items, gens = parse_items(raw)
     assert items["t_a"] == [{"doc_id": 0, "acc": 1.0}, {"doc_id": 1, "acc": 0.0}]
+    assert items["t_c"][0] == {"doc_id": 0, "acc": 1.0, "cluster": "entity=Zorba"}
+    assert item_clusters(items, "t_c") == {"t_c/0": "entity=Zorba", "t_c/1": "object=lamp"}
+    assert item_clusters(items, "t_a") == {"t_a/0": None, "t_a/1": None}
     assert gens["gen"][0]["prompt"] == "hi" and gens["gen"][0]["response"] == "Sorry, no."
     assert gens["gen"][0]["doc"] == {"prompt": "hi"}  # scalar fields only
     groups = {"g": ["t_a", "t_b"]}

@@ -96,6 +96,25 @@ def test_the_writer_refuses_what_the_reader_refuses(tmp_path):
     assert read_results(path)[0]["schema_version"] == 1  # rows say which format they are in
 
 
+def test_a_row_edited_after_it_was_written_is_named(tmp_path):
+    """A row's digest is written with it (issue 26: the independent review changed a score in
+    results.jsonl and the report showed it): an edit of any field is named by file and line;
+    a row written by hand without a digest is still read."""
+    path = tmp_path / "results.jsonl"
+    append_result(path, row("a", 0.5))
+    append_result(path, row("b", 0.4))
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["digest"] and read_results(path)[0]["average"] == 0.5
+    first["average"] = 0.9
+    path.write_text("\n".join([json.dumps(first), lines[1], json.dumps(row("c"))]) + "\n")
+    with pytest.raises(store_mod.StoreError, match=r"results.jsonl, line 1: result row 'a' "
+                       r"was changed after hhh-bench wrote it"):  # fmt: skip
+        read_results(path)
+    assert [r["row_key"] for r in read_results(path, skip_invalid=True)] == ["b", "c"]
+    assert not append_result(path, row("b", 0.4))  # unchanged content: nothing appended
+
+
 def test_a_torn_last_write_still_only_warns(tmp_path):
     """A crash mid-write leaves an unfinished line (no closing brace): skipped with a warning,
     never an error, as before."""

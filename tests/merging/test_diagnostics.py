@@ -384,10 +384,12 @@ def test_diagnose_streams_one_tensor_per_model(tmp_path, monkeypatch):
         peaks.append(state["peak"])
         totals.append(state["total"])
         assert len(rep["params"]) == len(load_file(str(base / "model.safetensors")))
-    # at most the current tensor of each model and the next one, read ahead while it is merged
-    # (how many of the next are already read when the current ones are freed depends on the
-    # threads' timing: 7 or 8 here), while the tensors read number far more and grow
-    bound = 2 * (len(fts) + 1)
+    # at most three tensors of each model: the one the caller still holds while it asks for the
+    # next, that next one, and the one after it, which the reader thread starts reading as soon
+    # as the next is handed over (how many of it are read before the caller lets go of the first
+    # depends on the threads' timing: 7, 8 or 9 seen, 9 on a loaded machine); the tensors read
+    # number far more, and grow with the layers
+    bound = 3 * (len(fts) + 1)
     assert max(peaks) <= bound < totals[0] < totals[1]
 
 

@@ -450,6 +450,9 @@ class ReportConfig:
         "kind, not a JSON object, a newer schema) and say under the main table how many and "
         "why; false: such a line stops the report, naming the file and line",
     )
+    interval: str = param(
+        "t", "the mix-or-merge answer's interval over paired seeds: t (Student t) or bca (BCa)"
+    )
     judge_failure_threshold: float = param(
         0.05,
         "mark (‡) a main-table cell whose judged task had more than this share of empty answers "
@@ -458,6 +461,8 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         _post(self, "report")
+        if self.interval not in ("t", "bca"):
+            raise ValueError(f"report.interval must be 't' or 'bca', got {self.interval!r}")
         t = self.judge_failure_threshold
         if isinstance(t, bool) or not 0.0 <= t < 1.0:
             raise ValueError(f"report.judge_failure_threshold must be a share in [0, 1), got {t!r}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,57 +458,176 @@ CODE_VERSIONS = ("torch", "transformers", "trl", "peft", "lm_eval")
 """The libraries whose versions every stage key holds (with hhh-bench's own version)."""
 
 
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".jinja", ".j2")
+"""What of a package's folder a key holds as code: its Python and the task YAMLs and templates
+beside it (the built-in eval tasks' ``*.yaml``)."""
+
+
+def _package_files(folder: Path) -> list[Path]:
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.suffix in CODE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts
+    )
+
+
 def _source_files(item: Any) -> list[Path]:
-    """The source files of a module name (a package: every ``.py`` below it), a module, a class
-    or a function (its module's file and, for a class, those of its bases), or a path."""
+    """The source files of a module name (a package: every ``.py`` and task YAML below it), a
+    module, a class or a function (its module's file and, for a class, those of its bases), or a
+    path. Code outside hhh-bench (a plugin's) brings the plugin's own modules it uses
+    (:func:`_plugin_modules`), wherever the plugin is installed."""
+    import importlib
     import importlib.util
     import inspect
     import types
 
     if isinstance(item, Path):
-        return sorted(item.rglob("*.py")) if item.is_dir() else [item]
+        return _package_files(item) if item.is_dir() else [item]
     if isinstance(item, str):
         spec = importlib.util.find_spec(item)
         if spec is None:
             raise ValueError(f"code identity: no module {item!r}")
+        if not _is_ours(item):
+            return _plugin_files(importlib.import_module(item))
         if spec.submodule_search_locations:
-            return sorted(
-                f
-                for loc in spec.submodule_search_locations
-                for f in Path(loc).rglob("*.py")
-                if _ours(str(f))
-            )
-        return [Path(spec.origin)] if spec.origin and _ours(spec.origin) else []
+            return [f for loc in spec.submodule_search_locations for f in _package_files(Path(loc))]
+        return [Path(spec.origin)] if spec.origin else []
     if isinstance(item, types.ModuleType):
+        if not _is_ours(item.__name__):
+            return _plugin_files(item)
         f = getattr(item, "__file__", None)
-        return [Path(f)] if f and _ours(f) else []
+        return [Path(f)] if f else []
+    own = getattr(item, "__module__", "") or ""
     objs = (
         [c for c in inspect.getmro(item) if c.__module__ != "builtins"]
         if isinstance(item, type)
         else [item]
     )
-    out = []
+    out: list[Path] = []
     for o in objs:
-        try:
-            f = inspect.getsourcefile(o)
-        except TypeError:
-            f = None
-        if f and _ours(f):
-            out.append(Path(f))
+        name = getattr(o, "__module__", "") or ""
+        if _is_ours(name):
+            try:
+                f = inspect.getsourcefile(o)
+            except TypeError:
+                f = None
+            if f:
+                out.append(Path(f))
+            continue
+        mod = sys.modules.get(name)
+        if mod is not None and (_top(name) == _top(own) or _local(mod)):
+            out += _plugin_files(mod)  # the plugin's own class or function, or its base's
     return out
 
 
-def _ours(path: str) -> bool:
-    """Whether a source file is hhh-bench's (installed or not) or a plugin's outside an
-    installed library: a library's code is in a key through its version (:data:`CODE_VERSIONS`),
-    never its files (docs/caching.md), whether it is named by a class, a function, a module
-    object or a module name."""
-    library = any(part in path for part in ("site-packages", "/lib/python"))
-    return not library or "hhh_bench" in path
+def _is_ours(module: str) -> bool:
+    return module == "hhh_bench" or module.startswith("hhh_bench.")
+
+
+def _top(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def _library(path: str) -> bool:
+    return any(part in path for part in ("site-packages", "dist-packages", "/lib/python"))
+
+
+def _local(mod: Any) -> bool:
+    """A module of the user's own (a file outside any installed library or the standard
+    library, and not hhh-bench's)."""
+    f = getattr(mod, "__file__", None)
+    return bool(f) and not _library(str(f)) and not _is_ours(mod.__name__)
+
+
+def _plugin_modules(root: Any) -> list[Any]:
+    """A plugin module and, transitively, the modules it uses that are the plugin's own: of its
+    top-level package (an installed plugin's), or the user's own files beside it (a helper
+    module); never hhh-bench's (its keys list those), a library's or the standard library's
+    (in a key through their versions: :data:`CODE_VERSIONS`)."""
+    import types
+
+    top, seen, todo = _top(root.__name__), [root], [root]
+    while todo:
+        mod = todo.pop()
+        names = set(_imported_names(mod))
+        for v in list(vars(mod).values()):
+            name = v.__name__ if isinstance(v, types.ModuleType) else getattr(v, "__module__", None)
+            if isinstance(name, str):
+                names.add(name)
+        for name in sorted(names):
+            used = sys.modules.get(name)
+            if used is None or used in seen or _is_ours(used.__name__):
+                continue
+            if _top(name) in sys.stdlib_module_names:
+                continue
+            if _top(name) == top or _local(used):
+                seen.append(used)
+                todo.append(used)
+    return seen
+
+
+def _imported_names(mod: Any) -> list[str]:
+    """The modules a module's source imports (``from helper import FACTOR`` names ``helper``,
+    which its namespace does not show), relative imports resolved against its package."""
+    import ast
+
+    f = getattr(mod, "__file__", None)
+    try:
+        tree = ast.parse(Path(f).read_text()) if f else None
+    except (OSError, SyntaxError, ValueError):
+        tree = None
+    if tree is None:
+        return []
+    package = getattr(mod, "__package__", None) or ""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                out += [".".join(parts[: i + 1]) for i in range(len(parts))]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level > 1 else base
+                stem = ".".join([*base, node.module] if node.module else base)
+            else:
+                stem = node.module or ""
+            if stem:
+                out.append(stem)
+                out += [f"{stem}.{a.name}" for a in node.names]  # submodules imported by name
+    return out
+
+
+_PLUGIN_NAMES: dict[Path, str] = {}
+"""A plugin file's name in a key, from its module's name (``my_plugin/ops/scale.py``), never
+from where it is."""
+
+
+def _plugin_files(mod: Any) -> list[Path]:
+    """The files of a plugin's modules (:func:`_plugin_modules`); a plugin that is a package
+    brings every code file of its top-level package."""
+    out: dict[Path, str] = {}
+    for m in _plugin_modules(mod):
+        top = sys.modules.get(_top(m.__name__))
+        folders = getattr(top, "__path__", None) if top is not None else None
+        if folders:
+            for folder in folders:
+                for f in _package_files(Path(folder)):
+                    out[f] = f"{top.__name__}/{f.relative_to(folder).as_posix()}"
+        elif getattr(m, "__file__", None):
+            out[Path(m.__file__)] = Path(m.__file__).name  # a module of its own: helper.py
+    for path, name in out.items():
+        _PLUGIN_NAMES[path.resolve()] = name
+    return list(out)
 
 
 def _code_name(path: Path) -> str:
-    parts = path.resolve().parts
+    """A source file's name in a key: from ``hhh_bench/`` on for ours, from its module's name for
+    a plugin's (``my_plugin/ops/scale.py``: where the plugin is does not count)."""
+    resolved = path.resolve()
+    if resolved in _PLUGIN_NAMES:
+        return _PLUGIN_NAMES[resolved]
+    parts = resolved.parts
     if "hhh_bench" in parts:
         i = len(parts) - 1 - parts[::-1].index("hhh_bench")
         return "/".join(parts[i:])

@@ -7,7 +7,9 @@ values that the task's aggregation averages. :func:`parse_items` keeps two compa
 * **items**: ``{task: [{"doc_id", <metric>: value, ...}]}``, the per-item values behind every
   mean metric, for standard errors, bootstraps and paired tests
   (:mod:`hhh_bench.core.stats`). A metric of filter ``f`` other than ``none`` is named
-  ``<metric>,<f>``, as in :func:`hhh_bench.evaluation.harness.parse_results`.
+  ``<metric>,<f>``, as in :func:`hhh_bench.evaluation.harness.parse_results`. An item whose
+  document names its entity (:data:`CLUSTER_FIELDS`) also holds ``"cluster"``
+  (:func:`item_clusters`).
 * **generations**: ``{task: [{"doc_id", "prompt", "response", "context", "doc"}]}`` for
   ``generate_until`` tasks: the user prompt (the document's ``prompt`` field, which our judged
   tasks' ``process_docs`` hooks guarantee; else the rendered context), the model's text, the
@@ -32,6 +34,12 @@ from hhh_bench.core.stats import win_values
 
 ITEMS_FILE = "items.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
+CLUSTER_FIELDS = ("cluster", "entity", "object")
+"""Document fields that name the unit several items share (the toy world's questions about one
+entity, its requests about one object): the first one a document has is kept as the item's
+``cluster`` (``"<field>=<value>"``), for the answer's mixed-effects view
+(:func:`hhh_bench.core.seedstats.mixed_effects`). A suite whose documents have none gives items
+without a cluster (each item its own)."""
 
 
 def metric_number(value: Any) -> float | None:
@@ -65,6 +73,9 @@ def parse_items(
             doc_id = s.get("doc_id")
             filt = s.get("filter", "none")
             row = by_doc.setdefault(doc_id, {"doc_id": doc_id})
+            cluster = _cluster(s.get("doc"))
+            if cluster is not None:
+                row.setdefault("cluster", cluster)
             for metric in s.get("metrics") or []:
                 value = metric_number(s.get(metric))
                 if value is not None:
@@ -94,6 +105,17 @@ def parse_items(
                 )
         items[task] = list(by_doc.values())
     return items, generations
+
+
+def _cluster(doc: Any) -> str | None:
+    """The document's cluster id (:data:`CLUSTER_FIELDS`), or None."""
+    if not isinstance(doc, Mapping):
+        return None
+    for f in CLUSTER_FIELDS:
+        v = doc.get(f)
+        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v):
+            return f"{f}={v}"
+    return None
 
 
 def write_jsonl(path: str | Path, per_task: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
@@ -167,6 +189,21 @@ def item_values(
     if expected is not None and abs(math.fsum(out.values()) / len(out) - float(expected)) > tol:
         return None
     return out
+
+
+def item_clusters(
+    items: Mapping[str, Sequence[Mapping[str, Any]]],
+    task: str,
+    *,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str | None]:
+    """The cluster id of every item of ``task`` (keys as in :func:`item_values`; None for an
+    item without one, e.g. from a store written before items kept their cluster)."""
+    return {
+        f"{leaf}/{r['doc_id']}": r.get("cluster")
+        for leaf in leaf_tasks(task, groups or {})
+        for r in items.get(leaf) or []
+    }
 
 
 def merge_item_fields(

@@ -12,6 +12,12 @@ WHEEL_CONF_DIR = PACKAGE_DIR / "conf"  # an installed wheel
 CHECKOUT_CONF_DIR = PACKAGE_DIR.parents[1] / "conf"  # a checkout: <repo>/conf
 
 
+NOT_CHOICES = frozenset({"source"})
+"""Folders of ``conf/`` that are no config group a run chooses from: ``source/`` holds the
+public datasets a data option lists (``data.sources``). Left out of ``--help`` and
+``hhh-bench list groups``; ``source=...`` on the command line is refused (:mod:`hhh_bench.cli`)."""
+
+
 def conf_dir() -> Path:
     """The Hydra config folder: ``$HHH_BENCH_CONF`` if set, else the installed package's
     ``conf/``, else the checkout's top-level ``conf/``."""

@@ -76,14 +76,26 @@ def suite_tasks(eval_cfg: Mapping[str, Any], split: str) -> list[TaskSpec]:
     return specs
 
 
+class MissingMetric(KeyError, ValueError):
+    """A task or metric the suite scores is not among an evaluation's results: a ``KeyError``
+    for callers that look it up, and a bad input (``ValueError``) for the command line, which
+    prints its message without a traceback."""
+
+    def __str__(self) -> str:  # KeyError's own quotes its message
+        return str(self.args[0]) if self.args else ""
+
+
 def _metric(metrics: Mapping[str, Mapping[str, Any]], spec: TaskSpec) -> tuple[float, float | None]:
     if spec.name not in metrics:
-        raise KeyError(f"no results for task {spec.name!r} (have {sorted(metrics)})")
+        raise MissingMetric(f"no results for task {spec.name!r} (have {sorted(metrics)})")
     row = metrics[spec.name]
     value = row.get(spec.metric)
     if value is None:
         have = sorted(k for k in row if not k.endswith("_stderr") and k != "n")
-        raise KeyError(f"task {spec.name!r} has no metric {spec.metric!r} (have {have})")
+        raise MissingMetric(
+            f"task {spec.name!r} has no metric {spec.metric!r} (have {have}): set the task's "
+            "primary metric to one of those (eval.metrics.<task>, or eval.metric)"
+        )
     return float(value), row.get(f"{spec.metric}_stderr")
 
 

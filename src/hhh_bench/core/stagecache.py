@@ -184,6 +184,20 @@ def cached_stage(
     register_root(root)
     replace = False
     if is_done(out):
+        misplaced = _misplaced(out, stage, key)
+        if misplaced:  # a folder moved, copied or linked here from another key: never reused
+            if CACHE.on_mismatch != "recompute":
+                raise ContentMismatch(
+                    f"cached output {out}: {misplaced}. Delete the folder to recompute it, or "
+                    "set cache.on_mismatch=recompute."
+                )
+            console.say(f"{what} ({out}): {misplaced}: recomputing (cache.on_mismatch=recompute)")
+            CACHE.recomputed.setdefault(stage, set()).add(key)
+            if out.is_symlink():
+                out.unlink()  # the link only: what it points to is not this stage's to delete
+            else:
+                replace = True
+    if is_done(out) and not replace:
         checked = verify(out)
         info, unreadable = ({}, "") if checked.problems else _read_result(out / result_file)
         if not checked.problems and not unreadable:
@@ -199,7 +213,7 @@ def cached_stage(
                 )
             raise mismatch_error(out, checked.problems)
         problem = unreadable or checked.problems[0]
-        console.say(f"{what}: {problem}: recomputing (cache.on_mismatch=recompute)")
+        console.say(f"{what} ({out}): {problem}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)
         replace = True
     t0 = time.time()
@@ -237,6 +251,26 @@ def cached_stage(
         log.info("%s: done (this rank writes nothing)", what)
     console.step_done(what, cached=False, seconds=time.time() - t0, where=out if write else None)
     return StageRun(stage, key, out, False, info, identity)
+
+
+def _misplaced(out: Path, stage: str, key: str) -> str:
+    """Why the folder at ``<root>/<stage>/<key>`` is not that key's output ("" when it is): a
+    symbolic link, or a ``key.json`` naming another stage or key (a folder moved or copied over
+    from another configuration; its own checksums would match)."""
+    if out.is_symlink():
+        return f"it is a symbolic link (to {out.resolve()}), not an output this cache wrote"
+    try:
+        record = json.loads((out / KEY_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return f"its {KEY_FILE} is missing or unreadable ({e})"
+    if not isinstance(record, dict):
+        return f"its {KEY_FILE} is not a JSON object"
+    if record.get("stage") != stage or record.get("key") != key:
+        return (
+            f"its {KEY_FILE} is that of another output (stage {record.get('stage')!r}, key "
+            f"{record.get('key')!r}): a folder moved or copied here"
+        )
+    return ""
 
 
 def _rel(root: str | Path, path: str | Path) -> str:

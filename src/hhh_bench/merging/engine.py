@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
+from hhh_bench.core.content import code_identity
 from hhh_bench.core.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
 from hhh_bench.core.sizes import parse_size
 from hhh_bench.merging.base import get_method
@@ -55,6 +56,11 @@ from hhh_bench.merging.sources import (
     open_inputs,
     resolve_path,
 )
+
+PRECOMPUTE_CODE = ("hhh_bench.merging.linalg", "hhh_bench.merging.taskvec",
+                   "hhh_bench.merging.cache", "hhh_bench.merging.driver")  # fmt: skip
+"""What computes a sweep cache's precomputes besides the method's own classes: their key holds
+these files (a precompute from before an edit is computed again)."""
 
 COPY_FILES = (
     "config.json",
@@ -456,9 +462,13 @@ def merge_models(
         cache = SweepCache(cache_dir, int(cache_max_gb * (1 << 30)))
         ids = [base_src.identity()] + [mm.identity() for mm in models]
         knobs = {k: getattr(p, k) for k in m.precompute_keys}
+        # the code that computes what is cached: a precompute from before an edit is not served
+        code = code_identity(type(m), *PRECOMPUTE_CODE)
         prefix = config_hash(
-            {"inputs": ids, "method": method, "knobs": knobs, "vocab": vocab_policy}, length=32
-        )
+            {"inputs": ids, "method": method, "knobs": knobs, "vocab": vocab_policy,
+             "code": code},
+            length=32,
+        )  # fmt: skip
 
     def out_dtype_of(k: str) -> torch.dtype:
         d = base_src.dtype(k)

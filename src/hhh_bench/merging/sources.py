@@ -659,6 +659,37 @@ def open_inputs(
     return base_src, models
 
 
+def _weights(src: TensorSource) -> frozenset[tuple[str, str]] | None:
+    """A full model's tensors by their recorded digests (manifest or hash cache: hashed once);
+    None for an adapter or an in-memory state dict."""
+    if not isinstance(src, SafetensorsModel) or src._pickle_sd is not None:
+        return None
+    return frozenset((k, d) for k, (_, d) in src.recorded().items())
+
+
+def _check_distinct_weights(base: TensorSource, models: Sequence[TensorSource]) -> None:
+    """A specialist with θ0's weights (τ = 0: it would merge as nothing, or dilute the others),
+    or two specialists with the same weights (one model listed twice), wherever they lie."""
+    seen: dict[frozenset[tuple[str, str]], TensorSource] = {}
+    ours = _weights(base)
+    for m in models:
+        w = _weights(m)
+        if w is None:
+            continue
+        if w == ours:
+            raise ValueError(
+                f"{m.label} ({m.where}) holds the same weights as the base ({base.where}): its "
+                "task vector is 0, so it would merge as nothing; give the finetuned model"
+            )
+        if w in seen:
+            raise ValueError(
+                f"{m.label} ({m.where}) holds the same weights as {seen[w].label} "
+                f"({seen[w].where}): one model listed twice; to weigh a model more, give "
+                "merge.params.weights instead"
+            )
+        seen[w] = m
+
+
 def check_inputs(
     base: TensorSource,
     models: Sequence[TensorSource],
@@ -678,6 +709,7 @@ def check_inputs(
                     "only models of the same architecture can be merged (pass "
                     "allow_architecture_mismatch=true if you know their weights correspond)"
                 )
+    _check_distinct_weights(base, models)
     decisions: dict[str, str] = {}
     base_keys = base.keys()
     base_set = set(base_keys)

@@ -36,12 +36,17 @@ def method_modules(method: str) -> list[Any]:
     from hhh_bench.merging import get_method
 
     mods = []
+    own = type(get_method(method)).__module__.split(".", 1)[0]
     for cls in inspect.getmro(type(get_method(method))):
         mod = sys.modules.get(cls.__module__)
         if mod is None or mod.__name__ == "builtins" or mod in mods:
             continue
-        if not mod.__name__.startswith("hhh_bench") and "site-packages" in str(mod.__file__):
-            continue  # a library base class (typing.Generic)
+        if (
+            not mod.__name__.startswith("hhh_bench")
+            and mod.__name__.split(".", 1)[0] != own
+            and "site-packages" in str(mod.__file__)
+        ):
+            continue  # a library's base class; an installed plugin's own module is kept
         mods.append(mod)
         for v in list(vars(mod).values()):
             used = sys.modules.get(getattr(v, "__module__", "") or "")

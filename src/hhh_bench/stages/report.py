@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.core import console
 from hhh_bench.core.config import ReportConfig, load
+from hhh_bench.core.content import code_identity
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
@@ -72,7 +73,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
     key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid,
-                      rcfg.judge_failure_threshold)  # fmt: skip
+                      rcfg.judge_failure_threshold, rcfg.interval)  # fmt: skip
     done = _cached(out, key)
     if done is not None:  # the same store, diagnostics and settings: the report on disk is theirs
         _show(cfg, store, done, cached=True)
@@ -83,7 +84,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
             diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
-            judge_failure_threshold=rcfg.judge_failure_threshold,
+            judge_failure_threshold=rcfg.judge_failure_threshold, interval=rcfg.interval,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
@@ -104,6 +105,16 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     return result
 
 
+REPORT_CODE = (
+    "hhh_bench.tracking",
+    "hhh_bench.core.seedstats",
+    "hhh_bench.core.stats",
+    "hhh_bench.core.uncertainty",
+    "hhh_bench.core.items",
+    "hhh_bench.core.environment",
+)
+"""The code a report is computed by (in its key: a rerun after a change of it rebuilds)."""
+
 _KEY_FILE = "report_key.json"
 """What the report in ``<root>/report/`` was built from, and what the stage returned."""
 
@@ -115,6 +126,7 @@ def _report_key(
     job: str | None,
     skip_invalid: bool = False,
     judge_failure_threshold: float = 0.05,
+    interval: str = "t",
 ) -> str:
     from hhh_bench import __version__
 
@@ -125,11 +137,14 @@ def _report_key(
     return config_hash({
         "store": digest(store), "diagnostics": digest(diagnostics), "name": str(cfg.name),
         "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
-        "logger": to_dict(cfg.logger), "version": __version__,  # and where W&B would write:
+        "logger": to_dict(cfg.logger), "version": __version__,
+        "code": code_identity(*REPORT_CODE),  # a changed report or answer: built anew
+        # and where W&B would write:
         "wandb_env": {k: os.environ.get(k) for k in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT")},
         **({"job": job} if job else {}), **({"skip_invalid": True} if skip_invalid else {}),
         **({"judge_failure_threshold": judge_failure_threshold}
            if judge_failure_threshold != 0.05 else {}),  # the default: keys as before
+        **({"interval": interval} if interval != "t" else {}),
     })  # fmt: skip
 
 

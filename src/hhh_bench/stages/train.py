@@ -44,7 +44,8 @@ register_scorer("toy3h", Toy3HScorer)
 _NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
 """Train-config keys that change how a run is logged, not what it learns."""
 TRAIN_CODE = ("hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
-              "hhh_bench.core.schema", "hhh_bench.core.text")  # fmt: skip
+              "hhh_bench.core.schema", "hhh_bench.core.text",
+              "hhh_bench.models.loading")  # fmt: skip
 """The code every training run runs; a mixture adds its strategy's and scorers' modules."""
 
 

@@ -1,29 +1,49 @@
 """The report's answer to "mix data or merge models?", in one line.
 
-The best data-mixture row of the main table meets the best model-merging row (each the
-configuration the table shows for its family; the best by mean ``average`` over seeds). On the
-seeds both were evaluated with, every task of the ``average`` column gives per-item paired
-differences (merge − mix, :func:`hhh_bench.core.uncertainty.column_item_values`); their
-weighted sum of task means, averaged over seeds, is the difference of the two ``average``
-scores, and a paired bootstrap over seeds and items
-(:func:`hhh_bench.core.stats.hierarchical_bootstrap_ci`) gives its interval. The verdict:
-merging wins when the whole interval is above 0, mixing wins when it is below, and otherwise the
-data cannot resolve a difference::
+**Representatives, chosen on validation.** Each group of the main table (data mixture, model
+merging) speaks through one row: the family with the best mean ``average`` over seeds on the
+*selection* split (``eval.select_split``, validation), looked up in the store by each test row's
+model (``model_key``, seed, suite and data): the same models, scored on the items the choice may
+see. The comparison is then made on the report split (test). Every family is a candidate
+(``conflict_aware`` and RESM included when run; a family's own knobs were already chosen on
+validation by the pipeline, its row says "best of N"), and every family keeps its own row in the
+main table. When a candidate of a group has no selection-split score in the store, the group's
+representative is picked on the report split itself, and the answer says so.
 
-    Mix or merge? best merge ties 0.644 vs best mixture mix: uniform 0.775 (3 seeds):
-    merge − mix = -0.131, 95% CI [-0.201, -0.060] (paired bootstrap over items and seeds):
-    mixing wins
+**The seed is the unit.** On the seeds both representatives were evaluated with (the same world
+and training seed for both), each seed gives one difference ``D_k`` of their ``average`` (merge −
+mix); the headline is their mean with a Student t interval over seeds (n − 1 degrees of
+freedom) and the t test's two-sided p (:func:`hhh_bench.core.seedstats.seed_interval`; with
+``report.interval=bca`` the BCa bootstrap over seeds instead). The verdict: merging wins when the
+whole interval is above 0, mixing wins when it is below, and otherwise *inconclusive*, with the
+number of seeds a ±0.02 interval would need at the observed per-seed SD
+(:func:`hhh_bench.core.seedstats.seeds_needed`). One seed has no interval: the line says so::
 
-(one line in the report and on the console). The two rows are picked as the best of their
-groups on the report split itself; the interval does not account for that pick, so a near call
-between several families of one group deserves a look at the selection split too.
+    Mix or merge? merge − mix = -0.075, 95% t interval over 3 paired seeds [-0.181, +0.032],
+    p = 0.094: inconclusive (±0.02 needs 20 seeds at the per-seed SD 0.043); best merge
+    task_arithmetic (best of 6 on validation) 0.861 (best of 6 merges on validation) vs best
+    mixture mix: uniform 0.935 (best of 3 mixtures on validation); env 3f1c0a9e5b2d
+
+(one line in the report and on the console; ``env`` is the environment fingerprint recorded in
+the evaluations' ``provenance.json``, :func:`hhh_bench.core.environment.fingerprint`, ``mixed``
+when they disagree). The report section adds, from the items (``items.jsonl``), a mixed-effects
+view (a linear probability model with the seed as random effect and items clustered by entity,
+:func:`hhh_bench.core.seedstats.mixed_effects`) and, as a diagnostic, the paired bootstrap over
+items and seeds (:func:`hhh_bench.core.stats.hierarchical_bootstrap_ci`), which ignores the
+clustering and understates the seed-to-seed spread with few seeds. Nothing here is specific to
+the toy world: the real path's seeds go through the same functions.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.environment import fingerprint
+from hhh_bench.core.items import item_clusters
+from hhh_bench.core.seedstats import HALF_WIDTH, mixed_effects, seed_interval
 from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.core.uncertainty import column_item_values
 from hhh_bench.tracking.entries import Entry
@@ -31,56 +51,100 @@ from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
 
 ITERS = 2000
-"""Bootstrap resamples behind the interval (Monte Carlo error of a 95% end: ~1% of its width)."""
+"""Resamples of the item-level bootstrap diagnostic and of the BCa interval."""
 
-VERDICTS = ("merging wins", "mixing wins", "no difference we can resolve")
+VERDICTS = ("merging wins", "mixing wins", "inconclusive")
+
+GROUPS = (("mixture", "data-mixture", "mixtures"), ("merge", "model-merging", "merges"))
 
 
-def verdict(low: float, high: float) -> str:
+def verdict(low: float | None, high: float | None) -> str:
     """``merging wins`` when the interval (of merge − mix) lies above 0, ``mixing wins`` when
-    below, ``no difference we can resolve`` when it covers 0 (an end at 0 included)."""
-    if low > 0:
+    below, ``inconclusive`` when it contains 0 (an end at 0 included) or there is none."""
+    if low is not None and low > 0:
         return VERDICTS[0]
-    if high < 0:
+    if high is not None and high < 0:
         return VERDICTS[1]
     return VERDICTS[2]
 
 
-def compare(
-    entries: Sequence[Entry], *, alpha: float = 0.05, iters: int = ITERS, seed: int = 0
-) -> dict[str, Any] | str:
-    """The best mixture entry against the best merge entry (see the module docstring).
+def _select_index(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, ...], Mapping[str, Any]]:
+    """Selection-split rows by the model and setting they score (later rows win, as in the
+    store)."""
+    return {
+        (r.get("model_key"), str(r.get("seed")), r.get("suite"), r.get("data_key")): r
+        for r in rows
+        if r.get("model_key") is not None
+    }
 
-    Args:
-        entries: the main table's entries (:func:`hhh_bench.tracking.entries.table_entries`).
-        alpha: 1 − the interval's coverage (0.05: a 95% interval).
-        iters, seed: the bootstrap's resamples and seed.
 
-    Returns:
-        ``{"mixture", "merge"`` (the rows' labels), ``"mixture_family", "merge_family",
-        "mixture_mean", "merge_mean"`` (means of ``average`` over the paired seeds), ``"diff"``
-        (merge − mix), ``"ci_low", "ci_high", "level", "seeds", "n_seeds", "items_per_task"``
-        (paired items per seed), ``"weights"`` (each task's coefficient in the average),
-        ``"n_items"`` (items per seed), ``"verdict"}``; or, when there is
-        no answer, a sentence saying why (no mixture or merge row, no shared seed, a row
-        without per-item values, rows of different items).
-    """
-    best: dict[str, Entry] = {}
-    for kind, what in (("mixture", "data-mixture"), ("merge", "model-merging")):
-        group = [e for e in entries if e.kind == kind]
-        if not group:
-            return f"the main table has no {what} row"
-        best[kind] = max(group, key=lambda e: e.mean["average"])
-    mix, merge = best["mixture"], best["merge"]
-    mix_by_seed = {r.get("seed"): r for r in mix.rows}
-    merge_by_seed = {r.get("seed"): r for r in merge.rows}
-    shared = sorted(set(mix_by_seed) & set(merge_by_seed), key=str)
-    if not shared:
-        return (
-            f"{merge.label} (seeds {sorted(map(str, merge_by_seed))}) and {mix.label} (seeds "
-            f"{sorted(map(str, mix_by_seed))}) share no seed: nothing to pair"
-        )
+def _select_score(e: Entry, index: Mapping[tuple[Any, ...], Mapping[str, Any]]) -> float | None:
+    """The mean ``average`` of an entry's models on the selection split, None unless every seed
+    of it was scored there."""
+    vals = []
+    for r in e.rows:
+        v = index.get((r.get("model_key"), str(r.get("seed")), r.get("suite"), r.get("data_key")))
+        if v is None or v.get("average") is None:
+            return None
+        vals.append(float(v["average"]))
+    return sum(vals) / len(vals)
+
+
+def pick(
+    entries: Sequence[Entry],
+    kind: str,
+    select_rows: Sequence[Mapping[str, Any]] = (),
+    select_split: str | None = None,
+) -> tuple[Entry, dict[str, Any]] | None:
+    """The representative of one group (``mixture`` or ``merge``) and how it was chosen:
+    ``{"on", "candidates", "select_scores", "missing"}``: the split the choice was made on, the
+    number of candidates, each candidate's selection-split score (None on the fallback) and the
+    candidates without one (why the fallback). None when the group has no entry."""
+    group = [e for e in entries if e.kind == kind]
+    if not group:
+        return None
+    index = _select_index(select_rows) if select_split else {}
+    scores = {e.label: _select_score(e, index) for e in group}
+    missing = [label for label, s in scores.items() if s is None]
+    if select_split and not missing:
+        best = max(group, key=lambda e: scores[e.label])  # type: ignore[arg-type,return-value]
+        on = select_split
+    else:
+        best = max(group, key=lambda e: e.mean["average"])
+        on = str(best.rows[0].get("split") or "the report split")
+    return best, {"on": on, "candidates": len(group), "select_scores": scores, "missing": missing,
+                  "fallback": on != select_split}  # fmt: skip
+
+
+def environment_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The environment fingerprint recorded in the rows' ``<eval_dir>/provenance.json`` (one
+    value when they agree, ``mixed`` when they do not); None when no row has one."""
+    seen: set[str] = set()
+    for r in rows:
+        eval_dir = (r.get("artifacts") or {}).get("eval_dir")
+        path = Path(eval_dir) / "provenance.json" if eval_dir else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            env = json.loads(path.read_text()).get("environment")
+        except (OSError, ValueError):
+            continue
+        if isinstance(env, Mapping):
+            seen.add(str(env.get("fingerprint") or fingerprint(env)))
+    if not seen:
+        return None
+    return seen.pop() if len(seen) == 1 else "mixed"
+
+
+def _item_parts(
+    merge_by_seed: Mapping[Any, Mapping[str, Any]],
+    mix_by_seed: Mapping[Any, Mapping[str, Any]],
+    shared: Sequence[Any],
+) -> tuple[list[Any], list[Any], dict[str, int], dict[str, float]] | str:
+    """Per seed: the bootstrap's ``[(c_t, diffs)]`` and the mixed model's ``[(w_i, d_i,
+    cluster)]``; tasks' item counts and weights. A sentence when a row has no per-item values."""
     per_seed: list[list[tuple[float, list[float]]]] = []
+    seed_items: list[list[tuple[float, float, Any]]] = []
     items_per_task: dict[str, int] = {}
     weights: dict[str, float] = {}
     for s in shared:
@@ -98,46 +162,148 @@ def compare(
             ctx.append(c)
         columns = {**(b.get("extra_columns") or {}), **(a.get("extra_columns") or {})}
         try:
-            check_comparable(a, b)
             parts = column_item_values("average", row_specs(a), ctx[0], ctx[1], columns=columns)
-            diffs = [(c, t, paired_differences(va, vb, label=t)) for c, t, va, vb in parts]
+            diffs = [(c, t, va, paired_differences(va, vb, label=t)) for c, t, va, vb in parts]
         except ValueError as e:
             return str(e)
-        per_seed.append([(c, d) for c, _, d in diffs])
-        for c, t, d in diffs:
+        per_seed.append([(c, d) for c, _, _, d in diffs])
+        items: list[tuple[float, float, Any]] = []
+        for c, t, va, d in diffs:
+            clusters = item_clusters(ctx[0]["items"], t, groups=ctx[0].get("groups"))
+            keys = sorted(va, key=str)  # the order of paired_differences
+            items += [(c / len(d), x, clusters.get(k)) for k, x in zip(keys, d, strict=True)]
             items_per_task.setdefault(t, len(d))
             weights.setdefault(t, c)
-    diff, low, high = hierarchical_bootstrap_ci(per_seed, level=1 - alpha, iters=iters, seed=seed)
-
-    def mean_average(by_seed: Mapping[Any, Mapping[str, Any]]) -> float:
-        return sum(float(by_seed[s]["average"]) for s in shared) / len(shared)
-
-    return {
-        "mixture": mix.label,
-        "merge": merge.label,
-        "mixture_family": mix.family,
-        "merge_family": merge.family,
-        "mixture_mean": mean_average(mix_by_seed),
-        "merge_mean": mean_average(merge_by_seed),
-        "diff": diff,
-        "ci_low": low,
-        "ci_high": high,
-        "level": 1 - alpha,
-        "seeds": shared,
-        "n_seeds": len(shared),
-        "items_per_task": items_per_task,
-        "weights": weights,
-        "n_items": sum(items_per_task.values()),
-        "verdict": verdict(low, high),
-    }
+        seed_items.append(items)
+    return per_seed, seed_items, items_per_task, weights
 
 
-def mix_vs_merge(
-    entries: Sequence[Entry], *, alpha: float = 0.05, iters: int = ITERS, seed: int = 0
-) -> dict[str, Any] | None:
+def compare(
+    entries: Sequence[Entry],
+    *,
+    select_rows: Sequence[Mapping[str, Any]] = (),
+    select_split: str | None = None,
+    interval: str = "t",
+    alpha: float = 0.05,
+    iters: int = ITERS,
+    seed: int = 0,
+) -> dict[str, Any] | str:
+    """The two groups' representatives compared on paired seeds (see the module docstring).
+
+    Args:
+        entries: the main table's entries (:func:`hhh_bench.tracking.entries.table_entries`).
+        select_rows: the store's rows of the selection split (the choice of representatives).
+        select_split: its name (None: no selection split; the choice is made on the report
+            split, which the answer says).
+        interval: ``t`` (Student t over seeds) or ``bca`` (BCa bootstrap over seeds).
+        alpha: 1 − the intervals' coverage (0.05: 95%).
+        iters, seed: resamples and seed of the bootstraps (BCa, the item-level diagnostic).
+
+    Returns:
+        ``{"mixture", "merge"`` (labels), ``"mixture_family", "merge_family", "mixture_mean",
+        "merge_mean"`` (means of ``average`` over the paired seeds), ``"mixture_choice",
+        "merge_choice"`` (:func:`pick`'s record), ``"diff"`` (merge − mix), ``"per_seed"``,
+        ``"ci_low", "ci_high", "p_value", "sd", "interval", "level", "seeds_needed",
+        "half_width", "seeds", "n_seeds", "verdict"``, ``"mixed"`` (the mixed-effects view as
+        a dict, or None), ``"item_bootstrap"`` (``{"diff", "low", "high"}`` or None),
+        ``"items_note"`` (why there is no item-level view, or None), ``"items_per_task",
+        "weights", "n_items"``, ``"environment"`` (fingerprint or None)}``; or, when there is no
+        answer, a sentence saying why (no mixture or merge row, no shared seed, rows of
+        different items).
+    """
+    picked: dict[str, tuple[Entry, dict[str, Any]]] = {}
+    for kind, what, _ in GROUPS:
+        p = pick(entries, kind, select_rows, select_split)
+        if p is None:
+            return f"the main table has no {what} row"
+        picked[kind] = p
+    (mix, mix_how), (merge, merge_how) = picked["mixture"], picked["merge"]
+    mix_by_seed = {r.get("seed"): r for r in mix.rows}
+    merge_by_seed = {r.get("seed"): r for r in merge.rows}
+    shared = sorted(set(mix_by_seed) & set(merge_by_seed), key=str)
+    if not shared:
+        return (
+            f"{merge.label} (seeds {sorted(map(str, merge_by_seed))}) and {mix.label} (seeds "
+            f"{sorted(map(str, mix_by_seed))}) share no seed: nothing to pair"
+        )
+    try:
+        for s in shared:
+            check_comparable(merge_by_seed[s], mix_by_seed[s])
+    except ValueError as e:
+        return str(e)
+    per_seed = [
+        float(merge_by_seed[s]["average"]) - float(mix_by_seed[s]["average"]) for s in shared
+    ]
+    level = 1 - alpha
+    si = seed_interval(per_seed, level=level, method=interval, iters=iters, seed=seed)
+    out: dict[str, Any] = {
+        "mixture": mix.label, "merge": merge.label,
+        "mixture_family": mix.family, "merge_family": merge.family,
+        "mixture_mean": sum(float(mix_by_seed[s]["average"]) for s in shared) / len(shared),
+        "merge_mean": sum(float(merge_by_seed[s]["average"]) for s in shared) / len(shared),
+        "mixture_choice": mix_how, "merge_choice": merge_how,
+        "diff": si.diff, "per_seed": per_seed, "ci_low": si.low, "ci_high": si.high,
+        "p_value": si.p_value, "sd": si.sd, "interval": interval, "level": level,
+        "seeds_needed": si.seeds_needed, "half_width": si.half_width,
+        "seeds": shared, "n_seeds": len(shared), "verdict": verdict(si.low, si.high),
+        "mixed": None, "item_bootstrap": None, "items_note": None,
+        "items_per_task": {}, "weights": {}, "n_items": 0,
+        "environment": environment_fingerprint(
+            [*(merge_by_seed[s] for s in shared), *(mix_by_seed[s] for s in shared)]
+        ),
+    }  # fmt: skip
+    parts = _item_parts(merge_by_seed, mix_by_seed, shared)
+    if isinstance(parts, str):
+        out["items_note"] = parts
+        return out
+    boot_parts, seed_items, items_per_task, weights = parts
+    d, low, high = hierarchical_bootstrap_ci(boot_parts, level=level, iters=iters, seed=seed)
+    out["item_bootstrap"] = {"diff": d, "low": low, "high": high}
+    out["mixed"] = mixed_effects(seed_items, level=level).as_dict()
+    out.update(items_per_task=items_per_task, weights=weights,
+               n_items=sum(items_per_task.values()))  # fmt: skip
+    return out
+
+
+def mix_vs_merge(entries: Sequence[Entry], **kwargs: Any) -> dict[str, Any] | None:
     """:func:`compare`'s result, None when there is no answer."""
-    out = compare(entries, alpha=alpha, iters=iters, seed=seed)
+    out = compare(entries, **kwargs)
     return out if isinstance(out, dict) else None
+
+
+def _how(choice: Mapping[str, Any], plural: str) -> str:
+    n = choice["candidates"]
+    of = f"best of {n} {plural if n != 1 else plural.removesuffix('s')} on {choice['on']}"
+    return f"{of}, the reported split" if choice["fallback"] else of
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def headline(r: Mapping[str, Any]) -> str:
+    """The difference with its seed-level interval, p and verdict (the answer line's head)."""
+    n = r["n_seeds"]
+    if n == 1:
+        return (
+            f"merge − mix = {r['diff']:+.3f} on 1 seed: no interval (one seed has no "
+            f"seed-to-seed spread to measure; run more seeds): {r['verdict']}"
+        )
+    name = "t interval" if r["interval"] == "t" else "BCa bootstrap interval"
+    if r["ci_low"] is None:
+        ci = f"no {name} (undefined on these {n} seeds)"
+    else:
+        ci = f"{r['level']:.0%} {name} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    power = ""
+    if r["verdict"] == VERDICTS[2] and r["seeds_needed"] is not None:
+        power = (
+            f" (±{r['half_width']:g} needs {r['seeds_needed']} seeds at the per-seed SD "
+            f"{r['sd']:.3f})"
+        )
+    return (
+        f"merge − mix = {r['diff']:+.3f}, {ci} over {n} paired seeds, p = {_p(r['p_value'])} "
+        f"(t test): {r['verdict']}{power}"
+    )
 
 
 def answer_line(result: Mapping[str, Any] | str) -> str:
@@ -145,42 +311,110 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
     if isinstance(result, str):
         return f"Mix or merge? No answer: {result}."
     r = result
-    seeds = f"{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}"
+    env = r["environment"] or "not recorded"
     return (
-        f"Mix or merge? best merge {r['merge']} {r['merge_mean']:.3f} vs best mixture "
-        f"{r['mixture']} {r['mixture_mean']:.3f} ({seeds}): merge − mix = {r['diff']:+.3f}, "
-        f"{r['level']:.0%} CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] (paired bootstrap over "
-        f"items and seeds): {r['verdict']}"
+        f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
+        f"({_how(r['merge_choice'], 'merges')}) vs best mixture {r['mixture']} "
+        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixtures')}); env {env}"
     )
 
 
+def mixed_line(m: Mapping[str, Any] | None) -> str:
+    """The mixed-effects view in one sentence (or why there is none)."""
+    if m is None:
+        return "Mixed-effects view: none."
+    clusters = {
+        "entity": "items clustered by entity",
+        "item": "no item has an entity id, so each item is its own cluster",
+        "mixed": "items clustered by entity where they name one, else each its own cluster",
+    }[m["clusters"]]
+    said = "; ".join(w.rstrip(". ") for w in m["warnings"])  # statsmodels ends them with "."
+    warned = f" statsmodels warned: {said}." if m["warnings"] else ""
+    if m["error"]:
+        return f"Mixed-effects view: no estimate: {m['error']} ({clusters}).{warned}"
+    return (
+        f"Mixed-effects view (linear probability model on the item scores; seed as random "
+        f"effect, {clusters}; {m['n_seeds']} seeds, {m['n_clusters']} clusters): merge − mix = "
+        f"{m['estimate']:+.3f}, SE {m['se']:.3f}, {m['level']:.0%} Wald CI [{m['low']:+.3f}, "
+        f"{m['high']:+.3f}], p = {_p(m['p_value'])}; seed variance {m['seed_var']:.2g}, "
+        f"cluster variance {m['cluster_var']:.2g}.{warned}"
+    )
+
+
+def _choice_table(entries: Sequence[Entry], r: Mapping[str, Any]) -> list[str]:
+    md = ["| Group | Candidate | Selection-split average | Reported average | Chosen |",
+          "|---|---|---:|---:|---|"]  # fmt: skip
+    for kind, _, plural in GROUPS:
+        choice, chosen = r[f"{kind}_choice"], r[kind]
+        for e in (e for e in entries if e.kind == kind):
+            s = choice["select_scores"].get(e.label)
+            md.append(
+                f"| {plural} | {md_text(e.label)} | {'-' if s is None else f'{s:.3f}'} | "
+                f"{e.mean['average']:.3f} | {'yes' if e.label == chosen else ''} |"
+            )
+    return md
+
+
 def answer_section(
-    entries: Sequence[Entry], *, alpha: float = 0.05, iters: int = ITERS, seed: int = 0
+    entries: Sequence[Entry],
+    *,
+    select_rows: Sequence[Mapping[str, Any]] = (),
+    select_split: str | None = None,
+    interval: str = "t",
+    alpha: float = 0.05,
+    iters: int = ITERS,
+    seed: int = 0,
 ) -> tuple[list[str], dict[str, Any] | None, str]:
     """The report's last section (Markdown lines ending with the answer line), the
     :func:`compare` result (None without an answer) and the answer line."""
-    result = compare(entries, alpha=alpha, iters=iters, seed=seed)
+    result = compare(entries, select_rows=select_rows, select_split=select_split,
+                     interval=interval, alpha=alpha, iters=iters, seed=seed)  # fmt: skip
     line = answer_line(result)
+    how = "a Student t interval over the per-seed differences (n − 1 degrees of freedom)"
+    if interval == "bca":
+        how = f"a BCa bootstrap interval over the per-seed differences ({iters} resamples)"
     md = [
         "## Mix or merge?",
         "",
-        "The best data-mixture row of the main table against the best model-merging row (by "
-        "mean average over seeds, each family at the configuration the table shows), on the "
-        "seeds both were evaluated with: the difference of their average (merge − mix) with "
-        f"a {1 - alpha:.0%} percentile interval from a paired bootstrap that redraws seeds and, "
-        f"within each, every task's items ({iters} resamples, seed {seed}). Merging or mixing "
-        "wins when the interval excludes 0. The two rows are the best of their groups on this "
-        "split; the interval does not account for that pick. Mean ± std over seeds of every "
-        "family: the main table.",
+        "Each group's representative is the family with the best mean average over seeds on "
+        f"the selection split ({select_split or 'none'}), compared on this split: the "
+        "difference of their average (merge − mix) on the seeds both were evaluated with "
+        f"(the same world and training seed for both). The seed is the unit: {how}, with the "
+        f"t test's two-sided p. The verdict is inconclusive when the {1 - alpha:.0%} interval "
+        f"contains 0, with the seeds a ±{HALF_WIDTH:g} interval would need at the observed "
+        "per-seed SD (smallest n with t(n − 1) · SD / √n ≤ 0.02).",
+        "",
+        "*Multiplicity.* Every family keeps its own row in the main table; the representatives "
+        "are the best of several candidates (and each family's knobs the best of its grid), "
+        "chosen on the selection split so that the reported difference is not the maximum of "
+        "many noisy test-split comparisons. Where a group was chosen on the reported split "
+        "(no selection-split scores), the difference is biased in its favour and the interval "
+        "does not account for the choice.",
         "",
     ]
     if isinstance(result, dict):
-        md += ["| Task | Weight in the average | Paired items per seed |", "|---|---:|---:|"]
-        md += [
-            f"| {md_text(t)} | {result['weights'][t]:.3f} | {n} |"
-            for t, n in result["items_per_task"].items()
-        ]
-        md.append("")
+        md += [*_choice_table(entries, result), ""]
+        seeds = ", ".join(
+            f"{s}: {d:+.3f}" for s, d in zip(result["seeds"], result["per_seed"], strict=True)
+        )
+        md += [f"Per-seed differences (merge − mix of the average): {seeds}.", ""]
+        md += [mixed_line(result["mixed"]), ""]
+        b = result["item_bootstrap"]
+        if b is not None:
+            md += [
+                f"Diagnostic, not the headline: the paired bootstrap over items and seeds "
+                f"({iters} resamples) gives {result['level']:.0%} CI [{b['low']:+.3f}, "
+                f"{b['high']:+.3f}]; it treats items as independent (no entity clustering) and, "
+                "with few seeds, understates the seed-to-seed spread.",
+                "",
+                "| Task | Weight in the average | Paired items per seed |",
+                "|---|---:|---:|",
+                *(f"| {md_text(t)} | {result['weights'][t]:.3f} | {n} |"
+                  for t, n in result["items_per_task"].items()),
+                "",
+            ]  # fmt: skip
+        else:
+            md += [f"No item-level view: {md_text(result['items_note'])}.", ""]
     # the user's names in the report as literal text (issue 27): no heading, HTML or link
     shown = (
         {**result, "merge": md_text(result["merge"]), "mixture": md_text(result["mixture"])}

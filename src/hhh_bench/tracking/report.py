@@ -17,13 +17,14 @@
     judge. Issue 27: a cell whose judged task had more than ``report.judge_failure_threshold``
     of empty or unparsed answers is marked ‡, the counts under the table
     (:mod:`hhh_bench.tracking.failures`). With diagnostics rows (``<root>/diagnostics.jsonl``),
-    a *Task-vector diagnostics* section: a model-wide table with one row per diagnosed set, a per-layer-type table per set.
-    The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): the best
-    data-mixture row against the best model-merging row, the difference of their average
-    (merge − mix) with a 95% interval from a paired bootstrap over seeds and items, the items
-    behind it per task, and as its last line the answer: merging wins, mixing wins, or no
-    difference we can resolve (the interval covers 0); or why there is no answer (no mixture
-    or merge row, no shared seed, no per-item values).
+    a *Task-vector diagnostics* section: a model-wide table with one row per diagnosed set, a
+    per-layer-type table per set.
+    The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): each group's
+    representative chosen on the selection split, the difference of their average (merge −
+    mix) on the report split with a 95% t interval over paired seeds and its p, a
+    mixed-effects view and the item-level bootstrap as a diagnostic, and as its last line the
+    answer: merging wins, mixing wins, or inconclusive (with the seeds needed for ±0.02); or
+    why there is no answer (no mixture or merge row, no shared seed).
 ``radar.png``, ``pareto.png``, ``conflict.png`` and ``diag_<statistic>.png``
     The figures (:mod:`hhh_bench.tracking.plots`).
 
@@ -87,6 +88,7 @@ def build_report(
     alpha: float = 0.05,
     skipped: Sequence[Any] = (),
     judge_failure_threshold: float = THRESHOLD,
+    interval: str = "t",
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
     (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
@@ -110,6 +112,8 @@ def build_report(
         judge_failure_threshold: a cell whose judged task had more than this share of empty
             or unparsed answers is marked ‡, with the counts under the table
             (:mod:`hhh_bench.tracking.failures`).
+        interval: the answer's interval over seeds, ``t`` (Student t) or ``bca`` (BCa
+            bootstrap; ``report.interval``).
 
     Returns:
         ``{"markdown", "main_table", "paired_tests", "entries", "summary", "conflict_matrix",
@@ -147,7 +151,11 @@ def build_report(
     }
     diag_rows = list(diagnostics)
     diag_figures = diagnostics_heatmaps(diag_rows, out) if diag_rows else {}
-    answer_md, answer, answer_text = answer_section(entries, alpha=alpha)
+    choose_on = select_split if select_split != report_split else None  # else: said, not hidden
+    select_rows = [r for r in rows if choose_on and r.get("split") == choose_on]
+    answer_md, answer, answer_text = answer_section(
+        entries, select_rows=select_rows, select_split=choose_on, interval=interval, alpha=alpha
+    )
     md = [
         *title_section(report_rows, experiment=experiment, split=report_split),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,

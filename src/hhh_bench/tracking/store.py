@@ -219,6 +219,11 @@ def check_row(row: Any) -> None:
         raise ValueError(f"the row lacks `kind` (one of {KINDS})")
     validate_row(row)
     key = row["row_key"]
+    if DIGEST in row and row[DIGEST] != row_digest(row):
+        raise ValueError(
+            f"result row {key!r} was changed after hhh-bench wrote it (its {DIGEST} does not "
+            "match its content): run the stage that wrote it again (stage=eval) or delete the line"
+        )
     columns = set(row.get("extra_columns") or {})
     for k, v in row.items():
         if k in SCORE_COLUMNS or not (_OPTIONAL_NUMBERS.match(k) or k in columns):
@@ -276,8 +281,18 @@ def _locked(f: Any) -> Iterator[None]:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+DIGEST = "digest"
+"""A row's own hash, written with it: a line edited by hand no longer matches (:func:`check_row`).
+A row without one (written by hand, or by hhh-bench before 0.4) is read unchecked."""
+
+
+def row_digest(row: Mapping[str, Any]) -> str:
+    """The hash of a row's content less its own digest."""
+    return config_hash({k: v for k, v in row.items() if k != DIGEST}, length=16)
+
+
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    skip = {"created_at", "timings"}
+    skip = {"created_at", "timings", DIGEST}
     return {k: v for k, v in a.items() if k not in skip} == {
         k: v for k, v in b.items() if k not in skip
     }
@@ -309,6 +324,7 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     """Append one JSON line under an exclusive lock, flushed and fsynced (see append_result)."""
     row = _clean(dict(row))
     row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    row[DIGEST] = row_digest(row)
     line = json.dumps(row, sort_keys=True, allow_nan=False) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
