@@ -57,9 +57,21 @@ def experiments() -> list[tuple[str, str]]:
 
 
 def methods() -> list[tuple[str, str]]:
-    from hhh_bench.merging import get_method, list_methods
+    """Each method's one-line summary, then its own parameters with their defaults (the common
+    ones, scaling, weights, seed, compute_dtype and device, are every method's)."""
+    from hhh_bench.merging import CommonParams, describe_method, get_method, list_methods
+    from hhh_bench.merging.params import describe_params
 
-    return [(m, _first_line(get_method(m))) for m in list_methods()]
+    common = {row["name"] for row in describe_params(CommonParams)}
+    out = []
+    for name in list_methods():
+        method = get_method(name)
+        own = [
+            f"{r['name']}={r['default']}" for r in describe_method(name) if r["name"] not in common
+        ]
+        note = method.summary or _first_line(method)
+        out.append((name, f"{note} [{', '.join(own) or 'common parameters only'}]"))
+    return out
 
 
 def strategies() -> list[tuple[str, str]]:

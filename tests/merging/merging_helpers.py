@@ -23,6 +23,16 @@ def load_peft_merge_utils() -> ModuleType:
     return module
 
 
+MODEL_COUNTS = {"slerp": (1, 2), "model_stock": (2, None), "sce": (2, None)}
+"""(fewest, most) finetuned models of the methods that do not take any number (else (1, None))."""
+
+
+def fit_count(method: str, num: int) -> int:
+    """``num`` moved into the range of finetuned models ``method`` accepts (:data:`MODEL_COUNTS`)."""
+    low, high = MODEL_COUNTS.get(method, (1, None))
+    return max(low, num if high is None else min(high, num))
+
+
 def models(
     shape: tuple[int, ...], num: int, seed: int, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, list[Tensor]]:

@@ -9,6 +9,7 @@ import torch
 
 from hhh_bench.merging import merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_keep_mask, dare_merge
+from hhh_bench.merging.methods.della import della_keep_mask, keep_probabilities
 from hhh_bench.merging.methods.resm import (
     ResmParams,
     allocate_by_outlier_density,
@@ -278,3 +279,284 @@ def test_tsv_factors_shapes():
     u, s, v, task = tsv_factors(list(torch.randn(3, 5, 4)), 1)
     assert (u.shape, s.shape, v.shape) == ((5, 3), (3,), (4, 3))
     assert task.tolist() == [0, 1, 2]
+
+
+BC_T1 = [1.0, -8.0, 3.0, 0.5, -5.0, 2.0, 7.0, -4.0, 6.0, 0.25]
+BC_T2 = [2.0, 1.0, -3.0, 4.0, 0.5, -6.0, 1.5, 10.0, -2.5, 0.75]
+
+
+def test_breadcrumbs_by_hand():
+    """n = 10, density .5, gamma .1: k = 5 kept after removing top = 1 largest.
+    τ1 by |.|: -8, 7, 6, -5, -4, 3, 2, 1, .5, .25 -> drop -8, keep 7, 6, -5, -4, 3:
+        τ̂1 = [0, 0, 3, 0, -5, 0, 7, -4, 6, 0]
+    τ2 by |.|: 10, -6, 4, -3, -2.5, 2, 1.5, 1, .75, .5 -> drop 10, keep -6, 4, -3, -2.5, 2:
+        τ̂2 = [2, 0, -3, 4, 0, -6, 0, 0, -2.5, 0]
+    breadcrumbs: τ̂1 + τ̂2 = [2, 0, 0, 4, -5, -6, 7, -4, 3.5, 0].
+    breadcrumbs_ties: sums elect + at 2 (3 - 3 = 0) and 8 (6 - 2.5), where τ̂2 disagrees:
+        agreeing sums [2, 0, 3, 4, -5, -6, 7, -4, 6, 0].
+    With weights (2, 1) and normalize, ties divides by the agreeing weights (one model each):
+        the same [2, 0, 3, 4, -5, -6, 7, -4, 6, 0]; breadcrumbs divides 2τ̂1 + τ̂2 by 3."""
+    base, fts = torch.zeros(10), [T(BC_T1), T(BC_T2)]
+    kw = {"density": 0.5, "gamma": 0.1}
+    assert torch.equal(
+        merge_tensors("breadcrumbs", base, fts, **kw), T([2, 0, 0, 4, -5, -6, 7, -4, 3.5, 0.0])
+    )
+    ties = T([2, 0, 3, 4, -5, -6, 7, -4, 6, 0.0])
+    assert torch.equal(merge_tensors("breadcrumbs_ties", base, fts, **kw), ties)
+    weighted = {**kw, "weights": [2, 1], "normalize": True}
+    assert torch.equal(merge_tensors("breadcrumbs_ties", base, fts, **weighted), ties)
+    torch.testing.assert_close(
+        merge_tensors("breadcrumbs", base, fts, **weighted),
+        T([2, 0, 3, 4, -10, -6, 14, -8, 9.5, 0.0]) / 3,
+    )
+
+
+def test_breadcrumbs_gamma_cap_gamma_zero_and_l1_rescale_by_hand():
+    """τ1 above, n = 10.  density .95, gamma .2: k = 9, top = min(2, 10 - 9) = 1: only -8 goes.
+    gamma 0, density .3: top = 0, the top 3 (-8, 7, 6) stay (mergekit would keep nothing here).
+    τ = [4, -3, 2, 1], density .5, gamma .25, rescale l1: keep -3, 2 (L1 5 of 10) -> ×2."""
+    base, fts = torch.zeros(10), [T(BC_T1)]
+    capped = merge_tensors("breadcrumbs", base, fts, density=0.95, gamma=0.2)
+    assert torch.equal(capped, T([1.0, 0, 3, 0.5, -5, 2, 7, -4, 6, 0.25]))
+    top = merge_tensors("breadcrumbs", base, fts, density=0.3, gamma=0.0)
+    assert torch.equal(top, T([0.0, -8, 0, 0, 0, 0, 7, 0, 6, 0]))
+    l1 = merge_tensors(
+        "breadcrumbs", torch.zeros(4), [T([4.0, -3, 2, 1])], density=0.5, gamma=0.25, rescale="l1"
+    )
+    assert torch.equal(l1, T([0.0, -6, 4, 0]))
+
+
+def test_della_keep_probabilities_by_hand():
+    """density .5, ε .2, a row of n = 5: ascending |τ| ranks r = 0..4 get p = .3 + .4·r/4.
+    Row [3, -1, 2, -4, .5]: ranks [3, 1, 2, 4, 0] -> p = [.6, .4, .5, .7, .3] (mean .5).
+    Row [-.1, .2, -.3, .4, -.5]: ranks [0, 1, 2, 3, 4] -> p = [.3, .4, .5, .6, .7].
+    A 1-D tensor is one row; a row of one entry gets the density."""
+    tau = T([[3.0, -1.0, 2.0, -4.0, 0.5], [-0.1, 0.2, -0.3, 0.4, -0.5]])
+    p = keep_probabilities(tau, 0.5, 0.2)
+    expected = T([[0.6, 0.4, 0.5, 0.7, 0.3], [0.3, 0.4, 0.5, 0.6, 0.7]], dtype=torch.float64)
+    torch.testing.assert_close(p, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(keep_probabilities(tau[0], 0.5, 0.2), p[0])
+    one = keep_probabilities(T([[2.0], [-1.0]]), 0.5, 0.2)
+    assert torch.equal(one, T([[0.5], [0.5]], dtype=torch.float64))
+
+
+def test_della_merge_tensors_uses_the_seeded_masks():
+    """della_linear = θ0 + λ·Σ_t w_t m_t ⊙ τ_t / p_t, della = the elected-sign sum of the same
+    τ̂_t divided by the agreeing weights, with (m_t, p_t) = della_keep_mask(τ_t, .., t)."""
+    base = torch.zeros(3, 6)
+    taus = [torch.arange(18.0).view(3, 6) - 8, torch.linspace(-2, 3, 18).view(3, 6)]
+    kw = {"name": "w", "density": 0.4, "epsilon": 0.3, "seed": 5, "weights": [1, 2]}
+    hat = []
+    for t, tau in enumerate(taus):
+        keep, p = della_keep_mask(tau, 0.4, 0.3, 5, "w", t)
+        hat.append(tau * keep / p.float())
+    linear = merge_tensors("della_linear", base, taus, scaling=0.5, **kw)
+    torch.testing.assert_close(linear, 0.5 * (hat[0] + 2 * hat[1]), rtol=0, atol=1e-6)
+    x = [hat[0], 2 * hat[1]]
+    positive = (x[0] + x[1]) >= 0
+    agree = [torch.where(positive, xi > 0, xi < 0) for xi in x]
+    divisor = (agree[0] * 1.0 + agree[1] * 2.0).clamp(min=1)  # no agreeing model: 0 / 1
+    expected = (x[0] * agree[0] + x[1] * agree[1]) / divisor
+    torch.testing.assert_close(
+        merge_tensors("della", base, taus, **kw), expected, atol=1e-6, rtol=0
+    )
+
+
+def test_model_stock_by_hand():
+    """θ0 = [[1, 2], [3, 4]], τ1 = [[1, 1], [0, 0]], τ2 = [[1, 0], [1, 0]]:
+    cos = 1/(√2·√2) = .5, N = 2: t = 2·.5/(1 + .5) = 2/3; mean τ = [[1, .5], [.5, 0]];
+    θ = θ0 + (2/3)·mean = [[5/3, 7/3], [10/3, 4]].
+    Add τ3 = [[0, 1], [1, 0]]: every pair has cos .5; N = 3: t = 1.5/2 = .75;
+    mean τ = [[2, 2], [2, 0]]/3 -> θ = θ0 + [[.5, .5], [.5, 0]]."""
+    base = T([[1.0, 2.0], [3.0, 4.0]])
+    taus = [T([[1.0, 1.0], [0.0, 0.0]]), T([[1.0, 0.0], [1.0, 0.0]]), T([[0.0, 1.0], [1.0, 0.0]])]
+    fts = [base + tau for tau in taus]
+    two = merge_tensors("model_stock", base, fts[:2])
+    torch.testing.assert_close(two, base + T([[2.0, 1.0], [1.0, 0.0]]) / 3)
+    torch.testing.assert_close(
+        merge_tensors("model_stock", base, fts), base + T([[0.5, 0.5], [0.5, 0]])
+    )
+
+
+def test_model_stock_filter_wise_by_hand():
+    """τ1 = [[1, 0], [1, 1]], τ2 = [[0, 1], [1, 1]], θ0 = 0.
+    Per row: row 0 cos 0 -> t = 0 (stays at θ0); row 1 cos 1 -> t = 2/(1 + 1) = 1 -> [1, 1].
+    Per tensor: cos = 2/(√3·√3) = 2/3, t = (4/3)/(5/3) = .8, mean [[.5, .5], [1, 1]] ->
+    [[.4, .4], [.8, .8]]."""
+    fts = [T([[1.0, 0.0], [1.0, 1.0]]), T([[0.0, 1.0], [1.0, 1.0]])]
+    rows = merge_tensors("model_stock", torch.zeros(2, 2), fts, filter_wise=True)
+    torch.testing.assert_close(rows, T([[0.0, 0.0], [1.0, 1.0]]))
+    whole = merge_tensors("model_stock", torch.zeros(2, 2), fts)
+    torch.testing.assert_close(whole, T([[0.4, 0.4], [0.8, 0.8]]))
+
+
+def test_slerp_by_hand():
+    """One model: θ0 = [1, 0], θ1 = [0, 1] (90° apart), t = .5: sin(45°)/sin(90°) each ->
+    [√2/2, √2/2] (lerp would give [.5, .5]).  Two models: θ1 = [2, 0], θ2 = [0, 2] about θ0 = 0,
+    t = 1/3: Ω = 90°, weights sin(60°) = √3/2 and sin(30°) = 1/2 -> [√3, 1].  Near-colinear
+    θ1 = [1, 1], θ2 = [2, 2.001] (cos > .9995): lerp at t = .5 -> [1.5, 1.5005]."""
+    r = math.sqrt(0.5)
+    one = merge_tensors("slerp", T([1.0, 0.0]), [T([0.0, 1.0])], t=0.5)
+    torch.testing.assert_close(one, T([r, r]))
+    two = merge_tensors("slerp", torch.zeros(2), [T([2.0, 0.0]), T([0.0, 2.0])], t=1 / 3)
+    torch.testing.assert_close(two, T([math.sqrt(3), 1.0]))
+    near = merge_tensors("slerp", torch.zeros(2), [T([1.0, 1.0]), T([2.0, 2.001])], t=0.5)
+    torch.testing.assert_close(near, T([1.5, 1.5005]))
+
+
+def test_slerp_falls_back_to_lerp_when_near_colinear():
+    """Unit endpoints [1, 0] and [c, √(1 − c²)], t = .5: SLERP keeps the norm 1, lerp gives
+    √((1 + c)/2).  c = .9994 (below mergekit's .9995): norm 1; c = .9996: √(.9998).
+    Antipodal θ1 = [1, 2], θ2 = [-1, -2] (cos −1, where SLERP divides by sin π = 0): lerp,
+    [0, 0] at t = .5 and [.5, 1] at t = .25."""
+    for c, norm in [(0.9994, 1.0), (0.9996, math.sqrt(0.9998))]:
+        ends = [
+            T([1.0, 0.0], dtype=torch.float64),
+            T([c, math.sqrt(1 - c * c)], dtype=torch.float64),
+        ]
+        out = merge_tensors(
+            "slerp", torch.zeros(2, dtype=torch.float64), ends, compute_dtype="float64"
+        )
+        assert abs(float(out.norm()) - norm) < 1e-9, c
+    anti = [T([1.0, 2.0]), T([-1.0, -2.0])]
+    assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.5), T([0.0, 0.0]))
+    assert torch.equal(merge_tensors("slerp", torch.zeros(2), anti, t=0.25), T([0.5, 1.0]))
+
+
+def test_sce_by_hand():
+    """θ0 = 0, τ1 = [2, −1, 0, 3], τ2 = [4, 1, −2, −1], no selection (select_topk = 1).
+    Calculate: mean τ1² = (4 + 1 + 0 + 9)/4 = 3.5, mean τ2² = (16 + 1 + 4 + 1)/4 = 5.5, sum 9:
+    c = [7/18, 11/18].  Erase: Σ τ = [6, 0, −2, 2] -> γ = [+, + (zero sum), −, +].
+    Entry 0: both agree, (7/18·2 + 11/18·4)/(7/18 + 11/18) = 58/18 = 29/9; entry 1: only τ2 (+1)
+    agrees -> 1; entry 2: τ1 = 0 never agrees, τ2 = −2 -> −2; entry 3: only τ1 -> 3.
+    With θ0 = 1 everywhere the same τ_m is added to it."""
+    fts = [T([2.0, -1.0, 0.0, 3.0]), T([4.0, 1.0, -2.0, -1.0])]
+    torch.testing.assert_close(merge_tensors("sce", torch.zeros(4), fts), T([29 / 9, 1, -2, 3]))
+    ones = torch.ones(4)
+    moved = merge_tensors("sce", ones, [f + 1 for f in fts])
+    torch.testing.assert_close(moved, ones + T([29 / 9, 1, -2, 3]))
+
+
+def test_sce_select_by_hand():
+    """τ1 = [1, −1, 0, 3], τ2 = [4, 1, −1, −1], select_topk = .5.  Population variances:
+    [2.25, 1, .25, 4], all 4 non-zero: k = int(.5·4) = 2 keeps entries 3 and 0:
+    τ̂1 = [1, 0, 0, 3], τ̂2 = [4, 0, 0, −1].  Calculate on τ̂: mean squares 10/4 and 17/4 ->
+    c = [10/27, 17/27].  Erase: Σ τ̂ = [5, 0, 0, 2]: entry 0 both agree, (10 + 68)/27 = 26/9;
+    entry 3 only τ1, 3; entries 1, 2 hold zeros only (no model agrees) -> 0.
+    Only positions whose values differ count: τ1 = [5, 1], τ2 = [5, 3] have variances [0, 1],
+    one position varies, k = int(.5·1) = 0 and the tensor stays at θ0 (mergekit's rule)."""
+    fts = [T([1.0, -1.0, 0.0, 3.0]), T([4.0, 1.0, -1.0, -1.0])]
+    out = merge_tensors("sce", torch.zeros(4), fts, select_topk=0.5)
+    torch.testing.assert_close(out, T([26 / 9, 0, 0, 3]))
+    same = merge_tensors("sce", torch.zeros(2), [T([5.0, 1.0]), T([5.0, 3.0])], select_topk=0.5)
+    assert torch.equal(same, torch.zeros(2))
+
+
+def test_sce_uniform_coefficients_below_the_threshold_by_hand():
+    """τ1 = [1e-4, 0], τ2 = [3e-4, 0]: Σ mean τ² = (1e-8 + 9e-8)/2 = 5e-8 < 1e-6 -> c = [.5, .5]
+    and entry 0 = (.5e-4 + 1.5e-4)/1 = 2e-4; with uniform_below = 0: c = [.1, .9] ->
+    .1e-4 + 2.7e-4 = 2.8e-4."""
+    z = torch.zeros(2, dtype=torch.float64)
+    fts = [T([1e-4, 0.0], dtype=torch.float64), T([3e-4, 0.0], dtype=torch.float64)]
+    kw = {"compute_dtype": "float64"}
+    torch.testing.assert_close(merge_tensors("sce", z, fts, **kw), T([2e-4, 0.0]).double())
+    exact = merge_tensors("sce", z, fts, uniform_below=0.0, **kw)
+    torch.testing.assert_close(exact, T([2.8e-4, 0.0]).double())
+
+
+def test_karcher_by_hand():
+    """θ1 = [2, 0], θ2 = [0, 4]: unit vectors 90° apart, equal weights: the spherical mean is at
+    45°, [r, r] with r = √½, times the mean norm (2 + 4)/2 = 3 -> [3r, 3r] (the linear mean
+    would be [1, 2]).  The points are the weights, not the task vectors: the same with
+    θ0 = [1, 1]; λ = .5 gives θ0 + .5·(K − θ0).  Weights [2, 1] on [1, 0], [0, 1]: the
+    weighted Karcher mean of two points lies 1/3 of the way along the arc, at 30°:
+    [√3/2, 1/2] (the first step moves the initial guess, at atan(1/2), onto it exactly).
+    A zero model counts in the norm, not the direction: θ1 = 0, θ2 = [0, 4] -> [0, 2].
+    One model comes back as it is."""
+    r = math.sqrt(0.5)
+    fts = [T([2.0, 0.0]), T([0.0, 4.0])]
+    torch.testing.assert_close(merge_tensors("karcher", torch.zeros(2), fts), T([3 * r, 3 * r]))
+    base = T([1.0, 1.0])
+    torch.testing.assert_close(merge_tensors("karcher", base, fts), T([3 * r, 3 * r]))
+    half = merge_tensors("karcher", base, fts, scaling=0.5)
+    torch.testing.assert_close(half, base + 0.5 * (T([3 * r, 3 * r]) - base))
+    axes = [T([1.0, 0.0]), T([0.0, 1.0])]
+    weighted = merge_tensors("karcher", torch.zeros(2), axes, weights=[2.0, 1.0])
+    torch.testing.assert_close(weighted, T([math.sqrt(3) / 2, 0.5]))
+    zero = merge_tensors("karcher", torch.zeros(2), [torch.zeros(2), T([0.0, 4.0])])
+    torch.testing.assert_close(zero, T([0.0, 2.0]))
+    assert torch.equal(merge_tensors("karcher", base, fts[:1]), fts[0])
+
+
+def _mean_log(u: torch.Tensor, points: list[torch.Tensor], a: list[float]) -> torch.Tensor:
+    """Σ_t a_t·log_u(p_t) on the unit sphere, log_u(p) = φ/sin φ·(p − cos φ·u), φ = ∠(u, p):
+    zero exactly at the Karcher mean (its first-order condition)."""
+    out = torch.zeros_like(u)
+    for p, w in zip(points, a, strict=True):
+        c = float(u @ p)
+        phi = math.acos(max(-1.0, min(1.0, c)))
+        out += w * phi / math.sin(phi) * (p - c * u)
+    return out
+
+
+def test_karcher_max_iter_stops_the_iteration_by_hand():
+    """Unit points e1, e2, e3 weighted [4, 1, 1] (α = [2/3, 1/6, 1/6]): the initial guess is the
+    normalised weighted mean [4, 1, 1]/√18.  The Karcher mean is the unit u where the weighted
+    mean of the log maps is 0; it lies on the symmetry plane y = z, and farther from e1 than the
+    guess (the squared arc length grows faster than the chord the Euclidean mean minimises, so
+    the far points pull harder).  max_iter = 1 stops after one step: not yet there."""
+    pts = [T([1.0, 0, 0]).double(), T([0, 1.0, 0]).double(), T([0, 0, 1.0]).double()]
+    alpha = [2 / 3, 1 / 6, 1 / 6]
+    kw = {"weights": [4.0, 1.0, 1.0], "compute_dtype": "float64", "tol": 1e-12}
+    z = torch.zeros(3, dtype=torch.float64)
+    guess = T([4.0, 1.0, 1.0]).double() / math.sqrt(18)
+    one = merge_tensors("karcher", z, pts, max_iter=1, **kw)
+    many = merge_tensors("karcher", z, pts, max_iter=100, **kw)
+    assert float(_mean_log(many, pts, alpha).norm()) < 1e-10
+    assert float(_mean_log(one, pts, alpha).norm()) > 1e-4
+    assert float(_mean_log(guess, pts, alpha).norm()) > 1e-2
+    assert abs(float(many.norm()) - 1.0) < 1e-12 and abs(float(many[1] - many[2])) < 1e-12
+    assert float(many[0]) < float(guess[0])
+
+
+def test_multislerp_by_hand():
+    """origin base: the task vectors τ1 = [2, 0], τ2 = [0, 4] about θ0 = [1, 1], equal weights:
+    units [1, 0], [0, 1], mean direction [r, r]; the tangent sum Σ w_t (u_t − ⟨u_t, μ⟩μ) is 0;
+    times Σ w_t n_t = 3 -> θ0 + [3r, 3r].  Weights [2, 1] (normalised 2/3, 1/3): μ = [2, 1]/√5,
+    scale 2/3·2 + 1/3·4 = 8/3; normalize_weights = false: the same μ, scale 2·2 + 4 = 8.
+    origin zero: θ0 = [1, 0], θ1 = [0, 1], θ2 = [2, 0]: units [0, 1], [1, 0], μ = [r, r], scale
+    (1 + 2)/2 -> [1.5r, 1.5r].  Two antipodal models (τ1 = [1, 0], τ2 = [−3, 0]): the mean
+    direction is 0, mergekit lerps: .5·1 + .5·(−3) = −1."""
+    r = math.sqrt(0.5)
+    base = T([1.0, 1.0])
+    taus = [T([2.0, 0.0]), T([0.0, 4.0])]
+    fts = [base + t for t in taus]
+    torch.testing.assert_close(merge_tensors("multislerp", base, fts), base + 3 * r)
+    mu = T([2.0, 1.0]) / math.sqrt(5)
+    w = merge_tensors("multislerp", base, fts, weights=[2.0, 1.0])
+    torch.testing.assert_close(w, base + 8 / 3 * mu)
+    raw = merge_tensors("multislerp", base, fts, weights=[2.0, 1.0], normalize_weights=False)
+    torch.testing.assert_close(raw, base + 8 * mu)
+    zero = merge_tensors("multislerp", T([1.0, 0.0]), [T([0.0, 1.0]), T([2.0, 0.0])], origin="zero")
+    torch.testing.assert_close(zero, T([1.5 * r, 1.5 * r]))
+    lerp = merge_tensors("multislerp", torch.zeros(2), [T([1.0, 0.0]), T([-3.0, 0.0])])
+    torch.testing.assert_close(lerp, T([-1.0, 0.0]))
+
+
+def test_multislerp_is_the_mean_direction_times_the_mean_norm():
+    """Σ_t w_t (u_t − ⟨u_t, μ⟩μ) = m − ‖m‖μ = 0 (docs/merging.md): Multi-SLERP equals
+    normalise(Σ_t w_t x_t/‖x_t‖)·Σ_t w_t ‖x_t‖ on random task vectors, weights normalised; to
+    rounding with eps = 1e-15, within the eps-sized shift of u_t = x_t/(‖x_t‖ + eps) by default."""
+    g = torch.Generator().manual_seed(4)
+    taus = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    base = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.5, 1.0, 2.5], dtype=torch.float64) / 4.0
+    norms = taus.flatten(1).norm(dim=1)
+    direction = (w.view(3, 1, 1) * taus / norms.view(3, 1, 1)).sum(dim=0)
+    expected = base + direction / direction.norm() * float(w @ norms)
+    fts = list(base + taus)
+    kw = {"weights": [0.5, 1.0, 2.5], "compute_dtype": "float64"}
+    out = merge_tensors("multislerp", base, fts, eps=1e-15, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    default = merge_tensors("multislerp", base, fts, **kw)
+    torch.testing.assert_close(default, expected, rtol=0, atol=1e-8)

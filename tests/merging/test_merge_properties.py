@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from merging_helpers import models, state_dicts
+from merging_helpers import fit_count, models, state_dicts
 
 from hhh_bench.merging import list_methods, merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_merge
@@ -23,7 +23,7 @@ dtypes = st.sampled_from([torch.float32, torch.bfloat16, torch.float64])
 @FAST
 @given(method=st.sampled_from(sorted(list_methods())), num=num_models, seed=seeds, dtype=dtypes)
 def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
-    base, fts = state_dicts(num, seed, dtype)
+    base, fts = state_dicts(fit_count(method, num), seed, dtype)
     out = merge_state_dicts(method, base, fts)
     assert list(out) == list(base)
     for k, v in out.items():
@@ -33,7 +33,21 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
 
 @FAST
 @given(
-    method=st.sampled_from(["task_arithmetic", "weight_average", "ties", "tsv", "resm"]),
+    method=st.sampled_from(
+        [
+            "task_arithmetic",
+            "weight_average",
+            "ties",
+            "tsv",
+            "resm",
+            "breadcrumbs",
+            "breadcrumbs_ties",
+            "model_stock",
+            "sce",
+            "karcher",
+            "multislerp",
+        ]
+    ),
     num=st.integers(2, 4),
     seed=seeds,
     perm_seed=seeds,
@@ -142,7 +156,7 @@ def test_polar_factors_have_orthonormal_columns(shape, num, seed, dtype):
 @given(method=st.sampled_from(sorted(list_methods())), seed=seeds)
 def test_bf16_inputs_are_computed_in_float32(method, seed):
     """bf16 in, bf16 out, and the same as merging the float32 copies then rounding once."""
-    base, fts = models((6, 4), 3, seed, torch.bfloat16)
+    base, fts = models((6, 4), fit_count(method, 3), seed, torch.bfloat16)
     out = merge_tensors(method, base, fts, name="w")
     ref = merge_tensors(method, base.float(), [f.float() for f in fts], name="w")
     assert out.dtype == torch.bfloat16

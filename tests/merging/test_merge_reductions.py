@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from merging_helpers import models, state_dicts
+from merging_helpers import fit_count, models, state_dicts
 
 from hhh_bench.merging import list_methods, merge_state_dicts, merge_tensors
 
@@ -76,7 +76,7 @@ def test_scaling_zero_returns_the_base():
     for method in list_methods():
         if method == "weight_average":
             continue
-        out = merge_state_dicts(method, base, fts, scaling=0.0)
+        out = merge_state_dicts(method, base, fts[: fit_count(method, 3)], scaling=0.0)
         for k in base:
             assert torch.equal(out[k], base[k]), (method, k)
 

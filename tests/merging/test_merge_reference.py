@@ -1,5 +1,7 @@
 """Reference tests against independent implementations: peft's merge_utils for TA, TIES and
-DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition)."""
+DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition);
+Breadcrumbs, DELLA, Model Stock, SLERP, SCE, Karcher mean and Multi-SLERP against formulations
+written here from mergekit's code (``_mk_*``: loops over models, its order of operations)."""
 
 from __future__ import annotations
 
@@ -105,3 +107,394 @@ def test_tsv_state_dict_matches_the_equations_in_float64():
         else:
             expected = b + sum(taus) / 3
         torch.testing.assert_close(out[key], expected, rtol=0, atol=1e-8, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# mergekit's formulations, written here from a reading of mergekit's merge_methods/ and
+# sparsify.py (github.com/arcee-ai/mergekit, v0.1.4): independent code, the same rules.
+
+
+def _mk_outliers(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """mergekit's magnitude_outliers: sort |δ| ascending, drop the n_bot smallest and the n_top
+    largest, n_top = int(γ·n) lowered when n_bot = n − int(d·n) − n_top would be negative."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    n_top = int(gamma * n)
+    n_bot = n - int(density * n) - n_top
+    if n_bot < 0:
+        n_top, n_bot = n_top + n_bot, 0
+    ascending = delta.abs().flatten().argsort()
+    keep = torch.zeros(n, dtype=delta.dtype)
+    keep[ascending[n_bot : n - n_top]] = 1
+    return delta * keep.view_as(delta)
+
+
+def _mk_l1(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    before, after = delta.abs().sum(), masked.abs().sum()
+    return masked if before < 1e-7 or after < 1e-7 else masked * (before / after)
+
+
+def _mk_gta(deltas, weights, *, consensus: bool, normalize: bool) -> torch.Tensor:
+    """mergekit's GTATask mixing of sparsified deltas (its get_mask with method 'sum')."""
+    d = torch.stack(deltas)
+    w = torch.tensor(weights, dtype=d.dtype).view(-1, *[1] * (d.dim() - 1))
+    x = d * w
+    if consensus:
+        majority = (x.sum(0) >= 0).to(d.dtype) * 2 - 1
+        mask = (x.sign() == majority).to(d.dtype)
+        mixed, divisor = (x * mask).sum(0), (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = x.sum(0), w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if normalize else mixed
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize(
+    ("density", "gamma", "normalize", "rescale"),
+    [
+        (0.9, 0.05, False, "none"),
+        (0.5, 0.1, True, "l1"),
+        (0.7, 0.4, False, "l1"),
+        (1.0, 0.1, True, "none"),
+    ],
+)
+def test_breadcrumbs_matches_mergekit(method, density, gamma, normalize, rescale):
+    base, fts = models((6, 7), 3, seed=int(density * 100), dtype=torch.float64)
+    weights = [0.7, 1.3, -0.4]
+    deltas = []
+    for f in fts:
+        masked = _mk_outliers(f - base, density, gamma)
+        deltas.append(_mk_l1(f - base, masked) if rescale == "l1" and density < 1 else masked)
+    consensus = method == "breadcrumbs_ties"
+    expected = base + 0.8 * _mk_gta(deltas, weights, consensus=consensus, normalize=normalize)
+    out = merge_tensors(
+        method, base, fts, density=density, gamma=gamma, normalize=normalize, rescale=rescale,
+        weights=weights, scaling=0.8, compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def _mk_della_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """mergekit's della_magprune probabilities: 1-based ranks of |δ| along dim 1 (argsort of the
+    argsort), min-max normalised per row, mapped to [density − ε, density + ε]."""
+    rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float64) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    return ((density - epsilon) + norm * 2 * epsilon).view_as(delta)
+
+
+def _mk_della_delta(delta, density, epsilon, rescale, bernoulli=torch.bernoulli):
+    """mergekit's della_magprune with ``rescale`` 'l1' (v0.1.x) or 'inverse_p' (its first
+    version, the paper's δ·m/p) or 'none'."""
+    probs = _mk_della_probs(delta, density, epsilon)
+    mask = bernoulli(probs)
+    if rescale == "inverse_p":
+        return delta * mask / probs
+    return _mk_l1(delta, delta * mask) if rescale == "l1" else delta * mask
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+@pytest.mark.parametrize(
+    ("density", "epsilon", "normalize", "rescale"),
+    [(0.5, 0.15, True, "inverse_p"), (0.3, 0.1, False, "l1"), (0.7, 0.25, True, "none")],
+)
+def test_della_matches_mergekit_given_the_same_masks(
+    monkeypatch, method, density, epsilon, normalize, rescale
+):
+    """mergekit draws its masks with torch.bernoulli from the global RNG: hand it ours, in order."""
+    from hhh_bench.merging.methods.della import della_keep_mask
+
+    base, fts = models((5, 9), 3, seed=int(density * 10), dtype=torch.float64)
+    weights = [0.6, 1.4, -0.5]
+    masks = [della_keep_mask(f - base, density, epsilon, 4, "w", t)[0] for t, f in enumerate(fts)]
+    queue = [m.to(torch.float64) for m in masks]
+    deltas = [
+        _mk_della_delta(f - base, density, epsilon, rescale, bernoulli=lambda p: queue.pop(0))
+        for f in fts
+    ]
+    assert queue == []
+    consensus = method == "della"
+    expected = base + 1.2 * _mk_gta(deltas, weights, consensus=consensus, normalize=normalize)
+    out = merge_tensors(
+        method, base, fts, name="w", seed=4, density=density, epsilon=epsilon,
+        normalize=normalize, rescale=rescale, weights=weights, scaling=1.2,
+        compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_della_keep_rates_match_mergekit_in_distribution():
+    """4000 identical rows of 8 entries (|τ| ranks 0..7 in a shuffled order), one model:
+    every row draws its own mask, so each column's keep rate estimates that rank's keep
+    probability over 4000 draws (σ ≤ √(.25/4000) = .0079 per column).
+
+    - our probabilities equal mergekit's formulation (to float64 rounding);
+    - our per-column keep rates are within .032 (4σ) of them, and within .045 (4σ of a
+      difference) of the rates of mergekit's own draws (torch.bernoulli, global RNG);
+      measured at seed 0: max deviations .014 and .014 (1.8σ);
+    - the overall keep rate is density within .011 (4σ over 32000 entries; measured .0053);
+    - the rescaled entries average to τ (E[m/p] = 1): within 4σ of each column's mean
+      (measured 1.95σ at most)."""
+    from hhh_bench.merging.methods.della import keep_probabilities
+
+    density, epsilon, rows = 0.4, 0.25, 4000
+    row = torch.tensor([0.3, -2.0, 0.05, 1.1, -0.7, 4.0, -0.15, 0.9], dtype=torch.float64)
+    tau = row.expand(rows, 8).clone()
+    p_mk = _mk_della_probs(tau, density, epsilon)
+    torch.testing.assert_close(keep_probabilities(tau, density, epsilon), p_mk, rtol=0, atol=1e-15)
+    base = torch.zeros(rows, 8, dtype=torch.float64)
+    kw = {"name": "w", "density": density, "epsilon": epsilon, "compute_dtype": "float64"}
+    kept = merge_tensors("della_linear", base, [tau], rescale="none", **kw) != 0
+    ours = kept.double().mean(0)
+    assert (ours - p_mk[0]).abs().max() < 0.032
+    torch.manual_seed(0)
+    theirs = (_mk_della_delta(tau, density, epsilon, "none") != 0).double().mean(0)
+    assert (ours - theirs).abs().max() < 0.045
+    assert abs(float(kept.double().mean()) - density) < 0.011
+    rescaled = merge_tensors("della_linear", base, [tau], **kw)
+    sd = (row.abs() * ((1 - p_mk[0]) / p_mk[0]).sqrt()) / rows**0.5  # σ of the column mean
+    assert ((rescaled.mean(0) - row).abs() < 4 * sd).all()
+
+
+def test_della_masks_are_reproducible_from_the_seed():
+    """Bit for bit: the same seed gives the same merge (and the same mask in float32 and
+    float64); another seed, name or model order gives another."""
+    base, fts = models((6, 10), 2, seed=3, dtype=torch.float64)
+    kw = {"name": "w", "seed": 9, "density": 0.5, "epsilon": 0.2}
+    a = merge_tensors("della", base, fts, **kw)
+    assert torch.equal(a, merge_tensors("della", base, fts, **kw))
+    zero, tau = torch.zeros_like(base), [fts[0] - base]
+    b = merge_tensors("della_linear", zero, tau, rescale="none", **kw)
+    c = merge_tensors("della_linear", zero, tau, rescale="none", compute_dtype="float64", **kw)
+    assert torch.equal(b == 0, c == 0) and 0 < int((b == 0).sum()) < b.numel()
+    for other in ({"seed": 10}, {"name": "v"}):
+        assert not torch.equal(a, merge_tensors("della", base, fts, **{**kw, **other}))
+    assert not torch.equal(a, merge_tensors("della", base, fts[::-1], **kw))
+
+
+def _mk_model_stock(w0: torch.Tensor, ws: list[torch.Tensor], filter_wise: bool) -> torch.Tensor:
+    """mergekit's ModelStockMergeTask on raw weights: pairwise cosines of w_i − w_0 (norm product
+    clamped at 1e-6), averaged; t = N·cos/(1 + (N−1)·cos); t·mean(ws) + (1 − t)·w_0."""
+    shape = w0.shape
+    if filter_wise:
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.view(-1), [w.view(-1) for w in ws]
+    offsets = [w - w0 for w in ws]
+    cos = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1 :]:
+            norm = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cos.append(((a * b).sum(dim=-1) / norm.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    t = n * c / (1 + (n - 1) * c)
+    return (t * (sum(ws) / n) + (1 - t) * w0).reshape(shape)
+
+
+@pytest.mark.parametrize("filter_wise", [False, True])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_model_stock_matches_mergekit(shape, num, filter_wise):
+    base, fts = models(shape, num, seed=num, dtype=torch.float64)
+    fts = [f + 0.05 for f in fts]  # a shared direction: cosines > 0, t in (0, 1]
+    expected = _mk_model_stock(base, fts, filter_wise)
+    out = merge_tensors("model_stock", base, fts, filter_wise=filter_wise, compute_dtype="float64")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def _mk_slerp(t: float, v0, v1, dot_threshold=0.9995, eps=1e-8):
+    """mergekit's slerp on NumPy arrays (it casts torch inputs to float32 first)."""
+    import numpy as np
+
+    c0, c1 = np.copy(v0), np.copy(v1)
+    n0, n1 = np.linalg.norm(v0), np.linalg.norm(v1)
+    v0 = v0 / n0 if n0 > eps else v0
+    v1 = v1 / n1 if n1 > eps else v1
+    dot = np.sum(v0 * v1)
+    if np.abs(dot) > dot_threshold:
+        return (1 - t) * c0 + t * c1
+    theta = np.arccos(dot)
+    return np.sin(theta - theta * t) / np.sin(theta) * c0 + np.sin(theta * t) / np.sin(theta) * c1
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.75, 1.0])
+@pytest.mark.parametrize("layout", ["base_and_one", "two_models", "colinear"])
+def test_slerp_matches_mergekit(t, layout):
+    """mergekit's layout (its base_model is the t = 0 end) is one finetuned model; two models
+    interpolate θ1 -> θ2. float64 to 1e-12; the float32 default against mergekit's float32
+    NumPy to 2e-6 (entries of size ~1)."""
+    base, fts = models((5, 6), 2, seed=11, dtype=torch.float64)
+    if layout == "colinear":
+        fts = [base * 1.5, base * 1.5 + 1e-4 * fts[0]]
+    ends = (base, fts[0]) if layout == "base_and_one" else (fts[0], fts[1])
+    given = fts[:1] if layout == "base_and_one" else fts
+    expected = torch.from_numpy(_mk_slerp(t, ends[0].numpy(), ends[1].numpy()))
+    out = merge_tensors("slerp", base, given, t=t, compute_dtype="float64")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    mk32 = _mk_slerp(t, ends[0].float().numpy(), ends[1].float().numpy())
+    out32 = merge_tensors("slerp", base.float(), [f.float() for f in given], t=t)
+    torch.testing.assert_close(out32, torch.from_numpy(mk32), rtol=0, atol=2e-6)
+
+
+def test_breadcrumbs_mask_of_a_large_tensor_matches_mergekit():
+    """Above SORT_MAX entries the mask comes from topk_mask's histogram selection: the same
+    entries as mergekit's sort (70 000 distinct magnitudes)."""
+    from hhh_bench.merging.methods.breadcrumbs import SORT_MAX, breadcrumbs_mask
+
+    x = torch.randn(70_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert x.numel() > SORT_MAX
+    expected = _mk_outliers(x, 0.6, 0.05) != 0
+    assert torch.equal(breadcrumbs_mask(x.abs(), 0.6, 0.05), expected)
+
+
+def _mk_sce(base: torch.Tensor, fts: list[torch.Tensor], select_topk: float) -> torch.Tensor:
+    """mergekit's sce_merge: task vectors; if select_topk < 1 the top int(nonzero·p) positions
+    by population variance (torch.topk); sign-consensus mask (get_mask 'sum'); weights
+    mean(τ²)/Σ (uniform below 1e-6); Σ τ·w·mask / clamp(Σ w·mask, 1e-6)."""
+    tvs = torch.stack([f - base for f in fts])
+    if select_topk < 1:
+        var = torch.var(tvs, dim=0, unbiased=False)
+        k = int(torch.count_nonzero(var) * select_topk)
+        keep = torch.zeros_like(var)
+        if k > 0:
+            keep.view(-1)[torch.topk(var.abs().view(-1), k=k).indices] = 1
+        tvs = tvs * keep.unsqueeze(0)
+    majority = (tvs.sum(dim=0) >= 0).to(tvs.dtype) * 2 - 1
+    erase = tvs.sign() == majority
+    energies = [float((tv**2).mean()) for tv in tvs]
+    total = sum(energies)
+    coeffs = [1 / len(tvs)] * len(tvs) if abs(total) < 1e-6 else [e / total for e in energies]
+    num = sum(c * tv * m for c, tv, m in zip(coeffs, tvs, erase, strict=True))
+    den = sum(c * m.to(tvs.dtype) for c, m in zip(coeffs, erase, strict=True))
+    return base + num / den.clamp(min=1e-6)
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.7, 0.3])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_sce_matches_mergekit(shape, num, select_topk):
+    """Continuous random task vectors (no equal variances at the cut): to 1e-12 in float64.
+    Weights w_t are ours (mergekit has none): SCE of the models θ0 + w_t·τ_t."""
+    base, fts = models(shape, num, seed=num + 7, dtype=torch.float64)
+    kw = {"select_topk": select_topk, "compute_dtype": "float64"}
+    out = merge_tensors("sce", base, fts, **kw)
+    torch.testing.assert_close(out, _mk_sce(base, fts, select_topk), rtol=0, atol=1e-12)
+    weights = [0.5 + 0.5 * t for t in range(num)]
+    scaled = [base + w * (f - base) for w, f in zip(weights, fts, strict=True)]
+    out_w = merge_tensors("sce", base, fts, weights=weights, **kw)
+    torch.testing.assert_close(out_w, _mk_sce(base, scaled, select_topk), rtol=0, atol=1e-12)
+
+
+def _mk_karcher(tensors, alphas, max_iter=10, tol=1e-5):
+    """mergekit's karcher_merge_tensors, one model at a time (norms, unit vectors, valid models
+    above tol, the normalised weighted mean as the first guess, the log/exp-map iteration, the
+    scale Σ α_t‖θ_t‖ over all models)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    norms = [float(torch.linalg.norm(t)) for t in tensors]
+    units = [
+        t / n if n != 0.0 else torch.zeros_like(t) for t, n in zip(tensors, norms, strict=True)
+    ]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    a = [alphas[i] / sum(alphas[j] for j in valid) for i in valid]
+    pts = [units[i] for i in valid]
+    u = sum(ai * p for ai, p in zip(a, pts, strict=True))
+    nu = float(torch.linalg.norm(u))
+    u = pts[0].clone() if nu < tol else u / nu
+    for _ in range(max_iter):
+        step = torch.zeros_like(u)
+        for ai, p in zip(a, pts, strict=True):
+            dot = torch.clamp(torch.dot(u.flatten(), p.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if float(theta) < tol:
+                continue
+            step += ai * (theta / torch.sin(theta)) * (p - dot * u)
+        ns = torch.linalg.norm(step)
+        if float(ns) < tol:
+            break
+        u = torch.cos(ns) * u + torch.sin(ns) * (step / ns)
+        un = torch.linalg.norm(u)
+        if float(un) > tol:
+            u = u / un
+    return sum(al * n for al, n in zip(alphas, norms, strict=True)) * u
+
+
+@pytest.mark.parametrize(("max_iter", "tol"), [(10, 1e-5), (1, 1e-5), (50, 1e-12)])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_karcher_matches_mergekit(shape, num, max_iter, tol):
+    """The finetuned weights spread far apart (so the iteration matters): to 1e-12 in float64,
+    equal weights (mergekit's alphas 1/N) and ours [1, 2, ..] as alphas w/Σw."""
+    base, fts = models(shape, num, seed=num + 3, dtype=torch.float64)
+    fts = [f + 2.0 * (f - base) + 0.3 * t for t, f in enumerate(fts)]  # far apart
+    kw = {"max_iter": max_iter, "tol": tol, "compute_dtype": "float64"}
+    out = merge_tensors("karcher", base, fts, **kw)
+    flat = [f.flatten() for f in fts]
+    expected = _mk_karcher(flat, [1 / num] * num, max_iter, tol).view(shape)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    weights = [1.0 + t for t in range(num)]
+    alphas = [w / sum(weights) for w in weights]
+    out_w = merge_tensors("karcher", base, fts, weights=weights, **kw)
+    expected_w = _mk_karcher(flat, alphas, max_iter, tol).view(shape)
+    torch.testing.assert_close(out_w, expected_w, rtol=0, atol=1e-12)
+    if max_iter == 1 and num > 2:  # the iteration matters (two equal-weight points: the
+        # normalised Euclidean mean is already their Karcher mean, the arc's midpoint)
+        assert not torch.allclose(out, merge_tensors("karcher", base, fts, compute_dtype="float64"))
+
+
+def _mk_multislerp(tensors, weight, base=None, normalize_weights=True, eps=1e-8):
+    """mergekit's multislerp: subtract the optional base, unit vectors x/(‖x‖ + eps), weighted
+    mean direction (zero: lerp for two models), tangent projection, weighted tangent sum, exp map
+    with ν = ‖v‖ + eps, times Σ w‖x‖, plus the base."""
+    if len(tensors) == 1:
+        return tensors[0]
+    xs = [t - base if base is not None else t for t in tensors]
+    w = [wi / sum(weight) for wi in weight] if normalize_weights else list(weight)
+    norms = [torch.norm(x.flatten()) for x in xs]
+    units = [x.flatten() / (n + eps) for x, n in zip(xs, norms, strict=True)]
+    mean = sum(wi * u for wi, u in zip(w, units, strict=True))
+    if torch.norm(mean) < eps:
+        assert len(xs) == 2
+        res = xs[0] * w[0] + xs[1] * w[1]
+        return res + base if base is not None else res
+    mean = mean / torch.norm(mean)
+    tangent = sum(wi * (u - (u * mean).sum() * mean) for wi, u in zip(w, units, strict=True))
+    nt = torch.norm(tangent) + eps
+    res = mean * torch.cos(nt) + tangent * (torch.sin(nt) / nt)
+    res = (res * sum(n * wi for n, wi in zip(norms, w, strict=True))).view(tensors[0].shape)
+    return res + base if base is not None else res
+
+
+@pytest.mark.parametrize("origin", ["base", "zero"])
+@pytest.mark.parametrize("normalize_weights", [True, False])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 2), ((5, 4), 3), ((9,), 4)])
+def test_multislerp_matches_mergekit(shape, num, normalize_weights, origin):
+    """origin base = mergekit with base_model (the base subtracted and added back), zero =
+    without; weights = mergekit's per-model weight; to 1e-12 in float64."""
+    base, fts = models(shape, num, seed=num + 5, dtype=torch.float64)
+    weights = [0.5 + 0.75 * t for t in range(num)]
+    out = merge_tensors(
+        "multislerp", base, fts, weights=weights, normalize_weights=normalize_weights,
+        origin=origin, compute_dtype="float64",
+    )  # fmt: skip
+    mk_base = base if origin == "base" else None
+    expected = _mk_multislerp(fts, weights, mk_base, normalize_weights)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_new_methods_float32_against_mergekit_formulation():
+    """The float32 default against the float64 formulations: within float32 rounding."""
+    base, fts = models((8, 6), 3, seed=21, dtype=torch.float64)
+    cases = [
+        ("sce", {"select_topk": 0.5}, _mk_sce(base, fts, 0.5)),
+        ("karcher", {}, _mk_karcher([f.flatten() for f in fts], [1 / 3] * 3).view(8, 6)),
+        ("multislerp", {}, _mk_multislerp(fts, [1.0] * 3, base)),
+    ]
+    for method, kw, expected in cases:
+        out = merge_tensors(method, base.float(), [f.float() for f in fts], **kw)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-6, msg=method)

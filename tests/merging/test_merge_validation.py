@@ -25,8 +25,9 @@ def test_unknown_parameter_lists_the_valid_ones():
 
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.01, float("nan")])
 def test_density_outside_0_1(density):
-    with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
-        merge_tensors("ties", B, FT, density=density)
+    for method in ("ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"):
+        with pytest.raises(ValueError, match="'density' must be in \\(0, 1\\]"):
+            merge_tensors(method, B, FT, density=density)
 
 
 def test_a_density_that_keeps_nothing_of_a_tensor_names_it_and_the_least_density():
@@ -80,6 +81,39 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("resm", {"reweight": "huber"}, r"'reweight' must be one of \['huber_mad', 'none'\]"),
         ("resm", {"rank": "owl"}, "'rank' must be one of"),
         ("ties", {"scope": "layer"}, "'scope' must be one of"),
+        ("breadcrumbs", {"gamma": 1.0}, r"'gamma' must be in \[0, 1\)"),
+        ("breadcrumbs_ties", {"gamma": -0.01}, r"'gamma' must be in \[0, 1\)"),
+        ("breadcrumbs", {"rescale": "l2"}, r"'rescale' must be one of \['none', 'l1'\]"),
+        ("breadcrumbs", {"normalize": "yes"}, "'normalize' must be bool"),
+        ("della", {"epsilon": -0.1}, "'epsilon' must be >= 0"),
+        ("slerp", {"t": 1.5}, r"'t' must be in \[0, 1\], got 1.5"),
+        ("slerp", {"t": -0.1}, r"'t' must be in \[0, 1\]"),
+        ("model_stock", {"filter_wise": 1}, "'filter_wise' must be bool"),
+        ("sce", {"select_topk": 0.0}, r"'select_topk' must be in \(0, 1\], got 0.0"),
+        ("sce", {"select_topk": 1.5}, r"'select_topk' must be in \(0, 1\]"),
+        ("sce", {"select_topk": -0.2}, r"'select_topk' must be in \(0, 1\]"),
+        ("sce", {"select_topk": float("nan")}, r"'select_topk' must be in \(0, 1\]"),
+        ("sce", {"uniform_below": -1e-6}, "'uniform_below' must be >= 0"),
+        ("karcher", {"max_iter": 0}, "'max_iter' must be >= 1, got 0"),
+        ("karcher", {"max_iter": 2.5}, "'max_iter' must be int"),
+        ("karcher", {"tol": 0.0}, "'tol' must be > 0"),
+        ("karcher", {"tol": -1e-5}, "'tol' must be > 0"),
+        ("karcher", {"tol": float("inf")}, "'tol' must be > 0 and finite"),
+        ("karcher", {"weights": [1.0, -0.5]}, r"'weights' entry 1 is -0.5: karcher .* >= 0"),
+        ("karcher", {"weights": [0.0, 0.0]}, "'weights' are all 0: karcher"),
+        ("multislerp", {"weights": [-1.0, 2.0]}, r"'weights' entry 0 is -1: multislerp .* >= 0"),
+        ("multislerp", {"weights": [0.0, 0.0]}, "'weights' are all 0: multislerp"),
+        ("multislerp", {"eps": 0.0}, "'eps' must be > 0"),
+        ("multislerp", {"eps": -1e-8}, "'eps' must be > 0"),
+        ("multislerp", {"origin": "mean"}, r"'origin' must be one of \['base', 'zero'\]"),
+        ("multislerp", {"normalize_weights": "no"}, "'normalize_weights' must be bool"),
+        ("della", {"density": 0.3, "epsilon": 0.3}, r"'epsilon' = 0.3 .* \[0, 0.6\] outside"),
+        (
+            "della_linear",
+            {"density": 0.8, "epsilon": 0.2},
+            r"epsilon < min\(density, 1 − density\)",
+        ),
+        ("della", {"rescale": "l2"}, r"'rescale' must be one of \['inverse_p', 'l1', 'none'\]"),
         ("ties", {"density": "0.2"}, "'density' must be float"),
         ("task_arithmetic", {"scaling": float("inf")}, "'scaling' must be finite"),
         ("ties", {"scaling": 1e40}, r"'scaling' = 1e\+40 is beyond .* float32 \(\|λ\| ≤ 3\.4e\+38"),
@@ -173,3 +207,62 @@ def test_state_dict_shape_mismatch_names_the_key():
     base = {"a": B, "b": B}
     with pytest.raises(ValueError, match=r"'b': finetuned model 0 has shape \(3,\)"):
         merge_state_dicts("ties", base, [{"a": B, "b": torch.zeros(3)}])
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+def test_breadcrumbs_and_della_density_that_keeps_nothing_names_the_smallest_tensor(method):
+    """int(0.1 × 6) = 0 entries of the 6-entry 'b' (the 12-entry 'a' keeps 1): refused from the
+    shapes with TIES's check and message (DELLA: under one entry kept in expectation), not
+    zeroed silently; 0.2 keeps one entry of 'b' and passes."""
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.ones(3, 4), "b": torch.ones(6)}]
+    eps = {"epsilon": 0.05} if method.startswith("della") else {}
+    with pytest.raises(
+        ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 of the 6 entries of "
+        r"tensor 'b' \(its smallest\).*at least 1/6"
+    ):  # fmt: skip
+        merge_state_dicts(method, base, fts, density=0.1, **eps)
+    assert merge_state_dicts(method, base, fts, density=0.2, **eps)["b"].shape == (6,)
+
+
+def test_slerp_takes_one_or_two_models_and_model_stock_two_or_more():
+    three = [*FT, torch.full((2, 3), 3.0)]
+    with pytest.raises(ValueError, match="'slerp' interpolates two models: .* got 3"):
+        merge_tensors("slerp", B, three)
+    with pytest.raises(ValueError, match="'model_stock' needs at least 2 finetuned models.* got 1"):
+        merge_tensors("model_stock", B, FT[:1])
+
+
+def test_model_stock_with_antipodal_task_vectors_names_the_tensor():
+    """N = 2, τ2 = −τ1: cos = −1 = −1/(N − 1), t = 2·(−1)/0."""
+    with pytest.raises(ValueError, match=r"parameter 'w': model_stock's mean cosine .* infinite"):
+        merge_tensors("model_stock", B, [FT[0], -FT[0]], name="w")
+
+
+def test_sce_takes_two_or_more_models_and_a_select_topk_that_keeps_something():
+    """One model: nothing to select by variance.  select_topk = .1 keeps int(.1 × 6) = 0 of the
+    6-entry 'b': refused from the shapes with TIES's message, naming select_topk."""
+    with pytest.raises(ValueError, match="'sce' needs at least 2 finetuned models.* got 1"):
+        merge_tensors("sce", B, FT[:1])
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.randn(3, 4), "b": torch.randn(6)} for _ in range(2)]
+    with pytest.raises(
+        ValueError, match=r"'select_topk' = 0.1 keeps k = int\(0.1 × 6\) = 0 of the 6 entries "
+        r"of tensor 'b' \(its smallest\).*use a select_topk of at least 1/6"
+    ):  # fmt: skip
+        merge_state_dicts("sce", base, fts, select_topk=0.1)
+    assert merge_state_dicts("sce", base, fts, select_topk=0.2)["b"].shape == (6,)
+
+
+def test_karcher_and_multislerp_with_antipodal_models_name_the_tensor():
+    """θ1 = [1, 2, 0], θ2 = −θ1: the Karcher mean is undefined (the running mean is antipodal to
+    one of them); Multi-SLERP's mean direction is zero, which it lerps for two models but
+    refuses for three (a third zero model adds no direction)."""
+    one = torch.tensor([1.0, 2.0, 0.0])
+    with pytest.raises(ValueError, match=r"parameter 'w': karcher's running mean is antipodal"):
+        merge_tensors("karcher", torch.zeros(3), [one, -one], name="w")
+    with pytest.raises(ValueError, match=r"parameter 'w': multislerp's weighted mean .* is zero"):
+        merge_tensors("multislerp", torch.zeros(3), [one, -one, torch.zeros(3)], name="w")
+    assert torch.equal(merge_tensors("multislerp", torch.zeros(3), [one, -one]), torch.zeros(3))
+    base = torch.tensor([1.0, -2.0, 3.0])  # no model changed it: θ0, not the zero-mean error
+    assert torch.equal(merge_tensors("multislerp", base, [base] * 3), base)

@@ -58,9 +58,12 @@ from hhh_bench.merging.sources import (
 )
 
 PRECOMPUTE_CODE = ("hhh_bench.merging.linalg", "hhh_bench.merging.taskvec",
-                   "hhh_bench.merging.cache", "hhh_bench.merging.driver")  # fmt: skip
+                   "hhh_bench.merging.cache", "hhh_bench.merging.driver",
+                   "hhh_bench.merging.methods")  # fmt: skip
 """What computes a sweep cache's precomputes besides the method's own classes: their key holds
-these files (a precompute from before an edit is computed again)."""
+these files (a precompute from before an edit is computed again). The whole methods package:
+a method's prepare step calls helpers of other method modules (Breadcrumbs and DELLA: gta's L1
+rescale; DELLA: dare's mask seeds), which its classes' files alone would miss."""
 
 COPY_FILES = (
     "config.json",

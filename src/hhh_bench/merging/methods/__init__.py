@@ -1,8 +1,15 @@
 """One module per merge method; importing this package registers them all."""
 
 from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
+    breadcrumbs,
     dare,
+    della,
+    karcher,
+    model_stock,
+    multislerp,
     resm,
+    sce,
+    slerp,
     task_arithmetic,
     ties,
     tsv,

@@ -15,7 +15,10 @@ gives the same masks on every device and in every process, different tensors and
 get independent masks, and changing the order of the finetuned models changes which mask each
 gets. p = 0 draws nothing (all kept). Same arithmetic as ``peft.utils.merge_utils.dare_linear`` /
 ``dare_ties`` with ``density = 1 − p`` (peft draws from the global RNG, so only given the same
-masks are they comparable) and as mergekit's ``dare_linear`` / ``dare_ties``.
+masks are they comparable). mergekit's ``dare_linear`` / ``dare_ties`` with ``rescale: true``
+divide by 1 − p only up to v0.0.6; since v0.1.0 they rescale each masked τ_t to its L1 norm
+(‖τ_t‖₁ / ‖m_t ⊙ τ_t‖₁), equal to ours only in distribution; and mergekit's ``dare_ties`` sums the
+agreeing entries by default (``normalize: false``) where ours takes their mean. See docs/merging.md.
 """
 
 from __future__ import annotations

@@ -91,18 +91,40 @@ def topk_mask(magnitude: Tensor, k: int) -> Tensor:
     return mask
 
 
-def keep_count(density: float, n: int, what: str) -> int:
+def keep_count(density: float, n: int, what: str, knob: str = "density") -> int:
     """k = int(density·n), the entries TIES keeps of ``n``; a k of 0 for n > 0 (the trim would
-    zero ``what`` whole and leave it at θ0, silently) raises ``ValueError`` naming
-    ``density``, ``what`` and the smallest density that keeps one entry."""
+    zero ``what`` whole and leave it at θ0, silently) raises ``ValueError`` naming the parameter
+    ``knob`` (``density``, or e.g. SCE's ``select_topk``), ``what`` and the smallest value that
+    keeps one entry."""
     k = int(density * n)
     if k == 0 and n > 0:
         raise ValueError(
-            f"merge parameter 'density' = {density:g} keeps k = int({density:g} × {n}) = 0 of "
-            f"the {n} entries of {what}, which the merge would leave at θ0; use a density of at "
+            f"merge parameter {knob!r} = {density:g} keeps k = int({density:g} × {n}) = 0 of "
+            f"the {n} entries of {what}, which the merge would leave at θ0; use a {knob} of at "
             f"least 1/{n} (≈ {1 / n:.3g})"
         )
     return k
+
+
+def check_density_keeps(
+    shapes: Mapping[str, tuple[int, ...]], density: float, knob: str = "density"
+) -> None:
+    """:func:`keep_count` ≥ 1 for every tensor of ``shapes`` (the smallest is the one named): the
+    shape check of every method whose ``density`` (or ``knob``) is the fraction of each tensor
+    kept (TIES per tensor, Breadcrumbs, DELLA, SCE's ``select_topk``)."""
+    sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
+    if sizes:
+        smallest = min(sizes, key=lambda name: sizes[name])
+        keep_count(density, sizes[smallest], f"tensor {smallest!r} (its smallest)", knob)
+
+
+class DensityMethod(FunctionMethod[Any]):
+    """A method whose ``density`` keeps int(density·n) entries of each tensor (or that many in
+    expectation): a density that keeps none of some tensor is refused before any tensor is read
+    (:func:`check_density_keeps`)."""
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: Any) -> None:
+        check_density_keeps(shapes, params.density)
 
 
 def trim_topk(tau: Tensor, density: float) -> Tensor:
@@ -193,14 +215,12 @@ class TiesMethod(FunctionMethod[TiesParams]):
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: TiesParams) -> None:
         """k = int(density·n) ≥ 1 for every tensor (``scope: tensor``; its smallest tensor is
         the one named) or for the model's n entries in all (``scope: global``)."""
-        sizes = {name: math.prod(shape) for name, shape in shapes.items() if math.prod(shape)}
-        if not sizes:
+        if params.scope == "tensor":
+            check_density_keeps(shapes, params.density)
             return
-        if params.scope == "global":
-            keep_count(params.density, sum(sizes.values()), "the model (scope: global)")
-            return
-        smallest = min(sizes, key=lambda name: sizes[name])
-        keep_count(params.density, sizes[smallest], f"tensor {smallest!r} (its smallest)")
+        total = sum(math.prod(shape) for shape in shapes.values())
+        if total:
+            keep_count(params.density, total, "the model (scope: global)")
 
     def tensor_stats(
         self, name: str, base: Tensor, taus: TaskVectors, params: TiesParams

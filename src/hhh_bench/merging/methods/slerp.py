@@ -1,0 +1,115 @@
+"""SLERP: spherical linear interpolation of two models' weights, per tensor, as mergekit's
+``slerp`` computes it (no paper; Shoemake 1985, "Animating rotation with quaternion curves").
+
+The two endpoints, per tensor (flattened): with **one** finetuned model, v0 = θ0 and
+v1 = θ0 + w_1·τ_1 (mergekit's layout: its ``base_model`` is the t = 0 end); with **two**,
+v0 = θ0 + w_1·τ_1 and v1 = θ0 + w_2·τ_2 (θ0 is then only the point λ scales from). Then
+
+    u_k = v_k / ‖v_k‖ (left as v_k when ‖v_k‖ ≤ 1e-8),   d = ⟨u_0, u_1⟩
+    |d| > 0.9995 (near-colinear):  s = (1 − t)·v0 + t·v1                        (lerp)
+    otherwise, Ω = arccos d:       s = sin((1 − t)Ω)/sin Ω · v0 + sin(tΩ)/sin Ω · v1
+
+(the raw v_k are interpolated, not the unit vectors), τ_m = s − θ0 and θ = θ0 + λ·τ_m, so λ = 1
+gives s. Three or more finetuned models are refused (Karcher mean or multi-SLERP take N).
+
+Deviations from mergekit: it computes in float32 NumPy whatever the inputs; we compute in
+``compute_dtype`` (float32 by default: equal within float32 rounding, tested). It accepts any
+``t`` (extrapolation); we require t ∈ [0, 1]. Per-layer ``t`` gradients are the job of the
+mergekit YAML reader, not of this function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hhh_bench.merging.base import (
+    CommonParams,
+    FunctionMethod,
+    finish,
+    merge_function,
+    on_device,
+    param,
+)
+
+DOT_THRESHOLD = 0.9995
+"""|cos| above which the endpoints count as colinear and SLERP falls back to lerp (mergekit's)."""
+NORM_EPS = 1e-8
+"""An endpoint of norm at most this is not normalised (mergekit's eps)."""
+
+
+@dataclass(frozen=True)
+class SlerpParams(CommonParams):
+    """SLERP hyperparameters (mergekit's names)."""
+
+    t: float = param(
+        0.5,
+        "Interpolation factor in [0, 1]: 0 gives the first endpoint (θ0 with one finetuned "
+        "model, mergekit's base_model), 1 the second.",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.t <= 1.0:
+            raise ValueError(f"merge parameter 't' must be in [0, 1], got {self.t}")
+
+
+def slerp_vectors(t: float, v0: Tensor, v1: Tensor) -> Tensor:
+    """SLERP of two same-shaped tensors, each taken as one flat vector (module doc)."""
+    n0, n1 = float(v0.norm()), float(v1.norm())
+    u0 = v0 / n0 if n0 > NORM_EPS else v0
+    u1 = v1 / n1 if n1 > NORM_EPS else v1
+    dot = float((u0 * u1).sum())
+    if abs(dot) > DOT_THRESHOLD:
+        return v0 * (1 - t) + v1 * t
+    omega = math.acos(dot)
+    sin_omega = math.sin(omega)
+    return v0 * (math.sin((1 - t) * omega) / sin_omega) + v1 * (math.sin(t * omega) / sin_omega)
+
+
+def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams) -> Tensor:
+    """τ_m = SLERP(v0, v1; t) − θ0 for a (T, *shape) stack, T ∈ {1, 2} (module doc)."""
+    num = len(stack)
+    if num not in (1, 2):
+        raise ValueError(
+            f"merge method 'slerp' interpolates two models: give one finetuned model (SLERP "
+            f"from the base) or two, got {num}; for more use karcher or multislerp"
+        )
+    b = base.to(device=stack.device, dtype=stack.dtype)
+    x = stack * weights
+    v0, v1 = (b, b + x[0]) if num == 1 else (b + x[0], b + x[1])
+    return slerp_vectors(params.t, v0, v1).sub_(b)
+
+
+class SlerpMethod(FunctionMethod[SlerpParams]):
+    """SLERP interpolates weights, not task vectors: its compose needs θ0."""
+
+    def compose(
+        self,
+        name: str,
+        base: Tensor,
+        pre: Mapping[str, Tensor],
+        params: SlerpParams,
+        plan_entry: Mapping[str, Any],
+    ) -> Tensor:
+        stack = on_device(pre, params)["tau"]
+        tau = slerp_tau(base, stack, params.weight_tensor(len(stack), stack), params)
+        return finish(base, tau, params)
+
+
+@merge_function(
+    "slerp",
+    SlerpParams,
+    summary="spherical interpolation of two models' weights by t, lerp when near-colinear "
+    "(mergekit's slerp; no arXiv paper: Shoemake 1985)",
+    base=SlerpMethod,
+)
+def slerp(stack: Tensor, weights: Tensor, params: SlerpParams) -> Tensor:
+    """SLERP of two models about θ0 = 0: the stack's task vectors taken as the weights (use the
+    method through merge_tensors / merge_models for θ0 ≠ 0; mergekit's slerp)."""
+    return slerp_tau(torch.zeros_like(stack[0]), stack, weights, params)
