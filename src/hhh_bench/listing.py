@@ -100,7 +100,7 @@ def adapters() -> list[tuple[str, str]]:
 LISTS: dict[str, tuple[str, Callable[[], list[tuple[str, str]]]]] = {
     "experiments": ("experiments (experiment=NAME)", experiments),
     "groups": ("config groups and their options (GROUP=OPTION)", groups),
-    "methods": ("merge methods (merge=NAME; hhh-bench merge)", methods),
+    "methods": ("merge methods (merge=NAME, or merge.method=NAME)", methods),
     "strategies": ("data-mixture strategies (mix=NAME)", strategies),
     "sources": ("dataset sources (data.sources=[NAME, ...])", sources),
     "adapters": ("dataset adapters (a source's adapter:)", adapters),
