@@ -15,6 +15,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
+import hhh_bench.core.codeid as codeid
 import hhh_bench.core.content as content
 
 
@@ -138,9 +139,9 @@ def test_code_identity_hashes_our_files_and_never_a_librarys(tmp_path):
     import hhh_bench.core.sizes as ours
 
     for item in (torch.nn.functional, "torch.nn.functional", "safetensors", torch.nn.Linear):
-        assert content.code_identity(item)["files"] == {}, item
-    got = content.code_identity(ours, "hhh_bench.core.sizes", content.code_identity)["files"]
-    assert set(got) == {"hhh_bench/core/sizes.py", "hhh_bench/core/content.py"}
+        assert codeid.code_identity(item)["files"] == {}, item
+    got = codeid.code_identity(ours, "hhh_bench.core.sizes", codeid.code_identity)["files"]
+    assert set(got) == {"hhh_bench/core/sizes.py", "hhh_bench/core/codeid.py"}
     assert (
         got["hhh_bench/core/sizes.py"]
         == blake3.blake3(Path(ours.__file__).read_bytes()).hexdigest()

@@ -255,7 +255,7 @@ def test_row4_a_plugins_helper_modules_installed_plugins_and_task_yamls_are_in_t
     (how training loads θ0)."""
     import importlib
 
-    from hhh_bench.core.content import code_identity
+    from hhh_bench.core.codeid import code_identity
     from hhh_bench.stages.eval import EVAL_CODE
     from hhh_bench.stages.train import train_code
 

@@ -201,7 +201,7 @@ def test_sweep_cache_entries_from_before_a_code_edit_are_not_served(models, tmp_
 def test_sweep_cache_key_holds_the_helper_modules_a_prepare_step_calls(method, helpers):
     """breadcrumbs' prepare rescales with gta.rescale_l1_, della's also seeds with dare.mask_seed:
     an edit of either must change the key, so their files are in it (not only the class's)."""
-    from hhh_bench.core.content import code_identity
+    from hhh_bench.core.codeid import code_identity
     from hhh_bench.merging import engine, get_method
 
     files = code_identity(type(get_method(method)), *engine.PRECOMPUTE_CODE)["files"]

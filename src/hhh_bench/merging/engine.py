@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
-from hhh_bench.core.content import code_identity
+from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
 from hhh_bench.core.sizes import parse_size
 from hhh_bench.merging.base import get_method

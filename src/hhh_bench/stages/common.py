@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.config import load
-from hhh_bench.core.content import code_identity, folder_identity, keyable
+from hhh_bench.core.content import folder_identity, keyable
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.core.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
 

@@ -20,8 +20,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core import console
+from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.config import ReportConfig, load
-from hhh_bench.core.content import code_identity
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path

@@ -24,6 +24,7 @@ and :func:`read_diagnostics`, with the same locking, torn-line and superseding r
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -324,6 +325,10 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     """Append one JSON line under an exclusive lock, flushed and fsynced (see append_result)."""
     row = _clean(dict(row))
     row.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    row.pop(DIGEST, None)
+    # the digest of the row as a reader will see it: its JSON read back (a float or int subclass,
+    # a str-keyed mapping, ... are what they serialise to)
+    row = json.loads(json.dumps(row, sort_keys=True, allow_nan=False))
     row[DIGEST] = row_digest(row)
     line = json.dumps(row, sort_keys=True, allow_nan=False) + "\n"
     path = Path(path)
@@ -462,7 +467,8 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
             except ValueError as e:
                 reason = str(e)
         if reason is None:
-            scan.rows.append(dict(ln.value))  # a caller may set fields of its rows
+            # a caller may change its rows, nested fields too: never the memo's (_PARSED)
+            scan.rows.append(copy.deepcopy(ln.value))
             scan.lines.append(ln.number)
         elif skip_invalid:
             scan.skipped.append(SkippedLine(ln.number, reason))
