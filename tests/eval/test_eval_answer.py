@@ -154,8 +154,8 @@ def test_representatives_are_chosen_on_validation(tmp_path):
     assert res["diff"] == pytest.approx(0.30) and res["sd"] == 0.0
     rep = build_report(rows, tmp_path / "out")
     line = rep["answer_line"]
-    assert "best merge task_arithmetic 0.600 (best of 2 merges on validation)" in line
-    assert "best mixture mix sequential 0.300 (best of 2 mixtures on validation)" in line
+    assert "best merge task_arithmetic 0.600 (chosen on validation from 2 merge methods)" in line
+    assert "best mixture mix sequential 0.300 (chosen on validation from 2 mixing strategies)" in line
     md = rep["report_md"].read_text()
     assert "| merges | task_arithmetic | 0.700 | 0.600 | yes |" in md
     assert "| merges | ties | 0.550 | 0.800 |  |" in md  # every candidate, chosen or not
@@ -168,8 +168,8 @@ def test_representatives_are_chosen_on_validation(tmp_path):
         select_split="validation",
     )
     assert res["merge_choice"]["missing"] == ["ties"]
-    assert "(best of 2 merges on test, the reported split)" in answer_line(res)
-    assert "(best of 2 mixtures on validation)" in answer_line(res)
+    assert "(chosen on test from 2 merge methods, the reported split)" in answer_line(res)
+    assert "(chosen on validation from 2 mixing strategies)" in answer_line(res)
 
 
 def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
@@ -220,9 +220,9 @@ def test_report_ends_with_the_answer(tmp_path):
     assert last == rep["answer_line"]
     assert last == (
         "Mix or merge? merge − mix = +0.300, 95% t interval [+0.176, +0.424] over 3 paired "
-        "seeds, p = 0.0091 (t test): merging wins; best merge ties 0.800 (best of 2 merges on "
-        "test, the reported split) vs best mixture mix uniform 0.500 (best of 2 mixtures on "
-        "test, the reported split); env abc123"
+        "seeds, p = 0.0091 (t test): merging wins; best merge ties 0.800 (chosen on test from 2 "
+        "merge methods, the reported split) vs best mixture mix uniform 0.500 (chosen on test "
+        "from 2 mixing strategies, the reported split); env abc123"
     )
     section = md.split("\n## ")[-1]
     assert section.startswith("Mix or merge?\n")  # the last section

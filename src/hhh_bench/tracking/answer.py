@@ -21,8 +21,9 @@ number of seeds a ±0.02 interval would need at the observed per-seed SD
 
     Mix or merge? merge − mix = -0.075, 95% t interval over 3 paired seeds [-0.181, +0.032],
     p = 0.094: inconclusive (±0.02 needs 20 seeds at the per-seed SD 0.043); best merge
-    task_arithmetic (best of 6 on validation) 0.861 (best of 6 merges on validation) vs best
-    mixture mix: uniform 0.935 (best of 3 mixtures on validation); env 3f1c0a9e5b2d
+    task_arithmetic (best of 6 on validation) 0.861 (chosen on validation from 6 merge methods) vs
+    best mixture mix: uniform 0.935 (chosen on validation from 4 mixing strategies); env
+    3f1c0a9e5b2d
 
 (one line in the report and on the console; ``env`` is the environment fingerprint recorded in
 the evaluations' ``provenance.json``, :func:`hhh_bench.core.environment.fingerprint`, ``mixed``
@@ -273,7 +274,8 @@ def mix_vs_merge(entries: Sequence[Entry], **kwargs: Any) -> dict[str, Any] | No
 
 def _how(choice: Mapping[str, Any], plural: str) -> str:
     n = choice["candidates"]
-    of = f"best of {n} {plural if n != 1 else plural.removesuffix('s')} on {choice['on']}"
+    singular = plural.replace("methods", "method").replace("strategies", "strategy")
+    of = f"chosen on {choice['on']} from {n} {plural if n != 1 else singular}"
     return f"{of}, the reported split" if choice["fallback"] else of
 
 
@@ -314,8 +316,8 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
     env = r["environment"] or "not recorded"
     return (
         f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
-        f"({_how(r['merge_choice'], 'merges')}) vs best mixture {r['mixture']} "
-        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixtures')}); env {env}"
+        f"({_how(r['merge_choice'], 'merge methods')}) vs best mixture {r['mixture']} "
+        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}); env {env}"
     )
 
 
