@@ -155,7 +155,9 @@ def test_representatives_are_chosen_on_validation(tmp_path):
     rep = build_report(rows, tmp_path / "out")
     line = rep["answer_line"]
     assert "best merge task_arithmetic 0.600 (chosen on validation from 2 merge methods)" in line
-    assert "best mixture mix sequential 0.300 (chosen on validation from 2 mixing strategies)" in line
+    assert (
+        "best mixture mix sequential 0.300 (chosen on validation from 2 mixing strategies)" in line
+    )
     md = rep["report_md"].read_text()
     assert "| merges | task_arithmetic | 0.700 | 0.600 | yes |" in md
     assert "| merges | ties | 0.550 | 0.800 |  |" in md  # every candidate, chosen or not
