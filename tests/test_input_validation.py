@@ -47,6 +47,11 @@ def check(overrides: list[str]) -> dict:
         ("seeds=[0,1.5]", r"not integer"),
         ("+report.skip_invalids=true", r"report.skip_invalids"),
         ("report.interval=normal", r"report.interval must be 't' or 'bca', got 'normal'"),
+        # the leakage guard's values, before any stage (were checked only when the data is built)
+        ("data=paper_3h data.leakage.min_chars=0", r"data.leakage.min_chars must be a positive"),
+        ("data=paper_3h data.leakage.max_overlap=-1", r"data.leakage.max_overlap must be a non"),
+        ("data=paper_3h data.leakage.on_overlap=warn", r"on_overlap 'warn'.*fail \| drop"),
+        ("data=paper_3h +data.leakage.min_char=5", r"unknown key\(s\) \['min_char'\]"),
         # checked by the toy world's and the merge engine's own rules (hhh_bench.validation,
         # hhh_bench.core.sizes), not by the schema's
         ("data.world.n_values=99", r"n_values must be in \[2, 8\], got 99"),
@@ -61,7 +66,7 @@ def check(overrides: list[str]) -> dict:
 )
 def test_a_bad_value_is_refused_naming_it(override, message):
     with pytest.raises(ValueError, match=message):
-        check([override])
+        check(override.split(" "))
 
 
 def test_a_model_given_as_base_and_specialist_is_refused(tmp_path):

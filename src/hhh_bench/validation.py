@@ -31,6 +31,10 @@ def check_world(data: DataConfig) -> None:
     config (:class:`~hhh_bench.data.toy3h.Toy3HConfig`: unknown keys and ranges)."""
     if data.kind == "toy3h":
         Toy3HConfig.from_mapping(dict(data.world or {}))
+    elif data.leakage:
+        from hhh_bench.data.sources.build import leakage_settings
+
+        leakage_settings(data.leakage)  # its values named before any stage (not at build)
 
 
 def check_merge_inputs(merge: MergeConfig) -> None:

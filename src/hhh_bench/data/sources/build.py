@@ -63,6 +63,32 @@ def _plain(cfg: Any) -> Any:
     return cfg
 
 
+def leakage_settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.leakage`` with its defaults, checked (also before any stage runs,
+    :mod:`hhh_bench.validation`): known keys, ``on_overlap`` fail | drop, ``min_chars`` a
+    positive integer, ``max_overlap`` a non-negative integer.
+
+    Raises:
+        SourceConfigError: naming the key and the value.
+    """
+    leakage = {**LEAKAGE_DEFAULTS, **dict(given or {})}
+    unknown = sorted(set(leakage) - set(LEAKAGE_DEFAULTS))
+    if unknown or leakage["on_overlap"] not in ("fail", "drop"):
+        raise SourceConfigError(
+            f"data.leakage: unknown key(s) {unknown} or on_overlap {leakage['on_overlap']!r} "
+            f"(valid keys {sorted(LEAKAGE_DEFAULTS)}; on_overlap: fail | drop)"
+        )
+    for key, low, what in (
+        ("min_chars", 1, "a positive integer (the shortest normalised evaluation question "
+                         "searched for inside a training turn)"),
+        ("max_overlap", 0, "a non-negative integer (shared questions allowed per pair)"),
+    ):  # fmt: skip
+        v = leakage[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise SourceConfigError(f"data.leakage.{key} must be {what}, got {v!r}")
+    return leakage
+
+
 def resolve_source_entries(
     data_cfg: Mapping[str, Any], conf_dir: str | Path | None = None
 ) -> list[tuple[str, dict[str, Any], int | None]]:
@@ -176,19 +202,8 @@ def build_preference_sets(
         raise SourceConfigError("no cache_dir: pass one or set `cache_dir` in the data config")
     seed = cfg.get("seed", 0)
     default_cap = cfg.get("max_rows_per_source")
-    leakage = {**LEAKAGE_DEFAULTS, **(cfg.get("leakage") or {})}
-    unknown = sorted(set(leakage) - set(LEAKAGE_DEFAULTS))
-    if unknown or leakage["on_overlap"] not in ("fail", "drop"):
-        raise SourceConfigError(
-            f"data.leakage: unknown key(s) {unknown} or on_overlap {leakage['on_overlap']!r} "
-            f"(valid keys {sorted(LEAKAGE_DEFAULTS)}; on_overlap: fail | drop)"
-        )
+    leakage = leakage_settings(cfg.get("leakage"))
     min_chars = leakage["min_chars"]
-    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 1:
-        raise SourceConfigError(
-            f"data.leakage.min_chars must be a positive integer (the shortest normalised "
-            f"evaluation question searched for inside a training turn), got {min_chars!r}"
-        )
     drop_tqa = wants_truthfulqa_guard(leakage["drop_truthfulqa_prompts"], eval_sets)
     eval_index = (
         EvalIndex(eval_sets, min_chars)
