@@ -401,3 +401,21 @@ def test_the_parts_import_downward_only():
         return any(d == b or (d not in seen and reaches(d, b, seen | {d})) for d in graph[a])
 
     assert not [m for m in graph if reaches(m, m)]
+
+
+def test_a_wandb_dir_that_is_a_file_is_named(tmp_path, monkeypatch):
+    """Outside the pipeline's preflight (a notebook calling the report or a trainer's setup),
+    a $WANDB_DIR below a regular file was FileExistsError from mkdir (issue 27): now its name
+    and what to do."""
+    from hhh_bench.tracking.wandb_log import wandb_dir
+
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "f" / "wandb"))
+    with pytest.raises(NotADirectoryError, match=r"\$WANDB_DIR .*/f/wandb is not a folder"):
+        wandb_dir(tmp_path)
+    monkeypatch.delenv("WANDB_DIR")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "wandb").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"the W&B folder <root>/wandb .* is not a"):
+        wandb_dir(tmp_path / "root")
+    assert wandb_dir(tmp_path / "other") == (tmp_path / "other" / "wandb").resolve()

@@ -36,7 +36,14 @@ def wandb_dir(root: str | Path) -> Path:
     ``<root>/wandb``; never the current folder."""
     env = os.environ.get("WANDB_DIR")
     path = Path(env) if env else Path(root).resolve() / "wandb"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # it, or a folder above it, is a file
+        what = "$WANDB_DIR" if env else "the W&B folder <root>/wandb"
+        raise NotADirectoryError(
+            f"{what} {path} is not a folder (it or a folder above it is a file): point "
+            "WANDB_DIR at a writable folder"
+        ) from None
     return path
 
 
