@@ -94,6 +94,7 @@ def test_the_toy_scorer_on_real_data_is_refused_before_training():
     with pytest.raises(ValueError, match=r"^mix \(conflict_aware\) scores pairs with the toy"):
         check(["data=paper_3h", "mix=conflict_aware", "pipeline.mixtures=[]"])
     check(["data=paper_3h", "pipeline.mixtures=[uniform]"])  # no scorer: fine
+    check(["data=paper_3h", "stage=train"])  # stage=train trains no pipeline mixture
     cfg = check(["experiment=paper_llama3", "model.device=cpu", "train.device=cpu",
                  "merge_engine.device=cpu"])  # fmt: skip
     scored = [e for e in cfg["pipeline"].mixtures if isinstance(e, dict)]

@@ -141,7 +141,8 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
     """A mixture scored by the toy world's exact reward (``scorer: toy3h``) on data that is not
     the toy world is refused: every real pair would get margin 0 (a random selection, no
-    conflicts, and no error). Checked for ``mix`` and every entry of ``pipeline.mixtures``."""
+    conflicts, and no error). Checked for ``mix`` and, when the run trains them
+    (``stage=all``), every entry of ``pipeline.mixtures``."""
     data = cfg.get("data") or {}
     if not isinstance(data, Mapping) or data.get("kind", "toy3h") == "toy3h":
         return
@@ -151,10 +152,10 @@ def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
     if isinstance(cfg.get("mix"), Mapping):
         entries.append(("mix", cfg["mix"]))
     pipeline = cfg.get("pipeline") or {}
-    for i, entry in enumerate(
-        pipeline.get("mixtures") or [] if isinstance(pipeline, Mapping) else []
-    ):
-        entries.append((f"pipeline.mixtures[{i}]", entry))
+    trains_mixtures = cfg.get("stage", "all") == "all"  # stage=train trains `mix` only
+    if trains_mixtures and isinstance(pipeline, Mapping):
+        for i, entry in enumerate(pipeline.get("mixtures") or []):
+            entries.append((f"pipeline.mixtures[{i}]", entry))
     for where, entry in entries:
         if isinstance(entry, str):
             try:
