@@ -740,12 +740,13 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace OUT_DIR if it is an earlier merge's output")  # fmt: skip
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--verbose", "-v", action="store_true", help="full tracebacks on errors")
     args = ap.parse_args(list(argv))
     try:
         res = run(args.config, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
                   seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
-        if os.environ.get("HHH_VERBOSE") == "1":
+        if args.verbose or os.environ.get("HHH_VERBOSE") == "1":
             raise
         print(f"hhh-bench merge: error: {e}", file=sys.stderr)
         return 2

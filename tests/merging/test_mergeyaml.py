@@ -357,6 +357,32 @@ def test_weight_gradient_and_filter_per_tensor(zoo, tmp_path):
         torch.testing.assert_close(got[k], b[k] + w * (m0[k] - b[k]), rtol=0, atol=1e-6, msg=k)
 
 
+def test_tensor_params_hook_caches_per_tensor_knobs(zoo, tmp_path):
+    """merge_models' tensor_params: each tensor merged with its own density (equal to merging it
+    alone with that density); a sweep cache keyed on the tensor's own knobs is reused."""
+    from hhh_bench.merging import merge_tensors
+
+    def dens(k):
+        return {"density": 0.5} if ".mlp." in k else {}
+
+    fts = [zoo / "m0", zoo / "m1"]
+    for name in ("a", "b"):
+        res = merge_models("breadcrumbs", zoo / "base", fts, tmp_path / name, progress=False,
+                           cache_dir=tmp_path / "cache", tensor_params=dens, density=0.9)  # fmt: skip
+    assert res.cache_hits > 0 and res.cache_misses == 0
+    got, b = sd(tmp_path / "b"), sd(zoo / "base")
+    m0, m1 = sd(zoo / "m0"), sd(zoo / "m1")
+    for k in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+        want = merge_tensors("breadcrumbs", b[k], [m0[k], m1[k]], name=k,
+                             density=0.5 if ".mlp." in k else 0.9)  # fmt: skip
+        torch.testing.assert_close(got[k], want, rtol=0, atol=0)
+    info = json.loads((tmp_path / "b" / "merge_info.json").read_text())
+    assert info["tensor_params"]["model.layers.0.mlp.up_proj.weight"] == {"density": 0.5}
+    with pytest.raises(ValueError, match="plans over all tensors"):
+        merge_models("ties", zoo / "base", fts, tmp_path / "c", progress=False, scope="global",
+                     tensor_params=dens)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # mergekit's documented examples, the output folder, the command
 
