@@ -7,6 +7,7 @@ hhh-bench -m merge=ties,tsv merge.params.scaling=0.5,1.0   # a sweep (multirun)
 hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[optuna]')
 hhh-bench cache verify runs/default      # a subcommand by name (SUBCOMMANDS); Hydra otherwise
 hhh-bench list methods                   # what a run can name
+hhh-bench merge ties.yaml out/           # a mergekit YAML, run with hhh-bench's methods
 hhh-bench --help                         # the subcommands, then Hydra's groups and config
 """
 
@@ -159,6 +160,13 @@ def _list(argv: list[str]) -> int:
     return list_main(argv)
 
 
+def _merge(argv: list[str]) -> int:
+    from hhh_bench.mergeyaml import main as merge_main
+
+    _offline_defaults()
+    return merge_main(argv)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     s.name: s
     for s in (
@@ -166,6 +174,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         Subcommand(
             "list", "list experiments, config groups, merge methods, strategies, sources", _list
         ),
+        Subcommand("merge", "run a mergekit YAML: hhh-bench merge CONFIG.yaml OUT_DIR", _merge),
     )
 }
 """Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other

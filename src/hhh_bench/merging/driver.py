@@ -272,6 +272,7 @@ def run_merge(
     progress: Callable[[Iterator[Any], str, int], Iterator[Any]] | None = None,
     desc: str = "merging",
     out_dtype: Callable[[str], torch.dtype] | None = None,
+    params_for: Callable[[str], CommonParams] | None = None,
 ) -> MergeStats:
     """Merge every key of ``inputs`` and hand each result to ``sink``.
 
@@ -281,16 +282,26 @@ def run_merge(
     tensor is cast to ``out_dtype(key)`` (when given; else it stays in the compute dtype) and
     checked for NaN/Inf before it reaches the sink. A linear method's tensors are merged in one
     fused pass (:func:`merge_linear`; no cache entry: there is nothing expensive to reuse).
+
+    ``params_for`` (optional) gives each floating tensor its own params (per-layer gradients
+    and name-filtered values of a mergekit YAML, :mod:`hhh_bench.mergeyaml`); ``params`` is
+    then only the record and the default. The shape checks run per group of tensors sharing
+    params, a sweep cache key holds the tensor's own precompute knobs, and a method that plans
+    over all tensors (a first pass) is refused: its plan assumes one set of params.
     """
-    method.check_shapes(merged_shapes(inputs), params)
+    groups = _params_groups(method, params, inputs, params_for)
+    for p, shapes in groups:
+        method.check_shapes(shapes, p)
     stats = MergeStats(plan=dict(plan) if plan is not None else {})
     if plan is None:
         stats.plan = plan_merge(method, params, inputs, progress=progress)
 
     def ckey(k: str) -> str:
-        return config_hash(
-            {"prefix": cache_prefix, "tensor": k, "plan": stats.plan.get(k, {})}, length=40
-        )
+        what: dict[str, Any] = {"prefix": cache_prefix, "tensor": k, "plan": stats.plan.get(k, {})}
+        if params_for is not None:  # this tensor's own precompute knobs
+            pk = params_for(k)
+            what["knobs"] = {n: getattr(pk, n) for n in method.precompute_keys}
+        return config_hash(what, length=40)
 
     def need_finetuned(k: str) -> bool:
         if inputs.decisions.get(k) == "base":
@@ -298,6 +309,7 @@ def run_merge(
         return cache is None or not cache.path(ckey(k)).is_file()
 
     coefficients = method.linear_coefficients(params, len(inputs.models))
+    linear = {p: method.linear_coefficients(p, len(inputs.models)) for p, _ in groups}
     budget = 2 * PREFETCH_BYTES if coefficients is not None else PREFETCH_BYTES
     it: Iterator[tuple[str, Raw]] = iter_raw(inputs, inputs.keys, need_finetuned, budget=budget)
     if progress is not None:
@@ -315,30 +327,96 @@ def run_merge(
                 merged = b
             else:
                 entry = stats.plan.get(k, {})
-                dt = out_dtype(k) if out_dtype is not None else params.dtype
+                pk = params_for(k) if params_for is not None else params
+                dt = out_dtype(k) if out_dtype is not None else pk.dtype
                 what = _what(dt, out_dtype is not None)
-                if coefficients is not None and fusable(raw):
-                    merged = merge_linear(k, raw, coefficients, params, dt, what)
+                coeffs = linear.get(pk) if params_for is not None else coefficients
+                if coeffs is not None and fusable(raw):
+                    merged = merge_linear(k, raw, coeffs, pk, dt, what)
                 else:
                     key = ckey(k) if cache is not None else ""
                     pre = cache.get(key) if cache is not None else None
                     if pre is None:
                         if raw.fts is None:
                             raw = read_raw(inputs, k)
-                        taus = task_vectors_from_raw(k, raw, params.dtype, params.device)
-                        pre = method.precompute(k, b, taus, params, entry)
+                        taus = task_vectors_from_raw(k, raw, pk.dtype, pk.device)
+                        pre = method.precompute(k, b, taus, pk, entry)
                         del taus
                         if cache is not None:
                             cache.put(key, pre)
-                    merged = method.compose(k, b, pre, params, entry).to(dtype=dt)
+                    merged = method.compose(k, b, pre, pk, entry).to(dtype=dt)
                     del pre
-                    check_finite(k, merged, what, params)
+                    check_finite(k, merged, what, pk)
             sink(k, merged)
             stats.tensors += 1
             del merged, raw
     if cache is not None:
         stats.cache_hits, stats.cache_misses = cache.hits, cache.misses
     return stats
+
+
+def per_tensor_params(
+    m: MergeMethod[Any],
+    params: Mapping[str, Any],
+    tensor_params: Callable[[str], Mapping[str, Any]] | None,
+    keys: Sequence[str],
+    dtype_of: Callable[[str], torch.dtype],
+) -> tuple[Callable[[str], CommonParams] | None, dict[str, dict[str, Any]]]:
+    """Each floating tensor's params (``params`` updated by ``tensor_params(key)``), built and
+    validated now, one params object per distinct set; and the record of the keys whose params
+    differ from ``params`` (``{key: {param: value}}``)."""
+    if tensor_params is None:
+        return None, {}
+    plain = {n: tuple(v) if isinstance(v, list) else v for n, v in params.items()}
+    made: dict[tuple[tuple[str, Any], ...], Any] = {}
+    by_key: dict[str, Any] = {}
+    record: dict[str, dict[str, Any]] = {}
+    for k in keys:
+        if not dtype_of(k).is_floating_point:
+            continue
+        own = {n: tuple(v) if isinstance(v, list) else v for n, v in tensor_params(k).items()}
+        ident = tuple(sorted(own.items()))
+        if ident not in made:
+            try:
+                made[ident] = m.make_params(**{**params, **own})
+            except ValueError as e:
+                raise ValueError(f"parameter {k!r}: {e}") from None
+        by_key[k] = made[ident]
+        differ = {n: v for n, v in own.items() if plain.get(n) != v}
+        if differ:
+            record[k] = {n: list(v) if isinstance(v, tuple) else v for n, v in differ.items()}
+    default = m.make_params(**params)
+    return (lambda k: by_key.get(k, default)), record
+
+
+def _params_groups(
+    method: MergeMethod[Any],
+    params: CommonParams,
+    inputs: Inputs,
+    params_for: Callable[[str], CommonParams] | None,
+) -> list[tuple[CommonParams, dict[str, tuple[int, ...]]]]:
+    """The merged tensors' shapes grouped by the params each is merged with (one group without
+    ``params_for``); every group's weights checked against the number of models."""
+    shapes = merged_shapes(inputs)
+    if params_for is None:
+        return [(params, shapes)]
+    if method.needs_global_pass(params):
+        raise ValueError(
+            f"merge method {method.name!r} with these params plans over all tensors in a first "
+            "pass, which takes one set of params: per-tensor params (layer gradients, filters) "
+            "cannot be used with it"
+        )
+    groups: dict[CommonParams, dict[str, tuple[int, ...]]] = {}
+    for k, shape in shapes.items():
+        pk = params_for(k)
+        if method.needs_global_pass(pk):
+            raise ValueError(
+                f"parameter {k!r}: its params make {method.name!r} plan over all tensors in a "
+                "first pass, which per-tensor params cannot use"
+            )
+        pk.resolve_weights(len(inputs.models))
+        groups.setdefault(pk, {})[k] = shape
+    return list(groups.items())
 
 
 @contextlib.contextmanager

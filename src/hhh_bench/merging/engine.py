@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from hhh_bench.core.provenance import _host, _pid_alive, atomic_dir, config_hash
 from hhh_bench.core.sizes import parse_size
 from hhh_bench.merging.base import get_method
 from hhh_bench.merging.cache import SweepCache
-from hhh_bench.merging.driver import Inputs, check_finite, run_merge
+from hhh_bench.merging.driver import Inputs, check_finite, per_tensor_params, run_merge
 from hhh_bench.merging.sources import (
     ST_DTYPES,
     VOCAB_POLICIES,
@@ -402,6 +402,9 @@ def merge_models(
     finetuned_names: Sequence[str] | None = None,
     progress: bool = True,
     verify_reads: bool = True,
+    base_as_model: bool = False,
+    tensor_params: Callable[[str], Mapping[str, Any]] | None = None,
+    extra_files: Mapping[str, str] | None = None,
     **params: Any,
 ) -> MergeResult:
     """Merge ``finetuned`` models (folders, hub ids or LoRA adapter folders) into ``base`` with a
@@ -428,6 +431,17 @@ def merge_models(
             the merge (a stage output's manifest, else the hash cache): an input changed or
             replaced while the merge reads it fails the merge and leaves no output.
             ``merge_info.json``'s ``inputs_read`` records the inputs' content identities.
+        base_as_model: accept a finetuned model that holds the base's weights (refused by
+            default: its τ = 0); for methods whose points are the models themselves, the base
+            among them (mergekit's linear, karcher, multislerp without a base_model).
+        tensor_params: optional ``key -> {param: value}``, the params of one floating tensor
+            that differ from ``**params`` (per-layer gradients, name filters: what
+            ``hhh-bench merge`` reads from a mergekit YAML). Every tensor's params are built
+            and validated before any tensor is read; ``merge_info.json`` records them
+            (``tensor_params``: the keys whose params differ). Not with a method that plans over
+            all tensors (RESM, TIES ``scope: global``).
+        extra_files: ``{file name: text}`` written into the output folder (e.g. the merge's
+            YAML config, as mergekit writes ``mergekit_config.yml``).
         **params: the method's hyperparameters (``describe_method(method)``).
 
     Returns:
@@ -453,12 +467,15 @@ def merge_models(
     check_out_dir(out, folders, Path(cache_dir) if cache_dir is not None else None, overwrite)
 
     base_src, models = open_inputs(base_folder, finetuned, allow_pickle)
-    decisions = check_inputs(base_src, models, vocab_policy, allow_architecture_mismatch)
+    decisions = check_inputs(
+        base_src, models, vocab_policy, allow_architecture_mismatch, base_as_model
+    )
     if verify_reads:  # what each tensor read must be: the digests recorded before any read
         for src in (base_src, *models):
             getattr(src, "record_reads", lambda: None)()
     keys = base_src.keys()
     inputs = Inputs(base_src, models, keys, decisions)
+    params_for, overrides = per_tensor_params(m, params, tensor_params, keys, base_src.dtype)
 
     cache, prefix = None, ""
     if cache_dir is not None:
@@ -505,6 +522,7 @@ def merge_models(
                 progress=bar,
                 desc=f"merging ({method})",
                 out_dtype=writer.dtype_of,
+                params_for=params_for,
             )
             read_from = check_reads([base_src, *models]) if verify_reads else {}
         except BaseException:
@@ -522,9 +540,14 @@ def merge_models(
             "finetuned": labels,
             "finetuned_names": names,
             "plan": stats.plan,
+            "tensor_params": overrides,
             "versions": package_versions(),
             "inputs_read": read_from,
         }
+        for fname, text in (extra_files or {}).items():
+            if Path(fname).name != fname or fname in (MERGE_MARKER, "README.md"):
+                raise ValueError(f"extra_files: {fname!r} is not a plain file name of its own")
+            (tmp / fname).write_text(text)
         (tmp / MERGE_MARKER).write_text(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         )

@@ -667,16 +667,19 @@ def _weights(src: TensorSource) -> frozenset[tuple[str, str]] | None:
     return frozenset((k, d) for k, (_, d) in src.recorded().items())
 
 
-def _check_distinct_weights(base: TensorSource, models: Sequence[TensorSource]) -> None:
-    """A specialist with θ0's weights (τ = 0: it would merge as nothing, or dilute the others),
-    or two specialists with the same weights (one model listed twice), wherever they lie."""
+def _check_distinct_weights(
+    base: TensorSource, models: Sequence[TensorSource], base_as_model: bool = False
+) -> None:
+    """A specialist with θ0's weights (τ = 0: it would merge as nothing, or dilute the others;
+    allowed with ``base_as_model``, where θ0 is one of the models a method interpolates), or two
+    specialists with the same weights (one model listed twice), wherever they lie."""
     seen: dict[frozenset[tuple[str, str]], TensorSource] = {}
     ours = _weights(base)
     for m in models:
         w = _weights(m)
         if w is None:
             continue
-        if w == ours:
+        if w == ours and not base_as_model:
             raise ValueError(
                 f"{m.label} ({m.where}) holds the same weights as the base ({base.where}): its "
                 "task vector is 0, so it would merge as nothing; give the finetuned model"
@@ -695,9 +698,11 @@ def check_inputs(
     models: Sequence[TensorSource],
     vocab_policy: str = "error",
     allow_architecture_mismatch: bool = False,
+    base_as_model: bool = False,
 ) -> dict[str, str]:
     """Validate architectures, tensor sets and shapes before any work. Returns per-key policy
-    decisions for vocabulary-size mismatches (``{key: "base" | "truncate"}``)."""
+    decisions for vocabulary-size mismatches (``{key: "base" | "truncate"}``). ``base_as_model``:
+    a finetuned model may hold θ0's weights (:func:`_check_distinct_weights`)."""
     bcfg = base.config()
     for m in models:
         mcfg = m.config()
@@ -709,7 +714,7 @@ def check_inputs(
                     "only models of the same architecture can be merged (pass "
                     "allow_architecture_mismatch=true if you know their weights correspond)"
                 )
-    _check_distinct_weights(base, models)
+    _check_distinct_weights(base, models, base_as_model)
     decisions: dict[str, str] = {}
     base_keys = base.keys()
     base_set = set(base_keys)
