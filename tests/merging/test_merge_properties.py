@@ -186,4 +186,5 @@ def test_topk_mask_matches_a_stable_sort(n, seed, density, levels, dtype):
     k = int(density * n)
     expected = torch.zeros(n, dtype=torch.bool)
     expected[mag.double().argsort(descending=True, stable=True)[:k]] = True
-    assert torch.equal(topk_mask(mag, k), expected)
+    assert torch.equal(topk_mask(mag, k, sort_max=0), expected)  # the histogram selection
+    assert torch.equal(topk_mask(mag, k), expected)  # the stable sort (n <= SORT_MAX)

@@ -31,11 +31,7 @@ from torch import Tensor
 
 from hhh_bench.merging.base import CommonParams, merge_function, param
 from hhh_bench.merging.methods.gta import combine, rescale_l1_
-from hhh_bench.merging.methods.ties import DensityMethod, keep_count, topk_mask
-
-SORT_MAX = 1 << 16
-"""Tensors of at most this many entries are ranked by a stable sort, larger ones by
-:func:`~hhh_bench.merging.methods.ties.topk_mask`'s histogram selection (same entries)."""
+from hhh_bench.merging.methods.ties import SORT_MAX, DensityMethod, keep_count, topk_mask
 
 
 @dataclass(frozen=True)

@@ -61,19 +61,29 @@ def magnitude_key(x: Tensor) -> Tensor:
     return x.abs().to(torch.float32).view(torch.int32) >> 16
 
 
-def topk_mask(magnitude: Tensor, k: int) -> Tensor:
+SORT_MAX = 1 << 16
+"""Tensors of at most this many entries are ranked by a stable sort, larger ones by
+:func:`topk_mask`'s histogram selection (the same entries; cheaper each where it is used)."""
+
+
+def topk_mask(magnitude: Tensor, k: int, sort_max: int = SORT_MAX) -> Tensor:
     """Boolean mask of the ``k`` largest entries of a flat non-negative ``magnitude``; among
     entries equal to the k-th largest value the lowest indices are kept, so exactly k are.
 
     Selection without sorting: a histogram of the bfloat16-resolution keys (:func:`magnitude_key`)
     finds the bin holding the k-th largest value, and an exact ``kthvalue`` runs on that bin
     only (about 2⁻⁷ of the entries for smooth data). Five times faster than ``torch.topk`` on
-    a 45M-entry tensor on 2 CPU threads."""
+    a 45M-entry tensor on 2 CPU threads. Up to ``sort_max`` entries, a stable sort (its 32K-bin
+    histogram costs more there)."""
     n = magnitude.numel()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=magnitude.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=magnitude.device)
+    if n <= sort_max:  # a stable sort: the same entries
+        mask = torch.zeros(n, dtype=torch.bool, device=magnitude.device)
+        mask[torch.sort(magnitude, descending=True, stable=True).indices[:k]] = True
+        return mask
     keys = magnitude.to(torch.float32).view(torch.int32) >> 16  # magnitude_key of |x| = x
     counts = torch.bincount(keys, minlength=KEEP_NONE)
     from_top = counts.flip(0).cumsum(0)  # from_top[i]: entries with key >= KEEP_NONE - 1 - i
