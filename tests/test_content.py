@@ -5,6 +5,7 @@ a verified folder re-hashes nothing whose stat record matches."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_identity_leaves_metadata_and_annotations_out(tmp_path):
     _model(tmp_path / "o" / "model")
     (tmp_path / "o" / "result.json").write_text('{"seconds": 1.0}')
     (tmp_path / "o" / "provenance.json").write_text("{}")
+    # where the cache writes it: <root>/<stage>/<key>, its key.json naming both
+    record = {"stage": tmp_path.name, "key": "o"}
+    (tmp_path / "o" / content.KEY_FILE).write_text(json.dumps(record))
     m = content.write_manifest(tmp_path / "o", "result.json")
     (tmp_path / "o2").mkdir()
     shutil.copytree(tmp_path / "o" / "model", tmp_path / "o2" / "model")
@@ -108,6 +112,10 @@ def test_identity_leaves_metadata_and_annotations_out(tmp_path):
     (tmp_path / "o" / "model" / "README.md").write_text("# scores")
     assert not content.verify(tmp_path / "o").problems
     assert content.folder_identity(tmp_path / "o" / "model") == m.identity("model")
+    # a copy elsewhere (a user's folder): hashed as a folder, never checked as a cached output
+    shutil.copytree(tmp_path / "o", tmp_path / "mine")
+    (tmp_path / "mine" / "model" / "extra.txt").write_text("the user's own file")
+    assert content.folder_identity(tmp_path / "mine" / "model") != m.identity("model")
 
 
 def test_keyable_drops_cache_folders_and_keys_paths_by_content(tmp_path):

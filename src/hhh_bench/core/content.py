@@ -379,12 +379,29 @@ def mismatch_error(folder: str | Path, problems: list[str], hint: str = "") -> C
 
 def enclosing_output(path: str | Path, depth: int = 3) -> tuple[Path, str] | None:
     """The finished stage output holding ``path`` (``path`` itself or one of its ``depth``
-    parents has a manifest) and ``path``'s place inside it, else None."""
+    parents has a manifest and lies where the cache wrote it) and ``path``'s place inside it,
+    else None."""
     p = Path(path).resolve()
     for i, cand in enumerate([p, *list(p.parents)[:depth]]):
         if (cand / MANIFEST).is_file():
+            if not _in_place(cand):
+                return None  # a copy of an output elsewhere (a user's folder): hashed as such
             return cand, p.relative_to(cand).as_posix() if i else ""
     return None
+
+
+def _in_place(folder: Path) -> bool:
+    """Whether a folder with a manifest is a stage output where the cache wrote it,
+    ``<root>/<stage>/<key>``: its ``key.json`` names that stage and key."""
+    try:
+        record = json.loads((folder / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("key") == folder.name
+        and record.get("stage") == folder.parent.name
+    )
 
 
 def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
@@ -396,8 +413,12 @@ def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
     if held is not None:
         out, under = held
         v = verify(out)
-        if v.problems:
-            raise mismatch_error(out, v.problems)
+        if v.problems:  # read as an input here: its own stage recomputes it, not this one
+            raise mismatch_error(out, v.problems, hint=(
+                f"It is read as an input ({folder}): rerun the stage that wrote it "
+                f"(stage={out.parent.name}) with cache.on_mismatch=recompute, or delete the "
+                "folder, or copy the files you mean to use to a folder of your own."
+            ))  # fmt: skip
         return v.manifest.identity(under)
     cache = cache or cache_for(folder)
     if folder.is_file():

@@ -32,8 +32,8 @@ from hhh_bench.stages.common import (
 )
 from hhh_bench.stages.data import run_data
 
-BASE_CODE = ("hhh_bench.models", "hhh_bench.train.sft", "hhh_bench.train.common",
-             "hhh_bench.evaluation.choice")  # fmt: skip
+BASE_CODE = ("hhh_bench.stages.base", "hhh_bench.models", "hhh_bench.train.sft",
+             "hhh_bench.train.common", "hhh_bench.evaluation.choice")  # fmt: skip
 """The code the base stage runs (its key holds these files' content)."""
 
 

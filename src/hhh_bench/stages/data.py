@@ -20,7 +20,7 @@ from hhh_bench.core.config import DataConfig
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.stages.common import CACHE, cached_stage, code_identity, group, keyed, to_dict
 
-DATA_CODE = ("hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.core.schema",
+DATA_CODE = ("hhh_bench.stages.data", "hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.core.schema",
              "hhh_bench.core.text", "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
 """The code the data stage runs (its key holds these files' content)."""
 

@@ -111,6 +111,7 @@ def run_diagnose(
         "resm": knobs,
         "vocab_policy": engine.vocab_policy,
         "code": code_identity(
+            "hhh_bench.stages.diagnose",
             *ENGINE_CODE,
             "hhh_bench.merging.diagnostics",
             "hhh_bench.merging.methods.tsv",

@@ -40,7 +40,7 @@ from hhh_bench.stages.common import (
 )
 from hhh_bench.tracking.diagnostics_view import attach_scores
 
-EVAL_CODE = ("hhh_bench.evaluation", "hhh_bench.core.scoring", "hhh_bench.core.items",
+EVAL_CODE = ("hhh_bench.stages.eval", "hhh_bench.evaluation", "hhh_bench.core.scoring", "hhh_bench.core.items",
              "hhh_bench.core.stats", "hhh_bench.core.uncertainty",
              "hhh_bench.models.loading")  # fmt: skip
 """The code an evaluation runs (the harness wrapper, our tasks' Python, the judges and how their

@@ -61,7 +61,7 @@ def method_modules(method: str) -> list[Any]:
 
 def merge_code(method: str) -> dict[str, Any]:
     """The code identity of a merge with ``method`` (:data:`ENGINE_CODE` + its modules)."""
-    return code_identity(*ENGINE_CODE, *method_modules(method))
+    return code_identity("hhh_bench.stages.merge", *ENGINE_CODE, *method_modules(method))
 
 
 def run_merge(

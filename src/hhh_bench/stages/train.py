@@ -43,10 +43,25 @@ register_scorer("toy3h", Toy3HScorer)
 
 _NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
 """Train-config keys that change how a run is logged, not what it learns."""
-TRAIN_CODE = ("hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
+TRAIN_CODE = ("hhh_bench.stages.train", "hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
               "hhh_bench.core.schema", "hhh_bench.core.text",
               "hhh_bench.models.loading")  # fmt: skip
 """The code every training run runs; a mixture adds its strategy's and scorers' modules."""
+
+
+def _scorer_of(strategy: Any, mix_cfg: Mapping[str, Any]) -> str | None:
+    """The scorer a mixture uses: its config's, else its strategy's parameters' default (a
+    config that leaves ``scorer`` out still scores with it)."""
+    import dataclasses
+
+    if mix_cfg.get("scorer") is not None:
+        return str(mix_cfg["scorer"])
+    params = getattr(strategy, "params", None)
+    if params is not None and dataclasses.is_dataclass(params):
+        for f in dataclasses.fields(params):
+            if f.name == "scorer" and f.default is not dataclasses.MISSING:
+                return str(f.default)
+    return None
 
 
 def train_code(mix_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -57,7 +72,7 @@ def train_code(mix_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         strategy = get_strategy(str(mix_cfg["name"]))
         items += ["hhh_bench.data.mixing.registry", "hhh_bench.data.mixing.scorers",
                   getattr(strategy, "fn", strategy)]  # fmt: skip
-        if mix_cfg.get("scorer") == "toy3h":  # the oracle reward of the toy world
+        if _scorer_of(strategy, mix_cfg) == "toy3h":  # the oracle reward of the toy world
             items.append("hhh_bench.data.toy3h")
     return code_identity(*items)
 
@@ -107,9 +122,10 @@ def run_train(
     noise = noise_for(to_dict(cfg.data.get("noise")), dims)
     seed = int(cfg.seed)
     tdict = {k: v for k, v in keyed(cfg.train).items() if k not in _NOT_IN_KEY}
+    # the dtype θ0 is loaded and trained in (model.dtype): its weights' bytes depend on it
     payload = {"base": content_of(base), "data": content_of(data), "dimensions": dims,
                "mix": keyed(mix_cfg), "noise": noise, "train": tdict, "seed": seed,
-               "code": train_code(mix_cfg)}  # fmt: skip
+               "dtype": to_dict(cfg.model).get("dtype"), "code": train_code(mix_cfg)}  # fmt: skip
     label = name or (f"{dims[0]}-specialist" if kind == "specialist" else f"mix-{mix_cfg['name']}")
     summary = {"kind": kind, "dimensions": dims, "name": label, "mix": mix_cfg and mix_cfg["name"]}
 
