@@ -69,6 +69,7 @@ def test_folder_identity_is_by_content_not_location_and_sees_every_file(tmp_path
 def test_the_hash_cache_reads_an_unchanged_file_once(tmp_path, monkeypatch):
     _model(tmp_path / "m")
     f = tmp_path / "m" / "model.safetensors"
+    os.utime(f, ns=(10**18, 10**18))  # written long before it is hashed (not "racy")
     calls = []
     real = content.hash_file
     monkeypatch.setattr(content, "hash_file", lambda p, **kw: calls.append(p) or real(p, **kw))
@@ -81,6 +82,12 @@ def test_the_hash_cache_reads_an_unchanged_file_once(tmp_path, monkeypatch):
     f.write_bytes(bytes(data))
     os.utime(f, ns=(1, 1))  # another mtime, whatever the clock's resolution
     assert cache.digests(f)["blake3"] != first["blake3"] and len(calls) == 2
+    # a file modified just now is not remembered: a same-size rewrite within the timestamp
+    # tick would keep its stat record (racy), so it is hashed again next time
+    f.write_bytes(bytes(data))
+    cache.digests(f)
+    cache.digests(f)
+    assert len(calls) == 4
 
 
 def test_verify_rehashes_only_files_whose_stat_changed(tmp_path, monkeypatch):
@@ -126,6 +133,30 @@ def test_keyable_drops_cache_folders_and_keys_paths_by_content(tmp_path):
     )
     assert got == {"a": [{"content": content.folder_identity(tmp_path / "f.jsonl")},
                          "./no/such/path", "plain"]}  # fmt: skip
+
+
+def test_keyable_keys_relative_paths_under_path_keys_and_globs_by_content(tmp_path, monkeypatch):
+    """The second review: a relative ``model.path=mymodel`` (no ``./``), a rehearsal's relative
+    source file, and a glob source path were keyed by their strings, so an edit was reused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodel").mkdir()
+    (tmp_path / "mymodel" / "w.bin").write_bytes(b"1")
+    (tmp_path / "hh_a.jsonl").write_text("{}\n")
+    (tmp_path / "hh_b.jsonl").write_text("{}\n")
+    cfg = {"path": "mymodel", "source_paths": {"hh": "hh_a.jsonl"}, "name": "mymodel",
+           "sources": [{"name": "hh", "path": "hh_*.jsonl"}]}  # fmt: skip
+    first = content.keyable(cfg)
+    assert first["name"] == "mymodel"  # not a path-valued key: kept as written
+    assert first["path"] == {"content": content.folder_identity(tmp_path / "mymodel")}
+    assert first["source_paths"]["hh"] == {
+        "content": content.folder_identity(tmp_path / "hh_a.jsonl")
+    }
+    assert first["sources"][0]["path"]["glob"] == "hh_*.jsonl"
+    (tmp_path / "mymodel" / "w.bin").write_bytes(b"2")
+    (tmp_path / "hh_b.jsonl").write_text('{"x": 1}\n')
+    again = content.keyable(cfg)
+    assert again["path"] != first["path"] and again["sources"] != first["sources"]
+    assert again["source_paths"] == first["source_paths"]
 
 
 def test_a_missing_or_truncated_manifest_is_named(tmp_path):

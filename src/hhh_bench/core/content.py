@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,9 +186,16 @@ class HashCache:
             return got
         self.misses += 1
         got = hash_file(path)
-        if path.stat().st_mtime_ns == st.st_mtime_ns:  # unchanged while hashed
+        # kept when unchanged while hashed and not "racy" (git's term): a file written within
+        # RACY_NS of now could be rewritten, same size, within the same timestamp tick
+        if path.stat().st_mtime_ns == st.st_mtime_ns and time.time_ns() - st.st_mtime_ns > RACY_NS:
             self.put(path, st, got)
         return got
+
+
+RACY_NS = 2_000_000_000
+"""A file modified less than this long (2 s) before it is hashed is not remembered by the hash
+cache: a same-size rewrite within the filesystem's timestamp tick would keep its stat record."""
 
 
 def user_hash_cache() -> HashCache:
@@ -455,16 +463,32 @@ def is_path_like(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~"))
 
 
-def keyable(obj: Any, drop: frozenset[str] = frozenset()) -> Any:
+def _names_a_path(key: Any) -> bool:
+    """A config key whose value is a path however it is written (``path``, ``model_path``,
+    ``source_paths``: a relative ``data/x.jsonl`` too)."""
+    return isinstance(key, str) and (key.endswith(("path", "paths")) or key == "model")
+
+
+def keyable(obj: Any, drop: frozenset[str] = frozenset(), key: Any = None) -> Any:
     """A stage payload made location-free: keys named in ``drop`` (cache folders, the root)
     removed at any depth, and every string that names an existing file or folder by an absolute
-    or explicitly relative path (``/…``, ``./…``, ``~/…``) replaced by ``{"content": identity}``."""
-    if isinstance(obj, Mapping):
-        return {k: keyable(v, drop) for k, v in obj.items() if k not in drop}
+    or explicitly relative path (``/…``, ``./…``, ``~/…``), or by any path under a key that
+    names one (``path``, ``*_path``, ``*_paths``), replaced by ``{"content": identity}``; a glob
+    pattern there by the content of the files it matches (their names and identities)."""
+    if isinstance(obj, Mapping):  # the entries of a ``*_paths`` mapping are paths
+        many = isinstance(key, str) and key.endswith("paths")
+        return {k: keyable(v, drop, key if many else k) for k, v in obj.items() if k not in drop}
     if isinstance(obj, (list, tuple)):
-        return [keyable(v, drop) for v in obj]
-    if isinstance(obj, str) and is_path_like(obj):
+        return [keyable(v, drop, key) for v in obj]
+    if isinstance(obj, str) and obj and (is_path_like(obj) or _names_a_path(key)):
         p = Path(obj).expanduser()
         if p.exists():
             return {"content": folder_identity(p)}
+        if any(c in obj for c in "*?["):
+            import glob
+
+            matches = sorted(glob.glob(str(p)))
+            if matches:
+                return {"glob": p.name, "content": _digest_lines(
+                    {Path(m).name: folder_identity(m) for m in matches})}  # fmt: skip
     return obj

@@ -10,6 +10,7 @@ source, the evaluation set and the shared prompts (or drops TruthfulQA-derived p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.core import console
 from hhh_bench.core.config import DataConfig
+from hhh_bench.core.content import keyable
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.stages.common import CACHE, cached_stage, code_identity, group, keyed, to_dict
 
@@ -31,12 +33,35 @@ def data_payload(cfg: DictConfig) -> dict[str, Any]:
     from importlib import metadata
 
     world = {k: v for k, v in keyed(cfg.data).items() if k not in ("noise", "dimensions")}
+    if world.get("kind") == "sources":  # what each named source is: its conf/source/*.yaml
+        world["source_configs"] = source_configs(to_dict(cfg.data))
     code = code_identity(*DATA_CODE)
     # the confusables data that core/text.py folds look-alike letters with ships in this package
     code["versions"] = {**code["versions"], **{
         name: metadata.version(name) for name in ("confusable-homoglyphs", "pyahocorasick")
     }}  # fmt: skip
     return {**world, "code": code}
+
+
+def source_configs(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each source a sources data config names, by the content of its config file
+    (``conf/source/<name>.yaml``, ``$HHH_BENCH_CONF`` respected; its paths by content): an edit
+    of an adapter's aspect or pairing changes the data key."""
+    from hhh_bench.data.sources import load_source_config
+
+    names: set[str] = set()
+    for entries in (data.get("sources") or {}).values():
+        for entry in entries or []:
+            name = entry.get("name") if isinstance(entry, Mapping) else entry
+            if isinstance(name, str):
+                names.add(name)
+    out: dict[str, Any] = {}
+    for name in sorted(names):
+        try:
+            out[name] = keyable(load_source_config(name), frozenset({"cache_dir"}))
+        except ValueError as e:  # an unknown source: the build names it with what is known
+            out[name] = f"unreadable: {e}"
+    return out
 
 
 def run_data(cfg: DictConfig) -> dict[str, Any]:
