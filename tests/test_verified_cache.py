@@ -262,8 +262,11 @@ def test_row4_a_plugins_helper_modules_installed_plugins_and_task_yamls_are_in_t
     local = tmp_path / "plug"
     local.mkdir()
     (local / "hhh_helper_k.py").write_text("FACTOR = 1.0\n")
+    (local / "hhh_lazy_k.py").write_text("SHIFT = 0.0\n")
     (local / "hhh_plug_k.py").write_text(
-        "import json\nfrom hhh_helper_k import FACTOR\n\ndef fn(x):\n    return FACTOR * x\n"
+        "import json\nfrom hhh_helper_k import FACTOR\n\ndef fn(x):\n"
+        "    from hhh_lazy_k import SHIFT  # imported when called: not yet in sys.modules\n"
+        "    return FACTOR * x + SHIFT\n"
     )
     site = tmp_path / "lib" / "site-packages"
     (site / "hhh_installed_k" / "ops").mkdir(parents=True)
@@ -272,12 +275,13 @@ def test_row4_a_plugins_helper_modules_installed_plugins_and_task_yamls_are_in_t
     (site / "hhh_installed_k" / "ops" / "scale.py").write_text("def scale(x):\n    return x\n")
     monkeypatch.syspath_prepend(str(local))
     monkeypatch.syspath_prepend(str(site))
-    names = ("hhh_plug_k", "hhh_helper_k", "hhh_installed_k", "hhh_installed_k.ops",
+    names = ("hhh_plug_k", "hhh_helper_k", "hhh_lazy_k", "hhh_installed_k", "hhh_installed_k.ops",
              "hhh_installed_k.ops.scale")  # fmt: skip
     try:
         plug = importlib.import_module("hhh_plug_k")
         files = code_identity(plug.fn)["files"]
-        assert set(files) == {"hhh_plug_k.py", "hhh_helper_k.py"}, files
+        assert set(files) == {"hhh_plug_k.py", "hhh_helper_k.py", "hhh_lazy_k.py"}, files
+        assert "hhh_lazy_k" not in sys.modules  # found, never imported by the key
         installed = importlib.import_module("hhh_installed_k")
         files = code_identity(installed.scale)["files"]
         assert "hhh_installed_k/ops/scale.py" in files
@@ -466,6 +470,27 @@ def test_cache_verify_and_gc_from_the_command_line(root, capsys):
     assert _one(root, "base").exists()  # referenced: kept
     code, missing = _cache(capsys, "verify", str(root / "no-such-root"))
     assert code == 2 and "is not a folder" in missing
+
+
+def test_cache_verify_names_misplaced_outputs_and_edited_store_rows(root, capsys):
+    """What the pipeline refuses, verify lists too (the second review: "0 differ"): an output
+    copied over another key's, a symbolic link in place of one, and an edited store row."""
+    sp = _specialists(root)
+    shutil.rmtree(sp["honest"])
+    shutil.copytree(sp["helpful"], sp["honest"])
+    merged = _one(root, "merge")
+    shutil.rmtree(merged)
+    merged.symlink_to(sp["helpful"], target_is_directory=True)
+    store = root / "results.jsonl"
+    lines = store.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["average"] = 0.999
+    store.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    code, out = _cache(capsys, "verify", "--quick", str(root))
+    assert code == 1, out
+    assert f"MISMATCH {sp['honest']}: its key.json is that of another output" in out
+    assert f"MISMATCH {merged}: it is a symbolic link" in out
+    assert re.search(r"MISMATCH .*results.jsonl, line 1: result row .* was changed", out), out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 its manifest, and list (``--yes``: remove) the outputs nothing refers to.
 
 - ``verify`` re-hashes every file of every stage output (``--quick``: only the files whose size,
-  mtime or inode differ from their record, what a reuse checks) and lists each difference; exit
-  status 1 when one is found.
+  mtime or inode differ from their record, what a reuse checks), checks each output is the one
+  its place says (no symbolic link, its ``key.json`` naming that stage and key) and each row of
+  the stores against its digest, and lists each difference; exit status 1 when one is found.
 - ``gc`` lists the stage outputs that no results-store row (``results.jsonl``,
   ``diagnostics.jsonl``) and no other stage output refers to (a later stage records the folders
   it read in its ``key.json``); ``--yes`` removes them. An output written before manifests
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hhh_bench.core.content import KEY_FILE, root_hash_cache, verify
-from hhh_bench.core.stagecache import STAGE_VERSIONS
+from hhh_bench.core.stagecache import STAGE_VERSIONS, misplaced
 
 STORES = ("results.jsonl", "diagnostics.jsonl")
 
@@ -84,16 +85,36 @@ def unreferenced(root: Path) -> tuple[list[Path], int]:
     return out_list, unknown
 
 
+def _store_problems(root: Path) -> list[str]:
+    """The lines of the run's stores whose rows fail their checks (an edited row's digest)."""
+    from hhh_bench.tracking.store import StoreError, read_diagnostics, scan_results
+
+    out = []
+    results = root / "results.jsonl"
+    if results.is_file():
+        for skipped in scan_results(results, skip_invalid=True).skipped:
+            out.append(f"{results}, line {skipped.line}: {skipped.reason}")
+    try:
+        read_diagnostics(root / "diagnostics.jsonl")
+    except (StoreError, ValueError) as e:
+        out.append(str(e))
+    return out
+
+
 def cmd_verify(root: Path, quick: bool) -> int:
     outputs = list(stage_outputs(root))
     cache = root_hash_cache(root)
     bad = files = 0
     for out in outputs:
+        where = misplaced(out, out.parent.name, out.name)  # moved, copied or linked here
         v = verify(out, full=not quick, cache=cache)
         files += len(v.manifest.files)
-        for problem in v.problems:
+        for problem in ([where] if where else []) + v.problems:
             print(f"MISMATCH {out}: {problem}")
-        bad += bool(v.problems)
+        bad += bool(v.problems or where)
+    for problem in _store_problems(root):
+        print(f"MISMATCH {problem}")
+        bad += 1
     how = "stat records checked, changed files re-hashed" if quick else "every file re-hashed"
     print(f"cache verify {root}: {len(outputs)} stage output(s), {files} file(s) ({how}): "
           f"{bad} differ")  # fmt: skip

@@ -94,6 +94,26 @@ def test_fingerprint_follows_the_model_and_the_protocol(standins, tmp_path):
     assert judge_fingerprint(moved) != fp
 
 
+def test_fingerprint_follows_the_judges_code(monkeypatch):
+    """The second review inverted the guard's flag in judges.py: the stale verdicts were served
+    from the judge cache. The fingerprint holds that code now."""
+    from hhh_bench.evaluation import judges
+
+    llama_guard = {"kind": "guard", "model": "meta-llama/Llama-Guard-3-8B", "on_unparsed": "error"}
+    spec = JudgeSpec.from_config("s", llama_guard)
+    before = judge_fingerprint(spec)
+    real = judges.code_identity
+
+    def edited(*items):
+        out = real(*items)
+        files = dict(out["files"])
+        files["hhh_bench/evaluation/judges.py"] = "0" * 64  # the module as edited
+        return {**out, "files": files}
+
+    monkeypatch.setattr(judges, "code_identity", edited)
+    assert judge_fingerprint(spec) != before
+
+
 def _cfg(standins, mode="generate"):
     return standin_judges_config(standins, mode=mode)
 

@@ -106,6 +106,16 @@ def test_every_merge_writes_diagnostics_computed_once_per_inputs(models, tmp_pat
         assert "## Parameters" in card  # the engine's card is kept
     rows = read_diagnostics(tmp_path / "diagnostics.jsonl")
     assert len(rows) == 1 and rows[0]["label"] == "dpo, seed 0"
+    # a row edited afterwards (its digest kept) is named, not drawn (the second review of #26)
+    store = tmp_path / "diagnostics.jsonl"
+    text = store.read_text()
+    edited = json.loads(text.splitlines()[0])
+    edited["num_models"] = 4
+    store.write_text(json.dumps(edited) + "\n")
+    with pytest.raises(ValueError, match=r"diagnostics.jsonl, line 1: diagnostics row .* was "
+                       r"changed after hhh-bench wrote it"):  # fmt: skip
+        read_diagnostics(store)
+    store.write_text(text)
     # RESM's rank knobs change what is diagnosed (its ranks): a second computation
     cfg = make_cfg(tmp_path, "resm")
     cfg.merge.params.rank_spread = 0.5

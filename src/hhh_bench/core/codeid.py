@@ -232,9 +232,31 @@ def _plugin_files(mod: Any) -> list[Path]:
                     out[f] = f"{top.__name__}/{f.relative_to(folder).as_posix()}"
         elif getattr(m, "__file__", None):
             out[Path(m.__file__)] = Path(m.__file__).name  # a module of its own: helper.py
+        out.update(_not_yet_imported(m))
     for path, name in out.items():
         _PLUGIN_NAMES[path.resolve()] = name
     return list(out)
+
+
+def _not_yet_imported(mod: Any) -> dict[Path, str]:
+    """The user's own modules ``mod``'s source imports that are not imported yet (an import
+    inside a function, run only when the plugin is called), found without importing them."""
+    import importlib.util
+
+    out: dict[Path, str] = {}
+    for name in _imported_names(mod):
+        if name in sys.modules or _is_ours(name) or _top(name) in sys.stdlib_module_names:
+            continue
+        if "." in name and name.rsplit(".", 1)[0] not in sys.modules:
+            continue  # find_spec would import its parent package
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        origin = getattr(spec, "origin", None) if spec is not None else None
+        if origin and origin.endswith(".py") and not _library(origin):
+            out[Path(origin)] = name.replace(".", "/") + ".py"
+    return out
 
 
 def _code_name(path: Path) -> str:

@@ -184,14 +184,16 @@ def cached_stage(
     register_root(root)
     replace = False
     if is_done(out):
-        misplaced = _misplaced(out, stage, key)
-        if misplaced:  # a folder moved, copied or linked here from another key: never reused
+        misplaced_why = misplaced(out, stage, key)
+        if misplaced_why:  # a folder moved, copied or linked here from another key: never reused
             if CACHE.on_mismatch != "recompute":
                 raise ContentMismatch(
-                    f"cached output {out}: {misplaced}. Delete the folder to recompute it, or "
+                    f"cached output {out}: {misplaced_why}. Delete the folder to recompute it, or "
                     "set cache.on_mismatch=recompute."
                 )
-            console.say(f"{what} ({out}): {misplaced}: recomputing (cache.on_mismatch=recompute)")
+            console.say(
+                f"{what} ({out}): {misplaced_why}: recomputing (cache.on_mismatch=recompute)"
+            )
             CACHE.recomputed.setdefault(stage, set()).add(key)
             if out.is_symlink():
                 out.unlink()  # the link only: what it points to is not this stage's to delete
@@ -253,7 +255,7 @@ def cached_stage(
     return StageRun(stage, key, out, False, info, identity)
 
 
-def _misplaced(out: Path, stage: str, key: str) -> str:
+def misplaced(out: Path, stage: str, key: str) -> str:
     """Why the folder at ``<root>/<stage>/<key>`` is not that key's output ("" when it is): a
     symbolic link, or a ``key.json`` naming another stage or key (a folder moved or copied over
     from another configuration; its own checksums would match)."""

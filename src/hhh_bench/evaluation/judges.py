@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.content import folder_identity
 
 JUDGE_KINDS = ("guard", "classifier", "reward")
@@ -240,9 +241,12 @@ def model_identity(model: str, revision: str | None = None) -> str:
 
 
 def judge_fingerprint(spec: JudgeSpec) -> str:
-    """Identity of a judge's verdicts: the model's identity and every verdict-relevant setting."""
+    """Identity of a judge's verdicts: the model's identity, every verdict-relevant setting and
+    the code that asks it and reads its answers (this module, model loading)."""
     desc = spec.describe()
     desc["model"] = model_identity(spec.model, spec.revision)
+    # the code that asks the judge and reads its answer: an edit asks again
+    desc["code"] = code_identity("hhh_bench.evaluation.judges", "hhh_bench.models.loading")["files"]
     text = json.dumps(desc, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

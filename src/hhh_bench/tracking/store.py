@@ -525,12 +525,26 @@ def append_diagnostics(
 
 def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
     """The diagnostics rows of a store (the last per ``row_key``, in first-seen order); a missing
-    file reads as no rows, a torn line is skipped with a :class:`RuntimeWarning`."""
+    file reads as no rows, a torn line is skipped with a :class:`RuntimeWarning`, a row edited
+    after it was written (its digest) is a :class:`StoreError` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         return []
     with open(path, "rb") as f:
-        rows = [dict(r) for r in _rows_of(f, path)]
+        lines = _lines_of(f, path)
+    _warn_torn(lines, path)
+    rows = []
+    for ln in lines:
+        row = ln.value
+        if not isinstance(row, dict) or "row_key" not in row:
+            continue
+        if DIGEST in row and row[DIGEST] != row_digest(row):  # as results rows (check_row)
+            raise StoreError(
+                f"{path}, line {ln.number}: diagnostics row {row['row_key']!r} was changed after "
+                f"hhh-bench wrote it (its {DIGEST} does not match its content): run "
+                "stage=diagnose again or delete the line"
+            )
+        rows.append(copy.deepcopy(row))
     return list(_dedupe(rows).values())
 
 
