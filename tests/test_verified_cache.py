@@ -414,6 +414,31 @@ def test_row7_a_specialist_replaced_during_the_merge_fails_it_and_leaves_nothing
     assert not out.exists() and not list(tmp_path.glob(".merged*"))
 
 
+def test_row7_a_tokenizer_rewritten_during_the_merge_fails_it(root, tmp_path, monkeypatch):
+    """The second review: θ0's tokenizer.json rewritten while the merge read tensors was copied
+    into the output (rc 0, filed under the old key). The inputs' identities are checked again
+    after the output's other files are copied."""
+    import hhh_bench.merging.sources as sources
+    from hhh_bench.merging.engine import merge_models
+
+    base, sp = _one(root, "base"), _specialists(root)
+    tok = base / "tokenizer.json"
+    real = sources.read_bytes
+    calls = {"n": 0}
+
+    def read_then_edit(path, offset, nbytes):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            tok.write_text(tok.read_text().replace("<unk>", "<UNK>", 1))
+        return real(path, offset, nbytes)
+
+    monkeypatch.setattr(sources, "read_bytes", read_then_edit)
+    out = tmp_path / "merged"
+    with pytest.raises(ValueError, match=r"the base .*its files changed during the merge"):
+        merge_models("task_arithmetic", base, [sp[d] for d in sorted(sp)], out, progress=False)
+    assert calls["n"] > 3 and not out.exists()
+
+
 def test_row7_the_merge_records_the_identities_it_read(pristine):
     from hhh_bench.core.content import folder_identity
 

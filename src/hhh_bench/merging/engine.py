@@ -51,6 +51,7 @@ from hhh_bench.merging.sources import (
     ST_DTYPES,
     VOCAB_POLICIES,
     ModelInput,
+    check_identities,
     check_inputs,
     check_reads,
     open_inputs,
@@ -486,6 +487,8 @@ def merge_models(
         code = code_identity(type(m), *PRECOMPUTE_CODE)
         prefix = config_hash(
             {"inputs": ids, "method": method, "knobs": knobs, "vocab": vocab_policy,
+             "device": str(getattr(p, "device", "cpu")),  # a GPU's SVD is not the CPU's bits
+             "compute_dtype": str(getattr(p, "compute_dtype", "")),
              "code": code},
             length=32,
         )  # fmt: skip
@@ -530,6 +533,8 @@ def merge_models(
             raise
         writer.close()
         _finish_folder(tmp, writer, base_src_folder=base_folder, out_dtype=out_dtype)
+        if verify_reads:  # the files copied from the base (tokenizer, config) are the read ones
+            check_identities([base_src, *models])
         names = list(finetuned_names) if finetuned_names is not None else None
         labels = [str(f) if not isinstance(f, Mapping) else "<state dict>" for f in finetuned]
         (tmp / "README.md").write_text(_model_card(method, params_record, str(base), labels, names))

@@ -624,6 +624,26 @@ def check_reads(sources: Sequence[Any]) -> dict[str, str]:
     return identities
 
 
+def check_identities(sources: Sequence[Any]) -> None:
+    """After a merge has copied its inputs' other files (config, tokenizer): every file-backed
+    source's folder still has the identity recorded before the merge (a tokenizer or config
+    file rewritten during the merge fails it, naming the model; no output is written)."""
+    for src in sources:
+        start = getattr(src, "start_identity", None)
+        if start is None:
+            continue
+        try:
+            now = src.identity()
+        except ValueError as e:  # a stage output whose files no longer match its manifest
+            now = f"unverifiable: {e}"
+        if now != start:
+            raise ValueError(
+                f"{src.label} ({src.where}): its files changed during the merge (a config, "
+                "tokenizer or weights file is not the one recorded before the merge read it; no "
+                "output written). Rerun once the inputs stay still."
+            )
+
+
 ModelInput = str | Path | Mapping[str, Tensor]
 """A model folder, a hub id, a LoRA adapter folder (finetuned only) or an in-memory state dict."""
 

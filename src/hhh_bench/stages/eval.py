@@ -94,7 +94,13 @@ def run_eval(
     specs = suite_tasks(ecfg, split)  # scored; eval_payload adds the extra columns' tasks to run
     rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
     standins = standin_names(rehearsal, specs + column_specs(ecfg, split))
-    payload = eval_payload(ecfg, model, data, split, to_dict(cfg.model).get("dtype"), standins)
+    # the dtype the model is evaluated in, as resolved on its device (auto: bf16 on a GPU that
+    # supports it, float32 on CPU), not the word "auto"
+    from hhh_bench.models.loading import resolve_dtype
+
+    mdict = to_dict(cfg.model)
+    dtype = str(resolve_dtype(mdict.get("dtype"), str(mdict.get("device") or "cpu")))
+    payload = eval_payload(ecfg, model, data, split, dtype.removeprefix("torch."), standins)
     # by content, never by key or path: the weights evaluated, the data's artifacts, the code
     revision = to_dict(cfg.model).get("revision") if model.get("kind") == "base" else None
     payload["model"] = model_identity(str(model["path"]), revision)
