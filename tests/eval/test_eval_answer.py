@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,16 @@ def test_report_stage_reuses_a_report_of_the_same_store(tmp_path, capsys, monkey
     monkeypatch.setattr(stage, "code_identity", lambda *m: {**real(*m), "changed": True})
     run_report(cfg)  # the report's code changed: built anew, never the old answer reused
     assert "unchanged" not in capsys.readouterr().out
+    monkeypatch.undo()
+    run_report(cfg)
+    capsys.readouterr()
+    # report.md edited by hand (the second review of #26: "cached", the edited table shown):
+    # its manifest says so, and it is built again
+    md.write_text(md.read_text().replace("merging wins", "mixing wins"))
+    rebuilt = run_report(cfg)
+    printed = capsys.readouterr().out
+    assert re.search(r"report \(.*\): report.md (has|differs).*rebuilding it", printed), printed
+    assert "mixing wins" not in md.read_text() and rebuilt["answer_line"] == first["answer_line"]
     monkeypatch.undo()
     append_result(tmp_path / "results.jsonl", rows[-1])  # the store changed: built anew
     third = run_report(cfg)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from hhh_bench.core import console
 from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.config import ReportConfig, load
+from hhh_bench.core.content import verify, write_manifest
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
@@ -100,6 +101,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         **({"skipped": len(scan.skipped)} if scan.skipped else {}),
     }  # fmt: skip
     (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
+    write_manifest(out, None)  # last: a later reuse checks the report's files against it
     log.info("report: wrote %s", out)
     _show(cfg, store, result, cached=False)
     return result
@@ -155,6 +157,10 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
         return None
     result = saved.get("result") or {}
     if saved.get("key") != key or not Path(str(result.get("report_md"))).is_file():
+        return None
+    problems = verify(out).problems
+    if problems:  # edited since it was written: derived, so built again (never shown as is)
+        console.say(f"report ({out}): {problems[0]}: rebuilding it")
         return None
     return result
 
