@@ -193,6 +193,24 @@ def test_whole_folders_moved_or_linked_under_another_key_are_refused(root):
     assert json.loads((honest / "train_info.json").read_text())["dimensions"] == ["honest"]
 
 
+def test_eval_items_read_by_the_report_are_verified_and_found_under_the_moved_root(root, tmp_path):
+    """The second review: the report read an eval's items.jsonl unverified (the paired marks
+    changed with an edit), and a moved or copied root read them at the old root's paths."""
+    from hhh_bench.tracking.paired import row_context
+    from hhh_bench.tracking.store import read_results
+
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved, symlinks=True)
+    items = _one(root, "eval") / "items.jsonl"
+    items.write_text(items.read_text().replace('"acc": 0.0', '"acc": 1.0'))
+    (row,) = read_results(moved / "results.jsonl")
+    assert row["artifacts"]["eval_dir"] == str(_one(moved, "eval"))  # its own folder
+    assert row_context(row, memo=False)["items"]  # untouched there: read
+    (row,) = read_results(root / "results.jsonl")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(items.parent))}.*items.jsonl"):
+        row_context(row, memo=False)
+
+
 def test_truncated_or_missing_files_and_added_files_are_named(root):
     from hhh_bench.core.content import MANIFEST, verify
 

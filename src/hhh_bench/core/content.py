@@ -412,6 +412,28 @@ def _in_place(folder: Path) -> bool:
     )
 
 
+def checked_output(out: Path, read: str | Path) -> Verified:
+    """The stage output ``out`` verified before a file of it (``read``) is read as an input;
+    a mismatch raises, saying which stage to rerun."""
+    v = verify(out)
+    if v.problems:  # read as an input here: its own stage recomputes it, not this one
+        raise mismatch_error(out, v.problems, hint=(
+            f"It is read as an input ({read}): rerun the stage that wrote it "
+            f"(stage={out.parent.name}) with cache.on_mismatch=recompute, or delete the "
+            "folder, or copy the files you mean to use to a folder of your own."
+        ))  # fmt: skip
+    return v
+
+
+def read_checked(path: str | Path) -> Path:
+    """``path``, after checking the stage output holding it (if any) against its manifest: what
+    a reader of another stage's artifact (an eval's items, its results) calls first."""
+    held = enclosing_output(path)
+    if held is not None:
+        checked_output(held[0], path)
+    return Path(path)
+
+
 def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
     """Content identity of a model, adapter or data folder (or a single file): from the manifest
     of the stage output that holds it (verified; a mismatch raises), else by hashing every file
@@ -420,14 +442,7 @@ def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
     held = enclosing_output(folder) if folder.is_dir() else None
     if held is not None:
         out, under = held
-        v = verify(out)
-        if v.problems:  # read as an input here: its own stage recomputes it, not this one
-            raise mismatch_error(out, v.problems, hint=(
-                f"It is read as an input ({folder}): rerun the stage that wrote it "
-                f"(stage={out.parent.name}) with cache.on_mismatch=recompute, or delete the "
-                "folder, or copy the files you mean to use to a folder of your own."
-            ))  # fmt: skip
-        return v.manifest.identity(under)
+        return checked_output(out, folder).manifest.identity(under)
     cache = cache or cache_for(folder)
     if folder.is_file():
         return _digest_lines({folder.name: cache.digests(folder)["blake3"]})

@@ -275,6 +275,20 @@ def misplaced(out: Path, stage: str, key: str) -> str:
     return ""
 
 
+def relocated(path: str | Path, root: str | Path) -> str:
+    """A path recorded inside a stage output (``…/<stage>/<key>/…``) as it is under ``root``
+    when that output exists there: a store's rows keep absolute paths, and a moved or copied
+    root reads its own outputs, never the old root's. Other paths are returned as they are."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in STAGE_VERSIONS:
+            here = Path(root, *parts[i:])
+            if (Path(root) / parts[i] / parts[i + 1]).is_dir():
+                return str(here)
+            break
+    return str(path)
+
+
 def _rel(root: str | Path, path: str | Path) -> str:
     """``path`` relative to ``root`` when inside it (a moved root keeps its references)."""
     p, r = Path(path).resolve(), Path(root).resolve()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.content import read_checked
 from hhh_bench.core.items import (
     GENERATIONS_FILE,
     ITEMS_FILE,
@@ -178,11 +179,12 @@ def _empty_cuda_cache() -> None:
 
 
 def load_items(eval_dir: str | Path | None) -> dict[str, list[dict[str, Any]]] | None:
-    """The ``items.jsonl`` of an eval folder, or None when it has none."""
+    """The ``items.jsonl`` of an eval folder (its output checked against its manifest first), or
+    None when it has none."""
     if not eval_dir:
         return None
     path = Path(eval_dir) / ITEMS_FILE
-    return read_jsonl(path) if path.is_file() else None
+    return read_jsonl(read_checked(path)) if path.is_file() else None
 
 
 def _base_row(

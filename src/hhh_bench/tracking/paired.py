@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.content import read_checked
 from hhh_bench.core.items import ITEMS_FILE, read_jsonl
 from hhh_bench.core.scoring import TaskSpec
 from hhh_bench.core.stats import ALPHA, PairedTest, z_test
@@ -44,8 +45,9 @@ def row_specs(row: Mapping[str, Any]) -> list[TaskSpec]:
 
 
 def _items(eval_dir: str | Path) -> dict[str, list[dict[str, Any]]] | None:
+    """An eval folder's per-item values, its output checked against its manifest first."""
     path = Path(eval_dir) / ITEMS_FILE
-    return read_jsonl(path) if path.is_file() else None
+    return read_jsonl(read_checked(path)) if path.is_file() else None
 
 
 def row_context(row: Mapping[str, Any], *, memo: bool = True) -> dict[str, Any] | None:
@@ -63,7 +65,11 @@ def row_context(row: Mapping[str, Any], *, memo: bool = True) -> dict[str, Any] 
     ctx: dict[str, Any] | None = None
     if items is not None:
         results = Path(eval_dir) / "results.json"
-        groups = json.loads(results.read_text()).get("groups") or {} if results.is_file() else {}
+        groups = (
+            json.loads(read_checked(results).read_text()).get("groups") or {}
+            if results.is_file()
+            else {}
+        )
         ctx = {
             "items": items,
             "groups": groups,

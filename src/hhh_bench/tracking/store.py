@@ -38,6 +38,7 @@ from typing import Any, TypedDict
 
 from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
+from hhh_bench.core.stagecache import relocated
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge")
 SCHEMA_VERSION = 1
@@ -468,7 +469,7 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
                 reason = str(e)
         if reason is None:
             # a caller may change its rows, nested fields too: never the memo's (_PARSED)
-            scan.rows.append(copy.deepcopy(ln.value))
+            scan.rows.append(_rebased(copy.deepcopy(ln.value), path.parent))
             scan.lines.append(ln.number)
         elif skip_invalid:
             scan.skipped.append(SkippedLine(ln.number, reason))
@@ -478,6 +479,18 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
                 "rows with report.skip_invalid=true (the report then says how many it skipped)"
             )
     return scan
+
+
+def _rebased(row: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A row's artifact paths as they are under the store's own root (:func:`relocated`): a moved
+    or copied root reads its own eval folders, never the old root's."""
+    for field_name in ("artifacts", "reference"):
+        paths = row.get(field_name)
+        if isinstance(paths, dict):
+            for k, v in paths.items():
+                if isinstance(v, str) and v:
+                    paths[k] = relocated(v, root)
+    return row
 
 
 def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
