@@ -31,7 +31,7 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast rehearse lint format bench bench-peers lock clean .venv
+.PHONY: help demo test test-fast battery rehearse lint format bench bench-peers lock clean .venv
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,7 +55,10 @@ demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the re
 	$(BIN)/hhh-bench experiment=toy3h
 
 test: .venv ## Run the test suite (the end-to-end tests included), with coverage
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not rehearse" $(COV_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not rehearse and not battery" $(COV_ARGS) $(PYTEST_ARGS)
+
+battery: .venv ## The acceptance battery: 250+ bad inputs, each refused by name, no traceback (tests/battery)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m battery -p no:cacheprovider $(PYTEST_ARGS)
 
 REHEARSAL_ROOT ?= runs/rehearsal
 rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (CPU), each to a report
@@ -70,7 +73,7 @@ rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (C
 	done
 
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not rehearse" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not rehearse and not battery" $(PYTEST_ARGS)
 
 lint: .venv ## ruff lint + format check + the import contracts (the floors: docs/architecture.md)
 	$(BIN)/ruff check src tests benchmarks

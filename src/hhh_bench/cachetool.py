@@ -39,14 +39,24 @@ def _store_refs(root: Path) -> set[str]:
     their ``artifacts`` paths are in: a diagnostics row's ``diagnostics.json``)."""
     keys: set[str] = set()
     for name in STORES:
-        path = root / name
-        if not path.is_file():
+        store = root / name
+        if not store.is_file():
             continue
-        for line in path.read_text(errors="replace").splitlines():
+        lines = store.read_text(errors="replace").split("\n")
+        for num, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except ValueError:
-                continue
+                row = None
+            if not isinstance(row, dict):
+                if num == len(lines):  # the last line, without its newline: a torn write
+                    continue
+                raise ValueError(
+                    f"{store}, line {num}: not a JSON object, so what it refers to is unknown; fix "
+                    "or remove the line first (gc keeps every output a store row refers to)"
+                )
             if isinstance(row, dict):
                 keys.update(str(row[k]) for k in ("eval_key", "model_key", "data_key", "key",
                                                   "row_key") if row.get(k))  # fmt: skip
@@ -152,4 +162,8 @@ def main(argv: Sequence[str]) -> int:
             f"hhh-bench cache: error: {root} is not a folder (give a run's root)", file=sys.stderr
         )
         return 2
-    return cmd_verify(root, args.quick) if args.cmd == "verify" else cmd_gc(root, args.yes)
+    try:
+        return cmd_verify(root, args.quick) if args.cmd == "verify" else cmd_gc(root, args.yes)
+    except ValueError as e:
+        print(f"hhh-bench cache: error: {e}", file=sys.stderr)
+        return 2

@@ -225,6 +225,45 @@ def check_not_groups(argv: list[str]) -> None:
             raise SystemExit(2)
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Exit 2 naming the override of ``argv`` that is not Hydra's syntax (``seeds=[0,1``): Hydra
+    says only what it could not parse (``no viable alternative at input '[0,1'``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            why = str(e).splitlines()[0]
+            print(
+                f"hhh-bench: error: {arg!r} is not a valid override ({why}); the syntax: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/ (quote values with "
+                "brackets, commas or spaces)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+
+
+def check_root(argv: list[str]) -> None:
+    """Exit 2 naming ``root=...`` of ``argv`` when it cannot be a run's root (a regular file, a
+    path under one, a folder this user cannot write to): Hydra creates its log folder there
+    before any job, and would stop with a traceback."""
+    from hhh_bench.validation import writable_folder
+
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "root" and value and not any(c in value for c in "${},[]"):
+            try:
+                writable_folder(value, "root")
+            except ValueError as e:
+                print(f"hhh-bench: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
@@ -243,12 +282,28 @@ def main() -> None:
             sys.argv.remove(flag)
             os.environ["HHH_VERBOSE"] = "1"
 
+    check_overrides(sys.argv[1:])
+    check_root(sys.argv[1:])
+    entered = False
+
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def _app(cfg: DictConfig) -> float | None:
+        nonlocal entered
+        entered = True
         return task(cfg)
 
+    def run_app() -> None:
+        try:
+            _app()
+        except SystemExit as e:
+            # Hydra's own refusal of the command line (an unknown option, key or override
+            # syntax), printed by Hydra before any job: a bad input like any other, exit 2
+            if e.code == 1 and not entered:
+                raise SystemExit(2) from None
+            raise
+
     if not any(a in ("-h", "--help") for a in sys.argv[1:]):
-        _app()
+        run_app()
         return
     import contextlib
     import io
@@ -256,7 +311,7 @@ def main() -> None:
     text = io.StringIO()
     try:
         with contextlib.redirect_stdout(text):
-            _app()
+            run_app()
     finally:  # Hydra's help less the folders of conf/ that are no choice (NOT_GROUPS)
         print("".join(line for line in text.getvalue().splitlines(keepends=True)
                       if line.split(":", 1)[0] not in NOT_GROUPS), end="")  # fmt: skip

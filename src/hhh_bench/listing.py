@@ -126,6 +126,12 @@ def main(argv: Sequence[str]) -> int:
             print(f"hhh-bench list: error: --plugin {module!r} cannot be imported ({e})",
                   file=sys.stderr)  # fmt: skip
             return 2
+        except Exception as e:  # noqa: BLE001 - the user's module failed: named, exit 2
+            from hhh_bench.pipeline import plugin_error
+
+            print(f"hhh-bench list: error: --plugin {module!r}: importing it failed: "
+                  f"{plugin_error(e)}", file=sys.stderr)  # fmt: skip
+            return 2
     for i, what in enumerate(args.what or list(LISTS)):
         title, fn = LISTS[what]
         rows = fn()

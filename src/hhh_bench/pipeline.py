@@ -142,6 +142,18 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(int(threads))
 
 
+def plugin_error(e: BaseException) -> str:
+    """What went wrong importing a plugin, with its file and line where Python knows them (a
+    ``SyntaxError``'s, else the innermost frame of the traceback)."""
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({e.filename}, line {e.lineno})"
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})" if tb is not None else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
 def load_plugins(modules: list[str]) -> None:
     """Import user modules (``plugins=[my_pkg.my_methods]``) so their registrations run."""
     import importlib
@@ -153,6 +165,8 @@ def load_plugins(modules: list[str]) -> None:
             raise ValueError(
                 f"plugins: cannot import {name!r} ({e}); is it on PYTHONPATH?"
             ) from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed: named, exit 2
+            raise ValueError(f"plugins: importing {name!r} failed: {plugin_error(e)}") from None
 
 
 def choose(candidates: Sequence[tuple[float, T]]) -> tuple[float, T]:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, load
+from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, ModelConfig, load
 from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
 from hhh_bench.stages.common import load_option
@@ -37,10 +37,47 @@ def check_world(data: DataConfig) -> None:
         leakage_settings(data.leakage)  # its values named before any stage (not at build)
 
 
+def check_model_folder(value: str | None, where: str) -> None:
+    """A model named by a local path (one that exists, or is written as a path: ``/``, ``.``,
+    ``~``) is a folder holding a model's ``config.json`` or a LoRA adapter's
+    ``adapter_config.json``; refused naming ``where`` otherwise. A hub id is left to the
+    stage (and to :func:`preflight` for ``model.path``)."""
+    from pathlib import Path
+
+    if not value:
+        return
+    p = Path(value).expanduser()
+    if not p.exists() and not p.is_symlink():
+        if str(value).startswith(("/", ".", "~")):
+            raise ValueError(f"{where}={value!r} does not exist: give a model folder")
+        return
+    if not p.is_dir():
+        raise ValueError(f"{where}={value!r} is a file, not a model folder")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        held = sorted(c.name for c in p.iterdir())[:8]
+        raise ValueError(
+            f"{where}={value!r} has no config.json (it holds {held}): give the folder a model's "
+            "save_pretrained wrote, or a LoRA adapter's (adapter_config.json)"
+        )
+
+
+def check_eval(ecfg: Any) -> None:
+    """``eval.model`` (``stage=eval`` of a given model) is a model folder or a hub id."""
+    check_model_folder(ecfg.model, "eval.model")
+
+
 def check_merge_inputs(merge: MergeConfig) -> None:
     """``merge.base`` is none of ``merge.models``: a specialist equal to θ0 has τ = 0, so the
     merge would silently drop it (or dilute the others). The same local folder is found through
-    symbolic links and trailing slashes; hub ids are compared as written."""
+    symbolic links and trailing slashes; hub ids are compared as written. Then each local
+    folder holds a model or an adapter (:func:`check_model_folder`), before the data stage."""
+    _check_base_not_among_models(merge)
+    check_model_folder(merge.base, "merge.base")
+    for i, model in enumerate(merge.models or []):
+        check_model_folder(model, f"merge.models[{i}]")
+
+
+def _check_base_not_among_models(merge: MergeConfig) -> None:
     if not merge.base or not merge.models:
         return
     from pathlib import Path
@@ -60,7 +97,29 @@ def check_merge_inputs(merge: MergeConfig) -> None:
             )
 
 
-GROUP_CHECKS: dict[str, Callable[[Any], None]] = {"data": check_world, "merge": check_merge_inputs}
+def check_model(model: ModelConfig) -> None:
+    """``model.spec`` (``model.kind=tiny``): the tiny model's shape, checked by its own spec
+    (:class:`~hhh_bench.models.tiny.TinyModelSpec`: unknown keys and ranges), before the data
+    stage rather than when the base stage builds the model."""
+    if model.kind == "hub":
+        check_model_folder(model.path, "model.path")
+    if model.kind == "tiny":
+        from hhh_bench.models.tiny import TinyModelSpec
+
+        spec = dict(model.spec or {})
+        names = {f.name for f in dataclasses.fields(TinyModelSpec)}
+        unknown = sorted(set(spec) - names)
+        if unknown:
+            raise ValueError(f"model.spec: unknown key(s) {unknown}; valid: {sorted(names)}")
+        TinyModelSpec(**spec)
+
+
+GROUP_CHECKS: dict[str, Callable[[Any], None]] = {
+    "data": check_world,
+    "model": check_model,
+    "eval": check_eval,
+    "merge": check_merge_inputs,
+}
 """Checks of a typed group that need a library (run by :func:`validate_run` right after the
 group's schema, so a run's first error is the same as when the schema held them)."""
 
@@ -92,16 +151,26 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check every group of a composed run (a plain mapping) before any stage runs: unknown
     keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
     merge grid and the mixing strategies. Returns the typed groups by name."""
+    check_seeds(cfg)  # first: a group may take its seed from ${seed} (data.noise.seed)
     out: dict[str, Any] = {}
     for group, cls in GROUPS.items():
         if group in cfg and cfg[group] is not None:
             out[group] = load(cls, cfg[group], group)
             if group in GROUP_CHECKS:
                 GROUP_CHECKS[group](out[group])
-    check_seeds(cfg)
     check_mix_scorers(cfg)
     if "eval" in out:
         check_metrics(cfg["eval"])
+        e = out["eval"]
+        if cfg.get("stage") == "merge_eval" and (
+            not e.select_split or e.select_split == e.report_split
+        ):
+            raise ValueError(
+                f"stage=merge_eval scores on eval.select_split, which is {e.select_split!r} "
+                f"(eval.report_split: {e.report_split!r}): a search must not read the split it "
+                "reports on; use an eval suite with a separate selection split (eval=toy3h: "
+                "validation)"
+            )
     from hhh_bench.merging import get_method, method_defaults
 
     if "merge" in out:
@@ -121,6 +190,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             get_method(m.method).make_params(**params)
         except ValueError as e:
             raise ValueError(f"merge (method {m.method!r}): {e}") from None
+        check_weights(cfg, m)
     if "pipeline" in out:
         for method, spec in out["pipeline"].merge_grid.items():
             if spec is None:
@@ -135,6 +205,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 except ValueError as e:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
         _check_tuning(cfg)
+    check_mixes(cfg)
     return out
 
 
@@ -179,6 +250,26 @@ def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
                 f"{mix.get('name')}, scorer: reward_model, scorer_args: {{model: ..., "
                 "output_dimensions: [...]}} (conf/mix/reward_select.yaml shows ArmoRM's)"
             )
+
+
+def check_weights(cfg: Mapping[str, Any], merge: MergeConfig) -> None:
+    """``merge.params.weights`` has one weight per model merged, known before any stage: the
+    entries of ``merge.models``, else one specialist per dimension of ``data.dimensions`` (the
+    merges of ``stage=merge|merge_eval|diagnose|all``)."""
+    weights = merge.params.get("weights")
+    if weights is None or cfg.get("stage") not in ("merge", "merge_eval", "diagnose", "all"):
+        return
+    if merge.models:
+        n, what = len(merge.models), "merge.models"
+    else:
+        n = len((cfg.get("data") or {}).get("dimensions") or DIMENSIONS)
+        what = "the pipeline's specialists (one per data.dimensions entry)"
+    if len(weights) != n:
+        raise ValueError(
+            f"merge.params.weights={list(weights)}: merge parameter 'weights' has {len(weights)} "
+            f"entries but {n} finetuned models are merged ({what}); give one weight per model, "
+            "in their order"
+        )
 
 
 def check_seeds(cfg: Mapping[str, Any]) -> None:
@@ -274,6 +365,41 @@ def check_metrics(ecfg: Mapping[str, Any]) -> None:
                         f"{where}={metric!r} is not a metric of task {name!r} ({dim}); its "
                         f"metrics: {', '.join(have)}"
                     )
+
+
+def check_mixes(cfg: Mapping[str, Any]) -> None:
+    """Every mix config the run trains with, before any stage: ``mix`` (``stage=train`` with
+    several dimensions, and ``stage=all`` when ``pipeline.mixtures`` names it),
+    ``pipeline.mixtures``' entries (names of ``conf/mix`` or mappings) and
+    ``pipeline.oracle.mix`` (:func:`hhh_bench.data.mixing.registry.check_mix`). Each error
+    names the setting; the toy world's reward scorer is never loaded here."""
+    from hhh_bench.data.mixing.registry import check_mix
+
+    stage = cfg.get("stage")
+    dims = list((cfg.get("data") or {}).get("dimensions") or DIMENSIONS)
+    mix = cfg.get("mix")
+    if isinstance(mix, Mapping) and (stage == "all" or (stage == "train" and len(dims) > 1)):
+        check_mix(mix, dims, "mix")
+    pcfg = cfg.get("pipeline")
+    if stage != "all" or not isinstance(pcfg, Mapping):
+        return
+
+    def option(name: Any, where: str) -> Mapping[str, Any]:
+        if isinstance(mix, Mapping) and mix.get("name") == name:
+            return mix
+        try:
+            return load_option("mix", str(name))
+        except ValueError as e:
+            raise ValueError(f"{where}={name!r}: {e}") from None
+
+    for i, entry in enumerate(pcfg.get("mixtures") or []):
+        where = f"pipeline.mixtures[{i}]"
+        check_mix(entry if isinstance(entry, Mapping) else option(entry, where), dims, where)
+    oracle = pcfg.get("oracle") or {}
+    if oracle.get("enabled", True):
+        name = oracle.get("mix", "uniform")
+        check_mix({**option(name, "pipeline.oracle.mix"), "budget": oracle.get("budget")},
+                  dims, f"pipeline.oracle.mix={name!r}")  # fmt: skip
 
 
 def _check_tuning(cfg: Mapping[str, Any]) -> None:

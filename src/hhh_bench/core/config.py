@@ -50,6 +50,23 @@ def _positive(group: str, name: str, value: float | int, allow_zero: bool = Fals
         raise ValueError(f"{group}.{name} must be {bound}, got {value}")
 
 
+def _share(group: str, name: str, value: float) -> None:
+    """A share of the steps (warmup_ratio): in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{group}.{name} must be a share in [0, 1), got {value}")
+
+
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+"""``train.loss_type``'s values: the DPO losses of the locked TRL (``DPOTrainer``'s list; it
+refuses any other only when training starts, after the data and base stages)."""
+
+SPLITS = ("validation", "test")
+"""The splits a suite scores (core/scoring.py's SPLIT_SUFFIX): eval.select_split, report_split."""
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -129,7 +146,7 @@ class TrainConfig:
         check_device("train.device", self.device)
         for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps"):
             _positive("train", name, getattr(self, name))
-        _positive("train", "warmup_ratio", self.warmup_ratio, allow_zero=True)
+        _share("train", "warmup_ratio", self.warmup_ratio)
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError(f"train.epochs must be > 0 when max_steps <= 0, got {self.epochs}")
@@ -141,6 +158,13 @@ class TrainConfig:
             )
         if self.kind == "sft" and self.method == "lora":
             raise ValueError("train.kind=sft supports full fine-tuning only (train.method=full)")
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
+        unknown = [t for t in losses if t not in DPO_LOSS_TYPES]
+        if self.kind == "dpo" and unknown:
+            raise ValueError(
+                f"train.loss_type={self.loss_type!r}: {unknown} not a DPO loss of TRL; use "
+                f"{', '.join(DPO_LOSS_TYPES)}"
+            )
         if self.loss_weights is not None:
             types_ = (
                 [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
@@ -177,6 +201,8 @@ class BaseSftConfig:
         _post(self, "model.base_sft")
         for name in ("epochs", "learning_rate", "batch_size", "max_length"):
             _positive("model.base_sft", name, getattr(self, name))
+        _share("model.base_sft", "warmup_ratio", self.warmup_ratio)
+        _positive("model.base_sft", "weight_decay", self.weight_decay, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -299,7 +325,21 @@ class EvalConfig:
             and not self.batch_size.startswith("auto:")
         ):
             raise ValueError(f"eval.batch_size must be an int or 'auto', got {self.batch_size!r}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(
+                f"eval.batch_size must be a positive integer or 'auto', got {self.batch_size}"
+            )
         _positive("eval", "bootstrap_iters", self.bootstrap_iters, allow_zero=True)
+        _positive("eval", "summary_bootstrap_iters", self.summary_bootstrap_iters, allow_zero=True)
+        for name in ("report_split", "select_split"):
+            split = getattr(self, name)
+            if split is not None and split not in SPLITS:
+                raise ValueError(f"eval.{name} must be one of {list(SPLITS)}, got {split!r}")
+        scores = ("average", "min", *DIMENSIONS)
+        if self.select_by not in scores:
+            raise ValueError(
+                f"eval.select_by={self.select_by!r} is not a score; use one of {list(scores)}"
+            )
         lim = self.limit
         if lim is not None and (
             isinstance(lim, bool)
@@ -369,6 +409,10 @@ class MergeEngineConfig:
         _post(self, "merge_engine")
         check_device("merge_engine.device", self.device)
         _positive("merge_engine", "cache_max_gb", self.cache_max_gb)
+        if self.diagnostics_top_k is not None:
+            _positive("merge_engine", "diagnostics_top_k", self.diagnostics_top_k)
+        for i, t in enumerate(self.diagnostics_tail_sigmas):
+            _positive("merge_engine", f"diagnostics_tail_sigmas[{i}]", t)
         try:
             parse_size(self.max_shard_size)
         except ValueError as e:
@@ -524,6 +568,15 @@ class DataConfig:
         if bad or not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError(
                 f"data.dimensions must be distinct names from {list(DIMENSIONS)}, got {self.dimensions}"
+            )
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(
+                f"data.eval_fraction must be a share in [0, 1), got {self.eval_fraction}"
+            )
+        if self.max_rows_per_source is not None and self.max_rows_per_source < 1:
+            raise ValueError(
+                f"data.max_rows_per_source must be a positive number of pairs or null, got "
+                f"{self.max_rows_per_source}"
             )
         if not 0.0 <= self.max_malformed_fraction <= 1.0:
             raise ValueError(

@@ -80,7 +80,10 @@ def coerce(label: str, tp: Any, value: Any) -> Any:
             try:
                 return coerce(label, inner, value)
             except ValueError as e:
-                errors.append(e)
+                errors.append((inner, e))
+        for inner, e in errors:  # a mapping for a nested config: its own error says what is wrong
+            if dataclasses.is_dataclass(inner) and isinstance(value, Mapping):
+                raise e
         raise ValueError(f"{label} must be {type_name(tp)}, got {value!r}")
     bad = ValueError(f"{label} must be {type_name(tp)}, got {value!r}")
     origin = typing.get_origin(tp)

@@ -30,14 +30,16 @@ class TinyModelSpec:
             "num_attention_heads",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"model.spec.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
+                f"model.spec.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.spec.num_attention_heads ({self.num_attention_heads})"
             )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("model.num_attention_heads must be a multiple of num_key_value_heads")
+            raise ValueError(
+                "model.spec.num_attention_heads must be a multiple of model.spec.num_key_value_heads"
+            )
 
 
 def build_tiny_model(

@@ -453,6 +453,8 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
     """
     path = Path(path)
     scan = StoreScan(path)
+    if path.exists() and not path.is_file():
+        raise StoreError(f"results store {path} is not a file (a folder?): move it aside")
     if not path.is_file():
         return scan
     with open(path, "rb") as f:

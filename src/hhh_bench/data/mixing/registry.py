@@ -275,6 +275,27 @@ def mix(
     return result
 
 
+def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix") -> None:
+    """A mix config (``conf/mix/<name>.yaml``'s keys) checked before any data exists, as
+    :func:`mix` would check it on the data: the strategy is registered, its parameters are its
+    own (names, types, ranges: its params dataclass), ``budget`` is valid and ``shares``, when
+    given, cover exactly the mixed ``dims``. ``ValueError`` starting with ``where``."""
+    cfg = dict(mix_cfg)
+    name = cfg.pop("name", None)
+    budget = cfg.pop("budget", "all_specialists")
+    try:
+        if name is None:
+            raise ValueError("a mix config needs a 'name' (the strategy)")
+        strat = get_strategy(str(name))
+        resolve_budget(budget, {d: 1 for d in dims})
+        p = build_params(strat, cfg)
+        shares = getattr(p, "shares", None)
+        if isinstance(shares, Mapping) and shares:
+            check_shares(shares, dims)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where} (strategy {name!r}): {e}") from None
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
