@@ -125,26 +125,30 @@ group's schema, so a run's first error is the same as when the schema held them)
 
 
 def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``params`` for ``method``, less the knobs the composed merge option left behind: a key
-    ``method`` does not declare whose value is another registered method's default for it
-    (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs). Any
-    other unknown key is kept, so that the method refuses it by name. Returns ``(kept,
+    """``params`` for ``method``, less the knobs the composed merge option left behind
+    (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs): the
+    keys ``method`` does not declare are dropped when they are exactly the knobs of one merge
+    option (``conf/merge/<option>.yaml``'s ``params`` that ``method`` does not declare), with
+    that option's values. Anything else unknown is kept, so that the method refuses it by name
+    (``merge=dare_ties ++merge.params.density=0.5``: one knob a user added). Returns ``(kept,
     dropped keys)``; an unknown method: ``params`` unchanged (its lookup fails later, named)."""
-    from hhh_bench.merging import get_method, list_methods, method_defaults
+    from hhh_bench.core.paths import conf_dir
+    from hhh_bench.merging import get_method
+    from hhh_bench.stages.common import load_option
 
     try:
         own = {f.name for f in dataclasses.fields(get_method(method).params_cls)}
     except ValueError:
         return dict(params), []
-    others = [method_defaults(o) for o in list_methods() if o != method]
-    kept: dict[str, Any] = {}
-    dropped: list[str] = []
-    for k, v in params.items():
-        if k not in own and any(k in d and d[k] == v for d in others):
-            dropped.append(k)
-        else:
-            kept[k] = v
-    return kept, dropped
+    unknown = {k: v for k, v in params.items() if k not in own}
+    if not unknown:
+        return dict(params), []
+    for option in sorted(p.stem for p in (conf_dir() / "merge").glob("*.yaml")):
+        left = {k: v for k, v in (load_option("merge", option).get("params") or {}).items()
+                if k not in own}  # fmt: skip
+        if left == unknown:
+            return {k: v for k, v in params.items() if k in own}, sorted(unknown)
+    return dict(params), []
 
 
 def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
