@@ -224,10 +224,9 @@ ONE_POINT_GRID = [
     "pipeline.merge_grid.task_arithmetic.scaling=[1.0]",
     "pipeline.merge_grid.ties.density=[0.5]",
     "pipeline.merge_grid.ties.scaling=[1.0]",
-    "pipeline.merge_grid.dare_ta.drop_rate=[0.3]",
-    "pipeline.merge_grid.dare_ta.scaling=[1.0]",
-    "pipeline.merge_grid.dare_ties.drop_rate=[0.3]",
-    "pipeline.merge_grid.dare_ties.scaling=[1.0]",
+    # the DARE pair left out (merged in tests/merging and test_pipeline_e2e): the budget
+    "pipeline.merge_grid.dare_ta=null",
+    "pipeline.merge_grid.dare_ties=null",
     "pipeline.merge_grid.tsv.scaling=[1.0]",
     "pipeline.merge_grid.resm.scaling=[1.0]",
 ]
@@ -253,7 +252,7 @@ def test_extending_md_commands_run_as_written_and_do_what_they_say(
     """Each command of docs/extending.md run through the pipeline with its own overrides as
     written, on the small world (the size overrides and one seed put before them, the oracle
     and the shipped mixtures off where the command does not set them, the shipped merge grid cut
-    to one point per method and no tuning), in one root so that later commands reuse the
+    to one point per method, without the DARE pair, and no tuning), in one root so that later commands reuse the
     specialists; then each command's stated effect is checked."""
     from hhh_bench.pipeline import run
     from hhh_bench.tracking.store import read_results

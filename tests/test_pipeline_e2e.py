@@ -28,7 +28,8 @@ SMALL_PIPELINE = [
     "~pipeline.merge_grid",  # `merge_grid={}` would merge into the default grid, not clear it
     "+pipeline.merge_grid.task_arithmetic.scaling=[0.5,1.0]",
     "+pipeline.merge_grid.ties.density=[0.5]",
-    "+pipeline.merge_grid.dare_ta.drop_rate=[0.3]",
+    # DARE once (dare_ties; dare_ta is the same drop with task arithmetic, merged in
+    # tests/merging): the suite's 5-minute budget
     "+pipeline.merge_grid.dare_ties.drop_rate=[0.3]",
     "+pipeline.merge_grid.tsv.scaling=[1.0]",
     "+pipeline.merge_grid.resm.scaling=[1.0]",
@@ -136,8 +137,20 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
             assert resumed[k][dim] == pytest.approx(reference[k][dim], abs=1e-9), (k, dim)
 
 
+@pytest.fixture(scope="session")
+def specialists(session_root, small_base):
+    """The three specialists of the pipeline run alone (stage=train per dimension: the same
+    keys; reused when this worker ran the pipeline first), for tests that need only them."""
+    from hhh_bench.pipeline import run
+
+    for dim in ("helpful", "honest", "harmless"):
+        run(compose([f"root={session_root}", *SMALL_PIPELINE, "stage=train",
+                     f"data.dimensions=[{dim}]"]))  # fmt: skip
+    return session_root
+
+
 @pytest.mark.e2e
-def test_readme_sweep_adds_one_row_per_configuration(tmp_path, session_root, pipeline_run):
+def test_readme_sweep_adds_one_row_per_configuration(tmp_path, session_root, specialists):
     """The README's sweep, verbatim but for the small world: a Hydra multirun of
     `stage=merge_eval` over 3 methods x 2 scalings merges each configuration from the trained
     specialists (nothing retrained) and adds exactly one validation row per configuration; a

@@ -1,5 +1,7 @@
 """The pipeline: stage selection and the order of the stages.
 
+One concept: what a run computes, in which order (the stages of one seed, then the report).
+
 ``run(cfg)`` is what ``hhh-bench`` calls after Hydra composed ``cfg``; it is importable and
 testable without Hydra. It first checks the whole config (:func:`hhh_bench.validation.validate_run`:
 unknown keys, ranges, the merge method's knobs, every grid point), then runs the stage.

@@ -1,5 +1,7 @@
 """One frozen dataclass per config group: the single place where defaults live.
 
+One concept: the typed schema of the config groups (their fields, defaults and ranges).
+
 The YAML files under ``conf/`` document each option and hold what differs from these defaults;
 the stages read a group through :func:`load` (``TrainConfig``, ``EvalConfig``, ...), never with
 ``.get(key, default)``. Unknown keys are refused with the valid ones listed (so
