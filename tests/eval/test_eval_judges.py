@@ -164,6 +164,31 @@ def test_cache_answers_repeated_questions(standins, tmp_path):
     assert [r["reward"] for r in again[:5]] == [r["reward"] for r in first]
 
 
+def test_a_verdict_edited_in_the_cache_is_named(tmp_path):
+    """The second review of #26 flipped a verdict in judges.sqlite and the edited score was
+    served. Each verdict carries a digest bound to its key; one without (older files) is read."""
+    import json
+    import sqlite3
+
+    from hhh_bench.evaluation.judges import JudgeCacheError
+
+    path = tmp_path / "judges.sqlite"
+    cache = JudgeCache(path)
+    verdict = {"flag": 1, "p": None, "reward": None, "text": "unsafe"}
+    cache.put_many({"k1": verdict, "k2": {**verdict, "flag": 0, "text": "safe"}})
+    assert cache.get_many(["k1", "k2"])["k1"] == verdict  # read back without its digest
+    with sqlite3.connect(path) as con:
+        (raw,) = con.execute("SELECT value FROM judged WHERE key='k1'").fetchone()
+        con.execute("UPDATE judged SET value=? WHERE key='k1'",
+                    (json.dumps({**json.loads(raw), "flag": 0}),))  # fmt: skip
+        con.execute("INSERT INTO judged VALUES ('k3', ?)", (json.dumps(verdict),))  # no digest
+    with pytest.raises(JudgeCacheError, match=r"changed after it was written"):
+        cache.get_many(["k1"])
+    assert cache.get_many(["k3"])["k3"] == verdict
+    again = JudgeCache(path, on_mismatch="recompute").get_many(["k1", "k2"])
+    assert set(again) == {"k2"}  # the edited one is judged again
+
+
 def test_classifier_with_an_unknown_class_fails_on_load(standins):
     spec = JudgeSpec.from_config(
         "refusal",

@@ -341,7 +341,8 @@ class JudgeCache:
                     for k, v in con.execute(
                         f"SELECT key, value FROM judged WHERE key IN ({marks})", chunk
                     ):
-                        why = _verdict_problem(v, spec)
+                        v, why = _undigested(k, v)
+                        why = why or _verdict_problem(v, spec)
                         if why is None:
                             out[k] = json.loads(v)
                         else:
@@ -366,7 +367,10 @@ class JudgeCache:
             with self._connect() as con:
                 con.executemany(
                     "INSERT OR REPLACE INTO judged (key, value) VALUES (?, ?)",
-                    [(k, json.dumps(v, allow_nan=False)) for k, v in entries.items()],
+                    [
+                        (k, json.dumps({**v, DIGEST: _verdict_digest(k, v)}, allow_nan=False))
+                        for k, v in entries.items()
+                    ],  # fmt: skip
                 )
         except sqlite3.DatabaseError as e:
             raise JudgeCacheError(
@@ -381,6 +385,29 @@ def _say(message: str) -> None:
 
 
 RESULT_FIELDS = ("flag", "p", "reward", "text")
+DIGEST = "digest"
+"""A verdict's own hash, bound to its key (judge, prompt, answer), written with it: a verdict
+edited in the file no longer matches. One without (an older hhh-bench's) is read unchecked."""
+
+
+def _verdict_digest(key: str, verdict: Mapping[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in verdict.items() if k != DIGEST}, sort_keys=True,
+                      allow_nan=False)  # fmt: skip
+    return hashlib.sha256(f"{key}\0{body}".encode()).hexdigest()[:16]
+
+
+def _undigested(key: str, raw: Any) -> tuple[Any, str | None]:
+    """The stored value less its digest, and why it fails the digest (None when it does not)."""
+    try:
+        v = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    except ValueError:
+        return raw, None  # named by _verdict_problem
+    if not isinstance(v, dict) or DIGEST not in v:
+        return raw, None
+    digest = v.pop(DIGEST)
+    if digest != _verdict_digest(key, v):
+        return raw, "changed after it was written (its digest does not match)"
+    return json.dumps(v), None
 
 
 def _verdict_problem(raw: Any, spec: JudgeSpec | None = None) -> str | None:
