@@ -338,8 +338,16 @@ class FunctionMethod(MergeMethod[P]):
         plan_entry: Mapping[str, Any],
     ) -> Tensor:
         stack = on_device(pre, params)["tau"]
-        merged = type(self).merge_fn(stack, params.weight_tensor(len(stack), stack), params)
-        return finish(base, merged, params)
+        weights = params.weight_tensor(len(stack), stack)
+        return finish(base, self.merge_stack(name, base, stack, weights, params), params)
+
+    def merge_stack(
+        self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: P
+    ) -> Tensor:
+        """The merged τ of one tensor from its (prepared) stack: ``merge_fn``. A method that
+        needs θ0 (one averaging weights, not task vectors) or the tensor's name (for its errors)
+        overrides this, not :meth:`compose`."""
+        return type(self).merge_fn(stack, weights, params)
 
 
 def merge_function(

@@ -28,9 +28,7 @@ step φ/sin φ blows up to huge or NaN values), is an error naming the tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,9 +36,7 @@ from torch import Tensor
 from hhh_bench.merging.base import (
     CommonParams,
     FunctionMethod,
-    finish,
     merge_function,
-    on_device,
     param,
 )
 
@@ -133,19 +129,12 @@ def karcher_tau(
 
 
 class KarcherMethod(FunctionMethod[KarcherParams]):
-    """The Karcher mean averages weights, not task vectors: its compose needs θ0."""
+    """The Karcher mean averages weights, not task vectors: its merge_stack needs θ0."""
 
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: KarcherParams,
-        plan_entry: Mapping[str, Any],
+    def merge_stack(
+        self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: KarcherParams
     ) -> Tensor:
-        stack = on_device(pre, params)["tau"]
-        tau = karcher_tau(base, stack, params.weight_tensor(len(stack), stack), params, name)
-        return finish(base, tau, params)
+        return karcher_tau(base, stack, weights, params, name)
 
 
 @merge_function(

@@ -22,9 +22,7 @@ weights; here w_t scales τ_t before the cosines (a negative weight flips its di
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,9 +30,7 @@ from torch import Tensor
 from hhh_bench.merging.base import (
     CommonParams,
     FunctionMethod,
-    finish,
     merge_function,
-    on_device,
     param,
 )
 
@@ -82,19 +78,12 @@ def model_stock(stack: Tensor, weights: Tensor, params: ModelStockParams, name: 
 
 
 class ModelStockMethod(FunctionMethod[ModelStockParams]):
-    """Model Stock's compose passes the tensor's name to the merge function (for its errors)."""
+    """Model Stock's merge_stack passes the tensor's name to the merge function (its errors)."""
 
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: ModelStockParams,
-        plan_entry: Mapping[str, Any],
+    def merge_stack(
+        self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: ModelStockParams
     ) -> Tensor:
-        stack = on_device(pre, params)["tau"]
-        merged = model_stock(stack, params.weight_tensor(len(stack), stack), params, name)
-        return finish(base, merged, params)
+        return model_stock(stack, weights, params, name)
 
 
 merge_function(

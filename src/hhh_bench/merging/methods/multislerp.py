@@ -32,9 +32,7 @@ a base is always given here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,9 +40,7 @@ from torch import Tensor
 from hhh_bench.merging.base import (
     CommonParams,
     FunctionMethod,
-    finish,
     merge_function,
-    on_device,
     param,
 )
 from hhh_bench.merging.methods.karcher import check_barycentric_weights
@@ -117,19 +113,12 @@ def multislerp_tau(
 
 
 class MultislerpMethod(FunctionMethod[MultislerpParams]):
-    """Multi-SLERP with ``origin: zero`` interpolates weights: its compose needs θ0."""
+    """Multi-SLERP with ``origin: zero`` interpolates weights: its merge_stack needs θ0."""
 
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: MultislerpParams,
-        plan_entry: Mapping[str, Any],
+    def merge_stack(
+        self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: MultislerpParams
     ) -> Tensor:
-        stack = on_device(pre, params)["tau"]
-        weights = params.weight_tensor(len(stack), stack)
-        return finish(base, multislerp_tau(base, stack, weights, params, name), params)
+        return multislerp_tau(base, stack, weights, params, name)
 
 
 @merge_function(

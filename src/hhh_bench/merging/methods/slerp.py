@@ -21,9 +21,7 @@ mergekit YAML reader, not of this function.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,9 +29,7 @@ from torch import Tensor
 from hhh_bench.merging.base import (
     CommonParams,
     FunctionMethod,
-    finish,
     merge_function,
-    on_device,
     param,
 )
 
@@ -87,19 +83,12 @@ def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams)
 
 
 class SlerpMethod(FunctionMethod[SlerpParams]):
-    """SLERP interpolates weights, not task vectors: its compose needs θ0."""
+    """SLERP interpolates weights, not task vectors: its merge_stack needs θ0."""
 
-    def compose(
-        self,
-        name: str,
-        base: Tensor,
-        pre: Mapping[str, Tensor],
-        params: SlerpParams,
-        plan_entry: Mapping[str, Any],
+    def merge_stack(
+        self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams
     ) -> Tensor:
-        stack = on_device(pre, params)["tau"]
-        tau = slerp_tau(base, stack, params.weight_tensor(len(stack), stack), params)
-        return finish(base, tau, params)
+        return slerp_tau(base, stack, weights, params)
 
 
 @merge_function(
