@@ -106,12 +106,17 @@ class ShardWriter:
         folder: Path,
         layout: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
         max_bytes: int,
+        *,
+        file_name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
+        """``file_name``: write one file of that name whatever its size (``max_bytes`` unused);
+        ``metadata``: the safetensors ``__metadata__`` strings (default ``{"format": "pt"}``)."""
         groups: list[list[tuple[str, torch.dtype, tuple[int, ...], int]]] = [[]]
         size = 0
         for name, dtype, shape in layout:
             nbytes = _numel(shape) * _itemsize(dtype)
-            if groups[-1] and size + nbytes > max_bytes:
+            if groups[-1] and size + nbytes > max_bytes and file_name is None:
                 groups.append([])
                 size = 0
             groups[-1].append((name, dtype, tuple(shape), nbytes))
@@ -129,7 +134,8 @@ class ShardWriter:
         self._inflight: Future[None] | None = None
         for i, group in enumerate(groups):
             fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            fname = file_name or fname
+            header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
             offset = 0
             for name, dtype, shape, nbytes in sorted(group, key=lambda e: (-_itemsize(e[1]), e[0])):
                 header[name] = {
