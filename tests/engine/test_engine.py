@@ -44,11 +44,36 @@ def _sd(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": "a b c"}],
+        "chosen": [{"role": "assistant", "content": c}],
+    }
+    for c in ("d e", "f g h", "i")
+]
+
+
+@pytest.fixture(scope="module")
+def statistics(models):
+    """Fisher and Gram statistics of each finetuned model on three rows (the stats stage's code)."""
+    from hhh_bench.merging.datastats import StatsOptions, specialist_statistics
+
+    root, _, fts = models
+    out = []
+    for i, ft in enumerate(fts):
+        path = root / f"stats{i}.safetensors"
+        specialist_statistics(ft, ROWS, path, StatsOptions(), tokenizer_from=root / "base")
+        out.append(str(path))
+    return out
+
+
 @pytest.mark.parametrize("method", sorted(list_methods()))
-def test_streaming_equals_in_memory(models, method, tmp_path):
+def test_streaming_equals_in_memory(models, method, tmp_path, request):
     _, base, fts = models
     fts = fts[:2] if method == "slerp" else fts  # two models at most
     params = PARAMS.get(method, {})
+    if method in ("fisher", "regmean"):
+        params = {"statistics": request.getfixturevalue("statistics")}
     res = merge_models(method, base, fts, tmp_path / "out", progress=False, **params)
     got = load_file(str(tmp_path / "out" / "model.safetensors"))
     want = merge_state_dicts(method, _sd(base), [_sd(f) for f in fts], **params)
@@ -340,3 +365,4 @@ def test_device_cuda_without_a_gpu_is_refused_before_any_work(models, tmp_path, 
     with pytest.raises(ValueError, match="'device' is 'cuda' but CUDA is not available"):
         merge_models("tsv", base, fts, tmp_path / "o", progress=False, device="cuda")
     assert not (tmp_path / "o").exists()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -72,3 +73,72 @@ def state_dicts(
     for sd in fts:
         sd["model.position_ids"] = torch.arange(5)
     return base, fts
+
+
+DATA_METHODS = frozenset({"fisher", "regmean"})
+"""Methods that read one statistics file per finetuned model (merge parameter ``statistics``)."""
+
+
+def write_statistics(
+    folder: Path,
+    shapes: Mapping[str, Sequence[int]],
+    num: int,
+    seed: int,
+    grams: Iterable[str] | None = None,
+) -> list[str]:
+    """``num`` statistics files in ``folder`` (the layout of :mod:`hhh_bench.merging.statsfile`):
+    a random positive Fisher for every tensor of ``shapes``; a random positive-definite mean Gram
+    XᵀX / n (n = 3·in rows of N(0, 1), with n in ``gram_rows``) for each 2-D tensor named in
+    ``grams`` (default: every 2-D tensor). Returns their paths, in order."""
+    from safetensors.torch import save_file
+
+    from hhh_bench.merging.statsfile import FISHER, GRAM, GRAM_ROWS
+
+    g = torch.Generator().manual_seed(seed)
+    grams = [k for k, s in shapes.items() if len(s) == 2] if grams is None else list(grams)
+    paths = []
+    for t in range(num):
+        out: dict[str, Tensor] = {}
+        for k, shape in shapes.items():
+            out[FISHER + k] = torch.rand(tuple(shape), generator=g, dtype=torch.float64).float()
+        for k in grams:
+            n_in = int(shapes[k][1])
+            x = torch.randn(3 * n_in, n_in, generator=g, dtype=torch.float64)
+            out[GRAM + k] = (x.T @ x / x.shape[0]).float()
+            out[GRAM_ROWS + k] = torch.tensor(x.shape[0])
+        path = Path(folder) / f"stats-{seed}-{t}.safetensors"
+        save_file(out, str(path))
+        paths.append(str(path))
+    return paths
+
+
+_STATS_DIR: list[Path] = []
+
+
+def data_params(
+    method: str,
+    base: Mapping[str, Tensor],
+    num: int,
+    seed: int = 0,
+    folder: Path | None = None,
+) -> dict:
+    """``{"statistics": [...]}`` written for ``base``'s floating tensors when ``method`` needs
+    data (:data:`DATA_METHODS`), else ``{}``; into ``folder``, else a temporary folder of this
+    process (for hypothesis tests, which take no function-scoped ``tmp_path``)."""
+    if method not in DATA_METHODS:
+        return {}
+    if folder is None:
+        if not _STATS_DIR:
+            import tempfile
+
+            _STATS_DIR.append(Path(tempfile.mkdtemp(prefix="hhh-test-stats-")))
+        folder = Path(tempfile_sub(_STATS_DIR[0]))
+    shapes = {k: tuple(v.shape) for k, v in base.items() if v.is_floating_point()}
+    return {"statistics": write_statistics(folder, shapes, num, seed)}
+
+
+def tempfile_sub(root: Path) -> Path:
+    """A new empty folder under ``root``."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(dir=root))

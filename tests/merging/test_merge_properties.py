@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from merging_helpers import fit_count, models, state_dicts
+from merging_helpers import data_params, fit_count, models, state_dicts
 
 from hhh_bench.merging import list_methods, merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_merge
@@ -24,7 +24,7 @@ dtypes = st.sampled_from([torch.float32, torch.bfloat16, torch.float64])
 @given(method=st.sampled_from(sorted(list_methods())), num=num_models, seed=seeds, dtype=dtypes)
 def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
     base, fts = state_dicts(fit_count(method, num), seed, dtype)
-    out = merge_state_dicts(method, base, fts)
+    out = merge_state_dicts(method, base, fts, **data_params(method, base, len(fts), seed))
     assert list(out) == list(base)
     for k, v in out.items():
         assert v.shape == base[k].shape and v.dtype == base[k].dtype, k
@@ -46,6 +46,8 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
             "sce",
             "karcher",
             "multislerp",
+            "fisher",
+            "regmean",
         ]
     ),
     num=st.integers(2, 4),
@@ -53,17 +55,21 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
     perm_seed=seeds,
 )
 def test_order_of_models_does_not_matter(method, num, seed, perm_seed):
-    """Permuting the finetuned models together with their weights leaves the merge unchanged."""
+    """Permuting the finetuned models together with their weights (and statistics) leaves the
+    merge unchanged."""
     base, fts = state_dicts(num, seed, torch.float64)
     weights = [0.5 + 0.25 * i for i in range(num)]
     perm = torch.randperm(num, generator=torch.Generator().manual_seed(perm_seed)).tolist()
-    a = merge_state_dicts(method, base, fts, weights=weights, compute_dtype="float64")
+    data = data_params(method, base, num, seed)
+    a = merge_state_dicts(method, base, fts, weights=weights, compute_dtype="float64", **data)
+    permuted = {k: [v[i] for i in perm] for k, v in data.items()}
     b = merge_state_dicts(
         method,
         base,
         [fts[i] for i in perm],
         weights=[weights[i] for i in perm],
         compute_dtype="float64",
+        **permuted,
     )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-9, msg=k)
@@ -157,8 +163,9 @@ def test_polar_factors_have_orthonormal_columns(shape, num, seed, dtype):
 def test_bf16_inputs_are_computed_in_float32(method, seed):
     """bf16 in, bf16 out, and the same as merging the float32 copies then rounding once."""
     base, fts = models((6, 4), fit_count(method, 3), seed, torch.bfloat16)
-    out = merge_tensors(method, base, fts, name="w")
-    ref = merge_tensors(method, base.float(), [f.float() for f in fts], name="w")
+    data = data_params(method, {"w": base}, len(fts), seed)
+    out = merge_tensors(method, base, fts, name="w", **data)
+    ref = merge_tensors(method, base.float(), [f.float() for f in fts], name="w", **data)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ref.bfloat16())
 

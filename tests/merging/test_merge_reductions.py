@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from merging_helpers import fit_count, models, state_dicts
+from merging_helpers import data_params, fit_count, models, state_dicts
 
 from hhh_bench.merging import list_methods, merge_state_dicts, merge_tensors
 
@@ -71,12 +71,15 @@ def test_resm_rank_spread_zero_is_uniform():
         assert torch.equal(a[k], b[k]), k
 
 
-def test_scaling_zero_returns_the_base():
+def test_scaling_zero_returns_the_base(tmp_path):
     base, fts = state_dicts(3, seed=6)
     for method in list_methods():
         if method == "weight_average":
             continue
-        out = merge_state_dicts(method, base, fts[: fit_count(method, 3)], scaling=0.0)
+        n = fit_count(method, 3)
+        out = merge_state_dicts(
+            method, base, fts[:n], scaling=0.0, **data_params(method, base, n, folder=tmp_path)
+        )
         for k in base:
             assert torch.equal(out[k], base[k]), (method, k)
 

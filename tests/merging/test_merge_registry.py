@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from merging_helpers import fit_count, models, state_dicts
+from merging_helpers import data_params, fit_count, models, state_dicts
 
 from hhh_bench.merging import (
     describe_method,
@@ -26,7 +26,7 @@ from hhh_bench.stages.common import load_option
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
-EXPECTED |= {"sce", "karcher", "multislerp"}
+EXPECTED |= {"sce", "karcher", "multislerp", "fisher", "regmean"}
 NO_PAPER = {"slerp": "Shoemake 1985", "karcher": "Karcher 1977", "multislerp": "goddard.blog"}
 """Methods without an arXiv paper, and the reference their docstring names instead."""
 
@@ -54,10 +54,12 @@ def test_config_lists_every_param_with_its_default(method):
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
-def test_config_params_merge(method):
-    """The yaml's params, passed as they are, merge a tiny model."""
+def test_config_params_merge(method, tmp_path):
+    """The yaml's params, passed as they are (with statistics files for the methods that need
+    data), merge a tiny model."""
     params = load_option("merge", method)["params"]
     base, fts = state_dicts(fit_count(method, 3), seed=0)
+    params.update(data_params(method, base, len(fts), folder=tmp_path))
     out = merge_state_dicts(method, base, fts, **params)
     assert set(out) == set(base)
 
@@ -133,13 +135,14 @@ ALTERNATIVE_FOR = {
 @pytest.mark.parametrize(
     "name", ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight", "model.norm.weight"]
 )
-def test_precompute_depends_only_on_its_keys(method, name):
+def test_precompute_depends_only_on_its_keys(method, name, tmp_path):
     """The engine's cache contract: changing a param outside ``precompute_keys`` leaves
     ``precompute`` unchanged, and ``compose`` on the cached result equals a fresh merge."""
     m = get_method(method)
     shape = (5,) if name.endswith("norm.weight") else (6, 4)
     base, fts = models(shape, fit_count(method, 3), seed=3)
-    default = m.make_params()
+    data = data_params(method, {name: base}, len(fts), folder=tmp_path)
+    default = m.make_params(**data)
     entry = {"thresholds": [int(magnitude_key(torch.tensor(0.05)))] * 3}  # for scope=global
     pre = m.precompute(name, base, task_vectors_of(base, fts, default), default, entry)
     fields = [f.name for f in dataclasses.fields(m.params_cls)]
@@ -147,7 +150,7 @@ def test_precompute_depends_only_on_its_keys(method, name):
         if key in m.precompute_keys or key == "device":
             continue
         value = ALTERNATIVE_FOR.get(method, {}).get(key, ALTERNATIVES[key])
-        params = m.make_params(**{key: value[: len(fts)] if key == "weights" else value})
+        params = m.make_params(**data, **{key: value[: len(fts)] if key == "weights" else value})
         again = m.precompute(name, base, task_vectors_of(base, fts, params), params, entry)
         assert again.keys() == pre.keys(), key
         for k in pre:

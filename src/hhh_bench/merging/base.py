@@ -219,6 +219,15 @@ class MergeMethod(Generic[P]):
         no entry of a tensor. Raise ``ValueError`` naming the parameter and the tensor; the
         default accepts everything."""
 
+    def check_merge(
+        self, shapes: Mapping[str, tuple[int, ...]], num_models: int, params: P
+    ) -> None:
+        """What the driver calls before any tensor is read: :meth:`check_shapes`, by default. A
+        method that reads inputs of its own (Fisher merging and RegMean: one statistics file per
+        finetuned model) overrides this to check them against the ``num_models`` models and
+        the merged tensors' ``shapes``."""
+        self.check_shapes(shapes, params)
+
     def needs_global_pass(self, params: P) -> bool:
         """Whether :meth:`tensor_stats` and :meth:`plan` must run over all tensors first."""
         return False

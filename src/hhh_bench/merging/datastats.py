@@ -381,14 +381,21 @@ def compute_statistics(
 
 
 def load_specialist(
-    path: str | Path, *, base: str | Path | None = None, dtype: str = "float32", device: str = "cpu"
+    path: str | Path,
+    *,
+    base: str | Path | None = None,
+    tokenizer_from: str | Path | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a specialist folder; a LoRA adapter is merged into its base
-    (``base``, else the one its ``adapter_config.json`` names) so the model holds full weights."""
+    (``base``, else the one its ``adapter_config.json`` names) so the model holds full weights.
+    The tokenizer is the folder's (an adapter's: its base's when it has none), or
+    ``tokenizer_from``'s."""
     from hhh_bench.models.loading import adapter_base, load_causal_lm, load_tokenizer
 
     folder = Path(path)
-    tok = load_tokenizer(folder)
+    tok = load_tokenizer(tokenizer_from or folder)
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         from peft import PeftModel
 
@@ -406,14 +413,18 @@ def specialist_statistics(
     options: StatsOptions,
     *,
     base: str | Path | None = None,
+    tokenizer_from: str | Path | None = None,
     progress: Callable[[Iterator[Any], str, int], Iterator[Any]] | None = None,
 ) -> dict[str, Any]:
     """The statistics file of one specialist: ``options.num_samples`` of its training ``rows``
     (seeded), rendered and passed through the model loaded from ``model_path`` (a LoRA adapter
-    merged into ``base`` first). Returns the file's metadata."""
+    merged into ``base`` first; see :func:`load_specialist`). Returns the file's metadata."""
     if not rows:
         raise ValueError(f"no training rows for the statistics of {model_path}")
-    model, tok = load_specialist(model_path, base=base, dtype=options.dtype, device=options.device)
+    model, tok = load_specialist(
+        model_path, base=base, tokenizer_from=tokenizer_from, dtype=options.dtype,
+        device=options.device,
+    )  # fmt: skip
     picked = select_rows(rows, options.num_samples, options.seed)
     samples = render_samples(tok, picked, options.max_length)
     ids = [str(r.get("id", i)) for i, r in enumerate(picked)]

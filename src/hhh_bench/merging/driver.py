@@ -226,7 +226,7 @@ class MergeStats:
 
 def merged_shapes(inputs: Inputs) -> dict[str, tuple[int, ...]]:
     """The shape of every floating tensor the merge computes (vocabulary-policy ``base`` keys,
-    which keep θ0, left out), for :meth:`MergeMethod.check_shapes`."""
+    which keep θ0, left out), for :meth:`MergeMethod.check_merge`."""
     return {
         k: tuple(inputs.base.shape(k))
         for k in inputs.keys
@@ -291,7 +291,7 @@ def run_merge(
     """
     groups = _params_groups(method, params, inputs, params_for)
     for p, shapes in groups:
-        method.check_shapes(shapes, p)
+        method.check_merge(shapes, len(inputs.models), p)
     stats = MergeStats(plan=dict(plan) if plan is not None else {})
     if plan is None:
         stats.plan = plan_merge(method, params, inputs, progress=progress)

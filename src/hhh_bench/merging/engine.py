@@ -42,6 +42,7 @@ import torch
 
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
 from hhh_bench.core.codeid import code_identity
+from hhh_bench.core.content import keyable
 from hhh_bench.core.provenance import _host, _pid_alive, atomic_dir, config_hash, package_versions
 from hhh_bench.core.sizes import parse_size
 from hhh_bench.merging.base import get_method
@@ -60,7 +61,7 @@ from hhh_bench.merging.sources import (
 
 PRECOMPUTE_CODE = ("hhh_bench.merging.linalg", "hhh_bench.merging.taskvec",
                    "hhh_bench.merging.cache", "hhh_bench.merging.driver",
-                   "hhh_bench.merging.methods")  # fmt: skip
+                   "hhh_bench.merging.statsfile", "hhh_bench.merging.methods")  # fmt: skip
 """What computes a sweep cache's precomputes besides the method's own classes: their key holds
 these files (a precompute from before an edit is computed again). The whole methods package:
 a method's prepare step calls helpers of other method modules (Breadcrumbs and DELLA: gta's L1
@@ -488,7 +489,8 @@ def merge_models(
     if cache_dir is not None:
         cache = SweepCache(cache_dir, int(cache_max_gb * (1 << 30)))
         ids = [base_src.identity()] + [mm.identity() for mm in models]
-        knobs = {k: getattr(p, k) for k in m.precompute_keys}
+        # a knob that names files (Fisher's and RegMean's statistics) keyed by their content
+        knobs = keyable({k: getattr(p, k) for k in m.precompute_keys})
         # the code that computes what is cached: a precompute from before an edit is not served
         code = code_identity(type(m), *PRECOMPUTE_CODE)
         prefix = config_hash(

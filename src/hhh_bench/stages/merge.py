@@ -26,6 +26,10 @@ from hhh_bench.stages.common import (
     to_dict,
 )
 
+METHOD_CODE = ("hhh_bench.merging.methods", "hhh_bench.merging.statsfile")
+"""Modules whose functions a method module may use beyond the engine's (:data:`ENGINE_CODE`):
+other methods' and the statistics reader of Fisher merging and RegMean."""
+
 
 def method_modules(method: str) -> list[Any]:
     """The modules of a merge method: its class's (a plugin's included) and its bases', and the
@@ -50,11 +54,7 @@ def method_modules(method: str) -> list[Any]:
         mods.append(mod)
         for v in list(vars(mod).values()):
             used = sys.modules.get(getattr(v, "__module__", "") or "")
-            if (
-                used is not None
-                and used not in mods
-                and used.__name__.startswith("hhh_bench.merging.methods")
-            ):
+            if used is not None and used not in mods and used.__name__.startswith(METHOD_CODE):
                 mods.append(used)
     return mods
 
