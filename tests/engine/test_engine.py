@@ -366,3 +366,28 @@ def test_device_cuda_without_a_gpu_is_refused_before_any_work(models, tmp_path, 
         merge_models("tsv", base, fts, tmp_path / "o", progress=False, device="cuda")
     assert not (tmp_path / "o").exists()
 
+
+def test_data_methods_sweep_cache_is_keyed_by_the_statistics_content(models, statistics, tmp_path):
+    """RegMean's solves are cached: a new λ reuses them, so do the same statistics in another
+    folder (the key holds their content), and a statistics file changed in place is never
+    served."""
+    _, base, fts = models
+    cache = tmp_path / "cache"
+
+    def merge(out, stats, **kw):
+        return merge_models("regmean", base, fts, tmp_path / out, cache_dir=cache,
+                            statistics=stats, progress=False, **kw)  # fmt: skip
+
+    first = merge("o1", statistics)
+    assert first.cache_hits == 0 and first.cache_misses > 0
+    assert merge("o2", statistics, scaling=0.5).cache_hits == first.cache_misses
+    (tmp_path / "moved").mkdir()  # the same files in another folder (a file's name is content)
+    copies = [str(shutil.copy(p, tmp_path / "moved")) for p in statistics]
+    assert merge("o3", copies).cache_hits == first.cache_misses
+    sd = load_file(copies[0])
+    sd = {k: v * 2 if k.startswith("gram/") and "q_proj" in k else v for k, v in sd.items()}
+    save_file(sd, copies[0])
+    changed = merge("o4", copies)
+    assert changed.cache_hits == 0
+    q = next(k for k in _sd(tmp_path / "o4") if k.endswith("q_proj.weight"))
+    assert not torch.equal(_sd(tmp_path / "o4")[q], _sd(tmp_path / "o3")[q])

@@ -202,3 +202,34 @@ def test_small_lora_update_survives_a_bf16_base(base_dir, tmp_path):
         rounded_err.append(float((rounded - tau).norm() / tau.norm()))
     assert max(exact_err) < 1e-3
     assert min(rounded_err) > 0.3  # what reading bf16 merged weights would have given
+
+
+def test_data_methods_on_adapters_equal_them_on_the_merged_models(base_dir, tmp_path):
+    """A LoRA specialist's statistics are those of its full weights θ0 + s·B·A (the adapter is
+    merged before the passes), and Fisher merging and RegMean of two adapters (RegMean's right
+    side from the factors) equal them on peft's merge_and_unload of the same adapters."""
+    from hhh_bench.merging.datastats import StatsOptions, specialist_statistics
+
+    rows = [{"prompt": [{"role": "user", "content": "a b c"}],
+             "chosen": [{"role": "assistant", "content": c}]} for c in ("d e", "f g h")]  # fmt: skip
+    adapters, fulls, stats = [], [], []
+    for i in range(2):
+        adapter, full = _adapter(base_dir, tmp_path / f"m{i}", seed=3 + i)
+        adapters.append(adapter)
+        fulls.append(full)
+        a, f = tmp_path / f"a{i}.safetensors", tmp_path / f"f{i}.safetensors"
+        specialist_statistics(adapter, rows, a, StatsOptions())
+        specialist_statistics(full, rows, f, StatsOptions(), tokenizer_from=base_dir)
+        sa, sf = load_file(str(a)), load_file(str(f))
+        assert sa.keys() == sf.keys() and any(k.startswith("gram/") for k in sa)
+        for k in sf:
+            torch.testing.assert_close(sa[k], sf[k], rtol=1e-4, atol=1e-7, msg=k)
+        stats.append(str(a))
+    for method in ("fisher", "regmean"):
+        merge_models(method, base_dir, adapters, tmp_path / f"{method}-a", statistics=stats,
+                     out_dtype="float32", progress=False)  # fmt: skip
+        merge_models(method, base_dir, fulls, tmp_path / f"{method}-f", statistics=stats,
+                     out_dtype="float32", progress=False)  # fmt: skip
+        got, want = _sd(tmp_path / f"{method}-a"), _sd(tmp_path / f"{method}-f")
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=(method, k))

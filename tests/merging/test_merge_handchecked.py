@@ -17,6 +17,7 @@ from hhh_bench.merging.methods.resm import (
     reweight_huber_mad,
 )
 from hhh_bench.merging.methods.tsv import is_embedding, tsv_factors, tsv_rank
+from hhh_bench.merging.taskvec import LowRank
 
 T = torch.tensor
 
@@ -560,3 +561,86 @@ def test_multislerp_is_the_mean_direction_times_the_mean_norm():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     default = merge_tensors("multislerp", base, fts, **kw)
     torch.testing.assert_close(default, expected, rtol=0, atol=1e-8)
+
+
+def _stats_file(path, fisher=None, grams=None):
+    """A statistics file holding the given Fisher tensors and mean Gram matrices by name."""
+    from safetensors.torch import save_file
+
+    from hhh_bench.merging.statsfile import FISHER, GRAM, GRAM_ROWS
+
+    out = {FISHER + k: v for k, v in (fisher or {}).items()}
+    for k, g in (grams or {}).items():
+        out[GRAM + k], out[GRAM_ROWS + k] = g, torch.tensor(10)
+    save_file(out, str(path))
+    return str(path)
+
+
+def test_fisher_by_hand(tmp_path):
+    """θ0 = [1, 1], θ1 = [2, 5], θ2 = [4, 1]: τ1 = [1, 4], τ2 = [3, 0]; F1 = [3, 4] (‖F1‖ = 5),
+    F2 = [6, 8] (‖F2‖ = 10); ε = 0.
+
+    Unnormalised: θ = (F1 θ1 + F2 θ2)/(F1 + F2) = [(6 + 24)/9, (20 + 8)/12] = [10/3, 7/3]
+    (= θ0 + [21/9, 16/12] = [1 + 7/3, 1 + 4/3]).
+    Normalised: c ∝ (1/5, 1/10) -> (2/3, 1/3); c1 F1 = [2, 8/3] = c2 F2, so ŵ = (1/2, 1/2):
+    the plain mean θ = [3, 3]. With w = (2, 1) and λ = 1/2 on top:
+    θ = θ0 + ½·(½·2·[1, 4] + ½·1·[3, 0]) = [1, 1] + ½·[2.5, 4] = [2.25, 3]."""
+    base, fts = T([1.0, 1.0]), [T([2.0, 5.0]), T([4.0, 1.0])]
+    stats = [
+        _stats_file(tmp_path / "1.safetensors", {"w": T([3.0, 4.0])}),
+        _stats_file(tmp_path / "2.safetensors", {"w": T([6.0, 8.0])}),
+    ]
+    kw = {"name": "w", "statistics": stats, "minimal_fisher_weight": 0.0}
+    out = merge_tensors("fisher", base, fts, normalize_fisher_weight=False, **kw)
+    torch.testing.assert_close(out, T([10 / 3, 7 / 3]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(merge_tensors("fisher", base, fts, **kw), T([3.0, 3.0]))
+    out = merge_tensors("fisher", base, fts, weights=[2, 1], scaling=0.5, **kw)
+    torch.testing.assert_close(out, T([2.25, 3.0]), rtol=0, atol=1e-6)
+
+
+def test_fisher_without_gradient_is_the_mean_by_hand(tmp_path):
+    """F1 = F2 = [0, 0] (no gradient reached the parameter): with ε = 1e-6 the weights are
+    ε/(2ε) = ½ each, the mean of θ1 = [2, 5] and θ2 = [4, 1]: [3, 3]."""
+    stats = [_stats_file(tmp_path / f"{i}.safetensors", {"w": T([0.0, 0.0])}) for i in (1, 2)]
+    out = merge_tensors("fisher", T([1.0, 1.0]), [T([2.0, 5.0]), T([4.0, 1.0])], name="w",
+                        statistics=stats)  # fmt: skip
+    torch.testing.assert_close(out, T([3.0, 3.0]), rtol=0, atol=1e-6)
+
+
+def test_regmean_disjoint_inputs_by_hand(tmp_path):
+    """One output, two inputs. Model 1's data only ever uses input 0 (G1 = diag(1, 0)), model 2's
+    only input 1 (G2 = diag(0, 1)): Σ G = I, and Wᵀ = G1 W1ᵀ + G2 W2ᵀ takes column 0 from W1 and
+    column 1 from W2 (α does not touch diagonal Grams). θ0 = [[1, 1]], W1 = [[2, 7]],
+    W2 = [[9, 3]] -> [[2, 3]]. The bias b (no Gram) gets the mean: ([1] + [3])/2 = [2]."""
+    base = {"w": T([[1.0, 1.0]]), "b": T([0.0])}
+    fts = [{"w": T([[2.0, 7.0]]), "b": T([1.0])}, {"w": T([[9.0, 3.0]]), "b": T([3.0])}]
+    stats = [
+        _stats_file(tmp_path / "1.safetensors", grams={"w": T([[1.0, 0.0], [0.0, 0.0]])}),
+        _stats_file(tmp_path / "2.safetensors", grams={"w": T([[0.0, 0.0], [0.0, 1.0]])}),
+    ]
+    out = merge_state_dicts("regmean", base, fts, statistics=stats)
+    torch.testing.assert_close(out["w"], T([[2.0, 3.0]]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["b"], T([2.0]), rtol=0, atol=1e-6)
+
+
+def test_regmean_by_hand(tmp_path):
+    """θ0 = 0, τ1 = [[1, 0]], τ2 = [[0, 5]] (1 output, 2 inputs); G1 = [[2, 1], [1, 1]], G2 = I.
+
+    α = 1: Σ G = [[3, 1], [1, 2]], det 5, inverse (1/5)·[[2, −1], [−1, 3]];
+    G1 τ1ᵀ + G2 τ2ᵀ = [2, 1] + [0, 5] = [2, 6]; (1/5)·[4 − 6, −2 + 18] = [−0.4, 3.2].
+    α = 0: G̃1 = diag(2, 1), Σ = diag(3, 2), right side [2, 0] + [0, 5] = [2, 5] -> [2/3, 5/2].
+    The same with τ1 given as LoRA factors B = [[1]], A = [[1, 0]] (s = 1)."""
+    g1, g2 = T([[2.0, 1.0], [1.0, 1.0]]), T([[1.0, 0.0], [0.0, 1.0]])
+    stats = [
+        _stats_file(tmp_path / "1.safetensors", grams={"w": g1}),
+        _stats_file(tmp_path / "2.safetensors", grams={"w": g2}),
+    ]
+    base, fts = torch.zeros(1, 2), [T([[1.0, 0.0]]), T([[0.0, 5.0]])]
+    kw = {"name": "w", "statistics": stats}
+    out = merge_tensors("regmean", base, fts, reduce_non_diagonal_ratio=1.0, **kw)
+    torch.testing.assert_close(out, T([[-0.4, 3.2]]), rtol=0, atol=1e-6)
+    out = merge_tensors("regmean", base, fts, reduce_non_diagonal_ratio=0.0, **kw)
+    torch.testing.assert_close(out, T([[2 / 3, 2.5]]), rtol=0, atol=1e-6)
+    lora = [LowRank(T([[1.0]]), T([[1.0, 0.0]])), fts[1]]
+    out = merge_tensors("regmean", base, lora, reduce_non_diagonal_ratio=1.0, **kw)
+    torch.testing.assert_close(out, T([[-0.4, 3.2]]), rtol=0, atol=1e-6)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from merging_helpers import load_peft_merge_utils, models, state_dicts
+from merging_helpers import load_peft_merge_utils, models, state_dicts, write_statistics
 
 from hhh_bench.merging import merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_keep_mask
@@ -498,3 +498,90 @@ def test_new_methods_float32_against_mergekit_formulation():
     for method, kw, expected in cases:
         out = merge_tensors(method, base.float(), [f.float() for f in fts], **kw)
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-6, msg=method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fisher merging and RegMean against formulations written from FusionBench's code: read at
+# commit 54c9e8c9 of github.com/tanganke/fusion_bench, fusion_bench/method/fisher_merging/
+# fisher_merging.py (get_models_fisher_norm, merging_with_fisher_weights) and
+# fusion_bench/method/regmean/regmean.py (reduce_non_diagonal_elements,
+# merging_with_regmean_weights). Written here in their full-weight form (θ_t, not τ_t), in
+# their order of operations; never copied.
+
+
+def _read_stats(paths):
+    from safetensors.torch import load_file
+
+    return [load_file(p) for p in paths]
+
+
+def _fb_fisher(base, fts, fishers, normalize, eps):
+    """FusionBench's Fisher merge of the floating keys: per model the L2 norm over every
+    parameter of its Fisher (a norm per tensor, then the norm of those), scaling (1/T)·ĉ with
+    ĉ_t = (1/(n_t + ε)) / Σ (1/(n_s + ε)), then Σ s_t (F_t + ε) θ_t / Σ s_t (F_t + ε)."""
+    keys = [k for k in base if base[k].is_floating_point()]
+    num = len(fts)
+    scale = torch.full((num,), 1.0 / num, dtype=torch.float64)
+    if normalize:
+        per_tensor = torch.stack(
+            [torch.stack([f[k].double().norm() for f in fishers]) for k in keys], dim=1
+        )
+        norms = per_tensor.norm(dim=1)
+        inv = 1.0 / (norms + eps)
+        scale = scale * inv / inv.sum()
+    out = {}
+    for k in keys:
+        num_k = sum(scale[t] * (fishers[t][k].double() + eps) * fts[t][k] for t in range(num))
+        den_k = sum(scale[t] * (fishers[t][k].double() + eps) for t in range(num))
+        out[k] = num_k / den_k
+    return out
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize(("num", "seed"), [(2, 0), (3, 1), (4, 2)])
+def test_fisher_matches_fusionbench_formulation(tmp_path, num, seed, normalize):
+    base, fts = state_dicts(num, seed, torch.float64)
+    shapes = {k: tuple(v.shape) for k, v in base.items() if v.is_floating_point()}
+    paths = write_statistics(tmp_path, shapes, num, seed)
+    fishers = [{k[len("fisher/") :]: v for k, v in s.items()} for s in _read_stats(paths)]
+    for eps in (1e-6, 0.1):  # 0.1: ε is of the order of the Fisher (uniform on [0, 1))
+        expected = _fb_fisher(base, fts, fishers, normalize, eps)
+        out = merge_state_dicts("fisher", base, fts, statistics=paths, compute_dtype="float64",
+                                normalize_fisher_weight=normalize, minimal_fisher_weight=eps)  # fmt: skip
+        for k, v in expected.items():
+            torch.testing.assert_close(out[k], v, rtol=0, atol=1e-12, msg=k)
+
+
+def _fb_regmean(base, fts, grams, alpha):
+    """FusionBench's RegMean of the floating keys: for a weight with a Gram in the files,
+    G ⊙ (diag(1 − α) + α) (off-diagonal entries times α), inverse of the sum, times
+    Σ G̃_t W_tᵀ, transposed back; any other tensor the mean of the θ_t."""
+    out = {}
+    for k in (k for k in base if base[k].is_floating_point()):
+        if k in grams[0]:
+            n = grams[0][k].shape[0]
+            mask = torch.diag(torch.ones(n, dtype=torch.float64) - alpha) + alpha
+            reduced = [g[k].double() * mask for g in grams]
+            inv = torch.inverse(sum(reduced))
+            out[k] = (inv @ sum(r @ f[k].T for r, f in zip(reduced, fts, strict=True))).T
+        else:
+            out[k] = torch.stack([f[k] for f in fts]).mean(dim=0)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.9, 0.3, 0.0])
+@pytest.mark.parametrize(("num", "seed"), [(2, 3), (3, 4), (4, 5)])
+def test_regmean_matches_fusionbench_formulation(tmp_path, num, seed, alpha):
+    base, fts = state_dicts(num, seed, torch.float64)
+    linear = ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+              "lm_head.weight"]  # fmt: skip
+    shapes = {k: tuple(v.shape) for k, v in base.items() if v.is_floating_point()}
+    paths = write_statistics(tmp_path, shapes, num, seed, grams=linear)
+    grams = [{k[len("gram/") :]: v for k, v in s.items() if k.startswith("gram/")}
+             for s in _read_stats(paths)]  # fmt: skip
+    expected = _fb_regmean(base, fts, grams, alpha)
+    out = merge_state_dicts("regmean", base, fts, statistics=paths, compute_dtype="float64",
+                            reduce_non_diagonal_ratio=alpha)  # fmt: skip
+    for k, v in expected.items():
+        torch.testing.assert_close(out[k], v, rtol=0, atol=1e-10, msg=k)
+    assert torch.equal(out["model.position_ids"], base["model.position_ids"])

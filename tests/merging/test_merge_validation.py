@@ -123,6 +123,17 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("task_arithmetic", {"weights": [1.0, float("nan")]}, "'weights' entry 1"),
         ("task_arithmetic", {"compute_dtype": "float16"}, "'compute_dtype' must be one of"),
         ("task_arithmetic", {"device": "gpu0"}, "'device'"),
+        ("fisher", {"minimal_fisher_weight": -1e-6}, "'minimal_fisher_weight' must be >= 0"),
+        ("fisher", {"normalize_fisher_weight": 1}, "'normalize_fisher_weight' must be bool"),
+        ("fisher", {"statistics": []}, "'statistics' is empty"),
+        ("fisher", {"statistics": "a.safetensors"}, "'statistics' must be"),
+        ("regmean", {"statistics": ["a", " "]}, "'statistics' entry 1 is an empty path"),
+        (
+            "regmean",
+            {"reduce_non_diagonal_ratio": 1.5},
+            r"'reduce_non_diagonal_ratio' must be in \[0, 1\]",
+        ),
+        ("regmean", {"reduce_non_diagonal_ratio": -0.1}, "'reduce_non_diagonal_ratio'"),
     ],
 )
 def test_bad_hyperparameters_are_named(method, params, match):
@@ -266,3 +277,73 @@ def test_karcher_and_multislerp_with_antipodal_models_name_the_tensor():
     assert torch.equal(merge_tensors("multislerp", torch.zeros(3), [one, -one]), torch.zeros(3))
     base = torch.tensor([1.0, -2.0, 3.0])  # no model changed it: θ0, not the zero-mean error
     assert torch.equal(merge_tensors("multislerp", base, [base] * 3), base)
+
+
+# -- Fisher merging and RegMean: their statistics files ------------------------------------------
+
+
+def _stats(path, fisher=None, grams=None):
+    from safetensors.torch import save_file
+
+    from hhh_bench.merging.statsfile import FISHER, GRAM
+
+    out = {FISHER + k: v for k, v in (fisher or {}).items()}
+    out.update({GRAM + k: v for k, v in (grams or {}).items()})
+    save_file(out, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["fisher", "regmean"])
+def test_data_methods_without_data_say_so(method):
+    with pytest.raises(
+        ValueError, match=rf"{method} needs data: merge parameter 'statistics' is null"
+    ):
+        merge_tensors(method, B, FT)
+
+
+def test_statistics_count_and_files_are_checked_before_merging(tmp_path):
+    one = _stats(tmp_path / "a.safetensors", fisher={"w": torch.ones(2, 3)})
+    with pytest.raises(ValueError, match=r"'statistics' has 1 file\(s\) but 2 finetuned models"):
+        merge_tensors("fisher", B, FT, name="w", statistics=[one])
+    missing = str(tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match=r"'statistics' entry 1 \(finetuned model 1\): .*nope"):
+        merge_tensors("fisher", B, FT, name="w", statistics=[one, missing])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="entry 1 .* is not a safetensors file"):
+        merge_tensors(
+            "fisher", B, FT, name="w", statistics=[one, str(tmp_path / "junk.safetensors")]
+        )
+
+
+def test_fisher_file_without_the_tensor_or_of_another_shape_names_both(tmp_path):
+    good = _stats(tmp_path / "a.safetensors", fisher={"w": torch.ones(2, 3)})
+    other = _stats(tmp_path / "b.safetensors", fisher={"v": torch.ones(2, 3)})
+    with pytest.raises(
+        ValueError, match=r"entry 1 .*b.safetensors\) has no Fisher of parameter 'w'"
+    ):
+        merge_tensors("fisher", B, FT, name="w", statistics=[good, other])
+    wrong = _stats(tmp_path / "c.safetensors", fisher={"w": torch.ones(3, 2)})
+    with pytest.raises(
+        ValueError, match=r"the Fisher of 'w' has shape \(3, 2\), the parameter \(2, 3\)"
+    ):
+        merge_tensors("fisher", B, FT, name="w", statistics=[good, wrong])
+    neg = _stats(tmp_path / "d.safetensors", fisher={"w": -torch.ones(2, 3)})
+    with pytest.raises(ValueError, match="the Fisher of 'w' holds negative, NaN or Inf"):
+        merge_tensors("fisher", B, FT, name="w", statistics=[good, neg])
+
+
+def test_regmean_gram_problems_name_the_tensor_and_file(tmp_path):
+    g = torch.eye(3)
+    a = _stats(tmp_path / "a.safetensors", grams={"w": g})
+    none = _stats(tmp_path / "b.safetensors", fisher={"w": torch.ones(2, 3)})
+    with pytest.raises(ValueError, match=r"entry 1 .* has no Gram matrix for 'w' but other"):
+        merge_tensors("regmean", B, FT, name="w", statistics=[a, none])
+    with pytest.raises(ValueError, match="holds no Gram matrix for any merged tensor"):
+        merge_tensors("regmean", B, FT, name="w", statistics=[none, none])
+    small = _stats(tmp_path / "c.safetensors", grams={"w": torch.eye(2)})
+    with pytest.raises(ValueError, match=r"Gram matrix of 'w' is \(2, 2\), its weight \(2, 3\)"):
+        merge_tensors("regmean", B, FT, name="w", statistics=[a, small])
+    dead = torch.diag(torch.tensor([1.0, 1.0, 0.0]))
+    d = _stats(tmp_path / "d.safetensors", grams={"w": dead})
+    with pytest.raises(ValueError, match=r"inputs of 'w' are singular: input feature\(s\) \[2\]"):
+        merge_tensors("regmean", B, FT, name="w", statistics=[d, d])
