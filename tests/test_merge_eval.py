@@ -24,7 +24,7 @@ def fake_stages(monkeypatch, tmp_path):
         lambda cfg, data: ("base", ["help", "honest", "harmless"], None),
     )
 
-    def run_merge(cfg, *, base, models, names=None):
+    def run_merge(cfg, *, base, models, names=None, data=None):
         calls["merge"] = {"base": base, "models": models, "params": dict(cfg.merge.params)}
         return {"out_dir": str(tmp_path / "merged"), "key": "m"}
 

@@ -229,7 +229,10 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     planned = compose(["experiment=paper_llama3"]).pipeline.mixtures
     assert mixtures == {m if isinstance(m, str) else m["name"] for m in planned}
     methods = {r["method"] for r in test_rows if r["kind"] == "merge"}
-    assert methods == {"task_arithmetic", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
+    assert methods == {"task_arithmetic", "ties", "dare_ta", "dare_ties", "tsv", "resm", "fisher",
+                       "regmean"}  # fmt: skip
+    stats = list((tmp_path / "stats").iterdir())  # one per specialist and kind, for every point
+    assert len(stats) == 6, stats
     chosen = [r for r in test_rows if (r.get("extra") or {}).get("selected_on")]
     assert {r["extra"]["selected_on"] for r in chosen} == {"validation"}
     holdouts = {

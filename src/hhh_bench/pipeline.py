@@ -32,8 +32,12 @@ from hhh_bench.validation import emphases, preflight, validate_run
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 UPSTREAM = {
     "train": ("base",),
-    "merge": ("base", "train"),
-    "merge_eval": ("base", "train"),
+    "merge": (
+        "base",
+        "train",
+        "stats",
+    ),  # stats: fisher and regmean's, computed once per specialist
+    "merge_eval": ("base", "train", "stats"),
     "diagnose": ("base", "train"),
     "eval": ("base",),
 }
@@ -104,7 +108,7 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         from hhh_bench.stages.merge import run_merge
 
         base, models, names = _merge_inputs(cfg, data)
-        out["merge"] = run_merge(cfg, base=base, models=models, names=names)
+        out["merge"] = run_merge(cfg, base=base, models=models, names=names, data=data)
     elif stage == "merge_eval":
         out["merge_eval"] = _merge_eval(cfg, data)
         out["objective"] = out["merge_eval"]["objective"]
@@ -244,7 +248,7 @@ def _merge_eval(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
             "an eval suite with a separate selection split (eval=toy3h: validation)"
         )
     base, models, names = _merge_inputs(cfg, data)
-    merged = run_merge(cfg, base=base, models=models, names=names)
+    merged = run_merge(cfg, base=base, models=models, names=names, data=data)
     model = _merged_model(merged, cfg.merge.method, int(cfg.seed), to_dict(cfg.merge.params))
     res = run_eval(cfg, {"noise_rate": float(cfg.data.noise.flip_rate), **model}, data, split=split)
     if select_by not in res["scores"]:
@@ -364,7 +368,7 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
                 evaluate(
                     _model(sp, "specialist", f"{dim} specialist", seed, train_dimensions=[dim])
                 )
-        _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
+        _merges(cfg, pcfg, base, specialists, dims, seed, evaluate, data)
         return out
     base_seed = pcfg.get("base_seed")
     with console.job("base", _seeded(cfg, "")):
@@ -385,7 +389,7 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
                 _model(o, "oracle", "oracle", seed, train_dimensions=dims, mix_strategy=mix["name"])
             )
     _mixtures(cfg, pcfg, base, data, dims, seed, evaluate)
-    _merges(cfg, pcfg, base, specialists, dims, seed, evaluate)
+    _merges(cfg, pcfg, base, specialists, dims, seed, evaluate, data)
     return out
 
 
@@ -477,7 +481,7 @@ def _select(cfg: DictConfig, label: str, points: Sequence[dict[str, Any]], build
                   "selected_by": select_by, "n_configs": len(scored)})  # fmt: skip
 
 
-def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa: ANN001
+def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate, data) -> None:  # noqa: ANN001
     """Every method of ``pipeline.merge_grid`` over its grid, then the chosen point with every
     emphasis of ``pipeline.tuning`` (task vectors weighted :func:`merge_weights`), chosen on
     the selection split (:func:`_select`)."""
@@ -491,7 +495,8 @@ def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate) -> None:  # noqa
 
         def build(params: dict[str, Any], method: str = method) -> dict[str, Any]:
             mcfg = merge_config(cfg, method, params)
-            merged = run_merge(mcfg, base=merge_input(base), models=finetuned, names=list(dims))
+            merged = run_merge(mcfg, base=merge_input(base), models=finetuned, names=list(dims),
+                               data=data)  # fmt: skip
             return _merged_model(merged, method, seed, to_dict(mcfg.merge.params))
 
         def more(best: dict[str, Any], spec: Any = spec) -> list[dict[str, Any]]:

@@ -380,6 +380,37 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class StatisticsConfig:
+    """How the stats stage computes the data-aware statistics of Fisher merging and RegMean
+    (``merge_engine.statistics``; :mod:`hhh_bench.merging.datastats`)."""
+
+    num_samples: int = param(256, "N: training rows per specialist (all when fewer)")
+    seed: int = param(0, "seed of the rows' draw")
+    max_length: int = param(512, "tokens per sample (the first ones)")
+    dtype: str = param(
+        "float32",
+        "the model's dtype in the passes",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    device: str | None = param(None, "device of the passes (null: merge_engine.device)")
+    gram_dtype: str = param(
+        "float64", "dtype of the Gram accumulators", choices=("float64", "float32")
+    )
+    gram_budget_gb: float = param(4.0, "memory of the Gram accumulators per pass (GiB)")
+
+    def __post_init__(self) -> None:
+        _post(self, "merge_engine.statistics")
+        _positive("merge_engine.statistics", "num_samples", self.num_samples)
+        _positive("merge_engine.statistics", "gram_budget_gb", self.gram_budget_gb)
+        if self.max_length < 2:
+            raise ValueError(
+                f"merge_engine.statistics.max_length must be >= 2, got {self.max_length}"
+            )
+        if self.device is not None:
+            check_device("merge_engine.statistics.device", self.device)
+
+
+@dataclass(frozen=True)
 class MergeEngineConfig:
     """Settings of the streaming merge engine (``conf/merge_engine/default.yaml``)."""
 
@@ -406,6 +437,9 @@ class MergeEngineConfig:
     )
     diagnostics_svd_embeddings: bool = param(False, "also SVD embeddings and lm_head")
     diagnostics_label: str | None = param(None, "name of the set in the report")
+    statistics: StatisticsConfig = param(
+        None, "data-aware statistics of fisher and regmean", factory=StatisticsConfig
+    )
 
     def __post_init__(self) -> None:
         _post(self, "merge_engine")

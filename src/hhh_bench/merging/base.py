@@ -196,12 +196,17 @@ class MergeMethod(Generic[P]):
             function of (name, base, task vectors, those params, plan entry) only, so a cache
             keyed on them is correct.
         summary: one line for listings.
+        statistics_kind: what a data-aware method reads from one statistics file per finetuned
+            model (its ``statistics`` param; :mod:`hhh_bench.merging.statsfile`): ``"fisher"``
+            or ``"gram"``; None for the methods that need only the weights. The pipeline
+            computes those files when the param is null.
     """
 
     name: ClassVar[str]
     params_cls: ClassVar[type[CommonParams]] = CommonParams
     precompute_keys: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
+    statistics_kind: ClassVar[str | None] = None
 
     def make_params(self, **kw: Any) -> P:
         """Validated params; an unknown name raises ``ValueError`` listing the valid ones."""

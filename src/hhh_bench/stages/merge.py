@@ -69,15 +69,23 @@ def run_merge(
     base: str | None = None,
     models: list[str] | None = None,
     names: list[str] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Merge (or reuse) one model; return ``{"out_dir", "key", "cached", "method", "params", ...}``.
+
+    A method that reads data-aware statistics (``fisher``, ``regmean``) with
+    ``merge.params.statistics`` null gets them from the stats stage first (one file per model,
+    computed once per specialist and reused: :func:`hhh_bench.stages.stats.statistics_for`).
 
     Args:
         cfg: the composed config (``merge``, ``merge_engine``, ``root``).
         base: θ0's folder or hub id (overrides ``merge.base``).
         models: finetuned folders / hub ids / LoRA adapters (override ``merge.models``).
-        names: what each model is (its dimension), for the model card.
+        names: what each model is (its dimension), for the model card and for the training rows
+            of its statistics.
+        data: the data stage's result (the statistics' training rows; run when needed and None).
     """
+    from hhh_bench.merging import get_method
     from hhh_bench.merging.engine import merge_models
 
     m = group(cfg, "merge", MergeConfig)
@@ -90,9 +98,20 @@ def run_merge(
             "pipeline's train stage first (hhh-bench stage=train) so its specialists exist"
         )
     params = {"device": engine.device, **m.params}
+    kind = get_method(m.method).statistics_kind
+    stats_dirs: list[str] = []
+    if kind is not None and not params.get("statistics"):
+        from hhh_bench.stages.stats import statistics_for
+
+        stats = statistics_for(cfg, data, str(base), models, names, kind)
+        params["statistics"] = [x["path"] for x in stats]
+        stats_dirs = [x["dir"] for x in stats]
+    keyed_params = dict(params)
+    if params.get("statistics"):  # the files by their content (a path is only a pointer)
+        keyed_params["statistics"] = [model_identity(str(p)) for p in params["statistics"]]
     payload = {
         "method": m.method,
-        "params": params,
+        "params": keyed_params,
         "base": model_identity(str(base)),
         "models": [model_identity(x) for x in models],
         "out_dtype": engine.out_dtype,
@@ -123,7 +142,7 @@ def run_merge(
         cfg.root, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),
         provenance={"merge": to_dict(cfg.merge), "merge_engine": to_dict(cfg.merge_engine)},
         extra={"base": str(base), "models": models}, label=m.method,
-        inputs=[str(base), *models],
+        inputs=[str(base), *models, *stats_dirs],
     )  # fmt: skip
     out = run.dir / "model"
     info = dict(run.info)

@@ -109,6 +109,7 @@ class Fisher(MergeMethod[FisherParams]):
 
     name = "fisher"
     params_cls = FisherParams
+    statistics_kind = "fisher"
     precompute_keys = (
         "statistics",
         "normalize_fisher_weight",

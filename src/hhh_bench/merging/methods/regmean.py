@@ -144,6 +144,7 @@ class RegMean(MergeMethod[RegMeanParams]):
 
     name = "regmean"
     params_cls = RegMeanParams
+    statistics_kind = "gram"
     precompute_keys = ("statistics", "reduce_non_diagonal_ratio", "compute_dtype")
     summary = (
         "linear layers fit to every model's outputs on its data (Jin et al. 2023, arXiv:2212.09849)"
