@@ -29,9 +29,8 @@ noise falls as 1/√N; a Gram needs at least ``in`` token rows to be of full ran
 relies on its off-diagonal reduction α < 1 and the other models' Grams to be invertible), and a
 Fisher from few samples is dominated by the few parameters those samples move. FusionBench
 uses 256 examples for both (``num_fisher_examples``, ``num_regmean_examples``); so does
-``conf/stats/default.yaml``. The merges follow N only through these means: the result for
-N = 256 and N = 512 differs by the sampling noise of the statistics (measured in
-``docs/merging.md``).
+``merge_engine.statistics.num_samples``. The merges follow N only through these means
+(measured on the toy world: ``experiments/all_merges/README.md``).
 
 LoRA specialists: the adapter is merged into its base first (``peft``'s ``merge_and_unload``),
 so the statistics are of the full weights θ0 + s·B·A, under the full model's parameter names:
@@ -80,7 +79,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class StatsOptions:
-    """How the statistics are computed (``conf/stats/default.yaml`` documents every field).
+    """How the statistics are computed (as the pipeline's ``merge_engine.statistics``, which
+    ``conf/merge_engine/default.yaml`` documents field by field).
 
     Attributes:
         kinds: what to compute: ``fisher`` and/or ``gram``.
