@@ -596,6 +596,24 @@ def test_consensus_ties_matches_the_authors_code_per_tensor(shape, num, lam, k, 
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
+def test_consensus_in_pieces_matches_the_authors_code(monkeypatch):
+    """4551 entries merged 1000 at a time (5 pieces, the last partial), both variants."""
+    from hhh_bench.merging.methods import consensus
+
+    monkeypatch.setattr(consensus, "MERGE_PIECE", 1000)
+    base, fts = models((37, 123), 3, seed=5, dtype=torch.float64)
+    d = base.numel()
+    flat_ft = torch.stack([f.flatten() for f in fts])
+    kw = {"tall_mask_lambda": 0.4, "compute_dtype": "float64"}
+    expected = base + _tall_consensus(base.flatten(), flat_ft, 0.4, 2).view(base.shape)
+    out = merge_tensors("consensus_ta", base, fts, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    expected = base + _tall_consensus(base.flatten(), flat_ft, 0.4, 2, (20, "mean")).view(37, 123)
+    density = (int(0.2 * d) + 1.5) / d
+    out = merge_tensors("consensus_ties", base, fts, density=density, aggregate="mean", **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
 def test_consensus_ties_global_matches_the_authors_code_over_the_flat_model():
     """``scope: global`` against the authors' whole-model trim. Magnitudes are distinct bfloat16
     values (1 + j/128)·2^e, a disjoint set per model, so the global threshold's bfloat16 bin

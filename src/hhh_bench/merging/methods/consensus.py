@@ -64,13 +64,12 @@ from hhh_bench.merging.base import (
     param,
     register_method,
 )
-from hhh_bench.merging.methods.gta import combine
 from hhh_bench.merging.methods.ties import (
+    MERGE_PIECE,
     TiesMethod,
     TiesParams,
     keep_count,
     magnitude_key,
-    ties_merge,
     topk_mask,
 )
 from hhh_bench.merging.taskvec import TaskVectors
@@ -115,18 +114,43 @@ def check_agreement(min_agreement: int, num_models: int) -> None:
         )
 
 
-def consensus_mask(
-    stack: Tensor, weights: Tensor, merged: Tensor, tall_mask_lambda: float, min_agreement: int
+def consensus_merge(
+    stack: Tensor,
+    weights: Tensor,
+    params: ConsensusParams,
+    keep: Tensor | None = None,
+    aggregate: str = "sum",
 ) -> Tensor:
-    """c = [Σ_t m_t ≥ k], m_t = |w_t τ_t| > λ_tall·|τ_MTL − w_t τ_t| (bool, shaped as ``merged``)
-    of a (T, *shape) stack, (T, 1, .., 1) weights and the multi-task vector ``merged``."""
-    w = weights.reshape(-1)
-    count = torch.zeros(merged.shape, dtype=torch.int32, device=merged.device)
-    for t in range(len(stack)):
-        x = stack[t] * w[t]
-        on = x.abs() > (merged - x).abs_().mul_(tall_mask_lambda)
-        count.add_(on)
-    return count >= min_agreement
+    """c ⊙ τ_MTL of a (T, *shape) stack of untrimmed τ_t with (T, 1, .., 1) weights (module doc):
+    τ_MTL = Σ_t w_t τ_t when ``keep`` is None, else TIES of the w_t τ_t trimmed by the bool
+    ``keep`` (T, *shape), agreeing entries summed or averaged (``aggregate``).
+
+    Entry by entry, so it runs over :data:`MERGE_PIECE` flattened entries at a time: the
+    temporaries are a few (T, piece) blocks whatever the tensor's size (``stack`` is not
+    modified)."""
+    num = len(stack)
+    check_agreement(params.min_agreement, num)
+    w = weights.reshape(num, 1)
+    flat = stack.reshape(num, -1)
+    kept = None if keep is None else keep.reshape(num, -1)
+    n = flat.shape[1]
+    out = torch.empty(n, dtype=stack.dtype, device=stack.device)
+    step = max(1, min(MERGE_PIECE, n))
+    for s in range(0, n, step):
+        x = flat[:, s : s + step] * w  # x_t = w_t τ_t, untrimmed: the TALL masks' input
+        if kept is None:
+            merged = x.sum(dim=0)
+        else:
+            trimmed = x * kept[:, s : s + step]
+            positive = trimmed.sum(dim=0) >= 0  # γ = +1 where the sum is 0
+            agree = torch.where(positive, trimmed > 0, trimmed < 0)  # zeros never agree
+            merged = (trimmed * agree).sum(dim=0)
+            if aggregate == "mean":
+                merged /= agree.sum(dim=0).clamp(min=1)
+        tall = x.abs() > (merged - x).abs_().mul_(params.tall_mask_lambda)  # m_t, strictly
+        on = tall.sum(dim=0) >= params.min_agreement
+        out[s : s + step] = merged * on
+    return out.view(stack.shape[1:])
 
 
 @merge_function(
@@ -138,10 +162,7 @@ def consensus_mask(
 )
 def consensus_ta(stack: Tensor, weights: Tensor, params: ConsensusParams) -> Tensor:
     """Consensus Task Arithmetic: c ⊙ Σ_t w_t τ_t (module doc; arXiv:2405.07813)."""
-    check_agreement(params.min_agreement, len(stack))
-    merged = combine(stack, weights, consensus=False, normalize=False)
-    keep = consensus_mask(stack, weights, merged, params.tall_mask_lambda, params.min_agreement)
-    return merged.mul_(keep)
+    return consensus_merge(stack, weights, params)
 
 
 @dataclass(frozen=True)
@@ -155,22 +176,6 @@ class ConsensusTiesParams(ConsensusParams, TiesParams):
         "Consensus-TIES) or 'mean' (TIES's disjoint mean, as the ties method).",
         choices=("sum", "mean"),
     )
-
-
-def consensus_ties_merge(
-    stack: Tensor, keep: Tensor, weights: Tensor, params: ConsensusTiesParams
-) -> Tensor:
-    """Consensus TIES of a (T, *shape) stack of untrimmed τ_t, its TIES ``keep`` mask (bool, same
-    shape) and (T, 1, .., 1) weights (module doc)."""
-    check_agreement(params.min_agreement, len(stack))
-    trimmed = stack * keep
-    if params.aggregate == "mean":
-        merged = ties_merge(trimmed, weights)
-    else:
-        merged = combine(trimmed, weights, consensus=True, normalize=False)
-    del trimmed
-    mask = consensus_mask(stack, weights, merged, params.tall_mask_lambda, params.min_agreement)
-    return merged.mul_(mask)
 
 
 @register_method
@@ -227,4 +232,5 @@ class ConsensusTies(TiesMethod):
         pre = on_device(pre, params)
         stack = pre["tau"]
         weights = params.weight_tensor(len(stack), stack)
-        return finish(base, consensus_ties_merge(stack, pre["keep"], weights, params), params)
+        merged = consensus_merge(stack, weights, params, pre["keep"], params.aggregate)
+        return finish(base, merged, params)
