@@ -46,6 +46,9 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
             "sce",
             "karcher",
             "multislerp",
+            "consensus_ta",
+            "consensus_ties",
+            "pcb",
         ]
     ),
     num=st.integers(2, 4),

@@ -2,11 +2,13 @@
 
 from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
     breadcrumbs,
+    consensus,
     dare,
     della,
     karcher,
     model_stock,
     multislerp,
+    pcb,
     resm,
     sce,
     slerp,
