@@ -177,3 +177,31 @@ def save_random_lora(base, out, *, r: int, alpha: int, targets: list[str], seed:
     peft_model.save_pretrained(out / "adapter")
     peft_model.merge_and_unload().save_pretrained(out / "full")
     return out / "adapter", out / "full"
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: the halves are of what runs
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: two workers, ``--dist worksteal``), put the modules
+    holding end-to-end tests (marker ``e2e``: the suite's slowest, tens of seconds each) at the
+    head of both workers' shares, alternately, whole modules together (their module fixtures
+    are built once). worksteal first gives the first worker the first half of the collection
+    and the second the rest, and steals from the end of a queue: in collection order these
+    modules all sat in the second half and ended the run on one worker. Only the order
+    changes; every test runs. One process (no xdist) keeps pytest's order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    heavy: dict[str, list] = {}
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            heavy.setdefault(item.module.__name__, [])
+    if not heavy:
+        return
+    for item in items:
+        if item.module.__name__ in heavy:
+            heavy[item.module.__name__].append(item)
+    rest = [item for item in items if item.module.__name__ not in heavy]
+    names = sorted(heavy)
+    first = [item for name in names[0::2] for item in heavy[name]]
+    second = [item for name in names[1::2] for item in heavy[name]]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:fill] + second + rest[fill:]

@@ -107,6 +107,16 @@ def test_the_toy_scorer_on_real_data_is_refused_before_training():
         Toy3HScorer()([real])
 
 
+def test_a_phase_reference_with_lora_is_refused_before_training():
+    """A sequential curriculum whose phases take the model at their start as the DPO reference
+    needs full fine-tuning (issue 29); with LoRA it is named when the config is checked."""
+    with pytest.raises(ValueError, match=r"pipeline.mixtures\[0\] \(sequential\) has reference: "
+                       r"phase, which needs full fine-tuning, but train.method=lora"):  # fmt: skip
+        check(["train=dpo_lora", "pipeline.mixtures=[{name: sequential, reference: phase}]"])
+    check(["train=dpo_lora", "pipeline.mixtures=[sequential]"])
+    check(["pipeline.mixtures=[{name: sequential, reference: phase}]"])  # full fine-tuning
+
+
 @pytest.mark.parametrize(
     "override",
     ["eval.limit=10", "eval.limit=0.25", "eval.limit=null", "eval.metric=soft",

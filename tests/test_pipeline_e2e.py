@@ -36,6 +36,17 @@ SMALL_PIPELINE = [
 ]
 
 
+# The killed run: the same settings with fewer jobs (no oracle, one mixture, two merge methods),
+# so that every row it writes is one of the uninterrupted run's, to compare number for number.
+KILLED_PIPELINE = [
+    *(o for o in SMALL_PIPELINE
+      if not o.startswith(("pipeline.mixtures", "+pipeline.merge_grid.ties",
+                           "+pipeline.merge_grid.dare", "+pipeline.merge_grid.resm"))),
+    "pipeline.mixtures=[uniform]",
+    "pipeline.oracle.enabled=false",
+]  # fmt: skip
+
+
 def _rows(root: Path) -> dict[tuple[str, str], dict]:
     rows = {}
     for line in (root / "results.jsonl").read_text().splitlines():
@@ -97,13 +108,13 @@ def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
 @pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline_run):
     """SIGKILL a pipeline run mid-way, run it again, compare with the uninterrupted run above
-    (same config, other root; θ0 is copied so the test does not retrain it)."""
+    (its settings with fewer jobs, other root; θ0 is copied so the test does not retrain it)."""
     import shutil
 
     root = tmp_path / "resumed"
     shutil.copytree(session_root / "data", root / "data")
     shutil.copytree(session_root / "base", root / "base")
-    args = [sys.executable, "-m", "hhh_bench", f"root={root}", *SMALL_PIPELINE]
+    args = [sys.executable, "-m", "hhh_bench", f"root={root}", *KILLED_PIPELINE]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -130,8 +141,10 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     assert done.stdout.strip().splitlines()[-1].startswith("Mix or merge? ")
     resumed = _rows(root)
     reference = _rows(session_root)
-    test_rows = [k for k in reference if k[1] == "test"]
-    assert test_rows
+    test_rows = [k for k in resumed if k[1] == "test"]
+    assert {name for name, _ in test_rows} == {
+        "base", "helpful specialist", "honest specialist", "harmless specialist",
+        "mix: uniform", "task_arithmetic", "tsv"}  # fmt: skip
     for k in test_rows:
         for dim in ("helpful", "honest", "harmless", "average"):
             assert resumed[k][dim] == pytest.approx(reference[k][dim], abs=1e-9), (k, dim)
@@ -177,3 +190,14 @@ def test_readme_sweep_adds_one_row_per_configuration(tmp_path, session_root, spe
         ), (attempt, configs)
         assert {r["split"] for r in rows} == {"validation"}
     assert sorted(p.name for p in (root / "train").iterdir()) == trained  # nothing trained
+    # the README's report of it (issue 31): one score-vs-knob figure per swept method
+    from hhh_bench.pipeline import run
+
+    out = run(compose([f"root={root}", "logger=none", "threads=1", *SMALL_WORLD,
+                       "stage=report", "eval.report_split=validation"]))["report"]  # fmt: skip
+    figures = out["sweep_figures"]
+    assert sorted(figures) == ["resm", "ties", "tsv"], figures
+    md = (Path(out["dir"]) / "report.md").read_text()
+    for method, path in figures.items():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{method} sweep]({Path(path).name})" in md

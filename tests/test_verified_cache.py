@@ -9,6 +9,7 @@ tampering never reaches another test. Each of these failed on edaba64 (a reuse, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -404,9 +405,14 @@ def test_row6_path_settings_and_paths_in_configs_are_keyed_by_content(tmp_path):
 # Row 7: an input changed while a merge reads it
 
 
+@pytest.mark.parametrize("how", ["renamed over", "overwritten in place"])
 def test_row7_a_specialist_replaced_during_the_merge_fails_it_and_leaves_nothing(
-    root, tmp_path, monkeypatch
+    root, tmp_path, monkeypatch, how
 ):
+    """The new bytes arrive as an atomic writer leaves them (a new file renamed over the old)
+    or written over the old bytes in place. Not by truncating the file: tensors already read
+    are private maps of it, and a truncated mapped file faults (SIGBUS) in any reader that maps
+    safetensors (``safe_open`` too); docs/caching.md says so."""
     import hhh_bench.merging.sources as sources
     from hhh_bench.merging.engine import merge_models
 
@@ -420,8 +426,13 @@ def test_row7_a_specialist_replaced_during_the_merge_fails_it_and_leaves_nothing
 
     def read_then_replace(path, offset, nbytes):
         calls["n"] += 1
-        if calls["n"] == 8:  # mid-merge: the file is replaced under the reader
-            shutil.copy(replacement, victim)
+        if calls["n"] == 8 and how == "renamed over":  # mid-merge, under the reader
+            staged = victim.with_name(".incoming.safetensors")
+            shutil.copy(replacement, staged)
+            os.replace(staged, victim)
+        elif calls["n"] == 8:
+            with victim.open("r+b") as fh:  # same size: no page of a live map goes away
+                fh.write(replacement.read_bytes())
         return real(path, offset, nbytes)
 
     monkeypatch.setattr(sources, "read_bytes", read_then_replace)

@@ -163,6 +163,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if group in GROUP_CHECKS:
                 GROUP_CHECKS[group](out[group])
     check_mix_scorers(cfg)
+    check_mix_reference(cfg)
     if "eval" in out:
         check_metrics(cfg["eval"])
         e = out["eval"]
@@ -213,14 +214,10 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
-    """A mixture scored by the toy world's exact reward (``scorer: toy3h``) on data that is not
-    the toy world is refused: every real pair would get margin 0 (a random selection, no
-    conflicts, and no error). Checked for ``mix`` and, when the run trains them
-    (``stage=all``), every entry of ``pipeline.mixtures``."""
-    data = cfg.get("data") or {}
-    if not isinstance(data, Mapping) or data.get("kind", "toy3h") == "toy3h":
-        return
+def mix_entries(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The mixtures a run trains, resolved against conf/mix/: ``mix`` and, under ``stage=all``,
+    every entry of ``pipeline.mixtures``, as ``(where, settings)``. An unknown option is left
+    out (the pipeline's own check names it)."""
     from hhh_bench.stages.common import load_option
 
     entries: list[tuple[str, Any]] = []
@@ -231,20 +228,48 @@ def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
     if trains_mixtures and isinstance(pipeline, Mapping):
         for i, entry in enumerate(pipeline.get("mixtures") or []):
             entries.append((f"pipeline.mixtures[{i}]", entry))
+    out = []
     for where, entry in entries:
         if isinstance(entry, str):
             try:
-                mix = load_option("mix", entry)
+                out.append((where, load_option("mix", entry)))
             except ValueError:
-                continue  # an unknown option is named by the pipeline's own check
+                continue
         elif isinstance(entry, Mapping):
             name = entry.get("name")
             try:
-                mix = {**(load_option("mix", str(name)) if name else {}), **dict(entry)}
+                out.append((where, {**(load_option("mix", str(name)) if name else {}),
+                                    **dict(entry)}))  # fmt: skip
             except ValueError:
-                mix = dict(entry)
-        else:
-            continue
+                out.append((where, dict(entry)))
+    return out
+
+
+def check_mix_reference(cfg: Mapping[str, Any]) -> None:
+    """A curriculum whose phases each take the model at the phase's start as the DPO reference
+    (``reference: phase``) needs full fine-tuning: with LoRA the reference is θ0 with the
+    adapter off. Refused before any stage."""
+    train = cfg.get("train") or {}
+    if not isinstance(train, Mapping) or train.get("method") != "lora":
+        return
+    for where, mix in mix_entries(cfg):
+        if mix.get("reference") == "phase":
+            raise ValueError(
+                f"{where} ({mix.get('name')}) has reference: phase, which needs full "
+                f"fine-tuning, but train.method=lora (the DPO reference of a LoRA run is θ0 "
+                f"with the adapter off). Use reference: base, or train.method=full"
+            )
+
+
+def check_mix_scorers(cfg: Mapping[str, Any]) -> None:
+    """A mixture scored by the toy world's exact reward (``scorer: toy3h``) on data that is not
+    the toy world is refused: every real pair would get margin 0 (a random selection, no
+    conflicts, and no error). Checked for ``mix`` and, when the run trains them
+    (``stage=all``), every entry of ``pipeline.mixtures``."""
+    data = cfg.get("data") or {}
+    if not isinstance(data, Mapping) or data.get("kind", "toy3h") == "toy3h":
+        return
+    for where, mix in mix_entries(cfg):
         if mix.get("scorer") == "toy3h":
             raise ValueError(
                 f"{where} ({mix.get('name')}) scores pairs with the toy world's reward "

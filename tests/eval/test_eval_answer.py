@@ -27,6 +27,7 @@ from hhh_bench.tracking.answer import (
     answer_line,
     answer_section,
     compare,
+    decomposition,
     environment_fingerprint,
     mix_vs_merge,
     mixed_line,
@@ -341,3 +342,48 @@ def test_mixed_line_quotes_statsmodels_warnings_with_one_full_stop():
         "statsmodels warned: The MLE may be on the boundary of the parameter space; a second one."
     ), line
     assert ".." not in line
+
+
+def _task_row(seed: int, kind: str, scores: dict[str, float]) -> dict[str, Any]:
+    """A row whose tasks h (helpful), o (honest), s (harmless) score ``scores``."""
+    dims = {"h": "helpful", "o": "honest", "s": "harmless"}
+    avg = sum(scores.values()) / 3
+    return {"row_key": f"{kind}-{seed}", "kind": kind, "seed": seed, "task_specs": SPECS,
+            "tasks": {t: {"acc": v} for t, v in scores.items()}, "average": avg,
+            **{dims[t]: v for t, v in scores.items()}}  # fmt: skip
+
+
+def test_the_margin_is_decomposed_by_task_and_a_dominant_task_is_named(tmp_path):
+    """Issue 29: by hand, the average is (h + o + s)/3, so each task's contribution is a third
+    of its merge − mix difference. Seeds 0, 1: harmless differs by −0.30 and −0.24 (mean
+    −0.27, contribution −0.09), helpful by +0.03 (+0.01), honest by 0 (0): margin −0.08, of
+    which harmless carries −0.09 / −0.08 = 112%."""
+    merge = {0: _task_row(0, "merge", {"h": 0.83, "o": 0.5, "s": 0.6}),
+             1: _task_row(1, "merge", {"h": 0.73, "o": 0.4, "s": 0.66})}  # fmt: skip
+    mix = {0: _task_row(0, "mixture", {"h": 0.8, "o": 0.5, "s": 0.9}),
+           1: _task_row(1, "mixture", {"h": 0.7, "o": 0.4, "s": 0.9})}  # fmt: skip
+    dec = decomposition(merge, mix, [0, 1])
+    by = {t["task"]: t for t in dec["tasks"]}
+    assert by["s"]["contribution"] == pytest.approx(-0.09)
+    assert by["h"]["contribution"] == pytest.approx(0.01)
+    assert by["o"]["contribution"] == pytest.approx(0.0)
+    assert by["s"]["weight"] == pytest.approx(1 / 3) and dec["residual"] == pytest.approx(0)
+    # in the report: the table, and the answer line names the task
+    rows = store(tmp_path)
+    result = compare(table_entries(rows))
+    assert result["dominant_task"] is None  # every task moves alike: a third each
+    assert "one task carries" not in answer_line(result)
+    shares = [t["contribution"] / result["diff"] for t in result["decomposition"]["tasks"]]
+    assert shares == pytest.approx([1 / 3] * 3)
+    for r in rows:  # now the merges equal the mixture (0.5) but on the harmless task
+        if r["kind"] == "merge":
+            r["tasks"]["h"]["acc"] = r["tasks"]["o"]["acc"] = 0.5
+            r["average"] = (1.0 + r["tasks"]["s"]["acc"]) / 3
+    result = compare(table_entries(rows))
+    line = answer_line(result)
+    assert result["dominant_task"]["task"] == "s"
+    assert result["dominant_task"]["share"] == pytest.approx(1.0)
+    assert re.search(r"one task carries more than half the margin: s \+0\.\d{3} of \+0\.\d{3} "
+                     r"\(\d+%\); env ", line), line  # fmt: skip
+    md = "\n".join(answer_section(table_entries(rows))[0])
+    assert "| Task | Weight | Merge | Mixture | Contribution | Share of the margin |" in md

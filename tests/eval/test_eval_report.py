@@ -134,6 +134,12 @@ def test_report_stage_and_offline_wandb_table(tmp_path, monkeypatch):
 
     table = json.loads(tables[0].read_text())
     assert len(table["data"]) == 14 and "average" in table["columns"]
+    # the fixture's ties is swept over density on validation: its figure and W&B table (issue 31)
+    assert sorted(out["sweep_figures"]) == ["ties"] and Path(out["sweep_figures"]["ties"]).is_file()
+    (sweeps,) = run_dir.glob("files/media/table/sweeps_*.table.json")
+    sweep = json.loads(sweeps.read_text())
+    assert sweep["columns"][:2] == ["method", "knobs"]
+    assert sorted(json.loads(r[1])["density"] for r in sweep["data"]) == [0.2, 0.5]
     assert "params.density" in table["columns"]
     # logger=none: nothing is logged
     cfg.logger = {"name": "none"}

@@ -26,6 +26,7 @@ def load_peft_merge_utils() -> ModuleType:
 
 MODEL_COUNTS = {"slerp": (1, 2), "model_stock": (2, None), "sce": (2, None)}
 """(fewest, most) finetuned models of the methods that do not take any number (else (1, None))."""
+MODEL_COUNTS |= {"consensus_ta": (2, None), "consensus_ties": (2, None)}
 
 
 def fit_count(method: str, num: int) -> int:

@@ -644,3 +644,118 @@ def test_regmean_by_hand(tmp_path):
     lora = [LowRank(T([[1.0]]), T([[1.0, 0.0]])), fts[1]]
     out = merge_tensors("regmean", base, lora, reduce_non_diagonal_ratio=1.0, **kw)
     torch.testing.assert_close(out, T([[-0.4, 3.2]]), rtol=0, atol=1e-6)
+
+
+def test_consensus_ta_by_hand():
+    """θ0 = [[1, 2], [3, 4]], λ_tall = .5; entries A, B (row 0), C, D (row 1):
+
+    entry  τ1  τ2  τ3   τ_MTL  m_t = |τ_t| > .5·|τ_MTL − τ_t|                      count
+    A       1   1   1     3    1 > .5·2 = 1: no (strict), for all three              0
+    B       2   2   0     4    2 > 1 yes, 2 > 1 yes, 0 > 2 no                        2
+    C       3   0   0     3    3 > 0 yes, 0 > 1.5 no, 0 > 1.5 no                     1
+    D       1  -1  .5    .5    1 > .25 yes, 1 > .75 yes, .5 > 0 yes                  3
+    k = 2 keeps B, D: τ_m = [[0, 4], [0, .5]]; λ = .5: θ = [[1, 4], [3, 4.25]].
+    k = 1 keeps B, C, D; k = 3 keeps D; k = 0 is task arithmetic (A too).
+    Weights (1, 1, 2), k = 2: A (1, 1, 2), MTL 4: 1 > 1.5 no, no, 2 > 1 yes -> 1, dropped;
+    B unchanged (x3 = 0) -> 4; C -> 1, dropped; D (1, -1, 1), MTL 1: 1 > 0 yes, 1 > 1 no,
+    1 > 0 yes -> 2, kept: τ_m = [[0, 4], [0, 1]]."""
+    base = T([[1.0, 2.0], [3.0, 4.0]])
+    taus = [T([[1.0, 2.0], [3.0, 1.0]]), T([[1.0, 2.0], [0.0, -1.0]]), T([[1.0, 0.0], [0.0, 0.5]])]
+    fts = [base + tau for tau in taus]
+    kw = {"tall_mask_lambda": 0.5}
+    out = merge_tensors("consensus_ta", base, fts, scaling=0.5, **kw)
+    assert torch.equal(out, T([[1.0, 4.0], [3.0, 4.25]]))
+    expected = {0: [[3, 4], [3, 0.5]], 1: [[0, 4], [3, 0.5]], 3: [[0, 0], [0, 0.5]]}
+    for k, tau_m in expected.items():
+        got = merge_tensors("consensus_ta", base, fts, min_agreement=k, **kw)
+        assert torch.equal(got, base + T(tau_m)), k
+    weighted = merge_tensors("consensus_ta", base, fts, weights=[1, 1, 2], **kw)
+    assert torch.equal(weighted, base + T([[0.0, 4.0], [0.0, 1.0]]))
+
+
+def test_consensus_ties_by_hand():
+    """The TIES example above (θ0 = 0, density .5: each τ_t keeps its top 3 of 6), λ_tall = .5.
+    Trimmed τ̂ and elected signs as there; the agreeing entries summed (the authors' dis-sum):
+    τ_MTL = [[-2 - 3, 5, 2], [3, -3, 6]] = [[-5, 5, 2], [3, -3, 6]]. TALL masks on the untrimmed τ:
+
+    entry  τ1   τ2   τ3  τ_MTL  m_t = |τ_t| > .5·|τ_MTL − τ_t|            count
+    (0,0)   4   -2   -3   -5    4 > 4.5 no, 2 > 1.5 yes, 3 > 1 yes         2
+    (0,1)  -1    5   -4    5    1 > 3 no, 5 > 0 yes, 4 > 4.5 no            1
+    (0,2)   2   -1    1    2    2 > 0 yes, 1 > 1.5 no, 1 > .5 yes          2
+    (1,0)  .5    3   -1    3    .5 > 1.25 no, 3 > 0 yes, 1 > 2 no          1
+    (1,1)  -3    1    2   -3    3 > 0 yes, 1 > 2 no, 2 > 2.5 no            1
+    (1,2)   1  -.5    6    6    1 > 2.5 no, .5 > 3.25 no, 6 > 0 yes        1
+    k = 2: τ_m = [[-5, 0, 2], [0, 0, 0]]; k = 1 keeps every entry: the disjoint sum.
+    aggregate mean: τ_MTL = TIES = [[-2.5, 5, 2], [3, -3, 6]]; only (0,0) changes:
+    4 > 3.25 yes, 2 > .25 yes, 3 > .25 yes -> 3, kept: τ_m = [[-2.5, 0, 2], [0, 0, 0]]."""
+    taus = [
+        T([[4.0, -1.0, 2.0], [0.5, -3.0, 1.0]]),
+        T([[-2.0, 5.0, -1.0], [3.0, 1.0, -0.5]]),
+        T([[-3.0, -4.0, 1.0], [-1.0, 2.0, 6.0]]),
+    ]
+    kw = {"density": 0.5, "tall_mask_lambda": 0.5}
+    out = merge_tensors("consensus_ties", torch.zeros(2, 3), taus, **kw)
+    assert torch.equal(out, T([[-5.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+    every = merge_tensors("consensus_ties", torch.zeros(2, 3), taus, min_agreement=1, **kw)
+    assert torch.equal(every, T([[-5.0, 5.0, 2.0], [3.0, -3.0, 6.0]]))
+    mean = merge_tensors("consensus_ties", torch.zeros(2, 3), taus, aggregate="mean", **kw)
+    assert torch.equal(mean, T([[-2.5, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+
+
+def test_pcb_by_hand():
+    """θ0 = 0, T = 2, d = 4, clip_ratio 0 (no clip): τ1 = [.4, -.1, .2, 0], τ2 = [.1, .3, -.2, 0],
+    Σ τ = [.5, .2, 0, 0].  inter: tanh(τ1·Σ) = tanh([.2, -.02, 0, 0]),
+    tanh(τ2·Σ) = tanh([.05, .06, 0, 0]).  intra ∝ exp(s·N(|τ_t|)²), s = T = 2:
+    N(|τ1|) = [1, .25, .5, 0], N(|τ2|) = [1/3, 1, 2/3, 0].
+    β1 ∝ [e²·tanh .2, −e^(1/8)·tanh .02, 0, 0]; β2 ∝ [e^(2/9)·tanh .05, e²·tanh .06, 0, 0].
+
+    pcb_ratio .5: cut = the 3rd smallest (index int(4·.5) = 2): β1 -> 0, β2 -> its β2[0];
+    each task keeps its top entry only, rescaled to 1: s1 = [1, 0, 0, 0], s2 = [0, 1, 0, 0];
+    τ_m = [.4, .3, 0, 0] (0/1e-12 = 0 where no task is kept); weights (2, 1): [.8, .3, 0, 0].
+    pcb_ratio .75: cut index int(4·.25) = 1, the 2nd smallest: 0 for both; s1 unchanged,
+    s2 = [q, 1, 0, 0], q = β2[0]/β2[1] = e^(s·(1/9 − 1))·tanh .05/tanh .06 (≈ .141 at s = 2):
+    τ_m[0] = (.4·1 + .1·q)/(1 + q), τ_m[1] = .3.  intra_temperature 1: the same with s = 1.
+    Default clip (1e-4 of 4 entries: indices int(4e-4) = 0 and int(4·.9999 − 1) = 2) lowers
+    each task's largest magnitude to its second largest: |τ1| -> [.2, .1, .2, 0], |τ2| ->
+    [.1, .2, .2, 0]; pcb_ratio .5 still keeps entry 0 of τ1 and entry 1 of τ2 (N(|τ1|) =
+    [1, .5, 1, 0]: β1 = [e²·tanh .2, −e^(1/2)·tanh .02, 0, 0]; β2 = [e^(1/2)·tanh .05,
+    e²·tanh .06, 0, 0]), now clipped: τ_m = [.2, .2, 0, 0]."""
+    f64 = torch.float64
+    base = torch.zeros(4, dtype=f64)
+    fts = [T([0.4, -0.1, 0.2, 0.0], dtype=f64), T([0.1, 0.3, -0.2, 0.0], dtype=f64)]
+    kw = {"clip_ratio": 0.0, "compute_dtype": "float64"}
+    half = merge_tensors("pcb", base, fts, pcb_ratio=0.5, **kw)
+    torch.testing.assert_close(half, T([0.4, 0.3, 0.0, 0.0], dtype=f64), rtol=0, atol=1e-15)
+    weighted = merge_tensors("pcb", base, fts, pcb_ratio=0.5, weights=[2, 1], **kw)
+    torch.testing.assert_close(weighted, T([0.8, 0.3, 0.0, 0.0], dtype=f64), rtol=0, atol=1e-15)
+    for s, temperature in [(2.0, None), (1.0, 1.0)]:
+        q = math.exp(s * (1 / 9 - 1)) * math.tanh(0.05) / math.tanh(0.06)
+        out = merge_tensors("pcb", base, fts, pcb_ratio=0.75, intra_temperature=temperature, **kw)
+        expected = T([(0.4 + 0.1 * q) / (1 + q), 0.3, 0.0, 0.0], dtype=f64)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-15)
+    clipped = merge_tensors("pcb", base, fts, pcb_ratio=0.5, compute_dtype="float64")
+    torch.testing.assert_close(clipped, T([0.2, 0.2, 0.0, 0.0], dtype=f64), rtol=0, atol=1e-15)
+
+
+def test_pcb_degenerate_tensors_by_hand():
+    """Where the authors' code divides 0 by 0 (docs/merging.md, deviations):
+
+    - τ2 = 0 on the tensor: N(|τ2|) = 0, β2 = 0 everywhere, s2 = 0, so τ2 does not dilute τ1.
+      τ1 = [.4, -.1, .2, 0] with Σ τ = τ1, pcb_ratio 1 (cut index 0: the smallest β1 = 0, entry 3):
+      β1 ∝ [e²·tanh .16, e^(1/8)·tanh .01, e^(1/2)·tanh .04, 0] > 0 on entries 0-2, so
+      τ_m = τ1·s1/s1 = τ1 there and 0/1e-12 = 0 on entry 3: τ_m = τ1.
+    - d = 2 with pcb_ratio .05: the cut index int(2·.95) = 1 would keep nothing; lowered to 0,
+      each task keeps its top entry. τ1 = [1, 3], τ2 = [2, -1], Σ = [3, 2], clip 0:
+      β1 = [e^(2·0)·tanh 3, e^(2·1)·tanh 6] -> s1 = [0, 1]; β2 = [e²·tanh 6, e⁰·tanh(−2)]
+      -> s2 = [1, 0]; τ_m = [2, 3].
+    - d = 1: every task gets s_t = 1, τ_m = Σ_t w_t τ_t / T = (2·1 + 4·.5)/2 = 2."""
+    tau1 = T([0.4, -0.1, 0.2, 0.0], dtype=torch.float64)
+    zero = merge_tensors(
+        "pcb", torch.zeros_like(tau1), [tau1, torch.zeros_like(tau1)],
+        pcb_ratio=1.0, clip_ratio=0.0, compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(zero, tau1, rtol=0, atol=1e-15)
+    two = merge_tensors("pcb", torch.zeros(2), [T([1.0, 3.0]), T([2.0, -1.0])], clip_ratio=0.0)
+    assert torch.equal(two, T([2.0, 3.0]))
+    one = merge_tensors("pcb", torch.zeros(1), [T([2.0]), T([4.0])], weights=[1.0, 0.5])
+    assert torch.equal(one, T([2.0]))

@@ -48,6 +48,9 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
             "multislerp",
             "fisher",
             "regmean",
+            "consensus_ta",
+            "consensus_ties",
+            "pcb",
         ]
     ),
     num=st.integers(2, 4),

@@ -585,3 +585,207 @@ def test_regmean_matches_fusionbench_formulation(tmp_path, num, seed, alpha):
     for k, v in expected.items():
         torch.testing.assert_close(out[k], v, rtol=0, atol=1e-10, msg=k)
     assert torch.equal(out["model.position_ids"], base["model.position_ids"])
+
+
+# Consensus merging, written here from a reading of the authors' code (github.com/nik-dim/tall_masks
+# at d10af8b: src/utils/tallmask_utils.py generate_task_masks and construct_consensus_mask,
+# src/eval/aggregation.py create_task_vector, src/utils/ties_utils.py ties_merging,
+# src/utils/utils.py topk_values_mask; FusionBench 54c9e8c holds the same generate_task_masks and
+# construct_consensus_mask in fusion_bench/method/tall_mask/utils.py): flat vectors of weights.
+
+
+def _tall_topk(tvs: torch.Tensor, percent: float) -> torch.Tensor:
+    """topk_values_mask: per row, keep |x| >= the (d − int(d·K))-th smallest |x| (K = percent/100):
+    int(d·K) + 1 entries when the magnitudes are distinct."""
+    d = tvs.shape[1]
+    kth = tvs.abs().kthvalue(d - int(d * percent / 100), dim=1, keepdim=True).values
+    return tvs * (tvs.abs() >= kth)
+
+
+def _tall_ties(tvs: torch.Tensor, percent: float, agg: str) -> torch.Tensor:
+    """ties_merging(reset_thresh=percent, merge_func='dis-' + agg)."""
+    trimmed = _tall_topk(tvs, percent)
+    sign = torch.sign(trimmed.sum(dim=0))
+    sign[sign == 0] = torch.sign(sign.sum())  # zero sums take the majority sign
+    selected = trimmed * torch.where(sign > 0, trimmed > 0, trimmed < 0)
+    if agg == "sum":
+        return selected.sum(dim=0)
+    return selected.sum(dim=0) / (selected != 0).sum(dim=0).float().clamp(min=1)
+
+
+def _tall_consensus(flat_ptm, flat_ft, lam, k, ties=None):
+    """create_task_vector for 'consensus' with the TALL masks built for one λ: the weights θ_t
+    stacked as rows of ``flat_ft``; ``ties`` = (percent, agg) or None (task arithmetic)."""
+    tvs = flat_ft - flat_ptm
+    merged_tv = tvs.sum(dim=0) if ties is None else _tall_ties(tvs, *ties)
+    flat_multi = flat_ptm + merged_tv
+    masks = (flat_ptm - flat_ft).abs() > (flat_multi - flat_ft).abs() * lam
+    consensus = masks.float().sum(dim=0) >= k
+    return merged_tv * consensus
+
+
+CONSENSUS_CASES = [
+    (shape, num, lam, k)
+    for shape, num in [((6, 7), 2), ((5, 4), 3), ((9,), 4)]
+    for lam, k in [(0.6, 2), (0.2, 2), (0.4, 1), (0.2, 3), (0.3, 0)]
+    if k <= num  # more is an error here
+]
+
+
+@pytest.mark.parametrize(("shape", "num", "lam", "k"), CONSENSUS_CASES)
+def test_consensus_ta_matches_the_authors_code(shape, num, lam, k):
+    base, fts = models(shape, num, seed=sum(shape) + num, dtype=torch.float64)
+    flat_ft = torch.stack([f.flatten() for f in fts])
+    expected = base + 0.7 * _tall_consensus(base.flatten(), flat_ft, lam, k).view(shape)
+    kw = {"tall_mask_lambda": lam, "min_agreement": k, "compute_dtype": "float64"}
+    out = merge_tensors("consensus_ta", base, fts, scaling=0.7, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    # weights: the method applied to w_t·τ_t, i.e. the authors' code on θ0 + w_t·τ_t
+    w = [0.5 + 0.4 * t for t in range(num)]
+    scaled = torch.stack(
+        [base.flatten() + wt * (f - base).flatten() for wt, f in zip(w, fts, strict=True)]
+    )
+    expected = base + _tall_consensus(base.flatten(), scaled, lam, k).view(shape)
+    out = merge_tensors("consensus_ta", base, fts, weights=w, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_consensus_ta_state_dict_matches_the_authors_code_over_the_flat_model():
+    """The authors flatten the whole model into one vector; every step is entrywise."""
+    base, fts = state_dicts(3, seed=4, dtype=torch.float64)
+    keys = [key for key in base if base[key].is_floating_point()]
+    flat_ptm = torch.cat([base[key].flatten() for key in keys])
+    flat_ft = torch.stack([torch.cat([sd[key].flatten() for key in keys]) for sd in fts])
+    merged = flat_ptm + _tall_consensus(flat_ptm, flat_ft, 0.4, 2)
+    out = merge_state_dicts(
+        "consensus_ta", base, fts, tall_mask_lambda=0.4, compute_dtype="float64"
+    )
+    got = torch.cat([out[key].flatten() for key in keys])
+    torch.testing.assert_close(got, merged, rtol=0, atol=1e-12)
+    assert torch.equal(out["model.position_ids"], base["model.position_ids"])
+
+
+@pytest.mark.parametrize("agg", ["sum", "mean"])
+@pytest.mark.parametrize(("lam", "k"), [(0.6, 2), (0.3, 1), (0.2, 3)])
+@pytest.mark.parametrize(("shape", "num"), [((6, 7), 3), ((8, 5), 4)])
+def test_consensus_ties_matches_the_authors_code_per_tensor(shape, num, lam, k, agg):
+    """The authors keep int(d·K) + 1 entries per task (K = 20%); our density keeps
+    int(density·d): density = (int(.2·d) + 1.5)/d keeps the same entries."""
+    base, fts = models(shape, num, seed=sum(shape) * num, dtype=torch.float64)
+    d = base.numel()
+    flat_ft = torch.stack([f.flatten() for f in fts])
+    expected = base + _tall_consensus(base.flatten(), flat_ft, lam, k, (20, agg)).view(shape)
+    out = merge_tensors(
+        "consensus_ties", base, fts, density=(int(0.2 * d) + 1.5) / d, tall_mask_lambda=lam,
+        min_agreement=k, aggregate=agg, compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_consensus_in_pieces_matches_the_authors_code(monkeypatch):
+    """4551 entries merged 1000 at a time (5 pieces, the last partial), both variants."""
+    from hhh_bench.merging.methods import consensus
+
+    monkeypatch.setattr(consensus, "MERGE_PIECE", 1000)
+    base, fts = models((37, 123), 3, seed=5, dtype=torch.float64)
+    d = base.numel()
+    flat_ft = torch.stack([f.flatten() for f in fts])
+    kw = {"tall_mask_lambda": 0.4, "compute_dtype": "float64"}
+    expected = base + _tall_consensus(base.flatten(), flat_ft, 0.4, 2).view(base.shape)
+    out = merge_tensors("consensus_ta", base, fts, **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    expected = base + _tall_consensus(base.flatten(), flat_ft, 0.4, 2, (20, "mean")).view(37, 123)
+    density = (int(0.2 * d) + 1.5) / d
+    out = merge_tensors("consensus_ties", base, fts, density=density, aggregate="mean", **kw)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_consensus_ties_global_matches_the_authors_code_over_the_flat_model():
+    """``scope: global`` against the authors' whole-model trim. Magnitudes are distinct bfloat16
+    values (1 + j/128)·2^e, a disjoint set per model, so the global threshold's bfloat16 bin
+    holds one entry and both keep exactly the top entries (int(.2·N) + 1 for the authors)."""
+    base, fts = state_dicts(3, seed=8, dtype=torch.float64)
+    keys = [key for key in base if base[key].is_floating_point()]
+    sizes = [base[key].numel() for key in keys]
+    n = sum(sizes)
+    g = torch.Generator().manual_seed(8)
+    flat_ptm = torch.cat([base[key].flatten().round() for key in keys])  # θ0 + τ exact
+    rows = []
+    for t in range(3):
+        j = torch.arange(n, dtype=torch.float64) * 3 + t
+        mags = (1 + (j % 128) / 128) * 2.0 ** torch.div(j, 128, rounding_mode="floor") / 64
+        signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+        rows.append(flat_ptm + signs * mags[torch.randperm(n, generator=g)])
+    flat_ft = torch.stack(rows)
+    trimmed = _tall_topk(flat_ft - flat_ptm, 20)
+    assert ((trimmed.sum(0) != 0) | (trimmed == 0).all(0)).all()  # no exact zero sign sums
+    expected = flat_ptm + _tall_consensus(flat_ptm, flat_ft, 0.5, 2, (20, "sum"))
+    split = lambda flat: dict(zip(keys, flat.split(sizes), strict=True))  # noqa: E731
+    base_sd = {key: v.view(base[key].shape) for key, v in split(flat_ptm).items()}
+    ft_sds = [{key: v.view(base[key].shape) for key, v in split(row).items()} for row in rows]
+    out = merge_state_dicts(
+        "consensus_ties", base_sd, ft_sds, density=(int(0.2 * n) + 1.5) / n, scope="global",
+        tall_mask_lambda=0.5, compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(torch.cat([out[key].flatten() for key in keys]), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# PCB-merging, written here from a reading of the authors' code (github.com/duguodong7/pcb-merging
+# at 5897888: pcb-merging.py PCB_merge, normalize, clamp; the per-model coefficients as
+# vision_source_code/pcb_ES.py compute_acc applies them): rows of flat task vectors.
+
+
+def _pcb_quantile_clamp(x: torch.Tensor, low_ratio: float, high_ratio: float) -> torch.Tensor:
+    """clamp(x, min_ratio, max_ratio): each row clamped to its sorted values at indices
+    int(d·min_ratio) and int(d·(1 − max_ratio) − 1)."""
+    d = x.shape[1]
+    ordered = x.sort(dim=1).values
+    lo = ordered[:, int(d * low_ratio)].unsqueeze(1)
+    hi = ordered[:, int(d * (1 - high_ratio) - 1)].unsqueeze(1)
+    return torch.clamp(x, lo, hi)
+
+
+def _pcb_minmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+    return (x - lo) / (hi - lo)
+
+
+def _pcb_authors(tvs: torch.Tensor, pcb_ratio: float, clip: float, lams) -> torch.Tensor:
+    n = tvs.shape[0]
+    mags = _pcb_quantile_clamp(tvs.abs(), clip, clip)
+    clipped = torch.sign(tvs) * mags
+    intra = torch.exp(n * _pcb_minmax(mags) ** 2)
+    inter = torch.tanh(tvs * tvs.sum(dim=0))
+    scale = _pcb_minmax(_pcb_quantile_clamp(intra * inter, 1 - pcb_ratio, 0))
+    weighted = clipped * torch.tensor(lams, dtype=tvs.dtype).unsqueeze(1)
+    return (weighted * scale).sum(dim=0) / scale.sum(dim=0).clamp(min=1e-12)
+
+
+@pytest.mark.parametrize(("pcb_ratio", "clip"), [(0.05, 1e-4), (0.2, 0.01), (0.5, 0.0), (1.0, 0.1)])
+@pytest.mark.parametrize(("shape", "num"), [((8, 6), 2), ((12, 9), 3), ((60,), 4)])
+def test_pcb_matches_the_authors_code(shape, num, pcb_ratio, clip):
+    base, fts = models(shape, num, seed=sum(shape) + num, dtype=torch.float64)
+    tvs = torch.stack([(f - base).flatten() for f in fts])
+    lams = [1.2 - 0.1 * t for t in range(num)]
+    expected = base + 0.8 * _pcb_authors(tvs, pcb_ratio, clip, lams).view(shape)
+    out = merge_tensors(
+        "pcb", base, fts, pcb_ratio=pcb_ratio, clip_ratio=clip, weights=lams, scaling=0.8,
+        compute_dtype="float64",
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_consensus_and_pcb_float32_against_the_authors_formulations():
+    """The float32 default against the float64 formulations: within float32 rounding."""
+    base, fts = models((10, 8), 3, seed=23, dtype=torch.float64)
+    flat_ft = torch.stack([f.flatten() for f in fts])
+    tvs = flat_ft - base.flatten()
+    cases = [
+        ("consensus_ta", {}, _tall_consensus(base.flatten(), flat_ft, 0.6, 2)),
+        ("pcb", {"pcb_ratio": 0.2}, _pcb_authors(tvs, 0.2, 1e-4, [1.0] * 3)),
+    ]
+    for method, kw, tau in cases:
+        out = merge_tensors(method, base.float(), [f.float() for f in fts], **kw)
+        expected = base + tau.view(base.shape)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-6, msg=method)

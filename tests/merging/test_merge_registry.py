@@ -27,6 +27,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
 EXPECTED |= {"sce", "karcher", "multislerp", "fisher", "regmean"}
+EXPECTED |= {"consensus_ta", "consensus_ties", "pcb"}
 NO_PAPER = {"slerp": "Shoemake 1985", "karcher": "Karcher 1977", "multislerp": "goddard.blog"}
 """Methods without an arXiv paper, and the reference their docstring names instead."""
 
@@ -123,6 +124,9 @@ ALTERNATIVES = {
     "normalize_weights": False,
     "eps": 1e-6,
     "origin": "zero",
+    "tall_mask_lambda": 0.3,
+    "min_agreement": 1,
+    "aggregate": "mean",
 }
 ALTERNATIVE_FOR = {
     "karcher": {"weights": (2.0, 1.0, 0.5)},

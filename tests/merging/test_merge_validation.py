@@ -347,3 +347,48 @@ def test_regmean_gram_problems_name_the_tensor_and_file(tmp_path):
     d = _stats(tmp_path / "d.safetensors", grams={"w": dead})
     with pytest.raises(ValueError, match=r"inputs of 'w' are singular: input feature\(s\) \[2\]"):
         merge_tensors("regmean", B, FT, name="w", statistics=[d, d])
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "match"),
+    [
+        ("pcb", {"pcb_ratio": 0.0}, r"'pcb_ratio' must be in \(0, 1\], got 0.0"),
+        ("pcb", {"pcb_ratio": -0.1}, r"'pcb_ratio' must be in \(0, 1\]"),
+        ("pcb", {"pcb_ratio": 1.01}, r"'pcb_ratio' must be in \(0, 1\], got 1.01"),
+        ("pcb", {"pcb_ratio": float("nan")}, r"'pcb_ratio' must be in \(0, 1\]"),
+        ("pcb", {"clip_ratio": 0.5}, r"'clip_ratio' must be in \[0, 0.5\), got 0.5"),
+        ("pcb", {"clip_ratio": -1e-4}, r"'clip_ratio' must be in \[0, 0.5\)"),
+        ("pcb", {"intra_temperature": 0.0}, "'intra_temperature' must be > 0 and finite"),
+        ("pcb", {"intra_temperature": float("inf")}, "'intra_temperature' must be > 0"),
+        ("consensus_ta", {"tall_mask_lambda": -0.1}, "'tall_mask_lambda' must be >= 0"),
+        ("consensus_ties", {"tall_mask_lambda": float("nan")}, "'tall_mask_lambda' must be >= 0"),
+        ("consensus_ta", {"min_agreement": -1}, "'min_agreement' must be >= 0, got -1"),
+        ("consensus_ta", {"min_agreement": 1.5}, "'min_agreement' must be int"),
+        ("consensus_ties", {"aggregate": "max"}, r"'aggregate' must be one of \['sum', 'mean'\]"),
+        ("consensus_ties", {"density": 0.0}, r"'density' must be in \(0, 1\]"),
+    ],
+)
+def test_bad_consensus_and_pcb_hyperparameters_are_named(method, params, match):
+    with pytest.raises(ValueError, match=match):
+        get_method(method).make_params(**params)
+
+
+def test_consensus_needs_as_many_models_as_min_agreement():
+    """No entry is on in more TALL masks than there are models: k > T would return θ0 silently.
+    The default k = 2 therefore needs two models; k = 1 takes one."""
+    for method in ("consensus_ta", "consensus_ties"):
+        with pytest.raises(
+            ValueError, match=r"'min_agreement' = 2 exceeds the 1 finetuned model\(s\).*<= 1"
+        ):
+            merge_tensors(method, B, FT[:1])
+        with pytest.raises(ValueError, match=r"'min_agreement' = 3 exceeds the 2 finetuned"):
+            merge_tensors(method, B, FT, min_agreement=3)
+        assert merge_tensors(method, B, FT[:1], min_agreement=1).shape == B.shape
+
+
+def test_consensus_ties_refuses_a_density_that_keeps_nothing_of_a_tensor():
+    """TIES's shape check, before any tensor is read: int(.1 × 6) = 0 of the 6-entry 'b'."""
+    base = {"a": torch.zeros(3, 4), "b": torch.zeros(6)}
+    fts = [{"a": torch.randn(3, 4), "b": torch.randn(6)} for _ in range(2)]
+    with pytest.raises(ValueError, match=r"'density' = 0.1 keeps k = int\(0.1 × 6\) = 0 .* 'b'"):
+        merge_state_dicts("consensus_ties", base, fts, density=0.1)

@@ -212,3 +212,88 @@ def test_the_bases_margins_are_measured_once_per_base_and_pairs(monkeypatch):
     train_run.base_margins(None, None, held, 8, "base-b", **kw)
     train_run.base_margins(None, None, held, 8, None, **kw)  # no key: always measured
     assert calls[2:] == [["helpful"], ["helpful"], ["honest"], ["helpful", "honest"]]
+
+
+def _sequential_lrs(tiny_model, tiny_tok, prefs, tmp_path, schedule):
+    sets = {d: prefs[d][:8] for d in ("helpful", "honest", "harmless")}
+    res = mix("sequential", sets, budget="per_specialist", seed=0,
+              order=["harmless", "helpful", "honest"], schedule=schedule)  # fmt: skip
+    assert res.info["schedule"] == schedule and res.info["reference"] == "base"
+    _, curve = train_dpo(tiny_model, tiny_tok, res.rows, tmp_path, curriculum=res.phases,
+                         phase_schedule=schedule, epochs=2, lr_scheduler_type="cosine",
+                         **{**FAST, "batch_size": 2, "warmup_ratio": 0.25})  # fmt: skip
+    return res.phases, curve.records
+
+
+def test_each_sequential_phase_reaches_the_peak_learning_rate(
+    tiny_model, tiny_tok, prefs, tmp_path
+):
+    """Issue 29: per_phase (the default) gives each phase its own warmup and cosine decay, so
+    each reaches train.learning_rate; one schedule over the curriculum leaves its last phase
+    at the tail of the decay (2 + 3 + 3 steps, 2 of warmup, the logged rate at step k is the
+    one step k used, 0.5·(1 + cos(π·(k − 3)/6)): the last phase's steps 6..8 train at 0.5,
+    0.25 and 0.067 of the peak)."""
+    peak = FAST["learning_rate"]
+    phases, records = _sequential_lrs(tiny_model, tiny_tok, prefs, tmp_path, "per_phase")
+    lrs = [r for r in records if "learning_rate" in r]
+    assert [r["step"] for r in lrs] == list(range(1, 9))  # steps count on across phases
+    for phase in phases:
+        mine = [r["learning_rate"] for r in lrs if r["phase"] == phase]
+        assert mine and max(mine) == pytest.approx(peak), (phase, mine)
+    _, records = _sequential_lrs(tiny_model, tiny_tok, prefs, tmp_path / "one", "one")
+    last = [r["learning_rate"] for r in records if "learning_rate" in r and r["step"] > 5]
+    assert last == pytest.approx(
+        [0.5 * peak, 0.25 * peak, 0.5 * (1 + math.cos(5 * math.pi / 6)) * peak]
+    )
+
+
+def test_a_phase_reference_is_the_model_as_the_phase_starts(
+    tiny_model, tiny_tok, prefs, tmp_path, monkeypatch
+):
+    from trl import DPOTrainer
+
+    refs = []
+    original = DPOTrainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        refs.append((snapshot(kwargs["ref_model"]), snapshot(kwargs["model"])))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "__init__", recording_init)
+    rows = prefs["harmless"][:4] + prefs["helpful"][:4]
+    train_dpo(tiny_model, tiny_tok, rows, tmp_path, curriculum=["harmless", "helpful"],
+              phase_reference="phase", epochs=1, **FAST)  # fmt: skip
+    (ref1, start1), (ref2, start2) = refs
+    assert all(torch.equal(ref1[n], start1[n]) for n in ref1)  # phase 1: θ0 as it starts
+    assert all(torch.equal(ref2[n], start2[n]) for n in ref2)  # phase 2: the model after 1
+    assert any(not torch.equal(ref1[n], ref2[n]) for n in ref1)
+    with pytest.raises(ValueError, match="needs full fine-tuning"):
+        train_dpo(tiny_model, tiny_tok, rows, tmp_path, curriculum=["harmless", "helpful"],
+                  phase_reference="phase", lora=lora_config(r=2, alpha=4), **FAST)  # fmt: skip
+
+
+def test_the_sequential_settings_are_checked(prefs):
+    sets = {d: prefs[d][:4] for d in ("helpful", "honest")}
+    for bad, match in (({"schedule": "cosine"}, "mix.schedule"),
+                       ({"reference": "theta"}, "mix.reference"),
+                       ({"schedule": "one", "reference": "phase"}, "needs mix.schedule")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            mix("sequential", sets, budget="per_specialist", seed=0, **bad)
+
+
+def test_a_lora_curriculum_trains_one_adapter_phase_after_phase(
+    tiny_model, tiny_tok, prefs, tmp_path
+):
+    """With LoRA the second phase continues the first phase's adapter (its reference: the base
+    with the adapter off); one adapter is saved, and only LoRA tensors moved."""
+    before = snapshot(tiny_model)
+    rows = prefs["harmless"][:4] + prefs["helpful"][:4]
+    model, curve = train_dpo(tiny_model, tiny_tok, rows, tmp_path / "t",
+                             curriculum=["harmless", "helpful"], lora=lora_config(r=2, alpha=4),
+                             save_to=tmp_path / "adapter", epochs=1, **FAST)  # fmt: skip
+    assert {r.get("phase") for r in curve.records} == {"harmless", "helpful"}
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+             for n, p in model.named_parameters() if not is_lora_parameter(n)}  # fmt: skip
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert any(is_lora_parameter(n) and p.abs().sum() > 0 for n, p in model.named_parameters())

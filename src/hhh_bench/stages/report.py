@@ -61,6 +61,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     from hhh_bench.stages.diagnose import diagnostics_path
     from hhh_bench.tracking.report import build_report
     from hhh_bench.tracking.store import read_diagnostics, scan_results
+    from hhh_bench.tracking.sweeps import sweep_table
     from hhh_bench.tracking.wandb_log import log_experiment
 
     store = results_path(cfg)
@@ -89,13 +90,17 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
     diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
+    sweep_figures = {k: str(out / Path(v).name) for k, v in rep["sweep_figures"].items()}
     wandb_dir = log_experiment(
         rows, logger_cfg=to_dict(cfg.logger), root=cfg.root, name=str(cfg.name), job=job,
         summary=rep["summary"], config={"eval": ecfg, "n_rows": len(rows)},
-        files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values()],
+        files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values(),
+               *sweep_figures.values()],
+        tables={"sweeps": sweep_table(rep["sweeps"])} if rep["sweeps"] else None,
     )  # fmt: skip
     result = {
         "title": title, "dir": str(out), **paths, "diagnostics_figures": diag_figures,
+        "sweep_figures": sweep_figures,
         **{k: rep[k] for k in ("main_table", "summary", "answer", "answer_line")},
         "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
         **({"skipped": len(scan.skipped)} if scan.skipped else {}),

@@ -31,8 +31,11 @@ when they disagree). The report section adds, from the items (``items.jsonl``), 
 view (a linear probability model with the seed as random effect and items clustered by entity,
 :func:`hhh_bench.core.seedstats.mixed_effects`) and, as a diagnostic, the paired bootstrap over
 items and seeds (:func:`hhh_bench.core.stats.hierarchical_bootstrap_ci`), which ignores the
-clustering and understates the seed-to-seed spread with few seeds. Nothing here is specific to
-the toy world: the real path's seeds go through the same functions.
+clustering and understates the seed-to-seed spread with few seeds. A table decomposes the
+margin by task (each task's weight in the average times its merge − mix difference,
+:func:`decomposition`); when one task carries more than half of it (:data:`DOMINANT_SHARE`),
+the answer line says so, naming the task and its share. Nothing here is specific to the toy
+world: the real path's seeds go through the same functions.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from hhh_bench.core.environment import fingerprint
 from hhh_bench.core.items import item_clusters
 from hhh_bench.core.seedstats import HALF_WIDTH, mixed_effects, seed_interval
 from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
-from hhh_bench.core.uncertainty import column_item_values
+from hhh_bench.core.uncertainty import column_item_values, column_parts
 from hhh_bench.tracking.entries import Entry
 from hhh_bench.tracking.markdown import md_text
 from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
@@ -179,6 +182,59 @@ def _item_parts(
     return per_seed, seed_items, items_per_task, weights
 
 
+DOMINANT_SHARE = 0.5
+"""A task whose contribution to the margin, in the margin's direction, is above this share of
+it is named in the answer line (issue 29: one task deciding the verdict)."""
+
+
+def decomposition(
+    merge_by_seed: Mapping[Any, Mapping[str, Any]],
+    mix_by_seed: Mapping[Any, Mapping[str, Any]],
+    shared: Sequence[Any],
+) -> dict[str, Any] | str:
+    """The margin (merge − mix of the average) as a sum over tasks: the average is
+    ``Σ_t c_t·score_t`` (:func:`hhh_bench.core.uncertainty.column_parts`: a task's weight in
+    its dimension over 3), so the margin is ``Σ_t c_t·(merge_t − mix_t)``, each term averaged
+    over the paired seeds. ``{"tasks": [{"task", "weight", "merge", "mixture",
+    "contribution"}], "residual"}`` (the margin minus the terms' sum: rounding, or columns that
+    are not task means); a sentence when a row lacks a task's score."""
+    a0 = merge_by_seed[shared[0]]
+    columns = {**(mix_by_seed[shared[0]].get("extra_columns") or {}),
+               **(a0.get("extra_columns") or {})}  # fmt: skip
+    try:
+        parts = column_parts("average", row_specs(a0), columns)
+    except ValueError as e:
+        return str(e)
+    tasks = []
+    for c, task, metric in parts:
+        vals: dict[str, list[float]] = {"merge": [], "mixture": []}
+        for s in shared:
+            for side, row in (("merge", merge_by_seed[s]), ("mixture", mix_by_seed[s])):
+                v = ((row.get("tasks") or {}).get(task) or {}).get(metric)
+                if not isinstance(v, int | float) or isinstance(v, bool):
+                    return f"row {row.get('row_key')!r} has no {metric} for task {task!r}"
+                vals[side].append(float(v))
+        n = len(shared)
+        mean_a, mean_b = sum(vals["merge"]) / n, sum(vals["mixture"]) / n
+        tasks.append({"task": task, "weight": c, "merge": mean_a, "mixture": mean_b,
+                      "contribution": c * (mean_a - mean_b)})  # fmt: skip
+    diff = sum(
+        float(merge_by_seed[s]["average"]) - float(mix_by_seed[s]["average"]) for s in shared
+    ) / len(shared)
+    return {"tasks": tasks, "residual": diff - sum(t["contribution"] for t in tasks)}
+
+
+def dominant_task(decomp: Mapping[str, Any] | str | None, diff: float) -> dict[str, Any] | None:
+    """The task carrying more than :data:`DOMINANT_SHARE` of the margin in its direction (the
+    largest such), with its ``share``; None when none does or there is no margin."""
+    if not isinstance(decomp, Mapping) or diff == 0:
+        return None
+    best = max(decomp["tasks"], key=lambda t: t["contribution"] / diff, default=None)
+    if best is None or best["contribution"] / diff <= DOMINANT_SHARE:
+        return None
+    return {**best, "share": best["contribution"] / diff}
+
+
 def compare(
     entries: Sequence[Entry],
     *,
@@ -208,7 +264,9 @@ def compare(
         "half_width", "seeds", "n_seeds", "verdict"``, ``"mixed"`` (the mixed-effects view as
         a dict, or None), ``"item_bootstrap"`` (``{"diff", "low", "high"}`` or None),
         ``"items_note"`` (why there is no item-level view, or None), ``"items_per_task",
-        "weights", "n_items"``, ``"environment"`` (fingerprint or None)}``; or, when there is no
+        "weights", "n_items"``, ``"environment"`` (fingerprint or None), ``"decomposition"``
+        (:func:`decomposition`: the margin per task, or why not) and ``"dominant_task"``
+        (:func:`dominant_task`, or None)}``; or, when there is no
         answer, a sentence saying why (no mixture or merge row, no shared seed, rows of
         different items).
     """
@@ -253,6 +311,8 @@ def compare(
             [*(merge_by_seed[s] for s in shared), *(mix_by_seed[s] for s in shared)]
         ),
     }  # fmt: skip
+    out["decomposition"] = decomposition(merge_by_seed, mix_by_seed, shared)
+    out["dominant_task"] = dominant_task(out["decomposition"], si.diff)
     parts = _item_parts(merge_by_seed, mix_by_seed, shared)
     if isinstance(parts, str):
         out["items_note"] = parts
@@ -314,10 +374,18 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
         return f"Mix or merge? No answer: {result}."
     r = result
     env = r["environment"] or "not recorded"
+    one = r.get("dominant_task")
+    carried = (
+        f"; one task carries more than half the margin: {one['task']} {one['contribution']:+.3f}"
+        f" of {r['diff']:+.3f} ({one['share']:.0%})"
+        if one
+        else ""
+    )
     return (
         f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
         f"({_how(r['merge_choice'], 'merge methods')}) vs best mixture {r['mixture']} "
-        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}); env {env}"
+        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}){carried}; "
+        f"env {env}"
     )
 
 
@@ -355,6 +423,25 @@ def _choice_table(entries: Sequence[Entry], r: Mapping[str, Any]) -> list[str]:
                 f"{e.mean['average']:.3f} | {'yes' if e.label == chosen else ''} |"
             )
     return md
+
+
+def _decomposition_table(r: Mapping[str, Any]) -> list[str]:
+    dec = r.get("decomposition")
+    if not isinstance(dec, Mapping):
+        return [f"No per-task decomposition: {md_text(str(dec))}.", ""]
+    diff = r["diff"]
+    md = ["Where the margin comes from: the average is a weighted sum of task scores, so the "
+          "margin is the sum of each task's weight times its merge − mix difference (means "
+          "over the paired seeds).", "",
+          "| Task | Weight | Merge | Mixture | Contribution | Share of the margin |",
+          "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for t in sorted(dec["tasks"], key=lambda t: -abs(t["contribution"])):
+        share = f"{round(t['contribution'] / diff, 2) + 0.0:.0%}" if diff else "-"
+        md.append(f"| {md_text(t['task'])} | {t['weight']:.3f} | {t['merge']:.3f} | "
+                  f"{t['mixture']:.3f} | {t['contribution']:+.3f} | {share} |")  # fmt: skip
+    if abs(dec["residual"]) > 1e-9:
+        md.append(f"| (not a task mean) | | | | {dec['residual']:+.3f} | |")
+    return [*md, ""]
 
 
 def answer_section(
@@ -400,6 +487,7 @@ def answer_section(
             f"{s}: {d:+.3f}" for s, d in zip(result["seeds"], result["per_seed"], strict=True)
         )
         md += [f"Per-seed differences (merge − mix of the average): {seeds}.", ""]
+        md += _decomposition_table(result)
         md += [mixed_line(result["mixed"]), ""]
         b = result["item_bootstrap"]
         if b is not None:

@@ -25,8 +25,11 @@
     mixed-effects view and the item-level bootstrap as a diagnostic, and as its last line the
     answer: merging wins, mixing wins, or inconclusive (with the seeds needed for ±0.02); or
     why there is no answer (no mixture or merge row, no shared seed).
+    With merge methods swept on the selection split, a *Merge sweeps* section: per method, its
+    score against each numeric knob with seed intervals (:mod:`hhh_bench.tracking.sweeps`).
 ``radar.png``, ``pareto.png``, ``conflict.png`` and ``diag_<statistic>.png``
-    The figures (:mod:`hhh_bench.tracking.plots`).
+    The figures (:mod:`hhh_bench.tracking.plots`); ``sweep_<method>.png``
+    (:mod:`hhh_bench.tracking.sweeps`).
 
 :func:`build_report` only puts the parts together, each with one job:
 :mod:`~hhh_bench.tracking.entries` (the statistics: rows → entries, marks, matrices),
@@ -73,6 +76,7 @@ from hhh_bench.tracking.sections import (
     skipped_note,
     title_section,
 )
+from hhh_bench.tracking.sweeps import sweep_figures, sweep_points, sweep_section
 from hhh_bench.tracking.tables import main_table
 
 
@@ -91,7 +95,8 @@ def build_report(
     interval: str = "t",
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
-    (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows).
+    (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows, a ``sweep_<method>.png``
+    per merge method swept on the selection split: :mod:`hhh_bench.tracking.sweeps`).
 
     Args:
         rows: result rows (:func:`hhh_bench.tracking.store.read_results`); rows of other splits
@@ -117,8 +122,11 @@ def build_report(
 
     Returns:
         ``{"markdown", "main_table", "paired_tests", "entries", "summary", "conflict_matrix",
-        "report_md", "radar", "pareto", "conflict", "diagnostics_figures", "answer",
-        "answer_line"}``: ``diagnostics_figures`` is ``{statistic: heatmap path}``, ``answer``
+        "report_md", "radar", "pareto", "conflict", "diagnostics_figures", "sweeps",
+        "sweep_figures", "answer", "answer_line"}``: ``diagnostics_figures`` is ``{statistic:
+        heatmap path}``, ``sweeps`` the swept merge methods on the selection split
+        (:func:`hhh_bench.tracking.sweeps.sweep_points`) and ``sweep_figures`` ``{method:
+        sweep_<method>.png}``, ``answer``
         the mix-or-merge comparison (:func:`hhh_bench.tracking.answer.compare`; None without
         an answer) and ``answer_line`` its one line (or the reason there is none), the last
         line of ``report.md``.
@@ -153,6 +161,9 @@ def build_report(
     diag_figures = diagnostics_heatmaps(diag_rows, out) if diag_rows else {}
     choose_on = select_split if select_split != report_split else None  # else: said, not hidden
     select_rows = [r for r in rows if choose_on and r.get("split") == choose_on]
+    sweeps = sweep_points(rows, split=choose_on or report_split, score=select_by,
+                          chosen_rows=report_rows)  # fmt: skip
+    sweep_paths = sweep_figures(sweeps, out)
     answer_md, answer, answer_text = answer_section(
         entries, select_rows=select_rows, select_split=choose_on, interval=interval, alpha=alpha
     )
@@ -169,6 +180,7 @@ def build_report(
         *setup_section(report_rows),
         *paired_section(entries, tests, extra, alpha=alpha),
         *figures_section(),
+        *sweep_section(sweeps, sweep_paths),
         *(diagnostics_section(diag_rows, diag_figures) if diag_rows else []),
         *answer_md,  # last: the report ends with its answer line
     ]  # fmt: skip
@@ -184,6 +196,8 @@ def build_report(
         "report_md": out / "report.md",
         **paths,
         "diagnostics_figures": diag_figures,
+        "sweeps": sweeps,
+        "sweep_figures": sweep_paths,
         "answer": answer,
         "answer_line": answer_text,
     }

@@ -142,6 +142,7 @@ def log_experiment(
     config: Mapping[str, Any] | None = None,
     files: Sequence[str | Path] = (),
     job: str | None = None,
+    tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]] | None = None,
 ) -> Path | None:
     """Log an experiment's results table (and summary metrics, report files) as one W&B run.
 
@@ -156,6 +157,7 @@ def log_experiment(
         files: report files to attach (images are logged as ``wandb.Image``).
         job: a multirun job's name: the run is ``<name>/<job>`` in the group ``name``, with an
             id of its own.
+        tables: more tables to log, ``{key: (columns, data)}`` (the report's ``sweeps``).
 
     Returns:
         The run's local folder (``<wandb_dir>/wandb/<offline-run-...>``), or None when logging
@@ -185,6 +187,8 @@ def log_experiment(
     try:
         columns, data = rows_to_table_data(rows)
         payload: dict[str, Any] = {"results": wandb.Table(columns=columns, data=data)}
+        for key, (cols, body) in (tables or {}).items():
+            payload[key] = wandb.Table(columns=list(cols), data=[list(r) for r in body])
         for f in files:
             p = Path(f)
             if p.suffix.lower() == ".png" and p.is_file():

@@ -38,13 +38,20 @@ class LossCurve(TrainerCallback):
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.timings: dict[str, Any] = {}
+        self.phase: str | None = None  # a curriculum trained phase by phase: the phase's name
+        self.offset = 0  # the steps of the phases before this one
+        self.last_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - HF callback API
         if logs:
             self.timings.update({k: v for k, v in logs.items() if _wall_clock(k)})
             kept = {k: v for k, v in logs.items() if not _wall_clock(k)}
             if kept:
-                self.records.append({"step": state.global_step, **kept})
+                phase = {"phase": self.phase} if self.phase is not None else {}
+                self.records.append({"step": self.offset + state.global_step, **phase, **kept})
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102 - HF callback API
+        self.last_step = self.offset + state.global_step
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))

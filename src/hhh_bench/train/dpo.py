@@ -128,6 +128,8 @@ def train_dpo(
     logging_steps: int = 5,
     run_name: str | None = None,
     curriculum: Sequence[str] | None = None,
+    phase_schedule: str = "per_phase",
+    phase_reference: str = "base",
     precompute_ref_log_probs: bool = False,
     save_to: str | Path | None = None,
     extra_args: Mapping[str, Any] | None = None,
@@ -165,6 +167,14 @@ def train_dpo(
         run_name: the run's name in W&B.
         curriculum: train dimensions in this order, one after another (``sequential`` mixing;
             see :func:`curriculum_order`); None: shuffled.
+        phase_schedule: with a curriculum, ``per_phase`` (one trainer per phase, each with its
+            own warmup and decay, so every phase reaches ``learning_rate``; ``max_steps`` > 0
+            is shared out over the phases by their rows) or ``one`` (one schedule over the
+            whole curriculum: the last phases train at the tail of the decay).
+        phase_reference: with ``per_phase``, the DPO reference of each phase: ``base`` (the
+            model before the first phase, for every phase) or ``phase`` (the model as the
+            phase starts; full fine-tuning only: with LoRA the reference is the base with the
+            adapter off).
         precompute_ref_log_probs: compute the reference log-probs once up front (saves memory).
         save_to: save the trained weights and tokenizer there (:func:`save_trained`; the adapter
             only, for LoRA).
@@ -173,9 +183,6 @@ def train_dpo(
     Returns:
         ``(model, curve)``: the trained model (a ``PeftModel`` with LoRA) and its log records.
     """
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     from hhh_bench.train.lora import lora_config_from
 
     if not rows:
@@ -189,46 +196,114 @@ def train_dpo(
         raise ValueError(
             "with LoRA pass ref_model=None: the reference is the model with the adapter off"
         )
-    ordered: Sequence[PreferenceRow] = rows
-    sampling = "random"
-    n_epochs = epochs
-    if curriculum is not None:
-        ordered, _ = curriculum_order(rows, curriculum, epochs, seed)
-        sampling, n_epochs = "sequential", 1.0
-    ds = Dataset.from_list(to_dpo_rows(ordered))
+    settings = {
+        "beta": beta, "loss_type": loss_type, "loss_weights": loss_weights,
+        "learning_rate": learning_rate, "batch_size": batch_size, "grad_accum": grad_accum,
+        "max_length": max_length, "lr_scheduler_type": lr_scheduler_type,
+        "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "seed": seed,
+        "logging_steps": logging_steps, "logger": logger, "run_name": run_name, "bf16": bf16,
+        "precompute_ref_log_probs": precompute_ref_log_probs, "device": device,
+        "gradient_checkpointing": gradient_checkpointing, "extra_args": extra_args,
+        "save_to": save_to,
+    }  # fmt: skip
+    if phase_schedule not in ("per_phase", "one"):
+        raise ValueError(f"phase_schedule must be 'per_phase' or 'one', got {phase_schedule!r}")
+    if phase_reference not in ("base", "phase"):
+        raise ValueError(f"phase_reference must be 'base' or 'phase', got {phase_reference!r}")
+    if curriculum is not None and phase_reference == "phase":
+        if phase_schedule != "per_phase":
+            raise ValueError("phase_reference='phase' needs phase_schedule='per_phase'")
+        if peft_config is not None:
+            raise ValueError(
+                "phase_reference='phase' needs full fine-tuning: with LoRA the DPO reference is "
+                "the base model with the adapter off (use phase_reference='base')"
+            )
+    curve = LossCurve()
+    if curriculum is not None and phase_schedule == "per_phase":
+        ordered, phases = curriculum_order(rows, curriculum, epochs, seed)
+        total, start = len(ordered), 0
+        for i, ph in enumerate(phases):
+            part = ordered[start : start + ph["rows"]]
+            start += ph["rows"]
+            if not part:
+                continue
+            steps = max(1, round(max_steps * len(part) / total)) if max_steps > 0 else -1
+            if phase_reference == "phase" and i > 0:
+                ref_model = frozen_copy(model)
+            curve.phase, curve.offset = ph["dimension"], curve.last_step
+            last = i == len(phases) - 1
+            model = _fit(
+                model, tokenizer, part, out_dir, ref_model=ref_model,
+                peft_config=peft_config if i == 0 else None, curve=curve, sampling="sequential",
+                epochs=1.0, max_steps=steps,
+                settings=settings if last else {**settings, "save_to": None},
+            )  # fmt: skip
+    else:
+        ordered, sampling, n_epochs = rows, "random", epochs
+        if curriculum is not None:
+            ordered, _ = curriculum_order(rows, curriculum, epochs, seed)
+            sampling, n_epochs = "sequential", 1.0
+        model = _fit(
+            model, tokenizer, ordered, out_dir, ref_model=ref_model, peft_config=peft_config,
+            curve=curve, sampling=sampling, epochs=n_epochs, max_steps=max_steps,
+            settings=settings,
+        )  # fmt: skip
+    return model, curve
+
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[PreferenceRow],
+    out_dir: str | Path,
+    *,
+    ref_model: Any,
+    peft_config: Any,
+    curve: LossCurve,
+    sampling: str,
+    epochs: float,
+    max_steps: int,
+    settings: Mapping[str, Any],
+) -> Any:
+    """One DPO trainer over ``rows`` (its own schedule); returns the trained model, saved to
+    ``settings["save_to"]`` when set."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    s = settings
+    ds = Dataset.from_list(to_dpo_rows(rows))
     args = DPOConfig(
         output_dir=str(out_dir),
-        beta=beta,
-        loss_type=[loss_type] if isinstance(loss_type, str) else list(loss_type),
-        loss_weights=list(loss_weights) if loss_weights is not None else None,
-        learning_rate=learning_rate,
-        num_train_epochs=n_epochs,
+        beta=s["beta"],
+        loss_type=[s["loss_type"]] if isinstance(s["loss_type"], str) else list(s["loss_type"]),
+        loss_weights=list(s["loss_weights"]) if s["loss_weights"] is not None else None,
+        learning_rate=s["learning_rate"],
+        num_train_epochs=epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        max_length=max_length,
-        lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        seed=seed,
-        data_seed=seed,
-        logging_steps=logging_steps,
-        report_to=report_to(logger),
-        run_name=run_name,
-        bf16=bf16,
+        per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=s["grad_accum"],
+        max_length=s["max_length"],
+        lr_scheduler_type=s["lr_scheduler_type"],
+        warmup_steps=s["warmup_ratio"],
+        weight_decay=s["weight_decay"],
+        seed=s["seed"],
+        data_seed=s["seed"],
+        logging_steps=s["logging_steps"],
+        report_to=report_to(s["logger"]),
+        run_name=s["run_name"],
+        bf16=s["bf16"],
         fp16=False,
-        precompute_ref_log_probs=precompute_ref_log_probs,
+        precompute_ref_log_probs=s["precompute_ref_log_probs"],
         train_sampling_strategy=sampling,
         **{
-            **cpu_defaults(device),
-            "gradient_checkpointing": gradient_checkpointing,
-            **dict(extra_args or {}),
+            **cpu_defaults(s["device"]),
+            "gradient_checkpointing": s["gradient_checkpointing"],
+            **dict(s["extra_args"] or {}),
         },
     )
     shared = None
-    if precompute_ref_log_probs and args.world_size > 1:
+    if s["precompute_ref_log_probs"] and args.world_size > 1:
         ds, shared = _on_disk_for_every_rank(ds, Path(out_dir) / "dpo_dataset")
-    curve = LossCurve()
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -244,9 +319,9 @@ def train_dpo(
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
             shutil.rmtree(shared, ignore_errors=True)
-    if save_to is not None:
-        save_trained(trainer, tokenizer, save_to)
-    return trainer.model, curve
+    if s["save_to"] is not None:
+        save_trained(trainer, tokenizer, s["save_to"])
+    return trainer.model
 
 
 def _on_disk_for_every_rank(ds: Any, path: Path) -> tuple[Any, str]:

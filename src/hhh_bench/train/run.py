@@ -21,6 +21,7 @@ def fit(
     logger: str | None,
     run_name: str,
     phases: list[str] | None,
+    mix_info: Mapping[str, Any] | None = None,
 ) -> tuple[Any, LossCurve, str]:
     """Train with ``t`` (a ``TrainConfig``) and save the weights into ``out``; return the model,
     its loss curve and what was saved: ``full`` (weights) or ``adapter`` (``out/adapter``)."""
@@ -78,6 +79,8 @@ def fit(
         logging_steps=t.logging_steps,
         run_name=run_name,
         curriculum=phases,
+        phase_schedule=str((mix_info or {}).get("schedule", "per_phase")),
+        phase_reference=str((mix_info or {}).get("reference", "base")),
         precompute_ref_log_probs=t.precompute_ref_log_probs,
         save_to=out / "adapter" if lora else out,
         **common,
@@ -184,7 +187,7 @@ def train_model(
     if tracker is not None:
         tracker.start()
     model, curve, weights = fit(model, tokenizer, ts.rows, tmp, t, logger=t.report_to,
-                                run_name=label, phases=ts.phases)  # fmt: skip
+                                run_name=label, phases=ts.phases, mix_info=ts.mix_info)  # fmt: skip
     if tracker is not None:
         tracker.finish()
     after = margins(model, tokenizer, held, t.margin_batch_size)

@@ -2,12 +2,14 @@
 
 from hhh_bench.merging.methods import (  # noqa: F401  (imported for registration)
     breadcrumbs,
+    consensus,
     dare,
     della,
     fisher,
     karcher,
     model_stock,
     multislerp,
+    pcb,
     regmean,
     resm,
     sce,
