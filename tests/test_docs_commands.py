@@ -28,7 +28,7 @@ def doc_commands() -> list[tuple[str, str]]:
     for path in DOCS:
         for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
             for cmd in block.replace("\\\n", " ").splitlines():
-                cmd = re.sub(r"\s+#.*$", "", cmd).strip()
+                cmd = re.sub(r"(^|\s+)#.*$", "", cmd).strip()
                 if "hhh-bench" not in cmd and "-m hhh_bench" not in cmd:
                     continue
                 if "..." in cmd or "hydra/launcher" in cmd:

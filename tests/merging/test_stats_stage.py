@@ -106,6 +106,13 @@ def test_fisher_and_regmean_compute_each_specialists_statistics_once(world, tmp_
     run_merge(_cfg(tmp_path, "regmean", reduce_non_diagonal_ratio=0.5), base, models, DIMS,
               data=data)  # fmt: skip
     assert [k for _, k in counted[2:]] == [("gram",)] * 2
+    # the stats outputs' key fields are the ones docs/caching.md documents
+    from test_verified_cache import _documented_fields
+
+    req, opt = _documented_fields()["stats"]
+    for key_file in (tmp_path / "stats").glob("*/key.json"):
+        fields = set(json.loads(key_file.read_text())["payload"])
+        assert req <= fields <= req | opt, (sorted(fields), sorted(req | opt))
     # the stage's merge is the engine's with those files
     merge_models("fisher", base, models, tmp_path / "direct", statistics=stats, progress=False)
     got, want = (
