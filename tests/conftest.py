@@ -183,11 +183,14 @@ def save_random_lora(base, out, *, r: int, alpha: int, targets: list[str], seed:
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test``: two workers, ``--dist worksteal``), put the modules
     holding end-to-end tests (marker ``e2e``: the suite's slowest, tens of seconds each) at the
-    head of both workers' shares, alternately, whole modules together (their module fixtures
-    are built once). worksteal first gives the first worker the first half of the collection
-    and the second the rest, and steals from the end of a queue: in collection order these
-    modules all sat in the second half and ended the run on one worker. Only the order
-    changes; every test runs. One process (no xdist) keeps pytest's order."""
+    head of both workers' shares, whole modules together (their module fixtures are built
+    once). worksteal first gives the first worker the first half of the collection and the
+    second the rest, and steals from the end of a queue: in collection order these modules all
+    sat in the second half and ended the run on one worker. The modules that need the shared
+    world (:func:`shared_world`, built once under a lock, ~25 s) alternate between the halves,
+    the first half first; those that do not open the second half, so that its worker has work
+    while the first builds the world. Only the order changes; every test runs. One process (no
+    xdist) keeps pytest's order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     heavy: dict[str, list] = {}
@@ -200,8 +203,10 @@ def pytest_collection_modifyitems(config, items):
         if item.module.__name__ in heavy:
             heavy[item.module.__name__].append(item)
     rest = [item for item in items if item.module.__name__ not in heavy]
-    names = sorted(heavy)
-    first = [item for name in names[0::2] for item in heavy[name]]
-    second = [item for name in names[1::2] for item in heavy[name]]
+    needs_world = sorted(m for m, its in heavy.items()
+                         if any("shared_world" in i.fixturenames for i in its))  # fmt: skip
+    world_free = sorted(m for m in heavy if m not in needs_world)
+    first = [item for name in needs_world[0::2] for item in heavy[name]]
+    second = [item for name in [*world_free, *needs_world[1::2]] for item in heavy[name]]
     fill = max(0, len(items) // 2 - len(first))
     items[:] = first + rest[:fill] + second + rest[fill:]
