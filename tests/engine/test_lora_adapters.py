@@ -147,7 +147,9 @@ def test_adapter_without_lora_tensors_is_refused(base_dir, tmp_path):
         merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
 
 
-@pytest.mark.parametrize("method", ["tsv", "resm", "sce", "karcher", "multislerp"])
+@pytest.mark.parametrize(
+    "method", ["tsv", "resm", "sce", "karcher", "multislerp", "iso_c", "iso_cts"]
+)
 def test_engine_merges_adapters_from_their_factors_like_dense_weights(base_dir, tmp_path, method):
     """Three adapters (factor path) and their float32 merged full weights (dense path) give the
     same merge within 1e-5 relative (TSV-M / RESM decompose the factors; the others densify

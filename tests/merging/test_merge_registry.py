@@ -26,7 +26,7 @@ from hhh_bench.stages.common import load_option
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties", "tsv", "resm"}
 EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
-EXPECTED |= {"sce", "karcher", "multislerp"}
+EXPECTED |= {"sce", "karcher", "multislerp", "iso_c", "iso_cts"}
 NO_PAPER = {"slerp": "Shoemake 1985", "karcher": "Karcher 1977", "multislerp": "goddard.blog"}
 """Methods without an arXiv paper, and the reference their docstring names instead."""
 

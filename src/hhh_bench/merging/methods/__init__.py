@@ -4,6 +4,7 @@ from hhh_bench.merging.methods import (  # noqa: F401  (imported for registratio
     breadcrumbs,
     dare,
     della,
+    iso,
     karcher,
     model_stock,
     multislerp,

@@ -1,0 +1,120 @@
+"""Iso-C and Iso-CTS on low-rank task vectors (issue 31): exact on LoRA factors, well-posed on
+rank-deficient sums (numerical rank first), and blind to bf16 storage rounding.
+
+The reference flattens all r = min(m, n) singular values, so on a sum of rank ρ < r it gives
+r − ρ arbitrary null directions the weight σ̄; here only the ρ real ones count (docs/merging.md,
+Iso-C / Iso-CTS deviations). The expected values below come from full float64 SVDs cut at the
+rank the inputs were built with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hhh_bench.merging import get_method, merge_tensors
+from hhh_bench.merging.taskvec import LowRank, TaskVectors
+
+F64 = {"compute_dtype": "float64"}
+SHAPE, RANK, T = (40, 32), 3, 3
+
+
+def lora_tasks(seed: int, shape=SHAPE, rank=RANK, num=T) -> list[LowRank]:
+    g = torch.Generator().manual_seed(seed)
+    m, n = shape
+    return [
+        LowRank(
+            torch.randn(m, rank, generator=g, dtype=torch.float64),
+            torch.randn(rank, n, generator=g, dtype=torch.float64),
+            0.5,
+        )
+        for _ in range(num)
+    ]
+
+
+def dense(taus: list[LowRank]) -> list[torch.Tensor]:
+    return [t.dense(torch.float64) for t in taus]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.8])
+def test_lora_factors_equal_the_dense_path(fraction):
+    """The factor path (the weighted sum [w_t s_t B_t]·[A_t] decomposed from its factors, each
+    residual (I − U_c U_cᵀ)B_t kept low-rank) equals the dense path on the m × n matrices."""
+    taus = lora_tasks(0)
+    base = torch.zeros(SHAPE, dtype=torch.float64)
+    kw = {"name": "w", "weights": [1.0, -0.5, 2.0], **F64}
+    for method, extra in (("iso_c", {}), ("iso_cts", {"common_space_fraction": fraction})):
+        lo = merge_tensors(method, base, taus, **kw, **extra)
+        de = merge_tensors(method, base, [base + d for d in dense(taus)], **kw, **extra)
+        assert float(de.norm()) > 0
+        torch.testing.assert_close(lo, de, rtol=0, atol=1e-10 * float(de.norm()), msg=method)
+
+
+def test_iso_c_of_a_low_rank_sum_is_its_truncated_isotropic_svd():
+    """τ_Σ of three rank-3 tasks has rank ρ = 9 of r = 32: τ_m = mean(σ_1..σ_9)·U_9 V_9ᵀ, from a
+    full float64 SVD cut at the rank the inputs were built with."""
+    taus = lora_tasks(1)
+    total = sum(dense(taus))
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    rho = T * RANK
+    assert float(s[rho]) < 1e-12 * float(s[0])  # the built rank
+    want = s[:rho].mean() * u[:, :rho] @ vh[:rho]
+    base = torch.zeros(SHAPE, dtype=torch.float64)
+    for taus_in in (taus, dense(taus)):
+        out = merge_tensors("iso_c", base, taus_in, name="w", **F64)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+
+
+def test_iso_cts_on_tasks_inside_the_common_subspace_is_iso_c():
+    """f = .8, r = 32: k_c = 26 ≥ ρ = 9, so the common subspace holds every task's directions;
+    the residuals are zero up to rounding and add nothing (the reference would stack r − k_c
+    arbitrary directions per matrix). Iso-CTS = Iso-C, on the factors and on the dense path."""
+    taus = lora_tasks(2)
+    base = torch.zeros(SHAPE, dtype=torch.float64)
+    for taus_in in (taus, [base + d for d in dense(taus)]):
+        cts = merge_tensors("iso_cts", base, taus_in, name="w", **F64)
+        torch.testing.assert_close(
+            cts, merge_tensors("iso_c", base, taus_in, name="w", **F64), rtol=0, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("iso_c", {}), ("iso_cts", {}), ("iso_cts", {"common_space_fraction": 0.1})],
+)
+def test_rank_deficient_merges_are_well_posed(method, extra):
+    """A 1e-9 relative perturbation of rank-deficient inputs moves the merge by < 1e-6 of its
+    norm (its null directions are below the cutoff, so nothing arbitrary enters), and the
+    float32 and float64 runs agree to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    taus = dense(lora_tasks(3))
+    base = torch.zeros(SHAPE, dtype=torch.float64)
+    fts = [base + t for t in taus]
+    noise = [torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in fts]
+    bumped = [f + 1e-9 * float(f.abs().max()) * z for f, z in zip(fts, noise, strict=True)]
+    a = merge_tensors(method, base, fts, name="w", **extra, **F64)
+    b = merge_tensors(method, base, bumped, name="w", **extra, **F64)
+    assert float((a - b).norm()) < 1e-6 * float(a.norm())
+    c = merge_tensors(method, base.float(), [f.float() for f in fts], name="w", **extra)
+    assert float((a - c.double()).norm()) < 1e-5 * float(a.norm())
+
+
+@pytest.mark.parametrize("method", ["iso_c", "iso_cts"])
+def test_a_low_rank_update_stored_in_bf16_keeps_its_rank(method):
+    """θ_t = bf16(θ0 + Δ_t), Δ_t of rank 8 (entries ~4e-4, a few bf16 steps of a 0.02-scale θ0):
+    the rounding of θ_t is a full-rank matrix; below its storage floor it is not flattened up to
+    σ̄. Two tasks merge to a τ_m of rank 16 with 16 equal singular values (the reference would
+    give all 160 directions the weight σ̄)."""
+    g = torch.Generator().manual_seed(0)
+    m, n, r = 160, 192, 8
+    base = (torch.randn(m, n, generator=g) * 0.02).to(torch.bfloat16)
+    fts = []
+    for _ in range(2):
+        delta = torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g) * (4e-4 / r**0.5)
+        fts.append((base.float() + delta).to(torch.bfloat16))
+    method_ = get_method(method)
+    params = method_.make_params(compute_dtype="float64")
+    taus = TaskVectors.from_weights(base, fts, torch.float64)
+    tau_m = method_.precompute("w", base, taus, params, {})["merged"]  # before the bf16 output
+    s = torch.linalg.svdvals(tau_m)
+    torch.testing.assert_close(s[:16], s[:16].mean().expand(16), rtol=1e-9, atol=0)
+    assert float(s[16]) < 1e-9 * float(s[0])
