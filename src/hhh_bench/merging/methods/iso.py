@@ -43,14 +43,17 @@ clear that relative cutoff times the largest σ of any of the T + 1 decompositio
 that is zero up to rounding, e.g. a LoRA task inside the common subspace, adds nothing). σ̄ is
 the mean over the K directions kept (K = r on full-rank inputs).
 
-**How it is computed**: in float64 whatever ``compute_dtype`` (then cast); the top triplets from
-:func:`~hhh_bench.merging.linalg.top_svd` (a Gram eigendecomposition for a dense matrix; the
-exact thin SVD from the factors for LoRA task vectors, whose weighted sum is itself low-rank,
-s_1 B_1 A_1 + … = [w_1 s_1 B_1 … w_T s_T B_T]·[A_1; …; A_T], so the m × n sum is never
+**How it is computed**: the decompositions in float64 whatever ``compute_dtype``; the top
+triplets from :func:`~hhh_bench.merging.linalg.top_svd` (a Gram eigendecomposition for a dense
+matrix; the exact thin SVD from the factors for LoRA task vectors, whose weighted sum is itself
+low-rank, s_1 B_1 A_1 + … = [w_1 s_1 B_1 … w_T s_T B_T]·[A_1; …; A_T], so the m × n sum is never
 decomposed densely; a residual of a LoRA τ_t keeps its factors, (I − U_c U_cᵀ) B_t); the polar
-factors from the K × K Gram (:func:`~hhh_bench.merging.linalg.polar`). Weights change the sum's
-singular vectors, so they are a precompute key: a sweep over λ reuses the decomposition, a
-sweep over weights does not.
+factors from the K × K Gram (:func:`~hhh_bench.merging.linalg.polar`). Iso-CTS's left stack is
+orthogonalised block by block: every U_t lies in the residual space, U_tᵀU_c = 0, so
+polar([U_1 … U_T U_c]) = [polar([U_1 … U_T]) U_c] (a (T·k_t)-sized Gram instead of an r-sized
+one; the right stack has no such structure). The product σ̄·U⊥V⊥ᵀ of the float64 factors is
+formed in the compute dtype. Weights change the sum's singular vectors, so they are a
+precompute key: a sweep over λ reuses the decomposition, a sweep over weights does not.
 
 Deviations from the reference code (FusionBench ``fusion_bench/method/isotropic_merging/
 iso_utils.py``, the authors' ``src/utils/iso.py``, the same algorithm):
@@ -136,21 +139,41 @@ def project_out(tau: TaskVector, u: Tensor) -> TaskVector:
     return x - u @ (u.T @ x)
 
 
-def iso_c_merge(
+IsoFactors = tuple[Tensor, Tensor, Tensor]
+"""(U⊥ (m × K), V⊥ (n × K), σ̄ (0-d)) in float64: the merged τ_m = σ̄·U⊥ V⊥ᵀ (:func:`compose`)."""
+
+
+def compose(factors: IsoFactors, dtype: torch.dtype) -> Tensor:
+    """σ̄·U⊥ V⊥ᵀ in ``dtype`` (the factors are exact in float64; an m × n product of orthonormal
+    columns needs no more than the output's precision)."""
+    u, v, sbar = factors
+    return (u.to(dtype) * sbar.to(dtype)) @ v.to(dtype).T
+
+
+def _empty(m: int, n: int, device: torch.device) -> IsoFactors:
+    zeros = torch.zeros((), dtype=GRAM_DTYPE, device=device)
+    return (
+        torch.zeros(m, 0, dtype=GRAM_DTYPE, device=device),
+        torch.zeros(n, 0, dtype=GRAM_DTYPE, device=device),
+        zeros,
+    )
+
+
+def iso_c_factors(
     taus: Sequence[TaskVector],
     weights: Sequence[float],
     rtol: float | None = None,
     noise: Sequence[float] | None = None,
-) -> Tensor:
-    """Iso-C of T task vectors (dense or LoRA) with weights: σ̄·U Vᵀ of the SVD of Σ_t w_t τ_t,
-    over its numerical rank (``noise``: each task's storage rounding RMS). Float64 (m × n)."""
+) -> IsoFactors:
+    """Iso-C of T task vectors (dense or LoRA) with weights: the SVD U diag(σ) Vᵀ of Σ_t w_t τ_t
+    over its numerical rank (``noise``: each task's storage rounding RMS), and σ̄ = mean(σ)."""
     total = weighted_sum(taus, weights)
     m, n = total.shape
     floor = sum_noise(noise or [0.0] * len(taus), weights)
     u, s, v = top_svd(total, min(m, n), rtol, floor)
     if s.numel() == 0:
-        return torch.zeros(m, n, dtype=GRAM_DTYPE, device=u.device)
-    return s.mean() * (u @ v.T)
+        return _empty(m, n, u.device)
+    return u, v, s.mean()
 
 
 def iso_cts_sizes(r: int, num_models: int, fraction: float) -> tuple[int, int]:
@@ -161,39 +184,43 @@ def iso_cts_sizes(r: int, num_models: int, fraction: float) -> tuple[int, int]:
     return r - num_models * k_task, k_task
 
 
-def iso_cts_merge(
+def iso_cts_factors(
     taus: Sequence[TaskVector],
     weights: Sequence[float],
     fraction: float,
     rtol: float | None = None,
     noise: Sequence[float] | None = None,
-) -> Tensor:
+) -> IsoFactors:
     """Iso-CTS of T task vectors (dense or LoRA) with weights (see the module docstring);
-    ``fraction``: the common-space share f. Float64 (m × n)."""
+    ``fraction``: the common-space share f.
+
+    The left stack [U_1 … U_T U_c] is orthogonalised block by block: each U_t spans part of the
+    residual (I − U_c U_cᵀ)·w_tτ_t, so U_tᵀU_c = 0 and the Gram is block-diagonal,
+    diag([U_1 … U_T]ᵀ[U_1 … U_T], I): its polar factor is [polar([U_1 … U_T]) U_c], from a
+    (T·k_t)-sized Gram instead of an r-sized one. The right stack has no such structure."""
     noise = list(noise or [0.0] * len(taus))
     total = weighted_sum(taus, weights)
     m, n = total.shape
     k_common, k_task = iso_cts_sizes(min(m, n), len(taus), fraction)
-    parts = [top_svd(total, k_common, rtol, sum_noise(noise, weights))]
-    u_common = parts[0][0]
+    common = top_svd(total, k_common, rtol, sum_noise(noise, weights))
+    tasks = []
     if k_task > 0:
         for tau, w, rho in zip(taus, weights, noise, strict=True):
-            resid = project_out(weighted(tau, w), u_common)
-            parts.append(top_svd(resid, k_task, rtol, abs(w) * rho))
-    top = max((float(s[0]) for _, s, _ in parts if s.numel()), default=0.0)
+            resid = project_out(weighted(tau, w), common[0])
+            tasks.append(top_svd(resid, k_task, rtol, abs(w) * rho))
+    top = max((float(s[0]) for _, s, _ in [common, *tasks] if s.numel()), default=0.0)
     cut = rank_cutoff((m, n), rtol) * top
-    us, ss, vs = [], [], []
-    for u, s, v in parts:  # σ descending in each part: keep a prefix
+    kept = []
+    for u, s, v in [*tasks, common]:  # σ descending in each part: keep a prefix
         c = int((s > cut).sum())
-        us.append(u[:, :c])
-        ss.append(s[:c])
-        vs.append(v[:, :c])
-    s_all = torch.cat(ss)
+        kept.append((u[:, :c], s[:c], v[:, :c]))
+    s_all = torch.cat([s for _, s, _ in kept])
     if s_all.numel() == 0:
-        return torch.zeros(m, n, dtype=GRAM_DTYPE, device=u_common.device)
-    u_perp = polar(torch.cat(us, dim=1), rtol)
-    v_perp = polar(torch.cat(vs, dim=1), rtol)
-    return s_all.mean() * (u_perp @ v_perp.T)
+        return _empty(m, n, common[0].device)
+    u_tasks = [polar(torch.cat([u for u, _, _ in kept[:-1]], dim=1), rtol)] if tasks else []
+    u_perp = torch.cat([*u_tasks, kept[-1][0]], dim=1)
+    v_perp = polar(torch.cat([v for _, _, v in kept], dim=1), rtol)
+    return u_perp, v_perp, s_all.mean()
 
 
 @dataclass(frozen=True)
@@ -246,7 +273,7 @@ IP = TypeVar("IP", bound=IsoParams)
 
 class IsoBase(MergeMethod[IP], Generic[IP]):
     """Routing, precompute and compose shared by Iso-C and Iso-CTS; subclasses give the matrix
-    rule (:meth:`merge_matrix`)."""
+    rule (:meth:`factors`)."""
 
     precompute_keys: ClassVar[tuple[str, ...]] = (
         "weights",
@@ -261,8 +288,8 @@ class IsoBase(MergeMethod[IP], Generic[IP]):
             return params.embeddings
         return "iso" if len(shape) == 2 else "mean"
 
-    def merge_matrix(self, taus: TaskVectors, weights: Sequence[float], params: IP) -> Tensor:
-        """The merged τ (float64, m × n) of one matrix routed to the isotropic rule."""
+    def factors(self, taus: TaskVectors, weights: Sequence[float], params: IP) -> IsoFactors:
+        """The merged τ's factors (:data:`IsoFactors`) of one matrix routed to the isotropic rule."""
         raise NotImplementedError
 
     def precompute(
@@ -278,8 +305,8 @@ class IsoBase(MergeMethod[IP], Generic[IP]):
             return {}
         if mode == "mean":
             return {"tau": taus.stack()}
-        merged = self.merge_matrix(taus, params.resolve_weights(len(taus)), params)
-        return {"merged": merged.to(params.dtype)}
+        factors = self.factors(taus, params.resolve_weights(len(taus)), params)
+        return {"merged": compose(factors, params.dtype)}
 
     def compose(
         self,
@@ -310,10 +337,8 @@ class IsoC(IsoBase[IsoParams]):
         "(Marczak et al. 2025, arXiv:2502.04959)"
     )
 
-    def merge_matrix(
-        self, taus: TaskVectors, weights: Sequence[float], params: IsoParams
-    ) -> Tensor:
-        return iso_c_merge(taus.items, weights, params.rank_rtol, taus.noise)
+    def factors(self, taus: TaskVectors, weights: Sequence[float], params: IsoParams) -> IsoFactors:
+        return iso_c_factors(taus.items, weights, params.rank_rtol, taus.noise)
 
 
 @register_method
@@ -329,9 +354,9 @@ class IsoCts(IsoBase[IsoCtsParams]):
         "(Marczak et al. 2025, arXiv:2502.04959)"
     )
 
-    def merge_matrix(
+    def factors(
         self, taus: TaskVectors, weights: Sequence[float], params: IsoCtsParams
-    ) -> Tensor:
-        return iso_cts_merge(
+    ) -> IsoFactors:
+        return iso_cts_factors(
             taus.items, weights, params.common_space_fraction, params.rank_rtol, taus.noise
         )
