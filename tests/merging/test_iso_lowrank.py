@@ -1,5 +1,7 @@
 """Iso-C and Iso-CTS on low-rank task vectors (issue 31): exact on LoRA factors, well-posed on
-rank-deficient sums (numerical rank first), and blind to bf16 storage rounding.
+rank-deficient sums (numerical rank first), and blind to bf16 storage rounding; Iso-CTS's
+orthogonalisation keeps a stack's small singular values (geometry) and leaves out exact
+duplicates only.
 
 The reference flattens all r = min(m, n) singular values, so on a sum of rank ρ < r it gives
 r − ρ arbitrary null directions the weight σ̄; here only the ρ real ones count (docs/merging.md,
@@ -118,3 +120,53 @@ def test_a_low_rank_update_stored_in_bf16_keeps_its_rank(method):
     s = torch.linalg.svdvals(tau_m)
     torch.testing.assert_close(s[:16], s[:16].mean().expand(16), rtol=1e-9, atol=0)
     assert float(s[16]) < 1e-9 * float(s[0])
+
+
+def _fb_iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    """The reference's Iso-CTS in float64 (as in test_merge_reference.py): full SVDs, its sizes,
+    its SVD-based orthogonalisation X = P S Qᵀ ↦ P Qᵀ, which keeps every singular value."""
+    r, num = min(taus[0].shape), len(taus)
+    per_task = round((r - int(r * fraction)) / num)
+    k_c = r - per_task * num
+    u, s, vh = torch.linalg.svd(sum(taus), full_matrices=False)
+    uc = u[:, :k_c]
+    parts = [torch.linalg.svd(t - uc @ uc.T @ t, full_matrices=False) for t in taus]
+    big_u = torch.cat([*(p[0][:, :per_task] for p in parts), uc], dim=1)
+    big_v = torch.cat([*(p[2][:per_task] for p in parts), vh[:k_c]], dim=0).T
+    sigma = torch.cat([*(p[1][:per_task] for p in parts), s[:k_c]])
+    pu, _, qu = torch.linalg.svd(big_u, full_matrices=False)
+    pv, _, qv = torch.linalg.svd(big_v, full_matrices=False)
+    return sigma.mean() * (pu @ qu) @ (pv @ qv).T
+
+
+def test_nearly_parallel_task_directions_are_kept_as_the_reference_keeps_them():
+    """τ2 = τ1 + 1e-3·G (128 × 128, full rank, f = .5): the two tasks' residual directions are
+    nearly parallel, so both stacks have σ_min/σ_max ≈ 5e-6 and 1.2e-5: geometry, not rounding
+    (their float64 Gram resolves 1e-7). They are kept, and the merge equals the reference's to
+    1e-5 (a cut at the data's max(m, n)·ε32 = 1.5e-5 would drop some: ~10% off)."""
+    g = torch.Generator().manual_seed(0)
+    n = 128
+    t1 = torch.randn(n, n, generator=g, dtype=torch.float64)
+    t2 = t1 + 1e-3 * torch.randn(n, n, generator=g, dtype=torch.float64)
+    base = torch.zeros(n, n, dtype=torch.float64)
+    out = merge_tensors("iso_cts", base, [t1, t2], name="w", common_space_fraction=0.5, **F64)
+    ref = _fb_iso_cts([t1, t2], 0.5)
+    assert float((out - ref).norm()) < 1e-5 * float(ref.norm())
+
+
+def test_identical_specialists_merge_well_posed():
+    """τ1 = τ2 exactly (full rank): the stacks hold exact duplicates, σ = 0 up to rounding. The
+    reference's orthogonalisation then picks an arbitrary direction for each (its result
+    changes completely under a 1e-9 perturbation); here the duplicates are left out (the
+    polar factor on the stack's column space), and a 1e-9 perturbation of one input moves the
+    merge by < 1e-6."""
+    g = torch.Generator().manual_seed(1)
+    n = 48
+    tau = torch.randn(n, n, generator=g, dtype=torch.float64)
+    other = torch.randn(n, n, generator=g, dtype=torch.float64)
+    bump = 1e-9 * torch.randn(n, n, generator=g, dtype=torch.float64)
+    base = torch.zeros(n, n, dtype=torch.float64)
+    kw = {"name": "w", "common_space_fraction": 0.5, **F64}
+    a = merge_tensors("iso_cts", base, [tau, tau.clone(), other], **kw)
+    b = merge_tensors("iso_cts", base, [tau + bump, tau.clone(), other], **kw)
+    assert float((a - b).norm()) < 1e-6 * float(a.norm())

@@ -139,6 +139,13 @@ def project_out(tau: TaskVector, u: Tensor) -> TaskVector:
     return x - u @ (u.T @ x)
 
 
+DUPLICATE_RTOL = 1e-6
+"""The polar steps' cutoff on a stack's singular values (relative to its largest) where the
+stack cannot be rank-deficient but by an exact duplicate: such a duplicate's σ comes out of the
+float64 Gram at ~√(ε64·K)·σ_max ≈ 1e-7·σ_max (K ≤ 4096), below it; a stack's genuine small
+singular values (σ_min/σ_max ~ 1/(2K) for a square stack of random directions, 1e-4 and less
+at K = 1000) are kept, as the reference's SVD-based orthogonalisation keeps them."""
+
 IsoFactors = tuple[Tensor, Tensor, Tensor]
 """(U⊥ (m × K), V⊥ (n × K), σ̄ (0-d)) in float64: the merged τ_m = σ̄·U⊥ V⊥ᵀ (:func:`compose`)."""
 
@@ -197,12 +204,22 @@ def iso_cts_factors(
     The left stack [U_1 … U_T U_c] is orthogonalised block by block: each U_t spans part of the
     residual (I − U_c U_cᵀ)·w_tτ_t, so U_tᵀU_c = 0 and the Gram is block-diagonal,
     diag([U_1 … U_T]ᵀ[U_1 … U_T], I): its polar factor is [polar([U_1 … U_T]) U_c], from a
-    (T·k_t)-sized Gram instead of an r-sized one. The right stack has no such structure."""
+    (T·k_t)-sized Gram instead of an r-sized one. The right stack has no such structure.
+
+    The stacks' polar factors leave out only what is not there (:data:`DUPLICATE_RTOL`): when
+    the K directions kept fit in the sum's numerical rank ρ (K ≤ ρ: full-rank inputs), no stack
+    can be rank-deficient but by an exact duplicate (two identical specialists), and a stack's
+    small singular values are geometry, which the reference keeps (a square stack of random
+    directions has σ_min/σ_max ~ 1/(2K)). When K > ρ (low-rank inputs whose residuals add
+    directions, e.g. LoRA with a small f) the stacks are rank-deficient by construction and the
+    numerical-rank cutoff applies, as for TSV-M."""
     noise = list(noise or [0.0] * len(taus))
     total = weighted_sum(taus, weights)
     m, n = total.shape
     k_common, k_task = iso_cts_sizes(min(m, n), len(taus), fraction)
-    common = top_svd(total, k_common, rtol, sum_noise(noise, weights))
+    u_sum, s_sum, v_sum = top_svd(total, min(m, n), rtol, sum_noise(noise, weights))
+    rank_sum = s_sum.numel()
+    common = (u_sum[:, :k_common], s_sum[:k_common], v_sum[:, :k_common])
     tasks = []
     if k_task > 0:
         for tau, w, rho in zip(taus, weights, noise, strict=True):
@@ -216,10 +233,11 @@ def iso_cts_factors(
         kept.append((u[:, :c], s[:c], v[:, :c]))
     s_all = torch.cat([s for _, s, _ in kept])
     if s_all.numel() == 0:
-        return _empty(m, n, common[0].device)
-    u_tasks = [polar(torch.cat([u for u, _, _ in kept[:-1]], dim=1), rtol)] if tasks else []
+        return _empty(m, n, u_sum.device)
+    polar_rtol = DUPLICATE_RTOL if s_all.numel() <= rank_sum else rtol
+    u_tasks = [polar(torch.cat([u for u, _, _ in kept[:-1]], dim=1), polar_rtol)] if tasks else []
     u_perp = torch.cat([*u_tasks, kept[-1][0]], dim=1)
-    v_perp = polar(torch.cat([v for _, _, v in kept], dim=1), rtol)
+    v_perp = polar(torch.cat([v for _, _, v in kept], dim=1), polar_rtol)
     return u_perp, v_perp, s_all.mean()
 
 
