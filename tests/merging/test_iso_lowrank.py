@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from hhh_bench.merging import get_method, merge_tensors
-from hhh_bench.merging.taskvec import LowRank, TaskVectors
+from hhh_bench.merging.methods.iso import gram_rtol
+from hhh_bench.merging.taskvec import LowRank, TaskVectors, rounding_rms
 
 F64 = {"compute_dtype": "float64"}
 SHAPE, RANK, T = (40, 32), 3, 3
@@ -142,8 +143,9 @@ def _fb_iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
 def test_nearly_parallel_task_directions_are_kept_as_the_reference_keeps_them():
     """τ2 = τ1 + 1e-3·G (128 × 128, full rank, f = .5): the two tasks' residual directions are
     nearly parallel, so both stacks have σ_min/σ_max ≈ 5e-6 and 1.2e-5: geometry, not rounding
-    (their float64 Gram resolves 1e-7). They are kept, and the merge equals the reference's to
-    1e-5 (a cut at the data's max(m, n)·ε32 = 1.5e-5 would drop some: ~10% off)."""
+    (on full-rank inputs the polar cutoff is 2·√(ε64·K) = 3e-7 for K = 128). They are kept, and
+    the merge equals the reference's to 1e-5 (a cut at TSV-M's max(m, n)·ε32 = 1.5e-5 would
+    drop some: ~10% off)."""
     g = torch.Generator().manual_seed(0)
     n = 128
     t1 = torch.randn(n, n, generator=g, dtype=torch.float64)
@@ -170,3 +172,65 @@ def test_identical_specialists_merge_well_posed():
     a = merge_tensors("iso_cts", base, [tau, tau.clone(), other], **kw)
     b = merge_tensors("iso_cts", base, [tau + bump, tau.clone(), other], **kw)
     assert float((a - b).norm()) < 1e-6 * float(a.norm())
+
+
+def _orthonormal(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+
+
+def test_a_small_real_singular_value_is_flattened_as_the_reference_does():
+    """τ = U diag(σ) Vᵀ (64 × 64, built from its factors) with σ_64 = 3e-6·σ_1: full rank, its
+    smallest direction below max(m, n)·ε32 = 7.6e-6 (the TSV-M cutoff) but above what the float64
+    Gram resolves (gram_rtol(64) = 4.2e-7). Iso-C keeps it, as the reference: τ_m = mean(σ)·U Vᵀ
+    over all 64 directions, from the factors."""
+    g = torch.Generator().manual_seed(2)
+    n = 64
+    u, v = _orthonormal(n, g), _orthonormal(n, g)
+    s = torch.linspace(1.0, 0.5, n, dtype=torch.float64)
+    s[-1] = 3e-6
+    assert gram_rtol(n) < 3e-6 < n * torch.finfo(torch.float32).eps
+    tau = (u * s) @ v.T
+    out = merge_tensors("iso_c", torch.zeros(n, n, dtype=torch.float64), [tau], name="w", **F64)
+    torch.testing.assert_close(out, s.mean() * u @ v.T, rtol=0, atol=1e-10)
+
+
+def test_float32_rounding_of_a_small_update_is_not_flattened():
+    """θ0 ~ N(0, 1), two rank-2 updates of entries ~1e-4, θ_t stored in float32: θ_t's rounding
+    (RMS ~3e-8, ε32-relative to θ, not to τ) puts full-rank noise with σ up to ~5e-7 into τ_t,
+    1e-4 of σ_1 (above any relative cutoff). The float32 storage floor (TaskVectors.rounding)
+    leaves it out: τ_m has rank 4, with 4 equal singular values."""
+    g = torch.Generator().manual_seed(3)
+    n = 64
+    base = torch.randn(n, n, generator=g)
+    fts = [
+        base + 1e-4 * torch.randn(n, 2, generator=g) @ torch.randn(2, n, generator=g)
+        for _ in range(2)
+    ]
+    method = get_method("iso_c")
+    params = method.make_params(compute_dtype="float64")
+    taus = TaskVectors.from_weights(base, fts, torch.float64)
+    assert all(1e-8 < r < 1e-7 for r in taus.rounding())
+    tau_m = method.precompute("w", base, taus, params, {})["merged"]
+    s = torch.linalg.svdvals(tau_m)
+    torch.testing.assert_close(s[:4], s[:4].mean().expand(4), rtol=1e-9, atol=0)
+    assert float(s[4]) < 1e-9 * float(s[0])
+
+
+def test_rounding_by_hand():
+    """float32 keeps 24 significand bits: 1.0 = 0.5·2¹ on a grid of spacing 2^(1−24) = 2⁻²³,
+    3.0 = 0.75·2² on 2⁻²², 0 exact: RMS² = (2⁻⁴⁶ + 2⁻⁴⁴ + 0)/3/12. TaskVectors.rounding counts
+    θ_t = τ_t + θ0 at the coarser of storage and compute dtype: float64 weights merged in float32
+    are rounded to float32 (the same RMS), merged in float64 not at all (0); bf16 storage gives
+    bf16's (8 bits: 2⁻⁷ and 2⁻⁶)."""
+    x = torch.tensor([1.0, 3.0, 0.0])
+    want32 = ((2**-46 + 2**-44) / 36) ** 0.5
+    assert rounding_rms(x, torch.float32, bits=24) == pytest.approx(want32)
+    assert rounding_rms(x, torch.float32) == 0.0  # the default (TSV-M's noise): bf16/fp16 only
+    base = torch.zeros(1, 3, dtype=torch.float64)
+    ft = x.view(1, 3).double()
+    f32 = TaskVectors.from_weights(base, [ft], torch.float32)
+    f64 = TaskVectors.from_weights(base, [ft], torch.float64)
+    bf16 = TaskVectors.from_weights(base.bfloat16(), [ft.bfloat16()], torch.float32)
+    assert f32.rounding() == [pytest.approx(want32)] and f64.rounding() == [0.0]
+    assert bf16.rounding() == [pytest.approx(((2**-14 + 2**-12) / 36) ** 0.5)]
+    assert f32.noise == [0.0]  # unchanged: TSV-M's floor leaves float32 out

@@ -32,16 +32,25 @@ Routing (by parameter name and shape), as the reference (non-matrices by the mea
 - other 2-D parameters: Iso-C / Iso-CTS;
 - everything else (biases, norms, conv kernels): the mean (1/T)·Σ_t w_t τ_t, as the reference.
 
-**Numerical rank** (as TSV-M; :mod:`hhh_bench.merging.linalg`). The isotropic step gives every
-direction it keeps the same singular value σ̄, so a direction that is zero up to rounding would
-enter the merge at full weight (and its singular vectors are arbitrary: any basis of the null
-space). So only directions above the cutoff count: each decomposition keeps the σ above
-max(``rank_rtol``·σ_1, storage floor) of its own matrix (``rank_rtol`` null: max(m, n)·ε_float32;
-the floor of bf16/fp16-stored models is :func:`~hhh_bench.merging.linalg.noise_floor`, for the
-sum the weighted roundings added in quadrature), and for Iso-CTS every direction must also
-clear that relative cutoff times the largest σ of any of the T + 1 decompositions (a residual
-that is zero up to rounding, e.g. a LoRA task inside the common subspace, adds nothing). σ̄ is
-the mean over the K directions kept (K = r on full-rank inputs).
+**Numerical rank.** The isotropic step gives every direction it keeps the same singular value
+σ̄, so a direction that is zero up to rounding would enter the merge at full weight (and its
+singular vectors are arbitrary: any basis of the null space); and a full-rank matrix's smallest
+directions, real but small, must enter as the reference lets them. So each decomposition keeps
+the σ above max(``rank_rtol``·σ_1, storage floor) of its own matrix, where
+
+- ``rank_rtol`` null is :func:`gram_rtol` = 2·√(ε64·r), what the float64 Gram resolves (9.5e-7
+  at r = 1024), not TSV-M's max(m, n)·ε32 (1.2e-4 there, above the smallest σ of one random
+  square 1024 × 1024 sum in four);
+- the storage floor is :func:`~hhh_bench.merging.linalg.noise_floor` of the rounding of θ_t at
+  the coarser of its storage and the compute dtype, float32 included
+  (:meth:`~hhh_bench.merging.taskvec.TaskVectors.rounding`: a float32 θ_t's rounding is
+  ε32-relative to θ, up to 1e-4·σ_1 of a small τ_t); for the sum, the weighted roundings added
+  in quadrature;
+
+and for Iso-CTS every direction must also clear that relative cutoff times the largest σ of any
+of the T + 1 decompositions (a residual that is zero up to rounding, e.g. a LoRA task inside the
+common subspace, adds nothing). σ̄ is the mean over the K directions kept (K = r on full-rank
+inputs).
 
 **How it is computed**: the decompositions in float64 whatever ``compute_dtype``; the top
 triplets from :func:`~hhh_bench.merging.linalg.top_svd` (a Gram eigendecomposition for a dense
@@ -62,9 +71,9 @@ iso_utils.py``, the authors' ``src/utils/iso.py``, the same algorithm):
   the same result. On a rank-deficient sum (LoRA task vectors, or any T·rank < r) it gives the
   r − ρ null directions (arbitrary, or the rounding's) the weight σ̄ = Σσ/r; we keep the ρ real
   ones and divide by ρ: σ̄ = Σσ/ρ, the mean of the spectrum that exists, which keeps the nuclear
-  norm Σσ of the result as the reference's does on full-rank inputs. A bf16-stored task vector's
-  directions below its rounding floor are dropped likewise (the reference flattens the rounding
-  up to σ̄ too).
+  norm Σσ of the result as the reference's does on full-rank inputs. A bf16-, fp16- or
+  float32-stored task vector's directions below its rounding floor are dropped likewise (the
+  reference flattens the rounding up to σ̄ too).
 - **Sizes**: k_t is clipped to r // T (the reference's round((r − k)/T)·T can exceed r, e.g.
   r = 5, T = 3, f = 0.1 gives k_c = −1, a negative slice).
 - The residual is w_tτ_t − U_c (U_cᵀ w_tτ_t) (the reference forms the m × m projector
@@ -95,7 +104,7 @@ from hhh_bench.merging.base import (
     param,
     register_method,
 )
-from hhh_bench.merging.linalg import GRAM_DTYPE, polar, rank_cutoff, top_svd
+from hhh_bench.merging.linalg import GRAM_DTYPE, polar, top_svd
 from hhh_bench.merging.methods.tsv import is_embedding, mean_merge
 from hhh_bench.merging.taskvec import LowRank, TaskVector
 
@@ -139,12 +148,23 @@ def project_out(tau: TaskVector, u: Tensor) -> TaskVector:
     return x - u @ (u.T @ x)
 
 
-DUPLICATE_RTOL = 1e-6
-"""The polar steps' cutoff on a stack's singular values (relative to its largest) where the
-stack cannot be rank-deficient but by an exact duplicate: such a duplicate's σ comes out of the
-float64 Gram at ~√(ε64·K)·σ_max ≈ 1e-7·σ_max (K ≤ 4096), below it; a stack's genuine small
-singular values (σ_min/σ_max ~ 1/(2K) for a square stack of random directions, 1e-4 and less
-at K = 1000) are kept, as the reference's SVD-based orthogonalisation keeps them."""
+EPS64 = float(torch.finfo(torch.float64).eps)
+
+
+def gram_rtol(r: int) -> float:
+    """Twice the float64 Gram's rounding floor relative to σ_1, 2·√(ε64·r) (as in
+    :mod:`hhh_bench.merging.linalg`: its eigenvalues λ = σ² carry an absolute error of at most
+    ~ε64·r·λ_1): 2.4e-7 at r = 64, 9.5e-7 at 1024, 1.9e-6 at 4096. Below it a singular value is
+    not resolved by the decomposition.
+
+    Iso-C/Iso-CTS's default numerical-rank cutoff (with the storage floors of
+    :meth:`~hhh_bench.merging.taskvec.TaskVectors.rounding`), and the cutoff of their polar steps
+    where a stack cannot be rank-deficient but by an exact duplicate. A full-rank matrix's small
+    singular values are geometry that the reference keeps and flattens up to σ̄: a square random
+    matrix has σ_min/σ_1 ~ 1/(2r), below TSV-M's max(m, n)·ε32 one time in four at r = 1024
+    and almost always at 4096 (measured: 2 of 10 random 1024 × 1024 sums)."""
+    return 2.0 * (EPS64 * r) ** 0.5
+
 
 IsoFactors = tuple[Tensor, Tensor, Tensor]
 """(U⊥ (m × K), V⊥ (n × K), σ̄ (0-d)) in float64: the merged τ_m = σ̄·U⊥ V⊥ᵀ (:func:`compose`)."""
@@ -177,7 +197,7 @@ def iso_c_factors(
     total = weighted_sum(taus, weights)
     m, n = total.shape
     floor = sum_noise(noise or [0.0] * len(taus), weights)
-    u, s, v = top_svd(total, min(m, n), rtol, floor)
+    u, s, v = top_svd(total, min(m, n), gram_rtol(min(m, n)) if rtol is None else rtol, floor)
     if s.numel() == 0:
         return _empty(m, n, u.device)
     return u, v, s.mean()
@@ -206,7 +226,7 @@ def iso_cts_factors(
     diag([U_1 … U_T]ᵀ[U_1 … U_T], I): its polar factor is [polar([U_1 … U_T]) U_c], from a
     (T·k_t)-sized Gram instead of an r-sized one. The right stack has no such structure.
 
-    The stacks' polar factors leave out only what is not there (:data:`DUPLICATE_RTOL`): when
+    The stacks' polar factors leave out only what is not there (:func:`gram_rtol`): when
     the K directions kept fit in the sum's numerical rank ρ (K ≤ ρ: full-rank inputs), no stack
     can be rank-deficient but by an exact duplicate (two identical specialists), and a stack's
     small singular values are geometry, which the reference keeps (a square stack of random
@@ -217,16 +237,17 @@ def iso_cts_factors(
     total = weighted_sum(taus, weights)
     m, n = total.shape
     k_common, k_task = iso_cts_sizes(min(m, n), len(taus), fraction)
-    u_sum, s_sum, v_sum = top_svd(total, min(m, n), rtol, sum_noise(noise, weights))
+    data_rtol = gram_rtol(min(m, n)) if rtol is None else rtol
+    u_sum, s_sum, v_sum = top_svd(total, min(m, n), data_rtol, sum_noise(noise, weights))
     rank_sum = s_sum.numel()
     common = (u_sum[:, :k_common], s_sum[:k_common], v_sum[:, :k_common])
     tasks = []
     if k_task > 0:
         for tau, w, rho in zip(taus, weights, noise, strict=True):
             resid = project_out(weighted(tau, w), common[0])
-            tasks.append(top_svd(resid, k_task, rtol, abs(w) * rho))
+            tasks.append(top_svd(resid, k_task, data_rtol, abs(w) * rho))
     top = max((float(s[0]) for _, s, _ in [common, *tasks] if s.numel()), default=0.0)
-    cut = rank_cutoff((m, n), rtol) * top
+    cut = data_rtol * top
     kept = []
     for u, s, v in [*tasks, common]:  # σ descending in each part: keep a prefix
         c = int((s > cut).sum())
@@ -234,7 +255,9 @@ def iso_cts_factors(
     s_all = torch.cat([s for _, s, _ in kept])
     if s_all.numel() == 0:
         return _empty(m, n, u_sum.device)
-    polar_rtol = DUPLICATE_RTOL if s_all.numel() <= rank_sum else rtol
+    # K ≤ ρ: no stack is rank-deficient but by an exact duplicate (gram_rtol); K > ρ: deficient
+    # by construction, TSV-M's cutoff (rtol, or max(m, K)·ε32 when None)
+    polar_rtol = gram_rtol(s_all.numel()) if s_all.numel() <= rank_sum else rtol
     u_tasks = [polar(torch.cat([u for u, _, _ in kept[:-1]], dim=1), polar_rtol)] if tasks else []
     u_perp = torch.cat([*u_tasks, kept[-1][0]], dim=1)
     v_perp = polar(torch.cat([v for _, _, v in kept], dim=1), polar_rtol)
@@ -249,7 +272,8 @@ class IsoParams(CommonParams):
     rank_rtol: float | None = param(
         None,
         "Relative singular-value cutoff of the numerical rank: directions with σ ≤ rank_rtol·σ_1 "
-        "are zero up to rounding and are not flattened up to σ̄ (null = max(m, n)·ε of float32).",
+        "are zero up to rounding and are not flattened up to σ̄ (null = 2·√(ε64·r), what the "
+        "float64 Gram resolves; storage rounding has its own floor).",
     )
     embeddings: str = param(
         "mean",
@@ -356,7 +380,7 @@ class IsoC(IsoBase[IsoParams]):
     )
 
     def factors(self, taus: TaskVectors, weights: Sequence[float], params: IsoParams) -> IsoFactors:
-        return iso_c_factors(taus.items, weights, params.rank_rtol, taus.noise)
+        return iso_c_factors(taus.items, weights, params.rank_rtol, taus.rounding())
 
 
 @register_method
@@ -376,5 +400,5 @@ class IsoCts(IsoBase[IsoCtsParams]):
         self, taus: TaskVectors, weights: Sequence[float], params: IsoCtsParams
     ) -> IsoFactors:
         return iso_cts_factors(
-            taus.items, weights, params.common_space_fraction, params.rank_rtol, taus.noise
+            taus.items, weights, params.common_space_fraction, params.rank_rtol, taus.rounding()
         )
