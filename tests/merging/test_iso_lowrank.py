@@ -234,3 +234,29 @@ def test_rounding_by_hand():
     assert f32.rounding() == [pytest.approx(want32)] and f64.rounding() == [0.0]
     assert bf16.rounding() == [pytest.approx(((2**-14 + 2**-12) / 36) ** 0.5)]
     assert f32.noise == [0.0]  # unchanged: TSV-M's floor leaves float32 out
+
+
+@pytest.mark.parametrize("method", ["iso_c", "iso_cts"])
+def test_without_the_storage_floor_bf16_inputs_merge_as_the_reference(method):
+    """storage_floor=false: a bf16 rank-8 update's rounding is flattened up to σ̄ as the reference
+    does (its τ_t are exact in float64: bf16 values are), so the merge equals the reference's
+    float64 formulation (all r directions); with the floor (default) it keeps 16."""
+    g = torch.Generator().manual_seed(4)
+    m, n, r = 96, 80, 8
+    base = (torch.randn(m, n, generator=g) * 0.02).to(torch.bfloat16)
+    fts = []
+    for _ in range(2):
+        delta = torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g) * (4e-4 / r**0.5)
+        fts.append((base.float() + delta).to(torch.bfloat16))
+    taus = [f.double() - base.double() for f in fts]
+    method_ = get_method(method)
+    stored = TaskVectors.from_weights(base, fts, torch.float64)
+    params = method_.make_params(compute_dtype="float64", storage_floor=False)
+    got = method_.precompute("w", base, stored, params, {})["merged"]
+    if method == "iso_c":
+        u, s, vh = torch.linalg.svd(sum(taus), full_matrices=False)
+        want = s.mean() * u @ vh
+    else:
+        want = _fb_iso_cts(taus, 0.8)
+    assert float((got - want).norm()) < 1e-10 * float(want.norm())
+    assert int((torch.linalg.svdvals(got) > 1e-6 * float(want.norm())).sum()) == n

@@ -84,6 +84,7 @@ def test_drop_rate_outside_0_1(drop_rate):
         ("iso_c", {"rank_rtol": 0.0}, r"'rank_rtol' must be in \(0, 1\) or null, got 0.0"),
         ("iso_cts", {"rank_rtol": 1.0}, "'rank_rtol' must be in"),
         ("iso_c", {"embeddings": "tsv"}, r"'embeddings' must be one of \['mean', 'iso', 'base'\]"),
+        ("iso_cts", {"storage_floor": "yes"}, "'storage_floor' must be bool"),
         (
             "iso_c",
             {"common_space_fraction": 0.5},
