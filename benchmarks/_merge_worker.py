@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Names of the embedding table and LM head in the synthetic Llama checkpoints: TSV-M merges them by
-# the mean in hhh-bench (embeddings: mean, the default), so FusionBench gets them as exclude_keys.
+# Names of the embedding table and LM head in the synthetic Llama checkpoints: TSV-M, Iso-C and
+# Iso-CTS merge them by the mean in hhh-bench (embeddings: mean, the default), so FusionBench gets
+# them as exclude_keys.
 EMBEDDING_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
@@ -91,27 +92,60 @@ def run_mergekit(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_fusionbench(spec: dict[str, Any]) -> dict[str, Any]:
-    """FusionBench's TSV-M function on in-memory state dicts, as its ``TaskSingularVectorMerging``
-    runs it: task vectors θ_t − θ0 in the models' dtype (one finetuned model loaded at a time),
-    ``compute_and_sum_svd_mem_reduction``, then θ0 + τ_m (alpha unset, i.e. λ = 1)."""
+    """FusionBench's merge function on in-memory state dicts, as its algorithm class runs it: task
+    vectors θ_t − θ0 (``state_dict_sub``, one finetuned model loaded at a time), the method's
+    function, then θ0 + τ_m (λ = 1: TSV-M's ``alpha`` unset, Iso's ``scaling_factor`` 1.0).
+
+    - ``tsv``: ``compute_and_sum_svd_mem_reduction`` in the models' dtype (as
+      ``TaskSingularVectorMerging``).
+    - ``iso_c``, ``iso_cts`` (``common_space_fraction`` 0.8): ``iso_c`` / ``iso_cts`` of
+      ``isotropic_merging.iso_utils`` on float32 copies (torch's SVD refuses bf16, so a bf16
+      model pool cannot run them as they are); the output is rounded to bf16, as ours.
+    """
     import torch
-    from fusion_bench.method.task_singular_vector.utils.TSVM_utils import (
-        compute_and_sum_svd_mem_reduction,
-    )
     from fusion_bench.utils.state_dict_arithmetic import state_dict_add, state_dict_sub
     from safetensors.torch import load_file, save_file
 
-    base = load_file(str(Path(spec["base"]) / "model.safetensors"))
+    method = spec["method"]
+    upcast = method != "tsv"
+
+    def load(folder: str) -> dict[str, Any]:
+        sd = load_file(str(Path(folder) / "model.safetensors"))
+        return {k: v.float() for k, v in sd.items()} if upcast else sd
+
+    base = load(spec["base"])
     task_vectors = []
     for m in spec["models"]:
-        ft = load_file(str(Path(m) / "model.safetensors"))
+        ft = load(m)
         task_vectors.append(state_dict_sub(ft, base))
         del ft
     with torch.no_grad():
-        merged_tv = compute_and_sum_svd_mem_reduction(
-            task_vectors, exclude_keys=list(EMBEDDING_KEYS), accelerator="cpu"
-        )
+        if method == "tsv":
+            from fusion_bench.method.task_singular_vector.utils.TSVM_utils import (
+                compute_and_sum_svd_mem_reduction,
+            )
+
+            merged_tv = compute_and_sum_svd_mem_reduction(
+                task_vectors, exclude_keys=list(EMBEDDING_KEYS), accelerator="cpu"
+            )
+        elif method == "iso_c":
+            from fusion_bench.method.isotropic_merging.iso_utils import iso_c
+
+            merged_tv = iso_c(task_vectors, accelerator="cpu", exclude_keys=list(EMBEDDING_KEYS))
+        elif method == "iso_cts":
+            from fusion_bench.method.isotropic_merging.iso_utils import iso_cts
+
+            merged_tv = iso_cts(
+                task_vectors,
+                common_space_fraction=0.8,
+                accelerator="cpu",
+                exclude_keys=list(EMBEDDING_KEYS),
+            )
+        else:
+            raise ValueError(f"no FusionBench run for {method!r}")
         merged = state_dict_add(merged_tv, base)
+    if upcast:
+        merged = {k: v.to(torch.bfloat16) for k, v in merged.items()}
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out / "model.safetensors"))
@@ -129,6 +163,7 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             if dist == "fusion-bench":
                 import_module("fusion_bench.method.task_singular_vector.utils.TSVM_utils")
+                import_module("fusion_bench.method.isotropic_merging.iso_utils")
             else:
                 import_module(mod)
             found[dist] = version(dist)

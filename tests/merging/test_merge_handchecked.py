@@ -10,6 +10,7 @@ import torch
 from hhh_bench.merging import merge_state_dicts, merge_tensors
 from hhh_bench.merging.methods.dare import dare_keep_mask, dare_merge
 from hhh_bench.merging.methods.della import della_keep_mask, keep_probabilities
+from hhh_bench.merging.methods.iso import iso_cts_sizes
 from hhh_bench.merging.methods.resm import (
     ResmParams,
     allocate_by_outlier_density,
@@ -759,3 +760,95 @@ def test_pcb_degenerate_tensors_by_hand():
     assert torch.equal(two, T([2.0, 3.0]))
     one = merge_tensors("pcb", torch.zeros(1), [T([2.0]), T([4.0])], weights=[1.0, 0.5])
     assert torch.equal(one, T([2.0]))
+
+
+def test_iso_c_by_hand():
+    """τ1 = [[0, 1], [0, 0]], τ2 = [[0, 0], [1, 0]], w = (2, 1): τ_Σ = [[0, 2], [1, 0]] = P·D with
+    P = [[0, 1], [1, 0]] (orthogonal) and D = diag(1, 2): σ = (2, 1), and U Vᵀ = τ_Σ (τ_Σᵀτ_Σ)^(-1/2)
+    = P D D⁻¹ = P. σ̄ = (2 + 1)/2 = 1.5, τ_m = 1.5·P; θ0 = 1, λ = 0.5: θ = [[1, 1.75], [1.75, 1]]
+    (task arithmetic would give [[1, 2], [1.5, 1]])."""
+    base = torch.ones(2, 2)
+    fts = [base + T([[0.0, 1.0], [0.0, 0.0]]), base + T([[0.0, 0.0], [1.0, 0.0]])]
+    out = merge_tensors("iso_c", base, fts, name="w", weights=[2, 1], scaling=0.5)
+    torch.testing.assert_close(out, T([[1.0, 1.75], [1.75, 1.0]]), rtol=0, atol=1e-6)
+
+
+def test_iso_c_of_a_rank_deficient_sum_by_hand():
+    """τ1 = diag(2, 0, 0), τ2 = diag(0, 1, 0): τ_Σ = diag(2, 1, 0) has rank 2. Its 2 directions
+    are flattened to σ̄ = (2 + 1)/2 = 1.5: τ_m = diag(1.5, 1.5, 0). (The reference averages over
+    all 3 singular values, σ̄ = 1, and gives the null direction, whose u₃v₃ᵀ = ±e₃e₃ᵀ is
+    arbitrary, that weight too.)"""
+    f64 = torch.float64
+    taus = [torch.diag(T([2.0, 0.0, 0.0], dtype=f64)), torch.diag(T([0.0, 1.0, 0.0], dtype=f64))]
+    out = merge_tensors("iso_c", torch.zeros(3, 3, dtype=f64), taus, compute_dtype="float64")
+    torch.testing.assert_close(out, torch.diag(T([1.5, 1.5, 0.0], dtype=f64)))
+
+
+def test_iso_non_matrix_and_embedding_rules():
+    """A bias gets the mean: τ1 = [1, 2], τ2 = [3, -2] -> [2, 0]. An embedding gets the mean of
+    τ1 = diag(3, 1), τ2 = diag(0, 2) by default (diag(1.5, 1.5)), θ0 with embeddings='base', and
+    the matrix rule with 'iso': τ_Σ = diag(3, 3), σ̄ = 3, τ_m = diag(3, 3)."""
+    for method in ("iso_c", "iso_cts"):
+        bias = merge_tensors(method, torch.zeros(2), [T([1.0, 2.0]), T([3.0, -2.0])], name="x.bias")
+        assert torch.equal(bias, T([2.0, 0.0]))
+        base = torch.ones(2, 2)
+        fts = [base + T([[3.0, 0.0], [0.0, 1.0]]), base + T([[0.0, 0.0], [0.0, 2.0]])]
+        name = "model.embed_tokens.weight"
+        assert torch.equal(merge_tensors(method, base, fts, name=name), base + 1.5 * torch.eye(2))
+        assert torch.equal(merge_tensors(method, base, fts, name=name, embeddings="base"), base)
+        iso = merge_tensors(method, base, fts, name=name, embeddings="iso")
+        torch.testing.assert_close(iso, base + 3 * torch.eye(2), rtol=0, atol=1e-6)
+
+
+def test_iso_cts_sizes_by_hand():
+    """k = int(r·f), k_t = round((r − k)/T) (halves to even), clipped to r // T; k_c = r − T·k_t.
+    r = 10, T = 3, f = .8: k = 8, k_t = round(2/3) = 1, k_c = 7.  r = 9, T = 2, f = .5: k = 4,
+    k_t = round(2.5) = 2, k_c = 5.  r = 5, T = 2, f = .8: k = 4, k_t = round(.5) = 0: Iso-C.
+    r = 5, T = 3, f = .1: k = 0, round(5/3) = 2 > 5 // 3 = 1, so k_t = 1, k_c = 2 (the
+    reference's k_c = 5 − 6 = −1 here). r = 1, T = 1, f = .5: k = 0, k_t = 1, k_c = 0."""
+    assert iso_cts_sizes(10, 3, 0.8) == (7, 1)
+    assert iso_cts_sizes(9, 2, 0.5) == (5, 2)
+    assert iso_cts_sizes(5, 2, 0.8) == (5, 0)
+    assert iso_cts_sizes(5, 3, 0.1) == (2, 1)
+    assert iso_cts_sizes(1, 1, 0.5) == (0, 1)
+
+
+def test_iso_cts_task_specific_directions_by_hand():
+    """4 × 4, T = 2, f = .5: k_c = 2, k_t = 1 (sizes above). τ1 = diag(3, 0, 1, 0),
+    τ2 = diag(0, 2, −.5, 1); τ_Σ = diag(3, 2, .5, 1): common = e1, e2 (σ 3, 2). Residuals after
+    projecting out e1, e2: diag(0, 0, 1, 0), top (1, e3, e3); diag(0, 0, −.5, 1), top (1, e4, e4).
+    The stacks [e3 e4 e1 e2] are orthonormal, U⊥V⊥ᵀ = I; σ = (1, 1, 3, 2), σ̄ = 7/4:
+    τ_m = 1.75·I. (Iso-C flattens τ_Σ's own σ = (3, 2, 1, .5): 1.625·I.)"""
+    base = torch.zeros(4, 4)
+    fts = [torch.diag(T([3.0, 0.0, 1.0, 0.0])), torch.diag(T([0.0, 2.0, -0.5, 1.0]))]
+    cts = merge_tensors("iso_cts", base, fts, name="w", common_space_fraction=0.5)
+    torch.testing.assert_close(cts, 1.75 * torch.eye(4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(merge_tensors("iso_c", base, fts, name="w"), 1.625 * torch.eye(4))
+
+
+def test_iso_cts_orthogonalisation_by_hand():
+    """4 × 4, T = 2, f = .5 (k_c = 2, k_t = 1); x = (e3 + e4)/√2. τ1 = 3·e1e1ᵀ + e3e3ᵀ,
+    τ2 = 4·e2e2ᵀ + x e4ᵀ. τ_Σ = 3·e1e1ᵀ + 4·e2e2ᵀ + B, B = [[1, 1/√2], [0, 1/√2]] on (e3, e4),
+    whose σ² = 1 ± 1/√2 (σ = 1.31, .54) are below 3: common = e2, e1. Residuals: e3e3ᵀ, top
+    (1, e3, e3), and x e4ᵀ, top (1, x, e4). U stack [e3 x e2 e1]: its polar factor turns e3 and x,
+    45° apart, symmetrically to 90° apart: a at −22.5°, b at 67.5° (e1, e2 unchanged); the V stack
+    [e3 e4 e2 e1] is orthonormal already. σ = (1, 1, 4, 3), σ̄ = 9/4:
+    τ_m = 2.25·(e1e1ᵀ + e2e2ᵀ + a e3ᵀ + b e4ᵀ)."""
+    f64 = torch.float64
+    eye = torch.eye(4, dtype=f64)
+    e1, e2, e3, e4 = eye
+    x = (e3 + e4) / math.sqrt(2)
+    taus = [
+        3 * torch.outer(e1, e1) + torch.outer(e3, e3),
+        4 * torch.outer(e2, e2) + torch.outer(x, e4),
+    ]
+    out = merge_tensors(
+        "iso_cts", torch.zeros(4, 4, dtype=f64), taus, name="w", common_space_fraction=0.5,
+        compute_dtype="float64",
+    )  # fmt: skip
+    a = math.cos(math.radians(-22.5)) * e3 + math.sin(math.radians(-22.5)) * e4
+    b = math.cos(math.radians(67.5)) * e3 + math.sin(math.radians(67.5)) * e4
+    want = 2.25 * (
+        torch.outer(e1, e1) + torch.outer(e2, e2) + torch.outer(a, e3) + torch.outer(b, e4)
+    )
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)

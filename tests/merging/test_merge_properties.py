@@ -1,5 +1,5 @@
 """Property tests (hypothesis): structure preserved, order invariance, TIES sign agreement,
-TSV/RESM rank bound, orthonormal U⊥."""
+TSV/RESM rank bound, orthonormal U⊥, Iso-C/Iso-CTS isotropic spectra."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def test_keys_shapes_dtypes_preserved(method, num, seed, dtype):
             "consensus_ta",
             "consensus_ties",
             "pcb",
+            "iso_c",
+            "iso_cts",
         ]
     ),
     num=st.integers(2, 4),
@@ -159,6 +161,29 @@ def test_polar_factors_have_orthonormal_columns(shape, num, seed, dtype):
     torch.testing.assert_close(u.T @ u, eye, rtol=0, atol=tol)
     torch.testing.assert_close(v.T @ v, eye, rtol=0, atol=tol)
     assert (s >= 0).all()
+
+
+@FAST
+@given(
+    shape=st.sampled_from([(6, 5), (4, 9), (8, 8), (12, 7)]),
+    num=num_models,
+    seed=seeds,
+    fraction=st.sampled_from([0.1, 0.5, 0.8, 0.95]),
+)
+def test_iso_spectra_are_flat(shape, num, seed, fraction):
+    """Iso-C and Iso-CTS return σ̄ times a matrix whose r = min(m, n) singular values are all 1
+    (full-rank random inputs); Iso-C's σ̄·r is the nuclear norm of Σ_t w_t τ_t."""
+    base, fts = models(shape, num, seed, torch.float64)
+    weights = [1.0 + 0.5 * t for t in range(num)]
+    kw = {"name": "w", "weights": weights, "compute_dtype": "float64"}
+    total = sum(w * (f - base) for w, f in zip(weights, fts, strict=True))
+    nuclear = float(torch.linalg.svdvals(total).sum())
+    for method, extra in (("iso_c", {}), ("iso_cts", {"common_space_fraction": fraction})):
+        s = torch.linalg.svdvals(merge_tensors(method, base, fts, **kw, **extra) - base)
+        assert s.numel() == min(shape)
+        torch.testing.assert_close(s, s.mean().expand_as(s), rtol=1e-9, atol=0, msg=method)
+        if method == "iso_c":
+            assert abs(float(s.sum()) - nuclear) <= 1e-9 * nuclear
 
 
 @FAST

@@ -34,8 +34,12 @@ def test_one_model_at_scaling_one_returns_it(method, params):
 
 
 @pytest.mark.parametrize(
-    "method", ["task_arithmetic", "ties", "dare_ta", "dare_ties", "tsv", "resm", "weight_average"]
-)
+    "method",
+    [
+        "task_arithmetic", "ties", "dare_ta", "dare_ties", "tsv", "resm", "weight_average",
+        "iso_c", "iso_cts",
+    ],
+)  # fmt: skip
 def test_zero_task_vectors_return_the_base(method):
     """τ_t = 0 for all t: every method returns θ0 exactly (bf16 included)."""
     base, _ = models((6, 5), 1, seed=2, dtype=torch.bfloat16)
@@ -60,6 +64,17 @@ def test_resm_without_its_components_is_tsv_exactly():
     )
     for k in tsv:
         assert torch.equal(tsv[k], resm[k]), k
+
+
+@pytest.mark.parametrize(("shape", "num", "fraction"), [((6, 5), 3, 0.8), ((9, 7), 2, 0.95)])
+def test_iso_cts_without_task_directions_is_iso_c(shape, num, fraction):
+    """k_t = round((r − int(r·f))/T) = 0 (r = 5, T = 3, f = .8: round(1/3); r = 7, T = 2,
+    f = .95: round(.5), half to even): the common subspace is all of τ_Σ, Iso-CTS is Iso-C."""
+    base, fts = models(shape, num, seed=7, dtype=torch.float64)
+    cts = merge_tensors("iso_cts", base, fts, name="w", common_space_fraction=fraction, **F64)
+    torch.testing.assert_close(
+        cts, merge_tensors("iso_c", base, fts, name="w", **F64), rtol=0, atol=1e-12
+    )
 
 
 def test_resm_rank_spread_zero_is_uniform():

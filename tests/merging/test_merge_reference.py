@@ -1,7 +1,9 @@
 """Reference tests against independent implementations: peft's merge_utils for TA, TIES and
 DARE; TSV-M written here from the paper's equations (polar factor via an eigendecomposition);
 Breadcrumbs, DELLA, Model Stock, SLERP, SCE, Karcher mean and Multi-SLERP against formulations
-written here from mergekit's code (``_mk_*``: loops over models, its order of operations)."""
+written here from mergekit's code (``_mk_*``: loops over models, its order of operations);
+Iso-C and Iso-CTS against formulations written here from FusionBench's code (``_fb_*``: full
+SVDs, its index arithmetic, its SVD-based orthogonalisation)."""
 
 from __future__ import annotations
 
@@ -789,3 +791,100 @@ def test_consensus_and_pcb_float32_against_the_authors_formulations():
         out = merge_tensors(method, base.float(), [f.float() for f in fts], **kw)
         expected = base + tau.view(base.shape)
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-6, msg=method)
+
+
+# FusionBench's Iso-C / Iso-CTS, written here from a reading of fusion_bench/method/
+# isotropic_merging/iso_utils.py (functions iso_c and iso_cts; github.com/tanganke/fusion_bench at
+# commit 54c9e8c) and the authors' src/utils/iso.py (github.com/danielm1405/iso-merging at
+# d34010a; the same algorithm): independent code, the same rules, full SVDs in float64.
+
+
+def _fb_iso_c(taus: list[torch.Tensor]) -> torch.Tensor:
+    """The sum's thin SVD with every singular value replaced by their mean."""
+    u, s, vh = torch.linalg.svd(torch.stack(taus).sum(0), full_matrices=False)
+    return s.mean() * u @ vh
+
+
+def _fb_orthogonal(x: torch.Tensor) -> torch.Tensor:
+    """FusionBench's orthogonalisation of a stack: X = P S Qᵀ ↦ P Qᵀ."""
+    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    return p @ qh
+
+
+def _fb_iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    """Common space: the sum's top k_c directions, k_c = r − round((r − int(r·f))/T)·T; each task:
+    the top (r − k_c)/T directions of τ_t − U_c U_cᵀ τ_t; tasks first, then the common part;
+    both stacks orthogonalised, the r singular values replaced by their mean."""
+    r, num = min(taus[0].shape), len(taus)
+    per_task = round((r - int(r * fraction)) / num)
+    k_c = r - per_task * num
+    u, s, vh = torch.linalg.svd(torch.stack(taus).sum(0), full_matrices=False)
+    uc = u[:, :k_c]
+    us, ss, vhs = [], [], []
+    for tau in taus:
+        ut, st, vht = torch.linalg.svd(tau - uc @ uc.T @ tau, full_matrices=False)
+        us.append(ut[:, :per_task])
+        ss.append(st[:per_task])
+        vhs.append(vht[:per_task])
+    big_u = _fb_orthogonal(torch.cat([*us, uc], dim=1))
+    big_vh = _fb_orthogonal(torch.cat([*vhs, vh[:k_c]], dim=0).T).T
+    return torch.cat([*ss, s[:k_c]]).mean() * big_u @ big_vh
+
+
+ISO_CASES = [  # (shape, T, common_space_fraction): k_c, k_t as the test ids say
+    ((12, 9), 3, 0.5),  # r 9: k 4, k_t round(5/3) = 2, k_c 3
+    ((9, 12), 2, 0.5),  # r 9: k 4, k_t round(2.5) = 2 (half to even), k_c 5
+    ((16, 10), 3, 0.8),  # r 10: k 8, k_t round(2/3) = 1, k_c 7
+    ((20, 20), 4, 0.3),  # r 20: k 6, k_t round(3.5) = 4, k_c 4
+    ((7, 11), 1, 0.6),  # r 7: k 4, k_t 3, k_c 4
+    ((6, 5), 3, 0.8),  # r 5: k 4, k_t round(1/3) = 0: Iso-CTS = Iso-C
+]
+
+
+@pytest.mark.parametrize(("shape", "num", "fraction"), ISO_CASES)
+def test_iso_matches_fusionbench_formulation_in_float64(shape, num, fraction):
+    """Random full-rank task vectors, weights (the reference has none: it gets w_t·τ_t) and
+    λ = 0.9: ours equals the reference to float64 rounding."""
+    base, fts = models(shape, num, seed=sum(shape) + num, dtype=torch.float64)
+    weights = [1.0, 0.5, 2.0, -0.7][:num]
+    taus = [w * (f - base) for w, f in zip(weights, fts, strict=True)]
+    kw = {"weights": weights, "scaling": 0.9, "compute_dtype": "float64"}
+    out = merge_tensors("iso_c", base, fts, name="mlp.weight", **kw)
+    torch.testing.assert_close(out, base + 0.9 * _fb_iso_c(taus), rtol=0, atol=1e-10)
+    out = merge_tensors(
+        "iso_cts", base, fts, name="mlp.weight", common_space_fraction=fraction, **kw
+    )
+    torch.testing.assert_close(out, base + 0.9 * _fb_iso_cts(taus, fraction), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("embeddings", ["mean", "iso"])
+def test_iso_state_dict_matches_fusionbench_formulation(embeddings):
+    """Whole model: matrices by the reference (embeddings and LM head too with embeddings='iso',
+    FusionBench's rule without exclude_keys), biases and norms by the mean as the reference."""
+    base, fts = state_dicts(3, seed=9, dtype=torch.float64)
+    for method in ("iso_c", "iso_cts"):
+        kw = {"embeddings": embeddings, "compute_dtype": "float64"}
+        out = merge_state_dicts(method, base, fts, **kw)
+        for key, b in base.items():
+            taus = [sd[key] - b for sd in fts]
+            embedding = "embed" in key or "lm_head" in key
+            if not b.is_floating_point():
+                expected = b
+            elif b.dim() == 2 and (embeddings == "iso" or not embedding):
+                ref = _fb_iso_c(taus) if method == "iso_c" else _fb_iso_cts(taus, 0.8)
+                expected = b + ref
+            else:
+                expected = b + sum(taus) / 3
+            torch.testing.assert_close(out[key], expected, rtol=0, atol=1e-10, msg=(method, key))
+
+
+def test_iso_float32_default_against_the_float64_formulation():
+    """The float32 default (decomposed in float64, cast once) against the float64 reference:
+    within float32 rounding of the result."""
+    base, fts = models((24, 18), 3, seed=22, dtype=torch.float64)
+    taus = [f - base for f in fts]
+    b32, f32 = base.float(), [f.float() for f in fts]
+    cases = [("iso_c", {}, _fb_iso_c(taus)), ("iso_cts", {}, _fb_iso_cts(taus, 0.8))]
+    for method, kw, ref in cases:
+        out = merge_tensors(method, b32, f32, name="w", **kw)
+        torch.testing.assert_close(out.double(), base + ref, rtol=0, atol=2e-6, msg=method)

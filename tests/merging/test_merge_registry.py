@@ -28,6 +28,7 @@ EXPECTED = {"task_arithmetic", "weight_average", "ties", "dare_ta", "dare_ties",
 EXPECTED |= {"breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp"}
 EXPECTED |= {"sce", "karcher", "multislerp", "fisher", "regmean"}
 EXPECTED |= {"consensus_ta", "consensus_ties", "pcb"}
+EXPECTED |= {"iso_c", "iso_cts"}
 NO_PAPER = {"slerp": "Shoemake 1985", "karcher": "Karcher 1977", "multislerp": "goddard.blog"}
 """Methods without an arXiv paper, and the reference their docstring names instead."""
 

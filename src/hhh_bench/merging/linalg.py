@@ -25,7 +25,11 @@ and LoRA factors have ρ_t = 0 (no floor).
 eigendecomposition of the Gram matrix of the smaller side in float64 (τᵀτ = V Σ² Vᵀ, U = τVΣ⁻¹),
 not a full SVD of τ: the Gram is one matrix product, its ``eigh`` costs less than an SVD of τ, and
 float64 keeps every singular value above the cutoff accurate (the Gram's rounding floor is
-√(ε_float64·r)·σ_1 ≈ 1e-6·σ_1 at r = 4096, far below the cutoff of 4.9e-4·σ_1 there).
+√(ε_float64·r)·σ_1 ≈ 1e-6·σ_1 at r = 4096, far below the cutoff of 4.9e-4·σ_1 there). The kept
+σ are the norms ‖τv‖ (or ‖τᵀu‖) of the eigenvectors' images, not √λ: λ carries an absolute error
+of ~ε_float64·λ_1, a relative error of ~ε_float64·(σ_1/σ)² in √λ (1e-5 at σ = 3e-6·σ_1, which
+Iso-C keeps with a cutoff below the float32 one), and dividing by it would leave the other
+side's vectors off unit norm by as much.
 
 **LoRA task vectors** (:class:`~hhh_bench.merging.taskvec.LowRank`, τ = s·B·A): the exact thin
 SVD from the factors, B = Q_B R_B and Aᵀ = Q_A R_A (QR), C = s·R_B R_Aᵀ = U_c Σ V_cᵀ (an r × r
@@ -108,13 +112,16 @@ def _dense_top_svd(
     keep = min(k, numerical_rank(s_all, tau.shape, rtol, noise))
     if keep == 0:
         return _empty(m, n, GRAM_DTYPE, tau.device)
-    s = s_all[:keep]
     w = vecs[:, :keep]
+    # the other side's vectors are x w / σ; σ is taken as the norm of x w (accurate to ε64·σ_1)
+    # rather than as √λ (λ carries an error of ~ε64·λ_1, a relative error of ~ε64·(σ_1/σ)² in σ,
+    # 1e-5 at σ = 3e-6·σ_1), so that these vectors have unit norm however small σ is
+    other = x.T @ w if left else x @ w
+    s = other.norm(dim=0)
+    other = other / s
     if left:
-        u, v = w, (x.T @ w) / s
-    else:
-        u, v = (x @ w) / s, w
-    return u, s, v
+        return w, s, other
+    return other, s, w
 
 
 def _lowrank_top_svd(tau: LowRank, k: int, rtol: float | None) -> tuple[Tensor, Tensor, Tensor]:

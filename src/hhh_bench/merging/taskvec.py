@@ -71,19 +71,24 @@ TaskVector = Tensor | LowRank
 SIGNIFICAND_BITS = {torch.bfloat16: 8, torch.float16: 11}
 """Significand bits (the implicit one included) of the storage dtypes coarser than float32."""
 
+ROUNDING_BITS = {**SIGNIFICAND_BITS, torch.float32: 24}
+"""Significand bits of every dtype whose rounding :meth:`TaskVectors.rounding` counts (float64's
+is below any cutoff here)."""
 
-def rounding_rms(values: Tensor, storage: torch.dtype) -> float:
+
+def rounding_rms(values: Tensor, storage: torch.dtype, *, bits: int | None = None) -> float:
     """The RMS of the error made when ``values`` were rounded to nearest into ``storage``: each
     entry x = m·2^e (m in [0.5, 1)) lies on a grid of spacing 2^(e − p) (p: the dtype's
     significand bits), and its rounding error, uniform on ±spacing/2, has variance
     spacing²/12. Exact zeros add nothing. 0 for float32 and wider (their rounding is below
-    the float32 cutoff of :mod:`hhh_bench.merging.linalg` already).
+    the float32 cutoff of :mod:`hhh_bench.merging.linalg` already), unless ``bits`` gives the
+    significand bits to use (24 for float32: :meth:`TaskVectors.rounding`).
 
     This is the noise floor of a task vector θ_t − θ0 whose θ_t was stored in bf16 or fp16: the
     rounding of θ_t is a dense matrix of roughly independent entries, of full rank, whose
     largest singular value is about rms·(√m + √n) (:func:`hhh_bench.merging.linalg.noise_floor`).
     """
-    bits = SIGNIFICAND_BITS.get(storage)
+    bits = SIGNIFICAND_BITS.get(storage) if bits is None else bits
     if bits is None or values.numel() == 0:
         return 0.0
     x = values.detach().to(torch.float32)
@@ -113,6 +118,7 @@ class TaskVectors:
     ) -> None:
         self.items = list(items)
         self._noise: list[float] | None = None
+        self._rounding: list[float] | None = None
         self._storage: list[torch.dtype | None] = [None] * len(self.items)
         self._base: Tensor | None = None
         self.single_use = single_use
@@ -161,6 +167,27 @@ class TaskVectors:
                 for t, st in enumerate(self._storage)
             ]
         return self._noise
+
+    def rounding(self) -> list[float]:
+        """Per task, the RMS rounding error in θ_t as the arithmetic sees it, float32 included:
+        θ_t = τ_t + θ0 rounded to the coarser of its storage dtype and the compute dtype (float64
+        weights merged in float32 are rounded to float32 when the task vectors are formed); 0
+        for LoRA factors, non-matrices and float64 throughout. :attr:`noise` counts bf16 and
+        fp16 only (TSV-M's relative cutoff covers float32 there); a method that gives every
+        direction it keeps the same weight (Iso-C, Iso-CTS) needs float32's floor as well: the
+        rounding of a float32 θ_t is ε32-relative to θ, not to a small τ_t. Computed on first
+        use."""
+        if self._rounding is None:
+            coarse = self._base is not None and len(self.shape) == 2
+            out = []
+            for t, st in enumerate(self._storage):
+                bits = min(ROUNDING_BITS.get(st, 53), ROUNDING_BITS.get(self.dtype, 53))
+                if not coarse or st is None or bits >= 53:
+                    out.append(0.0)
+                else:
+                    out.append(rounding_rms(self.stack()[t] + self._base, st, bits=bits))
+            self._rounding = out
+        return self._rounding
 
     @classmethod
     def from_stack(cls, stack: Tensor) -> TaskVectors:

@@ -6,6 +6,7 @@ from hhh_bench.merging.methods import (  # noqa: F401  (imported for registratio
     dare,
     della,
     fisher,
+    iso,
     karcher,
     model_stock,
     multislerp,
