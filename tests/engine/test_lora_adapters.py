@@ -149,8 +149,18 @@ def test_adapter_without_lora_tensors_is_refused(base_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "method",
-    ["tsv", "resm", "sce", "karcher", "multislerp", "consensus_ta", "consensus_ties", "pcb",
-     "iso_c", "iso_cts"],
+    [
+        "tsv",
+        "resm",
+        "sce",
+        "karcher",
+        "multislerp",
+        "consensus_ta",
+        "consensus_ties",
+        "pcb",
+        "iso_c",
+        "iso_cts",
+    ],
 )
 def test_engine_merges_adapters_from_their_factors_like_dense_weights(base_dir, tmp_path, method):
     """Three adapters (factor path) and their float32 merged full weights (dense path) give the
