@@ -115,23 +115,32 @@ def shared_world(tmp_path_factory) -> Path:
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-world"
     with FileLock(str(shared) + ".lock"):
         if not (shared / ".built").is_file():
+            from hhh_bench.pipeline import run
             from hhh_bench.stages.base import run_base
             from hhh_bench.stages.data import run_data
 
             _one_thread()
             cfg = compose([f"root={shared}", "logger=none", *SMALL_WORLD])
             run_base(cfg, run_data(cfg))
+            for dim in DIMS:  # seed 0's specialists (:func:`small_specialists`)
+                run(compose([f"root={shared}", "logger=none", "threads=1", "seeds=[0]",
+                             *SMALL_WORLD, "stage=train", f"data.dimensions=[{dim}]"]))  # fmt: skip
             (shared / ".built").touch()
     return shared
 
 
 def _copy_stage(shared: Path, root: Path, stage: str) -> set[Path]:
-    """Copy ``shared/<stage>`` into ``root`` (once); the stage outputs it holds."""
+    """Copy the outputs of ``shared/<stage>`` that ``root`` lacks into it; the stage outputs
+    copied or already there."""
     import shutil
 
-    if not (root / stage).exists():
-        shutil.copytree(shared / stage, root / stage)
-    return set((root / stage).iterdir())
+    out = set()
+    for entry in (shared / stage).iterdir():
+        if not entry.name.startswith("."):
+            if not (root / stage / entry.name).exists():
+                shutil.copytree(entry, root / stage / entry.name)
+            out.add(root / stage / entry.name)
+    return out
 
 
 def _reused(out: dict, copied: set[Path], what: str) -> dict:
@@ -139,6 +148,17 @@ def _reused(out: dict, copied: set[Path], what: str) -> dict:
     folder = Path(out.get("dir") or out["path"])
     assert out["cached"] and folder in copied, f"the shared world's {what} was not reused: {folder}"
     return out
+
+
+DIMS = ("helpful", "honest", "harmless")
+
+
+@pytest.fixture(scope="session")
+def small_specialists(shared_world, session_root, small_base) -> set[Path]:
+    """Seed 0's three specialists of the small world, trained once per test run in the shared
+    world and copied into this worker's session root, where any run of that world with seed 0
+    reuses them (their keys hold content, not location). The outputs copied."""
+    return _copy_stage(shared_world, session_root, "train")
 
 
 @pytest.fixture(scope="session")

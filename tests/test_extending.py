@@ -247,7 +247,7 @@ def _extending_commands() -> list[tuple[dict[str, str], list[str]]]:
 
 @pytest.mark.e2e
 def test_extending_md_commands_run_as_written_and_do_what_they_say(
-    tmp_path, session_root, small_base, monkeypatch
+    tmp_path, session_root, small_base, small_specialists, monkeypatch
 ):
     """Each command of docs/extending.md run through the pipeline with its own overrides as
     written, on the small world (the size overrides and one seed put before them, the oracle
@@ -260,8 +260,8 @@ def test_extending_md_commands_run_as_written_and_do_what_they_say(
     commands = _extending_commands()
     assert len(commands) == 5, commands
     root = tmp_path / "doc"
-    shutil.copytree(session_root / "data", root / "data")
-    shutil.copytree(session_root / "base", root / "base")
+    for stage in ("data", "base", "train"):  # θ0 and seed 0's specialists: reused
+        shutil.copytree(session_root / stage, root / stage)
     monkeypatch.syspath_prepend(str(PLUGIN_DIR))  # PYTHONPATH=my_ext
     monkeypatch.chdir(PLUGIN_DIR)  # eval.include_paths=[my_hhh_tasks] is relative
     store = root / "results.jsonl"

@@ -23,6 +23,7 @@ SMALL_PIPELINE = [
     "logger=none",
     "threads=1",  # see conftest: robust on a shared 2-core CPU
     *SMALL_WORLD,
+    "pipeline.oracle.train.epochs=1",  # its path, not its 5 epochs (the demo trains those)
     "pipeline.mixtures=[uniform,sequential,reward_select]",
     "pipeline.tuning.emphasis=[[1,1,2]]",  # one emphasis: reward_select trained twice
     "~pipeline.merge_grid",  # `merge_grid={}` would merge into the default grid, not clear it
@@ -56,8 +57,9 @@ def _rows(root: Path) -> dict[tuple[str, str], dict]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(session_root, small_base):
-    """Shares θ0 with the session (same root and config), then trains, merges, evaluates, reports."""
+def pipeline_run(session_root, small_base, small_specialists):
+    """Shares θ0 and the specialists with the session (same root and config), then trains the
+    oracle and the mixtures, merges, evaluates, reports."""
     from hhh_bench.pipeline import run
 
     cfg = compose([f"root={session_root}", *SMALL_PIPELINE])
@@ -151,7 +153,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
 
 
 @pytest.fixture(scope="session")
-def specialists(session_root, small_base):
+def specialists(session_root, small_base, small_specialists):
     """The three specialists of the pipeline run alone (stage=train per dimension: the same
     keys; reused when this worker ran the pipeline first), for tests that need only them."""
     from hhh_bench.pipeline import run
