@@ -32,11 +32,8 @@ from hhh_bench.validation import emphases, preflight, validate_run
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 UPSTREAM = {
     "train": ("base",),
-    "merge": (
-        "base",
-        "train",
-        "stats",
-    ),  # stats: fisher and regmean's, computed once per specialist
+    # stats: fisher's and regmean's statistics, computed once per specialist
+    "merge": ("base", "train", "stats"),
     "merge_eval": ("base", "train", "stats"),
     "diagnose": ("base", "train"),
     "eval": ("base",),
