@@ -428,7 +428,7 @@ def goals(runs: list[Run], largest_fp32: int) -> list[tuple[str, str, bool | Non
         # issue 31: methods bound by a decomposition at most FusionBench's wall time. Outputs are
         # not a goal here: on these bf16 checkpoints the deltas' dense tail lies partly below the
         # bf16 rounding floor, which we do not flatten up to σ̄ and FusionBench does (by design,
-        # docs/merging.md); the float32 agreement is benchmarks/peercheck_subspace-b.py's.
+        # docs/merging.md); the float32 agreement is benchmarks/peercheck_iso.py's.
         o, p = ok(method, "hhh-bench"), ok(method, "fusionbench")
         if o and p and o.wall_s and p.wall_s:
             rw = o.wall_s / p.wall_s

@@ -1,7 +1,7 @@
 """Iso-C and Iso-CTS: ours against FusionBench's own implementation, on the same random tensors.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_subspace-b.py
-    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_subspace-b.py --hidden 1024 --repeats 3
+    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_iso.py
+    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_iso.py --hidden 1024 --repeats 3
 
 Builds a random float32 "model" (a base and T = 3 specialists: matrices of a few shapes, a bias,
 a norm and an embedding table), saves it to a temporary safetensors file, then merges it

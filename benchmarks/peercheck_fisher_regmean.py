@@ -1,6 +1,6 @@
 """Peer re-check of Fisher merging and RegMean against FusionBench's own code (issue 31).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_datamerge.py [--bench-python PATH]
+    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_fisher_regmean.py [--bench-python PATH]
 
 FusionBench lives in its own virtualenv (``make bench-peers``: ``.venv-bench``); this script runs
 its functions there, in a subprocess, on tensors written to a temporary folder, and ours in this

@@ -13,7 +13,7 @@ same random state dicts, as the max |Δθ| per method.
 The peers run in their own virtualenv (``make bench-peers``: ``.venv-bench``; another with
 ``--peer-python``) in a subprocess; ours here. Tensors travel through a temporary ``.pt`` file.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_subspace_a.py --pcb-merging pcb-merging.py
+    PYTHONPATH=src .venv/bin/python benchmarks/peercheck_consensus_pcb.py --pcb-merging pcb-merging.py
 """
 
 from __future__ import annotations
