@@ -282,16 +282,30 @@ def test_the_sequential_settings_are_checked(prefs):
 
 
 def test_a_lora_curriculum_trains_one_adapter_phase_after_phase(
-    tiny_model, tiny_tok, prefs, tmp_path
+    tiny_model, tiny_tok, prefs, tmp_path, monkeypatch
 ):
-    """With LoRA the second phase continues the first phase's adapter (its reference: the base
-    with the adapter off); one adapter is saved, and only LoRA tensors moved."""
+    """With LoRA each later phase continues the first phase's adapter, its reference the base
+    with the adapter off, as in the first (TRL's frozen "ref" copy of the adapter is dropped;
+    the stop-39 rehearsal: a third phase found it already there); one adapter is saved, and
+    only LoRA tensors moved."""
+    from trl import DPOTrainer
+
+    refs = []
+    original = DPOTrainer.train
+
+    def recording_train(self, *args, **kwargs):
+        refs.append(sorted(getattr(self.model, "peft_config", {})))
+        return original(self, *args, **kwargs)
+
     before = snapshot(tiny_model)
-    rows = prefs["harmless"][:4] + prefs["helpful"][:4]
+    rows = prefs["harmless"][:4] + prefs["helpful"][:4] + prefs["honest"][:4]
+    monkeypatch.setattr(DPOTrainer, "train", recording_train)
     model, curve = train_dpo(tiny_model, tiny_tok, rows, tmp_path / "t",
-                             curriculum=["harmless", "helpful"], lora=lora_config(r=2, alpha=4),
-                             save_to=tmp_path / "adapter", epochs=1, **FAST)  # fmt: skip
-    assert {r.get("phase") for r in curve.records} == {"harmless", "helpful"}
+                             curriculum=["harmless", "helpful", "honest"],
+                             lora=lora_config(r=2, alpha=4), save_to=tmp_path / "adapter",
+                             epochs=1, **FAST)  # fmt: skip
+    assert refs == [["default"]] * 3  # every phase: one adapter, the reference θ0
+    assert {r.get("phase") for r in curve.records} == {"harmless", "helpful", "honest"}
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
              for n, p in model.named_parameters() if not is_lora_parameter(n)}  # fmt: skip

@@ -313,6 +313,13 @@ def _fit(
         peft_config=peft_config,
         callbacks=[curve],
     )
+    peft_configs = getattr(trainer.model, "peft_config", None) or {}
+    if "ref" in peft_configs and ref_model is None and peft_config is None:
+        # A later phase of a LoRA curriculum: TRL took the model's adapter as it stands for a
+        # frozen "ref" copy, the reference. The curriculum's reference is θ0 (the base with the
+        # adapter off, as in the first phase): without a "ref" adapter TRL computes the
+        # reference log-probs with the adapters disabled.
+        trainer.model.delete_adapter("ref")
     quiet_console(trainer)
     trainer.train()
     if shared is not None:
