@@ -385,6 +385,21 @@ def test_row6_a_moved_root_reruns_with_every_stage_reused(root, tmp_path):
     assert misses == {} and hits.get("eval") == 1
 
 
+def test_row6_a_merge_recomputed_in_a_moved_root_is_the_same_model(root, tmp_path):
+    """Its record ``merge_info.json`` names the inputs by their new paths, but the weights are
+    the same: the merged model's identity (what its evaluations are keyed by) must not move."""
+    from hhh_bench.core.content import folder_identity
+
+    before = folder_identity(_one(root, "merge") / "model")
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)
+    shutil.rmtree(_one(moved, "merge"))
+    _run(moved, "stage=merge", "merge=task_arithmetic")
+    merged = _one(moved, "merge") / "model"
+    assert str(moved) in (merged / "merge_info.json").read_text()  # the record did change
+    assert folder_identity(merged) == before
+
+
 def test_row6_path_settings_and_paths_in_configs_are_keyed_by_content(tmp_path):
     from hhh_bench.stages.common import keyed
 
@@ -538,7 +553,7 @@ def test_cache_verify_names_misplaced_outputs_and_edited_store_rows(root, capsys
     store = root / "results.jsonl"
     lines = store.read_text().splitlines()
     row = json.loads(lines[0])
-    row["average"] = 0.999
+    row["name"] = "edited by hand"  # a valid row, but not the one hhh-bench wrote
     store.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
     code, out = _cache(capsys, "verify", "--quick", str(root))
     assert code == 1, out

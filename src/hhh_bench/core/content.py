@@ -12,7 +12,8 @@ One hash system for the whole project (core floor; imports nothing else of hhh_b
   ``$HHH_BENCH_HASH_CACHE`` (default ``$XDG_CACHE_HOME/hhh-bench/hashes``) for files outside it.
 - **A folder's identity** is the BLAKE3 of its files' relative paths and digests (every regular
   file: weights, config, tokenizer files of every kind; dot-files and the annotations of
-  :data:`ANNOTATIONS` left out).
+  :data:`ANNOTATIONS` left out; a stage output's records of :data:`RECORDS` are verified but
+  left out too).
 - **A stage output's manifest** (:data:`MANIFEST`, ``checksums.json``) lists every file of the
   output with its size, mtime_ns, ctime_ns, inode and digests; it is written last, inside the temporary
   folder that is renamed into place. :func:`verify` checks it on every reuse: cheaply when each
@@ -47,6 +48,10 @@ ANNOTATIONS = frozenset({"model/README.md", "model/scores.json", "model/diagnost
 """Files of a stage output that hhh-bench itself rewrites after the fact (a merge output's model
 card, its scores and diagnostics, by path inside the output): neither verified nor part of an
 identity. They never change what a later stage computes (no loader reads them)."""
+RECORDS = frozenset({"model/merge_info.json"})
+"""Files of a stage output that record how it was made (a merge's inputs by path, its plan):
+verified like any file, but not part of the output's identity, so that the same weights made
+from the same inputs in a moved root (other paths in the record) are the same model."""
 FORMAT = 1
 """Version of the manifest's format and of the identity's definition."""
 _BLOCK = 1 << 20  # a piece hashed by BLAKE3 then XXH3 while in the CPU's cache
@@ -266,7 +271,7 @@ class Manifest:
     def identity(self, under: str = "") -> str:
         """The digest over the artifacts (metadata, the result file and annotations left out);
         ``under``: only the files below that sub-folder (``model``), paths relative to it."""
-        skip = METADATA | ({self.result_file} if self.result_file else set())
+        skip = METADATA | RECORDS | ({self.result_file} if self.result_file else set())
         prefix = f"{under.strip('/')}/" if under else ""
         entries = {
             rel[len(prefix) :]: rec["blake3"]

@@ -12,7 +12,8 @@ never rewritten.
 Rows are validated on read as on write (:func:`check_row`): a line that is not a JSON object, a
 missing or unknown ``kind``, a score (``helpful``, ``honest``, ``harmless``, ``average``,
 ``min``, a per-task metric, a stderr or delta) that is NaN, infinite, a boolean, a string or (a
-required score) null, or a ``schema_version`` newer than :data:`SCHEMA_VERSION` is a
+required score) null, a 3H score outside [0, 1], an ``average`` or ``min`` that is not that of
+the three scores, or a ``schema_version`` newer than :data:`SCHEMA_VERSION` is a
 :class:`StoreError` naming the file and the line; :func:`scan_results` with ``skip_invalid``
 skips such lines instead and says which and why (``report.skip_invalid=true``).
 
@@ -53,7 +54,8 @@ class StoreError(ValueError):
 class ResultRow(TypedDict, total=False):
     """One evaluated model (one split of one model) in the results store.
 
-    Identity: ``row_key`` (unique per model x data x eval config x split), ``experiment``,
+    Identity: ``row_key`` (unique per model x data x eval config x split x name: the eval key,
+    the model's name and its explicit family, if any), ``experiment``,
     ``split`` (``validation`` | ``test``), ``suite`` (``toy3h`` | ``harness_3h``), ``metric``
     (the primary metric behind the scores), ``created_at``.
 
@@ -140,6 +142,9 @@ class ResultRow(TypedDict, total=False):
 
 REQUIRED = ("row_key", "name", "kind", "helpful", "honest", "harmless", "average", "min")
 SCORE_COLUMNS = ("helpful", "honest", "harmless", "average", "min")
+SCORE_TOLERANCE = 1e-3
+"""How far a row's ``average`` and ``min`` may be from those of its three scores: a row written
+by hand or by another program with its numbers rounded to three decimals (ours are exact)."""
 
 
 def _clean(obj: Any) -> Any:
@@ -162,7 +167,8 @@ def validate_row(row: Mapping[str, Any]) -> None:
     """Check the fields every consumer relies on.
 
     Raises:
-        ValueError: a required field is missing, ``kind`` is unknown, or a score is not a number.
+        ValueError: a required field is missing, ``kind`` is unknown, a score is not a finite
+            number in [0, 1], or ``average`` / ``min`` are not those of the three scores.
     """
     missing = [k for k in REQUIRED if k not in row or row[k] is None]
     if missing:
@@ -175,6 +181,20 @@ def validate_row(row: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"result row {row['row_key']!r}: {k} = {v!r} is not a finite number (a NaN, "
                 "Inf or boolean score would break every report built from the store)"
+            )
+    key = row["row_key"]
+    for k in SCORE_COLUMNS:
+        if not 0.0 <= row[k] <= 1.0:
+            raise ValueError(
+                f"result row {key!r}: {k} = {row[k]!r} is outside [0, 1] (the 3H scores are "
+                "rates, higher is better; a metric on another scale belongs in an extra column)"
+            )
+    dims = [float(row[d]) for d in SCORE_COLUMNS[:3]]
+    for k, want in (("average", sum(dims) / 3), ("min", min(dims))):
+        if abs(float(row[k]) - want) > SCORE_TOLERANCE:
+            raise ValueError(
+                f"result row {key!r}: {k} = {row[k]!r} is not the {k} of its three scores "
+                f"({want!r}): a row edited by hand, or written by another program"
             )
 
 
@@ -704,9 +724,14 @@ def build_row(
     timings = {"eval_s": round(float(eval_seconds), 3)}
     timings.update({k: float(v) for k, v in (model.get("timings") or {}).items()})
     row: dict[str, Any] = {
-        # one model reported in an explicit family of its own (a grid point of an ablation) is a
-        # row apart from the same model reported as its method's selected configuration
-        "row_key": f"{key}:{model['family']}" if model.get("family") else key,
+        # the eval key is the weights' content: two names for the same weights (TSV-M and RESM
+        # when RESM's reweighting does nothing) are two rows, one per name; one model reported
+        # in an explicit family of its own (a grid point of an ablation) is a row apart from the
+        # same model reported as its method's selected configuration
+        "row_key": ":".join(
+            [key, str(model.get("name") or model["key"])]
+            + ([str(model["family"])] if model.get("family") else [])
+        ),
         "experiment": str(run["experiment"]),
         "split": split,
         "suite": str(run["suite"]),
