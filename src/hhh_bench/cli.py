@@ -256,6 +256,13 @@ def check_root(argv: list[str]) -> None:
 
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "root" and not value.strip():
+            print(
+                f"hhh-bench: error: {arg!r}: root is empty; name the folder the run writes to "
+                "(root=runs/my_experiment), or leave root out for the experiment's default",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         if sep and key == "root" and value and not any(c in value for c in "${},[]"):
             try:
                 writable_folder(value, "root")
@@ -265,7 +272,22 @@ def check_root(argv: list[str]) -> None:
 
 
 def main() -> None:
-    """Entry point of the console script and of ``python -m hhh_bench``."""
+    """Entry point of the console script and of ``python -m hhh_bench``: Ctrl-C ends it with
+    one line and the shell's status for an interrupt (130), not a traceback."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        if _verbose():
+            raise
+        print(
+            "\nhhh-bench: interrupted; the stages that finished are cached, and rerunning the "
+            "same command resumes from them",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+def _main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
     check_not_groups(sys.argv[1:])

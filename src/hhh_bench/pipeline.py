@@ -161,7 +161,13 @@ def load_plugins(modules: list[str]) -> None:
     """Import user modules (``plugins=[my_pkg.my_methods]``) so their registrations run."""
     import importlib
 
+    if isinstance(modules, str) or not isinstance(modules, Sequence):
+        raise ValueError(
+            f"plugins={modules!r} must be a list of module names: write plugins=[{modules}]"
+        )
     for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"plugins: {name!r} is not a module name (plugins=[my_pkg.my_mod])")
         try:
             importlib.import_module(str(name))
         except ImportError as e:

@@ -68,7 +68,8 @@ def hhh(*args: str) -> Outcome:
 
 
 def snapshot(root: Path) -> set[str]:
-    """What a run may add under ``root``, relative: every file, and every folder inside a
+    """What a run may add or change under ``root``, relative: every file with its size (a row
+    appended to ``results.jsonl`` or ``diagnostics.jsonl`` shows), and every folder inside a
     stage's folder (a stage output ``<stage>/<key>/``, a temporary one); not the Hydra log
     folder, not the root's file-hash records (``.cache/hashes``: stat records of files already
     there, written when a reuse checks them) and not an empty ``<root>/<stage>/``."""
@@ -79,7 +80,8 @@ def snapshot(root: Path) -> set[str]:
         rel = p.relative_to(root)
         if rel.parts[0] in ("hydra", ".cache") or (p.is_dir() and len(rel.parts) < 2):
             continue
-        out.add(rel.as_posix())
+        size = f" ({p.stat().st_size} bytes)" if p.is_file() and not p.is_symlink() else ""
+        out.add(rel.as_posix() + size)
     return out
 
 
@@ -92,7 +94,7 @@ def assert_refused(o: Outcome, before: set[str], root: Path, *says: str, code: i
     for s in says:
         assert re.search(s, console, re.S), f"{s!r} not on the console:\n{console[-3000:]}"
     added = sorted(snapshot(root) - before)
-    assert not added, f"partial output left under {root}: {added[:10]}"
+    assert not added, f"partial output left (or a file changed) under {root}: {added[:10]}"
 
 
 def pattern(*parts: str) -> str:

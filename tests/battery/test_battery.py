@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -514,6 +515,19 @@ def test_results_store_skip_invalid_counts(root):
     assert "Skipped 1 invalid row" in md and "line 2" in md, md[-1500:]
 
 
+def test_results_store_torn_last_line_is_said_on_the_console_and_in_the_report(root):
+    """A crash mid-write leaves a torn last line: skipped (the documented result, exit 0), and
+    said where the user looks, not only in the log file."""
+    root.mkdir(parents=True)
+    good = "\n".join(json.dumps(row(k)) for k in ("a", "c"))
+    (root / "results.jsonl").write_text(good + "\n" + json.dumps(row("b"))[:-30])
+    o = hhh(f"root={root}", "logger=none", *QUICK, "stage=report")
+    assert o.code == 0 and "Traceback" not in o.console, o.console[-2000:]
+    assert re.search(r"skipped 1 line.*line 3: a torn line", o.console), o.console[-2000:]
+    md = next(root.rglob("report.md")).read_text()
+    assert "Skipped 1 invalid row" in md and "line 3: a torn line" in md, md[-1500:]
+
+
 def test_results_store_is_a_folder(root):
     (root / "results.jsonl").mkdir(parents=True)
     refused(root, "stage=report", says=pattern("results.jsonl"))
@@ -969,6 +983,79 @@ def test_adapter_without_weights(prepared, adapters, tmp_path):
     base = _one(prepared, "base")
     refused(prepared, "stage=merge", "merge=task_arithmetic", f"merge.base={base}",
             f"merge.models=[{bad},{adapters[1]}]", says=pattern(str(bad), "adapter_model.safetensors"))  # fmt: skip
+
+
+# A merge method of a plugin that fails or returns something that cannot be a merged tensor:
+# named with its module and the tensor, no traceback, and no sweep-cache entry, diagnostics row
+# or merge output left (the second independent battery's G01-G08)
+BAD_METHODS = {
+    "raises": ("raise RuntimeError('bad math')", "failed on parameter .*RuntimeError: bad math"),
+    "wrong shape": ("return taus[0].reshape(-1)[:1]", r"returned shape \(1,\) for parameter"),
+    "integer tensor": ("return taus.sum(0).to(torch.int32)", "returned a torch.int32 tensor"),
+    "NaN": ("return taus.sum(0) * float('nan')", "NaN/Inf value.* from finite inputs"),
+    "Inf": ("return taus.sum(0) / 0.0", "NaN/Inf value.* from finite inputs"),
+    "None": ("return None", "returned a NoneType for parameter"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_METHODS))
+def test_plugin_method_that_misbehaves(prepared, tmp_path, monkeypatch, kind):
+    body, says = BAD_METHODS[kind]
+    mod = f"battery_badmethod_{abs(hash(kind)) % 10**8}"
+    name = f"bad_{mod[-8:]}"
+    (tmp_path / f"{mod}.py").write_text(
+        "import torch\nfrom hhh_bench.merging import merge_function\n\n"
+        f"@merge_function({name!r})\ndef bad(taus, weights, params):\n    {body}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        refused(prepared, f"plugins=[{mod}]", "stage=merge", f"merge.method={name}",
+                says=pattern(f"merge method {name!r} (from module {mod!r})") + ".*" + says)  # fmt: skip
+    finally:
+        from hhh_bench.merging.base import METHODS
+
+        METHODS.remove(name) if name in METHODS.names() else None
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    case("slerp with three models", "merge=slerp",
+         says=pattern("'slerp' interpolates two models", "got 3")),
+    case("consensus min_agreement above the models", "merge=consensus_ta",
+         "merge.params.min_agreement=5", says=pattern("'min_agreement' = 5 exceeds the 3")),
+])  # fmt: skip
+def test_model_count_refused_before_any_work(prepared, args, says):
+    """Known from the config alone: refused before the diagnostics, the statistics or the
+    merge (no diagnostics row, no sweep-cache entry)."""
+    refused(prepared, "stage=merge", *args, says=says)
+
+
+def test_plugins_given_as_a_string(root):
+    refused(root, "plugins=badplug", says=pattern("plugins='badplug' must be a list", "[badplug]"))
+
+
+def test_root_empty(tmp_path):
+    os.chdir(tmp_path)
+    o = hhh("root=", "logger=none", "stage=data")
+    assert_refused(o, set(), tmp_path, "root is empty")
+    assert not list(tmp_path.iterdir())
+
+
+def test_source_glob_matching_no_file(root, tmp_path):
+    refused(root, *_paper(tmp_path / "nothing-*.jsonl"), quick=False,
+            says=pattern("'hh_rlhf_helpful'", "nothing-*.jsonl", "matches no file"))  # fmt: skip
+
+
+def test_ctrl_c_is_one_line_and_exit_130(root, monkeypatch):
+    """A KeyboardInterrupt anywhere in a run (here: as the data stage starts)."""
+    import hhh_bench.pipeline as pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "load_plugins", interrupted)
+    o = hhh(f"root={root}", "logger=none", *QUICK, "stage=data")
+    assert o.code == 130 and "Traceback" not in o.console, o.console[-2000:]
+    assert "interrupted" in o.err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -203,24 +203,29 @@ def test_a_failed_background_write_fails_the_merge_and_leaves_nothing(
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
 
 
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
 def test_a_full_disk_in_the_sweep_cache_names_the_entry_and_leaves_nothing(
-    models, tmp_path, monkeypatch
+    models, tmp_path, monkeypatch, raised
 ):
-    """safetensors' save_file names no file when the disk is full (issue 27): the error names
-    the cache entry and how to turn the cache off; no output, no half-written entry."""
+    """safetensors' save_file names no file when the disk is full (issue 27; it raises its own
+    SafetensorError, or an OSError): the error names the cache entry and how to turn the cache
+    off; no output, no half-written entry."""
     import errno
 
     import safetensors.torch
+    from safetensors import SafetensorError
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if raised == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     cache = tmp_path / "cache"
     with pytest.raises(
-        OSError, match=rf"No space left on device \(sweep cache entry; merge_engine.cache_dir=null "
-        rf"turns the cache off\): '{cache}/.*\.safetensors'"
+        OSError, match=rf"No space left on device.*\(writing a sweep cache entry; free space "
+        rf"there, or merge_engine.cache_dir=null turns the cache off\): '{cache}/.*\.safetensors'"
     ):  # fmt: skip
         merge_models("ties", base := models[0], models[1], tmp_path / "o", cache_dir=cache,
                      progress=False)  # fmt: skip

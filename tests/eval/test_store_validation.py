@@ -62,6 +62,15 @@ BAD_LINES = {
     "newer schema": (json.dumps(row("b", schema_version=99)), r"schema_version 99 is newer"),
     "schema not int": (json.dumps(row("b", schema_version="2")), r"schema_version '2'"),
     "no row_key": (json.dumps(without(row("b"), "row_key")), r"lacks field\(s\) \['row_key'\]"),
+    "score above 1": (json.dumps(row("b", helpful=1.7)), r"helpful = 1.7 is outside \[0, 1\]"),
+    "negative score": (json.dumps(row("b", honest=-0.2)), r"honest = -0.2 is outside \[0, 1\]"),
+    "average not the scores' average": (
+        json.dumps({**row("b"), "helpful": 0.9}),
+        r"average = .* is not the average of its three scores \(0.6",
+    ),
+    "min not the scores' min": (
+        json.dumps({**row("b"), "min": 0.1}), r"min = 0.1 is not the min of its three scores"
+    ),
     "task metric NaN": (json.dumps(bad_task(float("nan"))), r"tasks\.t\.acc = nan"),
     "task metric bool": (json.dumps(bad_task(False)), r"tasks\.t\.acc = a boolean"),
     "task metric null": (json.dumps(bad_task(None)), r"tasks\.t\.acc = null"),
@@ -106,7 +115,7 @@ def test_a_row_edited_after_it_was_written_is_named(tmp_path):
     lines = path.read_text().splitlines()
     first = json.loads(lines[0])
     assert first["digest"] and read_results(path)[0]["average"] == 0.5
-    first["average"] = 0.9
+    first.update(dict.fromkeys(("helpful", "honest", "harmless", "average", "min"), 0.9))
     path.write_text("\n".join([json.dumps(first), lines[1], json.dumps(row("c"))]) + "\n")
     with pytest.raises(store_mod.StoreError, match=r"results.jsonl, line 1: result row 'a' "
                        r"was changed after hhh-bench wrote it"):  # fmt: skip

@@ -191,6 +191,8 @@ class MergeMethod(Generic[P]):
     Attributes:
         name: the registry name (stable: it appears in W&B tables, sweeps and
             ``conf/merge/<name>.yaml``).
+        min_models, max_models: how many finetuned models it merges (checked up front by
+            :meth:`check_models`; ``max_models`` None: no limit).
         params_cls: the method's :class:`CommonParams` subclass.
         precompute_keys: names of the params :meth:`precompute` depends on. Its output is a
             function of (name, base, task vectors, those params, plan entry) only, so a cache
@@ -207,6 +209,19 @@ class MergeMethod(Generic[P]):
     precompute_keys: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     statistics_kind: ClassVar[str | None] = None
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+
+    def check_models(self, num_models: int, params: P) -> None:
+        """Refuse, before any input is opened, a number of finetuned models this method cannot
+        merge with these params (:attr:`min_models`, :attr:`max_models`; a method whose knobs
+        depend on it, such as consensus merging's ``min_agreement``, overrides this)."""
+        lo, hi = self.min_models, self.max_models
+        if num_models < lo or (hi is not None and num_models > hi):
+            want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise ValueError(
+                f"merge method {self.name!r} needs {want} finetuned models, got {num_models}"
+            )
 
     def make_params(self, **kw: Any) -> P:
         """Validated params; an unknown name raises ``ValueError`` listing the valid ones."""
@@ -353,7 +368,9 @@ class FunctionMethod(MergeMethod[P]):
     ) -> Tensor:
         stack = on_device(pre, params)["tau"]
         weights = params.weight_tensor(len(stack), stack)
-        return finish(base, self.merge_stack(name, base, stack, weights, params), params)
+        tau = self.merge_stack(name, base, stack, weights, params)
+        check_result(self, name, tau, tuple(base.shape), params, finite=False)
+        return finish(base, tau, params)
 
     def merge_stack(
         self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: P
@@ -362,6 +379,59 @@ class FunctionMethod(MergeMethod[P]):
         needs θ0 (one averaging weights, not task vectors) or the tensor's name (for its errors)
         overrides this, not :meth:`compose`."""
         return type(self).merge_fn(stack, weights, params)
+
+
+class MethodError(ValueError):
+    """A merge method that failed on a tensor or returned something that cannot be a merged
+    tensor (wrong shape, not floating point, NaN/Inf from finite inputs): named with the
+    method, its module when it is not ours, and the tensor; not a traceback from inside it
+    (``--verbose`` shows that)."""
+
+
+def method_label(method: MergeMethod[Any]) -> str:
+    """``merge method 'x'``, with ``(from module 'm')`` for a method not of hhh-bench."""
+    fn = getattr(type(method), "merge_fn", None)
+    mod = getattr(fn, "__module__", None) or type(method).__module__
+    ours = mod.startswith("hhh_bench.")
+    return f"merge method {method.name!r}" + ("" if ours else f" (from module {mod!r})")
+
+
+def check_result(
+    method: MergeMethod[Any],
+    name: str,
+    out: Any,
+    shape: tuple[int, ...],
+    params: CommonParams,
+    finite: bool = True,
+) -> None:
+    """What a method returned for tensor ``name`` can be a merged tensor: a floating-point
+    tensor of ``shape`` and, with ``finite``, finite (its inputs were checked finite, so a
+    NaN/Inf is the method's, or an overflow of ``scaling``/``weights``; the driver checks this
+    only once the written tensor is found non-finite, so the fast path pays no extra pass).
+    Raises :class:`MethodError`."""
+    what = method_label(method)
+    if not isinstance(out, Tensor):
+        raise MethodError(
+            f"{what} returned a {type(out).__name__} for parameter {name!r}, not a tensor"
+        )
+    if tuple(out.shape) != tuple(shape):
+        raise MethodError(
+            f"{what} returned shape {tuple(out.shape)} for parameter {name!r}, whose shape is "
+            f"{tuple(shape)}"
+        )
+    if not out.is_floating_point():
+        raise MethodError(
+            f"{what} returned a {out.dtype} tensor for parameter {name!r}; a merged weight is "
+            "floating point"
+        )
+    if finite and not bool(torch.isfinite(out.sum())):
+        bad = out.numel() - int(torch.isfinite(out).sum())
+        if bad:
+            raise MethodError(
+                f"{what} returned {bad} NaN/Inf value(s) for parameter {name!r} in the compute "
+                f"dtype {out.dtype}, from finite inputs, with {params.knobs()} (a division by "
+                "zero in the method, or a scaling/weights so large they overflow)"
+            )
 
 
 def merge_function(

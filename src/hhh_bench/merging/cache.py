@@ -10,6 +10,7 @@ beyond ``max_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -43,6 +44,7 @@ class SweepCache:
         self.hits = 0
         self.misses = 0
         self.rejected = 0
+        self.written: list[Path] = []
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.safetensors"
@@ -86,14 +88,26 @@ class SweepCache:
         try:
             save_file(cpu, str(tmp), metadata={"key": key, "sha256": content_digest(key, cpu)})
             tmp.replace(p)
-        except OSError as e:  # a full disk: name the entry (safetensors and os name no file)
-            tmp.unlink(missing_ok=True)
+        except Exception as e:  # a full disk (safetensors' SafetensorError or an OSError): the
+            tmp.unlink(missing_ok=True)  # entry named, which neither names
+            if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+                raise
             raise OSError(
-                e.errno,
-                f"{e.strerror} (sweep cache entry; merge_engine.cache_dir=null turns the "
-                "cache off)",
+                getattr(e, "errno", None) or 28,
+                f"{getattr(e, 'strerror', None) or e} (writing a sweep cache entry; free space "
+                "there, or merge_engine.cache_dir=null turns the cache off)",
                 str(p),
             ) from e
+        self.written.append(p)
+
+    def discard_written(self) -> None:
+        """Remove the entries this cache object wrote: what a failed merge calls, so that it
+        leaves nothing behind (the entries were correct, but nothing asked for them)."""
+        for p in self.written:
+            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its two-letter folder, when now empty
+                p.parent.rmdir()
+        self.written.clear()
 
     def evict(self) -> None:
         files = sorted(self.folder.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime)

@@ -26,6 +26,9 @@ from hhh_bench.core.provenance import config_hash
 from hhh_bench.merging.base import (
     CommonParams,
     MergeMethod,
+    MethodError,
+    check_result,
+    method_label,
     validate_tensors,
 )
 from hhh_bench.merging.cache import SweepCache
@@ -291,6 +294,7 @@ def run_merge(
     """
     groups = _params_groups(method, params, inputs, params_for)
     for p, shapes in groups:
+        method.check_models(len(inputs.models), p)
         method.check_merge(shapes, len(inputs.models), p)
     stats = MergeStats(plan=dict(plan) if plan is not None else {})
     if plan is None:
@@ -340,19 +344,37 @@ def run_merge(
                         if raw.fts is None:
                             raw = read_raw(inputs, k)
                         taus = task_vectors_from_raw(k, raw, pk.dtype, pk.device)
-                        pre = method.precompute(k, b, taus, pk, entry)
+                        pre = _called(method, "precompute", k, b, taus, pk, entry)
                         del taus
                         if cache is not None:
                             cache.put(key, pre)
-                    merged = method.compose(k, b, pre, pk, entry).to(dtype=dt)
+                    computed = _called(method, "compose", k, b, pre, pk, entry)
+                    check_result(method, k, computed, tuple(b.shape), pk, finite=False)
                     del pre
-                    check_finite(k, merged, what, pk)
+                    merged = computed.to(dtype=dt)
+                    if not bool(torch.isfinite(merged.sum())):  # the method's, or an overflow
+                        check_result(method, k, computed, tuple(b.shape), pk)
+                        check_finite(k, merged, what, pk)
+                    del computed
             sink(k, merged)
             stats.tensors += 1
             del merged, raw
     if cache is not None:
         stats.cache_hits, stats.cache_misses = cache.hits, cache.misses
     return stats
+
+
+def _called(method: MergeMethod[Any], step: str, k: str, *args: Any) -> Any:
+    """``method.<step>(k, *args)``; an error other than a ValueError (which names its input
+    already) becomes a :class:`MethodError` naming the method and the tensor."""
+    try:
+        return getattr(method, step)(k, *args)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a method's own failure, named
+        raise MethodError(
+            f"{method_label(method)} failed on parameter {k!r}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def per_tensor_params(

@@ -469,6 +469,7 @@ def merge_models(
     m = get_method(method)
     p = m.make_params(**params)
     p.resolve_weights(len(finetuned))
+    m.check_models(len(finetuned), p)
     out = Path(out_dir).expanduser()
     base_folder = resolve_path(base)
     folders = [base_folder] + [resolve_path(f) for f in finetuned if not isinstance(f, Mapping)]
@@ -538,6 +539,8 @@ def merge_models(
             read_from = check_reads([base_src, *models]) if verify_reads else {}
         except BaseException:
             writer.abort()  # the folder is discarded; report the original error
+            if cache is not None:
+                cache.discard_written()
             raise
         writer.close()
         _finish_folder(tmp, writer, base_src_folder=base_folder, out_dtype=out_dtype)

@@ -98,7 +98,11 @@ def run_merge(
             "pipeline's train stage first (hhh-bench stage=train) so its specialists exist"
         )
     params = {"device": engine.device, **m.params}
-    kind = get_method(m.method).statistics_kind
+    method = get_method(m.method)
+    checked = method.make_params(**params)  # refused before any statistics, diagnostics or merge
+    checked.resolve_weights(len(models))
+    method.check_models(len(models), checked)
+    kind = method.statistics_kind
     stats_dirs: list[str] = []
     if kind is not None and not params.get("statistics"):
         from hhh_bench.stages.stats import statistics_for
@@ -118,11 +122,15 @@ def run_merge(
         "vocab_policy": engine.vocab_policy,
         "code": merge_code(m.method),
     }
-    diag = None
-    if engine.diagnostics:
+
+    def diagnose() -> dict[str, Any] | None:
+        """The inputs' diagnostics (their own cached stage), once the merge has succeeded: a
+        refused or failed merge leaves no diagnostics row."""
+        if not engine.diagnostics:
+            return None
         from hhh_bench.stages.diagnose import resm_params_for, run_diagnose
 
-        diag = run_diagnose(cfg, str(base), models, resm_params=resm_params_for(m.method, params))
+        return run_diagnose(cfg, str(base), models, resm_params=resm_params_for(m.method, params))
 
     def compute(tmp: Path) -> dict[str, Any]:
         res = merge_models(
@@ -136,7 +144,7 @@ def run_merge(
         log.info("merge: %s in %.1f s (sweep cache: %d hits, %d misses)", m.method, res.seconds,
                  res.cache_hits, res.cache_misses)  # fmt: skip
         _check_read_inputs(tmp / "model", payload)
-        return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diag)}
+        return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diagnose())}
 
     run = cached_stage(
         cfg.root, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),
@@ -146,8 +154,8 @@ def run_merge(
     )  # fmt: skip
     out = run.dir / "model"
     info = dict(run.info)
-    if run.cached and diag is not None:  # diagnostics switched on after the merge was made
-        info.update(_attach(out, diag))
+    if run.cached and engine.diagnostics:  # diagnostics switched on after the merge was made
+        info.update(_attach(out, diagnose()))
     if "diagnostics" in info:
         info["diagnostics"] = str(out / "diagnostics.json")
     return {**info, "out_dir": str(out), "key": run.key, "content": run.identity,

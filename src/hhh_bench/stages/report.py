@@ -68,6 +68,10 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     rcfg = load(ReportConfig, to_dict(cfg.get("report") or {}))
     scan = scan_results(store, skip_invalid=rcfg.skip_invalid)  # an invalid line: named, or skipped
     rows = scan.latest()
+    if scan.skipped:  # on the console too, not only under report.md's table
+        n = len(scan.skipped)
+        log.warning("report: skipped %d line(s) of %s: %s", n, store, "; ".join(
+            f"line {s.line}: {s.reason}" for s in scan.skipped[:3]) + (" ..." if n > 3 else ""))  # fmt: skip
     if not rows:
         raise FileNotFoundError(
             f"no results in {store}; run the eval stage first (hhh-bench stage=eval ...)"

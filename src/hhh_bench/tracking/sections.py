@@ -117,7 +117,8 @@ def main_section(
 
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
     """The Markdown lines under the main table saying how many lines of the store were skipped
-    as invalid (``report.skip_invalid=true``) and why, by reason; none when none was."""
+    (invalid ones with ``report.skip_invalid=true``, and torn ones always) and why, by reason;
+    none when none was."""
     if not skipped:
         return []
     by_reason: dict[str, list[int]] = {}
@@ -131,9 +132,7 @@ def skipped_note(skipped: Sequence[Any]) -> list[str]:
     ]
     return [
         f"**Skipped {n} invalid row{'s' if n != 1 else ''} of the results store** "
-        "(report.skip_invalid=true; not in any table or figure): "
-        + md_text("; ".join(parts))
-        + ".",
+        "(not in any table or figure): " + md_text("; ".join(parts)) + ".",
         "",
     ]
 

@@ -444,6 +444,10 @@ def _parse(data: bytes) -> list[_Line]:
     ]  # fmt: skip
 
 
+TORN = "a torn line (no closing brace): a write interrupted by a crash"
+"""Why a torn line was skipped (:func:`scan_results`)."""
+
+
 def _warn_torn(lines: list[_Line], path: Path) -> None:
     last = lines[-1].number if lines else 0
     for ln in lines:
@@ -461,7 +465,8 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
     """Read and check every line of a store (:func:`check_row`), in file order.
 
     A torn line (an unfinished write, see the module docstring) is skipped with a
-    :class:`RuntimeWarning`. A missing file reads as no rows.
+    :class:`RuntimeWarning` and recorded in ``StoreScan.skipped`` (the report says so under
+    its table). A missing file reads as no rows.
 
     Args:
         path: the store file.
@@ -481,7 +486,8 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
         lines = _lines_of(f, path)
     _warn_torn(lines, path)
     for ln in lines:
-        if ln.torn:
+        if ln.torn:  # skipped whatever skip_invalid says (an unfinished write), and said
+            scan.skipped.append(SkippedLine(ln.number, TORN))
             continue
         reason = ln.error
         if reason is None:

@@ -364,7 +364,12 @@ def load_raw(cfg: Mapping[str, Any], cache_dir: str | Path) -> Any:
                     f"source {cfg['name']!r}: local path {p!r} does not exist (set `path: null` to "
                     "load from the Hub, or point it at the raw JSONL/parquet file)"
                 )
-            for f in sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]:
+            matched = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]
+            if not matched:
+                raise FileNotFoundError(
+                    f"source {cfg['name']!r}: local path pattern {p!r} matches no file"
+                )
+            for f in matched:
                 if Path(f).is_file():
                     check_local_file(f, cfg["name"])
         try:

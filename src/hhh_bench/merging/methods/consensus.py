@@ -153,12 +153,19 @@ def consensus_merge(
     return out.view(stack.shape[1:])
 
 
+class ConsensusTA(FunctionMethod[ConsensusParams]):
+    """Consensus TA's model count is checked against ``min_agreement`` up front."""
+
+    def check_models(self, num_models: int, params: ConsensusParams) -> None:
+        check_agreement(params.min_agreement, num_models)
+
+
 @merge_function(
     "consensus_ta",
     ConsensusParams,
     summary="task arithmetic kept where ≥ k tasks' TALL masks agree (Wang et al. 2024, "
     "arXiv:2405.07813)",
-    base=FunctionMethod,
+    base=ConsensusTA,
 )
 def consensus_ta(stack: Tensor, weights: Tensor, params: ConsensusParams) -> Tensor:
     """Consensus Task Arithmetic: c ⊙ Σ_t w_t τ_t (module doc; arXiv:2405.07813)."""
@@ -186,6 +193,10 @@ class ConsensusTies(TiesMethod):
 
     name = "consensus_ties"
     params_cls = ConsensusTiesParams
+
+    def check_models(self, num_models: int, params: Any) -> None:
+        check_agreement(params.min_agreement, num_models)
+
     precompute_keys = ("density", "scope", "compute_dtype")
     summary = (
         "TIES (disjoint sum) kept where ≥ k tasks' TALL masks agree (Wang et al. 2024, "

@@ -80,6 +80,8 @@ def model_stock(stack: Tensor, weights: Tensor, params: ModelStockParams, name: 
 class ModelStockMethod(FunctionMethod[ModelStockParams]):
     """Model Stock's merge_stack passes the tensor's name to the merge function (its errors)."""
 
+    min_models = 2  # its t needs the angle between task vectors (mergekit: a base plus two)
+
     def merge_stack(
         self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: ModelStockParams
     ) -> Tensor:

@@ -111,6 +111,8 @@ def sce(stack: Tensor, weights: Tensor, params: SceParams) -> Tensor:
 class SceMethod(FunctionMethod[SceParams]):
     """SCE's shape check: a ``select_topk`` that keeps no position of some tensor is refused."""
 
+    min_models = 2  # its selection compares the models (mergekit: a base plus two or more)
+
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], params: SceParams) -> None:
         """int(select_topk·n) ≥ 1 for every tensor of n entries (the smallest is named); the
         positions of non-zero variance, m ≤ n, are known only once the tensor is read."""

@@ -85,6 +85,15 @@ def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams)
 class SlerpMethod(FunctionMethod[SlerpParams]):
     """SLERP interpolates weights, not task vectors: its merge_stack needs θ0."""
 
+    max_models = 2
+
+    def check_models(self, num_models: int, params: SlerpParams) -> None:
+        if num_models not in (1, 2):
+            raise ValueError(
+                f"merge method 'slerp' interpolates two models: give one finetuned model (SLERP "
+                f"from the base) or two, got {num_models}; for more use karcher or multislerp"
+            )
+
     def merge_stack(
         self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams
     ) -> Tensor:
