@@ -117,6 +117,24 @@ def by_name(es: list[entries.Entry]) -> dict[str, entries.Entry]:
 # ----------------------------------------------------------------------------------- entries
 
 
+def test_a_run_evaluated_again_supersedes_its_older_rows_and_the_report_says_so(store):
+    """The same configuration, seed, data and run config written again later (its model
+    recomputed after a code edit): the latest row is used, the older one dropped and counted,
+    not shown as ``ties [2]``; a row of another config hash or seed stays."""
+    from hhh_bench.tracking.sections import superseded_note
+
+    ties = [dict(r) for r in store["rows"] if r["name"] == "ties"]
+    old = {**ties[0], "row_key": "old", "config_hash": "c1", "created_at": "2026-01-01T00:00:00"}
+    new = {**ties[0], "row_key": "new", "config_hash": "c1", "created_at": "2026-01-02T00:00:00",
+           "helpful": 0.5}  # fmt: skip
+    other = {**old, "row_key": "other", "config_hash": "c2"}
+    kept, dropped = entries.superseded([new, old, other, *ties[1:]])
+    assert [r["row_key"] for r in dropped] == ["old"]
+    assert [r["row_key"] for r in kept] == ["new", "other", *[r["row_key"] for r in ties[1:]]]
+    assert "1 older row of the results store not shown" in superseded_note(dropped)[0]
+    assert entries.superseded(ties) == (ties, [])  # rows without a config hash: all kept
+
+
 def test_entries_pool_seeds_per_configuration_with_means_stds_and_deltas(store):
     es = store["entries"]
     # table order: the groups' order, then first seen

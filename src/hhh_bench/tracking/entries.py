@@ -127,6 +127,34 @@ def configuration(row: Mapping[str, Any]) -> str:
     return json.dumps(key, sort_keys=True, default=str)
 
 
+def superseded(
+    rows: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(kept, dropped)``: a row is dropped when a later row (by ``created_at``, then store
+    order) has the same configuration (:func:`configuration`), seed, split, data, evaluation
+    setup and run-config hash: the same run evaluated again, its model now another (a code edit
+    recomputed it). Rows without a config hash are all kept. The report says how many it
+    dropped; rows that differ in anything else stay rows of their own (``ties [2]``)."""
+
+    def ident(r: Mapping[str, Any]) -> str | None:
+        if not r.get("config_hash"):
+            return None
+        return json.dumps([configuration(r), r.get("seed"), r.get("split"), r.get("data_key"),
+                           setup_key(r), r.get("config_hash")], sort_keys=True, default=str)  # fmt: skip
+
+    order = sorted(range(len(rows)), key=lambda i: (str(rows[i].get("created_at") or ""), i))
+    last: dict[str, int] = {}
+    for i in order:
+        key = ident(rows[i])
+        if key is not None:
+            last[key] = i
+    kept, dropped = [], []
+    for i, r in enumerate(rows):
+        key = ident(r)
+        (kept if key is None or last[key] == i else dropped).append(dict(r))
+    return kept, dropped
+
+
 def _split_repeated_seeds(rs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Rows of one configuration, split where a seed repeats (rows of the same seed that differ
     in something else, say the data): each row joins the first part without its seed, in file

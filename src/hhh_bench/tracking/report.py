@@ -54,6 +54,7 @@ from hhh_bench.tracking.entries import (
     extra_columns,
     paired_marks,
     summary_metrics,
+    superseded,
     table_entries,
 )
 from hhh_bench.tracking.failures import (
@@ -74,6 +75,7 @@ from hhh_bench.tracking.sections import (
     per_task_section,
     setup_section,
     skipped_note,
+    superseded_note,
     title_section,
 )
 from hhh_bench.tracking.sweeps import sweep_figures, sweep_points, sweep_section
@@ -136,6 +138,7 @@ def build_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rows, dropped = superseded(rows)  # the same run evaluated again: its latest row
     report_rows = [dict(r) for r in rows if r.get("split", report_split) == report_split]
     if not report_rows:
         have = sorted({str(r.get("split")) for r in rows})
@@ -173,6 +176,7 @@ def build_report(
                       select_split=select_split, alpha=alpha),
         *failure_note(entries, judge_failure_threshold),
         *skipped_note(skipped),
+        *superseded_note(dropped),
         *counts_note(report_rows),
         *other_setups_section(others, report_rows),
         *all_models_section(report_rows),

@@ -184,6 +184,23 @@ def items_note(rows: Sequence[Mapping[str, Any]]) -> str:
     return "Items per task and seed: " + "; ".join(parts) + "."
 
 
+def superseded_note(dropped: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The line saying how many store rows a later evaluation of the same run superseded
+    (:func:`hhh_bench.tracking.entries.superseded`); none when none did."""
+    if not dropped:
+        return []
+    n = len(dropped)
+    names = sorted({str(r.get("name")) for r in dropped})
+    return [
+        f"**{n} older row{'s' if n != 1 else ''} of the results store not shown**: the same "
+        "configuration, seed, data and run config evaluated again later (its model recomputed, "
+        "e.g. after a code edit); the latest row of each is used ("
+        + md_text(", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+        + ").",
+        "",
+    ]
+
+
 def counts_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """:func:`budget_note` and :func:`items_note` as one paragraph; none when neither says."""
     text = " ".join(x for x in (budget_note(rows), items_note(rows)) if x)
