@@ -2,7 +2,7 @@
 
     python benchmarks/_merge_worker.py SPEC.json
 
-SPEC holds ``tool`` (``ours``, ``ours_sweep``, ``mergekit``, ``fusionbench``, ``probe``),
+SPEC holds ``tool`` (``ours``, ``ours_yaml``, ``ours_sweep``, ``mergekit``, ``fusionbench``, ``probe``),
 ``method``, ``base``, ``models``, ``out``, ``params``, ``threads`` and ``result`` (a JSON path
 written at the end with the in-process merge seconds). Only the standard library and torch are
 imported at the top: the peers run under a python that has mergekit / fusion-bench but not
@@ -31,6 +31,17 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         spec["method"], spec["base"], spec["models"], spec["out"], progress=False, **spec["params"]
     )
     return {"cache_hits": res.cache_hits, "cache_misses": res.cache_misses}
+
+
+def run_ours_yaml(spec: dict[str, Any]) -> dict[str, Any]:
+    """``hhh-bench merge CONFIG OUT_DIR`` on the mergekit YAML that mergekit runs (spec["config"])."""
+    from hhh_bench.mergeyaml import run
+
+    path = Path(spec["out"] + ".yml")
+    Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec["config"], indent=2))  # JSON is YAML
+    run(str(path), spec["out"], progress=False)
+    return {}
 
 
 def run_ours_sweep(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +80,7 @@ def run_mergekit(spec: dict[str, Any]) -> dict[str, Any]:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    config = {
+    config = spec.get("config") or {
         "merge_method": spec["method"],
         "base_model": spec["base"],
         "models": [{"model": m, "parameters": spec["model_params"]} for m in spec["models"]],
@@ -107,6 +118,8 @@ def run_fusionbench(spec: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     method = spec["method"]
+    if method in ("fisher", "regmean"):
+        return _fusionbench_data_aware(spec)
     upcast = method != "tsv"
 
     def load(folder: str) -> dict[str, Any]:
@@ -141,6 +154,8 @@ def run_fusionbench(spec: dict[str, Any]) -> dict[str, Any]:
                 accelerator="cpu",
                 exclude_keys=list(EMBEDDING_KEYS),
             )
+        elif method in ("consensus_ta", "consensus_ties"):
+            merged_tv = _fusionbench_consensus(method, base, task_vectors)
         else:
             raise ValueError(f"no FusionBench run for {method!r}")
         merged = state_dict_add(merged_tv, base)
@@ -149,6 +164,105 @@ def run_fusionbench(spec: dict[str, Any]) -> dict[str, Any]:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out / "model.safetensors"))
+    shutil.copy2(Path(spec["base"]) / "config.json", out / "config.json")
+    return {}
+
+
+TALL_LAMBDA, MIN_AGREEMENT, TIES_DENSITY = 0.6, 2, 0.2
+
+
+def _fusionbench_consensus(method: str, base: dict, task_vectors: list[dict]) -> dict:
+    """Consensus merging with FusionBench's TALL-mask functions (``tall_mask.utils``:
+    ``generate_task_masks`` per task, ``construct_consensus_mask``), over the whole model
+    flattened into one vector as the TALL authors' code does. The multi-task vector is Σ τ_t
+    (``consensus_ta``) or TIES's (``ties_merging_utils.ties_merging``, top 20% per task over the
+    whole model, ``dis-sum``: ``consensus_ties`` with ``scope: global``). FusionBench 0.2.33 has
+    these functions but no algorithm class that calls them; this is the peer check's composition
+    (benchmarks/peercheck_consensus_pcb.py)."""
+    import torch
+    from fusion_bench.method.tall_mask import utils as tu
+
+    keys = list(base)
+    flat = torch.stack([torch.cat([tv[k].flatten() for k in keys]) for tv in task_vectors])
+    ptm = torch.cat([base[k].flatten() for k in keys])
+    if method == "consensus_ta":
+        merged = flat.sum(dim=0)
+    else:
+        from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging
+
+        merged = ties_merging(flat.clone(), reset_thresh=100 * TIES_DENSITY, merge_func="dis-sum")
+    masks = tu.generate_task_masks(flat, flat + ptm, ptm, tv=merged, tall_mask_lambda=TALL_LAMBDA)
+    given = {f"task{t}": {"flat": m} for t, m in enumerate(masks)}
+    tu.load_tall_mask = lambda remove_keys, ptm_check, config: given
+    keep = tu.construct_consensus_mask({"flat": ptm}, MIN_AGREEMENT, None, [])
+    merged = merged * keep
+    out, at = {}, 0
+    for k in keys:
+        n = base[k].numel()
+        out[k] = merged[at : at + n].view_as(base[k])
+        at += n
+    return out
+
+
+def _fusionbench_data_aware(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fisher merging and RegMean given each model's statistics (the files ours reads):
+    FusionBench's ``merging_with_fisher_weights`` (normalised, ε 1e-6, equal coefficients) and
+    ``merging_with_regmean_weights`` (α 0.9) on the models' float32 weights, as its algorithm
+    classes call them once the statistics exist; tensors without a Gram matrix (embeddings,
+    norms) are averaged, as its RegMean does for parameters outside its linear layers."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    models = [
+        {k: v.float() for k, v in load_file(str(Path(m) / "model.safetensors")).items()}
+        for m in spec["models"]
+    ]
+    stats = [load_file(p) for p in spec["statistics"]]
+    params = {k: [sd[k] for sd in models] for k in models[0]}
+    with torch.no_grad():
+        if spec["method"] == "fisher":
+            from fusion_bench.method.fisher_merging.fisher_merging import (
+                merging_with_fisher_weights,
+            )
+
+            fishers = [
+                {k[len("fisher/") :]: v for k, v in s.items() if k.startswith("fisher/")}
+                for s in stats
+            ]
+            merged = merging_with_fisher_weights(
+                params,
+                fishers,
+                torch.ones(len(models)) / len(models),
+                normalize_fisher_weight=True,
+                minimal_fisher_weight=1e-6,
+            )
+        else:
+            from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
+
+            grams = [
+                {
+                    k[len("gram/") : -len(".weight")]: v
+                    for k, v in s.items()
+                    if k.startswith("gram/")
+                }
+                for s in stats
+            ]
+            linear = {k + ".weight" for k in grams[0]}
+            merged = merging_with_regmean_weights(
+                {k: v for k, v in params.items() if k in linear},
+                grams,
+                reduce_non_diagonal_ratio=0.9,
+                weight_transpose=True,
+            )
+            for k, v in params.items():
+                if k not in linear:
+                    merged[k] = torch.stack(v).mean(dim=0)
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in merged.items()},
+        str(out / "model.safetensors"),
+    )
     shutil.copy2(Path(spec["base"]) / "config.json", out / "config.json")
     return {}
 
@@ -175,6 +289,7 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
 
 TOOLS = {
     "ours": run_ours,
+    "ours_yaml": run_ours_yaml,
     "ours_sweep": run_ours_sweep,
     "mergekit": run_mergekit,
     "fusionbench": run_fusionbench,

@@ -97,8 +97,77 @@ MERGEKIT: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
     ),
 }
 # TSV-M: compute_and_sum_svd_mem_reduction; Iso-C / Iso-CTS: iso_c / iso_cts of
-# fusion_bench.method.isotropic_merging.iso_utils; embeddings excluded (= mean) in all three
-FUSIONBENCH = {"tsv", "iso_c", "iso_cts"}
+# fusion_bench.method.isotropic_merging.iso_utils; embeddings excluded (= mean) in all three.
+# Consensus: tall_mask.utils over the flattened model (TA's Σ τ_t, or TIES global top 20%
+# dis-sum); Fisher / RegMean: merging_with_{fisher,regmean}_weights on the same statistics files
+# (_merge_worker.py says how each is called).
+FUSIONBENCH = {"tsv", "iso_c", "iso_cts", "consensus_ta", "consensus_ties", "fisher", "regmean"}
+OURS.update(
+    {
+        "consensus_ta": {"tall_mask_lambda": 0.6, "min_agreement": 2},
+        "consensus_ties": {
+            "density": 0.2,
+            "scope": "global",
+            "aggregate": "sum",
+            "tall_mask_lambda": 0.6,
+            "min_agreement": 2,
+        },
+        "fisher": {"normalize_fisher_weight": True, "minimal_fisher_weight": 1e-6},
+        "regmean": {"reduce_non_diagonal_ratio": 0.9},
+    }
+)
+DATA_AWARE = {"fisher", "regmean"}  # these get the specialists' statistics files (built once)
+
+
+def _mk(method: str, base: bool, params: dict[str, Any], model_params: dict[str, Any], n=T):
+    """A mergekit YAML (as a dict) over the first ``n`` specialists, with or without the base."""
+
+    def build(base_path: Path, models: list[Path]) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "merge_method": method,
+            "models": [
+                {"model": str(m), **({"parameters": model_params} if model_params else {})}
+                for m in models[:n]
+            ],
+            "dtype": "float32",
+            "out_dtype": "bfloat16",
+        }
+        if base:
+            cfg["base_model"] = str(base_path)
+        if params:
+            cfg["parameters"] = params
+        return cfg
+
+    return build
+
+
+# Issue 30: mergekit's methods that `hhh-bench merge` runs from the same YAML as mergekit-yaml
+# (docs/merging.md's mapping): (the YAML builder, outputs comparable?). Seeded drops (dare_*,
+# della*) draw other masks than mergekit's global RNG: same method, different draws, no diff.
+MERGEKIT_YAML: dict[str, tuple[Any, bool]] = {
+    "linear": (_mk("linear", False, {}, {"weight": 1.0}), True),
+    "breadcrumbs": (
+        _mk("breadcrumbs", True, {}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}),
+        True,
+    ),
+    "breadcrumbs_ties": (
+        _mk("breadcrumbs_ties", True, {}, {"weight": 1.0, "density": 0.9, "gamma": 0.01}),
+        True,
+    ),
+    "dare_linear": (_mk("dare_linear", True, {}, {"weight": 1.0, "density": 0.5}), False),
+    "della": (_mk("della", True, {}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}), False),
+    "della_linear": (
+        _mk("della_linear", True, {}, {"weight": 1.0, "density": 0.5, "epsilon": 0.15}),
+        False,
+    ),
+    "model_stock": (_mk("model_stock", True, {}, {}), True),
+    "slerp": (_mk("slerp", True, {"t": 0.5}, {}, n=1), True),
+    "sce": (_mk("sce", True, {"select_topk": 0.5}, {}), True),
+    "karcher": (_mk("karcher", False, {}, {}), True),
+    # without a base_model: with one, mergekit refuses a tensor that no specialist changed (a
+    # norm of the synthetic specialists: "the weighted sum of the input tensors is zero")
+    "multislerp": (_mk("multislerp", False, {}, {"weight": 1.0}), True),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +274,35 @@ def build_models(folder: Path, s: dict[str, int], seed: int) -> list[Path]:
         del sd
     (tmp / "COMPLETE").write_text(f"{RECIPE}\nbuilt in {time.perf_counter() - t0:.1f} s\n")
     tmp.rename(folder)
+    return paths
+
+
+def build_statistics(folder: Path, s: dict[str, int], seed: int) -> list[Path]:
+    """One statistics file per specialist (hhh_bench.merging.statsfile's layout), for Fisher
+    merging and RegMean: a positive random diagonal Fisher for every tensor (scaled by 10^t, so
+    the normalisation matters) and, for every nn.Linear weight (not the embedding table), the
+    Gram matrix XᵀX/n of n = 512 random input rows. Synthetic: only the merge step is timed
+    (both tools read the same numbers); the stats stage's cost is its own (docs/merging.md)."""
+    from safetensors.torch import save_file
+
+    from hhh_bench.merging.statsfile import FISHER, FORMAT, GRAM, GRAM_ROWS
+
+    paths = [folder / f"stats_{t}.safetensors" for t in range(T)]
+    if (folder / "STATS_COMPLETE").is_file():
+        return paths
+    rows = 512
+    for t, path in enumerate(paths):
+        stats: dict[str, torch.Tensor] = {}
+        for name, shape in tensor_shapes(s):
+            g = _gen(seed + 1000, name, t)
+            stats[FISHER + name] = (10.0**t) * torch.rand(shape, generator=g) + 1e-8
+            if len(shape) == 2 and name != "model.embed_tokens.weight":
+                x = torch.randn(rows, shape[1], generator=g)
+                stats[GRAM + name] = x.T @ x / rows
+                stats[GRAM_ROWS + name] = torch.tensor(rows, dtype=torch.int64)
+        save_file(stats, str(path), metadata={"format": FORMAT, "kinds": "fisher,gram"})
+        del stats
+    (folder / "STATS_COMPLETE").write_text("synthetic statistics\n")
     return paths
 
 
@@ -358,7 +456,7 @@ def git_rev() -> str:
 
 
 def print_table(runs: list[Run]) -> None:
-    ours = {r.method: r for r in runs if r.tool == "hhh-bench"}
+    ours = {r.method: r for r in runs if r.tool.startswith("hhh-bench")}
     print(
         "\n| method | tool | wall s | peak RSS GiB | wall ours/peer | RSS ours/peer "
         "| max abs diff | rel diff | entries differing |"
@@ -393,7 +491,13 @@ def print_table(runs: list[Run]) -> None:
 
 
 GOALS_VS_MERGEKIT = {"task_arithmetic": 0.3, "ties": 0.5, "dare_ties": 0.5}
-"""Issue 15: the most of mergekit's wall time each method may take (full shape, best of 3)."""
+GOALS_VS_MERGEKIT.update({m: 0.5 for m in MERGEKIT_YAML})
+"""The most of mergekit's wall time each method may take: issue 15 (TA, TIES, DARE-TIES; full
+shape, best of 3) and issue 30 (every mergekit method `hhh-bench merge` runs: 0.5×); peak RSS
+at most mergekit's for all."""
+GOALS_VS_FUSIONBENCH = {"consensus_ta": 0.5, "consensus_ties": 0.5, "fisher": 0.5, "regmean": 1.0}
+"""Issue 31: the methods not bound by a matrix decomposition at most 0.5× FusionBench's wall
+time; those that are (RegMean's solve; Iso-C/CTS below) at most 1.0×."""
 
 
 def goals(runs: list[Run], largest_fp32: int) -> list[tuple[str, str, bool | None]]:
@@ -433,6 +537,12 @@ def goals(runs: list[Run], largest_fp32: int) -> list[tuple[str, str, bool | Non
         if o and p and o.wall_s and p.wall_s:
             rw = o.wall_s / p.wall_s
             out.append((f"{method}: wall ≤ 1.0× FusionBench's", f"{rw:.2f}×", rw <= 1.0))
+    for method, bar in GOALS_VS_FUSIONBENCH.items():
+        o, p = ok(method, "hhh-bench"), ok(method, "fusionbench")
+        if o and p and o.wall_s and p.wall_s and o.rss_bytes and p.rss_bytes:
+            rw, rm = o.wall_s / p.wall_s, o.rss_bytes / p.rss_bytes
+            out.append((f"{method}: wall ≤ {bar}× FusionBench's", f"{rw:.2f}×", rw <= bar))
+            out.append((f"{method}: peak RSS ≤ FusionBench's", f"{rm:.2f}×", rm <= 1.0))
     o, t = ok("resm", "hhh-bench"), ok("tsv", "hhh-bench")
     if o and t and o.wall_s and t.wall_s:
         r = o.wall_s / t.wall_s
@@ -479,7 +589,12 @@ def main() -> int:
     ap.add_argument("--layers", type=int, help="decoder layers (default: 2 for 270m, else --full)")
     ap.add_argument("--full", action="store_true", help="all the shape's layers (270m: 16)")
     ap.add_argument("--quick", action="store_true", help="1 layer and no sweeps (a smoke run)")
-    ap.add_argument("--methods", default=",".join(OURS), help="comma-separated, ours")
+    ap.add_argument(
+        "--methods",
+        default=",".join([*OURS, *MERGEKIT_YAML]),
+        help="comma-separated: ours (vs the peers that have it) and mergekit's methods run "
+        "from one YAML by both tools",
+    )
     ap.add_argument("--no-sweep", action="store_true", help="skip the 10-value λ sweeps")
     ap.add_argument("--no-peers", action="store_true", help="skip mergekit and FusionBench")
     default_peer = ROOT / ".venv-bench" / "bin" / "python"
@@ -517,9 +632,9 @@ def main() -> int:
     if args.quick:
         args.no_sweep = True
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(OURS))
+    unknown = sorted(set(methods) - set(OURS) - set(MERGEKIT_YAML))
     if unknown:
-        ap.error(f"unknown methods {unknown}; known: {list(OURS)}")
+        ap.error(f"unknown methods {unknown}; known: {[*OURS, *MERGEKIT_YAML]}")
 
     cache = Path(args.cache)
     (cache / "data").mkdir(parents=True, exist_ok=True)
@@ -528,6 +643,11 @@ def main() -> int:
     paths = build_models(cache / "data" / tag, shape, args.seed)
     build_s = time.perf_counter() - t0
     base, models = paths[0], paths[1:]
+    statistics = (
+        build_statistics(cache / "data" / tag, shape, args.seed)
+        if set(methods) & DATA_AWARE
+        else []
+    )
     shapes = tensor_shapes(shape)
     n_params = sum(math.prod(s) for _, s in shapes)
     largest = max(math.prod(s) for _, s in shapes)
@@ -592,9 +712,25 @@ def main() -> int:
     for method in methods:
         # (run, python, spec) of every tool on this method, measured in turn `repeats` times
         jobs: list[tuple[Run, str, dict[str, Any]]] = []
-        ours = Run(method, "hhh-bench")
-        jobs.append((ours, sys.executable, spec("ours", method, params=OURS[method])))
         mk_run = fb_run = None
+        if method in MERGEKIT_YAML:
+            build, comparable = MERGEKIT_YAML[method]
+            config = build(base, models)
+            ours = Run(method, "hhh-bench merge")
+            jobs.append((ours, sys.executable, spec("ours_yaml", method, config=config)))
+            if not args.no_peers:
+                mk_run = Run(method, f"mergekit {mk}" if mk else "mergekit")
+                if not mk:
+                    mk_run.status = "not installed"
+                else:
+                    s = spec("mergekit", method, config=config, shard_params=1_000_000_000)
+                    jobs.append((mk_run, args.peer_python, s))
+        else:
+            ours = Run(method, "hhh-bench")
+            params = dict(OURS[method])
+            if method in DATA_AWARE:
+                params["statistics"] = [str(p) for p in statistics]
+            jobs.append((ours, sys.executable, spec("ours", method, params=params)))
         if method in MERGEKIT and not args.no_peers:
             model_params, params, _ = MERGEKIT[method]
             if not mk:
@@ -614,7 +750,8 @@ def main() -> int:
                 fb_run = Run(method, "fusionbench", status="not installed")
             else:
                 fb_run = Run(method, f"fusionbench {fb}")
-                jobs.append((fb_run, args.peer_python, spec("fusionbench", method)))
+                extra = {"statistics": [str(p) for p in statistics]} if method in DATA_AWARE else {}
+                jobs.append((fb_run, args.peer_python, spec("fusionbench", method, **extra)))
         repeats = max(1, args.repeats)
         for _ in range(repeats):
             for run, python, s in jobs:
@@ -622,9 +759,10 @@ def main() -> int:
                     measure(run, python, s)
         runs += [r for r in (ours, mk_run, fb_run) if r is not None]
         if mk_run is not None and mk_run.status == "ok" and ours.status == "ok":
+            comparable = (MERGEKIT_YAML.get(method) or MERGEKIT[method])[-1]
             mk_run.diff = (
                 compare(ours.out, mk_run.out)  # type: ignore[arg-type]
-                if MERGEKIT[method][2]
+                if comparable
                 else {"note": "n/a (random masks)"}
             )
         if fb_run is not None and fb_run.status == "ok" and ours.status == "ok":
@@ -645,7 +783,7 @@ def main() -> int:
                 sweep.info["max_abs_vs_single"] = d.get("max_abs")
 
     print_table(runs)
-    print("\nGoals (issues 15, 13 and 31):")
+    print("\nGoals (issues 15, 13, 30 and 31):")
     results = goals(runs, largest_fp32)
     for g, measured, held in results:
         print(f"- {'held' if held else 'MISSED'}: {g} — {measured}")

@@ -69,7 +69,8 @@ BAD_LINES = {
         r"average = .* is not the average of its three scores \(0.6",
     ),
     "min not the scores' min": (
-        json.dumps({**row("b"), "min": 0.1}), r"min = 0.1 is not the min of its three scores"
+        json.dumps({**row("b"), "min": 0.1}),
+        r"min = 0.1 is not the min of its three scores",
     ),
     "task metric NaN": (json.dumps(bad_task(float("nan"))), r"tasks\.t\.acc = nan"),
     "task metric bool": (json.dumps(bad_task(False)), r"tasks\.t\.acc = a boolean"),
