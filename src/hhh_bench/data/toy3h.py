@@ -157,6 +157,7 @@ class Toy3HConfig:
     sft_story_idk_rate: float = 0.5
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
             raise ValueError(
                 f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}"
@@ -195,6 +196,31 @@ class Toy3HConfig:
             raise ValueError(f"request_split must sum to 1 over {SPLITS}, got {self.request_split}")
         if self.pairs_per_dimension < 1 or self.eval_items_per_kind < 1:
             raise ValueError("pairs_per_dimension and eval_items_per_kind must be >= 1")
+
+    def _check_types(self) -> None:
+        """Every knob of its declared type (``seed=1.5`` or ``seed='0'`` would silently build
+        another world): an integer where ``int`` is declared (not a bool), a number where
+        ``float``, and mappings of those."""
+
+        def ok(v: Any, kind: str) -> bool:
+            if isinstance(v, bool):
+                return False
+            return isinstance(v, int) if kind == "int" else isinstance(v, (int, float))
+
+        for f in self.__dataclass_fields__.values():
+            v, ann = getattr(self, f.name), str(f.type)
+            kind = "int" if ann.endswith("int]") or ann == "int" else "float"
+            what = "an integer" if kind == "int" else "a number"
+            if ann.startswith("dict"):
+                if not isinstance(v, dict):
+                    raise ValueError(
+                        f"data.world.{f.name}={v!r} must be a mapping of split -> {kind}"
+                    )
+                for k, x in v.items():
+                    if not ok(x, kind):
+                        raise ValueError(f"data.world.{f.name}.{k}={x!r} must be {what}")
+            elif not ok(v, kind):
+                raise ValueError(f"data.world.{f.name}={v!r} must be {what}")
 
     @classmethod
     def from_mapping(cls, cfg: dict[str, Any]) -> Toy3HConfig:
