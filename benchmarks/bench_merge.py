@@ -509,12 +509,16 @@ def goals(runs: list[Run], largest_fp32: int) -> list[tuple[str, str, bool | Non
     def ok(method: str, tool: str) -> Run | None:
         return by.get((method, tool))
 
-    for method, bar in GOALS_VS_MERGEKIT.items():
-        o, p = ok(method, "hhh-bench"), ok(method, "mergekit")
-        if o and p and o.wall_s and p.wall_s and o.rss_bytes and p.rss_bytes:
-            rw, rm = o.wall_s / p.wall_s, o.rss_bytes / p.rss_bytes
-            out.append((f"{method}: wall ≤ {bar}× mergekit's", f"{rw:.2f}×", rw <= bar))
-            out.append((f"{method}: peak RSS ≤ mergekit's", f"{rm:.2f}×", rm <= 1.0))
+    def against(goals: dict[str, float], peer: str, label: str) -> None:
+        """Wall ≤ ``bar``× and peak RSS ≤ 1× the peer's, for each method both ran."""
+        for method, bar in goals.items():
+            o, p = ok(method, "hhh-bench"), ok(method, peer)
+            if o and p and o.wall_s and p.wall_s and o.rss_bytes and p.rss_bytes:
+                rw, rm = o.wall_s / p.wall_s, o.rss_bytes / p.rss_bytes
+                out.append((f"{method}: wall ≤ {bar}× {label}", f"{rw:.2f}×", rw <= bar))
+                out.append((f"{method}: peak RSS ≤ {label}", f"{rm:.2f}×", rm <= 1.0))
+
+    against(GOALS_VS_MERGEKIT, "mergekit", "mergekit's")
     o, p = ok("tsv", "hhh-bench"), ok("tsv", "fusionbench")
     if o and p and o.wall_s and p.wall_s and o.rss_bytes and p.rss_bytes:
         rw, rm = o.wall_s / p.wall_s, o.rss_bytes / p.rss_bytes
@@ -537,12 +541,7 @@ def goals(runs: list[Run], largest_fp32: int) -> list[tuple[str, str, bool | Non
         if o and p and o.wall_s and p.wall_s:
             rw = o.wall_s / p.wall_s
             out.append((f"{method}: wall ≤ 1.0× FusionBench's", f"{rw:.2f}×", rw <= 1.0))
-    for method, bar in GOALS_VS_FUSIONBENCH.items():
-        o, p = ok(method, "hhh-bench"), ok(method, "fusionbench")
-        if o and p and o.wall_s and p.wall_s and o.rss_bytes and p.rss_bytes:
-            rw, rm = o.wall_s / p.wall_s, o.rss_bytes / p.rss_bytes
-            out.append((f"{method}: wall ≤ {bar}× FusionBench's", f"{rw:.2f}×", rw <= bar))
-            out.append((f"{method}: peak RSS ≤ FusionBench's", f"{rm:.2f}×", rm <= 1.0))
+    against(GOALS_VS_FUSIONBENCH, "fusionbench", "FusionBench's")
     o, t = ok("resm", "hhh-bench"), ok("tsv", "hhh-bench")
     if o and t and o.wall_s and t.wall_s:
         r = o.wall_s / t.wall_s

@@ -202,6 +202,12 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 continue
             keys = sorted(spec)
             values = [v if isinstance(v, (list, tuple)) else [v] for v in (spec[k] for k in keys)]
+            empty = [k for k, v in zip(keys, values, strict=True) if not v]
+            if empty:  # the product would be empty: the method silently left out of the grid
+                raise ValueError(
+                    f"pipeline.merge_grid.{method}.{empty[0]} is an empty list: give at least one "
+                    f"value, or drop the method with pipeline.merge_grid.{method}=null"
+                )
             defaults = method_defaults(method)
             for combo in itertools.product(*values):
                 point = dict(zip(keys, combo, strict=True))
@@ -302,8 +308,8 @@ def check_weights(cfg: Mapping[str, Any], merge: MergeConfig) -> None:
 
 
 def check_seeds(cfg: Mapping[str, Any]) -> None:
-    """``seed`` is an integer; ``seeds`` is null, or a list of distinct integers (``[]`` or
-    null: the one seed ``seed``). A scalar is refused: ``seeds=2`` could mean seed 2 or two
+    """``seed`` is an integer in [0, 2**32 - 1]; ``seeds`` is null, or a list of distinct such
+    integers (``[]`` or null: the one seed ``seed``). A scalar is refused: ``seeds=2`` could mean seed 2 or two
     seeds, so the message asks for ``seeds=[2]`` or ``seeds=[0,1]``."""
 
     def is_int(v: Any) -> bool:
@@ -311,6 +317,11 @@ def check_seeds(cfg: Mapping[str, Any]) -> None:
 
     if "seed" in cfg and not is_int(cfg["seed"]):
         raise ValueError(f"seed={cfg['seed']!r} must be an integer")
+    if "seed" in cfg and not 0 <= cfg["seed"] < 2**32:
+        raise ValueError(
+            f"seed={cfg['seed']!r} must be in [0, 2**32 - 1] (numpy's and torch's generators "
+            "take no other seed)"
+        )
     seeds = cfg.get("seeds")
     if seeds is None:
         return
@@ -325,6 +336,9 @@ def check_seeds(cfg: Mapping[str, Any]) -> None:
     bad = [s for s in seeds if not is_int(s)]
     if bad:
         raise ValueError(f"seeds={list(seeds)!r}: {bad} not integer(s); e.g. seeds=[0,1,2]")
+    out = [s for s in seeds if not 0 <= s < 2**32]
+    if out:
+        raise ValueError(f"seeds={list(seeds)!r}: {out} outside [0, 2**32 - 1]")
     dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if dup:
         raise ValueError(

@@ -1066,6 +1066,134 @@ def test_ctrl_c_is_one_line_and_exit_130(root, monkeypatch):
     assert "interrupted" in o.err
 
 
+# The third independent battery's findings (a model transformers would load with a warning in
+# its log, a strategy that breaks its contract, a store line the report dropped)
+
+
+def _damaged(src: Path, dst: Path, how: str) -> Path:
+    """A specialist copied as a user's folder and damaged one way."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    m = _copy_model(src, dst)
+    st = m / "model.safetensors"
+    sd = load_file(str(st))
+    up = next(k for k in sorted(sd) if "mlp.up_proj" in k)
+    if how == "nan":
+        sd[up] = sd[up].clone()
+        sd[up][0, 0] = float("nan")
+    elif how == "empty weights":
+        sd = {}
+    elif how == "a tensor missing":
+        del sd[up]
+    elif how == "a tensor too many":
+        sd["model.extra.weight"] = torch.zeros(4, 4)
+    elif how == "config of fewer layers":
+        cfg = json.loads((m / "config.json").read_text())
+        cfg["num_hidden_layers"] -= 1
+        (m / "config.json").write_text(json.dumps(cfg))
+    elif how == "no tokenizer":
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (m / f).unlink(missing_ok=True)
+    elif how == "float16":
+        sd = {k: v.half() for k, v in sd.items()}
+    save_file(sd, str(st), metadata={"format": "pt"})
+    return m
+
+
+EVAL_MODELS = {
+    "nan": "holds 1 NaN/Inf value",
+    "empty weights": "lacks: .*would be initialised at random",
+    "a tensor missing": "lacks: .*mlp.up_proj",
+    "a tensor too many": "has no place for: .*model.extra.weight",
+    "config of fewer layers": "has no place for: .*model.layers.1",
+    "no tokenizer": "has no tokenizer",
+}
+
+
+@pytest.mark.parametrize("how", list(EVAL_MODELS))
+def test_eval_model_that_transformers_would_only_warn_about(prepared, tmp_path, how):
+    m = _damaged(_specialists(prepared)["helpful"], tmp_path / "m", how)
+    refused(prepared, "stage=eval", f"+eval.model={m}",
+            says=pattern(f"model '{m}'") + ".*" + EVAL_MODELS[how])  # fmt: skip
+
+
+def test_specialist_of_another_dtype_named_before_merging(prepared, tmp_path):
+    sp = _specialists(prepared)
+    m = _damaged(sp["helpful"], tmp_path / "half", "float16")
+    refused(prepared, "stage=merge", "merge=task_arithmetic",
+            f"merge.models=[{m},{sp['honest']}]", says=pattern(str(m), "float16", "save every model in one dtype"))  # fmt: skip
+
+
+def test_merge_grid_empty_list(root):
+    refused(root, "pipeline.merge_grid.ties.density=[]",
+            says=pattern("pipeline.merge_grid.ties.density is an empty list"))  # fmt: skip
+
+
+STRATEGIES = {
+    "raises": ("raise RuntimeError('boom')", "failed: RuntimeError: boom"),
+    "counts that lie": (
+        "return MixResult(sets['helpful'][:5], {'helpful': 50}, {})",
+        "do not match its 5 rows",
+    ),
+    "over budget": (
+        "rows = [r for d in sets for r in sets[d]] * 3\n"
+        "    return MixResult(rows, {'all': len(rows)}, {})",
+        "more than its budget",
+    ),
+    "no rows": ("return MixResult([], {}, {})", "returned no preference pairs"),
+    "rows without rejected": (
+        "rows = [{'prompt': r['prompt'], 'chosen': r['chosen']} for r in sets['helpful'][:4]]\n"
+        "    return MixResult(rows, {'helpful': 4}, {})",
+        "returned an invalid row",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(STRATEGIES))
+def test_plugin_mixing_strategy_that_breaks_its_contract(prepared, tmp_path, monkeypatch, kind):
+    body, says = STRATEGIES[kind]
+    mod = f"battery_badmix_{abs(hash(kind)) % 10**8}"
+    name = f"badmix_{mod[-8:]}"
+    (tmp_path / f"{mod}.py").write_text(
+        "from hhh_bench.data.mixing.registry import MixResult, NoParams, register_strategy\n\n"
+        f"@register_strategy({name!r}, NoParams)\n"
+        f"def bad(sets, *, budget, rng, params):\n    {body}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        refused(prepared, f"plugins=[{mod}]", "stage=train", f"mix.name={name}",
+                says=pattern(f"mixing strategy {name!r} (from module {mod!r})") + ".*" + says)  # fmt: skip
+    finally:
+        from hhh_bench.data.mixing.registry import STRATEGIES as REG
+
+        REG.remove(name) if name in REG.names() else None
+
+
+def test_diagnostics_store_with_a_garbage_line(prepared):
+    path = prepared / "diagnostics.jsonl"
+    path.write_text(path.read_text() + "{garbage}\n")
+    refused(prepared, "stage=report", says=pattern(f"{path}, line", "not valid JSON"))
+
+
+def test_diagnostics_store_with_a_torn_line_is_said_on_the_console(prepared):
+    """The documented result for a torn line (no closing brace): skipped, and said."""
+    path = prepared / "diagnostics.jsonl"
+    path.write_text(path.read_text() + '{"row_key": "x", "stat')
+    o = hhh(f"root={prepared}", "logger=none", *QUICK, "stage=report")
+    assert o.code == 0 and "Traceback" not in o.console, o.console[-2000:]
+    assert re.search(rf"{re.escape(str(path))}, line \d+: skipped a torn line", o.console)
+
+
+def test_results_store_row_with_a_string_seed(root):
+    _store(root, json.dumps(row("b", seed="zero")))
+    refused(root, "stage=report", says=pattern("line 2", "seed = 'zero' is not an integer"))
+
+
+def test_seed_negative(root):
+    refused(root, "seed=-1", says=pattern("seed=-1 must be in [0, 2**32 - 1]"))
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. The subcommands: hhh-bench cache verify|gc, hhh-bench list
 

@@ -414,6 +414,11 @@ def check_result(
         raise MethodError(
             f"{what} returned a {type(out).__name__} for parameter {name!r}, not a tensor"
         )
+    if out.is_meta or out.is_sparse:
+        raise MethodError(
+            f"{what} returned a {'meta' if out.is_meta else 'sparse'} tensor for parameter "
+            f"{name!r}; a merged weight is a dense tensor with values"
+        )
     if tuple(out.shape) != tuple(shape):
         raise MethodError(
             f"{what} returned shape {tuple(out.shape)} for parameter {name!r}, whose shape is "

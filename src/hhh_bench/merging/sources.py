@@ -751,6 +751,13 @@ def check_inputs(
         if extra:
             raise ValueError(f"{m.label} ({m.where}) has tensor {extra[0]!r} that the base lacks")
         for k in base_keys:
+            bd, md = base.dtype(k), m.dtype(k)
+            if bd != md and (bd.is_floating_point or md.is_floating_point):
+                raise ValueError(
+                    f"{m.label} ({m.where}): tensor {k!r} is {md} but the base's is {bd}: save "
+                    "every model in one dtype (load the odd one with torch_dtype set to the "
+                    "base's and save_pretrained it again)"
+                )
             bs, ms = base.shape(k), m.shape(k)
             if bs == ms:
                 continue

@@ -66,15 +66,56 @@ def load_causal_lm(
         )
     if folder.is_dir() and not (folder / "config.json").is_file():
         adapter_base(folder)  # names a broken adapter_config.json before transformers' KeyError
+    full = not (folder.is_dir() and not (folder / "config.json").is_file())
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path_or_id), **kwargs)
+        if full:  # what transformers would only log: weights missing, left over or misshapen
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(path_or_id), output_loading_info=True, **kwargs
+            )
+            check_loading_info(path_or_id, info)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path_or_id), **kwargs)
     except OSError as e:
         raise OSError(
             f"could not load model {str(path_or_id)!r}: {e}\n"
             "If this is a hub id and this machine is offline, download it first on a machine with "
             f"access (`huggingface-cli download {path_or_id}`) and point HF_HOME at that cache."
         ) from None
+    check_finite_weights(path_or_id, model)
     return model.to(device)
+
+
+def check_loading_info(path_or_id: str | Path, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights file does not fill its config's architecture: tensors the
+    config expects but the file lacks (transformers would initialise them at random and only log
+    it), tensors the config has no place for (a config of fewer layers than the weights), or
+    tensors of another shape. Each is named."""
+    for what, key, hint in (
+        ("lacks", "missing_keys", "they would be initialised at random"),
+        ("holds tensors its config has no place for", "unexpected_keys", "the config and the "
+         "weights are of different models (layers, vocabulary)"),
+        ("holds tensors of another shape than its config's", "mismatched_keys", ""),
+    ):  # fmt: skip
+        found = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if found:
+            more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+            raise ValueError(
+                f"model {str(path_or_id)!r} {what}: {found[:3]}{more}"
+                + (f": {hint}" if hint else "")
+            )
+
+
+def check_finite_weights(path_or_id: str | Path, model: Any) -> None:
+    """Refuse a model with a NaN or Inf weight (it would score whatever its NaN logits make of
+    the answers), naming the tensor; one sum per tensor."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if not t.is_floating_point() or bool(torch.isfinite(t.detach().sum())):
+            continue  # (a float16 sum can overflow where no value is Inf: then counted)
+        bad = t.numel() - int(torch.isfinite(t.detach()).sum())
+        if bad:
+            raise ValueError(
+                f"model {str(path_or_id)!r}: tensor {name!r} holds {bad} NaN/Inf value(s)"
+            )
 
 
 def adapter_base(folder: Path) -> str:
@@ -93,6 +134,10 @@ def adapter_base(folder: Path) -> str:
             "base_model_name_or_path: write the base model's id or folder there"
         )
     return str(base)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Files one of which a folder's tokenizer needs (fast, its config, SentencePiece, BPE)."""
 
 
 def tokenizer_source(path_or_id: str | Path) -> str:
@@ -114,6 +159,13 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     path_or_id = tokenizer_source(path_or_id)
+    folder = Path(path_or_id).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        held = sorted(p.name for p in folder.iterdir())[:8]
+        raise ValueError(
+            f"model {str(path_or_id)!r} has no tokenizer (none of {list(TOKENIZER_FILES)}; it "
+            f"holds {held}): save the tokenizer beside the weights (tokenizer.save_pretrained)"
+        )
     tok = AutoTokenizer.from_pretrained(
         str(path_or_id), trust_remote_code=trust_remote_code, revision=revision
     )

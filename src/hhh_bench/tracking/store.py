@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import re
@@ -241,6 +242,9 @@ def check_row(row: Any) -> None:
         raise ValueError(f"the row lacks `kind` (one of {KINDS})")
     validate_row(row)
     key = row["row_key"]
+    seed = row.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"result row {key!r}: seed = {seed!r} is not an integer or null")
     if DIGEST in row and row[DIGEST] != row_digest(row):
         raise ValueError(
             f"result row {key!r} was changed after hhh-bench wrote it (its {DIGEST} does not "
@@ -577,8 +581,20 @@ def read_diagnostics(path: str | Path) -> list[dict[str, Any]]:
     rows = []
     for ln in lines:
         row = ln.value
-        if not isinstance(row, dict) or "row_key" not in row:
+        if ln.torn:  # an unfinished write: skipped, and said where the user looks
+            logging.getLogger("hhh_bench").warning(
+                "%s, line %d: skipped a torn line (no closing brace: a write interrupted by a "
+                "crash); rerun stage=diagnose to write its row again",
+                path,
+                ln.number,
+            )
             continue
+        if ln.error is not None or not isinstance(row, dict) or "row_key" not in row:
+            why = ln.error or "not a diagnostics row (a JSON object with a row_key)"
+            raise StoreError(
+                f"{path}, line {ln.number}: {why}; delete the line (stage=diagnose writes its "
+                "rows again)"
+            )
         if DIGEST in row and row[DIGEST] != row_digest(row):  # as results rows (check_row)
             raise StoreError(
                 f"{path}, line {ln.number}: diagnostics row {row['row_key']!r} was changed after "

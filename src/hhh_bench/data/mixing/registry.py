@@ -261,9 +261,17 @@ def mix(
         raise ValueError(f"preference set(s) {empty} are empty; nothing to mix")
     n = resolve_budget(budget, sizes)
     rng = random.Random(f"hhh-bench-mix-{strategy}-{seed}")
-    result = strat.fn({d: list(r) for d, r in sets.items()}, budget=n, rng=rng, params=p)
-    if sum(result.counts.values()) != len(result.rows):  # pragma: no cover - a strategy bug
-        raise AssertionError(f"strategy {strategy!r} returned counts that do not match its rows")
+    mod = getattr(strat.fn, "__module__", "") or ""
+    where = f"mixing strategy {strategy!r}" + (
+        "" if mod.startswith("hhh_bench.") else f" (from module {mod!r})"
+    )
+    try:
+        result = strat.fn({d: list(r) for d, r in sets.items()}, budget=n, rng=rng, params=p)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a strategy's own failure, named
+        raise ValueError(f"{where} failed: {type(e).__name__}: {e}") from e
+    check_result(where, result, n)
     result.info = {
         "strategy": strategy,
         "budget_mode": budget if isinstance(budget, str) else "explicit",
@@ -273,6 +281,34 @@ def mix(
         **result.info,
     }
     return result
+
+
+def check_result(where: str, result: Any, budget: int) -> None:
+    """What a strategy returned can be trained on, as the comparison assumes: a
+    :class:`MixResult` whose counts add up to its rows, at least one row and no more than the
+    budget (the mixture arms are matched in pairs), every row a valid preference row."""
+    from hhh_bench.core.schema import validate_row
+
+    if not isinstance(result, MixResult):
+        raise ValueError(f"{where} returned a {type(result).__name__}, not a MixResult")
+    total = sum(int(v) for v in result.counts.values())
+    if total != len(result.rows):
+        raise ValueError(
+            f"{where} returned counts {dict(result.counts)} (sum {total}) that do not match its "
+            f"{len(result.rows)} rows"
+        )
+    if not result.rows:
+        raise ValueError(f"{where} returned no preference pairs to train on")
+    if len(result.rows) > budget:
+        raise ValueError(
+            f"{where} returned {len(result.rows)} pairs, more than its budget of {budget}: the "
+            "mixtures are compared at a matched number of pairs"
+        )
+    try:  # row by row: a budget above a set's size resamples, so an id may repeat
+        for i, row in enumerate(result.rows):
+            validate_row(row, i, origin=where)
+    except ValueError as e:
+        raise ValueError(f"{where} returned an invalid row: {e}") from None
 
 
 def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix") -> None:

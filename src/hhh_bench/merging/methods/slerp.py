@@ -56,16 +56,21 @@ class SlerpParams(CommonParams):
 
 
 def slerp_vectors(t: float, v0: Tensor, v1: Tensor) -> Tensor:
-    """SLERP of two same-shaped tensors, each taken as one flat vector (module doc)."""
+    """SLERP of two same-shaped tensors, each taken as one flat vector (module doc). The unit
+    vectors are never formed: ⟨u_0, u_1⟩ = ⟨v_0, v_1⟩ / (‖v_0‖·‖v_1‖), one fused dot product,
+    so the only new tensor is the result (a merge's peak memory is a few copies of its largest
+    tensor, not seven)."""
     n0, n1 = float(v0.norm()), float(v1.norm())
-    u0 = v0 / n0 if n0 > NORM_EPS else v0
-    u1 = v1 / n1 if n1 > NORM_EPS else v1
-    dot = float((u0 * u1).sum())
+    d0 = n0 if n0 > NORM_EPS else 1.0
+    d1 = n1 if n1 > NORM_EPS else 1.0
+    dot = float(torch.dot(v0.reshape(-1), v1.reshape(-1))) / (d0 * d1)
     if abs(dot) > DOT_THRESHOLD:
-        return v0 * (1 - t) + v1 * t
-    omega = math.acos(dot)
-    sin_omega = math.sin(omega)
-    return v0 * (math.sin((1 - t) * omega) / sin_omega) + v1 * (math.sin(t * omega) / sin_omega)
+        c0, c1 = 1 - t, t
+    else:
+        omega = math.acos(dot)
+        sin_omega = math.sin(omega)
+        c0, c1 = math.sin((1 - t) * omega) / sin_omega, math.sin(t * omega) / sin_omega
+    return torch.mul(v0, c0).add_(v1, alpha=c1)
 
 
 def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams) -> Tensor:
@@ -77,8 +82,9 @@ def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams)
             f"from the base) or two, got {num}; for more use karcher or multislerp"
         )
     b = base.to(device=stack.device, dtype=stack.dtype)
-    x = stack * weights
-    v0, v1 = (b, b + x[0]) if num == 1 else (b + x[0], b + x[1])
+    w = [float(x) for x in weights.reshape(-1)]
+    ends = [torch.add(b, stack[i], alpha=w[i]) for i in range(num)]  # θ0 + w_t τ_t
+    v0, v1 = (b, ends[0]) if num == 1 else (ends[0], ends[1])
     return slerp_vectors(params.t, v0, v1).sub_(b)
 
 
