@@ -93,6 +93,8 @@ def _rows(x: Tensor) -> Tensor:
 
 def keep_probabilities(tau: Tensor, density: float, epsilon: float) -> Tensor:
     """p_i of every entry of ``tau`` (module doc), float64 on the CPU, shaped as ``tau``."""
+    if epsilon == 0.0:  # every rank gets p = density (DARE, mergekit's dare_*): no ranking
+        return torch.full(tau.shape, density, dtype=torch.float64)
     rows = _rows(tau.detach().abs().cpu())
     n = rows.shape[1]
     if n <= 1:
