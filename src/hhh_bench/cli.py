@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 def _offline_defaults() -> None:
@@ -248,6 +249,80 @@ def check_overrides(argv: list[str]) -> None:
             raise SystemExit(2) from None
 
 
+class HeldStderr:
+    """``sys.stderr`` while Hydra composes the config: what is written is held until a job
+    starts (then it and everything after pass through), so that Hydra's own refusal of a
+    mistyped key can be said in one line (:func:`unknown_key_line`)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.held, self.open = real, [], False
+
+    def write(self, text: str) -> int:
+        if self.open:
+            return self.real.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.open:
+            self.real.flush()
+
+    def take(self) -> str:
+        text, self.held = "".join(self.held), []
+        return text
+
+    def release(self) -> None:
+        if not self.open:
+            self.open = True
+            text = self.take()
+            if text:
+                self.real.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def unknown_key_line(hydra_text: str, argv: list[str]) -> str | None:
+    """One line for Hydra's five about an override of a key the config lacks (``Key 'x' is not
+    in struct``): the key, the closest existing one, and ``+`` for a new key on purpose; None
+    for any other refusal (Hydra's text is then shown as it is)."""
+    import difflib
+
+    m = re.search(r"Key '([^']+)' is not in struct\s+full_key: (\S+)", hydra_text)
+    if not m:
+        return None
+    full = m.group(2)
+    parent, _, leaf = full.rpartition(".")
+    keys: list[str] = []
+    try:  # the parent's keys, from the config composed with the other overrides
+        from hydra import compose, initialize_config_dir
+        from omegaconf import DictConfig, OmegaConf
+
+        from hhh_bench.core.paths import conf_dir
+
+        others = [a for a in argv if not a.startswith("-") and "=" in a
+                  and not f"{a.lstrip('+~').split('=', 1)[0]}.".startswith(f"{full}.")]  # fmt: skip
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=others)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig):
+            keys = [str(k) for k in node]
+    except Exception:  # noqa: BLE001 - only the hint is lost
+        keys = []
+    where = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {where}{close[0]}?"
+        if close
+        else (f"{parent or 'the config'} has: {', '.join(sorted(keys)[:15])}" if keys else "")
+    )
+    return (
+        f"hhh-bench: error: {full} is not a setting"
+        + (f" ({hint})" if hint else "")
+        + f"; to add a key on purpose, write +{full}=...\n"
+    )
+
+
 def check_root(argv: list[str]) -> None:
     """Exit 2 naming ``root=...`` of ``argv`` when it cannot be a run's root (a regular file, a
     path under one, a folder this user cannot write to): Hydra creates its log folder there
@@ -308,21 +383,30 @@ def _main() -> None:
     check_root(sys.argv[1:])
     entered = False
 
+    held = HeldStderr(sys.stderr)
+
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def _app(cfg: DictConfig) -> float | None:
         nonlocal entered
         entered = True
+        held.release()
         return task(cfg)
 
     def run_app() -> None:
+        real, sys.stderr = sys.stderr, held  # type: ignore[assignment]
         try:
             _app()
         except SystemExit as e:
             # Hydra's own refusal of the command line (an unknown option, key or override
             # syntax), printed by Hydra before any job: a bad input like any other, exit 2
             if e.code == 1 and not entered:
+                text = held.take()
+                print(unknown_key_line(text, sys.argv[1:]) or text, end="", file=real)
                 raise SystemExit(2) from None
             raise
+        finally:
+            held.release()
+            sys.stderr = real
 
     if not any(a in ("-h", "--help") for a in sys.argv[1:]):
         run_app()

@@ -83,10 +83,13 @@ COMPOSE = [
     case("report=fancy", "report=fancy", says="Could not find 'report/fancy'"),
     case("hydra/launcher=nonexistent", "hydra/launcher=nonexistent",
          says="Could not find 'hydra/launcher/nonexistent'"),
-    case("unknown key foo", "foo=1", says=pattern("Could not override 'foo'", "+foo=1")),
-    case("unknown nested key", "merge.paramz.scaling=1", says="Could not override 'merge.paramz"),
+    case("unknown key foo", "foo=1", says=pattern("foo is not a setting", "+foo=...")),
+    case("unknown nested key", "merge.paramz.scaling=1",
+         says=pattern("merge.paramz is not a setting", "did you mean merge.params?")),
     case("key typo without +", "train.learnin_rate=0.1",
-         says="Could not override 'train.learnin_rate'"),
+         says=pattern("train.learnin_rate is not a setting", "did you mean train.learning_rate?")),
+    case("grid knob typo", "pipeline.merge_grid.ties.densty=[0.2]",
+         says="did you mean pipeline.merge_grid.ties.density?"),
     case("world knob typo", "data.world.n_know.train=3", says="data.world.n_know"),
     case("unclosed list", "merge.params.scaling=[1,", says=pattern("'merge.params.scaling=[1,' is not a valid override")),
     case("seeds unclosed", "seeds=[0,1", says=pattern("'seeds=[0,1' is not a valid override")),
@@ -140,8 +143,8 @@ VALUES = [
          says=pattern("eval.report_split", "tset")),
     case("eval.bootstrap_iters=-1", "eval.bootstrap_iters=-1",
          says=pattern("eval.bootstrap_iters", "-1")),
-    case("eval.summary_bootstrap_iters=-1", "eval.summary_bootstrap_iters=-1",
-         says=pattern("eval.summary_bootstrap_iters", "-1")),
+    case("eval.summary_bootstrap_iters=-1", "eval=harness_3h", "model.device=cpu",
+         "eval.summary_bootstrap_iters=-1", says=pattern("eval.summary_bootstrap_iters", "-1")),
     # devices
     case("model.device=cdua", "model.device=cdua", says=pattern("model.device='cdua' is not a device")),
     case("model.device=auto", "model.device=auto", says=pattern("model.device='auto'")),
@@ -215,8 +218,6 @@ VALUES = [
     case("data.world.conflict_rate=true", "data.world.conflict_rate=true",
          says=pattern("data.world.conflict_rate=True must be a number")),
     case("data.kind typo", "data.kind=source", says=pattern("data.kind", "source")),
-    case("data.max_malformed_fraction=2", "data.max_malformed_fraction=2",
-         says=pattern("data.max_malformed_fraction", "2")),
     # merge: every method's knobs
     case("merge.method=nonexistent", "merge.method=nonexistent",
          says=pattern("unknown merge method 'nonexistent'", "ties")),
@@ -609,6 +610,11 @@ def test_source_for_a_dimension_not_trained(root):
 def test_data_eval_fraction_out_of_range(root):
     refused(root, "data=paper_3h", "data.eval_fraction=2", "stage=data", quick=False,
             says=pattern("data.eval_fraction", "2"))  # fmt: skip
+
+
+def test_data_max_malformed_fraction_out_of_range(root):
+    refused(root, "data=paper_3h", "data.max_malformed_fraction=2", "stage=data", quick=False,
+            says=pattern("data.max_malformed_fraction", "2"))  # fmt: skip
 
 
 def test_data_max_rows_per_source_negative(root):
