@@ -138,8 +138,8 @@ def set_threads(threads: int | None) -> None:
     """Set torch's intra-op CPU threads (None: leave torch's default, one per core)."""
     if threads is None:
         return
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads={threads!r} must be an integer >= 1, or null (torch's default)")
     import torch
 
     torch.set_num_threads(int(threads))

@@ -5,6 +5,8 @@ mixing strategies the tuning names (``conf/mix``), the toy world's knobs (:mod:`
 the metrics of the shipped evaluation tasks, and this machine (:func:`preflight`: devices, hub
 reachability).
 
+One concept: a run's inputs refused, by name, before any work.
+
 This module sits on the pipeline floor (docs/architecture.md): the typed schema below it knows
 no registry, so a check that needs one lives here, and :func:`hhh_bench.pipeline.run` calls
 :func:`validate_run` and :func:`preflight` first.
@@ -62,8 +64,14 @@ def check_model_folder(value: str | None, where: str) -> None:
 
 
 def check_eval(ecfg: Any) -> None:
-    """``eval.model`` (``stage=eval`` of a given model) is a model folder or a hub id."""
+    """``eval.model`` (``stage=eval`` of a given model) is a model folder or a hub id, and the
+    suite's dimensions and task weights score (:func:`hhh_bench.core.scoring.suite_tasks`: a
+    NaN or negative weight is refused now, not after the evaluation)."""
+    from hhh_bench.core.scoring import suite_tasks
+
     check_model_folder(ecfg.model, "eval.model")
+    suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
+                "test")  # fmt: skip
 
 
 def check_merge_inputs(merge: MergeConfig) -> None:
@@ -156,6 +164,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
     merge grid and the mixing strategies. Returns the typed groups by name."""
     check_seeds(cfg)  # first: a group may take its seed from ${seed} (data.noise.seed)
+    check_top_level(cfg)
     out: dict[str, Any] = {}
     for group, cls in GROUPS.items():
         if group in cfg and cfg[group] is not None:
@@ -304,6 +313,26 @@ def check_weights(cfg: Mapping[str, Any], merge: MergeConfig) -> None:
             f"merge.params.weights={list(weights)}: merge parameter 'weights' has {len(weights)} "
             f"entries but {n} finetuned models are merged ({what}); give one weight per model, "
             "in their order"
+        )
+
+
+def check_top_level(cfg: Mapping[str, Any]) -> None:
+    """The run's own scalars: ``trust_remote_code`` a boolean (``maybe`` would read as true:
+    code from a model's repository would run), ``threads`` an integer >= 1 or null, ``name``
+    one folder name (it names the run's folder under ``runs/``)."""
+    trust = cfg.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"trust_remote_code={trust!r} must be true or false")
+    threads = cfg.get("threads")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads={threads!r} must be an integer >= 1, or null (torch's default)")
+    name = cfg.get("name")
+    if isinstance(name, str) and ("/" in name or "\\" in name or name in ("", ".", "..")):
+        raise ValueError(
+            f"name={name!r} must be one folder name (it names the run's folder, runs/<name>); "
+            "give root= for a folder elsewhere"
         )
 
 

@@ -152,8 +152,12 @@ class TrainConfig:
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError(f"train.epochs must be > 0 when max_steps <= 0, got {self.epochs}")
-        if self.kind == "dpo" and (self.beta is None or not self.beta > 0):
-            raise ValueError(f"train.beta must be > 0 for kind=dpo, got {self.beta}")
+        if self.kind == "dpo" and (
+            self.beta is None or not self.beta > 0 or not math.isfinite(self.beta)
+        ):
+            raise ValueError(
+                f"train.beta must be a finite number > 0 for kind=dpo, got {self.beta}"
+            )
         if self.method == "lora" and self.lora is None:
             raise ValueError(
                 "train.method=lora needs a train.lora block (r, alpha, dropout, target_modules)"
@@ -171,6 +175,14 @@ class TrainConfig:
             types_ = (
                 [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
             )
+            bad = [w for w in self.loss_weights
+                   if isinstance(w, bool) or not isinstance(w, (int, float))
+                   or not math.isfinite(w) or w < 0]  # fmt: skip
+            if bad:
+                raise ValueError(
+                    f"train.loss_weights={list(self.loss_weights)!r}: {bad} not finite numbers "
+                    ">= 0 (each weighs one loss of loss_type)"
+                )
             if len(self.loss_weights) != len(types_):
                 raise ValueError(
                     f"train.loss_weights has {len(self.loss_weights)} entries for loss_type {self.loss_type!r}"

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,9 +66,13 @@ def suite_tasks(eval_cfg: Mapping[str, Any], split: str) -> list[TaskSpec]:
             raise ValueError(f"eval.dimensions.{dim} has no tasks")
         total = 0.0
         for task, weight in tasks.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ValueError(f"eval.dimensions.{dim}.{task}: weight {weight!r} is no number")
             w = float(weight)
-            if w < 0:
-                raise ValueError(f"eval.dimensions.{dim}.{task}: weight {w} is negative")
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(
+                    f"eval.dimensions.{dim}.{task}: weight {w} must be a finite number >= 0"
+                )
             total += w
             name = template.format(task=task, split=SPLIT_SUFFIX[split])
             specs.append(TaskSpec(name, dim, w, str(overrides.get(task, default_metric))))

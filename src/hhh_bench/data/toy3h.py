@@ -162,6 +162,18 @@ class Toy3HConfig:
             raise ValueError(
                 f"n_attributes must be in [1, {len(ATTRIBUTES)}], got {self.n_attributes}"
             )
+        if self.seed < 0:
+            raise ValueError(f"data.world.seed must be >= 0, got {self.seed}")
+        if not self.popular_value_weight > 0:
+            raise ValueError(
+                f"popular_value_weight must be > 0 (a sampling weight), got "
+                f"{self.popular_value_weight}"
+            )
+        if not 1 <= self.sft_templates_per_fact <= len(QUESTION_TEMPLATES):
+            raise ValueError(
+                f"sft_templates_per_fact must be in [1, {len(QUESTION_TEMPLATES)}] (the question "
+                f"templates there are), got {self.sft_templates_per_fact}"
+            )
         if not 2 <= self.n_values <= 8:
             raise ValueError(f"n_values must be in [2, 8], got {self.n_values}")
         if not 1 <= self.n_verbs <= len(VERBS):
