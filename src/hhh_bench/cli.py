@@ -72,6 +72,64 @@ def multirun_job() -> str | None:
     return job_name(str(hc.job.override_dirname), int(hc.job.num))
 
 
+MAX_SWEEP_CHECK = 256
+"""A grid sweep of at most this many jobs is checked whole before its first job runs."""
+
+
+def check_sweep_jobs() -> None:
+    """Before the first job of a grid multirun (``-m a=1,2 b=x,y``), compose and check every
+    job's config (:func:`hhh_bench.validation.validate_run`), so that a bad value in a later
+    job (``scaling=0.5,nan``) stops the sweep before any job writes anything. Only discrete
+    sweeps of Hydra's basic sweeper up to :data:`MAX_SWEEP_CHECK` jobs; a search (Optuna) or
+    a rehearsal is left to each job's own check."""
+    import itertools
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or int(hc.job.num) != 0:
+        return
+    if "BasicSweeper" not in str(hc.sweeper.get("_target_", "")):
+        return
+    args = [a for a in sys.argv[1:] if not a.startswith("-") and "=" in a]
+    args = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(args)
+    axes: list[list[str]] = []
+    for o in parsed:
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return
+            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    jobs = list(itertools.islice(itertools.product(*axes), MAX_SWEEP_CHECK + 1))
+    if len(jobs) > MAX_SWEEP_CHECK or len(jobs) < 2:
+        return
+    from hydra import compose
+
+    from hhh_bench.pipeline import load_plugins
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
+
+    for i, job in enumerate(jobs):
+        try:
+            cfg = compose(config_name="config", overrides=list(job))
+        except Exception:  # noqa: BLE001 - composing is Hydra's to refuse, in the job itself
+            return
+        if "rehearsal" in cfg:
+            return
+        try:
+            load_plugins(list(cfg.get("plugins") or []))
+            validate_run(to_dict(cfg))
+        except ValueError as e:
+            swept = " ".join(j for j, a in zip(job, axes, strict=True) if len(a) > 1)
+            raise ValueError(f"sweep job {i} ({swept}): {e}; no job was run") from None
+
+
 def check_sweep_mode() -> None:
     """A config whose Hydra sweeper searches something (``experiment=merge_optuna``: the Optuna
     sweeper and its search space; or any ``hydra.sweeper.params``), run without ``-m``: Hydra
@@ -115,6 +173,7 @@ def task(cfg) -> float | None:
                  sqlite3.Error)  # fmt: skip
     try:
         check_sweep_mode()
+        check_sweep_jobs()
         settings = console_settings(cfg)
     except ValueError as e:
         if _verbose():

@@ -71,14 +71,14 @@ def snapshot(root: Path) -> set[str]:
     """What a run may add or change under ``root``, relative: every file with its size (a row
     appended to ``results.jsonl`` or ``diagnostics.jsonl`` shows), and every folder inside a
     stage's folder (a stage output ``<stage>/<key>/``, a temporary one); not the Hydra log
-    folder, not the root's file-hash records (``.cache/hashes``: stat records of files already
+    folder (a multirun's: `multirun/`), not the root's file-hash records (``.cache/hashes``: stat records of files already
     there, written when a reuse checks them) and not an empty ``<root>/<stage>/``."""
     if not root.exists():
         return set()
     out = set()
     for p in root.rglob("*"):
         rel = p.relative_to(root)
-        if rel.parts[0] in ("hydra", ".cache") or (p.is_dir() and len(rel.parts) < 2):
+        if rel.parts[0] in ("hydra", "multirun", ".cache") or (p.is_dir() and len(rel.parts) < 2):
             continue
         size = f" ({p.stat().st_size} bytes)" if p.is_file() and not p.is_symlink() else ""
         out.add(rel.as_posix() + size)

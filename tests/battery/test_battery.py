@@ -1212,6 +1212,21 @@ def test_results_store_row_with_a_string_seed(root):
     refused(root, "stage=report", says=pattern("line 2", "seed = 'zero' is not an integer"))
 
 
+def test_train_max_length_below_the_prompts(prepared):
+    refused(prepared, "stage=train", "data.dimensions=[helpful]", "train.max_length=2",
+            says=pattern("train.max_length=2 leaves some pairs no response token"))  # fmt: skip
+
+
+def test_sweep_with_a_bad_value_in_a_later_job_runs_no_job(prepared):
+    """``-m ... scaling=0.5,nan``: job 0 would have merged and written a row before job 1 was
+    refused; every job of a grid is checked before the first runs."""
+    before = snapshot(prepared)
+    o = hhh("-m", f"root={prepared}", "logger=none", *QUICK, "stage=merge_eval",
+            "merge=task_arithmetic", "merge.params.scaling=0.5,nan")  # fmt: skip
+    assert_refused(o, before, prepared,
+                   pattern("sweep job 1 (merge.params.scaling=nan)", "no job was run"))  # fmt: skip
+
+
 def test_seed_negative(root):
     refused(root, "seed=-1", says=pattern("seed=-1 must be in [0, 2**32 - 1]"))
 

@@ -304,15 +304,24 @@ def _fit(
     shared = None
     if s["precompute_ref_log_probs"] and args.world_size > 1:
         ds, shared = _on_disk_for_every_rank(ds, Path(out_dir) / "dpo_dataset")
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[curve],
-    )
+    try:
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[curve],
+        )
+    except (ValueError, RuntimeError) as e:
+        if "non-empty list of Tensors" not in str(e):
+            raise
+        raise ValueError(
+            f"train.max_length={s['max_length']} leaves some pairs no response token (TRL "
+            "truncates each prompt + response to max_length tokens): raise train.max_length "
+            "above the longest prompt's length in tokens"
+        ) from e
     peft_configs = getattr(trainer.model, "peft_config", None) or {}
     if "ref" in peft_configs and ref_model is None and peft_config is None:
         # A later phase of a LoRA curriculum: TRL took the model's adapter as it stands for a
