@@ -390,6 +390,13 @@ def check_root(argv: list[str]) -> None:
 
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "name" and ("/" in value or value.strip() in ("", ".", "..")):
+            print(
+                f"hhh-bench: error: {arg!r}: name must be one folder name (it names the run's "
+                "folder, runs/<name>); give root= for a folder elsewhere",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         if sep and key == "root" and not value.strip():
             print(
                 f"hhh-bench: error: {arg!r}: root is empty; name the folder the run writes to "

@@ -742,6 +742,8 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--verbose", "-v", action="store_true", help="full tracebacks on errors")
     args = ap.parse_args(list(argv))
+    if not 0 <= args.seed < 2**32:
+        ap.error(f"argument --seed: {args.seed} is outside [0, 2**32 - 1]")
     try:
         res = run(args.config, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
                   seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip

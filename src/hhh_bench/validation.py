@@ -69,6 +69,11 @@ def check_eval(ecfg: Any) -> None:
     NaN or negative weight is refused now, not after the evaluation)."""
     from hhh_bench.core.scoring import suite_tasks
 
+    if ecfg.model is not None and not str(ecfg.model).strip():
+        raise ValueError(
+            "eval.model is empty: give the model folder or hub id to evaluate, or leave "
+            "+eval.model out to evaluate the pipeline's models"
+        )
     check_model_folder(ecfg.model, "eval.model")
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip

@@ -227,7 +227,7 @@ VALUES = [
          says=pattern("trust_remote_code='maybe' must be true or false")),
     case("threads=1.5", "threads=1.5", says=pattern("threads=1.5 must be an integer")),
     case("threads=two", "threads=two", says=pattern("threads='two' must be an integer")),
-    case("name=../../x", "name=../../x", says=pattern("name='../../x' must be one folder name")),
+    case("name=../../x", "name=../../x", says=pattern("name must be one folder name")),
     case("train.beta=inf", "train.beta=inf", says=pattern("train.beta must be a finite number")),
     case("train.loss_weights negative", "train.loss_type=[sigmoid,sft]",
          "train.loss_weights=[1.0,-0.5]", says=pattern("train.loss_weights=[1.0, -0.5]", ">= 0")),
@@ -1022,6 +1022,7 @@ BAD_METHODS = {
     "raises": ("raise RuntimeError('bad math')", "failed on parameter .*RuntimeError: bad math"),
     "wrong shape": ("return taus[0].reshape(-1)[:1]", r"returned shape \(1,\) for parameter"),
     "integer tensor": ("return taus.sum(0).to(torch.int32)", "returned a torch.int32 tensor"),
+    "sys.exit(0)": ("import sys; sys.exit(0)", "failed on parameter .*SystemExit"),
     "NaN": ("return taus.sum(0) * float('nan')", "NaN/Inf value.* from finite inputs"),
     "Inf": ("return taus.sum(0) / 0.0", "NaN/Inf value.* from finite inputs"),
     "None": ("return None", "returned a NoneType for parameter"),
@@ -1158,6 +1159,10 @@ STRATEGIES = {
         "return MixResult(sets['helpful'][:5], {'helpful': 50}, {})",
         "do not match its 5 rows",
     ),
+    "counts of no dimension": (
+        "return MixResult(sets['helpful'][:5], {'bogus': 5}, {})",
+        r"returned counts for \['bogus'\], which are not among the mixed dimensions",
+    ),
     "over budget": (
         "rows = [r for d in sets for r in sets[d]] * 3\n"
         "    return MixResult(rows, {'all': len(rows)}, {})",
@@ -1227,6 +1232,23 @@ def test_sweep_with_a_bad_value_in_a_later_job_runs_no_job(prepared):
                    pattern("sweep job 1 (merge.params.scaling=nan)", "no job was run"))  # fmt: skip
 
 
+def test_eval_model_empty(root):
+    refused(root, "stage=eval", "+eval.model=", says=pattern("eval.model is empty"))
+
+
+def test_report_path_is_a_users_file(prepared):
+    (prepared / "report").write_text("my notes, not a report folder\n")
+    refused(prepared, "stage=report", says=pattern(str(prepared / "report"), "is a file"))
+    assert (prepared / "report").read_text().startswith("my notes")
+
+
+def test_name_escaping_runs_creates_nothing(tmp_path):
+    os.chdir(tmp_path)
+    o = hhh("name=../../esc", "logger=none", "stage=data")
+    assert_refused(o, set(), tmp_path, "name must be one folder name")
+    assert not list(tmp_path.iterdir()) and not (tmp_path.parent.parent / "esc").exists()
+
+
 def test_seed_negative(root):
     refused(root, "seed=-1", says=pattern("seed=-1 must be in [0, 2**32 - 1]"))
 
@@ -1247,6 +1269,8 @@ SUBCOMMANDS = [
     case("list --plugin missing", "list", "methods", "--plugin", "no_such_mod_xyz",
          says=pattern("--plugin 'no_such_mod_xyz'", "cannot be imported")),
     case("list --bogus", "list", "--bogus", says="unrecognized arguments: --bogus"),
+    case("merge --seed -1", "merge", "c.yaml", "out", "--seed", "-1",
+         says=pattern("argument --seed: -1 is outside [0, 2**32 - 1]")),
 ]  # fmt: skip
 
 

@@ -132,7 +132,7 @@ class TrainConfig:
     seed: int = param(0, "training seed (data order, adapter init)")
     device: str = param("cpu", "cpu | cuda")
     bf16: bool = param(False, "bf16 mixed precision")
-    gradient_checkpointing: bool = param(False, "recompute activations (must be false on CPU)")
+    gradient_checkpointing: bool = param(False, "recompute activations: less memory, more time")
     precompute_ref_log_probs: bool = param(False, "compute the reference's log-probs once up front")
     report_to: str = param("none", "wandb | none")
     logging_steps: int = param(5, "log every this many steps")

@@ -371,7 +371,7 @@ def _called(method: MergeMethod[Any], step: str, k: str, *args: Any) -> Any:
         return getattr(method, step)(k, *args)
     except ValueError:
         raise
-    except Exception as e:  # noqa: BLE001 - a method's own failure, named
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a method's own failure, named
         raise MethodError(
             f"{method_label(method)} failed on parameter {k!r}: {type(e).__name__}: {e}"
         ) from e

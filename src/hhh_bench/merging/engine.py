@@ -9,6 +9,8 @@ expensive, knob-independent part of each tensor's merge (``precompute``: SVD fac
 masks) is cached on disk (:class:`~hhh_bench.merging.cache.SweepCache`), so a sweep over
 ``scaling`` recomposes from the cache.
 
+One concept: a whole-model merge, from input folders to one finished output folder.
+
 What it guarantees:
 
 - **validation before work**: arguments (types, method and knobs, shard size, dtypes, paths)
@@ -319,11 +321,19 @@ def check_out_dir(
             )
     if out.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} already exists (pass overwrite=true to replace it)")
+            if not out.is_dir() or not (out / MERGE_MARKER).is_file():
+                raise FileExistsError(
+                    f"{out} already exists and is not an earlier merge's output: choose "
+                    "another out_dir (nothing replaces a file or folder of yours)"
+                )
+            raise FileExistsError(
+                f"{out} already exists (an earlier merge's output: overwrite=true, or "
+                "--overwrite for hhh-bench merge, replaces it)"
+            )
         if not out.is_dir() or not (out / MERGE_MARKER).is_file():
             raise FileExistsError(
                 f"{out} exists and is not the output of an hhh-bench merge (no {MERGE_MARKER}); "
-                "overwrite=true replaces only earlier merges: choose another out_dir"
+                "overwrite replaces only earlier merges: choose another out_dir"
             )
 
 

@@ -78,6 +78,11 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         )
     ecfg = to_dict(cfg.eval)
     out = report_dir(cfg, job)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FileExistsError(
+            f"{out} is {'a symbolic link' if out.is_symlink() else 'a file'}, not the report's "
+            "folder: move it aside (the report replaces only a report folder it wrote)"
+        )
     key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid,
                       rcfg.judge_failure_threshold, rcfg.interval)  # fmt: skip
     done = _cached(out, key)

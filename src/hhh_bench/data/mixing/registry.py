@@ -269,9 +269,15 @@ def mix(
         result = strat.fn({d: list(r) for d, r in sets.items()}, budget=n, rng=rng, params=p)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
-    except Exception as e:  # noqa: BLE001 - a strategy's own failure, named
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a strategy's own failure, named
         raise ValueError(f"{where} failed: {type(e).__name__}: {e}") from e
     check_result(where, result, n)
+    stray = sorted(set(result.counts) - set(sets))
+    if stray:
+        raise ValueError(
+            f"{where} returned counts for {stray}, which are not among the mixed dimensions "
+            f"{list(sets)}"
+        )
     result.info = {
         "strategy": strategy,
         "budget_mode": budget if isinstance(budget, str) else "explicit",

@@ -1,0 +1,195 @@
+"""The contracts behind issue 27's refusals, checked on their own (fast, in-process): what a
+merge method or a mixing strategy may return, what a model folder must hold to be evaluated,
+the run's own scalars, a mistyped key's one line. ``make battery`` runs the same cases through
+the command line; these keep them inside ``make test`` (and its coverage)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# A merge method's result
+
+
+def test_a_merge_methods_result_must_be_a_dense_float_tensor_of_the_parameters_shape():
+    from hhh_bench.merging import get_method
+    from hhh_bench.merging.base import MethodError, check_result
+
+    m = get_method("task_arithmetic")
+    p = m.make_params()
+    ok = torch.zeros(2, 3)
+    check_result(m, "w", ok, (2, 3), p)
+    cases = [
+        (None, "returned a NoneType for parameter 'w', not a tensor"),
+        (torch.zeros(3, 2), r"returned shape \(3, 2\) for parameter 'w', whose shape is \(2, 3\)"),
+        (torch.zeros(2, 3, dtype=torch.int32), "returned a torch.int32 tensor"),
+        (torch.empty(2, 3, device="meta"), "returned a meta tensor"),
+        (torch.full((2, 3), float("nan")), r"returned 6 NaN/Inf value\(s\) for parameter 'w'"),
+    ]
+    for out, says in cases:
+        with pytest.raises(MethodError, match=says):
+            check_result(m, "w", out, (2, 3), p)
+    check_result(m, "w", torch.full((2, 3), float("inf")), (2, 3), p, finite=False)
+
+
+def test_model_counts_are_refused_by_the_method_before_any_input_is_opened():
+    from hhh_bench.merging import get_method
+
+    for name, n, says in [
+        ("slerp", 3, "interpolates two models"),
+        ("model_stock", 1, "needs at least 2 finetuned models, got 1"),
+        ("sce", 1, "needs at least 2 finetuned models, got 1"),
+    ]:
+        m = get_method(name)
+        with pytest.raises(ValueError, match=says):
+            m.check_models(n, m.make_params())
+    m = get_method("consensus_ta")
+    with pytest.raises(ValueError, match="'min_agreement' = 5 exceeds the 3"):
+        m.check_models(3, m.make_params(min_agreement=5))
+    get_method("task_arithmetic").check_models(7, get_method("task_arithmetic").make_params())
+
+
+def test_a_failed_merge_discards_the_sweep_cache_entries_it_wrote(tmp_path):
+    from hhh_bench.merging.cache import SweepCache
+
+    cache = SweepCache(tmp_path / "c", 1 << 30)
+    cache.put("ab" + "0" * 38, {"tau": torch.ones(3)})
+    assert cache.path("ab" + "0" * 38).is_file()
+    cache.discard_written()
+    assert not list((tmp_path / "c").rglob("*.safetensors"))
+    assert not (tmp_path / "c" / "ab").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A mixing strategy's result
+
+
+def _row(i: int, dim: str = "helpful") -> dict:
+    from hhh_bench.core.schema import make_row
+
+    return dict(make_row(f"p{i}", "c", "r", dim, "t", f"{dim}/{i}"))
+
+
+def test_a_mixing_strategys_result_must_keep_its_contract():
+    from hhh_bench.data.mixing.registry import MixResult, check_result
+
+    rows = [_row(i) for i in range(4)]
+    check_result("s", MixResult(rows, {"helpful": 4}, {}), 4)
+    check_result("s", MixResult(rows + rows[:1], {"helpful": 5}, {}), 5)  # a resampled id
+    cases = [
+        ([rows], "returned a list, not a MixResult"),
+        (MixResult(rows, {"helpful": 9}, {}), r"returned counts .* that do not match its 4 rows"),
+        (MixResult([], {}, {}), "returned no preference pairs"),
+        (MixResult(rows, {"helpful": 4}, {}), "more than its budget of 3"),
+        (MixResult([{"prompt": "p"}], {"helpful": 1}, {}), "returned an invalid row"),
+    ]
+    for result, says in cases:
+        with pytest.raises(ValueError, match=says):
+            check_result("s", result[0] if isinstance(result, list) else result, 3)
+
+
+def test_a_strategy_that_raises_is_named():
+    from hhh_bench.data.mixing.registry import STRATEGIES, NoParams, mix, register_strategy
+
+    @register_strategy("contract_raises", NoParams)
+    def bad(sets, *, budget, rng, params):
+        raise RuntimeError("boom")
+
+    try:
+        with pytest.raises(
+            ValueError, match="mixing strategy 'contract_raises'.*RuntimeError: boom"
+        ):
+            mix("contract_raises", {"helpful": [_row(0)]}, budget=1, seed=0)
+    finally:
+        STRATEGIES.remove("contract_raises")
+
+
+# ---------------------------------------------------------------------------------------------
+# A model to evaluate
+
+
+def test_a_model_folder_transformers_would_only_warn_about_is_refused():
+    from hhh_bench.models.loading import check_finite_weights, check_loading_info
+
+    check_loading_info("m", {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []})
+    for info, says in [
+        ({"missing_keys": ["a.w", "b.w"]}, r"'m' lacks: \['a.w', 'b.w'\]"),
+        ({"unexpected_keys": ["layers.9.w"]}, "has no place for: .*layers.9.w"),
+        ({"mismatched_keys": [("w", (2,), (3,))]}, "of another shape"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            check_loading_info("m", info)
+    lin = torch.nn.Linear(2, 2)
+    check_finite_weights("m", lin)
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"tensor 'weight' holds 1 NaN/Inf"):
+        check_finite_weights("m", lin)
+
+
+def test_a_folder_without_tokenizer_files_is_named(tmp_path):
+    from hhh_bench.models.loading import load_tokenizer
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's own scalars and a mistyped key
+
+
+def test_the_runs_own_scalars_are_checked():
+    from hhh_bench.validation import check_seeds, check_top_level
+
+    check_top_level({"trust_remote_code": False, "threads": 2, "name": "toy3h"})
+    for cfg, says in [
+        ({"trust_remote_code": "maybe"}, "must be true or false"),
+        ({"threads": 1.5}, "threads=1.5 must be an integer"),
+        ({"threads": 0}, "threads=0 must be an integer >= 1"),
+        ({"name": "../x"}, "must be one folder name"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            check_top_level(cfg)
+    with pytest.raises(ValueError, match=r"seed=-1 must be in \[0, 2\*\*32 - 1\]"):
+        check_seeds({"seed": -1})
+    with pytest.raises(ValueError, match=r"outside \[0, 2\*\*32 - 1\]"):
+        check_seeds({"seed": 0, "seeds": [0, -3]})
+
+
+HYDRA_TEXT = """Could not override 'train.learnin_rate'.
+To append to your config use +train.learnin_rate=0.1
+Key 'learnin_rate' is not in struct
+    full_key: train.learnin_rate
+    object_type=dict
+"""
+
+
+def test_a_mistyped_key_is_one_line_with_the_closest_key():
+    from hhh_bench.cli import unknown_key_line
+
+    line = unknown_key_line(HYDRA_TEXT, ["train.learnin_rate=0.1", "stage=data"])
+    assert line == (
+        "hhh-bench: error: train.learnin_rate is not a setting (did you mean "
+        "train.learning_rate?); to add a key on purpose, write +train.learnin_rate=...\n"
+    )
+    assert unknown_key_line("In 'config': Could not find 'merge/tie'", []) is None
+
+
+def test_stderr_is_held_until_a_job_starts():
+    from hhh_bench.cli import HeldStderr
+
+    real = io.StringIO()
+    held = HeldStderr(real)
+    held.write("hydra says no\n")
+    held.flush()
+    assert real.getvalue() == "" and held.take() == "hydra says no\n"
+    held.write("kept\n")
+    held.release()
+    held.write("then through\n")
+    held.flush()
+    assert real.getvalue() == "kept\nthen through\n"
+    assert held.getvalue() == real.getvalue()  # anything else is the real stream's
