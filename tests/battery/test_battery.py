@@ -1029,23 +1029,34 @@ BAD_METHODS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(BAD_METHODS))
-def test_plugin_method_that_misbehaves(prepared, tmp_path, monkeypatch, kind):
-    body, says = BAD_METHODS[kind]
-    mod = f"battery_badmethod_{abs(hash(kind)) % 10**8}"
+def _misbehaving_plugin(prepared, tmp_path, monkeypatch, *, kind, what, registry, head, deco,
+                        signature, body, args, says):  # fmt: skip
+    """A plugin module whose registered ``what`` (a merge method or a mixing strategy) runs
+    ``body``: the run is refused naming it and its module (:func:`refused`)."""
+    mod = f"battery_{what.split()[0]}_{abs(hash(kind)) % 10**8}"
     name = f"bad_{mod[-8:]}"
     (tmp_path / f"{mod}.py").write_text(
-        "import torch\nfrom hhh_bench.merging import merge_function\n\n"
-        f"@merge_function({name!r})\ndef bad(taus, weights, params):\n    {body}\n"
+        f"{head}\n\n@{deco}({name!r}{signature[0]})\ndef bad({signature[1]}):\n    {body}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        refused(prepared, f"plugins=[{mod}]", "stage=merge", f"merge.method={name}",
-                says=pattern(f"merge method {name!r} (from module {mod!r})") + ".*" + says)  # fmt: skip
+        refused(prepared, f"plugins=[{mod}]", *[a.format(name=name) for a in args],
+                says=pattern(f"{what} {name!r} (from module {mod!r})") + ".*" + says)  # fmt: skip
     finally:
-        from hhh_bench.merging.base import METHODS
+        registry.remove(name) if name in registry.names() else None
 
-        METHODS.remove(name) if name in METHODS.names() else None
+
+@pytest.mark.parametrize("kind", list(BAD_METHODS))
+def test_plugin_method_that_misbehaves(prepared, tmp_path, monkeypatch, kind):
+    from hhh_bench.merging.base import METHODS
+
+    body, says = BAD_METHODS[kind]
+    _misbehaving_plugin(
+        prepared, tmp_path, monkeypatch, kind=kind, what="merge method", registry=METHODS,
+        head="import torch\nfrom hhh_bench.merging import merge_function", deco="merge_function",
+        signature=("", "taus, weights, params"), body=body,
+        args=("stage=merge", "merge.method={name}"), says=says,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -1179,22 +1190,15 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("kind", list(STRATEGIES))
 def test_plugin_mixing_strategy_that_breaks_its_contract(prepared, tmp_path, monkeypatch, kind):
-    body, says = STRATEGIES[kind]
-    mod = f"battery_badmix_{abs(hash(kind)) % 10**8}"
-    name = f"badmix_{mod[-8:]}"
-    (tmp_path / f"{mod}.py").write_text(
-        "from hhh_bench.data.mixing.registry import MixResult, NoParams, register_strategy\n\n"
-        f"@register_strategy({name!r}, NoParams)\n"
-        f"def bad(sets, *, budget, rng, params):\n    {body}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        refused(prepared, f"plugins=[{mod}]", "stage=train", f"mix.name={name}",
-                says=pattern(f"mixing strategy {name!r} (from module {mod!r})") + ".*" + says)  # fmt: skip
-    finally:
-        from hhh_bench.data.mixing.registry import STRATEGIES as REG
+    from hhh_bench.data.mixing.registry import STRATEGIES as REG
 
-        REG.remove(name) if name in REG.names() else None
+    body, says = STRATEGIES[kind]
+    _misbehaving_plugin(
+        prepared, tmp_path, monkeypatch, kind=kind, what="mixing strategy", registry=REG,
+        head="from hhh_bench.data.mixing.registry import MixResult, NoParams, register_strategy",
+        deco="register_strategy", signature=(", NoParams", "sets, *, budget, rng, params"),
+        body=body, args=("stage=train", "mix.name={name}"), says=says,
+    )  # fmt: skip
 
 
 def test_diagnostics_store_with_a_garbage_line(prepared):
