@@ -77,8 +77,10 @@ def test_a_mixing_strategys_result_must_keep_its_contract():
     from hhh_bench.data.mixing.registry import MixResult, check_result
 
     rows = [_row(i) for i in range(4)]
-    check_result("s", MixResult(rows, {"helpful": 4}, {}), 4)
-    check_result("s", MixResult(rows + rows[:1], {"helpful": 5}, {}), 5)  # a resampled id
+    check_result("s", MixResult(rows, {"helpful": 4}, {}), 4, dims=["helpful"])
+    check_result(
+        "s", MixResult(rows + rows[:1], {"helpful": 5}, {}), 5, dims=["helpful"]
+    )  # a resampled id
     cases = [
         ([rows], "returned a list, not a MixResult"),
         (MixResult(rows, {"helpful": 9}, {}), r"returned counts .* that do not match its 4 rows"),
@@ -88,7 +90,9 @@ def test_a_mixing_strategys_result_must_keep_its_contract():
     ]
     for result, says in cases:
         with pytest.raises(ValueError, match=says):
-            check_result("s", result[0] if isinstance(result, list) else result, 3)
+            check_result(
+                "s", result[0] if isinstance(result, list) else result, 3, dims=["helpful"]
+            )
 
 
 def test_a_strategy_that_raises_is_named():

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.core import console
 from hhh_bench.stages.common import CACHE, load_option, log, model_identity, to_dict
-from hhh_bench.validation import emphases, preflight, validate_run
+from hhh_bench.validation import check_threads, emphases, preflight, validate_run
 
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 UPSTREAM = {
@@ -136,10 +136,9 @@ def _nothing() -> Iterator[None]:
 
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op CPU threads (None: leave torch's default, one per core)."""
+    check_threads(threads)  # before validate_run: the threads are set first
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} must be an integer >= 1, or null (torch's default)")
     import torch
 
     torch.set_num_threads(int(threads))

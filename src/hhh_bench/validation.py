@@ -321,6 +321,14 @@ def check_weights(cfg: Mapping[str, Any], merge: MergeConfig) -> None:
         )
 
 
+def check_threads(threads: Any) -> None:
+    """``threads``: an integer >= 1, or null (torch's default)."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads={threads!r} must be an integer >= 1, or null (torch's default)")
+
+
 def check_top_level(cfg: Mapping[str, Any]) -> None:
     """The run's own scalars: ``trust_remote_code`` a boolean (``maybe`` would read as true:
     code from a model's repository would run), ``threads`` an integer >= 1 or null, ``name``
@@ -328,11 +336,7 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
     trust = cfg.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise ValueError(f"trust_remote_code={trust!r} must be true or false")
-    threads = cfg.get("threads")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise ValueError(f"threads={threads!r} must be an integer >= 1, or null (torch's default)")
+    check_threads(cfg.get("threads"))
     name = cfg.get("name")
     if isinstance(name, str) and ("/" in name or "\\" in name or name in ("", ".", "..")):
         raise ValueError(

@@ -320,20 +320,15 @@ def check_out_dir(
                 "outside every input"
             )
     if out.exists():
-        if not overwrite:
-            if not out.is_dir() or not (out / MERGE_MARKER).is_file():
-                raise FileExistsError(
-                    f"{out} already exists and is not an earlier merge's output: choose "
-                    "another out_dir (nothing replaces a file or folder of yours)"
-                )
-            raise FileExistsError(
-                f"{out} already exists (an earlier merge's output: overwrite=true, or "
-                "--overwrite for hhh-bench merge, replaces it)"
-            )
         if not out.is_dir() or not (out / MERGE_MARKER).is_file():
             raise FileExistsError(
                 f"{out} exists and is not the output of an hhh-bench merge (no {MERGE_MARKER}); "
                 "overwrite replaces only earlier merges: choose another out_dir"
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already exists (an earlier merge's output: overwrite=true, or "
+                "--overwrite for hhh-bench merge, replaces it)"
             )
 
 

@@ -64,11 +64,11 @@ def load_causal_lm(
             f"{files or 'nothing'}); give the folder a model's save_pretrained wrote, or a LoRA "
             "adapter's (adapter_config.json)"
         )
-    if folder.is_dir() and not (folder / "config.json").is_file():
+    adapter = folder.is_dir() and not (folder / "config.json").is_file()
+    if adapter:
         adapter_base(folder)  # names a broken adapter_config.json before transformers' KeyError
-    full = not (folder.is_dir() and not (folder / "config.json").is_file())
     try:
-        if full:  # what transformers would only log: weights missing, left over or misshapen
+        if not adapter:  # what transformers would only log: weights missing, left over, misshapen
             model, info = AutoModelForCausalLM.from_pretrained(
                 str(path_or_id), output_loading_info=True, **kwargs
             )

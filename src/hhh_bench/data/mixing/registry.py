@@ -271,13 +271,7 @@ def mix(
         raise ValueError(f"{where}: {e}") from e
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a strategy's own failure, named
         raise ValueError(f"{where} failed: {type(e).__name__}: {e}") from e
-    check_result(where, result, n)
-    stray = sorted(set(result.counts) - set(sets))
-    if stray:
-        raise ValueError(
-            f"{where} returned counts for {stray}, which are not among the mixed dimensions "
-            f"{list(sets)}"
-        )
+    check_result(where, result, n, dims=list(sets))
     result.info = {
         "strategy": strategy,
         "budget_mode": budget if isinstance(budget, str) else "explicit",
@@ -289,10 +283,11 @@ def mix(
     return result
 
 
-def check_result(where: str, result: Any, budget: int) -> None:
+def check_result(where: str, result: Any, budget: int, *, dims: Sequence[str]) -> None:
     """What a strategy returned can be trained on, as the comparison assumes: a
-    :class:`MixResult` whose counts add up to its rows, at least one row and no more than the
-    budget (the mixture arms are matched in pairs), every row a valid preference row."""
+    :class:`MixResult` whose counts are of the mixed ``dims`` and add up to its rows, at least
+    one row and no more than the budget (the mixture arms are matched in pairs), every row a
+    valid preference row."""
     from hhh_bench.core.schema import validate_row
 
     if not isinstance(result, MixResult):
@@ -315,6 +310,12 @@ def check_result(where: str, result: Any, budget: int) -> None:
             validate_row(row, i, origin=where)
     except ValueError as e:
         raise ValueError(f"{where} returned an invalid row: {e}") from None
+    stray = sorted(set(result.counts) - set(dims))
+    if stray:
+        raise ValueError(
+            f"{where} returned counts for {stray}, which are not among the mixed dimensions "
+            f"{list(dims)}"
+        )
 
 
 def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix") -> None:

@@ -153,11 +153,15 @@ def consensus_merge(
     return out.view(stack.shape[1:])
 
 
-class ConsensusTA(FunctionMethod[ConsensusParams]):
-    """Consensus TA's model count is checked against ``min_agreement`` up front."""
+class AgreementCount:
+    """A consensus method's model count, checked against ``min_agreement`` up front."""
 
-    def check_models(self, num_models: int, params: ConsensusParams) -> None:
+    def check_models(self, num_models: int, params: Any) -> None:
         check_agreement(params.min_agreement, num_models)
+
+
+class ConsensusTA(AgreementCount, FunctionMethod[ConsensusParams]):
+    """Consensus TA (:func:`consensus_ta`) with its up-front model count check."""
 
 
 @merge_function(
@@ -186,17 +190,13 @@ class ConsensusTiesParams(ConsensusParams, TiesParams):
 
 
 @register_method
-class ConsensusTies(TiesMethod):
+class ConsensusTies(AgreementCount, TiesMethod):
     """Consensus-TIES (arXiv:2405.07813): TIES's trim is the cached part (per tensor, or from the
     thresholds of a first pass with ``scope: global``); the TALL masks need the untrimmed τ_t, so
     ``precompute`` keeps the stack and the trim's keep mask."""
 
     name = "consensus_ties"
     params_cls = ConsensusTiesParams
-
-    def check_models(self, num_models: int, params: Any) -> None:
-        check_agreement(params.min_agreement, num_models)
-
     precompute_keys = ("density", "scope", "compute_dtype")
     summary = (
         "TIES (disjoint sum) kept where ≥ k tasks' TALL masks agree (Wang et al. 2024, "

@@ -73,14 +73,19 @@ def slerp_vectors(t: float, v0: Tensor, v1: Tensor) -> Tensor:
     return torch.mul(v0, c0).add_(v1, alpha=c1)
 
 
-def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams) -> Tensor:
-    """τ_m = SLERP(v0, v1; t) − θ0 for a (T, *shape) stack, T ∈ {1, 2} (module doc)."""
-    num = len(stack)
+def check_two(num: int) -> None:
+    """SLERP takes one finetuned model (from θ0) or two; more is refused, naming the others."""
     if num not in (1, 2):
         raise ValueError(
             f"merge method 'slerp' interpolates two models: give one finetuned model (SLERP "
             f"from the base) or two, got {num}; for more use karcher or multislerp"
         )
+
+
+def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams) -> Tensor:
+    """τ_m = SLERP(v0, v1; t) − θ0 for a (T, *shape) stack, T ∈ {1, 2} (module doc)."""
+    num = len(stack)
+    check_two(num)
     b = base.to(device=stack.device, dtype=stack.dtype)
     w = [float(x) for x in weights.reshape(-1)]
     ends = [torch.add(b, stack[i], alpha=w[i]) for i in range(num)]  # θ0 + w_t τ_t
@@ -91,14 +96,8 @@ def slerp_tau(base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams)
 class SlerpMethod(FunctionMethod[SlerpParams]):
     """SLERP interpolates weights, not task vectors: its merge_stack needs θ0."""
 
-    max_models = 2
-
     def check_models(self, num_models: int, params: SlerpParams) -> None:
-        if num_models not in (1, 2):
-            raise ValueError(
-                f"merge method 'slerp' interpolates two models: give one finetuned model (SLERP "
-                f"from the base) or two, got {num_models}; for more use karcher or multislerp"
-            )
+        check_two(num_models)
 
     def merge_stack(
         self, name: str, base: Tensor, stack: Tensor, weights: Tensor, params: SlerpParams
