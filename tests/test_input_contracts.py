@@ -197,3 +197,82 @@ def test_stderr_is_held_until_a_job_starts():
     held.flush()
     assert real.getvalue() == "kept\nthen through\n"
     assert held.getvalue() == real.getvalue()  # anything else is the real stream's
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a value was given, and what a folder holds
+
+
+def test_an_oracle_train_override_is_named_where_it_was_given():
+    from hhh_bench.core.config import OracleConfig
+
+    for over, says in [
+        ({"beta": -1.0}, r"^pipeline\.oracle\.train\.beta must be"),
+        ({"warmup_ratio": 2.0}, r"^pipeline\.oracle\.train\.warmup_ratio must be"),
+        ({"bogus": 1}, r"pipeline\.oracle\.train\.bogus"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            OracleConfig(train=over)
+    OracleConfig(train={"beta": 0.5})
+
+
+def test_a_folder_is_an_adapter_only_when_it_holds_no_full_model(tmp_path):
+    from hhh_bench.core.paths import is_adapter_folder
+
+    full, adapter, both = tmp_path / "full", tmp_path / "adapter", tmp_path / "both"
+    for d in (full, adapter, both):
+        d.mkdir()
+        (d / "adapter_config.json").write_text("{}")
+    for d in (full, both):
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"")
+    for d in (adapter, both):
+        (d / "adapter_model.safetensors").write_bytes(b"")
+    assert not is_adapter_folder(full)  # a stray adapter_config.json beside full weights
+    assert is_adapter_folder(adapter)
+    assert not is_adapter_folder(tmp_path)  # no adapter_config.json at all
+    with pytest.raises(ValueError, match="holds both a full model .* and a LoRA adapter"):
+        is_adapter_folder(both)
+
+
+def test_hugging_face_folders_in_the_environment_must_be_folders(tmp_path, monkeypatch):
+    from hhh_bench.validation import check_hf_folders
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    check_hf_folders()  # a folder to be created is fine
+    monkeypatch.setenv("HF_HOME", str(a_file))
+    with pytest.raises(ValueError, match=r"^HF_HOME=.* is a regular file, not a folder"):
+        check_hf_folders()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(a_file / "hub"))
+    with pytest.raises(ValueError, match=r"^HF_HUB_CACHE=.* is a regular file"):
+        check_hf_folders()
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(a_file))
+    with pytest.raises(ValueError, match=r"^HF_DATASETS_CACHE=.* regular file"):
+        check_hf_folders()
+
+
+def test_ifeval_without_nltks_punkt_tab_is_refused_before_any_work(tmp_path, monkeypatch):
+    import nltk
+
+    from hhh_bench.rehearsal import ensure_standin_punkt, use_nltk_data
+    from hhh_bench.validation import check_nltk_data
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    suite = {"dimensions": {"helpful": {"ifeval": 1.0}, "honest": {"x": 1.0}}}
+    with pytest.raises(
+        ValueError,
+        match=r"eval task ifeval \(eval.dimensions.helpful.ifeval\) "
+        r"needs NLTK's punkt_tab data.*~eval.dimensions.helpful.ifeval",
+    ):
+        check_nltk_data(suite)
+    check_nltk_data({"dimensions": {"helpful": {"other": 1.0}}})  # no task that needs it
+    use_nltk_data(ensure_standin_punkt(tmp_path / "nltk"))  # the rehearsal's stand-in
+    check_nltk_data(suite)
+    assert nltk.word_tokenize("It is. Done.") == ["It", "is", ".", "Done", "."]

@@ -27,7 +27,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.core import console
 from hhh_bench.stages.common import CACHE, load_option, log, model_identity, to_dict
-from hhh_bench.validation import check_threads, emphases, preflight, validate_run
+from hhh_bench.validation import (
+    check_nltk_data,
+    check_threads,
+    emphases,
+    preflight,
+    validate_run,
+)
 
 STAGES = ("data", "base", "train", "merge", "merge_eval", "eval", "report", "diagnose", "all")
 UPSTREAM = {
@@ -71,6 +77,8 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
     preflight(groups)  # config, then this machine (devices, hub reachability)
+    if stage in ("all", "eval", "merge_eval") and "eval" in groups:  # the stages that evaluate
+        check_nltk_data(groups["eval"])
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
     if stage == "report":  # the store, before any stage work: an invalid line named up front

@@ -76,6 +76,10 @@ def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
           ``scorer: reward_model``): its ``scorer_args.model`` is the stand-in reward model,
           on the CPU in float32, without remote code.
 
+        When the suite has IFEval, a stand-in of NLTK's ``punkt_tab`` (its real file layout,
+        no learned abbreviations) is put first on NLTK's path (:func:`ensure_standin_punkt`),
+        so that lm-eval's IFEval reaches for no download.
+
         The stand-in model itself is built at ``model.path`` (``model.standin`` names the real
         model it stands in for), so ``model`` needs no override.
     """
@@ -126,6 +130,10 @@ def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
         args.pop("revision", None)
         return {**dict(entry), "scorer_args": args}
 
+    dims = (cfg.get("eval") or {}).get("dimensions") or {}
+    if any("ifeval" in (tasks or {}) for tasks in dims.values()):
+        use_nltk_data(ensure_standin_punkt(Path(_need(cfg, "rehearsal.dir")) / "nltk_data"))
+
     judges = (cfg.get("eval") or {}).get("judges") or {}
     if judges and rh.get("judges"):
         out.update(_standin_judges(cfg, judges))
@@ -169,3 +177,34 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     return {f"eval.judges.{role}": {**standin[role], **{k: v for k, v in dict(judges[role]).items()
                                                         if k not in standin[role] or k in own}}
             for role in judges if role in standin and judges[role] is not None}  # fmt: skip
+
+
+PUNKT_TAB_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
+"""The files of one language of NLTK's ``punkt_tab`` (``nltk.tokenize.punkt.load_punkt_params``)."""
+
+
+def ensure_standin_punkt(folder: Path) -> Path:
+    """A stand-in of NLTK's ``punkt_tab`` under ``folder`` (``tokenizers/punkt_tab/english/``
+    with its four parameter files, empty: sentences split at every full stop, no learned
+    abbreviations, collocations or orthographic context); returns ``folder``."""
+    lang = folder / "tokenizers" / "punkt_tab" / "english"
+    lang.mkdir(parents=True, exist_ok=True)
+    for name in PUNKT_TAB_FILES:
+        if not (lang / name).is_file():
+            (lang / name).write_text("")
+    return folder
+
+
+def use_nltk_data(folder: Path) -> None:
+    """Put ``folder`` first on NLTK's data path, for this process (``nltk.data.path``) and for
+    the processes it starts (``$NLTK_DATA``)."""
+    import os
+
+    import nltk
+
+    path = str(folder.resolve())
+    if path not in nltk.data.path:
+        nltk.data.path.insert(0, path)
+    rest = os.environ.get("NLTK_DATA")
+    if not rest or path not in rest.split(os.pathsep):
+        os.environ["NLTK_DATA"] = path + (os.pathsep + rest if rest else "")

@@ -79,6 +79,42 @@ def check_eval(ecfg: Any) -> None:
                 "test")  # fmt: skip
 
 
+NLTK_DATA_OF_TASKS = {"ifeval": ("punkt_tab", "tokenizers/punkt_tab/english/")}
+"""lm-eval tasks whose scoring needs NLTK data: task -> (the NLTK package, the path it is found
+at). lm-eval's IFEval downloads ``punkt_tab`` when the module is imported and, offline, prints
+the failure and goes on until a sentence or word count needs it."""
+
+
+def check_nltk_data(ecfg: Any) -> None:
+    """Every NLTK package the suite's tasks need (:data:`NLTK_DATA_OF_TASKS`) is on this machine
+    (``$NLTK_DATA`` or NLTK's default folders); refused before any work otherwise, naming the
+    task, the package and how to bring it, instead of a download mid-run."""
+    dims = (dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg)).get(
+        "dimensions"
+    ) or {}
+    needed = [
+        (dim, task, *NLTK_DATA_OF_TASKS[task])
+        for dim, tasks in dims.items()
+        for task in (tasks or {})
+        if task in NLTK_DATA_OF_TASKS
+    ]
+    if not needed:
+        return
+    import nltk
+
+    for dim, task, package, path in needed:
+        try:
+            nltk.data.find(path)
+        except LookupError:
+            raise ValueError(
+                f"eval task {task} (eval.dimensions.{dim}.{task}) needs NLTK's {package} data, "
+                f"which is not on this machine (looked in $NLTK_DATA and {nltk.data.path[0]} ...); "
+                f"lm-eval would try to download it mid-run. On a machine with access run "
+                f"`python -m nltk.downloader -d DIR {package}`, copy DIR here and set "
+                f"NLTK_DATA=DIR; or leave the task out: ~eval.dimensions.{dim}.{task}"
+            ) from None
+
+
 def check_merge_inputs(merge: MergeConfig) -> None:
     """``merge.base`` is none of ``merge.models``: a specialist equal to θ0 has τ = 0, so the
     merge would silently drop it (or dilute the others). The same local folder is found through
@@ -525,6 +561,32 @@ def writable_folder(path: str | os.PathLike[str], what: str) -> None:
     os.unlink(name)
 
 
+def check_hf_folders() -> None:
+    """The Hugging Face folders named in the environment are folders: ``$HF_HOME`` and
+    ``$HF_HUB_CACHE`` (a shared hub cache may be read-only) are not regular files, and the
+    datasets cache (``$HF_DATASETS_CACHE``, else ``$HF_HOME/datasets``), which every
+    evaluation writes to, is a writable folder. Raises naming the variable."""
+    from pathlib import Path
+
+    for var in ("HF_HOME", "HF_HUB_CACHE"):
+        value = os.environ.get(var)
+        if not value:
+            continue
+        p = Path(value).expanduser()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if p.exists() and not p.is_dir():
+            raise ValueError(
+                f"{var}={value!r}: {str(p)!r} is a regular file, not a folder; point {var} at "
+                "a folder (or unset it)"
+            )
+    if os.environ.get("HF_DATASETS_CACHE"):
+        writable_folder(os.environ["HF_DATASETS_CACHE"], "HF_DATASETS_CACHE")
+    elif os.environ.get("HF_HOME"):
+        datasets = str(Path(os.environ["HF_HOME"]).expanduser() / "datasets")
+        writable_folder(datasets, "the datasets cache $HF_HOME/datasets")
+
+
 def wandb_key_set() -> bool:
     """Whether W&B finds an API key without asking: ``$WANDB_API_KEY``, or an entry for its
     host (``$WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``$NETRC``, else
@@ -547,8 +609,10 @@ def wandb_key_set() -> bool:
 def preflight(groups: Mapping[str, Any]) -> None:
     """What can be checked before any work: every device the run will use exists, every
     folder the run writes to that the user named (``merge_engine.cache_dir``,
-    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, W&B in online mode
-    has an API key, and a hub model is reachable (offline: in the local cache)."""
+    ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, the Hugging Face
+    folders are folders, W&B in online mode has an API key, and a hub model is reachable
+    (offline: in the local cache). The NLTK data of the suite's tasks is checked by the stages
+    that evaluate (:func:`check_nltk_data`)."""
     import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
@@ -579,6 +643,7 @@ def preflight(groups: Mapping[str, Any]) -> None:
             "~/.netrc): run `wandb login` first, or log offline (WANDB_MODE=offline, then "
             "`wandb sync`)"
         )
+    check_hf_folders()
     model = groups.get("model")
     if model is not None and model.kind == "hub" and model.path:
         from pathlib import Path

@@ -495,7 +495,12 @@ class OracleConfig:
 
     def __post_init__(self) -> None:
         _post(self, "pipeline.oracle")
-        from_mapping(TrainConfig, self.train, "pipeline.oracle.train")  # keys and values checked
+        try:  # keys and values checked; a value's error names where it was given
+            from_mapping(TrainConfig, self.train, "pipeline.oracle.train")
+        except ValueError as e:
+            raise ValueError(
+                re.sub(r"(?<![\w.])train\.", "pipeline.oracle.train.", str(e))
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Where the project's configuration lives: the top-level ``conf/`` of a checkout (an editable
 install reads it there), shipped inside the wheel as ``hhh_bench/conf/`` (setup.py's build hook),
-so an installed hhh-bench has its configs wherever it runs."""
+so an installed hhh-bench has its configs wherever it runs; and what a model folder holds (a full
+model or a LoRA adapter, :func:`is_adapter_folder`)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,27 @@ def conf_dir() -> Path:
             "(reinstall hhh-bench, or point HHH_BENCH_CONF at a conf/ folder)"
         )
     return path
+
+
+def is_adapter_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a LoRA adapter (``adapter_config.json``) rather than a full model
+    (``config.json`` + ``model*.safetensors`` / ``pytorch_model*.bin``). A full model beside a
+    stray ``adapter_config.json`` with no adapter weights is a full model; a folder holding both
+    a full model's weights and an adapter's (``adapter_model.*``) is refused, naming it: which of
+    the two a merge or an evaluation reads would change every number."""
+    p = Path(folder)
+    if not (p / "adapter_config.json").is_file():
+        return False
+    adapter_weights = [
+        n for n in ("adapter_model.safetensors", "adapter_model.bin") if (p / n).is_file()
+    ]
+    full_weights = (p / "config.json").is_file() and (
+        any(p.glob("model*.safetensors")) or any(p.glob("pytorch_model*.bin"))
+    )
+    if full_weights and adapter_weights:
+        raise ValueError(
+            f"{str(p)!r} holds both a full model (config.json and its weights) and a LoRA "
+            f"adapter (adapter_config.json, {adapter_weights[0]}): keep only the one you mean "
+            "(move the other to a folder of its own)"
+        )
+    return not full_weights

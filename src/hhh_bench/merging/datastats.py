@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hhh_bench.core.paths import is_adapter_folder
 from hhh_bench.merging.engine import ShardWriter
 from hhh_bench.merging.statsfile import (
     FISHER,
@@ -396,7 +397,7 @@ def load_specialist(
 
     folder = Path(path)
     tok = load_tokenizer(tokenizer_from or folder)
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+    if is_adapter_folder(folder):
         from peft import PeftModel
 
         model = load_causal_lm(base or adapter_base(folder), dtype=dtype, device=device)

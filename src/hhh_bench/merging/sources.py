@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from hhh_bench.core.content import file_tensor_digests, folder_identity, tensor_digest
+from hhh_bench.core.paths import is_adapter_folder
 from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -655,7 +656,7 @@ def open_source(
     if isinstance(x, Mapping):
         return StateDictSource(x, label)
     folder = resolve_path(x)
-    if (folder / "adapter_config.json").is_file():
+    if is_adapter_folder(folder):
         if base is None:
             raise ValueError(f"{label} ({folder}) is a LoRA adapter; the base cannot be one")
         return LoraAdapter(folder, base, label)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from hhh_bench.core.paths import is_adapter_folder
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -64,7 +66,7 @@ def load_causal_lm(
             f"{files or 'nothing'}); give the folder a model's save_pretrained wrote, or a LoRA "
             "adapter's (adapter_config.json)"
         )
-    adapter = folder.is_dir() and not (folder / "config.json").is_file()
+    adapter = folder.is_dir() and is_adapter_folder(folder)
     if adapter:
         adapter_base(folder)  # names a broken adapter_config.json before transformers' KeyError
     try:

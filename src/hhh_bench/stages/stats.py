@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core.config import DIMENSIONS, MergeEngineConfig
+from hhh_bench.core.paths import is_adapter_folder
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.stages.common import cached_stage, code_identity, group, model_identity, to_dict
 
@@ -82,7 +83,7 @@ def run_stats(
         gram_budget_gb=s.gram_budget_gb,
     )  # fmt: skip
     picked = select_rows(list(rows), options.num_samples, options.seed)
-    adapter = (Path(model) / "adapter_config.json").is_file()
+    adapter = is_adapter_folder(model)
     payload = {
         "model": model_identity(model),
         "base": model_identity(str(base)) if adapter and base else None,
