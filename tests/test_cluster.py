@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import compose
+from conftest import SMALL_WORLD, _copy_stage, compose, run_cli
 
 SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 
@@ -62,3 +62,30 @@ def test_another_machines_temporary_folder_is_not_swept(tmp_path):
     week_ago = time.time() - FOREIGN_STALE_S - 60
     os.utime(theirs, (week_ago, week_ago))
     assert sweep_stale_temporaries(tmp_path) == [theirs]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not SUBMITIT, reason="hydra-submitit-launcher not installed: pip install -e '.[cluster]'"
+)
+def test_a_two_job_sweep_runs_through_submits_local_executor_and_lands_each_row_once(
+    shared_world, tmp_path
+):
+    """`hydra/launcher=local` (submitit's local executor: each job its own process, as on
+    SLURM) runs a real sweep: the task function and its config travel to the job processes
+    (pickled), each job evaluates θ0 with its own limit, and the store holds one row per job."""
+    import json
+
+    root = tmp_path / "root"
+    for stage in ("data", "base"):
+        (root / stage).mkdir(parents=True)
+        _copy_stage(shared_world, root, stage)
+    args = ["-m", "hydra/launcher=local", f"root={root}", "logger=none", "threads=1",
+            *SMALL_WORLD, "stage=eval", "eval.limit=1,2"]  # fmt: skip
+    done = run_cli(*args, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2, rows
+    assert sorted(r["setup"]["limit"] for r in rows) == [1, 2]
+    jobs = list((root / "multirun").glob("*/.submitit/*"))
+    assert len({p.name for p in jobs}) >= 2  # two submitit jobs, each with its own folder

@@ -428,6 +428,23 @@ def main() -> None:
         raise SystemExit(130) from None
 
 
+_HELD: HeldStderr | None = None
+"""Hydra's stderr held back until a job starts (:func:`_main`); None in a launcher's job process."""
+_ENTERED = False
+"""Whether a Hydra job started in this process."""
+
+
+def _job(cfg: Any) -> float | None:
+    """The Hydra task function: module level, so that a launcher running jobs in other
+    processes (submitit: ``hydra/launcher=local`` or ``slurm``) pickles it by name, not with
+    this process's open streams."""
+    global _ENTERED
+    _ENTERED = True
+    if _HELD is not None:
+        _HELD.release()
+    return task(cfg)
+
+
 def _main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
@@ -435,7 +452,6 @@ def _main() -> None:
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(usage())
     import hydra
-    from omegaconf import DictConfig
 
     from hhh_bench.core.paths import conf_dir
 
@@ -447,16 +463,9 @@ def _main() -> None:
 
     check_overrides(sys.argv[1:])
     check_root(sys.argv[1:])
-    entered = False
-
-    held = HeldStderr(sys.stderr)
-
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-    def _app(cfg: DictConfig) -> float | None:
-        nonlocal entered
-        entered = True
-        held.release()
-        return task(cfg)
+    global _HELD
+    held = _HELD = HeldStderr(sys.stderr)
+    _app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
 
     def run_app() -> None:
         real, sys.stderr = sys.stderr, held  # type: ignore[assignment]
@@ -465,7 +474,7 @@ def _main() -> None:
         except SystemExit as e:
             # Hydra's own refusal of the command line (an unknown option, key or override
             # syntax), printed by Hydra before any job: a bad input like any other, exit 2
-            if e.code == 1 and not entered:
+            if e.code == 1 and not _ENTERED:
                 text = held.take()
                 print(unknown_key_line(text, sys.argv[1:]) or text, end="", file=real)
                 raise SystemExit(2) from None
