@@ -199,6 +199,41 @@ def test_training_under_accelerate_launch_with_two_processes(tmp_path):
     assert rows[-1]["artifacts"]["model"] == str(trained) and 0 <= rows[-1]["average"] <= 1
 
 
+@pytest.mark.e2e
+@pytest.mark.rehearse
+def test_stage_all_launches_only_training_in_two_processes(tmp_path):
+    """`stage=all` with `train.num_processes=2` (accelerate/ddp.yaml, gloo on the CPU): the
+    train stage launches each specialist's training in two processes (both ranks train, rank 0
+    writes), and the data, base, merge, evaluation and report stages run once each."""
+    exe = Path(sys.executable).parent
+    grid = [
+        f"pipeline.merge_grid.{m}=null" for m in ("ties", "dare_ta", "dare_ties", "tsv", "resm")
+    ]
+    run = subprocess.run(
+        [exe / "hhh-bench", "stage=all", *TINY_WORLD, f"root={tmp_path}", "threads=1", "seeds=[0]",
+         "train.max_steps=2", "train.num_processes=2",
+         f"train.accelerate_config={REPO / 'accelerate' / 'ddp.yaml'}", "pipeline.mixtures=[]",
+         "pipeline.oracle.enabled=false", "pipeline.tuning.emphasis=[]", *grid,
+         "pipeline.merge_grid.task_arithmetic.scaling=[1.0]"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    for stage, n in (("data", 1), ("base", 1), ("train", 3), ("merge", 1), ("report", 1)):
+        outs = [p for p in (tmp_path / stage).iterdir() if not p.name.startswith(".")]
+        assert len(outs) == n or stage == "report", (stage, outs)
+        lines = [x for x in run.stdout.splitlines() if re.match(rf"\[\s*\d+/\d+\] {stage}\b", x)]
+        assert len(lines) == 1, (stage, lines)  # one line for the three specialists
+    for info in (tmp_path / "train").glob("*/train_info.json"):
+        assert json.loads(info.read_text())["steps"] == 2
+    logs = "".join(p.read_text() for p in tmp_path.glob("hydra/*/*.log"))
+    assert logs.count("in 2 processes: ") == 3
+    assert logs.count("hhh-bench: rank 1 of 2: ") == 3 and logs.count("rank 0 of 2: ") == 3
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    once = [(r["name"], r["split"], r["setup_key"]) for r in rows]
+    assert len(once) == len(set(once)), "a model was evaluated twice"
+    assert {r["name"] for r in rows} >= {"base", "task_arithmetic"}
+
+
 # -- the rehearsal, end to end -------------------------------------------------------------------
 
 

@@ -261,9 +261,11 @@ def usage() -> str:
 
 NOT_GROUPS = {
     "accelerate": (
-        "accelerate is no config group of hhh-bench: multi-GPU training runs under accelerate's "
-        "own launcher with one of the files in accelerate/, e.g. `accelerate launch "
-        "--config_file accelerate/fsdp.yaml -m hhh_bench stage=train ...` (docs/training.md)"
+        "accelerate is no config group of hhh-bench: the train stage launches multi-GPU "
+        "training itself with one of the files in accelerate/, e.g. `hhh-bench ... "
+        "train.num_processes=8 train.accelerate_config=accelerate/fsdp.yaml`; one run by hand: "
+        "`accelerate launch --config_file accelerate/fsdp.yaml -m hhh_bench stage=train ...` "
+        "(docs/training.md)"
     ),
     "source": (
         "source is no config group you choose: the files in conf/source/ are the public "

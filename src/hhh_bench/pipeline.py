@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -63,6 +64,15 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     stage = cfg.stage
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and stage != "train":
+        raise ValueError(
+            f"stage={stage} under a distributed launch ({world} processes, e.g. accelerate "
+            f"launch) would run every stage but training {world} times (data, merges, "
+            "evaluations, the report); start hhh-bench as one process and let the train stage "
+            f"launch training: train.num_processes={world} "
+            "train.accelerate_config=accelerate/fsdp.yaml (docs/training.md)"
+        )
     t0 = time.time()
     CACHE.reset()
     console.reset()

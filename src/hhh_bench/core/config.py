@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hhh_bench.core.schema import DIMENSIONS  # the one definition, report order
@@ -142,12 +143,26 @@ class TrainConfig:
     )
     lora: LoraConfig | None = param(None, "the adapter (method=lora)")
     merge_adapter: bool = param(False, "(LoRA) also write merged full weights")
+    num_processes: int = param(
+        1, "processes the train stage launches each training run with (`accelerate launch`; "
+        "one per GPU): only training runs in them, data, merges, evaluations and the report once",
+    )  # fmt: skip
+    accelerate_config: str | None = param(
+        None, "accelerate config file of those processes (accelerate/ddp.yaml, fsdp.yaml, "
+        "deepspeed_zero3.yaml; null: accelerate's defaults); not part of the cache key",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _post(self, "train")
         check_device("train.device", self.device)
-        for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps"):
+        for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps",
+                     "num_processes"):  # fmt: skip
             _positive("train", name, getattr(self, name))
+        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
+            raise ValueError(
+                f"train.accelerate_config={self.accelerate_config!r} is not a file: give an "
+                "accelerate config (accelerate/ddp.yaml, fsdp.yaml, deepspeed_zero3.yaml)"
+            )
         _share("train", "warmup_ratio", self.warmup_ratio)
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         if self.max_steps <= 0 and not self.epochs > 0:

@@ -9,7 +9,9 @@ the noise, the train config and the seed): the weights (full fine-tuning, or LoR
 ``train.merge_adapter``) and/or ``adapter/``; ``train_info.json`` (realized counts, budget,
 noise, losses, held-out margins: mean log π(chosen) − log π(rejected) on each dimension's
 validation pairs before and after); ``loss_curve.jsonl``; ``noise_flipped_ids.json``;
-``provenance.json``. Under ``accelerate launch`` only rank 0 writes.
+``provenance.json``. Under ``accelerate launch`` only rank 0 writes. With
+``train.num_processes`` > 1 the stage launches the run itself (:mod:`hhh_bench.stages.train_launch`):
+only training runs in several processes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core import console
-from hhh_bench.core.config import DIMENSIONS, DataConfig, ModelConfig, TrainConfig
+from hhh_bench.core.config import DIMENSIONS, DataConfig, TrainConfig
 from hhh_bench.data.mixing.registry import get_strategy
 from hhh_bench.data.mixing.scorers import register_scorer
 from hhh_bench.data.toy3h import Toy3HScorer
@@ -36,14 +38,16 @@ from hhh_bench.stages.common import (
     log,
     to_dict,
 )
+from hhh_bench.stages.train_launch import TrainJob, launch_training, train_into
 
 # The toy world's exact reward as the mixing strategies' ``toy3h`` scorer: the world and the
 # strategies do not import each other; they meet here (docs/architecture.md).
 register_scorer("toy3h", Toy3HScorer)
 
-_NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name")
-"""Train-config keys that change how a run is logged, not what it learns."""
-TRAIN_CODE = ("hhh_bench.stages.train", "hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
+_NOT_IN_KEY = ("report_to", "logging_steps", "margin_batch_size", "name", "accelerate_config")
+"""Train-config keys that change how a run is logged or launched, not what it learns
+(``num_processes`` is in the key: the processes multiply the batch)."""
+TRAIN_CODE = ("hhh_bench.stages.train", "hhh_bench.stages.train_launch", "hhh_bench.train", "hhh_bench.data.prepare", "hhh_bench.data.noise",
               "hhh_bench.core.schema", "hhh_bench.core.text",
               "hhh_bench.models.loading")  # fmt: skip
 """The code every training run runs; a mixture adds its strategy's and scorers' modules."""
@@ -110,7 +114,7 @@ def run_train(
         ``train_info.json``'s content plus ``path``, ``key``, ``cached``, ``model_path`` (full
         weights or None) and ``adapter_path`` (the LoRA adapter or None).
     """
-    from hhh_bench.data.prepare import noise_for, read_pref_sets, training_set
+    from hhh_bench.data.prepare import noise_for
 
     t = group(cfg, "train", TrainConfig)
     dcfg = group(cfg, "data", DataConfig)
@@ -130,24 +134,10 @@ def run_train(
     summary = {"kind": kind, "dimensions": dims, "name": label, "mix": mix_cfg and mix_cfg["name"]}
 
     def compute(tmp: Path) -> dict[str, Any]:
-        # every file is read and validated before a model is loaded: a bad row fails here
-        sets = read_pref_sets(data["dir"], dims, "train")
-        held = read_pref_sets(data["dir"], list(DIMENSIONS), "validation", required=False)
-        if t.margin_max_pairs:
-            held = {d: rows[: t.margin_max_pairs] for d, rows in held.items()}
-        ts = training_set(sets, noise, mix_cfg, seed)
-        log.info("train: %s on %s", label, ts.counts)
-        from hhh_bench.tracking.wandb_log import TrainerRun
-        from hhh_bench.train.run import train_model
-
-        mcfg = group(cfg, "model", ModelConfig)
-        tracker = TrainerRun(cfg.root, to_dict(cfg.get("logger")), str(cfg.name))
-        info = train_model(
-            t, base, ts, held, tmp, label, dtype=mcfg.dtype,
-            tracker=tracker if t.report_to == "wandb" else None,
-            trust_remote_code=bool(cfg.get("trust_remote_code", False)),
-        )  # fmt: skip
-        return info | summary
+        job = TrainJob(dims, mix_cfg, noise, seed, label, base, data)
+        if t.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return launch_training(cfg, t, job, tmp) | summary
+        return train_into(cfg, t, job, tmp) | summary
 
     run = cached_stage(
         cfg.root, "train", payload, compute, result_file="train_info.json", seed=seed,
