@@ -139,7 +139,10 @@ def _computed_sq_sum(path: str, size: int, mtime_ns: int, ino: int) -> float:
     with safe_open(path, framework="pt") as h:
         for key in h.keys():  # noqa: SIM118
             if key.startswith(FISHER):
-                total += float(h.get_tensor(key).to(torch.float64).square().sum())
+                # float64 (sums of 1e8 squares), in blocks: no copy of the whole tensor
+                for block in h.get_tensor(key).reshape(-1).split(1 << 18):
+                    b = block.double()
+                    total += float(torch.dot(b, b))
     return total
 
 

@@ -91,15 +91,20 @@ class FisherParams(CommonParams):
 
 def fisher_weights(fishers: Tensor, coefficients: Tensor, eps: float) -> Tensor:
     """ŵ_t = c_t (F_t + ε) / Σ_s c_s (F_s + ε) of a (T, *shape) Fisher stack and (T,) c."""
+    return fisher_weights_(fishers.clone(), coefficients, eps)
+
+
+def fisher_weights_(fishers: Tensor, coefficients: Tensor, eps: float) -> Tensor:
+    """:func:`fisher_weights`, computed in place in ``fishers`` (a scratch stack) and returned."""
     c = coefficients.view(-1, *([1] * (fishers.dim() - 1)))
-    scaled = (fishers + eps) * c
+    scaled = fishers.add_(eps).mul_(c)
     total = scaled.sum(dim=0)
     if bool((total <= 0).any()):
         raise ValueError(
             "Fisher merging: an entry has Σ_t c_t (F_t + ε) = 0 (every Fisher is 0 there and "
             "ε = 0); set merge parameter 'minimal_fisher_weight' above 0"
         )
-    return scaled / total
+    return scaled.div_(total)
 
 
 @register_method
@@ -153,7 +158,8 @@ class Fisher(MergeMethod[FisherParams]):
                     f"{f.label}: the Fisher of {name!r} has shape {tuple(one.shape)}, the "
                     f"parameter {tuple(base.shape)}"
                 )
-            if not bool(torch.isfinite(one).all()) or bool((one < 0).any()):
+            low, high = torch.aminmax(one) if one.numel() else (one.new_zeros(()),) * 2
+            if not (bool(low >= 0) and bool(torch.isfinite(high))):  # NaN fails both
                 raise ValueError(
                     f"{f.label}: the Fisher of {name!r} holds negative, NaN or Inf values (a "
                     "Fisher is a mean of squares); the file is corrupt"
@@ -164,7 +170,7 @@ class Fisher(MergeMethod[FisherParams]):
         )
         c = torch.tensor(coeffs, dtype=dt, device=dev)
         stack = taus.consume()
-        stack.mul_(fisher_weights(fishers, c, params.minimal_fisher_weight))
+        stack.mul_(fisher_weights_(fishers, c, params.minimal_fisher_weight))
         return {"tau": stack}
 
     def compose(
@@ -176,5 +182,5 @@ class Fisher(MergeMethod[FisherParams]):
         plan_entry: Mapping[str, object],
     ) -> Tensor:
         stack = on_device(pre, params)["tau"]
-        w = params.weight_tensor(len(stack), stack)
-        return finish(base, (w * stack).sum(dim=0), params)
+        w = params.weight_tensor(len(stack), stack).reshape(-1)
+        return finish(base, torch.tensordot(w, stack, dims=1), params)  # Σ_t w_t·stack_t

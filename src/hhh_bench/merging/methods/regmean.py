@@ -12,8 +12,9 @@ statistics file per model, :mod:`hhh_bench.merging.statsfile`; the stats stage c
 Because (Σ_t G̃_t)⁻¹ Σ_t G̃_t = I, this is θ0 + (Σ_t G̃_t)⁻¹ Σ_t G̃_t τ_tᵀ in task vectors
 (τ_t = W_t − W_0). What we compute, with the engine's knobs: θ = θ0 + λ·Σ_t w_t A_t,
 A_t = ((Σ_s G̃_s)⁻¹ G̃_t τ_tᵀ)ᵀ (``weights`` w_t multiply τ_t; λ = ``scaling``): with λ = 1 and
-w = 1, RegMean exactly. The A_t are cached (the linear solve, one LU of Σ G̃ for all T
-right-hand sides, is the expensive part), so a sweep over λ or w recomposes from them.
+w = 1, RegMean exactly. Σ_t w_t A_t is solved at once, (Σ_s G̃_s)⁻¹ (Σ_t w_t G̃_t τ_tᵀ): one LU
+of Σ G̃ and one right-hand side, and cached, so a sweep over λ recomposes from it; other weights
+w solve again (``weights`` is one of the cached part's keys).
 
 Routing: a tensor with a Gram matrix in every statistics file (the weights of ``nn.Linear``
 layers: attention and MLP projections, the LM head) gets RegMean; one with none (embeddings,
@@ -93,9 +94,13 @@ def reduce_non_diagonal(gram: Tensor, alpha: float) -> Tensor:
     return out
 
 
-def regmean_solve(name: str, grams: list[Tensor], taus: list[Tensor | LowRank]) -> Tensor:
-    """(T, out, in) stack of A_t = ((Σ_s G̃_s)⁻¹ G̃_t τ_tᵀ)ᵀ from reduced Grams G̃_t (in × in) and
-    task vectors τ_t (out × in, dense or LoRA factors); one LU of Σ G̃ for all T."""
+def regmean_solve(
+    name: str, grams: list[Tensor], taus: list[Tensor | LowRank], weights: list[float]
+) -> Tensor:
+    """(out, in) A = ((Σ_s G̃_s)⁻¹ Σ_t w_t G̃_t τ_tᵀ)ᵀ from reduced Grams G̃_t (in × in), task
+    vectors τ_t (out × in, dense or LoRA factors) and weights w_t: one LU of Σ G̃ and one
+    right-hand side of ``out`` columns (FusionBench inverts Σ G̃ and multiplies: the same to
+    rounding, and no cheaper)."""
     total = torch.stack(grams).sum(dim=0)
     dead = (total.diagonal() <= 0).nonzero().flatten().tolist()
     if dead:
@@ -105,21 +110,24 @@ def regmean_solve(name: str, grams: list[Tensor], taus: list[Tensor | LowRank]) 
             "diagonal); compute the statistics on more prompts, or merge this tensor with "
             "another method"
         )
-    rhs = []
-    for g, tau in zip(grams, taus, strict=True):
-        if isinstance(tau, LowRank):  # s·(G Aᵀ) Bᵀ
-            rhs.append(((g @ tau.a.T) * tau.scale) @ tau.b.T)
+    rhs: Tensor | None = None
+    for g, tau, w in zip(grams, taus, weights, strict=True):
+        if isinstance(tau, LowRank):  # w·s·(G Aᵀ) Bᵀ
+            part = ((g @ tau.a.T) * (tau.scale * w)) @ tau.b.T
         else:
-            rhs.append(g @ tau.T)
-    out_dim = rhs[0].shape[1]
-    solved = torch.linalg.solve(total, torch.cat(rhs, dim=1))  # (in, T·out)
+            part = g @ tau.T
+            if w != 1.0:
+                part = part * w
+        rhs = part if rhs is None else rhs.add_(part)
+    assert rhs is not None
+    solved = torch.linalg.solve(total, rhs)  # (in, out)
     if not bool(torch.isfinite(solved).all()):
         raise ValueError(
             f"RegMean: solving with the Gram matrices of {name!r} gave NaN/Inf (they are "
             "singular to the compute dtype's precision); try merge parameter "
             "compute_dtype=float64 or a reduce_non_diagonal_ratio below 1"
         )
-    return torch.stack([s.T for s in solved.split(out_dim, dim=1)])
+    return solved.T
 
 
 def gram_route(files: list[StatisticsFile], name: str) -> bool:
@@ -145,7 +153,7 @@ class RegMean(MergeMethod[RegMeanParams]):
     name = "regmean"
     params_cls = RegMeanParams
     statistics_kind = "gram"
-    precompute_keys = ("statistics", "reduce_non_diagonal_ratio", "compute_dtype")
+    precompute_keys = ("statistics", "reduce_non_diagonal_ratio", "weights", "compute_dtype")
     summary = (
         "linear layers fit to every model's outputs on its data (Jin et al. 2023, arXiv:2212.09849)"
     )
@@ -198,7 +206,8 @@ class RegMean(MergeMethod[RegMeanParams]):
             grams.append(
                 reduce_non_diagonal(g.to(device=dev, dtype=dt), params.reduce_non_diagonal_ratio)
             )
-        return {"regmean": regmean_solve(name, grams, list(taus.items))}
+        weights = params.resolve_weights(len(taus))
+        return {"regmean": regmean_solve(name, grams, list(taus.items), list(weights))}
 
     def compose(
         self,
@@ -209,9 +218,7 @@ class RegMean(MergeMethod[RegMeanParams]):
         plan_entry: Mapping[str, object],
     ) -> Tensor:
         pre = on_device(pre, params)
-        if "regmean" in pre:
-            parts = pre["regmean"]
-            w = params.weight_tensor(len(parts), parts)
-            return finish(base, (w * parts).sum(dim=0), params)
+        if "regmean" in pre:  # the weights are in it (precompute_keys)
+            return finish(base, pre["regmean"], params)
         taus = pre["tau"]
         return finish(base, (params.weight_tensor(len(taus), taus) * taus).mean(dim=0), params)
