@@ -21,6 +21,8 @@ def test_the_launch_command_carries_the_processes_config_and_device(tmp_path):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--config_file") + 1] == str(ddp)
     assert cmd[cmd.index("--num_processes") + 1] == "4"
+    port = int(cmd[cmd.index("--main_process_port") + 1])  # a free one, not accelerate's 29500
+    assert 0 < port < 65536
     assert cmd[cmd.index("--mixed_precision") + 1] == "bf16" and "--multi_gpu" not in cmd
     assert cmd[-2:] == ["hhh_bench.stages.train_launch", str(tmp_path / "spec.json")]
     cpu = launch_command(TrainConfig(num_processes=2), tmp_path / "s.json")

@@ -68,6 +68,16 @@ def train_into(cfg: DictConfig, t: TrainConfig, job: TrainJob, tmp: Path) -> dic
     )  # fmt: skip
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now, for the launched processes' rendezvous
+    (accelerate's default, 29500, is taken by any other launch running on the machine)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def launch_command(t: TrainConfig, spec: Path) -> list[str]:
     """``accelerate launch`` of :mod:`hhh_bench.stages.train_launch` with ``t``'s processes and
     config file (none: data parallel, ``--multi_gpu``), bf16 mixed precision when ``t.bf16``.
@@ -79,6 +89,7 @@ def launch_command(t: TrainConfig, spec: Path) -> list[str]:
     else:
         cmd += ["--multi_gpu"]
     cmd += ["--num_processes", str(t.num_processes), "--num_machines", "1"]
+    cmd += ["--main_process_port", str(free_port())]  # two launches at once must not collide
     cmd += ["--mixed_precision", "bf16" if t.bf16 else "no"]
     return [*cmd, "-m", "hhh_bench.stages.train_launch", str(spec)]
 
