@@ -276,3 +276,107 @@ def test_ifeval_without_nltks_punkt_tab_is_refused_before_any_work(tmp_path, mon
     use_nltk_data(ensure_standin_punkt(tmp_path / "nltk"))  # the rehearsal's stand-in
     check_nltk_data(suite)
     assert nltk.word_tokenize("It is. Done.") == ["It", "is", ".", "Done", "."]
+
+
+# ---------------------------------------------------------------------------------------------
+# The sixth independent battery's findings (round 6, on 996b024)
+
+
+def test_every_request_split_share_must_give_its_split_requests():
+    from hhh_bench.data.toy3h import Toy3HConfig, build_world
+
+    for split in ({"train": 0.5, "validation": 0.5, "test": 0.0},
+                  {"train": 1.2, "validation": -0.1, "test": -0.1}):  # fmt: skip
+        with pytest.raises(ValueError, match=r"request_split\.\w+ must be a share in \(0, 1\)"):
+            Toy3HConfig.from_mapping({"request_split": split})
+    tiny = Toy3HConfig.from_mapping({"request_split": {"train": 0.98, "validation": 0.01,
+                                                       "test": 0.01}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"request_split.validation=0.01 gives the validation "
+                       "split no request"):  # fmt: skip
+        build_world(tiny)
+
+
+def test_training_knobs_that_would_change_a_run_silently_are_refused():
+    from hhh_bench.core.config import LoraConfig, TrainConfig
+
+    with pytest.raises(ValueError, match=r"train.max_steps=0: give a number of optimizer steps"):
+        TrainConfig(max_steps=0)
+    for n in (0, -5):
+        with pytest.raises(ValueError, match=r"train.margin_max_pairs must be >= 1"):
+            TrainConfig(margin_max_pairs=n)
+    TrainConfig(margin_max_pairs=None)
+    for alpha in (0, float("nan")):
+        with pytest.raises(ValueError, match=r"train.lora.alpha must be a finite number other"):
+            LoraConfig(alpha=alpha)
+
+
+def test_a_tiny_model_shorter_than_its_training_sequences_is_refused():
+    from conftest import compose
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
+
+    cfg = to_dict(compose(["model.spec.max_position_embeddings=8"]))
+    with pytest.raises(ValueError, match=r"model.spec.max_position_embeddings=8 is shorter than "
+                       r"model.base_sft.max_length=64"):  # fmt: skip
+        validate_run(cfg)
+
+
+def test_reward_select_weights_must_be_finite():
+    from hhh_bench.data.mixing.reward_select import RewardSelectParams
+
+    for w in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"mix.weights must be finite numbers"):
+            RewardSelectParams(weights={"helpful": w})
+
+
+def test_a_strategys_counts_must_be_its_rows_dimensions():
+    from hhh_bench.core.schema import make_row
+    from hhh_bench.data.mixing.registry import MixResult, check_result
+
+    rows = [make_row("p", "c", "r", "helpful", "test", f"h{i}") for i in range(3)]
+    check_result("s", MixResult(rows, {"helpful": 3}, {}), 3, dims=["helpful", "honest"])
+    with pytest.raises(ValueError, match=r"returned counts \{'helpful': 2, 'honest': 1\}, but "
+                       r"its rows' dimensions count \{'helpful': 3\}"):  # fmt: skip
+        check_result("s", MixResult(rows, {"helpful": 2, "honest": 1}, {}), 3,
+                     dims=["helpful", "honest"])  # fmt: skip
+
+
+def test_a_negative_standard_error_in_the_store_is_refused():
+    from hhh_bench.tracking.store import _check_counts, check_row  # noqa: F401
+
+    row = {"kind": "base", "row_key": "k", "name": "base", "helpful": 0.5, "honest": 0.5,
+           "harmless": 0.5, "average": 0.5, "min": 0.5, "helpful_stderr": -0.1}  # fmt: skip
+    with pytest.raises(ValueError, match=r"helpful_stderr = -0.1 is negative"):
+        check_row(row)
+
+
+def test_roots_and_model_paths_with_a_tilde_or_inside_a_stage_output_are_refused(tmp_path):
+    from hhh_bench.cli import check_multirun_first, check_root_value
+    from hhh_bench.validation import check_model_folder
+
+    with pytest.raises(ValueError, match=r"'~' is not expanded here"):
+        check_root_value("~/x")
+    out = tmp_path / "train" / "abc"
+    out.mkdir(parents=True)
+    (out / "checksums.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"lies inside .*, a finished stage output"):
+        check_root_value(str(out / "sub"))
+    check_root_value(str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"eval.model='~/m': '~' is not expanded"):
+        check_model_folder("~/m", "eval.model")
+    with pytest.raises(SystemExit):
+        check_multirun_first(["stage=merge", "-m", "merge=ties,tsv"])
+    check_multirun_first(["-m", "stage=merge", "merge=ties,tsv"])
+
+
+def test_a_full_disk_inside_a_librarys_writer_names_the_stage_output(tmp_path):
+    from hhh_bench.core.stagecache import _named_write_errors
+
+    class SafetensorError(Exception):  # what safetensors' save_file raises, OS error inside
+        pass
+
+    full = r"No space left on device \(writing a stage output\)"
+    with pytest.raises(OSError, match=full) as e, _named_write_errors(tmp_path / "train" / "k"):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                                  "(os error 28)")  # fmt: skip
+    assert e.value.errno == 28 and e.value.filename == str(tmp_path / "train" / "k")

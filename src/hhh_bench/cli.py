@@ -408,10 +408,45 @@ def check_root(argv: list[str]) -> None:
             raise SystemExit(2)
         if sep and key == "root" and value and not any(c in value for c in "${},[]"):
             try:
+                check_root_value(value.strip("'\""))
                 writable_folder(value, "root")
             except ValueError as e:
                 print(f"hhh-bench: error: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
+
+
+def check_multirun_first(argv: list[str]) -> None:
+    """Exit 2 when ``-m``/``--multirun`` follows an override: Hydra's parser then reads the
+    overrides after it as stray arguments and prints its usage block."""
+    for i, arg in enumerate(argv):
+        if arg in ("-m", "--multirun") and any("=" in a for a in argv[:i]):
+            typed = " ".join([arg, *argv[:i], *argv[i + 1 :]])
+            print(
+                f"hhh-bench: error: {arg} must come before the overrides: hhh-bench {typed}",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
+def check_root_value(value: str) -> None:
+    """``root`` is no path starting with ``~`` (not expanded here: it would make a folder named
+    ``~``), and lies inside no finished stage output (a folder holding ``key.json`` or
+    ``checksums.json``: writing there would change a cached output, which its next reuse then
+    refuses)."""
+    from pathlib import Path
+
+    if value.startswith("~"):
+        raise ValueError(
+            f"root={value!r}: '~' is not expanded here (it would make a folder named '~' in the "
+            f"current folder); write the full path, e.g. root={Path(value).expanduser()}"
+        )
+    p = Path(value).resolve()
+    for folder in (p, *p.parents):
+        if (folder / "key.json").is_file() or (folder / "checksums.json").is_file():
+            raise ValueError(
+                f"root={value!r} lies inside {str(folder)!r}, a finished stage output: a run "
+                "writing there would change it; give a root outside any run's stage folders"
+            )
 
 
 def main() -> None:
@@ -464,6 +499,7 @@ def _main() -> None:
             os.environ["HHH_VERBOSE"] = "1"
 
     check_overrides(sys.argv[1:])
+    check_multirun_first(sys.argv[1:])
     check_root(sys.argv[1:])
     global _HELD
     held = _HELD = HeldStderr(sys.stderr)

@@ -40,15 +40,20 @@ def check_world(data: DataConfig) -> None:
 
 
 def check_model_folder(value: str | None, where: str) -> None:
-    """A model named by a local path (one that exists, or is written as a path: ``/``, ``.``,
-    ``~``) is a folder holding a model's ``config.json`` or a LoRA adapter's
+    """A model named by a local path (one that exists, or is written as a path: ``/``, ``.``;
+    ``~`` is refused, not expanded) is a folder holding a model's ``config.json`` or a LoRA adapter's
     ``adapter_config.json``; refused naming ``where`` otherwise. A hub id is left to the
     stage (and to :func:`preflight` for ``model.path``)."""
     from pathlib import Path
 
     if not value:
         return
-    p = Path(value).expanduser()
+    if str(value).startswith("~"):
+        raise ValueError(
+            f"{where}={value!r}: '~' is not expanded (the stages would read it as a hub id); "
+            f"write the full path: {Path(value).expanduser()}"
+        )
+    p = Path(value)
     if not p.exists() and not p.is_symlink():
         if str(value).startswith(("/", ".", "~")):
             raise ValueError(f"{where}={value!r} does not exist: give a model folder")
@@ -200,6 +205,28 @@ def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any]
     return dict(params), []
 
 
+def _check_positions(groups: Mapping[str, Any]) -> None:
+    """A tiny model's ``max_position_embeddings`` holds the sequences it is trained on
+    (``model.base_sft.max_length``, ``train.max_length``); shorter, the base trains on
+    truncated conversations and lm-eval stops mid-evaluation."""
+    model = groups.get("model")
+    if model is None or model.kind != "tiny" or not model.spec:
+        return
+    positions = dict(model.spec).get("max_position_embeddings")
+    if positions is None:
+        return
+    needs = [("model.base_sft.max_length", getattr(model.base_sft, "max_length", None))]
+    if groups.get("train") is not None:
+        needs.append(("train.max_length", groups["train"].max_length))
+    for where, length in needs:
+        if length is not None and int(positions) < int(length):
+            raise ValueError(
+                f"model.spec.max_position_embeddings={positions} is shorter than {where}="
+                f"{length}: the model cannot read the sequences it is trained on; raise it to "
+                f">= {length} or lower {where}"
+            )
+
+
 def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check every group of a composed run (a plain mapping) before any stage runs: unknown
     keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's
@@ -214,6 +241,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 GROUP_CHECKS[group](out[group])
     check_mix_scorers(cfg)
     check_mix_reference(cfg)
+    _check_positions(out)
     if "eval" in out:
         check_metrics(cfg["eval"])
         e = out["eval"]

@@ -99,6 +99,11 @@ class LoraConfig:
     def __post_init__(self) -> None:
         _post(self, "train.lora")
         _positive("train.lora", "r", self.r)
+        if self.alpha == 0 or not math.isfinite(self.alpha):
+            raise ValueError(
+                f"train.lora.alpha must be a finite number other than 0 (the update is scaled by "
+                f"alpha / r: 0 trains nothing), got {self.alpha}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"train.lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
@@ -165,6 +170,16 @@ class TrainConfig:
             )
         _share("train", "warmup_ratio", self.warmup_ratio)
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
+        if self.max_steps == 0:
+            raise ValueError(
+                "train.max_steps=0: give a number of optimizer steps > 0, or -1 to train for "
+                "train.epochs"
+            )
+        if self.margin_max_pairs is not None and not self.margin_max_pairs >= 1:
+            raise ValueError(
+                f"train.margin_max_pairs must be >= 1 (null: every validation pair), got "
+                f"{self.margin_max_pairs}"
+            )
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError(f"train.epochs must be > 0 when max_steps <= 0, got {self.epochs}")
         if self.kind == "dpo" and (

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -133,6 +135,12 @@ def _named_write_errors(out: Path) -> Iterator[None]:
         if e.filename is not None or e.errno is None:
             raise
         raise OSError(e.errno, f"{e.strerror} (writing a stage output)", str(out)) from e
+    except Exception as e:  # a library's own error around an OS error (safetensors' save_file)
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, f"{os.strerror(code)} (writing a stage output)", str(out)) from e
 
 
 def _read_result(path: Path) -> tuple[dict[str, Any], str]:

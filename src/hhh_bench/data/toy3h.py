@@ -204,6 +204,13 @@ class Toy3HConfig:
                 raise ValueError(f"n_known.{split} must be >= 1")
             if self.n_unknown.get(split, 0) < 1:
                 raise ValueError(f"n_unknown.{split} must be >= 1")
+        for split in SPLITS:
+            share = self.request_split.get(split, 0.0)
+            if not 0.0 < share < 1.0:  # NaN fails too
+                raise ValueError(
+                    f"request_split.{split} must be a share in (0, 1): every split needs request "
+                    f"combinations, got {share}"
+                )
         if abs(sum(self.request_split.get(s, 0.0) for s in SPLITS) - 1.0) > 1e-6:
             raise ValueError(f"request_split must sum to 1 over {SPLITS}, got {self.request_split}")
         if self.pairs_per_dimension < 1 or self.eval_items_per_kind < 1:
@@ -356,6 +363,13 @@ def build_world(cfg: Toy3HConfig) -> World:
         requests["train"] += combos[:n_train]
         requests["validation"] += combos[n_train : n_train + n_val]
         requests["test"] += combos[n_train + n_val : n_train + n_val + n_test]
+    for split, combos in requests.items():
+        if not combos:
+            raise ValueError(
+                f"request_split.{split}={cfg.request_split[split]} gives the {split} split no "
+                f"request (each object has {len(verbs)} verb combinations, n_verbs): raise the "
+                "share or n_verbs"
+            )
     return World(cfg, attributes, popular, known, unknown, verbs, objects, requests)
 
 

@@ -257,6 +257,8 @@ def check_row(row: Any) -> None:
         why = _number_problem(v, allow_none=True)
         if why:
             raise ValueError(f"result row {key!r}: {k} = {why} is not a finite number or null")
+        if k.endswith("_stderr") and v is not None and v < 0:
+            raise ValueError(f"result row {key!r}: {k} = {v!r} is negative (a standard error)")
     primary = {s.get("name"): s.get("metric") for s in row.get("task_specs") or []
                if isinstance(s, Mapping)}  # fmt: skip
     tasks = row.get("tasks") or {}
@@ -270,6 +272,10 @@ def check_row(row: Any) -> None:
             if why:
                 raise ValueError(
                     f"result row {key!r}: tasks.{task}.{m} = {why} is not a finite number"
+                )
+            if str(m).endswith("_stderr") and v is not None and v < 0:
+                raise ValueError(
+                    f"result row {key!r}: tasks.{task}.{m} = {v!r} is negative (a standard error)"
                 )
         _check_counts(key, task, metrics)
 

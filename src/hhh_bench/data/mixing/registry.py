@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,13 @@ def check_result(where: str, result: Any, budget: int, *, dims: Sequence[str]) -
         raise ValueError(
             f"{where} returned counts for {stray}, which are not among the mixed dimensions "
             f"{list(dims)}"
+        )
+    actual = Counter(str(row["dimension"]) for row in result.rows)
+    claimed = {d: int(v) for d, v in result.counts.items() if int(v)}
+    if dict(actual) != claimed:
+        raise ValueError(
+            f"{where} returned counts {claimed}, but its rows' dimensions count {dict(actual)}: "
+            "the recorded mixture would not be the one trained"
         )
 
 

@@ -17,6 +17,7 @@ all objectives and the weighted sum are ours.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,9 @@ class RewardSelectParams(ScoredParams):
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"mix.scope must be one of {list(SCOPES)}, got {self.scope!r}")
+        bad = {d: w for d, w in (self.weights or {}).items() if not math.isfinite(float(w))}
+        if bad:
+            raise ValueError(f"mix.weights must be finite numbers, got {bad}")
 
 
 def combined_margins(margins: list[dict[str, float]], weights: dict[str, float]) -> list[float]:
