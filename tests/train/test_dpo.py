@@ -311,3 +311,26 @@ def test_a_lora_curriculum_trains_one_adapter_phase_after_phase(
              for n, p in model.named_parameters() if not is_lora_parameter(n)}  # fmt: skip
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert any(is_lora_parameter(n) and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_pairs_left_out_by_max_length_are_counted_and_said(
+    tiny_model, tiny_tok, prefs, tmp_path, caplog
+):
+    """TRL drops a pair whose prompt alone fills max_length (the sixth battery's S5): the count
+    is kept on the curve (train_info.json's pairs_dropped_by_max_length) and a warning says it."""
+    rows = prefs["helpful"][:16]
+
+    def prompt_tokens(row):
+        text = tiny_tok.apply_chat_template(row["prompt"], tokenize=False,
+                                            add_generation_prompt=True)  # fmt: skip
+        return len(tiny_tok(text, add_special_tokens=False)["input_ids"])
+
+    lengths = sorted(prompt_tokens(r) for r in rows)
+    cut = lengths[-1]  # the longest prompts reach it, the shorter ones do not
+    expected = sum(1 for n in lengths if n >= cut)
+    assert 0 < expected < len(rows)
+    with caplog.at_level("WARNING", logger="hhh_bench"):
+        _, curve = train_dpo(tiny_model, tiny_tok, rows, tmp_path, max_steps=1,
+                             max_length=cut, **FAST)  # fmt: skip
+    assert curve.dropped_pairs == expected
+    assert f"TRL left out {expected} of 16 pairs" in caplog.text

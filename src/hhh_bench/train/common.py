@@ -41,6 +41,7 @@ class LossCurve(TrainerCallback):
         self.phase: str | None = None  # a curriculum trained phase by phase: the phase's name
         self.offset = 0  # the steps of the phases before this one
         self.last_step = 0
+        self.dropped_pairs = 0  # pairs the trainer left out: prompt of max_length tokens or more
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - HF callback API
         if logs:

@@ -18,6 +18,7 @@ and stay in TRL's conversational format, so TRL renders them with the tokenizer'
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import shutil
@@ -322,6 +323,15 @@ def _fit(
             "truncates each prompt + response to max_length tokens): raise train.max_length "
             "above the longest prompt's length in tokens"
         ) from e
+    kept = len(trainer.train_dataset) if trainer.train_dataset is not None else len(ds)
+    if kept < len(ds):  # TRL drops a pair whose prompt alone fills max_length
+        curve.dropped_pairs += len(ds) - kept
+        logging.getLogger("hhh_bench").warning(
+            "train.max_length=%s: TRL left out %d of %d pairs whose prompt has max_length "
+            "tokens or more; %d train (recorded as pairs_dropped_by_max_length in "
+            "train_info.json); raise train.max_length to train on every pair",
+            s["max_length"], len(ds) - kept, len(ds), kept,
+        )  # fmt: skip
     peft_configs = getattr(trainer.model, "peft_config", None) or {}
     if "ref" in peft_configs and ref_model is None and peft_config is None:
         # A later phase of a LoRA curriculum: TRL took the model's adapter as it stands for a

@@ -209,6 +209,7 @@ def train_model(
         "weights": weights,
         "counts": ts.counts,
         "n_pairs": len(ts.rows),
+        "pairs_dropped_by_max_length": curve.dropped_pairs,
         "budget": ts.mix_info.get("budget", len(ts.rows)) if ts.mix_info else len(ts.rows),
         "budget_mode": ts.mix_info.get("budget_mode") if ts.mix_info else "specialist",
         "mix_info": ts.mix_info,
