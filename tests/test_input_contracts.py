@@ -380,3 +380,21 @@ def test_a_full_disk_inside_a_librarys_writer_names_the_stage_output(tmp_path):
         raise SafetensorError("Error while serializing: I/O error: No space left on device "
                                   "(os error 28)")  # fmt: skip
     assert e.value.errno == 28 and e.value.filename == str(tmp_path / "train" / "k")
+
+
+def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tmp_path):
+    import json
+
+    from hhh_bench.stages.merge import _check_same_base
+
+    mine, other, plain = tmp_path / "mine", tmp_path / "other", tmp_path / "plain"
+    for folder, base in ((mine, "b" * 64), (other, "c" * 64)):
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "key.json").write_text(json.dumps(
+            {"stage": "train", "payload": {"base": base}, "inputs": [f"base/{base[:12]}"]}))  # fmt: skip
+    plain.mkdir()  # a released specialist: no key.json, nothing to compare
+    _check_same_base("b" * 64, "B", [str(mine), str(mine / "adapter"), str(plain)])
+    with pytest.raises(ValueError, match=r"merge.models\[1\]='.*other/adapter' was trained from "
+                       r"another θ0 \(base/cccccccccccc\) than merge.base='B'"):  # fmt: skip
+        _check_same_base("b" * 64, "B", [str(mine), str(other / "adapter")])
+    _check_same_base("hub:x@main", "x", [str(other)])  # a hub base: not compared by content

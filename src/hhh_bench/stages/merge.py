@@ -10,6 +10,7 @@ errors).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ def run_merge(
         "vocab_policy": engine.vocab_policy,
         "code": merge_code(m.method),
     }
+    _check_same_base(payload["base"], str(base), models)
 
     def diagnose() -> dict[str, Any] | None:
         """The inputs' diagnostics (their own cached stage), once the merge has succeeded: a
@@ -186,3 +188,39 @@ def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:
 
     path = attach_to_model(out, diag)
     return {"diagnostics": str(path.name), "diagnostics_key": diag["key"]}
+
+
+def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> None:
+    """Each specialist that is a train stage output (its folder, or the folder above an
+    ``adapter/``, holds ``key.json``) was trained from this θ0: a task vector against another
+    base is the difference of two unrelated models. Compared by content only (a hub id and a
+    local copy of it are not told apart)."""
+    import json
+
+    if base_identity.startswith("hub:"):
+        return
+    for i, model in enumerate(models):
+        for folder in (Path(model), Path(model).parent):
+            record = folder / "key.json"
+            if not record.is_file():
+                continue
+            try:
+                key = json.loads(record.read_text())
+            except ValueError:
+                break
+            trained_from = (
+                (key.get("payload") or {}).get("base") if key.get("stage") == "train" else None
+            )
+            if (
+                isinstance(trained_from, str)
+                and not trained_from.startswith("hub:")
+                and (trained_from != base_identity)
+            ):
+                where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
+                raise ValueError(
+                    f"merge.models[{i}]={model!r} was trained from another θ0 "
+                    f"({where[0] if where else 'its key.json names another base'}) than "
+                    f"merge.base={base!r}: its task vector would be the difference of two "
+                    "unrelated models; merge specialists trained from merge.base"
+                )
+            break
