@@ -398,3 +398,17 @@ def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tm
                        r"another θ0 \(base/cccccccccccc\) than merge.base='B'"):  # fmt: skip
         _check_same_base("b" * 64, "B", [str(mine), str(other / "adapter")])
     _check_same_base("hub:x@main", "x", [str(other)])  # a hub base: not compared by content
+
+
+def test_a_store_line_repeated_later_is_said_under_the_table(tmp_path):
+    from hhh_bench.tracking.sections import skipped_note
+    from hhh_bench.tracking.store import SkippedLine, StoreScan
+
+    scan = StoreScan(tmp_path / "r.jsonl", rows=[{"row_key": "a"}, {"row_key": "b"},
+                                                 {"row_key": "a"}], lines=[1, 2, 4])  # fmt: skip
+    assert [r["row_key"] for r in scan.latest()] == ["a", "b"]
+    (rep,) = scan.repeated()
+    assert rep.line == 1
+    note = skipped_note([SkippedLine(3, "a torn line"), rep])
+    assert note[0].startswith("**1 line of the results store not used**") and "line 1" in note[0]
+    assert note[2].startswith("**Skipped 1 invalid row")

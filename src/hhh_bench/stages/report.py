@@ -94,7 +94,8 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         rep = build_report(
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
             select_split=ecfg.get("select_split"), select_by=ecfg.get("select_by", "average"),
-            diagnostics=read_diagnostics(diagnostics_path(cfg)), skipped=scan.skipped,
+            diagnostics=read_diagnostics(diagnostics_path(cfg)),
+            skipped=[*scan.skipped, *scan.repeated()],
             judge_failure_threshold=rcfg.judge_failure_threshold, interval=rcfg.interval,
         )  # fmt: skip
     paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}

@@ -115,12 +115,27 @@ def main_section(
     ]
 
 
+REPEATED = "a later line repeats its row key"
+"""How :meth:`hhh_bench.tracking.store.StoreScan.repeated` words a line a later one replaces."""
+
+
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
     """The Markdown lines under the main table saying how many lines of the store were skipped
     (invalid ones with ``report.skip_invalid=true``, and torn ones always) and why, by reason;
     none when none was."""
+    repeats = [int(s.line) for s in skipped if str(s.reason).startswith(REPEATED)]
+    skipped = [s for s in skipped if not str(s.reason).startswith(REPEATED)]
+    out = []
+    if repeats:
+        n = len(repeats)
+        out = [
+            f"**{n} line{'s' if n != 1 else ''} of the results store not used**: a later line "
+            f"repeats {'their' if n != 1 else 'its'} row key (the latest of each is used): "
+            f"line{'s' if n != 1 else ''} {number_ranges(repeats)}.",
+            "",
+        ]
     if not skipped:
-        return []
+        return out
     by_reason: dict[str, list[int]] = {}
     for s in skipped:
         reason = str(s.reason)
@@ -131,6 +146,7 @@ def skipped_note(skipped: Sequence[Any]) -> list[str]:
         f"line{'s' if len(v) > 1 else ''} {number_ranges(v)}: {r}" for r, v in by_reason.items()
     ]
     return [
+        *out,
         f"**Skipped {n} invalid row{'s' if n != 1 else ''} of the results store** "
         "(not in any table or figure): " + md_text("; ".join(parts)) + ".",
         "",

@@ -420,6 +420,15 @@ class StoreScan:
         """The last row per ``row_key``, in first-seen order."""
         return list(_dedupe(self.rows).values())
 
+    def repeated(self) -> list[SkippedLine]:
+        """The lines whose ``row_key`` a later line repeats (left out by :meth:`latest`)."""
+        last = {row.get("row_key"): i for i, row in enumerate(self.rows)}
+        return [
+            SkippedLine(n, "a later line repeats its row key (the latest is used)")
+            for i, (row, n) in enumerate(zip(self.rows, self.lines, strict=False))
+            if last[row.get("row_key")] != i
+        ]
+
 
 def _lines_of(f: Any, path: Path) -> list[_Line]:
     """The parsed lines of the open store ``f`` (the memo when the file is unchanged)."""
