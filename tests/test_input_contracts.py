@@ -412,3 +412,11 @@ def test_a_store_line_repeated_later_is_said_under_the_table(tmp_path):
     note = skipped_note([SkippedLine(3, "a torn line"), rep])
     assert note[0].startswith("**1 line of the results store not used**") and "line 1" in note[0]
     assert note[2].startswith("**Skipped 1 invalid row")
+
+
+def test_a_user_task_yaml_that_does_not_parse_is_named_by_the_users_own_file(tmp_path):
+    from hhh_bench.evaluation.harness import user_tasks
+
+    (tmp_path / "t.yaml").write_text("task: toy3h_mytask_val\ndataset_path: json\n  bad: [\n")
+    with pytest.raises(ValueError, match=rf"eval.include_paths: {tmp_path}/t.yaml does not parse"):
+        user_tasks([str(tmp_path)])

@@ -175,9 +175,21 @@ def user_tasks(include_paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]
                     f"lm-eval task {name!r} of {info['path']} is already defined by "
                     f"{clash['path']}; give your task another name"
                 )
+            _parses(Path(info["path"]))
             placeholders = [p for p in info["placeholders"] if p not in USER_PLACEHOLDERS]
             out[name] = {**info, "placeholders": placeholders, "folder": folder}
     return out
+
+
+def _parses(path: Path) -> None:
+    """A user's task YAML parses with lm-eval's own loader (``!function`` tags left unresolved),
+    or ``ValueError`` naming the user's file, before the run copies it anywhere."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        load_yaml(str(path), resolve_func=False, recursive=False)
+    except Exception as e:  # noqa: BLE001 - yaml's parser errors, named with the user's file
+        raise ValueError(f"eval.include_paths: {path} does not parse as YAML: {e}") from None
 
 
 def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
