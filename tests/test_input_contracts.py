@@ -420,3 +420,14 @@ def test_a_user_task_yaml_that_does_not_parse_is_named_by_the_users_own_file(tmp
     (tmp_path / "t.yaml").write_text("task: toy3h_mytask_val\ndataset_path: json\n  bad: [\n")
     with pytest.raises(ValueError, match=rf"eval.include_paths: {tmp_path}/t.yaml does not parse"):
         user_tasks([str(tmp_path)])
+
+
+def test_a_knob_set_by_the_user_for_another_method_is_the_only_one_named():
+    from hhh_bench.stages.common import load_option
+    from hhh_bench.validation import method_knobs
+
+    params = dict(load_option("merge", "resm")["params"])
+    kept, dropped = method_knobs("ties", params)  # the option's own knobs: all left behind
+    assert "kappa" not in kept and "kappa" in dropped
+    kept, dropped = method_knobs("ties", {**params, "kappa": params["kappa"] + 1})
+    assert "kappa" in kept and "kappa" not in dropped and "rank" in dropped

@@ -182,9 +182,11 @@ def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any]
     """``params`` for ``method``, less the knobs the composed merge option left behind
     (``merge.method=median_tv`` on the default ``merge=resm`` option leaves RESM's knobs): the
     keys ``method`` does not declare are dropped when they are exactly the knobs of one merge
-    option (``conf/merge/<option>.yaml``'s ``params`` that ``method`` does not declare), with
-    that option's values. Anything else unknown is kept, so that the method refuses it by name
-    (``merge=dare_ties ++merge.params.density=0.5``: one knob a user added). Returns ``(kept,
+    option (``conf/merge/<option>.yaml``'s ``params`` that ``method`` does not declare); one of
+    them whose value is not that option's was set by the user and is kept. Anything else unknown
+    is kept, so that the method refuses it by name (``merge=dare_ties
+    ++merge.params.density=0.5``: one knob a user added; ``merge.method=ties
+    merge.params.kappa=2`` on the ``resm`` option: ``kappa`` alone). Returns ``(kept,
     dropped keys)``; an unknown method: ``params`` unchanged (its lookup fails later, named)."""
     from hhh_bench.core.paths import conf_dir
     from hhh_bench.merging import get_method
@@ -200,8 +202,10 @@ def method_knobs(method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any]
     for option in sorted(p.stem for p in (conf_dir() / "merge").glob("*.yaml")):
         left = {k: v for k, v in (load_option("merge", option).get("params") or {}).items()
                 if k not in own}  # fmt: skip
-        if left == unknown:
-            return {k: v for k, v in params.items() if k in own}, sorted(unknown)
+        if set(left) == set(unknown):  # that option's knobs; a value changed is the user's
+            user = {k for k, v in unknown.items() if v != left[k]}
+            kept = {k: v for k, v in params.items() if k in own or k in user}
+            return kept, sorted(set(unknown) - user)
     return dict(params), []
 
 
