@@ -334,3 +334,13 @@ def test_pairs_left_out_by_max_length_are_counted_and_said(
                              max_length=cut, **FAST)  # fmt: skip
     assert curve.dropped_pairs == expected
     assert f"TRL left out {expected} of 16 pairs" in caplog.text
+
+
+def test_a_base_sft_max_length_below_a_prompt_is_named(tiny_tok):
+    from hhh_bench.train.sft import train_sft_plain
+
+    rows = [{"messages": [{"role": "user", "content": "which food does it have ?"},
+                          {"role": "assistant", "content": "the food is plum ."}]}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"model.base_sft.max_length=4 leaves SFT row 0 no answer "
+                       r"token: its prompt alone is \d+ tokens"):  # fmt: skip
+        train_sft_plain(None, tiny_tok, rows, max_length=4, progress=False)

@@ -115,6 +115,11 @@ def train_sft_plain(
         f = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         f_ids = tokenizer(f, add_special_tokens=False)["input_ids"][:max_length]
+        if len(p_ids) >= max_length:
+            raise ValueError(
+                f"model.base_sft.max_length={max_length} leaves SFT row {i} no answer token: its "
+                f"prompt alone is {len(p_ids)} tokens; raise model.base_sft.max_length"
+            )
         if f_ids[: len(p_ids)] != p_ids or len(f_ids) <= len(p_ids):
             raise ValueError(f"SFT row {i}: the prompt does not tokenize as a prefix of the answer")
         examples.append((f_ids, len(p_ids)))
