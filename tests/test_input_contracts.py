@@ -431,3 +431,14 @@ def test_a_knob_set_by_the_user_for_another_method_is_the_only_one_named():
     assert "kappa" not in kept and "kappa" in dropped
     kept, dropped = method_knobs("ties", {**params, "kappa": params["kappa"] + 1})
     assert "kappa" in kept and "kappa" not in dropped and "rank" in dropped
+
+
+def test_a_world_asked_for_more_items_than_it_has_says_so(tmp_path, caplog):
+    from hhh_bench.data.toy3h import Toy3HConfig, generate
+
+    cfg = Toy3HConfig.from_mapping({"eval_items_per_kind": 400})
+    with caplog.at_level("WARNING", logger="hhh_bench"):
+        manifest = generate(cfg, tmp_path)
+    repeated = manifest["counts"]["eval_repeated"]
+    assert "story_request" in repeated and repeated["story_request"]["test"] < 400
+    assert "story_request_test holds 400 items but only" in caplog.text

@@ -43,6 +43,7 @@ repeats a user's false suggestion about half the time (``sft_sycophancy_rate``).
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -817,6 +818,15 @@ def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:
             counts["eval"].setdefault(kind, {})[split] = write_jsonl(
                 out / "eval" / f"{kind}_{split}.jsonl", items
             )
+            distinct = len({(it["question"], tuple(it["choices"])) for it in items})
+            if distinct < len(items):  # the world has fewer items of this kind than asked for
+                counts.setdefault("eval_repeated", {}).setdefault(kind, {})[split] = distinct
+                logging.getLogger("hhh_bench").warning(
+                    "toy3h world: %s_%s holds %d items but only %d distinct ones (each about "
+                    "%.1f times): its standard error counts the repeats as independent items; "
+                    "lower data.world.eval_items_per_kind to %d or enlarge the world",
+                    kind, split, len(items), distinct, len(items) / distinct, distinct,
+                )  # fmt: skip
     counts["entities"] = {
         "known": {s: len(v) for s, v in world.known.items()},
         "unknown": {s: len(v) for s, v in world.unknown.items()},
