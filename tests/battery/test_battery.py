@@ -22,6 +22,17 @@ from battery_support import assert_refused, hhh, pattern, snapshot
 
 from conftest import SMALL_WORLD
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _punkt_tab(tmp_path_factory):
+    """The battery's machine has NLTK's ``punkt_tab`` (as one prepared for IFEval), so that cases
+    about the harness suite's other inputs reach them; the refusal of a machine without it has
+    its own test (tests/test_input_contracts.py)."""
+    from hhh_bench.rehearsal import ensure_standin_punkt, use_nltk_data
+
+    use_nltk_data(ensure_standin_punkt(tmp_path_factory.mktemp("nltk_data")))
+
+
 pytestmark = pytest.mark.battery
 
 # The small world with a 2-epoch θ0: a case that got past its check would run small stages.
