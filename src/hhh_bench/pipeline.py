@@ -87,8 +87,6 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
     preflight(groups)  # config, then this machine (devices, hub reachability)
-    if stage in ("all", "eval", "merge_eval") and "eval" in groups:  # the stages that evaluate
-        check_nltk_data(groups["eval"])
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
     if stage == "report":  # the store, before any stage work: an invalid line named up front
@@ -101,6 +99,8 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         from hhh_bench.evaluation.judged_eval import check_judges_early
 
         check_judges_early(to_dict(cfg.eval), cfg.root)
+    if stage in ("all", "eval", "merge_eval") and "eval" in groups:  # the stages that evaluate
+        check_nltk_data(groups["eval"])  # after the config's checks: this machine's data
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):

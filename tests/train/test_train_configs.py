@@ -37,6 +37,8 @@ TRAIN_KEYS = {
     "margin_max_pairs",
     "lora",
     "merge_adapter",
+    "num_processes",
+    "accelerate_config",
 }
 
 

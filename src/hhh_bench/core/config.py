@@ -22,9 +22,9 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
+from hhh_bench.core.paths import accelerate_config_file
 from hhh_bench.core.schema import DIMENSIONS  # the one definition, report order
 from hhh_bench.core.sizes import parse_size
 from hhh_bench.core.typed import check_fields, from_mapping, param
@@ -163,11 +163,8 @@ class TrainConfig:
         for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps",
                      "num_processes"):  # fmt: skip
             _positive("train", name, getattr(self, name))
-        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
-            raise ValueError(
-                f"train.accelerate_config={self.accelerate_config!r} is not a file: give an "
-                "accelerate config (accelerate/ddp.yaml, fsdp.yaml, deepspeed_zero3.yaml)"
-            )
+        if self.accelerate_config is not None:
+            accelerate_config_file(self.accelerate_config)
         _share("train", "warmup_ratio", self.warmup_ratio)
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         if self.max_steps == 0:

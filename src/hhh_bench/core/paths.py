@@ -56,3 +56,19 @@ def is_adapter_folder(folder: str | os.PathLike[str]) -> bool:
             "(move the other to a folder of its own)"
         )
     return not full_weights
+
+
+def accelerate_config_file(value: str) -> Path:
+    """The accelerate config file ``train.accelerate_config`` names: a path as given (relative
+    to the current folder), else relative to the checkout that holds ``accelerate/`` beside
+    ``conf/`` (so ``accelerate/fsdp.yaml`` works from any folder); ``ValueError`` otherwise."""
+    p = Path(value).expanduser()
+    if p.is_file():
+        return p.resolve()
+    if not p.is_absolute() and (CHECKOUT_CONF_DIR.parent / p).is_file():
+        return CHECKOUT_CONF_DIR.parent / p
+    raise ValueError(
+        f"train.accelerate_config={value!r} is not a file (looked in the current folder and in "
+        f"{CHECKOUT_CONF_DIR.parent}): give an accelerate config (accelerate/ddp.yaml, "
+        "fsdp.yaml, deepspeed_zero3.yaml)"
+    )

@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hhh_bench.core.config import DIMENSIONS, ModelConfig, TrainConfig
+from hhh_bench.core.paths import accelerate_config_file
 from hhh_bench.stages.common import group, log, to_dict
 
 
@@ -85,7 +86,7 @@ def launch_command(t: TrainConfig, spec: Path) -> list[str]:
     start a single process)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if t.accelerate_config:
-        cmd += ["--config_file", str(Path(t.accelerate_config).resolve())]
+        cmd += ["--config_file", str(accelerate_config_file(t.accelerate_config))]
     else:
         cmd += ["--multi_gpu"]
     cmd += ["--num_processes", str(t.num_processes), "--num_machines", "1"]
