@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, ModelConfig, load
@@ -44,7 +45,6 @@ def check_model_folder(value: str | None, where: str) -> None:
     ``~`` is refused, not expanded) is a folder holding a model's ``config.json`` or a LoRA adapter's
     ``adapter_config.json``; refused naming ``where`` otherwise. A hub id is left to the
     stage (and to :func:`preflight` for ``model.path``)."""
-    from pathlib import Path
 
     if not value:
         return
@@ -55,7 +55,7 @@ def check_model_folder(value: str | None, where: str) -> None:
         )
     p = Path(value)
     if not p.exists() and not p.is_symlink():
-        if str(value).startswith(("/", ".", "~")):
+        if str(value).startswith(("/", ".")):
             raise ValueError(f"{where}={value!r} does not exist: give a model folder")
         return
     if not p.is_dir():
@@ -134,7 +134,6 @@ def check_merge_inputs(merge: MergeConfig) -> None:
 def _check_base_not_among_models(merge: MergeConfig) -> None:
     if not merge.base or not merge.models:
         return
-    from pathlib import Path
 
     def same(a: str, b: str) -> bool:
         pa, pb = Path(a).expanduser(), Path(b).expanduser()
@@ -458,7 +457,6 @@ def task_metrics() -> dict[str, tuple[str, ...]]:
     ``{lm-eval task name: metrics}``. Read once."""
     if _TASK_METRICS:
         return _TASK_METRICS
-    from pathlib import Path
 
     import yaml
 
@@ -564,14 +562,10 @@ def _check_tuning(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def writable_folder(path: str | os.PathLike[str], what: str) -> None:
-    """``path`` (named ``what`` in the message) is a folder this process can write to, or can
-    be created as one: refused when it, or the nearest part of it that exists, is a regular
-    file, or when a file cannot be made there. Nothing is left behind (the probe file is
-    removed; a missing folder is not created)."""
-    import tempfile
-    from pathlib import Path
-
+def folder_or_creatable(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (named ``what`` in the message) is a folder or can be created as one: refused
+    when it, or the nearest part of it that exists, is a regular file. Returns that nearest
+    existing folder."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise ValueError(f"{what}={str(path)!r} is a regular file, not a folder: give a folder")
@@ -582,6 +576,17 @@ def writable_folder(path: str | os.PathLike[str], what: str) -> None:
         raise ValueError(
             f"{what}={str(path)!r} cannot be created: {str(probe)!r} is a regular file"
         )
+    return probe
+
+
+def writable_folder(path: str | os.PathLike[str], what: str) -> None:
+    """``path`` (named ``what`` in the message) is a folder this process can write to, or can
+    be created as one: refused when it, or the nearest part of it that exists, is a regular
+    file (:func:`folder_or_creatable`), or when a file cannot be made there. Nothing is left
+    behind (the probe file is removed; a missing folder is not created)."""
+    import tempfile
+
+    probe = folder_or_creatable(path, what)
     try:
         fd, name = tempfile.mkstemp(prefix=".hhh-bench-write-check-", dir=probe)
     except OSError as e:
@@ -598,20 +603,9 @@ def check_hf_folders() -> None:
     ``$HF_HUB_CACHE`` (a shared hub cache may be read-only) are not regular files, and the
     datasets cache (``$HF_DATASETS_CACHE``, else ``$HF_HOME/datasets``), which every
     evaluation writes to, is a writable folder. Raises naming the variable."""
-    from pathlib import Path
-
     for var in ("HF_HOME", "HF_HUB_CACHE"):
-        value = os.environ.get(var)
-        if not value:
-            continue
-        p = Path(value).expanduser()
-        while not p.exists() and p != p.parent:
-            p = p.parent
-        if p.exists() and not p.is_dir():
-            raise ValueError(
-                f"{var}={value!r}: {str(p)!r} is a regular file, not a folder; point {var} at "
-                "a folder (or unset it)"
-            )
+        if os.environ.get(var):
+            folder_or_creatable(os.environ[var], var)
     if os.environ.get("HF_DATASETS_CACHE"):
         writable_folder(os.environ["HF_DATASETS_CACHE"], "HF_DATASETS_CACHE")
     elif os.environ.get("HF_HOME"):
@@ -624,7 +618,6 @@ def wandb_key_set() -> bool:
     host (``$WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``$NETRC``, else
     ``~/.netrc``) that ``wandb login`` writes. The key itself is never read out."""
     import netrc
-    from pathlib import Path
     from urllib.parse import urlparse
 
     if os.environ.get("WANDB_API_KEY"):
@@ -678,8 +671,6 @@ def preflight(groups: Mapping[str, Any]) -> None:
     check_hf_folders()
     model = groups.get("model")
     if model is not None and model.kind == "hub" and model.path:
-        from pathlib import Path
-
         if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
             return
         from huggingface_hub import try_to_load_from_cache

@@ -205,7 +205,6 @@ class Toy3HConfig:
                 raise ValueError(f"n_known.{split} must be >= 1")
             if self.n_unknown.get(split, 0) < 1:
                 raise ValueError(f"n_unknown.{split} must be >= 1")
-        for split in SPLITS:
             share = self.request_split.get(split, 0.0)
             if not 0.0 < share < 1.0:  # NaN fails too
                 raise ValueError(

@@ -200,27 +200,24 @@ def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> No
     if base_identity.startswith("hub:"):
         return
     for i, model in enumerate(models):
-        for folder in (Path(model), Path(model).parent):
-            record = folder / "key.json"
-            if not record.is_file():
-                continue
-            try:
-                key = json.loads(record.read_text())
-            except ValueError:
-                break
-            trained_from = (
-                (key.get("payload") or {}).get("base") if key.get("stage") == "train" else None
+        folders = (Path(model), Path(model).parent)
+        record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+        try:
+            key = json.loads(record.read_text()) if record is not None else {}
+        except ValueError:
+            continue
+        trained_from = (
+            (key.get("payload") or {}).get("base") if key.get("stage") == "train" else None
+        )
+        if (
+            isinstance(trained_from, str)
+            and not trained_from.startswith("hub:")
+            and trained_from != base_identity
+        ):
+            where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
+            raise ValueError(
+                f"merge.models[{i}]={model!r} was trained from another θ0 "
+                f"({where[0] if where else 'its key.json names another base'}) than "
+                f"merge.base={base!r}: its task vector would be the difference of two "
+                "unrelated models; merge specialists trained from merge.base"
             )
-            if (
-                isinstance(trained_from, str)
-                and not trained_from.startswith("hub:")
-                and (trained_from != base_identity)
-            ):
-                where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
-                raise ValueError(
-                    f"merge.models[{i}]={model!r} was trained from another θ0 "
-                    f"({where[0] if where else 'its key.json names another base'}) than "
-                    f"merge.base={base!r}: its task vector would be the difference of two "
-                    "unrelated models; merge specialists trained from merge.base"
-                )
-            break

@@ -22,7 +22,7 @@ from typing import Any
 from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes, layer_type_table
 from hhh_bench.tracking.entries import COLUMNS, Entry, base_means, extra_columns, table_entries
 from hhh_bench.tracking.markdown import md_text, number_ranges
-from hhh_bench.tracking.store import setup_key
+from hhh_bench.tracking.store import REPEATED, setup_key
 from hhh_bench.tracking.tables import (
     all_models_table,
     extra_head,
@@ -115,16 +115,12 @@ def main_section(
     ]
 
 
-REPEATED = "a later line repeats its row key"
-"""How :meth:`hhh_bench.tracking.store.StoreScan.repeated` words a line a later one replaces."""
-
-
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
     """The Markdown lines under the main table saying how many lines of the store were skipped
     (invalid ones with ``report.skip_invalid=true``, and torn ones always) and why, by reason;
     none when none was."""
-    repeats = [int(s.line) for s in skipped if str(s.reason).startswith(REPEATED)]
-    skipped = [s for s in skipped if not str(s.reason).startswith(REPEATED)]
+    repeats = [int(s.line) for s in skipped if s.reason == REPEATED]
+    skipped = [s for s in skipped if s.reason != REPEATED]
     out = []
     if repeats:
         n = len(repeats)

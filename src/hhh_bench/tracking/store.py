@@ -398,6 +398,10 @@ class _Line:
     error: str | None = None
 
 
+REPEATED = "a later line repeats its row key (the latest is used)"
+"""The reason of a line :meth:`StoreScan.repeated` lists (the report says these apart)."""
+
+
 @dataclass(frozen=True)
 class SkippedLine:
     """A line of the store :func:`scan_results` skipped (``skip_invalid``): number and reason."""
@@ -421,10 +425,11 @@ class StoreScan:
         return list(_dedupe(self.rows).values())
 
     def repeated(self) -> list[SkippedLine]:
-        """The lines whose ``row_key`` a later line repeats (left out by :meth:`latest`)."""
+        """The lines whose ``row_key`` a later line repeats (left out by :meth:`latest`), with
+        the reason :data:`REPEATED`."""
         last = {row.get("row_key"): i for i, row in enumerate(self.rows)}
         return [
-            SkippedLine(n, "a later line repeats its row key (the latest is used)")
+            SkippedLine(n, REPEATED)
             for i, (row, n) in enumerate(zip(self.rows, self.lines, strict=False))
             if last[row.get("row_key")] != i
         ]
