@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.hubref import split_ref
 from hhh_bench.data.sources.local_paths import with_source_paths
 from hhh_bench.models.standin import (
     ensure_released_specialists,
@@ -47,11 +48,12 @@ def _need(cfg: Mapping[str, Any], dotted: str) -> Any:
 
 
 def released_specialist_names(models: Sequence[str]) -> list[str]:
-    """Folder names for released specialists given as hub ids (their last path part), made
-    unique by their position."""
+    """Folder names for released specialists given as hub ids (their last path part; a
+    pinned one's id, not its commit), made unique by their position."""
     names = []
     for i, model in enumerate(models):
-        base = str(model).rstrip("/").rsplit("/", 1)[-1] or f"specialist_{i}"
+        ident = split_ref(str(model))[0]  # a pinned id (<id>@<commit>): the id's name
+        base = ident.rstrip("/").rsplit("/", 1)[-1] or f"specialist_{i}"
         names.append(base if base not in names else f"{base}_{i}")
     return names
 

@@ -25,6 +25,7 @@ from typing import Any
 from hhh_bench.core.config import GROUPS, DataConfig, MergeConfig, ModelConfig, load
 from hhh_bench.core.schema import DIMENSIONS
 from hhh_bench.data.toy3h import Toy3HConfig
+from hhh_bench.pins import check_pins
 from hhh_bench.stages.common import load_option
 from hhh_bench.tracking.wandb_log import wandb_mode
 
@@ -245,6 +246,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_mix_scorers(cfg)
     check_mix_reference(cfg)
     _check_positions(out)
+    check_pins(cfg)  # after the groups' own checks: a source config that cannot load is named first
     if "eval" in out:
         check_metrics(cfg["eval"])
         e = out["eval"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.environment import describe_environment
+from hhh_bench.core.hubref import resolved_revisions
 
 TRACKED_PACKAGES = (
     "hhh-bench",
@@ -127,9 +128,11 @@ def write_provenance(
     extra: Mapping[str, Any] | None = None,
     filename: str = "provenance.json",
 ) -> Path:
-    """Write ``provenance.json`` (config with secrets redacted, seed, versions, git revision, and
+    """Write ``provenance.json`` (config with secrets redacted, seed, versions, git revision,
     ``environment``: CPU model, torch's build and thread count, Python, the lock file's sha256 and
-    a 12-hex fingerprint over them and the versions; ``environment.describe_environment``)."""
+    a 12-hex fingerprint over them and the versions; ``environment.describe_environment``; and,
+    for a hub id of the config at a moving revision (``allow_unpinned=true``),
+    ``resolved_revisions``: the commit the local HF cache resolved it to)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     versions = package_versions()
@@ -142,6 +145,9 @@ def write_provenance(
         "git_revision": git_revision(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    moving = resolved_revisions(config) if config is not None else {}
+    if moving:  # allow_unpinned=true: the commit each moving revision resolved to here
+        record["resolved_revisions"] = moving
     if extra:
         record.update(redact(dict(extra)))
     path = out / filename

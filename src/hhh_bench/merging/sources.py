@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from hhh_bench.core.content import file_tensor_digests, folder_identity, tensor_digest
+from hhh_bench.core.hubref import split_ref
 from hhh_bench.core.paths import is_adapter_folder
 from hhh_bench.merging.taskvec import LowRank
 
@@ -87,7 +88,8 @@ class TensorSource(Protocol):
 def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path:
     """A local folder, or a hub id resolved through the HF cache (``HF_HUB_OFFLINE`` respected).
 
-    Only safetensors, JSON and tokenizer files are fetched; pickles never are.
+    Only safetensors, JSON and tokenizer files are fetched; pickles never are. A hub id
+    written ``<id>@<commit>`` is fetched at that commit (``revision``, when given, wins).
     """
     if not isinstance(path_or_id, (str, Path)):
         raise ValueError(
@@ -101,6 +103,8 @@ def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path
         return p
     if str(path_or_id).startswith((".", "/", "~")) or p.is_symlink():
         raise ValueError(f"model folder {str(path_or_id)!r} does not exist")
+    path_or_id, pinned = split_ref(str(path_or_id))
+    revision = revision or pinned
     try:
         from huggingface_hub import snapshot_download
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from hhh_bench.core.hubref import split_ref
 from hhh_bench.core.paths import is_adapter_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,6 +32,14 @@ def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
     return DTYPES[name]
 
 
+def _ref(path_or_id: str | Path, revision: str | None) -> tuple[str | Path, str | None]:
+    """A hub id written ``<id>@<commit>`` as ``(id, commit)`` (``revision``, when given, wins)."""
+    if isinstance(path_or_id, Path):
+        return path_or_id, revision
+    ident, pinned = split_ref(str(path_or_id))
+    return ident, revision or pinned
+
+
 def load_causal_lm(
     path_or_id: str | Path,
     *,
@@ -40,9 +49,11 @@ def load_causal_lm(
     revision: str | None = None,
     attn_implementation: str | None = None,
 ) -> Any:
-    """Load a causal LM from a local folder or a hub id (safetensors only)."""
+    """Load a causal LM from a local folder or a hub id (safetensors only; ``<id>@<commit>``:
+    that commit)."""
     from transformers import AutoModelForCausalLM
 
+    path_or_id, revision = _ref(path_or_id, revision)
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype, device),
         "trust_remote_code": trust_remote_code,
@@ -160,6 +171,7 @@ def load_tokenizer(
     a pad token (eos if missing)."""
     from transformers import AutoTokenizer
 
+    path_or_id, revision = _ref(path_or_id, revision)
     path_or_id = tokenizer_source(path_or_id)
     folder = Path(path_or_id).expanduser()
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.config import load
 from hhh_bench.core.content import folder_identity, keyable
+from hhh_bench.core.hubref import split_ref
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.core.stagecache import CACHE, StageRun, cached_stage, is_done, stage_key
 
@@ -95,11 +96,13 @@ def run_config_hash(cfg: DictConfig) -> str | None:
 def model_identity(path: str, revision: str | None = None) -> str:
     """Content identity of a model input for stage keys: a local folder's (or file's) content
     (:func:`hhh_bench.core.content.folder_identity`: every file it holds, verified against its
-    manifest when it is a stage output), or ``hub:<id>@<revision>`` for a hub id."""
+    manifest when it is a stage output), or ``hub:<id>@<revision>`` for a hub id (one written
+    ``<id>@<commit>``: that commit)."""
     p = Path(path).expanduser()
     if p.exists():
         return folder_identity(p)
-    return f"hub:{path}@{revision or 'main'}"
+    ident, pinned = split_ref(str(path))
+    return f"hub:{ident}@{revision or pinned or 'main'}"
 
 
 def content_of(result: Mapping[str, Any]) -> str:

@@ -118,7 +118,8 @@ def resolve_source_entries(
     extra = sorted(set(sources) - set(dims))
     if extra:
         raise SourceConfigError(
-            f"data config: sources given for {extra}, not in `dimensions` {dims}"
+            f"data config: sources given for {extra}, not in `dimensions` {dims}: drop them "
+            f"({' '.join(f'~data.sources.{d}' for d in extra)}) or add the dimensions"
         )
     out: list[tuple[str, dict[str, Any], int | None]] = []
     seen: dict[str, str] = {}
