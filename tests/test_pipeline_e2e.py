@@ -108,6 +108,23 @@ def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
 
 
 @pytest.mark.e2e
+def test_a_plan_of_the_finished_run_finds_every_job_cached(pipeline_run):
+    """`hhh-bench plan` computes every stage's real key (the dry run): each job of the run that
+    finished is cached, the report aside, and its job list has the run's shape."""
+    from hhh_bench.pipeline import prepare
+    from hhh_bench.planning import plan
+
+    cfg, _ = pipeline_run
+    jobs, _ = plan(prepare(cfg)[0])
+    assert [(j.stage, j.name) for j in jobs if j.status != "cached"] == [("report", "report")]
+    merges = [j.name for j in jobs if j.stage == "merge"]
+    assert merges.count("task_arithmetic scaling=0.5") == 1 and len(merges) == 2 + 1 + 2 + 2 + 2 + 2
+    assert (
+        sum(1 for j in jobs if j.stage == "train") == 3 + 1 + 2 + 1 + 1
+    )  # oracle; 3 mixtures, one tuned
+
+
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline_run):
     """SIGKILL a pipeline run mid-way, run it again, compare with the uninterrupted run above
     (its settings with fewer jobs, other root; θ0 is copied so the test does not retrain it)."""

@@ -220,6 +220,16 @@ def _list(argv: list[str]) -> int:
     return list_main(argv)
 
 
+def _plan(argv: list[str]) -> int:
+    from hhh_bench.planning import main as plan_main
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    check_not_groups(overrides)
+    check_overrides(overrides)
+    _offline_defaults()
+    return plan_main(argv)
+
+
 def _merge(argv: list[str]) -> int:
     from hhh_bench.mergeyaml import main as merge_main
 
@@ -235,6 +245,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
             "list", "list experiments, config groups, merge methods, strategies, sources", _list
         ),
         Subcommand("merge", "run a mergekit YAML: hhh-bench merge CONFIG.yaml OUT_DIR", _merge),
+        Subcommand("plan", "list a run's jobs, which are cached, and what the others cost", _plan),
     )
 }
 """Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other

@@ -78,14 +78,7 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     console.reset()
     CACHE.asked, CACHE.upstream = stage, frozenset(UPSTREAM.get(stage, ()))
     set_threads(cfg.get("threads"))
-    load_plugins(cfg.get("plugins") or [])
-    if (
-        "rehearsal" in cfg
-    ):  # +rehearsal=small: build the offline stand-ins, point the config at them
-        from hhh_bench.rehearsal import prepare_rehearsal
-
-        cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
-    groups = validate_run(to_dict(cfg))
+    cfg, groups = prepare(cfg)
     preflight(groups)  # config, then this machine (devices, hub reachability)
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
@@ -101,10 +94,6 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         check_judges_early(to_dict(cfg.eval), cfg.root)
     if stage in ("all", "eval", "merge_eval") and "eval" in groups:  # the stages that evaluate
         check_nltk_data(groups["eval"])  # after the config's checks: this machine's data
-    if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
-        cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
-        with open_dict(cfg):
-            cfg.merge.params = dict(groups["merge"].params)
     from hhh_bench.stages.data import run_data
 
     seeds = _seed_cfgs(cfg) if stage == "all" else []
@@ -141,6 +130,26 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """A composed config made ready for its stages: the plugins imported, the rehearsal's
+    stand-ins built and put in place (``+rehearsal=small``), every group checked
+    (:func:`validate_run`) and the merge option's knobs that are not the method's left out.
+    Returns the config and its typed groups. What :func:`run` and ``hhh-bench plan`` share."""
+    load_plugins(cfg.get("plugins") or [])
+    if (
+        "rehearsal" in cfg
+    ):  # +rehearsal=small: build the offline stand-ins, point the config at them
+        from hhh_bench.rehearsal import prepare_rehearsal
+
+        cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
+    groups = validate_run(to_dict(cfg))
+    if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
+        cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
+        with open_dict(cfg):
+            cfg.merge.params = dict(groups["merge"].params)
+    return cfg, groups
 
 
 def _summary(t0: float) -> None:

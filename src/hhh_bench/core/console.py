@@ -119,6 +119,18 @@ def reset() -> None:
         _S.seconds, _S.finished, _S.job, _S.step = {}, [], None, ""
 
 
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Nothing printed on the console inside (``hhh-bench plan``'s dry run of the stages);
+    the log file still gets every line."""
+    with _S.lock:
+        saved, _S.verbosity = _S.verbosity, -1
+    try:
+        yield
+    finally:
+        _S.verbosity = saved
+
+
 def plan(jobs: Sequence[tuple[str, str]]) -> None:
     """The jobs (``(stage, name)``) this run will print, in any order: ``N`` of ``[k/N]`` and
     what the ETA adds up (:func:`_eta`)."""

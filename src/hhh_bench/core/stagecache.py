@@ -73,6 +73,9 @@ class CacheCounter:
     """``cache.on_mismatch``: a cached output whose files differ from its manifest is an error
     (``error``) or is computed again (``recompute``); set by the pipeline."""
     recomputed: dict[str, set[str]] = field(default_factory=dict)
+    dry_run: bool = False
+    """``hhh-bench plan``: an output that is missing raises :class:`NotCached` instead of being
+    computed (nothing is written)."""
 
     def reset(self) -> None:
         self.computed.clear()
@@ -102,6 +105,14 @@ class CacheCounter:
 
 
 CACHE = CacheCounter()
+
+
+class NotCached(Exception):
+    """A dry run (:attr:`CacheCounter.dry_run`) reached a stage output that is not cached."""
+
+    def __init__(self, stage: str, key: str, out: Path) -> None:
+        super().__init__(f"{stage} {key}: not cached ({out})")
+        self.stage, self.key, self.out = stage, key, out
 
 
 @dataclass
@@ -194,7 +205,7 @@ def cached_stage(
     if is_done(out):
         misplaced_why = misplaced(out, stage, key)
         if misplaced_why:  # a folder moved, copied or linked here from another key: never reused
-            if CACHE.on_mismatch != "recompute":
+            if CACHE.on_mismatch != "recompute" or CACHE.dry_run:
                 raise ContentMismatch(
                     f"cached output {out}: {misplaced_why}. Delete the folder to recompute it, or "
                     "set cache.on_mismatch=recompute."
@@ -215,7 +226,7 @@ def cached_stage(
             log.info("%s: cached %s (%d file(s) re-hashed)", what, out, checked.rehashed)
             console.step_done(what, cached=True, where=out)
             return StageRun(stage, key, out, True, info, checked.manifest.identity())
-        if CACHE.on_mismatch != "recompute":
+        if CACHE.on_mismatch != "recompute" or CACHE.dry_run:
             if unreadable:  # its checksums match: it was written so (e.g. a full disk)
                 raise ContentMismatch(
                     f"cached output {out}: {unreadable}. Delete the folder to recompute it, or "
@@ -226,6 +237,8 @@ def cached_stage(
         console.say(f"{what} ({out}): {problem}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)
         replace = True
+    if CACHE.dry_run:
+        raise NotCached(stage, key, out)
     t0 = time.time()
     if stage in CACHE.upstream:  # not asked for: say why it runs, before it starts
         console.say(

@@ -75,7 +75,8 @@ def run_eval(
         base_scores: the base's scores for the deltas (a result, its ``scores`` or a row); None:
             the model's own if it is the base, else the store's base row of the same split,
             suite and data (same seed preferred), else no deltas.
-        append: append the row to ``<root>/results.jsonl``.
+        append: append the row to ``<root>/results.jsonl`` (and a merge's scores to its card);
+            False: nothing written (``hhh-bench plan``'s dry run).
 
     Returns:
         ``{"dir", "key", "metrics", "scores", "row", "cached", "appended", "store"}``.
@@ -148,7 +149,7 @@ def run_eval(
     )  # fmt: skip
     row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False
-    if model.get("kind") == "merge" and enclosing_output(str(model["path"])):
+    if append and model.get("kind") == "merge" and enclosing_output(str(model["path"])):
         attach_scores(model["path"], row)  # our merge's card carries its scores (never a user's)
     log.info("eval: %s (%s) %s", row["name"], split,
              " ".join(f"{k} {scores[k]:.3f}" for k in ("helpful", "honest", "harmless", "average", "min")))  # fmt: skip

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from hhh_bench.core.config import MergeConfig, MergeEngineConfig
 from hhh_bench.stages.common import (
+    CACHE,
     ENGINE_CODE,
     cached_stage,
     code_identity,
@@ -156,7 +157,7 @@ def run_merge(
     )  # fmt: skip
     out = run.dir / "model"
     info = dict(run.info)
-    if run.cached and engine.diagnostics:  # diagnostics switched on after the merge was made
+    if run.cached and engine.diagnostics and not CACHE.dry_run:  # switched on after the merge
         info.update(_attach(out, diagnose()))
     if "diagnostics" in info:
         info["diagnostics"] = str(out / "diagnostics.json")
