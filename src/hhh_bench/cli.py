@@ -230,6 +230,12 @@ def _plan(argv: list[str]) -> int:
     return plan_main(argv)
 
 
+def _export(argv: list[str]) -> int:
+    from hhh_bench.exporting import main as export_main
+
+    return export_main(argv)
+
+
 def _merge(argv: list[str]) -> int:
     from hhh_bench.mergeyaml import main as merge_main
 
@@ -246,6 +252,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         ),
         Subcommand("merge", "run a mergekit YAML: hhh-bench merge CONFIG.yaml OUT_DIR", _merge),
         Subcommand("plan", "list a run's jobs, which are cached, and what the others cost", _plan),
+        Subcommand(
+            "export", "write a run's evaluated items (prompts, answers, judges) to a file", _export
+        ),
     )
 }
 """Subcommands by name (``hhh-bench cache verify ROOT``), each with its own ``--help``; any other

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from hhh_bench.core.items import read_jsonl
 from hhh_bench.core.stats import mean_stderr
@@ -345,3 +346,51 @@ def test_every_column_task_of_the_real_suite_exists():
             if task in p.name and re.search(rf"^(task|group): {task}\s*$", p.read_text(), re.M)
         ]
         assert found, f"column {name}: {task} is neither shipped nor an lm-eval built-in"
+
+
+def test_exported_items_rejudged_give_the_stored_rows_scores(judged_run, tmp_path):
+    """`hhh-bench export` (issue 34, part 6): every item of every row out of the store, in both
+    formats; the exported answers judged again by the same stand-in judges, without
+    generating, give each row's stored judged metrics; another judge scores them too."""
+    from hhh_bench.cli import SUBCOMMANDS
+    from hhh_bench.exporting import read_export, rejudge
+    from hhh_bench.stages.eval import results_path
+    from hhh_bench.tracking.store import read_results
+
+    cfg = judged_run["cfg"]
+    root = Path(cfg.root)
+    rows = {r["row_key"]: r for r in read_results(results_path(cfg))}
+    for fmt in ("jsonl", "parquet"):
+        out = tmp_path / f"items.{fmt}"
+        assert SUBCOMMANDS["export"]([str(root), "--format", fmt, "--out", str(out)]) == 0
+        records = read_export(out)
+        assert {r["row_key"] for r in records} == set(rows)
+        judged = [r for r in records if r["task"] == "harmful_gen"]
+        assert judged and all(r["response"] is not None and "judge_answer" in r["values"]
+                              for r in judged)  # fmt: skip
+        assert (judged[0]["judge"]["role"], judged[0]["judge"]["judge"]) == ("harm", "safety")
+        again = rejudge(records, OmegaConf.to_container(cfg.eval.judges, resolve=True),
+                        refusal_rule=str(cfg.eval.refusal_rule))  # fmt: skip
+        assert set(again) == set(rows)
+        for key, tasks in again.items():
+            assert set(tasks) == {
+                "helpful_gen",
+                "harmful_gen",
+                "xstest_gen",
+                "truthfulqa_gen_judged",
+            }
+            for task, metrics in tasks.items():
+                stored = rows[key]["tasks"][task]
+                for m, v in metrics.items():
+                    assert stored[m] == pytest.approx(v, abs=1e-12), (key, task, m)
+    # another judge (a guard of other weights) reads the same answers: no generation needed
+    from hhh_bench.evaluation.standins import build_standin_judges
+
+    other = build_standin_judges(tmp_path / "other_judges", _vocabulary(), seed=7)
+    judges = OmegaConf.to_container(cfg.eval.judges, resolve=True)
+    judges["safety"]["model"] = str(other["safety"])
+    again = rejudge(records, judges)
+    assert all("safe" in t["harmful_gen"] for t in again.values())
+    # refused by name: an existing output, a root without a store
+    assert SUBCOMMANDS["export"]([str(root), "--out", str(tmp_path / "items.jsonl")]) == 2
+    assert SUBCOMMANDS["export"]([str(tmp_path)]) == 2
