@@ -89,3 +89,68 @@ def test_a_two_job_sweep_runs_through_submits_local_executor_and_lands_each_row_
     assert sorted(r["setup"]["limit"] for r in rows) == [1, 2]
     jobs = list((root / "multirun").glob("*/.submitit/*"))
     assert len({p.name for p in jobs}) >= 2  # two submitit jobs, each with its own folder
+
+
+def _submit(tmp_path, *args: str, **env: str):
+    """cluster/submit_paper.sh with a stand-in sbatch that records each call and prints a job
+    id; returns the process and the recorded calls (one argument list each)."""
+    import json
+    import subprocess
+
+    from conftest import REPO
+
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "sbatch"
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"with open({str(log)!r}, 'a') as log:\n    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"print(1000 + sum(1 for _ in open({str(log)!r})))\n"
+    )
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["bash", str(REPO / "cluster" / "submit_paper.sh"), *args], capture_output=True,
+        text=True, env={**os.environ, "SBATCH": str(fake), **env}, timeout=60,
+    )  # fmt: skip
+    calls = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    return out, calls
+
+
+def test_the_paper_sbatch_template_asks_each_stage_for_what_it_needs(tmp_path):
+    """Three dependent jobs: data and report on CPUs, the grid on 8 GPUs; each job's
+    hhh-bench command composes and passes the run's checks, the CPU jobs on a machine without
+    a GPU (data and report load no model: no device check)."""
+    import shlex
+
+    from hhh_bench.pipeline import prepare
+    from hhh_bench.validation import preflight
+
+    out, calls = _submit(tmp_path, "paper_llama3", ACCOUNT="proj")
+    assert out.returncode == 0, out.stderr
+    assert "data 1001 -> grid 1002 -> report 1003" in out.stdout
+    flags = {"--parsable", "--requeue"}
+    opts = []
+    for call in calls:
+        o, i = {}, 0
+        while i < len(call):
+            if call[i] in flags:
+                o[call[i]], i = True, i + 1
+            else:
+                o[call[i]], i = call[i + 1], i + 2
+        opts.append(o)
+    assert [bool(o.get("--requeue")) for o in opts] == [True, True, False]
+    assert [o.get("--dependency") for o in opts] == [None, "afterok:1001", "afterok:1002"]
+    assert [o.get("--gpus-per-node") for o in opts] == [None, "8", None]
+    assert all(o["--account"] == "proj" and o["--time"] for o in opts)
+    for o, stage in zip(opts, ("data", "all", "report"), strict=True):
+        words = shlex.split(o["--wrap"].rsplit(";", 1)[1])
+        assert words[0] == "hhh-bench" and words[-1] == f"stage={stage}"
+        cfg, groups = prepare(compose(words[1:]))
+        assert cfg.train.num_processes == 8 and cfg.model.device == "cuda"
+        if stage != "all":
+            preflight(groups, loads_models=False)
+        else:
+            with pytest.raises(ValueError, match="no usable CUDA device|not in the HF cache"):
+                preflight(groups)  # this machine: the grid job asks a GPU node for it
+    (tmp_path / "bad").mkdir()
+    bad, calls = _submit(tmp_path / "bad", "toy3h")
+    assert bad.returncode == 2 and "not a paper experiment" in bad.stderr and not calls

@@ -79,7 +79,8 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     CACHE.asked, CACHE.upstream = stage, frozenset(UPSTREAM.get(stage, ()))
     set_threads(cfg.get("threads"))
     cfg, groups = prepare(cfg)
-    preflight(groups)  # config, then this machine (devices, hub reachability)
+    # config, then this machine (devices, hub reachability); data and report load no model
+    preflight(groups, loads_models=stage not in ("data", "report"))
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
     if stage == "report":  # the store, before any stage work: an invalid line named up front

@@ -633,16 +633,20 @@ def wandb_key_set() -> bool:
     return bool(entry and entry[2])
 
 
-def preflight(groups: Mapping[str, Any]) -> None:
+def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
     """What can be checked before any work: every device the run will use exists, every
     folder the run writes to that the user named (``merge_engine.cache_dir``,
     ``data.cache_dir``, ``$WANDB_DIR`` when W&B logs) is a writable folder, the Hugging Face
     folders are folders, W&B in online mode has an API key, and a hub model is reachable
     (offline: in the local cache). The NLTK data of the suite's tasks is checked by the stages
-    that evaluate (:func:`check_nltk_data`)."""
+    that evaluate (:func:`check_nltk_data`). ``loads_models=False``: a stage that loads no
+    model (``stage=data``, ``stage=report``: a CPU job of a GPU experiment on a cluster) skips
+    the device checks and the hub model's."""
     import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
+        if not loads_models:
+            break
         g = groups.get(name)
         dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
         if dev == "mps" and not torch.backends.mps.is_available():
@@ -672,7 +676,7 @@ def preflight(groups: Mapping[str, Any]) -> None:
         )
     check_hf_folders()
     model = groups.get("model")
-    if model is not None and model.kind == "hub" and model.path:
+    if loads_models and model is not None and model.kind == "hub" and model.path:
         if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
             return
         from huggingface_hub import try_to_load_from_cache
