@@ -180,3 +180,29 @@ def test_provenance_records_what_a_moving_revision_resolved_to(tmp_path, monkeyp
     assert json.loads(out.read_text())["resolved_revisions"]["org/model@main"] == SHA
     plain = write_provenance(tmp_path / "plain", {"pinned": config["pinned"]}, seed=0)
     assert "resolved_revisions" not in json.loads(plain.read_text())
+
+
+def test_an_offline_run_names_a_judge_missing_from_the_cache_before_any_work(tmp_path, monkeypatch):
+    """A compute node without network (issue 34): a judge the HF cache lacks is named up front,
+    with its revision and the command that fetches it; in the cache at its pinned commit, or a
+    local folder, it passes."""
+    from huggingface_hub import constants
+
+    from hhh_bench.evaluation.judged_eval import check_judges_offline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    judge = {"kind": "classifier", "model": "org/judge", "revision": SHA, "template": "response",
+             "positive_label": "REJECTION", "threshold": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"eval.judges.refusal: org/judge \(revision {SHA}\) is "
+                       rf"not in the HF cache .* `hf download org/judge --revision {SHA}`"):  # fmt: skip
+        check_judges_offline({"judges": {"refusal": judge}})
+    snap = tmp_path / "hub" / "models--org--judge" / "snapshots" / SHA
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    check_judges_offline({"judges": {"refusal": judge}})
+    local = tmp_path / "local_judge"
+    local.mkdir()
+    check_judges_offline({"judges": {"refusal": {**judge, "model": str(local)}}})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: the stage downloads it
+    check_judges_offline({"judges": {"refusal": {**judge, "model": "org/other"}}})

@@ -239,14 +239,40 @@ def test_stage_all_launches_only_training_in_two_processes(tmp_path):
 # -- the rehearsal, end to end -------------------------------------------------------------------
 
 
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
+NO_NETWORK = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+              **{k: CLOSED for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                                     "ALL_PROXY", "all_proxy")}}  # fmt: skip
+"""A compute node without network: the offline variables set, and every proxy variable at a
+closed loopback port, so that any request a library still tried would fail, and say so."""
+DOWNLOAD_ATTEMPT = re.compile(
+    r"urlopen error|ProxyError|Connection refused|HTTPS?ConnectionPool|MaxRetryError|Max retries"
+    r"|Error loading|ConnectTimeout|NameResolutionError|name resolution|127\.0\.0\.1:9|"
+    r"Downloading|huggingface\.co/api",
+    re.IGNORECASE,
+)
+
+
 def _rehearse_paper_llama3(root: Path) -> subprocess.CompletedProcess:
-    """``hhh-bench experiment=paper_llama3 +rehearsal=small`` into ``root``, one thread."""
+    """``hhh-bench experiment=paper_llama3 +rehearsal=small`` into ``root``, one thread, with
+    the network unreachable (:data:`NO_NETWORK`)."""
     return subprocess.run(
         [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
          f"root={root}", "logger=none", "threads=1"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1500, capture_output=True,
-        text=True,
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **NO_NETWORK}, timeout=1500,
+        capture_output=True, text=True,
     )  # fmt: skip
+
+
+def _no_download_attempt(out: subprocess.CompletedProcess, root: Path) -> None:
+    """Nothing on the console or in the run's log files says a download was tried (issue 34:
+    an offline compute node, once the caches hold what the run needs)."""
+    texts = {"stdout": out.stdout, "stderr": out.stderr}
+    texts.update({str(p): p.read_text(errors="replace") for p in root.glob("hydra/*/cli.log")})
+    assert len(texts) > 2, "the run wrote no log file"
+    for where, text in texts.items():
+        hit = DOWNLOAD_ATTEMPT.search(text)
+        assert hit is None, f"{where}: {text[max(hit.start() - 300, 0) : hit.end() + 300]}"
 
 
 @pytest.mark.e2e
@@ -257,6 +283,7 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     harness_3h with lm-eval's built-ins on local files; a report with every family."""
     out = _rehearse_paper_llama3(tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
+    _no_download_attempt(out, tmp_path)
     report = (tmp_path / "report" / "report.md").read_text()
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     test_rows = [r for r in rows if r["split"] == "test"]

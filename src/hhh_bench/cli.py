@@ -236,6 +236,16 @@ def _export(argv: list[str]) -> int:
     return export_main(argv)
 
 
+def _prefetch(argv: list[str]) -> int:
+    from hhh_bench.prefetching import main as prefetch_main
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    check_not_groups(overrides)
+    check_overrides(overrides)
+    _offline_defaults()
+    return prefetch_main(argv)
+
+
 def _merge(argv: list[str]) -> int:
     from hhh_bench.mergeyaml import main as merge_main
 
@@ -254,6 +264,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         Subcommand("plan", "list a run's jobs, which are cached, and what the others cost", _plan),
         Subcommand(
             "export", "write a run's evaluated items (prompts, answers, judges) to a file", _export
+        ),
+        Subcommand(
+            "prefetch", "fetch what a run reads from the network into the caches", _prefetch
         ),
     )
 }

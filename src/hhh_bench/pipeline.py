@@ -95,6 +95,10 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
         check_judges_early(to_dict(cfg.eval), cfg.root)
     if stage in ("all", "eval", "merge_eval") and "eval" in groups:  # the stages that evaluate
         check_nltk_data(groups["eval"])  # after the config's checks: this machine's data
+        if groups["eval"].judges:
+            from hhh_bench.evaluation.judged_eval import check_judges_offline
+
+            check_judges_offline(to_dict(cfg.eval))
     from hhh_bench.stages.data import run_data
 
     seeds = _seed_cfgs(cfg) if stage == "all" else []
@@ -151,6 +155,26 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         with open_dict(cfg):
             cfg.merge.params = dict(groups["merge"].params)
     return cfg, groups
+
+
+def compose_run(overrides: Sequence[str]) -> Any:
+    """The run config of ``overrides`` as ``hhh-bench`` composes it, made ready for its stages
+    (:func:`prepare`: plugins, the rehearsal's stand-ins, every check);
+    Hydra's refusal of an override as a ``ValueError`` naming it. What the subcommands that
+    read a run's config without running it (``plan``, ``prefetch``) call."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hhh_bench.core.paths import conf_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ValueError(" ".join(x.strip() for x in str(e).splitlines() if x.strip())) from None
+    CACHE.reset()
+    return prepare(cfg)[0]
 
 
 def _summary(t0: float) -> None:

@@ -683,6 +683,8 @@ def main(argv: list[str]) -> int:
         ap.error(f"--mfu {args.mfu}: give a share in (0, 1]")
     if args.gpus < 1:
         ap.error(f"--gpus {args.gpus}: give 1 or more")
+    from hhh_bench.pipeline import compose_run
+
     try:
         cfg = compose_run(args.overrides)
         jobs, pl = plan(cfg, profile=args.gpu, mfu=args.mfu, gpus=args.gpus)
@@ -691,24 +693,3 @@ def main(argv: list[str]) -> int:
         return 2
     print(render(jobs, pl))
     return 0
-
-
-def compose_run(overrides: Sequence[str]) -> Any:
-    """The run config of ``overrides`` as ``hhh-bench`` composes it, made ready for its stages
-    (:func:`hhh_bench.pipeline.prepare`: plugins, the rehearsal's stand-ins, every check);
-    Hydra's refusal of an override as a ``ValueError`` naming it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from hhh_bench.core.paths import conf_dir
-    from hhh_bench.core.stagecache import CACHE
-    from hhh_bench.pipeline import prepare
-
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ValueError(" ".join(x.strip() for x in str(e).splitlines() if x.strip())) from None
-    CACHE.reset()
-    return prepare(cfg)[0]

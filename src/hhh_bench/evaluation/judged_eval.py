@@ -116,6 +116,37 @@ def check_judges_early(ecfg: Mapping[str, Any], root: str | Path) -> None:
         open_judge_cache(ecfg, root)
 
 
+def check_judges_offline(ecfg: Mapping[str, Any]) -> None:
+    """On an offline machine (``HF_HUB_OFFLINE=1``), every judge named by a hub id is in the
+    HF cache at its revision, checked before any stage runs: otherwise the run would generate
+    every answer and only then fail to load the judge.
+
+    Raises:
+        ValueError: naming the judge, its id and revision, and the command that fetches it.
+    """
+    import os
+
+    from hhh_bench.core.hubref import is_hub_id
+    from hhh_bench.evaluation.judges import specs_from_config
+
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for name, spec in specs_from_config(ecfg.get("judges")).items():
+        if not is_hub_id(spec.model):
+            continue
+        hit = try_to_load_from_cache(spec.model, "config.json", revision=spec.revision or None)
+        if not isinstance(hit, str):
+            rev = f" --revision {spec.revision}" if spec.revision else ""
+            raise ValueError(
+                f"eval.judges.{name}: {spec.model} (revision {spec.revision or 'main'}) is not in "
+                f"the HF cache and this machine is offline (HF_HUB_OFFLINE=1): on a machine "
+                f"with network run `hf download {spec.model}{rev}` with the same HF_HOME, or "
+                f"give a local folder (eval.judges.{name}.model=/path)"
+            )
+
+
 def run_judges(
     ecfg: Mapping[str, Any],
     res: dict[str, Any],
