@@ -60,17 +60,11 @@ test: .venv ## Run the test suite (the end-to-end tests included), with coverage
 battery: .venv ## The acceptance battery: 250+ bad inputs, each refused by name, no traceback (tests/battery)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m battery -p no:cacheprovider $(PYTEST_ARGS)
 
-REHEARSAL_ROOT ?= runs/rehearsal
 rehearse: .venv ## Every real-path experiment end to end on offline stand-ins (CPU), each to a report
-	@# paper_llama3 (and its root moved: every stage reused) and `accelerate launch` with two
-	@# processes, as tests (-m rehearse: docs/testing.md); then the other two experiments
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m rehearse -p no:cacheprovider $(PYTEST_ARGS)
-	@for exp in paper_mistral released_specialists; do \
-	  echo "== rehearsal: $$exp"; \
-	  $(BIN)/hhh-bench experiment=$$exp +rehearsal=small root=$(REHEARSAL_ROOT)/$$exp logger=none threads=1 \
-	    || exit 1; \
-	  echo "report: $(REHEARSAL_ROOT)/$$exp/report/report.md"; \
-	done
+	@# paper_llama3 (and its root moved: every stage reused), paper_mistral, released_specialists
+	@# and `accelerate launch` with two processes, as tests on TEST_WORKERS workers (-m rehearse:
+	@# docs/testing.md), the network unreachable
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m rehearse -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: .venv ## Run the tests without the heavier end-to-end ones
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not rehearse and not battery" $(PYTEST_ARGS)

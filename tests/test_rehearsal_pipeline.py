@@ -253,15 +253,36 @@ DOWNLOAD_ATTEMPT = re.compile(
 )
 
 
-def _rehearse_paper_llama3(root: Path) -> subprocess.CompletedProcess:
-    """``hhh-bench experiment=paper_llama3 +rehearsal=small`` into ``root``, one thread, with
+def _rehearse(root: Path, experiment: str = "paper_llama3") -> subprocess.CompletedProcess:
+    """``hhh-bench experiment=<experiment> +rehearsal=small`` into ``root``, one thread, with
     the network unreachable (:data:`NO_NETWORK`)."""
     return subprocess.run(
-        [Path(sys.executable).parent / "hhh-bench", "experiment=paper_llama3", "+rehearsal=small",
-         f"root={root}", "logger=none", "threads=1"],
+        [Path(sys.executable).parent / "hhh-bench", f"experiment={experiment}",
+         "+rehearsal=small", f"root={root}", "logger=none", "threads=1"],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **NO_NETWORK}, timeout=1500,
         capture_output=True, text=True,
     )  # fmt: skip
+
+
+_rehearse_paper_llama3 = _rehearse
+
+
+@pytest.mark.e2e
+@pytest.mark.rehearse
+@pytest.mark.parametrize("experiment", ["paper_mistral", "released_specialists"])
+def test_the_other_real_path_experiments_rehearse_to_a_report(experiment, tmp_path):
+    """The other two real-path experiments end to end on their stand-ins (Mistral's
+    architecture; the released specialists merged as given, one of them a LoRA adapter), offline;
+    a report with every merge method of the experiment's grid. Tests, not a loop after them, so
+    that `make rehearse`'s two workers share them with paper_llama3's."""
+    out = _rehearse(tmp_path, experiment)
+    assert out.returncode == 0, out.stderr[-4000:]
+    _no_download_attempt(out, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    methods = {r["method"] for r in rows if r["kind"] == "merge" and r["split"] == "test"}
+    assert methods == set(compose([f"experiment={experiment}"]).pipeline.merge_grid)
+    assert (tmp_path / "report" / "report.md").is_file()
+    print(f"report: {tmp_path / 'report' / 'report.md'}")
 
 
 def _no_download_attempt(out: subprocess.CompletedProcess, root: Path) -> None:
