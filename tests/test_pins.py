@@ -206,3 +206,36 @@ def test_an_offline_run_names_a_judge_missing_from_the_cache_before_any_work(tmp
     check_judges_offline({"judges": {"refusal": {**judge, "model": str(local)}}})
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: the stage downloads it
     check_judges_offline({"judges": {"refusal": {**judge, "model": "org/other"}}})
+
+
+def test_a_hub_model_the_machine_cannot_reach_is_named_before_any_work(tmp_path, monkeypatch):
+    """Issue 27's open item: a hub id, not cached, with HF_HUB_OFFLINE unset and no network gave
+    transformers' own error from inside the base stage; now preflight names it, with the error
+    and what to do; offline it names the fetch command; cached at its pin, it passes."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from hhh_bench.validation import check_hub_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+
+    def unreachable(self, repo_id, revision=None, timeout=None):
+        asked.append((repo_id, revision, timeout))
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(ValueError, match=r"model.path='org/model@" + SHA + r"' is not a local folder, "
+                       r"not in the HF cache, and the hub did not answer for it \(ConnectionError: "
+                       r"Failed to resolve.*HF_HUB_OFFLINE=1"):  # fmt: skip
+        check_hub_model(f"org/model@{SHA}", None)
+    assert asked == [("org/model", SHA, 10.0)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=rf"`hf download org/model --revision {SHA}`"):
+        check_hub_model("org/model", SHA)
+    snap = tmp_path / "hub" / "models--org--model" / "snapshots" / SHA
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    check_hub_model("org/model", SHA)
+    assert len(asked) == 1  # offline or cached: the hub is never asked

@@ -677,18 +677,48 @@ def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
     check_hf_folders()
     model = groups.get("model")
     if loads_models and model is not None and model.kind == "hub" and model.path:
-        if Path(model.path).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
-            return
-        from huggingface_hub import try_to_load_from_cache
+        check_hub_model(model.path, model.revision)
 
-        hit = try_to_load_from_cache(model.path, "config.json", revision=model.revision or None)
-        if not isinstance(hit, str):
-            raise ValueError(
-                f"model.path={model.path!r} is not a local folder and is not in the HF cache, and "
-                f"this machine is offline (HF_HUB_OFFLINE=1): on a machine with access run "
-                f"`huggingface-cli download {model.path}` and copy the cache (HF_HOME), or pass a "
-                "local folder"
-            )
+
+HUB_TIMEOUT_S = 10.0
+"""How long :func:`check_hub_model` waits for the hub to answer before naming it unreachable."""
+
+
+def check_hub_model(path: str, revision: str | None) -> None:
+    """``model.path`` as a hub id (not a local folder) is in the HF cache at its revision, or,
+    online, the hub answers for it: otherwise refused before any work, naming the id (offline,
+    the command that fetches it; online, the error and the offline switch), instead of
+    transformers' own error from deep inside the base stage."""
+    from hhh_bench.core.hubref import split_ref
+
+    if Path(path).expanduser().exists():
+        return
+    ident, pinned = split_ref(str(path))
+    rev = revision or pinned
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ident, "config.json", revision=rev), str):
+        return
+    fetch = f"`hf download {ident}{f' --revision {rev}' if rev else ''}`"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ValueError(
+            f"model.path={path!r} is not a local folder and is not in the HF cache, and this "
+            f"machine is offline (HF_HUB_OFFLINE=1): on a machine with access run {fetch} (or "
+            "`hhh-bench prefetch` with the run's overrides) and copy the cache (HF_HOME), or pass "
+            "a local folder"
+        )
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(ident, revision=rev, timeout=HUB_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - any failure to reach it: named, with what to do
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ValueError(
+            f"model.path={path!r} is not a local folder, not in the HF cache, and the hub did "
+            f"not answer for it ({type(e).__name__}: {first}): check the id and the network, "
+            f"or on a machine with access run {fetch} and copy the cache (HF_HOME) here, then "
+            "run with HF_HUB_OFFLINE=1"
+        ) from None
 
 
 def emphases(pcfg: Mapping[str, Any], dims: Sequence[str]) -> list[list[float]]:
