@@ -442,3 +442,26 @@ def test_a_world_asked_for_more_items_than_it_has_says_so(tmp_path, caplog):
     repeated = manifest["counts"]["eval_repeated"]
     assert "story_request" in repeated and repeated["story_request"]["test"] < 400
     assert "story_request_test holds 400 items but only" in caplog.text
+
+
+def test_a_model_evaluated_on_another_world_than_its_own_is_warned(
+    small_cfg, session_root, small_data, small_specialists, capsys
+):  # fmt: skip
+    """Issue 27's open item: `stage=eval +eval.model=<a specialist of seed 0's world>` on the
+    world of another seed ran without a word. Its data stage is followed back from the model's
+    output (train -> data); on another world the console says so and the row records it."""
+    from conftest import SMALL_WORLD, compose
+    from hhh_bench.pipeline import run
+    from hhh_bench.stages.common import data_keys_of
+
+    model = next(p for p in (session_root / "train").iterdir() if not p.name.startswith("."))
+    assert data_keys_of(model) == {small_data["key"]}  # its own world
+    assert data_keys_of(session_root) == set()  # not a stage output: nothing known
+    out = run(compose([f"root={session_root}", "logger=none", "threads=1", *SMALL_WORLD,
+                       "data.world.seed=7", "stage=eval", f"+eval.model={model}"]))  # fmt: skip
+    said = capsys.readouterr().out
+    assert (
+        f"warning: eval.model={model} was trained on other data (data stage {small_data['key']})"
+        in said
+    )
+    assert out["eval"]["row"]["extra"]["trained_on_data"] == [small_data["key"]]

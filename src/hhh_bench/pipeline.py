@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.core import console
-from hhh_bench.stages.common import CACHE, load_option, log, model_identity, to_dict
+from hhh_bench.stages.common import (
+    CACHE,
+    data_keys_of,
+    load_option,
+    log,
+    model_identity,
+    to_dict,
+)
 from hhh_bench.validation import (
     check_nltk_data,
     check_threads,
@@ -342,6 +349,15 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     path = cfg.eval.get("model")
     if path:
         model = {"path": str(path), "key": f"path:{path}", "kind": "merge", "name": str(path)}
+        worlds = data_keys_of(str(path))
+        if worlds and data["key"] not in worlds:  # its scores would be on a world it never saw
+            model["trained_on_data"] = sorted(worlds)
+            console.say(
+                f"warning: eval.model={path} was trained on other data (data stage "
+                f"{', '.join(sorted(worlds))}) than this run evaluates it on ({data['key']}: "
+                f"seed={cfg.seed}); to score it on its own world, run with "
+                "that world's settings (its provenance.json under the data stage)"
+            )
     else:
         b = _base(cfg, data)
         model = {"path": b["path"], "key": b["key"], "kind": "base", "name": "base"}

@@ -140,3 +140,37 @@ def stage_dir(cfg: DictConfig, stage: str, key: str) -> Path:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def data_keys_of(path: str | Path) -> set[str]:
+    """The data stage outputs (their keys) a stage output was computed from: ``path``'s
+    enclosing output, then the inputs its ``key.json`` records, followed back to the data
+    stage (a merge: its specialists, their base, their data). Empty for a folder the cache did
+    not write (a user's model): nothing is known of its data."""
+    from hhh_bench.core.content import KEY_FILE, enclosing_output
+
+    held = enclosing_output(path)
+    if held is None:
+        return set()
+    root = held[0].parent.parent
+    keys: set[str] = set()
+    seen: set[Path] = set()
+    stack = [held[0]]
+    while stack:
+        out = stack.pop()
+        if out in seen:
+            continue
+        seen.add(out)
+        if out.parent.name == "data":
+            keys.add(out.name)
+            continue
+        try:
+            record = json.loads((out / KEY_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        for inp in record.get("inputs") or []:
+            p = Path(inp) if Path(inp).is_absolute() else root / inp
+            up = enclosing_output(p)
+            if up is not None:
+                stack.append(up[0])
+    return keys
