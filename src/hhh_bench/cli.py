@@ -220,14 +220,20 @@ def _list(argv: list[str]) -> int:
     return list_main(argv)
 
 
-def _plan(argv: list[str]) -> int:
-    from hhh_bench.planning import main as plan_main
-
+def _run_overrides(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """A subcommand that takes a run's overrides (``plan``, ``prefetch``): they are checked as
+    the Hydra form checks them (a folder of conf/ that is no group, Hydra's syntax) first."""
     overrides = [a for a in argv if not a.startswith("-")]
     check_not_groups(overrides)
     check_overrides(overrides)
     _offline_defaults()
-    return plan_main(argv)
+    return main(argv)
+
+
+def _plan(argv: list[str]) -> int:
+    from hhh_bench.planning import main as plan_main
+
+    return _run_overrides(plan_main, argv)
 
 
 def _export(argv: list[str]) -> int:
@@ -239,11 +245,7 @@ def _export(argv: list[str]) -> int:
 def _prefetch(argv: list[str]) -> int:
     from hhh_bench.prefetching import main as prefetch_main
 
-    overrides = [a for a in argv if not a.startswith("-")]
-    check_not_groups(overrides)
-    check_overrides(overrides)
-    _offline_defaults()
-    return prefetch_main(argv)
+    return _run_overrides(prefetch_main, argv)
 
 
 def _merge(argv: list[str]) -> int:
