@@ -6,6 +6,7 @@ the command line; these keep them inside ``make test`` (and its coverage)."""
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 import torch
@@ -465,3 +466,114 @@ def test_a_model_evaluated_on_another_world_than_its_own_is_warned(
         in said
     )
     assert out["eval"]["row"]["extra"]["trained_on_data"] == [small_data["key"]]
+
+
+# -- the seventh independent battery (283 cases on 4068c9b): each finding a contract -------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pipeline.base_seed=-1"], r"pipeline.base_seed=-1 must be an integer in \[0, 2\*\*32 - 1\]"),
+        (["data.noise.seed=-3"], r"data.noise.seed=-3 must be an integer"),
+        (["train.seed=-1"], r"train.seed=-1 must be an integer"),
+        (["train.loss_type=[sigmoid,sft]", "train.loss_weights=[0,0]"], r"every weight is 0"),
+        (["model.path=/some/base"], r"model.path='/some/base' is for model.kind=hub"),
+        (["model.revision=main"], r"model.revision='main' is for model.kind=hub"),
+        (["model.spec.initializer_range=-1"], r"model.spec.initializer_range must be a number > 0"),
+        (["model.spec.initializer_range=0"], r"model.spec.initializer_range must be a number > 0"),
+        (["model.spec.tie_word_embeddings=1"], r"model.spec.tie_word_embeddings must be true or false"),
+        (["data.world.popular_value_weight=inf"], r"data.world.popular_value_weight must be in \(0, 1e6\]"),
+        (["data.world.popular_value_weight=1e308"], r"data.world.popular_value_weight must be in"),
+        (["pipeline.merge_grid.task_arithmetic.scaling=[1.0,1.0]"], r"task_arithmetic.scaling=\[1.0, 1.0\] repeats a value"),
+        (["eval.include_paths=[/nonexistent]"], r"eval.include_paths: '/nonexistent' is not a folder"),
+        (["stage=merge", "merge=slerp"], r"merge \(method 'slerp', data.dimensions: one specialist each\): .* got 3"),
+    ],
+)  # fmt: skip
+def test_battery7_values_refused_by_name_before_any_stage(overrides, message):
+    """Silent-wrong values, a traceback from transformers' strict config and refusals that came
+    after minutes of unasked training: each refused when the config is checked, naming it."""
+    from conftest import compose
+    from hhh_bench.pipeline import prepare
+
+    with pytest.raises(ValueError, match=message):
+        prepare(compose(overrides))
+
+
+def test_battery7_an_initializer_range_written_as_an_integer_builds():
+    from hhh_bench.models.tiny import TinyModelSpec, build_tiny_model
+    from hhh_bench.models.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer(["a", "b"], model_max_length=16)
+    model = build_tiny_model(TinyModelSpec(initializer_range=1, max_position_embeddings=16), tok)
+    assert model.config.initializer_range == 1.0
+
+
+def test_battery7_cache_gc_removes_nothing_it_cannot_vouch_for(tmp_path, capsys):
+    """DATA-LOSS: an unreadable store (a folder) was read as empty and every output removed;
+    folders with a key.json naming no stage or key, and no checksums.json, were removed too."""
+    from hhh_bench.cachetool import main
+
+    (tmp_path / "train" / "run1").mkdir(parents=True)
+    (tmp_path / "train" / "run1" / "key.json").write_text("{}")
+    (tmp_path / "eval" / "abc").mkdir(parents=True)
+    (tmp_path / "eval" / "abc" / "key.json").write_text('{"stage": "eval", "key": "abc"}')
+    assert main(["gc", str(tmp_path), "--yes"]) == 0
+    assert (tmp_path / "train" / "run1").is_dir() and (tmp_path / "eval" / "abc").is_dir()
+    assert "2 folder(s) kept that are not outputs this cache wrote" in capsys.readouterr().out
+    (tmp_path / "results.jsonl").mkdir()
+    assert main(["gc", str(tmp_path), "--yes"]) == 2
+    assert "results.jsonl exists but is not a readable file" in capsys.readouterr().err
+
+
+def test_battery7_hhh_bench_merge_never_writes_inside_a_stage_output(tmp_path):
+    """DATA-LOSS: `hhh-bench merge CONFIG OUT --overwrite` with OUT a pipeline merge's model
+    folder replaced it (and a new OUT inside a data output changed that output)."""
+    import json
+
+    from hhh_bench.mergeyaml import check_out_dir
+
+    out = tmp_path / "merge" / "abc"
+    (out / "model").mkdir(parents=True)
+    (out / "key.json").write_text(json.dumps({"stage": "merge", "key": "abc"}))
+    (out / "checksums.json").write_text("{}")
+    for target in (out / "model", out / "new" / "merged", out):
+        with pytest.raises(ValueError, match="lies inside the finished stage output"):
+            check_out_dir(target)
+    check_out_dir(tmp_path / "elsewhere")
+
+
+def test_battery7_command_line_refusals_are_one_line(tmp_path):
+    """Tracebacks: a group set to null (Hydra's own ValueError), a sweeper key without a sweeper
+    (AssertionError); a verbose flag before a subcommand; a root inside a run's stage folder."""
+    from conftest import run_cli
+    from hhh_bench.cli import check_root_value
+
+    out = run_cli("stage=data", "data=null", f"root={tmp_path / 'r'}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "refused before any job: ValueError: Config group override must be" in out.stderr
+    out = run_cli("--verbose", "list", "methods", cwd=tmp_path)
+    assert out.returncode == 0 and "merge methods" in out.stdout
+    (tmp_path / "run" / "eval").mkdir(parents=True)
+    (tmp_path / "run" / "results.jsonl").write_text("")
+    with pytest.raises(ValueError, match="the eval stage folder of the run root"):
+        check_root_value(str(tmp_path / "run" / "eval"))
+
+
+def test_battery7_a_closed_console_pipe_does_not_stop_the_run():
+    """`hhh-bench ... | head -1`: the reader leaves, the run goes on (its log keeps every
+    line); it failed with a BrokenPipeError named as a stage write error."""
+    from hhh_bench.core import console
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    saved = console._S.out
+    console._S.out = Closed()
+    try:
+        console.say("a line")  # no exception
+        assert console._S.out.name == os.devnull
+        console.say("another")
+    finally:
+        console._S.out = saved

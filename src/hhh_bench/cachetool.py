@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hhh_bench.core.content import KEY_FILE, root_hash_cache, verify
+from hhh_bench.core.content import KEY_FILE, MANIFEST, root_hash_cache, verify
 from hhh_bench.core.stagecache import STAGE_VERSIONS, misplaced
 
 STORES = ("results.jsonl", "diagnostics.jsonl")
@@ -41,6 +41,12 @@ def _store_refs(root: Path) -> set[str]:
     for name in STORES:
         store = root / name
         if not store.is_file():
+            if store.exists() or store.is_symlink():  # a folder, a broken link: unreadable
+                raise ValueError(
+                    f"{store} exists but is not a readable file, so what its rows refer to is "
+                    "unknown; gc removes nothing until it is (restore it, or remove it if the "
+                    "run has no rows)"
+                )
             continue
         lines = store.read_text(errors="replace").split("\n")
         for num, line in enumerate(lines, 1):
@@ -78,6 +84,11 @@ def unreferenced(root: Path) -> tuple[list[Path], int]:
         try:
             record = json.loads((out / KEY_FILE).read_text())
         except (OSError, ValueError):
+            record = None
+        if (not isinstance(record, dict) or record.get("stage") != out.parent.name
+                or record.get("key") != out.name or not (out / MANIFEST).is_file()):  # fmt: skip
+            # not an output this cache wrote where it lies (an older one, or a user's folder):
+            # never removed
             unknown += 1
             referenced.add(out.relative_to(root).as_posix())
             continue
@@ -137,7 +148,9 @@ def cmd_gc(root: Path, yes: bool) -> int:
         print(("removed " if yes else "unreferenced ") + str(o))
         if yes:
             shutil.rmtree(o)
-    note = f"; {unknown} output(s) without {KEY_FILE} (older hhh-bench) kept" if unknown else ""
+    note = (f"; {unknown} folder(s) kept that are not outputs this cache wrote there (no "
+            f"{KEY_FILE} naming their stage and key, or no {MANIFEST}: an older hhh-bench's, or "
+            "not hhh-bench's)" if unknown else "")  # fmt: skip
     verb = "removed" if yes else "nothing refers to (remove with --yes)"
     print(f"cache gc {root}: {len(loose)} stage output(s) {verb}{note}")
     return 0

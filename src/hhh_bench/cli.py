@@ -419,6 +419,15 @@ def unknown_key_line(hydra_text: str, argv: list[str]) -> str | None:
     )
 
 
+def untraced(text: str) -> str:
+    """Hydra's refusal of a command line as one line: a Python traceback it printed (an
+    override Hydra's own code trips on, ``data=null``) reduced to its last line."""
+    if "Traceback (most recent call last)" not in text or _verbose():
+        return text
+    last = [x for x in text.strip().splitlines() if x.strip()][-1].strip()
+    return f"hhh-bench: error: the command line was refused before any job: {last}\n"
+
+
 def check_root(argv: list[str]) -> None:
     """Exit 2 naming ``root=...`` of ``argv`` when it cannot be a run's root (a regular file, a
     path under one, a folder this user cannot write to): Hydra creates its log folder there
@@ -475,12 +484,23 @@ def check_root_value(value: str) -> None:
             f"root={value!r}: '~' is not expanded here (it would make a folder named '~' in the "
             f"current folder); write the full path, e.g. root={Path(value).expanduser()}"
         )
+    from hhh_bench.core.stagecache import STAGE_VERSIONS
+
     p = Path(value).resolve()
     for folder in (p, *p.parents):
         if (folder / "key.json").is_file() or (folder / "checksums.json").is_file():
             raise ValueError(
                 f"root={value!r} lies inside {str(folder)!r}, a finished stage output: a run "
                 "writing there would change it; give a root outside any run's stage folders"
+            )
+        run_root = folder.parent
+        if folder.name in (*STAGE_VERSIONS, "stats") and (
+            (run_root / "results.jsonl").exists() or (run_root / "hydra").is_dir()
+        ):
+            raise ValueError(
+                f"root={value!r} lies inside {str(folder)!r}, the {folder.name} stage folder of "
+                f"the run root {str(run_root)!r}: its outputs would be mixed with that run's; "
+                "give a root outside any run's stage folders"
             )
 
 
@@ -489,6 +509,10 @@ def main() -> None:
     one line and the shell's status for an interrupt (130), not a traceback."""
     try:
         _main()
+    except BrokenPipeError:  # `hhh-bench ... | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141) from None
     except KeyboardInterrupt:
         if _verbose():
             raise
@@ -518,6 +542,9 @@ def _job(cfg: Any) -> float | None:
 
 
 def _main() -> None:
+    while len(sys.argv) > 2 and sys.argv[1] in VERBOSE_FLAGS and sys.argv[2] in SUBCOMMANDS:
+        os.environ["HHH_VERBOSE"] = "1"  # `hhh-bench -v list`: the flag before the subcommand
+        del sys.argv[1]
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
     check_not_groups(sys.argv[1:])
@@ -549,9 +576,17 @@ def _main() -> None:
             # syntax), printed by Hydra before any job: a bad input like any other, exit 2
             if e.code == 1 and not _ENTERED:
                 text = held.take()
-                print(unknown_key_line(text, sys.argv[1:]) or text, end="", file=real)
+                print(unknown_key_line(text, sys.argv[1:]) or untraced(text), end="", file=real)
                 raise SystemExit(2) from None
             raise
+        except Exception as e:  # Hydra refused the overrides before any job (data=null, ...)
+            if _ENTERED or _verbose():
+                raise
+            held.take()
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"hhh-bench: error: the command line was refused before any job: "
+                  f"{type(e).__name__}: {first}", file=real)  # fmt: skip
+            raise SystemExit(2) from None
         finally:
             held.release()
             sys.stderr = real

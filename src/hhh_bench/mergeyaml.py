@@ -722,6 +722,23 @@ def run(
     )
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """OUT_DIR lies inside no finished stage output (a pipeline's merged model, a data folder):
+    writing there would change an output its checksums and its store rows vouch for."""
+    from hhh_bench.core.content import enclosing_output
+
+    p = Path(out_dir).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    held = enclosing_output(p, depth=8)
+    if held is not None:
+        raise ValueError(
+            f"{out_dir} lies inside the finished stage output {held[0]}: a merge written there "
+            "would change an output its checksums and results rows vouch for; choose a folder "
+            "outside the run's stage folders"
+        )
+
+
 def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="hhh-bench merge",
@@ -745,6 +762,7 @@ def main(argv: Sequence[str]) -> int:
     if not 0 <= args.seed < 2**32:
         ap.error(f"argument --seed: {args.seed} is outside [0, 2**32 - 1]")
     try:
+        check_out_dir(args.out_dir)
         res = run(args.config, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
                   seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:

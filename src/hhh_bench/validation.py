@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +82,15 @@ def check_eval(ecfg: Any) -> None:
             "+eval.model out to evaluate the pipeline's models"
         )
     check_model_folder(ecfg.model, "eval.model")
+    from hhh_bench.evaluation.suite import include_paths
+
+    for entry in include_paths({"include_paths": getattr(ecfg, "include_paths", None)}):
+        path = Path(entry).expanduser().resolve()
+        if not path.is_dir():  # before the base is trained, not when the eval stage reads it
+            raise ValueError(
+                f"eval.include_paths: {entry!r} is not a folder (resolved to {path}; a relative "
+                "path is taken from the directory hhh-bench was started in)"
+            )
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
 
@@ -275,9 +285,16 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if engine is not None:
             params.setdefault("device", engine.device)
         try:
-            get_method(m.method).make_params(**params)
+            checked = get_method(m.method).make_params(**params)
         except ValueError as e:
             raise ValueError(f"merge (method {m.method!r}): {e}") from None
+        n = len(m.models) if m.models else len(out["data"].dimensions) if "data" in out else 0
+        if n and cfg.get("stage") in ("merge", "merge_eval", "diagnose"):
+            try:  # the specialists it would merge, known before training any of them
+                get_method(m.method).check_models(n, checked)
+            except ValueError as e:
+                where = "merge.models" if m.models else "data.dimensions: one specialist each"
+                raise ValueError(f"merge (method {m.method!r}, {where}): {e}") from None
         check_weights(cfg, m)
     if "pipeline" in out:
         for method, spec in out["pipeline"].merge_grid.items():
@@ -291,11 +308,25 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     f"pipeline.merge_grid.{method}.{empty[0]} is an empty list: give at least one "
                     f"value, or drop the method with pipeline.merge_grid.{method}=null"
                 )
+            for k, v in zip(keys, values, strict=True):
+                seen = [json.dumps(x, sort_keys=True, default=str) for x in v]
+                if len(set(seen)) != len(seen):  # a point tried twice counts twice in "best of N"
+                    raise ValueError(
+                        f"pipeline.merge_grid.{method}.{k}={list(v)!r} repeats a value: each "
+                        "configuration is tried once (the report counts the configurations "
+                        "searched); list each value once"
+                    )
             defaults = method_defaults(method)
+            merge_cfg = cfg.get("merge") or {}
+            n = len(merge_cfg.get("models") or []) or (
+                len(out["data"].dimensions) if "data" in out else 0
+            )
             for combo in itertools.product(*values):
                 point = dict(zip(keys, combo, strict=True))
                 try:
-                    get_method(method).make_params(**{**defaults, **point})
+                    checked = get_method(method).make_params(**{**defaults, **point})
+                    if n and cfg.get("stage", "all") == "all":
+                        get_method(method).check_models(n, checked)
                 except ValueError as e:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
         _check_tuning(cfg)

@@ -231,7 +231,7 @@ VALUES = [
     # the fourth independent battery's (all accepted before, or named no key)
     case("data.world.seed=-5", "data.world.seed=-5", says="data.world.seed must be >= 0"),
     case("data.world.popular_value_weight=-1", "data.world.popular_value_weight=-1",
-         says=pattern("popular_value_weight must be > 0")),
+         says=pattern("popular_value_weight must be in (0, 1e6]")),
     case("data.world.sft_templates_per_fact=9", "data.world.sft_templates_per_fact=9",
          says=pattern("sft_templates_per_fact must be in [1, 5]")),
     case("trust_remote_code=maybe", "trust_remote_code=maybe",

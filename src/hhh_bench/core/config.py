@@ -46,6 +46,16 @@ def check_device(where: str, value: Any) -> None:
         raise ValueError(f"{where}={value!r} is not a device: use {DEVICE_FORMS}")
 
 
+def check_seed(where: str, value: Any) -> None:
+    """A seed numpy, torch and TRL all take: an integer in [0, 2**32 - 1] (Python's
+    ``random.Random(-3)`` draws what ``Random(3)`` does: a negative seed would silently repeat
+    another)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"{where}={value!r} must be an integer in [0, 2**32 - 1]")
+
+
 def _positive(group: str, name: str, value: float | int, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -160,6 +170,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _post(self, "train")
         check_device("train.device", self.device)
+        check_seed("train.seed", self.seed)
         for name in ("learning_rate", "batch_size", "grad_accum", "max_length", "logging_steps",
                      "num_processes"):  # fmt: skip
             _positive("train", name, getattr(self, name))
@@ -213,6 +224,11 @@ class TrainConfig:
             if len(self.loss_weights) != len(types_):
                 raise ValueError(
                     f"train.loss_weights has {len(self.loss_weights)} entries for loss_type {self.loss_type!r}"
+                )
+            if not any(self.loss_weights):
+                raise ValueError(
+                    f"train.loss_weights={list(self.loss_weights)!r}: every weight is 0, so the "
+                    "loss is 0 and training would leave θ0 unchanged; give one weight > 0"
                 )
 
 
@@ -276,6 +292,13 @@ class ModelConfig:
             raise ValueError("model.path must be a hub id or a folder when model.kind=hub")
         if self.kind == "tiny" and self.spec is None:
             raise ValueError("model.kind=tiny needs model.spec (the tiny model's shape)")
+        if self.kind == "tiny" and (self.path or self.revision):
+            which = "model.path" if self.path else "model.revision"
+            raise ValueError(
+                f"{which}={self.path or self.revision!r} is for model.kind=hub; model.kind=tiny "
+                "builds its model from model.spec and would ignore it: drop it, or load that "
+                "model with model.kind=hub"
+            )
         if self.dtype not in (None, "float32", "bfloat16", "float16", "auto"):
             raise ValueError(
                 f"model.dtype must be float32, bfloat16, float16, auto or null, got {self.dtype!r}"
@@ -562,6 +585,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _post(self, "pipeline")
+        check_seed("pipeline.base_seed", self.base_seed)
 
 
 @dataclass(frozen=True)
@@ -606,6 +630,7 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         _post(self, "data.noise")
+        check_seed("data.noise.seed", self.seed)
         if not 0.0 <= self.flip_rate <= 1.0:
             raise ValueError(f"data.noise.flip_rate must be in [0, 1], got {self.flip_rate}")
         if self.dimension is not None and self.dimension not in DIMENSIONS:

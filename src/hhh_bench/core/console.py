@@ -145,9 +145,22 @@ def plan(jobs: Sequence[tuple[str, str]]) -> None:
 def _write(stream: TextIO, text: str) -> None:
     with _S.lock:
         _clear()
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except BrokenPipeError:  # `hhh-bench ... | head`: the reader left; the run goes on,
+            _gone(stream)  # its lines still in the log file
+            return
         _draw()
+
+
+def _gone(stream: TextIO) -> None:
+    """A console stream whose reader left (a closed pipe): written to ``os.devnull`` from now on."""
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
+    if stream is _out():
+        _S.out = devnull
+    if stream is _err():
+        _S.err = devnull
 
 
 def say(text: str = "", *, level: int = NORMAL) -> None:
@@ -564,12 +577,14 @@ def _redirect(path: Path | None) -> Iterator[tuple[TextIO, TextIO]]:
         out.close_line()
         err.close_line()
         if fds:
-            real_out.flush()
-            real_err.flush()
+            for stream in (real_out, real_err):
+                with contextlib.suppress(BrokenPipeError):  # a reader that left (`| head`)
+                    stream.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
-            real_out.close()
-            real_err.close()
+            for stream in (real_out, real_err):
+                with contextlib.suppress(BrokenPipeError):
+                    stream.close()
             for fd in saved:
                 os.close(fd)
         sys.stdout, sys.stderr = orig_out, orig_err

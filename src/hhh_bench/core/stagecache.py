@@ -143,7 +143,7 @@ def _named_write_errors(out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is not None or e.errno is None:
+        if e.filename is not None or e.errno is None or isinstance(e, BrokenPipeError):
             raise
         raise OSError(e.errno, f"{e.strerror} (writing a stage output)", str(out)) from e
     except Exception as e:  # a library's own error around an OS error (safetensors' save_file)

@@ -165,9 +165,10 @@ class Toy3HConfig:
             )
         if self.seed < 0:
             raise ValueError(f"data.world.seed must be >= 0, got {self.seed}")
-        if not self.popular_value_weight > 0:
+        if not 0 < self.popular_value_weight <= 1e6:  # NaN and inf fail too
             raise ValueError(
-                f"popular_value_weight must be > 0 (a sampling weight), got "
+                f"data.world.popular_value_weight must be in (0, 1e6] (a sampling weight "
+                f"against the others' 1; their total must stay finite), got "
                 f"{self.popular_value_weight}"
             )
         if not 1 <= self.sft_templates_per_fact <= len(QUESTION_TEMPLATES):

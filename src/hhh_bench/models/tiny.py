@@ -23,12 +23,22 @@ class TinyModelSpec:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-        ):
+        ints = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings")  # fmt: skip
+        for name in ints:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"model.spec.{name} must be an integer, got {v!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(
+                f"model.spec.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}"
+            )
+        r = self.initializer_range
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float("inf"):
+            raise ValueError(
+                f"model.spec.initializer_range must be a number > 0 (the init's std), got {r!r}"
+            )
+        for name in ints[:4]:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.spec.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
@@ -48,7 +58,9 @@ def build_tiny_model(
     """A randomly initialised Llama model sized for ``tokenizer``, deterministic in ``seed``."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        **asdict(spec),  # every field of the spec is a LlamaConfig argument of the same name
+        # every field of the spec is a LlamaConfig argument of the same name (a float where
+        # transformers' strict config wants one: `initializer_range=1` is written as an int)
+        **{**asdict(spec), "initializer_range": float(spec.initializer_range)},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
