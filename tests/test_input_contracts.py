@@ -577,3 +577,20 @@ def test_battery7_a_closed_console_pipe_does_not_stop_the_run():
         console.say("another")
     finally:
         console._S.out = saved
+
+
+def test_battery7_a_mergekit_yaml_repeating_a_key_and_a_relative_path_that_is_no_hub_id(tmp_path):
+    """Silent-wrong: a YAML repeating `merge_method` ran the last one; unclear: a relative
+    folder path in merge.models was read as a hub id ("run huggingface-cli download ...")."""
+    from hhh_bench.mergeyaml import MergekitConfigError, load_config
+    from hhh_bench.validation import check_model_folder
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("merge_method: task_arithmetic\nmerge_method: ties\nmodels: []\n")
+    with pytest.raises(MergekitConfigError, match="the key 'merge_method' appears twice"):
+        load_config(cfg, lambda m: None)
+    with pytest.raises(
+        ValueError, match=r"merge.models\[0\]='runs/x/train/abc' does not exist .* no hub id"
+    ):
+        check_model_folder("runs/x/train/abc", "merge.models[0]")
+    check_model_folder("org/model", "merge.models[0]")  # a hub id: the stage resolves it

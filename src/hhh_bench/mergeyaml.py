@@ -369,13 +369,29 @@ def _params(x: Any, where: str) -> dict[str, Any]:
     return dict(x)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last one:
+    `merge_method: task_arithmetic` then `merge_method: ties` would run ties without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, num_layers: Callable[[str], int | None]) -> MergekitConfig:
     """Read and check a mergekit YAML (``num_layers(model)``: a model's layer count, for
     ``slices``). Raise :class:`MergekitConfigError` naming the first option that cannot run."""
     p = Path(path)
     try:
         text = p.read_text()
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as e:
         raise MergekitConfigError(f"{path}: cannot read the config ({e.strerror})") from None
     except yaml.YAMLError as e:

@@ -57,8 +57,15 @@ def check_model_folder(value: str | None, where: str) -> None:
         )
     p = Path(value)
     if not p.exists() and not p.is_symlink():
+        from hhh_bench.core.hubref import is_hub_id, split_ref
+
         if str(value).startswith(("/", ".")):
             raise ValueError(f"{where}={value!r} does not exist: give a model folder")
+        if not is_hub_id(split_ref(str(value))[0]):  # `runs/x/train/abc`: a path, not an id
+            raise ValueError(
+                f"{where}={value!r} does not exist (a relative path is taken from "
+                f"{Path.cwd()}) and is no hub id (owner/name): give a model folder"
+            )
         return
     if not p.is_dir():
         raise ValueError(f"{where}={value!r} is a file, not a model folder")
