@@ -594,3 +594,39 @@ def test_battery7_a_mergekit_yaml_repeating_a_key_and_a_relative_path_that_is_no
     ):
         check_model_folder("runs/x/train/abc", "merge.models[0]")
     check_model_folder("org/model", "merge.models[0]")  # a hub id: the stage resolves it
+
+
+def test_battery7_rows_of_another_world_or_selection_split_are_not_pooled_as_seeds():
+    """Silent-wrong: a store holding seed 0 of conflict_rate 0.2 and seed 1 of conflict_rate 0
+    reported one row "over 2 paired seeds"; runs choosing on validation and on test were mixed
+    in the answer. Rows carry `world_key` (the data config less the values that follow the seed,
+    and the splits); rows differing in it are separate rows of the table."""
+    from conftest import SMALL_WORLD, compose
+    from hhh_bench.stages.common import world_key
+    from hhh_bench.tracking.entries import configuration
+
+    base = [*SMALL_WORLD]
+    k0, k1 = world_key(compose([*base, "seed=0"])), world_key(compose([*base, "seed=1"]))
+    assert k0 == k1  # the world's seed follows the run's: seeds of one configuration
+    assert world_key(compose([*base, "data.world.conflict_rate=0"])) != k0
+    assert world_key(compose([*base, "eval.select_split=test"])) != k0
+    row = {"kind": "merge", "name": "ties", "method": "ties", "params": {"density": 0.5}}
+    same = configuration({**row, "seed": 0, "world_key": k0}) == configuration(
+        {**row, "seed": 1, "world_key": k1}
+    )
+    other = configuration({**row, "world_key": k0}) == configuration({**row, "world_key": "x"})
+    assert same and not other
+
+
+def test_battery7_the_world_key_of_public_sets_is_the_same_for_every_seed():
+    """`data=paper_3h` has a fixed `data.seed: 0` (its caps and holdout draw): not a value
+    that follows the run's seed, so it stays in the key, and seeds 0 and 1 still pool."""
+    from conftest import compose
+    from hhh_bench.stages.common import world_key
+
+    assert world_key(compose(["data=paper_3h", "seed=0"])) == world_key(
+        compose(["data=paper_3h", "seed=1"])
+    )
+    assert world_key(compose(["data=paper_3h", "data.seed=1"])) != world_key(
+        compose(["data=paper_3h"])
+    )

@@ -93,6 +93,29 @@ def run_config_hash(cfg: DictConfig) -> str | None:
     return config_hash(full)
 
 
+def world_key(cfg: DictConfig) -> str:
+    """What rows must share besides their configuration to be seeds of one another: the data
+    config less the values that follow the seed (``data.world.seed: ${seed}``, a noise seed
+    equal to it) and the splits that choose and report. Two runs of another world (a
+    ``conflict_rate``) or another selection split are never pooled as seeds."""
+
+    def strip(node: Any, raw: Any) -> Any:
+        """``node`` less the entries whose unresolved value is ``${seed}``."""
+        if isinstance(node, dict):
+            raw = raw if isinstance(raw, dict) else {}
+            return {k: strip(v, raw.get(k)) for k, v in node.items()
+                    if not (isinstance(raw.get(k), str) and raw[k].strip() == "${seed}")}  # fmt: skip
+        if isinstance(node, list):
+            raw = raw if isinstance(raw, list) else [None] * len(node)
+            return [strip(v, r) for v, r in zip(node, raw, strict=False)]
+        return node
+
+    raw = OmegaConf.to_container(cfg.data, resolve=False) if isinstance(cfg, DictConfig) else {}
+    data = strip(to_dict(cfg.data), raw)
+    splits = {k: cfg.eval.get(k) for k in ("select_split", "report_split")}
+    return config_hash({"data": data, "splits": splits}, length=12)
+
+
 def model_identity(path: str, revision: str | None = None) -> str:
     """Content identity of a model input for stage keys: a local folder's (or file's) content
     (:func:`hhh_bench.core.content.folder_identity`: every file it holds, verified against its

@@ -37,6 +37,7 @@ from hhh_bench.stages.common import (
     model_identity,
     run_config_hash,
     to_dict,
+    world_key,
 )
 from hhh_bench.tracking.diagnostics_view import attach_scores
 
@@ -141,7 +142,8 @@ def run_eval(
     scores.update(more)
     judged_fields.update(row_fields)
     about = {"experiment": cfg.name, "suite": cfg.eval.name, "metric": cfg.eval.metric,
-             "seed": int(cfg.seed), "config_hash": run_config_hash(cfg)}  # fmt: skip
+             "seed": int(cfg.seed), "config_hash": run_config_hash(cfg),
+             "world_key": world_key(cfg)}  # fmt: skip
     row = build_row(
         about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
         scores=scores, specs=specs, eval_seconds=run.info["seconds"],

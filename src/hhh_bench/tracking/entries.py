@@ -120,6 +120,8 @@ def configuration(row: Mapping[str, Any]) -> str:
     (the all-models table says "varies by seed")."""
     key: dict[str, Any] = {k: row.get(k) for k in CONFIG_FIELDS}
     key["train_dimensions"] = sorted(str(d) for d in row.get("train_dimensions") or [])
+    if row.get("world_key"):  # another world, another selection split: never pooled as seeds
+        key["world"] = row["world_key"]
     if (row.get("extra") or {}).get("selected_on"):
         key["selected"] = True
     else:

@@ -788,6 +788,7 @@ def build_row(
         "train_dimensions": list(model.get("train_dimensions") or []),
         "seed": model.get("seed", run.get("seed")),
         "config_hash": model.get("config_hash") or run.get("config_hash"),
+        "world_key": run.get("world_key"),
         "model_key": model["key"],
         "data_key": (data or {}).get("key"),
         "eval_key": key,
