@@ -488,6 +488,8 @@ def test_a_model_evaluated_on_another_world_than_its_own_is_warned(
         (["pipeline.merge_grid.task_arithmetic.scaling=[1.0,1.0]"], r"task_arithmetic.scaling=\[1.0, 1.0\] repeats a value"),
         (["eval.include_paths=[/nonexistent]"], r"eval.include_paths: '/nonexistent' is not a folder"),
         (["stage=merge", "merge=slerp"], r"merge \(method 'slerp', data.dimensions: one specialist each\): .* got 3"),
+        (["+eval.metrics.nosuch=acc"], r"eval.metrics.nosuch: no task 'nosuch' in the suite"),
+        (["stage=train", "mix=sequential", "mix.order=[helpful,honest]"], r"mix.order must list each mixed dimension"),
     ],
 )  # fmt: skip
 def test_battery7_values_refused_by_name_before_any_stage(overrides, message):
@@ -630,3 +632,20 @@ def test_battery7_the_world_key_of_public_sets_is_the_same_for_every_seed():
     assert world_key(compose(["data=paper_3h", "data.seed=1"])) != world_key(
         compose(["data=paper_3h"])
     )
+
+
+def test_battery7_a_quoted_number_in_a_mergekit_yaml_and_a_lora_training_output(tmp_path):
+    """Unclear: `density: '0.5'` got a range message for a value in range (it is a string); a
+    LoRA specialist's train folder given as a model was "no config.json" without the way out."""
+    from hhh_bench.mergeyaml import MergekitConfigError, _params
+    from hhh_bench.validation import check_model_folder
+
+    with pytest.raises(
+        MergekitConfigError, match="parameter 'density' is the string '0.5', not a number"
+    ):
+        _params({"density": "0.5"}, "models[0]")
+    assert _params({"density": 0.5, "note": "x"}, "models[0]") == {"density": 0.5, "note": "x"}
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is a LoRA training output: its adapter is in .*adapter"):
+        check_model_folder(str(tmp_path), "merge.models[0]")

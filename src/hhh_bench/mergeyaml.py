@@ -366,6 +366,16 @@ def _params(x: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(x, Mapping) or not all(isinstance(k, str) for k in x):
         raise MergekitConfigError(f"{where}: parameters must be a mapping of names to values")
+    for k, v in x.items():
+        if isinstance(v, str):  # `density: '0.5'`: quoted, a string, not the number it reads as
+            try:
+                float(v)
+            except ValueError:
+                continue
+            raise MergekitConfigError(
+                f"{where}: parameter {k!r} is the string {v!r}, not a number: write it "
+                f"unquoted ({k}: {v})"
+            )
     return dict(x)
 
 

@@ -71,6 +71,12 @@ def check_model_folder(value: str | None, where: str) -> None:
         raise ValueError(f"{where}={value!r} is a file, not a model folder")
     if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
         held = sorted(c.name for c in p.iterdir())[:8]
+        if (p / "adapter" / "adapter_config.json").is_file():  # a LoRA train stage output
+            raise ValueError(
+                f"{where}={value!r} is a LoRA training output: its adapter is in "
+                f"{p / 'adapter'}; give that folder (or train with train.merge_adapter=true "
+                "for full weights beside it)"
+            )
         raise ValueError(
             f"{where}={value!r} has no config.json (it holds {held}): give the folder a model's "
             "save_pretrained wrote, or a LoRA adapter's (adapter_config.json)"
@@ -540,6 +546,25 @@ def check_metrics(ecfg: Mapping[str, Any]) -> None:
     default = ecfg.get("metric") or "acc"
     overrides = {k: v for k, v in (ecfg.get("metrics") or {}).items() if v}
     suffixes = ("val", "test") if "{split}" in template else ("",)
+    suite = {t for tasks in (ecfg.get("dimensions") or {}).values() for t in tasks or {}}
+    suite |= {c.get("task") for c in (ecfg.get("columns") or {}).values() if isinstance(c, Mapping)}
+    shipped = {n.removesuffix("_val").removesuffix("_test") for n in known} | set(known)
+    from hhh_bench.core.paths import conf_dir
+
+    for option in (p.stem for p in (conf_dir() / "eval").glob("*.yaml")):  # lm-eval built-ins
+        shipped |= set(load_option("eval", option).get("metrics") or {})  # the suites name
+    for task in overrides:
+        if task not in suite and task not in shipped:  # `+eval.metrics.nosuch=acc`: a typo
+            import difflib
+
+            close = difflib.get_close_matches(task, sorted(suite), n=1)
+            hint = (
+                f"did you mean eval.metrics.{close[0]}?" if close else f"its tasks: {sorted(suite)}"
+            )
+            raise ValueError(
+                f"eval.metrics.{task}: no task {task!r} in the suite or shipped with hhh-bench, "
+                f"so the setting would do nothing ({hint})"
+            )
     for dim, tasks in (ecfg.get("dimensions") or {}).items():
         for task in tasks or {}:
             metric = overrides.get(task, default)

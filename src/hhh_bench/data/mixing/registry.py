@@ -343,6 +343,12 @@ def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix
         shares = getattr(p, "shares", None)
         if isinstance(shares, Mapping) and shares:
             check_shares(shares, dims)
+        order = getattr(p, "order", None)  # a curriculum's phases: every mixed dimension once
+        if order and (sorted(order) != sorted(dims) or len(set(order)) != len(order)):
+            raise ValueError(
+                f"mix.order must list each mixed dimension {list(dims)} exactly once, got "
+                f"{list(order)}"
+            )
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where} (strategy {name!r}): {e}") from None
 
