@@ -649,3 +649,26 @@ def test_battery7_a_quoted_number_in_a_mergekit_yaml_and_a_lora_training_output(
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"is a LoRA training output: its adapter is in .*adapter"):
         check_model_folder(str(tmp_path), "merge.models[0]")
+
+
+def test_battery7_a_copied_roots_cached_report_names_its_own_files(tmp_path):
+    """Silent-wrong: in a copy of a root, the cached report printed the original root's
+    report.md and figures (they still existed there)."""
+    import json
+
+    from hhh_bench.core.content import write_manifest
+    from hhh_bench.stages.report import _KEY_FILE, _cached
+
+    old, new = tmp_path / "orig" / "report", tmp_path / "copy" / "report"
+    for d in (old, new):
+        d.mkdir(parents=True)
+        for name in ("report.md", "radar.png", "pareto.png", "conflict.png", "sweep_ties.png"):
+            (d / name).write_text(name)
+    result = {k: str(old / f) for k, f in (("report_md", "report.md"), ("radar", "radar.png"),
+                                            ("pareto", "pareto.png"), ("conflict", "conflict.png"))}  # fmt: skip
+    result.update({"dir": str(old), "sweep_figures": {"ties": str(old / "sweep_ties.png")}})
+    (new / _KEY_FILE).write_text(json.dumps({"key": "k", "result": result}))
+    write_manifest(new, None)
+    got = _cached(new, "k")
+    assert got["report_md"] == str(new / "report.md") and got["dir"] == str(new)
+    assert got["sweep_figures"] == {"ties": str(new / "sweep_ties.png")}

@@ -147,7 +147,9 @@ def run_merge(
         log.info("merge: %s in %.1f s (sweep cache: %d hits, %d misses)", m.method, res.seconds,
                  res.cache_hits, res.cache_misses)  # fmt: skip
         _check_read_inputs(tmp / "model", payload)
-        return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diagnose())}
+        # out_dir as it will be once renamed into place (the temporary folder is gone by then)
+        return {**res.as_dict(), "method": m.method, **_attach(tmp / "model", diagnose()),
+                "out_dir": "model"}  # fmt: skip
 
     run = cached_stage(
         cfg.root, "merge", payload, compute, result_file="merge_result.json", seed=int(cfg.seed),

@@ -170,7 +170,16 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
         saved = json.loads((out / _KEY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    result = saved.get("result") or {}
+    result = dict(saved.get("result") or {})
+    # its files as they are in this folder (a copied or moved root: never the old root's)
+    for k in ("report_md", "radar", "pareto", "conflict"):
+        if result.get(k):
+            result[k] = str(out / Path(str(result[k])).name)
+    for figures in ("diagnostics_figures", "sweep_figures"):
+        if isinstance(result.get(figures), dict):
+            result[figures] = {n: str(out / Path(str(p)).name) for n, p in result[figures].items()}
+    if "dir" in result:
+        result["dir"] = str(out)
     if saved.get("key") != key or not Path(str(result.get("report_md"))).is_file():
         return None
     problems = verify(out).problems
