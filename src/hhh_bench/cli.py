@@ -8,7 +8,14 @@ hhh-bench -m experiment=merge_optuna     # an Optuna search (pip install -e '.[o
 hhh-bench cache verify runs/default      # a subcommand by name (SUBCOMMANDS); Hydra otherwise
 hhh-bench list methods                   # what a run can name
 hhh-bench merge ties.yaml out/           # a mergekit YAML, run with hhh-bench's methods
+hhh-bench plan experiment=paper_llama3   # every job, cached or to run, and its cost
+hhh-bench prefetch experiment=...        # what a run reads from the network, into the caches
+hhh-bench export runs/toy3h              # every evaluated item, to JSONL or Parquet
 hhh-bench --help                         # the subcommands, then Hydra's groups and config
+
+One concept: the command line as a user types it: what is checked before Hydra composes
+(overrides, root, ``-m``), the subcommands dispatched by name, and every refusal as one line
+with exit status 2 (Ctrl-C: 130) instead of a traceback.
 """
 
 from __future__ import annotations
