@@ -672,3 +672,17 @@ def test_battery7_a_copied_roots_cached_report_names_its_own_files(tmp_path):
     got = _cached(new, "k")
     assert got["report_md"] == str(new / "report.md") and got["dir"] == str(new)
     assert got["sweep_figures"] == {"ties": str(new / "sweep_ties.png")}
+
+
+def test_battery7_a_relative_model_folder_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Unclear: a mergekit YAML's `base_model: ../x` was "does not exist" without saying it is
+    taken from the working directory (mergekit's rule too), not the YAML's folder."""
+    from hhh_bench.merging.sources import resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=rf"'\.\./x' does not exist \(a relative path is taken from {tmp_path}"
+    ):
+        resolve_path("../x")
+    with pytest.raises(ValueError, match=r"'/no/such/x' does not exist$"):
+        resolve_path("/no/such/x")

@@ -102,7 +102,12 @@ def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path
             raise ValueError(f"{p}: expected a model folder, got a file")
         return p
     if str(path_or_id).startswith((".", "/", "~")) or p.is_symlink():
-        raise ValueError(f"model folder {str(path_or_id)!r} does not exist")
+        where = (
+            ""
+            if p.is_absolute()
+            else f" (a relative path is taken from {Path.cwd()}, where hhh-bench runs)"
+        )
+        raise ValueError(f"model folder {str(path_or_id)!r} does not exist{where}")
     path_or_id, pinned = split_ref(str(path_or_id))
     revision = revision or pinned
     try:
