@@ -686,3 +686,25 @@ def test_battery7_a_relative_model_folder_says_where_it_was_looked_for(tmp_path,
         resolve_path("../x")
     with pytest.raises(ValueError, match=r"'/no/such/x' does not exist$"):
         resolve_path("/no/such/x")
+
+
+def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_against_its_base(
+    tmp_path,
+):
+    """Silent-wrong: an adapter copied out of its train folder (no key.json above it) skipped
+    the θ0 check, though its adapter_config.json names the base it was trained on."""
+    import json
+
+    from hhh_bench.stages.common import model_identity
+    from hhh_bench.stages.merge import _check_same_base
+
+    a, b, adapter = tmp_path / "base_a", tmp_path / "base_b", tmp_path / "lora_copy"
+    for d, text in ((a, "a"), (b, "b"), (adapter, "")):
+        d.mkdir()
+        (d / "model.safetensors").write_text(text or "lora")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(a)}))
+    with pytest.raises(
+        ValueError, match=r"is a LoRA adapter trained on .*base_a.* not merge.base="
+    ):
+        _check_same_base(model_identity(str(b)), str(b), [str(adapter)])
+    _check_same_base(model_identity(str(a)), str(a), [str(adapter)])  # its own base: fine

@@ -193,6 +193,29 @@ def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:
     return {"diagnostics": str(path.name), "diagnostics_key": diag["key"]}
 
 
+def _check_adapter_base(i: int, model: str, base_identity: str, base: str) -> None:
+    """A LoRA adapter outside a train stage output names the base it was trained on
+    (``adapter_config.json``'s ``base_model_name_or_path``): when that folder is here and its
+    content is not merge.base's, the adapter's task vector is against another θ0."""
+    import json
+
+    config = Path(model) / "adapter_config.json"
+    if not config.is_file():
+        return
+    try:
+        recorded = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        return
+    if not isinstance(recorded, str) or not Path(recorded).is_dir():
+        return  # a hub id, or a folder not on this machine: nothing to compare
+    if model_identity(recorded) != base_identity:
+        raise ValueError(
+            f"merge.models[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
+            f"(its adapter_config.json), whose content is not merge.base={base!r}'s: its task "
+            "vector would be against another θ0; merge adapters trained on merge.base"
+        )
+
+
 def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> None:
     """Each specialist that is a train stage output (its folder, or the folder above an
     ``adapter/``, holds ``key.json``) was trained from this θ0: a task vector against another
@@ -205,6 +228,9 @@ def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> No
     for i, model in enumerate(models):
         folders = (Path(model), Path(model).parent)
         record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+        if record is None:  # a LoRA adapter copied out of its train folder: its own record
+            _check_adapter_base(i, model, base_identity, base)
+            continue
         try:
             key = json.loads(record.read_text()) if record is not None else {}
         except ValueError:
