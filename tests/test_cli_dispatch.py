@@ -220,7 +220,7 @@ def test_a_sweep_run_without_m_says_to_add_m_before_any_stage(tmp_path, monkeypa
 def test_the_hydra_form_runs_in_process_and_takes_the_verbose_flag(tmp_path, monkeypatch, capsys):
     """``hhh-bench -v stage=data ...`` through :func:`cli.main`: the flag is ours (removed
     before Hydra parses the arguments), the data stage writes its output under the root."""
-    monkeypatch.delenv("HHH_VERBOSE", raising=False)
+    monkeypatch.setenv("HHH_VERBOSE", "0")  # put back after the test (a delenv is not)
     monkeypatch.chdir(tmp_path)
     small = ["data.world.n_known.train=10", "data.world.n_known.validation=4",
              "data.world.n_known.test=4", "data.world.pairs_per_dimension=20",
