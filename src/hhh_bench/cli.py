@@ -432,7 +432,12 @@ def untraced(text: str) -> str:
     if "Traceback (most recent call last)" not in text or _verbose():
         return text
     last = [x for x in text.strip().splitlines() if x.strip()][-1].strip()
-    return f"hhh-bench: error: the command line was refused before any job: {last}\n"
+    return refused_line(last)
+
+
+def refused_line(detail: str) -> str:
+    """The one line of a command line Hydra refused before any job (its own error)."""
+    return f"hhh-bench: error: the command line was refused before any job: {detail}\n"
 
 
 def check_root(argv: list[str]) -> None:
@@ -491,15 +496,17 @@ def check_root_value(value: str) -> None:
             f"root={value!r}: '~' is not expanded here (it would make a folder named '~' in the "
             f"current folder); write the full path, e.g. root={Path(value).expanduser()}"
         )
+    from hhh_bench.core.content import output_above
     from hhh_bench.core.stagecache import STAGE_VERSIONS
 
+    held = output_above(value)
+    if held is not None:
+        raise ValueError(
+            f"root={value!r} lies inside {str(held)!r}, a finished stage output: a run "
+            "writing there would change it; give a root outside any run's stage folders"
+        )
     p = Path(value).resolve()
     for folder in (p, *p.parents):
-        if (folder / "key.json").is_file() or (folder / "checksums.json").is_file():
-            raise ValueError(
-                f"root={value!r} lies inside {str(folder)!r}, a finished stage output: a run "
-                "writing there would change it; give a root outside any run's stage folders"
-            )
         run_root = folder.parent
         if folder.name in (*STAGE_VERSIONS, "stats") and (
             (run_root / "results.jsonl").exists() or (run_root / "hydra").is_dir()
@@ -591,8 +598,7 @@ def _main() -> None:
                 raise
             held.take()
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"hhh-bench: error: the command line was refused before any job: "
-                  f"{type(e).__name__}: {first}", file=real)  # fmt: skip
+            print(refused_line(f"{type(e).__name__}: {first}"), end="", file=real)
             raise SystemExit(2) from None
         finally:
             held.release()

@@ -751,15 +751,12 @@ def run(
 def check_out_dir(out_dir: str | Path) -> None:
     """OUT_DIR lies inside no finished stage output (a pipeline's merged model, a data folder):
     writing there would change an output its checksums and its store rows vouch for."""
-    from hhh_bench.core.content import enclosing_output
+    from hhh_bench.core.content import output_above
 
-    p = Path(out_dir).resolve()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    held = enclosing_output(p, depth=8)
+    held = output_above(out_dir)
     if held is not None:
         raise ValueError(
-            f"{out_dir} lies inside the finished stage output {held[0]}: a merge written there "
+            f"{out_dir} lies inside the finished stage output {held}: a merge written there "
             "would change an output its checksums and results rows vouch for; choose a folder "
             "outside the run's stage folders"
         )

@@ -21,7 +21,7 @@ from typing import Any
 from hhh_bench.core.hubref import is_commit, is_hub_id, split_ref, walk_revisions
 
 
-def _merge_refs(merge: Any) -> list[tuple[str, str, Any]]:
+def merge_refs(merge: Any) -> list[tuple[str, str, Any]]:
     """``merge.base`` and ``merge.models`` hub ids, each pinned as ``<id>@<commit>``."""
     if not isinstance(merge, Mapping):
         return []
@@ -36,18 +36,17 @@ def _merge_refs(merge: Any) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _sources(data: Any) -> list[tuple[str, str, Any]]:
-    """The hub datasets of a ``data.kind=sources`` config (each source config resolved, its
-    overrides applied; a source with a local ``path`` downloads nothing)."""
+def hub_sources(data: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, source config)`` of every hub dataset of a ``data.kind=sources`` config (each
+    source config resolved, its overrides applied; a source with a local ``path`` downloads
+    nothing)."""
     if not isinstance(data, Mapping) or data.get("kind") != "sources":
         return []
     from hhh_bench.data.sources.build import resolve_source_entries
 
-    out = []
-    for dim, src, _cap in resolve_source_entries(data):
-        if src.get("hub_id") and not src.get("path"):
-            out.append((f"data.sources.{dim}: {src['name']}", src["hub_id"], src.get("revision")))
-    return out
+    return [(f"data.sources.{dim}: {src['name']}", src)
+            for dim, src, _cap in resolve_source_entries(data)
+            if src.get("hub_id") and not src.get("path")]  # fmt: skip
 
 
 def unpinned(cfg: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
@@ -56,8 +55,8 @@ def unpinned(cfg: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     found = [
         w[:3] for w in walk_revisions({k: v for k, v in cfg.items() if k not in ("merge", "hydra")})
     ]
-    found += _merge_refs(cfg.get("merge"))
-    found += _sources(cfg.get("data"))
+    found += merge_refs(cfg.get("merge"))
+    found += [(where, s["hub_id"], s.get("revision")) for where, s in hub_sources(cfg.get("data"))]
     out, seen = [], set()
     for where, ident, rev in found:
         if not is_commit(rev) and (where, ident) not in seen:

@@ -142,14 +142,12 @@ def model_config(cfg: Mapping[str, Any], base: Mapping[str, Any] | None,
         if folder and (Path(str(folder)) / "config.json").is_file():
             return json.loads((Path(str(folder)) / "config.json").read_text()), str(folder)
     if model.get("kind") == "hub" and model.get("path"):
-        from huggingface_hub import try_to_load_from_cache
-
-        from hhh_bench.core.hubref import split_ref
+        from hhh_bench.core.hubref import cached_config, split_ref
 
         ident, pinned = split_ref(str(model["path"]))
-        hit = try_to_load_from_cache(ident, "config.json", revision=model.get("revision") or pinned)
-        if isinstance(hit, str):
-            return json.loads(Path(hit).read_text()), f"the HF cache ({ident})"
+        hit = cached_config(ident, model.get("revision") or pinned)
+        if hit is not None:
+            return json.loads(hit.read_text()), f"the HF cache ({ident})"
     asset = Path(__file__).parent / "models" / "standin_assets" / f"{model.get('name')}.json"
     if asset.is_file():
         return json.loads(asset.read_text()), f"the public config.json ({asset.name})"

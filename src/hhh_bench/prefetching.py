@@ -51,6 +51,7 @@ class Resource:
 def resources(cfg: Mapping[str, Any]) -> list[Resource]:
     """Every remote resource of the prepared run config ``cfg`` (a plain mapping), each once."""
     from hhh_bench.core.hubref import is_hub_id, split_ref
+    from hhh_bench.pins import hub_sources, merge_refs
     from hhh_bench.validation import NLTK_DATA_OF_TASKS
 
     out: list[Resource] = []
@@ -66,10 +67,8 @@ def resources(cfg: Mapping[str, Any]) -> list[Resource]:
     m = cfg.get("model") or {}
     if m.get("kind") == "hub":
         model("model.path", m.get("path"), m.get("revision"), bool(cfg.get("trust_remote_code")))
-    merge = cfg.get("merge") or {}
-    model("merge.base", merge.get("base"))
-    for i, x in enumerate(merge.get("models") or []):
-        model(f"merge.models[{i}]", x)
+    for where, ident, rev in merge_refs(cfg.get("merge")):
+        model(where, ident, rev)
     for name, j in ((cfg.get("eval") or {}).get("judges") or {}).items():
         if isinstance(j, Mapping):
             model(f"eval.judges.{name}", j.get("model"), j.get("revision"),
@@ -83,14 +82,9 @@ def resources(cfg: Mapping[str, Any]) -> list[Resource]:
             model(f"{where}.scorer_args", a.get("model"), a.get("revision"),
                   bool(a.get("trust_remote_code")))  # fmt: skip
     data = cfg.get("data") or {}
-    if data.get("kind") == "sources":
-        from hhh_bench.data.sources.build import resolve_source_entries
-
-        for dim, src, _cap in resolve_source_entries(data):
-            if src.get("hub_id") and not src.get("path"):
-                out.append(Resource("dataset", src["hub_id"], src.get("revision"),
-                                    f"data.sources.{dim}: {src['name']}",
-                                    {"source": src, "cache_dir": data.get("cache_dir")}))  # fmt: skip
+    for where, src in hub_sources(data):
+        out.append(Resource("dataset", src["hub_id"], src.get("revision"), where,
+                            {"source": src, "cache_dir": data.get("cache_dir")}))  # fmt: skip
     e = cfg.get("eval") or {}
     tasks = {t for ts in (e.get("dimensions") or {}).values() for t in (ts or {})}
     tasks |= {c.get("task") for c in (e.get("columns") or {}).values() if isinstance(c, Mapping)}
@@ -114,9 +108,9 @@ def resources(cfg: Mapping[str, Any]) -> list[Resource]:
 def present(r: Resource) -> bool:
     """Whether ``r`` is on this machine (the caches, the file system), checked offline."""
     if r.kind == "model":
-        from huggingface_hub import try_to_load_from_cache
+        from hhh_bench.core.hubref import cached_config
 
-        return isinstance(try_to_load_from_cache(r.ident, "config.json", revision=r.revision), str)
+        return cached_config(r.ident, r.revision) is not None
     if r.kind == "file":
         return Path(r.ident).is_file()
     if r.kind == "nltk":

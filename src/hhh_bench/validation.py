@@ -95,15 +95,13 @@ def check_eval(ecfg: Any) -> None:
             "+eval.model out to evaluate the pipeline's models"
         )
     check_model_folder(ecfg.model, "eval.model")
+    from hhh_bench.evaluation.harness import user_folders
     from hhh_bench.evaluation.suite import include_paths
 
-    for entry in include_paths({"include_paths": getattr(ecfg, "include_paths", None)}):
-        path = Path(entry).expanduser().resolve()
-        if not path.is_dir():  # before the base is trained, not when the eval stage reads it
-            raise ValueError(
-                f"eval.include_paths: {entry!r} is not a folder (resolved to {path}; a relative "
-                "path is taken from the directory hhh-bench was started in)"
-            )
+    try:  # before the base is trained, not when the eval stage reads them
+        user_folders(include_paths({"include_paths": getattr(ecfg, "include_paths", None)}))
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
 
@@ -284,6 +282,10 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             )
     from hhh_bench.merging import get_method, method_defaults
 
+    # the finetuned models a merge of this run takes: merge.models, else one specialist per
+    # dimension (known before any is trained)
+    given = (cfg.get("merge") or {}).get("models") or []
+    n_models = len(given) or (len(out["data"].dimensions) if "data" in out else 0)
     if "merge" in out:
         m = out["merge"]
         kept, dropped = method_knobs(m.method, m.params)
@@ -301,10 +303,9 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             checked = get_method(m.method).make_params(**params)
         except ValueError as e:
             raise ValueError(f"merge (method {m.method!r}): {e}") from None
-        n = len(m.models) if m.models else len(out["data"].dimensions) if "data" in out else 0
-        if n and cfg.get("stage") in ("merge", "merge_eval", "diagnose"):
-            try:  # the specialists it would merge, known before training any of them
-                get_method(m.method).check_models(n, checked)
+        if n_models and cfg.get("stage") in ("merge", "merge_eval", "diagnose"):
+            try:
+                get_method(m.method).check_models(n_models, checked)
             except ValueError as e:
                 where = "merge.models" if m.models else "data.dimensions: one specialist each"
                 raise ValueError(f"merge (method {m.method!r}, {where}): {e}") from None
@@ -330,16 +331,12 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                         "searched); list each value once"
                     )
             defaults = method_defaults(method)
-            merge_cfg = cfg.get("merge") or {}
-            n = len(merge_cfg.get("models") or []) or (
-                len(out["data"].dimensions) if "data" in out else 0
-            )
             for combo in itertools.product(*values):
                 point = dict(zip(keys, combo, strict=True))
                 try:
                     checked = get_method(method).make_params(**{**defaults, **point})
-                    if n and cfg.get("stage", "all") == "all":
-                        get_method(method).check_models(n, checked)
+                    if n_models and cfg.get("stage", "all") == "all":
+                        get_method(method).check_models(n_models, checked)
                 except ValueError as e:
                     raise ValueError(f"pipeline.merge_grid.{method} {point}: {e}") from None
         _check_tuning(cfg)
@@ -752,15 +749,13 @@ def check_hub_model(path: str, revision: str | None) -> None:
     online, the hub answers for it: otherwise refused before any work, naming the id (offline,
     the command that fetches it; online, the error and the offline switch), instead of
     transformers' own error from deep inside the base stage."""
-    from hhh_bench.core.hubref import split_ref
+    from hhh_bench.core.hubref import cached_config, split_ref
 
     if Path(path).expanduser().exists():
         return
     ident, pinned = split_ref(str(path))
     rev = revision or pinned
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(ident, "config.json", revision=rev), str):
+    if cached_config(ident, rev) is not None:
         return
     fetch = f"`hf download {ident}{f' --revision {rev}' if rev else ''}`"
     if os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -390,6 +390,17 @@ def mismatch_error(folder: str | Path, problems: list[str], hint: str = "") -> C
     )
 
 
+def output_above(path: str | Path) -> Path | None:
+    """The folder holding ``key.json`` or ``checksums.json`` (a finished stage output, in place
+    or copied) that ``path`` is or lies inside, at any depth, else None: a folder a run or a
+    merge must not write into (writing there would change an output its checksums vouch for)."""
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        if (folder / KEY_FILE).is_file() or (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
 def enclosing_output(path: str | Path, depth: int = 3) -> tuple[Path, str] | None:
     """The finished stage output holding ``path`` (``path`` itself or one of its ``depth``
     parents has a manifest and lies where the cache wrote it) and ``path``'s place inside it,

@@ -65,6 +65,16 @@ def walk_revisions(node: Any, where: str = "") -> list[tuple[str, str, Any, str]
     return found
 
 
+def cached_config(ident: str, revision: Any = None) -> Path | None:
+    """The ``config.json`` of hub repository ``ident`` at ``revision`` (null: ``main``) in the
+    local HF cache, or None when the cache does not hold it: whether a model or judge is on
+    this machine, asked offline."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(ident, "config.json", revision=revision or None)
+    return Path(hit) if isinstance(hit, str) else None
+
+
 def resolved_commit(ident: str, revision: Any, repo_type: str = "model") -> str | None:
     """The commit the local HF cache holds for ``ident`` at ``revision`` (a branch or tag:
     its ``refs/<revision>`` file; null: ``main``), or None when the cache has no such ref."""

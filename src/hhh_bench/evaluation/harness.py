@@ -130,7 +130,7 @@ def shipped_tasks() -> dict[str, dict[str, Any]]:
     return find_tasks(TASKS_DIR)
 
 
-def _user_folders(include_paths: Sequence[str | Path]) -> list[Path]:
+def user_folders(include_paths: Sequence[str | Path]) -> list[Path]:
     """The user task folders as resolved paths; a missing one is an error that names it."""
     if isinstance(include_paths, (str, Path)):
         raise TypeError(
@@ -161,7 +161,7 @@ def user_tasks(include_paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]
     """
     shipped = shipped_tasks()
     out: dict[str, dict[str, Any]] = {}
-    for folder in _user_folders(include_paths):
+    for folder in user_folders(include_paths):
         found = find_tasks(folder)
         if not found:
             raise ValueError(
@@ -201,7 +201,7 @@ def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
     placeholder (``eval.data_files``) to have it hashed.
     """
     h = hashlib.sha256()
-    for i, folder in enumerate(_user_folders(include_paths)):
+    for i, folder in enumerate(user_folders(include_paths)):
         for path in _files(folder, "*"):
             h.update(f"{i}/{path.relative_to(folder).as_posix()}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -263,7 +263,7 @@ def materialize_tasks(
         dest.write_text(text)
     if include_paths:
         user_tasks(include_paths)  # missing folders and name clashes fail before any copy
-    for i, folder in enumerate(_user_folders(include_paths)):
+    for i, folder in enumerate(user_folders(include_paths)):
         dest_root = out / USER_SUBDIR / f"{i}_{folder.name}"
         mine = {**values, "source_dir": _escaped(folder), "shipped_tasks": _escaped(TASKS_DIR)}
         for path in _files(folder, "*"):

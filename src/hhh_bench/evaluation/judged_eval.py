@@ -126,18 +126,15 @@ def check_judges_offline(ecfg: Mapping[str, Any]) -> None:
     """
     import os
 
-    from hhh_bench.core.hubref import is_hub_id
+    from hhh_bench.core.hubref import cached_config, is_hub_id
     from hhh_bench.evaluation.judges import specs_from_config
 
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         return
-    from huggingface_hub import try_to_load_from_cache
-
     for name, spec in specs_from_config(ecfg.get("judges")).items():
         if not is_hub_id(spec.model):
             continue
-        hit = try_to_load_from_cache(spec.model, "config.json", revision=spec.revision or None)
-        if not isinstance(hit, str):
+        if cached_config(spec.model, spec.revision) is None:
             rev = f" --revision {spec.revision}" if spec.revision else ""
             raise ValueError(
                 f"eval.judges.{name}: {spec.model} (revision {spec.revision or 'main'}) is not in "

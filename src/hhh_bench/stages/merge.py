@@ -232,7 +232,7 @@ def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> No
             _check_adapter_base(i, model, base_identity, base)
             continue
         try:
-            key = json.loads(record.read_text()) if record is not None else {}
+            key = json.loads(record.read_text())
         except ValueError:
             continue
         trained_from = (

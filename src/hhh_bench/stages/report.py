@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +99,16 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             skipped=[*scan.skipped, *scan.repeated()],
             judge_failure_threshold=rcfg.judge_failure_threshold, interval=rcfg.interval,
         )  # fmt: skip
-    paths = {k: str(out / Path(rep[k]).name) for k in ("report_md", "radar", "pareto", "conflict")}
-    diag_figures = {k: str(out / Path(v).name) for k, v in rep["diagnostics_figures"].items()}
-    sweep_figures = {k: str(out / Path(v).name) for k, v in rep["sweep_figures"].items()}
+    files = _files_in(rep, out)
     wandb_dir = log_experiment(
         rows, logger_cfg=to_dict(cfg.logger), root=cfg.root, name=str(cfg.name), job=job,
         summary=rep["summary"], config={"eval": ecfg, "n_rows": len(rows)},
-        files=[paths["radar"], paths["pareto"], paths["conflict"], *diag_figures.values(),
-               *sweep_figures.values()],
+        files=[files["radar"], files["pareto"], files["conflict"],
+               *files["diagnostics_figures"].values(), *files["sweep_figures"].values()],
         tables={"sweeps": sweep_table(rep["sweeps"])} if rep["sweeps"] else None,
     )  # fmt: skip
     result = {
-        "title": title, "dir": str(out), **paths, "diagnostics_figures": diag_figures,
-        "sweep_figures": sweep_figures,
+        "title": title, **files,
         **{k: rep[k] for k in ("main_table", "summary", "answer", "answer_line")},
         "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
         **({"skipped": len(scan.skipped)} if scan.skipped else {}),
@@ -165,21 +163,29 @@ def _report_key(
     })  # fmt: skip
 
 
+REPORT_FILES = ("report_md", "radar", "pareto", "conflict")
+REPORT_FIGURES = ("diagnostics_figures", "sweep_figures")
+
+
+def _files_in(result: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """A report's files (:data:`REPORT_FILES`, the figure maps :data:`REPORT_FIGURES`, its
+    ``dir``) as they are in ``out``, its folder once in place: what is recorded and shown,
+    built or read back (a copied or moved root names its own files, never the old root's)."""
+    files: dict[str, Any] = {
+        k: str(out / Path(str(result[k])).name) for k in REPORT_FILES if result.get(k)
+    }
+    for k in REPORT_FIGURES:
+        files[k] = {n: str(out / Path(str(p)).name) for n, p in (result.get(k) or {}).items()}
+    return {**files, "dir": str(out)}
+
+
 def _cached(out: Path, key: str) -> dict[str, Any] | None:
     try:
         saved = json.loads((out / _KEY_FILE).read_text())
     except (OSError, ValueError):
         return None
     result = dict(saved.get("result") or {})
-    # its files as they are in this folder (a copied or moved root: never the old root's)
-    for k in ("report_md", "radar", "pareto", "conflict"):
-        if result.get(k):
-            result[k] = str(out / Path(str(result[k])).name)
-    for figures in ("diagnostics_figures", "sweep_figures"):
-        if isinstance(result.get(figures), dict):
-            result[figures] = {n: str(out / Path(str(p)).name) for n, p in result[figures].items()}
-    if "dir" in result:
-        result["dir"] = str(out)
+    result.update(_files_in(result, out))  # a copied or moved root's own files, never the old's
     if saved.get("key") != key or not Path(str(result.get("report_md"))).is_file():
         return None
     problems = verify(out).problems
@@ -191,7 +197,7 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
 
 def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) -> None:
     """The console: the report's job line, the main table, the files, and the answer last."""
-    paths = {k: rep[k] for k in ("report_md", "radar", "pareto", "conflict")}
+    paths = {k: rep[k] for k in REPORT_FILES}
     console.step_done("report", cached=cached, where=paths["report_md"],
                       note=f"{rep['n_rows']} rows"
                       + (" (unchanged since the store was last reported)" if cached else ""))  # fmt: skip
