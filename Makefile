@@ -31,7 +31,7 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast battery rehearse lint format bench bench-peers lock clean .venv
+.PHONY: help demo test test-fast battery rehearse lint format bench bench-peers lock serve-env serve-lock clean .venv
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,8 +70,8 @@ test-fast: .venv ## Run the tests without the heavier end-to-end ones
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not rehearse and not battery" $(PYTEST_ARGS)
 
 lint: .venv ## ruff lint + format check + the import contracts (the floors: docs/architecture.md)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks serve
+	$(BIN)/ruff format --check src tests benchmarks serve
 	$(BIN)/lint-imports --no-logo
 
 format: .venv ## ruff format + autofix
@@ -118,6 +118,34 @@ lock: ## Rewrite requirements.lock from pyproject.toml (pip-compile --generate-h
 	  /^torch==/ { sub(/\+[^ ]*/, ""); sub(/ *\\$$/, ""); \
 	  print $$0 "  # no hashes: installed first by TORCH_SPEC (Makefile)"; drop = 1; next } \
 	  drop && /^ +--hash=/ { next } { drop = 0; print }' $(LOCK) > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+
+# Inference servers for eval.backend=server (docs/evaluation.md, "Backends and servers"): vLLM or
+# SGLang in a venv of their own, installed by uv from their own hash-checked lock
+# (serve/<server>.lock, from serve/<server>.in): their pins (torch, transformers below the
+# project's) never meet the project's, which reaches them over HTTP only. A CUDA machine with the
+# package registries; not part of make test. Then: eval.backend=server
+# eval.server.launch=$(SERVER) eval.server.python=$(SERVE_VENV)/bin/python
+SERVE_VENV ?= .venv-serve
+SERVER ?= vllm
+UV_SPEC ?= uv==0.13.8
+# the platform each lock is resolved for (sglang 0.5.23 ships manylinux_2_34 wheels only)
+SERVE_PLATFORM_vllm := x86_64-manylinux_2_28
+SERVE_PLATFORM_sglang := x86_64-manylinux_2_34
+serve-env: ## Build .venv-serve with an inference server (SERVER=vllm|sglang) from serve/$(SERVER).lock (uv)
+	@test -f serve/$(SERVER).lock || { echo "serve/$(SERVER).lock does not exist: SERVER=vllm or sglang"; exit 2; }
+	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	@echo '*' > $(SERVE_VENV)/.gitignore
+	$(SERVE_VENV)/bin/python -m pip install --quiet $(UV_SPEC)
+	$(SERVE_VENV)/bin/uv pip sync --python $(SERVE_VENV)/bin/python --require-hashes \
+	  --index-url https://pypi.org/simple serve/$(SERVER).lock
+	$(SERVE_VENV)/bin/python -c "import importlib.metadata as m; print('$(SERVER)', m.version('$(SERVER)'))"
+
+serve-lock: ## Rewrite serve/$(SERVER).lock from serve/$(SERVER).in (uv pip compile --generate-hashes)
+	@test -x $(SERVE_VENV)/bin/uv || { $(PYTHON) -m venv $(SERVE_VENV) && echo '*' > $(SERVE_VENV)/.gitignore && \
+	  $(SERVE_VENV)/bin/python -m pip install --quiet $(UV_SPEC); }
+	$(SERVE_VENV)/bin/uv pip compile serve/$(SERVER).in --generate-hashes --python-version 3.11 \
+	  --python-platform $(SERVE_PLATFORM_$(SERVER)) --index-url https://pypi.org/simple \
+	  --no-header -o serve/$(SERVER).lock
 
 clean: ## Remove run outputs and caches (keeps the virtualenv)
 	rm -rf runs outputs multirun .cache .pytest_cache .ruff_cache .hypothesis .import_linter_cache

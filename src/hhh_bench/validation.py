@@ -104,6 +104,14 @@ def check_eval(ecfg: Any) -> None:
         raise ValueError(str(e)) from None
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
+    if getattr(ecfg, "backend", "hf") == "server":  # its keys and values, before any work
+        from hhh_bench.evaluation.serving import ServerSpec
+
+        ServerSpec.from_config(getattr(ecfg, "server", None))
+    if getattr(ecfg, "backend", "hf") != "hf" or getattr(ecfg, "backend_args", None):
+        from hhh_bench.evaluation.backends import check_backend
+
+        check_backend(ecfg.backend, ecfg.backend_args)
 
 
 NLTK_DATA_OF_TASKS = {"ifeval": ("punkt_tab", "tokenizers/punkt_tab/english/")}

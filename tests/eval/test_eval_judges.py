@@ -244,7 +244,7 @@ def test_vllm_backend_fails_clearly_when_vllm_is_missing():
         ImportError, match=r"eval.backend=vllm needs the vllm package.*hhh-bench\[vllm\]"
     ):
         check_backend("vllm")
-    with pytest.raises(ValueError, match=r"eval.backend must be one of \('hf', 'vllm'\)"):
+    with pytest.raises(ValueError, match=r"eval.backend must be one of \('hf', 'vllm', 'server'\)"):
         check_backend("sglang")
     with pytest.raises(ValueError, match=r"apply to eval.backend=vllm only"):
         check_backend("hf", {"tensor_parallel_size": 2})

@@ -347,9 +347,18 @@ class EvalConfig:
     )
     summary_bootstrap_iters: int = param(1000, "bootstrap draws of the stderr of `min`")
     backend: str = param(
-        "hf", "hf (lm-eval's HFLM) | vllm (lm-eval's VLLM)", choices=("hf", "vllm")
+        "hf",
+        "hf (lm-eval's HFLM) | vllm (lm-eval's VLLM) | server (over HTTP: eval.server)",
+        choices=("hf", "vllm", "server"),
     )
     backend_args: dict[str, Any] = param(None, "vllm only: options of lm-eval's VLLM", factory=dict)
+    server: dict[str, Any] = param(
+        None,
+        "backend=server: {url, launch, python, port, args, env, data_parallel_size, "
+        "startup_timeout_s, request_timeout_s, max_concurrency, max_retries} "
+        "(evaluation/serving.py)",
+        factory=dict,
+    )
     gen_kwargs: dict[str, Any] | None = param(None, "override every generation task's settings")
     holdout: dict[str, float | int] | None = param(
         None,

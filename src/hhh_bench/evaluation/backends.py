@@ -1,4 +1,4 @@
-"""The lm-eval model backend of an evaluation: Hugging Face (default) or vLLM.
+"""The lm-eval model backend of an evaluation: Hugging Face (default), vLLM, or a server.
 
 ``hf``
     ``lm_eval.models.huggingface.HFLM`` around a model object (or a folder loaded with
@@ -13,6 +13,9 @@
     ``gpu_memory_utilization``, ``max_model_len``. Install with the ``vllm`` extra
     (``pip install 'hhh-bench[vllm]'``, a CUDA machine); lm-eval's README notes that vLLM's
     numbers can differ slightly from HF's, so compare rows of one backend.
+``server``
+    lm-eval's ``local-completions`` against an OpenAI-compatible server, given by URL or started
+    per model (``eval.server``): :mod:`hhh_bench.evaluation.serving`.
 
 :func:`make_lm` is the one place a backend is chosen; :func:`check_backend` validates the choice
 before any model is loaded.
@@ -28,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "server")
 # Options of our own that must not be given through backend_args (they have their own knobs).
 _RESERVED = ("pretrained", "tokenizer", "batch_size", "dtype", "device")
 
@@ -53,6 +56,11 @@ def check_backend(backend: str, backend_args: Mapping[str, Any] | None = None) -
         raise ValueError(
             f"eval.backend_args {sorted(args)} apply to eval.backend=vllm only; the hf backend "
             "takes batch_size and the model's dtype/device from their own settings"
+        )
+    if backend == "server" and args:
+        raise ValueError(
+            f"eval.backend_args {sorted(args)} apply to eval.backend=vllm only; a server's "
+            "settings are eval.server (url or launch, args, max_concurrency, ...)"
         )
     reserved = sorted(set(args) & set(_RESERVED))
     if reserved:
@@ -96,6 +104,8 @@ def make_lm(
         An ``lm_eval.api.model.LM``.
     """
     check_backend(backend, backend_args)
+    if backend == "server":
+        raise ValueError("eval.backend=server: the model is built by evaluation.serving")
     if backend == "hf":
         from lm_eval.models.utils import resolve_max_length
 

@@ -458,6 +458,8 @@ def evaluate_model(
     backend: str = "hf",
     backend_args: Mapping[str, Any] | None = None,
     gen_kwargs: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
+    server_dir: str | Path | None = None,
 ) -> HarnessResult:
     """Evaluate one model on lm-eval tasks, offline; per-task metrics with stderr.
 
@@ -493,6 +495,9 @@ def evaluate_model(
             ``data_parallel_size``, ``gpu_memory_utilization``, ...).
         gen_kwargs: generation settings that override every ``generate_until`` task's own
             (lm-eval's ``gen_kwargs``), e.g. ``{"max_gen_toks": 64}``; None keeps the tasks'.
+        server: ``backend=server`` only: ``eval.server`` (a URL, or the server to start for
+            this model), see :mod:`hhh_bench.evaluation.serving`.
+        server_dir: where a started server writes ``server.log``.
 
     Returns:
         A :class:`HarnessResult`.
@@ -509,9 +514,9 @@ def evaluate_model(
 
     check_backend(backend, backend_args)
     model = model_or_path
-    if backend == "vllm":  # vLLM loads the weights itself; only the tokenizer is read here
+    if backend in ("vllm", "server"):  # the weights are loaded elsewhere; the tokenizer here
         if not isinstance(model_or_path, (str, Path)):
-            raise TypeError("evaluate_model: backend=vllm needs the model's folder or hub id")
+            raise TypeError(f"evaluate_model: backend={backend} needs the model's folder or hub id")
         if tokenizer is None:
             from hhh_bench.models import load_tokenizer
 
@@ -551,29 +556,41 @@ def evaluate_model(
         if holdout is not None:
             parts = holdout_indices(tasks, tm, holdout, limit)
             samples_arg, limit = {t: p["indices"] for t, p in parts.items()}, None
-        lm = make_lm(
-            backend,
-            model,
-            tokenizer,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            backend_args=backend_args,
-            trust_remote_code=trust_remote_code,
-        )
-        raw = simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            task_manager=tm,
-            samples=samples_arg,
-            limit=limit,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=log_samples,
-            apply_chat_template=apply_chat_template,
-            batch_size=batch_size,
-            device=device,
-            gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
-        )
+        served: dict[str, Any] | None = None
+        stack = contextlib.ExitStack()
+        if backend == "server":
+            from hhh_bench.evaluation.serving import served_lm
+
+            lm, served = stack.enter_context(served_lm(
+                server, str(model_or_path), tokenizer, tm, tasks,
+                Path(server_dir) if server_dir else Path.cwd(), dtype=dtype, device=device,
+                trust_remote_code=trust_remote_code,
+            ))  # fmt: skip
+        else:
+            lm = make_lm(
+                backend,
+                model,
+                tokenizer,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                backend_args=backend_args,
+                trust_remote_code=trust_remote_code,
+            )
+        with stack:
+            raw = simple_evaluate(
+                model=lm,
+                tasks=list(tasks),
+                task_manager=tm,
+                samples=samples_arg,
+                limit=limit,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=log_samples,
+                apply_chat_template=apply_chat_template,
+                batch_size=batch_size,
+                device=device,
+                gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            )
     seconds = time.perf_counter() - t0
     if was_training:
         model.train()
@@ -592,6 +609,7 @@ def evaluate_model(
         "include_defaults": include_defaults,
         "backend": backend,
         "backend_args": dict(backend_args or {}),
+        **({"server": served} if served is not None else {}),
         "gen_kwargs": dict(gen_kwargs or {}),
         "lm_eval_version": getattr(lm_eval, "__version__", None),
         "task_versions": {t: v for t, v in (raw.get("versions") or {}).items() if v is not None},

@@ -49,7 +49,7 @@ def evaluate_into(
     backend = str(ecfg.get("backend") or "hf")
     judge_cache = open_judge_cache(ecfg, root)  # an unreadable one is named before any work
     t0 = time.perf_counter()
-    if backend == "vllm":  # vLLM loads the weights itself
+    if backend in ("vllm", "server"):  # vLLM / the server loads the weights itself
         lm, tok = model["path"], None
     else:
         lm = load_causal_lm(model["path"], dtype=mcfg.dtype, device=device, trust_remote_code=trust)
@@ -64,6 +64,7 @@ def evaluate_into(
         lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),
         include_path=include, dtype=mcfg.dtype, trust_remote_code=trust, backend=backend,
         backend_args=ecfg.get("backend_args"), gen_kwargs=ecfg.get("gen_kwargs"),
+        server=ecfg.get("server"), server_dir=tmp,
         apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
         device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
         log_samples=e.log_samples,

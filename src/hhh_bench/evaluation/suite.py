@@ -123,6 +123,11 @@ def eval_payload(
     harness.pop("data_files", None)
     harness.pop("batch_size", None)  # padding only: does not change the numbers
     harness.pop("include_paths", None)  # by content below, not by where the folders are
+    server = harness.pop("server", None)  # where it listens and how long to wait: not numbers
+    if harness.get("backend") == "server":
+        from hhh_bench.evaluation.serving import ServerSpec
+
+        harness["server"] = ServerSpec.from_config(server).key()
     if harness.get("judges"):  # judges by identity (a local judge folder by content)
         harness["judges"] = judges_key(ecfg)
     payload = {

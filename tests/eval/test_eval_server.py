@@ -1,0 +1,224 @@
+"""``eval.backend=server`` against a real server process: ``transformers serve`` (transformers'
+serving extra, installed from the lock) serving tiny policies on CPU, on the real suite's judged
+generation tasks (local stand-in prompts and judges, as in test_eval_judged_stage.py).
+
+What is checked: the answers through the server are the in-process backend's, item by item
+(greedy decoding; the tolerance on the scores is therefore 0, see docs/evaluation.md); the
+log-likelihood tasks are refused by name, since ``transformers serve`` returns no prompt
+log-probabilities; a server killed mid-run is an error naming it, with no row stored; a started
+server never outlives the evaluation (an error, Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from test_eval_judged_stage import CONF, _overrides, _policy, _vocabulary
+
+from hhh_bench.core.items import read_jsonl
+from hhh_bench.evaluation.serving import ServerError, ServerSpec, free_port
+
+pytestmark = pytest.mark.e2e
+
+GENERATION = ("helpful_gen", "harmful_gen", "truthfulqa_gen_judged")
+LOGLIKELIHOOD = ("halueval_qa_mc", "pku_saferlhf_mc", "pku_saferlhf_refusal")
+GEN_ONLY = [
+    *(
+        f"~eval.dimensions.{dim}.{task}"
+        for dim, task in zip(("honest", "harmless", "harmless"), LOGLIKELIHOOD, strict=True)
+    ),
+    *(f"~eval.metrics.{task}" for task in LOGLIKELIHOOD),
+    "~eval.columns.over_refusal",
+]
+
+
+def _cfg(root: Path, judges: dict, extra: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*_overrides(root, judges), *extra])
+
+
+def _servers_of(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` and ``serve`` (a server left running)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and any(str(folder).encode() in c for c in cmd):
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import torch
+
+    from hhh_bench.evaluation.standins import build_standin_judges
+    from hhh_bench.stages.eval import run_eval
+
+    torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
+    tmp = tmp_path_factory.mktemp("served")
+    words = _vocabulary()
+    judges = build_standin_judges(tmp / "judges", words)
+    policies = [_policy(tmp / f"policy{s}", words, seed=s) for s in (0, 1)]
+    data = {"dir": str(tmp), "key": "fixtures"}
+    hf = _cfg(tmp / "runs", judges, GEN_ONLY)
+    run_eval(hf, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data)
+    model = {"path": str(policies[1]), "key": "p1", "kind": "merge", "name": "ties",
+             "method": "ties"}  # fmt: skip
+    in_process = run_eval(hf, model, data)
+    served_cfg = _cfg(tmp / "runs", judges, [*GEN_ONLY, "eval.backend=server"])
+    served = run_eval(served_cfg, {**model, "name": "ties served"}, data)
+    return {"tmp": tmp, "judges": judges, "policies": policies, "data": data, "model": model,
+            "hf": in_process, "served": served}  # fmt: skip
+
+
+def test_answers_and_scores_through_the_server_are_the_in_process_ones(world):
+    hf, served = world["hf"], world["served"]
+    assert not served["cached"] and served["key"] != hf["key"]  # another backend, another key
+    gen_hf = read_jsonl(Path(hf["dir"]) / "generations.jsonl")
+    gen_srv = read_jsonl(Path(served["dir"]) / "generations.jsonl")
+    for task in GENERATION:
+        assert len(gen_srv[task]) == len(gen_hf[task]) > 0, task
+        for a, b in zip(gen_hf[task], gen_srv[task], strict=True):
+            assert (a["doc_id"], a["prompt"]) == (b["doc_id"], b["prompt"]), task
+            assert a["response"] == b["response"], (task, a["doc_id"])
+    for task in GENERATION:
+        assert served["metrics"][task] == pytest.approx(hf["metrics"][task], abs=0), task
+    for col in ("helpful", "honest", "harmless", "average"):
+        assert served["row"][col] == pytest.approx(hf["row"][col], abs=0), col
+    saved = json.loads((Path(served["dir"]) / "results.json").read_text())
+    server = saved["harness"]["server"]
+    assert server["server"] == "transformers" and server["url"].startswith("http://127.0.0.1:")
+    # asked, not assumed: transformers serve ignores echo/logprobs and (WordPiece) stop strings
+    assert server["abilities"] == {
+        "prompt_logprobs": False, "token_prompts": False, "stop_strings": False
+    }  # fmt: skip
+    assert "Uvicorn running" in (Path(served["dir"]) / "server.log").read_text()
+    assert _servers_of(world["policies"][1]) == []  # stopped after the evaluation
+
+
+def test_loglikelihood_tasks_are_refused_by_name_and_the_server_stopped(world):
+    from hhh_bench.stages.eval import results_path, run_eval
+
+    cfg = _cfg(world["tmp"] / "runs", world["judges"], ["eval.backend=server"])
+    rows = results_path(cfg).read_text()
+    model = {**world["model"], "name": "ties ll"}
+    with pytest.raises(ServerError) as err:
+        run_eval(cfg, model, world["data"])
+    message = str(err.value)
+    assert "does not return prompt log-probabilities" in message
+    for task in LOGLIKELIHOOD:
+        assert task in message
+    assert "eval.backend=hf" in message and "transformers server started for" in message
+    assert results_path(cfg).read_text() == rows  # no row
+    assert _servers_of(world["policies"][1]) == []
+
+
+def test_a_server_killed_mid_run_is_named_and_no_row_is_stored(world, tmp_path):
+    """A server the user runs (eval.server.url), killed after its first generation request."""
+    from hhh_bench.evaluation.serving import Server, check_serves, wait_healthy
+    from hhh_bench.stages.eval import results_path, run_eval
+
+    policy = str(world["policies"][1])
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "transformers.cli.transformers", "serve", policy,
+             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_healthy(Server(url=url, model=policy, process=proc, log_path=log), 120)
+    # it serves policy 1: asked to evaluate policy 0 it is refused (its answers would be stored
+    # under policy 0's row)
+    check_serves(Server(url=url, model=policy))
+    with pytest.raises(ServerError, match=r"serves .* not the model being evaluated"):
+        check_serves(Server(url=url, model=str(world["policies"][0])))
+
+    def kill_after_first_item():
+        while proc.poll() is None:
+            if (
+                log.read_text(errors="replace").count("POST /v1/completions") >= 5
+            ):  # 4 probes, 1 item
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    import threading
+
+    killer = threading.Thread(target=kill_after_first_item, daemon=True)
+    killer.start()
+    cfg = _cfg(world["tmp"] / "runs", world["judges"],
+               [*GEN_ONLY, "eval.backend=server", f"eval.server.url={url}",
+                "eval.server.max_retries=2", "eval.server.request_timeout_s=20",
+                "eval.server.max_concurrency=2"])  # lm-eval's asyncio path  # fmt: skip
+    rows = results_path(cfg).read_text()
+    try:
+        with pytest.raises(ServerError) as err:
+            run_eval(cfg, {**world["model"], "name": "ties killed"}, world["data"])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    killer.join(timeout=5)
+    assert f"the inference server at {url} stopped answering" in str(err.value)
+    assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not before
+    assert results_path(cfg).read_text() == rows  # no partial row
+    evals = Path(world["tmp"]) / "runs" / "eval"
+    assert not [p for p in evals.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+
+
+def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
+    """SIGINT to `hhh-bench stage=eval` while its server answers: exit 130, no server left."""
+    policy = world["policies"][1]
+    overrides = [*_overrides(tmp_path / "runs", world["judges"]), *GEN_ONLY,
+                 "eval.backend=server", "stage=eval", f"+eval.model={policy}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    env.pop("HHH_VERBOSE", None)
+    cli = subprocess.Popen([sys.executable, "-m", "hhh_bench", *overrides], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not _servers_of(policy) and time.monotonic() < deadline and cli.poll() is None:
+        time.sleep(0.1)
+    pids = _servers_of(policy)
+    assert pids, cli.communicate()[0].decode(errors="replace")[-2000:]
+    logs = list((tmp_path / "runs").rglob("server.log"))
+    while time.monotonic() < deadline and not any(
+        "POST /v1/completions" in p.read_text(errors="replace") for p in logs
+    ):  # fmt: skip
+        time.sleep(0.1)
+        logs = list((tmp_path / "runs").rglob("server.log"))
+    cli.send_signal(signal.SIGINT)
+    out = cli.communicate(timeout=120)[0].decode(errors="replace")
+    assert cli.returncode == 130, out[-2000:]
+    assert _servers_of(policy) == [], out[-2000:]
+    assert not (tmp_path / "runs" / "results.jsonl").exists()
+
+
+def test_server_settings_are_checked_before_any_work():
+    cases = [
+        ({"launch": "ollama"}, r"eval.server.launch must be one of"),
+        ({"url": "localhost:8000"}, r"eval.server.url must be an http\(s\) URL"),
+        ({"max_concurrency": 0}, r"eval.server.max_concurrency must be an integer >= 1"),
+        ({"request_timeout_s": "nan"}, r"eval.server.request_timeout_s must be a positive"),
+        ({"data_parallel_size": 2}, r"transformers serve has no data parallelism"),
+        ({"python": "/nowhere/bin/python"}, r"make serve-env"),
+        ({"urll": "http://x"}, r"unknown key\(s\) \['urll'\]"),
+    ]
+    for server, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ServerSpec.from_config(server)
+    key = ServerSpec.from_config({"url": "http://h:1/v1", "max_concurrency": 9}).key()
+    assert key == ServerSpec.from_config({"url": "http://other:2/v1/"}).key()  # not numbers
+    assert key != ServerSpec.from_config({"launch": "vllm"}).key()
