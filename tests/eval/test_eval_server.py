@@ -6,7 +6,9 @@ What is checked: the answers through the server are the in-process backend's, it
 (greedy decoding; the tolerance on the scores is therefore 0, see docs/evaluation.md); the
 log-likelihood tasks are refused by name, since ``transformers serve`` returns no prompt
 log-probabilities; a server killed mid-run is an error naming it, with no row stored; a started
-server never outlives the evaluation (an error, Ctrl-C)."""
+server never outlives the evaluation (an error, Ctrl-C); a guard judge asked through a server
+gives the in-process verdicts. The Ctrl-C and judge tests run in `make rehearse` (CI runs both
+targets), the rest in `make test`."""
 
 from __future__ import annotations
 
@@ -179,6 +181,7 @@ def test_a_server_killed_mid_run_is_named_and_no_row_is_stored(world, tmp_path):
     assert not [p for p in evals.iterdir() if p.name.startswith(".") and "tmp" in p.name]
 
 
+@pytest.mark.rehearse  # `make rehearse` (CI): a CLI run of its own, ~25 s
 def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
     """SIGINT to `hhh-bench stage=eval` while its server answers: exit 130, no server left."""
     policy = world["policies"][1]
@@ -222,3 +225,35 @@ def test_server_settings_are_checked_before_any_work():
     key = ServerSpec.from_config({"url": "http://h:1/v1", "max_concurrency": 9}).key()
     assert key == ServerSpec.from_config({"url": "http://other:2/v1/"}).key()  # not numbers
     assert key != ServerSpec.from_config({"launch": "vllm"}).key()
+
+
+@pytest.mark.rehearse  # `make rehearse` (CI): a judge server of its own, ~17 s
+def test_a_guard_judge_asked_through_a_server_gives_the_in_process_verdicts(world):
+    """eval.judges.safety.server: the safety guard is asked through its own transformers serve
+    process; its verdicts (a new judge fingerprint: asked again, not read from the cache) are the
+    in-process judge's, and its server is gone afterwards."""
+    from hhh_bench.stages.eval import run_eval
+
+    cfg = _cfg(world["tmp"] / "runs", world["judges"],
+               [*GEN_ONLY, "+eval.judges.safety.server={launch: transformers}"])  # fmt: skip
+    res = run_eval(cfg, {**world["model"], "name": "ties served judge"}, world["data"])
+    saved = json.loads((Path(res["dir"]) / "results.json").read_text())
+    assert saved["judge_counts"]["harmful_gen"]["judged"] > 0  # asked, not from the cache
+    assert saved["judges"]["harmful_gen"]["server"] == {"server": "transformers", "args": []}
+    assert res["metrics"]["harmful_gen"] == pytest.approx(
+        world["hf"]["metrics"]["harmful_gen"], abs=0
+    )
+    items = read_jsonl(Path(res["dir"]) / "items.jsonl")["harmful_gen"]
+    before = read_jsonl(Path(world["hf"]["dir"]) / "items.jsonl")["harmful_gen"]
+    assert [i["judge_answer"] for i in items] == [i["judge_answer"] for i in before]
+    assert _servers_of(world["judges"]["safety"]) == []
+
+
+def test_only_generating_guards_take_a_server():
+    from hhh_bench.evaluation.judges import JudgeSpec
+
+    with pytest.raises(ValueError, match=r"eval.judges.reward.server: only a guard judge"):
+        JudgeSpec.from_config("reward", {"kind": "reward", "model": "m", "server": {}})
+    with pytest.raises(ValueError, match=r"eval.judges.safety.server.launch must be one of"):
+        JudgeSpec.from_config("safety", {"kind": "guard", "model": "m", "on_unparsed": "positive",
+                                         "server": {"launch": "ollama"}})  # fmt: skip

@@ -140,6 +140,10 @@ class JudgeSpec:
         dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16``.
         device: torch device.
         trust_remote_code: for models with their own code (ArmoRM).
+        server: guard judges in ``generate`` mode: ask the judge through an OpenAI-compatible
+            server (``eval.server``'s keys: a ``url``, or the server to ``launch``), as the
+            policies are with ``eval.backend=server`` (:mod:`hhh_bench.evaluation.serving`);
+            None: in this process.
     """
 
     kind: str
@@ -156,6 +160,7 @@ class JudgeSpec:
     dtype: str | None = "auto"
     device: str = "cpu"
     trust_remote_code: bool = False
+    server: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any]) -> JudgeSpec:
@@ -216,12 +221,32 @@ class JudgeSpec:
             )
         if spec.batch_size < 1:
             raise ValueError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
+        if spec.server is not None:
+            from hhh_bench.evaluation.serving import ServerSpec
+
+            if spec.kind != "guard" or spec.mode != "generate":
+                raise ValueError(
+                    f"{where}.server: only a guard judge in generate mode is asked through a "
+                    f"server (it reads a generated answer); this one is a {spec.kind!r} judge"
+                    + (f" in {spec.mode!r} mode" if spec.kind == "guard" else "")
+                    + ": leave its server unset (it runs in this process)"
+                )
+            try:
+                ServerSpec.from_config(spec.server)
+            except ValueError as e:
+                raise ValueError(str(e).replace("eval.server", f"{where}.server")) from None
         return spec
 
     def describe(self) -> dict[str, Any]:
         """What a results row records about the judge (model, revision, protocol)."""
         d = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
         d["labels"] = list(self.labels)
+        if self.server is None:
+            d.pop("server")
+        else:  # which server software, not where it listens
+            from hhh_bench.evaluation.serving import ServerSpec
+
+            d["server"] = ServerSpec.from_config(self.server).key()
         return d
 
 
@@ -488,11 +513,7 @@ class Judge:
             self.tok.padding_side = "right"
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
-        if spec.template == "chat" and not getattr(self.tok, "chat_template", None):
-            raise ValueError(
-                f"judge {spec.model!r}: template 'chat' but its tokenizer has no chat template; "
-                "set the judge's template to a format string with {prompt} and {response}"
-            )
+        self._check_template()
         if spec.kind == "classifier":
             names = {str(v): int(k) for k, v in (self.model.config.id2label or {}).items()}
             if spec.positive_label not in names:
@@ -509,6 +530,14 @@ class Judge:
                 raise ValueError(
                     f"judge {spec.model!r}: a label of {list(spec.labels)} is empty once tokenized"
                 )
+
+    def _check_template(self) -> None:
+        if self.spec.template == "chat" and not getattr(self.tok, "chat_template", None):
+            raise ValueError(
+                f"judge {self.spec.model!r}: template 'chat' but its tokenizer has no chat "
+                "template; set the judge's template to a format string with {prompt} and "
+                "{response}"
+            )
 
     def render(self, prompt: str, response: str) -> str:
         """The judge's input text for one pair (see :attr:`JudgeSpec.template`)."""
@@ -570,7 +599,10 @@ class Judge:
             pad_token_id=self.tok.pad_token_id,
         )
         new = seqs[:, enc["input_ids"].shape[1] :]
-        answers = self.tok.batch_decode(new, skip_special_tokens=True)
+        return self._read(self.tok.batch_decode(new, skip_special_tokens=True))
+
+    def _read(self, answers: Sequence[str]) -> list[dict[str, Any]]:
+        """A guard's verdicts from its decoded answers (first word against the labels)."""
         pos, neg = (_word(x) for x in self.spec.labels)
         out = []
         for text in answers:
@@ -688,7 +720,7 @@ def judge_pairs(
     if todo:
         judge = (loaded or {}).get(fp)
         if judge is None:
-            judge = Judge(spec)
+            judge = make_judge(spec)
             if loaded is not None:
                 loaded[fp] = judge
         fresh = judge.score([pairs[i] for i in todo])
@@ -699,6 +731,15 @@ def judge_pairs(
     n_empty = sum(1 for k in keys if k in empty)
     stats = {"cached": len(pairs) - len(todo) - n_empty, "judged": len(todo)}
     return [have[k] for k in keys], stats
+
+
+def make_judge(spec: JudgeSpec) -> Judge:
+    """The judge of ``spec``: loaded here, or asked through its server (``spec.server``)."""
+    if spec.server is not None:
+        from hhh_bench.evaluation.serving import ServedGuard
+
+        return ServedGuard(spec)
+    return Judge(spec)
 
 
 def specs_from_config(cfg: Mapping[str, Any] | None) -> dict[str, JudgeSpec]:
