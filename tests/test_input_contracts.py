@@ -562,6 +562,27 @@ def test_battery7_command_line_refusals_are_one_line(tmp_path):
         check_root_value(str(tmp_path / "run" / "eval"))
 
 
+def test_an_empty_mapping_override_that_would_empty_nothing_is_refused(tmp_path):
+    """`eval.dimensions.helpful={}` (meant: no helpful tasks) left the three tasks in place,
+    since Hydra merges a mapping given on the command line into the config's: the run scored
+    what the user meant to drop. Refused by name, with what to type; an empty mapping where the
+    config's is empty too stays allowed."""
+    from conftest import run_cli
+
+    out = run_cli("stage=report", "eval.dimensions.helpful={}", f"root={tmp_path / 'r'}",
+                  "logger=none", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        "eval.dimensions.helpful={} empties nothing: Hydra merges a mapping given on the command "
+        "line into the config's, so eval.dimensions.helpful still holds ['benign_request', "
+        "'known_qa', 'story_request']; drop an entry with ~eval.dimensions.helpful.known_qa, or "
+        "the whole key with ~eval.dimensions.helpful"
+    ) in out.stderr
+    out = run_cli("stage=report", "eval.backend_args={}", f"root={tmp_path / 'r'}",
+                  "logger=none", cwd=tmp_path)  # fmt: skip
+    assert "empties nothing" not in out.stderr and "no results in" in out.stderr
+
+
 def test_battery7_a_closed_console_pipe_does_not_stop_the_run():
     """`hhh-bench ... | head -1`: the reader leaves, the run goes on (its log keeps every
     line); it failed with a BrokenPipeError named as a stage write error."""

@@ -163,6 +163,32 @@ def check_sweep_mode() -> None:
     )
 
 
+def check_empty_dict_overrides(cfg) -> None:
+    """``key={}`` on the command line where the config holds a non-empty mapping at ``key``
+    (``eval.dimensions.helpful={}``): Hydra merges a mapping given there into the config's, so
+    the override empties nothing and the run would score what the user meant to drop. Raise
+    ``ValueError`` naming the override and what to type instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    lines = [str(o) for o in HydraConfig.get().overrides.task]
+    for o in OverridesParser.create().parse_overrides(lines):
+        if o.is_sweep_override() or o.is_delete() or o.value() != {}:
+            continue
+        key = o.key_or_group
+        held = OmegaConf.select(cfg, key, default=None)
+        if isinstance(held, DictConfig) and len(held):
+            first = next(iter(held))
+            raise ValueError(
+                f"{o.input_line} empties nothing: Hydra merges a mapping given on the command "
+                f"line into the config's, so {key} still holds {sorted(held)}; drop an entry "
+                f"with ~{key}.{first}, or the whole key with ~{key}"
+            )
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
     selection score) so a sweeper such as Optuna can optimize it; None for other stages.
@@ -180,6 +206,7 @@ def task(cfg) -> float | None:
                  sqlite3.Error)  # fmt: skip
     try:
         check_sweep_mode()
+        check_empty_dict_overrides(cfg)
         check_sweep_jobs()
         settings = console_settings(cfg)
     except ValueError as e:
