@@ -1,6 +1,6 @@
 """A real-sized model through the server path (docs/evaluation.md, "On a GPU").
 
-Builds a Llama with random weights (default 1.2 B parameters: hidden 2048, 16 layers) and the
+Builds a Llama with random weights (default 1.1 B parameters: hidden 2048, 18 layers) and the
 project's word tokenizer, starts a server for it (default: vLLM from ``.venv-serve``, built by
 ``make serve-env``), and evaluates one generation task of the real suite (``harmful_gen`` on the
 AdvBench-style prompts of tests/assets/eval) through ``eval.backend=server``. Prints the model's
@@ -41,7 +41,7 @@ def main() -> None:
     spec = (TinyModelSpec(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
             if args.small else
-            TinyModelSpec(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            TinyModelSpec(hidden_size=2048, intermediate_size=8192, num_hidden_layers=18,
                           num_attention_heads=32, num_key_value_heads=8,
                           max_position_embeddings=2048))  # fmt: skip
     out = Path(args.out or tempfile.mkdtemp(prefix="serve-check-"))
