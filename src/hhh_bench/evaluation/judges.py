@@ -2,7 +2,7 @@
 truthfulness judge, each a model given by hub id (or a local folder: the same code path), with
 results cached per (judge, prompt, response).
 
-One concept: a judge (its spec, how it is asked and how its answer is read, and its verdicts'
+One concept: a judge (its spec, how it is asked, in process or through a server, and how its answer is read, and its verdicts'
 cache).
 
 Three kinds, by how the model answers:
@@ -67,7 +67,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -661,6 +661,81 @@ class Judge:
             self.torch.cuda.empty_cache()
 
 
+class ServedGuard(Judge):
+    """A guard judge in ``generate`` mode asked through a server (``eval.judges.<role>.server``):
+    the same rendered input (its token ids where the server takes them, so the chat template's
+    special tokens are not added twice), greedy, ``max_new_tokens``, the answer read by the same
+    code as in process. The server is started with the judge and stopped by :meth:`close`."""
+
+    def __init__(self, spec: Any, folder: Path | None = None) -> None:
+        import tempfile
+
+        from hhh_bench.evaluation.serving import ServerSpec, probe, serving
+        from hhh_bench.models import load_tokenizer
+
+        self.spec = spec
+        self.tok = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code,
+                                  revision=spec.revision)  # fmt: skip
+        self._check_template()
+        sspec = ServerSpec.from_config(spec.server)
+        hub = not Path(spec.model).expanduser().is_dir()  # a local folder has no revisions
+        if spec.revision and hub and sspec.url is None:  # the server loads that commit
+            flag = "--revision" if sspec.launch != "transformers" else None
+            if flag is None:
+                raise ValueError(
+                    f"judge {spec.model!r} at revision {spec.revision}: transformers serve takes "
+                    "no revision; launch vllm or sglang, or give a local folder of that commit"
+                )
+            sspec = replace(sspec, args=(*sspec.args, flag, spec.revision))
+        self._own_folder = folder is None  # a temporary one, removed by close()
+        self._folder = folder or Path(tempfile.mkdtemp(prefix="judge-server-"))
+        self._serving = serving(sspec, spec.model, self._folder, dtype=spec.dtype,
+                                device=spec.device, trust_remote_code=spec.trust_remote_code)  # fmt: skip
+        self.server = self._serving.__enter__()
+        try:
+            self.abilities = probe(self.server, self.tok, timeout_s=sspec.request_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        self._timeout = sspec.request_timeout_s
+
+    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        return self._generate([self.render(p, r) for p, r in pairs])
+
+    def _generate(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        import requests
+
+        from hhh_bench.evaluation.serving import ServerError
+
+        special = self.spec.template != "chat"
+        answers = []
+        for text in texts:
+            ids = self.tok(text, add_special_tokens=special)["input_ids"]
+            body = {"model": self.server.model, "max_tokens": self.spec.max_new_tokens,
+                    "temperature": 0, "prompt": ids if self.abilities.token_prompts else text}  # fmt: skip
+            try:
+                resp = requests.post(self.server.url + "/completions", json=body,
+                                     timeout=self._timeout)  # fmt: skip
+                resp.raise_for_status()
+                answers.append(resp.json()["choices"][0]["text"])
+            except (requests.RequestException, KeyError, IndexError, ValueError) as err:
+                raise ServerError(
+                    f"judge {self.spec.model!r}: {self.server.describe()} did not answer "
+                    f"({type(err).__name__}: {err}){self.server.exit_note()}"
+                ) from err
+        return self._read(answers)
+
+    def close(self) -> None:
+        """Stop the judge's server (a given one is left running)."""
+        ctx, self._serving = getattr(self, "_serving", None), None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+            if self._own_folder:
+                import shutil
+
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+
 EMPTY_RESULT: dict[str, Any] = {"flag": None, "p": None, "reward": None, "text": None}
 """The result of an empty response: no judge is asked (module docstring)."""
 
@@ -736,8 +811,6 @@ def judge_pairs(
 def make_judge(spec: JudgeSpec) -> Judge:
     """The judge of ``spec``: loaded here, or asked through its server (``spec.server``)."""
     if spec.server is not None:
-        from hhh_bench.evaluation.serving import ServedGuard
-
         return ServedGuard(spec)
     return Judge(spec)
 

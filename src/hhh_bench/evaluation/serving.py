@@ -34,10 +34,8 @@ backoff (lm-eval's), each bounded by ``request_timeout_s``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -529,78 +527,3 @@ def _max_length(model: str, tokenizer: Any, trust_remote_code: bool) -> int:
             return n
     n = getattr(tokenizer, "model_max_length", None)
     return int(n) if isinstance(n, int) and 0 < n < 10**7 else 2048
-
-
-def _judges() -> Any:
-    from hhh_bench.evaluation import judges
-
-    return judges
-
-
-class ServedGuard(_judges().Judge):
-    """A guard judge in ``generate`` mode asked through a server (``eval.judges.<role>.server``):
-    the same rendered input (its token ids where the server takes them, so the chat template's
-    special tokens are not added twice), greedy, ``max_new_tokens``, the answer read by the same
-    code as in process. The server is started with the judge and stopped by :meth:`close`."""
-
-    def __init__(self, spec: Any, folder: Path | None = None) -> None:
-        import tempfile
-
-        from hhh_bench.models import load_tokenizer
-
-        self.spec = spec
-        self.tok = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code,
-                                  revision=spec.revision)  # fmt: skip
-        self._check_template()
-        sspec = ServerSpec.from_config(spec.server)
-        hub = not Path(spec.model).expanduser().is_dir()  # a local folder has no revisions
-        if spec.revision and hub and sspec.url is None:  # the server loads that commit
-            flag = "--revision" if sspec.launch != "transformers" else None
-            if flag is None:
-                raise ValueError(
-                    f"judge {spec.model!r} at revision {spec.revision}: transformers serve takes "
-                    "no revision; launch vllm or sglang, or give a local folder of that commit"
-                )
-            sspec = dataclasses.replace(sspec, args=(*sspec.args, flag, spec.revision))
-        self._own_folder = folder is None  # a temporary one, removed by close()
-        self._folder = folder or Path(tempfile.mkdtemp(prefix="judge-server-"))
-        self._serving = serving(sspec, spec.model, self._folder, dtype=spec.dtype,
-                                device=spec.device, trust_remote_code=spec.trust_remote_code)  # fmt: skip
-        self.server = self._serving.__enter__()
-        try:
-            self.abilities = probe(self.server, self.tok, timeout_s=sspec.request_timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        self._timeout = sspec.request_timeout_s
-
-    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        return self._generate([self.render(p, r) for p, r in pairs])
-
-    def _generate(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        import requests
-
-        special = self.spec.template != "chat"
-        answers = []
-        for text in texts:
-            ids = self.tok(text, add_special_tokens=special)["input_ids"]
-            body = {"model": self.server.model, "max_tokens": self.spec.max_new_tokens,
-                    "temperature": 0, "prompt": ids if self.abilities.token_prompts else text}  # fmt: skip
-            try:
-                resp = _post(self.server.url + "/completions", body, timeout=self._timeout)
-                resp.raise_for_status()
-                answers.append(resp.json()["choices"][0]["text"])
-            except (requests.RequestException, KeyError, IndexError, ValueError) as err:
-                raise ServerError(
-                    f"judge {self.spec.model!r}: {self.server.describe()} did not answer "
-                    f"({type(err).__name__}: {err}){self.server.exit_note()}"
-                ) from err
-        return self._read(answers)
-
-    def close(self) -> None:
-        """Stop the judge's server (a given one is left running)."""
-        ctx, self._serving = getattr(self, "_serving", None), None
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-            if self._own_folder:
-                shutil.rmtree(self._folder, ignore_errors=True)
