@@ -90,6 +90,11 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     preflight(groups, loads_models=stage not in ("data", "report"))
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
+    if stage not in ("data", "base", "train", "merge", "diagnose"):  # those write no rows
+        from hhh_bench.stages.eval import results_path
+        from hhh_bench.tracking.store import check_one_experiment
+
+        check_one_experiment(results_path(cfg), str(cfg.name))
     if stage == "report":  # the store, before any stage work: an invalid line named up front
         from hhh_bench.stages.eval import results_path
         from hhh_bench.tracking.store import scan_results

@@ -164,16 +164,27 @@ def test_representatives_are_chosen_on_validation(tmp_path):
     assert "| merges | task_arithmetic | 0.700 | 0.600 | yes |" in md
     assert "| merges | ties | 0.550 | 0.800 |  |" in md  # every candidate, chosen or not
     assert "*Multiplicity.*" in md
-    # one candidate without a validation score: that group falls back, and says so
+    # one candidate without a validation score (battery 8: a model evaluated with stage=eval on
+    # the report split only): it is left out of the choice, which stays on validation, and the
+    # answer says so; it moved the whole group's choice to the reported split before
     partial = [r for r in rows if not (r["split"] == "validation" and r["name"] == "ties")]
     res = compare(
         table_entries(test_rows),
         select_rows=[r for r in partial if r["split"] == "validation"],
         select_split="validation",
     )
-    assert res["merge_choice"]["missing"] == ["ties"]
-    assert "(chosen on test from 2 merge methods, the reported split)" in answer_line(res)
+    assert res["merge_choice"]["missing"] == ["ties"] == res["merge_choice"]["left_out"]
+    assert res["merge"] == "task_arithmetic" and not res["merge_choice"]["fallback"]
+    assert (
+        "(chosen on validation from 1 merge method; 1 without a validation score left out: ties)"
+        in answer_line(res)
+    )
     assert "(chosen on validation from 2 mixing strategies)" in answer_line(res)
+    # none has one: the group falls back to the reported split, and says so
+    res = compare(table_entries(test_rows), select_rows=[r for r in val_rows if "mix" in r["name"]],
+                  select_split="validation")  # fmt: skip
+    assert res["merge_choice"]["fallback"] and res["merge_choice"]["left_out"] == []
+    assert "(chosen on test from 2 merge methods, the reported split)" in answer_line(res)
 
 
 def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):

@@ -51,11 +51,13 @@ def test_torn_last_line_is_ignored_with_a_warning_and_the_next_append_is_clean(t
     append_result(path, row("a"))
     with open(path, "a") as f:  # a crash in the middle of a write
         f.write(json.dumps(row("b"))[:40])
-    with pytest.warns(RuntimeWarning, match="torn or invalid last line"):
+    with pytest.warns(RuntimeWarning, match="ignoring its last line, cut short"):
         assert [r["row_key"] for r in read_results(path)] == ["a"]
-    append_result(path, row("c"))
-    with pytest.warns(RuntimeWarning, match="line 2"):
-        assert [r["row_key"] for r in read_results(path)] == ["a", "c"]
+    with pytest.warns(RuntimeWarning, match=r"last line was cut short .* moved to .*\.torn"):
+        append_result(path, row("c"))
+    # the fragment is kept beside the store, which reads clean (no warning)
+    assert (tmp_path / "results.jsonl.torn").read_text() == json.dumps(row("b"))[:40] + "\n"
+    assert [r["row_key"] for r in read_results(path)] == ["a", "c"]
 
 
 def test_rows_are_validated_and_made_json_safe(tmp_path):

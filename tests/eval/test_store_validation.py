@@ -136,6 +136,23 @@ def test_a_torn_last_write_still_only_warns(tmp_path):
         assert [r["row_key"] for r in read_results(path)] == ["a"]
 
 
+def test_lines_cut_short_in_the_middle_of_the_store_are_damage_not_a_crash(tmp_path):
+    """Battery 8: six mixture and merge rows cut short mid-store were skipped as "torn" with
+    one warning, even with skip_invalid false, and the answer changed. A crash cuts only the
+    last line (the next append sets it aside), so a cut-short line elsewhere is an error naming
+    it, unless skip_invalid."""
+    path = tmp_path / "results.jsonl"
+    for key in "abc":
+        append_result(path, row(key))
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][: len(lines[1]) // 2]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(store_mod.StoreError, match=r"results.jsonl, line 2: cut short \(no "
+                       r"closing brace\) in the middle of the store"):  # fmt: skip
+        read_results(path)
+    assert [r["row_key"] for r in read_results(path, skip_invalid=True)] == ["a", "c"]
+
+
 def test_skip_invalid_skips_and_the_report_says_how_many_and_why(tmp_path):
     path = tmp_path / "results.jsonl"
     rows = [row("base", 0.5, kind="base", name="base"), row("nan", 0.6), row("ok", 0.7),
@@ -255,3 +272,22 @@ def test_cli_report_on_an_invalid_store_exits_2_naming_the_line(tmp_path):
     assert first.startswith("hhh-bench: error: ") and f"{store}, line 2:" in first
     assert "helpful = True" in first
     assert {p.name for p in tmp_path.iterdir()} <= {"results.jsonl", "hydra"}  # hydra: its log
+
+
+def test_one_store_holds_one_experiment(tmp_path):
+    """Battery 8: `stage=eval name=B` into a root of experiment 'good' pooled B's base into
+    good's report (an unexplained `base [2]`), and `stage=report name=other` titled good's rows
+    'other' and replaced good's report. A second name in a root's store is refused by name,
+    before any stage."""
+    path = tmp_path / "results.jsonl"
+    append_result(path, row("a", experiment="good"))
+    for stage in ("report", "eval"):
+        out = run_cli(f"stage={stage}", "name=other", f"root={tmp_path}", "logger=none",
+                      cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert (
+            f"{path} holds the results of experiment 'good'; name=other would pool its rows "
+            "with them in one report, and replace that report: run it under a root of its own "
+            "(root=...), or keep name=good"
+        ) in out.stderr
+    assert not (tmp_path / "data").exists()  # refused before any stage

@@ -101,22 +101,29 @@ def pick(
     select_split: str | None = None,
 ) -> tuple[Entry, dict[str, Any]] | None:
     """The representative of one group (``mixture`` or ``merge``) and how it was chosen:
-    ``{"on", "candidates", "select_scores", "missing"}``: the split the choice was made on, the
-    number of candidates, each candidate's selection-split score (None on the fallback) and the
-    candidates without one (why the fallback). None when the group has no entry."""
+    ``{"on", "candidates", "select_scores", "missing", "left_out", "fallback"}``: the split the
+    choice was made on, the number of candidates it was made among, each candidate's
+    selection-split score, the candidates without one, those of them left out of the choice
+    (when others have one), and whether the choice fell back to the reported split (none has
+    one). None when the group has no entry."""
     group = [e for e in entries if e.kind == kind]
     if not group:
         return None
     index = _select_index(select_rows) if select_split else {}
     scores = {e.label: _select_score(e, index) for e in group}
     missing = [label for label, s in scores.items() if s is None]
-    if select_split and not missing:
-        best = max(group, key=lambda e: scores[e.label])  # type: ignore[arg-type,return-value]
+    scored = [e for e in group if scores[e.label] is not None]
+    if select_split and scored:  # candidates never scored there (a model evaluated with
+        # stage=eval on the report split only) are left out, and said: choosing them on the
+        # reported split would move the whole group's choice there
+        best = max(scored, key=lambda e: scores[e.label])  # type: ignore[arg-type,return-value]
         on = select_split
     else:
         best = max(group, key=lambda e: e.mean["average"])
         on = str(best.rows[0].get("split") or "the report split")
-    return best, {"on": on, "candidates": len(group), "select_scores": scores, "missing": missing,
+    return best, {"on": on, "candidates": len(scored) if on == select_split else len(group),
+                  "select_scores": scores, "missing": missing,
+                  "left_out": missing if on == select_split else [],
                   "fallback": on != select_split}  # fmt: skip
 
 
@@ -336,6 +343,10 @@ def _how(choice: Mapping[str, Any], plural: str) -> str:
     n = choice["candidates"]
     singular = plural.replace("methods", "method").replace("strategies", "strategy")
     of = f"chosen on {choice['on']} from {n} {plural if n != 1 else singular}"
+    left = choice.get("left_out") or []
+    if left:
+        of += f"; {len(left)} without a {choice['on']} score left out: {', '.join(left[:3])}"
+        of += " ..." if len(left) > 3 else ""
     return f"{of}, the reported split" if choice["fallback"] else of
 
 

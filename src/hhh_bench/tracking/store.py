@@ -5,7 +5,9 @@ One concept: the results store (its row schema, writing, reading and validating 
 Rows are :class:`ResultRow` dicts (see its fields). :func:`append_result` writes a whole line,
 flushes and fsyncs under an exclusive lock, so concurrent writers (a Hydra multirun) never
 interleave and a crash loses at most the line being written. :func:`read_results` skips a torn
-line (an unfinished last write: no closing brace) with a warning. The same model evaluated again
+last line (an unfinished write: no closing brace) with a warning; the next append moves it to
+``<store>.torn`` first, so a line cut short in the middle of a store is damage, refused like any
+invalid line. The same model evaluated again
 (same ``row_key``) supersedes its earlier row: the last one wins on load, and the file itself is
 never rewritten.
 
@@ -335,7 +337,7 @@ def append_result(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: b
 
     The line is written with a single ``write`` on a file opened for appending, under an
     exclusive ``flock``, then flushed and fsynced. If the file ends in a torn line (a crash
-    mid-write), a newline is written first so the new row starts on a line of its own.
+    mid-write), that fragment is moved to ``<store>.torn`` first (:func:`_set_aside_torn_tail`).
 
     Args:
         path: the store file (``<root>/results.jsonl``).
@@ -370,15 +372,43 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
             prev = latest.get(row["row_key"])
             if prev is not None and _same(prev, row):
                 return False
+        _set_aside_torn_tail(f, path)
         f.seek(0, os.SEEK_END)
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
         f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def _set_aside_torn_tail(f: Any, path: Path) -> None:
+    """A store that does not end in a newline ends in a write a crash cut short: its fragment is
+    appended to ``<store>.torn`` (kept, not lost) and cut off the store, so that the next row
+    starts a line of its own and a cut-short line is only ever the last one: one in the middle
+    of a store is damage, which a reader refuses (:func:`scan_results`)."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+        return
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b"\n":
+        return
+    f.seek(max(0, size - (1 << 20)))
+    tail = f.read()
+    cut = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size - len(tail)
+    f.seek(cut)
+    fragment = f.read()
+    aside = path.with_name(path.name + ".torn")
+    with open(aside, "ab") as out:
+        out.write(fragment + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+    f.truncate(cut)
+    warnings.warn(
+        f"{path}: its last line was cut short (a write interrupted by a crash); moved to {aside} "
+        "before appending",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 _PARSED: dict[str, tuple[tuple[int, int, int], list[_Line]]] = {}
@@ -473,16 +503,45 @@ TORN = "a torn line (no closing brace): a write interrupted by a crash"
 
 
 def _warn_torn(lines: list[_Line], path: Path) -> None:
-    last = lines[-1].number if lines else 0
-    for ln in lines:
-        if ln.torn:
-            where = "last line" if ln.number == last else f"line {ln.number}"
-            warnings.warn(
-                f"{path}: ignoring a torn or invalid {where} (no closing brace): probably a "
-                "write interrupted by a crash",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+    if lines and lines[-1].torn:
+        warnings.warn(
+            f"{path}: ignoring its last line, cut short (no closing brace): a write interrupted "
+            "by a crash",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+CUT_SHORT = (
+    "cut short (no closing brace) in the middle of the store: a crash cuts only the last line "
+    "(the next write sets it aside), so this line was damaged"
+)
+
+
+def experiments_in(path: str | Path) -> set[str]:
+    """The experiment names of a store's rows (lines that do not parse are left to
+    :func:`scan_results`); none for a missing store."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    with open(path, "rb") as f:
+        lines = _lines_of(f, path)
+    return {str(ln.value["experiment"]) for ln in lines
+            if isinstance(ln.value, dict) and "experiment" in ln.value}  # fmt: skip
+
+
+def check_one_experiment(path: str | Path, name: str) -> None:
+    """One results store holds one experiment: rows of another ``name`` in it would be pooled
+    into this one's tables and answer, and its report folder replaced. Raise ``ValueError``
+    naming the store, the names it holds and what to do."""
+    others = sorted(experiments_in(path) - {str(name)})
+    if others:
+        raise ValueError(
+            f"{path} holds the results of experiment {others[0]!r}"
+            + (f" (and {others[1:]})" if len(others) > 1 else "")
+            + f"; name={name} would pool its rows with them in one report, and replace that "
+            f"report: run it under a root of its own (root=...), or keep name={others[0]}"
+        )
 
 
 def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
@@ -509,11 +568,12 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
     with open(path, "rb") as f:
         lines = _lines_of(f, path)
     _warn_torn(lines, path)
+    last = lines[-1].number if lines else 0
     for ln in lines:
-        if ln.torn:  # skipped whatever skip_invalid says (an unfinished write), and said
-            scan.skipped.append(SkippedLine(ln.number, TORN))
+        if ln.torn and ln.number == last:  # an unfinished write: skipped whatever
+            scan.skipped.append(SkippedLine(ln.number, TORN))  # skip_invalid says, and said
             continue
-        reason = ln.error
+        reason = CUT_SHORT if ln.torn else ln.error
         if reason is None:
             try:
                 check_row(ln.value)
