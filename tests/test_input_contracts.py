@@ -729,3 +729,45 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     ):
         _check_same_base(model_identity(str(b)), str(b), [str(adapter)])
     _check_same_base(model_identity(str(a)), str(a), [str(adapter)])  # its own base: fine
+
+
+def test_a_single_stage_runs_its_one_seed_and_seed_alone_is_the_run_seed():
+    """Battery 8: `stage=train seeds=[1]` reused seed 0's specialist and said nothing; and
+    `seed=3` on its own ran seed 0 (the default seeds [0] won). seeds is now unset by default
+    (the one seed `seed`), and a single stage given seeds of another seed is refused."""
+    from conftest import compose
+    from hhh_bench.pipeline import _seed_cfgs
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
+
+    assert [int(c.seed) for c, _ in _seed_cfgs(compose(["seed=3"]))] == [3]
+    assert [int(c.seed) for c, _ in _seed_cfgs(compose(["seeds=[1,2]"]))] == [1, 2]
+    for overrides, message in (
+        (["stage=train", "seeds=[1]"], r"stage=train runs one seed, seed=0, but seeds=\[1\] "
+                                       r"lists another: run stage=train seed=N for each"),
+        (["stage=merge", "seeds=[0,1]"], r"stage=merge runs one seed, seed=0, but seeds=\[0, 1\] "
+                                         r"lists others"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            validate_run(to_dict(compose(overrides)))
+    for overrides in (["stage=train", "seed=1", "seeds=[1]"], ["stage=report", "seeds=[0,1]"]):
+        validate_run(to_dict(compose(overrides)))  # the one seed, or a stage over all seeds
+
+
+def test_a_hub_model_given_with_the_tiny_defaults_is_theta0_as_it_is():
+    """Battery 8: the README's `model.kind=hub model.path=<folder>` kept tiny.yaml's
+    `base_sft.enabled: true` and fine-tuned the given model on the toy world before using it as
+    θ0. tiny.yaml now says `auto`: SFT for a tiny model only; true/false still choose."""
+    from conftest import compose
+    from hhh_bench.core.config import ModelConfig, load
+    from hhh_bench.stages.common import to_dict
+
+    def model(*overrides):
+        return load(ModelConfig, to_dict(compose(list(overrides)).model))
+
+    assert model().sft_enabled and model().base_sft.enabled == "auto"
+    assert not model("model.kind=hub", "model.path=/some/folder").sft_enabled
+    assert model("model.kind=hub", "model.path=/x", "model.base_sft.enabled=true").sft_enabled
+    assert not model("model.base_sft.enabled=false").sft_enabled
+    with pytest.raises(ValueError, match=r"model.base_sft.enabled must be true, false or auto"):
+        model("model.base_sft.enabled=yes")

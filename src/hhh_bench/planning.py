@@ -407,7 +407,8 @@ class SeedPlan:
         if not pl.n:
             pl.params(self.base, data)
         sft = pl.plain["model"].get("base_sft") or {}
-        if sft.get("enabled"):
+        enabled = sft.get("enabled")  # auto: a tiny model only (core.config.ModelConfig)
+        if enabled is True or (enabled == "auto" and pl.plain["model"].get("kind") == "tiny"):
             counts = ((data or {}).get("manifest") or {}).get("counts") or {}
             n_sft = int((counts.get("sft") or {}).get("train", 0))
             pl.train_cost(job, n_sft, {**sft, "method": "full"}, kind="sft",

@@ -500,6 +500,13 @@ def check_seeds(cfg: Mapping[str, Any]) -> None:
         raise ValueError(
             f"seeds={list(seeds)!r} repeats {dup}: a seed run twice is not a second replicate"
         )
+    stage = cfg.get("stage", "all")
+    if seeds and stage not in ("all", "report") and list(seeds) != [cfg.get("seed", 0)]:
+        raise ValueError(
+            f"stage={stage} runs one seed, seed={cfg.get('seed', 0)}, but seeds={list(seeds)} "
+            f"lists {'others' if len(seeds) > 1 else 'another'}: run stage={stage} seed=N for "
+            "each (or stage=all, which runs every seed of seeds), or leave seeds unset"
+        )
 
 
 def task_metrics() -> dict[str, tuple[str, ...]]:

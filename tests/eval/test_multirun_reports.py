@@ -20,29 +20,34 @@ FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fix
 
 
 def test_multirun_jobs_write_their_own_reports(tmp_path):
-    """A two-job sweep of the report stage over eval.select_by: two folders under
-    <root>/reports/, each report titled with its job and choosing by its own select_by, nothing
-    in <root>/report/; the first job computes the data stage and says so, the second reuses it
-    and says so (the summary is per job, not summed over the jobs)."""
+    """A two-job sweep of the report stage over report.interval: two folders under
+    <root>/reports/, each report titled with its job and using its own interval, nothing in
+    <root>/report/; the first job computes the data stage and says so, the second reuses it and
+    says so (the summary is per job, not summed over the jobs). (It swept eval.select_by before
+    battery 8; a report now refuses a select_by other than the one the rows were chosen by.)"""
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(FIXTURE, root / "results.jsonl")
-    args = [sys.executable, "-m", "hhh_bench", "-m", "stage=report", "eval.select_by=average,min",
-            f"root={root}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "logger=none",
+    # the fixture's rows are hand-made (one task each): eval.name keeps the report from
+    # comparing them with the toy suite's full scoring (stages/report.check_scored_as_configured)
+    args = [sys.executable, "-m", "hhh_bench", "-m", "stage=report", "report.interval=t,bca",
+            "name=fixture", "eval.name=fixture", f"root={root}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "logger=none",
             "threads=1"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = {
-        by: f"eval.select_by={by},logger=none,stage=report,threads=1" for by in ("average", "min")
+        kind: f"eval.name=fixture,logger=none,name=fixture,report.interval={kind},stage=report,"
+        "threads=1"
+        for kind in ("t", "bca")
     }
     assert sorted(p.name for p in (root / "reports").iterdir()) == sorted(jobs.values())
-    for by, job in jobs.items():
+    for kind, job in jobs.items():
         md = (root / "reports" / job / "report.md").read_text()
-        title = md_text(f"default [{job}]")  # names are escaped in report.md (issue 27)
+        title = md_text(f"fixture [{job}]")  # names are escaped in report.md (issue 27)
         assert md.startswith(f"# hhh-bench report: {title}\n"), md[:200]
-        assert f"the one it chose by {by} on the selection split" in md
+        assert ("BCa bootstrap interval" in md) == (kind == "bca"), kind
         assert (root / "reports" / job / "pareto.png").is_file()
     assert not (root / "report").exists()
     summaries = re.findall(r"^hhh-bench: (\d+) stage run\(s\) computed, (\d+) reused", done.stdout,

@@ -291,3 +291,32 @@ def test_one_store_holds_one_experiment(tmp_path):
             "(root=...), or keep name=good"
         ) in out.stderr
     assert not (tmp_path / "data").exists()  # refused before any stage
+
+
+def test_a_report_refuses_scoring_or_choosing_other_than_the_rows_were(tmp_path):
+    """Battery 8: `stage=report eval.dimensions.helpful.known_qa=5.0` (or eval.metric=soft)
+    reused the stored scores unchanged, and `stage=report eval.select_by=min` called choices
+    made by the average 'chosen by min'. Refused, naming the first difference."""
+    from conftest import compose
+    from hhh_bench.core.scoring import suite_tasks
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.stages.report import check_scored_as_configured
+
+    ecfg = to_dict(compose().eval)
+    specs = [{"name": t.name, "dimension": t.dimension, "weight": t.weight, "metric": t.metric}
+             for t in suite_tasks(ecfg, "test")]  # fmt: skip
+    stored = [row("ties", suite="toy3h", task_specs=specs, extra={"selected_by": "average"})]
+    check_scored_as_configured(stored, ecfg)  # as configured: fine
+    weights = to_dict(compose(["eval.dimensions.helpful.known_qa=5.0"]).eval)
+    with pytest.raises(ValueError, match=r"row 'ties' \(test\) was scored with tasks .*"
+                       r"first difference: task toy3h_known_qa_test\).*stage=all"):  # fmt: skip
+        check_scored_as_configured(stored, weights)
+    with pytest.raises(
+        ValueError, match=r"scored with tasks .*\(acc\).*this config scores .*\(soft\)"
+    ):
+        check_scored_as_configured(stored, to_dict(compose(["eval.metric=soft"]).eval))
+    with pytest.raises(ValueError, match=r"eval.select_by=min, but the pipeline chose each "
+                       r"family's configuration by average"):  # fmt: skip
+        check_scored_as_configured(stored, to_dict(compose(["eval.select_by=min"]).eval))
+    other_suite = [{**stored[0], "suite": "harness_3h"}]  # another suite's rows: not compared
+    check_scored_as_configured(other_suite, weights)

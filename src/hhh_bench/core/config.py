@@ -240,7 +240,11 @@ class TrainConfig:
 class BaseSftConfig:
     """The base stage's SFT of a freshly built (tiny) model on the toy world."""
 
-    enabled: bool = param(True, "run the SFT (false: θ0 is the model as built or loaded)")
+    enabled: bool | str = param(
+        True,
+        "run the SFT: true | false (θ0 is the model as built or loaded) | auto (on for "
+        "model.kind=tiny, a fresh model learning the world; off for kind=hub, the model as it is)",
+    )
     trainer: str = param(
         "plain", "plain (a minimal PyTorch loop) | trl (TRL SFTTrainer)", choices=("plain", "trl")
     )
@@ -256,6 +260,10 @@ class BaseSftConfig:
 
     def __post_init__(self) -> None:
         _post(self, "model.base_sft")
+        if self.enabled not in (True, False, "auto"):
+            raise ValueError(
+                f"model.base_sft.enabled must be true, false or auto, got {self.enabled!r}"
+            )
         for name in ("epochs", "learning_rate", "batch_size", "max_length"):
             _positive("model.base_sft", name, getattr(self, name))
         _share("model.base_sft", "warmup_ratio", self.warmup_ratio)
@@ -284,6 +292,12 @@ class ModelConfig:
     base_sft: BaseSftConfig = param(
         None, "SFT of θ0 on the toy world", factory=lambda: BaseSftConfig(enabled=False)
     )
+
+    @property
+    def sft_enabled(self) -> bool:
+        """Whether the base stage SFTs θ0 (``base_sft.enabled``; ``auto``: for a tiny model)."""
+        enabled = self.base_sft.enabled
+        return self.kind == "tiny" if enabled == "auto" else bool(enabled)
 
     def __post_init__(self) -> None:
         _post(self, "model")

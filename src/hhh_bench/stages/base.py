@@ -2,7 +2,8 @@
 
 For ``model.kind=tiny`` it builds the word-level tokenizer from the data's vocabulary, builds the
 tiny Llama from ``model.spec`` and SFTs it on the toy world's SFT corpus; for ``model.kind=hub``
-it records the hub id / path (optionally SFT'd too if ``model.base_sft.enabled``). Output,
+it records the hub id / path (SFT'd too if ``model.base_sft.enabled`` is true; ``auto``,
+tiny.yaml's, SFTs a tiny model only). Output,
 ``<root>/base/<key>/``: the model and tokenizer, ``loss_curve.jsonl``, ``base_info.json`` (known-
 fact accuracy before and after the SFT, parameter count, seconds), ``provenance.json``.
 """
@@ -41,7 +42,7 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
     """Build (or reuse) θ0; return ``{"path", "key", "cached", ...}``."""
     data = data or run_data(cfg)
     mcfg = group(cfg, "model", ModelConfig)
-    if mcfg.kind == "hub" and not mcfg.base_sft.enabled:
+    if mcfg.kind == "hub" and not mcfg.sft_enabled:
         content = model_identity(str(mcfg.path), mcfg.revision)
         return {
             "path": mcfg.path,
@@ -67,7 +68,7 @@ def run_base(cfg: DictConfig, data: dict[str, Any] | None = None) -> dict[str, A
         known = read_jsonl(known_file) if known_file.is_file() else []
         if known:
             info["known_qa_test_before"] = score_items(model, tokenizer, known)
-        if mcfg.base_sft.enabled:
+        if mcfg.sft_enabled:
             rows = read_jsonl(data_dir / "sft" / "train.jsonl")
             log.info(
                 "base: SFT of %d parameters on %d conversations", info["n_parameters"], len(rows)

@@ -78,6 +78,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             f"no results in {store}; run the eval stage first (hhh-bench stage=eval ...)"
         )
     ecfg = to_dict(cfg.eval)
+    check_scored_as_configured(rows, ecfg)
     out = report_dir(cfg, job)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FileExistsError(
@@ -118,6 +119,53 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     log.info("report: wrote %s", out)
     _show(cfg, store, result, cached=False)
     return result
+
+
+def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any]) -> None:
+    """The report shows the scores and choices the rows were made with: a config that scores
+    (``eval.dimensions``, ``eval.metric(s)``) or chooses (``eval.select_by``) otherwise would
+    have the report label them with what it says, not what they are. Raise ``ValueError``
+    naming the first difference and how to get rows made that way."""
+    from hhh_bench.core.scoring import suite_tasks
+
+    select_by = ecfg.get("select_by", "average")
+    chosen = sorted({str((r.get("extra") or {}).get("selected_by")) for r in rows
+                     if (r.get("extra") or {}).get("selected_by")})  # fmt: skip
+    if chosen and chosen != [select_by]:
+        raise ValueError(
+            f"eval.select_by={select_by}, but the pipeline chose each family's configuration by "
+            f"{' and '.join(chosen)} (the rows' extra.selected_by): the report would call those "
+            f"choices 'by {select_by}'. Run the pipeline with eval.select_by={select_by} (stage="
+            "all; its stages are reused from the cache), or report with "
+            f"eval.select_by={chosen[0]}"
+        )
+    now: dict[str, list[tuple[str, str, float, str]]] = {}
+    for r in rows:
+        split, specs = r.get("split"), r.get("task_specs")
+        if r.get("suite") != ecfg.get("name") or not isinstance(specs, list) or not split:
+            continue
+        if split not in now:
+            try:
+                now[split] = sorted((t.name, t.dimension, t.weight, t.metric)
+                                    for t in suite_tasks(ecfg, split))  # fmt: skip
+            except ValueError:
+                continue
+        stored = sorted((str(t.get("name")), str(t.get("dimension")), float(t.get("weight", 0)),
+                         str(t.get("metric"))) for t in specs if isinstance(t, dict))  # fmt: skip
+        if stored != now[split]:
+            differ = sorted(set(now[split]) ^ set(stored))[0]
+            raise ValueError(
+                f"row {r.get('name')!r} ({split}) was scored with tasks {_specs(stored)}, this "
+                f"config scores {_specs(now[split])} (first difference: task {differ[0]}): the "
+                "report shows scores as they were computed when each model was evaluated. Run "
+                "stage=all (or stage=eval) with these eval settings to score the rows again "
+                "(the evaluations are reused from the cache), or report with the settings the "
+                "rows were scored with"
+            )
+
+
+def _specs(specs: list[tuple[str, str, float, str]]) -> str:
+    return ", ".join(f"{d}.{n}={w:g} ({m})" for n, d, w, m in specs)
 
 
 REPORT_CODE = (
