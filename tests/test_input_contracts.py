@@ -540,9 +540,34 @@ def test_battery7_hhh_bench_merge_never_writes_inside_a_stage_output(tmp_path):
     (out / "key.json").write_text(json.dumps({"stage": "merge", "key": "abc"}))
     (out / "checksums.json").write_text("{}")
     for target in (out / "model", out / "new" / "merged", out):
-        with pytest.raises(ValueError, match="lies inside the finished stage output"):
+        with pytest.raises(ValueError, match=r"lies inside .*, a finished stage output"):
             check_out_dir(target)
     check_out_dir(tmp_path / "elsewhere")
+
+
+def test_merge_and_export_outputs_stay_out_of_a_runs_stage_folders(tmp_path):
+    """Battery 8 (DATA-LOSS): `hhh-bench export ROOT --out ROOT/eval/<key>/x.jsonl` wrote inside
+    a finished eval output (its next reuse then failed its checksums), and `hhh-bench merge
+    CONFIG ROOT/merge/newdir` wrote into a run's merge stage folder. Both refused by name."""
+    import json
+
+    from conftest import run_cli
+
+    root = tmp_path / "run"
+    done = root / "eval" / "abc"
+    done.mkdir(parents=True)
+    (done / "checksums.json").write_text("{}")
+    (root / "results.jsonl").write_text("")
+    out = run_cli("export", str(root), "--out", str(done / "x.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--out {done / 'x.jsonl'} lies inside '{done}', a finished stage output" in out.stderr
+    assert not (done / "x.jsonl").exists()
+    cfg = tmp_path / "ties.yaml"
+    cfg.write_text(json.dumps({"merge_method": "linear", "models": [{"model": "a"}]}))
+    out = run_cli("merge", str(cfg), str(root / "merge" / "newdir"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"the merge stage folder of the run root '{root}'" in out.stderr
+    assert not (root / "merge").exists()
 
 
 def test_battery7_command_line_refusals_are_one_line(tmp_path):

@@ -523,26 +523,14 @@ def check_root_value(value: str) -> None:
             f"root={value!r}: '~' is not expanded here (it would make a folder named '~' in the "
             f"current folder); write the full path, e.g. root={Path(value).expanduser()}"
         )
-    from hhh_bench.core.content import output_above
-    from hhh_bench.core.stagecache import STAGE_VERSIONS
+    from hhh_bench.core.stagecache import held_by_a_run
 
-    held = output_above(value)
-    if held is not None:
+    why = held_by_a_run(value)
+    if why is not None:
         raise ValueError(
-            f"root={value!r} lies inside {str(held)!r}, a finished stage output: a run "
-            "writing there would change it; give a root outside any run's stage folders"
+            f"root={value!r} {why}: a run writing there would change it or mix its outputs "
+            "with that run's; give a root outside any run's stage folders"
         )
-    p = Path(value).resolve()
-    for folder in (p, *p.parents):
-        run_root = folder.parent
-        if folder.name in (*STAGE_VERSIONS, "stats") and (
-            (run_root / "results.jsonl").exists() or (run_root / "hydra").is_dir()
-        ):
-            raise ValueError(
-                f"root={value!r} lies inside {str(folder)!r}, the {folder.name} stage folder of "
-                f"the run root {str(run_root)!r}: its outputs would be mixed with that run's; "
-                "give a root outside any run's stage folders"
-            )
 
 
 def main() -> None:

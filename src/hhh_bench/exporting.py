@@ -184,6 +184,11 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"{root}: not a folder (give a run's root, e.g. runs/toy3h)")
         if out.exists():
             raise ValueError(f"{out} exists: give another --out, or remove it first")
+        from hhh_bench.core.stagecache import held_by_a_run
+
+        why = held_by_a_run(out)
+        if why is not None:  # it would change an output its checksums vouch for
+            raise ValueError(f"--out {out} {why}: give a file outside the run's stage folders")
         records = list(export_items(root, skip_invalid=args.skip_invalid))
         write_export(records, out, args.format)
     except (ValueError, OSError) as e:

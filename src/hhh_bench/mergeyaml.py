@@ -749,16 +749,16 @@ def run(
 
 
 def check_out_dir(out_dir: str | Path) -> None:
-    """OUT_DIR lies inside no finished stage output (a pipeline's merged model, a data folder):
-    writing there would change an output its checksums and its store rows vouch for."""
-    from hhh_bench.core.content import output_above
+    """OUT_DIR lies inside no finished stage output (a pipeline's merged model, a data folder)
+    and no stage folder of a run root (:func:`hhh_bench.core.stagecache.held_by_a_run`)."""
+    from hhh_bench.core.stagecache import held_by_a_run
 
-    held = output_above(out_dir)
-    if held is not None:
+    why = held_by_a_run(out_dir)
+    if why is not None:
         raise ValueError(
-            f"{out_dir} lies inside the finished stage output {held}: a merge written there "
-            "would change an output its checksums and results rows vouch for; choose a folder "
-            "outside the run's stage folders"
+            f"{out_dir} {why}: a merge written there would change an output its checksums and "
+            "results rows vouch for, or mix with that run's outputs; choose a folder outside "
+            "the run's stage folders"
         )
 
 

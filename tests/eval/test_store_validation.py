@@ -320,3 +320,22 @@ def test_a_report_refuses_scoring_or_choosing_other_than_the_rows_were(tmp_path)
         check_scored_as_configured(stored, to_dict(compose(["eval.select_by=min"]).eval))
     other_suite = [{**stored[0], "suite": "harness_3h"}]  # another suite's rows: not compared
     check_scored_as_configured(other_suite, weights)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("params", "x", r"params = 'x' is not a JSON object"),
+        ("extra", [1], r"extra = \[1\] is not a JSON object"),
+        ("extra", {"n_configs": "four"}, r"extra.n_configs = 'four' is not a count"),
+        ("task_specs", ["t"], r"task_specs = \['t'\] is not a list of objects"),
+    ],
+)
+def test_hand_edited_structured_fields_are_named_with_their_line(tmp_path, field, value, says):
+    """Battery 8: `params="x"` or `extra=[1]` in a row crashed the report with a traceback
+    (entries.py), `extra.n_configs="four"` said only "invalid literal for int()"."""
+    path = store_with(tmp_path, json.dumps(row("b", **{field: value})))
+    with pytest.raises(
+        store_mod.StoreError, match=rf"results.jsonl, line 2: result row 'b': {says}"
+    ):
+        read_results(path)

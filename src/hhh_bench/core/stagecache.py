@@ -46,6 +46,29 @@ STAGE_VERSIONS = {"data": 3, "base": 2, "train": 2, "merge": 3, "eval": 2, "diag
 ON_MISMATCH = ("error", "recompute")
 
 
+def held_by_a_run(path: str | Path) -> str | None:
+    """Why ``path`` must not be written by a run, a merge or an export, else None: it is or
+    lies inside a finished stage output (writing there would change an output its checksums
+    vouch for, which its next reuse then refuses), or inside a stage folder of a run root (its
+    files would be mixed with that run's outputs)."""
+    from hhh_bench.core.content import output_above
+
+    held = output_above(path)
+    if held is not None:
+        return f"lies inside {str(held)!r}, a finished stage output"
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        run_root = folder.parent
+        if folder.name in (*STAGE_VERSIONS, "stats") and (
+            (run_root / "results.jsonl").exists() or (run_root / "hydra").is_dir()
+        ):
+            return (
+                f"lies inside {str(folder)!r}, the {folder.name} stage folder of the run root "
+                f"{str(run_root)!r}"
+            )
+    return None
+
+
 def stage_key(stage: str, payload: Any) -> str:
     """The content key of a stage run: its version, its resolved config and its inputs' keys."""
     return config_hash(

@@ -252,6 +252,7 @@ def check_row(row: Any) -> None:
             f"result row {key!r} was changed after hhh-bench wrote it (its {DIGEST} does not "
             "match its content): run the stage that wrote it again (stage=eval) or delete the line"
         )
+    _check_shapes(key, row)
     columns = set(row.get("extra_columns") or {})
     for k, v in row.items():
         if k in SCORE_COLUMNS or not (_OPTIONAL_NUMBERS.match(k) or k in columns):
@@ -280,6 +281,32 @@ def check_row(row: Any) -> None:
                     f"result row {key!r}: tasks.{task}.{m} = {v!r} is negative (a standard error)"
                 )
         _check_counts(key, task, metrics)
+
+
+MAPPING_FIELDS = ("params", "extra", "artifacts", "extra_columns", "reference", "judges")
+"""Row fields that are JSON objects (or null) when present: the report reads them as mappings."""
+EXTRA_COUNTS = ("n_configs",)
+"""``extra`` fields the report reads as counts (a non-negative integer or null)."""
+
+
+def _check_shapes(key: Any, row: Mapping[str, Any]) -> None:
+    """The structured fields the report reads hold what it reads: mappings where it iterates
+    items, a list of task specs, integer counts (a hand-edited ``params="x"`` crashed the
+    report with a traceback; ``extra.n_configs="four"`` gave an error naming nothing)."""
+    for name in MAPPING_FIELDS:
+        v = row.get(name)
+        if v is not None and not isinstance(v, Mapping):
+            raise ValueError(f"result row {key!r}: {name} = {v!r:.60} is not a JSON object")
+    specs = row.get("task_specs")
+    if specs is not None and (
+        not isinstance(specs, list) or not all(isinstance(t, Mapping) for t in specs)
+    ):
+        raise ValueError(f"result row {key!r}: task_specs = {specs!r:.60} is not a list of objects")
+    extra = row.get("extra") or {}
+    for name in EXTRA_COUNTS:
+        v = extra.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"result row {key!r}: extra.{name} = {v!r} is not a count")
 
 
 COUNT_FIELDS = ("n", "n_empty", "n_unparsed")
