@@ -796,3 +796,27 @@ def test_a_hub_model_given_with_the_tiny_defaults_is_theta0_as_it_is():
     assert not model("model.base_sft.enabled=false").sft_enabled
     with pytest.raises(ValueError, match=r"model.base_sft.enabled must be true, false or auto"):
         model("model.base_sft.enabled=yes")
+
+
+def test_battery8_sizes_lambda_and_cache_roots_are_named(tmp_path):
+    """Battery 8 (unclear): `data.world.eval_items_per_kind=100000000` was killed for memory
+    with no message; a mergekit YAML's `lambda: .inf` was named 'scaling'; `hhh-bench cache
+    verify` on the parent of a root said "0 stage output(s), 0 differ" and exit 0."""
+    from conftest import compose, run_cli
+    from hhh_bench.mergeyaml import MergekitConfigError, _gta
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
+
+    with pytest.raises(ValueError, match=r"data.world.eval_items_per_kind=100000000 is above "
+                       r"100,000"):  # fmt: skip
+        validate_run(to_dict(compose(["data.world.eval_items_per_kind=100000000"])))
+    with pytest.raises(MergekitConfigError, match=r"parameter 'lambda' is inf: give a finite"):
+        _gta("none")({"lambda": float("inf"), "normalize": False, "rescale": False},
+                     [{"weight": 1.0, "density": 1.0}], "w")  # fmt: skip
+    run = tmp_path / "runs" / "x"
+    (run / "data" / "abc").mkdir(parents=True)
+    (run / "data" / "abc" / "key.json").write_text("{}")
+    out = run_cli("cache", "verify", str(tmp_path / "runs"), cwd=tmp_path)
+    assert out.returncode == 2 and "is not a run's root" in out.stderr
+    out = run_cli("cache", "verify", str(run), cwd=tmp_path)
+    assert "is not a run's root" not in out.stderr

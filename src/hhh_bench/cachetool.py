@@ -122,6 +122,21 @@ def _store_problems(root: Path) -> list[str]:
     return out
 
 
+def _is_run_root(root: Path) -> bool:
+    """A run's root: it holds a results store, or a stage folder (``data/``, ``merge/``, ...)
+    whose entries carry a cache key (`hhh-bench cache verify` on its parent, or on a stage
+    folder, said "0 stage output(s), 0 differ" and exit 0)."""
+    from hhh_bench.core.stagecache import STAGE_VERSIONS
+
+    if (root / "results.jsonl").exists() or (root / "diagnostics.jsonl").exists():
+        return True
+    for stage in (*STAGE_VERSIONS, "stats"):
+        folder = root / stage
+        if folder.is_dir() and any((o / KEY_FILE).is_file() for o in folder.iterdir()):
+            return True
+    return False
+
+
 def cmd_verify(root: Path, quick: bool) -> int:
     outputs = list(stage_outputs(root))
     cache = root_hash_cache(root)
@@ -173,6 +188,15 @@ def main(argv: Sequence[str]) -> int:
     if not root.is_dir():
         print(
             f"hhh-bench cache: error: {root} is not a folder (give a run's root)", file=sys.stderr
+        )
+        return 2
+    if not _is_run_root(root):
+        below = sorted({str(p.parent) for p in root.glob("*/results.jsonl")})
+        hint = f"; run roots below it: {', '.join(below[:3])}" if below else ""
+        print(
+            f"hhh-bench cache: error: {root} is not a run's root (no results.jsonl and no stage "
+            f"folder such as data/ or merge/ holding cached outputs){hint}",
+            file=sys.stderr,
         )
         return 2
     try:

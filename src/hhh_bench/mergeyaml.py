@@ -127,7 +127,10 @@ def _gta(sparsify: str) -> Callable[..., dict[str, Any]]:
     def translate(g: dict[str, Any], m: list[dict[str, Any]], tensor: str) -> dict[str, Any]:
         w = _weights(m, tensor)
         normalize, rescale = _flag(g, "normalize"), _flag(g, "rescale")
-        out: dict[str, Any] = {"scaling": float(g["lambda"])}
+        scale = float(g["lambda"])
+        if not math.isfinite(scale):  # named as the YAML names it, not as our 'scaling'
+            raise MergekitConfigError(f"parameter 'lambda' is {g['lambda']}: give a finite number")
+        out: dict[str, Any] = {"scaling": scale}
         if sparsify == "none":
             if _density(m, tensor) < 1.0:
                 raise MergekitConfigError(

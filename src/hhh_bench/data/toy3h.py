@@ -125,6 +125,13 @@ def answer(attr: str, value: str) -> str:
     return f"the {attr} is {value} ."
 
 
+MAX_WORLD_SIZE = 100_000
+"""The largest count a toy world's size knobs take (pairs per dimension, evaluation items per
+kind, known and unknown entities per split), hundreds of times the defaults. Measured
+2026-12-07 (this 2-core machine): `stage=data` with 100,000 evaluation items per kind peaked at
+0.92 GB (0.40 GB with the default 60) in 15 s; 1e8 items was killed for memory."""
+
+
 @dataclass
 class Toy3HConfig:
     """Sizes and rates of the toy world (``conf/data/toy3h.yaml`` documents every field)."""
@@ -152,7 +159,7 @@ class Toy3HConfig:
     sft_sycophancy_rate: float = 0.3
     popular_value_weight: float = 4.0
     pairs_per_dimension: int = 400
-    eval_items_per_kind: int = 60
+    eval_items_per_kind: int = 60  # each of these counts at most MAX_WORLD_SIZE
     conflict_rate: float = 0.0
     story_share: float = 0.0
     sft_story_idk_rate: float = 0.5
@@ -216,6 +223,16 @@ class Toy3HConfig:
             raise ValueError(f"request_split must sum to 1 over {SPLITS}, got {self.request_split}")
         if self.pairs_per_dimension < 1 or self.eval_items_per_kind < 1:
             raise ValueError("pairs_per_dimension and eval_items_per_kind must be >= 1")
+        sizes = {"pairs_per_dimension": self.pairs_per_dimension,
+                 "eval_items_per_kind": self.eval_items_per_kind,
+                 **{f"n_known.{k}": v for k, v in self.n_known.items()},
+                 **{f"n_unknown.{k}": v for k, v in self.n_unknown.items()}}  # fmt: skip
+        for name, v in sizes.items():
+            if v > MAX_WORLD_SIZE:  # 1e8 eval items: the data stage was killed for memory
+                raise ValueError(
+                    f"data.world.{name}={v} is above {MAX_WORLD_SIZE:,}: a toy world that size "
+                    "does not fit in memory here (defaults: hundreds); lower it"
+                )
 
     def _check_types(self) -> None:
         """Every knob of its declared type (``seed=1.5`` or ``seed='0'`` would silently build

@@ -674,9 +674,6 @@ class ServedGuard(Judge):
         from hhh_bench.models import load_tokenizer
 
         self.spec = spec
-        self.tok = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code,
-                                  revision=spec.revision)  # fmt: skip
-        self._check_template()
         sspec = ServerSpec.from_config(spec.server)
         hub = not Path(spec.model).expanduser().is_dir()  # a local folder has no revisions
         if spec.revision and hub and sspec.url is None:  # the server loads that commit
@@ -687,6 +684,9 @@ class ServedGuard(Judge):
                     "no revision; launch vllm or sglang, or give a local folder of that commit"
                 )
             sspec = replace(sspec, args=(*sspec.args, flag, spec.revision))
+        self.tok = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code,
+                                  revision=spec.revision)  # fmt: skip
+        self._check_template()
         self._own_folder = folder is None  # a temporary one, removed by close()
         self._folder = folder or Path(tempfile.mkdtemp(prefix="judge-server-"))
         self._serving = serving(sspec, spec.model, self._folder, dtype=spec.dtype,
