@@ -756,6 +756,30 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     _check_same_base(model_identity(str(a)), str(a), [str(adapter)])  # its own base: fine
 
 
+def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys):
+    """Silent (battery 8): an adapter whose adapter_config.json names a base not on this
+    machine (a missing folder, another hub id) was merged against merge.base without a word."""
+    import json
+
+    from hhh_bench.stages.common import model_identity
+    from hhh_bench.stages.merge import _check_same_base
+
+    base, adapter = tmp_path / "base", tmp_path / "lora_copy"
+    for d in (base, adapter):
+        d.mkdir()
+        (d / "model.safetensors").write_text(d.name)
+    for recorded in ("/nonexistent/base", "meta-llama/Llama-3-8B"):
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": recorded})
+        )
+        _check_same_base(model_identity(str(base)), str(base), [str(adapter)])
+        said = capsys.readouterr().out
+        assert (
+            f"warning: merge.models[0]={str(adapter)!r} is a LoRA adapter trained on {recorded!r} "
+            "(its adapter_config.json), which is not here to compare with merge.base="
+        ) in said
+
+
 def test_a_single_stage_runs_its_one_seed_and_seed_alone_is_the_run_seed():
     """Battery 8: `stage=train seeds=[1]` reused seed 0's specialist and said nothing; and
     `seed=3` on its own ran seed 0 (the default seeds [0] won). seeds is now unset by default

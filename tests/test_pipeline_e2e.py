@@ -57,22 +57,29 @@ def _rows(root: Path) -> dict[tuple[str, str], dict]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(session_root, small_base, small_specialists):
-    """Shares θ0 and the specialists with the session (same root and config), then trains the
-    oracle and the mixtures, merges, evaluates, reports."""
+def pipeline_run(tmp_path_factory, session_root, small_base, small_specialists):
+    """Shares θ0 and the specialists with the session (copied into a root of its own: one
+    results store holds one experiment, and the session's store holds the other tests' rows),
+    then trains the oracle and the mixtures, merges, evaluates, reports. ``(cfg, out, root)``."""
+    import shutil
+
     from hhh_bench.pipeline import run
 
-    cfg = compose([f"root={session_root}", *SMALL_PIPELINE])
-    return cfg, run(cfg)
+    root = tmp_path_factory.mktemp("pipeline")
+    for stage in ("data", "base", "train"):  # their keys hold content: reused, not retrained
+        shutil.copytree(session_root / stage, root / stage,
+                        ignore=shutil.ignore_patterns(".*"))  # fmt: skip
+    cfg = compose([f"root={root}", *SMALL_PIPELINE])
+    return cfg, run(cfg), root
 
 
 @pytest.mark.e2e
-def test_pipeline_end_to_end_and_cached(session_root, pipeline_run):
+def test_pipeline_end_to_end_and_cached(pipeline_run):
     from hhh_bench.pipeline import run
     from hhh_bench.stages.common import CACHE
 
-    cfg, out = pipeline_run
-    rows = _rows(session_root)
+    cfg, out, root = pipeline_run
+    rows = _rows(root)
     names = {name for name, split in rows if split == "test"}
     for expected in ("base", "oracle", "helpful specialist", "honest specialist",
                      "harmless specialist", "mix: uniform", "mix: sequential",
@@ -114,7 +121,7 @@ def test_a_plan_of_the_finished_run_finds_every_job_cached(pipeline_run):
     from hhh_bench.pipeline import prepare
     from hhh_bench.planning import plan
 
-    cfg, _ = pipeline_run
+    cfg, _, _ = pipeline_run
     jobs, _ = plan(prepare(cfg)[0])
     assert [(j.stage, j.name) for j in jobs if j.status != "cached"] == [("report", "report")]
     merges = [j.name for j in jobs if j.stage == "merge"]
@@ -159,7 +166,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     # the console ends with the answer (issue 14): mix or merge, with its interval or why not
     assert done.stdout.strip().splitlines()[-1].startswith("Mix or merge? ")
     resumed = _rows(root)
-    reference = _rows(session_root)
+    reference = _rows(pipeline_run[2])
     test_rows = [k for k in resumed if k[1] == "test"]
     assert {name for name, _ in test_rows} == {
         "base", "helpful specialist", "honest specialist", "harmless specialist",

@@ -83,6 +83,9 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     t0 = time.time()
     CACHE.reset()
     console.reset()
+    from hhh_bench.stages.eval import ROWS_OF_THIS_RUN
+
+    ROWS_OF_THIS_RUN.clear()
     CACHE.asked, CACHE.upstream = stage, frozenset(UPSTREAM.get(stage, ()))
     set_threads(cfg.get("threads"))
     cfg, groups = prepare(cfg)
@@ -638,7 +641,31 @@ def run_all(
         per_seed.append(run_seed(scfg, data if same else data_s))
     if t0 is not None:
         _summary(t0)
+    _say_rows_of_other_runs(cfg)
     return {"seeds": per_seed, "report": run_report(cfg, job=job)}
+
+
+def _say_rows_of_other_runs(cfg: DictConfig) -> None:
+    """Say which rows of the store this ``stage=all`` did not make (an earlier run's mixtures,
+    grid values or seeds that this config no longer lists): the report shows every stored row,
+    so its groups and choices count them too."""
+    from hhh_bench.stages.eval import ROWS_OF_THIS_RUN, results_path
+    from hhh_bench.tracking.store import StoreError, read_results
+
+    try:
+        rows = read_results(results_path(cfg), skip_invalid=True)
+    except (StoreError, OSError):
+        return  # the report names the problem
+    other = [r for r in rows if str(r.get("row_key")) not in ROWS_OF_THIS_RUN]
+    if not other:
+        return
+    names = sorted({f"{r.get('name')} (seed {r.get('seed')})" for r in other})
+    console.say(
+        f"note: {len(other)} row(s) of {results_path(cfg)} come from runs with other settings "
+        f"than this one (e.g. {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}): the "
+        "report shows and chooses among every stored row; give this configuration a root of "
+        "its own to report it alone"
+    )
 
 
 def _seed_cfgs(cfg: DictConfig) -> list[tuple[DictConfig, bool]]:

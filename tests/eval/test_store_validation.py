@@ -339,3 +339,27 @@ def test_hand_edited_structured_fields_are_named_with_their_line(tmp_path, field
         store_mod.StoreError, match=rf"results.jsonl, line 2: result row 'b': {says}"
     ):
         read_results(path)
+
+
+def test_stage_all_says_which_stored_rows_it_did_not_make(tmp_path, capsys):
+    """Battery 8: after `stage=all pipeline.mixtures=[uniform]` on a root of an earlier run with
+    four mixtures, the answer chose among the four with no word that three were not this run's.
+    The run now says which stored rows it did not make."""
+    from conftest import compose
+    from hhh_bench.pipeline import _say_rows_of_other_runs
+    from hhh_bench.stages.eval import ROWS_OF_THIS_RUN
+
+    cfg = compose([f"root={tmp_path}"])
+    append_result(tmp_path / "results.jsonl", row("a", experiment="default"))
+    append_result(tmp_path / "results.jsonl", row("mix reward_select", experiment="default"))
+    ROWS_OF_THIS_RUN.clear()
+    ROWS_OF_THIS_RUN.add("a")
+    try:
+        _say_rows_of_other_runs(cfg)
+        said = capsys.readouterr().out
+        assert "note: 1 row(s) of" in said and "(e.g. mix reward_select (seed 0))" in said
+        ROWS_OF_THIS_RUN.add("mix reward_select")
+        _say_rows_of_other_runs(cfg)
+        assert "note:" not in capsys.readouterr().out  # every row this run's: nothing said
+    finally:
+        ROWS_OF_THIS_RUN.clear()

@@ -50,6 +50,11 @@ how the policy and the judges are loaded: dtype, tokenizer); the task YAMLs and 
 in the key by content already (:func:`eval_payload`)."""
 
 
+ROWS_OF_THIS_RUN: set[str] = set()
+"""The row keys the eval stage stored (or found stored unchanged) in this run of the pipeline
+(:func:`hhh_bench.pipeline.run` clears it): what ``stage=all`` compares the store with."""
+
+
 def results_path(cfg: DictConfig) -> Path:
     """The experiment's results store, ``<root>/results.jsonl``."""
     return Path(cfg.root) / "results.jsonl"
@@ -151,6 +156,8 @@ def run_eval(
     )  # fmt: skip
     row.update(judged_fields)
     appended = append_result(results_path(cfg), row) if append else False
+    if append:
+        ROWS_OF_THIS_RUN.add(str(row["row_key"]))
     if append and model.get("kind") == "merge" and enclosing_output(str(model["path"])):
         attach_scores(model["path"], row)  # our merge's card carries its scores (never a user's)
     log.info("eval: %s (%s) %s", row["name"], split,

@@ -206,8 +206,18 @@ def _check_adapter_base(i: int, model: str, base_identity: str, base: str) -> No
         recorded = json.loads(config.read_text()).get("base_model_name_or_path")
     except (ValueError, AttributeError):
         return
-    if not isinstance(recorded, str) or not Path(recorded).is_dir():
-        return  # a hub id, or a folder not on this machine: nothing to compare
+    if not isinstance(recorded, str) or recorded == base:
+        return  # nothing recorded, or merge.base itself as given (a hub id)
+    if not Path(recorded).is_dir():  # a hub id, or a folder not on this machine
+        from hhh_bench.core import console
+
+        console.say(
+            f"warning: merge.models[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
+            f"(its adapter_config.json), which is not here to compare with merge.base={base!r}: "
+            "its task vector is taken against merge.base; merge it only if it was trained on "
+            "that base"
+        )
+        return
     if model_identity(recorded) != base_identity:
         raise ValueError(
             f"merge.models[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
