@@ -298,6 +298,24 @@ def test_different_model_type_with_equal_shapes_is_refused(models, tmp_path):
     )
 
 
+@pytest.mark.parametrize(("field", "value"), [("rope_theta", 1234.0), ("rms_norm_eps", 0.1),
+                                             ("num_hidden_layers", 3)])  # fmt: skip
+def test_another_variant_of_the_architecture_is_refused(models, tmp_path, field, value):
+    """Battery 8: a finetuned model whose config.json says rope_theta=1234 (or another norm
+    epsilon, or 3 layers) was merged without a word into the base's config."""
+    base, fts = models
+    other = tmp_path / "variant"
+    shutil.copytree(fts[0], other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg[field] = value
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"has {field}={value!r} in its config.json but the base "
+                       r"has .*allow_architecture_mismatch=true"):  # fmt: skip
+        merge_models("task_arithmetic", base, [other], tmp_path / "o", progress=False)
+    merge_models("task_arithmetic", base, [other], tmp_path / "o",
+                 allow_architecture_mismatch=True, progress=False)  # fmt: skip
+
+
 def test_truncated_shard_is_named_before_any_work(models, tmp_path):
     base, fts = models
     bad = tmp_path / "truncated"

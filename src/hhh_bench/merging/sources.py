@@ -723,6 +723,46 @@ def _check_distinct_weights(
         seen[w] = m
 
 
+VARIANT_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "rope_theta", "rope_scaling",
+    "rms_norm_eps", "layer_norm_eps", "max_position_embeddings", "sliding_window",
+    "attention_bias", "mlp_bias", "tie_word_embeddings",
+)  # fmt: skip
+"""``config.json`` fields that make a model another variant of its architecture: the merged
+model keeps the base's config, so a finetuned model that differs in one ran another network
+than the one its task vector is added to."""
+
+
+def _check_same_variant(bcfg: dict[str, Any], mcfg: dict[str, Any], m: TensorSource) -> None:
+    """A finetuned model's ``config.json`` agrees with the base's on :data:`VARIANT_FIELDS`
+    (where both have one): a long-context finetune's ``rope_theta``, a changed norm epsilon, a
+    layer count edited in the file were merged without a word."""
+    ours, theirs = _variant(bcfg), _variant(mcfg)
+    for name in VARIANT_FIELDS:
+        if name in ours and name in theirs and ours[name] != theirs[name]:
+            raise ValueError(
+                f"{m.label} ({m.where}) has {name}={theirs[name]!r} in its config.json but the "
+                f"base has {ours[name]!r}: the merged model keeps the base's config, so this "
+                "model's task vector would be added to another variant of the network (pass "
+                "allow_architecture_mismatch=true if you know they correspond)"
+            )
+
+
+def _variant(cfg: dict[str, Any]) -> dict[str, Any]:
+    """:data:`VARIANT_FIELDS` of a config.json; RoPE's θ and scaling read where either
+    transformers writes them (top level, or ``rope_parameters`` since transformers 5)."""
+    out = {k: cfg[k] for k in VARIANT_FIELDS if k in cfg}
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope:
+            out.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        if scaling.get("rope_type") not in (None, "default") or len(scaling) > 1:
+            out.setdefault("rope_scaling", scaling)
+    return out
+
+
 def check_inputs(
     base: TensorSource,
     models: Sequence[TensorSource],
@@ -744,6 +784,8 @@ def check_inputs(
                     "only models of the same architecture can be merged (pass "
                     "allow_architecture_mismatch=true if you know their weights correspond)"
                 )
+        if not allow_architecture_mismatch:
+            _check_same_variant(bcfg, mcfg, m)
     _check_distinct_weights(base, models, base_as_model)
     decisions: dict[str, str] = {}
     base_keys = base.keys()
