@@ -234,3 +234,30 @@ def test_the_hydra_form_runs_in_process_and_takes_the_verbose_flag(tmp_path, mon
     assert os.environ["HHH_VERBOSE"] == "1" and "-v" not in sys.argv
     assert len(list((tmp_path / "r" / "data").glob("*/manifest.json"))) == 1
     assert "data" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_the_last_line_no_progress_bar_after_it(monkeypatch, capsys):
+    """Battery 7/8: after Ctrl-C a progress bar left open (the base SFT's) printed its last state
+    after the interrupt line, when it was collected."""
+    import gc
+    import sys
+
+    from tqdm import tqdm
+
+    from hhh_bench import cli
+
+    def interrupted():
+        bar = tqdm(total=10, desc="base SFT", file=sys.stderr, mininterval=0)
+        bar.update(5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    monkeypatch.delenv("HHH_VERBOSE", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 130
+    del stop  # the interrupted frame, and its bar, are collected now
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "base SFT:  50%" in err  # the bar did show while the stage ran
+    assert err.rstrip().endswith("rerunning the same command resumes from them"), err[-300:]

@@ -545,12 +545,21 @@ def main() -> None:
     except KeyboardInterrupt:
         if _verbose():
             raise
+        _silence_progress_bars()
         print(
             "\nhhh-bench: interrupted; the stages that finished are cached, and rerunning the "
             "same command resumes from them",
             file=sys.stderr,
         )
         raise SystemExit(130) from None
+
+
+def _silence_progress_bars() -> None:
+    """Progress bars a Ctrl-C left open (a library's, or the base SFT's) would print their last
+    state when they are collected, after the interrupt line: they are silenced first."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.disable = True  # close() and __del__ then print nothing
 
 
 _HELD: HeldStderr | None = None
