@@ -108,6 +108,18 @@ def check_eval(ecfg: Any) -> None:
         from hhh_bench.evaluation.serving import ServerSpec
 
         ServerSpec.from_config(getattr(ecfg, "server", None))
+    else:  # a server set up but not used: the model would run in process, unsaid
+        from hhh_bench.evaluation.serving import ServerSpec
+
+        spec = ServerSpec.from_config(getattr(ecfg, "server", None))
+        changed = [k for k in ("url", "launch", "python", "args", "data_parallel_size")
+                   if getattr(spec, k) != getattr(ServerSpec(), k)]  # fmt: skip
+        if changed:
+            raise ValueError(
+                f"eval.server.{changed[0]} is set but eval.backend={ecfg.backend}: the models "
+                "would be evaluated in this process, not by that server; add "
+                "eval.backend=server (or drop the eval.server setting)"
+            )
     if getattr(ecfg, "backend", "hf") != "hf" or getattr(ecfg, "backend_args", None):
         from hhh_bench.evaluation.backends import check_backend
 

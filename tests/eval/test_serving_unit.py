@@ -112,3 +112,17 @@ def test_a_judge_through_a_server_is_another_judge():
     revision = JudgeSpec.from_config("safety", {**base, "revision": "abc", "server": {}})
     with pytest.raises(ValueError, match=r"transformers serve takes no revision"):
         make_judge(revision)
+
+
+def test_server_settings_without_the_server_backend_are_refused():
+    """eval.server.url set with the default eval.backend=hf would evaluate in process, unsaid."""
+    from conftest import compose
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import validate_run
+
+    with pytest.raises(ValueError, match=r"eval.server.url is set but eval.backend=hf: .* add "
+                       r"eval.backend=server"):  # fmt: skip
+        validate_run(to_dict(compose(["eval.server.url=http://127.0.0.1:8000/v1"])))
+    with pytest.raises(ValueError, match=r"eval.server.launch is set but eval.backend=hf"):
+        validate_run(to_dict(compose(["eval.server.launch=vllm"])))
+    validate_run(to_dict(compose(["eval.server.max_concurrency=8"])))  # no server named: fine
