@@ -362,3 +362,55 @@ def test_mixtures_are_budget_matched_with_the_specialists_by_default():
             params["scorer"] = meta_scorer
         ts = training_set(SETS, None, params, seed=0)
         assert len(ts.rows) == sum(len(v) for v in SETS.values()), path
+
+
+def test_bow_reward_scorer_learns_the_preferred_word_by_hand():
+    """Two helpful pairs: 'sure' preferred to 'no' after 'help', the prompt words the same. The
+    learned helpful model puts a positive weight on ('help', 'sure') and the response 'sure',
+    a negative one on 'no': both pairs (and a new one) get a positive helpful margin, and a
+    reversed pair the opposite one."""
+    from hhh_bench.data.mixing.scorers import BowRewardScorer, score_sets
+
+    def pair(prompt, chosen, rejected):
+        return make_row(prompt, chosen, rejected, "helpful", "hand", f"{prompt}:{chosen}")
+
+    sets = {"helpful": [pair("help me", "sure", "no"), pair("please help", "sure thing", "no")]}
+    scorer = BowRewardScorer(steps=200)
+    margins = score_sets(scorer, sets)["helpful"]
+    assert all(m["helpful"] > 0 for m in margins) and set(margins[0]) == {"helpful"}
+    index, w = scorer.index, scorer.weights["helpful"]
+    assert w[index["r:sure"]] > 0 > w[index["r:no"]] and w[index["help>sure"]] > 0
+    new = scorer([pair("help", "sure", "no"), pair("help", "no", "sure")])
+    assert new[0]["helpful"] > 0 > new[1]["helpful"]
+    assert new[0]["helpful"] == pytest.approx(-new[1]["helpful"])
+    assert scorer.info["helpful"] == {"pairs": 2, "train_agreement": 1.0}
+
+
+def test_learned_scorer_baselines_never_call_the_oracle(uncontested, monkeypatch):
+    """Issue 29: on the toy world `reward_select` and `conflict_aware` with `scorer: bow_rm`
+    rank and filter pairs by a reward learned from the pairs' text; the world's exact reward is
+    never called (this test fails if it is), and the same seed gives the same mixture."""
+    import hhh_bench.data.toy3h as toy
+
+    def oracle_called(*args, **kwargs):
+        raise AssertionError("the oracle reward was called")
+
+    monkeypatch.setattr(toy, "oracle_reward", oracle_called)
+    monkeypatch.setattr(toy.Toy3HScorer, "__call__", oracle_called)
+    for name, kw in (("reward_select", {}), ("conflict_aware", {"mode": "drop"})):
+        a = mix(name, uncontested, budget=120, seed=0, scorer="bow_rm", **kw)
+        b = mix(name, uncontested, budget=120, seed=0, scorer="bow_rm", **kw)
+        assert [r["id"] for r in a.rows] == [r["id"] for r in b.rows] and a.rows, name
+    with pytest.raises(ValueError, match="AssertionError: the oracle reward was called"):
+        mix("reward_select", uncontested, budget=120, seed=0, scorer="toy3h")  # the guard works
+
+
+def test_bow_reward_scorer_arguments_are_checked():
+    from hhh_bench.data.mixing.scorers import get_scorer
+
+    for args, says in (({"l2": -1}, "scorer_args.l2 must be a finite number >= 0"),
+                       ({"steps": 0}, "scorer_args.steps must be a positive integer"),
+                       ({"learning_rate": float("nan")}, "scorer_args.learning_rate"),
+                       ({"nosuch": 1}, "unexpected keyword")):  # fmt: skip
+        with pytest.raises((ValueError, TypeError), match=says):
+            get_scorer("bow_rm", args)

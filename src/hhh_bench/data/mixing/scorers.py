@@ -8,6 +8,9 @@ positive where dimension d agrees with the pair's preference, negative where d w
   world and the strategies do not import each other: the train stage injects it
   (:func:`register_scorer`, ``hhh_bench.stages.train``); a library user does the same, or passes
   the scorer itself (``scorer=Toy3HScorer()``).
+* ``bow_rm``: a small reward model learned from the mixed sets' own pairs
+  (:class:`BowRewardScorer`: bag-of-words Bradley-Terry, one per dimension): a learned scorer on
+  the toy world, where ``toy3h`` is the oracle itself.
 * ``reward_model``: a multi-objective sequence-classification reward model by hub id or path,
   ArmoRM-style (``RLHFlow/ArmoRM-Llama3-8B-v0.1`` returns 19 objective rewards in
   ``output.rewards``); its outputs are mapped to dimensions by a configured list. Loaded lazily,
@@ -16,6 +19,8 @@ positive where dimension d agrees with the pair's preference, negative where d w
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -142,8 +147,121 @@ class RewardModelScorer:
         return out
 
 
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    return _WORD.findall(" ".join(str(m.get("content", "")) for m in messages).lower())
+
+
+class BowRewardScorer:
+    """A reward model learned from the mixed sets' own pairs: one linear Bradley-Terry model per
+    dimension over bag-of-words features of the conversation, so that a data-mixture baseline
+    ranks pairs by what a learned reward says, not by a world's exact reward (issue 29: the toy
+    world's ``reward_select`` and ``conflict_aware`` scored pairs with the oracle).
+
+    Features of a (prompt, response): the response's words, and every (prompt word, response
+    word) pair (so a refusal can be good after one prompt and bad after another), counted and
+    scaled by 1/√n. Dimension d's model w_d minimises the mean of log(1 + exp(-w_d·(φ(chosen) -
+    φ(rejected)))) over d's own pairs, plus ``l2``/2·|w_d|², by full-batch gradient steps
+    (Adam, ``steps``, from w = 0: deterministic). A pair's margins are w_d·(φ(chosen) -
+    φ(rejected)) for every trained dimension. It reads only the text: injected label noise is
+    learned as it is. Size: one weight per distinct feature of the sets per dimension (logged,
+    with the seconds it took); no pretrained model, nothing downloaded.
+
+    :meth:`fit` sees every set first (:func:`score_sets` calls it); called on rows without a fit,
+    it fits on those rows, by their ``dimension``.
+    """
+
+    def __init__(self, *, l2: float = 1e-3, steps: int = 300, learning_rate: float = 0.1) -> None:
+        for name, v in (("l2", l2), ("learning_rate", learning_rate)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ValueError(f"scorer_args.{name} must be a finite number >= 0, got {v!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"scorer_args.steps must be a positive integer, got {steps!r}")
+        self.l2, self.steps, self.learning_rate = float(l2), steps, float(learning_rate)
+        self.index: dict[str, int] = {}
+        self.weights: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
+
+    def _features(self, prompt: list[str], response: list[str], grow: bool) -> dict[int, float]:
+        counts: dict[int, float] = {}
+        for f in [f"r:{w}" for w in response] + [f"{p}>{w}" for p in set(prompt) for w in response]:
+            i = self.index.get(f)
+            if i is None:
+                if not grow:
+                    continue
+                i = self.index[f] = len(self.index)
+            counts[i] = counts.get(i, 0.0) + 1.0
+        norm = max(1.0, sum(v * v for v in counts.values())) ** 0.5
+        return {i: v / norm for i, v in counts.items()}
+
+    def _diffs(self, rows: Sequence[PreferenceRow], grow: bool) -> Any:
+        import torch
+
+        idx: list[list[int]] = [[], []]
+        vals: list[float] = []
+        for n, r in enumerate(rows):
+            prompt = _words(r["prompt"])
+            diff = dict(self._features(prompt, _words(r["chosen"]), grow))
+            for i, v in self._features(prompt, _words(r["rejected"]), grow).items():
+                diff[i] = diff.get(i, 0.0) - v
+            for i, v in diff.items():
+                idx[0].append(n)
+                idx[1].append(i)
+                vals.append(v)
+        x = torch.zeros((len(rows), max(1, len(self.index))), dtype=torch.float64)
+        x.index_put_((torch.tensor(idx[0], dtype=torch.long), torch.tensor(idx[1], dtype=torch.long)),
+                     torch.tensor(vals, dtype=torch.float64), accumulate=True)  # fmt: skip
+        return x  # dense: a few thousand features by the sets' pairs
+
+    def fit(self, sets: Mapping[str, Sequence[PreferenceRow]]) -> None:
+        """Learn one model per dimension from its own set's pairs."""
+        import time
+
+        import torch
+
+        t0 = time.perf_counter()
+        all_rows = [r for rows in sets.values() for r in rows]
+        self._diffs(all_rows, grow=True)  # every feature of the sets gets its index
+        for dim, rows in sets.items():
+            if not rows:
+                continue
+            x = self._diffs(rows, grow=False)
+            w = torch.zeros(len(self.index), dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.Adam([w], lr=self.learning_rate)
+            for _ in range(self.steps):
+                opt.zero_grad()
+                z = x @ w
+                loss = torch.nn.functional.softplus(-z).mean() + 0.5 * self.l2 * (w * w).sum()
+                loss.backward()
+                opt.step()
+            self.weights[dim] = w.detach()
+            with torch.no_grad():
+                z = x @ self.weights[dim]
+            self.info[dim] = {"pairs": len(rows), "train_agreement": float((z > 0).double().mean())}
+        self.info["features"] = len(self.index)
+        self.info["seconds"] = round(time.perf_counter() - t0, 2)
+        logging.getLogger("hhh_bench").info("bow_rm scorer: %s", self.info)
+
+    def __call__(self, rows: Sequence[PreferenceRow]) -> list[dict[str, float]]:
+        import torch
+
+        if not self.weights:
+            by_dim: dict[str, list[PreferenceRow]] = {}
+            for r in rows:
+                by_dim.setdefault(str(r.get("dimension")), []).append(r)
+            self.fit(by_dim)
+        x = self._diffs(rows, grow=False)
+        dims = [d for d in DIMENSIONS if d in self.weights]
+        with torch.no_grad():
+            z = {d: x @ self.weights[d] for d in dims}
+        return [{d: float(z[d][i]) for d in dims} for i in range(len(rows))]
+
+
 SCORERS: dict[str, Callable[..., Scorer]] = {
     "reward_model": RewardModelScorer,
+    "bow_rm": BowRewardScorer,
 }
 """Scorer factories by name: ``factory(**scorer_args)`` is the scorer. ``toy3h`` is added by
 whoever brings the toy world (:func:`register_scorer`): the train stage does."""
@@ -176,13 +294,17 @@ def get_scorer(scorer: str | Scorer, args: Mapping[str, Any] | None = None) -> S
 def score_sets(
     scorer: Scorer, sets: Mapping[str, Sequence[PreferenceRow]]
 ) -> dict[str, list[dict[str, float]]]:
-    """Score every pair of every set (one scorer call per set)."""
+    """Score every pair of every set (one scorer call per set); a scorer that learns from the
+    sets (``fit``: :class:`BowRewardScorer`) sees them all first."""
+    fit = getattr(scorer, "fit", None)
+    if callable(fit):
+        fit(sets)
     return {d: scorer(rows) for d, rows in sets.items()}
 
 
 @dataclass
 class ScoredParams:
-    """The parameters of a strategy that scores pairs: ``scorer`` is ``toy3h`` |
+    """The parameters of a strategy that scores pairs: ``scorer`` is ``toy3h`` | ``bow_rm`` |
     ``reward_model`` (or a callable), ``scorer_args`` its arguments (:func:`get_scorer`)."""
 
     scorer: Any = "toy3h"
