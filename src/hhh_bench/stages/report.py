@@ -123,8 +123,10 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
 
 def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any]) -> None:
     """The report shows the scores and choices the rows were made with: a config that scores
-    (``eval.dimensions``, ``eval.metric(s)``) or chooses (``eval.select_by``) otherwise would
-    have the report label them with what it says, not what they are. Raise ``ValueError``
+    (``eval.dimensions``, ``eval.metric(s)``) as no stored row of its suite was scored, or
+    chooses (``eval.select_by``) otherwise than the pipeline chose, would have the report
+    label them with what it says, not what they are. (Rows of several scorings are tables of
+    their own: the report partitions the store by evaluation setup.) Raise ``ValueError``
     naming the first difference and how to get rows made that way."""
     from hhh_bench.core.scoring import suite_tasks
 
@@ -140,6 +142,7 @@ def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any])
             f"eval.select_by={chosen[0]}"
         )
     now: dict[str, list[tuple[str, str, float, str]]] = {}
+    stored: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     for r in rows:
         split, specs = r.get("split"), r.get("task_specs")
         if r.get("suite") != ecfg.get("name") or not isinstance(specs, list) or not split:
@@ -150,18 +153,22 @@ def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any])
                                     for t in suite_tasks(ecfg, split))  # fmt: skip
             except ValueError:
                 continue
-        stored = sorted((str(t.get("name")), str(t.get("dimension")), float(t.get("weight", 0)),
-                         str(t.get("metric"))) for t in specs if isinstance(t, dict))  # fmt: skip
-        if stored != now[split]:
-            differ = sorted(set(now[split]) ^ set(stored))[0]
-            raise ValueError(
-                f"row {r.get('name')!r} ({split}) was scored with tasks {_specs(stored)}, this "
-                f"config scores {_specs(now[split])} (first difference: task {differ[0]}): the "
-                "report shows scores as they were computed when each model was evaluated. Run "
-                "stage=all (or stage=eval) with these eval settings to score the rows again "
-                "(the evaluations are reused from the cache), or report with the settings the "
-                "rows were scored with"
-            )
+        key = tuple(sorted((str(t.get("name")), str(t.get("dimension")), float(t.get("weight", 0)),
+                            str(t.get("metric"))) for t in specs if isinstance(t, dict)))  # fmt: skip
+        stored.setdefault(split, {}).setdefault(key, r)
+    for split, setups in stored.items():
+        if tuple(now[split]) in setups:
+            continue  # rows scored as configured exist (others are tables of their own)
+        key, r = next(iter(setups.items()))
+        differ = sorted(set(now[split]) ^ set(key))[0]
+        raise ValueError(
+            f"no row of the store ({split}) was scored as this config scores "
+            f"({_specs(now[split])}); row {r.get('name')!r}, for one, was scored with "
+            f"{_specs(list(key))} (first difference: task {differ[0]}). The report shows scores "
+            "as they were computed when each model was evaluated: run stage=all (or stage=eval) "
+            "with these eval settings to score the models again (the evaluations are reused from "
+            "the cache), or report with the settings the rows were scored with"
+        )
 
 
 def _specs(specs: list[tuple[str, str, float, str]]) -> str:
