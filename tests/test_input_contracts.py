@@ -844,3 +844,22 @@ def test_battery8_sizes_lambda_and_cache_roots_are_named(tmp_path):
     assert out.returncode == 2 and "is not a run's root" in out.stderr
     out = run_cli("cache", "verify", str(run), cwd=tmp_path)
     assert "is not a run's root" not in out.stderr
+
+
+def test_battery9_cache_gc_yes_waits_for_a_run_using_the_root(tmp_path):
+    """Data loss (battery 9): `cache gc --yes` during a running `stage=all` removed its new
+    outputs (trained, not yet evaluated: no store row refers to them), and the run died."""
+    from conftest import run_cli
+    from hhh_bench.core.stagecache import run_marker, runs_using
+
+    root = tmp_path / "run"
+    (root / "data" / "abc").mkdir(parents=True)
+    (root / "data" / "abc" / "key.json").write_text("{}")
+    with run_marker(root):
+        assert runs_using(root) == [os.getpid()]
+        out = run_cli("cache", "gc", str(root), "--yes", cwd=tmp_path)
+        assert (
+            out.returncode == 2 and f"a run is using {root} (process {os.getpid()})" in out.stderr
+        )
+        assert run_cli("cache", "gc", str(root), cwd=tmp_path).returncode == 0  # a listing is fine
+    assert runs_using(root) == []  # ended: gc may remove again

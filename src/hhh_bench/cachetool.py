@@ -158,6 +158,14 @@ def cmd_verify(root: Path, quick: bool) -> int:
 
 
 def cmd_gc(root: Path, yes: bool) -> int:
+    from hhh_bench.core.stagecache import runs_using
+
+    active = runs_using(root)
+    if yes and active:  # its new outputs are referenced by no row yet: they would go
+        raise ValueError(
+            f"a run is using {root} (process {', '.join(map(str, active))}): its outputs not yet "
+            "evaluated would look unreferenced; run `cache gc --yes` after it ends"
+        )
     loose, unknown = unreferenced(root)
     for o in loose:
         print(("removed " if yes else "unreferenced ") + str(o))

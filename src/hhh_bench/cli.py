@@ -200,10 +200,12 @@ def task(cfg) -> float | None:
     import sqlite3
 
     from hhh_bench.core import console
+    from hhh_bench.evaluation.serving import ServerError
     from hhh_bench.pipeline import run
 
+    # a server that cannot serve, a backend's package missing: said in one line too
     bad_input = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError,
-                 sqlite3.Error)  # fmt: skip
+                 sqlite3.Error, ServerError, ImportError)  # fmt: skip
     try:
         check_sweep_mode()
         check_empty_dict_overrides(cfg)

@@ -59,6 +59,15 @@ T = TypeVar("T")
 
 
 def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
+    """:func:`_run`, the root marked as in use once the config passed its checks (``cache gc
+    --yes`` refuses while it is)."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        return _run(cfg, job=job, stack=stack)
+
+
+def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     """Run the selected ``cfg.stage`` (and the stages it needs, from the cache where done; one
     that is missing is computed first, after a console line saying so and why: :data:`UPSTREAM`).
 
@@ -91,6 +100,9 @@ def run(cfg: DictConfig, *, job: str | None = None) -> dict[str, Any]:
     cfg, groups = prepare(cfg)
     # config, then this machine (devices, hub reachability); data and report load no model
     preflight(groups, loads_models=stage not in ("data", "report"))
+    from hhh_bench.core.stagecache import run_marker
+
+    stack.enter_context(run_marker(cfg.root))
     if "cache" in groups:
         CACHE.on_mismatch = groups["cache"].on_mismatch
     if stage not in ("data", "base", "train", "merge", "diagnose"):  # those write no rows

@@ -494,9 +494,11 @@ def test_list_plugin(tmp_path, monkeypatch, kind):
 
 
 def row(key: str, avg: float = 0.5, **kw) -> dict:
+    """A hand-made row of one task: its suite is not the toy one (whose six tasks a report
+    compares stored rows with: stages/report.check_scored_as_configured)."""
     return {
         "row_key": key, "name": key, "kind": "merge", "method": "ties", "params": {}, "seed": 0,
-        "split": "test", "suite": "toy3h", "metric": "acc",
+        "split": "test", "suite": "fixture", "metric": "acc",
         "task_specs": [{"name": "t", "dimension": "helpful", "weight": 1.0, "metric": "acc"}],
         "tasks": {"t": {"acc": avg, "acc_stderr": 0.01, "n": 10}},
         "helpful": avg, "honest": avg, "harmless": avg, "average": avg, "min": avg, **kw,
@@ -1345,11 +1347,12 @@ def test_cache_gc_on_a_store_with_a_bad_line(prepared):
 
 
 def test_cache_verify_on_a_root_that_is_not_a_run(tmp_path):
-    """A folder that is no run's root: verify says it found no stage output (documented: exit
-    0, nothing to check), and never writes into it."""
+    """A folder that is no run's root: verify refuses it by name, exit 2 (it said "0 stage
+    output(s), 0 differ" with exit 0, as if a run had verified: the eighth battery), and never
+    writes into it."""
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("x")
     before = snapshot(tmp_path)
     o = hhh("cache", "verify", str(tmp_path))
-    assert o.code == 0 and "Traceback" not in o.console and "0 stage output(s)" in o.out
+    assert o.code == 2 and "Traceback" not in o.console and "is not a run's root" in o.console
     assert snapshot(tmp_path) == before

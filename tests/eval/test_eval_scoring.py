@@ -120,3 +120,17 @@ def test_process_mc_acc_acc_norm_and_soft():
     assert out == pytest.approx({"acc": 0.0, "acc_norm": 0.0, "soft": math.exp(-3) / z})
     with pytest.raises(ValueError, match="2 log-likelihoods for 3 choices"):
         process_mc(doc, [(-1.0, True), (-2.0, False)])
+
+
+def test_a_tie_at_the_top_counts_one_over_k():
+    """Battery 9: every toy item lists its gold choice first, and lm-eval's acc takes the first
+    maximum, so a model with all weights 0 (every choice of a length equally likely) scored 1.0
+    on five of six tasks. Gold tied with 2 others: 1/3; a tie elsewhere: 0; alone on top: 1."""
+    doc = {"choices": ["ab", "cd", "ef", "ghij"], "gold": 0}
+    tied = [(-4.0, True), (-4.0, False), (-4.0, False), (-10.0, False)]
+    out = process_mc(doc, tied)
+    assert out["acc"] == pytest.approx(1 / 3) and out["acc_norm"] == pytest.approx(1 / 3)
+    assert process_mc({**doc, "gold": 3}, tied)["acc"] == 0.0
+    assert (
+        process_mc(doc, [(-3.9, True), (-4.0, False), (-4.0, False), (-8.0, False)])["acc"] == 1.0
+    )

@@ -369,3 +369,21 @@ def test_stage_all_says_which_stored_rows_it_did_not_make(tmp_path, capsys):
         assert "note:" not in capsys.readouterr().out  # every row this run's: nothing said
     finally:
         ROWS_OF_THIS_RUN.clear()
+
+
+def test_a_report_never_deletes_files_it_did_not_write(tmp_path):
+    """Battery 9 (data loss): notes and a figure a user kept in <root>/report/ were deleted with
+    the folder when the report was rebuilt. Refused by name; the user's files stay."""
+    from hhh_bench.core.content import write_manifest
+    from hhh_bench.stages.report import _check_only_report_files
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("# report")
+    write_manifest(out, None)
+    _check_only_report_files(out)  # only what the report wrote: replaced
+    (out / "my_notes.md").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds file\(s\) the report did not write "
+                       r"\(my_notes.md\).*move them aside"):  # fmt: skip
+        _check_only_report_files(out)
+    assert (out / "my_notes.md").read_text() == "mine"

@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,53 @@ log = logging.getLogger("hhh_bench")
 # verified manifest.
 STAGE_VERSIONS = {"data": 3, "base": 2, "train": 2, "merge": 3, "eval": 2, "diagnose": 2}
 ON_MISMATCH = ("error", "recompute")
+
+
+RUNS_DIR = ".runs"
+"""``<root>/.runs/<pid>``: a file each running pipeline holds a shared lock on."""
+
+
+@contextmanager
+def run_marker(root: str | Path) -> Iterator[None]:
+    """Mark ``root`` as used by this process while the block runs (a shared ``flock`` on
+    ``<root>/.runs/<pid>``; the kernel drops it if the process dies), so that ``hhh-bench
+    cache gc --yes`` never removes the outputs of a run still going (:func:`runs_using`)."""
+    import fcntl
+
+    folder = Path(root) / RUNS_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / str(os.getpid()), "w")  # noqa: SIM115 - held for the block
+    except OSError:  # a root this process cannot write: the run itself will say so
+        yield
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        yield
+    finally:
+        f.close()
+        with suppress(OSError):
+            (folder / str(os.getpid())).unlink()
+
+
+def runs_using(root: str | Path) -> list[int]:
+    """The processes whose run holds ``root`` (:func:`run_marker`); stale markers (their process
+    gone: the lock is free) are removed."""
+    import fcntl
+
+    out = []
+    for marker in sorted((Path(root) / RUNS_DIR).glob("*")):
+        try:
+            with open(marker) as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    out.append(int(marker.name) if marker.name.isdigit() else -1)
+                    continue
+            marker.unlink()
+        except OSError:
+            continue
+    return out
 
 
 def held_by_a_run(path: str | Path) -> str | None:

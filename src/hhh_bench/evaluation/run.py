@@ -64,7 +64,9 @@ def evaluate_into(
         lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),
         include_path=include, dtype=mcfg.dtype, trust_remote_code=trust, backend=backend,
         backend_args=ecfg.get("backend_args"), gen_kwargs=ecfg.get("gen_kwargs"),
-        server=ecfg.get("server"), server_dir=tmp,
+        server=ecfg.get("server"),
+        # the server's log outlives the stage's temporary folder (an error points at it)
+        server_dir=Path(root) / "logs" / "servers" / tmp.name,
         apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,
         device=device, include_defaults=e.include_defaults, bootstrap_iters=e.bootstrap_iters,
         log_samples=e.log_samples,

@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 LAUNCHERS = ("transformers", "vllm", "sglang")
+GIVEN_SERVER_WAIT_S = 30.0
+"""How long a server given by URL is waited for (it should be up already)."""
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
@@ -249,9 +251,12 @@ def wait_healthy(server: Server, timeout_s: float, poll_s: float = 0.25) -> None
             if _get(root + "/health", timeout=min(5.0, timeout_s)).status_code == 200:
                 return
         if time.monotonic() > deadline:
+            why = ("eval.server.startup_timeout_s" if server.process is not None else
+                   "a given server is waited for at most that long: is it running, at that URL "
+                   "(its /v1 base, e.g. http://host:8000/v1)?")  # fmt: skip
             raise ServerError(
                 f"{server.describe()} did not answer /health within {timeout_s:g} s "
-                f"(eval.server.startup_timeout_s){_log_tail(server.log_path)}"
+                f"({why}){_log_tail(server.log_path)}"
             )
         time.sleep(poll_s)
 
@@ -263,7 +268,7 @@ def serving(spec: ServerSpec, model: str, folder: Path, *, dtype: str | None = "
     serve that model, or one started here and stopped on leaving (however that happens)."""
     if spec.url is not None:
         server = Server(url=spec.url, model=model)
-        wait_healthy(server, min(spec.startup_timeout_s, 30.0))
+        wait_healthy(server, min(spec.startup_timeout_s, GIVEN_SERVER_WAIT_S))
         check_serves(server)
         yield server
         return
@@ -417,6 +422,24 @@ def make_server_lm(server: Server, spec: ServerSpec, tokenizer: Any, abilities: 
             if generate and not abilities.stop_strings:
                 payload.pop("stop", None)
             return payload
+
+        @staticmethod
+        def parse_logprobs(outputs, tokens=None, ctxlens=None, **kwargs):  # noqa: ANN001, ANN205
+            """lm-eval's reading, after checking that the server returned one log-probability
+            per prompt token (echo) and one for the generated token: a server returning fewer
+            would have the sums taken over a cut-off answer (a fake server scored 1.0)."""
+            for out in outputs if isinstance(outputs, list) else [outputs]:
+                for choice, toks in zip(out["choices"], tokens or [], strict=False):
+                    got = len(((choice.get("logprobs") or {}).get("token_logprobs")) or [])
+                    if got != len(toks) + 1:
+                        raise ServerError(
+                            f"{server.describe()} returned {got} prompt log-probabilities for a "
+                            f"{len(toks)}-token prompt (expected {len(toks) + 1}: the prompt "
+                            "echoed and one generated token): its log-likelihoods cannot be read"
+                        )
+            return LocalCompletionsAPI.parse_logprobs(
+                outputs, tokens=tokens, ctxlens=ctxlens, **kwargs
+            )
 
         def generate_until(self, requests, disable_tqdm=False):  # noqa: ANN001, ANN201
             from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text

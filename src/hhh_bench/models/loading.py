@@ -94,6 +94,13 @@ def load_causal_lm(
             "If this is a hub id and this machine is offline, download it first on a machine with "
             f"access (`huggingface-cli download {path_or_id}`) and point HF_HOME at that cache."
         ) from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type, named here
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise OSError(
+            f"could not load model {str(path_or_id)!r}: a weights file is not a readable "
+            f"safetensors file ({e}): truncated or damaged; copy or save it again"
+        ) from None
     check_finite_weights(path_or_id, model)
     return model.to(device)
 

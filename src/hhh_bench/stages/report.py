@@ -85,6 +85,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             f"{out} is {'a symbolic link' if out.is_symlink() else 'a file'}, not the report's "
             "folder: move it aside (the report replaces only a report folder it wrote)"
         )
+    _check_only_report_files(out)
     key = _report_key(cfg, store, diagnostics_path(cfg), job, rcfg.skip_invalid,
                       rcfg.judge_failure_threshold, rcfg.interval)  # fmt: skip
     done = _cached(out, key)
@@ -119,6 +120,30 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
     log.info("report: wrote %s", out)
     _show(cfg, store, result, cached=False)
     return result
+
+
+def _check_only_report_files(out: Path) -> None:
+    """The report folder is replaced whole: files a user put there (notes, a figure kept for a
+    paper) would be deleted with it. Refuse, naming them, unless the folder holds only what an
+    earlier report wrote (its ``checksums.json`` lists it)."""
+    from hhh_bench.core.content import MANIFEST, _walk
+
+    if not out.is_dir():
+        return
+    try:
+        listed = set(json.loads((out / MANIFEST).read_text()).get("files") or {})
+    except (OSError, ValueError, AttributeError):
+        return  # an older report without its list of files: replaced as before
+    theirs = sorted(
+        f.relative_to(out).as_posix() for f in _walk(out)
+        if f.name != MANIFEST and f.relative_to(out).as_posix() not in listed
+    )  # fmt: skip
+    if theirs:
+        raise FileExistsError(
+            f"{out} holds file(s) the report did not write ({', '.join(theirs[:3])}"
+            f"{' ...' if len(theirs) > 3 else ''}): the report replaces its folder whole; move "
+            "them aside first"
+        )
 
 
 def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any]) -> None:

@@ -815,6 +815,9 @@ def eval_setup(
         "limit": h.get("limit"),
         "apply_chat_template": h.get("apply_chat_template"),
         "num_fewshot": h.get("num_fewshot"),
+        # another backend is another setup (a server's row is never pooled with, nor taken as
+        # the base of, in-process rows); absent for hf, so earlier rows keep their keys
+        **({"backend": str(h["backend"])} if h.get("backend") not in (None, "hf") else {}),
     }
 
 

@@ -35,9 +35,9 @@ def process_mc(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str, floa
     ``multiple_choice`` requests, in the order of ``doc["choices"]``).
 
     Returns:
-        ``acc``: 1 if the gold choice has the highest log-likelihood (lm-eval's ``acc``);
-        ``acc_norm``: the same with log-likelihoods divided by the choices' byte lengths
-        (lm-eval's ``acc_norm``); ``soft``: the probability mass on the gold choice after a
+        ``acc``: 1 if the gold choice has the highest log-likelihood (lm-eval's ``acc``, but a
+        tie at the top shared by k choices counts 1/k: :func:`_tied_hit`); ``acc_norm``: the
+        same with log-likelihoods divided by the choices' byte lengths (lm-eval's ``acc_norm``); ``soft``: the probability mass on the gold choice after a
         softmax over the choices' log-likelihoods, a graded version of ``acc`` in [0, 1].
     """
     lls = [float(r[0]) if isinstance(r, (tuple, list)) else float(r) for r in results]
@@ -49,13 +49,22 @@ def process_mc(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str, floa
     gold = int(doc["gold"])
     if not 0 <= gold < len(choices):
         raise ValueError(f"document {doc.get('id', '?')}: gold {gold} out of range for {choices}")
-    best = max(range(len(lls)), key=lls.__getitem__)  # first maximum, as numpy.argmax
     norm = [ll / max(1, len(c.encode("utf-8"))) for ll, c in zip(lls, choices, strict=True)]
-    best_norm = max(range(len(norm)), key=norm.__getitem__)
     top = max(lls)
     z = sum(math.exp(ll - top) for ll in lls)
     soft = math.exp(lls[gold] - top) / z
-    return {"acc": float(best == gold), "acc_norm": float(best_norm == gold), "soft": soft}
+    return {"acc": _tied_hit(lls, gold), "acc_norm": _tied_hit(norm, gold), "soft": soft}
+
+
+def _tied_hit(values: Sequence[float], gold: int) -> float:
+    """1 when the gold choice alone has the highest value, 1/k when it shares the maximum with
+    k - 1 others (the expected hit of a random tie-break), else 0. lm-eval's ``acc`` takes the
+    first maximum (numpy.argmax): with the gold choice listed first, a model that cannot tell
+    the choices apart (every log-likelihood equal) scored 1.0."""
+    top = max(values)
+    if values[gold] != top:
+        return 0.0
+    return 1.0 / sum(1 for v in values if v == top)
 
 
 # ---------------------------------------------------------------------------------------------
