@@ -863,3 +863,12 @@ def test_battery9_cache_gc_yes_waits_for_a_run_using_the_root(tmp_path):
         )
         assert run_cli("cache", "gc", str(root), cwd=tmp_path).returncode == 0  # a listing is fine
     assert runs_using(root) == []  # ended: gc may remove again
+
+
+def test_battery9_all_zero_merge_weights_are_said(caplog):
+    """`merge.params.weights=[0,0,0]` returned θ0 with no word (scaling=0 warns)."""
+    from hhh_bench.merging.params import CommonParams
+
+    with caplog.at_level("WARNING"):
+        CommonParams(weights=[0.0, 0.0, 0.0])
+    assert "'weights' is all 0 ([0.0, 0.0, 0.0]): every task vector is dropped" in caplog.text

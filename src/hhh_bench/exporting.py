@@ -184,6 +184,12 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"{root}: not a folder (give a run's root, e.g. runs/toy3h)")
         if out.exists():
             raise ValueError(f"{out} exists: give another --out, or remove it first")
+        other = [f for f in FORMATS if f != args.format and out.suffix == f".{f}"]
+        if other:  # x.parquet holding JSON lines would mislead whoever reads it
+            raise ValueError(
+                f"--out {out} ends in .{other[0]} but --format is {args.format}: give "
+                f"--format {other[0]}, or an --out ending in .{args.format}"
+            )
         from hhh_bench.core.stagecache import held_by_a_run
 
         why = held_by_a_run(out)

@@ -387,3 +387,27 @@ def test_a_report_never_deletes_files_it_did_not_write(tmp_path):
                        r"\(my_notes.md\).*move them aside"):  # fmt: skip
         _check_only_report_files(out)
     assert (out / "my_notes.md").read_text() == "mine"
+
+
+def test_battery9_a_row_of_an_unknown_split_is_named(tmp_path):
+    """A hand-edited split ('tset') dropped the row from every table, and its deltas with it."""
+    path = store_with(tmp_path, json.dumps(row("b", split="tset")))
+    with pytest.raises(store_mod.StoreError, match=r"line 2: result row 'b': split 'tset' is not "
+                       r"validation or test"):  # fmt: skip
+        read_results(path)
+
+
+def test_battery9_export_refuses_an_extension_of_the_other_format(tmp_path):
+    """`export ROOT --out x.parquet` wrote JSON lines (and --format parquet --out y.jsonl
+    Parquet)."""
+    root = tmp_path / "run"
+    root.mkdir()
+    append_result(root / "results.jsonl", row("a"))
+    for args, says in (
+        (["--out", str(tmp_path / "x.parquet")], "ends in .parquet but --format is jsonl"),
+        (["--format", "parquet", "--out", str(tmp_path / "y.jsonl")],
+         "ends in .jsonl but --format is parquet"),
+    ):  # fmt: skip
+        out = run_cli("export", str(root), *args, cwd=tmp_path)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.jsonl").exists()

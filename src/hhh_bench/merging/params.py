@@ -87,6 +87,11 @@ class CommonParams:
                         f"merge parameter 'weights' entry {i} = {w:g} is beyond the range of "
                         f"the compute dtype {self.compute_dtype} (|w| ≤ {top:.3g})"
                     )
+            if all(w == 0 for w in self.weights):  # like scaling=0: allowed, never silent
+                log.warning(
+                    "merge parameter 'weights' is all 0 (%s): every task vector is dropped and "
+                    "the merge returns the base unchanged", list(self.weights),
+                )  # fmt: skip
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError) as e:

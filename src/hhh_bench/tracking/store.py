@@ -178,6 +178,12 @@ def validate_row(row: Mapping[str, Any]) -> None:
         raise ValueError(f"result row {row.get('row_key', '?')!r} lacks field(s) {missing}")
     if row["kind"] not in KINDS:
         raise ValueError(f"result row {row['row_key']!r}: kind {row['kind']!r} not in {KINDS}")
+    split = row.get("split")
+    if split is not None and split not in ("validation", "test"):  # the eval splits
+        raise ValueError(
+            f"result row {row['row_key']!r}: split {split!r} is not validation or test (a row "
+            "of another split would be left out of every table, its deltas with it)"
+        )
     for k in SCORE_COLUMNS:
         v = row[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
