@@ -182,6 +182,11 @@ def main(argv: list[str]) -> int:
     try:
         if not root.is_dir():
             raise ValueError(f"{root}: not a folder (give a run's root, e.g. runs/toy3h)")
+        if not (root / "results.jsonl").is_file():  # a stage folder, say: named as such
+            raise ValueError(
+                f"{root} holds no results.jsonl: not a run's root (give the folder above the "
+                "stage folders, e.g. runs/toy3h)"
+            )
         if out.exists():
             raise ValueError(f"{out} exists: give another --out, or remove it first")
         other = [f for f in FORMATS if f != args.format and out.suffix == f".{f}"]

@@ -324,6 +324,10 @@ def test_a_report_refuses_scoring_or_choosing_other_than_the_rows_were(tmp_path)
     with pytest.raises(ValueError, match=r"eval.select_by=min, but the pipeline chose each "
                        r"family's configuration by average"):  # fmt: skip
         check_scored_as_configured(stored, to_dict(compose(["eval.select_by=min"]).eval))
+    chosen = [row("ties", suite="toy3h", task_specs=specs, extra={"selected_on": "validation"})]
+    with pytest.raises(ValueError, match=r"eval.select_split=test, but the pipeline chose each "
+                       r"family's configuration on validation"):  # fmt: skip
+        check_scored_as_configured(chosen, to_dict(compose(["eval.select_split=test"]).eval))
     other_suite = [{**stored[0], "suite": "harness_3h"}]  # another suite's rows: not compared
     check_scored_as_configured(other_suite, weights)
 
@@ -399,10 +403,12 @@ def test_battery9_a_row_of_an_unknown_split_is_named(tmp_path):
 
 def test_battery9_export_refuses_an_extension_of_the_other_format(tmp_path):
     """`export ROOT --out x.parquet` wrote JSON lines (and --format parquet --out y.jsonl
-    Parquet)."""
+    Parquet); `export ROOT/eval` blamed an --out the user never gave."""
     root = tmp_path / "run"
-    root.mkdir()
+    (root / "eval").mkdir(parents=True)
     append_result(root / "results.jsonl", row("a"))
+    out = run_cli("export", str(root / "eval"), cwd=tmp_path)
+    assert out.returncode == 2 and "holds no results.jsonl: not a run's root" in out.stderr
     for args, says in (
         (["--out", str(tmp_path / "x.parquet")], "ends in .parquet but --format is jsonl"),
         (["--format", "parquet", "--out", str(tmp_path / "y.jsonl")],

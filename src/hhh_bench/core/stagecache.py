@@ -71,6 +71,8 @@ def run_marker(root: str | Path) -> Iterator[None]:
         f.close()
         with suppress(OSError):
             (folder / str(os.getpid())).unlink()
+        with suppress(OSError):  # the last run out leaves no trace in the root
+            folder.rmdir()
 
 
 def runs_using(root: str | Path) -> list[int]:

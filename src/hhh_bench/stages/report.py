@@ -166,6 +166,17 @@ def check_scored_as_configured(rows: list[dict[str, Any]], ecfg: dict[str, Any])
             "all; its stages are reused from the cache), or report with "
             f"eval.select_by={chosen[0]}"
         )
+    select_split = ecfg.get("select_split")
+    chosen_on = sorted({str((r.get("extra") or {}).get("selected_on")) for r in rows
+                        if (r.get("extra") or {}).get("selected_on")})  # fmt: skip
+    if chosen_on and select_split and chosen_on != [select_split]:
+        raise ValueError(
+            f"eval.select_split={select_split}, but the pipeline chose each family's "
+            f"configuration on {' and '.join(chosen_on)} (the rows' extra.selected_on): the "
+            f"report would say 'chosen on {select_split}' of choices made on {chosen_on[0]}. "
+            f"Report with eval.select_split={chosen_on[0]}, or run the pipeline with "
+            f"eval.select_split={select_split}"
+        )
     now: dict[str, list[tuple[str, str, float, str]]] = {}
     stored: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     for r in rows:
