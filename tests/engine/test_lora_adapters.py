@@ -109,6 +109,21 @@ def test_lora_bias_is_added_like_peft(biased_base_dir, tmp_path):
         torch.testing.assert_close(got[k], want[k].float(), rtol=0, atol=1e-6, msg=k)
 
 
+def test_an_adapter_config_whose_r_is_not_its_factors_is_refused(base_dir, tmp_path):
+    """Battery 9: r 4 -> 32 (and lora_alpha 8 -> 128) in a copy's adapter_config.json was read
+    with alpha over the factors' rank (x4 the update); peft refuses to load such an adapter."""
+    import json
+
+    adapter, _ = _adapter(base_dir, tmp_path)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg.update(r=32, lora_alpha=128)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"adapter_config.json says r=32 but its LoRA factors "
+                       r"have rank 4"):  # fmt: skip
+        merge_models("task_arithmetic", base_dir, [adapter], tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
 def test_dora_is_refused_naming_the_adapter(base_dir, tmp_path):
     adapter, _ = _adapter(base_dir, tmp_path, use_dora=True)
     with pytest.raises(ValueError, match=r"finetuned model 0 \(.*adapter\): DoRA"):

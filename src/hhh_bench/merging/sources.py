@@ -491,6 +491,8 @@ class LoraAdapter:
         self.use_rslora = bool(cfg.get("use_rslora"))
         self.alpha = float(cfg.get("lora_alpha", cfg.get("r", 8)))
         self.alpha_pattern: dict[str, float] = dict(cfg.get("alpha_pattern") or {})
+        self.rank = cfg.get("r")
+        self.rank_pattern: dict[str, int] = dict(cfg.get("rank_pattern") or {})
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
         self.lora_bias = bool(cfg.get("lora_bias", False))
         files = sorted(folder.glob("adapter_model*.safetensors"))
@@ -528,6 +530,12 @@ class LoraAdapter:
             if target not in base_keys:
                 raise ValueError(f"{who}: adapted module {target!r} is not in the base")
             r = int(a.shape[0])
+            said = _pattern_value(self.rank_pattern, module, self.rank)
+            if isinstance(said, int) and not isinstance(said, bool) and said != r:
+                raise ValueError(  # peft refuses to load it; its scale α/r would be another
+                    f"{who}: {module}: adapter_config.json says r={said} but its LoRA factors "
+                    f"have rank {r}: the config is not this adapter's (peft would not load it)"
+                )
             alpha = float(_pattern_value(self.alpha_pattern, module, self.alpha))
             scale = alpha / (r**0.5) if self.use_rslora else alpha / r
             lr = LowRank(b, a, scale)
