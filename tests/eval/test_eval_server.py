@@ -7,8 +7,8 @@ What is checked: the answers through the server are the in-process backend's, it
 log-likelihood tasks are refused by name, since ``transformers serve`` returns no prompt
 log-probabilities; a server killed mid-run is an error naming it, with no row stored; a started
 server never outlives the evaluation (an error, Ctrl-C); a guard judge asked through a server
-gives the in-process verdicts. The Ctrl-C and judge tests run in `make rehearse` (CI runs both
-targets), the rest in `make test`."""
+gives the in-process verdicts. The Ctrl-C test runs in `make rehearse` (CI runs both targets),
+the rest in `make test`."""
 
 from __future__ import annotations
 
@@ -228,7 +228,6 @@ def test_server_settings_are_checked_before_any_work():
     assert key != ServerSpec.from_config({"launch": "vllm"}).key()
 
 
-@pytest.mark.rehearse  # `make rehearse` (CI): a judge server of its own, ~17 s
 def test_a_guard_judge_asked_through_a_server_gives_the_in_process_verdicts(world):
     """eval.judges.safety.server: the safety guard is asked through its own transformers serve
     process; its verdicts (a new judge fingerprint: asked again, not read from the cache) are the
