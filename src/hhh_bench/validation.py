@@ -104,14 +104,10 @@ def check_eval(ecfg: Any) -> None:
         raise ValueError(str(e)) from None
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
-    if getattr(ecfg, "backend", "hf") == "server":  # its keys and values, before any work
-        from hhh_bench.evaluation.serving import ServerSpec
+    from hhh_bench.evaluation.serving import ServerSpec
 
-        ServerSpec.from_config(getattr(ecfg, "server", None))
-    else:  # a server set up but not used: the model would run in process, unsaid
-        from hhh_bench.evaluation.serving import ServerSpec
-
-        spec = ServerSpec.from_config(getattr(ecfg, "server", None))
+    spec = ServerSpec.from_config(getattr(ecfg, "server", None))  # keys and values, before work
+    if getattr(ecfg, "backend", "hf") != "server":  # set up but not used: run in process, unsaid
         changed = [k for k in ("url", "launch", "python", "args", "data_parallel_size")
                    if getattr(spec, k) != getattr(ServerSpec(), k)]  # fmt: skip
         if changed:

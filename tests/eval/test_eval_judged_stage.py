@@ -77,24 +77,37 @@ def _overrides(root: Path, judges: dict[str, Path]) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def judged_run(tmp_path_factory):
+def judged_config(root: Path, judges: dict[str, Path], extra: list[str] | None = None):
+    """The config of :func:`_overrides` (and ``extra``), composed as the CLI does."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*_overrides(root, judges), *(extra or [])])
+
+
+def judged_fixtures(tmp: Path) -> tuple[dict[str, Path], list[Path], dict[str, str]]:
+    """The stand-in judges, two tiny policies (seeds 0 and 1) and the fixture data under
+    ``tmp``, torch on HHH_TEST_THREADS threads: what the judged-suite tests share."""
     import os
 
     import torch
-    from hydra import compose, initialize_config_dir
 
     from hhh_bench.evaluation.standins import build_standin_judges
-    from hhh_bench.stages.eval import run_eval
 
     torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
-    tmp = tmp_path_factory.mktemp("judged")
     words = _vocabulary()
     judges = build_standin_judges(tmp / "judges", words)
     policies = [_policy(tmp / f"policy{s}", words, seed=s) for s in (0, 1)]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=_overrides(tmp / "runs", judges))
-    data = {"dir": str(tmp), "key": "fixtures"}
+    return judges, policies, {"dir": str(tmp), "key": "fixtures"}
+
+
+@pytest.fixture(scope="module")
+def judged_run(tmp_path_factory):
+    from hhh_bench.stages.eval import run_eval
+
+    tmp = tmp_path_factory.mktemp("judged")
+    judges, policies, data = judged_fixtures(tmp)
+    cfg = judged_config(tmp / "runs", judges)
     base = run_eval(
         cfg, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data
     )

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from test_eval_judged_stage import CONF, _overrides, _policy, _vocabulary
+from test_eval_judged_stage import _overrides, judged_config, judged_fixtures
 
 from hhh_bench.core.items import read_jsonl
 from hhh_bench.evaluation.serving import ServerError, ServerSpec, free_port
@@ -41,11 +40,6 @@ GEN_ONLY = [
 ]
 
 
-def _cfg(root: Path, judges: dict, extra: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*_overrides(root, judges), *extra])
-
-
 def _servers_of(folder: Path) -> list[int]:
     """Processes whose command line names ``folder`` and ``serve`` (a server left running)."""
     pids = []
@@ -62,23 +56,16 @@ def _servers_of(folder: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import torch
-
-    from hhh_bench.evaluation.standins import build_standin_judges
     from hhh_bench.stages.eval import run_eval
 
-    torch.set_num_threads(int(os.environ.get("HHH_TEST_THREADS", 1)))
     tmp = tmp_path_factory.mktemp("served")
-    words = _vocabulary()
-    judges = build_standin_judges(tmp / "judges", words)
-    policies = [_policy(tmp / f"policy{s}", words, seed=s) for s in (0, 1)]
-    data = {"dir": str(tmp), "key": "fixtures"}
-    hf = _cfg(tmp / "runs", judges, GEN_ONLY)
+    judges, policies, data = judged_fixtures(tmp)
+    hf = judged_config(tmp / "runs", judges, GEN_ONLY)
     run_eval(hf, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data)
     model = {"path": str(policies[1]), "key": "p1", "kind": "merge", "name": "ties",
              "method": "ties"}  # fmt: skip
     in_process = run_eval(hf, model, data)
-    served_cfg = _cfg(tmp / "runs", judges, [*GEN_ONLY, "eval.backend=server"])
+    served_cfg = judged_config(tmp / "runs", judges, [*GEN_ONLY, "eval.backend=server"])
     served = run_eval(served_cfg, {**model, "name": "ties served"}, data)
     return {"tmp": tmp, "judges": judges, "policies": policies, "data": data, "model": model,
             "hf": in_process, "served": served}  # fmt: skip
@@ -113,7 +100,7 @@ def test_answers_and_scores_through_the_server_are_the_in_process_ones(world):
 def test_loglikelihood_tasks_are_refused_by_name_and_the_server_stopped(world):
     from hhh_bench.stages.eval import results_path, run_eval
 
-    cfg = _cfg(world["tmp"] / "runs", world["judges"], ["eval.backend=server"])
+    cfg = judged_config(world["tmp"] / "runs", world["judges"], ["eval.backend=server"])
     rows = results_path(cfg).read_text()
     model = {**world["model"], "name": "ties ll"}
     with pytest.raises(ServerError) as err:
@@ -162,7 +149,7 @@ def test_a_server_killed_mid_run_is_named_and_no_row_is_stored(world, tmp_path):
 
     killer = threading.Thread(target=kill_after_first_item, daemon=True)
     killer.start()
-    cfg = _cfg(world["tmp"] / "runs", world["judges"],
+    cfg = judged_config(world["tmp"] / "runs", world["judges"],
                [*GEN_ONLY, "eval.backend=server", f"eval.server.url={url}",
                 "eval.server.max_retries=2", "eval.server.request_timeout_s=20",
                 "eval.server.max_concurrency=2"])  # lm-eval's asyncio path  # fmt: skip
@@ -234,7 +221,7 @@ def test_a_guard_judge_asked_through_a_server_gives_the_in_process_verdicts(worl
     in-process judge's, and its server is gone afterwards."""
     from hhh_bench.stages.eval import run_eval
 
-    cfg = _cfg(world["tmp"] / "runs", world["judges"],
+    cfg = judged_config(world["tmp"] / "runs", world["judges"],
                [*GEN_ONLY, "+eval.judges.safety.server={launch: transformers}"])  # fmt: skip
     res = run_eval(cfg, {**world["model"], "name": "ties served judge"}, world["data"])
     saved = json.loads((Path(res["dir"]) / "results.json").read_text())
