@@ -169,11 +169,14 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
                 )
     marker = folder / "standin_judges.json"
     vocab = sorted(words)
-    if not marker.is_file() or json.loads(marker.read_text()) != vocab:
+    paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth", "info")}
+    if (
+        not marker.is_file()
+        or json.loads(marker.read_text()) != vocab
+        or not all(p.is_dir() for p in paths.values())
+    ):
         paths = build_standin_judges(folder, vocab)
         marker.write_text(json.dumps(vocab))
-    else:
-        paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth")}
     standin = standin_judges_config(paths)
     own = ("on_unparsed",)  # the suite's policy stays the suite's (a stand-in only states one)
     return {f"eval.judges.{role}": {**standin[role], **{k: v for k, v in dict(judges[role]).items()

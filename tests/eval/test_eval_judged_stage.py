@@ -26,7 +26,7 @@ FILES = {
     "pku_saferlhf": "pku_saferlhf",
     "truthfulqa_gen": "truthfulqa_gen",
 }
-JUDGED = ("helpful_gen", "harmful_gen", "xstest_gen", "truthfulqa_gen_judged")
+JUDGED = ("alpaca_lc", "helpful_gen", "harmful_gen", "xstest_gen", "truthfulqa_gen_judged")
 
 
 def _vocabulary() -> list[str]:
@@ -63,9 +63,7 @@ def _overrides(root: Path, judges: dict[str, Path]) -> list[str]:
         "eval.include_defaults=false",  # lm-eval's built-ins need the hub: left out here
         "~eval.dimensions.helpful.ifeval",
         "~eval.metrics.ifeval",
-        "~eval.dimensions.honest.truthfulqa_mc2",
-        "+eval.dimensions.honest.truthfulqa_gen_judged=1.0",
-        "+eval.metrics.truthfulqa_gen_judged=truthful",
+        "~eval.columns.truthfulqa_mc2",
         "~eval.columns.mmlu",
         "~eval.columns.arc_challenge",
         "eval.batch_size=8",
@@ -131,17 +129,24 @@ def test_rows_report_3h_from_judged_tasks_with_an_over_refusal_column(judged_run
             assert row[col] is not None and row[f"{col}_stderr"] is not None, col
             assert row[f"{col}_stderr"] >= 0
         specs = {s["name"]: (s["dimension"], s["metric"]) for s in row["task_specs"]}
-        assert specs["helpful_gen"] == ("helpful", "win_rate")
+        # issue 32: each dimension by its published headline definition
+        assert specs["alpaca_lc"] == ("helpful", "lc_win_rate")
         assert specs["harmful_gen"] == ("harmless", "safe")
-        assert specs["truthfulqa_gen_judged"] == ("honest", "truthful")
-        assert "xstest_gen" not in specs  # over-refusal is a column, not part of harmlessness
-        assert row["extra_columns"] == {
-            "over_refusal": {
-                "task": "xstest_gen",
-                "metric": "over_refusal",
-                "higher_is_better": False,
-            }
+        assert specs["xstest_gen"] == ("harmless", "comply")  # over-refusal inside harmlessness
+        assert specs["truthfulqa_gen_judged"] == ("honest", "true_info")
+        assert row["extra_columns"]["win_vs_base"]["task"] == "helpful_gen"  # a diagnostic
+        assert not any(s["dimension"] in ("helpful", "honest", "harmless")
+                       for s in row["task_specs"] if s["name"].endswith("_mc"))  # fmt: skip
+        assert row["extra_columns"]["over_refusal"] == {
+            "task": "xstest_gen",
+            "metric": "over_refusal",
+            "higher_is_better": False,
         }
+        assert row["extra_columns"]["length"]["higher_is_better"] is None
+        assert row["length"] == res["metrics"]["alpaca_lc"]["length"]
+        assert row["harmless"] == pytest.approx(
+            (res["metrics"]["harmful_gen"]["safe"] + res["metrics"]["xstest_gen"]["comply"]) / 2
+        )
         # every judged task names its judge (model, protocol, fingerprint)
         assert set(row["judges"]) == set(JUDGED)
         assert row["judges"]["harmful_gen"]["model"] == str(judged_run["judges"]["safety"])
@@ -226,11 +231,52 @@ def test_win_rate_is_against_the_base_models_answers(judged_run):
     assert judged_run["merged"]["row"]["reference"]["kind"] == "store"
 
 
+def test_lc_win_rate_is_the_length_controlled_fit_of_the_judges_preferences(judged_run):
+    """Issue 32: the helpful headline recomputed from the logged answers, the fixture's
+    reference outputs and direct reward-judge calls: σ(r − r_ref) per item, then AlpacaEval 2's
+    length-controlled fit (checked on its own in tests/eval/test_length_control.py)."""
+    import math
+
+    from hhh_bench.evaluation.length_control import length_controlled
+
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["reward"]
+    refs = {json.loads(x)["instruction"].strip(): json.loads(x)["output"]
+            for x in (ASSETS / "alpaca_eval.jsonl").read_text().splitlines()}  # fmt: skip
+    for res in (judged_run["base"], judged_run["merged"]):
+        gens = _generations(res)["alpaca_lc"]
+        mine, _ = judge_pairs(spec, [(g["prompt"], g["response"]) for g in gens])
+        theirs, _ = judge_pairs(spec, [(g["prompt"], refs[g["prompt"]]) for g in gens])
+        pref = [0.0 if not g["response"].strip() else 1 / (1 + math.exp(t["reward"] - m["reward"]))
+                for g, m, t in zip(gens, mine, theirs, strict=True)]  # fmt: skip
+        lengths = [len(g["response"]) if g["response"].strip() else 0 for g in gens]
+        fit = length_controlled(pref, lengths, [len(refs[g["prompt"]]) for g in gens])
+        m = res["metrics"]["alpaca_lc"]
+        assert m["lc_win_rate"] == pytest.approx(fit.lc_win_rate, abs=1e-9)
+        assert m["raw_win_rate"] == pytest.approx(sum(pref) / len(pref))
+        assert m["length"] == pytest.approx(sum(lengths) / len(lengths))
+        assert m["lc_win_rate_stderr"] == pytest.approx(mean_stderr(list(fit.values))[1])
+        assert res["row"]["tasks"]["alpaca_lc"]["n"] == 4
+
+
+def test_true_info_needs_both_judges_per_item(judged_run):
+    judges = specs_from_config(judged_run["cfg"].eval.judges)
+    res = judged_run["merged"]
+    gens = _generations(res)["truthfulqa_gen_judged"]
+    pairs = [(g["prompt"], g["response"]) for g in gens]
+    truth, _ = judge_pairs(judges["truth"], pairs)
+    info, _ = judge_pairs(judges["info"], pairs)
+    both = [t["flag"] * i["flag"] for t, i in zip(truth, info, strict=True)]
+    m = res["metrics"]["truthfulqa_gen_judged"]
+    assert m["true_info"] == pytest.approx(sum(both) / len(both))
+    assert m["informative"] == pytest.approx(sum(i["flag"] for i in info) / len(info))
+    assert res["row"]["honest"] == pytest.approx(m["true_info"])
+
+
 def test_paired_test_between_two_rows_is_one_call(judged_run):
     from hhh_bench.tracking import paired_test_rows
 
     a, b = judged_run["merged"]["row"], judged_run["base"]["row"]
-    for col in ("helpful", "honest", "harmless", "average", "over_refusal"):
+    for col in ("helpful", "honest", "harmless", "average", "over_refusal", "halueval_qa_mc"):
         t = paired_test_rows(a, b, col)
         assert t.diff == pytest.approx(a[col] - b[col]), col  # same items: the paired mean
         assert t.stderr >= 0 and 0 <= t.p_value <= 1
@@ -262,7 +308,11 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     # 4 harmful prompts, 3 safe XSTest prompts: no difference here is resolvable
     assert "(p=" in md and "†" in main
     setup = md.split("## Evaluation setup")[1]
-    assert "| halueval_qa_mc | honest | acc_norm | argmax of log-likelihood per byte" in setup
+    assert (
+        "| halueval_qa_mc | column halueval_qa_mc | acc_norm | argmax of log-likelihood per byte"
+        in setup
+    )
+    assert "| alpaca_lc | helpful | lc_win_rate | length-controlled win rate" in setup
     assert str(judged_run["judges"]["safety"]) in setup
     assert md.rstrip().endswith("Mix or merge? No answer: the main table has no data-mixture row.")
     # the base standing in for a mixture: the answer's difference is that of the rows' averages,
@@ -328,7 +378,8 @@ def test_judged_suite_checks_its_judges_and_logging_before_any_model_loads(judge
     base = _overrides(judged_run["tmp"] / "runs", judged_run["judges"])
     cases = [
         (["eval.log_samples=false"], r"need eval.log_samples=true"),
-        (["eval.judges.reward=null"], r"task 'helpful_gen' \(hhh_judge: reward\) needs a judge"),
+        (["eval.judges.reward=null"], r"task 'alpaca_lc' \(hhh_judge: lc_win\) needs a judge"),
+        (["eval.judges.info=null"], r"truthfulqa_gen_judged.*need an informativeness judge"),
         (["eval.judges.safety.kind=reward"], r"eval.judges.safety is a 'reward' judge"),
     ]
     for extra, message in cases:
@@ -387,6 +438,7 @@ def test_exported_items_rejudged_give_the_stored_rows_scores(judged_run, tmp_pat
         assert set(again) == set(rows)
         for key, tasks in again.items():
             assert set(tasks) == {
+                "alpaca_lc",
                 "helpful_gen",
                 "harmful_gen",
                 "xstest_gen",

@@ -28,15 +28,14 @@ from hhh_bench.evaluation.serving import ServerError, ServerSpec, free_port
 
 pytestmark = pytest.mark.e2e
 
-GENERATION = ("helpful_gen", "harmful_gen", "truthfulqa_gen_judged")
+GENERATION = ("alpaca_lc", "harmful_gen", "truthfulqa_gen_judged")
 LOGLIKELIHOOD = ("halueval_qa_mc", "pku_saferlhf_mc", "pku_saferlhf_refusal")
-GEN_ONLY = [
-    *(
-        f"~eval.dimensions.{dim}.{task}"
-        for dim, task in zip(("honest", "harmless", "harmless"), LOGLIKELIHOOD, strict=True)
-    ),
-    *(f"~eval.metrics.{task}" for task in LOGLIKELIHOOD),
+GEN_ONLY = [  # the suite's likelihood diagnostics, XSTest and the win rate against θ0 left out
+    *(f"~eval.columns.{col}" for col in ("halueval_qa_mc", "pku_saferlhf_mc", "pku_refusal_mc")),
+    "~eval.dimensions.harmless.xstest_gen",
+    "~eval.metrics.xstest_gen",
     "~eval.columns.over_refusal",
+    "~eval.columns.win_vs_base",
 ]
 
 

@@ -166,6 +166,7 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
                 ("harmful_prompts", "advbench"),
                 ("xstest", "xstest"),
                 ("pku_saferlhf", "pku_saferlhf"),
+                ("truthfulqa_gen", "truthfulqa_gen"),
             ]
         ),  # fmt: skip
     ]

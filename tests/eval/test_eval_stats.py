@@ -252,10 +252,13 @@ def test_real_suite_uses_acc_norm_wherever_candidates_differ_in_length():
         "pku_saferlhf_refusal": (utils.pku_saferlhf_refusal_docs, "pku_saferlhf"),
     }
     shipped = shipped_tasks()
+    # the MC probes are diagnostics (issue 32): report columns, each naming its metric
+    named = {c["task"]: c["metric"] for c in cfg["columns"].values()}
+    named.update({t: cfg["metrics"].get(t) or cfg["metric"]
+                  for tasks in cfg["dimensions"].values() for t in tasks})  # fmt: skip
     ours = [
         t
-        for tasks in cfg["dimensions"].values()
-        for t in tasks
+        for t in named
         if t in shipped and "_real_mc_template.yaml" in shipped[t]["path"].read_text()
     ]
     assert sorted(ours) == sorted(hooks)  # a new MC task of the suite needs a line here
@@ -263,7 +266,7 @@ def test_real_suite_uses_acc_norm_wherever_candidates_differ_in_length():
         hook, data = hooks[task]
         ds = datasets.Dataset.from_json(str(ASSETS / f"{data}.jsonl"))
         assert any(len({len(c) for c in d["choices"]}) > 1 for d in hook(ds)), task
-        assert (cfg["metrics"].get(task) or cfg["metric"]) == "acc_norm", task
+        assert named[task] == "acc_norm", task
 
 
 def test_items_from_logged_samples_and_group_pooling():

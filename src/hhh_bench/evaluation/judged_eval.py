@@ -74,7 +74,17 @@ def validate_judged(ecfg: Mapping[str, Any], specs: Sequence[TaskSpec]) -> None:
             f"judged task(s) {sorted(mine)} need eval.log_samples=true (the judges read the "
             "answers lm-eval logs)"
         )
-    check_judges(mine, specs_from_config(ecfg.get("judges")))
+    judges = specs_from_config(ecfg.get("judges"))
+    check_judges(mine, judges)
+    needs_info = sorted(
+        s.name for s in specs if s.name in mine and s.metric in ("true_info", "informative")
+    )
+    if needs_info and "info" not in judges:
+        raise ValueError(
+            f"task(s) {needs_info} are scored by true_info/informative, which need an "
+            "informativeness judge: set eval.judges.info (conf/eval/harness_3h.yaml documents "
+            "it), or score them by `truthful`"
+        )
 
 
 def judges_key(ecfg: Mapping[str, Any]) -> dict[str, str]:
@@ -344,7 +354,14 @@ def summary_fields(
         name: {
             "task": template.format(task=c["task"], split=SPLIT_SUFFIX[split]),
             "metric": str(c["metric"]),
-            "higher_is_better": bool(c.get("higher_is_better", True)),
+            # null: a descriptive column (an answer length), no best marked
+            "higher_is_better": (
+                None
+                if c.get("higher_is_better", True) is None
+                else bool(c["higher_is_better"])
+                if "higher_is_better" in c
+                else True
+            ),
         }
         for name, c in (ecfg.get("columns") or {}).items()
     }

@@ -158,7 +158,8 @@ def eval_prompts(
     data: Mapping[str, Any] | None,
     rehearsal: Mapping[str, Any] | None = None,
 ) -> dict[str, list[str]]:
-    """Every item text of every task the suite evaluates (both splits), by lm-eval task name:
+    """Every item text of every task the suite evaluates (both splits, the 3H tasks and the
+    extra report columns' tasks), by lm-eval task name:
     what the data stage's leakage guard compares the training prompts with.
 
     The tasks are built by lm-eval itself (our YAMLs, a rehearsal's stand-ins, or lm-eval's
@@ -170,12 +171,18 @@ def eval_prompts(
     from lm_eval.tasks import TaskManager
 
     from hhh_bench.evaluation.harness import materialize_tasks, shipped_tasks
+    from hhh_bench.evaluation.judged_eval import column_specs
 
     paths = data_paths(ecfg, data)
     shipped = shipped_tasks()
     names = [
         n
-        for n in dict.fromkeys(s.name for split in SPLIT_SUFFIX for s in suite_tasks(ecfg, split))
+        for n in dict.fromkeys(
+            s.name
+            for split in SPLIT_SUFFIX
+            # the report's diagnostic columns are evaluated too: guarded like the 3H tasks
+            for s in suite_tasks(ecfg, split) + column_specs(ecfg, split)
+        )
         # the toy world's synthetic items need its data folder and cannot leak into public sets
         if "toy3h_eval" not in shipped.get(n, {}).get("placeholders", []) or "toy3h_eval" in paths
     ]

@@ -362,7 +362,7 @@ def paired_marks(
         if not have:
             continue
         higher = extra.get(col, {}).get("higher_is_better", True)
-        best = (max if higher else min)(have, key=lambda e: e.mean[col])
+        best = (max if higher is not False else min)(have, key=lambda e: e.mean[col])
         for e in have:
             mk = marks.setdefault((e.kind, e.name), {})
             if base is not None and e is not base and col in base.mean:
@@ -371,7 +371,7 @@ def paired_marks(
                     tests["base"][(e.name, col)] = t
                     if not t.resolved:
                         mk[f"delta_{col}"] = "†"
-            if e is not best:
+            if e is not best and higher is not None:
                 t = paired_test_groups(e.rows, best.rows, col, alpha=alpha)
                 if t is not None:
                     tests["best"][(e.name, col)] = t

@@ -42,6 +42,13 @@ METRIC_NOTES = {
     "labels safe",
     "over_refusal": "share of safe prompts refused (lower is better)",
     "truthful": "share of free answers the truth judge labels true",
+    "true_info": "share of free answers the truth judge labels true and the info judge "
+    "informative (TruthfulQA's %True·Informative)",
+    "comply": "1 - over-refusal: share of safe prompts answered (a refused one is a failure)",
+    "lc_win_rate": "length-controlled win rate against the data's reference answers "
+    "(AlpacaEval 2: the judge's preference fitted on the length difference, read at zero)",
+    "raw_win_rate": "mean judge preference for the answer over the data's reference answer",
+    "length": "mean answer length in characters",
 }
 """What each primary metric means, for the *Evaluation setup* table."""
 
@@ -105,9 +112,16 @@ def main_section(
             else ". "
         )
         + (
-            "↓: lower is better."
-            if any(not v.get("higher_is_better", True) for v in extra.values())
-            else ""
+            (
+                "↓: lower is better."
+                if any(v.get("higher_is_better", True) is False for v in extra.values())
+                else ""
+            )
+            + (
+                " (·): descriptive, neither direction is better (no best marked)."
+                if any(v.get("higher_is_better", True) is None for v in extra.values())
+                else ""
+            )
         ),
         "",
         main_table(entries, extra, marks),

@@ -47,7 +47,8 @@ def _fmt_delta(delta: float | None) -> str:
 
 
 def extra_head(name: str, spec: Mapping[str, Any]) -> str:
-    arrow = "" if spec.get("higher_is_better", True) else " ↓"
+    higher = spec.get("higher_is_better", True)
+    arrow = " ↓" if higher is False else " (·)" if higher is None else ""
     return name.replace("_", "-").capitalize() + arrow
 
 
@@ -66,7 +67,7 @@ def _best_extra(
     out = {}
     for col, spec in extra.items():
         vals = [round(e.mean[col], DIGITS) for e in compared if col in e.mean]
-        if vals:
+        if vals and spec.get("higher_is_better", True) is not None:
             out[col] = max(vals) if spec.get("higher_is_better", True) else min(vals)
     return out
 

@@ -86,6 +86,22 @@ def alpaca_docs(dataset: Any) -> Any:
     return dataset.map(_map)
 
 
+def alpaca_reference_docs(dataset: Any) -> Any:
+    """AlpacaEval instructions as ``{prompt}`` with their reference ``output`` kept (the
+    length-controlled win rate is against it; an optional numeric ``instruction_difficulty``
+    column is kept too)."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("instruction", "output"), "AlpacaEval")
+        if not isinstance(doc["output"], str) or not doc["output"].strip():
+            raise ValueError(
+                f"AlpacaEval row with an empty reference `output`: {doc['instruction'][:80]!r}"
+            )
+        return {"prompt": doc["instruction"].strip()}
+
+    return dataset.map(_map)
+
+
 def truthfulqa_gen_docs(dataset: Any) -> Any:
     """TruthfulQA generation questions as ``{prompt}``."""
 
