@@ -94,10 +94,22 @@ class Entry:
     n_configs: int = 1
     selected_on: str | None = None
     se: dict[str, float | None] = field(default_factory=dict)  # one seed: the row's item stderr
+    base_seeds: tuple[str, ...] | None = None  # the seeds its delta's base mean is over
 
     @property
     def n(self) -> int:
         return len(self.rows)
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        """The seeds its rows are of (as text, sorted)."""
+        return tuple(sorted({str(r.get("seed")) for r in self.rows}))
+
+    @property
+    def other_seeds(self) -> bool:
+        """Whether its change from the base compares its mean with a base mean over another
+        set of seeds (a base row missing on a seed of it, or a base of more seeds)."""
+        return self.base_seeds is not None and self.kind != "base" and self.seeds != self.base_seeds
 
     @property
     def label(self) -> str:
@@ -238,10 +250,22 @@ def base_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
     return {col: _mean_std([float(r[col]) for r in base])[0] for col, _ in COLUMNS}
 
 
-def with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None:
+def base_seeds(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...] | None:
+    """The seeds of the base rows (as text, sorted), None without a base row."""
+    seeds = {str(r.get("seed")) for r in rows if r["kind"] == "base"}
+    return tuple(sorted(seeds)) if seeds else None
+
+
+def with_deltas(
+    entries: list[Entry],
+    base: Mapping[str, float] | None,
+    seeds: tuple[str, ...] | None = None,
+) -> None:
     """Deltas of the means from the base's means, and the largest drop of a dimension's mean
-    below the base's (None without a base)."""
+    below the base's (None without a base); ``seeds``: the base mean's seeds, kept on each
+    entry (:attr:`Entry.other_seeds`: a delta over different seed sets, marked in the tables)."""
     for e in entries:
+        e.base_seeds = seeds if base is not None else None
         for col, _ in COLUMNS:
             e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
         e.delta["max_drop"] = (
@@ -270,7 +294,7 @@ def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
                     e.selected_on = str(choice["selected_on"])
                     e.n_configs = int(choice.get("n_configs") or 1)
                 shown.append(e)
-    with_deltas(shown, base_means(report_rows))
+    with_deltas(shown, base_means(report_rows), base_seeds(report_rows))
     return shown
 
 

@@ -24,6 +24,7 @@ from hhh_bench.tracking.entries import COLUMNS, Entry, base_means, extra_columns
 from hhh_bench.tracking.markdown import md_text, number_ranges
 from hhh_bench.tracking.store import REPEATED, setup_key
 from hhh_bench.tracking.tables import (
+    OTHER_SEEDS,
     all_models_table,
     extra_head,
     main_table,
@@ -108,11 +109,34 @@ def main_section(
             "↓: lower is better."
             if any(not v.get("higher_is_better", True) for v in extra.values())
             else ""
-        ),
+        )
+        + seeds_note(entries),
         "",
         main_table(entries, extra, marks),
         "",
     ]
+
+
+def seeds_note(entries: Sequence[Entry]) -> str:
+    """What the main table's seed marks mean, when there are any: rows over fewer seeds than
+    others (their label says how many; a one-seed ± is over items, not seeds) and deltas (§)
+    against a base mean over another set of seeds."""
+    out = ""
+    if len({e.n for e in entries}) > 1:
+        out += (
+            " The rows are not all over the same number of seeds: each label says its count; a "
+            "mean over fewer seeds is noisier, and a one-seed ± is over items, not seeds."
+        )
+    other = [e for e in entries if e.other_seeds and any(v is not None for v in e.delta.values())]
+    if other:
+        base = ", ".join(other[0].base_seeds or ())
+        rows = "; ".join(f"{e.label} {', '.join(e.seeds)}" for e in other)
+        out += (
+            f" {OTHER_SEEDS}: the change from the base compares different seed sets (the base's "
+            f"seeds {base}; the rows' seeds: {md_text(rows)}): part of it is the seeds' "
+            "difference."
+        )
+    return out
 
 
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
