@@ -203,6 +203,12 @@ def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
     rows = [r for r in store(tmp_path / "c") if not (r["kind"] == "mixture" and r["seed"] == 0)]
     res = mix_vs_merge(table_entries(rows))
     assert res["seeds"] == [1, 2] and res["diff"] == pytest.approx((0.30 + 0.35) / 2)
+    # ... and the answer line says so (battery 9, 4: it was unsaid)
+    assert res["unpaired"] == {"0": ["best mixture mix uniform"]}
+    assert "; not paired: seed 0 (best mixture mix uniform has no test row of it); env" in (
+        answer_line(res)
+    )
+    assert mix_vs_merge(table_entries(store(tmp_path / "c2")))["unpaired"] == {}
     # one seed: no interval, said plainly; no mixed model either
     one = [r for r in store(tmp_path / "d") if r["seed"] == 0]
     res = compare(table_entries(one))

@@ -300,6 +300,14 @@ def compare(
     per_seed = [
         float(merge_by_seed[s]["average"]) - float(mix_by_seed[s]["average"]) for s in shared
     ]
+    # seeds of the table that a representative has no row of (battery 9: said, not dropped
+    # silently): the headline is over fewer seeds than the table's
+    every = {r.get("seed") for e in entries for r in e.rows}
+    unpaired = {
+        str(s): [f"best {w} {e.label}" for w, e in (("merge", merge), ("mixture", mix))
+                 if s not in {r.get("seed") for r in e.rows}]
+        for s in sorted(every - set(shared), key=str)
+    }  # fmt: skip
     level = 1 - alpha
     si = seed_interval(per_seed, level=level, method=interval, iters=iters, seed=seed)
     out: dict[str, Any] = {
@@ -312,6 +320,7 @@ def compare(
         "p_value": si.p_value, "sd": si.sd, "interval": interval, "level": level,
         "seeds_needed": si.seeds_needed, "half_width": si.half_width,
         "seeds": shared, "n_seeds": len(shared), "verdict": verdict(si.low, si.high),
+        "unpaired": unpaired, "split": str(merge.rows[0].get("split") or "the report split"),
         "mixed": None, "item_bootstrap": None, "items_note": None,
         "items_per_task": {}, "weights": {}, "n_items": 0,
         "environment": environment_fingerprint(
@@ -379,6 +388,15 @@ def headline(r: Mapping[str, Any]) -> str:
     )
 
 
+def unpaired_text(r: Mapping[str, Any]) -> str:
+    """The seeds of the table left out of the comparison, and which representative has no row
+    of each (empty when none is)."""
+    parts = [f"seed {s} ({' and '.join(who)} {'have' if len(who) > 1 else 'has'} no "
+             f"{r.get('split', 'report-split')} row of it)"
+             for s, who in (r.get("unpaired") or {}).items()]  # fmt: skip
+    return f"; not paired: {'; '.join(parts)}" if parts else ""
+
+
 def answer_line(result: Mapping[str, Any] | str) -> str:
     """The one-line answer of a :func:`compare` result (or the reason there is none)."""
     if isinstance(result, str):
@@ -395,8 +413,8 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
     return (
         f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
         f"({_how(r['merge_choice'], 'merge methods')}) vs best mixture {r['mixture']} "
-        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}){carried}; "
-        f"env {env}"
+        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}){carried}"
+        f"{unpaired_text(r)}; env {env}"
     )
 
 
