@@ -466,6 +466,7 @@ def test_a_model_evaluated_on_another_world_than_its_own_is_warned(
         in said
     )
     assert out["eval"]["row"]["extra"]["trained_on_data"] == [small_data["key"]]
+    assert out["eval"]["row"]["kind"] == "external"  # given, not a merge (battery 9, 6)
 
 
 # -- the seventh independent battery (283 cases on 4068c9b): each finding a contract -------------

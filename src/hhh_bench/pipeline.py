@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.core import console
+from hhh_bench.core.content import enclosing_output
 from hhh_bench.stages.common import (
     CACHE,
     data_keys_of,
@@ -368,7 +369,12 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     path = cfg.eval.get("model")
     if path:
-        model = {"path": str(path), "key": f"path:{path}", "kind": "merge", "name": str(path)}
+        # a merge stage's output is a merge (its card gets the scores); any other model, given
+        # by folder or hub id, is filed as what it is: given (battery 9: it was always a merge,
+        # a candidate of the answer's merge group)
+        held = enclosing_output(str(path))
+        kind = "merge" if held is not None and held[0].parent.name == "merge" else "external"
+        model = {"path": str(path), "key": f"path:{path}", "kind": kind, "name": str(path)}
         worlds = data_keys_of(str(path))
         if worlds and data["key"] not in worlds:  # its scores would be on a world it never saw
             model["trained_on_data"] = sorted(worlds)

@@ -217,6 +217,19 @@ def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
     assert "merge − mix = +0.250 on 1 seed: no interval" in answer_line(res)
 
 
+def test_a_given_model_is_its_own_group_never_the_answers_merge(tmp_path):
+    """Battery 9 (6): a `+eval.model` row was filed as a merge, so a user's model (here 19 of
+    20 right, better than every merge) became the answer's "best merge". Filed as external,
+    it has a group of its own and the answer compares ties with mix uniform."""
+    rows = store(tmp_path)
+    rows += [{**row(tmp_path, "external", "/models/theirs", k, 19), "row_key": f"ext-{k}"}
+             for k in range(3)]  # fmt: skip
+    res = mix_vs_merge(table_entries(rows))
+    assert (res["merge"], res["mixture"]) == ("ties", "mix uniform")
+    md = build_report(rows, tmp_path / "out")["markdown"]
+    assert "| *Given models (+eval.model)* |" in md and "| /models/theirs | **0.950" in md
+
+
 def test_bca_option(tmp_path):
     res = compare(table_entries(store(tmp_path / "s")), interval="bca")
     assert res["interval"] == "bca" and 0.25 <= res["ci_low"] <= res["ci_high"] <= 0.35

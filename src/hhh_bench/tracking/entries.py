@@ -33,6 +33,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("specialist", "Specialists"),
     ("mixture", "Data mixture"),
     ("merge", "Model merging"),
+    ("external", "Given models (+eval.model)"),
 )
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -60,6 +61,8 @@ def family_of(row: Mapping[str, Any]) -> str:
         return f"Mixture: {row.get('mix_strategy') or row.get('method') or row['name']}"
     if kind == "merge":
         return f"Merge: {row.get('method') or row['name']}"
+    if kind == "external":  # a model given by its folder or hub id: no method known
+        return f"Given: {row['name']}"
     return str(row.get("name"))
 
 

@@ -44,7 +44,10 @@ from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.core.stagecache import relocated
 
-KINDS = ("base", "oracle", "specialist", "mixture", "merge")
+KINDS = ("base", "oracle", "specialist", "mixture", "merge", "external")
+"""``external``: a model given with ``+eval.model`` that is no merge stage output (a folder or
+hub id of the user's); the report shows it in a group of its own, never as a merge or mixture
+the answer compares."""
 SCHEMA_VERSION = 1
 """The version of the row format this code writes (``schema_version``) and reads; rows written
 before versions were recorded read as version 1."""
