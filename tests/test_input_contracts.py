@@ -386,7 +386,7 @@ def test_a_full_disk_inside_a_librarys_writer_names_the_stage_output(tmp_path):
 def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tmp_path):
     import json
 
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     mine, other, plain = tmp_path / "mine", tmp_path / "other", tmp_path / "plain"
     for folder, base in ((mine, "b" * 64), (other, "c" * 64)):
@@ -394,11 +394,12 @@ def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tm
         (folder / "key.json").write_text(json.dumps(
             {"stage": "train", "payload": {"base": base}, "inputs": [f"base/{base[:12]}"]}))  # fmt: skip
     plain.mkdir()  # a released specialist: no key.json, nothing to compare
-    _check_same_base("b" * 64, "B", [str(mine), str(mine / "adapter"), str(plain)])
+    check_same_base("B", [str(mine), str(mine / "adapter"), str(plain)], base_identity="b" * 64)
     with pytest.raises(ValueError, match=r"merge.models\[1\]='.*other/adapter' was trained from "
                        r"another θ0 \(base/cccccccccccc\) than merge.base='B'"):  # fmt: skip
-        _check_same_base("b" * 64, "B", [str(mine), str(other / "adapter")])
-    _check_same_base("hub:x@main", "x", [str(other)])  # a hub base: not compared by content
+        check_same_base("B", [str(mine), str(other / "adapter")], base_identity="b" * 64)
+    # a hub base: not compared by content
+    check_same_base("x", [str(other)], base_identity="hub:x@main")
 
 
 def test_a_store_line_repeated_later_is_said_under_the_table(tmp_path):
@@ -743,7 +744,7 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     import json
 
     from hhh_bench.stages.common import model_identity
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     a, b, adapter = tmp_path / "base_a", tmp_path / "base_b", tmp_path / "lora_copy"
     for d, text in ((a, "a"), (b, "b"), (adapter, "")):
@@ -753,8 +754,9 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     with pytest.raises(
         ValueError, match=r"is a LoRA adapter trained on .*base_a.* not merge.base="
     ):
-        _check_same_base(model_identity(str(b)), str(b), [str(adapter)])
-    _check_same_base(model_identity(str(a)), str(a), [str(adapter)])  # its own base: fine
+        check_same_base(str(b), [str(adapter)], base_identity=model_identity(str(b)))
+    # its own base: fine
+    check_same_base(str(a), [str(adapter)], base_identity=model_identity(str(a)))
 
 
 def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys):
@@ -763,7 +765,7 @@ def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys
     import json
 
     from hhh_bench.stages.common import model_identity
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     base, adapter = tmp_path / "base", tmp_path / "lora_copy"
     for d in (base, adapter):
@@ -773,7 +775,7 @@ def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys
         (adapter / "adapter_config.json").write_text(
             json.dumps({"base_model_name_or_path": recorded})
         )
-        _check_same_base(model_identity(str(base)), str(base), [str(adapter)])
+        check_same_base(str(base), [str(adapter)], base_identity=model_identity(str(base)))
         said = capsys.readouterr().out
         assert (
             f"warning: merge.models[0]={str(adapter)!r} is a LoRA adapter trained on {recorded!r} "
