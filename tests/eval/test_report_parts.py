@@ -218,6 +218,22 @@ def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
     assert "seed)" not in tables.main_table(store["entries"])
 
 
+def test_a_numbered_name_says_what_tells_it_apart(store):
+    """Battery 9 (9): ``ties [2]`` was unexplained. ties evaluated again on another world and,
+    for the same seeds, on other data: each numbered row says how it differs from the first."""
+    ties = [r for r in store["rows"] if r["name"] == "ties"]
+    rows = [*store["rows"], *({**r, "row_key": f"{r['row_key']}w", "world_key": "w7"} for r in ties),
+            *({**r, "row_key": f"{r['row_key']}d", "data_key": "d2"} for r in ties)]  # fmt: skip
+    es = by_name(entries.table_entries(rows))
+    assert es["ties [2]"].numbered == "differs from the first ties in data_key"
+    assert es["ties [3]"].numbered == "differs from the first ties in world (world_key)"
+    assert es["ties"].numbered is None
+    said = r"ties \[2\] differs from the first ties in data_key; ties \[3\] differs"
+    assert said in sections.seeds_note(list(es.values()))
+    assert said in sections.all_models_section(rows)[-2]
+    assert "[n]" not in sections.seeds_note(store["entries"])
+
+
 def test_all_models_per_task_and_paired_tables(store):
     everything = tables.all_models_table(store["rows"])
     assert "| Model merging | ties | density=0.2 | 2 | **" not in everything  # no bold here

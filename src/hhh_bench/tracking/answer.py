@@ -94,6 +94,22 @@ def _select_score(e: Entry, index: Mapping[tuple[Any, ...], Mapping[str, Any]]) 
     return sum(vals) / len(vals)
 
 
+def _extra(e: Entry) -> Mapping[str, Any]:
+    return e.rows[0].get("extra") or {}
+
+
+def _method(e: Entry) -> str:
+    r = e.rows[0]
+    return str(r.get("mix_strategy" if e.kind == "mixture" else "method") or e.family)
+
+
+def _is_grid_point(e: Entry) -> bool:
+    """One configuration of a tuned family reported as its own row (its rows carry the grid's
+    knobs and no choice)."""
+    return all("grid_params" in (r.get("extra") or {}) and not (r.get("extra") or {}).get(
+        "selected_on") for r in e.rows)  # fmt: skip
+
+
 def pick(
     entries: Sequence[Entry],
     kind: str,
@@ -107,6 +123,11 @@ def pick(
     (when others have one), and whether the choice fell back to the reported split (none has
     one). None when the group has no entry."""
     group = [e for e in entries if e.kind == kind]
+    chosen = {_method(e) for e in group if _extra(e).get("selected_on")}
+    # a grid point shown as its own row (pipeline.report_every_grid_point) is one of its
+    # method's configurations, already among those the chosen row was chosen from: not another
+    # candidate (battery 9: "from 12 merge methods" for 3 methods)
+    group = [e for e in group if not (_is_grid_point(e) and _method(e) in chosen)]
     if not group:
         return None
     index = _select_index(select_rows) if select_split else {}

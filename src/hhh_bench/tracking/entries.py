@@ -98,6 +98,7 @@ class Entry:
     selected_on: str | None = None
     se: dict[str, float | None] = field(default_factory=dict)  # one seed: the row's item stderr
     base_seeds: tuple[str, ...] | None = None  # the seeds its delta's base mean is over
+    numbered: str | None = None  # a ``name [2]``: what tells it from the first of its name
 
     @property
     def n(self) -> int:
@@ -213,6 +214,20 @@ def _distinct_names(groups: list[tuple[str, str, list[dict[str, Any]]]]) -> list
     return names
 
 
+def _what_differs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
+    """What tells two configurations of one name and knobs apart (for a ``name [2]``): the
+    fields of :func:`configuration` they differ in, else (a seed evaluated twice) the rows'
+    data, model or run config."""
+    ka, kb = json.loads(configuration(a[0])), json.loads(configuration(b[0]))
+    fields = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
+    if not fields:
+        fields = [f for f in ("data_key", "model_key", "config_hash", "world_key")
+                  if {str(r.get(f)) for r in a} != {str(r.get(f)) for r in b}]  # fmt: skip
+    names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)"}
+    what = ", ".join(names.get(f, f) for f in fields) or "rows of the same seed"
+    return f"differs from the first {b[0].get('name')!s} in {what}"
+
+
 def params_text(row: Mapping[str, Any]) -> str:
     p = row.get("params") or {}
     return ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
@@ -232,8 +247,12 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
     ]
     extra = list(extra_columns(rows))
     entries = []
-    for (kind, _, rs), name in zip(groups, _distinct_names(groups), strict=True):
+    first: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (kind, plain, rs), name in zip(groups, _distinct_names(groups), strict=True):
         e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
+        first.setdefault((kind, plain), rs)
+        if name != plain and name.removeprefix(plain + " [").removesuffix("]").isdigit():
+            e.numbered = _what_differs(first[(kind, plain)], rs)
         for col, _ in COLUMNS:
             e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
         for col in extra:  # extra columns (over-refusal, capability) where every seed has one

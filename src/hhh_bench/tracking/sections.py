@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes, layer_type_table
-from hhh_bench.tracking.entries import COLUMNS, Entry, base_means, extra_columns, table_entries
+from hhh_bench.tracking.entries import (
+    COLUMNS,
+    Entry,
+    aggregate,
+    base_means,
+    extra_columns,
+    table_entries,
+)
 from hhh_bench.tracking.markdown import md_text, number_ranges
 from hhh_bench.tracking.store import REPEATED, setup_key
 from hhh_bench.tracking.tables import (
@@ -118,14 +125,22 @@ def main_section(
 
 
 def seeds_note(entries: Sequence[Entry]) -> str:
-    """What the main table's seed marks mean, when there are any: rows over fewer seeds than
-    others (their label says how many; a one-seed ± is over items, not seeds) and deltas (§)
-    against a base mean over another set of seeds."""
+    """What the main table's marks mean, when there are any: rows over fewer seeds than others
+    (their label says how many; a one-seed ± is over items, not seeds), a ``name [2]`` (what
+    tells it from the first of its name) and deltas (§) against a base mean over another set
+    of seeds."""
     out = ""
     if len({e.n for e in entries}) > 1:
         out += (
             " The rows are not all over the same number of seeds: each label says its count; a "
             "mean over fewer seeds is noisier, and a one-seed ± is over items, not seeds."
+        )
+    numbered = [e for e in entries if e.numbered]
+    if numbered:
+        out += (
+            " A name with [n] (n = 2, 3, ...) is another configuration of the same name and knobs: "
+            + md_text("; ".join(f"{e.name} {e.numbered}" for e in numbered))
+            + "."
         )
     other = [e for e in entries if e.other_seeds and any(v is not None for v in e.delta.values())]
     if other:
@@ -276,7 +291,13 @@ def other_setups_section(
 
 def all_models_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every evaluated configuration of ``rows`` (:func:`~hhh_bench.tracking.tables.all_models_table`)."""
-    return ["## All evaluated models", "", all_models_table(rows), ""]
+    numbered = [e for e in aggregate(rows) if e.numbered]
+    note = (
+        ["A name with [n] (n = 2, 3, ...) is another configuration of the same name and knobs: "
+         + md_text("; ".join(f"{e.name} {e.numbered}" for e in numbered)) + ".", ""]
+        if numbered else []
+    )  # fmt: skip
+    return ["## All evaluated models", "", all_models_table(rows), "", *note]
 
 
 def per_task_section(entries: Sequence[Entry]) -> list[str]:
