@@ -116,7 +116,7 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
         from hhh_bench.tracking.store import scan_results
 
         skip = bool(getattr(groups.get("report"), "skip_invalid", False))
-        scan_results(results_path(cfg), skip_invalid=skip)
+        _check_report_seeds(cfg, scan_results(results_path(cfg), skip_invalid=skip).latest())
     if "eval" in groups and groups["eval"].judges:  # judges and their cache, before any work
         from hhh_bench.evaluation.judged_eval import check_judges_early
 
@@ -163,6 +163,23 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
+
+
+def _check_report_seeds(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``stage=report`` reports every seed of the store: ``seeds`` naming fewer than it holds
+    is refused (battery 9: ``seeds=[0]`` on a 2-seed store reported both, unsaid)."""
+    if not cfg.get("seeds"):
+        return
+    asked = {str(s) for s in cfg.seeds}
+    held = sorted({str(r.get("seed")) for r in rows}, key=lambda s: (len(s), s))
+    others = [s for s in held if s not in asked]
+    if others:
+        raise ValueError(
+            f"stage=report reports every seed of the results store ({', '.join(held)}), but "
+            f"seeds={list(cfg.seeds)} leaves out {', '.join(others)}: the report would not be "
+            "of those seeds only; drop seeds= to report them all, or report a root whose "
+            "store holds only those seeds' rows"
+        )
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:

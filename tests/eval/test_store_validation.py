@@ -417,3 +417,18 @@ def test_battery9_export_refuses_an_extension_of_the_other_format(tmp_path):
         out = run_cli("export", str(root), *args, cwd=tmp_path)
         assert out.returncode == 2 and says in out.stderr, out.stderr
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.jsonl").exists()
+
+
+def test_battery9_a_report_of_fewer_seeds_than_the_store_holds_is_refused(tmp_path):
+    """Battery 9 (10): `stage=report seeds=[0]` on a store of seeds 0 and 1 reported both,
+    unsaid. Refused before any work (pipeline.run, once the store is read), naming the seeds
+    left out; all of them: fine."""
+    from conftest import compose
+    from hhh_bench.pipeline import _check_report_seeds
+
+    rows = [row("a"), row("b", seed=1)]
+    with pytest.raises(ValueError, match=r"stage=report reports every seed of the results store "
+                       r"\(0, 1\), but seeds=\[0\] leaves out 1"):  # fmt: skip
+        _check_report_seeds(compose(["stage=report", "seeds=[0]"]), rows)
+    _check_report_seeds(compose(["seeds=[0,1]"]), rows)
+    _check_report_seeds(compose([]), rows)  # seeds unset: every seed, as always
