@@ -432,3 +432,21 @@ def test_battery9_a_report_of_fewer_seeds_than_the_store_holds_is_refused(tmp_pa
         _check_report_seeds(compose(["stage=report", "seeds=[0]"]), rows)
     _check_report_seeds(compose(["seeds=[0,1]"]), rows)
     _check_report_seeds(compose([]), rows)  # seeds unset: every seed, as always
+
+
+def test_battery9_a_digestless_row_contradicting_its_task_scores_is_named(tmp_path):
+    """Battery 9 (13): a row without a digest whose helpful (0.9) is not its one helpful
+    task's acc (0.5) was read as it stood. Its dimension scores must be the weighted means of
+    its tasks' primary metrics; a row that agrees reads fine."""
+    specs = [{"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
+             for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))]  # fmt: skip
+    tasks = {t: {"acc": 0.5, "n": 10} for t in "hos"}
+    good = row("good", task_specs=specs, tasks=tasks)
+    bad = row("bad", task_specs=specs, tasks=tasks, helpful=0.9, average=(0.9 + 1.0) / 3)
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad)) + "\n")
+    with pytest.raises(store_mod.StoreError, match=r"line 2: result row 'bad': helpful = 0.9 is "
+                       r"not the weighted mean of its tasks' helpful scores \(0.5"):  # fmt: skip
+        read_results(path)
+    path.write_text(json.dumps(good) + "\n")
+    assert [r["row_key"] for r in read_results(path)] == ["good"]
