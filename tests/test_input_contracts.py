@@ -806,6 +806,22 @@ def test_a_single_stage_runs_its_one_seed_and_seed_alone_is_the_run_seed():
         validate_run(to_dict(compose(overrides)))  # the one seed, or a stage over all seeds
 
 
+def test_battery9_one_theta0_for_every_seed_on_worlds_that_follow_the_seed_is_refused():
+    """Battery 9 (17): `pipeline.base_seed=0 seeds=[0,1]` on the default world (world.seed:
+    ${seed}) built each seed's θ0 from its own world with SFT seed 0: not one θ0, unsaid. One
+    world for every seed (experiment=ablation_resm) is what base_seed is for."""
+    from conftest import compose
+    from hhh_bench.pipeline import _check_base_seed, _seed_cfgs
+
+    cfg = compose(["seeds=[0,1]", "pipeline.base_seed=0"])
+    with pytest.raises(ValueError, match=r"pipeline.base_seed=0 asks for one θ0 for every seed, "
+                       r"but each seed draws its own data .*\(model.kind=tiny, base_sft\)"):  # fmt: skip
+        _check_base_seed(cfg, _seed_cfgs(cfg))
+    for ok in (["data.world.seed=0"], ["pipeline.base_seed=null"]):
+        cfg = compose(["seeds=[0,1]", "pipeline.base_seed=0", *ok])
+        _check_base_seed(cfg, _seed_cfgs(cfg))
+
+
 def test_a_hub_model_given_with_the_tiny_defaults_is_theta0_as_it_is():
     """Battery 8: the README's `model.kind=hub model.path=<folder>` kept tiny.yaml's
     `base_sft.enabled: true` and fine-tuned the given model on the toy world before using it as

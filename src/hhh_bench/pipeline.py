@@ -130,6 +130,7 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     from hhh_bench.stages.data import run_data
 
     seeds = _seed_cfgs(cfg) if stage == "all" else []
+    _check_base_seed(cfg, seeds)
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
     with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
@@ -163,6 +164,29 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
+
+
+def _check_base_seed(cfg: DictConfig, seeds: Sequence[tuple[DictConfig, bool]]) -> None:
+    """``pipeline.base_seed`` promises one θ0 for every seed; a θ0 built or fine-tuned from the
+    data (the tiny model, ``model.base_sft``) on a world that follows the seed is another model
+    for each seed all the same, its SFT seeded alike: refused, before any work (battery 9)."""
+    from hhh_bench.core.config import ModelConfig
+    from hhh_bench.stages.common import group
+
+    base_seed = cfg.pipeline.get("base_seed")
+    if base_seed is None or len(seeds) < 2 or all(same for _, same in seeds):
+        return
+    m = group(cfg, "model", ModelConfig)
+    if m.kind == "hub" and not m.sft_enabled:  # θ0 is the hub model whatever the data
+        return
+    raise ValueError(
+        f"pipeline.base_seed={base_seed} asks for one θ0 for every seed, but each seed draws its "
+        "own data (the data config follows seed, as data.world.seed: ${seed}) and θ0 is built "
+        "from it (model.kind="
+        f"{m.kind}{', base_sft' if m.sft_enabled else ''}): every seed would get another θ0, "
+        "all fine-tuned with the same seed; set data.world.seed=N for one world (as "
+        "experiment=ablation_resm does), or drop pipeline.base_seed for each seed's own θ0"
+    )
 
 
 def _check_report_seeds(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> None:
