@@ -891,3 +891,27 @@ def test_battery9_all_zero_merge_weights_are_said(caplog):
     with caplog.at_level("WARNING"):
         CommonParams(weights=[0.0, 0.0, 0.0])
     assert "'weights' is all 0 ([0.0, 0.0, 0.0]): every task vector is dropped" in caplog.text
+
+
+def test_battery9_a_pickle_only_model_folder_is_named_before_work(tmp_path):
+    """Battery 9 (U5): `+eval.model=<folder of config.json + pytorch_model.bin>` ended in
+    transformers' message about missing files. Refused at composition, naming the file and
+    what to do (load_causal_lm says the same); safetensors beside a pickle are fine."""
+    from conftest import compose
+    from hhh_bench.core.config import EvalConfig, load
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import check_eval
+
+    def check(folder):  # as validate_run checks the eval group, before any stage
+        check_eval(load(EvalConfig, to_dict(compose([f"+eval.model={folder}"]).eval)))
+
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    (m / "pytorch_model.bin").write_bytes(b"x")
+    said = (rf"eval.model='{m}' holds its weights as pickle \(pytorch_model.bin\) and no "
+            r"\.safetensors file: hhh-bench loads weights as safetensors only")  # fmt: skip
+    with pytest.raises(ValueError, match=said):
+        check(m)
+    (m / "model.safetensors").write_bytes(b"x")
+    check(m)
