@@ -450,3 +450,22 @@ def test_battery9_a_digestless_row_contradicting_its_task_scores_is_named(tmp_pa
         read_results(path)
     path.write_text(json.dumps(good) + "\n")
     assert [r["row_key"] for r in read_results(path)] == ["good"]
+
+
+def test_battery9_export_of_a_copied_root_never_reads_the_originals_eval_folders(tmp_path):
+    """Battery 9 (U4): a root copied without its eval folders exported the original root's
+    items (its rows' absolute paths), unsaid. Named instead; the original exports."""
+    from hhh_bench.core.items import ITEMS_FILE, write_jsonl
+    from hhh_bench.exporting import export_items
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    eval_dir = a / "eval" / "k1"
+    eval_dir.mkdir(parents=True)
+    write_jsonl(eval_dir / ITEMS_FILE, {"t": [{"doc_id": 0, "acc": 1.0}]})
+    append_result(a / "results.jsonl", row("r", artifacts={"eval_dir": str(eval_dir)}))
+    assert [r["doc_id"] for r in export_items(a)] == [0]
+    b.mkdir()
+    (b / "results.jsonl").write_bytes((a / "results.jsonl").read_bytes())
+    with pytest.raises(ValueError, match=rf"row 'r' \(r, test\): its eval output {eval_dir} is "
+                       rf"not under {b} \(this root has no eval/k1\)"):  # fmt: skip
+        list(export_items(b))
