@@ -174,6 +174,18 @@ def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
     assert all(e.n == 1 for e in out["entries"])  # no entry mixes rows of two setups
     # one setup: no such section
     assert "Other evaluation setups" not in build_report(old, tmp_path / "one")["markdown"]
+    assert "holds 1 row" not in md  # the newest setup as large as the older one: no warning
+    # battery 9 (U1): one stray evaluation of another setup took the main table, unsaid
+    from hhh_bench.tracking.entries import by_setup
+    from hhh_bench.tracking.sections import setup_note
+
+    stray = [{**new[0], "row_key": "stray", "name": "stray"}]
+    current, *others = by_setup([r for r in [*old, *stray] if r["split"] == "test"])
+    assert current == stray  # the newest setup is the main table's, as before ...
+    assert setup_note(current, others)[0].startswith(  # ... but now said above it
+        "**The tables below are the newest evaluation setup, which holds 1 row(s) (stray); an "
+        "older setup of this store holds 11**"
+    )
 
 
 def test_budget_note_says_whether_mixtures_are_budget_matched():

@@ -73,6 +73,7 @@ from hhh_bench.tracking.sections import (
     other_setups_section,
     paired_section,
     per_task_section,
+    setup_note,
     setup_section,
     skipped_note,
     superseded_note,
@@ -172,6 +173,7 @@ def build_report(
     )
     md = [
         *title_section(report_rows, experiment=experiment, split=report_split),
+        *setup_note(report_rows, others),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,
                       select_split=select_split, alpha=alpha),
         *failure_note(entries, judge_failure_threshold),

@@ -268,6 +268,28 @@ def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def setup_note(
+    current: Sequence[Mapping[str, Any]], others: Sequence[Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """A warning over the main table when the newest evaluation setup (the one the tables
+    show) holds fewer rows than an older one: a stray evaluation with other settings (a task
+    added, another limit or backend) would otherwise take the main table, and the answer, unsaid
+    (battery 9). None otherwise."""
+    most = max((len(o) for o in others), default=0)
+    if most <= len(current):
+        return []
+    names = sorted({str(r.get("name")) for r in current})
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return [
+        f"**The tables below are the newest evaluation setup, which holds {len(current)} "
+        f"row(s) ({md_text(shown)}); an older setup of this store holds {most}** (see *Other "
+        "evaluation setups*): the newest rows were evaluated with other settings (another task "
+        "list, task version, limit, metric or backend). If they are a stray evaluation, report "
+        "them under a root of their own, or evaluate every model with those settings.",
+        "",
+    ]
+
+
 def other_setups_section(
     others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
 ) -> list[str]:
