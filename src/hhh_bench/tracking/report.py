@@ -16,7 +16,11 @@
     *Evaluation setup* table names each task's metric (saying which are length-normalised) and
     judge. Issue 27: a cell whose judged task had more than ``report.judge_failure_threshold``
     of empty or unparsed answers is marked ‡, the counts under the table
-    (:mod:`hhh_bench.tracking.failures`). With diagnostics rows (``<root>/diagnostics.jsonl``),
+    (:mod:`hhh_bench.tracking.failures`). Battery 9: a change from a base mean over another
+    set of seeds is marked §, rows over fewer seeds than others say their count, a ``name [n]``
+    says what tells it from the first of its name, a model given with ``+eval.model`` (kind
+    ``external``) is a group of its own, and a newest evaluation setup smaller than an older
+    one is said above the table. With diagnostics rows (``<root>/diagnostics.jsonl``),
     a *Task-vector diagnostics* section: a model-wide table with one row per diagnosed set, a
     per-layer-type table per set.
     The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): each group's
