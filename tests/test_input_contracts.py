@@ -386,7 +386,7 @@ def test_a_full_disk_inside_a_librarys_writer_names_the_stage_output(tmp_path):
 def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tmp_path):
     import json
 
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     mine, other, plain = tmp_path / "mine", tmp_path / "other", tmp_path / "plain"
     for folder, base in ((mine, "b" * 64), (other, "c" * 64)):
@@ -394,11 +394,12 @@ def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tm
         (folder / "key.json").write_text(json.dumps(
             {"stage": "train", "payload": {"base": base}, "inputs": [f"base/{base[:12]}"]}))  # fmt: skip
     plain.mkdir()  # a released specialist: no key.json, nothing to compare
-    _check_same_base("b" * 64, "B", [str(mine), str(mine / "adapter"), str(plain)])
+    check_same_base("B", [str(mine), str(mine / "adapter"), str(plain)], base_identity="b" * 64)
     with pytest.raises(ValueError, match=r"merge.models\[1\]='.*other/adapter' was trained from "
                        r"another θ0 \(base/cccccccccccc\) than merge.base='B'"):  # fmt: skip
-        _check_same_base("b" * 64, "B", [str(mine), str(other / "adapter")])
-    _check_same_base("hub:x@main", "x", [str(other)])  # a hub base: not compared by content
+        check_same_base("B", [str(mine), str(other / "adapter")], base_identity="b" * 64)
+    # a hub base: not compared by content
+    check_same_base("x", [str(other)], base_identity="hub:x@main")
 
 
 def test_a_store_line_repeated_later_is_said_under_the_table(tmp_path):
@@ -466,6 +467,7 @@ def test_a_model_evaluated_on_another_world_than_its_own_is_warned(
         in said
     )
     assert out["eval"]["row"]["extra"]["trained_on_data"] == [small_data["key"]]
+    assert out["eval"]["row"]["kind"] == "external"  # given, not a merge (battery 9, 6)
 
 
 # -- the seventh independent battery (283 cases on 4068c9b): each finding a contract -------------
@@ -742,7 +744,7 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     import json
 
     from hhh_bench.stages.common import model_identity
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     a, b, adapter = tmp_path / "base_a", tmp_path / "base_b", tmp_path / "lora_copy"
     for d, text in ((a, "a"), (b, "b"), (adapter, "")):
@@ -752,8 +754,9 @@ def test_battery7_a_lora_adapter_copied_out_of_its_train_folder_is_checked_again
     with pytest.raises(
         ValueError, match=r"is a LoRA adapter trained on .*base_a.* not merge.base="
     ):
-        _check_same_base(model_identity(str(b)), str(b), [str(adapter)])
-    _check_same_base(model_identity(str(a)), str(a), [str(adapter)])  # its own base: fine
+        check_same_base(str(b), [str(adapter)], base_identity=model_identity(str(b)))
+    # its own base: fine
+    check_same_base(str(a), [str(adapter)], base_identity=model_identity(str(a)))
 
 
 def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys):
@@ -762,7 +765,7 @@ def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys
     import json
 
     from hhh_bench.stages.common import model_identity
-    from hhh_bench.stages.merge import _check_same_base
+    from hhh_bench.stages.merge import check_same_base
 
     base, adapter = tmp_path / "base", tmp_path / "lora_copy"
     for d in (base, adapter):
@@ -772,7 +775,7 @@ def test_battery8_a_lora_adapter_whose_base_is_not_here_is_said(tmp_path, capsys
         (adapter / "adapter_config.json").write_text(
             json.dumps({"base_model_name_or_path": recorded})
         )
-        _check_same_base(model_identity(str(base)), str(base), [str(adapter)])
+        check_same_base(str(base), [str(adapter)], base_identity=model_identity(str(base)))
         said = capsys.readouterr().out
         assert (
             f"warning: merge.models[0]={str(adapter)!r} is a LoRA adapter trained on {recorded!r} "
@@ -801,6 +804,22 @@ def test_a_single_stage_runs_its_one_seed_and_seed_alone_is_the_run_seed():
             validate_run(to_dict(compose(overrides)))
     for overrides in (["stage=train", "seed=1", "seeds=[1]"], ["stage=report", "seeds=[0,1]"]):
         validate_run(to_dict(compose(overrides)))  # the one seed, or a stage over all seeds
+
+
+def test_battery9_one_theta0_for_every_seed_on_worlds_that_follow_the_seed_is_refused():
+    """Battery 9 (17): `pipeline.base_seed=0 seeds=[0,1]` on the default world (world.seed:
+    ${seed}) built each seed's θ0 from its own world with SFT seed 0: not one θ0, unsaid. One
+    world for every seed (experiment=ablation_resm) is what base_seed is for."""
+    from conftest import compose
+    from hhh_bench.pipeline import _check_base_seed, _seed_cfgs
+
+    cfg = compose(["seeds=[0,1]", "pipeline.base_seed=0"])
+    with pytest.raises(ValueError, match=r"pipeline.base_seed=0 asks for one θ0 for every seed, "
+                       r"but each seed draws its own data .*\(model.kind=tiny, base_sft\)"):  # fmt: skip
+        _check_base_seed(cfg, _seed_cfgs(cfg))
+    for ok in (["data.world.seed=0"], ["pipeline.base_seed=null"]):
+        cfg = compose(["seeds=[0,1]", "pipeline.base_seed=0", *ok])
+        _check_base_seed(cfg, _seed_cfgs(cfg))
 
 
 def test_a_hub_model_given_with_the_tiny_defaults_is_theta0_as_it_is():
@@ -872,3 +891,27 @@ def test_battery9_all_zero_merge_weights_are_said(caplog):
     with caplog.at_level("WARNING"):
         CommonParams(weights=[0.0, 0.0, 0.0])
     assert "'weights' is all 0 ([0.0, 0.0, 0.0]): every task vector is dropped" in caplog.text
+
+
+def test_battery9_a_pickle_only_model_folder_is_named_before_work(tmp_path):
+    """Battery 9 (U5): `+eval.model=<folder of config.json + pytorch_model.bin>` ended in
+    transformers' message about missing files. Refused at composition, naming the file and
+    what to do (load_causal_lm says the same); safetensors beside a pickle are fine."""
+    from conftest import compose
+    from hhh_bench.core.config import EvalConfig, load
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import check_eval
+
+    def check(folder):  # as validate_run checks the eval group, before any stage
+        check_eval(load(EvalConfig, to_dict(compose([f"+eval.model={folder}"]).eval)))
+
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    (m / "pytorch_model.bin").write_bytes(b"x")
+    said = (rf"eval.model='{m}' holds its weights as pickle \(pytorch_model.bin\) and no "
+            r"\.safetensors file: hhh-bench loads weights as safetensors only")  # fmt: skip
+    with pytest.raises(ValueError, match=said):
+        check(m)
+    (m / "model.safetensors").write_bytes(b"x")
+    check(m)

@@ -239,3 +239,16 @@ def test_a_hub_model_the_machine_cannot_reach_is_named_before_any_work(tmp_path,
     (snap / "config.json").write_text("{}")
     check_hub_model("org/model", SHA)
     assert len(asked) == 1  # offline or cached: the hub is never asked
+
+
+def test_battery9_a_given_hub_model_is_pinned_like_every_other():
+    """Battery 9 (U6): `stage=eval +eval.model=<owner/name>` was not asked for a commit
+    before work. Refused by name unless pinned (<id>@<sha>) or allowed; a local folder never."""
+    cfg = to_dict(compose(["stage=eval", "+eval.model=someone/their-model"]))
+    assert unpinned(cfg) == [("eval.model", "someone/their-model", None)]
+    with pytest.raises(ValueError, match=r"eval.model: someone/their-model at revision None"):
+        check_pins(cfg)
+    check_pins({**cfg, "allow_unpinned": True})
+    pinned = to_dict(compose(["stage=eval", f"+eval.model=someone/their-model@{'a' * 40}"]))
+    assert unpinned(pinned) == []
+    assert unpinned(to_dict(compose(["stage=eval", f"+eval.model={CONF}"]))) == []  # a folder

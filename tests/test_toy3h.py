@@ -284,3 +284,22 @@ def test_every_seed_draws_its_own_world(tmp_path):
     assert all(a["known"] != b["known"] for a, b in zip(worlds, worlds[1:], strict=False))
     fixed = compose([*SMALL_WORLD, f"root={tmp_path}", "data.world.seed=0"])
     assert data_payload(with_values(fixed, {"seed": 1})) == data_payload(fixed)
+
+
+def test_repeated_preference_pairs_are_counted_and_said(tmp_path, caplog):
+    """Battery 9 (16): pairs drawn with replacement from a small world repeat (here harmless
+    only has 3 harmful objects to refuse), unsaid. The manifest counts each file's distinct
+    pairs and one warning names the files; a file without repeats is not listed."""
+    from hhh_bench.data.toy3h import Toy3HConfig, generate
+
+    cfg = Toy3HConfig.from_mapping({"n_harmful_objects": 3, "pairs_per_dimension": 200})
+    with caplog.at_level("WARNING", logger="hhh_bench"):
+        manifest = generate(cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "prefs" / "harmless_train.jsonl").open()]
+    distinct = len({json.dumps([r["prompt"], r["chosen"], r["rejected"]]) for r in rows})
+    repeated = manifest["counts"]["prefs_repeated"]
+    assert repeated["harmless"]["train"] == distinct < 200
+    assert f"preference pairs repeat in {tmp_path / 'prefs'}" in caplog.text
+    assert f"harmless_train.jsonl 200 pairs, {distinct} distinct" in caplog.text
+    assert all(n < manifest["counts"]["prefs"][d][s] for d, v in repeated.items()
+               for s, n in v.items())  # fmt: skip

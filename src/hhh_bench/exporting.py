@@ -46,6 +46,15 @@ def export_items(root: str | Path, *, skip_invalid: bool = False) -> Iterator[di
         raise ValueError(f"{store}: no results store here (is {root} a run's root?)")
     for row in read_results(store, skip_invalid=skip_invalid):
         eval_dir = Path(relocated((row.get("artifacts") or {}).get("eval_dir") or "", root))
+        # not resolved: an eval folder linked to another disk is still this root's
+        here = Path(os.path.abspath(root))
+        if eval_dir.is_dir() and here not in Path(os.path.abspath(eval_dir)).parents:
+            raise ValueError(  # a copied root without its eval folders (battery 9)
+                f"row {row['row_key']!r} ({row['name']}, {row['split']}): its eval output "
+                f"{eval_dir} is not under {root} (this root has no {eval_dir.parent.name}/"
+                f"{eval_dir.name}): the export would read another root's files; copy that "
+                "folder here too, or export from the root it is in"
+            )
         if not eval_dir.is_dir():
             raise ValueError(
                 f"row {row['row_key']!r} ({row['name']}, {row['split']}): its eval output "

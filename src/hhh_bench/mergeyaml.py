@@ -731,6 +731,14 @@ def run(
     finally:
         src.close()
     mp = plan(cfg, keys, layers)
+    # the pipeline's merge stage's checks of its inputs (battery 9): each model fine-tuned from
+    # this base (a train output's record, a LoRA adapter's base), and its tokenizer the base's
+    from hhh_bench.stages.merge import check_same_base, check_tokenizers
+
+    names = (f"{config}: base_model", f"{config}: models")
+    finetuned = [str(x) for x in mp.finetuned]
+    check_same_base(str(mp.base), finetuned, names=names)
+    check_tokenizers(str(mp.base), finetuned, names=names)
     extra: dict[str, Any] = {"device": device}
     if mp.method in ("della", "della_linear"):
         extra["seed"] = seed

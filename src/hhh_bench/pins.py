@@ -7,7 +7,7 @@ A hub repository's default branch moves: a model card fix, a re-upload or a new 
 changes what ``revision: main`` loads, and a number computed last month is no longer
 reproducible. So :func:`unpinned` walks a composed run for every hub id it would load (a
 mapping holding a ``revision`` beside its ``model``/``path``/``hub_id``, the data sources of a
-``data.kind=sources`` config, ``merge.base``/``merge.models`` written ``<id>@<commit>``) and
+``data.kind=sources`` config, ``merge.base``/``merge.models`` and ``eval.model`` written ``<id>@<commit>``) and
 :func:`check_pins` refuses any whose revision is not a 40-hex commit. A local folder (one that
 exists, or a path written with ``/``, ``.`` or ``~`` in front) has no revision and is never
 asked for one. This module sits on the pipeline floor beside :mod:`hhh_bench.validation`.
@@ -56,6 +56,12 @@ def unpinned(cfg: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         w[:3] for w in walk_revisions({k: v for k, v in cfg.items() if k not in ("merge", "hydra")})
     ]
     found += merge_refs(cfg.get("merge"))
+    ev = cfg.get("eval")
+    model = ev.get("model") if isinstance(ev, Mapping) else None
+    if isinstance(model, str):  # `+eval.model=<id>@<commit>`: a given model (battery 9)
+        ident, rev = split_ref(model)
+        if is_hub_id(ident):
+            found.append(("eval.model", ident, rev))
     found += [(where, s["hub_id"], s.get("revision")) for where, s in hub_sources(cfg.get("data"))]
     out, seen = [], set()
     for where, ident, rev in found:
@@ -82,6 +88,6 @@ def check_pins(cfg: Mapping[str, Any]) -> None:
     raise ValueError(
         f"{len(bad)} hub id(s) not pinned to a commit, so the run could not be reproduced once "
         f"the branch moves: {named}. Pin each to a 40-hex commit sha (its `revision:`; a "
-        "merge.base or merge.models entry as <id>@<sha>), or run with allow_unpinned=true "
+        "merge.base, merge.models or eval.model entry as <id>@<sha>), or run with allow_unpinned=true "
         "(each stage's provenance.json then records the commit the hub cache resolved)"
     )

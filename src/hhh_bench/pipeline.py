@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hhh_bench.core import console
+from hhh_bench.core.content import enclosing_output
 from hhh_bench.stages.common import (
     CACHE,
     data_keys_of,
@@ -115,7 +116,7 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
         from hhh_bench.tracking.store import scan_results
 
         skip = bool(getattr(groups.get("report"), "skip_invalid", False))
-        scan_results(results_path(cfg), skip_invalid=skip)
+        _check_report_seeds(cfg, scan_results(results_path(cfg), skip_invalid=skip).latest())
     if "eval" in groups and groups["eval"].judges:  # judges and their cache, before any work
         from hhh_bench.evaluation.judged_eval import check_judges_early
 
@@ -129,6 +130,7 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     from hhh_bench.stages.data import run_data
 
     seeds = _seed_cfgs(cfg) if stage == "all" else []
+    _check_base_seed(cfg, seeds)
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
     with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
@@ -162,6 +164,46 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     if stage not in ("report", "all"):  # those print it before the report, which ends with
         _summary(t0)  # the answer line
     return out
+
+
+def _check_base_seed(cfg: DictConfig, seeds: Sequence[tuple[DictConfig, bool]]) -> None:
+    """``pipeline.base_seed`` promises one θ0 for every seed; a θ0 built or fine-tuned from the
+    data (the tiny model, ``model.base_sft``) on a world that follows the seed is another model
+    for each seed all the same, its SFT seeded alike: refused, before any work (battery 9)."""
+    from hhh_bench.core.config import ModelConfig
+    from hhh_bench.stages.common import group
+
+    base_seed = cfg.pipeline.get("base_seed")
+    if base_seed is None or len(seeds) < 2 or all(same for _, same in seeds):
+        return
+    m = group(cfg, "model", ModelConfig)
+    if m.kind == "hub" and not m.sft_enabled:  # θ0 is the hub model whatever the data
+        return
+    raise ValueError(
+        f"pipeline.base_seed={base_seed} asks for one θ0 for every seed, but each seed draws its "
+        "own data (the data config follows seed, as data.world.seed: ${seed}) and θ0 is built "
+        "from it (model.kind="
+        f"{m.kind}{', base_sft' if m.sft_enabled else ''}): every seed would get another θ0, "
+        "all fine-tuned with the same seed; set data.world.seed=N for one world (as "
+        "experiment=ablation_resm does), or drop pipeline.base_seed for each seed's own θ0"
+    )
+
+
+def _check_report_seeds(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``stage=report`` reports every seed of the store: ``seeds`` naming fewer than it holds
+    is refused (battery 9: ``seeds=[0]`` on a 2-seed store reported both, unsaid)."""
+    if not cfg.get("seeds"):
+        return
+    asked = {str(s) for s in cfg.seeds}
+    held = sorted({str(r.get("seed")) for r in rows}, key=lambda s: (len(s), s))
+    others = [s for s in held if s not in asked]
+    if others:
+        raise ValueError(
+            f"stage=report reports every seed of the results store ({', '.join(held)}), but "
+            f"seeds={list(cfg.seeds)} leaves out {', '.join(others)}: the report would not be "
+            "of those seeds only; drop seeds= to report them all, or report a root whose "
+            "store holds only those seeds' rows"
+        )
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
@@ -368,7 +410,12 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
 
     path = cfg.eval.get("model")
     if path:
-        model = {"path": str(path), "key": f"path:{path}", "kind": "merge", "name": str(path)}
+        # a merge stage's output is a merge (its card gets the scores); any other model, given
+        # by folder or hub id, is filed as what it is: given (battery 9: it was always a merge,
+        # a candidate of the answer's merge group)
+        held = enclosing_output(str(path))
+        kind = "merge" if held is not None and held[0].parent.name == "merge" else "external"
+        model = {"path": str(path), "key": f"path:{path}", "kind": kind, "name": str(path)}
         worlds = data_keys_of(str(path))
         if worlds and data["key"] not in worlds:  # its scores would be on a world it never saw
             model["trained_on_data"] = sorted(worlds)

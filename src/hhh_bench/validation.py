@@ -95,6 +95,10 @@ def check_eval(ecfg: Any) -> None:
             "+eval.model out to evaluate the pipeline's models"
         )
     check_model_folder(ecfg.model, "eval.model")
+    if ecfg.model is not None:  # the eval stage loads safetensors only: said before any work
+        from hhh_bench.core.paths import check_safetensors_weights
+
+        check_safetensors_weights(Path(str(ecfg.model)).expanduser(), "eval.model")
     from hhh_bench.evaluation.harness import user_folders
     from hhh_bench.evaluation.suite import include_paths
 

@@ -21,7 +21,11 @@ from hhh_bench.data.sources.base import run_adapter
 
 TESTS = Path(__file__).resolve().parents[1]
 CONF = TESTS.parent / "conf"
-EVAL, REH, SRC = TESTS / "assets" / "eval", TESTS / "assets" / "rehearsal" / "eval", TESTS / "assets" / "sources"
+EVAL, REH, SRC = (
+    TESTS / "assets" / "eval",
+    TESTS / "assets" / "rehearsal" / "eval",
+    TESTS / "assets" / "sources",
+)
 
 # evaluation set -> (file, the field its prompt is in): the suite's tasks and columns
 EVAL_SETS = {

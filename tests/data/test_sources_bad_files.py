@@ -77,7 +77,8 @@ def test_a_repeated_row_is_dropped_with_a_count(tmp_path, caplog):
     path.write_bytes(FIRST + b"\n" + (FIRST + b"\n") * 21)
     rows, stats = load(path, tmp_path)
     assert len(rows) == 1 and stats["dropped_duplicates"] == 21 and stats["rows_kept"] == 1
-    assert "dropped 21 repeated pair(s)" in caplog.text and "hh_rlhf_helpful" in caplog.text
+    # the file named, and of how many pairs (battery 9, 16)
+    assert f"source 'hh_rlhf_helpful' ({path}): dropped 21 repeated pair(s) of 22" in caplog.text
     cfg = {"kind": "sources", "dimensions": ["helpful"], "cache_dir": str(tmp_path / "c"),
            "sources": {"helpful": [{"name": "hh_rlhf_helpful", "path": str(path)}]}}  # fmt: skip
     sets, manifest = build_preference_sets(cfg)

@@ -203,12 +203,61 @@ def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
     rows = [r for r in store(tmp_path / "c") if not (r["kind"] == "mixture" and r["seed"] == 0)]
     res = mix_vs_merge(table_entries(rows))
     assert res["seeds"] == [1, 2] and res["diff"] == pytest.approx((0.30 + 0.35) / 2)
+    # ... and the answer line says so (battery 9, 4: it was unsaid)
+    assert res["unpaired"] == {"0": ["best mixture mix uniform"]}
+    assert "; not paired: seed 0 (best mixture mix uniform has no test row of it); env" in (
+        answer_line(res)
+    )
+    assert mix_vs_merge(table_entries(store(tmp_path / "c2")))["unpaired"] == {}
     # one seed: no interval, said plainly; no mixed model either
     one = [r for r in store(tmp_path / "d") if r["seed"] == 0]
     res = compare(table_entries(one))
     assert res["ci_low"] is None and res["p_value"] is None and res["verdict"] == "inconclusive"
     assert "at least 2 seeds" in res["mixed"]["error"]
     assert "merge − mix = +0.250 on 1 seed: no interval" in answer_line(res)
+
+
+def test_a_given_model_is_its_own_group_never_the_answers_merge(tmp_path):
+    """Battery 9 (6): a `+eval.model` row was filed as a merge, so a user's model (here 19 of
+    20 right, better than every merge) became the answer's "best merge". Filed as external,
+    it has a group of its own and the answer compares ties with mix uniform."""
+    rows = store(tmp_path)
+    rows += [{**row(tmp_path, "external", "/models/theirs", k, 19), "row_key": f"ext-{k}"}
+             for k in range(3)]  # fmt: skip
+    res = mix_vs_merge(table_entries(rows))
+    assert (res["merge"], res["mixture"]) == ("ties", "mix uniform")
+    md = build_report(rows, tmp_path / "out")["markdown"]
+    assert "| *Given models (+eval.model)* |" in md and "| /models/theirs | **0.950" in md
+
+
+def test_grid_points_reported_as_rows_are_not_more_candidates(tmp_path):
+    """Battery 9 (8): with pipeline.report_every_grid_point=true each of ties' grid points is a
+    row of its own (its model also scored on validation, as the pipeline chose among them);
+    the answer counted each as a merge method ("from 4 merge methods" for 2). The chosen
+    row stands for its method; the points stay in the table."""
+    rows = store(tmp_path, validation={"ties": 15, "task_arithmetic": 14, "mix uniform": 9,
+                                       "mix sequential": 12})  # fmt: skip
+    for r in rows:
+        r["method"] = r["mix_strategy"] = r["name"]
+        if r["name"] == "ties":
+            r["extra"] = {"selected_on": "validation", "n_configs": 2, "grid_params": {"d": 1}}
+    for r in [r for r in rows if r["name"] == "ties"]:
+        for d in (1, 2):  # the same model as the chosen one (d=1) and another (d=2)
+            name = f"ties (d={d})"
+            rows.append({**r, "row_key": f"{r['row_key']}-{d}", "name": name,
+                         "family": f"Merge: {name}", "model_key": f"{r['model_key']}-{d}",
+                         "extra": {"grid_params": {"d": d}}})  # fmt: skip
+    for r in [r for r in rows if r.get("model_key", "").endswith("-1")]:
+        r["model_key"] = r["model_key"][:-2]  # d=1 is the chosen model itself
+    test_rows = [r for r in rows if r["split"] == "test"]
+    es = table_entries(test_rows)
+    assert sorted(e.name for e in es if e.kind == "merge") == [
+        "task_arithmetic", "ties", "ties (d=1)", "ties (d=2)"]  # fmt: skip
+    res = compare(es, select_rows=[r for r in rows if r["split"] == "validation"],
+                  select_split="validation")  # fmt: skip
+    assert res["merge"] == "ties (best of 2 on validation)"
+    assert res["merge_choice"]["candidates"] == 2
+    assert "(chosen on validation from 2 merge methods)" in answer_line(res)
 
 
 def test_bca_option(tmp_path):

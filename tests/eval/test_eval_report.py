@@ -45,25 +45,29 @@ def test_main_table_groups_selection_seeds_deltas_and_bold(report):
     # grouped in paper order, one row per family
     groups = re.findall(r"^\| \*(.+?)\* \|", md.split("## All evaluated models")[0], re.M)
     assert groups == ["Base", "Oracle", "Specialists", "Data mixture", "Model merging"]
+    # rows over 1 and 2 seeds side by side: each label says its count (battery 9, 3)
     assert list(rows) == [
-        "base",
-        "oracle (dpo on all)",
-        "dpo_helpful",
-        "dpo_honest",
-        "dpo_harmless",
-        "mix uniform",
-        "ties d=0.2 (best of 2 on validation)",  # chosen on validation (.80 > .60), not on test
-        "tsv",
+        "base (1 seed)",
+        "oracle (dpo on all) (1 seed)",
+        "dpo_helpful (1 seed)",
+        "dpo_honest (1 seed)",
+        "dpo_harmless (1 seed)",
+        "mix uniform (2 seeds)",
+        "ties d=0.2 (best of 2 on validation) (2 seeds)",  # chosen on validation (.80 > .60)
+        "tsv (1 seed)",
     ]
-    assert rows["ties d=0.2 (best of 2 on validation)"][0] == "0.750 ± 0.000 (+0.150)"
+    rows = {k.rsplit(" (", 1)[0]: v for k, v in rows.items()}
+    # two seeds against the base's one (seed 0): § on the delta, said under the table
+    assert rows["ties d=0.2 (best of 2 on validation)"][0] == "0.750 ± 0.000 (+0.150§)"
+    assert "§: the change from the base compares different seed sets" in md
     # mean ± std over seeds, delta vs base: helpful mean .71 (std .0141), delta +.11
-    assert rows["mix uniform"][0] == "0.710 ± 0.014 (+0.110)"
+    assert rows["mix uniform"][0] == "0.710 ± 0.014 (+0.110§)"
     # bold: best per column among everything but the oracle (.95 everywhere, never bold)
     assert rows["dpo_helpful"][0] == "**0.900** (+0.300)"
     assert rows["dpo_honest"][1] == "**0.800** (+0.300)"
     assert rows["dpo_harmless"][2] == "**0.900** (+0.500)"
     assert rows["tsv"][3] == "**0.737** (+0.237)"  # avg (.68+.75+.78)/3 vs base .5
-    assert rows["mix uniform"][4] == "**0.690 ± 0.014** (+0.290)"  # min per seed .70, .68
+    assert rows["mix uniform"][4] == "**0.690 ± 0.014** (+0.290§)"  # min per seed .70, .68
     assert not any("**" in c for c in rows["oracle (dpo on all)"])
     assert rows["base"] == ["0.600", "0.500", "0.400", "0.500", "0.400"]
     bold = sum(c.count("**") // 2 for cells in rows.values() for c in cells)
@@ -165,11 +169,23 @@ def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
     assert rows["base"][0] == "0.700"  # the new setup's base alone: no "± " over setups
     assert "## Other evaluation setups in this store" in md
     other = md.split("## Other evaluation setups in this store")[1].split("## All evaluated")[0]
-    assert re.search(r"^\| base \| 0\.600 \|", other, re.M)  # the old setup's own table
+    assert re.search(r"^\| base \(1 seed\) \| 0\.600 \|", other, re.M)  # the old setup's own
     assert "extra_task" in md.split("## Other evaluation setups")[1].split("###")[0]
     assert all(e.n == 1 for e in out["entries"])  # no entry mixes rows of two setups
     # one setup: no such section
     assert "Other evaluation setups" not in build_report(old, tmp_path / "one")["markdown"]
+    assert "holds 1 row" not in md  # the newest setup as large as the older one: no warning
+    # battery 9 (U1): one stray evaluation of another setup took the main table, unsaid
+    from hhh_bench.tracking.entries import by_setup
+    from hhh_bench.tracking.sections import setup_note
+
+    stray = [{**new[0], "row_key": "stray", "name": "stray"}]
+    current, *others = by_setup([r for r in [*old, *stray] if r["split"] == "test"])
+    assert current == stray  # the newest setup is the main table's, as before ...
+    assert setup_note(current, others)[0].startswith(  # ... but now said above it
+        "**The tables below are the newest evaluation setup, which holds 1 row(s) (stray); an "
+        "older setup of this store holds 11**"
+    )
 
 
 def test_budget_note_says_whether_mixtures_are_budget_matched():

@@ -200,6 +200,40 @@ def test_main_table_cells_bold_and_groups(store):
     assert "| dpo_helpful | 0.800 ± 0.000 (+0.400) | 0.400 ± 0.000 (+0.000) | 0.300 ± 0.000 (-0.100) |" in table  # fmt: skip
 
 
+def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
+    """Battery 9 (3): without the base's seed-1 row and the mixture's, the merges' deltas
+    compare a mean over seeds 0, 1 with the base's seed 0 (§, said under the table), and the
+    one-seed mixture's value beside two-seed means says its count; the mixture's delta (seed 0
+    against seed 0) is unmarked. With every seed present (the store), nothing is marked."""
+    rows = [r for r in store["rows"] if not (r["kind"] in ("base", "mixture") and r["seed"] == 1)]
+    es = entries.table_entries(rows)
+    table = tables.main_table(es)
+    assert "| ties (2 seeds) | **0.950 ± 0.071** (+0.550§) |" in table
+    assert "| mix uniform (1 seed) | 0.500 (+0.100) |" in table
+    note = sections.seeds_note(es)
+    assert "the base's seeds 0; the rows' seeds: dpo_helpful 0, 1; ties 0, 1;" in note
+    assert "each label says its count" in note
+    assert "| ties | density=0.2 | 2 | 0.950 ± 0.071 (+0.550§) |" in tables.all_models_table(rows)
+    assert "§" not in tables.main_table(store["entries"]) + sections.seeds_note(store["entries"])
+    assert "seed)" not in tables.main_table(store["entries"])
+
+
+def test_a_numbered_name_says_what_tells_it_apart(store):
+    """Battery 9 (9): ``ties [2]`` was unexplained. ties evaluated again on another world and,
+    for the same seeds, on other data: each numbered row says how it differs from the first."""
+    ties = [r for r in store["rows"] if r["name"] == "ties"]
+    rows = [*store["rows"], *({**r, "row_key": f"{r['row_key']}w", "world_key": "w7"} for r in ties),
+            *({**r, "row_key": f"{r['row_key']}d", "data_key": "d2"} for r in ties)]  # fmt: skip
+    es = by_name(entries.table_entries(rows))
+    assert es["ties [2]"].numbered == "differs from the first ties in data_key"
+    assert es["ties [3]"].numbered == "differs from the first ties in world (world_key)"
+    assert es["ties"].numbered is None
+    said = r"ties \[2\] differs from the first ties in data_key; ties \[3\] differs"
+    assert said in sections.seeds_note(list(es.values()))
+    assert said in sections.all_models_section(rows)[-2]
+    assert "[n]" not in sections.seeds_note(store["entries"])
+
+
 def test_all_models_per_task_and_paired_tables(store):
     everything = tables.all_models_table(store["rows"])
     assert "| Model merging | ties | density=0.2 | 2 | **" not in everything  # no bold here

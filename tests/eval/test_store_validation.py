@@ -417,3 +417,55 @@ def test_battery9_export_refuses_an_extension_of_the_other_format(tmp_path):
         out = run_cli("export", str(root), *args, cwd=tmp_path)
         assert out.returncode == 2 and says in out.stderr, out.stderr
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.jsonl").exists()
+
+
+def test_battery9_a_report_of_fewer_seeds_than_the_store_holds_is_refused(tmp_path):
+    """Battery 9 (10): `stage=report seeds=[0]` on a store of seeds 0 and 1 reported both,
+    unsaid. Refused before any work (pipeline.run, once the store is read), naming the seeds
+    left out; all of them: fine."""
+    from conftest import compose
+    from hhh_bench.pipeline import _check_report_seeds
+
+    rows = [row("a"), row("b", seed=1)]
+    with pytest.raises(ValueError, match=r"stage=report reports every seed of the results store "
+                       r"\(0, 1\), but seeds=\[0\] leaves out 1"):  # fmt: skip
+        _check_report_seeds(compose(["stage=report", "seeds=[0]"]), rows)
+    _check_report_seeds(compose(["seeds=[0,1]"]), rows)
+    _check_report_seeds(compose([]), rows)  # seeds unset: every seed, as always
+
+
+def test_battery9_a_digestless_row_contradicting_its_task_scores_is_named(tmp_path):
+    """Battery 9 (13): a row without a digest whose helpful (0.9) is not its one helpful
+    task's acc (0.5) was read as it stood. Its dimension scores must be the weighted means of
+    its tasks' primary metrics; a row that agrees reads fine."""
+    specs = [{"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
+             for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))]  # fmt: skip
+    tasks = {t: {"acc": 0.5, "n": 10} for t in "hos"}
+    good = row("good", task_specs=specs, tasks=tasks)
+    bad = row("bad", task_specs=specs, tasks=tasks, helpful=0.9, average=(0.9 + 1.0) / 3)
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad)) + "\n")
+    with pytest.raises(store_mod.StoreError, match=r"line 2: result row 'bad': helpful = 0.9 is "
+                       r"not the weighted mean of its tasks' helpful scores \(0.5"):  # fmt: skip
+        read_results(path)
+    path.write_text(json.dumps(good) + "\n")
+    assert [r["row_key"] for r in read_results(path)] == ["good"]
+
+
+def test_battery9_export_of_a_copied_root_never_reads_the_originals_eval_folders(tmp_path):
+    """Battery 9 (U4): a root copied without its eval folders exported the original root's
+    items (its rows' absolute paths), unsaid. Named instead; the original exports."""
+    from hhh_bench.core.items import ITEMS_FILE, write_jsonl
+    from hhh_bench.exporting import export_items
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    eval_dir = a / "eval" / "k1"
+    eval_dir.mkdir(parents=True)
+    write_jsonl(eval_dir / ITEMS_FILE, {"t": [{"doc_id": 0, "acc": 1.0}]})
+    append_result(a / "results.jsonl", row("r", artifacts={"eval_dir": str(eval_dir)}))
+    assert [r["doc_id"] for r in export_items(a)] == [0]
+    b.mkdir()
+    (b / "results.jsonl").write_bytes((a / "results.jsonl").read_bytes())
+    with pytest.raises(ValueError, match=rf"row 'r' \(r, test\): its eval output {eval_dir} is "
+                       rf"not under {b} \(this root has no eval/k1\)"):  # fmt: skip
+        list(export_items(b))

@@ -560,3 +560,32 @@ def test_bad_input_is_a_clear_error(zoo, tmp_path, case):
     with pytest.raises(ValueError, match=match):
         merge_yaml(zoo, tmp_path, text)
     assert not (tmp_path / "out").exists()
+
+
+def test_models_of_another_base_or_tokenizer_are_refused_as_by_the_merge_stage(zoo, tmp_path):
+    """Battery 9 (7): the YAML merge took m1 whatever it was trained from and whatever its
+    tokenizer; the pipeline's merge stage's checks now run here too (a train output recording
+    another θ0; a tokenizer whose ids stand for other words). The zoo's own models pass."""
+    import shutil
+
+    from hhh_bench.stages.merge import check_tokenizers
+
+    m1 = tmp_path / "m1"
+    shutil.copytree(zoo / "m1", m1)
+    (m1 / "key.json").write_text(json.dumps({"stage": "train", "payload": {"base": "c" * 64},
+                                             "inputs": ["base/cccccccccccc"]}))  # fmt: skip
+    text = HEAD.replace("{root}/m1", str(m1)) + "merge_method: ties\n"
+    with pytest.raises(ValueError, match=r"merge.yaml: models\[1\]='.*m1' was trained from "
+                       r"another θ0 \(base/cccccccccccc\) than .*merge.yaml: base_model="):  # fmt: skip
+        merge_yaml(zoo, tmp_path, text)
+    (m1 / "key.json").unlink()
+    tok = json.loads((zoo / "base" / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # the same words, two ids swapped
+    (m1 / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match=r"models\[1\]='.*m1' has another tokenizer than .*: 2 "
+                       r"token id\(s\) stand for other tokens \(id \d+ is 'b' there, 'a'"):  # fmt: skip
+        merge_yaml(zoo, tmp_path, text)
+    assert not (tmp_path / "out").exists()
+    shutil.copy(zoo / "base" / "tokenizer.json", m1 / "tokenizer.json")
+    check_tokenizers(str(zoo / "base"), [str(m1), str(zoo / "m0")])  # the same words: fine

@@ -58,6 +58,32 @@ def is_adapter_folder(folder: str | os.PathLike[str]) -> bool:
     return not full_weights
 
 
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files in Python's pickle format (loading one can run code)."""
+
+
+def pickle_only_weights(folder: str | os.PathLike[str]) -> list[str]:
+    """The pickle weight files of a model folder that holds no ``.safetensors`` file (what a
+    safetensors-only loader would not find); empty when it has safetensors weights or none."""
+    p = Path(folder)
+    if not p.is_dir() or any(p.glob("*.safetensors")):
+        return []
+    return sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix in PICKLE_WEIGHTS)
+
+
+def check_safetensors_weights(folder: str | os.PathLike[str], where: str) -> None:
+    """Refuse a model folder whose weights are pickle files only, naming them."""
+    found = pickle_only_weights(folder)
+    if found:
+        raise ValueError(
+            f"{where}={str(folder)!r} holds its weights as pickle ({', '.join(found[:3])}"
+            f"{' ...' if len(found) > 3 else ''}) and no .safetensors file: hhh-bench loads "
+            "weights as safetensors only (loading a pickle can run code); convert it where you "
+            "trust the file: AutoModelForCausalLM.from_pretrained(folder).save_pretrained(out, "
+            "safe_serialization=True)"
+        )
+
+
 def accelerate_config_file(value: str) -> Path:
     """The accelerate config file ``train.accelerate_config`` names: a path as given (relative
     to the current folder), else relative to the checkout that holds ``accelerate/`` beside

@@ -822,6 +822,7 @@ def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:
     sft = sft_corpus(world)
     counts: dict[str, Any] = {"sft": {"train": write_jsonl(out / "sft" / "train.jsonl", sft)}}
     counts["prefs"] = {}
+    repeats = []
     for split in SPLITS:
         pairs = preference_pairs(world, split)
         for dim, rows in pairs.items():
@@ -829,6 +830,17 @@ def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:
             counts["prefs"].setdefault(dim, {})[split] = write_jsonl(
                 out / "prefs" / f"{dim}_{split}.jsonl", rows
             )
+            distinct = len({json.dumps([r["prompt"], r["chosen"], r["rejected"]]) for r in rows})
+            if distinct < len(rows):  # pairs are drawn with replacement from a finite world
+                counts.setdefault("prefs_repeated", {}).setdefault(dim, {})[split] = distinct
+                repeats.append(f"{dim}_{split}.jsonl {len(rows)} pairs, {distinct} distinct")
+    if repeats:  # said once (battery 9): a repeated pair weighs more in training
+        logging.getLogger("hhh_bench").warning(
+            "toy3h world: preference pairs repeat in %s (%s): a repeated pair counts once per "
+            "copy in training and in a budget; enlarge the world (data.world.n_known, "
+            "n_harmful_objects, ...) or lower data.world.pairs_per_dimension for fewer repeats",
+            out / "prefs", "; ".join(repeats),
+        )  # fmt: skip
     counts["eval"] = {}
     for split in ("validation", "test"):
         for kind, items in eval_items(world, split).items():

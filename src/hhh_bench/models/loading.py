@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hhh_bench.core.hubref import split_ref
-from hhh_bench.core.paths import is_adapter_folder
+from hhh_bench.core.paths import check_safetensors_weights, is_adapter_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,6 +78,11 @@ def load_causal_lm(
             "adapter's (adapter_config.json)"
         )
     adapter = folder.is_dir() and is_adapter_folder(folder)
+    if not adapter:
+        try:
+            check_safetensors_weights(folder, "model")
+        except ValueError as e:
+            raise OSError(str(e)) from None
     if adapter:
         adapter_base(folder)  # names a broken adapter_config.json before transformers' KeyError
     try:

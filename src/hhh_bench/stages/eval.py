@@ -75,7 +75,7 @@ def run_eval(
         cfg: the composed config (``eval``, ``model.dtype``/``device``, ``root``, ``name``).
         model: ``{"path", "key", "kind", "name", "method", "params"}`` and optionally
             ``family``, ``mix_strategy``, ``noise_rate``, ``train_dimensions``, ``seed``,
-            ``config_hash``, ``timings``; ``kind``: base | oracle | specialist | mixture | merge.
+            ``config_hash``, ``timings``; ``kind``: base | oracle | specialist | mixture | merge | external (a given model).
         data: the data stage's result (``{"dir", "key"}``; its ``eval/`` feeds the toy tasks).
         split: ``validation`` (choose hyperparameters) or ``test`` (report).
         base_scores: the base's scores for the deltas (a result, its ``scores`` or a row); None:

@@ -10,7 +10,7 @@ errors).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,8 @@ def run_merge(
         "vocab_policy": engine.vocab_policy,
         "code": merge_code(m.method),
     }
-    _check_same_base(payload["base"], str(base), models)
+    check_same_base(str(base), models, base_identity=payload["base"])
+    check_tokenizers(str(base), models)
 
     def diagnose() -> dict[str, Any] | None:
         """The inputs' diagnostics (their own cached stage), once the merge has succeeded: a
@@ -193,12 +194,15 @@ def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:
     return {"diagnostics": str(path.name), "diagnostics_key": diag["key"]}
 
 
-def _check_adapter_base(i: int, model: str, base_identity: str, base: str) -> None:
+def _check_adapter_base(
+    i: int, model: str, base_identity: Callable[[], str], base: str, names: tuple[str, str]
+) -> None:
     """A LoRA adapter outside a train stage output names the base it was trained on
     (``adapter_config.json``'s ``base_model_name_or_path``): when that folder is here and its
-    content is not merge.base's, the adapter's task vector is against another θ0."""
+    content is not the base's, the adapter's task vector is against another θ0."""
     import json
 
+    base_name, models_name = names
     config = Path(model) / "adapter_config.json"
     if not config.is_file():
         return
@@ -207,39 +211,52 @@ def _check_adapter_base(i: int, model: str, base_identity: str, base: str) -> No
     except (ValueError, AttributeError):
         return
     if not isinstance(recorded, str) or recorded == base:
-        return  # nothing recorded, or merge.base itself as given (a hub id)
+        return  # nothing recorded, or the base itself as given (a hub id)
     if not Path(recorded).is_dir():  # a hub id, or a folder not on this machine
         from hhh_bench.core import console
 
         console.say(
-            f"warning: merge.models[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
-            f"(its adapter_config.json), which is not here to compare with merge.base={base!r}: "
-            "its task vector is taken against merge.base; merge it only if it was trained on "
+            f"warning: {models_name}[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
+            f"(its adapter_config.json), which is not here to compare with {base_name}={base!r}: "
+            f"its task vector is taken against {base_name}; merge it only if it was trained on "
             "that base"
         )
         return
-    if model_identity(recorded) != base_identity:
+    if model_identity(recorded) != base_identity():
         raise ValueError(
-            f"merge.models[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
-            f"(its adapter_config.json), whose content is not merge.base={base!r}'s: its task "
-            "vector would be against another θ0; merge adapters trained on merge.base"
+            f"{models_name}[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
+            f"(its adapter_config.json), whose content is not {base_name}={base!r}'s: its task "
+            f"vector would be against another θ0; merge adapters trained on {base_name}"
         )
 
 
-def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> None:
+def check_same_base(
+    base: str,
+    models: Sequence[str],
+    *,
+    base_identity: str | None = None,
+    names: tuple[str, str] = ("merge.base", "merge.models"),
+) -> None:
     """Each specialist that is a train stage output (its folder, or the folder above an
     ``adapter/``, holds ``key.json``) was trained from this θ0: a task vector against another
-    base is the difference of two unrelated models. Compared by content only (a hub id and a
-    local copy of it are not told apart)."""
+    base is the difference of two unrelated models; a LoRA adapter names its base. Compared by
+    content only (a hub id and a local copy of it are not told apart); the base's content is
+    hashed only when a model records a base to compare with. ``names``: how the messages name
+    the base and the models (the pipeline's keys, or a mergekit YAML's)."""
+    import functools
     import json
 
-    if base_identity.startswith("hub:"):
+    base_name, models_name = names
+    if base_identity is None and not Path(base).expanduser().exists():
+        return  # a hub id: nothing local to compare with
+    if base_identity is not None and base_identity.startswith("hub:"):
         return
+    identity = functools.cache(lambda: base_identity or model_identity(str(base)))
     for i, model in enumerate(models):
         folders = (Path(model), Path(model).parent)
         record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
         if record is None:  # a LoRA adapter copied out of its train folder: its own record
-            _check_adapter_base(i, model, base_identity, base)
+            _check_adapter_base(i, model, identity, base, names)
             continue
         try:
             key = json.loads(record.read_text())
@@ -251,12 +268,69 @@ def _check_same_base(base_identity: str, base: str, models: Sequence[str]) -> No
         if (
             isinstance(trained_from, str)
             and not trained_from.startswith("hub:")
-            and trained_from != base_identity
+            and trained_from != identity()
         ):
             where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
             raise ValueError(
-                f"merge.models[{i}]={model!r} was trained from another θ0 "
+                f"{models_name}[{i}]={model!r} was trained from another θ0 "
                 f"({where[0] if where else 'its key.json names another base'}) than "
-                f"merge.base={base!r}: its task vector would be the difference of two "
-                "unrelated models; merge specialists trained from merge.base"
+                f"{base_name}={base!r}: its task vector would be the difference of two "
+                f"unrelated models; merge specialists trained from {base_name}"
+            )
+
+
+def _token_ids(folder: Path) -> dict[int, str] | None:
+    """A tokenizer folder's vocabulary as ``{id: token}`` (``tokenizer.json``: its model's
+    vocabulary and added tokens; else ``vocab.json``), None when it holds neither (a LoRA
+    adapter, a folder of weights only) or they do not parse."""
+    import json
+
+    try:
+        if (folder / "tokenizer.json").is_file():
+            tok = json.loads((folder / "tokenizer.json").read_text())
+            vocab = (tok.get("model") or {}).get("vocab")
+            if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+                ids = {i: str(v[0]) for i, v in enumerate(vocab)}
+            elif isinstance(vocab, dict):
+                ids = {int(i): str(t) for t, i in vocab.items()}
+            else:
+                return None
+            ids.update({int(a["id"]): str(a["content"]) for a in tok.get("added_tokens") or []})
+            return ids
+        if (folder / "vocab.json").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text())
+            return {int(i): str(t) for t, i in vocab.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return None
+
+
+def check_tokenizers(
+    base: str, models: Sequence[str], *, names: tuple[str, str] = ("merge.base", "merge.models")
+) -> None:
+    """Every local model folder that ships a tokenizer maps each token id it shares with the
+    base's tokenizer to the same token: merged embedding rows of different tokens are
+    meaningless, and the merged folder is written with the base's tokenizer. Ids one side lacks
+    (tokens added after the base's vocabulary) are ``merge_engine.vocab_policy``'s matter; a
+    folder without ``tokenizer.json``/``vocab.json`` (an adapter, a hub id) is not compared."""
+    base_name, models_name = names
+    if not Path(base).expanduser().is_dir():
+        return
+    theirs = _token_ids(Path(base).expanduser())
+    if theirs is None:
+        return
+    for i, model in enumerate(models):
+        p = Path(model).expanduser()
+        mine = _token_ids(p) if p.is_dir() else None
+        if mine is None:
+            continue
+        differ = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+        if differ:
+            k = differ[0]
+            raise ValueError(
+                f"{models_name}[{i}]={model!r} has another tokenizer than {base_name}={base!r}: "
+                f"{len(differ)} token id(s) stand for other tokens (id {k} is {mine[k]!r} there, "
+                f"{theirs[k]!r} in the base's); its embedding rows would be merged with rows of "
+                "other tokens, and the merge is written with the base's tokenizer; merge models "
+                "fine-tuned from the base with its tokenizer"
             )

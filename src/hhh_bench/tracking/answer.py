@@ -94,6 +94,22 @@ def _select_score(e: Entry, index: Mapping[tuple[Any, ...], Mapping[str, Any]]) 
     return sum(vals) / len(vals)
 
 
+def _extra(e: Entry) -> Mapping[str, Any]:
+    return e.rows[0].get("extra") or {}
+
+
+def _method(e: Entry) -> str:
+    r = e.rows[0]
+    return str(r.get("mix_strategy" if e.kind == "mixture" else "method") or e.family)
+
+
+def _is_grid_point(e: Entry) -> bool:
+    """One configuration of a tuned family reported as its own row (its rows carry the grid's
+    knobs and no choice)."""
+    return all("grid_params" in (r.get("extra") or {}) and not (r.get("extra") or {}).get(
+        "selected_on") for r in e.rows)  # fmt: skip
+
+
 def pick(
     entries: Sequence[Entry],
     kind: str,
@@ -107,6 +123,11 @@ def pick(
     (when others have one), and whether the choice fell back to the reported split (none has
     one). None when the group has no entry."""
     group = [e for e in entries if e.kind == kind]
+    chosen = {_method(e) for e in group if _extra(e).get("selected_on")}
+    # a grid point shown as its own row (pipeline.report_every_grid_point) is one of its
+    # method's configurations, already among those the chosen row was chosen from: not another
+    # candidate (battery 9: "from 12 merge methods" for 3 methods)
+    group = [e for e in group if not (_is_grid_point(e) and _method(e) in chosen)]
     if not group:
         return None
     index = _select_index(select_rows) if select_split else {}
@@ -300,6 +321,14 @@ def compare(
     per_seed = [
         float(merge_by_seed[s]["average"]) - float(mix_by_seed[s]["average"]) for s in shared
     ]
+    # seeds of the table that a representative has no row of (battery 9: said, not dropped
+    # silently): the headline is over fewer seeds than the table's
+    every = {r.get("seed") for e in entries for r in e.rows}
+    unpaired = {
+        str(s): [f"best {w} {e.label}" for w, e in (("merge", merge), ("mixture", mix))
+                 if s not in {r.get("seed") for r in e.rows}]
+        for s in sorted(every - set(shared), key=str)
+    }  # fmt: skip
     level = 1 - alpha
     si = seed_interval(per_seed, level=level, method=interval, iters=iters, seed=seed)
     out: dict[str, Any] = {
@@ -312,6 +341,7 @@ def compare(
         "p_value": si.p_value, "sd": si.sd, "interval": interval, "level": level,
         "seeds_needed": si.seeds_needed, "half_width": si.half_width,
         "seeds": shared, "n_seeds": len(shared), "verdict": verdict(si.low, si.high),
+        "unpaired": unpaired, "split": str(merge.rows[0].get("split") or "the report split"),
         "mixed": None, "item_bootstrap": None, "items_note": None,
         "items_per_task": {}, "weights": {}, "n_items": 0,
         "environment": environment_fingerprint(
@@ -379,6 +409,15 @@ def headline(r: Mapping[str, Any]) -> str:
     )
 
 
+def unpaired_text(r: Mapping[str, Any]) -> str:
+    """The seeds of the table left out of the comparison, and which representative has no row
+    of each (empty when none is)."""
+    parts = [f"seed {s} ({' and '.join(who)} {'have' if len(who) > 1 else 'has'} no "
+             f"{r.get('split', 'report-split')} row of it)"
+             for s, who in (r.get("unpaired") or {}).items()]  # fmt: skip
+    return f"; not paired: {'; '.join(parts)}" if parts else ""
+
+
 def answer_line(result: Mapping[str, Any] | str) -> str:
     """The one-line answer of a :func:`compare` result (or the reason there is none)."""
     if isinstance(result, str):
@@ -395,8 +434,8 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
     return (
         f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
         f"({_how(r['merge_choice'], 'merge methods')}) vs best mixture {r['mixture']} "
-        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}){carried}; "
-        f"env {env}"
+        f"{r['mixture_mean']:.3f} ({_how(r['mixture_choice'], 'mixing strategies')}){carried}"
+        f"{unpaired_text(r)}; env {env}"
     )
 
 

@@ -33,6 +33,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("specialist", "Specialists"),
     ("mixture", "Data mixture"),
     ("merge", "Model merging"),
+    ("external", "Given models (+eval.model)"),
 )
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -60,6 +61,8 @@ def family_of(row: Mapping[str, Any]) -> str:
         return f"Mixture: {row.get('mix_strategy') or row.get('method') or row['name']}"
     if kind == "merge":
         return f"Merge: {row.get('method') or row['name']}"
+    if kind == "external":  # a model given by its folder or hub id: no method known
+        return f"Given: {row['name']}"
     return str(row.get("name"))
 
 
@@ -94,10 +97,23 @@ class Entry:
     n_configs: int = 1
     selected_on: str | None = None
     se: dict[str, float | None] = field(default_factory=dict)  # one seed: the row's item stderr
+    base_seeds: tuple[str, ...] | None = None  # the seeds its delta's base mean is over
+    numbered: str | None = None  # a ``name [2]``: what tells it from the first of its name
 
     @property
     def n(self) -> int:
         return len(self.rows)
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        """The seeds its rows are of (as text, sorted)."""
+        return tuple(sorted({str(r.get("seed")) for r in self.rows}))
+
+    @property
+    def other_seeds(self) -> bool:
+        """Whether its change from the base compares its mean with a base mean over another
+        set of seeds (a base row missing on a seed of it, or a base of more seeds)."""
+        return self.base_seeds is not None and self.kind != "base" and self.seeds != self.base_seeds
 
     @property
     def label(self) -> str:
@@ -198,6 +214,20 @@ def _distinct_names(groups: list[tuple[str, str, list[dict[str, Any]]]]) -> list
     return names
 
 
+def _what_differs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
+    """What tells two configurations of one name and knobs apart (for a ``name [2]``): the
+    fields of :func:`configuration` they differ in, else (a seed evaluated twice) the rows'
+    data, model or run config."""
+    ka, kb = json.loads(configuration(a[0])), json.loads(configuration(b[0]))
+    fields = sorted(k for k in set(ka) | set(kb) if ka.get(k) != kb.get(k))
+    if not fields:
+        fields = [f for f in ("data_key", "model_key", "config_hash", "world_key")
+                  if {str(r.get(f)) for r in a} != {str(r.get(f)) for r in b}]  # fmt: skip
+    names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)"}
+    what = ", ".join(names.get(f, f) for f in fields) or "rows of the same seed"
+    return f"differs from the first {b[0].get('name')!s} in {what}"
+
+
 def params_text(row: Mapping[str, Any]) -> str:
     p = row.get("params") or {}
     return ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
@@ -217,8 +247,12 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
     ]
     extra = list(extra_columns(rows))
     entries = []
-    for (kind, _, rs), name in zip(groups, _distinct_names(groups), strict=True):
+    first: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (kind, plain, rs), name in zip(groups, _distinct_names(groups), strict=True):
         e = Entry(kind=kind, family=family_of(rs[0]), name=name, rows=rs)
+        first.setdefault((kind, plain), rs)
+        if name != plain and name.removeprefix(plain + " [").removesuffix("]").isdigit():
+            e.numbered = _what_differs(first[(kind, plain)], rs)
         for col, _ in COLUMNS:
             e.mean[col], e.std[col] = _mean_std([float(r[col]) for r in rs])
         for col in extra:  # extra columns (over-refusal, capability) where every seed has one
@@ -238,10 +272,22 @@ def base_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
     return {col: _mean_std([float(r[col]) for r in base])[0] for col, _ in COLUMNS}
 
 
-def with_deltas(entries: list[Entry], base: Mapping[str, float] | None) -> None:
+def base_seeds(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...] | None:
+    """The seeds of the base rows (as text, sorted), None without a base row."""
+    seeds = {str(r.get("seed")) for r in rows if r["kind"] == "base"}
+    return tuple(sorted(seeds)) if seeds else None
+
+
+def with_deltas(
+    entries: list[Entry],
+    base: Mapping[str, float] | None,
+    seeds: tuple[str, ...] | None = None,
+) -> None:
     """Deltas of the means from the base's means, and the largest drop of a dimension's mean
-    below the base's (None without a base)."""
+    below the base's (None without a base); ``seeds``: the base mean's seeds, kept on each
+    entry (:attr:`Entry.other_seeds`: a delta over different seed sets, marked in the tables)."""
     for e in entries:
+        e.base_seeds = seeds if base is not None else None
         for col, _ in COLUMNS:
             e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
         e.delta["max_drop"] = (
@@ -270,7 +316,7 @@ def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
                     e.selected_on = str(choice["selected_on"])
                     e.n_configs = int(choice.get("n_configs") or 1)
                 shown.append(e)
-    with_deltas(shown, base_means(report_rows))
+    with_deltas(shown, base_means(report_rows), base_seeds(report_rows))
     return shown
 
 

@@ -33,7 +33,8 @@ from hhh_bench.tracking.diagnostics_view import layer_axes
 from hhh_bench.tracking.entries import GROUPS, Entry, pareto_front
 from hhh_bench.tracking.markdown import number_ranges
 
-_MARKERS = {"base": "s", "oracle": "*", "specialist": "^", "mixture": "D", "merge": "o"}
+_MARKERS = {"base": "s", "oracle": "*", "specialist": "^", "mixture": "D", "merge": "o",
+            "external": "X"}  # fmt: skip
 
 _COLORS = {
     "base": "#444444",
@@ -41,6 +42,7 @@ _COLORS = {
     "specialist": "#2ca02c",
     "mixture": "#1f77b4",
     "merge": "#d62728",
+    "external": "#7f7f7f",
 }
 
 

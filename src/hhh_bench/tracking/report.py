@@ -16,7 +16,11 @@
     *Evaluation setup* table names each task's metric (saying which are length-normalised) and
     judge. Issue 27: a cell whose judged task had more than ``report.judge_failure_threshold``
     of empty or unparsed answers is marked ‡, the counts under the table
-    (:mod:`hhh_bench.tracking.failures`). With diagnostics rows (``<root>/diagnostics.jsonl``),
+    (:mod:`hhh_bench.tracking.failures`). Battery 9: a change from a base mean over another
+    set of seeds is marked §, rows over fewer seeds than others say their count, a ``name [n]``
+    says what tells it from the first of its name, a model given with ``+eval.model`` (kind
+    ``external``) is a group of its own, and a newest evaluation setup smaller than an older
+    one is said above the table. With diagnostics rows (``<root>/diagnostics.jsonl``),
     a *Task-vector diagnostics* section: a model-wide table with one row per diagnosed set, a
     per-layer-type table per set.
     The report ends with *Mix or merge?* (:mod:`hhh_bench.tracking.answer`): each group's
@@ -73,6 +77,7 @@ from hhh_bench.tracking.sections import (
     other_setups_section,
     paired_section,
     per_task_section,
+    setup_note,
     setup_section,
     skipped_note,
     superseded_note,
@@ -172,6 +177,7 @@ def build_report(
     )
     md = [
         *title_section(report_rows, experiment=experiment, split=report_split),
+        *setup_note(report_rows, others),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,
                       select_split=select_split, alpha=alpha),
         *failure_note(entries, judge_failure_threshold),

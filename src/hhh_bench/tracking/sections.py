@@ -20,10 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes, layer_type_table
-from hhh_bench.tracking.entries import COLUMNS, Entry, base_means, extra_columns, table_entries
+from hhh_bench.tracking.entries import (
+    COLUMNS,
+    Entry,
+    aggregate,
+    base_means,
+    extra_columns,
+    table_entries,
+)
 from hhh_bench.tracking.markdown import md_text, number_ranges
 from hhh_bench.tracking.store import REPEATED, setup_key
 from hhh_bench.tracking.tables import (
+    OTHER_SEEDS,
     all_models_table,
     extra_head,
     main_table,
@@ -122,11 +130,42 @@ def main_section(
                 if any(v.get("higher_is_better", True) is None for v in extra.values())
                 else ""
             )
-        ),
+        )
+        + seeds_note(entries),
         "",
         main_table(entries, extra, marks),
         "",
     ]
+
+
+def seeds_note(entries: Sequence[Entry]) -> str:
+    """What the main table's marks mean, when there are any: rows over fewer seeds than others
+    (their label says how many; a one-seed ± is over items, not seeds), a ``name [2]`` (what
+    tells it from the first of its name) and deltas (§) against a base mean over another set
+    of seeds."""
+    out = ""
+    if len({e.n for e in entries}) > 1:
+        out += (
+            " The rows are not all over the same number of seeds: each label says its count; a "
+            "mean over fewer seeds is noisier, and a one-seed ± is over items, not seeds."
+        )
+    numbered = [e for e in entries if e.numbered]
+    if numbered:
+        out += (
+            " A name with [n] (n = 2, 3, ...) is another configuration of the same name and knobs: "
+            + md_text("; ".join(f"{e.name} {e.numbered}" for e in numbered))
+            + "."
+        )
+    other = [e for e in entries if e.other_seeds and any(v is not None for v in e.delta.values())]
+    if other:
+        base = ", ".join(other[0].base_seeds or ())
+        rows = "; ".join(f"{e.label} {', '.join(e.seeds)}" for e in other)
+        out += (
+            f" {OTHER_SEEDS}: the change from the base compares different seed sets (the base's "
+            f"seeds {base}; the rows' seeds: {md_text(rows)}): part of it is the seeds' "
+            "difference."
+        )
+    return out
 
 
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
@@ -243,6 +282,28 @@ def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def setup_note(
+    current: Sequence[Mapping[str, Any]], others: Sequence[Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """A warning over the main table when the newest evaluation setup (the one the tables
+    show) holds fewer rows than an older one: a stray evaluation with other settings (a task
+    added, another limit or backend) would otherwise take the main table, and the answer, unsaid
+    (battery 9). None otherwise."""
+    most = max((len(o) for o in others), default=0)
+    if most <= len(current):
+        return []
+    names = sorted({str(r.get("name")) for r in current})
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return [
+        f"**The tables below are the newest evaluation setup, which holds {len(current)} "
+        f"row(s) ({md_text(shown)}); an older setup of this store holds {most}** (see *Other "
+        "evaluation setups*): the newest rows were evaluated with other settings (another task "
+        "list, task version, limit, metric or backend). If they are a stray evaluation, report "
+        "them under a root of their own, or evaluate every model with those settings.",
+        "",
+    ]
+
+
 def other_setups_section(
     others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
 ) -> list[str]:
@@ -266,7 +327,13 @@ def other_setups_section(
 
 def all_models_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every evaluated configuration of ``rows`` (:func:`~hhh_bench.tracking.tables.all_models_table`)."""
-    return ["## All evaluated models", "", all_models_table(rows), ""]
+    numbered = [e for e in aggregate(rows) if e.numbered]
+    note = (
+        ["A name with [n] (n = 2, 3, ...) is another configuration of the same name and knobs: "
+         + md_text("; ".join(f"{e.name} {e.numbered}" for e in numbered)) + ".", ""]
+        if numbered else []
+    )  # fmt: skip
+    return ["## All evaluated models", "", all_models_table(rows), "", *note]
 
 
 def per_task_section(entries: Sequence[Entry]) -> list[str]:

@@ -44,7 +44,10 @@ from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
 from hhh_bench.core.stagecache import relocated
 
-KINDS = ("base", "oracle", "specialist", "mixture", "merge")
+KINDS = ("base", "oracle", "specialist", "mixture", "merge", "external")
+"""``external``: a model given with ``+eval.model`` that is no merge stage output (a folder or
+hub id of the user's); the report shows it in a group of its own, never as a merge or mixture
+the answer compares."""
 SCHEMA_VERSION = 1
 """The version of the row format this code writes (``schema_version``) and reads; rows written
 before versions were recorded read as version 1."""
@@ -287,6 +290,33 @@ def check_row(row: Any) -> None:
                     f"result row {key!r}: tasks.{task}.{m} = {v!r} is negative (a standard error)"
                 )
         _check_counts(key, task, metrics)
+    if DIGEST not in row:  # no digest vouches for it: its scores must follow from its tasks
+        _check_recomputed(key, row)
+
+
+def _check_recomputed(key: Any, row: Mapping[str, Any]) -> None:
+    """A row's dimension scores are the weighted means of its tasks' primary metrics
+    (:func:`hhh_bench.core.scoring.dimension_scores` over its ``task_specs``); not checked when
+    a task's primary metric is not stored (a judged win rate is scored against the base)."""
+    from hhh_bench.core.scoring import DIMENSIONS, TaskSpec, dimension_scores
+
+    specs = row.get("task_specs") or []
+    tasks = row.get("tasks") or {}
+    try:
+        ts = [TaskSpec(str(s["name"]), str(s["dimension"]), float(s["weight"]), str(s["metric"]))
+              for s in specs]  # fmt: skip
+        if not ts or any(tasks.get(t.name, {}).get(t.metric) is None for t in ts):
+            return
+        dims = dimension_scores(tasks, ts)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return  # the shapes' own checks name what is wrong there
+    for d in DIMENSIONS:
+        if abs(float(row[d]) - float(dims[d] or 0.0)) > SCORE_TOLERANCE:
+            raise ValueError(
+                f"result row {key!r}: {d} = {row[d]!r} is not the weighted mean of its tasks' "
+                f"{d} scores ({dims[d]!r}, from tasks and task_specs): a row edited by hand or "
+                "written by another program; evaluate the model again (stage=eval) or fix the line"
+            )
 
 
 MAPPING_FIELDS = ("params", "extra", "artifacts", "extra_columns", "reference", "judges")

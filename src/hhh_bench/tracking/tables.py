@@ -20,12 +20,25 @@ from hhh_bench.tracking.entries import (
     Entry,
     aggregate,
     base_means,
+    base_seeds,
     params_text,
     with_deltas,
 )
 from hhh_bench.tracking.markdown import md_text
 
 DIGITS = 3
+
+OTHER_SEEDS = "§"
+"""The mark on a change from the base that compares a row's mean with a base mean over another
+set of seeds (:attr:`hhh_bench.tracking.entries.Entry.other_seeds`)."""
+
+
+def seeds_label(e: Entry, entries: Sequence[Entry]) -> str:
+    """An entry's label, with how many seeds it is over when the table's rows are not all over
+    as many (a one-seed value beside means over several is not their like)."""
+    if len({x.n for x in entries}) < 2:
+        return e.label
+    return f"{e.label} ({e.n} seed{'s' if e.n != 1 else ''})"
 
 
 def _fmt(value: float, std: float | None) -> str:
@@ -111,24 +124,30 @@ def main_table(
                     text = f"**{text}**"
                 text += mk.get(col, "")
                 delta = _fmt_delta(e.delta.get(col))
-                if delta and mk.get(f"delta_{col}"):
-                    delta = delta[:-1] + mk[f"delta_{col}"] + ")"
+                delta_mark = mk.get(f"delta_{col}", "") + (OTHER_SEEDS if e.other_seeds else "")
+                if delta and delta_mark:
+                    delta = delta[:-1] + delta_mark + ")"
                 cells.append(text + delta)
-            lines.append(f"| {md_text(e.label)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_text(seeds_label(e, entries))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Every evaluated configuration (means over seeds), in group order."""
     entries = aggregate(rows)
-    with_deltas(entries, base_means(rows))
+    with_deltas(entries, base_means(rows), base_seeds(rows))
     lines = [
         "| Group | Model | Params | Seeds | Helpful | Honest | Harmless | Avg | Min | Max drop |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, title in GROUPS:
         for e in sorted((e for e in entries if e.kind == kind), key=lambda e: e.name):
-            cells = [_fmt(e.mean[c], _spread(e, c)) + _fmt_delta(e.delta[c]) for c, _ in COLUMNS]
+            mark = OTHER_SEEDS if e.other_seeds else ""
+            cells = [
+                _fmt(e.mean[c], _spread(e, c))
+                + (_fmt_delta(e.delta[c])[:-1] + mark + ")" if e.delta[c] is not None else "")
+                for c, _ in COLUMNS
+            ]
             params = {params_text(r) for r in e.rows}
             shown = params.pop() if len(params) == 1 else "varies by seed"
             lines.append(

@@ -443,11 +443,14 @@ def load_source(
         limit=cap if seed is None else None,
         **cfg["adapter_opts"],
     )
+    n_built = len(rows)
     rows, n_dup = drop_duplicate_rows(rows)
     if n_dup:
+        where = (", ".join(_local_paths(cfg["path"])) if cfg.get("path")
+                 else f"{cfg['hub_id']}@{cfg['revision']}")  # fmt: skip
         logging.getLogger("hhh_bench").warning(
-            "source %r: dropped %d repeated pair(s) (same prompt, chosen and rejected as an "
-            "earlier row)", cfg["name"], n_dup,
+            "source %r (%s): dropped %d repeated pair(s) of %d (same prompt, chosen and rejected "
+            "as an earlier row; each pair is kept once)", cfg["name"], where, n_dup, n_built,
         )  # fmt: skip
     rows = cap_rows(rows, cap, seed)
     validate_rows(rows, origin=f"source {cfg['name']!r}")
