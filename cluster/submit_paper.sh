@@ -2,7 +2,8 @@
 # Submit a paper experiment to SLURM as three dependent sbatch jobs, each asking for what its
 # stages need (docs/scale.md, "On a SLURM cluster"; the numbers: `hhh-bench plan`):
 #
-#   1. data    CPU only: the public sets read, filtered, leakage-checked (stage=data)
+#   1. data    CPU only: the public sets read, filtered, leakage-checked (stage=data: the data
+#              of every seed of the experiment's seeds)
 #   2. grid    one node, 8 GPUs: every training run (8 processes, FSDP, launched by the train
 #              stage), every merge (streaming, GPU 0) and every evaluation (GPU 0); the data
 #              stage's output is reused from the cache

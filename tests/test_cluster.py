@@ -35,6 +35,18 @@ def test_slurm_launcher_composes_with_our_defaults():
     assert default.hydra.launcher.partition is None  # the cluster's default partition
 
 
+def test_stage_data_builds_the_data_of_every_seed(tmp_path):
+    """A cluster's CPU job runs `stage=data` once for an experiment of several seeds (issue 32:
+    the paper experiments train three): each seed's own world is written, every seed's data is
+    then a cache hit for stage=all's seed jobs."""
+    out = run_cli("stage=data", *SMALL_WORLD, "seeds=[0,1]", f"root={tmp_path}", "logger=none",
+                  cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifests = sorted(tmp_path.glob("data/*/manifest.json"))
+    assert len(manifests) == 2, manifests  # the toy world follows the seed: two worlds
+    assert "data seed 1" in out.stdout
+
+
 def test_another_machines_temporary_folder_is_not_swept(tmp_path):
     """A SLURM job on another node writes <root>/<stage>/.<key>.tmp-<pid>-<ns>@<host> on the
     shared filesystem: its pid means nothing here, so the folder stays until it is a week old."""

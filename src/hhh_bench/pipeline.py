@@ -129,13 +129,18 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
             check_judges_offline(to_dict(cfg.eval))
     from hhh_bench.stages.data import run_data
 
-    seeds = _seed_cfgs(cfg) if stage == "all" else []
+    seeds = _seed_cfgs(cfg) if stage == "all" or (stage == "data" and cfg.get("seeds")) else []
     _check_base_seed(cfg, seeds)
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
     with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
         out: dict[str, Any] = {"data": run_data(cfg)}
     data = out["data"]
+    if stage == "data":  # every seed of `seeds` whose data is its own (a world that follows it)
+        for scfg, same in seeds:
+            if not same and int(scfg.seed) != int(cfg.seed):
+                with console.job("data", _seeded(scfg, "")):
+                    out[f"data_seed_{int(scfg.seed)}"] = run_data(scfg)
     if stage == "base":
         out["base"] = _base(cfg, data)
     elif stage == "train":

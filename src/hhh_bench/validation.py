@@ -513,7 +513,9 @@ def check_seeds(cfg: Mapping[str, Any]) -> None:
             f"seeds={list(seeds)!r} repeats {dup}: a seed run twice is not a second replicate"
         )
     stage = cfg.get("stage", "all")
-    if seeds and stage not in ("all", "report") and list(seeds) != [cfg.get("seed", 0)]:
+    # stage=data builds every seed's data (a cluster's CPU job before the GPU one); other single
+    # stages run one seed
+    if seeds and stage not in ("all", "report", "data") and list(seeds) != [cfg.get("seed", 0)]:
         raise ValueError(
             f"stage={stage} runs one seed, seed={cfg.get('seed', 0)}, but seeds={list(seeds)} "
             f"lists {'others' if len(seeds) > 1 else 'another'}: run stage={stage} seed=N for "

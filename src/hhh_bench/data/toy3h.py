@@ -836,10 +836,11 @@ def generate(cfg: Toy3HConfig, out_dir: str | Path) -> dict[str, Any]:
                 repeats.append(f"{dim}_{split}.jsonl {len(rows)} pairs, {distinct} distinct")
     if repeats:  # said once (battery 9): a repeated pair weighs more in training
         logging.getLogger("hhh_bench").warning(
-            "toy3h world: preference pairs repeat in %s (%s): a repeated pair counts once per "
-            "copy in training and in a budget; enlarge the world (data.world.n_known, "
-            "n_harmful_objects, ...) or lower data.world.pairs_per_dimension for fewer repeats",
-            out / "prefs", "; ".join(repeats),
+            "toy3h world: preference pairs repeat (the data stage's prefs/: %s): a repeated pair "
+            "counts once per copy in training and in a budget; enlarge the world "
+            "(data.world.n_known, n_harmful_objects, ...) or lower data.world.pairs_per_dimension "
+            "for fewer repeats",
+            "; ".join(repeats),
         )  # fmt: skip
     counts["eval"] = {}
     for split in ("validation", "test"):
