@@ -29,7 +29,7 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
     out = capsys.readouterr().out
     assert f"present  model meta-llama/Meta-Llama-3-8B-Instruct@{SHA} (model.path)" in out
     for line in (
-        "missing  model meta-llama/Llama-Guard-3-8B@7327bd9f6efbbe6101dc6cc4736302b3cbb6e425 (eval.judges.safety)",
+        "missing  model cais/HarmBench-Llama-2-13b-cls@bda705349d1144fa618770bea64d99ce54e3835b (eval.judges.safety)",
         "missing  model allenai/truthfulqa-info-judge-llama2-7B@72601eff294cbf7e8d7188ae82397e19cb9bb9bd (eval.judges.info)",
         "missing  model RLHFlow/ArmoRM-Llama3-8B-v0.1@eb2676d20da2f2d41082289d23c59b9f7427f955 (pipeline.mixtures[4].scorer_args)",
         "missing  dataset Anthropic/hh-rlhf@84e2ad8be2e662e521db649a03bf3a99c0bbd44e (data.sources.helpful: hh_rlhf_helpful)",
@@ -38,7 +38,7 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
         "missing  file data/eval/alpaca_eval.jsonl (eval.data_files.helpful_prompts)",
     ):  # fmt: skip
         assert line in out, line
-    assert "21 of 22 missing: on a machine with network, run `hhh-bench prefetch" in out
+    assert "22 of 23 missing: on a machine with network, run `hhh-bench prefetch" in out
     assert not (tmp_path / "nltk").exists()  # checking downloads nothing (IFEval not imported)
 
 
@@ -78,7 +78,7 @@ def test_fetch_takes_each_model_at_its_pin_in_safetensors_and_names_what_it_cann
     assert ("nltk", "punkt_tab") in calls and ("task", "ifeval") in calls
     assert calls.index(("nltk", "punkt_tab")) < calls.index(("task", "ifeval"))
     assert "FAILED   file data/eval/xstest.jsonl (eval.data_files.xstest): OSError" in out
-    assert "6 of 22 could not be fetched" in err
+    assert "7 of 23 could not be fetched" in err
 
 
 def test_a_local_run_has_nothing_to_fetch(capsys, tmp_path):

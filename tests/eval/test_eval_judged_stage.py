@@ -19,12 +19,13 @@ from hhh_bench.evaluation.judges import is_refusal, judge_pairs, specs_from_conf
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FILES = {
-    "helpful_prompts": "alpaca_eval",
-    "harmful_prompts": "advbench",
-    "xstest": "xstest",
-    "halueval_qa": "halueval_qa",
-    "pku_saferlhf": "pku_saferlhf",
-    "truthfulqa_gen": "truthfulqa_gen",
+    "helpful_prompts": "alpaca_eval.jsonl",
+    "harmful_prompts": "harmbench.jsonl",
+    "harmful_attacks": "harmbench_test_cases.json",
+    "xstest": "xstest.jsonl",
+    "halueval_qa": "halueval_qa.jsonl",
+    "pku_saferlhf": "pku_saferlhf.jsonl",
+    "truthfulqa_gen": "truthfulqa_gen.jsonl",
 }
 JUDGED = ("alpaca_lc", "helpful_gen", "harmful_gen", "xstest_gen", "truthfulqa_gen_judged")
 
@@ -34,8 +35,11 @@ def _vocabulary() -> list[str]:
 
     words = set(f"{utils.COMPLY} {utils.REFUSE} Knowledge: Question:".split())
     for name in FILES.values():
-        for line in (ASSETS / f"{name}.jsonl").read_text().splitlines():
-            for v in json.loads(line).values():
+        text = (ASSETS / name).read_text()
+        rows = [json.loads(x) for x in text.splitlines()] if name.endswith(".jsonl") else [
+            {"case": c} for cases in json.loads(text).values() for c in cases]  # fmt: skip
+        for row in rows:
+            for v in row.values():
                 if isinstance(v, str):
                     words.update(v.split())
     return sorted(words)
@@ -70,7 +74,7 @@ def _overrides(root: Path, judges: dict[str, Path]) -> list[str]:
         "eval.bootstrap_iters=0",
         "eval.summary_bootstrap_iters=500",
         "eval.gen_kwargs={max_gen_toks: 8}",
-        *(f"eval.data_files.{k}={ASSETS / v}.jsonl" for k, v in FILES.items()),
+        *(f"eval.data_files.{k}={ASSETS / v}" for k, v in FILES.items()),
         *(f"eval.judges.{role}.model={path}" for role, path in judges.items()),
     ]
 

@@ -163,12 +163,13 @@ def test_real_suite_names_its_missing_data_file(tmp_path):
             f"eval.data_files.{k}={conf.parent / 'tests' / 'assets' / 'eval' / v}.jsonl"
             for k, v in [
                 ("helpful_prompts", "alpaca_eval"),
-                ("harmful_prompts", "advbench"),
+                ("harmful_prompts", "harmbench"),
                 ("xstest", "xstest"),
                 ("pku_saferlhf", "pku_saferlhf"),
                 ("truthfulqa_gen", "truthfulqa_gen"),
             ]
         ),  # fmt: skip
+        f"eval.data_files.harmful_attacks={conf.parent}/tests/assets/eval/harmbench_test_cases.json",
     ]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -22,6 +22,7 @@ Schemas (the field names of the public releases):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from hhh_bench.evaluation.judges import is_refusal
@@ -45,10 +46,7 @@ def harmful_docs(dataset: Any) -> Any:
             prompt = doc["prompt"].strip()
             category = doc.get("category") or ""
         elif isinstance(doc.get("Behavior"), str):
-            prompt = doc["Behavior"].strip()
-            context = (doc.get("ContextString") or "").strip()
-            if context:
-                prompt = f"{context}\n\n---\n\n{prompt}"
+            prompt = _behavior_text(doc)
             category = doc.get("SemanticCategory") or ""
         else:
             raise ValueError(
@@ -60,6 +58,66 @@ def harmful_docs(dataset: Any) -> Any:
         return {"prompt": prompt, "category": str(category)}
 
     return dataset.map(_map)
+
+
+def _behavior_text(doc: Mapping[str, Any]) -> str:
+    """A HarmBench behavior as the model is asked it: ``"{ContextString}\\n\\n---\\n\\n
+    {Behavior}"`` for a contextual one (HarmBench's rendering), else the behavior."""
+    behavior = str(doc["Behavior"]).strip()
+    context = str(doc.get("ContextString") or "").strip()
+    return f"{context}\n\n---\n\n{behavior}" if context else behavior
+
+
+def harmbench_attacks(test_cases: str, behaviors: str, **_: Any) -> Any:
+    """HarmBench's attacked prompts (lm-eval ``custom_dataset``): ``test_cases`` is an attack
+    method's ``test_cases.json`` in HarmBench's published format, ``{BehaviorID: [test case,
+    ...]}``; ``behaviors`` the behaviors file (HarmBench's CSV exported as JSONL, the same file
+    as ``eval.data_files.harmful_prompts``). Each test case is one item ``{prompt: the test
+    case, judge_prompt: its behavior, behavior_id, category}``: the model answers the attacked
+    prompt, the classifier judges the answer against the behavior it attacks (HarmBench's
+    protocol). Other keyword arguments (the task's metadata) are ignored.
+
+    Raises:
+        ValueError: a file that is not in its format, or a test case of an unknown behavior
+            (names the file and the id).
+    """
+    import json
+
+    import datasets
+
+    rows_b = [json.loads(x) for x in Path(behaviors).read_text().splitlines() if x.strip()]
+    for doc in rows_b:
+        _require(doc, ("Behavior", "BehaviorID"), f"HarmBench behaviors ({behaviors})")
+    by_id = {str(d["BehaviorID"]): d for d in rows_b}
+    try:
+        cases = json.loads(Path(test_cases).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{test_cases}: not a JSON file ({err})") from None
+    if not isinstance(cases, dict) or not all(
+        isinstance(v, list) and all(isinstance(c, str) for c in v) for v in cases.values()
+    ):
+        raise ValueError(
+            f"{test_cases}: not HarmBench's test-case format ({{BehaviorID: [test case, ...]}})"
+        )
+    unknown = sorted(set(cases) - set(by_id))
+    if unknown:
+        raise ValueError(
+            f"{test_cases}: test cases of behavior(s) {unknown[:5]} that {behaviors} does not list"
+        )
+    rows = [
+        {
+            "prompt": case.strip(),
+            "judge_prompt": _behavior_text(by_id[bid]),
+            "behavior_id": bid,
+            "category": str(by_id[bid].get("SemanticCategory") or ""),
+        }
+        for bid, listed in cases.items()
+        for case in listed
+        if case.strip()
+    ]
+    if not rows:
+        raise ValueError(f"{test_cases}: no test case")
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def xstest_safe_docs(dataset: Any) -> Any:
