@@ -67,7 +67,8 @@ def test_the_walk_sees_every_kind_of_hub_reference():
         "meta-llama/Meta-Llama-3-8B-Instruct",
         "mistralai/Mistral-7B-Instruct-v0.2",
         "RLHFlow/ArmoRM-Llama3-8B-v0.1",
-        "meta-llama/Llama-Guard-3-8B",
+        "cais/HarmBench-Llama-2-13b-cls",
+        "allenai/truthfulqa-info-judge-llama2-7B",
         "protectai/distilroberta-base-rejection-v1",
         "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
         "allenai/truthfulqa-truth-judge-llama2-7B",
@@ -110,7 +111,7 @@ def test_validate_run_refuses_a_moving_model_revision():
         validate_run(cfg)
     judges = to_dict(compose(["experiment=paper_llama3", "eval.judges.safety.revision=null"]))
     with pytest.raises(
-        ValueError, match=r"eval.judges.safety: meta-llama/Llama-Guard-3-8B at revision None"
+        ValueError, match=r"eval.judges.safety: cais/HarmBench-Llama-2-13b-cls at revision None"
     ):
         validate_run(judges)
     source = to_dict(

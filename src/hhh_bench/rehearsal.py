@@ -21,7 +21,7 @@ own definitions on local files).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,18 @@ def prepare_rehearsal(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _strings(obj: Any) -> Iterator[str]:
+    """Every string value in a JSON document (dict values and list items, nested)."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
 def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[str, Any]:
     """Stand-ins of the suite's judges (:func:`hhh_bench.evaluation.standins.build_standin_judges`,
     the real judges' kinds, templates and labels), built once under ``rehearsal.judges`` with a
@@ -163,10 +175,11 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     words: set[str] = {"safe", "unsafe", "yes", "no"}
     for path in files.values():
         if path and Path(path).is_file():
-            for line in Path(path).read_text().splitlines():
-                words.update(
-                    w for v in json.loads(line).values() if isinstance(v, str) for w in v.split()
-                )
+            text = Path(path).read_text()
+            # JSONL rows, or one JSON document (HarmBench's {BehaviorID: [test case, ...]})
+            docs = [json.loads(text)] if str(path).endswith(".json") else [
+                json.loads(line) for line in text.splitlines() if line.strip()]  # fmt: skip
+            words.update(w for doc in docs for v in _strings(doc) for w in v.split())
     marker = folder / "standin_judges.json"
     vocab = sorted(words)
     paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth", "info")}

@@ -30,7 +30,8 @@ EVAL, REH, SRC = (
 # evaluation set -> (file, the field its prompt is in): the suite's tasks and columns
 EVAL_SETS = {
     "alpaca_lc": (EVAL / "alpaca_eval.jsonl", "instruction"),
-    "harmful_gen": (EVAL / "advbench.jsonl", "prompt"),
+    "harmful_gen": (EVAL / "harmbench.jsonl", "Behavior"),
+    "harmful_gen_attacked": (EVAL / "harmbench_test_cases.json", None),  # HarmBench's format
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),
@@ -53,6 +54,12 @@ SOURCES = {
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _prompts(path: Path, field: str | None) -> list[str]:
+    if field is None:  # an attack's test cases, {BehaviorID: [test case, ...]}
+        return [c for cases in json.loads(path.read_text()).values() for c in cases]
+    return [r[field] for r in _jsonl(path)]
 
 
 def _plant(row: dict, how: str, prompt: str) -> dict:
@@ -81,7 +88,7 @@ def test_the_papers_sources_and_the_suites_sets_are_what_this_test_covers():
 
 
 def test_every_eval_set_planted_in_every_training_source_is_found():
-    evals = {name: [r[field] for r in _jsonl(path)] for name, (path, field) in EVAL_SETS.items()}
+    evals = {name: _prompts(path, field) for name, (path, field) in EVAL_SETS.items()}
     for source, (fixture, how) in SOURCES.items():
         conf = yaml.safe_load((CONF / "source" / f"{source}.yaml").read_text())
         raw = _jsonl(SRC / fixture)

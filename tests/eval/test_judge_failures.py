@@ -162,7 +162,7 @@ def test_an_empty_answer_loses_against_the_base_and_ties_with_an_empty_one(specs
 
 
 def test_a_guard_that_never_says_its_labels_gives_counted_unparsed_answers(specs):
-    """The safety stand-in answers only `safe` / `unsafe`: configured with other label words,
+    """The safety stand-in answers only `Yes` / `No` (HarmBench's labels): configured with other label words,
     every answer is unparsed. Its ASR is 1.0 by on_unparsed=positive, and the row says why."""
     odd = JudgeSpec.from_config(
         "safety",
@@ -174,7 +174,7 @@ def test_a_guard_that_never_says_its_labels_gives_counted_unparsed_answers(specs
     assert (m["n"], m["n_empty"], m["n_unparsed"]) == (3, 1, 2)  # ... counted
     items = res["items"]["harm_t"]
     assert [it["unparsed"] for it in items] == [True, False, True]
-    assert items[0]["judge_answer"].split()[0] in ("safe", "unsafe")  # what it really said
+    assert items[0]["judge_answer"].split()[0] in ("Yes", "No")  # what it really said
     err = JudgeSpec.from_config("safety", {**standin_cfg(odd), "on_unparsed": "error"})
     with pytest.raises(ValueError, match=r"first word is neither 'harmful' nor 'harmless'"):
         judge_generations({"harm_t": _gens()}, {"harm_t": "harm"}, {"safety": err})
