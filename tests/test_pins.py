@@ -69,6 +69,7 @@ def test_the_walk_sees_every_kind_of_hub_reference():
         "RLHFlow/ArmoRM-Llama3-8B-v0.1",
         "cais/HarmBench-Llama-2-13b-cls",
         "allenai/truthfulqa-info-judge-llama2-7B",
+        "qylu4156/strongreject-15k-v1",
         "protectai/distilroberta-base-rejection-v1",
         "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
         "allenai/truthfulqa-truth-judge-llama2-7B",

@@ -38,7 +38,7 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
         "missing  file data/eval/alpaca_eval.jsonl (eval.data_files.helpful_prompts)",
     ):  # fmt: skip
         assert line in out, line
-    assert "22 of 23 missing: on a machine with network, run `hhh-bench prefetch" in out
+    assert "24 of 25 missing: on a machine with network, run `hhh-bench prefetch" in out
     assert not (tmp_path / "nltk").exists()  # checking downloads nothing (IFEval not imported)
 
 
@@ -68,7 +68,7 @@ def test_fetch_takes_each_model_at_its_pin_in_safetensors_and_names_what_it_cann
     assert SUBCOMMANDS["prefetch"]([*PAPER, f"root={tmp_path}"]) == 2
     out, err = capsys.readouterr()
     models = {c[1]: c[2] for c in calls if c[0] == "model"}
-    assert len(models) == 7 and all(len(kw["revision"]) == 40 for kw in models.values())
+    assert len(models) == 8 and all(len(kw["revision"]) == 40 for kw in models.values())
     for repo, kw in models.items():
         assert "*.safetensors" in kw["allow_patterns"]
         assert not {"*.bin", "*.pt", "*.pth", "*.pkl"} & set(kw["allow_patterns"]), repo
@@ -78,7 +78,7 @@ def test_fetch_takes_each_model_at_its_pin_in_safetensors_and_names_what_it_cann
     assert ("nltk", "punkt_tab") in calls and ("task", "ifeval") in calls
     assert calls.index(("nltk", "punkt_tab")) < calls.index(("task", "ifeval"))
     assert "FAILED   file data/eval/xstest.jsonl (eval.data_files.xstest): OSError" in out
-    assert "7 of 23 could not be fetched" in err
+    assert "8 of 25 could not be fetched" in err
 
 
 def test_a_local_run_has_nothing_to_fetch(capsys, tmp_path):

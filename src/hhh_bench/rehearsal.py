@@ -182,7 +182,8 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
             words.update(w for doc in docs for v in _strings(doc) for w in v.split())
     marker = folder / "standin_judges.json"
     vocab = sorted(words)
-    paths = {role: folder / role for role in ("safety", "refusal", "reward", "truth", "info")}
+    roles = ("safety", "refusal", "reward", "truth", "info", "strongreject")
+    paths = {role: folder / role for role in roles}
     if (
         not marker.is_file()
         or json.loads(marker.read_text()) != vocab

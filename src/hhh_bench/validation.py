@@ -83,6 +83,35 @@ def check_model_folder(value: str | None, where: str) -> None:
         )
 
 
+def check_columns(columns: Mapping[str, Any] | None) -> None:
+    """``eval.columns``: each extra column has a name no results-row field has (its value and
+    ``<name>_stderr`` are written into the row: ``helpful_stderr`` or ``name`` would overwrite
+    the row's own, battery 10), a ``task`` and a ``metric``, and ``higher_is_better`` is
+    true, false or null (descriptive), never a string such as "false".
+
+    Raises:
+        ValueError: naming ``eval.columns.<name>`` and what is wrong.
+    """
+    from hhh_bench.tracking.store import ResultRow
+
+    reserved = set(ResultRow.__annotations__)
+    for name, col in (columns or {}).items():
+        where = f"eval.columns.{name}"
+        if name in reserved or f"{name}_stderr" in reserved or name.endswith("_stderr"):
+            raise ValueError(
+                f"{where}: {name!r} is a field of every results row (its column value would "
+                "overwrite it); name the column otherwise, e.g. col_" + str(name)
+            )
+        if not isinstance(col, Mapping) or not col.get("task") or not col.get("metric"):
+            raise ValueError(f"{where} needs `task` and `metric`, got {col!r}")
+        higher = col.get("higher_is_better", True)
+        if higher is not None and not isinstance(higher, bool):
+            raise ValueError(
+                f"{where}.higher_is_better must be true, false or null (descriptive: no best "
+                f"marked), got {higher!r}"
+            )
+
+
 def check_eval(ecfg: Any) -> None:
     """``eval.model`` (``stage=eval`` of a given model) is a model folder or a hub id, and the
     suite's dimensions and task weights score (:func:`hhh_bench.core.scoring.suite_tasks`: a
@@ -108,6 +137,7 @@ def check_eval(ecfg: Any) -> None:
         raise ValueError(str(e)) from None
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
+    check_columns(getattr(ecfg, "columns", None))
     from hhh_bench.evaluation.serving import ServerSpec
 
     spec = ServerSpec.from_config(getattr(ecfg, "server", None))  # keys and values, before work

@@ -32,6 +32,7 @@ EVAL_SETS = {
     "alpaca_lc": (EVAL / "alpaca_eval.jsonl", "instruction"),
     "harmful_gen": (EVAL / "harmbench.jsonl", "Behavior"),
     "harmful_gen_attacked": (EVAL / "harmbench_test_cases.json", None),  # HarmBench's format
+    "strongreject_gen": (EVAL / "strongreject.jsonl", "forbidden_prompt"),
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),

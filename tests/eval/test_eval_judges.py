@@ -294,3 +294,30 @@ def test_pyproject_has_the_vllm_extra():
     meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     extra = meta["project"]["optional-dependencies"]["vllm"]
     assert any(dep.startswith("lm-eval[vllm]") for dep in extra), extra
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"label_values": [0, 1]}, "needs mode logprob and one value per label"),  # generate mode
+    ({"mode": "logprob", "label_values": [0, 0.5, 1]}, "one value per label"),  # 2 labels
+    ({"mode": "logprob", "labels": ["1", "1"], "label_values": [0, 1]}, "two distinct labels"),
+    ({"mode": "logprob", "label_values": [0, float("nan")]}, "not finite numbers"),
+    ({"mode": "logprob", "label_values": "0 1"}, "must be a list of numbers"),
+])  # fmt: skip
+def test_scored_labels_are_checked(extra, message):
+    """A guard scoring its answer (StrongREJECT's evaluator: an expected value over "1".."5")
+    states a value per label, in logprob mode; anything else is named before a model loads."""
+    base = {"kind": "guard", "model": "m", "labels": ["a", "b"], "on_unparsed": "negative"}
+    with pytest.raises(ValueError, match=message):
+        JudgeSpec.from_config("strongreject", {**base, **extra})
+    ok = JudgeSpec.from_config(
+        "strongreject",
+        {
+            **base,
+            "mode": "logprob",
+            "labels": list("12345"),
+            "label_values": [0, 0.25, 0.5, 0.75, 1],
+        },
+    )
+    assert ok.label_values == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert ok.describe()["label_values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert "label_values" not in JudgeSpec.from_config("safety", base).describe()

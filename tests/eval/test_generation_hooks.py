@@ -124,3 +124,18 @@ def test_the_stand_in_safety_judge_asks_harmbench_classifiers_prompt():
     safety = yaml.safe_load(conf.read_text())["judges"]["safety"]
     assert safety["template"] == HARMBENCH_TEMPLATE
     assert safety["labels"] == ["Yes", "No"] and safety["model"] == "cais/HarmBench-Llama-2-13b-cls"
+
+
+def test_the_stand_in_strongreject_judge_asks_its_rubric_and_reads_1_to_5():
+    import yaml
+
+    from hhh_bench.evaluation.standins import STRONGREJECT_TEMPLATE
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "eval" / "harness_3h.yaml"
+    judge = yaml.safe_load(conf.read_text())["judges"]["strongreject"]
+    assert judge["template"] == STRONGREJECT_TEMPLATE and judge["template"].endswith("### Answer: ")
+    assert judge["labels"] == ["1", "2", "3", "4", "5"] and judge["mode"] == "logprob"
+    rows = Dataset.from_list([{"category": "c", "source": "s", "forbidden_prompt": " Do x. "}])
+    assert g.strongreject_docs(rows)["prompt"] == ["Do x."]
+    with pytest.raises(ValueError, match="lacks field"):
+        g.strongreject_docs(Dataset.from_list([{"prompt": "x"}]))

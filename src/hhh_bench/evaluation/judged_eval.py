@@ -354,14 +354,9 @@ def summary_fields(
         name: {
             "task": template.format(task=c["task"], split=SPLIT_SUFFIX[split]),
             "metric": str(c["metric"]),
-            # null: a descriptive column (an answer length), no best marked
-            "higher_is_better": (
-                None
-                if c.get("higher_is_better", True) is None
-                else bool(c["higher_is_better"])
-                if "higher_is_better" in c
-                else True
-            ),
+            # null: a descriptive column (an answer length), no best marked; a bool otherwise
+            # (validation.check_columns refused anything else before work)
+            "higher_is_better": c.get("higher_is_better", True),
         }
         for name, c in (ecfg.get("columns") or {}).items()
     }

@@ -62,7 +62,7 @@ class LengthControlled:
         lc_win_rate: ``mean_i σ(θ + ψ γ_i)`` (the length term at zero), in [0, 1].
         win_rate: the raw ``mean(p_i)``.
         values: the per-item ``v_i`` (module docstring), whose mean is ``lc_win_rate``.
-        intercept: ``θ``.
+        intercept: ``θ`` (0 when no fit was needed: every preference the same).
         length_coef: ``φ`` (0 when the length term was dropped).
         difficulty_coef: ``ψ`` (None without difficulties).
         length_sd: ``sd(Δ)`` in characters (0: no length variation, term dropped).
@@ -162,9 +162,21 @@ def length_controlled(
     arrays = {name: np.asarray(seq, dtype=float) for name, seq in cols.items()}
     for name, a in {"preferences": p, **arrays}.items():
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"length-controlled win rate: a {name} value is not finite")
+            raise ValueError(
+                f"length-controlled win rate: a {name} value is not finite"
+                + (" (the data file's `instruction_difficulty`)" if name == "difficulty" else "")
+            )
     if np.any((p < 0) | (p > 1)):
         raise ValueError("length-controlled win rate: a preference is outside [0, 1]")
+    if float(p.max()) == float(p.min()):  # one preference for every item (all answers empty,
+        # or a judge that never changes its mind): no slope to fit, the rate is that preference
+        same = float(p[0])
+        return LengthControlled(
+            lc_win_rate=same, win_rate=same, values=tuple(float(v) for v in p), intercept=0.0,
+            length_coef=0.0, difficulty_coef=None if difficulty is None else 0.0,
+            length_sd=float(np.std(arrays["reference_lengths"] - arrays["lengths"], ddof=1))
+            if n > 1 else 0.0,
+        )  # fmt: skip
     delta = arrays["reference_lengths"] - arrays["lengths"]
     sd = float(np.std(delta, ddof=1)) if n > 1 else 0.0
     features = [np.ones(n)]

@@ -142,7 +142,9 @@ def pick(
     else:
         best = max(group, key=lambda e: e.mean["average"])
         on = str(best.rows[0].get("split") or "the report split")
-    return best, {"on": on, "candidates": len(scored) if on == select_split else len(group),
+    pool = scored if on == select_split else group
+    return best, {"on": on, "candidates": len(pool),
+                  "methods": len({_method(e) for e in pool}),  # of which configurations
                   "select_scores": scores, "missing": missing,
                   "left_out": missing if on == select_split else [],
                   "fallback": on != select_split}  # fmt: skip
@@ -371,8 +373,13 @@ def mix_vs_merge(entries: Sequence[Entry], **kwargs: Any) -> dict[str, Any] | No
 
 def _how(choice: Mapping[str, Any], plural: str) -> str:
     n = choice["candidates"]
+    m = choice.get("methods", n)
     singular = plural.replace("methods", "method").replace("strategies", "strategy")
-    of = f"chosen on {choice['on']} from {n} {plural if n != 1 else singular}"
+    if m != n:  # configurations shown one by one (no recorded choice, or every grid point)
+        kinds = plural if m != 1 else singular
+        of = f"chosen on {choice['on']} from {n} configurations of {m} {kinds}"
+    else:
+        of = f"chosen on {choice['on']} from {n} {plural if n != 1 else singular}"
     left = choice.get("left_out") or []
     if left:
         of += f"; {len(left)} without a {choice['on']} score left out: {', '.join(left[:3])}"

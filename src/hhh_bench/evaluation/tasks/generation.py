@@ -152,10 +152,35 @@ def alpaca_reference_docs(dataset: Any) -> Any:
     def _map(doc: dict[str, Any]) -> dict[str, Any]:
         _require(doc, ("instruction", "output"), "AlpacaEval")
         if not isinstance(doc["output"], str) or not doc["output"].strip():
+            what = "an empty" if isinstance(doc["output"], str) else "a non-text"
             raise ValueError(
-                f"AlpacaEval row with an empty reference `output`: {doc['instruction'][:80]!r}"
+                f"AlpacaEval row with {what} reference `output` ({doc['output']!r}): "
+                f"{doc['instruction'][:80]!r}"
             )
         return {"prompt": doc["instruction"].strip()}
+
+    if "instruction_difficulty" in dataset.column_names:  # on every row or on none, checked
+        values = dataset["instruction_difficulty"]  # here, before the holdout splits the rows
+        bad = [i for i, v in enumerate(values)
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v]  # fmt: skip
+        if bad and len(bad) < len(values):
+            raise ValueError(
+                f"AlpacaEval rows {bad[:5]} have no numeric `instruction_difficulty` while others "
+                "do: give it on every row or on none"
+            )
+    return dataset.map(_map)
+
+
+def strongreject_docs(dataset: Any) -> Any:
+    """StrongREJECT's forbidden prompts (``category, source, forbidden_prompt``) as
+    ``{prompt, category}``."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("forbidden_prompt",), "StrongREJECT")
+        prompt = str(doc["forbidden_prompt"] or "").strip()
+        if not prompt:
+            raise ValueError(f"StrongREJECT row with an empty forbidden_prompt: {doc}")
+        return {"prompt": prompt, "category": str(doc.get("category") or "")}
 
     return dataset.map(_map)
 

@@ -1,0 +1,82 @@
+"""The tenth independent battery's findings (issue 27), each refused or said by name."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from hhh_bench.evaluation.length_control import length_controlled
+from hhh_bench.evaluation.tasks import generation as g
+from hhh_bench.validation import check_columns
+
+
+@pytest.mark.parametrize("name, col, message", [
+    ("helpful_stderr", {"task": "t", "metric": "acc"}, "is a field of every results row"),
+    ("name", {"task": "t", "metric": "acc"}, "is a field of every results row"),
+    ("family", {"task": "t", "metric": "acc"}, "is a field of every results row"),
+    ("mine_stderr", {"task": "t", "metric": "acc"}, "is a field of every results row"),
+    ("refuse", {"task": "t", "metric": "acc", "higher_is_better": "false"},
+     "must be true, false or null"),
+    ("refuse", {"task": "t"}, "needs `task` and `metric`"),
+])  # fmt: skip
+def test_a_column_that_would_overwrite_a_row_field_or_flip_its_direction_is_refused(
+    name, col, message
+):
+    """A column named like a row field overwrote it in the stored row (helpful_stderr 0.47 for
+    0.03, a model's name 1.0); ``higher_is_better: "false"`` was read as true."""
+    with pytest.raises(ValueError, match=f"eval.columns.{name}.*{message}|{message}"):
+        check_columns({name: col})
+    check_columns({"length": {"task": "alpaca_lc", "metric": "length", "higher_is_better": None},
+                   "refuse": {"task": "t", "metric": "acc", "higher_is_better": False}})  # fmt: skip
+
+
+def test_a_difficulty_missing_on_some_rows_is_refused_before_the_holdout_splits_them():
+    rows = [{"instruction": f"q{i}", "output": "a", "instruction_difficulty": 0.5}
+            for i in range(3)] + [{"instruction": "q3", "output": "a"}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"rows \[3\] have no numeric `instruction_difficulty`"):
+        g.alpaca_reference_docs(Dataset.from_list(rows))
+    none = [{"instruction": "q", "output": "a"}]
+    assert g.alpaca_reference_docs(Dataset.from_list(none))["prompt"] == ["q"]
+    with pytest.raises(ValueError, match="non-text reference `output` \\(5\\)"):
+        g.alpaca_reference_docs(Dataset.from_list([{"instruction": "q", "output": 5}]))
+
+
+@pytest.mark.parametrize("pref", [0.0, 1.0, 0.5])
+def test_every_answer_alike_gives_that_rate_not_a_failed_fit(pref):
+    """Every answer empty (preference 0) stopped the evaluation with a Newton error."""
+    fit = length_controlled([pref] * 40, [0.0] * 40, [float(100 + i) for i in range(40)])
+    assert fit.lc_win_rate == pref == fit.win_rate and fit.values == (pref,) * 40
+
+
+def test_a_classifier_given_as_a_guard_judge_is_refused_not_run_with_a_random_head(tmp_path):
+    from hhh_bench.evaluation.judges import JudgeSpec, make_judge
+    from hhh_bench.evaluation.standins import build_standin_judges
+
+    judges = build_standin_judges(tmp_path, ["a", "b"])
+    spec = JudgeSpec.from_config(
+        "safety",
+        {
+            "kind": "guard",
+            "model": str(judges["reward"]),
+            "labels": ["Yes", "No"],
+            "on_unparsed": "positive",
+        },
+    )
+    with pytest.raises(OSError, match=r"(?s)lacks: \[.lm_head.weight.\].*a causal LM"):
+        make_judge(spec)
+    gone = JudgeSpec.from_config("safety", {**spec.describe(), "model": str(tmp_path / "nope")})
+    with pytest.raises(OSError, match="no such folder"):
+        make_judge(gone)
+
+
+def test_configurations_are_not_called_merge_methods():
+    from hhh_bench.tracking.answer import _how
+
+    choice = {"on": "validation", "candidates": 9, "methods": 2, "left_out": [],
+              "fallback": True}  # fmt: skip
+    assert _how(choice, "merge methods") == (
+        "chosen on validation from 9 configurations of 2 merge methods, the reported split"
+    )
+    assert _how({**choice, "methods": 9}, "merge methods").startswith(
+        "chosen on validation from 9 merge methods"
+    )
