@@ -379,3 +379,19 @@ def test_each_distinct_pair_is_tokenized_once_with_trls_own_result(tiny_tok, pre
         assert got.column_names == want.column_names
         assert got.to_list() == want.to_list()
     assert 0 < len(again) < len(rows)  # the longest prompts were dropped
+
+
+def test_margins_tokenize_each_pair_once(tiny_model, tiny_tok, prefs):
+    """The held-out margins remember each pair's token ids (issue 29): the same margins, the
+    pair rendered as TRL renders it, once per process."""
+    from hhh_bench.train import dpo
+
+    rows = prefs["honest"][:8]
+    dpo._SEQUENCES.clear()
+    first = logprob_margins(tiny_model, tiny_tok, rows)
+    assert len(dpo._SEQUENCES) == len(rows)
+    assert logprob_margins(tiny_model, tiny_tok, rows) == first
+    assert [dpo._sequences_once(tiny_tok, r, dpo.tokenization_key(tiny_tok)) for r in rows] == [
+        dpo._sequences(tiny_tok, r) for r in rows
+    ]
+    assert len(dpo._SEQUENCES) == len(rows)

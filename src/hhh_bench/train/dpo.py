@@ -364,7 +364,9 @@ _TOKENIZED: OrderedDict[tuple[str, str], tuple[list[int], list[int], list[int]] 
 _TOKENIZED_MAX = 200_000
 
 
-def tokenization_key(tokenizer: Any, max_length: int | None, truncation_mode: str) -> str | None:
+def tokenization_key(
+    tokenizer: Any, max_length: int | None = None, truncation_mode: str = ""
+) -> str | None:
     """A hash of what decides how TRL's DPO tokenizes a conversational pair: the tokenizer's
     class, its fast tokenizer's full serialisation (vocabulary, merges, normaliser,
     pre-tokeniser, post-processor, added tokens), chat template and special tokens, and the
@@ -517,6 +519,28 @@ def _sequences(tokenizer: Any, row: Mapping[str, Any]) -> list[tuple[list[int], 
     return out
 
 
+# (tokenization key, pair as JSON) -> _sequences of the pair: the held-out margins of every trained
+# model of a seed are measured on the same validation pairs
+_SEQUENCES: OrderedDict[tuple[str, str], list[tuple[list[int], int]]] = OrderedDict()
+
+
+def _sequences_once(
+    tokenizer: Any, row: Mapping[str, Any], key: str | None
+) -> list[tuple[list[int], int]]:
+    """:func:`_sequences`, remembered per :func:`tokenization_key` and pair (None: not
+    remembered); the lists handed out are copies."""
+    if key is None:
+        return _sequences(tokenizer, row)
+    k = (key, json.dumps([row[c] for c in DPO_COLUMNS], sort_keys=True))
+    hit = _SEQUENCES.get(k)
+    if hit is None:
+        hit = _sequences(tokenizer, row)
+        _SEQUENCES[k] = hit
+        if len(_SEQUENCES) > _TOKENIZED_MAX:
+            _SEQUENCES.popitem(last=False)
+    return [(list(ids), start) for ids, start in hit]
+
+
 @torch.no_grad()
 def logprob_margins(
     model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], batch_size: int = 64
@@ -527,7 +551,7 @@ def logprob_margins(
     model.eval()
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    seqs = [s for r in rows for s in _sequences(tokenizer, r)]
+    seqs = [s for r in rows for s in _sequences_once(tokenizer, r, tokenization_key(tokenizer))]
     logps: list[float] = []
     step = max(2, 2 * (batch_size // 2))
     for start in range(0, len(seqs), step):
