@@ -282,6 +282,19 @@ def test_remembered_encodings_are_lm_evals_own_and_are_shared_only_by_equal_toke
     assert third._encode_pair(*pairs[0]) != first._encode_pair(*pairs[0])
     assert len(backends._ENCODED) == n + 1
     assert tokenizer_fingerprint(object()) is None  # no fast backend: nothing remembered
+    # a prompt's chat-template rendering is remembered the same way (issue 29)
+    chats = [[{"role": "user", "content": f"{a} {b} ?"}] for a, b in pairs[:6]]
+    backends._RENDERED.clear()
+    for gen in (True, False):
+        want = [plain.apply_chat_template(c, gen) for c in chats]
+        assert [first.apply_chat_template(c, gen) for c in chats] == want
+        assert [second.apply_chat_template(c, gen) for c in chats] == want
+    assert len(backends._RENDERED) == 2 * len(chats)
+    shouty = copy.deepcopy(tok)  # the same encoding, another template: not the memo's
+    shouty.chat_template = "{{ messages[0]['content'] }}!"
+    assert tokenizer_fingerprint(shouty) == tokenizer_fingerprint(tok)
+    lm = make_lm("hf", model, shouty, batch_size=4)
+    assert lm.apply_chat_template(chats[0]) == f"{chats[0][0]['content']}!"
 
 
 def test_a_local_dataset_is_loaded_once_per_content(tmp_path, monkeypatch):
