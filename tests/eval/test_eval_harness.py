@@ -282,3 +282,41 @@ def test_remembered_encodings_are_lm_evals_own_and_are_shared_only_by_equal_toke
     assert third._encode_pair(*pairs[0]) != first._encode_pair(*pairs[0])
     assert len(backends._ENCODED) == n + 1
     assert tokenizer_fingerprint(object()) is None  # no fast backend: nothing remembered
+    # a prompt's chat-template rendering is remembered the same way (issue 29)
+    chats = [[{"role": "user", "content": f"{a} {b} ?"}] for a, b in pairs[:6]]
+    backends._RENDERED.clear()
+    for gen in (True, False):
+        want = [plain.apply_chat_template(c, gen) for c in chats]
+        assert [first.apply_chat_template(c, gen) for c in chats] == want
+        assert [second.apply_chat_template(c, gen) for c in chats] == want
+    assert len(backends._RENDERED) == 2 * len(chats)
+    shouty = copy.deepcopy(tok)  # the same encoding, another template: not the memo's
+    shouty.chat_template = "{{ messages[0]['content'] }}!"
+    assert tokenizer_fingerprint(shouty) == tokenizer_fingerprint(tok)
+    lm = make_lm("hf", model, shouty, batch_size=4)
+    assert lm.apply_chat_template(chats[0]) == f"{chats[0][0]['content']}!"
+
+
+def test_a_local_dataset_is_loaded_once_per_content(tmp_path, monkeypatch):
+    """lm-eval builds its tasks anew for every evaluated model (issue 29): within an evaluation a
+    load of local files is made once per content (not per path) and handed out again; changed
+    content is loaded anew, and a call that is not local files goes to datasets as it is."""
+    import datasets
+
+    from hhh_bench.evaluation import harness
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k) or object())
+    harness._LOADED.clear()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"x": 1}\n')
+    b.write_text('{"x": 1}\n')
+    with harness._local_datasets_once():
+        first = datasets.load_dataset(path="json", data_files={"test": str(a)})
+        assert datasets.load_dataset(path="json", data_files={"test": str(b)}) is first
+        b.write_text('{"x": 2}\n')
+        assert datasets.load_dataset(path="json", data_files={"test": str(b)}) is not first
+        datasets.load_dataset(path="some/hub_set")  # not local files: never remembered
+        datasets.load_dataset(path="some/hub_set")
+    assert len(calls) == 4
+    assert datasets.load_dataset.__name__ == "<lambda>"  # the patch is undone

@@ -46,6 +46,34 @@ def test_append_load_dedupe_and_skip_unchanged(tmp_path):
     assert len(load_results(path, dedupe=False)) == 3
 
 
+def test_a_store_read_between_appends_reads_as_a_fresh_parse(tmp_path):
+    """The reader parses only the lines an append added (issue 29: the store is read once per
+    evaluated model); what it returns is what a fresh process reads, line numbers included, and
+    a line changed in place is parsed again, and refused when invalid."""
+    from hhh_bench.tracking import store
+
+    path = tmp_path / "results.jsonl"
+    for i, key in enumerate("abcab"):
+        append_result(path, row(key, 0.1 * (i + 1)))
+        got = store.scan_results(path)
+        store._PARSED.clear()
+        fresh = store.scan_results(path)
+        assert (got.rows, got.lines) == (fresh.rows, fresh.lines)
+    assert [r["average"] for r in read_results(path)] == pytest.approx([0.4, 0.5, 0.3])
+    # where: asked after dedupe, of the rows as stored; only those copied
+    assert [r["row_key"] for r in read_results(path, where=lambda r: r["average"] > 0.35)] == [
+        "a",
+        "b",
+    ]
+    got = read_results(path, where=lambda r: r["row_key"] == "c")
+    got[0]["params"]["density"] = 9.0  # a caller's copy: the memo is not changed
+    assert read_results(path, where=lambda r: r["row_key"] == "c")[0]["params"]["density"] == 0.2
+    text = path.read_text()
+    path.write_text(text.replace('"helpful": 0.3', '"helpful": 3.0', 1))  # edited in place
+    with pytest.raises(store.StoreError, match="line 3"):
+        read_results(path)
+
+
 def test_torn_last_line_is_ignored_with_a_warning_and_the_next_append_is_clean(tmp_path):
     path = tmp_path / "results.jsonl"
     append_result(path, row("a"))

@@ -344,3 +344,54 @@ def test_a_base_sft_max_length_below_a_prompt_is_named(tiny_tok):
     with pytest.raises(ValueError, match=r"model.base_sft.max_length=4 leaves SFT row 0 no answer "
                        r"token: its prompt alone is \d+ tokens"):  # fmt: skip
         train_sft_plain(None, tiny_tok, rows, max_length=4, progress=False)
+
+
+def test_each_distinct_pair_is_tokenized_once_with_trls_own_result(tiny_tok, prefs, tmp_path):
+    """The DPO trainer's dataset preparation (issue 29) gives what TRL's own gives: the same
+    columns, rows, order and token ids, the pairs TRL drops (a prompt that fills max_length) left
+    out; a pair seen before in this process is not tokenized again."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from hhh_bench.train import dpo
+
+    rows = to_dpo_rows(prefs["helpful"][:12] + prefs["honest"][:12])
+    text = [tiny_tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+            for r in rows]  # fmt: skip
+    cut = max(len(tiny_tok(t, add_special_tokens=False)["input_ids"]) for t in text)
+    args = DPOConfig(output_dir=str(tmp_path), max_length=cut, report_to=[], bf16=False,
+                     use_cpu=True)  # fmt: skip
+    trainer = DPOTrainer.__new__(DPOTrainer)  # only its _prepare_dataset is asked
+    calls: list[int] = []
+
+    def trl(ds, tok, a, name):
+        calls.append(len(ds))
+        return DPOTrainer._prepare_dataset(trainer, ds, tok, a, name)
+
+    dpo._TOKENIZED.clear()
+    half = dpo._prepare_once(trl, Dataset.from_list(rows[:10]), tiny_tok, args, "train")
+    both = dpo._prepare_once(trl, Dataset.from_list(rows + rows[:3]), tiny_tok, args, "train")
+    again = dpo._prepare_once(trl, Dataset.from_list(rows), tiny_tok, args, "train")
+    assert calls == [10, len(rows) - 10]  # only the new pairs reach TRL, and none the third time
+    for got, want_rows in ((half, rows[:10]), (both, rows + rows[:3]), (again, rows)):
+        want = DPOTrainer._prepare_dataset(trainer, Dataset.from_list(want_rows), tiny_tok,
+                                           args, "train")  # fmt: skip
+        assert got.column_names == want.column_names
+        assert got.to_list() == want.to_list()
+    assert 0 < len(again) < len(rows)  # the longest prompts were dropped
+
+
+def test_margins_tokenize_each_pair_once(tiny_model, tiny_tok, prefs):
+    """The held-out margins remember each pair's token ids (issue 29): the same margins, the
+    pair rendered as TRL renders it, once per process."""
+    from hhh_bench.train import dpo
+
+    rows = prefs["honest"][:8]
+    dpo._SEQUENCES.clear()
+    first = logprob_margins(tiny_model, tiny_tok, rows)
+    assert len(dpo._SEQUENCES) == len(rows)
+    assert logprob_margins(tiny_model, tiny_tok, rows) == first
+    assert [dpo._sequences_once(tiny_tok, r, dpo.tokenization_key(tiny_tok)) for r in rows] == [
+        dpo._sequences(tiny_tok, r) for r in rows
+    ]
+    assert len(dpo._SEQUENCES) == len(rows)

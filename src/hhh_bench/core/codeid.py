@@ -16,6 +16,8 @@ from typing import Any
 
 import blake3
 
+from hhh_bench.core.environment import installed_version
+
 CODE_VERSIONS = ("torch", "transformers", "trl", "peft", "lm_eval")
 """The libraries whose versions every stage key holds (with hhh-bench's own version)."""
 
@@ -287,18 +289,11 @@ def code_identity(*items: Any) -> dict[str, Any]:
     """What a stage's key holds of the code that computes it: the BLAKE3 of each source file of
     ``items`` (module names, packages, modules, classes, functions; a plugin's module included),
     hhh-bench's version and the versions of :data:`CODE_VERSIONS`."""
-    from importlib import metadata
-
     from hhh_bench import __version__
 
     files: dict[str, str] = {}
     for item in items:
         for f in _source_files(item):
             files[_code_name(f)] = _file_blake3(f)
-    versions = {}
-    for name in CODE_VERSIONS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {name: installed_version(name) for name in CODE_VERSIONS}
     return {"hhh_bench": __version__, "versions": versions, "files": dict(sorted(files.items()))}

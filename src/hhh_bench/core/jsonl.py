@@ -21,10 +21,11 @@ class JsonLine:
     text: str = ""
 
 
-def json_lines(data: bytes) -> Iterator[JsonLine]:
+def json_lines(data: bytes, start: int = 1) -> Iterator[JsonLine]:
     """The non-blank lines of ``data``, in order, each parsed (lazily: a caller may stop at the
-    first bad one)."""
-    for i, raw in enumerate(data.split(b"\n"), start=1):
+    first bad one); ``start``: the number of ``data``'s first line (the tail of a file whose
+    earlier lines were read before)."""
+    for i, raw in enumerate(data.split(b"\n"), start=start):
         if not raw.strip():
             continue
         try:

@@ -19,11 +19,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hhh_bench.core.environment import describe_environment
+from hhh_bench.core.environment import describe_environment, installed_version
 from hhh_bench.core.hubref import resolved_revisions
 
 TRACKED_PACKAGES = (
@@ -48,11 +47,8 @@ _SECRET_HINTS = ("token", "secret", "password", "api_key", "apikey")
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     """Installed versions of the packages that decide our numbers (missing ones are omitted)."""
-    out = {}
-    for n in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[n] = metadata.version(n)
-    return out
+    versions = {n: installed_version(n) for n in names}
+    return {n: v for n, v in versions.items() if v is not None}
 
 
 def git_revision(path: str | Path | None = None) -> str | None:

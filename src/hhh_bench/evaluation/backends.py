@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -165,6 +166,32 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     return h.hexdigest()
 
 
+# (tokenizer fingerprint, chat template and its arguments, chat, add_generation_prompt) -> the
+# prompt HFLM.apply_chat_template renders: lm-eval renders every item's prompt again for each
+# evaluated model (~20k renders per toy seed)
+_RENDERED: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+
+def _template_key(lm: Any, chat: Any, add_generation_prompt: bool) -> tuple[Any, ...] | None:
+    """The memo key of one chat-template rendering of ``lm``'s tokenizer; None (not remembered)
+    for a tokenizer without a fast backend, a template that reads the clock (``strftime``) or a
+    chat that is not plain JSON."""
+    fingerprint = tokenizer_fingerprint(lm.tokenizer)
+    template = getattr(lm.tokenizer, "chat_template", None)
+    if fingerprint is None or "strftime" in repr(template):
+        return None
+    try:
+        return (
+            fingerprint,
+            repr(template),
+            json.dumps(getattr(lm, "chat_template_args", None) or {}, sort_keys=True),
+            json.dumps(chat, sort_keys=True),
+            bool(add_generation_prompt),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def _hf_lm_class() -> type:
     """lm-eval's ``HFLM`` whose context/continuation encodings are remembered across instances
@@ -173,6 +200,20 @@ def _hf_lm_class() -> type:
     from lm_eval.models.huggingface import HFLM
 
     class CachedEncodingHFLM(HFLM):
+        def apply_chat_template(
+            self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+        ) -> str:
+            key = _template_key(self, chat_history, add_generation_prompt)
+            if key is None:
+                return super().apply_chat_template(chat_history, add_generation_prompt)
+            hit = _RENDERED.get(key)
+            if hit is None:
+                hit = super().apply_chat_template(chat_history, add_generation_prompt)
+                _RENDERED[key] = hit
+                if len(_RENDERED) > _ENCODED_MAX:
+                    _RENDERED.popitem(last=False)
+            return hit
+
         def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
             fingerprint = tokenizer_fingerprint(self.tokenizer)
             if fingerprint is None:

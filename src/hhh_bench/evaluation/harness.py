@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -369,6 +370,67 @@ def _env_info_once() -> Iterator[None]:
         ev.add_env_info = original
 
 
+# (the call's arguments, the data files' sha256) -> the DatasetDict datasets.load_dataset returned
+_LOADED: OrderedDict[str, Any] = OrderedDict()
+_LOADED_MAX = 256
+
+
+def _local_load_key(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+    """The memo key of a ``datasets.load_dataset`` call whose data are local files only
+    (``data_files``, every one an existing file): its other arguments and each file's sha256
+    (never its path). None for any other call (a hub dataset, a folder, an argument that is
+    not plain JSON): those are not remembered."""
+    files = kwargs.get("data_files")
+    if not files or any(isinstance(a, (bytes, bytearray)) for a in args):
+        return None
+    groups = files if isinstance(files, Mapping) else {"": files}
+    digests: dict[str, list[str]] = {}
+    for split, paths in groups.items():
+        for path in [paths] if isinstance(paths, (str, Path)) else list(paths):
+            if not isinstance(path, (str, Path)) or not Path(path).is_file():
+                return None
+            h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            digests.setdefault(str(split), []).append(h)
+    rest = {k: v for k, v in kwargs.items() if k != "data_files"}
+    try:
+        return json.dumps({"args": list(args), "kwargs": rest, "files": digests}, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _local_datasets_once() -> Iterator[None]:
+    """lm-eval builds every task anew for each evaluated model, and each build loads the task's
+    items with ``datasets.load_dataset`` (the toy world's tasks: local JSON files, ~9 ms a load
+    through datasets' builder and cache, 330 loads per seed). Within this context a load of
+    local files only (:func:`_local_load_key`) is made once per content and the same
+    ``DatasetDict`` handed out again: lm-eval only reads it (a split is indexed, or mapped into
+    a new dataset by ``process_docs``). Any other load goes to ``datasets`` as it is."""
+    import datasets
+
+    original = datasets.load_dataset
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        key = _local_load_key(args, kwargs)
+        if key is None:
+            return original(*args, **kwargs)
+        hit = _LOADED.get(key)
+        if hit is None:
+            hit = original(*args, **kwargs)
+            _LOADED[key] = hit
+            if len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
+        else:
+            _LOADED.move_to_end(key)
+        return hit
+
+    datasets.load_dataset = load
+    try:
+        yield
+    finally:
+        datasets.load_dataset = original
+
+
 def _sample_stderr(values: Sequence[float]) -> float | None:
     """Standard error of a mean (sample std with ddof=1 over sqrt(n)), as lm-eval's ``mean``."""
     n = len(values)
@@ -542,7 +604,7 @@ def evaluate_model(
     if backend == "hf":
         model.eval()
     t0 = time.perf_counter()
-    with _quiet(quiet), _env_info_once():
+    with _quiet(quiet), _env_info_once(), _local_datasets_once():
         tm = TaskManager(
             include_path=str(include_path) if include_path else None,
             include_defaults=include_defaults,

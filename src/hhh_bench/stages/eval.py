@@ -87,7 +87,7 @@ def run_eval(
     Returns:
         ``{"dir", "key", "metrics", "scores", "row", "cached", "appended", "store"}``.
     """
-    from hhh_bench.tracking.store import append_result, build_row, read_results
+    from hhh_bench.tracking.store import append_result, build_row, is_base_of, read_results
     from hhh_bench.tracking.store import base_scores as stored_base
 
     if split not in SPLIT_SUFFIX:
@@ -131,8 +131,11 @@ def run_eval(
         "seed": seed,
     }
     ref = reference_items(  # the results store is read only when no base is given
-        lambda: read_results(results_path(cfg)), model, own_dir=run.dir, base_scores=base_scores,
-        **where,
+        lambda: read_results(
+            results_path(cfg),
+            where=lambda r: is_base_of(r, split, str(cfg.eval.name), where["data_key"]),
+        ),
+        model, own_dir=run.dir, base_scores=base_scores, **where,
     )  # fmt: skip
     metrics, judged_ctx, judged_fields = extra_scores(run.info, specs, run.dir, ref)
     if model.get("kind", "base") == "base" and base_scores is None:

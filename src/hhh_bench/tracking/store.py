@@ -35,7 +35,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -474,21 +474,37 @@ def _set_aside_torn_tail(f: Any, path: Path) -> None:
     )
 
 
-_PARSED: dict[str, tuple[tuple[int, int, int], list[_Line]]] = {}
+_PARSED: dict[str, tuple[tuple[int, int, int], bytes, list[_Line]]] = {}
 """The lines of each store read in this process, by path, with the file's (inode, size, mtime)
-when read: a pipeline checks the store once per evaluated model, so an unchanged file is parsed
-once (a changed one again, whole)."""
+and bytes when read: a pipeline checks the store once per evaluated model, so an unchanged file
+is parsed once, and a file that only grew by whole lines (an append) has only its new lines
+parsed; any other change, the file parsed again, whole."""
 
 
 @dataclass(frozen=True)
 class _Line:
     """One non-blank line of a store: its number, the parsed value (when it parsed), whether it
-    is torn (an unfinished write: no closing brace) and why it did not parse."""
+    is torn (an unfinished write: no closing brace) and why it did not parse. ``verdict`` holds
+    :func:`check_row`'s outcome once asked (:func:`_verdict`), so that a line is checked once
+    per process, not once per read of the store."""
 
     number: int
     value: Any = None
     torn: bool = False
     error: str | None = None
+    verdict: list[str | None] = field(default_factory=list, compare=False, repr=False)
+
+
+def _verdict(line: _Line) -> str | None:
+    """Why ``line``'s row is invalid (:func:`check_row`'s message), or None: computed on the
+    first call, remembered on the line (its value is not changed by readers, who get copies)."""
+    if not line.verdict:
+        try:
+            check_row(line.value)
+            line.verdict.append(None)
+        except ValueError as e:
+            line.verdict.append(str(e))
+    return line.verdict[0]
 
 
 REPEATED = "a later line repeats its row key (the latest is used)"
@@ -534,10 +550,20 @@ def _lines_of(f: Any, path: Path) -> list[_Line]:
     ident = (st.st_ino, st.st_size, st.st_mtime_ns)
     memo = _PARSED.get(str(path))
     if memo is not None and memo[0] == ident:
-        return memo[1]
+        return memo[2]
     f.seek(0)
-    lines = _parse(f.read())
-    _PARSED[str(path)] = (ident, lines)
+    data = f.read()
+    if (
+        memo is not None
+        and memo[0][0] == st.st_ino
+        and memo[1].endswith(b"\n")
+        and data.startswith(memo[1])
+    ):  # whole lines appended: parse them only
+        old = memo[1]
+        lines = memo[2] + _parse(data[len(old) :], start=old.count(b"\n") + 1)
+    else:
+        lines = _parse(data)
+    _PARSED[str(path)] = (ident, data, lines)
     return lines
 
 
@@ -551,13 +577,13 @@ def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
     return [ln.value for ln in lines if isinstance(ln.value, dict) and "row_key" in ln.value]
 
 
-def _parse(data: bytes) -> list[_Line]:
-    """The store's lines; a line that is valid UTF-8 but not valid JSON and lacks its closing
-    brace is torn (an unfinished write)."""
+def _parse(data: bytes, start: int = 1) -> list[_Line]:
+    """The store's lines (``start``: the number of ``data``'s first line); a line that is valid
+    UTF-8 but not valid JSON and lacks its closing brace is torn (an unfinished write)."""
     return [
         _Line(ln.number, ln.value, error=ln.error,
               torn=bool(ln.error) and ln.utf8 and not ln.text.rstrip().endswith("}"))
-        for ln in json_lines(data)
+        for ln in json_lines(data, start)
     ]  # fmt: skip
 
 
@@ -622,7 +648,14 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
     Raises:
         StoreError: an invalid line (``skip_invalid`` false), naming the file and line.
     """
-    path = Path(path)
+    scan = _scan(Path(path), skip_invalid)
+    # a caller may change its rows, nested fields too: never the memo's (_PARSED)
+    scan.rows = [_rebased(copy.deepcopy(r), scan.path.parent) for r in scan.rows]
+    return scan
+
+
+def _scan(path: Path, skip_invalid: bool) -> StoreScan:
+    """:func:`scan_results` with the memo's own row objects (never to be changed or handed out)."""
     scan = StoreScan(path)
     if path.exists() and not path.is_file():
         raise StoreError(f"results store {path} is not a file (a folder?): move it aside")
@@ -638,13 +671,9 @@ def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
             continue
         reason = CUT_SHORT if ln.torn else ln.error
         if reason is None:
-            try:
-                check_row(ln.value)
-            except ValueError as e:
-                reason = str(e)
+            reason = _verdict(ln)
         if reason is None:
-            # a caller may change its rows, nested fields too: never the memo's (_PARSED)
-            scan.rows.append(_rebased(copy.deepcopy(ln.value), path.parent))
+            scan.rows.append(ln.value)
             scan.lines.append(ln.number)
         elif skip_invalid:
             scan.skipped.append(SkippedLine(ln.number, reason))
@@ -676,16 +705,26 @@ def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def read_results(
-    path: str | Path, *, dedupe: bool = True, skip_invalid: bool = False
+    path: str | Path,
+    *,
+    dedupe: bool = True,
+    skip_invalid: bool = False,
+    where: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """All rows of a store, in file order; with ``dedupe`` the last row per ``row_key``.
 
     Every line is checked (:func:`scan_results`): an invalid one raises :class:`StoreError`
     naming the file and line, or with ``skip_invalid`` is left out. A torn line is skipped with
-    a :class:`RuntimeWarning`. A missing file reads as no rows.
+    a :class:`RuntimeWarning`. A missing file reads as no rows. ``where``: keep only the rows
+    it is true of (asked after ``dedupe``, of the row as stored, before its paths are rebased),
+    and copy only those: a reader that needs a few rows of a long store (the base's, once per
+    evaluated model) then does not copy all of them.
     """
-    scan = scan_results(path, skip_invalid=skip_invalid)
-    return scan.latest() if dedupe else scan.rows
+    scan = _scan(Path(path), skip_invalid)
+    rows = list(_dedupe(scan.rows).values()) if dedupe else scan.rows
+    if where is not None:
+        rows = [r for r in rows if where(r)]
+    return [_rebased(copy.deepcopy(r), scan.path.parent) for r in rows]
 
 
 DIAGNOSTICS_REQUIRED = ("row_key", "label", "num_models", "model", "layer_types", "params")
@@ -940,19 +979,23 @@ def build_row(
     return row
 
 
+def is_base_of(row: Mapping[str, Any], split: str, suite: str, data_key: str | None) -> bool:
+    """Whether ``row`` is a base model's row of this split, suite and data (the reference of the
+    deltas and win rates of the models evaluated there)."""
+    return (
+        row["kind"] == "base"
+        and row.get("split") == split
+        and row.get("suite") == suite
+        and row.get("data_key") == data_key
+    )
+
+
 def base_scores(
     store: str | Path, *, split: str, suite: str, data_key: str | None, seed: Any
 ) -> dict[str, float] | None:
     """The base model's scores of this split, suite and data from the store (latest row; same
     seed preferred), or None."""
-    rows = [
-        r
-        for r in read_results(store)
-        if r["kind"] == "base"
-        and r.get("split") == split
-        and r.get("suite") == suite
-        and r.get("data_key") == data_key
-    ]
+    rows = read_results(store, where=lambda r: is_base_of(r, split, suite, data_key))
     if not rows:
         return None
     same = [r for r in rows if r.get("seed") == seed]
