@@ -138,6 +138,13 @@ def check_eval(ecfg: Any) -> None:
     suite_tasks(dataclasses.asdict(ecfg) if dataclasses.is_dataclass(ecfg) else dict(ecfg),
                 "test")  # fmt: skip
     check_columns(getattr(ecfg, "columns", None))
+    gen = getattr(ecfg, "gen_kwargs", None) or {}
+    toks = gen.get("max_gen_toks") if isinstance(gen, Mapping) else None
+    if toks is not None and (isinstance(toks, bool) or not isinstance(toks, int) or toks < 1):
+        raise ValueError(
+            f"eval.gen_kwargs.max_gen_toks={toks!r} must be an integer >= 1 (the most tokens an "
+            "answer may have)"
+        )
     from hhh_bench.evaluation.serving import ServerSpec
 
     spec = ServerSpec.from_config(getattr(ecfg, "server", None))  # keys and values, before work

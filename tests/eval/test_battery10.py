@@ -80,3 +80,12 @@ def test_configurations_are_not_called_merge_methods():
     assert _how({**choice, "methods": 9}, "merge methods").startswith(
         "chosen on validation from 9 merge methods"
     )
+
+
+def test_zero_answer_tokens_are_refused_before_work(tmp_path):
+    from conftest import compose
+    from hhh_bench.pipeline import prepare
+
+    cfg = compose([f"root={tmp_path}", "logger=none", "+eval.gen_kwargs={max_gen_toks: 0}"])
+    with pytest.raises(ValueError, match=r"eval.gen_kwargs.max_gen_toks=0 must be an integer >= 1"):
+        prepare(cfg)
