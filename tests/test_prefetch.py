@@ -19,8 +19,11 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk"))
+    # nltk reads $NLTK_DATA once, when first imported (into nltk.data.path, which monkeypatch
+    # later restores as it was): imported here before the variable points at this folder, or
+    # every later test of this process would search it first
     monkeypatch.setattr("nltk.data.path", [str(tmp_path / "nltk")])
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk"))
     # the base model in the hub cache at its pinned commit: present
     snap = tmp_path / "hub" / "models--meta-llama--Meta-Llama-3-8B-Instruct" / "snapshots" / SHA
     snap.mkdir(parents=True)
