@@ -5,6 +5,11 @@ the network made unreachable (tests/test_rehearsal_pipeline.py: no download atte
 
 from __future__ import annotations
 
+# nltk binds its downloader's error stream (a default argument: sys.stderr) when first
+# imported: imported inside a test, that is the test's capsys stream, closed after it, and a
+# later test whose lm-eval task calls nltk.download (IFEval, offline) fails writing to it.
+# Imported here, at collection, it binds the session's stream.
+import nltk
 import pytest
 
 from hhh_bench.cli import SUBCOMMANDS
@@ -19,9 +24,8 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    # nltk reads $NLTK_DATA once, when first imported (into nltk.data.path, which monkeypatch
-    # later restores as it was): imported here before the variable points at this folder, or
-    # every later test of this process would search it first
+    # nltk read $NLTK_DATA once, at import (above): this test's folder is never in the path
+    # monkeypatch restores
     monkeypatch.setattr("nltk.data.path", [str(tmp_path / "nltk")])
     monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk"))
     # the base model in the hub cache at its pinned commit: present
@@ -49,7 +53,6 @@ def test_fetch_takes_each_model_at_its_pin_in_safetensors_and_names_what_it_cann
     tmp_path, capsys, monkeypatch
 ):  # fmt: skip
     import huggingface_hub
-    import nltk
 
     from hhh_bench import prefetching
     from hhh_bench.data.sources import loader
