@@ -121,7 +121,8 @@ def eval_payload(
     files = needed_files(specs, data_paths(ecfg, data), known_tasks(ecfg, specs, names))
     harness = {k: v for k, v in ecfg.items() if k not in (*REPORT_ONLY, *SCORING_ONLY)}
     harness.pop("data_files", None)
-    harness.pop("batch_size", None)  # padding only: does not change the numbers
+    # batch_size stays in the key: batching changes the padding and the order of float sums, so
+    # the last bits of log-likelihoods (measured on this CPU: 77 of 1,680 at 256 against 16)
     harness.pop("include_paths", None)  # by content below, not by where the folders are
     server = harness.pop("server", None)  # where it listens and how long to wait: not numbers
     if harness.get("backend") == "server":
