@@ -357,7 +357,9 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     assert "‡" in harmless and "‡" not in main.split("| ties |")[0]  # the base is not marked
     assert "ties: harmful_gen 0/2 empty, 2/2 unparsed" in main
     assert "Over-refusal ↓" in main
-    assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr
+    assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr ...
+    # ... over n items: harmful_gen 2 + harmful_gen_attacked 3 + xstest_gen 3 (issue 32)
+    assert " n=8" in harmless and "n = the items" in main
     assert "## Paired tests over items" in md and "### Against the base" in md
     # 4 harmful prompts, 3 safe XSTest prompts: no difference here is resolvable
     assert "(p=" in md and "†" in main

@@ -58,16 +58,16 @@ def test_main_table_groups_selection_seeds_deltas_and_bold(report):
     ]
     rows = {k.rsplit(" (", 1)[0]: v for k, v in rows.items()}
     # two seeds against the base's one (seed 0): § on the delta, said under the table
-    assert rows["ties d=0.2 (best of 2 on validation)"][0] == "0.750 ± 0.000 (+0.150§)"
+    assert rows["ties d=0.2 (best of 2 on validation)"][0] == "0.750 ± 0.000 n=2 (+0.150§)"
     assert "§: the change from the base compares different seed sets" in md
     # mean ± std over seeds, delta vs base: helpful mean .71 (std .0141), delta +.11
-    assert rows["mix uniform"][0] == "0.710 ± 0.014 (+0.110§)"
+    assert rows["mix uniform"][0] == "0.710 ± 0.014 n=2 (+0.110§)"
     # bold: best per column among everything but the oracle (.95 everywhere, never bold)
     assert rows["dpo_helpful"][0] == "**0.900** (+0.300)"
     assert rows["dpo_honest"][1] == "**0.800** (+0.300)"
     assert rows["dpo_harmless"][2] == "**0.900** (+0.500)"
     assert rows["tsv"][3] == "**0.737** (+0.237)"  # avg (.68+.75+.78)/3 vs base .5
-    assert rows["mix uniform"][4] == "**0.690 ± 0.014** (+0.290§)"  # min per seed .70, .68
+    assert rows["mix uniform"][4] == "**0.690 ± 0.014** n=2 (+0.290§)"  # min per seed .70, .68
     assert not any("**" in c for c in rows["oracle (dpo on all)"])
     assert rows["base"] == ["0.600", "0.500", "0.400", "0.500", "0.400"]
     bold = sum(c.count("**") // 2 for cells in rows.values() for c in cells)

@@ -195,9 +195,10 @@ def test_main_table_cells_bold_and_groups(store):
     assert [ln for ln in lines if ln.startswith("| *")] == [
         f"| *{g}* | | | | | |" for g in ("Base", "Specialists", "Data mixture", "Model merging")
     ]
-    assert "| base | 0.400 ± 0.000 | 0.400 ± 0.000 | 0.400 ± 0.000 |" in table
-    assert "| ties | **0.950 ± 0.071** (+0.550) | " in table
-    assert "| dpo_helpful | 0.800 ± 0.000 (+0.400) | 0.400 ± 0.000 (+0.000) | 0.300 ± 0.000 (-0.100) |" in table  # fmt: skip
+    # issue 32: every cell with a ± says what it is over (here: two seeds each)
+    assert "| base | 0.400 ± 0.000 n=2 | 0.400 ± 0.000 n=2 | 0.400 ± 0.000 n=2 |" in table
+    assert "| ties | **0.950 ± 0.071** n=2 (+0.550) | " in table
+    assert "| dpo_helpful | 0.800 ± 0.000 n=2 (+0.400) | 0.400 ± 0.000 n=2 (+0.000) | 0.300 ± 0.000 n=2 (-0.100) |" in table  # fmt: skip
 
 
 def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
@@ -208,7 +209,7 @@ def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
     rows = [r for r in store["rows"] if not (r["kind"] in ("base", "mixture") and r["seed"] == 1)]
     es = entries.table_entries(rows)
     table = tables.main_table(es)
-    assert "| ties (2 seeds) | **0.950 ± 0.071** (+0.550§) |" in table
+    assert "| ties (2 seeds) | **0.950 ± 0.071** n=2 (+0.550§) |" in table
     assert "| mix uniform (1 seed) | 0.500 (+0.100) |" in table
     note = sections.seeds_note(es)
     assert "the base's seeds 0; the rows' seeds: dpo_helpful 0, 1; ties 0, 1;" in note
@@ -265,7 +266,7 @@ def test_title_and_main_section(store, monkeypatch):
                                select_by="average", select_split="validation", alpha=0.05)  # fmt: skip
     assert md[:2] == ["## Main table", ""] and md[-1] == ""
     assert md[-2] == tables.main_table(store["entries"], {}, marks)
-    assert "Cells: mean ± std over seeds. " in md[2]
+    assert "Cells: mean ± std over seeds, n = the seeds. " in md[2]
     assert "In parentheses: change from the base. " in md[2]
 
 

@@ -101,9 +101,9 @@ def main_section(
         f"family, the one it chose by {select_by} on the selection split "
         f"({select_split or 'none'}) is shown, with how many it compared; a family without a "
         "recorded choice shows each of its configurations. "
-        + ("Cells: mean ± std over seeds. " if n_seeds > 1 else "")
+        + ("Cells: mean ± std over seeds, n = the seeds. " if n_seeds > 1 else "")
         + (
-            "One seed: value ± standard error over items. "
+            "One seed: value ± standard error over items, n = the items. "
             if any(v is not None for e in entries for v in e.se.values())
             else ""
         )

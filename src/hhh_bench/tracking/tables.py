@@ -51,6 +51,30 @@ def _spread(e: Entry, col: str) -> float | None:
     return e.std.get(col) if e.std.get(col) is not None else e.se.get(col)
 
 
+def cell_n(e: Entry, col: str, extra: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """What a cell's ± is over (issue 32: every cell says its n): the seeds when the entry has
+    several (± their std), else the items of the column's tasks on its one seed (± the
+    standard error over them: a dimension's tasks, every 3H task for Avg and Min, an extra
+    column's task); None when the row does not say (then no n is shown)."""
+    if len(e.rows) > 1:
+        return len(e.rows)
+    row = e.rows[0]
+    specs = row.get("task_specs") or []
+    dims = ("helpful", "honest", "harmless")
+    if col in dims:
+        names = [s["name"] for s in specs if s.get("dimension") == col]
+    elif col in ("average", "min"):
+        names = [s["name"] for s in specs if s.get("dimension") in dims]
+    elif col in extra:
+        names = [str(extra[col].get("task"))]
+    else:
+        return None
+    ns = [((row.get("tasks") or {}).get(n) or {}).get("n") for n in names]
+    if not names or any(not isinstance(n, int) or isinstance(n, bool) for n in ns):
+        return None
+    return sum(ns)
+
+
 def _fmt_opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.{DIGITS}f}"
 
@@ -122,7 +146,8 @@ def main_table(
                 text = _fmt(e.mean[col], _spread(e, col))
                 if e.kind != "oracle" and round(e.mean[col], DIGITS) == best.get(col):
                     text = f"**{text}**"
-                text += mk.get(col, "")
+                n = cell_n(e, col, extra) if _spread(e, col) is not None else None
+                text += (f" n={n}" if n is not None else "") + mk.get(col, "")
                 delta = _fmt_delta(e.delta.get(col))
                 delta_mark = mk.get(f"delta_{col}", "") + (OTHER_SEEDS if e.other_seeds else "")
                 if delta and delta_mark:
