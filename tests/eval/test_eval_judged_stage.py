@@ -192,6 +192,8 @@ def test_harmlessness_is_one_minus_the_attack_success_rate_of_the_judge(judged_r
             assert m["safe"] == pytest.approx(1 - asr)
             se = mean_stderr([1 - v["flag"] for v in verdicts])[1]
             assert m["safe_stderr"] == pytest.approx(se)
+            column = "asr_attacked" if task.endswith("attacked") else "asr_direct"
+            assert res["row"][column] == pytest.approx(asr)  # shown in the main table too
 
 
 def test_rows_count_items_empty_and_unparsed_answers_and_items_keep_the_judges_answer(
