@@ -414,6 +414,10 @@ def _prepare_once(prepare: Any, dataset: Any, tokenizer: Any, args: Any, name: s
 
     if not isinstance(dataset, Dataset) or list(dataset.column_names) != list(DPO_COLUMNS):
         return prepare(dataset, tokenizer, args, name)
+    if getattr(args, "world_size", 1) > 1:  # several ranks: TRL's reference log-probs are
+        # cached beside the dataset's files, which every rank must share (_on_disk_for_every_rank);
+        # a dataset rebuilt here would live in each process's own temporary folder
+        return prepare(dataset, tokenizer, args, name)
     key = tokenization_key(tokenizer, args.max_length, args.truncation_mode)
     if key is None:
         return prepare(dataset, tokenizer, args, name)
