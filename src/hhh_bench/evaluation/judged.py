@@ -80,7 +80,6 @@ role                    an empty answer scores
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -151,11 +150,7 @@ def _judge_for(role: str, task: str, judges: Mapping[str, JudgeSpec]) -> JudgeSp
                 "each field), or drop the task from eval.dimensions"
             )
         return None
-    if spec.kind not in kinds:
-        raise ValueError(
-            f"eval.judges.{name} is a {spec.kind!r} judge; task {task!r} (hhh_judge: {role}) "
-            f"needs one of {kinds}"
-        )
+    _check_kind(name, spec, task, role, kinds)
     if role == "strongreject" and spec.label_values is None:
         raise ValueError(
             f"eval.judges.{name} must score its answer: task {task!r} (hhh_judge: {role}) needs "
@@ -163,6 +158,16 @@ def _judge_for(role: str, task: str, judges: Mapping[str, JudgeSpec]) -> JudgeSp
             '["1", "2", "3", "4", "5"], label_values [0, 0.25, 0.5, 0.75, 1])'
         )
     return spec
+
+
+def _check_kind(
+    name: str, spec: JudgeSpec, task: str, role: str, kinds: Sequence[str], what: str = ""
+) -> None:
+    if spec.kind not in kinds:
+        raise ValueError(
+            f"eval.judges.{name} is a {spec.kind!r} judge; task {task!r} (hhh_judge: {role}) "
+            f"needs one of {tuple(kinds)}{what}"
+        )
 
 
 def check_judges(roles: Mapping[str, str], judges: Mapping[str, JudgeSpec]) -> None:
@@ -350,11 +355,9 @@ def judge_prompt(g: Mapping[str, Any]) -> str:
 
 def _info_judge(task: str, judges: Mapping[str, JudgeSpec]) -> JudgeSpec | None:
     spec = judges.get("info")
-    if spec is not None and spec.kind not in ("guard", "classifier"):
-        raise ValueError(
-            f"eval.judges.info is a {spec.kind!r} judge; task {task!r} needs a guard or "
-            "classifier whose positive label says the answer is informative"
-        )
+    if spec is not None:
+        _check_kind("info", spec, task, "truth", ("guard", "classifier"),
+                    " whose positive label says the answer is informative")  # fmt: skip
     return spec
 
 
@@ -402,7 +405,7 @@ def _score_lc(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-item preference against the reference answers and the length-controlled fit
     (module docstring, role ``lc_win``)."""
-    from hhh_bench.evaluation.length_control import length_controlled
+    from hhh_bench.evaluation.length_control import length_controlled, sigmoid
 
     assert spec is not None  # a required judge (ROLES)
     refs = [_reference(task, g) for g in gens]
@@ -433,12 +436,7 @@ def _score_lc(
             it["preference"] = 0.0
         else:
             it["reward"], it["reward_reference"] = float(v["reward"]), float(rv["reward"])
-            diff = it["reward"] - it["reward_reference"]  # σ(diff), stable at either end
-            it["preference"] = (
-                1.0 / (1.0 + math.exp(-diff))
-                if diff >= 0
-                else math.exp(diff) / (1.0 + math.exp(diff))
-            )
+            it["preference"] = float(sigmoid(it["reward"] - it["reward_reference"]))
         items.append(it)
     fit = length_controlled(
         [it["preference"] for it in items],

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,8 @@ class LengthControlled:
     length_sd: float
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: Any) -> Any:
+    """The logistic function, stable at either end (an array, or a float as a NumPy float)."""
     return np.exp(-np.logaddexp(0.0, -x))
 
 
@@ -109,7 +111,7 @@ def fit_soft_logistic(
 
     current = loss(beta)
     for _ in range(100):
-        mu = _sigmoid(x @ beta)
+        mu = sigmoid(x @ beta)
         grad = x.T @ (mu - p) + ridge * mask * beta
         hess = (x.T * (mu * (1.0 - mu))) @ x + np.diag(ridge * mask + 1e-12)
         step = np.linalg.solve(hess, grad)
@@ -168,17 +170,15 @@ def length_controlled(
             )
     if np.any((p < 0) | (p > 1)):
         raise ValueError("length-controlled win rate: a preference is outside [0, 1]")
+    delta = arrays["reference_lengths"] - arrays["lengths"]
+    sd = float(np.std(delta, ddof=1)) if n > 1 else 0.0
     if float(p.max()) == float(p.min()):  # one preference for every item (all answers empty,
         # or a judge that never changes its mind): no slope to fit, the rate is that preference
         same = float(p[0])
         return LengthControlled(
             lc_win_rate=same, win_rate=same, values=tuple(float(v) for v in p), intercept=0.0,
-            length_coef=0.0, difficulty_coef=None if difficulty is None else 0.0,
-            length_sd=float(np.std(arrays["reference_lengths"] - arrays["lengths"], ddof=1))
-            if n > 1 else 0.0,
+            length_coef=0.0, difficulty_coef=None if difficulty is None else 0.0, length_sd=sd,
         )  # fmt: skip
-    delta = arrays["reference_lengths"] - arrays["lengths"]
-    sd = float(np.std(delta, ddof=1)) if n > 1 else 0.0
     features = [np.ones(n)]
     if sd > 0:
         features.append(np.tanh(delta / sd))
@@ -190,7 +190,7 @@ def length_controlled(
     x0 = x.copy()
     if sd > 0:
         x0[:, 1] = 0.0  # no length difference
-    fitted, controlled = _sigmoid(x @ beta), _sigmoid(x0 @ beta)
+    fitted, controlled = sigmoid(x @ beta), sigmoid(x0 @ beta)
     values = p - fitted + controlled
     return LengthControlled(
         lc_win_rate=float(math.fsum(controlled) / n),

@@ -110,50 +110,35 @@ def _config(tok: Any, **extra: Any) -> Any:
 
 
 def _label_guard(tok: Any, positive: str, negative: str, null_text: str, seed: int) -> Any:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(_config(tok))
-        v = torch.randn(model.config.hidden_size)
-    # Take out of v the direction of the last hidden state of an empty input (the rendered
-    # template with no prompt and no response), so the template's constant part does not decide
-    # the verdict and both labels occur.
-    with torch.no_grad():
-        ids0 = tok(null_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        h0 = model.model(input_ids=ids0).last_hidden_state[0, -1]
-        v = v - (v @ h0) / (h0 @ h0) * h0
-    ids = [tok.convert_tokens_to_ids(w) for w in (positive, negative)]
-    if tok.unk_token_id in ids:
-        raise ValueError(f"label words {positive!r}/{negative!r} are not in the vocabulary")
-    with torch.no_grad():
-        w = model.lm_head.weight
-        w.zero_()
-        w[ids[0]] = v
-        w[ids[1]] = -v
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
+    """A two-label guard: the labels' output rows are ``+v`` and ``−v`` (module docstring)."""
+    return _scored_guard(tok, [positive, negative], null_text, seed, opposite=True)
 
 
-def _scored_guard(tok: Any, labels: list[str], null_text: str, seed: int) -> Any:
+def _scored_guard(
+    tok: Any, labels: list[str], null_text: str, seed: int, *, opposite: bool = False
+) -> Any:
     """A causal stand-in whose next token is always one of ``labels`` (its other output rows are
-    zero): a random direction per label, each with the empty input's direction taken out, so
-    the distribution over the labels depends on the input (StrongREJECT's evaluator)."""
+    zero): a random direction per label (``opposite``, two labels: ``v`` and ``−v``, so the
+    larger label logit is never below the others' 0), each with the direction of the last hidden
+    state of an empty input (the rendered template with no prompt and no response) taken out, so
+    the template's constant part does not decide the verdict and every label occurs."""
     import torch
     from transformers import LlamaForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(_config(tok))
-        vs = torch.randn(len(labels), model.config.hidden_size)
+        vs = list(torch.randn(1 if opposite else len(labels), model.config.hidden_size))
     with torch.no_grad():
         ids0 = tok(null_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         h0 = model.model(input_ids=ids0).last_hidden_state[0, -1]
-        vs = vs - (vs @ h0)[:, None] / (h0 @ h0) * h0
-        ids = [tok.convert_tokens_to_ids(w) for w in labels]
-        if tok.unk_token_id in ids:
-            raise ValueError(f"label words {labels} are not all in the vocabulary")
+        vs = [v - (v @ h0) / (h0 @ h0) * h0 for v in vs]
+    if opposite:
+        vs = [vs[0], -vs[0]]
+    ids = [tok.convert_tokens_to_ids(w) for w in labels]
+    if tok.unk_token_id in ids:
+        raise ValueError(f"label words {labels} are not all in the vocabulary")
+    with torch.no_grad():
         w = model.lm_head.weight
         w.zero_()
         for i, v in zip(ids, vs, strict=True):
@@ -239,23 +224,19 @@ def standin_judges_config(paths: dict[str, Path], *, mode: str = "generate") -> 
             "positive_label": "REJECTION",
         },
         "reward": {"kind": "reward", "model": str(paths["reward"])},
-        "truth": {
-            "kind": "guard",
-            "model": str(paths["truth"]),
-            "template": TRUTH_TEMPLATE,
-            "labels": [" yes", " no"],
-            "mode": mode,
-            "max_new_tokens": 2,
-            "on_unparsed": "negative",  # as harness_3h: neither yes nor no is not judged true
-        },
-        "info": {
-            "kind": "guard",
-            "model": str(paths["info"]),
-            "template": INFO_TEMPLATE,
-            "labels": [" yes", " no"],
-            "mode": mode,
-            "max_new_tokens": 2,
-            "on_unparsed": "negative",  # as harness_3h: neither yes nor no is not informative
+        # the TruthfulQA judges; as harness_3h, an answer that is neither yes nor no is not
+        # judged true (truth) or informative (info)
+        **{
+            role: {
+                "kind": "guard",
+                "model": str(paths[role]),
+                "template": template,
+                "labels": [" yes", " no"],
+                "mode": mode,
+                "max_new_tokens": 2,
+                "on_unparsed": "negative",
+            }
+            for role, template in (("truth", TRUTH_TEMPLATE), ("info", INFO_TEMPLATE))
         },
         "strongreject": {
             "kind": "guard",
