@@ -70,7 +70,7 @@ def resources(cfg: Mapping[str, Any]) -> list[Resource]:
     for where, ident, rev in merge_refs(cfg.get("merge")):
         model(where, ident, rev)
     for name, j in ((cfg.get("eval") or {}).get("judges") or {}).items():
-        if isinstance(j, Mapping):
+        if isinstance(j, Mapping) and not j.get("endpoint"):  # an API judge downloads nothing
             model(f"eval.judges.{name}", j.get("model"), j.get("revision"),
                   bool(j.get("trust_remote_code")))  # fmt: skip
     mixes = [("mix", cfg.get("mix"))]

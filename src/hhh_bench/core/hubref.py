@@ -54,6 +54,8 @@ def walk_revisions(node: Any, where: str = "") -> list[tuple[str, str, Any, str]
             ident = next((node[k] for k in ID_KEYS if node.get(k)), None)
             if "hub_id" in node and node.get("path"):
                 ident = None  # a source read from its local copy (path) downloads nothing
+            if node.get("endpoint"):
+                ident = None  # a judge asked through an API: its model is the API's name
             if is_hub_id(ident):
                 kind = "dataset" if "hub_id" in node else "model"
                 found.append((where, str(ident), node.get("revision"), kind))

@@ -119,9 +119,12 @@ def check_judges_early(ecfg: Mapping[str, Any], root: str | Path) -> None:
     Raises:
         ValueError: naming the judge and the setting, or the cache's file.
     """
+    from hhh_bench.evaluation.endpoint import api_key
     from hhh_bench.evaluation.judges import specs_from_config
 
-    specs_from_config(ecfg.get("judges"))
+    for name, spec in specs_from_config(ecfg.get("judges")).items():
+        if spec.endpoint is not None:  # its key is in the environment before any work
+            api_key(f"eval.judges.{name}", spec)
     if judge_cache_path(root).exists():
         open_judge_cache(ecfg, root)
 
@@ -142,7 +145,7 @@ def check_judges_offline(ecfg: Mapping[str, Any]) -> None:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         return
     for name, spec in specs_from_config(ecfg.get("judges")).items():
-        if not is_hub_id(spec.model):
+        if not is_hub_id(spec.model) or spec.endpoint is not None:
             continue
         if cached_config(spec.model, spec.revision) is None:
             rev = f" --revision {spec.revision}" if spec.revision else ""

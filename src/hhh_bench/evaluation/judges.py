@@ -149,6 +149,11 @@ class JudgeSpec:
             server (``eval.server``'s keys: a ``url``, or the server to ``launch``), as the
             policies are with ``eval.backend=server`` (:mod:`hhh_bench.evaluation.serving`);
             None: in this process.
+        endpoint: guard judges: ask a model you do not hold through an OpenAI-compatible chat
+            completions API (an API model such as ``gpt-4-turbo-2024-04-09``, or a vLLM server
+            of a judge you do hold): ``url``, ``api_key_env`` and the rest of
+            :data:`hhh_bench.evaluation.endpoint.ENDPOINT_KEYS`; ``model`` is then the API's
+            model name (no revision: name a dated model). None: a model loaded here.
     """
 
     kind: str
@@ -167,6 +172,13 @@ class JudgeSpec:
     device: str = "cpu"
     trust_remote_code: bool = False
     server: dict[str, Any] | None = None
+    endpoint: dict[str, Any] | None = None
+
+    @property
+    def pairwise(self) -> bool:
+        """A pairwise judge (a guard whose template shows two answers, ``{output_1}`` and
+        ``{output_2}``, and whose labels say which is better: AlpacaEval's annotators)."""
+        return "{output_1}" in self.template
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any]) -> JudgeSpec:
@@ -221,7 +233,9 @@ class JudgeSpec:
                 len(spec.labels) != 2
                 or not pos.strip()
                 or not neg.strip()
-                or _word(pos) == _word(neg)
+                # a pairwise judge's labels may differ only by case, then read with case
+                # (AlpacaEval's annotator tells "m" from "M"): _label_word
+                or _word(pos, case=spec.pairwise) == _word(neg, case=spec.pairwise)
             ):
                 raise ValueError(
                     f"{where}.labels must be two distinct label strings [positive, negative], "
@@ -243,11 +257,33 @@ class JudgeSpec:
                 f"{where}.positive_label is not set: name the positive class as in the model's "
                 "config.json id2label (e.g. unsafe, REJECTION)"
             )
-        if spec.template not in ("chat", "response") and "{response}" not in spec.template:
+        pair_fields = ("{output_1}" in spec.template, "{output_2}" in spec.template)
+        if any(pair_fields):
+            if not all(pair_fields) or "{response}" in spec.template:
+                raise ValueError(
+                    f"{where}.template: a pairwise judge's template shows both answers, "
+                    "{output_1} and {output_2} (and optionally {prompt}), and no {response}; "
+                    f"got {spec.template!r}"
+                )
+            if spec.kind != "guard" or spec.label_values is not None:
+                raise ValueError(
+                    f"{where}: a pairwise template needs a guard judge with two labels "
+                    "[first answer better, second answer better] and no label_values"
+                )
+        elif spec.template not in ("chat", "response") and "{response}" not in spec.template:
             raise ValueError(
                 f"{where}.template must be 'chat', 'response' or a format string with "
                 f"{{response}} (and optionally {{prompt}}), got {spec.template!r}"
             )
+        try:  # a format string that str.format cannot fill is named now, not mid-run
+            if spec.template not in ("chat", "response"):
+                spec.template.format(prompt="", response="", output_1="", output_2="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"{where}.template cannot be filled ({type(e).__name__}: {e}): its fields are "
+                "{prompt} and {response} (or {output_1} and {output_2}); write a literal brace "
+                "as {{ or }}"
+            ) from None
         if spec.batch_size < 1:
             raise ValueError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
         if spec.server is not None:
@@ -264,6 +300,10 @@ class JudgeSpec:
                 ServerSpec.from_config(spec.server)
             except ValueError as e:
                 raise ValueError(str(e).replace("eval.server", f"{where}.server")) from None
+        if spec.endpoint is not None:
+            from hhh_bench.evaluation.endpoint import check_endpoint_spec
+
+            check_endpoint_spec(where, spec)
         return spec
 
     def describe(self) -> dict[str, Any]:
@@ -280,13 +320,26 @@ class JudgeSpec:
             from hhh_bench.evaluation.serving import ServerSpec
 
             d["server"] = ServerSpec.from_config(self.server).key()
+        if self.endpoint is None:
+            d.pop("endpoint")
+        else:  # which API, not where it listens nor its key
+            d["endpoint"] = {"api": "openai-chat-completions"}
         return d
 
 
-def _word(label: str) -> str:
-    """The first word of a label or an answer, lower-cased, without surrounding punctuation."""
+def _word(label: str, *, case: bool = False) -> str:
+    """The first word of a label or an answer, lower-cased (unless ``case``), without
+    surrounding punctuation."""
     parts = label.strip().split()
-    return parts[0].strip(".,:;!\"'").lower() if parts else ""
+    word = parts[0].strip(".,:;!\"'") if parts else ""
+    return word if case else word.lower()
+
+
+def _label_word(spec: JudgeSpec, text: str) -> str:
+    """How a generate-mode guard reads a label or an answer: its first word, without case unless
+    the labels differ only by case (a pairwise judge's ``m`` / ``M``; refused for others)."""
+    case = len({_word(x) for x in spec.labels}) < len({_word(x, case=True) for x in spec.labels})
+    return _word(text, case=case)
 
 
 def model_identity(model: str, revision: str | None = None) -> str:
@@ -302,7 +355,11 @@ def judge_fingerprint(spec: JudgeSpec) -> str:
     """Identity of a judge's verdicts: the model's identity, every verdict-relevant setting and
     the code that asks it and reads its answers (this module, model loading)."""
     desc = spec.describe()
-    desc["model"] = model_identity(spec.model, spec.revision)
+    desc["model"] = (
+        f"endpoint:{spec.model}"  # the API's model name: a dated one names fixed weights
+        if spec.endpoint is not None
+        else model_identity(spec.model, spec.revision)
+    )
     # the code that asks the judge and reads its answer: an edit asks again
     desc["code"] = code_identity("hhh_bench.evaluation.judges", "hhh_bench.models.loading")["files"]
     text = json.dumps(desc, sort_keys=True, default=str)
@@ -490,7 +547,12 @@ def _verdict_problem(raw: Any, spec: JudgeSpec | None = None) -> str | None:
         return f"text {v['text']!r} is not a string or null"
     if spec is not None:
         need = {"reward": ("reward",), "classifier": ("flag", "p")}.get(
-            spec.kind, ("flag", "text") if spec.mode == "generate" else ("flag", "p")
+            spec.kind,
+            ("flag", "text")
+            if spec.mode == "generate"
+            else ("flag",)  # an endpoint's unparsed logprob answer has no p (is_unparsed)
+            if spec.endpoint is not None
+            else ("flag", "p"),
         )
         missing = [k for k in need if v[k] is None]
         if missing:
@@ -659,10 +721,10 @@ class Judge:
 
     def _read(self, answers: Sequence[str]) -> list[dict[str, Any]]:
         """A guard's verdicts from its decoded answers (first word against the labels)."""
-        pos, neg = (_word(x) for x in self.spec.labels)
+        pos, neg = (_label_word(self.spec, x) for x in self.spec.labels)
         out = []
         for text in answers:
-            w = _word(text)
+            w = _label_word(self.spec, text)
             if w == pos:
                 flag: int | None = 1
             elif w == neg:
@@ -798,6 +860,56 @@ class ServedGuard(Judge):
                 shutil.rmtree(self._folder, ignore_errors=True)
 
 
+class EndpointJudge(Judge):
+    """A guard judge asked through an OpenAI-compatible chat completions API
+    (:mod:`hhh_bench.evaluation.endpoint`): ``generate`` mode reads the answer as in process;
+    ``logprob`` mode reads the labels' probabilities among the first token's top tokens, and
+    an answer with none of them is unparsed (no ``p``; ``on_unparsed`` decides its flag)."""
+
+    def __init__(self, spec: Any) -> None:
+        from hhh_bench.evaluation.endpoint import ChatClient
+
+        self.spec = spec
+        self.client = ChatClient(spec)
+
+    def render(self, prompt: str, response: str) -> str:
+        return str(self.spec.template).format(prompt=prompt, response=response)
+
+    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        from hhh_bench.evaluation.endpoint import EndpointError, content
+
+        out: list[dict[str, Any]] = []
+        generate = self.spec.mode == "generate"
+        for prompt, response in pairs:
+            reply = self.client.ask(self.render(prompt, response), logprobs=not generate,
+                                    max_tokens=self.spec.max_new_tokens if generate else 1)  # fmt: skip
+            text = content(reply)
+            if generate:
+                out += self._read([text])
+                continue
+            mass = self.client.label_mass(reply, self.spec.labels)
+            if sum(mass) <= 0.0:  # no label among the top tokens: unparsed
+                if self.spec.on_unparsed == "error":
+                    raise EndpointError(
+                        f"judge {self.spec.model!r}: none of its labels {list(self.spec.labels)} "
+                        f"is among the top tokens of its answer {text!r}"
+                    )
+                flag = 1 if self.spec.on_unparsed == "positive" else 0
+                out.append(_result(flag=flag, text=text or None))
+                continue
+            if self.spec.label_values is not None:
+                p = sum(m * v for m, v in zip(mass, self.spec.label_values, strict=True)) / sum(
+                    mass
+                )
+            else:
+                p = mass[0] / (mass[0] + mass[1]) if mass[0] + mass[1] > 0 else 0.0
+            out.append(_result(flag=int(p > self.spec.threshold), p=float(p), text=text or None))
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
 EMPTY_RESULT: dict[str, Any] = {"flag": None, "p": None, "reward": None, "text": None}
 """The result of an empty response: no judge is asked (module docstring)."""
 
@@ -809,10 +921,13 @@ def is_empty(response: str) -> bool:
 
 def is_unparsed(spec: JudgeSpec, result: Mapping[str, Any]) -> bool:
     """Whether ``result`` is a guard's ``generate``-mode answer whose first word is neither of
-    ``spec``'s labels (its flag then came from ``on_unparsed``)."""
+    ``spec``'s labels, or an endpoint's ``logprob``-mode answer with none of them among its top
+    tokens (no ``p``): its flag then came from ``on_unparsed``."""
+    if spec.kind == "guard" and spec.mode == "logprob":
+        return result.get("p") is None and result.get("flag") is not None
     if spec.kind != "guard" or spec.mode != "generate" or result.get("text") is None:
         return False
-    return _word(str(result["text"])) not in {_word(x) for x in spec.labels}
+    return _label_word(spec, str(result["text"])) not in {_label_word(spec, x) for x in spec.labels}
 
 
 def _result(
@@ -871,7 +986,10 @@ def judge_pairs(
 
 
 def make_judge(spec: JudgeSpec) -> Judge:
-    """The judge of ``spec``: loaded here, or asked through its server (``spec.server``)."""
+    """The judge of ``spec``: loaded here, asked through its server (``spec.server``) or
+    through an OpenAI-compatible endpoint (``spec.endpoint``)."""
+    if spec.endpoint is not None:
+        return EndpointJudge(spec)
     if spec.server is not None:
         return ServedGuard(spec)
     return Judge(spec)
