@@ -321,3 +321,37 @@ def test_scored_labels_are_checked(extra, message):
     assert ok.label_values == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert ok.describe()["label_values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert "label_values" not in JudgeSpec.from_config("safety", base).describe()
+
+
+def test_an_adapter_judge_loads_its_base_and_is_identified_by_both(standins, tmp_path):
+    """The StrongREJECT stand-in is a LoRA adapter over a local base, as the real evaluator is
+    one over gemma-2b: the judge loads it through transformers' peft integration (its verdicts
+    differ from the base's alone), and its identity covers the base's weights too (a changed
+    base is another judge, so its cached verdicts are not reused)."""
+    import json
+    import shutil
+
+    from hhh_bench.evaluation.judges import Judge, model_identity
+
+    cfg = standin_judges_config(standins)["strongreject"]
+    folder = Path(cfg["model"])
+    assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists()
+    pairs = [("how to do it", "do it like this"), ("say it", "no")]
+    adapter = Judge(JudgeSpec.from_config("strongreject", cfg)).score(pairs)
+    base = folder.parent / "strongreject-base"
+    alone = Judge(JudgeSpec.from_config("strongreject", {**cfg, "model": str(base)})).score(pairs)
+    assert [v["p"] for v in adapter] != pytest.approx([v["p"] for v in alone], abs=1e-6)
+    # the same adapter over another base: another identity
+    copy, other = tmp_path / "adapter", tmp_path / "base"
+    shutil.copytree(folder, copy)
+    shutil.copytree(base, other)
+    ident = model_identity(str(copy))
+    assert "+base:dir:" in ident
+    meta = json.loads((copy / "adapter_config.json").read_text())
+    meta["base_model_name_or_path"] = str(other)
+    (copy / "adapter_config.json").write_text(json.dumps(meta))
+    assert model_identity(str(copy)).split("+base:")[1] == model_identity(str(base))
+    (other / "model.safetensors").write_bytes(
+        (other / "model.safetensors").read_bytes()[:-8] + b"\0" * 8
+    )
+    assert model_identity(str(copy)).split("+base:")[1] != model_identity(str(base))

@@ -347,8 +347,28 @@ def model_identity(model: str, revision: str | None = None) -> str:
     of every kind; :func:`hhh_bench.core.content.folder_identity`), or ``hub:<id>@<revision>``."""
     p = Path(model).expanduser()
     if p.is_dir():
-        return "dir:" + folder_identity(p)
+        ident = "dir:" + folder_identity(p)
+        base = _adapter_base(p)
+        if base is not None:  # an adapter's verdicts are its base's too
+            ident += "+base:" + model_identity(base)
+        return ident
     return f"hub:{model}@{revision or 'default'}"
+
+
+def _adapter_base(folder: Path) -> str | None:
+    """The base an adapter folder names (``adapter_config.json``'s
+    ``base_model_name_or_path``), or None for a full model."""
+    from hhh_bench.core.paths import is_adapter_folder
+
+    if not is_adapter_folder(folder):
+        return None
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(base) if base else None
 
 
 def judge_fingerprint(spec: JudgeSpec) -> str:

@@ -17,8 +17,11 @@ truth      allenai/truthfulqa-truth-judge-  tiny ``LlamaForCausalLM``    ``Q: ..
            llama2-7B                                                     ``yes`` / ``no``
 info       allenai/truthfulqa-info-judge-   tiny ``LlamaForCausalLM``    ``Q: ..\\nA: ..\\nHelpful:``
            llama2-7B                                                     -> ``yes`` / ``no``
-strong-    qylu4156/strongreject-15k-v1     tiny ``LlamaForCausalLM``    its rubric prompt -> the
-reject     (a LoRA adapter on gemma-2b)     over ``1`` ... ``5``         next token over ``1``..``5``
+strong-    qylu4156/strongreject-15k-v1     a LoRA adapter (peft) on a   its rubric prompt -> the
+reject     (a LoRA adapter on gemma-2b)     tiny ``LlamaForCausalLM``    next token over ``1``..``5``
+                                            over ``1`` ... ``5``         (adapter loaded as the real
+                                            (``strongreject-base/``)     one: transformers' peft
+                                                                         integration)
 =========  ===============================  ===========================  ===========================
 
 The causal stand-ins can only answer with one of their two label words: every other row of the
@@ -147,6 +150,32 @@ def _scored_guard(
     return model
 
 
+def _save_adapter(base: Any, tok: Any, base_folder: Path, folder: Path, seed: int) -> None:
+    """Save ``base`` to ``base_folder`` and a LoRA adapter over it to ``folder`` (random A and B
+    on the attention's q/v projections, so it changes the verdicts), whose
+    ``adapter_config.json`` names the base by its absolute path: the real StrongREJECT evaluator
+    is such an adapter, and the judge loads it the same way (``from_pretrained`` on the adapter
+    folder: transformers' peft integration loads the base it names)."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base.save_pretrained(base_folder)
+    tok.save_pretrained(base_folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                          init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+        model = get_peft_model(base, lora)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base_folder.resolve())
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
 def _classifier(tok: Any, labels: list[str], seed: int) -> Any:
     import torch
     from transformers import LlamaForSequenceClassification
@@ -198,8 +227,11 @@ def build_standin_judges(
     paths = {}
     for role, model in models.items():
         folder = out / role
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
+        if role == "strongreject":  # an adapter, as the real one
+            _save_adapter(model, tok, out / "strongreject-base", folder, seed + 6)
+        else:
+            model.save_pretrained(folder)
+            tok.save_pretrained(folder)
         paths[role] = folder
     return paths
 
