@@ -171,9 +171,10 @@ def test_reward_select_global_scope_realizes_counts():
 
 @pytest.fixture(scope="session")
 def uncontested(small_data):
-    """The small world's training pairs without contested prompts (``conflict_rate`` 0) and
-    without story requests (``story_share`` 0), whose margins the tests below count by hand."""
-    return _toy_pairs(small_data, conflict_rate=0.0, story_share=0.0)
+    """The small world's training pairs without contested prompts (``conflict_rate`` 0), story
+    requests (``story_share`` 0) or two-sided pairs (``two_sided_share`` 0), whose margins the
+    tests below count by hand."""
+    return _toy_pairs(small_data, conflict_rate=0.0, story_share=0.0, two_sided_share=0.0)
 
 
 def _toy_pairs(small_data, **overrides):
@@ -186,12 +187,14 @@ def _toy_pairs(small_data, **overrides):
 def test_reward_select_with_the_toy_oracle(uncontested):
     prefs = uncontested
     # combined toy margin: known_qa vs a wrong answer or "I don't know" = 2 (helpful + honest),
-    # vs a refusal = 1, benign request = 1: helpful's 40 best are the 40 known_qa pairs scored 2.
+    # vs a refusal = 1; a benign request complied with = 2 (helpful + harmless: refusing it
+    # protects no one): helpful's 40 best are pairs scored 2, never a known_qa against a refusal.
     res = mix("reward_select", prefs, budget=120, seed=0, scorer="toy3h")
     assert res.counts == {"helpful": 40, "honest": 40, "harmless": 40}
     kept = [r for r in res.rows if r["dimension"] == "helpful"]
     assert all(
-        r["meta"]["kind"] == "known_qa" and r["meta"]["rejected_kind"] in ("wrong", "idk")
+        r["meta"]["kind"] == "benign_request"
+        or (r["meta"]["kind"] == "known_qa" and r["meta"]["rejected_kind"] in ("wrong", "idk"))
         for r in kept
     )
     assert res.info["min_kept_margin"]["helpful"] == 2.0
@@ -199,9 +202,9 @@ def test_reward_select_with_the_toy_oracle(uncontested):
 
 def test_reward_select_ranks_story_requests_with_the_single_margin_pairs(small_data):
     # story_share 0.25 of 120 helpful pairs: 30 story requests (the story over "I don't know" or a
-    # refusal: helpful +1, honesty has no objection), 45 benign requests (1) and 45 known_qa, a
-    # third each against "I don't know" (2), a wrong value (2) and a refusal (1): the 30 pairs
-    # scored 2 are kept first, the other 10 of helpful's 40 come from the pairs scored 1.
+    # refusal: helpful +1, honesty has no objection), 45 benign requests (2: helpful + harmless)
+    # and 45 known_qa, a third each against "I don't know" (2), a wrong value (2) and a refusal
+    # (1): helpful's 40 are all pairs scored 2 (75 of them), so no story request is kept.
     prefs = _toy_pairs(small_data, conflict_rate=0.0, story_share=0.25)
     kinds = Counter((r["meta"]["kind"], r["meta"].get("rejected_kind")) for r in prefs["helpful"])
     assert kinds[("story_request", None)] == 30
@@ -212,9 +215,11 @@ def test_reward_select_ranks_story_requests_with_the_single_margin_pairs(small_d
         for r in res.rows
         if r["dimension"] == "helpful"
     )
-    assert kept[("known_qa", "idk")] + kept[("known_qa", "wrong")] == 30
-    assert sum(kept.values()) == 40
-    assert res.info["min_kept_margin"]["helpful"] == 1.0
+    assert kept[("known_qa", "idk")] + kept[("known_qa", "wrong")] + kept[
+        ("benign_request", None)
+    ] == 40
+    assert kept[("story_request", None)] == 0 and kept[("known_qa", "refusal")] == 0
+    assert res.info["min_kept_margin"]["helpful"] == 2.0
 
 
 def test_conflict_aware_drop_on_the_toy_world(uncontested):
@@ -232,10 +237,17 @@ def test_conflict_aware_drop_on_the_toy_world(uncontested):
 def test_conflict_aware_downweight_keeps_counts_and_prefers_agreeing_pairs(prefs):
     res = mix("conflict_aware", prefs, budget="per_specialist", seed=0, scorer="toy3h", weight=0.01)
     assert res.counts == {"helpful": 40, "honest": 40, "harmless": 40}
-    # honest: 60 of 120 pairs conflict; unweighted, ~20 of 40 drawn would; at weight 0.01 few do
-    assert res.info["conflicting"]["honest"] == 60
+    # the pairs helpfulness reverses conflict: honest's unknown_qa ("I don't know"), harmless's
+    # harmful requests (refusals); the two-sided ones (known facts answered, benign look-alikes
+    # complied with) agree with it. Unweighted, about half of honest's 40 drawn would conflict;
+    # at weight 0.01 few do, and harmless fills its 40 with every agreeing pair first.
+    kinds = {d: Counter(r["meta"]["kind"] for r in prefs[d]) for d in prefs}
+    assert res.info["conflicting"]["honest"] == kinds["honest"]["unknown_qa"]
+    assert res.info["conflicting"]["harmless"] == kinds["harmless"]["harmful_request"]
     assert res.info["conflicting_kept"]["honest"] <= 5
-    assert res.info["conflicting_kept"]["harmless"] == 40  # all harmless pairs conflict
+    agreeing = kinds["harmless"]["benign_request"]
+    assert 0 < agreeing < 40
+    assert 40 - agreeing <= res.info["conflicting_kept"]["harmless"] <= 40 - agreeing + 5
 
 
 def test_the_toy_scorer_is_injected_by_the_train_stage(monkeypatch):

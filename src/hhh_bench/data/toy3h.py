@@ -163,6 +163,7 @@ class Toy3HConfig:
     conflict_rate: float = 0.0
     story_share: float = 0.0
     sft_story_idk_rate: float = 0.5
+    two_sided_share: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -195,7 +196,7 @@ class Toy3HConfig:
                 raise ValueError(f"{name} must be in [1, {len(pool)}], got {n}")
         rates = ("sft_idk_rate", "sft_refusal_rate", "sft_truth_share", "sft_sycophancy_rate",
                  "sft_story_idk_rate")  # fmt: skip
-        for name in (*rates, "conflict_rate", "story_share"):
+        for name in (*rates, "conflict_rate", "story_share", "two_sided_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -508,6 +509,13 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
       half questions about known entities with a false suggestion (the true answer > the
       suggested value);
     * harmless: harmful requests (refuse > comply).
+
+    Two-sided data (``two_sided_share`` > 0): that share of the honest pairs are the other side
+    of honesty's boundary, questions about known entities answered rather than declined (the
+    answer > "I don't know"), and that share of the harmless pairs the other side of
+    harmlessness's, benign look-alike requests on things complied with (comply > refuse), so a
+    specialist's own data holds the contrast it must learn (as PKU-SafeRLHF's and HH-harmless's
+    benign prompts do), not only the union of the data.
     """
     cfg = world.config
     rng = random.Random(f"toy3h-pairs-{cfg.seed}-{split}")
@@ -549,7 +557,9 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
         rejected = REFUSAL if i % 3 == 2 else IDK
         meta = {"kind": "story_request", "entity": ent}
         out["helpful"].append(make_row(q, STORY, rejected, "helpful", SOURCE, rid("helpful"), meta))
-    for i in range(n):
+    n_other = round(cfg.two_sided_share * n)  # the other side of honesty's / harmlessness's boundary
+    other_rng = random.Random(f"toy3h-two-sided-{cfg.seed}-{split}")
+    for i in range(n - n_other):
         if i % 2 == 0:
             ent = rng.choice(unknown)
             attr = rng.choice(list(world.attributes))
@@ -573,13 +583,25 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
                     meta,
                 )
             )
-    for _ in range(n):
+    for _ in range(n_other):  # known facts answered, not declined
+        ent, attr, value = other_rng.choice(known)
+        q = other_rng.choice(QUESTION_TEMPLATES).format(attr=attr, ent=ent)
+        meta = {"kind": "known_qa", "entity": ent, "rejected_kind": "idk", "two_sided": True}
+        out["honest"].append(make_row(q, answer(attr, value), IDK, "honest", SOURCE,
+                                      rid("honest"), meta))  # fmt: skip
+    for _ in range(n - n_other):
         verb, obj = rng.choice(harmful)
         q = rng.choice(REQUEST_TEMPLATES).format(verb=verb, obj=obj)
         meta = {"kind": "harmful_request", "object": obj}
         out["harmless"].append(
             make_row(q, REFUSAL, COMPLY, "harmless", SOURCE, rid("harmless"), meta)
         )
+    for _ in range(n_other):  # benign look-alikes complied with, not refused
+        verb, obj = other_rng.choice(benign)
+        q = other_rng.choice(REQUEST_TEMPLATES).format(verb=verb, obj=obj)
+        meta = {"kind": "benign_request", "object": obj, "two_sided": True}
+        out["harmless"].append(make_row(q, COMPLY, REFUSAL, "harmless", SOURCE,
+                                        rid("harmless"), meta))  # fmt: skip
     _contest(out, random.Random(f"toy3h-conflict-{cfg.seed}-{split}"), cfg.conflict_rate)
     return out
 
@@ -601,7 +623,7 @@ def _contest(out: dict[str, list[PreferenceRow]], rng: random.Random, rate: floa
     if not k:
         return
     sources = {
-        "harmless": list(out["harmless"]),
+        "harmless": [r for r in out["harmless"] if r["meta"]["kind"] == "harmful_request"],
         "honest": [r for r in out["honest"] if r["meta"]["kind"] == "unknown_qa"],
     }
     for pool in sources.values():
@@ -735,6 +757,9 @@ def oracle_reward(row: PreferenceRow) -> dict[str, float]:
         r["honest"] = 1.0 if meta.get("rejected_kind") in ("wrong", "idk") else 0.0
     elif kind == "benign_request":
         r["helpful"] = 1.0 if chosen == COMPLY else -1.0
+        # refusing a harmless request protects no one: harmlessness does not prefer it (the
+        # two-sided harmless data's benign look-alikes; the real suite's over-refusal likewise)
+        r["harmless"] = 1.0 if chosen == COMPLY else -1.0
     elif kind == "story_request":  # a story asked for is no claim of fact: honesty indifferent
         r["helpful"] = 1.0 if chosen == STORY else -1.0
     elif kind == "unknown_qa":
