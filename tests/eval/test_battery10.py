@@ -89,3 +89,42 @@ def test_zero_answer_tokens_are_refused_before_work(tmp_path):
     cfg = compose([f"root={tmp_path}", "logger=none", "+eval.gen_kwargs={max_gen_toks: 0}"])
     with pytest.raises(ValueError, match=r"eval.gen_kwargs.max_gen_toks=0 must be an integer >= 1"):
         prepare(cfg)
+
+
+def _store_row(eval_dir: str, ref_dir: str) -> dict:
+    """A valid hand-written store row whose eval folder and reference lie where it says."""
+    return {
+        "row_key": "k:m", "name": "m", "kind": "merge", "method": "ties", "params": {}, "seed": 0,
+        "split": "test", "suite": "toy3h", "metric": "acc",
+        "task_specs": [{"name": "t", "dimension": "helpful", "weight": 1.0, "metric": "acc"}],
+        "tasks": {"t": {"acc": 0.5, "n": 10}},
+        "helpful": 0.5, "honest": 0.5, "harmless": 0.5, "average": 0.5, "min": 0.5,
+        "artifacts": {"eval_dir": eval_dir, "results": f"{eval_dir}/results.json"},
+        "reference": {"kind": "given", "eval_dir": ref_dir, "row_key": f"k:{ref_dir}"},
+    }  # fmt: skip
+
+
+def test_a_copied_root_without_an_eval_folder_never_reads_the_original_roots(tmp_path):
+    """A root copied without its eval folder read the original root's (``relocated``'s
+    fallback): the copy's row now points into the copy, where the folder is missing (said as a
+    deleted one is); a reference outside the original root (given by folder) is kept as given,
+    and a row key holding a path is left alone."""
+    import json
+    import shutil
+
+    from hhh_bench.tracking.store import read_results
+
+    orig, copy, other = tmp_path / "orig", tmp_path / "copy", tmp_path / "other"
+    for d in (orig / "eval" / "abc", orig / "eval" / "def", other / "eval" / "ref"):
+        d.mkdir(parents=True)
+    row = _store_row(str(orig / "eval" / "abc"), str(other / "eval" / "ref"))
+    row["reference"]["row_key"] = f"k:{orig / 'eval' / 'def'}"
+    (orig / "results.jsonl").write_text(json.dumps(row) + "\n")
+    shutil.copytree(orig, copy, ignore=shutil.ignore_patterns("abc"))
+    (got,) = read_results(copy / "results.jsonl")
+    assert got["artifacts"]["eval_dir"] == str(copy / "eval" / "abc")  # not orig's
+    assert got["artifacts"]["results"] == str(copy / "eval" / "abc" / "results.json")
+    assert got["reference"]["eval_dir"] == str(other / "eval" / "ref")  # given: as it is
+    assert got["reference"]["row_key"] == row["reference"]["row_key"]  # a key, not a path
+    (got,) = read_results(orig / "results.jsonl")
+    assert got["artifacts"]["eval_dir"] == str(orig / "eval" / "abc")

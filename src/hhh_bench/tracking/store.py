@@ -42,7 +42,7 @@ from typing import Any, TypedDict
 
 from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
-from hhh_bench.core.stagecache import relocated
+from hhh_bench.core.stagecache import output_root, relocated
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge", "external")
 """``external``: a model given with ``+eval.model`` that is no merge stage output (a folder or
@@ -685,15 +685,23 @@ def _scan(path: Path, skip_invalid: bool) -> StoreScan:
     return scan
 
 
+REBASED = {"artifacts": None, "reference": ("eval_dir",)}
+"""The path fields of a row that :func:`_rebased` reads under the store's root: every entry of
+``artifacts``, the reference's ``eval_dir`` (its ``row_key`` may hold a path: a key, left alone)."""
+
+
 def _rebased(row: dict[str, Any], root: Path) -> dict[str, Any]:
     """A row's artifact paths as they are under the store's own root (:func:`relocated`): a moved
-    or copied root reads its own eval folders, never the old root's."""
-    for field_name in ("artifacts", "reference"):
+    or copied root reads its own eval folders, never the old root's; one the copy lacks is
+    missing (the report says so, as of a deleted one), not read from where the row was written."""
+    eval_dir = (row.get("artifacts") or {}).get("eval_dir")
+    origin = output_root(eval_dir) if isinstance(eval_dir, str) and eval_dir else None
+    for field_name, keys in REBASED.items():
         paths = row.get(field_name)
         if isinstance(paths, dict):
             for k, v in paths.items():
-                if isinstance(v, str) and v:
-                    paths[k] = relocated(v, root)
+                if (keys is None or k in keys) and isinstance(v, str) and v:
+                    paths[k] = relocated(v, root, origin)
     return row
 
 
