@@ -128,3 +128,27 @@ def test_a_copied_root_without_an_eval_folder_never_reads_the_original_roots(tmp
     assert got["reference"]["row_key"] == row["reference"]["row_key"]  # a key, not a path
     (got,) = read_results(orig / "results.jsonl")
     assert got["artifacts"]["eval_dir"] == str(orig / "eval" / "abc")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weight", "heavy", r"task_specs\[0\]\.weight \(task 't'\) = a string \('heavy'\) is not a "
+                        r"finite number >= 0"),
+    ("weight", True, r"task_specs\[0\]\.weight \(task 't'\) = a boolean"),
+    ("weight", -1.0, r"task_specs\[0\]\.weight \(task 't'\) = -1.0 is not a finite number >= 0"),
+    ("dimension", "helpfull", r"task_specs\[0\]\.dimension \(task 't'\) = 'helpfull' is not one"),
+    ("metric", 3, r"task_specs\[0\]\.metric \(task 't'\) = 3 is not a metric name"),
+])  # fmt: skip
+def test_a_hand_written_task_spec_is_named_by_file_line_and_field(tmp_path, field, value, message):
+    """A non-numeric task weight in a hand-written row passed the store's check and stopped the
+    report with ``could not convert string to float: 'heavy'`` (no file, line or field)."""
+    import json
+
+    from hhh_bench.tracking.store import StoreError, read_results
+
+    good, row = (_store_row(str(tmp_path / "eval" / "abc"), "") for _ in range(2))
+    row["task_specs"][0][field] = value
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({**good, "row_key": "a"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(StoreError, match=rf"results.jsonl, line 2: result row 'k:m': {message}"):
+        read_results(path)
+    assert len(read_results(path, skip_invalid=True)) == 1

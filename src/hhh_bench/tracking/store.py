@@ -338,11 +338,38 @@ def _check_shapes(key: Any, row: Mapping[str, Any]) -> None:
         not isinstance(specs, list) or not all(isinstance(t, Mapping) for t in specs)
     ):
         raise ValueError(f"result row {key!r}: task_specs = {specs!r:.60} is not a list of objects")
+    for i, spec in enumerate(specs or []):
+        _check_spec(key, i, spec)
     extra = row.get("extra") or {}
     for name in EXTRA_COUNTS:
         v = extra.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise ValueError(f"result row {key!r}: extra.{name} = {v!r} is not a count")
+
+
+def _check_spec(key: Any, i: int, spec: Mapping[str, Any]) -> None:
+    """A task spec of ``task_specs`` is what the scores were computed with: a task name, one of
+    the three dimensions, a weight that is a finite number >= 0 and a metric name (a hand-written
+    ``"weight": "heavy"`` stopped the report with ``could not convert string to float``)."""
+    from hhh_bench.core.scoring import DIMENSIONS
+
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"result row {key!r}: task_specs[{i}].name = {name!r} is not a task name")
+    where = f"result row {key!r}: task_specs[{i}]"
+    task = f"(task {name!r})"
+    if spec.get("dimension") not in DIMENSIONS:
+        raise ValueError(
+            f"{where}.dimension {task} = {spec.get('dimension')!r} is not one of {list(DIMENSIONS)}"
+        )
+    why = _number_problem(spec.get("weight"), allow_none=False)
+    if why is None and spec["weight"] < 0:
+        why = repr(spec["weight"])
+    if why:
+        raise ValueError(f"{where}.weight {task} = {why} is not a finite number >= 0")
+    metric = spec.get("metric")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"{where}.metric {task} = {metric!r} is not a metric name")
 
 
 COUNT_FIELDS = ("n", "n_empty", "n_unparsed")
