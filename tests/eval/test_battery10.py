@@ -152,3 +152,40 @@ def test_a_hand_written_task_spec_is_named_by_file_line_and_field(tmp_path, fiel
     with pytest.raises(StoreError, match=rf"results.jsonl, line 2: result row 'k:m': {message}"):
         read_results(path)
     assert len(read_results(path, skip_invalid=True)) == 1
+
+
+def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    import sys
+
+    from hhh_bench import cli
+
+    monkeypatch.setattr(sys, "argv", ["hhh-bench", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr()
+    return int(exit_.value.code or 0), out.out, out.err
+
+
+def test_help_after_a_stage_name_prints_that_stages_usage_and_a_bare_word_is_one_line(
+    monkeypatch, capsys
+):
+    """``hhh-bench report --help`` stopped with Hydra's OverrideParseException (with -v, a
+    traceback); ``hhh-bench report`` printed Hydra's five lines. A stage typed as a subcommand
+    gets its usage in the Hydra form (exit 0 with --help, one line and 2 without); any other
+    bare word is one line naming the subcommands."""
+    from hhh_bench import cli
+    from hhh_bench.pipeline import STAGES
+
+    assert set(cli.STAGE_HELP) == set(STAGES)  # every stage has its usage line
+    for argv in (["report", "--help"], ["-v", "report", "-h"]):
+        code, out, err = _cli(monkeypatch, capsys, *argv)
+        assert code == 0 and out.startswith("usage: hhh-bench stage=report "), (out, err)
+        assert "write the report" in out and "Traceback" not in out + err
+    code, out, err = _cli(monkeypatch, capsys, "eval", "--help")
+    assert code == 0 and out.startswith("usage: hhh-bench stage=eval ")
+    code, out, err = _cli(monkeypatch, capsys, "report", "root=runs/x")
+    assert code == 2 and not out and err.count("\n") == 1
+    assert "'report' is a stage, not a subcommand: hhh-bench stage=report root=runs/x" in err
+    code, out, err = _cli(monkeypatch, capsys, "reprot", "--help")
+    assert code == 2 and err.count("\n") == 1 and "did you mean report?" in err
+    assert "subcommands: cache, list" in err
