@@ -189,3 +189,23 @@ def test_help_after_a_stage_name_prints_that_stages_usage_and_a_bare_word_is_one
     code, out, err = _cli(monkeypatch, capsys, "reprot", "--help")
     assert code == 2 and err.count("\n") == 1 and "did you mean report?" in err
     assert "subcommands: cache, list" in err
+
+
+def test_the_skip_invalid_note_keeps_row_keys_and_reasons_whole():
+    """The note cut each reason at its first ": ": a row key holding one showed its tail as
+    the reason (``b': kind ...``), and a reason holding one lost its head (the digest's
+    "was changed after hhh-bench wrote it" read only "run the stage that wrote it again")."""
+    from hhh_bench.tracking.sections import skipped_note
+    from hhh_bench.tracking.store import SkippedLine
+
+    changed = ("result row 'c' was changed after hhh-bench wrote it (its digest does not match "
+               "its content): run the stage that wrote it again (stage=eval) or delete the line")  # fmt: skip
+    (note, _) = skipped_note([
+        SkippedLine(3, "result row 'a: b': kind 'robot' not in ('base',)"),
+        SkippedLine(4, "result row \"d'x\": kind 'robot' not in ('base',)"),
+        SkippedLine(5, changed),
+        SkippedLine(6, "cut short (no closing brace): a torn write"),
+    ])  # fmt: skip
+    assert "lines 3–4: kind 'robot' not in ('base',) (rows 'a: b', \"d'x\")" in note, note
+    assert f"line 5: {changed}" in note.replace("\\", "")
+    assert "line 6: cut short (no closing brace): a torn write" in note
