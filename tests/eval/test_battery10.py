@@ -209,3 +209,43 @@ def test_the_skip_invalid_note_keeps_row_keys_and_reasons_whole():
     assert "lines 3–4: kind 'robot' not in ('base',) (rows 'a: b', \"d'x\")" in note, note
     assert f"line 5: {changed}" in note.replace("\\", "")
     assert "line 6: cut short (no closing brace): a torn write" in note
+
+
+def test_a_win_rate_column_without_a_base_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+    """`stage=eval eval=harness_3h +eval.model=<a model of no run>` on a store without the base
+    ran the whole evaluation, then stopped on the default `win_vs_base` column (a win rate
+    against the base's answers, which no evaluated base gave). Refused before any work, naming
+    the column, the model and the two ways on; with the base's row and items it goes on."""
+    import json
+
+    from conftest import compose
+    from hhh_bench.core.items import ITEMS_FILE, write_jsonl
+    from hhh_bench.evaluation import judged_eval
+    from hhh_bench.stages import eval as eval_stage
+
+    def no_work(*a, **k):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr(eval_stage, "cached_stage", no_work)
+    monkeypatch.setattr(eval_stage, "standin_names", no_work)  # the first step after the check
+    cfg = compose([f"root={tmp_path}", "logger=none", "eval=harness_3h"])
+    model = {"path": str(tmp_path / "mine"), "key": "m0", "kind": "external", "name": "mine"}
+    data = {"dir": str(tmp_path / "data"), "key": "d0"}
+    with pytest.raises(ValueError, match=(
+        r"eval.columns.win_vs_base \(task helpful_gen, metric win_rate\) is scored against the "
+        rf"base model's answers, but no evaluated base .* is in {tmp_path}/results.jsonl, for "
+        r"model 'mine'.*~eval.columns.win_vs_base.*nothing was evaluated"
+    )):  # fmt: skip
+        eval_stage.run_eval(cfg, model, data, split="test")
+    # the base evaluated (its row and per-item values): the reference is found, work goes on
+    base_dir = tmp_path / "eval" / "b0"
+    base_dir.mkdir(parents=True)
+    write_jsonl(base_dir / ITEMS_FILE, {"helpful_gen": [{"doc_id": 0, "reward": 0.1}]})
+    row = {**_store_row(str(base_dir), ""), "row_key": "b0:base", "name": "base", "kind": "base",
+           "suite": "harness_3h", "data_key": "d0"}  # fmt: skip
+    del row["reference"]
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(AssertionError, match="the evaluation started"):
+        eval_stage.run_eval(cfg, model, data, split="test")
+    needs = judged_eval.reference_needs(eval_stage.to_dict(cfg.eval), [], "test")
+    assert needs == ["eval.columns.win_vs_base (task helpful_gen, metric win_rate)"]
