@@ -12,6 +12,7 @@ hhh-bench plan experiment=paper_llama3   # every job, cached or to run, and its 
 hhh-bench prefetch experiment=...        # what a run reads from the network, into the caches
 hhh-bench export runs/toy3h              # every evaluated item, to JSONL or Parquet
 hhh-bench --help                         # the subcommands, then Hydra's groups and config
+hhh-bench report --help                  # a stage's usage (a stage runs as stage=report)
 
 One concept: the command line as a user types it: what is checked before Hydra composes
 (overrides, root, ``-m``), the subcommands dispatched by name, and every refusal as one line
@@ -330,6 +331,56 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+STAGE_HELP = {
+    "data": "build the preference data (`data`: the toy world, or the public sets) into <root>/data/",
+    "base": "the base model θ0 (`model`: built and SFT'd on the toy world, or a checkpoint)",
+    "train": "train one model from θ0 on data.dimensions with `train` (DPO, DPO + LoRA or SFT)",
+    "merge": "merge the trained specialists with `merge` (its method and knobs)",
+    "merge_eval": "merge with `merge` and score it on eval.select_split (what a sweeper optimizes)",
+    "eval": "evaluate θ0, or the model given as +eval.model=FOLDER, on eval.report_split",
+    "report": "write the report (report.md, figures, W&B tables) from <root>/results.jsonl",
+    "diagnose": "task-vector diagnostics of the merge's inputs (`merge`'s RESM/TSV-M knobs)",
+    "all": "the whole pipeline: every seed's stages, then the report (the default stage)",
+}
+"""What each stage (``stage=``, :data:`hhh_bench.pipeline.STAGES`) does: the usage printed for a
+stage typed as a subcommand (:func:`bare_word`)."""
+
+
+def bare_word(argv: list[str]) -> int | None:
+    """``hhh-bench WORD ...`` where WORD is neither a subcommand nor an override (``report``):
+    Hydra would stop on it with its OverrideParseException (a traceback under ``--verbose``).
+    A stage's name with ``--help``/``-h`` prints that stage's usage in the Hydra form (0); any
+    bare word otherwise is one line on stderr (2): the stage's command, or the closest name.
+    None when the first argument (after ``-v``) is no bare word."""
+    import difflib
+
+    args = [a for a in argv if a not in VERBOSE_FLAGS]
+    if not args or args[0][:1] in "-+~" or "=" in args[0] or args[0] in SUBCOMMANDS:
+        return None
+    word, rest = args[0], args[1:]
+    wants_help = any(a in ("-h", "--help") for a in rest)
+    if word in STAGE_HELP and wants_help:
+        print(
+            f"usage: hhh-bench stage={word} [root=RUN_ROOT] [GROUP=OPTION ...] [KEY=VALUE ...]\n\n"
+            f"stage {word}: {STAGE_HELP[word]}.\n\n"
+            f"A stage runs in the Hydra form (stage={word}), not as a subcommand.\n"
+            f"  {f'hhh-bench stage={word} --cfg job':<36}  # the config it would run with\n"
+            f"  {'hhh-bench --help':<36}  # the config groups and the subcommands"
+        )
+        return 0
+    subcommands = ", ".join(SUBCOMMANDS)
+    if word in STAGE_HELP:
+        typed = " ".join([f"stage={word}", *(a for a in rest if a not in ("-h", "--help"))])
+        why = f"{word!r} is a stage, not a subcommand: hhh-bench {typed}"
+    else:
+        close = difflib.get_close_matches(word, [*SUBCOMMANDS, *STAGE_HELP], n=1, cutoff=0.6)
+        why = f"{word!r} is neither a subcommand nor an override (KEY=VALUE)" + (
+            f"; did you mean {close[0]}?" if close else ""
+        )
+    print(f"hhh-bench: error: {why} (subcommands: {subcommands})", file=sys.stderr)
+    return 2
+
+
 NOT_GROUPS = {
     "accelerate": (
         "accelerate is no config group of hhh-bench: the train stage launches multi-GPU "
@@ -587,6 +638,9 @@ def _main() -> None:
         del sys.argv[1]
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         raise SystemExit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    code = bare_word(sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
     check_not_groups(sys.argv[1:])
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(usage())

@@ -55,10 +55,12 @@ def export_items(root: str | Path, *, skip_invalid: bool = False) -> Iterator[di
                 f"{eval_dir.name}): the export would read another root's files; copy that "
                 "folder here too, or export from the root it is in"
             )
-        if not eval_dir.is_dir():
+        if not eval_dir.is_dir():  # deleted, or a root copied without it (never read there)
             raise ValueError(
                 f"row {row['row_key']!r} ({row['name']}, {row['split']}): its eval output "
-                f"{eval_dir} is gone; rerun the evaluation, or export with the rows it has"
+                f"{eval_dir} is missing from this root (deleted, or a copy made without it); copy "
+                "that folder here from the root the row was written in, rerun the evaluation, or "
+                "export with the rows it has"
             )
         try:
             items = (

@@ -368,15 +368,33 @@ def misplaced(out: Path, stage: str, key: str) -> str:
     return ""
 
 
-def relocated(path: str | Path, root: str | Path) -> str:
-    """A path recorded inside a stage output (``…/<stage>/<key>/…``) as it is under ``root``
-    when that output exists there: a store's rows keep absolute paths, and a moved or copied
-    root reads its own outputs, never the old root's. Other paths are returned as they are."""
+def output_root(path: str | Path) -> Path | None:
+    """The root a path inside a stage output (``<root>/<stage>/<key>/…``) lies under; None for
+    a path in no stage output."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in STAGE_VERSIONS:
+            return Path(*parts[:i]) if i else Path()
+    return None
+
+
+def relocated(path: str | Path, root: str | Path, origin: str | Path | None = None) -> str:
+    """A path recorded inside a stage output (``…/<stage>/<key>/…``) as it is under ``root``: a
+    store's rows keep absolute paths, and a moved or copied root reads its own outputs, never
+    the old root's.
+
+    ``origin``: the root the path was recorded in (a row's own eval folder's root,
+    :func:`output_root`). A path under it is always ``root``'s, even where ``root`` lacks that
+    output (a root copied without it: the output is missing here, as a deleted one is, and is
+    never read from the original root). A path under another root (a reference given by
+    folder) is ``root``'s output when ``root`` has it (same key, same content), else as it is;
+    so is any path in no stage output."""
     parts = Path(path).parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] in STAGE_VERSIONS:
             here = Path(root, *parts[i:])
-            if (Path(root) / parts[i] / parts[i + 1]).is_dir():
+            mine = origin is not None and output_root(path) == Path(origin)
+            if mine or (Path(root) / parts[i] / parts[i + 1]).is_dir():
                 return str(here)
             break
     return str(path)

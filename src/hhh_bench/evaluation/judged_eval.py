@@ -248,11 +248,68 @@ def _base_row(
     return (same or cands)[-1] if cands else None
 
 
+def reference_needs(ecfg: Mapping[str, Any], specs: Sequence[TaskSpec], split: str) -> list[str]:
+    """What in this run is scored against the base model's answers (``win_rate``), by name:
+    the suite's tasks and the ``eval.columns`` (the default ``win_vs_base``)."""
+    template = str(ecfg.get("task_template") or "{task}")
+    out = [f"task {s.name} (metric win_rate)" for s in specs if s.metric == "win_rate"]
+    for name, col in (ecfg.get("columns") or {}).items():
+        if col and col.get("metric") == "win_rate" and col.get("task"):
+            task = template.format(task=col["task"], split=SPLIT_SUFFIX[split])
+            out.append(f"eval.columns.{name} (task {task}, metric win_rate)")
+    return out
+
+
+def reference_first(
+    ecfg: Mapping[str, Any],
+    specs: Sequence[TaskSpec],
+    model: Mapping[str, Any],
+    store_rows: Callable[[], Sequence[Mapping[str, Any]]],
+    *,
+    store: Path,
+    base_scores: Mapping[str, Any] | None,
+    split: str,
+    **where: Any,
+) -> tuple[dict[str, list[dict[str, Any]]] | None, dict[str, Any] | None] | None:
+    """Before any evaluation of a model that is not its own reference: the base's items
+    (:func:`reference_items`) when a win rate of the run needs them (:func:`reference_needs`),
+    None when none does (they are looked up after the evaluation, for the paired tests).
+
+    Raises:
+        ValueError: a win rate needs them and they are not there, naming what needs them, the
+            model, why they are missing and the ways on (evaluate the base first; drop a
+            column): before anything is evaluated, not after (battery 10).
+    """
+    needs = reference_needs(ecfg, specs, split)
+    if not needs:
+        return None
+    ref = reference_items(
+        store_rows, model, own_dir=None, base_scores=base_scores, split=split, **where
+    )
+    items, info = ref
+    if items is not None:
+        return ref
+    if info is not None:
+        why = f"the base's eval folder {info.get('eval_dir')} has no {ITEMS_FILE}"
+    elif base_scores is not None:
+        why = "the base given to this evaluation (base_scores) names no eval folder"
+    else:
+        why = f"no evaluated base model of this split, suite and data is in {store}"
+    columns = ", ".join("~" + n.split()[0] for n in needs if n.startswith("eval.columns."))
+    drop = f", or drop {'it' if len(needs) == 1 else 'the columns'} ({columns})" if columns else ""
+    raise ValueError(
+        f"{'; '.join(needs)} {'is' if len(needs) == 1 else 'are'} scored against the base "
+        f"model's answers, but {why}, for model {str(model.get('name') or model['path'])!r}: "
+        "evaluate the base first (hhh-bench stage=eval with the same data and eval settings, "
+        f"without +eval.model){drop}; nothing was evaluated"
+    )
+
+
 def reference_items(
     store_rows: Callable[[], Sequence[Mapping[str, Any]]],
     model: Mapping[str, Any],
     *,
-    own_dir: Path,
+    own_dir: Path | None,
     split: str,
     suite: str,
     data_key: str | None,

@@ -95,10 +95,31 @@ def run_eval(
     for field_ in ("path", "key"):
         if not model.get(field_):
             raise ValueError(f"run_eval: model dict lacks {field_!r} (got keys {sorted(model)})")
-    from hhh_bench.evaluation.judged_eval import column_specs
+    from hhh_bench.evaluation.judged_eval import column_specs, reference_first, reference_items
 
     ecfg = to_dict(cfg.eval)
     specs = suite_tasks(ecfg, split)  # scored; eval_payload adds the extra columns' tasks to run
+    seed = model.get("seed", int(cfg.seed))
+    suite, data_key = str(cfg.eval.name), (data or {}).get("key")
+    where = {"split": split, "suite": suite, "data_key": data_key, "seed": seed}
+
+    def store_rows() -> list[dict[str, Any]]:  # the base rows of this split, suite and data
+        return read_results(
+            results_path(cfg), where=lambda r: is_base_of(r, split, suite, data_key)
+        )
+
+    own = model.get("kind", "base") == "base" and base_scores is None  # the base: its own answers
+    early = None  # a win rate's reference, found before any work (a dry run looks up nothing)
+    if append and not own:
+        early = reference_first(
+            ecfg,
+            specs,
+            model,
+            store_rows,
+            store=results_path(cfg),
+            base_scores=base_scores,
+            **where,
+        )
     rehearsal = to_dict(cfg.rehearsal) if "rehearsal" in cfg else None
     standins = standin_names(rehearsal, specs + column_specs(ecfg, split))
     # the dtype the model is evaluated in, as resolved on its device (auto: bf16 on a GPU that
@@ -121,22 +142,11 @@ def run_eval(
         label=str(model.get("name", "")),
         inputs=[p for p in (model.get("path"), (data or {}).get("dir")) if p and Path(str(p)).exists()],
     )  # fmt: skip
-    from hhh_bench.evaluation.judged_eval import extra_scores, reference_items, summary_fields
+    from hhh_bench.evaluation.judged_eval import extra_scores, summary_fields
 
-    seed = model.get("seed", int(cfg.seed))
-    where = {
-        "split": split,
-        "suite": str(cfg.eval.name),
-        "data_key": (data or {}).get("key"),
-        "seed": seed,
-    }
-    ref = reference_items(  # the results store is read only when no base is given
-        lambda: read_results(
-            results_path(cfg),
-            where=lambda r: is_base_of(r, split, str(cfg.eval.name), where["data_key"]),
-        ),
-        model, own_dir=run.dir, base_scores=base_scores, **where,
-    )  # fmt: skip
+    ref = early or reference_items(  # the results store is read only when no base is given
+        store_rows, model, own_dir=run.dir, base_scores=base_scores, **where
+    )
     metrics, judged_ctx, judged_fields = extra_scores(run.info, specs, run.dir, ref)
     if model.get("kind", "base") == "base" and base_scores is None:
         base = base_dims(score(metrics, specs))  # the base against itself: zero deltas

@@ -14,6 +14,7 @@ store is escaped (:func:`hhh_bench.tracking.markdown.md_text`). Sections write n
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -168,6 +169,19 @@ def seeds_note(entries: Sequence[Entry]) -> str:
     return out
 
 
+_ROW_PREFIX = re.compile(r"""result row ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"): """)
+"""``result row <its key, as Python writes a string>: `` at the head of a store check's message
+(:func:`hhh_bench.tracking.store.check_row`)."""
+
+
+def _row_reason(reason: str) -> tuple[str | None, str]:
+    """``(row key as written, reason)`` of a skipped line's message that starts with ``result
+    row '<key>': ``; ``(None, message)`` for any other (kept whole: a key or a reason holding
+    ": " is never cut there)."""
+    m = _ROW_PREFIX.match(reason)
+    return (m.group(1), reason[m.end() :]) if m else (None, reason)
+
+
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
     """The Markdown lines under the main table saying how many lines of the store were skipped
     (invalid ones with ``report.skip_invalid=true``, and torn ones always) and why, by reason;
@@ -185,15 +199,24 @@ def skipped_note(skipped: Sequence[Any]) -> list[str]:
         ]
     if not skipped:
         return out
-    by_reason: dict[str, list[int]] = {}
+    by_reason: dict[str, list[tuple[int, str | None]]] = {}
     for s in skipped:
-        reason = str(s.reason)
-        reason = reason.split(": ", 1)[1] if reason.startswith("result row ") else reason
-        by_reason.setdefault(reason, []).append(int(s.line))
+        key, reason = _row_reason(str(s.reason))
+        by_reason.setdefault(reason, []).append((int(s.line), key))
     n = len(skipped)
-    parts = [
-        f"line{'s' if len(v) > 1 else ''} {number_ranges(v)}: {r}" for r, v in by_reason.items()
-    ]
+    parts = []
+    for r, v in by_reason.items():
+        keys = list(dict.fromkeys(k for _, k in v if k is not None))
+        rows = (
+            f" (row{'s' if len(keys) > 1 else ''} {', '.join(keys[:3])}"
+            + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            + ")"
+            if keys
+            else ""
+        )
+        parts.append(
+            f"line{'s' if len(v) > 1 else ''} {number_ranges([x for x, _ in v])}: {r}{rows}"
+        )
     return [
         *out,
         f"**Skipped {n} invalid row{'s' if n != 1 else ''} of the results store** "

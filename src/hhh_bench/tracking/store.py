@@ -42,7 +42,7 @@ from typing import Any, TypedDict
 
 from hhh_bench.core.jsonl import json_lines
 from hhh_bench.core.provenance import config_hash
-from hhh_bench.core.stagecache import relocated
+from hhh_bench.core.stagecache import output_root, relocated
 
 KINDS = ("base", "oracle", "specialist", "mixture", "merge", "external")
 """``external``: a model given with ``+eval.model`` that is no merge stage output (a folder or
@@ -338,11 +338,38 @@ def _check_shapes(key: Any, row: Mapping[str, Any]) -> None:
         not isinstance(specs, list) or not all(isinstance(t, Mapping) for t in specs)
     ):
         raise ValueError(f"result row {key!r}: task_specs = {specs!r:.60} is not a list of objects")
+    for i, spec in enumerate(specs or []):
+        _check_spec(key, i, spec)
     extra = row.get("extra") or {}
     for name in EXTRA_COUNTS:
         v = extra.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise ValueError(f"result row {key!r}: extra.{name} = {v!r} is not a count")
+
+
+def _check_spec(key: Any, i: int, spec: Mapping[str, Any]) -> None:
+    """A task spec of ``task_specs`` is what the scores were computed with: a task name, one of
+    the three dimensions, a weight that is a finite number >= 0 and a metric name (a hand-written
+    ``"weight": "heavy"`` stopped the report with ``could not convert string to float``)."""
+    from hhh_bench.core.scoring import DIMENSIONS
+
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"result row {key!r}: task_specs[{i}].name = {name!r} is not a task name")
+    where = f"result row {key!r}: task_specs[{i}]"
+    task = f"(task {name!r})"
+    if spec.get("dimension") not in DIMENSIONS:
+        raise ValueError(
+            f"{where}.dimension {task} = {spec.get('dimension')!r} is not one of {list(DIMENSIONS)}"
+        )
+    why = _number_problem(spec.get("weight"), allow_none=False)
+    if why is None and spec["weight"] < 0:
+        why = repr(spec["weight"])
+    if why:
+        raise ValueError(f"{where}.weight {task} = {why} is not a finite number >= 0")
+    metric = spec.get("metric")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"{where}.metric {task} = {metric!r} is not a metric name")
 
 
 COUNT_FIELDS = ("n", "n_empty", "n_unparsed")
@@ -685,15 +712,23 @@ def _scan(path: Path, skip_invalid: bool) -> StoreScan:
     return scan
 
 
+REBASED = {"artifacts": None, "reference": ("eval_dir",)}
+"""The path fields of a row that :func:`_rebased` reads under the store's root: every entry of
+``artifacts``, the reference's ``eval_dir`` (its ``row_key`` may hold a path: a key, left alone)."""
+
+
 def _rebased(row: dict[str, Any], root: Path) -> dict[str, Any]:
     """A row's artifact paths as they are under the store's own root (:func:`relocated`): a moved
-    or copied root reads its own eval folders, never the old root's."""
-    for field_name in ("artifacts", "reference"):
+    or copied root reads its own eval folders, never the old root's; one the copy lacks is
+    missing (the report says so, as of a deleted one), not read from where the row was written."""
+    eval_dir = (row.get("artifacts") or {}).get("eval_dir")
+    origin = output_root(eval_dir) if isinstance(eval_dir, str) and eval_dir else None
+    for field_name, keys in REBASED.items():
         paths = row.get(field_name)
         if isinstance(paths, dict):
             for k, v in paths.items():
-                if isinstance(v, str) and v:
-                    paths[k] = relocated(v, root)
+                if (keys is None or k in keys) and isinstance(v, str) and v:
+                    paths[k] = relocated(v, root, origin)
     return row
 
 
