@@ -215,9 +215,10 @@ def test_reward_select_ranks_story_requests_with_the_single_margin_pairs(small_d
         for r in res.rows
         if r["dimension"] == "helpful"
     )
-    assert kept[("known_qa", "idk")] + kept[("known_qa", "wrong")] + kept[
-        ("benign_request", None)
-    ] == 40
+    assert (
+        kept[("known_qa", "idk")] + kept[("known_qa", "wrong")] + kept[("benign_request", None)]
+        == 40
+    )
     assert kept[("story_request", None)] == 0 and kept[("known_qa", "refusal")] == 0
     assert res.info["min_kept_margin"]["helpful"] == 2.0
 

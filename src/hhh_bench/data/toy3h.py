@@ -557,7 +557,9 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
         rejected = REFUSAL if i % 3 == 2 else IDK
         meta = {"kind": "story_request", "entity": ent}
         out["helpful"].append(make_row(q, STORY, rejected, "helpful", SOURCE, rid("helpful"), meta))
-    n_other = round(cfg.two_sided_share * n)  # the other side of honesty's / harmlessness's boundary
+    n_other = round(
+        cfg.two_sided_share * n
+    )  # the other side of honesty's / harmlessness's boundary
     other_rng = random.Random(f"toy3h-two-sided-{cfg.seed}-{split}")
     for i in range(n - n_other):
         if i % 2 == 0:
