@@ -4,6 +4,7 @@ silent empty prompt)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,9 @@ def test_halueval_qa_reads_the_evaluation_part_and_asks_with_knowledge(tmp_path)
         f"#Knowledge#: {doc['knowledge']}\n#Question#: {doc['question']}\n"
         f"#Right Answer#: {doc['right_answer']}"
     )
+    array = tmp_path / "qa_array.json"  # the same rows as one JSON array
+    array.write_text(json.dumps([json.loads(x) for x in assets.read_text().splitlines()]))
+    assert halueval_qa_partition(str(array), part)["test"].to_list() == held.to_list()
     bad = tmp_path / "qa.jsonl"
     bad.write_text('{"question": "Who?", "answer": "x"}\n')
     with pytest.raises(ValueError, match=r"row 0 lacks HaluEval qa field\(s\) \['knowledge'"):

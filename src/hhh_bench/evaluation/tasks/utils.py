@@ -83,8 +83,8 @@ def halueval_qa_partition(
 
     Args:
         data_file: HaluEval's ``qa_data.json`` (one JSON object per line, as the repository
-            ships it, or the hub copy exported as JSONL) with ``knowledge, question,
-            right_answer, hallucinated_answer``.
+            ships it, or the hub copy exported as JSONL; a JSON array of rows is read too) with
+            ``knowledge, question, right_answer, hallucinated_answer``.
         partition: ``eval.partitions.halueval_qa`` (``{seed, eval_fraction}``): only the items
             whose question is in its evaluation part are kept
             (:class:`hhh_bench.core.partition.Partition`); None: every item (no training source
@@ -104,7 +104,13 @@ def halueval_qa_partition(
 
     from hhh_bench.core.partition import Partition
 
-    lines = [x for x in Path(data_file).read_text().splitlines() if x.strip()]
+    text = Path(data_file).read_text()
+    lines = [x for x in text.splitlines() if x.strip()]
+    if text.lstrip().startswith("["):  # one JSON array of rows (a `to_json(lines=False)` export)
+        try:
+            lines = [json.dumps(r) for r in json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{data_file}: not a JSON array of rows ({e})") from None
     rows = []
     for i, line in enumerate(lines):
         try:
