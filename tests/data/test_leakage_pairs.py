@@ -5,7 +5,9 @@ format (an HH-RLHF transcript turn, UltraFeedback's instruction, HaluEval's ques
 PKU-SafeRLHF's prompt); the source's real adapter turns it into preference rows, and the data
 stage's guard finds exactly the planted item for every pair, and only it. The two overlaps that
 exist by construction are among them: AlpacaEval's ``helpful_base`` items come from HH-RLHF, and
-UltraFeedback's ``truthful_qa`` prompts are TruthfulQA questions (also dropped by source)."""
+UltraFeedback's ``truthful_qa`` prompts are TruthfulQA questions (also dropped by source).
+HaluEval QA is evaluated on the evaluation part of a seeded partition of its questions
+(``eval.partitions.halueval_qa``), which its training source leaves out."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hhh_bench.data.leakage import check_overlap, drop_truthfulqa_prompts
+from hhh_bench.core.partition import Partition, questions_digest
+from hhh_bench.data.leakage import LeakageError, check_overlap, drop_truthfulqa_prompts
+from hhh_bench.data.sources import build_preference_sets
 from hhh_bench.data.sources.base import run_adapter
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -36,6 +40,7 @@ EVAL_SETS = {
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),
+    "halueval_qa_gen": (EVAL / "halueval_qa.jsonl", "question"),
     "pku_saferlhf_mc": (EVAL / "pku_saferlhf.jsonl", "prompt"),
     "truthfulqa_mc2": (REH / "truthfulqa_mc.jsonl", "question"),
     "ifeval": (REH / "ifeval.jsonl", "prompt"),
@@ -57,10 +62,19 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _partition() -> Partition:
+    """The suite's HaluEval QA partition (conf/eval/harness_3h.yaml)."""
+    suite = yaml.safe_load((CONF / "eval" / "harness_3h.yaml").read_text())
+    return Partition.from_config("halueval_qa", suite["partitions"]["halueval_qa"])
+
+
 def _prompts(path: Path, field: str | None) -> list[str]:
     if field is None:  # an attack's test cases, {BehaviorID: [test case, ...]}
         return [c for cases in json.loads(path.read_text()).values() for c in cases]
-    return [r[field] for r in _jsonl(path)]
+    prompts = [r[field] for r in _jsonl(path)]
+    if path.name == "halueval_qa.jsonl":  # both HaluEval tasks read the evaluation part only
+        prompts = [p for p in prompts if _partition().is_eval(p)]
+    return prompts
 
 
 def _plant(row: dict, how: str, prompt: str) -> dict:
@@ -96,10 +110,10 @@ def test_every_eval_set_planted_in_every_training_source_is_found():
         clean, _ = run_adapter(conf["adapter"], raw, source=source, dimension=conf["dimension"],
                                **(conf["adapter_opts"] or {}))  # fmt: skip
         before = {p.eval: p.overlap for p in check_overlap({source: clean}, evals, 10**6).pairs}
-        # the fixtures share nothing but HaluEval-QA and PKU-SafeRLHF with themselves (training
-        # sources and evaluation sets of the paper: data.leakage.on_overlap=drop removes them)
-        shared = {"halueval_qa": {"halueval_qa_mc"},
-                  "pku_saferlhf_harmless": {"pku_saferlhf_mc"}}.get(source, set())  # fmt: skip
+        # the fixtures share nothing but PKU-SafeRLHF with themselves (a training source and an
+        # evaluation set of the paper: data.leakage.on_overlap=drop removes it); HaluEval QA's
+        # share questions with its evaluation file, none of its evaluation part
+        shared = {"pku_saferlhf_harmless": {"pku_saferlhf_mc"}}.get(source, set())
         assert {e for e, n in before.items() if n} == shared, (source, before)
         planted = [_plant(raw[0], how, prompts[-1]) for prompts in evals.values()]
         rows, _ = run_adapter(conf["adapter"], planted, source=source, dimension=conf["dimension"],
@@ -125,3 +139,37 @@ def test_the_two_overlaps_by_construction_are_caught():
     assert rows and drop_truthfulqa_prompts(rows) == ([], len(rows))
     report = check_overlap({"uf": rows}, {"truthfulqa_gen_judged": [question]}, max_overlap=1)
     assert report.total == 1
+
+
+def test_halueval_qa_training_pairs_leave_out_the_evaluated_partition(tmp_path):
+    """The file the suite evaluates, read as the training source too (the paper's setup: one
+    HaluEval QA split): with the partition, the source drops exactly the evaluation part, the
+    guard finds no overlap with either HaluEval task, and the manifest records the partition
+    with the digest of the evaluated questions; without it, the guard fails on the pair."""
+    part = _partition()
+    questions = [r["question"] for r in _jsonl(EVAL / "halueval_qa.jsonl")]
+    evals = {t: _prompts(*EVAL_SETS[t]) for t in ("halueval_qa_gen", "halueval_qa_mc")}
+    held = [q for q in questions if part.is_eval(q)]
+    assert held == evals["halueval_qa_gen"] and 0 < len(held) < len(questions)
+    data = {
+        "kind": "sources",
+        "dimensions": ["honest"],
+        "sources": {"honest": [{"name": "halueval_qa", "path": str(EVAL / "halueval_qa.jsonl")}]},
+        "cache_dir": str(tmp_path / "cache"),
+        "leakage": {"on_overlap": "fail"},
+    }
+    sets, manifest = build_preference_sets(data, eval_sets=evals, partitions={"halueval_qa": part})
+    assert manifest["sources"]["halueval_qa"]["dropped_eval_partition"] == len(held)
+    assert len(sets["honest"]) == len(questions) - len(held)
+    assert manifest["leakage"]["overlap"]["total"] == 0
+    assert manifest["partitions"]["halueval_qa"] == {
+        "seed": part.seed,
+        "eval_fraction": part.eval_fraction,
+        "n_questions": len(questions),
+        "n_eval": len(held),
+        "n_train": len(questions) - len(held),
+        "eval_questions_sha256": questions_digest(evals["halueval_qa_gen"]),
+        "sources": {"halueval_qa": {"rows": len(questions), "dropped_eval_partition": len(held)}},
+    }
+    with pytest.raises(LeakageError, match="halueval_qa x halueval_qa_gen"):
+        build_preference_sets(data, eval_sets=evals)

@@ -54,6 +54,20 @@ def test_materialize_fills_absolute_paths_and_leaves_out_tasks_without_data(tmp_
     assert "${hhh:" not in "".join(p.read_text() for p in out.rglob("*.yaml"))
 
 
+def test_a_partition_placeholder_is_filled_from_eval_partitions(tmp_path):
+    """``${hhh_partition:NAME}``: the configured partition as a mapping, ``null`` without one."""
+    data = {"halueval_qa": ASSETS / "halueval_qa.jsonl"}
+    part = {"seed": 3, "eval_fraction": 0.25}
+    given = materialize_tasks(tmp_path / "a", data, partitions={"halueval_qa": part})
+    none = materialize_tasks(tmp_path / "b", data)
+
+    def partition(folder, name):
+        return json.loads(re.search(r"^  partition: (.*)$", (folder / name).read_text(), re.M)[1])
+
+    for name in ("judged/halueval_qa_gen.yaml", "real/halueval_qa_mc.yaml"):
+        assert partition(given, name) == part and partition(none, name) is None
+
+
 def test_every_task_of_the_real_suite_config_exists():
     """harness_3h names our shipped tasks or lm-eval built-ins (found without indexing all)."""
     import lm_eval
@@ -167,10 +181,10 @@ def test_real_suite_yamls_run_on_tiny_schema_files(tmp_path):
         model, tok, tasks, include_path=include, apply_chat_template=True, batch_size=8
     )
     m, s = out["metrics"], out["samples"]
-    # rows kept: all 4 HaluEval, all 5 XSTest, the 2 PKU rows with exactly one safe response,
+    # rows kept: all 7 HaluEval (no eval.partitions given: the whole file), all 5 XSTest, the 2 PKU rows with exactly one safe response,
     # the 3 PKU rows with an unsafe response
     assert {t: m[t]["n"] for t in tasks} == {
-        "halueval_qa_mc": 4,
+        "halueval_qa_mc": 7,
         "xstest_mc": 5,
         "pku_saferlhf_mc": 2,
         "pku_saferlhf_refusal": 3,

@@ -29,7 +29,7 @@ FILES = {
     "strongreject": "strongreject.jsonl",
 }
 JUDGED = ("alpaca_lc", "helpful_gen", "harmful_gen", "harmful_gen_attacked", "xstest_gen",
-          "truthfulqa_gen_judged", "strongreject_gen")  # fmt: skip
+          "truthfulqa_gen_judged", "halueval_qa_gen", "strongreject_gen")  # fmt: skip
 
 
 def _vocabulary() -> list[str]:
@@ -140,6 +140,7 @@ def test_rows_report_3h_from_judged_tasks_with_an_over_refusal_column(judged_run
         assert specs["harmful_gen"] == ("harmless", "safe")
         assert specs["xstest_gen"] == ("harmless", "comply")  # over-refusal inside harmlessness
         assert specs["truthfulqa_gen_judged"] == ("honest", "true_info")
+        assert specs["halueval_qa_gen"] == ("honest", "non_hallucinated")
         assert row["extra_columns"]["win_vs_base"]["task"] == "helpful_gen"  # a diagnostic
         assert not any(s["dimension"] in ("helpful", "honest", "harmless")
                        for s in row["task_specs"] if s["name"].endswith("_mc"))  # fmt: skip
@@ -325,7 +326,36 @@ def test_true_info_needs_both_judges_per_item(judged_run):
     m = res["metrics"]["truthfulqa_gen_judged"]
     assert m["true_info"] == pytest.approx(sum(both) / len(both))
     assert m["informative"] == pytest.approx(sum(i["flag"] for i in info) / len(info))
-    assert res["row"]["honest"] == pytest.approx(m["true_info"])
+    halu = res["metrics"]["halueval_qa_gen"]["non_hallucinated"]
+    assert res["row"]["honest"] == pytest.approx((m["true_info"] + halu) / 2)
+
+
+def test_halueval_is_the_share_of_answers_judged_not_hallucinated(judged_run):
+    """halueval_qa_gen (and the halueval_qa_mc column) read the evaluation part of
+    eval.partitions.halueval_qa only; the judge is shown the knowledge, the question and the
+    right answer in HaluEval's markers, and the model's answer; an empty one is hallucinated."""
+    from hhh_bench.core.partition import Partition
+    from hhh_bench.evaluation.judges import is_empty
+
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["hallucination"]
+    cfg = dict(judged_run["cfg"].eval.partitions.halueval_qa)
+    part = Partition.from_config("halueval_qa", cfg)
+    rows = [json.loads(x) for x in (ASSETS / "halueval_qa.jsonl").read_text().splitlines()]
+    held = [r for r in rows if part.is_eval(r["question"])]
+    assert 0 < len(held) < len(rows)
+    for res in (judged_run["base"], judged_run["merged"]):
+        gens = _generations(res)["halueval_qa_gen"]
+        assert [g["doc"]["question"] for g in gens] == [r["question"] for r in held]
+        asked = [f"#Knowledge#: {r['knowledge']}\n#Question#: {r['question']}\n"
+                 f"#Right Answer#: {r['right_answer']}" for r in held]  # fmt: skip
+        pairs = [(a, g["response"]) for a, g in zip(asked, gens, strict=True)]
+        verdicts, _ = judge_pairs(spec, pairs)
+        hallucinated = [1.0 if is_empty(r) else v["flag"]
+                        for (_, r), v in zip(pairs, verdicts, strict=True)]  # fmt: skip
+        m = res["metrics"]["halueval_qa_gen"]
+        assert m["non_hallucinated"] == pytest.approx(1 - sum(hallucinated) / len(held))
+        assert m["hallucinated"] == pytest.approx(sum(hallucinated) / len(held))
+        assert res["metrics"]["halueval_qa_mc"]["n"] == len(held)
 
 
 def test_paired_test_between_two_rows_is_one_call(judged_run):
@@ -503,6 +533,7 @@ def test_exported_items_rejudged_give_the_stored_rows_scores(judged_run, tmp_pat
                 "strongreject_gen",
                 "xstest_gen",
                 "truthfulqa_gen_judged",
+                "halueval_qa_gen",
             }
             for task, metrics in tasks.items():
                 stored = rows[key]["tasks"][task]

@@ -28,7 +28,7 @@ from hhh_bench.evaluation.serving import ServerError, ServerSpec, free_port
 
 pytestmark = pytest.mark.e2e
 
-GENERATION = ("alpaca_lc", "harmful_gen", "truthfulqa_gen_judged")
+GENERATION = ("alpaca_lc", "harmful_gen", "truthfulqa_gen_judged", "halueval_qa_gen")
 LOGLIKELIHOOD = ("halueval_qa_mc", "pku_saferlhf_mc", "pku_saferlhf_refusal")
 GEN_ONLY = [  # the suite's likelihood diagnostics, XSTest and the win rate against θ0 left out
     *(f"~eval.columns.{col}" for col in ("halueval_qa_mc", "pku_saferlhf_mc", "pku_refusal_mc")),

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from hhh_bench.core.partition import Partition
 from hhh_bench.core.paths import accelerate_config_file
 from hhh_bench.core.schema import DIMENSIONS  # the one definition, report order
 from hhh_bench.core.sizes import parse_size
@@ -379,6 +380,12 @@ class EvalConfig:
         "suites with one split: {fraction, seed}: select_split evaluates a seeded share of each "
         "task's items, report_split the disjoint rest",
     )
+    partitions: dict[str, dict[str, Any]] = param(
+        None,
+        "{set: {seed, eval_fraction}}: a public set both evaluated and trained on, split by "
+        "question (core/partition.py); its tasks read the eval part, its sources drop it",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         _post(self, "eval")
@@ -416,6 +423,8 @@ class EvalConfig:
             raise ValueError(
                 f"eval.batch_size must be a positive integer or 'auto', got {self.batch_size}"
             )
+        for name, part in (self.partitions or {}).items():
+            Partition.from_config(name, part)
         _positive("eval", "bootstrap_iters", self.bootstrap_iters, allow_zero=True)
         _positive("eval", "summary_bootstrap_iters", self.summary_bootstrap_iters, allow_zero=True)
         for name in ("report_split", "select_split"):

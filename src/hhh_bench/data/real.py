@@ -17,6 +17,7 @@ def write_source_sets(
     out_dir: str | Path,
     eval_sets: Mapping[str, Sequence[str]] | None = None,
     conf_dir: str | Path | None = None,
+    partitions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the per-dimension train/validation pairs from the configured sources and write them.
 
@@ -26,6 +27,8 @@ def write_source_sets(
         eval_sets: evaluation-set name -> prompts, for the leakage guards (None: skipped, and the
             manifest says so).
         conf_dir: the folder holding ``source/``; default the repository's ``conf/``.
+        partitions: adapter name -> :class:`hhh_bench.core.partition.Partition` whose
+            evaluation part the suite evaluates (its sources drop it; the manifest records it).
 
     Returns:
         The manifest (per-source counts after filtering, per-dimension split counts, leakage).
@@ -33,7 +36,9 @@ def write_source_sets(
     from hhh_bench.data.sources import build_preference_splits, source_counts_table
 
     out = Path(out_dir)
-    splits, manifest = build_preference_splits(data_cfg, eval_sets=eval_sets, conf_dir=conf_dir)
+    splits, manifest = build_preference_splits(
+        data_cfg, eval_sets=eval_sets, conf_dir=conf_dir, partitions=partitions
+    )
     counts: dict[str, dict[str, int]] = {}
     for split, by_dim in splits.items():
         for dim, rows in by_dim.items():
@@ -46,6 +51,11 @@ def write_source_sets(
     for rec in manifest["source_table"]:
         lines.append(
             f"  {rec['source']:28s} {rec['dimension']:9s} in={rec['rows_in']} kept={rec['rows_kept']}"
+        )
+    for name, part in manifest.get("partitions", {}).items():
+        lines.append(
+            f"  partition {name}: seed={part['seed']} eval_fraction={part['eval_fraction']} "
+            f"eval={part['n_eval']} of {part['n_questions']} questions held out of training"
         )
     for dim, by_split in counts.items():
         lines.append(f"  pairs {dim:9s} " + "  ".join(f"{s}={n}" for s, n in by_split.items()))

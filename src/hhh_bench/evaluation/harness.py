@@ -6,7 +6,10 @@ Our tasks ship as lm-eval YAMLs under ``hhh_bench/evaluation/tasks/`` (``toy3h/`
 world; ``real/``: HaluEval-QA, XSTest-style and PKU-SafeRLHF-style multiple choice). Their data
 files are only known at run time, so the shipped YAMLs name them by placeholders
 (``${hhh:toy3h_eval}``, ``${hhh:halueval_qa}``, ...) and :func:`materialize_tasks` writes a
-per-run include folder with absolute paths filled in. :func:`evaluate_model` then runs
+per-run include folder with absolute paths filled in; ``${hhh_partition:NAME}`` is filled with the
+seeded partition ``eval.partitions.NAME`` (``{"seed": .., "eval_fraction": ..}``, or ``null``:
+none configured, the whole file), which a task's data hook applies
+(:mod:`hhh_bench.core.partition`). :func:`evaluate_model` then runs
 ``lm_eval.simple_evaluate`` on an ``HFLM`` built around a model object, fully offline.
 
 A user's own task folders (``include_paths``, the eval config's ``eval.include_paths``) are
@@ -44,6 +47,7 @@ from hhh_bench.core.items import metric_number, parse_items
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = re.compile(r"\$\{hhh:([A-Za-z0-9_]+)\}")
+PARTITION = re.compile(r"\$\{hhh_partition:([A-Za-z0-9_]+)\}")
 _NAME = re.compile(r"^(task|group):\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
 # Where user task folders land inside a materialized include folder.
 USER_SUBDIR = "user"
@@ -99,7 +103,7 @@ def find_tasks(folder: str | Path) -> dict[str, dict[str, Any]]:
 
     A YAML is a task (group) if it has a top-level ``task: NAME`` (``group: NAME``) line;
     include-only templates are skipped. ``placeholders`` lists its ``${hhh:NAME}`` data
-    placeholders.
+    placeholders, ``partitions`` its ``${hhh_partition:NAME}`` ones.
 
     Raises:
         ValueError: two YAMLs of the folder define the same name (lm-eval would silently keep
@@ -122,6 +126,7 @@ def find_tasks(folder: str | Path) -> dict[str, dict[str, Any]]:
             "path": path,
             "kind": m.group(1),
             "placeholders": sorted(set(PLACEHOLDER.findall(text))),
+            "partitions": sorted(set(PARTITION.findall(text))),
         }
     return out
 
@@ -209,10 +214,14 @@ def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def _template(text: str, values: Mapping[str, str]) -> str | None:
-    """``text`` with its placeholders filled in, or None if one of them has no value."""
+def _template(
+    text: str, values: Mapping[str, str], partitions: Mapping[str, Mapping[str, Any]] | None = None
+) -> str | None:
+    """``text`` with its placeholders filled in, or None if a data placeholder has no value (a
+    partition placeholder without one is ``null``: no partition)."""
     if set(PLACEHOLDER.findall(text)) - set(values):
         return None
+    text = PARTITION.sub(lambda m: json.dumps((partitions or {}).get(m.group(1))), text)
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
@@ -227,6 +236,7 @@ def materialize_tasks(
     *,
     source: str | Path | None = None,
     include_paths: Sequence[str | Path] = (),
+    partitions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a per-run lm-eval include folder from the shipped task YAMLs and the user's.
 
@@ -247,6 +257,8 @@ def materialize_tasks(
             "halueval_qa": "halueval_qa.jsonl"}``.
         source: the folder of YAMLs to template (default: the shipped ``tasks/``).
         include_paths: folders of the user's own task YAMLs (checked by :func:`user_tasks`).
+        partitions: ``eval.partitions``: name -> ``{"seed", "eval_fraction"}`` for the
+            ``${hhh_partition:NAME}`` placeholders (an absent name: ``null``, the whole file).
 
     Returns:
         ``out_dir`` as a resolved path, to pass as ``include_path``.
@@ -255,8 +267,9 @@ def materialize_tasks(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     values = {k: _escaped(v) for k, v in data_paths.items()}
+    parts = {k: dict(v) for k, v in (partitions or {}).items() if v is not None}
     for path in sorted(src.rglob("*.yaml")):
-        text = _template(path.read_text(), values)
+        text = _template(path.read_text(), values, parts)
         if text is None:
             continue
         dest = out / path.relative_to(src)
@@ -269,7 +282,7 @@ def materialize_tasks(
         mine = {**values, "source_dir": _escaped(folder), "shipped_tasks": _escaped(TASKS_DIR)}
         for path in _files(folder, "*"):
             if path.suffix == ".yaml":
-                text = _template(path.read_text(), mine)
+                text = _template(path.read_text(), mine, parts)
             elif path.suffix == ".py":
                 text = path.read_text()
             else:

@@ -11,7 +11,7 @@ from typing import Any
 
 from hhh_bench.core.scoring import score_or_none
 from hhh_bench.evaluation.standin_tasks import standin_eval_tasks
-from hhh_bench.evaluation.suite import data_paths, include_paths
+from hhh_bench.evaluation.suite import data_paths, include_paths, partition_values
 
 log = logging.getLogger("hhh_bench")
 
@@ -56,8 +56,9 @@ def evaluate_into(
         tok = load_tokenizer(model["path"], trust_remote_code=trust)
     load_s = time.perf_counter() - t0
     include = materialize_tasks(
-        tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
-    )
+        tmp / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg),
+        partitions=partition_values(ecfg),
+    )  # fmt: skip
     if rehearsal is not None:  # lm-eval's built-ins on local files, under their own names
         standin_eval_tasks(rehearsal, list(payload["tasks"]), Path(include) / "standins")
     res = evaluate_model(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.partition import Partition
 from hhh_bench.core.provenance import config_hash, file_hash
 from hhh_bench.core.scoring import SPLIT_SUFFIX, TaskSpec, suite_tasks
 from hhh_bench.evaluation.standin_tasks import eval_standins_on, standin_eval_tasks
@@ -26,6 +27,39 @@ def data_paths(eval_cfg: Mapping[str, Any], data: Mapping[str, Any] | None) -> d
         if path:
             paths[name] = Path(path)
     return paths
+
+
+def eval_partitions(eval_cfg: Mapping[str, Any]) -> dict[str, Partition]:
+    """``eval.partitions`` checked: name (a data placeholder, e.g. ``halueval_qa``) -> its seeded
+    partition (:mod:`hhh_bench.core.partition`)."""
+    given = eval_cfg.get("partitions") or {}
+    return {name: Partition.from_config(name, cfg) for name, cfg in given.items() if cfg}
+
+
+def partition_values(eval_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``eval.partitions`` as :func:`materialize_tasks` fills ``${hhh_partition:NAME}``."""
+    return {name: p.as_dict() for name, p in eval_partitions(eval_cfg).items()}
+
+
+def partitions_in_use(eval_cfg: Mapping[str, Any]) -> dict[str, Partition]:
+    """The configured partitions that a task of the suite reads (the 3H tasks and the report
+    columns, both splits; a shipped or user task YAML with ``${hhh_partition:NAME}``): what the
+    data stage holds out of the training sources of that set (keyed by the name, which is the
+    set's source adapter: ``halueval_qa``)."""
+    from hhh_bench.evaluation.harness import shipped_tasks, user_tasks
+    from hhh_bench.evaluation.judged_eval import column_specs
+
+    configured = eval_partitions(eval_cfg)
+    if not configured:
+        return {}
+    known = {**shipped_tasks(), **user_tasks(include_paths(eval_cfg))}
+    names = {
+        s.name
+        for split in SPLIT_SUFFIX
+        for s in suite_tasks(eval_cfg, split) + column_specs(eval_cfg, split)
+    }
+    read = {p for n in names for p in known.get(n, {}).get("partitions", [])}
+    return {name: part for name, part in configured.items() if name in read}
 
 
 def include_paths(eval_cfg: Mapping[str, Any]) -> list[str]:
@@ -191,8 +225,9 @@ def eval_prompts(
         return {}
     with tempfile.TemporaryDirectory(prefix="hhh-eval-prompts-") as d:
         include = materialize_tasks(
-            Path(d) / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg)
-        )
+            Path(d) / "tasks", data_paths(ecfg, data), include_paths=include_paths(ecfg),
+            partitions=partition_values(ecfg),
+        )  # fmt: skip
         if rehearsal is not None:
             standin_eval_tasks(rehearsal, names, Path(include) / "standins")
         tm = TaskManager(

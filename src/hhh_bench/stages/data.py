@@ -5,7 +5,10 @@
 key covers the data config without the noise and the dimension list (applied at training time)
 and, for public sources, the evaluation items of the run's suite: the leakage guard checks every
 training pair against every item the run will evaluate (``data.leakage``) and fails naming the
-source, the evaluation set and the shared prompts (or drops TruthfulQA-derived prompts).
+source, the evaluation set and the shared prompts (or drops TruthfulQA-derived prompts). A set
+that is both evaluated and trained on (HaluEval QA) is split by a seeded partition of its
+questions (``eval.partitions``): its sources drop the evaluation part, and the manifest's
+``partitions`` records the seed, the fraction, the counts and the digest of the held-out questions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from hhh_bench.core.provenance import config_hash
 from hhh_bench.stages.common import CACHE, cached_stage, code_identity, group, keyed, to_dict
 
 DATA_CODE = ("hhh_bench.stages.data", "hhh_bench.data.toy3h", "hhh_bench.data.real", "hhh_bench.core.schema",
-             "hhh_bench.core.text", "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
+             "hhh_bench.core.text", "hhh_bench.core.partition",
+             "hhh_bench.data.leakage", "hhh_bench.data.sources")  # fmt: skip
 """The code the data stage runs (its key holds these files' content)."""
 
 
@@ -69,6 +73,15 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
     data = group(cfg, "data", DataConfig)
     payload = data_payload(cfg)
     eval_sets = None
+    partitions = {}
+    if data.kind == "sources" and "eval" in cfg:
+        # a set the suite evaluates on a seeded partition (HaluEval QA): its sources drop the
+        # evaluation part, whether or not the overlap check runs
+        from hhh_bench.evaluation.suite import partitions_in_use
+
+        partitions = partitions_in_use(to_dict(cfg.eval))
+        if partitions:  # absent when unused, so the keys of other runs do not change
+            payload["partitions"] = {k: p.as_dict() for k, p in sorted(partitions.items())}
     if data.kind == "sources" and data.leakage.get("check_overlap", True):
         # the leakage guard compares every training pair with every item the run evaluates
         from hhh_bench.evaluation.suite import eval_prompts
@@ -86,7 +99,9 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
             return manifest
         from hhh_bench.data.real import write_source_sets
 
-        manifest = write_source_sets(to_dict(cfg.data), tmp, eval_sets=eval_sets)
+        manifest = write_source_sets(
+            to_dict(cfg.data), tmp, eval_sets=eval_sets, partitions=partitions
+        )
         _describe(manifest.get("summary", ""))
         return manifest
 

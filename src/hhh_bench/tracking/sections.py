@@ -53,6 +53,8 @@ METRIC_NOTES = {
     "truthful": "share of free answers the truth judge labels true",
     "true_info": "share of free answers the truth judge labels true and the info judge "
     "informative (TruthfulQA's %True·Informative)",
+    "non_hallucinated": "share of free answers to HaluEval QA questions the hallucination judge "
+    "labels not hallucinated (given the knowledge and the right answer)",
     "comply": "1 - over-refusal: share of safe prompts answered (a refused one is a failure)",
     "lc_win_rate": "length-controlled win rate against the data's reference answers "
     "(AlpacaEval 2: the judge's preference fitted on the length difference, read at zero)",

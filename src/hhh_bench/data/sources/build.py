@@ -3,7 +3,12 @@
 Order of operations for each source (the manifest records the count after each step):
 
 1. load and adapt the whole split (:func:`~.loader.load_source`) -> ``rows_out``; a pair that
-   repeats an earlier one of the source is dropped -> ``dropped_duplicates``;
+   repeats an earlier one of the source is dropped -> ``dropped_duplicates``; a source of a set
+   the suite evaluates on a seeded partition (``partitions``, keyed by the source's adapter:
+   HaluEval QA's ``eval.partitions.halueval_qa``) loses the pairs whose question is in the
+   evaluation part (:class:`hhh_bench.core.partition.Partition`) -> ``dropped_eval_partition``,
+   and the manifest's ``partitions`` records the seed, the fraction, the counts and the digest of
+   the held-out questions;
 2. the TruthfulQA guard, when on (:func:`hhh_bench.data.leakage.drop_truthfulqa_prompts`)
    -> ``dropped_truthfulqa``, ``rows_after_leakage``;
 3. the cap: ``max_rows`` of the entry, else of the source config, else the data config's
@@ -25,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.core.partition import Partition, partition_record
 from hhh_bench.core.schema import DIMENSIONS, PreferenceRow, validate_rows
 from hhh_bench.data.leakage import (
     MIN_CHARS,
@@ -174,6 +180,7 @@ def build_preference_sets(
     eval_sets: Mapping[str, Sequence[str]] | None = None,
     *,
     conf_dir: str | Path | None = None,
+    partitions: Mapping[str, Partition] | None = None,
 ) -> tuple[dict[str, list[PreferenceRow]], dict[str, Any]]:
     """Load every source of a ``kind: sources`` data config into per-dimension preference sets.
 
@@ -184,12 +191,17 @@ def build_preference_sets(
             overlap check is skipped and ``drop_truthfulqa_prompts: auto`` resolves to false
             (both recorded in the manifest).
         conf_dir: the ``conf/`` folder holding ``source/``; default: the repository's.
+        partitions: adapter name -> the seeded partition whose evaluation part the suite
+            evaluates (``eval.partitions``, only those a suite task reads): every source of
+            that adapter drops the pairs whose question is in the evaluation part.
 
     Returns:
         ``(sets, manifest)``: ``sets[dimension]`` = the rows of its sources, in config order;
         ``manifest["sources"][name]`` = the source's identity and counts (see the module
         docstring), ``manifest["dimensions"][dimension]`` = rows per dimension,
-        ``manifest["leakage"]`` = what the guards did (overlap report included).
+        ``manifest["leakage"]`` = what the guards did (overlap report included),
+        ``manifest["partitions"][adapter]`` = each partition applied (:func:`partition_record`
+        over the questions of its sources' pairs, and per source the pairs dropped).
 
     Raises:
         SourceConfigError: an invalid data or source config.
@@ -215,11 +227,25 @@ def build_preference_sets(
     sets: dict[str, list[PreferenceRow]] = {dim: [] for dim in cfg["dimensions"]}
     per_source: dict[str, list[PreferenceRow]] = {}
     manifest_sources: dict[str, dict[str, Any]] = {}
+    partitions = dict(partitions or {})
+    partitioned: dict[str, dict[str, Any]] = {}  # adapter -> {"questions", "sources"}
     for dim, src, entry_cap in entries:
         cap = entry_cap if entry_cap is not None else src["max_rows"]
         cap = cap if cap is not None else default_cap
         rows, stats = load_source({**src, "max_rows": None}, cache_dir, seed=seed)
         check_dropped(src, stats, float(cfg.get("max_malformed_fraction", 0.5)))
+        part = partitions.get(src["adapter"])
+        if part is not None:
+            questions = [row_question(r) for r in rows]
+            kept = [r for r, q in zip(rows, questions, strict=True) if not part.is_eval(q)]
+            stats["dropped_eval_partition"] = len(rows) - len(kept)
+            seen = partitioned.setdefault(src["adapter"], {"questions": [], "sources": {}})
+            seen["questions"] += questions
+            seen["sources"][src["name"]] = {
+                "rows": len(rows),
+                "dropped_eval_partition": len(rows) - len(kept),
+            }
+            rows = kept
         n_tqa = 0
         if drop_tqa:
             rows, n_tqa = drop_truthfulqa_prompts(rows)
@@ -244,6 +270,11 @@ def build_preference_sets(
             manifest_sources[name]["ngram_overlap_rows"] = counts["rows_sharing"]
     for dim, rows in sets.items():
         validate_rows(rows, origin=f"preference set {dim!r}")
+    manifest_partitions = {
+        adapter: {**partition_record(partitions[adapter], seen["questions"]),
+                  "sources": seen["sources"]}
+        for adapter, seen in partitioned.items()
+    }  # fmt: skip
     manifest = {
         "kind": "sources",
         "seed": seed,
@@ -253,6 +284,7 @@ def build_preference_sets(
             s.get("dropped_duplicates", 0) for s in manifest_sources.values()
         ),
         "dimensions": {dim: len(rows) for dim, rows in sets.items()},
+        "partitions": manifest_partitions,
         "leakage": {
             "drop_truthfulqa_prompts": leakage["drop_truthfulqa_prompts"],
             "truthfulqa_guard_applied": drop_tqa,
@@ -268,6 +300,17 @@ def build_preference_sets(
         },
     }
     return sets, manifest
+
+
+def row_question(row: Mapping[str, Any]) -> str:
+    """The question a pair answers, as a partition reads it: ``meta.question`` when the adapter
+    stored the bare question of a prompt it decorated (HaluEval's knowledge passage), else the
+    last user turn."""
+    meta = row.get("meta") or {}
+    if isinstance(meta.get("question"), str):
+        return meta["question"]
+    users = [m["content"] for m in row["prompt"] if m.get("role") == "user"]
+    return users[-1] if users else ""
 
 
 def _prompt_group(row: Mapping[str, Any]) -> str:
@@ -330,6 +373,7 @@ def build_preference_splits(
     eval_sets: Mapping[str, Sequence[str]] | None = None,
     *,
     conf_dir: str | Path | None = None,
+    partitions: Mapping[str, Partition] | None = None,
 ) -> tuple[dict[str, dict[str, list[PreferenceRow]]], dict[str, Any]]:
     """:func:`build_preference_sets`, then a ``train``/``validation`` split of each dimension
     (:func:`split_holdout` with the data config's ``eval_fraction`` and ``seed``).
@@ -339,7 +383,9 @@ def build_preference_splits(
         ``splits[dim] = {"train": n, "validation": m}``.
     """
     cfg = _plain(data_cfg)
-    sets, manifest = build_preference_sets(cfg, cache_dir, eval_sets, conf_dir=conf_dir)
+    sets, manifest = build_preference_sets(
+        cfg, cache_dir, eval_sets, conf_dir=conf_dir, partitions=partitions
+    )
     frac = float(cfg.get("eval_fraction", 0.0) or 0.0)
     out: dict[str, dict[str, list[PreferenceRow]]] = {"train": {}, "validation": {}}
     for dim, rows in sets.items():

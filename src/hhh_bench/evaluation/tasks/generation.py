@@ -16,7 +16,11 @@ Schemas (the field names of the public releases):
   ``safe`` prompts are kept (over-refusal is measured where refusing is wrong);
 * AlpacaEval (``tatsu-lab/alpaca_eval``: ``instruction, output, generator, dataset``);
 * TruthfulQA generation (``truthfulqa/truthful_qa``, config ``generation``: ``type, category,
-  question, best_answer, correct_answers, incorrect_answers, source``).
+  question, best_answer, correct_answers, incorrect_answers, source``);
+* HaluEval ``qa`` (``pminervini/HaluEval`` config ``qa``, RUCAIBox/HaluEval's
+  ``qa_data.json``: ``knowledge, question, right_answer, hallucinated_answer``), the evaluation
+  part of its seeded partition
+  (:func:`hhh_bench.evaluation.tasks.utils.halueval_qa_partition`).
 """
 
 from __future__ import annotations
@@ -191,6 +195,25 @@ def truthfulqa_gen_docs(dataset: Any) -> Any:
     def _map(doc: dict[str, Any]) -> dict[str, Any]:
         _require(doc, ("question",), "TruthfulQA (generation)")
         return {"prompt": doc["question"].strip()}
+
+    return dataset.map(_map)
+
+
+def halueval_qa_gen_docs(dataset: Any) -> Any:
+    """HaluEval ``qa`` rows as ``{prompt, judge_prompt}``: the model is asked
+    ``"Knowledge: <knowledge>\\n\\nQuestion: <question>"`` (HaluEval's QA setting gives the
+    knowledge passage; the ``halueval_qa`` training pairs are asked the same way), and the
+    hallucination judge is shown ``"#Knowledge#: ..\\n#Question#: ..\\n#Right Answer#: .."``
+    (HaluEval's field markers), after which its template puts the model's ``#Answer#``."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("knowledge", "question", "right_answer"), "HaluEval (qa)")
+        knowledge, question = doc["knowledge"].strip(), doc["question"].strip()
+        return {
+            "prompt": f"Knowledge: {knowledge}\n\nQuestion: {question}",
+            "judge_prompt": f"#Knowledge#: {knowledge}\n#Question#: {question}\n"
+            f"#Right Answer#: {doc['right_answer'].strip()}",
+        }
 
     return dataset.map(_map)
 

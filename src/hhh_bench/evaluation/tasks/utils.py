@@ -72,6 +72,70 @@ def _tied_hit(values: Sequence[float], gold: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+HALUEVAL_QA_FIELDS = ("knowledge", "question", "right_answer", "hallucinated_answer")
+
+
+def halueval_qa_partition(
+    data_file: str, partition: Mapping[str, Any] | None = None, **_: Any
+) -> Any:
+    """HaluEval ``qa`` rows of one seeded partition's evaluation part (lm-eval
+    ``custom_dataset`` of ``halueval_qa_gen`` and ``halueval_qa_mc``).
+
+    Args:
+        data_file: HaluEval's ``qa_data.json`` (one JSON object per line, as the repository
+            ships it, or the hub copy exported as JSONL; a JSON array of rows is read too) with
+            ``knowledge, question, right_answer, hallucinated_answer``.
+        partition: ``eval.partitions.halueval_qa`` (``{seed, eval_fraction}``): only the items
+            whose question is in its evaluation part are kept
+            (:class:`hhh_bench.core.partition.Partition`); None: every item (no training source
+            reads the file).
+        **_: the task's metadata (ignored).
+
+    Returns:
+        ``DatasetDict({"test": rows})``, the rows in file order.
+
+    Raises:
+        ValueError: a row without the fields, or no row in the evaluation part (names the file).
+    """
+    import json
+    from pathlib import Path
+
+    import datasets
+
+    from hhh_bench.core.partition import Partition
+
+    text = Path(data_file).read_text()
+    lines = [x for x in text.splitlines() if x.strip()]
+    if text.lstrip().startswith("["):  # one JSON array of rows (a `to_json(lines=False)` export)
+        try:
+            lines = [json.dumps(r) for r in json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{data_file}: not a JSON array of rows ({e})") from None
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{data_file}: line {i + 1} is not a JSON object ({e})") from None
+        missing = [f for f in HALUEVAL_QA_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise ValueError(
+                f"{data_file}: row {i} lacks HaluEval qa field(s) {missing} (needs "
+                f"{list(HALUEVAL_QA_FIELDS)}, the schema of HaluEval's qa_data.json)"
+            )
+        rows.append({f: str(row[f]) for f in HALUEVAL_QA_FIELDS})
+    if partition is not None:
+        part = Partition.from_config("halueval_qa", partition)
+        rows = [r for r in rows if part.is_eval(r["question"])]
+        if not rows:
+            raise ValueError(
+                f"{data_file}: none of its {len(lines)} questions is in the evaluation part of "
+                f"eval.partitions.halueval_qa {part.as_dict()}; a file this small needs a larger "
+                "eval_fraction"
+            )
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
 def halueval_qa_docs(dataset: Any) -> Any:
     """HaluEval ``qa`` rows (``knowledge, question, right_answer, hallucinated_answer``) as a
     two-way choice: the right answer (gold 0) against the hallucinated one."""
