@@ -190,3 +190,48 @@ def test_the_shipped_judges_hold_the_published_prompts():
     assert judges["strongreject_rubric"]["system"] == G.STRONGREJECT_RUBRIC_SYSTEM
     for name in ("rating", "strongreject_rubric"):
         JudgeSpec.from_config(name, {**judges[name], "device": "cpu"})
+
+
+def test_a_parse_mode_judge_through_a_server_reads_its_text_answers(tmp_path):
+    """ServedGuard (a URL server: a thread here answering /completions as an OpenAI-compatible
+    server does) is sent the chat-templated grading prompt, as text, with max_new_tokens, and
+    its text answers are read by the same parser as in process."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from hhh_bench.evaluation.judges import ServedGuard
+    from hhh_bench.evaluation.serving import Abilities, Server
+    from hhh_bench.models import build_word_tokenizer
+
+    bodies, answers = [], ["Good.\nRating: [[7]]", "Fine [5]"]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            out = json.dumps({"choices": [{"text": answers[len(bodies) - 1]}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        spec = JudgeSpec.from_config("rating", {**PARSE, "system": "Be fair.",
+                                                "server": {"url": "http://127.0.0.1:1/v1"}})  # fmt: skip
+        judge = ServedGuard.__new__(ServedGuard)  # its server and tokenizer given, not launched
+        judge.spec, judge._timeout = spec, 10
+        judge.tok = build_word_tokenizer(["Q", "A", "q1", "ok"])
+        judge.server = Server(url=f"http://127.0.0.1:{httpd.server_port}/v1", model="judge")
+        judge.abilities = Abilities(prompt_logprobs=False, token_prompts=False, stop_strings=True)
+        out = judge.score([("q1", "ok"), ("q2", "fine")])
+    finally:
+        httpd.shutdown()
+    assert [(v["reward"], v["text"]) for v in out] == [(7.0, answers[0]), (5.0, answers[1])]
+    assert bodies[0]["prompt"] == "<bos><system> Be fair. <user> Q q1 A ok <assistant> "
+    assert bodies[0]["max_tokens"] == 64 and bodies[0]["temperature"] == 0
