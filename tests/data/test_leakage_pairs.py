@@ -33,6 +33,7 @@ EVAL_SETS = {
     "harmful_gen": (EVAL / "harmbench.jsonl", "Behavior"),
     "harmful_gen_attacked": (EVAL / "harmbench_test_cases.json", None),  # HarmBench's format
     "strongreject_gen": (EVAL / "strongreject.jsonl", "forbidden_prompt"),
+    "mtbench_single": (EVAL / "mtbench_question.jsonl", "turns"),  # the first turn is asked
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),
@@ -60,7 +61,7 @@ def _jsonl(path: Path) -> list[dict]:
 def _prompts(path: Path, field: str | None) -> list[str]:
     if field is None:  # an attack's test cases, {BehaviorID: [test case, ...]}
         return [c for cases in json.loads(path.read_text()).values() for c in cases]
-    return [r[field] for r in _jsonl(path)]
+    return [r[field][0] if field == "turns" else r[field] for r in _jsonl(path)]
 
 
 def _plant(row: dict, how: str, prompt: str) -> dict:
