@@ -330,6 +330,8 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     assert holdouts == {'"select"', '"report"'}
     for family in ("Merge: ties", "Merge: resm", "Mixture: "):
         assert family.split(": ")[1] in report or family in report
+    # the judges in parse mode (stand-ins writing in their graders' formats) give their columns
+    assert "Mt-score" in report and "Strongreject-rubric" in report
     # the root moved to another folder reruns with every stage reused (issue 26: keys hold
     # content and code, never a location)
     moved = tmp_path.parent / f"{tmp_path.name}-moved"

@@ -182,7 +182,8 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
             words.update(w for doc in docs for v in _strings(doc) for w in v.split())
     marker = folder / "standin_judges.json"
     vocab = sorted(words)
-    roles = ("safety", "refusal", "reward", "truth", "info", "strongreject", "hallucination")
+    roles = ("safety", "refusal", "reward", "truth", "info", "strongreject", "hallucination",
+             "strongreject_rubric", "rating")  # fmt: skip
     paths = {role: folder / role for role in roles}
     if (
         not marker.is_file()

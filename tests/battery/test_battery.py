@@ -376,6 +376,13 @@ VALUES = [
          "eval.judges.safety.on_unparsed=unsafe", says=pattern("safety", "on_unparsed", "unsafe")),
     case("judge kind typo", "eval=harness_3h", "model.device=cpu", "eval.judges.safety.kind=gaurd",
          says=pattern("safety", "gaurd")),
+    case("parse judge: parser typo", "eval=harness_3h", "model.device=cpu",
+         "eval.judges.rating.parser=mtbench", says=pattern("eval.judges.rating.parser", "mtbench")),
+    case("parse judge without max_new_tokens", "eval=harness_3h", "model.device=cpu",
+         "eval.judges.rating.max_new_tokens=null", says=pattern("eval.judges.rating.max_new_tokens")),
+    case("parse judge with a guard's policy", "eval=harness_3h", "model.device=cpu",
+         "eval.judges.strongreject_rubric.on_unparsed=positive",
+         says=pattern("eval.judges.strongreject_rubric.on_unparsed", "lowest", "positive")),
 ]  # fmt: skip
 
 

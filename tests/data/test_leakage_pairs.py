@@ -37,6 +37,7 @@ EVAL_SETS = {
     "harmful_gen": (EVAL / "harmbench.jsonl", "Behavior"),
     "harmful_gen_attacked": (EVAL / "harmbench_test_cases.json", None),  # HarmBench's format
     "strongreject_gen": (EVAL / "strongreject.jsonl", "forbidden_prompt"),
+    "mtbench_single": (EVAL / "mtbench_question.jsonl", "turns"),  # the first turn is asked
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),
@@ -71,7 +72,7 @@ def _partition() -> Partition:
 def _prompts(path: Path, field: str | None) -> list[str]:
     if field is None:  # an attack's test cases, {BehaviorID: [test case, ...]}
         return [c for cases in json.loads(path.read_text()).values() for c in cases]
-    prompts = [r[field] for r in _jsonl(path)]
+    prompts = [r[field][0] if field == "turns" else r[field] for r in _jsonl(path)]
     if path.name == "halueval_qa.jsonl":  # both HaluEval tasks read the evaluation part only
         prompts = [p for p in prompts if _partition().is_eval(p)]
     return prompts

@@ -27,9 +27,11 @@ FILES = {
     "pku_saferlhf": "pku_saferlhf.jsonl",
     "truthfulqa_gen": "truthfulqa_gen.jsonl",
     "strongreject": "strongreject.jsonl",
+    "mtbench": "mtbench_question.jsonl",
 }
 JUDGED = ("alpaca_lc", "helpful_gen", "harmful_gen", "harmful_gen_attacked", "xstest_gen",
-          "truthfulqa_gen_judged", "halueval_qa_gen", "strongreject_gen")  # fmt: skip
+          "truthfulqa_gen_judged", "halueval_qa_gen", "strongreject_gen",
+          "mtbench_single")  # fmt: skip
 
 
 def _vocabulary() -> list[str]:
@@ -313,6 +315,9 @@ def test_strongreject_is_the_evaluators_expected_score_over_1_to_5(judged_run):
     assert len(scores) == 3
     assert res["row"]["strongreject"] == pytest.approx(sum(scores) / 3, abs=1e-6)
     assert res["row"]["extra_columns"]["strongreject"]["higher_is_better"] is False
+    # the judges in parse mode (stand-ins writing in their graders' formats): columns of the row
+    assert res["row"]["extra_columns"]["strongreject_rubric"]["higher_is_better"] is False
+    assert 1.0 <= res["row"]["mt_score"] <= 10.0 and res["row"]["strongreject_rubric"] >= 0.0
 
 
 def test_true_info_needs_both_judges_per_item(judged_run):
@@ -531,6 +536,7 @@ def test_exported_items_rejudged_give_the_stored_rows_scores(judged_run, tmp_pat
                 "harmful_gen",
                 "harmful_gen_attacked",
                 "strongreject_gen",
+                "mtbench_single",
                 "xstest_gen",
                 "truthfulqa_gen_judged",
                 "halueval_qa_gen",

@@ -81,11 +81,16 @@ def test_the_shipped_guards_state_their_policy():
 
     judges = yaml.safe_load((CONF / "eval" / "harness_3h.yaml").read_text())["judges"]
     guards = {n: j for n, j in judges.items() if j["kind"] == "guard"}
-    assert guards and all(j.get("on_unparsed") in ("positive", "negative") for j in guards.values())
+    policies = {n: ("lowest", "highest") if j.get("mode") == "parse" else ("positive", "negative")
+                for n, j in guards.items()}  # fmt: skip
+    assert guards and all(j.get("on_unparsed") in policies[n] for n, j in guards.items())
     # the conservative side of each role: an unreadable safety verdict is unsafe, an unreadable
-    # truth verdict is not true
+    # truth verdict is not true, an unreadable MT-Bench grade is the lowest rating, an unreadable
+    # StrongREJECT rubric grade is full help
     assert guards["safety"]["on_unparsed"] == "positive"
     assert guards["truth"]["on_unparsed"] == "negative"
+    assert guards["rating"]["on_unparsed"] == "lowest"
+    assert guards["strongreject_rubric"]["on_unparsed"] == "highest"
 
 
 def test_a_judge_config_without_on_unparsed_stops_the_run_before_any_stage(tmp_path):

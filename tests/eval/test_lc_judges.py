@@ -50,6 +50,11 @@ class RuleJudge(BaseHTTPRequestHandler):
             self.send_response(503)
             self.end_headers()
             return
+        if body["messages"][0]["role"] == "system":  # a grader: "Rating: [[n]]", n = 'detail's
+            answer = body["messages"][-1]["content"].split("Assistant's Answer]")[1]
+            n = answer.count("detail")
+            return self._send({"choices": [{"index": 0, "message": {
+                "role": "assistant", "content": f"Fine. Rating: [[{n}]]"}}]})  # fmt: skip
         text = body["messages"][0]["content"]
         a, b = (x.count("detail") for x in type(self).outputs(text))
         token = "maybe" if a == b else ("m" if a > b else "M")
@@ -61,6 +66,9 @@ class RuleJudge(BaseHTTPRequestHandler):
         reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": token},
                               "logprobs": {"content": [{"token": token, "logprob": -0.1,
                                                         "top_logprobs": top}]}}]}  # fmt: skip
+        self._send(reply)
+
+    def _send(self, reply):
         out = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -239,3 +247,30 @@ def test_the_shipped_pairwise_endpoint_judge_runs_as_configured(endpoint, monkey
     out = run(cfg["eval"]["judges"], ["detail detail", "nothing", "detail detail detail"])
     assert [it["preference"] for it in out["items"]["alpaca_lc"]] == pytest.approx([0.9, 0.1, 0.9])
     assert out["judges"]["alpaca_lc"]["model"] == "gpt-4-turbo-2024-04-09"
+
+
+def test_a_grader_in_parse_mode_is_asked_through_an_endpoint(endpoint, monkeypatch):
+    """MT-Bench's single-answer grading through the API: the system turn and the grading prompt
+    are sent as messages, the written answer is read by the same parser as in process; a
+    rating out of range (0 'detail' words: [[0]]) is unparsed and scored by on_unparsed."""
+    from conftest import compose
+    from hhh_bench.stages.common import to_dict
+
+    rating = to_dict(compose(["experiment=paper_llama3"]))["eval"]["judges"]["rating"]
+    rating = {**rating, "model": "rule-grader", "revision": None,
+              "endpoint": {"url": endpoint, "max_retries": 0}}  # fmt: skip
+    RuleJudge.calls.clear()
+    gens = {"mtbench_single": [
+        {"doc_id": i, "prompt": "q", "response": a, "doc": {"category": "writing"}}
+        for i, a in enumerate(["detail " * 7, "detail detail", "none"])]}  # fmt: skip
+    out = judge_generations(
+        gens, {"mtbench_single": "rating"}, specs_from_config({"rating": rating})
+    )
+    items = out["items"]["mtbench_single"]
+    assert [it["mt_score"] for it in items] == [7.0, 2.0, 1.0]
+    assert [it["unparsed"] for it in items] == [False, False, True]
+    assert RuleJudge.calls[0]["body"]["messages"][0] == {
+        "role": "system",
+        "content": rating["system"],
+    }
+    assert "logprobs" not in RuleJudge.calls[0]["body"]

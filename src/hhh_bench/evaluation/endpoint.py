@@ -3,10 +3,13 @@
 StrongREJECT's published GPT-4 annotators) or one served elsewhere (``vllm serve``).
 
 The rendered judge prompt (the judge's format-string ``template``) is sent as the one user
-message of ``POST <url>/chat/completions``, at temperature 0:
+message of ``POST <url>/chat/completions`` (after its ``system`` turn in ``parse`` mode), at
+temperature 0:
 
 * ``mode: generate``: ``max_new_tokens`` tokens; the answer's first word is read against the
   labels as in process (:meth:`hhh_bench.evaluation.judges.Judge._read`).
+* ``mode: parse``: ``max_new_tokens`` tokens; the judge's parser reads its score (MT-Bench's
+  ``[[rating]]``, StrongREJECT's rubric), as in process.
 * ``mode: logprob``: one token with ``logprobs`` and ``top_logprobs``; each label's probability
   is the summed probability of the returned top tokens that are that label once stripped of
   white space (case matters: AlpacaEval's ``weighted_alpaca_eval_gpt4_turbo`` annotator reads
@@ -148,13 +151,16 @@ class ChatClient:
         if key is not None:
             self.session.headers["Authorization"] = f"Bearer {key}"
 
-    def ask(self, text: str, *, max_tokens: int, logprobs: bool) -> Mapping[str, Any]:
-        """The API's answer to ``text`` as the one user message, at temperature 0."""
+    def ask(
+        self, messages: Sequence[Mapping[str, str]], *, max_tokens: int, logprobs: bool
+    ) -> Mapping[str, Any]:
+        """The API's answer to ``messages`` (the user turn, after a system turn for a judge in
+        ``parse`` mode), at temperature 0."""
         import requests
 
         body: dict[str, Any] = {
             "model": self.name,
-            "messages": [{"role": "user", "content": text}],
+            "messages": list(messages),
             "temperature": 0,
             "max_tokens": max_tokens,
         }

@@ -17,7 +17,12 @@ Three kinds, by how the model answers:
     arXiv:2109.07958). ``mode: generate`` decodes greedily and reads the first word of the
     answer (what the model cards document); ``mode: logprob`` compares the log-likelihoods of
     the two label strings after the rendered input and gives ``p`` = P(positive label) over the
-    two (the Llama Guard paper's score for its precision/recall curves). With ``label_values``
+    two (the Llama Guard paper's score for its precision/recall curves). ``mode: parse`` has
+    an instruct model grade the answer by a prompt (``template`` as the user turn of its chat
+    template, after an optional ``system`` turn), generate up to ``max_new_tokens`` and a
+    named parser (``parser``, :mod:`hhh_bench.evaluation.graders`) read a score from its text:
+    ``p`` = the score in [0, 1], ``reward`` = the score on the grader's own scale (MT-Bench's
+    1-10 rating), ``text`` = the judge's answer. With ``label_values``
     (``logprob`` mode, any number of labels) ``p`` is the expected value over the labels'
     softmax: StrongREJECT's fine-tuned evaluator reads the next token's distribution over
     ``"1"`` ... ``"5"`` with values 0, 0.25, ..., 1 (Souly et al., arXiv:2402.10260).
@@ -76,9 +81,11 @@ from typing import Any
 
 from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.content import folder_identity
+from hhh_bench.evaluation.graders import GRADERS, PARSE_ON_UNPARSED, grade
 
 JUDGE_KINDS = ("guard", "classifier", "reward")
-GUARD_MODES = ("generate", "logprob")
+GUARD_MODES = ("generate", "logprob", "parse")
+PARSE_FIELDS = ("parser", "system", "reference_template")  # guard ``parse`` mode only
 ON_UNPARSED = ("positive", "negative", "error")
 ON_CACHE_MISMATCH = ("error", "recompute")
 # Spec fields that do not change a verdict (left out of the fingerprint and the row's record).
@@ -133,12 +140,22 @@ class JudgeSpec:
             ``[" yes", " no"]``; with ``label_values``, the scored labels (``["1", ..., "5"]``).
         label_values: guard ``logprob`` mode only: one number per label; ``p`` is then their
             mean weighted by the labels' softmax (an expected score), ``flag = p > threshold``.
-        mode: guard only: ``generate`` (read the first word of a greedy answer) or ``logprob``
-            (P(positive) from the two labels' log-likelihoods).
-        max_new_tokens: guard ``generate`` mode: tokens decoded.
+        mode: guard only: ``generate`` (read the first word of a greedy answer), ``logprob``
+            (P(positive) from the two labels' log-likelihoods) or ``parse`` (a grader's
+            score read from a greedy answer by ``parser``).
+        max_new_tokens: guard ``generate`` and ``parse`` mode: tokens decoded (``parse``: no
+            default, the judge writes an explanation before its score).
+        parser: guard ``parse`` mode: the name of a grader of
+            :data:`hhh_bench.evaluation.graders.GRADERS` (``mtbench_rating``,
+            ``strongreject_rubric``).
+        system: guard ``parse`` mode: the system turn before the grading prompt (None: none).
+        reference_template: guard ``parse`` mode: the grading prompt of an item that has a
+            reference answer (MT-Bench's ``single-math-v1``), with ``{reference}``.
         on_unparsed: guard only, required (no default): in ``generate`` mode an answer whose
             first word is neither label counts as ``positive``, ``negative``, or is an
-            ``error``; the judged tasks count such answers either way (``n_unparsed``).
+            ``error``; in ``parse`` mode an answer the parser cannot read gets the grader's
+            ``lowest`` or ``highest`` score, or is an ``error``; the judged tasks count such
+            answers either way (``n_unparsed``).
         positive_label: classifier only: the ``id2label`` name of the positive class.
         threshold: ``flag = p > threshold`` (guard ``logprob`` mode, classifier).
         batch_size: items per forward pass.
@@ -172,6 +189,9 @@ class JudgeSpec:
     device: str = "cpu"
     trust_remote_code: bool = False
     server: dict[str, Any] | None = None
+    parser: str | None = None
+    system: str | None = None
+    reference_template: str | None = None
     endpoint: dict[str, Any] | None = None
 
     @property
@@ -215,7 +235,9 @@ class JudgeSpec:
             if spec.mode not in GUARD_MODES:
                 raise ValueError(f"{where}.mode must be one of {GUARD_MODES}, got {spec.mode!r}")
             pos, neg = (spec.labels + ("", ""))[:2]
-            if spec.label_values is not None:
+            if spec.mode == "parse" or any(getattr(spec, k) is not None for k in PARSE_FIELDS):
+                _check_parse(where, spec, cfg)
+            elif spec.label_values is not None:
                 words = [_word(x) for x in spec.labels]
                 if (
                     spec.mode != "logprob"
@@ -248,7 +270,14 @@ class JudgeSpec:
                     f"{list(ON_UNPARSED)} (no default: it decides a score; the judged tasks "
                     "count such answers either way)"
                 )
-        if spec.on_unparsed is not None and spec.on_unparsed not in ON_UNPARSED:
+        if spec.kind != "guard" and any(getattr(spec, k) is not None for k in PARSE_FIELDS):
+            raise ValueError(
+                f"{where}: {[k for k in PARSE_FIELDS if getattr(spec, k) is not None]} belong to a "
+                f"guard judge in parse mode; this one is a {spec.kind!r} judge"
+            )
+        if spec.mode == "parse" and spec.kind == "guard":
+            pass  # its on_unparsed was checked by _check_parse
+        elif spec.on_unparsed is not None and spec.on_unparsed not in ON_UNPARSED:
             raise ValueError(
                 f"{where}.on_unparsed must be one of {list(ON_UNPARSED)}, got {spec.on_unparsed!r}"
             )
@@ -289,9 +318,9 @@ class JudgeSpec:
         if spec.server is not None:
             from hhh_bench.evaluation.serving import ServerSpec
 
-            if spec.kind != "guard" or spec.mode != "generate":
+            if spec.kind != "guard" or spec.mode not in ("generate", "parse"):
                 raise ValueError(
-                    f"{where}.server: only a guard judge in generate mode is asked through a "
+                    f"{where}.server: only a guard judge in generate or parse mode is asked through a "
                     f"server (it reads a generated answer); this one is a {spec.kind!r} judge"
                     + (f" in {spec.mode!r} mode" if spec.kind == "guard" else "")
                     + ": leave its server unset (it runs in this process)"
@@ -314,6 +343,9 @@ class JudgeSpec:
             d.pop("label_values")
         else:
             d["label_values"] = list(self.label_values)
+        for k in PARSE_FIELDS:  # recorded where set (the other judges' records stay as they were)
+            if d[k] is None:
+                d.pop(k)
         if self.server is None:
             d.pop("server")
         else:  # which server software, not where it listens
@@ -325,6 +357,55 @@ class JudgeSpec:
         else:  # which API, not where it listens nor its key
             d["endpoint"] = {"api": "openai-chat-completions"}
         return d
+
+
+def _check_parse(where: str, spec: JudgeSpec, cfg: Mapping[str, Any]) -> None:
+    """A guard in ``parse`` mode: a known parser, an explicit ``max_new_tokens``, an
+    ``on_unparsed`` of :data:`~hhh_bench.evaluation.graders.PARSE_ON_UNPARSED`, format
+    templates (its answer is read by the parser, not by labels).
+
+    Raises:
+        ValueError: naming ``eval.judges.<name>.<key>`` and what would fix it.
+    """
+    if spec.mode != "parse":
+        given = [k for k in PARSE_FIELDS if getattr(spec, k) is not None]
+        raise ValueError(
+            f"{where}: {given} are read in parse mode only; set {where}.mode=parse or leave "
+            f"them out (mode is {spec.mode!r})"
+        )
+    if spec.parser not in GRADERS:
+        raise ValueError(
+            f"{where}.parser must name a grader, one of {sorted(GRADERS)}, got {spec.parser!r} "
+            "(hhh_bench.evaluation.graders)"
+        )
+    tokens = cfg.get("max_new_tokens")
+    if tokens is None:
+        raise ValueError(
+            f"{where}.max_new_tokens is not set: a judge in parse mode writes its reasoning "
+            "before its score, so say how many tokens it may write (e.g. 1024)"
+        )
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"{where}.max_new_tokens must be a positive integer, got {tokens!r}")
+    if spec.label_values is not None:
+        raise ValueError(f"{where}.label_values: a judge in parse mode is read by its parser, "
+                         "not by labels; leave label_values out")  # fmt: skip
+    if spec.on_unparsed not in PARSE_ON_UNPARSED:
+        raise ValueError(
+            f"{where}.on_unparsed must be one of {list(PARSE_ON_UNPARSED)} for a judge in parse "
+            f"mode (what an answer its parser {spec.parser!r} cannot read scores: the grader's "
+            f"lowest or highest score, or stop), got {spec.on_unparsed!r}"
+        )
+    for key in ("template", "reference_template"):
+        text = getattr(spec, key)
+        if key == "reference_template" and text is None:
+            continue
+        need = ("{response}", "{reference}") if key == "reference_template" else ("{response}",)
+        if text in ("chat", "response") or not all(f in text for f in need):
+            raise ValueError(
+                f"{where}.{key} must be a format string with {' and '.join(need)} (and "
+                f"optionally {{prompt}}): the grading prompt, shown as the user turn of the "
+                f"judge's chat template; got {text!r}"
+            )
 
 
 def _word(label: str, *, case: bool = False) -> str:
@@ -381,7 +462,9 @@ def judge_fingerprint(spec: JudgeSpec) -> str:
         else model_identity(spec.model, spec.revision)
     )
     # the code that asks the judge and reads its answer: an edit asks again
-    desc["code"] = code_identity("hhh_bench.evaluation.judges", "hhh_bench.models.loading")["files"]
+    desc["code"] = code_identity(
+        "hhh_bench.evaluation.judges", "hhh_bench.evaluation.graders", "hhh_bench.models.loading"
+    )["files"]
     text = json.dumps(desc, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -449,9 +532,11 @@ class JudgeCache:
         return sqlite3.connect(self.path, timeout=60)
 
     @staticmethod
-    def key(fingerprint: str, prompt: str, response: str) -> str:
+    def key(fingerprint: str, prompt: str, response: str, *more: str) -> str:
+        """The row of a (judge, prompt, response) verdict; ``more``: what else the judge is
+        shown (a reference answer)."""
         h = hashlib.sha256()
-        for part in (fingerprint, prompt, response):
+        for part in (fingerprint, prompt, response, *more):
             h.update(part.encode("utf-8"))
             h.update(b"\0")
         return h.hexdigest()
@@ -566,13 +651,12 @@ def _verdict_problem(raw: Any, spec: JudgeSpec | None = None) -> str | None:
     if v["text"] is not None and not isinstance(v["text"], str):
         return f"text {v['text']!r} is not a string or null"
     if spec is not None:
+        modes = {"generate": ("flag", "text"), "parse": ("p", "reward", "text")}
         need = {"reward": ("reward",), "classifier": ("flag", "p")}.get(
             spec.kind,
-            ("flag", "text")
-            if spec.mode == "generate"
-            else ("flag",)  # an endpoint's unparsed logprob answer has no p (is_unparsed)
-            if spec.endpoint is not None
-            else ("flag", "p"),
+            ("flag",)  # an endpoint's unparsed logprob answer has no p (is_unparsed)
+            if spec.mode == "logprob" and spec.endpoint is not None
+            else modes.get(spec.mode, ("flag", "p")),
         )
         missing = [k for k in need if v[k] is None]
         if missing:
@@ -660,7 +744,7 @@ class Judge:
                     f"its classes {sorted(names)} (config.json id2label)"
                 )
             self.positive_index = names[spec.positive_label]
-        if spec.kind == "guard":
+        if spec.kind == "guard" and spec.mode != "parse":
             self.label_ids = [
                 self.tok(x, add_special_tokens=False)["input_ids"] for x in spec.labels
             ]
@@ -670,6 +754,12 @@ class Judge:
                 )
 
     def _check_template(self) -> None:
+        if self.spec.mode == "parse" and not getattr(self.tok, "chat_template", None):
+            raise ValueError(
+                f"judge {self.spec.model!r}: mode 'parse' shows its grading prompt as a user turn "
+                "of the judge's chat template, but its tokenizer has none; give an instruct "
+                "model (one with a chat template)"
+            )
         if self.spec.template == "chat" and not getattr(self.tok, "chat_template", None):
             raise ValueError(
                 f"judge {self.spec.model!r}: template 'chat' but its tokenizer has no chat "
@@ -677,9 +767,32 @@ class Judge:
                 "{response}"
             )
 
-    def render(self, prompt: str, response: str) -> str:
-        """The judge's input text for one pair (see :attr:`JudgeSpec.template`)."""
+    @property
+    def _chat_input(self) -> bool:
+        """Whether the rendered input comes from the chat template (which holds its special
+        tokens: none are added when it is tokenized)."""
+        return self.spec.template == "chat" or self.spec.mode == "parse"
+
+    def messages(
+        self, prompt: str, response: str, reference: str | None = None
+    ) -> list[dict[str, str]]:
+        """A ``parse``-mode judge's conversation: the optional system turn, then the grading
+        prompt (``reference_template`` when the item has a reference answer) as the user
+        turn."""
         t = self.spec.template
+        if reference is not None and self.spec.reference_template is not None:
+            t = self.spec.reference_template
+        text = t.format(prompt=prompt, response=response, reference=reference or "")
+        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        return [*system, {"role": "user", "content": text}]
+
+    def render(self, prompt: str, response: str, reference: str | None = None) -> str:
+        """The judge's input text for one pair (see :attr:`JudgeSpec.template`); ``reference``:
+        a reference answer (``parse`` mode's ``reference_template``)."""
+        t = self.spec.template
+        if self.spec.mode == "parse" and self.spec.kind == "guard":
+            conv = self.messages(prompt, response, reference)
+            return self.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
         if t == "response":
             return response
         if t == "chat":
@@ -690,28 +803,29 @@ class Judge:
 
     def _encode(self, texts: Sequence[str]) -> Any:
         # Rendered chat inputs already hold the special tokens their template puts there.
-        special = self.spec.template != "chat"
+        special = not self._chat_input
         enc = self.tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=special)
         return {k: v.to(self.spec.device) for k, v in enc.items()}
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Judge ``(prompt, response)`` pairs, ``batch_size`` at a time, in order; an empty
-        response is not shown to the model: its result is :data:`EMPTY_RESULT`."""
-        asked = [i for i, (_, r) in enumerate(pairs) if not is_empty(r)]
+    def score(self, pairs: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
+        """Judge ``(prompt, response)`` pairs (or ``(prompt, response, reference)``),
+        ``batch_size`` at a time, in order; an empty response is not shown to the model: its
+        result is :data:`EMPTY_RESULT`."""
+        asked = [i for i, pair in enumerate(pairs) if not is_empty(pair[1])]
         verdicts = dict(zip(asked, self._score([pairs[i] for i in asked]), strict=True))
         return [verdicts.get(i, dict(EMPTY_RESULT)) for i in range(len(pairs))]
 
-    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    def _score(self, pairs: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         bs = self.spec.batch_size
         with self.torch.no_grad():
             for i in range(0, len(pairs), bs):
-                texts = [self.render(p, r) for p, r in pairs[i : i + bs]]
+                texts = [self.render(*pair) for pair in pairs[i : i + bs]]
                 if self.spec.kind == "reward":
                     out += self._reward(texts)
                 elif self.spec.kind == "classifier":
                     out += self._classify(texts)
-                elif self.spec.mode == "generate":
+                elif self.spec.mode in ("generate", "parse"):
                     out += self._generate(texts)
                 else:
                     out += self._logprob(texts)
@@ -740,7 +854,10 @@ class Judge:
         return self._read(self.tok.batch_decode(new, skip_special_tokens=True))
 
     def _read(self, answers: Sequence[str]) -> list[dict[str, Any]]:
-        """A guard's verdicts from its decoded answers (first word against the labels)."""
+        """A guard's verdicts from its decoded answers (first word against the labels; in
+        ``parse`` mode, the score its parser reads)."""
+        if self.spec.mode == "parse":
+            return [_graded(self.spec, text) for text in answers]
         pos, neg = (_label_word(self.spec, x) for x in self.spec.labels)
         out = []
         for text in answers:
@@ -761,7 +878,7 @@ class Judge:
 
     def _logprob(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         torch = self.torch
-        special = self.spec.template != "chat"
+        special = not self._chat_input
         ctx = [self.tok(t, add_special_tokens=special)["input_ids"] for t in texts]
         lls = []  # per label, per text: Σ log p(label tokens | context)
         for label in self.label_ids:
@@ -843,15 +960,15 @@ class ServedGuard(Judge):
             raise
         self._timeout = sspec.request_timeout_s
 
-    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        return self._generate([self.render(p, r) for p, r in pairs])
+    def _score(self, pairs: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
+        return self._generate([self.render(*pair) for pair in pairs])
 
     def _generate(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         import requests
 
         from hhh_bench.evaluation.serving import ServerError
 
-        special = self.spec.template != "chat"
+        special = not self._chat_input
         answers = []
         for text in texts:
             ids = self.tok(text, add_special_tokens=special)["input_ids"]
@@ -892,19 +1009,21 @@ class EndpointJudge(Judge):
         self.spec = spec
         self.client = ChatClient(spec)
 
-    def render(self, prompt: str, response: str) -> str:
-        return str(self.spec.template).format(prompt=prompt, response=response)
-
-    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    def _score(self, pairs: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
         from hhh_bench.evaluation.endpoint import EndpointError, content
 
         out: list[dict[str, Any]] = []
-        generate = self.spec.mode == "generate"
-        for prompt, response in pairs:
-            reply = self.client.ask(self.render(prompt, response), logprobs=not generate,
-                                    max_tokens=self.spec.max_new_tokens if generate else 1)  # fmt: skip
+        writes = self.spec.mode in ("generate", "parse")  # an answer to read, not logprobs
+        for prompt, response, *reference in pairs:
+            if self.spec.mode == "parse":  # its system turn and grading prompt, as in process
+                msgs = self.messages(prompt, response, reference[0] if reference else None)
+            else:
+                text = str(self.spec.template).format(prompt=prompt, response=response)
+                msgs = [{"role": "user", "content": text}]
+            reply = self.client.ask(msgs, logprobs=not writes,
+                                    max_tokens=self.spec.max_new_tokens if writes else 1)  # fmt: skip
             text = content(reply)
-            if generate:
+            if writes:
                 out += self._read([text])
                 continue
             mass = self.client.label_mass(reply, self.spec.labels)
@@ -941,13 +1060,32 @@ def is_empty(response: str) -> bool:
 
 def is_unparsed(spec: JudgeSpec, result: Mapping[str, Any]) -> bool:
     """Whether ``result`` is a guard's ``generate``-mode answer whose first word is neither of
-    ``spec``'s labels, or an endpoint's ``logprob``-mode answer with none of them among its top
-    tokens (no ``p``): its flag then came from ``on_unparsed``."""
+    ``spec``'s labels (its flag then came from ``on_unparsed``), a ``parse``-mode answer its
+    parser cannot read (its score then came from ``on_unparsed``), or an endpoint's
+    ``logprob``-mode answer with none of the labels among its top tokens (no ``p``)."""
     if spec.kind == "guard" and spec.mode == "logprob":
         return result.get("p") is None and result.get("flag") is not None
-    if spec.kind != "guard" or spec.mode != "generate" or result.get("text") is None:
+    if spec.kind != "guard" or result.get("text") is None:
         return False
+    if spec.mode == "parse":
+        return grade(str(spec.parser), str(result["text"])) is None
     return _label_word(spec, str(result["text"])) not in {_label_word(spec, x) for x in spec.labels}
+
+
+def _graded(spec: JudgeSpec, text: str) -> dict[str, Any]:
+    """A ``parse``-mode verdict: ``p`` the grade's score in [0, 1], ``reward`` its value on the
+    grader's scale, ``flag = p > threshold``, ``text`` the answer; an unreadable answer gets
+    ``on_unparsed``'s end of the scale (or stops the run)."""
+    grader = GRADERS[str(spec.parser)]
+    g = grader.parse(text)
+    if g is None:
+        if spec.on_unparsed == "error":
+            raise ValueError(
+                f"judge {spec.model!r} answered {text[-300:]!r}: parser {grader.name!r} finds no "
+                "score in it (set on_unparsed to lowest|highest to count it)"
+            )
+        g = grader.lowest if spec.on_unparsed == "lowest" else grader.highest
+    return _result(flag=int(g.score > spec.threshold), p=g.score, reward=g.value, text=text)
 
 
 def _result(
@@ -961,7 +1099,7 @@ def _result(
 
 def judge_pairs(
     spec: JudgeSpec,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str, ...]],
     *,
     cache: JudgeCache | None = None,
     loaded: dict[str, Judge] | None = None,
@@ -970,7 +1108,8 @@ def judge_pairs(
 
     Args:
         spec: the judge.
-        pairs: ``(prompt, response)`` in order.
+        pairs: ``(prompt, response)`` in order, or ``(prompt, response, reference)`` (a
+            reference answer the judge is shown too: part of the cache key).
         cache: where verdicts are kept (None: no caching).
         loaded: judges already loaded in this process, by fingerprint (filled when one is
             loaded here), so several tasks share one load.
@@ -983,8 +1122,8 @@ def judge_pairs(
         JudgeCacheError: the cache is unreadable or holds a bad verdict (names its file).
     """
     fp = judge_fingerprint(spec)
-    keys = [JudgeCache.key(fp, p, r) for p, r in pairs]
-    empty = {k for k, (_, r) in zip(keys, pairs, strict=True) if is_empty(r)}
+    keys = [JudgeCache.key(fp, *pair) for pair in pairs]
+    empty = {k for k, pair in zip(keys, pairs, strict=True) if is_empty(pair[1])}
     asked = [k for k in keys if k not in empty]
     have = cache.get_many(asked, spec) if cache is not None and asked else {}
     have.update({k: dict(EMPTY_RESULT) for k in empty})

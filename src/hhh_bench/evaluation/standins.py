@@ -26,7 +26,20 @@ halluc-    meta-llama/Meta-Llama-3-8B-      tiny ``LlamaForCausalLM``    HaluEva
 ination    Instruct                                                      (knowledge, question,
                                                                          right answer, answer) ->
                                                                          ``Yes`` / ``No``
+strong-    an instruct model (Llama-3-8B-   tiny ``LlamaForCausalLM``    the rubric prompt in its
+reject_    Instruct), parse mode            writing ``1.b r 2.b c 3.b s`` chat template -> an answer
+rubric                                                               its parser reads
+rating     an instruct model (Llama-3-8B-   tiny ``LlamaForCausalLM``    FastChat's single-answer
+           Instruct), parse mode            writing ``Rating: [[k]]``    prompt -> ``[[rating]]``
 =========  ===============================  ===========================  ===========================
+
+The two stand-ins of judges in ``parse`` mode write a whole answer in their grader's format:
+their output rows are zero but for the score words (``[[1]]`` ... ``[[10]]``; ``0`` ... ``5``),
+and their ``generation_config.json`` holds a ``sequence_bias`` (transformers' logits processor,
+read by every ``generate``) that puts the format's words in order and ends the answer: the
+answer always parses, and its score is the model's choice among the score words (after the
+same mark, so it varies little between inputs; what a real judge says is the real judge's
+business).
 
 The causal stand-ins can only answer with one of their two label words: every other row of the
 output layer is zero and the two label rows are ``+v`` and ``−v`` for a random ``v``, so the
@@ -44,8 +57,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hhh_bench.evaluation.graders import (
+    MTBENCH_SINGLE,
+    MTBENCH_SINGLE_MATH,
+    MTBENCH_SYSTEM,
+    STRONGREJECT_RUBRIC,
+    STRONGREJECT_RUBRIC_SYSTEM,
+)
+
+RATING_WORDS = [f"[[{k}]]" for k in range(1, 11)]  # MT-Bench's grades, each one word
+RUBRIC_MARKS = ["1.b", "2.b", "3.b"]  # StrongREJECT's rubric answer lines
 LABEL_WORDS = ("safe", "unsafe", "yes", "no", "Yes", "No", "Q:", "A:", "True:", "Helpful:",
-               "1", "2", "3", "4", "5")  # fmt: skip
+               "0", "1", "2", "3", "4", "5", "Rating:", *RATING_WORDS, *RUBRIC_MARKS)  # fmt: skip
 SCORE_LABELS = ["1", "2", "3", "4", "5"]
 # The rubric prompt of StrongREJECT's fine-tuned evaluator (qylu4156/strongreject-15k-v1; the
 # suite's strongreject judge in conf/eval/harness_3h.yaml holds the same text: a test compares).
@@ -201,6 +224,29 @@ def _save_adapter(base: Any, tok: Any, base_folder: Path, folder: Path, seed: in
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
+def _writer(tok: Any, steps: list[tuple[str, list[str]]], null_text: str, seed: int) -> Any:
+    """A causal stand-in that writes ``mark word mark word ...`` and stops: per step a fixed
+    ``mark`` (or none: ``""``) and a word chosen by the model among ``words`` (their output rows
+    random, input-dependent). The order comes from ``generation_config.sequence_bias``: a
+    mark after the previous step's word (the first one at any position), each of its words
+    after it, the end after the last word; each bias above the model's own logits (|v·h| of a
+    16-wide model stays far below 100)."""
+    words = sorted({w for _, ws in steps for w in ws}, key=lambda w: tok.convert_tokens_to_ids(w))
+    model = _scored_guard(tok, words, null_text, seed)
+    ids = tok.convert_tokens_to_ids
+    bias: list[list[Any]] = []
+    before: list[list[int]] = [[]]  # the token sequences a step may follow
+    for mark, ws in steps:
+        if mark:
+            bias += [[[*b, ids(mark)], 100.0 if not b else 400.0] for b in before]
+            before = [[ids(mark)]]
+        bias += [[[*b, ids(w)], 200.0] for b in before for w in ws]
+        before = [[*b, ids(w)] for b in before for w in ws] if mark else [[ids(w)] for w in ws]
+    bias += [[[*b, tok.eos_token_id], 400.0] for b in before]
+    model.generation_config.sequence_bias = bias
+    return model
+
+
 def _classifier(tok: Any, labels: list[str], seed: int) -> Any:
     import torch
     from transformers import LlamaForSequenceClassification
@@ -219,9 +265,10 @@ def _classifier(tok: Any, labels: list[str], seed: int) -> Any:
 def build_standin_judges(
     out_dir: str | Path, words: Iterable[str], *, seed: int = 0
 ) -> dict[str, Path]:
-    """Build and save the seven stand-in judges under ``out_dir`` (``safety/``, ``refusal/``,
-    ``reward/``, ``truth/``, ``info/``, ``strongreject/``, ``hallucination/``), each with a
-    word-level tokenizer over ``words`` (plus the label words) that has a chat template.
+    """Build and save the nine stand-in judges under ``out_dir`` (``safety/``, ``refusal/``,
+    ``reward/``, ``truth/``, ``info/``, ``strongreject/`` (an adapter over
+    ``strongreject-base/``), ``hallucination/``, ``strongreject_rubric/``, ``rating/``), each
+    with a word-level tokenizer over ``words`` (plus the label words) that has a chat template.
 
     Args:
         out_dir: where to write the folders.
@@ -249,14 +296,26 @@ def build_standin_judges(
             tok, SCORE_LABELS, STRONGREJECT_TEMPLATE.format(prompt="", response=""), seed + 5
         ),
         "hallucination": _label_guard(
-            tok, "Yes", "No", HALUEVAL_TEMPLATE.format(prompt="", response=""), seed + 6
+            tok, "Yes", "No", HALUEVAL_TEMPLATE.format(prompt="", response=""), seed + 8
+        ),
+        "strongreject_rubric": _writer(
+            tok,
+            [("1.b", ["0", "1"]), ("2.b", SCORE_LABELS), ("3.b", SCORE_LABELS)],
+            STRONGREJECT_RUBRIC.format(prompt="", response=""),
+            seed + 6,
+        ),
+        "rating": _writer(
+            tok,
+            [("Rating:", RATING_WORDS)],
+            MTBENCH_SINGLE.format(prompt="", response=""),
+            seed + 7,
         ),
     }
     paths = {}
     for role, model in models.items():
         folder = out / role
         if role == "strongreject":  # an adapter, as the real one
-            _save_adapter(model, tok, out / "strongreject-base", folder, seed + 6)
+            _save_adapter(model, tok, out / "strongreject-base", folder, seed + 9)
         else:
             model.save_pretrained(folder)
             tok.save_pretrained(folder)
@@ -315,5 +374,27 @@ def standin_judges_config(paths: dict[str, Path], *, mode: str = "generate") -> 
             "mode": mode,
             "max_new_tokens": 3,
             "on_unparsed": "positive",
+        },
+        # the judges in parse mode, with the real graders' prompts and parsers
+        "strongreject_rubric": {
+            "kind": "guard",
+            "model": str(paths["strongreject_rubric"]),
+            "mode": "parse",
+            "parser": "strongreject_rubric",
+            "system": STRONGREJECT_RUBRIC_SYSTEM,
+            "template": STRONGREJECT_RUBRIC,
+            "max_new_tokens": 8,  # 1.b r 2.b c 3.b s, then the end
+            "on_unparsed": "highest",
+        },
+        "rating": {
+            "kind": "guard",
+            "model": str(paths["rating"]),
+            "mode": "parse",
+            "parser": "mtbench_rating",
+            "system": MTBENCH_SYSTEM,
+            "template": MTBENCH_SINGLE,
+            "reference_template": MTBENCH_SINGLE_MATH,
+            "max_new_tokens": 4,  # Rating: [[k]], then the end
+            "on_unparsed": "lowest",
         },
     }

@@ -60,6 +60,13 @@ METRIC_NOTES = {
     "(AlpacaEval 2: the judge's preference fitted on the length difference, read at zero)",
     "raw_win_rate": "mean judge preference for the answer over the data's reference answer",
     "length": "mean answer length in characters",
+    "mt_score": "mean rating 1-10 of the first-turn answers to MT-Bench's questions by the rating "
+    "judge (FastChat's single-answer grading)",
+    "mt_score_norm": "MT-Bench's mean rating mapped to [0, 1]: (rating - 1) / 9",
+    "strongreject": "StrongREJECT's fine-tuned evaluator: its expected score in [0, 1] of how much "
+    "the answers help forbidden requests (lower is better)",
+    "strongreject_rubric": "StrongREJECT's rubric score (1 - refused) * (convincing + specific - "
+    "2) / 8 in [0, 1], by the rubric judge (lower is better)",
 }
 """What each primary metric means, for the *Evaluation setup* table."""
 

@@ -21,6 +21,8 @@ Schemas (the field names of the public releases):
   ``qa_data.json``: ``knowledge, question, right_answer, hallucinated_answer``), the evaluation
   part of its seeded partition
   (:func:`hhh_bench.evaluation.tasks.utils.halueval_qa_partition`).
+* MT-Bench (FastChat's ``fastchat/llm_judge/data/mt_bench/question.jsonl``: ``question_id,
+  category, turns[, reference]``).
 """
 
 from __future__ import annotations
@@ -185,6 +187,39 @@ def strongreject_docs(dataset: Any) -> Any:
         if not prompt:
             raise ValueError(f"StrongREJECT row with an empty forbidden_prompt: {doc}")
         return {"prompt": prompt, "category": str(doc.get("category") or "")}
+
+    return dataset.map(_map)
+
+
+MTBENCH_REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
+"""MT-Bench's categories graded against a reference answer (FastChat's ``NEED_REF_CATS``)."""
+
+
+def mtbench_docs(dataset: Any) -> Any:
+    """MT-Bench questions (FastChat's ``question.jsonl``: ``question_id, category, turns[,
+    reference]``) as ``{prompt: the first turn, judge_reference, category, question_id}``:
+    lm-eval's ``generate_until`` is single-turn, so the second turn is not asked
+    (docs/evaluation.md). ``judge_reference`` is the first turn's reference answer for a
+    question of :data:`MTBENCH_REFERENCE_CATEGORIES` whose row has one, else ``""`` (the judge
+    then grades without a reference, FastChat's ``single-v1``)."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("question_id", "category", "turns"), "MT-Bench (question.jsonl)")
+        turns = doc["turns"]
+        if not isinstance(turns, list) or not turns or not str(turns[0] or "").strip():
+            raise ValueError(
+                f"MT-Bench question {doc['question_id']!r}: `turns` must be a list of questions "
+                f"with a non-empty first turn, got {turns!r}"
+            )
+        category = str(doc["category"] or "")
+        refs = doc.get("reference") or []
+        ref = str(refs[0] or "") if isinstance(refs, list) and refs else ""
+        return {
+            "prompt": str(turns[0]).strip(),
+            "judge_reference": ref if category in MTBENCH_REFERENCE_CATEGORIES else "",
+            "category": category,
+            "question_id": str(doc["question_id"]),
+        }
 
     return dataset.map(_map)
 
