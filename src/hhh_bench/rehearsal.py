@@ -168,7 +168,11 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     vocabulary of the judged tasks' prompt files; ``eval.judges.<role>`` overrides."""
     import json
 
-    from hhh_bench.evaluation.standins import build_standin_judges, standin_judges_config
+    from hhh_bench.evaluation.standins import (
+        build_standin_judges,
+        relink_adapter,
+        standin_judges_config,
+    )
 
     folder = Path(_need(cfg, "rehearsal.judges"))
     files = (cfg.get("eval") or {}).get("data_files") or {}
@@ -192,6 +196,7 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     ):
         paths = build_standin_judges(folder, vocab)
         marker.write_text(json.dumps(vocab))
+    relink_adapter(paths["strongreject"], folder / "strongreject-base")  # a moved root
     standin = standin_judges_config(paths)
     own = ("on_unparsed",)  # the suite's policy stays the suite's (a stand-in only states one)
     return {f"eval.judges.{role}": {**standin[role], **{k: v for k, v in dict(judges[role]).items()

@@ -428,12 +428,28 @@ def model_identity(model: str, revision: str | None = None) -> str:
     of every kind; :func:`hhh_bench.core.content.folder_identity`), or ``hub:<id>@<revision>``."""
     p = Path(model).expanduser()
     if p.is_dir():
-        ident = "dir:" + folder_identity(p)
         base = _adapter_base(p)
         if base is not None:  # an adapter's verdicts are its base's too
-            ident += "+base:" + model_identity(base)
-        return ident
+            return f"adapter:{_adapter_identity(p)}+base:{model_identity(base)}"
+        return "dir:" + folder_identity(p)
     return f"hub:{model}@{revision or 'default'}"
+
+
+def _adapter_identity(folder: Path) -> str:
+    """An adapter folder by content, without where its base lies: every file but
+    ``adapter_config.json``, and that file's settings without ``base_model_name_or_path`` (the
+    base is identified by its own content beside it, so a moved adapter and base are the same
+    judge)."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config.pop("base_model_name_or_path", None)
+    files = {
+        f.relative_to(folder).as_posix(): folder_identity(f)
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != "adapter_config.json"
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    }  # fmt: skip
+    text = json.dumps({"config": config, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _adapter_base(folder: Path) -> str | None:

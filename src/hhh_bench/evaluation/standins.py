@@ -204,8 +204,6 @@ def _save_adapter(base: Any, tok: Any, base_folder: Path, folder: Path, seed: in
     ``adapter_config.json`` names the base by its absolute path: the real StrongREJECT evaluator
     is such an adapter, and the judge loads it the same way (``from_pretrained`` on the adapter
     folder: transformers' peft integration loads the base it names)."""
-    import json
-
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -218,10 +216,7 @@ def _save_adapter(base: Any, tok: Any, base_folder: Path, folder: Path, seed: in
         model = get_peft_model(base, lora)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    cfg_path = folder / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(base_folder.resolve())
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    relink_adapter(folder, base_folder)
 
 
 def _writer(tok: Any, steps: list[tuple[str, list[str]]], null_text: str, seed: int) -> Any:
@@ -245,6 +240,19 @@ def _writer(tok: Any, steps: list[tuple[str, list[str]]], null_text: str, seed: 
     bias += [[[*b, tok.eos_token_id], 400.0] for b in before]
     model.generation_config.sequence_bias = bias
     return model
+
+
+def relink_adapter(folder: Path, base_folder: Path) -> None:
+    """Point the stand-in adapter ``folder`` at ``base_folder`` (its absolute path) when it
+    names another: a rehearsal root moved elsewhere keeps judges whose adapter named the old
+    place (the judge's identity does not hold the base's place: the same judge, still cached)."""
+    import json
+
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("base_model_name_or_path") != str(base_folder.resolve()):
+        cfg["base_model_name_or_path"] = str(base_folder.resolve())
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def _classifier(tok: Any, labels: list[str], seed: int) -> Any:
