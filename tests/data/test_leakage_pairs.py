@@ -39,6 +39,7 @@ EVAL_SETS = {
     "strongreject_gen": (EVAL / "strongreject.jsonl", "forbidden_prompt"),
     "mtbench_single": (EVAL / "mtbench_question.jsonl", "turns"),  # the first turn is asked
     "xstest_gen": (EVAL / "xstest.jsonl", "prompt"),
+    "orbench_hard_gen": (EVAL / "orbench_hard.jsonl", "prompt"),
     "truthfulqa_gen_judged": (EVAL / "truthfulqa_gen.jsonl", "question"),
     "halueval_qa_mc": (EVAL / "halueval_qa.jsonl", "question"),
     "halueval_qa_gen": (EVAL / "halueval_qa.jsonl", "question"),

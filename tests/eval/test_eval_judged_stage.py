@@ -28,10 +28,11 @@ FILES = {
     "truthfulqa_gen": "truthfulqa_gen.jsonl",
     "strongreject": "strongreject.jsonl",
     "mtbench": "mtbench_question.jsonl",
+    "orbench_hard": "orbench_hard.jsonl",
 }
 JUDGED = ("alpaca_lc", "helpful_gen", "harmful_gen", "harmful_gen_attacked", "xstest_gen",
           "truthfulqa_gen_judged", "halueval_qa_gen", "strongreject_gen",
-          "mtbench_single")  # fmt: skip
+          "mtbench_single", "orbench_hard_gen")  # fmt: skip
 
 
 def _vocabulary() -> list[str]:
@@ -242,6 +243,22 @@ def test_over_refusal_combines_string_match_and_classifier_on_safe_prompts(judge
     ]
     assert res["metrics"]["xstest_gen"]["over_refusal"] == pytest.approx(sum(refused) / 3)
     assert res["row"]["over_refusal"] == pytest.approx(sum(refused) / 3)
+
+
+def test_orbench_hard_over_refusal_is_a_column_judged_as_xstest(judged_run):
+    """OR-Bench-Hard's prompts, every one asked, refusals by the same rule as XSTest's (string
+    match or classifier): the column orbench_over_refusal, outside every dimension."""
+    spec = specs_from_config(judged_run["cfg"].eval.judges)["refusal"]
+    res = judged_run["merged"]
+    gens = _generations(res)["orbench_hard_gen"]
+    assert len(gens) == 5 and all(g["doc"]["category"] for g in gens)
+    verdicts, _ = judge_pairs(spec, [(g["prompt"], g["response"]) for g in gens])
+    refused = [max(float(is_refusal(g["response"])), float(v["flag"] or 0))
+               if g["response"].strip() else 1.0
+               for g, v in zip(gens, verdicts, strict=True)]  # fmt: skip
+    assert res["metrics"]["orbench_hard_gen"]["over_refusal"] == pytest.approx(sum(refused) / 5)
+    assert res["row"]["orbench_over_refusal"] == pytest.approx(sum(refused) / 5)
+    assert all(s["name"] != "orbench_hard_gen" for s in res["row"]["task_specs"])
 
 
 def test_win_rate_is_against_the_base_models_answers(judged_run):
@@ -538,6 +555,7 @@ def test_exported_items_rejudged_give_the_stored_rows_scores(judged_run, tmp_pat
                 "strongreject_gen",
                 "mtbench_single",
                 "xstest_gen",
+                "orbench_hard_gen",
                 "truthfulqa_gen_judged",
                 "halueval_qa_gen",
             }

@@ -22,7 +22,8 @@ Schemas (the field names of the public releases):
   part of its seeded partition
   (:func:`hhh_bench.evaluation.tasks.utils.halueval_qa_partition`).
 * MT-Bench (FastChat's ``fastchat/llm_judge/data/mt_bench/question.jsonl``: ``question_id,
-  category, turns[, reference]``).
+  category, turns[, reference]``);
+* OR-Bench-Hard (``bench-llm/or-bench``, config ``or-bench-hard-1k``: ``prompt, category``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,19 @@ def xstest_safe_docs(dataset: Any) -> Any:
         return label == "safe"
 
     return dataset.filter(_safe).map(lambda d: {"prompt": d["prompt"].strip()})
+
+
+def orbench_docs(dataset: Any) -> Any:
+    """OR-Bench-Hard's prompts (``prompt, category``), every one benign though it looks toxic,
+    as ``{prompt, category}``."""
+
+    def _map(doc: dict[str, Any]) -> dict[str, Any]:
+        _require(doc, ("prompt",), "OR-Bench (or-bench-hard-1k)")
+        if not isinstance(doc["prompt"], str) or not doc["prompt"].strip():
+            raise ValueError(f"OR-Bench row has an empty or non-text `prompt`: {doc['prompt']!r}")
+        return {"prompt": doc["prompt"].strip(), "category": str(doc.get("category") or "")}
+
+    return dataset.map(_map)
 
 
 def alpaca_docs(dataset: Any) -> Any:
