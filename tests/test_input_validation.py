@@ -91,9 +91,11 @@ def test_the_toy_scorer_on_real_data_is_refused_before_training():
 
     with pytest.raises(ValueError, match=r"pipeline.mixtures\[0\] \(reward_select\) scores pairs "
                        r"with the toy world's reward \(scorer: toy3h\), but data='paper_3h'"):  # fmt: skip
-        check(["data=paper_3h", "pipeline.mixtures=[reward_select]"])
+        check(["data=paper_3h", "pipeline.mixtures=[{name: reward_select, scorer: toy3h}]"])
     with pytest.raises(ValueError, match=r"^mix \(conflict_aware\) scores pairs with the toy"):
-        check(["data=paper_3h", "mix=conflict_aware", "pipeline.mixtures=[]"])
+        check(["data=paper_3h", "mix=conflict_aware", "mix.scorer=toy3h", "pipeline.mixtures=[]"])
+    # their default scorer is learned from the sets' own pairs: real rows are fine
+    check(["data=paper_3h", "pipeline.mixtures=[reward_select, conflict_aware]"])
     check(["data=paper_3h", "pipeline.mixtures=[uniform]"])  # no scorer: fine
     check(["data=paper_3h", "stage=train"])  # stage=train trains no pipeline mixture
     cfg = check(["experiment=paper_llama3", "model.device=cpu", "train.device=cpu",
