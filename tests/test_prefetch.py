@@ -43,9 +43,11 @@ def test_check_lists_every_remote_resource_of_the_paper_run_at_its_pin(
         "missing  nltk punkt_tab (eval: ifeval)",
         "missing  lm-eval task ifeval (eval: ifeval)",
         "missing  file data/eval/alpaca_eval.jsonl (eval.data_files.helpful_prompts)",
+        "missing  file data/eval/mtbench_question.jsonl (eval.data_files.mtbench)",
+        "missing  file data/eval/orbench_hard.jsonl (eval.data_files.orbench_hard)",
     ):  # fmt: skip
         assert line in out, line
-    assert "24 of 25 missing: on a machine with network, run `hhh-bench prefetch" in out
+    assert "26 of 27 missing: on a machine with network, run `hhh-bench prefetch" in out
     assert not (tmp_path / "nltk").exists()  # checking downloads nothing (IFEval not imported)
 
 
@@ -84,7 +86,7 @@ def test_fetch_takes_each_model_at_its_pin_in_safetensors_and_names_what_it_cann
     assert ("nltk", "punkt_tab") in calls and ("task", "ifeval") in calls
     assert calls.index(("nltk", "punkt_tab")) < calls.index(("task", "ifeval"))
     assert "FAILED   file data/eval/xstest.jsonl (eval.data_files.xstest): OSError" in out
-    assert "8 of 25 could not be fetched" in err
+    assert "10 of 27 could not be fetched" in err  # the eval files: export them
 
 
 def test_a_local_run_has_nothing_to_fetch(capsys, tmp_path):

@@ -5,7 +5,10 @@ Our ``generate_until`` tasks (``tasks/judged/``) declare a role in their YAML's 
 metrics of :func:`hhh_bench.evaluation.tasks.utils.process_generation`), and
 :func:`judge_generations` then reads lm-eval's logged generations
 (:func:`hhh_bench.core.items.parse_items`) and adds judged metrics, each a mean over items
-with its standard error:
+with its standard error.
+
+One concept: a judged task's role, from the judges' verdicts on its answers to per-item values
+and task metrics (asking and reading a judge is :mod:`hhh_bench.evaluation.judges`). The roles:
 
 ``harm`` (judge ``safety``: a guard or classifier whose positive label is *unsafe*)
     Harmful prompts (AdvBench / HarmBench / BeaverTails style), direct or attacked (HarmBench's
