@@ -1,0 +1,70 @@
+"""Battery 11's findings (issue 27): each input it found silent-wrong or unclear, refused by name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hhh_bench.evaluation.harness import refuse_non_finite
+
+
+def _raw(lls: list[list[float]], acc: float = 0.5) -> dict:
+    docs = [{"doc_id": i, "filtered_resps": [[v, False] for v in row]} for i, row in enumerate(lls)]
+    return {
+        "results": {"toy3h_known_qa_val": {"acc,none": acc}},
+        "samples": {"toy3h_known_qa_val": docs},
+    }
+
+
+def test_nan_log_likelihoods_of_finite_weights_are_refused_naming_model_task_and_count():
+    """m07: merge.params.scaling=1e30 gives finite weights whose forward pass overflows."""
+    refuse_non_finite(_raw([[-1.0, -2.0], [-0.5, -3.0]]), "m")  # finite: nothing said
+    with pytest.raises(
+        ValueError, match=r"model tsv \(/r/merge/k/model\).*1 of 2 items of toy3h_known_qa_val"
+    ):
+        refuse_non_finite(_raw([[math.nan, -2.0], [-0.5, -3.0]]), "tsv (/r/merge/k/model)")
+    with pytest.raises(ValueError, match="metric acc of toy3h_known_qa_val = nan"):
+        refuse_non_finite(_raw([[-1.0, -2.0]], acc=math.nan), "m")
+
+
+_GUARD = {
+    "kind": "guard",
+    "model": "m",
+    "mode": "logprob",
+    "labels": ["unsafe", "safe"],
+    "on_unparsed": "error",
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"threshold": -1},
+            r"eval.judges.refusal.threshold must be in a probability's range \[0, 1\].*got -1",
+        ),
+        ({"threshold": math.nan}, r"threshold must be a finite number in .*got nan"),
+        ({"threshold": True}, r"threshold must be a finite number"),
+        ({"threshold": 3, "labels": ["1", "5"], "label_values": [1, 5]}, None),  # an expected score
+        (
+            {"threshold": 6, "labels": ["1", "5"], "label_values": [1, 5]},
+            r"label_values' range \[1, 5\]",
+        ),
+        (
+            {"mode": "generate", "max_new_tokens": -3},
+            r"max_new_tokens must be a whole number .*got -3",
+        ),
+        ({"mode": "generate", "max_new_tokens": True}, r"max_new_tokens must be a whole number"),
+        ({"mode": "generate", "max_new_tokens": 1.5}, r"max_new_tokens must be a whole number"),
+    ],
+)
+def test_a_judges_threshold_and_answer_length_are_checked(extra, message):
+    """j11/j12: threshold -1 flagged every answer a refusal, nan none; j15: max_new_tokens=-3."""
+    from hhh_bench.evaluation.judges import JudgeSpec
+
+    if message is None:
+        JudgeSpec.from_config("refusal", {**_GUARD, **extra})
+        return
+    with pytest.raises(ValueError, match=message):
+        JudgeSpec.from_config("refusal", {**_GUARD, **extra})
