@@ -68,3 +68,32 @@ def test_a_judges_threshold_and_answer_length_are_checked(extra, message):
         return
     with pytest.raises(ValueError, match=message):
         JudgeSpec.from_config("refusal", {**_GUARD, **extra})
+
+
+def _merge_row(key: str, kappa: float, avg: float, **kw) -> dict:
+    return {
+        "row_key": key, "name": "resm", "kind": "merge", "method": "resm", "seed": 0,
+        "split": "validation", "params": {"kappa": kappa, "device": "cpu"},
+        "extra": {"grid_params": {"kappa": kappa}}, "model_key": f"m{kappa}",
+        "tasks": {"t": {"acc": avg, "n": 10}}, "helpful": avg, "honest": avg, "harmless": avg,
+        "average": avg, "min": avg, **kw,
+    }  # fmt: skip
+
+
+def test_two_configurations_with_byte_identical_weights_keep_a_row_each(tmp_path):
+    """sw01/pe03: RESM's kappa had no effect on the toy model, so kappa=2, 3, 4 gave one eval key;
+    the last row replaced the others and the chosen kappa=2 had "no validation score". A
+    re-evaluation of the same configuration (re-scored, or an old row without the suffix, or
+    run on another device) still supersedes."""
+    from hhh_bench.tracking.store import append_result, read_results, row_identity
+
+    path = tmp_path / "results.jsonl"
+    for kappa in (2.0, 3.0, 4.0):
+        append_result(path, _merge_row("e1:resm", kappa, 0.5))
+    assert sorted(r["model_key"] for r in read_results(path)) == ["m2.0", "m3.0", "m4.0"]
+    again = _merge_row("e1:resm", 2.0, 0.7, params={"kappa": 2.0, "device": "cuda"})
+    append_result(path, {**again, "row_key": row_identity(again)})  # as build_row writes it
+    rows = {r["model_key"]: r["average"] for r in read_results(path)}
+    assert rows == {"m2.0": 0.7, "m3.0": 0.5, "m4.0": 0.5}
+    base = {**_merge_row("e0:base", 0, 0.5), "params": {}, "extra": {}, "method": None}
+    assert row_identity(base) == "e0:base"  # no configuration: the key as before
