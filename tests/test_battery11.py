@@ -97,3 +97,14 @@ def test_two_configurations_with_byte_identical_weights_keep_a_row_each(tmp_path
     assert rows == {"m2.0": 0.7, "m3.0": 0.5, "m4.0": 0.5}
     base = {**_merge_row("e0:base", 0, 0.5), "params": {}, "extra": {}, "method": None}
     assert row_identity(base) == "e0:base"  # no configuration: the key as before
+
+
+def test_a_missing_eval_folder_is_said_as_missing_not_as_log_samples_false(tmp_path):
+    """rl05: a copied root without eval/<key> was told to evaluate with eval.log_samples=true."""
+    from hhh_bench.tracking.paired import no_items_reason
+
+    (tmp_path / "eval" / "kept").mkdir(parents=True)
+    gone = {"row_key": "k:mix", "artifacts": {"eval_dir": str(tmp_path / "eval" / "gone")}}
+    assert "eval folder eval/gone is missing from this root" in no_items_reason(gone)
+    kept = {"row_key": "k:mix", "artifacts": {"eval_dir": str(tmp_path / "eval" / "kept")}}
+    assert "eval.log_samples=true" in no_items_reason(kept)
