@@ -108,3 +108,61 @@ def test_a_missing_eval_folder_is_said_as_missing_not_as_log_samples_false(tmp_p
     assert "eval folder eval/gone is missing from this root" in no_items_reason(gone)
     kept = {"row_key": "k:mix", "artifacts": {"eval_dir": str(tmp_path / "eval" / "kept")}}
     assert "eval.log_samples=true" in no_items_reason(kept)
+
+
+def test_a_hand_written_row_with_split_null_is_named_by_file_line_and_field(tmp_path):
+    """s07: a row with ``split: null`` (no digest) passed the reader and vanished from every
+    table; now it is refused by file, line and field, or skipped and counted."""
+    import json
+
+    from hhh_bench.tracking.store import StoreError, read_results, scan_results
+
+    good = {**_merge_row("e1:resm", 2.0, 0.5), "split": "test"}
+    path = tmp_path / "results.jsonl"
+    path.write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "row_key": "e2:x", "split": None}) + "\n"
+    )
+    with pytest.raises(StoreError, match=r"results.jsonl, line 2: .*'e2:x': split is null"):
+        read_results(path)
+    scan = scan_results(path, skip_invalid=True)
+    assert [r["row_key"] for r in scan.latest()] == ["e1:resm"]
+    assert [s.line for s in scan.skipped] == [2]
+
+
+def test_plan_says_a_mistyped_key_as_the_main_cli_does():
+    """pn04: ``hhh-bench plan ... train.learnin_rate=3`` advised Hydra's ``+train.learnin_rate``."""
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(
+        ValueError,
+        match=r"^train.learnin_rate is not a setting \(did you mean train.learning_rate\?\)",
+    ):
+        compose_run(["train.learnin_rate=3"])
+
+
+def test_a_bad_wandb_mode_from_the_environment_names_the_variable(monkeypatch):
+    """env02: ``WANDB_MODE=bogus`` was reported as ``logger.mode``, which the user never set."""
+    from hhh_bench.tracking.wandb_log import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ValueError, match=r"^the environment variable WANDB_MODE must be .*'bogus'"):
+        wandb_mode({"name": "wandb"})
+    with pytest.raises(ValueError, match=r"^logger.mode must be .*'loud'"):
+        wandb_mode({"name": "wandb", "mode": "loud"})
+
+
+def test_the_merge_commands_pickle_refusal_names_its_flag(tmp_path, capsys):
+    """mk_pk1: ``hhh-bench merge`` said "pass allow_pickle=true"; its switch is --allow-pickle."""
+    from hhh_bench.mergeyaml import main
+
+    for d in ("base", "a"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "config.json").write_text("{}")
+        (tmp_path / d / "pytorch_model.bin").write_bytes(b"never read")
+    yaml = tmp_path / "m.yaml"
+    yaml.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {tmp_path}/base\nmodels:\n  - model: {tmp_path}/a\n"
+    )
+    assert main([str(yaml), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "only pickle checkpoints" in err and "pass --allow-pickle if you trust" in err

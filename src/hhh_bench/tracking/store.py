@@ -254,6 +254,13 @@ def check_row(row: Any) -> None:
         raise ValueError(f"the row lacks `kind` (one of {KINDS})")
     validate_row(row)
     key = row["row_key"]
+    if row.get("split") is None:  # battery 11, s07: such a row vanished from every table
+        raise ValueError(
+            f"result row {key!r}: split is {'null' if 'split' in row else 'missing'}: a row "
+            "belongs to the validation or test split (each table shows one), so it would be left "
+            "out of every table without a word; write the split it was evaluated on, or delete "
+            "the line"
+        )
     seed = row.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"result row {key!r}: seed = {seed!r} is not an integer or null")
