@@ -166,3 +166,24 @@ def test_the_merge_commands_pickle_refusal_names_its_flag(tmp_path, capsys):
     assert main([str(yaml), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "only pickle checkpoints" in err and "pass --allow-pickle if you trust" in err
+
+
+@pytest.mark.parametrize(
+    ("stage", "refused"), [("base", True), ("all", True), ("data", False), ("report", False)]
+)
+def test_the_tiny_model_on_real_data_is_refused_before_any_stage(stage, refused):
+    """d26: data=paper_3h with the default model=tiny stopped at a missing vocab.txt."""
+    from conftest import compose
+    from hhh_bench.core.config import GROUPS, load
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import check_tiny_world
+
+    cfg = to_dict(compose(["data=paper_3h", f"stage={stage}"]))
+    groups = {g: load(GROUPS[g], cfg[g], g) for g in ("model", "data")}
+    if not refused:
+        check_tiny_world(cfg, groups)
+        return
+    with pytest.raises(
+        ValueError, match=r"^model=tiny with data=paper_3h .*use data=toy3h, or a hub model"
+    ):
+        check_tiny_world(cfg, groups)

@@ -40,6 +40,7 @@ from hhh_bench.stages.common import (
 from hhh_bench.validation import (
     check_nltk_data,
     check_threads,
+    check_tiny_world,
     emphases,
     preflight,
     validate_run,
@@ -225,6 +226,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
 
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
+    check_tiny_world(to_dict(cfg), groups)
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):
