@@ -187,3 +187,21 @@ def test_the_tiny_model_on_real_data_is_refused_before_any_stage(stage, refused)
         ValueError, match=r"^model=tiny with data=paper_3h .*use data=toy3h, or a hub model"
     ):
         check_tiny_world(cfg, groups)
+
+
+def test_a_store_of_two_experiments_says_so_with_rows_and_lines(tmp_path):
+    """r06: name=b11 said "keep name=zzz" and name=zzz said "keep name=b11"."""
+    import json
+
+    from hhh_bench.tracking.store import check_one_experiment
+
+    path = tmp_path / "results.jsonl"
+    rows = [{**_merge_row(f"e{i}:x", 2.0, 0.5), "experiment": "b11"} for i in range(3)]
+    rows.append({**rows[0], "experiment": "zzz"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("b11", "zzz"):
+        with pytest.raises(
+            ValueError,
+            match=r"holds rows of 2 experiments \(b11: 3 rows, lines 1, 2, 3; zzz: 1 row, line 4\)",
+        ):
+            check_one_experiment(path, name)

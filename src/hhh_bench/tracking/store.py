@@ -642,30 +642,52 @@ CUT_SHORT = (
 )
 
 
-def experiments_in(path: str | Path) -> set[str]:
-    """The experiment names of a store's rows (lines that do not parse are left to
-    :func:`scan_results`); none for a missing store."""
+def experiment_lines(path: str | Path) -> dict[str, list[int]]:
+    """The line numbers of a store's rows per experiment name, in first-seen order (lines that
+    do not parse are left to :func:`scan_results`); none for a missing store."""
     path = Path(path)
     if not path.is_file():
-        return set()
+        return {}
     with open(path, "rb") as f:
         lines = _lines_of(f, path)
-    return {str(ln.value["experiment"]) for ln in lines
-            if isinstance(ln.value, dict) and "experiment" in ln.value}  # fmt: skip
+    out: dict[str, list[int]] = {}
+    for ln in lines:
+        if isinstance(ln.value, dict) and "experiment" in ln.value:
+            out.setdefault(str(ln.value["experiment"]), []).append(ln.number)
+    return out
+
+
+def experiments_in(path: str | Path) -> set[str]:
+    """The experiment names of a store's rows (see :func:`experiment_lines`)."""
+    return set(experiment_lines(path))
+
+
+def _line_list(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:5]) + (", ..." if len(numbers) > 5 else "")
+    return f"{len(numbers)} row{'s' if len(numbers) != 1 else ''}, line{'s' if len(numbers) != 1 else ''} {shown}"
 
 
 def check_one_experiment(path: str | Path, name: str) -> None:
     """One results store holds one experiment: rows of another ``name`` in it would be pooled
     into this one's tables and answer, and its report folder replaced. Raise ``ValueError``
-    naming the store, the names it holds and what to do."""
-    others = sorted(experiments_in(path) - {str(name)})
-    if others:
+    naming the store, the names it holds (with their rows' lines when it holds several) and
+    what to do."""
+    held = experiment_lines(path)
+    others = sorted(set(held) - {str(name)})
+    if not others:
+        return
+    if len(held) > 1:  # a mixed store (battery 11, r06: each name's error advised the other)
+        parts = "; ".join(f"{e}: {_line_list(n)}" for e, n in held.items())
         raise ValueError(
-            f"{path} holds the results of experiment {others[0]!r}"
-            + (f" (and {others[1:]})" if len(others) > 1 else "")
-            + f"; name={name} would pool its rows with them in one report, and replace that "
-            f"report: run it under a root of its own (root=...), or keep name={others[0]}"
+            f"{path} holds rows of {len(held)} experiments ({parts}): one store holds one "
+            "experiment; delete the lines that do not belong to it, or run each under a root of "
+            "its own (root=...)"
         )
+    raise ValueError(
+        f"{path} holds the results of experiment {others[0]!r}; name={name} would pool its rows "
+        f"with them in one report, and replace that report: run it under a root of its own "
+        f"(root=...), or keep name={others[0]}"
+    )
 
 
 def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
