@@ -205,3 +205,39 @@ def test_a_store_of_two_experiments_says_so_with_rows_and_lines(tmp_path):
             match=r"holds rows of 2 experiments \(b11: 3 rows, lines 1, 2, 3; zzz: 1 row, line 4\)",
         ):
             check_one_experiment(path, name)
+
+
+@pytest.mark.parametrize(
+    ("skip", "said"), [(False, "a torn last write"), (True, "report.skip_invalid=true")]
+)
+def test_the_consoles_skipped_line_note_says_why_as_the_setting_is(skip, said, capsys):
+    """s05: a torn last line was noted "(report.skip_invalid)" with that setting false."""
+    from omegaconf import OmegaConf
+
+    from hhh_bench.stages.report import REPORT_FILES, _show
+
+    rep = {
+        **{k: "f" for k in REPORT_FILES},
+        "n_rows": 1,
+        "main_table": "|t|",
+        "skipped": 1,
+        "answer_line": "A",
+    }
+    _show(
+        OmegaConf.create({"name": "x", "report": {"skip_invalid": skip}}), "st", rep, cached=False
+    )
+    out = capsys.readouterr()
+    assert f"skipped 1 invalid line(s) of the store ({said}" in out.out + out.err
+
+
+def test_a_newer_smaller_evaluation_setup_is_said_on_the_console():
+    """ev03r: after one eval with a user task, the console's table held only `base` and said
+    nothing of the 10 rows of the older setup (only report.md did)."""
+    from hhh_bench.tracking.sections import setup_console_line
+
+    line = setup_console_line([{"name": "base"}], [[{"name": str(i)} for i in range(10)]])
+    assert line == (
+        "note: the table shows the newest evaluation setup (1 row(s)); an older setup of this "
+        "store holds 10 row(s): see report.md (Other evaluation setups)"
+    )
+    assert setup_console_line([{"name": "base"}] * 3, [[{"name": "x"}]]) is None
