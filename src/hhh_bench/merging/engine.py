@@ -533,8 +533,11 @@ def merge_models(
     params_record = {**p.to_dict(), "vocab_policy": vocab_policy}
     result = MergeResult(str(out), method, params_record, len(keys), 0.0)
 
+    bars: list[Any] = []
+
     def bar(it: Iterator[Any], desc: str, total: int) -> Iterator[Any]:
-        return _progress(it, desc, total, progress)
+        bars.append(_progress(it, desc, total, progress))
+        return bars[-1]
 
     with claim(out), atomic_dir(out, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, layout, shard_limit)
@@ -561,6 +564,8 @@ def merge_models(
             )
             read_from = check_reads([base_src, *models]) if verify_reads else {}
         except BaseException as e:
+            for b in bars:  # closed now, inside the run's console session: a bar closed when
+                b.close()  # collected drew its last line on the console after the error (m16)
             writer.abort()  # the folder is discarded; report the original error
             if cache is not None:
                 cache.discard_written()
