@@ -241,3 +241,16 @@ def test_a_newer_smaller_evaluation_setup_is_said_on_the_console():
         "store holds 10 row(s): see report.md (Other evaluation setups)"
     )
     assert setup_console_line([{"name": "base"}] * 3, [[{"name": "x"}]]) is None
+
+
+def test_the_consoles_table_shows_names_without_markdown_escapes(capsys):
+    """Cosmetic (ev17, w01): the console showed `base \\[2\\]`; report.md keeps the escapes."""
+    from omegaconf import OmegaConf
+
+    from hhh_bench.stages.report import REPORT_FILES, _show
+    from hhh_bench.tracking.markdown import md_text
+
+    table = f"| {md_text('base [2]')} | {md_text('a|b')} | {md_text('x<y')} |"
+    rep = {**{k: "f" for k in REPORT_FILES}, "n_rows": 1, "main_table": table, "answer_line": "A"}
+    _show(OmegaConf.create({"name": "x"}), "st", rep, cached=False)
+    assert "| base [2] | a\\|b | x<y |" in capsys.readouterr().out

@@ -27,6 +27,7 @@ from hhh_bench.core.content import verify, write_manifest
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
+from hhh_bench.tracking.markdown import console_text
 
 
 def report_dir(cfg: DictConfig, job: str | None = None) -> Path:
@@ -296,7 +297,7 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
     lines = [
         "",
         f"== hhh-bench report: {rep.get('title', cfg.name)} ({rep['n_rows']} rows from {store}) ==",
-        rep["main_table"],
+        console_text(rep["main_table"]),  # no Markdown escapes on a terminal (battery 11)
         "",
         *(f"{k}: {v}" for k, v in paths.items()),
     ]
