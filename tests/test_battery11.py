@@ -24,6 +24,11 @@ def test_nan_log_likelihoods_of_finite_weights_are_refused_naming_model_task_and
         ValueError, match=r"model tsv \(/r/merge/k/model\).*1 of 2 items of toy3h_known_qa_val"
     ):
         refuse_non_finite(_raw([[math.nan, -2.0], [-0.5, -3.0]]), "tsv (/r/merge/k/model)")
+    generated = {
+        "results": {},
+        "samples": {"gen": [{"filtered_resps": ["nan"]}, {"filtered_resps": ["inf"]}]},
+    }
+    refuse_non_finite(generated, "m")  # a generated answer "nan" is text, not a log-likelihood
     with pytest.raises(ValueError, match="metric acc of toy3h_known_qa_val = nan"):
         refuse_non_finite(_raw([[-1.0, -2.0]], acc=math.nan), "m")
 

@@ -527,10 +527,9 @@ def refuse_non_finite(raw: Mapping[str, Any], model: str) -> None:
         n_bad = 0
         for s in docs:
             resps = s.get("filtered_resps") or s.get("resps") or []
-            try:
-                lls = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in resps]
-            except (TypeError, ValueError, IndexError):
-                break  # not a log-likelihood task: its metrics are checked below
+            lls = [r[0] if isinstance(r, (list, tuple)) and r else r for r in resps]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lls):
+                break  # not a log-likelihood task (a generated "nan" is text): metrics below
             n_bad += not all(math.isfinite(v) for v in lls)
         if n_bad:
             bad.append(f"{n_bad} of {len(docs)} items of {task}")
