@@ -396,7 +396,7 @@ def test_a_specialist_trained_from_another_base_is_refused_by_the_merge_stage(tm
     plain.mkdir()  # a released specialist: no key.json, nothing to compare
     check_same_base("B", [str(mine), str(mine / "adapter"), str(plain)], base_identity="b" * 64)
     with pytest.raises(ValueError, match=r"merge.models\[1\]='.*other/adapter' was trained from "
-                       r"another θ0 \(base/cccccccccccc\) than merge.base='B'"):  # fmt: skip
+                       r"the θ0 stage output base/cccccccccccc, not from merge.base='B'"):  # fmt: skip
         check_same_base("B", [str(mine), str(other / "adapter")], base_identity="b" * 64)
     # a hub base: not compared by content
     check_same_base("x", [str(other)], base_identity="hub:x@main")

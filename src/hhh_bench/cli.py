@@ -469,41 +469,10 @@ def unknown_key_line(hydra_text: str, argv: list[str]) -> str | None:
     """One line for Hydra's five about an override of a key the config lacks (``Key 'x' is not
     in struct``): the key, the closest existing one, and ``+`` for a new key on purpose; None
     for any other refusal (Hydra's text is then shown as it is)."""
-    import difflib
+    from hhh_bench.pipeline import unknown_key_message
 
-    m = re.search(r"Key '([^']+)' is not in struct\s+full_key: (\S+)", hydra_text)
-    if not m:
-        return None
-    full = m.group(2)
-    parent, _, leaf = full.rpartition(".")
-    keys: list[str] = []
-    try:  # the parent's keys, from the config composed with the other overrides
-        from hydra import compose, initialize_config_dir
-        from omegaconf import DictConfig, OmegaConf
-
-        from hhh_bench.core.paths import conf_dir
-
-        others = [a for a in argv if not a.startswith("-") and "=" in a
-                  and not f"{a.lstrip('+~').split('=', 1)[0]}.".startswith(f"{full}.")]  # fmt: skip
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=others)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig):
-            keys = [str(k) for k in node]
-    except Exception:  # noqa: BLE001 - only the hint is lost
-        keys = []
-    where = f"{parent}." if parent else ""
-    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
-    hint = (
-        f"did you mean {where}{close[0]}?"
-        if close
-        else (f"{parent or 'the config'} has: {', '.join(sorted(keys)[:15])}" if keys else "")
-    )
-    return (
-        f"hhh-bench: error: {full} is not a setting"
-        + (f" ({hint})" if hint else "")
-        + f"; to add a key on purpose, write +{full}=...\n"
-    )
+    message = unknown_key_message(hydra_text, argv)
+    return None if message is None else f"hhh-bench: error: {message}\n"
 
 
 def untraced(text: str) -> str:

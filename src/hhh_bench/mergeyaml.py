@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from hhh_bench.merging.sources import open_source
+from hhh_bench.merging.sources import PICKLE_SWITCH, open_source
 
 
 class MergekitConfigError(ValueError):
@@ -802,7 +802,9 @@ def main(argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
         if args.verbose or os.environ.get("HHH_VERBOSE") == "1":
             raise
-        print(f"hhh-bench merge: error: {e}", file=sys.stderr)
+        # battery 11, mk_pk1: this command's switch is its flag, not the pipeline's key
+        print(f"hhh-bench merge: error: {str(e).replace(PICKLE_SWITCH, '--allow-pickle')}",
+              file=sys.stderr)  # fmt: skip
         return 2
     print(
         f"merged {res.n_tensors} tensors with {res.method} into {res.out_dir} ({res.seconds:.1f} s)"

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from hhh_bench.stages.common import (
 from hhh_bench.validation import (
     check_nltk_data,
     check_threads,
+    check_tiny_world,
     emphases,
     preflight,
     validate_run,
@@ -224,6 +226,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
 
         cfg = with_values(cfg, prepare_rehearsal(to_dict(cfg)))
     groups = validate_run(to_dict(cfg))
+    check_tiny_world(to_dict(cfg), groups)
     if "merge" in groups and dict(groups["merge"].params) != to_dict(cfg.merge.params):
         cfg = copy.deepcopy(cfg)  # the merge option's knobs that are not the method's, left out
         with open_dict(cfg):
@@ -246,9 +249,54 @@ def compose_run(overrides: Sequence[str]) -> Any:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ValueError(" ".join(x.strip() for x in str(e).splitlines() if x.strip())) from None
+        # battery 11, pn04: a mistyped key said as the main CLI says it (Hydra's cause holds it)
+        typo = unknown_key_message(f"{e}\n{e.__cause__ or ''}", overrides)
+        raise ValueError(
+            typo or " ".join(x.strip() for x in str(e).splitlines() if x.strip())
+        ) from None
     CACHE.reset()
     return prepare(cfg)[0]
+
+
+def unknown_key_message(hydra_text: str, argv: Sequence[str]) -> str | None:
+    """One sentence for Hydra's five lines about an override of a key the config lacks (``Key 'x' is not
+    in struct``): the key, the closest existing one, and ``+`` for a new key on purpose; None
+    for any other refusal (Hydra's text is then shown as it is)."""
+    import difflib
+
+    m = re.search(r"Key '([^']+)' is not in struct\s+full_key: (\S+)", hydra_text)
+    if not m:
+        return None
+    full = m.group(2)
+    parent, _, leaf = full.rpartition(".")
+    keys: list[str] = []
+    try:  # the parent's keys, from the config composed with the other overrides
+        from hydra import compose, initialize_config_dir
+        from omegaconf import DictConfig, OmegaConf
+
+        from hhh_bench.core.paths import conf_dir
+
+        others = [a for a in argv if not a.startswith("-") and "=" in a
+                  and not f"{a.lstrip('+~').split('=', 1)[0]}.".startswith(f"{full}.")]  # fmt: skip
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=others)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig):
+            keys = [str(k) for k in node]
+    except Exception:  # noqa: BLE001 - only the hint is lost
+        keys = []
+    where = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {where}{close[0]}?"
+        if close
+        else (f"{parent or 'the config'} has: {', '.join(sorted(keys)[:15])}" if keys else "")
+    )
+    return (
+        f"{full} is not a setting"
+        + (f" ({hint})" if hint else "")
+        + f"; to add a key on purpose, write +{full}=..."
+    )
 
 
 def _summary(t0: float) -> None:

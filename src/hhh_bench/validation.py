@@ -309,6 +309,28 @@ def _check_positions(groups: Mapping[str, Any]) -> None:
             )
 
 
+def check_tiny_world(cfg: Mapping[str, Any], groups: Mapping[str, Any]) -> None:
+    """``model=tiny`` builds its vocabulary from the toy world: with other data (``paper_3h``)
+    a stage that builds θ0 stopped at a missing ``vocab.txt`` (battery 11, d26). Asked by
+    :func:`hhh_bench.pipeline.prepare` (a run, ``plan``), not by :func:`validate_run`: a
+    config's groups are checked one by one on any data (test_config)."""
+    model, data = groups.get("model"), groups.get("data")
+    if model is None or data is None or model.kind != "tiny" or data.kind == "toy3h":
+        return
+    stage = cfg.get("stage") or "all"
+    if stage in ("data", "report"):  # no θ0 needed
+        return
+    if stage == "eval" and (cfg.get("eval") or {}).get("model"):  # a given model is evaluated
+        return
+    if stage in ("merge", "merge_eval", "diagnose") and (cfg.get("merge") or {}).get("base"):
+        return  # a given θ0
+    raise ValueError(
+        f"model=tiny with data={data.name} (data.kind={data.kind}): the tiny model builds its "
+        "vocabulary from the toy world, so it is built for data=toy3h only; use data=toy3h, or "
+        "a hub model with this data (model=llama3_8b_instruct, or model.kind=hub model.path=...)"
+    )
+
+
 def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check every group of a composed run (a plain mapping) before any stage runs: unknown
     keys, types, ranges, the merge method and its knobs, every grid point of the pipeline's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -286,7 +287,9 @@ def test_bad_inputs_are_named(models, tmp_path):
     sd[emb][0, 0] = float("nan")
     (tmp_path / "nan").mkdir()
     save_file(sd, str(tmp_path / "nan" / "model.safetensors"))
-    with pytest.raises(ValueError, match="NaN"):
+    # named by its folder, not by its index only (battery 11, m16)
+    said = rf"finetuned model 0 \({re.escape(str(tmp_path / 'nan'))}\) holds 1 NaN/Inf value"
+    with pytest.raises(ValueError, match=said):
         merge_models("task_arithmetic", base, [tmp_path / "nan"], tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
 
@@ -391,3 +394,29 @@ def test_data_methods_sweep_cache_is_keyed_by_the_statistics_content(models, sta
     assert changed.cache_hits == 0
     q = next(k for k in _sd(tmp_path / "o4") if k.endswith("q_proj.weight"))
     assert not torch.equal(_sd(tmp_path / "o4")[q], _sd(tmp_path / "o3")[q])
+
+
+def test_a_failed_merge_closes_its_progress_bar_before_the_error_leaves(
+    models, tmp_path, monkeypatch
+):
+    """Battery 11 (m16): the bar of a merge that failed was closed when collected, after the
+    run's console session, and drew its last line on the console under the error."""
+    import hhh_bench.merging.engine as engine
+
+    _, base, fts = models
+    closed = []
+
+    def progress(it, desc, total, enabled=True):
+        try:
+            yield from it
+        finally:
+            closed.append(desc)
+
+    monkeypatch.setattr(engine, "_progress", progress)
+    sd = _sd(fts[0])
+    sd[sorted(sd)[0]].view(-1)[0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    save_file(sd, str(tmp_path / "nan" / "model.safetensors"))
+    with pytest.raises(ValueError, match="NaN") as err:
+        merge_models("task_arithmetic", base, [tmp_path / "nan"], tmp_path / "x", progress=False)
+    assert closed and err.value is not None  # closed while the traceback still holds the frames

@@ -513,6 +513,41 @@ def parse_results(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], di
     return metrics, samples
 
 
+def refuse_non_finite(raw: Mapping[str, Any], model: str) -> None:
+    """Refuse lm-eval output holding NaN/Inf: log-likelihoods of logged items, or metric values.
+
+    Finite weights can still overflow in the forward pass (a merge scaled by 1e30): lm-eval then
+    returns NaN log-likelihoods, which argmax-style metrics would score as if they were answers.
+
+    Raises:
+        ValueError: naming ``model``, each task and how many of its items are not finite.
+    """
+    bad: list[str] = []
+    for task, docs in (raw.get("samples") or {}).items():
+        n_bad = 0
+        for s in docs:
+            resps = s.get("filtered_resps") or s.get("resps") or []
+            lls = [r[0] if isinstance(r, (list, tuple)) and r else r for r in resps]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lls):
+                break  # not a log-likelihood task (a generated "nan" is text): metrics below
+            n_bad += not all(math.isfinite(v) for v in lls)
+        if n_bad:
+            bad.append(f"{n_bad} of {len(docs)} items of {task}")
+    for task, res in (raw.get("results") or {}).items():
+        for key, value in res.items():
+            name = key.split(",", 1)[0]
+            if "," not in key or name.endswith("_stderr") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and not math.isfinite(float(value)):
+                bad.append(f"metric {name} of {task} = {value}")
+    if bad:
+        raise ValueError(
+            f"model {model} gave non-finite (NaN/Inf) log-likelihoods or metrics: "
+            f"{'; '.join(bad)}; its outputs overflow (are its weights scaled too far, e.g. "
+            "merge.params.scaling?); no score was stored"
+        )
+
+
 def evaluate_model(
     model_or_path: Any,
     tokenizer: Any = None,
@@ -535,6 +570,7 @@ def evaluate_model(
     gen_kwargs: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
     server_dir: str | Path | None = None,
+    label: str | None = None,
 ) -> HarnessResult:
     """Evaluate one model on lm-eval tasks, offline; per-task metrics with stderr.
 
@@ -573,12 +609,14 @@ def evaluate_model(
         server: ``backend=server`` only: ``eval.server`` (a URL, or the server to start for
             this model), see :mod:`hhh_bench.evaluation.serving`.
         server_dir: where a started server writes ``server.log``.
+        label: how an error names the model (default: its path or ``name_or_path``).
 
     Returns:
         A :class:`HarnessResult`.
 
     Raises:
-        ValueError: no tasks, a missing chat template, or an unknown task name.
+        ValueError: no tasks, a missing chat template, an unknown task name, or NaN/Inf
+            log-likelihoods or metrics (:func:`refuse_non_finite`).
     """
     if not tasks:
         raise ValueError("evaluate_model: no tasks given")
@@ -671,6 +709,7 @@ def evaluate_model(
         model.train()
     if raw is None:  # only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results (non-primary rank?)")
+    refuse_non_finite(raw, label or str(getattr(model, "name_or_path", model_or_path)))
     metrics, samples = parse_results(raw)
     items, generations = parse_items(raw)
     import lm_eval

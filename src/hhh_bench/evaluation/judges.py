@@ -315,6 +315,14 @@ class JudgeSpec:
             ) from None
         if spec.batch_size < 1:
             raise ValueError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
+        _check_threshold(where, spec)
+        generates = spec.kind == "guard" and spec.mode in ("generate", "parse")
+        mnt = spec.max_new_tokens
+        if generates and (isinstance(mnt, bool) or not isinstance(mnt, int) or mnt < 1):
+            raise ValueError(
+                f"{where}.max_new_tokens must be a whole number of tokens >= 1 (the judge "
+                f"generates its answer in {spec.mode!r} mode), got {mnt!r}"
+            )
         if spec.server is not None:
             from hhh_bench.evaluation.serving import ServerSpec
 
@@ -357,6 +365,24 @@ class JudgeSpec:
         else:  # which API, not where it listens nor its key
             d["endpoint"] = {"api": "openai-chat-completions"}
         return d
+
+
+def _check_threshold(where: str, spec: JudgeSpec) -> None:
+    """``flag = p > threshold``: a finite number in p's range ([0, 1] for a probability, the
+    ``label_values``' range for an expected score); -1 or NaN would flag every answer or none."""
+    t = spec.threshold
+    lo, hi = (0.0, 1.0)
+    what = "a probability's range [0, 1]"
+    if spec.label_values:
+        lo, hi = min(spec.label_values), max(spec.label_values)
+        what = f"the label_values' range [{lo:g}, {hi:g}]"
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ValueError(f"{where}.threshold must be a finite number in {what}, got {t!r}")
+    if not lo <= t <= hi:
+        raise ValueError(
+            f"{where}.threshold must be in {what} (flag = p > threshold), got {t!r}: outside it "
+            "every answer or none would be flagged"
+        )
 
 
 def _check_parse(where: str, spec: JudgeSpec, cfg: Mapping[str, Any]) -> None:

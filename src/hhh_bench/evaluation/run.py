@@ -65,7 +65,7 @@ def evaluate_into(
         lm, tok, list(dict.fromkeys([*(s.name for s in specs), *payload["tasks"]])),
         include_path=include, dtype=mcfg.dtype, trust_remote_code=trust, backend=backend,
         backend_args=ecfg.get("backend_args"), gen_kwargs=ecfg.get("gen_kwargs"),
-        server=ecfg.get("server"),
+        server=ecfg.get("server"), label=f"{model.get('name', model['key'])} ({model['path']})",
         # the server's log outlives the stage's temporary folder (an error points at it)
         server_dir=Path(root) / "logs" / "servers" / tmp.name,
         apply_chat_template=e.apply_chat_template, batch_size=e.batch_size, limit=e.limit,

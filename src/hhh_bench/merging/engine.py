@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -370,6 +371,23 @@ def _progress(it: Iterator[Any], desc: str, total: int, enabled: bool = True) ->
     yield from tqdm(it, desc=desc, total=total, disable=not enabled, unit="tensor", mininterval=1.0)
 
 
+def _with_folders(error: BaseException, finetuned: Sequence[Any]) -> ValueError | None:
+    """A kernel's ValueError naming ``finetuned model <i>`` (its index among the tensors) with
+    that model's folder added (battery 11, m16: a NaN specialist was named by index only); None
+    when there is nothing to add."""
+    if type(error) is not ValueError:
+        return None
+    text = str(error)
+
+    def folder(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        f = finetuned[i] if i < len(finetuned) else None
+        return m.group(0) if f is None or isinstance(f, Mapping) else f"{m.group(0)} ({f})"
+
+    named = re.sub(r"finetuned model (\d+)\b(?! \()", folder, text)
+    return None if named == text else ValueError(named)
+
+
 def _check_args(
     finetuned: Any,
     out_dir: Any,
@@ -515,8 +533,11 @@ def merge_models(
     params_record = {**p.to_dict(), "vocab_policy": vocab_policy}
     result = MergeResult(str(out), method, params_record, len(keys), 0.0)
 
+    bars: list[Any] = []
+
     def bar(it: Iterator[Any], desc: str, total: int) -> Iterator[Any]:
-        return _progress(it, desc, total, progress)
+        bars.append(_progress(it, desc, total, progress))
+        return bars[-1]
 
     with claim(out), atomic_dir(out, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, layout, shard_limit)
@@ -542,10 +563,15 @@ def merge_models(
                 params_for=params_for,
             )
             read_from = check_reads([base_src, *models]) if verify_reads else {}
-        except BaseException:
+        except BaseException as e:
+            for b in bars:  # closed now, inside the run's console session: a bar closed when
+                b.close()  # collected drew its last line on the console after the error (m16)
             writer.abort()  # the folder is discarded; report the original error
             if cache is not None:
                 cache.discard_written()
+            named = _with_folders(e, finetuned)
+            if named is not None:
+                raise named from None
             raise
         writer.close()
         _finish_folder(tmp, writer, base_src_folder=base_folder, out_dtype=out_dtype)

@@ -36,6 +36,8 @@ from hhh_bench.core.paths import is_adapter_folder
 from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SWITCH = "merge_engine.allow_pickle=true"
+"""How a refusal of pickles names the switch (``hhh-bench merge`` says its ``--allow-pickle``)."""
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -313,7 +315,7 @@ class SafetensorsModel:
             raise ValueError(
                 f"{self.label} ({folder}) holds only pickle checkpoints ({pickles[0].name}); "
                 "they can run arbitrary code when loaded. Convert them to safetensors, or "
-                "pass allow_pickle=true if you trust the source."
+                f"pass {PICKLE_SWITCH} if you trust the source."
             )
         sd: dict[str, Tensor] = {}
         for f in pickles:

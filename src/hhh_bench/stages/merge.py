@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hhh_bench.core.config import MergeConfig, MergeEngineConfig
+from hhh_bench.core.content import enclosing_output
 from hhh_bench.stages.common import (
     CACHE,
     ENGINE_CODE,
@@ -271,11 +272,22 @@ def check_same_base(
             and trained_from != identity()
         ):
             where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
+            origin = f"the θ0 stage output {where[0]}" if where else "the θ0 its key.json names"
+            if Path(base).expanduser().exists() and enclosing_output(base) is None:
+                # a folder that is no stage output (a copy of one): matched by none of its
+                # records, so say what differs (battery 11, m19), not that the models are unrelated
+                raise ValueError(
+                    f"{models_name}[{i}]={model!r} was trained from {origin}; "
+                    f"{base_name}={base!r} is a folder hhh-bench cannot match to it (θ0 is "
+                    "matched by its stage output's recorded identity, not by a copy of its "
+                    "files): give that stage output's folder"
+                    + (f" (<root>/{where[0]})" if where else "")
+                    + " as the base, or specialists trained from this one"
+                )
             raise ValueError(
-                f"{models_name}[{i}]={model!r} was trained from another θ0 "
-                f"({where[0] if where else 'its key.json names another base'}) than "
+                f"{models_name}[{i}]={model!r} was trained from {origin}, not from "
                 f"{base_name}={base!r}: its task vector would be the difference of two "
-                f"unrelated models; merge specialists trained from {base_name}"
+                "unrelated models; give the θ0 it was trained from as the base"
             )
 
 

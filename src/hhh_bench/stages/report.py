@@ -27,6 +27,7 @@ from hhh_bench.core.content import verify, write_manifest
 from hhh_bench.core.provenance import atomic_dir, config_hash
 from hhh_bench.stages.common import log, to_dict
 from hhh_bench.stages.eval import results_path
+from hhh_bench.tracking.markdown import console_text
 
 
 def report_dir(cfg: DictConfig, job: str | None = None) -> Path:
@@ -114,6 +115,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         **{k: rep[k] for k in ("main_table", "summary", "answer", "answer_line")},
         "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
         **({"skipped": len(scan.skipped)} if scan.skipped else {}),
+        **({"setup_line": rep["setup_line"]} if rep.get("setup_line") else {}),
     }  # fmt: skip
     (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
     write_manifest(out, None)  # last: a later reuse checks the report's files against it
@@ -295,13 +297,18 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
     lines = [
         "",
         f"== hhh-bench report: {rep.get('title', cfg.name)} ({rep['n_rows']} rows from {store}) ==",
-        rep["main_table"],
+        console_text(rep["main_table"]),  # no Markdown escapes on a terminal (battery 11)
         "",
         *(f"{k}: {v}" for k, v in paths.items()),
     ]
     if rep.get("wandb_dir"):
         lines.append(f"wandb run: {rep['wandb_dir']}")
     if rep.get("skipped"):
-        lines.append(f"skipped {rep['skipped']} invalid line(s) of the store (report.skip_invalid)")
+        # with skip_invalid false only a torn last write is skipped (battery 11, s05)
+        why = ("report.skip_invalid=true" if bool((cfg.get("report") or {}).get("skip_invalid"))
+               else "a torn last write, set aside by the next write; see report.md")  # fmt: skip
+        lines.append(f"skipped {rep['skipped']} invalid line(s) of the store ({why})")
+    if rep.get("setup_line"):
+        lines.append(str(rep["setup_line"]))
     console.say("\n".join(lines), level=console.QUIET)
     console.say(rep["answer_line"], level=console.QUIET)  # last: mix or merge, and how sure

@@ -52,7 +52,7 @@ from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.core.uncertainty import column_item_values, column_parts
 from hhh_bench.tracking.entries import Entry
 from hhh_bench.tracking.markdown import md_text
-from hhh_bench.tracking.paired import check_comparable, row_context, row_specs
+from hhh_bench.tracking.paired import check_comparable, no_items_reason, row_context, row_specs
 
 ITERS = 2000
 """Resamples of the item-level bootstrap diagnostic and of the BCa interval."""
@@ -187,12 +187,7 @@ def _item_parts(
         for r in (a, b):
             c = row_context(r)
             if c is None:
-                eval_dir = (r.get("artifacts") or {}).get("eval_dir")
-                where = f"no items.jsonl in {eval_dir}" if eval_dir else "no eval folder recorded"
-                return (
-                    f"row {r.get('row_key')!r} has no per-item values ({where}); evaluate it "
-                    "with eval.log_samples=true"
-                )
+                return no_items_reason(r)
             ctx.append(c)
         columns = {**(b.get("extra_columns") or {}), **(a.get("extra_columns") or {})}
         try:

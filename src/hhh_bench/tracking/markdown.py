@@ -30,6 +30,18 @@ def md_text(value: Any) -> str:
     return _EDGE_UNDERSCORE.sub(r"\\_", _MARKUP.sub(r"\\\1", text))
 
 
+_CONSOLE_ESCAPES = re.compile(r"\\([\\`*\[\]~_])")
+
+
+def console_text(markdown: str) -> str:
+    """Markdown written by :func:`md_text` as the console shows it: the backslash escapes of
+    ``\\ ` * [ ] ~ _`` and the entities of ``& < >`` undone (a terminal renders no Markdown:
+    ``base \\[2\\]`` read as such, battery 11); a cell's ``\\|`` is kept, so a table stays
+    one."""
+    text = _CONSOLE_ESCAPES.sub(r"\1", markdown)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def number_ranges(nums: Sequence[int]) -> str:
     """``[1, 2, 3, 5]`` -> ``"1–3,5"``."""
     out: list[str] = []

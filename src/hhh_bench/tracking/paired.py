@@ -50,6 +50,25 @@ def _items(eval_dir: str | Path) -> dict[str, list[dict[str, Any]]] | None:
     return read_jsonl(read_checked(path)) if path.is_file() else None
 
 
+def no_items_reason(row: Mapping[str, Any]) -> str:
+    """Why :func:`row_context` found no per-item values for ``row``, and what would fix it: the
+    eval folder missing (deleted, or a copied root without it: battery 11, rl05), or evaluated
+    without per-item records."""
+    eval_dir = (row.get("artifacts") or {}).get("eval_dir")
+    key = row.get("row_key")
+    if not eval_dir:
+        return f"row {key!r} has no per-item values (no eval folder recorded)"
+    if not Path(eval_dir).is_dir():
+        return (
+            f"row {key!r} has no per-item values: its eval folder eval/{Path(eval_dir).name} is "
+            f"missing from this root ({eval_dir}); run stage=eval again to rebuild it"
+        )
+    return (
+        f"row {key!r} has no per-item values (no items.jsonl in {eval_dir}); evaluate it again "
+        "with eval.log_samples=true"
+    )
+
+
 def row_context(row: Mapping[str, Any], *, memo: bool = True) -> dict[str, Any] | None:
     """``{"items", "groups", "metrics", "reference_items"}`` of a row, from its eval folder;
     None when the folder has no per-item values (evaluated with ``log_samples=false`` or before
@@ -121,11 +140,7 @@ def paired_test_rows(
     for r in (row_a, row_b):
         c = row_context(r)
         if c is None:
-            raise ValueError(
-                f"row {r.get('row_key')!r} has no per-item values (no items.jsonl in "
-                f"{(r.get('artifacts') or {}).get('eval_dir')}): evaluate it again with "
-                "eval.log_samples=true"
-            )
+            raise ValueError(no_items_reason(r))
         ctx.append(c)
     columns = {**(row_b.get("extra_columns") or {}), **(row_a.get("extra_columns") or {})}
     return paired_column_test(

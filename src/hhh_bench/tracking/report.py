@@ -77,6 +77,7 @@ from hhh_bench.tracking.sections import (
     other_setups_section,
     paired_section,
     per_task_section,
+    setup_console_line,
     setup_note,
     setup_section,
     skipped_note,
@@ -210,4 +211,5 @@ def build_report(
         "sweep_figures": sweep_paths,
         "answer": answer,
         "answer_line": answer_text,
+        "setup_line": setup_console_line(report_rows, others),
     }

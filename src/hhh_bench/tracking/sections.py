@@ -336,6 +336,20 @@ def setup_note(
     ]
 
 
+def setup_console_line(
+    current: Sequence[Mapping[str, Any]], others: Sequence[Sequence[Mapping[str, Any]]]
+) -> str | None:
+    """:func:`setup_note` as one console line (battery 11, ev03r: only report.md said it, and
+    the console's table and answer showed the newest, smaller setup unsaid); None otherwise."""
+    most = max((len(o) for o in others), default=0)
+    if most <= len(current):
+        return None
+    return (
+        f"note: the table shows the newest evaluation setup ({len(current)} row(s)); an older "
+        f"setup of this store holds {most} row(s): see report.md (Other evaluation setups)"
+    )
+
+
 def other_setups_section(
     others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
 ) -> list[str]:

@@ -8,7 +8,7 @@ interleave and a crash loses at most the line being written. :func:`read_results
 last line (an unfinished write: no closing brace) with a warning; the next append moves it to
 ``<store>.torn`` first, so a line cut short in the middle of a store is damage, refused like any
 invalid line. The same model evaluated again
-(same ``row_key``) supersedes its earlier row: the last one wins on load, and the file itself is
+(same ``row_key`` and configuration: :func:`row_identity`) supersedes its earlier row: the last one wins on load, and the file itself is
 never rewritten.
 
 Rows are validated on read as on write (:func:`check_row`): a line that is not a JSON object, a
@@ -60,8 +60,9 @@ class StoreError(ValueError):
 class ResultRow(TypedDict, total=False):
     """One evaluated model (one split of one model) in the results store.
 
-    Identity: ``row_key`` (unique per model x data x eval config x split x name: the eval key,
-    the model's name and its explicit family, if any), ``experiment``,
+    Identity: ``row_key`` (unique per model x data x eval config x split x name x configuration:
+    the eval key, the model's name, its explicit family, if any, and ``#cfg=`` the hash of the
+    configuration that defines it, if any: :func:`row_identity`), ``experiment``,
     ``split`` (``validation`` | ``test``), ``suite`` (``toy3h`` | ``harness_3h``), ``metric``
     (the primary metric behind the scores), ``created_at``.
 
@@ -253,6 +254,13 @@ def check_row(row: Any) -> None:
         raise ValueError(f"the row lacks `kind` (one of {KINDS})")
     validate_row(row)
     key = row["row_key"]
+    if row.get("split") is None:  # battery 11, s07: such a row vanished from every table
+        raise ValueError(
+            f"result row {key!r}: split is {'null' if 'split' in row else 'missing'}: a row "
+            "belongs to the validation or test split (each table shows one), so it would be left "
+            "out of every table without a word; write the split it was evaluated on, or delete "
+            "the line"
+        )
     seed = row.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"result row {key!r}: seed = {seed!r} is not an integer or null")
@@ -459,7 +467,7 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     with open(path, "a+b") as f, _locked(f):
         if skip_unchanged:
             latest = _dedupe(_rows_of(f, path, warn=False))
-            prev = latest.get(row["row_key"])
+            prev = latest.get(row_identity(row))
             if prev is not None and _same(prev, row):
                 return False
         _set_aside_torn_tail(f, path)
@@ -563,11 +571,11 @@ class StoreScan:
     def repeated(self) -> list[SkippedLine]:
         """The lines whose ``row_key`` a later line repeats (left out by :meth:`latest`), with
         the reason :data:`REPEATED`."""
-        last = {row.get("row_key"): i for i, row in enumerate(self.rows)}
+        last = {row_identity(row): i for i, row in enumerate(self.rows)}
         return [
             SkippedLine(n, REPEATED)
             for i, (row, n) in enumerate(zip(self.rows, self.lines, strict=False))
-            if last[row.get("row_key")] != i
+            if last[row_identity(row)] != i
         ]
 
 
@@ -634,30 +642,52 @@ CUT_SHORT = (
 )
 
 
-def experiments_in(path: str | Path) -> set[str]:
-    """The experiment names of a store's rows (lines that do not parse are left to
-    :func:`scan_results`); none for a missing store."""
+def experiment_lines(path: str | Path) -> dict[str, list[int]]:
+    """The line numbers of a store's rows per experiment name, in first-seen order (lines that
+    do not parse are left to :func:`scan_results`); none for a missing store."""
     path = Path(path)
     if not path.is_file():
-        return set()
+        return {}
     with open(path, "rb") as f:
         lines = _lines_of(f, path)
-    return {str(ln.value["experiment"]) for ln in lines
-            if isinstance(ln.value, dict) and "experiment" in ln.value}  # fmt: skip
+    out: dict[str, list[int]] = {}
+    for ln in lines:
+        if isinstance(ln.value, dict) and "experiment" in ln.value:
+            out.setdefault(str(ln.value["experiment"]), []).append(ln.number)
+    return out
+
+
+def experiments_in(path: str | Path) -> set[str]:
+    """The experiment names of a store's rows (see :func:`experiment_lines`)."""
+    return set(experiment_lines(path))
+
+
+def _line_list(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:5]) + (", ..." if len(numbers) > 5 else "")
+    return f"{len(numbers)} row{'s' if len(numbers) != 1 else ''}, line{'s' if len(numbers) != 1 else ''} {shown}"
 
 
 def check_one_experiment(path: str | Path, name: str) -> None:
     """One results store holds one experiment: rows of another ``name`` in it would be pooled
     into this one's tables and answer, and its report folder replaced. Raise ``ValueError``
-    naming the store, the names it holds and what to do."""
-    others = sorted(experiments_in(path) - {str(name)})
-    if others:
+    naming the store, the names it holds (with their rows' lines when it holds several) and
+    what to do."""
+    held = experiment_lines(path)
+    others = sorted(set(held) - {str(name)})
+    if not others:
+        return
+    if len(held) > 1:  # a mixed store (battery 11, r06: each name's error advised the other)
+        parts = "; ".join(f"{e}: {_line_list(n)}" for e, n in held.items())
         raise ValueError(
-            f"{path} holds the results of experiment {others[0]!r}"
-            + (f" (and {others[1:]})" if len(others) > 1 else "")
-            + f"; name={name} would pool its rows with them in one report, and replace that "
-            f"report: run it under a root of its own (root=...), or keep name={others[0]}"
+            f"{path} holds rows of {len(held)} experiments ({parts}): one store holds one "
+            "experiment; delete the lines that do not belong to it, or run each under a root of "
+            "its own (root=...)"
         )
+    raise ValueError(
+        f"{path} holds the results of experiment {others[0]!r}; name={name} would pool its rows "
+        f"with them in one report, and replace that report: run it under a root of its own "
+        f"(root=...), or keep name={others[0]}"
+    )
 
 
 def scan_results(path: str | Path, *, skip_invalid: bool = False) -> StoreScan:
@@ -732,10 +762,46 @@ def _rebased(row: dict[str, Any], root: Path) -> dict[str, Any]:
     return row
 
 
+_CONFIG_SUFFIX = re.compile(r"#cfg=[0-9a-f]+$")
+_CONFIG_FIELDS = ("method", "params", "mix_strategy", "noise_rate", "train_dimensions")
+_RUNTIME_PARAMS = ("device",)  # where a merge ran, not what it is
+
+
+def config_id(row: Mapping[str, Any]) -> str | None:
+    """The hash of the configuration that defines a row's model (its method, params without
+    runtime ones, mixing strategy, noise, training dimensions and grid knobs); None for a model
+    with no configuration (a base, a specialist, a given model), whose weights and name say
+    what it is."""
+    raw, extra = row.get("params"), row.get("extra")
+    # (a diagnostics row's params are its parameter table: no configuration)
+    params = (
+        {k: v for k, v in raw.items() if k not in _RUNTIME_PARAMS}
+        if isinstance(raw, Mapping)
+        else {}
+    )
+    grid = extra.get("grid_params") if isinstance(extra, Mapping) else None
+    if not (params or row.get("mix_strategy") or grid):
+        return None
+    cfg = {k: row.get(k) for k in _CONFIG_FIELDS}
+    return config_hash({**cfg, "params": params, "grid_params": grid}, length=8)
+
+
+def row_identity(row: Mapping[str, Any]) -> str:
+    """What a later row must share to supersede a row: its ``row_key`` (eval key, name, family)
+    and its configuration (:func:`config_id`). Two configurations whose merges are byte-identical
+    (a knob with no effect; emphasis weights equal to the default) share an eval key but are two
+    rows (battery 11, sw01/pe03: the later one replaced the earlier, which then had "no
+    validation score"); a row written before configurations were in its key is matched by the
+    configuration its fields record, so a re-evaluation still supersedes it."""
+    key = _CONFIG_SUFFIX.sub("", str(row["row_key"]))
+    cid = config_id(row)
+    return key if cid is None else f"{key}#cfg={cid}"
+
+
 def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for r in rows:  # insertion order is the first occurrence; the value is the last one
-        latest[r["row_key"]] = r
+        latest[row_identity(r)] = r
     return latest
 
 
@@ -1005,6 +1071,7 @@ def build_row(
             "results": str(out_dir / "results.json"),
         },
     }
+    row["row_key"] = row_identity(row)  # the configuration too (two grid points, one model)
     row["setup"] = eval_setup(row["suite"], split, row["metric"], row["task_specs"], harness)
     row["setup_key"] = config_hash(row["setup"], length=10)
     for k in ("delta_helpful", "delta_honest", "delta_harmless", "delta_average", "delta_min"):

@@ -26,7 +26,9 @@ def wandb_mode(logger_cfg: Mapping[str, Any] | None) -> str | None:
         return None
     mode = logger_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
     if mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"logger.mode must be online | offline | disabled, got {mode!r}")
+        # battery 11, env02: name where the value came from (the environment, when unset here)
+        where = "logger.mode" if logger_cfg.get("mode") else "the environment variable WANDB_MODE"
+        raise ValueError(f"{where} must be online | offline | disabled, got {mode!r}")
     return mode
 
 
