@@ -346,7 +346,8 @@ def test_a_negative_standard_error_in_the_store_is_refused():
     from hhh_bench.tracking.store import _check_counts, check_row  # noqa: F401
 
     row = {"kind": "base", "row_key": "k", "name": "base", "helpful": 0.5, "honest": 0.5,
-           "harmless": 0.5, "average": 0.5, "min": 0.5, "helpful_stderr": -0.1}  # fmt: skip
+           "harmless": 0.5, "average": 0.5, "min": 0.5, "helpful_stderr": -0.1,
+           "split": "test"}  # fmt: skip
     with pytest.raises(ValueError, match=r"helpful_stderr = -0.1 is negative"):
         check_row(row)
 

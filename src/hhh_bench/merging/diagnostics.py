@@ -82,7 +82,13 @@ from hhh_bench.merging.driver import Inputs, iter_raw, task_vectors_from_raw
 from hhh_bench.merging.linalg import top_svd
 from hhh_bench.merging.methods.resm import ResmParams, robust_deviation
 from hhh_bench.merging.methods.tsv import is_embedding, tsv_rank
-from hhh_bench.merging.sources import VOCAB_POLICIES, ModelInput, check_inputs, open_inputs
+from hhh_bench.merging.sources import (
+    VOCAB_POLICIES,
+    ModelInput,
+    check_inputs,
+    name_folders,
+    open_inputs,
+)
 
 FORMAT = "hhh-bench/diagnostics"
 VERSION = 1
@@ -443,56 +449,62 @@ def diagnose(
     rp = resm.make_params(**knobs, device=device, compute_dtype=compute_dtype)
     assert isinstance(rp, ResmParams)
 
-    base_r, models = open_inputs(base, finetuned, allow_pickle)
-    decisions = check_inputs(base_r, models, vocab_policy)
-    inputs = Inputs(base_r, models, base_r.keys(), decisions)
-    num = len(models)
-    records: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    resm_stats: dict[str, Any] = {}
-    needs_plan = resm.needs_global_pass(rp)
+    try:
+        base_r, models = open_inputs(base, finetuned, allow_pickle)
+        decisions = check_inputs(base_r, models, vocab_policy)
+        inputs = Inputs(base_r, models, base_r.keys(), decisions)
+        num = len(models)
+        records: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        resm_stats: dict[str, Any] = {}
+        needs_plan = resm.needs_global_pass(rp)
 
-    keys = []
-    for k in inputs.keys:
-        if decisions.get(k) == "base":
-            skipped.append({"name": k, "reason": "vocabulary size differs (vocab_policy=base)"})
-        else:
-            keys.append(k)
-    from tqdm.auto import tqdm
+        keys = []
+        for k in inputs.keys:
+            if decisions.get(k) == "base":
+                skipped.append({"name": k, "reason": "vocabulary size differs (vocab_policy=base)"})
+            else:
+                keys.append(k)
+        from tqdm.auto import tqdm
 
-    # One tensor of each model at a time (the next one read ahead), released after use.
-    for k, raw in tqdm(
-        iter_raw(inputs, keys),
-        desc="diagnosing task vectors",
-        total=len(keys),
-        disable=not progress,
-        unit="tensor",
-        mininterval=1.0,
-    ):
-        b = raw.base
-        if not b.is_floating_point():
-            validate_tensors(k, b, [t if isinstance(t, Tensor) else b for t in raw.fts or []])
-            skipped.append({"name": k, "reason": f"non-floating buffer ({b.dtype})"})
-            continue
-        taus = task_vectors_from_raw(k, raw, rp.dtype, rp.device)
-        records.append(
-            _param_record(
-                k,
-                b,
-                taus,
-                rp,
-                top_k=top_k,
-                tail_sigmas=sigmas,
-                svd=svd,
-                svd_embeddings=svd_embeddings,
+        # One tensor of each model at a time (the next one read ahead), released after use.
+        for k, raw in tqdm(
+            iter_raw(inputs, keys),
+            desc="diagnosing task vectors",
+            total=len(keys),
+            disable=not progress,
+            unit="tensor",
+            mininterval=1.0,
+        ):
+            b = raw.base
+            if not b.is_floating_point():
+                validate_tensors(k, b, [t if isinstance(t, Tensor) else b for t in raw.fts or []])
+                skipped.append({"name": k, "reason": f"non-floating buffer ({b.dtype})"})
+                continue
+            taus = task_vectors_from_raw(k, raw, rp.dtype, rp.device)
+            records.append(
+                _param_record(
+                    k,
+                    b,
+                    taus,
+                    rp,
+                    top_k=top_k,
+                    tail_sigmas=sigmas,
+                    svd=svd,
+                    svd_embeddings=svd_embeddings,
+                )
             )
-        )
-        if needs_plan:
-            s = resm.tensor_stats(k, b, taus, rp)
-            if s is not None:
-                resm_stats[k] = s
-        del taus, raw
-    inputs.close()
+            if needs_plan:
+                s = resm.tensor_stats(k, b, taus, rp)
+                if s is not None:
+                    resm_stats[k] = s
+            del taus, raw
+        inputs.close()
+    except ValueError as e:  # the engine's message, naming the model's folder as it does
+        named = name_folders(e, finetuned)
+        if named is not None:
+            raise named from None
+        raise
 
     plan = resm.plan(resm_stats, rp) if needs_plan else {}
     ranks: dict[str, int] = {}

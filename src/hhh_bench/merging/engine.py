@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from hhh_bench.merging.sources import (
     check_identities,
     check_inputs,
     check_reads,
+    name_folders,
     open_inputs,
     resolve_path,
 )
@@ -371,23 +371,6 @@ def _progress(it: Iterator[Any], desc: str, total: int, enabled: bool = True) ->
     yield from tqdm(it, desc=desc, total=total, disable=not enabled, unit="tensor", mininterval=1.0)
 
 
-def _with_folders(error: BaseException, finetuned: Sequence[Any]) -> ValueError | None:
-    """A kernel's ValueError naming ``finetuned model <i>`` (its index among the tensors) with
-    that model's folder added (battery 11, m16: a NaN specialist was named by index only); None
-    when there is nothing to add."""
-    if type(error) is not ValueError:
-        return None
-    text = str(error)
-
-    def folder(m: re.Match[str]) -> str:
-        i = int(m.group(1))
-        f = finetuned[i] if i < len(finetuned) else None
-        return m.group(0) if f is None or isinstance(f, Mapping) else f"{m.group(0)} ({f})"
-
-    named = re.sub(r"finetuned model (\d+)\b(?! \()", folder, text)
-    return None if named == text else ValueError(named)
-
-
 def _check_args(
     finetuned: Any,
     out_dir: Any,
@@ -569,7 +552,7 @@ def merge_models(
             writer.abort()  # the folder is discarded; report the original error
             if cache is not None:
                 cache.discard_written()
-            named = _with_folders(e, finetuned)
+            named = name_folders(e, finetuned)
             if named is not None:
                 raise named from None
             raise

@@ -842,3 +842,20 @@ def check_inputs(
                 f"{m.label} ({m.where}): tensor {k!r} has shape {ms} but the base has {bs}{hint}"
             )
     return decisions
+
+
+def name_folders(error: BaseException, finetuned: Sequence[Any]) -> ValueError | None:
+    """A kernel's ValueError naming ``finetuned model <i>`` (its index among the tensors) with
+    that model's folder added (battery 11, m16: a NaN specialist was named by index only); None
+    when there is nothing to add."""
+    if type(error) is not ValueError:
+        return None
+    text = str(error)
+
+    def folder(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        f = finetuned[i] if i < len(finetuned) else None
+        return m.group(0) if f is None or isinstance(f, Mapping) else f"{m.group(0)} ({f})"
+
+    named = re.sub(r"finetuned model (\d+)\b(?! \()", folder, text)
+    return None if named == text else ValueError(named)
