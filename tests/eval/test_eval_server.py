@@ -172,8 +172,10 @@ def test_a_server_killed_mid_run_is_named_and_no_row_is_stored(world, tmp_path):
 def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
     """SIGINT to `hhh-bench stage=eval` while its server answers: exit 130, no server left."""
     policy = world["policies"][1]
+    # longer answers than the other tests' 8 tokens: the generation outlasts the signal's trip
     overrides = [*_overrides(tmp_path / "runs", world["judges"]), *GEN_ONLY,
-                 "eval.backend=server", "stage=eval", f"+eval.model={policy}"]  # fmt: skip
+                 "eval.backend=server", "stage=eval", f"+eval.model={policy}",
+                 "eval.gen_kwargs={max_gen_toks: 64}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     env.pop("HHH_VERBOSE", None)
     cli = subprocess.Popen([sys.executable, "-m", "hhh_bench", *overrides], cwd=tmp_path, env=env,
@@ -184,13 +186,15 @@ def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
     pids = _servers_of(policy)
     assert pids, cli.communicate()[0].decode(errors="replace")[-2000:]
     logs = list((tmp_path / "runs").rglob("server.log"))
-    while time.monotonic() < deadline and not any(
-        "POST /v1/completions" in p.read_text(errors="replace") for p in logs
-    ):  # fmt: skip
+    while time.monotonic() < deadline and sum(  # the probe's request, then the evaluation's
+        p.read_text(errors="replace").count("POST /v1/completions") for p in logs
+    ) < 2:  # fmt: skip
         time.sleep(0.1)
         logs = list((tmp_path / "runs").rglob("server.log"))
+    running = cli.poll() is None
     cli.send_signal(signal.SIGINT)
     out = cli.communicate(timeout=120)[0].decode(errors="replace")
+    assert running, "the run ended before the signal: " + out[-2000:]
     assert cli.returncode == 130, out[-2000:]
     assert _servers_of(policy) == [], out[-2000:]
     assert not (tmp_path / "runs" / "results.jsonl").exists()

@@ -277,7 +277,9 @@ def serving(spec: ServerSpec, model: str, folder: Path, *, dtype: str | None = "
                          trust_remote_code=trust_remote_code)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "server.log"
-    env = {**os.environ, **spec.env}
+    # unbuffered: server.log shows each request as it is served (tail it; a crash's last lines
+    # are in it), not in blocks at exit; eval.server.env may say otherwise
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
