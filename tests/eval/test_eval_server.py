@@ -36,6 +36,12 @@ GEN_ONLY = [  # the suite's likelihood diagnostics, XSTest and the win rate agai
     "~eval.metrics.xstest_gen",
     "~eval.columns.over_refusal",
     "~eval.columns.win_vs_base",
+    # the optional columns' tasks (their judges' paths are the judged-stage tests'): the suite's
+    # 5-minute budget
+    *(
+        f"~eval.columns.{col}"
+        for col in ("orbench_over_refusal", "mt_score", "strongreject", "strongreject_rubric")
+    ),  # fmt: skip
 ]
 
 

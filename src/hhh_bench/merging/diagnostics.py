@@ -1,5 +1,8 @@
 """Task-vector diagnostics: the structure each merge method bets on, measured per parameter.
 
+One concept: what the task vectors of a merge's inputs look like, read as the engine reads them
+(the same inputs, checks and errors), never merged.
+
 A merge method is a bet on the task vectors τ_t = θ_t − θ0 (t = 1..T): TIES on sign conflicts,
 DARE on redundancy, TSV-M on interference between the tasks' top singular subspaces, RESM on
 heavy tails and uneven outlier density across layers. :func:`diagnose` measures that structure,
