@@ -96,6 +96,7 @@ def test_the_papers_sources_and_the_suites_sets_are_what_this_test_covers():
     suite = yaml.safe_load((CONF / "eval" / "harness_3h.yaml").read_text())
     tasks = {t for d in suite["dimensions"].values() for t in d}
     tasks |= {c["task"] for c in suite["columns"].values()}
+    tasks |= {"mtbench_single", "orbench_hard_gen"}  # the suite's options (off by default)
     # every evaluated set but the ones sharing another's prompts (helpful_gen: alpaca_lc's;
     # pku_saferlhf_refusal: pku_saferlhf_mc's) is planted here
     assert tasks - {"helpful_gen", "pku_saferlhf_refusal"} == set(EVAL_SETS)

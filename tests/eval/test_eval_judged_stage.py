@@ -84,6 +84,14 @@ def _overrides(root: Path, judges: dict[str, Path]) -> list[str]:
     ]
 
 
+# the suite's two optional columns, on for the judged run (docs/evaluation.md)
+OPTIONS = [
+    "+eval.columns.mt_score={task: mtbench_single, metric: mt_score, higher_is_better: true}",
+    "+eval.columns.orbench_over_refusal={task: orbench_hard_gen, metric: over_refusal, "
+    "higher_is_better: false}",
+]
+
+
 def judged_config(root: Path, judges: dict[str, Path], extra: list[str] | None = None):
     """The config of :func:`_overrides` (and ``extra``), composed as the CLI does."""
     from hydra import compose, initialize_config_dir
@@ -114,7 +122,7 @@ def judged_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("judged")
     judges, policies, data = judged_fixtures(tmp)
-    cfg = judged_config(tmp / "runs", judges)
+    cfg = judged_config(tmp / "runs", judges, OPTIONS)
     base = run_eval(
         cfg, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data
     )
@@ -462,7 +470,7 @@ def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_ru
     monkeypatch.setattr(
         registry, "get_model", lambda n: fake_vllm if n == "vllm" else real_get_model(n)
     )
-    overrides = _overrides(judged_run["tmp"] / "runs", judged_run["judges"])
+    overrides = [*_overrides(judged_run["tmp"] / "runs", judged_run["judges"]), *OPTIONS]
     overrides += ["eval.backend=vllm", "+eval.backend_args={gpu_memory_utilization: 0.8}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -36,12 +36,10 @@ GEN_ONLY = [  # the suite's likelihood diagnostics, XSTest and the win rate agai
     "~eval.metrics.xstest_gen",
     "~eval.columns.over_refusal",
     "~eval.columns.win_vs_base",
-    # the optional columns' tasks (their judges' paths are the judged-stage tests'): the suite's
+    # StrongREJECT's columns (their judges' paths are the judged-stage tests'): the suite's
     # 5-minute budget
-    *(
-        f"~eval.columns.{col}"
-        for col in ("orbench_over_refusal", "mt_score", "strongreject", "strongreject_rubric")
-    ),  # fmt: skip
+    "~eval.columns.strongreject",
+    "~eval.columns.strongreject_rubric",
 ]
 
 
@@ -65,8 +63,7 @@ def world(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("served")
     judges, policies, data = judged_fixtures(tmp)
-    hf = judged_config(tmp / "runs", judges, GEN_ONLY)
-    run_eval(hf, {"path": str(policies[0]), "key": "p0", "kind": "base", "name": "base"}, data)
+    hf = judged_config(tmp / "runs", judges, GEN_ONLY)  # no win rate: no base to evaluate first
     model = {"path": str(policies[1]), "key": "p1", "kind": "merge", "name": "ties",
              "method": "ties"}  # fmt: skip
     in_process = run_eval(hf, model, data)
@@ -105,7 +102,8 @@ def test_answers_and_scores_through_the_server_are_the_in_process_ones(world):
 def test_loglikelihood_tasks_are_refused_by_name_and_the_server_stopped(world):
     from hhh_bench.stages.eval import results_path, run_eval
 
-    cfg = judged_config(world["tmp"] / "runs", world["judges"], ["eval.backend=server"])
+    cfg = judged_config(world["tmp"] / "runs", world["judges"],
+                        ["eval.backend=server", "~eval.columns.win_vs_base"])  # fmt: skip
     rows = results_path(cfg).read_text()
     model = {**world["model"], "name": "ties ll"}
     with pytest.raises(ServerError) as err:

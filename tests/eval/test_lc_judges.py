@@ -128,7 +128,8 @@ def test_a_pairwise_endpoint_judge_gives_the_preference_whatever_the_order(endpo
     assert RuleJudge.calls[0]["body"]["logprobs"] is True
     assert KEY not in json.dumps(out, default=str)
     assert out["judges"]["alpaca_lc"]["judge"] == "lc"
-    assert out["judges"]["alpaca_lc"]["endpoint"] == {"api": "openai-chat-completions"}
+    assert out["judges"]["alpaca_lc"]["endpoint"] == {"api": "openai-chat-completions",
+                                                      "url": endpoint}  # fmt: skip
 
 
 def test_generate_mode_reads_the_label_and_counts_an_unparsed_answer(endpoint, monkeypatch):
@@ -217,11 +218,16 @@ def test_the_pairwise_and_endpoint_settings_are_checked_up_front(endpoint):
         run({"lc": one}, ["x"])
 
 
-def test_an_endpoint_judge_is_named_by_its_api_model_not_where_it_listens(endpoint):
+def test_an_endpoint_judge_is_named_by_its_api_model_and_url_never_its_key(endpoint):
+    """Two judges served under one generic name at two URLs are two judges (their verdicts are
+    never shared); the key's variable and the retry settings change no verdict."""
     a = JudgeSpec.from_config("lc", lc_judge(endpoint))
     b = JudgeSpec.from_config("lc", lc_judge("https://elsewhere.example/v1"))
     c = JudgeSpec.from_config("lc", {**lc_judge(endpoint), "model": "rule-judge-2027-01-01"})
-    assert judge_fingerprint(a) == judge_fingerprint(b) != judge_fingerprint(c)
+    d = JudgeSpec.from_config("lc", {**lc_judge(endpoint), "endpoint": {
+        "url": endpoint + "/", "api_key_env": "OTHER_KEY", "max_retries": 3}})  # fmt: skip
+    assert len({judge_fingerprint(x) for x in (a, b, c)}) == 3
+    assert judge_fingerprint(d) == judge_fingerprint(a)
     # nothing to pin or download: its model is the API's name, not a hub id
     node = {"eval": {"judges": {"lc": {**lc_judge(endpoint), "model": "org/served-judge",
                                        "revision": None}}}}  # fmt: skip

@@ -362,8 +362,10 @@ class JudgeSpec:
             d["server"] = ServerSpec.from_config(self.server).key()
         if self.endpoint is None:
             d.pop("endpoint")
-        else:  # which API, not where it listens nor its key
-            d["endpoint"] = {"api": "openai-chat-completions"}
+        else:  # which API and which server (two judges served under one generic name
+            # differ by URL), never its key; a query string may hold a token: left out
+            url = str(self.endpoint.get("url", "")).split("?")[0].rstrip("/")
+            d["endpoint"] = {"api": "openai-chat-completions", "url": url}
         return d
 
 
