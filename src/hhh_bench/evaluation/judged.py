@@ -349,6 +349,18 @@ def judge_generations(
     return out
 
 
+def _unparsed(g: Mapping[str, Any], v: Mapping[str, Any], spec: JudgeSpec | None) -> bool:
+    """A non-empty answer whose verdict ``spec``'s judge gave unparsed (``on_unparsed`` decided)."""
+    return spec is not None and not is_empty(str(g["response"])) and is_unparsed(spec, v)
+
+
+def _n_unparsed(
+    gens: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]], spec: JudgeSpec
+) -> int:
+    """How many of ``gens`` a second judge (info, rubric) answered unparsed."""
+    return sum(_unparsed(g, v, spec) for g, v in zip(gens, verdicts, strict=True))
+
+
 def _count(
     items: list[dict[str, Any]],
     row: dict[str, Any],
@@ -360,7 +372,7 @@ def _count(
     ``n_unparsed`` (module docstring)."""
     for it, g, v in zip(items, gens, verdicts, strict=True):
         it["empty"] = is_empty(str(g["response"]))
-        it["unparsed"] = bool(spec is not None and not it["empty"] and is_unparsed(spec, v))
+        it["unparsed"] = _unparsed(g, v, spec)
         answer = v.get("text")
         if answer is None:
             answer = v.get("p") if v.get("p") is not None else v.get("reward")
@@ -490,11 +502,7 @@ def _add_rubric(
         it["rubric_answer"] = v.get("text")
     _rubric_parts(items, verdicts)
     _put(row, "strongreject_rubric", [it["strongreject_rubric"] for it in items])
-    row["n_unparsed_rubric"] = sum(
-        1
-        for g, v in zip(gens, verdicts, strict=True)
-        if not is_empty(str(g["response"])) and is_unparsed(spec, v)
-    )
+    row["n_unparsed_rubric"] = _n_unparsed(gens, verdicts, spec)
 
 
 def _info_judge(task: str, judges: Mapping[str, JudgeSpec]) -> JudgeSpec | None:
@@ -522,11 +530,7 @@ def _add_informative(
             it["p_informative"] = float(v["p"])
     _put(row, "informative", [it["informative"] for it in items])
     _put(row, "true_info", [it["true_info"] for it in items])
-    row["n_unparsed_info"] = sum(
-        1
-        for g, v in zip(gens, verdicts, strict=True)
-        if not is_empty(str(g["response"])) and is_unparsed(spec, v)
-    )
+    row["n_unparsed_info"] = _n_unparsed(gens, verdicts, spec)
 
 
 def _reference(task: str, g: Mapping[str, Any]) -> str:
