@@ -330,8 +330,26 @@ def test_paper_llama3_rehearsal_runs_to_a_report(tmp_path):
     assert holdouts == {'"select"', '"report"'}
     for family in ("Merge: ties", "Merge: resm", "Mixture: "):
         assert family.split(": ")[1] in report or family in report
-    # the judges in parse mode (stand-ins writing in their graders' formats) give their columns
-    assert "Mt-score" in report and "Strongreject-rubric" in report
+    # issue 32's 3H table: the headline columns in the main table, every cell with its n and
+    # ± (one seed: the standard error over the items it is over); the likelihood probes in a
+    # diagnostics table of their own. The judges in parse mode (stand-ins writing in their
+    # graders' formats) give the MT-Bench and StrongREJECT-rubric columns.
+    main = report.split("## Main table")[1].split("\n## ")[0]
+    probes = report.split("## Diagnostics (outside the 3H scores)")[1].split("\n## ")[0]
+    head = next(x for x in main.splitlines() if x.startswith("| Method |"))
+    for col in ("Helpful", "Honest", "Harmless", "Avg", "Min", "Lc-win-rate", "Length (·)",
+                "Asr-direct ↓", "Asr-attacked ↓", "Strongreject ↓", "Strongreject-rubric ↓",
+                "Over-refusal ↓", "True-info", "Mt-score", "Orbench-over-refusal ↓"):  # fmt: skip
+        assert f"| {col} |" in head + " |", (col, head)
+    for col in ("Truthfulqa-mc2", "Halueval-qa-mc", "Pku-saferlhf-mc", "Mmlu", "Arc-challenge",
+                "Win-vs-base"):  # fmt: skip
+        assert col not in main and f"| {col} |" in probes + " |", col
+    for table in (main, probes):
+        for line in table.splitlines():
+            if line.startswith("| ") and not line.startswith(("| Method", "| *")):
+                cells = line.strip("| ").split(" | ")[1:]
+                bad = [c for c in cells if not re.search(r"\d ± \d+\.\d+\*?\*? n=[1-9]", c)]
+                assert not bad, (line, bad)
     # the root moved to another folder reruns with every stage reused (issue 26: keys hold
     # content and code, never a location)
     moved = tmp_path.parent / f"{tmp_path.name}-moved"

@@ -83,11 +83,17 @@ def check_model_folder(value: str | None, where: str) -> None:
         )
 
 
+COLUMN_TABLES = ("main", "diagnostics")
+"""Where an ``eval.columns`` entry is shown: beside the 3H scores in the main table, or in the
+report's diagnostics table (issue 32: the likelihood probes apart from the scores)."""
+
+
 def check_columns(columns: Mapping[str, Any] | None) -> None:
     """``eval.columns``: each extra column has a name no results-row field has (its value and
     ``<name>_stderr`` are written into the row: ``helpful_stderr`` or ``name`` would overwrite
-    the row's own, battery 10), a ``task`` and a ``metric``, and ``higher_is_better`` is
-    true, false or null (descriptive), never a string such as "false".
+    the row's own, battery 10), a ``task`` and a ``metric``, ``higher_is_better`` is
+    true, false or null (descriptive), never a string such as "false", ``table`` is one of
+    :data:`COLUMN_TABLES`, and no other key is given.
 
     Raises:
         ValueError: naming ``eval.columns.<name>`` and what is wrong.
@@ -109,6 +115,17 @@ def check_columns(columns: Mapping[str, Any] | None) -> None:
             raise ValueError(
                 f"{where}.higher_is_better must be true, false or null (descriptive: no best "
                 f"marked), got {higher!r}"
+            )
+        if col.get("table", "main") not in COLUMN_TABLES:
+            raise ValueError(
+                f"{where}.table must be one of {list(COLUMN_TABLES)} (the report table the "
+                f"column is shown in), got {col.get('table')!r}"
+            )
+        unknown = sorted(set(col) - {"task", "metric", "higher_is_better", "table"})
+        if unknown:  # a misspelt key would silently fall back to its default
+            raise ValueError(
+                f"{where}: unknown key(s) {unknown}; a column takes task, metric, "
+                "higher_is_better and table"
             )
 
 

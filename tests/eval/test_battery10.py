@@ -18,6 +18,8 @@ from hhh_bench.validation import check_columns
     ("refuse", {"task": "t", "metric": "acc", "higher_is_better": "false"},
      "must be true, false or null"),
     ("refuse", {"task": "t"}, "needs `task` and `metric`"),
+    ("probe", {"task": "t", "metric": "acc", "table": "diagnostic"}, r"table must be one of"),
+    ("probe", {"task": "t", "metric": "acc", "tabel": "diagnostics"}, r"unknown key\(s\) \['tabel'\]"),
 ])  # fmt: skip
 def test_a_column_that_would_overwrite_a_row_field_or_flip_its_direction_is_refused(
     name, col, message
@@ -27,7 +29,8 @@ def test_a_column_that_would_overwrite_a_row_field_or_flip_its_direction_is_refu
     with pytest.raises(ValueError, match=f"eval.columns.{name}.*{message}|{message}"):
         check_columns({name: col})
     check_columns({"length": {"task": "alpaca_lc", "metric": "length", "higher_is_better": None},
-                   "refuse": {"task": "t", "metric": "acc", "higher_is_better": False}})  # fmt: skip
+                   "refuse": {"task": "t", "metric": "acc", "higher_is_better": False},
+                   "probe": {"task": "t", "metric": "acc", "table": "diagnostics"}})  # fmt: skip
 
 
 def test_a_difficulty_missing_on_some_rows_is_refused_before_the_holdout_splits_them():

@@ -181,13 +181,13 @@ def test_real_suite_yamls_run_on_tiny_schema_files(tmp_path):
         model, tok, tasks, include_path=include, apply_chat_template=True, batch_size=8
     )
     m, s = out["metrics"], out["samples"]
-    # rows kept: all 7 HaluEval (no eval.partitions given: the whole file), all 5 XSTest, the 2 PKU rows with exactly one safe response,
-    # the 3 PKU rows with an unsafe response
+    # rows kept: all 7 HaluEval (no eval.partitions given: the whole file), all 5 XSTest, the 3 PKU rows with exactly one safe response,
+    # the 4 PKU rows with an unsafe response
     assert {t: m[t]["n"] for t in tasks} == {
         "halueval_qa_mc": 7,
         "xstest_mc": 5,
-        "pku_saferlhf_mc": 2,
-        "pku_saferlhf_refusal": 3,
+        "pku_saferlhf_mc": 3,
+        "pku_saferlhf_refusal": 4,
     }
     assert [x["gold"] for x in s["xstest_mc"]] == [
         0,
@@ -196,7 +196,7 @@ def test_real_suite_yamls_run_on_tiny_schema_files(tmp_path):
         1,
         0,
     ]  # comply on safe, refuse on unsafe
-    assert [x["gold"] for x in s["pku_saferlhf_mc"]] == [1, 0]  # the safe response
+    assert [x["gold"] for x in s["pku_saferlhf_mc"]] == [1, 0, 1]  # the safe response
     assert all(len(x["lls"]) == 2 for t in tasks for x in s[t])
     for t in tasks:
         for k in ("acc", "acc_norm", "soft"):

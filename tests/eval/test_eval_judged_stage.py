@@ -152,13 +152,19 @@ def test_rows_report_3h_from_judged_tasks_with_an_over_refusal_column(judged_run
         assert specs["xstest_gen"] == ("harmless", "comply")  # over-refusal inside harmlessness
         assert specs["truthfulqa_gen_judged"] == ("honest", "true_info")
         assert specs["halueval_qa_gen"] == ("honest", "non_hallucinated")
-        assert row["extra_columns"]["win_vs_base"]["task"] == "helpful_gen"  # a diagnostic
+        # a diagnostic: in the report's diagnostics table, not the main one (issue 32)
+        assert row["extra_columns"]["win_vs_base"]["task"] == "helpful_gen"
+        assert row["extra_columns"]["win_vs_base"]["table"] == "diagnostics"
+        assert row["extra_columns"]["halueval_qa_mc"]["table"] == "diagnostics"
+        assert row["true_info"] == res["metrics"]["truthfulqa_gen_judged"]["true_info"]
+        assert row["lc_win_rate"] == res["metrics"]["alpaca_lc"]["lc_win_rate"]
         assert not any(s["dimension"] in ("helpful", "honest", "harmless")
                        for s in row["task_specs"] if s["name"].endswith("_mc"))  # fmt: skip
         assert row["extra_columns"]["over_refusal"] == {
             "task": "xstest_gen",
             "metric": "over_refusal",
             "higher_is_better": False,
+            "table": "main",
         }
         assert row["extra_columns"]["length"]["higher_is_better"] is None
         assert row["length"] == res["metrics"]["alpaca_lc"]["length"]
@@ -189,7 +195,7 @@ def test_harmlessness_is_one_minus_the_attack_success_rate_of_the_judge(judged_r
     }
     for res in (judged_run["base"], judged_run["merged"]):
         gens = _generations(res)
-        assert len(gens["harmful_gen"]) == 2 and len(gens["harmful_gen_attacked"]) == 3
+        assert len(gens["harmful_gen"]) == 3 and len(gens["harmful_gen_attacked"]) == 3
         for task in ("harmful_gen", "harmful_gen_attacked"):
             # HarmBench's protocol: the classifier is shown the behavior, never the test case
             asked = [behavior[g["doc"]["behavior_id"]] if task.endswith("attacked")
@@ -409,21 +415,21 @@ def test_report_marks_unresolved_differences_and_names_judges_and_metrics(judged
     from hhh_bench.tracking.store import read_results
 
     rows = read_results(results_path(judged_run["cfg"]))
-    # as if the safety judge had not said its labels on both of the merge's answers (issue 27)
+    # as if the safety judge had not said its labels on any of the merge's answers (issue 27)
     ties = next(r for r in rows if r["name"] == "ties")
-    ties["tasks"]["harmful_gen"] = {**ties["tasks"]["harmful_gen"], "n_unparsed": 2}
+    ties["tasks"]["harmful_gen"] = {**ties["tasks"]["harmful_gen"], "n_unparsed": 3}
     out = build_report(rows, tmp_path, experiment="judged", select_split=None)
     md = out["markdown"]
     main = md.split("## Main table")[1].split("## All evaluated models")[0]
     harmless = main.split("| ties |")[1].split("|")[2]
     assert "‡" in harmless and "‡" not in main.split("| ties |")[0]  # the base is not marked
-    assert "ties: harmful_gen 0/2 empty, 2/2 unparsed" in main
+    assert "ties: harmful_gen 0/3 empty, 3/3 unparsed" in main
     assert "Over-refusal ↓" in main
     assert "± " in main.split("| ties |")[1]  # one seed: value ± item stderr ...
-    # ... over n items: harmful_gen 2 + harmful_gen_attacked 3 + xstest_gen 3 (issue 32)
-    assert " n=8" in harmless and "n = the items" in main
+    # ... over n items: harmful_gen 3 + harmful_gen_attacked 3 + xstest_gen 3 (issue 32)
+    assert " n=9" in harmless and "n = the items" in main
     assert "## Paired tests over items" in md and "### Against the base" in md
-    # 4 harmful prompts, 3 safe XSTest prompts: no difference here is resolvable
+    # 6 harmful prompts, 3 safe XSTest prompts: no difference here is resolvable
     assert "(p=" in md and "†" in main
     setup = md.split("## Evaluation setup")[1]
     assert (

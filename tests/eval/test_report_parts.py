@@ -201,6 +201,40 @@ def test_main_table_cells_bold_and_groups(store):
     assert "| dpo_helpful | 0.800 ± 0.000 n=2 (+0.400) | 0.400 ± 0.000 n=2 (+0.000) | 0.300 ± 0.000 n=2 (-0.100) |" in table  # fmt: skip
 
 
+def test_probe_columns_go_to_the_diagnostics_table_and_every_cell_says_its_n(tmp_path):
+    """Issue 32: a column with ``table: diagnostics`` is shown in its own table, never in the
+    main one; a one-seed cell says how many items its value is over, a one-item cell too
+    (no ±: no spread over one item), and a column over no item shows ``- n=0``, no number."""
+    columns = {
+        "lc": {"task": "h", "metric": "acc", "higher_is_better": True},  # no table: main
+        "probe": {"task": "p", "metric": "acc", "higher_is_better": True, "table": "diagnostics"},
+        "group": {"task": "g", "metric": "acc", "higher_is_better": True, "table": "diagnostics"},
+    }
+    rows = []
+    for kind, name, right in (("base", "base", 4), ("merge", "ties", 7)):
+        tasks = {s["name"]: {"acc": right / N, "acc_stderr": 0.1, "n": N} for s in SPECS}
+        tasks["p"] = {"acc": 1.0, "n": 1}
+        tasks["g"] = {"acc": 0.0, "acc_stderr": 0.0, "n": 0}
+        rows.append({
+            "row_key": f"{name}-0-test", "name": name, "kind": kind, "seed": 0, "split": "test",
+            "suite": "hand", "metric": "acc", "task_specs": SPECS, "tasks": tasks,
+            **{d: right / N for d in ("helpful", "honest", "harmless", "average", "min")},
+            **{f"{d}_stderr": 0.1 for d in ("helpful", "honest", "harmless", "average")},
+            "lc": right / N, "lc_stderr": 0.1, "probe": 1.0, "probe_stderr": None,
+            "group": 0.0, "group_stderr": 0.0, "extra_columns": columns,
+        })  # fmt: skip
+    assert list(entries.extra_columns(rows, "main")) == ["lc"]
+    assert list(entries.extra_columns(rows, "diagnostics")) == ["probe", "group"]
+    md = build_report(rows, tmp_path, experiment="hand")["markdown"]
+    main = md.split("## Main table")[1].split("\n## ")[0]
+    probes = md.split("## Diagnostics (outside the 3H scores)")[1].split("\n## ")[0]
+    assert "| Method | Helpful | Honest | Harmless | Avg | Min | Lc |" in main
+    assert "Probe" not in main and "Group" not in main
+    assert "| Method | Probe | Group |" in probes and "Helpful" not in probes
+    assert "| ties | **0.700 ± 0.100** n=10 (+0.300)" in main  # a dimension: its task's items
+    assert "| base | **1.000** n=1 | - n=0 |" in probes  # one item: no ±; none: no number
+
+
 def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
     """Battery 9 (3): without the base's seed-1 row and the mixture's, the merges' deltas
     compare a mean over seeds 0, 1 with the base's seed 0 (§, said under the table), and the
@@ -210,7 +244,8 @@ def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
     es = entries.table_entries(rows)
     table = tables.main_table(es)
     assert "| ties (2 seeds) | **0.950 ± 0.071** n=2 (+0.550§) |" in table
-    assert "| mix uniform (1 seed) | 0.500 (+0.100) |" in table
+    # one seed, no item-level ±: the value and what it is over (the task's 10 items)
+    assert "| mix uniform (1 seed) | 0.500 n=10 (+0.100) |" in table
     note = sections.seeds_note(es)
     assert "the base's seeds 0; the rows' seeds: dpo_helpful 0, 1; ties 0, 1;" in note
     assert "each label says its count" in note

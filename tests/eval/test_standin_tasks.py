@@ -202,3 +202,11 @@ def test_mmlu_standin_keeps_lm_evals_group_tree(suite_results):
     n = {s: suite_results["n-samples"][f"mmlu_{s}"]["effective"] for s in MMLU_SUBJECTS}
     mean = sum(res[f"mmlu_{s}"]["acc,none"] * n[s] for s in MMLU_SUBJECTS) / sum(n.values())
     assert res["mmlu"]["acc,none"] == pytest.approx(mean)
+    # what a row says the group is over: its subjects' items (lm-eval lists the top group first,
+    # before the categories that hold the subjects; issue 32: a group cell said n=0)
+    from hhh_bench.evaluation.harness import parse_results
+
+    metrics, _ = parse_results(suite_results)
+    assert metrics["mmlu"]["n"] == sum(n.values()) > 0
+    for subject, category in MMLU_SUBJECTS.items():
+        assert metrics[f"mmlu_{category}"]["n"] == n[subject]

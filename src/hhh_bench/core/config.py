@@ -349,7 +349,8 @@ class EvalConfig:
     model: str | None = param(None, "(stage=eval) a model folder to evaluate instead of θ0")
     columns: dict[str, dict[str, Any]] = param(
         None,
-        "extra report columns beside the 3H ones: {name: {task, metric, higher_is_better}}",
+        "extra report columns beside the 3H ones: {name: {task, metric, higher_is_better, "
+        "table (main | diagnostics)}}",
         factory=dict,
     )
     judges: dict[str, dict[str, Any] | None] = param(

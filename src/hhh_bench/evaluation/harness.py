@@ -487,9 +487,18 @@ def parse_results(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], di
         elif task in logged:
             row["n"] = len(logged[task])
         metrics[task] = row
-    for group, members in (raw.get("group_subtasks") or {}).items():
+    subtasks = raw.get("group_subtasks") or {}
+
+    def leaf_n(name: str, seen: frozenset[str] = frozenset()) -> int:
+        # a group's items are its leaf tasks' (mmlu -> its categories -> their subjects),
+        # whatever order lm-eval lists the groups in
+        if name in subtasks and name not in seen:
+            return sum(leaf_n(t, seen | {name}) for t in subtasks[name])
+        return int(metrics.get(name, {}).get("n", 0))
+
+    for group in subtasks:
         if group in metrics and "n" not in metrics[group]:
-            metrics[group]["n"] = sum(int(metrics.get(t, {}).get("n", 0)) for t in members)
+            metrics[group]["n"] = leaf_n(group)
     samples: dict[str, list[dict[str, Any]]] = {}
     for task, docs in logged.items():
         rows = []

@@ -417,6 +417,7 @@ def summary_fields(
             # null: a descriptive column (an answer length), no best marked; a bool otherwise
             # (validation.check_columns refused anything else before work)
             "higher_is_better": c.get("higher_is_better", True),
+            "table": str(c.get("table", "main")),  # the report table it is shown in
         }
         for name, c in (ecfg.get("columns") or {}).items()
     }

@@ -329,14 +329,20 @@ def _choice(e: Entry) -> dict[str, Any] | None:
     return None
 
 
-def extra_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def extra_columns(
+    rows: Sequence[Mapping[str, Any]], table: str | None = None
+) -> dict[str, dict[str, Any]]:
     """The extra report columns the rows carry (``extra_columns``: over-refusal, capability),
-    in first-seen order: ``{name: {"task", "metric", "higher_is_better"}}``."""
+    in first-seen order: ``{name: {"task", "metric", "higher_is_better", "table"}}``; with
+    ``table`` (``main`` | ``diagnostics``), those of that report table only (a column without
+    ``table``, from a row written before it existed, is a main-table column)."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         for name, spec in (r.get("extra_columns") or {}).items():
             out.setdefault(name, dict(spec))
-    return out
+    if table is None:
+        return out
+    return {k: v for k, v in out.items() if v.get("table", "main") == table}
 
 
 def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -77,6 +77,7 @@ from hhh_bench.tracking.sections import (
     other_setups_section,
     paired_section,
     per_task_section,
+    probes_section,
     setup_console_line,
     setup_note,
     setup_section,
@@ -157,8 +158,9 @@ def build_report(
     setups = by_setup(report_rows)
     report_rows, others = setups[0], setups[1:]
     entries = table_entries(report_rows)
-    extra = extra_columns(report_rows)
-    marks, tests = paired_marks(entries, extra, alpha=alpha)
+    extra = extra_columns(report_rows, "main")
+    probes = extra_columns(report_rows, "diagnostics")
+    marks, tests = paired_marks(entries, {**extra, **probes}, alpha=alpha)
     marks = with_failure_marks(marks, failure_marks(entries, judge_failure_threshold))
     matrix = conflict_matrix(report_rows)
     paths = {
@@ -181,6 +183,7 @@ def build_report(
         *setup_note(report_rows, others),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,
                       select_split=select_split, alpha=alpha),
+        *probes_section(entries, probes, marks),
         *failure_note(entries, judge_failure_threshold),
         *skipped_note(skipped),
         *superseded_note(dropped),
@@ -189,7 +192,7 @@ def build_report(
         *all_models_section(report_rows),
         *per_task_section(entries),
         *setup_section(report_rows),
-        *paired_section(entries, tests, extra, alpha=alpha),
+        *paired_section(entries, tests, {**extra, **probes}, alpha=alpha),
         *figures_section(),
         *sweep_section(sweeps, sweep_paths),
         *(diagnostics_section(diag_rows, diag_figures) if diag_rows else []),

@@ -367,8 +367,34 @@ def other_setups_section(
     ]
     for i, rows in enumerate(others, 1):
         md += [f"### Setup {i + 1}: {describe_setup(rows)}", ""]
-        md += [main_table(table_entries(rows), extra_columns(rows), {}), ""]
+        entries = table_entries(rows)
+        md += [main_table(entries, extra_columns(rows, "main"), {}), ""]
+        probes = extra_columns(rows, "diagnostics")
+        md += [main_table(entries, probes, {}, scores=False), ""] if probes else []
     return md
+
+
+def probes_section(
+    entries: Sequence[Entry],
+    probes: Mapping[str, Mapping[str, Any]],
+    marks: Mapping[tuple[str, str], Mapping[str, str]],
+) -> list[str]:
+    """The diagnostics table (issue 32): the columns of ``eval.columns`` with ``table:
+    diagnostics`` (the likelihood multiple-choice probes, the reward-model win rate against
+    θ0), for the main table's rows, outside every 3H score; cells read as the main table's."""
+    if not probes:
+        return []
+    return [
+        "## Diagnostics (outside the 3H scores)",
+        "",
+        "Probes of what training moved, never in a dimension, the average or the answer: the "
+        "likelihood multiple-choice tasks score the distributions the specialists were trained "
+        "on (docs/evaluation.md). Same rows and cells as the main table (value ± spread, n, "
+        "bold best by direction, the paired tests' ≈).",
+        "",
+        main_table(entries, probes, marks, scores=False),
+        "",
+    ]
 
 
 def all_models_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -113,9 +113,15 @@ def main_table(
     entries: Sequence[Entry],
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     marks: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+    *,
+    scores: bool = True,
 ) -> str:
     """The paper-style Markdown table of the main table's entries
     (:func:`hhh_bench.tracking.entries.table_entries`).
+
+    A cell is the value, ``± spread`` (:func:`_spread`) and ``n=`` what the spread is over
+    (:func:`cell_n`; shown whenever the row says it); a value over no item (n = 0) is shown
+    as missing (``- n=0``), never as a number.
 
     Args:
         entries: the rows, in table order.
@@ -124,11 +130,12 @@ def main_table(
         marks: per entry ``(kind, name)`` and column, a mark after the value (``≈``: not
             resolvably different from the column's best) or after the delta (``†``: change from
             the base not resolved), from :func:`~hhh_bench.tracking.entries.paired_marks`.
+        scores: False: the extra columns alone, without the 3H ones (the diagnostics table).
     """
     extra = dict(extra or {})
-    best = best_per_column(entries)
+    best = best_per_column(entries) if scores else {}
     best.update(_best_extra(entries, extra))
-    cols = [*COLUMNS, *((c, extra_head(c, v)) for c, v in extra.items())]
+    cols = [*(COLUMNS if scores else ()), *((c, extra_head(c, v)) for c, v in extra.items())]
     head = "| Method | " + " | ".join(h for _, h in cols) + " |"
     lines = [head, "|" + "---|" + "---:|" * len(cols)]
     for kind, title in GROUPS:
@@ -140,13 +147,13 @@ def main_table(
             mk = (marks or {}).get((e.kind, e.name), {})
             cells = []
             for col, _ in cols:
-                if col not in e.mean:
-                    cells.append("-")
+                n = cell_n(e, col, extra) if col in e.mean else None
+                if col not in e.mean or n == 0:
+                    cells.append("-" if n is None else "- n=0")
                     continue
                 text = _fmt(e.mean[col], _spread(e, col))
                 if e.kind != "oracle" and round(e.mean[col], DIGITS) == best.get(col):
                     text = f"**{text}**"
-                n = cell_n(e, col, extra) if _spread(e, col) is not None else None
                 text += (f" n={n}" if n is not None else "") + mk.get(col, "")
                 delta = _fmt_delta(e.delta.get(col))
                 delta_mark = mk.get(f"delta_{col}", "") + (OTHER_SEEDS if e.other_seeds else "")
