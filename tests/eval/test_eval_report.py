@@ -63,13 +63,15 @@ def test_main_table_groups_selection_seeds_deltas_and_bold(report):
     # mean ± std over seeds, delta vs base: helpful mean .71 (std .0141), delta +.11
     assert rows["mix uniform"][0] == "0.710 ± 0.014 n=2 (+0.110§)"
     # bold: best per column among everything but the oracle (.95 everywhere, never bold)
-    assert rows["dpo_helpful"][0] == "**0.900** (+0.300)"
+    assert rows["dpo_helpful"][0] == "**0.900** n=36 (+0.300)"  # one seed: n = items
     assert rows["dpo_honest"][1] == "**0.800** (+0.300)"
     assert rows["dpo_harmless"][2] == "**0.900** (+0.500)"
     assert rows["tsv"][3] == "**0.737** (+0.237)"  # avg (.68+.75+.78)/3 vs base .5
     assert rows["mix uniform"][4] == "**0.690 ± 0.014** n=2 (+0.290§)"  # min per seed .70, .68
     assert not any("**" in c for c in rows["oracle (dpo on all)"])
-    assert rows["base"] == ["0.600", "0.500", "0.400", "0.500", "0.400"]
+    # n: the helpful task's items; the row's specs name no honest or harmless task, so neither
+    # they nor Avg and Min over them say an n
+    assert rows["base"] == ["0.600 n=36", "0.500", "0.400", "0.500", "0.400"]
     bold = sum(c.count("**") // 2 for cells in rows.values() for c in cells)
     assert bold == 5
     # every configuration, the unselected one included, in the full table
@@ -169,7 +171,7 @@ def test_two_evaluation_setups_render_apart_never_averaged(tmp_path):
     assert rows["base"][0] == "0.700"  # the new setup's base alone: no "± " over setups
     assert "## Other evaluation setups in this store" in md
     other = md.split("## Other evaluation setups in this store")[1].split("## All evaluated")[0]
-    assert re.search(r"^\| base \(1 seed\) \| 0\.600 \|", other, re.M)  # the old setup's own
+    assert re.search(r"^\| base \(1 seed\) \| 0\.600 n=\d+ \|", other, re.M)  # the old setup's own
     assert "extra_task" in md.split("## Other evaluation setups")[1].split("###")[0]
     assert all(e.n == 1 for e in out["entries"])  # no entry mixes rows of two setups
     # one setup: no such section

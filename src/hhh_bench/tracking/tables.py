@@ -65,6 +65,8 @@ def cell_n(e: Entry, col: str, extra: Mapping[str, Mapping[str, Any]]) -> int | 
         names = [s["name"] for s in specs if s.get("dimension") == col]
     elif col in ("average", "min"):
         names = [s["name"] for s in specs if s.get("dimension") in dims]
+        if not set(dims) <= {s.get("dimension") for s in specs}:  # a dimension without tasks
+            return None
     elif col in extra:
         names = [str(extra[col].get("task"))]
     else:
