@@ -259,3 +259,18 @@ def test_the_consoles_table_shows_names_without_markdown_escapes(capsys):
     rep = {**{k: "f" for k in REPORT_FILES}, "n_rows": 1, "main_table": table, "answer_line": "A"}
     _show(OmegaConf.create({"name": "x"}), "st", rep, cached=False)
     assert "| base [2] | a\\|b | x<y |" in capsys.readouterr().out
+
+
+def test_the_rehearsal_checks_the_users_judges_before_its_stand_ins_replace_them(tmp_path):
+    """j15: under +rehearsal=small a judge's max_new_tokens=-3 was silently replaced by the
+    stand-in's value; the user's judges are checked as the real path checks them, first."""
+    from conftest import compose
+    from hhh_bench.rehearsal import _standin_judges
+    from hhh_bench.stages.common import to_dict
+
+    cfg = to_dict(compose(["experiment=paper_llama3", "+rehearsal=small", f"root={tmp_path}",
+                           "eval.judges.safety.max_new_tokens=-3"]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"eval.judges.safety.*max_new_tokens must be a whole "
+                       r"number.*got -3.*before the rehearsal's stand-in judges"):  # fmt: skip
+        _standin_judges(cfg, cfg["eval"]["judges"])
+    assert not (tmp_path / "rehearsal").exists()  # refused before any stand-in was built

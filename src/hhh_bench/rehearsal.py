@@ -174,6 +174,16 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
         standin_judges_config,
     )
 
+    from hhh_bench.evaluation.judges import JudgeSpec
+
+    # the user's judges are checked as the real path checks them before any stand-in replaces
+    # them (battery 11, j15: a bad max_new_tokens was silently swapped for the stand-in's)
+    for role, spec in judges.items():
+        if spec is not None:
+            try:
+                JudgeSpec.from_config(str(role), dict(spec))
+            except ValueError as e:
+                raise ValueError(f"{e} (checked before the rehearsal's stand-in judges)") from None
     folder = Path(_need(cfg, "rehearsal.judges"))
     files = (cfg.get("eval") or {}).get("data_files") or {}
     words: set[str] = {"safe", "unsafe", "yes", "no"}
