@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -274,3 +275,33 @@ def test_the_rehearsal_checks_the_users_judges_before_its_stand_ins_replace_them
                        r"number.*got -3.*before the rehearsal's stand-in judges"):  # fmt: skip
         _standin_judges(cfg, cfg["eval"]["judges"])
     assert not (tmp_path / "rehearsal").exists()  # refused before any stand-in was built
+
+
+def test_a_byte_identical_copy_of_theta0_is_the_base_its_specialists_were_trained_from(tmp_path):
+    """m19: a copy of θ0's output folder (records and manifest with it) given as merge.base
+    was refused as a folder hhh-bench cannot match; it is matched by its files' content now,
+    and an edited copy is still refused by name."""
+    import shutil
+
+    from hhh_bench.core import content
+    from hhh_bench.stages.merge import check_same_base
+
+    out = tmp_path / "root" / "base" / "k0"  # where the cache writes θ0: <root>/base/<key>
+    out.mkdir(parents=True)
+    (out / "config.json").write_text('{"model_type": "llama"}\n')
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "base_info.json").write_text('{"seconds": 1.0}')
+    (out / content.KEY_FILE).write_text(json.dumps({"stage": "base", "key": "k0"}))
+    theta0 = content.write_manifest(out, "base_info.json").identity()
+    spec = tmp_path / "root" / "train" / "k1"
+    spec.mkdir(parents=True)
+    (spec / content.KEY_FILE).write_text(json.dumps(
+        {"stage": "train", "key": "k1", "payload": {"base": theta0}, "inputs": ["base/k0"]}))  # fmt: skip
+    copy = tmp_path / "mine" / "theta0"
+    shutil.copytree(out, copy)
+    check_same_base(str(copy), [str(spec)])  # the same θ0
+    (copy / "model.safetensors").write_bytes(b"weightz")
+    with pytest.raises(ValueError, match=r"was trained from the θ0 stage output base/k0; "
+                       r"merge.base='.*theta0' is a folder hhh-bench cannot match to it \(its "
+                       r"files are not that θ0's"):  # fmt: skip
+        check_same_base(str(copy), [str(spec)])

@@ -123,6 +123,17 @@ def test_identity_leaves_metadata_and_annotations_out(tmp_path):
     shutil.copytree(tmp_path / "o", tmp_path / "mine")
     (tmp_path / "mine" / "model" / "extra.txt").write_text("the user's own file")
     assert content.folder_identity(tmp_path / "mine" / "model") != m.identity("model")
+    # a copy of the whole output (its records and manifest with it) has the output's identity
+    # while its artifacts are byte-identical (battery 11, m19: a copy of θ0 as a merge's base);
+    # its records may differ, its artifacts may not
+    (tmp_path / "mine" / "model" / "extra.txt").unlink()
+    (tmp_path / "mine" / "model" / "README.md").unlink()
+    assert content.folder_identity(tmp_path / "mine") == m.identity()
+    (tmp_path / "mine" / "result.json").write_text('{"seconds": 3.0}')
+    (tmp_path / "mine" / content.KEY_FILE).write_text("{}")
+    assert content.folder_identity(tmp_path / "mine") == m.identity()
+    (tmp_path / "mine" / "model" / "config.json").write_text('{"model_type": "llamb"}\n')
+    assert content.folder_identity(tmp_path / "mine") != m.identity()
 
 
 def test_keyable_drops_cache_folders_and_keys_paths_by_content(tmp_path):

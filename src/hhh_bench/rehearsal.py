@@ -168,13 +168,12 @@ def _standin_judges(cfg: Mapping[str, Any], judges: Mapping[str, Any]) -> dict[s
     vocabulary of the judged tasks' prompt files; ``eval.judges.<role>`` overrides."""
     import json
 
+    from hhh_bench.evaluation.judges import JudgeSpec
     from hhh_bench.evaluation.standins import (
         build_standin_judges,
         relink_adapter,
         standin_judges_config,
     )
-
-    from hhh_bench.evaluation.judges import JudgeSpec
 
     # the user's judges are checked as the real path checks them before any stand-in replaces
     # them (battery 11, j15: a bad max_new_tokens was silently swapped for the stand-in's)

@@ -462,8 +462,26 @@ def folder_identity(folder: str | Path, cache: HashCache | None = None) -> str:
     cache = cache or cache_for(folder)
     if folder.is_file():
         return _digest_lines({folder.name: cache.digests(folder)["blake3"]})
-    entries = {f.relative_to(folder).as_posix(): cache.digests(f)["blake3"] for f in _walk(folder)}
+    records = _copied_records(folder)
+    entries = {
+        rel: cache.digests(f)["blake3"]
+        for f in _walk(folder)
+        if (rel := f.relative_to(folder).as_posix()) not in records
+    }
     return _digest_lines(entries)
+
+
+def _copied_records(folder: Path) -> frozenset[str]:
+    """The files a copy of a whole stage output (a folder with its manifest, away from where
+    the cache wrote it) holds besides its artifacts, as :meth:`Manifest.identity` leaves them
+    out: so that a byte-identical copy of an output has the output's identity (battery 11, m19:
+    a copy of θ0 given as a merge's base was refused), its content hashed here, never read from
+    the copied manifest. Empty for any other folder."""
+    try:
+        result = json.loads((folder / MANIFEST).read_text()).get("result_file")
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    return METADATA | RECORDS | ANNOTATIONS | ({result} if isinstance(result, str) else set())
 
 
 def file_tensor_digests(folder: str | Path, files: Iterable[Path]) -> dict[str, dict[str, str]]:

@@ -274,13 +274,13 @@ def check_same_base(
             where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
             origin = f"the θ0 stage output {where[0]}" if where else "the θ0 its key.json names"
             if Path(base).expanduser().exists() and enclosing_output(base) is None:
-                # a folder that is no stage output (a copy of one): matched by none of its
-                # records, so say what differs (battery 11, m19), not that the models are unrelated
+                # a folder that is no stage output: say what differs (battery 11, m19), not
+                # that the models are unrelated (a byte-identical copy of θ0's output matches)
                 raise ValueError(
                     f"{models_name}[{i}]={model!r} was trained from {origin}; "
-                    f"{base_name}={base!r} is a folder hhh-bench cannot match to it (θ0 is "
-                    "matched by its stage output's recorded identity, not by a copy of its "
-                    "files): give that stage output's folder"
+                    f"{base_name}={base!r} is a folder hhh-bench cannot match to it (its files "
+                    "are not that θ0's: a copy of θ0's output folder matches only while its "
+                    "files are byte-identical): give that stage output's folder"
                     + (f" (<root>/{where[0]})" if where else "")
                     + " as the base, or specialists trained from this one"
                 )
