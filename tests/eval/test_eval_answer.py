@@ -262,8 +262,15 @@ def test_grid_points_reported_as_rows_are_not_more_candidates(tmp_path):
 
 def test_bca_option(tmp_path):
     res = compare(table_entries(store(tmp_path / "s")), interval="bca")
-    assert res["interval"] == "bca" and 0.25 <= res["ci_low"] <= res["ci_high"] <= 0.35
-    assert "95% BCa bootstrap interval [" in answer_line(res)
+    # three seeds: below BCa's floor the t interval is given, and the line says so
+    t = compare(table_entries(store(tmp_path / "t")))
+    assert (res["interval"], res["interval_requested"]) == ("t", "bca")
+    assert (res["ci_low"], res["ci_high"], res["verdict"]) == (
+        t["ci_low"],
+        t["ci_high"],
+        t["verdict"],
+    )
+    assert "95% t interval (report.interval=bca needs ≥ 8 paired seeds) [" in answer_line(res)
 
 
 def test_environment_fingerprint_recorded_mixed_or_not_recorded(tmp_path):

@@ -13,6 +13,8 @@ from scipy import stats
 
 from hhh_bench.core import seedstats
 from hhh_bench.core.seedstats import (
+    BCA_MIN_SEEDS,
+    SeedInterval,
     bca_interval,
     cluster_totals,
     mixed_effects,
@@ -93,9 +95,26 @@ def test_bca_interval_is_an_option():
     assert ends is not None and ends[0] == pytest.approx(t.low, abs=0.006)
     assert ends[1] == pytest.approx(t.high, abs=0.006)
     assert bca_interval([0.2, 0.2, 0.2]) is None and bca_interval([0.2]) is None
-    r = seed_interval(ISSUE, method="bca", iters=999)
-    assert r.method == "bca" and r.p_value == seed_interval(ISSUE).p_value
-    assert ISSUE[0] <= r.low <= r.high <= ISSUE[2]  # a bootstrap of 3 seeds: inside their range
+    r = seed_interval(x[:BCA_MIN_SEEDS], method="bca", iters=999)
+    assert r.method == "bca" and r.requested is None
+    assert r.p_value == seed_interval(x[:BCA_MIN_SEEDS]).p_value
+    assert min(x[:8]) <= r.low <= r.high <= max(x[:8])  # a bootstrap: inside the seeds' range
+
+
+def test_bca_on_few_seeds_gives_the_t_interval_and_never_a_verdict_its_p_contradicts():
+    """Battery 12 (F4): BCa over 2 seeds was the range of the two differences, [+0.005, +0.082]
+    "95%", and declared "merging wins" beside p = 0.46. Below BCA_MIN_SEEDS the t interval is
+    given (and says it stands in); a BCa interval that excludes 0 where the t test's p does
+    not agree is inconclusive."""
+    r = seed_interval([0.005, 0.082], method="bca")
+    t = seed_interval([0.005, 0.082])
+    assert (r.method, r.requested) == ("t", "bca") and (r.low, r.high) == (t.low, t.high)
+    assert r.inconclusive and r.low < 0
+    r = seed_interval(ISSUE, method="bca", iters=999)  # 3 seeds
+    assert (r.method, r.requested, r.low) == ("t", "bca", seed_interval(ISSUE).low)
+    odd = SeedInterval(0.05, 8, 0.1, 0.035, 0.01, 0.1, 0.2, "bca", 0.95, 0.02, None)
+    assert odd.inconclusive  # excludes 0, but p = 0.2
+    assert not SeedInterval(**{**odd.as_dict(), "p_value": 0.01}).inconclusive
 
 
 def test_cluster_totals_average_to_the_seeds_difference():

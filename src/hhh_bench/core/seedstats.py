@@ -16,7 +16,10 @@ spread of training: its interval is far too narrow (issue 28: about 79% coverage
 * :func:`bca_interval`: the bias-corrected and accelerated bootstrap over seeds (Efron, "Better
   bootstrap confidence intervals", JASA 1987; ``scipy.stats.bootstrap(method="BCa")``), the
   option ``report.interval=bca``. With a handful of seeds a resample has few distinct values:
-  it is a check on the t interval's normality, not a cure for few seeds;
+  it is a check on the t interval's normality, not a cure for few seeds. Below
+  :data:`BCA_MIN_SEEDS` seeds it is not computed (with 2 seeds it is the range of the two
+  differences, "95%" with a true coverage near 50%: battery 12); the t interval is given,
+  said as such (:attr:`SeedInterval.method` ``t``, :attr:`SeedInterval.requested` ``bca``);
 * :func:`seeds_needed`: the smallest ``n ≥ 2`` with ``t_{(1+level)/2, n−1} · s / sqrt(n) ≤ h``
   (the half-width ``h``, default 0.02, at the observed per-seed SD ``s``), found by counting up
   from the normal approximation ``ceil((z · s / h)²)`` (``t > z``, so no smaller n can do);
@@ -56,6 +59,9 @@ HALF_WIDTH = 0.02
 """The half-width of a 95% interval that would resolve a difference of the answer's size."""
 
 INTERVALS = ("t", "bca")
+
+BCA_MIN_SEEDS = 8
+"""Fewest paired seeds a BCa interval is computed on; below it the t interval stands in."""
 """The seed-level intervals ``report.interval`` chooses between."""
 
 
@@ -138,11 +144,13 @@ class SeedInterval:
         se: ``sd / sqrt(n)``.
         low, high: the interval's ends (None for one seed, or a BCa interval that is undefined).
         p_value: two-sided p of the one-sample t test (None for one seed).
-        method: ``t`` or ``bca`` (the interval; the p is the t test's either way).
+        method: ``t`` or ``bca`` (the interval given; the p is the t test's either way).
         level: the interval's coverage.
         half_width: the half-width ``seeds_needed`` is computed for.
         seeds_needed: seeds for a t interval of that half-width at the observed SD, when the
             interval contains 0 (None otherwise, or with one seed).
+        requested: the method asked for when another is given (``bca`` below
+            :data:`BCA_MIN_SEEDS` seeds), else None.
     """
 
     diff: float
@@ -156,11 +164,15 @@ class SeedInterval:
     level: float
     half_width: float
     seeds_needed: int | None
+    requested: str | None = None
 
     @property
     def inconclusive(self) -> bool:
-        """No interval, or one that contains 0 (an end at 0 included)."""
-        return self.low is None or self.high is None or self.low <= 0 <= self.high
+        """No interval, one that contains 0 (an end at 0 included), or a BCa interval the t
+        test does not back (p ≥ 1 − level): a verdict never contradicts its own p."""
+        if self.low is None or self.high is None or self.low <= 0 <= self.high:
+            return True
+        return self.method == "bca" and (self.p_value is None or self.p_value >= 1 - self.level)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,12 +204,15 @@ def seed_interval(
         return SeedInterval(d[0], 1, None, None, None, None, None, method, level, half_width, None)
     t = {k: float(v) for k, v in t_ends(d, level).items()}
     low, high = t["low"], t["high"]
-    if method == "bca":
+    requested = None
+    if method == "bca" and n < BCA_MIN_SEEDS:
+        method, requested = "t", "bca"
+    elif method == "bca":
         ends = bca_interval(d, level, iters=iters, seed=seed)
         low, high = ends if ends is not None else (None, None)
     out = SeedInterval(
         math.fsum(d) / n, n, t["sd"], t["se"], low, high, t["p_value"], method, level,
-        half_width, None,
+        half_width, None, requested,
     )  # fmt: skip
     if out.inconclusive:
         out = SeedInterval(

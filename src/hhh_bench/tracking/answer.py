@@ -47,7 +47,7 @@ from typing import Any
 
 from hhh_bench.core.environment import fingerprint
 from hhh_bench.core.items import item_clusters
-from hhh_bench.core.seedstats import HALF_WIDTH, mixed_effects, seed_interval
+from hhh_bench.core.seedstats import BCA_MIN_SEEDS, HALF_WIDTH, mixed_effects, seed_interval
 from hhh_bench.core.stats import hierarchical_bootstrap_ci, paired_differences
 from hhh_bench.core.uncertainty import column_item_values, column_parts
 from hhh_bench.tracking.entries import Entry
@@ -335,9 +335,11 @@ def compare(
         "merge_mean": sum(float(merge_by_seed[s]["average"]) for s in shared) / len(shared),
         "mixture_choice": mix_how, "merge_choice": merge_how,
         "diff": si.diff, "per_seed": per_seed, "ci_low": si.low, "ci_high": si.high,
-        "p_value": si.p_value, "sd": si.sd, "interval": interval, "level": level,
+        "p_value": si.p_value, "sd": si.sd, "interval": si.method, "level": level,
+        "interval_requested": si.requested,
         "seeds_needed": si.seeds_needed, "half_width": si.half_width,
-        "seeds": shared, "n_seeds": len(shared), "verdict": verdict(si.low, si.high),
+        "seeds": shared, "n_seeds": len(shared),
+        "verdict": VERDICTS[2] if si.inconclusive else verdict(si.low, si.high),
         "unpaired": unpaired, "split": str(merge.rows[0].get("split") or "the report split"),
         "mixed": None, "item_bootstrap": None, "items_note": None,
         "items_per_task": {}, "weights": {}, "n_items": 0,
@@ -395,6 +397,8 @@ def headline(r: Mapping[str, Any]) -> str:
             f"seed-to-seed spread to measure; run more seeds): {r['verdict']}"
         )
     name = "t interval" if r["interval"] == "t" else "BCa bootstrap interval"
+    if r.get("interval_requested") == "bca":
+        name += f" (report.interval=bca needs ≥ {BCA_MIN_SEEDS} paired seeds)"
     if r["ci_low"] is None:
         ci = f"no {name} (undefined on these {n} seeds)"
     else:
@@ -405,9 +409,13 @@ def headline(r: Mapping[str, Any]) -> str:
             f" (±{r['half_width']:g} needs {r['seeds_needed']} seeds at the per-seed SD "
             f"{r['sd']:.3f})"
         )
+    backed = ""
+    if r["interval"] == "bca" and r["verdict"] == VERDICTS[2] and r["ci_low"] is not None:
+        if not r["ci_low"] <= 0 <= r["ci_high"]:
+            backed = f" (the interval excludes 0 but the t test's p ≥ {1 - r['level']:.2g})"
     return (
         f"merge − mix = {r['diff']:+.3f}, {ci} over {n} paired seeds, p = {_p(r['p_value'])} "
-        f"(t test): {r['verdict']}{power}"
+        f"(t test): {r['verdict']}{backed}{power}"
     )
 
 
@@ -513,7 +521,11 @@ def answer_section(
     line = answer_line(result)
     how = "a Student t interval over the per-seed differences (n − 1 degrees of freedom)"
     if interval == "bca":
-        how = f"a BCa bootstrap interval over the per-seed differences ({iters} resamples)"
+        how = (
+            f"a BCa bootstrap interval over the per-seed differences ({iters} resamples; on "
+            f"≥ {BCA_MIN_SEEDS} paired seeds, the t interval below that, and a verdict only "
+            "where the t test's p agrees)"
+        )
     md = [
         "## Mix or merge?",
         "",
