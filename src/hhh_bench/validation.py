@@ -253,7 +253,7 @@ def check_model(model: ModelConfig) -> None:
     if model.kind == "hub":
         check_model_folder(model.path, "model.path")
     if model.kind == "tiny":
-        from hhh_bench.models.tiny import TinyModelSpec
+        from hhh_bench.models.spec import TinyModelSpec
 
         spec = dict(model.spec or {})
         names = {f.name for f in dataclasses.fields(TinyModelSpec)}

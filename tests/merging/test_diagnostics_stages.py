@@ -194,3 +194,27 @@ def test_report_draws_heatmaps_and_tables_side_by_side(models, tmp_path):
     assert grids["heavy deltas"][1][j] > grids["heavy deltas"][0][j]
     q = next(p for p in rows[0]["params"] if p["name"] == "model.layers.1.mlp.up_proj.weight")
     assert grids[rows[0]["label"]][1][j] == pytest.approx(q["tail_share_3"])
+
+
+def test_a_drawing_merge_takes_the_runs_seed_unless_its_own_is_given(models, tmp_path):
+    """Battery 12 (F5): every seed of seeds=[...] merged DARE with mask seed 0. A method that
+    draws (DARE, DELLA) is seeded with the run's seed; merge.params.seed, given, wins; a
+    deterministic method keeps seed 0 (unread; its cache keys unchanged)."""
+    from hhh_bench.stages.merge import run_merge
+
+    base, sets = models
+
+    def payload(cfg):
+        cfg.merge_engine.diagnostics = False
+        out = run_merge(cfg, base=base, models=sets["dense"])
+        return json.loads((Path(out["out_dir"]).parent / "key.json").read_text())["payload"]
+
+    cfg = make_cfg(tmp_path / "a", "dare_ta")
+    cfg.seed = 3
+    p3 = payload(cfg)
+    assert p3["params"]["seed"] == 3
+    cfg.merge.params.seed = 5
+    assert payload(cfg)["params"]["seed"] == 5
+    cfg = make_cfg(tmp_path / "b", "task_arithmetic")
+    cfg.seed = 3
+    assert payload(cfg)["params"]["seed"] == 0  # never read: as it always was (its cache key)

@@ -395,3 +395,28 @@ def test_margins_tokenize_each_pair_once(tiny_model, tiny_tok, prefs):
         dpo._sequences(tiny_tok, r) for r in rows
     ]
     assert len(dpo._SEQUENCES) == len(rows)
+
+
+def test_a_run_whose_schedule_never_leaves_zero_is_refused(tiny_model, tiny_tok, prefs, tmp_path):
+    """Battery 12 (F7): one optimizer step with warmup (transformers' warmup starts at 0) wrote
+    θ0 itself as the specialist, exit 0. Refused now, nothing saved; one step without warmup
+    trains."""
+    rows = prefs["helpful"][:4]
+    with pytest.raises(ValueError, match=r"each of its 1 optimizer step\(s\) a learning rate of 0 "
+                       r"\(train.warmup_ratio=0.1.*nothing was learned"):  # fmt: skip
+        train_dpo(tiny_model, tiny_tok, rows, tmp_path / "a", max_steps=1,
+                  **{**FAST, "warmup_ratio": 0.1, "save_to": tmp_path / "out"})  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    before = snapshot(tiny_model)
+    model, _ = train_dpo(tiny_model, tiny_tok, rows, tmp_path / "b", max_steps=1,
+                         **{**FAST, "warmup_ratio": 0.0})  # fmt: skip
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_held_out_margins_over_no_pair_are_null_not_nan():
+    """Battery 12 (F8): a dimension without validation pairs wrote bare NaN into
+    train_info.json (not JSON for strict readers)."""
+    from hhh_bench.train.dpo import margin_summary
+
+    assert margin_summary([]) == {"mean": None, "acc": None, "n": 0.0}
+    assert margin_summary([1.0, -1.0, 2.0]) == {"mean": 2 / 3, "acc": 2 / 3, "n": 3.0}

@@ -212,6 +212,14 @@ class MergeMethod(Generic[P]):
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
 
+    @property
+    def draws(self) -> bool:
+        """Whether the merge draws random numbers, seeded by ``params.seed`` (DARE's and DELLA's
+        drop masks: ``seed`` is among the params their cached step depends on). The merge stage
+        seeds such a method with the run's ``seed`` unless ``merge.params.seed`` is given, so
+        that each seed of ``seeds=[...]`` draws its own masks."""
+        return "seed" in self.precompute_keys
+
     def check_models(self, num_models: int, params: P) -> None:
         """Refuse, before any input is opened, a number of finetuned models this method cannot
         merge with these params (:attr:`min_models`, :attr:`max_models`; a method whose knobs
@@ -224,7 +232,11 @@ class MergeMethod(Generic[P]):
             )
 
     def make_params(self, **kw: Any) -> P:
-        """Validated params; an unknown name raises ``ValueError`` listing the valid ones."""
+        """Validated params; an unknown name raises ``ValueError`` listing the valid ones.
+        ``seed=None`` (``merge.params.seed: null``) is the default seed here: the merge stage
+        gives a drawing method the run's seed before it gets here (:attr:`draws`)."""
+        if "seed" in kw and kw["seed"] is None:
+            kw = {k: v for k, v in kw.items() if k != "seed"}
         valid = [f["name"] for f in describe_params(self.params_cls)]
         unknown = sorted(set(kw) - set(valid))
         if unknown:

@@ -46,7 +46,11 @@ class CommonParams:
         "One weight per finetuned model, in their order; w_t multiplies τ_t before the method "
         "(null = all 1).",
     )
-    seed: int = param(0, "Seed of the random steps (DARE masks); other methods are deterministic.")
+    seed: int = param(
+        0,
+        "Seed of the random steps (DARE's and DELLA's masks); other methods are deterministic. "
+        "Unset, the merge stage gives it the run's `seed` (each seed of `seeds` its own masks).",
+    )
     compute_dtype: str = param(
         "float32",
         "Dtype of the arithmetic (SVDs included); the result is cast back to the base's dtype.",

@@ -102,6 +102,8 @@ def run_merge(
         )
     params = {"device": engine.device, **m.params}
     method = get_method(m.method)
+    if params.get("seed") is None:  # a drawing method's masks per run seed (battery 12, F5)
+        params["seed"] = int(cfg.get("seed") or 0) if method.draws else 0
     checked = method.make_params(**params)  # refused before any statistics, diagnostics or merge
     checked.resolve_weights(len(models))
     method.check_models(len(models), checked)

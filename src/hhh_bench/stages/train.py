@@ -149,6 +149,10 @@ def run_train(
     )  # fmt: skip
     info = {**run.info, **summary}
     for d, m in (info.get("margins") or {}).items() if not run.cached else ():
+        if m["delta"] is None:
+            console.say(f"train {label}: no held-out {d} pair (its validation split is empty): "
+                        "no held-out margin measured")  # fmt: skip
+            continue
         log.info("train: %s held-out %s margin %.3f -> %.3f", label, d, m["base"]["mean"],
                  m["trained"]["mean"])  # fmt: skip
     return {

@@ -345,6 +345,7 @@ def _fit(
         trainer.model.delete_adapter("ref")
     quiet_console(trainer)
     trainer.train()
+    _check_learned(trainer, s)
     if shared is not None:
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
@@ -352,6 +353,24 @@ def _fit(
     if s["save_to"] is not None:
         save_trained(trainer, tokenizer, s["save_to"])
     return trainer.model
+
+
+def _check_learned(trainer: Any, s: Mapping[str, Any]) -> None:
+    """Refuse a run whose learning-rate schedule gave every optimizer step a rate of 0 (battery
+    12, F7: one step with warmup, which transformers' warmup starts at 0, wrote θ0 itself as
+    the specialist): nothing was learned, so nothing is saved as trained."""
+    steps = int(trainer.state.global_step)
+    lambdas = getattr(trainer.lr_scheduler, "lr_lambdas", None)
+    if not steps or not lambdas:  # not a LambdaLR: no schedule to read
+        return
+    if all(lam(k) == 0 for lam in lambdas for k in range(steps)):
+        raise ValueError(
+            f"train: the learning-rate schedule gave each of its {steps} optimizer step(s) a "
+            f"learning rate of 0 (train.warmup_ratio={s['warmup_ratio']} warms up from 0 over "
+            "the first step(s)): nothing was learned and the model would be its start itself; "
+            "train for more steps (train.max_steps, train.epochs, more pairs or a smaller "
+            "train.batch_size) or set train.warmup_ratio=0"
+        )
 
 
 # (tokenization key, row as JSON) -> TRL's (prompt_ids, chosen_ids, rejected_ids) of the row, or
@@ -576,10 +595,11 @@ def logprob_margins(
     return [logps[2 * i] - logps[2 * i + 1] for i in range(len(rows))]
 
 
-def margin_summary(margins: Sequence[float]) -> dict[str, float]:
-    """Mean margin, share of pairs with a positive margin (accuracy) and count."""
+def margin_summary(margins: Sequence[float]) -> dict[str, float | None]:
+    """Mean margin, share of pairs with a positive margin (accuracy) and count; over no pair,
+    ``mean`` and ``acc`` are None (null in train_info.json, never a bare NaN: battery 12, F8)."""
     if not margins:
-        return {"mean": float("nan"), "acc": float("nan"), "n": 0.0}
+        return {"mean": None, "acc": None, "n": 0.0}
     return {
         "mean": float(sum(margins) / len(margins)),
         "acc": float(sum(m > 0 for m in margins) / len(margins)),

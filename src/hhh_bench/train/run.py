@@ -222,7 +222,9 @@ def train_model(
             d: {
                 "base": before[d],
                 "trained": after[d],
-                "delta": after[d]["mean"] - before[d]["mean"],
+                "delta": None  # no held-out pair of this dimension
+                if after[d]["mean"] is None or before[d]["mean"] is None
+                else after[d]["mean"] - before[d]["mean"],
             }
             for d in held
         },
