@@ -24,7 +24,14 @@ _WHERE = {
     "resolve_dtype": "loading",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "TinyModelSpec",
+    "build_tiny_model",
+    "build_word_tokenizer",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_dtype",
+]
 
 
 def __getattr__(name: str) -> Any:

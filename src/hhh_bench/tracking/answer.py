@@ -410,9 +410,9 @@ def headline(r: Mapping[str, Any]) -> str:
             f"{r['sd']:.3f})"
         )
     backed = ""
-    if r["interval"] == "bca" and r["verdict"] == VERDICTS[2] and r["ci_low"] is not None:
-        if not r["ci_low"] <= 0 <= r["ci_high"]:
-            backed = f" (the interval excludes 0 but the t test's p ≥ {1 - r['level']:.2g})"
+    bca_alone = r["interval"] == "bca" and r["verdict"] == VERDICTS[2]
+    if bca_alone and r["ci_low"] is not None and not r["ci_low"] <= 0 <= r["ci_high"]:
+        backed = f" (the interval excludes 0 but the t test's p ≥ {1 - r['level']:.2g})"
     return (
         f"merge − mix = {r['diff']:+.3f}, {ci} over {n} paired seeds, p = {_p(r['p_value'])} "
         f"(t test): {r['verdict']}{backed}{power}"
