@@ -824,9 +824,18 @@ def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
                 f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
                 f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
             )
+    from hhh_bench.core.stagecache import held_by_a_run
+
     for name in ("merge_engine", "data"):
         folder = getattr(groups.get(name), "cache_dir", None)
         if folder:
+            why = held_by_a_run(folder)
+            if why is not None:  # battery 12, F10: the sweep cache written into a specialist
+                raise ValueError(
+                    f"{name}.cache_dir={str(folder)!r} {why}: its cache files would be written "
+                    "among files whose checksums a later reuse verifies; give a folder of its "
+                    "own (the default lies under the run root)"
+                )
             writable_folder(folder, f"{name}.cache_dir")
     logger = groups.get("logger")
     mode = wandb_mode(dataclasses.asdict(logger)) if logger is not None else None
