@@ -182,8 +182,12 @@ def test_a_cache_or_wandb_folder_that_is_not_a_writable_folder_is_refused(
     for group, folder, message in [
         ("merge_engine", file, r"merge_engine.cache_dir='.*file' is a regular file"),
         ("data", file / "hf", r"data.cache_dir='.*file/hf' cannot be created: '.*file' is"),
-        ("merge_engine", out, r"merge_engine.cache_dir='.*k1' lies inside '.*k1', a finished "
-         r"stage output: its cache files would be written among"),
+        (
+            "merge_engine",
+            out,
+            r"merge_engine.cache_dir='.*k1' lies inside '.*k1', a finished "
+            r"stage output: its cache files would be written among",
+        ),
         ("data", out / "hf", r"data.cache_dir='.*k1/hf' lies inside '.*k1', a finished"),
     ]:
         with pytest.raises(ValueError, match=message):

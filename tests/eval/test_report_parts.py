@@ -235,6 +235,29 @@ def test_probe_columns_go_to_the_diagnostics_table_and_every_cell_says_its_n(tmp
     assert "| base | **1.000** n=1 | - n=0 |" in probes  # one item: no ±; none: no number
 
 
+def test_a_cell_whose_paired_test_could_not_run_is_marked_not_left_blank(store, tmp_path):
+    """Battery 12 (F11): with a row's eval folder gone, its cells lost their † and ≈ and so
+    read as resolved. They are marked ``?`` and the table's note says what it means."""
+    import copy
+
+    rows = copy.deepcopy(store["rows"])
+    for r in rows:
+        if r["name"] == "dpo_helpful":
+            r["artifacts"]["eval_dir"] = str(tmp_path / "gone" / str(r["seed"]))
+    es = entries.table_entries(rows)
+    marks, tests = entries.paired_marks(es)
+    spec = marks[("specialist", "dpo_helpful")]
+    assert spec["delta_honest"] == entries.NO_TEST  # † when the folder was there
+    assert spec["honest"] == f" {entries.NO_TEST}"
+    assert ("dpo_helpful", "honest") not in tests["base"]
+    md = build_report(rows, tmp_path / "out", experiment="hand")["markdown"]
+    main = md.split("## Main table")[1].split("\n## ")[0]
+    assert "?: no paired test, a row's per-item values are missing" in main
+    line = next(x for x in main.splitlines() if x.startswith("| dpo_helpful"))
+    assert "?)" in line and "†" not in line
+    assert "?" not in next(x for x in main.splitlines() if x.startswith("| ties"))
+
+
 def test_deltas_over_other_seeds_and_rows_of_fewer_seeds_are_marked(store):
     """Battery 9 (3): without the base's seed-1 row and the mixture's, the merges' deltas
     compare a mean over seeds 0, 1 with the base's seed 0 (§, said under the table), and the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -310,5 +311,8 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
         lines.append(f"skipped {rep['skipped']} invalid line(s) of the store ({why})")
     if rep.get("setup_line"):
         lines.append(str(rep["setup_line"]))
+    if re.search(r"\d\*{0,2} \?|\d\?\)", rep["main_table"]):  # entries.NO_TEST after a number
+        lines.append("?: no paired test for that cell, a row's eval folder is missing from this "
+                     "root (report.md names them): run stage=eval again to rebuild it")  # fmt: skip
     console.say("\n".join(lines), level=console.QUIET)
     console.say(rep["answer_line"], level=console.QUIET)  # last: mix or merge, and how sure

@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.scoring import DIMENSIONS
@@ -397,7 +398,9 @@ def paired_marks(
     and against the column's best entry (``≈`` when p ≥ alpha: the data cannot tell it from the
     best). Entries over several seeds are paired by seed
     (:func:`hhh_bench.tracking.paired.paired_test_groups`). Entries without per-item values get
-    no test and no mark.
+    no test; where a row of the pair names an eval folder that is missing from the root, the
+    cell is marked ``?`` (:data:`NO_TEST`): an unmarked delta reads as resolved, which a test
+    that could not run does not say (battery 12, F11).
 
     Returns:
         ``(marks, tests)``: marks per ``(kind, name)`` and column (``delta_<col>`` for the
@@ -423,13 +426,32 @@ def paired_marks(
                     tests["base"][(e.name, col)] = t
                     if not t.resolved:
                         mk[f"delta_{col}"] = "†"
+                elif _items_missing(e, base):
+                    mk[f"delta_{col}"] = NO_TEST
             if e is not best and higher is not None:
                 t = paired_test_groups(e.rows, best.rows, col, alpha=alpha)
                 if t is not None:
                     tests["best"][(e.name, col)] = t
                     if not t.resolved:
                         mk[col] = " ≈"
+                elif _items_missing(e, best):
+                    mk[col] = f" {NO_TEST}"
     return marks, tests
+
+
+NO_TEST = "?"
+"""The mark of a cell whose paired test could not run: a row's eval folder is missing."""
+
+
+def _items_missing(*entries: Entry) -> bool:
+    """Whether a row of ``entries`` names an eval folder that is not there (deleted, or a root
+    copied without it): its per-item values, and so its paired tests, are gone."""
+    for e in entries:
+        for r in e.rows:
+            eval_dir = (r.get("artifacts") or {}).get("eval_dir")
+            if eval_dir and not Path(str(eval_dir)).is_dir():
+                return True
+    return False
 
 
 def summary_metrics(

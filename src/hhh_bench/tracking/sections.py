@@ -23,6 +23,7 @@ from typing import Any
 from hhh_bench.tracking.diagnostics_view import diagnostics_table, layer_axes, layer_type_table
 from hhh_bench.tracking.entries import (
     COLUMNS,
+    NO_TEST,
     Entry,
     aggregate,
     base_means,
@@ -128,6 +129,13 @@ def main_section(
             f"resolved (paired tests over items, p ≥ {alpha}; see below). "
             if any(tests.values())
             else ". "
+        )
+        + (
+            f"{NO_TEST}: no paired test, a row's per-item values are missing (its eval folder "
+            "is gone from this root: run stage=eval again to rebuild it); an unmarked value or "
+            "change there is untested, not resolved. "
+            if any(NO_TEST in m for mk in marks.values() for m in mk.values())
+            else ""
         )
         + (
             (
