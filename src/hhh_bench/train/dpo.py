@@ -13,6 +13,9 @@ Rows are reduced to ``prompt`` / ``chosen`` / ``rejected`` before ``Dataset.from
 ``meta`` dicts of different sources have different keys, which Arrow cannot put in one column),
 and stay in TRL's conversational format, so TRL renders them with the tokenizer's chat template
 (which ends assistant turns with EOS).
+
+One concept: one DPO run through TRL and what it is measured by (its schedule checked, its
+tokenizations and held-out margins reused within the process).
 """
 
 from __future__ import annotations
