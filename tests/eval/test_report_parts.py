@@ -21,6 +21,7 @@ and 3, sign conflict 0.2 and 0.4) and the embeddings (no layer).
 from __future__ import annotations
 
 import ast
+import json
 import math
 import sys
 import time
@@ -284,13 +285,58 @@ def test_a_numbered_name_says_what_tells_it_apart(store):
     rows = [*store["rows"], *({**r, "row_key": f"{r['row_key']}w", "world_key": "w7"} for r in ties),
             *({**r, "row_key": f"{r['row_key']}d", "data_key": "d2"} for r in ties)]  # fmt: skip
     es = by_name(entries.table_entries(rows))
-    assert es["ties [2]"].numbered == "differs from the first ties in data_key"
+    assert es["ties [2]"].numbered == (
+        "differs from the first ties in data (data_key: another data stage, another world or "
+        "item set)"
+    )
     assert es["ties [3]"].numbered == "differs from the first ties in world (world_key)"
     assert es["ties"].numbered is None
-    said = r"ties \[2\] differs from the first ties in data_key; ties \[3\] differs"
+    said = (r"ties \[2\] differs from the first ties in data (data_key: another data stage, "
+            r"another world or item set); ties \[3\] differs")  # fmt: skip
     assert said in sections.seeds_note(list(es.values()))
     assert said in sections.all_models_section(rows)[-2]
     assert "[n]" not in sections.seeds_note(store["entries"])
+
+
+def test_changes_from_the_base_are_against_the_base_of_the_same_data(store):
+    """Battery 12 (F14): a second world's base row in the store moved every change from the
+    base to the mean of both worlds' bases. Each row's change is against its own data's base;
+    the paired test against the base too."""
+    rows = [{**r, "data_key": "dA"} for r in store["rows"]]
+    other = [{**r, "row_key": f"{r['row_key']}B", "data_key": "dB",
+              **{c: 0.9 for c in ("helpful", "honest", "harmless", "average", "min")}}
+             for r in rows if r["kind"] == "base"]  # fmt: skip
+    es = by_name(entries.table_entries([*rows, *other]))
+    alone = by_name(entries.table_entries(rows))
+    assert set(es) >= {"base", "base [2]"}
+    for name in ("ties", "dpo_helpful", "mix uniform"):
+        assert es[name].delta == alone[name].delta  # the base of data dA, not the mean with dB
+    marks, tests = entries.paired_marks(list(es.values()))
+    assert marks[("specialist", "dpo_helpful")] == entries.paired_marks(list(alone.values()))[0][
+        ("specialist", "dpo_helpful")]  # fmt: skip
+
+
+def test_a_repeated_evaluation_names_the_setting_it_differs_in(tmp_path):
+    """Battery 12 (F3): the same model evaluated with another eval.batch_size was a ``[2]``
+    row explained as differing "in config_hash"; it names the setting now."""
+    import copy
+
+    base = {"row_key": "m-0", "name": "m", "kind": "merge", "method": "ties", "seed": 0,
+            "split": "test", "suite": "s", "metric": "acc", "config_hash": "c1",
+            **{c: 0.5 for c in ("helpful", "honest", "harmless", "average", "min")}}  # fmt: skip
+    rows = []
+    for i, bs in enumerate((64, "auto")):
+        d = tmp_path / f"e{i}"
+        d.mkdir()
+        (d / "provenance.json").write_text(
+            json.dumps({"config": {"batch_size": bs, "limit": None}})
+        )
+        rows.append({**copy.deepcopy(base), "row_key": f"m-0-{i}", "config_hash": f"c{i}",
+                     "artifacts": {"eval_dir": str(d)}})  # fmt: skip
+    es = by_name(entries.aggregate(rows))
+    assert es["m [2]"].numbered == (
+        "differs from the first m in the evaluation's settings: eval.batch_size 64 vs 'auto'"
+    )
 
 
 def test_all_models_per_task_and_paired_tables(store):

@@ -224,9 +224,39 @@ def _what_differs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
     if not fields:
         fields = [f for f in ("data_key", "model_key", "config_hash", "world_key")
                   if {str(r.get(f)) for r in a} != {str(r.get(f)) for r in b}]  # fmt: skip
-    names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)"}
+    names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)",
+             "data_key": "data (data_key: another data stage, another world or item set)"}  # fmt: skip
     what = ", ".join(names.get(f, f) for f in fields) or "rows of the same seed"
+    if fields == ["config_hash"]:  # name the settings (battery 12, F3), where the rows say them
+        settings = _config_difference(a[0], b[0])
+        what = f"the evaluation's settings: {settings}" if settings else what
     return f"differs from the first {b[0].get('name')!s} in {what}"
+
+
+def _config_difference(a: Mapping[str, Any], b: Mapping[str, Any], most: int = 3) -> str:
+    """The ``eval.*`` settings two rows' evaluations were run with that differ (``eval.batch_size
+    64 vs auto``), from each eval folder's ``provenance.json``; empty when either is unreadable."""
+
+    def flat(obj: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(obj, Mapping):
+            return {
+                k: v for key, val in obj.items() for k, v in flat(val, f"{prefix}.{key}").items()
+            }
+        return {prefix: obj}
+
+    configs = []
+    for row in (a, b):
+        eval_dir = (row.get("artifacts") or {}).get("eval_dir")
+        try:
+            configs.append(
+                json.loads((Path(str(eval_dir)) / "provenance.json").read_text())["config"]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+    fa, fb = flat(configs[0], "eval"), flat(configs[1], "eval")
+    keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    shown = [f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys[:most]]
+    return "; ".join(shown) + (f" (and {len(keys) - most} more)" if len(keys) > most else "")
 
 
 def params_text(row: Mapping[str, Any]) -> str:
@@ -279,20 +309,40 @@ def base_seeds(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...] | None:
     return tuple(sorted(seeds)) if seeds else None
 
 
+def own_base_rows(
+    rows: Sequence[Mapping[str, Any]], base_rows: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The base rows of the same data as ``rows`` (their ``data_key``: the same world and item
+    sets), when the store holds base rows of other data too; else every base row (battery 12,
+    F14: a second world's base in the store moved every change from the base to the mean of
+    both worlds' bases)."""
+    keys = {r.get("data_key") for r in rows} - {None}
+    own = [b for b in base_rows if b.get("data_key") in keys]
+    return own or list(base_rows)
+
+
 def with_deltas(
     entries: list[Entry],
     base: Mapping[str, float] | None,
     seeds: tuple[str, ...] | None = None,
+    base_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Deltas of the means from the base's means, and the largest drop of a dimension's mean
     below the base's (None without a base); ``seeds``: the base mean's seeds, kept on each
-    entry (:attr:`Entry.other_seeds`: a delta over different seed sets, marked in the tables)."""
+    entry (:attr:`Entry.other_seeds`: a delta over different seed sets, marked in the tables).
+    ``base_rows``: each entry's base is the mean of the base rows of its own data
+    (:func:`own_base_rows`) instead of ``base``."""
     for e in entries:
-        e.base_seeds = seeds if base is not None else None
+        b, s = base, seeds
+        if base_rows and base is not None:
+            own = own_base_rows(e.rows, base_rows)
+            b = {col: _mean_std([float(r[col]) for r in own])[0] for col, _ in COLUMNS}
+            s = tuple(sorted({str(r.get("seed")) for r in own}))
+        e.base_seeds = s if b is not None else None
         for col, _ in COLUMNS:
-            e.delta[col] = None if base is None or e.kind == "base" else e.mean[col] - base[col]
+            e.delta[col] = None if b is None or e.kind == "base" else e.mean[col] - b[col]
         e.delta["max_drop"] = (
-            None if base is None else max(0.0, *(base[d] - e.mean[d] for d in DIMENSIONS))
+            None if b is None else max(0.0, *(b[d] - e.mean[d] for d in DIMENSIONS))
         )
 
 
@@ -317,7 +367,8 @@ def table_entries(report_rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
                     e.selected_on = str(choice["selected_on"])
                     e.n_configs = int(choice.get("n_configs") or 1)
                 shown.append(e)
-    with_deltas(shown, base_means(report_rows), base_seeds(report_rows))
+    with_deltas(shown, base_means(report_rows), base_seeds(report_rows),
+                [r for r in report_rows if r["kind"] == "base"])  # fmt: skip
     return shown
 
 
@@ -408,7 +459,7 @@ def paired_marks(
     """
     extra = dict(extra or {})
     cols = [*(c for c, _ in COLUMNS if c != "min"), *extra]
-    base = next((e for e in entries if e.kind == "base"), None)
+    bases = [e for e in entries if e.kind == "base"]
     compared = [e for e in entries if e.kind != "oracle"]
     marks: dict[tuple[str, str], dict[str, str]] = {}
     tests: dict[str, dict[tuple[str, str], Any]] = {"base": {}, "best": {}}
@@ -420,6 +471,7 @@ def paired_marks(
         best = (max if higher is not False else min)(have, key=lambda e: e.mean[col])
         for e in have:
             mk = marks.setdefault((e.kind, e.name), {})
+            base = _base_of(e, bases)
             if base is not None and e is not base and col in base.mean:
                 t = paired_test_groups(e.rows, base.rows, col, alpha=alpha)
                 if t is not None:
@@ -437,6 +489,14 @@ def paired_marks(
                 elif _items_missing(e, best):
                     mk[col] = f" {NO_TEST}"
     return marks, tests
+
+
+def _base_of(e: Entry, bases: Sequence[Entry]) -> Entry | None:
+    """The base entry ``e`` is tested against: the one of its own data (``data_key``) where
+    the store holds several (battery 12, F14), else the first."""
+    keys = {r.get("data_key") for r in e.rows} - {None}
+    return next((b for b in bases if keys & {r.get("data_key") for r in b.rows}),
+                bases[0] if bases else None)  # fmt: skip
 
 
 NO_TEST = "?"

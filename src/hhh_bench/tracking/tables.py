@@ -169,7 +169,9 @@ def main_table(
 def all_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Every evaluated configuration (means over seeds), in group order."""
     entries = aggregate(rows)
-    with_deltas(entries, base_means(rows), base_seeds(rows))
+    with_deltas(
+        entries, base_means(rows), base_seeds(rows), [r for r in rows if r["kind"] == "base"]
+    )
     lines = [
         "| Group | Model | Params | Seeds | Helpful | Honest | Harmless | Avg | Min | Max drop |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
