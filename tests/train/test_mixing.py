@@ -62,6 +62,21 @@ def test_budgets():
             resolve_budget(bad, sizes)
 
 
+def test_a_budget_above_the_distinct_pairs_is_said(capsys):
+    """Battery 12 (F13): mix.budget=1000000 over 360 pairs repeated each ~2,800 times without a
+    word. Said on the console with the counts; a budget within them says nothing."""
+    sets = synthetic({"helpful": 6, "honest": 4, "harmless": 2})
+    mix("uniform", sets, budget=120, seed=0)
+    out = capsys.readouterr().out
+    assert (
+        "warning: mix.budget=120 pairs is more than the 12 distinct pairs of the mixed sets "
+        "(helpful 6, honest 4, harmless 2): mixing strategy 'uniform' repeats pairs, each about "
+        "10.0 times" in out
+    )
+    mix("uniform", sets, budget=12, seed=0)
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_largest_remainder_example_from_the_docstring():
     assert allocate({"a": 0.5, "b": 0.25, "c": 0.25}, 10) == {"a": 5, "b": 3, "c": 2}
 

@@ -261,6 +261,17 @@ def mix(
     if empty:
         raise ValueError(f"preference set(s) {empty} are empty; nothing to mix")
     n = resolve_budget(budget, sizes)
+    total = sum(sizes.values())
+    if n > total:  # said, not silent (battery 12, F13: a budget with a zero too many)
+        from hhh_bench.core import console
+
+        console.say(
+            f"warning: mix.budget={n} pairs is more than the {total} distinct pairs of the mixed "
+            f"sets ({', '.join(f'{d} {k}' for d, k in sizes.items())}): mixing strategy "
+            f"{strategy!r} repeats pairs, each about {n / total:.1f} times; a budget matched to "
+            "the specialists is mix.budget=per_specialist (or all_specialists)",
+            level=console.QUIET,
+        )
     rng = random.Random(f"hhh-bench-mix-{strategy}-{seed}")
     mod = getattr(strat.fn, "__module__", "") or ""
     where = f"mixing strategy {strategy!r}" + (
