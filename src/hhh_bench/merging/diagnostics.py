@@ -309,9 +309,11 @@ def _param_record(
         rec.update(subspace_stats(taus, k))
         rec["reweight_merge_change"] = resm.merged_reweight_change(name, base, taus, rp)
         if rec["resm_route"] == "tsv":
-            r = min(base.shape)
+            # no k exceeds r // T (the clip of rank_for and tsv_rank), so the rank is capped
+            # there: a sketch of r // T + 8 columns, not a full SVD
+            cap = max(1, r // num)
             rec["numerical_rank"] = [
-                capped_rank(t, r, rp.rank_rtol, nz)
+                capped_rank(t, cap, rp.rank_rtol, nz)
                 for t, nz in zip(taus.items, taus.noise, strict=True)
             ]
     return rec
