@@ -453,3 +453,57 @@ def test_bad_inputs_give_the_engines_errors(folders, tmp_path):
         diagnose(base, fts, top_k=0, progress=False)
     with pytest.raises(ValueError, match="kappa"):
         diagnose(base, fts, resm_params={"kappa": -1.0}, progress=False)
+
+
+def _heavy_lowrank(g: torch.Generator, rank: int, shape=(12, 12)) -> torch.Tensor:
+    """A rank-``rank`` task vector plus a few sparse large entries (which raise its rank)."""
+    m, n = shape
+    tau = torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g) / rank
+    tau[torch.rand(m, n, generator=g) < 0.05] += 8.0
+    return tau
+
+
+def test_reweight_merge_change_is_resm_against_tsv_m():
+    """reweight_merge_change = ‖RESM(rank uniform) − TSV-M‖/‖TSV-M − θ0‖ at λ = 1, what the
+    public merge API gives; 0 with reweight=none; None where RESM takes the mean."""
+    from hhh_bench.merging import merge_tensors
+
+    g = torch.Generator().manual_seed(3)
+    taus = [_heavy_lowrank(g, 2) for _ in range(3)]
+    base = torch.zeros(12, 12)
+    resm = merge_tensors("resm", base, taus, name=Q, rank="uniform")
+    tsv = merge_tensors("tsv", base, taus, name=Q)
+    want = float((resm - tsv).norm() / tsv.norm())
+    assert want > 0.05  # the planted entries are clipped
+    rep = _diag(taus)
+    assert _rec(rep)["reweight_merge_change"] == pytest.approx(want, rel=1e-4)
+    assert rep["resm"]["reweight_merge_change"] == {Q: pytest.approx(want, rel=1e-4)}
+    assert rep["resm"]["layers_reweight_moved"] == 1 and rep["resm"]["moved_at"] == 0.01
+    off = _diag(taus, resm_params={"reweight": "none"})
+    assert _rec(off)["reweight_merge_change"] == 0.0
+    assert off["resm"]["layers_reweight_moved"] == 0
+    norm = "model.norm.weight"
+    assert _rec(_diag([t[0] for t in taus], name=norm), norm)["reweight_merge_change"] is None
+
+
+def test_kept_directions_are_k_capped_by_numerical_rank():
+    """Rank-2 task vectors of 12 × 12 matrices, T = 3: TSV-M's k = 4, but each task has 2
+    directions, so RESM's rank rule changes no kept direction unless it cuts k below 2."""
+    g = torch.Generator().manual_seed(1)
+    fts = []
+    for _ in range(3):
+        sd = {}
+        for i in range(4):
+            a, b = torch.randn(12, 2, generator=g), torch.randn(2, 12, generator=g)
+            sd[f"model.layers.{i}.self_attn.q_proj.weight"] = a @ b
+        fts.append(sd)
+    base = {k: torch.zeros(12, 12) for k in fts[0]}
+    rep = diagnose(base, fts, progress=False)
+    for name, kept in rep["resm"]["uniform_kept"].items():
+        assert rep["resm"]["uniform_ranks"][name] == 4 and kept == [2, 2, 2]
+        assert _rec(rep, name)["numerical_rank"] == [2, 2, 2]
+    assert rep["resm"]["layers_with_changed_kept"] == 0
+    # a rank fraction that gives k = 1 on every layer keeps one direction per task
+    one = diagnose(base, fts, resm_params={"rank_fraction": 0.1}, progress=False)
+    assert set(map(tuple, one["resm"]["kept"].values())) == {(1, 1, 1)}
+    assert _rec(one, next(iter(base)))["resm_kept_ratio"] == 1.0  # both k = 1: same kept

@@ -82,7 +82,7 @@ from torch import Tensor
 import hhh_bench.merging.methods  # noqa: F401  (registers the methods)
 from hhh_bench.merging.base import TaskVectors, get_method, validate_tensors
 from hhh_bench.merging.driver import Inputs, iter_raw, task_vectors_from_raw
-from hhh_bench.merging.linalg import top_svd
+from hhh_bench.merging.linalg import capped_rank, top_svd
 from hhh_bench.merging.methods.resm import ResmParams, robust_deviation
 from hhh_bench.merging.methods.tsv import is_embedding, tsv_rank
 from hhh_bench.merging.sources import (
@@ -104,10 +104,16 @@ SCALAR_STATS = (
     "subspace_overlap_right",
     "sti",
     "sti_normalized",
+    "reweight_merge_change",
     "resm_density",
     "resm_rank_ratio",
+    "resm_kept_ratio",
 )
 """Statistics with one value per parameter."""
+
+MOVED_AT = 0.01
+"""``resm.layers_reweight_moved`` counts the decomposed parameters whose merged task vector the
+reweighting moves by at least this relative norm (1%)."""
 
 STAT_HELP = {
     "norm": "‖τ_t‖_F",
@@ -121,7 +127,11 @@ STAT_HELP = {
     "sti_normalized": "STI / ((T − 1)²·Σσ): 1 = identical tasks, 0 = orthogonal subspaces, "
     "above 1 for shared subspaces in rotated bases",
     "resm_density": "RESM's D_l: share of entries with |τ_t| > M·mean|τ_t|, mean over tasks",
+    "reweight_merge_change": "‖M(ρ(τ)) − M(τ)‖/‖M(τ)‖, M = TSV-M's merge at the uniform k: how "
+    "far RESM's reweighting moves the merged task vector",
     "resm_rank_ratio": "k RESM keeps / TSV-M's uniform k (1 = the rank rule changed nothing)",
+    "resm_kept_ratio": "directions RESM keeps / TSV-M keeps, each k capped by the task's numerical "
+    "rank, summed over tasks (1 = the rank rule changed no kept direction)",
 }
 
 
@@ -297,6 +307,15 @@ def _param_record(
         r = min(base.shape)
         k = min(int(top_k), r) if top_k is not None else max(1, tsv_rank(r, num, None))
         rec.update(subspace_stats(taus, k))
+        rec["reweight_merge_change"] = resm.merged_reweight_change(name, base, taus, rp)
+        if rec["resm_route"] == "tsv":
+            # no k exceeds r // T (the clip of rank_for and tsv_rank), so the rank is capped
+            # there: a sketch of r // T + 8 columns, not a full SVD
+            cap = max(1, r // num)
+            rec["numerical_rank"] = [
+                capped_rank(t, cap, rp.rank_rtol, nz)
+                for t, nz in zip(taus.items, taus.noise, strict=True)
+            ]
     return rec
 
 
@@ -512,8 +531,13 @@ def diagnose(
     plan = resm.plan(resm_stats, rp) if needs_plan else {}
     ranks: dict[str, int] = {}
     uniform: dict[str, int] = {}
+    kept: dict[str, list[int]] = {}
+    kept_uniform: dict[str, list[int]] = {}
+    moved: dict[str, float] = {}
     for rec in records:
         rec["resm_k"] = rec["uniform_k"] = rec["resm_rank_ratio"] = None
+        rec["resm_kept"] = rec["uniform_kept"] = rec["resm_kept_ratio"] = None
+        rec.setdefault("reweight_merge_change", None)
         if rec["resm_route"] != "tsv":
             continue
         r = min(rec["shape"])
@@ -522,6 +546,14 @@ def diagnose(
         rec["resm_k"], rec["uniform_k"] = k_resm, k_uni
         rec["resm_rank_ratio"] = k_resm / k_uni if k_uni else None
         ranks[rec["name"]], uniform[rec["name"]] = k_resm, k_uni
+        if rec.get("numerical_rank") is not None:
+            kept_r = [min(k_resm, nr) for nr in rec["numerical_rank"]]
+            kept_u = [min(k_uni, nr) for nr in rec["numerical_rank"]]
+            rec["resm_kept"], rec["uniform_kept"] = kept_r, kept_u
+            rec["resm_kept_ratio"] = sum(kept_r) / sum(kept_u) if sum(kept_u) else None
+            kept[rec["name"]], kept_uniform[rec["name"]] = kept_r, kept_u
+        if rec["reweight_merge_change"] is not None:
+            moved[rec["name"]] = rec["reweight_merge_change"]
     dens = [r["resm_density"] for r in records if r["resm_density"] is not None]
     report: dict[str, Any] = {
         "format": FORMAT,
@@ -547,6 +579,12 @@ def diagnose(
             "ranks": ranks,
             "uniform_ranks": uniform,
             "layers_with_changed_rank": sum(ranks[n] != uniform[n] for n in ranks),
+            "kept": kept,
+            "uniform_kept": kept_uniform,
+            "layers_with_changed_kept": sum(kept[n] != kept_uniform[n] for n in kept),
+            "reweight_merge_change": moved,
+            "moved_at": MOVED_AT,
+            "layers_reweight_moved": sum(v >= MOVED_AT for v in moved.values()),
         },
         "skipped": skipped,
         "seconds": round(time.time() - t0, 3),

@@ -141,8 +141,28 @@ def model_line_items(report: Mapping[str, Any]) -> list[str]:
         f"M={knobs['outlier_ratio_M']:g}, spread={knobs['rank_spread']:g}): reweighting changes "
         f"τ_t by {_f(model['reweight_change']['mean'])} (mean ‖τ − ρ(τ)‖/‖τ‖); outlier density "
         f"D {_f(dens.get('min'))}–{_f(dens.get('max'))}; k differs from TSV-M's uniform k in "
-        f"{resm['layers_with_changed_rank']} of {resm['decomposed_layers']} decomposed layers",
+        f"{resm['layers_with_changed_rank']} of {resm['decomposed_layers']} decomposed layers"
+        + _kept_moved(resm),
     ]
+
+
+def _kept_moved(resm: Mapping[str, Any]) -> str:
+    """The kept directions and the merged task vector's move, where the report has them (reports
+    written before they existed do not)."""
+    out = ""
+    if "layers_with_changed_kept" in resm:
+        out += (
+            f", the directions kept (k capped by each task's numerical rank) in "
+            f"{resm['layers_with_changed_kept']}"
+        )
+    if resm.get("reweight_merge_change"):
+        vals = list(resm["reweight_merge_change"].values())
+        out += (
+            f"; reweighting moves the merged task vector (TSV-M at the uniform k) by "
+            f"{_f(min(vals))}–{_f(max(vals))} (relative norm), by ≥ {resm['moved_at']:.0%} in "
+            f"{resm['layers_reweight_moved']} of {len(vals)} layers"
+        )
+    return out
 
 
 def summary_markdown(

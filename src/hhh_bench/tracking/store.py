@@ -911,6 +911,11 @@ def load_results(path: str | Path, *, flatten: bool = False, dedupe: bool = True
     return pd.DataFrame(rows)
 
 
+RESM_PER_LAYER = ("ranks", "uniform_ranks", "kept", "uniform_kept", "reweight_merge_change")
+"""The per-layer maps of a diagnostics report's ``resm`` block, left out of the store's row (the
+row's ``params`` carry the per-parameter values; ``diagnostics.json`` has them all)."""
+
+
 def diagnostics_row(
     report: Mapping[str, Any],
     *,
@@ -933,7 +938,7 @@ def diagnostics_row(
         "num_models": report["num_models"],
         "inputs": {"base": base, "models": models},
         "options": report["options"],
-        "resm": {k: v for k, v in resm.items() if k not in ("ranks", "uniform_ranks")},
+        "resm": {k: v for k, v in resm.items() if k not in RESM_PER_LAYER},
         "model": report["model"],
         "layer_types": report["layer_types"],
         "params": _parameter_table(report),

@@ -61,7 +61,7 @@ from torch import Tensor
 from hhh_bench.core.registry import Registry
 from hhh_bench.merging.base import PlanEntry, TaskVectors, param, register_method
 from hhh_bench.merging.linalg import capped_rank
-from hhh_bench.merging.methods.tsv import TsvBase, TsvParams, tsv_rank
+from hhh_bench.merging.methods.tsv import TsvBase, TsvParams, tsv_compose, tsv_factors, tsv_rank
 from hhh_bench.merging.taskvec import LowRank, TaskVector
 
 ReweightFn = Callable[[Tensor, "ResmParams"], Tensor]
@@ -319,3 +319,31 @@ class Resm(TsvBase[ResmParams]):
         out["reweight_change"] = changes
         out["resm_density"] = float(outlier_density(stack, params)["density"])
         return out
+
+    def merged_reweight_change(
+        self, name: str, base: Tensor, taus: TaskVectors, params: ResmParams
+    ) -> float | None:
+        """How far the reweighting moves this parameter's *merged* task vector:
+        ‖M(ρ(τ)) − M(τ)‖_F / ‖M(τ)‖_F, with M TSV-M's merge at the uniform k (``rank_fraction``)
+        and unit weights, M(ρ(τ)) RESM's merge with its reweighting (each task capped at its
+        numerical rank, as RESM merges) and M(τ) the same without it (TSV-M). The rank rule is
+        held at the uniform k so that the figure is the reweighting's alone; λ and the weights
+        scale both merges alike and are left out. None where RESM does not decompose the
+        parameter or M(τ) = 0; 0.0 with ``reweight=none`` (and no ``restore_norm``)."""
+        if self.route(name, tuple(base.shape), len(taus), params) != "tsv":
+            return None
+        k = tsv_rank(min(base.shape), len(taus), params.rank_fraction)
+        ones = torch.ones(len(taus), dtype=torch.float64)
+
+        def merged(inputs: list[TaskVector], ks: list[int]) -> Tensor:
+            u, s, v, task = tsv_factors(inputs, ks, params.rank_rtol, taus.noise)
+            return tsv_compose(u, s, v, task, ones.to(s.device))
+
+        plain = merged(*TsvBase.svd_inputs(self, name, taus, params, k))
+        ref = float(plain.norm())
+        if ref == 0.0:
+            return None
+        if params.reweight == "none" and not params.restore_norm:
+            return 0.0
+        moved = merged(*self.svd_inputs(name, taus, params, k))
+        return float((moved - plain).norm()) / ref
