@@ -108,6 +108,8 @@ def test_a_plan_marks_what_the_cache_holds(small_cfg, session_root, small_base, 
         (["--gpu", "V100"], "invalid choice: 'V100'"),
         (["+train.learnin_rate=0.1"], "train.learnin_rate"),
         (["seed=-1"], "seed=-1 must be in [0, 2**32 - 1]"),
+        # what stage=all refuses at once, plan refuses too (battery 12, F15)
+        (["seeds=[0,1]", "pipeline.base_seed=0"], "pipeline.base_seed=0 asks for one θ0 for every"),
     ],
 )
 def test_bad_plan_arguments_are_refused_by_name(argv, message, capsys):

@@ -337,8 +337,10 @@ def plan(
     from hhh_bench import pipeline as P
 
     pl = Planner(cfg, profile, mfu, gpus)
+    seeds = P._seed_cfgs(cfg)
+    P._check_base_seed(cfg, seeds)  # the run-level checks stage=all makes (battery 12, F15)
     with dry_run():
-        for scfg, _same in P._seed_cfgs(cfg):
+        for scfg, _same in seeds:
             SeedPlan(pl, scfg).walk()
     pl.add(Job(int(cfg.seed), "report", "report", "runs always", note="CPU"))
     return pl.jobs, pl
