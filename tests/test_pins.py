@@ -98,6 +98,12 @@ def test_an_unpinned_run_is_refused_by_name_unless_allowed():
     )
     assert "allow_unpinned=true" in msg and "\n" not in msg
     check_pins({**cfg, "allow_unpinned": True})
+    # a mistyped relative folder reads as a hub id: the message says no such folder exists
+    # too (battery 12, F1)
+    with pytest.raises(ValueError, match=r"merge.base: myruns/base at revision None \(.*; read "
+                       r"as a hub id: no folder 'myruns/base' exists under .*, if a local folder "
+                       r"was meant\)"):  # fmt: skip
+        check_pins({**cfg, "merge": {**cfg["merge"], "base": "myruns/base"}})
     with pytest.raises(ValueError, match="allow_unpinned='yes' must be true or false"):
         check_pins({**cfg, "allow_unpinned": "yes"})
 

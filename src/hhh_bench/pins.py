@@ -16,6 +16,7 @@ asked for one. This module sits on the pipeline floor beside :mod:`hhh_bench.val
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.hubref import is_commit, is_hub_id, split_ref, walk_revisions
@@ -82,7 +83,14 @@ def check_pins(cfg: Mapping[str, Any]) -> None:
         return
     named = "; ".join(
         f"{where}: {ident} at revision {rev!r} (its commits: https://huggingface.co/"
-        f"{'datasets/' if where.startswith('data.sources') else ''}{ident}/commits/main)"
+        f"{'datasets/' if where.startswith('data.sources') else ''}{ident}/commits/main"
+        + (
+            ""
+            if where.startswith("data.sources")
+            else f"; read as a hub id: no folder {ident!r} exists under {Path.cwd()}, if a local "
+            "folder was meant"  # battery 12, F1: a mistyped relative folder
+        )
+        + ")"
         for where, ident, rev in bad
     )
     raise ValueError(
