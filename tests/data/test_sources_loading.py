@@ -158,6 +158,17 @@ def test_load_source_cap(tmp_path):
     assert ids == sorted(ids, key=lambda i: int(i.split("/")[2]))  # dataset order kept
 
 
+def test_a_file_datasets_cannot_read_is_refused_with_its_cause(tmp_path):
+    """Battery 12 (F9): an escaped lone surrogate (JSON syntax, refused by Arrow) gave only
+    "DatasetGenerationError: An error occurred while generating the dataset"."""
+    bad = tmp_path / "surr.jsonl"
+    bad.write_text('{"chosen": "\\ud800", "rejected": "b"}\n')
+    cfg = {**load_source_config("hh_rlhf_helpful"), "path": str(bad)}
+    with pytest.raises(SourceConfigError, match=r"cannot read .*surr.jsonl.*caused by .*"
+                       r"surrogate"):  # fmt: skip
+        load_source(cfg, tmp_path / "cache")
+
+
 def test_cap_rows():
     assert cap_rows([1, 2, 3], None, 0) == [1, 2, 3]
     assert cap_rows([1, 2, 3], 5, 0) == [1, 2, 3]

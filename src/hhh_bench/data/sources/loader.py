@@ -273,6 +273,20 @@ def _open_text(path: Path) -> Any:
     return open(path, "rb")
 
 
+def _causes(e: BaseException, most: int = 3) -> str:
+    """An exception and what caused it (``__cause__`` / ``__context__``, innermost last): a
+    ``DatasetGenerationError`` says only "An error occurred while generating the dataset", its
+    cause says what (battery 12, F9: Arrow's "The surrogate pair in string is invalid. in row
+    0")."""
+    parts, seen = [], set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen and len(parts) < most:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {cur}")
+        cur = cur.__cause__ or cur.__context__
+    return "; caused by ".join(parts)
+
+
 def check_local_file(path: str | Path, source: str) -> None:
     """Check one local raw file of a source before ``datasets`` reads it, so that a bad file
     fails naming the file (and the line) instead of deep inside ``datasets``.
@@ -380,7 +394,7 @@ def load_raw(cfg: Mapping[str, Any], cache_dir: str | Path) -> Any:
             raise
         except Exception as e:  # datasets' own errors name neither the file nor the line
             raise SourceConfigError(
-                f"source {cfg['name']!r}: `datasets` cannot read {paths} ({type(e).__name__}: {e})"
+                f"source {cfg['name']!r}: `datasets` cannot read {paths} ({_causes(e)})"
             ) from e
     try:
         with respect_offline_env():
