@@ -457,6 +457,31 @@ def _diagnose(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def _check_world_words(path: str, data: Mapping[str, Any]) -> None:
+    """A model given as ``+eval.model`` whose tokenizer has no token for words of this run's toy
+    world (its ``vocab.txt``) was built for another world: its scores here would be of unknown
+    tokens, refused naming it (battery 12, F12). Real data (no ``vocab.txt``) and a hub id are
+    not checked."""
+    vocab = Path(str(data.get("dir") or "")) / "vocab.txt"
+    if not vocab.is_file() or not Path(path).is_dir():
+        return
+    from hhh_bench.models import load_tokenizer
+
+    tok = load_tokenizer(path)
+    unk = tok.unk_token_id
+    if unk is None:  # byte-level: every word has tokens
+        return
+    words = vocab.read_text().split()
+    missing = [w for w in words if unk in tok.encode(w, add_special_tokens=False)]
+    if missing:
+        raise ValueError(
+            f"eval.model={path}: its tokenizer has no token for {len(missing)} of the "
+            f"{len(words)} words of this run's toy world (e.g. {missing[:5]}): it was built for "
+            "another world (another seed or data.world setting), whose items it would read as "
+            "unknown tokens here; evaluate it with the settings of the world it was trained on"
+        )
+
+
 def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the base, or the model given as ``+eval.model=<folder>``, on the report split."""
     from hhh_bench.stages.eval import run_eval
@@ -469,6 +494,7 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         held = enclosing_output(str(path))
         kind = "merge" if held is not None and held[0].parent.name == "merge" else "external"
         model = {"path": str(path), "key": f"path:{path}", "kind": kind, "name": str(path)}
+        _check_world_words(str(path), data)
         worlds = data_keys_of(str(path))
         if worlds and data["key"] not in worlds:  # its scores would be on a world it never saw
             model["trained_on_data"] = sorted(worlds)
