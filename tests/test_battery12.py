@@ -22,3 +22,38 @@ def test_a_model_of_another_toy_world_is_refused_by_eval_model(tmp_path):
                        r"of the 4 words of this run's toy world \(e.g. \['gamma', 'delta'\]\)"):  # fmt: skip
         _check_world_words(str(other), {"dir": str(data)})
     _check_world_words(str(other), {"dir": str(tmp_path / "real")})  # no vocab.txt: real data
+
+
+def test_models_merged_onto_a_base_they_were_not_trained_from_are_said(tmp_path, capsys):
+    """F2: specialists of θ0 A merged onto another θ0 B of the same shape and tokenizer (plain
+    folders: no record to match) ran with exit 0, every task vector the shared offset A − B.
+    Said now; their own base says nothing."""
+    import torch
+
+    from hhh_bench.merging.sources import check_inputs, open_inputs, shared_offset
+    from hhh_bench.models import TinyModelSpec, build_tiny_model, build_word_tokenizer
+
+    spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+    tok = build_word_tokenizer(["a", "b", "c"])
+    g = torch.Generator().manual_seed(0)
+
+    def save(name, scale, seed=0):
+        m = build_tiny_model(spec, tok, seed=seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=g))
+        m.save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    a = save("A", 0.0)
+    b = save("B", 0.0, seed=1)  # another θ0: its own initialisation
+    specs = [save(f"s{i}", 0.002) for i in range(3)]  # A + small independent updates
+    base, models = open_inputs(a, specs)
+    check_inputs(base, models)
+    assert shared_offset(base, models) < 0.5
+    assert "warning" not in capsys.readouterr().out
+    base, models = open_inputs(b, specs)
+    check_inputs(base, models)
+    assert shared_offset(base, models) > 0.95
+    assert "warning: the base (" in capsys.readouterr().out

@@ -20,6 +20,7 @@ Every error names the model (``the base``, ``finetuned model 2``), its folder an
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -841,7 +842,58 @@ def check_inputs(
             raise ValueError(
                 f"{m.label} ({m.where}): tensor {k!r} has shape {ms} but the base has {bs}{hint}"
             )
+    warn_shared_offset(base, models)
     return decisions
+
+
+SHARED_OFFSET_COSINE = 0.95
+"""Task vectors whose every pair has at least this cosine (on a few matrices) point the same way,
+as τ_t = θ_t − B do when the models share an offset from B, i.e. B is not their θ0."""
+
+
+def shared_offset(
+    base: TensorSource, models: Sequence[TensorSource], most: int = 2
+) -> float | None:
+    """The smallest pairwise cosine of the models' task vectors on up to ``most`` mid-sized
+    matrices (read whole, once), or None with fewer than two models, no such matrix, or a zero
+    task vector (θ0 itself among the models)."""
+    if len(models) < 2:
+        return None
+    names = base.keys()  # a source's tensor names (no dict)
+    mats = sorted((k for k in names if len(base.shape(k)) == 2
+                   and base.dtype(k).is_floating_point), key=lambda k: math.prod(base.shape(k)))  # fmt: skip
+    picked = mats[len(mats) // 2 : len(mats) // 2 + most]
+    if not picked:
+        return None
+    taus = []
+    for m in models:
+        parts = [(m.get(k).float() - base.get(k).float()).flatten() for k in picked]
+        tau = torch.cat(parts)
+        if float(tau.norm()) == 0.0:
+            return None
+        taus.append(tau / tau.norm())
+    stack = torch.stack(taus)
+    cos = stack @ stack.T
+    return float(cos[~torch.eye(len(taus), dtype=torch.bool)].min())
+
+
+def warn_shared_offset(base: TensorSource, models: Sequence[TensorSource]) -> None:
+    """Say when the base may not be the models' θ0 (battery 12, F2: specialists merged onto an
+    unrelated θ0 of the same architecture and tokenizer, given as plain folders, exit 0 with
+    every task vector the shared offset θ0_true − B): their task vectors point the same way."""
+    low = shared_offset(base, models)
+    if low is None or low < SHARED_OFFSET_COSINE:
+        return
+    from hhh_bench.core import console
+
+    console.say(
+        f"warning: the base ({base.where}) may not be the θ0 these {len(models)} models were "
+        f"trained from: their task vectors point the same way (cosine ≥ {low:.3f} between every "
+        "pair on two of its matrices), as when the models share an offset from the base; a "
+        "task vector against another θ0 is the difference of unrelated models (give the base "
+        "they were trained from)",
+        level=console.QUIET,
+    )
 
 
 def name_folders(error: BaseException, finetuned: Sequence[Any]) -> ValueError | None:
