@@ -57,3 +57,18 @@ def test_models_merged_onto_a_base_they_were_not_trained_from_are_said(tmp_path,
     check_inputs(base, models)
     assert shared_offset(base, models) > 0.95
     assert "warning: the base (" in capsys.readouterr().out
+
+
+def test_a_run_that_ended_collapsed_is_said(capsys):
+    """F6: a diverged DPO run (gradient 0, logits 0 at its end) was written as a specialist
+    with no word; said now, naming the learning rate. A healthy end says nothing."""
+    from hhh_bench.train.run import warn_collapsed
+
+    ok = [{"step": 1, "grad_norm": 0.4, "logits/chosen": -1.2, "logits/rejected": -1.5}]
+    warn_collapsed(ok, "helpful-specialist", 2e-4)
+    assert "warning" not in capsys.readouterr().out
+    dead = [*ok, {"step": 2, "grad_norm": 0.0, "logits/chosen": 0.0, "logits/rejected": 0.0}]
+    warn_collapsed(dead, "helpful-specialist", 1e6)
+    assert ("warning: train helpful-specialist: the run ended collapsed (gradient norm 0 and DPO "
+            "logits 0 at step 2): it most likely diverged; check train.learning_rate=1e+06"
+            ) in capsys.readouterr().out  # fmt: skip

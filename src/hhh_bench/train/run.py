@@ -147,6 +147,26 @@ def base_margins(
     return out
 
 
+def warn_collapsed(records: Sequence[Mapping[str, Any]], label: str, lr: float) -> None:
+    """Say when a run ended collapsed: its last logged step has zero gradient and both DPO
+    logits at exactly 0 (battery 12, F6: train.learning_rate=1e6 blew the weights up to 2.8e6
+    and wrote the result as a specialist with no word). Said, not refused: the weights are what
+    training made; their evaluation shows what they are worth."""
+    last = next((r for r in reversed(records) if "grad_norm" in r), None)
+    if last is None:
+        return
+    logits = [last.get(k) for k in ("logits/chosen", "logits/rejected") if k in last]
+    if last.get("grad_norm") == 0.0 and logits and all(v == 0.0 for v in logits):
+        from hhh_bench.core import console
+
+        console.say(
+            f"warning: train {label}: the run ended collapsed (gradient norm 0 and DPO logits "
+            f"0 at step {last.get('step')}): it most likely diverged; check "
+            f"train.learning_rate={lr:g}",
+            level=console.QUIET,
+        )
+
+
 def train_model(
     t: Any,
     base: Mapping[str, Any],
@@ -203,6 +223,7 @@ def train_model(
     curve.write(tmp / "loss_curve.jsonl")
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     losses = curve.losses()
+    warn_collapsed(curve.records, label, t.learning_rate)
     return {
         "train_kind": t.kind,
         "method": t.method,
