@@ -72,3 +72,47 @@ def test_a_run_that_ended_collapsed_is_said(capsys):
     assert ("warning: train helpful-specialist: the run ended collapsed (gradient norm 0 and DPO "
             "logits 0 at step 2): it most likely diverged; check train.learning_rate=1e+06"
             ) in capsys.readouterr().out  # fmt: skip
+
+
+def test_an_empty_tail_sigmas_list_is_refused_by_name_before_any_stage():
+    """F16: `merge_engine.diagnostics_tail_sigmas=[]` passed the checks and failed after the
+    stages loaded, naming no key."""
+    from hhh_bench.core.config import MergeEngineConfig, load
+
+    with pytest.raises(ValueError, match=r"merge_engine.diagnostics_tail_sigmas is empty"):
+        load(MergeEngineConfig, {"diagnostics_tail_sigmas": []})
+    load(MergeEngineConfig, {"diagnostics_tail_sigmas": [3.0]})
+
+
+def test_a_split_less_template_that_names_another_split_is_refused():
+    """F17: task_template 'toy3h_{task}_test' with eval.report_split=validation stored the test
+    items as a validation row (the selection would then choose on test items)."""
+    from hhh_bench.core.config import EvalConfig, load
+    from hhh_bench.stages.common import to_dict
+
+    from conftest import compose
+
+    e = to_dict(compose(["eval=toy3h"]).eval)
+    with pytest.raises(ValueError, match=r"task_template 'toy3h_\{task\}_test' names the test "
+                       r"split's tasks, but the rows would be stored as split\(s\) \['validation'\]"):  # fmt: skip
+        load(EvalConfig, {**e, "task_template": "toy3h_{task}_test", "report_split": "validation",
+                          "select_split": None})  # fmt: skip
+    load(EvalConfig, {**e, "task_template": "toy3h_{task}_test", "report_split": "test",
+                      "select_split": None})  # fmt: skip
+
+
+def test_a_merge_of_fewer_specialists_says_which_it_merged():
+    """F3 (second instance): a task_arithmetic of helpful+honest beside the pipeline's three was
+    "task_arithmetic [2] differs ... in model_key, config_hash"; it names the dimensions."""
+    from hhh_bench.tracking import entries
+
+    row = {"name": "task_arithmetic", "kind": "merge", "method": "task_arithmetic", "seed": 0,
+           "split": "validation", "suite": "s", "metric": "acc", "model_key": "m3",
+           "train_dimensions": ["helpful", "honest", "harmless"],
+           **{c: 0.5 for c in ("helpful", "honest", "harmless", "average", "min")}}  # fmt: skip
+    two = {**row, "row_key": "b", "model_key": "m2", "train_dimensions": ["helpful", "honest"]}
+    es = {e.name: e for e in entries.aggregate([{**row, "row_key": "a"}, two])}
+    assert es["task_arithmetic [2]"].numbered == (
+        "differs from the first task_arithmetic in its models' dimensions (helpful, honest vs "
+        "harmless, helpful, honest)"
+    )

@@ -391,6 +391,19 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _post(self, "eval")
         one_split = "{split}" not in self.task_template
+        if one_split:  # battery 12, F17: test items stored as a validation row
+            from hhh_bench.core.scoring import SPLIT_SUFFIX
+
+            named = {sp for sp, suf in SPLIT_SUFFIX.items()
+                     if re.search(rf"(^|[_\-.]){re.escape(suf)}($|[_\-.])", self.task_template)}  # fmt: skip
+            asked = {sp for sp in (self.report_split, self.select_split) if sp}
+            if len(named) == 1 and not asked <= named and self.holdout is None:
+                raise ValueError(
+                    f"eval: task_template {self.task_template!r} names the {named.pop()} split's "
+                    f"tasks, but the rows would be stored as split(s) {sorted(asked - named)} "
+                    "(eval.report_split / eval.select_split): write {split} in the template, or "
+                    "ask for the split the template names"
+                )
         if (
             one_split
             and self.select_split
@@ -542,6 +555,11 @@ class MergeEngineConfig:
         _positive("merge_engine", "cache_max_gb", self.cache_max_gb)
         if self.diagnostics_top_k is not None:
             _positive("merge_engine", "diagnostics_top_k", self.diagnostics_top_k)
+        if not self.diagnostics_tail_sigmas:  # battery 12, F16: refused only after the stages
+            raise ValueError(
+                "merge_engine.diagnostics_tail_sigmas is empty: give at least one tail threshold "
+                "c > 0 (the default is [3.0, 5.0])"
+            )
         for i, t in enumerate(self.diagnostics_tail_sigmas):
             _positive("merge_engine", f"diagnostics_tail_sigmas[{i}]", t)
         try:

@@ -224,6 +224,13 @@ def _what_differs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
     if not fields:
         fields = [f for f in ("data_key", "model_key", "config_hash", "world_key")
                   if {str(r.get(f)) for r in a} != {str(r.get(f)) for r in b}]  # fmt: skip
+    dims_a, dims_b = (sorted({str(d) for r in x for d in r.get("train_dimensions") or []})
+                      for x in (a, b))  # fmt: skip
+    if "train_dimensions" in fields:  # what was merged or trained (battery 12, F3)
+        fields[fields.index("train_dimensions")] = (
+            f"its models' dimensions ({', '.join(dims_b) or 'none recorded'} vs "
+            f"{', '.join(dims_a) or 'none recorded'})"
+        )
     names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)",
              "data_key": "data (data_key: another data stage, another world or item set)"}  # fmt: skip
     what = ", ".join(names.get(f, f) for f in fields) or "rows of the same seed"
