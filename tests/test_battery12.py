@@ -87,10 +87,9 @@ def test_an_empty_tail_sigmas_list_is_refused_by_name_before_any_stage():
 def test_a_split_less_template_that_names_another_split_is_refused():
     """F17: task_template 'toy3h_{task}_test' with eval.report_split=validation stored the test
     items as a validation row (the selection would then choose on test items)."""
+    from conftest import compose
     from hhh_bench.core.config import EvalConfig, load
     from hhh_bench.stages.common import to_dict
-
-    from conftest import compose
 
     e = to_dict(compose(["eval=toy3h"]).eval)
     with pytest.raises(ValueError, match=r"task_template 'toy3h_\{task\}_test' names the test "
