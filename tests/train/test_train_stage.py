@@ -135,7 +135,8 @@ def test_mixture_logs_realized_counts_budget_and_noise(small_cfg, small_data, sm
 
 
 def test_sequential_mixture_records_its_phases(small_cfg, small_data, small_base):
-    cfg = cfg_with(small_cfg, *QUICK)
+    # one step per phase: no warmup (its one step would train at learning rate 0, refused)
+    cfg = cfg_with(small_cfg, *QUICK, "train.warmup_ratio=0.0")
     res = run_train(
         cfg,
         small_base,

@@ -877,10 +877,28 @@ def shared_offset(
     return float(cos[~torch.eye(len(taus), dtype=torch.bool)].min())
 
 
+def _records_its_base(m: TensorSource) -> bool:
+    """Whether a model is a train stage output whose ``key.json`` records the θ0 it was trained
+    from (its folder's, or the one above an ``adapter/``): the merge stage matches that record
+    against the base (:func:`hhh_bench.stages.merge.check_same_base`), no guess needed."""
+    import json
+
+    folder = Path(str(getattr(m, "where", "")))
+    for f in (folder / "key.json", folder.parent / "key.json"):
+        try:
+            key = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        return key.get("stage") == "train" and bool((key.get("payload") or {}).get("base"))
+    return False
+
+
 def warn_shared_offset(base: TensorSource, models: Sequence[TensorSource]) -> None:
     """Say when the base may not be the models' θ0 (battery 12, F2: specialists merged onto an
     unrelated θ0 of the same architecture and tokenizer, given as plain folders, exit 0 with
     every task vector the shared offset θ0_true − B): their task vectors point the same way."""
+    if all(_records_its_base(m) for m in models):  # matched by record (merge.check_same_base)
+        return
     low = shared_offset(base, models)
     if low is None or low < SHARED_OFFSET_COSINE:
         return
