@@ -115,3 +115,28 @@ def test_a_merge_of_fewer_specialists_says_which_it_merged():
         "differs from the first task_arithmetic in its models' dimensions (helpful, honest vs "
         "harmless, helpful, honest)"
     )
+
+
+def test_a_capped_breadcrumbs_gamma_is_said():
+    """F18: density 0.9 with gamma 0.5 or 0.3 gave byte-identical merges recorded as two
+    configurations; the cap (mergekit's) is said."""
+    from hhh_bench.merging import get_method
+
+    m = get_method("breadcrumbs")
+    note = m.make_params(density=0.9, gamma=0.5).capped_note()
+    assert note.startswith("merge parameter 'gamma' = 0.5 is capped at 1 − density = 0.1")
+    assert m.make_params(density=0.9, gamma=0.05).capped_note() is None
+    assert m.make_params(density=1.0, gamma=0.05).capped_note() is None  # keeps everything
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("n_values", 9, r"^data.world.n_values must be in \[2, 8\], got 9"),
+    ("n_attributes", 0, r"^data.world.n_attributes must be in \[1, "),
+    ("seed", -1, r"^data.world.seed must be >= 0"),
+])  # fmt: skip
+def test_every_toy_world_message_names_its_key_in_full(field, value, says):
+    """F21: toy-world errors dropped the `data.world.` path ("n_values must be in [2, 8])."""
+    from hhh_bench.data.toy3h import Toy3HConfig
+
+    with pytest.raises(ValueError, match=says):
+        Toy3HConfig(**{field: value})

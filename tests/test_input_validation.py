@@ -192,6 +192,9 @@ def test_a_cache_or_wandb_folder_that_is_not_a_writable_folder_is_refused(
     ]:
         with pytest.raises(ValueError, match=message):
             preflight(groups_of(wandb_run, **{group: {"cache_dir": str(folder)}}))
+    monkeypatch.setenv("WANDB_DIR", str(out / "wandb"))  # battery 12, F20
+    with pytest.raises(ValueError, match=r"WANDB_DIR='.*k1/wandb' lies inside '.*k1', a finished"):
+        preflight(groups_of(wandb_run))
     monkeypatch.setenv("WANDB_DIR", str(file))
     preflight(groups_of(wandb_run, logger={"name": "none"}))  # no W&B: its folder is not used
     with pytest.raises(ValueError, match=r"WANDB_DIR='.*file' is a regular file"):

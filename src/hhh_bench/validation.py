@@ -840,6 +840,12 @@ def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
     logger = groups.get("logger")
     mode = wandb_mode(dataclasses.asdict(logger)) if logger is not None else None
     if mode in ("online", "offline") and os.environ.get("WANDB_DIR"):
+        why = held_by_a_run(os.environ["WANDB_DIR"])
+        if why is not None:  # battery 12, F20: W&B's files written into a finished output
+            raise ValueError(
+                f"WANDB_DIR={os.environ['WANDB_DIR']!r} {why}: W&B's files would be written "
+                "among files whose checksums a later reuse verifies; point WANDB_DIR elsewhere"
+            )
         writable_folder(os.environ["WANDB_DIR"], "WANDB_DIR")
     if mode == "online" and not wandb_key_set():
         where = "logger.mode=online" if logger.mode == "online" else "WANDB_MODE=online"

@@ -420,3 +420,14 @@ def test_held_out_margins_over_no_pair_are_null_not_nan():
 
     assert margin_summary([]) == {"mean": None, "acc": None, "n": 0.0}
     assert margin_summary([1.0, -1.0, 2.0]) == {"mean": 2 / 3, "acc": 2 / 3, "n": 3.0}
+
+
+def test_a_lora_target_that_matches_no_module_is_named_with_the_valid_names(
+    tiny_model, tiny_tok, prefs, tmp_path
+):
+    """Battery 12 (F19): `train.lora.target_modules=[q_prj]` gave peft's raw message, without
+    the key or the names the model has."""
+    with pytest.raises(ValueError, match=r"train.lora.target_modules=\['q_prj'\]: no module of "
+                       r"the model has such a name; its linear layers are \[.*'q_proj'"):  # fmt: skip
+        train_dpo(tiny_model, tiny_tok, prefs["harmless"][:4], tmp_path,
+                  lora=lora_config(r=2, target_modules=["q_prj"]), max_steps=1, **FAST)  # fmt: skip

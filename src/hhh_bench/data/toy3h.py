@@ -166,6 +166,13 @@ class Toy3HConfig:
     two_sided_share: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except ValueError as e:  # every message names its key in full (battery 12, F21)
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("data.world") else f"data.world.{msg}") from None
+
+    def _check(self) -> None:
         self._check_types()
         if not 1 <= self.n_attributes <= len(ATTRIBUTES):
             raise ValueError(

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hhh_bench.core import console
 from hhh_bench.core.config import MergeConfig, MergeEngineConfig
 from hhh_bench.core.content import enclosing_output
 from hhh_bench.stages.common import (
@@ -105,6 +106,9 @@ def run_merge(
     if params.get("seed") is None:  # a drawing method's masks per run seed (battery 12, F5)
         params["seed"] = int(cfg.get("seed") or 0) if method.draws else 0
     checked = method.make_params(**params)  # refused before any statistics, diagnostics or merge
+    note = getattr(checked, "capped_note", lambda: None)()
+    if note:
+        console.say(f"warning: merge {m.method}: {note}", level=console.QUIET)
     checked.resolve_weights(len(models))
     method.check_models(len(models), checked)
     kind = method.statistics_kind

@@ -323,6 +323,11 @@ def _fit(
             callbacks=[curve],
         )
     except (ValueError, RuntimeError) as e:
+        if "Target modules" in str(e) and peft_config is not None:  # battery 12, F19
+            raise ValueError(
+                f"train.lora.target_modules={sorted(peft_config.target_modules or [])}: "
+                f"{_unmatched_modules(model, peft_config)} (peft: {e})"
+            ) from None
         if "non-empty list of Tensors" not in str(e):
             raise
         raise ValueError(
@@ -356,6 +361,18 @@ def _fit(
     if s["save_to"] is not None:
         save_trained(trainer, tokenizer, s["save_to"])
     return trainer.model
+
+
+def _unmatched_modules(model: Any, peft_config: Any) -> str:
+    """What a LoRA ``target_modules`` list matches none of: the model's linear layers' names."""
+    import torch
+
+    names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules()
+                    if isinstance(mod, torch.nn.Linear)})  # fmt: skip
+    return (
+        f"no module of the model has such a name; its linear layers are {names} (or give "
+        "all-linear)"
+    )
 
 
 def _check_learned(trainer: Any, s: Mapping[str, Any]) -> None:

@@ -67,6 +67,18 @@ class BreadcrumbsParams(CommonParams):
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"merge parameter 'gamma' must be in [0, 1), got {self.gamma}")
 
+    def capped_note(self) -> str | None:
+        """What the merge does not do as written: ``gamma`` above ``1 − density`` is capped
+        there (mergekit's rule), so every such gamma merges alike (battery 12, F18); None
+        otherwise. The merge stage says it on the console."""
+        if self.density < 1.0 and self.gamma > 1.0 - self.density + 1e-12:
+            return (
+                f"merge parameter 'gamma' = {self.gamma:g} is capped at 1 − density = "
+                f"{1.0 - self.density:.4g} (density {self.density:g} is always kept; mergekit's "
+                "rule): any gamma above that merges alike"
+            )
+        return None
+
 
 def breadcrumbs_mask(magnitude: Tensor, density: float, gamma: float, name: str = "") -> Tensor:
     """Boolean keep mask of a flat ``magnitude``: ranks top+1 .. top+k (module doc)."""
