@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def build_tiny_model(
     spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama model sized for ``tokenizer``, deterministic in ``seed``."""
+    # imported here: the spec alone (validation, before any stage) needs neither (~4 s of imports)
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         # every field of the spec is a LlamaConfig argument of the same name (a float where
