@@ -33,12 +33,15 @@ def _restore_registries():
 
 
 @pytest.mark.e2e
-def test_user_method_strategy_and_eval_task_run_in_the_pipeline(tmp_path, session_root, small_base):
-    """Own root (θ0 and data copied from the session), so the session's results store keeps
-    only the built-in suite's rows for the other pipeline tests."""
+def test_user_method_strategy_and_eval_task_run_in_the_pipeline(
+    tmp_path, session_root, small_base, small_specialists
+):
+    """Own root (θ0, data and seed 0's specialists copied from the session: reused, not
+    retrained), so the session's results store keeps only the built-in suite's rows for the
+    other pipeline tests."""
     root = tmp_path / "ext"
-    shutil.copytree(session_root / "data", root / "data")
-    shutil.copytree(session_root / "base", root / "base")
+    for stage in ("data", "base", "train"):
+        shutil.copytree(session_root / stage, root / stage)
     sys.path.insert(0, str(PLUGIN_DIR))
     try:
         from hhh_bench.pipeline import run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hhh_bench.models import (
@@ -105,3 +106,21 @@ def test_a_folder_without_config_json_is_named_with_what_it_holds(tmp_path):
     with pytest.raises(ValueError, match=r"is a LoRA adapter and its adapter_config.json names no "
                        r"base_model_name_or_path"):  # fmt: skip
         load_causal_lm(str(tmp_path))
+
+
+def test_the_tiny_spec_is_read_without_torch():
+    """The run's checks read :class:`TinyModelSpec` before any stage (validation.check_model):
+    importing it loads neither torch nor transformers (~4.5 s of CPU a refused run would spend);
+    the package's other names load on first use, and an unknown one is an AttributeError."""
+    import subprocess
+    import sys
+
+    import hhh_bench.models as models
+
+    code = ("import sys; from hhh_bench.models.tiny import TinyModelSpec; TinyModelSpec(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    assert models.load_tokenizer is load_tokenizer and models.TinyModelSpec is TinyModelSpec
+    with pytest.raises(AttributeError, match="no_such_name"):
+        models.no_such_name  # noqa: B018

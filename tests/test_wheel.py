@@ -49,7 +49,9 @@ def test_installed_wheel_runs_outside_the_repository(tmp_path):
     )
     (wheel,) = wheels.glob("hhh_bench-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # no pip of its own (ensurepip: ~4 s): this environment's pip installs into it (--python)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=300)  # fmt: skip
     py = venv / "bin" / "python"
     purelib = subprocess.run(
         [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -60,8 +62,9 @@ def test_installed_wheel_runs_outside_the_repository(tmp_path):
         "\n".join(dict.fromkeys(deps)) + "\n"
     )
     subprocess.run(
-        [py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300
-    )
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
+         str(wheel)], check=True, timeout=300,
+    )  # fmt: skip
 
     work = tmp_path / "elsewhere"  # an empty folder outside the repository
     work.mkdir()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from hhh_bench.models.spec import TinyModelSpec
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 __all__ = ["TinyModelSpec", "build_tiny_model"]
 
@@ -16,6 +17,10 @@ def build_tiny_model(
     spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama model sized for ``tokenizer``, deterministic in ``seed``."""
+    # imported here: the spec alone (validation, before any stage) needs neither (~4 s of imports)
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         # every field of the spec is a LlamaConfig argument of the same name (a float where
