@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 
-def test_a_model_of_another_toy_world_is_refused_by_eval_model(tmp_path):
+def test_a_model_of_another_toy_world_is_said_by_eval_model(tmp_path, capsys):
     """F12: the seed-1 world's θ0 evaluated on this world scored above this world's own θ0,
-    its tokenizer missing 64 of the world's words; refused naming eval.model and the words."""
+    its tokenizer missing 64 of the world's words, with no word; said now, naming eval.model
+    and the words (a warning, as for a stage output trained on other data)."""
     from hhh_bench.models import build_word_tokenizer
     from hhh_bench.pipeline import _check_world_words
 
@@ -18,10 +19,13 @@ def test_a_model_of_another_toy_world_is_refused_by_eval_model(tmp_path):
     build_word_tokenizer(["alpha", "beta", "gamma", "delta"]).save_pretrained(mine)
     build_word_tokenizer(["alpha", "beta", "zeta"]).save_pretrained(other)
     _check_world_words(str(mine), {"dir": str(data)})
-    with pytest.raises(ValueError, match=r"eval.model=.*other: its tokenizer has no token for 2 "
-                       r"of the 4 words of this run's toy world \(e.g. \['gamma', 'delta'\]\)"):  # fmt: skip
-        _check_world_words(str(other), {"dir": str(data)})
+    assert "warning" not in capsys.readouterr().out
+    _check_world_words(str(other), {"dir": str(data)})
+    assert ("warning: eval.model=" in (out := capsys.readouterr().out)
+            and "other: its tokenizer has no token for 2 of the 4 words of this run's toy world "
+            "(e.g. ['gamma', 'delta'])" in out)  # fmt: skip
     _check_world_words(str(other), {"dir": str(tmp_path / "real")})  # no vocab.txt: real data
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_models_merged_onto_a_base_they_were_not_trained_from_are_said(tmp_path, capsys):
