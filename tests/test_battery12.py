@@ -144,3 +144,20 @@ def test_every_toy_world_message_names_its_key_in_full(field, value, says):
 
     with pytest.raises(ValueError, match=says):
         Toy3HConfig(**{field: value})
+
+
+def test_battery13_weights_that_overflow_or_go_negative_are_refused():
+    """Battery 13 (F8): two task weights of 1e308 summed to inf and stored helpful = 0.0;
+    (F9): `+mix.weights.helpful=-1` built the mixture from the least helpful pairs."""
+    from hhh_bench.core.scoring import suite_tasks
+    from hhh_bench.data.mixing import get_strategy
+    from hhh_bench.data.mixing.registry import build_params
+
+    dims = {"helpful": {"a": 1e308, "b": 1e308}, "honest": {"c": 1.0}, "harmless": {"d": 1.0}}
+    with pytest.raises(ValueError, match=r"eval.dimensions.helpful: weights sum to inf"):
+        suite_tasks({"dimensions": dims, "task_template": "{task}"}, "test")
+    dims["helpful"] = {"a": 1.0, "b": 1.0}
+    assert len(suite_tasks({"dimensions": dims, "task_template": "{task}"}, "test")) == 4
+    with pytest.raises(ValueError, match=r"mix.weights must be finite numbers >= 0, got "
+                       r"\{'helpful': -1"):  # fmt: skip
+        build_params(get_strategy("reward_select"), {"weights": {"helpful": -1.0}})

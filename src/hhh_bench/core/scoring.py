@@ -78,6 +78,11 @@ def suite_tasks(eval_cfg: Mapping[str, Any], split: str) -> list[TaskSpec]:
             specs.append(TaskSpec(name, dim, w, str(overrides.get(task, default_metric))))
         if total <= 0:
             raise ValueError(f"eval.dimensions.{dim}: weights sum to {total}; need > 0")
+        if not math.isfinite(total):  # battery 13, F8: 1e308 + 1e308 made helpful 0.0
+            raise ValueError(
+                f"eval.dimensions.{dim}: weights sum to {total} (each is finite, their sum is "
+                "not): the weighted mean would overflow; scale the weights down"
+            )
     return specs
 
 

@@ -47,9 +47,10 @@ class RewardSelectParams(ScoredParams):
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"mix.scope must be one of {list(SCOPES)}, got {self.scope!r}")
-        bad = {d: w for d, w in (self.weights or {}).items() if not math.isfinite(float(w))}
-        if bad:
-            raise ValueError(f"mix.weights must be finite numbers, got {bad}")
+        bad = {d: w for d, w in (self.weights or {}).items()
+               if not math.isfinite(float(w)) or float(w) < 0}  # fmt: skip
+        if bad:  # battery 13, F9: a negative weight selected the least helpful pairs
+            raise ValueError(f"mix.weights must be finite numbers >= 0, got {bad}")
 
 
 def combined_margins(margins: list[dict[str, float]], weights: dict[str, float]) -> list[float]:
