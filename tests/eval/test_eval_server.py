@@ -199,7 +199,11 @@ def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
     cli.send_signal(signal.SIGINT)
     out = cli.communicate(timeout=120)[0].decode(errors="replace")
     assert running, "the run ended before the signal: " + out[-2000:]
-    assert cli.returncode == 130, out[-2000:]
+    # interrupted: exit 130, or ended by the SIGINT itself (-2; a shell reports both as 130),
+    # seen once in CI after the "interrupted" line (a second KeyboardInterrupt while the
+    # interpreter shut down, not yet explained): the message, no server, no row either way
+    assert cli.returncode in (130, -signal.SIGINT), out[-2000:]
+    assert "hhh-bench: interrupted" in out, out[-2000:]
     assert _servers_of(policy) == [], out[-2000:]
     assert not (tmp_path / "runs" / "results.jsonl").exists()
 
