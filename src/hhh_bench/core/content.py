@@ -261,6 +261,12 @@ def _counted(rel: str) -> bool:
     return rel not in ANNOTATIONS
 
 
+def left_out_of_identity(result_file: str | None) -> frozenset[str]:
+    """The files of a stage output its identity leaves out (relative paths): its metadata, its
+    records, its annotations and its result file."""
+    return METADATA | RECORDS | ANNOTATIONS | ({result_file} if result_file else frozenset())
+
+
 @dataclass
 class Manifest:
     """A folder's files: ``{relative path: {size, mtime_ns, ctime_ns, ino, blake3, tensors}}``."""
@@ -271,12 +277,12 @@ class Manifest:
     def identity(self, under: str = "") -> str:
         """The digest over the artifacts (metadata, the result file and annotations left out);
         ``under``: only the files below that sub-folder (``model``), paths relative to it."""
-        skip = METADATA | RECORDS | ({self.result_file} if self.result_file else set())
+        skip = left_out_of_identity(self.result_file)
         prefix = f"{under.strip('/')}/" if under else ""
         entries = {
             rel[len(prefix) :]: rec["blake3"]
             for rel, rec in self.files.items()
-            if rel.startswith(prefix) and rel not in skip and _counted(rel)
+            if rel.startswith(prefix) and rel not in skip
         }
         return _digest_lines(entries)
 
@@ -481,7 +487,7 @@ def _copied_records(folder: Path) -> frozenset[str]:
         result = json.loads((folder / MANIFEST).read_text()).get("result_file")
     except (OSError, ValueError, AttributeError):
         return frozenset()
-    return METADATA | RECORDS | ANNOTATIONS | ({result} if isinstance(result, str) else set())
+    return left_out_of_identity(result if isinstance(result, str) else None)
 
 
 def file_tensor_digests(folder: str | Path, files: Iterable[Path]) -> dict[str, dict[str, str]]:

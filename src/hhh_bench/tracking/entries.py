@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hhh_bench.core.scoring import DIMENSIONS
-from hhh_bench.tracking.paired import paired_test_groups
+from hhh_bench.tracking.paired import eval_dir_missing, paired_test_groups
 from hhh_bench.tracking.store import setup_key
 
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -513,12 +513,7 @@ NO_TEST = "?"
 def _items_missing(*entries: Entry) -> bool:
     """Whether a row of ``entries`` names an eval folder that is not there (deleted, or a root
     copied without it): its per-item values, and so its paired tests, are gone."""
-    for e in entries:
-        for r in e.rows:
-            eval_dir = (r.get("artifacts") or {}).get("eval_dir")
-            if eval_dir and not Path(str(eval_dir)).is_dir():
-                return True
-    return False
+    return any(eval_dir_missing(r) for e in entries for r in e.rows)
 
 
 def summary_metrics(

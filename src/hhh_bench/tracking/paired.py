@@ -50,6 +50,13 @@ def _items(eval_dir: str | Path) -> dict[str, list[dict[str, Any]]] | None:
     return read_jsonl(read_checked(path)) if path.is_file() else None
 
 
+def eval_dir_missing(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` names an eval folder that is not there (deleted, or a root copied
+    without it)."""
+    eval_dir = (row.get("artifacts") or {}).get("eval_dir")
+    return bool(eval_dir) and not Path(str(eval_dir)).is_dir()
+
+
 def no_items_reason(row: Mapping[str, Any]) -> str:
     """Why :func:`row_context` found no per-item values for ``row``, and what would fix it: the
     eval folder missing (deleted, or a copied root without it: battery 11, rl05), or evaluated
@@ -58,7 +65,7 @@ def no_items_reason(row: Mapping[str, Any]) -> str:
     key = row.get("row_key")
     if not eval_dir:
         return f"row {key!r} has no per-item values (no eval folder recorded)"
-    if not Path(eval_dir).is_dir():
+    if eval_dir_missing(row):
         return (
             f"row {key!r} has no per-item values: its eval folder eval/{Path(eval_dir).name} is "
             f"missing from this root ({eval_dir}); run stage=eval again to rebuild it"
