@@ -190,6 +190,34 @@ def check_empty_dict_overrides(cfg) -> None:
             )
 
 
+UNREAD_BY_EVAL = ("merge", "merge_engine", "mix", "train")
+"""Config groups ``stage=eval`` does not read: it evaluates θ0, or the model ``+eval.model``
+names, as it is."""
+
+
+def check_unread_overrides(cfg) -> None:
+    """``stage=eval`` with an override of a group it does not read (``merge=ties``,
+    ``train.beta=0.5``): the run would evaluate θ0 (or ``+eval.model``) under a command that
+    reads as evaluating a merge (battery 13, F2). Raise ``ValueError`` naming the override and
+    the stages that read it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or cfg.get("stage") != "eval":
+        return
+    for line in (str(o) for o in HydraConfig.get().overrides.task):
+        key = line.lstrip("+~").split("=", 1)[0]
+        group = key.split(".", 1)[0]
+        if group in UNREAD_BY_EVAL:
+            what = (f"+eval.model={cfg.eval.model}" if cfg.eval.get("model")
+                    else "θ0 (the base model)")  # fmt: skip
+            raise ValueError(
+                f"{line}: stage=eval does not read the {group} settings; it evaluates {what} "
+                "as it is. To evaluate a merge, run stage=merge then stage=eval "
+                "+eval.model=<root>/merge/<key> (or stage=all); to score a merge on the "
+                "selection split, stage=merge_eval"
+            )
+
+
 def task(cfg) -> float | None:
     """What one Hydra job runs: the pipeline, returning its objective (``stage=merge_eval``'s
     selection score) so a sweeper such as Optuna can optimize it; None for other stages.
@@ -210,6 +238,7 @@ def task(cfg) -> float | None:
     try:
         check_sweep_mode()
         check_empty_dict_overrides(cfg)
+        check_unread_overrides(cfg)
         check_sweep_jobs()
         settings = console_settings(cfg)
     except ValueError as e:
@@ -504,7 +533,15 @@ def check_root(argv: list[str]) -> None:
                 file=sys.stderr,
             )
             raise SystemExit(2)
-        if sep and key == "root" and not value.strip():
+        bare = value[1:-1] if len(value) > 1 and value[0] == value[-1] in "'\"" else value
+        if sep and key == "root" and bare.strip() and bare != bare.strip():
+            print(
+                f"hhh-bench: error: {arg!r}: root begins or ends with a space; name the folder "
+                "the run writes to without one (root=runs/my_experiment)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        if sep and key == "root" and not bare.strip():  # root='' too (battery 13, F10)
             print(
                 f"hhh-bench: error: {arg!r}: root is empty; name the folder the run writes to "
                 "(root=runs/my_experiment), or leave root out for the experiment's default",

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from hhh_bench.merging.sources import PICKLE_SWITCH, open_source
+from hhh_bench.merging.sources import ARCH_SWITCH, PICKLE_SWITCH, open_source
 
 
 class MergekitConfigError(ValueError):
@@ -705,6 +705,7 @@ def run(
     out_dir: str | Path,
     *,
     allow_pickle: bool = False,
+    allow_architecture_mismatch: bool = False,
     device: str = "cpu",
     seed: int = 0,
     overwrite: bool = False,
@@ -750,6 +751,7 @@ def run(
         out_dtype=mp.out_dtype,
         overwrite=overwrite,
         allow_pickle=allow_pickle,
+        allow_architecture_mismatch=allow_architecture_mismatch,
         base_as_model=mp.base_as_model,
         tensor_params=(lambda k: {**mp.params_of(k), **extra}) if mp.tensor_params else None,
         extra_files={"mergekit_config.yml": cfg.text},
@@ -783,6 +785,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("out_dir", help="the output folder (must not exist, or see --overwrite)")
     ap.add_argument("--allow-pickle", action="store_true",
                     help="accept .bin/.pt checkpoints (loading them can run code)")  # fmt: skip
+    ap.add_argument("--allow-architecture-mismatch", action="store_true",
+                    help="merge models whose config.json differs from the base's in its "
+                    "architecture or a variant field (hidden_act, rope_theta, ...)")  # fmt: skip
     ap.add_argument(
         "--device", default="cpu", help="torch device of the arithmetic (cpu, cuda, ...)"
     )
@@ -798,13 +803,15 @@ def main(argv: Sequence[str]) -> int:
     try:
         check_out_dir(args.out_dir)
         res = run(args.config, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
+                  allow_architecture_mismatch=args.allow_architecture_mismatch,
                   seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, OSError) as e:
         if args.verbose or os.environ.get("HHH_VERBOSE") == "1":
             raise
         # battery 11, mk_pk1: this command's switch is its flag, not the pipeline's key
-        print(f"hhh-bench merge: error: {str(e).replace(PICKLE_SWITCH, '--allow-pickle')}",
-              file=sys.stderr)  # fmt: skip
+        text = str(e).replace(PICKLE_SWITCH, "--allow-pickle")
+        text = text.replace(ARCH_SWITCH, "--allow-architecture-mismatch")
+        print(f"hhh-bench merge: error: {text}", file=sys.stderr)
         return 2
     print(
         f"merged {res.n_tensors} tensors with {res.method} into {res.out_dir} ({res.seconds:.1f} s)"

@@ -395,6 +395,8 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
     """Base and finetuned inputs of a merge: explicit (``merge.base``/``merge.models``) or the
     pipeline's base and specialists (trained first when missing, said on the console)."""
     if cfg.merge.get("models"):
+        if not cfg.merge.get("base"):
+            _check_models_theta0(cfg, data)
         base = cfg.merge.get("base") or _base(cfg, data)["path"]
         return str(base), [str(m) for m in cfg.merge.models], None
     base = _base(cfg, data)
@@ -403,6 +405,47 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
                 "yet trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
     specs = _specialists(cfg, base, data)
     return merge_input(base), [merge_input(specs[d]) for d in dims], dims
+
+
+def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
+    """``merge.models`` without ``merge.base``: the base is this run's θ0. When that θ0 is not
+    built yet and a model's record names another θ0 stage output, refuse before training it
+    (battery 13, F15: a whole θ0 was trained, then the merge refused), naming the θ0 to give
+    as ``merge.base``."""
+    import json
+
+    from hhh_bench.core.stagecache import CACHE, NotCached
+
+    with console.silenced():
+        CACHE.dry_run = True
+        try:
+            _base(cfg, data)
+            return  # built already: the merge stage's own check compares by content
+        except NotCached as e:
+            if e.stage != "base":
+                return
+            ours = e.key
+        finally:
+            CACHE.dry_run = False
+    for i, model in enumerate(cfg.merge.models):
+        folders = (Path(str(model)), Path(str(model)).parent)
+        record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+        try:
+            key = json.loads(record.read_text()) if record is not None else {}
+        except ValueError:
+            continue
+        if key.get("stage") != "train":
+            continue
+        theirs = [str(x) for x in key.get("inputs") or [] if Path(str(x)).parent.name == "base"]
+        if theirs and all(Path(t).name != ours for t in theirs):
+            where = Path(theirs[0])
+            full = where if where.is_absolute() else record.parent.parent.parent / where
+            raise ValueError(
+                f"merge.models[{i}]={str(model)!r} was trained from the θ0 stage output "
+                f"{full}; merge.base is not given, so the base would be this run's θ0, which "
+                f"is another one (base/{ours}, not built yet): give merge.base={full} instead "
+                "of training a θ0 the models were not trained from"
+            )
 
 
 def _merged_model(merged: Mapping[str, Any], method: str, seed: int, params: Any) -> dict:

@@ -153,7 +153,15 @@ def model_config(cfg: Mapping[str, Any], base: Mapping[str, Any] | None,
         return json.loads(asset.read_text()), f"the public config.json ({asset.name})"
     if model.get("kind") == "tiny":
         counts = ((data or {}).get("manifest") or {}).get("counts") or {}
-        vocab = int(counts.get("vocab_size") or 0) + 4  # the word tokenizer's special tokens
+        words = counts.get("vocab_size")
+        if words is None and (cfg.get("data") or {}).get("kind") == "toy3h":
+            # the data stage not run yet: the world's vocabulary, built in memory as that stage
+            # would (battery 13, F13: 4 special tokens alone undercounted the model by ~24%)
+            from hhh_bench.data.toy3h import Toy3HConfig, build_world
+
+            world = (cfg.get("data") or {}).get("world") or {}
+            words = len(build_world(Toy3HConfig.from_mapping(dict(world))).vocabulary())
+        vocab = int(words or 0) + 4  # the word tokenizer's special tokens
         spec = {k: v for k, v in (model.get("spec") or {}).items() if k != "initializer_range"}
         return {"model_type": "llama", "vocab_size": vocab, **spec}, "model.spec"
     raise NotPlanned(f"no config.json for model {model.get('path')!r}")
@@ -336,6 +344,11 @@ def plan(
     ``mfu`` (``gpus``: GPUs per training job when ``train.num_processes`` is 1)."""
     from hhh_bench import pipeline as P
 
+    if cfg.eval.get("judges"):  # the judges' settings, as the run checks them before any work
+        from hhh_bench.evaluation.judged_eval import check_judges_early
+        from hhh_bench.stages.common import to_dict
+
+        check_judges_early(to_dict(cfg.eval), cfg.root)  # battery 13, F11
     pl = Planner(cfg, profile, mfu, gpus)
     seeds = P._seed_cfgs(cfg)
     P._check_base_seed(cfg, seeds)  # the run-level checks stage=all makes (battery 12, F15)
@@ -655,6 +668,21 @@ def render(jobs: Sequence[Job], pl: Planner) -> str:
     return "\n".join(lines)
 
 
+def check_planned_stage(stage: str) -> None:
+    """``plan`` lists the jobs of ``stage=all``; any other stage is refused by name (battery 13,
+    F1: ``plan stage=report`` and ``plan stage=bogus`` printed the whole pipeline's 115 jobs)."""
+    from hhh_bench.pipeline import STAGES
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    if stage != "all":
+        raise ValueError(
+            f"hhh-bench plan lists the jobs of stage=all (every stage of the run, cached or "
+            f"to run), not of stage={stage}: drop stage= to plan the whole run; a single "
+            "stage is one job, run it as it is"
+        )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="hhh-bench plan",
@@ -688,6 +716,7 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = compose_run(args.overrides)
+        check_planned_stage(str(cfg.stage))
         jobs, pl = plan(cfg, profile=args.gpu, mfu=args.mfu, gpus=args.gpus)
     except (ValueError, OSError) as e:
         print(f"hhh-bench plan: error: {e}", file=sys.stderr)

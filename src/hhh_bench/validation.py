@@ -81,6 +81,11 @@ def check_model_folder(value: str | None, where: str) -> None:
             f"{where}={value!r} has no config.json (it holds {held}): give the folder a model's "
             "save_pretrained wrote, or a LoRA adapter's (adapter_config.json)"
         )
+    from hhh_bench.merging.sources import two_checkpoints
+
+    both = two_checkpoints(p)
+    if both:
+        raise ValueError(f"{where}={value!r}: {both}")
 
 
 COLUMN_TABLES = ("main", "diagnostics")
@@ -539,16 +544,63 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
     """The run's own scalars: ``trust_remote_code`` a boolean (``maybe`` would read as true:
     code from a model's repository would run), ``threads`` an integer >= 1 or null, ``name``
     one folder name (it names the run's folder under ``runs/``)."""
+    check_top_level_keys(cfg)
     trust = cfg.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise ValueError(f"trust_remote_code={trust!r} must be true or false")
     check_threads(cfg.get("threads"))
+    root = cfg.get("root")
+    if isinstance(root, str) and (not root.strip() or root != root.strip()):
+        raise ValueError(
+            f"root={root!r} is empty or begins or ends with a space; name the folder the run "
+            "writes to (root=runs/my_experiment)"
+        )  # battery 13, F10: root='' wrote into the current folder, root=' ' a folder ' '
+
     name = cfg.get("name")
     if isinstance(name, str) and ("/" in name or "\\" in name or name in ("", ".", "..")):
         raise ValueError(
             f"name={name!r} must be one folder name (it names the run's folder, runs/<name>); "
             "give root= for a folder elsewhere"
         )
+
+
+def known_top_level_keys() -> frozenset[str]:
+    """The keys a composed run may hold at its top level: ``conf/config.yaml``'s own, a config
+    group's (a folder of ``conf/``, ``rehearsal`` among them) and those the shipped experiments
+    add (``design_seeds``, ...). Read from the config folder, so a new group or experiment key
+    needs no edit here."""
+    import yaml
+
+    from hhh_bench.core.paths import conf_dir
+
+    root = conf_dir()
+    keys = {p.name for p in root.iterdir() if p.is_dir()}
+    keys |= set(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {})
+    for exp in sorted((root / "experiment").glob("*.yaml")):
+        text = exp.read_text(encoding="utf-8")
+        if "@package _global_" in text:
+            keys |= set(yaml.safe_load(text) or {})
+    return frozenset(keys - {"defaults"})
+
+
+def check_top_level_keys(cfg: Mapping[str, Any]) -> None:
+    """A top-level key no config defines is a typo (battery 13, F4: ``+sead=5`` ran seed 0
+    without a word; Hydra checks nested keys, not ``+`` at the top): refused with the closest
+    key."""
+    import difflib
+
+    known = known_top_level_keys()
+    for key in cfg:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else f"the keys are: {', '.join(sorted(known))}"
+            )
+            raise ValueError(
+                f"{key} is not a setting ({hint}); no config reads a top-level {key!r}"
+            )
 
 
 def check_seeds(cfg: Mapping[str, Any]) -> None:

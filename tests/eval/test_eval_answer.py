@@ -70,6 +70,7 @@ def row(folder: Path, kind: str, name: str, seed: int, right: int, *, items: boo
         "row_key": f"{name}-{seed}-{split}",
         "name": name,
         "kind": kind,
+        **({"method": name} if kind == "merge" else {}),  # a merge row names its method
         "seed": seed,
         "split": split,
         "suite": "hand",

@@ -119,12 +119,15 @@ def check_judges_early(ecfg: Mapping[str, Any], root: str | Path) -> None:
     Raises:
         ValueError: naming the judge and the setting, or the cache's file.
     """
+    from hhh_bench.core.scoring import suite_tasks
     from hhh_bench.evaluation.endpoint import api_key
     from hhh_bench.evaluation.judges import specs_from_config
 
     for name, spec in specs_from_config(ecfg.get("judges")).items():
         if spec.endpoint is not None:  # its key is in the environment before any work
             api_key(f"eval.judges.{name}", spec)
+    for split in {s for s in (ecfg.get("select_split"), ecfg.get("report_split")) if s}:
+        validate_judged(ecfg, suite_tasks(ecfg, split) + column_specs(ecfg, split))
     if judge_cache_path(root).exists():
         open_judge_cache(ecfg, root)
 

@@ -416,6 +416,7 @@ def diagnose(
     device: str = "cpu",
     vocab_policy: str = "error",
     allow_pickle: bool = False,
+    allow_architecture_mismatch: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Diagnose the task vectors τ_t = θ_t − θ0 of ``finetuned`` against ``base``, streaming.
@@ -442,6 +443,7 @@ def diagnose(
         vocab_policy: as the engine: ``error`` | ``base`` (skip vocabulary-sized tensors whose
             row counts differ) | ``truncate_to_base`` (diagnose the shared rows).
         allow_pickle: accept ``.bin``/``.pt`` checkpoints (they can run code when loaded).
+        allow_architecture_mismatch: as the engine's (``merge_engine.allow_architecture_mismatch``).
         progress: show a progress bar.
 
     Returns:
@@ -473,7 +475,7 @@ def diagnose(
 
     try:
         base_r, models = open_inputs(base, finetuned, allow_pickle)
-        decisions = check_inputs(base_r, models, vocab_policy)
+        decisions = check_inputs(base_r, models, vocab_policy, allow_architecture_mismatch)
         inputs = Inputs(base_r, models, base_r.keys(), decisions)
         num = len(models)
         records: list[dict[str, Any]] = []

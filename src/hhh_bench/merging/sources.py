@@ -38,6 +38,8 @@ from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_SWITCH = "merge_engine.allow_pickle=true"
+ARCH_SWITCH = "merge_engine.allow_architecture_mismatch=true"
+"""The pipeline's switch that a refusal names (``hhh-bench merge`` names its own flag)."""
 """How a refusal of pickles names the switch (``hhh-bench merge`` says its ``--allow-pickle``)."""
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -132,10 +134,36 @@ def resolve_path(path_or_id: str | Path, *, revision: str | None = None) -> Path
         ) from None
 
 
+def two_checkpoints(folder: Path) -> str | None:
+    """Why ``folder`` holds two checkpoints, or None: ``model.safetensors`` beside an index
+    that does not name it (a model saved sharded into a folder that held a single-file one, or
+    the other way). transformers then loads the single file, a reader of the index the shards:
+    two models by one name (battery 13, F5: merge read the specialist, eval the stale θ0)."""
+    index, single = folder / INDEX_FILE, folder / SINGLE_FILE
+    if not (index.is_file() and single.is_file()):
+        return None
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, OSError):
+        shards = set()
+    if SINGLE_FILE in shards:
+        return None
+    return (
+        f"{folder} holds both {SINGLE_FILE} and {INDEX_FILE} (shards {sorted(shards)[:3]}): two "
+        f"checkpoints, which may be two different models (a save into a folder that held "
+        f"another one leaves its files); transformers would load {SINGLE_FILE}, a merge the "
+        "shards: delete the one that is not this model's"
+    )
+
+
 def weight_files(folder: Path, label: str) -> tuple[dict[str, Path] | None, list[Path]]:
     """The weight files transformers would load from ``folder``: (weight map from the index or
-    None, the files). Raises ``ValueError`` listing the folder's candidates otherwise."""
+    None, the files). Raises ``ValueError`` listing the folder's candidates otherwise, or when
+    it holds two checkpoints (:func:`two_checkpoints`)."""
     index = folder / INDEX_FILE
+    both = two_checkpoints(folder)
+    if both:
+        raise ValueError(f"{label}: {both}")
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -756,7 +784,7 @@ def _check_same_variant(bcfg: dict[str, Any], mcfg: dict[str, Any], m: TensorSou
                 f"{m.label} ({m.where}) has {name}={theirs[name]!r} in its config.json but the "
                 f"base has {ours[name]!r}: the merged model keeps the base's config, so this "
                 "model's task vector would be added to another variant of the network (pass "
-                "allow_architecture_mismatch=true if you know they correspond)"
+                f"{ARCH_SWITCH} if you know they correspond)"
             )
 
 
@@ -793,7 +821,7 @@ def check_inputs(
                 raise ValueError(
                     f"{m.label} ({m.where}) has {field} {theirs!r} but the base has {ours!r}: "
                     "only models of the same architecture can be merged (pass "
-                    "allow_architecture_mismatch=true if you know their weights correspond)"
+                    f"{ARCH_SWITCH} if you know their weights correspond)"
                 )
         if not allow_architecture_mismatch:
             _check_same_variant(bcfg, mcfg, m)

@@ -123,6 +123,7 @@ def run_diagnose(
         report = diagnose(
             str(base), models, **opts, resm_params=knobs, device=engine.device,
             vocab_policy=engine.vocab_policy, allow_pickle=engine.allow_pickle,
+            allow_architecture_mismatch=engine.allow_architecture_mismatch,
             progress=engine.progress,
         )  # fmt: skip
         (tmp / "diagnostics.md").write_text(

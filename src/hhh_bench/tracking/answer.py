@@ -1,5 +1,8 @@
 """The report's answer to "mix data or merge models?", in one line.
 
+One concept: the mix-or-merge comparison (representatives, pairing by seed within one
+condition, the interval and its verdict, and the line that says it).
+
 **Representatives, chosen on validation.** Each group of the main table (data mixture, model
 merging) speaks through one row: the family with the best mean ``average`` over seeds on the
 *selection* split (``eval.select_split``, validation), looked up in the store by each test row's
@@ -9,6 +12,11 @@ see. The comparison is then made on the report split (test). Every family is a c
 validation by the pipeline, its row says "best of N"), and every family keeps its own row in the
 main table. When a candidate of a group has no selection-split score in the store, the group's
 representative is picked on the report split itself, and the answer says so.
+
+**One condition.** A merge is paired only with a mixture trained in the same condition: the
+same world (``world_key``) and preference noise (``noise_rate``). A store holding several
+(a noise sweep in one root) is answered for the newest condition that has both, and the line
+names the others (:func:`one_condition`).
 
 **The seed is the unit.** On the seeds both representatives were evaluated with (the same world
 and training seed for both), each seed gives one difference ``D_k`` of their ``average`` (merge −
@@ -260,6 +268,53 @@ def dominant_task(decomp: Mapping[str, Any] | str | None, diff: float) -> dict[s
     return {**best, "share": best["contribution"] / diff}
 
 
+def condition_of(e: Entry) -> tuple[str, str]:
+    """The condition an entry's models were trained in: its world (``world_key``) and its
+    preference noise (``noise_rate``). A merge and a mixture are paired only within one."""
+    r = e.rows[0]
+    return str(r.get("world_key") or ""), json.dumps(r.get("noise_rate"))
+
+
+def _condition_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    r = rows[0]
+    world = str(r.get("world_key") or "not recorded")[:12]
+    return (
+        f"noise_rate {r.get('noise_rate') if r.get('noise_rate') is not None else 0}, world {world}"
+    )
+
+
+def one_condition(entries: Sequence[Entry]) -> tuple[list[Entry], list[str]] | str:
+    """The entries of the condition (:func:`condition_of`) the answer is about, and the
+    conditions of the table's mixtures and merges, that one first (battery 13, F7: a clean
+    merge was paired with a mixture trained on flipped labels as one seed). Of the conditions
+    that hold both a mixture and a merge, the one of the most recently written row is answered
+    (as the main table's setup); entries of neither kind (the base, specialists) stay. A
+    sentence when no condition holds both."""
+    by: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        if e.kind in ("mixture", "merge"):
+            by.setdefault(condition_of(e), []).append(e)
+    if len(by) <= 1:
+        return list(entries), []
+
+    def newest(c: tuple[str, str]) -> str:
+        return max(str(r.get("created_at") or "") for e in by[c] for r in e.rows)
+
+    order = sorted(by, key=newest, reverse=True)
+    both = [c for c in order if {e.kind for e in by[c]} >= {"mixture", "merge"}]
+    texts = {c: _condition_text(by[c][0].rows) for c in order}
+    if not both:
+        return (
+            "the table's merges and mixtures were trained in different conditions ("
+            + "; ".join(f"{', '.join(sorted({e.kind for e in by[c]}))} at {texts[c]}"
+                        for c in order)
+            + "): a merge is paired with a mixture of its own condition only"
+        )  # fmt: skip
+    keep = both[0]
+    mine = [e for e in entries if e.kind not in ("mixture", "merge") or condition_of(e) == keep]
+    return mine, [texts[keep], *(texts[c] for c in order if c != keep)]
+
+
 def compare(
     entries: Sequence[Entry],
     *,
@@ -295,9 +350,13 @@ def compare(
         answer, a sentence saying why (no mixture or merge row, no shared seed, rows of
         different items).
     """
+    chosen = one_condition(entries)
+    if isinstance(chosen, str):
+        return chosen
+    candidates, conditions = chosen
     picked: dict[str, tuple[Entry, dict[str, Any]]] = {}
     for kind, what, _ in GROUPS:
-        p = pick(entries, kind, select_rows, select_split)
+        p = pick(candidates, kind, select_rows, select_split)
         if p is None:
             return f"the main table has no {what} row"
         picked[kind] = p
@@ -346,6 +405,8 @@ def compare(
         "environment": environment_fingerprint(
             [*(merge_by_seed[s] for s in shared), *(mix_by_seed[s] for s in shared)]
         ),
+        "condition": conditions[0] if len(conditions) > 1 else None,
+        "other_conditions": conditions[1:],
     }  # fmt: skip
     out["decomposition"] = decomposition(merge_by_seed, mix_by_seed, shared)
     out["dominant_task"] = dominant_task(out["decomposition"], si.diff)
@@ -435,12 +496,23 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
     r = result
     env = r["environment"] or "not recorded"
     one = r.get("dominant_task")
-    carried = (
-        f"; one task carries more than half the margin: {one['task']} {one['contribution']:+.3f}"
-        f" of {r['diff']:+.3f} ({one['share']:.0%})"
-        if one
-        else ""
-    )
+    carried = ""
+    if one and one["share"] > 1:  # battery 13, F14: "600% of the margin" read as an error
+        carried = (
+            f"; one task outweighs the whole margin: {one['task']} alone is "
+            f"{one['contribution']:+.3f} while the margin is {r['diff']:+.3f} (other tasks "
+            "pull the other way)"
+        )
+    elif one:
+        carried = (
+            f"; one task carries more than half the margin: {one['task']} "
+            f"{one['contribution']:+.3f} of {r['diff']:+.3f} ({one['share']:.0%})"
+        )
+    if r.get("other_conditions"):
+        carried += (
+            f"; of the rows at {r['condition']} only (merges and mixtures are paired within one "
+            f"condition; the table also holds {'; '.join(r['other_conditions'])})"
+        )
     return (
         f"Mix or merge? {headline(r)}; best merge {r['merge']} {r['merge_mean']:.3f} "
         f"({_how(r['merge_choice'], 'merge methods')}) vs best mixture {r['mixture']} "

@@ -264,6 +264,16 @@ def check_row(row: Any) -> None:
     seed = row.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"result row {key!r}: seed = {seed!r} is not an integer or null")
+    if seed is not None and not 0 <= seed < 2**32:  # battery 13, F12: a run refuses it too
+        raise ValueError(
+            f"result row {key!r}: seed = {seed!r} is outside [0, 2**32 - 1], the seeds a run "
+            "takes: a row edited by hand, or written by another program"
+        )
+    if row["kind"] == "merge" and not (isinstance(row.get("method"), str) and row["method"]):
+        raise ValueError(  # battery 13, F12: counted as a merge method of its own
+            f"result row {key!r}: a merge row without its merge method (method = "
+            f"{row.get('method')!r}): a row edited by hand, or written by another program"
+        )
     if DIGEST in row and row[DIGEST] != row_digest(row):
         raise ValueError(
             f"result row {key!r} was changed after hhh-bench wrote it (its {DIGEST} does not "

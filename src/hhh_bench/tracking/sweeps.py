@@ -64,6 +64,8 @@ class Sweep:
     points: list[SweepPoint] = field(default_factory=list)
     score: str = "average"
     split: str = "validation"
+    repeated: int = 0  # rows left out: a configuration's seed evaluated again (the latest kept)
+    differs: str = ""  # a method's second sweep ("ties [2]"): what tells its rows apart
 
 
 def _is_number(v: Any) -> bool:
@@ -93,6 +95,23 @@ def _params(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (row.get("params") or {}).items() if k not in NOT_KNOBS}
 
 
+def _condition(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What a sweep's rows must share besides the method (:func:`hhh_bench.tracking.entries.
+    configuration` without the knobs, name and kind: the world, noise, merged dimensions):
+    rows of another world or data are another sweep, never pooled as seeds (battery 13, F6)."""
+    from hhh_bench.tracking.entries import configuration
+
+    cond = json.loads(configuration(row))
+    for k in ("params", "selected", "name", "kind", "method"):
+        cond.pop(k, None)
+    return cond
+
+
+CONDITION_WORDS = {"world": "world (world_key)", "noise_rate": "preference noise (noise_rate)",
+                   "train_dimensions": "merged dimensions", "mix_strategy": "mix_strategy",
+                   "family": "family", "setup": "evaluation setup"}  # fmt: skip
+
+
 def sweep_points(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -103,20 +122,38 @@ def sweep_points(
     """The swept merge methods of ``rows`` on ``split`` (module doc), in the order their first
     row appears. ``chosen_rows``: rows that carry the pipeline's choice (``extra.selected_on
     == split``; the report split's), to mark the chosen configuration of each seed."""
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    from hhh_bench.tracking.store import setup_key
+
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         if r.get("kind") != "merge" or r.get("split") != split:
             continue
         if (r.get("extra") or {}).get("selected_on") or r.get(score) is None:
             continue
-        by_method.setdefault(method_of(r), []).append(r)
-    chosen: dict[tuple[str, str], int] = {}
+        cond = _key({**_condition(r), "setup": setup_key(r)})
+        groups.setdefault((method_of(r), cond), []).append(r)
+    chosen: dict[tuple[str, str, str], int] = {}
     for r in chosen_rows:
         if r.get("kind") == "merge" and (r.get("extra") or {}).get("selected_on") == split:
-            k = (method_of(r), _key(_params(r)))
+            k = (method_of(r), _key(_condition(r)), _key(_params(r)))
             chosen[k] = chosen.get(k, 0) + 1
     sweeps = []
-    for method, rs in by_method.items():
+    conds_of: dict[str, list[str]] = {}
+    for (method, cond), rs in groups.items():
+        conds_of.setdefault(method, []).append(cond)
+        i = conds_of[method].index(cond)
+        label, differs = method, ""
+        if i:  # another world, noise or setup of a method: a sweep of its own, said
+            first = json.loads(conds_of[method][0])
+            mine = json.loads(cond)
+            fields = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
+            label = f"{method} [{i + 1}]"
+            differs = ", ".join(CONDITION_WORDS.get(f, f) for f in fields)
+        latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for r in rs:  # one row per configuration and seed: a later evaluation replaces it
+            latest[(_key(_params(r)), _key(r.get("seed")))] = r
+        repeated = len(rs) - len(latest)
+        rs = list(latest.values())
         per_seed: dict[str, list[dict[str, Any]]] = {}
         for r in rs:
             per_seed.setdefault(_key(r.get("seed")), []).append(_params(r))
@@ -139,7 +176,9 @@ def sweep_points(
                 and len({_key(_params(r).get(k)) for r in rs}) > 1]  # fmt: skip
         if not axes:
             continue
-        sweep = Sweep(method=method, knobs=knobs, axes=axes, score=score, split=split)
+        sweep = Sweep(method=label, knobs=knobs, axes=axes, score=score, split=split,
+                      repeated=repeated, differs=differs)  # fmt: skip
+        plain = _key({k: v for k, v in json.loads(cond).items() if k != "setup"})
         for members in configs.values():
             values = [float(r[score]) for r in members]
             knob_values = {k: _params(members[0]).get(k) for k in knobs}
@@ -157,7 +196,7 @@ def sweep_points(
             sweep.points.append(SweepPoint(
                 knobs=knob_values, values=values, seeds=[r.get("seed") for r in members],
                 mean=mean, low=low, high=high, interval=how,
-                chosen=chosen.get((method, full), 0),
+                chosen=chosen.get((method, plain, full), 0),
             ))  # fmt: skip
         sweeps.append(sweep)
     return sweeps
@@ -242,6 +281,12 @@ def sweep_section(sweeps: Sequence[Sweep], figures: Mapping[str, Path]) -> list[
           f"chose on {first.split}, with how many seeds chose it."]  # fmt: skip
     for s in sweeps:
         md += ["", f"### {s.method}", ""]
+        if s.differs:
+            md += [f"Rows of another {s.differs} than the first {s.method.split(' [')[0]} "
+                   "sweep: a sweep of their own, never pooled with it.", ""]  # fmt: skip
+        if s.repeated:
+            md += [f"{s.repeated} row(s) of a configuration's seed evaluated again left out: "
+                   "the latest evaluation of each seed is the one counted.", ""]  # fmt: skip
         if s.method in figures:
             md += [f"![{s.method} sweep]({Path(figures[s.method]).name})", ""]
         md += ["| " + " | ".join([*s.knobs, s.score, "95% interval", "seeds", "chosen"]) + " |",
