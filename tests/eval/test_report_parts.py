@@ -251,8 +251,12 @@ def test_a_cell_whose_paired_test_could_not_run_is_marked_not_left_blank(store, 
     assert spec["delta_honest"] == entries.NO_TEST  # † when the folder was there
     assert spec["honest"] == f" {entries.NO_TEST}"
     assert ("dpo_helpful", "honest") not in tests["base"]
-    md = build_report(rows, tmp_path / "out", experiment="hand")["markdown"]
-    main = md.split("## Main table")[1].split("\n## ")[0]
+    rep = build_report(rows, tmp_path / "out", experiment="hand")
+    assert rep["untested_cells"] is True  # what the console's line about `?` reads
+    assert (
+        build_report(store["rows"], tmp_path / "o2", experiment="hand")["untested_cells"] is False
+    )
+    main = rep["markdown"].split("## Main table")[1].split("\n## ")[0]
     assert "?: no paired test, a row's per-item values are missing" in main
     line = next(x for x in main.splitlines() if x.startswith("| dpo_helpful"))
     assert "?)" in line and "†" not in line

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -311,7 +310,7 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
         lines.append(f"skipped {rep['skipped']} invalid line(s) of the store ({why})")
     if rep.get("setup_line"):
         lines.append(str(rep["setup_line"]))
-    if re.search(r"\d\*{0,2} \?|\d\?\)", rep["main_table"]):  # entries.NO_TEST after a number
+    if rep.get("untested_cells"):  # a cell marked entries.NO_TEST
         lines.append("?: no paired test for that cell, a row's eval folder is missing from this "
                      "root (report.md names them): run stage=eval again to rebuild it")  # fmt: skip
     console.say("\n".join(lines), level=console.QUIET)

@@ -323,9 +323,15 @@ def own_base_rows(
     sets), when the store holds base rows of other data too; else every base row (battery 12,
     F14: a second world's base in the store moved every change from the base to the mean of
     both worlds' bases)."""
-    keys = {r.get("data_key") for r in rows} - {None}
+    keys = data_keys(rows)
     own = [b for b in base_rows if b.get("data_key") in keys]
     return own or list(base_rows)
+
+
+def data_keys(rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+    """The data stages (``data_key``) ``rows`` were evaluated on: what a row and its base must
+    share (:func:`own_base_rows`, :func:`_base_of`)."""
+    return {r.get("data_key") for r in rows} - {None}
 
 
 def with_deltas(
@@ -501,13 +507,18 @@ def paired_marks(
 def _base_of(e: Entry, bases: Sequence[Entry]) -> Entry | None:
     """The base entry ``e`` is tested against: the one of its own data (``data_key``) where
     the store holds several (battery 12, F14), else the first."""
-    keys = {r.get("data_key") for r in e.rows} - {None}
-    return next((b for b in bases if keys & {r.get("data_key") for r in b.rows}),
-                bases[0] if bases else None)  # fmt: skip
+    keys = data_keys(e.rows)
+    return next((b for b in bases if keys & data_keys(b.rows)), bases[0] if bases else None)
 
 
 NO_TEST = "?"
 """The mark of a cell whose paired test could not run: a row's eval folder is missing."""
+
+
+def untested(marks: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether a cell of ``marks`` (:func:`paired_marks`) is marked :data:`NO_TEST`: the table's
+    legend and the console say why."""
+    return any(NO_TEST in m for mk in marks.values() for m in mk.values())
 
 
 def _items_missing(*entries: Entry) -> bool:

@@ -60,6 +60,7 @@ from hhh_bench.tracking.entries import (
     summary_metrics,
     superseded,
     table_entries,
+    untested,
 )
 from hhh_bench.tracking.failures import (
     THRESHOLD,
@@ -203,6 +204,7 @@ def build_report(
     return {
         "markdown": markdown,
         "main_table": main_table(entries, extra, marks),
+        "untested_cells": untested(marks),
         "paired_tests": tests,
         "entries": entries,
         "summary": summary_metrics(entries, select_by, answer),

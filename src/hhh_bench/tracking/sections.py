@@ -29,6 +29,7 @@ from hhh_bench.tracking.entries import (
     base_means,
     extra_columns,
     table_entries,
+    untested,
 )
 from hhh_bench.tracking.markdown import md_text, number_ranges
 from hhh_bench.tracking.store import REPEATED, setup_key
@@ -134,7 +135,7 @@ def main_section(
             f"{NO_TEST}: no paired test, a row's per-item values are missing (its eval folder "
             "is gone from this root: run stage=eval again to rebuild it); an unmarked value or "
             "change there is untested, not resolved. "
-            if any(NO_TEST in m for mk in marks.values() for m in mk.values())
+            if untested(marks)
             else ""
         )
         + (
