@@ -15,6 +15,7 @@ no registry, so a check that needs one lives here, and :func:`hhh_bench.pipeline
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -564,6 +565,7 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1)
 def known_top_level_keys() -> frozenset[str]:
     """The keys a composed run may hold at its top level: ``conf/config.yaml``'s own, a config
     group's (a folder of ``conf/``, ``rehearsal`` among them) and those the shipped experiments
