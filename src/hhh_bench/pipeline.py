@@ -198,11 +198,20 @@ def _check_base_seed(cfg: DictConfig, seeds: Sequence[tuple[DictConfig, bool]]) 
 
 def _check_report_seeds(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> None:
     """``stage=report`` reports every seed of the store: ``seeds`` naming fewer than it holds
-    is refused (battery 9: ``seeds=[0]`` on a 2-seed store reported both, unsaid)."""
+    is refused (battery 9: ``seeds=[0]`` on a 2-seed store reported both, unsaid), and so is
+    one naming a seed it does not hold."""
     if not cfg.get("seeds"):
         return
     asked = {str(s) for s in cfg.seeds}
     held = sorted({str(r.get("seed")) for r in rows}, key=lambda s: (len(s), s))
+    absent = sorted(asked - set(held), key=lambda s: (len(s), s))
+    if absent:  # battery 14, F2: a 3-seed answer under a 4-seed request, unsaid
+        raise ValueError(
+            f"stage=report seeds={list(cfg.seeds)} names seed(s) {', '.join(absent)}, which have "
+            f"no row in the results store (it holds seeds {', '.join(held) or 'none'}): run "
+            "those seeds first (stage=all with the same seeds), or drop seeds= to report the "
+            "seeds the store holds"
+        )
     others = [s for s in held if s not in asked]
     if others:
         raise ValueError(

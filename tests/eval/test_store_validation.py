@@ -432,6 +432,10 @@ def test_battery9_a_report_of_fewer_seeds_than_the_store_holds_is_refused(tmp_pa
         _check_report_seeds(compose(["stage=report", "seeds=[0]"]), rows)
     _check_report_seeds(compose(["seeds=[0,1]"]), rows)
     _check_report_seeds(compose([]), rows)  # seeds unset: every seed, as always
+    # battery 14, F2: a seed the store lacks (a run that failed or never ran) is named too
+    with pytest.raises(ValueError, match=r"seeds=\[0, 1, 3\] names seed\(s\) 3, which have no "
+                       r"row in the results store \(it holds seeds 0, 1\)"):  # fmt: skip
+        _check_report_seeds(compose(["stage=report", "seeds=[0,1,3]"]), rows)
 
 
 def test_battery9_a_digestless_row_contradicting_its_task_scores_is_named(tmp_path):

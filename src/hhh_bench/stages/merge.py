@@ -280,8 +280,20 @@ def check_same_base(
             where = [x for x in key.get("inputs") or [] if str(x).startswith("base/")]
             origin = f"the θ0 stage output {where[0]}" if where else "the θ0 its key.json names"
             if Path(base).expanduser().exists() and enclosing_output(base) is None:
-                # a folder that is no stage output: say what differs (battery 11, m19), not
-                # that the models are unrelated (a byte-identical copy of θ0's output matches)
+                # a folder that is no stage output: a copy of θ0's model files (weights, config,
+                # tokenizer) is that θ0 (battery 14, F1: a copy without the output's records
+                # was refused without a word of what differed); else say what differs
+                theta0 = record.parent.parent.parent / where[0] if where else None
+                differs = model_files_differ(theta0, Path(base)) if theta0 else None
+                if differs == []:
+                    continue
+                if differs:
+                    raise ValueError(
+                        f"{models_name}[{i}]={model!r} was trained from {origin} ({theta0}); "
+                        f"{base_name}={base!r} is not a copy of its model files: "
+                        f"{'; '.join(differs[:4])}{' ...' if len(differs) > 4 else ''}: give "
+                        "that θ0's folder as the base, or specialists trained from this one"
+                    )
                 raise ValueError(
                     f"{models_name}[{i}]={model!r} was trained from {origin}; "
                     f"{base_name}={base!r} is a folder hhh-bench cannot match to it (its files "
@@ -295,6 +307,34 @@ def check_same_base(
                 f"{base_name}={base!r}: its task vector would be the difference of two "
                 "unrelated models; give the θ0 it was trained from as the base"
             )
+
+
+MODEL_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "config.json",
+                       "generation_config.json", "tokenizer*", "special_tokens_map.json",
+                       "added_tokens.json", "chat_template.jinja", "vocab.*", "merges.txt",
+                       "adapter_config.json")  # fmt: skip
+"""The files a loader reads from a model folder: what makes two folders the same model."""
+
+
+def model_files_differ(theirs: Path, mine: Path) -> list[str] | None:
+    """How ``mine`` differs from the model folder ``theirs`` in the files a loader reads
+    (:data:`MODEL_FILE_PATTERNS`, compared by content): ``[]`` when it holds each of them
+    byte for byte (other files, a stage output's records, do not count); None when
+    ``theirs`` is not a folder here."""
+    from hhh_bench.core.content import cache_for
+
+    if not theirs.is_dir():
+        return None
+    names = sorted({p.name for pat in MODEL_FILE_PATTERNS for p in theirs.glob(pat)
+                    if p.is_file()})  # fmt: skip
+    out = []
+    for name in names:
+        if not (mine / name).is_file():
+            out.append(f"it lacks {name}")
+        elif (cache_for(theirs / name).digests(theirs / name)["blake3"]
+              != cache_for(mine / name).digests(mine / name)["blake3"]):  # fmt: skip
+            out.append(f"its {name} differs")
+    return out
 
 
 def _token_ids(folder: Path) -> dict[int, str] | None:
