@@ -47,7 +47,9 @@ def worlds() -> list[tuple[str, list[str]]]:
     return out
 
 
-def run_world(hhh_bench: str, root: Path, folder: str, overrides: list[str], extra: list[str]) -> str:
+def run_world(
+    hhh_bench: str, root: Path, folder: str, overrides: list[str], extra: list[str]
+) -> str:
     """One world, start to report; its console to ``<root>/<folder>/sweep.log``."""
     where = root / folder
     where.mkdir(parents=True, exist_ok=True)
