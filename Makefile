@@ -59,7 +59,7 @@ demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the re
 # under SENS_ROOT, SENS_JOBS worlds at a time), then the figure and the table.
 SENS_ROOT ?= runs/toy3h_sensitivity
 SENS_JOBS ?= 2
-sensitivity: .venv ## Sweep the toy world's knobs one at a time (~35-60 min on 2 cores) and draw the verdicts
+sensitivity: .venv ## Sweep the toy world's knobs one at a time (42 min on a shared 2-core CPU) and draw the verdicts
 	$(BIN)/python experiments/toy3h_sensitivity/sweep.py $(SENS_ROOT) --jobs $(SENS_JOBS) --hhh-bench $(BIN)/hhh-bench
 	$(BIN)/python experiments/toy3h_sensitivity/draw.py $(SENS_ROOT) --figure docs/figures/toy_sensitivity.png --table $(SENS_ROOT)/sensitivity.md
 
