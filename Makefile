@@ -31,10 +31,10 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast battery rehearse lint format bench bench-peers lock serve-env serve-lock clean .venv
+.PHONY: help demo sensitivity test test-fast battery rehearse lint format bench bench-peers lock serve-env serve-lock clean .venv
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # torch (TORCH_SPEC) first; then every locked package, hash-checked: pip resolves the lock as a
 # whole, so a dependency missing from it, or an installed torch of another version than its pin,
@@ -53,6 +53,15 @@ $(STAMP): pyproject.toml setup.py $(LOCK)
 
 demo: .venv ## Run the whole pipeline on the toy 3H world (CPU) and print the results
 	$(BIN)/hhh-bench experiment=toy3h
+
+# The verdict as a function of the world's knobs (issue 29, part 5; docs/toy_world.md,
+# "Sensitivity"): 7 worlds x the 3 design seeds (experiment=toy3h_sensitivity, one root per world
+# under SENS_ROOT, SENS_JOBS worlds at a time), then the figure and the table.
+SENS_ROOT ?= runs/toy3h_sensitivity
+SENS_JOBS ?= 2
+sensitivity: .venv ## Sweep the toy world's knobs one at a time (42 min on a shared 2-core CPU) and draw the verdicts
+	$(BIN)/python experiments/toy3h_sensitivity/sweep.py $(SENS_ROOT) --jobs $(SENS_JOBS) --hhh-bench $(BIN)/hhh-bench
+	$(BIN)/python experiments/toy3h_sensitivity/draw.py $(SENS_ROOT) --figure docs/figures/toy_sensitivity.png --table $(SENS_ROOT)/sensitivity.md
 
 test: .venv ## Run the test suite (the end-to-end tests included), with coverage
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not rehearse and not battery" $(COV_ARGS) $(PYTEST_ARGS)
