@@ -54,6 +54,7 @@ def _row(kind: str, name: str, seed: int, right: int, split: str) -> dict[str, A
     score = right / N
     return {
         "row_key": f"{name}-{seed}-{split}", "name": name, "kind": kind, "seed": seed,
+        **({"method": name} if kind == "merge" else {}),  # a merge row names its method
         "split": split, "suite": "hand", "metric": "acc", "model_key": f"{name}-{seed}",
         "data_key": "d", "task_specs": SPECS,
         "tasks": {s["name"]: {"acc": score, "n": N} for s in SPECS},
