@@ -301,7 +301,10 @@ def test_a_byte_identical_copy_of_theta0_is_the_base_its_specialists_were_traine
     shutil.copytree(out, copy)
     check_same_base(str(copy), [str(spec)])  # the same θ0
     (copy / "model.safetensors").write_bytes(b"weightz")
-    with pytest.raises(ValueError, match=r"was trained from the θ0 stage output base/k0; "
-                       r"merge.base='.*theta0' is a folder hhh-bench cannot match to it \(its "
-                       r"files are not that θ0's"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"was trained from the θ0 stage output base/k0 \(.*"
+        r"base/k0\); merge.base='.*theta0' is not a copy of its model files: its "
+        r"model\.safetensors differs",
+    ):  # fmt: skip (battery 14, F1: named)
         check_same_base(str(copy), [str(spec)])

@@ -28,3 +28,103 @@ def test_a_copy_of_theta0s_model_files_is_that_theta0(tmp_path, small_base, smal
     with pytest.raises(ValueError, match=r"is not a copy of its model files: its config\.json "
                        r"differs; it lacks tokenizer\.json"):  # fmt: skip
         check_same_base(str(copy), models)
+
+
+FIXTURE = Path(__file__).resolve().parent / "assets" / "eval" / "results_fixture.jsonl"
+
+
+def test_the_report_shows_the_setup_its_config_scores_with(tmp_path):
+    """F4: one `stage=eval eval.limit=5` of θ0 on a finished root took the default report (a
+    one-row table, "No answer"), the two setups described in the same words. The tables are
+    the config's setup now, the other one apart, named by its limit."""
+    from hhh_bench.tracking.entries import setup_matches
+    from hhh_bench.tracking.report import build_report
+    from hhh_bench.tracking.store import read_results
+
+    rows = [r for r in read_results(FIXTURE) if r["split"] == "test"]
+    for r in rows:
+        r["setup"] = {"suite": r["suite"], "split": "test", "metric": "acc", "limit": None}
+    stray = {**rows[0], "row_key": "stray", "name": "stray", "created_at": "2099-01-01",
+             "setup": {**rows[0]["setup"], "limit": 5}}  # fmt: skip
+    want = {"limit": None, "num_fewshot": None, "apply_chat_template": None, "backend": "hf",
+            "tasks": sorted((s["name"], s["dimension"], s["weight"], s["metric"])
+                            for s in rows[0]["task_specs"])}  # fmt: skip
+    assert setup_matches(rows[0], want) and not setup_matches(stray, want)
+    newest = build_report([*rows, stray], tmp_path / "a", experiment="x")
+    assert [e.name for e in newest["entries"]] == ["stray"]  # without a config: the newest
+    rep = build_report([*rows, stray], tmp_path / "b", experiment="x", config_setup=want)
+    assert "stray" not in [e.name for e in rep["entries"]] and len(rep["entries"]) > 1
+    md = rep["markdown"]
+    assert "The tables above are the evaluation setup this report's config scores with" in md
+    assert "### Setup 2: suite toy3h, metric acc, limit 5," in md
+
+
+SPECS = [{"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
+         for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))]  # fmt: skip
+
+
+def _row(name, seed, split, score, *, kind="merge", params=None, extra=None):
+    return {"row_key": f"{name}-{seed}-{split}-{params}-{extra}", "name": name, "kind": kind,
+            **({"method": name} if kind == "merge" else {"mix_strategy": name}),
+            "params": params or {}, "extra": extra or {}, "seed": seed, "split": split,
+            "suite": "hand", "metric": "acc", "data_key": f"d{seed}", "task_specs": SPECS,
+            "tasks": {t: {"acc": score} for t in "hos"},
+            **{d: score for d in ("helpful", "honest", "harmless", "average", "min")}}  # fmt: skip
+
+
+def test_a_sweep_reported_on_validation_still_marks_the_pipelines_choice(tmp_path):
+    """F3: with `eval.report_split=validation` (the README's way to report a sweep) the sweep
+    tables lost the chosen marks: the choice is recorded on the test rows."""
+    from hhh_bench.tracking.report import build_report
+
+    rows = []
+    for s in (0, 1):
+        for k, score in ((0.5, 0.6), (1.0, 0.7)):
+            rows.append(_row("task_arithmetic", s, "validation", score, params={"scaling": k}))
+        rows.append(_row("task_arithmetic", s, "test", 0.68, params={"scaling": 1.0},
+                         extra={"selected_on": "validation", "n_configs": 2}))  # fmt: skip
+    rep = build_report(rows, tmp_path, report_split="validation", select_split="validation")
+    (sweep,) = rep["sweeps"]
+    assert {p.knobs["scaling"]: p.chosen for p in sweep.points} == {0.5: 0, 1.0: 2}
+
+
+def test_choices_made_among_other_candidates_are_not_pooled_as_seeds():
+    """F5: seed 0 of a run with a 6-point grid and seeds 1, 2 of a later run with a 3-point
+    grid into the same root were one row "best of 6 (3 seeds)"."""
+    from hhh_bench.tracking.entries import table_entries
+
+    rows = [_row("task_arithmetic", 0, "test", 0.74, extra={"selected_on": "validation",
+                                                            "n_configs": 6})]  # fmt: skip
+    rows += [_row("task_arithmetic", s, "test", 0.7, extra={"selected_on": "validation",
+                                                            "n_configs": 3}) for s in (0, 1, 2)]  # fmt: skip
+    entries = table_entries(rows)
+    assert sorted(len(e.rows) for e in entries) == [1, 3]
+
+
+@pytest.mark.parametrize("template", ["toy3h_{task}_{split}_{oops}", "toy3h_{0}_{task}_{split}",
+                                      "toy3h_{task.x}_{split}", "toy3h_{task", "foo"])  # fmt: skip
+def test_a_task_template_that_cannot_be_filled_is_named(tmp_path, template):
+    """F6: an unknown, positional or attribute field of eval.task_template was a traceback
+    (KeyError, IndexError, AttributeError); an unbalanced brace or no {task} was refused for
+    having one split."""
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(ValueError, match=r"^eval\.task_template='.*': (its field|it is not a "
+                       r"format string|it has no \{task\} field)"):  # fmt: skip
+        compose_run([f"root={tmp_path}", f"eval.task_template='{template}'"])
+
+
+def test_a_judge_template_with_an_attribute_or_a_huge_width_is_named():
+    """F7: `{prompt.x}` (AttributeError) and `{response:>9999999999999}` (MemoryError) escaped
+    the judge template's trial format as tracebacks."""
+    from hhh_bench.evaluation.judges import specs_from_config
+
+    base = {"model": "m", "kind": "guard", "labels": ["Yes", "No"], "on_unparsed": "error"}
+    for template, says in (("{prompt.x} {response}", "its field {prompt.x} is not one of"),
+                           ("{prompt} {response} {response:>9999999999999}", "has a conversion or format")):  # fmt: skip
+        with pytest.raises(ValueError, match=r"eval\.judges\.safety\.template cannot be filled"):
+            specs_from_config({"safety": {**base, "template": template}})
+        try:
+            specs_from_config({"safety": {**base, "template": template}})
+        except ValueError as e:
+            assert says in str(e)

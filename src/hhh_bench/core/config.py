@@ -390,6 +390,17 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _post(self, "eval")
+        from hhh_bench.core.text import format_fields_problem
+
+        bad = format_fields_problem(self.task_template, ("task", "split"))
+        if bad or "{task}" not in self.task_template:  # battery 14, F6: tracebacks, or a
+            # one-split refusal that named the wrong problem
+            raise ValueError(
+                f"eval.task_template={self.task_template!r}: "
+                + (bad or "it has no {task} field")
+                + " (the task's name is the template filled with {task} and, for a suite "
+                "with a split per task, {split}: e.g. toy3h_{task}_{split})"
+            )
         one_split = "{split}" not in self.task_template
         if one_split:  # battery 12, F17: test items stored as a validation row
             from hhh_bench.core.scoring import SPLIT_SUFFIX

@@ -155,3 +155,26 @@ def normalize_text(text: str) -> str:
             break
         text = new
     return " ".join(text.split())
+
+
+def format_fields_problem(template: str, allowed: tuple[str, ...]) -> str | None:
+    """Why ``template`` is not a ``str.format`` string whose every field is one of ``allowed``,
+    bare (``{task}``: no index, attribute, conversion or format spec, which a name-checked
+    ``format`` call would still fail on or blow up with, a width of 10**13 included); None when
+    it is one. A literal brace is written ``{{`` or ``}}``."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:  # an unbalanced brace
+        return f"it is not a format string ({e})"
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in allowed:
+            return (
+                f"its field {{{field}}} is not one of {', '.join('{' + a + '}' for a in allowed)}"
+            )
+        if spec or conversion:
+            return f"its field {{{field}}} has a conversion or format spec; write {{{field}}}"
+    return None

@@ -81,6 +81,7 @@ from typing import Any
 
 from hhh_bench.core.codeid import code_identity
 from hhh_bench.core.content import folder_identity
+from hhh_bench.core.text import format_fields_problem
 from hhh_bench.evaluation.graders import GRADERS, PARSE_ON_UNPARSED, grade
 
 JUDGE_KINDS = ("guard", "classifier", "reward")
@@ -304,15 +305,15 @@ class JudgeSpec:
                 f"{where}.template must be 'chat', 'response' or a format string with "
                 f"{{response}} (and optionally {{prompt}}), got {spec.template!r}"
             )
-        try:  # a format string that str.format cannot fill is named now, not mid-run
-            if spec.template not in ("chat", "response"):
-                spec.template.format(prompt="", response="", output_1="", output_2="")
-        except (KeyError, IndexError, ValueError) as e:
+        # a format string that str.format cannot fill is named now, not mid-run (battery 14,
+        # F7: an attribute field or a huge width escaped a trial format)
+        bad = (None if spec.template in ("chat", "response") else format_fields_problem(
+            spec.template, ("prompt", "response", "output_1", "output_2")))  # fmt: skip
+        if bad:
             raise ValueError(
-                f"{where}.template cannot be filled ({type(e).__name__}: {e}): its fields are "
-                "{prompt} and {response} (or {output_1} and {output_2}); write a literal brace "
-                "as {{ or }}"
-            ) from None
+                f"{where}.template cannot be filled ({bad}): its fields are {{prompt}} and "
+                "{response} (or {output_1} and {output_2}); write a literal brace as {{ or }}"
+            )
         if spec.batch_size < 1:
             raise ValueError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
         _check_threshold(where, spec)

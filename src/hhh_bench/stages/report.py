@@ -94,6 +94,13 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         _show(cfg, store, done, cached=True)
         return done
     title = str(cfg.name) + (f" [{job}]" if job else "")
+    from hhh_bench.core.scoring import suite_tasks
+    from hhh_bench.tracking.entries import config_setup
+
+    try:  # the setup this config scores with: its rows are the tables' (battery 14, F4)
+        mine = config_setup(ecfg, suite_tasks(ecfg, ecfg.get("report_split", "test")))
+    except ValueError:
+        mine = None
     with atomic_dir(out, overwrite=True) as tmp:
         rep = build_report(
             rows, tmp, experiment=title, report_split=ecfg.get("report_split", "test"),
@@ -101,6 +108,7 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
             diagnostics=read_diagnostics(diagnostics_path(cfg)),
             skipped=[*scan.skipped, *scan.repeated()],
             judge_failure_threshold=rcfg.judge_failure_threshold, interval=rcfg.interval,
+            config_setup=mine,
         )  # fmt: skip
     files = _files_in(rep, out)
     wandb_dir = log_experiment(
@@ -244,7 +252,10 @@ def _report_key(
     ecfg = to_dict(cfg.eval)
     return config_hash({
         "store": digest(store), "diagnostics": digest(diagnostics), "name": str(cfg.name),
-        "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by")},
+        # the splits and choice, and the setup whose rows the tables show (battery 14, F4)
+        "eval": {k: ecfg.get(k) for k in ("report_split", "select_split", "select_by", "limit",
+                 "num_fewshot", "apply_chat_template", "backend", "dimensions", "metric",
+                 "metrics", "task_template")},  # fmt: skip
         "logger": to_dict(cfg.logger), "version": __version__,
         "code": code_identity(*REPORT_CODE),  # a changed report or answer: built anew
         # and where W&B would write:

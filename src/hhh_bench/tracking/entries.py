@@ -141,6 +141,9 @@ def configuration(row: Mapping[str, Any]) -> str:
         key["world"] = row["world_key"]
     if (row.get("extra") or {}).get("selected_on"):
         key["selected"] = True
+        # chosen among another candidate set (a run with another grid into the same root) is
+        # another configuration (battery 14, F5: "best of 6" pooled with a run's "best of 3")
+        key["n_configs"] = (row.get("extra") or {}).get("n_configs")
     else:
         key["params"] = row.get("params") or {}
     return json.dumps(key, sort_keys=True, default=str)
@@ -232,6 +235,7 @@ def _what_differs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
             f"{', '.join(dims_a) or 'none recorded'})"
         )
     names = {"world": "world (world_key)", "selected": "a recorded choice (extra.selected_on)",
+             "n_configs": "the candidates it was chosen from (extra.n_configs: another grid)",
              "data_key": "data (data_key: another data stage, another world or item set)"}  # fmt: skip
     what = ", ".join(names.get(f, f) for f in fields) or "rows of the same seed"
     if fields == ["config_hash"]:  # name the settings (battery 12, F3), where the rows say them
@@ -408,6 +412,37 @@ def extra_columns(
     if table is None:
         return out
     return {k: v for k, v in out.items() if v.get("table", "main") == table}
+
+
+SETUP_SETTINGS = ("limit", "num_fewshot", "apply_chat_template")
+"""The harness settings of a row's evaluation setup (``row["setup"]``) a config says."""
+
+
+def config_setup(ecfg: Mapping[str, Any], specs: Sequence[Any]) -> dict[str, Any]:
+    """The evaluation setup a config scores with, as far as a config says it (the task
+    versions are the harness's): its harness settings, backend and scored tasks (``specs``:
+    :class:`~hhh_bench.core.scoring.TaskSpec`)."""
+    return {
+        **{k: ecfg.get(k) for k in SETUP_SETTINGS},
+        "backend": ecfg.get("backend") or "hf",
+        "tasks": sorted((s.name, s.dimension, float(s.weight), s.metric) for s in specs),
+    }
+
+
+def setup_matches(row: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """Whether ``row`` was evaluated with the setup ``want`` (:func:`config_setup`); a row
+    without a recorded setup (an old store) matches on its tasks alone."""
+    setup = row.get("setup") if isinstance(row.get("setup"), Mapping) else None
+    specs = row.get("task_specs") or []
+    tasks = sorted((str(s.get("name")), str(s.get("dimension")), float(s.get("weight", 0)),
+                    str(s.get("metric"))) for s in specs if isinstance(s, Mapping))  # fmt: skip
+    if tasks != [tuple(t) for t in want.get("tasks") or []]:
+        return False
+    if setup is None:
+        return True
+    if any(setup.get(k) != want.get(k) for k in SETUP_SETTINGS):
+        return False
+    return str(setup.get("backend") or "hf") == str(want.get("backend") or "hf")
 
 
 def by_setup(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:

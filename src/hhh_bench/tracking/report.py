@@ -57,6 +57,7 @@ from hhh_bench.tracking.entries import (
     conflict_matrix,
     extra_columns,
     paired_marks,
+    setup_matches,
     summary_metrics,
     superseded,
     table_entries,
@@ -104,6 +105,7 @@ def build_report(
     skipped: Sequence[Any] = (),
     judge_failure_threshold: float = THRESHOLD,
     interval: str = "t",
+    config_setup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``radar.png``, ``pareto.png`` and ``conflict.png`` into ``out_dir``
     (and the ``diag_<stat>.png`` heatmaps when ``diagnostics`` has rows, a ``sweep_<method>.png``
@@ -122,6 +124,9 @@ def build_report(
             (:func:`hhh_bench.tracking.store.read_diagnostics`); none: no diagnostics section.
         alpha: significance level of the paired tests behind the ≈ / † marks; 1 − the
             coverage of the mix-or-merge interval.
+        config_setup: the evaluation setup the report's config scores with
+            (:func:`hhh_bench.tracking.entries.setup_matches`); its rows are the tables' when
+            the store holds any, else the newest setup's.
         skipped: the store's lines left out as invalid (``report.skip_invalid=true``:
             :class:`hhh_bench.tracking.store.SkippedLine`); the report says under the main table
             how many and why.
@@ -158,6 +163,11 @@ def build_report(
     if select_by not in dict(COLUMNS):
         raise ValueError(f"select_by must be one of {[c for c, _ in COLUMNS]}, got {select_by!r}")
     setups = by_setup(report_rows)
+    shown = "newest"
+    mine = [g for g in setups if config_setup and setup_matches(g[0], config_setup)]
+    if mine:  # battery 14, F4: a stray `eval.limit=5` evaluation took the default report
+        setups = [mine[0], *(g for g in setups if g is not mine[0])]
+        shown = "config"
     report_rows, others = setups[0], setups[1:]
     entries = table_entries(report_rows)
     extra = extra_columns(report_rows, "main")
@@ -174,15 +184,17 @@ def build_report(
     diag_figures = diagnostics_heatmaps(diag_rows, out) if diag_rows else {}
     choose_on = select_split if select_split != report_split else None  # else: said, not hidden
     select_rows = [r for r in rows if choose_on and r.get("split") == choose_on]
+    # the choice is read from every row that records it, whatever split is reported (battery
+    # 14, F3: with report_split=validation no chosen configuration was marked)
     sweeps = sweep_points(rows, split=choose_on or report_split, score=select_by,
-                          chosen_rows=report_rows)  # fmt: skip
+                          chosen_rows=rows)  # fmt: skip
     sweep_paths = sweep_figures(sweeps, out)
     answer_md, answer, answer_text = answer_section(
         entries, select_rows=select_rows, select_split=choose_on, interval=interval, alpha=alpha
     )
     md = [
         *title_section(report_rows, experiment=experiment, split=report_split),
-        *setup_note(report_rows, others),
+        *setup_note(report_rows, others, shown),
         *main_section(entries, report_rows, extra, marks, tests, select_by=select_by,
                       select_split=select_split, alpha=alpha),
         *probes_section(entries, probes, marks),
@@ -190,7 +202,7 @@ def build_report(
         *skipped_note(skipped),
         *superseded_note(dropped),
         *counts_note(report_rows),
-        *other_setups_section(others, report_rows),
+        *other_setups_section(others, report_rows, shown),
         *all_models_section(report_rows),
         *per_task_section(entries),
         *setup_section(report_rows),
@@ -218,5 +230,5 @@ def build_report(
         "sweep_figures": sweep_paths,
         "answer": answer,
         "answer_line": answer_text,
-        "setup_line": setup_console_line(report_rows, others),
+        "setup_line": setup_console_line(report_rows, others, shown),
     }

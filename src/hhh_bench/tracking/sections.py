@@ -317,14 +317,27 @@ def describe_setup(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line naming a setup: suite, metric, its scored tasks, its key."""
     r = rows[0]
     tasks = [s["name"] for s in r.get("task_specs") or []]
+    setup = r.get("setup") if isinstance(r.get("setup"), Mapping) else {}
+    harness = "".join(  # the harness settings that make a setup (battery 14, F4: unnamed)
+        f", {k} {setup[k]}" for k in ("limit", "num_fewshot", "apply_chat_template", "backend")
+        if setup.get(k) is not None
+    )  # fmt: skip
     return md_text(
-        f"suite {r.get('suite')}, metric {r.get('metric')}, {len(tasks)} task(s) "
+        f"suite {r.get('suite')}, metric {r.get('metric')}{harness}, {len(tasks)} task(s) "
         f"({', '.join(tasks) or '-'}); setup {setup_key(r)}"
     )
 
 
+SHOWN_SETUP = {"newest": "the newest evaluation setup",
+               "config": "the evaluation setup this report's config scores with"}  # fmt: skip
+"""How the report's tables chose their setup: the one of the report's config (``eval.limit``,
+tasks, ...) when rows of it exist, else the newest (:func:`hhh_bench.tracking.report.build_report`)."""
+
+
 def setup_note(
-    current: Sequence[Mapping[str, Any]], others: Sequence[Sequence[Mapping[str, Any]]]
+    current: Sequence[Mapping[str, Any]],
+    others: Sequence[Sequence[Mapping[str, Any]]],
+    shown: str = "newest",
 ) -> list[str]:
     """A warning over the main table when the newest evaluation setup (the one the tables
     show) holds fewer rows than an older one: a stray evaluation with other settings (a task
@@ -334,10 +347,17 @@ def setup_note(
     if most <= len(current):
         return []
     names = sorted({str(r.get("name")) for r in current})
-    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    listed = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    if shown == "config":
+        return [
+            f"**The tables below are {SHOWN_SETUP[shown]}, which holds {len(current)} row(s) "
+            f"({md_text(listed)}); another setup of this store holds {most}** (see *Other "
+            "evaluation setups*): report with that setup's settings to see those rows.",
+            "",
+        ]
     return [
-        f"**The tables below are the newest evaluation setup, which holds {len(current)} "
-        f"row(s) ({md_text(shown)}); an older setup of this store holds {most}** (see *Other "
+        f"**The tables below are {SHOWN_SETUP[shown]}, which holds {len(current)} "
+        f"row(s) ({md_text(listed)}); an older setup of this store holds {most}** (see *Other "
         "evaluation setups*): the newest rows were evaluated with other settings (another task "
         "list, task version, limit, metric or backend). If they are a stray evaluation, report "
         "them under a root of their own, or evaluate every model with those settings.",
@@ -346,7 +366,9 @@ def setup_note(
 
 
 def setup_console_line(
-    current: Sequence[Mapping[str, Any]], others: Sequence[Sequence[Mapping[str, Any]]]
+    current: Sequence[Mapping[str, Any]],
+    others: Sequence[Sequence[Mapping[str, Any]]],
+    shown: str = "newest",
 ) -> str | None:
     """:func:`setup_note` as one console line (battery 11, ev03r: only report.md said it, and
     the console's table and answer showed the newest, smaller setup unsaid); None otherwise."""
@@ -354,13 +376,16 @@ def setup_console_line(
     if most <= len(current):
         return None
     return (
-        f"note: the table shows the newest evaluation setup ({len(current)} row(s)); an older "
-        f"setup of this store holds {most} row(s): see report.md (Other evaluation setups)"
+        f"note: the table shows {SHOWN_SETUP[shown]} ({len(current)} row(s)); "
+        f"{'an older' if shown == 'newest' else 'another'} setup of this store holds {most} "
+        "row(s): see report.md (Other evaluation setups)"
     )
 
 
 def other_setups_section(
-    others: Sequence[Sequence[Mapping[str, Any]]], current: Sequence[Mapping[str, Any]]
+    others: Sequence[Sequence[Mapping[str, Any]]],
+    current: Sequence[Mapping[str, Any]],
+    shown: str = "newest",
 ) -> list[str]:
     """One main table per older evaluation setup of the store, each on its own (its deltas
     against its own base): rows of different setups are never averaged together."""
@@ -369,7 +394,7 @@ def other_setups_section(
     md = [
         "## Other evaluation setups in this store",
         "",
-        f"The tables above are the latest setup ({describe_setup(current)}). This store also "
+        f"The tables above are {SHOWN_SETUP[shown]} ({describe_setup(current)}). This store also "
         f"holds rows of {len(others)} other setup(s) (another task list, task version, metric "
         "or harness setting); each is shown apart below and never averaged with another.",
         "",

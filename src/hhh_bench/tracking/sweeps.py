@@ -102,7 +102,7 @@ def _condition(row: Mapping[str, Any]) -> dict[str, Any]:
     from hhh_bench.tracking.entries import configuration
 
     cond = json.loads(configuration(row))
-    for k in ("params", "selected", "name", "kind", "method"):
+    for k in ("params", "selected", "n_configs", "name", "kind", "method"):
         cond.pop(k, None)
     return cond
 
@@ -121,7 +121,7 @@ def sweep_points(
 ) -> list[Sweep]:
     """The swept merge methods of ``rows`` on ``split`` (module doc), in the order their first
     row appears. ``chosen_rows``: rows that carry the pipeline's choice (``extra.selected_on
-    == split``; the report split's), to mark the chosen configuration of each seed."""
+    == split``, on any split), to mark the chosen configuration of each seed."""
     from hhh_bench.tracking.store import setup_key
 
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -132,11 +132,12 @@ def sweep_points(
             continue
         cond = _key({**_condition(r), "setup": setup_key(r)})
         groups.setdefault((method_of(r), cond), []).append(r)
-    chosen: dict[tuple[str, str, str], int] = {}
-    for r in chosen_rows:
+    chosen_seeds: dict[tuple[str, str, str], set[str]] = {}
+    for r in chosen_rows:  # each seed counted once, whichever splits' rows record the choice
         if r.get("kind") == "merge" and (r.get("extra") or {}).get("selected_on") == split:
             k = (method_of(r), _key(_condition(r)), _key(_params(r)))
-            chosen[k] = chosen.get(k, 0) + 1
+            chosen_seeds.setdefault(k, set()).add(_key(r.get("seed")))
+    chosen = {k: len(v) for k, v in chosen_seeds.items()}
     sweeps = []
     conds_of: dict[str, list[str]] = {}
     for (method, cond), rs in groups.items():
