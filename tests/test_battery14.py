@@ -128,3 +128,89 @@ def test_a_judge_template_with_an_attribute_or_a_huge_width_is_named():
             specs_from_config({"safety": {**base, "template": template}})
         except ValueError as e:
             assert says in str(e)
+
+
+def test_rows_without_a_digest_are_said_under_the_table_and_on_the_console(tmp_path, capsys):
+    """F12: a written row whose digest was deleted (its scores edited consistently) was read
+    unchecked and bolded as the table's best, unmarked. Rows without a digest are named under
+    the table and counted on the console; cells whose paired test could not run still say `?`
+    on the console (the flag travels with the stage's result)."""
+    import json
+
+    from conftest import compose
+    from hhh_bench.stages.report import run_report
+    from hhh_bench.tracking.store import read_results
+
+    rows = read_results(FIXTURE)
+    for r in rows:  # the items of every row are named but gone: no paired test can run
+        r["artifacts"] = {"eval_dir": str(tmp_path / "gone" / r["row_key"])}
+    with (tmp_path / "results.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    # eval.name=fixture: the hand rows' one-task scoring is not the toy suite's (as in
+    # tests/eval/test_multirun_reports.py)
+    result = run_report(compose([f"root={tmp_path}", "logger=none", "name=fixture",
+                                 "eval.name=fixture"]))  # fmt: skip
+    out = capsys.readouterr()
+    md = Path(result["report_md"]).read_text()
+    assert (
+        f"**{len([r for r in rows if r['split'] == 'test'])} rows of this table carry no digest**"
+        in md
+    )
+    assert "row(s) of the table carry no digest" in out.out + out.err
+
+
+def test_a_holdout_on_a_suite_with_a_task_per_split_is_refused(tmp_path):
+    """F8: `+eval.holdout` on the toy suite (a task per split) halved the test items, unsaid;
+    the report then blamed the row's missing noise_rate for the difference."""
+    from hhh_bench.pipeline import compose_run
+    from hhh_bench.tracking.entries import configuration
+
+    with pytest.raises(ValueError, match=r"eval\.holdout=.* is for a suite whose tasks have one "
+                       r"split"):  # fmt: skip
+        compose_run([f"root={tmp_path}", "+eval.holdout={fraction: 0.5, seed: 0}"])
+    row = {"kind": "base", "name": "base"}
+    assert configuration({**row, "noise_rate": None}) == configuration({**row, "noise_rate": 0.0})
+
+
+def test_a_column_states_its_direction_and_an_unknown_task_names_the_column(tmp_path):
+    """F9: a column without higher_is_better became true (a lower-is-better column bolded the
+    wrong way); F10: an unknown task of a column was said as `eval.dimensions.columns.kq`."""
+    from hhh_bench.evaluation.judged_eval import column_specs
+    from hhh_bench.evaluation.suite import known_tasks
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(ValueError, match=r"eval\.columns\.kq needs higher_is_better: true, false"):
+        compose_run([f"root={tmp_path}", "+eval.columns.kq={task: known_qa, metric: acc}"])
+    ecfg = {"task_template": "toy3h_{task}_{split}",
+            "columns": {"kq": {"task": "nonexist", "metric": "acc", "higher_is_better": True}}}  # fmt: skip
+    with pytest.raises(ValueError, match=r"^eval\.columns\.kq asks for lm-eval task "
+                       r"'toy3h_nonexist_test'"):  # fmt: skip
+        known_tasks(ecfg, column_specs(ecfg, "test"), [])
+
+
+def test_a_config_folder_without_config_yaml_is_one_line(tmp_path):
+    """F11: HHH_BENCH_CONF naming a folder without config.yaml was a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HHH_BENCH_CONF": str(tmp_path / "nowhere")}
+    env.pop("HHH_VERBOSE", None)
+    r = subprocess.run([sys.executable, "-m", "hhh_bench", "stage=data", f"root={tmp_path}/r"],
+                       env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"hhh-bench: error: HHH_BENCH_CONF={tmp_path / 'nowhere'}: no config.yaml" in r.stderr
+
+
+@pytest.mark.parametrize("emphasis, says", [
+    ("[[2,1,1],[4,2,2]]", r"emphasis\[1\] = \[4\.0, 2\.0, 2\.0\] is emphasis\[0\] = \[2\.0, 1\.0, 1\.0\] scaled"),
+    ("[[3,3,3]]", r"emphasis\[0\] = \[3\.0, 3\.0, 3\.0\] is equal weights"),
+])  # fmt: skip
+def test_an_emphasis_that_is_another_scaled_is_refused(tmp_path, emphasis, says):
+    """F13: emphases [2,1,1] and [4,2,2] give the same merge and mixture (each is used scaled)
+    but were counted twice in "best of N"."""
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(ValueError, match=says):
+        compose_run([f"root={tmp_path}", f"pipeline.tuning.emphasis={emphasis}"])

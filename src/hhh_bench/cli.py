@@ -665,7 +665,17 @@ def _main() -> None:
     check_root(sys.argv[1:])
     global _HELD
     held = _HELD = HeldStderr(sys.stderr)
-    _app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
+    try:
+        config_path = str(conf_dir())
+    except FileNotFoundError as e:  # battery 14, F11: HHH_BENCH_CONF without config.yaml
+        where = (
+            f"HHH_BENCH_CONF={os.environ['HHH_BENCH_CONF']}: "
+            if "HHH_BENCH_CONF" in os.environ
+            else ""
+        )
+        print(f"hhh-bench: error: {where}{e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _app = hydra.main(version_base="1.3", config_path=config_path, config_name="config")(_job)
 
     def run_app() -> None:
         real, sys.stderr = sys.stderr, held  # type: ignore[assignment]

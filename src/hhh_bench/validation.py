@@ -116,7 +116,12 @@ def check_columns(columns: Mapping[str, Any] | None) -> None:
             )
         if not isinstance(col, Mapping) or not col.get("task") or not col.get("metric"):
             raise ValueError(f"{where} needs `task` and `metric`, got {col!r}")
-        higher = col.get("higher_is_better", True)
+        if "higher_is_better" not in col:  # battery 14, F9: it became true unsaid
+            raise ValueError(
+                f"{where} needs higher_is_better: true, false, or null (descriptive: no best "
+                "marked); the report marks the best cell by it"
+            )
+        higher = col.get("higher_is_better")
         if higher is not None and not isinstance(higher, bool):
             raise ValueError(
                 f"{where}.higher_is_better must be true, false or null (descriptive: no best "
@@ -966,4 +971,18 @@ def emphases(pcfg: Mapping[str, Any], dims: Sequence[str]) -> list[list[float]]:
         if any(not isinstance(x, int | float) or isinstance(x, bool) or x <= 0 for x in w):
             raise ValueError(f"pipeline.tuning.emphasis[{i}] = {w!r}: weights must be numbers > 0")
         out.append([float(x) for x in w])
+    # an emphasis is used scaled (merge weights summing to the specialists, mixture shares
+    # summing to 1): one that is another's multiple, or equal weights, is the same configuration
+    # tried twice (battery 14, F13: [2,1,1] and [4,2,2] counted as two of "best of N")
+    shapes = [tuple(round(x / sum(w), 12) for x in w) for w in out]
+    equal = tuple(round(1 / len(dims), 12) for _ in dims) if dims else ()
+    for i, shape in enumerate(shapes):
+        j = shapes.index(shape)
+        if j < i or shape == equal:
+            same = (f"emphasis[{j}] = {list(out[j])} scaled" if j < i
+                    else "equal weights, which are always tried")  # fmt: skip
+            raise ValueError(
+                f"pipeline.tuning.emphasis[{i}] = {list(out[i])} is {same}: an emphasis is "
+                "used scaled, so it is the same configuration tried twice; drop it"
+            )
     return out

@@ -402,6 +402,12 @@ class EvalConfig:
                 "with a split per task, {split}: e.g. toy3h_{task}_{split})"
             )
         one_split = "{split}" not in self.task_template
+        if not one_split and self.holdout is not None:  # battery 14, F8: halved the test items
+            raise ValueError(
+                f"eval.holdout={self.holdout} is for a suite whose tasks have one split; "
+                f"task_template {self.task_template!r} has a task per split ({{split}}), so "
+                "select_split and report_split read their own items already: drop eval.holdout"
+            )
         if one_split:  # battery 12, F17: test items stored as a validation row
             from hhh_bench.core.scoring import SPLIT_SUFFIX
 

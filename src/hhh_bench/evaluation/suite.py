@@ -89,8 +89,10 @@ def known_tasks(
     for s in specs:
         if s.name not in known:
             where = f"eval.include_paths {include}" if include else "no eval.include_paths set"
+            owner = (f"eval.{s.dimension}" if s.dimension.startswith("columns.")  # battery 14,
+                     else f"eval.dimensions.{s.dimension}")  # F10: eval.columns.<name>  # fmt: skip
             raise ValueError(
-                f"eval.dimensions.{s.dimension} asks for lm-eval task {s.name!r} (task_template "
+                f"{owner} asks for lm-eval task {s.name!r} (task_template "
                 f"{template!r}), which is neither a shipped task nor defined in a user task "
                 f"folder ({where}); add the folder of its YAML to eval.include_paths, fix the "
                 "name, or set eval.include_defaults=true for an lm-eval built-in"

@@ -124,6 +124,8 @@ def run_report(cfg: DictConfig, job: str | None = None) -> dict[str, Any]:
         "n_rows": len(rows), "wandb_dir": str(wandb_dir) if wandb_dir else None,
         **({"skipped": len(scan.skipped)} if scan.skipped else {}),
         **({"setup_line": rep["setup_line"]} if rep.get("setup_line") else {}),
+        **({"unverified_rows": rep["unverified_rows"]} if rep.get("unverified_rows") else {}),
+        **({"untested_cells": True} if rep.get("untested_cells") else {}),
     }  # fmt: skip
     (out / _KEY_FILE).write_text(json.dumps({"key": key, "result": result}, default=str))
     write_manifest(out, None)  # last: a later reuse checks the report's files against it
@@ -321,6 +323,9 @@ def _show(cfg: DictConfig, store: Path, rep: dict[str, Any], *, cached: bool) ->
         lines.append(f"skipped {rep['skipped']} invalid line(s) of the store ({why})")
     if rep.get("setup_line"):
         lines.append(str(rep["setup_line"]))
+    if rep.get("unverified_rows"):  # battery 14, F12: said on the console too
+        lines.append(f"{rep['unverified_rows']} row(s) of the table carry no digest (read "
+                     "unchecked; report.md names them)")  # fmt: skip
     if rep.get("untested_cells"):  # a cell marked entries.NO_TEST
         lines.append("?: no paired test for that cell, a row's eval folder is missing from this "
                      "root (report.md names them): run stage=eval again to rebuild it")  # fmt: skip

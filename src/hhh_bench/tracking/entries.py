@@ -136,6 +136,8 @@ def configuration(row: Mapping[str, Any]) -> str:
     chosen configuration of that seed: such rows pool over seeds whatever knobs each seed chose
     (the all-models table says "varies by seed")."""
     key: dict[str, Any] = {k: row.get(k) for k in CONFIG_FIELDS}
+    # no noise recorded (a stage=eval row) is no noise: not a difference to blame (battery 14, F8)
+    key["noise_rate"] = row.get("noise_rate") or 0.0
     key["train_dimensions"] = sorted(str(d) for d in row.get("train_dimensions") or [])
     if row.get("world_key"):  # another world, another selection split: never pooled as seeds
         key["world"] = row["world_key"]

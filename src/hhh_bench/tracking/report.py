@@ -87,7 +87,9 @@ from hhh_bench.tracking.sections import (
     skipped_note,
     superseded_note,
     title_section,
+    unverified_note,
 )
+from hhh_bench.tracking.store import DIGEST
 from hhh_bench.tracking.sweeps import sweep_figures, sweep_points, sweep_section
 from hhh_bench.tracking.tables import main_table
 
@@ -200,6 +202,7 @@ def build_report(
         *probes_section(entries, probes, marks),
         *failure_note(entries, judge_failure_threshold),
         *skipped_note(skipped),
+        *unverified_note(report_rows),
         *superseded_note(dropped),
         *counts_note(report_rows),
         *other_setups_section(others, report_rows, shown),
@@ -219,6 +222,7 @@ def build_report(
         "markdown": markdown,
         "main_table": main_table(entries, extra, marks),
         "untested_cells": untested(marks),
+        "unverified_rows": sum(DIGEST not in r for r in report_rows),
         "paired_tests": tests,
         "entries": entries,
         "summary": summary_metrics(entries, select_by, answer),

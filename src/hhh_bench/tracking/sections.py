@@ -200,6 +200,26 @@ def _row_reason(reason: str) -> tuple[str | None, str]:
     return (m.group(1), reason[m.end() :]) if m else (None, reason)
 
 
+def unverified_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows of the table without a digest (written by hand or by another program, or a
+    written row whose digest was deleted): read unchecked, so said under the table by name
+    (battery 14, F12: an edited row without its digest was the table's unmarked best)."""
+    from hhh_bench.tracking.store import DIGEST
+
+    names = list(dict.fromkeys(str(r.get("name")) for r in rows if DIGEST not in r))
+    if not names:
+        return []
+    n = sum(DIGEST not in r for r in rows)
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    return [
+        f"**{n} row{'s' if n != 1 else ''} of this table carr{'y' if n != 1 else 'ies'} no "
+        f"digest** ({md_text(shown)}): written by hand or by another program, or edited with "
+        "its digest removed, so read unchecked (only its scores' agreement with its tasks is "
+        "checked); evaluate the model again (stage=eval) for a verified row.",
+        "",
+    ]
+
+
 def skipped_note(skipped: Sequence[Any]) -> list[str]:
     """The Markdown lines under the main table saying how many lines of the store were skipped
     (invalid ones with ``report.skip_invalid=true``, and torn ones always) and why, by reason;
