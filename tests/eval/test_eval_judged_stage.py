@@ -94,10 +94,9 @@ OPTIONS = [
 
 def judged_config(root: Path, judges: dict[str, Path], extra: list[str] | None = None):
     """The config of :func:`_overrides` (and ``extra``), composed as the CLI does."""
-    from hydra import compose, initialize_config_dir
+    from conftest import compose
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*_overrides(root, judges), *(extra or [])])
+    return compose([*_overrides(root, judges), *(extra or [])])
 
 
 def judged_fixtures(tmp: Path) -> tuple[dict[str, Path], list[Path], dict[str, str]]:
@@ -457,9 +456,9 @@ def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_ru
     folder: vLLM cannot run here) the generations are the same, so every judge verdict comes from
     the cache, and the backend and its options reached lm-eval's model construction."""
     import lm_eval.api.registry as registry
-    from hydra import compose, initialize_config_dir
     from lm_eval.models.huggingface import HFLM
 
+    from conftest import compose
     from hhh_bench.evaluation import backends
     from hhh_bench.models import load_causal_lm, load_tokenizer
     from hhh_bench.stages.eval import run_eval
@@ -478,8 +477,7 @@ def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_ru
     )
     overrides = [*_overrides(judged_run["tmp"] / "runs", judged_run["judges"]), *OPTIONS]
     overrides += ["eval.backend=vllm", "+eval.backend_args={gpu_memory_utilization: 0.8}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides)
     model = {"path": str(judged_run["policies"][1]), "key": "p1", "kind": "merge",
              "name": "ties vllm", "method": "ties"}  # fmt: skip
     res = run_eval(cfg, model, judged_run["data"], append=False)
@@ -495,8 +493,7 @@ def test_judge_verdicts_are_cached_and_the_vllm_choice_reaches_lm_eval(judged_ru
 
 
 def test_judged_suite_checks_its_judges_and_logging_before_any_model_loads(judged_run):
-    from hydra import compose, initialize_config_dir
-
+    from conftest import compose
     from hhh_bench.stages.eval import run_eval
 
     base = _overrides(judged_run["tmp"] / "runs", judged_run["judges"])
@@ -507,8 +504,7 @@ def test_judged_suite_checks_its_judges_and_logging_before_any_model_loads(judge
         (["eval.judges.safety.kind=reward"], r"eval.judges.safety is a 'reward' judge"),
     ]
     for extra, message in cases:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*base, *extra])
+        cfg = compose([*base, *extra])
         with pytest.raises(ValueError, match=message):
             run_eval(cfg, {"path": "unused", "key": "k"}, judged_run["data"])
 
