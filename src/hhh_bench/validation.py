@@ -116,11 +116,6 @@ def check_columns(columns: Mapping[str, Any] | None) -> None:
             )
         if not isinstance(col, Mapping) or not col.get("task") or not col.get("metric"):
             raise ValueError(f"{where} needs `task` and `metric`, got {col!r}")
-        if "higher_is_better" not in col:  # battery 14, F9: it became true unsaid
-            raise ValueError(
-                f"{where} needs higher_is_better: true, false, or null (descriptive: no best "
-                "marked); the report marks the best cell by it"
-            )
         higher = col.get("higher_is_better")
         if higher is not None and not isinstance(higher, bool):
             raise ValueError(
@@ -137,6 +132,11 @@ def check_columns(columns: Mapping[str, Any] | None) -> None:
             raise ValueError(
                 f"{where}: unknown key(s) {unknown}; a column takes task, metric, "
                 "higher_is_better and table"
+            )
+        if "higher_is_better" not in col:  # battery 14, F9: it became true unsaid
+            raise ValueError(
+                f"{where} needs higher_is_better: true, false, or null (descriptive: no best "
+                "marked); the report marks the best cell by it"
             )
 
 

@@ -30,7 +30,8 @@ def test_a_column_that_would_overwrite_a_row_field_or_flip_its_direction_is_refu
         check_columns({name: col})
     check_columns({"length": {"task": "alpaca_lc", "metric": "length", "higher_is_better": None},
                    "refuse": {"task": "t", "metric": "acc", "higher_is_better": False},
-                   "probe": {"task": "t", "metric": "acc", "table": "diagnostics"}})  # fmt: skip
+                   "probe": {"task": "t", "metric": "acc", "table": "diagnostics",
+                             "higher_is_better": True}})  # fmt: skip
 
 
 def test_a_difficulty_missing_on_some_rows_is_refused_before_the_holdout_splits_them():
