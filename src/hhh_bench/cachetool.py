@@ -75,8 +75,20 @@ def _store_refs(root: Path) -> set[str]:
 
 
 def unreferenced(root: Path) -> tuple[list[Path], int]:
-    """The stage outputs nothing refers to, and the number of old outputs kept unknown."""
-    outputs = list(stage_outputs(root))
+    """The stage outputs nothing kept refers to, and the number of old outputs kept unknown:
+    the whole closure at once (an output only an unreferenced one refers to is unreferenced
+    too; battery 15, F3: each `gc --yes` peeled one more layer)."""
+    gone: set[Path] = set()
+    while True:
+        loose, unknown = _unreferenced(root, gone)
+        if set(loose) <= gone:
+            return sorted(gone), unknown
+        gone |= set(loose)
+
+
+def _unreferenced(root: Path, gone: set[Path]) -> tuple[list[Path], int]:
+    """The stage outputs that no store row and no output outside ``gone`` refers to."""
+    outputs = [o for o in stage_outputs(root) if o not in gone]
     refs = _store_refs(root)
     referenced: set[str] = set()
     unknown = 0
@@ -103,7 +115,7 @@ def unreferenced(root: Path) -> tuple[list[Path], int]:
         if o.name not in refs and o.relative_to(root).as_posix() not in referenced
         and str(o) not in referenced
     ]  # fmt: skip
-    return out_list, unknown
+    return [*gone, *out_list], unknown
 
 
 def _store_problems(root: Path) -> list[str]:
@@ -166,7 +178,15 @@ def cmd_gc(root: Path, yes: bool) -> int:
             f"a run is using {root} (process {', '.join(map(str, active))}): its outputs not yet "
             "evaluated would look unreferenced; run `cache gc --yes` after it ends"
         )
+    if yes and not (root / "results.jsonl").is_file() and any(stage_outputs(root)):
+        raise ValueError(  # battery 15, F3: every evaluation went, unsaid
+            f"{root} has no results.jsonl: every evaluation, and every model only an "
+            "evaluation refers to, would count as unreferenced and be removed; restore the "
+            "store first (or remove folders by hand)"
+        )
     loose, unknown = unreferenced(root)
+    if not (root / "results.jsonl").is_file() and loose:
+        print(f"note: {root} has no results.jsonl: no evaluation is referenced by a row")
     for o in loose:
         print(("removed " if yes else "unreferenced ") + str(o))
         if yes:

@@ -165,29 +165,14 @@ def check_sweep_mode() -> None:
 
 
 def check_empty_dict_overrides(cfg) -> None:
-    """``key={}`` on the command line where the config holds a non-empty mapping at ``key``
-    (``eval.dimensions.helpful={}``): Hydra merges a mapping given there into the config's, so
-    the override empties nothing and the run would score what the user meant to drop. Raise
-    ``ValueError`` naming the override and what to type instead."""
+    """:func:`hhh_bench.pipeline.check_dict_overrides` of this Hydra job's overrides."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import DictConfig, OmegaConf
+
+    from hhh_bench.pipeline import check_dict_overrides
 
     if not HydraConfig.initialized():
         return
-    lines = [str(o) for o in HydraConfig.get().overrides.task]
-    for o in OverridesParser.create().parse_overrides(lines):
-        if o.is_sweep_override() or o.is_delete() or o.value() != {}:
-            continue
-        key = o.key_or_group
-        held = OmegaConf.select(cfg, key, default=None)
-        if isinstance(held, DictConfig) and len(held):
-            first = next(iter(held))
-            raise ValueError(
-                f"{o.input_line} empties nothing: Hydra merges a mapping given on the command "
-                f"line into the config's, so {key} still holds {sorted(held)}; drop an entry "
-                f"with ~{key}.{first}, or the whole key with ~{key}"
-            )
+    check_dict_overrides(cfg, [str(o) for o in HydraConfig.get().overrides.task])
 
 
 UNREAD_BY_EVAL = ("merge", "merge_engine", "mix", "train")

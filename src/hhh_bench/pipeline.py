@@ -264,7 +264,44 @@ def compose_run(overrides: Sequence[str]) -> Any:
             typo or " ".join(x.strip() for x in str(e).splitlines() if x.strip())
         ) from None
     CACHE.reset()
+    check_dict_overrides(cfg, overrides)
     return prepare(cfg)[0]
+
+
+def check_dict_overrides(cfg: Any, lines: Sequence[str]) -> None:
+    """A mapping given on the command line where the config holds one: Hydra merges it into the
+    config's, so ``key={}`` empties nothing (``eval.dimensions.helpful={}``) and
+    ``pipeline.merge_grid={tsv: ...}`` keeps every other method of the shipped grid (battery
+    14, F2 of battery 15: the docs' "train the specialists once" ran the whole grid). Raise
+    ``ValueError`` naming the override, what the config still holds and what to type."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig
+
+    args = [x for x in lines if not x.startswith("-") and "=" in x and not x.startswith("hydra")]
+    deleted = {a[1:].split("=", 1)[0] for a in args if a.startswith("~")}
+    for o in OverridesParser.create().parse_overrides(args):
+        if o.is_sweep_override() or o.is_delete() or not isinstance(o.value(), dict):
+            continue
+        key = o.key_or_group
+        if key in deleted:  # `~key +key={...}`: a replacement, as asked
+            continue
+        held = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(held, DictConfig) or not len(held):
+            continue
+        kept = sorted(str(k) for k in held if k not in o.value())
+        if o.value() == {}:
+            first = next(iter(held))
+            raise ValueError(
+                f"{o.input_line} empties nothing: Hydra merges a mapping given on the command "
+                f"line into the config's, so {key} still holds {sorted(map(str, held))}; drop "
+                f"an entry with ~{key}.{first}, or the whole key with ~{key}"
+            )
+        if kept:
+            raise ValueError(
+                f"{o.input_line} is merged into the config's {key}, which keeps {kept}: Hydra "
+                f"merges a mapping given on the command line; to replace {key} write "
+                f"'~{key}' '+{o.input_line.lstrip('+')}', or set one entry with {key}.<name>=..."
+            )
 
 
 def unknown_key_message(hydra_text: str, argv: Sequence[str]) -> str | None:

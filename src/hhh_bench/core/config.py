@@ -77,6 +77,10 @@ DPO_LOSS_TYPES = (
 """``train.loss_type``'s values: the DPO losses of the locked TRL (``DPOTrainer``'s list; it
 refuses any other only when training starts, after the data and base stages)."""
 
+NEEDS_LABEL_SMOOTHING = ("robust", "exo_pair")
+"""TRL losses defined by a label smoothing ε > 0 (``DPOConfig.label_smoothing``), which
+hhh-bench does not expose: refused rather than run as another loss or fail mid-run."""
+
 SPLITS = ("validation", "test")
 """The splits a suite scores (core/scoring.py's SPLIT_SUFFIX): eval.select_split, report_split."""
 
@@ -204,6 +208,14 @@ class TrainConfig:
         if self.kind == "sft" and self.method == "lora":
             raise ValueError("train.kind=sft supports full fine-tuning only (train.method=full)")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
+        smoothed = [t for t in losses if t in NEEDS_LABEL_SMOOTHING]
+        if smoothed:  # battery 15, F6/F7: `robust` trained plain DPO, `exo_pair` failed late
+            raise ValueError(
+                f"train.loss_type={self.loss_type!r}: {smoothed} need TRL's label smoothing ε > 0 "
+                "(robust: the assumed label-noise rate), which hhh-bench does not set: with "
+                "ε = 0 robust is plain DPO (sigmoid) and exo_pair does not run; use sigmoid, "
+                "ipo, hinge, ..."
+            )
         unknown = [t for t in losses if t not in DPO_LOSS_TYPES]
         if self.kind == "dpo" and unknown:
             raise ValueError(

@@ -70,7 +70,7 @@ from hhh_bench.tracking.failures import (
     with_failure_marks,
 )
 from hhh_bench.tracking.plots import conflict_plot, diagnostics_heatmaps, pareto_plot, radar_plot
-from hhh_bench.tracking.resm_tsv import resm_section, resm_vs_tsv
+from hhh_bench.tracking.resm_tsv import comparisons, resm_sections
 from hhh_bench.tracking.sections import (
     all_models_section,
     counts_note,
@@ -212,7 +212,7 @@ def build_report(
         *paired_section(entries, tests, {**extra, **probes}, alpha=alpha),
         *figures_section(),
         *sweep_section(sweeps, sweep_paths),
-        *resm_section(resm_vs_tsv(entries, level=1 - alpha)),
+        *resm_sections(comparisons(entries, level=1 - alpha)),
         *(diagnostics_section(diag_rows, diag_figures) if diag_rows else []),
         *answer_md,  # last: the report ends with its answer line
     ]  # fmt: skip

@@ -54,13 +54,15 @@ class ResmVsTsv:
     level: float
     mechanisms: dict[str, Mechanism] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # seeds without readable diagnostics
+    switched_off: dict[str, str] = field(default_factory=dict)  # seed: the knobs set off
+    condition: str = ""  # where the table holds several conditions: this one's
 
     @property
     def inert(self) -> bool:
-        """The reweighting moved nothing on any seed whose diagnostics were read."""
-        return bool(self.mechanisms) and all(
-            m.largest < INERT_BELOW for m in self.mechanisms.values()
-        )
+        """The reweighting moved nothing on any seed whose diagnostics were read, and was on in
+        each (a chosen ``reweight: none`` is off by configuration, not inert: battery 15, F8)."""
+        on = {s: m for s, m in self.mechanisms.items() if s not in self.switched_off}
+        return bool(on) and all(m.largest < INERT_BELOW for m in on.values())
 
 
 def _method(e: Any) -> str:
@@ -121,12 +123,59 @@ def resm_vs_tsv(entries: Sequence[Any], *, level: float = 0.95) -> ResmVsTsv | N
     out = ResmVsTsv(resm.label, tsv.label, seeds, per_seed, si.diff, si.low, si.high,
                     si.p_value, level)  # fmt: skip
     for s in seeds:
+        params = a[s].get("params") or {}
+        off = [f"{k}={params[k]}" for k, v in (("reweight", "none"), ("rank", "uniform"))
+               if params.get(k) == v]  # fmt: skip
+        if off:
+            out.switched_off[str(s)] = ", ".join(off)
         m = mechanism(a[s])
         if m is None:
             out.missing.append(str(s))
         else:
             out.mechanisms[str(s)] = m
     return out
+
+
+def comparisons(entries: Sequence[Any], *, level: float = 0.95) -> list[ResmVsTsv | str]:
+    """:func:`resm_vs_tsv` per condition (world and preference noise: the answer's
+    :func:`hhh_bench.tracking.answer.condition_of`) that holds both families, or a sentence
+    saying why a condition's pair is not shown (several choices of one family: rows of several
+    runs). Empty when no condition holds both (battery 15, F4: a second run into the root made
+    the section vanish, unsaid)."""
+    from hhh_bench.tracking.answer import _condition_text, condition_of
+
+    by: dict[Any, list[Any]] = {}
+    for e in entries:
+        if e.kind == "merge" and _method(e) in ("resm", "tsv"):
+            by.setdefault(condition_of(e), []).append(e)
+    out: list[ResmVsTsv | str] = []
+    for es in by.values():
+        if {_method(e) for e in es} != {"resm", "tsv"}:
+            continue
+        where = _condition_text(es[0].rows) if len(by) > 1 else ""
+        r = resm_vs_tsv(es, level=level)
+        if r is None:
+            counts = {m: sum(_method(e) == m for e in es) for m in ("resm", "tsv")}
+            out.append(
+                f"Not shown{' at ' + where if where else ''}: the table holds {counts['resm']} "
+                f"choice(s) of resm and {counts['tsv']} of tsv (rows of several runs, or no "
+                "shared seed); report each run from its own root to compare them."
+            )
+        else:
+            r.condition = where
+            out.append(r)
+    return out
+
+
+def resm_sections(results: Sequence[ResmVsTsv | str]) -> list[str]:
+    """The report's *RESM vs TSV-M* section: one comparison per condition, or why not."""
+    if not results:
+        return []
+    md: list[str] = []
+    for r in results:
+        part = resm_section(r) if isinstance(r, ResmVsTsv) else ["", "## RESM vs TSV-M", "", r, ""]
+        md += part if not md else [x for x in part if x != "## RESM vs TSV-M"]
+    return md
 
 
 def resm_section(r: ResmVsTsv | None) -> list[str]:
@@ -143,13 +192,19 @@ def resm_section(r: ResmVsTsv | None) -> list[str]:
                 else "RESM better" if r.low > 0 else "TSV-M better")  # fmt: skip
         head = (f"RESM − TSV-M = {r.diff:+.3f}, {r.level:.0%} t interval over {n} paired seeds "
                 f"[{r.low:+.3f}, {r.high:+.3f}], p = {r.p_value:.2g}: {word}")  # fmt: skip
+    at = f"At {r.condition}: " if r.condition else ""
     md = ["", "## RESM vs TSV-M", "",
-          f"{r.resm} against {r.tsv} (each the pipeline's choice on the selection split where it "
+          f"{at}{r.resm} against {r.tsv} (each the pipeline's choice on the selection split where it "
           f"made one), paired by seed: {head}."]  # fmt: skip
     if r.inert:
         md += ["", "**Mechanism inert**: RESM's reweighting moved the merged task vector by "
                f"less than {INERT_BELOW:g} (relative norm) in every layer on every seed: RESM "
                "merged as TSV-M does here, so this difference says nothing of RESM."]  # fmt: skip
+    if r.switched_off:
+        md += ["", "The chosen RESM configuration switches a mechanism off on seed(s) "
+               + "; ".join(f"{s} ({k})" for s, k in r.switched_off.items())
+               + ": there RESM is TSV-M by construction in that mechanism (a tie on the selection "
+               "split goes to the first configuration of the grid), so it is not counted as inert."]  # fmt: skip
     if r.mechanisms:
         md += ["", "| Seed | Layers moved by reweighting | Largest move | Ranks ≠ uniform |",
                "|---|---:|---:|---:|"]  # fmt: skip

@@ -153,7 +153,7 @@ def train_dpo(
             ``model`` as it is now. Must stay None with LoRA (the adapter is switched off instead).
         lora: a peft ``LoraConfig`` (or a ``train.lora`` mapping) for LoRA; None: full fine-tuning.
         beta: DPO's β (deviation from the reference; higher = closer).
-        loss_type: TRL loss type(s): ``sigmoid`` (DPO), ``ipo``, ``hinge``, ``robust``, ...; a
+        loss_type: TRL loss type(s): ``sigmoid`` (DPO), ``ipo``, ``hinge``, ...; a
             list combines them, e.g. ``["sigmoid", "sft"]`` adds the NLL of the chosen answer
             (RPO-style), weighted by ``loss_weights``.
         loss_weights: one weight per entry of ``loss_type`` (None: all 1).

@@ -1,0 +1,104 @@
+"""Battery 15's findings (an independent battery on f3eb610) that have no better home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_a_mapping_override_that_would_merge_into_the_configs_is_refused(tmp_path):
+    """F2: `pipeline.merge_grid={}` (the docs' "train the specialists once") kept the whole
+    grid, and `pipeline.merge_grid={tsv: ...}` swept every shipped method too; replacing is
+    `~key +key={...}`, which works."""
+    from hhh_bench.pipeline import compose_run
+
+    root = f"root={tmp_path}"
+    with pytest.raises(ValueError, match=r"pipeline\.merge_grid=\{\} empties nothing"):
+        compose_run([root, "pipeline.merge_grid={}"])
+    with pytest.raises(ValueError, match=r"is merged into the config's pipeline\.merge_grid, "
+                       r"which keeps \['dare_ta', "):  # fmt: skip
+        compose_run([root, "pipeline.merge_grid={tsv: {scaling: [1.0]}}"])
+    cfg = compose_run(
+        [root, "~pipeline.merge_grid", "+pipeline.merge_grid={tsv: {scaling: [1.0]}}"]
+    )
+    assert list(cfg.pipeline.merge_grid) == ["tsv"]
+    for doc in ("docs/training.md", "docs/scale.md"):  # the docs say the working form
+        text = (Path(__file__).resolve().parents[1] / doc).read_text()
+        assert "'~pipeline.merge_grid'" in text and "merge_grid={}" not in text
+
+
+def _output(root: Path, stage: str, key: str, inputs: list[str]) -> None:
+    from hhh_bench.core import content
+
+    out = root / stage / key
+    out.mkdir(parents=True)
+    (out / "x.txt").write_text(key)
+    (out / content.KEY_FILE).write_text(json.dumps({"stage": stage, "key": key, "inputs": inputs}))
+    content.write_manifest(out, None)
+
+
+def test_gc_without_a_store_refuses_and_lists_the_whole_closure(tmp_path, capsys):
+    """F3: with results.jsonl missing, `cache gc --yes` removed every evaluation unsaid, and
+    each further gc removed one more layer (a merge only a removed evaluation referred to)."""
+    from hhh_bench.cachetool import main, unreferenced
+
+    _output(tmp_path, "base", "b0", [])
+    _output(tmp_path, "merge", "m0", ["base/b0"])
+    _output(tmp_path, "eval", "e0", ["merge/m0"])
+    assert {p.name for p in unreferenced(tmp_path)[0]} == {"b0", "m0", "e0"}  # one pass
+    assert main(["gc", str(tmp_path), "--yes"]) == 2
+    assert "has no results.jsonl: every evaluation" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "e0").is_dir()
+    (tmp_path / "results.jsonl").write_text("")
+    assert main(["gc", str(tmp_path), "--yes"]) == 0  # an empty store: nothing is referenced
+    assert not (tmp_path / "base" / "b0").exists()
+
+
+@pytest.mark.parametrize("loss", ["robust", "exo_pair", "[sigmoid,robust]"])
+def test_losses_that_need_a_label_smoothing_are_refused(tmp_path, loss):
+    """F6/F7: `robust` trained bit-identical weights to plain DPO (ε = 0), `exo_pair` failed
+    inside the train stage after data and θ0."""
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(ValueError, match=r"need TRL's label smoothing ε > 0"):
+        compose_run([f"root={tmp_path}", f"train.loss_type={loss}"])
+
+
+def _merge_row(tmp_path, method, seed, average, params, *, noise=0.0, moves=None):
+    folder = tmp_path / f"{method}-{seed}-{noise}-{json.dumps(params, sort_keys=True)}"
+    folder.mkdir()
+    if moves is not None:
+        (folder / "diagnostics.json").write_text(json.dumps({"resm": {
+            "decomposed_layers": len(moves), "moved_at": 0.01, "layers_reweight_moved": 0,
+            "layers_with_changed_rank": 0,
+            "reweight_merge_change": {f"l{i}": m for i, m in enumerate(moves)}}}))  # fmt: skip
+    return {"row_key": folder.name, "name": method, "kind": "merge", "method": method,
+            "seed": seed, "split": "test", "suite": "hand", "metric": "acc", "data_key": "d",
+            "params": params, "task_specs": [], "noise_rate": noise, "world_key": f"w{noise}",
+            "artifacts": {"model": str(folder)}, "extra": {"selected_on": "validation"},
+            **{d: average for d in ("helpful", "honest", "harmless", "average", "min")}}  # fmt: skip
+
+
+def test_resm_against_tsv_per_condition_and_a_switched_off_reweighting_is_not_inert(tmp_path):
+    """F4: two noise conditions in one root made the section vanish, unsaid; F8: a chosen
+    `reweight=none` (a tie on validation) was declared "mechanism inert"."""
+    from hhh_bench.tracking.entries import table_entries
+    from hhh_bench.tracking.resm_tsv import ResmVsTsv, comparisons, resm_sections
+
+    rows = []
+    for noise in (0.0, 0.2):
+        for s in (0, 1):
+            rows.append(_merge_row(tmp_path, "tsv", s, 0.5, {"scaling": 1.0}, noise=noise))
+            rows.append(_merge_row(tmp_path, "resm", s, 0.52,
+                                   {"scaling": 1.0, "reweight": "none", "rank": "uniform"},
+                                   noise=noise, moves=[0.0, 0.0]))  # fmt: skip
+    results = comparisons(table_entries(rows))
+    assert [r.condition for r in results] == ["noise_rate 0.0, world w0.0",
+                                              "noise_rate 0.2, world w0.2"]  # fmt: skip
+    assert all(isinstance(r, ResmVsTsv) and not r.inert for r in results)
+    md = "\n".join(resm_sections(results))
+    assert md.count("## RESM vs TSV-M") == 1 and "At noise_rate 0.2, world w0.2: " in md
+    assert "switches a mechanism off on seed(s) 0 (reweight=none, rank=uniform)" in md
+    assert "Mechanism inert" not in md
