@@ -102,3 +102,56 @@ def test_resm_against_tsv_per_condition_and_a_switched_off_reweighting_is_not_in
     assert md.count("## RESM vs TSV-M") == 1 and "At noise_rate 0.2, world w0.2: " in md
     assert "switches a mechanism off on seed(s) 0 (reweight=none, rank=uniform)" in md
     assert "Mechanism inert" not in md
+
+
+def _row(kind, name, seed, score, pairs, dims):
+    specs = [{"name": t, "dimension": d, "weight": 1.0, "metric": "acc"}
+             for t, d in (("h", "helpful"), ("o", "honest"), ("s", "harmless"))]  # fmt: skip
+    return {"row_key": f"{name}-{seed}", "name": name, "kind": kind, "seed": seed,
+            **({"method": name} if kind == "merge" else {"mix_strategy": name}),
+            "split": "test", "suite": "hand", "metric": "acc", "data_key": "d",
+            "task_specs": specs, "tasks": {t: {"acc": score} for t in "hos"},
+            "train_dimensions": dims, "extra": {"train_pairs": pairs} if pairs else {},
+            **{d: score for d in ("helpful", "honest", "harmless", "average", "min")}}  # fmt: skip
+
+
+def test_a_mixture_of_another_budget_is_said_in_the_answer():
+    """F5: a mixture trained on 2,000 pairs against specialists of 360 in all won the answer
+    as `mix: uniform [2]`, unsaid in the answer line."""
+    from hhh_bench.tracking.answer import answer_line, compare
+    from hhh_bench.tracking.entries import table_entries
+
+    dims = ["helpful", "honest", "harmless"]
+    rows = [_row("specialist", f"{d} specialist", s, 0.5, 120, [d]) for d in dims for s in (0, 1)]
+    rows += [_row("merge", "ties", s, 0.6, None, dims) for s in (0, 1)]
+    matched = rows + [_row("mixture", "uniform", s, 0.7, 360, dims) for s in (0, 1)]
+    assert "budget" not in answer_line(compare(table_entries(matched)))
+    bigger = rows + [_row("mixture", "uniform", s, 0.9, 2000, dims) for s in (0, 1)]
+    assert (
+        "not budget-matched: the chosen mixture trained on 2,000 pairs, the specialists "
+        "the merge is made of on 360 in all"
+    ) in answer_line(compare(table_entries(bigger)))
+
+
+def test_plan_refuses_a_root_the_run_refuses(tmp_path, capsys):
+    """F9: `plan root=<a regular file>` planned the whole run (the run refuses that root)."""
+    from hhh_bench.cli import _plan
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as e:
+        _plan([f"root={tmp_path / 'afile'}"])
+    assert e.value.code == 2 and "is a regular file, not a folder" in capsys.readouterr().err
+
+
+def test_a_mergekit_linear_merge_without_a_base_runs(tmp_path, small_specialists):
+    """F1: a linear merge of two finetunes with no base_model (mergekit's commonest config)
+    was refused as models "not trained from base_model", the first model standing in."""
+    from hhh_bench.mergeyaml import run
+
+    a, b = sorted(str(p) for p in small_specialists)[:2]
+    yaml = tmp_path / "lin.yaml"
+    yaml.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: "
+                    f"{{weight: 1}}\n  - model: {b}\n    parameters: {{weight: 3}}\n"
+                    "dtype: float32\n")  # fmt: skip
+    res = run(yaml, tmp_path / "out", progress=False)
+    assert res.n_tensors > 0 and (tmp_path / "out" / "model.safetensors").is_file()

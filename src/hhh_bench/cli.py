@@ -284,6 +284,7 @@ def _run_overrides(main: Callable[[list[str]], int], argv: list[str]) -> int:
 def _plan(argv: list[str]) -> int:
     from hhh_bench.planning import main as plan_main
 
+    check_root(argv)  # a root the run would refuse (a regular file): refused here too
     return _run_overrides(plan_main, argv)
 
 

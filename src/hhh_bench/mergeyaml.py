@@ -738,7 +738,9 @@ def run(
 
     names = (f"{config}: base_model", f"{config}: models")
     finetuned = [str(x) for x in mp.finetuned]
-    check_same_base(str(mp.base), finetuned, names=names)
+    if cfg.base_model:  # without one, the first model stands in as the base (linear, karcher,
+        # multislerp need none): it is no θ0 to compare with (battery 15, F1)
+        check_same_base(str(mp.base), finetuned, names=names)
     check_tokenizers(str(mp.base), finetuned, names=names)
     extra: dict[str, Any] = {"device": device}
     if mp.method in ("della", "della_linear"):

@@ -717,6 +717,10 @@ def main(argv: list[str]) -> int:
     try:
         cfg = compose_run(args.overrides)
         check_planned_stage(str(cfg.stage))
+        from hhh_bench.stages.eval import results_path
+        from hhh_bench.tracking.store import check_one_experiment
+
+        check_one_experiment(results_path(cfg), str(cfg.name))  # as the run (battery 15, F9)
         jobs, pl = plan(cfg, profile=args.gpu, mfu=args.mfu, gpus=args.gpus)
     except (ValueError, OSError) as e:
         print(f"hhh-bench plan: error: {e}", file=sys.stderr)

@@ -315,6 +315,30 @@ def one_condition(entries: Sequence[Entry]) -> tuple[list[Entry], list[str]] | s
     return mine, [texts[keep], *(texts[c] for c in order if c != keep)]
 
 
+def budget_mismatch(
+    entries: Sequence[Entry], mix_by_seed: Mapping[Any, Mapping[str, Any]], shared: Sequence[Any]
+) -> tuple[int, int] | None:
+    """``(the chosen mixture's training pairs, the specialists' pairs in all)`` on a paired seed
+    where they differ (the merge is made of the specialists: the data each arm saw), None when
+    they agree or are not recorded (battery 15, F5: a mixture of 5.6x the data won the answer,
+    unsaid)."""
+    for s in shared:
+        mix = (mix_by_seed[s].get("extra") or {}).get("train_pairs")
+        by_dim: dict[str, Any] = {}  # one specialist per dimension (a re-evaluation: the same)
+        for e in entries:
+            for r in e.rows if e.kind == "specialist" else ():
+                dims = r.get("train_dimensions") or []
+                if r.get("seed") == s and len(dims) == 1:
+                    by_dim.setdefault(str(dims[0]), (r.get("extra") or {}).get("train_pairs"))
+        mixed = [str(d) for d in mix_by_seed[s].get("train_dimensions") or []]
+        specs = [by_dim.get(d) for d in mixed]
+        if not isinstance(mix, int) or not specs or not all(isinstance(p, int) for p in specs):
+            continue
+        if mix != sum(specs):
+            return mix, sum(specs)
+    return None
+
+
 def compare(
     entries: Sequence[Entry],
     *,
@@ -408,6 +432,7 @@ def compare(
         "condition": conditions[0] if len(conditions) > 1 else None,
         "other_conditions": conditions[1:],
     }  # fmt: skip
+    out["budget"] = budget_mismatch(entries, mix_by_seed, shared)
     out["decomposition"] = decomposition(merge_by_seed, mix_by_seed, shared)
     out["dominant_task"] = dominant_task(out["decomposition"], si.diff)
     parts = _item_parts(merge_by_seed, mix_by_seed, shared)
@@ -507,6 +532,12 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
         carried = (
             f"; one task carries more than half the margin: {one['task']} "
             f"{one['contribution']:+.3f} of {r['diff']:+.3f} ({one['share']:.0%})"
+        )
+    if r.get("budget"):
+        mix_pairs, spec_pairs = r["budget"]
+        carried += (
+            f"; not budget-matched: the chosen mixture trained on {mix_pairs:,} pairs, the "
+            f"specialists the merge is made of on {spec_pairs:,} in all"
         )
     if r.get("other_conditions"):
         carried += (
