@@ -155,3 +155,19 @@ def test_a_mergekit_linear_merge_without_a_base_runs(tmp_path, small_specialists
                     "dtype: float32\n")  # fmt: skip
     res = run(yaml, tmp_path / "out", progress=False)
     assert res.n_tensors > 0 and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("device, says", [("mps", "no usable MPS device"), ("xla", "is not a device"),
+                                          ("meta", "is not a device")])  # fmt: skip
+def test_merge_refuses_a_device_it_cannot_use_before_merging(tmp_path, capsys, device, says):
+    """F13: `hhh-bench merge ... --device mps|xla|meta` ended in PyTorch's traceback after the
+    merge had started."""
+    from hhh_bench.mergeyaml import main
+
+    (tmp_path / "x.yaml").write_text("merge_method: linear\n")
+    assert main([str(tmp_path / "x.yaml"), str(tmp_path / "out"), "--device", device]) == 2
+    assert (
+        f"hhh-bench merge: error: --device={device!r}" in (err := capsys.readouterr().err)
+        or f"--device={device} " in err
+    )
+    assert says in err and not (tmp_path / "out").exists()

@@ -803,6 +803,9 @@ def main(argv: Sequence[str]) -> int:
     if not 0 <= args.seed < 2**32:
         ap.error(f"argument --seed: {args.seed} is outside [0, 2**32 - 1]")
     try:
+        from hhh_bench.validation import check_device_here
+
+        check_device_here("--device", args.device)  # battery 15, F13: mps/xla/meta: tracebacks
         check_out_dir(args.out_dir)
         res = run(args.config, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
                   allow_architecture_mismatch=args.allow_architecture_mismatch,

@@ -857,6 +857,25 @@ def wandb_key_set() -> bool:
     return bool(entry and entry[2])
 
 
+def check_device_here(where: str, dev: str) -> None:
+    """``dev`` is a device the stages accept (:func:`hhh_bench.core.config.check_device`) and
+    this machine has; raise ``ValueError`` naming ``where`` otherwise."""
+    import torch
+
+    from hhh_bench.core.config import check_device
+
+    check_device(where, dev)
+    if dev == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{where}=mps but this machine has no usable MPS device (Apple GPU); use {where}=cpu"
+        )
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"{where}={dev} but this machine has no usable CUDA device (torch "
+            f"{torch.__version__}); use {where}=cpu, or install a CUDA build of torch"
+        )
+
+
 def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
     """What can be checked before any work: every device the run will use exists, every
     folder the run writes to that the user named (``merge_engine.cache_dir``,
@@ -866,23 +885,13 @@ def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
     that evaluate (:func:`check_nltk_data`). ``loads_models=False``: a stage that loads no
     model (``stage=data``, ``stage=report``: a CPU job of a GPU experiment on a cluster) skips
     the device checks and the hub model's."""
-    import torch
 
     for name, attr in (("model", "device"), ("train", "device"), ("merge_engine", "device")):
         if not loads_models:
             break
         g = groups.get(name)
         dev = str(getattr(g, attr, "cpu") or "cpu") if g is not None else "cpu"
-        if dev == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(
-                f"{name}.{attr}=mps but this machine has no usable MPS device (Apple GPU); use "
-                f"{name}.{attr}=cpu"
-            )
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(
-                f"{name}.{attr}={dev} but this machine has no usable CUDA device (torch "
-                f"{torch.__version__}); use {name}.{attr}=cpu, or install a CUDA build of torch"
-            )
+        check_device_here(f"{name}.{attr}", dev)
     from hhh_bench.core.stagecache import held_by_a_run
 
     for name in ("merge_engine", "data"):
