@@ -171,3 +171,56 @@ def test_merge_refuses_a_device_it_cannot_use_before_merging(tmp_path, capsys, d
         or f"--device={device} " in err
     )
     assert says in err and not (tmp_path / "out").exists()
+
+
+def test_a_one_model_list_of_the_base_says_so():
+    """F10: a task_arithmetic YAML listing only the base said "needs at least 2 models, got 0"."""
+    from hhh_bench.mergeyaml import MergekitConfigError, _check_counts
+
+    with pytest.raises(MergekitConfigError, match=r"needs at least 1 model besides base_model; "
+                       r"models lists only the base"):  # fmt: skip
+        _check_counts("task_arithmetic", [])
+
+
+def test_a_flip_rate_that_flips_nothing_is_refused():
+    """F11: flip_rate 0.001 of 360 pairs flipped none; the clean model was reported as a
+    "noise 0.001" condition."""
+    from hhh_bench.data.prepare import training_set
+
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [], "rejected": [],
+             "dimension": "helpful", "id": str(i)} for i in range(360)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"flip_rate=0\.001 flips no pair of the 360 it applies "
+                       r"to .* at least 0\.0014"):  # fmt: skip
+        training_set({"helpful": rows}, {"flip_rate": 0.001, "seed": 0}, None, 0)
+
+
+def test_export_advises_its_own_flag(tmp_path, capsys):
+    """F12: export's store errors advised the report's `report.skip_invalid=true`."""
+    from hhh_bench.exporting import main
+
+    (tmp_path / "results.jsonl").write_text('{"row_key": "x"}\n{"row_key": "y"}\n')
+    (tmp_path / "eval").mkdir()
+    assert main([str(tmp_path), "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-invalid" in err and "report.skip_invalid" not in err
+
+
+@pytest.mark.parametrize("override, says", [
+    ("mix.scorer=bogus", r"mix \(conflict_aware\): scorer 'bogus' is not one of"),
+    ("+mix.schedule=bogus", r"schedule must be 'per_phase' or 'one'"),
+])  # fmt: skip
+def test_mixture_knobs_read_when_training_are_checked_before_any_stage(tmp_path, override, says):
+    """F14: mix.scorer / schedule / reference were named after data, θ0 and the specialists."""
+    from hhh_bench.pipeline import compose_run
+
+    with pytest.raises(ValueError, match=says):
+        compose_run([f"root={tmp_path}", "mix=conflict_aware", override])
+
+
+def test_a_diagnosed_set_is_labelled_by_the_knobs_it_was_diagnosed_with():
+    """F15: a sweep's diagnosed sets were seven identical rows titled "dpo, seed 0"."""
+    from hhh_bench.merging.diagnostics import resm_knobs
+    from hhh_bench.stages.diagnose import knob_label
+
+    assert knob_label("dpo, seed 0", resm_knobs(None)) == "dpo, seed 0"
+    assert knob_label("dpo, seed 0", resm_knobs({"kappa": 2.0})) == "dpo, seed 0 (kappa=2.0)"

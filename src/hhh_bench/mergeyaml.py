@@ -645,8 +645,13 @@ def _check_counts(name: str, points: list[ModelEntry]) -> None:
         raise MergekitConfigError(
             f"merge_method 'sce' needs at least 2 models besides the base, got {n}"
         )
-    if n < 1 or (name in ("linear", "karcher") and n < 2):
+    if name in ("linear", "karcher") and n < 2:
         raise MergekitConfigError(f"merge_method {name!r} needs at least 2 models, got {n}")
+    if n < 1:  # battery 15, F10: "needs at least 2 models, got 0" for a list of the base alone
+        raise MergekitConfigError(
+            f"merge_method {name!r} needs at least 1 model besides base_model; models lists "
+            "only the base (or nothing)"
+        )
 
 
 def _lookup(levels: Sequence[Mapping[str, Any]], name: str, tensor: str, t: float) -> Any:

@@ -371,6 +371,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             out[group] = load(cls, cfg[group], group)
             if group in GROUP_CHECKS:
                 GROUP_CHECKS[group](out[group])
+    check_mix_knobs(cfg)
     check_mix_scorers(cfg)
     check_mix_reference(cfg)
     _check_positions(out)
@@ -496,6 +497,29 @@ def check_mix_reference(cfg: Mapping[str, Any]) -> None:
                 f"fine-tuning, but train.method=lora (the DPO reference of a LoRA run is θ0 "
                 f"with the adapter off). Use reference: base, or train.method=full"
             )
+
+
+def check_mix_knobs(cfg: Mapping[str, Any]) -> None:
+    """The knobs a strategy reads only when it trains (battery 15, F14: named after data, θ0
+    and the specialists): a scored mixture's ``scorer``, a curriculum's ``schedule`` and
+    ``reference``, checked before any stage (and by ``plan``)."""
+    from hhh_bench.data.mixing.scorers import SCORERS
+
+    scorers = sorted({*SCORERS, "toy3h"})  # toy3h: registered by the train stage
+    for where, mix in mix_entries(cfg):
+        name = mix.get("name")
+        if "scorer" in mix and mix["scorer"] not in scorers:
+            raise ValueError(f"{where} ({name}): scorer {mix['scorer']!r} is not one of {scorers}")
+        if "schedule" in mix and mix["schedule"] not in ("per_phase", "one"):
+            raise ValueError(
+                f"{where} ({name}): schedule must be 'per_phase' or 'one', got {mix['schedule']!r}"
+            )
+        if "reference" in mix and mix["reference"] not in ("base", "phase"):
+            raise ValueError(
+                f"{where} ({name}): reference must be 'base' or 'phase', got {mix['reference']!r}"
+            )
+        if mix.get("reference") == "phase" and mix.get("schedule", "per_phase") != "per_phase":
+            raise ValueError(f"{where} ({name}): reference: phase needs schedule: per_phase")
 
 
 def check_mix_scorers(cfg: Mapping[str, Any]) -> None:

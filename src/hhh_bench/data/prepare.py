@@ -91,9 +91,17 @@ def training_set(
             flat, noise["flip_rate"], noise["seed"], dimension=noise.get("dimension")
         )
         sets = {d: [r for r in flipped_rows if r["dimension"] == d] for d in sets}
+        eligible = sum(1 for r in flat if noise.get("dimension") in (None, r["dimension"]))
+        if noise["flip_rate"] > 0 and eligible and not flipped:  # battery 15, F11
+            raise ValueError(
+                f"data.noise.flip_rate={noise['flip_rate']} flips no pair of the {eligible} it "
+                "applies to (the rate times the pairs rounds to 0): the run would be the clean "
+                "one, reported as a noisy condition; give a rate of at least "
+                f"{0.5 / eligible:.2g}, or 0"
+            )
         noise_info = {
             **noise,
-            "eligible": sum(1 for r in flat if noise.get("dimension") in (None, r["dimension"])),
+            "eligible": eligible,
             "flipped": len(flipped),
             "flipped_ids": flipped,
         }

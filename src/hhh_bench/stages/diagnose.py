@@ -137,9 +137,10 @@ def run_diagnose(
         extra={"base": str(base), "models": models}, inputs=[str(base), *models],
     )  # fmt: skip
     path = run.dir / "diagnostics.json"
+    label = label or knob_label(diagnostics_label(cfg, explicit=_explicit(cfg)), knobs)
     row = diagnostics_row(
         run.info, key=run.key, experiment=str(cfg.get("name", "")), seed=cfg.get("seed"),
-        label=label or diagnostics_label(cfg, explicit=_explicit(cfg)), base=str(base),
+        label=label, base=str(base),
         models=models, path=path,
     )  # fmt: skip
     return {
@@ -151,6 +152,18 @@ def run_diagnose(
         "markdown": summary_markdown(run.info, heading=CARD_HEADING),
         "row_appended": append_diagnostics(diagnostics_path(cfg), row),
     }
+
+
+def knob_label(label: str, knobs: Mapping[str, Any]) -> str:
+    """``label`` with the RESM knobs a set was diagnosed with where they are not RESM's
+    defaults (battery 15, F15: a sweep's sets were seven rows titled "dpo, seed 0")."""
+    from hhh_bench.merging.diagnostics import resm_knobs
+
+    default = resm_knobs(None)
+    other = {k: v for k, v in knobs.items() if default.get(k) != v}
+    if not other:
+        return label
+    return label + " (" + ", ".join(f"{k}={v}" for k, v in sorted(other.items())) + ")"
 
 
 def _explicit(cfg: DictConfig) -> bool:
