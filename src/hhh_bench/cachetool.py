@@ -178,14 +178,14 @@ def cmd_gc(root: Path, yes: bool) -> int:
             f"a run is using {root} (process {', '.join(map(str, active))}): its outputs not yet "
             "evaluated would look unreferenced; run `cache gc --yes` after it ends"
         )
-    if yes and not (root / "results.jsonl").is_file() and any(stage_outputs(root)):
-        raise ValueError(  # battery 15, F3: every evaluation went, unsaid
-            f"{root} has no results.jsonl: every evaluation, and every model only an "
-            "evaluation refers to, would count as unreferenced and be removed; restore the "
-            "store first (or remove folders by hand)"
-        )
     loose, unknown = unreferenced(root)
-    if not (root / "results.jsonl").is_file() and loose:
+    if not (root / "results.jsonl").exists() and loose:
+        if yes:
+            raise ValueError(  # battery 15, F3: every evaluation went, unsaid
+                f"{root} has no results.jsonl: every evaluation, and every model only an "
+                f"evaluation refers to ({len(loose)} stage output(s)), would count as "
+                "unreferenced and be removed; restore the store first (or remove folders by hand)"
+            )
         print(f"note: {root} has no results.jsonl: no evaluation is referenced by a row")
     for o in loose:
         print(("removed " if yes else "unreferenced ") + str(o))
