@@ -81,7 +81,7 @@ def unreferenced(root: Path) -> tuple[list[Path], int]:
     gone: set[Path] = set()
     while True:
         loose, unknown = _unreferenced(root, gone)
-        if set(loose) <= gone:
+        if not loose:
             return sorted(gone), unknown
         gone |= set(loose)
 
@@ -115,7 +115,7 @@ def _unreferenced(root: Path, gone: set[Path]) -> tuple[list[Path], int]:
         if o.name not in refs and o.relative_to(root).as_posix() not in referenced
         and str(o) not in referenced
     ]  # fmt: skip
-    return [*gone, *out_list], unknown
+    return out_list, unknown
 
 
 def _store_problems(root: Path) -> list[str]:

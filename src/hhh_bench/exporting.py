@@ -214,7 +214,9 @@ def main(argv: list[str]) -> int:
         records = list(export_items(root, skip_invalid=args.skip_invalid))
         write_export(records, out, args.format)
     except (ValueError, OSError) as e:  # the store's advice names the report's key: ours here
-        text = str(e).replace("report.skip_invalid=true", "--skip-invalid")  # battery 15, F12
+        from hhh_bench.tracking.store import SKIP_SWITCH
+
+        text = str(e).replace(SKIP_SWITCH, "--skip-invalid")  # battery 15, F12
         print(f"hhh-bench export: error: {text}", file=sys.stderr)
         return 2
     rows = len({r["row_key"] for r in records})

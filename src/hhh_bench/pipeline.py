@@ -473,9 +473,10 @@ def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
             ours = e.key
         finally:
             CACHE.dry_run = False
+    from hhh_bench.stages.merge import recorded_input, train_record
+
     for i, model in enumerate(cfg.merge.models):
-        folders = (Path(str(model)), Path(str(model)).parent)
-        record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+        record = train_record(str(model))
         try:
             key = json.loads(record.read_text()) if record is not None else {}
         except ValueError:
@@ -484,8 +485,7 @@ def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
             continue
         theirs = [str(x) for x in key.get("inputs") or [] if Path(str(x)).parent.name == "base"]
         if theirs and all(Path(t).name != ours for t in theirs):
-            where = Path(theirs[0])
-            full = where if where.is_absolute() else record.parent.parent.parent / where
+            full = recorded_input(record, theirs[0])  # type: ignore[arg-type]
             raise ValueError(
                 f"merge.models[{i}]={str(model)!r} was trained from the θ0 stage output "
                 f"{full}; merge.base is not given, so the base would be this run's θ0, which "

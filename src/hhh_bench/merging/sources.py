@@ -38,9 +38,10 @@ from hhh_bench.merging.taskvec import LowRank
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_SWITCH = "merge_engine.allow_pickle=true"
-ARCH_SWITCH = "merge_engine.allow_architecture_mismatch=true"
-"""The pipeline's switch that a refusal names (``hhh-bench merge`` names its own flag)."""
 """How a refusal of pickles names the switch (``hhh-bench merge`` says its ``--allow-pickle``)."""
+ARCH_SWITCH = "merge_engine.allow_architecture_mismatch=true"
+"""How a refusal of another architecture names the switch (``hhh-bench merge`` says its
+``--allow-architecture-mismatch``)."""
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 ST_DTYPES: dict[str, torch.dtype] = {

@@ -260,8 +260,7 @@ def check_same_base(
         return
     identity = functools.cache(lambda: base_identity or model_identity(str(base)))
     for i, model in enumerate(models):
-        folders = (Path(model), Path(model).parent)
-        record = next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+        record = train_record(model)
         if record is None:  # a LoRA adapter copied out of its train folder: its own record
             _check_adapter_base(i, model, identity, base, names)
             continue
@@ -283,7 +282,7 @@ def check_same_base(
                 # a folder that is no stage output: a copy of θ0's model files (weights, config,
                 # tokenizer) is that θ0 (battery 14, F1: a copy without the output's records
                 # was refused without a word of what differed); else say what differs
-                theta0 = record.parent.parent.parent / where[0] if where else None
+                theta0 = recorded_input(record, where[0]) if where else None
                 differs = model_files_differ(theta0, Path(base)) if theta0 else None
                 if differs == []:
                     continue
@@ -307,6 +306,20 @@ def check_same_base(
                 f"{base_name}={base!r}: its task vector would be the difference of two "
                 "unrelated models; give the θ0 it was trained from as the base"
             )
+
+
+def train_record(model: str | Path) -> Path | None:
+    """The ``key.json`` of the stage output holding ``model`` (its folder, or the folder above
+    an ``adapter/``), or None."""
+    folders = (Path(model), Path(model).parent)
+    return next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+
+
+def recorded_input(record: Path, entry: str) -> Path:
+    """Where an entry of a ``key.json``'s ``inputs`` lies: absolute as written, else under the
+    root of the output the record belongs to (``<root>/<stage>/<key>/key.json``)."""
+    p = Path(entry)
+    return p if p.is_absolute() else record.parent.parent.parent / p
 
 
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "config.json",

@@ -423,6 +423,9 @@ def _locked(f: Any) -> Iterator[None]:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+SKIP_SWITCH = "report.skip_invalid=true"
+"""How a refusal of an invalid store line names the switch (``hhh-bench export`` says its
+``--skip-invalid``)."""
 DIGEST = "digest"
 """A row's own hash, written with it: a line edited by hand no longer matches (:func:`check_row`).
 A row without one (written by hand, or by hhh-bench before 0.4) is read unchecked."""
@@ -747,7 +750,7 @@ def _scan(path: Path, skip_invalid: bool) -> StoreScan:
         else:
             raise StoreError(
                 f"{path}, line {ln.number}: {reason}. Fix or delete that line, or skip invalid "
-                "rows with report.skip_invalid=true (the report then says how many it skipped)"
+                f"rows with {SKIP_SWITCH} (the report then says how many it skipped)"
             )
     return scan
 
