@@ -177,3 +177,25 @@ def test_a_search_s_configurations_read_apart():
     )
     assert _shown("mix-reward_select", own, None) == "mix-reward_select"
     assert _shown("oracle", {**own, "budget": "per_specialist"}, "oracle") == "oracle"
+
+
+QUIET_ON_IMPORT = """
+import logging, sys
+from hhh_bench.core import console
+with console.session(root=sys.argv[1]):
+    before = "transformers" in sys.modules
+    from transformers.utils import logging as tl
+    lib = logging.getLogger("transformers")
+    quiet = tl._default_handler not in lib.handlers and not tl.is_progress_bar_enabled()
+    from transformers import AutoConfig  # the package works as imported (its lazy names)
+hooks = [h for h in sys.meta_path if type(h).__name__ == "_OnImport"]
+print(before, quiet, AutoConfig.__name__, hooks, file=sys.stderr)
+"""
+
+
+def test_transformers_quieted_when_first_imported_not_before(tmp_path):
+    """A session does not import transformers only to silence it (~1 s of every command, of a
+    cached rerun): it is quieted right after its first import; the hook is gone at the end."""
+    out = subprocess.run([sys.executable, "-c", QUIET_ON_IMPORT, str(tmp_path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stderr.split() == ["False", "True", "AutoConfig", "[]"], out.stderr

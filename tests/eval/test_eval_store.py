@@ -113,3 +113,24 @@ def test_concurrent_appends_never_interleave(tmp_path):
     for t in threads:
         t.join()
     assert len(read_results(path)) == 80
+
+
+def test_each_stored_row_is_identified_once_per_process(tmp_path, monkeypatch):
+    """A pipeline reads its store once per evaluated model: hashing every row's configuration on
+    every read made a cached rerun quadratic in its rows. A row's identity is computed once (the
+    memo's rows are never changed), and a row appended since is read with its own."""
+    from hhh_bench.tracking import store
+
+    path = tmp_path / "results.jsonl"
+    for k in "abc":
+        append_result(path, row(k))
+    calls = []
+    real = store.row_identity
+    monkeypatch.setattr(store, "row_identity", lambda r: calls.append(r["row_key"]) or real(r))
+    store._IDENTITIES.clear()
+    for _ in range(5):
+        assert [r["row_key"] for r in read_results(path)] == ["a", "b", "c"]
+    assert sorted(calls) == ["a", "b", "c"]
+    append_result(path, row("a", 0.9))  # supersedes a: the latest row, under a's place
+    got = read_results(path)
+    assert [(r["row_key"], r["average"]) for r in got] == [("a", 0.9), ("b", 0.5), ("c", 0.5)]

@@ -27,6 +27,8 @@ imports: every layer may print through it.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import io
 import logging
 import os
@@ -35,7 +37,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -480,17 +482,72 @@ def quiet_libraries(files: Sequence[logging.Handler]) -> None:
         lg = logging.getLogger(name)
         lg.handlers = list(files)
         lg.propagate = False
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_default_handler()
-        transformers.utils.logging.disable_progress_bar()  # weight-loading bars of tiny models
-    except ImportError:  # pragma: no cover
-        pass
+    _on_import("transformers", _quiet_transformers)
     # datasets' map/filter bars: of no use in a log either (read when datasets is imported)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
+
+
+def _quiet_transformers(_module: Any) -> None:
+    """transformers' own console handler and its weight-loading bars (tiny models) off."""
+    from transformers.utils import logging as tlog
+
+    tlog.disable_default_handler()
+    tlog.disable_progress_bar()
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """A module's own loader, with ``then`` called on the module once it has run."""
+
+    def __init__(self, loader: Any, then: Callable[[Any], None]) -> None:
+        self._loader, self._then = loader, then
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        with contextlib.suppress(Exception):  # quieting a library never fails its import
+            self._then(sys.modules.get(module.__name__, module))
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like: the real loader's
+        return getattr(self._loader, name)
+
+
+class _OnImport(importlib.abc.MetaPathFinder):
+    """Calls ``then`` on module ``name`` when it is first imported (:func:`_on_import`)."""
+
+    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        _drop_import_hooks([self])
+        spec = importlib.util.find_spec(fullname)  # the finders behind this one
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+def _on_import(name: str, then: Callable[[Any], None]) -> None:
+    """``then(module)`` now if ``name`` is imported, else right after its first import in this
+    session (a cached rerun never imports transformers, whose import alone took ~1 s of every
+    command just to be silenced). :func:`session` drops a hook that was not used."""
+    if name in sys.modules:
+        with contextlib.suppress(Exception):
+            then(sys.modules[name])
+        return
+    _drop_import_hooks([h for h in sys.meta_path if isinstance(h, _OnImport) and h.name == name])
+    sys.meta_path.insert(0, _OnImport(name, then))
+
+
+def _drop_import_hooks(hooks: Sequence[Any] | None = None) -> None:
+    """Remove ``hooks`` (all of :func:`_on_import`'s when None) from ``sys.meta_path``."""
+    for h in [h for h in sys.meta_path if isinstance(h, _OnImport)] if hooks is None else hooks:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(h)
 
 
 def _log_file(root: str | Path | None) -> tuple[list[logging.FileHandler], logging.Handler | None]:
@@ -605,6 +662,7 @@ def session(
         raise ValueError(f"console.progress={progress!r}: use one of {list(PROGRESS)}")
     with contextlib.ExitStack() as stack:
         stack.callback(_restore, (_S.verbosity, _S.live, _S.out, _S.err), dict(os.environ))
+        stack.callback(_drop_import_hooks)
         files = stack.enter_context(_handlers(verbosity, root))
         path = Path(files[0].baseFilename) if files else None
         if verbosity < EVERYTHING:

@@ -479,7 +479,7 @@ def _append_row(path: str | Path, row: Mapping[str, Any], *, skip_unchanged: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f, _locked(f):
         if skip_unchanged:
-            latest = _dedupe(_rows_of(f, path, warn=False))
+            latest = _dedupe(_rows_of(f, path, warn=False), memo=True)
             prev = latest.get(row_identity(row))
             if prev is not None and _same(prev, row):
                 return False
@@ -811,10 +811,27 @@ def row_identity(row: Mapping[str, Any]) -> str:
     return key if cid is None else f"{key}#cfg={cid}"
 
 
-def _dedupe(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+_IDENTITIES: dict[int, tuple[Mapping[str, Any], str]] = {}
+""":func:`row_identity` of the rows of :data:`_PARSED` (by ``id``, with the row itself, so that
+the id is never another row's): a pipeline reads its store once per evaluated model, and
+hashing every row's configuration on every read made a cached rerun quadratic in its rows.
+Only rows that the memo parsed are remembered (readers get copies, which are hashed anew)."""
+
+
+def _dedupe(rows: list[dict[str, Any]], *, memo: bool = False) -> dict[str, dict[str, Any]]:
+    """The last row per :func:`row_identity`, in first-seen order (``memo``: the rows are
+    :data:`_PARSED`'s own, never changed, so their identities are remembered)."""
     latest: dict[str, dict[str, Any]] = {}
+    if memo and len(_IDENTITIES) > 500_000:  # rows of files parsed anew since: let them go
+        _IDENTITIES.clear()
     for r in rows:  # insertion order is the first occurrence; the value is the last one
-        latest[row_identity(r)] = r
+        if not memo:
+            latest[row_identity(r)] = r
+            continue
+        known = _IDENTITIES.get(id(r))
+        if known is None or known[0] is not r:
+            known = _IDENTITIES[id(r)] = (r, row_identity(r))
+        latest[known[1]] = r
     return latest
 
 
@@ -835,7 +852,7 @@ def read_results(
     evaluated model) then does not copy all of them.
     """
     scan = _scan(Path(path), skip_invalid)
-    rows = list(_dedupe(scan.rows).values()) if dedupe else scan.rows
+    rows = list(_dedupe(scan.rows, memo=True).values()) if dedupe else scan.rows
     if where is not None:
         rows = [r for r in rows if where(r)]
     return [_rebased(copy.deepcopy(r), scan.path.parent) for r in rows]
