@@ -159,6 +159,20 @@ def test_the_answer_pairs_a_merge_with_a_mixture_of_its_own_condition():
     assert result["mixture_mean"] == pytest.approx(0.6) and "noise_rate" not in answer_line(result)
 
 
+def test_no_noise_recorded_pairs_with_a_noise_rate_of_zero():
+    """A row without ``noise_rate`` (a store written before it was recorded, a hand row) is the
+    clean condition, as the table's configurations read it: paired with rows at 0.0, not a
+    condition of its own."""
+    from hhh_bench.tracking.answer import answer_line, compare
+    from hhh_bench.tracking.entries import table_entries
+
+    rows = [{**_row("merge", "ties", s, 0.7, 0.0), "noise_rate": None} for s in (0, 1)]
+    rows += [_row("mixture", "uniform", s, 0.6, 0.0) for s in (0, 1)]
+    result = compare(table_entries(rows))
+    assert not isinstance(result, str), result
+    assert result["merge_mean"] == pytest.approx(0.7) and "noise_rate" not in answer_line(result)
+
+
 def test_an_empty_or_blank_root_is_refused_however_it_is_spelt(tmp_path):
     """F10: ``root=''`` (Hydra's quoted empty string) wrote the run into the current folder,
     ``root=' '`` into a folder named ' '."""

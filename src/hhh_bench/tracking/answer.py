@@ -272,7 +272,10 @@ def condition_of(e: Entry) -> tuple[str, str]:
     """The condition an entry's models were trained in: its world (``world_key``) and its
     preference noise (``noise_rate``). A merge and a mixture are paired only within one."""
     r = e.rows[0]
-    return str(r.get("world_key") or ""), json.dumps(r.get("noise_rate"))
+    noise = r.get("noise_rate") or 0.0  # none recorded is none, as the table's configurations
+    if isinstance(noise, int | float) and not isinstance(noise, bool):  # read it (0 is 0.0)
+        noise = float(noise)
+    return str(r.get("world_key") or ""), json.dumps(noise)
 
 
 def _condition_text(rows: Sequence[Mapping[str, Any]]) -> str:
