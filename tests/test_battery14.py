@@ -214,3 +214,21 @@ def test_an_emphasis_that_is_another_scaled_is_refused(tmp_path, emphasis, says)
 
     with pytest.raises(ValueError, match=says):
         compose_run([f"root={tmp_path}", f"pipeline.tuning.emphasis={emphasis}"])
+
+
+@pytest.mark.parametrize(("mixtures", "says"), [
+    (["uniform", "uniform"], r"pipeline.mixtures\[1\] names 'uniform' again \(pipeline.mixtures\[0\]\)"),
+    (["uniform", {"name": "uniform", "strategy": "uniform"}], r"names 'uniform' again"),
+    ([{"strategy": "uniform"}], r"pipeline.mixtures\[0\] names no strategy"),
+    ([""], r"pipeline.mixtures\[0\] names no strategy"),
+])  # fmt: skip
+def test_a_mixture_listed_twice_or_unnamed_is_refused(mixtures, says):
+    """Two entries of one strategy were both reported as "mix: <name>", one row hiding the
+    other; a mapping without its name stopped the pipeline with a KeyError after θ0 trained."""
+    from hhh_bench.validation import check_mixes
+
+    cfg = {"stage": "all", "data": {"dimensions": ["helpful", "honest", "harmless"]},
+           "mix": {"name": "uniform"}, "pipeline": {"mixtures": mixtures, "oracle": {"enabled": False}}}  # fmt: skip
+    with pytest.raises(ValueError, match=says):
+        check_mixes(cfg)
+    check_mixes({**cfg, "pipeline": {"mixtures": ["uniform", "sequential"], "oracle": {"enabled": False}}})

@@ -789,8 +789,20 @@ def check_mixes(cfg: Mapping[str, Any]) -> None:
         except ValueError as e:
             raise ValueError(f"{where}={name!r}: {e}") from None
 
+    seen: dict[str, int] = {}
     for i, entry in enumerate(pcfg.get("mixtures") or []):
         where = f"pipeline.mixtures[{i}]"
+        name = entry.get("name") if isinstance(entry, Mapping) else entry
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where} names no strategy (give a conf/mix name, or a mapping "
+                             f"with its 'name'): {entry!r}")  # fmt: skip
+        if name in seen:  # both rows would be "mix: <name>", one hiding the other
+            raise ValueError(
+                f"{where} names {name!r} again (pipeline.mixtures[{seen[name]}]): each mixture "
+                "is one row named by its strategy; list a strategy once (to try several of "
+                "its settings, use pipeline.tuning or a sweep: -m mix.<knob>=a,b)"
+            )
+        seen[name] = i
         check_mix(entry if isinstance(entry, Mapping) else option(entry, where), dims, where)
     oracle = pcfg.get("oracle") or {}
     if oracle.get("enabled", True):
