@@ -231,4 +231,6 @@ def test_a_mixture_listed_twice_or_unnamed_is_refused(mixtures, says):
            "mix": {"name": "uniform"}, "pipeline": {"mixtures": mixtures, "oracle": {"enabled": False}}}  # fmt: skip
     with pytest.raises(ValueError, match=says):
         check_mixes(cfg)
-    check_mixes({**cfg, "pipeline": {"mixtures": ["uniform", "sequential"], "oracle": {"enabled": False}}})
+    check_mixes(
+        {**cfg, "pipeline": {"mixtures": ["uniform", "sequential"], "oracle": {"enabled": False}}}
+    )
