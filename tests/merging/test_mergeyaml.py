@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
 
 import pytest
@@ -591,3 +592,25 @@ def test_models_of_another_base_or_tokenizer_are_refused_as_by_the_merge_stage(z
     assert not (tmp_path / "out").exists()
     shutil.copy(zoo / "base" / "tokenizer.json", m1 / "tokenizer.json")
     check_tokenizers(str(zoo / "base"), [str(m1), str(zoo / "m0")])  # the same words: fine
+
+
+def test_a_specialist_with_another_chat_template_is_said(zoo, tmp_path, caplog):
+    """The merged folder takes the base's tokenizer files: a specialist whose chat template
+    differs is merged without a word otherwise (battery 14), and evaluated with the base's."""
+    import logging
+    import shutil
+
+    from hhh_bench.stages.merge import check_tokenizers
+
+    m1 = tmp_path / "m1"
+    shutil.copytree(zoo / "m1", m1)
+    for f in (zoo / "base").glob("*token*"):  # its tokenizer: the base's
+        shutil.copy(f, m1 / f.name)
+    with caplog.at_level(logging.WARNING, logger="hhh_bench"):
+        check_tokenizers(str(zoo / "base"), [str(zoo / "m0"), str(m1)])
+        assert not caplog.records  # the zoo's own: the same template
+        (m1 / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+        check_tokenizers(str(zoo / "base"), [str(zoo / "m0"), str(m1)])
+    [rec] = caplog.records
+    assert re.search(r"merge.models\[1\]='.*m1' has another chat template than merge.base=",
+                     rec.getMessage()), rec.getMessage()  # fmt: skip

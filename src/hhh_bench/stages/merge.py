@@ -376,6 +376,25 @@ def _token_ids(folder: Path) -> dict[int, str] | None:
     return None
 
 
+def _chat_template(folder: Path) -> str | None:
+    """A tokenizer folder's chat template(s) as one comparable string (``chat_template.jinja``,
+    ``chat_template.json`` or ``tokenizer_config.json``'s ``chat_template``), None when it has
+    none or they do not parse."""
+    import json
+
+    try:
+        if (folder / "chat_template.jinja").is_file():
+            return (folder / "chat_template.jinja").read_text()
+        for name in ("chat_template.json", "tokenizer_config.json"):
+            if (folder / name).is_file():
+                found = json.loads((folder / name).read_text()).get("chat_template")
+                if found is not None:
+                    return found if isinstance(found, str) else json.dumps(found, sort_keys=True)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
 def check_tokenizers(
     base: str, models: Sequence[str], *, names: tuple[str, str] = ("merge.base", "merge.models")
 ) -> None:
@@ -393,6 +412,13 @@ def check_tokenizers(
     for i, model in enumerate(models):
         p = Path(model).expanduser()
         mine = _token_ids(p) if p.is_dir() else None
+        template = _chat_template(p) if p.is_dir() else None
+        if template is not None and template != _chat_template(Path(base).expanduser()):
+            log.warning(
+                "%s[%d]=%r has another chat template than %s=%r: the merged model is written, "
+                "and evaluated, with the base's tokenizer files and chat template",
+                models_name, i, model, base_name, base,
+            )  # fmt: skip
         if mine is None:
             continue
         differ = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
