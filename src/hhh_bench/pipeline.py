@@ -135,14 +135,18 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     _check_base_seed(cfg, seeds)
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
-    with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
-        out: dict[str, Any] = {"data": run_data(cfg)}
-    data = out["data"]
+    out: dict[str, Any] = {}
+    if _own_data_used(seeds):  # `seed`'s data: unless `seeds` leaves it out (battery 16, A12)
+        with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
+            out["data"] = run_data(cfg)
     if stage == "data":  # every seed of `seeds` whose data is its own (a world that follows it)
         for scfg, same in seeds:
             if not same and int(scfg.seed) != int(cfg.seed):
                 with console.job("data", _seeded(scfg, "")):
                     out[f"data_seed_{int(scfg.seed)}"] = run_data(scfg)
+        if "data" not in out:
+            out["data"] = out[f"data_seed_{int(seeds[0][0].seed)}"]
+    data = out.get("data")
     if stage == "base":
         out["base"] = _base(cfg, data)
     elif stage == "train":
@@ -948,6 +952,14 @@ def _seed_cfgs(cfg: DictConfig) -> list[tuple[DictConfig, bool]]:
     return out
 
 
+def _own_data_used(seeds: Sequence[tuple[DictConfig, bool]]) -> bool:
+    """Whether the data of the run's ``seed`` is used: always without ``seeds`` (a single
+    stage), else when a seed of ``seeds`` shares it (a world that does not follow the seed, or
+    ``seed`` listed). ``seeds=[101,102]`` of a world that follows the seed never builds seed
+    0's world."""
+    return not seeds or any(same for _, same in seeds)
+
+
 def _seeded(cfg: DictConfig, name: str) -> str:
     """A job's name with its seed when the run has several (``helpful specialist, seed 1``)."""
     if len(cfg.get("seeds") or []) < 2:
@@ -961,7 +973,7 @@ def plan_all(cfg: DictConfig, seeds: Sequence[tuple[DictConfig, bool]]) -> list[
     and merge methods (:func:`run_seed`, one job each), then the report."""
     pcfg = to_dict(cfg.pipeline)
     methods = [m for m, spec in (pcfg.get("merge_grid") or {}).items() if spec is not None]
-    jobs = [("data", _seeded(cfg, ""))]
+    jobs = [("data", _seeded(cfg, ""))] if _own_data_used(seeds) else []
     for scfg, same in seeds:
         if not same:
             jobs.append(("data", _seeded(scfg, "")))

@@ -160,9 +160,18 @@ def model_config(cfg: Mapping[str, Any], base: Mapping[str, Any] | None,
             from hhh_bench.data.toy3h import Toy3HConfig, build_world
 
             world = (cfg.get("data") or {}).get("world") or {}
-            words = len(build_world(Toy3HConfig.from_mapping(dict(world))).vocabulary())
+            words = len(
+                build_world(Toy3HConfig.from_mapping(dict(world), complete=True)).vocabulary()
+            )
         vocab = int(words or 0) + 4  # the word tokenizer's special tokens
-        spec = {k: v for k, v in (model.get("spec") or {}).items() if k != "initializer_range"}
+        # the spec the base stage builds: a key left out takes TinyModelSpec's default there,
+        # never LlamaConfig's (a 4096-wide model: battery 16, A4)
+        from dataclasses import asdict
+
+        from hhh_bench.models.spec import TinyModelSpec
+
+        built = asdict(TinyModelSpec(**(model.get("spec") or {})))
+        spec = {k: v for k, v in built.items() if k != "initializer_range"}
         return {"model_type": "llama", "vocab_size": vocab, **spec}, "model.spec"
     raise NotPlanned(f"no config.json for model {model.get('path')!r}")
 

@@ -36,7 +36,7 @@ def check_world(data: DataConfig) -> None:
     """``data.world`` (``data.kind=toy3h``): the toy world's knobs, checked by the world's own
     config (:class:`~hhh_bench.data.toy3h.Toy3HConfig`: unknown keys and ranges)."""
     if data.kind == "toy3h":
-        Toy3HConfig.from_mapping(dict(data.world or {}))
+        Toy3HConfig.from_mapping(dict(data.world or {}), complete=True)
     elif data.leakage:
         from hhh_bench.data.sources.build import leakage_settings
 
@@ -510,6 +510,18 @@ def check_mix_knobs(cfg: Mapping[str, Any]) -> None:
         name = mix.get("name")
         if "scorer" in mix and mix["scorer"] not in scorers:
             raise ValueError(f"{where} ({name}): scorer {mix['scorer']!r} is not one of {scorers}")
+        if mix.get("scorer") in SCORERS:  # its arguments bind (battery 16, A15: a TypeError
+            import inspect  # naming a constructor, after the data, θ0 and the specialists)
+
+            args = mix.get("scorer_args") or {}
+            try:
+                inspect.signature(SCORERS[mix["scorer"]]).bind(**dict(args))
+            except TypeError as e:
+                raise ValueError(
+                    f"{where} ({name}): scorer {mix['scorer']!r} does not take scorer_args "
+                    f"{dict(args)!r} ({e}): set {where}.scorer_args (conf/mix/reward_select.yaml "
+                    "shows a reward model's)"
+                ) from None
         if "schedule" in mix and mix["schedule"] not in ("per_phase", "one"):
             raise ValueError(
                 f"{where} ({name}): schedule must be 'per_phase' or 'one', got {mix['schedule']!r}"

@@ -207,6 +207,24 @@ class TrainConfig:
             )
         if self.kind == "sft" and self.method == "lora":
             raise ValueError("train.kind=sft supports full fine-tuning only (train.method=full)")
+        # a knob of another recipe is refused, never trained without (battery 16, A5/A6: an
+        # adapter asked for under full fine-tuning, a β under SFT: both ignored, both keyed)
+        if self.method == "full" and self.lora is not None:
+            raise ValueError(
+                "train.lora is set but train.method=full trains every weight, no adapter: use "
+                "train=dpo_lora (or train.method=lora) for an adapter, or drop it (~train.lora)"
+            )
+        if self.kind == "sft":
+            dpo_only = {"beta": self.beta, "loss_type": self.loss_type,
+                        "loss_weights": self.loss_weights,
+                        "precompute_ref_log_probs": self.precompute_ref_log_probs or None}  # fmt: skip
+            given = [f"train.{k}={v!r}" for k, v in dpo_only.items() if v is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: DPO-only setting(s), which train.kind=sft (the chosen "
+                    "responses only, no reference model) has no use for; drop them (set null / "
+                    "false) or use train=dpo"
+                )
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type or [])
         smoothed = [t for t in losses if t in NEEDS_LABEL_SMOOTHING]
         if smoothed:  # battery 15, F6/F7: `robust` trained plain DPO, `exo_pair` failed late

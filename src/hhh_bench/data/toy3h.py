@@ -231,6 +231,16 @@ class Toy3HConfig:
             raise ValueError(f"request_split must sum to 1 over {SPLITS}, got {self.request_split}")
         if self.pairs_per_dimension < 1 or self.eval_items_per_kind < 1:
             raise ValueError("pairs_per_dimension and eval_items_per_kind must be >= 1")
+        for split in ("train", "validation", "test"):  # battery 16, A1: a ZeroDivisionError
+            n = pairs_in_split(self.pairs_per_dimension, split)
+            if round(self.conflict_rate * n) and round(self.two_sided_share * n) >= n:
+                raise ValueError(
+                    f"data.world.conflict_rate={self.conflict_rate} contests helpful pairs with "
+                    "the harmful requests and unknown-entity questions of the harmless and "
+                    f"honest sets, but data.world.two_sided_share={self.two_sided_share} makes "
+                    f"every one of the {n} {split} pairs there the other side (none left to "
+                    "contest): lower two_sided_share below 1, or set conflict_rate=0"
+                )
         sizes = {"pairs_per_dimension": self.pairs_per_dimension,
                  "eval_items_per_kind": self.eval_items_per_kind,
                  **{f"n_known.{k}": v for k, v in self.n_known.items()},
@@ -268,11 +278,22 @@ class Toy3HConfig:
                 raise ValueError(f"data.world.{f.name}={v!r} must be {what}")
 
     @classmethod
-    def from_mapping(cls, cfg: dict[str, Any]) -> Toy3HConfig:
+    def from_mapping(cls, cfg: dict[str, Any], *, complete: bool = False) -> Toy3HConfig:
+        """The world of ``cfg``'s knobs; ``complete``: every knob must be given (a run's
+        ``data.world``, whose file sets them all: a knob deleted there would otherwise take
+        this class's default, another world than the documented one, without a word)."""
         known = {f.name for f in cls.__dataclass_fields__.values()}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"unknown toy3h world option(s) {unknown}; valid: {sorted(known)}")
+        missing = sorted(known - set(cfg)) if complete else []
+        if missing:
+            raise ValueError(
+                f"data.world lacks {missing} (deleted with ~data.world.<knob>, or data.world "
+                "replaced?): conf/data/toy3h.yaml sets every knob of the world, and a missing "
+                "one would take another value than the documented one; set it, e.g. "
+                f"data.world.{missing[0]}=<value>"
+            )
         return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()})
 
 
@@ -294,6 +315,12 @@ def _make_names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
             seen.add(name)
             names.append(name)
     return names
+
+
+def pairs_in_split(pairs_per_dimension: int, split: str) -> int:
+    """Preference pairs per dimension in ``split``: ``pairs_per_dimension`` in train, a quarter
+    (at least 4) in validation and test."""
+    return pairs_per_dimension if split == "train" else max(4, pairs_per_dimension // 4)
 
 
 @dataclass
@@ -526,7 +553,7 @@ def preference_pairs(world: World, split: str = "train") -> dict[str, list[Prefe
     """
     cfg = world.config
     rng = random.Random(f"toy3h-pairs-{cfg.seed}-{split}")
-    n = cfg.pairs_per_dimension if split == "train" else max(4, cfg.pairs_per_dimension // 4)
+    n = pairs_in_split(cfg.pairs_per_dimension, split)
     known = _known_items(world, split)
     unknown = world.unknown[split]
     benign = [(v, o) for v, o in world.requests[split] if world.objects[o] == "benign"]

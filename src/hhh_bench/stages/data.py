@@ -94,7 +94,9 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
         if data.kind == "toy3h":
             from hhh_bench.data.toy3h import Toy3HConfig, describe, generate
 
-            manifest = generate(Toy3HConfig.from_mapping(dict(data.world or {})), tmp)
+            manifest = generate(
+                Toy3HConfig.from_mapping(dict(data.world or {}), complete=True), tmp
+            )
             _describe(describe(manifest))
             return manifest
         from hhh_bench.data.real import write_source_sets

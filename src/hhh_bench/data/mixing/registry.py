@@ -337,6 +337,27 @@ def check_result(where: str, result: Any, budget: int, *, dims: Sequence[str]) -
         )
 
 
+def check_weights(weights: Mapping[str, Any] | None, dims: Sequence[str]) -> None:
+    """``mix.weights`` (a reward margin's weight per dimension), when given, weighs exactly the
+    mixed ``dims`` and not all by 0 (battery 16, A7: a dimension left out weighed 0, silently)."""
+    if not isinstance(weights, Mapping) or not weights:
+        return
+    missing = [d for d in dims if d not in weights]
+    extra = [d for d in weights if d not in dims]
+    if missing or extra:
+        raise ValueError(
+            f"mix.weights must give one weight per mixed dimension {list(dims)} (or be null: 1 "
+            f"each), got {dict(weights)}"
+            + (f": {missing} missing" if missing else "")
+            + (f": {extra} not mixed" if extra else "")
+        )
+    if not any(float(w) > 0 for w in weights.values()):
+        raise ValueError(
+            f"mix.weights are all 0 ({dict(weights)}): every pair's combined margin is 0, "
+            "nothing to rank the pairs by"
+        )
+
+
 def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix") -> None:
     """A mix config (``conf/mix/<name>.yaml``'s keys) checked before any data exists, as
     :func:`mix` would check it on the data: the strategy is registered, its parameters are its
@@ -354,6 +375,7 @@ def check_mix(mix_cfg: Mapping[str, Any], dims: Sequence[str], where: str = "mix
         shares = getattr(p, "shares", None)
         if isinstance(shares, Mapping) and shares:
             check_shares(shares, dims)
+        check_weights(getattr(p, "weights", None), dims)
         order = getattr(p, "order", None)  # a curriculum's phases: every mixed dimension once
         if order and (sorted(order) != sorted(dims) or len(set(order)) != len(order)):
             raise ValueError(

@@ -26,6 +26,7 @@ from hhh_bench.core.schema import PreferenceRow, PreferenceSets
 from hhh_bench.data.mixing.registry import (
     MixResult,
     allocate,
+    check_weights,
     register_strategy,
     shares_or_equal,
     take,
@@ -70,12 +71,32 @@ def _ranked(rows: list[PreferenceRow], scores: list[float], rng: random.Random) 
     return sorted(range(len(rows)), key=lambda i: (-scores[i], tiebreak[i]))
 
 
+_SAID: set[str] = set()
+
+
+def _say_selects_nothing(counts: dict[str, int], sizes: dict[str, int]) -> None:
+    """Once per process: every dimension keeps all its pairs, so the ranking (``weights``,
+    ``scorer``) changes nothing and the mixture is ``uniform``'s data (battery 16, A8)."""
+    import logging
+
+    text = f"{counts} of {sizes}"
+    if text in _SAID:
+        return
+    _SAID.add(text)
+    logging.getLogger("hhh_bench").warning(
+        "mix=reward_select keeps every pair (%s): its ranking selects nothing here, and the "
+        "mixture is uniform's data; a budget below the pairs there are, or shares, select",
+        text,
+    )
+
+
 @register_strategy("reward_select", RewardSelectParams)
 def reward_select(
     sets: PreferenceSets, *, budget: int, rng: random.Random, params: RewardSelectParams
 ) -> MixResult:
     """Keep the pairs with the best combined reward margin (per dimension or globally)."""
     dims = list(sets)
+    check_weights(params.weights, dims)
     weights = {d: 1.0 for d in dims} if params.weights is None else dict(params.weights)
     scores = {d: combined_margins(m, weights) for d, m in params.margins(sets).items()}
     info: dict[str, Any] = {"weights": weights, "resampled": {}}
@@ -84,7 +105,11 @@ def reward_select(
         shares = shares_or_equal(params.shares, dims)
         info["shares"] = shares
         kept_scores: dict[str, list[float]] = {}
-        for d, k in allocate(shares, budget).items():
+        counts = allocate(shares, budget)
+        if all(k >= len(sets[d]) for d, k in counts.items()):
+            _say_selects_nothing(counts, {d: len(sets[d]) for d in dims})
+        info["selects_nothing"] = all(k >= len(sets[d]) for d, k in counts.items())
+        for d, k in counts.items():
             order = _ranked(sets[d], scores[d], rng)
             top = order[:k]
             rows, extra = take([sets[d][i] for i in top], k, rng)

@@ -92,6 +92,14 @@ def leakage_settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
         v = leakage[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise SourceConfigError(f"data.leakage.{key} must be {what}, got {v!r}")
+    if not isinstance(leakage["check_overlap"], bool):  # battery 16, A11: 'no' read as on
+        raise SourceConfigError(
+            f"data.leakage.check_overlap must be true or false, got {leakage['check_overlap']!r}"
+        )
+    try:  # its values named before any stage, as the data stage reads them
+        wants_truthfulqa_guard(leakage["drop_truthfulqa_prompts"], None)
+    except ValueError as e:
+        raise SourceConfigError(f"data.{e}") from None
     return leakage
 
 
@@ -262,6 +270,14 @@ def build_preference_sets(
         sets[dim].extend(rows)
 
     overlap = None
+    if eval_sets is not None and eval_index is not None and not any(eval_sets.values()):
+        import logging
+
+        logging.getLogger("hhh_bench").warning(
+            "data.leakage: the evaluation suite gives no prompts to compare the training data "
+            "with (its tasks read no data of their own here): the overlap check compared "
+            "nothing (the manifest says overlap_checked: false)"
+        )
     if eval_sets is not None and eval_index is not None:
         overlap = check_overlap(
             per_source, eval_sets, int(leakage["max_overlap"]), index=eval_index
@@ -269,6 +285,13 @@ def build_preference_sets(
         for name, counts in overlap["ngram_overlap"]["sources"].items():
             manifest_sources[name]["ngram_overlap_rows"] = counts["rows_sharing"]
     for dim, rows in sets.items():
+        if not rows:  # every later stage would train on nothing (no error of its own here)
+            kept = {n: {k: s.get(k) for k in ("rows_after_leakage", "max_rows", "rows_kept")}
+                    for n, s in manifest_sources.items() if s.get("dimension") == dim}  # fmt: skip
+            raise SourceConfigError(
+                f"data config: dimension {dim!r} is left with no preference pair (its sources: "
+                f"{kept}); a source that yields no pair fails: check its path, split and cap"
+            )
         validate_rows(rows, origin=f"preference set {dim!r}")
     manifest_partitions = {
         adapter: {**partition_record(partitions[adapter], seen["questions"]),
@@ -296,7 +319,9 @@ def build_preference_sets(
             ),
             "eval_sets": sorted(eval_sets) if eval_sets is not None else None,
             "overlap": overlap,
-            "overlap_checked": overlap is not None,
+            # against no evaluation prompt nothing was checked (battery 16, A16: "checked,
+            # passed" with eval=toy3h over public sources)
+            "overlap_checked": overlap is not None and any((eval_sets or {}).values()),
         },
     }
     return sets, manifest

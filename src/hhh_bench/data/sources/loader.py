@@ -122,6 +122,23 @@ def validate_source_config(cfg: Mapping[str, Any], origin: str | None = None) ->
     missing = [k for k in ("name", "split", "dimension", "adapter") if not out[k]]
     if missing:
         raise SourceConfigError(f"{where}: missing value for {missing}")
+    many = isinstance(out["path"], Sequence) and not isinstance(out["path"], str)
+    paths = list(out["path"]) if many else [out["path"]]
+    if out["path"] is not None and any(not isinstance(p, str) or not p.strip() for p in paths):
+        # battery 16, A13: an empty path read the Hub split instead, without a word
+        raise SourceConfigError(
+            f"{where}: `path` is empty or not a path ({out['path']!r}): give the local file(s), "
+            "or null to read `hub_id`"
+        )
+    if many and len(paths) > 1:
+        kinds = {_format_of(str(p)) for p in paths}
+        if (
+            len(kinds) > 1 and None not in kinds
+        ):  # battery 16, A14: read with the first file's reader
+            raise SourceConfigError(
+                f"{where}: `path` lists files of different formats ({sorted(kinds)}: "
+                f"{list(paths)}); one source reads one format: split them into two sources"
+            )
     if not out["hub_id"] and not out["path"]:
         raise SourceConfigError(
             f"{where}: give `hub_id` (a Hub dataset) or `path` (local raw files)"
@@ -145,9 +162,13 @@ def validate_source_config(cfg: Mapping[str, Any], origin: str | None = None) ->
         )
     out["adapter_opts"] = opts
     if out["max_rows"] is not None and (
-        not isinstance(out["max_rows"], int) or out["max_rows"] < 0
-    ):
-        raise SourceConfigError(f"{where}: `max_rows` must be null or an integer >= 0")
+        not isinstance(out["max_rows"], int) or isinstance(out["max_rows"], bool)
+        or out["max_rows"] < 1
+    ):  # fmt: skip
+        raise SourceConfigError(
+            f"{where}: `max_rows` must be null (all pairs) or an integer >= 1 (a cap of 0 keeps "
+            f"no pair), got {out['max_rows']!r}"
+        )
     return out
 
 
@@ -245,19 +266,21 @@ def _unavailable(
 # ----------------------------------------------------------------------------- loading
 
 
+_FORMATS = ((".jsonl", "json"), (".json", "json"), (".jsonl.gz", "json"), (".json.gz", "json"),
+            (".jsonl.xz", "json"), (".parquet", "parquet"), (".csv", "csv"))  # fmt: skip
+"""A local file's suffix and the ``datasets`` builder that reads it."""
+
+
+def _format_of(path: str) -> str | None:
+    """The builder of ``path``'s suffix (:data:`_FORMATS`), None for another suffix."""
+    low = path.lower()
+    return next((builder for suffix, builder in _FORMATS if low.endswith(suffix)), None)
+
+
 def _builder_for(paths: Sequence[str]) -> str:
-    first = paths[0].lower()
-    for suffix, builder in (
-        (".jsonl", "json"),
-        (".json", "json"),
-        (".jsonl.gz", "json"),
-        (".json.gz", "json"),
-        (".jsonl.xz", "json"),
-        (".parquet", "parquet"),
-        (".csv", "csv"),
-    ):
-        if first.endswith(suffix):
-            return builder
+    found = _format_of(paths[0])
+    if found is not None:
+        return found
     raise SourceConfigError(
         f"cannot tell the format of {paths[0]!r}: use .jsonl, .json, .parquet or .csv"
     )
