@@ -222,3 +222,30 @@ def test_a16_an_overlap_check_against_no_prompt_is_not_called_checked(
         cfg, eval_sets={"some_eval": ["What is the capital of France?"]}
     )
     assert manifest["leakage"]["overlap_checked"] is True
+
+
+def test_a18_a_world_asking_for_more_names_than_it_can_draw_is_refused():
+    """A18: ``data.world.n_known.train=100000`` ran forever: 68,600 names there are."""
+    from hhh_bench.data import toy3h
+
+    assert len(toy3h._ONSETS) ** 3 * len(toy3h._VOWELS) ** 2 == toy3h.NAME_SPACE
+    with pytest.raises(ValueError, match=r"ask for 100,160 entity names in all; the world's "
+                       r"5-letter names number 68,600"):  # fmt: skip
+        _world(n_known={"train": 100_000, "validation": 20, "test": 20})
+
+
+def test_a19_sft_refuses_a_curriculum_setting_it_cannot_train():
+    """A19: ``train=sft mix=sequential`` recorded ``schedule: per_phase`` (and ``reference:
+    phase``) but trained one schedule with no reference."""
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import check_mix_knobs
+
+    for extra in ([], ["mix.reference=phase", "mix.schedule=per_phase"]):
+        cfg = to_dict(compose(["train=sft", "mix=sequential", "stage=train", *extra]))
+        with pytest.raises(ValueError, match=r"mix \(sequential\): train.kind=sft trains the "
+                           r"phases one after another under one learning-rate schedule"):  # fmt: skip
+            check_mix_knobs(cfg)
+    check_mix_knobs(
+        to_dict(compose(["train=sft", "mix=sequential", "mix.schedule=one", "stage=train"]))
+    )
+    check_mix_knobs(to_dict(compose(["train=dpo", "mix=sequential", "stage=train"])))

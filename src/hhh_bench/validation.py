@@ -532,6 +532,22 @@ def check_mix_knobs(cfg: Mapping[str, Any]) -> None:
             )
         if mix.get("reference") == "phase" and mix.get("schedule", "per_phase") != "per_phase":
             raise ValueError(f"{where} ({name}): reference: phase needs schedule: per_phase")
+        _check_curriculum(cfg, where, mix)
+
+
+def _check_curriculum(cfg: Mapping[str, Any], where: str, mix: Mapping[str, Any]) -> None:
+    """A curriculum (a mix with a ``schedule``: ``sequential``) the training recipe trains as
+    configured (battery 16, A19): SFT trains the phases one after another under one schedule
+    and has no reference model (``per_phase`` and ``reference: phase`` were recorded, not
+    done)."""
+    if "schedule" not in mix or (cfg.get("train") or {}).get("kind") != "sft":
+        return
+    if mix.get("schedule", "per_phase") == "per_phase" or mix.get("reference") == "phase":
+        raise ValueError(
+            f"{where} ({mix.get('name')}): train.kind=sft trains the phases one after another "
+            "under one learning-rate schedule, with no reference model: give it schedule: one "
+            "and reference: base (mix.schedule=one), or use train=dpo"
+        )
 
 
 def check_mix_scorers(cfg: Mapping[str, Any]) -> None:

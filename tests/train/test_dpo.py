@@ -431,3 +431,20 @@ def test_a_lora_target_that_matches_no_module_is_named_with_the_valid_names(
                        r"the model has such a name; its linear layers are \[.*'q_proj'"):  # fmt: skip
         train_dpo(tiny_model, tiny_tok, prefs["harmless"][:4], tmp_path,
                   lora=lora_config(r=2, target_modules=["q_prj"]), max_steps=1, **FAST)  # fmt: skip
+
+
+def test_max_steps_shared_over_more_phases_than_steps_is_said_and_recorded(
+    tiny_model, tiny_tok, prefs, tmp_path, caplog
+):
+    """Battery 16, A17: ``max_steps=2`` over a curriculum of 3 phases trained 3 steps (one per
+    phase) while the provenance said 2: said, and the steps per phase recorded."""
+    import logging
+
+    sets = {d: prefs[d][:4] for d in ("helpful", "honest", "harmless")}
+    res = mix("sequential", sets, budget="per_specialist", seed=0,
+              order=["harmless", "helpful", "honest"])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hhh_bench"):
+        _, curve = train_dpo(tiny_model, tiny_tok, res.rows, tmp_path, curriculum=res.phases,
+                             max_steps=2, **{**FAST, "batch_size": 2})  # fmt: skip
+    assert curve.phase_steps == [1, 1, 1] and curve.last_step == 3
+    assert "train.max_steps=2 shared out over the curriculum's 3 phases" in caplog.text

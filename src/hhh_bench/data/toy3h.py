@@ -125,6 +125,11 @@ def answer(attr: str, value: str) -> str:
     return f"the {attr} is {value} ."
 
 
+NAME_SPACE = 14 * 5 * 14 * 5 * 14
+"""The entity names there are: consonant-vowel-consonant-vowel-consonant (:func:`_make_names`)."""
+MAX_NAMES = NAME_SPACE // 2
+"""The most entity names a world draws (known and unknown, every split): half the name space,
+where drawing distinct names at random takes ~0.7 draws per name space entry."""
 MAX_WORLD_SIZE = 100_000
 """The largest count a toy world's size knobs take (pairs per dimension, evaluation items per
 kind, known and unknown entities per split), hundreds of times the defaults. Measured
@@ -251,6 +256,14 @@ class Toy3HConfig:
                     f"data.world.{name}={v} is above {MAX_WORLD_SIZE:,}: a toy world that size "
                     "does not fit in memory here (defaults: hundreds); lower it"
                 )
+
+        names = sum(self.n_known.values()) + sum(self.n_unknown.values())
+        if names > MAX_NAMES:  # battery 16, A18: drawing more names than there are hung
+            raise ValueError(
+                f"data.world.n_known and n_unknown ask for {names:,} entity names in all; the "
+                f"world's 5-letter names number {NAME_SPACE:,}, and above {MAX_NAMES:,} drawing "
+                "them distinct slows to a halt: lower them"
+            )
 
     def _check_types(self) -> None:
         """Every knob of its declared type (``seed=1.5`` or ``seed='0'`` would silently build

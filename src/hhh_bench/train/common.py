@@ -42,6 +42,7 @@ class LossCurve(TrainerCallback):
         self.offset = 0  # the steps of the phases before this one
         self.last_step = 0
         self.dropped_pairs = 0  # pairs the trainer left out: prompt of max_length tokens or more
+        self.phase_steps: list[int] | None = None  # a curriculum's max_steps, shared per phase
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - HF callback API
         if logs:

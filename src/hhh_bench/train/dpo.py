@@ -230,6 +230,16 @@ def train_dpo(
     if curriculum is not None and phase_schedule == "per_phase":
         ordered, phases = curriculum_order(rows, curriculum, epochs, seed)
         total, start = len(ordered), 0
+        shared = [max(1, round(max_steps * ph["rows"] / total)) for ph in phases if ph["rows"]]
+        if max_steps > 0 and sum(shared) != max_steps:  # battery 16, A17: said, and recorded
+            import logging
+
+            logging.getLogger("hhh_bench").warning(
+                "train.max_steps=%d shared out over the curriculum's %d phases by their rows "
+                "(one step each at least): %s, %d steps in all",
+                max_steps, len(shared), shared, sum(shared),
+            )  # fmt: skip
+        curve.phase_steps = shared if max_steps > 0 else None
         for i, ph in enumerate(phases):
             part = ordered[start : start + ph["rows"]]
             start += ph["rows"]

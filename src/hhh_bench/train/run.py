@@ -235,6 +235,8 @@ def train_model(
         "budget_mode": ts.mix_info.get("budget_mode") if ts.mix_info else "specialist",
         "mix_info": ts.mix_info,
         "phases": ts.phases,
+        "phase_steps": curve.phase_steps,  # train.max_steps shared per curriculum phase
+        "steps_trained": curve.last_step,
         "noise": {k: v for k, v in noise.items() if k != "flipped_ids"} if noise else None,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
