@@ -169,10 +169,9 @@ def test_reward_select_keeps_the_best_combined_margins():
         best = sorted((r["meta"]["score"] for r in rows), reverse=True)[: len(kept)]
         assert kept == best
     # weights: only honest counts -> same ranking here (all dimensions equal), combined = 1 * r
-    res_w = mix(
-        "reward_select", SETS, budget=9, seed=0, scorer=meta_scorer, weights={"honest": 1.0}
-    )
-    assert res_w.info["weights"] == {"honest": 1.0}
+    only = {d: float(d == "honest") for d in SETS}  # every mixed dimension weighed (battery 16)
+    res_w = mix("reward_select", SETS, budget=9, seed=0, scorer=meta_scorer, weights=only)
+    assert res_w.info["weights"] == only
 
 
 def test_reward_select_global_scope_realizes_counts():
