@@ -249,3 +249,58 @@ def test_a19_sft_refuses_a_curriculum_setting_it_cannot_train():
         to_dict(compose(["train=sft", "mix=sequential", "mix.schedule=one", "stage=train"]))
     )
     check_mix_knobs(to_dict(compose(["train=dpo", "mix=sequential", "stage=train"])))
+
+
+def test_b4_gc_keeps_what_a_torn_last_line_may_refer_to(tmp_path, capsys):
+    """B4: `cache gc --yes` removed the evaluation a torn last line of results.jsonl (a crash
+    mid-write) referred to, without a word."""
+    from hhh_bench.cachetool import main
+    from test_battery15 import _output
+
+    _output(tmp_path, "eval", "e0", [])
+    (tmp_path / "results.jsonl").write_text('{"row_key": "e0", "artifacts": {"eval_dir": "eval/e0"')
+    assert main(["gc", str(tmp_path)]) == 0
+    assert (
+        "ends in a torn line: an output it refers to may be listed below" in capsys.readouterr().out
+    )
+    assert main(["gc", str(tmp_path), "--yes"]) == 2
+    assert "ends in a torn line (a write cut short by a crash)" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "e0").is_dir()
+
+
+def test_b5_stage_report_with_a_seed_the_store_lacks_is_refused(tmp_path):
+    """B5: ``stage=report seed=7`` showed the store's seed-0 report, as if it were seed 7's."""
+    from hhh_bench.pipeline import _check_report_seeds
+
+    rows = [{"seed": 0}, {"seed": 1}]
+    with pytest.raises(ValueError, match=r"reports every seed of the results store \(0, 1\); "
+                       r"seed=7 is not one of them and selects nothing"):  # fmt: skip
+        _check_report_seeds(compose([f"root={tmp_path}", "seed=7"]), rows)
+    _check_report_seeds(compose([f"root={tmp_path}", "seed=1"]), rows)
+    _check_report_seeds(compose([f"root={tmp_path}"]), rows)
+
+
+def test_b7_a_disabled_wandb_run_names_no_folder(tmp_path, monkeypatch):
+    """B7: ``logger.mode=disabled`` printed ``wandb run: /tmp/wandb/run-...``, a folder that
+    never existed."""
+    from hhh_bench.tracking.wandb_log import log_experiment
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    row = {"row_key": "k", "name": "ties", "kind": "merge", "method": "ties", "seed": 0,
+           "split": "test", **dict.fromkeys(("helpful", "honest", "harmless", "average", "min"), 0.5)}  # fmt: skip
+    got = log_experiment(
+        [row], logger_cfg={"name": "wandb", "mode": "disabled"}, root=tmp_path, name="x"
+    )
+    assert got is None
+
+
+def test_b_a_merge_seed_is_a_seed_a_run_takes():
+    """B (minor): ``merge.params.seed=-5`` was accepted where a run's ``seed=-1`` is refused."""
+    from hhh_bench.merging import get_method
+
+    for bad in (-5, 2**32):
+        with pytest.raises(
+            ValueError, match=r"merge.params.seed must be an integer in \[0, 2\*\*32 - 1\]"
+        ):
+            get_method("dare_ta").make_params(seed=bad)
+    assert get_method("dare_ta").make_params(seed=3).seed == 3

@@ -605,3 +605,29 @@ def test_documented_key_fields_are_the_real_ones(pristine):
     # the pristine run merges nothing that reads statistics: the stats stage's fields are
     # checked in tests/merging/test_stats_stage.py
     assert checked == set(docs) - {"stats"}
+
+
+def test_a_merge_output_evaluated_by_folder_is_a_merge_row_with_its_method(root):
+    """Battery 16, B1: ``stage=eval +eval.model=<root>/merge/<key>/model`` (what the tool
+    advises after ``stage=eval merge=...``) evaluated, then stopped: "a merge row without its
+    merge method: a row edited by hand". The row takes the method and knobs the merge's key
+    records."""
+    from hhh_bench.tracking.store import read_results
+
+    merged = _one(root, "merge")
+    _run(root, "stage=eval", f"+eval.model={merged / 'model'}")
+    row = [r for r in read_results(root / "results.jsonl") if r["kind"] == "merge"][-1]
+    assert row["method"] == "task_arithmetic" and row["name"] == str(merged / "model")
+    assert row["params"]["scaling"] == compose(["merge=task_arithmetic"]).merge.params.scaling
+
+
+def test_specialists_listed_out_of_the_dimensions_order_are_refused(root):
+    """Battery 16, B2: ``merge=fisher merge.models=[honest, helpful, harmless]`` computed the
+    honest specialist's Fisher on the helpful data (matched by position), with exit 0."""
+    sp = _specialists(root)
+    swapped = f"merge.models=[{sp['honest']},{sp['helpful']},{sp['harmless']}]"
+    with pytest.raises(ValueError, match=r"merge.models\[0\]='.*' is the honest specialist \(its "
+                       r"key.json\), but merge.models are matched to data.dimensions=\['helpful', "
+                       r"'honest', 'harmless'\] by position"):  # fmt: skip
+        _run(root, "stage=merge", "merge=fisher", swapped)
+    assert not list((root / "merge").glob("*/stats")), "nothing computed"

@@ -118,6 +118,20 @@ def _unreferenced(root: Path, gone: set[Path]) -> tuple[list[Path], int]:
     return out_list, unknown
 
 
+def _ends_torn(store: Path) -> bool:
+    """Whether ``store``'s last line is an unfinished write (no newline, not a JSON object)."""
+    try:
+        data = store.read_bytes()
+    except OSError:
+        return False
+    if not data or data.endswith(b"\n"):
+        return False
+    try:
+        return not isinstance(json.loads(data.rsplit(b"\n", 1)[-1]), dict)
+    except ValueError:
+        return True
+
+
 def _store_problems(root: Path) -> list[str]:
     """The lines of the run's stores whose rows fail their checks (an edited row's digest)."""
     from hhh_bench.tracking.store import StoreError, read_diagnostics, scan_results
@@ -179,6 +193,16 @@ def cmd_gc(root: Path, yes: bool) -> int:
             "evaluated would look unreferenced; run `cache gc --yes` after it ends"
         )
     loose, unknown = unreferenced(root)
+    torn = [str(root / n) for n in STORES if _ends_torn(root / n)]
+    if torn and loose:  # battery 16, B4: the output its row referred to went with the others
+        if yes:
+            raise ValueError(
+                f"{torn[0]} ends in a torn line (a write cut short by a crash), whose row may "
+                "refer to one of the outputs that would go; run any stage of this root first "
+                "(the next write sets the fragment aside, in <store>.torn) or repair the line, "
+                "then gc"
+            )
+        print(f"note: {torn[0]} ends in a torn line: an output it refers to may be listed below")
     if not (root / "results.jsonl").exists() and loose:
         if yes:
             raise ValueError(  # battery 15, F3: every evaluation went, unsaid

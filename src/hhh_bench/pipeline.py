@@ -205,6 +205,13 @@ def _check_report_seeds(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> N
     is refused (battery 9: ``seeds=[0]`` on a 2-seed store reported both, unsaid), and so is
     one naming a seed it does not hold."""
     if not cfg.get("seeds"):
+        held = sorted({str(r.get("seed")) for r in rows}, key=lambda s: (len(s), s))
+        if int(cfg.seed) != 0 and str(cfg.seed) not in held:  # battery 16, B5: seed=7 showed
+            raise ValueError(  # the report of the store's seeds, as if of seed 7
+                f"stage=report reports every seed of the results store ({', '.join(held) or 'none'}); "
+                f"seed={cfg.seed} is not one of them and selects nothing: drop it, or run that seed "
+                "first (stage=all seed=N)"
+            )
         return
     asked = {str(s) for s in cfg.seeds}
     held = sorted({str(r.get("seed")) for r in rows}, key=lambda s: (len(s), s))
@@ -445,6 +452,7 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
     """Base and finetuned inputs of a merge: explicit (``merge.base``/``merge.models``) or the
     pipeline's base and specialists (trained first when missing, said on the console)."""
     if cfg.merge.get("models"):
+        _check_models_order(cfg)
         if not cfg.merge.get("base"):
             _check_models_theta0(cfg, data)
         base = cfg.merge.get("base") or _base(cfg, data)["path"]
@@ -455,6 +463,34 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
                 "yet trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
     specs = _specialists(cfg, base, data)
     return merge_input(base), [merge_input(specs[d]) for d in dims], dims
+
+
+def _check_models_order(cfg: DictConfig) -> None:
+    """``merge.models`` are matched to ``data.dimensions`` by position (a weight, a Fisher's or
+    RegMean's data per model): a specialist whose record says it was trained on another
+    dimension than its position's is refused (battery 16, B2: the honest specialist listed
+    first had its Fisher computed on the helpful data, without a word)."""
+    import json
+
+    from hhh_bench.stages.merge import train_record
+
+    dims = list(to_dict(cfg.data.get("dimensions")) or [])
+    models = [str(m) for m in cfg.merge.models]
+    if len(models) != len(dims):
+        return
+    for i, (model, dim) in enumerate(zip(models, dims, strict=True)):
+        record = train_record(model)
+        try:
+            trained = json.loads(record.read_text())["payload"]["dimensions"] if record else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(trained, list) and len(trained) == 1 and trained[0] != dim:
+            raise ValueError(
+                f"merge.models[{i}]={model!r} is the {trained[0]} specialist (its key.json), "
+                f"but merge.models are matched to data.dimensions={dims} by position, and "
+                f"position {i} is {dim!r}: list merge.models in data.dimensions' order (or "
+                "reorder data.dimensions)"
+            )
 
 
 def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
@@ -592,6 +628,8 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         held = enclosing_output(str(path))
         kind = "merge" if held is not None and held[0].parent.name == "merge" else "external"
         model = {"path": str(path), "key": f"path:{path}", "kind": kind, "name": str(path)}
+        if kind == "merge":  # its method and knobs, as its key records them (battery 16, B1:
+            model.update(_merge_recorded(held[0]))  # a merge row without a method, refused)
         _check_world_words(str(path), data)
         worlds = data_keys_of(str(path))
         if worlds and data["key"] not in worlds:  # its scores would be on a world it never saw
@@ -606,6 +644,29 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
         b = _base(cfg, data)
         model = {"path": b["path"], "key": b["key"], "kind": "base", "name": "base"}
     return run_eval(cfg, {"method": None, "params": {}, **model}, data, split=cfg.eval.report_split)
+
+
+def _merge_recorded(out: Path) -> dict[str, Any]:
+    """``{"method", "params"}`` of a merge stage output, from its ``key.json``; a key that
+    records none (damaged, or of another version) is refused naming the folder."""
+    import json
+
+    from hhh_bench.core.content import KEY_FILE
+
+    try:
+        payload = json.loads((out / KEY_FILE).read_text()).get("payload") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"eval.model: the merge output {out} has no readable {KEY_FILE} ({e})"
+        ) from None
+    method, params = payload.get("method"), payload.get("params")
+    if not isinstance(method, str) or not isinstance(params, dict):
+        raise ValueError(
+            f"eval.model: the merge output {out} records no merge method in its {KEY_FILE}: "
+            "rerun its merge (stage=merge), or copy the model folder out to evaluate it as a "
+            "given model"
+        )
+    return {"method": method, "params": params}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -262,3 +262,24 @@ def test_data_methods_on_adapters_equal_them_on_the_merged_models(base_dir, tmp_
         got, want = _sd(tmp_path / f"{method}-a"), _sd(tmp_path / f"{method}-f")
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=(method, k))
+
+
+@pytest.mark.parametrize("how", ["lora_B zero", "lora_alpha 0"])
+def test_an_adapter_whose_update_is_zero_is_refused(base_dir, tmp_path, how):
+    """Battery 16, B3: an untrained adapter (peft's lora_B init, 0) or one scaled by α = 0 merged
+    as nothing (weight_average gave it a third of the weight, towards θ0), without a word, where
+    a full copy of θ0 is refused."""
+    import json
+
+    adapter, _ = _adapter(base_dir, tmp_path)
+    if how == "lora_B zero":
+        raw = load_file(str(adapter / "adapter_model.safetensors"))
+        save_file({k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in raw.items()},
+                  str(adapter / "adapter_model.safetensors"))  # fmt: skip
+    else:
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": 0}))
+    with pytest.raises(ValueError, match=r"its update is 0 in every module .*it would merge as "
+                       r"nothing; give the trained adapter"):  # fmt: skip
+        merge_models("weight_average", base_dir, [adapter], tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()

@@ -237,6 +237,13 @@ class MergeMethod(Generic[P]):
         gives a drawing method the run's seed before it gets here (:attr:`draws`)."""
         if "seed" in kw and kw["seed"] is None:
             kw = {k: v for k, v in kw.items() if k != "seed"}
+        seed = kw.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+            # a seed a run takes (battery 16: -5 was accepted); its type: the params' own check
+            raise ValueError(
+                f"merge.params.seed must be an integer in [0, 2**32 - 1] (or null: the run's "
+                f"seed), got {seed!r}"
+            )  # fmt: skip
         valid = [f["name"] for f in describe_params(self.params_cls)]
         unknown = sorted(set(kw) - set(valid))
         if unknown:

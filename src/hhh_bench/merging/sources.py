@@ -545,6 +545,7 @@ class LoraAdapter:
         base_keys = set(base.keys())
         self.factors: dict[str, LowRank] = {}
         self.bias: dict[str, Tensor] = {}
+        moves = False  # some module's update s·B·A is not 0
         for k, a in raw.items():
             if ".lora_A." not in k:
                 continue
@@ -570,6 +571,7 @@ class LoraAdapter:
                 )
             alpha = float(_pattern_value(self.alpha_pattern, module, self.alpha))
             scale = alpha / (r**0.5) if self.use_rslora else alpha / r
+            moves = moves or (scale != 0 and bool(b.any()) and bool(a.any()))
             lr = LowRank(b, a, scale)
             if self.fan_in_fan_out:
                 lr = lr.transposed()
@@ -592,6 +594,12 @@ class LoraAdapter:
             raise ValueError(
                 f"{who}: no lora_A/lora_B tensors found: this adapter holds no LoRA update "
                 f"(tensors: {sorted(raw)[:3]}...)"
+            )
+        if not moves and not any(bool(v.any()) for v in self.bias.values()):
+            raise ValueError(  # battery 16, B3: as a full copy of θ0 is refused
+                f"{who}: its update is 0 in every module (every lora_B or lora_A is 0, or its "
+                f"scale α/r is: lora_alpha={self.alpha:g}; an adapter saved before training?): "
+                "its task vector is 0, so it would merge as nothing; give the trained adapter"
             )
         self._identity = folder_identity(folder)
         self._files = files

@@ -163,7 +163,7 @@ def log_experiment(
 
     Returns:
         The run's local folder (``<wandb_dir>/wandb/<offline-run-...>``), or None when logging
-        is off.
+        is off or disabled (``mode: disabled`` writes no folder).
     """
     mode = wandb_mode(logger_cfg)
     if mode is None:
@@ -201,4 +201,5 @@ def log_experiment(
         run_dir = Path(run.dir).parent if run.dir else None
     finally:
         run.finish()
-    return run_dir
+    # a disabled run writes nothing: no folder to name (battery 16, B7: a path that never was)
+    return run_dir if mode != "disabled" and run_dir is not None and run_dir.exists() else None
