@@ -135,7 +135,7 @@ def test_a8_reward_select_that_keeps_every_pair_says_so(caplog):
             for d in ("helpful", "honest")}  # fmt: skip
     params = R.RewardSelectParams(scorer=lambda rows: [{"helpful": 1.0, "honest": 0.0}] * len(rows))
     R._SAID.clear()
-    with caplog.at_level(logging.WARNING, logger="hhh_bench"):
+    with caplog.at_level(logging.INFO, logger="hhh_bench"):
         res = R.reward_select(sets, budget=8, rng=random.Random(0), params=params)
         R.reward_select(sets, budget=8, rng=random.Random(0), params=params)
     assert res.info["selects_nothing"] is True

@@ -148,6 +148,12 @@ def run_train(
         inputs=[p for p in (base.get("path"), data["dir"]) if p and Path(str(p)).exists()],
     )  # fmt: skip
     info = {**run.info, **summary}
+    if cfg.get("stage") == "train" and (info.get("mix_info") or {}).get("selects_nothing"):
+        # battery 16, A8: the mixture a user asked for is uniform's data (stage=all tries this
+        # configuration beside its emphases' on purpose: said there in the log only)
+        console.say(f"warning: train {label}: mix=reward_select keeps every pair at this budget "
+                    "and these shares: its ranking selects nothing, and the mixture is uniform's "
+                    "data; a mix.budget below the pairs there are, or mix.shares, select")  # fmt: skip
     for d, m in (info.get("margins") or {}).items() if not run.cached else ():
         if m["delta"] is None:
             console.say(f"train {label}: no held-out {d} pair (its validation split is empty): "

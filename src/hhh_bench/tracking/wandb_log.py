@@ -202,4 +202,4 @@ def log_experiment(
     finally:
         run.finish()
     # a disabled run writes nothing: no folder to name (battery 16, B7: a path that never was)
-    return run_dir if mode != "disabled" and run_dir is not None and run_dir.exists() else None
+    return run_dir if mode != "disabled" else None

@@ -75,15 +75,16 @@ _SAID: set[str] = set()
 
 
 def _say_selects_nothing(counts: dict[str, int], sizes: dict[str, int]) -> None:
-    """Once per process: every dimension keeps all its pairs, so the ranking (``weights``,
-    ``scorer``) changes nothing and the mixture is ``uniform``'s data (battery 16, A8)."""
+    """Once per process, in the log: every dimension keeps all its pairs, so the ranking
+    (``weights``, ``scorer``) changes nothing and the mixture is ``uniform``'s data (battery 16,
+    A8; ``stage=train`` says it on the console, from ``mix_info.selects_nothing``)."""
     import logging
 
     text = f"{counts} of {sizes}"
     if text in _SAID:
         return
     _SAID.add(text)
-    logging.getLogger("hhh_bench").warning(
+    logging.getLogger("hhh_bench").info(
         "mix=reward_select keeps every pair (%s): its ranking selects nothing here, and the "
         "mixture is uniform's data; a budget below the pairs there are, or shares, select",
         text,
