@@ -304,3 +304,16 @@ def test_b_a_merge_seed_is_a_seed_a_run_takes():
         ):
             get_method("dare_ta").make_params(seed=bad)
     assert get_method("dare_ta").make_params(seed=3).seed == 3
+
+
+def test_a9_a_weight_under_drop_mode_is_refused():
+    """A9: ``mix=conflict_aware mix.mode=drop mix.weight=0.5`` trained the same data as the
+    default weight, under a key of its own."""
+    from hhh_bench.data.mixing.registry import check_mix
+
+    dims = ["helpful", "honest", "harmless"]
+    with pytest.raises(ValueError, match=r"mix.weight=0.5 weighs conflicting pairs in mode: "
+                       r"downweight; mode: drop removes them"):  # fmt: skip
+        check_mix({"name": "conflict_aware", "mode": "drop", "weight": 0.5}, dims)
+    check_mix({"name": "conflict_aware", "mode": "drop", "weight": 0.25}, dims)  # the default
+    check_mix({"name": "conflict_aware", "mode": "downweight", "weight": 0.5}, dims)

@@ -55,6 +55,13 @@ class ConflictAwareParams(ScoredParams):
             raise ValueError(f"mix.mode must be one of {list(MODES)}, got {self.mode!r}")
         if not 0.0 < self.weight <= 1.0:
             raise ValueError(f"mix.weight must be in (0, 1], got {self.weight}")
+        default = type(self).__dataclass_fields__["weight"].default
+        if self.mode == "drop" and self.weight != default:  # battery 16, A9: ignored, keyed
+            raise ValueError(
+                f"mix.weight={self.weight} weighs conflicting pairs in mode: downweight; "
+                "mode: drop removes them, whatever the weight: drop mix.weight, or use "
+                "mode: downweight"
+            )
         if self.threshold < 0:
             raise ValueError(f"mix.threshold must be >= 0, got {self.threshold}")
 
