@@ -261,3 +261,39 @@ def test_ctrl_c_is_the_last_line_no_progress_bar_after_it(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "base SFT:  50%" in err  # the bar did show while the stage ran
     assert err.rstrip().endswith("rerunning the same command resumes from them"), err[-300:]
+
+
+SWALLOWED_CANCEL = """
+import asyncio, os, signal, sys, threading
+from hhh_bench import cli
+
+async def requests():  # a request loop that takes a cancellation as a failed request
+    for _ in range(50):
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            pass
+    return "finished"
+
+if sys.argv[1] == "ours":
+    cli._interrupt_everywhere()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    print(asyncio.run(requests()))
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_interrupts_an_event_loop_that_swallows_cancellation():
+    """``make rehearse`` once saw `hhh-bench stage=eval eval.backend=server` end with status 0
+    after Ctrl-C: Python's own SIGINT handler lets ``asyncio.run`` cancel its task instead, and
+    a loop that swallows the cancellation goes on. hhh-bench's handler raises in the loop."""
+    import subprocess
+
+    def run(which: str) -> str:
+        return subprocess.run([sys.executable, "-c", SWALLOWED_CANCEL, which], capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()  # fmt: skip
+
+    assert run("python") == "finished"  # the failure mode, as Python does it
+    assert run("ours") == "interrupted"

@@ -581,6 +581,7 @@ def check_root_value(value: str) -> None:
 def main() -> None:
     """Entry point of the console script and of ``python -m hhh_bench``: Ctrl-C ends it with
     one line and the shell's status for an interrupt (130), not a traceback."""
+    _interrupt_everywhere()
     try:
         _main()
     except BrokenPipeError:  # `hhh-bench ... | head`: the reader left; nothing more to say
@@ -597,6 +598,26 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT's handler: a ``KeyboardInterrupt`` wherever the main thread is (as Python's own)."""
+    raise KeyboardInterrupt
+
+
+def _interrupt_everywhere() -> None:
+    """Ctrl-C raises ``KeyboardInterrupt`` inside an event loop too. Python's own handler lets
+    ``asyncio.run`` (lm-eval's API models, ``eval.backend=server``) put its handler in place,
+    which cancels the running task instead: a request loop that takes the cancellation as a
+    failed request went on, and the run ended with status 0 after Ctrl-C (seen in CI). A
+    handler of our own, equal in effect, is left alone by asyncio."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _raise_interrupt)
 
 
 def _silence_progress_bars() -> None:
