@@ -289,11 +289,15 @@ def test_ctrl_c_interrupts_an_event_loop_that_swallows_cancellation():
     """``make rehearse`` once saw `hhh-bench stage=eval eval.backend=server` end with status 0
     after Ctrl-C: Python's own SIGINT handler lets ``asyncio.run`` cancel its task instead, and
     a loop that swallows the cancellation goes on. hhh-bench's handler raises in the loop."""
+    import signal
     import subprocess
 
-    def run(which: str) -> str:
-        return subprocess.run([sys.executable, "-c", SWALLOWED_CANCEL, which], capture_output=True,
-                              text=True, timeout=60, check=True).stdout.strip()  # fmt: skip
+    def run(which: str) -> str:  # SIGINT as a terminal gives it (a background job's parent, a
+        return subprocess.run(  # CI runner's, may ignore it: the child would inherit that)
+            [sys.executable, "-c", SWALLOWED_CANCEL, which], capture_output=True, text=True,
+            timeout=60, check=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        ).stdout.strip()  # fmt: skip
 
     assert run("python") == "finished"  # the failure mode, as Python does it
     assert run("ours") == "interrupted"

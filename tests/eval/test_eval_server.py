@@ -183,7 +183,9 @@ def test_ctrl_c_stops_the_server_the_stage_started(world, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     env.pop("HHH_VERBOSE", None)
     cli = subprocess.Popen([sys.executable, "-m", "hhh_bench", *overrides], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # SIGINT as a
+                           # terminal gives it (a background CI job's is ignored, and inherited)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 300
     while not _servers_of(policy) and time.monotonic() < deadline and cli.poll() is None:
         time.sleep(0.1)
