@@ -49,11 +49,13 @@ def test_gc_without_a_store_refuses_and_lists_the_whole_closure(tmp_path, capsys
     _output(tmp_path, "eval", "e0", ["merge/m0"])
     assert {p.name for p in unreferenced(tmp_path)[0]} == {"b0", "m0", "e0"}  # one pass
     assert main(["gc", str(tmp_path), "--yes"]) == 2
-    assert "has no results.jsonl: every evaluation" in capsys.readouterr().err
+    assert "has no results.jsonl rows: every evaluation" in capsys.readouterr().err
     assert (tmp_path / "eval" / "e0").is_dir()
-    (tmp_path / "results.jsonl").write_text("")
-    assert main(["gc", str(tmp_path), "--yes"]) == 0  # an empty store: nothing is referenced
-    assert not (tmp_path / "base" / "b0").exists()
+    for empty in ("", "\n \n"):  # battery 17: an empty store removed every output
+        (tmp_path / "results.jsonl").write_text(empty)
+        assert main(["gc", str(tmp_path), "--yes"]) == 2
+        assert "has no results.jsonl rows" in capsys.readouterr().err
+        assert (tmp_path / "base" / "b0").is_dir()
 
 
 @pytest.mark.parametrize("loss", ["robust", "exo_pair", "[sigmoid,robust]"])

@@ -203,14 +203,16 @@ def cmd_gc(root: Path, yes: bool) -> int:
                 "then gc"
             )
         print(f"note: {torn[0]} ends in a torn line: an output it refers to may be listed below")
-    if not (root / "results.jsonl").exists() and loose:
+    store = root / "results.jsonl"
+    no_rows = not store.exists() or (store.is_file() and not store.read_bytes().strip())
+    if no_rows and loose:  # missing, or empty (battery 17: every output went with an empty one)
         if yes:
             raise ValueError(  # battery 15, F3: every evaluation went, unsaid
-                f"{root} has no results.jsonl: every evaluation, and every model only an "
+                f"{root} has no results.jsonl rows: every evaluation, and every model only an "
                 f"evaluation refers to ({len(loose)} stage output(s)), would count as "
                 "unreferenced and be removed; restore the store first (or remove folders by hand)"
             )
-        print(f"note: {root} has no results.jsonl: no evaluation is referenced by a row")
+        print(f"note: {root} has no results.jsonl rows: no evaluation is referenced by a row")
     for o in loose:
         print(("removed " if yes else "unreferenced ") + str(o))
         if yes:
