@@ -230,7 +230,10 @@ def train_dpo(
     if curriculum is not None and phase_schedule == "per_phase":
         ordered, phases = curriculum_order(rows, curriculum, epochs, seed)
         total, start = len(ordered), 0
-        shared = [max(1, round(max_steps * ph["rows"] / total)) for ph in phases if ph["rows"]]
+        # max_steps > 0 shared out over the phases by their rows, one step each at least
+        steps_of = [max(1, round(max_steps * ph["rows"] / total)) if max_steps > 0 else -1
+                    for ph in phases]  # fmt: skip
+        shared = [n for n, ph in zip(steps_of, phases, strict=True) if ph["rows"]]
         if max_steps > 0 and sum(shared) != max_steps:  # battery 16, A17: said, and recorded
             import logging
 
@@ -245,7 +248,6 @@ def train_dpo(
             start += ph["rows"]
             if not part:
                 continue
-            steps = max(1, round(max_steps * len(part) / total)) if max_steps > 0 else -1
             if phase_reference == "phase" and i > 0:
                 ref_model = frozen_copy(model)
             curve.phase, curve.offset = ph["dimension"], curve.last_step
@@ -253,7 +255,7 @@ def train_dpo(
             model = _fit(
                 model, tokenizer, part, out_dir, ref_model=ref_model,
                 peft_config=peft_config if i == 0 else None, curve=curve, sampling="sequential",
-                epochs=1.0, max_steps=steps,
+                epochs=1.0, max_steps=steps_of[i],
                 settings=settings if last else {**settings, "save_to": None},
             )  # fmt: skip
     else:
