@@ -7,7 +7,8 @@ its manifest, and list (``--yes``: remove) the outputs nothing refers to.
   the stores against its digest, and lists each difference; exit status 1 when one is found.
 - ``gc`` lists the stage outputs that no results-store row (``results.jsonl``,
   ``diagnostics.jsonl``) and no other stage output refers to (a later stage records the folders
-  it read in its ``key.json``); ``--yes`` removes them. An output written before manifests
+  it read in its ``key.json``), and the temporary folders killed runs left in the stage folders
+  (``.<key>.tmp-*`` of a process that is gone); ``--yes`` removes them. An output written before manifests
   existed (no ``key.json``) is kept and counted.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hhh_bench.core.content import KEY_FILE, MANIFEST, root_hash_cache, verify
+from hhh_bench.core.provenance import stale_temporaries
 from hhh_bench.core.stagecache import STAGE_VERSIONS, misplaced
 
 STORES = ("results.jsonl", "diagnostics.jsonl")
@@ -217,6 +219,15 @@ def cmd_gc(root: Path, yes: bool) -> int:
         print(("removed " if yes else "unreferenced ") + str(o))
         if yes:
             shutil.rmtree(o)
+    # what a killed run left (bat17, U2): the next run sweeps only the stage folder it writes in
+    stale = [t for stage in STAGE_VERSIONS for t in stale_temporaries(root / stage)]
+    for t in stale:
+        print(("removed " if yes else "stale temporary ") + str(t))
+        if yes:
+            shutil.rmtree(t, ignore_errors=True)
+    if stale:
+        print(f"cache gc {root}: {len(stale)} temporary folder(s) of killed runs "
+              + ("removed" if yes else "(remove with --yes)"))  # fmt: skip
     note = (f"; {unknown} folder(s) kept that are not outputs this cache wrote there (no "
             f"{KEY_FILE} naming their stage and key, or no {MANIFEST}: an older hhh-bench's, or "
             "not hhh-bench's)" if unknown else "")  # fmt: skip

@@ -136,7 +136,11 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
     out: dict[str, Any] = {}
-    if _own_data_used(seeds):  # `seed`'s data: unless `seeds` leaves it out (battery 16, A12)
+    if stage in ("merge", "merge_eval", "diagnose") and cfg.merge.get("models"):
+        _check_merge_models(cfg)  # before the data stage writes (battery 17, U3)
+    # `seed`'s data: unless `seeds` leaves it out (battery 16, A12); the report reads the store
+    # only (battery 17, U3: a refused report wrote a world first)
+    if _own_data_used(seeds) and stage != "report":
         with console.job("data", _seeded(cfg, "")) if stage == "all" else _nothing():
             out["data"] = run_data(cfg)
     if stage == "data":  # every seed of `seeds` whose data is its own (a world that follows it)
@@ -452,7 +456,6 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
     """Base and finetuned inputs of a merge: explicit (``merge.base``/``merge.models``) or the
     pipeline's base and specialists (trained first when missing, said on the console)."""
     if cfg.merge.get("models"):
-        _check_models_order(cfg)
         if not cfg.merge.get("base"):
             _check_models_theta0(cfg, data)
         base = cfg.merge.get("base") or _base(cfg, data)["path"]
@@ -463,6 +466,29 @@ def _merge_inputs(cfg: DictConfig, data: dict[str, Any]) -> tuple[str, list[str]
                 "yet trained is trained first (stage=train), or give merge.models=[...]")  # fmt: skip
     specs = _specialists(cfg, base, data)
     return merge_input(base), [merge_input(specs[d]) for d in dims], dims
+
+
+def _check_merge_models(cfg: DictConfig) -> None:
+    """What can be known of ``merge.models`` (and ``merge.base``) before any stage runs: their
+    order (:func:`_check_models_order`), one model listed twice (by content), and a given base
+    that is not the θ0 they were trained from (:func:`~hhh_bench.stages.merge.check_same_base`)."""
+    from hhh_bench.stages.common import model_identity
+    from hhh_bench.stages.merge import check_same_base
+
+    _check_models_order(cfg)
+    models = [str(m) for m in cfg.merge.models]
+    seen: dict[str, int] = {}
+    for j, ident in enumerate(model_identity(m) for m in models):
+        if ident in seen:
+            i = seen[ident]
+            raise ValueError(
+                f"merge.models[{j}]={models[j]!r} is merge.models[{i}]={models[i]!r} (the same "
+                "content): one model listed twice; to weigh a model more, give "
+                "merge.params.weights instead"
+            )
+        seen[ident] = j
+    if cfg.merge.get("base"):
+        check_same_base(str(cfg.merge.base), models)
 
 
 def _check_models_order(cfg: DictConfig) -> None:

@@ -614,3 +614,25 @@ def test_a_specialist_with_another_chat_template_is_said(zoo, tmp_path, caplog):
     [rec] = caplog.records
     assert re.search(r"merge.models\[1\]='.*m1' has another chat template than merge.base=",
                      rec.getMessage()), rec.getMessage()  # fmt: skip
+
+
+def test_battery17_u5_overwrite_refuses_a_folder_holding_files_no_merge_wrote(
+    tmp_path, zoo, capsys
+):
+    """U5: ``hhh-bench merge ... --overwrite`` removed the notes a user had added to an earlier
+    merge's folder, unnamed."""
+    cfg, out = tmp_path / "m.yaml", tmp_path / "out"
+    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {zoo / 'base'}\nmodels:\n"
+                   f"  - model: {zoo / 'm0'}\n    parameters: {{weight: 1.0}}\n")  # fmt: skip
+    assert main([str(cfg), str(out), "--no-progress"]) == 0
+    written = json.loads((out / "merge_info.json").read_text())["files"]
+    assert "model.safetensors" in written and "merge_info.json" in written
+    assert main([str(cfg), str(out), "--overwrite", "--no-progress"]) == 0  # its own files only
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "keep.txt").write_text("mine too")
+    capsys.readouterr()
+    assert main([str(cfg), str(out), "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds file(s) the earlier merge did not write: notes.txt, sub/keep.txt" in err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "keep.txt").is_file()

@@ -214,6 +214,12 @@ class TrainConfig:
                 "train.lora is set but train.method=full trains every weight, no adapter: use "
                 "train=dpo_lora (or train.method=lora) for an adapter, or drop it (~train.lora)"
             )
+        if self.method == "full" and self.merge_adapter:  # battery 17, U1: a retrain, unchanged
+            raise ValueError(
+                "train.merge_adapter=true merges a LoRA adapter into full weights, but "
+                "train.method=full writes full weights already (no adapter): drop it "
+                "(train.merge_adapter=false), or train a LoRA adapter (train=dpo_lora)"
+            )
         if self.kind == "sft":
             dpo_only = {"beta": self.beta, "loss_type": self.loss_type,
                         "loss_weights": self.loss_weights,
@@ -789,6 +795,15 @@ class DataConfig:
         # (hhh_bench.validation.check_world: the schema knows no library)
         if self.kind == "sources" and not self.sources:
             raise ValueError("data.kind=sources needs data.sources (source names per dimension)")
+        n = self.noise
+        if n.flip_rate > 0 and n.dimension is not None and n.dimension not in self.dimensions:
+            # battery 17, F1: every run reused the clean one's key, a noisy condition unsaid
+            raise ValueError(
+                f"data.noise.dimension={n.dimension!r} is not in data.dimensions "
+                f"{list(self.dimensions)}: no pair would be flipped (flip_rate={n.flip_rate}); "
+                f"add {n.dimension!r} to data.dimensions, or set data.noise.dimension to one of "
+                "them (null: all)"
+            )
 
 
 @dataclass(frozen=True)

@@ -172,20 +172,20 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "localhost"
 
 
-def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
-    """Remove the temporary folders a killed process left in ``parent`` (``.<name>.tmp-<pid>-*``
-    whose process is gone, and ``.<name>.old-*`` backups); returns what was removed.
+def stale_temporaries(parent: str | Path) -> list[Path]:
+    """The temporary folders a killed process left in ``parent`` (``.<name>.tmp-<pid>-*`` whose
+    process is gone, and ``.<name>.old-*`` backups), sorted.
 
-    A SIGKILL cannot run ``atomic_dir``'s clean-up, so the next run does it. Folders of live
-    processes (a concurrent run writing beside us) are left alone, and so are those another
-    machine is writing (``...@<host>``, e.g. a SLURM job on another node of a shared filesystem,
-    whose process cannot be checked from here) until they are :data:`FOREIGN_STALE_S` old.
+    Folders of live processes (a concurrent run writing beside us) are left out, and so are
+    those another machine is writing (``...@<host>``, e.g. a SLURM job on another node of a
+    shared filesystem, whose process cannot be checked from here) until they are
+    :data:`FOREIGN_STALE_S` old.
     """
-    removed = []
+    out = []
     parent = Path(parent)
     if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
+        return out
+    for entry in sorted(parent.iterdir()):
         m = _STALE.match(entry.name)
         if not m or not entry.is_dir():
             continue
@@ -196,8 +196,19 @@ def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
             continue
         if m.group(1) is None and entry.stat().st_mtime > time.time() - 60:
             continue  # a backup a live rename may still be using
+        out.append(entry)
+    return out
+
+
+def sweep_stale_temporaries(parent: str | Path) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``parent``; returns what was removed.
+
+    A SIGKILL cannot run ``atomic_dir``'s clean-up, so the next run writing in that folder does
+    it (and ``hhh-bench cache gc --yes`` in every stage folder of a root).
+    """
+    removed = stale_temporaries(parent)
+    for entry in removed:
         shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
     return removed
 
 

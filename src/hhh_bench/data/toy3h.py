@@ -265,6 +265,17 @@ class Toy3HConfig:
                 "them distinct slows to a halt: lower them"
             )
 
+    def inert_knobs(self) -> list[str]:
+        """Knobs set to a value this world never uses (battery 17, U4), one sentence each: the
+        console says them when the world is built; no number depends on them."""
+        out = []
+        if self.n_unknown.get("sft", 0) == 0:
+            used = {"sft_idk_rate": True, "sft_story_idk_rate": self.story_share > 0}
+            out += [f"data.world.{k}={getattr(self, k)} has no effect: data.world.n_unknown.sft=0 "
+                    "(the base model's SFT data has no unknown entity it could be about)"
+                    for k, on in used.items() if on and getattr(self, k) > 0]  # fmt: skip
+        return out
+
     def _check_types(self) -> None:
         """Every knob of its declared type (``seed=1.5`` or ``seed='0'`` would silently build
         another world): an integer where ``int`` is declared (not a bool), a number where

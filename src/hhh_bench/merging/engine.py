@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -331,6 +332,34 @@ def check_out_dir(
                 f"{out} already exists (an earlier merge's output: overwrite=true, or "
                 "--overwrite for hhh-bench merge, replaces it)"
             )
+        foreign = foreign_files(out)
+        if foreign:  # battery 17, U5: a user's notes went with the folder, unnamed
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise FileExistsError(
+                f"{out} holds file(s) the earlier merge did not write: "
+                f"{', '.join(foreign[:5])}{more}; overwrite replaces the whole folder: move "
+                "them out first, or choose another out_dir"
+            )
+
+
+def _files_in(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def foreign_files(out: Path) -> list[str]:
+    """The files of an earlier merge's folder that merge did not write (``merge_info.json``
+    lists those; a merge from before that record: the names a merge writes)."""
+    try:
+        written = json.loads((out / MERGE_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        written = None
+    if isinstance(written, list):
+        ours = {str(x) for x in written} | {MERGE_MARKER}
+        return [f for f in _files_in(out) if f not in ours]
+    known = {*COPY_FILES, MERGE_MARKER, "README.md", "model.safetensors.index.json",
+             "mergekit_config.yml", "diagnostics.json"}  # fmt: skip
+    return [f for f in _files_in(out)
+            if f not in known and not re.fullmatch(r"model[-0-9of]*\.safetensors", f)]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -578,6 +607,7 @@ def merge_models(
             if Path(fname).name != fname or fname in (MERGE_MARKER, "README.md"):
                 raise ValueError(f"extra_files: {fname!r} is not a plain file name of its own")
             (tmp / fname).write_text(text)
+        info["files"] = [*_files_in(tmp), MERGE_MARKER]  # what a later overwrite may replace
         (tmp / MERGE_MARKER).write_text(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         )

@@ -94,9 +94,10 @@ def run_data(cfg: DictConfig) -> dict[str, Any]:
         if data.kind == "toy3h":
             from hhh_bench.data.toy3h import Toy3HConfig, describe, generate
 
-            manifest = generate(
-                Toy3HConfig.from_mapping(dict(data.world or {}), complete=True), tmp
-            )
+            world = Toy3HConfig.from_mapping(dict(data.world or {}), complete=True)
+            for note in world.inert_knobs():
+                console.say(f"warning: {note}")
+            manifest = generate(world, tmp)
             _describe(describe(manifest))
             return manifest
         from hhh_bench.data.real import write_source_sets
