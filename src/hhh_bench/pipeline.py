@@ -957,8 +957,12 @@ def run_all(
     from hhh_bench.stages.report import run_report
 
     _freeze_libraries()
+    seeds = list(seeds if seeds is not None else _seed_cfgs(cfg))
+    workers = min(int(cfg.get("workers") or 1), len(seeds))
+    if workers > 1:  # the seeds' stages computed in parallel; then every one reused here
+        run_in_workers(cfg, seeds, data, workers)
     per_seed = []
-    for scfg, same in seeds if seeds is not None else _seed_cfgs(cfg):
+    for scfg, same in seeds:
         if not same:
             with console.job("data", _seeded(scfg, "")):
                 data_s = run_data(scfg)
@@ -967,6 +971,111 @@ def run_all(
         _summary(t0)
     _say_rows_of_other_runs(cfg)
     return {"seeds": per_seed, "report": run_report(cfg, job=job)}
+
+
+def run_in_workers(
+    cfg: DictConfig,
+    seeds: Sequence[tuple[DictConfig, bool]],
+    data: dict[str, Any] | None,
+    workers: int,
+) -> None:
+    """Compute the seeds' stages in ``workers`` processes at once (``workers=N``; each a
+    :func:`seed_worker` with its share of the seeds, round robin, one root). No number depends
+    on it: every stage output is keyed by content, a seed's outputs do not depend on what ran
+    before it in its process, and concurrent writers of one root are safe (docs/scale.md). The
+    caller then runs the seeds as usual, every stage reused. Each worker says on the console
+    when a seed is done, and keeps a log file of its own (``<root>/logs/``); the first worker
+    that fails stops the others, and its error is raised here naming its seed."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    threads = cfg.get("threads")
+    if threads is None:  # torch's default is one thread per core, in each of the workers
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    shares = [list(seeds)[k::workers] for k in range(workers)]
+    console.say(f"{len(seeds)} seeds in {workers} worker processes ({threads} torch thread(s) "
+                "each); then every stage is reused here, for the report")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="hhh-bench-workers-") as tmp:
+        procs = []
+        try:
+            for k, share in enumerate(shares, 1):
+                job = Path(tmp) / f"worker{k}.pkl"
+                job.write_bytes(pickle.dumps({
+                    "worker": k, "seeds": share, "data": data, "threads": threads,
+                    "root": str(cfg.root), "on_mismatch": CACHE.on_mismatch,
+                    "plugins": list(cfg.get("plugins") or []), "error": str(job) + ".error",
+                }))  # fmt: skip
+                code = "import sys; from hhh_bench.pipeline import seed_worker; "
+                code += "sys.exit(seed_worker(sys.argv[1]))"
+                out, err = console.subprocess_streams()  # its lines on the console
+                procs.append(
+                    subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=out, stderr=err)
+                )
+            failed = _wait_workers(procs)
+        finally:
+            for proc in procs:  # Ctrl-C, or another worker's error: none outlives the run
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.wait()
+        if failed is not None:
+            error = Path(tmp) / f"worker{failed + 1}.pkl.error"
+            text = error.read_text() if error.is_file() else ""
+            raise ValueError(text or f"worker {failed + 1} stopped (status "
+                             f"{procs[failed].returncode}); its log file is in {cfg.root}/logs")  # fmt: skip
+
+
+def _wait_workers(procs: Sequence[Any]) -> int | None:
+    """Wait for every worker; the index of the first that failed (the others then stop)."""
+    while True:
+        codes = [p.poll() for p in procs]
+        bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        if bad:
+            return bad[0]
+        if all(c == 0 for c in codes):
+            return None
+        time.sleep(0.5)
+
+
+def seed_worker(job_file: str) -> int:
+    """One worker of :func:`run_in_workers`: its seeds' stages (data when the seed's own, then
+    :func:`run_seed`), quiet on the console but for one line per seed done; an error goes to
+    the job's ``.error`` file (the parent raises it), Ctrl-C ends it quietly (status 130)."""
+    import logging
+    import pickle
+
+    job = pickle.loads(Path(job_file).read_bytes())
+    from hhh_bench.stages.data import run_data
+
+    k, root = job["worker"], Path(job["root"])
+    log_path = root / "logs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-worker{k}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    seed = None
+    try:
+        set_threads(job["threads"])
+        load_plugins(job["plugins"])
+        with console.session(verbosity=console.QUIET, progress="never", root=root):
+            CACHE.reset()
+            CACHE.asked, CACHE.upstream, CACHE.on_mismatch = "all", frozenset(), job["on_mismatch"]
+            _freeze_libraries()
+            for scfg, same in job["seeds"]:
+                seed, t0 = int(scfg.seed), time.time()
+                run_seed(scfg, job["data"] if same else run_data(scfg))
+                console.say(f"worker {k}: seed {seed} done in {console.clock(time.time() - t0)}",
+                            level=console.QUIET)  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - said by the parent, in one line; the log keeps it
+        logging.getLogger("hhh_bench").error("worker %s stopped", k, exc_info=True)
+        where = f"seed {seed} (worker {k}; log {log_path})" if seed is not None else f"worker {k}"
+        Path(job["error"]).write_text(f"{where}: {e}")
+        return 1
+    return 0
 
 
 def _freeze_libraries() -> None:

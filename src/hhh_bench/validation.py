@@ -600,13 +600,19 @@ def check_threads(threads: Any) -> None:
 
 def check_top_level(cfg: Mapping[str, Any]) -> None:
     """The run's own scalars: ``trust_remote_code`` a boolean (``maybe`` would read as true:
-    code from a model's repository would run), ``threads`` an integer >= 1 or null, ``name``
-    one folder name (it names the run's folder under ``runs/``)."""
+    code from a model's repository would run), ``threads`` an integer >= 1 or null, ``workers``
+    an integer >= 1, ``name`` one folder name (it names the run's folder under ``runs/``)."""
     check_top_level_keys(cfg)
     trust = cfg.get("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise ValueError(f"trust_remote_code={trust!r} must be true or false")
     check_threads(cfg.get("threads"))
+    workers = cfg.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"workers={workers!r} must be an integer >= 1 (the processes stage=all runs its "
+            "seeds in; 1: this one)"
+        )
     root = cfg.get("root")
     if isinstance(root, str) and (not root.strip() or root != root.strip()):
         raise ValueError(

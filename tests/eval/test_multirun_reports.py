@@ -22,9 +22,10 @@ FIXTURE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "results_fix
 def test_multirun_jobs_write_their_own_reports(tmp_path):
     """A two-job sweep of the report stage over report.interval: two folders under
     <root>/reports/, each report titled with its job and using its own interval, nothing in
-    <root>/report/; the first job computes the data stage and says so, the second reuses it and
-    says so (the summary is per job, not summed over the jobs). (It swept eval.select_by before
-    battery 8; a report now refuses a select_by other than the one the rows were chosen by.)"""
+    <root>/report/; neither job runs a stage (the report reads the store only: battery 17, U3,
+    where a refused report had built a world first), and each says so. (It swept
+    eval.select_by before battery 8; a report now refuses a select_by other than the one the
+    rows were chosen by.)"""
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(FIXTURE, root / "results.jsonl")
@@ -52,7 +53,8 @@ def test_multirun_jobs_write_their_own_reports(tmp_path):
     assert not (root / "report").exists()
     summaries = re.findall(r"^hhh-bench: (\d+) stage run\(s\) computed, (\d+) reused", done.stdout,
                            re.M)  # fmt: skip
-    assert summaries == [("1", "0"), ("0", "1")], done.stdout[-3000:]
+    assert summaries == [("0", "0"), ("0", "0")], done.stdout[-3000:]
+    assert not (root / "data").exists()
 
 
 def test_report_stage_keys_its_folder_and_wandb_run_by_job(tmp_path):

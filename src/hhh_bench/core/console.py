@@ -114,6 +114,22 @@ def _err() -> TextIO:
     return _S.err or sys.stderr
 
 
+def subprocess_streams() -> tuple[Any, Any]:
+    """The console's own stdout and stderr (not the log file the process's are pointed at) for a
+    subprocess to write its console lines to; None for one without a file descriptor (a test's
+    captured stream): the subprocess then inherits the process's."""
+
+    def fd(stream: TextIO) -> TextIO | None:
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        stream.flush()
+        return stream
+
+    return fd(_out()), fd(_err())
+
+
 def reset() -> None:
     """Forget the jobs and the plan (a new run; the stream settings are kept)."""
     with _S.lock:
