@@ -115,9 +115,16 @@ def test_u4_a_world_knob_with_no_effect_is_said(tmp_path, capsys):
     from test_battery16 import _world
 
     n_unknown = {"sft": 0, "train": 60, "validation": 20, "test": 20}
-    (note,) = _world(n_unknown=n_unknown, sft_idk_rate=0.9, story_share=0.0).inert_knobs()
+    (note,) = _world(
+        n_unknown=n_unknown, sft_idk_rate=0.9, story_share=0.0, sft_story_idk_rate=0.0
+    ).inert_knobs()
     assert note.startswith("data.world.sft_idk_rate=0.9 has no effect: data.world.n_unknown.sft=0")
-    assert _world(n_unknown=n_unknown, sft_idk_rate=0.0, story_share=0.0).inert_knobs() == []
+    assert (
+        _world(
+            n_unknown=n_unknown, sft_idk_rate=0.0, story_share=0.0, sft_story_idk_rate=0.0
+        ).inert_knobs()
+        == []
+    )
     assert _world().inert_knobs() == []
     notes = _world(n_unknown=n_unknown, story_share=0.2).inert_knobs()
     assert [n.split("=")[0] for n in notes] == ["data.world.sft_idk_rate",

@@ -159,7 +159,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, session_root, pipeline
     console = done.stdout + done.stderr
     assert "Traceback" not in console and "{'loss'" not in console and "Warning:" not in console
     lines = re.findall(r"^\[\s*(\d+)/(\d+)\] (\w+)", done.stdout, re.M)
-    assert [int(k) for k, _, _ in lines] == list(range(1, len(lines) + 1))
+    assert [int(k) for k, _, _ in lines] == list(range(1, len(lines) + 1)), done.stdout
     assert {int(n) for _, n, _ in lines} == {len(lines)}
     assert {stage for _, _, stage in lines} >= {"data", "base", "train", "merge", "report"}
     assert not list(root.glob("*/.*tmp*")), "a temporary folder survived"

@@ -737,6 +737,11 @@ def run(
     finally:
         src.close()
     mp = plan(cfg, keys, layers)
+    if cfg.base_model and not mp.base_as_model:  # battery 18, F7: dropped as mergekit does
+        for e in cfg.models:
+            if _same(e.model, cfg.base_model):
+                print(f"note: {config}: model {e.model} is the base_model: merged as θ0 (its "
+                      "task vector would be 0), not as one of the models, as mergekit does")  # fmt: skip
     # the pipeline's merge stage's checks of its inputs (battery 9): each model fine-tuned from
     # this base (a train output's record, a LoRA adapter's base), and its tokenizer the base's
     from hhh_bench.stages.merge import check_same_base, check_tokenizers

@@ -113,6 +113,10 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
         from hhh_bench.tracking.store import check_one_experiment
 
         check_one_experiment(results_path(cfg), str(cfg.name))
+        if stage != "report":  # a damaged store takes no new row (battery 18, U10): the report
+            from hhh_bench.tracking.store import scan_results  # checks it itself, below
+
+            scan_results(results_path(cfg))
     if stage == "report":  # the store, before any stage work: an invalid line named up front
         from hhh_bench.stages.eval import results_path
         from hhh_bench.tracking.store import scan_results
@@ -135,6 +139,13 @@ def _run(cfg: DictConfig, *, job: str | None, stack: Any) -> dict[str, Any]:
     _check_base_seed(cfg, seeds)
     if stage == "all":
         console.plan(plan_all(cfg, seeds))
+        e = cfg.get("eval") or {}
+        if e.get("select_split") and e.get("select_split") == e.get("report_split"):
+            console.say(  # battery 18, U8: said at the end only, in the answer line
+                f"warning: eval.select_split={e.get('select_split')} is the report split: each "
+                "family's configuration is chosen on the numbers the report shows (an optimistic "
+                "pick); a split of its own (validation) is the fair choice"
+            )
     out: dict[str, Any] = {}
     if stage in ("merge", "merge_eval", "diagnose") and cfg.merge.get("models"):
         _check_merge_models(cfg)  # before the data stage writes (battery 17, U3)
@@ -429,8 +440,13 @@ def choose(candidates: Sequence[tuple[float, T]]) -> tuple[float, T]:
 
 
 def _base(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """θ0 of this run: built with ``pipeline.base_seed`` when it is set (one θ0 for every seed),
+    in every stage as in ``stage=all`` (battery 18, S4: ``stage=train`` used ``seed``'s θ0)."""
     from hhh_bench.stages.base import run_base
 
+    base_seed = cfg.pipeline.get("base_seed") if "pipeline" in cfg else None
+    if base_seed is not None and int(base_seed) != int(cfg.seed):
+        cfg = with_values(cfg, {"seed": int(base_seed)})
     return run_base(cfg, data)
 
 
@@ -498,7 +514,7 @@ def _check_models_order(cfg: DictConfig) -> None:
     first had its Fisher computed on the helpful data, without a word)."""
     import json
 
-    from hhh_bench.stages.merge import train_record
+    from hhh_bench.stages.common import train_record
 
     dims = list(to_dict(cfg.data.get("dimensions")) or [])
     models = [str(m) for m in cfg.merge.models]
@@ -539,7 +555,7 @@ def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
             ours = e.key
         finally:
             CACHE.dry_run = False
-    from hhh_bench.stages.merge import recorded_input, train_record
+    from hhh_bench.stages.common import recorded_input, train_record
 
     for i, model in enumerate(cfg.merge.models):
         record = train_record(str(model))
@@ -552,11 +568,14 @@ def _check_models_theta0(cfg: DictConfig, data: dict[str, Any]) -> None:
         theirs = [str(x) for x in key.get("inputs") or [] if Path(str(x)).parent.name == "base"]
         if theirs and all(Path(t).name != ours for t in theirs):
             full = recorded_input(record, theirs[0])  # type: ignore[arg-type]
+            give = (f"give merge.base={full}" if full.is_dir() else  # battery 18, F6: moved
+                    f"give merge.base=<that θ0's folder> (the model lies outside the root it was "
+                    f"trained in: {full} is not there)")  # fmt: skip
             raise ValueError(
                 f"merge.models[{i}]={str(model)!r} was trained from the θ0 stage output "
-                f"{full}; merge.base is not given, so the base would be this run's θ0, which "
-                f"is another one (base/{ours}, not built yet): give merge.base={full} instead "
-                "of training a θ0 the models were not trained from"
+                f"{Path(theirs[0]).parent.name}/{Path(theirs[0]).name}; merge.base is not given, "
+                f"so the base would be this run's θ0, which is another one (base/{ours}, not "
+                f"built yet): {give} instead of training a θ0 the models were not trained from"
             )
 
 
@@ -771,9 +790,8 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
                 )
         _merges(cfg, pcfg, base, specialists, dims, seed, evaluate, data)
         return out
-    base_seed = pcfg.get("base_seed")
     with _job("base", _seeded(cfg, "")):
-        base = _base(cfg if base_seed is None else with_values(cfg, {"seed": int(base_seed)}), data)
+        base = _base(cfg, data)  # θ0 of pipeline.base_seed when set
         _evaluate_base(cfg, evaluate, _model(base, "base", "base", seed))
     with _job("train", _seeded(cfg, "specialists")):
         specialists = _specialists(cfg, base, data)
@@ -958,9 +976,13 @@ def run_all(
 
     _freeze_libraries()
     seeds = list(seeds if seeds is not None else _seed_cfgs(cfg))
-    workers = min(int(cfg.get("workers") or 1), len(seeds))
-    if workers > 1:  # the seeds' stages computed in parallel; then every one reused here
-        run_in_workers(cfg, seeds, data, workers)
+    if int(cfg.get("workers") or 1) > 1 and len(seeds) > 1:  # computed in parallel, then reused
+        # here; a seed whose θ0 is built already was run before (a rerun, a resumed or extended
+        # run): finished here, where a cached pass costs least
+        fresh = [s for s in seeds if not _theta0_built(*s, data)]
+        workers = min(int(cfg.get("workers") or 1), len(fresh))
+        if workers > 1:
+            run_in_workers(cfg, fresh, data, workers)
     per_seed = []
     for scfg, same in seeds:
         if not same:
@@ -971,6 +993,23 @@ def run_all(
         _summary(t0)
     _say_rows_of_other_runs(cfg)
     return {"seeds": per_seed, "report": run_report(cfg, job=job)}
+
+
+def _theta0_built(scfg: DictConfig, same: bool, data: dict[str, Any] | None) -> bool:
+    """Whether seed ``scfg``'s θ0 (and its data) are stage outputs already (looked up, never
+    computed: nothing is printed or written)."""
+    from hhh_bench.core.stagecache import NotCached
+    from hhh_bench.stages.data import run_data
+
+    with console.silenced():
+        CACHE.dry_run = True
+        try:
+            _base(scfg, data if same and data is not None else run_data(scfg))
+            return True
+        except NotCached:
+            return False
+        finally:
+            CACHE.dry_run = False
 
 
 def run_in_workers(
@@ -985,7 +1024,8 @@ def run_in_workers(
     before it in its process, and concurrent writers of one root are safe (docs/scale.md). The
     caller then runs the seeds as usual, every stage reused. Each worker says on the console
     when a seed is done, and keeps a log file of its own (``<root>/logs/``); the first worker
-    that fails stops the others, and its error is raised here naming its seed."""
+    that fails stops the others, and its error is raised here naming its seed. :func:`run_all`
+    gives it the seeds whose θ0 is not built yet (a rerun's seeds are reused faster here)."""
     import pickle
     import subprocess
     import sys
@@ -995,7 +1035,8 @@ def run_in_workers(
     if threads is None:  # torch's default is one thread per core, in each of the workers
         threads = max(1, (os.cpu_count() or 1) // workers)
     shares = [list(seeds)[k::workers] for k in range(workers)]
-    console.say(f"{len(seeds)} seeds in {workers} worker processes ({threads} torch thread(s) "
+    t0 = time.time()
+    console.say(f"{len(seeds)} seed(s) in {workers} worker processes ({threads} torch thread(s) "
                 "each); then every stage is reused here, for the report")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hhh-bench-workers-") as tmp:
         procs = []
@@ -1024,6 +1065,8 @@ def run_in_workers(
             text = error.read_text() if error.is_file() else ""
             raise ValueError(text or f"worker {failed + 1} stopped (status "
                              f"{procs[failed].returncode}); its log file is in {cfg.root}/logs")  # fmt: skip
+    console.say(f"workers done in {console.clock(time.time() - t0)}: what they computed is "
+                "counted as reused below")  # fmt: skip
 
 
 def _wait_workers(procs: Sequence[Any]) -> int | None:

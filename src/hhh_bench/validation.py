@@ -43,6 +43,67 @@ def check_world(data: DataConfig) -> None:
         leakage_settings(data.leakage)  # its values named before any stage (not at build)
 
 
+def check_mix_of_specialist(cfg: Mapping[str, Any]) -> None:
+    """``stage=train`` on one dimension trains its specialist on that dimension's pairs as they
+    are: a ``mix`` other than the default's (another strategy, a budget, shares) would be read
+    by nothing (battery 18, S2: ``mix.budget=50`` reused the 400-pair specialist), so it is
+    refused."""
+    import yaml
+
+    from hhh_bench.core.paths import conf_dir
+    from hhh_bench.stages.common import load_option
+
+    dims = list((cfg.get("data") or {}).get("dimensions") or [])
+    if cfg.get("stage") != "train" or len(dims) != 1 or not cfg.get("mix"):
+        return
+    defaults = yaml.safe_load((conf_dir() / "config.yaml").read_text(encoding="utf-8"))
+    default = next((d["mix"] for d in defaults.get("defaults", [])
+                    if isinstance(d, dict) and "mix" in d), None)  # fmt: skip
+    if default is None or dict(cfg["mix"]) == load_option("mix", str(default)):
+        return
+    raise ValueError(
+        f"mix={cfg['mix'].get('name')!r} (or its settings) with data.dimensions={dims}: "
+        f"stage=train on one dimension trains the {dims[0]} specialist on its pairs as they "
+        "are, and no mixing setting is read; drop the mix settings, or list several "
+        "dimensions for a mixture (data.dimensions=[helpful,honest,harmless])"
+    )
+
+
+def check_wandb_project(project: str) -> None:
+    """``logger.project`` as W&B's own settings check it (battery 18, F3: ``a/b`` ended in W&B's
+    traceback after the report was written), before any stage."""
+    from wandb.errors import UsageError
+    from wandb.sdk.wandb_settings import Settings
+
+    try:
+        Settings(project=project)
+    except (UsageError, ValueError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"logger.project={project!r}: {text}") from None
+
+
+def check_toy_noise(cfg: Mapping[str, Any], data: DataConfig) -> None:
+    """A noise rate that flips no pair of the toy world, whose pair counts the config fixes,
+    refused before any stage (battery 18, U2: θ0 was trained first, then the train stage
+    refused it): each specialist's ``pairs_per_dimension`` train pairs, or a mixture's of every
+    dimension for ``stage=train`` on several without ``data.noise.dimension``."""
+    from hhh_bench.data.noise import n_flips
+    from hhh_bench.data.toy3h import pairs_in_split
+
+    rate, world = data.noise.flip_rate, dict(data.world or {})
+    if data.kind != "toy3h" or not rate or not isinstance(world.get("pairs_per_dimension"), int):
+        return
+    n = pairs_in_split(world["pairs_per_dimension"], "train")
+    if cfg.get("stage") == "train" and data.noise.dimension is None:
+        n *= len(data.dimensions)
+    if n_flips(rate, n) == 0:
+        raise ValueError(
+            f"data.noise.flip_rate={rate} flips no pair of the {n} it applies to (the rate times "
+            "the pairs rounds to 0): the run would be the clean one, reported as a noisy "
+            f"condition; give a rate of at least {0.5 / n:.2g}, or 0"
+        )
+
+
 def check_model_folder(value: str | None, where: str) -> None:
     """A model named by a local path (one that exists, or is written as a path: ``/``, ``.``;
     ``~`` is refused, not expanded) is a folder holding a model's ``config.json`` or a LoRA adapter's
@@ -372,6 +433,9 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if group in GROUP_CHECKS:
                 GROUP_CHECKS[group](out[group])
     check_mix_knobs(cfg)
+    check_mix_of_specialist(cfg)
+    if "data" in out:
+        check_toy_noise(cfg, out["data"])
     check_mix_scorers(cfg)
     check_mix_reference(cfg)
     _check_positions(out)
@@ -985,6 +1049,8 @@ def preflight(groups: Mapping[str, Any], *, loads_models: bool = True) -> None:
                 "among files whose checksums a later reuse verifies; point WANDB_DIR elsewhere"
             )
         writable_folder(os.environ["WANDB_DIR"], "WANDB_DIR")
+    if mode in ("online", "offline") and logger.project is not None:
+        check_wandb_project(str(logger.project))
     if mode == "online" and not wandb_key_set():
         where = "logger.mode=online" if logger.mode == "online" else "WANDB_MODE=online"
         raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import textwrap
 
 import pytest
@@ -626,7 +627,7 @@ def test_battery17_u5_overwrite_refuses_a_folder_holding_files_no_merge_wrote(
                    f"  - model: {zoo / 'm0'}\n    parameters: {{weight: 1.0}}\n")  # fmt: skip
     assert main([str(cfg), str(out), "--no-progress"]) == 0
     written = json.loads((out / "merge_info.json").read_text())["files"]
-    assert "model.safetensors" in written and "merge_info.json" in written
+    assert "model.safetensors" in written and "README.md" in written
     assert main([str(cfg), str(out), "--overwrite", "--no-progress"]) == 0  # its own files only
     (out / "notes.txt").write_text("mine")
     (out / "sub").mkdir()
@@ -636,3 +637,11 @@ def test_battery17_u5_overwrite_refuses_a_folder_holding_files_no_merge_wrote(
     err = capsys.readouterr().err
     assert "holds file(s) the earlier merge did not write: notes.txt, sub/keep.txt" in err
     assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "keep.txt").is_file()
+    # battery 18, F4: a file the merge wrote, changed since (a user's notes in its model card)
+    (out / "notes.txt").unlink()
+    shutil.rmtree(out / "sub")
+    with open(out / "README.md", "a") as f:
+        f.write("my notes\n")
+    assert main([str(cfg), str(out), "--overwrite", "--no-progress"]) == 2
+    assert "the earlier merge wrote, changed since: README.md" in capsys.readouterr().err
+    assert (out / "README.md").read_text().endswith("my notes\n")

@@ -123,6 +123,10 @@ class LoraConfig:
             raise ValueError(f"train.lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ValueError("train.lora.target_modules is empty: name the modules to adapt")
+        names = list(self.target_modules) if not isinstance(self.target_modules, str) else []
+        twice = sorted({m for m in names if names.count(m) > 1})
+        if twice:  # battery 18, U4: the same adapter as listing it once, under another key
+            raise ValueError(f"train.lora.target_modules lists {twice} more than once")
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,12 @@ class TrainConfig:
         if self.accelerate_config is not None:
             accelerate_config_file(self.accelerate_config)
         _share("train", "warmup_ratio", self.warmup_ratio)
+        if self.lr_scheduler_type == "constant" and self.warmup_ratio > 0:
+            raise ValueError(  # battery 18, S3: transformers' constant schedule has no warmup
+                f"train.warmup_ratio={self.warmup_ratio} with train.lr_scheduler_type=constant: "
+                "that schedule has no warmup (the weights are those of warmup_ratio=0); use "
+                "lr_scheduler_type=constant_with_warmup, or set train.warmup_ratio=0"
+            )
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         if self.max_steps == 0:
             raise ValueError(

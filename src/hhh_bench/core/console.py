@@ -139,14 +139,18 @@ def reset() -> None:
 
 @contextlib.contextmanager
 def silenced() -> Iterator[None]:
-    """Nothing printed on the console inside (``hhh-bench plan``'s dry run of the stages);
-    the log file still gets every line."""
+    """Nothing printed on the console inside (``hhh-bench plan``'s dry run of the stages, a
+    lookup of what is cached), and no job counted: the ``[k/N]`` lines after it go on from
+    where they were; the log file still gets every line."""
     with _S.lock:
         saved, _S.verbosity = _S.verbosity, -1
+        counted = (_S.done, list(_S.finished), dict(_S.seconds))
     try:
         yield
     finally:
-        _S.verbosity = saved
+        with _S.lock:
+            _S.verbosity = saved
+            _S.done, _S.finished, _S.seconds = counted
 
 
 def plan(jobs: Sequence[tuple[str, str]]) -> None:

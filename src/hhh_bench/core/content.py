@@ -342,6 +342,7 @@ class Verified:
     manifest: Manifest
     rehashed: int = 0
     problems: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # files no manifest lists (a user's, say)
 
 
 def verify(folder: str | Path, *, full: bool = False, cache: HashCache | None = None) -> Verified:
@@ -365,6 +366,7 @@ def verify(folder: str | Path, *, full: bool = False, cache: HashCache | None = 
         rec = m.files.get(rel)
         if rec is None:
             out.problems.append(f"file {rel} is not in its {MANIFEST} (added later)")
+            out.added.append(rel)
             continue
         try:
             st = f.stat()

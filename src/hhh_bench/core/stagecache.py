@@ -272,6 +272,11 @@ def cached_stage(
     key = stage_key(stage, payload)
     out = Path(root) / stage / key
     what = f"{stage} {label}".strip()
+    if out.parent.exists() and not out.parent.is_dir():  # battery 18, U11: "[Errno 17]"
+        raise NotADirectoryError(
+            f"{out.parent} is a file, not a folder: the {stage} stage keeps its outputs in "
+            f"<root>/{stage}/; move that file away (or give another root=)"
+        )
     register_root(root)
     replace = False
     if is_done(out):
@@ -305,6 +310,13 @@ def cached_stage(
                     "set cache.on_mismatch=recompute."
                 )
             raise mismatch_error(out, checked.problems)
+        if checked.added:  # battery 18, L1: a user's notes went with the replaced folder
+            more = f" and {len(checked.added) - 3} more" if len(checked.added) > 3 else ""
+            raise ContentMismatch(
+                f"cached output {out} holds file(s) its stage did not write: "
+                f"{', '.join(checked.added[:3])}{more}; recomputing would replace the folder "
+                "and delete them: move them out of it, then rerun"
+            )
         problem = unreadable or checked.problems[0]
         console.say(f"{what} ({out}): {problem}: recomputing (cache.on_mismatch=recompute)")
         CACHE.recomputed.setdefault(stage, set()).add(key)

@@ -221,6 +221,14 @@ class Toy3HConfig:
                 "sft_refusal_spread must be in [0, min(sft_refusal_rate, 1 - sft_refusal_rate)], "
                 f"got {self.sft_refusal_spread}"
             )
+        for name, splits in (("n_known", SPLITS), ("n_unknown", ("sft", *SPLITS)),
+                             ("request_split", SPLITS)):  # fmt: skip
+            extra = sorted(set(getattr(self, name)) - set(splits))
+            if extra:  # battery 18, S1: `+n_known.sft=5` read by nothing, keyed
+                raise ValueError(
+                    f"{name}.{extra[0]} is not a split of {name} ({', '.join(splits)}): no "
+                    "entity or request is drawn for it"
+                )
         for split in SPLITS:
             if self.n_known.get(split, 0) < 1:
                 raise ValueError(f"n_known.{split} must be >= 1")
@@ -269,8 +277,14 @@ class Toy3HConfig:
         """Knobs set to a value this world never uses (battery 17, U4), one sentence each: the
         console says them when the world is built; no number depends on them."""
         out = []
+        if self.story_share == 0 and self.sft_story_idk_rate > 0:
+            out.append(f"data.world.sft_story_idk_rate={self.sft_story_idk_rate} has no effect: "
+                       "data.world.story_share=0 (no story is told)")  # fmt: skip
+        if self.sft_truth_share == 0 and self.sft_sycophancy_rate > 0:
+            out.append(f"data.world.sft_sycophancy_rate={self.sft_sycophancy_rate} has no effect: "
+                       "data.world.sft_truth_share=0 (no suggestion question in the SFT data)")  # fmt: skip
         if self.n_unknown.get("sft", 0) == 0:
-            used = {"sft_idk_rate": True, "sft_story_idk_rate": self.story_share > 0}
+            used = {"sft_idk_rate": True, "sft_story_idk_rate": self.story_share > 0}  # said above
             out += [f"data.world.{k}={getattr(self, k)} has no effect: data.world.n_unknown.sft=0 "
                     "(the base model's SFT data has no unknown entity it could be about)"
                     for k, on in used.items() if on and getattr(self, k) > 0]  # fmt: skip

@@ -332,34 +332,43 @@ def check_out_dir(
                 f"{out} already exists (an earlier merge's output: overwrite=true, or "
                 "--overwrite for hhh-bench merge, replaces it)"
             )
-        foreign = foreign_files(out)
-        if foreign:  # battery 17, U5: a user's notes went with the folder, unnamed
-            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-            raise FileExistsError(
-                f"{out} holds file(s) the earlier merge did not write: "
-                f"{', '.join(foreign[:5])}{more}; overwrite replaces the whole folder: move "
-                "them out first, or choose another out_dir"
-            )
+        foreign, changed = foreign_files(out)
+        for what, files in (("did not write", foreign), ("wrote, changed since", changed)):
+            if files:  # battery 17, U5 / 18, F4: a user's notes or weights went unnamed
+                more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+                raise FileExistsError(
+                    f"{out} holds file(s) the earlier merge {what}: {', '.join(files[:5])}{more}; "
+                    "overwrite replaces the whole folder: move them out first, or choose "
+                    "another out_dir"
+                )
 
 
 def _files_in(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def foreign_files(out: Path) -> list[str]:
-    """The files of an earlier merge's folder that merge did not write (``merge_info.json``
-    lists those; a merge from before that record: the names a merge writes)."""
+def _stat_of(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def foreign_files(out: Path) -> tuple[list[str], list[str]]:
+    """The files of an earlier merge's folder that merge did not write, and those it wrote
+    that changed since (``merge_info.json`` records each file's size and mtime; a merge from
+    before that record: the names a merge writes, none known changed)."""
     try:
         written = json.loads((out / MERGE_MARKER).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         written = None
-    if isinstance(written, list):
-        ours = {str(x) for x in written} | {MERGE_MARKER}
-        return [f for f in _files_in(out) if f not in ours]
+    if isinstance(written, dict):
+        present = _files_in(out)
+        foreign = [f for f in present if f not in written and f != MERGE_MARKER]
+        changed = [f for f in present if f in written and _stat_of(out / f) != written[f]]
+        return foreign, changed
     known = {*COPY_FILES, MERGE_MARKER, "README.md", "model.safetensors.index.json",
              "mergekit_config.yml", "diagnostics.json"}  # fmt: skip
     return [f for f in _files_in(out)
-            if f not in known and not re.fullmatch(r"model[-0-9of]*\.safetensors", f)]  # fmt: skip
+            if f not in known and not re.fullmatch(r"model[-0-9of]*\.safetensors", f)], []  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -607,7 +616,8 @@ def merge_models(
             if Path(fname).name != fname or fname in (MERGE_MARKER, "README.md"):
                 raise ValueError(f"extra_files: {fname!r} is not a plain file name of its own")
             (tmp / fname).write_text(text)
-        info["files"] = [*_files_in(tmp), MERGE_MARKER]  # what a later overwrite may replace
+        # what a later overwrite may replace: each file as written (size, mtime)
+        info["files"] = {f: _stat_of(tmp / f) for f in _files_in(tmp)}
         (tmp / MERGE_MARKER).write_text(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         )

@@ -197,3 +197,17 @@ def data_keys_of(path: str | Path) -> set[str]:
             if up is not None:
                 stack.append(up[0])
     return keys
+
+
+def train_record(model: str | Path) -> Path | None:
+    """The ``key.json`` of the stage output holding ``model`` (its folder, or the folder above
+    an ``adapter/``), or None."""
+    folders = (Path(model), Path(model).parent)
+    return next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
+
+
+def recorded_input(record: Path, entry: str) -> Path:
+    """Where an entry of a ``key.json``'s ``inputs`` lies: absolute as written, else under the
+    root of the output the record belongs to (``<root>/<stage>/<key>/key.json``)."""
+    p = Path(entry)
+    return p if p.is_absolute() else record.parent.parent.parent / p

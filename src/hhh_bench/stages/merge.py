@@ -27,7 +27,9 @@ from hhh_bench.stages.common import (
     group,
     log,
     model_identity,
+    recorded_input,
     to_dict,
+    train_record,
 )
 
 METHOD_CODE = ("hhh_bench.merging.methods", "hhh_bench.merging.statsfile")
@@ -306,20 +308,6 @@ def check_same_base(
                 f"{base_name}={base!r}: its task vector would be the difference of two "
                 "unrelated models; give the θ0 it was trained from as the base"
             )
-
-
-def train_record(model: str | Path) -> Path | None:
-    """The ``key.json`` of the stage output holding ``model`` (its folder, or the folder above
-    an ``adapter/``), or None."""
-    folders = (Path(model), Path(model).parent)
-    return next((f / "key.json" for f in folders if (f / "key.json").is_file()), None)
-
-
-def recorded_input(record: Path, entry: str) -> Path:
-    """Where an entry of a ``key.json``'s ``inputs`` lies: absolute as written, else under the
-    root of the output the record belongs to (``<root>/<stage>/<key>/key.json``)."""
-    p = Path(entry)
-    return p if p.is_absolute() else record.parent.parent.parent / p
 
 
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "config.json",

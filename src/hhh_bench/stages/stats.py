@@ -107,6 +107,33 @@ def run_stats(
             "content": run.identity, "cached": run.cached}  # fmt: skip
 
 
+def _check_trained_on(i: int, model: str, data: Mapping[str, Any], method: str) -> None:
+    """A specialist that is a train stage output (``key.json``) was trained on this run's data:
+    its statistics are computed on the rows of ``data`` (battery 18, F2: another seed's world
+    gave another Fisher, without a word)."""
+    import json
+
+    from hhh_bench.stages.common import train_record
+
+    record = train_record(model)
+    try:
+        key = json.loads(record.read_text()) if record is not None else {}
+    except ValueError:
+        return
+    if not isinstance(key, dict) or key.get("stage") != "train":
+        return
+    theirs = [
+        Path(str(x)).name for x in key.get("inputs") or [] if Path(str(x)).parent.name == "data"
+    ]
+    if theirs and data.get("key") not in theirs:
+        raise ValueError(
+            f"merge.models[{i}]={model!r} was trained on the data output data/{theirs[0]} (its "
+            f"key.json), but this run's data is data/{data.get('key')}: {method}'s statistics "
+            "would be computed on other rows than it was trained on; run with the data config "
+            "and seed the models were trained with, or give merge.params.statistics=[...]"
+        )
+
+
 def statistics_for(
     cfg: DictConfig,
     data: Mapping[str, Any] | None,
@@ -130,6 +157,8 @@ def statistics_for(
         from hhh_bench.stages.data import run_data
 
         data = run_data(cfg)
+    for i, model in enumerate(models):
+        _check_trained_on(i, model, data, cfg.merge.method)
     return [
         run_stats(cfg, m, specialist_rows(cfg, data, d), kind=kind, base=base, label=d)
         for m, d in zip(models, dims, strict=True)

@@ -154,6 +154,14 @@ def run_train(
         console.say(f"warning: train {label}: mix=reward_select keeps every pair at this budget "
                     "and these shares: its ranking selects nothing, and the mixture is uniform's "
                     "data; a mix.budget below the pairs there are, or mix.shares, select")  # fmt: skip
+    resampled = sum(
+        int(v or 0) for v in ((info.get("mix_info") or {}).get("resampled") or {}).values()
+    )
+    total = sum(int(v or 0) for v in (info.get("counts") or {}).values())
+    if cfg.get("stage") == "train" and total and resampled * 2 > total:  # battery 18, U3
+        console.say(f"warning: train {label}: {resampled} of its {total} pairs are repeats drawn "
+                    "again to fill the budget (mix_info.resampled in train_info.json): few "
+                    "distinct pairs stand behind this mixture")  # fmt: skip
     for d, m in (info.get("margins") or {}).items() if not run.cached else ():
         if m["delta"] is None:
             console.say(f"train {label}: no held-out {d} pair (its validation split is empty): "

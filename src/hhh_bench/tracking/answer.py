@@ -125,11 +125,12 @@ def pick(
     select_split: str | None = None,
 ) -> tuple[Entry, dict[str, Any]] | None:
     """The representative of one group (``mixture`` or ``merge``) and how it was chosen:
-    ``{"on", "candidates", "select_scores", "missing", "left_out", "fallback"}``: the split the
-    choice was made on, the number of candidates it was made among, each candidate's
-    selection-split score, the candidates without one, those of them left out of the choice
-    (when others have one), and whether the choice fell back to the reported split (none has
-    one). None when the group has no entry."""
+    ``{"on", "candidates", "select_scores", "missing", "left_out", "fewer_seeds", "fallback"}``:
+    the split the choice was made on, the number of candidates it was made among, each
+    candidate's selection-split score, the candidates without one, those of them left out of
+    the choice (when others have one), the candidates left out for rows on fewer seeds than the
+    others', and whether the choice fell back to the reported split (none has one). None when
+    the group has no entry."""
     group = [e for e in entries if e.kind == kind]
     chosen = {_method(e) for e in group if _extra(e).get("selected_on")}
     # a grid point shown as its own row (pipeline.report_every_grid_point) is one of its
@@ -138,6 +139,12 @@ def pick(
     group = [e for e in group if not (_is_grid_point(e) and _method(e) in chosen)]
     if not group:
         return None
+    # a candidate evaluated on fewer seeds than the others is no rival of theirs (battery 18,
+    # F5: one method run on one seed, lucky there, turned an 8-seed answer into a 1-seed one)
+    n_seeds = {e.label: len({r.get("seed") for r in e.rows}) for e in group}
+    most = max(n_seeds.values())
+    fewer = [e.label for e in group if n_seeds[e.label] < most]
+    group = [e for e in group if n_seeds[e.label] == most]
     index = _select_index(select_rows) if select_split else {}
     scores = {e.label: _select_score(e, index) for e in group}
     missing = [label for label, s in scores.items() if s is None]
@@ -155,7 +162,7 @@ def pick(
                   "methods": len({_method(e) for e in pool}),  # of which configurations
                   "select_scores": scores, "missing": missing,
                   "left_out": missing if on == select_split else [],
-                  "fallback": on != select_split}  # fmt: skip
+                  "fewer_seeds": fewer, "fallback": on != select_split}  # fmt: skip
 
 
 def environment_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str | None:
@@ -470,6 +477,10 @@ def _how(choice: Mapping[str, Any], plural: str) -> str:
     if left:
         of += f"; {len(left)} without a {choice['on']} score left out: {', '.join(left[:3])}"
         of += " ..." if len(left) > 3 else ""
+    fewer = choice.get("fewer_seeds") or []
+    if fewer:
+        of += f"; {len(fewer)} on fewer seeds left out: {', '.join(fewer[:3])}"
+        of += " ..." if len(fewer) > 3 else ""
     return f"{of}, the reported split" if choice["fallback"] else of
 
 

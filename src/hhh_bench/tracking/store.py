@@ -627,10 +627,12 @@ def _rows_of(f: Any, path: Path, warn: bool = True) -> list[dict[str, Any]]:
 
 def _parse(data: bytes, start: int = 1) -> list[_Line]:
     """The store's lines (``start``: the number of ``data``'s first line); a line that is valid
-    UTF-8 but not valid JSON and lacks its closing brace is torn (an unfinished write)."""
+    UTF-8 but not valid JSON, begun as a row (``{``) and lacking its closing brace is torn (an
+    unfinished write); one that is no row at all (``not json``) is not (battery 18, U10)."""
     return [
         _Line(ln.number, ln.value, error=ln.error,
-              torn=bool(ln.error) and ln.utf8 and not ln.text.rstrip().endswith("}"))
+              torn=bool(ln.error) and ln.utf8 and ln.text.lstrip().startswith("{")
+              and not ln.text.rstrip().endswith("}"))
         for ln in json_lines(data, start)
     ]  # fmt: skip
 
@@ -1033,11 +1035,15 @@ def eval_setup(
 
 
 def setup_key(row: Mapping[str, Any]) -> str:
-    """The hash of a row's evaluation setup (rows written before setups were recorded: from
-    their suite, split, metric and task specs)."""
+    """The hash of a row's evaluation setup, from the setup itself (battery 18, F8: a row read
+    without its digest kept a stale ``setup_key`` beside its ``setup``, and a 5-item evaluation
+    was pooled with full ones); rows written before setups were recorded: their ``setup_key``,
+    else from their suite, split, metric and task specs."""
+    if row.get("setup"):
+        return config_hash(row["setup"], length=10)
     if row.get("setup_key"):
         return str(row["setup_key"])
-    setup = row.get("setup") or eval_setup(
+    setup = eval_setup(
         str(row.get("suite")), str(row.get("split")), str(row.get("metric")),
         row.get("task_specs") or [],
     )  # fmt: skip

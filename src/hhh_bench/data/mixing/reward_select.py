@@ -52,6 +52,11 @@ class RewardSelectParams(ScoredParams):
                if not math.isfinite(float(w)) or float(w) < 0}  # fmt: skip
         if bad:  # battery 13, F9: a negative weight selected the least helpful pairs
             raise ValueError(f"mix.weights must be finite numbers >= 0, got {bad}")
+        if self.scope == "global" and self.shares:  # up front (battery 18, U2: after θ0)
+            raise ValueError(
+                "mix.shares has no meaning with scope: global (the counts are what the ranking "
+                "keeps): drop mix.shares, or use scope: per_dimension"
+            )
 
 
 def combined_margins(margins: list[dict[str, float]], weights: dict[str, float]) -> list[float]:
@@ -117,8 +122,6 @@ def reward_select(
             drawn[d], info["resampled"][d] = rows, extra
             kept_scores[d] = [scores[d][i] for i in top]
     else:
-        if params.shares:
-            raise ValueError("mix.shares has no meaning with scope: global (counts are realized)")
         pool = [(d, i) for d in dims for i in range(len(sets[d]))]
         flat = [scores[d][i] for d, i in pool]
         order = _ranked([sets[d][i] for d, i in pool], flat, rng)[:budget]

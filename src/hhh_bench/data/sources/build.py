@@ -323,8 +323,39 @@ def build_preference_sets(
             # passed" with eval=toy3h over public sources)
             "overlap_checked": overlap is not None and any((eval_sets or {}).values()),
         },
+        "shared_across_dimensions": _shared_pairs(sets),
     }
     return sets, manifest
+
+
+def _shared_pairs(sets: Mapping[str, Sequence[PreferenceRow]]) -> dict[str, int]:
+    """Pairs (prompt, chosen, rejected) found in two dimensions' sets, per pair of dimensions
+    (``"helpful/harmless": n``); a pair of dimensions sharing at least a tenth of the smaller
+    set is said on the console (battery 18, U7: one file given as two dimensions' source)."""
+    import json
+
+    def pairs(rows: Sequence[PreferenceRow]) -> set[str]:
+        return {json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True)
+                for r in rows}  # fmt: skip
+
+    keys = {d: pairs(rows) for d, rows in sets.items()}
+    dims = list(keys)
+    out = {}
+    for i, a in enumerate(dims):
+        for b in dims[i + 1 :]:
+            n = len(keys[a] & keys[b])
+            if not n:
+                continue
+            out[f"{a}/{b}"] = n
+            if n * 10 >= min(len(keys[a]), len(keys[b])):
+                from hhh_bench.core import console
+
+                console.say(
+                    f"warning: {n} preference pair(s) are in both the {a} and the {b} set (the "
+                    f"same prompt, chosen and rejected): is one file given as both dimensions' "
+                    "source? Such a pair teaches both specialists the same thing"
+                )
+    return out
 
 
 def row_question(row: Mapping[str, Any]) -> str:
@@ -418,6 +449,15 @@ def build_preference_splits(
             rows, frac, f"{cfg.get('seed', 0)}/{dim}"
         )
     manifest["eval_fraction"] = frac
+    empty = [d for d in sets if frac > 0 and not out["validation"][d]]
+    if empty:  # battery 18, U5: no held-out margin, no eval loss there, said nowhere
+        from hhh_bench.core import console
+
+        console.say(
+            f"warning: data.eval_fraction={frac} holds out no validation pair of {empty} (too "
+            "few pairs, or prompt groups too large to split): no held-out margin or DPO eval "
+            "loss for them; raise data.eval_fraction or the pairs kept"
+        )
     manifest["splits"] = {
         dim: {"train": len(out["train"][dim]), "validation": len(out["validation"][dim])}
         for dim in sets
