@@ -301,3 +301,25 @@ def test_ctrl_c_interrupts_an_event_loop_that_swallows_cancellation():
 
     assert run("python") == "finished"  # the failure mode, as Python does it
     assert run("ours") == "interrupted"
+
+
+def test_ctrl_c_a_library_swallowed_still_ends_the_run_as_interrupted(monkeypatch, capsys):
+    """``make rehearse`` saw `hhh-bench stage=eval eval.backend=server` end with status 0 after
+    a SIGINT that came while the run was ending (the KeyboardInterrupt raised where a clean-up
+    swallowed it): a SIGINT our handler saw ends the run as interrupted, status 130."""
+    import contextlib
+    import signal
+
+    from hhh_bench import cli
+
+    def swallowed():
+        with contextlib.suppress(KeyboardInterrupt):  # a library's clean-up that took it as
+            cli._raise_interrupt(signal.SIGINT, None)  # a failure of its own
+        return None
+
+    monkeypatch.setattr(cli, "_main", swallowed)
+    monkeypatch.setattr(cli, "_INTERRUPTED", False)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 130
+    assert "hhh-bench: interrupted" in capsys.readouterr().err

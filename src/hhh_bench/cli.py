@@ -591,17 +591,35 @@ def main() -> None:
     except KeyboardInterrupt:
         if _verbose():
             raise
-        _silence_progress_bars()
-        print(
-            "\nhhh-bench: interrupted; the stages that finished are cached, and rerunning the "
-            "same command resumes from them",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+        _interrupted()
+    except SystemExit as e:
+        if _INTERRUPTED and not e.code:
+            _interrupted()
+        raise
+    if _INTERRUPTED:  # a Ctrl-C whose KeyboardInterrupt a library swallowed (raised in its
+        _interrupted()  # clean-up, in an event loop's task): still an interrupt, never status 0
+
+
+def _interrupted() -> None:
+    _silence_progress_bars()
+    print(
+        "\nhhh-bench: interrupted; the stages that finished are cached, and rerunning the "
+        "same command resumes from them",
+        file=sys.stderr,
+    )
+    raise SystemExit(130) from None
+
+
+_INTERRUPTED = False
+"""Whether SIGINT reached :func:`_raise_interrupt` in this process."""
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    """SIGINT's handler: a ``KeyboardInterrupt`` wherever the main thread is (as Python's own)."""
+    """SIGINT's handler: a ``KeyboardInterrupt`` wherever the main thread is (as Python's own),
+    and remembered (:data:`_INTERRUPTED`: the run then ends as interrupted, even where a
+    library caught the exception)."""
+    global _INTERRUPTED
+    _INTERRUPTED = True
     raise KeyboardInterrupt
 
 
