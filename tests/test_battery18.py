@@ -264,3 +264,14 @@ def test_a_u7_pairs_shared_by_two_dimensions_are_counted_and_said(capsys):
     sets["harmless"] = [row(i, "harmless") for i in range(19, 40)]
     assert _shared_pairs(sets) == {"helpful/harmless": 1}
     assert capsys.readouterr().out == ""  # 1 of 20: a pair two sets may share
+
+
+def test_a_u4_noise_on_a_specialists_own_dimension_is_its_noise_on_every_dimension():
+    """U4: ``noise.dimension=helpful`` and ``null`` flipped the same pairs of the helpful
+    specialist, under two keys (two noise conditions in the report for one)."""
+    from hhh_bench.data.prepare import noise_for
+
+    on = {"flip_rate": 0.2, "dimension": "helpful", "seed": 0}
+    assert noise_for(on, ["helpful"]) == noise_for({**on, "dimension": None}, ["helpful"])
+    assert noise_for(on, ["helpful", "honest"])["dimension"] == "helpful"  # a mixture: not so
+    assert noise_for(on, ["honest"]) is None

@@ -60,6 +60,8 @@ def noise_for(noise: Mapping[str, Any] | None, dims: list[str]) -> dict[str, Any
     }
     if out["dimension"] not in (None, *dims):
         return None  # noise on a dimension this run does not train on: the clean run, reused
+    if list(dims) == [out["dimension"]]:  # the same pairs flipped as with null: one key for
+        out["dimension"] = None  # the same work (battery 18, U4)
     return out
 
 
