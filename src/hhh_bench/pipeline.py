@@ -35,6 +35,7 @@ from hhh_bench.stages.common import (
     load_option,
     log,
     model_identity,
+    run_facts,
     to_dict,
 )
 from hhh_bench.validation import (
@@ -727,9 +728,9 @@ def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
     return new
 
 
-def merge_config(cfg: DictConfig, method: str, params: Mapping[str, Any]) -> DictConfig:
-    """``cfg`` with ``merge`` replaced by ``conf/merge/<method>.yaml`` and ``params`` applied (a
-    plugin's method without a YAML: its registered defaults)."""
+def merge_node(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf/merge/<method>.yaml`` with ``params`` applied (a plugin's method without a YAML:
+    its registered defaults): the ``merge`` group of one grid point."""
     from hhh_bench.merging import method_defaults
 
     try:
@@ -742,6 +743,22 @@ def merge_config(cfg: DictConfig, method: str, params: Mapping[str, Any]) -> Dic
             f"pipeline.merge_grid.{method}: unknown parameter(s) {unknown}; valid: {sorted(node['params'])}"
         )
     node["params"] = {**node["params"], **params}
+    return node
+
+
+def set_merge(mcfg: DictConfig, method: str, params: Mapping[str, Any]) -> DictConfig:
+    """Replace ``mcfg.merge`` by :func:`merge_node` in place and return ``mcfg`` (a copy the
+    caller owns: :func:`merge_config` once per method, then one call per grid point, where a
+    copy of the whole config per point was an eighth of a cached rerun)."""
+    node = merge_node(method, params)
+    with open_dict(mcfg):
+        mcfg.merge = OmegaConf.create(node)
+    return mcfg
+
+
+def merge_config(cfg: DictConfig, method: str, params: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with ``merge`` replaced by :func:`merge_node` (``cfg`` unchanged)."""
+    node = merge_node(method, params)  # checked before the copy
     new = copy.deepcopy(cfg)
     with open_dict(new):
         new.merge = OmegaConf.create(node)
@@ -773,8 +790,10 @@ def run_seed(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     noise = float(cfg.data.noise.flip_rate)
     out: dict[str, Any] = {"seed": seed, "models": []}
 
+    facts = run_facts(cfg)  # the same for every row of this seed
+
     def evaluate(model: dict[str, Any], split: str = cfg.eval.report_split) -> dict[str, Any]:
-        res = run_eval(cfg, {"noise_rate": noise, **model}, data, split=split)
+        res = run_eval(cfg, {"noise_rate": noise, **model}, data, split=split, facts=facts)
         if split == cfg.eval.report_split:
             out["models"].append({"name": model["name"], "kind": model["kind"], **res["scores"]})
         return res
@@ -912,8 +931,10 @@ def _merges(cfg, pcfg, base, specialists, dims, seed, evaluate, data) -> None:  
         if spec is None:  # `pipeline.merge_grid.<method>=null` drops a method
             continue
 
-        def build(params: dict[str, Any], method: str = method) -> dict[str, Any]:
-            mcfg = merge_config(cfg, method, params)
+        own = merge_config(cfg, method, {})  # this method's copy; each point sets its merge
+
+        def build(params: dict[str, Any], method: str = method, own: DictConfig = own) -> dict:
+            mcfg = set_merge(own, method, params)
             merged = run_merge(mcfg, base=merge_input(base), models=finetuned, names=list(dims),
                                data=data)  # fmt: skip
             return _merged_model(merged, method, seed, to_dict(mcfg.merge.params))

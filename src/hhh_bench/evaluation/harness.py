@@ -131,9 +131,17 @@ def find_tasks(folder: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+_SHIPPED: dict[str, dict[str, Any]] = {}
+
+
 def shipped_tasks() -> dict[str, dict[str, Any]]:
-    """Every task and group YAML we ship: ``{name: {"path", "kind", "placeholders"}}``."""
-    return find_tasks(TASKS_DIR)
+    """Every task and group YAML we ship: ``{name: {"path", "kind", "placeholders"}}``.
+
+    The package's own folder is walked once per process (an eval looks it up for every model;
+    a cached rerun of the demo walked it 992 times); each call gets its own copy."""
+    if not _SHIPPED:
+        _SHIPPED.update(find_tasks(TASKS_DIR))
+    return {name: dict(entry) for name, entry in _SHIPPED.items()}
 
 
 def user_folders(include_paths: Sequence[str | Path]) -> list[Path]:

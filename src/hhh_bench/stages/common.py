@@ -93,6 +93,13 @@ def run_config_hash(cfg: DictConfig) -> str | None:
     return config_hash(full)
 
 
+def run_facts(cfg: DictConfig) -> dict[str, Any]:
+    """What a row says about the run that made it: :func:`run_config_hash` and
+    :func:`world_key` (a caller that evaluates many models under one config computes them once
+    and passes them to :func:`hhh_bench.stages.eval.run_eval`)."""
+    return {"config_hash": run_config_hash(cfg), "world_key": world_key(cfg)}
+
+
 def world_key(cfg: DictConfig) -> str:
     """What rows must share besides their configuration to be seeds of one another: the data
     config less the values that follow the seed (``data.world.seed: ${seed}``, a noise seed

@@ -35,9 +35,8 @@ from hhh_bench.stages.common import (
     group,
     log,
     model_identity,
-    run_config_hash,
+    run_facts,
     to_dict,
-    world_key,
 )
 from hhh_bench.tracking.diagnostics_view import attach_scores
 
@@ -68,6 +67,7 @@ def run_eval(
     split: str = "test",
     base_scores: Mapping[str, Any] | None = None,
     append: bool = True,
+    facts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on one split of ``cfg.eval`` (cached), score it, store its row.
 
@@ -83,6 +83,8 @@ def run_eval(
             suite and data (same seed preferred), else no deltas.
         append: append the row to ``<root>/results.jsonl`` (and a merge's scores to its card);
             False: nothing written (``hhh-bench plan``'s dry run).
+        facts: ``run_facts(cfg)`` when the caller has it (the pipeline, once per seed: hashing
+            the whole config for every model was a tenth of a cached rerun); None: computed.
 
     Returns:
         ``{"dir", "key", "metrics", "scores", "row", "cached", "appended", "store"}``.
@@ -160,8 +162,7 @@ def run_eval(
     scores.update(more)
     judged_fields.update(row_fields)
     about = {"experiment": cfg.name, "suite": cfg.eval.name, "metric": cfg.eval.metric,
-             "seed": int(cfg.seed), "config_hash": run_config_hash(cfg),
-             "world_key": world_key(cfg)}  # fmt: skip
+             "seed": int(cfg.seed), **(facts if facts is not None else run_facts(cfg))}  # fmt: skip
     row = build_row(
         about, model, data, split=split, key=run.key, out_dir=run.dir, metrics=metrics,
         scores=scores, specs=specs, eval_seconds=run.info["seconds"],
