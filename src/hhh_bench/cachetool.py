@@ -158,7 +158,7 @@ def _is_run_root(root: Path) -> bool:
 
     if (root / "results.jsonl").exists() or (root / "diagnostics.jsonl").exists():
         return True
-    for stage in (*STAGE_VERSIONS, "stats"):
+    for stage in STAGE_VERSIONS:
         folder = root / stage
         if folder.is_dir() and any((o / KEY_FILE).is_file() for o in folder.iterdir()):
             return True

@@ -74,6 +74,17 @@ class NotPlanned(Exception):
 # The cost model (docs/reproduce.md, "Planned cost")
 
 
+def limited(n: int, limit: float | int | None) -> int:
+    """The items lm-eval scores of a task of ``n`` items under ``eval.limit``: all (None), the
+    first ``limit`` (an integer), or ``ceil(n · limit)`` (a fraction below 1), as lm-eval
+    reads it."""
+    if not limit:
+        return n
+    if isinstance(limit, float) and limit < 1.0:
+        return int(math.ceil(n * limit))
+    return min(n, int(limit))
+
+
 def dtype_bytes(dtype: str | None) -> int:
     return 4 if str(dtype or "").replace("torch.", "") in ("float32", "fp32") else 2
 
@@ -291,11 +302,12 @@ class Planner:
         e = self.plain["eval"]
         limit = e.get("limit")
         counts = ((data or {}).get("manifest") or {}).get("counts") or {}
-        if self.toy_suite():
+        if self.toy_suite():  # capped by eval.limit as every task is (battery 20, B-F6)
             if counts.get("eval"):
-                return sum(int(v.get(split, 0)) for v in counts["eval"].values()), []
+                return sum(limited(int(v.get(split, 0)), limit)
+                           for v in counts["eval"].values()), []  # fmt: skip
             world = self.plain["data"].get("world") or {}
-            return 6 * int(world.get("eval_items_per_kind", 60)), []
+            return 6 * limited(int(world.get("eval_items_per_kind", 60)), limit), []
         sizes: dict[str, int | None] = {}
         for name, path in (e.get("data_files") or {}).items():
             p = Path(str(path))
@@ -306,7 +318,7 @@ class Planner:
         if e.get("include_defaults", True):
             sizes.update(BUILTIN_ITEMS)
         unknown = sorted(n for n, v in sizes.items() if v is None)
-        total = sum(min(v, int(limit)) if limit else v for v in sizes.values() if v is not None)
+        total = sum(limited(v, limit) for v in sizes.values() if v is not None)
         fraction = float((e.get("holdout") or {}).get("fraction") or 0.0)
         if fraction:
             total = round(total * (fraction if split == e.get("select_split") else 1 - fraction))

@@ -85,8 +85,8 @@ def check_wandb_project(project: str) -> None:
 def check_toy_noise(cfg: Mapping[str, Any], data: DataConfig) -> None:
     """A noise rate that flips no pair of the toy world, whose pair counts the config fixes,
     refused before any stage (battery 18, U2: θ0 was trained first, then the train stage
-    refused it): each specialist's ``pairs_per_dimension`` train pairs, or a mixture's of every
-    dimension for ``stage=train`` on several without ``data.noise.dimension``."""
+    refused it): each dimension's ``pairs_per_dimension`` train pairs (a mixture's are flipped
+    dimension by dimension, as its specialists' are)."""
     from hhh_bench.data.noise import n_flips
     from hhh_bench.data.toy3h import pairs_in_split
 
@@ -94,8 +94,6 @@ def check_toy_noise(cfg: Mapping[str, Any], data: DataConfig) -> None:
     if data.kind != "toy3h" or not rate or not isinstance(world.get("pairs_per_dimension"), int):
         return
     n = pairs_in_split(world["pairs_per_dimension"], "train")
-    if cfg.get("stage") == "train" and data.noise.dimension is None:
-        n *= len(data.dimensions)
     if n_flips(rate, n) == 0:
         raise ValueError(
             f"data.noise.flip_rate={rate} flips no pair of the {n} it applies to (the rate times "
@@ -318,6 +316,24 @@ def _check_base_not_among_models(merge: MergeConfig) -> None:
             )
 
 
+def check_training_dtype(cfg: Mapping[str, Any]) -> None:
+    """``model.dtype=float16`` in a stage that trains is refused: the model is trained in pure
+    half precision (no float32 master weights, AdamW's second moments underflow to 0), and two
+    steps at lr 2e-4 moved weights by 51 (battery 20, A-F6). Evaluating or merging in float16
+    stays allowed."""
+    stage = cfg.get("stage", "all")
+    trains = stage in ("base", "train") or (
+        stage == "all" and not (cfg.get("merge") or {}).get("models")
+    )
+    if trains and (cfg.get("model") or {}).get("dtype") == "float16":
+        raise ValueError(
+            f"model.dtype=float16 with stage={stage}: the model would be trained in pure half "
+            "precision (no float32 master weights; AdamW's state underflows and the weights "
+            "blow up without an error); train in float32 (model.dtype=float32) or bfloat16, "
+            "and evaluate or merge in float16 with stage=eval / stage=merge if you need it"
+        )
+
+
 def check_model(model: ModelConfig) -> None:
     """``model.spec`` (``model.kind=tiny``): the tiny model's shape, checked by its own spec
     (:class:`~hhh_bench.models.tiny.TinyModelSpec`: unknown keys and ranges), before the data
@@ -434,6 +450,7 @@ def validate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 GROUP_CHECKS[group](out[group])
     check_mix_knobs(cfg)
     check_mix_of_specialist(cfg)
+    check_training_dtype(cfg)
     if "data" in out:
         check_toy_noise(cfg, out["data"])
     check_mix_scorers(cfg)

@@ -283,3 +283,23 @@ def test_an_adapter_whose_update_is_zero_is_refused(base_dir, tmp_path, how):
                        r"nothing; give the trained adapter"):  # fmt: skip
         merge_models("weight_average", base_dir, [adapter], tmp_path / "m", progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_an_adapter_config_without_lora_alpha_reads_as_peft_reads_it(base_dir, tmp_path):
+    """Battery 20, B-F2: no ``lora_alpha`` in adapter_config.json was read as α = r (scale 1),
+    where peft (LoraConfig's default, α = 8) scales by 8/r: the merge doubled the update."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter, _ = _adapter(base_dir, tmp_path, r=4, lora_alpha=16)
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["lora_alpha"]
+    cfg_path.write_text(json.dumps(cfg))
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter)
+    want = {k: v.detach() for k, v in peft_model.merge_and_unload().state_dict().items()}
+    got = _merged_as_one(base_dir, adapter, tmp_path / "m")
+    for k in got:
+        torch.testing.assert_close(got[k], want[k].float(), rtol=0, atol=1e-6, msg=k)

@@ -329,7 +329,9 @@ class ModelConfig:
     )
     path: str | None = param(None, "(hub) hub id or folder")
     revision: str | None = param(None, "(hub) pinned revision")
-    dtype: str | None = param("float32", "float32 | bfloat16 | float16 | auto")
+    dtype: str | None = param(
+        "float32", "float32 | bfloat16 | float16 (eval and merge only: never trained in) | auto"
+    )
     device: str = param("cpu", "cpu | cuda | cuda:N | mps")
     chat_template: bool = param(True, "render prompts with the tokenizer's chat template")
     spec: dict[str, Any] | None = param(None, "(tiny) the model's shape (models.TinyModelSpec)")

@@ -42,7 +42,17 @@ log = logging.getLogger("hhh_bench")
 # Bump when a stage's output format or semantics change, so old cache entries are not reused.
 # Version 3/2 (issue 26): keys hold their inputs' content identities and code; every output a
 # verified manifest.
-STAGE_VERSIONS = {"data": 3, "base": 2, "train": 2, "merge": 3, "eval": 2, "diagnose": 2}
+STAGE_VERSIONS = {
+    "data": 3,
+    "base": 2,
+    "train": 2,
+    "stats": 1,
+    "merge": 3,
+    "eval": 2,
+    "diagnose": 2,
+}
+"""Every stage that writes ``<root>/<stage>/<key>/``, with the version in its keys (what
+``cache verify`` and ``gc`` walk: battery 20, F1, the stats stage was missing)."""
 ON_MISMATCH = ("error", "recompute")
 
 
@@ -108,7 +118,7 @@ def held_by_a_run(path: str | Path) -> str | None:
     p = Path(path).resolve()
     for folder in (p, *p.parents):
         run_root = folder.parent
-        if folder.name in (*STAGE_VERSIONS, "stats") and (
+        if folder.name in STAGE_VERSIONS and (
             (run_root / "results.jsonl").exists() or (run_root / "hydra").is_dir()
         ):
             return (

@@ -88,18 +88,25 @@ def training_set(
 
     noise_info = None
     if noise:
-        flat = [r for d in sets for r in sets[d]]
-        flipped_rows, flipped = flip_preferences(
-            flat, noise["flip_rate"], noise["seed"], dimension=noise.get("dimension")
-        )
-        sets = {d: [r for r in flipped_rows if r["dimension"] == d] for d in sets}
-        eligible = sum(1 for r in flat if noise.get("dimension") in (None, r["dimension"]))
+        # each dimension's set flipped on its own, with the same draw as its specialist's: a
+        # mixture is the union of the very noisy sets the merged specialists were trained on
+        # (battery 20, A-F8: one draw over the union flipped other pairs, at other rates per
+        # dimension, than the specialists compared with it)
+        flipped, noisy, per_dim = [], {}, {}
+        for d in sets:
+            noisy[d], ids = flip_preferences(
+                sets[d], noise["flip_rate"], noise["seed"], dimension=noise.get("dimension")
+            )
+            flipped += ids
+            per_dim[d] = sum(1 for r in sets[d] if noise.get("dimension") in (None, r["dimension"]))
+        sets = {d: [r for r in noisy[d] if r["dimension"] == d] for d in sets}
+        eligible = sum(per_dim.values())
         if noise["flip_rate"] > 0 and eligible and not flipped:  # battery 15, F11
             raise ValueError(
                 f"data.noise.flip_rate={noise['flip_rate']} flips no pair of the {eligible} it "
-                "applies to (the rate times the pairs rounds to 0): the run would be the clean "
-                "one, reported as a noisy condition; give a rate of at least "
-                f"{0.5 / eligible:.2g}, or 0"
+                "applies to (the rate times each dimension's pairs rounds to 0): the run would "
+                "be the clean one, reported as a noisy condition; give a rate of at least "
+                f"{0.5 / max(per_dim.values()):.2g}, or 0"
             )
         noise_info = {
             **noise,
@@ -120,6 +127,15 @@ def training_set(
             **params,
         )
         out = TrainingSet(res.rows, res.counts, res.info, res.phases, noise_info)
+        empty = [d for d in sets if sets[d] and not res.counts.get(d)]
+        if empty:  # battery 20, A-F2: a "3H mixture" with a dimension absent, reported as mixing
+            raise ValueError(
+                f"mixture {mix_cfg['name']!r} (mix.budget={mix_cfg.get('budget', 'all_specialists')}) "
+                f"holds no pair of {', '.join(empty)} (pairs per dimension: "
+                f"{dict(res.counts)}): its scores there would be θ0's, reported as mixing; give "
+                "a budget of at least one pair per dimension, or train on fewer dimensions "
+                "(data.dimensions)"
+            )
     if noise_info is not None:
         noise_info["flipped_in_training_set"] = sum(
             1 for r in out.rows if r.get("meta", {}).get("noise_flipped")

@@ -211,15 +211,59 @@ def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
     relative path and folder order), for the eval stage's cache key.
 
     Where a folder lives does not enter the hash; what its files say does, so an edited YAML or
-    hook gives a new key. Data read from elsewhere by absolute path is not covered: name it by a
-    placeholder (``eval.data_files``) to have it hashed.
+    hook gives a new key. So do the local files a task YAML names by path outside its folder
+    (``dataset_path``, ``dataset_kwargs.data_files``: :func:`named_data_files`), by content
+    (battery 20, F1: an edited data file named by absolute path was evaluated from the cache).
     """
     h = hashlib.sha256()
     for i, folder in enumerate(user_folders(include_paths)):
         for path in _files(folder, "*"):
             h.update(f"{i}/{path.relative_to(folder).as_posix()}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
+            if path.suffix in (".yaml", ".yml"):
+                for field, data in named_data_files(path):
+                    h.update(f"{i}/{path.relative_to(folder).as_posix()}:{field}\0".encode())
+                    h.update(hashlib.sha256(data.read_bytes()).digest())
     return h.hexdigest()[:12]
+
+
+def named_data_files(yaml_path: Path) -> list[tuple[str, Path]]:
+    """The existing local files a task YAML names by path (``dataset_path``, or a file, folder
+    or glob of ``dataset_kwargs.data_files``; relative to the working directory, as
+    ``datasets`` reads them), as ``(field, file)`` in a stable order. A placeholder
+    (``${hhh:...}``), a hub name or a path that does not exist names none."""
+    import glob
+
+    import yaml
+
+    class _Lenient(yaml.SafeLoader):  # lm-eval's `!function` tags: read as None
+        pass
+
+    _Lenient.add_multi_constructor("!", lambda *_: None)
+    try:
+        doc = yaml.load(yaml_path.read_text(), Loader=_Lenient)  # noqa: S506 - safe subclass
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return []  # lm-eval names an unparsable YAML when its task is asked for
+    if not isinstance(doc, dict):
+        return []
+    named: list[tuple[str, Any]] = [("dataset_path", doc.get("dataset_path"))]
+    kwargs = doc.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    groups = files if isinstance(files, dict) else {"": files}
+    for split, value in groups.items():
+        for entry in value if isinstance(value, list) else [value]:
+            named.append((f"data_files{'.' + str(split) if split else ''}", entry))
+    out: list[tuple[str, Path]] = []
+    for field, entry in named:
+        if not isinstance(entry, str) or "${" in entry or not entry.strip():
+            continue
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+        out.extend((f"{field}:{p.name}", p) for p in found)
+    return out
 
 
 def _template(

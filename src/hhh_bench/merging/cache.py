@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +22,9 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+
+_HEX = re.compile(r"[0-9a-f]{16,128}")
+"""An entry's key (:meth:`SweepCache.path`): a hex digest."""
 
 
 def content_digest(key: str, tensors: Mapping[str, Tensor]) -> str:
@@ -109,8 +113,30 @@ class SweepCache:
                 p.parent.rmdir()
         self.written.clear()
 
+    def entries(self) -> list[Path]:
+        """The files of this cache: ``<2 hex>/<hex key>.safetensors`` whose key starts with its
+        folder's name and whose metadata carries that key. Any other file under the folder (a
+        model a user keeps there, a merge written into it) is not an entry and never evicted
+        (battery 20, F4: every ``*/*.safetensors`` was)."""
+        from safetensors import safe_open
+
+        out = []
+        for f in self.folder.glob("*/*.safetensors"):
+            name, parent = f.stem, f.parent.name
+            if not (_HEX.fullmatch(name) and len(parent) == 2 and name.startswith(parent)):
+                continue
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    if (h.metadata() or {}).get("key") != name:
+                        continue
+            except Exception:  # noqa: BLE001, S112 - unreadable: not provably ours, kept
+                continue
+            out.append(f)
+        return out
+
     def evict(self) -> None:
-        files = sorted(self.folder.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime)
+        """Delete the least recently used entries (:meth:`entries`) beyond ``max_bytes``."""
+        files = sorted(self.entries(), key=lambda f: f.stat().st_mtime)
         total = sum(f.stat().st_size for f in files)
         while files and total > self.max_bytes:
             f = files.pop(0)

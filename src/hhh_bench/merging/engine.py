@@ -301,6 +301,21 @@ def _real(p: str | Path) -> Path:
     return Path(os.path.realpath(Path(p).expanduser()))
 
 
+def check_cache_dir(cache_dir: Path, input_folders: Sequence[Path]) -> None:
+    """Refuse a sweep cache folder that is, or lies inside, an input model's folder: its entries
+    would change the input's content (battery 20, F4). A folder that holds the inputs is
+    allowed: the cache writes and evicts only its own entries (:meth:`SweepCache.entries`)."""
+    real = _real(cache_dir)
+    for p in input_folders:
+        rp = _real(p)
+        if real == rp or rp in real.parents:
+            raise ValueError(
+                f"merge_engine.cache_dir={str(cache_dir)!r} is inside the input model {p}: the "
+                "sweep cache would write its entries into a model's folder; give a folder "
+                "outside every input (or merge_engine.cache_dir=null turns the cache off)"
+            )
+
+
 def check_out_dir(
     out: Path, input_folders: Sequence[Path], cache_dir: Path | None, overwrite: bool
 ) -> None:
@@ -518,6 +533,8 @@ def merge_models(
     base_folder = resolve_path(base)
     folders = [base_folder] + [resolve_path(f) for f in finetuned if not isinstance(f, Mapping)]
     check_out_dir(out, folders, Path(cache_dir) if cache_dir is not None else None, overwrite)
+    if cache_dir is not None:
+        check_cache_dir(Path(cache_dir), folders)
 
     base_src, models = open_inputs(base_folder, finetuned, allow_pickle)
     decisions = check_inputs(

@@ -452,6 +452,16 @@ class StateDictSource:
         pass
 
 
+def _peft_default(name: str) -> Any:
+    """peft's ``LoraConfig`` default of ``name``: what peft reads an adapter_config.json that
+    leaves the key out as."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return {f.name: f.default for f in dataclasses.fields(LoraConfig)}[name]
+
+
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
     """peft's ``get_pattern_key``: the first pattern p with ``(.*\\.)?(p)$`` matching the module
     name gives its value, else ``default``."""
@@ -521,9 +531,13 @@ class LoraAdapter:
                 "into full weights first (train.merge_adapter=true, saved in float32)"
             )
         self.use_rslora = bool(cfg.get("use_rslora"))
-        self.alpha = float(cfg.get("lora_alpha", cfg.get("r", 8)))
+        # a key the file leaves out means what peft reads it as: LoraConfig's default (battery
+        # 20, B-F2: a missing lora_alpha was read as α = r, scale 1, where peft uses α = 8)
+        self.alpha = float(
+            cfg["lora_alpha"] if "lora_alpha" in cfg else _peft_default("lora_alpha")
+        )
         self.alpha_pattern: dict[str, float] = dict(cfg.get("alpha_pattern") or {})
-        self.rank = cfg.get("r")
+        self.rank = cfg["r"] if "r" in cfg else _peft_default("r")
         self.rank_pattern: dict[str, int] = dict(cfg.get("rank_pattern") or {})
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
         self.lora_bias = bool(cfg.get("lora_bias", False))

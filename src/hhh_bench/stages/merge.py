@@ -70,6 +70,35 @@ def merge_code(method: str) -> dict[str, Any]:
     return code_identity("hhh_bench.stages.merge", *ENGINE_CODE, *method_modules(method))
 
 
+def _check_statistics_models(files: list[Any], models: list[str]) -> None:
+    """A statistics file of a stats stage output records the model it was computed on (its
+    ``key.json`` payload): ``merge.params.statistics[i]`` must be ``merge.models[i]``'s (battery
+    20, B-F9: files given in another order were merged without a word). A file from elsewhere
+    records nothing and is taken as given."""
+    import json
+
+    mine = [model_identity(m) for m in models]
+    for i, f in enumerate(files):
+        record = Path(str(f)).expanduser().parent / "key.json"
+        try:
+            key = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        payload = key.get("payload") if isinstance(key, dict) else None
+        if key.get("stage") != "stats" or not isinstance(payload, dict):
+            continue
+        theirs = payload.get("model")
+        if i < len(mine) and theirs and theirs != mine[i]:
+            other = mine.index(theirs) if theirs in mine else None
+            what = (f"merge.models[{other}]={models[other]!r}" if other is not None
+                    else "a model that is none of merge.models")  # fmt: skip
+            raise ValueError(
+                f"merge.params.statistics[{i}]={str(f)!r} was computed on {what} (its stats "
+                f"output's key.json), not on merge.models[{i}]={models[i]!r}: give one file per "
+                "model, in the order of merge.models (or statistics=null to compute them)"
+            )
+
+
 def run_merge(
     cfg: DictConfig,
     base: str | None = None,
@@ -121,6 +150,8 @@ def run_merge(
         stats = statistics_for(cfg, data, str(base), models, names, kind)
         params["statistics"] = [x["path"] for x in stats]
         stats_dirs = [x["dir"] for x in stats]
+    elif params.get("statistics"):  # the user's files: computed on these models, in order?
+        _check_statistics_models(list(params["statistics"]), models)
     keyed_params = dict(params)
     if params.get("statistics"):  # the files by their content (a path is only a pointer)
         keyed_params["statistics"] = [model_identity(str(p)) for p in params["statistics"]]

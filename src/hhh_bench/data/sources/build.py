@@ -109,7 +109,8 @@ def resolve_source_entries(
     """``(dimension, source config, entry max_rows)`` for every entry of ``data_cfg["sources"]``.
 
     An entry is a source name (``conf/source/<name>.yaml``), a mapping ``{name: ..., <key>:
-    <override>...}`` (the named config with some keys replaced, e.g. ``path`` or ``max_rows``), or
+    <override>...}`` (the named config with some keys replaced, e.g. ``path`` or ``max_rows``;
+    ``adapter_opts`` merged into the source's key by key), or
     a whole inline source config (a mapping with an ``adapter`` key).
     """
     cfg = _plain(data_cfg)
@@ -157,9 +158,12 @@ def resolve_source_entries(
                         f"data config: entry {entry['name']!r} overrides unknown key(s) {unknown}"
                     )
                 entry_cap = entry.get("max_rows")
-                src = validate_source_config(
-                    {**src, **dict(entry)}, origin=f"source {entry['name']!r}"
-                )
+                merged = {**src, **dict(entry)}
+                if isinstance(entry.get("adapter_opts"), Mapping):  # key by key (battery 20,
+                    # A-F7: the entry's mapping replaced the source's, dropping its `aspect`)
+                    merged["adapter_opts"] = {**(src.get("adapter_opts") or {}),
+                                              **entry["adapter_opts"]}  # fmt: skip
+                src = validate_source_config(merged, origin=f"source {entry['name']!r}")
             else:
                 raise SourceConfigError(
                     f"data config: entry {entry!r} under {dim!r} is neither a source name nor a "

@@ -1,0 +1,200 @@
+"""Battery 20 (an independent battery on 4c377d9, by helpers who read neither the earlier
+batteries nor their tests): each finding, fixed, with its test. A: the data, mixture, training,
+config and eval inputs; B: merging, the cache, the store and the report."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_b_f4_the_sweep_cache_evicts_only_its_own_entries(tmp_path):
+    """F4: eviction unlinked every ``*/*.safetensors`` under ``cache_dir``: the user's input
+    models kept there (and a merge written into it) lost their weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hhh_bench.merging.cache import SweepCache
+
+    for folder in ("base", "d1", "zz"):  # a model folder, even one named like an entry's folder
+        (tmp_path / folder).mkdir()
+        save_file({"w": torch.ones(4)}, str(tmp_path / folder / "model.safetensors"))
+    fake = tmp_path / "ab" / ("ab" + "0" * 38 + ".safetensors")  # an entry's name, not its key
+    fake.parent.mkdir()
+    save_file({"w": torch.ones(4)}, str(fake), metadata={"key": "another"})
+    cache = SweepCache(tmp_path, max_bytes=0)
+    key = "cd" + "1" * 38
+    cache.put(key, {"x": torch.zeros(8)})
+    assert cache.entries() == [cache.path(key)]
+    cache.evict()
+    assert not cache.path(key).exists()  # its own entry: evicted
+    for f in ("base/model.safetensors", "d1/model.safetensors", "zz/model.safetensors", fake):
+        assert (tmp_path / f).is_file(), f
+
+
+def test_b_f4_a_cache_dir_inside_an_input_model_is_refused(tmp_path):
+    from hhh_bench.merging.engine import check_cache_dir
+
+    model = tmp_path / "models" / "base"
+    model.mkdir(parents=True)
+    for bad in (model, model / "cache"):
+        with pytest.raises(ValueError, match=r"merge_engine.cache_dir=.* is inside the input "
+                           r"model .*base: the sweep cache would write"):  # fmt: skip
+            check_cache_dir(bad, [model])
+    check_cache_dir(tmp_path / "models", [model])  # holding the inputs: only its entries touched
+    check_cache_dir(tmp_path / "elsewhere", [model])
+
+
+def test_b_f1_cache_verify_and_gc_walk_the_stats_stage(tmp_path, capsys):
+    """F1: ``cache verify`` said "0 differ" of a corrupted ``stats/`` output (the stage list it
+    walked lacked it), which the next reuse refused; gc never listed stats outputs either."""
+    from hhh_bench.cachetool import cmd_gc, cmd_verify
+    from hhh_bench.core.stagecache import cached_stage
+
+    def compute(tmp):
+        (tmp / "statistics.safetensors").write_bytes(b"\x00" * 64)
+        return {"n": 1}
+
+    run = cached_stage(tmp_path, "stats", {"model": "m"}, compute, result_file="stats_info.json")
+    assert cmd_verify(tmp_path, quick=False) == 0
+    assert "1 stage output(s)" in capsys.readouterr().out
+    (run.dir / "statistics.safetensors").write_bytes(b"\x01" * 64)
+    assert cmd_verify(tmp_path, quick=False) == 1
+    out = capsys.readouterr().out
+    assert f"MISMATCH {run.dir}" in out and "statistics.safetensors" in out
+    (tmp_path / "results.jsonl").write_text("")
+    cmd_gc(tmp_path, yes=False)
+    assert f"unreferenced {run.dir}" in capsys.readouterr().out
+
+
+def test_a_f1_a_user_tasks_data_file_named_by_path_is_in_the_eval_key(tmp_path, monkeypatch):
+    """F1: a task YAML's ``data_files`` by absolute path: editing the file reused the cached
+    eval (one key, two contents)."""
+    from hhh_bench.evaluation.harness import named_data_files, tasks_fingerprint
+
+    tasks, data = tmp_path / "tasks", tmp_path / "data"
+    tasks.mkdir(), data.mkdir()
+    (data / "qa_test.jsonl").write_text('{"q": 1}\n')
+    (data / "rel.jsonl").write_text('{"q": 2}\n')
+    (tasks / "qa.yaml").write_text(
+        "task: my_qa\nprocess_docs: !function utils.docs\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data / 'qa_test.jsonl'}\n    validation: [data/rel.jsonl, '${{hhh:x}}']\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a relative data file: from the working directory
+    assert [f for f, _ in named_data_files(tasks / "qa.yaml")] == [
+        "data_files.test:qa_test.jsonl",
+        "data_files.validation:rel.jsonl",
+    ]
+    before = tasks_fingerprint([tasks])
+    (data / "qa_test.jsonl").write_text('{"q": 3}\n')
+    after = tasks_fingerprint([tasks])
+    assert after != before
+    (data / "rel.jsonl").write_text('{"q": 4}\n')
+    assert tasks_fingerprint([tasks]) != after
+
+
+def test_a_f2_a_mixture_without_a_pair_of_one_dimension_is_refused():
+    """F2: ``mix=uniform mix.budget=2`` on three dimensions trained 1 helpful + 1 honest pair and
+    no harmless one, exit 0: a "3H mixture" whose harmless score was θ0's."""
+    from hhh_bench.core.schema import make_row
+    from hhh_bench.data.prepare import training_set
+
+    SETS = {d: [make_row(f"{d} q{i} ?", f"c{i}", f"r{i}", d, "t", f"{d}/{i}") for i in range(10)]
+            for d in ("helpful", "honest", "harmless")}  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"mixture 'uniform' \(mix.budget=2\) holds no pair of "
+                       r"(\w+)(, \w+)?  ?\(pairs per dimension"):  # fmt: skip
+        training_set(SETS, None, {"name": "uniform", "budget": 2}, seed=0)
+    ts = training_set(SETS, None, {"name": "uniform", "budget": 3}, seed=0)
+    assert sorted(ts.counts.values()) == [1, 1, 1]
+
+
+def test_a_f6_training_in_float16_is_refused():
+    """F6: ``model.dtype=float16`` trained DPO in pure fp16 (weights moved by 51 in two steps)."""
+    from hhh_bench.validation import check_training_dtype
+
+    for stage in ("all", "base", "train"):
+        with pytest.raises(ValueError, match=rf"model.dtype=float16 with stage={stage}: the model "
+                           r"would be trained in pure half precision"):  # fmt: skip
+            check_training_dtype({"stage": stage, "model": {"dtype": "float16"}})
+    for ok in ({"stage": "eval", "model": {"dtype": "float16"}},
+               {"stage": "merge", "model": {"dtype": "float16"}},
+               {"stage": "all", "model": {"dtype": "float16"}, "merge": {"models": ["a", "b"]}},
+               {"stage": "train", "model": {"dtype": "bfloat16"}}):  # fmt: skip
+        check_training_dtype(ok)
+
+
+def test_a_f7_an_entrys_adapter_opts_are_merged_into_the_sources():
+    """F7: ``{name: ultrafeedback_honesty, adapter_opts: {min_margin: 0.5}}`` replaced the
+    source's options: the honest set was built from helpfulness ratings (the default aspect)."""
+    from hhh_bench.data.sources.build import resolve_source_entries
+
+    entry = {"name": "ultrafeedback_honesty", "path": "x.jsonl", "adapter_opts": {"min_margin": 2}}
+    data = {"kind": "sources", "dimensions": ["honest"], "sources": {"honest": [entry]}}
+    [(_, src, _)] = resolve_source_entries(data)
+    assert src["adapter_opts"] == {"aspect": "honesty", "pairing": "best_vs_worst",
+                                   "min_margin": 2, "seed": 0}  # fmt: skip
+    assert src["path"] == "x.jsonl"
+
+
+def test_a_f8_a_noisy_mixture_holds_its_specialists_flipped_pairs():
+    """F8: the mixture's flips were one draw over the union (6 of 30 in common with the
+    specialists', 30% honest and 20% harmless at rate 0.25): now each dimension's set is
+    flipped with its specialist's draw."""
+    from hhh_bench.core.schema import make_row
+    from hhh_bench.data.prepare import training_set
+
+    sets = {d: [make_row(f"{d} q{i} ?", f"c{i}", f"r{i}", d, "t", f"{d}/{i}") for i in range(40)]
+            for d in ("helpful", "honest", "harmless")}  # fmt: skip
+    noise = {"flip_rate": 0.25, "seed": 7, "dimension": None}
+    alone = {d: set(training_set({d: sets[d]}, noise, None, 7).noise["flipped_ids"]) for d in sets}
+    assert all(len(ids) == 10 for ids in alone.values())
+    mixed = training_set(sets, noise, {"name": "uniform", "budget": "all_specialists"}, 7)
+    assert set(mixed.noise["flipped_ids"]) == set().union(*alone.values())
+    only_honest = training_set(sets, {**noise, "dimension": "honest"},
+                               {"name": "uniform", "budget": "all_specialists"}, 7)  # fmt: skip
+    assert set(only_honest.noise["flipped_ids"]) == alone["honest"]
+
+
+def test_b_f9_statistics_given_in_another_order_than_the_models_are_refused(tmp_path):
+    """F9: ``merge.params.statistics`` swapped against ``merge.models`` merged (Fisher of the
+    harmless specialist weighting the honest one), exit 0."""
+    from hhh_bench.core.stagecache import cached_stage
+    from hhh_bench.stages.common import model_identity
+    from hhh_bench.stages.merge import _check_statistics_models
+
+    models, files = [], []
+    for name in ("honest", "harmless"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(name.encode() * 8)
+        models.append(str(folder))
+
+        def compute(tmp):
+            (tmp / "statistics.safetensors").write_bytes(b"\x00" * 8)
+            return {}
+
+        run = cached_stage(tmp_path / "root", "stats", {"model": model_identity(str(folder)),
+                           "kind": "fisher"}, compute, result_file="stats_info.json")  # fmt: skip
+        files.append(str(run.dir / "statistics.safetensors"))
+    _check_statistics_models(files, models)
+    with pytest.raises(ValueError, match=r"merge.params.statistics\[0\]=.* was computed on "
+                       r"merge.models\[1\]=.*harmless.*not on merge.models\[0\]"):  # fmt: skip
+        _check_statistics_models(files[::-1], models)
+    own = tmp_path / "mine.safetensors"  # a file from elsewhere records nothing: as given
+    own.write_bytes(b"\x00")
+    _check_statistics_models([str(own), files[1]], models)
+
+
+def test_b_f6_the_plan_counts_the_items_eval_limit_leaves():
+    """F6: ``hhh-bench plan`` showed 360 items for the toy suite under ``eval.limit=4`` (24)."""
+    from types import SimpleNamespace
+
+    from hhh_bench.planning import Planner, limited
+
+    assert [limited(60, x) for x in (None, 4, 100, 0.5, 0.01)] == [60, 4, 60, 30, 1]
+    data = {"manifest": {"counts": {"eval": {f"k{i}": {"test": 60} for i in range(6)}}}}
+    for limit, want in ((None, 360), (4, 24), (0.5, 180)):
+        plan = SimpleNamespace(plain={"eval": {"limit": limit}, "data": {}},
+                               toy_suite=lambda: True)  # fmt: skip
+        assert Planner.eval_items(plan, data, "test") == (want, [])
+        assert Planner.eval_items(plan, None, "test") == (want, [])
