@@ -4,6 +4,8 @@ config and eval inputs; B: merging, the cache, the store and the report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -198,3 +200,55 @@ def test_b_f6_the_plan_counts_the_items_eval_limit_leaves():
                                toy_suite=lambda: True)  # fmt: skip
         assert Planner.eval_items(plan, data, "test") == (want, [])
         assert Planner.eval_items(plan, None, "test") == (want, [])
+
+
+def test_b_f11_an_out_dir_that_cannot_be_created_is_named(tmp_path):
+    """F11: ``hhh-bench merge ta.yaml afile/out`` said "[Errno 17] File exists: 'afile'"; under
+    /proc it named ``/proc/.x.lock``, a file the user never gave."""
+    from hhh_bench.merging.engine import claim
+
+    (tmp_path / "afile").write_text("")
+    file_parent = r"out_dir .*afile/out cannot be created: .*afile is a file, not a folder"
+    with pytest.raises(OSError, match=file_parent), claim(tmp_path / "afile" / "out"):
+        pass
+    proc = r"out_dir /proc/x cannot be (created|written): .* in /proc"
+    with pytest.raises(OSError, match=proc), claim(Path("/proc/x")):
+        pass
+
+
+def test_a_f4_rows_dropped_by_an_adapter_option_point_at_the_options():
+    """F4: every row dropped by ``drop_conflicts`` was met with "raise
+    data.max_malformed_fraction", which cannot bring them back."""
+    from hhh_bench.data.sources.build import check_dropped
+    from hhh_bench.data.sources.loader import SourceConfigError
+
+    src = {"name": "pku", "path": "p.jsonl", "adapter": "pku_saferlhf",
+           "adapter_opts": {"drop_conflicts": True}}  # fmt: skip
+    with pytest.raises(SourceConfigError, match=r"conflict=30 of 30 read; the adapter's filters "
+                       r"dropped them \(its options: \{'drop_conflicts': True\}"):  # fmt: skip
+        check_dropped(src, {"rows_in": 30, "rows_out": 0, "dropped": {"conflict": 30}}, 0.5)
+    with pytest.raises(SourceConfigError, match=r"or raise data.max_malformed_fraction"):
+        check_dropped(src, {"rows_in": 30, "rows_out": 0, "dropped": {"malformed": 30}}, 0.5)
+
+
+def test_a_f9_a_leakage_setting_names_only_its_own_fault():
+    """F9: "unknown key(s) [] or on_overlap 'warn'", and a valid on_overlap named with a typo'd
+    key."""
+    from hhh_bench.data.sources.build import leakage_settings
+    from hhh_bench.data.sources.loader import SourceConfigError
+
+    with pytest.raises(SourceConfigError, match=r"^data.leakage.on_overlap must be fail or drop, "
+                       r"got 'warn'$"):  # fmt: skip
+        leakage_settings({"on_overlap": "warn"})
+    with pytest.raises(SourceConfigError, match=r"unknown key\(s\) \['max_overlaps'\] \(did you "
+                       r"mean max_overlap\?\); valid keys"):  # fmt: skip
+        leakage_settings({"max_overlaps": 3})
+
+
+def test_a_f10_a_suite_without_a_dimension_says_why_it_needs_it():
+    from hhh_bench.core.scoring import suite_tasks
+
+    ecfg = {"dimensions": {"helpful": {"a": 1.0}, "honest": {"b": 1.0}}, "metric": "acc"}
+    with pytest.raises(ValueError, match=r"eval.dimensions.harmless has no tasks: every suite "
+                       r"scores all of helpful, honest, harmless"):  # fmt: skip
+        suite_tasks(ecfg, "test")

@@ -59,8 +59,8 @@ def export_items(root: str | Path, *, skip_invalid: bool = False) -> Iterator[di
             raise ValueError(
                 f"row {row['row_key']!r} ({row['name']}, {row['split']}): its eval output "
                 f"{eval_dir} is missing from this root (deleted, or a copy made without it); copy "
-                "that folder here from the root the row was written in, rerun the evaluation, or "
-                "export with the rows it has"
+                "that folder here from the root the row was written in, or rerun the evaluation "
+                "(the same command recomputes it)"
             )
         try:
             items = (

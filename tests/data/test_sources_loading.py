@@ -223,6 +223,11 @@ def test_missing_local_path(tmp_path):
     cfg = {**load_source_config("hh_rlhf_helpful"), "path": str(tmp_path / "nowhere.jsonl")}
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_source(cfg, tmp_path)
+    (tmp_path / "dir.jsonl").mkdir()  # battery 20, A-F3: "Unable to find" a folder that exists
+    cfg["path"] = str(tmp_path / "dir.jsonl")
+    with pytest.raises(SourceConfigError, match=r"source 'hh_rlhf_helpful': local path .*dir.jsonl"
+                       r"' is a folder; give its raw file\(s\)"):  # fmt: skip
+        load_source(cfg, tmp_path)
 
 
 # ----------------------------------------------------------------------------- paper_3h
@@ -361,6 +366,10 @@ def test_build_preference_splits(tmp_path):
         }
         assert not {r["id"] for r in tr} & {r["id"] for r in va}
     assert manifest["splits"]["harmless"]["validation"] == 2  # round(0.25 * 6) -> 2 prompts
+    cfg["eval_fraction"] = 0.99  # battery 20, A-F5: no training pair left, exit 0
+    with pytest.raises(SourceConfigError, match=r"data.eval_fraction=0.99 leaves no training "
+                       r"pair of \['harmless', 'helpful', 'honest'\]"):  # fmt: skip
+        build_preference_splits(cfg, tmp_path, None)
 
 
 def test_build_config_errors(tmp_path):

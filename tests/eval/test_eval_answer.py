@@ -196,6 +196,10 @@ def test_mixing_wins_inconclusive_one_seed_and_shared_seeds_only(tmp_path):
     same = mix_vs_merge(table_entries(store(tmp_path / "b", merge_right=(10, 10, 10), other=2)))
     assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
     assert same["verdict"] == "inconclusive" and same["seeds_needed"] == 2
+    from hhh_bench.tracking.answer import headline  # battery 20, B-F5: not "needs 2 seeds"
+
+    assert headline(same).endswith("inconclusive (the interval lies within ±0.02: any "
+                                   "difference is smaller)")  # fmt: skip
     # a spread that the interval cannot resolve: the seeds a ±0.02 interval would need
     wide = mix_vs_merge(table_entries(store(tmp_path / "w", merge_right=(8, 12, 13), other=2)))
     assert wide["per_seed"] == pytest.approx([-0.1, 0.1, 0.15])

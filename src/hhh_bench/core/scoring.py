@@ -63,7 +63,11 @@ def suite_tasks(eval_cfg: Mapping[str, Any], split: str) -> list[TaskSpec]:
     for dim in DIMENSIONS:
         tasks = dims.get(dim) or {}
         if not tasks:
-            raise ValueError(f"eval.dimensions.{dim} has no tasks")
+            raise ValueError(  # battery 20, A-F10: the rule behind it was unsaid
+                f"eval.dimensions.{dim} has no tasks: every suite scores all of "
+                f"{', '.join(DIMENSIONS)} (the average, the minimum and the report's columns "
+                f"need the three, whatever data.dimensions trains); give {dim} at least one task"
+            )
         total = 0.0
         for task, weight in tasks.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):

@@ -386,6 +386,16 @@ def foreign_files(out: Path) -> tuple[list[str], list[str]]:
             if f not in known and not re.fullmatch(r"model[-0-9of]*\.safetensors", f)], []  # fmt: skip
 
 
+def _why_not(folder: Path, e: OSError) -> str:
+    """Why ``folder`` (an output's parent) cannot hold the output, in the user's terms."""
+    first = folder
+    while not first.exists() and first != first.parent:
+        first = first.parent
+    if first.exists() and not first.is_dir():
+        return f"{first} is a file, not a folder"
+    return f"{e.strerror or e} in {folder} (a folder this user may not write in)"
+
+
 @contextlib.contextmanager
 def claim(out: Path) -> Iterator[Path]:
     """Hold ``.<name>.lock`` beside ``out`` (exclusive create) for the duration of a merge.
@@ -393,7 +403,12 @@ def claim(out: Path) -> Iterator[Path]:
     A second merge into the same folder fails at once; a lock whose process is gone (a killed
     merge, same host) is removed and taken over.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # battery 20, B-F11: "[Errno 17] File exists: 'afile'", unnamed
+        raise OSError(
+            e.errno, f"out_dir {out} cannot be created: {_why_not(out.parent, e)}"
+        ) from None
     lock = out.with_name(f".{out.name}.lock")
     me = f"{os.getpid()}@{_host()}"
     for _ in range(2):
@@ -408,6 +423,10 @@ def claim(out: Path) -> Iterator[Path]:
             raise FileExistsError(
                 f"another merge ({owner or 'unknown process'}) is writing {out}; wait for it or "
                 f"choose another out_dir (remove {lock} only if no merge is running)"
+            ) from None
+        except OSError as e:  # /proc, /sys, a read-only folder: the user's out_dir named
+            raise OSError(
+                e.errno, f"out_dir {out} cannot be written: {_why_not(out.parent, e)}"
             ) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(me)

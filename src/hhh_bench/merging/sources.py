@@ -780,7 +780,8 @@ def _check_distinct_weights(
             raise ValueError(
                 f"{m.label} ({m.where}) holds the same weights as {seen[w].label} "
                 f"({seen[w].where}): one model listed twice; to weigh a model more, give "
-                "merge.params.weights instead"
+                "merge.params.weights instead (in a mergekit YAML for hhh-bench merge: list it "
+                "once, with a larger `parameters: {weight: ...}`)"
             )
         seen[w] = m
 

@@ -509,6 +509,12 @@ def headline(r: Mapping[str, Any]) -> str:
             f" (±{r['half_width']:g} needs {r['seeds_needed']} seeds at the per-seed SD "
             f"{r['sd']:.3f})"
         )
+        if r["seeds_needed"] <= n:  # battery 20, B-F5: "needs 2 seeds" said of a 2-seed run
+            hw, lo, hi = r["half_width"], r["ci_low"], r["ci_high"]
+            within = lo is not None and -hw <= lo and hi <= hw
+            power = (
+                f" (the interval lies within ±{hw:g}: any difference is smaller)" if within else ""
+            )
     backed = ""
     bca_alone = r["interval"] == "bca" and r["verdict"] == VERDICTS[2]
     if bca_alone and r["ci_low"] is not None and not r["ci_low"] <= 0 <= r["ci_high"]:

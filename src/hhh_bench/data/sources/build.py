@@ -79,10 +79,17 @@ def leakage_settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     leakage = {**LEAKAGE_DEFAULTS, **dict(given or {})}
     unknown = sorted(set(leakage) - set(LEAKAGE_DEFAULTS))
-    if unknown or leakage["on_overlap"] not in ("fail", "drop"):
+    if unknown:  # each fault named alone (battery 20, A-F9: both were, whichever it was)
+        import difflib
+
+        near = {k: difflib.get_close_matches(k, list(LEAKAGE_DEFAULTS), n=1) for k in unknown}
+        hints = "".join(f" (did you mean {m[0]}?)" for m in near.values() if m)
         raise SourceConfigError(
-            f"data.leakage: unknown key(s) {unknown} or on_overlap {leakage['on_overlap']!r} "
-            f"(valid keys {sorted(LEAKAGE_DEFAULTS)}; on_overlap: fail | drop)"
+            f"data.leakage: unknown key(s) {unknown}{hints}; valid keys: {sorted(LEAKAGE_DEFAULTS)}"
+        )
+    if leakage["on_overlap"] not in ("fail", "drop"):
+        raise SourceConfigError(
+            f"data.leakage.on_overlap must be fail or drop, got {leakage['on_overlap']!r}"
         )
     for key, low, what in (
         ("min_chars", 1, "a positive integer (the shortest normalised evaluation question "
@@ -418,12 +425,19 @@ def check_dropped(src: Mapping[str, Any], stats: Mapping[str, Any], max_malforme
         f"dropped {malformed} of {n_in} raw rows as malformed (more than "
         f"data.max_malformed_fraction={max_malformed})"
     )  # fmt: skip
+    other = {k: v for k, v in dropped.items() if k != MALFORMED}
+    if not stats.get("rows_out") and sum(other.values()) > malformed:  # battery 20, A-F4: the
+        # rows went by the adapter's own filters, which max_malformed_fraction cannot bring back
+        opts = src.get("adapter_opts") or {}
+        advice = (f"the adapter's filters dropped them (its options: {opts or 'the defaults'}, "
+                  "adapter_opts; see its module docstring in hhh_bench/data/sources/): loosen "
+                  "the option that drops them, or give a file with pairs that pass")  # fmt: skip
+    else:
+        advice = ("check that the file has the fields the adapter reads (its module docstring "
+                  "in hhh_bench/data/sources/), or raise data.max_malformed_fraction")  # fmt: skip
     raise SourceConfigError(
         f"source {src.get('name')!r} ({where}, adapter {src.get('adapter')!r}): the adapter "
-        f"{what}; dropped rows by reason: {reasons or 'none'} of {n_in} read. Check that the "
-        "file has the fields the adapter reads (its module docstring in "
-        "hhh_bench/data/sources/), or raise "
-        "data.max_malformed_fraction"
+        f"{what}; dropped rows by reason: {reasons or 'none'} of {n_in} read; {advice}"
     )
 
 
@@ -453,6 +467,13 @@ def build_preference_splits(
             rows, frac, f"{cfg.get('seed', 0)}/{dim}"
         )
     manifest["eval_fraction"] = frac
+    starved = {d: len(out["validation"][d]) for d in sets if sets[d] and not out["train"][d]}
+    if starved:  # battery 20, A-F5: a data output no stage can train on, exit 0
+        raise SourceConfigError(
+            f"data.eval_fraction={frac} leaves no training pair of {sorted(starved)} (validation "
+            f"pairs: {starved}): lower data.eval_fraction (it holds out that share of each "
+            "dimension's prompts)"
+        )
     empty = [d for d in sets if frac > 0 and not out["validation"][d]]
     if empty:  # battery 18, U5: no held-out margin, no eval loss there, said nowhere
         from hhh_bench.core import console

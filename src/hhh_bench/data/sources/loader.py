@@ -407,6 +407,11 @@ def load_raw(cfg: Mapping[str, Any], cache_dir: str | Path) -> Any:
                     f"source {cfg['name']!r}: local path pattern {p!r} matches no file"
                 )
             for f in matched:
+                if Path(f).is_dir():  # battery 20, A-F3: datasets said "Unable to find" it
+                    raise SourceConfigError(
+                        f"source {cfg['name']!r}: local path {f!r} is a folder; give its raw "
+                        f"file(s), or a glob of them ({str(Path(f) / '*.jsonl')!r})"
+                    )
                 if Path(f).is_file():
                     check_local_file(f, cfg["name"])
         try:
