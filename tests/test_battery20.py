@@ -252,3 +252,28 @@ def test_a_f10_a_suite_without_a_dimension_says_why_it_needs_it():
     with pytest.raises(ValueError, match=r"eval.dimensions.harmless has no tasks: every suite "
                        r"scores all of helpful, honest, harmless"):  # fmt: skip
         suite_tasks(ecfg, "test")
+
+
+def test_b_f3_an_adapter_against_a_copy_of_its_base_without_the_training_log(tmp_path):
+    """F3: a byte-identical copy of θ0's weights, config and tokenizer was refused as "not
+    merge.base's content" because the copy lacked θ0's ``loss_curve.jsonl``."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hhh_bench.stages.common import model_identity
+    from hhh_bench.stages.merge import check_same_base
+
+    theta0, copy, other, adapter = (tmp_path / n for n in ("theta0", "copy", "other", "lora"))
+    for d, w in ((theta0, 1.0), (copy, 1.0), (other, 2.0)):
+        d.mkdir()
+        save_file({"w": torch.full((4,), w)}, str(d / "model.safetensors"))
+    (theta0 / "loss_curve.jsonl").write_text('{"step": 1}\n')
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(theta0)})
+    )
+    check_same_base(str(copy), [str(adapter)], base_identity=model_identity(str(copy)))
+    with pytest.raises(ValueError, match=r"is a LoRA adapter trained on .*theta0"):
+        check_same_base(str(other), [str(adapter)], base_identity=model_identity(str(other)))

@@ -459,3 +459,22 @@ def test_the_margin_is_decomposed_by_task_and_a_dominant_task_is_named(tmp_path)
                      r"\(\d+%\); env ", line), line  # fmt: skip
     md = "\n".join(answer_section(table_entries(rows))[0])
     assert "| Task | Weight | Merge | Mixture | Contribution | Share of the margin |" in md
+
+
+def test_an_answer_chosen_across_two_configurations_of_one_name_says_so(tmp_path):
+    """Battery 20, B-F10: a root rerun with another recipe held "ties" and "ties [2]"; the best
+    merge and the best mixture were chosen across them without a word."""
+    from hhh_bench.tracking.answer import answer_line
+
+    rows = store(tmp_path / "a")
+    again = [r for r in store(tmp_path / "b", merge_right=(9, 9, 9))
+             if r["kind"] == "merge" and r["name"] == "ties"]  # fmt: skip
+    for r in again:
+        r.update(row_key=r["row_key"] + "-b", model_key=r["model_key"] + "-b",
+                 config_hash="another-recipe")  # fmt: skip
+    res = mix_vs_merge(table_entries(rows + again))
+    assert res["generations"] == ["ties [2]"]
+    assert "the table holds other configurations of the same names (ties [2]: a rerun" in (
+        answer_line(res)
+    )
+    assert mix_vs_merge(table_entries(rows))["generations"] == []

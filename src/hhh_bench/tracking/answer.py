@@ -443,6 +443,12 @@ def compare(
         "other_conditions": conditions[1:],
     }  # fmt: skip
     out["budget"] = budget_mismatch(entries, mix_by_seed, shared)
+    # battery 20, B-F10: a root rerun with another recipe holds two of each name ("ties [2]");
+    # the representatives are chosen across them, so a merge of one recipe can meet a mixture
+    # of the other: said, with the names
+    out["generations"] = sorted(
+        e.label for e in candidates if e.kind in ("merge", "mixture") and e.numbered
+    )
     out["decomposition"] = decomposition(merge_by_seed, mix_by_seed, shared)
     out["dominant_task"] = dominant_task(out["decomposition"], si.diff)
     parts = _item_parts(merge_by_seed, mix_by_seed, shared)
@@ -558,6 +564,14 @@ def answer_line(result: Mapping[str, Any] | str) -> str:
         carried += (
             f"; not budget-matched: the chosen mixture trained on {mix_pairs:,} pairs, the "
             f"specialists the merge is made of on {spec_pairs:,} in all"
+        )
+    if r.get("generations"):
+        carried += (
+            f"; the table holds other configurations of the same names "
+            f"({', '.join(r['generations'][:3])}{' ...' if len(r['generations']) > 3 else ''}: "
+            "a rerun with other settings in this root?), and the best merge and mixture were "
+            "chosen across them: give each configuration its own root (or name) to compare "
+            "within one"
         )
     if r.get("other_conditions"):
         carried += (
