@@ -277,3 +277,62 @@ def test_b_f3_an_adapter_against_a_copy_of_its_base_without_the_training_log(tmp
     check_same_base(str(copy), [str(adapter)], base_identity=model_identity(str(copy)))
     with pytest.raises(ValueError, match=r"is a LoRA adapter trained on .*theta0"):
         check_same_base(str(other), [str(adapter)], base_identity=model_identity(str(other)))
+
+
+# Battery 21 (on 1c4b60b, the fixes above): the cases it found, fixed.
+
+
+def test_21a_f1_max_steps_under_one_curriculum_schedule_is_refused():
+    """A-F1: ``mix=sequential mix.schedule=one train.max_steps=2`` trained 32 helpful rows and
+    recorded a three-dimension mixture (SFT too: one schedule is its only one)."""
+    from conftest import compose
+    from hhh_bench.stages.common import to_dict
+    from hhh_bench.validation import check_mix_knobs
+
+    base = ["stage=train", "mix=sequential", "train.max_steps=2"]
+    for extra in (["mix.schedule=one"], ["train=sft", "mix.schedule=one"]):
+        with pytest.raises(ValueError, match=r"mix \(sequential\): train.max_steps=2 under one "
+                           r"schedule trains the curriculum's rows in order"):  # fmt: skip
+            check_mix_knobs(to_dict(compose([*base, *extra])))
+    check_mix_knobs(to_dict(compose(base)))  # per_phase shares the steps out
+    check_mix_knobs(to_dict(compose(["stage=train", "mix=sequential", "mix.schedule=one"])))
+
+
+def test_21a_f2_a_user_mc_item_with_a_gold_out_of_range_is_named_before_any_model(tmp_path):
+    """A-F2: "document ?: gold -1 out of range", after the model ran, naming no task or file;
+    a gold of ``true`` read as 1."""
+    import json
+
+    from hhh_bench.evaluation.harness import user_tasks
+
+    def task(golds):
+        folder = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "items.jsonl").write_text("".join(
+            json.dumps({"question": "q ?", "choices": ["a .", "b .", "c ."], "gold": g}) + "\n"
+            for g in golds))  # fmt: skip
+        (folder / "toy3h_mine_test.yaml").write_text(
+            'task: toy3h_mine_test\ninclude: "${hhh:shipped_tasks}/toy3h/_toy3h_template.yaml"\n'
+            'dataset_kwargs:\n  data_files:\n    test: "${hhh:source_dir}/items.jsonl"\n'
+        )
+        return folder
+
+    with pytest.raises(ValueError, match=r"task 'toy3h_mine_test': .*items.jsonl, line 3: `gold` "
+                       r"must be the index \(0 to 2\) of the right choice among its 3, got -1"):  # fmt: skip
+        user_tasks([task([0, 1, -1, 0])])
+    with pytest.raises(ValueError, match=r"line 1: `gold` must be the index .* got True"):
+        user_tasks([task([True])])
+    assert "toy3h_mine_test" in user_tasks([task([0, 2])])
+
+
+def test_21b_f1_a_scientific_literal_in_a_mergekit_yaml_is_a_number():
+    """B-F1: ``lambda: 1.0e9`` (unquoted) was refused as a quoted string, "write it unquoted"."""
+    import yaml
+
+    from hhh_bench.mergeyaml import _params, _UniqueKeyLoader
+
+    doc = yaml.load("p: {lambda: 1.0e9, density: 5e-1, w: 1e3, q: '0.5'}", Loader=_UniqueKeyLoader)
+    assert {k: doc["p"][k] for k in ("lambda", "density", "w")} == {
+        "lambda": 1e9, "density": 0.5, "w": 1000.0}  # fmt: skip
+    with pytest.raises(ValueError, match=r"parameter 'q' is the string '0.5', not a number"):
+        _params(doc["p"], "f.yaml: parameters")

@@ -398,6 +398,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2's floats (what mergekit's pydantic reads): PyYAML follows YAML 1.1, where `1.0e9`,
+# `1e-3` and `5e-1` (no dot, or no sign in the exponent) are strings, and the quoted-number
+# refusal then told the user to write unquoted what was unquoted (battery 21, B-F1)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_config(path: str | Path, num_layers: Callable[[str], int | None]) -> MergekitConfig:
     """Read and check a mergekit YAML (``num_layers(model)``: a model's layer count, for
     ``slices``). Raise :class:`MergekitConfigError` naming the first option that cannot run."""

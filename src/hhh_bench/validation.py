@@ -620,8 +620,20 @@ def _check_curriculum(cfg: Mapping[str, Any], where: str, mix: Mapping[str, Any]
     """A curriculum (a mix with a ``schedule``: ``sequential``) the training recipe trains as
     configured (battery 16, A19): SFT trains the phases one after another under one schedule
     and has no reference model (``per_phase`` and ``reference: phase`` were recorded, not
-    done)."""
-    if "schedule" not in mix or (cfg.get("train") or {}).get("kind") != "sft":
+    done). Under one schedule (``schedule: one``, SFT's only one) ``train.max_steps`` stops
+    the ordered rows part way: the later phases got few or no steps (battery 21, A-F1)."""
+    train = cfg.get("train") or {}
+    steps = train.get("max_steps", -1)
+    one = mix.get("schedule", "per_phase") == "one" or train.get("kind") == "sft"
+    if "schedule" in mix and one and isinstance(steps, int) and steps > 0:
+        raise ValueError(
+            f"{where} ({mix.get('name')}): train.max_steps={steps} under one schedule trains the "
+            f"curriculum's rows in order and stops after {steps} steps: the later phases would "
+            "get few or no steps (and more steps than rows would start it over); give the "
+            "passes instead (train.epochs, train.max_steps=-1), or with DPO schedule: per_phase, "
+            "which shares max_steps out over the phases"
+        )
+    if "schedule" not in mix or train.get("kind") != "sft":
         return
     if mix.get("schedule", "per_phase") == "per_phase" or mix.get("reference") == "phase":
         raise ValueError(

@@ -579,8 +579,9 @@ def test_models_of_another_base_or_tokenizer_are_refused_as_by_the_merge_stage(z
     text = HEAD.replace("{root}/m1", str(m1)) + "merge_method: ties\n"
     # a base folder that is no stage output: said as one hhh-bench cannot match (battery 11, m19)
     with pytest.raises(ValueError, match=r"merge.yaml: models\[1\]='.*m1' was trained from the θ0 "
-                       r"stage output base/cccccccccccc; .*merge.yaml: base_model='.*' is a folder "
-                       r"hhh-bench cannot match to it"):  # fmt: skip
+                       r"stage output base/cccccccccccc, which is not on this machine beside it "
+                       r"\(looked for .*base/cccccccccccc\), so .*merge.yaml: base_model='.*' "
+                       r"cannot be compared with it"):  # fmt: skip
         merge_yaml(zoo, tmp_path, text)
     (m1 / "key.json").unlink()
     tok = json.loads((zoo / "base" / "tokenizer.json").read_text())

@@ -190,9 +190,41 @@ def user_tasks(include_paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]
                     f"{clash['path']}; give your task another name"
                 )
             _parses(Path(info["path"]))
+            check_mc_items(name, Path(info["path"]), folder)
             placeholders = [p for p in info["placeholders"] if p not in USER_PLACEHOLDERS]
             out[name] = {**info, "placeholders": placeholders, "folder": folder}
     return out
+
+
+def check_mc_items(name: str, yaml_path: Path, folder: Path) -> None:
+    """A user task on the toy world's multiple-choice template (``_toy3h_template.yaml``: each
+    item a ``question``, its ``choices`` and the ``gold`` index) has items of that shape, checked
+    before any model loads: a gold out of range was "document ?: gold -1 out of range" after
+    the run, naming no task, file or line; a gold of ``true`` or ``1.7`` was read as 1
+    (battery 21, A-F2)."""
+    if "_toy3h_template" not in yaml_path.read_text(errors="replace"):
+        return
+    values = {"source_dir": str(folder), "shipped_tasks": str(TASKS_DIR)}
+    for _, data in named_data_files(yaml_path, values):
+        for n, line in enumerate(data.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"task {name!r}: {data}, line {n}"
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{where}: not a JSON object") from None
+            choices = doc.get("choices") if isinstance(doc, dict) else None
+            if not (
+                isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)
+            ):
+                raise ValueError(f"{where}: `choices` must be a non-empty list of strings")
+            gold = doc.get("gold")
+            if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+                raise ValueError(
+                    f"{where}: `gold` must be the index (0 to {len(choices) - 1}) of the right "
+                    f"choice among its {len(choices)}, got {gold!r}"
+                )
 
 
 def _parses(path: Path) -> None:
@@ -227,11 +259,14 @@ def tasks_fingerprint(include_paths: Sequence[str | Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def named_data_files(yaml_path: Path) -> list[tuple[str, Path]]:
+def named_data_files(
+    yaml_path: Path, values: Mapping[str, str] | None = None
+) -> list[tuple[str, Path]]:
     """The existing local files a task YAML names by path (``dataset_path``, or a file, folder
     or glob of ``dataset_kwargs.data_files``; relative to the working directory, as
     ``datasets`` reads them), as ``(field, file)`` in a stable order. A placeholder
-    (``${hhh:...}``), a hub name or a path that does not exist names none."""
+    (``${hhh:...}``) is filled from ``values`` when it has one there, else names none; so do a
+    hub name and a path that does not exist."""
     import glob
 
     import yaml
@@ -255,6 +290,8 @@ def named_data_files(yaml_path: Path) -> list[tuple[str, Path]]:
             named.append((f"data_files{'.' + str(split) if split else ''}", entry))
     out: list[tuple[str, Path]] = []
     for field, entry in named:
+        if isinstance(entry, str) and values:
+            entry = PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), entry)
         if not isinstance(entry, str) or "${" in entry or not entry.strip():
             continue
         path = Path(entry).expanduser()

@@ -84,8 +84,10 @@ def _check_statistics_models(files: list[Any], models: list[str]) -> None:
             key = json.loads(record.read_text())
         except (OSError, ValueError):
             continue
-        payload = key.get("payload") if isinstance(key, dict) else None
-        if key.get("stage") != "stats" or not isinstance(payload, dict):
+        if not isinstance(key, dict) or key.get("stage") != "stats":
+            continue
+        payload = key.get("payload")
+        if not isinstance(payload, dict):
             continue
         theirs = payload.get("model")
         if i < len(mine) and theirs and theirs != mine[i]:
@@ -346,13 +348,16 @@ def check_same_base(
                         f"{'; '.join(differs[:4])}{' ...' if len(differs) > 4 else ''}: give "
                         "that θ0's folder as the base, or specialists trained from this one"
                     )
-                raise ValueError(
-                    f"{models_name}[{i}]={model!r} was trained from {origin}; "
-                    f"{base_name}={base!r} is a folder hhh-bench cannot match to it (its files "
-                    "are not that θ0's: a copy of θ0's output folder matches only while its "
-                    "files are byte-identical): give that stage output's folder"
-                    + (f" (<root>/{where[0]})" if where else "")
-                    + " as the base, or specialists trained from this one"
+                looked = recorded_input(record, where[0]) if where else None
+                raise ValueError(  # battery 21, B-F2: "its files are not that θ0's", unchecked
+                    f"{models_name}[{i}]={model!r} was trained from {origin}, which is not on "
+                    "this machine beside it"
+                    + (f" (looked for {looked})" if looked else "")
+                    + f", so {base_name}={base!r} cannot be compared with it (and its folder, "
+                    "without that output's records, is not its content): give that stage "
+                    "output's folder as the base (copy it along with the specialists, "
+                    "<root>/" + (where[0] if where else "base/<key>") + "), or specialists "
+                    "trained from this one"
                 )
             raise ValueError(
                 f"{models_name}[{i}]={model!r} was trained from {origin}, not from "
