@@ -336,3 +336,55 @@ def test_21b_f1_a_scientific_literal_in_a_mergekit_yaml_is_a_number():
         "lambda": 1e9, "density": 0.5, "w": 1000.0}  # fmt: skip
     with pytest.raises(ValueError, match=r"parameter 'q' is the string '0.5', not a number"):
         _params(doc["p"], "f.yaml: parameters")
+
+
+def test_21a_f3_a_curriculum_phase_without_a_row_is_refused():
+    """A-F3/F4/F5: ``mix=sequential train.epochs=0.01`` skipped every phase (0 steps, a train
+    output without weights cached as complete), a StopIteration from TRL under one schedule,
+    and full fine-tuning under LoRA when the skipped phase was the first."""
+    from hhh_bench.core.schema import make_row
+    from hhh_bench.train.dpo import curriculum_order
+
+    rows = [make_row(f"{d} q{i} ?", f"c{i}", f"r{i}", d, "t", f"{d}/{i}")
+            for d, n in (("helpful", 108), ("honest", 6), ("harmless", 6)) for i in range(n)]  # fmt: skip
+    order = ["helpful", "honest", "harmless"]
+    with pytest.raises(ValueError, match=r"train.epochs=0.05 lays out no row of the curriculum's "
+                       r"honest phase \(6 pairs\), harmless phase \(6 pairs\) .* at least 0.083"):  # fmt: skip
+        curriculum_order(rows, order, 0.05, 0)
+    _, phases = curriculum_order(rows, order, 0.1, 0)
+    assert [p["rows"] for p in phases] == [11, 1, 1]
+
+
+def test_21b_f6_a_model_given_by_a_relative_path_is_rowed_by_where_it_is(
+    small_cfg, tmp_path, monkeypatch
+):
+    """B-F6: ``+eval.model=model`` from two folders gave two models one name and model key;
+    the report kept one and called the other "its model recomputed"."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from hhh_bench import pipeline
+
+    seen = []
+    monkeypatch.setattr("hhh_bench.stages.eval.run_eval",
+                        lambda cfg, model, data, **kw: seen.append(model) or {})  # fmt: skip
+    monkeypatch.setattr(pipeline, "_check_world_words", lambda *a: None)
+    monkeypatch.setattr(pipeline, "data_keys_of", lambda *a: set())
+    for sub in ("a", "b"):
+        (tmp_path / sub / "model").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / sub)
+        cfg = copy.deepcopy(small_cfg)
+        with open_dict(cfg):
+            cfg.eval.model = "model"
+        pipeline._eval_one(cfg, {"key": "d", "dir": str(tmp_path)})
+    assert [m["name"] for m in seen] == [str(tmp_path / s / "model") for s in ("a", "b")]
+    assert seen[0]["key"] != seen[1]["key"]
+
+
+def test_21a_u5_shares_given_as_a_string_are_named_as_such():
+    from hhh_bench.data.mixing.registry import check_shares
+
+    with pytest.raises(ValueError, match=r"mix.shares must be a mapping \{dimension: share\} .* "
+                       r"got 'harmless:0.9'"):  # fmt: skip
+        check_shares("harmless:0.9", ["helpful", "honest", "harmless"])

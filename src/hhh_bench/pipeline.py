@@ -667,6 +667,10 @@ def _eval_one(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
     from hhh_bench.stages.eval import run_eval
 
     path = cfg.eval.get("model")
+    if path and Path(str(path)).exists():  # a folder by where it is, not as typed
+        # (battery 21, B-F6: `+eval.model=model` from two folders: one name and key for two
+        # models, the second row shown as "its model recomputed")
+        path = os.path.abspath(str(path))
     if path:
         # a merge stage's output is a merge (its card gets the scores); any other model, given
         # by folder or hub id, is filed as what it is: given (battery 9: it was always a merge,

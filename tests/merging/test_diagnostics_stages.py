@@ -218,3 +218,24 @@ def test_a_drawing_merge_takes_the_runs_seed_unless_its_own_is_given(models, tmp
     cfg = make_cfg(tmp_path / "b", "task_arithmetic")
     cfg.seed = 3
     assert payload(cfg)["params"]["seed"] == 0  # never read: as it always was (its cache key)
+
+
+def test_a_diagnosis_repeated_within_a_run_is_reused_until_a_file_changes(models, tmp_path):
+    """Every merge of a seed diagnoses the same specialists: the second lookup of one run is
+    served from the run's memo (no second verification, no second row), and a file edited
+    since is verified again (refused), never served."""
+    from hhh_bench.core.content import ContentMismatch
+    from hhh_bench.stages.common import CACHE
+    from hhh_bench.stages.diagnose import run_diagnose
+
+    base, sets = models
+    cfg = make_cfg(tmp_path, "resm")
+    CACHE.reset()
+    first = run_diagnose(cfg, base, sets["heavy"])
+    again = run_diagnose(cfg, base, sets["heavy"])
+    assert again["cached"] and again["key"] == first["key"] and not again["row_appended"]
+    report = Path(first["dir"]) / "diagnostics.md"
+    report.write_text(report.read_text() + "edited\n")
+    with pytest.raises(ContentMismatch, match="diagnostics.md"):
+        run_diagnose(cfg, base, sets["heavy"])
+    CACHE.reset()

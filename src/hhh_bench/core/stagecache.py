@@ -159,7 +159,12 @@ class CacheCounter:
     """``hhh-bench plan``: an output that is missing raises :class:`NotCached` instead of being
     computed (nothing is written)."""
 
+    memo: dict[str, Any] = field(default_factory=dict)
+    """Lookups a stage repeats within one run, by the stage's own key (the diagnose stage's:
+    :func:`hhh_bench.stages.diagnose.run_diagnose`); cleared with the run."""
+
     def reset(self) -> None:
+        self.memo.clear()
         self.computed.clear()
         self.reused.clear()
         self.recomputed.clear()

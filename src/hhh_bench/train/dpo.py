@@ -96,6 +96,15 @@ def curriculum_order(
             seq += p[: int(math.floor(frac * len(p) + 0.5))]
         out += seq
         phases.append({"dimension": d, "pairs": len(pool), "rows": len(seq)})
+    empty = [ph for ph in phases if ph["pairs"] and not ph["rows"]]
+    if empty:  # battery 21, A-F3/F4/F5: a phase skipped without a word (0 steps, weights never
+        # saved, LoRA dropped when it was the first, a StopIteration from TRL under one schedule)
+        raise ValueError(
+            f"train.epochs={epochs:g} lays out no row of the curriculum's "
+            + ", ".join(f"{ph['dimension']} phase ({ph['pairs']} pairs)" for ph in empty)
+            + f" (round({epochs:g} × pairs) = 0): every phase must train; raise train.epochs to "
+            f"at least {0.5 / min(ph['pairs'] for ph in empty):.2g}"
+        )
     return out, phases
 
 
@@ -254,7 +263,8 @@ def train_dpo(
             last = i == len(phases) - 1
             model = _fit(
                 model, tokenizer, part, out_dir, ref_model=ref_model,
-                peft_config=peft_config if i == 0 else None, curve=curve, sampling="sequential",
+                peft_config=peft_config if start == ph["rows"] else None,  # the first phase
+                curve=curve, sampling="sequential",
                 epochs=1.0, max_steps=steps_of[i],
                 settings=settings if last else {**settings, "save_to": None},
             )  # fmt: skip

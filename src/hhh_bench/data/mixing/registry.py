@@ -129,6 +129,11 @@ def check_shares(
     shares: Mapping[str, float], dims: Sequence[str], what: str = "shares"
 ) -> dict[str, float]:
     """Validate user shares: exactly the mixed dimensions, each >= 0, summing to 1 (±1e-6)."""
+    if not isinstance(shares, Mapping):  # battery 21, A-U5: a string was read letter by letter
+        raise ValueError(
+            f"mix.{what} must be a mapping {{dimension: share}} (mix.{what}="
+            f"'{{{', '.join(f'{d}: ...' for d in dims)}}}'), got {shares!r}"
+        )
     extra = sorted(set(shares) - set(dims))
     missing = [d for d in dims if d not in shares]
     if extra or missing:
