@@ -388,3 +388,27 @@ def test_21a_u5_shares_given_as_a_string_are_named_as_such():
     with pytest.raises(ValueError, match=r"mix.shares must be a mapping \{dimension: share\} .* "
                        r"got 'harmless:0.9'"):  # fmt: skip
         check_shares("harmless:0.9", ["helpful", "honest", "harmless"])
+
+
+def test_21a_u4_an_entry_that_sets_another_dimension_is_named_as_the_entrys():
+    from hhh_bench.data.sources.build import resolve_source_entries
+    from hhh_bench.data.sources.loader import SourceConfigError
+
+    entry = {"name": "helpsteer2", "path": "x.jsonl", "dimension": "harmless"}
+    data = {"kind": "sources", "dimensions": ["helpful"], "sources": {"helpful": [entry]}}
+    with pytest.raises(SourceConfigError, match=r"the entry for source 'helpsteer2' sets "
+                       r"dimension: 'harmless' but is listed under 'helpful'"):  # fmt: skip
+        resolve_source_entries(data)
+
+
+def test_21b_f5_a_merge_output_given_as_a_model_points_at_its_model_folder(tmp_path):
+    from hhh_bench.validation import check_model_folder
+
+    out = tmp_path / "merge" / "5a714be12498"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "key.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"merge.models\[1\]=.* is a stage output: its model is "
+                       r"in .*5a714be12498/model; give that folder"):  # fmt: skip
+        check_model_folder(str(out), "merge.models[1]")
+    check_model_folder(str(out / "model"), "merge.models[1]")

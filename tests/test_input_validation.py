@@ -50,7 +50,10 @@ def check(overrides: list[str]) -> dict:
         # the leakage guard's values, before any stage (were checked only when the data is built)
         ("data=paper_3h data.leakage.min_chars=0", r"data.leakage.min_chars must be a positive"),
         ("data=paper_3h data.leakage.max_overlap=-1", r"data.leakage.max_overlap must be a non"),
-        ("data=paper_3h data.leakage.on_overlap=warn", r"on_overlap must be fail or drop, got 'warn'"),
+        (
+            "data=paper_3h data.leakage.on_overlap=warn",
+            r"on_overlap must be fail or drop, got 'warn'",
+        ),
         ("data=paper_3h +data.leakage.min_char=5", r"unknown key\(s\) \['min_char'\]"),
         # checked by the toy world's and the merge engine's own rules (hhh_bench.validation,
         # hhh_bench.core.sizes), not by the schema's

@@ -137,6 +137,11 @@ def check_model_folder(value: str | None, where: str) -> None:
                 f"{p / 'adapter'}; give that folder (or train with train.merge_adapter=true "
                 "for full weights beside it)"
             )
+        if (p / "model" / "config.json").is_file():  # a merge stage output (battery 21, B-F5)
+            raise ValueError(
+                f"{where}={value!r} is a stage output: its model is in {p / 'model'}; give "
+                "that folder"
+            )
         raise ValueError(
             f"{where}={value!r} has no config.json (it holds {held}): give the folder a model's "
             "save_pretrained wrote, or a LoRA adapter's (adapter_config.json)"

@@ -441,3 +441,12 @@ def test_bow_reward_scorer_arguments_are_checked():
                        ({"nosuch": 1}, "unexpected keyword")):  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=says):
             get_scorer("bow_rm", args)
+
+
+def test_resolved_that_overrules_nothing_says_so():
+    """Battery 21, A-U1: a threshold above every margin resolved nothing, without a word (the
+    train stage warns from ``selects_nothing``, as for reward_select)."""
+    res = mix("resolved", SETS, budget="per_specialist", seed=0, scorer=meta_scorer)
+    assert res.info["selects_nothing"] is False and sum(res.info["dropped"].values()) == 14 + 6 + 6
+    res = mix("resolved", SETS, budget="per_specialist", seed=0, scorer=meta_scorer, threshold=10)
+    assert res.info["selects_nothing"] is True and not any(res.info["dropped"].values())

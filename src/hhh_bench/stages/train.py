@@ -151,9 +151,15 @@ def run_train(
     if cfg.get("stage") == "train" and (info.get("mix_info") or {}).get("selects_nothing"):
         # battery 16, A8: the mixture a user asked for is uniform's data (stage=all tries this
         # configuration beside its emphases' on purpose: said there in the log only)
-        console.say(f"warning: train {label}: mix=reward_select keeps every pair at this budget "
-                    "and these shares: its ranking selects nothing, and the mixture is uniform's "
-                    "data; a mix.budget below the pairs there are, or mix.shares, select")  # fmt: skip
+        if (mix_cfg or {}).get("name") == "resolved":  # battery 21, A-U1
+            console.say(f"warning: train {label}: mix=resolved overrules no pair (no pair's "
+                        "margins pass mix.threshold against it): the mixture is uniform's data; "
+                        "a lower mix.threshold resolves")  # fmt: skip
+        else:
+            console.say(f"warning: train {label}: mix=reward_select keeps every pair at this "
+                        "budget and these shares: its ranking selects nothing, and the mixture is "
+                        "uniform's data; a mix.budget below the pairs there are, or mix.shares, "
+                        "select")  # fmt: skip
     resampled = sum(
         int(v or 0) for v in ((info.get("mix_info") or {}).get("resampled") or {}).values()
     )

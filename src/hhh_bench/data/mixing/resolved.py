@@ -73,4 +73,6 @@ def resolved(
         raise ValueError(f"mix resolved: every pair of {empty} is overruled; nothing is left")
     drawn, info = draw_by_shares(kept, shares_or_equal(params.shares, dims), budget, rng)
     info["dropped"] = {d: len(sets[d]) - len(kept[d]) for d in dims}
+    # battery 21, A-U1: a threshold above every margin resolves nothing (said by stage=train)
+    info["selects_nothing"] = not any(info["dropped"].values())
     return MixResult.shuffled(drawn, info, rng)

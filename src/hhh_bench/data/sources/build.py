@@ -176,6 +176,12 @@ def resolve_source_entries(
                     f"data config: entry {entry!r} under {dim!r} is neither a source name nor a "
                     "mapping with `name` (or a whole source config with `adapter`)"
                 )
+            if src["dimension"] != dim and isinstance(entry, Mapping) and "dimension" in entry:
+                raise SourceConfigError(  # battery 21, A-U4: told to do what the entry did
+                    f"data config: the entry for source {src['name']!r} sets dimension: "
+                    f"{entry['dimension']!r} but is listed under {dim!r}; list it under "
+                    f"{entry['dimension']!r}, or set dimension: {dim} in the entry"
+                )
             if src["dimension"] != dim:
                 raise SourceConfigError(
                     f"data config: source {src['name']!r} is declared for dimension "
