@@ -854,9 +854,11 @@ def test_battery8_sizes_lambda_and_cache_roots_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"data.world.eval_items_per_kind=100000000 is above "
                        r"100,000"):  # fmt: skip
         validate_run(to_dict(compose(["data.world.eval_items_per_kind=100000000"])))
-    with pytest.raises(MergekitConfigError, match=r"parameter 'lambda' is inf: give a finite"):
-        _gta("none")({"lambda": float("inf"), "normalize": False, "rescale": False},
-                     [{"weight": 1.0, "density": 1.0}], "w")  # fmt: skip
+    for bad in (float("inf"), "abc"):  # battery 22, B-F1: 'abc' was "could not convert ..."
+        with pytest.raises(MergekitConfigError, match=r"parameter 'lambda' must be a finite "
+                           rf"number, got {bad!r}"):  # fmt: skip
+            _gta("none")({"lambda": bad, "normalize": False, "rescale": False},
+                         [{"weight": 1.0, "density": 1.0}], "w")  # fmt: skip
     run = tmp_path / "runs" / "x"
     (run / "data" / "abc").mkdir(parents=True)
     (run / "data" / "abc" / "key.json").write_text("{}")

@@ -96,6 +96,14 @@ def _one(values: list[dict[str, Any]], name: str, tensor: str) -> Any:
     return values[0][name]
 
 
+def _number(v: Any, name: str, tensor: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise MergekitConfigError(
+            f"parameter {name!r} must be a finite number, got {v!r} at {tensor!r}"
+        )
+    return float(v)
+
+
 def _density(values: list[dict[str, Any]], tensor: str) -> float:
     d = _one(values, "density", tensor)
     if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0.0 < d <= 1.0:
@@ -127,9 +135,12 @@ def _gta(sparsify: str) -> Callable[..., dict[str, Any]]:
     def translate(g: dict[str, Any], m: list[dict[str, Any]], tensor: str) -> dict[str, Any]:
         w = _weights(m, tensor)
         normalize, rescale = _flag(g, "normalize"), _flag(g, "rescale")
-        scale = float(g["lambda"])
-        if not math.isfinite(scale):  # named as the YAML names it, not as our 'scaling'
-            raise MergekitConfigError(f"parameter 'lambda' is {g['lambda']}: give a finite number")
+        lam = g["lambda"]
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            # named as the YAML names it, not as our 'scaling' (battery 22, B-F1: `lambda: abc`
+            # was "could not convert string to float: 'abc'")
+            raise MergekitConfigError(f"parameter 'lambda' must be a finite number, got {lam!r}")
+        scale = float(lam)
         out: dict[str, Any] = {"scaling": scale}
         if sparsify == "none":
             if _density(m, tensor) < 1.0:
@@ -146,11 +157,11 @@ def _gta(sparsify: str) -> Callable[..., dict[str, Any]]:
         if sparsify == "magnitude":  # mergekit's ties: magnitude top-k = breadcrumbs, gamma 0
             out["gamma"] = 0.0
         elif sparsify == "outliers":
-            out["gamma"] = float(_one(m, "gamma", tensor))
+            out["gamma"] = _number(_one(m, "gamma", tensor), "gamma", tensor)
         elif sparsify == "random":  # mergekit's dare: Bernoulli(density) = DELLA with ε = 0
             out["epsilon"] = 0.0
         elif sparsify == "magprune":
-            out["epsilon"] = float(_one(m, "epsilon", tensor))
+            out["epsilon"] = _number(_one(m, "epsilon", tensor), "epsilon", tensor)
         return out
 
     return translate

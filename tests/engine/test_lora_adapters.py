@@ -303,3 +303,21 @@ def test_an_adapter_config_without_lora_alpha_reads_as_peft_reads_it(base_dir, t
     got = _merged_as_one(base_dir, adapter, tmp_path / "m")
     for k in got:
         torch.testing.assert_close(got[k], want[k].float(), rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("layers_to_transform", [1]), ("layers_pattern", "layers"), ("exclude_modules", ["v_proj"])],
+)
+def test_an_adapter_that_selects_part_of_its_modules_is_refused(base_dir, tmp_path, field, value):
+    """Battery 22, B-F3: ``layers_to_transform=[1]``: peft changes layer 1 only, the merge
+    added the file's layer-0 deltas too (1.7e-3 from peft's model), without a word."""
+    import json
+
+    adapter, _ = _adapter(base_dir, tmp_path)
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[field] = value
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"\(.*adapter\): .*\({field}"):
+        _merged_as_one(base_dir, adapter, tmp_path / "m")

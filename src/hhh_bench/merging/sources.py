@@ -503,6 +503,12 @@ class LoraAdapter:
         "use_dora": "DoRA (weight-decomposed LoRA: its update is not s·B·A)",
         "target_parameters": "LoRA on parameters (target_parameters)",
         "use_qalora": "QALoRA",
+        # battery 22, B-F3: peft applies such an adapter to part of its file's modules only;
+        # every module in the file was merged
+        "layers_to_transform": "a layer selection (layers_to_transform: peft applies the "
+        "adapter to those layers only)",
+        "layers_pattern": "a layer selection (layers_pattern)",
+        "exclude_modules": "a module exclusion (exclude_modules: peft skips those modules)",
     }
 
     def __init__(self, folder: Path, base: TensorSource, label: str) -> None:
