@@ -236,26 +236,6 @@ def _attach(out: Path, diag: dict[str, Any] | None) -> dict[str, Any]:
     return {"diagnostics": str(path.name), "diagnostics_key": diag["key"]}
 
 
-def _same_weights(a: str, b: str) -> bool:
-    """Two model folders whose safetensors hold the same tensors, byte for byte (by their
-    recorded digests): a copy of θ0 without its training log is θ0 for an adapter (battery 20,
-    B-F3: refused because ``loss_curve.jsonl`` was not copied)."""
-    from hhh_bench.core.content import file_tensor_digests
-
-    def tensors(folder: str) -> dict[str, str] | None:
-        p = Path(folder).expanduser()
-        files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
-        if not files:
-            return None
-        out: dict[str, str] = {}
-        for digests in file_tensor_digests(p, files).values():
-            out.update(digests)
-        return out
-
-    ta = tensors(a)
-    return bool(ta) and ta == tensors(b)  # no tensor read (not safetensors): not the same
-
-
 def _check_adapter_base(
     i: int, model: str, base_identity: Callable[[], str], base: str, names: tuple[str, str]
 ) -> None:
@@ -284,7 +264,8 @@ def _check_adapter_base(
             "that base"
         )
         return
-    if model_identity(recorded) != base_identity() and not _same_weights(recorded, base):
+    same_files = model_files_differ(Path(recorded), Path(base).expanduser()) == []  # a copy of θ0
+    if model_identity(recorded) != base_identity() and not same_files:
         raise ValueError(
             f"{models_name}[{i}]={model!r} is a LoRA adapter trained on {recorded!r} "
             f"(its adapter_config.json), whose content is not {base_name}={base!r}'s: its task "
